@@ -1,0 +1,113 @@
+//! One API error type for every service.
+//!
+//! Handlers return `Result<_, ApiError>` and use `?` on store and service
+//! errors. The body follows the service's own fault shape; identity uses
+//! Keystone's `{"error": {"code", "title", "message"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use stratus_store::StoreError;
+
+/// An error answered to an API client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// The one 401 Keystone answers for every authentication failure, so a
+    /// caller cannot tell an unknown user from a wrong password.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        )
+    }
+    pub fn unauthorized_msg(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    pub fn forbidden(action: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            format!("You are not authorized to perform the requested action: {action}."),
+        )
+    }
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("Could not find {kind}: {id}."),
+        )
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { kind, id } => ApiError::not_found(&kind.replace('_', " "), &id),
+            StoreError::Conflict(msg) => {
+                ApiError::conflict(format!("Conflict occurred attempting to store {msg}."))
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::internal("An unexpected error prevented the server from fulfilling your request.")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = serde_json::json!({
+            "error": {"code": self.status.as_u16(), "title": title, "message": self.message}
+        });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Keystone uri=\"/identity\""),
+            );
+        }
+        resp
+    }
+}
+
+/// Answer for paths no service claims.
+pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("The resource could not be found: {}", uri.path()),
+    )
+}
+
+/// Answer for a known path with a method it does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The method specified is not allowed for the requested URL.",
+    )
+}

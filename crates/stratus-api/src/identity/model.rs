@@ -1,0 +1,288 @@
+//! Identity records as stored. Rendering to the API's JSON is done by each
+//! resource module; secrets (password and secret hashes) never leave here
+//! except through explicit fields that the renderers do not emit.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use stratus_store::Record;
+
+/// The id of the domain `stratus up` creates, as Keystone names it.
+pub const DEFAULT_DOMAIN_ID: &str = "default";
+/// The target id of the one system scope Keystone knows.
+pub const SYSTEM_ALL: &str = "all";
+
+macro_rules! record {
+    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)?) => {
+        impl Record for $t {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> &str { &self.id }
+            $(fn owner(&self) -> Option<&str> { let $o = self; $owner })?
+            $(fn parent(&self) -> Option<&str> { let $p = self; $parent })?
+            $(fn name(&self) -> Option<&str> { let $n = self; $name })?
+            $(fn unique_key(&self) -> Option<String> { let $u = self; $unique })?
+        }
+    };
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Domain {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub enabled: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+}
+record!(Domain, "domain", name = |d| Some(&d.name), unique = |d| Some(d.name.to_lowercase()));
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub domain_id: String,
+    #[serde(default)]
+    pub description: String,
+    pub enabled: bool,
+    /// The parent project, or `None` for a top-level project (rendered as
+    /// the domain id, as Keystone does).
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+record!(Project, "project",
+    owner = |p| Some(&p.domain_id),
+    parent = |p| p.parent_id.as_deref(),
+    name = |p| Some(&p.name),
+    unique = |p| Some(format!("{}/{}", p.domain_id, p.name)));
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub domain_id: String,
+    pub enabled: bool,
+    /// PHC string of the password hash; `None` when no password is set.
+    pub password_hash: Option<String>,
+    pub default_project_id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// When the password was last set, microseconds since the epoch.
+    #[serde(default)]
+    pub password_set_at_us: Option<i64>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    /// Attributes Keystone keeps without interpreting (e.g. `email`).
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+record!(User, "user",
+    owner = |u| Some(&u.domain_id),
+    name = |u| Some(&u.name),
+    unique = |u| Some(format!("{}/{}", u.domain_id, u.name)));
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub domain_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+record!(Group, "group",
+    owner = |g| Some(&g.domain_id),
+    name = |g| Some(&g.name),
+    unique = |g| Some(format!("{}/{}", g.domain_id, g.name)));
+
+/// A user's membership in a group; id `group_id:user_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Membership {
+    pub id: String,
+    pub group_id: String,
+    pub user_id: String,
+}
+record!(Membership, "group_membership",
+    owner = |m| Some(&m.user_id),
+    parent = |m| Some(&m.group_id));
+
+impl Membership {
+    pub fn new(group_id: &str, user_id: &str) -> Self {
+        Membership {
+            id: format!("{group_id}:{user_id}"),
+            group_id: group_id.into(),
+            user_id: user_id.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Role {
+    pub id: String,
+    pub name: String,
+    /// Domain-specific roles carry their domain; global roles `None`.
+    pub domain_id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+}
+record!(Role, "role",
+    owner = |r| r.domain_id.as_deref(),
+    name = |r| Some(&r.name),
+    unique = |r| Some(format!("{}/{}", r.domain_id.as_deref().unwrap_or(""), r.name.to_lowercase())));
+
+/// `prior` implies `implied`; id `prior:implied`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inference {
+    pub id: String,
+    pub prior_role_id: String,
+    pub implied_role_id: String,
+}
+record!(Inference, "implied_role", owner = |i| Some(&i.implied_role_id), parent = |i| Some(&i.prior_role_id));
+
+impl Inference {
+    pub fn new(prior: &str, implied: &str) -> Self {
+        Inference {
+            id: format!("{prior}:{implied}"),
+            prior_role_id: prior.into(),
+            implied_role_id: implied.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    User,
+    Group,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Project,
+    Domain,
+    System,
+}
+
+/// A role granted to a user or group on a project, domain or the system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub id: String,
+    pub actor: ActorKind,
+    pub actor_id: String,
+    pub target: TargetKind,
+    pub target_id: String,
+    pub role_id: String,
+    /// OS-INHERIT: applies to the target's sub-projects, not the target.
+    #[serde(default)]
+    pub inherited: bool,
+}
+record!(Assignment, "role_assignment",
+    owner = |a| Some(&a.target_id),
+    parent = |a| Some(&a.actor_id),
+    name = |a| Some(&a.role_id));
+
+impl Assignment {
+    pub fn new(
+        actor: ActorKind,
+        actor_id: &str,
+        target: TargetKind,
+        target_id: &str,
+        role_id: &str,
+        inherited: bool,
+    ) -> Self {
+        let id = format!(
+            "{actor:?}:{actor_id}:{target:?}:{target_id}:{role_id}:{}",
+            inherited as u8
+        )
+        .to_lowercase();
+        Assignment {
+            id,
+            actor,
+            actor_id: actor_id.into(),
+            target,
+            target_id: target_id.into(),
+            role_id: role_id.into(),
+            inherited,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Region {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    pub parent_region_id: Option<String>,
+}
+record!(Region, "region", parent = |r| r.parent_region_id.as_deref());
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub enabled: bool,
+}
+record!(Service, "service");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub service_id: String,
+    pub interface: String,
+    pub region_id: Option<String>,
+    pub url: String,
+    pub enabled: bool,
+}
+record!(Endpoint, "endpoint", parent = |e| Some(&e.service_id));
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppCredential {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    pub project_id: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// PHC string of the secret's hash; the secret itself is shown once.
+    pub secret_hash: String,
+    pub expires_at_us: Option<i64>,
+    pub role_ids: Vec<String>,
+    pub unrestricted: bool,
+    #[serde(default)]
+    pub access_rules: Vec<Value>,
+}
+record!(AppCredential, "application_credential",
+    owner = |a| Some(&a.user_id),
+    parent = |a| Some(&a.project_id),
+    name = |a| Some(&a.name),
+    unique = |a| Some(format!("{}/{}", a.user_id, a.name)));
+
+/// A revocation event: tokens matching every field that is set, and issued
+/// at or before `issued_before_us`, are invalid.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Revocation {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    pub domain_id: Option<String>,
+    pub audit_id: Option<String>,
+    pub app_cred_id: Option<String>,
+    pub issued_before_us: i64,
+    /// After this the event can match no live token and may be pruned.
+    pub prune_after_us: i64,
+}
+record!(Revocation, "revocation_event");

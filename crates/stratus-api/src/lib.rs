@@ -1,0 +1,94 @@
+//! The Stratus HTTP APIs: OpenStack-compatible services on one listener,
+//! each under its own path prefix (the devstack layout), sharing one
+//! [`AppState`].
+//!
+//! Handlers translate: they decode and validate a request, check policy,
+//! call the service and render. Service logic lives beside them in each
+//! service module (`identity::service`, ...).
+
+pub mod error;
+pub mod identity;
+pub mod json;
+pub mod middleware;
+pub mod timeutil;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use stratus_store::Store;
+
+pub use error::ApiError;
+
+/// Settings the API layer needs; the binary fills them from its config.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base URL clients reach this controller at, without a trailing slash
+    /// (e.g. `http://127.0.0.1:8080`). Used in links and the catalog.
+    pub public_url: String,
+    /// Directory holding the Fernet key repository (`fernet-keys/`).
+    pub data_dir: PathBuf,
+    /// Token lifetime in seconds (Keystone's `[token] expiration`).
+    pub token_expiration_s: u64,
+    /// Region the catalog advertises.
+    pub region: String,
+}
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub config: ApiConfig,
+    pub store: Arc<Store>,
+    pub identity: identity::Identity,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    /// Builds the shared state: loads Fernet keys (creating them on first
+    /// use) and the revocation list.
+    pub fn new(config: ApiConfig, store: Arc<Store>) -> Result<Self, ApiError> {
+        let identity = identity::Identity::open(&config, store.clone())?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                identity,
+            }),
+        })
+    }
+}
+
+/// The whole public router: every service under its prefix, with request
+/// ids and access logging.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(identity::router())
+        .route("/", axum::routing::get(root_versions))
+        .fallback(error::not_found_fallback)
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .with_state(state)
+}
+
+/// `GET /`: what lives here, for humans and curious clients.
+async fn root_versions(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let base = &state.config.public_url;
+    axum::Json(serde_json::json!({
+        "name": "stratus",
+        "version": env!("CARGO_PKG_VERSION"),
+        "services": {
+            "identity": format!("{base}/identity/v3/"),
+        }
+    }))
+}

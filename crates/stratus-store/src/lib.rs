@@ -1,0 +1,634 @@
+//! Persistence for every Stratus controller.
+//!
+//! What we store and why:
+//! - **Resources** (`resources` table): every API object is a JSON document
+//!   keyed by `(kind, id)`. A few columns are lifted out of the document so
+//!   the store can filter and enforce uniqueness without parsing JSON:
+//!   `owner` (the domain or project the object belongs to), `parent` (the
+//!   object it hangs under: a parent project, a group for a membership),
+//!   `name`, and `unique_key` (a name that must be unique within its kind,
+//!   e.g. `domain_id/name` for users). Documents keep the service's own
+//!   model; the store never interprets them.
+//! - **Revisions and the change log** (`changes` table): every insert,
+//!   update and delete appends one row to the change log *in the same
+//!   transaction*, and the row's sequence number becomes the resource's
+//!   `revision`. Revisions are therefore strictly increasing across the whole
+//!   store, and "everything after revision N" is one indexed range scan. That
+//!   is what cloud-to-edge sync streams from (see DESIGN.md).
+//! - **Migrations** (`schema_migrations`): embedded, applied in order at open.
+//!
+//! The SQL is deliberately plain (no SQLite-only syntax outside the pragmas
+//! in [`Store::open`]) so a PostgreSQL engine can run the same statements
+//! with `$n` placeholders. SQLite runs in WAL mode: readers never block the
+//! single writer, and a commit is durable before it returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Errors from the store. Callers map `NotFound` and `Conflict` onto their
+/// API's 404 and 409; anything else is an internal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored document is not valid: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("cannot open store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A type that is kept in the store as a document.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The kind name, e.g. `"project"`. Stable: it is written to disk and
+    /// into the change log.
+    const KIND: &'static str;
+    fn id(&self) -> &str;
+    /// The domain or project that owns this object, if any.
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+    /// The object this one hangs under, if any.
+    fn parent(&self) -> Option<&str> {
+        None
+    }
+    fn name(&self) -> Option<&str> {
+        None
+    }
+    /// A key that must be unique among objects of this kind; a second
+    /// object with the same key is refused with [`StoreError::Conflict`].
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Column filters for [`Store::list`]; `None` means "any".
+#[derive(Debug, Default, Clone)]
+pub struct Query<'a> {
+    pub owner: Option<&'a str>,
+    pub parent: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+impl<'a> Query<'a> {
+    pub fn all() -> Self {
+        Self::default()
+    }
+    pub fn owner(owner: &'a str) -> Self {
+        Query {
+            owner: Some(owner),
+            ..Self::default()
+        }
+    }
+    pub fn parent(parent: &'a str) -> Self {
+        Query {
+            parent: Some(parent),
+            ..Self::default()
+        }
+    }
+    pub fn name(name: &'a str) -> Self {
+        Query {
+            name: Some(name),
+            ..Self::default()
+        }
+    }
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: String,
+    pub id: String,
+    /// `"put"` or `"delete"`.
+    pub op: String,
+    /// The document after the change; `None` for deletes.
+    pub body: Option<String>,
+}
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: nothing acknowledged is ever lost.
+    Full,
+    /// fsync at checkpoints only: survives a process crash, not a power cut.
+    Normal,
+}
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        op TEXT NOT NULL,
+        body TEXT,
+        at_ms INTEGER NOT NULL
+     );
+     CREATE TABLE resources (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        owner TEXT,
+        parent TEXT,
+        name TEXT,
+        unique_key TEXT,
+        revision INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+     );
+     CREATE INDEX resources_owner ON resources (kind, owner);
+     CREATE INDEX resources_parent ON resources (kind, parent);
+     CREATE INDEX resources_name ON resources (kind, name);
+     CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+)];
+
+/// The store: one writer connection and a small pool of readers.
+pub struct Store {
+    path: PathBuf,
+    durability: Durability,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store file and applies migrations.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let mut conn = open_conn(path, durability)?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            durability,
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// An in-memory store for unit tests of code that needs one.
+    pub fn open_in_memory() -> Result<Self> {
+        // A shared-cache memory database would be needed for readers; unit
+        // tests use a temp file instead so the real WAL path is exercised.
+        let dir = std::env::temp_dir().join(format!(
+            "stratus-store-{}-{}",
+            std::process::id(),
+            next_tmp()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Open {
+            path: dir.clone(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        Self::open(&dir.join("store.db"), Durability::Normal)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.path, self.durability)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Reads one document.
+    pub fn get<T: Record>(&self, id: &str) -> Result<Option<T>> {
+        self.with_reader(|c| get_in::<T>(c, id))
+    }
+
+    /// Reads one document or fails with [`StoreError::NotFound`].
+    pub fn fetch<T: Record>(&self, id: &str) -> Result<T> {
+        self.get::<T>(id)?.ok_or_else(|| StoreError::NotFound {
+            kind: T::KIND,
+            id: id.to_string(),
+        })
+    }
+
+    /// Lists documents of one kind matching the column filters, in id order.
+    pub fn list<T: Record>(&self, q: &Query) -> Result<Vec<T>> {
+        self.with_reader(|c| list_in::<T>(c, q))
+    }
+
+    /// Looks a document up by its unique key.
+    pub fn get_unique<T: Record>(&self, key: &str) -> Result<Option<T>> {
+        self.with_reader(|c| {
+            let body: Option<String> = c
+                .prepare_cached("SELECT body FROM resources WHERE kind = ?1 AND unique_key = ?2")?
+                .query_row(params![T::KIND, key], |r| r.get(0))
+                .optional()?;
+            body.map(|b| serde_json::from_str(&b).map_err(Into::into))
+                .transpose()
+        })
+    }
+
+    /// The revision of one document, if it exists.
+    pub fn revision<T: Record>(&self, id: &str) -> Result<Option<i64>> {
+        self.with_reader(|c| {
+            Ok(c.prepare_cached("SELECT revision FROM resources WHERE kind = ?1 AND id = ?2")?
+                .query_row(params![T::KIND, id], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// Runs `f` in one write transaction. Everything it does commits
+    /// together, with its change-log entries, or not at all.
+    pub fn write<R, E>(&self, f: impl FnOnce(&Tx) -> std::result::Result<R, E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let out = f(&Tx { conn: &txn })?;
+        txn.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Change-log entries after `seq`, oldest first, at most `limit`.
+    pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        self.with_reader(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, kind, id, op, body FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![seq, limit as i64], |r| {
+                Ok(Change {
+                    seq: r.get(0)?,
+                    kind: r.get(1)?,
+                    id: r.get(2)?,
+                    op: r.get(3)?,
+                    body: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Reads a value from the key-value side table.
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        self.with_reader(|c| {
+            Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row(params![key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+}
+
+/// A write transaction; see [`Store::write`].
+pub struct Tx<'c> {
+    conn: &'c Connection,
+}
+
+impl Tx<'_> {
+    pub fn get<T: Record>(&self, id: &str) -> Result<Option<T>> {
+        get_in::<T>(self.conn, id)
+    }
+
+    pub fn fetch<T: Record>(&self, id: &str) -> Result<T> {
+        self.get::<T>(id)?.ok_or_else(|| StoreError::NotFound {
+            kind: T::KIND,
+            id: id.to_string(),
+        })
+    }
+
+    pub fn list<T: Record>(&self, q: &Query) -> Result<Vec<T>> {
+        list_in::<T>(self.conn, q)
+    }
+
+    fn log(&self, kind: &str, id: &str, op: &str, body: Option<&str>) -> Result<i64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO changes (kind, id, op, body, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![kind, id, op, body, now_ms()])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Inserts a new document; [`StoreError::Conflict`] if the id or the
+    /// unique key is taken. Returns the new revision.
+    pub fn insert<T: Record>(&self, rec: &T) -> Result<i64> {
+        let body = serde_json::to_string(rec)?;
+        let rev = self.log(T::KIND, rec.id(), "put", Some(&body))?;
+        let res = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                T::KIND,
+                rec.id(),
+                rec.owner(),
+                rec.parent(),
+                rec.name(),
+                rec.unique_key(),
+                rev,
+                body
+            ]);
+        match res {
+            Ok(_) => Ok(rev),
+            Err(e) if is_constraint(&e) => Err(StoreError::Conflict(format!(
+                "{} {} conflicts with an existing one",
+                T::KIND,
+                rec.name().unwrap_or(rec.id())
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces an existing document; [`StoreError::NotFound`] if absent.
+    pub fn update<T: Record>(&self, rec: &T) -> Result<i64> {
+        let body = serde_json::to_string(rec)?;
+        let rev = self.log(T::KIND, rec.id(), "put", Some(&body))?;
+        let res = self
+            .conn
+            .prepare_cached(
+                "UPDATE resources SET owner = ?3, parent = ?4, name = ?5, unique_key = ?6,
+                 revision = ?7, body = ?8 WHERE kind = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                T::KIND,
+                rec.id(),
+                rec.owner(),
+                rec.parent(),
+                rec.name(),
+                rec.unique_key(),
+                rev,
+                body
+            ]);
+        match res {
+            Ok(0) => Err(StoreError::NotFound {
+                kind: T::KIND,
+                id: rec.id().to_string(),
+            }),
+            Ok(_) => Ok(rev),
+            Err(e) if is_constraint(&e) => Err(StoreError::Conflict(format!(
+                "{} {} conflicts with an existing one",
+                T::KIND,
+                rec.name().unwrap_or(rec.id())
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Inserts or replaces.
+    pub fn upsert<T: Record>(&self, rec: &T) -> Result<i64> {
+        if self.exists::<T>(rec.id())? {
+            self.update(rec)
+        } else {
+            self.insert(rec)
+        }
+    }
+
+    pub fn exists<T: Record>(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM resources WHERE kind = ?1 AND id = ?2")?
+            .query_row(params![T::KIND, id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Deletes a document; returns whether it existed.
+    pub fn delete<T: Record>(&self, id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM resources WHERE kind = ?1 AND id = ?2")?
+            .execute(params![T::KIND, id])?;
+        if n > 0 {
+            self.log(T::KIND, id, "delete", None)?;
+        }
+        Ok(n > 0)
+    }
+
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+}
+
+fn get_in<T: Record>(c: &Connection, id: &str) -> Result<Option<T>> {
+    let body: Option<String> = c
+        .prepare_cached("SELECT body FROM resources WHERE kind = ?1 AND id = ?2")?
+        .query_row(params![T::KIND, id], |r| r.get(0))
+        .optional()?;
+    body.map(|b| serde_json::from_str(&b).map_err(Into::into))
+        .transpose()
+}
+
+fn list_in<T: Record>(c: &Connection, q: &Query) -> Result<Vec<T>> {
+    let mut st = c.prepare_cached(
+        "SELECT body FROM resources WHERE kind = ?1
+           AND (?2 IS NULL OR owner = ?2)
+           AND (?3 IS NULL OR parent = ?3)
+           AND (?4 IS NULL OR name = ?4)
+         ORDER BY id",
+    )?;
+    let rows = st.query_map(params![T::KIND, q.owner, q.parent, q.name], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut out = Vec::new();
+    for body in rows {
+        out.push(serde_json::from_str(&body?)?);
+    }
+    Ok(out)
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", -2000)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES (?1)",
+            params![version],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn next_tmp() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Thing {
+        id: String,
+        domain: String,
+        name: String,
+    }
+
+    impl Record for Thing {
+        const KIND: &'static str = "thing";
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn owner(&self) -> Option<&str> {
+            Some(&self.domain)
+        }
+        fn name(&self) -> Option<&str> {
+            Some(&self.name)
+        }
+        fn unique_key(&self) -> Option<String> {
+            Some(format!("{}/{}", self.domain, self.name))
+        }
+    }
+
+    fn thing(id: &str, domain: &str, name: &str) -> Thing {
+        Thing {
+            id: id.into(),
+            domain: domain.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn crud_and_filters() {
+        let s = Store::open_in_memory().unwrap();
+        s.write(|tx| {
+            tx.insert(&thing("a", "d1", "x"))?;
+            tx.insert(&thing("b", "d1", "y"))?;
+            tx.insert(&thing("c", "d2", "x"))?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(s.list::<Thing>(&Query::all()).unwrap().len(), 3);
+        assert_eq!(s.list::<Thing>(&Query::owner("d1")).unwrap().len(), 2);
+        let by_name = s.list::<Thing>(&Query::name("x")).unwrap();
+        assert_eq!(
+            by_name.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(s.get_unique::<Thing>("d2/x").unwrap().unwrap().id, "c");
+        let mut b = s.fetch::<Thing>("b").unwrap();
+        b.name = "z".into();
+        s.write(|tx| tx.update(&b)).unwrap();
+        assert_eq!(s.fetch::<Thing>("b").unwrap().name, "z");
+        assert!(s.write(|tx| tx.delete::<Thing>("b")).unwrap());
+        assert!(!s.write(|tx| tx.delete::<Thing>("b")).unwrap());
+        assert!(matches!(
+            s.fetch::<Thing>("b"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn unique_key_and_id_conflicts() {
+        let s = Store::open_in_memory().unwrap();
+        s.write(|tx| tx.insert(&thing("a", "d1", "x"))).unwrap();
+        let dup_name = s.write(|tx| tx.insert(&thing("b", "d1", "x")));
+        assert!(matches!(dup_name, Err(StoreError::Conflict(_))));
+        let dup_id = s.write(|tx| tx.insert(&thing("a", "d9", "q")));
+        assert!(matches!(dup_id, Err(StoreError::Conflict(_))));
+        // Same name in another owner is fine.
+        s.write(|tx| tx.insert(&thing("b", "d2", "x"))).unwrap();
+    }
+
+    #[test]
+    fn failed_transaction_leaves_nothing_behind() {
+        let s = Store::open_in_memory().unwrap();
+        let before = s.changes_since(0, 100).unwrap().len();
+        let r = s.write(|tx| {
+            tx.insert(&thing("a", "d1", "x"))?;
+            tx.insert(&thing("b", "d1", "x")) // conflicts: whole txn rolls back
+        });
+        assert!(r.is_err());
+        assert!(s.get::<Thing>("a").unwrap().is_none());
+        assert_eq!(s.changes_since(0, 100).unwrap().len(), before);
+    }
+
+    #[test]
+    fn revisions_follow_the_change_log() {
+        let s = Store::open_in_memory().unwrap();
+        let r1 = s.write(|tx| tx.insert(&thing("a", "d1", "x"))).unwrap();
+        let r2 = s.write(|tx| tx.insert(&thing("b", "d1", "y"))).unwrap();
+        let r3 = s.write(|tx| tx.update(&thing("a", "d1", "x2"))).unwrap();
+        assert!(r1 < r2 && r2 < r3);
+        assert_eq!(s.revision::<Thing>("a").unwrap(), Some(r3));
+        s.write(|tx| tx.delete::<Thing>("b")).unwrap();
+        let log = s.changes_since(r1, 10).unwrap();
+        let ops: Vec<_> = log
+            .iter()
+            .map(|c| (c.id.as_str(), c.op.as_str()))
+            .collect();
+        assert_eq!(ops, [("b", "put"), ("a", "put"), ("b", "delete")]);
+        assert!(log[1].body.as_deref().unwrap().contains("x2"));
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema() {
+        let s = Store::open_in_memory().unwrap();
+        let path = s.path().to_path_buf();
+        s.write(|tx| tx.insert(&thing("a", "d1", "x"))).unwrap();
+        drop(s);
+        let s = Store::open(&path, Durability::Full).unwrap();
+        assert_eq!(s.fetch::<Thing>("a").unwrap().name, "x");
+    }
+}
