@@ -126,6 +126,7 @@ async fn create(
     let mut role_ids = Vec::new();
     match o.value("roles") {
         None | Some(Value::Null) => role_ids.extend(ctx.roles.iter().map(|r| r.id.clone())),
+        Some(Value::Array(list)) if list.is_empty() => role_ids.extend(ctx.roles.iter().map(|r| r.id.clone())),
         Some(Value::Array(list)) => {
             for r in list {
                 let found = match (r.get("id").and_then(Value::as_str), r.get("name").and_then(Value::as_str)) {

@@ -89,6 +89,8 @@ impl Identity {
             Ok(ring) => {
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
                 *seen = now;
+                // Tokens whose key was rotated out must stop validating.
+                self.invalidate();
                 tracing::info!(dir = %self.keys_dir.display(), "reloaded fernet keys");
             }
             Err(e) => tracing::error!(error = %e, "cannot reload fernet keys; keeping the old ones"),

@@ -1,0 +1,1 @@
+//! Real `openstack` CLI tests (filled in below).

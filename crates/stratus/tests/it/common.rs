@@ -1,0 +1,250 @@
+//! The harness: a running `stratus up` and a small HTTP client for it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub admin_password: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn unique_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "stratus-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stratus")
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = unique_dir();
+        let port = free_port();
+        let mut s = Server {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            admin_password: String::new(),
+        };
+        s.spawn();
+        let clouds = std::fs::read_to_string(s.dir.join("clouds.yaml")).expect("clouds.yaml written");
+        s.admin_password = clouds
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("password: "))
+            .expect("password in clouds.yaml")
+            .trim_matches('"')
+            .to_string();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("stratus-it-{}.log", self.port)))
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["up", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start stratus");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = agent().get(&format!("{}/identity/v3", self.url)).call()
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "stratus did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn restart(&mut self) {
+        self.stop("-TERM");
+        self.spawn();
+    }
+
+    /// Starts the server again after [`Server::stop`].
+    pub fn restart_after_stop(&mut self) {
+        self.spawn();
+    }
+
+    pub fn client(&self) -> Client {
+        Client { base: format!("{}/identity/v3", self.url) }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// A response: status, headers, JSON body (Null when empty).
+pub struct Resp {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts the Keystone error shape and returns the message.
+    pub fn error_message(&self) -> &str {
+        let e = &self.body["error"];
+        assert_eq!(e["code"], self.status, "error body: {}", self.body);
+        assert!(e["title"].is_string(), "error body: {}", self.body);
+        e["message"].as_str().expect("error message")
+    }
+}
+
+pub struct Client {
+    pub base: String,
+}
+
+impl Client {
+    /// Sends a request; `body` may be JSON or raw text.
+    pub fn raw(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<String>) -> Resp {
+        let url = format!("{}{}", self.base, path);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("X-Auth-Token", t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let has_body = body.is_some();
+        if has_body && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req = req.header("Content-Type", "application/json");
+        }
+        let a = agent();
+        let resp = if has_body {
+            a.run(req.body(body.unwrap_or_default()).unwrap())
+        } else {
+            a.run(req.body(()).unwrap())
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Resp { status, headers, body }
+    }
+
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        self.raw(method, path, token, &[], body.map(|b| b.to_string()))
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, Some(token), None)
+    }
+    pub fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call("POST", path, Some(token), Some(body))
+    }
+    pub fn patch(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call("PATCH", path, Some(token), Some(body))
+    }
+    pub fn put(&self, path: &str, token: &str) -> Resp {
+        self.call("PUT", path, Some(token), None)
+    }
+    pub fn delete(&self, path: &str, token: &str) -> Resp {
+        self.call("DELETE", path, Some(token), None)
+    }
+
+    /// Password auth by user and project names in the default domain.
+    pub fn login(&self, user: &str, password: &str, project: Option<&str>) -> Resp {
+        let mut auth = json!({"identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "domain": {"id": "default"}, "password": password}}}});
+        if let Some(p) = project {
+            auth["scope"] = json!({"project": {"name": p, "domain": {"id": "default"}}});
+        }
+        self.call("POST", "/auth/tokens", None, Some(json!({"auth": auth})))
+    }
+
+    pub fn token(&self, user: &str, password: &str, project: Option<&str>) -> String {
+        let r = self.login(user, password, project);
+        assert_eq!(r.status, 201, "login {user}: {}", r.body);
+        r.header("x-subject-token").expect("X-Subject-Token").to_string()
+    }
+
+    /// Validates `subject` with `caller`'s token; returns the status.
+    pub fn validate(&self, caller: &str, subject: &str) -> Resp {
+        self.raw("GET", "/auth/tokens", Some(caller), &[("X-Subject-Token", subject)], None)
+    }
+
+    pub fn create(&self, token: &str, path: &str, key: &str, body: Value) -> Value {
+        let r = self.post(path, token, json!({ key: body }));
+        assert_eq!(r.status, 201, "create {path}: {}", r.body);
+        r.body[key].clone()
+    }
+
+    /// Creates a user with a password, granting `role` on `project` if given.
+    pub fn user(&self, admin: &str, name: &str, password: &str, grant: Option<(&str, &str)>) -> String {
+        let u = self.create(admin, "/users", "user", json!({"name": name, "password": password, "domain_id": "default"}));
+        let uid = u["id"].as_str().unwrap().to_string();
+        if let Some((project_id, role)) = grant {
+            let rid = self.role_id(admin, role);
+            let r = self.put(&format!("/projects/{project_id}/users/{uid}/roles/{rid}"), admin);
+            assert_eq!(r.status, 204, "grant: {}", r.body);
+        }
+        uid
+    }
+
+    pub fn role_id(&self, admin: &str, name: &str) -> String {
+        let r = self.get(&format!("/roles?name={name}"), admin);
+        r.body["roles"][0]["id"].as_str().unwrap_or_else(|| panic!("role {name}: {}", r.body)).to_string()
+    }
+}
