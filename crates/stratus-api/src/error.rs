@@ -73,7 +73,9 @@ impl From<StoreError> for ApiError {
             }
             other => {
                 tracing::error!(error = %other, "store failure");
-                ApiError::internal("An unexpected error prevented the server from fulfilling your request.")
+                ApiError::internal(
+                    "An unexpected error prevented the server from fulfilling your request.",
+                )
             }
         }
     }

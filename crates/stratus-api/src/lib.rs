@@ -32,6 +32,9 @@ pub struct ApiConfig {
     pub token_expiration_s: u64,
     /// Region the catalog advertises.
     pub region: String,
+    /// Seconds a verified password login is remembered (see
+    /// `identity::password`); 0 runs Argon2 on every login.
+    pub login_cache_s: u64,
 }
 
 /// State shared by every handler.

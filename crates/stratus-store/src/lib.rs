@@ -243,9 +243,11 @@ impl Store {
     /// The revision of one document, if it exists.
     pub fn revision<T: Record>(&self, id: &str) -> Result<Option<i64>> {
         self.with_reader(|c| {
-            Ok(c.prepare_cached("SELECT revision FROM resources WHERE kind = ?1 AND id = ?2")?
-                .query_row(params![T::KIND, id], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT revision FROM resources WHERE kind = ?1 AND id = ?2")?
+                    .query_row(params![T::KIND, id], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 
@@ -614,10 +616,7 @@ mod tests {
         assert_eq!(s.revision::<Thing>("a").unwrap(), Some(r3));
         s.write(|tx| tx.delete::<Thing>("b")).unwrap();
         let log = s.changes_since(r1, 10).unwrap();
-        let ops: Vec<_> = log
-            .iter()
-            .map(|c| (c.id.as_str(), c.op.as_str()))
-            .collect();
+        let ops: Vec<_> = log.iter().map(|c| (c.id.as_str(), c.op.as_str())).collect();
         assert_eq!(ops, [("b", "put"), ("a", "put"), ("b", "delete")]);
         assert!(log[1].body.as_deref().unwrap().contains("x2"));
     }

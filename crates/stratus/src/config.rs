@@ -31,6 +31,10 @@ pub struct CommonArgs {
     /// Token lifetime in seconds.
     #[arg(long, env = "STRATUS_TOKEN_EXPIRATION", default_value_t = 3600)]
     pub token_expiration: u64,
+    /// Seconds a verified password login is remembered, so repeated logins
+    /// skip the slow hash (wrong passwords never do); 0 disables.
+    #[arg(long, env = "STRATUS_LOGIN_CACHE_SECONDS", default_value_t = 600)]
+    pub login_cache_seconds: u64,
 }
 
 impl CommonArgs {

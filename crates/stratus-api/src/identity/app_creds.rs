@@ -21,8 +21,14 @@ use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/users/{user_id}/application_credentials", get(list).post(create))
-        .route("/users/{user_id}/application_credentials/{id}", get(show).delete(remove))
+        .route(
+            "/users/{user_id}/application_credentials",
+            get(list).post(create),
+        )
+        .route(
+            "/users/{user_id}/application_credentials/{id}",
+            get(show).delete(remove),
+        )
 }
 
 fn view(state: &AppState, a: &AppCredential) -> Result<Value, ApiError> {
@@ -63,7 +69,12 @@ async fn list(
     for a in state.store.list::<AppCredential>(&Q::owner(&user_id))? {
         items.push(view(&state, &a)?);
     }
-    Ok(list_body(&state, "application_credentials", &format!("users/{user_id}/application_credentials"), filter(items, &q)))
+    Ok(list_body(
+        &state,
+        "application_credentials",
+        &format!("users/{user_id}/application_credentials"),
+        filter(items, &q),
+    ))
 }
 
 async fn show(
@@ -76,7 +87,9 @@ async fn show(
     if a.user_id != user_id {
         return Err(ApiError::not_found("application credential", &id));
     }
-    Ok(axum::Json(json!({"application_credential": view(&state, &a)?})))
+    Ok(axum::Json(
+        json!({"application_credential": view(&state, &a)?}),
+    ))
 }
 
 async fn create(
@@ -86,7 +99,9 @@ async fn create(
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     if ctx.user_id() != user_id {
-        return Err(ApiError::forbidden("identity:create_application_credential"));
+        return Err(ApiError::forbidden(
+            "identity:create_application_credential",
+        ));
     }
     if ctx.restricted() {
         return Err(ApiError::forbidden(
@@ -95,14 +110,24 @@ async fn create(
     }
     let project_id = ctx
         .project_id()
-        .ok_or_else(|| ApiError::forbidden("identity:create_application_credential (a project-scoped token is required)"))?
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "identity:create_application_credential (a project-scoped token is required)",
+            )
+        })?
         .to_string();
     let o = Obj::from_body(body, "application_credential")?;
     let name = o.name("name")?.ok_or_else(|| {
-        ApiError::bad_request("Invalid input for field 'application_credential': 'name' is a required property.")
+        ApiError::bad_request(
+            "Invalid input for field 'application_credential': 'name' is a required property.",
+        )
     })?;
     let secret = match o.str("secret")? {
-        Some(s) if s.is_empty() => return Err(ApiError::bad_request("Invalid input for field 'application_credential.secret': it is empty.")),
+        Some(s) if s.is_empty() => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field 'application_credential.secret': it is empty.",
+            ));
+        }
         Some(s) => s,
         None => {
             let mut raw = [0u8; 48];
@@ -117,7 +142,9 @@ async fn create(
                 ApiError::bad_request(format!("Invalid input for field 'application_credential.expires_at': '{s}' is not a date-time."))
             })?;
             if t <= now_us() {
-                return Err(ApiError::bad_request("The application credential would already have expired."));
+                return Err(ApiError::bad_request(
+                    "The application credential would already have expired.",
+                ));
             }
             Some(t)
         }
@@ -126,13 +153,22 @@ async fn create(
     let mut role_ids = Vec::new();
     match o.value("roles") {
         None | Some(Value::Null) => role_ids.extend(ctx.roles.iter().map(|r| r.id.clone())),
-        Some(Value::Array(list)) if list.is_empty() => role_ids.extend(ctx.roles.iter().map(|r| r.id.clone())),
+        Some(Value::Array(list)) if list.is_empty() => {
+            role_ids.extend(ctx.roles.iter().map(|r| r.id.clone()))
+        }
         Some(Value::Array(list)) => {
             for r in list {
-                let found = match (r.get("id").and_then(Value::as_str), r.get("name").and_then(Value::as_str)) {
+                let found = match (
+                    r.get("id").and_then(Value::as_str),
+                    r.get("name").and_then(Value::as_str),
+                ) {
                     (Some(id), _) => ctx.roles.iter().find(|x| x.id == id),
                     (None, Some(n)) => ctx.roles.iter().find(|x| x.name == n),
-                    _ => return Err(ApiError::bad_request("Each role needs an 'id' or a 'name'.")),
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "Each role needs an 'id' or a 'name'.",
+                        ));
+                    }
                 };
                 let found = found.ok_or_else(|| {
                     ApiError::forbidden(&format!(
@@ -144,12 +180,20 @@ async fn create(
                 }
             }
         }
-        Some(_) => return Err(ApiError::bad_request("Invalid input for field 'application_credential.roles': it must be a list.")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field 'application_credential.roles': it must be a list.",
+            ));
+        }
     }
     let access_rules = match o.value("access_rules") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(_) => return Err(ApiError::bad_request("Invalid input for field 'application_credential.access_rules'.")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field 'application_credential.access_rules'.",
+            ));
+        }
     };
     let secret_hash = state.identity.hashing.hash(secret.clone()).await?;
     let a = AppCredential {
@@ -164,10 +208,16 @@ async fn create(
         unrestricted: o.bool("unrestricted")?.unwrap_or(false),
         access_rules,
     };
-    state.identity_write(|tx| tx.insert(&a).map_err(conflict_as("application_credential", &name)))?;
+    state.identity_write(|tx| {
+        tx.insert(&a)
+            .map_err(conflict_as("application_credential", &name))
+    })?;
     let mut v = view(&state, &a)?;
     v["secret"] = json!(secret);
-    Ok((StatusCode::CREATED, axum::Json(json!({"application_credential": v}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"application_credential": v})),
+    ))
 }
 
 async fn remove(
@@ -175,7 +225,10 @@ async fn remove(
     ctx: Ctx,
     Path((user_id, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    ctx.allow(ctx.user_id() == user_id && !ctx.restricted(), "identity:delete_application_credential")?;
+    ctx.allow(
+        ctx.user_id() == user_id && !ctx.restricted(),
+        "identity:delete_application_credential",
+    )?;
     state.identity_write(|tx| {
         let a = tx.fetch::<AppCredential>(&id)?;
         if a.user_id != user_id {

@@ -25,13 +25,30 @@ struct Spec {
 
 pub fn routes() -> Router<AppState> {
     let mut r = Router::new();
-    for (tname, target) in [("projects", TargetKind::Project), ("domains", TargetKind::Domain)] {
+    for (tname, target) in [
+        ("projects", TargetKind::Project),
+        ("domains", TargetKind::Domain),
+    ] {
         for (aname, actor) in [("users", ActorKind::User), ("groups", ActorKind::Group)] {
-            let s = Spec { target, actor, inherited: false };
+            let s = Spec {
+                target,
+                actor,
+                inherited: false,
+            };
             r = r
-                .route(&format!("/{tname}/{{target}}/{aname}/{{actor}}/roles"), get(move |st, c, p| list_grants(st, c, p, s)))
-                .route(&format!("/{tname}/{{target}}/{aname}/{{actor}}/roles/{{role}}"), grant_methods(s));
-            let s = Spec { target, actor, inherited: true };
+                .route(
+                    &format!("/{tname}/{{target}}/{aname}/{{actor}}/roles"),
+                    get(move |st, c, p| list_grants(st, c, p, s)),
+                )
+                .route(
+                    &format!("/{tname}/{{target}}/{aname}/{{actor}}/roles/{{role}}"),
+                    grant_methods(s),
+                );
+            let s = Spec {
+                target,
+                actor,
+                inherited: true,
+            };
             r = r
                 .route(
                     &format!("/OS-INHERIT/{tname}/{{target}}/{aname}/{{actor}}/roles/inherited_to_projects"),
@@ -44,10 +61,20 @@ pub fn routes() -> Router<AppState> {
         }
     }
     for (aname, actor) in [("users", ActorKind::User), ("groups", ActorKind::Group)] {
-        let s = Spec { target: TargetKind::System, actor, inherited: false };
+        let s = Spec {
+            target: TargetKind::System,
+            actor,
+            inherited: false,
+        };
         r = r
-            .route(&format!("/system/{aname}/{{actor}}/roles"), get(move |st, c, p| list_grants(st, c, p, s)))
-            .route(&format!("/system/{aname}/{{actor}}/roles/{{role}}"), grant_methods(s));
+            .route(
+                &format!("/system/{aname}/{{actor}}/roles"),
+                get(move |st, c, p| list_grants(st, c, p, s)),
+            )
+            .route(
+                &format!("/system/{aname}/{{actor}}/roles/{{role}}"),
+                grant_methods(s),
+            );
     }
     r.route("/role_assignments", get(list_assignments))
 }
@@ -71,7 +98,11 @@ pub fn delete_touching(tx: &Tx, id: &str) -> Result<(), ApiError> {
 }
 
 /// Checks that target, actor (and role) exist; returns the assignment.
-fn resolve(state: &AppState, p: &HashMap<String, String>, s: Spec) -> Result<(String, String), ApiError> {
+fn resolve(
+    state: &AppState,
+    p: &HashMap<String, String>,
+    s: Spec,
+) -> Result<(String, String), ApiError> {
     let target = match s.target {
         TargetKind::System => SYSTEM_ALL.to_string(),
         TargetKind::Project => state.store.fetch::<Project>(&p["target"])?.id,
@@ -84,20 +115,38 @@ fn resolve(state: &AppState, p: &HashMap<String, String>, s: Spec) -> Result<(St
     Ok((target, actor))
 }
 
-fn assignment(state: &AppState, p: &HashMap<String, String>, s: Spec) -> Result<Assignment, ApiError> {
+fn assignment(
+    state: &AppState,
+    p: &HashMap<String, String>,
+    s: Spec,
+) -> Result<Assignment, ApiError> {
     let (target, actor) = resolve(state, p, s)?;
     let role = state.store.fetch::<Role>(&p["role"])?;
-    Ok(Assignment::new(s.actor, &actor, s.target, &target, &role.id, s.inherited))
+    Ok(Assignment::new(
+        s.actor,
+        &actor,
+        s.target,
+        &target,
+        &role.id,
+        s.inherited,
+    ))
 }
 
 fn may_read(ctx: &Ctx, state: &AppState, a_target: TargetKind, target: &str) -> bool {
     if ctx.system_reader() {
         return true;
     }
-    let Some(d) = ctx.reader_domain() else { return false };
+    let Some(d) = ctx.reader_domain() else {
+        return false;
+    };
     match a_target {
         TargetKind::Domain => target == d,
-        TargetKind::Project => state.store.get::<Project>(target).ok().flatten().is_some_and(|p| p.domain_id == d),
+        TargetKind::Project => state
+            .store
+            .get::<Project>(target)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.domain_id == d),
         TargetKind::System => false,
     }
 }
@@ -109,10 +158,19 @@ async fn list_grants(
     s: Spec,
 ) -> Result<axum::Json<Value>, ApiError> {
     let (target, actor) = resolve(&state, &p, s)?;
-    ctx.allow(may_read(&ctx, &state, s.target, &target), "identity:list_grants")?;
+    ctx.allow(
+        may_read(&ctx, &state, s.target, &target),
+        "identity:list_grants",
+    )?;
     let mut items = Vec::new();
-    for a in state.store.list::<Assignment>(&Q { owner: Some(&target), parent: Some(&actor), name: None })? {
-        if a.target == s.target && a.actor == s.actor && a.inherited == s.inherited
+    for a in state.store.list::<Assignment>(&Q {
+        owner: Some(&target),
+        parent: Some(&actor),
+        name: None,
+    })? {
+        if a.target == s.target
+            && a.actor == s.actor
+            && a.inherited == s.inherited
             && let Some(r) = state.store.get::<Role>(&a.role_id)?
         {
             items.push(roles::view(&state, &r));
@@ -128,10 +186,16 @@ async fn check_grant(
     s: Spec,
 ) -> Result<StatusCode, ApiError> {
     let a = assignment(&state, &p, s)?;
-    ctx.allow(may_read(&ctx, &state, s.target, &a.target_id), "identity:check_grant")?;
+    ctx.allow(
+        may_read(&ctx, &state, s.target, &a.target_id),
+        "identity:check_grant",
+    )?;
     match state.store.get::<Assignment>(&a.id)? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
-        None => Err(ApiError::not_found("role assignment", &format!("role {} for {}", a.role_id, a.actor_id))),
+        None => Err(ApiError::not_found(
+            "role assignment",
+            &format!("role {} for {}", a.role_id, a.actor_id),
+        )),
     }
 }
 
@@ -160,7 +224,10 @@ async fn delete_grant(
     let a = assignment(&state, &p, s)?;
     let existed = state.identity_write(|tx| Ok(tx.delete::<Assignment>(&a.id)?))?;
     if !existed {
-        return Err(ApiError::not_found("role assignment", &format!("role {} for {}", a.role_id, a.actor_id)));
+        return Err(ApiError::not_found(
+            "role assignment",
+            &format!("role {} for {}", a.role_id, a.actor_id),
+        ));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -193,7 +260,9 @@ fn grant_url(state: &AppState, r: &Row, role: &str) -> String {
     let actor = r.via_group.as_deref().unwrap_or(&r.actor_id);
     let a = if r.via_group.is_some() { "groups" } else { a };
     if r.inherited {
-        state.identity_url(&format!("OS-INHERIT/{t}/{a}/{actor}/roles/{role}/inherited_to_projects"))
+        state.identity_url(&format!(
+            "OS-INHERIT/{t}/{a}/{actor}/roles/{role}/inherited_to_projects"
+        ))
     } else {
         state.identity_url(&format!("{t}/{a}/{actor}/roles/{role}"))
     }
@@ -213,12 +282,21 @@ async fn list_assignments(
     let f_project = q.get("scope.project.id").cloned();
     let f_domain = q.get("scope.domain.id").cloned();
     let f_system = q.contains_key("scope.system");
-    let f_inherited = q.get("scope.OS-INHERIT:inherited_to").is_some();
+    let f_inherited = q.contains_key("scope.OS-INHERIT:inherited_to");
     if effective && f_group.is_some() {
-        return Err(ApiError::bad_request("Combining effective and group filter will always result in an empty list."));
+        return Err(ApiError::bad_request(
+            "Combining effective and group filter will always result in an empty list.",
+        ));
     }
-    if [f_project.is_some(), f_domain.is_some(), f_system].iter().filter(|x| **x).count() > 1 {
-        return Err(ApiError::bad_request("Specify at most one of scope.project.id, scope.domain.id and scope.system."));
+    if [f_project.is_some(), f_domain.is_some(), f_system]
+        .iter()
+        .filter(|x| **x)
+        .count()
+        > 1
+    {
+        return Err(ApiError::bad_request(
+            "Specify at most one of scope.project.id, scope.domain.id and scope.system.",
+        ));
     }
     // Policy: readers of the system see everything, domain readers their
     // domain, and anyone may list their own effective assignments.
@@ -251,7 +329,10 @@ async fn list_assignments(
         let mut out = Vec::new();
         let mut frontier = vec![root.to_string()];
         while let Some(id) = frontier.pop() {
-            for p in projects.iter().filter(|p| p.parent_id.as_deref() == Some(id.as_str())) {
+            for p in projects
+                .iter()
+                .filter(|p| p.parent_id.as_deref() == Some(id.as_str()))
+            {
                 frontier.push(p.id.clone());
                 out.push(p.id.clone());
             }
@@ -278,7 +359,10 @@ async fn list_assignments(
                         .filter(|p| p.domain_id == r.target_id)
                         .map(|p| (TargetKind::Project, p.id.clone()))
                         .collect(),
-                    _ => subtree_of(&r.target_id).into_iter().map(|p| (TargetKind::Project, p)).collect(),
+                    _ => subtree_of(&r.target_id)
+                        .into_iter()
+                        .map(|p| (TargetKind::Project, p))
+                        .collect(),
                 }
             } else {
                 vec![(r.target, r.target_id.clone())]
@@ -331,24 +415,51 @@ async fn list_assignments(
     let domain_of = |r: &Row| -> Option<String> {
         match r.target {
             TargetKind::Domain => Some(r.target_id.clone()),
-            TargetKind::Project => projects.iter().find(|p| p.id == r.target_id).map(|p| p.domain_id.clone()),
+            TargetKind::Project => projects
+                .iter()
+                .find(|p| p.id == r.target_id)
+                .map(|p| p.domain_id.clone()),
             TargetKind::System => None,
         }
     };
     let mut seen = HashSet::new();
     rows.retain(|r| {
-        f_user.as_ref().is_none_or(|u| r.actor == ActorKind::User && r.actor_id == *u)
-            && f_group.as_ref().is_none_or(|g| r.actor == ActorKind::Group && r.actor_id == *g)
+        f_user
+            .as_ref()
+            .is_none_or(|u| r.actor == ActorKind::User && r.actor_id == *u)
+            && f_group
+                .as_ref()
+                .is_none_or(|g| r.actor == ActorKind::Group && r.actor_id == *g)
             && f_role.as_ref().is_none_or(|x| r.role_id == *x)
-            && project_set.as_ref().is_none_or(|s| r.target == TargetKind::Project && s.contains(&r.target_id))
-            && f_domain.as_ref().is_none_or(|d| r.target == TargetKind::Domain && r.target_id == *d)
+            && project_set
+                .as_ref()
+                .is_none_or(|s| r.target == TargetKind::Project && s.contains(&r.target_id))
+            && f_domain
+                .as_ref()
+                .is_none_or(|d| r.target == TargetKind::Domain && r.target_id == *d)
             && (!f_system || r.target == TargetKind::System)
             && (!f_inherited || r.inherited)
-            && domain_only.as_ref().is_none_or(|d| domain_of(r).as_deref() == Some(d.as_str()))
-            && seen.insert((r.actor_id.clone(), r.target_id.clone(), r.role_id.clone(), r.inherited && !effective, r.via_group.clone()))
+            && domain_only
+                .as_ref()
+                .is_none_or(|d| domain_of(r).as_deref() == Some(d.as_str()))
+            && seen.insert((
+                r.actor_id.clone(),
+                r.target_id.clone(),
+                r.role_id.clone(),
+                r.inherited && !effective,
+                r.via_group.clone(),
+            ))
     });
-    let items = rows.iter().map(|r| render(&state, r, names, effective)).collect::<Result<Vec<_>, _>>()?;
-    Ok(list_body(&state, "role_assignments", "role_assignments", items))
+    let items = rows
+        .iter()
+        .map(|r| render(&state, r, names, effective))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(list_body(
+        &state,
+        "role_assignments",
+        "role_assignments",
+        items,
+    ))
 }
 
 fn render(state: &AppState, r: &Row, names: bool, effective: bool) -> Result<Value, ApiError> {
@@ -407,7 +518,8 @@ fn render(state: &AppState, r: &Row, names: bool, effective: bool) -> Result<Val
     let prior = r.prior_role.as_deref().unwrap_or(&r.role_id);
     let mut links = json!({"assignment": grant_url(state, r, prior)});
     if let Some(g) = &r.via_group {
-        links["membership"] = json!(state.identity_url(&format!("groups/{g}/users/{}", r.actor_id)));
+        links["membership"] =
+            json!(state.identity_url(&format!("groups/{g}/users/{}", r.actor_id)));
     }
     if let Some(p) = &r.prior_role {
         links["prior_role"] = json!(state.identity_url(&format!("roles/{p}")));

@@ -33,7 +33,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn token_response(status: StatusCode, token: &str, body: &str) -> Response {
-    let mut resp = (status, [("content-type", "application/json")], body.to_string()).into_response();
+    let mut resp = (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(token) {
         resp.headers_mut().insert("x-subject-token", v);
     }
@@ -47,7 +52,7 @@ async fn issue_token(
 ) -> Result<Response, ApiError> {
     let data = service::authenticate(&state, &body).await?;
     let token = service::issue(&state, &data);
-    let v = service::validate(&state, &token, false).map_err(|e| match e {
+    let v = service::validate_opts(&state, &token, false, false).map_err(|e| match e {
         Invalid::Store(e) => e,
         _ => ApiError::unauthorized(),
     })?;
@@ -89,7 +94,11 @@ async fn validate_token(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (tok, v) = subject(&state, &ctx, &headers, flag(&q, "allow_expired"))?;
-    Ok(token_response(StatusCode::OK, &tok, v.body(&state, !flag(&q, "nocatalog"))))
+    Ok(token_response(
+        StatusCode::OK,
+        &tok,
+        v.body(&state, !flag(&q, "nocatalog")),
+    ))
 }
 
 async fn check_token(
@@ -121,7 +130,10 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn auth_catalog(State(state): State<AppState>, ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+async fn auth_catalog(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
     if ctx.data.scope == super::token::Scope::Unscoped {
         return Err(ApiError::forbidden(
             "identity:get_auth_catalog (a catalog cannot be returned for an unscoped token)",
@@ -133,7 +145,10 @@ async fn auth_catalog(State(state): State<AppState>, ctx: Ctx) -> Result<axum::J
     })))
 }
 
-async fn auth_projects(State(state): State<AppState>, ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+async fn auth_projects(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
     let projects = service::user_projects(&state.store, ctx.user_id())?
         .into_iter()
         .filter(|p| p.enabled)
@@ -142,7 +157,10 @@ async fn auth_projects(State(state): State<AppState>, ctx: Ctx) -> Result<axum::
     Ok(list_body(&state, "projects", "auth/projects", projects))
 }
 
-async fn auth_domains(State(state): State<AppState>, ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+async fn auth_domains(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
     let list = service::user_domains(&state.store, ctx.user_id())?
         .into_iter()
         .filter(|d| d.enabled)
@@ -151,9 +169,17 @@ async fn auth_domains(State(state): State<AppState>, ctx: Ctx) -> Result<axum::J
     Ok(list_body(&state, "domains", "auth/domains", list))
 }
 
-async fn auth_system(State(state): State<AppState>, ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
-    let has = !service::effective_role_ids(&state.store, ctx.user_id(), &Target::System)?.is_empty();
-    let system = if has { json!([{"all": true}]) } else { json!([]) };
+async fn auth_system(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
+    let has =
+        !service::effective_role_ids(&state.store, ctx.user_id(), &Target::System)?.is_empty();
+    let system = if has {
+        json!([{"all": true}])
+    } else {
+        json!([])
+    };
     Ok(axum::Json(json!({
         "system": system,
         "links": {"self": state.identity_url("auth/system"), "previous": null, "next": null}

@@ -34,19 +34,38 @@ pub fn generate_password() -> String {
 
 /// Registers a service and its public/internal/admin endpoints in the
 /// catalog, or updates their URL. Later services call this at start.
-pub fn ensure_service(store: &Store, kind: &str, name: &str, region: &str, url: &str) -> Result<(), ApiError> {
+pub fn ensure_service(
+    store: &Store,
+    kind: &str,
+    name: &str,
+    region: &str,
+    url: &str,
+) -> Result<(), ApiError> {
     store.write(|tx| {
-        let service = match tx.list::<Service>(&Query::all())?.into_iter().find(|s| s.kind == kind) {
+        let service = match tx
+            .list::<Service>(&Query::all())?
+            .into_iter()
+            .find(|s| s.kind == kind)
+        {
             Some(s) => s,
             None => {
-                let s = Service { id: new_id(), kind: kind.into(), name: Some(name.into()), description: None, enabled: true };
+                let s = Service {
+                    id: new_id(),
+                    kind: kind.into(),
+                    name: Some(name.into()),
+                    description: None,
+                    enabled: true,
+                };
                 tx.insert(&s)?;
                 s
             }
         };
         let existing = tx.list::<Endpoint>(&Query::parent(&service.id))?;
         for interface in ["public", "internal", "admin"] {
-            match existing.iter().find(|e| e.interface == interface && e.region_id.as_deref() == Some(region)) {
+            match existing
+                .iter()
+                .find(|e| e.interface == interface && e.region_id.as_deref() == Some(region))
+            {
                 Some(e) if e.url == url => {}
                 Some(e) => {
                     let mut e = e.clone();
@@ -71,7 +90,9 @@ pub fn ensure_service(store: &Store, kind: &str, name: &str, region: &str, url: 
 
 pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutcome, ApiError> {
     // Hash outside the transaction: it is slow on purpose.
-    let needs_user = store.get_unique::<User>(&format!("{DEFAULT_DOMAIN_ID}/admin"))?.is_none();
+    let needs_user = store
+        .get_unique::<User>(&format!("{DEFAULT_DOMAIN_ID}/admin"))?
+        .is_none();
     let password = match (&opts.admin_password, needs_user) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => Some(generate_password()),
@@ -89,7 +110,11 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
                 options: Default::default(),
             })?;
         }
-        let project = match tx.list::<Project>(&Query::owner(DEFAULT_DOMAIN_ID))?.into_iter().find(|p| p.name == "admin") {
+        let project = match tx
+            .list::<Project>(&Query::owner(DEFAULT_DOMAIN_ID))?
+            .into_iter()
+            .find(|p| p.name == "admin")
+        {
             Some(p) => p,
             None => {
                 let p = Project {
@@ -107,7 +132,11 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
                 p
             }
         };
-        let user = match tx.list::<User>(&Query::owner(DEFAULT_DOMAIN_ID))?.into_iter().find(|u| u.name == "admin") {
+        let user = match tx
+            .list::<User>(&Query::owner(DEFAULT_DOMAIN_ID))?
+            .into_iter()
+            .find(|u| u.name == "admin")
+        {
             Some(mut u) => {
                 if let Some(h) = &hash {
                     u.password_hash = Some(h.clone());
@@ -136,10 +165,19 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
         };
         let roles = tx.list::<Role>(&Query::all())?;
         let role_id = |name: &str| -> Result<String, ApiError> {
-            if let Some(r) = roles.iter().find(|r| r.name == name && r.domain_id.is_none()) {
+            if let Some(r) = roles
+                .iter()
+                .find(|r| r.name == name && r.domain_id.is_none())
+            {
                 return Ok(r.id.clone());
             }
-            let r = Role { id: new_id(), name: name.into(), domain_id: None, description: None, options: Default::default() };
+            let r = Role {
+                id: new_id(),
+                name: name.into(),
+                domain_id: None,
+                description: None,
+                options: Default::default(),
+            };
             tx.insert(&r)?;
             Ok(r.id)
         };
@@ -150,10 +188,28 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
         for (p, i) in [(&admin, &member), (&member, &reader)] {
             tx.upsert(&Inference::new(p, i))?;
         }
-        tx.upsert(&Assignment::new(ActorKind::User, &user.id, TargetKind::Project, &project.id, &admin, false))?;
-        tx.upsert(&Assignment::new(ActorKind::User, &user.id, TargetKind::System, SYSTEM_ALL, &admin, false))?;
+        tx.upsert(&Assignment::new(
+            ActorKind::User,
+            &user.id,
+            TargetKind::Project,
+            &project.id,
+            &admin,
+            false,
+        ))?;
+        tx.upsert(&Assignment::new(
+            ActorKind::User,
+            &user.id,
+            TargetKind::System,
+            SYSTEM_ALL,
+            &admin,
+            false,
+        ))?;
         if tx.get::<Region>(&opts.region)?.is_none() {
-            tx.insert(&Region { id: opts.region.clone(), description: String::new(), parent_region_id: None })?;
+            tx.insert(&Region {
+                id: opts.region.clone(),
+                description: String::new(),
+                parent_region_id: None,
+            })?;
         }
         Ok::<_, ApiError>(BootstrapOutcome {
             admin_user_id: user.id,
@@ -161,6 +217,12 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
             admin_password: password.clone(),
         })
     })?;
-    ensure_service(store, "identity", "keystone", &opts.region, &format!("{}/identity", opts.public_url))?;
+    ensure_service(
+        store,
+        "identity",
+        "keystone",
+        &opts.region,
+        &format!("{}/identity", opts.public_url),
+    )?;
     Ok(out)
 }

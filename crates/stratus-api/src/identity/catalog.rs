@@ -18,11 +18,27 @@ use crate::{ApiError, AppState};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/regions", get(list_regions).post(create_region))
-        .route("/regions/{id}", get(show_region).put(put_region).patch(update_region).delete(delete_region))
+        .route(
+            "/regions/{id}",
+            get(show_region)
+                .put(put_region)
+                .patch(update_region)
+                .delete(delete_region),
+        )
         .route("/services", get(list_services).post(create_service))
-        .route("/services/{id}", get(show_service).patch(update_service).delete(delete_service))
+        .route(
+            "/services/{id}",
+            get(show_service)
+                .patch(update_service)
+                .delete(delete_service),
+        )
         .route("/endpoints", get(list_endpoints).post(create_endpoint))
-        .route("/endpoints/{id}", get(show_endpoint).patch(update_endpoint).delete(delete_endpoint))
+        .route(
+            "/endpoints/{id}",
+            get(show_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
+        )
 }
 
 // ---- regions -------------------------------------------------------------------
@@ -41,11 +57,20 @@ async fn list_regions(
     _ctx: Ctx,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let items = state.store.list::<Region>(&Q::all())?.iter().map(|r| region_view(&state, r)).collect();
+    let items = state
+        .store
+        .list::<Region>(&Q::all())?
+        .iter()
+        .map(|r| region_view(&state, r))
+        .collect();
     Ok(list_body(&state, "regions", "regions", filter(items, &q)))
 }
 
-async fn show_region(State(state): State<AppState>, _ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn show_region(
+    State(state): State<AppState>,
+    _ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let r = state.store.fetch::<Region>(&id)?;
     Ok(axum::Json(json!({"region": region_view(&state, &r)})))
 }
@@ -55,12 +80,20 @@ fn region_from(state: &AppState, o: &Obj, id: String) -> Result<Region, ApiError
     if let Some(p) = &parent
         && state.store.get::<Region>(p)?.is_none()
     {
-        return Err(ApiError::bad_request(format!("Parent region {p} not found.")));
+        return Err(ApiError::bad_request(format!(
+            "Parent region {p} not found."
+        )));
     }
     if id.is_empty() || id.len() > 255 {
-        return Err(ApiError::bad_request("Invalid input for field 'region.id'."));
+        return Err(ApiError::bad_request(
+            "Invalid input for field 'region.id'.",
+        ));
     }
-    Ok(Region { id, description: o.str("description")?.unwrap_or_default(), parent_region_id: parent })
+    Ok(Region {
+        id,
+        description: o.str("description")?.unwrap_or_default(),
+        parent_region_id: parent,
+    })
 }
 
 async fn create_region(
@@ -73,7 +106,10 @@ async fn create_region(
     let id = o.str("id").ok().flatten().unwrap_or_else(new_id);
     let r = region_from(&state, &o, id)?;
     state.identity_write(|tx| tx.insert(&r).map_err(super::conflict_as("region", &r.id)))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"region": region_view(&state, &r)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"region": region_view(&state, &r)})),
+    ))
 }
 
 async fn put_region(
@@ -85,11 +121,16 @@ async fn put_region(
     ctx.require_admin("identity:create_region")?;
     let o = Obj::from_body(body, "region")?;
     if o.str("id")?.is_some_and(|x| x != id) {
-        return Err(ApiError::bad_request("The region id in the body does not match the URL."));
+        return Err(ApiError::bad_request(
+            "The region id in the body does not match the URL.",
+        ));
     }
     let r = region_from(&state, &o, id)?;
     state.identity_write(|tx| tx.insert(&r).map_err(super::conflict_as("region", &r.id)))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"region": region_view(&state, &r)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"region": region_view(&state, &r)})),
+    ))
 }
 
 async fn update_region(
@@ -107,10 +148,10 @@ async fn update_region(
         }
         if o.has("parent_region_id") {
             let p = o.str("parent_region_id")?;
-            if let Some(p) = &p {
-                if *p == id || tx.get::<Region>(p)?.is_none() {
-                    return Err(ApiError::bad_request(format!("Invalid parent region {p}.")));
-                }
+            if let Some(p) = &p
+                && (*p == id || tx.get::<Region>(p)?.is_none())
+            {
+                return Err(ApiError::bad_request(format!("Invalid parent region {p}.")));
             }
             r.parent_region_id = p;
         }
@@ -120,16 +161,24 @@ async fn update_region(
     Ok(axum::Json(json!({"region": region_view(&state, &r)})))
 }
 
-async fn delete_region(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_region(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_region")?;
     state.identity_write(|tx| {
         tx.fetch::<Region>(&id)?;
         if !tx.list::<Region>(&Q::parent(&id))?.is_empty() {
-            return Err(ApiError::forbidden("identity:delete_region (the region has child regions)"));
+            return Err(ApiError::forbidden(
+                "identity:delete_region (the region has child regions)",
+            ));
         }
         for e in tx.list::<Endpoint>(&Q::all())? {
             if e.region_id.as_deref() == Some(id.as_str()) {
-                return Err(ApiError::forbidden("identity:delete_region (endpoints still use this region)"));
+                return Err(ApiError::forbidden(
+                    "identity:delete_region (endpoints still use this region)",
+                ));
             }
         }
         tx.delete::<Region>(&id)?;
@@ -161,11 +210,20 @@ async fn list_services(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read_catalog(&ctx)?;
-    let items = state.store.list::<Service>(&Q::all())?.iter().map(|s| service_view(&state, s)).collect();
+    let items = state
+        .store
+        .list::<Service>(&Q::all())?
+        .iter()
+        .map(|s| service_view(&state, s))
+        .collect();
     Ok(list_body(&state, "services", "services", filter(items, &q)))
 }
 
-async fn show_service(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn show_service(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     may_read_catalog(&ctx)?;
     let s = state.store.fetch::<Service>(&id)?;
     Ok(axum::Json(json!({"service": service_view(&state, &s)})))
@@ -189,7 +247,10 @@ async fn create_service(
         enabled: o.bool("enabled")?.unwrap_or(true),
     };
     state.identity_write(|tx| Ok(tx.insert(&s)?))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"service": service_view(&state, &s)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"service": service_view(&state, &s)})),
+    ))
 }
 
 async fn update_service(
@@ -220,7 +281,11 @@ async fn update_service(
     Ok(axum::Json(json!({"service": service_view(&state, &s)})))
 }
 
-async fn delete_service(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_service(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_service")?;
     state.identity_write(|tx| {
         tx.fetch::<Service>(&id)?;
@@ -262,7 +327,9 @@ fn check_url(u: &str) -> Result<(), ApiError> {
     if u.starts_with("http://") || u.starts_with("https://") {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("Invalid input for field 'endpoint.url': '{u}' is not a URL.")))
+        Err(ApiError::bad_request(format!(
+            "Invalid input for field 'endpoint.url': '{u}' is not a URL."
+        )))
     }
 }
 
@@ -272,11 +339,25 @@ async fn list_endpoints(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read_catalog(&ctx)?;
-    let items = state.store.list::<Endpoint>(&Q::all())?.iter().map(|e| endpoint_view(&state, e)).collect();
-    Ok(list_body(&state, "endpoints", "endpoints", filter(items, &q)))
+    let items = state
+        .store
+        .list::<Endpoint>(&Q::all())?
+        .iter()
+        .map(|e| endpoint_view(&state, e))
+        .collect();
+    Ok(list_body(
+        &state,
+        "endpoints",
+        "endpoints",
+        filter(items, &q),
+    ))
 }
 
-async fn show_endpoint(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn show_endpoint(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     may_read_catalog(&ctx)?;
     let e = state.store.fetch::<Endpoint>(&id)?;
     Ok(axum::Json(json!({"endpoint": endpoint_view(&state, &e)})))
@@ -305,7 +386,10 @@ async fn create_endpoint(
     };
     state.identity_write(|tx| {
         if tx.get::<Service>(&e.service_id)?.is_none() {
-            return Err(ApiError::bad_request(format!("Service {} not found.", e.service_id)));
+            return Err(ApiError::bad_request(format!(
+                "Service {} not found.",
+                e.service_id
+            )));
         }
         if let Some(r) = &e.region_id
             && tx.get::<Region>(r)?.is_none()
@@ -315,7 +399,10 @@ async fn create_endpoint(
         tx.insert(&e)?;
         Ok(())
     })?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"endpoint": endpoint_view(&state, &e)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"endpoint": endpoint_view(&state, &e)})),
+    ))
 }
 
 async fn update_endpoint(
@@ -337,7 +424,8 @@ async fn update_endpoint(
             e.url = u;
         }
         if let Some(s) = o.str("service_id")? {
-            tx.get::<Service>(&s)?.ok_or_else(|| ApiError::bad_request(format!("Service {s} not found.")))?;
+            tx.get::<Service>(&s)?
+                .ok_or_else(|| ApiError::bad_request(format!("Service {s} not found.")))?;
             e.service_id = s;
         }
         if o.has("region_id") || o.has("region") {
@@ -358,7 +446,11 @@ async fn update_endpoint(
     Ok(axum::Json(json!({"endpoint": endpoint_view(&state, &e)})))
 }
 
-async fn delete_endpoint(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_endpoint(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_endpoint")?;
     state.identity_write(|tx| {
         if !tx.delete::<Endpoint>(&id)? {

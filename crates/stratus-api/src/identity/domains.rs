@@ -75,7 +75,10 @@ async fn create(
         options: o.object("options")?.unwrap_or_default(),
     };
     state.identity_write(|tx| tx.insert(&d).map_err(conflict_as("domain", &name)))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"domain": view(&state, &d)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"domain": view(&state, &d)})),
+    ))
 }
 
 async fn show(

@@ -61,7 +61,8 @@ impl Key {
     }
 
     fn mac(&self) -> HmacSha256 {
-        <HmacSha256 as KeyInit>::new_from_slice(&self.signing).expect("any key length works for HMAC")
+        <HmacSha256 as KeyInit>::new_from_slice(&self.signing)
+            .expect("any key length works for HMAC")
     }
 }
 
@@ -247,10 +248,16 @@ mod tests {
         let old = KeyRing::load(&d).unwrap().encrypt(b"x", 1);
         rotate(&d).unwrap();
         let ring = KeyRing::load(&d).unwrap();
-        assert!(ring.decrypt(&old).is_some(), "previous primary still validates");
+        assert!(
+            ring.decrypt(&old).is_some(),
+            "previous primary still validates"
+        );
         rotate(&d).unwrap();
         rotate(&d).unwrap();
         assert_eq!(read_indices(&d).unwrap().len(), MAX_ACTIVE_KEYS);
-        assert!(KeyRing::load(&d).unwrap().decrypt(&old).is_none(), "rotated out");
+        assert!(
+            KeyRing::load(&d).unwrap().decrypt(&old).is_none(),
+            "rotated out"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub fn routes() -> Router<AppState> {
         .route("/groups/{id}/users", get(members))
         .route(
             "/groups/{id}/users/{user_id}",
-            get(check_member).head(check_member).put(add_member).delete(remove_member),
+            get(check_member)
+                .head(check_member)
+                .put(add_member)
+                .delete(remove_member),
         )
 }
 
@@ -53,7 +56,10 @@ async fn list(
         (false, None) => return Err(ApiError::forbidden("identity:list_groups")),
     };
     let owner = scope.as_deref().or(q.get("domain_id").map(String::as_str));
-    let groups = state.store.list::<Group>(&Q { owner, ..Q::default() })?;
+    let groups = state.store.list::<Group>(&Q {
+        owner,
+        ..Q::default()
+    })?;
     let items = groups.iter().map(|g| view(&state, g)).collect();
     Ok(list_body(&state, "groups", "groups", filter(items, &q)))
 }
@@ -88,17 +94,30 @@ async fn create(
         }
         tx.insert(&g).map_err(conflict_as("group", &name))
     })?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"group": view(&state, &g)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"group": view(&state, &g)})),
+    ))
 }
 
 fn readable(state: &AppState, ctx: &Ctx, id: &str) -> Result<Group, ApiError> {
     let g = state.store.fetch::<Group>(id)?;
-    let member = state.store.get::<Membership>(&Membership::new(id, ctx.user_id()).id)?.is_some();
-    ctx.allow(member || ctx.can_read_domain_objects(&g.domain_id), "identity:get_group")?;
+    let member = state
+        .store
+        .get::<Membership>(&Membership::new(id, ctx.user_id()).id)?
+        .is_some();
+    ctx.allow(
+        member || ctx.can_read_domain_objects(&g.domain_id),
+        "identity:get_group",
+    )?;
     Ok(g)
 }
 
-async fn show(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let g = readable(&state, &ctx, &id)?;
     Ok(axum::Json(json!({"group": view(&state, &g)})))
 }
@@ -138,7 +157,11 @@ pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn remove(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_group")?;
     state.identity_write(|tx| delete_in(tx, &id))?;
     Ok(StatusCode::NO_CONTENT)
@@ -151,14 +174,22 @@ async fn members(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let g = state.store.fetch::<Group>(&id)?;
-    ctx.allow(ctx.can_read_domain_objects(&g.domain_id), "identity:list_users_in_group")?;
+    ctx.allow(
+        ctx.can_read_domain_objects(&g.domain_id),
+        "identity:list_users_in_group",
+    )?;
     let mut items = Vec::new();
     for m in state.store.list::<Membership>(&Q::parent(&id))? {
         if let Some(u) = state.store.get::<User>(&m.user_id)? {
             items.push(super::users::view(&state, &u));
         }
     }
-    Ok(list_body(&state, "users", &format!("groups/{id}/users"), filter(items, &q)))
+    Ok(list_body(
+        &state,
+        "users",
+        &format!("groups/{id}/users"),
+        filter(items, &q),
+    ))
 }
 
 async fn check_member(
@@ -172,7 +203,10 @@ async fn check_member(
         ctx.user_id() == user_id || ctx.can_read_domain_objects(&g.domain_id),
         "identity:check_user_in_group",
     )?;
-    match state.store.get::<Membership>(&Membership::new(&id, &user_id).id)? {
+    match state
+        .store
+        .get::<Membership>(&Membership::new(&id, &user_id).id)?
+    {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

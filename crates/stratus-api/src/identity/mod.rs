@@ -53,13 +53,15 @@ pub struct Identity {
     pub token_ttl_us: i64,
 }
 
-const CACHE_MAX: usize = 20_000;
+/// Validations kept; each holds the rendered token (a few KiB with catalog).
+const CACHE_MAX: usize = 4096;
 
 impl Identity {
     pub fn open(config: &ApiConfig, store: Arc<Store>) -> Result<Self, ApiError> {
         let keys_dir = config.data_dir.join("fernet-keys");
         fernet::setup(&keys_dir).map_err(|e| ApiError::internal(e.to_string()))?;
-        let ring = fernet::KeyRing::load(&keys_dir).map_err(|e| ApiError::internal(e.to_string()))?;
+        let ring =
+            fernet::KeyRing::load(&keys_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let revocations = store.list::<Revocation>(&Query::all())?;
         Ok(Identity {
             keys_seen: Mutex::new(dir_mtime(&keys_dir)),
@@ -68,7 +70,7 @@ impl Identity {
             revocations: RwLock::new(revocations),
             epoch: AtomicU64::new(1),
             cache: RwLock::new(HashMap::new()),
-            hashing: password::Hashing::new(),
+            hashing: password::Hashing::new(std::time::Duration::from_secs(config.login_cache_s)),
             token_ttl_us: config.token_expiration_s as i64 * 1_000_000,
         })
     }
@@ -93,7 +95,9 @@ impl Identity {
                 self.invalidate();
                 tracing::info!(dir = %self.keys_dir.display(), "reloaded fernet keys");
             }
-            Err(e) => tracing::error!(error = %e, "cannot reload fernet keys; keeping the old ones"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload fernet keys; keeping the old ones")
+            }
         }
     }
 
@@ -104,7 +108,10 @@ impl Identity {
     /// Marks every cached validation stale.
     pub fn invalidate(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn cached(&self, token: &str) -> Option<Arc<service::Validated>> {
@@ -173,7 +180,11 @@ impl AppState {
 
     /// `http://host/identity/v3/<path>`.
     pub fn identity_url(&self, path: &str) -> String {
-        format!("{}/identity/v3/{}", self.config.public_url, path.trim_start_matches('/'))
+        format!(
+            "{}/identity/v3/{}",
+            self.config.public_url,
+            path.trim_start_matches('/')
+        )
     }
 }
 
@@ -235,9 +246,23 @@ pub fn list_body(state: &AppState, key: &str, path: &str, items: Vec<Value>) -> 
 
 /// Query parameters that are not attribute filters.
 const RESERVED: &[&str] = &[
-    "include_names", "effective", "include_subtree", "subtree_as_list", "parents_as_list",
-    "subtree_as_ids", "parents_as_ids", "nocatalog", "allow_expired", "limit", "marker",
-    "sort_key", "sort_dir", "tags", "tags-any", "not-tags", "not-tags-any",
+    "include_names",
+    "effective",
+    "include_subtree",
+    "subtree_as_list",
+    "parents_as_list",
+    "subtree_as_ids",
+    "parents_as_ids",
+    "nocatalog",
+    "allow_expired",
+    "limit",
+    "marker",
+    "sort_key",
+    "sort_dir",
+    "tags",
+    "tags-any",
+    "not-tags",
+    "not-tags-any",
 ];
 
 /// Keystone's list filters on rendered objects: `attr=value` for exact
@@ -253,10 +278,8 @@ pub fn filter(items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
 fn matches(item: &Value, q: &HashMap<String, String>) -> bool {
     for (k, want) in q {
         if RESERVED.contains(&k.as_str()) || k.contains('.') {
-            if let Some(ok) = tag_filter(item, k, want) {
-                if !ok {
-                    return false;
-                }
+            if tag_filter(item, k, want) == Some(false) {
+                return false;
             }
             continue;
         }
@@ -293,7 +316,12 @@ fn matches(item: &Value, q: &HashMap<String, String>) -> bool {
 }
 
 fn tag_filter(item: &Value, k: &str, want: &str) -> Option<bool> {
-    let tags: Vec<&str> = item.get("tags")?.as_array()?.iter().filter_map(|t| t.as_str()).collect();
+    let tags: Vec<&str> = item
+        .get("tags")?
+        .as_array()?
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
     let wanted: Vec<&str> = want.split(',').collect();
     Some(match k {
         "tags" => wanted.iter().all(|w| tags.contains(w)),
@@ -336,7 +364,9 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 
 /// Maps a store conflict to Keystone's 409 wording for `kind`.
 pub fn conflict_as(kind: &str, name: &str) -> impl Fn(StoreError) -> ApiError {
-    let msg = format!("Conflict occurred attempting to store {kind} - Duplicate entry found with name {name}.");
+    let msg = format!(
+        "Conflict occurred attempting to store {kind} - Duplicate entry found with name {name}."
+    );
     move |e| match e {
         StoreError::Conflict(_) => ApiError::conflict(msg.clone()),
         other => other.into(),
@@ -362,7 +392,9 @@ impl Obj {
                     "Invalid input for field '{key}': '{key}' is a required property."
                 ))),
             },
-            _ => Err(ApiError::bad_request("The request body must be a JSON object.")),
+            _ => Err(ApiError::bad_request(
+                "The request body must be a JSON object.",
+            )),
         }
     }
 

@@ -36,7 +36,12 @@ pub struct Domain {
     #[serde(default)]
     pub options: Map<String, Value>,
 }
-record!(Domain, "domain", name = |d| Some(&d.name), unique = |d| Some(d.name.to_lowercase()));
+record!(
+    Domain,
+    "domain",
+    name = |d| Some(&d.name),
+    unique = |d| Some(d.name.to_lowercase())
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Project {
@@ -56,11 +61,14 @@ pub struct Project {
     #[serde(default)]
     pub extra: Map<String, Value>,
 }
-record!(Project, "project",
+record!(
+    Project,
+    "project",
     owner = |p| Some(&p.domain_id),
     parent = |p| p.parent_id.as_deref(),
     name = |p| Some(&p.name),
-    unique = |p| Some(format!("{}/{}", p.domain_id, p.name)));
+    unique = |p| Some(format!("{}/{}", p.domain_id, p.name))
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {
@@ -82,10 +90,13 @@ pub struct User {
     #[serde(default)]
     pub extra: Map<String, Value>,
 }
-record!(User, "user",
+record!(
+    User,
+    "user",
     owner = |u| Some(&u.domain_id),
     name = |u| Some(&u.name),
-    unique = |u| Some(format!("{}/{}", u.domain_id, u.name)));
+    unique = |u| Some(format!("{}/{}", u.domain_id, u.name))
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Group {
@@ -97,10 +108,13 @@ pub struct Group {
     #[serde(default)]
     pub extra: Map<String, Value>,
 }
-record!(Group, "group",
+record!(
+    Group,
+    "group",
     owner = |g| Some(&g.domain_id),
     name = |g| Some(&g.name),
-    unique = |g| Some(format!("{}/{}", g.domain_id, g.name)));
+    unique = |g| Some(format!("{}/{}", g.domain_id, g.name))
+);
 
 /// A user's membership in a group; id `group_id:user_id`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,9 +123,12 @@ pub struct Membership {
     pub group_id: String,
     pub user_id: String,
 }
-record!(Membership, "group_membership",
+record!(
+    Membership,
+    "group_membership",
     owner = |m| Some(&m.user_id),
-    parent = |m| Some(&m.group_id));
+    parent = |m| Some(&m.group_id)
+);
 
 impl Membership {
     pub fn new(group_id: &str, user_id: &str) -> Self {
@@ -134,10 +151,17 @@ pub struct Role {
     #[serde(default)]
     pub options: Map<String, Value>,
 }
-record!(Role, "role",
+record!(
+    Role,
+    "role",
     owner = |r| r.domain_id.as_deref(),
     name = |r| Some(&r.name),
-    unique = |r| Some(format!("{}/{}", r.domain_id.as_deref().unwrap_or(""), r.name.to_lowercase())));
+    unique = |r| Some(format!(
+        "{}/{}",
+        r.domain_id.as_deref().unwrap_or(""),
+        r.name.to_lowercase()
+    ))
+);
 
 /// `prior` implies `implied`; id `prior:implied`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,7 +170,12 @@ pub struct Inference {
     pub prior_role_id: String,
     pub implied_role_id: String,
 }
-record!(Inference, "implied_role", owner = |i| Some(&i.implied_role_id), parent = |i| Some(&i.prior_role_id));
+record!(
+    Inference,
+    "implied_role",
+    owner = |i| Some(&i.implied_role_id),
+    parent = |i| Some(&i.prior_role_id)
+);
 
 impl Inference {
     pub fn new(prior: &str, implied: &str) -> Self {
@@ -186,10 +215,13 @@ pub struct Assignment {
     #[serde(default)]
     pub inherited: bool,
 }
-record!(Assignment, "role_assignment",
+record!(
+    Assignment,
+    "role_assignment",
     owner = |a| Some(&a.target_id),
     parent = |a| Some(&a.actor_id),
-    name = |a| Some(&a.role_id));
+    name = |a| Some(&a.role_id)
+);
 
 impl Assignment {
     pub fn new(
@@ -265,11 +297,14 @@ pub struct AppCredential {
     #[serde(default)]
     pub access_rules: Vec<Value>,
 }
-record!(AppCredential, "application_credential",
+record!(
+    AppCredential,
+    "application_credential",
     owner = |a| Some(&a.user_id),
     parent = |a| Some(&a.project_id),
     name = |a| Some(&a.name),
-    unique = |a| Some(format!("{}/{}", a.user_id, a.name)));
+    unique = |a| Some(format!("{}/{}", a.user_id, a.name))
+);
 
 /// A revocation event: tokens matching every field that is set, and issued
 /// at or before `issued_before_us`, are invalid.

@@ -22,8 +22,14 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/projects", get(list).post(create))
         .route("/projects/{id}", get(show).patch(update).delete(remove))
-        .route("/projects/{id}/tags", get(list_tags).put(replace_tags).delete(clear_tags))
-        .route("/projects/{id}/tags/{tag}", get(check_tag).put(add_tag).delete(remove_tag))
+        .route(
+            "/projects/{id}/tags",
+            get(list_tags).put(replace_tags).delete(clear_tags),
+        )
+        .route(
+            "/projects/{id}/tags/{tag}",
+            get(check_tag).put(add_tag).delete(remove_tag),
+        )
 }
 
 pub fn view(state: &AppState, p: &Project) -> Value {
@@ -89,7 +95,16 @@ async fn create(
     }
     let parent_in = o.str("parent_id")?;
     let domain_in = o.str("domain_id")?;
-    let known = ["name", "domain_id", "parent_id", "description", "enabled", "is_domain", "tags", "options"];
+    let known = [
+        "name",
+        "domain_id",
+        "parent_id",
+        "description",
+        "enabled",
+        "is_domain",
+        "tags",
+        "options",
+    ];
     let p = state.identity_write(|tx| {
         // A parent id may name a domain: that means top level in that domain.
         let parent = match &parent_in {
@@ -107,7 +122,9 @@ async fn create(
             }
             (Some(pp), _, _) => pp.domain_id.clone(),
             (None, Some(dp), Some(d)) if dp != d => {
-                return Err(ApiError::bad_request("The parent_id and domain_id do not agree."));
+                return Err(ApiError::bad_request(
+                    "The parent_id and domain_id do not agree.",
+                ));
             }
             (None, Some(dp), _) => dp.clone(),
             (None, None, Some(d)) => d.clone(),
@@ -148,14 +165,20 @@ async fn create(
         tx.insert(&p).map_err(conflict_as("project", &name))?;
         Ok(p)
     })?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"project": view(&state, &p)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"project": view(&state, &p)})),
+    ))
 }
 
 fn subtree(all: &[Project], root: &str) -> Vec<Project> {
     let mut out = Vec::new();
     let mut frontier = vec![root.to_string()];
     while let Some(id) = frontier.pop() {
-        for p in all.iter().filter(|p| p.parent_id.as_deref() == Some(id.as_str())) {
+        for p in all
+            .iter()
+            .filter(|p| p.parent_id.as_deref() == Some(id.as_str()))
+        {
             frontier.push(p.id.clone());
             out.push(p.clone());
         }
@@ -176,7 +199,11 @@ async fn show(
     if flag(&q, "parents_as_list") || flag(&q, "parents_as_ids") {
         let parents = super::service::project_ancestors(&state.store, &p)?;
         if flag(&q, "parents_as_list") {
-            v["parents"] = parents.iter().filter(|x| can_read(&ctx, x)).map(wrap).collect();
+            v["parents"] = parents
+                .iter()
+                .filter(|x| can_read(&ctx, x))
+                .map(wrap)
+                .collect();
         } else {
             // Nested {parent_id: {grandparent_id: null}}, nearest first.
             let mut nested = Value::Null;
@@ -200,7 +227,11 @@ async fn show(
                     .filter(|p| p.parent_id.as_deref() == Some(id))
                     .map(|p| (p.id.clone(), nest(all, &p.id)))
                     .collect();
-                if kids.is_empty() { Value::Null } else { Value::Object(kids) }
+                if kids.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(kids)
+                }
             }
             v["subtree"] = nest(&all, &p.id);
         }
@@ -219,13 +250,21 @@ async fn update(
     let p = state.identity_write(|tx| {
         let mut p = tx.fetch::<Project>(&id)?;
         if o.str("domain_id")?.is_some_and(|d| d != p.domain_id) {
-            return Err(ApiError::bad_request("Update of `domain_id` is not allowed."));
+            return Err(ApiError::bad_request(
+                "Update of `domain_id` is not allowed.",
+            ));
         }
-        if o.str("parent_id")?.is_some_and(|x| Some(&x) != p.parent_id.as_ref() && x != p.domain_id) {
-            return Err(ApiError::forbidden("identity:update_project (update of `parent_id` is not allowed)"));
+        if o.str("parent_id")?
+            .is_some_and(|x| Some(&x) != p.parent_id.as_ref() && x != p.domain_id)
+        {
+            return Err(ApiError::forbidden(
+                "identity:update_project (update of `parent_id` is not allowed)",
+            ));
         }
         if o.bool("is_domain")? == Some(true) {
-            return Err(ApiError::bad_request("Update of `is_domain` is not allowed."));
+            return Err(ApiError::bad_request(
+                "Update of `is_domain` is not allowed.",
+            ));
         }
         if let Some(n) = o.name("name")? {
             p.name = n;
@@ -242,7 +281,16 @@ async fn update(
         if let Some(opts) = o.object("options")? {
             p.options.extend(opts);
         }
-        let known = ["name", "domain_id", "parent_id", "description", "enabled", "is_domain", "tags", "options"];
+        let known = [
+            "name",
+            "domain_id",
+            "parent_id",
+            "description",
+            "enabled",
+            "is_domain",
+            "tags",
+            "options",
+        ];
         for (k, v) in o.extra(&known) {
             if v.is_null() {
                 p.extra.remove(&k);
@@ -326,7 +374,11 @@ fn check_tag_name(tag: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list_tags(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn list_tags(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     Ok(tags_body(&read_project(&state, &ctx, &id)?))
 }
 
@@ -336,7 +388,9 @@ async fn replace_tags(
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let tags = Obj::from_body(json!({"project": body}), "project")?.tags()?.unwrap_or_default();
+    let tags = Obj::from_body(json!({"project": body}), "project")?
+        .tags()?
+        .unwrap_or_default();
     let p = edit_tags(&state, &ctx, &id, |t| {
         *t = tags;
         Ok(())
@@ -344,7 +398,11 @@ async fn replace_tags(
     Ok(tags_body(&p))
 }
 
-async fn clear_tags(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn clear_tags(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     edit_tags(&state, &ctx, &id, |t| {
         t.clear();
         Ok(())

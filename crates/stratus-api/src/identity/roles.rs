@@ -22,7 +22,10 @@ pub fn routes() -> Router<AppState> {
         .route("/roles/{id}/implies", get(list_implied))
         .route(
             "/roles/{id}/implies/{implied}",
-            get(show_inference).head(check_inference).put(create_inference).delete(delete_inference),
+            get(show_inference)
+                .head(check_inference)
+                .put(create_inference)
+                .delete(delete_inference),
         )
         .route("/role_inferences", get(list_inferences))
 }
@@ -43,7 +46,10 @@ fn brief(state: &AppState, r: &Role) -> Value {
 }
 
 fn may_read(ctx: &Ctx) -> Result<(), ApiError> {
-    ctx.allow(ctx.system_reader() || ctx.reader_domain().is_some(), "identity:list_roles")
+    ctx.allow(
+        ctx.system_reader() || ctx.reader_domain().is_some(),
+        "identity:list_roles",
+    )
 }
 
 async fn list(
@@ -90,10 +96,17 @@ async fn create(
         }
         tx.insert(&r).map_err(conflict_as("role", &name))
     })?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"role": view(&state, &r)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"role": view(&state, &r)})),
+    ))
 }
 
-async fn show(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx)?;
     let r = state.store.fetch::<Role>(&id)?;
     Ok(axum::Json(json!({"role": view(&state, &r)})))
@@ -143,7 +156,11 @@ pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn remove(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_role")?;
     state.identity_write(|tx| delete_in(tx, &id))?;
     Ok(StatusCode::NO_CONTENT)
@@ -155,7 +172,11 @@ fn inference_pair(state: &AppState, prior: &Role, implied: &Role) -> Value {
     json!({"prior_role": brief(state, prior), "implies": brief(state, implied)})
 }
 
-async fn list_implied(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn list_implied(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     ctx.allow(ctx.system_reader(), "identity:list_implied_roles")?;
     let prior = state.store.fetch::<Role>(&id)?;
     let mut implies = Vec::new();
@@ -171,13 +192,23 @@ async fn list_implied(State(state): State<AppState>, ctx: Ctx, Path(id): Path<St
 }
 
 fn load_pair(state: &AppState, prior: &str, implied: &str) -> Result<(Role, Role), ApiError> {
-    Ok((state.store.fetch::<Role>(prior)?, state.store.fetch::<Role>(implied)?))
+    Ok((
+        state.store.fetch::<Role>(prior)?,
+        state.store.fetch::<Role>(implied)?,
+    ))
 }
 
 fn existing(state: &AppState, prior: &str, implied: &str) -> Result<(Role, Role), ApiError> {
     let pair = load_pair(state, prior, implied)?;
-    if state.store.get::<Inference>(&Inference::new(prior, implied).id)?.is_none() {
-        return Err(ApiError::not_found("implied role", &format!("{prior} implies {implied}")));
+    if state
+        .store
+        .get::<Inference>(&Inference::new(prior, implied).id)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(
+            "implied role",
+            &format!("{prior} implies {implied}"),
+        ));
     }
     Ok(pair)
 }
@@ -213,10 +244,14 @@ async fn create_inference(
     ctx.require_admin("identity:create_implied_role")?;
     let (p, i) = load_pair(&state, &prior, &implied)?;
     if p.id == i.id {
-        return Err(ApiError::forbidden("identity:create_implied_role (a role cannot imply itself)"));
+        return Err(ApiError::forbidden(
+            "identity:create_implied_role (a role cannot imply itself)",
+        ));
     }
     if i.domain_id.is_some() {
-        return Err(ApiError::forbidden("identity:create_implied_role (a domain-specific role cannot be implied)"));
+        return Err(ApiError::forbidden(
+            "identity:create_implied_role (a domain-specific role cannot be implied)",
+        ));
     }
     state.identity_write(|tx| {
         // Refuse cycles: `implied` must not already (transitively) imply `prior`.
@@ -254,17 +289,26 @@ async fn delete_inference(
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_implied_role")?;
     existing(&state, &prior, &implied)?;
-    state.identity_write(|tx| tx.delete::<Inference>(&Inference::new(&prior, &implied).id).map_err(Into::into))?;
+    state.identity_write(|tx| {
+        tx.delete::<Inference>(&Inference::new(&prior, &implied).id)
+            .map_err(Into::into)
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_inferences(State(state): State<AppState>, ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+async fn list_inferences(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
     ctx.allow(ctx.system_reader(), "identity:list_role_inference_rules")?;
     let rules = state.store.list::<Inference>(&Q::all())?;
     let mut grouped: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
     for i in rules {
         if let Some(r) = state.store.get::<Role>(&i.implied_role_id)? {
-            grouped.entry(i.prior_role_id).or_default().push(brief(&state, &r));
+            grouped
+                .entry(i.prior_role_id)
+                .or_default()
+                .push(brief(&state, &r));
         }
     }
     let mut out = Vec::new();

@@ -196,7 +196,9 @@ fn find_user(store: &Store, r: &UserRef) -> Result<Option<User>, ApiError> {
         return Ok(store.get::<User>(id)?);
     }
     let Some(name) = &r.name else {
-        return Err(ApiError::bad_request("A user needs an 'id', or a 'name' and a 'domain'."));
+        return Err(ApiError::bad_request(
+            "A user needs an 'id', or a 'name' and a 'domain'.",
+        ));
     };
     let Some(dref) = &r.domain else {
         return Err(ApiError::bad_request(
@@ -261,7 +263,9 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
     let store = &state.store;
     let ident = &body.auth.identity;
     if ident.methods.is_empty() {
-        return Err(ApiError::bad_request("Invalid input for field 'identity': 'methods' is empty."));
+        return Err(ApiError::bad_request(
+            "Invalid input for field 'identity': 'methods' is empty.",
+        ));
     }
     let mut user_id: Option<String> = None;
     let mut methods = 0u8;
@@ -281,14 +285,23 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
         match m.as_str() {
             "password" => {
                 let spec = ident.password.as_ref().ok_or_else(|| {
-                    ApiError::bad_request("Invalid input for field 'identity': 'password' is required.")
+                    ApiError::bad_request(
+                        "Invalid input for field 'identity': 'password' is required.",
+                    )
                 })?;
                 let password = spec.user.password.clone().ok_or_else(|| {
-                    ApiError::bad_request("Invalid input for field 'password': 'password' is a required property.")
+                    ApiError::bad_request(
+                        "Invalid input for field 'password': 'password' is a required property.",
+                    )
                 })?;
                 let user = find_user(store, &spec.user)?;
                 let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-                let ok = state.identity.hashing.verify(password, hash).await?;
+                let who = user.as_ref().map_or("", |u| u.id.as_str());
+                let ok = state
+                    .identity
+                    .hashing
+                    .verify_credential(who, password, hash)
+                    .await?;
                 let user = match user {
                     Some(u) if ok => u,
                     _ => return Err(ApiError::unauthorized()),
@@ -298,11 +311,16 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
             }
             "token" => {
                 let spec = ident.token.as_ref().ok_or_else(|| {
-                    ApiError::bad_request("Invalid input for field 'identity': 'token' is required.")
+                    ApiError::bad_request(
+                        "Invalid input for field 'identity': 'token' is required.",
+                    )
                 })?;
-                let prev = validate(state, &spec.id, false).map_err(|_| ApiError::unauthorized())?;
+                let prev =
+                    validate(state, &spec.id, false).map_err(|_| ApiError::unauthorized())?;
                 if prev.data.app_cred_id.is_some() {
-                    return Err(ApiError::forbidden("rescope an application credential token"));
+                    return Err(ApiError::forbidden(
+                        "rescope an application credential token",
+                    ));
                 }
                 methods |= token::METHOD_TOKEN | prev.data.methods;
                 expires_us = expires_us.min(prev.data.expires_us);
@@ -319,10 +337,14 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
                     (Some(id), _) => store.get::<AppCredential>(id)?,
                     (None, Some(name)) => {
                         let uref = spec.user.as_ref().ok_or_else(|| {
-                            ApiError::bad_request("An application credential given by name needs its 'user'.")
+                            ApiError::bad_request(
+                                "An application credential given by name needs its 'user'.",
+                            )
                         })?;
                         match find_user(store, uref)? {
-                            Some(u) => store.get_unique::<AppCredential>(&format!("{}/{name}", u.id))?,
+                            Some(u) => {
+                                store.get_unique::<AppCredential>(&format!("{}/{name}", u.id))?
+                            }
                             None => None,
                         }
                     }
@@ -333,13 +355,20 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
                     }
                 };
                 let hash = ac.as_ref().map(|a| a.secret_hash.clone());
-                let ok = state.identity.hashing.verify(spec.secret.clone(), hash).await?;
+                let who = ac.as_ref().map_or("", |a| a.id.as_str());
+                let ok = state
+                    .identity
+                    .hashing
+                    .verify_credential(who, spec.secret.clone(), hash)
+                    .await?;
                 let ac = match ac {
                     Some(a) if ok => a,
                     _ => return Err(ApiError::unauthorized()),
                 };
                 if ac.expires_at_us.is_some_and(|e| e <= now_us()) {
-                    return Err(ApiError::unauthorized_msg("The application credential has expired."));
+                    return Err(ApiError::unauthorized_msg(
+                        "The application credential has expired.",
+                    ));
                 }
                 if let Some(e) = ac.expires_at_us {
                     expires_us = expires_us.min(e);
@@ -356,7 +385,9 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
         }
     }
     let user_id = user_id.ok_or_else(ApiError::unauthorized)?;
-    let user = store.get::<User>(&user_id)?.ok_or_else(ApiError::unauthorized)?;
+    let user = store
+        .get::<User>(&user_id)?
+        .ok_or_else(ApiError::unauthorized)?;
     let user_domain = store.get::<Domain>(&user.domain_id)?;
     if !user.enabled || !user_domain.is_some_and(|d| d.enabled) {
         return Err(ApiError::unauthorized_msg(format!(
@@ -364,9 +395,18 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
             user.id
         )));
     }
-    let requested = body.auth.scope.as_ref().map(|s| parse_scope(store, s)).transpose()?.flatten();
+    let requested = body
+        .auth
+        .scope
+        .as_ref()
+        .map(|s| parse_scope(store, s))
+        .transpose()?
+        .flatten();
     let scope = if let Some(ac) = &app_cred {
-        if requested.as_ref().is_some_and(|s| *s != Scope::Project(ac.project_id.clone())) {
+        if requested
+            .as_ref()
+            .is_some_and(|s| *s != Scope::Project(ac.project_id.clone()))
+        {
             return Err(ApiError::unauthorized_msg(
                 "Application credentials cannot request a scope.",
             ));
@@ -376,7 +416,10 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
         s
     } else {
         match &user.default_project_id {
-            Some(p) if !effective_role_ids(store, &user.id, &Target::Project(p.clone()))?.is_empty() => {
+            Some(p)
+                if !effective_role_ids(store, &user.id, &Target::Project(p.clone()))?
+                    .is_empty() =>
+            {
                 Scope::Project(p.clone())
             }
             _ => Scope::Unscoped,
@@ -454,7 +497,22 @@ impl From<stratus_store::StoreError> for Invalid {
 /// Validates a token string: decrypts it, checks expiry and revocation,
 /// and resolves its user, scope and current roles. Cached until the next
 /// identity write.
-pub fn validate(state: &AppState, tok: &str, allow_expired: bool) -> Result<Arc<Validated>, Invalid> {
+pub fn validate(
+    state: &AppState,
+    tok: &str,
+    allow_expired: bool,
+) -> Result<Arc<Validated>, Invalid> {
+    validate_opts(state, tok, allow_expired, true)
+}
+
+/// [`validate`], choosing whether a fresh result is cached (a token just
+/// issued is not: most are used a few times and would only crowd the cache).
+pub fn validate_opts(
+    state: &AppState,
+    tok: &str,
+    allow_expired: bool,
+    cache: bool,
+) -> Result<Arc<Validated>, Invalid> {
     let id = &state.identity;
     let now = now_us();
     if !allow_expired
@@ -482,7 +540,7 @@ pub fn validate(state: &AppState, tok: &str, allow_expired: bool) -> Result<Arc<
     let mut v = build(state, data)?;
     v.epoch = epoch;
     let v = Arc::new(v);
-    if !allow_expired {
+    if !allow_expired && cache {
         id.remember(tok, v.clone());
     }
     Ok(v)
@@ -503,15 +561,23 @@ fn is_revoked(state: &AppState, d: &TokenData) -> bool {
             && ev.user_id.as_deref().is_none_or(|u| u == d.user_id)
             && ev.project_id.as_deref().is_none_or(|p| Some(p) == project)
             && ev.domain_id.as_deref().is_none_or(|p| Some(p) == domain)
-            && ev.audit_id.as_deref().is_none_or(|a| audits.iter().any(|x| x == a))
-            && ev.app_cred_id.as_deref().is_none_or(|a| d.app_cred_id.as_deref() == Some(a))
+            && ev
+                .audit_id
+                .as_deref()
+                .is_none_or(|a| audits.iter().any(|x| x == a))
+            && ev
+                .app_cred_id
+                .as_deref()
+                .is_none_or(|a| d.app_cred_id.as_deref() == Some(a))
     })
 }
 
 fn build(state: &AppState, data: TokenData) -> Result<Validated, Invalid> {
     let store = &state.store;
     let user = store.get::<User>(&data.user_id)?.ok_or(Invalid::Token)?;
-    let user_domain = store.get::<Domain>(&user.domain_id)?.ok_or(Invalid::Token)?;
+    let user_domain = store
+        .get::<Domain>(&user.domain_id)?
+        .ok_or(Invalid::Token)?;
     if !user.enabled || !user_domain.enabled {
         return Err(Invalid::Token);
     }
@@ -555,7 +621,8 @@ fn build(state: &AppState, data: TokenData) -> Result<Validated, Invalid> {
                 let granted = expand_implied(store, ac.role_ids.iter().cloned().collect())?;
                 if !ac.role_ids.iter().all(|r| ids.contains(r)) {
                     return Err(Invalid::Scope(
-                        "The user no longer holds every role of this application credential.".into(),
+                        "The user no longer holds every role of this application credential."
+                            .into(),
                     ));
                 }
                 ids.retain(|r| granted.contains(r));
@@ -599,7 +666,11 @@ impl Validated {
 
     /// The token document, serialized once per validation.
     pub fn body(&self, state: &AppState, with_catalog: bool) -> &str {
-        let cell = if with_catalog { &self.body_catalog } else { &self.body_plain };
+        let cell = if with_catalog {
+            &self.body_catalog
+        } else {
+            &self.body_plain
+        };
         cell.get_or_init(|| {
             let v = self.render(state, with_catalog);
             serde_json::to_string(&v).unwrap_or_default()
@@ -622,7 +693,8 @@ impl Validated {
         });
         let scoped = !matches!(d.scope, Scope::Unscoped);
         if let (Some(p), Some(pd)) = (&self.project, &self.project_domain) {
-            t["project"] = json!({"id": p.id, "name": p.name, "domain": {"id": pd.id, "name": pd.name}});
+            t["project"] =
+                json!({"id": p.id, "name": p.name, "domain": {"id": pd.id, "name": pd.name}});
             t["is_domain"] = json!(false);
         }
         if let Some(dm) = &self.domain {
@@ -657,13 +729,16 @@ pub fn catalog(state: &AppState) -> Result<Value, ApiError> {
         if !e.enabled || e.url.is_empty() {
             continue;
         }
-        by_service.entry(e.service_id.clone()).or_default().push(json!({
-            "id": e.id,
-            "interface": e.interface,
-            "region": e.region_id,
-            "region_id": e.region_id,
-            "url": e.url,
-        }));
+        by_service
+            .entry(e.service_id.clone())
+            .or_default()
+            .push(json!({
+                "id": e.id,
+                "interface": e.interface,
+                "region": e.region_id,
+                "region_id": e.region_id,
+                "url": e.url,
+            }));
     }
     let mut out = Vec::new();
     for s in store.list::<Service>(&Query::all())? {
@@ -723,7 +798,10 @@ pub fn user_projects(store: &Store, user_id: &str) -> Result<Vec<Project>, ApiEr
                     break;
                 }
                 hops += 1;
-                cur = by_id.get(pid).and_then(|q| q.parent_id.as_deref()).filter(|_| hops < 64);
+                cur = by_id
+                    .get(pid)
+                    .and_then(|q| q.parent_id.as_deref())
+                    .filter(|_| hops < 64);
             }
         }
     }
@@ -735,7 +813,9 @@ pub fn user_domains(store: &Store, user_id: &str) -> Result<Vec<Domain>, ApiErro
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for a in user_assignments(store, user_id)? {
-        if a.target == TargetKind::Domain && !a.inherited && seen.insert(a.target_id.clone())
+        if a.target == TargetKind::Domain
+            && !a.inherited
+            && seen.insert(a.target_id.clone())
             && let Some(d) = store.get::<Domain>(&a.target_id)?
         {
             out.push(d);

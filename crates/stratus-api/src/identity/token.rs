@@ -51,7 +51,10 @@ impl TokenData {
     }
 
     pub fn audit_strings(&self) -> Vec<String> {
-        self.audit_ids.iter().map(|a| URL_SAFE_NO_PAD.encode(a)).collect()
+        self.audit_ids
+            .iter()
+            .map(|a| URL_SAFE_NO_PAD.encode(a))
+            .collect()
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -17,8 +17,15 @@ use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
 const KNOWN: &[&str] = &[
-    "name", "domain_id", "enabled", "password", "default_project_id", "description", "options",
-    "password_expires_at", "federated",
+    "name",
+    "domain_id",
+    "enabled",
+    "password",
+    "default_project_id",
+    "description",
+    "options",
+    "password_expires_at",
+    "federated",
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -134,7 +141,10 @@ async fn create(
         extra: o.extra(KNOWN),
     };
     state.identity_write(|tx| tx.insert(&u).map_err(conflict_as("user", &name)))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"user": view(&state, &u)}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"user": view(&state, &u)})),
+    ))
 }
 
 async fn show(
@@ -155,8 +165,17 @@ async fn update(
 ) -> Result<axum::Json<Value>, ApiError> {
     ctx.require_admin("identity:update_user")?;
     let o = Obj::from_body(body, "user")?;
-    if o.str("domain_id")?.is_some_and(|d| state.store.get::<User>(&id).ok().flatten().is_some_and(|u| u.domain_id != d)) {
-        return Err(ApiError::bad_request("Update of `domain_id` is not allowed."));
+    if o.str("domain_id")?.is_some_and(|d| {
+        state
+            .store
+            .get::<User>(&id)
+            .ok()
+            .flatten()
+            .is_some_and(|u| u.domain_id != d)
+    }) {
+        return Err(ApiError::bad_request(
+            "Update of `domain_id` is not allowed.",
+        ));
     }
     let new_hash = match o.str("password")? {
         Some(pw) => {
@@ -259,7 +278,12 @@ async fn change_password(
         return Err(ApiError::forbidden("identity:change_password"));
     }
     let u = state.store.fetch::<User>(&id)?;
-    if !state.identity.hashing.verify(original, u.password_hash.clone()).await? {
+    if !state
+        .identity
+        .hashing
+        .verify(original, u.password_hash.clone())
+        .await?
+    {
         return Err(ApiError::unauthorized());
     }
     let hash = state.identity.hashing.hash(new_pw).await?;
@@ -281,12 +305,20 @@ async fn user_projects(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let u = state.store.fetch::<User>(&id)?;
-    ctx.allow(ctx.user_id() == id || ctx.can_read_domain_objects(&u.domain_id), "identity:list_user_projects")?;
+    ctx.allow(
+        ctx.user_id() == id || ctx.can_read_domain_objects(&u.domain_id),
+        "identity:list_user_projects",
+    )?;
     let items = super::service::user_projects(&state.store, &id)?
         .iter()
         .map(|p| super::projects::view(&state, p))
         .collect();
-    Ok(list_body(&state, "projects", &format!("users/{id}/projects"), filter(items, &q)))
+    Ok(list_body(
+        &state,
+        "projects",
+        &format!("users/{id}/projects"),
+        filter(items, &q),
+    ))
 }
 
 async fn user_groups(
@@ -296,12 +328,20 @@ async fn user_groups(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let u = state.store.fetch::<User>(&id)?;
-    ctx.allow(ctx.user_id() == id || ctx.can_read_domain_objects(&u.domain_id), "identity:list_groups_for_user")?;
+    ctx.allow(
+        ctx.user_id() == id || ctx.can_read_domain_objects(&u.domain_id),
+        "identity:list_groups_for_user",
+    )?;
     let mut items = Vec::new();
     for gid in super::service::user_group_ids(&state.store, &id)? {
         if let Some(g) = state.store.get::<Group>(&gid)? {
             items.push(super::groups::view(&state, &g));
         }
     }
-    Ok(list_body(&state, "groups", &format!("users/{id}/groups"), filter(items, &q)))
+    Ok(list_body(
+        &state,
+        "groups",
+        &format!("users/{id}/groups"),
+        filter(items, &q),
+    ))
 }

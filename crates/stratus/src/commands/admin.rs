@@ -35,7 +35,10 @@ pub enum AdminCommand {
 
 pub fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
-        AdminCommand::Bootstrap { common, admin_password } => {
+        AdminCommand::Bootstrap {
+            common,
+            admin_password,
+        } => {
             let store = open_store(&common, Durability::Full)?;
             let url = common.public_url(None);
             bootstrap_and_report(&store, &common, &url, admin_password)
@@ -43,7 +46,15 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::FernetSetup { common } => {
             let dir = common.data_dir.join("fernet-keys");
             let created = fernet::setup(&dir)?;
-            println!("{} {}", if created { "created keys in" } else { "keys already present in" }, dir.display());
+            println!(
+                "{} {}",
+                if created {
+                    "created keys in"
+                } else {
+                    "keys already present in"
+                },
+                dir.display()
+            );
             Ok(())
         }
         AdminCommand::FernetRotate { common } => {
@@ -88,8 +99,15 @@ pub fn bootstrap_and_report(
     }
     let clouds = dir.join("clouds.yaml");
     println!("stratus: identity at {public_url}/identity/v3");
-    println!("stratus: admin credentials in {} (cloud \"stratus\") and {}", clouds.display(), dir.join("openrc").display());
-    println!("stratus: try   OS_CLIENT_CONFIG_FILE={} openstack --os-cloud stratus token issue", clouds.display());
+    println!(
+        "stratus: admin credentials in {} (cloud \"stratus\") and {}",
+        clouds.display(),
+        dir.join("openrc").display()
+    );
+    println!(
+        "stratus: try   OS_CLIENT_CONFIG_FILE={} openstack --os-cloud stratus token issue",
+        clouds.display()
+    );
     Ok(())
 }
 
@@ -109,7 +127,12 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// Writes `clouds.yaml` (cloud `stratus`) and `openrc` for the admin user.
-pub fn write_client_config(dir: &Path, public_url: &str, region: &str, password: &str) -> anyhow::Result<()> {
+pub fn write_client_config(
+    dir: &Path,
+    public_url: &str,
+    region: &str,
+    password: &str,
+) -> anyhow::Result<()> {
     let auth_url = format!("{public_url}/identity/v3");
     let clouds = format!(
         "clouds:\n  stratus:\n    auth:\n      auth_url: {auth_url}\n      username: admin\n      password: \"{password}\"\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {region}\n    interface: public\n    identity_api_version: 3\n"

@@ -25,7 +25,12 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     let store = Arc::new(open_store(common, Durability::Full)?);
     if bootstrap {
         super::admin::bootstrap_and_report(&store, common, &public_url, None)?;
-    } else if store.get::<stratus_api::identity::model::Domain>(stratus_api::identity::model::DEFAULT_DOMAIN_ID)?.is_none() {
+    } else if store
+        .get::<stratus_api::identity::model::Domain>(
+            stratus_api::identity::model::DEFAULT_DOMAIN_ID,
+        )?
+        .is_none()
+    {
         tracing::warn!("this store is not bootstrapped yet: run `stratus admin bootstrap`");
     } else {
         // Keep the catalog's identity endpoint at the address we serve on.
@@ -43,8 +48,10 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         data_dir: common.data_dir.clone(),
         token_expiration_s: common.token_expiration,
         region: common.region.clone(),
+        login_cache_s: common.login_cache_seconds,
     };
-    let state = AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting identity: {e}"))?;
+    let state =
+        AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting identity: {e}"))?;
     let keys = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));

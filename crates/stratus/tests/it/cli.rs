@@ -24,7 +24,9 @@ fn cli() -> Option<PathBuf> {
         eprintln!("skipping: STRATUS_SKIP_CLI_TESTS=1 and no openstack CLI found");
         return None;
     }
-    panic!("the openstack CLI is missing: run ./scripts/test (it makes .venv), set STRATUS_OPENSTACK_CLI, or STRATUS_SKIP_CLI_TESTS=1");
+    panic!(
+        "the openstack CLI is missing: run ./scripts/test (it makes .venv), set STRATUS_OPENSTACK_CLI, or STRATUS_SKIP_CLI_TESTS=1"
+    );
 }
 
 struct Os<'a> {
@@ -37,7 +39,11 @@ impl<'a> Os<'a> {
     fn new(server: &'a Server) -> Option<Os<'a>> {
         let home = server.data_dir().join("cli-home");
         std::fs::create_dir_all(&home).unwrap();
-        Some(Os { bin: cli()?, server, home })
+        Some(Os {
+            bin: cli()?,
+            server,
+            home,
+        })
     }
 
     /// Runs `openstack --os-cloud stratus ARGS` with extra env; returns stdout.
@@ -46,7 +52,10 @@ impl<'a> Os<'a> {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &self.home)
-            .env("OS_CLIENT_CONFIG_FILE", self.server.data_dir().join("clouds.yaml"));
+            .env(
+                "OS_CLIENT_CONFIG_FILE",
+                self.server.data_dir().join("clouds.yaml"),
+            );
         let uses_cloud = !env.iter().any(|(k, _)| *k == "OS_AUTH_TYPE");
         if uses_cloud {
             cmd.env("OS_CLOUD", "stratus");
@@ -58,12 +67,17 @@ impl<'a> Os<'a> {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        self.run_env(&[], args).unwrap_or_else(|e| panic!("openstack {args:?} failed:\n{e}"))
+        self.run_env(&[], args)
+            .unwrap_or_else(|e| panic!("openstack {args:?} failed:\n{e}"))
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -84,15 +98,35 @@ fn cli_token_and_project_lifecycle() {
     let child = os.json(&["project", "create", "--parent", "demo", "child"]);
     assert_eq!(child["parent_id"], demo_id.as_str());
     let list = os.json(&["project", "list"]);
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["Name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"demo") && names.contains(&"child") && names.contains(&"admin"), "{names:?}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"demo") && names.contains(&"child") && names.contains(&"admin"),
+        "{names:?}"
+    );
     let shown = os.json(&["project", "show", "child"]);
     assert_eq!(shown["parent_id"], demo_id.as_str());
-    os.ok(&["project", "set", "--name", "demo2", "--description", "renamed", "--disable", "demo"]);
+    os.ok(&[
+        "project",
+        "set",
+        "--name",
+        "demo2",
+        "--description",
+        "renamed",
+        "--disable",
+        "demo",
+    ]);
     let shown = os.json(&["project", "show", "demo2"]);
     assert_eq!(shown["description"], "renamed");
     assert_eq!(shown["enabled"], false);
-    assert!(os.run_env(&[], &["project", "delete", "demo2"]).is_err(), "a parent cannot be deleted first");
+    assert!(
+        os.run_env(&[], &["project", "delete", "demo2"]).is_err(),
+        "a parent cannot be deleted first"
+    );
     os.ok(&["project", "delete", "child"]);
     os.ok(&["project", "delete", "demo2"]);
     let list = os.json(&["project", "list"]);
@@ -104,28 +138,72 @@ fn cli_users_roles_domains_and_application_credentials() {
     let s = Server::start();
     let Some(os) = Os::new(&s) else { return };
     os.ok(&["project", "create", "shop"]);
-    let user = os.json(&["user", "create", "--domain", "default", "--password", "alice-pw", "--email", "a@example.org", "alice"]);
+    let user = os.json(&[
+        "user",
+        "create",
+        "--domain",
+        "default",
+        "--password",
+        "alice-pw",
+        "--email",
+        "a@example.org",
+        "alice",
+    ]);
     assert_eq!(user["name"], "alice");
-    os.ok(&["role", "add", "--user", "alice", "--project", "shop", "member"]);
+    os.ok(&[
+        "role",
+        "add",
+        "--user",
+        "alice",
+        "--project",
+        "shop",
+        "member",
+    ]);
     let rows = os.json(&["role", "assignment", "list", "--names", "--user", "alice"]);
     let row = &rows.as_array().unwrap()[0];
     assert_eq!(row["Role"], "member");
     assert_eq!(row["User"], "alice@Default");
     assert_eq!(row["Project"], "shop@Default");
-    let as_alice = [("OS_USERNAME", "alice"), ("OS_PASSWORD", "alice-pw"), ("OS_PROJECT_NAME", "shop")];
-    let tok = os.run_env(&as_alice, &["token", "issue", "-f", "json"]).expect("alice logs in");
+    let as_alice = [
+        ("OS_USERNAME", "alice"),
+        ("OS_PASSWORD", "alice-pw"),
+        ("OS_PROJECT_NAME", "shop"),
+    ];
+    let tok = os
+        .run_env(&as_alice, &["token", "issue", "-f", "json"])
+        .expect("alice logs in");
     let tok: Value = serde_json::from_str(&tok).unwrap();
     assert_eq!(tok["user_id"], user["id"]);
-    let wrong = [("OS_USERNAME", "alice"), ("OS_PASSWORD", "nope"), ("OS_PROJECT_NAME", "shop")];
+    let wrong = [
+        ("OS_USERNAME", "alice"),
+        ("OS_PASSWORD", "nope"),
+        ("OS_PROJECT_NAME", "shop"),
+    ];
     let err = os.run_env(&wrong, &["token", "issue"]).unwrap_err();
     assert!(err.contains("401"), "{err}");
-    let denied = os.run_env(&as_alice, &["project", "create", "nope"]).unwrap_err();
+    let denied = os
+        .run_env(&as_alice, &["project", "create", "nope"])
+        .unwrap_err();
     assert!(denied.contains("403"), "{denied}");
     let dom = os.json(&["domain", "create", "--description", "edge sites", "edge"]);
     assert_eq!(dom["name"], "edge");
     let domains = os.json(&["domain", "list"]);
     assert_eq!(domains.as_array().unwrap().len(), 2);
-    let ac = os.run_env(&as_alice, &["application", "credential", "create", "--description", "ci", "ci-bot", "-f", "json"]).expect("create app cred");
+    let ac = os
+        .run_env(
+            &as_alice,
+            &[
+                "application",
+                "credential",
+                "create",
+                "--description",
+                "ci",
+                "ci-bot",
+                "-f",
+                "json",
+            ],
+        )
+        .expect("create app cred");
     let ac: Value = serde_json::from_str(&ac).unwrap();
     let (id, secret) = (ac["ID"].as_str().unwrap(), ac["Secret"].as_str().unwrap());
     let auth_url = format!("{}/identity/v3", s.url);
@@ -136,9 +214,16 @@ fn cli_users_roles_domains_and_application_credentials() {
         ("OS_APPLICATION_CREDENTIAL_SECRET", secret),
         ("OS_IDENTITY_API_VERSION", "3"),
     ];
-    let tok = os.run_env(&with_ac, &["token", "issue", "-f", "json"]).expect("auth with the application credential");
+    let tok = os
+        .run_env(&with_ac, &["token", "issue", "-f", "json"])
+        .expect("auth with the application credential");
     let tok: Value = serde_json::from_str(&tok).unwrap();
     assert_eq!(tok["project_id"], ac["Project ID"]);
-    let listed = os.run_env(&as_alice, &["application", "credential", "list", "-f", "json"]).unwrap();
+    let listed = os
+        .run_env(
+            &as_alice,
+            &["application", "credential", "list", "-f", "json"],
+        )
+        .unwrap();
     assert!(listed.contains("ci-bot"));
 }

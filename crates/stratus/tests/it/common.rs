@@ -16,7 +16,11 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn unique_dir() -> PathBuf {
@@ -47,7 +51,8 @@ impl Server {
             admin_password: String::new(),
         };
         s.spawn();
-        let clouds = std::fs::read_to_string(s.dir.join("clouds.yaml")).expect("clouds.yaml written");
+        let clouds =
+            std::fs::read_to_string(s.dir.join("clouds.yaml")).expect("clouds.yaml written");
         s.admin_password = clouds
             .lines()
             .find_map(|l| l.trim().strip_prefix("password: "))
@@ -64,7 +69,12 @@ impl Server {
             .open(std::env::temp_dir().join(format!("stratus-it-{}.log", self.port)))
             .unwrap();
         let child = Command::new(bin())
-            .args(["up", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .args([
+                "up",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data-dir",
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -85,7 +95,10 @@ impl Server {
 
     pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
         child.wait().unwrap()
     }
 
@@ -100,7 +113,9 @@ impl Server {
     }
 
     pub fn client(&self) -> Client {
-        Client { base: format!("{}/identity/v3", self.url) }
+        Client {
+            base: format!("{}/identity/v3", self.url),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -153,7 +168,14 @@ pub struct Client {
 
 impl Client {
     /// Sends a request; `body` may be JSON or raw text.
-    pub fn raw(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<String>) -> Resp {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Resp {
         let url = format!("{}{}", self.base, path);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = token {
@@ -163,7 +185,11 @@ impl Client {
             req = req.header(*k, *v);
         }
         let has_body = body.is_some();
-        if has_body && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        if has_body
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
             req = req.header("Content-Type", "application/json");
         }
         let a = agent();
@@ -181,7 +207,11 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
@@ -217,12 +247,20 @@ impl Client {
     pub fn token(&self, user: &str, password: &str, project: Option<&str>) -> String {
         let r = self.login(user, password, project);
         assert_eq!(r.status, 201, "login {user}: {}", r.body);
-        r.header("x-subject-token").expect("X-Subject-Token").to_string()
+        r.header("x-subject-token")
+            .expect("X-Subject-Token")
+            .to_string()
     }
 
     /// Validates `subject` with `caller`'s token; returns the status.
     pub fn validate(&self, caller: &str, subject: &str) -> Resp {
-        self.raw("GET", "/auth/tokens", Some(caller), &[("X-Subject-Token", subject)], None)
+        self.raw(
+            "GET",
+            "/auth/tokens",
+            Some(caller),
+            &[("X-Subject-Token", subject)],
+            None,
+        )
     }
 
     pub fn create(&self, token: &str, path: &str, key: &str, body: Value) -> Value {
@@ -232,12 +270,26 @@ impl Client {
     }
 
     /// Creates a user with a password, granting `role` on `project` if given.
-    pub fn user(&self, admin: &str, name: &str, password: &str, grant: Option<(&str, &str)>) -> String {
-        let u = self.create(admin, "/users", "user", json!({"name": name, "password": password, "domain_id": "default"}));
+    pub fn user(
+        &self,
+        admin: &str,
+        name: &str,
+        password: &str,
+        grant: Option<(&str, &str)>,
+    ) -> String {
+        let u = self.create(
+            admin,
+            "/users",
+            "user",
+            json!({"name": name, "password": password, "domain_id": "default"}),
+        );
         let uid = u["id"].as_str().unwrap().to_string();
         if let Some((project_id, role)) = grant {
             let rid = self.role_id(admin, role);
-            let r = self.put(&format!("/projects/{project_id}/users/{uid}/roles/{rid}"), admin);
+            let r = self.put(
+                &format!("/projects/{project_id}/users/{uid}/roles/{rid}"),
+                admin,
+            );
             assert_eq!(r.status, 204, "grant: {}", r.body);
         }
         uid
@@ -245,6 +297,9 @@ impl Client {
 
     pub fn role_id(&self, admin: &str, name: &str) -> String {
         let r = self.get(&format!("/roles?name={name}"), admin);
-        r.body["roles"][0]["id"].as_str().unwrap_or_else(|| panic!("role {name}: {}", r.body)).to_string()
+        r.body["roles"][0]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("role {name}: {}", r.body))
+            .to_string()
     }
 }

@@ -17,9 +17,18 @@ fn discovery_and_request_ids() {
     let r = c.call("GET", "", None, None);
     assert_eq!(r.status, 200);
     assert_eq!(r.body["version"]["id"], "v3.14");
-    assert_eq!(r.body["version"]["links"][0]["href"], format!("{}/identity/v3/", s.url));
-    assert!(r.header("x-openstack-request-id").unwrap().starts_with("req-"));
-    let root = super::common::Client { base: format!("{}/identity", s.url) };
+    assert_eq!(
+        r.body["version"]["links"][0]["href"],
+        format!("{}/identity/v3/", s.url)
+    );
+    assert!(
+        r.header("x-openstack-request-id")
+            .unwrap()
+            .starts_with("req-")
+    );
+    let root = super::common::Client {
+        base: format!("{}/identity", s.url),
+    };
     let r = root.call("GET", "", None, None);
     assert_eq!(r.status, 300);
     assert_eq!(r.body["versions"]["values"][0]["status"], "stable");
@@ -38,25 +47,57 @@ fn token_body_roles_catalog_and_nocatalog() {
     let t = &r.body["token"];
     assert_eq!(t["methods"], json!(["password"]));
     assert_eq!(t["user"]["name"], "admin");
-    assert_eq!(t["user"]["domain"], json!({"id": "default", "name": "Default"}));
+    assert_eq!(
+        t["user"]["domain"],
+        json!({"id": "default", "name": "Default"})
+    );
     assert_eq!(t["project"]["name"], "admin");
     assert_eq!(t["project"]["domain"]["id"], "default");
-    let mut roles: Vec<&str> = t["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let mut roles: Vec<&str> = t["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
     roles.sort();
-    assert_eq!(roles, ["admin", "member", "reader"], "implied roles are expanded");
+    assert_eq!(
+        roles,
+        ["admin", "member", "reader"],
+        "implied roles are expanded"
+    );
     assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
-    let identity = t["catalog"].as_array().unwrap().iter().find(|s| s["type"] == "identity").expect("identity in catalog");
+    let identity = t["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "identity")
+        .expect("identity in catalog");
     let eps = identity["endpoints"].as_array().unwrap();
     assert_eq!(eps.len(), 3);
-    assert!(eps.iter().all(|e| e["region_id"] == "RegionOne" && e["url"] == format!("{}/identity", s.url)));
+    assert!(
+        eps.iter()
+            .all(|e| e["region_id"] == "RegionOne" && e["url"] == format!("{}/identity", s.url))
+    );
     // Validation returns the same token document.
     let v = c.validate(&tok, &tok);
     assert_eq!(v.status, 200);
     assert_eq!(v.header("x-subject-token"), Some(tok.as_str()));
     assert_eq!(v.body["token"]["audit_ids"], t["audit_ids"]);
-    let v = c.raw("GET", "/auth/tokens?nocatalog", Some(&tok), &[("X-Subject-Token", &tok)], None);
+    let v = c.raw(
+        "GET",
+        "/auth/tokens?nocatalog",
+        Some(&tok),
+        &[("X-Subject-Token", &tok)],
+        None,
+    );
     assert!(v.body["token"].get("catalog").is_none());
-    let h = c.raw("HEAD", "/auth/tokens", Some(&tok), &[("X-Subject-Token", &tok)], None);
+    let h = c.raw(
+        "HEAD",
+        "/auth/tokens",
+        Some(&tok),
+        &[("X-Subject-Token", &tok)],
+        None,
+    );
     assert_eq!(h.status, 200);
     let cat = c.get("/auth/catalog", &tok);
     assert_eq!(cat.status, 200);
@@ -82,32 +123,89 @@ fn bad_input_is_a_clear_400_never_a_500() {
     let s = Server::start();
     let c = s.client();
     let tok = admin(&s);
-    let r = c.raw("POST", "/projects", Some(&tok), &[], Some("{not json".into()));
+    let r = c.raw(
+        "POST",
+        "/projects",
+        Some(&tok),
+        &[],
+        Some("{not json".into()),
+    );
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("JSON"), "{}", r.body);
-    let r = c.post("/projects", &tok, json!({"project": {"description": "no name"}}));
+    let r = c.post(
+        "/projects",
+        &tok,
+        json!({"project": {"description": "no name"}}),
+    );
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("name"), "{}", r.body);
     let r = c.post("/users", &tok, json!({"user": {"name": 5}}));
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("name"));
-    let r = c.post("/auth/tokens", &tok, json!({"auth": {"identity": {"methods": ["password"]}}}));
+    let r = c.post(
+        "/auth/tokens",
+        &tok,
+        json!({"auth": {"identity": {"methods": ["password"]}}}),
+    );
     assert_eq!(r.status, 400);
-    let r = c.raw("POST", "/auth/tokens", None, &[], Some("{\"auth\": {}}".into()));
+    let r = c.raw(
+        "POST",
+        "/auth/tokens",
+        None,
+        &[],
+        Some("{\"auth\": {}}".into()),
+    );
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("identity"), "{}", r.body);
-    let r = c.raw("POST", "/projects", Some(&tok), &[("Content-Type", "text/plain")], Some("x".into()));
+    let r = c.raw(
+        "POST",
+        "/projects",
+        Some(&tok),
+        &[("Content-Type", "text/plain")],
+        Some("x".into()),
+    );
     assert_eq!(r.status, 415);
     // A scattering of hostile inputs: nothing may answer 5xx.
-    let bodies = ["", "null", "[]", "{\"project\": []}", "{\"project\": {\"name\": \"\"}}", "{\"project\": {\"name\": \"x\", \"enabled\": \"yes\"}}",
-        "{\"project\": {\"name\": \"x\", \"parent_id\": \"nope\"}}", "{\"project\": {\"name\": \"x\", \"tags\": [1]}}", "\u{0}"];
-    for path in ["/projects", "/users", "/groups", "/roles", "/domains", "/regions", "/services", "/endpoints", "/auth/tokens", "/users/x/application_credentials"] {
+    let bodies = [
+        "",
+        "null",
+        "[]",
+        "{\"project\": []}",
+        "{\"project\": {\"name\": \"\"}}",
+        "{\"project\": {\"name\": \"x\", \"enabled\": \"yes\"}}",
+        "{\"project\": {\"name\": \"x\", \"parent_id\": \"nope\"}}",
+        "{\"project\": {\"name\": \"x\", \"tags\": [1]}}",
+        "\u{0}",
+    ];
+    for path in [
+        "/projects",
+        "/users",
+        "/groups",
+        "/roles",
+        "/domains",
+        "/regions",
+        "/services",
+        "/endpoints",
+        "/auth/tokens",
+        "/users/x/application_credentials",
+    ] {
         for b in bodies {
             let r = c.raw("POST", path, Some(&tok), &[], Some(b.to_string()));
-            assert!((400..500).contains(&r.status), "POST {path} {b:?} -> {} {}", r.status, r.body);
+            assert!(
+                (400..500).contains(&r.status),
+                "POST {path} {b:?} -> {} {}",
+                r.status,
+                r.body
+            );
         }
     }
-    for path in ["/projects/%00", "/users/..%2f", "/role_assignments?scope.project.id=x&scope.domain.id=y", "/projects?enabled=maybe", "/roles/x/implies/y"] {
+    for path in [
+        "/projects/%00",
+        "/users/..%2f",
+        "/role_assignments?scope.project.id=x&scope.domain.id=y",
+        "/projects?enabled=maybe",
+        "/roles/x/implies/y",
+    ] {
         let r = c.get(path, &tok);
         assert!(r.status < 500, "GET {path} -> {}", r.status);
     }
@@ -123,9 +221,27 @@ fn conflicts_and_unknown_ids() {
     assert_eq!(r.status, 409);
     r.error_message();
     c.user(&tok, "u1", "pw", None);
-    assert_eq!(c.post("/users", &tok, json!({"user": {"name": "u1"}})).status, 409);
-    assert_eq!(c.post("/domains", &tok, json!({"domain": {"name": "default"}})).status, 409, "domain names are case-insensitive");
-    for path in ["/projects/abc", "/users/abc", "/groups/abc", "/roles/abc", "/domains/abc", "/regions/abc", "/services/abc", "/endpoints/abc"] {
+    assert_eq!(
+        c.post("/users", &tok, json!({"user": {"name": "u1"}}))
+            .status,
+        409
+    );
+    assert_eq!(
+        c.post("/domains", &tok, json!({"domain": {"name": "default"}}))
+            .status,
+        409,
+        "domain names are case-insensitive"
+    );
+    for path in [
+        "/projects/abc",
+        "/users/abc",
+        "/groups/abc",
+        "/roles/abc",
+        "/domains/abc",
+        "/regions/abc",
+        "/services/abc",
+        "/endpoints/abc",
+    ] {
         let r = c.get(path, &tok);
         assert_eq!(r.status, 404, "{path}");
         assert!(r.error_message().contains("abc"));
@@ -145,15 +261,48 @@ fn reader_can_read_own_project_and_never_write() {
     assert_eq!(c.get(&format!("/users/{uid}"), &rt).status, 200);
     let projects = c.get(&format!("/users/{uid}/projects"), &rt);
     assert_eq!(projects.body["projects"][0]["id"], pid);
-    assert_eq!(c.get("/auth/projects", &rt).body["projects"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.get("/auth/projects", &rt).body["projects"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let writes = [
-        ("POST", "/projects".to_string(), Some(json!({"project": {"name": "x"}}))),
-        ("POST", "/users".to_string(), Some(json!({"user": {"name": "x"}}))),
-        ("PATCH", format!("/projects/{pid}"), Some(json!({"project": {"name": "y"}}))),
+        (
+            "POST",
+            "/projects".to_string(),
+            Some(json!({"project": {"name": "x"}})),
+        ),
+        (
+            "POST",
+            "/users".to_string(),
+            Some(json!({"user": {"name": "x"}})),
+        ),
+        (
+            "PATCH",
+            format!("/projects/{pid}"),
+            Some(json!({"project": {"name": "y"}})),
+        ),
         ("DELETE", format!("/projects/{pid}"), None),
-        ("PUT", format!("/projects/{pid}/users/{uid}/roles/{}", c.role_id(&tok, "admin")), None),
-        ("POST", "/roles".to_string(), Some(json!({"role": {"name": "x"}}))),
-        ("POST", "/domains".to_string(), Some(json!({"domain": {"name": "x"}}))),
+        (
+            "PUT",
+            format!(
+                "/projects/{pid}/users/{uid}/roles/{}",
+                c.role_id(&tok, "admin")
+            ),
+            None,
+        ),
+        (
+            "POST",
+            "/roles".to_string(),
+            Some(json!({"role": {"name": "x"}})),
+        ),
+        (
+            "POST",
+            "/domains".to_string(),
+            Some(json!({"domain": {"name": "x"}})),
+        ),
     ];
     for (m, path, body) in writes {
         let r = c.call(m, &path, Some(&rt), body);
@@ -163,10 +312,17 @@ fn reader_can_read_own_project_and_never_write() {
     assert_eq!(c.get("/users", &rt).status, 403);
     assert_eq!(c.get("/projects", &rt).status, 403);
     // Nothing changed.
-    assert_eq!(c.get(&format!("/projects/{pid}"), &tok).body["project"]["name"], "shop");
+    assert_eq!(
+        c.get(&format!("/projects/{pid}"), &tok).body["project"]["name"],
+        "shop"
+    );
     // Another project's data stays hidden.
     let other = c.create(&tok, "/projects", "project", json!({"name": "other"}));
-    assert_eq!(c.get(&format!("/projects/{}", other["id"].as_str().unwrap()), &rt).status, 403);
+    assert_eq!(
+        c.get(&format!("/projects/{}", other["id"].as_str().unwrap()), &rt)
+            .status,
+        403
+    );
 }
 
 #[test]
@@ -176,7 +332,13 @@ fn revoked_token_is_refused() {
     let tok = admin(&s);
     let victim = admin(&s);
     assert_eq!(c.validate(&tok, &victim).status, 200);
-    let r = c.raw("DELETE", "/auth/tokens", Some(&tok), &[("X-Subject-Token", &victim)], None);
+    let r = c.raw(
+        "DELETE",
+        "/auth/tokens",
+        Some(&tok),
+        &[("X-Subject-Token", &victim)],
+        None,
+    );
     assert_eq!(r.status, 204);
     assert_eq!(c.validate(&tok, &victim).status, 404);
     assert_eq!(c.get("/projects", &victim).status, 401);
@@ -197,16 +359,32 @@ fn password_change_and_disable_revoke_tokens() {
     let pid = p["id"].as_str().unwrap();
     let uid = c.user(&tok, "bob", "old-pw", Some((pid, "member")));
     let bt = c.token("bob", "old-pw", Some("p"));
-    let r = c.post(&format!("/users/{uid}/password"), &bt, json!({"user": {"password": "new-pw", "original_password": "wrong"}}));
+    let r = c.post(
+        &format!("/users/{uid}/password"),
+        &bt,
+        json!({"user": {"password": "new-pw", "original_password": "wrong"}}),
+    );
     assert_eq!(r.status, 401);
-    let r = c.post(&format!("/users/{uid}/password"), &bt, json!({"user": {"password": "new-pw", "original_password": "old-pw"}}));
+    let r = c.post(
+        &format!("/users/{uid}/password"),
+        &bt,
+        json!({"user": {"password": "new-pw", "original_password": "old-pw"}}),
+    );
     assert_eq!(r.status, 204, "{}", r.body);
-    assert_eq!(c.get(&format!("/users/{uid}"), &bt).status, 401, "old token revoked");
+    assert_eq!(
+        c.get(&format!("/users/{uid}"), &bt).status,
+        401,
+        "old token revoked"
+    );
     assert_eq!(c.login("bob", "old-pw", Some("p")).status, 401);
     let bt2 = c.token("bob", "new-pw", Some("p"));
     assert_eq!(c.get(&format!("/users/{uid}"), &bt2).status, 200);
     // Disabling the user kills the new token and further logins.
-    let r = c.patch(&format!("/users/{uid}"), &tok, json!({"user": {"enabled": false}}));
+    let r = c.patch(
+        &format!("/users/{uid}"),
+        &tok,
+        json!({"user": {"enabled": false}}),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(c.get(&format!("/users/{uid}"), &bt2).status, 401);
     assert_eq!(c.login("bob", "new-pw", Some("p")).status, 401);
@@ -241,7 +419,11 @@ fn tokens_survive_key_rotation_until_rotated_out() {
             .arg(s.data_dir())
             .output()
             .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
     };
     rotate();
     // The server picks the rotation up; the old token stays valid, and new
@@ -259,7 +441,10 @@ fn tokens_survive_key_rotation_until_rotated_out() {
         if st == 404 {
             break;
         }
-        assert!(Instant::now() < deadline, "old token still valid after its key was rotated out");
+        assert!(
+            Instant::now() < deadline,
+            "old token still valid after its key was rotated out"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let _ = tok;
@@ -276,9 +461,16 @@ fn restart_reuses_credentials_and_data() {
     assert!(status.success(), "clean exit on SIGINT: {status:?}");
     s.restart_after_stop();
     let c = s.client();
-    assert_eq!(std::fs::read_to_string(s.data_dir().join("clouds.yaml")).unwrap(), clouds);
+    assert_eq!(
+        std::fs::read_to_string(s.data_dir().join("clouds.yaml")).unwrap(),
+        clouds
+    );
     let tok2 = admin(&s);
-    assert_eq!(c.validate(&tok2, &tok).status, 200, "tokens outlive a restart");
+    assert_eq!(
+        c.validate(&tok2, &tok).status,
+        200,
+        "tokens outlive a restart"
+    );
     let list = c.get("/projects?name=keep", &tok2);
     assert_eq!(list.body["projects"].as_array().unwrap().len(), 1);
 }
@@ -288,26 +480,62 @@ fn hierarchy_and_filters() {
     let s = Server::start();
     let c = s.client();
     let tok = admin(&s);
-    let a = c.create(&tok, "/projects", "project", json!({"name": "a", "tags": ["edge"]}));
+    let a = c.create(
+        &tok,
+        "/projects",
+        "project",
+        json!({"name": "a", "tags": ["edge"]}),
+    );
     let aid = a["id"].as_str().unwrap();
     assert_eq!(a["parent_id"], "default");
-    let b = c.create(&tok, "/projects", "project", json!({"name": "b", "parent_id": aid}));
+    let b = c.create(
+        &tok,
+        "/projects",
+        "project",
+        json!({"name": "b", "parent_id": aid}),
+    );
     let bid = b["id"].as_str().unwrap();
-    let cc = c.create(&tok, "/projects", "project", json!({"name": "c", "parent_id": bid}));
+    let cc = c.create(
+        &tok,
+        "/projects",
+        "project",
+        json!({"name": "c", "parent_id": bid}),
+    );
     let r = c.get(&format!("/projects/{aid}?subtree_as_list"), &tok);
-    let sub: Vec<&str> = r.body["project"]["subtree"].as_array().unwrap().iter().map(|p| p["project"]["name"].as_str().unwrap()).collect();
+    let sub: Vec<&str> = r.body["project"]["subtree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(sub.len(), 2);
-    let r = c.get(&format!("/projects/{}?parents_as_list", cc["id"].as_str().unwrap()), &tok);
-    let parents: Vec<&str> = r.body["project"]["parents"].as_array().unwrap().iter().map(|p| p["project"]["name"].as_str().unwrap()).collect();
+    let r = c.get(
+        &format!("/projects/{}?parents_as_list", cc["id"].as_str().unwrap()),
+        &tok,
+    );
+    let parents: Vec<&str> = r.body["project"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(parents, ["b", "a"]);
-    assert_eq!(c.delete(&format!("/projects/{aid}"), &tok).status, 403, "not a leaf");
+    assert_eq!(
+        c.delete(&format!("/projects/{aid}"), &tok).status,
+        403,
+        "not a leaf"
+    );
     let r = c.get(&format!("/projects?parent_id={aid}"), &tok);
     assert_eq!(r.body["projects"].as_array().unwrap().len(), 1);
     let r = c.get("/projects?tags=edge", &tok);
     assert_eq!(r.body["projects"][0]["name"], "a");
     let r = c.get("/projects?name__contains=dmi", &tok);
     assert_eq!(r.body["projects"][0]["name"], "admin");
-    let r = c.patch(&format!("/projects/{bid}"), &tok, json!({"project": {"enabled": false}}));
+    let r = c.patch(
+        &format!("/projects/{bid}"),
+        &tok,
+        json!({"project": {"enabled": false}}),
+    );
     assert_eq!(r.body["project"]["enabled"], false);
     let r = c.get("/projects?enabled=false", &tok);
     assert_eq!(r.body["projects"].as_array().unwrap().len(), 1);
@@ -323,29 +551,70 @@ fn groups_implied_roles_and_effective_assignments() {
     let uid = c.user(&tok, "gina", "gpw", None);
     let g = c.create(&tok, "/groups", "group", json!({"name": "ops"}));
     let gid = g["id"].as_str().unwrap();
-    assert_eq!(c.put(&format!("/groups/{gid}/users/{uid}"), &tok).status, 204);
-    assert_eq!(c.call("HEAD", &format!("/groups/{gid}/users/{uid}"), Some(&tok), None).status, 204);
+    assert_eq!(
+        c.put(&format!("/groups/{gid}/users/{uid}"), &tok).status,
+        204
+    );
+    assert_eq!(
+        c.call(
+            "HEAD",
+            &format!("/groups/{gid}/users/{uid}"),
+            Some(&tok),
+            None
+        )
+        .status,
+        204
+    );
     let member = c.role_id(&tok, "member");
-    assert_eq!(c.put(&format!("/projects/{pid}/groups/{gid}/roles/{member}"), &tok).status, 204);
+    assert_eq!(
+        c.put(
+            &format!("/projects/{pid}/groups/{gid}/roles/{member}"),
+            &tok
+        )
+        .status,
+        204
+    );
     // Through the group, gina can log in to the project, with reader implied.
     let r = c.login("gina", "gpw", Some("proj"));
     assert_eq!(r.status, 201);
-    let names: Vec<&str> = r.body["token"]["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"member") && names.contains(&"reader"), "{names:?}");
-    let r = c.get(&format!("/role_assignments?effective&user.id={uid}&include_names"), &tok);
+    let names: Vec<&str> = r.body["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"member") && names.contains(&"reader"),
+        "{names:?}"
+    );
+    let r = c.get(
+        &format!("/role_assignments?effective&user.id={uid}&include_names"),
+        &tok,
+    );
     let rows = r.body["role_assignments"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{}", r.body);
-    assert!(rows.iter().all(|a| a["scope"]["project"]["name"] == "proj" && a["links"]["membership"].is_string()));
+    assert!(
+        rows.iter().all(
+            |a| a["scope"]["project"]["name"] == "proj" && a["links"]["membership"].is_string()
+        )
+    );
     // Without effective, the group's own assignment is listed.
     let r = c.get(&format!("/role_assignments?group.id={gid}"), &tok);
     assert_eq!(r.body["role_assignments"][0]["role"]["id"], member.as_str());
     // Removing her from the group removes her access at once.
-    assert_eq!(c.delete(&format!("/groups/{gid}/users/{uid}"), &tok).status, 204);
+    assert_eq!(
+        c.delete(&format!("/groups/{gid}/users/{uid}"), &tok).status,
+        204
+    );
     assert_eq!(c.login("gina", "gpw", Some("proj")).status, 401);
     // An implication cycle is refused.
     let reader = c.role_id(&tok, "reader");
     let admin_role = c.role_id(&tok, "admin");
-    assert_eq!(c.put(&format!("/roles/{reader}/implies/{admin_role}"), &tok).status, 403);
+    assert_eq!(
+        c.put(&format!("/roles/{reader}/implies/{admin_role}"), &tok)
+            .status,
+        403
+    );
     let r = c.get("/role_inferences", &tok);
     assert_eq!(r.body["role_inferences"].as_array().unwrap().len(), 2);
 }
@@ -371,14 +640,28 @@ fn rescoping_domain_and_system_scopes() {
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["token"]["system"], json!({"all": true}));
     let sys = r.header("x-subject-token").unwrap().to_string();
-    assert_eq!(c.get("/auth/system", &sys).body["system"], json!([{"all": true}]));
+    assert_eq!(
+        c.get("/auth/system", &sys).body["system"],
+        json!([{"all": true}])
+    );
     // No role on the domain yet: a domain-scoped login is refused.
     let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "admin", "domain": {"id": "default"}, "password": s.admin_password}}},
         "scope": {"domain": {"id": "default"}}}});
-    assert_eq!(c.call("POST", "/auth/tokens", None, Some(body.clone())).status, 401);
+    assert_eq!(
+        c.call("POST", "/auth/tokens", None, Some(body.clone()))
+            .status,
+        401
+    );
     let uid = r.body["token"]["user"]["id"].as_str().unwrap().to_string();
     let admin_role = c.role_id(&sys, "admin");
-    assert_eq!(c.put(&format!("/domains/default/users/{uid}/roles/{admin_role}"), &sys).status, 204);
+    assert_eq!(
+        c.put(
+            &format!("/domains/default/users/{uid}/roles/{admin_role}"),
+            &sys
+        )
+        .status,
+        204
+    );
     let r = c.call("POST", "/auth/tokens", None, Some(body));
     assert_eq!(r.status, 201);
     assert_eq!(r.body["token"]["domain"]["name"], "Default");
@@ -393,39 +676,78 @@ fn application_credentials() {
     let pid = p["id"].as_str().unwrap();
     let uid = c.user(&tok, "dev", "dpw", Some((pid, "member")));
     let dt = c.token("dev", "dpw", Some("apps"));
-    let r = c.post(&format!("/users/{uid}/application_credentials"), &dt, json!({"application_credential": {"name": "ci", "roles": [{"name": "reader"}]}}));
+    let r = c.post(
+        &format!("/users/{uid}/application_credentials"),
+        &dt,
+        json!({"application_credential": {"name": "ci", "roles": [{"name": "reader"}]}}),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let ac = r.body["application_credential"].clone();
-    let (acid, secret) = (ac["id"].as_str().unwrap().to_string(), ac["secret"].as_str().unwrap().to_string());
+    let (acid, secret) = (
+        ac["id"].as_str().unwrap().to_string(),
+        ac["secret"].as_str().unwrap().to_string(),
+    );
     assert_eq!(ac["project_id"], pid);
     // The secret is never shown again.
     let shown = c.get(&format!("/users/{uid}/application_credentials/{acid}"), &dt);
     assert!(shown.body["application_credential"].get("secret").is_none());
     let auth = |secret: &str| json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"id": acid, "secret": secret}}}});
-    assert_eq!(c.call("POST", "/auth/tokens", None, Some(auth("wrong"))).status, 401);
+    assert_eq!(
+        c.call("POST", "/auth/tokens", None, Some(auth("wrong")))
+            .status,
+        401
+    );
     let r = c.call("POST", "/auth/tokens", None, Some(auth(&secret)));
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["token"]["project"]["id"], pid);
-    let roles: Vec<&str> = r.body["token"]["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = r.body["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
     assert_eq!(roles, ["reader"], "only the credential's roles");
     let act = r.header("x-subject-token").unwrap().to_string();
     // A restricted credential cannot mint another, and a reader cannot write.
-    let r = c.post(&format!("/users/{uid}/application_credentials"), &act, json!({"application_credential": {"name": "x"}}));
+    let r = c.post(
+        &format!("/users/{uid}/application_credentials"),
+        &act,
+        json!({"application_credential": {"name": "x"}}),
+    );
     assert_eq!(r.status, 403);
     // By name with the user.
     let by_name = json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"name": "ci", "secret": secret, "user": {"name": "dev", "domain": {"id": "default"}}}}}});
-    assert_eq!(c.call("POST", "/auth/tokens", None, Some(by_name)).status, 201);
+    assert_eq!(
+        c.call("POST", "/auth/tokens", None, Some(by_name)).status,
+        201
+    );
     // Another user cannot see it.
     let other = c.user(&tok, "eve", "epw", Some((pid, "member")));
     let et = c.token("eve", "epw", Some("apps"));
-    assert_eq!(c.get(&format!("/users/{uid}/application_credentials"), &et).status, 403);
+    assert_eq!(
+        c.get(&format!("/users/{uid}/application_credentials"), &et)
+            .status,
+        403
+    );
     let _ = other;
     // Deleting it revokes its tokens.
-    assert_eq!(c.delete(&format!("/users/{uid}/application_credentials/{acid}"), &dt).status, 204);
+    assert_eq!(
+        c.delete(&format!("/users/{uid}/application_credentials/{acid}"), &dt)
+            .status,
+        204
+    );
     assert_eq!(c.get(&format!("/projects/{pid}"), &act).status, 401);
-    assert_eq!(c.call("POST", "/auth/tokens", None, Some(auth(&secret))).status, 401);
+    assert_eq!(
+        c.call("POST", "/auth/tokens", None, Some(auth(&secret)))
+            .status,
+        401
+    );
     // Expiry in the past is refused.
-    let r = c.post(&format!("/users/{uid}/application_credentials"), &dt, json!({"application_credential": {"name": "old", "expires_at": "2000-01-01T00:00:00Z"}}));
+    let r = c.post(
+        &format!("/users/{uid}/application_credentials"),
+        &dt,
+        json!({"application_credential": {"name": "old", "expires_at": "2000-01-01T00:00:00Z"}}),
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -434,20 +756,49 @@ fn catalog_crud() {
     let s = Server::start();
     let c = s.client();
     let tok = admin(&s);
-    let svc = c.create(&tok, "/services", "service", json!({"type": "compute", "name": "nova"}));
+    let svc = c.create(
+        &tok,
+        "/services",
+        "service",
+        json!({"type": "compute", "name": "nova"}),
+    );
     let sid = svc["id"].as_str().unwrap();
-    let r = c.post("/endpoints", &tok, json!({"endpoint": {"service_id": sid, "interface": "sideways", "url": "http://x"}}));
+    let r = c.post(
+        "/endpoints",
+        &tok,
+        json!({"endpoint": {"service_id": sid, "interface": "sideways", "url": "http://x"}}),
+    );
     assert_eq!(r.status, 400);
     let ep = c.create(&tok, "/endpoints", "endpoint", json!({"service_id": sid, "interface": "public", "url": "http://127.0.0.1:1/compute/v2.1", "region_id": "RegionOne"}));
     assert_eq!(ep["region"], "RegionOne");
     let fresh = admin(&s);
     let r = c.validate(&fresh, &fresh);
-    let types: Vec<&str> = r.body["token"]["catalog"].as_array().unwrap().iter().map(|s| s["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = r.body["token"]["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
     assert!(types.contains(&"compute"), "{types:?}");
-    let reg = c.create(&tok, "/regions", "region", json!({"id": "EdgeA", "parent_region_id": "RegionOne"}));
+    let reg = c.create(
+        &tok,
+        "/regions",
+        "region",
+        json!({"id": "EdgeA", "parent_region_id": "RegionOne"}),
+    );
     assert_eq!(reg["parent_region_id"], "RegionOne");
-    assert_eq!(c.delete("/regions/RegionOne", &tok).status, 403, "region in use");
+    assert_eq!(
+        c.delete("/regions/RegionOne", &tok).status,
+        403,
+        "region in use"
+    );
     assert_eq!(c.delete(&format!("/services/{sid}"), &tok).status, 204);
     let r: Value = c.get("/endpoints", &tok).body;
-    assert!(r["endpoints"].as_array().unwrap().iter().all(|e| e["service_id"] != sid));
+    assert!(
+        r["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["service_id"] != sid)
+    );
 }
