@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
 }

@@ -35,6 +35,9 @@ fn discovery_and_request_ids() {
     let r = c.call("GET", "/no/such/path", None, None);
     assert_eq!(r.status, 404);
     r.error_message();
+    let r = c.call("PUT", "/auth/catalog", None, None);
+    assert_eq!(r.status, 405);
+    r.error_message();
 }
 
 #[test]
