@@ -48,6 +48,14 @@ pub fn iso_us(us: i64) -> String {
     )
 }
 
+/// Keystone's format for stored timestamps (application credential
+/// `expires_at`): no zone suffix, fraction only when non-zero.
+pub fn iso_naive(us: i64) -> String {
+    let s = iso_us(us);
+    let s = s.trim_end_matches('Z');
+    s.strip_suffix(".000000").unwrap_or(s).to_string()
+}
+
 /// Parses ISO 8601 timestamps as clients send them: `YYYY-MM-DDTHH:MM[:SS[.frac]]`
 /// with an optional `Z` or `+HH:MM` offset (none means UTC).
 pub fn parse_iso(s: &str) -> Option<i64> {

@@ -16,7 +16,7 @@ use super::model::*;
 use super::policy::Ctx;
 use super::{Obj, conflict_as, filter, list_body, new_id, self_link};
 use crate::json::Json;
-use crate::timeutil::{iso_us, now_us, parse_iso};
+use crate::timeutil::{iso_naive, now_us, parse_iso};
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -45,7 +45,7 @@ fn view(state: &AppState, a: &AppCredential) -> Result<Value, ApiError> {
         "user_id": a.user_id,
         "project_id": a.project_id,
         "roles": roles,
-        "expires_at": a.expires_at_us.map(iso_us),
+        "expires_at": a.expires_at_us.map(iso_naive),
         "unrestricted": a.unrestricted,
         "access_rules": a.access_rules,
         "system": null,

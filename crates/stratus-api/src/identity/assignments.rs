@@ -402,6 +402,13 @@ async fn list_assignments(
             }
             with_implied.push(r);
         }
+        let domain_specific: HashSet<String> = store
+            .list::<Role>(&Q::all())?
+            .into_iter()
+            .filter(|r| r.domain_id.is_some())
+            .map(|r| r.id)
+            .collect();
+        with_implied.retain(|r| !domain_specific.contains(&r.role_id));
         rows = with_implied;
     }
     let include_subtree = flag(&q, "include_subtree");

@@ -375,6 +375,7 @@ async fn create_endpoint(
     let url = o.req_str("url")?;
     check_url(&url)?;
     let service_id = o.req_str("service_id")?;
+    let legacy_region = o.str("region_id")?.is_none();
     let region_id = o.str("region_id")?.or(o.str("region")?);
     let e = Endpoint {
         id: new_id(),
@@ -394,7 +395,16 @@ async fn create_endpoint(
         if let Some(r) = &e.region_id
             && tx.get::<Region>(r)?.is_none()
         {
-            return Err(ApiError::bad_request(format!("Region {r} not found.")));
+            // Keystone creates a region named by the legacy `region`
+            // attribute; an unknown `region_id` is an error.
+            if !legacy_region {
+                return Err(ApiError::bad_request(format!("Region {r} not found.")));
+            }
+            tx.insert(&Region {
+                id: r.clone(),
+                description: String::new(),
+                parent_region_id: None,
+            })?;
         }
         tx.insert(&e)?;
         Ok(())
@@ -429,11 +439,19 @@ async fn update_endpoint(
             e.service_id = s;
         }
         if o.has("region_id") || o.has("region") {
+            let legacy = !o.has("region_id");
             let r = o.str("region_id")?.or(o.str("region")?);
             if let Some(r) = &r
                 && tx.get::<Region>(r)?.is_none()
             {
-                return Err(ApiError::bad_request(format!("Region {r} not found.")));
+                if !legacy {
+                    return Err(ApiError::bad_request(format!("Region {r} not found.")));
+                }
+                tx.insert(&Region {
+                    id: r.clone(),
+                    description: String::new(),
+                    parent_region_id: None,
+                })?;
             }
             e.region_id = r;
         }

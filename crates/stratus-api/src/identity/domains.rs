@@ -63,7 +63,7 @@ async fn create(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     ctx.require_admin("identity:create_domain")?;
     let o = Obj::from_body(body, "domain")?;
-    let name = o.name("name")?.ok_or_else(|| {
+    let name = o.name_max("name", 64)?.ok_or_else(|| {
         ApiError::bad_request("Invalid input for field 'domain': 'name' is a required property.")
     })?;
     let d = Domain {
@@ -107,7 +107,7 @@ async fn update(
     let o = Obj::from_body(body, "domain")?;
     let d = state.identity_write(|tx| {
         let mut d = tx.fetch::<Domain>(&id)?;
-        if let Some(n) = o.name("name")? {
+        if let Some(n) = o.name_max("name", 64)? {
             d.name = n;
         }
         if o.has("description") {

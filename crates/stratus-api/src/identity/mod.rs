@@ -11,6 +11,7 @@ pub mod assignments;
 pub mod auth;
 pub mod bootstrap;
 pub mod catalog;
+pub mod credentials;
 pub mod domains;
 pub mod fernet;
 pub mod groups;
@@ -204,6 +205,7 @@ pub fn router() -> Router<AppState> {
         .merge(roles::routes())
         .merge(assignments::routes())
         .merge(catalog::routes())
+        .merge(credentials::routes())
         .merge(app_creds::routes())
         .fallback(crate::error::not_found_fallback);
     Router::new()
@@ -429,9 +431,18 @@ impl Obj {
 
     /// A name field: present means non-empty and at most 255 characters.
     pub fn name(&self, field: &str) -> Result<Option<String>, ApiError> {
+        self.name_max(field, 255)
+    }
+
+    /// A name field of at most `max` characters (Keystone allows 64 for
+    /// domains, projects and groups).
+    pub fn name_max(&self, field: &str, max: usize) -> Result<Option<String>, ApiError> {
         let n = self.str(field)?;
         if let Some(n) = &n {
             check_name(&format!("{}.{field}", self.key), n)?;
+            if n.chars().count() > max {
+                return Err(self.bad(field, &format!("it is longer than {max} characters")));
+            }
         }
         Ok(n)
     }

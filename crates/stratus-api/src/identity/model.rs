@@ -321,3 +321,16 @@ pub struct Revocation {
     pub prune_after_us: i64,
 }
 record!(Revocation, "revocation_event");
+
+/// A credential kept for another service (`/v3/credentials`), e.g. EC2
+/// access/secret pairs. The blob is stored as given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: String,
+    pub user_id: String,
+    pub project_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub blob: String,
+}
+record!(Credential, "credential", owner = |c| Some(&c.user_id));

@@ -84,7 +84,7 @@ async fn create(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     ctx.require_admin("identity:create_project")?;
     let o = Obj::from_body(body, "project")?;
-    let name = o.name("name")?.ok_or_else(|| {
+    let name = o.name_max("name", 64)?.ok_or_else(|| {
         ApiError::bad_request("Invalid input for field 'project': 'name' is a required property.")
     })?;
     if o.bool("is_domain")? == Some(true) {
@@ -266,7 +266,7 @@ async fn update(
                 "Update of `is_domain` is not allowed.",
             ));
         }
-        if let Some(n) = o.name("name")? {
+        if let Some(n) = o.name_max("name", 64)? {
             p.name = n;
         }
         if o.has("description") {

@@ -248,9 +248,9 @@ async fn create_inference(
             "identity:create_implied_role (a role cannot imply itself)",
         ));
     }
-    if i.domain_id.is_some() {
+    if p.domain_id.is_none() && i.domain_id.is_some() {
         return Err(ApiError::forbidden(
-            "identity:create_implied_role (a domain-specific role cannot be implied)",
+            "identity:create_implied_role (a global role cannot imply a domain-specific role)",
         ));
     }
     state.identity_write(|tx| {

@@ -110,7 +110,25 @@ pub fn effective_role_ids(
         .into_iter()
         .map(|a| a.role_id)
         .collect();
-    expand_implied(store, direct)
+    let mut ids = expand_implied(store, direct)?;
+    drop_domain_specific(store, &mut ids)?;
+    Ok(ids)
+}
+
+/// Domain-specific roles only carry meaning through the global roles they
+/// imply; like Keystone, they never appear in tokens or effective listings.
+pub fn drop_domain_specific(store: &Store, ids: &mut HashSet<String>) -> Result<(), ApiError> {
+    let mut keep = HashSet::new();
+    for id in ids.iter() {
+        if store
+            .get::<Role>(id)?
+            .is_some_and(|r| r.domain_id.is_none())
+        {
+            keep.insert(id.clone());
+        }
+    }
+    *ids = keep;
+    Ok(())
 }
 
 /// Loads roles by id, sorted by name, skipping ones that vanished.

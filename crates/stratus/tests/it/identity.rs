@@ -805,3 +805,91 @@ fn catalog_crud() {
             .all(|e| e["service_id"] != sid)
     );
 }
+
+#[test]
+fn ec2_and_generic_credentials_belong_to_their_owner() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let p = c.create(&tok, "/projects", "project", json!({"name": "s3"}));
+    let pid = p["id"].as_str().unwrap();
+    let uid = c.user(&tok, "olga", "opw", Some((pid, "member")));
+    let ot = c.token("olga", "opw", Some("s3"));
+    let r = c.post(
+        &format!("/users/{uid}/credentials/OS-EC2"),
+        &ot,
+        json!({"tenant_id": pid}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let access = r.body["credential"]["access"].as_str().unwrap().to_string();
+    assert!(r.body["credential"]["secret"].is_string());
+    let r = c.get(&format!("/users/{uid}/credentials/OS-EC2/{access}"), &ot);
+    assert_eq!(r.body["credential"]["tenant_id"], pid);
+    // Another user sees nothing of it.
+    let vid = c.user(&tok, "vic", "vpw", Some((pid, "member")));
+    let vt = c.token("vic", "vpw", Some("s3"));
+    assert_eq!(
+        c.get(&format!("/users/{uid}/credentials/OS-EC2"), &vt)
+            .status,
+        403
+    );
+    assert_eq!(
+        c.get("/credentials", &vt).body["credentials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let r = c.post(
+        "/credentials",
+        &vt,
+        json!({"credential": {"user_id": uid, "type": "totp", "blob": "x"}}),
+    );
+    assert_eq!(r.status, 403, "cannot make credentials for someone else");
+    let r = c.post("/credentials", &vt, json!({"credential": {"user_id": vid, "type": "ec2", "blob": "not json", "project_id": pid}}));
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        c.get("/credentials", &ot).body["credentials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.delete(&format!("/users/{uid}/credentials/OS-EC2/{access}"), &ot)
+            .status,
+        204
+    );
+    assert_eq!(
+        c.get(&format!("/users/{uid}/credentials/OS-EC2/{access}"), &ot)
+            .status,
+        404
+    );
+}
+
+#[test]
+fn password_change_needs_the_original_password_not_a_token() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let uid = c.user(&tok, "pam", "first", None);
+    let change = |orig: &str, new: &str| {
+        c.call(
+            "POST",
+            &format!("/users/{uid}/password"),
+            None,
+            Some(json!({"user": {"original_password": orig, "password": new}})),
+        )
+    };
+    assert_eq!(change("wrong", "second").status, 401);
+    assert_eq!(change("first", "second").status, 204);
+    assert_eq!(c.login("pam", "first", None).status, 401);
+    assert_eq!(c.login("pam", "second", None).status, 201);
+    let r = c.call(
+        "POST",
+        "/users/nobody/password",
+        None,
+        Some(json!({"user": {"original_password": "x", "password": "y"}})),
+    );
+    assert_eq!(r.status, 401, "unknown users look like wrong passwords");
+}
