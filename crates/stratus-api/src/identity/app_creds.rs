@@ -171,8 +171,8 @@ async fn create(
                     }
                 };
                 let found = found.ok_or_else(|| {
-                    ApiError::forbidden(&format!(
-                        "identity:create_application_credential (you do not hold role {r} on project {project_id})"
+                    ApiError::bad_request(format!(
+                        "Invalid application credential: you do not hold role {r} on project {project_id}."
                     ))
                 })?;
                 if !role_ids.contains(&found.id) {

@@ -60,30 +60,47 @@ async fn issue_token(
     Ok(token_response(StatusCode::CREATED, &token, body))
 }
 
-/// The subject token of a validate/check/revoke call, with policy applied:
-/// admins and system readers may look at any token, others at their own.
+/// What is done with a subject token; each has Keystone's own rule.
+#[derive(Clone, Copy, PartialEq)]
+enum TokenAction {
+    /// GET: admin, system reader, a `service` user, or the token's owner.
+    Validate,
+    /// HEAD: admin, system reader, or the owner.
+    Check,
+    /// DELETE: admin or the owner.
+    Revoke,
+}
+
+/// The subject token of a validate/check/revoke call, with policy applied.
 fn subject(
     state: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
     allow_expired: bool,
+    action: TokenAction,
 ) -> Result<(String, std::sync::Arc<service::Validated>), ApiError> {
     let tok = headers
         .get("x-subject-token")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("The X-Subject-Token header is required."))?;
+        .ok_or_else(|| ApiError::not_found("token", "(no X-Subject-Token given)"))?;
     let not_found = || ApiError::not_found("token", tok);
     let v = match service::validate(state, tok, allow_expired) {
         Ok(v) => v,
         Err(Invalid::Store(e)) => return Err(e),
         Err(_) => return Err(not_found()),
     };
-    ctx.allow(
-        ctx.system_reader() || v.user.id == ctx.user_id(),
-        "identity:validate_token",
-    )?;
+    let owner = v.user.id == ctx.user_id();
+    let (ok, rule) = match action {
+        TokenAction::Validate => (
+            owner || ctx.system_reader() || ctx.has_role("service"),
+            "identity:validate_token",
+        ),
+        TokenAction::Check => (owner || ctx.system_reader(), "identity:check_token"),
+        TokenAction::Revoke => (owner, "identity:revoke_token"),
+    };
+    ctx.allow(ok, rule)?;
     Ok((tok.to_string(), v))
 }
 
@@ -93,7 +110,13 @@ async fn validate_token(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let (tok, v) = subject(&state, &ctx, &headers, flag(&q, "allow_expired"))?;
+    let (tok, v) = subject(
+        &state,
+        &ctx,
+        &headers,
+        flag(&q, "allow_expired"),
+        TokenAction::Validate,
+    )?;
     Ok(token_response(
         StatusCode::OK,
         &tok,
@@ -107,7 +130,13 @@ async fn check_token(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let (tok, _) = subject(&state, &ctx, &headers, flag(&q, "allow_expired"))?;
+    let (tok, _) = subject(
+        &state,
+        &ctx,
+        &headers,
+        flag(&q, "allow_expired"),
+        TokenAction::Check,
+    )?;
     let mut resp = StatusCode::OK.into_response();
     if let Ok(v) = HeaderValue::from_str(&tok) {
         resp.headers_mut().insert("x-subject-token", v);
@@ -120,7 +149,7 @@ async fn revoke_token(
     ctx: Ctx,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let (_, v) = subject(&state, &ctx, &headers, false)?;
+    let (_, v) = subject(&state, &ctx, &headers, false, TokenAction::Revoke)?;
     let audit = v.data.audit_strings().into_iter().next();
     state.revoke(Revocation {
         audit_id: audit,
@@ -140,7 +169,7 @@ async fn auth_catalog(
         ));
     }
     Ok(axum::Json(json!({
-        "catalog": service::catalog(&state)?,
+        "catalog": service::catalog(&state, ctx.user_id(), ctx.project_id())?,
         "links": {"self": state.identity_url("auth/catalog"), "previous": null, "next": null}
     })))
 }

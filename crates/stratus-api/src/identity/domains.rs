@@ -145,7 +145,20 @@ async fn remove(
         if d.id == DEFAULT_DOMAIN_ID {
             return Err(ApiError::forbidden("identity:delete_domain (the default domain cannot be deleted)"));
         }
-        for p in tx.list::<Project>(&Q::owner(&id))? {
+        // Leaves first: a project is deleted only after its children.
+        let mut projects = tx.list::<Project>(&Q::owner(&id))?;
+        let by_id: std::collections::HashMap<String, Option<String>> =
+            projects.iter().map(|p| (p.id.clone(), p.parent_id.clone())).collect();
+        let depth = |p: &Project| {
+            let (mut d, mut cur) = (0, p.parent_id.clone());
+            while let Some(c) = cur.filter(|_| d < 64) {
+                d += 1;
+                cur = by_id.get(&c).cloned().flatten();
+            }
+            d
+        };
+        projects.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+        for p in projects {
             super::projects::delete_in(tx, &p.id)?;
         }
         for u in tx.list::<User>(&Q::owner(&id))? {

@@ -71,7 +71,7 @@ async fn create(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     ctx.require_admin("identity:create_group")?;
     let o = Obj::from_body(body, "group")?;
-    let name = o.name_max("name", 64)?.ok_or_else(|| {
+    let name = o.name("name")?.ok_or_else(|| {
         ApiError::bad_request("Invalid input for field 'group': 'name' is a required property.")
     })?;
     let domain_id = o.str("domain_id")?.unwrap_or_else(|| {
@@ -133,7 +133,7 @@ async fn update(
     o.forbid(&["domain_id"])?;
     let g = state.identity_write(|tx| {
         let mut g = tx.fetch::<Group>(&id)?;
-        if let Some(n) = o.name_max("name", 64)? {
+        if let Some(n) = o.name("name")? {
             g.name = n;
         }
         if o.has("description") {

@@ -135,8 +135,19 @@ async fn create(
                 .or_else(|| ctx.project_domain.as_ref().map(|d| d.id.clone()))
                 .unwrap_or_else(|| DEFAULT_DOMAIN_ID.to_string()),
         };
-        if tx.get::<Domain>(&domain_id)?.is_none() {
-            return Err(ApiError::not_found("domain", &domain_id));
+        match tx.get::<Domain>(&domain_id)? {
+            None => return Err(ApiError::not_found("domain", &domain_id)),
+            Some(d) if !d.enabled => {
+                return Err(ApiError::bad_request(format!(
+                    "Cannot create a project in disabled domain {domain_id}."
+                )));
+            }
+            Some(_) => {}
+        }
+        if parent.as_ref().is_some_and(|pp| !pp.enabled) {
+            return Err(ApiError::bad_request(
+                "Cannot create a project under a disabled parent project.",
+            ));
         }
         if let Some(pp) = &parent {
             let mut depth = 2; // the new project plus its parent
@@ -273,6 +284,25 @@ async fn update(
             p.description = o.str("description")?.unwrap_or_default();
         }
         if let Some(e) = o.bool("enabled")? {
+            if e && !p.enabled
+                && let Some(pid) = &p.parent_id
+                && tx.get::<Project>(pid)?.is_some_and(|pp| !pp.enabled)
+            {
+                return Err(ApiError::forbidden(
+                    "identity:update_project (cannot enable a project whose parent is disabled)",
+                ));
+            }
+            if !e
+                && p.enabled
+                && tx
+                    .list::<Project>(&Q::parent(&p.id))?
+                    .iter()
+                    .any(|c| c.enabled)
+            {
+                return Err(ApiError::forbidden(
+                    "identity:update_project (cannot disable a project with enabled sub-projects)",
+                ));
+            }
             p.enabled = e;
         }
         if let Some(t) = o.tags()? {

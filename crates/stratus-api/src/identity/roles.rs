@@ -248,6 +248,11 @@ async fn create_inference(
             "identity:create_implied_role (a role cannot imply itself)",
         ));
     }
+    if i.name == "admin" && i.domain_id.is_none() {
+        return Err(ApiError::forbidden(
+            "identity:create_implied_role (the admin role may not be implied)",
+        ));
+    }
     if p.domain_id.is_none() && i.domain_id.is_some() {
         return Err(ApiError::forbidden(
             "identity:create_implied_role (a global role cannot imply a domain-specific role)",

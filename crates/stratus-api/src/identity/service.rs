@@ -333,8 +333,10 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
                         "Invalid input for field 'identity': 'token' is required.",
                     )
                 })?;
-                let prev =
-                    validate(state, &spec.id, false).map_err(|_| ApiError::unauthorized())?;
+                let prev = validate(state, &spec.id, false).map_err(|e| match e {
+                    Invalid::Store(e) => e,
+                    _ => ApiError::not_found("token", &spec.id),
+                })?;
                 if prev.data.app_cred_id.is_some() {
                     return Err(ApiError::forbidden(
                         "rescope an application credential token",
@@ -342,7 +344,7 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
                 }
                 methods |= token::METHOD_TOKEN | prev.data.methods;
                 expires_us = expires_us.min(prev.data.expires_us);
-                parent_audit = prev.data.audit_ids.first().copied();
+                parent_audit = prev.data.audit_ids.last().copied();
                 agree(prev.data.user_id.clone())?;
             }
             "application_credential" => {
@@ -435,8 +437,13 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
     } else {
         match &user.default_project_id {
             Some(p)
-                if !effective_role_ids(store, &user.id, &Target::Project(p.clone()))?
-                    .is_empty() =>
+                if store.get::<Project>(p)?.is_some_and(|x| x.enabled)
+                    && store
+                        .get::<Project>(p)?
+                        .and_then(|x| store.get::<Domain>(&x.domain_id).ok().flatten())
+                        .is_some_and(|d| d.enabled)
+                    && !effective_role_ids(store, &user.id, &Target::Project(p.clone()))?
+                        .is_empty() =>
             {
                 Scope::Project(p.clone())
             }
@@ -549,7 +556,10 @@ pub fn validate_opts(
         }
     };
     let data = TokenData::decode(&payload.0).ok_or(Invalid::Token)?;
-    if data.expires_us <= now && !allow_expired {
+    const ALLOW_EXPIRED_WINDOW_US: i64 = 48 * 3600 * 1_000_000;
+    if data.expires_us <= now
+        && (!allow_expired || data.expires_us + ALLOW_EXPIRED_WINDOW_US <= now)
+    {
         return Err(Invalid::Token);
     }
     if is_revoked(state, &data) {
@@ -582,7 +592,7 @@ fn is_revoked(state: &AppState, d: &TokenData) -> bool {
             && ev
                 .audit_id
                 .as_deref()
-                .is_none_or(|a| audits.iter().any(|x| x == a))
+                .is_none_or(|a| audits.first().is_some_and(|x| x == a))
             && ev
                 .app_cred_id
                 .as_deref()
@@ -728,7 +738,12 @@ impl Validated {
                 .map(|r| json!({"id": r.id, "name": r.name, "domain_id": r.domain_id}))
                 .collect();
             if with_catalog {
-                t["catalog"] = catalog(state).unwrap_or_else(|_| json!([]));
+                t["catalog"] = catalog(
+                    state,
+                    &self.user.id,
+                    self.project.as_ref().map(|p| p.id.as_str()),
+                )
+                .unwrap_or_else(|_| json!([]));
             }
         }
         if let Some(ac) = &self.app_cred {
@@ -740,12 +755,23 @@ impl Validated {
 }
 
 /// The service catalog, as tokens and `/v3/auth/catalog` carry it.
-pub fn catalog(state: &AppState) -> Result<Value, ApiError> {
+/// URL templates (`%(project_id)s`, `$(tenant_id)s`, `%(user_id)s`) are
+/// filled in for the token's user and project; endpoints that need a
+/// project are left out of tokens without one, as Keystone does.
+pub fn catalog(
+    state: &AppState,
+    user_id: &str,
+    project_id: Option<&str>,
+) -> Result<Value, ApiError> {
     let store = &state.store;
     let mut by_service: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for e in store.list::<Endpoint>(&Query::all())? {
+    for mut e in store.list::<Endpoint>(&Query::all())? {
         if !e.enabled || e.url.is_empty() {
             continue;
+        }
+        match fill_url(&e.url, user_id, project_id) {
+            Some(u) => e.url = u,
+            None => continue,
         }
         by_service
             .entry(e.service_id.clone())
@@ -771,6 +797,22 @@ pub fn catalog(state: &AppState) -> Result<Value, ApiError> {
         }));
     }
     Ok(Value::Array(out))
+}
+
+fn fill_url(url: &str, user_id: &str, project_id: Option<&str>) -> Option<String> {
+    let mut out = url.to_string();
+    for (key, value) in [
+        ("project_id", project_id),
+        ("tenant_id", project_id),
+        ("user_id", Some(user_id)),
+    ] {
+        for pat in [format!("%({key})s"), format!("$({key})s")] {
+            if out.contains(&pat) {
+                out = out.replace(&pat, value?);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Every assignment held by the user directly or through a group.

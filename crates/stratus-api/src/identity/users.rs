@@ -119,11 +119,7 @@ async fn create(
     if state.store.get::<Domain>(&domain_id)?.is_none() {
         return Err(ApiError::not_found("domain", &domain_id));
     }
-    if let Some(p) = o.str("default_project_id")?
-        && state.store.get::<Project>(&p)?.is_none()
-    {
-        return Err(ApiError::not_found("project", &p));
-    }
+    // Like Keystone, a default project that does not exist (yet) is kept.
     let password_hash = match password {
         Some(pw) => Some(state.identity.hashing.hash(pw).await?),
         None => None,
@@ -184,11 +180,7 @@ async fn update(
         }
         None => None,
     };
-    if let Some(p) = o.str("default_project_id")?
-        && state.store.get::<Project>(&p)?.is_none()
-    {
-        return Err(ApiError::not_found("project", &p));
-    }
+    // Like Keystone, a default project that does not exist (yet) is kept.
     let mut revoke = new_hash.is_some();
     let u = state.identity_write(|tx| {
         let mut u = tx.fetch::<User>(&id)?;

@@ -110,6 +110,7 @@ fn cli_token_and_project_lifecycle() {
     );
     let shown = os.json(&["project", "show", "child"]);
     assert_eq!(shown["parent_id"], demo_id.as_str());
+    os.ok(&["project", "set", "--disable", "child"]);
     os.ok(&[
         "project",
         "set",

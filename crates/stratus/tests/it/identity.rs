@@ -539,6 +539,13 @@ fn hierarchy_and_filters() {
         &tok,
         json!({"project": {"enabled": false}}),
     );
+    assert_eq!(r.status, 403, "b still has an enabled child");
+    let cid = cc["id"].as_str().unwrap();
+    let r = c.patch(
+        &format!("/projects/{cid}"),
+        &tok,
+        json!({"project": {"enabled": false}}),
+    );
     assert_eq!(r.body["project"]["enabled"], false);
     let r = c.get("/projects?enabled=false", &tok);
     assert_eq!(r.body["projects"].as_array().unwrap().len(), 1);
