@@ -80,9 +80,7 @@ fn region_from(state: &AppState, o: &Obj, id: String) -> Result<Region, ApiError
     if let Some(p) = &parent
         && state.store.get::<Region>(p)?.is_none()
     {
-        return Err(ApiError::bad_request(format!(
-            "Parent region {p} not found."
-        )));
+        return Err(ApiError::not_found("region", p));
     }
     if id.is_empty() || id.len() > 255 {
         return Err(ApiError::bad_request(
