@@ -311,6 +311,27 @@ fn endpoint_view(state: &AppState, e: &Endpoint) -> Value {
     })
 }
 
+/// Checks an endpoint's region. Keystone creates a region named by the
+/// legacy `region` attribute; an unknown `region_id` is an error.
+fn ensure_endpoint_region(
+    tx: &stratus_store::Tx,
+    region: &str,
+    legacy: bool,
+) -> Result<(), ApiError> {
+    if tx.get::<Region>(region)?.is_some() {
+        return Ok(());
+    }
+    if !legacy {
+        return Err(ApiError::bad_request(format!("Region {region} not found.")));
+    }
+    tx.insert(&Region {
+        id: region.to_string(),
+        description: String::new(),
+        parent_region_id: None,
+    })?;
+    Ok(())
+}
+
 fn check_interface(i: &str) -> Result<(), ApiError> {
     if matches!(i, "public" | "internal" | "admin") {
         Ok(())
@@ -390,19 +411,8 @@ async fn create_endpoint(
                 e.service_id
             )));
         }
-        if let Some(r) = &e.region_id
-            && tx.get::<Region>(r)?.is_none()
-        {
-            // Keystone creates a region named by the legacy `region`
-            // attribute; an unknown `region_id` is an error.
-            if !legacy_region {
-                return Err(ApiError::bad_request(format!("Region {r} not found.")));
-            }
-            tx.insert(&Region {
-                id: r.clone(),
-                description: String::new(),
-                parent_region_id: None,
-            })?;
+        if let Some(r) = &e.region_id {
+            ensure_endpoint_region(tx, r, legacy_region)?;
         }
         tx.insert(&e)?;
         Ok(())
@@ -437,19 +447,9 @@ async fn update_endpoint(
             e.service_id = s;
         }
         if o.has("region_id") || o.has("region") {
-            let legacy = !o.has("region_id");
             let r = o.str("region_id")?.or(o.str("region")?);
-            if let Some(r) = &r
-                && tx.get::<Region>(r)?.is_none()
-            {
-                if !legacy {
-                    return Err(ApiError::bad_request(format!("Region {r} not found.")));
-                }
-                tx.insert(&Region {
-                    id: r.clone(),
-                    description: String::new(),
-                    parent_region_id: None,
-                })?;
+            if let Some(r) = &r {
+                ensure_endpoint_region(tx, r, !o.has("region_id"))?;
             }
             e.region_id = r;
         }

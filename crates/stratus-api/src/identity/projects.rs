@@ -15,6 +15,18 @@ use super::{Obj, assignments, conflict_as, filter, flag, list_body, new_id, self
 use crate::json::Json;
 use crate::{ApiError, AppState};
 
+/// Attributes with a meaning; anything else is kept as an extra attribute.
+const KNOWN: &[&str] = &[
+    "name",
+    "domain_id",
+    "parent_id",
+    "description",
+    "enabled",
+    "is_domain",
+    "tags",
+    "options",
+];
+
 /// Keystone's `max_project_tree_depth`.
 pub const MAX_DEPTH: usize = 5;
 
@@ -95,16 +107,6 @@ async fn create(
     }
     let parent_in = o.str("parent_id")?;
     let domain_in = o.str("domain_id")?;
-    let known = [
-        "name",
-        "domain_id",
-        "parent_id",
-        "description",
-        "enabled",
-        "is_domain",
-        "tags",
-        "options",
-    ];
     let p = state.identity_write(|tx| {
         // A parent id may name a domain: that means top level in that domain.
         let parent = match &parent_in {
@@ -171,7 +173,7 @@ async fn create(
             parent_id: parent.map(|pp| pp.id),
             tags: o.tags()?.unwrap_or_default(),
             options: o.object("options")?.unwrap_or_default(),
-            extra: o.extra(&known),
+            extra: o.extra(KNOWN),
         };
         tx.insert(&p).map_err(conflict_as("project", &name))?;
         Ok(p)
@@ -311,17 +313,7 @@ async fn update(
         if let Some(opts) = o.object("options")? {
             p.options.extend(opts);
         }
-        let known = [
-            "name",
-            "domain_id",
-            "parent_id",
-            "description",
-            "enabled",
-            "is_domain",
-            "tags",
-            "options",
-        ];
-        for (k, v) in o.extra(&known) {
+        for (k, v) in o.extra(KNOWN) {
             if v.is_null() {
                 p.extra.remove(&k);
             } else {
