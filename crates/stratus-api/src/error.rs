@@ -2,7 +2,8 @@
 //!
 //! Handlers return `Result<_, ApiError>` and use `?` on store and service
 //! errors. The body follows the service's own fault shape; identity uses
-//! Keystone's `{"error": {"code", "title", "message"}}`.
+//! Keystone's `{"error": {"code", "title", "message"}}`; a service with
+//! another shape re-renders the error from the response's extensions.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -87,8 +88,12 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({
             "error": {"code": self.status.as_u16(), "title": title, "message": self.message}
         });
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        let status = self.status;
+        let mut resp = (status, axum::Json(body)).into_response();
+        // Services with another fault shape re-render from this (see
+        // `image::fault_shape`).
+        resp.extensions_mut().insert(self);
+        if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Keystone uri=\"/identity\""),

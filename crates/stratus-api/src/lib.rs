@@ -6,8 +6,23 @@
 //! call the service and render. Service logic lives beside them in each
 //! service module (`identity::service`, ...).
 
+/// Implements [`stratus_store::Record`] for a struct with an `id` field.
+macro_rules! record {
+    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)?) => {
+        impl Record for $t {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> &str { &self.id }
+            $(fn owner(&self) -> Option<&str> { let $o = self; $owner })?
+            $(fn parent(&self) -> Option<&str> { let $p = self; $parent })?
+            $(fn name(&self) -> Option<&str> { let $n = self; $name })?
+            $(fn unique_key(&self) -> Option<String> { let $u = self; $unique })?
+        }
+    };
+}
+
 pub mod error;
 pub mod identity;
+pub mod image;
 pub mod json;
 pub mod middleware;
 pub mod timeutil;
@@ -35,6 +50,8 @@ pub struct ApiConfig {
     /// Seconds a verified password login is remembered (see
     /// `identity::password`); 0 runs Argon2 on every login.
     pub login_cache_s: u64,
+    /// Largest image accepted, in bytes (Glance's `image_size_cap`).
+    pub image_size_cap: u64,
 }
 
 /// State shared by every handler.
@@ -47,6 +64,7 @@ pub struct Inner {
     pub config: ApiConfig,
     pub store: Arc<Store>,
     pub identity: identity::Identity,
+    pub image: image::ImageService,
 }
 
 impl std::ops::Deref for AppState {
@@ -61,11 +79,13 @@ impl AppState {
     /// use) and the revocation list.
     pub fn new(config: ApiConfig, store: Arc<Store>) -> Result<Self, ApiError> {
         let identity = identity::Identity::open(&config, store.clone())?;
+        let image = image::ImageService::open(&config.data_dir, &store, config.image_size_cap)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
                 store,
                 identity,
+                image,
             }),
         })
     }
@@ -76,6 +96,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(identity::router())
+        .merge(image::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -93,6 +114,7 @@ async fn root_versions(
         "version": env!("CARGO_PKG_VERSION"),
         "services": {
             "identity": format!("{base}/identity/v3/"),
+            "image": format!("{base}/image/v2/"),
         }
     }))
 }

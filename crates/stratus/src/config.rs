@@ -12,6 +12,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "STRATUS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Import the images listed in DIR/images.tsv (as written by
+    /// scripts/build-test-images) as public images, once.
+    #[arg(long, env = "STRATUS_IMPORT_IMAGES", value_name = "DIR")]
+    pub import_images: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -35,6 +39,10 @@ pub struct CommonArgs {
     /// skip the slow hash (wrong passwords never do); 0 disables.
     #[arg(long, env = "STRATUS_LOGIN_CACHE_SECONDS", default_value_t = 600)]
     pub login_cache_seconds: u64,
+    /// Largest image the image service accepts, in bytes (Glance's
+    /// image_size_cap; default 1 TiB).
+    #[arg(long, env = "STRATUS_IMAGE_SIZE_CAP", default_value_t = 1 << 40)]
+    pub image_size_cap: u64,
 }
 
 impl CommonArgs {

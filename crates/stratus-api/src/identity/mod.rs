@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod domains;
 pub mod fernet;
 pub mod groups;
+pub mod limits;
 pub mod model;
 pub mod password;
 pub mod policy;
@@ -207,6 +208,7 @@ pub fn router() -> Router<AppState> {
         .merge(catalog::routes())
         .merge(credentials::routes())
         .merge(app_creds::routes())
+        .merge(limits::routes())
         .fallback(crate::error::not_found_fallback);
     Router::new()
         .route("/identity", get(versions))
@@ -397,6 +399,20 @@ impl Obj {
             _ => Err(ApiError::bad_request(
                 "The request body must be a JSON object.",
             )),
+        }
+    }
+
+    /// An object already taken out of its envelope (one item of a list).
+    pub fn new(key: &'static str, map: serde_json::Map<String, Value>) -> Obj {
+        Obj { key, map }
+    }
+
+    /// An integer field; `null` reads as absent.
+    pub fn int(&self, field: &str) -> Result<Option<i64>, ApiError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+            Some(_) => Err(self.bad(field, "it must be an integer")),
         }
     }
 

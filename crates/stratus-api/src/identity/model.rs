@@ -11,19 +11,6 @@ pub const DEFAULT_DOMAIN_ID: &str = "default";
 /// The target id of the one system scope Keystone knows.
 pub const SYSTEM_ALL: &str = "all";
 
-macro_rules! record {
-    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)?) => {
-        impl Record for $t {
-            const KIND: &'static str = $kind;
-            fn id(&self) -> &str { &self.id }
-            $(fn owner(&self) -> Option<&str> { let $o = self; $owner })?
-            $(fn parent(&self) -> Option<&str> { let $p = self; $parent })?
-            $(fn name(&self) -> Option<&str> { let $n = self; $name })?
-            $(fn unique_key(&self) -> Option<String> { let $u = self; $unique })?
-        }
-    };
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Domain {
     pub id: String,
@@ -334,3 +321,58 @@ pub struct Credential {
     pub blob: String,
 }
 record!(Credential, "credential", owner = |c| Some(&c.user_id));
+
+/// A default limit for a resource of a service (Keystone unified limits).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisteredLimit {
+    pub id: String,
+    pub service_id: String,
+    pub region_id: Option<String>,
+    pub resource_name: String,
+    pub default_limit: i64,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+record!(
+    RegisteredLimit,
+    "registered_limit",
+    parent = |l| Some(&l.service_id),
+    name = |l| Some(&l.resource_name),
+    unique = |l| Some(format!(
+        "{}/{}/{}",
+        l.service_id,
+        l.region_id.as_deref().unwrap_or(""),
+        l.resource_name
+    ))
+);
+
+/// A project's (or domain's) own limit, overriding the registered default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Limit {
+    pub id: String,
+    pub service_id: String,
+    pub region_id: Option<String>,
+    pub project_id: Option<String>,
+    pub domain_id: Option<String>,
+    pub resource_name: String,
+    pub resource_limit: i64,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+record!(
+    Limit,
+    "limit",
+    owner = |l| l.project_id.as_deref().or(l.domain_id.as_deref()),
+    parent = |l| Some(&l.service_id),
+    name = |l| Some(&l.resource_name),
+    unique = |l| Some(format!(
+        "{}/{}/{}/{}",
+        l.service_id,
+        l.region_id.as_deref().unwrap_or(""),
+        l.project_id
+            .as_deref()
+            .or(l.domain_id.as_deref())
+            .unwrap_or(""),
+        l.resource_name
+    ))
+);

@@ -32,16 +32,27 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         .is_none()
     {
         tracing::warn!("this store is not bootstrapped yet: run `stratus admin bootstrap`");
-    } else {
-        // Keep the catalog's identity endpoint at the address we serve on.
-        stratus_api::identity::bootstrap::ensure_service(
-            &store,
-            "identity",
-            "keystone",
-            &common.region,
-            &format!("{public_url}/identity"),
-        )
-        .map_err(|e| anyhow::anyhow!("updating the catalog: {e}"))?;
+    }
+    if store
+        .get::<stratus_api::identity::model::Domain>(
+            stratus_api::identity::model::DEFAULT_DOMAIN_ID,
+        )?
+        .is_some()
+    {
+        // Keep the catalog's endpoints at the address we serve on.
+        for (kind, name, path) in [
+            ("identity", "keystone", "identity"),
+            ("image", "glance", "image"),
+        ] {
+            stratus_api::identity::bootstrap::ensure_service(
+                &store,
+                kind,
+                name,
+                &common.region,
+                &format!("{public_url}/{path}"),
+            )
+            .map_err(|e| anyhow::anyhow!("updating the catalog: {e}"))?;
+        }
     }
     let config = ApiConfig {
         public_url: public_url.clone(),
@@ -49,9 +60,11 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         token_expiration_s: common.token_expiration,
         region: common.region.clone(),
         login_cache_s: common.login_cache_seconds,
+        image_size_cap: common.image_size_cap,
     };
     let state =
-        AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting identity: {e}"))?;
+        AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
+    import_images(&state, args.import_images.as_deref())?;
     let keys = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -69,6 +82,62 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Imports the images listed in `dir/images.tsv` (name, file,
+/// disk_format, container_format, description), owned by the admin
+/// project; without a directory, suggests it when the cloud has no images.
+fn import_images(state: &AppState, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use stratus_api::image::local::{LocalImage, import};
+    use stratus_api::image::model::Image;
+    let Some(dir) = dir else {
+        if state
+            .store
+            .list::<Image>(&stratus_store::Query::all())?
+            .is_empty()
+        {
+            tracing::info!(
+                "no images yet: `scripts/build-test-images` builds busybox test images and `stratus up --import-images target/test-images` imports them"
+            );
+        }
+        return Ok(());
+    };
+    let admin = state
+        .store
+        .get_unique::<stratus_api::identity::model::Project>(&format!(
+            "{}/admin",
+            stratus_api::identity::model::DEFAULT_DOMAIN_ID
+        ))?
+        .context("the admin project is missing: run `stratus admin bootstrap`")?;
+    let list = dir.join("images.tsv");
+    let text = std::fs::read_to_string(&list).with_context(|| {
+        format!(
+            "reading {} (build it with scripts/build-test-images)",
+            list.display()
+        )
+    })?;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [name, file, disk, container, rest @ ..] = f.as_slice() else {
+            anyhow::bail!("{}: bad line {line:?}", list.display());
+        };
+        let img = LocalImage {
+            name,
+            file: &dir.join(file),
+            disk_format: disk,
+            container_format: container,
+            description: rest.first().copied(),
+        };
+        match import(state, &admin.id, &img) {
+            Ok(Some(i)) => println!("imported image {name} ({disk}/{container}) as {}", i.id),
+            Ok(None) => tracing::info!(image = name, "image already present"),
+            Err(e) => anyhow::bail!("importing {name}: {e}"),
+        }
+    }
     Ok(())
 }
 

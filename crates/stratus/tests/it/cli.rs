@@ -228,3 +228,168 @@ fn cli_users_roles_domains_and_application_credentials() {
         .unwrap();
     assert!(listed.contains("ci-bot"));
 }
+
+#[test]
+fn cli_image_lifecycle_sharing_and_format_truth() {
+    let s = Server::start();
+    let Some(os) = Os::new(&s) else { return };
+    let dir = s.data_dir().join("cli-images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let qemu = |args: &[&str]| {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img (apt-get install qemu-utils)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    qemu(&["create", "-f", "qcow2", &path("disk.qcow2"), "32M"]);
+    qemu(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "/etc/hostname",
+        "-F",
+        "raw",
+        &path("evil.qcow2"),
+    ]);
+
+    let img = os.json(&[
+        "image",
+        "create",
+        "--file",
+        &path("disk.qcow2"),
+        "--disk-format",
+        "qcow2",
+        "--container-format",
+        "bare",
+        "--property",
+        "os_distro=busybox",
+        "--tag",
+        "edge",
+        "tiny",
+    ]);
+    assert_eq!(img["status"], "active", "{img}");
+    let id = img["id"].as_str().unwrap().to_string();
+    let shown = os.json(&["image", "show", "tiny"]);
+    assert_eq!(shown["disk_format"], "qcow2");
+    assert_eq!(shown["virtual_size"], 32 * 1024 * 1024);
+    assert!(
+        shown["properties"]["os_distro"] == "busybox" || shown["os_distro"] == "busybox",
+        "{shown}"
+    );
+    let list = os.json(&["image", "list"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["Name"] == "tiny" && i["Status"] == "active"),
+        "{list}"
+    );
+
+    os.ok(&[
+        "image",
+        "set",
+        "--property",
+        "site=edge-7",
+        "--min-ram",
+        "64",
+        "tiny",
+    ]);
+    let shown = os.json(&["image", "show", "tiny"]);
+    assert_eq!(shown["min_ram"], 64);
+    assert!(shown.to_string().contains("edge-7"), "{shown}");
+    os.ok(&["image", "unset", "--property", "site", "tiny"]);
+    assert!(
+        !os.json(&["image", "show", "tiny"])
+            .to_string()
+            .contains("edge-7")
+    );
+
+    // Download equals upload, byte for byte.
+    os.ok(&["image", "save", "--file", &path("out.qcow2"), "tiny"]);
+    assert_eq!(
+        std::fs::read(path("out.qcow2")).unwrap(),
+        std::fs::read(path("disk.qcow2")).unwrap()
+    );
+
+    // A forged qcow2 (backing file pointing at a host file) is refused.
+    let err = os
+        .run_env(
+            &[],
+            &[
+                "image",
+                "create",
+                "--file",
+                &path("evil.qcow2"),
+                "--disk-format",
+                "qcow2",
+                "--container-format",
+                "bare",
+                "evil",
+            ],
+        )
+        .unwrap_err();
+    assert!(err.contains("backing"), "{err}");
+    let list = os.json(&["image", "list"]);
+    assert!(
+        !list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["Name"] == "evil" && i["Status"] == "active"),
+        "{list}"
+    );
+
+    // Share with another project; it accepts and then lists the image.
+    os.ok(&["project", "create", "partner"]);
+    os.ok(&["user", "create", "--password", "bob-pw", "bob"]);
+    os.ok(&[
+        "role",
+        "add",
+        "--user",
+        "bob",
+        "--project",
+        "partner",
+        "member",
+    ]);
+    let as_bob = [
+        ("OS_USERNAME", "bob"),
+        ("OS_PASSWORD", "bob-pw"),
+        ("OS_PROJECT_NAME", "partner"),
+    ];
+    let bob_list = |os: &Os| -> Value {
+        serde_json::from_str(
+            &os.run_env(&as_bob, &["image", "list", "-f", "json"])
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(
+        bob_list(&os).as_array().unwrap().is_empty(),
+        "not shared yet"
+    );
+    os.ok(&["image", "set", "--shared", "tiny"]);
+    os.ok(&["image", "add", "project", "tiny", "partner"]);
+    os.run_env(&as_bob, &["image", "set", "--accept", &id])
+        .expect("bob accepts");
+    let list = bob_list(&os);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["ID"] == id.as_str()),
+        "{list}"
+    );
+    let members = os.json(&["image", "member", "list", "tiny"]);
+    assert_eq!(members[0]["Status"], "accepted", "{members}");
+    // Bob cannot delete it; the owner can.
+    assert!(os.run_env(&as_bob, &["image", "delete", &id]).is_err());
+    os.ok(&["image", "delete", "tiny"]);
+    assert!(os.run_env(&[], &["image", "show", &id]).is_err());
+}

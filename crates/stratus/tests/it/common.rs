@@ -118,6 +118,13 @@ impl Server {
         }
     }
 
+    /// A client for the image API (`/image/v2`).
+    pub fn image_client(&self) -> Client {
+        Client {
+            base: format!("{}/image/v2", self.url),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }
@@ -212,6 +219,41 @@ impl Client {
             headers,
             body,
         }
+    }
+
+    /// Sends raw bytes (e.g. image data); returns status, headers and the
+    /// raw response body.
+    pub fn bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+        let url = format!("{}{}", self.base, path);
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("X-Auth-Token", token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let a = agent();
+        let resp = match body {
+            Some(b) => a.run(req.body(b).unwrap()),
+            None => a.run(req.body(()).unwrap()),
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .unwrap_or_default();
+        (status, headers, data)
     }
 
     pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {

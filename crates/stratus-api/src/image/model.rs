@@ -1,0 +1,119 @@
+//! Image records as stored. Rendering to Glance's JSON lives in
+//! `images.rs`; the blob key and staging details never leave the server.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use stratus_store::Record;
+
+pub const DISK_FORMATS: &[&str] = &[
+    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
+];
+/// Glance's container formats, plus `oci` (an OCI image-layout tarball).
+pub const CONTAINER_FORMATS: &[&str] = &[
+    "ami",
+    "ari",
+    "aki",
+    "bare",
+    "ovf",
+    "ova",
+    "docker",
+    "compressed",
+    "oci",
+];
+pub const VISIBILITIES: &[&str] = &["public", "private", "shared", "community"];
+
+/// Image statuses, as Glance names them.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const SAVING: &str = "saving";
+    pub const ACTIVE: &str = "active";
+    pub const KILLED: &str = "killed";
+    pub const UPLOADING: &str = "uploading";
+    pub const IMAGE_IMPORTING: &str = "importing";
+    pub const DEACTIVATED: &str = "deactivated";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub id: String,
+    pub name: Option<String>,
+    /// The owning project; `None` only for images made without a project
+    /// scope (by a system-scoped admin).
+    pub owner: Option<String>,
+    pub status: String,
+    pub visibility: String,
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    pub size: Option<u64>,
+    pub virtual_size: Option<u64>,
+    /// md5 of the data (Glance's legacy `checksum`).
+    pub checksum: Option<String>,
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    pub protected: bool,
+    pub min_ram: u64,
+    pub min_disk: u64,
+    pub os_hidden: bool,
+    pub tags: Vec<String>,
+    /// Custom properties: string keys to string values.
+    pub properties: Map<String, Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Key of the data in the blob store (its sha512), once active.
+    pub blob: Option<String>,
+    /// Data staged by `PUT /stage`, waiting for `POST /import`.
+    #[serde(default)]
+    pub staged: Option<Staged>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Staged {
+    pub size: u64,
+    pub md5: String,
+    pub sha512: String,
+}
+
+record!(
+    Image,
+    "image",
+    owner = |i| i.owner.as_deref(),
+    name = |i| i.name.as_deref()
+);
+
+impl Image {
+    pub fn is_owned_by(&self, project: Option<&str>) -> bool {
+        project.is_some() && self.owner.as_deref() == project
+    }
+}
+
+/// A project an image is shared with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// `<image_id>/<member_id>`.
+    pub id: String,
+    pub image_id: String,
+    pub member_id: String,
+    /// pending, accepted or rejected.
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+record!(
+    Member,
+    "image_member",
+    owner = |m| Some(&m.member_id),
+    parent = |m| Some(&m.image_id)
+);
+
+impl Member {
+    pub fn key(image_id: &str, member_id: &str) -> String {
+        format!("{image_id}/{member_id}")
+    }
+}
+
+/// `2026-11-22T14:39:32Z`: Glance's timestamp format.
+pub fn glance_time(us: i64) -> String {
+    let s = crate::timeutil::iso_us(us);
+    format!("{}Z", &s[..19])
+}
