@@ -20,11 +20,13 @@ macro_rules! record {
     };
 }
 
+pub mod compute;
 pub mod error;
 pub mod identity;
 pub mod image;
 pub mod json;
 pub mod middleware;
+pub mod placement;
 pub mod timeutil;
 
 use std::path::PathBuf;
@@ -52,6 +54,8 @@ pub struct ApiConfig {
     pub login_cache_s: u64,
     /// Largest image accepted, in bytes (Glance's `image_size_cap`).
     pub image_size_cap: u64,
+    /// Scheduler and placement settings.
+    pub compute: compute::ComputeConfig,
 }
 
 /// State shared by every handler.
@@ -65,6 +69,8 @@ pub struct Inner {
     pub store: Arc<Store>,
     pub identity: identity::Identity,
     pub image: image::ImageService,
+    pub compute: compute::Compute,
+    pub placement: placement::Placement,
 }
 
 impl std::ops::Deref for AppState {
@@ -80,12 +86,16 @@ impl AppState {
     pub fn new(config: ApiConfig, store: Arc<Store>) -> Result<Self, ApiError> {
         let identity = identity::Identity::open(&config, store.clone())?;
         let image = image::ImageService::open(&config.data_dir, &store, config.image_size_cap)?;
+        let compute = compute::Compute::new(config.compute.clone());
+        let placement = placement::Placement::open(store.clone())?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
                 store,
                 identity,
                 image,
+                compute,
+                placement,
             }),
         })
     }
@@ -97,6 +107,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(identity::router())
         .merge(image::router())
+        .merge(compute::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -115,6 +126,7 @@ async fn root_versions(
         "services": {
             "identity": format!("{base}/identity/v3/"),
             "image": format!("{base}/image/v2/"),
+            "compute": format!("{base}/compute/v2.1/"),
         }
     }))
 }

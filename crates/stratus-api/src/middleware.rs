@@ -8,9 +8,14 @@ use axum::response::Response;
 
 pub const REQUEST_ID: &str = "x-openstack-request-id";
 
-pub async fn request_context(req: Request, next: Next) -> Response {
+/// The id of the request being served (also in the response header).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub async fn request_context(mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let id = format!("req-{}", uuid::Uuid::new_v4());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut resp = next.run(req).await;

@@ -18,6 +18,138 @@ pub struct ServeArgs {
     pub import_images: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Run no node agent in this process (`up` runs one by default).
+    #[arg(long, env = "STRATUS_NO_AGENT")]
+    pub no_agent: bool,
+}
+
+/// Scheduler and placement settings, as operators set them in nova.conf.
+#[derive(Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// VCPU allocation ratio of new nodes (nova.conf
+    /// initial_cpu_allocation_ratio).
+    #[arg(long, env = "STRATUS_CPU_ALLOCATION_RATIO", default_value_t = 4.0)]
+    pub cpu_allocation_ratio: f64,
+    /// MEMORY_MB allocation ratio.
+    #[arg(long, env = "STRATUS_RAM_ALLOCATION_RATIO", default_value_t = 1.0)]
+    pub ram_allocation_ratio: f64,
+    /// DISK_GB allocation ratio.
+    #[arg(long, env = "STRATUS_DISK_ALLOCATION_RATIO", default_value_t = 1.0)]
+    pub disk_allocation_ratio: f64,
+    /// Memory kept back on every node for the host, in MiB.
+    #[arg(long, env = "STRATUS_RESERVED_HOST_MEMORY_MB", default_value_t = 512)]
+    pub reserved_host_memory_mb: u64,
+    /// Disk kept back on every node for the host, in MiB.
+    #[arg(long, env = "STRATUS_RESERVED_HOST_DISK_MB", default_value_t = 0)]
+    pub reserved_host_disk_mb: u64,
+    /// CPUs kept back on every node for the host.
+    #[arg(long, env = "STRATUS_RESERVED_HOST_CPUS", default_value_t = 0)]
+    pub reserved_host_cpus: u64,
+    /// Seconds without a heartbeat after which a node is down.
+    #[arg(long, env = "STRATUS_SERVICE_DOWN_TIME", default_value_t = 60)]
+    pub service_down_time: u64,
+    /// Spread servers over nodes (most free RAM first) or pack them.
+    #[arg(
+        long,
+        env = "STRATUS_SCHEDULER_WEIGHER",
+        value_enum,
+        default_value = "spread"
+    )]
+    pub weigher: WeigherArg,
+    /// Builds tried per server before it goes to ERROR.
+    #[arg(long, env = "STRATUS_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WeigherArg {
+    Spread,
+    Pack,
+}
+
+impl ComputeArgs {
+    pub fn config(&self) -> stratus_api::compute::ComputeConfig {
+        stratus_api::compute::ComputeConfig {
+            cpu_allocation_ratio: self.cpu_allocation_ratio,
+            ram_allocation_ratio: self.ram_allocation_ratio,
+            disk_allocation_ratio: self.disk_allocation_ratio,
+            reserved_host_cpus: self.reserved_host_cpus,
+            reserved_host_memory_mb: self.reserved_host_memory_mb,
+            reserved_host_disk_mb: self.reserved_host_disk_mb,
+            service_down_time_s: self.service_down_time,
+            weigher: match self.weigher {
+                WeigherArg::Spread => stratus_api::compute::Weigher::Spread,
+                WeigherArg::Pack => stratus_api::compute::Weigher::Pack,
+            },
+            max_attempts: self.max_attempts.max(1),
+        }
+    }
+}
+
+/// How a node agent runs its workloads.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Workload driver: `container` (an OCI runtime: runc or crun) or
+    /// `fake` (in-memory, for scale simulation only).
+    #[arg(long, env = "STRATUS_DRIVER", value_enum, default_value = "container")]
+    pub driver: DriverArg,
+    /// This node's name (default: the machine's host name).
+    #[arg(long = "node-name", env = "STRATUS_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The agent's listener (the controller asks it for console output).
+    #[arg(
+        long = "agent-listen",
+        env = "STRATUS_AGENT_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
+    pub agent_listen: SocketAddr,
+    /// URL the controller reaches the agent's listener at.
+    #[arg(long = "agent-url", env = "STRATUS_AGENT_URL")]
+    pub agent_url: Option<String>,
+    /// Workloads no server owns: reap, log or noop (Nova's
+    /// running_deleted_instance_action).
+    #[arg(long, env = "STRATUS_ORPHANS", value_enum, default_value = "reap")]
+    pub orphans: crate::agent::OrphanAction,
+    /// OCI runtime binary (default: runc, then crun, from PATH).
+    #[arg(long, env = "STRATUS_OCI_RUNTIME")]
+    pub runtime: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverArg {
+    Container,
+    Fake,
+}
+
+/// `stratus agent`: a node agent joining a controller.
+#[derive(Args, Debug, Clone)]
+pub struct AgentCmd {
+    /// The controller's URL, e.g. http://10.0.0.1:8080.
+    #[arg(long, env = "STRATUS_CONTROLLER")]
+    pub controller: String,
+    /// Directory for the agent's state (images, workloads).
+    #[arg(long, env = "STRATUS_DATA_DIR", default_value = "./stratus-agent-data")]
+    pub data_dir: PathBuf,
+    /// User the agent logs in as (needs the admin or service role).
+    #[arg(long, env = "OS_USERNAME", default_value = "admin")]
+    pub username: String,
+    #[arg(long, env = "OS_PASSWORD", hide_env_values = true)]
+    pub password: String,
+    #[arg(long, env = "OS_PROJECT_NAME", default_value = "admin")]
+    pub project: String,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "STRATUS_HEARTBEAT", default_value_t = 10)]
+    pub heartbeat: u64,
+    /// Simulate this many nodes with the fake driver (scale tests);
+    /// names are NODE-NAME-0 .. NODE-NAME-(N-1).
+    #[arg(long, env = "STRATUS_FAKE_NODES", default_value_t = 1)]
+    pub fake_nodes: usize,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// Settings shared by every command that touches a data directory.

@@ -1,5 +1,6 @@
 //! `stratus`: one binary for every role of the cloud.
 
+mod agent;
 mod commands;
 mod config;
 
@@ -22,6 +23,8 @@ enum Command {
     Up(config::ServeArgs),
     /// Run a controller's API services on an already bootstrapped store.
     Controller(config::ServeArgs),
+    /// Run a node agent that joins a controller and runs its workloads.
+    Agent(config::AgentCmd),
     /// Operator tools.
     #[command(subcommand)]
     Admin(commands::admin::AdminCommand),
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(args) => commands::serve::run(args, true),
         Command::Controller(args) => commands::serve::run(args, false),
+        Command::Agent(cmd) => commands::agent::run(cmd),
         Command::Admin(cmd) => commands::admin::run(cmd),
     };
     match result {

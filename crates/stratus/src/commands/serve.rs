@@ -43,6 +43,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         for (kind, name, path) in [
             ("identity", "keystone", "identity"),
             ("image", "glance", "image"),
+            ("compute", "nova", "compute/v2.1"),
         ] {
             stratus_api::identity::bootstrap::ensure_service(
                 &store,
@@ -61,10 +62,18 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         region: common.region.clone(),
         login_cache_s: common.login_cache_seconds,
         image_size_cap: common.image_size_cap,
+        compute: args.compute.config(),
     };
+    if store.meta_get("compute.flavors_seeded")?.is_none() {
+        stratus_api::compute::ensure_default_flavors(&store)
+            .map_err(|e| anyhow::anyhow!("creating the default flavors: {e}"))?;
+        store.write(|tx| tx.meta_set("compute.flavors_seeded", "1"))?;
+    }
     let state =
         AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
     import_images(&state, args.import_images.as_deref())?;
+    stratus_api::compute::service::recover(&state)
+        .map_err(|e| anyhow::anyhow!("recovering compute state: {e}"))?;
     let keys = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -77,6 +86,14 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %args.listen, %public_url, "stratus is serving");
+    if bootstrap && !args.no_agent {
+        // The API serves even when this machine cannot run workloads; the
+        // log says what is missing.
+        if let Err(e) = start_local_agent(&args, &public_url) {
+            tracing::error!(error = %format!("{e:#}"), "no node agent in this process: servers cannot run here until that is fixed (or use --driver fake to simulate)");
+            eprintln!("stratus: no node agent: {e:#}");
+        }
+    }
     axum::serve(listener, stratus_api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -155,4 +172,33 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
+}
+
+/// `stratus up` runs a node agent in-process: the same agent as
+/// `stratus agent`, talking to this controller over loopback.
+fn start_local_agent(args: &ServeArgs, public_url: &str) -> anyhow::Result<()> {
+    let common = &args.common;
+    let password = crate::agent::admin_password(&common.data_dir)?;
+    let state_dir = common.data_dir.join("agent");
+    let driver = super::agent::make_driver(&args.agent, &state_dir, None)?;
+    let cfg = crate::agent::AgentConfig {
+        controller: public_url.to_string(),
+        host: super::agent::node_name(&args.agent, None),
+        username: "admin".into(),
+        password,
+        project: "admin".into(),
+        state_dir,
+        listen: args.agent.agent_listen,
+        advertise: args.agent.agent_url.clone(),
+        orphans: args.agent.orphans,
+        heartbeat: Duration::from_secs(10),
+    };
+    std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || {
+            if let Err(e) = crate::agent::run(cfg, driver) {
+                tracing::error!(error = %format!("{e:#}"), "node agent stopped");
+            }
+        })?;
+    Ok(())
 }

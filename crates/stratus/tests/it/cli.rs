@@ -393,3 +393,149 @@ fn cli_image_lifecycle_sharing_and_format_truth() {
     os.ok(&["image", "delete", "tiny"]);
     assert!(os.run_env(&[], &["image", "show", &id]).is_err());
 }
+
+/// `openstack server ...` against real containers: create --wait, list,
+/// show, stop/start/reboot/pause/unpause, console log, server groups with
+/// anti-affinity over two nodes, delete.
+#[test]
+fn cli_server_lifecycle_console_and_anti_affinity() {
+    assert!(
+        Command::new("runc").arg("--version").output().is_ok(),
+        "runc is needed (apt-get install runc; ./scripts/test installs it)"
+    );
+    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-images");
+    assert!(
+        images.join("images.tsv").exists(),
+        "run scripts/build-test-images first (./scripts/test does)"
+    );
+    let s = Server::start_with(&[
+        "--import-images",
+        images.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+    ]);
+    let Some(os) = Os::new(&s) else { return };
+    // A second node: `stratus agent` with its own container state.
+    struct Kill(std::process::Child, PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            super::common::reap_containers(&self.1);
+        }
+    }
+    let second = s.data_dir().join("second");
+    let _agent = Kill(
+        Command::new(super::common::bin())
+            .args([
+                "agent",
+                "--controller",
+                &s.url,
+                "--node-name",
+                "node-b",
+                "--password",
+                &s.admin_password,
+                "--data-dir",
+            ])
+            .arg(second.join("agent"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        second,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while os.json(&["hypervisor", "list"]).as_array().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second node never registered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let flavors = os.json(&["flavor", "list"]);
+    assert!(
+        flavors
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["Name"] == "m1.tiny")
+    );
+    let srv = os.json(&[
+        "server", "create", "--image", "busybox", "--flavor", "m1.tiny", "--wait", "web",
+    ]);
+    assert_eq!(srv["status"], "ACTIVE", "{srv}");
+    let id = srv["id"].as_str().unwrap().to_string();
+    let list = os.json(&["server", "list"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["ID"] == id.as_str())
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = os.ok(&["console", "log", "show", "web"]);
+        if log.contains("STRATUS-TEST-IMAGE OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "console: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let wait_status = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let shown = os.json(&["server", "show", "web"]);
+            if shown["status"] == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {want}: {shown}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    os.ok(&["server", "stop", "web"]);
+    wait_status("SHUTOFF");
+    os.ok(&["server", "start", "web"]);
+    wait_status("ACTIVE");
+    os.ok(&["server", "reboot", "--hard", "web"]);
+    wait_status("ACTIVE");
+    os.ok(&["server", "pause", "web"]);
+    wait_status("PAUSED");
+    os.ok(&["server", "unpause", "web"]);
+    wait_status("ACTIVE");
+    // Anti-affinity: two servers, two nodes.
+    let grp = os.json(&[
+        "server",
+        "group",
+        "create",
+        "--policy",
+        "anti-affinity",
+        "spread",
+    ]);
+    let gid = grp["id"].as_str().unwrap().to_string();
+    for n in ["g1", "g2"] {
+        let made = os.json(&[
+            "server",
+            "create",
+            "--image",
+            "busybox",
+            "--flavor",
+            "m1.nano",
+            "--hint",
+            &format!("group={gid}"),
+            "--wait",
+            n,
+        ]);
+        assert_eq!(made["status"], "ACTIVE", "{made}");
+    }
+    let h1 = os.json(&["server", "show", "g1"])["OS-EXT-SRV-ATTR:host"].clone();
+    let h2 = os.json(&["server", "show", "g2"])["OS-EXT-SRV-ATTR:host"].clone();
+    assert!(h1.is_string() && h2.is_string(), "{h1} {h2}");
+    assert_ne!(h1, h2, "anti-affinity put both servers on {h1}");
+    for n in ["web", "g1", "g2"] {
+        os.ok(&["server", "delete", "--wait", n]);
+    }
+    assert!(os.json(&["server", "list"]).as_array().unwrap().is_empty());
+}

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 pub struct Server {
     child: Option<Child>,
+    /// Extra arguments for `stratus up`.
+    pub extra: Vec<String>,
     pub url: String,
     pub port: u16,
     pub dir: PathBuf,
@@ -41,9 +43,15 @@ pub fn bin() -> &'static str {
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts `stratus up` with extra arguments (e.g. `--driver fake`).
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = unique_dir();
         let port = free_port();
         let mut s = Server {
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             port,
@@ -76,6 +84,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -125,6 +134,18 @@ impl Server {
         }
     }
 
+    /// A client for the compute API (`/compute/v2.1`).
+    pub fn compute_client(&self) -> Client {
+        Client {
+            base: format!("{}/compute/v2.1", self.url),
+        }
+    }
+
+    /// The PID of the running `stratus up`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }
@@ -136,7 +157,47 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        reap_containers(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes what the in-process agent's container driver left under a
+/// data dir: its runc containers (and their cgroups) and overlay mounts.
+pub fn reap_containers(dir: &Path) {
+    let root = dir.join("agent/runc");
+    if root.exists() {
+        let runtime = if Command::new("runc").arg("--version").output().is_ok() {
+            "runc"
+        } else {
+            "crun"
+        };
+        if let Ok(out) = Command::new(runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new(runtime)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "-f", id.trim()])
+                    .output();
+            }
+        }
+    }
+    let prefix = dir.to_string_lossy().to_string();
+    if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for m in points {
+            let _ = Command::new("umount").args(["-l", m]).output();
+        }
     }
 }
 

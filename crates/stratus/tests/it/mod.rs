@@ -1,4 +1,6 @@
 mod cli;
 mod common;
+mod compute;
+mod compute_real;
 mod identity;
 mod image;

@@ -1,0 +1,520 @@
+//! Server actions (`POST /servers/{id}/action`) and `os-instance-actions`.
+//!
+//! An action checks the server's state as Nova does (409 otherwise), sets
+//! the task and bumps the server's generation; the node agent sees the
+//! change, acts, and reports (`service::task_done`).
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use stratus_store::Query as StoreQuery;
+
+use super::model::{ComputeNode, InstanceAction, Server};
+use super::servers::{
+    check_locked, fetch, instance_not_found, record_action, render, require_member,
+};
+use super::states::{task, vm};
+use super::{Mv, body, policy_denied};
+use crate::identity::policy::Ctx;
+use crate::middleware::RequestId;
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/servers/{id}/action", post(action))
+        .route("/servers/{id}/os-instance-actions", get(actions_list))
+        .route("/servers/{id}/os-instance-actions/{req}", get(action_show))
+}
+
+fn wrong_state(action: &str, s: &Server) -> ApiError {
+    let (attr, val) = match &s.task_state {
+        Some(t) => ("task_state", t.as_str()),
+        None => ("vm_state", s.vm_state.as_str()),
+    };
+    ApiError::conflict(format!(
+        "Cannot '{action}' instance {} while it is in {attr} {val}",
+        s.id
+    ))
+}
+
+/// Moves a server into `task` if its vm_state is one of `from` and no task
+/// is running; records the action.
+fn begin(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    action: &str,
+    from: &[&str],
+    task_state: &str,
+    req_id: &str,
+) -> Result<Server, ApiError> {
+    let s = state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(id)?
+            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
+            .ok_or_else(|| instance_not_found(id))?;
+        check_locked(ctx, &s)?;
+        if s.task_state.is_some() || !from.contains(&s.vm_state.as_str()) {
+            return Err(wrong_state(action, &s));
+        }
+        if s.host.is_none() {
+            return Err(wrong_state(action, &s));
+        }
+        s.task_state = Some(task_state.into());
+        s.generation += 1;
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        record_action(tx, &s, action, ctx, req_id)?;
+        Ok(s)
+    })?;
+    state.compute.notify(s.host.as_deref());
+    Ok(s)
+}
+
+/// Delete: on a live node the agent tears the workload down first; a
+/// server with no host, or on a node that is down, goes at once (Nova's
+/// local delete; the agent reaps the leftover when it comes back).
+pub fn request_delete(state: &AppState, ctx: &Ctx, id: &str, req_id: &str) -> Result<(), ApiError> {
+    let s = state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(id)?
+            .ok_or_else(|| instance_not_found(id))?;
+        record_action(tx, &s, "delete", ctx, req_id)?;
+        let node_up = match &s.host {
+            Some(h) => tx
+                .get::<ComputeNode>(h)?
+                .is_some_and(|n| super::nodes::is_up(state, &n)),
+            None => false,
+        };
+        if node_up {
+            s.task_state = Some(task::DELETING.into());
+            s.generation += 1;
+            s.updated_us = now_us();
+            tx.update(&s)?;
+        }
+        Ok::<_, ApiError>((s, node_up))
+    })?;
+    if !s.1 {
+        super::service::purge(state, id)?;
+    }
+    state.compute.notify(s.0.host.as_deref());
+    Ok(())
+}
+
+async fn action(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    axum::Extension(req_id): axum::Extension<RequestId>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    require_member(&ctx, "os_compute_api:servers:action")?;
+    let b = body(&raw)?;
+    let o = b
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| ApiError::bad_request("Malformed request body: name exactly one action"))?;
+    let (name, arg) = o.iter().next().expect("one key");
+    let rid = req_id.0.as_str();
+    let accepted = || Ok(StatusCode::ACCEPTED.into_response());
+    // Make sure the server exists and is visible before anything else.
+    let s = fetch(&state, &ctx, &id)?;
+    match name.as_str() {
+        "os-stop" => {
+            begin(
+                &state,
+                &ctx,
+                &id,
+                "stop",
+                &[vm::ACTIVE, vm::ERROR],
+                task::POWERING_OFF,
+                rid,
+            )?;
+            accepted()
+        }
+        "os-start" => {
+            begin(
+                &state,
+                &ctx,
+                &id,
+                "start",
+                &[vm::STOPPED],
+                task::POWERING_ON,
+                rid,
+            )?;
+            accepted()
+        }
+        "reboot" => {
+            let kind = arg
+                .get("type")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_uppercase)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Invalid input for field/attribute reboot. 'type' is a required property",
+                    )
+                })?;
+            match kind.as_str() {
+                "SOFT" => begin(
+                    &state,
+                    &ctx,
+                    &id,
+                    "reboot",
+                    &[vm::ACTIVE],
+                    task::REBOOTING,
+                    rid,
+                )?,
+                "HARD" => begin(
+                    &state,
+                    &ctx,
+                    &id,
+                    "reboot",
+                    &[
+                        vm::ACTIVE,
+                        vm::STOPPED,
+                        vm::PAUSED,
+                        vm::SUSPENDED,
+                        vm::ERROR,
+                    ],
+                    task::REBOOTING_HARD,
+                    rid,
+                )?,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for field/attribute type. Value: {other}. '{other}' is not one of ['HARD', 'Hard', 'hard', 'SOFT', 'Soft', 'soft']"
+                    )));
+                }
+            };
+            accepted()
+        }
+        "pause" => {
+            begin(
+                &state,
+                &ctx,
+                &id,
+                "pause",
+                &[vm::ACTIVE],
+                task::PAUSING,
+                rid,
+            )?;
+            accepted()
+        }
+        "unpause" => {
+            begin(
+                &state,
+                &ctx,
+                &id,
+                "unpause",
+                &[vm::PAUSED],
+                task::UNPAUSING,
+                rid,
+            )?;
+            accepted()
+        }
+        "suspend" => {
+            begin(
+                &state,
+                &ctx,
+                &id,
+                "suspend",
+                &[vm::ACTIVE],
+                task::SUSPENDING,
+                rid,
+            )?;
+            accepted()
+        }
+        "resume" => {
+            begin(
+                &state,
+                &ctx,
+                &id,
+                "resume",
+                &[vm::SUSPENDED],
+                task::RESUMING,
+                rid,
+            )?;
+            accepted()
+        }
+        "lock" => {
+            state.store.write(|tx| {
+                let mut s = tx.fetch::<Server>(&id)?;
+                s.locked_by = Some(
+                    if ctx.is_admin() && ctx.project_id() != Some(s.project_id.as_str()) {
+                        "admin".into()
+                    } else {
+                        "owner".into()
+                    },
+                );
+                s.updated_us = now_us();
+                tx.update(&s)?;
+                record_action(tx, &s, "lock", &ctx, rid)?;
+                Ok::<_, ApiError>(())
+            })?;
+            accepted()
+        }
+        "unlock" => {
+            state.store.write(|tx| {
+                let mut s = tx.fetch::<Server>(&id)?;
+                if s.locked_by.as_deref() == Some("admin") && !ctx.is_admin() {
+                    return Err(policy_denied(
+                        "os_compute_api:os-lock-server:unlock:unlock_override",
+                    ));
+                }
+                s.locked_by = None;
+                s.updated_us = now_us();
+                tx.update(&s)?;
+                record_action(tx, &s, "unlock", &ctx, rid)?;
+                Ok(())
+            })?;
+            accepted()
+        }
+        "rebuild" => rebuild(&state, &ctx, mv, &s, arg, rid).await,
+        "os-getConsoleOutput" => console_output(&state, &s, arg).await,
+        other => Err(ApiError::bad_request(format!(
+            "There is no such action: {other}"
+        ))),
+    }
+}
+
+async fn rebuild(
+    state: &AppState,
+    ctx: &Ctx,
+    mv: Mv,
+    s: &Server,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let image = arg
+        .get("imageRef")
+        .and_then(Value::as_str)
+        .map(|r| r.rsplit('/').next().unwrap_or(r).to_string())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute rebuild. 'imageRef' is a required property",
+            )
+        })?;
+    let img = match state.store.get::<crate::image::model::Image>(&image)? {
+        Some(i) if crate::image::visible(state, ctx, &i)? => i,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Image {image} could not be found."
+            )));
+        }
+    };
+    if img.status != "active" {
+        return Err(ApiError::bad_request(format!(
+            "Image {image} is not active."
+        )));
+    }
+    if img.min_ram > s.flavor.ram {
+        return Err(ApiError::bad_request(
+            "Flavor's memory is too small for requested image.",
+        ));
+    }
+    if s.flavor.disk > 0 && img.min_disk > s.flavor.disk {
+        return Err(ApiError::bad_request(
+            "Flavor's disk is too small for requested image.",
+        ));
+    }
+    let name = match arg.get("name") {
+        None => None,
+        Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 && n.trim() == n => {
+            Some(n.clone())
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute name. Value: {v}."
+            )));
+        }
+    };
+    let metadata = match arg.get("metadata") {
+        None => None,
+        Some(m) => Some(super::servers::parse_metadata(m, "metadata")?),
+    };
+    let description = match arg.get("description") {
+        None => None,
+        Some(_) if !mv.at_least(19) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute rebuild. Additional properties are not allowed ('description' was unexpected)",
+            ));
+        }
+        Some(Value::Null) => Some(None),
+        Some(Value::String(d)) if d.len() <= 255 => Some(Some(d.clone())),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute description. Value: {v}."
+            )));
+        }
+    };
+    let s = state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(&s.id)?
+            .ok_or_else(|| instance_not_found(&s.id))?;
+        check_locked(ctx, &s)?;
+        if s.task_state.is_some()
+            || ![vm::ACTIVE, vm::STOPPED, vm::ERROR].contains(&s.vm_state.as_str())
+            || s.host.is_none()
+        {
+            return Err(wrong_state("rebuild", &s));
+        }
+        s.image_ref = image.clone();
+        if let Some(n) = &name {
+            s.name = n.clone();
+        }
+        if let Some(m) = &metadata {
+            s.metadata = m.clone();
+        }
+        if let Some(d) = &description {
+            s.description = d.clone();
+        }
+        s.task_state = Some(task::REBUILDING.into());
+        s.generation += 1;
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        record_action(tx, &s, "rebuild", ctx, rid)?;
+        Ok(s)
+    })?;
+    state.compute.notify(s.host.as_deref());
+    let mut v = render(state, ctx, mv, &s);
+    v["adminPass"] = json!(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
+}
+
+/// `os-getConsoleOutput`: what the workload wrote, fetched from its agent.
+async fn console_output(state: &AppState, s: &Server, arg: &Value) -> Result<Response, ApiError> {
+    let length = match arg.get("length") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let n = v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .filter(|n| *n >= -1)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid input for field/attribute length. Value: {v}. It must be an integer of at least -1")))?;
+            if n == -1 { None } else { Some(n as usize) }
+        }
+    };
+    if s.vm_state == vm::BUILDING || s.host.is_none() {
+        return Err(wrong_state("get_console_output", s));
+    }
+    let node = state
+        .store
+        .get::<ComputeNode>(s.host.as_deref().unwrap_or(""))?
+        .ok_or_else(|| ApiError::conflict("The server's compute node is gone."))?;
+    let url = node.agent_url.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server's node agent takes no console requests.",
+        )
+    })?;
+    let key = node.agent_key.unwrap_or_default();
+    let id = s.id.clone();
+    let out =
+        tokio::task::spawn_blocking(move || super::agent_client::console(&url, &key, &id, length))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(axum::Json(json!({"output": out})).into_response())
+}
+
+// ---- os-instance-actions ---------------------------------------------------------------
+
+fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Value {
+    let t = |us: i64| crate::timeutil::iso_naive(us);
+    let mut v = json!({
+        "action": a.action,
+        "instance_uuid": a.server_id,
+        "request_id": a.request_id,
+        "user_id": a.user_id,
+        "project_id": a.project_id,
+        "start_time": t(a.start_us),
+        "message": a.message,
+    });
+    if with_events && (ctx.is_admin() || mv.at_least(51)) {
+        let ev: Vec<Value> = a
+            .events
+            .iter()
+            .map(|e| {
+                let mut x = json!({
+                    "event": e.event,
+                    "start_time": t(e.start_us),
+                    "finish_time": e.finish_us.map(t),
+                    "result": e.result,
+                });
+                if ctx.is_admin() {
+                    x["traceback"] = json!(e.traceback);
+                }
+                x
+            })
+            .collect();
+        v["events"] = json!(ev);
+    }
+    v
+}
+
+fn server_for_actions(state: &AppState, ctx: &Ctx, id: &str, mv: Mv) -> Result<(), ApiError> {
+    match state.store.get::<Server>(id)? {
+        Some(s) if ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()) => Ok(()),
+        // 2.21: actions of deleted servers stay readable.
+        None if mv.at_least(21) => {
+            let acts = state
+                .store
+                .list::<InstanceAction>(&StoreQuery::parent(id))?;
+            if acts
+                .iter()
+                .any(|a| ctx.is_admin() || ctx.project_id() == Some(a.project_id.as_str()))
+            {
+                Ok(())
+            } else {
+                Err(instance_not_found(id))
+            }
+        }
+        _ => Err(instance_not_found(id)),
+    }
+}
+
+async fn actions_list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    Query(_q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    server_for_actions(&state, &ctx, &id, mv)?;
+    let mut acts = state
+        .store
+        .list::<InstanceAction>(&StoreQuery::parent(&id))?;
+    acts.sort_by_key(|a| std::cmp::Reverse(a.start_us));
+    let list: Vec<Value> = acts
+        .iter()
+        .map(|a| render_action(a, false, &ctx, mv))
+        .collect();
+    Ok(axum::Json(json!({"instanceActions": list})))
+}
+
+async fn action_show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, req)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    server_for_actions(&state, &ctx, &id, mv)?;
+    let a = state
+        .store
+        .get::<InstanceAction>(&format!("{id}/{req}"))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Action for request_id {req} on instance {id} not found"),
+            )
+        })?;
+    Ok(axum::Json(
+        json!({"instanceAction": render_action(&a, true, &ctx, mv)}),
+    ))
+}

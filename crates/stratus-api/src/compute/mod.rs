@@ -1,0 +1,325 @@
+//! Compute service: Nova v2.1 under `/compute`, with microversions.
+//!
+//! The API keeps the desired state of servers in the store; the scheduler
+//! (`scheduler.rs`) places them on nodes through placement; node agents
+//! (`nodes.rs`) fetch the servers assigned to them, run them with their
+//! driver and report back. Handlers parse, authorise, call the service and
+//! render the shape the request's microversion asks for.
+//!
+//! Maximum microversion: [`MAX_MINOR`] (see `docs/design-notes.md`). Every
+//! response at a version has the shape that version defines.
+
+mod actions;
+mod agent_client;
+mod flavors;
+mod groups;
+mod keypairs;
+pub mod model;
+pub mod nodes;
+mod quotas;
+pub mod scheduler;
+mod servers;
+pub mod service;
+pub mod states;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+pub use flavors::ensure_default_flavors;
+pub use service::{Compute, ComputeConfig, Weigher};
+
+/// Highest microversion implemented: 2.38.
+pub const MAX_MINOR: u16 = 38;
+/// Lowest: 2.1.
+pub const MIN_MINOR: u16 = 1;
+
+/// The microversion of a request (the minor number of `2.N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mv(pub u16);
+
+impl Mv {
+    pub fn at_least(self, minor: u16) -> bool {
+        self.0 >= minor
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Mv {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(parts
+            .extensions
+            .get::<Mv>()
+            .copied()
+            .unwrap_or(Mv(MIN_MINOR)))
+    }
+}
+
+/// Reads the requested microversion from `OpenStack-API-Version: compute
+/// X.Y` or `X-OpenStack-Nova-API-Version: X.Y` (the first wins, as in
+/// Nova). `latest` means [`MAX_MINOR`].
+fn requested(headers: &HeaderMap) -> Result<Mv, ApiError> {
+    let mut raw = None;
+    for v in headers.get_all("openstack-api-version") {
+        for part in v.to_str().unwrap_or("").split(',') {
+            let mut it = part.split_whitespace();
+            if it.next().is_some_and(|s| s.eq_ignore_ascii_case("compute")) {
+                raw = it.next().map(str::to_string);
+            }
+        }
+    }
+    if raw.is_none() {
+        raw = headers
+            .get("x-openstack-nova-api-version")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string());
+    }
+    let Some(raw) = raw else {
+        return Ok(Mv(MIN_MINOR));
+    };
+    if raw.eq_ignore_ascii_case("latest") {
+        return Ok(Mv(MAX_MINOR));
+    }
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Version {raw} is not a valid API version: use 2.N, e.g. 2.{MAX_MINOR}, or latest"
+        ))
+    };
+    let (major, minor) = raw.split_once('.').ok_or_else(bad)?;
+    let (major, minor): (u16, u16) = (
+        major.parse().map_err(|_| bad())?,
+        minor.parse().map_err(|_| bad())?,
+    );
+    if major != 2 || !(MIN_MINOR..=MAX_MINOR).contains(&minor) {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            format!(
+                "Version {raw} is not supported by the API. Minimum is 2.{MIN_MINOR} and maximum is 2.{MAX_MINOR}."
+            ),
+        ));
+    }
+    Ok(Mv(minor))
+}
+
+/// Sets the microversion on the request and echoes it on the response;
+/// renders errors in Nova's fault shape.
+async fn compute_layer(mut req: Request, next: Next) -> Response {
+    let mv = match requested(req.headers()) {
+        Ok(mv) => mv,
+        Err(e) => return fault(e, Mv(MIN_MINOR)),
+    };
+    req.extensions_mut().insert(mv);
+    let resp = next.run(req).await;
+    let mut resp = match resp.extensions().get::<ApiError>().cloned() {
+        Some(err) => fault(err, mv),
+        None => resp,
+    };
+    stamp(resp.headers_mut(), mv);
+    resp
+}
+
+fn stamp(h: &mut HeaderMap, mv: Mv) {
+    let v = format!("2.{}", mv.0);
+    if let Ok(hv) = HeaderValue::from_str(&format!("compute {v}")) {
+        h.insert("openstack-api-version", hv);
+    }
+    if let Ok(hv) = HeaderValue::from_str(&v) {
+        h.insert("x-openstack-nova-api-version", hv);
+    }
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
+}
+
+/// Nova's fault body: `{"itemNotFound": {"code": 404, "message": "..."}}`.
+fn fault(err: ApiError, mv: Mv) -> Response {
+    let name = match err.status.as_u16() {
+        400 => "badRequest",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "itemNotFound",
+        405 => "badMethod",
+        406 => "notAcceptable",
+        409 => "conflictingRequest",
+        413 => "overLimit",
+        415 => "badMediaType",
+        501 => "notImplemented",
+        503 => "serviceUnavailable",
+        _ => "computeFault",
+    };
+    let body = json!({ name: {"code": err.status.as_u16(), "message": err.message} });
+    let mut resp = (err.status, axum::Json(body)).into_response();
+    stamp(resp.headers_mut(), mv);
+    if err.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Keystone uri=\"/identity\""),
+        );
+    }
+    resp
+}
+
+/// The compute API's routes at their full paths.
+pub fn router() -> Router<AppState> {
+    let v21 = Router::new()
+        .merge(flavors::routes())
+        .merge(keypairs::routes())
+        .merge(quotas::routes())
+        .merge(servers::routes())
+        .merge(actions::routes())
+        .merge(groups::routes())
+        .merge(nodes::routes())
+        .fallback(crate::error::not_found_fallback);
+    let compute = Router::new()
+        .route("/compute", get(versions))
+        .route("/compute/", get(versions))
+        .route("/compute/v2.1", get(version_v21))
+        .route("/compute/v2.1/", get(version_v21))
+        .nest("/compute/v2.1", v21)
+        .layer(axum::middleware::from_fn(compute_layer));
+    compute.merge(nodes::agent_routes())
+}
+
+fn version_doc(state: &AppState) -> Value {
+    json!({
+        "id": "v2.1",
+        "status": "CURRENT",
+        "version": format!("2.{MAX_MINOR}"),
+        "min_version": format!("2.{MIN_MINOR}"),
+        "updated": "2013-07-23T11:33:21Z",
+        "links": [
+            {"rel": "self", "href": format!("{}/compute/v2.1/", state.config.public_url)},
+            {"rel": "describedby", "type": "text/html", "href": "http://docs.openstack.org/"}
+        ],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}]
+    })
+}
+
+async fn versions(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let mut v = version_doc(&state);
+    v["links"] =
+        json!([{"rel": "self", "href": format!("{}/compute/v2.1/", state.config.public_url)}]);
+    (StatusCode::OK, axum::Json(json!({"versions": [v]}))).into_response()
+}
+
+async fn version_v21(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<Value> {
+    axum::Json(json!({"version": version_doc(&state)}))
+}
+
+/// Nova's "resource not found" with its wording.
+pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("{what} {id} could not be found."),
+    )
+}
+
+/// A 403 naming the policy rule, as Nova words it.
+pub(crate) fn policy_denied(rule: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("Policy doesn't allow {rule} to be performed."),
+    )
+}
+
+/// Link pair (`self`, `bookmark`) as Nova renders them.
+pub(crate) fn links(state: &AppState, kind: &str, id: &str) -> Value {
+    let base = &state.config.public_url;
+    json!([
+        {"rel": "self", "href": format!("{base}/compute/v2.1/{kind}/{id}")},
+        {"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}
+    ])
+}
+
+/// `limit` and `marker` from a query, as Nova reads them (limit capped at
+/// `osapi_max_limit`, 1000).
+pub(crate) fn paging(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<(Option<usize>, Option<String>), ApiError> {
+    let limit = match q.get("limit") {
+        None => None,
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("Invalid input for query parameters limit. Value: {l}. '{l}' is not a 'integer'")))?
+                .min(1000),
+        ),
+    };
+    Ok((limit, q.get("marker").cloned()))
+}
+
+/// Applies marker and limit to an ordered list; an unknown marker is a 400.
+pub(crate) fn page<T>(
+    items: Vec<T>,
+    limit: Option<usize>,
+    marker: Option<&str>,
+    id: impl Fn(&T) -> &str,
+) -> Result<Vec<T>, ApiError> {
+    let mut items = items;
+    if let Some(m) = marker {
+        let pos = items
+            .iter()
+            .position(|i| id(i) == m)
+            .ok_or_else(|| ApiError::bad_request(format!("marker [{m}] not found")))?;
+        items.drain(..=pos);
+    }
+    if let Some(l) = limit {
+        items.truncate(l);
+    }
+    Ok(items)
+}
+
+/// The `next` link Nova adds when a page is full.
+pub(crate) fn next_link(
+    state: &AppState,
+    path: &str,
+    q: &std::collections::HashMap<String, String>,
+    limit: Option<usize>,
+    last: Option<&str>,
+    count: usize,
+) -> Option<Value> {
+    let limit = limit?;
+    let last = last?;
+    if count < limit || limit == 0 {
+        return None;
+    }
+    let mut params: Vec<(String, String)> = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "marker")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    params.sort();
+    params.push(("marker".into(), last.into()));
+    let qs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Some(
+        json!([{"rel": "next", "href": format!("{}/compute/v2.1/{path}?{}", state.config.public_url, qs.join("&"))}]),
+    )
+}
+
+/// Reads a JSON body with Nova's 400 wording on failure.
+pub(crate) fn body(bytes: &[u8]) -> Result<Value, ApiError> {
+    crate::json::decode::<Value>(bytes)
+}
+
+/// Parses a boolean the way Nova's query and body validators accept them.
+pub(crate) fn parse_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+            "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+            _ => None,
+        },
+        Value::Number(n) => n.as_i64().map(|n| n != 0),
+        _ => None,
+    }
+}

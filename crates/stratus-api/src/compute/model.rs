@@ -1,0 +1,338 @@
+//! Compute records kept in the store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use stratus_store::Record;
+
+/// A flavor. `id` is Nova's `flavorid` (any string); extra specs and the
+/// projects of a private flavor live in the record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flavor {
+    pub id: String,
+    pub name: String,
+    pub ram: u64,
+    pub vcpus: u32,
+    pub disk: u64,
+    #[serde(default)]
+    pub ephemeral: u64,
+    #[serde(default)]
+    pub swap: u64,
+    #[serde(default = "one")]
+    pub rxtx_factor: f64,
+    pub is_public: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub extra_specs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub projects: Vec<String>,
+    pub created_us: i64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+record!(
+    Flavor,
+    "flavor",
+    name = |f| Some(&f.name),
+    unique = |f| Some(f.name.clone())
+);
+
+/// A key pair of one user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Keypair {
+    /// `user_id/name`.
+    pub id: String,
+    /// Nova's integer id (shown in `GET /os-keypairs/{name}`).
+    pub seq: i64,
+    pub name: String,
+    pub user_id: String,
+    pub public_key: String,
+    pub fingerprint: String,
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub created_us: i64,
+}
+
+impl Keypair {
+    pub fn key(user_id: &str, name: &str) -> String {
+        format!("{user_id}/{name}")
+    }
+}
+
+record!(
+    Keypair,
+    "keypair",
+    owner = |k| Some(&k.user_id),
+    name = |k| Some(&k.name)
+);
+
+/// Quota limits set for a project (and optionally one of its users), or
+/// for the `default` quota class. Missing keys fall back to the class,
+/// then to Nova's built-in defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuotaSet {
+    /// `project/<id>`, `user/<project>/<user>` or `class/<name>`.
+    pub id: String,
+    pub limits: BTreeMap<String, i64>,
+}
+
+record!(QuotaSet, "compute_quota");
+
+/// The flavor a server was built with, copied into the server so that
+/// later flavor changes or deletes do not change it (as Nova does).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlavorCopy {
+    pub id: String,
+    pub name: String,
+    pub ram: u64,
+    pub vcpus: u32,
+    pub disk: u64,
+    pub ephemeral: u64,
+    pub swap: u64,
+    #[serde(default)]
+    pub extra_specs: BTreeMap<String, String>,
+}
+
+/// The fault of a server in ERROR.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fault {
+    pub code: u16,
+    pub message: String,
+    #[serde(default)]
+    pub details: String,
+    pub created_us: i64,
+}
+
+/// A server: the desired state kept by the API and the actual state the
+/// node agent reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub user_id: String,
+    /// Image id; empty for a server booted from a volume.
+    pub image_ref: String,
+    pub flavor: FlavorCopy,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub key_data: Option<String>,
+    /// Base64 as given.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Availability zone asked for at create (None: any).
+    #[serde(default)]
+    pub requested_az: Option<String>,
+    /// The zone it landed in.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    pub vm_state: String,
+    #[serde(default)]
+    pub task_state: Option<String>,
+    #[serde(default)]
+    pub power_state: u8,
+    #[serde(default)]
+    pub locked_by: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub access_ipv4: String,
+    #[serde(default)]
+    pub access_ipv6: String,
+    pub reservation_id: String,
+    #[serde(default)]
+    pub launch_index: u32,
+    pub hostname: String,
+    #[serde(default)]
+    pub config_drive: String,
+    pub created_us: i64,
+    pub updated_us: i64,
+    #[serde(default)]
+    pub launched_us: Option<i64>,
+    #[serde(default)]
+    pub fault: Option<Fault>,
+    /// Scheduler hints as given.
+    #[serde(default)]
+    pub hints: serde_json::Value,
+    #[serde(default)]
+    pub server_group: Option<String>,
+    /// Hosts a build was tried on (for retries).
+    #[serde(default)]
+    pub tried_hosts: Vec<String>,
+    /// Bumped on every request the node agent must act on.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+record!(
+    Server,
+    "server",
+    owner = |s| Some(&s.project_id),
+    parent = |s| s.host.as_deref(),
+    name = |s| Some(&s.name)
+);
+
+/// A server group and its members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerGroup {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub user_id: String,
+    /// affinity, anti-affinity, soft-affinity, soft-anti-affinity.
+    pub policy: String,
+    #[serde(default)]
+    pub rules: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+record!(ServerGroup, "server_group", owner = |g| Some(&g.project_id));
+
+/// A compute node and its `nova-compute` service, as the node agent
+/// registers it. `id` is the host name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComputeNode {
+    pub id: String,
+    /// Nova's integer ids for the service and the hypervisor.
+    pub seq: i64,
+    /// The placement resource provider (and hypervisor) uuid.
+    pub uuid: String,
+    pub driver: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub arch: String,
+    pub hypervisor_type: String,
+    pub hypervisor_version: u64,
+    pub cpu_model: String,
+    #[serde(default)]
+    pub host_ip: String,
+    /// Where the controller reaches the agent (console output).
+    #[serde(default)]
+    pub agent_url: Option<String>,
+    /// The secret the controller shows the agent when it calls it.
+    #[serde(default)]
+    pub agent_key: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    #[serde(default)]
+    pub forced_down: bool,
+    pub last_seen_us: i64,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+
+record!(ComputeNode, "compute_node");
+
+/// A host aggregate; one with `availability_zone` set defines a zone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Nova's integer id, as a string.
+    pub id: String,
+    pub uuid: String,
+    pub name: String,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub created_us: i64,
+    #[serde(default)]
+    pub updated_us: Option<i64>,
+}
+
+record!(
+    Aggregate,
+    "aggregate",
+    name = |a| Some(&a.name),
+    unique = |a| Some(a.name.clone())
+);
+
+/// One action on a server and its events (`os-instance-actions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceAction {
+    /// `server/request_id`.
+    pub id: String,
+    pub server_id: String,
+    pub action: String,
+    pub request_id: String,
+    pub user_id: String,
+    pub project_id: String,
+    pub start_us: i64,
+    pub updated_us: i64,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub events: Vec<ActionEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionEvent {
+    pub event: String,
+    pub start_us: i64,
+    #[serde(default)]
+    pub finish_us: Option<i64>,
+    #[serde(default)]
+    pub result: Option<String>,
+    #[serde(default)]
+    pub traceback: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+record!(
+    InstanceAction,
+    "instance_action",
+    parent = |a| Some(&a.server_id)
+);
+
+/// Instances, cores and RAM a project (and each of its users) uses,
+/// changed in the same transaction as the servers themselves, so it is
+/// exact and needs no counting.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ComputeUsage {
+    /// The project id.
+    pub id: String,
+    pub instances: i64,
+    pub cores: i64,
+    pub ram: i64,
+    #[serde(default)]
+    pub users: BTreeMap<String, [i64; 3]>,
+}
+
+impl ComputeUsage {
+    /// Adds (or with `sign` -1 removes) one server.
+    pub fn add(&mut self, user: &str, vcpus: u32, ram: u64, sign: i64) {
+        self.instances += sign;
+        self.cores += sign * vcpus as i64;
+        self.ram += sign * ram as i64;
+        let u = self.users.entry(user.to_string()).or_default();
+        u[0] += sign;
+        u[1] += sign * vcpus as i64;
+        u[2] += sign * ram as i64;
+        if u[0] <= 0 {
+            self.users.remove(user);
+        }
+    }
+}
+
+record!(ComputeUsage, "compute_usage");

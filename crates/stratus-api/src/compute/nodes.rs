@@ -1,0 +1,767 @@
+//! Compute nodes: the node agent's side of the API (register, heartbeat,
+//! fetch the servers assigned to it, report what it did) and the admin
+//! views of them (`os-services`, `os-hypervisors`, `os-availability-zone`).
+//!
+//! The agent dials the controller (edge nodes sit behind NAT); it long-polls
+//! `GET /edge/v1/nodes/{host}/servers`, which answers at once when anything
+//! on the compute side changed since the revision it last saw.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use stratus_store::Query as StoreQuery;
+
+use super::model::{Aggregate, ComputeNode, Server};
+use super::{Mv, body, policy_denied};
+use crate::identity::policy::Ctx;
+use crate::timeutil::{iso_naive, now_us};
+use crate::{ApiError, AppState};
+
+/// The zone of hosts in no zone aggregate (Nova's
+/// `default_availability_zone`).
+pub const DEFAULT_ZONE: &str = "nova";
+
+pub fn agent_routes() -> Router<AppState> {
+    Router::new()
+        .route("/edge/v1/nodes/{host}", put(register))
+        .route("/edge/v1/nodes/{host}/servers", get(assigned))
+        .route("/edge/v1/nodes/{host}/servers/{id}/report", post(report))
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/os-services", get(services))
+        .route(
+            "/os-services/{id}",
+            put(service_action).delete(service_delete),
+        )
+        .route("/os-hypervisors", get(hypervisors))
+        .route("/os-hypervisors/detail", get(hypervisors_detail))
+        .route("/os-hypervisors/statistics", get(statistics))
+        .route("/os-hypervisors/{id}", get(hypervisor_show))
+        .route("/os-hypervisors/{id}/uptime", get(hypervisor_uptime))
+        .route("/os-hypervisors/{id}/search", get(hypervisor_search))
+        .route("/os-hypervisors/{id}/servers", get(hypervisor_servers))
+        .route("/os-availability-zone", get(zones))
+        .route("/os-availability-zone/detail", get(zones_detail))
+}
+
+/// Whether a node's heartbeat is recent enough (Nova's
+/// `service_down_time`) and it is not forced down.
+pub fn is_up(state: &AppState, n: &ComputeNode) -> bool {
+    let seen = state
+        .compute
+        .last_seen(&n.id)
+        .unwrap_or(0)
+        .max(n.last_seen_us);
+    !n.forced_down && now_us() - seen < state.compute.config.service_down_time_s as i64 * 1_000_000
+}
+
+/// The zone a host is in.
+pub fn zone_of(aggs: &[Aggregate], host: &str) -> String {
+    aggs.iter()
+        .find(|a| a.availability_zone.is_some() && a.hosts.iter().any(|h| h == host))
+        .and_then(|a| a.availability_zone.clone())
+        .unwrap_or_else(|| DEFAULT_ZONE.to_string())
+}
+
+pub fn zone_exists(state: &AppState, zone: &str) -> Result<bool, ApiError> {
+    if zone == DEFAULT_ZONE {
+        return Ok(true);
+    }
+    Ok(state
+        .store
+        .list::<Aggregate>(&StoreQuery::all())?
+        .iter()
+        .any(|a| a.availability_zone.as_deref() == Some(zone)))
+}
+
+fn require_agent(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.is_admin() || ctx.has_role("service") {
+        Ok(())
+    } else {
+        Err(policy_denied("stratus:node-agent"))
+    }
+}
+
+// ---- agent protocol -------------------------------------------------------------
+
+/// What an agent says about its node on every heartbeat.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct NodeReport {
+    pub driver: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub hypervisor_type: String,
+    #[serde(default)]
+    pub hypervisor_version: u64,
+    #[serde(default)]
+    pub cpu_model: String,
+    #[serde(default)]
+    pub host_ip: String,
+    #[serde(default)]
+    pub agent_url: Option<String>,
+    #[serde(default)]
+    pub agent_key: Option<String>,
+    /// Every workload the driver has, by server id.
+    #[serde(default)]
+    pub instances: BTreeMap<String, InstanceReport>,
+    /// True on the first report after the agent started.
+    #[serde(default)]
+    pub starting: bool,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(host): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_agent(&ctx)?;
+    let r: NodeReport = crate::json::decode(&raw)?;
+    if host.is_empty() || host.len() > 255 || host.contains('/') {
+        return Err(ApiError::bad_request(format!("Invalid host name {host:?}")));
+    }
+    let st = state.clone();
+    let h = host.clone();
+    let out = tokio::task::spawn_blocking(move || super::service::heartbeat(&st, &h, &r))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(axum::Json(out))
+}
+
+/// One workload as the agent sees it: its power state and the server
+/// generation the agent had settled when it looked. The controller acts
+/// on a power state only when that generation is the server's current
+/// one, so a report taken before a task finished never undoes the task.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy)]
+pub struct InstanceReport {
+    pub power_state: u8,
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// What the agent must make true for one server.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Assignment {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub generation: u64,
+    pub vm_state: String,
+    pub task_state: Option<String>,
+    pub image_id: String,
+    pub container_format: String,
+    pub disk_format: String,
+    pub image_checksum: Option<String>,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub user_data: Option<String>,
+    pub meta_data: Value,
+}
+
+async fn assigned(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(host): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_agent(&ctx)?;
+    let since: u64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let wait = q
+        .get("wait")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60);
+    let mut rx = state.compute.channel(&host);
+    if *rx.borrow() <= since && wait > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(wait), async {
+            while *rx.borrow_and_update() <= since {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let rev = *rx.borrow();
+    let servers = state.store.list::<Server>(&StoreQuery::parent(&host))?;
+    let mut out = Vec::new();
+    for s in servers {
+        out.push(super::service::assignment(&state, &s)?);
+    }
+    Ok(axum::Json(json!({"revision": rev, "servers": out})))
+}
+
+/// The outcome of a task on a server, as the agent reports it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct TaskReport {
+    pub generation: u64,
+    /// The task_state the agent acted on.
+    pub task: Option<String>,
+    pub ok: bool,
+    pub power_state: u8,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+async fn report(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((host, id)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    require_agent(&ctx)?;
+    let r: TaskReport = crate::json::decode(&raw)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || super::service::task_done(&st, &host, &id, &r))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- os-services ------------------------------------------------------------------
+
+fn service_json(state: &AppState, n: &ComputeNode, zone: &str, mv: Mv) -> Value {
+    let mut v = json!({
+        "id": n.seq,
+        "binary": "nova-compute",
+        "host": n.id,
+        "zone": zone,
+        "status": if n.disabled { "disabled" } else { "enabled" },
+        "state": if is_up(state, n) { "up" } else { "down" },
+        "updated_at": iso_naive(n.last_seen_us),
+        "disabled_reason": n.disabled_reason,
+    });
+    if mv.at_least(11) {
+        v["forced_down"] = json!(n.forced_down);
+    }
+    v
+}
+
+/// The controller's own services (scheduler and conductor run in the
+/// controller process, so they are up while it answers).
+fn controller_services(mv: Mv) -> Vec<Value> {
+    let host = controller_host();
+    let now = iso_naive(now_us());
+    ["nova-scheduler", "nova-conductor"]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut v = json!({"id": 1_000_000 + i as i64, "binary": b, "host": host, "zone": "internal",
+                "status": "enabled", "state": "up", "updated_at": now, "disabled_reason": null});
+            if mv.at_least(11) {
+                v["forced_down"] = json!(false);
+            }
+            v
+        })
+        .collect()
+}
+
+pub fn controller_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "controller".into())
+}
+
+async fn services(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-services:list"));
+    }
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    let mut out: Vec<Value> = state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .iter()
+        .map(|n| service_json(&state, n, &zone_of(&aggs, &n.id), mv))
+        .collect();
+    out.extend(controller_services(mv));
+    out.retain(|s| {
+        q.get("host").is_none_or(|h| s["host"] == json!(h))
+            && q.get("binary").is_none_or(|b| s["binary"] == json!(b))
+    });
+    Ok(axum::Json(json!({"services": out})))
+}
+
+async fn service_action(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(action): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-services:update"));
+    }
+    let b = body(&raw)?;
+    let host = b
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute host. 'host' is a required property",
+            )
+        })?
+        .to_string();
+    let binary = b
+        .get("binary")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute binary. 'binary' is a required property",
+            )
+        })?
+        .to_string();
+    if binary != "nova-compute" {
+        return Err(ApiError::bad_request(format!(
+            "Updating a {binary} service is not supported: only nova-compute services can be changed"
+        )));
+    }
+    let reason = b
+        .get("disabled_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(r) = &reason
+        && (r.is_empty() || r.len() > 255)
+    {
+        return Err(ApiError::bad_request(
+            "The string containing the reason for disabling the service must be 1-255 characters",
+        ));
+    }
+    let forced = match action.as_str() {
+        "force-down" if mv.at_least(11) => Some(
+            b.get("forced_down")
+                .and_then(super::parse_bool)
+                .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute forced_down. 'forced_down' is a required boolean"))?,
+        ),
+        "enable" | "disable" | "disable-log-reason" => None,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Unknown action {action}"),
+            ));
+        }
+    };
+    let n = state.store.write(|tx| {
+        let mut n = tx.get::<ComputeNode>(&host)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Host '{host}' could not be found."),
+            )
+        })?;
+        match action.as_str() {
+            "enable" => {
+                n.disabled = false;
+                n.disabled_reason = None;
+            }
+            "disable" => n.disabled = true,
+            "disable-log-reason" => {
+                n.disabled = true;
+                n.disabled_reason = Some(
+                    reason
+                        .clone()
+                        .ok_or_else(|| ApiError::bad_request("Missing disabled reason field"))?,
+                );
+            }
+            _ => n.forced_down = forced.unwrap_or(false),
+        }
+        n.updated_us = now_us();
+        tx.update(&n)?;
+        Ok::<_, ApiError>(n)
+    })?;
+    let mut v = json!({"host": n.id, "binary": "nova-compute"});
+    match action.as_str() {
+        "force-down" => v["forced_down"] = json!(n.forced_down),
+        _ => {
+            v["status"] = json!(if n.disabled { "disabled" } else { "enabled" });
+            if action == "disable-log-reason" {
+                v["disabled_reason"] = json!(n.disabled_reason);
+            }
+        }
+    }
+    Ok(axum::Json(json!({"service": v})))
+}
+
+async fn service_delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-services:delete"));
+    }
+    let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    let n = nodes
+        .iter()
+        .find(|n| n.seq.to_string() == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Service {id} could not be found."),
+            )
+        })?;
+    if !state
+        .store
+        .list::<Server>(&StoreQuery::parent(&n.id))?
+        .is_empty()
+    {
+        return Err(ApiError::conflict(format!(
+            "Unable to delete compute service that is hosting instances. Migrate or delete the instances first. ({})",
+            n.id
+        )));
+    }
+    state.placement.delete_provider(&n.uuid).ok();
+    state.store.write(|tx| tx.delete::<ComputeNode>(&n.id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- os-hypervisors -------------------------------------------------------------------
+
+fn require_admin_h(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(policy_denied("os_compute_api:os-hypervisors:list"))
+    }
+}
+
+/// Used resources of a node, from the servers placed on it.
+fn used(state: &AppState, host: &str) -> Result<(u32, u64, u64, usize), ApiError> {
+    let servers = state.store.list::<Server>(&StoreQuery::parent(host))?;
+    let mut u = (0u32, 0u64, 0u64, servers.len());
+    for s in &servers {
+        u.0 += s.flavor.vcpus;
+        u.1 += s.flavor.ram;
+        u.2 += s.flavor.disk + s.flavor.ephemeral;
+    }
+    Ok(u)
+}
+
+fn hypervisor_json(
+    state: &AppState,
+    n: &ComputeNode,
+    detail: bool,
+    mv: Mv,
+) -> Result<Value, ApiError> {
+    let mut v = json!({
+        "id": n.seq,
+        "hypervisor_hostname": n.id,
+        "state": if is_up(state, n) { "up" } else { "down" },
+        "status": if n.disabled { "disabled" } else { "enabled" },
+    });
+    if detail {
+        let (vcpus_used, ram_used, disk_used, running) = used(state, &n.id)?;
+        let reserved_ram = state.compute.config.reserved_host_memory_mb;
+        let cpu_info = json!({"arch": n.arch, "model": n.cpu_model, "vendor": "", "topology": {"sockets": 1, "cores": n.vcpus, "threads": 1}, "features": []});
+        let o = v.as_object_mut().expect("object");
+        o.insert(
+            "cpu_info".into(),
+            if mv.at_least(28) {
+                cpu_info
+            } else {
+                json!(cpu_info.to_string())
+            },
+        );
+        o.insert("current_workload".into(), json!(0));
+        o.insert(
+            "disk_available_least".into(),
+            json!(n.disk_gb.saturating_sub(disk_used)),
+        );
+        o.insert(
+            "free_disk_gb".into(),
+            json!(n.disk_gb as i64 - disk_used as i64),
+        );
+        o.insert(
+            "free_ram_mb".into(),
+            json!(n.memory_mb as i64 - ram_used as i64 - reserved_ram as i64),
+        );
+        o.insert("host_ip".into(), json!(n.host_ip));
+        o.insert("hypervisor_type".into(), json!(n.hypervisor_type));
+        o.insert("hypervisor_version".into(), json!(n.hypervisor_version));
+        o.insert("local_gb".into(), json!(n.disk_gb));
+        o.insert("local_gb_used".into(), json!(disk_used));
+        o.insert("memory_mb".into(), json!(n.memory_mb));
+        o.insert("memory_mb_used".into(), json!(ram_used + reserved_ram));
+        o.insert("running_vms".into(), json!(running));
+        o.insert("vcpus".into(), json!(n.vcpus));
+        o.insert("vcpus_used".into(), json!(vcpus_used));
+        o.insert(
+            "service".into(),
+            json!({"host": n.id, "id": n.seq, "disabled_reason": n.disabled_reason}),
+        );
+    }
+    Ok(v)
+}
+
+fn listed_nodes(
+    state: &AppState,
+    q: &HashMap<String, String>,
+    mv: Mv,
+) -> Result<Vec<ComputeNode>, ApiError> {
+    let mut nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    nodes.sort_by_key(|n| n.seq);
+    if mv.at_least(33) {
+        let (limit, marker) = super::paging(q)?;
+        if let Some(m) = &marker
+            && !nodes.iter().any(|n| &n.seq.to_string() == m)
+        {
+            return Err(ApiError::bad_request(format!("marker [{m}] not found")));
+        }
+        let keyed: Vec<(String, ComputeNode)> =
+            nodes.into_iter().map(|n| (n.seq.to_string(), n)).collect();
+        nodes = super::page(keyed, limit, marker.as_deref(), |p| &p.0)?
+            .into_iter()
+            .map(|p| p.1)
+            .collect();
+    }
+    Ok(nodes)
+}
+
+async fn hypervisors(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let list: Vec<Value> = listed_nodes(&state, &q, mv)?
+        .iter()
+        .map(|n| hypervisor_json(&state, n, false, mv))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(json!({"hypervisors": list})))
+}
+
+async fn hypervisors_detail(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let list: Vec<Value> = listed_nodes(&state, &q, mv)?
+        .iter()
+        .map(|n| hypervisor_json(&state, n, true, mv))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(json!({"hypervisors": list})))
+}
+
+fn node_by_id(state: &AppState, id: &str) -> Result<ComputeNode, ApiError> {
+    state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .into_iter()
+        .find(|n| n.seq.to_string() == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Hypervisor with ID '{id}' could not be found."),
+            )
+        })
+}
+
+async fn hypervisor_show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let n = node_by_id(&state, &id)?;
+    Ok(axum::Json(
+        json!({"hypervisor": hypervisor_json(&state, &n, true, mv)?}),
+    ))
+}
+
+async fn hypervisor_uptime(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let n = node_by_id(&state, &id)?;
+    let mut v = hypervisor_json(&state, &n, false, mv)?;
+    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    v["uptime"] = json!(format!(
+        " up {} s",
+        up.split_whitespace().next().unwrap_or("0")
+    ));
+    Ok(axum::Json(json!({"hypervisor": v})))
+}
+
+async fn hypervisor_search(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(pattern): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let list: Vec<Value> = state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .iter()
+        .filter(|n| n.id.contains(&pattern))
+        .map(|n| hypervisor_json(&state, n, false, mv))
+        .collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("No hypervisor matching '{pattern}' could be found."),
+        ));
+    }
+    Ok(axum::Json(json!({"hypervisors": list})))
+}
+
+async fn hypervisor_servers(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(pattern): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let mut list = Vec::new();
+    for n in state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .iter()
+        .filter(|n| n.id.contains(&pattern))
+    {
+        let mut v = hypervisor_json(&state, n, false, mv)?;
+        let servers: Vec<Value> = state
+            .store
+            .list::<Server>(&StoreQuery::parent(&n.id))?
+            .iter()
+            .map(|s| json!({"uuid": s.id, "name": format!("instance-{}", &s.id[..8])}))
+            .collect();
+        if !servers.is_empty() {
+            v["servers"] = json!(servers);
+        }
+        list.push(v);
+    }
+    if list.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("No hypervisor matching '{pattern}' could be found."),
+        ));
+    }
+    Ok(axum::Json(json!({"hypervisors": list})))
+}
+
+async fn statistics(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin_h(&ctx)?;
+    let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    let reserved_ram = state.compute.config.reserved_host_memory_mb;
+    let mut t = json!({"count": nodes.len(), "current_workload": 0, "disk_available_least": 0,
+        "free_disk_gb": 0, "free_ram_mb": 0, "local_gb": 0, "local_gb_used": 0, "memory_mb": 0,
+        "memory_mb_used": 0, "running_vms": 0, "vcpus": 0, "vcpus_used": 0});
+    let add = |t: &mut Value, k: &str, n: i64| {
+        t[k] = json!(t[k].as_i64().unwrap_or(0) + n);
+    };
+    for n in &nodes {
+        let (vc, ram, disk, running) = used(&state, &n.id)?;
+        add(&mut t, "vcpus", n.vcpus as i64);
+        add(&mut t, "vcpus_used", vc as i64);
+        add(&mut t, "memory_mb", n.memory_mb as i64);
+        add(&mut t, "memory_mb_used", (ram + reserved_ram) as i64);
+        add(
+            &mut t,
+            "free_ram_mb",
+            n.memory_mb as i64 - ram as i64 - reserved_ram as i64,
+        );
+        add(&mut t, "local_gb", n.disk_gb as i64);
+        add(&mut t, "local_gb_used", disk as i64);
+        add(&mut t, "free_disk_gb", n.disk_gb as i64 - disk as i64);
+        add(
+            &mut t,
+            "disk_available_least",
+            n.disk_gb as i64 - disk as i64,
+        );
+        add(&mut t, "running_vms", running as i64);
+    }
+    Ok(axum::Json(json!({"hypervisor_statistics": t})))
+}
+
+// ---- availability zones -----------------------------------------------------------------
+
+async fn zones(State(state): State<AppState>, _ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    let mut zones: BTreeMap<String, bool> = BTreeMap::new();
+    for n in &nodes {
+        let z = zone_of(&aggs, &n.id);
+        let up = is_up(&state, n) && !n.disabled;
+        let e = zones.entry(z).or_insert(false);
+        *e |= up;
+    }
+    for a in &aggs {
+        if let Some(z) = &a.availability_zone
+            && !a.hosts.is_empty()
+        {
+            zones.entry(z.clone()).or_insert(false);
+        }
+    }
+    if zones.is_empty() {
+        // Nova lists the default zone only once a compute service exists.
+    }
+    let list: Vec<Value> = zones
+        .iter()
+        .map(|(z, up)| json!({"zoneName": z, "zoneState": {"available": up}, "hosts": null}))
+        .collect();
+    Ok(axum::Json(json!({"availabilityZoneInfo": list})))
+}
+
+async fn zones_detail(
+    State(state): State<AppState>,
+    ctx: Ctx,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-availability-zone:detail"));
+    }
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    let mut zones: BTreeMap<String, (bool, serde_json::Map<String, Value>)> = BTreeMap::new();
+    for n in &nodes {
+        let z = zone_of(&aggs, &n.id);
+        let up = is_up(&state, n);
+        let e = zones.entry(z).or_insert((false, serde_json::Map::new()));
+        e.0 |= up && !n.disabled;
+        e.1.insert(
+            n.id.clone(),
+            json!({"nova-compute": {"available": up, "active": !n.disabled, "updated_at": iso_naive(n.last_seen_us)}}),
+        );
+    }
+    let mut list: Vec<Value> = zones
+        .into_iter()
+        .map(|(z, (up, hosts))| json!({"zoneName": z, "zoneState": {"available": up}, "hosts": hosts}))
+        .collect();
+    let now = iso_naive(now_us());
+    list.push(
+        json!({"zoneName": "internal", "zoneState": {"available": true}, "hosts": {
+            controller_host(): {
+                "nova-scheduler": {"available": true, "active": true, "updated_at": now},
+                "nova-conductor": {"available": true, "active": true, "updated_at": now},
+            }
+        }}),
+    );
+    Ok(axum::Json(json!({"availabilityZoneInfo": list})))
+}

@@ -1,0 +1,556 @@
+//! Compute quotas: `os-quota-sets`, `os-quota-class-sets` and `limits`.
+//!
+//! Limits resolve as in Nova's DB driver: a user's own limit, else the
+//! project's, else the `default` quota class, else the built-in default.
+//! Usage is counted from the records themselves (servers, key pairs,
+//! server groups) inside the same store transaction that creates more, so
+//! a quota can never be overrun by concurrent requests and never drifts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use stratus_store::{Query as StoreQuery, Tx};
+
+use super::model::{ComputeUsage, Keypair, QuotaSet, ServerGroup};
+use super::{Mv, body, policy_denied};
+use crate::identity::policy::Ctx;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/limits", get(limits))
+        .route(
+            "/os-quota-sets/{project}",
+            get(show).put(update).delete(reset),
+        )
+        .route("/os-quota-sets/{project}/detail", get(detail))
+        .route("/os-quota-sets/{project}/defaults", get(defaults))
+        .route(
+            "/os-quota-class-sets/{class}",
+            get(class_show).put(class_update),
+        )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Instances,
+    Cores,
+    Ram,
+    MetadataItems,
+    KeyPairs,
+    ServerGroups,
+    ServerGroupMembers,
+}
+
+impl Resource {
+    pub fn key(self) -> &'static str {
+        match self {
+            Resource::Instances => "instances",
+            Resource::Cores => "cores",
+            Resource::Ram => "ram",
+            Resource::MetadataItems => "metadata_items",
+            Resource::KeyPairs => "key_pairs",
+            Resource::ServerGroups => "server_groups",
+            Resource::ServerGroupMembers => "server_group_members",
+        }
+    }
+}
+
+/// Nova's built-in defaults. The network ones (`floating_ips` ...) are
+/// only shown before 2.36 and are not enforced here: the network service
+/// owns them.
+const DEFAULTS: &[(&str, i64)] = &[
+    ("instances", 10),
+    ("cores", 20),
+    ("ram", 51200),
+    ("metadata_items", 128),
+    ("injected_files", 5),
+    ("injected_file_content_bytes", 10240),
+    ("injected_file_path_bytes", 255),
+    ("key_pairs", 100),
+    ("server_groups", 10),
+    ("server_group_members", 10),
+    ("floating_ips", 10),
+    ("fixed_ips", -1),
+    ("security_groups", 10),
+    ("security_group_rules", 20),
+];
+
+/// The keys a quota set shows at `mv`.
+fn keys(mv: Mv) -> Vec<&'static str> {
+    DEFAULTS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| {
+            !mv.at_least(36)
+                || !matches!(
+                    *k,
+                    "floating_ips" | "fixed_ips" | "security_groups" | "security_group_rules"
+                )
+        })
+        .collect()
+}
+
+fn project_key(p: &str) -> String {
+    format!("project/{p}")
+}
+fn user_key(p: &str, u: &str) -> String {
+    format!("user/{p}/{u}")
+}
+fn class_key(c: &str) -> String {
+    format!("class/{c}")
+}
+
+/// Every limit of a project (and user), resolved.
+fn resolve(
+    get: &dyn Fn(&str) -> Result<Option<QuotaSet>, ApiError>,
+    project: &str,
+    user: Option<&str>,
+) -> Result<BTreeMap<String, i64>, ApiError> {
+    let class = get(&class_key("default"))?;
+    let proj = get(&project_key(project))?;
+    let usr = match user {
+        Some(u) => get(&user_key(project, u))?,
+        None => None,
+    };
+    let mut out = BTreeMap::new();
+    for (k, d) in DEFAULTS {
+        let v = usr
+            .as_ref()
+            .and_then(|s| s.limits.get(*k))
+            .or_else(|| proj.as_ref().and_then(|s| s.limits.get(*k)))
+            .or_else(|| class.as_ref().and_then(|s| s.limits.get(*k)))
+            .copied()
+            .unwrap_or(*d);
+        out.insert((*k).to_string(), v);
+    }
+    Ok(out)
+}
+
+/// One limit, read inside a write transaction.
+pub fn limit_tx(tx: &Tx, project: &str, user: Option<&str>, r: Resource) -> Result<i64, ApiError> {
+    let get = |id: &str| tx.get::<QuotaSet>(id).map_err(ApiError::from);
+    Ok(resolve(&get, project, user)?
+        .get(r.key())
+        .copied()
+        .unwrap_or(-1))
+}
+
+/// Every limit, read inside a write transaction.
+pub fn limits_tx(
+    tx: &Tx,
+    project: &str,
+    user: Option<&str>,
+) -> Result<BTreeMap<String, i64>, ApiError> {
+    let get = |id: &str| tx.get::<QuotaSet>(id).map_err(ApiError::from);
+    resolve(&get, project, user)
+}
+
+fn limits_of(
+    state: &AppState,
+    project: &str,
+    user: Option<&str>,
+) -> Result<BTreeMap<String, i64>, ApiError> {
+    let get = |id: &str| state.store.get::<QuotaSet>(id).map_err(ApiError::from);
+    resolve(&get, project, user)
+}
+
+/// What a project (and user) uses now.
+#[derive(Debug, Default, Clone)]
+pub struct Usage {
+    pub instances: i64,
+    pub cores: i64,
+    pub ram: i64,
+    pub key_pairs: i64,
+    pub server_groups: i64,
+}
+
+impl Usage {
+    pub fn get(&self, key: &str) -> i64 {
+        match key {
+            "instances" => self.instances,
+            "cores" => self.cores,
+            "ram" => self.ram,
+            "key_pairs" => self.key_pairs,
+            "server_groups" => self.server_groups,
+            _ => 0,
+        }
+    }
+}
+
+fn count(usage: Option<ComputeUsage>, groups: usize, keys: usize, user: Option<&str>) -> Usage {
+    let u = usage.unwrap_or_default();
+    let (instances, cores, ram) = match user {
+        Some(user) => {
+            let x = u.users.get(user).copied().unwrap_or_default();
+            (x[0], x[1], x[2])
+        }
+        None => (u.instances, u.cores, u.ram),
+    };
+    Usage {
+        instances,
+        cores,
+        ram,
+        key_pairs: keys as i64,
+        server_groups: groups as i64,
+    }
+}
+
+/// Usage read inside a write transaction.
+pub fn usage_tx(
+    tx: &Tx,
+    project: &str,
+    user: Option<&str>,
+    key_user: &str,
+) -> Result<Usage, ApiError> {
+    let usage = tx.get::<ComputeUsage>(project)?;
+    let groups = tx.list::<ServerGroup>(&StoreQuery::owner(project))?.len();
+    let keys = tx.list::<Keypair>(&StoreQuery::owner(key_user))?.len();
+    Ok(count(usage, groups, keys, user))
+}
+
+fn usage(
+    state: &AppState,
+    project: &str,
+    user: Option<&str>,
+    key_user: &str,
+) -> Result<Usage, ApiError> {
+    let usage = state.store.get::<ComputeUsage>(project)?;
+    let groups = state
+        .store
+        .list::<ServerGroup>(&StoreQuery::owner(project))?
+        .len();
+    let keys = state
+        .store
+        .list::<Keypair>(&StoreQuery::owner(key_user))?
+        .len();
+    Ok(count(usage, groups, keys, user))
+}
+
+/// Counts a server in (or, with `sign` -1, out of) its project's usage.
+pub fn account(
+    tx: &Tx,
+    project: &str,
+    user: &str,
+    vcpus: u32,
+    ram: u64,
+    sign: i64,
+) -> Result<(), ApiError> {
+    let mut u = tx.get::<ComputeUsage>(project)?.unwrap_or(ComputeUsage {
+        id: project.to_string(),
+        ..ComputeUsage::default()
+    });
+    u.add(user, vcpus, ram, sign);
+    tx.upsert(&u)?;
+    Ok(())
+}
+
+/// Nova's over-quota message for a server build.
+pub fn exceeded(over: &[(&str, i64, i64, i64)]) -> ApiError {
+    // (resource, requested, used, allowed)
+    let names: Vec<&str> = over.iter().map(|o| o.0).collect();
+    let req: Vec<String> = over.iter().map(|o| o.1.to_string()).collect();
+    let used: Vec<String> = over.iter().map(|o| o.2.to_string()).collect();
+    let allowed: Vec<String> = over.iter().map(|o| o.3.to_string()).collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "Quota exceeded for {}: Requested {}, but already used {} of {} {}",
+            names.join(", "),
+            req.join(", "),
+            used.join(", "),
+            allowed.join(", "),
+            names.join(", ")
+        ),
+    )
+}
+
+// ---- who may read and set -------------------------------------------------
+
+fn may_read(ctx: &Ctx, project: &str) -> Result<(), ApiError> {
+    if ctx.is_admin() || ctx.project_id() == Some(project) {
+        Ok(())
+    } else {
+        Err(policy_denied("os_compute_api:os-quota-sets:show"))
+    }
+}
+
+fn render(mv: Mv, limits: &BTreeMap<String, i64>, id: Option<&str>) -> Value {
+    let mut o = Map::new();
+    if let Some(id) = id {
+        o.insert("id".into(), json!(id));
+    }
+    for k in keys(mv) {
+        o.insert(k.into(), json!(limits.get(k).copied().unwrap_or(-1)));
+    }
+    Value::Object(o)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    may_read(&ctx, &project)?;
+    let user = q.get("user_id").map(String::as_str);
+    let l = limits_of(&state, &project, user)?;
+    Ok(axum::Json(
+        json!({"quota_set": render(mv, &l, Some(&project))}),
+    ))
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    may_read(&ctx, &project)?;
+    let user = q.get("user_id").map(String::as_str);
+    let l = limits_of(&state, &project, user)?;
+    let u = usage(&state, &project, user, user.unwrap_or(ctx.user_id()))?;
+    let mut o = Map::new();
+    o.insert("id".into(), json!(project));
+    for k in keys(mv) {
+        o.insert(
+            k.into(),
+            json!({"limit": l.get(k).copied().unwrap_or(-1), "in_use": u.get(k), "reserved": 0}),
+        );
+    }
+    Ok(axum::Json(json!({"quota_set": o})))
+}
+
+async fn defaults(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(project): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    may_read(&ctx, &project)?;
+    let class = state.store.get::<QuotaSet>(&class_key("default"))?;
+    let mut l = BTreeMap::new();
+    for (k, d) in DEFAULTS {
+        let v = class
+            .as_ref()
+            .and_then(|c| c.limits.get(*k).copied())
+            .unwrap_or(*d);
+        l.insert((*k).to_string(), v);
+    }
+    Ok(axum::Json(
+        json!({"quota_set": render(mv, &l, Some(&project))}),
+    ))
+}
+
+/// Validates a `quota_set` body: known keys at this version, integers
+/// >= -1. Returns the limits and `force`.
+fn parse_set(
+    mv: Mv,
+    b: &Value,
+    allow_force: bool,
+) -> Result<(BTreeMap<String, i64>, bool), ApiError> {
+    let o = b
+        .get("quota_set")
+        .or_else(|| b.get("quota_class_set"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute quota_set. 'quota_set' is a required property",
+            )
+        })?;
+    let known = keys(mv);
+    let mut out = BTreeMap::new();
+    let mut force = false;
+    for (k, v) in o {
+        if k == "force" && allow_force {
+            force = super::parse_bool(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid input for field/attribute force. Value: {v}. It is not a boolean"
+                ))
+            })?;
+            continue;
+        }
+        if !known.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute quota_set. Additional properties are not allowed ('{k}' was unexpected)"
+            )));
+        }
+        let n = match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        }
+        .filter(|n| *n >= -1 && *n <= i32::MAX as i64)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for field/attribute {k}. Value: {v}. It must be an integer of at least -1"
+            ))
+        })?;
+        out.insert(k.clone(), n);
+    }
+    Ok((out, force))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-quota-sets:update"));
+    }
+    let (set, force) = parse_set(mv, &body(&raw)?, true)?;
+    let user = q.get("user_id").cloned();
+    let id = match &user {
+        Some(u) => user_key(&project, u),
+        None => project_key(&project),
+    };
+    let limits = state.store.write(|tx| {
+        if !force {
+            let used = usage_tx(tx, &project, user.as_deref(), user.as_deref().unwrap_or(""))?;
+            for (k, v) in &set {
+                let in_use = used.get(k);
+                if *v >= 0 && in_use > *v && k != "key_pairs" {
+                    return Err(ApiError::bad_request(format!(
+                        "Quota limit {v} for {k} must be greater than or equal to already used and reserved {in_use}."
+                    )));
+                }
+            }
+        }
+        let mut rec = tx.get::<QuotaSet>(&id)?.unwrap_or(QuotaSet {
+            id: id.clone(),
+            limits: BTreeMap::new(),
+        });
+        rec.limits.extend(set.clone());
+        tx.upsert(&rec)?;
+        limits_tx(tx, &project, user.as_deref())
+    })?;
+    Ok(axum::Json(json!({"quota_set": render(mv, &limits, None)})))
+}
+
+async fn reset(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-quota-sets:delete"));
+    }
+    let id = match q.get("user_id") {
+        Some(u) => user_key(&project, u),
+        None => project_key(&project),
+    };
+    state.store.write(|tx| tx.delete::<QuotaSet>(&id))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn class_show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(class): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !ctx.is_admin() && !ctx.has_role("reader") {
+        return Err(policy_denied("os_compute_api:os-quota-class-sets:show"));
+    }
+    let rec = state.store.get::<QuotaSet>(&class_key(&class))?;
+    let mut l = BTreeMap::new();
+    for (k, d) in DEFAULTS {
+        l.insert(
+            (*k).to_string(),
+            rec.as_ref()
+                .and_then(|r| r.limits.get(*k).copied())
+                .unwrap_or(*d),
+        );
+    }
+    Ok(axum::Json(
+        json!({"quota_class_set": render(mv, &l, Some(&class))}),
+    ))
+}
+
+async fn class_update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(class): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-quota-class-sets:update"));
+    }
+    let (set, _) = parse_set(mv, &body(&raw)?, false)?;
+    let id = class_key(&class);
+    let rec = state.store.write(|tx| {
+        let mut rec = tx.get::<QuotaSet>(&id)?.unwrap_or(QuotaSet {
+            id: id.clone(),
+            limits: BTreeMap::new(),
+        });
+        rec.limits.extend(set.clone());
+        tx.upsert(&rec)?;
+        Ok::<_, ApiError>(rec)
+    })?;
+    let mut l = BTreeMap::new();
+    for (k, d) in DEFAULTS {
+        l.insert((*k).to_string(), rec.limits.get(*k).copied().unwrap_or(*d));
+    }
+    Ok(axum::Json(json!({"quota_class_set": render(mv, &l, None)})))
+}
+
+async fn limits(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let project = match q.get("tenant_id") {
+        Some(t) if ctx.is_admin() => t.clone(),
+        _ => ctx
+            .project_id()
+            .ok_or_else(|| policy_denied("os_compute_api:limits"))?
+            .to_string(),
+    };
+    let l = limits_of(&state, &project, None)?;
+    let u = usage(&state, &project, None, ctx.user_id())?;
+    let g = |k: &str| l.get(k).copied().unwrap_or(-1);
+    let mut abs = json!({
+        "maxServerMeta": g("metadata_items"),
+        "maxTotalInstances": g("instances"),
+        "maxPersonality": g("injected_files"),
+        "maxPersonalitySize": g("injected_file_content_bytes"),
+        "maxTotalRAMSize": g("ram"),
+        "maxServerGroups": g("server_groups"),
+        "maxServerGroupMembers": g("server_group_members"),
+        "maxTotalKeypairs": g("key_pairs"),
+        "maxTotalCores": g("cores"),
+        "totalCoresUsed": u.cores,
+        "totalRAMUsed": u.ram,
+        "totalInstancesUsed": u.instances,
+        "totalServerGroupsUsed": u.server_groups,
+    });
+    let o = abs.as_object_mut().expect("object");
+    if !mv.at_least(36) {
+        o.insert("maxSecurityGroups".into(), json!(g("security_groups")));
+        o.insert(
+            "maxSecurityGroupRules".into(),
+            json!(g("security_group_rules")),
+        );
+        o.insert("maxTotalFloatingIps".into(), json!(g("floating_ips")));
+        o.insert("totalFloatingIpsUsed".into(), json!(0));
+        o.insert("totalSecurityGroupsUsed".into(), json!(0));
+    }
+    if !mv.at_least(39) {
+        o.insert("maxImageMeta".into(), json!(128));
+    }
+    Ok(axum::Json(json!({"limits": {"rate": [], "absolute": abs}})))
+}

@@ -1,0 +1,460 @@
+//! The scheduler: filters, weighers, and an atomic claim through
+//! placement.
+//!
+//! For each server: ask placement which providers can hold the flavor,
+//! drop hosts the filters refuse (down or disabled, zone, forced host,
+//! tried already, image properties, aggregate metadata, server group,
+//! same/different host, JSON query), order the rest by the weigher, then
+//! claim on the first host that still fits. The claim and the server's
+//! move to that host are one store transaction under placement's lock, so
+//! two concurrent boots can never overcommit a node or break an
+//! anti-affinity group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Value, json};
+use stratus_store::Query as StoreQuery;
+
+use super::model::{Aggregate, ComputeNode, Fault, Server, ServerGroup};
+use super::nodes::{is_up, zone_of};
+use super::service::{Weigher, action_event};
+use super::states::{task, vm};
+use crate::image::model::Image;
+use crate::placement::{CandidateRequest, ClaimError};
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+/// Hands servers to the scheduler (in the background).
+pub fn submit(state: &AppState, ids: Vec<String>) {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        for id in ids {
+            match schedule(&st, &id) {
+                Ok(host) => st.compute.notify(host.as_deref()),
+                Err(e) => tracing::error!(server = %id, error = %e, "scheduling failed"),
+            }
+        }
+    });
+}
+
+/// A host as the filters and weighers see it.
+struct HostState<'a> {
+    node: &'a ComputeNode,
+    zone: String,
+    aggs: Vec<&'a Aggregate>,
+    free: BTreeMap<String, u64>,
+}
+
+fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError> {
+    let now = now_us();
+    state.store.write(|tx| {
+        let Some(mut cur) = tx.get::<Server>(&s.id)? else {
+            return Ok::<_, ApiError>(());
+        };
+        if cur.task_state.as_deref() != Some(task::SCHEDULING) {
+            return Ok(());
+        }
+        cur.vm_state = vm::ERROR.into();
+        cur.task_state = None;
+        cur.updated_us = now;
+        cur.fault = Some(Fault {
+            code: 500,
+            message: format!("No valid host was found. {why}"),
+            details: why.to_string(),
+            created_us: now,
+        });
+        tx.update(&cur)?;
+        action_event(
+            tx,
+            &cur.id,
+            "conductor_schedule_and_build_instances",
+            false,
+            Some(why),
+            None,
+        )?;
+        Ok(())
+    })?;
+    tracing::warn!(server = %s.id, why, "no valid host");
+    Ok(())
+}
+
+/// Schedules one server waiting in `building/scheduling`; returns the
+/// host it landed on.
+pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
+    let Some(s) = state.store.get::<Server>(id)? else {
+        return Ok(None);
+    };
+    if s.task_state.as_deref() != Some(task::SCHEDULING) || s.host.is_some() {
+        return Ok(None);
+    }
+    let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    let image = state.store.get::<Image>(&s.image_ref)?;
+
+    // Placement: who can hold the flavor at all.
+    let mut resources = BTreeMap::new();
+    resources.insert("VCPU".to_string(), s.flavor.vcpus as u64);
+    resources.insert("MEMORY_MB".to_string(), s.flavor.ram);
+    let disk = s.flavor.disk + s.flavor.ephemeral + s.flavor.swap.div_ceil(1024);
+    if disk > 0 {
+        resources.insert("DISK_GB".to_string(), disk);
+    }
+    let mut required = Vec::new();
+    let mut forbidden = Vec::new();
+    for (k, v) in &s.flavor.extra_specs {
+        if let Some(t) = k.strip_prefix("trait:") {
+            match v.as_str() {
+                "required" => required.push(t.to_string()),
+                "forbidden" => forbidden.push(t.to_string()),
+                _ => {}
+            }
+        }
+        if let Some(rc) = k.strip_prefix("resources:")
+            && let Ok(n) = v.parse::<u64>()
+        {
+            if n == 0 {
+                resources.remove(rc);
+            } else {
+                resources.insert(rc.to_string(), n);
+            }
+        }
+    }
+    let req = CandidateRequest {
+        resources: resources.clone(),
+        required_traits: required,
+        forbidden_traits: forbidden,
+        member_of: vec![],
+        in_tree: None,
+        limit: None,
+    };
+    let candidates = match state.placement.candidates(&req) {
+        Ok(c) => c,
+        Err(e) => {
+            return no_valid_host(state, &s, &format!("Placement refused the request: {e}"))
+                .map(|_| None);
+        }
+    };
+    let by_rp: HashMap<&str, &crate::placement::Candidate> = candidates
+        .iter()
+        .map(|c| (c.provider.as_str(), c))
+        .collect();
+
+    // Filters.
+    let group = match &s.server_group {
+        Some(g) => state.store.get::<ServerGroup>(g)?,
+        None => None,
+    };
+    let member_hosts: Vec<String> = match &group {
+        Some(g) => g
+            .members
+            .iter()
+            .filter(|m| *m != &s.id)
+            .filter_map(|m| state.store.get::<Server>(m).ok().flatten())
+            .filter_map(|m| m.host)
+            .collect(),
+        None => vec![],
+    };
+    let hint_hosts = |key: &str| -> Vec<String> {
+        let ids: Vec<String> = match s.hints.get(key) {
+            Some(Value::String(x)) => vec![x.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![],
+        };
+        ids.iter()
+            .filter_map(|i| state.store.get::<Server>(i).ok().flatten())
+            .filter_map(|m| m.host)
+            .collect()
+    };
+    let same_host = s.hints.get("same_host").map(|_| hint_hosts("same_host"));
+    let different_host = hint_hosts("different_host");
+    let query = s
+        .hints
+        .get("query")
+        .and_then(Value::as_str)
+        .and_then(|q| serde_json::from_str::<Value>(q).ok());
+    let forced = s.hints.get("_forced_host").and_then(Value::as_str);
+    let img_prop = |k: &str| -> Option<String> {
+        image
+            .as_ref()
+            .and_then(|i| i.properties.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let want_arch = img_prop("hw_architecture").or_else(|| img_prop("architecture"));
+    let want_hv = img_prop("img_hv_type").or_else(|| img_prop("hypervisor_type"));
+
+    let mut hosts: Vec<HostState> = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    for n in &nodes {
+        let node_aggs: Vec<&Aggregate> = aggs.iter().filter(|a| a.hosts.contains(&n.id)).collect();
+        let zone = zone_of(&aggs, &n.id);
+        let why = if !is_up(state, n) {
+            Some("ComputeFilter: down")
+        } else if n.disabled {
+            Some("ComputeFilter: disabled")
+        } else if s.requested_az.as_deref().is_some_and(|z| z != zone) {
+            Some("AvailabilityZoneFilter")
+        } else if forced.is_some_and(|f| f != n.id) {
+            Some("forced host")
+        } else if s.tried_hosts.contains(&n.id) {
+            Some("RetryFilter")
+        } else if !by_rp.contains_key(n.uuid.as_str()) {
+            Some("placement: not enough free resources or missing traits")
+        } else if want_arch
+            .as_deref()
+            .is_some_and(|a| !arch_matches(a, &n.arch))
+        {
+            Some("ImagePropertiesFilter: architecture")
+        } else if want_hv
+            .as_deref()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(&n.hypervisor_type))
+        {
+            Some("ImagePropertiesFilter: hypervisor type")
+        } else if !aggregate_specs_ok(&s.flavor.extra_specs, &node_aggs) {
+            Some("AggregateInstanceExtraSpecsFilter")
+        } else if group.as_ref().is_some_and(|g| g.policy == "affinity")
+            && !member_hosts.is_empty()
+            && !member_hosts.contains(&n.id)
+        {
+            Some("ServerGroupAffinityFilter")
+        } else if group.as_ref().is_some_and(|g| g.policy == "anti-affinity")
+            && member_hosts.iter().filter(|h| *h == &n.id).count() as i64
+                >= group
+                    .as_ref()
+                    .and_then(|g| g.rules.get("max_server_per_host"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+        {
+            Some("ServerGroupAntiAffinityFilter")
+        } else if same_host.as_ref().is_some_and(|h| !h.contains(&n.id)) {
+            Some("SameHostFilter")
+        } else if different_host.contains(&n.id) {
+            Some("DifferentHostFilter")
+        } else {
+            None
+        };
+        if let Some(w) = why {
+            reasons.push(format!("{}: {w}", n.id));
+            continue;
+        }
+        let free = by_rp[n.uuid.as_str()].free.clone();
+        let hs = HostState {
+            node: n,
+            zone,
+            aggs: node_aggs,
+            free,
+        };
+        if let Some(q) = &query
+            && !json_query(q, &hs, state)
+        {
+            reasons.push(format!("{}: JsonFilter", n.id));
+            continue;
+        }
+        hosts.push(hs);
+    }
+    if hosts.is_empty() {
+        tracing::info!(server = %s.id, ?reasons, "every host filtered out");
+        return no_valid_host(state, &s, "There are not enough hosts available.").map(|_| None);
+    }
+
+    // Weighers: free RAM (spread or pack), then server-group softness.
+    let sign = match state.compute.config.weigher {
+        Weigher::Spread => 1.0,
+        Weigher::Pack => -1.0,
+    };
+    let max_ram = hosts
+        .iter()
+        .map(|h| h.free.get("MEMORY_MB").copied().unwrap_or(0))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let weight = |h: &HostState| -> f64 {
+        let ram = h.free.get("MEMORY_MB").copied().unwrap_or(0) as f64 / max_ram;
+        let mut w = sign * ram;
+        if let Some(g) = &group {
+            let on = member_hosts.iter().filter(|x| *x == &h.node.id).count() as f64;
+            match g.policy.as_str() {
+                "soft-affinity" => w += 10.0 * on,
+                "soft-anti-affinity" => w -= 10.0 * on,
+                _ => {}
+            }
+        }
+        w
+    };
+    hosts.sort_by(|a, b| {
+        weight(b)
+            .partial_cmp(&weight(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.node.id.cmp(&b.node.id))
+    });
+
+    // Claim on the best host that still fits.
+    let mut allocs = BTreeMap::new();
+    for h in &hosts {
+        allocs.clear();
+        allocs.insert(h.node.uuid.clone(), resources.clone());
+        let host = h.node.id.clone();
+        let zone = h.zone.clone();
+        let group_id = s.server_group.clone();
+        let anti = group.as_ref().is_some_and(|g| g.policy == "anti-affinity");
+        let result = state
+            .placement
+            .claim(&s.id, &s.project_id, &s.user_id, &allocs, |tx| {
+                let Some(mut cur) = tx.get::<Server>(&s.id)? else {
+                    return Err(ApiError::conflict("server is gone"));
+                };
+                if cur.task_state.as_deref() != Some(task::SCHEDULING) || cur.host.is_some() {
+                    return Err(ApiError::conflict(
+                        "server is no longer waiting to be scheduled",
+                    ));
+                }
+                // Group rules again, under the claim lock: another boot of the
+                // same group may have landed since the filters ran.
+                if anti
+                    && let Some(g) = &group_id
+                    && let Some(grp) = tx.get::<ServerGroup>(g)?
+                {
+                    for m in grp.members.iter().filter(|m| *m != &s.id) {
+                        if tx.get::<Server>(m)?.and_then(|x| x.host).as_deref()
+                            == Some(host.as_str())
+                        {
+                            return Err(ApiError::conflict("anti-affinity"));
+                        }
+                    }
+                }
+                cur.host = Some(host.clone());
+                cur.node = Some(host.clone());
+                cur.availability_zone = Some(zone.clone());
+                cur.task_state = Some(task::SPAWNING.into());
+                cur.generation += 1;
+                cur.updated_us = now_us();
+                tx.update(&cur)?;
+                action_event(
+                    tx,
+                    &cur.id,
+                    "conductor_schedule_and_build_instances",
+                    true,
+                    None,
+                    Some(&host),
+                )?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => {
+                tracing::debug!(server = %s.id, host = %h.node.id, "scheduled");
+                return Ok(Some(h.node.id.clone()));
+            }
+            Err(ClaimError::Caller(e))
+                if e.status.as_u16() == 409 && e.message == "anti-affinity" =>
+            {
+                continue;
+            }
+            Err(ClaimError::Caller(e)) if e.status.as_u16() == 409 => return Ok(None),
+            Err(ClaimError::Caller(e)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(server = %s.id, host = %h.node.id, error = %e, "claim refused; trying the next host");
+                continue;
+            }
+        }
+    }
+    no_valid_host(state, &s, "There are not enough hosts available.").map(|_| None)
+}
+
+fn arch_matches(want: &str, have: &str) -> bool {
+    let norm = |a: &str| match a.to_ascii_lowercase().as_str() {
+        "amd64" | "x86_64" | "x64" => "x86_64".to_string(),
+        "arm64" | "aarch64" => "aarch64".to_string(),
+        other => other.to_string(),
+    };
+    norm(want) == norm(have)
+}
+
+/// `AggregateInstanceExtraSpecsFilter`: flavor extra specs without a
+/// scope, or scoped `aggregate_instance_extra_specs:`, must match the
+/// metadata of one of the host's aggregates.
+fn aggregate_specs_ok(specs: &BTreeMap<String, String>, aggs: &[&Aggregate]) -> bool {
+    for (k, v) in specs {
+        let key = match k.split_once(':') {
+            Some(("aggregate_instance_extra_specs", rest)) => rest,
+            Some(_) => continue,
+            None => k.as_str(),
+        };
+        let values: Vec<&str> = aggs
+            .iter()
+            .filter_map(|a| a.metadata.get(key))
+            .flat_map(|m| m.split(','))
+            .map(str::trim)
+            .collect();
+        let want = v.trim();
+        let want = want.strip_prefix("s== ").unwrap_or(want);
+        if !values.contains(&want) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Nova's `JsonFilter` query language: `["and", [">=", "$free_ram_mb",
+/// 1024], ...]` over the host's state.
+fn json_query(q: &Value, h: &HostState, state: &AppState) -> bool {
+    fn var(name: &str, h: &HostState, state: &AppState) -> Value {
+        let ram = h.free.get("MEMORY_MB").copied().unwrap_or(0);
+        let disk = h.free.get("DISK_GB").copied().unwrap_or(0);
+        let vcpu = h.free.get("VCPU").copied().unwrap_or(0);
+        let _ = state;
+        match name.trim_start_matches('$') {
+            "free_ram_mb" => json!(ram),
+            "free_disk_mb" => json!(disk * 1024),
+            "total_usable_ram_mb" | "memory_mb" => json!(h.node.memory_mb),
+            "vcpus_total" => json!(h.node.vcpus),
+            "vcpus_used" => json!(h.node.vcpus as u64 * 4 - vcpu.min(h.node.vcpus as u64 * 4)),
+            "host" => json!(h.node.id),
+            "hypervisor_type" => json!(h.node.hypervisor_type),
+            "zone" | "availability_zone" => json!(h.zone),
+            "num_aggregates" => json!(h.aggs.len()),
+            _ => Value::Null,
+        }
+    }
+    fn eval(q: &Value, h: &HostState, state: &AppState) -> Value {
+        match q {
+            Value::String(s) if s.starts_with('$') => var(s, h, state),
+            Value::Array(a) if !a.is_empty() => {
+                let op = a[0].as_str().unwrap_or("");
+                let args: Vec<Value> = a[1..].iter().map(|x| eval(x, h, state)).collect();
+                let num = |v: &Value| {
+                    v.as_f64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                };
+                let cmp = |f: fn(f64, f64) -> bool| -> Value {
+                    match (args.first().and_then(num), args.get(1).and_then(num)) {
+                        (Some(x), Some(y)) => json!(f(x, y)),
+                        _ => json!(false),
+                    }
+                };
+                match op {
+                    "=" | "==" => {
+                        json!(
+                            args.len() >= 2
+                                && args[1..].iter().any(|x| x == &args[0]
+                                    || num(x).is_some() && num(x) == num(&args[0]))
+                        )
+                    }
+                    "<" => cmp(|x, y| x < y),
+                    ">" => cmp(|x, y| x > y),
+                    "<=" => cmp(|x, y| x <= y),
+                    ">=" => cmp(|x, y| x >= y),
+                    "in" => json!(args.len() >= 2 && args[1..].contains(&args[0])),
+                    "not" => json!(!args.iter().all(|x| x.as_bool().unwrap_or(false))),
+                    "or" => json!(args.iter().any(|x| x.as_bool().unwrap_or(false))),
+                    "and" => json!(args.iter().all(|x| x.as_bool().unwrap_or(false))),
+                    _ => json!(false),
+                }
+            }
+            other => other.clone(),
+        }
+    }
+    eval(q, h, state).as_bool().unwrap_or(true)
+}

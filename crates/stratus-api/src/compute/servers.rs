@@ -1,0 +1,1483 @@
+//! Servers: create, list, show, update, delete, metadata, tags.
+//!
+//! A create checks the request (image, flavor, key, zone, group, quota),
+//! writes the servers in `building/scheduling` with the quota check in the
+//! same store transaction, answers 202 and hands the servers to the
+//! scheduler. Everything after that is driven by the node agent's reports
+//! (`nodes.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::Digest;
+use stratus_store::{Query as StoreQuery, Tx};
+
+use super::model::{ComputeNode, FlavorCopy, InstanceAction, Keypair, Server, ServerGroup};
+use super::quotas::{self, Resource};
+use super::states::{self, task, vm};
+use super::{Mv, body, flavors, links, next_link, paging, parse_bool, policy_denied};
+use crate::identity::policy::Ctx;
+use crate::image::model::{Image, status as image_status};
+use crate::middleware::RequestId;
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/servers", get(list).post(create))
+        .route("/servers/detail", get(list_detail))
+        .route("/servers/{id}", get(show).put(update).delete(delete))
+        .route(
+            "/servers/{id}/metadata",
+            get(meta_list).post(meta_merge).put(meta_replace),
+        )
+        .route(
+            "/servers/{id}/metadata/{key}",
+            get(meta_show).put(meta_set).delete(meta_delete),
+        )
+        .route(
+            "/servers/{id}/tags",
+            get(tags_list).put(tags_replace).delete(tags_clear),
+        )
+        .route(
+            "/servers/{id}/tags/{tag}",
+            get(tag_check).put(tag_add).delete(tag_delete),
+        )
+}
+
+/// Largest `user_data`, base64 (Nova's column size).
+const MAX_USER_DATA: usize = 65535;
+
+pub(crate) fn nova_time(us: i64) -> String {
+    let s = crate::timeutil::iso_us(us);
+    // `2026-11-22T12:00:00Z`: Nova shows seconds only.
+    format!("{}Z", &s[..19])
+}
+
+pub(crate) fn instance_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Instance {id} could not be found."),
+    )
+}
+
+/// A server the caller may see: its project's, or any for admins.
+pub(crate) fn fetch(state: &AppState, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
+    match state.store.get::<Server>(id)? {
+        Some(s) if ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()) => Ok(s),
+        _ => Err(instance_not_found(id)),
+    }
+}
+
+/// Readers of the project read; members change.
+pub(crate) fn require_member(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
+    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("member") {
+        Ok(())
+    } else {
+        Err(policy_denied(rule))
+    }
+}
+
+fn require_reader(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
+    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("reader") {
+        Ok(())
+    } else {
+        Err(policy_denied(rule))
+    }
+}
+
+/// A locked server refuses changes from anyone but admins.
+pub(crate) fn check_locked(ctx: &Ctx, s: &Server) -> Result<(), ApiError> {
+    if s.locked_by.is_some() && !ctx.is_admin() {
+        return Err(ApiError::conflict(format!("Instance {} is locked", s.id)));
+    }
+    Ok(())
+}
+
+/// Nova's `hostId`: sha224 of project id and host, so tenants can tell
+/// whether two of their servers share a host without learning its name.
+fn host_id(s: &Server) -> String {
+    match &s.host {
+        Some(h) => {
+            let d = sha2::Sha224::digest(format!("{}{h}", s.project_id).as_bytes());
+            d.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        None => String::new(),
+    }
+}
+
+fn host_status(state: &AppState, s: &Server) -> &'static str {
+    let Some(h) = &s.host else { return "" };
+    match state.store.get::<ComputeNode>(h) {
+        Ok(Some(n)) => {
+            if n.forced_down || !super::nodes::is_up(state, &n) {
+                "DOWN"
+            } else if n.disabled {
+                "MAINTENANCE"
+            } else {
+                "UP"
+            }
+        }
+        _ => "UNKNOWN",
+    }
+}
+
+pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
+    let base = &state.config.public_url;
+    let status = states::status(&s.vm_state, s.task_state.as_deref());
+    let image = if s.image_ref.is_empty() {
+        json!("")
+    } else {
+        json!({"id": s.image_ref, "links": [{"rel": "bookmark", "href": format!("{base}/compute/images/{}", s.image_ref)}]})
+    };
+    let mut v = json!({
+        "id": s.id,
+        "name": s.name,
+        "status": status,
+        "tenant_id": s.project_id,
+        "user_id": s.user_id,
+        "metadata": s.metadata,
+        "hostId": host_id(s),
+        "image": image,
+        "flavor": {"id": s.flavor.id, "links": [{"rel": "bookmark", "href": format!("{base}/compute/flavors/{}", s.flavor.id)}]},
+        "created": nova_time(s.created_us),
+        "updated": nova_time(s.updated_us),
+        "addresses": {},
+        "accessIPv4": s.access_ipv4,
+        "accessIPv6": s.access_ipv6,
+        "links": links(state, "servers", &s.id),
+        "key_name": s.key_name,
+        "config_drive": s.config_drive,
+        "OS-DCF:diskConfig": "MANUAL",
+        "OS-EXT-AZ:availability_zone": s.availability_zone.clone().unwrap_or_default(),
+        "OS-EXT-STS:task_state": s.task_state,
+        "OS-EXT-STS:vm_state": s.vm_state,
+        "OS-EXT-STS:power_state": s.power_state,
+        "OS-SRV-USG:launched_at": s.launched_us.map(crate::timeutil::iso_naive),
+        "OS-SRV-USG:terminated_at": null,
+        "os-extended-volumes:volumes_attached": [],
+    });
+    let o = v.as_object_mut().expect("object");
+    if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
+        o.insert(
+            "progress".into(),
+            json!(if status == "ACTIVE" { 100 } else { 0 }),
+        );
+    }
+    if let Some(f) = &s.fault
+        && matches!(s.vm_state.as_str(), vm::ERROR | vm::DELETED)
+    {
+        let mut fv =
+            json!({"code": f.code, "message": f.message, "created": nova_time(f.created_us)});
+        if ctx.is_admin() || f.code != 500 {
+            fv["details"] = json!(f.details);
+        }
+        o.insert("fault".into(), fv);
+    }
+    if ctx.is_admin() {
+        o.insert("OS-EXT-SRV-ATTR:host".into(), json!(s.host));
+        o.insert("OS-EXT-SRV-ATTR:hypervisor_hostname".into(), json!(s.node));
+        o.insert(
+            "OS-EXT-SRV-ATTR:instance_name".into(),
+            json!(format!("instance-{}", &s.id[..8.min(s.id.len())])),
+        );
+        if mv.at_least(3) {
+            o.insert(
+                "OS-EXT-SRV-ATTR:reservation_id".into(),
+                json!(s.reservation_id),
+            );
+            o.insert("OS-EXT-SRV-ATTR:launch_index".into(), json!(s.launch_index));
+            o.insert("OS-EXT-SRV-ATTR:hostname".into(), json!(s.hostname));
+            o.insert("OS-EXT-SRV-ATTR:kernel_id".into(), json!(""));
+            o.insert("OS-EXT-SRV-ATTR:ramdisk_id".into(), json!(""));
+            o.insert("OS-EXT-SRV-ATTR:root_device_name".into(), json!("/dev/vda"));
+            o.insert("OS-EXT-SRV-ATTR:user_data".into(), json!(s.user_data));
+        }
+    }
+    if mv.at_least(9) {
+        o.insert("locked".into(), json!(s.locked_by.is_some()));
+    }
+    if mv.at_least(16) && ctx.is_admin() {
+        o.insert("host_status".into(), json!(host_status(state, s)));
+    }
+    if mv.at_least(19) {
+        o.insert("description".into(), json!(s.description));
+    }
+    if mv.at_least(26) {
+        o.insert("tags".into(), json!(s.tags));
+    }
+    v
+}
+
+// ---- list ---------------------------------------------------------------------
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    listing(&state, &ctx, mv, &q, false)
+}
+
+async fn list_detail(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    listing(&state, &ctx, mv, &q, true)
+}
+
+/// A small regular-expression matcher for Nova's `name` filter (which is a
+/// Python `re.search`): literals, `.`, `*`, `^` and `$`.
+pub(crate) fn re_search(pattern: &str, text: &str) -> bool {
+    fn here(p: &[char], t: &[char]) -> bool {
+        match p {
+            [] => true,
+            ['$'] => t.is_empty(),
+            [c, '*', rest @ ..] => {
+                let mut t = t;
+                loop {
+                    if here(rest, t) {
+                        return true;
+                    }
+                    match t.first() {
+                        Some(x) if *c == '.' || c == x => t = &t[1..],
+                        _ => return false,
+                    }
+                }
+            }
+            [c, rest @ ..] => match t.first() {
+                Some(x) if *c == '.' || c == x => here(rest, &t[1..]),
+                _ => false,
+            },
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    if let Some(rest) = p.strip_prefix(&['^']) {
+        return here(rest, &t);
+    }
+    (0..=t.len()).any(|i| here(&p, &t[i..]))
+}
+
+fn listing(
+    state: &AppState,
+    ctx: &Ctx,
+    mv: Mv,
+    pairs: &[(String, String)],
+    detail: bool,
+) -> Result<Response, ApiError> {
+    require_reader(ctx, "os_compute_api:servers:index")?;
+    let mut q: HashMap<String, String> = HashMap::new();
+    let mut multi: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in pairs {
+        q.insert(k.clone(), v.clone());
+        multi.entry(k.clone()).or_default().push(v.clone());
+    }
+    let all_tenants = ctx.is_admin()
+        && q.get("all_tenants")
+            .is_some_and(|v| v.is_empty() || parse_bool(&json!(v)).unwrap_or(true));
+    let project_filter = if all_tenants {
+        q.get("project_id").or(q.get("tenant_id")).cloned()
+    } else {
+        Some(
+            ctx.project_id()
+                .ok_or_else(|| policy_denied("os_compute_api:servers:index"))?
+                .to_string(),
+        )
+    };
+    let mut servers = match &project_filter {
+        Some(p) => state.store.list::<Server>(&StoreQuery::owner(p))?,
+        None => state.store.list::<Server>(&StoreQuery::all())?,
+    };
+    let statuses: Option<Vec<&str>> = match multi.get("status") {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for st in list {
+                match states::vm_states_for(st) {
+                    Some(v) => out.extend_from_slice(v),
+                    None if ctx.is_admin() => {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid server status: {st}"
+                        )));
+                    }
+                    // Nova returns an empty list to non-admins.
+                    None => out.push("__none__"),
+                }
+            }
+            Some(out)
+        }
+    };
+    let changes_since = match q.get("changes-since") {
+        Some(t) => Some(crate::timeutil::parse_iso(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for query parameters changes-since. Value: {t}. It is not a valid date-time"
+            ))
+        })?),
+        None => None,
+    };
+    let tag_list = |k: &str| -> Option<Vec<String>> {
+        if !mv.at_least(26) {
+            return None;
+        }
+        q.get(k)
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+    };
+    let (tags, tags_any, not_tags, not_tags_any) = (
+        tag_list("tags"),
+        tag_list("tags-any"),
+        tag_list("not-tags"),
+        tag_list("not-tags-any"),
+    );
+    servers.retain(|s| {
+        let ok_status = statuses
+            .as_ref()
+            .is_none_or(|st| st.contains(&s.vm_state.as_str()));
+        let ok_name = q.get("name").is_none_or(|n| re_search(n, &s.name));
+        let ok_image = q
+            .get("image")
+            .is_none_or(|i| i.rsplit('/').next().unwrap_or(i) == s.image_ref);
+        let ok_flavor = q
+            .get("flavor")
+            .is_none_or(|f| f.rsplit('/').next().unwrap_or(f) == s.flavor.id);
+        let ok_res = q
+            .get("reservation_id")
+            .is_none_or(|r| r == &s.reservation_id);
+        let ok_changes = changes_since.is_none_or(|t| s.updated_us >= t);
+        let admin_only = |k: &str, v: Option<&str>| -> bool {
+            match q.get(k) {
+                Some(x) if ctx.is_admin() => v == Some(x.as_str()),
+                _ => true,
+            }
+        };
+        let ok_host = admin_only("host", s.host.as_deref());
+        let ok_node = admin_only("node", s.node.as_deref());
+        let ok_user = admin_only("user_id", Some(&s.user_id));
+        let ok_vm = admin_only("vm_state", Some(&s.vm_state));
+        let ok_task = admin_only("task_state", s.task_state.as_deref());
+        let ok_az = q
+            .get("availability_zone")
+            .is_none_or(|z| s.availability_zone.as_deref() == Some(z.as_str()));
+        let ok_key = q
+            .get("key_name")
+            .is_none_or(|k| s.key_name.as_deref() == Some(k.as_str()));
+        let ok_tags = tags
+            .as_ref()
+            .is_none_or(|t| t.iter().all(|x| s.tags.contains(x)));
+        let ok_tags_any = tags_any
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| s.tags.contains(x)));
+        let ok_not_tags = not_tags
+            .as_ref()
+            .is_none_or(|t| !t.iter().all(|x| s.tags.contains(x)));
+        let ok_not_any = not_tags_any
+            .as_ref()
+            .is_none_or(|t| !t.iter().any(|x| s.tags.contains(x)));
+        ok_status
+            && ok_name
+            && ok_image
+            && ok_flavor
+            && ok_res
+            && ok_changes
+            && ok_host
+            && ok_node
+            && ok_user
+            && ok_vm
+            && ok_task
+            && ok_az
+            && ok_key
+            && ok_tags
+            && ok_tags_any
+            && ok_not_tags
+            && ok_not_any
+    });
+    // Sorting: Nova's default is created_at desc, then id desc.
+    let keys: Vec<String> = multi
+        .get("sort_key")
+        .cloned()
+        .unwrap_or_else(|| vec!["created_at".into()]);
+    let dirs: Vec<String> = multi.get("sort_dir").cloned().unwrap_or_default();
+    for (i, k) in keys.iter().enumerate().rev() {
+        let desc = match dirs.get(i).map(String::as_str) {
+            None | Some("desc") => true,
+            Some("asc") => false,
+            Some(d) => {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input for query parameters sort_dir. Value: {d}. It is not one of ['asc', 'desc']"
+                )));
+            }
+        };
+        let key = k.as_str();
+        let valid = [
+            "created_at",
+            "updated_at",
+            "display_name",
+            "name",
+            "uuid",
+            "id",
+            "vm_state",
+            "task_state",
+            "power_state",
+            "host",
+            "node",
+            "availability_zone",
+            "key_name",
+            "project_id",
+            "user_id",
+            "launched_at",
+            "image_ref",
+            "instance_type_id",
+            "memory_mb",
+            "vcpus",
+            "root_gb",
+            "hostname",
+            "display_description",
+            "locked",
+            "launch_index",
+            "reservation_id",
+            "config_drive",
+            "access_ip_v4",
+            "access_ip_v6",
+            "progress",
+            "terminated_at",
+            "ephemeral_gb",
+            "kernel_id",
+            "ramdisk_id",
+            "root_device_name",
+            "os_type",
+            "architecture",
+            "auto_disk_config",
+        ];
+        if !valid.contains(&key) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for query parameters sort_key. Value: {key}."
+            )));
+        }
+        servers.sort_by(|a, b| {
+            let o = match key {
+                "display_name" | "name" => a.name.cmp(&b.name),
+                "uuid" | "id" => a.id.cmp(&b.id),
+                "updated_at" => a.updated_us.cmp(&b.updated_us),
+                "vm_state" => a.vm_state.cmp(&b.vm_state),
+                "host" => a.host.cmp(&b.host),
+                "memory_mb" => a.flavor.ram.cmp(&b.flavor.ram),
+                "vcpus" => a.flavor.vcpus.cmp(&b.flavor.vcpus),
+                _ => a.created_us.cmp(&b.created_us).then(a.id.cmp(&b.id)),
+            };
+            if desc { o.reverse() } else { o }
+        });
+    }
+    let (limit, marker) = paging(&q)?;
+    if let Some(m) = &marker
+        && !servers.iter().any(|s| &s.id == m)
+    {
+        return Err(ApiError::bad_request(format!("marker [{m}] not found")));
+    }
+    let items = super::page(servers, limit, marker.as_deref(), |s| &s.id)?;
+    let rendered: Vec<Value> = items
+        .iter()
+        .map(|s| {
+            if detail {
+                render(state, ctx, mv, s)
+            } else {
+                json!({"id": s.id, "name": s.name, "links": links(state, "servers", &s.id)})
+            }
+        })
+        .collect();
+    let mut out = json!({"servers": rendered});
+    let path = if detail { "servers/detail" } else { "servers" };
+    if let Some(l) = next_link(
+        state,
+        path,
+        &q,
+        limit,
+        items.last().map(|s| s.id.as_str()),
+        items.len(),
+    ) {
+        out["servers_links"] = l;
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_reader(&ctx, "os_compute_api:servers:show")?;
+    let s = fetch(&state, &ctx, &id)?;
+    Ok(axum::Json(json!({"server": render(&state, &ctx, mv, &s)})))
+}
+
+// ---- create -------------------------------------------------------------------
+
+fn bad_field(field: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("Invalid input for field/attribute {field}. {why}"))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.trim() == s && s.chars().all(|c| !c.is_control())
+}
+
+/// Metadata as Nova validates it: string keys 1-255, string values up to
+/// 255.
+pub(crate) fn parse_metadata(v: &Value, field: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad_field(field, format!("Value: {v}. {v} is not of type 'object'")))?;
+    let mut out = BTreeMap::new();
+    for (k, val) in o {
+        if k.is_empty() || k.len() > 255 {
+            return Err(bad_field(
+                field,
+                format!("Key '{k}' must be 1 to 255 characters"),
+            ));
+        }
+        let s = val.as_str().ok_or_else(|| {
+            bad_field(
+                field,
+                format!("Value: {val}. {val} is not of type 'string'"),
+            )
+        })?;
+        if s.len() > 255 {
+            return Err(bad_field(
+                field,
+                format!("The value of '{k}' is longer than 255 characters"),
+            ));
+        }
+        out.insert(k.clone(), s.to_string());
+    }
+    Ok(out)
+}
+
+fn hostname_of(name: &str) -> String {
+    let mut h: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    h = h.trim_matches('-').to_string();
+    h.truncate(63);
+    if h.is_empty() { "server".into() } else { h }
+}
+
+/// The image a server boots from: it must exist, be visible to the
+/// caller and be active.
+fn boot_image(state: &AppState, ctx: &Ctx, id: &str) -> Result<Image, ApiError> {
+    let img = match state.store.get::<Image>(id)? {
+        Some(i) if crate::image::visible(state, ctx, &i)? => i,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Image {id} could not be found."
+            )));
+        }
+    };
+    if img.status != image_status::ACTIVE {
+        return Err(ApiError::bad_request(format!("Image {id} is not active.")));
+    }
+    Ok(img)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    axum::Extension(req_id): axum::Extension<RequestId>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    require_member(&ctx, "os_compute_api:servers:create")?;
+    let project = ctx
+        .project_id()
+        .ok_or_else(|| policy_denied("os_compute_api:servers:create"))?
+        .to_string();
+    let b = body(&raw)?;
+    let o = b
+        .get("server")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad_field("server", "'server' is a required property"))?;
+    let name = o
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_field("name", "'name' is a required property and must be a string"))?;
+    if !valid_name(name) {
+        return Err(bad_field(
+            "name",
+            format!(
+                "Value: {name}. Names must be 1-255 characters without leading or trailing whitespace"
+            ),
+        ));
+    }
+    // flavor
+    let flavor_ref = match o.get("flavorRef") {
+        Some(Value::String(s)) if !s.is_empty() => s.rsplit('/').next().unwrap_or(s).to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(bad_field("flavorRef", "'flavorRef' is a required property")),
+    };
+    let flavor = flavors::fetch_visible(&state, &ctx, &flavor_ref)
+        .map_err(|_| ApiError::bad_request(format!("Flavor {flavor_ref} could not be found.")))?;
+    if flavor.disabled {
+        return Err(ApiError::bad_request("Flavor is disabled."));
+    }
+    // image
+    let image_ref = match o.get("imageRef") {
+        Some(Value::String(s)) => s.rsplit('/').next().unwrap_or(s).to_string(),
+        None => String::new(),
+        Some(v) => {
+            return Err(bad_field(
+                "imageRef",
+                format!("Value: {v}. It is not a string"),
+            ));
+        }
+    };
+    // Block devices: only the image-backed local root disk (what the CLI
+    // sends with --image) and blank local disks are possible without a
+    // volume service.
+    let mut image_ref = image_ref;
+    for key in ["block_device_mapping_v2", "block_device_mapping"] {
+        let Some(list) = o.get(key) else { continue };
+        let list = list
+            .as_array()
+            .ok_or_else(|| bad_field(key, "It must be a list"))?;
+        for b in list {
+            let src = b.get("source_type").and_then(Value::as_str).unwrap_or("");
+            let dst = b
+                .get("destination_type")
+                .and_then(Value::as_str)
+                .unwrap_or("local");
+            match (src, dst) {
+                ("image", "local") => {
+                    if image_ref.is_empty()
+                        && let Some(u) = b.get("uuid").and_then(Value::as_str)
+                    {
+                        image_ref = u.to_string();
+                    }
+                }
+                ("blank", "local") => {}
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "Block device mapping {src} -> {dst} is not supported: this cloud has no volume service yet."
+                    )));
+                }
+            }
+        }
+    }
+    if image_ref.is_empty() {
+        return Err(bad_field(
+            "imageRef",
+            "An image is required to boot a server.",
+        ));
+    }
+    if uuid::Uuid::parse_str(&image_ref).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "Invalid imageRef provided: {image_ref} is not a UUID."
+        )));
+    }
+    let image = boot_image(&state, &ctx, &image_ref)?;
+    if image.min_ram > flavor.ram {
+        return Err(ApiError::bad_request(
+            "Flavor's memory is too small for requested image.",
+        ));
+    }
+    if flavor.disk > 0 {
+        if image.min_disk > flavor.disk {
+            return Err(ApiError::bad_request(
+                "Flavor's disk is too small for requested image.",
+            ));
+        }
+        let size = image.size.unwrap_or(0).max(image.virtual_size.unwrap_or(0));
+        if size > flavor.disk * 1024 * 1024 * 1024 {
+            return Err(ApiError::bad_request(format!(
+                "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {size} bytes.",
+                flavor.disk * 1024 * 1024 * 1024
+            )));
+        }
+    }
+    // key pair
+    let (key_name, key_data) = match o.get("key_name") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::String(k)) => {
+            let kp = state
+                .store
+                .get::<Keypair>(&Keypair::key(ctx.user_id(), k))?
+                .ok_or_else(|| ApiError::bad_request("Invalid key_name provided."))?;
+            (Some(kp.name), Some(kp.public_key))
+        }
+        Some(v) => {
+            return Err(bad_field(
+                "key_name",
+                format!("Value: {v}. It is not a string"),
+            ));
+        }
+    };
+    // user data
+    let user_data = match o.get("user_data") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) => {
+            if u.len() > MAX_USER_DATA {
+                return Err(bad_field(
+                    "user_data",
+                    format!(
+                        "The user data is {} bytes of base64; the most allowed is {MAX_USER_DATA}",
+                        u.len()
+                    ),
+                ));
+            }
+            if base64::engine::general_purpose::STANDARD.decode(u).is_err() {
+                return Err(bad_field(
+                    "user_data",
+                    "User data needs to be valid base 64.",
+                ));
+            }
+            Some(u.clone())
+        }
+        Some(v) => {
+            return Err(bad_field(
+                "user_data",
+                format!("Value: {v}. It is not a string"),
+            ));
+        }
+    };
+    let metadata = match o.get("metadata") {
+        None => BTreeMap::new(),
+        Some(v) => parse_metadata(v, "metadata")?,
+    };
+    // networks: required from 2.37 ("auto", "none" or a list).
+    if mv.at_least(37) {
+        match o.get("networks") {
+            Some(Value::String(s)) if s == "auto" || s == "none" => {}
+            Some(Value::Array(_)) => {}
+            Some(v) => {
+                return Err(bad_field(
+                    "networks",
+                    format!("Value: {v}. It is not one of 'auto', 'none' or a list of networks"),
+                ));
+            }
+            None => return Err(bad_field("server", "'networks' is a required property")),
+        }
+    }
+    if let Some(Value::Array(nets)) = o.get("networks")
+        && !nets.is_empty()
+    {
+        return Err(ApiError::bad_request(
+            "Requested networks are not available: this cloud has no network service yet; use \"networks\": \"none\" or \"auto\".",
+        ));
+    }
+    let description = match o.get("description") {
+        None | Some(Value::Null) => None,
+        Some(_) if !mv.at_least(19) => {
+            return Err(bad_field(
+                "server",
+                "Additional properties are not allowed ('description' was unexpected)",
+            ));
+        }
+        Some(Value::String(d)) if d.len() <= 255 => Some(d.clone()),
+        Some(v) => {
+            return Err(bad_field(
+                "description",
+                format!("Value: {v}. It must be a string of at most 255 characters"),
+            ));
+        }
+    };
+    let access_ipv4 = o
+        .get("accessIPv4")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !access_ipv4.is_empty() && access_ipv4.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(bad_field(
+            "accessIPv4",
+            format!("Value: {access_ipv4}. It is not a valid IPv4 address"),
+        ));
+    }
+    let access_ipv6 = o
+        .get("accessIPv6")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !access_ipv6.is_empty() && access_ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(bad_field(
+            "accessIPv6",
+            format!("Value: {access_ipv6}. It is not a valid IPv6 address"),
+        ));
+    }
+    let count = |k: &str| -> Result<Option<u32>, ApiError> {
+        match o.get(k) {
+            None => Ok(None),
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|n| *n >= 1 && *n <= 1000)
+                    .ok_or_else(|| {
+                        bad_field(
+                            k,
+                            format!("Value: {v}. It must be an integer of at least 1"),
+                        )
+                    })?;
+                Ok(Some(n as u32))
+            }
+        }
+    };
+    let min_count = count("min_count")?.unwrap_or(1);
+    let max_count = count("max_count")?.unwrap_or(min_count);
+    if min_count > max_count {
+        return Err(ApiError::bad_request("min_count must be <= max_count"));
+    }
+    let return_rid = o
+        .get("return_reservation_id")
+        .map(|v| parse_bool(v).unwrap_or(false))
+        .unwrap_or(false);
+    // zone
+    let requested_az = match o.get("availability_zone") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(z)) if z.is_empty() => None,
+        Some(Value::String(z)) => Some(z.clone()),
+        Some(v) => {
+            return Err(bad_field(
+                "availability_zone",
+                format!("Value: {v}. It is not a string"),
+            ));
+        }
+    };
+    let (requested_az, forced_host) = match &requested_az {
+        Some(z) if z.contains(':') => {
+            if !ctx.is_admin() {
+                return Err(policy_denied("os_compute_api:servers:create:forced_host"));
+            }
+            let mut it = z.splitn(3, ':');
+            let zone = it.next().unwrap_or("").to_string();
+            let host = it.next().unwrap_or("").to_string();
+            (
+                if zone.is_empty() { None } else { Some(zone) },
+                if host.is_empty() { None } else { Some(host) },
+            )
+        }
+        other => (other.clone(), None),
+    };
+    if let Some(z) = &requested_az
+        && !super::nodes::zone_exists(&state, z)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "The requested availability zone is not available: {z}"
+        )));
+    }
+    // scheduler hints
+    let hints = b
+        .get("os:scheduler_hints")
+        .or(b.get("OS-SCH-HNT:scheduler_hints"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if !hints.is_object() {
+        return Err(bad_field("os:scheduler_hints", "It must be an object"));
+    }
+    let group = match hints.get("group") {
+        None => None,
+        Some(Value::String(g)) => {
+            let grp = state
+                .store
+                .get::<ServerGroup>(g)?
+                .filter(|grp| ctx.is_admin() || grp.project_id == project)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("Invalid server group {g}: it does not exist"))
+                })?;
+            Some(grp.id)
+        }
+        Some(v) => {
+            return Err(bad_field(
+                "group",
+                format!("Value: {v}. It is not a string"),
+            ));
+        }
+    };
+    if let Some(Value::String(qs)) = hints.get("query")
+        && serde_json::from_str::<Value>(qs).is_err()
+    {
+        return Err(bad_field("query", "The JSON query hint is not valid JSON"));
+    }
+    let mut hints = hints;
+    if let Some(h) = forced_host {
+        hints["_forced_host"] = json!(h);
+    }
+
+    // Quota and records in one transaction.
+    let now = now_us();
+    let rid = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let copy = FlavorCopy {
+        id: flavor.id.clone(),
+        name: flavor.name.clone(),
+        ram: flavor.ram,
+        vcpus: flavor.vcpus,
+        disk: flavor.disk,
+        ephemeral: flavor.ephemeral,
+        swap: flavor.swap,
+        extra_specs: flavor.extra_specs.clone(),
+    };
+    let user = ctx.user_id().to_string();
+    let made: Vec<Server> = state.store.write(|tx| {
+        let limits = quotas::limits_tx(tx, &project, Some(&user))?;
+        let used = quotas::usage_tx(tx, &project, None, &user)?;
+        let meta_limit = limits.get("metadata_items").copied().unwrap_or(-1);
+        if meta_limit >= 0 && metadata.len() as i64 > meta_limit {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("Quota exceeded for metadata_items: Requested {}, but already used 0 of {meta_limit} metadata_items", metadata.len()),
+            ));
+        }
+        // As many as the quota allows, between min_count and max_count.
+        let fits = |n: i64| -> Vec<(&'static str, i64, i64, i64)> {
+            let mut over = Vec::new();
+            for (r, per) in [
+                (Resource::Instances, 1i64),
+                (Resource::Cores, copy.vcpus as i64),
+                (Resource::Ram, copy.ram as i64),
+            ] {
+                let lim = limits.get(r.key()).copied().unwrap_or(-1);
+                let u = used.get(r.key());
+                if lim >= 0 && u + per * n > lim {
+                    over.push((r.key(), per * n, u, lim));
+                }
+            }
+            over
+        };
+        let mut n = max_count as i64;
+        while n > min_count as i64 && !fits(n).is_empty() {
+            n -= 1;
+        }
+        let over = fits(n);
+        if !over.is_empty() {
+            return Err(quotas::exceeded(&over));
+        }
+        if let Some(g) = &group {
+            let grp = tx.fetch::<ServerGroup>(g)?;
+            let lim = quotas::limit_tx(tx, &project, Some(&user), Resource::ServerGroupMembers)?;
+            if lim >= 0 && grp.members.len() as i64 + n > lim {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Quota exceeded, too many servers in group",
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        for i in 0..n {
+            let id = uuid::Uuid::new_v4().to_string();
+            let sname = if n > 1 {
+                format!("{name}-{}", i + 1)
+            } else {
+                name.to_string()
+            };
+            let s = Server {
+                id: id.clone(),
+                hostname: hostname_of(&sname),
+                name: sname,
+                project_id: project.clone(),
+                user_id: user.clone(),
+                image_ref: image_ref.clone(),
+                flavor: copy.clone(),
+                key_name: key_name.clone(),
+                key_data: key_data.clone(),
+                user_data: user_data.clone(),
+                metadata: metadata.clone(),
+                requested_az: requested_az.clone(),
+                availability_zone: requested_az.clone(),
+                host: None,
+                node: None,
+                vm_state: vm::BUILDING.into(),
+                task_state: Some(task::SCHEDULING.into()),
+                power_state: states::power::NOSTATE,
+                locked_by: None,
+                description: description.clone(),
+                tags: vec![],
+                access_ipv4: access_ipv4.clone(),
+                access_ipv6: access_ipv6.clone(),
+                reservation_id: rid.clone(),
+                launch_index: i as u32,
+                config_drive: String::new(),
+                created_us: now,
+                updated_us: now,
+                launched_us: None,
+                fault: None,
+                hints: hints.clone(),
+                server_group: group.clone(),
+                tried_hosts: vec![],
+                generation: 1,
+            };
+            tx.insert(&s)?;
+            quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;
+            record_action(tx, &s, "create", &ctx, &req_id.0)?;
+            if let Some(g) = &group {
+                let mut grp = tx.fetch::<ServerGroup>(g)?;
+                grp.members.push(id.clone());
+                tx.update(&grp)?;
+            }
+            out.push(s);
+        }
+        Ok(out)
+    })?;
+    let ids: Vec<String> = made.iter().map(|s| s.id.clone()).collect();
+    super::scheduler::submit(&state, ids);
+    if return_rid {
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"reservation_id": rid})),
+        )
+            .into_response());
+    }
+    let s = &made[0];
+    let admin_pass: String = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let mut v = json!({
+        "id": s.id,
+        "links": links(&state, "servers", &s.id),
+        "OS-DCF:diskConfig": "MANUAL",
+        "adminPass": admin_pass,
+    });
+    if !matches!(o.get("networks"), Some(Value::String(n)) if n == "none") {
+        v["security_groups"] = json!([{"name": "default"}]);
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
+}
+
+/// Starts an `os-instance-actions` record for a request on a server.
+pub(crate) fn record_action(
+    tx: &Tx,
+    s: &Server,
+    action: &str,
+    ctx: &Ctx,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    let now = now_us();
+    tx.upsert(&InstanceAction {
+        id: format!("{}/{request_id}", s.id),
+        server_id: s.id.clone(),
+        action: action.into(),
+        request_id: request_id.into(),
+        user_id: ctx.user_id().into(),
+        project_id: s.project_id.clone(),
+        start_us: now,
+        updated_us: now,
+        message: None,
+        events: vec![],
+    })?;
+    Ok(())
+}
+
+// ---- update and delete ----------------------------------------------------------
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_member(&ctx, "os_compute_api:servers:update")?;
+    let b = body(&raw)?;
+    let o = b
+        .get("server")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad_field("server", "'server' is a required property"))?;
+    let mut allowed = vec!["name", "accessIPv4", "accessIPv6", "OS-DCF:diskConfig"];
+    if mv.at_least(19) {
+        allowed.push("description");
+    }
+    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad_field(
+            "server",
+            format!("Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    let s = state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(&id)?
+            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
+            .ok_or_else(|| instance_not_found(&id))?;
+        if let Some(n) = o.get("name") {
+            let n = n.as_str().filter(|n| valid_name(n)).ok_or_else(|| {
+                bad_field("name", format!("Value: {n}. Names must be 1-255 characters without leading or trailing whitespace"))
+            })?;
+            s.name = n.to_string();
+        }
+        if let Some(d) = o.get("description") {
+            s.description = match d {
+                Value::Null => None,
+                Value::String(d) if d.len() <= 255 => Some(d.clone()),
+                v => return Err(bad_field("description", format!("Value: {v}. It must be a string of at most 255 characters"))),
+            };
+        }
+        if let Some(ip) = o.get("accessIPv4") {
+            let ip = ip.as_str().unwrap_or("");
+            if !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(bad_field("accessIPv4", format!("Value: {ip}. It is not a valid IPv4 address")));
+            }
+            s.access_ipv4 = ip.into();
+        }
+        if let Some(ip) = o.get("accessIPv6") {
+            let ip = ip.as_str().unwrap_or("");
+            if !ip.is_empty() && ip.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad_field("accessIPv6", format!("Value: {ip}. It is not a valid IPv6 address")));
+            }
+            s.access_ipv6 = ip.into();
+        }
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        Ok(s)
+    })?;
+    Ok(axum::Json(json!({"server": render(&state, &ctx, mv, &s)})))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    axum::Extension(req_id): axum::Extension<RequestId>,
+) -> Result<StatusCode, ApiError> {
+    require_member(&ctx, "os_compute_api:servers:delete")?;
+    let s = fetch(&state, &ctx, &id)?;
+    check_locked(&ctx, &s)?;
+    super::actions::request_delete(&state, &ctx, &s.id, &req_id.0)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- metadata ---------------------------------------------------------------------
+
+async fn meta_list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_reader(&ctx, "os_compute_api:server-metadata:index")?;
+    let s = fetch(&state, &ctx, &id)?;
+    Ok(axum::Json(json!({"metadata": s.metadata})))
+}
+
+async fn meta_show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_reader(&ctx, "os_compute_api:server-metadata:show")?;
+    let s = fetch(&state, &ctx, &id)?;
+    match s.metadata.get(&key) {
+        Some(v) => Ok(axum::Json(json!({"meta": {key: v}}))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Metadata item was not found",
+        )),
+    }
+}
+
+/// Applies a metadata change with the quota check, in one transaction.
+fn change_meta(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    f: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), ApiError>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    require_member(ctx, "os_compute_api:server-metadata:update")?;
+    state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(id)?
+            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
+            .ok_or_else(|| instance_not_found(id))?;
+        check_locked(ctx, &s)?;
+        if s.task_state.as_deref() == Some(task::DELETING) {
+            return Err(ApiError::conflict(format!(
+                "Cannot 'update metadata' instance {id} while it is in task_state deleting"
+            )));
+        }
+        f(&mut s.metadata)?;
+        let lim = quotas::limit_tx(tx, &s.project_id, None, Resource::MetadataItems)?;
+        if lim >= 0 && s.metadata.len() as i64 > lim {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Quota exceeded for metadata_items: Requested {}, but already used 0 of {lim} metadata_items",
+                    s.metadata.len()
+                ),
+            ));
+        }
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        Ok(s.metadata)
+    })
+}
+
+fn meta_body(raw: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
+    let b = body(raw)?;
+    let m = b
+        .get("metadata")
+        .ok_or_else(|| bad_field("metadata", "'metadata' is a required property"))?;
+    parse_metadata(m, "metadata")
+}
+
+async fn meta_merge(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let new = meta_body(&raw)?;
+    let m = change_meta(&state, &ctx, &id, |m| {
+        m.extend(new);
+        Ok(())
+    })?;
+    Ok(axum::Json(json!({"metadata": m})))
+}
+
+async fn meta_replace(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let new = meta_body(&raw)?;
+    let m = change_meta(&state, &ctx, &id, |m| {
+        *m = new;
+        Ok(())
+    })?;
+    Ok(axum::Json(json!({"metadata": m})))
+}
+
+async fn meta_set(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((id, key)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let b = body(&raw)?;
+    let meta = parse_metadata(
+        b.get("meta")
+            .ok_or_else(|| bad_field("meta", "'meta' is a required property"))?,
+        "meta",
+    )?;
+    if meta.len() != 1 {
+        return Err(ApiError::bad_request(
+            "Request body contains too many items",
+        ));
+    }
+    let (k, v) = meta.into_iter().next().expect("one item");
+    if k != key {
+        return Err(ApiError::bad_request("Request body and URI mismatch"));
+    }
+    change_meta(&state, &ctx, &id, |m| {
+        m.insert(k.clone(), v.clone());
+        Ok(())
+    })?;
+    Ok(axum::Json(json!({"meta": {k: v}})))
+}
+
+async fn meta_delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    change_meta(&state, &ctx, &id, |m| {
+        m.remove(&key)
+            .map(|_| ())
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Metadata item was not found"))
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- tags (2.26) --------------------------------------------------------------------
+
+fn tags_version(mv: Mv) -> Result<(), ApiError> {
+    if mv.at_least(26) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ))
+    }
+}
+
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 60 && !t.contains(',') && !t.contains('/')
+}
+
+fn change_tags(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    f: impl FnOnce(&mut Vec<String>) -> Result<(), ApiError>,
+) -> Result<Vec<String>, ApiError> {
+    require_member(ctx, "os_compute_api:os-server-tags:update")?;
+    state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(id)?
+            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
+            .ok_or_else(|| instance_not_found(id))?;
+        f(&mut s.tags)?;
+        if s.tags.len() > 50 {
+            return Err(ApiError::bad_request(
+                "The number of tags exceeded the per-server limit 50",
+            ));
+        }
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        Ok(s.tags)
+    })
+}
+
+async fn tags_list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    tags_version(mv)?;
+    require_reader(&ctx, "os_compute_api:os-server-tags:index")?;
+    let s = fetch(&state, &ctx, &id)?;
+    Ok(axum::Json(json!({"tags": s.tags})))
+}
+
+async fn tags_replace(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    tags_version(mv)?;
+    let b = body(&raw)?;
+    let list: Vec<String> = b
+        .get("tags")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_field("tags", "'tags' is a required property"))?
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .filter(|t| valid_tag(t))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    bad_field(
+                        "tags",
+                        format!("Value: {t}. Tags are 1-60 characters without ',' or '/'"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let tags = change_tags(&state, &ctx, &id, |t| {
+        let mut l = list;
+        l.dedup();
+        *t = l;
+        Ok(())
+    })?;
+    Ok(axum::Json(json!({"tags": tags})))
+}
+
+async fn tags_clear(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    tags_version(mv)?;
+    change_tags(&state, &ctx, &id, |t| {
+        t.clear();
+        Ok(())
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tag_check(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, tag)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    tags_version(mv)?;
+    require_reader(&ctx, "os_compute_api:os-server-tags:show")?;
+    let s = fetch(&state, &ctx, &id)?;
+    if s.tags.contains(&tag) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Tag {tag} could not be found for instance {id}."),
+        ))
+    }
+}
+
+async fn tag_add(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, tag)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    tags_version(mv)?;
+    if !valid_tag(&tag) {
+        return Err(bad_field(
+            "tag",
+            format!("Value: {tag}. Tags are 1-60 characters without ',' or '/'"),
+        ));
+    }
+    let mut existed = false;
+    change_tags(&state, &ctx, &id, |t| {
+        existed = t.contains(&tag);
+        if !existed {
+            t.push(tag.clone());
+        }
+        Ok(())
+    })?;
+    if existed {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let loc = format!(
+        "{}/compute/v2.1/servers/{id}/tags/{tag}",
+        state.config.public_url
+    );
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, loc)]).into_response())
+}
+
+async fn tag_delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, tag)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    tags_version(mv)?;
+    change_tags(&state, &ctx, &id, |t| {
+        let before = t.len();
+        t.retain(|x| x != &tag);
+        if t.len() == before {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Tag {tag} could not be found for instance {id}."),
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::re_search;
+
+    #[test]
+    fn name_filter_is_a_regex_search() {
+        assert!(re_search("web", "my-web-1"));
+        assert!(re_search("^my", "my-web-1"));
+        assert!(!re_search("^web", "my-web-1"));
+        assert!(re_search("web-.$", "my-web-1"));
+        assert!(re_search("m.*1$", "my-web-1"));
+        assert!(!re_search("x", "my-web-1"));
+    }
+}

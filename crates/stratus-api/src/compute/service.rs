@@ -1,0 +1,589 @@
+//! Compute service logic shared by the handlers: configuration, change
+//! notification for agents, the heartbeat and the state machine driven by
+//! the agents' reports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+use stratus_store::{Query as StoreQuery, Tx};
+
+use super::model::{
+    ActionEvent, Aggregate, ComputeNode, Fault, InstanceAction, Server, ServerGroup,
+};
+use super::nodes::{Assignment, NodeReport, TaskReport, zone_of};
+use super::states::{power, task, vm};
+use crate::image::model::Image;
+use crate::placement::Inventory;
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+/// Which hosts the scheduler prefers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weigher {
+    /// Most free RAM first (Nova's default `ram_weight_multiplier` 1.0).
+    Spread,
+    /// Least free RAM first (a negative multiplier).
+    Pack,
+}
+
+/// What operators set in nova.conf, with Nova's defaults.
+#[derive(Debug, Clone)]
+pub struct ComputeConfig {
+    pub cpu_allocation_ratio: f64,
+    pub ram_allocation_ratio: f64,
+    pub disk_allocation_ratio: f64,
+    pub reserved_host_cpus: u64,
+    pub reserved_host_memory_mb: u64,
+    pub reserved_host_disk_mb: u64,
+    pub service_down_time_s: u64,
+    pub weigher: Weigher,
+    /// Builds tried per server (Nova's `max_attempts`).
+    pub max_attempts: usize,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            cpu_allocation_ratio: 4.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            reserved_host_cpus: 0,
+            reserved_host_memory_mb: 512,
+            reserved_host_disk_mb: 0,
+            service_down_time_s: 60,
+            weigher: Weigher::Spread,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Compute state held in [`crate::Inner`].
+pub struct Compute {
+    pub config: ComputeConfig,
+    /// Per host: bumped whenever its agent may have something new to do.
+    changes: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    /// Last heartbeat per host, kept in memory between record writes.
+    seen: Mutex<HashMap<String, i64>>,
+    /// Inventories last written to placement per host.
+    inventories: Mutex<HashMap<String, BTreeMap<String, Inventory>>>,
+}
+
+impl Compute {
+    pub fn new(config: ComputeConfig) -> Self {
+        Compute {
+            config,
+            changes: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            inventories: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The change channel of a host's agent.
+    pub fn channel(&self, host: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(1).0)
+            .subscribe()
+    }
+
+    /// Wakes the agent of `host`, if it waits for work.
+    pub fn notify(&self, host: Option<&str>) {
+        let Some(host) = host else { return };
+        if let Some(tx) = self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+        {
+            tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    pub fn last_seen(&self, host: &str) -> Option<i64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .copied()
+    }
+}
+
+/// Records a heartbeat: the node's record, its placement provider and
+/// inventories, and the power states it reports. Answers which reported
+/// workloads have no server (orphans) for the agent to reap or log.
+pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, ApiError> {
+    let now = now_us();
+    let cfg = &state.compute.config;
+    let existing = state.store.get::<ComputeNode>(host)?;
+    let changed = existing.as_ref().is_none_or(|n| {
+        n.vcpus != r.vcpus
+            || n.memory_mb != r.memory_mb
+            || n.disk_gb != r.disk_gb
+            || n.agent_url != r.agent_url
+            || n.agent_key != r.agent_key
+            || n.driver != r.driver
+            || now - n.last_seen_us > cfg.service_down_time_s as i64 * 1_000_000 / 3
+    });
+    let node = if changed {
+        state.store.write(|tx| {
+            let mut n = tx.get::<ComputeNode>(host)?.unwrap_or(ComputeNode {
+                id: host.to_string(),
+                seq: 0,
+                uuid: uuid::Uuid::new_v4().to_string(),
+                driver: String::new(),
+                vcpus: 0,
+                memory_mb: 0,
+                disk_gb: 0,
+                arch: String::new(),
+                hypervisor_type: String::new(),
+                hypervisor_version: 0,
+                cpu_model: String::new(),
+                host_ip: String::new(),
+                agent_url: None,
+                agent_key: None,
+                disabled: false,
+                disabled_reason: None,
+                forced_down: false,
+                last_seen_us: now,
+                created_us: now,
+                updated_us: now,
+            });
+            n.driver = r.driver.clone();
+            n.vcpus = r.vcpus;
+            n.memory_mb = r.memory_mb;
+            n.disk_gb = r.disk_gb;
+            n.arch = r.arch.clone();
+            n.hypervisor_type = r.hypervisor_type.clone();
+            n.hypervisor_version = r.hypervisor_version;
+            n.cpu_model = r.cpu_model.clone();
+            n.host_ip = r.host_ip.clone();
+            n.agent_url = r.agent_url.clone();
+            n.agent_key = r.agent_key.clone();
+            n.last_seen_us = now;
+            n.updated_us = now;
+            if n.seq == 0 {
+                n.seq = tx.insert(&n)?;
+            }
+            tx.upsert(&n)?;
+            Ok::<_, ApiError>(n)
+        })?
+    } else {
+        existing.expect("checked above")
+    };
+    state
+        .compute
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(host.to_string(), now);
+
+    // Placement: one provider per node with its inventories.
+    let mut inv = BTreeMap::new();
+    inv.insert(
+        "VCPU".to_string(),
+        Inventory {
+            total: r.vcpus as u64,
+            reserved: cfg.reserved_host_cpus,
+            min_unit: 1,
+            max_unit: r.vcpus as u64,
+            step_size: 1,
+            allocation_ratio: cfg.cpu_allocation_ratio,
+        },
+    );
+    inv.insert(
+        "MEMORY_MB".to_string(),
+        Inventory {
+            total: r.memory_mb,
+            reserved: cfg.reserved_host_memory_mb.min(r.memory_mb),
+            min_unit: 1,
+            max_unit: r.memory_mb,
+            step_size: 1,
+            allocation_ratio: cfg.ram_allocation_ratio,
+        },
+    );
+    if r.disk_gb > 0 {
+        inv.insert(
+            "DISK_GB".to_string(),
+            Inventory {
+                total: r.disk_gb,
+                reserved: cfg.reserved_host_disk_mb.div_ceil(1024).min(r.disk_gb),
+                min_unit: 1,
+                max_unit: r.disk_gb,
+                step_size: 1,
+                allocation_ratio: cfg.disk_allocation_ratio,
+            },
+        );
+    }
+    let same = state
+        .compute
+        .inventories
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(host)
+        .is_some_and(|old| inv_eq(old, &inv));
+    if !same {
+        state
+            .placement
+            .ensure_provider(&node.uuid, host)
+            .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+        state
+            .placement
+            .set_inventories(&node.uuid, &inv)
+            .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+        let mut traits = vec!["COMPUTE_NODE".to_string()];
+        if node.arch == "x86_64" {
+            traits.push("HW_ARCH_X86_64".into());
+        } else if node.arch == "aarch64" {
+            traits.push("HW_ARCH_AARCH64".into());
+        }
+        let _ = state.placement.set_traits(&node.uuid, &traits);
+        state
+            .compute
+            .inventories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string(), inv);
+    }
+
+    // Power states, as Nova's `_sync_power_states` does: a workload that
+    // stopped by itself is SHUTOFF; one running although it should not is
+    // stopped again.
+    let servers = state.store.list::<Server>(&StoreQuery::parent(host))?;
+    let mut touched = false;
+    for s in &servers {
+        if s.task_state.is_some() {
+            continue;
+        }
+        let seen = r.instances.get(&s.id).copied();
+        let actual = seen.map(|i| i.power_state).unwrap_or(power::NOSTATE);
+        // A workload the agent has not caught up with says nothing yet.
+        if seen.is_some_and(|i| i.generation != s.generation) {
+            continue;
+        }
+        let fix = match s.vm_state.as_str() {
+            // Agents restart what should run when they start; at other
+            // times a stopped workload means the guest shut down.
+            vm::ACTIVE if actual != power::RUNNING && !r.starting => Some((vm::STOPPED, None)),
+            vm::STOPPED if actual == power::RUNNING => {
+                Some((vm::STOPPED, Some(task::POWERING_OFF)))
+            }
+            _ => None,
+        };
+        if fix.is_some() || s.power_state != actual {
+            state.store.write(|tx| {
+                let Some(mut cur) = tx.get::<Server>(&s.id)? else {
+                    return Ok::<_, ApiError>(());
+                };
+                if cur.task_state.is_some() || cur.generation != s.generation {
+                    return Ok(());
+                }
+                cur.power_state = actual;
+                if let Some((v, t)) = fix {
+                    tracing::info!(server = %cur.id, host, from = %cur.vm_state, to = v, power = actual, "power state sync");
+                    cur.vm_state = v.into();
+                    cur.task_state = t.map(str::to_string);
+                    if t.is_some() {
+                        cur.generation += 1;
+                    }
+                }
+                cur.updated_us = now_us();
+                tx.update(&cur)?;
+                Ok(())
+            })?;
+            touched = true;
+        }
+    }
+    if touched {
+        state.compute.notify(Some(host));
+    }
+    let orphans: Vec<&String> = r
+        .instances
+        .keys()
+        .filter(|id| !servers.iter().any(|s| &s.id == *id))
+        .collect();
+    // An orphan may be a server that was moved or deleted while the node
+    // was down: only report ids with no server at all.
+    let mut truly = Vec::new();
+    for id in orphans {
+        if state.store.get::<Server>(id)?.is_none() {
+            truly.push(id.clone());
+        }
+    }
+    Ok(json!({"node": {"uuid": node.uuid, "disabled": node.disabled}, "orphans": truly}))
+}
+
+fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
+            ka == kb
+                && va.total == vb.total
+                && va.reserved == vb.reserved
+                && va.max_unit == vb.max_unit
+                && (va.allocation_ratio - vb.allocation_ratio).abs() < f64::EPSILON
+        })
+}
+
+/// What an agent needs to run `s`.
+pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> {
+    let img = state.store.get::<Image>(&s.image_ref)?;
+    let mut keys = serde_json::Map::new();
+    let mut key_list = Vec::new();
+    if let (Some(n), Some(d)) = (&s.key_name, &s.key_data) {
+        keys.insert(n.clone(), json!(d));
+        key_list.push(json!({"name": n, "type": "ssh", "data": d}));
+    }
+    let meta = json!({
+        "uuid": s.id,
+        "name": s.name,
+        "hostname": s.hostname,
+        "availability_zone": s.availability_zone,
+        "project_id": s.project_id,
+        "launch_index": s.launch_index,
+        "meta": s.metadata,
+        "public_keys": keys,
+        "keys": key_list,
+        "devices": [],
+    });
+    Ok(Assignment {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        hostname: s.hostname.clone(),
+        generation: s.generation,
+        vm_state: s.vm_state.clone(),
+        task_state: s.task_state.clone(),
+        image_id: s.image_ref.clone(),
+        container_format: img
+            .as_ref()
+            .and_then(|i| i.container_format.clone())
+            .unwrap_or_default(),
+        disk_format: img
+            .as_ref()
+            .and_then(|i| i.disk_format.clone())
+            .unwrap_or_default(),
+        image_checksum: img.as_ref().and_then(|i| i.os_hash_value.clone()),
+        vcpus: s.flavor.vcpus,
+        memory_mb: s.flavor.ram,
+        disk_gb: s.flavor.disk,
+        user_data: s.user_data.clone(),
+        meta_data: meta,
+    })
+}
+
+/// Appends an event to the server's latest action.
+pub fn action_event(
+    tx: &Tx,
+    server_id: &str,
+    event: &str,
+    ok: bool,
+    message: Option<&str>,
+    host: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut actions = tx.list::<InstanceAction>(&StoreQuery::parent(server_id))?;
+    actions.sort_by_key(|a| a.start_us);
+    if let Some(mut a) = actions.pop() {
+        let now = now_us();
+        a.events.push(ActionEvent {
+            event: event.into(),
+            start_us: a.start_us,
+            finish_us: Some(now),
+            result: Some(if ok { "Success" } else { "Error" }.into()),
+            traceback: message.map(str::to_string),
+            host: host.map(str::to_string),
+        });
+        if !ok {
+            a.message = Some("Error".into());
+        }
+        a.updated_us = now;
+        tx.update(&a)?;
+    }
+    Ok(())
+}
+
+/// Removes a server for good: its record, its allocations and its place
+/// in a server group. Its action records stay (2.21 shows them).
+pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state
+        .placement
+        .release(id)
+        .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+    state
+        .store
+        .write(|tx| {
+            if let Some(s) = tx.get::<Server>(id)? {
+                if let Some(g) = &s.server_group
+                    && let Some(mut grp) = tx.get::<ServerGroup>(g)?
+                {
+                    grp.members.retain(|m| m != id);
+                    tx.update(&grp)?;
+                }
+                action_event(
+                    tx,
+                    id,
+                    "compute_terminate_instance",
+                    true,
+                    None,
+                    s.host.as_deref(),
+                )?;
+                super::quotas::account(
+                    tx,
+                    &s.project_id,
+                    &s.user_id,
+                    s.flavor.vcpus,
+                    s.flavor.ram,
+                    -1,
+                )?;
+                tx.delete::<Server>(id)?;
+                return Ok::<_, ApiError>(s.host);
+            }
+            Ok(None)
+        })
+        .map(|host| state.compute.notify(host.as_deref()))
+}
+
+/// Applies an agent's report of a finished (or failed) task.
+pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Result<(), ApiError> {
+    let Some(s) = state.store.get::<Server>(id)? else {
+        return Ok(());
+    };
+    if s.host.as_deref() != Some(host) || s.generation != r.generation || s.task_state != r.task {
+        // Superseded by a newer request: the agent will see that one.
+        return Ok(());
+    }
+    let task_name = s.task_state.clone().unwrap_or_default();
+    if task_name == task::DELETING && r.ok {
+        return purge(state, id);
+    }
+    if task_name == task::SPAWNING && !r.ok {
+        return reschedule(
+            state,
+            &s,
+            host,
+            r.message.as_deref().unwrap_or("build failed"),
+        );
+    }
+    let now = now_us();
+    state.store.write(|tx| {
+        let Some(mut cur) = tx.get::<Server>(id)? else {
+            return Ok::<_, ApiError>(());
+        };
+        if cur.generation != r.generation {
+            return Ok(());
+        }
+        cur.power_state = r.power_state;
+        if r.ok {
+            cur.vm_state = match task_name.as_str() {
+                task::SPAWNING | task::POWERING_ON | task::REBOOTING | task::REBOOTING_HARD
+                | task::UNPAUSING | task::RESUMING => vm::ACTIVE.into(),
+                task::POWERING_OFF => vm::STOPPED.into(),
+                task::PAUSING => vm::PAUSED.into(),
+                task::SUSPENDING => vm::SUSPENDED.into(),
+                task::REBUILDING => {
+                    if r.power_state == power::RUNNING {
+                        vm::ACTIVE.into()
+                    } else {
+                        vm::STOPPED.into()
+                    }
+                }
+                _ => cur.vm_state.clone(),
+            };
+            if task_name == task::SPAWNING {
+                cur.launched_us = Some(now);
+            }
+            cur.fault = None;
+        } else {
+            tracing::warn!(server = %cur.id, task = %task_name, message = ?r.message, "task failed on the node");
+            if task_name == task::REBUILDING {
+                cur.vm_state = vm::ERROR.into();
+                cur.fault = Some(Fault {
+                    code: 500,
+                    message: r.message.clone().unwrap_or_else(|| "rebuild failed".into()),
+                    details: String::new(),
+                    created_us: now,
+                });
+            }
+        }
+        cur.task_state = None;
+        cur.updated_us = now;
+        tx.update(&cur)?;
+        action_event(tx, id, &format!("compute_{}", task_name.replace('-', "_")), r.ok, r.message.as_deref(), Some(host))?;
+        Ok(())
+    })?;
+    state.compute.notify(Some(host));
+    Ok(())
+}
+
+/// A build failed on `host`: try another node, or give up with ERROR.
+fn reschedule(state: &AppState, s: &Server, host: &str, why: &str) -> Result<(), ApiError> {
+    state
+        .placement
+        .release(&s.id)
+        .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+    let attempts = s.tried_hosts.len() + 1;
+    let give_up = attempts >= state.compute.config.max_attempts;
+    let now = now_us();
+    state.store.write(|tx| {
+        let Some(mut cur) = tx.get::<Server>(&s.id)? else {
+            return Ok::<_, ApiError>(());
+        };
+        cur.tried_hosts.push(host.to_string());
+        cur.host = None;
+        cur.node = None;
+        cur.generation += 1;
+        cur.updated_us = now;
+        if give_up {
+            cur.vm_state = vm::ERROR.into();
+            cur.task_state = None;
+            cur.fault = Some(Fault {
+                code: 500,
+                message: format!(
+                    "Exceeded maximum number of retries. Exceeded max scheduling attempts {} for instance {}. Last exception: {why}",
+                    state.compute.config.max_attempts, cur.id
+                ),
+                details: why.to_string(),
+                created_us: now,
+            });
+            action_event(tx, &cur.id, "compute_build_and_run_instance", false, Some(why), Some(host))?;
+        } else {
+            cur.task_state = Some(task::SCHEDULING.into());
+        }
+        tx.update(&cur)?;
+        Ok(())
+    })?;
+    if !give_up {
+        tracing::info!(server = %s.id, host, why, "build failed; rescheduling");
+        super::scheduler::submit(state, vec![s.id.clone()]);
+    }
+    state.compute.notify(Some(host));
+    Ok(())
+}
+
+/// On start: servers a crash left waiting for the scheduler are handed to
+/// it again; deletes of servers on nodes that are gone finish.
+pub fn recover(state: &AppState) -> Result<(), ApiError> {
+    let servers = state.store.list::<Server>(&StoreQuery::all())?;
+    let waiting: Vec<String> = servers
+        .iter()
+        .filter(|s| s.task_state.as_deref() == Some(task::SCHEDULING) && s.host.is_none())
+        .map(|s| s.id.clone())
+        .collect();
+    if !waiting.is_empty() {
+        tracing::info!(
+            count = waiting.len(),
+            "resuming scheduling of servers a restart interrupted"
+        );
+        super::scheduler::submit(state, waiting);
+    }
+    // Allocations of consumers that are no server (a crash between the
+    // claim and ... cannot happen, both are one transaction; this cleans
+    // up after deletes cut short).
+    Ok(())
+}
+
+/// The zone a host is in now.
+pub fn host_zone(state: &AppState, host: &str) -> Result<String, ApiError> {
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    Ok(zone_of(&aggs, host))
+}

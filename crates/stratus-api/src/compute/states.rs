@@ -1,0 +1,95 @@
+//! Nova's state model: `vm_state`, `task_state`, `power_state`, and the
+//! `status` the API derives from them.
+
+pub mod vm {
+    pub const ACTIVE: &str = "active";
+    pub const BUILDING: &str = "building";
+    pub const PAUSED: &str = "paused";
+    pub const SUSPENDED: &str = "suspended";
+    pub const STOPPED: &str = "stopped";
+    pub const ERROR: &str = "error";
+    pub const DELETED: &str = "deleted";
+}
+
+pub mod task {
+    pub const SCHEDULING: &str = "scheduling";
+    pub const SPAWNING: &str = "spawning";
+    pub const POWERING_OFF: &str = "powering-off";
+    pub const POWERING_ON: &str = "powering-on";
+    pub const REBOOTING: &str = "rebooting";
+    pub const REBOOTING_HARD: &str = "rebooting_hard";
+    pub const PAUSING: &str = "pausing";
+    pub const UNPAUSING: &str = "unpausing";
+    pub const SUSPENDING: &str = "suspending";
+    pub const RESUMING: &str = "resuming";
+    pub const REBUILDING: &str = "rebuilding";
+    pub const DELETING: &str = "deleting";
+}
+
+/// Nova's power states.
+pub mod power {
+    pub const NOSTATE: u8 = 0;
+    pub const RUNNING: u8 = 1;
+    pub const PAUSED: u8 = 3;
+    pub const SHUTDOWN: u8 = 4;
+    pub const CRASHED: u8 = 6;
+    pub const SUSPENDED: u8 = 7;
+}
+
+/// `status` from `vm_state` and `task_state` (Nova's
+/// `common.status_from_state`).
+pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
+    match vm_state {
+        vm::ACTIVE => match task_state {
+            Some(task::REBOOTING) => "REBOOT",
+            Some(task::REBOOTING_HARD) => "HARD_REBOOT",
+            Some(task::REBUILDING) => "REBUILD",
+            _ => "ACTIVE",
+        },
+        vm::BUILDING => "BUILD",
+        vm::STOPPED => match task_state {
+            Some(task::REBUILDING) => "REBUILD",
+            _ => "SHUTOFF",
+        },
+        vm::PAUSED => "PAUSED",
+        vm::SUSPENDED => "SUSPENDED",
+        vm::ERROR => match task_state {
+            Some(task::REBUILDING) => "REBUILD",
+            _ => "ERROR",
+        },
+        vm::DELETED => "DELETED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The `vm_state`s a `status` filter selects (Nova's
+/// `common.task_and_vm_state_from_status`).
+pub fn vm_states_for(status: &str) -> Option<&'static [&'static str]> {
+    Some(match status.to_ascii_uppercase().as_str() {
+        "ACTIVE" | "REBOOT" | "HARD_REBOOT" => &[vm::ACTIVE],
+        "BUILD" => &[vm::BUILDING],
+        "SHUTOFF" => &[vm::STOPPED],
+        "PAUSED" => &[vm::PAUSED],
+        "SUSPENDED" => &[vm::SUSPENDED],
+        "ERROR" => &[vm::ERROR],
+        "DELETED" => &[vm::DELETED],
+        "REBUILD" => &[vm::ACTIVE, vm::STOPPED, vm::ERROR],
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_nova() {
+        assert_eq!(status("active", None), "ACTIVE");
+        assert_eq!(status("active", Some("rebooting_hard")), "HARD_REBOOT");
+        assert_eq!(status("building", Some("scheduling")), "BUILD");
+        assert_eq!(status("stopped", None), "SHUTOFF");
+        assert_eq!(status("error", None), "ERROR");
+        assert_eq!(vm_states_for("shutoff"), Some(&["stopped"][..]));
+        assert_eq!(vm_states_for("nonsense"), None);
+    }
+}

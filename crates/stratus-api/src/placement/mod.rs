@@ -1,0 +1,565 @@
+//! Placement: resource providers, their inventories, traits and
+//! aggregates, and the allocations of consumers against them.
+//!
+//! Everything is kept as store documents (so it reaches the change log)
+//! and mirrored in an in-memory index that answers candidate queries
+//! without parsing documents. Capacity checks and writes run under one
+//! lock, and the index changes only after the store transaction commits:
+//! two concurrent claims can never overcommit a provider.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use stratus_store::{Query, Record, Store, Tx};
+
+use crate::ApiError;
+
+/// One resource class of a provider, as Placement models it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub total: u64,
+    pub reserved: u64,
+    pub min_unit: u64,
+    pub max_unit: u64,
+    pub step_size: u64,
+    pub allocation_ratio: f64,
+}
+
+impl Inventory {
+    /// What can be allocated: (total - reserved) * allocation_ratio.
+    pub fn capacity(&self) -> u64 {
+        ((self.total.saturating_sub(self.reserved)) as f64 * self.allocation_ratio) as u64
+    }
+
+    /// Whether `amount` is a valid single allocation of this class.
+    pub fn valid_amount(&self, amount: u64) -> bool {
+        amount >= self.min_unit.max(1)
+            && amount <= self.max_unit
+            && amount.is_multiple_of(self.step_size.max(1))
+    }
+}
+
+/// A resource provider (a compute node, for now).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Provider {
+    /// The provider's uuid.
+    pub id: String,
+    pub name: String,
+    pub generation: u64,
+    #[serde(default)]
+    pub inventories: BTreeMap<String, Inventory>,
+    #[serde(default)]
+    pub traits: Vec<String>,
+    #[serde(default)]
+    pub aggregates: Vec<String>,
+}
+
+record!(
+    Provider,
+    "resource_provider",
+    name = |p| Some(&p.name),
+    unique = |p| Some(p.name.clone())
+);
+
+/// What one consumer holds: provider -> class -> amount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The consumer's uuid.
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub generation: u64,
+    pub allocations: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+record!(Allocation, "allocation", owner = |a| Some(&a.project_id));
+
+/// A request for allocation candidates.
+#[derive(Debug, Clone, Default)]
+pub struct CandidateRequest {
+    pub resources: BTreeMap<String, u64>,
+    pub required_traits: Vec<String>,
+    pub forbidden_traits: Vec<String>,
+    /// AND of ORs of aggregate uuids.
+    pub member_of: Vec<Vec<String>>,
+    pub in_tree: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// A provider that can hold a request now.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub provider: String,
+    pub name: String,
+    pub free: BTreeMap<String, u64>,
+    pub capacity: BTreeMap<String, u64>,
+    pub traits: Vec<String>,
+    pub aggregates: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("resource provider {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not enough {class} on provider {provider}")]
+    Capacity { provider: String, class: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<stratus_store::StoreError> for PlacementError {
+    fn from(e: stratus_store::StoreError) -> Self {
+        PlacementError::Store(e.to_string())
+    }
+}
+
+impl From<PlacementError> for ApiError {
+    fn from(e: PlacementError) -> Self {
+        match e {
+            PlacementError::NotFound(_) => {
+                ApiError::new(axum::http::StatusCode::NOT_FOUND, e.to_string())
+            }
+            PlacementError::Conflict(_) | PlacementError::Capacity { .. } => {
+                ApiError::conflict(e.to_string())
+            }
+            PlacementError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            PlacementError::Store(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// A claim refused by placement, or by the caller's own writes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError<E> {
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error("caller refused the claim")]
+    Caller(E),
+}
+
+/// The in-memory index: providers and their usage.
+#[derive(Default)]
+struct Index {
+    providers: HashMap<String, Provider>,
+    /// provider -> class -> used.
+    usage: HashMap<String, BTreeMap<String, u64>>,
+    allocations: HashMap<String, Allocation>,
+}
+
+impl Index {
+    fn apply(&mut self, a: &Allocation, sign: i64) {
+        for (rp, classes) in &a.allocations {
+            let u = self.usage.entry(rp.clone()).or_default();
+            for (c, n) in classes {
+                let e = u.entry(c.clone()).or_default();
+                *e = if sign > 0 {
+                    *e + n
+                } else {
+                    e.saturating_sub(*n)
+                };
+            }
+        }
+    }
+
+    fn used(&self, rp: &str, class: &str) -> u64 {
+        self.usage
+            .get(rp)
+            .and_then(|u| u.get(class))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The placement service held in [`crate::Inner`].
+pub struct Placement {
+    store: Arc<Store>,
+    index: Mutex<Index>,
+}
+
+impl Placement {
+    /// Loads every provider and allocation into the index.
+    pub fn open(store: Arc<Store>) -> Result<Self, ApiError> {
+        let mut idx = Index::default();
+        for p in store.list::<Provider>(&Query::all())? {
+            idx.providers.insert(p.id.clone(), p);
+        }
+        for a in store.list::<Allocation>(&Query::all())? {
+            idx.apply(&a, 1);
+            idx.allocations.insert(a.id.clone(), a);
+        }
+        Ok(Placement {
+            store,
+            index: Mutex::new(idx),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a provider and updates the index after the commit.
+    fn put_provider(&self, idx: &mut Index, p: Provider) -> Result<(), PlacementError> {
+        self.store.write(|tx| {
+            tx.upsert(&p)?;
+            Ok::<_, PlacementError>(())
+        })?;
+        idx.providers.insert(p.id.clone(), p);
+        Ok(())
+    }
+
+    /// Creates the provider if missing (by uuid), renames it if needed.
+    pub fn ensure_provider(&self, uuid: &str, name: &str) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        match idx.providers.get(uuid) {
+            Some(p) if p.name == name => Ok(()),
+            Some(p) => {
+                let mut p = p.clone();
+                p.name = name.to_string();
+                p.generation += 1;
+                self.put_provider(&mut idx, p)
+            }
+            None => {
+                if idx.providers.values().any(|p| p.name == name) {
+                    return Err(PlacementError::Conflict(format!(
+                        "Conflicting resource provider name: {name} already exists."
+                    )));
+                }
+                let p = Provider {
+                    id: uuid.to_string(),
+                    name: name.to_string(),
+                    generation: 0,
+                    inventories: BTreeMap::new(),
+                    traits: vec![],
+                    aggregates: vec![],
+                };
+                self.put_provider(&mut idx, p)
+            }
+        }
+    }
+
+    /// Replaces the provider's inventories; refuses to shrink a class
+    /// below what is allocated.
+    pub fn set_inventories(
+        &self,
+        uuid: &str,
+        inv: &BTreeMap<String, Inventory>,
+    ) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        let mut p = idx
+            .providers
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+        for (class, used) in idx.usage.get(uuid).cloned().unwrap_or_default() {
+            if used == 0 {
+                continue;
+            }
+            match inv.get(&class) {
+                None => {
+                    return Err(PlacementError::Conflict(format!(
+                        "Inventory for {class} on resource provider {uuid} in use."
+                    )));
+                }
+                Some(i) if i.capacity() < used => {
+                    tracing::warn!(
+                        provider = uuid,
+                        class,
+                        used,
+                        capacity = i.capacity(),
+                        "inventory now below what is allocated"
+                    );
+                }
+                _ => {}
+            }
+        }
+        for (class, i) in inv {
+            if i.step_size == 0 || i.min_unit > i.max_unit || i.allocation_ratio <= 0.0 {
+                return Err(PlacementError::Invalid(format!(
+                    "bad inventory for {class}"
+                )));
+            }
+        }
+        p.inventories = inv.clone();
+        p.generation += 1;
+        self.put_provider(&mut idx, p)
+    }
+
+    pub fn set_traits(&self, uuid: &str, traits: &[String]) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        let mut p = idx
+            .providers
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+        let mut t = traits.to_vec();
+        t.sort();
+        t.dedup();
+        if p.traits == t {
+            return Ok(());
+        }
+        p.traits = t;
+        p.generation += 1;
+        self.put_provider(&mut idx, p)
+    }
+
+    pub fn set_aggregates(&self, uuid: &str, aggs: &[String]) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        let mut p = idx
+            .providers
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+        p.aggregates = aggs.to_vec();
+        p.generation += 1;
+        self.put_provider(&mut idx, p)
+    }
+
+    pub fn delete_provider(&self, uuid: &str) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        if idx
+            .usage
+            .get(uuid)
+            .is_some_and(|u| u.values().any(|v| *v > 0))
+        {
+            return Err(PlacementError::Conflict(format!(
+                "Unable to delete resource provider {uuid}: it has allocations"
+            )));
+        }
+        self.store.write(|tx| tx.delete::<Provider>(uuid))?;
+        idx.providers.remove(uuid);
+        idx.usage.remove(uuid);
+        Ok(())
+    }
+
+    /// Providers that can hold `req` now, with their free capacity.
+    pub fn candidates(&self, req: &CandidateRequest) -> Result<Vec<Candidate>, PlacementError> {
+        let idx = self.lock();
+        let mut out = Vec::new();
+        for p in idx.providers.values() {
+            if req.in_tree.as_deref().is_some_and(|t| t != p.id) {
+                continue;
+            }
+            if !req.required_traits.iter().all(|t| p.traits.contains(t))
+                || req.forbidden_traits.iter().any(|t| p.traits.contains(t))
+            {
+                continue;
+            }
+            if !req
+                .member_of
+                .iter()
+                .all(|any| any.iter().any(|a| p.aggregates.contains(a)))
+            {
+                continue;
+            }
+            let mut free = BTreeMap::new();
+            let mut capacity = BTreeMap::new();
+            let mut fits = true;
+            for (class, inv) in &p.inventories {
+                let cap = inv.capacity();
+                let f = cap.saturating_sub(idx.used(&p.id, class));
+                free.insert(class.clone(), f);
+                capacity.insert(class.clone(), cap);
+            }
+            for (class, amount) in &req.resources {
+                match p.inventories.get(class) {
+                    Some(inv) if inv.valid_amount(*amount) && free[class] >= *amount => {}
+                    _ => {
+                        fits = false;
+                        break;
+                    }
+                }
+            }
+            if fits {
+                out.push(Candidate {
+                    provider: p.id.clone(),
+                    name: p.name.clone(),
+                    free,
+                    capacity,
+                    traits: p.traits.clone(),
+                    aggregates: p.aggregates.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(l) = req.limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+
+    /// Atomically claims `allocs` for `consumer` (replacing what it held)
+    /// and runs `also(tx)` in the same store transaction. Nothing is
+    /// written, and the index is untouched, if any check or `also` fails.
+    pub fn claim<R, E>(
+        &self,
+        consumer: &str,
+        project_id: &str,
+        user_id: &str,
+        allocs: &BTreeMap<String, BTreeMap<String, u64>>,
+        also: impl FnOnce(&Tx) -> Result<R, E>,
+    ) -> Result<R, ClaimError<E>> {
+        let mut idx = self.lock();
+        let previous = idx.allocations.get(consumer).cloned();
+        for (rp, classes) in allocs {
+            let p = idx
+                .providers
+                .get(rp)
+                .ok_or_else(|| PlacementError::NotFound(rp.clone()))?;
+            for (class, amount) in classes {
+                let inv = p
+                    .inventories
+                    .get(class)
+                    .ok_or_else(|| PlacementError::Capacity {
+                        provider: rp.clone(),
+                        class: class.clone(),
+                    })?;
+                if !inv.valid_amount(*amount) {
+                    return Err(PlacementError::Invalid(format!(
+                        "Unable to allocate {amount} {class} on {rp}: outside min_unit/max_unit/step_size"
+                    ))
+                    .into());
+                }
+                let held = previous
+                    .as_ref()
+                    .and_then(|a| a.allocations.get(rp))
+                    .and_then(|c| c.get(class))
+                    .copied()
+                    .unwrap_or(0);
+                let used = idx.used(rp, class).saturating_sub(held);
+                if used + amount > inv.capacity() {
+                    return Err(PlacementError::Capacity {
+                        provider: rp.clone(),
+                        class: class.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let alloc = Allocation {
+            id: consumer.to_string(),
+            project_id: project_id.to_string(),
+            user_id: user_id.to_string(),
+            generation: previous.as_ref().map(|a| a.generation + 1).unwrap_or(1),
+            allocations: allocs.clone(),
+        };
+        enum Fail<E> {
+            Store(stratus_store::StoreError),
+            Caller(E),
+        }
+        impl<E> From<stratus_store::StoreError> for Fail<E> {
+            fn from(e: stratus_store::StoreError) -> Self {
+                Fail::Store(e)
+            }
+        }
+        let result = self.store.write(|tx| {
+            tx.upsert(&alloc)?;
+            also(tx).map_err(Fail::Caller)
+        });
+        match result {
+            Ok(r) => {
+                if let Some(prev) = &previous {
+                    idx.apply(prev, -1);
+                }
+                idx.apply(&alloc, 1);
+                idx.allocations.insert(alloc.id.clone(), alloc);
+                Ok(r)
+            }
+            Err(Fail::Caller(e)) => Err(ClaimError::Caller(e)),
+            Err(Fail::Store(e)) => Err(PlacementError::from(e).into()),
+        }
+    }
+
+    /// Deletes a consumer's allocations (no-op if it has none).
+    pub fn release(&self, consumer: &str) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        let Some(prev) = idx.allocations.get(consumer).cloned() else {
+            return Ok(());
+        };
+        self.store.write(|tx| tx.delete::<Allocation>(consumer))?;
+        idx.apply(&prev, -1);
+        idx.allocations.remove(consumer);
+        Ok(())
+    }
+
+    pub fn allocations_of(&self, consumer: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.lock()
+            .allocations
+            .get(consumer)
+            .map(|a| a.allocations.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(total: u64, ratio: f64) -> Inventory {
+        Inventory {
+            total,
+            reserved: 0,
+            min_unit: 1,
+            max_unit: total,
+            step_size: 1,
+            allocation_ratio: ratio,
+        }
+    }
+
+    #[test]
+    fn concurrent_claims_never_overcommit() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let p = Arc::new(Placement::open(store).unwrap());
+        p.ensure_provider("rp1", "node1").unwrap();
+        let mut m = BTreeMap::new();
+        m.insert("VCPU".to_string(), inv(4, 2.0));
+        p.set_inventories("rp1", &m).unwrap();
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for i in 0..32 {
+                let (p, won) = (&p, &won);
+                s.spawn(move || {
+                    let mut a = BTreeMap::new();
+                    a.insert(
+                        "rp1".to_string(),
+                        BTreeMap::from([("VCPU".to_string(), 1u64)]),
+                    );
+                    if p.claim(&format!("c{i}"), "p", "u", &a, |_| Ok::<_, ()>(()))
+                        .is_ok()
+                    {
+                        won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        // (4 - 0) * 2.0 = 8 VCPU.
+        assert_eq!(won.load(std::sync::atomic::Ordering::SeqCst), 8);
+        let req = CandidateRequest {
+            resources: BTreeMap::from([("VCPU".to_string(), 1)]),
+            ..Default::default()
+        };
+        assert!(p.candidates(&req).unwrap().is_empty());
+        let holder = (0..32)
+            .map(|i| format!("c{i}"))
+            .find(|c| !p.allocations_of(c).is_empty())
+            .unwrap();
+        p.release(&holder).unwrap();
+        assert_eq!(p.candidates(&req).unwrap()[0].free["VCPU"], 1);
+        // A caller failure leaves nothing behind.
+        let mut a = BTreeMap::new();
+        a.insert(
+            "rp1".to_string(),
+            BTreeMap::from([("VCPU".to_string(), 1u64)]),
+        );
+        assert!(matches!(
+            p.claim("x", "p", "u", &a, |_| Err::<(), _>("no")),
+            Err(ClaimError::Caller("no"))
+        ));
+        assert_eq!(p.candidates(&req).unwrap()[0].free["VCPU"], 1);
+        assert!(p.allocations_of("x").is_empty());
+    }
+}

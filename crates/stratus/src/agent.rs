@@ -1,0 +1,604 @@
+//! The node agent: registers its node with the controller, heartbeats,
+//! long-polls the servers assigned to it, runs them with its driver and
+//! reports what it did. It also answers the controller's console requests
+//! on a small listener of its own.
+//!
+//! Everything is driven by the controller's desired state: a task
+//! (`spawning`, `powering-off`, ...) with a generation. A task runs once per
+//! generation; its outcome is reported until the controller accepts it.
+//! After a restart the agent adopts what its driver still runs, starts
+//! again what should run, and reaps (or logs) workloads no server owns.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine;
+use serde_json::{Value, json};
+use stratus_agent::{Driver, InstanceSpec, PowerState};
+
+/// What to do with a workload no server owns (Nova's
+/// `running_deleted_instance_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrphanAction {
+    /// Destroy it.
+    Reap,
+    /// Leave it and log a warning.
+    Log,
+    /// Leave it quietly.
+    Noop,
+}
+
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub controller: String,
+    pub host: String,
+    pub username: String,
+    pub password: String,
+    pub project: String,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// URL the controller reaches the listener at (default: from listen).
+    pub advertise: Option<String>,
+    pub orphans: OrphanAction,
+    pub heartbeat: Duration,
+}
+
+struct Shared {
+    cfg: AgentConfig,
+    driver: Arc<dyn Driver>,
+    http: ureq::Agent,
+    token: Mutex<Option<String>>,
+    /// (server, generation) of tasks started, so each runs once.
+    started: Mutex<HashSet<(String, u64)>>,
+    /// The server generation each workload was last settled at.
+    settled: Mutex<HashMap<String, u64>>,
+    /// Reports the controller has not taken yet.
+    unsent: Mutex<Vec<(String, Value)>>,
+    key: String,
+    agent_url: Mutex<Option<String>>,
+}
+
+/// Runs the agent until the process ends. Blocking; call it from a thread.
+pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
+    let http = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(90)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let key = uuid_like();
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        driver,
+        http,
+        token: Mutex::new(None),
+        started: Mutex::new(HashSet::new()),
+        settled: Mutex::new(HashMap::new()),
+        unsent: Mutex::new(Vec::new()),
+        key,
+        agent_url: Mutex::new(None),
+    });
+    start_listener(&shared)?;
+    // First heartbeat: register; `starting` tells the controller not to
+    // treat stopped workloads as shut down (we start them below).
+    let mut first = true;
+    loop {
+        match heartbeat(&shared, first) {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), controller = %cfg.controller, "cannot register with the controller; retrying");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+    first = false;
+    let hb = shared.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(hb.cfg.heartbeat);
+            if let Err(e) = heartbeat(&hb, false) {
+                tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
+            }
+        }
+    });
+    let mut since = 0u64;
+    let mut resumed = first;
+    loop {
+        flush_reports(&shared);
+        let url = format!(
+            "{}/edge/v1/nodes/{}/servers?since={since}&wait=30",
+            cfg.controller, cfg.host
+        );
+        let body = match call(&shared, "GET", &url, None) {
+            Ok((200, b)) => b,
+            Ok((code, b)) => {
+                tracing::warn!(code, body = %b, "polling the controller failed");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "polling the controller failed");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        since = v["revision"].as_u64().unwrap_or(since);
+        let servers = v["servers"].as_array().cloned().unwrap_or_default();
+        if !resumed {
+            resume_guests(&shared, &servers);
+            resumed = true;
+        }
+        for s in servers {
+            let id = s["id"].as_str().unwrap_or("").to_string();
+            let generation = s["generation"].as_u64().unwrap_or(0);
+            let Some(task) = s["task_state"].as_str().map(str::to_string) else {
+                shared
+                    .settled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, generation);
+                continue;
+            };
+            if !shared
+                .started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((id.clone(), generation))
+            {
+                continue;
+            }
+            let sh = shared.clone();
+            std::thread::spawn(move || run_task(&sh, &s, &task));
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    let mut b = [0u8; 24];
+    let _ = getrandom_fill(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
+    std::fs::File::open("/dev/urandom")?.read_exact(b)
+}
+
+// ---- controller calls ------------------------------------------------------------
+
+fn login(sh: &Shared) -> anyhow::Result<String> {
+    let c = &sh.cfg;
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": c.username, "domain": {"id": "default"}, "password": c.password}}},
+        "scope": {"project": {"name": c.project, "domain": {"id": "default"}}}}});
+    let mut resp = sh
+        .http
+        .post(&format!("{}/identity/v3/auth/tokens", c.controller))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .context("logging in to the controller")?;
+    let status = resp.status().as_u16();
+    let tok = resp
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    match (status, tok) {
+        (201, Some(t)) => Ok(t),
+        _ => anyhow::bail!("login as {} refused ({status}): {text}", c.username),
+    }
+}
+
+/// One authenticated call; logs in again once on a 401.
+fn call(
+    sh: &Shared,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, String)> {
+    for attempt in 0..2 {
+        let token = {
+            let mut t = sh.token.lock().unwrap_or_else(|e| e.into_inner());
+            if t.is_none() {
+                *t = Some(login(sh)?);
+            }
+            t.clone().expect("set above")
+        };
+        let mut resp = match (method, body) {
+            ("GET", _) => sh.http.get(url).header("x-auth-token", &token).call()?,
+            (_, Some(b)) => {
+                let req = if method == "PUT" {
+                    sh.http.put(url)
+                } else {
+                    sh.http.post(url)
+                };
+                req.header("x-auth-token", &token)
+                    .header("content-type", "application/json")
+                    .send(b.to_string())?
+            }
+            _ => anyhow::bail!("bad call"),
+        };
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if status == 401 && attempt == 0 {
+            *sh.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            continue;
+        }
+        return Ok((status, text));
+    }
+    anyhow::bail!("not authorised by the controller")
+}
+
+fn heartbeat(sh: &Shared, starting: bool) -> anyhow::Result<()> {
+    let res = sh.driver.host_resources();
+    let settled = sh.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let instances: serde_json::Map<String, Value> = sh
+        .driver
+        .list()
+        .into_iter()
+        .map(|(id, p)| {
+            let g = settled.get(&id).copied().unwrap_or(0);
+            (id, json!({"power_state": p.nova_code(), "generation": g}))
+        })
+        .collect();
+    let body = json!({
+        "driver": sh.driver.name(),
+        "vcpus": res.vcpus,
+        "memory_mb": res.memory_mb,
+        "disk_gb": res.disk_gb,
+        "arch": res.arch,
+        "hypervisor_type": res.hypervisor_type,
+        "hypervisor_version": res.hypervisor_version,
+        "cpu_model": res.cpu_model,
+        "host_ip": "127.0.0.1",
+        "agent_url": sh.agent_url.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        "agent_key": sh.key,
+        "instances": instances,
+        "starting": starting,
+    });
+    let url = format!("{}/edge/v1/nodes/{}", sh.cfg.controller, sh.cfg.host);
+    let (code, text) = call(sh, "PUT", &url, Some(&body))?;
+    if code != 200 {
+        anyhow::bail!("heartbeat refused ({code}): {text}");
+    }
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    for id in v["orphans"].as_array().cloned().unwrap_or_default() {
+        let Some(id) = id.as_str() else { continue };
+        match sh.cfg.orphans {
+            OrphanAction::Reap => {
+                tracing::warn!(server = id, "reaping a workload no server owns");
+                if let Err(e) = sh.driver.destroy(id) {
+                    tracing::warn!(server = id, error = %e, "could not reap");
+                }
+            }
+            OrphanAction::Log => {
+                tracing::warn!(
+                    server = id,
+                    "a workload runs here that no server owns (left alone: --orphans log)"
+                )
+            }
+            OrphanAction::Noop => {}
+        }
+    }
+    Ok(())
+}
+
+fn report(sh: &Shared, id: &str, generation: u64, task: &str, ok: bool, message: Option<String>) {
+    let power = sh.driver.power_state(id).nova_code();
+    let body = json!({"generation": generation, "task": task, "ok": ok, "power_state": power, "message": message});
+    sh.unsent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id.to_string(), body));
+    flush_reports(sh);
+}
+
+fn flush_reports(sh: &Shared) {
+    let pending: Vec<(String, Value)> =
+        std::mem::take(&mut *sh.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut keep = Vec::new();
+    for (id, body) in pending {
+        let url = format!(
+            "{}/edge/v1/nodes/{}/servers/{id}/report",
+            sh.cfg.controller, sh.cfg.host
+        );
+        match call(sh, "POST", &url, Some(&body)) {
+            Ok((204, _)) | Ok((404, _)) => {}
+            Ok((code, text)) if code < 500 => {
+                tracing::warn!(server = %id, code, body = %text, "report refused");
+            }
+            _ => keep.push((id, body)),
+        }
+    }
+    sh.unsent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(keep);
+}
+
+// ---- tasks ------------------------------------------------------------------------------
+
+/// After a restart: servers that should run are started again (Nova's
+/// `resume_guests_state_on_host_boot`); running ones are simply adopted.
+fn resume_guests(sh: &Shared, servers: &[Value]) {
+    for s in servers {
+        if s["task_state"].is_string() || s["vm_state"] != "active" {
+            continue;
+        }
+        let id = s["id"].as_str().unwrap_or("").to_string();
+        match sh.driver.power_state(&id) {
+            PowerState::Running => tracing::info!(server = %id, "adopted running workload"),
+            PowerState::NoState => {
+                tracing::info!(server = %id, "workload missing after restart; spawning it again");
+                if let Err(e) = spawn(sh, s) {
+                    tracing::warn!(server = %id, error = %format!("{e:#}"), "could not spawn again");
+                }
+            }
+            _ => {
+                tracing::info!(server = %id, "starting workload that should run");
+                if let Err(e) = sh.driver.start(&id) {
+                    tracing::warn!(server = %id, error = %e, "could not start");
+                }
+            }
+        }
+    }
+}
+
+fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
+    let id = s["id"].as_str().unwrap_or("").to_string();
+    let generation = s["generation"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    let d = &sh.driver;
+    let exists = d.power_state(&id) != PowerState::NoState;
+    let result: anyhow::Result<()> = (|| {
+        match task {
+            "spawning" => spawn(sh, s)?,
+            "rebuilding" => {
+                d.destroy(&id)?;
+                spawn(sh, s)?;
+            }
+            "powering-off" => d.stop(&id, Duration::from_secs(60))?,
+            "powering-on" if !exists => spawn(sh, s)?,
+            "powering-on" => d.start(&id)?,
+            "rebooting" | "rebooting_hard" if !exists => spawn(sh, s)?,
+            "rebooting" => d.reboot(&id, false)?,
+            "rebooting_hard" => d.reboot(&id, true)?,
+            "pausing" | "suspending" => d.pause(&id)?,
+            "unpausing" | "resuming" => d.unpause(&id)?,
+            "deleting" => d.destroy(&id)?,
+            other => anyhow::bail!("unknown task {other}"),
+        }
+        Ok(())
+    })();
+    let ms = started.elapsed().as_millis();
+    sh.settled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), generation);
+    match result {
+        Ok(()) => {
+            tracing::info!(server = %id, task, ms, "task done");
+            report(sh, &id, generation, task, true, None);
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::warn!(server = %id, task, error = %msg, "task failed");
+            if task == "spawning" {
+                let _ = d.destroy(&id);
+            }
+            report(sh, &id, generation, task, false, Some(msg));
+        }
+    }
+}
+
+/// Fetches the image (once per node) and starts the workload.
+fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
+    let id = s["id"].as_str().unwrap_or("");
+    let image_id = s["image_id"].as_str().unwrap_or("");
+    let container_format = s["container_format"].as_str().unwrap_or("").to_string();
+    if sh.driver.name() != "fake" && !matches!(container_format.as_str(), "docker" | "oci") {
+        anyhow::bail!(
+            "the {} driver runs container images (container_format docker or oci); image {image_id} is {container_format}",
+            sh.driver.name()
+        );
+    }
+    let image_file = if sh.driver.name() == "fake" {
+        PathBuf::new()
+    } else {
+        fetch_image(sh, image_id, s["image_checksum"].as_str())?
+    };
+    let user_data = match s["user_data"].as_str() {
+        Some(u) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(u)
+                .context("user_data is not base64")?,
+        ),
+        None => None,
+    };
+    let spec = InstanceSpec {
+        uuid: id.to_string(),
+        hostname: s["hostname"].as_str().unwrap_or("server").to_string(),
+        image_id: image_id.to_string(),
+        image_file,
+        container_format,
+        vcpus: s["vcpus"].as_u64().unwrap_or(1) as u32,
+        memory_mb: s["memory_mb"].as_u64().unwrap_or(512),
+        disk_gb: s["disk_gb"].as_u64().unwrap_or(0),
+        user_data,
+        meta_data_json: serde_json::to_vec(&s["meta_data"]).unwrap_or_default(),
+    };
+    sh.driver.spawn(&spec)?;
+    Ok(())
+}
+
+/// Downloads an image's data into the node's cache (`images/<id>.data`),
+/// checking its sha512; concurrent spawns of one image wait for one
+/// download.
+fn fetch_image(sh: &Shared, image_id: &str, sha512: Option<&str>) -> anyhow::Result<PathBuf> {
+    static LOCKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let dir = sh.cfg.state_dir.join("image-cache");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{image_id}.data"));
+    loop {
+        if path.exists() {
+            return Ok(path);
+        }
+        {
+            let mut l = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+            if !l.iter().any(|x| x == image_id) {
+                l.push(image_id.to_string());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = download(sh, image_id, sha512, &dir, &path);
+    LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|x| x != image_id);
+    result.map(|_| path)
+}
+
+fn download(
+    sh: &Shared,
+    image_id: &str,
+    sha512: Option<&str>,
+    dir: &Path,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use sha2::Digest;
+    use std::io::Write;
+    let url = format!("{}/image/v2/images/{image_id}/file", sh.cfg.controller);
+    let token = {
+        let mut t = sh.token.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_none() {
+            *t = Some(login(sh)?);
+        }
+        t.clone().expect("set above")
+    };
+    let mut resp = sh
+        .http
+        .get(&url)
+        .header("x-auth-token", &token)
+        .call()
+        .context("downloading the image")?;
+    if resp.status().as_u16() != 200 {
+        anyhow::bail!("image {image_id} download answered {}", resp.status());
+    }
+    let tmp = dir.join(format!("{image_id}.part"));
+    let mut f = std::fs::File::create(&tmp)?;
+    let mut hasher = sha2::Sha512::new();
+    let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        f.write_all(&buf[..n])?;
+    }
+    f.sync_all()?;
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(want) = sha512
+        && want != got
+    {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("image {image_id} arrived damaged (sha512 mismatch)");
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+// ---- the agent's own listener ------------------------------------------------------------
+
+fn start_listener(sh: &Arc<Shared>) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(sh.cfg.listen)
+        .with_context(|| format!("agent listener on {}", sh.cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let url = sh
+        .cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    *sh.agent_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
+    tracing::info!(%url, host = %sh.cfg.host, driver = sh.driver.name(), "node agent listening");
+    let sh = sh.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sh = sh.clone();
+            std::thread::spawn(move || serve_one(&sh, stream));
+        }
+    });
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 answer for `GET /instances/{id}/console?length=N`.
+fn serve_one(sh: &Shared, mut stream: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut key = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.trim().eq_ignore_ascii_case("x-stratus-agent-key")
+        {
+            key = Some(v.trim().to_string());
+        }
+    }
+    let target = line.split_whitespace().nth(1).unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let length = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("length="))
+        .and_then(|v| v.parse::<usize>().ok());
+    let (status, body) = if key.as_deref() != Some(sh.key.as_str()) {
+        ("403 Forbidden", "wrong or missing agent key".to_string())
+    } else if let Some(id) = path
+        .strip_prefix("/instances/")
+        .and_then(|r| r.strip_suffix("/console"))
+    {
+        match sh.driver.console_output(id, length) {
+            Ok(text) => ("200 OK", text),
+            Err(e) => ("404 Not Found", e.to_string()),
+        }
+    } else {
+        ("404 Not Found", "unknown path".to_string())
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Reads the admin password `stratus up` wrote into `clouds.yaml`.
+pub fn admin_password(data_dir: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(data_dir.join("clouds.yaml"))
+        .context("reading clouds.yaml for the agent's credentials")?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .map(|p| p.trim().trim_matches('"').to_string())
+        .context("no password in clouds.yaml")
+}

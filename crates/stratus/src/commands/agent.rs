@@ -1,0 +1,102 @@
+//! `stratus agent`: a node agent joining a controller.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use stratus_agent::Driver;
+
+use crate::config::{AgentArgs, AgentCmd, DriverArg};
+
+/// The driver the agent runs its workloads with.
+pub fn make_driver(
+    args: &AgentArgs,
+    state_dir: &Path,
+    index: Option<usize>,
+) -> anyhow::Result<Arc<dyn Driver>> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    match args.driver {
+        DriverArg::Fake => {
+            let _ = index;
+            tracing::warn!("using the FAKE driver: workloads are simulated, nothing runs");
+            Ok(Arc::new(stratus_agent::FakeDriver::new(
+                stratus_agent::HostResources {
+                    vcpus: 16,
+                    memory_mb: 65536,
+                    disk_gb: 1000,
+                    arch: "x86_64".into(),
+                    hypervisor_type: "fake".into(),
+                    hypervisor_version: 1,
+                    cpu_model: "fake".into(),
+                },
+            )))
+        }
+        DriverArg::Container => {
+            let runtime = match &args.runtime {
+                Some(r) => r.clone(),
+                None => stratus_agent::find_runtime().context(
+                    "no OCI runtime found: install runc (apt-get install runc) or pass --runtime",
+                )?,
+            };
+            let d = stratus_agent::ContainerDriver::new(state_dir, runtime)
+                .map_err(|e| anyhow::anyhow!("starting the container driver: {e}"))?;
+            Ok(Arc::new(d))
+        }
+    }
+}
+
+/// This node's name: `--node-name`, else the machine's host name.
+pub fn node_name(args: &AgentArgs, index: Option<usize>) -> String {
+    let base = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "node".into())
+    });
+    match index {
+        Some(i) => format!("{base}-{i}"),
+        None => base,
+    }
+}
+
+pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
+    let controller = cmd.controller.trim_end_matches('/').to_string();
+    let n = if cmd.agent.driver == DriverArg::Fake {
+        cmd.fake_nodes.max(1)
+    } else {
+        1
+    };
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let index = if n > 1 { Some(i) } else { None };
+        let state_dir = match index {
+            Some(i) => cmd.data_dir.join(format!("node-{i}")),
+            None => cmd.data_dir.clone(),
+        };
+        let driver = make_driver(&cmd.agent, &state_dir, index)?;
+        let cfg = crate::agent::AgentConfig {
+            controller: controller.clone(),
+            host: node_name(&cmd.agent, index),
+            username: cmd.username.clone(),
+            password: cmd.password.clone(),
+            project: cmd.project.clone(),
+            state_dir,
+            listen: cmd.agent.agent_listen,
+            advertise: cmd.agent.agent_url.clone(),
+            orphans: cmd.agent.orphans,
+            heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("agent-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || crate::agent::run(cfg, driver))?,
+        );
+    }
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("an agent thread panicked"))??;
+    }
+    Ok(())
+}
