@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity::router())
         .merge(image::router())
         .merge(compute::router())
+        .merge(placement::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -127,6 +128,7 @@ async fn root_versions(
             "identity": format!("{base}/identity/v3/"),
             "image": format!("{base}/image/v2/"),
             "compute": format!("{base}/compute/v2.1/"),
+            "placement": format!("{base}/placement/"),
         }
     }))
 }

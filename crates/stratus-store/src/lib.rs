@@ -204,7 +204,7 @@ impl Store {
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 8 {
+        if pool.len() < 32 {
             pool.push(conn);
         }
         out

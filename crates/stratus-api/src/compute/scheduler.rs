@@ -20,21 +20,61 @@ use super::nodes::{is_up, zone_of};
 use super::service::{Weigher, action_event};
 use super::states::{task, vm};
 use crate::image::model::Image;
-use crate::placement::{CandidateRequest, ClaimError};
+use crate::placement::{CandidateRequest, ClaimError, ClaimItem, Outcome};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
-/// Hands servers to the scheduler (in the background).
+/// Hands servers to the scheduler. One scheduler thread takes them in
+/// batches: the nodes and aggregates are read once per batch, and claims
+/// never wait on each other.
 pub fn submit(state: &AppState, ids: Vec<String>) {
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        for id in ids {
-            match schedule(&st, &id) {
-                Ok(host) => st.compute.notify(host.as_deref()),
-                Err(e) => tracing::error!(server = %id, error = %e, "scheduling failed"),
+    let tx = state.compute.scheduler_queue(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || run(&st, rx))
+            .expect("start the scheduler thread");
+        tx
+    });
+    for id in ids {
+        let _ = tx.send(id);
+    }
+}
+
+fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(id) => batch.push(id),
+                Err(_) => break,
             }
         }
-    });
+        let view = match View::load(state) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler cannot read the nodes");
+                continue;
+            }
+        };
+        schedule_batch(state, &view, &batch);
+    }
+}
+
+/// What the scheduler reads once per batch.
+pub struct View {
+    nodes: Vec<ComputeNode>,
+    aggs: Vec<Aggregate>,
+}
+
+impl View {
+    pub fn load(state: &AppState) -> Result<Self, ApiError> {
+        Ok(View {
+            nodes: state.store.list::<ComputeNode>(&StoreQuery::all())?,
+            aggs: state.store.list::<Aggregate>(&StoreQuery::all())?,
+        })
+    }
 }
 
 /// A host as the filters and weighers see it.
@@ -80,15 +120,30 @@ fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError
 
 /// Schedules one server waiting in `building/scheduling`; returns the
 /// host it landed on.
-pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
-    let Some(s) = state.store.get::<Server>(id)? else {
-        return Ok(None);
-    };
-    if s.task_state.as_deref() != Some(task::SCHEDULING) || s.host.is_some() {
-        return Ok(None);
-    }
-    let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
-    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+/// Where a server may go, best first.
+pub struct Plan {
+    /// (host, provider uuid, zone).
+    hosts: Vec<(String, String, String)>,
+    resources: BTreeMap<String, u64>,
+    group: Option<ServerGroup>,
+}
+
+/// Claims made earlier in the same batch, not yet in placement's index.
+#[derive(Default)]
+pub struct Pending {
+    usage: HashMap<String, BTreeMap<String, u64>>,
+    group_hosts: HashMap<String, Vec<String>>,
+}
+
+/// Filters and weighs the nodes for one server. `Ok(Err(reason))` when no
+/// node can take it.
+pub fn plan(
+    state: &AppState,
+    view: &View,
+    s: &Server,
+    pending: &Pending,
+) -> Result<Result<Plan, String>, ApiError> {
+    let (nodes, aggs) = (&view.nodes, &view.aggs);
     let image = state.store.get::<Image>(&s.image_ref)?;
 
     // Placement: who can hold the flavor at all.
@@ -129,10 +184,7 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
     };
     let candidates = match state.placement.candidates(&req) {
         Ok(c) => c,
-        Err(e) => {
-            return no_valid_host(state, &s, &format!("Placement refused the request: {e}"))
-                .map(|_| None);
-        }
+        Err(e) => return Ok(Err(format!("Placement refused the request: {e}"))),
     };
     let by_rp: HashMap<&str, &crate::placement::Candidate> = candidates
         .iter()
@@ -144,7 +196,7 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
         Some(g) => state.store.get::<ServerGroup>(g)?,
         None => None,
     };
-    let member_hosts: Vec<String> = match &group {
+    let mut member_hosts: Vec<String> = match &group {
         Some(g) => g
             .members
             .iter()
@@ -154,6 +206,11 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
             .collect(),
         None => vec![],
     };
+    if let Some(g) = &group
+        && let Some(h) = pending.group_hosts.get(&g.id)
+    {
+        member_hosts.extend(h.iter().cloned());
+    }
     let hint_hosts = |key: &str| -> Vec<String> {
         let ids: Vec<String> = match s.hints.get(key) {
             Some(Value::String(x)) => vec![x.clone()],
@@ -188,9 +245,9 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
 
     let mut hosts: Vec<HostState> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
-    for n in &nodes {
+    for n in nodes {
         let node_aggs: Vec<&Aggregate> = aggs.iter().filter(|a| a.hosts.contains(&n.id)).collect();
-        let zone = zone_of(&aggs, &n.id);
+        let zone = zone_of(aggs, &n.id);
         let why = if !is_up(state, n) {
             Some("ComputeFilter: down")
         } else if n.disabled {
@@ -240,7 +297,21 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
             reasons.push(format!("{}: {w}", n.id));
             continue;
         }
-        let free = by_rp[n.uuid.as_str()].free.clone();
+        let mut free = by_rp[n.uuid.as_str()].free.clone();
+        if let Some(p) = pending.usage.get(&n.uuid) {
+            for (c, used) in p {
+                if let Some(f) = free.get_mut(c) {
+                    *f = f.saturating_sub(*used);
+                }
+            }
+            if resources
+                .iter()
+                .any(|(c, n)| free.get(c).copied().unwrap_or(0) < *n)
+            {
+                reasons.push(format!("{}: full after this batch", n.id));
+                continue;
+            }
+        }
         let hs = HostState {
             node: n,
             zone,
@@ -257,7 +328,7 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
     }
     if hosts.is_empty() {
         tracing::info!(server = %s.id, ?reasons, "every host filtered out");
-        return no_valid_host(state, &s, "There are not enough hosts available.").map(|_| None);
+        return Ok(Err("There are not enough hosts available.".into()));
     }
 
     // Weighers: free RAM (spread or pack), then server-group softness.
@@ -291,76 +362,198 @@ pub fn schedule(state: &AppState, id: &str) -> Result<Option<String>, ApiError> 
             .then(a.node.id.cmp(&b.node.id))
     });
 
-    // Claim on the best host that still fits.
-    let mut allocs = BTreeMap::new();
-    for h in &hosts {
-        allocs.clear();
-        allocs.insert(h.node.uuid.clone(), resources.clone());
-        let host = h.node.id.clone();
-        let zone = h.zone.clone();
-        let group_id = s.server_group.clone();
-        let anti = group.as_ref().is_some_and(|g| g.policy == "anti-affinity");
+    Ok(Ok(Plan {
+        hosts: hosts
+            .iter()
+            .map(|h| (h.node.id.clone(), h.node.uuid.clone(), h.zone.clone()))
+            .collect(),
+        resources,
+        group,
+    }))
+}
+
+/// Moves a scheduled server to its host, inside the claim's transaction;
+/// false when it may not go there (no longer waiting, or another member
+/// of its anti-affinity group got there first).
+fn place(
+    tx: &stratus_store::Tx,
+    s: &Server,
+    host: &str,
+    zone: &str,
+    anti: bool,
+) -> Result<bool, ApiError> {
+    let Some(mut cur) = tx.get::<Server>(&s.id)? else {
+        return Ok(false);
+    };
+    if cur.task_state.as_deref() != Some(task::SCHEDULING) || cur.host.is_some() {
+        return Ok(false);
+    }
+    if anti
+        && let Some(g) = &s.server_group
+        && let Some(grp) = tx.get::<ServerGroup>(g)?
+    {
+        for m in grp.members.iter().filter(|m| *m != &s.id) {
+            if tx.get::<Server>(m)?.and_then(|x| x.host).as_deref() == Some(host) {
+                return Ok(false);
+            }
+        }
+    }
+    cur.host = Some(host.to_string());
+    cur.node = Some(host.to_string());
+    cur.availability_zone = Some(zone.to_string());
+    cur.task_state = Some(task::SPAWNING.into());
+    cur.generation += 1;
+    cur.updated_us = now_us();
+    tx.update(&cur)?;
+    action_event(
+        tx,
+        &cur.id,
+        "conductor_schedule_and_build_instances",
+        true,
+        None,
+        Some(host),
+    )?;
+    Ok(true)
+}
+
+/// Schedules one server waiting in `building/scheduling`, trying its
+/// hosts in order; returns the host it landed on.
+pub fn schedule_in(state: &AppState, view: &View, id: &str) -> Result<Option<String>, ApiError> {
+    let Some(s) = state.store.get::<Server>(id)? else {
+        return Ok(None);
+    };
+    if s.task_state.as_deref() != Some(task::SCHEDULING) || s.host.is_some() {
+        return Ok(None);
+    }
+    let plan = match plan(state, view, &s, &Pending::default())? {
+        Ok(p) => p,
+        Err(why) => return no_valid_host(state, &s, &why).map(|_| None),
+    };
+    let anti = plan
+        .group
+        .as_ref()
+        .is_some_and(|g| g.policy == "anti-affinity");
+    for (host, rp, zone) in &plan.hosts {
+        let mut allocs = BTreeMap::new();
+        allocs.insert(rp.clone(), plan.resources.clone());
         let result = state
             .placement
             .claim(&s.id, &s.project_id, &s.user_id, &allocs, |tx| {
-                let Some(mut cur) = tx.get::<Server>(&s.id)? else {
-                    return Err(ApiError::conflict("server is gone"));
-                };
-                if cur.task_state.as_deref() != Some(task::SCHEDULING) || cur.host.is_some() {
-                    return Err(ApiError::conflict(
-                        "server is no longer waiting to be scheduled",
-                    ));
+                if place(tx, &s, host, zone, anti)? {
+                    Ok(())
+                } else {
+                    Err(ApiError::conflict("not placeable"))
                 }
-                // Group rules again, under the claim lock: another boot of the
-                // same group may have landed since the filters ran.
-                if anti
-                    && let Some(g) = &group_id
-                    && let Some(grp) = tx.get::<ServerGroup>(g)?
-                {
-                    for m in grp.members.iter().filter(|m| *m != &s.id) {
-                        if tx.get::<Server>(m)?.and_then(|x| x.host).as_deref()
-                            == Some(host.as_str())
-                        {
-                            return Err(ApiError::conflict("anti-affinity"));
-                        }
-                    }
-                }
-                cur.host = Some(host.clone());
-                cur.node = Some(host.clone());
-                cur.availability_zone = Some(zone.clone());
-                cur.task_state = Some(task::SPAWNING.into());
-                cur.generation += 1;
-                cur.updated_us = now_us();
-                tx.update(&cur)?;
-                action_event(
-                    tx,
-                    &cur.id,
-                    "conductor_schedule_and_build_instances",
-                    true,
-                    None,
-                    Some(&host),
-                )?;
-                Ok(())
             });
         match result {
-            Ok(()) => {
-                tracing::debug!(server = %s.id, host = %h.node.id, "scheduled");
-                return Ok(Some(h.node.id.clone()));
+            Ok(()) => return Ok(Some(host.clone())),
+            Err(ClaimError::Caller(e)) if e.status.as_u16() == 409 => {
+                // Gone, or the group rule: try the next host only for the
+                // latter.
+                let still = state.store.get::<Server>(&s.id)?.is_some_and(|x| {
+                    x.task_state.as_deref() == Some(task::SCHEDULING) && x.host.is_none()
+                });
+                if !still {
+                    return Ok(None);
+                }
             }
-            Err(ClaimError::Caller(e))
-                if e.status.as_u16() == 409 && e.message == "anti-affinity" =>
-            {
-                continue;
-            }
-            Err(ClaimError::Caller(e)) if e.status.as_u16() == 409 => return Ok(None),
             Err(ClaimError::Caller(e)) => return Err(e),
             Err(e) => {
-                tracing::debug!(server = %s.id, host = %h.node.id, error = %e, "claim refused; trying the next host");
-                continue;
+                tracing::debug!(server = %s.id, host, error = %e, "claim refused; trying the next host");
             }
         }
     }
     no_valid_host(state, &s, "There are not enough hosts available.").map(|_| None)
+}
+
+/// Schedules a batch: plans every server against the index plus the
+/// batch's own picks, claims all first choices in one transaction, and
+/// schedules the few that did not fit one by one.
+fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
+    let mut pending = Pending::default();
+    let mut items = Vec::new();
+    let mut chosen: Vec<(Server, String, String, bool)> = Vec::new();
+    let mut retry: Vec<String> = Vec::new();
+    for id in ids {
+        let s = match state.store.get::<Server>(id) {
+            Ok(Some(s))
+                if s.task_state.as_deref() == Some(task::SCHEDULING) && s.host.is_none() =>
+            {
+                s
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::error!(server = %id, error = %e, "scheduling failed");
+                continue;
+            }
+        };
+        match plan(state, view, &s, &pending) {
+            Ok(Ok(p)) => {
+                let (host, rp, zone) = p.hosts[0].clone();
+                let usage = pending.usage.entry(rp.clone()).or_default();
+                for (c, n) in &p.resources {
+                    *usage.entry(c.clone()).or_default() += n;
+                }
+                if let Some(g) = &p.group {
+                    pending
+                        .group_hosts
+                        .entry(g.id.clone())
+                        .or_default()
+                        .push(host.clone());
+                }
+                let anti = p
+                    .group
+                    .as_ref()
+                    .is_some_and(|g| g.policy == "anti-affinity");
+                items.push(ClaimItem {
+                    consumer: s.id.clone(),
+                    project_id: s.project_id.clone(),
+                    user_id: s.user_id.clone(),
+                    allocs: BTreeMap::from([(rp, p.resources)]),
+                });
+                chosen.push((s, host, zone, anti));
+            }
+            Ok(Err(why)) => {
+                if let Err(e) = no_valid_host(state, &s, &why) {
+                    tracing::error!(server = %s.id, error = %e, "recording no valid host failed");
+                }
+            }
+            Err(e) => tracing::error!(server = %s.id, error = %e, "scheduling failed"),
+        }
+    }
+    if items.is_empty() {
+        return;
+    }
+    let result = state.placement.claim_batch(&items, |tx, i| {
+        let (s, host, zone, anti) = &chosen[i];
+        place(tx, s, host, zone, *anti)
+    });
+    match result {
+        Ok(outcomes) => {
+            for (i, o) in outcomes.iter().enumerate() {
+                match o {
+                    Outcome::Claimed => state.compute.notify(Some(&chosen[i].1)),
+                    _ => retry.push(chosen[i].0.id.clone()),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "batch claim failed; scheduling one by one");
+            retry.extend(chosen.iter().map(|c| c.0.id.clone()));
+        }
+    }
+    if !retry.is_empty() {
+        let view = View::load(state).unwrap_or(View {
+            nodes: view.nodes.clone(),
+            aggs: view.aggs.clone(),
+        });
+        for id in retry {
+            match schedule_in(state, &view, &id) {
+                Ok(host) => state.compute.notify(host.as_deref()),
+                Err(e) => tracing::error!(server = %id, error = %e, "scheduling failed"),
+            }
+        }
+    }
 }
 
 fn arch_matches(want: &str, have: &str) -> bool {

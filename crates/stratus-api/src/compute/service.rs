@@ -67,6 +67,8 @@ pub struct Compute {
     seen: Mutex<HashMap<String, i64>>,
     /// Inventories last written to placement per host.
     inventories: Mutex<HashMap<String, BTreeMap<String, Inventory>>>,
+    /// The scheduler thread's queue, once started.
+    scheduler: Mutex<Option<std::sync::mpsc::Sender<String>>>,
 }
 
 impl Compute {
@@ -76,7 +78,25 @@ impl Compute {
             changes: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             inventories: Mutex::new(HashMap::new()),
+            scheduler: Mutex::new(None),
         }
+    }
+
+    /// The scheduler's queue, started by `start` on first use.
+    pub fn scheduler_queue(
+        &self,
+        start: impl FnOnce() -> std::sync::mpsc::Sender<String>,
+    ) -> std::sync::mpsc::Sender<String> {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(start)
+            .clone()
+    }
+
+    /// Heartbeats seen since the last flush, for [`flush_heartbeats`].
+    fn seen_snapshot(&self) -> HashMap<String, i64> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The change channel of a host's agent.
@@ -125,7 +145,6 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
             || n.agent_url != r.agent_url
             || n.agent_key != r.agent_key
             || n.driver != r.driver
-            || now - n.last_seen_us > cfg.service_down_time_s as i64 * 1_000_000 / 3
     });
     let node = if changed {
         state.store.write(|tx| {
@@ -586,4 +605,25 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
 pub fn host_zone(state: &AppState, host: &str) -> Result<String, ApiError> {
     let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
     Ok(zone_of(&aggs, host))
+}
+
+/// Writes the heartbeats seen in memory to the node records, all in one
+/// transaction (one disk sync however many nodes there are), so a
+/// restarted controller knows when each node was last heard of.
+pub fn flush_heartbeats(state: &AppState) -> Result<(), ApiError> {
+    let seen = state.compute.seen_snapshot();
+    if seen.is_empty() {
+        return Ok(());
+    }
+    state.store.write(|tx| {
+        for (host, at) in &seen {
+            if let Some(mut n) = tx.get::<ComputeNode>(host)?
+                && n.last_seen_us < *at
+            {
+                n.last_seen_us = *at;
+                tx.update(&n)?;
+            }
+        }
+        Ok::<_, ApiError>(())
+    })
 }

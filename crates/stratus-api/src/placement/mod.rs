@@ -15,6 +15,9 @@ use stratus_store::{Query, Record, Store, Tx};
 
 use crate::ApiError;
 
+mod api;
+pub use api::router;
+
 /// One resource class of a provider, as Placement models it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
@@ -131,6 +134,26 @@ impl From<PlacementError> for ApiError {
             PlacementError::Store(_) => ApiError::internal(e.to_string()),
         }
     }
+}
+
+/// One consumer's claim in [`Placement::claim_batch`].
+#[derive(Debug, Clone)]
+pub struct ClaimItem {
+    pub consumer: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub allocs: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// What became of one item of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Claimed,
+    /// The provider had no room left (or the consumer already holds
+    /// allocations): try another.
+    NoCapacity,
+    /// The caller chose not to keep it.
+    Skipped,
 }
 
 /// A claim refused by placement, or by the caller's own writes.
@@ -392,6 +415,93 @@ impl Placement {
         Ok(out)
     }
 
+    /// Claims for many new consumers in one store transaction (one disk
+    /// sync for the lot). Each item is checked against the index plus the
+    /// items taken before it; `also(tx, i)` runs for each item that fits
+    /// and returns whether to keep it (it must write nothing when it
+    /// returns false). An error from `also` aborts the whole batch.
+    pub fn claim_batch<E>(
+        &self,
+        items: &[ClaimItem],
+        mut also: impl FnMut(&Tx, usize) -> Result<bool, E>,
+    ) -> Result<Vec<Outcome>, ClaimError<E>> {
+        let mut idx = self.lock();
+        let mut extra: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+        let mut outcomes = vec![Outcome::NoCapacity; items.len()];
+        let mut fits = vec![false; items.len()];
+        for (i, it) in items.iter().enumerate() {
+            let ok = it.allocs.iter().all(|(rp, classes)| {
+                let Some(p) = idx.providers.get(rp) else {
+                    return false;
+                };
+                classes.iter().all(|(class, amount)| {
+                    p.inventories.get(class).is_some_and(|inv| {
+                        let pending = extra
+                            .get(rp)
+                            .and_then(|m| m.get(class))
+                            .copied()
+                            .unwrap_or(0);
+                        inv.valid_amount(*amount)
+                            && idx.used(rp, class) + pending + amount <= inv.capacity()
+                            && !idx.allocations.contains_key(&it.consumer)
+                    })
+                })
+            });
+            if ok {
+                fits[i] = true;
+                for (rp, classes) in &it.allocs {
+                    let m = extra.entry(rp.clone()).or_default();
+                    for (c, n) in classes {
+                        *m.entry(c.clone()).or_default() += n;
+                    }
+                }
+            }
+        }
+        enum Fail<E> {
+            Store(stratus_store::StoreError),
+            Caller(E),
+        }
+        impl<E> From<stratus_store::StoreError> for Fail<E> {
+            fn from(e: stratus_store::StoreError) -> Self {
+                Fail::Store(e)
+            }
+        }
+        let mut written = Vec::new();
+        let result = self.store.write(|tx| {
+            for (i, it) in items.iter().enumerate() {
+                if !fits[i] {
+                    continue;
+                }
+                if !also(tx, i).map_err(Fail::Caller)? {
+                    outcomes[i] = Outcome::Skipped;
+                    continue;
+                }
+                let a = Allocation {
+                    id: it.consumer.clone(),
+                    project_id: it.project_id.clone(),
+                    user_id: it.user_id.clone(),
+                    generation: 1,
+                    allocations: it.allocs.clone(),
+                };
+                tx.upsert(&a)?;
+                outcomes[i] = Outcome::Claimed;
+                written.push(a);
+            }
+            Ok::<_, Fail<E>>(())
+        });
+        match result {
+            Ok(()) => {
+                for a in written {
+                    idx.apply(&a, 1);
+                    idx.allocations.insert(a.id.clone(), a);
+                }
+                Ok(outcomes)
+            }
+            Err(Fail::Caller(e)) => Err(ClaimError::Caller(e)),
+            Err(Fail::Store(e)) => Err(PlacementError::from(e).into()),
+        }
+    }
+
     /// Atomically claims `allocs` for `consumer` (replacing what it held)
     /// and runs `also(tx)` in the same store transaction. Nothing is
     /// written, and the index is untouched, if any check or `also` fails.
@@ -484,6 +594,151 @@ impl Placement {
         idx.apply(&prev, -1);
         idx.allocations.remove(consumer);
         Ok(())
+    }
+
+    /// Every provider, sorted by name.
+    pub fn providers(&self) -> Vec<Provider> {
+        let mut v: Vec<Provider> = self.lock().providers.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn provider(&self, uuid: &str) -> Option<Provider> {
+        self.lock().providers.get(uuid).cloned()
+    }
+
+    /// What is allocated on a provider, by class.
+    pub fn usage(&self, uuid: &str) -> BTreeMap<String, u64> {
+        self.lock().usage.get(uuid).cloned().unwrap_or_default()
+    }
+
+    pub fn allocation(&self, consumer: &str) -> Option<Allocation> {
+        self.lock().allocations.get(consumer).cloned()
+    }
+
+    /// The allocations held against one provider, by consumer.
+    pub fn provider_allocations(&self, uuid: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.lock()
+            .allocations
+            .values()
+            .filter_map(|a| a.allocations.get(uuid).map(|c| (a.id.clone(), c.clone())))
+            .collect()
+    }
+
+    /// What a project (and optionally one user) holds, by class.
+    pub fn project_usage(&self, project: &str, user: Option<&str>) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for a in self.lock().allocations.values() {
+            if a.project_id != project || user.is_some_and(|u| u != a.user_id) {
+                continue;
+            }
+            for classes in a.allocations.values() {
+                for (c, n) in classes {
+                    *out.entry(c.clone()).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// Creates a provider with a name (and uuid, else a new one).
+    pub fn create_provider(
+        &self,
+        uuid: Option<&str>,
+        name: &str,
+    ) -> Result<Provider, PlacementError> {
+        let mut idx = self.lock();
+        if idx.providers.values().any(|p| p.name == name) {
+            return Err(PlacementError::Conflict(format!(
+                "Conflicting resource provider name: {name} already exists."
+            )));
+        }
+        let id = uuid
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if idx.providers.contains_key(&id) {
+            return Err(PlacementError::Conflict(format!(
+                "Conflicting resource provider uuid: {id} already exists."
+            )));
+        }
+        let p = Provider {
+            id,
+            name: name.to_string(),
+            generation: 0,
+            inventories: BTreeMap::new(),
+            traits: vec![],
+            aggregates: vec![],
+        };
+        self.put_provider(&mut idx, p.clone())?;
+        Ok(p)
+    }
+
+    /// Changes a provider if its generation is `expect` (when given);
+    /// bumps the generation.
+    pub fn update_provider(
+        &self,
+        uuid: &str,
+        expect: Option<u64>,
+        f: impl FnOnce(&mut Provider, &BTreeMap<String, u64>) -> Result<(), PlacementError>,
+    ) -> Result<Provider, PlacementError> {
+        let mut idx = self.lock();
+        let mut p = idx
+            .providers
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+        if let Some(g) = expect
+            && g != p.generation
+        {
+            return Err(PlacementError::Conflict(format!(
+                "resource provider generation conflict: {uuid} is at generation {}, not {g}",
+                p.generation
+            )));
+        }
+        let used = idx.usage.get(uuid).cloned().unwrap_or_default();
+        f(&mut p, &used)?;
+        if idx
+            .providers
+            .values()
+            .any(|o| o.id != p.id && o.name == p.name)
+        {
+            return Err(PlacementError::Conflict(format!(
+                "Conflicting resource provider name: {} already exists.",
+                p.name
+            )));
+        }
+        p.generation += 1;
+        self.put_provider(&mut idx, p.clone())?;
+        Ok(p)
+    }
+
+    /// Like [`Placement::claim`] with Placement's consumer generation
+    /// check: `expect` None skips it, Some(None) means a new consumer.
+    pub fn claim_checked(
+        &self,
+        consumer: &str,
+        project_id: &str,
+        user_id: &str,
+        allocs: &BTreeMap<String, BTreeMap<String, u64>>,
+        expect: Option<Option<u64>>,
+    ) -> Result<(), PlacementError> {
+        if let Some(e) = expect {
+            let have = self.lock().allocations.get(consumer).map(|a| a.generation);
+            if have != e {
+                return Err(PlacementError::Conflict(format!(
+                    "consumer generation conflict - expected {:?} but got {:?}",
+                    e, have
+                )));
+            }
+        }
+        if allocs.is_empty() {
+            return self.release(consumer);
+        }
+        self.claim(consumer, project_id, user_id, allocs, |_| Ok::<_, ()>(()))
+            .map_err(|e| match e {
+                ClaimError::Placement(p) => p,
+                ClaimError::Caller(()) => PlacementError::Invalid("refused".into()),
+            })
     }
 
     pub fn allocations_of(&self, consumer: &str) -> BTreeMap<String, BTreeMap<String, u64>> {

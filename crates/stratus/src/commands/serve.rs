@@ -44,6 +44,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             ("identity", "keystone", "identity"),
             ("image", "glance", "image"),
             ("compute", "nova", "compute/v2.1"),
+            ("placement", "placement", "placement"),
         ] {
             stratus_api::identity::bootstrap::ensure_service(
                 &store,
@@ -74,6 +75,21 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     import_images(&state, args.import_images.as_deref())?;
     stratus_api::compute::service::recover(&state)
         .map_err(|e| anyhow::anyhow!("recovering compute state: {e}"))?;
+    let beats = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tick.tick().await;
+            let st = beats.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                stratus_api::compute::service::flush_heartbeats(&st)
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "could not record node heartbeats");
+            }
+        }
+    });
     let keys = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));

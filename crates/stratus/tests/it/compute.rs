@@ -1135,3 +1135,182 @@ fn compute_kill_during_burst_loses_nothing() {
     let hv = c.req("GET", "/os-hypervisors/detail", &c.admin, None);
     assert_eq!(hv.body["hypervisors"][0]["running_vms"], all.len());
 }
+
+#[test]
+fn placement_api_generations_capacity_and_policy() {
+    let c = Cloud::start(&["--no-agent"]);
+    let pl = Client {
+        base: format!("{}/placement", c.server.url),
+    };
+    let v = |m: &str| ("OpenStack-API-Version", m.to_string());
+    let call = |method: &str, path: &str, tok: &str, ver: &str, body: Option<Value>| {
+        let (k, val) = v(&format!("placement {ver}"));
+        pl.raw(
+            method,
+            path,
+            Some(tok),
+            &[(k, &val)],
+            body.map(|b| b.to_string()),
+        )
+    };
+    // Version document without a token; too new a version is a 406 that
+    // names the range.
+    let r = pl.call("GET", "", None, None);
+    assert_eq!(r.body["versions"][0]["max_version"], "1.28");
+    let r = call("GET", "/resource_providers", &c.admin, "1.99", None);
+    assert_eq!(r.status, 406);
+    assert_eq!(r.body["errors"][0]["max_version"], "1.28");
+    let r = call(
+        "POST",
+        "/resource_providers",
+        &c.admin,
+        "1.20",
+        Some(json!({"name": "rp1"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rp = r.body["uuid"].as_str().unwrap().to_string();
+    assert_eq!(r.body["generation"], 0);
+    let inv = json!({"resource_provider_generation": 0, "inventories": {
+        "VCPU": {"total": 4, "allocation_ratio": 2.0}, "MEMORY_MB": {"total": 2048, "reserved": 512}}});
+    let r = call(
+        "PUT",
+        &format!("/resource_providers/{rp}/inventories"),
+        &c.admin,
+        "1.28",
+        Some(inv.clone()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The same generation again: somebody else changed it first.
+    let r = call(
+        "PUT",
+        &format!("/resource_providers/{rp}/inventories"),
+        &c.admin,
+        "1.28",
+        Some(inv),
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["errors"][0]["code"], "placement.concurrent_update");
+    // Capacity: (4 - 0) * 2 = 8 VCPU, 2048 - 512 = 1536 MB.
+    let r = call(
+        "GET",
+        "/allocation_candidates?resources=VCPU:8,MEMORY_MB:1536",
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(
+        r.body["allocation_requests"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.body
+    );
+    let r = call(
+        "GET",
+        "/allocation_candidates?resources=VCPU:9",
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(r.body["allocation_requests"].as_array().unwrap().len(), 0);
+    let consumer = "9b7a1a2e-1111-4222-8333-944455556666";
+    let alloc = |n: u64, gen_: Value| {
+        json!({"allocations": {rp.clone(): {"resources": {"VCPU": n}}},
+        "project_id": "p", "user_id": "u", "consumer_generation": gen_})
+    };
+    let r = call(
+        "PUT",
+        &format!("/allocations/{consumer}"),
+        &c.admin,
+        "1.28",
+        Some(alloc(6, Value::Null)),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let other = "9b7a1a2e-1111-4222-8333-944455556667";
+    let r = call(
+        "PUT",
+        &format!("/allocations/{other}"),
+        &c.admin,
+        "1.28",
+        Some(alloc(3, Value::Null)),
+    );
+    assert_eq!(r.status, 409, "over capacity: {}", r.body);
+    let r = call(
+        "PUT",
+        &format!("/allocations/{consumer}"),
+        &c.admin,
+        "1.28",
+        Some(alloc(2, Value::Null)),
+    );
+    assert_eq!(r.status, 409, "stale consumer generation: {}", r.body);
+    let r = call(
+        "GET",
+        &format!("/resource_providers/{rp}/usages"),
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(r.body["usages"]["VCPU"], 6);
+    // Shrinking a class away while it is in use is refused.
+    let r = call(
+        "DELETE",
+        &format!("/resource_providers/{rp}/inventories/VCPU"),
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("/allocations/{consumer}"),
+            &c.admin,
+            "1.28",
+            None
+        )
+        .status,
+        204
+    );
+    // Traits.
+    assert_eq!(
+        call("PUT", "/traits/CUSTOM_GPU", &c.admin, "1.28", None).status,
+        201
+    );
+    let r = call(
+        "PUT",
+        &format!("/resource_providers/{rp}/traits"),
+        &c.admin,
+        "1.28",
+        Some(json!({"traits": ["CUSTOM_GPU"], "resource_provider_generation": 1})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(
+        "GET",
+        "/allocation_candidates?resources=VCPU:1&required=CUSTOM_GPU",
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(r.body["allocation_requests"].as_array().unwrap().len(), 1);
+    let r = call(
+        "GET",
+        "/allocation_candidates?resources=VCPU:1&required=!CUSTOM_GPU",
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(r.body["allocation_requests"].as_array().unwrap().len(), 0);
+    // Bad input and policy.
+    let r = call(
+        "GET",
+        "/allocation_candidates?resources=VCPU:x",
+        &c.admin,
+        "1.28",
+        None,
+    );
+    assert_eq!(r.status, 400);
+    let (_, member) = c.project("pl");
+    assert_eq!(
+        call("GET", "/resource_providers", &member, "1.28", None).status,
+        403
+    );
+}
