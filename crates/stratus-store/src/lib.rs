@@ -443,14 +443,26 @@ fn get_in<T: Record>(c: &Connection, id: &str) -> Result<Option<T>> {
 }
 
 fn list_in<T: Record>(c: &Connection, q: &Query) -> Result<Vec<T>> {
-    let mut st = c.prepare_cached(
-        "SELECT body FROM resources WHERE kind = ?1
-           AND (?2 IS NULL OR owner = ?2)
-           AND (?3 IS NULL OR parent = ?3)
-           AND (?4 IS NULL OR name = ?4)
-         ORDER BY id",
-    )?;
-    let rows = st.query_map(params![T::KIND, q.owner, q.parent, q.name], |r| {
+    // Only the filters given go into the SQL, so SQLite can use the index
+    // on that column (`?n IS NULL OR col = ?n` would make it scan the
+    // whole kind).
+    let mut sql = String::from("SELECT body FROM resources WHERE kind = ?1");
+    let mut args: Vec<&str> = vec![T::KIND];
+    for (col, val) in [("owner", q.owner), ("parent", q.parent), ("name", q.name)] {
+        if let Some(v) = val {
+            args.push(v);
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    }
+    // `+id`: sort the few matching rows rather than walk the whole kind
+    // in id order.
+    sql.push_str(if args.len() > 1 {
+        " ORDER BY +id"
+    } else {
+        " ORDER BY id"
+    });
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
         r.get::<_, String>(0)
     })?;
     let mut out = Vec::new();

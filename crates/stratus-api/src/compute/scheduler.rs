@@ -62,17 +62,27 @@ fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
     }
 }
 
-/// What the scheduler reads once per batch.
+/// What the scheduler reads once per batch: the nodes, the aggregates,
+/// and every provider's free capacity and traits.
 pub struct View {
     nodes: Vec<ComputeNode>,
     aggs: Vec<Aggregate>,
+    cands: HashMap<String, crate::placement::Candidate>,
 }
 
 impl View {
     pub fn load(state: &AppState) -> Result<Self, ApiError> {
+        let cands = state
+            .placement
+            .candidates(&CandidateRequest::default())
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|c| (c.provider.clone(), c))
+            .collect();
         Ok(View {
             nodes: state.store.list::<ComputeNode>(&StoreQuery::all())?,
             aggs: state.store.list::<Aggregate>(&StoreQuery::all())?,
+            cands,
         })
     }
 }
@@ -174,21 +184,26 @@ pub fn plan(
             }
         }
     }
-    let req = CandidateRequest {
-        resources: resources.clone(),
-        required_traits: required,
-        forbidden_traits: forbidden,
-        member_of: vec![],
-        in_tree: None,
-        limit: None,
+    // Placement: providers with the traits and room for the flavor, from
+    // the batch's snapshot less what this batch already took.
+    let fits = |c: &crate::placement::Candidate| -> bool {
+        required.iter().all(|t| c.traits.contains(t))
+            && !forbidden.iter().any(|t| c.traits.contains(t))
+            && resources.iter().all(|(class, n)| {
+                let taken = pending
+                    .usage
+                    .get(&c.provider)
+                    .and_then(|u| u.get(class))
+                    .copied()
+                    .unwrap_or(0);
+                c.free.get(class).copied().unwrap_or(0) >= n + taken
+            })
     };
-    let candidates = match state.placement.candidates(&req) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(format!("Placement refused the request: {e}"))),
-    };
-    let by_rp: HashMap<&str, &crate::placement::Candidate> = candidates
+    let by_rp: HashMap<&str, &crate::placement::Candidate> = view
+        .cands
         .iter()
-        .map(|c| (c.provider.as_str(), c))
+        .filter(|(_, c)| fits(c))
+        .map(|(k, c)| (k.as_str(), c))
         .collect();
 
     // Filters.
@@ -355,17 +370,31 @@ pub fn plan(
         }
         w
     };
-    hosts.sort_by(|a, b| {
-        weight(b)
-            .partial_cmp(&weight(a))
+    // Weigh each host once; only the best few are ever tried.
+    let mut ranked: Vec<(f64, usize)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (weight(h), i))
+        .collect();
+    let by_weight = |a: &(f64, usize), b: &(f64, usize)| {
+        b.0.partial_cmp(&a.0)
             .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.node.id.cmp(&b.node.id))
-    });
+            .then(hosts[a.1].node.id.cmp(&hosts[b.1].node.id))
+    };
+    const TRIES: usize = 8;
+    if ranked.len() > TRIES {
+        ranked.select_nth_unstable_by(TRIES - 1, by_weight);
+        ranked.truncate(TRIES);
+    }
+    ranked.sort_by(by_weight);
 
     Ok(Ok(Plan {
-        hosts: hosts
+        hosts: ranked
             .iter()
-            .map(|h| (h.node.id.clone(), h.node.uuid.clone(), h.zone.clone()))
+            .map(|(_, i)| {
+                let h = &hosts[*i];
+                (h.node.id.clone(), h.node.uuid.clone(), h.zone.clone())
+            })
             .collect(),
         resources,
         group,
@@ -543,12 +572,10 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
         }
     }
     if !retry.is_empty() {
-        let view = View::load(state).unwrap_or(View {
-            nodes: view.nodes.clone(),
-            aggs: view.aggs.clone(),
-        });
+        let fresh = View::load(state);
+        let view = fresh.as_ref().unwrap_or(view);
         for id in retry {
-            match schedule_in(state, &view, &id) {
+            match schedule_in(state, view, &id) {
                 Ok(host) => state.compute.notify(host.as_deref()),
                 Err(e) => tracing::error!(server = %id, error = %e, "scheduling failed"),
             }

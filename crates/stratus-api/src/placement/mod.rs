@@ -408,8 +408,8 @@ impl Placement {
                 });
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(l) = req.limit {
+            out.sort_by(|a, b| a.name.cmp(&b.name));
             out.truncate(l);
         }
         Ok(out)
