@@ -67,22 +67,41 @@ fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
 pub struct View {
     nodes: Vec<ComputeNode>,
     aggs: Vec<Aggregate>,
-    cands: HashMap<String, crate::placement::Candidate>,
+    /// Per node (same order): its provider's capacity, zone, aggregates.
+    cands: Vec<Option<crate::placement::Candidate>>,
+    zones: Vec<String>,
+    node_aggs: Vec<Vec<usize>>,
 }
 
 impl View {
     pub fn load(state: &AppState) -> Result<Self, ApiError> {
-        let cands = state
+        let mut by_rp: HashMap<String, crate::placement::Candidate> = state
             .placement
             .candidates(&CandidateRequest::default())
             .map_err(ApiError::from)?
             .into_iter()
             .map(|c| (c.provider.clone(), c))
             .collect();
+        let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+        let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+        let cands = nodes.iter().map(|n| by_rp.remove(&n.uuid)).collect();
+        let zones = nodes.iter().map(|n| zone_of(&aggs, &n.id)).collect();
+        let node_aggs = nodes
+            .iter()
+            .map(|n| {
+                aggs.iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.hosts.contains(&n.id))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
         Ok(View {
-            nodes: state.store.list::<ComputeNode>(&StoreQuery::all())?,
-            aggs: state.store.list::<Aggregate>(&StoreQuery::all())?,
+            nodes,
+            aggs,
             cands,
+            zones,
+            node_aggs,
         })
     }
 }
@@ -90,9 +109,18 @@ impl View {
 /// A host as the filters and weighers see it.
 struct HostState<'a> {
     node: &'a ComputeNode,
-    zone: String,
+    zone: &'a str,
     aggs: Vec<&'a Aggregate>,
-    free: BTreeMap<String, u64>,
+    free: &'a BTreeMap<String, u64>,
+    /// Taken by earlier servers of the same batch.
+    taken: Option<&'a BTreeMap<String, u64>>,
+}
+
+impl HostState<'_> {
+    fn free(&self, class: &str) -> u64 {
+        let t = self.taken.and_then(|t| t.get(class)).copied().unwrap_or(0);
+        self.free.get(class).copied().unwrap_or(0).saturating_sub(t)
+    }
 }
 
 fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError> {
@@ -199,12 +227,6 @@ pub fn plan(
                 c.free.get(class).copied().unwrap_or(0) >= n + taken
             })
     };
-    let by_rp: HashMap<&str, &crate::placement::Candidate> = view
-        .cands
-        .iter()
-        .filter(|(_, c)| fits(c))
-        .map(|(k, c)| (k.as_str(), c))
-        .collect();
 
     // Filters.
     let group = match &s.server_group {
@@ -260,9 +282,10 @@ pub fn plan(
 
     let mut hosts: Vec<HostState> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
-    for n in nodes {
-        let node_aggs: Vec<&Aggregate> = aggs.iter().filter(|a| a.hosts.contains(&n.id)).collect();
-        let zone = zone_of(aggs, &n.id);
+    for (i, n) in nodes.iter().enumerate() {
+        let node_aggs: Vec<&Aggregate> = view.node_aggs[i].iter().map(|&j| &aggs[j]).collect();
+        let zone = view.zones[i].as_str();
+        let cand = view.cands[i].as_ref().filter(|c| fits(c));
         let why = if !is_up(state, n) {
             Some("ComputeFilter: down")
         } else if n.disabled {
@@ -273,7 +296,7 @@ pub fn plan(
             Some("forced host")
         } else if s.tried_hosts.contains(&n.id) {
             Some("RetryFilter")
-        } else if !by_rp.contains_key(n.uuid.as_str()) {
+        } else if cand.is_none() {
             Some("placement: not enough free resources or missing traits")
         } else if want_arch
             .as_deref()
@@ -312,26 +335,13 @@ pub fn plan(
             reasons.push(format!("{}: {w}", n.id));
             continue;
         }
-        let mut free = by_rp[n.uuid.as_str()].free.clone();
-        if let Some(p) = pending.usage.get(&n.uuid) {
-            for (c, used) in p {
-                if let Some(f) = free.get_mut(c) {
-                    *f = f.saturating_sub(*used);
-                }
-            }
-            if resources
-                .iter()
-                .any(|(c, n)| free.get(c).copied().unwrap_or(0) < *n)
-            {
-                reasons.push(format!("{}: full after this batch", n.id));
-                continue;
-            }
-        }
+        let Some(cand) = cand else { continue };
         let hs = HostState {
             node: n,
             zone,
             aggs: node_aggs,
-            free,
+            free: &cand.free,
+            taken: pending.usage.get(&n.uuid),
         };
         if let Some(q) = &query
             && !json_query(q, &hs, state)
@@ -353,12 +363,12 @@ pub fn plan(
     };
     let max_ram = hosts
         .iter()
-        .map(|h| h.free.get("MEMORY_MB").copied().unwrap_or(0))
+        .map(|h| h.free("MEMORY_MB"))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
     let weight = |h: &HostState| -> f64 {
-        let ram = h.free.get("MEMORY_MB").copied().unwrap_or(0) as f64 / max_ram;
+        let ram = h.free("MEMORY_MB") as f64 / max_ram;
         let mut w = sign * ram;
         if let Some(g) = &group {
             let on = member_hosts.iter().filter(|x| *x == &h.node.id).count() as f64;
@@ -393,7 +403,7 @@ pub fn plan(
             .iter()
             .map(|(_, i)| {
                 let h = &hosts[*i];
-                (h.node.id.clone(), h.node.uuid.clone(), h.zone.clone())
+                (h.node.id.clone(), h.node.uuid.clone(), h.zone.to_string())
             })
             .collect(),
         resources,
@@ -621,9 +631,9 @@ fn aggregate_specs_ok(specs: &BTreeMap<String, String>, aggs: &[&Aggregate]) -> 
 /// 1024], ...]` over the host's state.
 fn json_query(q: &Value, h: &HostState, state: &AppState) -> bool {
     fn var(name: &str, h: &HostState, state: &AppState) -> Value {
-        let ram = h.free.get("MEMORY_MB").copied().unwrap_or(0);
-        let disk = h.free.get("DISK_GB").copied().unwrap_or(0);
-        let vcpu = h.free.get("VCPU").copied().unwrap_or(0);
+        let ram = h.free("MEMORY_MB");
+        let disk = h.free("DISK_GB");
+        let vcpu = h.free("VCPU");
         let _ = state;
         match name.trim_start_matches('$') {
             "free_ram_mb" => json!(ram),
