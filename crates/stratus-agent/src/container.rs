@@ -1,42 +1,54 @@
-//! The container driver: OCI containers run by a real OCI runtime.
+//! The container driver: instances are OCI containers run by runc.
 //!
-//! Layout under the state directory:
+//! What it keeps under its state directory, and why:
 //!
-//! - `images/<image id>/{rootfs, process.json}`: each image unpacked once,
-//!   shared read-only by every container of the node (written to a temp
-//!   directory and renamed, so a crash never leaves half an image);
-//! - `instances/<server id>/`: `config.json` (the OCI bundle), `rootfs`
-//!   (an overlay of the image with `upper`/`work`, so writes survive a
-//!   stop and start like a VM's disk), `openstack/latest/` (config-drive
-//!   style `meta_data.json` and `user_data`, bind-mounted read-only at
-//!   `/openstack`), and `console.log` (the workload's stdout and stderr);
-//! - `runc/`: the runtime's own state, so containers are found again
-//!   after the agent restarts.
+//! ```text
+//! images/<image_id>/        unpacked image, shared (see image.rs)
+//! instances/<uuid>/
+//!   instance.json           written last at spawn: the instance is whole;
+//!                           records the image and how its root is made
+//!   config.json             the OCI bundle's spec
+//!   rootfs/                 overlay mount point (lower = image rootfs)
+//!   upper/ work/            the overlay's writable layer: the instance's
+//!                           "disk", kept across stop/start
+//!   openstack/latest/       config drive (meta_data.json, user_data),
+//!                           bind-mounted read-only at /openstack
+//!   console.log             the workload's stdout and stderr
+//!   runc.log                the runtime's own log of the last run
+//! runc/                     the runtime's --root: container state, so an
+//!                           agent restart finds its containers again
+//! ```
 //!
-//! Each server gets its own cgroup (`/stratus/<server id>`) with the
-//! flavor's memory (no swap beyond it) and CPU quota, and its own PID, IPC,
-//! UTS, mount and network namespaces.
+//! Power actions map onto the runtime: stop is SIGTERM then SIGKILL; start
+//! deletes the stopped container and runs it again on the same bundle (the
+//! overlay, and so the instance's writes, stay); pause is the freezer.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use crate::unpack::{ImageProcess, unpack};
-use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState};
+use crate::image::{self, ImageConfig};
+use crate::runc::{self, Runc, Status};
+use crate::spec;
+use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState, host, valid_id};
 
-/// Looks for `runc`, then `crun`, in PATH.
+/// The most of a console log `console_output` reads.
+const CONSOLE_MAX: u64 = 1 << 20;
+
+/// Look for an OCI runtime in `PATH`: `runc`, then `crun`.
 pub fn find_runtime() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     for name in ["runc", "crun"] {
         for dir in std::env::split_paths(&path) {
             let p = dir.join(name);
-            if p.is_file() {
+            if fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
                 return Some(p);
             }
         }
@@ -44,463 +56,452 @@ pub fn find_runtime() -> Option<PathBuf> {
     None
 }
 
-pub struct ContainerDriver {
-    state: PathBuf,
-    runtime: PathBuf,
-    /// Serialises image unpacking.
-    images: Mutex<()>,
+/// How an instance's root file system is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RootKind {
+    /// overlayfs over the cached image rootfs.
+    Overlay,
+    /// A full copy (where overlayfs is not available).
+    Copy,
 }
 
-const RUNTIME_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most of a console log read back.
-const CONSOLE_TAIL: u64 = 1 << 20;
+/// `instances/<uuid>/instance.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    image_id: String,
+    root: RootKind,
+    hostname: String,
+    vcpus: u32,
+    memory_mb: u64,
+    disk_gb: u64,
+}
+
+/// OCI containers under runc (or crun). See the module docs for the layout.
+pub struct ContainerDriver {
+    state_dir: PathBuf,
+    runc: Runc,
+    hypervisor_version: u64,
+    /// How long a soft reboot waits for the workload to stop.
+    reboot_timeout: Duration,
+    /// One lock per image being unpacked, one per instance being changed.
+    image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    instance_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn lock_of(map: &Mutex<HashMap<String, Arc<Mutex<()>>>>, key: &str) -> Arc<Mutex<()>> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.to_string())
+        .or_default()
+        .clone()
+}
+
+fn rt(msg: impl Into<String>) -> DriverError {
+    DriverError::Runtime(msg.into())
+}
+
+/// Run a helper command (mount, umount, cp) with a timeout.
+fn helper(cmd: &mut Command, what: &str) -> Result<(), DriverError> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| rt(format!("cannot run {what}: {e}")))?;
+    let (status, _, err) = runc::wait_timeout(child, Duration::from_secs(300), what)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(rt(format!(
+            "{what} failed ({status}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )))
+    }
+}
+
+/// Is `path` a mount point (per /proc/self/mountinfo)?
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|m| unescape_mountinfo(m) == want)
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(n);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
 
 impl ContainerDriver {
+    /// A driver keeping its state under `state_dir` (created if missing) and
+    /// running containers with `runtime` (see [`find_runtime`]).
     pub fn new(state_dir: &Path, runtime: PathBuf) -> Result<Self, DriverError> {
+        fs::create_dir_all(state_dir)?;
+        let state_dir = fs::canonicalize(state_dir)?;
         for d in ["images", "instances", "runc"] {
             fs::create_dir_all(state_dir.join(d))?;
         }
-        // Leftovers of an unpack cut short.
-        for e in fs::read_dir(state_dir.join("images"))?.flatten() {
-            if e.file_name().to_string_lossy().contains(".tmp-") {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
+        fs::set_permissions(state_dir.join("runc"), fs::Permissions::from_mode(0o700))?;
+        let version = Command::new(&runtime)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                rt(format!(
+                    "OCI runtime {} cannot be run ({e}); install one: apt-get install runc",
+                    runtime.display()
+                ))
+            })?;
+        let (_, out, _) = runc::wait_timeout(version, runc::CALL_TIMEOUT, "runtime --version")?;
+        let hypervisor_version = host::version_int(&String::from_utf8_lossy(&out));
         let d = ContainerDriver {
-            state: fs::canonicalize(state_dir)?,
-            runtime,
-            images: Mutex::new(()),
+            runc: Runc {
+                bin: runtime,
+                root: state_dir.join("runc"),
+            },
+            state_dir,
+            hypervisor_version,
+            reboot_timeout: Duration::from_secs(60),
+            image_locks: Mutex::default(),
+            instance_locks: Mutex::default(),
         };
-        let v = d.run(&["--version"]).map_err(|e| {
-            DriverError::Runtime(format!("{} does not run: {e}", d.runtime.display()))
-        })?;
-        tracing::info!(runtime = %d.runtime.display(), version = %v.lines().next().unwrap_or(""), "container driver ready");
+        d.sweep_tmp();
         Ok(d)
     }
 
-    fn instance_dir(&self, uuid: &str) -> PathBuf {
-        self.state.join("instances").join(uuid)
+    /// How long a soft reboot waits for the workload to exit before it is
+    /// killed (60 s, like Nova's `shutdown_timeout`).
+    pub fn with_reboot_timeout(mut self, timeout: Duration) -> Self {
+        self.reboot_timeout = timeout;
+        self
     }
 
-    /// Runs the runtime with a timeout; stdout on success, stderr in the
-    /// error otherwise.
-    fn run(&self, args: &[&str]) -> Result<String, DriverError> {
-        let mut cmd = Command::new(&self.runtime);
-        if args.first() != Some(&"--version") {
-            cmd.arg("--root").arg(self.state.join("runc"));
+    /// The state directory (canonical).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Remove unpack leftovers of a crashed agent (older than an hour, so
+    /// an unpack in progress in another process is left alone).
+    fn sweep_tmp(&self) {
+        let Ok(rd) = fs::read_dir(self.state_dir.join("images")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if e.file_name().to_string_lossy().starts_with(".tmp-") && old {
+                let _ = fs::remove_dir_all(e.path());
+            }
         }
-        let child = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                DriverError::Runtime(format!("cannot run {}: {e}", self.runtime.display()))
-            })?;
-        wait_output(
-            child,
-            RUNTIME_TIMEOUT,
-            &format!("{} {}", self.runtime.display(), args.join(" ")),
-        )
     }
 
-    fn valid_id(uuid: &str) -> Result<(), DriverError> {
-        if uuid.is_empty()
-            || uuid.len() > 64
-            || !uuid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+    fn instance_dir(&self, uuid: &str) -> PathBuf {
+        self.state_dir.join("instances").join(uuid)
+    }
+
+    fn image_dir(&self, image_id: &str) -> PathBuf {
+        self.state_dir.join("images").join(image_id)
+    }
+
+    fn record(&self, uuid: &str) -> Result<Record, DriverError> {
+        if !valid_id(uuid) {
             return Err(DriverError::NotFound(uuid.to_string()));
         }
-        Ok(())
+        let data = match fs::read(self.instance_dir(uuid).join("instance.json")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DriverError::NotFound(uuid.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&data)
+            .map_err(|e| rt(format!("instance {uuid}: corrupt instance.json: {e}")))
     }
 
-    /// The runtime's status of a container, or None when it has none.
-    fn status(&self, uuid: &str) -> Option<String> {
-        Self::valid_id(uuid).ok()?;
-        let out = self.run(&["state", uuid]).ok()?;
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["status"].as_str().map(str::to_string)
-    }
-
-    /// Unpacks an image once; returns its rootfs and process.
-    fn image(&self, spec: &InstanceSpec) -> Result<(PathBuf, ImageProcess), DriverError> {
-        if spec.image_id.is_empty() || spec.image_id.contains('/') || spec.image_id.starts_with('.')
-        {
+    /// The unpacked image: from the cache, or unpacked now.
+    fn ensure_image(&self, spec: &InstanceSpec) -> Result<(PathBuf, ImageConfig), DriverError> {
+        if !valid_id(&spec.image_id) {
             return Err(DriverError::InvalidImage(format!(
-                "bad image id {:?}",
+                "image id {:?} is not usable as a file name",
                 spec.image_id
             )));
         }
-        let _g = self.images.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = self.state.join("images").join(&spec.image_id);
-        if !dir.join("process.json").exists() {
-            let tmp = self.state.join("images").join(format!(
-                "{}.tmp-{}",
-                spec.image_id,
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&tmp);
-            fs::create_dir_all(tmp.join("rootfs"))?;
-            let started = Instant::now();
-            let result = unpack(
-                &spec.image_file,
-                &spec.container_format,
-                &tmp.join("rootfs"),
-            );
-            let process = match result {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(e);
-                }
-            };
-            fs::write(tmp.join("process.json"), process.to_json().to_string())?;
-            let _ = fs::remove_dir_all(&dir);
-            fs::rename(&tmp, &dir)?;
-            tracing::info!(image = %spec.image_id, ms = started.elapsed().as_millis() as u64, "image unpacked");
+        let dir = self.image_dir(&spec.image_id);
+        let lock = lock_of(&self.image_locks, &spec.image_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cfg) = image::cached_config(&dir) {
+            return Ok((dir.join("rootfs"), cfg));
         }
-        let text = fs::read_to_string(dir.join("process.json"))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| DriverError::InvalidImage(e.to_string()))?;
-        Ok((dir.join("rootfs"), ImageProcess::from_config(&v)))
+        if dir.exists() {
+            // Not complete: cannot happen through rename, but be sure.
+            fs::remove_dir_all(&dir)?;
+        }
+        let t = Instant::now();
+        let cfg = image::unpack(&spec.image_file, &spec.container_format, &dir)?;
+        tracing::info!(image = %spec.image_id, elapsed_ms = t.elapsed().as_millis() as u64,
+            "unpacked container image");
+        Ok((dir.join("rootfs"), cfg))
     }
 
-    fn mounted(path: &Path) -> bool {
-        let p = path.to_string_lossy();
-        fs::read_to_string("/proc/mounts")
-            .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p)))
-            .unwrap_or(false)
+    /// Mount (or copy) the instance's root on `rootfs`, when not already.
+    fn mount_root(
+        &self,
+        dir: &Path,
+        lower: &Path,
+        kind: RootKind,
+    ) -> Result<RootKind, DriverError> {
+        let target = dir.join("rootfs");
+        if kind == RootKind::Copy {
+            return Ok(RootKind::Copy);
+        }
+        if is_mounted(&target) {
+            return Ok(RootKind::Overlay);
+        }
+        let (l, u, w) = (lower.display(), dir.join("upper"), dir.join("work"));
+        let opts = format!(
+            "lowerdir={l},upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        );
+        // The option syntax has no escapes: ',' and ':' in a path break it.
+        let usable = [lower, u.as_path(), w.as_path()]
+            .iter()
+            .all(|p| !p.to_string_lossy().contains([',', ':']));
+        let mounted = usable
+            && helper(
+                Command::new("mount")
+                    .args(["-t", "overlay", "overlay", "-o", &opts])
+                    .arg(&target),
+                "mount -t overlay",
+            )
+            .inspect_err(|e| tracing::warn!(error = %e, "overlayfs unavailable; copying the image"))
+            .is_ok();
+        if mounted {
+            return Ok(RootKind::Overlay);
+        }
+        helper(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", lower.display()))
+                .arg(&target),
+            "cp -a (image rootfs)",
+        )?;
+        Ok(RootKind::Copy)
     }
 
-    /// Mounts the instance's overlay root (or copies the image where
-    /// overlayfs is not available).
-    fn mount_root(&self, uuid: &str) -> Result<(), DriverError> {
-        let dir = self.instance_dir(uuid);
-        let root = dir.join("rootfs");
-        if Self::mounted(&root) || dir.join("rootfs.copied").exists() {
+    fn unmount_root(&self, dir: &Path) -> Result<(), DriverError> {
+        let target = dir.join("rootfs");
+        if !is_mounted(&target) {
             return Ok(());
         }
-        let lower_link = dir.join("image");
-        let lower = fs::read_link(&lower_link)?;
-        for d in ["upper", "work", "rootfs"] {
-            fs::create_dir_all(dir.join(d))?;
+        if helper(Command::new("umount").arg(&target), "umount").is_err() {
+            helper(Command::new("umount").arg("-l").arg(&target), "umount -l")?;
         }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| DriverError::Runtime(format!("cannot run mount: {e}")));
-        let ok = match out {
-            Ok(child) => wait_output(child, RUNTIME_TIMEOUT, "mount overlay").is_ok(),
-            Err(_) => false,
-        };
-        if !ok {
-            tracing::warn!(
-                server = uuid,
-                "overlayfs unavailable here; copying the image instead"
-            );
-            let status = Command::new("cp")
-                .args(["-a", "--"])
-                .arg(format!("{}/.", lower.display()))
-                .arg(&root)
-                .status()?;
-            if !status.success() {
-                return Err(DriverError::Runtime("copying the image root failed".into()));
-            }
-            File::create(dir.join("rootfs.copied"))?;
+        if is_mounted(&target) {
+            return Err(rt(format!("{} is still mounted", target.display())));
         }
         Ok(())
     }
 
-    fn unmount_root(&self, uuid: &str) {
-        let root = self.instance_dir(uuid).join("rootfs");
-        if Self::mounted(&root) {
-            let _ = Command::new("umount").arg("-l").arg(&root).status();
-        }
-    }
-
-    /// Starts the container from its bundle, stdout and stderr appended
-    /// to the console log.
-    fn launch(&self, uuid: &str) -> Result<(), DriverError> {
-        self.mount_root(uuid)?;
-        let dir = self.instance_dir(uuid);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("console.log"))?;
-        let child = Command::new(&self.runtime)
-            .arg("--root")
-            .arg(self.state.join("runc"))
-            .args(["run", "--detach", "--bundle"])
-            .arg(&dir)
-            .arg(uuid)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                DriverError::Runtime(format!("cannot run {}: {e}", self.runtime.display()))
-            })?;
-        let status = wait_status(child, RUNTIME_TIMEOUT)?;
-        if !status.success() {
-            let tail = tail(&dir.join("console.log"), 2048).unwrap_or_default();
-            let _ = self.run(&["delete", "--force", uuid]);
-            return Err(DriverError::Runtime(format!(
-                "the runtime could not start the container: {}",
-                tail.lines().last().unwrap_or("no output")
-            )));
-        }
-        Ok(())
-    }
-
-    /// Waits until the container is stopped, up to `timeout`.
-    fn wait_stopped(&self, uuid: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.status(uuid).as_deref() {
-                Some("stopped") | None => return true,
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&self, uuid: &str, signal: &str) {
-        let _ = self.run(&["kill", uuid, signal]);
-    }
-
-    fn bundle_config(
+    /// The process arguments: image entrypoint + cmd, behind the user-data
+    /// script when there is one to run.
+    fn process_args(
         &self,
         spec: &InstanceSpec,
-        image: &ImageProcess,
-        rootfs_has_sh: bool,
-    ) -> Value {
-        let dir = self.instance_dir(&spec.uuid);
-        let mut args: Vec<String> = image
-            .entrypoint
-            .iter()
-            .chain(image.cmd.iter())
-            .cloned()
-            .collect();
-        if args.is_empty() {
-            args = vec!["/bin/sh".into()];
+        image: &ImageConfig,
+        rootfs: &Path,
+    ) -> Result<Vec<String>, DriverError> {
+        let mut cmd: Vec<String> = image.entrypoint.iter().chain(&image.cmd).cloned().collect();
+        if cmd.is_empty() {
+            return Err(DriverError::InvalidImage(
+                "the image has neither Entrypoint nor Cmd: nothing to run".into(),
+            ));
         }
         let script = spec
             .user_data
-            .as_ref()
+            .as_deref()
             .is_some_and(|u| u.starts_with(b"#!"));
         if script {
-            if rootfs_has_sh {
-                // As cloud-init runs a user-data script at first boot: run
-                // it, then the image's own command.
-                let mut wrapped = vec![
-                    "/bin/sh".to_string(),
-                    "-c".to_string(),
-                    "/openstack/latest/user_data; exec \"$@\"".to_string(),
-                    "sh".to_string(),
-                ];
-                wrapped.extend(args);
-                args = wrapped;
+            if fs::symlink_metadata(rootfs.join("bin/sh")).is_ok() {
+                // Once per instance, like cloud-init's scripts-user: the
+                // marker lives on the instance's own disk.
+                let run = "m=/var/lib/cloud/instance/sem/stratus-user-data; \
+                    if [ ! -e $m ]; then /openstack/latest/user_data; \
+                    mkdir -p ${m%/*} && : > $m; fi; exec \"$@\"";
+                let mut v = vec!["/bin/sh".into(), "-c".into(), run.into(), "sh".into()];
+                v.append(&mut cmd);
+                cmd = v;
             } else {
-                tracing::warn!(server = %spec.uuid, "user_data is a script but the image has no /bin/sh to run it");
+                tracing::warn!(instance = %spec.uuid,
+                    "user_data is a script but the image has no /bin/sh to run it; only written");
             }
         }
-        let mut env = image.env.clone();
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        Ok(cmd)
+    }
+
+    fn build(&self, spec: &InstanceSpec, dir: &Path) -> Result<(), DriverError> {
+        let (lower, image) = self.ensure_image(spec)?;
+        for d in ["upper", "work", "rootfs", "openstack/latest"] {
+            fs::create_dir_all(dir.join(d))?;
         }
-        env.push(format!("HOSTNAME={}", spec.hostname));
-        let (uid, gid) = resolve_user(
-            &image.user,
-            &self
-                .state
-                .join("images")
-                .join(&spec.image_id)
-                .join("rootfs"),
-        );
-        let caps = json!([
-            "CAP_CHOWN",
-            "CAP_DAC_OVERRIDE",
-            "CAP_FSETID",
-            "CAP_FOWNER",
-            "CAP_MKNOD",
-            "CAP_NET_RAW",
-            "CAP_SETGID",
-            "CAP_SETUID",
-            "CAP_SETFCAP",
-            "CAP_SETPCAP",
-            "CAP_NET_BIND_SERVICE",
-            "CAP_SYS_CHROOT",
-            "CAP_KILL",
-            "CAP_AUDIT_WRITE"
-        ]);
-        let memory = spec.memory_mb as i64 * 1024 * 1024;
-        let period: u64 = 100_000;
-        json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": uid, "gid": gid},
-                "args": args,
-                "env": env,
-                "cwd": if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() },
-                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-                "noNewPrivileges": true
-            },
-            "root": {"path": dir.join("rootfs"), "readonly": false},
-            "hostname": spec.hostname,
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-                {"destination": "/openstack", "type": "bind", "source": dir.join("openstack"), "options": ["rbind", "ro", "nosuid", "nodev"]}
-            ],
-            "linux": {
-                "cgroupsPath": format!("/stratus/{}", spec.uuid),
-                "resources": {
-                    "devices": [{"allow": false, "access": "rwm"}],
-                    "memory": {"limit": memory, "swap": memory},
-                    "cpu": {"quota": spec.vcpus.max(1) as u64 * period, "period": period},
-                    "pids": {"limit": 4096}
-                },
-                "namespaces": [
-                    {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
-                ],
-                "maskedPaths": [
-                    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"
-                ],
-                "readonlyPaths": [
-                    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-                ]
+        let latest = dir.join("openstack/latest");
+        fs::write(latest.join("meta_data.json"), &spec.meta_data_json)?;
+        if let Some(ud) = &spec.user_data {
+            fs::write(latest.join("user_data"), ud)?;
+            let mode = if ud.starts_with(b"#!") { 0o755 } else { 0o644 };
+            fs::set_permissions(latest.join("user_data"), fs::Permissions::from_mode(mode))?;
+        }
+        let args = self.process_args(spec, &image, &lower)?;
+        let (uid, gid) = spec::resolve_user(&lower, &image.user)?;
+        let v2 = cgroup_v2();
+        let bundle = spec::Bundle {
+            openstack_dir: &dir.join("openstack"),
+            args,
+            uid,
+            gid,
+            cgroup_ns: Path::new("/proc/self/ns/cgroup").exists(),
+            swap_limit: v2
+                || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+        };
+        let config = spec::config(spec, &image, &bundle);
+        fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).map_err(|e| rt(e.to_string()))?,
+        )?;
+        let root = self.mount_root(dir, &lower, RootKind::Overlay)?;
+        let rec = Record {
+            image_id: spec.image_id.clone(),
+            root,
+            hostname: spec.hostname.clone(),
+            vcpus: spec.vcpus,
+            memory_mb: spec.memory_mb,
+            disk_gb: spec.disk_gb,
+        };
+        let tmp = dir.join("instance.json.tmp");
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&rec).map_err(|e| rt(e.to_string()))?,
+        )?;
+        fs::rename(&tmp, dir.join("instance.json"))?;
+        Ok(())
+    }
+
+    /// The container's status; `None` when the runtime does not know it.
+    fn status(&self, uuid: &str) -> Result<Option<Status>, DriverError> {
+        match self.runc.state(uuid) {
+            Ok(s) => Ok(Some(s)),
+            Err(DriverError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Start with the instance lock held.
+    fn start_locked(&self, uuid: &str) -> Result<(), DriverError> {
+        let rec = self.record(uuid)?;
+        let dir = self.instance_dir(uuid);
+        match self.status(uuid)? {
+            Some(Status::Running) => return Ok(()),
+            Some(Status::Paused) => {
+                self.runc.call(&["resume", uuid], runc::CALL_TIMEOUT)?;
+                return Ok(());
             }
-        })
-    }
-}
-
-/// `uid[:gid]` or a user name from the image's /etc/passwd; root when
-/// unset or unknown.
-fn resolve_user(user: &str, rootfs: &Path) -> (u32, u32) {
-    if user.is_empty() {
-        return (0, 0);
-    }
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let from_passwd = |name: &str| -> Option<(u32, u32)> {
-        let text = fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
-        text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() > 3 && f[0] == name {
-                Some((f[2].parse().ok()?, f[3].parse().ok()?))
-            } else {
-                None
+            Some(Status::Created) => {
+                self.runc.call(&["start", uuid], runc::CALL_TIMEOUT)?;
+                return Ok(());
             }
-        })
-    };
-    let (uid, pgid) = match u.parse::<u32>() {
-        Ok(n) => (n, n),
-        Err(_) => from_passwd(u).unwrap_or((0, 0)),
-    };
-    let gid = g.parse::<u32>().unwrap_or(pgid);
-    (uid, gid)
-}
-
-fn wait_status(
-    mut child: std::process::Child,
-    timeout: Duration,
-) -> Result<std::process::ExitStatus, DriverError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(s);
+            Some(Status::Stopped | Status::Unknown) => {
+                self.runc
+                    .call(&["delete", "--force", uuid], runc::CALL_TIMEOUT)?;
+            }
+            None => {}
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(DriverError::Runtime(
-                "the runtime did not answer in time".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        // After a host reboot the overlay is gone: mount it again.
+        self.mount_root(
+            &dir,
+            &self.image_dir(&rec.image_id).join("rootfs"),
+            rec.root,
+        )?;
+        self.runc
+            .run_detached(uuid, &dir, &dir.join("console.log"), &dir.join("runc.log"))
     }
-}
 
-fn wait_output(
-    mut child: std::process::Child,
-    timeout: Duration,
-    what: &str,
-) -> Result<String, DriverError> {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(o) = stdout.as_mut() {
-            let _ = o.read_to_string(&mut s);
+    /// Poll until the container is no longer running, up to `timeout`.
+    fn wait_stopped(&self, uuid: &str, timeout: Duration) -> Result<bool, DriverError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.status(uuid)? {
+                None | Some(Status::Stopped) => return Ok(true),
+                _ if Instant::now() >= deadline => return Ok(false),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
         }
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut s);
+    }
+
+    fn signal(&self, uuid: &str, sig: &str) -> Result<(), DriverError> {
+        match self.runc.call(&["kill", uuid, sig], runc::CALL_TIMEOUT) {
+            Ok(_) => Ok(()),
+            // It stopped on its own between our look and the signal.
+            Err(_) if matches!(self.status(uuid)?, None | Some(Status::Stopped)) => Ok(()),
+            Err(e) => Err(e),
         }
-        s
-    });
-    let status = wait_status(child, timeout)?;
-    let out = out_t.join().unwrap_or_default();
-    let err = err_t.join().unwrap_or_default();
-    if status.success() {
-        Ok(out)
-    } else {
-        Err(DriverError::Runtime(format!("{what}: {}", err.trim())))
     }
-}
 
-/// The last `max` bytes of a file.
-fn tail(path: &Path, max: u64) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-#[allow(unsafe_code)]
-fn disk_gb(path: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` points to
-    // writable memory of the right type; statvfs only writes into it.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return 0;
+    fn stop_locked(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError> {
+        self.record(uuid)?;
+        match self.status(uuid)? {
+            None | Some(Status::Stopped) => return Ok(()),
+            // A frozen process cannot act on SIGTERM.
+            Some(Status::Paused) => {
+                self.runc.call(&["resume", uuid], runc::CALL_TIMEOUT)?;
+            }
+            _ => {}
+        }
+        if !timeout.is_zero() {
+            self.signal(uuid, "TERM")?;
+            if self.wait_stopped(uuid, timeout)? {
+                return Ok(());
+            }
+            tracing::info!(instance = uuid, "no exit after SIGTERM; sending SIGKILL");
+        }
+        self.signal(uuid, "KILL")?;
+        if self.wait_stopped(uuid, Duration::from_secs(10))? {
+            Ok(())
+        } else {
+            Err(rt(format!("instance {uuid} still runs 10 s after SIGKILL")))
+        }
     }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    let gb = st.f_blocks as u64 * st.f_frsize as u64 / (1024 * 1024 * 1024);
-    gb
 }
 
 impl Driver for ContainerDriver {
@@ -509,215 +510,244 @@ impl Driver for ContainerDriver {
     }
 
     fn host_resources(&self) -> HostResources {
-        let version = self
-            .run(&["--version"])
-            .ok()
-            .and_then(|v| {
-                let first = v.lines().next()?.to_string();
-                let ver = first
-                    .split_whitespace()
-                    .nth(2)?
-                    .split('+')
-                    .next()?
-                    .to_string();
-                let mut n = 0u64;
-                for part in ver.split('.').take(3) {
-                    n = n * 1000 + part.parse::<u64>().unwrap_or(0);
-                }
-                Some(n)
-            })
-            .unwrap_or(0);
+        let (vcpus, cpu_model) = host::cpus();
         HostResources {
-            vcpus: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-            memory_mb: crate::mem_total_mb(),
-            disk_gb: disk_gb(&self.state),
+            vcpus,
+            memory_mb: host::memory_mb(),
+            disk_gb: host::disk_gb(&self.state_dir),
             arch: std::env::consts::ARCH.to_string(),
             hypervisor_type: self
-                .runtime
+                .runc
+                .bin
                 .file_name()
-                .map(|n| n.to_string_lossy().to_string())
+                .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "runc".into()),
-            hypervisor_version: version,
-            cpu_model: crate::cpu_model(),
+            hypervisor_version: self.hypervisor_version,
+            cpu_model,
         }
     }
 
     fn spawn(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
-        Self::valid_id(&spec.uuid)?;
-        if !matches!(spec.container_format.as_str(), "docker" | "oci") {
-            return Err(DriverError::InvalidImage(format!(
-                "the container driver runs docker or oci images, not {:?}",
-                spec.container_format
+        if !valid_id(&spec.uuid) {
+            return Err(rt(format!(
+                "instance id {:?} is not usable as a container id",
+                spec.uuid
             )));
         }
-        if self.status(&spec.uuid).is_some() {
-            return Ok(());
-        }
-        let (lower, process) = self.image(spec)?;
+        let lock = lock_of(&self.instance_locks, &spec.uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
         let dir = self.instance_dir(&spec.uuid);
-        fs::create_dir_all(dir.join("openstack/latest"))?;
-        fs::write(
-            dir.join("openstack/latest/meta_data.json"),
-            &spec.meta_data_json,
-        )?;
-        if let Some(u) = &spec.user_data {
-            let p = dir.join("openstack/latest/user_data");
-            fs::write(&p, u)?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+        if dir.join("instance.json").exists() {
+            return self.start_locked(&spec.uuid);
         }
-        let link = dir.join("image");
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lower, &link)?;
-        let has_sh =
-            lower.join("bin/sh").exists() || fs::symlink_metadata(lower.join("bin/sh")).is_ok();
-        let config = self.bundle_config(spec, &process, has_sh);
-        let mut f = File::create(dir.join("config.json"))?;
-        f.write_all(config.to_string().as_bytes())?;
-        f.sync_all()?;
-        self.launch(&spec.uuid)
-    }
-
-    fn start(&self, uuid: &str) -> Result<(), DriverError> {
-        Self::valid_id(uuid)?;
-        match self.status(uuid).as_deref() {
-            Some("running") => Ok(()),
-            Some("paused") => self.run(&["resume", uuid]).map(|_| ()),
-            Some(_) => {
-                self.run(&["delete", "--force", uuid])?;
-                self.launch(uuid)
+        if dir.exists() {
+            // Left half-built by a crash: start over.
+            self.unmount_root(&dir)?;
+            fs::remove_dir_all(&dir)?;
+        }
+        let t = Instant::now();
+        let built = self.build(spec, &dir);
+        let result = built.and_then(|()| self.start_locked(&spec.uuid));
+        if let Err(e) = result {
+            let _ = self
+                .runc
+                .call(&["delete", "--force", &spec.uuid], runc::CALL_TIMEOUT);
+            // Keep the console and runtime log for the operator only in the
+            // log; the instance itself must not half-exist.
+            if let Ok(log) = fs::read_to_string(dir.join("console.log")) {
+                tracing::warn!(instance = %spec.uuid, console = %log.trim(), "spawn failed");
             }
-            None if self.instance_dir(uuid).join("config.json").exists() => self.launch(uuid),
-            None => Err(DriverError::NotFound(uuid.to_string())),
-        }
-    }
-
-    fn stop(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError> {
-        Self::valid_id(uuid)?;
-        match self.status(uuid).as_deref() {
-            None => return Err(DriverError::NotFound(uuid.to_string())),
-            Some("stopped") => return Ok(()),
-            Some("paused") => {
-                let _ = self.run(&["resume", uuid]);
+            if self.unmount_root(&dir).is_ok() {
+                let _ = fs::remove_dir_all(&dir);
             }
-            _ => {}
+            return Err(e);
         }
-        self.kill(uuid, "TERM");
-        if !self.wait_stopped(uuid, timeout) {
-            tracing::info!(server = uuid, "no exit after SIGTERM; killing");
-            self.kill(uuid, "KILL");
-            if !self.wait_stopped(uuid, Duration::from_secs(10)) {
-                return Err(DriverError::Runtime(format!(
-                    "container {uuid} does not stop"
-                )));
-            }
-        }
+        tracing::info!(instance = %spec.uuid, elapsed_ms = t.elapsed().as_millis() as u64,
+            "spawned container");
         Ok(())
     }
 
+    fn start(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.start_locked(uuid)
+    }
+
+    fn stop(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError> {
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.stop_locked(uuid, timeout)
+    }
+
     fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DriverError> {
-        if hard {
-            Self::valid_id(uuid)?;
-            if self.status(uuid).as_deref() == Some("paused") {
-                let _ = self.run(&["resume", uuid]);
-            }
-            self.kill(uuid, "KILL");
-            self.wait_stopped(uuid, Duration::from_secs(10));
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = if hard {
+            Duration::ZERO
         } else {
-            self.stop(uuid, Duration::from_secs(60))?;
-        }
-        self.start(uuid)
+            self.reboot_timeout
+        };
+        self.stop_locked(uuid, timeout)?;
+        self.start_locked(uuid)
     }
 
     fn pause(&self, uuid: &str) -> Result<(), DriverError> {
-        Self::valid_id(uuid)?;
-        match self.status(uuid).as_deref() {
-            Some("paused") => Ok(()),
-            Some("running") => self.run(&["pause", uuid]).map(|_| ()),
-            Some(s) => Err(DriverError::Runtime(format!(
-                "cannot pause a {s} container"
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        match self.status(uuid)? {
+            Some(Status::Paused) => Ok(()),
+            Some(Status::Running) => self
+                .runc
+                .call(&["pause", uuid], runc::CALL_TIMEOUT)
+                .map(drop),
+            s => Err(rt(format!(
+                "instance {uuid} is not running ({s:?}); cannot pause"
             ))),
-            None => Err(DriverError::NotFound(uuid.to_string())),
         }
     }
 
     fn unpause(&self, uuid: &str) -> Result<(), DriverError> {
-        Self::valid_id(uuid)?;
-        match self.status(uuid).as_deref() {
-            Some("running") => Ok(()),
-            Some("paused") => self.run(&["resume", uuid]).map(|_| ()),
-            Some(s) => Err(DriverError::Runtime(format!(
-                "cannot resume a {s} container"
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        match self.status(uuid)? {
+            Some(Status::Running) => Ok(()),
+            Some(Status::Paused) => self
+                .runc
+                .call(&["resume", uuid], runc::CALL_TIMEOUT)
+                .map(drop),
+            s => Err(rt(format!(
+                "instance {uuid} is not paused ({s:?}); cannot unpause"
             ))),
-            None => Err(DriverError::NotFound(uuid.to_string())),
         }
     }
 
     fn destroy(&self, uuid: &str) -> Result<(), DriverError> {
-        Self::valid_id(uuid)?;
-        if self.status(uuid).is_some() {
-            self.run(&["delete", "--force", uuid])?;
+        if !valid_id(uuid) {
+            return Ok(());
         }
-        self.unmount_root(uuid);
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = self.status(uuid)? {
+            if s == Status::Paused {
+                // SIGKILL waits for a thaw under cgroup v1.
+                let _ = self.runc.call(&["resume", uuid], runc::CALL_TIMEOUT);
+            }
+            if s != Status::Stopped {
+                let _ = self.runc.call(&["kill", uuid, "KILL"], runc::CALL_TIMEOUT);
+                self.wait_stopped(uuid, Duration::from_secs(10))?;
+            }
+            match self
+                .runc
+                .call(&["delete", "--force", uuid], runc::CALL_TIMEOUT)
+            {
+                Ok(_) | Err(DriverError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let dir = self.instance_dir(uuid);
         if dir.exists() {
+            // Never remove a directory something is still mounted on.
+            self.unmount_root(&dir)?;
             fs::remove_dir_all(&dir)?;
         }
+        self.instance_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uuid);
         Ok(())
     }
 
     fn power_state(&self, uuid: &str) -> PowerState {
-        match self.status(uuid).as_deref() {
-            Some("running") => PowerState::Running,
-            Some("paused") => PowerState::Paused,
-            Some("stopped") | Some("created") => PowerState::Shutdown,
-            Some(_) => PowerState::Crashed,
-            None => PowerState::NoState,
+        if !valid_id(uuid) {
+            return PowerState::NoState;
+        }
+        match self.status(uuid) {
+            Ok(Some(s)) => map_status(s),
+            // Defined but not run (stopped and deleted, host rebooted).
+            Ok(None) if self.instance_dir(uuid).join("instance.json").exists() => {
+                PowerState::Shutdown
+            }
+            Ok(None) => PowerState::NoState,
+            Err(e) => {
+                tracing::warn!(instance = uuid, error = %e, "cannot read container state");
+                PowerState::NoState
+            }
         }
     }
 
     fn list(&self) -> Vec<(String, PowerState)> {
-        let Ok(out) = self.run(&["list", "--format", "json"]) else {
-            return Vec::new();
-        };
-        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| {
-                        let id = c["id"].as_str()?.to_string();
-                        let p = match c["status"].as_str()? {
-                            "running" => PowerState::Running,
-                            "paused" => PowerState::Paused,
-                            "stopped" | "created" => PowerState::Shutdown,
-                            _ => PowerState::Crashed,
-                        };
-                        Some((id, p))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut out: HashMap<String, PowerState> = HashMap::new();
+        if let Ok(rd) = fs::read_dir(self.state_dir.join("instances")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if valid_id(&name) && e.path().join("instance.json").exists() {
+                    out.insert(name, PowerState::Shutdown);
+                }
+            }
+        }
+        match self.runc.list() {
+            // Containers without an instance directory are listed too, so
+            // the reaper can destroy them.
+            Ok(l) => out.extend(l.into_iter().map(|(id, s)| (id, map_status(s)))),
+            Err(e) => tracing::warn!(error = %e, "cannot list containers"),
+        }
+        let mut v: Vec<_> = out.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError> {
-        Self::valid_id(uuid)?;
-        let path = self.instance_dir(uuid).join("console.log");
-        if !path.exists() {
-            return Err(DriverError::NotFound(uuid.to_string()));
+        self.record(uuid)?;
+        let mut f = match fs::File::open(self.instance_dir(uuid).join("console.log")) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let len = f.metadata()?.len();
+        let start = len.saturating_sub(CONSOLE_MAX);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        f.take(CONSOLE_MAX).read_to_end(&mut buf)?;
+        let mut text = String::from_utf8_lossy(&buf).into_owned();
+        if start > 0 {
+            // Drop the partial first line.
+            if let Some(i) = text.find('\n') {
+                text.drain(..=i);
+            }
         }
-        let text = tail(&path, CONSOLE_TAIL)?;
         Ok(match tail_lines {
+            None => text,
             Some(n) => {
                 let lines: Vec<&str> = text.lines().collect();
-                let from = lines.len().saturating_sub(n);
-                let mut s = lines[from..].join("\n");
+                let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
                 if !s.is_empty() {
                     s.push('\n');
                 }
                 s
             }
-            None => text,
         })
+    }
+}
+
+fn map_status(s: Status) -> PowerState {
+    match s {
+        Status::Running => PowerState::Running,
+        Status::Paused => PowerState::Paused,
+        Status::Stopped => PowerState::Shutdown,
+        Status::Created | Status::Unknown => PowerState::NoState,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
     }
 }

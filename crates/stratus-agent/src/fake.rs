@@ -1,5 +1,8 @@
-//! The fake driver: workloads that exist only in memory. For scale
-//! simulations (thousands of nodes from one process); never the default.
+//! The fake driver: instances are entries in a map, every call is instant.
+//!
+//! For simulating thousands of nodes from one process (scheduler and
+//! controller scale tests). It runs nothing, so it is never the default: the
+//! caller has to ask for it by name.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,28 +10,42 @@ use std::time::Duration;
 
 use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState};
 
+/// In-memory driver for scale simulation. Runs nothing.
 pub struct FakeDriver {
     resources: HostResources,
-    workloads: Mutex<HashMap<String, PowerState>>,
+    instances: Mutex<HashMap<String, PowerState>>,
 }
 
 impl FakeDriver {
+    /// A fake node offering `resources`.
     pub fn new(resources: HostResources) -> Self {
         FakeDriver {
             resources,
-            workloads: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
         }
     }
 
-    fn set(&self, uuid: &str, p: PowerState) -> Result<(), DriverError> {
-        let mut w = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        match w.get_mut(uuid) {
-            Some(s) => {
-                *s = p;
-                Ok(())
-            }
-            None => Err(DriverError::NotFound(uuid.to_string())),
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, PowerState>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.instances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Move an existing instance to `to`, when it is in one of `from`.
+    fn set(&self, uuid: &str, from: &[PowerState], to: PowerState) -> Result<(), DriverError> {
+        let mut map = self.map();
+        let state = map
+            .get_mut(uuid)
+            .ok_or_else(|| DriverError::NotFound(uuid.to_string()))?;
+        if *state == to {
+            return Ok(());
         }
+        if !from.contains(state) {
+            return Err(DriverError::Runtime(format!(
+                "fake instance {uuid} is {state:?}, cannot go to {to:?}"
+            )));
+        }
+        *state = to;
+        Ok(())
     }
 }
 
@@ -42,66 +59,126 @@ impl Driver for FakeDriver {
     }
 
     fn spawn(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
-        self.workloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        if !crate::valid_id(&spec.uuid) {
+            return Err(DriverError::NotFound(spec.uuid.clone()));
+        }
+        self.map()
             .entry(spec.uuid.clone())
             .or_insert(PowerState::Running);
         Ok(())
     }
 
     fn start(&self, uuid: &str) -> Result<(), DriverError> {
-        self.set(uuid, PowerState::Running)
+        use PowerState::*;
+        self.set(
+            uuid,
+            &[Shutdown, Crashed, NoState, Paused, Suspended],
+            Running,
+        )
     }
 
     fn stop(&self, uuid: &str, _timeout: Duration) -> Result<(), DriverError> {
-        self.set(uuid, PowerState::Shutdown)
+        use PowerState::*;
+        self.set(
+            uuid,
+            &[Running, Paused, Crashed, NoState, Suspended],
+            Shutdown,
+        )
     }
 
     fn reboot(&self, uuid: &str, _hard: bool) -> Result<(), DriverError> {
-        self.set(uuid, PowerState::Running)
+        use PowerState::*;
+        self.set(
+            uuid,
+            &[Running, Paused, Shutdown, Crashed, NoState, Suspended],
+            Running,
+        )
     }
 
     fn pause(&self, uuid: &str) -> Result<(), DriverError> {
-        self.set(uuid, PowerState::Paused)
+        self.set(uuid, &[PowerState::Running], PowerState::Paused)
     }
 
     fn unpause(&self, uuid: &str) -> Result<(), DriverError> {
-        self.set(uuid, PowerState::Running)
+        self.set(uuid, &[PowerState::Paused], PowerState::Running)
     }
 
     fn destroy(&self, uuid: &str) -> Result<(), DriverError> {
-        self.workloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uuid);
+        self.map().remove(uuid);
         Ok(())
     }
 
     fn power_state(&self, uuid: &str) -> PowerState {
-        self.workloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uuid)
-            .copied()
-            .unwrap_or(PowerState::NoState)
+        self.map().get(uuid).copied().unwrap_or(PowerState::NoState)
     }
 
     fn list(&self) -> Vec<(String, PowerState)> {
-        self.workloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        let mut v: Vec<_> = self.map().iter().map(|(k, s)| (k.clone(), *s)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     fn console_output(&self, uuid: &str, _tail: Option<usize>) -> Result<String, DriverError> {
-        if self.power_state(uuid) == PowerState::NoState {
-            return Err(DriverError::NotFound(uuid.to_string()));
+        if self.map().contains_key(uuid) {
+            Ok(format!(
+                "fake driver: instance {uuid} runs nothing (scale simulation)\n"
+            ))
+        } else {
+            Err(DriverError::NotFound(uuid.to_string()))
         }
-        Ok(format!(
-            "fake driver: workload {uuid} is simulated; nothing runs\n"
-        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(uuid: &str) -> InstanceSpec {
+        InstanceSpec {
+            uuid: uuid.into(),
+            hostname: "h".into(),
+            image_id: "img".into(),
+            image_file: "/nonexistent".into(),
+            container_format: "docker".into(),
+            vcpus: 1,
+            memory_mb: 64,
+            disk_gb: 1,
+            user_data: None,
+            meta_data_json: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn lifecycle() {
+        let res = HostResources {
+            vcpus: 64,
+            memory_mb: 262144,
+            disk_gb: 1000,
+            arch: "x86_64".into(),
+            hypervisor_type: "fake".into(),
+            hypervisor_version: 1,
+            cpu_model: "fake".into(),
+        };
+        let d = FakeDriver::new(res.clone());
+        assert_eq!(d.name(), "fake");
+        assert_eq!(d.host_resources(), res);
+        d.spawn(&spec("a")).unwrap();
+        d.spawn(&spec("a")).unwrap();
+        assert_eq!(d.power_state("a"), PowerState::Running);
+        d.pause("a").unwrap();
+        assert_eq!(d.power_state("a"), PowerState::Paused);
+        assert!(d.pause("nope").is_err());
+        d.unpause("a").unwrap();
+        d.stop("a", Duration::ZERO).unwrap();
+        assert_eq!(d.power_state("a"), PowerState::Shutdown);
+        assert!(d.pause("a").is_err());
+        d.start("a").unwrap();
+        d.reboot("a", true).unwrap();
+        assert!(d.console_output("a", None).unwrap().contains("fake"));
+        assert_eq!(d.list(), vec![("a".to_string(), PowerState::Running)]);
+        d.destroy("a").unwrap();
+        d.destroy("a").unwrap();
+        assert_eq!(d.power_state("a"), PowerState::NoState);
+        assert!(d.list().is_empty());
     }
 }

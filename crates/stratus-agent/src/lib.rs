@@ -1,46 +1,67 @@
-//! Workload drivers of the Stratus node agent.
+//! The node agent's workload drivers.
 //!
-//! A [`Driver`] runs the workloads of one node: the [`ContainerDriver`]
-//! runs OCI containers from docker or OCI image tarballs with a real OCI
-//! runtime (runc; crun where the cgroup setup allows it); the
-//! [`FakeDriver`] only pretends, for scale simulations of thousands of
-//! nodes in one process, and is never the default.
+//! A [`Driver`] turns an instance the controller scheduled onto this node
+//! into a running workload and answers for it afterwards: power actions,
+//! state, console output. The agent loop (not in this crate) talks to the
+//! controller over HTTP and calls a driver; every call here is synchronous
+//! and may block for seconds (it runs the OCI runtime, unpacks images), so
+//! async callers use `spawn_blocking`.
 //!
-//! The API is synchronous: drivers call external programs and touch the
-//! file system. Async callers use `spawn_blocking`.
+//! Two drivers:
+//!
+//! - [`ContainerDriver`]: OCI containers run by a real OCI runtime (runc;
+//!   crun where the host's cgroup setup suits it). Images are unpacked once
+//!   per node into a shared read-only rootfs; each instance gets an overlay
+//!   on top of it, so its writes survive stop/start like a VM's disk.
+//! - [`FakeDriver`]: in memory, every call instant, for simulating thousands
+//!   of nodes from one process. Never the default; always named as such.
+//!
+//! All state the container driver needs lives under its state directory, so
+//! an agent that restarts finds its instances again with [`Driver::list`].
 
 mod container;
 mod fake;
-mod unpack;
+mod host;
+mod image;
+mod runc;
+mod spec;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use container::{ContainerDriver, find_runtime};
 pub use fake::FakeDriver;
+pub use image::ImageConfig;
 
-/// What a driver needs to start one server's workload.
+/// What to run: one Nova server, as the agent received it from the
+/// controller.
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
-    /// The server id; also the container id.
+    /// Nova server id, also the container id.
     pub uuid: String,
+    /// Host name inside the workload.
     pub hostname: String,
+    /// Glance image id: the key of the node's image cache.
     pub image_id: String,
-    /// Local copy of the image data (`docker save` or OCI layout tarball).
+    /// Local copy of the image data (a `docker save` tarball or an OCI
+    /// image-layout tarball), already downloaded by the caller.
     pub image_file: PathBuf,
-    /// `docker` or `oci`.
+    /// `"docker"` or `"oci"` (Glance's `container_format`).
     pub container_format: String,
+    /// CPU limit, in whole CPUs.
     pub vcpus: u32,
+    /// Memory limit in MiB (swap is not allowed on top).
     pub memory_mb: u64,
+    /// Root disk size in GiB (recorded; not enforced by the container driver).
     pub disk_gb: u64,
-    /// Decoded user data.
+    /// Decoded user data; a script starting with `#!` runs at first boot.
     pub user_data: Option<Vec<u8>>,
-    /// OpenStack config-drive `meta_data.json`.
+    /// OpenStack config-drive style `meta_data.json`, written by the caller.
     pub meta_data_json: Vec<u8>,
 }
 
-/// Nova's power states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Power state as Nova counts it (`nova.compute.power_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PowerState {
     NoState,
     Running,
@@ -51,7 +72,7 @@ pub enum PowerState {
 }
 
 impl PowerState {
-    /// Nova's numeric code.
+    /// Nova's integer code for this state.
     pub fn nova_code(&self) -> u8 {
         match self {
             PowerState::NoState => 0,
@@ -64,76 +85,93 @@ impl PowerState {
     }
 }
 
-/// The node as its agent reports it.
-#[derive(Debug, Clone)]
+/// What this node offers, as reported to the placement service.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostResources {
     pub vcpus: u32,
     pub memory_mb: u64,
     pub disk_gb: u64,
+    /// Machine architecture, e.g. `"x86_64"`.
     pub arch: String,
     pub hypervisor_type: String,
+    /// Nova's integer encoding: major * 1_000_000 + minor * 1_000 + patch.
     pub hypervisor_version: u64,
     pub cpu_model: String,
 }
 
+/// Why a driver call failed. Messages say what went wrong and are meant for
+/// the operator (and, for `InvalidImage`, the image's owner).
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("no workload {0} on this node")]
+    #[error("instance not found: {0}")]
     NotFound(String),
-    #[error("the image cannot run: {0}")]
+    #[error("invalid image: {0}")]
     InvalidImage(String),
-    #[error("the container runtime failed: {0}")]
+    #[error("runtime error: {0}")]
     Runtime(String),
-    #[error(transparent)]
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// The workloads of one node.
+/// A workload driver. Every method blocks; none of them panics on bad input.
 pub trait Driver: Send + Sync {
-    /// `container` or `fake`.
+    /// `"container"` or `"fake"`.
     fn name(&self) -> &'static str;
+    /// The node's capacity (real figures for the container driver).
     fn host_resources(&self) -> HostResources;
-    /// Creates and starts a workload; a no-op when it already exists.
+    /// Create and start the instance; when it already exists, make sure it
+    /// runs (so a retried spawn is harmless).
     fn spawn(&self, spec: &InstanceSpec) -> Result<(), DriverError>;
+    /// Start a stopped instance (no-op when running).
     fn start(&self, uuid: &str) -> Result<(), DriverError>;
-    /// SIGTERM, then SIGKILL after `timeout`.
+    /// SIGTERM, then SIGKILL once `timeout` has passed. No-op when stopped.
     fn stop(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError>;
-    /// Soft: a graceful stop and a start; hard: kill and start.
+    /// Soft: graceful stop then start; hard: kill then start.
     fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DriverError>;
+    /// Freeze every process of the instance.
     fn pause(&self, uuid: &str) -> Result<(), DriverError>;
     fn unpause(&self, uuid: &str) -> Result<(), DriverError>;
-    /// Kills and removes a workload and all its files; Ok when it is gone.
+    /// Kill, delete, unmount and remove every file of the instance. `Ok`
+    /// when it is already gone.
     fn destroy(&self, uuid: &str) -> Result<(), DriverError>;
     fn power_state(&self, uuid: &str) -> PowerState;
-    /// Every workload this driver has on the node.
+    /// Every instance this driver has on this node, for adoption after an
+    /// agent restart and for reaping instances the controller forgot.
     fn list(&self) -> Vec<(String, PowerState)>;
-    /// The tail of what the workload wrote to stdout and stderr.
+    /// What the workload wrote to stdout/stderr: the last `tail_lines`
+    /// lines (all of the last MiB when `None`).
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError>;
 }
 
-/// The CPU model from /proc/cpuinfo.
-pub(crate) fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_default()
+/// Ids become file and cgroup names: keep them to a safe alphabet.
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// MemTotal from /proc/meminfo, in MiB.
-pub(crate) fn mem_total_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nova_codes() {
+        assert_eq!(PowerState::NoState.nova_code(), 0);
+        assert_eq!(PowerState::Running.nova_code(), 1);
+        assert_eq!(PowerState::Paused.nova_code(), 3);
+        assert_eq!(PowerState::Shutdown.nova_code(), 4);
+        assert_eq!(PowerState::Crashed.nova_code(), 6);
+        assert_eq!(PowerState::Suspended.nova_code(), 7);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("3f2a-9b_x.1"));
+        for bad in ["", "..", ".x", "a/b", "a b", "x\0"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
 }

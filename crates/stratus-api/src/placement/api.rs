@@ -1131,7 +1131,7 @@ async fn candidates(
         } else {
             requests.push(json!({"allocations": [{"resource_provider": {"uuid": c.provider}, "resources": resources}]}));
         }
-        let used = state.placement.usage(&c.provider);
+        let used = &c.used;
         let res: Map<String, Value> = c
             .capacity
             .iter()

@@ -8,7 +8,7 @@
 //! two concurrent claims can never overcommit a provider.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use stratus_store::{Query, Record, Store, Tx};
@@ -97,6 +97,7 @@ pub struct Candidate {
     pub name: String,
     pub free: BTreeMap<String, u64>,
     pub capacity: BTreeMap<String, u64>,
+    pub used: BTreeMap<String, u64>,
     pub traits: Vec<String>,
     pub aggregates: Vec<String>,
 }
@@ -201,7 +202,7 @@ impl Index {
 /// The placement service held in [`crate::Inner`].
 pub struct Placement {
     store: Arc<Store>,
-    index: Mutex<Index>,
+    index: RwLock<Index>,
 }
 
 impl Placement {
@@ -217,12 +218,18 @@ impl Placement {
         }
         Ok(Placement {
             store,
-            index: Mutex::new(idx),
+            index: RwLock::new(idx),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    /// The index for a change (checks and writes under it).
+    fn lock(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index for reading; readers do not wait on each other.
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes a provider and updates the index after the commit.
@@ -361,7 +368,7 @@ impl Placement {
 
     /// Providers that can hold `req` now, with their free capacity.
     pub fn candidates(&self, req: &CandidateRequest) -> Result<Vec<Candidate>, PlacementError> {
-        let idx = self.lock();
+        let idx = self.read();
         let mut out = Vec::new();
         for p in idx.providers.values() {
             if req.in_tree.as_deref().is_some_and(|t| t != p.id) {
@@ -381,12 +388,14 @@ impl Placement {
             }
             let mut free = BTreeMap::new();
             let mut capacity = BTreeMap::new();
+            let mut used = BTreeMap::new();
             let mut fits = true;
             for (class, inv) in &p.inventories {
                 let cap = inv.capacity();
-                let f = cap.saturating_sub(idx.used(&p.id, class));
-                free.insert(class.clone(), f);
+                let u = idx.used(&p.id, class);
+                free.insert(class.clone(), cap.saturating_sub(u));
                 capacity.insert(class.clone(), cap);
+                used.insert(class.clone(), u);
             }
             for (class, amount) in &req.resources {
                 match p.inventories.get(class) {
@@ -403,6 +412,7 @@ impl Placement {
                     name: p.name.clone(),
                     free,
                     capacity,
+                    used,
                     traits: p.traits.clone(),
                     aggregates: p.aggregates.clone(),
                 });
@@ -598,27 +608,27 @@ impl Placement {
 
     /// Every provider, sorted by name.
     pub fn providers(&self) -> Vec<Provider> {
-        let mut v: Vec<Provider> = self.lock().providers.values().cloned().collect();
+        let mut v: Vec<Provider> = self.read().providers.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     pub fn provider(&self, uuid: &str) -> Option<Provider> {
-        self.lock().providers.get(uuid).cloned()
+        self.read().providers.get(uuid).cloned()
     }
 
     /// What is allocated on a provider, by class.
     pub fn usage(&self, uuid: &str) -> BTreeMap<String, u64> {
-        self.lock().usage.get(uuid).cloned().unwrap_or_default()
+        self.read().usage.get(uuid).cloned().unwrap_or_default()
     }
 
     pub fn allocation(&self, consumer: &str) -> Option<Allocation> {
-        self.lock().allocations.get(consumer).cloned()
+        self.read().allocations.get(consumer).cloned()
     }
 
     /// The allocations held against one provider, by consumer.
     pub fn provider_allocations(&self, uuid: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
-        self.lock()
+        self.read()
             .allocations
             .values()
             .filter_map(|a| a.allocations.get(uuid).map(|c| (a.id.clone(), c.clone())))
@@ -628,7 +638,7 @@ impl Placement {
     /// What a project (and optionally one user) holds, by class.
     pub fn project_usage(&self, project: &str, user: Option<&str>) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        for a in self.lock().allocations.values() {
+        for a in self.read().allocations.values() {
             if a.project_id != project || user.is_some_and(|u| u != a.user_id) {
                 continue;
             }
@@ -742,7 +752,7 @@ impl Placement {
     }
 
     pub fn allocations_of(&self, consumer: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
-        self.lock()
+        self.read()
             .allocations
             .get(consumer)
             .map(|a| a.allocations.clone())
