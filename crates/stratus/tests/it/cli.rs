@@ -460,8 +460,24 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
             .iter()
             .any(|f| f["Name"] == "m1.tiny")
     );
+    // A user-data script reports the memory limit the container runs under.
+    let ud = s.data_dir().join("user-data.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\necho MEMLIMIT $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)\n",
+    )
+    .unwrap();
     let srv = os.json(&[
-        "server", "create", "--image", "busybox", "--flavor", "m1.tiny", "--wait", "web",
+        "server",
+        "create",
+        "--image",
+        "busybox",
+        "--flavor",
+        "m1.tiny",
+        "--user-data",
+        ud.to_str().unwrap(),
+        "--wait",
+        "web",
     ]);
     assert_eq!(srv["status"], "ACTIVE", "{srv}");
     let id = srv["id"].as_str().unwrap().to_string();
@@ -476,6 +492,8 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
     loop {
         let log = os.ok(&["console", "log", "show", "web"]);
         if log.contains("STRATUS-TEST-IMAGE OK") {
+            // m1.tiny: 512 MiB, enforced by the container's cgroup.
+            assert!(log.contains("MEMLIMIT 536870912"), "{log}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "console: {log}");
