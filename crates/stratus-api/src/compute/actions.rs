@@ -17,7 +17,8 @@ use stratus_store::Query as StoreQuery;
 
 use super::model::{ComputeNode, InstanceAction, Server};
 use super::servers::{
-    check_locked, fetch, instance_not_found, record_action, render, require_member,
+    check_locked, fetch, fetch_tx, instance_not_found, record_action, render, require_member,
+    visible,
 };
 use super::states::{task, vm};
 use super::{Mv, body, policy_denied};
@@ -56,10 +57,7 @@ fn begin(
     req_id: &str,
 ) -> Result<Server, ApiError> {
     let s = state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(id)?
-            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
-            .ok_or_else(|| instance_not_found(id))?;
+        let mut s = fetch_tx(tx, ctx, id)?;
         check_locked(ctx, &s)?;
         if s.task_state.is_some() || !from.contains(&s.vm_state.as_str()) {
             return Err(wrong_state(action, &s));
@@ -460,7 +458,7 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
 
 fn server_for_actions(state: &AppState, ctx: &Ctx, id: &str, mv: Mv) -> Result<(), ApiError> {
     match state.store.get::<Server>(id)? {
-        Some(s) if ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()) => Ok(()),
+        Some(s) if visible(ctx, &s) => Ok(()),
         // 2.21: actions of deleted servers stay readable.
         None if mv.at_least(21) => {
             let acts = state

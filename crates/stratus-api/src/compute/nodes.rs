@@ -606,6 +606,23 @@ async fn hypervisor_uptime(
     Ok(axum::Json(json!({"hypervisor": v})))
 }
 
+/// The nodes whose name contains `pattern`; Nova's 404 when none does.
+fn matching(state: &AppState, pattern: &str) -> Result<Vec<ComputeNode>, ApiError> {
+    let nodes: Vec<ComputeNode> = state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .into_iter()
+        .filter(|n| n.id.contains(pattern))
+        .collect();
+    if nodes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("No hypervisor matching '{pattern}' could be found."),
+        ));
+    }
+    Ok(nodes)
+}
+
 async fn hypervisor_search(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -613,19 +630,10 @@ async fn hypervisor_search(
     Path(pattern): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin_h(&ctx)?;
-    let list: Vec<Value> = state
-        .store
-        .list::<ComputeNode>(&StoreQuery::all())?
+    let list: Vec<Value> = matching(&state, &pattern)?
         .iter()
-        .filter(|n| n.id.contains(&pattern))
         .map(|n| hypervisor_json(&state, n, false, mv))
         .collect::<Result<_, _>>()?;
-    if list.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("No hypervisor matching '{pattern}' could be found."),
-        ));
-    }
     Ok(axum::Json(json!({"hypervisors": list})))
 }
 
@@ -637,29 +645,18 @@ async fn hypervisor_servers(
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin_h(&ctx)?;
     let mut list = Vec::new();
-    for n in state
-        .store
-        .list::<ComputeNode>(&StoreQuery::all())?
-        .iter()
-        .filter(|n| n.id.contains(&pattern))
-    {
-        let mut v = hypervisor_json(&state, n, false, mv)?;
+    for n in matching(&state, &pattern)? {
+        let mut v = hypervisor_json(&state, &n, false, mv)?;
         let servers: Vec<Value> = state
             .store
             .list::<Server>(&StoreQuery::parent(&n.id))?
             .iter()
-            .map(|s| json!({"uuid": s.id, "name": format!("instance-{}", &s.id[..8])}))
+            .map(|s| json!({"uuid": s.id, "name": super::servers::instance_name(&s.id)}))
             .collect();
         if !servers.is_empty() {
             v["servers"] = json!(servers);
         }
         list.push(v);
-    }
-    if list.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("No hypervisor matching '{pattern}' could be found."),
-        ));
     }
     Ok(axum::Json(json!({"hypervisors": list})))
 }

@@ -112,6 +112,7 @@ struct HostState<'a> {
     zone: &'a str,
     aggs: Vec<&'a Aggregate>,
     free: &'a BTreeMap<String, u64>,
+    used: &'a BTreeMap<String, u64>,
     /// Taken by earlier servers of the same batch.
     taken: Option<&'a BTreeMap<String, u64>>,
 }
@@ -120,6 +121,11 @@ impl HostState<'_> {
     fn free(&self, class: &str) -> u64 {
         let t = self.taken.and_then(|t| t.get(class)).copied().unwrap_or(0);
         self.free.get(class).copied().unwrap_or(0).saturating_sub(t)
+    }
+
+    fn used(&self, class: &str) -> u64 {
+        let t = self.taken.and_then(|t| t.get(class)).copied().unwrap_or(0);
+        self.used.get(class).copied().unwrap_or(0) + t
     }
 }
 
@@ -341,10 +347,11 @@ pub fn plan(
             zone,
             aggs: node_aggs,
             free: &cand.free,
+            used: &cand.used,
             taken: pending.usage.get(&n.uuid),
         };
         if let Some(q) = &query
-            && !json_query(q, &hs, state)
+            && !json_query(q, &hs)
         {
             reasons.push(format!("{}: JsonFilter", n.id));
             continue;
@@ -629,18 +636,14 @@ fn aggregate_specs_ok(specs: &BTreeMap<String, String>, aggs: &[&Aggregate]) -> 
 
 /// Nova's `JsonFilter` query language: `["and", [">=", "$free_ram_mb",
 /// 1024], ...]` over the host's state.
-fn json_query(q: &Value, h: &HostState, state: &AppState) -> bool {
-    fn var(name: &str, h: &HostState, state: &AppState) -> Value {
-        let ram = h.free("MEMORY_MB");
-        let disk = h.free("DISK_GB");
-        let vcpu = h.free("VCPU");
-        let _ = state;
+fn json_query(q: &Value, h: &HostState) -> bool {
+    fn var(name: &str, h: &HostState) -> Value {
         match name.trim_start_matches('$') {
-            "free_ram_mb" => json!(ram),
-            "free_disk_mb" => json!(disk * 1024),
+            "free_ram_mb" => json!(h.free("MEMORY_MB")),
+            "free_disk_mb" => json!(h.free("DISK_GB") * 1024),
             "total_usable_ram_mb" | "memory_mb" => json!(h.node.memory_mb),
             "vcpus_total" => json!(h.node.vcpus),
-            "vcpus_used" => json!(h.node.vcpus as u64 * 4 - vcpu.min(h.node.vcpus as u64 * 4)),
+            "vcpus_used" => json!(h.used("VCPU")),
             "host" => json!(h.node.id),
             "hypervisor_type" => json!(h.node.hypervisor_type),
             "zone" | "availability_zone" => json!(h.zone),
@@ -648,12 +651,12 @@ fn json_query(q: &Value, h: &HostState, state: &AppState) -> bool {
             _ => Value::Null,
         }
     }
-    fn eval(q: &Value, h: &HostState, state: &AppState) -> Value {
+    fn eval(q: &Value, h: &HostState) -> Value {
         match q {
-            Value::String(s) if s.starts_with('$') => var(s, h, state),
+            Value::String(s) if s.starts_with('$') => var(s, h),
             Value::Array(a) if !a.is_empty() => {
                 let op = a[0].as_str().unwrap_or("");
-                let args: Vec<Value> = a[1..].iter().map(|x| eval(x, h, state)).collect();
+                let args: Vec<Value> = a[1..].iter().map(|x| eval(x, h)).collect();
                 let num = |v: &Value| {
                     v.as_f64()
                         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -686,5 +689,5 @@ fn json_query(q: &Value, h: &HostState, state: &AppState) -> bool {
             other => other.clone(),
         }
     }
-    eval(q, h, state).as_bool().unwrap_or(true)
+    eval(q, h).as_bool().unwrap_or(true)
 }

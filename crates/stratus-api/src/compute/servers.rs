@@ -68,12 +68,49 @@ pub(crate) fn instance_not_found(id: &str) -> ApiError {
     )
 }
 
-/// A server the caller may see: its project's, or any for admins.
+/// Nova's `OS-EXT-SRV-ATTR:instance_name` for a server id.
+pub(crate) fn instance_name(id: &str) -> String {
+    format!("instance-{}", &id[..8.min(id.len())])
+}
+
+/// Whether the caller may see `s`: its project's, or any for admins.
+pub(crate) fn visible(ctx: &Ctx, s: &Server) -> bool {
+    ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str())
+}
+
+/// A server the caller may see, else Nova's 404.
 pub(crate) fn fetch(state: &AppState, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
     match state.store.get::<Server>(id)? {
-        Some(s) if ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()) => Ok(s),
+        Some(s) if visible(ctx, &s) => Ok(s),
         _ => Err(instance_not_found(id)),
     }
+}
+
+/// [`fetch`] inside a write transaction.
+pub(crate) fn fetch_tx(tx: &Tx, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
+    match tx.get::<Server>(id)? {
+        Some(s) if visible(ctx, &s) => Ok(s),
+        _ => Err(instance_not_found(id)),
+    }
+}
+
+/// An `accessIPv4`/`accessIPv6` value: empty or an address of that family.
+fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiError> {
+    let ip = v.and_then(Value::as_str).unwrap_or("");
+    let ok = ip.is_empty()
+        || if v6 {
+            ip.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            ip.parse::<std::net::Ipv4Addr>().is_ok()
+        };
+    if !ok {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        return Err(bad_field(
+            field,
+            format!("Value: {ip}. It is not a valid {family} address"),
+        ));
+    }
+    Ok(ip.to_string())
 }
 
 /// Readers of the project read; members change.
@@ -186,7 +223,7 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         o.insert("OS-EXT-SRV-ATTR:hypervisor_hostname".into(), json!(s.node));
         o.insert(
             "OS-EXT-SRV-ATTR:instance_name".into(),
-            json!(format!("instance-{}", &s.id[..8.min(s.id.len())])),
+            json!(instance_name(&s.id)),
         );
         if mv.at_least(3) {
             o.insert(
@@ -794,28 +831,8 @@ async fn create(
             ));
         }
     };
-    let access_ipv4 = o
-        .get("accessIPv4")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !access_ipv4.is_empty() && access_ipv4.parse::<std::net::Ipv4Addr>().is_err() {
-        return Err(bad_field(
-            "accessIPv4",
-            format!("Value: {access_ipv4}. It is not a valid IPv4 address"),
-        ));
-    }
-    let access_ipv6 = o
-        .get("accessIPv6")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !access_ipv6.is_empty() && access_ipv6.parse::<std::net::Ipv6Addr>().is_err() {
-        return Err(bad_field(
-            "accessIPv6",
-            format!("Value: {access_ipv6}. It is not a valid IPv6 address"),
-        ));
-    }
+    let access_ipv4 = access_ip(o.get("accessIPv4"), "accessIPv4", false)?;
+    let access_ipv6 = access_ip(o.get("accessIPv6"), "accessIPv6", true)?;
     let count = |k: &str| -> Result<Option<u32>, ApiError> {
         match o.get(k) {
             None => Ok(None),
@@ -1102,10 +1119,7 @@ async fn update(
         ));
     }
     let s = state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(&id)?
-            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
-            .ok_or_else(|| instance_not_found(&id))?;
+        let mut s = fetch_tx(tx, &ctx, &id)?;
         if let Some(n) = o.get("name") {
             let n = n.as_str().filter(|n| valid_name(n)).ok_or_else(|| {
                 bad_field("name", format!("Value: {n}. Names must be 1-255 characters without leading or trailing whitespace"))
@@ -1119,19 +1133,11 @@ async fn update(
                 v => return Err(bad_field("description", format!("Value: {v}. It must be a string of at most 255 characters"))),
             };
         }
-        if let Some(ip) = o.get("accessIPv4") {
-            let ip = ip.as_str().unwrap_or("");
-            if !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_err() {
-                return Err(bad_field("accessIPv4", format!("Value: {ip}. It is not a valid IPv4 address")));
-            }
-            s.access_ipv4 = ip.into();
+        if o.contains_key("accessIPv4") {
+            s.access_ipv4 = access_ip(o.get("accessIPv4"), "accessIPv4", false)?;
         }
-        if let Some(ip) = o.get("accessIPv6") {
-            let ip = ip.as_str().unwrap_or("");
-            if !ip.is_empty() && ip.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(bad_field("accessIPv6", format!("Value: {ip}. It is not a valid IPv6 address")));
-            }
-            s.access_ipv6 = ip.into();
+        if o.contains_key("accessIPv6") {
+            s.access_ipv6 = access_ip(o.get("accessIPv6"), "accessIPv6", true)?;
         }
         s.updated_us = now_us();
         tx.update(&s)?;
@@ -1190,10 +1196,7 @@ fn change_meta(
 ) -> Result<BTreeMap<String, String>, ApiError> {
     require_member(ctx, "os_compute_api:server-metadata:update")?;
     state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(id)?
-            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
-            .ok_or_else(|| instance_not_found(id))?;
+        let mut s = fetch_tx(tx, ctx, id)?;
         check_locked(ctx, &s)?;
         if s.task_state.as_deref() == Some(task::DELETING) {
             return Err(ApiError::conflict(format!(
@@ -1319,10 +1322,7 @@ fn change_tags(
 ) -> Result<Vec<String>, ApiError> {
     require_member(ctx, "os_compute_api:os-server-tags:update")?;
     state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(id)?
-            .filter(|s| ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str()))
-            .ok_or_else(|| instance_not_found(id))?;
+        let mut s = fetch_tx(tx, ctx, id)?;
         f(&mut s.tags)?;
         if s.tags.len() > 50 {
             return Err(ApiError::bad_request(

@@ -8,10 +8,8 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 use stratus_store::{Query as StoreQuery, Tx};
 
-use super::model::{
-    ActionEvent, Aggregate, ComputeNode, Fault, InstanceAction, Server, ServerGroup,
-};
-use super::nodes::{Assignment, NodeReport, TaskReport, zone_of};
+use super::model::{ActionEvent, ComputeNode, Fault, InstanceAction, Server, ServerGroup};
+use super::nodes::{Assignment, NodeReport, TaskReport};
 use super::states::{power, task, vm};
 use crate::image::model::Image;
 use crate::placement::Inventory;
@@ -595,16 +593,7 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
         );
         super::scheduler::submit(state, waiting);
     }
-    // Allocations of consumers that are no server (a crash between the
-    // claim and ... cannot happen, both are one transaction; this cleans
-    // up after deletes cut short).
     Ok(())
-}
-
-/// The zone a host is in now.
-pub fn host_zone(state: &AppState, host: &str) -> Result<String, ApiError> {
-    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
-    Ok(zone_of(&aggs, host))
 }
 
 /// Writes the heartbeats seen in memory to the node records, all in one

@@ -1314,3 +1314,52 @@ fn placement_api_generations_capacity_and_policy() {
         403
     );
 }
+
+/// The JSON query hint filters on the node's live state: a node that
+/// already runs a server no longer has `$vcpus_used < 1`.
+#[test]
+fn compute_json_query_hint_sees_node_usage() {
+    let c = Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("jq");
+    let img = c.image(&tok, "tiny");
+    let idle = json!({"hints": {"query": r#"["<", "$vcpus_used", 1]"#}});
+    let r = c.boot(&tok, "first", &img, "42", idle.clone());
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&tok, r.body["server"]["id"].as_str().unwrap(), "ACTIVE");
+    let r = c.boot(&tok, "second", &img, "42", idle);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.req("GET", &format!("/servers/{id}"), &tok, None).body["server"].clone();
+        if s["status"] == "ERROR" {
+            assert!(
+                s["fault"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("No valid host"),
+                "{s}"
+            );
+            break;
+        }
+        assert_ne!(s["status"], "ACTIVE", "the query hint was ignored");
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = c.boot(
+        &tok,
+        "roomy",
+        &img,
+        "42",
+        json!({"hints": {"query": r#"[">=", "$free_ram_mb", 128]"#}}),
+    );
+    c.wait(&tok, r.body["server"]["id"].as_str().unwrap(), "ACTIVE");
+    let bad = c.boot(
+        &tok,
+        "bad",
+        &img,
+        "42",
+        json!({"hints": {"query": "[not json"}}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}
