@@ -334,6 +334,8 @@ async fn create(
     let id = match o.get("id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) if valid_id(s) => s.clone(),
+        // Nova's schema takes a number too and stores its decimal text.
+        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
         Some(v) => {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for field/attribute id. Value: {v}. Flavor ids are 1-255 characters of letters, digits, '.', '_', '-' and space"

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::common::Server;
 
-fn cli() -> Option<PathBuf> {
+pub(super) fn cli() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("STRATUS_OPENSTACK_CLI") {
         return Some(PathBuf::from(p));
     }

@@ -4,3 +4,4 @@ mod compute;
 mod compute_real;
 mod identity;
 mod image;
+mod sdk;
