@@ -719,13 +719,11 @@ impl Driver for ContainerDriver {
         }
         Ok(match tail_lines {
             None => text,
+            // Nova's tail: split on newlines, keep the last n pieces (the
+            // empty piece after a final newline counts as one).
             Some(n) => {
-                let lines: Vec<&str> = text.lines().collect();
-                let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
-                if !s.is_empty() {
-                    s.push('\n');
-                }
-                s
+                let pieces: Vec<&str> = text.split('\n').collect();
+                pieces[pieces.len().saturating_sub(n)..].join("\n")
             }
         })
     }

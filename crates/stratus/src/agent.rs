@@ -361,6 +361,10 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             "rebuilding" => {
                 d.destroy(&id)?;
                 spawn(sh, s)?;
+                // A stopped server stays stopped after a rebuild, as in Nova.
+                if s["vm_state"] == "stopped" {
+                    d.stop(&id, Duration::from_secs(60))?;
+                }
             }
             "powering-off" => d.stop(&id, Duration::from_secs(60))?,
             "powering-on" if !exists => spawn(sh, s)?,

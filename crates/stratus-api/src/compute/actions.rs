@@ -275,6 +275,36 @@ async fn action(
             accepted()
         }
         "rebuild" => rebuild(&state, &ctx, mv, &s, arg, rid).await,
+        "os-resetState" => {
+            if !ctx.is_admin() {
+                return Err(policy_denied("os_compute_api:os-admin-actions:reset_state"));
+            }
+            let to = match arg.get("state").and_then(Value::as_str) {
+                Some("active") => vm::ACTIVE,
+                Some("error") => vm::ERROR,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for field/attribute state. Value: {}. It is not one of ['active', 'error']",
+                        arg.get("state").unwrap_or(&Value::Null)
+                    )));
+                }
+            };
+            state.store.write(|tx| {
+                let mut s = tx.fetch::<Server>(&id)?;
+                s.vm_state = to.into();
+                s.task_state = None;
+                // Reports from a task that was in flight no longer apply.
+                s.generation += 1;
+                s.updated_us = now_us();
+                tx.update(&s)?;
+                record_action(tx, &s, "resetState", &ctx, rid)?;
+                Ok::<_, ApiError>(())
+            })?;
+            accepted()
+        }
+        // Servers are deleted at once (no reclaim interval), so none is
+        // ever soft-deleted: these answer as Nova does for any other state.
+        "restore" | "forceDelete" => Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => console_output(&state, &s, arg).await,
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}"
@@ -382,6 +412,20 @@ async fn rebuild(
     })?;
     state.compute.notify(s.host.as_deref());
     let mut v = render(state, ctx, mv, &s);
+    if !mv.at_least(75) {
+        // Before 2.75 rebuild answers with the basic server view only.
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|k, _| {
+                !(k.starts_with("OS-EXT-")
+                    || k.starts_with("OS-SRV-USG:")
+                    || k.starts_with("os-extended-volumes:")
+                    || matches!(
+                        k.as_str(),
+                        "config_drive" | "key_name" | "security_groups" | "host_status"
+                    ))
+            });
+        }
+    }
     v["adminPass"] = json!(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
 }

@@ -666,5 +666,5 @@ async fn spec_delete(
         tx.update(&f)?;
         Ok(())
     })?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(StatusCode::OK)
 }

@@ -10,9 +10,11 @@
 //! response at a version has the shape that version defines.
 
 mod actions;
+mod admin;
 mod agent_client;
 mod flavors;
 mod groups;
+mod images;
 mod keypairs;
 pub mod model;
 pub mod nodes;
@@ -111,9 +113,15 @@ fn requested(headers: &HeaderMap) -> Result<Mv, ApiError> {
 /// Sets the microversion on the request and echoes it on the response;
 /// renders errors in Nova's fault shape.
 async fn compute_layer(mut req: Request, next: Next) -> Response {
-    let mv = match requested(req.headers()) {
-        Ok(mv) => mv,
-        Err(e) => return fault(e, Mv(MIN_MINOR)),
+    let path = req.uri().path();
+    let legacy = path == "/compute/v2" || path.starts_with("/compute/v2/");
+    let mv = if legacy {
+        Mv(MIN_MINOR)
+    } else {
+        match requested(req.headers()) {
+            Ok(mv) => mv,
+            Err(e) => return fault(e, Mv(MIN_MINOR)),
+        }
     };
     req.extensions_mut().insert(mv);
     let resp = next.run(req).await;
@@ -121,7 +129,9 @@ async fn compute_layer(mut req: Request, next: Next) -> Response {
         Some(err) => fault(err, mv),
         None => resp,
     };
-    stamp(resp.headers_mut(), mv);
+    if !legacy {
+        stamp(resp.headers_mut(), mv);
+    }
     resp
 }
 
@@ -176,6 +186,8 @@ pub fn router() -> Router<AppState> {
         .merge(servers::routes())
         .merge(actions::routes())
         .merge(groups::routes())
+        .merge(images::routes())
+        .merge(admin::routes())
         .merge(nodes::routes())
         .fallback(crate::error::not_found_fallback);
     let compute = Router::new()
@@ -183,6 +195,10 @@ pub fn router() -> Router<AppState> {
         .route("/compute/", get(versions))
         .route("/compute/v2.1", get(version_v21))
         .route("/compute/v2.1/", get(version_v21))
+        .route("/compute/v2", get(version_v20))
+        .route("/compute/v2/", get(version_v20))
+        // The legacy v2.0 endpoint: the same API without microversions.
+        .nest("/compute/v2", v21.clone())
         .nest("/compute/v2.1", v21)
         .layer(axum::middleware::from_fn(compute_layer));
     compute.merge(nodes::agent_routes())
@@ -203,11 +219,36 @@ fn version_doc(state: &AppState) -> Value {
     })
 }
 
+/// The v2.0 document: Nova still answers the pre-microversion API at /v2.
+fn version_doc_v20(state: &AppState) -> Value {
+    json!({
+        "id": "v2.0",
+        "status": "SUPPORTED",
+        "version": "",
+        "min_version": "",
+        "updated": "2011-01-21T11:33:21Z",
+        "links": [
+            {"rel": "self", "href": format!("{}/compute/v2/", state.config.public_url)},
+            {"rel": "describedby", "type": "text/html", "href": "http://docs.openstack.org/"}
+        ],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2"}]
+    })
+}
+
 async fn versions(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    let mut v = version_doc(&state);
-    v["links"] =
+    let mut v20 = version_doc_v20(&state);
+    v20["links"] =
+        json!([{"rel": "self", "href": format!("{}/compute/v2/", state.config.public_url)}]);
+    let mut v21 = version_doc(&state);
+    v21["links"] =
         json!([{"rel": "self", "href": format!("{}/compute/v2.1/", state.config.public_url)}]);
-    (StatusCode::OK, axum::Json(json!({"versions": [v]}))).into_response()
+    (StatusCode::OK, axum::Json(json!({"versions": [v20, v21]}))).into_response()
+}
+
+async fn version_v20(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<Value> {
+    axum::Json(json!({"version": version_doc_v20(&state)}))
 }
 
 async fn version_v21(

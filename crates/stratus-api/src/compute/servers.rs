@@ -110,7 +110,18 @@ fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiErro
             format!("Value: {ip}. It is not a valid {family} address"),
         ));
     }
-    Ok(ip.to_string())
+    // Stored as Nova does: the address's canonical text.
+    Ok(if ip.is_empty() {
+        String::new()
+    } else if v6 {
+        ip.parse::<std::net::Ipv6Addr>()
+            .expect("checked")
+            .to_string()
+    } else {
+        ip.parse::<std::net::Ipv4Addr>()
+            .expect("checked")
+            .to_string()
+    })
 }
 
 /// Readers of the project read; members change.
@@ -273,37 +284,14 @@ async fn list_detail(
     listing(&state, &ctx, mv, &q, true)
 }
 
-/// A small regular-expression matcher for Nova's `name` filter (which is a
-/// Python `re.search`): literals, `.`, `*`, `^` and `$`.
+/// Nova's `name` filter is a Python `re.search`; the regex crate's syntax
+/// covers what clients send (no look-around or back-references). A
+/// pattern that does not compile matches nothing.
 pub(crate) fn re_search(pattern: &str, text: &str) -> bool {
-    fn here(p: &[char], t: &[char]) -> bool {
-        match p {
-            [] => true,
-            ['$'] => t.is_empty(),
-            [c, '*', rest @ ..] => {
-                let mut t = t;
-                loop {
-                    if here(rest, t) {
-                        return true;
-                    }
-                    match t.first() {
-                        Some(x) if *c == '.' || c == x => t = &t[1..],
-                        _ => return false,
-                    }
-                }
-            }
-            [c, rest @ ..] => match t.first() {
-                Some(x) if *c == '.' || c == x => here(rest, &t[1..]),
-                _ => false,
-            },
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    if let Some(rest) = p.strip_prefix(&['^']) {
-        return here(rest, &t);
-    }
-    (0..=t.len()).any(|i| here(&p, &t[i..]))
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .is_ok_and(|re| re.is_match(text))
 }
 
 fn listing(
@@ -1479,5 +1467,8 @@ mod tests {
         assert!(re_search("web-.$", "my-web-1"));
         assert!(re_search("m.*1$", "my-web-1"));
         assert!(!re_search("x", "my-web-1"));
+        assert!(re_search(r"^.*\-instance\-[0-9]+$", "t-instance-42"));
+        assert!(!re_search(r"^.*\-instance\-[0-9]+$", "t-instance-x"));
+        assert!(!re_search("(", "("));
     }
 }

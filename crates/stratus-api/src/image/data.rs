@@ -408,7 +408,9 @@ async fn download(
 ) -> Result<Response, ApiError> {
     require_reader(&ctx)?;
     let img = fetch_visible(&state, &ctx, &id)?;
-    if img.status == status::DEACTIVATED && !(ctx.is_admin() || img.is_owned_by(ctx.project_id())) {
+    // As Glance: only an admin downloads a deactivated image, not even
+    // its owner.
+    if img.status == status::DEACTIVATED && !ctx.is_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "The requested image has been deactivated. Image data download is forbidden.",
@@ -501,6 +503,7 @@ async fn import(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    axum::Extension(req_id): axum::Extension<crate::middleware::RequestId>,
     crate::json::Json(body): crate::json::Json<Value>,
 ) -> Result<StatusCode, ApiError> {
     require_reader(&ctx)?;
@@ -541,13 +544,40 @@ async fn import(
         }
         img.status = status::IMAGE_IMPORTING.into();
         img.updated_at = now_us();
+        let at = super::model::glance_time(img.updated_at);
+        let expires = super::model::glance_time(img.updated_at + 48 * 3600 * 1_000_000);
+        img.tasks.push(json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "api_image_import",
+            "status": "processing",
+            "owner": img.owner,
+            "image_id": img.id,
+            "request_id": req_id.0,
+            "user_id": ctx.user_id(),
+            "input": {
+                "image_id": img.id,
+                "import_req": {"method": {"name": method}},
+                "backend": [STORE_ID],
+            },
+            "result": null,
+            "message": "",
+            "created_at": at,
+            "updated_at": at,
+            "expires_at": expires,
+        }));
         tx.update(&img)?;
         Ok(img)
     })?;
     // Glance imports asynchronously: 202 now, the image turns active (or
     // back to queued with the failure recorded) when done.
     tokio::spawn(async move {
-        if let Err(e) = finish_import(&state, &img).await {
+        let outcome = finish_import(&state, &img).await;
+        finish_task(
+            &state,
+            &img.id,
+            outcome.as_ref().err().map(|e| e.message.as_str()),
+        );
+        if let Err(e) = outcome {
             tracing::warn!(image = %img.id, error = %e, "image import failed");
             state.image.blobs.remove_staged(&img.id);
             let _ = state.store.write(|tx| {
@@ -567,6 +597,33 @@ async fn import(
         }
     });
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Marks the image's running import task done (success, or failure with
+/// the reason).
+fn finish_task(state: &AppState, id: &str, failure: Option<&str>) {
+    let _ = state.store.write(|tx| {
+        if let Some(mut cur) = tx.get::<Image>(id)? {
+            let at = super::model::glance_time(now_us());
+            if let Some(t) = cur
+                .tasks
+                .iter_mut()
+                .rev()
+                .find(|t| t["status"] == "processing")
+            {
+                t["status"] = json!(if failure.is_some() {
+                    "failure"
+                } else {
+                    "success"
+                });
+                t["message"] = json!(failure.unwrap_or(""));
+                t["result"] = json!({"image_id": id});
+                t["updated_at"] = json!(at);
+                tx.update(&cur)?;
+            }
+        }
+        Ok::<_, ApiError>(())
+    });
 }
 
 async fn finish_import(state: &AppState, img: &Image) -> Result<(), ApiError> {
@@ -610,8 +667,8 @@ async fn tasks(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_reader(&ctx)?;
-    fetch_visible(&state, &ctx, &id)?;
-    Ok(axum::Json(json!({"tasks": []})))
+    let img = fetch_visible(&state, &ctx, &id)?;
+    Ok(axum::Json(json!({"tasks": img.tasks})))
 }
 
 async fn info_import(_ctx: Ctx) -> axum::Json<Value> {

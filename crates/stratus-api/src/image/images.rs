@@ -312,6 +312,7 @@ async fn create(
         updated_at: now,
         blob: None,
         staged: None,
+        tasks: Vec::new(),
     };
     for (k, v) in &body {
         if k != "id" {
@@ -833,11 +834,20 @@ fn apply_op(ctx: &Ctx, img: &mut Image, before: &Image, op: &Value) -> Result<()
     let Value::Object(op) = op else {
         return Err(ApiError::bad_request("Operations must be JSON objects."));
     };
-    let name = op.get("op").and_then(Value::as_str).unwrap_or("");
-    let path = op
-        .get("path")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("Unable to find 'path' in JSON Schema change"))?;
+    // The v2.1 form is {"op": "replace", "path": "/name"}; the older v2.0
+    // form, which Tempest and old clients send, is {"replace": "/name"}.
+    let legacy = ["add", "replace", "remove"]
+        .into_iter()
+        .find(|k| !op.contains_key("op") && op.get(*k).is_some_and(Value::is_string));
+    let (name, path) = match legacy {
+        Some(k) => (k, op.get(k).and_then(Value::as_str)),
+        None => (
+            op.get("op").and_then(Value::as_str).unwrap_or(""),
+            op.get("path").and_then(Value::as_str),
+        ),
+    };
+    let path =
+        path.ok_or_else(|| ApiError::bad_request("Unable to find 'path' in JSON Schema change"))?;
     let key = patch_key(path)?;
     let value = op.get("value");
     if key.starts_with("os_glance") {
@@ -888,9 +898,17 @@ async fn remove(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_reader(&ctx)?;
-    let img = fetch_visible(&state, &ctx, &id)?;
-    require_owner_member(&ctx, &img, "delete")?;
+    delete_image(&state, &ctx, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an image the caller may delete, its memberships, and its data
+/// once no other image shares it (also behind Nova's image proxy).
+pub(crate) fn delete_image(state: &AppState, ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    let id = id.to_string();
+    require_reader(ctx)?;
+    let img = fetch_visible(state, ctx, &id)?;
+    require_owner_member(ctx, &img, "delete")?;
     if img.protected {
         return Err(forbidden(format!(
             "Image {id} is protected and cannot be deleted."
@@ -923,7 +941,7 @@ async fn remove(
     if orphan.0.staged.is_some() {
         blobs.remove_staged(&id);
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 async fn tag(

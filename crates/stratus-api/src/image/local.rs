@@ -101,6 +101,7 @@ pub fn import(state: &AppState, owner: &str, img: &LocalImage) -> Result<Option<
         updated_at: now,
         blob: Some(sha512.clone()),
         staged: None,
+        tasks: Vec::new(),
     };
     let _guard = blobs.lock();
     blobs.commit(&tmp, &sha512).map_err(err)?;

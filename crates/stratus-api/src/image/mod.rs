@@ -13,6 +13,7 @@
 pub mod blobs;
 mod data;
 mod images;
+pub(crate) use images::delete_image;
 pub mod local;
 mod members;
 pub mod model;

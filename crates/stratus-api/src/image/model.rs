@@ -64,6 +64,10 @@ pub struct Image {
     /// Data staged by `PUT /stage`, waiting for `POST /import`.
     #[serde(default)]
     pub staged: Option<Staged>,
+    /// The image's import tasks (`GET /v2/images/{id}/tasks`, Glance 2.12),
+    /// in Glance's task shape; they go with the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

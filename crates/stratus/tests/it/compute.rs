@@ -401,7 +401,7 @@ fn compute_flavors_defaults_private_access_and_extra_specs() {
             None
         )
         .status,
-        202
+        200
     );
     assert_eq!(
         c.req("GET", "/flavors/edge-1/os-extra_specs/site", &tok, None)

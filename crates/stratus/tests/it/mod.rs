@@ -1,6 +1,7 @@
 mod cli;
 mod common;
 mod compute;
+mod compute_admin;
 mod compute_real;
 mod identity;
 mod image;

@@ -1,0 +1,567 @@
+//! Operator APIs that read what the store already holds: `os-hosts` (up to
+//! 2.42), `os-simple-tenant-usage`, `os-instance_usage_audit_log`,
+//! `os-server-external-events`, and the `extensions` list.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use stratus_store::Query as StoreQuery;
+
+use super::model::{Aggregate, ComputeNode, Server};
+use super::nodes::{controller_host, zone_of};
+use super::{Mv, body, policy_denied};
+use crate::identity::policy::Ctx;
+use crate::timeutil::{iso_naive, now_us, parse_iso};
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/os-hosts", get(hosts))
+        .route("/os-hosts/{host}", get(host_show).put(host_update))
+        .route("/os-hosts/{host}/{action}", get(host_power))
+        .route("/os-simple-tenant-usage", get(usage_list))
+        .route("/os-simple-tenant-usage/{tenant}", get(usage_show))
+        .route("/os-instance_usage_audit_log", get(audit_log))
+        .route(
+            "/os-instance_usage_audit_log/{before}",
+            get(audit_log_before),
+        )
+        .route("/os-server-external-events", post(external_events))
+        .route("/extensions", get(extensions))
+        .route("/extensions/{alias}", get(extension))
+}
+
+fn require_admin(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(policy_denied(rule))
+    }
+}
+
+fn host_not_found(host: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Compute host {host} could not be found."),
+    )
+}
+
+// ---- os-hosts ---------------------------------------------------------------
+
+/// `os-hosts` left the API at 2.43.
+fn hosts_available(mv: Mv) -> Result<(), ApiError> {
+    if mv.at_least(43) {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+async fn hosts(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    hosts_available(mv)?;
+    require_admin(&ctx, "os_compute_api:os-hosts:list")?;
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    let mut out: Vec<Value> = state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .iter()
+        .map(|n| json!({"host_name": n.id, "service": "compute", "zone": zone_of(&aggs, &n.id)}))
+        .collect();
+    let controller = controller_host();
+    for service in ["scheduler", "conductor"] {
+        out.push(json!({"host_name": controller, "service": service, "zone": "internal"}));
+    }
+    // A blank zone lists every host, as in Nova.
+    if let Some(zone) = q.get("zone").filter(|z| !z.is_empty()) {
+        out.retain(|h| h["zone"] == json!(zone));
+    }
+    Ok(axum::Json(json!({ "hosts": out })))
+}
+
+fn node(state: &AppState, host: &str) -> Result<ComputeNode, ApiError> {
+    state
+        .store
+        .get::<ComputeNode>(host)?
+        .ok_or_else(|| host_not_found(host))
+}
+
+/// The host's capacity, what its servers use, and the use per project.
+async fn host_show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(host): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    hosts_available(mv)?;
+    require_admin(&ctx, "os_compute_api:os-hosts:show")?;
+    let n = node(&state, &host)?;
+    let resource = |project: &str, cpu: u64, mem: u64, disk: u64| json!({"resource": {"host": host, "project": project, "cpu": cpu, "memory_mb": mem, "disk_gb": disk}});
+    let mut per_project: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for s in state.store.list::<Server>(&StoreQuery::parent(&host))? {
+        let e = per_project.entry(s.project_id.clone()).or_default();
+        e.0 += u64::from(s.flavor.vcpus);
+        e.1 += s.flavor.ram;
+        e.2 += s.flavor.disk + s.flavor.ephemeral;
+    }
+    let used = per_project
+        .values()
+        .fold((0, 0, 0), |a, u| (a.0 + u.0, a.1 + u.1, a.2 + u.2));
+    let mut out = vec![
+        resource("(total)", u64::from(n.vcpus), n.memory_mb, n.disk_gb),
+        resource("(used_now)", used.0, used.1, used.2),
+        resource("(used_max)", used.0, used.1, used.2),
+    ];
+    for (p, u) in &per_project {
+        out.push(resource(p, u.0, u.1, u.2));
+    }
+    Ok(axum::Json(json!({ "host": out })))
+}
+
+/// `PUT /os-hosts/{host}`: `status` enables or disables the compute
+/// service; maintenance mode is a hypervisor feature Stratus's drivers do
+/// not have (Nova's libvirt driver answers the same 501).
+async fn host_update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(host): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    hosts_available(mv)?;
+    require_admin(&ctx, "os_compute_api:os-hosts:update")?;
+    let b = body(&raw)?;
+    let o = b
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("The request body must be an object"))?;
+    let pick = |key: &str| -> Result<Option<bool>, ApiError> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("enable") => Ok(Some(true)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("disable") => Ok(Some(false)),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute {key}. Value: {v}. It is not one of ['enable', 'disable']"
+            ))),
+        }
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["status", "maintenance_mode"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute host. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    let (status, maintenance) = (pick("status")?, pick("maintenance_mode")?);
+    if status.is_none() && maintenance.is_none() {
+        return Err(ApiError::bad_request(
+            "'status' or 'maintenance_mode' needed for host update",
+        ));
+    }
+    node(&state, &host)?;
+    if maintenance.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "Virt driver does not implement host maintenance mode.",
+        ));
+    }
+    let enable = status.expect("checked above");
+    state.store.write(|tx| {
+        let mut n = tx
+            .get::<ComputeNode>(&host)?
+            .ok_or_else(|| host_not_found(&host))?;
+        n.disabled = !enable;
+        if enable {
+            n.disabled_reason = None;
+        }
+        n.updated_us = now_us();
+        tx.update(&n)?;
+        Ok::<_, ApiError>(())
+    })?;
+    Ok(axum::Json(json!({
+        "host": host,
+        "status": if enable { "enabled" } else { "disabled" },
+    })))
+}
+
+/// Power actions on a whole host are not something a driver here can do:
+/// 501 as Nova's libvirt driver, after the same 403 and 404 checks.
+async fn host_power(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((host, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    hosts_available(mv)?;
+    if !["startup", "shutdown", "reboot"].contains(&action.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ));
+    }
+    require_admin(&ctx, &format!("os_compute_api:os-hosts:{action}"))?;
+    node(&state, &host)?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!("Virt driver does not implement host {action}."),
+    ))
+}
+
+// ---- os-simple-tenant-usage -----------------------------------------------------
+
+/// Nova's accepted time formats: ISO 8601 with or without fraction, or
+/// with a space instead of the `T`.
+fn usage_time(q: &HashMap<String, String>, key: &str, default: i64) -> Result<i64, ApiError> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(t) => parse_iso(&t.replace(' ', "T")).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for query parameters {key}. Invalid time format: {t}"
+            ))
+        }),
+    }
+}
+
+fn period(q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let now = now_us();
+    let end = usage_time(q, "end", now)?;
+    let start = usage_time(q, "start", end - 24 * 3600 * 1_000_000)?;
+    if start > end {
+        return Err(ApiError::bad_request(
+            "Invalid start time. The start time cannot occur after the end time.",
+        ));
+    }
+    Ok((start, end))
+}
+
+/// One tenant's usage in [start, end]: hours each server existed in the
+/// window, times its flavor. Deleted servers are no longer in the store
+/// and so are not counted.
+fn tenant_usage(servers: &[Server], tenant: &str, start: i64, end: i64, detailed: bool) -> Value {
+    let now = now_us();
+    let mut totals = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut rows = Vec::new();
+    for s in servers.iter().filter(|s| s.project_id == tenant) {
+        let from = s.launched_us.unwrap_or(s.created_us);
+        let (a, b) = (from.max(start), end.min(now));
+        let hours = if b > a {
+            (b - a) as f64 / 3_600_000_000.0
+        } else {
+            0.0
+        };
+        let (vcpus, mem, disk) = (
+            f64::from(s.flavor.vcpus),
+            s.flavor.ram as f64,
+            (s.flavor.disk + s.flavor.ephemeral) as f64,
+        );
+        totals.0 += hours;
+        totals.1 += hours * vcpus;
+        totals.2 += hours * mem;
+        totals.3 += hours * disk;
+        if detailed {
+            rows.push(json!({
+                "instance_id": s.id,
+                "name": s.name,
+                "hours": hours,
+                "memory_mb": s.flavor.ram,
+                "local_gb": s.flavor.disk + s.flavor.ephemeral,
+                "vcpus": s.flavor.vcpus,
+                "tenant_id": s.project_id,
+                "flavor": s.flavor.name,
+                "started_at": iso_naive(from),
+                "ended_at": null,
+                "state": s.vm_state,
+                "uptime": (now - from).max(0) / 1_000_000,
+            }));
+        }
+    }
+    let mut v = json!({
+        "tenant_id": tenant,
+        "total_hours": totals.0,
+        "total_vcpus_usage": totals.1,
+        "total_memory_mb_usage": totals.2,
+        "total_local_gb_usage": totals.3,
+        "start": iso_naive(start),
+        "stop": iso_naive(end),
+    });
+    if detailed {
+        v["server_usages"] = json!(rows);
+    }
+    v
+}
+
+fn in_window(s: &Server, start: i64, end: i64) -> bool {
+    s.launched_us.unwrap_or(s.created_us) <= end && start <= now_us()
+}
+
+async fn usage_list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin(&ctx, "os_compute_api:os-simple-tenant-usage:list")?;
+    let (start, end) = period(&q)?;
+    let detailed = q
+        .get("detailed")
+        .is_some_and(|d| super::parse_bool(&json!(d)).unwrap_or(false));
+    let servers: Vec<Server> = state
+        .store
+        .list::<Server>(&StoreQuery::all())?
+        .into_iter()
+        .filter(|s| in_window(s, start, end))
+        .collect();
+    let mut tenants: Vec<&str> = servers.iter().map(|s| s.project_id.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let usages: Vec<Value> = tenants
+        .iter()
+        .map(|t| tenant_usage(&servers, t, start, end, detailed))
+        .collect();
+    Ok(axum::Json(json!({ "tenant_usages": usages })))
+}
+
+async fn usage_show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !(ctx.is_admin() || ctx.project_id() == Some(tenant.as_str())) {
+        return Err(policy_denied("os_compute_api:os-simple-tenant-usage:show"));
+    }
+    let (start, end) = period(&q)?;
+    let servers: Vec<Server> = state
+        .store
+        .list::<Server>(&StoreQuery::owner(&tenant))?
+        .into_iter()
+        .filter(|s| in_window(s, start, end))
+        .collect();
+    if servers.is_empty() {
+        return Ok(axum::Json(json!({ "tenant_usage": {} })));
+    }
+    Ok(axum::Json(
+        json!({ "tenant_usage": tenant_usage(&servers, &tenant, start, end, true) }),
+    ))
+}
+
+// ---- os-instance_usage_audit_log ------------------------------------------------
+
+/// Stratus runs no periodic usage-audit task, so every host reports as not
+/// run for the period: the truthful answer in Nova's shape.
+fn audit_report(state: &AppState, before: i64) -> Result<Value, ApiError> {
+    let hosts: Vec<String> = state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    // The last whole month before `before`, as Nova's audit period.
+    let day = 86_400 * 1_000_000i64;
+    let ending = before - before.rem_euclid(day);
+    let beginning = ending - 30 * day;
+    Ok(json!({
+        "hosts_not_run": hosts,
+        "log": {},
+        "num_hosts": hosts.len(),
+        "num_hosts_done": 0,
+        "num_hosts_not_run": hosts.len(),
+        "num_hosts_running": 0,
+        "overall_status": format!("0 of {} hosts done. 0 errors.", hosts.len()),
+        "period_beginning": iso_naive(beginning).replace('T', " "),
+        "period_ending": iso_naive(ending).replace('T', " "),
+        "total_errors": 0,
+        "total_instances": 0,
+    }))
+}
+
+async fn audit_log(State(state): State<AppState>, ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+    require_admin(&ctx, "os_compute_api:os-instance-usage-audit-log:list")?;
+    Ok(axum::Json(
+        json!({"instance_usage_audit_logs": audit_report(&state, now_us())?}),
+    ))
+}
+
+async fn audit_log_before(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(before): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin(&ctx, "os_compute_api:os-instance-usage-audit-log:show")?;
+    let t = parse_iso(&before.replace(' ', "T"))
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid timestamp for date {before}")))?;
+    Ok(axum::Json(
+        json!({"instance_usage_audit_log": audit_report(&state, t)?}),
+    ))
+}
+
+// ---- os-server-external-events --------------------------------------------------
+
+const EVENT_NAMES: &[&str] = &[
+    "network-changed",
+    "network-vif-plugged",
+    "network-vif-unplugged",
+    "network-vif-deleted",
+    "volume-extended",
+    "power-update",
+    "accelerator-request-bound",
+    "volume-reimaged",
+];
+
+/// Events other services send about servers. Stratus has no network or
+/// volume service yet that needs to act on them, so they are accepted and
+/// acknowledged per server, as Nova does.
+async fn external_events(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&ctx, "os_compute_api:os-server-external-events:create")?;
+    let b = body(&raw)?;
+    let events = b
+        .get("events")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute events. 'events' must be a non-empty list",
+            )
+        })?;
+    let mut out = Vec::new();
+    let mut found = 0;
+    for e in events {
+        let name = e.get("name").and_then(Value::as_str).unwrap_or("");
+        let server = e.get("server_uuid").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute server_uuid. 'server_uuid' is a required property",
+            )
+        })?;
+        if !EVENT_NAMES.contains(&name) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute name. Value: {name}. It is not one of {EVENT_NAMES:?}"
+            )));
+        }
+        let status = e
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("completed");
+        if !["failed", "completed", "in-progress"].contains(&status) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute status. Value: {status}."
+            )));
+        }
+        let mut r = e.clone();
+        r["status"] = json!(status);
+        match state.store.get::<Server>(server)? {
+            Some(s) if s.host.is_some() => {
+                found += 1;
+                r["code"] = json!(200);
+            }
+            Some(_) => {
+                r["code"] = json!(422);
+                r["status"] = json!("failed");
+            }
+            None => {
+                r["code"] = json!(404);
+                r["status"] = json!("failed");
+            }
+        }
+        out.push(r);
+    }
+    if found == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "No instances found for any event",
+        ));
+    }
+    let code = if found == out.len() {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok((code, axum::Json(json!({ "events": out }))).into_response())
+}
+
+// ---- extensions -------------------------------------------------------------------
+
+/// The v2.1 extensions whose APIs Stratus serves.
+const EXTENSIONS: &[(&str, &str)] = &[
+    ("os-admin-actions", "AdminActions"),
+    ("os-aggregates", "Aggregates"),
+    ("os-availability-zone", "AvailabilityZone"),
+    ("os-console-output", "ConsoleOutput"),
+    ("os-extended-availability-zone", "ExtendedAvailabilityZone"),
+    ("OS-EXT-IMG-SIZE", "ImageSize"),
+    ("OS-EXT-SRV-ATTR", "ExtendedServerAttributes"),
+    ("OS-EXT-STS", "ExtendedStatus"),
+    ("os-flavor-access", "FlavorAccess"),
+    ("OS-FLV-EXT-DATA", "FlavorExtraData"),
+    ("os-flavor-extra-specs", "FlavorExtraSpecs"),
+    ("flavors", "Flavors"),
+    ("os-flavor-manage", "FlavorManage"),
+    ("os-hosts", "Hosts"),
+    ("os-hypervisors", "Hypervisors"),
+    ("images", "Images"),
+    ("image-metadata", "ImageMetadata"),
+    ("os-instance-actions", "InstanceActions"),
+    ("os-instance_usage_audit_log", "OSInstanceUsageAuditLog"),
+    ("os-keypairs", "Keypairs"),
+    ("limits", "Limits"),
+    ("os-lock-server", "LockServer"),
+    ("os-pause-server", "PauseServer"),
+    ("os-quota-class-sets", "QuotaClasses"),
+    ("os-quota-sets", "Quotas"),
+    ("servers", "Servers"),
+    ("os-server-external-events", "ServerExternalEvents"),
+    ("os-server-groups", "ServerGroups"),
+    ("server-metadata", "ServerMetadata"),
+    ("os-server-tags", "ServerTags"),
+    ("os-services", "Services"),
+    ("os-simple-tenant-usage", "SimpleTenantUsage"),
+    ("os-suspend-server", "SuspendServer"),
+    ("versions", "Versions"),
+];
+
+fn extension_json(alias: &str, name: &str) -> Value {
+    json!({
+        "alias": alias,
+        "name": name,
+        "description": name,
+        "namespace": "http://docs.openstack.org/compute/ext/fake_xml",
+        "updated": "2014-12-03T00:00:00Z",
+        "links": [],
+    })
+}
+
+async fn extensions(_ctx: Ctx) -> axum::Json<Value> {
+    let list: Vec<Value> = EXTENSIONS
+        .iter()
+        .map(|(a, n)| extension_json(a, n))
+        .collect();
+    axum::Json(json!({ "extensions": list }))
+}
+
+async fn extension(_ctx: Ctx, Path(alias): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let (a, n) = EXTENSIONS
+        .iter()
+        .find(|(a, _)| *a == alias)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Extension {alias} could not be found."),
+            )
+        })?;
+    Ok(axum::Json(json!({ "extension": extension_json(a, n) })))
+}
