@@ -698,6 +698,46 @@ impl Driver for ContainerDriver {
         v
     }
 
+    /// Read from the instance's cgroup (`cgroupsPath` /stratus/<uuid>).
+    fn diagnostics(&self, uuid: &str) -> Result<Vec<(String, u64)>, DriverError> {
+        self.record(uuid)?;
+        let read = |p: String| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+        let num = |p: String| read(p).and_then(|s| s.parse::<u64>().ok());
+        let (cpu_ns, mem_bytes, limit_bytes) = if cgroup_v2() {
+            let base = format!("/sys/fs/cgroup/stratus/{uuid}");
+            let cpu = read(format!("{base}/cpu.stat")).and_then(|stat| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|us| us * 1000)
+            });
+            (
+                cpu,
+                num(format!("{base}/memory.current")),
+                num(format!("{base}/memory.max")),
+            )
+        } else {
+            let cg = |c: &str, f: &str| format!("/sys/fs/cgroup/{c}/stratus/{uuid}/{f}");
+            (
+                num(cg("cpuacct", "cpuacct.usage")),
+                num(cg("memory", "memory.usage_in_bytes")),
+                num(cg("memory", "memory.limit_in_bytes")),
+            )
+        };
+        let mut out = Vec::new();
+        if let Some(ns) = cpu_ns {
+            out.push(("cpu0_time".to_string(), ns));
+        }
+        if let Some(l) = limit_bytes {
+            out.push(("memory".to_string(), l / 1024));
+            out.push(("memory-actual".to_string(), l / 1024));
+        }
+        if let Some(m) = mem_bytes {
+            out.push(("memory-rss".to_string(), m / 1024));
+        }
+        Ok(out)
+    }
+
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError> {
         self.record(uuid)?;
         let mut f = match fs::File::open(self.instance_dir(uuid).join("console.log")) {

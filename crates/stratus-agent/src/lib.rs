@@ -141,6 +141,13 @@ pub trait Driver: Send + Sync {
     /// What the workload wrote to stdout/stderr: the last `tail_lines`
     /// lines (all of the last MiB when `None`).
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError>;
+    /// Resource use of the instance as Nova's pre-2.48 diagnostics name
+    /// it (`cpu0_time` in ns, `memory*` in KiB); empty where the driver
+    /// has nothing to measure.
+    fn diagnostics(&self, uuid: &str) -> Result<Vec<(String, u64)>, DriverError> {
+        let _ = uuid;
+        Ok(Vec::new())
+    }
 }
 
 /// Ids become file and cgroup names: keep them to a safe alphabet.

@@ -547,7 +547,8 @@ fn start_listener(sh: &Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 answer for `GET /instances/{id}/console?length=N`.
+/// A minimal HTTP/1.1 answer for `GET /instances/{id}/console?length=N`
+/// and `GET /instances/{id}/diagnostics`.
 fn serve_one(sh: &Shared, mut stream: std::net::TcpStream) {
     use std::io::{BufRead, BufReader, Write};
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -577,8 +578,24 @@ fn serve_one(sh: &Shared, mut stream: std::net::TcpStream) {
         .split('&')
         .find_map(|kv| kv.strip_prefix("length="))
         .and_then(|v| v.parse::<usize>().ok());
+    let mut content_type = "text/plain; charset=utf-8";
     let (status, body) = if key.as_deref() != Some(sh.key.as_str()) {
         ("403 Forbidden", "wrong or missing agent key".to_string())
+    } else if let Some(id) = path
+        .strip_prefix("/instances/")
+        .and_then(|r| r.strip_suffix("/diagnostics"))
+    {
+        match sh.driver.diagnostics(id) {
+            Ok(items) => {
+                content_type = "application/json";
+                let m: serde_json::Map<String, Value> = items
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::from(v)))
+                    .collect();
+                ("200 OK", Value::Object(m).to_string())
+            }
+            Err(e) => ("404 Not Found", e.to_string()),
+        }
     } else if let Some(id) = path
         .strip_prefix("/instances/")
         .and_then(|r| r.strip_suffix("/console"))
@@ -592,7 +609,7 @@ fn serve_one(sh: &Shared, mut stream: std::net::TcpStream) {
     };
     let _ = write!(
         stream,
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
 }

@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{id}/action", post(action))
         .route("/servers/{id}/os-instance-actions", get(actions_list))
         .route("/servers/{id}/os-instance-actions/{req}", get(action_show))
+        .route("/servers/{id}/diagnostics", get(diagnostics))
 }
 
 fn wrong_state(action: &str, s: &Server) -> ApiError {
@@ -443,8 +444,19 @@ async fn console_output(state: &AppState, s: &Server, arg: &Value) -> Result<Res
             if n == -1 { None } else { Some(n as usize) }
         }
     };
+    let (url, key) = agent_of(state, s, "get_console_output")?;
+    let id = s.id.clone();
+    let out =
+        tokio::task::spawn_blocking(move || super::agent_client::console(&url, &key, &id, length))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(axum::Json(json!({"output": out})).into_response())
+}
+
+/// Where to reach the agent of the node a placed server runs on.
+fn agent_of(state: &AppState, s: &Server, action: &str) -> Result<(String, String), ApiError> {
     if s.vm_state == vm::BUILDING || s.host.is_none() {
-        return Err(wrong_state("get_console_output", s));
+        return Err(wrong_state(action, s));
     }
     let node = state
         .store
@@ -453,16 +465,29 @@ async fn console_output(state: &AppState, s: &Server, arg: &Value) -> Result<Res
     let url = node.agent_url.ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "The server's node agent takes no console requests.",
+            "The server's node agent takes no requests from the controller.",
         )
     })?;
-    let key = node.agent_key.unwrap_or_default();
-    let id = s.id.clone();
+    Ok((url, node.agent_key.unwrap_or_default()))
+}
+
+/// `GET /servers/{id}/diagnostics` (admin): the driver's measurements, in
+/// the free-form shape Nova used before 2.48.
+async fn diagnostics(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-server-diagnostics"));
+    }
+    let s = fetch(&state, &ctx, &id)?;
+    let (url, key) = agent_of(&state, &s, "get_diagnostics")?;
     let out =
-        tokio::task::spawn_blocking(move || super::agent_client::console(&url, &key, &id, length))
+        tokio::task::spawn_blocking(move || super::agent_client::diagnostics(&url, &key, &id))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(axum::Json(json!({"output": out})).into_response())
+    Ok(axum::Json(out).into_response())
 }
 
 // ---- os-instance-actions ---------------------------------------------------------------

@@ -33,6 +33,9 @@ pub fn routes() -> Router<AppState> {
             get(audit_log_before),
         )
         .route("/os-server-external-events", post(external_events))
+        .route("/os-migrations", get(migrations))
+        .route("/servers/{id}/migrations", get(server_migrations))
+        .route("/servers/{id}/migrations/{mid}", get(server_migration))
         .route("/extensions", get(extensions))
         .route("/extensions/{alias}", get(extension))
 }
@@ -494,6 +497,49 @@ async fn external_events(
     Ok((code, axum::Json(json!({ "events": out }))).into_response())
 }
 
+// ---- migrations -------------------------------------------------------------
+
+/// Stratus does not move servers between nodes (no resize, cold or live
+/// migration yet), so there is never a migration record: the lists are
+/// truthfully empty.
+async fn migrations(
+    ctx: Ctx,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin(&ctx, "os_compute_api:os-migrations:index")?;
+    for key in ["limit", "changes-since", "changes-before"] {
+        if let Some(v) = q.get(key).filter(|v| v.is_empty()) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for query parameters {key}. Value: {v}."
+            )));
+        }
+    }
+    Ok(axum::Json(json!({ "migrations": [] })))
+}
+
+async fn server_migrations(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin(&ctx, "os_compute_api:servers:migrations:index")?;
+    super::servers::fetch(&state, &ctx, &id)?;
+    Ok(axum::Json(json!({ "migrations": [] })))
+}
+
+async fn server_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((id, mid)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_admin(&ctx, "os_compute_api:servers:migrations:show")?;
+    super::servers::fetch(&state, &ctx, &id)?;
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("In-progress live migration {mid} is not found for server {id}."),
+    ))
+}
+
 // ---- extensions -------------------------------------------------------------------
 
 /// The v2.1 extensions whose APIs Stratus serves.
@@ -520,6 +566,7 @@ const EXTENSIONS: &[(&str, &str)] = &[
     ("os-keypairs", "Keypairs"),
     ("limits", "Limits"),
     ("os-lock-server", "LockServer"),
+    ("os-migrations", "Migrations"),
     ("os-pause-server", "PauseServer"),
     ("os-quota-class-sets", "QuotaClasses"),
     ("os-quota-sets", "Quotas"),

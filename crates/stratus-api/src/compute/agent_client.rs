@@ -1,5 +1,6 @@
 //! Calls from the controller to a node agent's own listener (console
-//! output). Everything else flows from the agent to the controller.
+//! output, diagnostics). Everything else flows from the agent to the
+//! controller.
 
 use std::time::Duration;
 
@@ -7,17 +8,10 @@ use axum::http::StatusCode;
 
 use crate::ApiError;
 
-/// The tail of a server's console log (`length` lines, all when None).
-pub fn console(
-    agent_url: &str,
-    key: &str,
-    id: &str,
-    length: Option<usize>,
-) -> Result<String, ApiError> {
-    let mut url = format!("{}/instances/{id}/console", agent_url.trim_end_matches('/'));
-    if let Some(n) = length {
-        url.push_str(&format!("?length={n}"));
-    }
+/// `GET {agent_url}{path}` with the agent's key: the status and body, or a
+/// 409 naming `what` when the agent cannot be reached.
+fn get(agent_url: &str, key: &str, path: &str, what: &str) -> Result<(u16, String), ApiError> {
+    let url = format!("{}{path}", agent_url.trim_end_matches('/'));
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
@@ -26,7 +20,7 @@ pub fn console(
     let unavailable = |e: String| {
         ApiError::new(
             StatusCode::CONFLICT,
-            format!("The console of instance {id} cannot be read now: {e}"),
+            format!("The {what} cannot be read now: {e}"),
         )
     };
     let mut resp = agent
@@ -39,11 +33,48 @@ pub fn console(
         .body_mut()
         .read_to_string()
         .map_err(|e| unavailable(e.to_string()))?;
-    match status {
-        200 => Ok(text),
-        404 => Err(ApiError::conflict(format!(
+    if status != 200 && status != 404 {
+        return Err(unavailable(format!("agent answered {status}: {text}")));
+    }
+    Ok((status, text))
+}
+
+/// The tail of a server's console log (`length` lines, all when None).
+pub fn console(
+    agent_url: &str,
+    key: &str,
+    id: &str,
+    length: Option<usize>,
+) -> Result<String, ApiError> {
+    let mut path = format!("/instances/{id}/console");
+    if let Some(n) = length {
+        path.push_str(&format!("?length={n}"));
+    }
+    match get(agent_url, key, &path, &format!("console of instance {id}"))? {
+        (200, text) => Ok(text),
+        _ => Err(ApiError::conflict(format!(
             "Instance {id} has no console output on its node yet."
         ))),
-        _ => Err(unavailable(format!("agent answered {status}: {text}"))),
+    }
+}
+
+/// The instance's resource use as its driver measures it.
+pub fn diagnostics(agent_url: &str, key: &str, id: &str) -> Result<serde_json::Value, ApiError> {
+    let what = format!("diagnostics of instance {id}");
+    match get(
+        agent_url,
+        key,
+        &format!("/instances/{id}/diagnostics"),
+        &what,
+    )? {
+        (200, text) => serde_json::from_str(&text).map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("The {what} cannot be read now: {e}"),
+            )
+        }),
+        (_, text) => Err(ApiError::conflict(format!(
+            "The {what} are not available on its node: {text}"
+        ))),
     }
 }

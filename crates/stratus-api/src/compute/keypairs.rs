@@ -246,6 +246,68 @@ fn generate() -> Result<(String, String), ApiError> {
     result
 }
 
+/// Makes a self-signed x509 certificate and its RSA 2048 key with
+/// `openssl`, as Nova does for `type: x509`: (private PEM, certificate PEM).
+fn generate_x509(subject: &str) -> Result<(String, String), ApiError> {
+    let dir = std::env::temp_dir().join(format!("stratus-x509-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::internal(format!("cannot generate a key pair: {e}")))?;
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={subject}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    let result = match out {
+        Ok(o) if o.status.success() => {
+            match (
+                std::fs::read_to_string(&key),
+                std::fs::read_to_string(&cert),
+            ) {
+                (Ok(p), Ok(c)) => Ok((p, c)),
+                _ => Err(ApiError::internal("openssl wrote no certificate")),
+            }
+        }
+        Ok(o) => Err(ApiError::internal(format!(
+            "openssl failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("x509 key pairs need openssl (apt-get install openssl): {e}"),
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The SHA-1 fingerprint of a PEM certificate (`ab:cd:...`, as Nova shows
+/// it); None when `openssl` does not read it as a certificate.
+fn x509_fingerprint(pem: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(pem.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.trim().rsplit('=').next()?.to_ascii_lowercase();
+    (hex.len() == 59).then_some(hex)
+}
+
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -274,12 +336,7 @@ async fn create(
         }
         None => "ssh",
         Some(Value::String(t)) if t == "ssh" => "ssh",
-        Some(Value::String(t)) if t == "x509" => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "Keypair data is invalid: x509 key pairs are not supported by this cloud",
-            ));
-        }
+        Some(Value::String(t)) if t == "x509" => "x509",
         Some(t) => {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for field/attribute type. Value: {t}. {t} is not one of ['ssh', 'x509']"
@@ -287,13 +344,24 @@ async fn create(
         }
     };
     let user = target_user(&ctx, mv, o.get("user_id").and_then(Value::as_str))?;
+    let x509 = key_type == "x509";
     let (private, public) = match o.get("public_key") {
+        None if x509 => {
+            // CN is at most 64 characters: 16 of each id, as Nova does.
+            let short = |s: &str| s.chars().take(16).collect::<String>();
+            let subject = format!("{}-{}", short(ctx.project_id().unwrap_or("")), short(&user));
+            let (p, q) = tokio::task::spawn_blocking(move || generate_x509(&subject))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))??;
+            (Some(p), q)
+        }
         None => {
             let (p, q) = tokio::task::spawn_blocking(generate)
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))??;
             (Some(p), q)
         }
+        Some(Value::String(k)) if x509 => (None, k.clone()),
         Some(Value::String(k)) => (None, k.trim().to_string()),
         Some(v) => {
             return Err(ApiError::bad_request(format!(
@@ -301,8 +369,15 @@ async fn create(
             )));
         }
     };
-    let fingerprint =
-        ssh_fingerprint(&public).ok_or_else(|| invalid("failed to generate fingerprint"))?;
+    let fingerprint = if x509 {
+        let pem = public.clone();
+        tokio::task::spawn_blocking(move || x509_fingerprint(&pem))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    } else {
+        ssh_fingerprint(&public)
+    }
+    .ok_or_else(|| invalid("failed to generate fingerprint"))?;
     let mut kp = Keypair {
         id: Keypair::key(&user, name),
         seq: 0,

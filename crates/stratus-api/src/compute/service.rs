@@ -350,7 +350,12 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
     let mut key_list = Vec::new();
     if let (Some(n), Some(d)) = (&s.key_name, &s.key_data) {
         keys.insert(n.clone(), json!(d));
-        key_list.push(json!({"name": n, "type": "ssh", "data": d}));
+        let kind = if d.starts_with("-----BEGIN CERTIFICATE") {
+            "x509"
+        } else {
+            "ssh"
+        };
+        key_list.push(json!({"name": n, "type": kind, "data": d}));
     }
     let meta = json!({
         "uuid": s.id,

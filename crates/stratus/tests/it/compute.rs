@@ -455,6 +455,48 @@ fn compute_keypairs_import_generate_and_quota() {
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains(&format!("MD5:{fp}")), "{printed} vs {fp}");
+    // x509 (2.2+): a self-signed certificate and its key; importing that
+    // certificate gives the same SHA-1 fingerprint; junk is refused.
+    let r = c.req(
+        "POST",
+        "/os-keypairs",
+        &tok,
+        Some(json!({"keypair": {"name": "cert", "type": "x509"}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let cert = r.body["keypair"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    assert_eq!(r.body["keypair"]["type"], "x509");
+    let xfp = r.body["keypair"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(xfp.len(), 59, "{xfp}");
+    let r = c.req(
+        "POST",
+        "/os-keypairs",
+        &tok,
+        Some(json!({"keypair": {"name": "cert2", "type": "x509", "public_key": cert}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["keypair"]["fingerprint"], json!(xfp));
+    let r = c.req(
+        "POST",
+        "/os-keypairs",
+        &tok,
+        Some(json!({"keypair": {"name": "cert3", "type": "x509", "public_key": "nope"}})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    for n in ["cert", "cert2"] {
+        assert_eq!(
+            c.req("DELETE", &format!("/os-keypairs/{n}"), &tok, None)
+                .status,
+            204
+        );
+    }
     // Import the same public key under another name.
     let r = c.req(
         "POST",

@@ -109,6 +109,19 @@ fn compute_real_container_lifecycle_console_and_memory_limit() {
         out.contains(&format!("META \"uuid\": \"{id}\"")) || out.contains(&id),
         "{out}"
     );
+    // Diagnostics come from the container's cgroup: the flavor's memory
+    // limit, some memory in use, some CPU time; admins only.
+    let d = c.req("GET", &format!("/servers/{id}/diagnostics"), &c.admin, None);
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert_eq!(d.body["memory"], 512 * 1024, "{}", d.body);
+    assert!(d.body["memory-rss"].as_u64().unwrap() > 0, "{}", d.body);
+    assert!(d.body["cpu0_time"].as_u64().is_some(), "{}", d.body);
+    let (_, member) = c.project("diag");
+    assert_eq!(
+        c.req("GET", &format!("/servers/{id}/diagnostics"), &member, None)
+            .status,
+        403
+    );
     // stop / start / reboot / pause / unpause.
     for (body, status) in [
         (json!({"os-stop": null}), "SHUTOFF"),
