@@ -1,8 +1,11 @@
 //! Bootstrap, as `keystone-manage bootstrap` does it: the default domain,
-//! an admin project and user, the admin/member/reader roles with admin
-//! implying member implying reader, the region and the identity service in
-//! the catalog. Idempotent: what exists is kept (the admin password is
-//! only set when the user is created, or when one is given explicitly).
+//! an admin project and user, the admin/manager/member/reader/service roles
+//! with admin implying manager implying member implying reader, the region
+//! and the identity service in the catalog. Idempotent: what exists is kept
+//! (the admin password is only set when the user is created, or when one
+//! is given explicitly). A store bootstrapped before `manager` existed
+//! gets it on the next run, and its direct admin -> member rule is replaced
+//! by the chain through manager, as current Keystone does.
 
 use stratus_store::{Query, Store};
 
@@ -182,12 +185,15 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
             Ok(r.id)
         };
         let admin = role_id("admin")?;
+        let manager = role_id("manager")?;
         let member = role_id("member")?;
         let reader = role_id("reader")?;
         role_id("service")?;
-        for (p, i) in [(&admin, &member), (&member, &reader)] {
+        for (p, i) in [(&admin, &manager), (&manager, &member), (&member, &reader)] {
             tx.upsert(&Inference::new(p, i))?;
         }
+        // Older bootstraps made admin imply member directly.
+        tx.delete::<Inference>(&Inference::new(&admin, &member).id)?;
         tx.upsert(&Assignment::new(
             ActorKind::User,
             &user.id,

@@ -65,7 +65,7 @@ fn token_body_roles_catalog_and_nocatalog() {
     roles.sort();
     assert_eq!(
         roles,
-        ["admin", "member", "reader"],
+        ["admin", "manager", "member", "reader"],
         "implied roles are expanded"
     );
     assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
