@@ -338,6 +338,7 @@ pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     for ac in tx.list::<AppCredential>(&Q::parent(id))? {
         tx.delete::<AppCredential>(&ac.id)?;
     }
+    super::ep_filter::forget_project(tx, id)?;
     if !tx.delete::<Project>(id)? {
         return Err(ApiError::not_found("project", id));
     }
