@@ -232,3 +232,63 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
     )?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(store: &Store) -> Vec<(String, String)> {
+        let name = |id: &str| store.fetch::<Role>(id).unwrap().name;
+        let mut out: Vec<(String, String)> = store
+            .list::<Inference>(&Query::all())
+            .unwrap()
+            .iter()
+            .map(|i| (name(&i.prior_role_id), name(&i.implied_role_id)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn upgrades_a_store_bootstrapped_without_manager() {
+        let store = Store::open_in_memory().unwrap();
+        let opts = BootstrapOptions {
+            admin_password: Some("pw".into()),
+            region: "RegionOne".into(),
+            public_url: "http://127.0.0.1:1".into(),
+        };
+        let first = bootstrap(&store, &opts).unwrap();
+        let chain = vec![
+            ("admin".to_string(), "manager".to_string()),
+            ("manager".into(), "member".into()),
+            ("member".into(), "reader".into()),
+        ];
+        assert_eq!(rules(&store), chain);
+        // Make it look like an older bootstrap: no manager, admin -> member.
+        store
+            .write(|tx| {
+                let roles = tx.list::<Role>(&Query::all())?;
+                let id = |n: &str| roles.iter().find(|r| r.name == n).unwrap().id.clone();
+                tx.delete::<Inference>(&Inference::new(&id("admin"), &id("manager")).id)?;
+                tx.delete::<Inference>(&Inference::new(&id("manager"), &id("member")).id)?;
+                tx.delete::<Role>(&id("manager"))?;
+                tx.insert(&Inference::new(&id("admin"), &id("member")))?;
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
+        let opts = BootstrapOptions {
+            admin_password: None,
+            ..opts
+        };
+        let again = bootstrap(&store, &opts).unwrap();
+        assert_eq!(again.admin_user_id, first.admin_user_id);
+        assert_eq!(rules(&store), chain);
+        let names: Vec<String> = store
+            .list::<Role>(&Query::all())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names.iter().filter(|n| *n == "manager").count(), 1);
+    }
+}
