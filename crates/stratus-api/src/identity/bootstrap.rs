@@ -1,8 +1,11 @@
 //! Bootstrap, as `keystone-manage bootstrap` does it: the default domain,
-//! an admin project and user, the admin/member/reader roles with admin
-//! implying member implying reader, the region and the identity service in
-//! the catalog. Idempotent: what exists is kept (the admin password is
-//! only set when the user is created, or when one is given explicitly).
+//! an admin project and user, the admin/manager/member/reader/service roles
+//! with admin implying manager implying member implying reader, the region
+//! and the identity service in the catalog. Idempotent: what exists is kept
+//! (the admin password is only set when the user is created, or when one
+//! is given explicitly). A store bootstrapped before `manager` existed
+//! gets it on the next run, and its direct admin -> member rule is replaced
+//! by the chain through manager, as current Keystone does.
 
 use stratus_store::{Query, Store};
 
@@ -182,12 +185,15 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
             Ok(r.id)
         };
         let admin = role_id("admin")?;
+        let manager = role_id("manager")?;
         let member = role_id("member")?;
         let reader = role_id("reader")?;
         role_id("service")?;
-        for (p, i) in [(&admin, &member), (&member, &reader)] {
+        for (p, i) in [(&admin, &manager), (&manager, &member), (&member, &reader)] {
             tx.upsert(&Inference::new(p, i))?;
         }
+        // Older bootstraps made admin imply member directly.
+        tx.delete::<Inference>(&Inference::new(&admin, &member).id)?;
         tx.upsert(&Assignment::new(
             ActorKind::User,
             &user.id,
@@ -225,4 +231,64 @@ pub fn bootstrap(store: &Store, opts: &BootstrapOptions) -> Result<BootstrapOutc
         &format!("{}/identity", opts.public_url),
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(store: &Store) -> Vec<(String, String)> {
+        let name = |id: &str| store.fetch::<Role>(id).unwrap().name;
+        let mut out: Vec<(String, String)> = store
+            .list::<Inference>(&Query::all())
+            .unwrap()
+            .iter()
+            .map(|i| (name(&i.prior_role_id), name(&i.implied_role_id)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn upgrades_a_store_bootstrapped_without_manager() {
+        let store = Store::open_in_memory().unwrap();
+        let opts = BootstrapOptions {
+            admin_password: Some("pw".into()),
+            region: "RegionOne".into(),
+            public_url: "http://127.0.0.1:1".into(),
+        };
+        let first = bootstrap(&store, &opts).unwrap();
+        let chain = vec![
+            ("admin".to_string(), "manager".to_string()),
+            ("manager".into(), "member".into()),
+            ("member".into(), "reader".into()),
+        ];
+        assert_eq!(rules(&store), chain);
+        // Make it look like an older bootstrap: no manager, admin -> member.
+        store
+            .write(|tx| {
+                let roles = tx.list::<Role>(&Query::all())?;
+                let id = |n: &str| roles.iter().find(|r| r.name == n).unwrap().id.clone();
+                tx.delete::<Inference>(&Inference::new(&id("admin"), &id("manager")).id)?;
+                tx.delete::<Inference>(&Inference::new(&id("manager"), &id("member")).id)?;
+                tx.delete::<Role>(&id("manager"))?;
+                tx.insert(&Inference::new(&id("admin"), &id("member")))?;
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
+        let opts = BootstrapOptions {
+            admin_password: None,
+            ..opts
+        };
+        let again = bootstrap(&store, &opts).unwrap();
+        assert_eq!(again.admin_user_id, first.admin_user_id);
+        assert_eq!(rules(&store), chain);
+        let names: Vec<String> = store
+            .list::<Role>(&Query::all())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names.iter().filter(|n| *n == "manager").count(), 1);
+    }
 }

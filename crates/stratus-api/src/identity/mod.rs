@@ -4,7 +4,9 @@
 //!   roles, token validation and rendering, bootstrap;
 //! - `fernet`, `token`, `password`: crypto;
 //! - `policy`: who may do what (Keystone's default policy);
-//! - one module per resource family with its routes and handlers.
+//! - one module per resource family with its routes and handlers
+//!   (`policies`, `oauth1`, `ep_filter` and `domain_config` for the
+//!   extensions other services and Tempest expect).
 
 pub mod app_creds;
 pub mod assignments;
@@ -12,12 +14,16 @@ pub mod auth;
 pub mod bootstrap;
 pub mod catalog;
 pub mod credentials;
+pub mod domain_config;
 pub mod domains;
+pub mod ep_filter;
 pub mod fernet;
 pub mod groups;
 pub mod limits;
 pub mod model;
+pub mod oauth1;
 pub mod password;
+pub mod policies;
 pub mod policy;
 pub mod projects;
 pub mod roles;
@@ -209,6 +215,10 @@ pub fn router() -> Router<AppState> {
         .merge(credentials::routes())
         .merge(app_creds::routes())
         .merge(limits::routes())
+        .merge(policies::routes())
+        .merge(oauth1::routes())
+        .merge(ep_filter::routes())
+        .merge(domain_config::routes())
         .fallback(crate::error::not_found_fallback);
     Router::new()
         .route("/identity", get(versions))
@@ -425,6 +435,18 @@ impl Obj {
 
     pub fn has(&self, field: &str) -> bool {
         self.map.contains_key(field)
+    }
+
+    /// Refuses an object without any field (Keystone's `minProperties: 1`
+    /// on updates).
+    pub fn require_some(&self) -> Result<(), ApiError> {
+        if self.map.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field '{}': it must have at least one property.",
+                self.key
+            )));
+        }
+        Ok(())
     }
 
     /// A string field; `null` reads as absent.

@@ -376,3 +376,100 @@ record!(
         l.resource_name
     ))
 );
+
+/// A policy blob kept for other services (`/v3/policies`). Keystone never
+/// interprets it; neither do we.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Policy {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub blob: String,
+    /// Other attributes (e.g. `project_id`), kept as given.
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+record!(Policy, "policy");
+
+/// An OAuth1 consumer (`/v3/OS-OAUTH1/consumers`). The secret is kept as
+/// is, as Keystone keeps it: OAuth1 signatures need it in the clear. It is
+/// shown only in the answer to the create.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Consumer {
+    pub id: String,
+    pub description: Option<String>,
+    pub secret: String,
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+record!(Consumer, "oauth1_consumer");
+
+/// A named set of endpoints selected by `filters` (`service_id`,
+/// `region_id`, `interface`), as in OS-EP-FILTER.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointGroup {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub filters: Map<String, Value>,
+}
+record!(EndpointGroup, "endpoint_group", name = |g| Some(&g.name));
+
+/// An endpoint group associated with a project; id `group_id:project_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectEndpointGroup {
+    pub id: String,
+    pub endpoint_group_id: String,
+    pub project_id: String,
+}
+record!(
+    ProjectEndpointGroup,
+    "project_endpoint_group",
+    owner = |a| Some(&a.project_id),
+    parent = |a| Some(&a.endpoint_group_id)
+);
+
+impl ProjectEndpointGroup {
+    pub fn new(group_id: &str, project_id: &str) -> Self {
+        ProjectEndpointGroup {
+            id: format!("{group_id}:{project_id}"),
+            endpoint_group_id: group_id.into(),
+            project_id: project_id.into(),
+        }
+    }
+}
+
+/// An endpoint associated with a project; id `project_id:endpoint_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectEndpoint {
+    pub id: String,
+    pub project_id: String,
+    pub endpoint_id: String,
+}
+record!(
+    ProjectEndpoint,
+    "project_endpoint",
+    owner = |a| Some(&a.project_id),
+    parent = |a| Some(&a.endpoint_id)
+);
+
+impl ProjectEndpoint {
+    pub fn new(project_id: &str, endpoint_id: &str) -> Self {
+        ProjectEndpoint {
+            id: format!("{project_id}:{endpoint_id}"),
+            project_id: project_id.into(),
+            endpoint_id: endpoint_id.into(),
+        }
+    }
+}
+
+/// A domain's own identity configuration (`/v3/domains/{id}/config`);
+/// id is the domain's. `groups` maps a group (`identity`, `ldap`) to its
+/// options, sensitive ones (the LDAP password) included: the API never
+/// shows those.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainConfig {
+    pub id: String,
+    pub groups: Map<String, Value>,
+}
+record!(DomainConfig, "domain_config");

@@ -65,6 +65,33 @@ pub fn view(state: &AppState, p: &Project) -> Value {
     v
 }
 
+/// A domain seen through `/v3/projects`. Keystone stores every domain as
+/// a root project with `is_domain: true`; Stratus keeps domains as their
+/// own records and shows them this way, so `is_domain` projects are
+/// created, listed, read, updated and deleted as domains.
+pub fn domain_view(state: &AppState, d: &Domain) -> Value {
+    json!({
+        "id": d.id,
+        "name": d.name,
+        "domain_id": null,
+        "description": d.description,
+        "enabled": d.enabled,
+        "parent_id": null,
+        "is_domain": true,
+        "tags": d.tags,
+        "options": d.options,
+        "links": self_link(state, &format!("projects/{}", d.id)),
+    })
+}
+
+/// The domain `id` when it names no project but a domain.
+fn as_domain(state: &AppState, id: &str) -> Result<Option<Domain>, ApiError> {
+    if state.store.get::<Project>(id)?.is_some() {
+        return Ok(None);
+    }
+    Ok(state.store.get::<Domain>(id)?)
+}
+
 /// May the caller read this project?
 fn can_read(ctx: &Ctx, p: &Project) -> bool {
     ctx.can_read_domain_objects(&p.domain_id) || ctx.project_id() == Some(p.id.as_str())
@@ -80,6 +107,16 @@ async fn list(
         (false, Some(d)) => Some(d.to_string()),
         (false, None) => return Err(ApiError::forbidden("identity:list_projects")),
     };
+    if q.get("is_domain").and_then(|v| super::parse_bool(v)) == Some(true) {
+        let items = state
+            .store
+            .list::<Domain>(&Q::all())?
+            .iter()
+            .filter(|d| scope.as_deref().is_none_or(|s| s == d.id))
+            .map(|d| domain_view(&state, d))
+            .collect();
+        return Ok(list_body(&state, "projects", "projects", filter(items, &q)));
+    }
     let owner = scope.as_deref().or(q.get("domain_id").map(String::as_str));
     let projects = state.store.list::<Project>(&Q {
         owner,
@@ -100,10 +137,7 @@ async fn create(
         ApiError::bad_request("Invalid input for field 'project': 'name' is a required property.")
     })?;
     if o.bool("is_domain")? == Some(true) {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "Projects acting as domains (is_domain=true) are not supported; create a domain instead.",
-        ));
+        return create_domain(&state, &o, name);
     }
     let parent_in = o.str("parent_id")?;
     let domain_in = o.str("domain_id")?;
@@ -184,6 +218,32 @@ async fn create(
     ))
 }
 
+/// `is_domain: true`: a root "project" that is a domain.
+fn create_domain(
+    state: &AppState,
+    o: &Obj,
+    name: String,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    if o.str("parent_id")?.is_some() || o.str("domain_id")?.is_some() {
+        return Err(ApiError::bad_request(
+            "only root projects are allowed to act as domains.",
+        ));
+    }
+    let d = Domain {
+        id: new_id(),
+        name: name.clone(),
+        description: o.str("description")?.unwrap_or_default(),
+        enabled: o.bool("enabled")?.unwrap_or(true),
+        tags: o.tags()?.unwrap_or_default(),
+        options: o.object("options")?.unwrap_or_default(),
+    };
+    state.identity_write(|tx| tx.insert(&d).map_err(conflict_as("project", &name)))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"project": domain_view(state, &d)})),
+    ))
+}
+
 fn subtree(all: &[Project], root: &str) -> Vec<Project> {
     let mut out = Vec::new();
     let mut frontier = vec![root.to_string()];
@@ -205,6 +265,15 @@ async fn show(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    if let Some(d) = as_domain(&state, &id)? {
+        ctx.allow(
+            ctx.system_reader()
+                || ctx.user.domain_id == id
+                || ctx.domain.as_ref().is_some_and(|x| x.id == id),
+            "identity:get_project",
+        )?;
+        return Ok(axum::Json(json!({"project": domain_view(&state, &d)})));
+    }
     let p = state.store.fetch::<Project>(&id)?;
     ctx.allow(can_read(&ctx, &p), "identity:get_project")?;
     let mut v = view(&state, &p);
@@ -260,6 +329,20 @@ async fn update(
 ) -> Result<axum::Json<Value>, ApiError> {
     ctx.require_admin("identity:update_project")?;
     let o = Obj::from_body(body, "project")?;
+    if as_domain(&state, &id)?.is_some() {
+        if o.bool("is_domain")? == Some(false) {
+            return Err(ApiError::bad_request(
+                "Update of `is_domain` is not allowed.",
+            ));
+        }
+        if o.str("domain_id")?.is_some() || o.str("parent_id")?.is_some() {
+            return Err(ApiError::bad_request(
+                "Update of `domain_id` or `parent_id` is not allowed for a project acting as a domain.",
+            ));
+        }
+        let d = state.identity_write(|tx| super::domains::update_in(tx, &id, &o))?;
+        return Ok(axum::Json(json!({"project": domain_view(&state, &d)})));
+    }
     let p = state.identity_write(|tx| {
         let mut p = tx.fetch::<Project>(&id)?;
         if o.str("domain_id")?.is_some_and(|d| d != p.domain_id) {
@@ -338,6 +421,7 @@ pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     for ac in tx.list::<AppCredential>(&Q::parent(id))? {
         tx.delete::<AppCredential>(&ac.id)?;
     }
+    super::ep_filter::forget_project(tx, id)?;
     if !tx.delete::<Project>(id)? {
         return Err(ApiError::not_found("project", id));
     }
@@ -350,6 +434,10 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_project")?;
+    if as_domain(&state, &id)?.is_some() {
+        state.identity_write(|tx| super::domains::delete_in(tx, &id))?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     state.identity_write(|tx| delete_in(tx, &id))?;
     state.revoke(Revocation {
         project_id: Some(id),

@@ -65,7 +65,7 @@ fn token_body_roles_catalog_and_nocatalog() {
     roles.sort();
     assert_eq!(
         roles,
-        ["admin", "member", "reader"],
+        ["admin", "manager", "member", "reader"],
         "implied roles are expanded"
     );
     assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
@@ -625,8 +625,9 @@ fn groups_implied_roles_and_effective_assignments() {
             .status,
         403
     );
+    // admin -> manager -> member -> reader.
     let r = c.get("/role_inferences", &tok);
-    assert_eq!(r.body["role_inferences"].as_array().unwrap().len(), 2);
+    assert_eq!(r.body["role_inferences"].as_array().unwrap().len(), 3);
 }
 
 #[test]
@@ -899,4 +900,463 @@ fn password_change_needs_the_original_password_not_a_token() {
         Some(json!({"user": {"original_password": "x", "password": "y"}})),
     );
     assert_eq!(r.status, 401, "unknown users look like wrong passwords");
+}
+
+/// A project member's token: no admin, no system scope.
+fn member(c: &super::common::Client, admin: &str) -> String {
+    let p = c.create(admin, "/projects", "project", json!({"name": "mine"}));
+    c.user(
+        admin,
+        "mo",
+        "mpw",
+        Some((p["id"].as_str().unwrap(), "member")),
+    );
+    c.token("mo", "mpw", Some("mine"))
+}
+
+#[test]
+fn policies_and_oauth_consumers() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let mt = member(&c, &tok);
+
+    // Policies: blob and type, extra attributes kept.
+    let p = c.create(
+        &tok,
+        "/policies",
+        "policy",
+        json!({"blob": "{\"a\": 1}", "type": "application/json", "project_id": "p1"}),
+    );
+    let pid = p["id"].as_str().unwrap();
+    assert_eq!(p["blob"], "{\"a\": 1}");
+    assert_eq!(p["project_id"], "p1");
+    assert_eq!(
+        p["links"]["self"],
+        format!("{}/identity/v3/policies/{pid}", s.url)
+    );
+    let r = c.patch(
+        &format!("/policies/{pid}"),
+        &tok,
+        json!({"policy": {"type": "text/plain"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.get(&format!("/policies/{pid}"), &tok);
+    assert_eq!(r.body["policy"]["type"], "text/plain");
+    assert_eq!(r.body["policy"]["blob"], "{\"a\": 1}");
+    let r = c.get("/policies?type=text/plain", &tok);
+    assert_eq!(r.body["policies"].as_array().unwrap().len(), 1);
+    for bad in [
+        json!({"policy": {"type": "x"}}),
+        json!({"policy": {"blob": 1, "type": "x"}}),
+        json!({}),
+    ] {
+        let r = c.post("/policies", &tok, bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        r.error_message();
+    }
+    assert_eq!(
+        c.patch(&format!("/policies/{pid}"), &tok, json!({"policy": {}}))
+            .status,
+        400
+    );
+    assert_eq!(c.get("/policies", &mt).status, 403);
+    assert_eq!(
+        c.post(
+            "/policies",
+            &mt,
+            json!({"policy": {"blob": "b", "type": "t"}})
+        )
+        .status,
+        403
+    );
+    assert_eq!(c.delete(&format!("/policies/{pid}"), &mt).status, 403);
+    assert_eq!(c.delete(&format!("/policies/{pid}"), &tok).status, 204);
+    assert_eq!(c.get(&format!("/policies/{pid}"), &tok).status, 404);
+    assert_eq!(c.delete(&format!("/policies/{pid}"), &tok).status, 404);
+
+    // OAuth1 consumers: the secret is shown once and cannot be changed.
+    let con = c.create(
+        &tok,
+        "/OS-OAUTH1/consumers",
+        "consumer",
+        json!({"description": "d1"}),
+    );
+    let cid = con["id"].as_str().unwrap();
+    assert_eq!(con["secret"].as_str().unwrap().len(), 32);
+    let r = c.get(&format!("/OS-OAUTH1/consumers/{cid}"), &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["consumer"]["description"], "d1");
+    assert_eq!(r.body["consumer"]["links"], con["links"]);
+    assert!(r.body["consumer"].get("secret").is_none());
+    let r = c.get("/OS-OAUTH1/consumers", &tok);
+    let listed = &r.body["consumers"];
+    assert_eq!(listed[0]["id"], cid);
+    assert!(listed[0].get("secret").is_none());
+    let r = c.patch(
+        &format!("/OS-OAUTH1/consumers/{cid}"),
+        &tok,
+        json!({"consumer": {"description": "d2"}}),
+    );
+    assert_eq!(r.body["consumer"]["description"], "d2");
+    let r = c.patch(
+        &format!("/OS-OAUTH1/consumers/{cid}"),
+        &tok,
+        json!({"consumer": {"secret": "mine"}}),
+    );
+    assert_eq!(r.status, 400);
+    r.error_message();
+    let r = c.post(
+        "/OS-OAUTH1/consumers",
+        &tok,
+        json!({"consumer": {"description": 5}}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(c.get("/OS-OAUTH1/consumers", &mt).status, 403);
+    assert_eq!(
+        c.post("/OS-OAUTH1/consumers", &mt, json!({"consumer": {}}))
+            .status,
+        403
+    );
+    assert_eq!(
+        c.delete(&format!("/OS-OAUTH1/consumers/{cid}"), &mt).status,
+        403
+    );
+    assert_eq!(
+        c.delete(&format!("/OS-OAUTH1/consumers/{cid}"), &tok)
+            .status,
+        204
+    );
+    assert_eq!(
+        c.get(&format!("/OS-OAUTH1/consumers/{cid}"), &tok).status,
+        404
+    );
+}
+
+#[test]
+fn endpoint_groups_and_project_endpoints() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let mt = member(&c, &tok);
+    let svc = c.create(
+        &tok,
+        "/services",
+        "service",
+        json!({"type": "thing", "name": "things"}),
+    );
+    let sid = svc["id"].as_str().unwrap();
+    let ep = c.create(
+        &tok,
+        "/endpoints",
+        "endpoint",
+        json!({"service_id": sid, "interface": "public", "url": "http://x/"}),
+    );
+    let eid = ep["id"].as_str().unwrap();
+    let pid = c.create(&tok, "/projects", "project", json!({"name": "eg"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let g = c.create(
+        &tok,
+        "/OS-EP-FILTER/endpoint_groups",
+        "endpoint_group",
+        json!({"name": "g", "description": "d", "filters": {"service_id": sid}}),
+    );
+    let gid = g["id"].as_str().unwrap();
+    let base = format!("/OS-EP-FILTER/endpoint_groups/{gid}");
+    let r = c.get("/OS-EP-FILTER/endpoint_groups", &tok);
+    assert!(r.body["endpoint_groups"].as_array().unwrap().contains(&g));
+    assert_eq!(c.get(&base, &tok).body["endpoint_group"], g);
+    assert_eq!(c.call("HEAD", &base, Some(&tok), None).status, 200);
+    let r = c.get(&format!("{base}/endpoints"), &tok);
+    assert_eq!(r.body["endpoints"][0]["id"], eid);
+    let r = c.patch(
+        &base,
+        &tok,
+        json!({"endpoint_group": {"name": "g2", "filters": {"service_id": sid, "interface": "admin"}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["endpoint_group"]["name"], "g2");
+    assert_eq!(
+        r.body["endpoint_group"]["filters"],
+        json!({"service_id": sid, "interface": "admin"})
+    );
+    assert_eq!(
+        c.get(&format!("{base}/endpoints"), &tok).body["endpoints"],
+        json!([])
+    );
+    for bad in [
+        json!({"endpoint_group": {"name": "x"}}),
+        json!({"endpoint_group": {"name": "x", "filters": {}}}),
+        json!({"endpoint_group": {"name": "x", "filters": {"url": "y"}}}),
+        json!({"endpoint_group": {"name": "x", "filters": {"interface": "nope"}}}),
+        json!({"endpoint_group": {"filters": {"interface": "public"}}}),
+        json!({"endpoint_group": {"name": "x", "filters": {"interface": "public"}, "z": 1}}),
+    ] {
+        let r = c.post("/OS-EP-FILTER/endpoint_groups", &tok, bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        r.error_message();
+    }
+
+    // Project associations.
+    let assoc = format!("{base}/projects/{pid}");
+    assert_eq!(c.get(&assoc, &tok).status, 404);
+    assert_eq!(c.put(&assoc, &mt).status, 403);
+    assert_eq!(c.put(&assoc, &tok).status, 204);
+    let r = c.get(&assoc, &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["project_endpoint_group"]["project_id"], pid);
+    assert_eq!(
+        c.get(&format!("{base}/projects"), &tok).body["projects"][0]["id"],
+        pid
+    );
+    let r = c.get(
+        &format!("/OS-EP-FILTER/projects/{pid}/endpoint_groups"),
+        &tok,
+    );
+    assert_eq!(r.body["endpoint_groups"][0]["id"], gid);
+    assert_eq!(c.put(&format!("{base}/projects/nope"), &tok).status, 404);
+
+    // Endpoint <-> project.
+    let pe = format!("/OS-EP-FILTER/projects/{pid}/endpoints/{eid}");
+    assert_eq!(c.get(&pe, &tok).status, 404);
+    assert_eq!(c.put(&pe, &mt).status, 403);
+    assert_eq!(c.put(&pe, &tok).status, 204);
+    assert_eq!(c.get(&pe, &tok).status, 204);
+    let r = c.get(&format!("/OS-EP-FILTER/endpoints/{eid}/projects"), &tok);
+    assert_eq!(r.body["projects"][0]["id"], pid);
+    let r = c.get(&format!("/OS-EP-FILTER/projects/{pid}/endpoints"), &tok);
+    assert_eq!(r.body["endpoints"][0]["id"], eid);
+    assert_eq!(
+        c.put(
+            &format!("/OS-EP-FILTER/projects/{pid}/endpoints/nope"),
+            &tok
+        )
+        .status,
+        404
+    );
+    assert_eq!(c.delete(&pe, &tok).status, 204);
+    assert_eq!(c.delete(&pe, &tok).status, 404);
+
+    // Reads are for admins and system readers.
+    assert_eq!(c.get("/OS-EP-FILTER/endpoint_groups", &mt).status, 403);
+    assert_eq!(c.get(&base, &mt).status, 403);
+    assert_eq!(c.delete(&base, &mt).status, 403);
+    assert_eq!(c.delete(&assoc, &tok).status, 204);
+    assert_eq!(c.delete(&base, &tok).status, 204);
+    assert_eq!(c.get(&base, &tok).status, 404);
+    assert_eq!(c.delete(&base, &tok).status, 404);
+}
+
+#[test]
+fn domain_configuration() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let mt = member(&c, &tok);
+    let d = c.create(&tok, "/domains", "domain", json!({"name": "cfg"}));
+    let did = d["id"].as_str().unwrap();
+    let base = format!("/domains/{did}/config");
+
+    // Defaults.
+    let r = c.get("/domains/config/default", &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["config"]["identity"]["driver"], "sql");
+    assert!(r.body["config"]["ldap"].get("password").is_none());
+    let r = c.get("/domains/config/ldap/url/default", &tok);
+    assert_eq!(r.body["config"], json!({"url": "ldap://localhost"}));
+    assert_eq!(
+        c.get("/domains/config/ldap/password/default", &tok).status,
+        403
+    );
+    assert_eq!(c.get("/domains/config/nope/default", &tok).status, 403);
+    assert_eq!(c.get("/domains/config/default", &mt).status, 403);
+
+    // Create: sensitive options are kept but never shown.
+    assert_eq!(c.get(&base, &tok).status, 404);
+    let cfg = json!({"identity": {"driver": "ldap"},
+        "ldap": {"url": "ldap://h/", "user_tree_dn": "ou=U", "password": "s3"}});
+    let r = c.call("PUT", &base, Some(&tok), Some(json!({"config": cfg})));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let shown = json!({"identity": {"driver": "ldap"},
+        "ldap": {"url": "ldap://h/", "user_tree_dn": "ou=U"}});
+    assert_eq!(r.body["config"], shown);
+    assert_eq!(c.get(&base, &tok).body["config"], shown);
+    assert_eq!(
+        c.get(&format!("{base}/ldap/url"), &tok).body["config"],
+        json!({"url": "ldap://h/"})
+    );
+    assert_eq!(c.get(&format!("{base}/ldap/password"), &tok).status, 404);
+    assert_eq!(c.get(&format!("{base}/nope"), &tok).status, 403);
+    assert_eq!(c.get(&format!("{base}/ldap/nope"), &tok).status, 403);
+    assert_eq!(
+        c.get(&format!("{base}/identity/list_limit"), &tok).status,
+        404
+    );
+    let r = c.call("PUT", &base, Some(&tok), Some(json!({"config": cfg})));
+    assert_eq!(r.status, 200, "a second PUT replaces");
+    for bad in [
+        json!({"config": {}}),
+        json!({"config": {"nope": {"a": 1}}}),
+        json!({"config": {"ldap": {}}}),
+    ] {
+        let r = c.call("PUT", &base, Some(&tok), Some(bad.clone()));
+        assert_eq!(r.status, 403, "{bad}: {}", r.body);
+        r.error_message();
+    }
+    let r = c.call("PUT", &base, Some(&tok), Some(json!({"config": 5})));
+    assert_eq!(r.status, 400);
+
+    // Updates of the whole, a group, an option.
+    let r = c.patch(
+        &base,
+        &tok,
+        json!({"config": {"identity": {"list_limit": 5}}}),
+    );
+    assert_eq!(
+        r.body["config"]["identity"],
+        json!({"driver": "ldap", "list_limit": 5})
+    );
+    let r = c.patch(
+        &format!("{base}/ldap"),
+        &tok,
+        json!({"config": {"ldap": {"url": "ldap://i/"}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["config"]["ldap"]["url"], "ldap://i/");
+    let r = c.patch(
+        &format!("{base}/ldap"),
+        &tok,
+        json!({"config": {"identity": {"driver": "x"}}}),
+    );
+    assert_eq!(r.status, 403);
+    let r = c.patch(
+        &format!("{base}/identity/driver"),
+        &tok,
+        json!({"config": {"driver": "sql"}}),
+    );
+    assert_eq!(r.body["config"]["identity"]["driver"], "sql");
+    let r = c.patch(
+        &format!("{base}/ldap/suffix"),
+        &tok,
+        json!({"config": {"suffix": "x"}}),
+    );
+    assert_eq!(r.status, 404, "an unset option cannot be updated");
+
+    // Admin only.
+    assert_eq!(c.get(&base, &mt).status, 403);
+    assert_eq!(
+        c.call("PUT", &base, Some(&mt), Some(json!({"config": cfg})))
+            .status,
+        403
+    );
+    assert_eq!(c.delete(&base, &mt).status, 403);
+    assert_eq!(c.get("/domains/nope/config", &tok).status, 404);
+
+    // Deletes.
+    assert_eq!(
+        c.delete(&format!("{base}/identity/driver"), &tok).status,
+        204
+    );
+    assert_eq!(c.get(&format!("{base}/identity/driver"), &tok).status, 404);
+    assert_eq!(
+        c.delete(&format!("{base}/identity/driver"), &tok).status,
+        404
+    );
+    assert_eq!(c.delete(&format!("{base}/ldap"), &tok).status, 204);
+    assert_eq!(c.get(&format!("{base}/ldap"), &tok).status, 404);
+    assert_eq!(c.delete(&base, &tok).status, 204);
+    assert_eq!(c.get(&base, &tok).status, 404);
+
+    // Security compliance, for the default domain only.
+    let r = c.get("/domains/default/config/security_compliance", &mt);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body["config"]["security_compliance"]
+            .as_object()
+            .unwrap()
+            .contains_key("password_regex")
+    );
+    assert_eq!(
+        c.get(&format!("{base}/security_compliance"), &tok).status,
+        403
+    );
+}
+
+#[test]
+fn projects_acting_as_domains() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let mt = member(&c, &tok);
+    let p = c.create(
+        &tok,
+        "/projects",
+        "project",
+        json!({"name": "dp", "is_domain": true, "domain_id": null}),
+    );
+    let id = p["id"].as_str().unwrap();
+    assert_eq!(p["is_domain"], true);
+    assert_eq!(p["domain_id"], Value::Null);
+    assert_eq!(p["parent_id"], Value::Null);
+    let r = c.get("/projects?is_domain=True", &tok);
+    let ids: Vec<&str> = r.body["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&id) && ids.contains(&"default"), "{ids:?}");
+    let r = c.get("/projects", &tok);
+    assert!(
+        !r.body["projects"].to_string().contains(id),
+        "not a plain project"
+    );
+    assert_eq!(
+        c.get(&format!("/domains/{id}"), &tok).body["domain"]["name"],
+        "dp"
+    );
+    assert_eq!(
+        c.get(&format!("/projects/{id}"), &tok).body["project"]["is_domain"],
+        true
+    );
+    // Projects can live in it.
+    c.create(
+        &tok,
+        "/projects",
+        "project",
+        json!({"name": "in", "domain_id": id}),
+    );
+    for bad in [
+        json!({"project": {"name": "x", "is_domain": true, "parent_id": id}}),
+        json!({"project": {"name": "x", "is_domain": true, "domain_id": "default"}}),
+    ] {
+        assert_eq!(c.post("/projects", &tok, bad).status, 400);
+    }
+    assert_eq!(
+        c.post(
+            "/projects",
+            &mt,
+            json!({"project": {"name": "y", "is_domain": true}})
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        c.delete(&format!("/projects/{id}"), &tok).status,
+        403,
+        "enabled"
+    );
+    let r = c.patch(
+        &format!("/projects/{id}"),
+        &tok,
+        json!({"project": {"enabled": false}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["project"]["enabled"], false);
+    assert_eq!(c.delete(&format!("/projects/{id}"), &tok).status, 204);
+    assert_eq!(c.get(&format!("/domains/{id}"), &tok).status, 404);
+    assert_eq!(c.get(&format!("/projects/{id}"), &tok).status, 404);
 }
