@@ -16,6 +16,8 @@ mod images;
 pub(crate) use images::delete_image;
 pub mod local;
 mod members;
+mod metadef_items;
+pub mod metadefs;
 pub mod model;
 pub mod quota;
 
@@ -54,6 +56,7 @@ impl ImageService {
             .map_err(|e| ApiError::internal(format!("cannot open the image store: {e}")))?;
         let svc = ImageService { blobs, size_cap };
         svc.recover(store)?;
+        metadefs::seed_resource_types(store)?;
         Ok(svc)
     }
 
@@ -110,6 +113,8 @@ pub fn router() -> Router<AppState> {
         .route("/schemas/images", get(|| schema(SCHEMA_IMAGES)))
         .route("/schemas/member", get(|| schema(SCHEMA_MEMBER)))
         .route("/schemas/members", get(|| schema(SCHEMA_MEMBERS)))
+        .merge(metadefs::routes())
+        .route("/schemas/metadefs/{name}", get(metadef_schema))
         .fallback(crate::error::not_found_fallback);
     Router::new()
         .route("/image", get(versions))
@@ -125,6 +130,43 @@ const SCHEMA_IMAGE: &str = include_str!("schemas/image.json");
 const SCHEMA_IMAGES: &str = include_str!("schemas/images.json");
 const SCHEMA_MEMBER: &str = include_str!("schemas/member.json");
 const SCHEMA_MEMBERS: &str = include_str!("schemas/members.json");
+
+/// Glance's metadata definition schemas, by the name in the path.
+const SCHEMAS_METADEFS: &[(&str, &str)] = &[
+    ("namespace", include_str!("schemas/metadefs-namespace.json")),
+    (
+        "namespaces",
+        include_str!("schemas/metadefs-namespaces.json"),
+    ),
+    (
+        "resource_type",
+        include_str!("schemas/metadefs-resource_type.json"),
+    ),
+    (
+        "resource_types",
+        include_str!("schemas/metadefs-resource_types.json"),
+    ),
+    ("object", include_str!("schemas/metadefs-object.json")),
+    ("objects", include_str!("schemas/metadefs-objects.json")),
+    ("property", include_str!("schemas/metadefs-property.json")),
+    (
+        "properties",
+        include_str!("schemas/metadefs-properties.json"),
+    ),
+    ("tag", include_str!("schemas/metadefs-tag.json")),
+    ("tags", include_str!("schemas/metadefs-tags.json")),
+];
+
+async fn metadef_schema(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match SCHEMAS_METADEFS.iter().find(|(n, _)| *n == name) {
+        Some((_, doc)) => schema(doc).await,
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("No schema named metadefs/{name}"),
+        )
+        .into_response(),
+    }
+}
 
 async fn schema(doc: &'static str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], doc).into_response()

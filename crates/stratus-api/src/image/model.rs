@@ -121,3 +121,108 @@ pub fn glance_time(us: i64) -> String {
     let s = crate::timeutil::iso_us(us);
     format!("{}Z", &s[..19])
 }
+
+// ---- metadata definitions (metadefs) ----------------------------------------
+
+/// A metadata definition namespace. Keyed by a uuid so that a rename
+/// (`PUT` with a new `namespace`) keeps its children; the name is the
+/// unique key, so two namespaces cannot share one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadefNamespace {
+    pub id: String,
+    pub namespace: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// `public` or `private`.
+    pub visibility: String,
+    pub protected: bool,
+    pub owner: Option<String>,
+    /// Resource types this namespace applies to, in the order associated.
+    #[serde(default)]
+    pub resource_types: Vec<MetadefAssociation>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+record!(
+    MetadefNamespace,
+    "metadef_namespace",
+    owner = |n| n.owner.as_deref(),
+    name = |n| Some(&n.namespace),
+    unique = |n| Some(n.namespace.clone())
+);
+
+/// A namespace's association with a resource type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadefAssociation {
+    pub name: String,
+    pub prefix: Option<String>,
+    pub properties_target: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A resource type namespaces can be associated with. The builtin ones
+/// are written at start-up; associating an unknown name creates one, as
+/// Glance does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadefResourceType {
+    /// The name (`OS::Glance::Image`).
+    pub id: String,
+    pub protected: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+record!(MetadefResourceType, "metadef_resource_type");
+
+/// An object, a property or a tag of a namespace: they share this shape.
+/// `body` holds the kind's own fields (an object's `description`,
+/// `required` and `properties`; a property's JSON-schema keywords; nothing
+/// for a tag). Unique per namespace by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadefItem {
+    pub id: String,
+    /// The namespace record's id.
+    pub namespace_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub body: Map<String, Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl MetadefItem {
+    pub fn unique(namespace_id: &str, name: &str) -> String {
+        format!("{namespace_id}/{name}")
+    }
+}
+
+/// Newtypes so that objects, properties and tags are separate kinds.
+macro_rules! metadef_item {
+    ($t:ident, $kind:literal) => {
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $t(pub MetadefItem);
+
+        impl Record for $t {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> &str {
+                &self.0.id
+            }
+            fn parent(&self) -> Option<&str> {
+                Some(&self.0.namespace_id)
+            }
+            fn name(&self) -> Option<&str> {
+                Some(&self.0.name)
+            }
+            fn unique_key(&self) -> Option<String> {
+                Some(MetadefItem::unique(&self.0.namespace_id, &self.0.name))
+            }
+        }
+    };
+}
+
+metadef_item!(MetadefObject, "metadef_object");
+metadef_item!(MetadefProperty, "metadef_property");
+metadef_item!(MetadefTag, "metadef_tag");

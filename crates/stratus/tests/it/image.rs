@@ -1094,3 +1094,197 @@ fn image_built_test_images_upload_and_validate() {
     }
     assert!(seen >= 3, "{list}");
 }
+
+/// Metadata definitions: a namespace with a resource type, an object, a
+/// property and tags, read back, changed and deleted; Glance's 4xx for a
+/// non-admin writer, unknown names, duplicates, bad bodies and a
+/// protected namespace.
+#[test]
+fn image_metadefs_namespace_crud() {
+    let c = Cloud::start();
+    let a = &c.admin;
+    let md = |p: &str| format!("/metadefs/namespaces{p}");
+
+    let r = c.img.get("/metadefs/resource_types", a);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["resource_types"][0]["name"], "OS::Glance::Image");
+    let r = c.img.get("/schemas/metadefs/resource_types", a);
+    assert_eq!(r.body["name"], "resource_type_associations");
+
+    let r = c.img.post(
+        &md(""),
+        a,
+        json!({"namespace": "Test::Ns", "visibility": "public", "protected": true,
+               "display_name": "Test", "description": "d",
+               "resource_type_associations": [{"name": "OS::Nova::Flavor", "prefix": "t:"}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["self"], "/v2/metadefs/namespaces/Test::Ns");
+    assert_eq!(
+        r.body["owner"].as_str().map(str::len),
+        Some(32),
+        "{}",
+        r.body
+    );
+
+    let ns = md("/Test::Ns");
+    let r = c.img.post(
+        &format!("{ns}/objects"),
+        a,
+        json!({"name": "CPU", "required": ["cores"],
+               "properties": {"cores": {"title": "Cores", "type": "integer", "minimum": 1}}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.img.post(
+        &format!("{ns}/properties"),
+        a,
+        json!({"name": "hv", "title": "Hypervisor", "type": "string", "enum": ["kvm", "qemu"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["enum"], json!(["kvm", "qemu"]));
+    let r = c.img.post(
+        &format!("{ns}/tags"),
+        a,
+        json!({"tags": [{"name": "t1"}, {"name": "t2"}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.img.raw(
+        "POST",
+        &format!("{ns}/tags"),
+        Some(a),
+        &[("X-Openstack-Append", "true")],
+        Some(json!({"tags": [{"name": "t3"}]}).to_string()),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.img.call("POST", &format!("{ns}/tags/t4"), Some(a), None);
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let r = c.img.get(&ns, a);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["objects"][0]["name"], "CPU");
+    assert_eq!(r.body["objects"][0]["properties"]["cores"]["minimum"], 1);
+    assert_eq!(r.body["properties"]["hv"]["title"], "Hypervisor");
+    assert_eq!(r.body["tags"].as_array().unwrap().len(), 4, "{}", r.body);
+    assert_eq!(
+        r.body["resource_type_associations"][0]["prefix"], "t:",
+        "{}",
+        r.body
+    );
+    let r = c
+        .img
+        .get(&md("?resource_types=OS::Nova::Flavor&limit=1"), a);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["namespaces"][0]["namespace"], "Test::Ns");
+    assert!(r.body["next"].as_str().unwrap().contains("marker=Test"));
+
+    // A reader of another project sees the public namespace but may not
+    // write anything; a private one is invisible to it.
+    let (_, reader) = c.project_user("mdp", "member");
+    assert_eq!(c.img.get(&format!("{ns}/objects/CPU"), &reader).status, 200);
+    let r = c.img.post(&md(""), &reader, json!({"namespace": "Mine"}));
+    assert_eq!(r.status, 403, "{}", r.body);
+    glance_error(&r);
+    let r = c.img.post(&format!("{ns}/tags/x"), &reader, json!({}));
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Duplicates are 409s, unknown names 404s, bad bodies 400s.
+    let r = c.img.post(&md(""), a, json!({"namespace": "Test::Ns"}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    glance_error(&r);
+    let r = c
+        .img
+        .post(&format!("{ns}/objects"), a, json!({"name": "CPU"}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = c.img.call("POST", &format!("{ns}/tags/t1"), Some(a), None);
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = c.img.post(
+        &format!("{ns}/resource_types"),
+        a,
+        json!({"name": "OS::Nova::Flavor"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    for p in [
+        md("/Nope"),
+        format!("{ns}/objects/nope"),
+        format!("{ns}/properties/nope"),
+        format!("{ns}/tags/nope"),
+    ] {
+        let r = c.img.get(&p, a);
+        assert_eq!(r.status, 404, "{p}: {}", r.body);
+        glance_error(&r);
+    }
+    for (path, body) in [
+        (md(""), json!({"display_name": "no name"})),
+        (md(""), json!({"namespace": "x", "visibility": "shared"})),
+        (
+            format!("{ns}/properties"),
+            json!({"name": "p", "title": "P"}),
+        ),
+        (format!("{ns}/objects"), json!({"name": 5})),
+        (format!("{ns}/tags"), json!({"tags": "t"})),
+    ] {
+        let r = c.img.post(&path, a, body.clone());
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.body);
+        glance_error(&r);
+    }
+    let r = c
+        .img
+        .raw("POST", &md(""), Some(a), &[], Some("{not json".into()));
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Updates: rename an object, a property and a tag.
+    let r = c.img.raw(
+        "PUT",
+        &format!("{ns}/objects/CPU"),
+        Some(a),
+        &[],
+        Some(json!({"name": "CPU2", "description": "x"}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["name"], "CPU2");
+    let r = c.img.raw(
+        "PUT",
+        &format!("{ns}/properties/hv"),
+        Some(a),
+        &[],
+        Some(json!({"name": "hv", "title": "HV", "type": "string"}).to_string()),
+    );
+    assert_eq!(r.body["title"], "HV", "{}", r.body);
+    let r = c.img.raw(
+        "PUT",
+        &format!("{ns}/tags/t1"),
+        Some(a),
+        &[],
+        Some(json!({"name": "t1b"}).to_string()),
+    );
+    assert_eq!(r.body["name"], "t1b", "{}", r.body);
+
+    // Protected: nothing is deleted until it is cleared.
+    assert_eq!(c.img.delete(&ns, a).status, 403);
+    assert_eq!(c.img.delete(&format!("{ns}/tags"), a).status, 403);
+    let r = c.img.raw(
+        "PUT",
+        &ns,
+        Some(a),
+        &[],
+        Some(
+            json!({"namespace": "Test::Ns", "visibility": "private", "protected": false})
+                .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["protected"], false);
+    assert_eq!(c.img.get(&ns, &reader).status, 404);
+    assert_eq!(c.img.delete(&format!("{ns}/tags"), a).status, 204);
+    assert_eq!(c.img.get(&format!("{ns}/tags"), a).body["tags"], json!([]));
+    assert_eq!(c.img.delete(&format!("{ns}/properties/hv"), a).status, 204);
+    assert_eq!(
+        c.img
+            .delete(&format!("{ns}/resource_types/OS::Nova::Flavor"), a)
+            .status,
+        204
+    );
+    assert_eq!(c.img.delete(&ns, a).status, 204);
+    assert_eq!(c.img.get(&ns, a).status, 404);
+    assert_eq!(c.img.get(&format!("{ns}/objects"), a).status, 404);
+}
