@@ -1,6 +1,8 @@
 //! `/v3/users/{id}/application_credentials`: credentials a user makes for
 //! an application, bound to one project and a subset of the user's roles
 //! there. The secret is shown once, at creation; only its hash is kept.
+//! Access rules named at creation are kept as the user's shared records
+//! (see `access_rules`).
 
 use std::collections::HashMap;
 
@@ -108,6 +110,11 @@ async fn create(
             "identity:create_application_credential (a restricted application credential cannot create another)",
         ));
     }
+    if ctx.trust.is_some() {
+        return Err(ApiError::forbidden(
+            "identity:create_application_credential (a trust-scoped token cannot create an application credential)",
+        ));
+    }
     let project_id = ctx
         .project_id()
         .ok_or_else(|| {
@@ -186,17 +193,17 @@ async fn create(
             ));
         }
     }
-    let access_rules = match o.value("access_rules") {
+    let rule_specs = match o.value("access_rules") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
         Some(_) => {
             return Err(ApiError::bad_request(
-                "Invalid input for field 'application_credential.access_rules'.",
+                "Invalid input for field 'application_credential.access_rules': it must be a list.",
             ));
         }
     };
     let secret_hash = state.identity.hashing.hash(secret.clone()).await?;
-    let a = AppCredential {
+    let mut a = AppCredential {
         id: new_id(),
         name: name.clone(),
         user_id,
@@ -206,9 +213,10 @@ async fn create(
         expires_at_us,
         role_ids,
         unrestricted: o.bool("unrestricted")?.unwrap_or(false),
-        access_rules,
+        access_rules: Vec::new(),
     };
     state.identity_write(|tx| {
+        a.access_rules = super::access_rules::resolve(tx, &a.user_id, &rule_specs)?;
         tx.insert(&a)
             .map_err(conflict_as("application_credential", &name))
     })?;

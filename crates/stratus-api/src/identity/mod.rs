@@ -5,9 +5,10 @@
 //! - `fernet`, `token`, `password`: crypto;
 //! - `policy`: who may do what (Keystone's default policy);
 //! - one module per resource family with its routes and handlers
-//!   (`policies`, `oauth1`, `ep_filter` and `domain_config` for the
-//!   extensions other services and Tempest expect).
+//!   (`policies`, `oauth1`, `ep_filter`, `domain_config`, `trusts` and
+//!   `access_rules` for the extensions other services and Tempest expect).
 
+pub mod access_rules;
 pub mod app_creds;
 pub mod assignments;
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod projects;
 pub mod roles;
 pub mod service;
 pub mod token;
+pub mod trusts;
 pub mod users;
 
 use std::collections::HashMap;
@@ -214,6 +216,8 @@ pub fn router() -> Router<AppState> {
         .merge(catalog::routes())
         .merge(credentials::routes())
         .merge(app_creds::routes())
+        .merge(access_rules::routes())
+        .merge(trusts::routes())
         .merge(limits::routes())
         .merge(policies::routes())
         .merge(oauth1::routes())

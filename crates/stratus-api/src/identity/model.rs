@@ -281,6 +281,10 @@ pub struct AppCredential {
     pub expires_at_us: Option<i64>,
     pub role_ids: Vec<String>,
     pub unrestricted: bool,
+    /// Copies of the user's [`AccessRule`]s this credential is limited to,
+    /// as rendered (`{id, service, path, method}`). Rules never change
+    /// after creation, so the copy stays exact; the id ties it to the
+    /// shared record.
     #[serde(default)]
     pub access_rules: Vec<Value>,
 }
@@ -293,8 +297,67 @@ record!(
     unique = |a| Some(format!("{}/{}", a.user_id, a.name))
 );
 
+/// An application credential access rule (`/v3/users/{id}/access_rules`):
+/// a service, a path pattern (`*` one segment, `**` any number) and a
+/// method. A user's identical rules are one record, shared by every
+/// credential that names them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessRule {
+    pub id: String,
+    pub user_id: String,
+    pub service: String,
+    pub path: String,
+    pub method: String,
+}
+record!(
+    AccessRule,
+    "access_rule",
+    owner = |r| Some(&r.user_id),
+    unique = |r| Some(format!(
+        "{}/{}/{}/{}",
+        r.user_id, r.service, r.method, r.path
+    ))
+);
+
+/// An OS-TRUST trust: the trustor delegates some of its roles on a project
+/// to the trustee, who may then get tokens scoped to the trust.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trust {
+    pub id: String,
+    pub trustor_user_id: String,
+    pub trustee_user_id: String,
+    /// Keystone allows trusts without a project; they delegate no roles.
+    pub project_id: Option<String>,
+    /// Tokens show the trustor as their user when true.
+    pub impersonation: bool,
+    pub role_ids: Vec<String>,
+    pub expires_at_us: Option<i64>,
+    /// Tokens that may still be issued; `None` is unlimited.
+    pub remaining_uses: Option<i64>,
+    /// Attributes Keystone keeps without interpreting.
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+record!(
+    Trust,
+    "trust",
+    owner = |t| Some(&t.trustor_user_id),
+    parent = |t| Some(&t.trustee_user_id),
+    name = |t| t.project_id.as_deref(),
+    // Keystone's duplicate_trust_constraint.
+    unique = |t| Some(format!(
+        "{}/{}/{}/{}/{}",
+        t.trustor_user_id,
+        t.trustee_user_id,
+        t.project_id.as_deref().unwrap_or(""),
+        t.impersonation,
+        t.expires_at_us.map_or(String::new(), |e| e.to_string())
+    ))
+);
+
 /// A revocation event: tokens matching every field that is set, and issued
-/// at or before `issued_before_us`, are invalid.
+/// at or before `issued_before_us`, are invalid. As in Keystone, `user_id`
+/// also matches trust-scoped tokens whose trustor is that user.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Revocation {
     pub id: String,
@@ -303,6 +366,9 @@ pub struct Revocation {
     pub domain_id: Option<String>,
     pub audit_id: Option<String>,
     pub app_cred_id: Option<String>,
+    /// Tokens scoped to this trust.
+    #[serde(default)]
+    pub trust_id: Option<String>,
     pub issued_before_us: i64,
     /// After this the event can match no live token and may be pruned.
     pub prune_after_us: i64,

@@ -410,7 +410,8 @@ async fn update(
     Ok(axum::Json(json!({"project": view(&state, &p)})))
 }
 
-/// Deletes a leaf project with its assignments and application credentials.
+/// Deletes a leaf project with its assignments, application credentials
+/// and trusts.
 pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     if !tx.list::<Project>(&Q::parent(id))?.is_empty() {
         return Err(ApiError::forbidden(&format!(
@@ -421,6 +422,7 @@ pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     for ac in tx.list::<AppCredential>(&Q::parent(id))? {
         tx.delete::<AppCredential>(&ac.id)?;
     }
+    super::trusts::delete_for_project(tx, id)?;
     super::ep_filter::forget_project(tx, id)?;
     if !tx.delete::<Project>(id)? {
         return Err(ApiError::not_found("project", id));

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use stratus_store::{Query, Store};
@@ -264,12 +265,6 @@ fn parse_scope(store: &Store, scope: &Value) -> Result<Option<Scope>, ApiError> 
         }
         return Err(bad());
     }
-    if obj.contains_key("OS-TRUST:trust") {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            "Trusts are not supported by this cloud.",
-        ));
-    }
     Err(bad())
 }
 
@@ -340,6 +335,11 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
                 if prev.data.app_cred_id.is_some() {
                     return Err(ApiError::forbidden(
                         "rescope an application credential token",
+                    ));
+                }
+                if prev.data.trust_id.is_some() {
+                    return Err(ApiError::forbidden(
+                        "Using trust-scoped token to create another token. Create a new trust-scoped token instead",
                     ));
                 }
                 methods |= token::METHOD_TOKEN | prev.data.methods;
@@ -415,14 +415,40 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
             user.id
         )));
     }
-    let requested = body
+    let trust = match body
         .auth
         .scope
         .as_ref()
-        .map(|s| parse_scope(store, s))
-        .transpose()?
-        .flatten();
-    let scope = if let Some(ac) = &app_cred {
+        .and_then(|s| s.get("OS-TRUST:trust"))
+    {
+        Some(t) => Some(trust_for_auth(
+            state,
+            &body.auth.scope,
+            t,
+            &user,
+            app_cred.is_some(),
+        )?),
+        None => None,
+    };
+    if let Some(e) = trust.as_ref().and_then(|t| t.expires_at_us) {
+        expires_us = expires_us.min(e);
+    }
+    let requested = match &trust {
+        Some(_) => None,
+        None => body
+            .auth
+            .scope
+            .as_ref()
+            .map(|s| parse_scope(store, s))
+            .transpose()?
+            .flatten(),
+    };
+    let scope = if let Some(t) = &trust {
+        match &t.project_id {
+            Some(p) => Scope::Project(p.clone()),
+            None => Scope::Unscoped,
+        }
+    } else if let Some(ac) = &app_cred {
         if requested
             .as_ref()
             .is_some_and(|s| *s != Scope::Project(ac.project_id.clone()))
@@ -462,14 +488,98 @@ pub async fn authenticate(state: &AppState, body: &AuthBody) -> Result<TokenData
         expires_us,
         audit_ids,
         app_cred_id: app_cred.map(|a| a.id),
+        trust_id: trust.as_ref().map(|t| t.id.clone()),
     };
     // Check the scope now so a token that could never validate is never issued.
     build(state, data.clone()).map_err(|e| match e {
         Invalid::Store(e) => e,
+        Invalid::Scope(msg) if trust.is_some() => ApiError::new(StatusCode::FORBIDDEN, msg),
         Invalid::Scope(msg) => ApiError::unauthorized_msg(msg),
         Invalid::Token => ApiError::unauthorized(),
     })?;
+    if let Some(t) = &trust {
+        consume_trust_use(state, &t.id)?;
+    }
     Ok(data)
+}
+
+/// A trust that can be used now: not expired, uses left. `None` also when
+/// it does not exist (Keystone answers 404 alike).
+pub fn live_trust(store: &Store, id: &str) -> Result<Option<Trust>, ApiError> {
+    Ok(store.get::<Trust>(id)?.filter(|t| {
+        t.expires_at_us.is_none_or(|e| e > now_us()) && t.remaining_uses.is_none_or(|n| n > 0)
+    }))
+}
+
+/// Checks an `OS-TRUST:trust` scope for `user` (who must be the trustee)
+/// and returns the trust.
+fn trust_for_auth(
+    state: &AppState,
+    scope: &Option<Value>,
+    spec: &Value,
+    user: &User,
+    app_cred: bool,
+) -> Result<Trust, ApiError> {
+    if app_cred {
+        return Err(ApiError::unauthorized_msg(
+            "Application credentials cannot request a scope.",
+        ));
+    }
+    if let Some(obj) = scope.as_ref().and_then(Value::as_object) {
+        for other in ["project", "domain", "system"] {
+            if obj.contains_key(other) {
+                return Err(ApiError::bad_request(format!(
+                    "Scoping to both {other} and trust is not allowed."
+                )));
+            }
+        }
+    }
+    let id = spec.get("id").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::bad_request("Invalid input for field 'OS-TRUST:trust': 'id' is required.")
+    })?;
+    let trust = live_trust(&state.store, id)?.ok_or_else(|| ApiError::not_found("trust", id))?;
+    if trust.trustee_user_id != user.id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "User is not a trustee.",
+        ));
+    }
+    let trustor = state.store.get::<User>(&trust.trustor_user_id)?;
+    let trustor_ok = match &trustor {
+        Some(u) => {
+            u.enabled
+                && state
+                    .store
+                    .get::<Domain>(&u.domain_id)?
+                    .is_some_and(|d| d.enabled)
+        }
+        None => false,
+    };
+    if !trustor_ok {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "Trustor is disabled."));
+    }
+    Ok(trust)
+}
+
+/// Takes one use of a trust with limited uses, after its token was built.
+fn consume_trust_use(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state.identity_write(|tx| {
+        let Some(mut t) = tx.get::<Trust>(id)? else {
+            return Err(ApiError::not_found("trust", id));
+        };
+        match t.remaining_uses {
+            None => Ok(()),
+            Some(n) if n <= 0 => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("The trust {id} has reached its use limit."),
+            )),
+            Some(n) => {
+                t.remaining_uses = Some(n - 1);
+                tx.update(&t)?;
+                Ok(())
+            }
+        }
+    })
 }
 
 /// Encrypts token data into the token string.
@@ -493,6 +603,9 @@ pub struct Validated {
     pub domain: Option<Domain>,
     pub roles: Vec<Role>,
     pub app_cred: Option<AppCredential>,
+    /// The trust of a trust-scoped token. `user` is then the trustor when
+    /// the trust impersonates, else the trustee.
+    pub trust: Option<Trust>,
     epoch: u64,
     body_catalog: OnceLock<String>,
     body_plain: OnceLock<String>,
@@ -562,10 +675,11 @@ pub fn validate_opts(
     {
         return Err(Invalid::Token);
     }
-    if is_revoked(state, &data) {
+    let mut v = build(state, data)?;
+    let trustor = v.trust.as_ref().map(|t| t.trustor_user_id.as_str());
+    if is_revoked(state, &v.data, trustor) {
         return Err(Invalid::Token);
     }
-    let mut v = build(state, data)?;
     v.epoch = epoch;
     let v = Arc::new(v);
     if !allow_expired && cache {
@@ -574,7 +688,9 @@ pub fn validate_opts(
     Ok(v)
 }
 
-fn is_revoked(state: &AppState, d: &TokenData) -> bool {
+/// Whether a revocation event matches the token. As in Keystone, an event
+/// for a user also matches trust tokens where that user is the trustor.
+fn is_revoked(state: &AppState, d: &TokenData, trustor: Option<&str>) -> bool {
     let audits = d.audit_strings();
     let project = match &d.scope {
         Scope::Project(p) => Some(p.as_str()),
@@ -586,7 +702,14 @@ fn is_revoked(state: &AppState, d: &TokenData) -> bool {
     };
     state.identity.revocations().iter().any(|ev| {
         d.issued_us <= ev.issued_before_us
-            && ev.user_id.as_deref().is_none_or(|u| u == d.user_id)
+            && ev
+                .user_id
+                .as_deref()
+                .is_none_or(|u| u == d.user_id || Some(u) == trustor)
+            && ev
+                .trust_id
+                .as_deref()
+                .is_none_or(|t| d.trust_id.as_deref() == Some(t))
             && ev.project_id.as_deref().is_none_or(|p| Some(p) == project)
             && ev.domain_id.as_deref().is_none_or(|p| Some(p) == domain)
             && ev
@@ -600,15 +723,44 @@ fn is_revoked(state: &AppState, d: &TokenData) -> bool {
     })
 }
 
-fn build(state: &AppState, data: TokenData) -> Result<Validated, Invalid> {
-    let store = &state.store;
-    let user = store.get::<User>(&data.user_id)?.ok_or(Invalid::Token)?;
-    let user_domain = store
+/// A user who exists and is enabled in an enabled domain, with that domain.
+fn active_user(store: &Store, id: &str) -> Result<(User, Domain), Invalid> {
+    let user = store.get::<User>(id)?.ok_or(Invalid::Token)?;
+    let domain = store
         .get::<Domain>(&user.domain_id)?
         .ok_or(Invalid::Token)?;
-    if !user.enabled || !user_domain.enabled {
+    if !user.enabled || !domain.enabled {
         return Err(Invalid::Token);
     }
+    Ok((user, domain))
+}
+
+fn build(state: &AppState, data: TokenData) -> Result<Validated, Invalid> {
+    let store = &state.store;
+    let (mut user, mut user_domain) = active_user(store, &data.user_id)?;
+    // A trust token's user is the trustee; both ends must still be active,
+    // and the trust must not be deleted or expired. Tokens already issued
+    // stay valid when the last use is taken.
+    let mut trustor = None;
+    let trust = match &data.trust_id {
+        None => None,
+        Some(tid) => {
+            let t = store.get::<Trust>(tid)?.ok_or(Invalid::Token)?;
+            if t.expires_at_us.is_some_and(|e| e <= now_us())
+                || t.trustee_user_id != user.id
+                || data.scope != t.project_id.clone().map_or(Scope::Unscoped, Scope::Project)
+            {
+                return Err(Invalid::Token);
+            }
+            let (tor, tor_domain) = active_user(store, &t.trustor_user_id)?;
+            if t.impersonation {
+                user = tor.clone();
+                user_domain = tor_domain;
+            }
+            trustor = Some(tor);
+            Some(t)
+        }
+    };
     let (mut project, mut project_domain, mut domain) = (None, None, None);
     let target = match &data.scope {
         Scope::Unscoped => None,
@@ -640,7 +792,10 @@ fn build(state: &AppState, data: TokenData) -> Result<Validated, Invalid> {
     let roles = match &target {
         None => Vec::new(),
         Some(t) => {
-            let mut ids = effective_role_ids(store, &user.id, t)?;
+            let mut ids = match (&trust, &trustor) {
+                (Some(tr), Some(tor)) => trust_role_ids(store, tr, &tor.id, t)?,
+                _ => effective_role_ids(store, &user.id, t)?,
+            };
             if let Some(acid) = &data.app_cred_id {
                 let ac = store.get::<AppCredential>(acid)?.ok_or(Invalid::Token)?;
                 if ac.expires_at_us.is_some_and(|e| e <= now_us()) {
@@ -679,10 +834,28 @@ fn build(state: &AppState, data: TokenData) -> Result<Validated, Invalid> {
         domain,
         roles,
         app_cred,
+        trust,
         epoch: 0,
         body_catalog: OnceLock::new(),
         body_plain: OnceLock::new(),
     })
+}
+
+/// The roles a trust token carries: the trust's roles and those they
+/// imply, every one of which the trustor must still hold on the project.
+fn trust_role_ids(
+    store: &Store,
+    trust: &Trust,
+    trustor_id: &str,
+    target: &Target,
+) -> Result<HashSet<String>, Invalid> {
+    let held = effective_role_ids(store, trustor_id, target)?;
+    let mut ids = expand_implied(store, trust.role_ids.iter().cloned().collect())?;
+    if !ids.iter().all(|r| held.contains(r)) {
+        return Err(Invalid::Scope("Trustee has no delegated roles.".into()));
+    }
+    drop_domain_specific(store, &mut ids)?;
+    Ok(ids)
 }
 
 // ---- rendering ----------------------------------------------------------------
@@ -749,6 +922,17 @@ impl Validated {
         if let Some(ac) = &self.app_cred {
             t["application_credential"] =
                 json!({"id": ac.id, "name": ac.name, "restricted": !ac.unrestricted});
+            if !ac.access_rules.is_empty() {
+                t["application_credential"]["access_rules"] = json!(ac.access_rules);
+            }
+        }
+        if let Some(tr) = &self.trust {
+            t["OS-TRUST:trust"] = json!({
+                "id": tr.id,
+                "impersonation": tr.impersonation,
+                "trustor_user": {"id": tr.trustor_user_id},
+                "trustee_user": {"id": tr.trustee_user_id},
+            });
         }
         json!({"token": t})
     }

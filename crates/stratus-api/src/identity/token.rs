@@ -4,9 +4,16 @@
 //!
 //! Payload layout (version 1), all integers big-endian:
 //! `ver:u8 methods:u8 user:id scope:u8 [scope_id:id] issued_us:i64
-//!  expires_us:i64 audit:16 [parent_audit:16 if flag] [app_cred:id if flag]`
+//!  expires_us:i64 flags:u8 audit:16 [parent_audit:16 if flags&1]
+//!  [app_cred:id if flags&2] [trust:id if flags&4]`
 //! where `id` is a tag byte (0 = 16 raw bytes of a hex UUID, 1 = length-prefixed
 //! UTF-8) so ordinary ids cost 17 bytes.
+//!
+//! Trust-scoped tokens are Keystone's `TrustScopedPayload` in this shape:
+//! the user is the trustee (who authenticated), the scope is the trust's
+//! project, and the trust id rides in the optional trailer; everything
+//! else (trustor, roles, impersonation) is looked up at validation, so a
+//! deleted trust or a trustor who lost a role takes effect at once.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +40,8 @@ pub struct TokenData {
     /// This token's audit id, then its parent's when it was rescoped.
     pub audit_ids: Vec<[u8; 16]>,
     pub app_cred_id: Option<String>,
+    /// Set on tokens scoped to an OS-TRUST trust.
+    pub trust_id: Option<String>,
 }
 
 impl TokenData {
@@ -76,13 +85,18 @@ impl TokenData {
         }
         b.extend_from_slice(&self.issued_us.to_be_bytes());
         b.extend_from_slice(&self.expires_us.to_be_bytes());
-        let flags = (self.audit_ids.len() > 1) as u8 | ((self.app_cred_id.is_some() as u8) << 1);
+        let flags = (self.audit_ids.len() > 1) as u8
+            | ((self.app_cred_id.is_some() as u8) << 1)
+            | ((self.trust_id.is_some() as u8) << 2);
         b.push(flags);
         for a in self.audit_ids.iter().take(2) {
             b.extend_from_slice(a);
         }
         if let Some(ac) = &self.app_cred_id {
             put_id(&mut b, ac);
+        }
+        if let Some(t) = &self.trust_id {
+            put_id(&mut b, t);
         }
         b
     }
@@ -109,7 +123,8 @@ impl TokenData {
             audit_ids.push(r.take(16)?.try_into().ok()?);
         }
         let app_cred_id = if flags & 2 != 0 { Some(r.id()?) } else { None };
-        if r.pos != b.len() {
+        let trust_id = if flags & 4 != 0 { Some(r.id()?) } else { None };
+        if flags & !7 != 0 || r.pos != b.len() {
             return None;
         }
         Some(TokenData {
@@ -120,6 +135,7 @@ impl TokenData {
             expires_us,
             audit_ids,
             app_cred_id,
+            trust_id,
         })
     }
 }
@@ -178,6 +194,7 @@ mod tests {
             expires_us: 1_700_003_600_000_001,
             audit_ids: vec![[7; 16], [9; 16]],
             app_cred_id: Some("fedcba9876543210fedcba9876543210".into()),
+            trust_id: None,
         };
         let enc = t.encode();
         assert_eq!(TokenData::decode(&enc), Some(t.clone()));
@@ -187,5 +204,32 @@ mod tests {
         let mut longer = enc.clone();
         longer.push(0);
         assert_eq!(TokenData::decode(&longer), None);
+    }
+
+    #[test]
+    fn trust_payload_round_trips() {
+        let t = TokenData {
+            methods: METHOD_PASSWORD,
+            user_id: "0123456789abcdef0123456789abcdef".into(),
+            scope: Scope::Project("00112233445566778899aabbccddeeff".into()),
+            issued_us: 1_700_000_000_000_001,
+            expires_us: 1_700_003_600_000_001,
+            audit_ids: vec![[3; 16]],
+            app_cred_id: None,
+            trust_id: Some("ffeeddccbbaa99887766554433221100".into()),
+        };
+        let enc = t.encode();
+        assert_eq!(TokenData::decode(&enc), Some(t.clone()));
+        // A payload without the trust flag is a different, shorter token.
+        let plain = TokenData {
+            trust_id: None,
+            ..t.clone()
+        };
+        assert_eq!(plain.encode().len() + 17, enc.len());
+        // Unknown flag bits are refused.
+        let mut bad = enc.clone();
+        let flags_at = enc.len() - 16 - 17 - 1;
+        bad[flags_at] |= 8;
+        assert_eq!(TokenData::decode(&bad), None);
     }
 }

@@ -230,7 +230,8 @@ pub fn revoke_user(state: &AppState, user_id: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Deletes a user with its memberships, assignments and credentials.
+/// Deletes a user with its memberships, assignments, credentials, access
+/// rules and the trusts it gives or receives.
 pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     for m in tx.list::<Membership>(&Q::owner(id))? {
         tx.delete::<Membership>(&m.id)?;
@@ -241,6 +242,10 @@ pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
     for ac in tx.list::<AppCredential>(&Q::owner(id))? {
         tx.delete::<AppCredential>(&ac.id)?;
     }
+    for r in tx.list::<AccessRule>(&Q::owner(id))? {
+        tx.delete::<AccessRule>(&r.id)?;
+    }
+    super::trusts::delete_for_user(tx, id)?;
     assignments::delete_touching(tx, id)?;
     if !tx.delete::<User>(id)? {
         return Err(ApiError::not_found("user", id));

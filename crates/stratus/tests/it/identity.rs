@@ -1360,3 +1360,396 @@ fn projects_acting_as_domains() {
     assert_eq!(c.get(&format!("/domains/{id}"), &tok).status, 404);
     assert_eq!(c.get(&format!("/projects/{id}"), &tok).status, 404);
 }
+
+/// Password auth of `user` scoped to a trust; returns the response.
+fn trust_login(
+    c: &super::common::Client,
+    user: &str,
+    pw: &str,
+    trust: &str,
+) -> super::common::Resp {
+    c.call(
+        "POST",
+        "/auth/tokens",
+        None,
+        Some(json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": user, "domain": {"id": "default"}, "password": pw}}},
+            "scope": {"OS-TRUST:trust": {"id": trust}}}})),
+    )
+}
+
+fn role_names(token: &Value) -> Vec<String> {
+    let mut v: Vec<String> = token["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn trusts_delegate_roles_with_impersonation_and_limited_uses() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let p = c.create(&tok, "/projects", "project", json!({"name": "tp"}));
+    let pid = p["id"].as_str().unwrap().to_string();
+    let delegated = c.create(&tok, "/roles", "role", json!({"name": "delegated"}));
+    let did = delegated["id"].as_str().unwrap().to_string();
+    let kept = c.create(&tok, "/roles", "role", json!({"name": "kept"}));
+    let kid = kept["id"].as_str().unwrap().to_string();
+    let tor = c.user(&tok, "tor", "tpw", Some((&pid, "member")));
+    for rid in [&did, &kid] {
+        let r = c.put(&format!("/projects/{pid}/users/{tor}/roles/{rid}"), &tok);
+        assert_eq!(r.status, 204);
+    }
+    let tee = c.user(&tok, "tee", "epw", None);
+    let other = c.user(&tok, "oth", "opw", None);
+    let tor_tok = c.token("tor", "tpw", Some("tp"));
+    let body = |roles: Value, imp: bool, uses: Value| {
+        json!({"trust": {"trustor_user_id": tor, "trustee_user_id": tee, "project_id": pid,
+            "impersonation": imp, "roles": roles, "remaining_uses": uses}})
+    };
+
+    // Only the trustor creates, and only with roles it holds (Keystone: 404 role).
+    let r = c.post(
+        "/OS-TRUST/trusts",
+        &tor_tok,
+        body(json!([{"name": "admin"}]), true, json!(null)),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let tee_tok = c.token("tee", "epw", None);
+    let r = c.post(
+        "/OS-TRUST/trusts",
+        &tee_tok,
+        body(json!([{"id": did}]), true, json!(null)),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = c.post(
+        "/OS-TRUST/trusts",
+        &tor_tok,
+        body(json!([]), true, json!(null)),
+    );
+    assert_eq!(r.status, 403, "a project trust needs roles: {}", r.body);
+    let mut redeleg = body(json!([{"id": did}]), true, json!(null));
+    redeleg["trust"]["allow_redelegation"] = json!(true);
+    let r = c.post("/OS-TRUST/trusts", &tor_tok, redeleg);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.error_message().contains("redelegation"));
+
+    let t = c.create(
+        &tor_tok,
+        "/OS-TRUST/trusts",
+        "trust",
+        body(json!([{"name": "delegated"}]), true, json!(2))["trust"].clone(),
+    );
+    assert_eq!(t["roles"][0]["name"], "delegated");
+    assert_eq!(t["impersonation"], true);
+    let r = c.post(
+        "/OS-TRUST/trusts",
+        &tor_tok,
+        body(json!([{"name": "delegated"}]), true, json!(2)),
+    );
+    assert_eq!(r.status, 409, "same trust twice: {}", r.body);
+    let list = c.get(&format!("/OS-TRUST/trusts?trustor_user_id={tor}"), &tor_tok);
+    assert_eq!(list.status, 200);
+    let trusts = list.body["trusts"].as_array().unwrap();
+    assert_eq!(trusts.len(), 1);
+    let trust_id = t["id"].as_str().unwrap().to_string();
+    assert_eq!(trusts[0]["id"], trust_id.as_str());
+    assert_eq!(trusts[0]["remaining_uses"], 2);
+    // The trustee sees it too; a third user neither lists nor reads it.
+    assert_eq!(
+        c.get(
+            &format!("/OS-TRUST/trusts/?trustee_user_id={tee}"),
+            &tee_tok
+        )
+        .body["trusts"][0]["id"],
+        trust_id.as_str()
+    );
+    let oth_tok = c.token("oth", "opw", None);
+    assert_eq!(
+        c.get(&format!("/OS-TRUST/trusts?trustor_user_id={tor}"), &oth_tok)
+            .status,
+        403
+    );
+    assert_eq!(
+        c.get(&format!("/OS-TRUST/trusts/{trust_id}"), &oth_tok)
+            .status,
+        403
+    );
+    assert_eq!(
+        c.get("/OS-TRUST/trusts", &tor_tok).status,
+        403,
+        "listing all is for admins"
+    );
+    let shown = c.get(&format!("/OS-TRUST/trusts/{trust_id}"), &tee_tok);
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.body["trust"]["roles"][0]["id"], did.as_str());
+    let roles = c.get(&format!("/OS-TRUST/trusts/{trust_id}/roles"), &tor_tok);
+    assert_eq!(roles.body["roles"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.get(
+            &format!("/OS-TRUST/trusts/{trust_id}/roles/{did}"),
+            &tee_tok
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        c.get(
+            &format!("/OS-TRUST/trusts/{trust_id}/roles/{kid}"),
+            &tee_tok
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        c.call(
+            "HEAD",
+            &format!("/OS-TRUST/trusts/{trust_id}/roles/{did}"),
+            Some(&tee_tok),
+            None
+        )
+        .status,
+        200
+    );
+
+    // Only the trustee may use it.
+    assert_eq!(trust_login(&c, "oth", "opw", &trust_id).status, 403);
+    let _ = other;
+    // The trustee's token: the trustor as user (impersonation), the
+    // delegated role only.
+    let r = trust_login(&c, "tee", "epw", &trust_id);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let tt = r.header("x-subject-token").unwrap().to_string();
+    let t = &r.body["token"];
+    assert_eq!(t["user"]["id"], tor.as_str());
+    assert_eq!(t["project"]["id"], pid.as_str());
+    assert_eq!(role_names(t), ["delegated"]);
+    assert_eq!(
+        t["OS-TRUST:trust"],
+        json!({"id": trust_id, "impersonation": true,
+            "trustor_user": {"id": tor}, "trustee_user": {"id": tee}})
+    );
+    let v = c.validate(&tok, &tt);
+    assert_eq!(v.status, 200);
+    assert_eq!(v.body["token"]["OS-TRUST:trust"]["id"], trust_id.as_str());
+    // A trust token cannot be rescoped, nor create trusts or credentials.
+    let r = c.call(
+        "POST",
+        "/auth/tokens",
+        None,
+        Some(json!({"auth": {"identity": {"methods": ["token"], "token": {"id": tt}}}})),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = c.post(
+        "/OS-TRUST/trusts",
+        &tt,
+        body(json!([{"id": did}]), false, json!(null)),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = c.post(
+        &format!("/users/{tor}/application_credentials"),
+        &tt,
+        json!({"application_credential": {"name": "via-trust"}}),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Two uses: the second works, the third finds no trust.
+    let r = trust_login(&c, "tee", "epw", &trust_id);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let tt2 = r.header("x-subject-token").unwrap().to_string();
+    assert_eq!(trust_login(&c, "tee", "epw", &trust_id).status, 404);
+    // Tokens already issued stay valid until the trust goes.
+    assert_eq!(c.get(&format!("/projects/{pid}"), &tt).status, 200);
+    assert_eq!(c.get(&format!("/projects/{pid}"), &tt2).status, 200);
+}
+
+#[test]
+fn trust_tokens_end_with_the_trust_or_the_trustor_role() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let p = c.create(&tok, "/projects", "project", json!({"name": "tp"}));
+    let pid = p["id"].as_str().unwrap().to_string();
+    let tor = c.user(&tok, "tor", "tpw", Some((&pid, "member")));
+    let tee = c.user(&tok, "tee", "epw", None);
+    let member = c.role_id(&tok, "member");
+    let tor_tok = c.token("tor", "tpw", Some("tp"));
+    let make = |imp: bool| {
+        c.create(
+            &tor_tok,
+            "/OS-TRUST/trusts",
+            "trust",
+            json!({
+            "trustor_user_id": tor, "trustee_user_id": tee, "project_id": pid,
+            "impersonation": imp, "roles": [{"id": member}]}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Without impersonation the trustee is the user; implied roles come along.
+    let plain = make(false);
+    let r = trust_login(&c, "tee", "epw", &plain);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["token"]["user"]["id"], tee.as_str());
+    assert_eq!(role_names(&r.body["token"]), ["member", "reader"]);
+    assert_eq!(r.body["token"]["OS-TRUST:trust"]["impersonation"], false);
+    let plain_tok = r.header("x-subject-token").unwrap().to_string();
+    // Deleting the trust revokes its tokens; only the trustor may delete.
+    let tee_tok = c.token("tee", "epw", None);
+    assert_eq!(
+        c.delete(&format!("/OS-TRUST/trusts/{plain}"), &tee_tok)
+            .status,
+        403
+    );
+    assert_eq!(
+        c.delete(&format!("/OS-TRUST/trusts/{plain}"), &tor_tok)
+            .status,
+        204
+    );
+    assert_eq!(c.get(&format!("/projects/{pid}"), &plain_tok).status, 401);
+    assert_eq!(
+        c.get(&format!("/OS-TRUST/trusts/{plain}"), &tor_tok).status,
+        404
+    );
+    assert_eq!(trust_login(&c, "tee", "epw", &plain).status, 404);
+
+    // The trustor losing the delegated role ends the trust's tokens.
+    let imp = make(true);
+    let r = trust_login(&c, "tee", "epw", &imp);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let imp_tok = r.header("x-subject-token").unwrap().to_string();
+    assert_eq!(c.get(&format!("/projects/{pid}"), &imp_tok).status, 200);
+    let grant = format!("/projects/{pid}/users/{tor}/roles/{member}");
+    assert_eq!(c.delete(&grant, &tok).status, 204);
+    assert_eq!(c.get(&format!("/projects/{pid}"), &imp_tok).status, 401);
+    assert_eq!(trust_login(&c, "tee", "epw", &imp).status, 403);
+    assert_eq!(c.put(&grant, &tok).status, 204);
+    let r = trust_login(&c, "tee", "epw", &imp);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let imp_tok = r.header("x-subject-token").unwrap().to_string();
+    // Disabling the trustor revokes them too (the revocation event names
+    // the trustor, not the token's user).
+    let r = c.patch(
+        &format!("/users/{tor}"),
+        &tok,
+        json!({"user": {"enabled": false}}),
+    );
+    assert_eq!(r.status, 200);
+    let r = c.patch(
+        &format!("/users/{tor}"),
+        &tok,
+        json!({"user": {"enabled": true}}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(c.get(&format!("/projects/{pid}"), &imp_tok).status, 401);
+    // Deleting the trustee deletes its trusts.
+    assert_eq!(c.delete(&format!("/users/{tee}"), &tok).status, 204);
+    assert_eq!(c.get(&format!("/OS-TRUST/trusts/{imp}"), &tok).status, 404);
+}
+
+#[test]
+fn access_rules_are_shared_listed_and_kept_while_used() {
+    let s = Server::start();
+    let c = s.client();
+    let tok = admin(&s);
+    let p = c.create(&tok, "/projects", "project", json!({"name": "apps"}));
+    let pid = p["id"].as_str().unwrap();
+    let uid = c.user(&tok, "dev", "dpw", Some((pid, "member")));
+    let dt = c.token("dev", "dpw", Some("apps"));
+    let rule = json!({"service": "compute", "path": "/v2.1/servers/*/ips", "method": "GET"});
+    let mk = |name: &str, rules: Value| {
+        c.post(
+            &format!("/users/{uid}/application_credentials"),
+            &dt,
+            json!({"application_credential": {"name": name, "access_rules": rules}}),
+        )
+    };
+    let r = mk("one", json!([rule]));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ac1 = r.body["application_credential"].clone();
+    let mut shown = ac1["access_rules"][0].clone();
+    let rid = shown["id"].as_str().unwrap().to_string();
+    shown.as_object_mut().unwrap().remove("id");
+    assert_eq!(shown, rule);
+    // An identical rule is the same record.
+    let r = mk(
+        "two",
+        json!([rule, {"service": "image", "path": "/v2/images/**", "method": "GET"}]),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ac2 = r.body["application_credential"].clone();
+    assert_eq!(ac2["access_rules"][0]["id"], rid.as_str());
+    let list = c.get(&format!("/users/{uid}/access_rules"), &dt);
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body["access_rules"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        c.get(&format!("/users/{uid}/access_rules/{rid}"), &dt).body["access_rule"]["service"],
+        "compute"
+    );
+    // Bad rules are 400s.
+    for bad in [
+        json!([{"service": "compute", "path": "no-slash", "method": "GET"}]),
+        json!([{"service": "compute", "path": "/x", "method": "FETCH"}]),
+        json!([{"service": "compute", "path": "/x", "method": "GET", "extra": 1}]),
+    ] {
+        assert_eq!(mk("bad", bad).status, 400);
+    }
+    // Tokens from such a credential show the rules.
+    let auth = json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": {
+        "id": ac1["id"], "secret": ac1["secret"]}}}});
+    let r = c.call("POST", "/auth/tokens", None, Some(auth));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["token"]["application_credential"]["access_rules"][0]["id"],
+        rid.as_str()
+    );
+    // In use: refused; others cannot read or delete them.
+    assert_eq!(
+        c.delete(&format!("/users/{uid}/access_rules/{rid}"), &dt)
+            .status,
+        403
+    );
+    c.user(&tok, "eve", "epw", Some((pid, "member")));
+    let et = c.token("eve", "epw", Some("apps"));
+    assert_eq!(
+        c.get(&format!("/users/{uid}/access_rules"), &et).status,
+        403
+    );
+    assert_eq!(
+        c.delete(&format!("/users/{uid}/access_rules/{rid}"), &et)
+            .status,
+        403
+    );
+    for ac in [&ac1, &ac2] {
+        let id = ac["id"].as_str().unwrap();
+        assert_eq!(
+            c.delete(&format!("/users/{uid}/application_credentials/{id}"), &dt)
+                .status,
+            204
+        );
+    }
+    // Unused rules stay until deleted.
+    assert_eq!(
+        c.get(&format!("/users/{uid}/access_rules"), &dt).body["access_rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        c.delete(&format!("/users/{uid}/access_rules/{rid}"), &dt)
+            .status,
+        204
+    );
+    assert_eq!(
+        c.get(&format!("/users/{uid}/access_rules/{rid}"), &dt)
+            .status,
+        404
+    );
+}
