@@ -303,6 +303,20 @@ async fn action(
             })?;
             accepted()
         }
+        // nova-network proxies: gone (404) from 2.44; before that there is
+        // no network service to proxy to.
+        "addFixedIp" | "removeFixedIp" | "addFloatingIp" | "removeFloatingIp" => {
+            if mv.at_least(44) {
+                Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "The resource could not be found.",
+                ))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "{name} needs the network service, which this cloud does not have yet."
+                )))
+            }
+        }
         // Servers are deleted at once (no reclaim interval), so none is
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => Err(wrong_state(name, &s)),
@@ -412,21 +426,7 @@ async fn rebuild(
         Ok(s)
     })?;
     state.compute.notify(s.host.as_deref());
-    let mut v = render(state, ctx, mv, &s);
-    if !mv.at_least(75) {
-        // Before 2.75 rebuild answers with the basic server view only.
-        if let Some(o) = v.as_object_mut() {
-            o.retain(|k, _| {
-                !(k.starts_with("OS-EXT-")
-                    || k.starts_with("OS-SRV-USG:")
-                    || k.starts_with("os-extended-volumes:")
-                    || matches!(
-                        k.as_str(),
-                        "config_drive" | "key_name" | "security_groups" | "host_status"
-                    ))
-            });
-        }
-    }
+    let mut v = super::servers::basic_view(render(state, ctx, mv, &s), mv);
     v["adminPass"] = json!(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
 }

@@ -310,9 +310,53 @@ fn in_window(s: &Server, start: i64, end: i64) -> bool {
     s.launched_us.unwrap_or(s.created_us) <= end && start <= now_us()
 }
 
+/// The servers of the window, one page of them: Nova pages usage by
+/// instance (`limit`, `marker` from 2.40; before that it silently stops at
+/// the 1,000 of `max_limit`).
+fn usage_page(
+    mut servers: Vec<Server>,
+    q: &HashMap<String, String>,
+    mv: Mv,
+    start: i64,
+    end: i64,
+) -> Result<(Vec<Server>, Option<usize>), ApiError> {
+    servers.retain(|s| in_window(s, start, end));
+    servers.sort_by(|a, b| a.created_us.cmp(&b.created_us).then(a.id.cmp(&b.id)));
+    let (limit, marker) = if mv.at_least(40) {
+        super::paging(q)?
+    } else {
+        (None, None)
+    };
+    let limit = limit.or(Some(1000));
+    let page = super::page(servers, limit, marker.as_deref(), |s| &s.id)?;
+    Ok((page, limit))
+}
+
+fn usage_links(
+    state: &AppState,
+    path: &str,
+    q: &HashMap<String, String>,
+    mv: Mv,
+    limit: Option<usize>,
+    page: &[Server],
+) -> Option<Value> {
+    if !mv.at_least(40) {
+        return None;
+    }
+    super::next_link(
+        state,
+        path,
+        q,
+        limit,
+        page.last().map(|s| s.id.as_str()),
+        page.len(),
+    )
+}
+
 async fn usage_list(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:os-simple-tenant-usage:list")?;
@@ -320,12 +364,8 @@ async fn usage_list(
     let detailed = q
         .get("detailed")
         .is_some_and(|d| super::parse_bool(&json!(d)).unwrap_or(false));
-    let servers: Vec<Server> = state
-        .store
-        .list::<Server>(&StoreQuery::all())?
-        .into_iter()
-        .filter(|s| in_window(s, start, end))
-        .collect();
+    let all = state.store.list::<Server>(&StoreQuery::all())?;
+    let (servers, limit) = usage_page(all, &q, mv, start, end)?;
     let mut tenants: Vec<&str> = servers.iter().map(|s| s.project_id.as_str()).collect();
     tenants.sort_unstable();
     tenants.dedup();
@@ -333,12 +373,17 @@ async fn usage_list(
         .iter()
         .map(|t| tenant_usage(&servers, t, start, end, detailed))
         .collect();
-    Ok(axum::Json(json!({ "tenant_usages": usages })))
+    let mut out = json!({ "tenant_usages": usages });
+    if let Some(l) = usage_links(&state, "os-simple-tenant-usage", &q, mv, limit, &servers) {
+        out["tenant_usages_links"] = l;
+    }
+    Ok(axum::Json(out))
 }
 
 async fn usage_show(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Path(tenant): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -346,18 +391,17 @@ async fn usage_show(
         return Err(policy_denied("os_compute_api:os-simple-tenant-usage:show"));
     }
     let (start, end) = period(&q)?;
-    let servers: Vec<Server> = state
-        .store
-        .list::<Server>(&StoreQuery::owner(&tenant))?
-        .into_iter()
-        .filter(|s| in_window(s, start, end))
-        .collect();
+    let owned = state.store.list::<Server>(&StoreQuery::owner(&tenant))?;
+    let (servers, limit) = usage_page(owned, &q, mv, start, end)?;
     if servers.is_empty() {
         return Ok(axum::Json(json!({ "tenant_usage": {} })));
     }
-    Ok(axum::Json(
-        json!({ "tenant_usage": tenant_usage(&servers, &tenant, start, end, true) }),
-    ))
+    let mut out = json!({ "tenant_usage": tenant_usage(&servers, &tenant, start, end, true) });
+    let path = format!("os-simple-tenant-usage/{tenant}");
+    if let Some(l) = usage_links(&state, &path, &q, mv, limit, &servers) {
+        out["tenant_usage_links"] = l;
+    }
+    Ok(axum::Json(out))
 }
 
 // ---- os-instance_usage_audit_log ------------------------------------------------

@@ -177,6 +177,25 @@ fn host_status(state: &AppState, s: &Server) -> &'static str {
     }
 }
 
+/// Before 2.75, update and rebuild answer with the basic server view:
+/// none of the extension attributes that show and list add.
+pub(crate) fn basic_view(mut v: Value, mv: Mv) -> Value {
+    if !mv.at_least(75)
+        && let Some(o) = v.as_object_mut()
+    {
+        o.retain(|k, _| {
+            !(k.starts_with("OS-EXT-")
+                || k.starts_with("OS-SRV-USG:")
+                || k.starts_with("os-extended-volumes:")
+                || matches!(
+                    k.as_str(),
+                    "config_drive" | "key_name" | "security_groups" | "host_status"
+                ))
+        });
+    }
+    v
+}
+
 pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
     let base = &state.config.public_url;
     let status = states::status(&s.vm_state, s.task_state.as_deref());
@@ -194,7 +213,20 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         "metadata": s.metadata,
         "hostId": host_id(s),
         "image": image,
-        "flavor": {"id": s.flavor.id, "links": [{"rel": "bookmark", "href": format!("{base}/compute/flavors/{}", s.flavor.id)}]},
+        "flavor": if mv.at_least(47) {
+            // 2.47: the flavor as it was at boot, embedded.
+            json!({
+                "original_name": s.flavor.name,
+                "vcpus": s.flavor.vcpus,
+                "ram": s.flavor.ram,
+                "disk": s.flavor.disk,
+                "ephemeral": s.flavor.ephemeral,
+                "swap": s.flavor.swap,
+                "extra_specs": s.flavor.extra_specs,
+            })
+        } else {
+            json!({"id": s.flavor.id, "links": [{"rel": "bookmark", "href": format!("{base}/compute/flavors/{}", s.flavor.id)}]})
+        },
         "created": nova_time(s.created_us),
         "updated": nova_time(s.updated_us),
         "addresses": {},
@@ -1131,7 +1163,9 @@ async fn update(
         tx.update(&s)?;
         Ok(s)
     })?;
-    Ok(axum::Json(json!({"server": render(&state, &ctx, mv, &s)})))
+    Ok(axum::Json(
+        json!({"server": basic_view(render(&state, &ctx, mv, &s), mv)}),
+    ))
 }
 
 async fn delete(

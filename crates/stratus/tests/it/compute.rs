@@ -185,7 +185,10 @@ impl Cloud {
 /// A `docker save` tarball with one empty layer: enough for the image
 /// service's checks; fake nodes never unpack it.
 pub fn tiny_docker_tar() -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("stratus-tinyimg-{}", std::process::id()));
+    // One directory per call: tests run in parallel threads of one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("stratus-tinyimg-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("root")).unwrap();
     std::fs::write(dir.join("root/hello"), b"hi\n").unwrap();
@@ -260,7 +263,7 @@ fn compute_discovery_microversions_and_faults() {
     let r = c.nova.call("GET", "", None, None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["version"]["id"], "v2.1");
-    assert_eq!(r.body["version"]["version"], "2.38");
+    assert_eq!(r.body["version"]["version"], "2.47");
     assert_eq!(r.body["version"]["min_version"], "2.1");
     // Echoed in both headers; `latest` is the maximum.
     let r = c.nova.raw(
@@ -279,7 +282,7 @@ fn compute_discovery_microversions_and_faults() {
         &[("OpenStack-API-Version", "compute latest")],
         None,
     );
-    assert_eq!(r.header("openstack-api-version"), Some("compute 2.38"));
+    assert_eq!(r.header("openstack-api-version"), Some("compute 2.47"));
     let r = c.nova.raw(
         "GET",
         "/flavors",

@@ -249,7 +249,11 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         404
     );
     assert_eq!(at(&c, mv, "GET", "/os-hosts", &c.admin, None).status, 200);
-    // os-hosts leaves at 2.43, above the 2.38 served today.
+    assert_eq!(
+        at(&c, "compute 2.43", "GET", "/os-hosts", &c.admin, None).status,
+        404,
+        "os-hosts leaves at 2.43"
+    );
 
     // Usage: the running server counts for its project.
     let start = "2000-01-01T00:00:00";
@@ -312,6 +316,76 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         .status,
         400
     );
+
+    // 2.40 pages usage by server: one server per page, then the next.
+    let r = at(
+        &c,
+        "compute 2.40",
+        "GET",
+        &format!("/os-simple-tenant-usage?start={start}&limit=1"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body["tenant_usages_links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .contains("marker="),
+        "{}",
+        r.body
+    );
+    // 2.47 embeds the flavor as it was at boot.
+    let r = at(
+        &c,
+        "compute 2.47",
+        "GET",
+        &format!("/servers/{id}"),
+        &tok,
+        None,
+    );
+    assert_eq!(
+        r.body["server"]["flavor"]["original_name"], "m1.tiny",
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["server"]["flavor"]["ram"], 512);
+    assert!(r.body["server"]["flavor"].get("id").is_none());
+    let r = at(
+        &c,
+        "compute 2.46",
+        "GET",
+        &format!("/servers/{id}"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.body["server"]["flavor"]["id"], "1");
+    // Update answers with the basic view before 2.75 (no extension keys).
+    let r = at(
+        &c,
+        "compute 2.47",
+        "PUT",
+        &format!("/servers/{id}"),
+        &tok,
+        Some(json!({"server": {"name": "web-instance-1"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body["server"].get("OS-EXT-STS:vm_state").is_none(),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["server"]["name"], "web-instance-1");
+    // nova-network proxies are gone from 2.44.
+    let r = at(
+        &c,
+        "compute 2.44",
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"addFloatingIp": {"address": "10.0.0.9"}})),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
 
     // Audit log: no audit task runs, so every host is "not run".
     let r = at(
