@@ -476,6 +476,7 @@ fn agent_of(state: &AppState, s: &Server, action: &str) -> Result<(String, Strin
 async fn diagnostics(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if !ctx.is_admin() {
@@ -487,7 +488,51 @@ async fn diagnostics(
         tokio::task::spawn_blocking(move || super::agent_client::diagnostics(&url, &key, &id))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(axum::Json(out).into_response())
+    if !mv.at_least(48) {
+        return Ok(axum::Json(out).into_response());
+    }
+    let node = state
+        .store
+        .get::<ComputeNode>(s.host.as_deref().unwrap_or(""))?;
+    Ok(axum::Json(standard_diagnostics(node.as_ref(), &s, &out)).into_response())
+}
+
+/// 2.48's standard diagnostics, filled from what the driver measured.
+/// `driver` names the real driver ("container"), which is not one of
+/// Nova's own drivers.
+fn standard_diagnostics(node: Option<&ComputeNode>, s: &Server, raw: &Value) -> Value {
+    use super::states::power;
+    let state = match s.power_state {
+        power::RUNNING => "running",
+        power::PAUSED => "paused",
+        power::SHUTDOWN => "shutdown",
+        power::CRASHED => "crashed",
+        power::SUSPENDED => "suspended",
+        _ => "pending",
+    };
+    let kib = |k: &str| raw.get(k).and_then(Value::as_u64);
+    let uptime = s
+        .launched_us
+        .map(|t| (crate::timeutil::now_us() - t).max(0) / 1_000_000);
+    json!({
+        "state": state,
+        "driver": node.map_or("container", |n| n.driver.as_str()),
+        "hypervisor": node.map(|n| n.hypervisor_type.as_str()),
+        "hypervisor_os": "linux",
+        "uptime": uptime,
+        "config_drive": false,
+        "num_cpus": s.flavor.vcpus,
+        "num_nics": 0,
+        "num_disks": 1,
+        "memory_details": {
+            "maximum": kib("memory").map_or(s.flavor.ram, |k| k / 1024),
+            "used": kib("memory-rss").map(|k| k / 1024),
+        },
+        "cpu_details": [{"id": 0, "time": raw.get("cpu0_time").and_then(Value::as_u64), "utilisation": null}],
+        "nic_details": [],
+        "disk_details": [{"read_bytes": null, "read_requests": null, "write_bytes": null,
+                          "write_requests": null, "errors_count": null}],
+    })
 }
 
 // ---- os-instance-actions ---------------------------------------------------------------

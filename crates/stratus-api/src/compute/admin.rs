@@ -473,6 +473,7 @@ const EVENT_NAMES: &[&str] = &[
 async fn external_events(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&ctx, "os_compute_api:os-server-external-events:create")?;
@@ -495,7 +496,15 @@ async fn external_events(
                 "Invalid input for field/attribute server_uuid. 'server_uuid' is a required property",
             )
         })?;
-        if !EVENT_NAMES.contains(&name) {
+        // `volume-extended` exists from 2.51, `power-update` from 2.76
+        // (above what is served), the rest from 2.1.
+        let known = EVENT_NAMES.contains(&name)
+            && (name != "volume-extended" || mv.at_least(51))
+            && !matches!(
+                name,
+                "power-update" | "accelerator-request-bound" | "volume-reimaged"
+            );
+        if !known {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for field/attribute name. Value: {name}. It is not one of {EVENT_NAMES:?}"
             )));

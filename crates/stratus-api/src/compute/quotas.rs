@@ -96,6 +96,23 @@ fn keys(mv: Mv) -> Vec<&'static str> {
         .collect()
 }
 
+/// The keys a quota class set shows at `mv`: Nova keeps the network
+/// quotas and hides the server group ones until 2.50, then the reverse.
+fn class_keys(mv: Mv) -> Vec<&'static str> {
+    DEFAULTS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| {
+            let network = matches!(
+                *k,
+                "floating_ips" | "fixed_ips" | "security_groups" | "security_group_rules"
+            );
+            let groups = matches!(*k, "server_groups" | "server_group_members");
+            if mv.at_least(50) { !network } else { !groups }
+        })
+        .collect()
+}
+
 fn project_key(p: &str) -> String {
     format!("project/{p}")
 }
@@ -281,11 +298,15 @@ fn may_read(ctx: &Ctx, project: &str) -> Result<(), ApiError> {
 }
 
 fn render(mv: Mv, limits: &BTreeMap<String, i64>, id: Option<&str>) -> Value {
+    render_keys(&keys(mv), limits, id)
+}
+
+fn render_keys(keys: &[&str], limits: &BTreeMap<String, i64>, id: Option<&str>) -> Value {
     let mut o = Map::new();
     if let Some(id) = id {
         o.insert("id".into(), json!(id));
     }
-    for k in keys(mv) {
+    for &k in keys {
         o.insert(k.into(), json!(limits.get(k).copied().unwrap_or(-1)));
     }
     Value::Object(o)
@@ -352,7 +373,7 @@ async fn defaults(
 /// Validates a `quota_set` body: known keys at this version, integers
 /// >= -1. Returns the limits and `force`.
 fn parse_set(
-    mv: Mv,
+    known: &[&str],
     b: &Value,
     allow_force: bool,
 ) -> Result<(BTreeMap<String, i64>, bool), ApiError> {
@@ -365,7 +386,6 @@ fn parse_set(
                 "Invalid input for field/attribute quota_set. 'quota_set' is a required property",
             )
         })?;
-    let known = keys(mv);
     let mut out = BTreeMap::new();
     let mut force = false;
     for (k, v) in o {
@@ -409,7 +429,7 @@ async fn update(
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-quota-sets:update"));
     }
-    let (set, force) = parse_set(mv, &body(&raw)?, true)?;
+    let (set, force) = parse_set(&keys(mv), &body(&raw)?, true)?;
     let user = q.get("user_id").cloned();
     let id = match &user {
         Some(u) => user_key(&project, u),
@@ -475,7 +495,7 @@ async fn class_show(
         );
     }
     Ok(axum::Json(
-        json!({"quota_class_set": render(mv, &l, Some(&class))}),
+        json!({"quota_class_set": render_keys(&class_keys(mv), &l, Some(&class))}),
     ))
 }
 
@@ -489,7 +509,7 @@ async fn class_update(
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-quota-class-sets:update"));
     }
-    let (set, _) = parse_set(mv, &body(&raw)?, false)?;
+    let (set, _) = parse_set(&class_keys(mv), &body(&raw)?, false)?;
     let id = class_key(&class);
     let rec = state.store.write(|tx| {
         let mut rec = tx.get::<QuotaSet>(&id)?.unwrap_or(QuotaSet {
@@ -504,7 +524,9 @@ async fn class_update(
     for (k, d) in DEFAULTS {
         l.insert((*k).to_string(), rec.limits.get(*k).copied().unwrap_or(*d));
     }
-    Ok(axum::Json(json!({"quota_class_set": render(mv, &l, None)})))
+    Ok(axum::Json(
+        json!({"quota_class_set": render_keys(&class_keys(mv), &l, None)}),
+    ))
 }
 
 async fn limits(

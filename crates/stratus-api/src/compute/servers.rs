@@ -851,6 +851,47 @@ async fn create(
             ));
         }
     };
+    // 2.52: tags at create time, with the tag API's rules.
+    let tags: Vec<String> = match o.get("tags") {
+        None => Vec::new(),
+        Some(_) if !mv.at_least(52) => {
+            return Err(bad_field(
+                "server",
+                "Additional properties are not allowed ('tags' was unexpected)",
+            ));
+        }
+        Some(Value::Array(list)) => {
+            let mut out: Vec<String> = Vec::new();
+            for t in list {
+                match t.as_str() {
+                    Some(t) if valid_tag(t) => {
+                        if !out.iter().any(|x| x == t) {
+                            out.push(t.to_string());
+                        }
+                    }
+                    _ => {
+                        return Err(bad_field(
+                            "tags",
+                            format!("Value: {t}. Tags are 1-60 characters without ',' or '/'"),
+                        ));
+                    }
+                }
+            }
+            if out.len() > 50 {
+                return Err(bad_field(
+                    "tags",
+                    "The number of tags exceeded the per-server limit 50",
+                ));
+            }
+            out
+        }
+        Some(v) => {
+            return Err(bad_field(
+                "tags",
+                format!("Value: {v}. It must be a list of tags"),
+            ));
+        }
+    };
     let access_ipv4 = access_ip(o.get("accessIPv4"), "accessIPv4", false)?;
     let access_ipv6 = access_ip(o.get("accessIPv6"), "accessIPv6", true)?;
     let count = |k: &str| -> Result<Option<u32>, ApiError> {
@@ -1039,7 +1080,7 @@ async fn create(
                 power_state: states::power::NOSTATE,
                 locked_by: None,
                 description: description.clone(),
-                tags: vec![],
+                tags: tags.clone(),
                 access_ipv4: access_ipv4.clone(),
                 access_ipv6: access_ipv6.clone(),
                 reservation_id: rid.clone(),

@@ -376,6 +376,62 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         r.body
     );
     assert_eq!(r.body["server"]["name"], "web-instance-1");
+    // 2.52: tags at create time.
+    let r = c.nova.raw(
+        "POST",
+        "/servers",
+        Some(&tok),
+        &[("OpenStack-API-Version", "compute 2.52")],
+        Some(json!({"server": {"name": "tagged", "imageRef": img, "flavorRef": "1", "networks": "none", "tags": ["edge", "a"]}}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let tid = r.body["server"]["id"].as_str().unwrap().to_string();
+    let r = at(
+        &c,
+        "compute 2.52",
+        "GET",
+        &format!("/servers/{tid}/tags"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.body["tags"], json!(["edge", "a"]), "{}", r.body);
+    let r = c.nova.raw(
+        "POST",
+        "/servers",
+        Some(&tok),
+        &[("OpenStack-API-Version", "compute 2.51")],
+        Some(json!({"server": {"name": "tagged", "imageRef": img, "flavorRef": "1", "networks": "none", "tags": ["edge"]}}).to_string()),
+    );
+    assert_eq!(r.status, 400, "tags before 2.52: {}", r.body);
+    // 2.50: quota classes trade the network keys for server group ones.
+    let r = at(
+        &c,
+        "compute 2.49",
+        "GET",
+        "/os-quota-class-sets/default",
+        &c.admin,
+        None,
+    );
+    assert!(
+        r.body["quota_class_set"].get("floating_ips").is_some(),
+        "{}",
+        r.body
+    );
+    assert!(r.body["quota_class_set"].get("server_groups").is_none());
+    let r = at(
+        &c,
+        "compute 2.50",
+        "GET",
+        "/os-quota-class-sets/default",
+        &c.admin,
+        None,
+    );
+    assert!(
+        r.body["quota_class_set"].get("floating_ips").is_none(),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["quota_class_set"]["server_groups"], 10);
     // nova-network proxies are gone from 2.44.
     let r = at(
         &c,

@@ -116,6 +116,19 @@ fn compute_real_container_lifecycle_console_and_memory_limit() {
     assert_eq!(d.body["memory"], 512 * 1024, "{}", d.body);
     assert!(d.body["memory-rss"].as_u64().unwrap() > 0, "{}", d.body);
     assert!(d.body["cpu0_time"].as_u64().is_some(), "{}", d.body);
+    // 2.48's standard shape, from the same measurements.
+    let d = c.nova.raw(
+        "GET",
+        &format!("/servers/{id}/diagnostics"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.48")],
+        None,
+    );
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert_eq!(d.body["state"], "running", "{}", d.body);
+    assert_eq!(d.body["driver"], "container");
+    assert_eq!(d.body["memory_details"]["maximum"], 512);
+    assert!(d.body["memory_details"]["used"].is_u64(), "{}", d.body);
     let (_, member) = c.project("diag");
     assert_eq!(
         c.req("GET", &format!("/servers/{id}/diagnostics"), &member, None)
