@@ -22,6 +22,9 @@
 //! Power actions map onto the runtime: stop is SIGTERM then SIGKILL; start
 //! deletes the stopped container and runs it again on the same bundle (the
 //! overlay, and so the instance's writes, stay); pause is the freezer.
+//! A snapshot tars the overlay's merged view (the freezer holds a running
+//! workload still meanwhile) into an image tarball (`snapshot.rs`) at the
+//! path the agent names.
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,8 +39,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::{self, ImageConfig};
 use crate::runc::{self, Runc, Status};
-use crate::spec;
 use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState, host, valid_id};
+use crate::{snapshot, spec};
 
 /// The most of a console log `console_output` reads.
 const CONSOLE_MAX: u64 = 1 << 20;
@@ -696,6 +699,44 @@ impl Driver for ContainerDriver {
         let mut v: Vec<_> = out.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    fn snapshot(&self, uuid: &str, dest: &Path) -> Result<(), DriverError> {
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = self.record(uuid)?;
+        let config = image::cached_config(&self.image_dir(&rec.image_id)).ok_or_else(|| {
+            rt(format!(
+                "the image {} of instance {uuid} is no longer cached on this node",
+                rec.image_id
+            ))
+        })?;
+        let dir = self.instance_dir(uuid);
+        // A stopped instance's overlay may be gone (host reboot).
+        self.mount_root(
+            &dir,
+            &self.image_dir(&rec.image_id).join("rootfs"),
+            rec.root,
+        )?;
+        let pause = self.status(uuid)? == Some(Status::Running);
+        if pause {
+            self.runc.call(&["pause", uuid], runc::CALL_TIMEOUT)?;
+        }
+        let t = Instant::now();
+        let written = snapshot::write(&dir.join("rootfs"), &config, dest);
+        if pause && let Err(e) = self.runc.call(&["resume", uuid], runc::CALL_TIMEOUT) {
+            tracing::warn!(instance = uuid, error = %e, "could not resume after the snapshot");
+            written?;
+            return Err(e);
+        }
+        written?;
+        tracing::info!(
+            instance = uuid,
+            paused = pause,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
     }
 
     /// Read from the instance's cgroup (`cgroupsPath` /stratus/<uuid>).

@@ -5,6 +5,7 @@
 //! caller has to ask for it by name.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -118,6 +119,25 @@ impl Driver for FakeDriver {
         v
     }
 
+    /// A tiny valid image: one empty layer, `Cmd ["/bin/sh"]` (the fake
+    /// has no files and no image config to copy).
+    fn snapshot(&self, uuid: &str, dest: &Path) -> Result<(), DriverError> {
+        if !self.map().contains_key(uuid) {
+            return Err(DriverError::NotFound(uuid.to_string()));
+        }
+        let mut empty = dest.as_os_str().to_owned();
+        empty.push(".empty");
+        let empty = std::path::PathBuf::from(empty);
+        std::fs::create_dir_all(&empty)?;
+        let config = crate::ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            ..Default::default()
+        };
+        let r = crate::snapshot::write(&empty, &config, dest);
+        let _ = std::fs::remove_dir_all(&empty);
+        r
+    }
+
     fn console_output(&self, uuid: &str, _tail: Option<usize>) -> Result<String, DriverError> {
         if self.map().contains_key(uuid) {
             Ok(format!(
@@ -176,6 +196,12 @@ mod tests {
         d.reboot("a", true).unwrap();
         assert!(d.console_output("a", None).unwrap().contains("fake"));
         assert_eq!(d.list(), vec![("a".to_string(), PowerState::Running)]);
+        let dir = std::env::temp_dir().join(format!("stratus-fake-snap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        d.snapshot("a", &dir.join("s.tar")).unwrap();
+        assert!(std::fs::metadata(dir.join("s.tar")).unwrap().len() > 0);
+        assert!(d.snapshot("nope", &dir.join("t.tar")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
         d.destroy("a").unwrap();
         d.destroy("a").unwrap();
         assert_eq!(d.power_state("a"), PowerState::NoState);

@@ -24,9 +24,10 @@ mod fake;
 mod host;
 mod image;
 mod runc;
+mod snapshot;
 mod spec;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use container::{ContainerDriver, find_runtime};
@@ -141,6 +142,12 @@ pub trait Driver: Send + Sync {
     /// What the workload wrote to stdout/stderr: the last `tail_lines`
     /// lines (all of the last MiB when `None`).
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError>;
+    /// Write a snapshot of the instance's root file system as it is now
+    /// to `dest`: an image tarball valid as container_format `docker` and
+    /// `oci` (see `snapshot.rs`), booting with its source image's config.
+    /// A running instance is paused while its files are read (Nova
+    /// quiesces a guest for the same reason) and resumed afterwards.
+    fn snapshot(&self, uuid: &str, dest: &Path) -> Result<(), DriverError>;
     /// Resource use of the instance as Nova's pre-2.48 diagnostics name
     /// it (`cpu0_time` in ns, `memory*` in KiB); empty where the driver
     /// has nothing to measure.

@@ -1,6 +1,7 @@
 //! The node agent: registers its node with the controller, heartbeats,
 //! long-polls the servers assigned to it, runs them with its driver and
-//! reports what it did. It also answers the controller's console requests
+//! reports what it did (a snapshot also uploads its image and reports its
+//! steps). It also answers the controller's console requests
 //! on a small listener of its own.
 //!
 //! Everything is driven by the controller's desired state: a task
@@ -375,6 +376,11 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             "pausing" | "suspending" => d.pause(&id)?,
             "unpausing" | "resuming" => d.unpause(&id)?,
             "deleting" => d.destroy(&id)?,
+            // A restarted agent may find a snapshot at a later step: it
+            // starts over.
+            "image_snapshot" | "image_backup" | "image_pending_upload" | "image_uploading" => {
+                snapshot(sh, s)?
+            }
             other => anyhow::bail!("unknown task {other}"),
         }
         Ok(())
@@ -398,6 +404,83 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             report(sh, &id, generation, task, false, Some(msg));
         }
     }
+}
+
+/// Writes a snapshot of the instance and uploads it to the image the
+/// controller made for it (`PUT /image/v2/images/{id}/file`, the image
+/// service's ordinary upload path with its format checks), telling the
+/// controller when the upload starts. The tarball is removed either way.
+fn snapshot(sh: &Shared, s: &Value) -> anyhow::Result<()> {
+    let id = s["id"].as_str().unwrap_or("");
+    let generation = s["generation"].as_u64().unwrap_or(0);
+    let image_id = s["snapshot_image_id"]
+        .as_str()
+        .context("the controller named no image for the snapshot")?;
+    let dir = sh.cfg.state_dir.join("snapshots");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("{image_id}.tar"));
+    let result = (|| {
+        sh.driver
+            .snapshot(id, &file)
+            .context("writing the snapshot")?;
+        progress(sh, id, generation, "image_pending_upload");
+        progress(sh, id, generation, "image_uploading");
+        upload(sh, image_id, &file)
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
+/// Moves a long task's task_state on; best effort (the final report is
+/// what counts).
+fn progress(sh: &Shared, id: &str, generation: u64, task: &str) {
+    let url = format!(
+        "{}/edge/v1/nodes/{}/servers/{id}/progress",
+        sh.cfg.controller, sh.cfg.host
+    );
+    let body = json!({"generation": generation, "task": task});
+    match call(sh, "POST", &url, Some(&body)) {
+        Ok((204, _)) => {}
+        Ok((code, text)) => tracing::debug!(server = id, code, body = %text, "progress refused"),
+        Err(e) => tracing::debug!(server = id, error = %format!("{e:#}"), "progress not sent"),
+    }
+}
+
+/// The token for calls outside [`call`] (streamed bodies).
+fn token(sh: &Shared) -> anyhow::Result<String> {
+    let mut t = sh.token.lock().unwrap_or_else(|e| e.into_inner());
+    if t.is_none() {
+        *t = Some(login(sh)?);
+    }
+    Ok(t.clone().expect("set above"))
+}
+
+fn upload(sh: &Shared, image_id: &str, file: &Path) -> anyhow::Result<()> {
+    let url = format!("{}/image/v2/images/{image_id}/file", sh.cfg.controller);
+    for attempt in 0..2 {
+        let token = token(sh)?;
+        let f = std::fs::File::open(file)?;
+        let mut resp = sh
+            .http
+            .put(&url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(3600)))
+            .build()
+            .header("x-auth-token", &token)
+            .header("content-type", "application/octet-stream")
+            .send(f)
+            .context("uploading the snapshot")?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        match status {
+            204 => return Ok(()),
+            401 if attempt == 0 => {
+                *sh.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            _ => anyhow::bail!("the image service refused the snapshot ({status}): {text}"),
+        }
+    }
+    anyhow::bail!("not authorised by the image service")
 }
 
 /// Fetches the image (once per node) and starts the workload.
@@ -479,13 +562,7 @@ fn download(
     use sha2::Digest;
     use std::io::Write;
     let url = format!("{}/image/v2/images/{image_id}/file", sh.cfg.controller);
-    let token = {
-        let mut t = sh.token.lock().unwrap_or_else(|e| e.into_inner());
-        if t.is_none() {
-            *t = Some(login(sh)?);
-        }
-        t.clone().expect("set above")
-    };
+    let token = token(sh)?;
     let mut resp = sh
         .http
         .get(&url)

@@ -35,7 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{id}/diagnostics", get(diagnostics))
 }
 
-fn wrong_state(action: &str, s: &Server) -> ApiError {
+pub(super) fn wrong_state(action: &str, s: &Server) -> ApiError {
     let (attr, val) = match &s.task_state {
         Some(t) => ("task_state", t.as_str()),
         None => ("vm_state", s.vm_state.as_str()),
@@ -290,17 +290,22 @@ async fn action(
                     )));
                 }
             };
-            state.store.write(|tx| {
+            let job = state.store.write(|tx| {
                 let mut s = tx.fetch::<Server>(&id)?;
                 s.vm_state = to.into();
                 s.task_state = None;
                 // Reports from a task that was in flight no longer apply.
                 s.generation += 1;
                 s.updated_us = now_us();
+                let job = s.snapshot.take();
                 tx.update(&s)?;
                 record_action(tx, &s, "resetState", &ctx, rid)?;
-                Ok::<_, ApiError>(())
+                Ok::<_, ApiError>(job)
             })?;
+            // A snapshot in flight will not be reported: its image goes.
+            if let Some(job) = job {
+                super::snapshots::finish(&state, &id, &job, false);
+            }
             accepted()
         }
         // nova-network proxies: gone (404) from 2.44; before that there is
@@ -321,6 +326,8 @@ async fn action(
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => console_output(&state, &s, arg).await,
+        "createImage" => super::snapshots::create_image(&state, &ctx, mv, &id, arg, rid),
+        "createBackup" => super::snapshots::create_backup(&state, &ctx, mv, &id, arg, rid),
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}"
         ))),

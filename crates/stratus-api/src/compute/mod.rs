@@ -22,6 +22,7 @@ mod quotas;
 pub mod scheduler;
 mod servers;
 pub mod service;
+pub mod snapshots;
 pub mod states;
 
 use axum::Router;

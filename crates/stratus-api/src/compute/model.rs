@@ -175,6 +175,19 @@ pub struct Server {
     /// Bumped on every request the node agent must act on.
     #[serde(default)]
     pub generation: u64,
+    /// The snapshot or backup in progress (task_state `image_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotJob>,
+}
+
+/// A `createImage` or `createBackup` in progress: the image the node
+/// uploads to, and for a backup what rotation keeps afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotJob {
+    pub image_id: String,
+    /// `Some` for a backup: its `backup_type` and how many to keep.
+    #[serde(default)]
+    pub backup: Option<(String, u32)>,
 }
 
 record!(

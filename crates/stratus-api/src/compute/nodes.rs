@@ -33,6 +33,10 @@ pub fn agent_routes() -> Router<AppState> {
         .route("/edge/v1/nodes/{host}", put(register))
         .route("/edge/v1/nodes/{host}/servers", get(assigned))
         .route("/edge/v1/nodes/{host}/servers/{id}/report", post(report))
+        .route(
+            "/edge/v1/nodes/{host}/servers/{id}/progress",
+            post(progress),
+        )
 }
 
 pub fn routes() -> Router<AppState> {
@@ -170,6 +174,9 @@ pub struct Assignment {
     pub disk_gb: u64,
     pub user_data: Option<String>,
     pub meta_data: Value,
+    /// The image a snapshot task (`image_*`) uploads to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_image_id: Option<String>,
 }
 
 async fn assigned(
@@ -229,6 +236,31 @@ async fn report(
     tokio::task::spawn_blocking(move || super::service::task_done(&st, &host, &id, &r))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A step of a long task, as the agent reports it: the task_state the
+/// server moves to while the task (of `generation`) goes on.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct TaskProgress {
+    pub generation: u64,
+    pub task: String,
+}
+
+async fn progress(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((host, id)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    require_agent(&ctx)?;
+    let p: TaskProgress = crate::json::decode(&raw)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        super::snapshots::progress(&st, &host, &id, p.generation, &p.task)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 

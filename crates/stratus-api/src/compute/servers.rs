@@ -579,11 +579,11 @@ async fn show(
 
 // ---- create -------------------------------------------------------------------
 
-fn bad_field(field: &str, why: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad_field(field: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("Invalid input for field/attribute {field}. {why}"))
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.trim() == s && s.chars().all(|c| !c.is_control())
 }
 
@@ -1094,6 +1094,7 @@ async fn create(
                 server_group: group.clone(),
                 tried_hosts: vec![],
                 generation: 1,
+                snapshot: None,
             };
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;

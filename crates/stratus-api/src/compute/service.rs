@@ -391,6 +391,7 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         disk_gb: s.flavor.disk,
         user_data: s.user_data.clone(),
         meta_data: meta,
+        snapshot_image_id: s.snapshot.as_ref().map(|j| j.image_id.clone()),
     })
 }
 
@@ -431,6 +432,9 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
         .placement
         .release(id)
         .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+    if let Some(s) = state.store.get::<Server>(id)? {
+        super::snapshots::abandon(state, &s);
+    }
     state
         .store
         .write(|tx| {
@@ -470,11 +474,20 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
     let Some(s) = state.store.get::<Server>(id)? else {
         return Ok(());
     };
-    if s.host.as_deref() != Some(host) || s.generation != r.generation || s.task_state != r.task {
+    // A snapshot's progress moves its task_state on at the same generation.
+    let same_task = s.task_state == r.task
+        || s.task_state.as_deref().is_some_and(task::is_image)
+            && r.task.as_deref().is_some_and(task::is_image);
+    if s.host.as_deref() != Some(host) || s.generation != r.generation || !same_task {
         // Superseded by a newer request: the agent will see that one.
         return Ok(());
     }
     let task_name = s.task_state.clone().unwrap_or_default();
+    let event = match (task::is_image(&task_name), &s.snapshot) {
+        (true, Some(j)) if j.backup.is_some() => "compute_backup_instance".to_string(),
+        (true, _) => "compute_snapshot_instance".to_string(),
+        _ => format!("compute_{}", task_name.replace('-', "_")),
+    };
     if task_name == task::DELETING && r.ok {
         return purge(state, id);
     }
@@ -487,12 +500,12 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         );
     }
     let now = now_us();
-    state.store.write(|tx| {
+    let job = state.store.write(|tx| {
         let Some(mut cur) = tx.get::<Server>(id)? else {
-            return Ok::<_, ApiError>(());
+            return Ok::<_, ApiError>(None);
         };
         if cur.generation != r.generation {
-            return Ok(());
+            return Ok(None);
         }
         cur.power_state = r.power_state;
         if r.ok {
@@ -528,11 +541,15 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             }
         }
         cur.task_state = None;
+        let job = cur.snapshot.take();
         cur.updated_us = now;
         tx.update(&cur)?;
-        action_event(tx, id, &format!("compute_{}", task_name.replace('-', "_")), r.ok, r.message.as_deref(), Some(host))?;
-        Ok(())
+        action_event(tx, id, &event, r.ok, r.message.as_deref(), Some(host))?;
+        Ok(job)
     })?;
+    if let Some(job) = job {
+        super::snapshots::finish(state, id, &job, r.ok);
+    }
     state.compute.notify(Some(host));
     Ok(())
 }

@@ -24,6 +24,24 @@ pub mod task {
     pub const RESUMING: &str = "resuming";
     pub const REBUILDING: &str = "rebuilding";
     pub const DELETING: &str = "deleting";
+    /// `createImage` asked; the node has not written the snapshot yet.
+    pub const IMAGE_SNAPSHOT: &str = "image_snapshot";
+    /// `createBackup` asked; as `IMAGE_SNAPSHOT`, then rotation.
+    pub const IMAGE_BACKUP: &str = "image_backup";
+    /// The snapshot is taken; its upload has not begun.
+    pub const IMAGE_PENDING_UPLOAD: &str = "image_pending_upload";
+    pub const IMAGE_UPLOADING: &str = "image_uploading";
+
+    /// The task_states of a snapshot or backup in progress.
+    pub fn is_image(t: &str) -> bool {
+        [
+            IMAGE_SNAPSHOT,
+            IMAGE_BACKUP,
+            IMAGE_PENDING_UPLOAD,
+            IMAGE_UPLOADING,
+        ]
+        .contains(&t)
+    }
 }
 
 /// Nova's power states.

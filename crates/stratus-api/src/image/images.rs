@@ -914,6 +914,14 @@ pub(crate) fn delete_image(state: &AppState, ctx: &Ctx, id: &str) -> Result<(), 
             "Image {id} is protected and cannot be deleted."
         )));
     }
+    purge_image(state, &id)
+}
+
+/// Removes an image, its memberships, and its data once no other image
+/// shares it; no policy checks (the caller made them, or is the compute
+/// service cleaning up after a snapshot).
+pub(crate) fn purge_image(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let id = id.to_string();
     let blobs = &state.image.blobs;
     let _guard = blobs.lock();
     let orphan = state.store.write(|tx| {

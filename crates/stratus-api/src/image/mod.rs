@@ -13,7 +13,7 @@
 pub mod blobs;
 mod data;
 mod images;
-pub(crate) use images::delete_image;
+pub(crate) use images::{delete_image, purge_image};
 pub mod local;
 mod members;
 mod metadef_items;

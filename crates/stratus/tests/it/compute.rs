@@ -809,6 +809,33 @@ fn compute_lifecycle_actions_and_state_model_on_fake_node() {
         assert_eq!(r.status, 202, "{action}: {}", r.body);
         c.wait(&tok, &id, status);
     }
+    // A snapshot on a fake node: a tiny valid image, the server's task
+    // cleared afterwards.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"createImage": {"name": "fake-snap"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let snap = r
+        .header("location")
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let i = c.img.get(&format!("/images/{snap}"), &tok);
+        let s = c.req("GET", &format!("/servers/{id}"), &tok, None);
+        if i.body["status"] == "active" && s.body["server"]["OS-EXT-STS:task_state"].is_null() {
+            assert_eq!(s.body["server"]["status"], "ACTIVE");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", i.body, s.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Wrong state: 409 with Nova's words.
     let r = c.req(
         "POST",

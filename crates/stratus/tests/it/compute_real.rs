@@ -237,3 +237,216 @@ fn compute_real_restart_adopts_running_containers() {
     );
     c.wait_gone(&c.admin, &id);
 }
+
+/// Polls an image in the image service until it is `status`.
+fn image_until(c: &Cloud, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.img.get(&format!("/images/{id}"), &c.admin);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body["status"] == status {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "image {id} never became {status}: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the server has no task running.
+fn settled(c: &Cloud, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.req("GET", &format!("/servers/{id}"), token, None);
+        let s = r.body["server"].clone();
+        if s["OS-EXT-STS:task_state"].is_null() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "task never ended: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn compute_real_snapshot_boots_with_the_first_servers_files() {
+    let c = cloud(&[]);
+    let base = image_id(&c, "busybox");
+    let (pid, member) = c.project("snap");
+    let (_, stranger) = c.project("other");
+    let ud = base64::engine::general_purpose::STANDARD.encode(
+        "#!/bin/sh\nmkdir -p /data && echo SNAP-MARKER-42 > /data/snapmarker\nrm /bin/ping\necho FIRST-DONE\n",
+    );
+    let r = c.boot(&member, "first", &base, "1", json!({"user_data": ud}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&member, &id, "ACTIVE");
+    console_until(&c, &member, &id, "FIRST-DONE");
+    let act = |token: &str, body: Value| {
+        c.req("POST", &format!("/servers/{id}/action"), token, Some(body))
+    };
+
+    // Bad bodies, another project, wrong state.
+    for bad in [
+        json!({"createImage": {}}),
+        json!({"createImage": {"name": "x", "bogus": 1}}),
+        json!({"createImage": {"name": "x", "metadata": {"": ""}}}),
+        json!({"createImage": {"name": "x", "metadata": {"k": 1}}}),
+        json!({"createImage": {"name": "a".repeat(256)}}),
+        json!({"createImage": {"name": " padded "}}),
+        json!({"createImage": "x"}),
+        json!({"createBackup": {"name": "b", "backup_type": "daily"}}),
+        json!({"createBackup": {"name": "b", "backup_type": "daily", "rotation": -1}}),
+    ] {
+        let r = act(&member, bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let r = act(&stranger, json!({"createImage": {"name": "theirs"}}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = act(&c.admin, json!({"os-resetState": {"state": "error"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = act(&member, json!({"createImage": {"name": "in-error"}}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    act(&c.admin, json!({"os-resetState": {"state": "active"}}));
+
+    // A snapshot of the running server.
+    let r = act(
+        &member,
+        json!({"createImage": {"name": "snap-1", "metadata": {"purpose": "test"}}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let loc = r.header("location").expect("Location").to_string();
+    let snap = loc.rsplit('/').next().unwrap().to_string();
+    let img = image_until(&c, &snap, "active");
+    assert_eq!(img["name"], "snap-1");
+    assert_eq!(img["owner"], pid.as_str());
+    assert_eq!(img["visibility"], "private");
+    assert_eq!(img["container_format"], "docker");
+    assert_eq!(img["disk_format"], "raw");
+    assert_eq!(img["instance_uuid"], id.as_str());
+    assert_eq!(img["image_type"], "snapshot");
+    assert_eq!(img["base_image_ref"], base.as_str());
+    assert_eq!(img["owner_project_name"], "snap");
+    assert_eq!(img["purpose"], "test");
+    assert!(img["user_id"].is_string(), "{img}");
+    let s = settled(&c, &member, &id);
+    assert_eq!(s["status"], "ACTIVE", "{s}");
+    assert_eq!(
+        s["OS-EXT-STS:power_state"], 1,
+        "running again after the pause"
+    );
+    let acts = c.req(
+        "GET",
+        &format!("/servers/{id}/os-instance-actions"),
+        &member,
+        None,
+    );
+    assert!(
+        acts.body["instanceActions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "createImage"),
+        "{}",
+        acts.body
+    );
+    // The member sees it through Nova's image proxy too (up to 2.35).
+    let r = c.nova.raw(
+        "GET",
+        &format!("/images/{snap}"),
+        Some(&member),
+        &[("OpenStack-API-Version", "compute 2.35")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["image"]["server"]["id"], id.as_str());
+
+    // One snapshot at a time; an image deleted while its snapshot is
+    // under way leaves the server as it was.
+    let loc_of = |r: &super::common::Resp| {
+        r.header("location")
+            .expect("Location")
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let r = act(&member, json!({"createImage": {"name": "doomed"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let doomed = loc_of(&r);
+    let again = act(&member, json!({"createImage": {"name": "too-soon"}}));
+    if again.status == 202 {
+        // The first one was already done (a very fast node): tidy up.
+        settled(&c, &member, &id);
+        c.img
+            .delete(&format!("/images/{}", loc_of(&again)), &member);
+    } else {
+        assert_eq!(again.status, 409, "{}", again.body);
+    }
+    assert_eq!(
+        c.img.delete(&format!("/images/{doomed}"), &member).status,
+        204
+    );
+    let s = settled(&c, &member, &id);
+    assert_eq!(s["status"], "ACTIVE", "{s}");
+    assert_eq!(c.img.get(&format!("/images/{doomed}"), &member).status, 404);
+
+    // A snapshot of the stopped server; it stays stopped.
+    assert_eq!(act(&member, json!({"os-stop": null})).status, 202);
+    c.wait(&member, &id, "SHUTOFF");
+    let r = act(&member, json!({"createImage": {"name": "snap-stopped"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let stopped_snap = loc_of(&r);
+    image_until(&c, &stopped_snap, "active");
+    let s = settled(&c, &member, &id);
+    assert_eq!(s["status"], "SHUTOFF", "{s}");
+
+    // Backups rotate: with rotation 1 only the newest stays.
+    let mut backups = Vec::new();
+    for n in ["b-1", "b-2"] {
+        let r = act(
+            &member,
+            json!({"createBackup": {"name": n, "backup_type": "daily", "rotation": 1}}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let b = loc_of(&r);
+        image_until(&c, &b, "active");
+        settled(&c, &member, &id);
+        backups.push(b);
+    }
+    assert_eq!(
+        c.img
+            .get(&format!("/images/{}", backups[0]), &member)
+            .status,
+        404,
+        "the older backup was rotated out"
+    );
+    let b2 = c.img.get(&format!("/images/{}", backups[1]), &member);
+    assert_eq!(b2.body["image_type"], "backup", "{}", b2.body);
+    assert_eq!(b2.body["backup_type"], "daily", "{}", b2.body);
+
+    // Boot from the running server's snapshot: the file is there, the
+    // deleted one is not, the image's own command runs, and the new
+    // server runs its own user data.
+    let ud2 = base64::engine::general_purpose::STANDARD.encode(
+        "#!/bin/sh\necho GOT $(cat /data/snapmarker)\n[ -e /bin/ping ] || echo PING-GONE\n",
+    );
+    let r = c.boot(&member, "second", &snap, "1", json!({"user_data": ud2}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id2 = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&member, &id2, "ACTIVE");
+    let out = console_until(&c, &member, &id2, "STRATUS-TEST-IMAGE OK");
+    assert!(out.contains("GOT SNAP-MARKER-42"), "{out}");
+    assert!(out.contains("PING-GONE"), "{out}");
+
+    for s in [&id, &id2] {
+        assert_eq!(
+            c.req("DELETE", &format!("/servers/{s}"), &member, None)
+                .status,
+            204
+        );
+        c.wait_gone(&member, s);
+    }
+}

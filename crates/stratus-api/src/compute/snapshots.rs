@@ -1,0 +1,413 @@
+//! Server snapshots and backups (`createImage`, `createBackup`), as Nova
+//! makes them.
+//!
+//! The API creates the image record at once (`queued`, owned by the
+//! server's project, with the properties Nova sets), puts the server into
+//! task_state `image_snapshot` (`image_backup`) and answers 202. The node
+//! agent writes the instance's root file system as an image tarball,
+//! moves the task to `image_pending_upload` and `image_uploading`
+//! (`progress`), uploads the tarball through the image service's ordinary
+//! upload path (so its format checks apply), and reports. A failure
+//! deletes the image; either way the task is cleared and the vm_state
+//! stays what it was. A backup's success deletes the oldest backups of the
+//! same type beyond its rotation.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use stratus_store::Query as StoreQuery;
+
+use super::Mv;
+use super::model::{Server, SnapshotJob};
+use super::quotas::{self, Resource};
+use super::servers::{
+    bad_field, check_locked, fetch_tx, parse_metadata, record_action, valid_name,
+};
+use super::states::{task, vm};
+use crate::identity::model::{Project, User};
+use crate::identity::policy::Ctx;
+use crate::image::model::{Image, status};
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+/// The vm_states a server can be snapshotted in (Nova's
+/// `check_instance_state` on `snapshot` and `backup`).
+const FROM: &[&str] = &[vm::ACTIVE, vm::STOPPED, vm::PAUSED, vm::SUSPENDED];
+
+/// Source image properties a snapshot does not inherit (Nova's
+/// `NON_INHERITABLE_IMAGE_PROPERTIES` and the default
+/// `non_inheritable_image_properties`); `trait:*` neither.
+const NOT_INHERITED: &[&str] = &[
+    "img_signature",
+    "img_signature_hash_method",
+    "img_signature_key_type",
+    "img_signature_certificate_uuid",
+    "cache_in_nova",
+    "bittorrent",
+];
+
+/// What a request asks for.
+struct Request {
+    name: String,
+    metadata: BTreeMap<String, String>,
+    /// `createBackup`: backup_type and rotation.
+    backup: Option<(String, u32)>,
+}
+
+fn only_keys(action: &str, o: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad_field(
+            action,
+            format!("Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse(action: &str, arg: &Value, backup: bool) -> Result<Request, ApiError> {
+    let o = arg.as_object().ok_or_else(|| {
+        bad_field(
+            action,
+            format!("Value: {arg}. {arg} is not of type 'object'"),
+        )
+    })?;
+    let required: &[&str] = if backup {
+        &["name", "backup_type", "rotation"]
+    } else {
+        &["name"]
+    };
+    for k in required {
+        if !o.contains_key(*k) {
+            return Err(bad_field(action, format!("'{k}' is a required property")));
+        }
+    }
+    if backup {
+        only_keys(action, o, &["name", "backup_type", "rotation", "metadata"])?;
+    } else {
+        only_keys(action, o, &["name", "metadata"])?;
+    }
+    let name = match &o["name"] {
+        Value::String(n) if valid_name(n) => n.clone(),
+        v => return Err(bad_field("name", format!("Value: {v}."))),
+    };
+    let metadata = match o.get("metadata") {
+        None => BTreeMap::new(),
+        Some(m) => parse_metadata(m, "metadata")?,
+    };
+    let backup = if backup {
+        let kind = match &o["backup_type"] {
+            Value::String(t) => t.clone(),
+            v => {
+                return Err(bad_field(
+                    "backup_type",
+                    format!("Value: {v}. {v} is not of type 'string'"),
+                ));
+            }
+        };
+        let r = &o["rotation"];
+        let rotation = r
+            .as_u64()
+            .or_else(|| r.as_str().and_then(|s| s.trim().parse().ok()))
+            .filter(|n| *n <= u32::MAX as u64)
+            .ok_or_else(|| {
+                bad_field(
+                    "rotation",
+                    format!("Value: {r}. It must be an integer of at least 0"),
+                )
+            })?;
+        Some((kind, rotation as u32))
+    } else {
+        None
+    };
+    Ok(Request {
+        name,
+        metadata,
+        backup,
+    })
+}
+
+/// The new image's custom properties: the source image's inheritable
+/// ones, what Nova adds, then the request's metadata (which wins).
+fn properties(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    source: Option<&Image>,
+    req: &Request,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut p = Map::new();
+    if let Some(src) = source {
+        for (k, v) in &src.properties {
+            if !NOT_INHERITED.contains(&k.as_str()) && !k.starts_with("trait:") {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let mut set = |k: &str, v: &str| {
+        p.insert(k.to_string(), json!(v));
+    };
+    set("instance_uuid", &s.id);
+    set("user_id", ctx.user_id());
+    set("base_image_ref", &s.image_ref);
+    set("image_location", "snapshot");
+    set("image_state", "available");
+    set("owner_id", &s.project_id);
+    if let Some(pr) = state.store.get::<Project>(&s.project_id)? {
+        set("owner_project_name", &pr.name);
+    }
+    if let Some(u) = state.store.get::<User>(&s.user_id)? {
+        set("owner_user_name", &u.name);
+    }
+    match &req.backup {
+        Some((kind, _)) => {
+            set("image_type", "backup");
+            set("backup_type", kind);
+        }
+        None => set("image_type", "snapshot"),
+    }
+    for (k, v) in &req.metadata {
+        set(k, v);
+    }
+    Ok(p)
+}
+
+/// Checks the request against the quotas, creates the image and starts
+/// the task; answers the new image.
+fn start(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    req: Request,
+    rid: &str,
+) -> Result<Image, ApiError> {
+    let action = if req.backup.is_some() {
+        "createBackup"
+    } else {
+        "createImage"
+    };
+    let over = |msg: String| ApiError::new(StatusCode::FORBIDDEN, msg);
+    let (s, img) = state.store.write(|tx| {
+        let mut s = fetch_tx(tx, ctx, id)?;
+        if req.backup.is_some() {
+            check_locked(ctx, &s)?;
+        }
+        if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
+            return Err(super::actions::wrong_state(action, &s));
+        }
+        let lim = quotas::limit_tx(tx, &s.project_id, None, Resource::MetadataItems)?;
+        if lim >= 0 && req.metadata.len() as i64 > lim {
+            return Err(over(format!(
+                "Quota exceeded for metadata_items: Requested {}, but already used 0 of {lim} metadata_items",
+                req.metadata.len()
+            )));
+        }
+        // Glance's image_count_total; Nova answers a refusal with 403.
+        crate::image::quota::check_count(&state.store, &s.project_id)
+            .map_err(|e| over(e.message))?;
+        let source = tx.get::<Image>(&s.image_ref)?;
+        let now = now_us();
+        let img = Image {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: Some(req.name.clone()),
+            owner: Some(s.project_id.clone()),
+            status: status::QUEUED.into(),
+            visibility: "private".into(),
+            disk_format: Some(
+                source
+                    .as_ref()
+                    .and_then(|i| i.disk_format.clone())
+                    .unwrap_or_else(|| "raw".into()),
+            ),
+            container_format: Some(
+                source
+                    .as_ref()
+                    .and_then(|i| i.container_format.clone())
+                    .unwrap_or_else(|| "docker".into()),
+            ),
+            size: None,
+            virtual_size: None,
+            checksum: None,
+            os_hash_algo: None,
+            os_hash_value: None,
+            protected: false,
+            min_ram: source.as_ref().map(|i| i.min_ram).unwrap_or(0),
+            min_disk: source
+                .as_ref()
+                .map(|i| i.min_disk)
+                .unwrap_or(0)
+                .max(s.flavor.disk),
+            os_hidden: false,
+            tags: Vec::new(),
+            properties: properties(state, ctx, &s, source.as_ref(), &req)?,
+            created_at: now,
+            updated_at: now,
+            blob: None,
+            staged: None,
+            tasks: Vec::new(),
+        };
+        tx.insert(&img)?;
+        s.task_state = Some(
+            if req.backup.is_some() {
+                task::IMAGE_BACKUP
+            } else {
+                task::IMAGE_SNAPSHOT
+            }
+            .into(),
+        );
+        s.snapshot = Some(SnapshotJob {
+            image_id: img.id.clone(),
+            backup: req.backup.clone(),
+        });
+        s.generation += 1;
+        s.updated_us = now;
+        tx.update(&s)?;
+        record_action(tx, &s, action, ctx, rid)?;
+        Ok((s, img))
+    })?;
+    state.compute.notify(s.host.as_deref());
+    tracing::info!(server = %s.id, image = %img.id, action, "snapshot requested");
+    Ok(img)
+}
+
+/// 202; from 2.45 a body with the image id, before it a `Location`.
+fn accepted(mv: Mv, image_id: &str, location: Option<String>) -> Response {
+    if mv.at_least(45) {
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"image_id": image_id})),
+        )
+            .into_response();
+    }
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    resp
+}
+
+/// `createImage`.
+pub(super) fn create_image(
+    state: &AppState,
+    ctx: &Ctx,
+    mv: Mv,
+    id: &str,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let req = parse("createImage", arg, false)?;
+    let img = start(state, ctx, id, req, rid)?;
+    let location = format!("{}/image/v2/images/{}", state.config.public_url, img.id);
+    Ok(accepted(mv, &img.id, Some(location)))
+}
+
+/// `createBackup`: as `createImage`, then rotation. Nova gives a
+/// `Location` (the compute image URL) only when rotation keeps any.
+pub(super) fn create_backup(
+    state: &AppState,
+    ctx: &Ctx,
+    mv: Mv,
+    id: &str,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let req = parse("createBackup", arg, true)?;
+    let keep = req.backup.as_ref().is_some_and(|(_, r)| *r > 0);
+    let img = start(state, ctx, id, req, rid)?;
+    let location =
+        keep.then(|| format!("{}/compute/v2.1/images/{}", state.config.public_url, img.id));
+    Ok(accepted(mv, &img.id, location))
+}
+
+/// The agent's progress on a snapshot: `image_pending_upload`, then
+/// `image_uploading`. Taken only while the same task (generation) runs;
+/// the generation is not bumped, so the agent does not start it again.
+pub fn progress(
+    state: &AppState,
+    host: &str,
+    id: &str,
+    generation: u64,
+    to: &str,
+) -> Result<(), ApiError> {
+    if ![task::IMAGE_PENDING_UPLOAD, task::IMAGE_UPLOADING].contains(&to) {
+        return Err(ApiError::bad_request(format!(
+            "{to} is not a snapshot task_state"
+        )));
+    }
+    state.store.write(|tx| {
+        let Some(mut s) = tx.get::<Server>(id)? else {
+            return Ok(());
+        };
+        if s.host.as_deref() != Some(host)
+            || s.generation != generation
+            || !s.task_state.as_deref().is_some_and(task::is_image)
+        {
+            return Ok(());
+        }
+        s.task_state = Some(to.into());
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        Ok(())
+    })
+}
+
+/// After the node's report on a snapshot task (the server's task is
+/// already cleared): a failure deletes the image unless it went active;
+/// a backup's success rotates.
+pub fn finish(state: &AppState, server_id: &str, job: &SnapshotJob, ok: bool) {
+    let result = if ok {
+        match &job.backup {
+            Some((kind, rotation)) => rotate(state, server_id, kind, *rotation),
+            None => Ok(()),
+        }
+    } else {
+        match state.store.get::<Image>(&job.image_id) {
+            Ok(Some(img)) if img.status != status::ACTIVE => {
+                crate::image::purge_image(state, &img.id)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(server = server_id, image = %job.image_id, error = %e,
+            "cleaning up after a snapshot failed");
+    }
+}
+
+/// Nova's `_rotate_backups`: keeps the newest `rotation` active backups of
+/// this type of this server, deletes the rest.
+fn rotate(state: &AppState, server_id: &str, kind: &str, rotation: u32) -> Result<(), ApiError> {
+    let prop = |i: &Image, k: &str| {
+        i.properties
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut backups: Vec<Image> = state
+        .store
+        .list::<Image>(&StoreQuery::all())?
+        .into_iter()
+        .filter(|i| {
+            i.status == status::ACTIVE
+                && prop(i, "instance_uuid").as_deref() == Some(server_id)
+                && prop(i, "image_type").as_deref() == Some("backup")
+                && prop(i, "backup_type").as_deref() == Some(kind)
+        })
+        .collect();
+    backups.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    for old in backups.iter().skip(rotation as usize) {
+        tracing::info!(server = server_id, image = %old.id, rotation, "rotating out an old backup");
+        crate::image::purge_image(state, &old.id)?;
+    }
+    Ok(())
+}
+
+/// A server is going away: a snapshot it had in progress will never be
+/// written.
+pub fn abandon(state: &AppState, s: &Server) {
+    if let Some(job) = &s.snapshot {
+        finish(state, &s.id, job, false);
+    }
+}
