@@ -266,9 +266,19 @@ async fn progress(
 
 // ---- os-services ------------------------------------------------------------------
 
+/// A service's stable uuid (2.53 ids): derived from its binary and host,
+/// so it is the same on every controller and across restarts.
+pub fn service_uuid(binary: &str, host: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("{binary}@{host}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid().to_string()
+}
+
 fn service_json(state: &AppState, n: &ComputeNode, zone: &str, mv: Mv) -> Value {
     let mut v = json!({
-        "id": n.seq,
+        "id": if mv.at_least(53) { json!(service_uuid("nova-compute", &n.id)) } else { json!(n.seq) },
         "binary": "nova-compute",
         "host": n.id,
         "zone": zone,
@@ -292,7 +302,12 @@ fn controller_services(mv: Mv) -> Vec<Value> {
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let mut v = json!({"id": 1_000_000 + i as i64, "binary": b, "host": host, "zone": "internal",
+            let id = if mv.at_least(53) {
+                json!(service_uuid(b, &host))
+            } else {
+                json!(1_000_000 + i as i64)
+            };
+            let mut v = json!({"id": id, "binary": b, "host": host, "zone": "internal",
                 "status": "enabled", "state": "up", "updated_at": now, "disabled_reason": null});
             if mv.at_least(11) {
                 v["forced_down"] = json!(false);
@@ -343,6 +358,9 @@ async fn service_action(
         return Err(policy_denied("os_compute_api:os-services:update"));
     }
     let b = body(&raw)?;
+    if mv.at_least(53) {
+        return service_update_v253(&state, mv, &action, &b);
+    }
     let host = b
         .get("host")
         .and_then(Value::as_str)
@@ -431,18 +449,139 @@ async fn service_action(
     Ok(axum::Json(json!({"service": v})))
 }
 
+/// The compute node behind a 2.53 service uuid: 400 for something that is
+/// not a uuid, 404 for an unknown one.
+fn node_by_service_uuid(state: &AppState, id: &str) -> Result<ComputeNode, ApiError> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(ApiError::bad_request(format!("Invalid uuid {id}")));
+    }
+    state
+        .store
+        .list::<ComputeNode>(&StoreQuery::all())?
+        .into_iter()
+        .find(|n| service_uuid("nova-compute", &n.id) == id)
+        .ok_or_else(|| {
+            let controller = controller_host();
+            if ["nova-scheduler", "nova-conductor"]
+                .iter()
+                .any(|b| service_uuid(b, &controller) == id)
+            {
+                ApiError::bad_request(
+                    "Updating a nova-scheduler or nova-conductor service is not supported: only nova-compute services can be changed",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("Service {id} could not be found."),
+                )
+            }
+        })
+}
+
+/// `PUT /os-services/{service_uuid}` (2.53): `status`, `disabled_reason`
+/// (only with status disabled) and `forced_down`; answers the whole
+/// service.
+fn service_update_v253(
+    state: &AppState,
+    mv: Mv,
+    id: &str,
+    b: &Value,
+) -> Result<axum::Json<Value>, ApiError> {
+    let o = b
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("The request body must be an object"))?;
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["status", "disabled_reason", "forced_down"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute service. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    let status = match o.get("status") {
+        None => None,
+        Some(Value::String(s)) if s == "enabled" || s == "disabled" => Some(s == "enabled"),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute status. Value: {v}. It is not one of ['enabled', 'disabled']"
+            )));
+        }
+    };
+    let reason = match o.get("disabled_reason") {
+        None => None,
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= 255 => Some(r.clone()),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute disabled_reason. Value: {v}. It must be 1-255 characters"
+            )));
+        }
+    };
+    if reason.is_some() && status != Some(false) {
+        return Err(ApiError::bad_request(
+            "Specifying 'disabled_reason' with status 'enabled' is invalid.",
+        ));
+    }
+    let forced = match o.get("forced_down") {
+        None => None,
+        Some(Value::Bool(f)) => Some(*f),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute forced_down. Value: {v}. It is not a boolean"
+            )));
+        }
+    };
+    if status.is_none() && forced.is_none() {
+        return Err(ApiError::bad_request(
+            "At least one of 'status' or 'forced_down' must be specified in the request body.",
+        ));
+    }
+    let host = node_by_service_uuid(state, id)?.id;
+    let n = state.store.write(|tx| {
+        let mut n = tx.get::<ComputeNode>(&host)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Service {id} could not be found."),
+            )
+        })?;
+        if let Some(enabled) = status {
+            n.disabled = !enabled;
+            n.disabled_reason = if enabled { None } else { reason.clone() };
+        }
+        if let Some(f) = forced {
+            n.forced_down = f;
+        }
+        n.updated_us = now_us();
+        tx.update(&n)?;
+        Ok::<_, ApiError>(n)
+    })?;
+    let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
+    Ok(axum::Json(
+        json!({"service": service_json(state, &n, &zone_of(&aggs, &n.id), mv)}),
+    ))
+}
+
 async fn service_delete(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-services:delete"));
     }
     let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
+    if mv.at_least(53) {
+        node_by_service_uuid(&state, &id)?;
+    }
     let n = nodes
         .iter()
-        .find(|n| n.seq.to_string() == id)
+        .find(|n| {
+            if mv.at_least(53) {
+                service_uuid("nova-compute", &n.id) == id
+            } else {
+                n.seq.to_string() == id
+            }
+        })
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -493,7 +632,7 @@ fn hypervisor_json(
     mv: Mv,
 ) -> Result<Value, ApiError> {
     let mut v = json!({
-        "id": n.seq,
+        "id": if mv.at_least(53) { json!(n.uuid) } else { json!(n.seq) },
         "hypervisor_hostname": n.id,
         "state": if is_up(state, n) { "up" } else { "down" },
         "status": if n.disabled { "disabled" } else { "enabled" },
@@ -536,7 +675,11 @@ fn hypervisor_json(
         o.insert("vcpus_used".into(), json!(vcpus_used));
         o.insert(
             "service".into(),
-            json!({"host": n.id, "id": n.seq, "disabled_reason": n.disabled_reason}),
+            json!({
+                "host": n.id,
+                "id": if mv.at_least(53) { json!(service_uuid("nova-compute", &n.id)) } else { json!(n.seq) },
+                "disabled_reason": n.disabled_reason,
+            }),
         );
     }
     Ok(v)
@@ -549,21 +692,68 @@ fn listed_nodes(
 ) -> Result<Vec<ComputeNode>, ApiError> {
     let mut nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
     nodes.sort_by_key(|n| n.seq);
+    // 2.53: the hostname pattern replaces /search (and pages not at all).
+    if mv.at_least(53)
+        && let Some(p) = q.get("hypervisor_hostname_pattern")
+    {
+        if q.contains_key("limit") || q.contains_key("marker") {
+            return Err(ApiError::bad_request(
+                "Paging over hypervisors with the hypervisor_hostname_pattern query parameter is not supported.",
+            ));
+        }
+        return matching(state, p);
+    }
     if mv.at_least(33) {
         let (limit, marker) = super::paging(q)?;
+        let key = |n: &ComputeNode| {
+            if mv.at_least(53) {
+                n.uuid.clone()
+            } else {
+                n.seq.to_string()
+            }
+        };
         if let Some(m) = &marker
-            && !nodes.iter().any(|n| &n.seq.to_string() == m)
+            && !nodes.iter().any(|n| &key(n) == m)
         {
             return Err(ApiError::bad_request(format!("marker [{m}] not found")));
         }
-        let keyed: Vec<(String, ComputeNode)> =
-            nodes.into_iter().map(|n| (n.seq.to_string(), n)).collect();
+        let keyed: Vec<(String, ComputeNode)> = nodes.into_iter().map(|n| (key(&n), n)).collect();
         nodes = super::page(keyed, limit, marker.as_deref(), |p| &p.0)?
             .into_iter()
             .map(|p| p.1)
             .collect();
     }
     Ok(nodes)
+}
+
+/// 2.53's `with_servers`: the servers on the node, when there are any.
+fn with_servers(
+    state: &AppState,
+    v: &mut Value,
+    n: &ComputeNode,
+    q: &HashMap<String, String>,
+    mv: Mv,
+) -> Result<(), ApiError> {
+    let wanted = match q.get("with_servers") {
+        Some(w) if mv.at_least(53) => super::parse_bool(&json!(w)).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for query parameters with_servers. Value: {w}. It is not a boolean"
+            ))
+        })?,
+        _ => false,
+    };
+    if wanted {
+        let servers: Vec<Value> = state
+            .store
+            .list::<Server>(&StoreQuery::parent(&n.id))?
+            .iter()
+            .map(|s| json!({"uuid": s.id, "name": super::servers::instance_name(&s.id)}))
+            .collect();
+        if !servers.is_empty() {
+            v["servers"] = json!(servers);
+        }
+    }
+    Ok(())
 }
 
 async fn hypervisors(
@@ -573,10 +763,12 @@ async fn hypervisors(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin_h(&ctx)?;
-    let list: Vec<Value> = listed_nodes(&state, &q, mv)?
-        .iter()
-        .map(|n| hypervisor_json(&state, n, false, mv))
-        .collect::<Result<_, _>>()?;
+    let mut list = Vec::new();
+    for n in listed_nodes(&state, &q, mv)? {
+        let mut v = hypervisor_json(&state, &n, false, mv)?;
+        with_servers(&state, &mut v, &n, &q, mv)?;
+        list.push(v);
+    }
     Ok(axum::Json(json!({"hypervisors": list})))
 }
 
@@ -587,19 +779,30 @@ async fn hypervisors_detail(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin_h(&ctx)?;
-    let list: Vec<Value> = listed_nodes(&state, &q, mv)?
-        .iter()
-        .map(|n| hypervisor_json(&state, n, true, mv))
-        .collect::<Result<_, _>>()?;
+    let mut list = Vec::new();
+    for n in listed_nodes(&state, &q, mv)? {
+        let mut v = hypervisor_json(&state, &n, true, mv)?;
+        with_servers(&state, &mut v, &n, &q, mv)?;
+        list.push(v);
+    }
     Ok(axum::Json(json!({"hypervisors": list})))
 }
 
-fn node_by_id(state: &AppState, id: &str) -> Result<ComputeNode, ApiError> {
+fn node_by_id(state: &AppState, id: &str, mv: Mv) -> Result<ComputeNode, ApiError> {
+    if mv.at_least(53) && uuid::Uuid::parse_str(id).is_err() {
+        return Err(ApiError::bad_request(format!("Invalid uuid {id}")));
+    }
     state
         .store
         .list::<ComputeNode>(&StoreQuery::all())?
         .into_iter()
-        .find(|n| n.seq.to_string() == id)
+        .find(|n| {
+            if mv.at_least(53) {
+                n.uuid == id
+            } else {
+                n.seq.to_string() == id
+            }
+        })
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -613,12 +816,13 @@ async fn hypervisor_show(
     ctx: Ctx,
     mv: Mv,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin_h(&ctx)?;
-    let n = node_by_id(&state, &id)?;
-    Ok(axum::Json(
-        json!({"hypervisor": hypervisor_json(&state, &n, true, mv)?}),
-    ))
+    let n = node_by_id(&state, &id, mv)?;
+    let mut v = hypervisor_json(&state, &n, true, mv)?;
+    with_servers(&state, &mut v, &n, &q, mv)?;
+    Ok(axum::Json(json!({ "hypervisor": v })))
 }
 
 async fn hypervisor_uptime(
@@ -628,7 +832,7 @@ async fn hypervisor_uptime(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin_h(&ctx)?;
-    let n = node_by_id(&state, &id)?;
+    let n = node_by_id(&state, &id, mv)?;
     let mut v = hypervisor_json(&state, &n, false, mv)?;
     let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     v["uptime"] = json!(format!(
@@ -636,6 +840,19 @@ async fn hypervisor_uptime(
         up.split_whitespace().next().unwrap_or("0")
     ));
     Ok(axum::Json(json!({"hypervisor": v})))
+}
+
+/// `/search` and `/{pattern}/servers` are replaced by query parameters at
+/// 2.53.
+fn gone_at_253(mv: Mv) -> Result<(), ApiError> {
+    if mv.at_least(53) {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// The nodes whose name contains `pattern`; Nova's 404 when none does.
@@ -661,6 +878,7 @@ async fn hypervisor_search(
     mv: Mv,
     Path(pattern): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    gone_at_253(mv)?;
     require_admin_h(&ctx)?;
     let list: Vec<Value> = matching(&state, &pattern)?
         .iter()
@@ -675,6 +893,7 @@ async fn hypervisor_servers(
     mv: Mv,
     Path(pattern): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    gone_at_253(mv)?;
     require_admin_h(&ctx)?;
     let mut list = Vec::new();
     for n in matching(&state, &pattern)? {

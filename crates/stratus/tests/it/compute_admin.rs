@@ -432,6 +432,134 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         r.body
     );
     assert_eq!(r.body["quota_class_set"]["server_groups"], 10);
+    // 2.53: services and hypervisors by uuid.
+    let mv53 = "compute 2.53";
+    let svc = at(
+        &c,
+        mv53,
+        "GET",
+        "/os-services?binary=nova-compute",
+        &c.admin,
+        None,
+    );
+    let sid = svc.body["services"][0]["id"]
+        .as_str()
+        .expect("uuid id")
+        .to_string();
+    assert!(uuid_like(&sid), "{}", svc.body);
+    let r = at(
+        &c,
+        mv53,
+        "PUT",
+        &format!("/os-services/{sid}"),
+        &c.admin,
+        Some(json!({"status": "disabled", "disabled_reason": "maintenance"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["service"]["status"], "disabled");
+    assert_eq!(r.body["service"]["disabled_reason"], "maintenance");
+    assert_eq!(r.body["service"]["id"], json!(sid));
+    let r = at(
+        &c,
+        mv53,
+        "PUT",
+        &format!("/os-services/{sid}"),
+        &c.admin,
+        Some(json!({"status": "enabled", "disabled_reason": "x"})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = at(
+        &c,
+        mv53,
+        "PUT",
+        &format!("/os-services/{sid}"),
+        &c.admin,
+        Some(json!({})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = at(
+        &c,
+        mv53,
+        "PUT",
+        "/os-services/enable",
+        &c.admin,
+        Some(json!({"host": "edge-1", "binary": "nova-compute"})),
+    );
+    assert_eq!(r.status, 400, "the old actions are gone: {}", r.body);
+    let r = at(
+        &c,
+        mv53,
+        "PUT",
+        &format!("/os-services/{sid}"),
+        &c.admin,
+        Some(json!({"status": "enabled"})),
+    );
+    assert_eq!(r.body["service"]["status"], "enabled", "{}", r.body);
+    let h = at(
+        &c,
+        mv53,
+        "GET",
+        "/os-hypervisors?hypervisor_hostname_pattern=edge&with_servers=true",
+        &c.admin,
+        None,
+    );
+    assert_eq!(h.status, 200, "{}", h.body);
+    let hid = h.body["hypervisors"][0]["id"]
+        .as_str()
+        .expect("uuid id")
+        .to_string();
+    assert!(uuid_like(&hid));
+    assert!(
+        !h.body["hypervisors"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{}",
+        h.body
+    );
+    let r = at(
+        &c,
+        mv53,
+        "GET",
+        &format!("/os-hypervisors/{hid}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(
+        r.body["hypervisor"]["service"]["id"],
+        json!(sid),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        at(&c, mv53, "GET", "/os-hypervisors/1", &c.admin, None).status,
+        400
+    );
+    assert_eq!(
+        at(
+            &c,
+            mv53,
+            "GET",
+            "/os-hypervisors/edge/search",
+            &c.admin,
+            None
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        at(
+            &c,
+            mv53,
+            "GET",
+            "/os-hypervisors?hypervisor_hostname_pattern=nope",
+            &c.admin,
+            None
+        )
+        .status,
+        404
+    );
+
     // nova-network proxies are gone from 2.44.
     let r = at(
         &c,
@@ -581,4 +709,8 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         at(&c, mv, "GET", "/extensions/os-nope", &tok, None).status,
         404
     );
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
