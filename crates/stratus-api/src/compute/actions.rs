@@ -374,6 +374,30 @@ async fn rebuild(
             "Flavor's disk is too small for requested image.",
         ));
     }
+    // 2.54: a new key pair (null removes it); 2.57: new user data.
+    let key = match arg.get("key_name") {
+        None => None,
+        Some(_) if !mv.at_least(54) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute rebuild. Additional properties are not allowed ('key_name' was unexpected)",
+            ));
+        }
+        Some(v) => Some(super::servers::key_pair(state, ctx, Some(v))?),
+    };
+    let user_data = match arg.get("user_data") {
+        None => None,
+        Some(_) if !mv.at_least(57) => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute rebuild. Additional properties are not allowed ('user_data' was unexpected)",
+            ));
+        }
+        Some(v) => Some(super::servers::user_data(Some(v))?),
+    };
+    if arg.get("personality").is_some() && mv.at_least(57) {
+        return Err(ApiError::bad_request(
+            "Invalid input for field/attribute rebuild. Additional properties are not allowed ('personality' was unexpected)",
+        ));
+    }
     let name = match arg.get("name") {
         None => None,
         Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 && n.trim() == n => {
@@ -425,6 +449,13 @@ async fn rebuild(
         if let Some(d) = &description {
             s.description = d.clone();
         }
+        if let Some((name, data)) = &key {
+            s.key_name = name.clone();
+            s.key_data = data.clone();
+        }
+        if let Some(u) = &user_data {
+            s.user_data = u.clone();
+        }
         s.task_state = Some(task::REBUILDING.into());
         s.generation += 1;
         s.updated_us = now_us();
@@ -434,6 +465,14 @@ async fn rebuild(
     })?;
     state.compute.notify(s.host.as_deref());
     let mut v = super::servers::basic_view(render(state, ctx, mv, &s), mv);
+    // Rebuild's answer names the key pair from 2.54 and the user data
+    // from 2.57, the two things it may now change.
+    if mv.at_least(54) {
+        v["key_name"] = json!(s.key_name);
+    }
+    if mv.at_least(57) {
+        v["user_data"] = json!(s.user_data);
+    }
     v["adminPass"] = json!(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
 }
@@ -555,6 +594,9 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
         "start_time": t(a.start_us),
         "message": a.message,
     });
+    if mv.at_least(58) {
+        v["updated_at"] = json!(t(a.updated_us));
+    }
     if with_events && (ctx.is_admin() || mv.at_least(51)) {
         let ev: Vec<Value> = a
             .events
@@ -603,18 +645,55 @@ async fn actions_list(
     ctx: Ctx,
     mv: Mv,
     Path(id): Path<String>,
-    Query(_q): Query<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     server_for_actions(&state, &ctx, &id, mv)?;
     let mut acts = state
         .store
         .list::<InstanceAction>(&StoreQuery::parent(&id))?;
     acts.sort_by_key(|a| std::cmp::Reverse(a.start_us));
+    if !mv.at_least(58) {
+        let list: Vec<Value> = acts
+            .iter()
+            .map(|a| render_action(a, false, &ctx, mv))
+            .collect();
+        return Ok(axum::Json(json!({"instanceActions": list})));
+    }
+    // 2.58: changes-since (on updated_at), limit and marker (a request id).
+    if let Some(t) = q.get("changes-since") {
+        let since = crate::timeutil::parse_iso(&t.replace(' ', "T")).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for query parameters changes-since. Value: {t}. It is not a date-time"
+            ))
+        })?;
+        acts.retain(|a| a.updated_us >= since);
+    }
+    let (limit, marker) = super::paging(&q)?;
+    if let Some(m) = &marker
+        && !acts.iter().any(|a| &a.request_id == m)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Marker {m} could not be found."),
+        ));
+    }
+    let acts = super::page(acts, limit, marker.as_deref(), |a| &a.request_id)?;
     let list: Vec<Value> = acts
         .iter()
         .map(|a| render_action(a, false, &ctx, mv))
         .collect();
-    Ok(axum::Json(json!({"instanceActions": list})))
+    let mut out = json!({ "instanceActions": list });
+    if let Some(l) = super::next_link(
+        &state,
+        &format!("servers/{id}/os-instance-actions"),
+        &q,
+        limit,
+        acts.last().map(|a| a.request_id.as_str()),
+        acts.len(),
+    ) {
+        out["links"] = l;
+    }
+    Ok(axum::Json(out))
 }
 
 async fn action_show(

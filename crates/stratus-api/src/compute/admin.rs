@@ -557,13 +557,39 @@ async fn external_events(
 /// truthfully empty.
 async fn migrations(
     ctx: Ctx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:os-migrations:index")?;
-    for key in ["limit", "changes-since", "changes-before"] {
-        if let Some(v) = q.get(key).filter(|v| v.is_empty()) {
+    // 2.59: paging and changes-since, and no other parameters.
+    if mv.at_least(59) {
+        const KNOWN: &[&str] = &[
+            "hidden",
+            "host",
+            "instance_uuid",
+            "source_compute",
+            "status",
+            "migration_type",
+            "limit",
+            "marker",
+            "changes-since",
+        ];
+        if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(ApiError::bad_request(format!(
-                "Invalid input for query parameters {key}. Value: {v}."
+                "Invalid input for query parameters {k}. Additional properties are not allowed ('{k}' was unexpected)"
+            )));
+        }
+        super::paging(&q)?;
+        if let Some(t) = q.get("changes-since")
+            && parse_iso(&t.replace(' ', "T")).is_none()
+        {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for query parameters changes-since. Value: {t}. It is not a date-time"
+            )));
+        }
+        if let Some(m) = q.get("marker") {
+            return Err(ApiError::bad_request(format!(
+                "Marker {m} could not be found."
             )));
         }
     }

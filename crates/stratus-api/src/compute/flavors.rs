@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/flavors", get(list).post(create))
         .route("/flavors/detail", get(list_detail))
-        .route("/flavors/{id}", get(show).delete(delete))
+        .route("/flavors/{id}", get(show).put(update).delete(delete))
         .route("/flavors/{id}/action", post(action))
         .route("/flavors/{id}/os-flavor-access", get(access_list))
         .route(
@@ -70,14 +70,18 @@ pub fn ensure_default_flavors(store: &Store) -> Result<(), ApiError> {
                 extra_specs: BTreeMap::new(),
                 projects: vec![],
                 created_us: now_us(),
+                description: None,
             })?;
         }
         Ok::<_, ApiError>(())
     })
 }
 
-pub(crate) fn render(state: &AppState, f: &Flavor, detail: bool, _mv: Mv) -> Value {
+pub(crate) fn render(state: &AppState, f: &Flavor, detail: bool, mv: Mv) -> Value {
     let mut v = json!({"id": f.id, "name": f.name, "links": links(state, "flavors", &f.id)});
+    if mv.at_least(55) {
+        v["description"] = json!(f.description);
+    }
     if detail {
         let o = v.as_object_mut().expect("object");
         o.insert("ram".into(), json!(f.ram));
@@ -383,7 +387,9 @@ async fn create(
             ))
         })?,
     };
+    let description = description_field(o, mv)?;
     let f = Flavor {
+        description,
         id,
         name,
         ram: ram as u64,
@@ -413,6 +419,66 @@ async fn create(
         }
         tx.insert(&f)?;
         Ok(())
+    })?;
+    Ok(axum::Json(json!({"flavor": render(&state, &f, true, mv)})).into_response())
+}
+
+/// `description` (2.55): null or up to 65535 characters; refused before.
+fn description_field(o: &Map<String, Value>, mv: Mv) -> Result<Option<String>, ApiError> {
+    match o.get("description") {
+        None => Ok(None),
+        Some(_) if !mv.at_least(55) => Err(ApiError::bad_request(
+            "Invalid input for field/attribute flavor. Additional properties are not allowed ('description' was unexpected)",
+        )),
+        Some(Value::Null) => Ok(None),
+        Some(Value::String(d)) if d.chars().count() <= 65535 => Ok(Some(d.clone())),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute description. Value: {v}. It must be a string of at most 65535 characters"
+        ))),
+    }
+}
+
+/// `PUT /flavors/{id}` (2.55): only the description changes.
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    if !mv.at_least(55) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The method specified is not allowed for this resource.",
+        ));
+    }
+    if !ctx.is_admin() {
+        return Err(policy_denied("os_compute_api:os-flavor-manage:update"));
+    }
+    let b = body(&raw)?;
+    let o = b.get("flavor").and_then(Value::as_object).ok_or_else(|| {
+        ApiError::bad_request(
+            "Invalid input for field/attribute flavor. 'flavor' is a required property",
+        )
+    })?;
+    if let Some(k) = o.keys().find(|k| k.as_str() != "description") {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute flavor. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    if !o.contains_key("description") {
+        return Err(ApiError::bad_request(
+            "Invalid input for field/attribute flavor. 'description' is a required property",
+        ));
+    }
+    let description = description_field(o, mv)?;
+    let f = state.store.write(|tx| {
+        let mut f = tx
+            .get::<Flavor>(&id)?
+            .ok_or_else(|| not_found("Flavor", &id))?;
+        f.description = description.clone();
+        tx.update(&f)?;
+        Ok::<_, ApiError>(f)
     })?;
     Ok(axum::Json(json!({"flavor": render(&state, &f, true, mv)})).into_response())
 }

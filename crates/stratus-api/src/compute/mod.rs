@@ -39,8 +39,8 @@ use crate::{ApiError, AppState};
 pub use flavors::ensure_default_flavors;
 pub use service::{Compute, ComputeConfig, Weigher};
 
-/// Highest microversion implemented: 2.53.
-pub const MAX_MINOR: u16 = 53;
+/// Highest microversion implemented: 2.60.
+pub const MAX_MINOR: u16 = 60;
 /// Lowest: 2.1.
 pub const MIN_MINOR: u16 = 1;
 

@@ -28,6 +28,9 @@ pub struct Flavor {
     #[serde(default)]
     pub projects: Vec<String>,
     pub created_us: i64,
+    /// Free text (2.55).
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 fn one() -> f64 {

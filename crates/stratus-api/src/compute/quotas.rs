@@ -81,11 +81,17 @@ const DEFAULTS: &[(&str, i64)] = &[
     ("security_group_rules", 20),
 ];
 
+/// Personality (file injection) quotas leave the API at 2.57.
+fn injected(k: &str) -> bool {
+    k.starts_with("injected_file")
+}
+
 /// The keys a quota set shows at `mv`.
 fn keys(mv: Mv) -> Vec<&'static str> {
     DEFAULTS
         .iter()
         .map(|(k, _)| *k)
+        .filter(|k| !(mv.at_least(57) && injected(k)))
         .filter(|k| {
             !mv.at_least(36)
                 || !matches!(
@@ -102,6 +108,7 @@ fn class_keys(mv: Mv) -> Vec<&'static str> {
     DEFAULTS
         .iter()
         .map(|(k, _)| *k)
+        .filter(|k| !(mv.at_least(57) && injected(k)))
         .filter(|k| {
             let network = matches!(
                 *k,
@@ -573,6 +580,10 @@ async fn limits(
     }
     if !mv.at_least(39) {
         o.insert("maxImageMeta".into(), json!(128));
+    }
+    if mv.at_least(57) {
+        o.remove("maxPersonality");
+        o.remove("maxPersonalitySize");
     }
     Ok(axum::Json(json!({"limits": {"rate": [], "absolute": abs}})))
 }

@@ -124,6 +124,58 @@ fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiErro
     })
 }
 
+/// The caller's key pair named by `key_name`: (name, public key), or
+/// (None, None) for none.
+pub(crate) fn key_pair(
+    state: &AppState,
+    ctx: &Ctx,
+    v: Option<&Value>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok((None, None)),
+        Some(Value::String(k)) => {
+            let kp = state
+                .store
+                .get::<Keypair>(&Keypair::key(ctx.user_id(), k))?
+                .ok_or_else(|| ApiError::bad_request("Invalid key_name provided."))?;
+            Ok((Some(kp.name), Some(kp.public_key)))
+        }
+        Some(v) => Err(bad_field(
+            "key_name",
+            format!("Value: {v}. It is not a string"),
+        )),
+    }
+}
+
+/// `user_data`: base64 of at most [`MAX_USER_DATA`] characters.
+pub(crate) fn user_data(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(u)) => {
+            if u.len() > MAX_USER_DATA {
+                return Err(bad_field(
+                    "user_data",
+                    format!(
+                        "The user data is {} bytes of base64; the most allowed is {MAX_USER_DATA}",
+                        u.len()
+                    ),
+                ));
+            }
+            if base64::engine::general_purpose::STANDARD.decode(u).is_err() {
+                return Err(bad_field(
+                    "user_data",
+                    "User data needs to be valid base 64.",
+                ));
+            }
+            Ok(Some(u.clone()))
+        }
+        Some(v) => Err(bad_field(
+            "user_data",
+            format!("Value: {v}. It is not a string"),
+        )),
+    }
+}
+
 /// Readers of the project read; members change.
 pub(crate) fn require_member(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
     if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("member") {
@@ -765,51 +817,14 @@ async fn create(
             )));
         }
     }
-    // key pair
-    let (key_name, key_data) = match o.get("key_name") {
-        None | Some(Value::Null) => (None, None),
-        Some(Value::String(k)) => {
-            let kp = state
-                .store
-                .get::<Keypair>(&Keypair::key(ctx.user_id(), k))?
-                .ok_or_else(|| ApiError::bad_request("Invalid key_name provided."))?;
-            (Some(kp.name), Some(kp.public_key))
-        }
-        Some(v) => {
-            return Err(bad_field(
-                "key_name",
-                format!("Value: {v}. It is not a string"),
-            ));
-        }
-    };
-    // user data
-    let user_data = match o.get("user_data") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) => {
-            if u.len() > MAX_USER_DATA {
-                return Err(bad_field(
-                    "user_data",
-                    format!(
-                        "The user data is {} bytes of base64; the most allowed is {MAX_USER_DATA}",
-                        u.len()
-                    ),
-                ));
-            }
-            if base64::engine::general_purpose::STANDARD.decode(u).is_err() {
-                return Err(bad_field(
-                    "user_data",
-                    "User data needs to be valid base 64.",
-                ));
-            }
-            Some(u.clone())
-        }
-        Some(v) => {
-            return Err(bad_field(
-                "user_data",
-                format!("Value: {v}. It is not a string"),
-            ));
-        }
-    };
+    let (key_name, key_data) = key_pair(&state, &ctx, o.get("key_name"))?;
+    let user_data = user_data(o.get("user_data"))?;
+    if o.contains_key("personality") && mv.at_least(57) {
+        return Err(bad_field(
+            "server",
+            "Additional properties are not allowed ('personality' was unexpected)",
+        ));
+    }
     let metadata = match o.get("metadata") {
         None => BTreeMap::new(),
         Some(v) => parse_metadata(v, "metadata")?,

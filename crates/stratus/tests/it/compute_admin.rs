@@ -560,6 +560,152 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         404
     );
 
+    // 2.55: flavor descriptions, set on create and by PUT.
+    let r = at(
+        &c,
+        "compute 2.55",
+        "POST",
+        "/flavors",
+        &c.admin,
+        Some(
+            json!({"flavor": {"name": "described", "ram": 64, "vcpus": 1, "disk": 1, "description": "small"}}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let fid = r.body["flavor"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["flavor"]["description"], "small");
+    let r = at(
+        &c,
+        "compute 2.55",
+        "PUT",
+        &format!("/flavors/{fid}"),
+        &c.admin,
+        Some(json!({"flavor": {"description": "tiny"}})),
+    );
+    assert_eq!(r.body["flavor"]["description"], "tiny", "{}", r.body);
+    assert_eq!(
+        at(
+            &c,
+            "compute 2.54",
+            "PUT",
+            &format!("/flavors/{fid}"),
+            &c.admin,
+            Some(json!({"flavor": {"description": "x"}}))
+        )
+        .status,
+        405
+    );
+    assert_eq!(at(&c, "compute 2.54", "POST", "/flavors", &c.admin, Some(json!({"flavor": {"name": "d2", "ram": 64, "vcpus": 1, "disk": 1, "description": "x"}}))).status, 400);
+    assert!(
+        at(
+            &c,
+            "compute 2.54",
+            "GET",
+            &format!("/flavors/{fid}"),
+            &tok,
+            None
+        )
+        .body["flavor"]
+            .get("description")
+            .is_none()
+    );
+    // 2.57: personality quotas and limits are gone.
+    let l = at(&c, "compute 2.57", "GET", "/limits", &tok, None);
+    assert!(
+        l.body["limits"]["absolute"].get("maxPersonality").is_none(),
+        "{}",
+        l.body
+    );
+    let q = at(
+        &c,
+        "compute 2.57",
+        "GET",
+        &format!("/os-quota-sets/{pid}"),
+        &c.admin,
+        None,
+    );
+    assert!(
+        q.body["quota_set"].get("injected_files").is_none(),
+        "{}",
+        q.body
+    );
+    // 2.58: instance actions page by request id, with updated_at.
+    let r = at(
+        &c,
+        "compute 2.58",
+        "GET",
+        &format!("/servers/{id}/os-instance-actions?limit=1"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["instanceActions"].as_array().unwrap().len(), 1);
+    assert!(
+        r.body["instanceActions"][0]["updated_at"].is_string(),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .contains("marker=req-"),
+        "{}",
+        r.body
+    );
+    // 2.54 / 2.57: rebuild may set the key pair and the user data.
+    let rb = |mv: &str, extra: serde_json::Value| {
+        let mut b = json!({"rebuild": {"imageRef": img}});
+        for (k, v) in extra.as_object().unwrap() {
+            b["rebuild"][k] = v.clone();
+        }
+        at(
+            &c,
+            mv,
+            "POST",
+            &format!("/servers/{id}/action"),
+            &tok,
+            Some(b),
+        )
+    };
+    assert_eq!(rb("compute 2.53", json!({"key_name": null})).status, 400);
+    assert_eq!(
+        rb("compute 2.56", json!({"user_data": "ZWNobyBoaQo="})).status,
+        400
+    );
+    assert_eq!(rb("compute 2.57", json!({"key_name": "nope"})).status, 400);
+    let r = rb(
+        "compute 2.57",
+        json!({"key_name": null, "user_data": "ZWNobyBoaQo="}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&tok, &id, "ACTIVE");
+    // 2.59: migrations take paging and nothing unknown.
+    assert_eq!(
+        at(
+            &c,
+            "compute 2.59",
+            "GET",
+            "/os-migrations?bogus=1",
+            &c.admin,
+            None
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        at(
+            &c,
+            "compute 2.59",
+            "GET",
+            "/os-migrations?limit=5",
+            &c.admin,
+            None
+        )
+        .body["migrations"],
+        json!([])
+    );
+
     // nova-network proxies are gone from 2.44.
     let r = at(
         &c,
