@@ -15,6 +15,10 @@
 //!                           bind-mounted read-only at /openstack
 //!   console.log             the workload's stdout and stderr
 //!   runc.log                the runtime's own log of the last run
+//!   rescue/                 only while rescued (see below):
+//!     rescue.json           written last: the rescue is whole
+//!     config.json rootfs/ upper/ work/ console.log runc.log
+//!                           the rescue container's bundle, as above
 //! runc/                     the runtime's --root: container state, so an
 //!                           agent restart finds its containers again
 //! ```
@@ -25,6 +29,19 @@
 //! A snapshot tars the overlay's merged view (the freezer holds a running
 //! workload still meanwhile) into an image tarball (`snapshot.rs`) at the
 //! path the agent names.
+//!
+//! Rescue (Nova's `rescue`): the instance's container is stopped and
+//! deleted, and a rescue container runs under the same id, from the
+//! rescue image (its own overlay, a throwaway "rescue disk"), with the
+//! same hostname, resources and config drive, and with the instance's own
+//! root (its overlay, mounted on the host) bind-mounted read-write at
+//! `/mnt/rescue`. While `rescue/rescue.json` exists, start, stop, state,
+//! console output and [`Driver::list`] are the rescue container's, so an
+//! agent restart finds the server rescued. A user-data script runs again
+//! in the rescue container (it has a fresh disk, as cloud-init in a Nova
+//! rescue image would). Unrescue removes the rescue container and its
+//! directory and runs the instance again on its root, with whatever was
+//! changed under `/mnt/rescue`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -79,6 +96,17 @@ struct Record {
     memory_mb: u64,
     disk_gb: u64,
 }
+
+/// `instances/<uuid>/rescue/rescue.json`: the rescue image and how the
+/// rescue container's root is made.
+#[derive(Debug, Serialize, Deserialize)]
+struct RescueRecord {
+    image_id: String,
+    root: RootKind,
+}
+
+/// Where the instance's own root appears inside a rescue container.
+const RESCUE_MOUNT: &str = "/mnt/rescue";
 
 /// OCI containers under runc (or crun). See the module docs for the layout.
 pub struct ContainerDriver {
@@ -456,8 +484,121 @@ impl ContainerDriver {
             &self.image_dir(&rec.image_id).join("rootfs"),
             rec.root,
         )?;
-        self.runc
-            .run_detached(uuid, &dir, &dir.join("console.log"), &dir.join("runc.log"))
+        // Rescued: the rescue container runs, the root above is its
+        // /mnt/rescue.
+        let bundle = match self.rescue_record(uuid)? {
+            Some(r) => {
+                let rdir = dir.join("rescue");
+                self.mount_root(&rdir, &self.image_dir(&r.image_id).join("rootfs"), r.root)?;
+                rdir
+            }
+            None => dir,
+        };
+        self.runc.run_detached(
+            uuid,
+            &bundle,
+            &bundle.join("console.log"),
+            &bundle.join("runc.log"),
+        )
+    }
+
+    /// The rescue record, when the instance is rescued.
+    fn rescue_record(&self, uuid: &str) -> Result<Option<RescueRecord>, DriverError> {
+        let path = self.instance_dir(uuid).join("rescue/rescue.json");
+        match fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| rt(format!("instance {uuid}: corrupt rescue.json: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops the container (however it is run now) and forgets it in the
+    /// runtime, so another bundle can run under the same id.
+    fn remove_container(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError> {
+        self.stop_locked(uuid, timeout)?;
+        if self.status(uuid)?.is_some() {
+            match self
+                .runc
+                .call(&["delete", "--force", uuid], runc::CALL_TIMEOUT)
+            {
+                Ok(_) | Err(DriverError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a rescue directory: its record first (from then on the
+    /// instance is not rescued), then its mount and files.
+    fn remove_rescue_dir(&self, dir: &Path) -> Result<(), DriverError> {
+        let rdir = dir.join("rescue");
+        if !rdir.exists() {
+            return Ok(());
+        }
+        match fs::remove_file(rdir.join("rescue.json")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.unmount_root(&rdir)?;
+        fs::remove_dir_all(&rdir)?;
+        Ok(())
+    }
+
+    /// Writes the rescue bundle for `spec` (the rescue image) in
+    /// `dir/rescue`, its record last.
+    fn build_rescue(
+        &self,
+        spec: &InstanceSpec,
+        rec: &Record,
+        dir: &Path,
+    ) -> Result<(), DriverError> {
+        let (lower, image) = self.ensure_image(spec)?;
+        // The instance's own root, to be bind-mounted.
+        self.mount_root(dir, &self.image_dir(&rec.image_id).join("rootfs"), rec.root)?;
+        let rdir = dir.join("rescue");
+        for d in ["upper", "work", "rootfs"] {
+            fs::create_dir_all(rdir.join(d))?;
+        }
+        let args = self.process_args(spec, &image, &lower)?;
+        let (uid, gid) = spec::resolve_user(&lower, &image.user)?;
+        let v2 = cgroup_v2();
+        let bundle = spec::Bundle {
+            openstack_dir: &dir.join("openstack"),
+            args,
+            uid,
+            gid,
+            cgroup_ns: Path::new("/proc/self/ns/cgroup").exists(),
+            swap_limit: v2
+                || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+        };
+        let mut config = spec::config(spec, &image, &bundle);
+        if let Some(m) = config["mounts"].as_array_mut() {
+            m.push(serde_json::json!({
+                "destination": RESCUE_MOUNT,
+                "type": "bind",
+                "source": dir.join("rootfs"),
+                "options": ["rbind", "rw"],
+            }));
+        }
+        fs::write(
+            rdir.join("config.json"),
+            serde_json::to_vec_pretty(&config).map_err(|e| rt(e.to_string()))?,
+        )?;
+        let root = self.mount_root(&rdir, &lower, RootKind::Overlay)?;
+        let r = RescueRecord {
+            image_id: spec.image_id.clone(),
+            root,
+        };
+        let tmp = rdir.join("rescue.json.tmp");
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&r).map_err(|e| rt(e.to_string()))?,
+        )?;
+        fs::rename(&tmp, rdir.join("rescue.json"))?;
+        Ok(())
     }
 
     /// Poll until the container is no longer running, up to `timeout`.
@@ -652,6 +793,7 @@ impl Driver for ContainerDriver {
         let dir = self.instance_dir(uuid);
         if dir.exists() {
             // Never remove a directory something is still mounted on.
+            self.remove_rescue_dir(&dir)?;
             self.unmount_root(&dir)?;
             fs::remove_dir_all(&dir)?;
         }
@@ -739,6 +881,61 @@ impl Driver for ContainerDriver {
         Ok(())
     }
 
+    fn rescue(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let uuid = spec.uuid.as_str();
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = self.record(uuid)?;
+        if self.rescue_record(uuid)?.is_some() {
+            // A retried rescue: make sure the rescue container runs.
+            return self.start_locked(uuid);
+        }
+        let was_running = matches!(
+            self.status(uuid)?,
+            Some(Status::Running | Status::Paused | Status::Created)
+        );
+        let dir = self.instance_dir(uuid);
+        self.remove_container(uuid, self.reboot_timeout)?;
+        // A rescue a crash left half-built.
+        self.remove_rescue_dir(&dir)?;
+        let t = Instant::now();
+        let result = self
+            .build_rescue(spec, &rec, &dir)
+            .and_then(|()| self.start_locked(uuid));
+        if let Err(e) = result {
+            let _ = self
+                .runc
+                .call(&["delete", "--force", uuid], runc::CALL_TIMEOUT);
+            if let Ok(log) = fs::read_to_string(dir.join("rescue/console.log")) {
+                tracing::warn!(instance = uuid, console = %log.trim(), "rescue failed");
+            }
+            // Back to how it was.
+            if let Err(e) = self.remove_rescue_dir(&dir) {
+                tracing::warn!(instance = uuid, error = %e, "could not remove the failed rescue");
+            } else if was_running && let Err(e) = self.start_locked(uuid) {
+                tracing::warn!(instance = uuid, error = %e, "could not start again after a failed rescue");
+            }
+            return Err(e);
+        }
+        tracing::info!(instance = uuid, rescue_image = %spec.image_id,
+            elapsed_ms = t.elapsed().as_millis() as u64, "rescue container running");
+        Ok(())
+    }
+
+    fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        let dir = self.instance_dir(uuid);
+        if dir.join("rescue").exists() {
+            // The rescue disk is thrown away: no need to wait for a clean
+            // shutdown of the rescue workload.
+            self.remove_container(uuid, Duration::ZERO)?;
+            self.remove_rescue_dir(&dir)?;
+        }
+        self.start_locked(uuid)
+    }
+
     /// Read from the instance's cgroup (`cgroupsPath` /stratus/<uuid>).
     fn diagnostics(&self, uuid: &str) -> Result<Vec<(String, u64)>, DriverError> {
         self.record(uuid)?;
@@ -781,7 +978,11 @@ impl Driver for ContainerDriver {
 
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError> {
         self.record(uuid)?;
-        let mut f = match fs::File::open(self.instance_dir(uuid).join("console.log")) {
+        let mut dir = self.instance_dir(uuid);
+        if self.rescue_record(uuid)?.is_some() {
+            dir.push("rescue");
+        }
+        let mut f = match fs::File::open(dir.join("console.log")) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
             Err(e) => return Err(e.into()),

@@ -96,6 +96,15 @@ impl Driver for FakeDriver {
         )
     }
 
+    /// Rescue and unrescue only make sure the instance runs.
+    fn rescue(&self, rescue: &InstanceSpec) -> Result<(), DriverError> {
+        self.reboot(&rescue.uuid, true)
+    }
+
+    fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {
+        self.reboot(uuid, true)
+    }
+
     fn pause(&self, uuid: &str) -> Result<(), DriverError> {
         self.set(uuid, &[PowerState::Running], PowerState::Paused)
     }

@@ -148,6 +148,28 @@ pub trait Driver: Send + Sync {
     /// A running instance is paused while its files are read (Nova
     /// quiesces a guest for the same reason) and resumed afterwards.
     fn snapshot(&self, uuid: &str, dest: &Path) -> Result<(), DriverError>;
+    /// Nova's rescue: stop the instance and run `rescue` (the same
+    /// instance id, hostname and config drive, another image) with the
+    /// instance's own root file system mounted read-write at
+    /// `/mnt/rescue`. Until [`Driver::unrescue`], power actions, state and
+    /// console output are the rescue workload's, and it is what a
+    /// restarted agent finds again. Harmless when already rescued.
+    fn rescue(&self, rescue: &InstanceSpec) -> Result<(), DriverError> {
+        Err(DriverError::Runtime(format!(
+            "the {} driver cannot rescue instance {}",
+            self.name(),
+            rescue.uuid
+        )))
+    }
+    /// Ends a rescue: the rescue workload and its disk go, and the
+    /// instance starts again with whatever was changed under
+    /// `/mnt/rescue`. Starts the instance when it is not rescued.
+    fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {
+        Err(DriverError::Runtime(format!(
+            "the {} driver cannot unrescue instance {uuid}",
+            self.name()
+        )))
+    }
     /// Resource use of the instance as Nova's pre-2.48 diagnostics name
     /// it (`cpu0_time` in ns, `memory*` in KiB); empty where the driver
     /// has nothing to measure.

@@ -326,14 +326,23 @@ fn flush_reports(sh: &Shared) {
 
 /// After a restart: servers that should run are started again (Nova's
 /// `resume_guests_state_on_host_boot`); running ones are simply adopted.
+/// A rescued server's workload is its rescue container (the driver knows
+/// it is rescued), started again the same way.
 fn resume_guests(sh: &Shared, servers: &[Value]) {
     for s in servers {
-        if s["task_state"].is_string() || s["vm_state"] != "active" {
+        let rescued = s["vm_state"] == "rescued";
+        if s["task_state"].is_string() || !(s["vm_state"] == "active" || rescued) {
             continue;
         }
         let id = s["id"].as_str().unwrap_or("").to_string();
         match sh.driver.power_state(&id) {
             PowerState::Running => tracing::info!(server = %id, "adopted running workload"),
+            PowerState::NoState if rescued => {
+                tracing::info!(server = %id, "rescued workload missing after restart; rescuing it again");
+                if let Err(e) = spawn(sh, s).and_then(|()| rescue(sh, s)) {
+                    tracing::warn!(server = %id, error = %format!("{e:#}"), "could not rescue again");
+                }
+            }
             PowerState::NoState => {
                 tracing::info!(server = %id, "workload missing after restart; spawning it again");
                 if let Err(e) = spawn(sh, s) {
@@ -376,6 +385,8 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             "pausing" | "suspending" => d.pause(&id)?,
             "unpausing" | "resuming" => d.unpause(&id)?,
             "deleting" => d.destroy(&id)?,
+            "rescuing" => rescue(sh, s)?,
+            "unrescuing" => d.unrescue(&id)?,
             // A restarted agent may find a snapshot at a later step: it
             // starts over.
             "image_snapshot" | "image_backup" | "image_pending_upload" | "image_uploading" => {
@@ -485,10 +496,46 @@ fn upload(sh: &Shared, image_id: &str, file: &Path) -> anyhow::Result<()> {
 
 /// Fetches the image (once per node) and starts the workload.
 fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
+    let spec = instance_spec(
+        sh,
+        s,
+        s["image_id"].as_str().unwrap_or(""),
+        s["container_format"].as_str().unwrap_or(""),
+        s["image_checksum"].as_str(),
+    )?;
+    sh.driver.spawn(&spec)?;
+    Ok(())
+}
+
+/// Runs the server from its rescue image (the controller names it in
+/// `rescue`), with its own root at `/mnt/rescue`.
+fn rescue(sh: &Shared, s: &Value) -> anyhow::Result<()> {
+    let r = &s["rescue"];
+    let image_id = r["image_id"]
+        .as_str()
+        .context("the controller named no rescue image")?;
+    let spec = instance_spec(
+        sh,
+        s,
+        image_id,
+        r["container_format"].as_str().unwrap_or(""),
+        r["image_checksum"].as_str(),
+    )?;
+    sh.driver.rescue(&spec)?;
+    Ok(())
+}
+
+/// What the driver needs to run the server `s` from `image_id`, with the
+/// image fetched.
+fn instance_spec(
+    sh: &Shared,
+    s: &Value,
+    image_id: &str,
+    container_format: &str,
+    checksum: Option<&str>,
+) -> anyhow::Result<InstanceSpec> {
     let id = s["id"].as_str().unwrap_or("");
-    let image_id = s["image_id"].as_str().unwrap_or("");
-    let container_format = s["container_format"].as_str().unwrap_or("").to_string();
-    if sh.driver.name() != "fake" && !matches!(container_format.as_str(), "docker" | "oci") {
+    if sh.driver.name() != "fake" && !matches!(container_format, "docker" | "oci") {
         anyhow::bail!(
             "the {} driver runs container images (container_format docker or oci); image {image_id} is {container_format}",
             sh.driver.name()
@@ -497,7 +544,7 @@ fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
     let image_file = if sh.driver.name() == "fake" {
         PathBuf::new()
     } else {
-        fetch_image(sh, image_id, s["image_checksum"].as_str())?
+        fetch_image(sh, image_id, checksum)?
     };
     let user_data = match s["user_data"].as_str() {
         Some(u) => Some(
@@ -507,20 +554,18 @@ fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let spec = InstanceSpec {
+    Ok(InstanceSpec {
         uuid: id.to_string(),
         hostname: s["hostname"].as_str().unwrap_or("server").to_string(),
         image_id: image_id.to_string(),
         image_file,
-        container_format,
+        container_format: container_format.to_string(),
         vcpus: s["vcpus"].as_u64().unwrap_or(1) as u32,
         memory_mb: s["memory_mb"].as_u64().unwrap_or(512),
         disk_gb: s["disk_gb"].as_u64().unwrap_or(0),
         user_data,
         meta_data_json: serde_json::to_vec(&s["meta_data"]).unwrap_or_default(),
-    };
-    sh.driver.spawn(&spec)?;
-    Ok(())
+    })
 }
 
 /// Downloads an image's data into the node's cache (`images/<id>.data`),

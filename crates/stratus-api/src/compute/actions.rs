@@ -326,6 +326,8 @@ async fn action(
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => console_output(&state, &s, arg).await,
+        "rescue" => super::rescue::rescue(&state, &ctx, &s, arg, rid),
+        "unrescue" => super::rescue::unrescue(&state, &ctx, &s, rid),
         "createImage" => super::snapshots::create_image(&state, &ctx, mv, &id, arg, rid),
         "createBackup" => super::snapshots::create_backup(&state, &ctx, mv, &id, arg, rid),
         other => Err(ApiError::bad_request(format!(

@@ -19,6 +19,7 @@ mod keypairs;
 pub mod model;
 pub mod nodes;
 mod quotas;
+mod rescue;
 pub mod scheduler;
 mod servers;
 pub mod service;

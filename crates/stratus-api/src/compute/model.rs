@@ -181,6 +181,9 @@ pub struct Server {
     /// The snapshot or backup in progress (task_state `image_*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotJob>,
+    /// The image a rescue runs (from `rescue` until `unrescue` is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue_image: Option<String>,
 }
 
 /// A `createImage` or `createBackup` in progress: the image the node

@@ -177,6 +177,17 @@ pub struct Assignment {
     /// The image a snapshot task (`image_*`) uploads to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_image_id: Option<String>,
+    /// The image a rescue (`rescuing`, `rescued`) runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueImage>,
+}
+
+/// The rescue image of an [`Assignment`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RescueImage {
+    pub image_id: String,
+    pub container_format: String,
+    pub image_checksum: Option<String>,
 }
 
 async fn assigned(

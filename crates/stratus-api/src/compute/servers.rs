@@ -1110,6 +1110,7 @@ async fn create(
                 tried_hosts: vec![],
                 generation: 1,
                 snapshot: None,
+                rescue_image: None,
             };
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stratus_store::{Query as StoreQuery, Tx};
 
 use super::model::{ActionEvent, ComputeNode, Fault, InstanceAction, Server, ServerGroup};
-use super::nodes::{Assignment, NodeReport, TaskReport};
+use super::nodes::{Assignment, NodeReport, RescueImage, TaskReport};
 use super::states::{power, task, vm};
 use crate::image::model::Image;
 use crate::placement::Inventory;
@@ -369,6 +369,20 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         "keys": key_list,
         "devices": [],
     });
+    let rescue = match &s.rescue_image {
+        Some(r) => {
+            let ri = state.store.get::<Image>(r)?;
+            Some(RescueImage {
+                image_id: r.clone(),
+                container_format: ri
+                    .as_ref()
+                    .and_then(|i| i.container_format.clone())
+                    .unwrap_or_default(),
+                image_checksum: ri.and_then(|i| i.os_hash_value),
+            })
+        }
+        None => None,
+    };
     Ok(Assignment {
         id: s.id.clone(),
         name: s.name.clone(),
@@ -392,6 +406,7 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         user_data: s.user_data.clone(),
         meta_data: meta,
         snapshot_image_id: s.snapshot.as_ref().map(|j| j.image_id.clone()),
+        rescue,
     })
 }
 
@@ -513,6 +528,8 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
                 task::SPAWNING | task::POWERING_ON | task::REBOOTING | task::REBOOTING_HARD
                 | task::UNPAUSING | task::RESUMING => vm::ACTIVE.into(),
                 task::POWERING_OFF => vm::STOPPED.into(),
+                task::RESCUING => vm::RESCUED.into(),
+                task::UNRESCUING => vm::ACTIVE.into(),
                 task::PAUSING => vm::PAUSED.into(),
                 task::SUSPENDING => vm::SUSPENDED.into(),
                 task::REBUILDING => {
@@ -527,14 +544,28 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             if task_name == task::SPAWNING {
                 cur.launched_us = Some(now);
             }
+            if task_name == task::UNRESCUING {
+                cur.rescue_image = None;
+            }
             cur.fault = None;
         } else {
             tracing::warn!(server = %cur.id, task = %task_name, message = ?r.message, "task failed on the node");
-            if task_name == task::REBUILDING {
+            // A failed rescue leaves the server in ERROR, as in Nova (the
+            // node has put the original workload back).
+            if task_name == task::RESCUING {
+                cur.rescue_image = None;
+            }
+            if task_name == task::REBUILDING || task_name == task::RESCUING {
                 cur.vm_state = vm::ERROR.into();
                 cur.fault = Some(Fault {
                     code: 500,
-                    message: r.message.clone().unwrap_or_else(|| "rebuild failed".into()),
+                    message: r
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| {
+                            let what = if task_name == task::RESCUING { "rescue" } else { "rebuild" };
+                            format!("{what} failed")
+                        }),
                     details: String::new(),
                     created_us: now,
                 });

@@ -8,6 +8,8 @@ pub mod vm {
     pub const SUSPENDED: &str = "suspended";
     pub const STOPPED: &str = "stopped";
     pub const ERROR: &str = "error";
+    /// Running its rescue image (`rescue`), until `unrescue`.
+    pub const RESCUED: &str = "rescued";
     pub const DELETED: &str = "deleted";
 }
 
@@ -24,6 +26,8 @@ pub mod task {
     pub const RESUMING: &str = "resuming";
     pub const REBUILDING: &str = "rebuilding";
     pub const DELETING: &str = "deleting";
+    pub const RESCUING: &str = "rescuing";
+    pub const UNRESCUING: &str = "unrescuing";
     /// `createImage` asked; the node has not written the snapshot yet.
     pub const IMAGE_SNAPSHOT: &str = "image_snapshot";
     /// `createBackup` asked; as `IMAGE_SNAPSHOT`, then rotation.
@@ -71,6 +75,7 @@ pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
         },
         vm::PAUSED => "PAUSED",
         vm::SUSPENDED => "SUSPENDED",
+        vm::RESCUED => "RESCUE",
         vm::ERROR => match task_state {
             Some(task::REBUILDING) => "REBUILD",
             _ => "ERROR",
@@ -89,6 +94,7 @@ pub fn vm_states_for(status: &str) -> Option<&'static [&'static str]> {
         "SHUTOFF" => &[vm::STOPPED],
         "PAUSED" => &[vm::PAUSED],
         "SUSPENDED" => &[vm::SUSPENDED],
+        "RESCUE" => &[vm::RESCUED],
         "ERROR" => &[vm::ERROR],
         "DELETED" => &[vm::DELETED],
         "REBUILD" => &[vm::ACTIVE, vm::STOPPED, vm::ERROR],
@@ -107,6 +113,10 @@ mod tests {
         assert_eq!(status("building", Some("scheduling")), "BUILD");
         assert_eq!(status("stopped", None), "SHUTOFF");
         assert_eq!(status("error", None), "ERROR");
+        assert_eq!(status("rescued", None), "RESCUE");
+        assert_eq!(status("rescued", Some("unrescuing")), "RESCUE");
+        assert_eq!(status("active", Some("rescuing")), "ACTIVE");
+        assert_eq!(vm_states_for("rescue"), Some(&["rescued"][..]));
         assert_eq!(vm_states_for("shutoff"), Some(&["stopped"][..]));
         assert_eq!(vm_states_for("nonsense"), None);
     }

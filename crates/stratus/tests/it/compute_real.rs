@@ -450,3 +450,152 @@ fn compute_real_snapshot_boots_with_the_first_servers_files() {
         c.wait_gone(&member, s);
     }
 }
+
+#[test]
+fn compute_real_rescue_mounts_the_servers_disk_and_unrescue_keeps_changes() {
+    let mut c = cloud(&[]);
+    let img = image_id(&c, "busybox");
+    let (pid, member) = c.project("resc");
+    let (_, stranger) = c.project("elsewhere");
+    c.ks.user(&c.admin, "resc-reader", "pw-12345", Some((&pid, "reader")));
+    let reader = c.ks.token("resc-reader", "pw-12345", Some("resc"));
+    // The server's first boot writes a marker; the same user data in the
+    // rescue container (a fresh disk) reads it under /mnt/rescue and
+    // leaves a file there.
+    let ud = base64::engine::general_purpose::STANDARD.encode(
+        "#!/bin/sh\n\
+         if [ -d /mnt/rescue/data ]; then\n\
+           echo RESCUE-SEES $(cat /mnt/rescue/data/marker) ON $(hostname)\n\
+           echo fixed-in-rescue > /mnt/rescue/data/fixed\n\
+         else\n\
+           mkdir -p /data && echo MARKER-7 > /data/marker && echo FIRST-BOOT\n\
+         fi\n",
+    );
+    let r = c.boot(&member, "patient", &img, "1", json!({"user_data": ud}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&member, &id, "ACTIVE");
+    console_until(&c, &member, &id, "FIRST-BOOT");
+    let act = |c: &Cloud, token: &str, body: Value| {
+        c.req("POST", &format!("/servers/{id}/action"), token, Some(body))
+    };
+
+    // Wrong state, other projects, readers, bad bodies, bad images.
+    let r = act(&c, &member, json!({"unrescue": null}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = act(&c, &stranger, json!({"rescue": null}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = act(&c, &reader, json!({"rescue": null}));
+    assert_eq!(r.status, 403, "{}", r.body);
+    for bad in [
+        json!({"rescue": "x"}),
+        json!({"rescue": {"bogus": 1}}),
+        json!({"rescue": {"adminPass": 5}}),
+        json!({"rescue": {"rescue_image_ref": "not-a-uuid"}}),
+        json!({"rescue": {"rescue_image_ref": "0b6e3a4e-5c1e-4d53-9d3f-1f2b3c4d5e6f"}}),
+        json!({"rescue": {"rescue_image_ref": image_id(&c, "busybox-vm")}}),
+    ] {
+        let r = act(&c, &member, bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let r = act(&c, &c.admin, json!({"lock": null}));
+    assert_eq!(r.status, 202);
+    let r = act(&c, &member, json!({"rescue": null}));
+    assert_eq!(r.status, 409, "locked: {}", r.body);
+    act(&c, &c.admin, json!({"unlock": null}));
+
+    // Rescue: the admin password comes back; RESCUE, running; the console
+    // is the rescue container's, which sees the server's disk.
+    let r = act(&c, &member, json!({"rescue": {"adminPass": "s3cret-pw"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["adminPass"], "s3cret-pw");
+    c.wait(&member, &id, "RESCUE");
+    let s = settled(&c, &member, &id);
+    assert_eq!(s["status"], "RESCUE", "{s}");
+    assert_eq!(s["OS-EXT-STS:vm_state"], "rescued", "{s}");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    let out = console_until(&c, &member, &id, "RESCUE-SEES MARKER-7 ON patient");
+    assert!(!out.contains("FIRST-BOOT"), "rescue console only: {out}");
+    let r = act(&c, &member, json!({"rescue": null}));
+    assert_eq!(r.status, 409, "already rescued: {}", r.body);
+    let r = act(&c, &member, json!({"os-stop": null}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let acts = c.req(
+        "GET",
+        &format!("/servers/{id}/os-instance-actions"),
+        &member,
+        None,
+    );
+    assert!(
+        acts.body["instanceActions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "rescue"),
+        "{}",
+        acts.body
+    );
+
+    // An agent restart keeps the rescue.
+    c.server.stop("-KILL");
+    c.server.restart_after_stop();
+    c.admin = c.ks.token("admin", &c.server.admin_password, Some("admin"));
+    let member = c.ks.token("resc-user", "pw-12345", Some("resc"));
+    c.wait_nodes(1);
+    std::thread::sleep(Duration::from_secs(2));
+    let s = settled(&c, &member, &id);
+    assert_eq!(s["status"], "RESCUE", "{s}");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    console_until(&c, &member, &id, "RESCUE-SEES MARKER-7");
+
+    // Unrescue: ACTIVE again on the server's own disk, with the marker
+    // and what the rescue wrote; the rescue container and disk are gone.
+    let r = act(&c, &member, json!({"unrescue": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&member, &id, "ACTIVE");
+    let s = settled(&c, &member, &id);
+    assert_eq!(s["status"], "ACTIVE", "{s}");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = console(&c, &member, &id);
+        if out.matches("STRATUS-TEST-IMAGE OK").count() >= 2 || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(out.contains("FIRST-BOOT"), "{out}");
+    assert!(!out.contains("RESCUE-SEES"), "{out}");
+    assert!(
+        out.matches("STRATUS-TEST-IMAGE OK").count() >= 2,
+        "started again: {out}"
+    );
+    let inst = c.server.data_dir().join("agent/instances").join(&id);
+    let disk = inst.join("rootfs/data");
+    assert_eq!(
+        std::fs::read_to_string(disk.join("marker")).unwrap().trim(),
+        "MARKER-7"
+    );
+    assert_eq!(
+        std::fs::read_to_string(disk.join("fixed")).unwrap().trim(),
+        "fixed-in-rescue"
+    );
+    assert!(!inst.join("rescue").exists());
+    let r = act(&c, &member, json!({"unrescue": null}));
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // From SHUTOFF, with the image named; a rescued server deletes.
+    assert_eq!(act(&c, &member, json!({"os-stop": null})).status, 202);
+    c.wait(&member, &id, "SHUTOFF");
+    let r = act(&c, &member, json!({"rescue": {"rescue_image_ref": img}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["adminPass"].as_str().map(str::len), Some(12));
+    c.wait(&member, &id, "RESCUE");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &member, None)
+            .status,
+        204
+    );
+    c.wait_gone(&member, &id);
+    assert!(!inst.exists(), "instance directory removed");
+}

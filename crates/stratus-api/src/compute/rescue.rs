@@ -1,0 +1,224 @@
+//! Server rescue and unrescue (`rescue`, `unrescue` actions), as Nova
+//! does them.
+//!
+//! `rescue` (from ACTIVE, STOPPED or ERROR, no task running, not locked)
+//! records the rescue image (`rescue_image_ref`, default the server's own
+//! image, as Nova's), puts the server into task `rescuing` and answers
+//! 200 with the admin password (the one given, or a generated one). The
+//! node agent rescues the workload and reports: vm_state `rescued`
+//! (status RESCUE), running. A failed rescue leaves the server in ERROR
+//! with a fault, as in Nova. `unrescue` (from RESCUED only) is task
+//! `unrescuing`, then ACTIVE.
+//!
+//! What it means for a container server (the container driver, see
+//! `stratus-agent`'s `container.rs`): the server's container is stopped;
+//! a rescue container runs under the same id from the rescue image, on a
+//! throwaway disk of its own, with the same hostname, flavor and config
+//! drive (metadata and user data: a user-data script runs again on the
+//! fresh rescue disk, as cloud-init would in a Nova rescue image), and
+//! with the server's own root file system mounted read-write at
+//! `/mnt/rescue`. Console output during the rescue is the rescue
+//! container's. Unrescue removes the rescue container and its disk and
+//! starts the server's own container again, with whatever was changed
+//! under `/mnt/rescue` kept. The node keeps the rescue on its disk, so an
+//! agent that restarts finds (or starts again) the rescue container.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::actions::wrong_state;
+use super::model::{ComputeNode, Server};
+use super::servers::{bad_field, check_locked, fetch_tx, record_action};
+use super::states::{task, vm};
+use crate::identity::policy::Ctx;
+use crate::image::model::Image;
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+/// The vm_states a server can be rescued from (Nova's
+/// `check_instance_state` on `rescue`).
+const FROM: &[&str] = &[vm::ACTIVE, vm::STOPPED, vm::ERROR];
+
+/// What a `rescue` body asks for.
+#[derive(Debug, PartialEq)]
+struct Request {
+    admin_pass: Option<String>,
+    image: Option<String>,
+}
+
+fn parse(arg: &Value) -> Result<Request, ApiError> {
+    let o = match arg {
+        Value::Null => {
+            return Ok(Request {
+                admin_pass: None,
+                image: None,
+            });
+        }
+        Value::Object(o) => o,
+        v => {
+            return Err(bad_field(
+                "rescue",
+                format!("Value: {v}. {v} is not of type 'object', 'null'"),
+            ));
+        }
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["adminPass", "rescue_image_ref"].contains(&k.as_str()))
+    {
+        return Err(bad_field(
+            "rescue",
+            format!("Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    let admin_pass = match o.get("adminPass") {
+        None => None,
+        Some(Value::String(p)) => Some(p.clone()),
+        Some(v) => {
+            return Err(bad_field(
+                "adminPass",
+                format!("Value: {v}. {v} is not of type 'string'"),
+            ));
+        }
+    };
+    let image = match o.get("rescue_image_ref") {
+        None => None,
+        Some(Value::String(r)) if uuid::Uuid::parse_str(r).is_ok() => Some(r.clone()),
+        Some(v) => {
+            return Err(bad_field(
+                "rescue_image_ref",
+                format!("Value: {v}. {v} is not a 'uuid'"),
+            ));
+        }
+    };
+    Ok(Request { admin_pass, image })
+}
+
+/// `rescue`: answers 200 with the admin password.
+pub(super) fn rescue(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let req = parse(arg)?;
+    let image = match &req.image {
+        None => s.image_ref.clone(),
+        Some(i) => {
+            check_image(state, ctx, s, i)?;
+            i.clone()
+        }
+    };
+    if image.is_empty() {
+        // Booted from a volume: Nova's stable rescue needs an image.
+        return Err(ApiError::bad_request(format!(
+            "Instance {} cannot be rescued: it has no image to rescue with.",
+            s.id
+        )));
+    }
+    let s = state.store.write(|tx| {
+        let mut s = fetch_tx(tx, ctx, &s.id)?;
+        check_locked(ctx, &s)?;
+        if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
+            return Err(wrong_state("rescue", &s));
+        }
+        s.rescue_image = Some(image.clone());
+        s.task_state = Some(task::RESCUING.into());
+        s.generation += 1;
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        record_action(tx, &s, "rescue", ctx, rid)?;
+        Ok(s)
+    })?;
+    state.compute.notify(s.host.as_deref());
+    let pass = req
+        .admin_pass
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+    Ok((StatusCode::OK, axum::Json(json!({"adminPass": pass}))).into_response())
+}
+
+/// A rescue image must be visible to the caller, active, and runnable
+/// on the server's node (a container node runs docker and OCI images).
+fn check_image(state: &AppState, ctx: &Ctx, s: &Server, id: &str) -> Result<(), ApiError> {
+    let img = match state.store.get::<Image>(id)? {
+        Some(i) if crate::image::visible(state, ctx, &i)? => i,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Image {id} could not be found."
+            )));
+        }
+    };
+    if img.status != "active" {
+        return Err(ApiError::bad_request(format!("Image {id} is not active.")));
+    }
+    let driver = match s.host.as_deref() {
+        Some(h) => state.store.get::<ComputeNode>(h)?.map(|n| n.driver),
+        None => None,
+    };
+    let format = img.container_format.as_deref().unwrap_or("");
+    if driver.as_deref() == Some("container") && !matches!(format, "docker" | "oci") {
+        return Err(ApiError::bad_request(format!(
+            "Image {id} is not bootable here: the server's node runs container images (container_format docker or oci), not {format}."
+        )));
+    }
+    Ok(())
+}
+
+/// `unrescue`: 202; the node puts the server's own workload back.
+pub(super) fn unrescue(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let s = state.store.write(|tx| {
+        let mut s = fetch_tx(tx, ctx, &s.id)?;
+        check_locked(ctx, &s)?;
+        if s.task_state.is_some() || s.vm_state != vm::RESCUED || s.host.is_none() {
+            return Err(wrong_state("unrescue", &s));
+        }
+        s.task_state = Some(task::UNRESCUING.into());
+        s.generation += 1;
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        record_action(tx, &s, "unrescue", ctx, rid)?;
+        Ok(s)
+    })?;
+    state.compute.notify(s.host.as_deref());
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        let none = Request {
+            admin_pass: None,
+            image: None,
+        };
+        assert_eq!(parse(&Value::Null).unwrap(), none);
+        assert_eq!(parse(&json!({})).unwrap(), none);
+        let id = "0b6e3a4e-5c1e-4d53-9d3f-1f2b3c4d5e6f";
+        assert_eq!(
+            parse(&json!({"adminPass": "pw", "rescue_image_ref": id})).unwrap(),
+            Request {
+                admin_pass: Some("pw".into()),
+                image: Some(id.into())
+            }
+        );
+        for bad in [
+            json!("x"),
+            json!([]),
+            json!({"bogus": 1}),
+            json!({"adminPass": 1}),
+            json!({"rescue_image_ref": "not-a-uuid"}),
+            json!({"rescue_image_ref": 5}),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad}");
+        }
+    }
+}
