@@ -395,6 +395,7 @@ async fn rebuild(
         }
         Some(v) => Some(super::servers::user_data(Some(v))?),
     };
+    super::servers::trusted_certs(arg.get("trusted_image_certificates"), mv, "rebuild")?;
     if arg.get("personality").is_some() && mv.at_least(57) {
         return Err(ApiError::bad_request(
             "Invalid input for field/attribute rebuild. Additional properties are not allowed ('personality' was unexpected)",
@@ -612,6 +613,15 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
                 });
                 if ctx.is_admin() {
                     x["traceback"] = json!(e.traceback);
+                }
+                // 2.62: where it happened (the host name for admins).
+                if mv.at_least(62) {
+                    x["hostId"] = json!(e.host.as_deref().map_or(String::new(), |h| {
+                        super::servers::project_host_id(&a.project_id, h)
+                    }));
+                    if ctx.is_admin() {
+                        x["host"] = json!(e.host.as_deref().unwrap_or(""));
+                    }
                 }
                 x
             })

@@ -99,6 +99,10 @@ pub(crate) fn render(state: &AppState, f: &Flavor, detail: bool, mv: Mv) -> Valu
         o.insert("rxtx_factor".into(), json!(f.rxtx_factor));
         o.insert("OS-FLV-DISABLED:disabled".into(), json!(f.disabled));
         o.insert("os-flavor-access:is_public".into(), json!(f.is_public));
+        // 2.61: the extra specs in the flavor itself.
+        if mv.at_least(61) {
+            o.insert("extra_specs".into(), json!(f.extra_specs));
+        }
     }
     v
 }

@@ -40,8 +40,8 @@ use crate::{ApiError, AppState};
 pub use flavors::ensure_default_flavors;
 pub use service::{Compute, ComputeConfig, Weigher};
 
-/// Highest microversion implemented: 2.60.
-pub const MAX_MINOR: u16 = 60;
+/// Highest microversion implemented: 2.63.
+pub const MAX_MINOR: u16 = 63;
 /// Lowest: 2.1.
 pub const MIN_MINOR: u16 = 1;
 

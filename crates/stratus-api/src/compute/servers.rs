@@ -147,6 +147,33 @@ pub(crate) fn key_pair(
     }
 }
 
+/// `trusted_image_certificates` (2.63) on create and rebuild. Image
+/// signature verification is not built, so a request for it is refused
+/// (as Nova does when `verify_glance_signatures` is off) rather than
+/// accepted and ignored.
+pub(crate) fn trusted_certs(v: Option<&Value>, mv: Mv, what: &str) -> Result<(), ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) if !mv.at_least(63) => Err(bad_field(
+            what,
+            "Additional properties are not allowed ('trusted_image_certificates' was unexpected)",
+        )),
+        Some(Value::Array(l))
+            if !l.is_empty()
+                && l.len() <= 50
+                && l.iter().all(|c| c.as_str().is_some_and(|c| !c.is_empty())) =>
+        {
+            Err(ApiError::bad_request(
+                "Image certificate validation failed: this cloud does not verify image signatures, so trusted_image_certificates cannot be honoured.",
+            ))
+        }
+        Some(v) => Err(bad_field(
+            "trusted_image_certificates",
+            format!("Value: {v}. It must be a list of 1 to 50 certificate ids"),
+        )),
+    }
+}
+
 /// `user_data`: base64 of at most [`MAX_USER_DATA`] characters.
 pub(crate) fn user_data(v: Option<&Value>) -> Result<Option<String>, ApiError> {
     match v {
@@ -205,12 +232,16 @@ pub(crate) fn check_locked(ctx: &Ctx, s: &Server) -> Result<(), ApiError> {
 /// whether two of their servers share a host without learning its name.
 fn host_id(s: &Server) -> String {
     match &s.host {
-        Some(h) => {
-            let d = sha2::Sha224::digest(format!("{}{h}", s.project_id).as_bytes());
-            d.iter().map(|b| format!("{b:02x}")).collect()
-        }
+        Some(h) => project_host_id(&s.project_id, h),
         None => String::new(),
     }
+}
+
+/// Nova's `hostId`: the host as a project sees it, hashed with the
+/// project so that projects cannot compare hosts.
+pub(crate) fn project_host_id(project: &str, host: &str) -> String {
+    let d = sha2::Sha224::digest(format!("{project}{host}").as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn host_status(state: &AppState, s: &Server) -> &'static str {
@@ -335,6 +366,10 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
     }
     if mv.at_least(9) {
         o.insert("locked".into(), json!(s.locked_by.is_some()));
+    }
+    // 2.63: no server carries trusted certificates (see `trusted_certs`).
+    if mv.at_least(63) {
+        o.insert("trusted_image_certificates".into(), Value::Null);
     }
     if mv.at_least(16) && ctx.is_admin() {
         o.insert("host_status".into(), json!(host_status(state, s)));
@@ -819,6 +854,7 @@ async fn create(
     }
     let (key_name, key_data) = key_pair(&state, &ctx, o.get("key_name"))?;
     let user_data = user_data(o.get("user_data"))?;
+    trusted_certs(o.get("trusted_image_certificates"), mv, "server")?;
     if o.contains_key("personality") && mv.at_least(57) {
         return Err(bad_field(
             "server",

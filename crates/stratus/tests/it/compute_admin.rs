@@ -680,6 +680,71 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
     c.wait(&tok, &id, "ACTIVE");
+    // 2.61: extra specs inside the flavor; 2.62: where each action event
+    // happened; 2.63: no trusted image certificates, refused when asked.
+    let r = at(&c, "compute 2.61", "GET", "/flavors/1", &tok, None);
+    assert_eq!(r.body["flavor"]["extra_specs"], json!({}), "{}", r.body);
+    assert!(
+        at(&c, "compute 2.60", "GET", "/flavors/1", &tok, None).body["flavor"]
+            .get("extra_specs")
+            .is_none()
+    );
+    let acts = at(
+        &c,
+        "compute 2.62",
+        "GET",
+        &format!("/servers/{id}/os-instance-actions"),
+        &c.admin,
+        None,
+    );
+    let req = acts.body["instanceActions"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = at(
+        &c,
+        "compute 2.62",
+        "GET",
+        &format!("/servers/{id}/os-instance-actions/{req}"),
+        &c.admin,
+        None,
+    );
+    if let Some(e) = a.body["instanceAction"]["events"]
+        .as_array()
+        .and_then(|e| e.first())
+    {
+        assert!(
+            e["hostId"].is_string() && e.get("host").is_some(),
+            "{}",
+            a.body
+        );
+    }
+    let s63 = at(
+        &c,
+        "compute 2.63",
+        "GET",
+        &format!("/servers/{id}"),
+        &tok,
+        None,
+    );
+    assert!(
+        s63.body["server"]["trusted_image_certificates"].is_null(),
+        "{}",
+        s63.body
+    );
+    assert!(
+        s63.body["server"]
+            .get("trusted_image_certificates")
+            .is_some()
+    );
+    let r = c.nova.raw(
+        "POST",
+        "/servers",
+        Some(&tok),
+        &[("OpenStack-API-Version", "compute 2.63")],
+        Some(json!({"server": {"name": "certs", "imageRef": img, "flavorRef": "1", "networks": "none", "trusted_image_certificates": ["abc"]}}).to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
     // 2.59: migrations take paging and nothing unknown.
     assert_eq!(
         at(
