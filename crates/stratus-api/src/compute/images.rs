@@ -126,11 +126,15 @@ fn render(state: &AppState, img: &Image, detail: bool) -> Value {
     v
 }
 
+/// The image service's visibility rules, with Nova's wording for a 404.
 fn visible_image(state: &AppState, ctx: &Ctx, id: &str) -> Result<Image, ApiError> {
-    match state.store.get::<Image>(id)? {
-        Some(img) if crate::image::visible(state, ctx, &img)? => Ok(img),
-        _ => Err(image_not_found(id)),
-    }
+    crate::image::fetch_visible(state, ctx, id).map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            image_not_found(id)
+        } else {
+            e
+        }
+    })
 }
 
 /// Nova's filters: name, status, changes-since, server, type, minRam,

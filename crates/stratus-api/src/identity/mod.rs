@@ -542,6 +542,18 @@ impl Obj {
             .collect()
     }
 
+    /// Applies the extra attributes of an update to `into`, as Keystone
+    /// does: a null removes the attribute, anything else sets it.
+    pub fn merge_extra(&self, known: &[&str], into: &mut serde_json::Map<String, Value>) {
+        for (k, v) in self.extra(known) {
+            if v.is_null() {
+                into.remove(&k);
+            } else {
+                into.insert(k, v);
+            }
+        }
+    }
+
     /// Refuses fields that may not be changed.
     pub fn forbid(&self, fields: &[&str]) -> Result<(), ApiError> {
         for f in fields {

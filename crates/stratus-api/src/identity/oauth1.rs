@@ -125,13 +125,7 @@ async fn update(
         if o.has("description") {
             c.description = description(&o)?;
         }
-        for (k, v) in o.extra(KNOWN) {
-            if v.is_null() {
-                c.extra.remove(&k);
-            } else {
-                c.extra.insert(k, v);
-            }
-        }
+        o.merge_extra(KNOWN, &mut c.extra);
         tx.update(&c)?;
         Ok(c)
     })?;

@@ -120,13 +120,7 @@ async fn update(
         if let Some(b) = o.str("blob")? {
             p.blob = b;
         }
-        for (k, v) in o.extra(KNOWN) {
-            if v.is_null() {
-                p.extra.remove(&k);
-            } else {
-                p.extra.insert(k, v);
-            }
-        }
+        o.merge_extra(KNOWN, &mut p.extra);
         tx.update(&p)?;
         Ok(p)
     })?;

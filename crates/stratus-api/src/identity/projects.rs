@@ -396,13 +396,7 @@ async fn update(
         if let Some(opts) = o.object("options")? {
             p.options.extend(opts);
         }
-        for (k, v) in o.extra(KNOWN) {
-            if v.is_null() {
-                p.extra.remove(&k);
-            } else {
-                p.extra.insert(k, v);
-            }
-        }
+        o.merge_extra(KNOWN, &mut p.extra);
         let name = p.name.clone();
         tx.update(&p).map_err(conflict_as("project", &name))?;
         Ok(p)

@@ -204,13 +204,7 @@ async fn update(
         if let Some(opts) = o.object("options")? {
             u.options.extend(opts);
         }
-        for (k, v) in o.extra(KNOWN) {
-            if v.is_null() {
-                u.extra.remove(&k);
-            } else {
-                u.extra.insert(k, v);
-            }
-        }
+        o.merge_extra(KNOWN, &mut u.extra);
         let name = u.name.clone();
         tx.update(&u).map_err(conflict_as("user", &name))?;
         Ok(u)

@@ -709,16 +709,17 @@ fn compute_hosts_usage_audit_log_events_and_reset_state() {
         &c.admin,
         None,
     );
-    if let Some(e) = a.body["instanceAction"]["events"]
+    let events = a.body["instanceAction"]["events"]
         .as_array()
-        .and_then(|e| e.first())
-    {
-        assert!(
-            e["hostId"].is_string() && e.get("host").is_some(),
-            "{}",
-            a.body
-        );
-    }
+        .expect("events");
+    assert!(!events.is_empty(), "{}", a.body);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["hostId"].is_string() && e.get("host").is_some()),
+        "{}",
+        a.body
+    );
     let s63 = at(
         &c,
         "compute 2.63",
