@@ -68,6 +68,7 @@ struct Shared {
 pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
     let http = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(90)))
+        .timeout_connect(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
         .build()
         .new_agent();
@@ -171,6 +172,11 @@ fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
 
 // ---- controller calls ------------------------------------------------------------
 
+/// The longest a login, heartbeat or report may take: a controller that
+/// accepted the connection but never answers must not hold the agent for
+/// the long-poll's 90 s.
+const SHORT_CALL: Duration = Duration::from_secs(20);
+
 fn login(sh: &Shared) -> anyhow::Result<String> {
     let c = &sh.cfg;
     let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
@@ -179,6 +185,9 @@ fn login(sh: &Shared) -> anyhow::Result<String> {
     let mut resp = sh
         .http
         .post(&format!("{}/identity/v3/auth/tokens", c.controller))
+        .config()
+        .timeout_global(Some(SHORT_CALL))
+        .build()
         .header("content-type", "application/json")
         .send(body.to_string())
         .context("logging in to the controller")?;
@@ -218,7 +227,10 @@ fn call(
                 } else {
                     sh.http.post(url)
                 };
-                req.header("x-auth-token", &token)
+                req.config()
+                    .timeout_global(Some(SHORT_CALL))
+                    .build()
+                    .header("x-auth-token", &token)
                     .header("content-type", "application/json")
                     .send(b.to_string())?
             }

@@ -439,16 +439,17 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
             ])
             .arg(second.join("agent"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(s.data_dir().join("agent-b.log")).unwrap())
             .spawn()
             .unwrap(),
         second,
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while os.json(&["hypervisor", "list"]).as_array().unwrap().len() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
-            "second node never registered"
+            "second node never registered; its log:\n{}",
+            std::fs::read_to_string(s.data_dir().join("agent-b.log")).unwrap_or_default()
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }

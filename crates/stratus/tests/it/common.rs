@@ -70,11 +70,16 @@ impl Server {
         s
     }
 
+    /// Where `stratus up` writes its log.
+    pub fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("stratus-it-{}.log", self.port))
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(std::env::temp_dir().join(format!("stratus-it-{}.log", self.port)))
+            .open(self.log_path())
             .unwrap();
         let child = Command::new(bin())
             .args([

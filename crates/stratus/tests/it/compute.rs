@@ -4,6 +4,7 @@
 //! accounting under concurrency, anti-affinity, crash recovery). Real
 //! containers are in `compute_real.rs`.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -161,7 +162,13 @@ impl Cloud {
 
     /// Waits until `n` nodes have registered.
     pub fn wait_nodes(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_nodes_logged(n, Path::new("/dev/null"))
+    }
+
+    /// Waits until `n` nodes have registered; on failure shows the end of
+    /// `log` (a separate agent's output).
+    pub fn wait_nodes_logged(&self, n: usize, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let r = self.req("GET", "/os-hypervisors", &self.admin, None);
             if r.body["hypervisors"]
@@ -172,11 +179,19 @@ impl Cloud {
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {} nodes registered",
-                r.body
-            );
+            if Instant::now() >= deadline {
+                let tail = |p: &Path| {
+                    let out = std::fs::read_to_string(p).unwrap_or_default();
+                    let lines: Vec<&str> = out.lines().collect();
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                };
+                panic!(
+                    "only {} nodes registered\nagent log ends:\n{}\nserver log ends:\n{}",
+                    r.body,
+                    tail(log),
+                    tail(&self.server.log_path())
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -965,6 +980,7 @@ fn compute_lifecycle_actions_and_state_model_on_fake_node() {
 fn compute_server_groups_aggregates_zones_and_services() {
     let c = Cloud::start(&["--driver", "fake", "--node-name", "n1"]);
     // A second node: a real `stratus agent` process with the fake driver.
+    let agent_log = c.server.data_dir().join("agent2.log");
     let mut agent = Command::new(super::common::bin())
         .args([
             "agent",
@@ -980,7 +996,7 @@ fn compute_server_groups_aggregates_zones_and_services() {
         ])
         .arg(c.server.data_dir().join("agent2"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
         .spawn()
         .unwrap();
     struct Kill(std::process::Child);
@@ -994,7 +1010,7 @@ fn compute_server_groups_aggregates_zones_and_services() {
         &mut agent,
         Command::new("true").spawn().unwrap(),
     ));
-    c.wait_nodes(2);
+    c.wait_nodes_logged(2, &agent_log);
     let (_, tok) = c.project("grp");
     let img = c.image(&tok, "tiny");
     // Anti-affinity spreads two servers over the two nodes; a third fails.
