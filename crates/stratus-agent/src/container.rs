@@ -922,6 +922,49 @@ impl Driver for ContainerDriver {
         Ok(())
     }
 
+    /// New limits in the bundle's `config.json` and `instance.json`; a
+    /// running container is stopped and started again under them.
+    fn resize(
+        &self,
+        uuid: &str,
+        vcpus: u32,
+        memory_mb: u64,
+        disk_gb: u64,
+    ) -> Result<(), DriverError> {
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rec = self.record(uuid)?;
+        if self.rescue_record(uuid)?.is_some() {
+            return Err(rt(format!("instance {uuid} is rescued: unrescue it first")));
+        }
+        let dir = self.instance_dir(uuid);
+        let running = matches!(
+            self.status(uuid)?,
+            Some(Status::Running | Status::Paused | Status::Created)
+        );
+        let path = dir.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
+            .map_err(|e| rt(format!("instance {uuid}: corrupt config.json: {e}")))?;
+        spec::set_limits(&mut config, vcpus, memory_mb);
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(&config).map_err(|e| rt(e.to_string()))?,
+        )?;
+        rec.vcpus = vcpus;
+        rec.memory_mb = memory_mb;
+        rec.disk_gb = disk_gb;
+        write_atomic(
+            &dir.join("instance.json"),
+            &serde_json::to_vec_pretty(&rec).map_err(|e| rt(e.to_string()))?,
+        )?;
+        if running {
+            self.stop_locked(uuid, self.reboot_timeout)?;
+            self.start_locked(uuid)?;
+        }
+        tracing::info!(instance = uuid, vcpus, memory_mb, "resized container");
+        Ok(())
+    }
+
     fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {
         let lock = lock_of(&self.instance_locks, uuid);
         let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -1009,6 +1052,16 @@ impl Driver for ContainerDriver {
             }
         })
     }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), DriverError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, data)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 fn map_status(s: Status) -> PowerState {

@@ -105,6 +105,21 @@ impl Driver for FakeDriver {
         self.reboot(uuid, true)
     }
 
+    /// Simulated: the instance must exist; its power state is kept.
+    fn resize(
+        &self,
+        uuid: &str,
+        _vcpus: u32,
+        _memory_mb: u64,
+        _disk_gb: u64,
+    ) -> Result<(), DriverError> {
+        if self.map().contains_key(uuid) {
+            Ok(())
+        } else {
+            Err(DriverError::NotFound(uuid.to_string()))
+        }
+    }
+
     fn pause(&self, uuid: &str) -> Result<(), DriverError> {
         self.set(uuid, &[PowerState::Running], PowerState::Paused)
     }

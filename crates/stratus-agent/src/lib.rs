@@ -170,6 +170,23 @@ pub trait Driver: Send + Sync {
             self.name()
         )))
     }
+    /// Nova's resize on the same host: the instance gets new CPU, memory
+    /// and disk limits and keeps its root file system. A running
+    /// workload is restarted under the new limits (a VM resize reboots
+    /// the guest too); a stopped one stays stopped. Not while rescued.
+    fn resize(
+        &self,
+        uuid: &str,
+        vcpus: u32,
+        memory_mb: u64,
+        disk_gb: u64,
+    ) -> Result<(), DriverError> {
+        let _ = (vcpus, memory_mb, disk_gb);
+        Err(DriverError::Runtime(format!(
+            "the {} driver cannot resize instance {uuid}",
+            self.name()
+        )))
+    }
     /// Resource use of the instance as Nova's pre-2.48 diagnostics name
     /// it (`cpu0_time` in ns, `memory*` in KiB); empty where the driver
     /// has nothing to measure.

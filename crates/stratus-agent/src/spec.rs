@@ -112,6 +112,23 @@ pub(crate) struct Bundle<'a> {
     pub swap_limit: bool,
 }
 
+/// The CFS period the CPU quota is counted in (µs).
+const CPU_PERIOD: u64 = 100_000;
+
+/// Sets the memory (no swap on top) and CPU limits of a `config.json`
+/// made by [`config`].
+pub(crate) fn set_limits(config: &mut Value, vcpus: u32, memory_mb: u64) {
+    let bytes = memory_mb.saturating_mul(1 << 20) as i64;
+    let res = &mut config["linux"]["resources"];
+    res["memory"]["limit"] = json!(bytes);
+    if res["memory"].get("swap").is_some() {
+        res["memory"]["swap"] = json!(bytes);
+    }
+    let period = res["cpu"]["period"].as_u64().unwrap_or(CPU_PERIOD);
+    res["cpu"]["quota"] = json!((vcpus.max(1) as u64 * period) as i64);
+    res["cpu"]["period"] = json!(period);
+}
+
 pub(crate) fn config(spec: &InstanceSpec, image: &ImageConfig, b: &Bundle) -> Value {
     let mut env = image.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -143,7 +160,7 @@ pub(crate) fn config(spec: &InstanceSpec, image: &ImageConfig, b: &Bundle) -> Va
     if b.swap_limit {
         memory["swap"] = json!(bytes);
     }
-    let period: u64 = 100_000;
+    let period = CPU_PERIOD;
     json!({
         "ociVersion": "1.0.2",
         "process": {

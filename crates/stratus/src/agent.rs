@@ -343,7 +343,8 @@ fn flush_reports(sh: &Shared) {
 fn resume_guests(sh: &Shared, servers: &[Value]) {
     for s in servers {
         let rescued = s["vm_state"] == "rescued";
-        if s["task_state"].is_string() || !(s["vm_state"] == "active" || rescued) {
+        let should_run = s["vm_state"] == "active" || rescued || s["should_run"] == true;
+        if s["task_state"].is_string() || !should_run {
             continue;
         }
         let id = s["id"].as_str().unwrap_or("").to_string();
@@ -397,6 +398,14 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             "pausing" | "suspending" => d.pause(&id)?,
             "unpausing" | "resuming" => d.unpause(&id)?,
             "deleting" => d.destroy(&id)?,
+            // The assignment carries the flavor to apply: the new one for
+            // a resize, the old one for a revert.
+            "resize_prep" | "resize_reverting" => d.resize(
+                &id,
+                s["vcpus"].as_u64().unwrap_or(1) as u32,
+                s["memory_mb"].as_u64().unwrap_or(0),
+                s["disk_gb"].as_u64().unwrap_or(0),
+            )?,
             "rescuing" => rescue(sh, s)?,
             "unrescuing" => d.unrescue(&id)?,
             // A restarted agent may find a snapshot at a later step: it

@@ -326,6 +326,9 @@ async fn action(
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => console_output(&state, &s, arg).await,
+        "resize" => super::resize::resize(&state, &ctx, &s, arg, rid),
+        "confirmResize" => super::resize::confirm(&state, &ctx, &s, rid),
+        "revertResize" => super::resize::revert(&state, &ctx, &s, rid),
         "rescue" => super::rescue::rescue(&state, &ctx, &s, arg, rid),
         "unrescue" => super::rescue::unrescue(&state, &ctx, &s, rid),
         "createImage" => super::snapshots::create_image(&state, &ctx, mv, &id, arg, rid),

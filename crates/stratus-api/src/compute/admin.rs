@@ -552,10 +552,11 @@ async fn external_events(
 
 // ---- migrations -------------------------------------------------------------
 
-/// Stratus does not move servers between nodes (no resize, cold or live
-/// migration yet), so there is never a migration record: the lists are
-/// truthfully empty.
+/// `os-migrations`: the resize records (see `resize.rs`). Servers never
+/// live-migrate, so the per-server lists of in-progress live migrations
+/// are truthfully empty.
 async fn migrations(
+    State(state): State<AppState>,
     ctx: Ctx,
     mv: Mv,
     Query(q): Query<HashMap<String, String>>,
@@ -587,13 +588,9 @@ async fn migrations(
                 "Invalid input for query parameters changes-since. Value: {t}. It is not a date-time"
             )));
         }
-        if let Some(m) = q.get("marker") {
-            return Err(ApiError::bad_request(format!(
-                "Marker {m} could not be found."
-            )));
-        }
     }
-    Ok(axum::Json(json!({ "migrations": [] })))
+    let out = super::resize::list(&state, &q, mv)?;
+    Ok(axum::Json(json!({ "migrations": out })))
 }
 
 async fn server_migrations(

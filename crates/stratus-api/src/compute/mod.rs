@@ -20,6 +20,7 @@ pub mod model;
 pub mod nodes;
 mod quotas;
 mod rescue;
+mod resize;
 pub mod scheduler;
 mod servers;
 pub mod service;

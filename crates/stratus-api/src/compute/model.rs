@@ -100,6 +100,22 @@ pub struct FlavorCopy {
     pub extra_specs: BTreeMap<String, String>,
 }
 
+impl FlavorCopy {
+    /// The copy a server keeps of `f`.
+    pub fn of(f: &Flavor) -> FlavorCopy {
+        FlavorCopy {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            ram: f.ram,
+            vcpus: f.vcpus,
+            disk: f.disk,
+            ephemeral: f.ephemeral,
+            swap: f.swap,
+            extra_specs: f.extra_specs.clone(),
+        }
+    }
+}
+
 /// The fault of a server in ERROR.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fault {
@@ -184,7 +200,55 @@ pub struct Server {
     /// The image a rescue runs (from `rescue` until `unrescue` is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescue_image: Option<String>,
+    /// A resize or migration from `resize` until it is confirmed or
+    /// reverted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeJob>,
+    /// The image a shelved server is kept as, from `shelve` until
+    /// `unshelve` has booted it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelved_image: Option<String>,
 }
+
+/// A resize in progress or waiting for `confirmResize` / `revertResize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResizeJob {
+    /// The [`Migration`] record.
+    pub migration_id: String,
+    pub old_flavor: FlavorCopy,
+    pub new_flavor: FlavorCopy,
+    /// `active` or `stopped`: what confirm or revert returns the server to.
+    pub old_vm_state: String,
+}
+
+/// A resize or migration, as `os-migrations` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Migration {
+    /// The migration's uuid.
+    pub id: String,
+    /// Nova's integer id.
+    pub seq: i64,
+    pub server_id: String,
+    pub project_id: String,
+    pub user_id: String,
+    /// `resize` or `migration`.
+    pub migration_type: String,
+    pub source_compute: String,
+    pub dest_compute: String,
+    pub old_flavor_id: String,
+    pub new_flavor_id: String,
+    /// pre-migrating, finished, confirmed, reverted, error.
+    pub status: String,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+
+record!(
+    Migration,
+    "migration",
+    owner = |m| Some(&m.project_id),
+    parent = |m| Some(&m.server_id)
+);
 
 /// A `createImage` or `createBackup` in progress: the image the node
 /// uploads to, and for a backup what rotation keeps afterwards.

@@ -180,6 +180,10 @@ pub struct Assignment {
     /// The image a rescue (`rescuing`, `rescued`) runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescue: Option<RescueImage>,
+    /// Whether the workload should be running when no task is (what an
+    /// agent that restarts makes true).
+    #[serde(default)]
+    pub should_run: bool,
 }
 
 /// The rescue image of an [`Assignment`].

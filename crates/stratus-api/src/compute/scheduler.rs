@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
-use super::model::{Aggregate, ComputeNode, Fault, Server, ServerGroup};
+use super::model::{Aggregate, ComputeNode, Fault, FlavorCopy, Server, ServerGroup};
 use super::nodes::{is_up, zone_of};
 use super::service::{Weigher, action_event};
 use super::states::{task, vm};
@@ -181,6 +181,30 @@ pub struct Pending {
 
 /// Filters and weighs the nodes for one server. `Ok(Err(reason))` when no
 /// node can take it.
+/// The placement resources a flavor asks for (with its `resources:*`
+/// extra specs applied, as Nova's `resources_from_flavor`).
+pub fn flavor_resources(f: &FlavorCopy) -> BTreeMap<String, u64> {
+    let mut resources = BTreeMap::new();
+    resources.insert("VCPU".to_string(), f.vcpus as u64);
+    resources.insert("MEMORY_MB".to_string(), f.ram);
+    let disk = f.disk + f.ephemeral + f.swap.div_ceil(1024);
+    if disk > 0 {
+        resources.insert("DISK_GB".to_string(), disk);
+    }
+    for (k, v) in &f.extra_specs {
+        if let Some(rc) = k.strip_prefix("resources:")
+            && let Ok(n) = v.parse::<u64>()
+        {
+            if n == 0 {
+                resources.remove(rc);
+            } else {
+                resources.insert(rc.to_string(), n);
+            }
+        }
+    }
+    resources
+}
+
 pub fn plan(
     state: &AppState,
     view: &View,
@@ -191,13 +215,7 @@ pub fn plan(
     let image = state.store.get::<Image>(&s.image_ref)?;
 
     // Placement: who can hold the flavor at all.
-    let mut resources = BTreeMap::new();
-    resources.insert("VCPU".to_string(), s.flavor.vcpus as u64);
-    resources.insert("MEMORY_MB".to_string(), s.flavor.ram);
-    let disk = s.flavor.disk + s.flavor.ephemeral + s.flavor.swap.div_ceil(1024);
-    if disk > 0 {
-        resources.insert("DISK_GB".to_string(), disk);
-    }
+    let resources = flavor_resources(&s.flavor);
     let mut required = Vec::new();
     let mut forbidden = Vec::new();
     for (k, v) in &s.flavor.extra_specs {
@@ -206,15 +224,6 @@ pub fn plan(
                 "required" => required.push(t.to_string()),
                 "forbidden" => forbidden.push(t.to_string()),
                 _ => {}
-            }
-        }
-        if let Some(rc) = k.strip_prefix("resources:")
-            && let Ok(n) = v.parse::<u64>()
-        {
-            if n == 0 {
-                resources.remove(rc);
-            } else {
-                resources.insert(rc.to_string(), n);
             }
         }
     }

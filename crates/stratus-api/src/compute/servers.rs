@@ -1047,16 +1047,7 @@ async fn create(
     // Quota and records in one transaction.
     let now = now_us();
     let rid = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let copy = FlavorCopy {
-        id: flavor.id.clone(),
-        name: flavor.name.clone(),
-        ram: flavor.ram,
-        vcpus: flavor.vcpus,
-        disk: flavor.disk,
-        ephemeral: flavor.ephemeral,
-        swap: flavor.swap,
-        extra_specs: flavor.extra_specs.clone(),
-    };
+    let copy = FlavorCopy::of(&flavor);
     let user = ctx.user_id().to_string();
     let made: Vec<Server> = state.store.write(|tx| {
         let limits = quotas::limits_tx(tx, &project, Some(&user))?;
@@ -1147,6 +1138,8 @@ async fn create(
                 generation: 1,
                 snapshot: None,
                 rescue_image: None,
+                resize: None,
+                shelved_image: None,
             };
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;

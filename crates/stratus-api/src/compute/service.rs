@@ -346,6 +346,7 @@ fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> b
 /// What an agent needs to run `s`.
 pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> {
     let img = state.store.get::<Image>(&s.image_ref)?;
+    let flavor = super::resize::flavor_for_task(s);
     let mut keys = serde_json::Map::new();
     let mut key_list = Vec::new();
     if let (Some(n), Some(d)) = (&s.key_name, &s.key_data) {
@@ -400,13 +401,21 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
             .and_then(|i| i.disk_format.clone())
             .unwrap_or_default(),
         image_checksum: img.as_ref().and_then(|i| i.os_hash_value.clone()),
-        vcpus: s.flavor.vcpus,
-        memory_mb: s.flavor.ram,
-        disk_gb: s.flavor.disk,
+        vcpus: flavor.vcpus,
+        memory_mb: flavor.ram,
+        disk_gb: flavor.disk,
         user_data: s.user_data.clone(),
         meta_data: meta,
         snapshot_image_id: s.snapshot.as_ref().map(|j| j.image_id.clone()),
         rescue,
+        should_run: match s.vm_state.as_str() {
+            vm::ACTIVE | vm::RESCUED => true,
+            vm::RESIZED => s
+                .resize
+                .as_ref()
+                .is_some_and(|j| j.old_vm_state == vm::ACTIVE),
+            _ => false,
+        },
     })
 }
 
@@ -468,12 +477,15 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
                     None,
                     s.host.as_deref(),
                 )?;
+                super::resize::abandon(tx, &s)?;
+                // A resize counts the new flavor from the moment it is asked.
+                let counted = s.resize.as_ref().map_or(&s.flavor, |j| &j.new_flavor);
                 super::quotas::account(
                     tx,
                     &s.project_id,
                     &s.user_id,
-                    s.flavor.vcpus,
-                    s.flavor.ram,
+                    counted.vcpus,
+                    counted.ram,
                     -1,
                 )?;
                 tx.delete::<Server>(id)?;
@@ -515,15 +527,21 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         );
     }
     let now = now_us();
-    let job = state.store.write(|tx| {
+    let (job, settle) = state.store.write(|tx| {
         let Some(mut cur) = tx.get::<Server>(id)? else {
-            return Ok::<_, ApiError>(None);
+            return Ok::<_, ApiError>((None, None));
         };
         if cur.generation != r.generation {
-            return Ok(None);
+            return Ok((None, None));
         }
         cur.power_state = r.power_state;
-        if r.ok {
+        let mut settle = None;
+        if task_name == task::RESIZE_PREP || task_name == task::RESIZE_REVERTING {
+            if !r.ok {
+                tracing::warn!(server = %cur.id, task = %task_name, message = ?r.message, "resize failed on the node");
+            }
+            settle = super::resize::finish(tx, &mut cur, &task_name, r.ok)?;
+        } else if r.ok {
             cur.vm_state = match task_name.as_str() {
                 task::SPAWNING | task::POWERING_ON | task::REBOOTING | task::REBOOTING_HARD
                 | task::UNPAUSING | task::RESUMING => vm::ACTIVE.into(),
@@ -576,10 +594,13 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         cur.updated_us = now;
         tx.update(&cur)?;
         action_event(tx, id, &event, r.ok, r.message.as_deref(), Some(host))?;
-        Ok(job)
+        Ok((job, settle))
     })?;
     if let Some(job) = job {
         super::snapshots::finish(state, id, &job, r.ok);
+    }
+    if let Some(resources) = settle {
+        super::resize::settle_claim(state, id, resources);
     }
     state.compute.notify(Some(host));
     Ok(())

@@ -10,6 +10,13 @@ pub mod vm {
     pub const ERROR: &str = "error";
     /// Running its rescue image (`rescue`), until `unrescue`.
     pub const RESCUED: &str = "rescued";
+    /// Resized (or migrated) and waiting for `confirmResize` or
+    /// `revertResize` (status VERIFY_RESIZE).
+    pub const RESIZED: &str = "resized";
+    /// Shelved and still on its node (only while offloading).
+    pub const SHELVED: &str = "shelved";
+    /// Shelved: kept as an image, on no node, holding no resources.
+    pub const SHELVED_OFFLOADED: &str = "shelved_offloaded";
     pub const DELETED: &str = "deleted";
 }
 
@@ -35,6 +42,27 @@ pub mod task {
     /// The snapshot is taken; its upload has not begun.
     pub const IMAGE_PENDING_UPLOAD: &str = "image_pending_upload";
     pub const IMAGE_UPLOADING: &str = "image_uploading";
+    /// `resize` or `migrate` asked; the node has not applied it yet.
+    pub const RESIZE_PREP: &str = "resize_prep";
+    /// `revertResize` asked.
+    pub const RESIZE_REVERTING: &str = "resize_reverting";
+    /// `shelve` asked: the node writes the shelved image, then lets the
+    /// workload go.
+    pub const SHELVING: &str = "shelving";
+    pub const SHELVING_IMAGE_PENDING_UPLOAD: &str = "shelving_image_pending_upload";
+    pub const SHELVING_IMAGE_UPLOADING: &str = "shelving_image_uploading";
+    /// `unshelve` asked: the server waits for a node.
+    pub const UNSHELVING: &str = "unshelving";
+
+    /// The task_states of a shelve in progress.
+    pub fn is_shelving(t: &str) -> bool {
+        [
+            SHELVING,
+            SHELVING_IMAGE_PENDING_UPLOAD,
+            SHELVING_IMAGE_UPLOADING,
+        ]
+        .contains(&t)
+    }
 
     /// The task_states of a snapshot or backup in progress.
     pub fn is_image(t: &str) -> bool {
@@ -66,13 +94,21 @@ pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
             Some(task::REBOOTING) => "REBOOT",
             Some(task::REBOOTING_HARD) => "HARD_REBOOT",
             Some(task::REBUILDING) => "REBUILD",
+            Some(task::RESIZE_PREP) => "RESIZE",
             _ => "ACTIVE",
         },
         vm::BUILDING => "BUILD",
         vm::STOPPED => match task_state {
             Some(task::REBUILDING) => "REBUILD",
+            Some(task::RESIZE_PREP) => "RESIZE",
             _ => "SHUTOFF",
         },
+        vm::RESIZED => match task_state {
+            Some(task::RESIZE_REVERTING) => "REVERT_RESIZE",
+            _ => "VERIFY_RESIZE",
+        },
+        vm::SHELVED => "SHELVED",
+        vm::SHELVED_OFFLOADED => "SHELVED_OFFLOADED",
         vm::PAUSED => "PAUSED",
         vm::SUSPENDED => "SUSPENDED",
         vm::RESCUED => "RESCUE",
@@ -95,6 +131,10 @@ pub fn vm_states_for(status: &str) -> Option<&'static [&'static str]> {
         "PAUSED" => &[vm::PAUSED],
         "SUSPENDED" => &[vm::SUSPENDED],
         "RESCUE" => &[vm::RESCUED],
+        "RESIZE" => &[vm::ACTIVE, vm::STOPPED],
+        "VERIFY_RESIZE" | "REVERT_RESIZE" => &[vm::RESIZED],
+        "SHELVED" => &[vm::SHELVED],
+        "SHELVED_OFFLOADED" => &[vm::SHELVED_OFFLOADED],
         "ERROR" => &[vm::ERROR],
         "DELETED" => &[vm::DELETED],
         "REBUILD" => &[vm::ACTIVE, vm::STOPPED, vm::ERROR],
@@ -116,7 +156,15 @@ mod tests {
         assert_eq!(status("rescued", None), "RESCUE");
         assert_eq!(status("rescued", Some("unrescuing")), "RESCUE");
         assert_eq!(status("active", Some("rescuing")), "ACTIVE");
+        assert_eq!(status("active", Some("resize_prep")), "RESIZE");
+        assert_eq!(status("resized", None), "VERIFY_RESIZE");
+        assert_eq!(status("resized", Some("resize_reverting")), "REVERT_RESIZE");
+        assert_eq!(
+            status("shelved_offloaded", Some("unshelving")),
+            "SHELVED_OFFLOADED"
+        );
         assert_eq!(vm_states_for("rescue"), Some(&["rescued"][..]));
+        assert_eq!(vm_states_for("verify_resize"), Some(&["resized"][..]));
         assert_eq!(vm_states_for("shutoff"), Some(&["stopped"][..]));
         assert_eq!(vm_states_for("nonsense"), None);
     }

@@ -599,3 +599,72 @@ fn compute_real_rescue_mounts_the_servers_disk_and_unrescue_keeps_changes() {
     c.wait_gone(&member, &id);
     assert!(!inst.exists(), "instance directory removed");
 }
+
+/// The memory limit (KiB) the server's cgroup has now, read through the
+/// diagnostics API.
+fn memory_limit_kib(c: &Cloud, id: &str) -> u64 {
+    let r = c.req("GET", &format!("/servers/{id}/diagnostics"), &c.admin, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["memory"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no memory limit: {}", r.body))
+}
+
+#[test]
+fn compute_real_resize_changes_the_cgroup_and_keeps_the_disk() {
+    let c = cloud(&[]);
+    let img = image_id(&c, "busybox");
+    let ud = base64::engine::general_purpose::STANDARD
+        .encode("#!/bin/sh\nmkdir -p /data && echo KEEP-ME > /data/keep\n");
+    let r = c.boot(&c.admin, "rs", &img, "42", json!({"user_data": ud}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+    assert_eq!(memory_limit_kib(&c, &id), 128 * 1024);
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+
+    // Up to m1.micro: the running container restarts under 192 MiB.
+    assert_eq!(act(json!({"resize": {"flavorRef": "84"}})).status, 202);
+    let s = c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_eq!(memory_limit_kib(&c, &id), 192 * 1024);
+    let inst = c.server.data_dir().join("agent/instances").join(&id);
+    assert_eq!(
+        std::fs::read_to_string(inst.join("rootfs/data/keep"))
+            .unwrap()
+            .trim(),
+        "KEEP-ME",
+        "the root file system is kept"
+    );
+
+    // Revert: 128 MiB again, still running, same disk.
+    assert_eq!(act(json!({"revertResize": null})).status, 202);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_eq!(memory_limit_kib(&c, &id), 128 * 1024);
+
+    // Resize and confirm; an agent restart keeps the new limit.
+    assert_eq!(act(json!({"resize": {"flavorRef": "84"}})).status, 202);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(act(json!({"reboot": {"type": "HARD"}})).status, 202);
+    c.wait(&c.admin, &id, "ACTIVE");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(memory_limit_kib(&c, &id), 192 * 1024);
+    assert!(inst.join("rootfs/data/keep").exists());
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}

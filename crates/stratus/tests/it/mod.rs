@@ -3,6 +3,7 @@ mod common;
 mod compute;
 mod compute_admin;
 mod compute_real;
+mod compute_resize;
 mod identity;
 mod image;
 mod sdk;

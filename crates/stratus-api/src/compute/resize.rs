@@ -1,0 +1,515 @@
+//! Server resize (`resize`, `confirmResize`, `revertResize`) and the
+//! migration records `os-migrations` lists.
+//!
+//! `resize` (from ACTIVE or STOPPED, no task, not locked, to another
+//! visible and enabled flavor whose root disk is not smaller) checks the
+//! quota for what grows, claims the new flavor in placement, records a
+//! [`Migration`] (`resize`, pre-migrating), puts the server into task
+//! `resize_prep` (status RESIZE) and answers 202. The node agent applies
+//! the new limits (for a container: its cgroup's memory and CPU, restarting
+//! a running workload, as a VM resize reboots the guest) and reports: the
+//! server shows the new flavor in `VERIFY_RESIZE` (vm_state `resized`)
+//! and its power state is what it was. `confirmResize` (204) keeps it;
+//! `revertResize` (202, `REVERT_RESIZE`) has the node put the old limits
+//! back. Either way the server returns to ACTIVE or SHUTOFF, as it was.
+//!
+//! A resize stays on the server's node: the container's root file system
+//! lives there. While it waits for confirmation the server holds the
+//! larger of the two flavors in placement, class by class, so a revert
+//! always fits; confirm and revert shrink the claim to the flavor kept.
+//! Quota usage follows the flavor the server shows.
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use stratus_store::Query as StoreQuery;
+
+use super::Mv;
+use super::actions::wrong_state;
+use super::model::{ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
+use super::quotas::{self, Resource};
+use super::scheduler::flavor_resources;
+use super::servers::{bad_field, check_locked, fetch_tx, record_action};
+use super::states::{task, vm};
+use crate::identity::policy::Ctx;
+use crate::placement::ClaimError;
+use crate::timeutil::{iso_naive, now_us, parse_iso};
+use crate::{ApiError, AppState};
+
+/// The vm_states a server can be resized from.
+const FROM: &[&str] = &[vm::ACTIVE, vm::STOPPED];
+
+/// The flavor a `resize` body names.
+fn parse(arg: &Value) -> Result<String, ApiError> {
+    let o = arg.as_object().ok_or_else(|| {
+        bad_field(
+            "resize",
+            format!("Value: {arg}. It is not of type 'object'"),
+        )
+    })?;
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["flavorRef", "OS-DCF:diskConfig"].contains(&k.as_str()))
+    {
+        return Err(bad_field(
+            "resize",
+            format!("Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    if let Some(d) = o.get("OS-DCF:diskConfig")
+        && !matches!(d.as_str(), Some("AUTO" | "MANUAL"))
+    {
+        return Err(bad_field(
+            "OS-DCF:diskConfig",
+            format!("Value: {d}. It is not one of ['AUTO', 'MANUAL']"),
+        ));
+    }
+    match o.get("flavorRef") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 255 => {
+            Ok(s.rsplit('/').next().unwrap_or(s).to_string())
+        }
+        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.to_string()),
+        Some(v) => Err(bad_field(
+            "flavorRef",
+            format!("Value: {v}. It is not a valid flavor reference"),
+        )),
+        None => Err(bad_field("flavorRef", "'flavorRef' is a required property")),
+    }
+}
+
+/// Class by class, the larger of two claims.
+fn larger(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut out = a.clone();
+    for (k, v) in b {
+        let e = out.entry(k.clone()).or_default();
+        *e = (*e).max(*v);
+    }
+    out
+}
+
+/// Replaces the server's claim with `resources` on its node's provider.
+/// `also` runs in the same transaction; nothing changes if it fails.
+fn claim_on_node<R>(
+    state: &AppState,
+    s: &Server,
+    resources: BTreeMap<String, u64>,
+    also: impl FnOnce(&stratus_store::Tx) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let host = s.host.as_deref().unwrap_or_default();
+    let node = state
+        .store
+        .get::<ComputeNode>(host)?
+        .ok_or_else(|| ApiError::conflict(format!("The server's node {host} is not registered")))?;
+    let allocs = BTreeMap::from([(node.uuid, resources)]);
+    match state
+        .placement
+        .claim(&s.id, &s.project_id, &s.user_id, &allocs, also)
+    {
+        Ok(r) => Ok(r),
+        Err(ClaimError::Caller(e)) => Err(e),
+        Err(ClaimError::Placement(e)) => Err(ApiError::bad_request(format!(
+            "No valid host was found. There is not enough room on {host} for the new flavor: {e}"
+        ))),
+    }
+}
+
+/// The quota check for growing from `old` to `new` (cores and ram).
+fn check_quota(
+    tx: &stratus_store::Tx,
+    s: &Server,
+    old: &FlavorCopy,
+    new: &FlavorCopy,
+) -> Result<(), ApiError> {
+    let used = quotas::usage_tx(tx, &s.project_id, None, &s.user_id)?;
+    let mut over = Vec::new();
+    for (r, delta, now) in [
+        (
+            Resource::Cores,
+            new.vcpus as i64 - old.vcpus as i64,
+            used.cores,
+        ),
+        (Resource::Ram, new.ram as i64 - old.ram as i64, used.ram),
+    ] {
+        if delta <= 0 {
+            continue;
+        }
+        let limit = quotas::limit_tx(tx, &s.project_id, Some(&s.user_id), r)?;
+        if limit >= 0 && now + delta > limit {
+            over.push((r.key(), delta, now, limit));
+        }
+    }
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(quotas::exceeded(&over))
+    }
+}
+
+/// `resize`: 202; the node applies the new flavor.
+pub(super) fn resize(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let flavor_ref = parse(arg)?;
+    let flavor = super::flavors::fetch_visible(state, ctx, &flavor_ref)
+        .map_err(|_| ApiError::bad_request("Unable to locate requested flavor."))?;
+    if flavor.disabled {
+        return Err(ApiError::bad_request("Flavor is disabled."));
+    }
+    let new = FlavorCopy::of(&flavor);
+    if new.id == s.flavor.id {
+        return Err(ApiError::bad_request(
+            "When resizing, instances must change flavor!",
+        ));
+    }
+    if !s.image_ref.is_empty() && new.disk < s.flavor.disk {
+        return Err(ApiError::bad_request(
+            "Resize error: Unable to resize disk down.",
+        ));
+    }
+    // Cheap checks first, so a wrong state is a 409 before any claim.
+    if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
+        return Err(wrong_state("resize", s));
+    }
+    check_locked(ctx, s)?;
+    let old = s.flavor.clone();
+    let hold = larger(&flavor_resources(&old), &flavor_resources(&new));
+    let now = now_us();
+    let migration_id = uuid::Uuid::new_v4().to_string();
+    let host = s.host.clone().unwrap_or_default();
+    let s = claim_on_node(state, s, hold, |tx| {
+        let mut cur = fetch_tx(tx, ctx, &s.id)?;
+        check_locked(ctx, &cur)?;
+        if cur.task_state.is_some()
+            || !FROM.contains(&cur.vm_state.as_str())
+            || cur.host.as_deref() != Some(host.as_str())
+        {
+            return Err(wrong_state("resize", &cur));
+        }
+        check_quota(tx, &cur, &old, &new)?;
+        let mut m = Migration {
+            id: migration_id.clone(),
+            seq: 0,
+            server_id: cur.id.clone(),
+            project_id: cur.project_id.clone(),
+            user_id: cur.user_id.clone(),
+            migration_type: "resize".into(),
+            source_compute: host.clone(),
+            dest_compute: host.clone(),
+            old_flavor_id: old.id.clone(),
+            new_flavor_id: new.id.clone(),
+            status: "pre-migrating".into(),
+            created_us: now,
+            updated_us: now,
+        };
+        m.seq = tx.insert(&m)?;
+        tx.update(&m)?;
+        quotas::account(tx, &cur.project_id, &cur.user_id, old.vcpus, old.ram, -1)?;
+        quotas::account(tx, &cur.project_id, &cur.user_id, new.vcpus, new.ram, 1)?;
+        cur.resize = Some(ResizeJob {
+            migration_id: migration_id.clone(),
+            old_flavor: old.clone(),
+            new_flavor: new.clone(),
+            old_vm_state: cur.vm_state.clone(),
+        });
+        cur.task_state = Some(task::RESIZE_PREP.into());
+        cur.generation += 1;
+        cur.updated_us = now;
+        tx.update(&cur)?;
+        record_action(tx, &cur, "resize", ctx, rid)?;
+        Ok(cur)
+    })?;
+    state.compute.notify(s.host.as_deref());
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `confirmResize`: 204; keeps the new flavor.
+pub(super) fn confirm(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let Some(job) = s.resize.clone() else {
+        return Err(wrong_state("confirmResize", s));
+    };
+    if s.task_state.is_some() || s.vm_state != vm::RESIZED {
+        return Err(wrong_state("confirmResize", s));
+    }
+    check_locked(ctx, s)?;
+    let gen_at = s.generation;
+    claim_on_node(state, s, flavor_resources(&job.new_flavor), |tx| {
+        let mut cur = fetch_tx(tx, ctx, &s.id)?;
+        if cur.generation != gen_at || cur.vm_state != vm::RESIZED || cur.task_state.is_some() {
+            return Err(wrong_state("confirmResize", &cur));
+        }
+        set_migration(tx, &job.migration_id, "confirmed")?;
+        cur.vm_state = job.old_vm_state.clone();
+        cur.resize = None;
+        cur.updated_us = now_us();
+        tx.update(&cur)?;
+        record_action(tx, &cur, "confirmResize", ctx, rid)?;
+        super::service::action_event(
+            tx,
+            &cur.id,
+            "compute_confirm_resize",
+            true,
+            None,
+            cur.host.as_deref(),
+        )?;
+        Ok(())
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `revertResize`: 202; the node puts the old flavor back.
+pub(super) fn revert(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    let s = state.store.write(|tx| {
+        let mut cur = fetch_tx(tx, ctx, &s.id)?;
+        check_locked(ctx, &cur)?;
+        if cur.task_state.is_some() || cur.vm_state != vm::RESIZED || cur.resize.is_none() {
+            return Err(wrong_state("revertResize", &cur));
+        }
+        cur.task_state = Some(task::RESIZE_REVERTING.into());
+        cur.generation += 1;
+        cur.updated_us = now_us();
+        tx.update(&cur)?;
+        record_action(tx, &cur, "revertResize", ctx, rid)?;
+        Ok(cur)
+    })?;
+    state.compute.notify(s.host.as_deref());
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+fn set_migration(tx: &stratus_store::Tx, id: &str, status: &str) -> Result<(), ApiError> {
+    if let Some(mut m) = tx.get::<Migration>(id)? {
+        m.status = status.into();
+        m.updated_us = now_us();
+        tx.update(&m)?;
+    }
+    Ok(())
+}
+
+/// The flavor the node must apply for the server's current task: the new
+/// one for `resize_prep`, the old one for `resize_reverting`.
+pub fn flavor_for_task(s: &Server) -> &FlavorCopy {
+    match (&s.resize, s.task_state.as_deref()) {
+        (Some(j), Some(task::RESIZE_PREP)) => &j.new_flavor,
+        (Some(j), Some(task::RESIZE_REVERTING)) => &j.old_flavor,
+        _ => &s.flavor,
+    }
+}
+
+/// Applies the node's report of `resize_prep` or `resize_reverting`
+/// to `cur` inside the report's transaction. `power_running` is what the
+/// node says the workload is doing now. Returns the claim the server
+/// must be left holding, if it changes.
+pub fn finish(
+    tx: &stratus_store::Tx,
+    cur: &mut Server,
+    task_name: &str,
+    ok: bool,
+) -> Result<Option<BTreeMap<String, u64>>, ApiError> {
+    let Some(job) = cur.resize.clone() else {
+        return Ok(None);
+    };
+    match (task_name, ok) {
+        (task::RESIZE_PREP, true) => {
+            cur.flavor = job.new_flavor.clone();
+            cur.vm_state = vm::RESIZED.into();
+            set_migration(tx, &job.migration_id, "finished")?;
+            Ok(None)
+        }
+        (task::RESIZE_PREP, false) => {
+            // Nothing changed on the node: back to the old flavor.
+            quotas::account(
+                tx,
+                &cur.project_id,
+                &cur.user_id,
+                job.new_flavor.vcpus,
+                job.new_flavor.ram,
+                -1,
+            )?;
+            quotas::account(
+                tx,
+                &cur.project_id,
+                &cur.user_id,
+                job.old_flavor.vcpus,
+                job.old_flavor.ram,
+                1,
+            )?;
+            cur.vm_state = job.old_vm_state.clone();
+            cur.resize = None;
+            set_migration(tx, &job.migration_id, "error")?;
+            Ok(Some(flavor_resources(&job.old_flavor)))
+        }
+        (task::RESIZE_REVERTING, true) => {
+            quotas::account(
+                tx,
+                &cur.project_id,
+                &cur.user_id,
+                job.new_flavor.vcpus,
+                job.new_flavor.ram,
+                -1,
+            )?;
+            quotas::account(
+                tx,
+                &cur.project_id,
+                &cur.user_id,
+                job.old_flavor.vcpus,
+                job.old_flavor.ram,
+                1,
+            )?;
+            cur.flavor = job.old_flavor.clone();
+            cur.vm_state = job.old_vm_state.clone();
+            cur.resize = None;
+            set_migration(tx, &job.migration_id, "reverted")?;
+            Ok(Some(flavor_resources(&job.old_flavor)))
+        }
+        // A failed revert leaves the resize to confirm or revert again.
+        _ => Ok(None),
+    }
+}
+
+/// Shrinks a server's claim after a resize ended (best effort: the
+/// smaller claim always fits where the larger one was held).
+pub fn settle_claim(state: &AppState, id: &str, resources: BTreeMap<String, u64>) {
+    let Ok(Some(s)) = state.store.get::<Server>(id) else {
+        return;
+    };
+    if let Err(e) = claim_on_node(state, &s, resources, |_| Ok(())) {
+        tracing::warn!(server = %id, error = %e.message, "could not shrink the claim after a resize");
+    }
+}
+
+/// Releases what a deleted server's unfinished resize held (its migration
+/// record is marked as such).
+pub fn abandon(tx: &stratus_store::Tx, s: &Server) -> Result<(), ApiError> {
+    if let Some(job) = &s.resize
+        && let Some(m) = tx.get::<Migration>(&job.migration_id)?
+        && !matches!(m.status.as_str(), "confirmed" | "reverted" | "error")
+    {
+        set_migration(tx, &job.migration_id, "error")?;
+    }
+    Ok(())
+}
+
+// ---- os-migrations ------------------------------------------------------------
+
+fn flavor_int(id: &str) -> Value {
+    id.parse::<i64>().map(|n| json!(n)).unwrap_or(Value::Null)
+}
+
+/// One migration as `os-migrations` shows it at `mv`.
+pub fn view(m: &Migration, mv: Mv) -> Value {
+    let mut v = Map::new();
+    v.insert("id".into(), json!(m.seq));
+    v.insert("status".into(), json!(m.status));
+    v.insert("instance_uuid".into(), json!(m.server_id));
+    v.insert("source_node".into(), json!(m.source_compute));
+    v.insert("source_compute".into(), json!(m.source_compute));
+    v.insert("dest_node".into(), json!(m.dest_compute));
+    v.insert("dest_compute".into(), json!(m.dest_compute));
+    v.insert("dest_host".into(), json!("127.0.0.1"));
+    v.insert("old_instance_type_id".into(), flavor_int(&m.old_flavor_id));
+    v.insert("new_instance_type_id".into(), flavor_int(&m.new_flavor_id));
+    v.insert("created_at".into(), json!(iso_naive(m.created_us)));
+    v.insert("updated_at".into(), json!(iso_naive(m.updated_us)));
+    if mv.at_least(23) {
+        v.insert("migration_type".into(), json!(m.migration_type));
+    }
+    if mv.at_least(59) {
+        v.insert("uuid".into(), json!(m.id));
+    }
+    Value::Object(v)
+}
+
+/// Every migration matching `os-migrations`' filters, newest first.
+pub fn list(
+    state: &AppState,
+    q: &std::collections::HashMap<String, String>,
+    mv: Mv,
+) -> Result<Vec<Value>, ApiError> {
+    let mut all = state.store.list::<Migration>(&StoreQuery::all())?;
+    all.sort_by(|a, b| b.created_us.cmp(&a.created_us).then(b.seq.cmp(&a.seq)));
+    let since = q
+        .get("changes-since")
+        .and_then(|t| parse_iso(&t.replace(' ', "T")));
+    all.retain(|m| {
+        q.get("instance_uuid").is_none_or(|u| &m.server_id == u)
+            && q.get("status")
+                .is_none_or(|st| m.status.eq_ignore_ascii_case(st))
+            && q.get("source_compute")
+                .is_none_or(|h| &m.source_compute == h)
+            && q.get("host")
+                .is_none_or(|h| &m.source_compute == h || &m.dest_compute == h)
+            && q.get("migration_type")
+                .is_none_or(|t| &m.migration_type == t)
+            && since.is_none_or(|t| m.updated_us >= t)
+    });
+    if mv.at_least(59) {
+        let (limit, marker) = super::paging(q)?;
+        if let Some(mk) = marker {
+            let pos = all
+                .iter()
+                .position(|m| m.id == mk)
+                .ok_or_else(|| ApiError::bad_request(format!("Marker {mk} could not be found.")))?;
+            all.drain(..=pos);
+        }
+        if let Some(l) = limit {
+            all.truncate(l);
+        }
+    }
+    Ok(all.iter().map(|m| view(m, mv)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(parse(&json!({"flavorRef": "2"})).unwrap(), "2");
+        assert_eq!(parse(&json!({"flavorRef": 3})).unwrap(), "3");
+        assert_eq!(
+            parse(&json!({"flavorRef": "http://x/flavors/7", "OS-DCF:diskConfig": "AUTO"}))
+                .unwrap(),
+            "7"
+        );
+        for bad in [
+            json!(null),
+            json!("2"),
+            json!({}),
+            json!({"flavorRef": ""}),
+            json!({"flavorRef": []}),
+            json!({"flavorRef": "2", "extra": 1}),
+            json!({"flavorRef": "2", "OS-DCF:diskConfig": "BOGUS"}),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn larger_takes_the_max_of_each_class() {
+        let a = BTreeMap::from([("VCPU".to_string(), 2), ("MEMORY_MB".to_string(), 512)]);
+        let b = BTreeMap::from([
+            ("VCPU".to_string(), 1),
+            ("MEMORY_MB".to_string(), 1024),
+            ("DISK_GB".to_string(), 5),
+        ]);
+        let m = larger(&a, &b);
+        assert_eq!(m["VCPU"], 2);
+        assert_eq!(m["MEMORY_MB"], 1024);
+        assert_eq!(m["DISK_GB"], 5);
+    }
+}
