@@ -411,7 +411,16 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             // A restarted agent may find a snapshot at a later step: it
             // starts over.
             "image_snapshot" | "image_backup" | "image_pending_upload" | "image_uploading" => {
-                snapshot(sh, s)?
+                snapshot(sh, s, "")?
+            }
+            // Shelve: a clean stop, the shelved image, then the workload
+            // and its disk go (the server leaves this node).
+            "shelving" | "shelving_image_pending_upload" | "shelving_image_uploading" => {
+                if exists {
+                    d.stop(&id, Duration::from_secs(60))?;
+                }
+                snapshot(sh, s, "shelving_")?;
+                d.destroy(&id)?;
             }
             other => anyhow::bail!("unknown task {other}"),
         }
@@ -441,8 +450,9 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
 /// Writes a snapshot of the instance and uploads it to the image the
 /// controller made for it (`PUT /image/v2/images/{id}/file`, the image
 /// service's ordinary upload path with its format checks), telling the
-/// controller when the upload starts. The tarball is removed either way.
-fn snapshot(sh: &Shared, s: &Value) -> anyhow::Result<()> {
+/// controller when the upload starts (`steps` prefixes the task_states:
+/// `shelving_` for a shelve). The tarball is removed either way.
+fn snapshot(sh: &Shared, s: &Value, steps: &str) -> anyhow::Result<()> {
     let id = s["id"].as_str().unwrap_or("");
     let generation = s["generation"].as_u64().unwrap_or(0);
     let image_id = s["snapshot_image_id"]
@@ -455,8 +465,8 @@ fn snapshot(sh: &Shared, s: &Value) -> anyhow::Result<()> {
         sh.driver
             .snapshot(id, &file)
             .context("writing the snapshot")?;
-        progress(sh, id, generation, "image_pending_upload");
-        progress(sh, id, generation, "image_uploading");
+        progress(sh, id, generation, &format!("{steps}image_pending_upload"));
+        progress(sh, id, generation, &format!("{steps}image_uploading"));
         upload(sh, image_id, &file)
     })();
     let _ = std::fs::remove_file(&file);

@@ -24,6 +24,7 @@ mod resize;
 pub mod scheduler;
 mod servers;
 pub mod service;
+mod shelve;
 pub mod snapshots;
 pub mod states;
 

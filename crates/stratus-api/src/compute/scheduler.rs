@@ -24,6 +24,16 @@ use crate::placement::{CandidateRequest, ClaimError, ClaimItem, Outcome};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
+/// Whether a server waits for the scheduler: a new build
+/// (`scheduling`) or an unshelve (`unshelving`), on no node yet.
+pub fn waiting(s: &Server) -> bool {
+    s.host.is_none()
+        && matches!(
+            s.task_state.as_deref(),
+            Some(task::SCHEDULING | task::UNSHELVING)
+        )
+}
+
 /// Hands servers to the scheduler. One scheduler thread takes them in
 /// batches: the nodes and aggregates are read once per batch, and claims
 /// never wait on each other.
@@ -135,10 +145,14 @@ fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError
         let Some(mut cur) = tx.get::<Server>(&s.id)? else {
             return Ok::<_, ApiError>(());
         };
-        if cur.task_state.as_deref() != Some(task::SCHEDULING) {
+        if !waiting(&cur) {
             return Ok(());
         }
-        cur.vm_state = vm::ERROR.into();
+        // An unshelve that finds no node leaves the server shelved, as in
+        // Nova; a build ends in ERROR.
+        if cur.vm_state != vm::SHELVED_OFFLOADED {
+            cur.vm_state = vm::ERROR.into();
+        }
         cur.task_state = None;
         cur.updated_us = now;
         cur.fault = Some(Fault {
@@ -440,7 +454,7 @@ fn place(
     let Some(mut cur) = tx.get::<Server>(&s.id)? else {
         return Ok(false);
     };
-    if cur.task_state.as_deref() != Some(task::SCHEDULING) || cur.host.is_some() {
+    if !waiting(&cur) {
         return Ok(false);
     }
     if anti
@@ -477,7 +491,7 @@ pub fn schedule_in(state: &AppState, view: &View, id: &str) -> Result<Option<Str
     let Some(s) = state.store.get::<Server>(id)? else {
         return Ok(None);
     };
-    if s.task_state.as_deref() != Some(task::SCHEDULING) || s.host.is_some() {
+    if !waiting(&s) {
         return Ok(None);
     }
     let plan = match plan(state, view, &s, &Pending::default())? {
@@ -505,9 +519,10 @@ pub fn schedule_in(state: &AppState, view: &View, id: &str) -> Result<Option<Str
             Err(ClaimError::Caller(e)) if e.status.as_u16() == 409 => {
                 // Gone, or the group rule: try the next host only for the
                 // latter.
-                let still = state.store.get::<Server>(&s.id)?.is_some_and(|x| {
-                    x.task_state.as_deref() == Some(task::SCHEDULING) && x.host.is_none()
-                });
+                let still = state
+                    .store
+                    .get::<Server>(&s.id)?
+                    .is_some_and(|x| waiting(&x));
                 if !still {
                     return Ok(None);
                 }
@@ -531,11 +546,7 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
     let mut retry: Vec<String> = Vec::new();
     for id in ids {
         let s = match state.store.get::<Server>(id) {
-            Ok(Some(s))
-                if s.task_state.as_deref() == Some(task::SCHEDULING) && s.host.is_none() =>
-            {
-                s
-            }
+            Ok(Some(s)) if waiting(&s) => s,
             Ok(_) => continue,
             Err(e) => {
                 tracing::error!(server = %id, error = %e, "scheduling failed");

@@ -345,7 +345,9 @@ fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> b
 
 /// What an agent needs to run `s`.
 pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> {
-    let img = state.store.get::<Image>(&s.image_ref)?;
+    // An unshelved server boots from its shelved image.
+    let image_id = s.shelved_image.as_ref().unwrap_or(&s.image_ref);
+    let img = state.store.get::<Image>(image_id)?;
     let flavor = super::resize::flavor_for_task(s);
     let mut keys = serde_json::Map::new();
     let mut key_list = Vec::new();
@@ -391,7 +393,7 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         generation: s.generation,
         vm_state: s.vm_state.clone(),
         task_state: s.task_state.clone(),
-        image_id: s.image_ref.clone(),
+        image_id: image_id.clone(),
         container_format: img
             .as_ref()
             .and_then(|i| i.container_format.clone())
@@ -489,11 +491,16 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
                     -1,
                 )?;
                 tx.delete::<Server>(id)?;
-                return Ok::<_, ApiError>(s.host);
+                return Ok::<_, ApiError>((s.host, s.shelved_image));
             }
-            Ok(None)
+            Ok((None, None))
         })
-        .map(|host| state.compute.notify(host.as_deref()))
+        .map(|(host, shelved)| {
+            if let Some(image) = shelved {
+                super::shelve::drop_image(state, id, &image);
+            }
+            state.compute.notify(host.as_deref())
+        })
 }
 
 /// Applies an agent's report of a finished (or failed) task.
@@ -504,15 +511,22 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
     // A snapshot's progress moves its task_state on at the same generation.
     let same_task = s.task_state == r.task
         || s.task_state.as_deref().is_some_and(task::is_image)
-            && r.task.as_deref().is_some_and(task::is_image);
+            && r.task.as_deref().is_some_and(task::is_image)
+        || s.task_state.as_deref().is_some_and(task::is_shelving)
+            && r.task.as_deref().is_some_and(task::is_shelving);
     if s.host.as_deref() != Some(host) || s.generation != r.generation || !same_task {
         // Superseded by a newer request: the agent will see that one.
         return Ok(());
     }
     let task_name = s.task_state.clone().unwrap_or_default();
+    let shelving = task::is_shelving(&task_name);
     let event = match (task::is_image(&task_name), &s.snapshot) {
         (true, Some(j)) if j.backup.is_some() => "compute_backup_instance".to_string(),
         (true, _) => "compute_snapshot_instance".to_string(),
+        _ if shelving => "compute_shelve_instance".to_string(),
+        _ if task_name == task::SPAWNING && s.shelved_image.is_some() => {
+            "compute_unshelve_instance".to_string()
+        }
         _ => format!("compute_{}", task_name.replace('-', "_")),
     };
     if task_name == task::DELETING && r.ok {
@@ -527,6 +541,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         );
     }
     let now = now_us();
+    let mut unshelved = None;
     let (job, settle) = state.store.write(|tx| {
         let Some(mut cur) = tx.get::<Server>(id)? else {
             return Ok::<_, ApiError>((None, None));
@@ -561,6 +576,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             };
             if task_name == task::SPAWNING {
                 cur.launched_us = Some(now);
+                unshelved = cur.shelved_image.take();
             }
             if task_name == task::UNRESCUING {
                 cur.rescue_image = None;
@@ -591,6 +607,12 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         }
         cur.task_state = None;
         let job = cur.snapshot.take();
+        if shelving
+            && r.ok
+            && let Some(j) = &job
+        {
+            super::shelve::offloaded(&mut cur, &j.image_id);
+        }
         cur.updated_us = now;
         tx.update(&cur)?;
         action_event(tx, id, &event, r.ok, r.message.as_deref(), Some(host))?;
@@ -598,6 +620,16 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
     })?;
     if let Some(job) = job {
         super::snapshots::finish(state, id, &job, r.ok);
+        if shelving && r.ok {
+            // Offloaded: the node holds nothing for it any more.
+            state
+                .placement
+                .release(id)
+                .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+        }
+    }
+    if let Some(image) = unshelved {
+        super::shelve::drop_image(state, id, &image);
     }
     if let Some(resources) = settle {
         super::resize::settle_claim(state, id, resources);
@@ -657,7 +689,7 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
     let servers = state.store.list::<Server>(&StoreQuery::all())?;
     let waiting: Vec<String> = servers
         .iter()
-        .filter(|s| s.task_state.as_deref() == Some(task::SCHEDULING) && s.host.is_none())
+        .filter(|s| super::scheduler::waiting(s))
         .map(|s| s.id.clone())
         .collect();
     if !waiting.is_empty() {

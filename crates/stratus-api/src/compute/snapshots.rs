@@ -54,6 +54,8 @@ struct Request {
     metadata: BTreeMap<String, String>,
     /// `createBackup`: backup_type and rotation.
     backup: Option<(String, u32)>,
+    /// `shelve`: the image keeps the server while it is on no node.
+    shelve: bool,
 }
 
 fn only_keys(action: &str, o: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
@@ -125,6 +127,7 @@ fn parse(action: &str, arg: &Value, backup: bool) -> Result<Request, ApiError> {
         name,
         metadata,
         backup,
+        shelve: false,
     })
 }
 
@@ -182,7 +185,9 @@ fn start(
     req: Request,
     rid: &str,
 ) -> Result<Image, ApiError> {
-    let action = if req.backup.is_some() {
+    let action = if req.shelve {
+        "shelve"
+    } else if req.backup.is_some() {
         "createBackup"
     } else {
         "createImage"
@@ -190,7 +195,7 @@ fn start(
     let over = |msg: String| ApiError::new(StatusCode::FORBIDDEN, msg);
     let (s, img) = state.store.write(|tx| {
         let mut s = fetch_tx(tx, ctx, id)?;
-        if req.backup.is_some() {
+        if req.backup.is_some() || req.shelve {
             check_locked(ctx, &s)?;
         }
         if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
@@ -249,7 +254,9 @@ fn start(
         };
         tx.insert(&img)?;
         s.task_state = Some(
-            if req.backup.is_some() {
+            if req.shelve {
+                task::SHELVING
+            } else if req.backup.is_some() {
                 task::IMAGE_BACKUP
             } else {
                 task::IMAGE_SNAPSHOT
@@ -302,6 +309,19 @@ pub(super) fn create_image(
     Ok(accepted(mv, &img.id, Some(location)))
 }
 
+/// `shelve`: the server's root file system becomes the image
+/// `<name>-shelved` (as a snapshot), then the node lets the workload go
+/// (see `shelve.rs`).
+pub(super) fn shelve(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(), ApiError> {
+    let req = Request {
+        name: format!("{}-shelved", s.name),
+        metadata: BTreeMap::new(),
+        backup: None,
+        shelve: true,
+    };
+    start(state, ctx, &s.id, req, rid).map(|_| ())
+}
+
 /// `createBackup`: as `createImage`, then rotation. Nova gives a
 /// `Location` (the compute image URL) only when rotation keeps any.
 pub(super) fn create_backup(
@@ -330,7 +350,13 @@ pub fn progress(
     generation: u64,
     to: &str,
 ) -> Result<(), ApiError> {
-    if ![task::IMAGE_PENDING_UPLOAD, task::IMAGE_UPLOADING].contains(&to) {
+    let image = [task::IMAGE_PENDING_UPLOAD, task::IMAGE_UPLOADING].contains(&to);
+    let shelving = [
+        task::SHELVING_IMAGE_PENDING_UPLOAD,
+        task::SHELVING_IMAGE_UPLOADING,
+    ]
+    .contains(&to);
+    if !image && !shelving {
         return Err(ApiError::bad_request(format!(
             "{to} is not a snapshot task_state"
         )));
@@ -339,9 +365,14 @@ pub fn progress(
         let Some(mut s) = tx.get::<Server>(id)? else {
             return Ok(());
         };
+        let same_kind = if shelving {
+            task::is_shelving
+        } else {
+            task::is_image
+        };
         if s.host.as_deref() != Some(host)
             || s.generation != generation
-            || !s.task_state.as_deref().is_some_and(task::is_image)
+            || !s.task_state.as_deref().is_some_and(same_kind)
         {
             return Ok(());
         }

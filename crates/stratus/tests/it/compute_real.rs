@@ -668,3 +668,62 @@ fn compute_real_resize_changes_the_cgroup_and_keeps_the_disk() {
     );
     c.wait_gone(&c.admin, &id);
 }
+
+#[test]
+fn compute_real_shelve_keeps_the_disk_in_an_image_and_unshelve_boots_it() {
+    let c = cloud(&[]);
+    let img = image_id(&c, "busybox");
+    let ud = base64::engine::general_purpose::STANDARD
+        .encode("#!/bin/sh\nmkdir -p /data && echo SHELVED-DATA > /data/keep\n");
+    let r = c.boot(&c.admin, "sh1", &img, "42", json!({"user_data": ud}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+    let inst = c.server.data_dir().join("agent/instances").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !inst.join("rootfs/data/keep").exists() {
+        assert!(Instant::now() < deadline, "user data never wrote its file");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A file the user data cannot write again: it must come back from
+    // the shelved image.
+    std::fs::write(inst.join("rootfs/data/only-once"), "WRITTEN-ONCE\n").unwrap();
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+    assert_eq!(act(json!({"shelve": null})).status, 202);
+    c.wait(&c.admin, &id, "SHELVED_OFFLOADED");
+    assert!(!inst.exists(), "the node let the workload and its disk go");
+
+    assert_eq!(act(json!({"unshelve": null})).status, 202);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_eq!(
+        std::fs::read_to_string(inst.join("rootfs/data/keep"))
+            .unwrap()
+            .trim(),
+        "SHELVED-DATA",
+        "unshelved from the shelved image"
+    );
+    assert_eq!(
+        std::fs::read_to_string(inst.join("rootfs/data/only-once"))
+            .unwrap()
+            .trim(),
+        "WRITTEN-ONCE",
+        "unshelved from the shelved image"
+    );
+    let r = c.img.get("/images?name=sh1-shelved", &c.admin);
+    assert_eq!(r.body["images"].as_array().unwrap().len(), 0, "{}", r.body);
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}

@@ -1,6 +1,7 @@
-//! Resize, confirm and revert, with their migration records, placement
-//! claims and quota usage, on fake nodes (the API and the agent protocol;
-//! `compute_real` resizes a real container).
+//! Resize (confirm, revert) and shelve (unshelve), with their migration
+//! records, placement claims, images and quota usage, on fake nodes (the
+//! API and the agent protocol; `compute_real` does both to a real
+//! container).
 
 use serde_json::{Value, json};
 
@@ -15,20 +16,11 @@ fn usage(c: &Cloud, tok: &str) -> (i64, i64) {
     )
 }
 
+/// The resources the server holds on its one provider.
 fn claim(c: &Cloud, id: &str) -> Value {
-    let pl = super::common::Client {
-        base: format!("{}/placement", c.server.url),
-    };
-    let r = pl.raw(
-        "GET",
-        &format!("/allocations/{id}"),
-        Some(&c.admin),
-        &[("OpenStack-API-Version", "placement 1.28")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let allocs = r.body["allocations"].as_object().unwrap();
-    assert_eq!(allocs.len(), 1, "{}", r.body);
+    let a = allocations(c, id);
+    let allocs = a.as_object().unwrap();
+    assert_eq!(allocs.len(), 1, "{a}");
     allocs.values().next().unwrap()["resources"].clone()
 }
 
@@ -179,5 +171,109 @@ fn compute_resize_confirm_and_revert() {
         204
     );
     c.wait_gone(&tok, &id);
+    assert_eq!(usage(&c, &tok), (0, 0));
+}
+
+fn images_named(c: &Cloud, tok: &str, name: &str) -> Vec<Value> {
+    let r = c.img.get(&format!("/images?name={name}"), tok);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["images"].as_array().unwrap().clone()
+}
+
+fn allocations(c: &Cloud, id: &str) -> Value {
+    let pl = super::common::Client {
+        base: format!("{}/placement", c.server.url),
+    };
+    let r = pl.raw(
+        "GET",
+        &format!("/allocations/{id}"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "placement 1.28")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["allocations"].clone()
+}
+
+#[test]
+fn compute_shelve_offloads_and_unshelve_boots_the_shelved_image() {
+    let c = Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("shl");
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(&tok, "keep", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&tok, &id, "ACTIVE");
+    let action = |body: Value| c.req("POST", &format!("/servers/{id}/action"), &tok, Some(body));
+
+    assert_eq!(action(json!({"shelve": {"x": 1}})).status, 400);
+    assert_eq!(action(json!({"unshelve": null})).status, 409);
+    let r = action(json!({"shelve": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&tok, &id, "SHELVED_OFFLOADED");
+    assert_eq!(s["OS-EXT-STS:power_state"], 0, "{s}");
+    let admin_view = c.req("GET", &format!("/servers/{id}"), &c.admin, None);
+    assert!(
+        admin_view.body["server"]["OS-EXT-SRV-ATTR:host"].is_null(),
+        "{}",
+        admin_view.body
+    );
+    // It holds nothing on any node, but still counts against the quota.
+    assert_eq!(allocations(&c, &id), json!({}));
+    assert_eq!(usage(&c, &tok), (1, 128));
+    let shelved = images_named(&c, &tok, "keep-shelved");
+    assert_eq!(shelved.len(), 1, "{shelved:?}");
+    assert_eq!(shelved[0]["status"], "active");
+    assert_eq!(shelved[0]["instance_uuid"], id.as_str());
+    // Already offloaded; other actions wait for the unshelve.
+    assert_eq!(action(json!({"shelveOffload": null})).status, 409);
+    assert_eq!(action(json!({"os-start": null})).status, 409);
+    assert_eq!(action(json!({"shelve": null})).status, 409);
+
+    // Unshelve: scheduled again, ACTIVE, and the shelved image is gone.
+    assert_eq!(
+        action(json!({"unshelve": {"availability_zone": "nova"}})).status,
+        400
+    );
+    let r = action(json!({"unshelve": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&tok, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_eq!(s["image"]["id"], img.as_str(), "the server keeps its image");
+    assert!(images_named(&c, &tok, "keep-shelved").is_empty());
+    assert_eq!(
+        allocations(&c, &id).as_object().unwrap().len(),
+        1,
+        "claimed again"
+    );
+    let r = c.req(
+        "GET",
+        &format!("/servers/{id}/os-instance-actions"),
+        &tok,
+        None,
+    );
+    let names: Vec<&str> = r.body["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"shelve") && names.contains(&"unshelve"),
+        "{names:?}"
+    );
+
+    // Deleting a shelved server deletes its shelved image too.
+    assert_eq!(action(json!({"shelve": null})).status, 202);
+    c.wait(&tok, &id, "SHELVED_OFFLOADED");
+    assert_eq!(images_named(&c, &tok, "keep-shelved").len(), 1);
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &tok, None)
+            .status,
+        204
+    );
+    c.wait_gone(&tok, &id);
+    assert!(images_named(&c, &tok, "keep-shelved").is_empty());
     assert_eq!(usage(&c, &tok), (0, 0));
 }

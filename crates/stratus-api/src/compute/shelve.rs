@@ -1,0 +1,117 @@
+//! Shelving (`shelve`, `shelveOffload`, `unshelve`), as Nova does it with
+//! `shelved_offload_time = 0`.
+//!
+//! `shelve` (from ACTIVE, SHUTOFF, PAUSED or SUSPENDED, no task, not
+//! locked) creates the image `<name>-shelved` and puts the server into
+//! task `shelving`; the node agent stops the workload, writes its root
+//! file system into that image (tasks `shelving_image_pending_upload`,
+//! `shelving_image_uploading`) and lets the workload and its disk go. The
+//! server is then SHELVED_OFFLOADED: on no node, holding nothing in
+//! placement (quota usage still counts it, as Nova's legacy quotas do).
+//! A failed shelve deletes the image and leaves the server as it was.
+//!
+//! `unshelve` (from SHELVED_OFFLOADED) schedules the server again like a
+//! new build (task `unshelving`, then `spawning` on the chosen node),
+//! booting the shelved image; once it runs the image is deleted and the
+//! server is ACTIVE. When no node has room it stays SHELVED_OFFLOADED with
+//! a fault, as in Nova.
+//!
+//! Servers never stay in SHELVED: it is passed through on the way to
+//! SHELVED_OFFLOADED, so `shelveOffload` of an offloaded server is a 409.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::actions::wrong_state;
+use super::model::Server;
+use super::servers::{bad_field, check_locked, fetch_tx, record_action};
+use super::states::{power, task, vm};
+use crate::identity::policy::Ctx;
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+/// `shelve`: 202.
+pub(super) fn shelve(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    if !arg.is_null() {
+        return Err(bad_field(
+            "shelve",
+            format!("Value: {arg}. It is not of type 'null'"),
+        ));
+    }
+    if s.image_ref.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Instance {} has no image to shelve into.",
+            s.id
+        )));
+    }
+    super::snapshots::shelve(state, ctx, s, rid)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `shelveOffload`: only a SHELVED server can be offloaded, and servers
+/// are offloaded as they are shelved.
+pub(super) fn shelve_offload(ctx: &Ctx, s: &Server) -> Result<Response, ApiError> {
+    check_locked(ctx, s)?;
+    Err(wrong_state("shelveOffload", s))
+}
+
+/// `unshelve`: 202; the scheduler finds a node.
+pub(super) fn unshelve(
+    state: &AppState,
+    ctx: &Ctx,
+    s: &Server,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    // Before 2.77 the body is null (a zone or host comes later).
+    if !arg.is_null() {
+        return Err(bad_field(
+            "unshelve",
+            format!("Value: {arg}. It is not of type 'null'"),
+        ));
+    }
+    let id = s.id.clone();
+    state.store.write(|tx| {
+        let mut cur = fetch_tx(tx, ctx, &id)?;
+        check_locked(ctx, &cur)?;
+        if cur.task_state.is_some() || cur.vm_state != vm::SHELVED_OFFLOADED {
+            return Err(wrong_state("unshelve", &cur));
+        }
+        cur.task_state = Some(task::UNSHELVING.into());
+        cur.tried_hosts.clear();
+        cur.fault = None;
+        cur.generation += 1;
+        cur.updated_us = now_us();
+        tx.update(&cur)?;
+        record_action(tx, &cur, "unshelve", ctx, rid)?;
+        Ok(())
+    })?;
+    super::scheduler::submit(state, vec![id]);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// The node wrote the shelved image and let the workload go: the server
+/// leaves its node. Runs inside the report's transaction.
+pub fn offloaded(cur: &mut Server, image_id: &str) {
+    cur.vm_state = vm::SHELVED_OFFLOADED.into();
+    cur.power_state = power::NOSTATE;
+    cur.shelved_image = Some(image_id.to_string());
+    cur.host = None;
+    cur.node = None;
+}
+
+/// After an unshelved server runs again: its shelved image goes, as in
+/// Nova (best effort).
+pub fn drop_image(state: &AppState, server_id: &str, image_id: &str) {
+    if let Err(e) = crate::image::purge_image(state, image_id) {
+        tracing::warn!(server = server_id, image = image_id, error = %e,
+            "could not delete the shelved image");
+    }
+}
