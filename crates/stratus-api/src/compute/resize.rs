@@ -178,6 +178,9 @@ pub(super) fn resize(
     }
     check_locked(ctx, s)?;
     let old = s.flavor.clone();
+    // Over quota is a 403 before any placement question (checked again
+    // in the claim's transaction).
+    state.store.write(|tx| check_quota(tx, s, &old, &new))?;
     let hold = larger(&flavor_resources(&old), &flavor_resources(&new));
     let now = now_us();
     let migration_id = uuid::Uuid::new_v4().to_string();

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::actions::wrong_state;
 use super::model::Server;
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
+use super::servers::{check_locked, fetch_tx, record_action};
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
 use crate::timeutil::now_us;
@@ -39,12 +39,8 @@ pub(super) fn shelve(
     arg: &Value,
     rid: &str,
 ) -> Result<Response, ApiError> {
-    if !arg.is_null() {
-        return Err(bad_field(
-            "shelve",
-            format!("Value: {arg}. It is not of type 'null'"),
-        ));
-    }
+    // Nova takes any body here (Tempest sends `{}`).
+    let _ = arg;
     if s.image_ref.is_empty() {
         return Err(ApiError::bad_request(format!(
             "Instance {} has no image to shelve into.",
@@ -70,13 +66,9 @@ pub(super) fn unshelve(
     arg: &Value,
     rid: &str,
 ) -> Result<Response, ApiError> {
-    // Before 2.77 the body is null (a zone or host comes later).
-    if !arg.is_null() {
-        return Err(bad_field(
-            "unshelve",
-            format!("Value: {arg}. It is not of type 'null'"),
-        ));
-    }
+    // Before 2.77 Nova reads nothing from the body (a zone or a host
+    // come with 2.77 and 2.91).
+    let _ = arg;
     let id = s.id.clone();
     state.store.write(|tx| {
         let mut cur = fetch_tx(tx, ctx, &id)?;
