@@ -280,6 +280,18 @@ fn heartbeat(sh: &Shared, starting: bool) -> anyhow::Result<()> {
         anyhow::bail!("heartbeat refused ({code}): {text}");
     }
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    // Copies of servers that now run elsewhere (a confirmed or reverted
+    // migration): always removed, as Nova's confirm and revert do.
+    for id in v["leftovers"].as_array().cloned().unwrap_or_default() {
+        let Some(id) = id.as_str() else { continue };
+        tracing::info!(
+            server = id,
+            "removing the copy of a server that moved to another node"
+        );
+        if let Err(e) = sh.driver.destroy(id) {
+            tracing::warn!(server = id, error = %e, "could not remove a moved server's copy");
+        }
+    }
     for id in v["orphans"].as_array().cloned().unwrap_or_default() {
         let Some(id) = id.as_str() else { continue };
         match sh.cfg.orphans {
@@ -398,6 +410,41 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             "pausing" | "suspending" => d.pause(&id)?,
             "unpausing" | "resuming" => d.unpause(&id)?,
             "deleting" => d.destroy(&id)?,
+            // Cold migration, on the source: a clean stop, then the root
+            // file system goes into the transfer image. The stopped copy
+            // stays until the migration is confirmed or reverted.
+            "resize_migrating" => {
+                let was_running =
+                    matches!(d.power_state(&id), PowerState::Running | PowerState::Paused);
+                if exists {
+                    d.stop(&id, Duration::from_secs(60))?;
+                }
+                if let Err(e) = snapshot(sh, s, None) {
+                    if was_running && let Err(e) = d.start(&id) {
+                        tracing::warn!(server = %id, error = %e, "could not start again after a failed migration");
+                    }
+                    return Err(e);
+                }
+            }
+            // On the destination: boot the transfer image; a server that
+            // was stopped stays stopped.
+            "resize_finish" => {
+                spawn(sh, s)?;
+                if s["should_run"] != true {
+                    d.stop(&id, Duration::from_secs(60))?;
+                }
+            }
+            // A migration going back: the source starts its copy again
+            // if the server ran.
+            "resize_reverting" if s["migration"] == true => {
+                if s["should_run"] == true {
+                    if exists {
+                        d.start(&id)?;
+                    } else {
+                        spawn(sh, s)?;
+                    }
+                }
+            }
             // The assignment carries the flavor to apply: the new one for
             // a resize, the old one for a revert.
             "resize_prep" | "resize_reverting" => d.resize(
@@ -411,7 +458,7 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             // A restarted agent may find a snapshot at a later step: it
             // starts over.
             "image_snapshot" | "image_backup" | "image_pending_upload" | "image_uploading" => {
-                snapshot(sh, s, "")?
+                snapshot(sh, s, Some(""))?
             }
             // Shelve: a clean stop, the shelved image, then the workload
             // and its disk go (the server leaves this node).
@@ -419,7 +466,7 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
                 if exists {
                     d.stop(&id, Duration::from_secs(60))?;
                 }
-                snapshot(sh, s, "shelving_")?;
+                snapshot(sh, s, Some("shelving_"))?;
                 d.destroy(&id)?;
             }
             other => anyhow::bail!("unknown task {other}"),
@@ -439,7 +486,7 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::warn!(server = %id, task, error = %msg, "task failed");
-            if task == "spawning" {
+            if task == "spawning" || task == "resize_finish" {
                 let _ = d.destroy(&id);
             }
             report(sh, &id, generation, task, false, Some(msg));
@@ -451,8 +498,9 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
 /// controller made for it (`PUT /image/v2/images/{id}/file`, the image
 /// service's ordinary upload path with its format checks), telling the
 /// controller when the upload starts (`steps` prefixes the task_states:
-/// `shelving_` for a shelve). The tarball is removed either way.
-fn snapshot(sh: &Shared, s: &Value, steps: &str) -> anyhow::Result<()> {
+/// `shelving_` for a shelve; `None` reports no steps, as for a
+/// migration). The tarball is removed either way.
+fn snapshot(sh: &Shared, s: &Value, steps: Option<&str>) -> anyhow::Result<()> {
     let id = s["id"].as_str().unwrap_or("");
     let generation = s["generation"].as_u64().unwrap_or(0);
     let image_id = s["snapshot_image_id"]
@@ -465,8 +513,10 @@ fn snapshot(sh: &Shared, s: &Value, steps: &str) -> anyhow::Result<()> {
         sh.driver
             .snapshot(id, &file)
             .context("writing the snapshot")?;
-        progress(sh, id, generation, &format!("{steps}image_pending_upload"));
-        progress(sh, id, generation, &format!("{steps}image_uploading"));
+        if let Some(steps) = steps {
+            progress(sh, id, generation, &format!("{steps}image_pending_upload"));
+            progress(sh, id, generation, &format!("{steps}image_uploading"));
+        }
         upload(sh, image_id, &file)
     })();
     let _ = std::fs::remove_file(&file);

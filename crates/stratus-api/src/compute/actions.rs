@@ -328,6 +328,7 @@ async fn action(
         "os-getConsoleOutput" => console_output(&state, &s, arg).await,
         "resize" => super::resize::resize(&state, &ctx, &s, arg, rid),
         "confirmResize" => super::resize::confirm(&state, &ctx, &s, rid),
+        "migrate" => super::resize::migrate(&state, &ctx, mv, &s, arg, rid),
         "revertResize" => super::resize::revert(&state, &ctx, &s, rid),
         "shelve" => super::shelve::shelve(&state, &ctx, &s, arg, rid),
         "shelveOffload" => super::shelve::shelve_offload(&ctx, &s),

@@ -219,6 +219,28 @@ pub struct ResizeJob {
     pub new_flavor: FlavorCopy,
     /// `active` or `stopped`: what confirm or revert returns the server to.
     pub old_vm_state: String,
+    /// A cold migration: the node it leaves (which keeps the stopped
+    /// workload until the migration is confirmed or reverted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<String>,
+    /// A cold migration: the node it goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_host: Option<String>,
+    /// A cold migration: the hidden image the source node writes the root
+    /// file system into and the destination boots (deleted once booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_image: Option<String>,
+    /// The destination could not boot it: the revert under way ends the
+    /// migration in `error`, not `reverted`.
+    #[serde(default)]
+    pub failed: bool,
+}
+
+impl ResizeJob {
+    /// A cold migration rather than an in-place resize.
+    pub fn is_migration(&self) -> bool {
+        self.source_host.is_some()
+    }
 }
 
 /// A resize or migration, as `os-migrations` lists it.

@@ -184,6 +184,11 @@ pub struct Assignment {
     /// agent that restarts makes true).
     #[serde(default)]
     pub should_run: bool,
+    /// A cold migration is under way (`resize_migrating` on the source,
+    /// `resize_finish` on the destination, `resize_reverting` back on the
+    /// source).
+    #[serde(default)]
+    pub migration: bool,
 }
 
 /// The rescue image of an [`Assignment`].

@@ -219,6 +219,10 @@ pub(super) fn resize(
             old_flavor: old.clone(),
             new_flavor: new.clone(),
             old_vm_state: cur.vm_state.clone(),
+            source_host: None,
+            dest_host: None,
+            transfer_image: None,
+            failed: false,
         });
         cur.task_state = Some(task::RESIZE_PREP.into());
         cur.generation += 1;
@@ -231,7 +235,8 @@ pub(super) fn resize(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// `confirmResize`: 204; keeps the new flavor.
+/// `confirmResize`: 204; keeps the new flavor (or, for a migration, the
+/// new node: the source node lets its stopped copy go).
 pub(super) fn confirm(
     state: &AppState,
     ctx: &Ctx,
@@ -246,7 +251,7 @@ pub(super) fn confirm(
     }
     check_locked(ctx, s)?;
     let gen_at = s.generation;
-    claim_on_node(state, s, flavor_resources(&job.new_flavor), |tx| {
+    let apply = |tx: &stratus_store::Tx| {
         let mut cur = fetch_tx(tx, ctx, &s.id)?;
         if cur.generation != gen_at || cur.vm_state != vm::RESIZED || cur.task_state.is_some() {
             return Err(wrong_state("confirmResize", &cur));
@@ -266,32 +271,212 @@ pub(super) fn confirm(
             cur.host.as_deref(),
         )?;
         Ok(())
-    })?;
+    };
+    if job.is_migration() {
+        state.store.write(apply)?;
+        // What the source node held goes with its copy.
+        release(state, &job.migration_id);
+        state.compute.notify(job.source_host.as_deref());
+    } else {
+        claim_on_node(state, s, flavor_resources(&job.new_flavor), apply)?;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `revertResize`: 202; the node puts the old flavor back.
+/// `revertResize`: 202; the node puts the old flavor back (for a
+/// migration: the server returns to the source node, which starts its
+/// copy again, and the destination lets its copy go).
 pub(super) fn revert(
     state: &AppState,
     ctx: &Ctx,
     s: &Server,
     rid: &str,
 ) -> Result<Response, ApiError> {
-    let s = state.store.write(|tx| {
+    let (s, job) = state.store.write(|tx| {
         let mut cur = fetch_tx(tx, ctx, &s.id)?;
         check_locked(ctx, &cur)?;
-        if cur.task_state.is_some() || cur.vm_state != vm::RESIZED || cur.resize.is_none() {
+        let Some(job) = cur.resize.clone() else {
             return Err(wrong_state("revertResize", &cur));
+        };
+        if cur.task_state.is_some() || cur.vm_state != vm::RESIZED {
+            return Err(wrong_state("revertResize", &cur));
+        }
+        if let Some(src) = &job.source_host {
+            cur.host = Some(src.clone());
+            cur.node = Some(src.clone());
         }
         cur.task_state = Some(task::RESIZE_REVERTING.into());
         cur.generation += 1;
         cur.updated_us = now_us();
         tx.update(&cur)?;
         record_action(tx, &cur, "revertResize", ctx, rid)?;
-        Ok(cur)
+        Ok((cur, job))
     })?;
+    if job.is_migration() {
+        unmigrate_claims(state, &s.id, &job.migration_id);
+        state.compute.notify(job.dest_host.as_deref());
+    }
     state.compute.notify(s.host.as_deref());
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `migrate` (admin): a cold migration to another node (2.56: `host`
+/// names it). The source node stops the server and writes its root file
+/// system into a hidden transfer image; the destination boots it; the
+/// server waits in VERIFY_RESIZE, as after a resize.
+pub(super) fn migrate(
+    state: &AppState,
+    ctx: &Ctx,
+    mv: Mv,
+    s: &Server,
+    arg: &Value,
+    rid: &str,
+) -> Result<Response, ApiError> {
+    if !ctx.is_admin() {
+        return Err(super::policy_denied(
+            "os_compute_api:os-migrate-server:migrate",
+        ));
+    }
+    let want = match arg {
+        Value::Null => None,
+        Value::Object(o) if mv.at_least(56) => {
+            if let Some(k) = o.keys().find(|k| k.as_str() != "host") {
+                return Err(bad_field(
+                    "migrate",
+                    format!("Additional properties are not allowed ('{k}' was unexpected)"),
+                ));
+            }
+            match o.get("host") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Some(h.clone()),
+                Some(v) => {
+                    return Err(bad_field(
+                        "host",
+                        format!("Value: {v}. It is not a valid host name"),
+                    ));
+                }
+            }
+        }
+        v => {
+            return Err(bad_field(
+                "migrate",
+                format!("Value: {v}. It is not of type 'null'"),
+            ));
+        }
+    };
+    if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
+        return Err(wrong_state("migrate", s));
+    }
+    check_locked(ctx, s)?;
+    if let Some(h) = &want {
+        if state.store.get::<ComputeNode>(h)?.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "Compute host {h} could not be found."
+            )));
+        }
+        if Some(h) == s.host.as_ref() {
+            return Err(ApiError::bad_request(
+                "The target host can't be the same one.",
+            ));
+        }
+    }
+    let (dest, rp, resources) = match super::scheduler::pick_destination(state, s, want.as_deref())?
+    {
+        Ok(d) => d,
+        Err(why) => {
+            return Err(ApiError::bad_request(format!(
+                "No valid host was found. {why}"
+            )));
+        }
+    };
+    let source = s.host.clone().unwrap_or_default();
+    let migration_id = uuid::Uuid::new_v4().to_string();
+    // The source's claim moves to the migration; the server claims the
+    // destination.
+    state
+        .placement
+        .move_consumer(&s.id, &migration_id)
+        .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+    let now = now_us();
+    let allocs = BTreeMap::from([(rp, resources)]);
+    let result = state
+        .placement
+        .claim(&s.id, &s.project_id, &s.user_id, &allocs, |tx| {
+            let mut cur = fetch_tx(tx, ctx, &s.id)?;
+            if cur.task_state.is_some()
+                || !FROM.contains(&cur.vm_state.as_str())
+                || cur.host.as_deref() != Some(source.as_str())
+            {
+                return Err(wrong_state("migrate", &cur));
+            }
+            let mut m = Migration {
+                id: migration_id.clone(),
+                seq: 0,
+                server_id: cur.id.clone(),
+                project_id: cur.project_id.clone(),
+                user_id: cur.user_id.clone(),
+                migration_type: "migration".into(),
+                source_compute: source.clone(),
+                dest_compute: dest.clone(),
+                old_flavor_id: cur.flavor.id.clone(),
+                new_flavor_id: cur.flavor.id.clone(),
+                status: "pre-migrating".into(),
+                created_us: now,
+                updated_us: now,
+            };
+            m.seq = tx.insert(&m)?;
+            tx.update(&m)?;
+            let image = super::snapshots::transfer_image(tx, &cur)?;
+            cur.resize = Some(ResizeJob {
+                migration_id: migration_id.clone(),
+                old_flavor: cur.flavor.clone(),
+                new_flavor: cur.flavor.clone(),
+                old_vm_state: cur.vm_state.clone(),
+                source_host: Some(source.clone()),
+                dest_host: Some(dest.clone()),
+                transfer_image: Some(image),
+                failed: false,
+            });
+            cur.task_state = Some(task::RESIZE_MIGRATING.into());
+            cur.generation += 1;
+            cur.updated_us = now;
+            tx.update(&cur)?;
+            record_action(tx, &cur, "migrate", ctx, rid)?;
+            Ok(())
+        });
+    match result {
+        Ok(()) => {
+            state.compute.notify(Some(&source));
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Err(e) => {
+            // Back as it was.
+            if let Err(pe) = state.placement.move_consumer(&migration_id, &s.id) {
+                tracing::error!(server = %s.id, error = %pe, "could not restore the claim after a refused migration");
+            }
+            Err(match e {
+                ClaimError::Caller(e) => e,
+                ClaimError::Placement(e) => ApiError::bad_request(format!(
+                    "No valid host was found. There is not enough room on {dest}: {e}"
+                )),
+            })
+        }
+    }
+}
+
+/// A migration went back (or failed): the server gives up its claim on
+/// the destination and takes back what the migration held on the source.
+fn unmigrate_claims(state: &AppState, server: &str, migration: &str) {
+    release(state, server);
+    if let Err(e) = state.placement.move_consumer(migration, server) {
+        tracing::error!(server, error = %e, "could not give the source claim back");
+    }
+}
+
+fn release(state: &AppState, consumer: &str) {
+    if let Err(e) = state.placement.release(consumer) {
+        tracing::error!(consumer, error = %e, "could not release a claim");
+    }
 }
 
 fn set_migration(tx: &stratus_store::Tx, id: &str, status: &str) -> Result<(), ApiError> {
@@ -313,75 +498,133 @@ pub fn flavor_for_task(s: &Server) -> &FlavorCopy {
     }
 }
 
-/// Applies the node's report of `resize_prep` or `resize_reverting`
-/// to `cur` inside the report's transaction. `power_running` is what the
-/// node says the workload is doing now. Returns the claim the server
-/// must be left holding, if it changes.
+/// What a node's report on a resize or migration step leaves to do once
+/// its transaction is written.
+#[derive(Default)]
+pub struct Next {
+    /// The task the server moves on to (its generation is bumped).
+    pub task: Option<&'static str>,
+    /// The claim the server keeps on its node, if it changes.
+    pub settle: Option<BTreeMap<String, u64>>,
+    /// The migration ended before confirmation: claims go back to the
+    /// source (the migration's id).
+    pub unmigrate: Option<String>,
+    /// A transfer image to delete.
+    pub drop_image: Option<String>,
+    /// Another node to wake.
+    pub notify: Option<String>,
+}
+
+fn recount(
+    tx: &stratus_store::Tx,
+    cur: &Server,
+    from: &FlavorCopy,
+    to: &FlavorCopy,
+) -> Result<(), ApiError> {
+    quotas::account(tx, &cur.project_id, &cur.user_id, from.vcpus, from.ram, -1)?;
+    quotas::account(tx, &cur.project_id, &cur.user_id, to.vcpus, to.ram, 1)
+}
+
+/// Applies the node's report of a resize or migration step to `cur`
+/// inside the report's transaction (the caller clears the task and then
+/// sets [`Next::task`]).
 pub fn finish(
     tx: &stratus_store::Tx,
     cur: &mut Server,
     task_name: &str,
     ok: bool,
-) -> Result<Option<BTreeMap<String, u64>>, ApiError> {
-    let Some(job) = cur.resize.clone() else {
-        return Ok(None);
+) -> Result<Next, ApiError> {
+    let Some(mut job) = cur.resize.clone() else {
+        return Ok(Next::default());
     };
+    let mut next = Next::default();
     match (task_name, ok) {
         (task::RESIZE_PREP, true) => {
             cur.flavor = job.new_flavor.clone();
             cur.vm_state = vm::RESIZED.into();
             set_migration(tx, &job.migration_id, "finished")?;
-            Ok(None)
         }
         (task::RESIZE_PREP, false) => {
             // Nothing changed on the node: back to the old flavor.
-            quotas::account(
-                tx,
-                &cur.project_id,
-                &cur.user_id,
-                job.new_flavor.vcpus,
-                job.new_flavor.ram,
-                -1,
-            )?;
-            quotas::account(
-                tx,
-                &cur.project_id,
-                &cur.user_id,
-                job.old_flavor.vcpus,
-                job.old_flavor.ram,
-                1,
-            )?;
+            recount(tx, cur, &job.new_flavor, &job.old_flavor)?;
             cur.vm_state = job.old_vm_state.clone();
             cur.resize = None;
             set_migration(tx, &job.migration_id, "error")?;
-            Ok(Some(flavor_resources(&job.old_flavor)))
+            next.settle = Some(flavor_resources(&job.old_flavor));
+        }
+        // The source wrote the transfer image: on to the destination.
+        (task::RESIZE_MIGRATING, true) => {
+            cur.host = job.dest_host.clone();
+            cur.node = job.dest_host.clone();
+            set_migration(tx, &job.migration_id, "post-migrating")?;
+            next.task = Some(task::RESIZE_FINISH);
+            next.notify = job.dest_host.clone();
+        }
+        // The source kept (and restarted) the server.
+        (task::RESIZE_MIGRATING, false) => {
+            cur.resize = None;
+            set_migration(tx, &job.migration_id, "error")?;
+            next.unmigrate = Some(job.migration_id.clone());
+            next.drop_image = job.transfer_image.clone();
+        }
+        (task::RESIZE_FINISH, true) => {
+            cur.vm_state = vm::RESIZED.into();
+            set_migration(tx, &job.migration_id, "finished")?;
+            next.drop_image = job.transfer_image.take();
+            cur.resize = Some(job);
+        }
+        // The destination could not boot it: back to the source, which
+        // starts its copy again.
+        (task::RESIZE_FINISH, false) => {
+            cur.host = job.source_host.clone();
+            cur.node = job.source_host.clone();
+            next.drop_image = job.transfer_image.take();
+            next.unmigrate = Some(job.migration_id.clone());
+            next.notify = job.source_host.clone();
+            next.task = Some(task::RESIZE_REVERTING);
+            job.failed = true;
+            cur.resize = Some(job);
         }
         (task::RESIZE_REVERTING, true) => {
-            quotas::account(
-                tx,
-                &cur.project_id,
-                &cur.user_id,
-                job.new_flavor.vcpus,
-                job.new_flavor.ram,
-                -1,
-            )?;
-            quotas::account(
-                tx,
-                &cur.project_id,
-                &cur.user_id,
-                job.old_flavor.vcpus,
-                job.old_flavor.ram,
-                1,
-            )?;
-            cur.flavor = job.old_flavor.clone();
+            if job.is_migration() {
+                let status = if job.failed { "error" } else { "reverted" };
+                set_migration(tx, &job.migration_id, status)?;
+            } else {
+                recount(tx, cur, &job.new_flavor, &job.old_flavor)?;
+                cur.flavor = job.old_flavor.clone();
+                set_migration(tx, &job.migration_id, "reverted")?;
+                next.settle = Some(flavor_resources(&job.old_flavor));
+            }
             cur.vm_state = job.old_vm_state.clone();
             cur.resize = None;
-            set_migration(tx, &job.migration_id, "reverted")?;
-            Ok(Some(flavor_resources(&job.old_flavor)))
         }
-        // A failed revert leaves the resize to confirm or revert again.
-        _ => Ok(None),
+        // A failed revert of a resize leaves it to confirm or revert again.
+        (task::RESIZE_REVERTING, false) if !job.is_migration() => {}
+        // The source could not start its copy again.
+        (task::RESIZE_REVERTING, false) => {
+            set_migration(tx, &job.migration_id, "error")?;
+            cur.vm_state = vm::ERROR.into();
+            cur.resize = None;
+        }
+        _ => {}
     }
+    Ok(next)
+}
+
+/// Carries out a [`Next`] after its transaction.
+pub fn after(state: &AppState, id: &str, next: Next) {
+    if let Some(resources) = next.settle {
+        settle_claim(state, id, resources);
+    }
+    if let Some(m) = &next.unmigrate {
+        unmigrate_claims(state, id, m);
+    }
+    if let Some(image) = &next.drop_image
+        && let Err(e) = crate::image::purge_image(state, image)
+    {
+        tracing::warn!(server = id, image, error = %e, "could not delete a transfer image");
+    }
+    state.compute.notify(next.notify.as_deref());
 }
 
 /// Shrinks a server's claim after a resize ended (best effort: the

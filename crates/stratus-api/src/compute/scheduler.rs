@@ -24,6 +24,40 @@ use crate::placement::{CandidateRequest, ClaimError, ClaimItem, Outcome};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
+/// A migration's destination: (host, provider uuid, what to claim there).
+pub type Destination = (String, String, BTreeMap<String, u64>);
+
+/// Where a cold migration of `s` may go: the best node other than its
+/// own (or `want`, 2.56's `host`) that passes the filters the server was
+/// built with. `Ok(Err(why))` when there is none. Answers (host,
+/// provider uuid, the resources to claim there).
+pub fn pick_destination(
+    state: &AppState,
+    s: &Server,
+    want: Option<&str>,
+) -> Result<Result<Destination, String>, ApiError> {
+    let mut probe = s.clone();
+    probe.tried_hosts = s.host.iter().cloned().collect();
+    // A host forced at boot does not bind a move (as Nova resets
+    // force_hosts for move operations).
+    if let Some(h) = probe.hints.as_object_mut() {
+        h.remove("_forced_host");
+    }
+    if let Some(h) = want {
+        probe.hints["_forced_host"] = Value::String(h.to_string());
+    }
+    let view = View::load(state)?;
+    Ok(match plan(state, &view, &probe, &Pending::default())? {
+        Ok(p) => p
+            .hosts
+            .into_iter()
+            .find(|(h, _, _)| Some(h) != s.host.as_ref())
+            .map(|(h, rp, _)| (h, rp, p.resources.clone()))
+            .ok_or_else(|| "There are not enough hosts available.".to_string()),
+        Err(why) => Err(why),
+    })
+}
+
 /// Whether a server waits for the scheduler: a new build
 /// (`scheduling`) or an unshelve (`unshelving`), on no node yet.
 pub fn waiting(s: &Server) -> bool {

@@ -322,14 +322,32 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
         .filter(|id| !servers.iter().any(|s| &s.id == *id))
         .collect();
     // An orphan may be a server that was moved or deleted while the node
-    // was down: only report ids with no server at all.
+    // was down: only report ids with no server at all. A server that has
+    // moved on (a migration confirmed or reverted, a shelve) leaves a copy
+    // the node must remove; the source of a migration waiting for
+    // confirmation keeps its copy.
     let mut truly = Vec::new();
+    let mut leftovers = Vec::new();
     for id in orphans {
-        if state.store.get::<Server>(id)?.is_none() {
-            truly.push(id.clone());
+        match state.store.get::<Server>(id)? {
+            None => truly.push(id.clone()),
+            Some(s) if s.host.as_deref() == Some(host) => {}
+            Some(s) => {
+                let keep = s
+                    .resize
+                    .as_ref()
+                    .is_some_and(|j| j.source_host.as_deref() == Some(host));
+                if !keep {
+                    leftovers.push(id.clone());
+                }
+            }
         }
     }
-    Ok(json!({"node": {"uuid": node.uuid, "disabled": node.disabled}, "orphans": truly}))
+    Ok(json!({
+        "node": {"uuid": node.uuid, "disabled": node.disabled},
+        "orphans": truly,
+        "leftovers": leftovers,
+    }))
 }
 
 fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> bool {
@@ -345,8 +363,14 @@ fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> b
 
 /// What an agent needs to run `s`.
 pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> {
-    // An unshelved server boots from its shelved image.
-    let image_id = s.shelved_image.as_ref().unwrap_or(&s.image_ref);
+    // An unshelved server boots from its shelved image, a migrated one
+    // from its transfer image.
+    let job = s.resize.as_ref();
+    let transfer = job.and_then(|j| j.transfer_image.as_ref());
+    let image_id = match (s.task_state.as_deref(), transfer) {
+        (Some(task::RESIZE_FINISH), Some(t)) => t,
+        _ => s.shelved_image.as_ref().unwrap_or(&s.image_ref),
+    };
     let img = state.store.get::<Image>(image_id)?;
     let flavor = super::resize::flavor_for_task(s);
     let mut keys = serde_json::Map::new();
@@ -408,7 +432,11 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         disk_gb: flavor.disk,
         user_data: s.user_data.clone(),
         meta_data: meta,
-        snapshot_image_id: s.snapshot.as_ref().map(|j| j.image_id.clone()),
+        snapshot_image_id: match (s.task_state.as_deref(), transfer) {
+            (Some(task::RESIZE_MIGRATING), Some(t)) => Some(t.clone()),
+            _ => s.snapshot.as_ref().map(|j| j.image_id.clone()),
+        },
+        migration: job.is_some_and(|j| j.is_migration()),
         rescue,
         should_run: match s.vm_state.as_str() {
             vm::ACTIVE | vm::RESCUED => true,
@@ -542,7 +570,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
     }
     let now = now_us();
     let mut unshelved = None;
-    let (job, settle) = state.store.write(|tx| {
+    let (job, next) = state.store.write(|tx| {
         let Some(mut cur) = tx.get::<Server>(id)? else {
             return Ok::<_, ApiError>((None, None));
         };
@@ -550,12 +578,12 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             return Ok((None, None));
         }
         cur.power_state = r.power_state;
-        let mut settle = None;
-        if task_name == task::RESIZE_PREP || task_name == task::RESIZE_REVERTING {
+        let mut next = None;
+        if task::is_resize(&task_name) {
             if !r.ok {
-                tracing::warn!(server = %cur.id, task = %task_name, message = ?r.message, "resize failed on the node");
+                tracing::warn!(server = %cur.id, task = %task_name, message = ?r.message, "resize or migration step failed on the node");
             }
-            settle = super::resize::finish(tx, &mut cur, &task_name, r.ok)?;
+            next = Some(super::resize::finish(tx, &mut cur, &task_name, r.ok)?);
         } else if r.ok {
             cur.vm_state = match task_name.as_str() {
                 task::SPAWNING | task::POWERING_ON | task::REBOOTING | task::REBOOTING_HARD
@@ -606,6 +634,10 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             }
         }
         cur.task_state = None;
+        if let Some(t) = next.as_ref().and_then(|n| n.task) {
+            cur.task_state = Some(t.into());
+            cur.generation += 1;
+        }
         let job = cur.snapshot.take();
         if shelving
             && r.ok
@@ -616,7 +648,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         cur.updated_us = now;
         tx.update(&cur)?;
         action_event(tx, id, &event, r.ok, r.message.as_deref(), Some(host))?;
-        Ok((job, settle))
+        Ok((job, next))
     })?;
     if let Some(job) = job {
         super::snapshots::finish(state, id, &job, r.ok);
@@ -631,8 +663,8 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
     if let Some(image) = unshelved {
         super::shelve::drop_image(state, id, &image);
     }
-    if let Some(resources) = settle {
-        super::resize::settle_claim(state, id, resources);
+    if let Some(next) = next {
+        super::resize::after(state, id, next);
     }
     state.compute.notify(Some(host));
     Ok(())

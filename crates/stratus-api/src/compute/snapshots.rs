@@ -176,6 +176,69 @@ fn properties(
     Ok(p)
 }
 
+/// A new queued image for the root file system of `s`: private to its
+/// project, with the source image's formats and minimums.
+fn image_of(
+    s: &Server,
+    source: Option<&Image>,
+    name: &str,
+    properties: Map<String, Value>,
+    hidden: bool,
+) -> Image {
+    let now = now_us();
+    Image {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: Some(name.to_string()),
+        owner: Some(s.project_id.clone()),
+        status: status::QUEUED.into(),
+        visibility: "private".into(),
+        disk_format: Some(
+            source
+                .and_then(|i| i.disk_format.clone())
+                .unwrap_or_else(|| "raw".into()),
+        ),
+        container_format: Some(
+            source
+                .and_then(|i| i.container_format.clone())
+                .unwrap_or_else(|| "docker".into()),
+        ),
+        size: None,
+        virtual_size: None,
+        checksum: None,
+        os_hash_algo: None,
+        os_hash_value: None,
+        protected: false,
+        min_ram: source.map(|i| i.min_ram).unwrap_or(0),
+        min_disk: source.map(|i| i.min_disk).unwrap_or(0).max(s.flavor.disk),
+        os_hidden: hidden,
+        tags: Vec::new(),
+        properties,
+        created_at: now,
+        updated_at: now,
+        blob: None,
+        staged: None,
+        tasks: Vec::new(),
+    }
+}
+
+/// The hidden image a cold migration carries the server's root file
+/// system in, from the source node to the destination (see `resize.rs`).
+pub(super) fn transfer_image(tx: &stratus_store::Tx, s: &Server) -> Result<String, ApiError> {
+    let source = tx.get::<Image>(&s.image_ref)?;
+    let mut props = Map::new();
+    props.insert("instance_uuid".into(), json!(s.id));
+    props.insert("image_type".into(), json!("migration"));
+    let img = image_of(
+        s,
+        source.as_ref(),
+        &format!("{}-migration", s.name),
+        props,
+        true,
+    );
+    tx.insert(&img)?;
+    Ok(img.id)
+}
+
 /// Checks the request against the quotas, creates the image and starts
 /// the task; answers the new image.
 fn start(
@@ -213,45 +276,8 @@ fn start(
             .map_err(|e| over(e.message))?;
         let source = tx.get::<Image>(&s.image_ref)?;
         let now = now_us();
-        let img = Image {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: Some(req.name.clone()),
-            owner: Some(s.project_id.clone()),
-            status: status::QUEUED.into(),
-            visibility: "private".into(),
-            disk_format: Some(
-                source
-                    .as_ref()
-                    .and_then(|i| i.disk_format.clone())
-                    .unwrap_or_else(|| "raw".into()),
-            ),
-            container_format: Some(
-                source
-                    .as_ref()
-                    .and_then(|i| i.container_format.clone())
-                    .unwrap_or_else(|| "docker".into()),
-            ),
-            size: None,
-            virtual_size: None,
-            checksum: None,
-            os_hash_algo: None,
-            os_hash_value: None,
-            protected: false,
-            min_ram: source.as_ref().map(|i| i.min_ram).unwrap_or(0),
-            min_disk: source
-                .as_ref()
-                .map(|i| i.min_disk)
-                .unwrap_or(0)
-                .max(s.flavor.disk),
-            os_hidden: false,
-            tags: Vec::new(),
-            properties: properties(state, ctx, &s, source.as_ref(), &req)?,
-            created_at: now,
-            updated_at: now,
-            blob: None,
-            staged: None,
-            tasks: Vec::new(),
-        };
+        let props = properties(state, ctx, &s, source.as_ref(), &req)?;
+        let img = image_of(&s, source.as_ref(), &req.name, props, false);
         tx.insert(&img)?;
         s.task_state = Some(
             if req.shelve {

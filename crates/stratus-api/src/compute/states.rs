@@ -44,6 +44,11 @@ pub mod task {
     pub const IMAGE_UPLOADING: &str = "image_uploading";
     /// `resize` or `migrate` asked; the node has not applied it yet.
     pub const RESIZE_PREP: &str = "resize_prep";
+    /// `migrate` asked: the source node writes the server's disk into the
+    /// transfer image.
+    pub const RESIZE_MIGRATING: &str = "resize_migrating";
+    /// The destination node boots the transfer image.
+    pub const RESIZE_FINISH: &str = "resize_finish";
     /// `revertResize` asked.
     pub const RESIZE_REVERTING: &str = "resize_reverting";
     /// `shelve` asked: the node writes the shelved image, then lets the
@@ -53,6 +58,17 @@ pub mod task {
     pub const SHELVING_IMAGE_UPLOADING: &str = "shelving_image_uploading";
     /// `unshelve` asked: the server waits for a node.
     pub const UNSHELVING: &str = "unshelving";
+
+    /// The task_states of a resize or cold migration step.
+    pub fn is_resize(t: &str) -> bool {
+        [
+            RESIZE_PREP,
+            RESIZE_MIGRATING,
+            RESIZE_FINISH,
+            RESIZE_REVERTING,
+        ]
+        .contains(&t)
+    }
 
     /// The task_states of a shelve in progress.
     pub fn is_shelving(t: &str) -> bool {
@@ -94,13 +110,13 @@ pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
             Some(task::REBOOTING) => "REBOOT",
             Some(task::REBOOTING_HARD) => "HARD_REBOOT",
             Some(task::REBUILDING) => "REBUILD",
-            Some(task::RESIZE_PREP) => "RESIZE",
+            Some(task::RESIZE_PREP | task::RESIZE_MIGRATING | task::RESIZE_FINISH) => "RESIZE",
             _ => "ACTIVE",
         },
         vm::BUILDING => "BUILD",
         vm::STOPPED => match task_state {
             Some(task::REBUILDING) => "REBUILD",
-            Some(task::RESIZE_PREP) => "RESIZE",
+            Some(task::RESIZE_PREP | task::RESIZE_MIGRATING | task::RESIZE_FINISH) => "RESIZE",
             _ => "SHUTOFF",
         },
         vm::RESIZED => match task_state {

@@ -727,3 +727,118 @@ fn compute_real_shelve_keeps_the_disk_in_an_image_and_unshelve_boots_it() {
     );
     c.wait_gone(&c.admin, &id);
 }
+
+#[test]
+fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
+    let c = cloud(&[]);
+    // A second real node, heartbeating every second.
+    let second = c.server.data_dir().join("second");
+    let log = c.server.data_dir().join("node-b.log");
+    struct Kill(std::process::Child, PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            super::common::reap_containers(&self.1);
+        }
+    }
+    let _b = Kill(
+        Command::new(super::common::bin())
+            .args([
+                "agent",
+                "--controller",
+                &c.server.url,
+                "--node-name",
+                "node-b",
+                "--heartbeat",
+                "1",
+                "--password",
+                &c.server.admin_password,
+                "--data-dir",
+            ])
+            .arg(second.join("agent"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        second.clone(),
+    );
+    c.wait_nodes_logged(2, &log);
+    let img = image_id(&c, "busybox");
+    let r = c.boot(
+        &c.admin,
+        "mv",
+        &img,
+        "42",
+        json!({"availability_zone": "nova:node-b"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+    let on_b = second.join("agent/instances").join(&id);
+    let on_a = c.server.data_dir().join("agent/instances").join(&id);
+    assert!(on_b.exists() && !on_a.exists());
+    std::fs::create_dir_all(on_b.join("rootfs/data")).unwrap();
+    std::fs::write(on_b.join("rootfs/data/moved"), "CARRIED\n").unwrap();
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+
+    // Migrate: it runs on the first node with its files; node-b keeps a
+    // stopped copy until the migration is settled.
+    let r = act(json!({"migrate": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_ne!(s["OS-EXT-SRV-ATTR:host"], "node-b", "{s}");
+    assert_eq!(
+        std::fs::read_to_string(on_a.join("rootfs/data/moved"))
+            .unwrap()
+            .trim(),
+        "CARRIED"
+    );
+    assert!(on_b.exists(), "the source keeps its copy until confirmed");
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+
+    // Revert: back on node-b, running its own copy; the first node lets
+    // its copy go (at its next heartbeat).
+    assert_eq!(act(json!({"revertResize": null})).status, 202);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], "node-b", "{s}");
+    let s = settled(&c, &c.admin, &id);
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_a.exists() {
+        assert!(Instant::now() < deadline, "the first node kept its copy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Again, and confirm: node-b lets its copy go.
+    let r = act(json!({"migrate": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert!(on_a.join("rootfs/data/moved").exists());
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_b.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node-b never removed its copy: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}

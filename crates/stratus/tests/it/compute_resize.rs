@@ -272,3 +272,207 @@ fn compute_shelve_offloads_and_unshelve_boots_the_shelved_image() {
     assert!(images_named(&c, &tok, "keep-shelved").is_empty());
     assert_eq!(usage(&c, &tok), (0, 0));
 }
+
+/// A second node: a `stratus agent` process (fake driver) named `n2`,
+/// heartbeating every second; killed when dropped.
+struct SecondNode(std::process::Child);
+
+impl SecondNode {
+    fn start(c: &Cloud) -> SecondNode {
+        let log = c.server.data_dir().join("n2.log");
+        let child = std::process::Command::new(super::common::bin())
+            .args([
+                "agent",
+                "--controller",
+                &c.server.url,
+                "--driver",
+                "fake",
+                "--node-name",
+                "n2",
+                "--heartbeat",
+                "1",
+                "--password",
+                &c.server.admin_password,
+                "--data-dir",
+            ])
+            .arg(c.server.data_dir().join("n2"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let node = SecondNode(child);
+        c.wait_nodes_logged(2, &log);
+        node
+    }
+}
+
+impl Drop for SecondNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn host_of(c: &Cloud, id: &str) -> String {
+    let r = c.req("GET", &format!("/servers/{id}"), &c.admin, None);
+    r.body["server"]["OS-EXT-SRV-ATTR:host"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no host: {}", r.body))
+        .to_string()
+}
+
+#[test]
+fn compute_cold_migration_moves_confirms_and_reverts() {
+    let c = Cloud::start(&["--driver", "fake", "--node-name", "n1"]);
+    let _n2 = SecondNode::start(&c);
+    let (_, tok) = c.project("mig");
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(&tok, "m1", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&tok, &id, "ACTIVE");
+    let first = host_of(&c, &id);
+    let other = if first == "n1" { "n2" } else { "n1" };
+    let admin_act = |body: Value, mv: &str| {
+        c.nova.raw(
+            "POST",
+            &format!("/servers/{id}/action"),
+            Some(&c.admin),
+            &[("OpenStack-API-Version", mv)],
+            Some(body.to_string()),
+        )
+    };
+
+    // Only admins migrate; bad bodies and impossible hosts are 400s.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"migrate": null})),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    for (body, mv) in [
+        (json!({"migrate": {"host": other}}), "compute 2.55"),
+        (json!({"migrate": {"host": "nowhere"}}), "compute 2.56"),
+        (json!({"migrate": {"host": first}}), "compute 2.56"),
+        (json!({"migrate": {"bogus": 1}}), "compute 2.56"),
+    ] {
+        let r = admin_act(body.clone(), mv);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    assert_eq!(host_of(&c, &id), first);
+
+    // Migrate and revert: back where it was, ACTIVE.
+    let r = admin_act(json!({"migrate": null}), "compute 2.38");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&tok, &id, "VERIFY_RESIZE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_eq!(host_of(&c, &id), other);
+    // The transfer image is gone once the destination booted it.
+    let r = c.img.get("/images?name=m1-migration", &c.admin);
+    assert!(
+        r.body["images"].as_array().unwrap().is_empty(),
+        "{}",
+        r.body
+    );
+    let m = migrations(&c, &id);
+    assert_eq!(m[0]["migration_type"], "migration");
+    assert_eq!(m[0]["source_compute"], first.as_str());
+    assert_eq!(m[0]["dest_compute"], other);
+    assert_eq!(m[0]["status"], "finished");
+    // Both nodes hold a claim until it is settled.
+    let pl = super::common::Client {
+        base: format!("{}/placement", c.server.url),
+    };
+    let uuid = m[0]["uuid"].as_str().unwrap();
+    let r = pl.raw(
+        "GET",
+        &format!("/allocations/{uuid}"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "placement 1.28")],
+        None,
+    );
+    assert_eq!(
+        r.body["allocations"].as_object().unwrap().len(),
+        1,
+        "{}",
+        r.body
+    );
+    assert_eq!(claim(&c, &id)["MEMORY_MB"], 128);
+
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"revertResize": null})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&tok, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert_eq!(host_of(&c, &id), first);
+    assert_eq!(migrations(&c, &id)[0]["status"], "reverted");
+    let r = pl.raw(
+        "GET",
+        &format!("/allocations/{uuid}"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "placement 1.28")],
+        None,
+    );
+    assert_eq!(r.body["allocations"], json!({}), "{}", r.body);
+    assert_eq!(claim(&c, &id)["MEMORY_MB"], 128);
+
+    // Migrate a stopped server to a named host and confirm: it stays
+    // SHUTOFF on the new node.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"os-stop": null})),
+    );
+    assert_eq!(r.status, 202);
+    c.wait(&tok, &id, "SHUTOFF");
+    let r = admin_act(json!({"migrate": {"host": other}}), "compute 2.56");
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&tok, &id, "VERIFY_RESIZE");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"confirmResize": null})),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let s = c.wait(&tok, &id, "SHUTOFF");
+    assert_eq!(s["OS-EXT-STS:power_state"], 4, "{s}");
+    assert_eq!(host_of(&c, &id), other);
+    let m = migrations(&c, &id);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0]["status"], "confirmed");
+    let uuid = m[0]["uuid"].as_str().unwrap();
+    let r = pl.raw(
+        "GET",
+        &format!("/allocations/{uuid}"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "placement 1.28")],
+        None,
+    );
+    assert_eq!(
+        r.body["allocations"],
+        json!({}),
+        "the source claim is released"
+    );
+    // Starts where it now lives.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"os-start": null})),
+    );
+    assert_eq!(r.status, 202);
+    c.wait(&tok, &id, "ACTIVE");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &tok, None)
+            .status,
+        204
+    );
+    c.wait_gone(&tok, &id);
+}
