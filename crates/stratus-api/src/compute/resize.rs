@@ -338,8 +338,10 @@ pub(super) fn migrate(
         ));
     }
     let want = match arg {
+        // Before 2.56 Nova reads nothing from the body (Tempest sends {}).
+        _ if !mv.at_least(56) => None,
         Value::Null => None,
-        Value::Object(o) if mv.at_least(56) => {
+        Value::Object(o) => {
             if let Some(k) = o.keys().find(|k| k.as_str() != "host") {
                 return Err(bad_field(
                     "migrate",
@@ -360,7 +362,7 @@ pub(super) fn migrate(
         v => {
             return Err(bad_field(
                 "migrate",
-                format!("Value: {v}. It is not of type 'null'"),
+                format!("Value: {v}. It is not of type 'object', 'null'"),
             ));
         }
     };

@@ -352,7 +352,7 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
     for (body, mv) in [
-        (json!({"migrate": {"host": other}}), "compute 2.55"),
+        (json!({"migrate": "n1"}), "compute 2.56"),
         (json!({"migrate": {"host": "nowhere"}}), "compute 2.56"),
         (json!({"migrate": {"host": first}}), "compute 2.56"),
         (json!({"migrate": {"bogus": 1}}), "compute 2.56"),
