@@ -640,6 +640,19 @@ pub fn settle_claim(state: &AppState, id: &str, resources: BTreeMap<String, u64>
     }
 }
 
+/// A server with an unsettled migration is going away: the source's
+/// claim (held by the migration) and the transfer image go too.
+pub fn abandon_claims(state: &AppState, s: &Server) {
+    if let Some(job) = &s.resize {
+        release(state, &job.migration_id);
+        if let Some(image) = &job.transfer_image
+            && let Err(e) = crate::image::purge_image(state, image)
+        {
+            tracing::warn!(server = %s.id, image, error = %e, "could not delete a transfer image");
+        }
+    }
+}
+
 /// Releases what a deleted server's unfinished resize held (its migration
 /// record is marked as such).
 pub fn abandon(tx: &stratus_store::Tx, s: &Server) -> Result<(), ApiError> {

@@ -488,6 +488,7 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
     if let Some(s) = state.store.get::<Server>(id)? {
         super::snapshots::abandon(state, &s);
+        super::resize::abandon_claims(state, &s);
     }
     state
         .store

@@ -10,7 +10,6 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use base64::Engine;
 use serde_json::{Value, json};
 use stratus_store::Query as Q;
 
@@ -136,11 +135,7 @@ async fn create(
             ));
         }
         Some(s) => s,
-        None => {
-            let mut raw = [0u8; 48];
-            super::fernet::fill_random(&mut raw);
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        }
+        None => super::bootstrap::random_secret(48),
     };
     let expires_at_us = match o.str("expires_at")? {
         None => None,

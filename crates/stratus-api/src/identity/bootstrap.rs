@@ -29,10 +29,22 @@ pub struct BootstrapOutcome {
 
 /// A random password of 24 URL-safe characters.
 pub fn generate_password() -> String {
+    random_secret(18)
+}
+
+/// `n` random bytes as URL-safe base64 that never starts with `-`: a
+/// secret beginning with a dash is taken for an option when it is passed
+/// on a command line (`--password -x...`).
+pub fn random_secret(n: usize) -> String {
     use base64::Engine;
-    let mut raw = [0u8; 18];
-    super::fernet::fill_random(&mut raw);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    let mut raw = vec![0u8; n];
+    loop {
+        super::fernet::fill_random(&mut raw);
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        if !s.starts_with('-') {
+            return s;
+        }
+    }
 }
 
 /// Registers a service and its public/internal/admin endpoints in the
@@ -247,6 +259,15 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn secrets_never_start_with_a_dash() {
+        for _ in 0..2000 {
+            let p = generate_password();
+            assert_eq!(p.len(), 24);
+            assert!(!p.starts_with('-'), "{p}");
+        }
     }
 
     #[test]

@@ -433,8 +433,7 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
                 &s.url,
                 "--node-name",
                 "node-b",
-                "--password",
-                &s.admin_password,
+                &format!("--password={}", s.admin_password),
                 "--data-dir",
             ])
             .arg(second.join("agent"))

@@ -990,8 +990,7 @@ fn compute_server_groups_aggregates_zones_and_services() {
             "fake",
             "--node-name",
             "n2",
-            "--password",
-            &c.server.admin_password,
+            &format!("--password={}", c.server.admin_password),
             "--data-dir",
         ])
         .arg(c.server.data_dir().join("agent2"))

@@ -752,8 +752,7 @@ fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
                 "node-b",
                 "--heartbeat",
                 "1",
-                "--password",
-                &c.server.admin_password,
+                &format!("--password={}", c.server.admin_password),
                 "--data-dir",
             ])
             .arg(second.join("agent"))

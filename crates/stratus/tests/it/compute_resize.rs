@@ -291,8 +291,7 @@ impl SecondNode {
                 "n2",
                 "--heartbeat",
                 "1",
-                "--password",
-                &c.server.admin_password,
+                &format!("--password={}", c.server.admin_password),
                 "--data-dir",
             ])
             .arg(c.server.data_dir().join("n2"))
@@ -469,10 +468,26 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
     );
     assert_eq!(r.status, 202);
     c.wait(&tok, &id, "ACTIVE");
+
+    // Deleted while waiting for confirmation: both claims go.
+    let r = admin_act(json!({"migrate": null}), "compute 2.38");
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&tok, &id, "VERIFY_RESIZE");
+    let uuid = migrations(&c, &id)[0]["uuid"].as_str().unwrap().to_string();
     assert_eq!(
         c.req("DELETE", &format!("/servers/{id}"), &tok, None)
             .status,
         204
     );
     c.wait_gone(&tok, &id);
+    for consumer in [uuid.as_str(), id.as_str()] {
+        let r = pl.raw(
+            "GET",
+            &format!("/allocations/{consumer}"),
+            Some(&c.admin),
+            &[("OpenStack-API-Version", "placement 1.28")],
+            None,
+        );
+        assert_eq!(r.body["allocations"], json!({}), "{consumer}: {}", r.body);
+    }
 }
