@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{id}/os-instance-actions", get(actions_list))
         .route("/servers/{id}/os-instance-actions/{req}", get(action_show))
         .route("/servers/{id}/diagnostics", get(diagnostics))
+        .route("/servers/{id}/topology", get(topology))
 }
 
 pub(super) fn wrong_state(action: &str, s: &Server) -> ApiError {
@@ -243,8 +244,15 @@ async fn action(
             accepted()
         }
         "lock" => {
+            // 2.73: an optional reason.
+            let reason = if mv.at_least(73) {
+                lock_reason(arg)?
+            } else {
+                None
+            };
             state.store.write(|tx| {
                 let mut s = tx.fetch::<Server>(&id)?;
+                s.locked_reason = reason.clone();
                 s.locked_by = Some(
                     if ctx.is_admin() && ctx.project_id() != Some(s.project_id.as_str()) {
                         "admin".into()
@@ -268,6 +276,7 @@ async fn action(
                     ));
                 }
                 s.locked_by = None;
+                s.locked_reason = None;
                 s.updated_us = now_us();
                 tx.update(&s)?;
                 record_action(tx, &s, "unlock", &ctx, rid)?;
@@ -332,13 +341,42 @@ async fn action(
         "revertResize" => super::resize::revert(&state, &ctx, &s, rid),
         "shelve" => super::shelve::shelve(&state, &ctx, &s, arg, rid),
         "shelveOffload" => super::shelve::shelve_offload(&ctx, &s),
-        "unshelve" => super::shelve::unshelve(&state, &ctx, &s, arg, rid),
+        "unshelve" => super::shelve::unshelve(&state, &ctx, mv, &s, arg, rid),
         "rescue" => super::rescue::rescue(&state, &ctx, &s, arg, rid),
         "unrescue" => super::rescue::unrescue(&state, &ctx, &s, rid),
         "createImage" => super::snapshots::create_image(&state, &ctx, mv, &id, arg, rid),
         "createBackup" => super::snapshots::create_backup(&state, &ctx, mv, &id, arg, rid),
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}"
+        ))),
+    }
+}
+
+/// The `locked_reason` of a 2.73 `lock` body (null or an object).
+fn lock_reason(arg: &Value) -> Result<Option<String>, ApiError> {
+    let bad = |why: String| {
+        ApiError::bad_request(format!("Invalid input for field/attribute lock. {why}"))
+    };
+    match arg {
+        Value::Null => Ok(None),
+        Value::Object(o) => {
+            if let Some(k) = o.keys().find(|k| k.as_str() != "locked_reason") {
+                return Err(bad(format!(
+                    "Additional properties are not allowed ('{k}' was unexpected)"
+                )));
+            }
+            match o.get("locked_reason") {
+                None => Ok(None),
+                Some(Value::String(r)) if !r.is_empty() && r.chars().count() <= 255 => {
+                    Ok(Some(r.clone()))
+                }
+                Some(v) => Err(bad(format!(
+                    "Value: {v}. locked_reason must be a string of 1-255 characters"
+                ))),
+            }
+        }
+        v => Err(bad(format!(
+            "Value: {v}. It is not of type 'object', 'null'"
         ))),
     }
 }
@@ -475,13 +513,18 @@ async fn rebuild(
     })?;
     state.compute.notify(s.host.as_deref());
     let mut v = super::servers::basic_view(render(state, ctx, mv, &s), mv);
+    v = super::servers::with_groups(v, &s, mv);
     // Rebuild's answer names the key pair from 2.54 and the user data
-    // from 2.57, the two things it may now change.
+    // from 2.57, the two things it may now change (as `user_data`, not
+    // the extended attribute).
     if mv.at_least(54) {
         v["key_name"] = json!(s.key_name);
     }
     if mv.at_least(57) {
         v["user_data"] = json!(s.user_data);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("OS-EXT-SRV-ATTR:user_data");
+        }
     }
     v["adminPass"] = json!(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
@@ -525,6 +568,25 @@ fn agent_of(state: &AppState, s: &Server, action: &str) -> Result<(String, Strin
         )
     })?;
     Ok((url, node.agent_key.unwrap_or_default()))
+}
+
+/// `GET /servers/{id}/topology` (2.78): a container has no NUMA
+/// topology of its own, which Nova shows as no nodes.
+async fn topology(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !mv.at_least(78) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ));
+    }
+    super::servers::require_reader(&ctx, "compute:server:topology:index")?;
+    fetch(&state, &ctx, &id)?;
+    Ok(axum::Json(json!({"nodes": [], "pagesize_kb": null})))
 }
 
 /// `GET /servers/{id}/diagnostics` (admin): the driver's measurements, in
@@ -679,14 +741,9 @@ async fn actions_list(
         return Ok(axum::Json(json!({"instanceActions": list})));
     }
     // 2.58: changes-since (on updated_at), limit and marker (a request id).
-    if let Some(t) = q.get("changes-since") {
-        let since = crate::timeutil::parse_iso(&t.replace(' ', "T")).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Invalid input for query parameters changes-since. Value: {t}. It is not a date-time"
-            ))
-        })?;
-        acts.retain(|a| a.updated_us >= since);
-    }
+    // 2.66: changes-before too.
+    let window = super::time_window(&q, mv)?;
+    acts.retain(|a| super::in_window(window, a.updated_us));
     let (limit, marker) = super::paging(&q)?;
     if let Some(m) = &marker
         && !acts.iter().any(|a| &a.request_id == m)

@@ -35,7 +35,10 @@ pub fn routes() -> Router<AppState> {
         .route("/os-server-external-events", post(external_events))
         .route("/os-migrations", get(migrations))
         .route("/servers/{id}/migrations", get(server_migrations))
-        .route("/servers/{id}/migrations/{mid}", get(server_migration))
+        .route(
+            "/servers/{id}/migrations/{mid}",
+            get(server_migration).delete(abort_migration),
+        )
         .route("/extensions", get(extensions))
         .route("/extensions/{alias}", get(extension))
 }
@@ -496,17 +499,27 @@ async fn external_events(
                 "Invalid input for field/attribute server_uuid. 'server_uuid' is a required property",
             )
         })?;
-        // `volume-extended` exists from 2.51, `power-update` from 2.76
-        // (above what is served), the rest from 2.1.
+        // `volume-extended` exists from 2.51, `power-update` from 2.76,
+        // the last two above what is served, the rest from 2.1.
         let known = EVENT_NAMES.contains(&name)
             && (name != "volume-extended" || mv.at_least(51))
-            && !matches!(
-                name,
-                "power-update" | "accelerator-request-bound" | "volume-reimaged"
-            );
+            && (name != "power-update" || mv.at_least(76))
+            && !matches!(name, "accelerator-request-bound" | "volume-reimaged");
         if !known {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for field/attribute name. Value: {name}. It is not one of {EVENT_NAMES:?}"
+            )));
+        }
+        // A power update (sent for bare metal in Nova) must say which.
+        if name == "power-update"
+            && !matches!(
+                e.get("tag").and_then(Value::as_str),
+                Some("POWER_ON" | "POWER_OFF")
+            )
+        {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute tag. Value: {}. A power-update event needs tag POWER_ON or POWER_OFF",
+                e.get("tag").unwrap_or(&Value::Null)
             )));
         }
         let status = e
@@ -574,20 +587,17 @@ async fn migrations(
             "limit",
             "marker",
             "changes-since",
+            "changes-before",
         ];
-        if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        if let Some(k) = q.keys().find(|k| {
+            !KNOWN.contains(&k.as_str()) || (k.as_str() == "changes-before" && !mv.at_least(66))
+        }) {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for query parameters {k}. Additional properties are not allowed ('{k}' was unexpected)"
             )));
         }
         super::paging(&q)?;
-        if let Some(t) = q.get("changes-since")
-            && parse_iso(&t.replace(' ', "T")).is_none()
-        {
-            return Err(ApiError::bad_request(format!(
-                "Invalid input for query parameters changes-since. Value: {t}. It is not a date-time"
-            )));
-        }
+        super::time_window(&q, mv)?;
     }
     let out = super::resize::list(&state, &q, mv)?;
     Ok(axum::Json(json!({ "migrations": out })))
@@ -609,6 +619,21 @@ async fn server_migration(
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:show")?;
+    super::servers::fetch(&state, &ctx, &id)?;
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("In-progress live migration {mid} is not found for server {id}."),
+    ))
+}
+
+/// Aborting a live migration (2.24, queued ones from 2.65): there are
+/// none to abort.
+async fn abort_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((id, mid)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&ctx, "os_compute_api:servers:migrations:delete")?;
     super::servers::fetch(&state, &ctx, &id)?;
     Err(ApiError::new(
         StatusCode::NOT_FOUND,

@@ -90,7 +90,8 @@ pub(crate) fn render(state: &AppState, f: &Flavor, detail: bool, mv: Mv) -> Valu
         o.insert("OS-FLV-EXT-DATA:ephemeral".into(), json!(f.ephemeral));
         o.insert(
             "swap".into(),
-            if f.swap == 0 {
+            // 2.75: no swap is 0, no longer "".
+            if f.swap == 0 && !mv.at_least(75) {
                 json!("")
             } else {
                 json!(f.swap)

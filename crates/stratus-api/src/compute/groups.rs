@@ -36,13 +36,24 @@ pub fn routes() -> Router<AppState> {
 // ---- server groups -------------------------------------------------------------
 
 fn render_group(g: &ServerGroup, mv: Mv) -> Value {
-    let mut v = json!({
-        "id": g.id,
-        "name": g.name,
-        "policies": [g.policy],
-        "members": g.members,
-        "metadata": g.metadata,
-    });
+    // 2.64: `policy` and `rules` replace `policies`; `metadata` is gone.
+    let mut v = if mv.at_least(64) {
+        json!({
+            "id": g.id,
+            "name": g.name,
+            "policy": g.policy,
+            "rules": g.rules,
+            "members": g.members,
+        })
+    } else {
+        json!({
+            "id": g.id,
+            "name": g.name,
+            "policies": [g.policy],
+            "members": g.members,
+            "metadata": g.metadata,
+        })
+    };
     if mv.at_least(13) {
         v["project_id"] = json!(g.project_id);
         v["user_id"] = json!(g.user_id);
@@ -120,6 +131,109 @@ async fn group_create(
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty() && n.len() <= 255 && n.trim() == *n)
         .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute name. 'name' is a required property: 1-255 characters without leading or trailing whitespace"))?;
+    let (policy, rules) = if mv.at_least(64) {
+        policy_and_rules(o)?
+    } else {
+        (policies(o, mv)?, BTreeMap::new())
+    };
+    let g = ServerGroup {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_string(),
+        project_id: project.clone(),
+        user_id: ctx.user_id().to_string(),
+        policy,
+        rules,
+        members: vec![],
+        metadata: BTreeMap::new(),
+    };
+    let user = ctx.user_id().to_string();
+    state.store.write(|tx| {
+        let used = tx.list::<ServerGroup>(&StoreQuery::owner(&project))?.len() as i64;
+        let lim = quotas::limit_tx(tx, &project, Some(&user), Resource::ServerGroups)?;
+        if lim >= 0 && used + 1 > lim {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Quota exceeded, too many server groups.",
+            ));
+        }
+        tx.insert(&g)?;
+        Ok(())
+    })?;
+    Ok(axum::Json(json!({"server_group": render_group(&g, mv)})))
+}
+
+const POLICIES: &[&str] = &[
+    "affinity",
+    "anti-affinity",
+    "soft-affinity",
+    "soft-anti-affinity",
+];
+
+/// 2.64: `policy` (a name) and `rules` (only `max_server_per_host`, only
+/// for anti-affinity).
+fn policy_and_rules(
+    o: &serde_json::Map<String, Value>,
+) -> Result<(String, BTreeMap<String, Value>), ApiError> {
+    let bad = |m: String| ApiError::bad_request(format!("Invalid input for field/attribute {m}"));
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["name", "policy", "rules"].contains(&k.as_str()))
+    {
+        return Err(bad(format!(
+            "server_group. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    let policy = match o.get("policy") {
+        Some(Value::String(p)) if POLICIES.contains(&p.as_str()) => p.clone(),
+        Some(v) => {
+            return Err(bad(format!(
+                "policy. Value: {v}. It is not one of {POLICIES:?}"
+            )));
+        }
+        None => return Err(bad("server_group. 'policy' is a required property".into())),
+    };
+    let mut rules = BTreeMap::new();
+    match o.get("rules") {
+        None => {}
+        Some(Value::Object(r)) => {
+            for (k, v) in r {
+                if k != "max_server_per_host" {
+                    return Err(bad(format!(
+                        "rules. Additional properties are not allowed ('{k}' was unexpected)"
+                    )));
+                }
+                let n = v
+                    .as_i64()
+                    .or_else(|| {
+                        v.as_str()
+                            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|s| s.parse().ok())
+                    })
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "max_server_per_host. Value: {v}. It must be a positive integer"
+                        ))
+                    })?;
+                rules.insert(k.clone(), json!(n));
+            }
+        }
+        Some(v) => {
+            return Err(bad(format!(
+                "rules. Value: {v}. It is not of type 'object'"
+            )));
+        }
+    }
+    if !rules.is_empty() && policy != "anti-affinity" {
+        return Err(ApiError::bad_request(
+            "Only anti-affinity policy supports rules.",
+        ));
+    }
+    Ok((policy, rules))
+}
+
+/// Before 2.64: `policies`, a list of exactly one name.
+fn policies(o: &serde_json::Map<String, Value>, mv: Mv) -> Result<String, ApiError> {
     let policies = o.get("policies").and_then(Value::as_array).ok_or_else(|| {
         ApiError::bad_request(
             "Invalid input for field/attribute server_group. 'policies' is a required property",
@@ -152,30 +266,7 @@ async fn group_create(
             "Invalid input for field/attribute server_group. Additional properties are not allowed ('{k}' was unexpected)"
         )));
     }
-    let g = ServerGroup {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: name.to_string(),
-        project_id: project.clone(),
-        user_id: ctx.user_id().to_string(),
-        policy,
-        rules: BTreeMap::new(),
-        members: vec![],
-        metadata: BTreeMap::new(),
-    };
-    let user = ctx.user_id().to_string();
-    state.store.write(|tx| {
-        let used = tx.list::<ServerGroup>(&StoreQuery::owner(&project))?.len() as i64;
-        let lim = quotas::limit_tx(tx, &project, Some(&user), Resource::ServerGroups)?;
-        if lim >= 0 && used + 1 > lim {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Quota exceeded, too many server groups.",
-            ));
-        }
-        tx.insert(&g)?;
-        Ok(())
-    })?;
-    Ok(axum::Json(json!({"server_group": render_group(&g, mv)})))
+    Ok(policy)
 }
 
 async fn group_delete(

@@ -42,8 +42,8 @@ use crate::{ApiError, AppState};
 pub use flavors::ensure_default_flavors;
 pub use service::{Compute, ComputeConfig, Weigher};
 
-/// Highest microversion implemented: 2.63.
-pub const MAX_MINOR: u16 = 63;
+/// Highest microversion implemented: 2.79.
+pub const MAX_MINOR: u16 = 79;
 /// Lowest: 2.1.
 pub const MIN_MINOR: u16 = 1;
 
@@ -300,6 +300,45 @@ pub(crate) fn paging(
         ),
     };
     Ok((limit, q.get("marker").cloned()))
+}
+
+/// The `changes-since` and (from 2.66) `changes-before` bounds of a list
+/// query, in µs; since must not be after before.
+pub(crate) fn time_window(
+    q: &std::collections::HashMap<String, String>,
+    mv: Mv,
+) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let parse = |k: &str| -> Result<Option<i64>, ApiError> {
+        match q.get(k) {
+            None => Ok(None),
+            Some(t) => crate::timeutil::parse_iso(&t.replace(' ', "T"))
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Invalid input for query parameters {k}. Value: {t}. It is not a valid date-time"
+                    ))
+                }),
+        }
+    };
+    let since = parse("changes-since")?;
+    let before = if mv.at_least(66) {
+        parse("changes-before")?
+    } else {
+        None
+    };
+    if let (Some(a), Some(b)) = (since, before)
+        && a > b
+    {
+        return Err(ApiError::bad_request(
+            "The value of changes-since must be less than or equal to changes-before.",
+        ));
+    }
+    Ok((since, before))
+}
+
+/// Whether `t` (µs) lies in a [`time_window`].
+pub(crate) fn in_window(w: (Option<i64>, Option<i64>), t: i64) -> bool {
+    w.0.is_none_or(|s| t >= s) && w.1.is_none_or(|b| t <= b)
 }
 
 /// Applies marker and limit to an ordered list; an unknown marker is a 400.

@@ -163,6 +163,9 @@ pub struct Server {
     pub power_state: u8,
     #[serde(default)]
     pub locked_by: Option<String>,
+    /// Why it was locked (2.73).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_reason: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]

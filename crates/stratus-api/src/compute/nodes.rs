@@ -769,7 +769,8 @@ fn with_servers(
             .iter()
             .map(|s| json!({"uuid": s.id, "name": super::servers::instance_name(&s.id)}))
             .collect();
-        if !servers.is_empty() {
+        // 2.75: the list is there even when it is empty.
+        if !servers.is_empty() || mv.at_least(75) {
             v["servers"] = json!(servers);
         }
     }

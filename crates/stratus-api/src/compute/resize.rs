@@ -35,7 +35,7 @@ use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
 use crate::placement::ClaimError;
-use crate::timeutil::{iso_naive, now_us, parse_iso};
+use crate::timeutil::{iso_naive, now_us};
 use crate::{ApiError, AppState};
 
 /// The vm_states a server can be resized from.
@@ -703,9 +703,7 @@ pub fn list(
 ) -> Result<Vec<Value>, ApiError> {
     let mut all = state.store.list::<Migration>(&StoreQuery::all())?;
     all.sort_by(|a, b| b.created_us.cmp(&a.created_us).then(b.seq.cmp(&a.seq)));
-    let since = q
-        .get("changes-since")
-        .and_then(|t| parse_iso(&t.replace(' ', "T")));
+    let window = super::time_window(q, mv)?;
     all.retain(|m| {
         q.get("instance_uuid").is_none_or(|u| &m.server_id == u)
             && q.get("status")
@@ -716,7 +714,7 @@ pub fn list(
                 .is_none_or(|h| &m.source_compute == h || &m.dest_compute == h)
             && q.get("migration_type")
                 .is_none_or(|t| &m.migration_type == t)
-            && since.is_none_or(|t| m.updated_us >= t)
+            && super::in_window(window, m.updated_us)
     });
     if mv.at_least(59) {
         let (limit, marker) = super::paging(q)?;

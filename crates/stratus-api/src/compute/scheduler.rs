@@ -495,10 +495,19 @@ fn place(
         && let Some(g) = &s.server_group
         && let Some(grp) = tx.get::<ServerGroup>(g)?
     {
+        let max = grp
+            .rules
+            .get("max_server_per_host")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let mut here = 0;
         for m in grp.members.iter().filter(|m| *m != &s.id) {
             if tx.get::<Server>(m)?.and_then(|x| x.host).as_deref() == Some(host) {
-                return Ok(false);
+                here += 1;
             }
+        }
+        if here >= max {
+            return Ok(false);
         }
     }
     cur.host = Some(host.to_string());

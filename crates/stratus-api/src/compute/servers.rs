@@ -212,7 +212,7 @@ pub(crate) fn require_member(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
     }
 }
 
-fn require_reader(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
+pub(crate) fn require_reader(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
     if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("reader") {
         Ok(())
     } else {
@@ -367,6 +367,9 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
     if mv.at_least(9) {
         o.insert("locked".into(), json!(s.locked_by.is_some()));
     }
+    if mv.at_least(73) {
+        o.insert("locked_reason".into(), json!(s.locked_reason));
+    }
     // 2.63: no server carries trusted certificates (see `trusted_certs`).
     if mv.at_least(63) {
         o.insert("trusted_image_certificates".into(), Value::Null);
@@ -384,6 +387,69 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
 }
 
 // ---- list ---------------------------------------------------------------------
+
+/// The query parameters `GET /servers` knows (Nova's 2.75 schema; a
+/// filter Stratus has no data for matches as Nova's would on an empty
+/// field).
+const QUERY_PARAMS: &[&str] = &[
+    "user_id",
+    "project_id",
+    "tenant_id",
+    "launch_index",
+    "image_ref",
+    "image",
+    "kernel_id",
+    "ramdisk_id",
+    "hostname",
+    "key_name",
+    "power_state",
+    "vm_state",
+    "task_state",
+    "host",
+    "node",
+    "flavor",
+    "reservation_id",
+    "launched_at",
+    "terminated_at",
+    "availability_zone",
+    "name",
+    "display_name",
+    "description",
+    "display_description",
+    "locked_by",
+    "uuid",
+    "root_device_name",
+    "config_drive",
+    "access_ip_v4",
+    "access_ip_v6",
+    "auto_disk_config",
+    "progress",
+    "sort_key",
+    "sort_dir",
+    "all_tenants",
+    "soft_deleted",
+    "deleted",
+    "status",
+    "changes-since",
+    "changes-before",
+    "ip",
+    "ip6",
+    "created_at",
+    "block_device_mapping",
+    "services",
+    "metadata",
+    "pci_devices",
+    "security_groups",
+    "info_cache",
+    "system_metadata",
+    "tags",
+    "tags-any",
+    "not-tags",
+    "not-tags-any",
+    "limit",
+    "marker",
+    "locked",
+];
 
 async fn list(
     State(state): State<AppState>,
@@ -462,13 +528,23 @@ fn listing(
             Some(out)
         }
     };
-    let changes_since = match q.get("changes-since") {
-        Some(t) => Some(crate::timeutil::parse_iso(t).ok_or_else(|| {
+    // 2.75: a parameter Nova does not know is a 400, no longer ignored.
+    if mv.at_least(75)
+        && let Some(k) = q.keys().find(|k| !QUERY_PARAMS.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for query parameters {k}. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    let window = super::time_window(&q, mv)?;
+    // 2.73: filter on whether the server is locked.
+    let locked = match q.get("locked") {
+        Some(v) if mv.at_least(73) => Some(parse_bool(&json!(v)).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "Invalid input for query parameters changes-since. Value: {t}. It is not a valid date-time"
+                "Invalid input for query parameters locked. Value: {v}. It is not a boolean"
             ))
         })?),
-        None => None,
+        _ => None,
     };
     let tag_list = |k: &str| -> Option<Vec<String>> {
         if !mv.at_least(26) {
@@ -497,7 +573,8 @@ fn listing(
         let ok_res = q
             .get("reservation_id")
             .is_none_or(|r| r == &s.reservation_id);
-        let ok_changes = changes_since.is_none_or(|t| s.updated_us >= t);
+        let ok_changes = super::in_window(window, s.updated_us)
+            && locked.is_none_or(|l| s.locked_by.is_some() == l);
         let admin_only = |k: &str, v: Option<&str>| -> bool {
             match q.get(k) {
                 Some(x) if ctx.is_admin() => v == Some(x.as_str()),
@@ -615,6 +692,7 @@ fn listing(
                 "vm_state" => a.vm_state.cmp(&b.vm_state),
                 "host" => a.host.cmp(&b.host),
                 "memory_mb" => a.flavor.ram.cmp(&b.flavor.ram),
+                "locked" => a.locked_by.is_some().cmp(&b.locked_by.is_some()),
                 "vcpus" => a.flavor.vcpus.cmp(&b.flavor.vcpus),
                 _ => a.created_us.cmp(&b.created_us).then(a.id.cmp(&b.id)),
             };
@@ -661,7 +739,16 @@ async fn show(
 ) -> Result<axum::Json<Value>, ApiError> {
     require_reader(&ctx, "os_compute_api:servers:show")?;
     let s = fetch(&state, &ctx, &id)?;
-    Ok(axum::Json(json!({"server": render(&state, &ctx, mv, &s)})))
+    let v = with_groups(render(&state, &ctx, mv, &s), &s, mv);
+    Ok(axum::Json(json!({ "server": v })))
+}
+
+/// 2.71: show, update and rebuild name the server's groups.
+pub(crate) fn with_groups(mut v: Value, s: &Server, mv: Mv) -> Value {
+    if mv.at_least(71) {
+        v["server_groups"] = json!(s.server_group.iter().collect::<Vec<_>>());
+    }
+    v
 }
 
 // ---- create -------------------------------------------------------------------
@@ -999,6 +1086,51 @@ async fn create(
         }
         other => (other.clone(), None),
     };
+    // 2.74: a requested host and/or node (admins); the scheduler's
+    // filters still run.
+    let mut forced_host = forced_host;
+    if mv.at_least(74) {
+        let field = |k: &str| -> Result<Option<String>, ApiError> {
+            match o.get(k) {
+                None => Ok(None),
+                Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Ok(Some(h.clone())),
+                Some(v) => Err(bad_field(
+                    k,
+                    format!("Value: {v}. It is not a valid host name"),
+                )),
+            }
+        };
+        let host = field("host")?;
+        let node = field("hypervisor_hostname")?;
+        if host.is_some() || node.is_some() {
+            if !ctx.is_admin() {
+                return Err(policy_denied(
+                    "compute:servers:create:requested_destination",
+                ));
+            }
+            if forced_host.is_some() {
+                return Err(ApiError::bad_request(
+                    "host and hypervisor_hostname cannot be combined with the availability_zone zone:host:node format",
+                ));
+            }
+            if let Some(h) = &host
+                && state.store.get::<ComputeNode>(h)?.is_none()
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Compute host {h} could not be found."
+                )));
+            }
+            if let Some(n) = &node
+                && (state.store.get::<ComputeNode>(n)?.is_none()
+                    || host.as_ref().is_some_and(|h| h != n))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Compute host node {n} could not be found."
+                )));
+            }
+            forced_host = host.or(node);
+        }
+    }
     if let Some(z) = &requested_az
         && !super::nodes::zone_exists(&state, z)?
     {
@@ -1121,6 +1253,7 @@ async fn create(
                 task_state: Some(task::SCHEDULING.into()),
                 power_state: states::power::NOSTATE,
                 locked_by: None,
+                locked_reason: None,
                 description: description.clone(),
                 tags: tags.clone(),
                 access_ipv4: access_ipv4.clone(),
@@ -1250,9 +1383,8 @@ async fn update(
         tx.update(&s)?;
         Ok(s)
     })?;
-    Ok(axum::Json(
-        json!({"server": basic_view(render(&state, &ctx, mv, &s), mv)}),
-    ))
+    let v = with_groups(basic_view(render(&state, &ctx, mv, &s), mv), &s, mv);
+    Ok(axum::Json(json!({ "server": v })))
 }
 
 async fn delete(

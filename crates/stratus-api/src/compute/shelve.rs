@@ -10,8 +10,8 @@
 //! placement (quota usage still counts it, as Nova's legacy quotas do).
 //! A failed shelve deletes the image and leaves the server as it was.
 //!
-//! `unshelve` (from SHELVED_OFFLOADED) schedules the server again like a
-//! new build (task `unshelving`, then `spawning` on the chosen node),
+//! `unshelve` (from SHELVED_OFFLOADED; 2.77 may name an availability
+//! zone) schedules the server again like a new build (task `unshelving`, then `spawning` on the chosen node),
 //! booting the shelved image; once it runs the image is deleted and the
 //! server is ACTIVE. When no node has room it stays SHELVED_OFFLOADED with
 //! a fault, as in Nova.
@@ -23,9 +23,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::Mv;
 use super::actions::wrong_state;
 use super::model::Server;
-use super::servers::{check_locked, fetch_tx, record_action};
+use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
 use crate::timeutil::now_us;
@@ -62,19 +63,59 @@ pub(super) fn shelve_offload(ctx: &Ctx, s: &Server) -> Result<Response, ApiError
 pub(super) fn unshelve(
     state: &AppState,
     ctx: &Ctx,
+    mv: Mv,
     s: &Server,
     arg: &Value,
     rid: &str,
 ) -> Result<Response, ApiError> {
-    // Before 2.77 Nova reads nothing from the body (a zone or a host
-    // come with 2.77 and 2.91).
-    let _ = arg;
+    // Before 2.77 Nova reads nothing from the body; 2.77 may name a zone.
+    let zone = if mv.at_least(77) {
+        match arg {
+            Value::Null => None,
+            Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| k.as_str() != "availability_zone") {
+                    return Err(bad_field(
+                        "unshelve",
+                        format!("Additional properties are not allowed ('{k}' was unexpected)"),
+                    ));
+                }
+                match o.get("availability_zone") {
+                    None => None,
+                    Some(Value::String(z)) if !z.is_empty() && z.len() <= 255 => Some(z.clone()),
+                    Some(v) => {
+                        return Err(bad_field(
+                            "availability_zone",
+                            format!("Value: {v}. It is not a valid zone name"),
+                        ));
+                    }
+                }
+            }
+            v => {
+                return Err(bad_field(
+                    "unshelve",
+                    format!("Value: {v}. It is not of type 'object', 'null'"),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(z) = &zone
+        && !super::nodes::zone_exists(state, z)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "The requested availability zone is not available: {z}"
+        )));
+    }
     let id = s.id.clone();
     state.store.write(|tx| {
         let mut cur = fetch_tx(tx, ctx, &id)?;
         check_locked(ctx, &cur)?;
         if cur.task_state.is_some() || cur.vm_state != vm::SHELVED_OFFLOADED {
             return Err(wrong_state("unshelve", &cur));
+        }
+        if zone.is_some() {
+            cur.requested_az = zone.clone();
         }
         cur.task_state = Some(task::UNSHELVING.into());
         cur.tried_hosts.clear();
