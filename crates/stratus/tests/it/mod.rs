@@ -2,6 +2,7 @@ mod cli;
 mod common;
 mod compute;
 mod compute_admin;
+mod compute_mv;
 mod compute_real;
 mod compute_resize;
 mod identity;
