@@ -1,6 +1,7 @@
 """An application driving Stratus through openstacksdk, the way a user's
 program would: connect with clouds.yaml, create a key pair and a server,
-wait for it, read its console, delete both.
+wait for it, read its console, resize it, shelve and unshelve it, delete
+both.
 
     OS_CLIENT_CONFIG_FILE=DATA/clouds.yaml OS_CLOUD=stratus python tests/sdk/app.py
 
@@ -70,6 +71,21 @@ def main():
     else:
         fail(f"console never showed the user-data output; it has: {console[-500:]!r}")
 
+    # Grow it: resize to m1.micro, confirm; the flavor sticks.
+    bigger = conn.compute.find_flavor("m1.micro", ignore_missing=False)
+    conn.compute.resize_server(server, bigger.id)
+    server = conn.compute.wait_for_server(server, status="VERIFY_RESIZE", wait=120)
+    conn.compute.confirm_server_resize(server)
+    server = conn.compute.wait_for_server(server, status="ACTIVE", wait=120)
+    if server.flavor.get("original_name", server.flavor.get("name")) != "m1.micro":
+        fail(f"resize did not stick: {server.flavor}")
+
+    # Park it and bring it back: shelve, unshelve.
+    conn.compute.shelve_server(server)
+    conn.compute.wait_for_server(server, status="SHELVED_OFFLOADED", wait=120)
+    conn.compute.unshelve_server(server)
+    server = conn.compute.wait_for_server(server, status="ACTIVE", wait=120)
+
     conn.compute.stop_server(server)
     conn.compute.wait_for_server(server, status="SHUTOFF", wait=60)
 
@@ -80,7 +96,7 @@ def main():
     conn.compute.delete_keypair(keypair)
     if conn.compute.find_keypair(keypair.name) is not None:
         fail("key pair still found after delete")
-    print(f"sdk app: server {server.id} built, console read, stopped, deleted")
+    print(f"sdk app: server {server.id} built, console read, resized, shelved, unshelved, stopped, deleted")
 
 
 if __name__ == "__main__":

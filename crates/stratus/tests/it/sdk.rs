@@ -10,7 +10,7 @@ use std::process::Command;
 use super::common::Server;
 
 #[test]
-fn sdk_application_builds_reads_console_and_deletes_a_server() {
+fn sdk_application_builds_reads_console_resizes_shelves_and_deletes_a_server() {
     let Some(cli) = super::cli::cli() else { return };
     let python = cli.with_file_name("python");
     assert!(python.exists(), "no python next to {}", cli.display());
@@ -51,7 +51,7 @@ fn sdk_application_builds_reads_console_and_deletes_a_server() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sdk app failed:\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("console read, stopped, deleted"),
+        stdout.contains("console read, resized, shelved, unshelved, stopped, deleted"),
         "{stdout}"
     );
     // Nothing is left behind: the server and key pair are gone.
