@@ -62,6 +62,10 @@ struct Shared {
     unsent: Mutex<Vec<(String, Value)>>,
     key: String,
     agent_url: Mutex<Option<String>>,
+    /// Images being fetched ahead for the controller (2.81), and those
+    /// fetched since the last heartbeat said so.
+    precaching: Mutex<HashSet<String>>,
+    precached: Mutex<Vec<String>>,
 }
 
 /// Runs the agent until the process ends. Blocking; call it from a thread.
@@ -83,6 +87,8 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         unsent: Mutex::new(Vec::new()),
         key,
         agent_url: Mutex::new(None),
+        precaching: Mutex::new(HashSet::new()),
+        precached: Mutex::new(Vec::new()),
     });
     start_listener(&shared)?;
     // First heartbeat: register; `starting` tells the controller not to
@@ -247,7 +253,9 @@ fn call(
     anyhow::bail!("not authorised by the controller")
 }
 
-fn heartbeat(sh: &Shared, starting: bool) -> anyhow::Result<()> {
+fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
+    let cached: Vec<String> =
+        std::mem::take(&mut *sh.precached.lock().unwrap_or_else(|e| e.into_inner()));
     let res = sh.driver.host_resources();
     let settled = sh.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let instances: serde_json::Map<String, Value> = sh
@@ -273,13 +281,31 @@ fn heartbeat(sh: &Shared, starting: bool) -> anyhow::Result<()> {
         "agent_key": sh.key,
         "instances": instances,
         "starting": starting,
+        "cached": cached,
     });
     let url = format!("{}/edge/v1/nodes/{}", sh.cfg.controller, sh.cfg.host);
-    let (code, text) = call(sh, "PUT", &url, Some(&body))?;
+    let (code, text) = match call(sh, "PUT", &url, Some(&body)) {
+        Ok(r) => r,
+        Err(e) => {
+            // Say it again next time.
+            sh.precached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(cached);
+            return Err(e);
+        }
+    };
     if code != 200 {
+        sh.precached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(cached);
         anyhow::bail!("heartbeat refused ({code}): {text}");
     }
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    for img in v["precache"].as_array().cloned().unwrap_or_default() {
+        precache(sh, &img);
+    }
     // Copies of servers that now run elsewhere (a confirmed or reverted
     // migration): always removed, as Nova's confirm and revert do.
     for id in v["leftovers"].as_array().cloned().unwrap_or_default() {
@@ -311,6 +337,47 @@ fn heartbeat(sh: &Shared, starting: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fetches an image into the node's cache in the background (once at a
+/// time per image); the next heartbeat tells the controller.
+fn precache(sh: &Arc<Shared>, img: &Value) {
+    let Some(id) = img["id"].as_str().map(str::to_string) else {
+        return;
+    };
+    if !sh
+        .precaching
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone())
+    {
+        return;
+    }
+    let checksum = img["checksum"].as_str().map(str::to_string);
+    let sh = sh.clone();
+    std::thread::spawn(move || {
+        let result = if sh.driver.name() == "fake" {
+            Ok(PathBuf::new())
+        } else {
+            fetch_image(&sh, &id, checksum.as_deref())
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(image = %id, "image cached ahead");
+                sh.precached
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(image = %id, error = %format!("{e:#}"), "could not cache the image ahead; trying again later")
+            }
+        }
+        sh.precaching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    });
 }
 
 fn report(sh: &Shared, id: &str, generation: u64, task: &str, ok: bool, message: Option<String>) {

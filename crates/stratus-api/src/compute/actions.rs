@@ -692,6 +692,11 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
                         x["host"] = json!(e.host.as_deref().unwrap_or(""));
                     }
                 }
+                // 2.84: what went wrong, for everyone who sees the event.
+                if mv.at_least(84) {
+                    let failed = e.result.as_deref() == Some("Error");
+                    x["details"] = json!(e.traceback.as_deref().filter(|_| failed));
+                }
                 x
             })
             .collect();

@@ -504,11 +504,23 @@ async fn external_events(
         let known = EVENT_NAMES.contains(&name)
             && (name != "volume-extended" || mv.at_least(51))
             && (name != "power-update" || mv.at_least(76))
-            && !matches!(name, "accelerator-request-bound" | "volume-reimaged");
+            && (name != "accelerator-request-bound" || mv.at_least(82))
+            && name != "volume-reimaged";
         if !known {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for field/attribute name. Value: {name}. It is not one of {EVENT_NAMES:?}"
             )));
+        }
+        // An accelerator request names itself in the tag.
+        if name == "accelerator-request-bound"
+            && !e
+                .get("tag")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute tag. An accelerator-request-bound event needs the request's uuid as its tag",
+            ));
         }
         // A power update (sent for bare metal in Nova) must say which.
         if name == "power-update"
@@ -588,9 +600,13 @@ async fn migrations(
             "marker",
             "changes-since",
             "changes-before",
+            "user_id",
+            "project_id",
         ];
         if let Some(k) = q.keys().find(|k| {
-            !KNOWN.contains(&k.as_str()) || (k.as_str() == "changes-before" && !mv.at_least(66))
+            !KNOWN.contains(&k.as_str())
+                || (k.as_str() == "changes-before" && !mv.at_least(66))
+                || (matches!(k.as_str(), "user_id" | "project_id") && !mv.at_least(80))
         }) {
             return Err(ApiError::bad_request(format!(
                 "Invalid input for query parameters {k}. Additional properties are not allowed ('{k}' was unexpected)"

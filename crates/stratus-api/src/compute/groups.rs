@@ -31,6 +31,94 @@ pub fn routes() -> Router<AppState> {
             get(agg_show).put(agg_update).delete(agg_delete),
         )
         .route("/os-aggregates/{id}/action", post(agg_action))
+        .route("/os-aggregates/{id}/images", post(agg_cache_images))
+}
+
+/// `POST /os-aggregates/{id}/images` (2.81): every node of the aggregate
+/// fetches the images into its cache now, so servers booted later (or
+/// while the link to the controller is poor) start from local copies.
+/// The agents fetch at their next heartbeat; 202 at once, as in Nova.
+async fn agg_cache_images(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    if !mv.at_least(81) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ));
+    }
+    admin(&ctx, "compute:aggregates:images")?;
+    let b = body(&raw)?;
+    let bad =
+        |why: String| ApiError::bad_request(format!("Invalid input for field/attribute {why}"));
+    let o = b
+        .as_object()
+        .ok_or_else(|| bad("request. It is not of type 'object'".into()))?;
+    if let Some(k) = o.keys().find(|k| k.as_str() != "cache") {
+        return Err(bad(format!(
+            "request. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    let list = o
+        .get("cache")
+        .and_then(Value::as_array)
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| bad("cache. 'cache' must be a non-empty list".into()))?;
+    let mut images: Vec<String> = Vec::new();
+    for item in list {
+        let Some(io) = item.as_object() else {
+            return Err(bad(format!(
+                "cache. Value: {item}. It is not of type 'object'"
+            )));
+        };
+        if let Some(k) = io.keys().find(|k| k.as_str() != "id") {
+            return Err(bad(format!(
+                "cache. Additional properties are not allowed ('{k}' was unexpected)"
+            )));
+        }
+        let iid = io
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|i| uuid::Uuid::parse_str(i).is_ok())
+            .ok_or_else(|| bad(format!("id. Value: {item}. It is not a 'uuid'")))?;
+        if images.iter().any(|x| x == iid) {
+            return Err(ApiError::bad_request(format!(
+                "Duplicate images in request: {iid}"
+            )));
+        }
+        match state.store.get::<crate::image::model::Image>(iid)? {
+            Some(img) if img.status == crate::image::model::status::ACTIVE => {}
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "Image {iid} could not be found."
+                )));
+            }
+        }
+        images.push(iid.to_string());
+    }
+    let agg = state
+        .store
+        .get::<Aggregate>(&id)?
+        .ok_or_else(|| agg_not_found(&id))?;
+    state.store.write(|tx| {
+        for h in &agg.hosts {
+            if let Some(mut n) = tx.get::<ComputeNode>(h)? {
+                for i in &images {
+                    if !n.precache.contains(i) {
+                        n.precache.push(i.clone());
+                    }
+                }
+                tx.update(&n)?;
+            }
+        }
+        Ok::<_, ApiError>(())
+    })?;
+    tracing::info!(aggregate = %id, images = ?images, hosts = ?agg.hosts, "image pre-caching requested");
+    Ok(StatusCode::ACCEPTED)
 }
 
 // ---- server groups -------------------------------------------------------------

@@ -42,8 +42,8 @@ use crate::{ApiError, AppState};
 pub use flavors::ensure_default_flavors;
 pub use service::{Compute, ComputeConfig, Weigher};
 
-/// Highest microversion implemented: 2.79.
-pub const MAX_MINOR: u16 = 79;
+/// Highest microversion implemented: 2.85.
+pub const MAX_MINOR: u16 = 85;
 /// Lowest: 2.1.
 pub const MIN_MINOR: u16 = 1;
 

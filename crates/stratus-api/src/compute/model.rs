@@ -343,6 +343,10 @@ pub struct ComputeNode {
     pub disabled_reason: Option<String>,
     #[serde(default)]
     pub forced_down: bool,
+    /// Images to fetch into the node's cache ahead of any server (2.81);
+    /// an image leaves the list when the agent says it has it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub precache: Vec<String>,
     pub last_seen_us: i64,
     pub created_us: i64,
     pub updated_us: i64,

@@ -121,6 +121,9 @@ pub struct NodeReport {
     /// Every workload the driver has, by server id.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceReport>,
+    /// Images from the node's `precache` list that it now has.
+    #[serde(default)]
+    pub cached: Vec<String>,
     /// True on the first report after the agent started.
     #[serde(default)]
     pub starting: bool,

@@ -692,6 +692,10 @@ pub fn view(m: &Migration, mv: Mv) -> Value {
     if mv.at_least(59) {
         v.insert("uuid".into(), json!(m.id));
     }
+    if mv.at_least(80) {
+        v.insert("user_id".into(), json!(m.user_id));
+        v.insert("project_id".into(), json!(m.project_id));
+    }
     Value::Object(v)
 }
 
@@ -715,6 +719,9 @@ pub fn list(
             && q.get("migration_type")
                 .is_none_or(|t| &m.migration_type == t)
             && super::in_window(window, m.updated_us)
+            && (!mv.at_least(80)
+                || q.get("user_id").is_none_or(|u| &m.user_id == u)
+                    && q.get("project_id").is_none_or(|p| &m.project_id == p))
     });
     if mv.at_least(59) {
         let (limit, marker) = super::paging(q)?;

@@ -575,9 +575,11 @@ fn listing(
             .is_none_or(|r| r == &s.reservation_id);
         let ok_changes = super::in_window(window, s.updated_us)
             && locked.is_none_or(|l| s.locked_by.is_some() == l);
+        // 2.83: members may filter on their servers' user and states too.
         let admin_only = |k: &str, v: Option<&str>| -> bool {
+            let member_may = mv.at_least(83) && matches!(k, "user_id" | "vm_state" | "task_state");
             match q.get(k) {
-                Some(x) if ctx.is_admin() => v == Some(x.as_str()),
+                Some(x) if ctx.is_admin() || member_may => v == Some(x.as_str()),
                 _ => true,
             }
         };

@@ -164,6 +164,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
                 disabled: false,
                 disabled_reason: None,
                 forced_down: false,
+                precache: Vec::new(),
                 last_seen_us: now,
                 created_us: now,
                 updated_us: now,
@@ -343,10 +344,31 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
             }
         }
     }
+    // Images to cache ahead (2.81), less those the node now has.
+    let mut precache = node.precache.clone();
+    if !r.cached.is_empty() && precache.iter().any(|i| r.cached.contains(i)) {
+        precache = state.store.write(|tx| {
+            let Some(mut n) = tx.get::<ComputeNode>(host)? else {
+                return Ok::<_, ApiError>(Vec::new());
+            };
+            n.precache.retain(|i| !r.cached.contains(i));
+            tx.update(&n)?;
+            Ok(n.precache)
+        })?;
+    }
+    let mut wanted = Vec::new();
+    for id in &precache {
+        if let Some(img) = state.store.get::<Image>(id)?
+            && img.status == crate::image::model::status::ACTIVE
+        {
+            wanted.push(json!({"id": id, "checksum": img.os_hash_value, "container_format": img.container_format}));
+        }
+    }
     Ok(json!({
         "node": {"uuid": node.uuid, "disabled": node.disabled},
         "orphans": truly,
         "leftovers": leftovers,
+        "precache": wanted,
     }))
 }
 

@@ -278,7 +278,7 @@ fn compute_discovery_microversions_and_faults() {
     let r = c.nova.call("GET", "", None, None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["version"]["id"], "v2.1");
-    assert_eq!(r.body["version"]["version"], "2.79");
+    assert_eq!(r.body["version"]["version"], "2.85");
     assert_eq!(r.body["version"]["min_version"], "2.1");
     // Echoed in both headers; `latest` is the maximum.
     let r = c.nova.raw(
@@ -297,7 +297,7 @@ fn compute_discovery_microversions_and_faults() {
         &[("OpenStack-API-Version", "compute latest")],
         None,
     );
-    assert_eq!(r.header("openstack-api-version"), Some("compute 2.79"));
+    assert_eq!(r.header("openstack-api-version"), Some("compute 2.85"));
     let r = c.nova.raw(
         "GET",
         "/flavors",

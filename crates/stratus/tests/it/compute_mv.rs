@@ -1,4 +1,4 @@
-//! Compute microversions 2.64 to 2.79, as a client asking for them sees
+//! Compute microversions 2.64 to 2.85, as a client asking for them sees
 //! them (fake nodes).
 
 use serde_json::{Value, json};
@@ -23,10 +23,10 @@ fn at(
 }
 
 #[test]
-fn compute_microversions_64_to_79() {
+fn compute_microversions_64_to_85() {
     let c = Cloud::start(&["--driver", "fake", "--node-name", "n1"]);
     c.wait_nodes(1);
-    let (_, tok) = c.project("mv");
+    let (pid, tok) = c.project("mv");
     let img = c.image(&tok, "tiny");
 
     // 2.64: policy and rules instead of policies; metadata gone.
@@ -298,9 +298,160 @@ fn compute_microversions_64_to_79() {
     );
     assert_eq!(r.status, 404, "another project's server is not found");
 
-    // The version document says 2.79; 2.80 is refused.
-    let r = at(&c, "2.79", "GET", "/flavors", &tok, None);
+    // 2.80: migrations name their user and project, and filter on them.
+    let r = at(
+        &c,
+        "2.85",
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"resize": {"flavorRef": "84"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&tok, &id, "VERIFY_RESIZE");
+    let r = at(
+        &c,
+        "2.80",
+        "GET",
+        &format!("/os-migrations?project_id={pid}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = r.body["migrations"].as_array().unwrap();
+    assert_eq!(m.len(), 1, "{}", r.body);
+    assert_eq!(m[0]["project_id"], pid.as_str());
+    assert!(m[0]["user_id"].is_string());
+    let r = at(
+        &c,
+        "2.80",
+        "GET",
+        "/os-migrations?user_id=nobody",
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.body["migrations"], json!([]));
+    let r = at(
+        &c,
+        "2.79",
+        "GET",
+        "/os-migrations?user_id=nobody",
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 400, "not a 2.79 parameter");
+
+    // 2.81: caching images ahead on an aggregate's nodes.
+    let r = at(
+        &c,
+        "2.81",
+        "POST",
+        "/os-aggregates",
+        &c.admin,
+        Some(json!({"aggregate": {"name": "edge"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let agg = r.body["aggregate"]["id"].as_i64().unwrap();
+    let r = at(
+        &c,
+        "2.81",
+        "POST",
+        &format!("/os-aggregates/{agg}/action"),
+        &c.admin,
+        Some(json!({"add_host": {"host": "n1"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cache = |mv: &str, tok: &str, body: Value| {
+        at(
+            &c,
+            mv,
+            "POST",
+            &format!("/os-aggregates/{agg}/images"),
+            tok,
+            Some(body),
+        )
+    };
+    assert_eq!(
+        cache("2.80", &c.admin, json!({"cache": [{"id": img}]})).status,
+        404
+    );
+    assert_eq!(
+        cache("2.81", &tok, json!({"cache": [{"id": img}]})).status,
+        403
+    );
+    for bad in [
+        json!({"cache": []}),
+        json!({"cache": [{"id": "not-a-uuid"}]}),
+        json!({"cache": [{"id": img}, {"id": img}]}),
+        json!({"cache": [{"id": "8a2b3c4d-0000-4000-8000-000000000000"}]}),
+        json!({"cache": [{"id": img, "x": 1}]}),
+    ] {
+        let r = cache("2.81", &c.admin, bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let r = cache("2.81", &c.admin, json!({"cache": [{"id": img}]}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = at(
+        &c,
+        "2.81",
+        "POST",
+        "/os-aggregates/99999/images",
+        &c.admin,
+        Some(json!({"cache": [{"id": img}]})),
+    );
+    assert_eq!(r.status, 404);
+
+    // 2.84: a failed event says why; 2.83: members filter on states.
+    let r = at(&c, "2.83", "GET", "/servers?vm_state=resized", &tok, None);
+    assert_eq!(r.body["servers"].as_array().unwrap().len(), 1, "{}", r.body);
+    let r = at(&c, "2.82", "GET", "/servers?vm_state=resized", &tok, None);
+    assert!(
+        r.body["servers"].as_array().unwrap().len() > 1,
+        "ignored before 2.83"
+    );
+    let acts = at(
+        &c,
+        "2.84",
+        "GET",
+        &format!("/servers/{}/os-instance-actions", ids[2]),
+        &tok,
+        None,
+    );
+    let rid = acts.body["instanceActions"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = at(
+        &c,
+        "2.84",
+        "GET",
+        &format!("/servers/{}/os-instance-actions/{rid}", ids[2]),
+        &tok,
+        None,
+    );
+    let events = r.body["instanceAction"]["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["result"] == "Error" && e["details"].is_string()),
+        "{}",
+        r.body
+    );
+
+    // 2.82: accelerator events need their request in the tag.
+    let r = at(
+        &c,
+        "2.82",
+        "POST",
+        "/os-server-external-events",
+        &c.admin,
+        Some(json!({"events": [{"name": "accelerator-request-bound", "server_uuid": id}]})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // The version document says 2.85; 2.86 is refused.
+    let r = at(&c, "2.85", "GET", "/flavors", &tok, None);
     assert_eq!(r.status, 200);
-    let r = at(&c, "2.80", "GET", "/flavors", &tok, None);
+    let r = at(&c, "2.86", "GET", "/flavors", &tok, None);
     assert_eq!(r.status, 406, "{}", r.body);
 }

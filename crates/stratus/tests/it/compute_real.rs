@@ -841,3 +841,66 @@ fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
     );
     c.wait_gone(&c.admin, &id);
 }
+
+#[test]
+fn compute_real_aggregate_image_cache_fetches_ahead() {
+    let c = cloud(&[]);
+    let img = image_id(&c, "busybox-oci");
+    let host = c.req("GET", "/os-hypervisors", &c.admin, None).body["hypervisors"][0]
+        ["hypervisor_hostname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mv = [("OpenStack-API-Version", "compute 2.81")];
+    let r = c.nova.raw(
+        "POST",
+        "/os-aggregates",
+        Some(&c.admin),
+        &mv,
+        Some(json!({"aggregate": {"name": "edge"}}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let agg = r.body["aggregate"]["id"].as_i64().unwrap();
+    let r = c.nova.raw(
+        "POST",
+        &format!("/os-aggregates/{agg}/action"),
+        Some(&c.admin),
+        &mv,
+        Some(json!({"add_host": {"host": host}}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cached = c
+        .server
+        .data_dir()
+        .join("agent/image-cache")
+        .join(format!("{img}.data"));
+    assert!(!cached.exists(), "no server used it yet");
+    let r = c.nova.raw(
+        "POST",
+        &format!("/os-aggregates/{agg}/images"),
+        Some(&c.admin),
+        &mv,
+        Some(json!({"cache": [{"id": img}]}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    // The agent fetches it at its next heartbeat (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !cached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the image was never cached ahead"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And a server from it boots from the cached copy.
+    let r = c.boot(&c.admin, "pre", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}
