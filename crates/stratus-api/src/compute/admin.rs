@@ -513,10 +513,9 @@ async fn external_events(
         }
         // An accelerator request names itself in the tag.
         if name == "accelerator-request-bound"
-            && !e
-                .get("tag")
+            && e.get("tag")
                 .and_then(Value::as_str)
-                .is_some_and(|t| !t.is_empty())
+                .is_none_or(str::is_empty)
         {
             return Err(ApiError::bad_request(
                 "Invalid input for field/attribute tag. An accelerator-request-bound event needs the request's uuid as its tag",
