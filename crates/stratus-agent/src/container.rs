@@ -943,7 +943,9 @@ impl Driver for ContainerDriver {
             Some(Status::Running | Status::Paused | Status::Created)
         );
         let path = dir.join("config.json");
-        let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
+        let old_config = fs::read(&path)?;
+        let old_record = fs::read(dir.join("instance.json"))?;
+        let mut config: serde_json::Value = serde_json::from_slice(&old_config)
             .map_err(|e| rt(format!("instance {uuid}: corrupt config.json: {e}")))?;
         spec::set_limits(&mut config, vcpus, memory_mb);
         write_atomic(
@@ -958,8 +960,18 @@ impl Driver for ContainerDriver {
             &serde_json::to_vec_pretty(&rec).map_err(|e| rt(e.to_string()))?,
         )?;
         if running {
-            self.stop_locked(uuid, self.reboot_timeout)?;
-            self.start_locked(uuid)?;
+            let restarted = self
+                .stop_locked(uuid, self.reboot_timeout)
+                .and_then(|()| self.start_locked(uuid));
+            if let Err(e) = restarted {
+                // The controller keeps the old flavor: so does the node.
+                write_atomic(&path, &old_config)?;
+                write_atomic(&dir.join("instance.json"), &old_record)?;
+                if let Err(e) = self.start_locked(uuid) {
+                    tracing::warn!(instance = uuid, error = %e, "could not start again under the old limits");
+                }
+                return Err(e);
+            }
         }
         tracing::info!(instance = uuid, vcpus, memory_mb, "resized container");
         Ok(())

@@ -308,8 +308,24 @@ fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
     }
     // Copies of servers that now run elsewhere (a confirmed or reverted
     // migration): always removed, as Nova's confirm and revert do.
-    for id in v["leftovers"].as_array().cloned().unwrap_or_default() {
-        let Some(id) = id.as_str() else { continue };
+    for l in v["leftovers"].as_array().cloned().unwrap_or_default() {
+        let Some(id) = l["id"].as_str() else { continue };
+        let generation = l["generation"].as_u64().unwrap_or(0);
+        let newer = sh
+            .settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|g| *g > generation)
+            || sh
+                .started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|(i, g)| i == id && *g > generation);
+        if newer {
+            continue;
+        }
         tracing::info!(
             server = id,
             "removing the copy of a server that moved to another node"
@@ -481,13 +497,17 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             // file system goes into the transfer image. The stopped copy
             // stays until the migration is confirmed or reverted.
             "resize_migrating" => {
-                let was_running =
-                    matches!(d.power_state(&id), PowerState::Running | PowerState::Paused);
                 if exists {
                     d.stop(&id, Duration::from_secs(60))?;
                 }
-                if let Err(e) = snapshot(sh, s, None) {
-                    if was_running && let Err(e) = d.start(&id) {
+                // Run again after a restart: the image may be written.
+                if !target_image_active(sh, s)
+                    && let Err(e) = snapshot(sh, s, None)
+                {
+                    // The server stays here, as it was.
+                    if s["should_run"] == true
+                        && let Err(e) = d.start(&id)
+                    {
                         tracing::warn!(server = %id, error = %e, "could not start again after a failed migration");
                     }
                     return Err(e);
@@ -496,6 +516,11 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             // On the destination: boot the transfer image; a server that
             // was stopped stays stopped.
             "resize_finish" => {
+                // A copy from an earlier stay here is stale: the transfer
+                // image has the server as it is now.
+                if exists {
+                    d.destroy(&id)?;
+                }
                 spawn(sh, s)?;
                 if s["should_run"] != true {
                     d.stop(&id, Duration::from_secs(60))?;
@@ -533,7 +558,11 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
                 if exists {
                     d.stop(&id, Duration::from_secs(60))?;
                 }
-                snapshot(sh, s, Some("shelving_"))?;
+                // Run again after a restart: the image may be written (and
+                // the workload gone).
+                if !target_image_active(sh, s) {
+                    snapshot(sh, s, Some("shelving_"))?;
+                }
                 d.destroy(&id)?;
             }
             other => anyhow::bail!("unknown task {other}"),
@@ -588,6 +617,22 @@ fn snapshot(sh: &Shared, s: &Value, steps: Option<&str>) -> anyhow::Result<()> {
     })();
     let _ = std::fs::remove_file(&file);
     result
+}
+
+/// Whether the image a snapshot-like task writes (`snapshot_image_id`)
+/// is already active: an earlier run of the same task, cut short by a
+/// restart before its report, finished the upload.
+fn target_image_active(sh: &Shared, s: &Value) -> bool {
+    let Some(image_id) = s["snapshot_image_id"].as_str() else {
+        return false;
+    };
+    let url = format!("{}/image/v2/images/{image_id}", sh.cfg.controller);
+    match call(sh, "GET", &url, None) {
+        Ok((200, body)) => {
+            serde_json::from_str::<Value>(&body).is_ok_and(|v| v["status"] == "active")
+        }
+        _ => false,
+    }
 }
 
 /// Moves a long task's task_state on; best effort (the final report is
@@ -652,6 +697,11 @@ fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
         s["image_checksum"].as_str(),
     )?;
     sh.driver.spawn(&spec)?;
+    // A shelved or transfer image boots this server only: its download
+    // goes once the workload runs from the unpacked copy.
+    if s["single_use_image"] == true && !spec.image_file.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(&spec.image_file);
+    }
     Ok(())
 }
 

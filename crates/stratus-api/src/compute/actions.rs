@@ -307,13 +307,17 @@ async fn action(
                 s.generation += 1;
                 s.updated_us = now_us();
                 let job = s.snapshot.take();
+                let resize = super::resize::reset(tx, &mut s)?;
                 tx.update(&s)?;
                 record_action(tx, &s, "resetState", &ctx, rid)?;
-                Ok::<_, ApiError>(job)
+                Ok::<_, ApiError>((job, resize))
             })?;
             // A snapshot in flight will not be reported: its image goes.
-            if let Some(job) = job {
+            if let Some(job) = job.0 {
                 super::snapshots::finish(&state, &id, &job, false);
+            }
+            if let Some(resize) = job.1 {
+                super::resize::after_reset(&state, &id, &resize);
             }
             accepted()
         }
@@ -693,9 +697,21 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
                     }
                 }
                 // 2.84: what went wrong, for everyone who sees the event.
+                // A node's error text names paths and runtime output:
+                // members get a plain sentence, admins the first line.
                 if mv.at_least(84) {
                     let failed = e.result.as_deref() == Some("Error");
-                    x["details"] = json!(e.traceback.as_deref().filter(|_| failed));
+                    let details = match (failed, e.traceback.as_deref()) {
+                        (false, _) => None,
+                        (true, Some(t)) if ctx.is_admin() || e.host.is_none() => {
+                            Some(t.lines().next().unwrap_or("").chars().take(255).collect())
+                        }
+                        (true, _) => Some(format!(
+                            "{} failed on the compute node",
+                            e.event.trim_start_matches("compute_")
+                        )),
+                    };
+                    x["details"] = json!(details);
                 }
                 x
             })

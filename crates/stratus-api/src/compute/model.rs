@@ -233,6 +233,10 @@ pub struct ResizeJob {
     /// file system into and the destination boots (deleted once booted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_image: Option<String>,
+    /// A cold migration: the zone the server was in (the destination's
+    /// may differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_zone: Option<String>,
     /// The destination could not boot it: the revert under way ends the
     /// migration in `error`, not `reverted`.
     #[serde(default)]

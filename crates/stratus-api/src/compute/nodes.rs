@@ -192,6 +192,10 @@ pub struct Assignment {
     /// source).
     #[serde(default)]
     pub migration: bool,
+    /// The boot image is this server's own (a shelved or transfer image):
+    /// no other server will boot it, so the node keeps no download of it.
+    #[serde(default)]
+    pub single_use_image: bool,
 }
 
 /// The rescue image of an [`Assignment`].

@@ -28,7 +28,7 @@ use stratus_store::Query as StoreQuery;
 
 use super::Mv;
 use super::actions::wrong_state;
-use super::model::{ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
+use super::model::{Aggregate, ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
 use super::quotas::{self, Resource};
 use super::scheduler::flavor_resources;
 use super::servers::{bad_field, check_locked, fetch_tx, record_action};
@@ -222,6 +222,7 @@ pub(super) fn resize(
             source_host: None,
             dest_host: None,
             transfer_image: None,
+            source_zone: None,
             failed: false,
         });
         cur.task_state = Some(task::RESIZE_PREP.into());
@@ -393,17 +394,15 @@ pub(super) fn migrate(
     };
     let source = s.host.clone().unwrap_or_default();
     let migration_id = uuid::Uuid::new_v4().to_string();
-    // The source's claim moves to the migration; the server claims the
-    // destination.
-    state
-        .placement
-        .move_consumer(&s.id, &migration_id)
-        .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+    // The migration claims the destination (with the server's records in
+    // the same transaction); then the two claims change hands, so the
+    // server holds the destination and the migration the source, as in
+    // Nova.
     let now = now_us();
     let allocs = BTreeMap::from([(rp, resources)]);
     let result = state
         .placement
-        .claim(&s.id, &s.project_id, &s.user_id, &allocs, |tx| {
+        .claim(&migration_id, &s.project_id, &s.user_id, &allocs, |tx| {
             let mut cur = fetch_tx(tx, ctx, &s.id)?;
             if cur.task_state.is_some()
                 || !FROM.contains(&cur.vm_state.as_str())
@@ -437,6 +436,7 @@ pub(super) fn migrate(
                 source_host: Some(source.clone()),
                 dest_host: Some(dest.clone()),
                 transfer_image: Some(image),
+                source_zone: cur.availability_zone.clone(),
                 failed: false,
             });
             cur.task_state = Some(task::RESIZE_MIGRATING.into());
@@ -448,21 +448,18 @@ pub(super) fn migrate(
         });
     match result {
         Ok(()) => {
+            if let Err(e) = state.placement.swap_consumers(&s.id, &migration_id) {
+                tracing::error!(server = %s.id, error = %e, "could not hand the claims over for a migration");
+            }
             state.compute.notify(Some(&source));
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        Err(e) => {
-            // Back as it was.
-            if let Err(pe) = state.placement.move_consumer(&migration_id, &s.id) {
-                tracing::error!(server = %s.id, error = %pe, "could not restore the claim after a refused migration");
-            }
-            Err(match e {
-                ClaimError::Caller(e) => e,
-                ClaimError::Placement(e) => ApiError::bad_request(format!(
-                    "No valid host was found. There is not enough room on {dest}: {e}"
-                )),
-            })
-        }
+        Err(e) => Err(match e {
+            ClaimError::Caller(e) => e,
+            ClaimError::Placement(e) => ApiError::bad_request(format!(
+                "No valid host was found. There is not enough room on {dest}: {e}"
+            )),
+        }),
     }
 }
 
@@ -558,6 +555,10 @@ pub fn finish(
         (task::RESIZE_MIGRATING, true) => {
             cur.host = job.dest_host.clone();
             cur.node = job.dest_host.clone();
+            if let Some(dest) = &job.dest_host {
+                let aggs = tx.list::<Aggregate>(&StoreQuery::all())?;
+                cur.availability_zone = Some(super::nodes::zone_of(&aggs, dest));
+            }
             set_migration(tx, &job.migration_id, "post-migrating")?;
             next.task = Some(task::RESIZE_FINISH);
             next.notify = job.dest_host.clone();
@@ -580,6 +581,7 @@ pub fn finish(
         (task::RESIZE_FINISH, false) => {
             cur.host = job.source_host.clone();
             cur.node = job.source_host.clone();
+            cur.availability_zone = job.source_zone.clone();
             next.drop_image = job.transfer_image.take();
             next.unmigrate = Some(job.migration_id.clone());
             next.notify = job.source_host.clone();
@@ -589,6 +591,7 @@ pub fn finish(
         }
         (task::RESIZE_REVERTING, true) => {
             if job.is_migration() {
+                cur.availability_zone = job.source_zone.clone();
                 let status = if job.failed { "error" } else { "reverted" };
                 set_migration(tx, &job.migration_id, status)?;
             } else {
@@ -611,6 +614,35 @@ pub fn finish(
         _ => {}
     }
     Ok(next)
+}
+
+/// `os-resetState` ends a resize or migration where it stands (inside the
+/// reset's transaction): the server keeps the flavor it shows and the
+/// node it is on; the migration ends in `error`. [`after_reset`] then
+/// settles the claims and drops the transfer image.
+pub fn reset(tx: &stratus_store::Tx, cur: &mut Server) -> Result<Option<ResizeJob>, ApiError> {
+    let Some(job) = cur.resize.take() else {
+        return Ok(None);
+    };
+    let shown = cur.flavor.clone();
+    recount(tx, cur, &job.new_flavor, &shown)?;
+    set_migration(tx, &job.migration_id, "error")?;
+    Ok(Some(job))
+}
+
+/// After [`reset`]: the server claims its flavor on its node only.
+pub fn after_reset(state: &AppState, id: &str, job: &ResizeJob) {
+    release(state, &job.migration_id);
+    if let Ok(Some(s)) = state.store.get::<Server>(id)
+        && s.host.is_some()
+    {
+        settle_claim(state, id, flavor_resources(&s.flavor));
+    }
+    if let Some(image) = &job.transfer_image
+        && let Err(e) = crate::image::purge_image(state, image)
+    {
+        tracing::warn!(server = id, image, error = %e, "could not delete a transfer image");
+    }
 }
 
 /// Carries out a [`Next`] after its transaction.

@@ -509,20 +509,22 @@ fn listing(
         Some(p) => state.store.list::<Server>(&StoreQuery::owner(p))?,
         None => state.store.list::<Server>(&StoreQuery::all())?,
     };
-    let statuses: Option<Vec<&str>> = match multi.get("status") {
+    // Each asked status with its vm_states; a status that also depends on
+    // the task (RESIZE, REBOOT, ...) must be the server's status too.
+    let statuses: Option<Vec<(String, &[&str])>> = match multi.get("status") {
         None => None,
         Some(list) => {
             let mut out = Vec::new();
             for st in list {
                 match states::vm_states_for(st) {
-                    Some(v) => out.extend_from_slice(v),
+                    Some(v) => out.push((st.to_ascii_uppercase(), v)),
                     None if ctx.is_admin() => {
                         return Err(ApiError::bad_request(format!(
                             "Invalid server status: {st}"
                         )));
                     }
                     // Nova returns an empty list to non-admins.
-                    None => out.push("__none__"),
+                    None => out.push((String::new(), &[][..])),
                 }
             }
             Some(out)
@@ -560,9 +562,13 @@ fn listing(
         tag_list("not-tags-any"),
     );
     servers.retain(|s| {
-        let ok_status = statuses
-            .as_ref()
-            .is_none_or(|st| st.contains(&s.vm_state.as_str()));
+        let ok_status = statuses.as_ref().is_none_or(|st| {
+            st.iter().any(|(name, vms)| {
+                vms.contains(&s.vm_state.as_str())
+                    && (!states::task_dependent(name)
+                        || states::status(&s.vm_state, s.task_state.as_deref()) == name)
+            })
+        });
         let ok_name = q.get("name").is_none_or(|n| re_search(n, &s.name));
         let ok_image = q
             .get("image")

@@ -339,7 +339,10 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
                     .as_ref()
                     .is_some_and(|j| j.source_host.as_deref() == Some(host));
                 if !keep {
-                    leftovers.push(id.clone());
+                    // With the generation: a node that has since acted on
+                    // a newer request for it (the server came back) keeps
+                    // its copy.
+                    leftovers.push(json!({"id": id, "generation": s.generation}));
                 }
             }
         }
@@ -459,6 +462,7 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
             _ => s.snapshot.as_ref().map(|j| j.image_id.clone()),
         },
         migration: job.is_some_and(|j| j.is_migration()),
+        single_use_image: image_id != &s.image_ref,
         rescue,
         should_run: match s.vm_state.as_str() {
             vm::ACTIVE | vm::RESCUED => true,
@@ -712,7 +716,11 @@ fn reschedule(state: &AppState, s: &Server, host: &str, why: &str) -> Result<(),
         cur.generation += 1;
         cur.updated_us = now;
         if give_up {
-            cur.vm_state = vm::ERROR.into();
+            // An unshelve that found no node to boot on stays shelved (it
+            // can be unshelved again), as in Nova; a build ends in ERROR.
+            if cur.shelved_image.is_none() {
+                cur.vm_state = vm::ERROR.into();
+            }
             cur.task_state = None;
             cur.fault = Some(Fault {
                 code: 500,
@@ -723,7 +731,12 @@ fn reschedule(state: &AppState, s: &Server, host: &str, why: &str) -> Result<(),
                 details: why.to_string(),
                 created_us: now,
             });
-            action_event(tx, &cur.id, "compute_build_and_run_instance", false, Some(why), Some(host))?;
+            let event = if cur.shelved_image.is_some() {
+                "compute_unshelve_instance"
+            } else {
+                "compute_build_and_run_instance"
+            };
+            action_event(tx, &cur.id, event, false, Some(why), Some(host))?;
         } else {
             cur.task_state = Some(task::SCHEDULING.into());
         }

@@ -158,6 +158,16 @@ pub fn vm_states_for(status: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// The statuses a `status` filter also checks against the task (Nova
+/// filters these on task_state; the others, which a vm_state shows by
+/// default, on vm_state alone).
+pub fn task_dependent(status: &str) -> bool {
+    matches!(
+        status,
+        "REBOOT" | "HARD_REBOOT" | "REBUILD" | "RESIZE" | "REVERT_RESIZE"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

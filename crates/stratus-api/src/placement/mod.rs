@@ -621,6 +621,47 @@ impl Placement {
         Ok(())
     }
 
+    /// Exchanges what two consumers hold, in one store transaction (either
+    /// may hold nothing). Usage is unchanged, so nothing is checked.
+    pub fn swap_consumers(&self, a: &str, b: &str) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        let rekey = |x: Option<Allocation>, to: &str| {
+            x.map(|x| Allocation {
+                id: to.to_string(),
+                generation: x.generation + 1,
+                ..x
+            })
+        };
+        let new_b = rekey(idx.allocations.get(a).cloned(), b);
+        let new_a = rekey(idx.allocations.get(b).cloned(), a);
+        self.store.write(|tx| {
+            for (id, new) in [(a, &new_a), (b, &new_b)] {
+                match new {
+                    Some(n) => {
+                        tx.upsert(n)?;
+                    }
+                    None => {
+                        if idx.allocations.contains_key(id) {
+                            tx.delete::<Allocation>(id)?;
+                        }
+                    }
+                }
+            }
+            Ok::<_, stratus_store::StoreError>(())
+        })?;
+        for (id, new) in [(a, new_a), (b, new_b)] {
+            match new {
+                Some(n) => {
+                    idx.allocations.insert(id.to_string(), n);
+                }
+                None => {
+                    idx.allocations.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a consumer's allocations (no-op if it has none).
     pub fn release(&self, consumer: &str) -> Result<(), PlacementError> {
         let mut idx = self.lock();

@@ -491,3 +491,78 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
         assert_eq!(r.body["allocations"], json!({}), "{consumer}: {}", r.body);
     }
 }
+
+#[test]
+fn compute_resize_status_filters_and_reset_state() {
+    let c = Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("rst");
+    let img = c.image(&tok, "tiny");
+    let mut ids = vec![];
+    for n in ["x1", "x2"] {
+        let r = c.boot(&tok, n, &img, "42", json!({}));
+        ids.push(r.body["server"]["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        c.wait(&tok, id, "ACTIVE");
+    }
+    let id = ids[0].clone();
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"resize": {"flavorRef": "84"}})),
+    );
+    assert_eq!(r.status, 202);
+    c.wait(&tok, &id, "VERIFY_RESIZE");
+    let count = |q: &str| {
+        c.req("GET", &format!("/servers?{q}"), &tok, None).body["servers"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count("status=VERIFY_RESIZE"), 1);
+    assert_eq!(count("status=RESIZE"), 0, "nothing is resizing now");
+    assert_eq!(count("status=ACTIVE"), 1);
+    assert_eq!(usage(&c, &tok), (2, 128 + 192));
+
+    // An admin resets the server: the resize ends where it stands (the
+    // new flavor it shows), the migration in error.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &c.admin,
+        Some(json!({"os-resetState": {"state": "active"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&tok, &id, "ACTIVE");
+    assert_eq!(s["flavor"]["id"], "84");
+    assert_eq!(migrations(&c, &id)[0]["status"], "error");
+    assert_eq!(claim(&c, &id)["MEMORY_MB"], 192);
+    assert_eq!(usage(&c, &tok), (2, 128 + 192));
+    // Nothing left to confirm; it can be resized again.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"confirmResize": null})),
+    );
+    assert_eq!(r.status, 409);
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"resize": {"flavorRef": "42"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&tok, &id, "VERIFY_RESIZE");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"confirmResize": null})),
+    );
+    assert_eq!(r.status, 204);
+    c.wait(&tok, &id, "ACTIVE");
+    assert_eq!(usage(&c, &tok), (2, 256));
+}
