@@ -922,6 +922,51 @@ impl Driver for ContainerDriver {
         Ok(())
     }
 
+    fn images_in_use(&self) -> Option<Vec<String>> {
+        let mut used = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.state_dir.join("instances")) {
+            for e in rd.flatten() {
+                let dir = e.path();
+                let rec: Record =
+                    serde_json::from_slice(&fs::read(dir.join("instance.json")).ok()?).ok()?;
+                used.push(rec.image_id);
+                if let Ok(d) = fs::read(dir.join("rescue/rescue.json")) {
+                    let r: RescueRecord = serde_json::from_slice(&d).ok()?;
+                    used.push(r.image_id);
+                }
+            }
+        }
+        Some(used)
+    }
+
+    fn unpacked_images(&self) -> Vec<String> {
+        fs::read_dir(self.state_dir.join("images"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| valid_id(n) && !n.starts_with(".tmp-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn remove_image(&self, image_id: &str) -> Result<bool, DriverError> {
+        if !valid_id(image_id) {
+            return Ok(false);
+        }
+        let lock = lock_of(&self.image_locks, image_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = self
+            .images_in_use()
+            .is_none_or(|u| u.iter().any(|i| i == image_id));
+        let dir = self.image_dir(image_id);
+        if in_use || !dir.exists() {
+            return Ok(false);
+        }
+        fs::remove_dir_all(&dir)?;
+        Ok(true)
+    }
+
     /// New limits in the bundle's `config.json` and `instance.json`; a
     /// running container is stopped and started again under them.
     fn resize(

@@ -187,6 +187,22 @@ pub trait Driver: Send + Sync {
             self.name()
         )))
     }
+    /// The images the node's instances (and rescues) boot from, or `None`
+    /// when that cannot be told now (an instance is being built or torn
+    /// down): nothing may be pruned then.
+    fn images_in_use(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// The images the driver keeps unpacked.
+    fn unpacked_images(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Removes an unpacked image no instance uses (checked again under
+    /// the image's lock); false when it is in use or not there.
+    fn remove_image(&self, image_id: &str) -> Result<bool, DriverError> {
+        let _ = image_id;
+        Ok(false)
+    }
     /// Resource use of the instance as Nova's pre-2.48 diagnostics name
     /// it (`cpu0_time` in ns, `memory*` in KiB); empty where the driver
     /// has nothing to measure.

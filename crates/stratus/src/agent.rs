@@ -66,6 +66,8 @@ struct Shared {
     /// fetched since the last heartbeat said so.
     precaching: Mutex<HashSet<String>>,
     precached: Mutex<Vec<String>>,
+    /// When each cached image was last found still in the image service.
+    image_seen: Mutex<HashMap<String, Instant>>,
 }
 
 /// Runs the agent until the process ends. Blocking; call it from a thread.
@@ -89,6 +91,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         agent_url: Mutex::new(None),
         precaching: Mutex::new(HashSet::new()),
         precached: Mutex::new(Vec::new()),
+        image_seen: Mutex::new(HashMap::new()),
     });
     start_listener(&shared)?;
     // First heartbeat: register; `starting` tells the controller not to
@@ -110,6 +113,8 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             std::thread::sleep(hb.cfg.heartbeat);
             if let Err(e) = heartbeat(&hb, false) {
                 tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
+            } else {
+                prune_images(&hb);
             }
         }
     });
@@ -353,6 +358,69 @@ fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long an image found in the image service is not asked about again.
+const IMAGE_RECHECK: Duration = Duration::from_secs(600);
+
+/// The node's image cache keeps what may boot again: an image no
+/// instance here uses and that the image service no longer has (a
+/// shelved or transfer image after its boot, an image a user deleted)
+/// goes, download and unpacked copy.
+fn prune_images(sh: &Shared) {
+    let Some(in_use) = sh.driver.images_in_use() else {
+        return;
+    };
+    let cache = sh.cfg.state_dir.join("image-cache");
+    let mut candidates: Vec<String> = sh.driver.unpacked_images();
+    if let Ok(rd) = std::fs::read_dir(&cache) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".data") {
+                candidates.push(id.to_string());
+            }
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let busy = sh
+        .precaching
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for id in candidates {
+        if in_use.contains(&id) || busy.contains(&id) {
+            continue;
+        }
+        let recent = sh
+            .image_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < IMAGE_RECHECK);
+        if recent {
+            continue;
+        }
+        let url = format!("{}/image/v2/images/{id}", sh.cfg.controller);
+        match call(sh, "GET", &url, None) {
+            Ok((404, _)) => {
+                let removed = sh.driver.remove_image(&id);
+                let _ = std::fs::remove_file(cache.join(format!("{id}.data")));
+                match removed {
+                    Ok(_) => {
+                        tracing::info!(image = %id, "pruned an image the image service no longer has")
+                    }
+                    Err(e) => tracing::warn!(image = %id, error = %e, "could not prune an image"),
+                }
+            }
+            Ok(_) | Err(_) => {
+                sh.image_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, Instant::now());
+            }
+        }
+    }
 }
 
 /// Fetches an image into the node's cache in the background (once at a

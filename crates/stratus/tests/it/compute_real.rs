@@ -700,6 +700,8 @@ fn compute_real_shelve_keeps_the_disk_in_an_image_and_unshelve_boots_it() {
     assert_eq!(act(json!({"shelve": null})).status, 202);
     c.wait(&c.admin, &id, "SHELVED_OFFLOADED");
     assert!(!inst.exists(), "the node let the workload and its disk go");
+    let r = c.img.get("/images?name=sh1-shelved", &c.admin);
+    let shelved = r.body["images"][0]["id"].as_str().unwrap().to_string();
 
     assert_eq!(act(json!({"unshelve": null})).status, 202);
     let s = c.wait(&c.admin, &id, "ACTIVE");
@@ -720,12 +722,41 @@ fn compute_real_shelve_keeps_the_disk_in_an_image_and_unshelve_boots_it() {
     );
     let r = c.img.get("/images?name=sh1-shelved", &c.admin);
     assert_eq!(r.body["images"].as_array().unwrap().len(), 0, "{}", r.body);
+    // The node keeps the unpacked shelved image while the server runs
+    // from it, and drops it (at a heartbeat) once the server is gone.
+    let unpacked = c.server.data_dir().join("agent/images").join(&shelved);
+    assert!(unpacked.exists(), "the server's lower layer");
+    assert!(
+        !c.server
+            .data_dir()
+            .join("agent/image-cache")
+            .join(format!("{shelved}.data"))
+            .exists(),
+        "the download of a single-use image is removed once booted"
+    );
     assert_eq!(
         c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
             .status,
         204
     );
     c.wait_gone(&c.admin, &id);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while unpacked.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unpacked shelved image was never pruned"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The busybox image (still in the image service) stays cached.
+    let busybox = image_id(&c, "busybox");
+    assert!(
+        c.server
+            .data_dir()
+            .join("agent/images")
+            .join(&busybox)
+            .exists()
+    );
 }
 
 #[test]
