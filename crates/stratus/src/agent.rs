@@ -368,9 +368,6 @@ const IMAGE_RECHECK: Duration = Duration::from_secs(600);
 /// shelved or transfer image after its boot, an image a user deleted)
 /// goes, download and unpacked copy.
 fn prune_images(sh: &Shared) {
-    let Some(in_use) = sh.driver.images_in_use() else {
-        return;
-    };
     let cache = sh.cfg.state_dir.join("image-cache");
     let mut candidates: Vec<String> = sh.driver.unpacked_images();
     if let Ok(rd) = std::fs::read_dir(&cache) {
@@ -383,22 +380,23 @@ fn prune_images(sh: &Shared) {
     }
     candidates.sort();
     candidates.dedup();
-    let busy = sh
-        .precaching
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    // Only what is not being fetched and was not found lately; the
+    // instances are read only when something is left to ask about.
+    {
+        let busy = sh.precaching.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = sh.image_seen.lock().unwrap_or_else(|e| e.into_inner());
+        candidates.retain(|id| {
+            !busy.contains(id) && seen.get(id).is_none_or(|t| t.elapsed() >= IMAGE_RECHECK)
+        });
+    }
+    if candidates.is_empty() {
+        return;
+    }
+    let Some(in_use) = sh.driver.images_in_use() else {
+        return;
+    };
     for id in candidates {
-        if in_use.contains(&id) || busy.contains(&id) {
-            continue;
-        }
-        let recent = sh
-            .image_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .is_some_and(|t| t.elapsed() < IMAGE_RECHECK);
-        if recent {
+        if in_use.contains(&id) {
             continue;
         }
         let url = format!("{}/image/v2/images/{id}", sh.cfg.controller);

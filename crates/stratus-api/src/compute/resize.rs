@@ -466,10 +466,10 @@ pub(super) fn migrate(
 /// A migration went back (or failed): the server gives up its claim on
 /// the destination and takes back what the migration held on the source.
 fn unmigrate_claims(state: &AppState, server: &str, migration: &str) {
-    release(state, server);
-    if let Err(e) = state.placement.move_consumer(migration, server) {
+    if let Err(e) = state.placement.swap_consumers(server, migration) {
         tracing::error!(server, error = %e, "could not give the source claim back");
     }
+    release(state, migration);
 }
 
 fn release(state: &AppState, consumer: &str) {
@@ -638,10 +638,8 @@ pub fn after_reset(state: &AppState, id: &str, job: &ResizeJob) {
     {
         settle_claim(state, id, flavor_resources(&s.flavor));
     }
-    if let Some(image) = &job.transfer_image
-        && let Err(e) = crate::image::purge_image(state, image)
-    {
-        tracing::warn!(server = id, image, error = %e, "could not delete a transfer image");
+    if let Some(image) = &job.transfer_image {
+        super::snapshots::drop_image(state, id, image);
     }
 }
 
@@ -653,10 +651,8 @@ pub fn after(state: &AppState, id: &str, next: Next) {
     if let Some(m) = &next.unmigrate {
         unmigrate_claims(state, id, m);
     }
-    if let Some(image) = &next.drop_image
-        && let Err(e) = crate::image::purge_image(state, image)
-    {
-        tracing::warn!(server = id, image, error = %e, "could not delete a transfer image");
+    if let Some(image) = &next.drop_image {
+        super::snapshots::drop_image(state, id, image);
     }
     state.compute.notify(next.notify.as_deref());
 }
@@ -677,10 +673,8 @@ pub fn settle_claim(state: &AppState, id: &str, resources: BTreeMap<String, u64>
 pub fn abandon_claims(state: &AppState, s: &Server) {
     if let Some(job) = &s.resize {
         release(state, &job.migration_id);
-        if let Some(image) = &job.transfer_image
-            && let Err(e) = crate::image::purge_image(state, image)
-        {
-            tracing::warn!(server = %s.id, image, error = %e, "could not delete a transfer image");
+        if let Some(image) = &job.transfer_image {
+            super::snapshots::drop_image(state, &s.id, image);
         }
     }
 }

@@ -552,7 +552,7 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
         })
         .map(|(host, shelved)| {
             if let Some(image) = shelved {
-                super::shelve::drop_image(state, id, &image);
+                super::snapshots::drop_image(state, id, &image);
             }
             state.compute.notify(host.as_deref())
         })
@@ -688,7 +688,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
         }
     }
     if let Some(image) = unshelved {
-        super::shelve::drop_image(state, id, &image);
+        super::snapshots::drop_image(state, id, &image);
     }
     if let Some(next) = next {
         super::resize::after(state, id, next);

@@ -139,12 +139,3 @@ pub fn offloaded(cur: &mut Server, image_id: &str) {
     cur.host = None;
     cur.node = None;
 }
-
-/// After an unshelved server runs again: its shelved image goes, as in
-/// Nova (best effort).
-pub fn drop_image(state: &AppState, server_id: &str, image_id: &str) {
-    if let Err(e) = crate::image::purge_image(state, image_id) {
-        tracing::warn!(server = server_id, image = image_id, error = %e,
-            "could not delete the shelved image");
-    }
-}

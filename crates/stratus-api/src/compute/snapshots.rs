@@ -461,6 +461,15 @@ fn rotate(state: &AppState, server_id: &str, kind: &str, rotation: u32) -> Resul
     Ok(())
 }
 
+/// Deletes an image that only ever belonged to one server (its shelved
+/// or transfer image) once it has served; best effort.
+pub fn drop_image(state: &AppState, server_id: &str, image_id: &str) {
+    if let Err(e) = crate::image::purge_image(state, image_id) {
+        tracing::warn!(server = server_id, image = image_id, error = %e,
+            "could not delete the server's own image");
+    }
+}
+
 /// A server is going away: a snapshot it had in progress will never be
 /// written.
 pub fn abandon(state: &AppState, s: &Server) {

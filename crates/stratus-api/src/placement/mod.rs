@@ -594,33 +594,6 @@ impl Placement {
         }
     }
 
-    /// Hands what `from` holds to `to` (which must hold nothing), as Nova
-    /// moves a server's allocation to its migration: usage is unchanged,
-    /// so nothing is checked. No-op when `from` holds nothing.
-    pub fn move_consumer(&self, from: &str, to: &str) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        let Some(prev) = idx.allocations.get(from).cloned() else {
-            return Ok(());
-        };
-        if idx.allocations.contains_key(to) {
-            return Err(PlacementError::Invalid(format!(
-                "consumer {to} already holds allocations"
-            )));
-        }
-        let moved = Allocation {
-            id: to.to_string(),
-            generation: 1,
-            ..prev
-        };
-        self.store.write(|tx| {
-            tx.delete::<Allocation>(from)?;
-            tx.upsert(&moved)
-        })?;
-        idx.allocations.remove(from);
-        idx.allocations.insert(to.to_string(), moved);
-        Ok(())
-    }
-
     /// Exchanges what two consumers hold, in one store transaction (either
     /// may hold nothing). Usage is unchanged, so nothing is checked.
     pub fn swap_consumers(&self, a: &str, b: &str) -> Result<(), PlacementError> {

@@ -416,39 +416,13 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
     ]);
     let Some(os) = Os::new(&s) else { return };
     // A second node: `stratus agent` with its own container state.
-    struct Kill(std::process::Child, PathBuf);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            super::common::reap_containers(&self.1);
-        }
-    }
-    let second = s.data_dir().join("second");
-    let _agent = Kill(
-        Command::new(super::common::bin())
-            .args([
-                "agent",
-                "--controller",
-                &s.url,
-                "--node-name",
-                "node-b",
-                &format!("--password={}", s.admin_password),
-                "--data-dir",
-            ])
-            .arg(second.join("agent"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(s.data_dir().join("agent-b.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        second,
-    );
+    let agent = super::common::Agent::start(&s, "node-b", &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while os.json(&["hypervisor", "list"]).as_array().unwrap().len() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "second node never registered; its log:\n{}",
-            std::fs::read_to_string(s.data_dir().join("agent-b.log")).unwrap_or_default()
+            std::fs::read_to_string(&agent.log).unwrap_or_default()
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }

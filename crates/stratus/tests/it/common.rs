@@ -167,6 +167,42 @@ impl Drop for Server {
     }
 }
 
+/// A further node: `stratus agent` joined to a running `stratus up` as
+/// `name`, its state under `DATA/name/agent`, its log in `DATA/name.log`.
+/// Killed, and its containers reaped, when dropped.
+pub struct Agent {
+    child: Child,
+    dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts it with `extra` arguments (e.g. `--driver fake`).
+    pub fn start(s: &Server, name: &str, extra: &[&str]) -> Agent {
+        let dir = s.data_dir().join(name);
+        let log = s.data_dir().join(format!("{name}.log"));
+        let child = Command::new(bin())
+            .args(["agent", "--controller", &s.url, "--node-name", name])
+            .arg(format!("--password={}", s.admin_password))
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.join("agent"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .spawn()
+            .expect("start stratus agent");
+        Agent { child, dir, log }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        reap_containers(&self.dir);
+    }
+}
+
 /// Removes what the in-process agent's container driver left under a
 /// data dir: its runc containers (and their cgroups) and overlay mounts.
 pub fn reap_containers(dir: &Path) {

@@ -980,36 +980,8 @@ fn compute_lifecycle_actions_and_state_model_on_fake_node() {
 fn compute_server_groups_aggregates_zones_and_services() {
     let c = Cloud::start(&["--driver", "fake", "--node-name", "n1"]);
     // A second node: a real `stratus agent` process with the fake driver.
-    let agent_log = c.server.data_dir().join("agent2.log");
-    let mut agent = Command::new(super::common::bin())
-        .args([
-            "agent",
-            "--controller",
-            &c.server.url,
-            "--driver",
-            "fake",
-            "--node-name",
-            "n2",
-            &format!("--password={}", c.server.admin_password),
-            "--data-dir",
-        ])
-        .arg(c.server.data_dir().join("agent2"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&agent_log).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(std::mem::replace(
-        &mut agent,
-        Command::new("true").spawn().unwrap(),
-    ));
-    c.wait_nodes_logged(2, &agent_log);
+    let agent = super::common::Agent::start(&c.server, "n2", &["--driver", "fake"]);
+    c.wait_nodes_logged(2, &agent.log);
     let (_, tok) = c.project("grp");
     let img = c.image(&tok, "tiny");
     // Anti-affinity spreads two servers over the two nodes; a third fails.

@@ -763,37 +763,9 @@ fn compute_real_shelve_keeps_the_disk_in_an_image_and_unshelve_boots_it() {
 fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
     let c = cloud(&[]);
     // A second real node, heartbeating every second.
-    let second = c.server.data_dir().join("second");
-    let log = c.server.data_dir().join("node-b.log");
-    struct Kill(std::process::Child, PathBuf);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            super::common::reap_containers(&self.1);
-        }
-    }
-    let _b = Kill(
-        Command::new(super::common::bin())
-            .args([
-                "agent",
-                "--controller",
-                &c.server.url,
-                "--node-name",
-                "node-b",
-                "--heartbeat",
-                "1",
-                &format!("--password={}", c.server.admin_password),
-                "--data-dir",
-            ])
-            .arg(second.join("agent"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        second.clone(),
-    );
-    c.wait_nodes_logged(2, &log);
+    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    let second = c.server.data_dir().join("node-b");
+    c.wait_nodes_logged(2, &b.log);
     let img = image_id(&c, "busybox");
     let r = c.boot(
         &c.admin,
@@ -861,7 +833,7 @@ fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
         assert!(
             Instant::now() < deadline,
             "node-b never removed its copy: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(&b.log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

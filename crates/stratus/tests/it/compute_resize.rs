@@ -274,42 +274,12 @@ fn compute_shelve_offloads_and_unshelve_boots_the_shelved_image() {
 }
 
 /// A second node: a `stratus agent` process (fake driver) named `n2`,
-/// heartbeating every second; killed when dropped.
-struct SecondNode(std::process::Child);
-
-impl SecondNode {
-    fn start(c: &Cloud) -> SecondNode {
-        let log = c.server.data_dir().join("n2.log");
-        let child = std::process::Command::new(super::common::bin())
-            .args([
-                "agent",
-                "--controller",
-                &c.server.url,
-                "--driver",
-                "fake",
-                "--node-name",
-                "n2",
-                "--heartbeat",
-                "1",
-                &format!("--password={}", c.server.admin_password),
-                "--data-dir",
-            ])
-            .arg(c.server.data_dir().join("n2"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let node = SecondNode(child);
-        c.wait_nodes_logged(2, &log);
-        node
-    }
-}
-
-impl Drop for SecondNode {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// heartbeating every second.
+fn second_node(c: &Cloud) -> super::common::Agent {
+    let node =
+        super::common::Agent::start(&c.server, "n2", &["--driver", "fake", "--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &node.log);
+    node
 }
 
 fn host_of(c: &Cloud, id: &str) -> String {
@@ -323,7 +293,7 @@ fn host_of(c: &Cloud, id: &str) -> String {
 #[test]
 fn compute_cold_migration_moves_confirms_and_reverts() {
     let c = Cloud::start(&["--driver", "fake", "--node-name", "n1"]);
-    let _n2 = SecondNode::start(&c);
+    let _n2 = second_node(&c);
     let (_, tok) = c.project("mig");
     let img = c.image(&tok, "tiny");
     let r = c.boot(&tok, "m1", &img, "42", json!({}));
@@ -380,23 +350,9 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
     assert_eq!(m[0]["dest_compute"], other);
     assert_eq!(m[0]["status"], "finished");
     // Both nodes hold a claim until it is settled.
-    let pl = super::common::Client {
-        base: format!("{}/placement", c.server.url),
-    };
     let uuid = m[0]["uuid"].as_str().unwrap();
-    let r = pl.raw(
-        "GET",
-        &format!("/allocations/{uuid}"),
-        Some(&c.admin),
-        &[("OpenStack-API-Version", "placement 1.28")],
-        None,
-    );
-    assert_eq!(
-        r.body["allocations"].as_object().unwrap().len(),
-        1,
-        "{}",
-        r.body
-    );
+    let held = allocations(&c, uuid);
+    assert_eq!(held.as_object().unwrap().len(), 1, "{held}");
     assert_eq!(claim(&c, &id)["MEMORY_MB"], 128);
 
     let r = c.req(
@@ -410,14 +366,7 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
     assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
     assert_eq!(host_of(&c, &id), first);
     assert_eq!(migrations(&c, &id)[0]["status"], "reverted");
-    let r = pl.raw(
-        "GET",
-        &format!("/allocations/{uuid}"),
-        Some(&c.admin),
-        &[("OpenStack-API-Version", "placement 1.28")],
-        None,
-    );
-    assert_eq!(r.body["allocations"], json!({}), "{}", r.body);
+    assert_eq!(allocations(&c, uuid), json!({}));
     assert_eq!(claim(&c, &id)["MEMORY_MB"], 128);
 
     // Migrate a stopped server to a named host and confirm: it stays
@@ -447,15 +396,8 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
     assert_eq!(m.len(), 2);
     assert_eq!(m[0]["status"], "confirmed");
     let uuid = m[0]["uuid"].as_str().unwrap();
-    let r = pl.raw(
-        "GET",
-        &format!("/allocations/{uuid}"),
-        Some(&c.admin),
-        &[("OpenStack-API-Version", "placement 1.28")],
-        None,
-    );
     assert_eq!(
-        r.body["allocations"],
+        allocations(&c, uuid),
         json!({}),
         "the source claim is released"
     );
@@ -481,14 +423,7 @@ fn compute_cold_migration_moves_confirms_and_reverts() {
     );
     c.wait_gone(&tok, &id);
     for consumer in [uuid.as_str(), id.as_str()] {
-        let r = pl.raw(
-            "GET",
-            &format!("/allocations/{consumer}"),
-            Some(&c.admin),
-            &[("OpenStack-API-Version", "placement 1.28")],
-            None,
-        );
-        assert_eq!(r.body["allocations"], json!({}), "{consumer}: {}", r.body);
+        assert_eq!(allocations(&c, consumer), json!({}), "{consumer}");
     }
 }
 
