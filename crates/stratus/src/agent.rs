@@ -34,13 +34,50 @@ pub enum OrphanAction {
     Noop,
 }
 
+/// Who the agent logs in to the controller as.
+#[derive(Clone)]
+pub enum Login {
+    /// The node's own identity (`stratus admin node-token`, then
+    /// `stratus agent --join-token`): its own host's agent API only.
+    Node(stratus_api::identity::node_users::NodeCredential),
+    /// The old way: a user of the default domain with the admin or
+    /// `service` role.
+    Password {
+        username: String,
+        password: String,
+        project: String,
+    },
+}
+
+impl Login {
+    fn auth_body(&self) -> Value {
+        match self {
+            Login::Node(n) => json!({"auth": {"identity": {"methods": ["password"],
+                "password": {"user": {"id": n.user_id, "password": n.password}}},
+                "scope": {"project": {"id": n.project_id}}}}),
+            Login::Password {
+                username,
+                password,
+                project,
+            } => json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+                "name": username, "domain": {"id": "default"}, "password": password}}},
+                "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}),
+        }
+    }
+
+    fn who(&self) -> String {
+        match self {
+            Login::Node(n) => format!("node {}", n.host),
+            Login::Password { username, .. } => username.clone(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AgentConfig {
     pub controller: String,
     pub host: String,
-    pub username: String,
-    pub password: String,
-    pub project: String,
+    pub login: Login,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     /// URL the controller reaches the listener at (default: from listen).
@@ -190,9 +227,7 @@ const SHORT_CALL: Duration = Duration::from_secs(20);
 
 fn login(sh: &Shared) -> anyhow::Result<String> {
     let c = &sh.cfg;
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": c.username, "domain": {"id": "default"}, "password": c.password}}},
-        "scope": {"project": {"name": c.project, "domain": {"id": "default"}}}}});
+    let body = c.login.auth_body();
     let mut resp = sh
         .http
         .post(&format!("{}/identity/v3/auth/tokens", c.controller))
@@ -211,7 +246,7 @@ fn login(sh: &Shared) -> anyhow::Result<String> {
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     match (status, tok) {
         (201, Some(t)) => Ok(t),
-        _ => anyhow::bail!("login as {} refused ({status}): {text}", c.username),
+        _ => anyhow::bail!("login as {} refused ({status}): {text}", c.login.who()),
     }
 }
 
@@ -669,7 +704,7 @@ fn snapshot(sh: &Shared, s: &Value, steps: Option<&str>) -> anyhow::Result<()> {
         .as_str()
         .context("the controller named no image for the snapshot")?;
     let dir = sh.cfg.state_dir.join("snapshots");
-    std::fs::create_dir_all(&dir)?;
+    crate::datadir::private_dir(&dir)?;
     let file = dir.join(format!("{image_id}.tar"));
     let result = (|| {
         sh.driver
@@ -838,7 +873,7 @@ fn instance_spec(
 fn fetch_image(sh: &Shared, image_id: &str, sha512: Option<&str>) -> anyhow::Result<PathBuf> {
     static LOCKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let dir = sh.cfg.state_dir.join("image-cache");
-    std::fs::create_dir_all(&dir)?;
+    crate::datadir::private_dir(&dir)?;
     let path = dir.join(format!("{image_id}.data"));
     loop {
         if path.exists() {
@@ -882,7 +917,15 @@ fn download(
         anyhow::bail!("image {image_id} download answered {}", resp.status());
     }
     let tmp = dir.join(format!("{image_id}.part"));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     let mut hasher = sha2::Sha512::new();
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
     let mut buf = vec![0u8; 1 << 20];
@@ -998,14 +1041,4 @@ fn serve_one(sh: &Shared, mut stream: std::net::TcpStream) {
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-}
-
-/// Reads the admin password `stratus up` wrote into `clouds.yaml`.
-pub fn admin_password(data_dir: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(data_dir.join("clouds.yaml"))
-        .context("reading clouds.yaml for the agent's credentials")?;
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("password:"))
-        .map(|p| p.trim().trim_matches('"').to_string())
-        .context("no password in clouds.yaml")
 }

@@ -131,14 +131,28 @@ pub struct AgentCmd {
     /// The controller's URL, e.g. http://10.0.0.1:8080.
     #[arg(long, env = "STRATUS_CONTROLLER")]
     pub controller: String,
-    /// Directory for the agent's state (images, workloads).
+    /// Directory for the agent's state (images, workloads, the node's
+    /// credential).
     #[arg(long, env = "STRATUS_DATA_DIR", default_value = "./stratus-agent-data")]
     pub data_dir: PathBuf,
-    /// User the agent logs in as (needs the admin or service role).
+    /// A join token from `stratus admin node-token` on the controller: the
+    /// node joins with it once and keeps its own credential in the data
+    /// dir for later starts (no token or password needed again).
+    #[arg(long, env = "STRATUS_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// The old way, without a join token: the user the agent logs in as
+    /// (needs the admin or service role).
     #[arg(long, env = "OS_USERNAME", default_value = "admin")]
     pub username: String,
+    /// File holding the password of --username.
+    #[arg(long, env = "STRATUS_AGENT_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The password of --username. Prefer --join-token, --password-file
+    /// or the environment: a password on the command line shows in every
+    /// process listing.
     #[arg(long, env = "OS_PASSWORD", hide_env_values = true)]
-    pub password: String,
+    pub password: Option<String>,
+    /// The project of --username.
     #[arg(long, env = "OS_PROJECT_NAME", default_value = "admin")]
     pub project: String,
     /// Seconds between heartbeats.

@@ -3,6 +3,8 @@
 mod agent;
 mod commands;
 mod config;
+mod datadir;
+mod join;
 
 use clap::{Parser, Subcommand};
 

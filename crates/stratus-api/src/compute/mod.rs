@@ -17,6 +17,7 @@ mod groups;
 mod images;
 mod keypairs;
 pub mod model;
+pub mod node_access;
 pub mod nodes;
 mod quotas;
 mod rescue;
@@ -205,7 +206,9 @@ pub fn router() -> Router<AppState> {
         .nest("/compute/v2", v21.clone())
         .nest("/compute/v2.1", v21)
         .layer(axum::middleware::from_fn(compute_layer));
-    compute.merge(nodes::agent_routes())
+    compute
+        .merge(nodes::agent_routes())
+        .merge(node_access::routes())
 }
 
 fn version_doc(state: &AppState) -> Value {

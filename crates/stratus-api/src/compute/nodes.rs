@@ -87,11 +87,17 @@ pub fn zone_exists(state: &AppState, zone: &str) -> Result<bool, ApiError> {
         .any(|a| a.availability_zone.as_deref() == Some(zone)))
 }
 
-fn require_agent(ctx: &Ctx) -> Result<(), ApiError> {
-    if ctx.is_admin() || ctx.has_role("service") {
-        Ok(())
-    } else {
-        Err(policy_denied("stratus:node-agent"))
+/// The agent of `host`: that node's own identity (`node` role, see
+/// `identity::node_users`), never another node's; or, the old way, a
+/// user with the admin or `service` role.
+fn require_agent(ctx: &Ctx, host: &str) -> Result<(), ApiError> {
+    match ctx.node_host() {
+        Some(h) if h == host => Ok(()),
+        Some(_) => Err(policy_denied(
+            "stratus:node-agent (a node acts for its own host only)",
+        )),
+        None if ctx.is_admin() || ctx.has_role("service") => Ok(()),
+        None => Err(policy_denied("stratus:node-agent")),
     }
 }
 
@@ -135,7 +141,7 @@ async fn register(
     Path(host): Path<String>,
     raw: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    require_agent(&ctx)?;
+    require_agent(&ctx, &host)?;
     let r: NodeReport = crate::json::decode(&raw)?;
     if host.is_empty() || host.len() > 255 || host.contains('/') {
         return Err(ApiError::bad_request(format!("Invalid host name {host:?}")));
@@ -212,7 +218,7 @@ async fn assigned(
     Path(host): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    require_agent(&ctx)?;
+    require_agent(&ctx, &host)?;
     let since: u64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
     let wait = q
         .get("wait")
@@ -257,7 +263,7 @@ async fn report(
     Path((host, id)): Path<(String, String)>,
     raw: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    require_agent(&ctx)?;
+    require_agent(&ctx, &host)?;
     let r: TaskReport = crate::json::decode(&raw)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || super::service::task_done(&st, &host, &id, &r))
@@ -280,7 +286,7 @@ async fn progress(
     Path((host, id)): Path<(String, String)>,
     raw: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    require_agent(&ctx)?;
+    require_agent(&ctx, &host)?;
     let p: TaskProgress = crate::json::decode(&raw)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {

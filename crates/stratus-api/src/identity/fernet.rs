@@ -7,8 +7,14 @@
 //! the staged key, the highest number is the primary (it signs new tokens),
 //! and every key in the directory is accepted for validation, so tokens
 //! issued before a rotation stay valid until their key is rotated out.
+//!
+//! The same format and layout serve a second repository, the credential
+//! keys (Keystone's `[credential] key_repository`), which encrypt the
+//! blobs of `/v3/credentials` at rest; see [`Repository`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use aes::cipher::block_padding::Pkcs7;
 use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
@@ -37,10 +43,14 @@ pub enum KeyError {
 pub struct Key {
     signing: [u8; 16],
     encryption: [u8; 16],
+    /// SHA-256 of the key, hex: names the key without revealing it
+    /// (Keystone's credential `key_hash`).
+    hash: String,
 }
 
 impl Key {
     fn parse(text: &str) -> Option<Key> {
+        use sha2::Digest;
         let raw = URL_SAFE.decode(text.trim()).ok()?;
         if raw.len() != 32 {
             return None;
@@ -48,6 +58,10 @@ impl Key {
         let mut k = Key {
             signing: [0; 16],
             encryption: [0; 16],
+            hash: sha2::Sha256::digest(&raw)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         };
         k.signing.copy_from_slice(&raw[..16]);
         k.encryption.copy_from_slice(&raw[16..]);
@@ -106,11 +120,31 @@ impl KeyRing {
         URL_SAFE_NO_PAD.encode(out)
     }
 
+    /// The hash of the primary key (see [`KeyRing::encrypt`]).
+    pub fn primary_hash(&self) -> &str {
+        &self.keys[0].hash
+    }
+
+    /// Whether a key with this hash is in the ring.
+    pub fn has_key(&self, hash: &str) -> bool {
+        self.keys.iter().any(|k| k.hash == hash)
+    }
+
     /// Verifies and decrypts a token with any key in the ring. Returns the
     /// payload and the Fernet timestamp.
     pub fn decrypt(&self, token: &str) -> Option<(Vec<u8>, u64)> {
+        self.open(token, 4096)
+    }
+
+    /// Decrypts a stored secret (a credential blob) of any size with any
+    /// key in the ring.
+    pub fn decrypt_blob(&self, sealed: &str) -> Option<Vec<u8>> {
+        self.open(sealed, usize::MAX).map(|(pt, _)| pt)
+    }
+
+    fn open(&self, token: &str, max_len: usize) -> Option<(Vec<u8>, u64)> {
         let trimmed = token.trim_end_matches('=');
-        if trimmed.len() > 4096 {
+        if trimmed.len() > max_len {
             return None;
         }
         let raw = URL_SAFE_NO_PAD.decode(trimmed).ok()?;
@@ -210,6 +244,53 @@ pub fn rotate(dir: &Path) -> Result<u64, KeyError> {
     Ok(new_primary)
 }
 
+/// A key repository held in memory and reloaded when its directory
+/// changes on disk (a rotation by `stratus admin` while the server runs).
+pub struct Repository {
+    dir: PathBuf,
+    ring: RwLock<Arc<KeyRing>>,
+    seen: Mutex<Option<SystemTime>>,
+}
+
+impl Repository {
+    /// Sets the repository up if it has no keys, and loads it.
+    pub fn open(dir: &Path) -> Result<Repository, KeyError> {
+        setup(dir)?;
+        let seen = dir_mtime(dir);
+        Ok(Repository {
+            ring: RwLock::new(Arc::new(KeyRing::load(dir)?)),
+            dir: dir.to_path_buf(),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads the keys if the directory changed since they were loaded
+    /// (one `stat`); with `force`, reloads in any case.
+    pub fn refresh(&self, force: bool) -> Result<Arc<KeyRing>, KeyError> {
+        let now = dir_mtime(&self.dir);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !force && *seen == now {
+            return Ok(self.ring());
+        }
+        let ring = Arc::new(KeyRing::load(&self.dir)?);
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
+        *seen = now;
+        Ok(ring)
+    }
+}
+
+fn dir_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir).and_then(|m| m.modified()).ok()
+}
+
 /// Fills `buf` from the OS random source.
 pub fn fill_random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the OS random source is available");
@@ -239,6 +320,24 @@ mod tests {
         bad[mid] = if bad[mid] == b'A' { b'B' } else { b'A' };
         assert_eq!(ring.decrypt(std::str::from_utf8(&bad).unwrap()), None);
         assert_eq!(ring.decrypt("garbage"), None);
+    }
+
+    #[test]
+    fn blobs_of_any_size_and_key_hashes() {
+        let d = tmpdir("blob");
+        setup(&d).unwrap();
+        let ring = KeyRing::load(&d).unwrap();
+        let big = vec![b'x'; 10_000];
+        let sealed = ring.encrypt(&big, 1);
+        assert_eq!(ring.decrypt(&sealed), None, "tokens stay short");
+        assert_eq!(ring.decrypt_blob(&sealed), Some(big));
+        let old = ring.primary_hash().to_string();
+        assert_eq!(old.len(), 64);
+        let repo = Repository::open(&d).unwrap();
+        rotate(&d).unwrap();
+        let ring = repo.refresh(true).unwrap();
+        assert_ne!(ring.primary_hash(), old);
+        assert!(ring.has_key(&old), "the previous primary stays for reading");
     }
 
     #[test]

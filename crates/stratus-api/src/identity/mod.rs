@@ -22,6 +22,7 @@ pub mod fernet;
 pub mod groups;
 pub mod limits;
 pub mod model;
+pub mod node_users;
 pub mod oauth1;
 pub mod password;
 pub mod policies;
@@ -61,6 +62,8 @@ pub struct Identity {
     cache: RwLock<HashMap<String, Arc<service::Validated>>>,
     pub hashing: password::Hashing,
     pub token_ttl_us: i64,
+    /// The keys that seal credential blobs at rest.
+    pub credential_keys: credentials::CredentialKeys,
 }
 
 /// Validations kept; each holds the rendered token (a few KiB with catalog).
@@ -73,7 +76,10 @@ impl Identity {
         let ring =
             fernet::KeyRing::load(&keys_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let revocations = store.list::<Revocation>(&Query::all())?;
+        let credential_keys = credentials::CredentialKeys::open(&config.data_dir)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(Identity {
+            credential_keys,
             keys_seen: Mutex::new(dir_mtime(&keys_dir)),
             keys_dir,
             keys: RwLock::new(Arc::new(ring)),

@@ -376,7 +376,9 @@ pub struct Revocation {
 record!(Revocation, "revocation_event");
 
 /// A credential kept for another service (`/v3/credentials`), e.g. EC2
-/// access/secret pairs. The blob is stored as given.
+/// access/secret pairs. The blob is stored encrypted with the credential
+/// key repository, as Keystone stores it (`encrypted_blob`, `key_hash`);
+/// `identity::credentials` seals and opens it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credential {
     pub id: String,
@@ -384,7 +386,16 @@ pub struct Credential {
     pub project_id: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
-    pub blob: String,
+    /// The blob as a Fernet token of the credential keys.
+    #[serde(default)]
+    pub encrypted_blob: String,
+    /// SHA-256 of the credential key that encrypted it.
+    #[serde(default)]
+    pub key_hash: String,
+    /// The blob in clear: only in rows written before blobs were
+    /// encrypted, until `identity::credentials::migrate` encrypts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
 }
 record!(Credential, "credential", owner = |c| Some(&c.user_id));
 

@@ -75,7 +75,7 @@ impl BlobStore {
     /// Opens (creating) the store and empties `tmp/`.
     pub fn open(root: &Path) -> io::Result<Self> {
         for dir in ["blobs", "staging", "tmp"] {
-            fs::create_dir_all(root.join(dir))?;
+            private_dir(&root.join(dir))?;
         }
         for entry in fs::read_dir(root.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
@@ -119,7 +119,7 @@ impl BlobStore {
         }
         let dir = dest.parent().expect("blob path has a parent");
         if !dir.exists() {
-            fs::create_dir_all(dir)?;
+            private_dir(dir)?;
             sync_dir(&self.root.join("blobs"))?;
         }
         fs::rename(file, &dest)?;
@@ -231,7 +231,7 @@ async fn receive_inner(
     limit: u64,
     blobs: &BlobStore,
 ) -> Result<Written, ReceiveError> {
-    let file = File::create_new(path)?;
+    let file = create_private(path)?;
     let (wtx, mut wrx) = mpsc::channel::<Bytes>(DEPTH);
     let (mtx, mut mrx) = mpsc::channel::<Bytes>(DEPTH);
     let (stx, mut srx) = mpsc::channel::<Bytes>(DEPTH);
@@ -410,6 +410,26 @@ impl http_body::Body for FileBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
     }
+}
+
+/// Creates `dir` (and its parents) readable by the owner only: image
+/// data is the tenants'.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates a new file readable by its owner only.
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(test)]

@@ -80,7 +80,13 @@ fn begin(state: &AppState, ctx: &Ctx, id: &str, target: Target) -> Result<Image,
             Some(img) if visible(state, ctx, &img)? => img,
             _ => return Err(not_found(id)),
         };
-        require_owner_member(ctx, &img, "upload data to")?;
+        // A node uploads what its server's snapshot, shelve or migration
+        // writes.
+        if !(target == Target::Upload
+            && crate::compute::node_access::node_may_upload(state, ctx, id)?)
+        {
+            require_owner_member(ctx, &img, "upload data to")?;
+        }
         if img.status != status::QUEUED {
             return Err(ApiError::conflict(format!(
                 "Image status transition from {} to {to} is not allowed",

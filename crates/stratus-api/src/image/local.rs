@@ -41,7 +41,7 @@ pub fn import(state: &AppState, owner: &str, img: &LocalImage) -> Result<Option<
     let tmp = blobs.tmp_path();
     let (size, md5, sha512) = (|| -> std::io::Result<(u64, String, String)> {
         let mut src = File::open(img.file)?;
-        let mut dst = File::create_new(&tmp)?;
+        let mut dst = super::blobs::create_private(&tmp)?;
         let (mut m, mut s) = (Md5::new(), Sha512::new());
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;

@@ -255,7 +255,7 @@ pub(crate) fn visible(state: &AppState, ctx: &Ctx, img: &Image) -> Result<bool, 
         "public" | "community" => true,
         "shared" => membership(state, ctx, img)?.is_some(),
         _ => false,
-    })
+    } || crate::compute::node_access::node_may_read(state, ctx, &img.id)?)
 }
 
 /// Fetches an image the caller can see, else Glance's 404.
@@ -267,8 +267,12 @@ pub(crate) fn fetch_visible(state: &AppState, ctx: &Ctx, id: &str) -> Result<Ima
 }
 
 /// Readers of a project (or admins) may read; anything else is refused.
+/// A node agent reads too: [`visible`] limits it to its servers' images.
 pub(crate) fn require_reader(ctx: &Ctx) -> Result<(), ApiError> {
-    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("reader") {
+    if ctx.is_admin()
+        || ctx.project_id().is_some() && ctx.has_role("reader")
+        || ctx.node_host().is_some()
+    {
         Ok(())
     } else {
         Err(ApiError::forbidden(

@@ -1,15 +1,13 @@
 //! `stratus admin ...`: operator tools that work on a data directory.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::Context;
 use clap::Subcommand;
-use stratus_api::identity::{bootstrap, fernet};
+use stratus_api::identity::{bootstrap, credentials, fernet, node_users};
 use stratus_store::{Durability, Store};
 
 use crate::config::CommonArgs;
+use crate::datadir::write_private;
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -30,6 +28,33 @@ pub enum AdminCommand {
     FernetRotate {
         #[command(flatten)]
         common: CommonArgs,
+    },
+    /// Create the credential key repository (it encrypts credential blobs at rest) if it has no keys.
+    CredentialSetup {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Rotate the credential keys and re-encrypt every credential with the new primary key.
+    CredentialRotate {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Re-encrypt every credential with the primary credential key (and any stored in clear).
+    CredentialMigrate {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Print a one-time join token for a node: `stratus agent --join-token TOKEN` joins with it.
+    NodeToken {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The node the token is for (default: any node name not joined yet). A node that
+        /// joined before joins again only with a token made for its name.
+        #[arg(long = "node-name")]
+        node_name: Option<String>,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        expires: u64,
     },
 }
 
@@ -64,14 +89,77 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             println!("rotated {}: new primary key {primary}", dir.display());
             Ok(())
         }
+        AdminCommand::CredentialSetup { common } => {
+            crate::datadir::prepare_controller(&common.data_dir, &common.store_path())?;
+            credentials::CredentialKeys::open(&common.data_dir)?;
+            println!(
+                "credential keys in {}",
+                common.data_dir.join(credentials::KEY_DIR).display()
+            );
+            Ok(())
+        }
+        AdminCommand::CredentialRotate { common } => {
+            let store = open_store(&common, Durability::Full)?;
+            let keys = credentials::CredentialKeys::open(&common.data_dir)?;
+            // Rows in clear (an older version's) are sealed and scrubbed
+            // first.
+            crate::datadir::migrate_credentials(&store, &keys)?;
+            let (primary, m) = credentials::rotate(&store, &keys)
+                .map_err(|e| anyhow::anyhow!("rotating the credential keys: {e}"))?;
+            println!(
+                "rotated {}: new primary key {primary}; {} credentials re-encrypted",
+                common.data_dir.join(credentials::KEY_DIR).display(),
+                m.resealed
+            );
+            unreadable(&m)
+        }
+        AdminCommand::CredentialMigrate { common } => {
+            let store = open_store(&common, Durability::Full)?;
+            let keys = credentials::CredentialKeys::open(&common.data_dir)?;
+            let m = crate::datadir::migrate_credentials(&store, &keys)?;
+            println!(
+                "{} credentials re-encrypted with the primary key, {} encrypted that were in clear",
+                m.resealed, m.plaintext
+            );
+            unreadable(&m)
+        }
+        AdminCommand::NodeToken {
+            common,
+            node_name,
+            expires,
+        } => {
+            let store = open_store(&common, Durability::Full)?;
+            let (token, t) = node_users::issue_join_token(&store, node_name.as_deref(), expires)
+                .map_err(|e| anyhow::anyhow!("making a join token: {e}"))?;
+            eprintln!(
+                "stratus: a join token for {}, valid once for {expires} s (until {}):",
+                t.node_name
+                    .as_deref()
+                    .map_or("a new node".to_string(), |n| format!("node {n}")),
+                stratus_api::timeutil::iso_naive(t.expires_at_us)
+            );
+            eprintln!("stratus:   stratus agent --controller URL --join-token TOKEN ...");
+            println!("{token}");
+            Ok(())
+        }
     }
 }
 
-/// Creates the data directory (mode 0700) and opens the store in it.
+fn unreadable(m: &credentials::Migrated) -> anyhow::Result<()> {
+    if m.unreadable.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "no credential key opens credentials {:?}: were keys removed by hand?",
+            m.unreadable
+        )
+    }
+}
+
+/// Creates the data directory (mode 0700, what Stratus wrote there
+/// owner-only) and opens the store in it.
 pub fn open_store(common: &CommonArgs, durability: Durability) -> anyhow::Result<Store> {
-    let dir = &common.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    crate::datadir::prepare_controller(&common.data_dir, &common.store_path())?;
     Ok(Store::open(&common.store_path(), durability)?)
 }
 
@@ -108,21 +196,6 @@ pub fn bootstrap_and_report(
         "stratus: try   OS_CLIENT_CONFIG_FILE={} openstack --os-cloud stratus token issue",
         clouds.display()
     );
-    Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 

@@ -15,8 +15,7 @@ pub fn make_driver(
     state_dir: &Path,
     index: Option<usize>,
 ) -> anyhow::Result<Arc<dyn Driver>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
+    crate::datadir::prepare_agent(state_dir)?;
     match args.driver {
         DriverArg::Fake => {
             let _ = index;
@@ -60,6 +59,53 @@ pub fn node_name(args: &AgentArgs, index: Option<usize>) -> String {
     }
 }
 
+/// Who the agent in `state_dir` logs in as: the node credential it
+/// joined with before; else one it gets now with `--join-token`; else
+/// the old way, a password (from `--password-file`, `OS_PASSWORD` or
+/// `--password`).
+fn login(
+    cmd: &AgentCmd,
+    controller: &str,
+    host: &str,
+    state_dir: &Path,
+) -> anyhow::Result<crate::agent::Login> {
+    if let Some(c) = crate::join::load(state_dir)? {
+        anyhow::ensure!(
+            c.host == host,
+            "{} joined as node {}, not {host}: run with --node-name {} or join again with a token for {host} in another data dir",
+            state_dir.display(),
+            c.host,
+            c.host
+        );
+        if cmd.join_token.is_some() {
+            tracing::info!(
+                "this node joined before: its credential is used, the join token is not needed"
+            );
+        }
+        return Ok(crate::agent::Login::Node(c));
+    }
+    if let Some(t) = &cmd.join_token {
+        return Ok(crate::agent::Login::Node(crate::join::join(
+            controller, host, t, state_dir,
+        )?));
+    }
+    let password = match (&cmd.password_file, &cmd.password) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the password file {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => anyhow::bail!(
+            "no credentials: pass --join-token (from `stratus admin node-token` on the controller), or --password-file"
+        ),
+    };
+    Ok(crate::agent::Login::Password {
+        username: cmd.username.clone(),
+        password,
+        project: cmd.project.clone(),
+    })
+}
+
 pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
     let controller = cmd.controller.trim_end_matches('/').to_string();
     let n = if cmd.agent.driver == DriverArg::Fake {
@@ -67,6 +113,10 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
     } else {
         1
     };
+    anyhow::ensure!(
+        n == 1 || cmd.join_token.is_none(),
+        "a join token joins one node: simulate several with --password-file"
+    );
     let mut handles = Vec::new();
     for i in 0..n {
         let index = if n > 1 { Some(i) } else { None };
@@ -75,12 +125,12 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             None => cmd.data_dir.clone(),
         };
         let driver = make_driver(&cmd.agent, &state_dir, index)?;
+        let host = node_name(&cmd.agent, index);
+        let login = login(&cmd, &controller, &host, &state_dir)?;
         let cfg = crate::agent::AgentConfig {
             controller: controller.clone(),
-            host: node_name(&cmd.agent, index),
-            username: cmd.username.clone(),
-            password: cmd.password.clone(),
-            project: cmd.project.clone(),
+            host,
+            login,
             state_dir,
             listen: cmd.agent.agent_listen,
             advertise: cmd.agent.agent_url.clone(),

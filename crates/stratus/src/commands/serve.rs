@@ -72,6 +72,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     }
     let state =
         AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
+    crate::datadir::migrate_credentials(&state.store, &state.identity.credential_keys)?;
     import_images(&state, args.import_images.as_deref())?;
     stratus_api::compute::service::recover(&state)
         .map_err(|e| anyhow::anyhow!("recovering compute state: {e}"))?;
@@ -105,7 +106,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     if bootstrap && !args.no_agent {
         // The API serves even when this machine cannot run workloads; the
         // log says what is missing.
-        if let Err(e) = start_local_agent(&args, &public_url) {
+        if let Err(e) = start_local_agent(&args, &public_url, &state.store) {
             tracing::error!(error = %format!("{e:#}"), "no node agent in this process: servers cannot run here until that is fixed (or use --driver fake to simulate)");
             eprintln!("stratus: no node agent: {e:#}");
         }
@@ -191,18 +192,23 @@ async fn shutdown_signal() {
 }
 
 /// `stratus up` runs a node agent in-process: the same agent as
-/// `stratus agent`, talking to this controller over loopback.
-fn start_local_agent(args: &ServeArgs, public_url: &str) -> anyhow::Result<()> {
+/// `stratus agent`, talking to this controller over loopback, as its
+/// node's own user (made here, with a new password on every start).
+fn start_local_agent(
+    args: &ServeArgs,
+    public_url: &str,
+    store: &stratus_store::Store,
+) -> anyhow::Result<()> {
     let common = &args.common;
-    let password = crate::agent::admin_password(&common.data_dir)?;
     let state_dir = common.data_dir.join("agent");
     let driver = super::agent::make_driver(&args.agent, &state_dir, None)?;
+    let host = super::agent::node_name(&args.agent, None);
+    let node = stratus_api::identity::node_users::provision(store, &host)
+        .map_err(|e| anyhow::anyhow!("making the node's identity: {e}"))?;
     let cfg = crate::agent::AgentConfig {
         controller: public_url.to_string(),
-        host: super::agent::node_name(&args.agent, None),
-        username: "admin".into(),
-        password,
-        project: "admin".into(),
+        host,
+        login: crate::agent::Login::Node(node),
         state_dir,
         listen: args.agent.agent_listen,
         advertise: args.agent.agent_url.clone(),

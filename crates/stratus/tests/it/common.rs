@@ -177,22 +177,81 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts it with `extra` arguments (e.g. `--driver fake`).
+    /// Starts it with `extra` arguments (e.g. `--driver fake`), joined
+    /// with a join token from `stratus admin node-token` (given through
+    /// the environment, so no secret is on its command line).
     pub fn start(s: &Server, name: &str, extra: &[&str]) -> Agent {
+        let token = node_token(s, &["--node-name", name]);
+        Self::start_with_env(s, name, extra, &[("STRATUS_JOIN_TOKEN", &token)])
+    }
+
+    /// Starts it with `extra` arguments and environment variables (and
+    /// no others of Stratus's or OpenStack's).
+    pub fn start_with_env(s: &Server, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = s.data_dir().join(name);
         let log = s.data_dir().join(format!("{name}.log"));
-        let child = Command::new(bin())
-            .args(["agent", "--controller", &s.url, "--node-name", name])
-            .arg(format!("--password={}", s.admin_password))
+        let mut cmd = Command::new(bin());
+        cmd.args(["agent", "--controller", &s.url, "--node-name", name])
             .args(extra)
             .arg("--data-dir")
-            .arg(dir.join("agent"))
+            .arg(dir.join("agent"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("STRATUS_") || k.starts_with("OS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("agent log"),
+            )
             .spawn()
             .expect("start stratus agent");
         Agent { child, dir, log }
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("agent status").is_none()
+    }
+
+    /// Waits for it to exit (at most `limit`); its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().expect("agent status") {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+/// A join token from `stratus admin node-token` with `args` (e.g.
+/// `--node-name n2`, `--expires 1`) on the server's data dir.
+pub fn node_token(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["admin", "node-token", "--data-dir"])
+        .arg(s.data_dir())
+        .args(args)
+        .output()
+        .expect("stratus admin node-token");
+    assert!(
+        out.status.success(),
+        "node-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 impl Drop for Agent {
