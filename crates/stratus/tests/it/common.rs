@@ -186,7 +186,7 @@ impl Agent {
     }
 
     /// Starts it with `extra` arguments and environment variables (and
-    /// no others of Stratus's or OpenStack's).
+    /// no other `STRATUS_*` or `OS_*` ones but `STRATUS_LOG`).
     pub fn start_with_env(s: &Server, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = s.data_dir().join(name);
         let log = s.data_dir().join(format!("{name}.log"));
@@ -196,7 +196,7 @@ impl Agent {
             .arg("--data-dir")
             .arg(dir.join("agent"));
         for (k, _) in std::env::vars() {
-            if k.starts_with("STRATUS_") || k.starts_with("OS_") {
+            if (k.starts_with("STRATUS_") || k.starts_with("OS_")) && k != "STRATUS_LOG" {
                 cmd.env_remove(k);
             }
         }

@@ -525,3 +525,35 @@ fn secrets_nodes_join_with_a_one_time_token_and_act_for_themselves_only() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn secrets_agents_still_log_in_the_old_way_from_a_password_file() {
+    let c = Cloud::start(&["--driver", "fake", "--node-name", "n1"]);
+    let s = &c.server;
+    let file = s.data_dir().join("agent-password");
+    std::fs::write(&file, format!("{}\n", s.admin_password)).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let mut agent = Agent::start_with_env(
+        s,
+        "old",
+        &["--driver", "fake", "--password-file", &file],
+        &[],
+    );
+    c.wait_nodes_logged(2, &agent.log);
+    assert!(agent.running());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&s.admin_password));
+    assert!(
+        !s.data_dir().join("old/agent/node-credential.json").exists(),
+        "no node identity without a join token"
+    );
+    // Without any credential an agent says what it needs.
+    let mut none = Agent::start_with_env(s, "none", &["--driver", "fake"], &[]);
+    let st = none.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(!st.success());
+    assert!(
+        std::fs::read_to_string(&none.log)
+            .unwrap()
+            .contains("--join-token")
+    );
+}
