@@ -139,19 +139,23 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Encrypts the credential blobs of the store (Keystone's
 /// `credential_migrate`); when some were in clear, scrubs the clear text
-/// from the store file too. Says what it did.
+/// from the store file too (again on the next start if that failed).
+/// Says what it did.
 pub fn migrate_credentials(
     store: &stratus_store::Store,
     keys: &stratus_api::identity::credentials::CredentialKeys,
 ) -> anyhow::Result<stratus_api::identity::credentials::Migrated> {
-    let m = stratus_api::identity::credentials::migrate(store, keys)
-        .map_err(|e| anyhow::anyhow!("encrypting credentials: {e}"))?;
+    use stratus_api::identity::credentials::{SCRUB_PENDING, migrate};
+    let m = migrate(store, keys).map_err(|e| anyhow::anyhow!("encrypting credentials: {e}"))?;
     if m.plaintext > 0 {
-        scrub_credential_history(store.path())?;
         tracing::info!(
             count = m.plaintext,
             "encrypted credentials stored in clear by an older version"
         );
+    }
+    if store.meta_get(SCRUB_PENDING)?.as_deref() == Some("1") {
+        scrub_credential_history(store.path())?;
+        store.write(|tx| tx.meta_set(SCRUB_PENDING, "0"))?;
     }
     if m.resealed > 0 {
         tracing::info!(

@@ -124,6 +124,11 @@ pub struct Migrated {
     pub unreadable: Vec<String>,
 }
 
+/// Set (to `1`) in the store's meta table by the [`migrate`] that sealed
+/// rows found in clear: the clear text may still be in the store file
+/// (change log, freed pages) until the binary scrubs it and clears this.
+pub const SCRUB_PENDING: &str = "identity.credential_scrub_pending";
+
 /// Keystone's `credential_migrate`: seals every credential with the
 /// primary key, including rows an older version stored in clear. One
 /// transaction; rows already sealed with the primary key are not touched.
@@ -152,6 +157,9 @@ pub fn migrate(store: &Store, keys: &CredentialKeys) -> Result<Migrated, ApiErro
             }
             keys.set_blob(&mut c, &plain);
             tx.update(&c)?;
+        }
+        if out.plaintext > 0 {
+            tx.meta_set(SCRUB_PENDING, "1")?;
         }
         Ok(out)
     })
@@ -485,6 +493,7 @@ mod tests {
             .unwrap();
         let m = migrate(&store, &keys).unwrap();
         assert_eq!((m.plaintext, m.resealed), (1, 0));
+        assert_eq!(store.meta_get(SCRUB_PENDING).unwrap().as_deref(), Some("1"));
         let row = store.fetch::<Credential>("legacy").unwrap();
         assert!(row.blob.is_none());
         assert_eq!(keys.blob(&row).unwrap(), "in clear");
