@@ -86,7 +86,7 @@ impl AppState {
     pub fn new(config: ApiConfig, store: Arc<Store>) -> Result<Self, ApiError> {
         let identity = identity::Identity::open(&config, store.clone())?;
         let image = image::ImageService::open(&config.data_dir, &store, config.image_size_cap)?;
-        let compute = compute::Compute::new(config.compute.clone());
+        let compute = compute::Compute::new(config.compute.clone(), store.clone());
         let placement = placement::Placement::open(store.clone())?;
         Ok(AppState {
             inner: Arc::new(Inner {

@@ -285,6 +285,17 @@ impl Store {
         })
     }
 
+    /// The newest change-log revision (0 for an empty store). It only
+    /// grows, across restarts too.
+    pub fn last_revision(&self) -> Result<i64> {
+        self.with_reader(|c| {
+            Ok(
+                c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
+                    .query_row([], |r| r.get(0))?,
+            )
+        })
+    }
+
     /// Reads a value from the key-value side table.
     pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
         self.with_reader(|c| {

@@ -1281,6 +1281,7 @@ async fn create(
                 rescue_image: None,
                 resize: None,
                 shelved_image: None,
+                settled: None,
             };
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;

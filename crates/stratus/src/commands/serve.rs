@@ -110,8 +110,13 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             eprintln!("stratus: no node agent: {e:#}");
         }
     }
+    let closing = state.clone();
     axum::serve(listener, stratus_api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Agents' long polls would hold the shutdown for up to 30 s.
+            closing.compute.close();
+        })
         .await
         .context("serving HTTP")?;
     tracing::info!("stopped");

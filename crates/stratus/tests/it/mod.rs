@@ -7,4 +7,5 @@ mod compute_real;
 mod compute_resize;
 mod identity;
 mod image;
+mod reliability;
 mod sdk;
