@@ -304,7 +304,7 @@ impl Store {
                 (out, ticket)
             };
             if self.durability == Durability::Full {
-                self.flush_through(ticket).map_err(StoreError::from)?;
+                self.flush_through(ticket)?;
             }
             Ok(out)
         })
