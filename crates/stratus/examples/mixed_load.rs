@@ -154,7 +154,7 @@ fn client(
             let ok = id.is_some();
             mine.extend(id);
             (Op::Create, ok)
-        } else if i % 2 == 0 {
+        } else if i.is_multiple_of(2) {
             let r = http
                 .get(format!("{url}/identity/v3/auth/tokens"))
                 .header("X-Auth-Token", admin)
