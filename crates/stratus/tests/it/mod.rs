@@ -8,3 +8,4 @@ mod compute_resize;
 mod identity;
 mod image;
 mod sdk;
+mod validation;
