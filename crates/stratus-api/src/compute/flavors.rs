@@ -518,6 +518,11 @@ async fn action(
             )
         })?
         .to_string();
+    // Nova checks the project before it grants access; removing access for
+    // a project that is gone stays possible.
+    if add {
+        super::validation::verify_project(&state, &tenant)?;
+    }
     let f = state.store.write(|tx| {
         let mut f = tx
             .get::<Flavor>(&id)?

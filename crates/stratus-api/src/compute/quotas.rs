@@ -18,7 +18,6 @@ use stratus_store::{Query as StoreQuery, Tx};
 
 use super::model::{ComputeUsage, Keypair, QuotaSet, ServerGroup};
 use super::{Mv, body, policy_denied};
-use crate::identity::model::{Domain, Project};
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
 
@@ -305,21 +304,6 @@ fn may_read(ctx: &Ctx, project: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Nova asks Keystone whether a project exists before it reads or sets
-/// the project's quotas, and answers 400 for one Keystone does not know.
-/// Identity lives in this store, so the check is always possible here. A
-/// domain counts: Keystone shows a domain as a project too.
-fn verify_project(state: &AppState, project: &str) -> Result<(), ApiError> {
-    if state.store.get::<Project>(project)?.is_some()
-        || state.store.get::<Domain>(project)?.is_some()
-    {
-        return Ok(());
-    }
-    Err(ApiError::bad_request(format!(
-        "Project ID {project} is not a valid project."
-    )))
-}
-
 fn render(mv: Mv, limits: &BTreeMap<String, i64>, id: Option<&str>) -> Value {
     render_keys(&keys(mv), limits, id)
 }
@@ -343,7 +327,7 @@ async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx, &project)?;
-    verify_project(&state, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let user = q.get("user_id").map(String::as_str);
     let l = limits_of(&state, &project, user)?;
     Ok(axum::Json(
@@ -359,7 +343,7 @@ async fn detail(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx, &project)?;
-    verify_project(&state, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let user = q.get("user_id").map(String::as_str);
     let l = limits_of(&state, &project, user)?;
     let u = usage(&state, &project, user, user.unwrap_or(ctx.user_id()))?;
@@ -381,7 +365,7 @@ async fn defaults(
     Path(project): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx, &project)?;
-    verify_project(&state, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let class = state.store.get::<QuotaSet>(&class_key("default"))?;
     let mut l = BTreeMap::new();
     for (k, d) in DEFAULTS {
@@ -455,7 +439,7 @@ async fn update(
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-quota-sets:update"));
     }
-    verify_project(&state, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let (set, force) = parse_set(&keys(mv), &body(&raw)?, true)?;
     let user = q.get("user_id").cloned();
     let id = match &user {

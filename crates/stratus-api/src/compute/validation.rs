@@ -6,13 +6,18 @@
 //! characters or unassigned code points, and no line or paragraph
 //! separators), that neither starts nor ends with a space character.
 //! Letters of every script pass; so do spaces inside the name.
+//!
+//! Nova's `verify_project_id`: where a request stores something for a
+//! project (quota sets, flavor access), Nova asks Keystone whether the
+//! project exists and answers 400 when it does not.
 
 use std::sync::LazyLock;
 
 use regex::Regex;
 use serde_json::Value;
 
-use crate::ApiError;
+use crate::identity::model::{Domain, Project};
+use crate::{ApiError, AppState};
 
 /// Printable throughout, and neither end a space (`Zs`) nor anything
 /// non-printable (Nova's `valid_name_regex`). The length is checked apart.
@@ -54,6 +59,21 @@ pub fn name(field: &str, v: &Value) -> Result<String, ApiError> {
         Value::String(s) if valid_name(s) => Ok(s.clone()),
         _ => Err(name_error(field, v)),
     }
+}
+
+/// Nova's 400 unless `project` names a project. Identity lives in this
+/// store, so the check always runs (Nova lets a request through when it
+/// cannot reach Keystone). A domain counts: Keystone shows a domain as a
+/// project too.
+pub fn verify_project(state: &AppState, project: &str) -> Result<(), ApiError> {
+    if state.store.get::<Project>(project)?.is_some()
+        || state.store.get::<Domain>(project)?.is_some()
+    {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "Project ID {project} is not a valid project."
+    )))
 }
 
 #[cfg(test)]

@@ -109,6 +109,40 @@ fn quota_sets_refuse_ids_that_name_no_project() {
     let r = c.req("GET", &format!("/os-quota-sets/{pid}"), &c.admin, None);
     assert_eq!(r.body["quota_set"]["instances"], 10);
 
+    // Flavor access is granted only to a project that exists (Nova checks
+    // it too); taking access away from one that is gone still works.
+    let r = c.req(
+        "POST",
+        "/flavors",
+        &c.admin,
+        Some(
+            json!({"flavor": {"name": "private-one", "ram": 64, "vcpus": 1, "disk": 1,
+            "os-flavor-access:is_public": false}}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let fid = r.body["flavor"]["id"].as_str().unwrap().to_string();
+    let action = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/flavors/{fid}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+    let r = action(json!({"addTenantAccess": {"tenant": "no-such-project"}}));
+    assert!(nova_400(&r).contains("is not a valid project"));
+    let r = action(json!({"addTenantAccess": {"tenant": pid}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["flavor_access"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.body
+    );
+    let r = action(json!({"removeTenantAccess": {"tenant": "no-such-project"}}));
+    assert_eq!(r.status, 404, "{}", r.body);
+
     // A quota class name is at most 255 characters.
     let r = c.req(
         "PUT",
