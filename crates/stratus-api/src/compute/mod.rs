@@ -27,6 +27,7 @@ pub mod service;
 mod shelve;
 pub mod snapshots;
 pub mod states;
+mod validation;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};

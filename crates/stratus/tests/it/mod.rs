@@ -9,3 +9,4 @@ mod identity;
 mod image;
 mod reliability;
 mod sdk;
+mod validation;
