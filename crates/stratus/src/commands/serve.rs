@@ -64,6 +64,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         login_cache_s: common.login_cache_seconds,
         image_size_cap: common.image_size_cap,
         compute: args.compute.config(),
+        http: args.http.limits(),
     };
     if store.meta_get("compute.flavors_seeded")?.is_none() {
         stratus_api::compute::ensure_default_flavors(&store)
@@ -110,10 +111,14 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             eprintln!("stratus: no node agent: {e:#}");
         }
     }
-    axum::serve(listener, stratus_api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let limits = state.config.http.clone();
+    stratus_api::listener::serve(
+        listener,
+        stratus_api::router(state),
+        limits,
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
