@@ -36,6 +36,8 @@ pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
 }
 
+/// The outermost layer of every route: request id, limits, the framework's
+/// rejections in the service's shape, and the access log line.
 pub async fn request_context(
     State(state): State<AppState>,
     mut req: Request,
