@@ -154,6 +154,12 @@ fn stamp(h: &mut HeaderMap, mv: Mv) {
     );
 }
 
+/// Nova's fault for an error answered before a microversion was read (at
+/// the HTTP edge): stamped with the minimum version.
+pub(crate) fn fault_response(err: ApiError) -> Response {
+    fault(err, Mv(MIN_MINOR))
+}
+
 /// Nova's fault body: `{"itemNotFound": {"code": 404, "message": "..."}}`.
 fn fault(err: ApiError, mv: Mv) -> Response {
     let name = match err.status.as_u16() {

@@ -134,6 +134,12 @@ async fn layer(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Placement's fault for an error answered at the HTTP edge, before a
+/// version was read.
+pub(crate) fn fault_response(e: ApiError, rid: &str) -> Response {
+    fault(e, Pv(0), Some(rid.to_string()))
+}
+
 fn fault(e: ApiError, _pv: Pv, rid: Option<String>) -> Response {
     let code = if e.message.contains("generation conflict") {
         "placement.concurrent_update"

@@ -48,7 +48,17 @@ fn placement_400(r: &Resp) -> String {
 #[test]
 fn quota_sets_refuse_ids_that_name_no_project() {
     let c = Cloud::start(&["--no-agent"]);
-    let long = "x".repeat(10_000);
+    // Longer than any project id, within the URI limit (longer URIs get
+    // 414 at the edge, checked below).
+    let long = "x".repeat(4_000);
+    let r = c.req(
+        "PUT",
+        &format!("/os-quota-sets/{}", "x".repeat(10_000)),
+        &c.admin,
+        Some(json!({"quota_set": {"instances": 3}})),
+    );
+    assert_eq!(r.status, 414, "{}", r.body);
+    assert_eq!(r.body["computeFault"]["code"], 414, "{}", r.body);
     // A well-formed id that names nothing yet; a domain takes it later.
     let later = "0123456789abcdef0123456789abcdef";
     for id in ["..", "*", "-1", long.as_str(), later] {
