@@ -118,3 +118,46 @@ pub async fn method_not_allowed() -> ApiError {
         "The method specified is not allowed for the requested URL.",
     )
 }
+
+/// Whose fault shape an answer takes, from the first segment of its path:
+/// errors found before routing (at the HTTP edge) are rendered with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Keystone's `{"error": {...}}` (also the agent API and unknown paths).
+    Identity,
+    /// Nova's `{"badRequest": {...}}` and friends.
+    Compute,
+    /// Glance's `{"code": "400 Bad Request", ...}`.
+    Image,
+    /// Placement's `{"errors": [...]}`.
+    Placement,
+    /// `/edge/v1` and paths no service claims: Keystone's shape.
+    Other,
+}
+
+impl Shape {
+    /// The shape for a request path (`/compute/v2.1/servers` -> Compute).
+    pub fn for_path(path: &str) -> Shape {
+        match path.trim_start_matches('/').split('/').next() {
+            Some("identity") => Shape::Identity,
+            Some("compute") => Shape::Compute,
+            Some("image") => Shape::Image,
+            Some("placement") => Shape::Placement,
+            _ => Shape::Other,
+        }
+    }
+
+    /// Renders `err` in this shape, with the request id header.
+    pub fn render(self, err: ApiError, request_id: &str) -> Response {
+        let mut resp = match self {
+            Shape::Compute => crate::compute::fault_response(err),
+            Shape::Image => crate::image::fault_response(err),
+            Shape::Placement => crate::placement::fault_response(err, request_id),
+            Shape::Identity | Shape::Other => err.into_response(),
+        };
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            resp.headers_mut().insert(crate::middleware::REQUEST_ID, v);
+        }
+        resp
+    }
+}

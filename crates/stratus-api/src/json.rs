@@ -33,9 +33,22 @@ where
                 format!("Content-Type {ct} is not supported; send application/json."),
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?;
+        let limit = req
+            .extensions()
+            .get::<crate::middleware::BodyLimit>()
+            .copied();
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|e| match (e.status(), limit) {
+                    (axum::http::StatusCode::PAYLOAD_TOO_LARGE, Some(l)) => {
+                        crate::middleware::too_large(l.0)
+                    }
+                    (status @ axum::http::StatusCode::PAYLOAD_TOO_LARGE, None) => {
+                        ApiError::new(status, "The request body is too large.")
+                    }
+                    _ => ApiError::bad_request(format!("Could not read the request body: {e}")),
+                })?;
         decode(&bytes).map(Json)
     }
 }

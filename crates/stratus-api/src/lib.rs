@@ -25,6 +25,7 @@ pub mod error;
 pub mod identity;
 pub mod image;
 pub mod json;
+pub mod listener;
 pub mod middleware;
 pub mod placement;
 pub mod timeutil;
@@ -36,6 +37,7 @@ use axum::Router;
 use stratus_store::Store;
 
 pub use error::ApiError;
+pub use listener::HttpLimits;
 
 /// Settings the API layer needs; the binary fills them from its config.
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub struct ApiConfig {
     pub image_size_cap: u64,
     /// Scheduler and placement settings.
     pub compute: compute::ComputeConfig,
+    /// Request size limits at the HTTP edge.
+    pub http: HttpLimits,
 }
 
 /// State shared by every handler.
@@ -86,7 +90,7 @@ impl AppState {
     pub fn new(config: ApiConfig, store: Arc<Store>) -> Result<Self, ApiError> {
         let identity = identity::Identity::open(&config, store.clone())?;
         let image = image::ImageService::open(&config.data_dir, &store, config.image_size_cap)?;
-        let compute = compute::Compute::new(config.compute.clone());
+        let compute = compute::Compute::new(config.compute.clone(), store.clone());
         let placement = placement::Placement::open(store.clone())?;
         Ok(AppState {
             inner: Arc::new(Inner {
@@ -102,7 +106,7 @@ impl AppState {
 }
 
 /// The whole public router: every service under its prefix, with request
-/// ids and access logging.
+/// ids, access logging and the request limits (see [`middleware`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(identity::router())
@@ -112,7 +116,13 @@ pub fn router(state: AppState) -> Router {
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn(middleware::request_context))
+        // Bodies are read under `HttpLimits` (see `middleware`), not
+        // axum's default.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
         .with_state(state)
 }
 

@@ -41,6 +41,11 @@ pub enum StoreError {
     Db(#[from] rusqlite::Error),
     #[error("stored document is not valid: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("cannot flush {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open store at {path}: {source}")]
     Open {
         path: PathBuf,
@@ -121,7 +126,10 @@ pub struct Change {
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync on every commit: nothing acknowledged is ever lost.
+    /// A write returns only once its commit is on disk: nothing
+    /// acknowledged is ever lost. Commits that wait at the same time share
+    /// one fsync of the write-ahead log (group commit), so the writer
+    /// connection is never held through a disk flush.
     Full,
     /// fsync at checkpoints only: survives a process crash, not a power cut.
     Normal,
@@ -161,6 +169,23 @@ pub struct Store {
     durability: Durability,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Commits made so far (a count, bumped under the writer lock right
+    /// after each commit).
+    committed: std::sync::atomic::AtomicU64,
+    /// Group commit: how far the write-ahead log is known to be on disk.
+    flush: Mutex<Flush>,
+    flushed: std::sync::Condvar,
+}
+
+/// The group-commit state of [`Store`].
+#[derive(Default)]
+struct Flush {
+    /// Every commit up to this count is on disk.
+    durable: u64,
+    /// A thread is flushing the log now; others wait for it.
+    running: bool,
+    /// The write-ahead log, opened on first use.
+    wal: Option<std::fs::File>,
 }
 
 impl Store {
@@ -173,6 +198,9 @@ impl Store {
             durability,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            committed: std::sync::atomic::AtomicU64::new(0),
+            flush: Mutex::new(Flush::default()),
+            flushed: std::sync::Condvar::new(),
         })
     }
 
@@ -253,17 +281,73 @@ impl Store {
 
     /// Runs `f` in one write transaction. Everything it does commits
     /// together, with its change-log entries, or not at all.
+    ///
+    /// A write waits for the one writer connection and then for the disk
+    /// (an fsync per commit). Called from an async task, it first hands
+    /// the runtime's worker over to the others ([`blocking`]), so requests
+    /// that only read never queue behind writes.
     pub fn write<R, E>(&self, f: impl FnOnce(&Tx) -> std::result::Result<R, E>) -> Result<R, E>
     where
         E: From<StoreError>,
     {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let out = f(&Tx { conn: &txn })?;
-        txn.commit().map_err(StoreError::from)?;
-        Ok(out)
+        blocking(|| {
+            let (out, ticket) = {
+                let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                let txn = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(StoreError::from)?;
+                let out = f(&Tx { conn: &txn })?;
+                txn.commit().map_err(StoreError::from)?;
+                let ticket = 1 + self
+                    .committed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (out, ticket)
+            };
+            if self.durability == Durability::Full {
+                self.flush_through(ticket)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Returns once commit number `ticket` is on disk: flushes the
+    /// write-ahead log, or waits for a flush that started after that
+    /// commit. One flush covers every commit made before it began.
+    fn flush_through(&self, ticket: u64) -> Result<()> {
+        let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                st = self.flushed.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.running = true;
+            // Every commit counted so far has its frames in the log.
+            let upto = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+            let wal = match st.wal.take() {
+                Some(f) => Ok(f),
+                None => std::fs::File::open(wal_path(&self.path)),
+            };
+            drop(st);
+            let res = wal.and_then(|f| f.sync_data().map(|()| f));
+            st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = false;
+            self.flushed.notify_all();
+            match res {
+                Ok(f) => {
+                    st.wal = Some(f);
+                    st.durable = st.durable.max(upto);
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: wal_path(&self.path),
+                        source: e,
+                    });
+                }
+            }
+        }
     }
 
     /// Change-log entries after `seq`, oldest first, at most `limit`.
@@ -282,6 +366,17 @@ impl Store {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// The newest change-log revision (0 for an empty store). It only
+    /// grows, across restarts too.
+    pub fn last_revision(&self) -> Result<i64> {
+        self.with_reader(|c| {
+            Ok(
+                c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
+                    .query_row([], |r| r.get(0))?,
+            )
         })
     }
 
@@ -472,9 +567,28 @@ fn list_in<T: Record>(c: &Connection, q: &Query) -> Result<Vec<T>> {
     Ok(out)
 }
 
+/// Runs `f`, which may block for a while (waiting for the writer or the
+/// disk), without stalling an async runtime: on a worker thread of a
+/// multi-threaded tokio runtime the worker's other tasks move to another
+/// thread first (`block_in_place`); anywhere else `f` just runs.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// The write-ahead log beside the store file.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
 }
 
 fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
@@ -484,11 +598,12 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let sync = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
+    // In WAL mode NORMAL writes each commit to the log without waiting
+    // for the disk and syncs it at checkpoints; `Full` stores then flush
+    // the log themselves after each commit, shared between concurrent
+    // commits ([`Store::write`]).
+    let _ = durability;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -2000)?;
     Ok(conn)
 }
@@ -631,6 +746,80 @@ mod tests {
         let ops: Vec<_> = log.iter().map(|c| (c.id.as_str(), c.op.as_str())).collect();
         assert_eq!(ops, [("b", "put"), ("a", "put"), ("b", "delete")]);
         assert!(log[1].body.as_deref().unwrap().contains("x2"));
+    }
+
+    #[test]
+    fn concurrent_durable_writes_share_flushes_and_all_land() {
+        let s = Store::open_in_memory().unwrap();
+        let path = s.path().to_path_buf();
+        drop(s);
+        let s = Store::open(&path, Durability::Full).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let s = &s;
+                scope.spawn(move || {
+                    for i in 0..40 {
+                        let id = format!("t{t}-{i}");
+                        s.write(|tx| tx.insert(&thing(&id, "d", &id))).unwrap();
+                        // Acknowledged means readable, by anyone.
+                        assert!(s.get::<Thing>(&id).unwrap().is_some());
+                    }
+                });
+            }
+        });
+        let flush = s.flush.lock().unwrap();
+        assert_eq!(flush.durable, 320, "every commit is covered by a flush");
+        assert!(!flush.running);
+        drop(flush);
+        drop(s);
+        let s = Store::open(&path, Durability::Full).unwrap();
+        assert_eq!(s.list::<Thing>(&Query::all()).unwrap().len(), 320);
+    }
+
+    #[test]
+    fn writes_from_an_async_runtime_do_not_stall_its_workers() {
+        let s = std::sync::Arc::new(Store::open_in_memory().unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let s2 = s.clone();
+        // On a thread of its own, so a stalled runtime fails the test
+        // instead of hanging it.
+        std::thread::spawn(move || {
+            let s = s2;
+            rt.block_on(async {
+                // A write holds the writer while another task on the only
+                // worker must still make progress.
+                let (held_tx, held_rx) = std::sync::mpsc::channel();
+                let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+                let s1 = s.clone();
+                let writer = tokio::spawn(async move {
+                    s1.write(|tx| {
+                        tx.insert(&thing("w", "d", "w"))?;
+                        held_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+                });
+                tokio::task::spawn_blocking(move || held_rx.recv().unwrap())
+                    .await
+                    .unwrap();
+                // The worker is free: this task runs while the write is held.
+                let ran = tokio::spawn(async { 42 }).await.unwrap();
+                assert_eq!(ran, 42);
+                release_tx.send(()).unwrap();
+                writer.await.unwrap();
+            });
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the only worker stalled behind a write");
+        assert!(s.get::<Thing>("w").unwrap().is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,10 @@ struct Shared {
     precached: Mutex<Vec<String>>,
     /// When each cached image was last found still in the image service.
     image_seen: Mutex<HashMap<String, Instant>>,
+    /// The report clock: bumped after every settled task, read before
+    /// every listing, so the controller can tell a heartbeat listed before
+    /// a task's outcome from one listed after it.
+    clock: AtomicU64,
 }
 
 /// Runs the agent until the process ends. Blocking; call it from a thread.
@@ -129,6 +134,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         precaching: Mutex::new(HashSet::new()),
         precached: Mutex::new(Vec::new()),
         image_seen: Mutex::new(HashMap::new()),
+        clock: AtomicU64::new(0),
     });
     start_listener(&shared)?;
     // First heartbeat: register; `starting` tells the controller not to
@@ -298,6 +304,9 @@ fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
         std::mem::take(&mut *sh.precached.lock().unwrap_or_else(|e| e.into_inner()));
     let res = sh.driver.host_resources();
     let settled = sh.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Before listing: a task settled after this point is newer than the
+    // listing.
+    let observed = sh.clock.load(Ordering::SeqCst);
     let instances: serde_json::Map<String, Value> = sh
         .driver
         .list()
@@ -321,6 +330,7 @@ fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
         "agent_key": sh.key,
         "instances": instances,
         "starting": starting,
+        "observed": observed,
         "cached": cached,
     });
     let url = format!("{}/edge/v1/nodes/{}", sh.cfg.controller, sh.cfg.host);
@@ -499,7 +509,10 @@ fn precache(sh: &Arc<Shared>, img: &Value) {
 
 fn report(sh: &Shared, id: &str, generation: u64, task: &str, ok: bool, message: Option<String>) {
     let power = sh.driver.power_state(id).nova_code();
-    let body = json!({"generation": generation, "task": task, "ok": ok, "power_state": power, "message": message});
+    // After the task: any listing taken from now on sees its outcome.
+    let mark = sh.clock.fetch_add(1, Ordering::SeqCst) + 1;
+    let body = json!({"generation": generation, "task": task, "ok": ok, "power_state": power,
+        "message": message, "agent_key": sh.key, "mark": mark});
     sh.unsent
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -21,6 +21,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub compute: ComputeArgs,
     #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
     pub agent: AgentArgs,
     /// Run no node agent in this process (`up` runs one by default).
     #[arg(long, env = "STRATUS_NO_AGENT")]
@@ -63,6 +65,45 @@ pub struct ComputeArgs {
     /// Builds tried per server before it goes to ERROR.
     #[arg(long, env = "STRATUS_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: usize,
+}
+
+/// How big a request the API accepts. A request over a limit is refused
+/// with 413, 414 or 431 in the service's fault shape.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Most header fields in one request (Apache's LimitRequestFields).
+    #[arg(long, env = "STRATUS_MAX_HEADER_COUNT", default_value_t = 100)]
+    pub max_header_count: usize,
+    /// Most bytes a request's header fields take together (names, values
+    /// and line ends).
+    #[arg(long, env = "STRATUS_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Longest request URI (path and query) in bytes, at most 65534
+    /// (Apache's LimitRequestLine is 8190).
+    #[arg(long, env = "STRATUS_MAX_URI_BYTES", default_value_t = 8 * 1024,
+          value_parser = clap::value_parser!(u16).range(1..=65534))]
+    pub max_uri_bytes: u16,
+    /// Largest request body of the OpenStack APIs, in bytes
+    /// (oslo.middleware's max_request_body_size); image data is bounded
+    /// by --image-size-cap instead.
+    #[arg(long, env = "STRATUS_MAX_BODY_BYTES", default_value_t = 114_688)]
+    pub max_body_bytes: u64,
+    /// Largest request body of the node agents' API (/edge/v1), whose
+    /// heartbeats list every workload of a node.
+    #[arg(long, env = "STRATUS_MAX_AGENT_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_agent_body_bytes: u64,
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> stratus_api::HttpLimits {
+        stratus_api::HttpLimits {
+            max_header_count: self.max_header_count.max(1),
+            max_header_bytes: self.max_header_bytes,
+            max_uri_bytes: usize::from(self.max_uri_bytes),
+            max_body_bytes: self.max_body_bytes,
+            max_agent_body_bytes: self.max_agent_body_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -452,14 +452,7 @@ async fn rebuild(
     }
     let name = match arg.get("name") {
         None => None,
-        Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 && n.trim() == n => {
-            Some(n.clone())
-        }
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid input for field/attribute name. Value: {v}."
-            )));
-        }
+        Some(v) => Some(super::validation::name("name", v)?),
     };
     let metadata = match arg.get("metadata") {
         None => None,

@@ -266,16 +266,6 @@ async fn show(
     Ok(axum::Json(json!({"flavor": render(&state, &f, true, mv)})))
 }
 
-/// Nova's flavor id and name pattern: printable, no leading or trailing
-/// space.
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && !s.starts_with(' ')
-        && !s.ends_with(' ')
-        && s.chars().all(|c| !c.is_control())
-}
-
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
@@ -330,16 +320,12 @@ async fn create(
             "Invalid input for field/attribute flavor. 'flavor' is a required property",
         )
     })?;
-    let name = o
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute name. 'name' is a required property of flavor and must be a string"))?
-        .to_string();
-    if !valid_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid input for field/attribute name. Value: {name}. Names must be 1-255 printable characters without leading or trailing whitespace"
-        )));
-    }
+    let name = o.get("name").ok_or_else(|| {
+        ApiError::bad_request(
+            "Invalid input for field/attribute flavor. 'name' is a required property",
+        )
+    })?;
+    let name = super::validation::name("name", name)?;
     let id = match o.get("id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) if valid_id(s) => s.clone(),
@@ -532,6 +518,11 @@ async fn action(
             )
         })?
         .to_string();
+    // Nova checks the project before it grants access; removing access for
+    // a project that is gone stays possible.
+    if add {
+        super::validation::verify_project(&state, &tenant)?;
+    }
     let f = state.store.write(|tx| {
         let mut f = tx
             .get::<Flavor>(&id)?

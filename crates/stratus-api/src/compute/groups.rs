@@ -214,11 +214,12 @@ async fn group_create(
         .get("server_group")
         .and_then(Value::as_object)
         .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute server_group. 'server_group' is a required property"))?;
-    let name = o
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && n.len() <= 255 && n.trim() == *n)
-        .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute name. 'name' is a required property: 1-255 characters without leading or trailing whitespace"))?;
+    let name = o.get("name").ok_or_else(|| {
+        ApiError::bad_request(
+            "Invalid input for field/attribute server_group. 'name' is a required property",
+        )
+    })?;
+    let name = super::validation::name("name", name)?;
     let (policy, rules) = if mv.at_least(64) {
         policy_and_rules(o)?
     } else {
@@ -448,6 +449,8 @@ fn name_field(v: Option<&Value>, required: bool) -> Result<Option<String>, ApiEr
             "Invalid input for field/attribute aggregate. 'name' is a required property",
         )),
         None => Ok(None),
+        // Create takes Nova's `name`; update keeps the older, looser rule.
+        Some(v) if required => super::validation::name("name", v).map(Some),
         Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 && n.trim() == n => {
             Ok(Some(n.clone()))
         }

@@ -28,6 +28,7 @@ pub mod service;
 mod shelve;
 pub mod snapshots;
 pub mod states;
+mod validation;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};
@@ -152,6 +153,12 @@ fn stamp(h: &mut HeaderMap, mv: Mv) {
         header::VARY,
         HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
     );
+}
+
+/// Nova's fault for an error answered before a microversion was read (at
+/// the HTTP edge): stamped with the minimum version.
+pub(crate) fn fault_response(err: ApiError) -> Response {
+    fault(err, Mv(MIN_MINOR))
 }
 
 /// Nova's fault body: `{"itemNotFound": {"code": 404, "message": "..."}}`.

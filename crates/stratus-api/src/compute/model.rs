@@ -211,6 +211,34 @@ pub struct Server {
     /// `unshelve` has booted it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shelved_image: Option<String>,
+    /// When the node last settled a task of this server, on the node's own
+    /// report clock. A heartbeat whose listing was taken before that mark
+    /// knows nothing about the task's outcome and says nothing about the
+    /// server's power state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<NodeMark>,
+}
+
+/// A point on one agent's report clock: the agent's key (new each time
+/// the agent starts) and a sequence number that only grows while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMark {
+    pub agent: String,
+    pub seq: u64,
+}
+
+impl NodeMark {
+    /// Whether a listing taken by `agent` at `observed` came before this
+    /// mark. A listing from another agent incarnation is newer: the one
+    /// that set the mark has stopped.
+    pub fn is_after(&self, agent: Option<&str>, observed: Option<u64>) -> bool {
+        match (agent, observed) {
+            (Some(a), Some(o)) => a == self.agent && self.seq > o,
+            // A report without a clock cannot be ordered: take it as
+            // older than any settled task.
+            _ => true,
+        }
+    }
 }
 
 /// A resize in progress or waiting for `confirmResize` / `revertResize`.

@@ -133,6 +133,11 @@ pub struct NodeReport {
     /// True on the first report after the agent started.
     #[serde(default)]
     pub starting: bool,
+    /// The agent's report clock when it listed `instances` (read before
+    /// the listing): a server whose task the agent settled later is not
+    /// judged by this listing.
+    #[serde(default)]
+    pub observed: Option<u64>,
 }
 
 async fn register(
@@ -225,10 +230,13 @@ async fn assigned(
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0)
         .min(60);
+    // Wait only while the agent is up to date. A position the controller
+    // never gave out (the agent's from before a restart, or from another
+    // store) gets an answer at once, with a position to poll from.
     let mut rx = state.compute.channel(&host);
-    if *rx.borrow() <= since && wait > 0 {
+    if *rx.borrow() == since && wait > 0 && !state.compute.is_closing() {
         let _ = tokio::time::timeout(Duration::from_secs(wait), async {
-            while *rx.borrow_and_update() <= since {
+            while *rx.borrow_and_update() == since {
                 if rx.changed().await.is_err() {
                     break;
                 }
@@ -255,6 +263,13 @@ pub struct TaskReport {
     pub power_state: u8,
     #[serde(default)]
     pub message: Option<String>,
+    /// The agent that settled the task (its `agent_key`) and its report
+    /// clock after it did: heartbeats listed before this say nothing about
+    /// the outcome.
+    #[serde(default)]
+    pub agent_key: Option<String>,
+    #[serde(default)]
+    pub mark: Option<u64>,
 }
 
 async fn report(

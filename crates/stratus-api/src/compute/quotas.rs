@@ -327,6 +327,7 @@ async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let user = q.get("user_id").map(String::as_str);
     let l = limits_of(&state, &project, user)?;
     Ok(axum::Json(
@@ -342,6 +343,7 @@ async fn detail(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let user = q.get("user_id").map(String::as_str);
     let l = limits_of(&state, &project, user)?;
     let u = usage(&state, &project, user, user.unwrap_or(ctx.user_id()))?;
@@ -363,6 +365,7 @@ async fn defaults(
     Path(project): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     may_read(&ctx, &project)?;
+    super::validation::verify_project(&state, &project)?;
     let class = state.store.get::<QuotaSet>(&class_key("default"))?;
     let mut l = BTreeMap::new();
     for (k, d) in DEFAULTS {
@@ -436,6 +439,7 @@ async fn update(
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-quota-sets:update"));
     }
+    super::validation::verify_project(&state, &project)?;
     let (set, force) = parse_set(&keys(mv), &body(&raw)?, true)?;
     let user = q.get("user_id").cloned();
     let id = match &user {
@@ -515,6 +519,11 @@ async fn class_update(
 ) -> Result<axum::Json<Value>, ApiError> {
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-quota-class-sets:update"));
+    }
+    if class.chars().count() > 255 {
+        return Err(ApiError::bad_request(
+            "quota_class_name has more than 255 characters.",
+        ));
     }
     let (set, _) = parse_set(&class_keys(mv), &body(&raw)?, false)?;
     let id = class_key(&class);

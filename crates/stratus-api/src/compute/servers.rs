@@ -765,10 +765,6 @@ pub(crate) fn bad_field(field: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("Invalid input for field/attribute {field}. {why}"))
 }
 
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 255 && s.trim() == s && s.chars().all(|c| !c.is_control())
-}
-
 /// Metadata as Nova validates it: string keys 1-255, string values up to
 /// 255.
 pub(crate) fn parse_metadata(v: &Value, field: &str) -> Result<BTreeMap<String, String>, ApiError> {
@@ -852,16 +848,8 @@ async fn create(
         .ok_or_else(|| bad_field("server", "'server' is a required property"))?;
     let name = o
         .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad_field("name", "'name' is a required property and must be a string"))?;
-    if !valid_name(name) {
-        return Err(bad_field(
-            "name",
-            format!(
-                "Value: {name}. Names must be 1-255 characters without leading or trailing whitespace"
-            ),
-        ));
-    }
+        .ok_or_else(|| bad_field("server", "'name' is a required property"))?;
+    let name = &super::validation::name("name", name)?;
     // flavor
     let flavor_ref = match o.get("flavorRef") {
         Some(Value::String(s)) if !s.is_empty() => s.rsplit('/').next().unwrap_or(s).to_string(),
@@ -1281,6 +1269,7 @@ async fn create(
                 rescue_image: None,
                 resize: None,
                 shelved_image: None,
+                settled: None,
             };
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;
@@ -1369,16 +1358,18 @@ async fn update(
     let s = state.store.write(|tx| {
         let mut s = fetch_tx(tx, &ctx, &id)?;
         if let Some(n) = o.get("name") {
-            let n = n.as_str().filter(|n| valid_name(n)).ok_or_else(|| {
-                bad_field("name", format!("Value: {n}. Names must be 1-255 characters without leading or trailing whitespace"))
-            })?;
-            s.name = n.to_string();
+            s.name = super::validation::name("name", n)?;
         }
         if let Some(d) = o.get("description") {
             s.description = match d {
                 Value::Null => None,
                 Value::String(d) if d.len() <= 255 => Some(d.clone()),
-                v => return Err(bad_field("description", format!("Value: {v}. It must be a string of at most 255 characters"))),
+                v => {
+                    return Err(bad_field(
+                        "description",
+                        format!("Value: {v}. It must be a string of at most 255 characters"),
+                    ));
+                }
             };
         }
         if o.contains_key("accessIPv4") {

@@ -3,12 +3,14 @@
 //! the agents' reports.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use stratus_store::{Query as StoreQuery, Tx};
+use stratus_store::{Query as StoreQuery, Store, Tx};
 
-use super::model::{ActionEvent, ComputeNode, Fault, InstanceAction, Server, ServerGroup};
+use super::model::{
+    ActionEvent, ComputeNode, Fault, InstanceAction, NodeMark, Server, ServerGroup,
+};
 use super::nodes::{Assignment, NodeReport, RescueImage, TaskReport};
 use super::states::{power, task, vm};
 use crate::image::model::Image;
@@ -59,8 +61,15 @@ impl Default for ComputeConfig {
 /// Compute state held in [`crate::Inner`].
 pub struct Compute {
     pub config: ComputeConfig,
-    /// Per host: bumped whenever its agent may have something new to do.
+    store: Arc<Store>,
+    /// Per host: the position its agent polls from, moved on whenever the
+    /// agent may have something new to do. Positions are change-log
+    /// revisions, so they keep growing across controller restarts and an
+    /// agent's position from before a restart is never ahead of a new one.
     changes: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    /// Set when the controller shuts down: long polls answer at once so
+    /// the listener can close without waiting them out.
+    closing: std::sync::atomic::AtomicBool,
     /// Last heartbeat per host, kept in memory between record writes.
     seen: Mutex<HashMap<String, i64>>,
     /// Inventories last written to placement per host.
@@ -70,10 +79,12 @@ pub struct Compute {
 }
 
 impl Compute {
-    pub fn new(config: ComputeConfig) -> Self {
+    pub fn new(config: ComputeConfig, store: Arc<Store>) -> Self {
         Compute {
             config,
+            store,
             changes: Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
             seen: Mutex::new(HashMap::new()),
             inventories: Mutex::new(HashMap::new()),
             scheduler: Mutex::new(None),
@@ -97,26 +108,71 @@ impl Compute {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The change channel of a host's agent.
-    pub fn channel(&self, host: &str) -> tokio::sync::watch::Receiver<u64> {
-        self.changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(host.to_string())
-            .or_insert_with(|| tokio::sync::watch::channel(1).0)
-            .subscribe()
+    /// The store's newest change-log revision (at least 1).
+    fn position(&self) -> u64 {
+        match self.store.last_revision() {
+            Ok(r) => (r.max(1)) as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the change-log position");
+                1
+            }
+        }
     }
 
-    /// Wakes the agent of `host`, if it waits for work.
+    /// The change channel of a host's agent; it starts at the store's
+    /// current revision.
+    pub fn channel(&self, host: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = changes.get(host) {
+            return tx.subscribe();
+        }
+        let tx = tokio::sync::watch::channel(self.position()).0;
+        let rx = tx.subscribe();
+        changes.insert(host.to_string(), tx);
+        rx
+    }
+
+    /// Ends every long poll now and makes new ones answer at once (the
+    /// controller is shutting down).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for tx in self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Whether [`Compute::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wakes the agent of `host`, if it waits for work: its position moves
+    /// to the store's revision (which includes the write that asked for
+    /// this), or on by one where nothing was written.
     pub fn notify(&self, host: Option<&str>) {
         let Some(host) = host else { return };
+        if !self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(host)
+        {
+            return;
+        }
+        let rev = self.position();
         if let Some(tx) = self
             .changes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(host)
         {
-            tx.send_modify(|v| *v += 1);
+            tx.send_modify(|v| *v = (*v + 1).max(rev));
         }
     }
 
@@ -271,8 +327,15 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
     // stopped again.
     let servers = state.store.list::<Server>(&StoreQuery::parent(host))?;
     let mut touched = false;
+    // A listing taken before a task was settled (a spawn that finished
+    // while the heartbeat was on its way) must not undo the task.
+    let stale = |s: &Server| {
+        s.settled
+            .as_ref()
+            .is_some_and(|m| m.is_after(r.agent_key.as_deref(), r.observed))
+    };
     for s in &servers {
-        if s.task_state.is_some() {
+        if s.task_state.is_some() || stale(s) {
             continue;
         }
         let seen = r.instances.get(&s.id).copied();
@@ -295,7 +358,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
                 let Some(mut cur) = tx.get::<Server>(&s.id)? else {
                     return Ok::<_, ApiError>(());
                 };
-                if cur.task_state.is_some() || cur.generation != s.generation {
+                if cur.task_state.is_some() || cur.generation != s.generation || stale(&cur) {
                     return Ok(());
                 }
                 cur.power_state = actual;
@@ -605,6 +668,12 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             return Ok((None, None));
         }
         cur.power_state = r.power_state;
+        if let (Some(agent), Some(seq)) = (&r.agent_key, r.mark) {
+            cur.settled = Some(NodeMark {
+                agent: agent.clone(),
+                seq,
+            });
+        }
         let mut next = None;
         if task::is_resize(&task_name) {
             if !r.ok {

@@ -22,9 +22,7 @@ use stratus_store::Query as StoreQuery;
 use super::Mv;
 use super::model::{Server, SnapshotJob};
 use super::quotas::{self, Resource};
-use super::servers::{
-    bad_field, check_locked, fetch_tx, parse_metadata, record_action, valid_name,
-};
+use super::servers::{bad_field, check_locked, fetch_tx, parse_metadata, record_action};
 use super::states::{task, vm};
 use crate::identity::model::{Project, User};
 use crate::identity::policy::Ctx;
@@ -90,10 +88,7 @@ fn parse(action: &str, arg: &Value, backup: bool) -> Result<Request, ApiError> {
     } else {
         only_keys(action, o, &["name", "metadata"])?;
     }
-    let name = match &o["name"] {
-        Value::String(n) if valid_name(n) => n.clone(),
-        v => return Err(bad_field("name", format!("Value: {v}."))),
-    };
+    let name = super::validation::name("name", &o["name"])?;
     let metadata = match o.get("metadata") {
         None => BTreeMap::new(),
         Some(m) => parse_metadata(m, "metadata")?,

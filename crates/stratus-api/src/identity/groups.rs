@@ -74,7 +74,7 @@ async fn create(
     let name = o.name("name")?.ok_or_else(|| {
         ApiError::bad_request("Invalid input for field 'group': 'name' is a required property.")
     })?;
-    let domain_id = o.str("domain_id")?.unwrap_or_else(|| {
+    let domain_id = o.id_str("domain_id", true)?.unwrap_or_else(|| {
         ctx.domain
             .as_ref()
             .or(ctx.project_domain.as_ref())

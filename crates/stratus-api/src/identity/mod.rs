@@ -371,11 +371,21 @@ pub fn flag(q: &HashMap<String, String>, name: &str) -> bool {
     q.get(name).and_then(|v| parse_bool(v)).unwrap_or(false)
 }
 
-/// Validates a name: a non-empty string of at most 255 characters.
+/// Validates a name: a string of at most 255 characters with something
+/// other than whitespace in it (Keystone's `name` schema), and no control
+/// characters. Keystone's schema itself lets controls through, but its SQL
+/// backends cannot all keep them (PostgreSQL refuses NUL) and no client
+/// means them, so they are refused here with the schema's 400; every other
+/// character, of any script, is accepted.
 pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() {
         return Err(ApiError::bad_request(format!(
             "Invalid input for field '{field}': it must be a non-empty string."
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for field '{field}': it must not contain control characters."
         )));
     }
     if name.chars().count() > 255 {
@@ -468,6 +478,23 @@ impl Obj {
         }
     }
 
+    /// An id field (`domain_id`, `parent_id`): Keystone's `id_string`, 1-64
+    /// letters, digits and dashes. `null` reads as absent where the schema
+    /// makes the field nullable and is refused where it does not.
+    pub fn id_str(&self, field: &str, nullable: bool) -> Result<Option<String>, ApiError> {
+        if !nullable && self.map.get(field).is_some_and(Value::is_null) {
+            return Err(self.bad(field, "it must be a string"));
+        }
+        let id = self.str(field)?;
+        if let Some(id) = &id
+            && !((1..=64).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(self.bad(field, "it must be 1-64 letters, digits or dashes"));
+        }
+        Ok(id)
+    }
+
     pub fn req_str(&self, field: &str) -> Result<String, ApiError> {
         self.str(field)?.ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -483,8 +510,12 @@ impl Obj {
     }
 
     /// A name field of at most `max` characters (Keystone allows 64 for
-    /// domains, projects and groups).
+    /// domains, projects and groups). Absent is `None`; `null` is refused,
+    /// as Keystone's schema types a name as a string.
     pub fn name_max(&self, field: &str, max: usize) -> Result<Option<String>, ApiError> {
+        if self.map.get(field).is_some_and(Value::is_null) {
+            return Err(self.bad(field, "it must be a string"));
+        }
         let n = self.str(field)?;
         if let Some(n) = &n {
             check_name(&format!("{}.{field}", self.key), n)?;
@@ -495,9 +526,11 @@ impl Obj {
         Ok(n)
     }
 
+    /// A boolean field. Keystone's schemas never let a boolean be `null`
+    /// (it is not read as "unset"), so `null` is a 400 like any other type.
     pub fn bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
         match self.map.get(field) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(self.bad(field, "it must be a boolean")),
         }

@@ -139,8 +139,8 @@ async fn create(
     if o.bool("is_domain")? == Some(true) {
         return create_domain(&state, &o, name);
     }
-    let parent_in = o.str("parent_id")?;
-    let domain_in = o.str("domain_id")?;
+    let parent_in = o.id_str("parent_id", true)?;
+    let domain_in = o.id_str("domain_id", true)?;
     let p = state.identity_write(|tx| {
         // A parent id may name a domain: that means top level in that domain.
         let parent = match &parent_in {

@@ -84,7 +84,7 @@ async fn create(
     let r = Role {
         id: new_id(),
         name: name.clone(),
-        domain_id: o.str("domain_id")?,
+        domain_id: o.id_str("domain_id", true)?,
         description: o.str("description")?,
         options: o.object("options")?.unwrap_or_default(),
     };

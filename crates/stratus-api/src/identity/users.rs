@@ -103,7 +103,7 @@ async fn create(
     let name = o.name("name")?.ok_or_else(|| {
         ApiError::bad_request("Invalid input for field 'user': 'name' is a required property.")
     })?;
-    let domain_id = match o.str("domain_id")? {
+    let domain_id = match o.id_str("domain_id", false)? {
         Some(d) => d,
         None => ctx
             .domain

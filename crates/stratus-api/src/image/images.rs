@@ -153,6 +153,12 @@ fn set_attr(ctx: &Ctx, img: &mut Image, key: &str, v: &Value) -> Result<(), ApiE
     match key {
         "name" => match v {
             Value::Null => img.name = None,
+            // Glance's schema: a string of at most 255 characters, or null.
+            // Control characters are refused as well: no client means them
+            // and not every SQL backend keeps them (PostgreSQL refuses NUL).
+            Value::String(s) if s.chars().any(char::is_control) => {
+                return Err(bad("must not contain control characters"));
+            }
             Value::String(s) if s.chars().count() <= 255 => img.name = Some(s.clone()),
             Value::String(_) => return Err(bad("longer than 255 characters")),
             _ => return Err(bad("must be a string or null")),

@@ -203,14 +203,8 @@ async fn fault_shape(req: Request, next: Next) -> Response {
     let Some(err) = resp.extensions().get::<ApiError>().cloned() else {
         return resp;
     };
-    let title = err.status.canonical_reason().unwrap_or("Error");
-    let body = json!({
-        "code": format!("{} {title}", err.status.as_u16()),
-        "title": title,
-        "message": err.message,
-    });
     let (mut parts, _) = resp.into_parts();
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let bytes = serde_json::to_vec(&fault_body(&err)).unwrap_or_default();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,
@@ -223,6 +217,27 @@ async fn fault_shape(req: Request, next: Next) -> Response {
         );
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+fn fault_body(err: &ApiError) -> Value {
+    let title = err.status.canonical_reason().unwrap_or("Error");
+    json!({
+        "code": format!("{} {title}", err.status.as_u16()),
+        "title": title,
+        "message": err.message,
+    })
+}
+
+/// Glance's fault for an error answered at the HTTP edge, before routing.
+pub(crate) fn fault_response(err: ApiError) -> Response {
+    let mut resp = (err.status, axum::Json(fault_body(&err))).into_response();
+    if err.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Keystone uri=\"/identity\""),
+        );
+    }
+    resp
 }
 
 // ---- who may see and change what ------------------------------------------

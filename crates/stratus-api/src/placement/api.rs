@@ -134,6 +134,12 @@ async fn layer(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Placement's fault for an error answered at the HTTP edge, before a
+/// version was read.
+pub(crate) fn fault_response(e: ApiError, rid: &str) -> Response {
+    fault(e, Pv(0), Some(rid.to_string()))
+}
+
 fn fault(e: ApiError, _pv: Pv, rid: Option<String>) -> Response {
     let code = if e.message.contains("generation conflict") {
         "placement.concurrent_update"
@@ -397,11 +403,7 @@ async fn rp_create(
 ) -> Result<Response, ApiError> {
     admin(&ctx)?;
     let b = body(&raw)?;
-    let name = b
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && n.len() <= 200)
-        .ok_or_else(|| ApiError::bad_request("JSON does not validate: 'name' is a required property (a string of 1-200 characters)"))?;
+    let name = &rp_name(&b)?;
     let uuid = match b.get("uuid") {
         None | Some(Value::Null) => None,
         Some(Value::String(u)) if uuid::Uuid::parse_str(u).is_ok() => Some(u.clone()),
@@ -433,6 +435,31 @@ async fn rp_create(
     }
 }
 
+/// A resource provider's name as Placement's schema takes it: a required
+/// string of at most 200 characters (of any script). Empty names and
+/// control characters are refused too: a provider is looked up by name,
+/// and not every SQL backend keeps a NUL.
+fn rp_name(b: &Value) -> Result<String, ApiError> {
+    match b.get("name") {
+        None => Err(ApiError::bad_request(
+            "JSON does not validate: 'name' is a required property",
+        )),
+        Some(Value::String(n)) if n.chars().count() > 200 => Err(ApiError::bad_request(format!(
+            "JSON does not validate: '{n}' is too long"
+        ))),
+        Some(Value::String(n)) if n.is_empty() || n.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(format!(
+                "JSON does not validate: {} is not a valid name: it must be non-empty, without control characters",
+                Value::String(n.clone())
+            )))
+        }
+        Some(Value::String(n)) => Ok(n.clone()),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "JSON does not validate: {v} is not of type 'string'"
+        ))),
+    }
+}
+
 async fn rp_show(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -456,14 +483,7 @@ async fn rp_update(
 ) -> Result<axum::Json<Value>, ApiError> {
     admin(&ctx)?;
     let b = body(&raw)?;
-    let name = b
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && n.len() <= 200)
-        .ok_or_else(|| {
-            ApiError::bad_request("JSON does not validate: 'name' is a required property")
-        })?
-        .to_string();
+    let name = rp_name(&b)?;
     let p = state.placement.update_provider(&uuid, None, |p, _| {
         p.name = name;
         Ok(())

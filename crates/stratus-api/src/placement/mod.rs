@@ -16,6 +16,7 @@ use stratus_store::{Query, Record, Store, Tx};
 use crate::ApiError;
 
 mod api;
+pub(crate) use api::fault_response;
 pub use api::router;
 
 /// One resource class of a provider, as Placement models it.

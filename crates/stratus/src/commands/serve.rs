@@ -64,6 +64,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         login_cache_s: common.login_cache_seconds,
         image_size_cap: common.image_size_cap,
         compute: args.compute.config(),
+        http: args.http.limits(),
     };
     if store.meta_get("compute.flavors_seeded")?.is_none() {
         stratus_api::compute::ensure_default_flavors(&store)
@@ -111,10 +112,14 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             eprintln!("stratus: no node agent: {e:#}");
         }
     }
-    axum::serve(listener, stratus_api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let closing = state.clone();
+    let limits = state.config.http.clone();
+    stratus_api::listener::serve(listener, stratus_api::router(state), limits, async move {
+        shutdown_signal().await;
+        // Agents' long polls would hold the shutdown for up to 30 s.
+        closing.compute.close();
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

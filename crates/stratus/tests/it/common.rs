@@ -146,6 +146,13 @@ impl Server {
         }
     }
 
+    /// A client for any prefix of the listener (e.g. `/edge/v1`).
+    pub fn client_at(&self, prefix: &str) -> Client {
+        Client {
+            base: format!("{}{prefix}", self.url),
+        }
+    }
+
     /// The PID of the running `stratus up`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

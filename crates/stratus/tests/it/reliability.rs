@@ -1,0 +1,436 @@
+//! Reliability against the real binary: a node's report never undoes a
+//! newer state, agents keep working across controller restarts, and kill -9
+//! in the middle of creates, deletes and quota changes loses nothing.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::common::Agent;
+use super::compute::{Cloud, MV};
+
+/// A request that may fail (the controller may be down): the status and
+/// body, or `None` when nothing answered.
+fn try_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("X-Auth-Token", token)
+        .header(MV.0, MV.1)
+        .header("Content-Type", "application/json");
+    let resp = match body {
+        Some(b) => agent.run(req.body(b.to_string()).ok()?),
+        None => agent.run(req.body(()).ok()?),
+    };
+    let mut resp = resp.ok()?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// Plays a node agent over the agent API: `PUT /edge/v1/nodes/{host}`.
+fn heartbeat(c: &Cloud, host: &str, key: &str, observed: u64, instances: Value) -> Value {
+    let body = json!({
+        "driver": "fake", "vcpus": 8, "memory_mb": 16384, "disk_gb": 100,
+        "arch": "x86_64", "agent_key": key, "observed": observed,
+        "instances": instances,
+    });
+    let r = c.server.client_at("/edge/v1").raw(
+        "PUT",
+        &format!("/nodes/{host}"),
+        Some(&c.admin),
+        &[],
+        Some(body.to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+fn server(c: &Cloud, tok: &str, id: &str) -> Value {
+    let r = c.req("GET", &format!("/servers/{id}"), tok, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["server"].clone()
+}
+
+#[test]
+fn reliability_heartbeat_listed_before_a_spawn_settled_never_stops_it() {
+    let c = Cloud::start(&["--no-agent"]);
+    let key = "agent-key-1";
+    heartbeat(&c, "sim", key, 0, json!({}));
+    c.wait_nodes(1);
+    let (_, tok) = c.project("race");
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(&tok, "racer", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+
+    // The controller hands the spawn to the node.
+    let edge = c.server.client_at("/edge/v1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let generation = loop {
+        let r = edge.get("/nodes/sim/servers?since=0", &c.admin);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if let Some(s) = r.body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id.as_str())
+        {
+            assert_eq!(s["task_state"], "spawning");
+            break s["generation"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never assigned to the node");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // The node lists its workloads at clock 0 (the spawn is not done yet),
+    // finishes the spawn and reports it at clock 1, and the heartbeat with
+    // the older listing arrives after the report.
+    let r = edge.raw(
+        "POST",
+        &format!("/nodes/sim/servers/{id}/report"),
+        Some(&c.admin),
+        &[],
+        Some(
+            json!({"generation": generation, "task": "spawning", "ok": true,
+                   "power_state": 1, "agent_key": key, "mark": 1})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(server(&c, &tok, &id)["status"], "ACTIVE");
+    heartbeat(&c, "sim", key, 0, json!({}));
+    let s = server(&c, &tok, &id);
+    assert_eq!(s["status"], "ACTIVE", "a stale listing stopped the server");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    assert_eq!(s["OS-EXT-STS:task_state"], Value::Null);
+    // A listing without a clock cannot be ordered either.
+    let r = edge.raw(
+        "PUT",
+        "/nodes/sim",
+        Some(&c.admin),
+        &[],
+        Some(
+            json!({"driver": "fake", "vcpus": 8, "memory_mb": 16384, "disk_gb": 100,
+                   "arch": "x86_64", "instances": {}})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(server(&c, &tok, &id)["status"], "ACTIVE");
+
+    // A listing of the same agent taken after the report is the truth: the
+    // workload is gone, so the server shut down.
+    heartbeat(&c, "sim", key, 1, json!({}));
+    let s = server(&c, &tok, &id);
+    assert_eq!(s["status"], "SHUTOFF");
+    assert_eq!(s["OS-EXT-STS:power_state"], 0);
+}
+
+#[test]
+fn reliability_heartbeat_from_a_restarted_agent_is_newer_than_its_marks() {
+    let c = Cloud::start(&["--no-agent"]);
+    heartbeat(&c, "sim", "old-agent", 0, json!({}));
+    c.wait_nodes(1);
+    let (_, tok) = c.project("restarted");
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(&tok, "s", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    let edge = c.server.client_at("/edge/v1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let generation = loop {
+        let r = edge.get("/nodes/sim/servers?since=0", &c.admin);
+        if let Some(s) = r.body["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id.as_str()))
+        {
+            break s["generation"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never assigned to the node");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let r = edge.raw(
+        "POST",
+        &format!("/nodes/sim/servers/{id}/report"),
+        Some(&c.admin),
+        &[],
+        Some(
+            json!({"generation": generation, "task": "spawning", "ok": true,
+                   "power_state": 1, "agent_key": "old-agent", "mark": 7})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 204);
+    // A new agent process (a new key, its clock back at 0) sees the
+    // workload stopped: that listing is newer than anything the old one
+    // said.
+    heartbeat(
+        &c,
+        "sim",
+        "new-agent",
+        0,
+        json!({ id.as_str(): {"power_state": 4, "generation": generation} }),
+    );
+    assert_eq!(server(&c, &tok, &id)["status"], "SHUTOFF");
+}
+
+#[test]
+fn reliability_agent_keeps_working_across_controller_restarts() {
+    let mut c = Cloud::start(&["--no-agent"]);
+    let agent = Agent::start(&c.server, "n1", &["--driver", "fake", "--heartbeat", "1"]);
+    c.wait_nodes_logged(1, &agent.log);
+    let (_, tok) = c.project("restart");
+    let img = c.image(&tok, "tiny");
+    // Some history, so the agent's poll position is well past 1.
+    for i in 0..3 {
+        let r = c.boot(&tok, &format!("before-{i}"), &img, "42", json!({}));
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.body["server"]["id"].as_str().unwrap().to_string();
+        c.wait(&tok, &id, "ACTIVE");
+    }
+    for round in 0..2 {
+        c.server.restart();
+        // The agent's poll broke with the old process; it polls again
+        // within a few seconds.
+        std::thread::sleep(Duration::from_secs(4));
+        let t0 = Instant::now();
+        let r = c.boot(&tok, &format!("after-{round}"), &img, "42", json!({}));
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.body["server"]["id"].as_str().unwrap().to_string();
+        c.wait(&tok, &id, "ACTIVE");
+        let took = t0.elapsed();
+        // A stale poll position makes this wait out the agent's 30 s long
+        // poll; normally it takes a fraction of a second. The bound leaves
+        // room for a loaded test machine.
+        assert!(
+            took < Duration::from_secs(5),
+            "ACTIVE only after {took:?} following a restart"
+        );
+        let t0 = Instant::now();
+        let r = c.req("DELETE", &format!("/servers/{id}"), &tok, None);
+        assert_eq!(r.status, 204, "{}", r.body);
+        loop {
+            if c.req("GET", &format!("/servers/{id}"), &tok, None).status == 404 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "delete still pending after a restart"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// What the workload threads were told.
+#[derive(Default)]
+struct Acks {
+    created: Vec<String>,
+    deleted: Vec<String>,
+    /// Deletes sent whose answer never came (the controller died).
+    maybe_deleted: Vec<String>,
+    /// The last quota acknowledged and the one in flight at a kill.
+    quota_acked: Option<u64>,
+    quota_maybe: Vec<u64>,
+}
+
+#[test]
+fn reliability_kill9_three_times_during_creates_deletes_and_quota_changes() {
+    let mut c = Cloud::start(&["--no-agent", "--cpu-allocation-ratio", "256"]);
+    // Two simulated nodes in one agent: a join token joins one node, so
+    // this agent logs in the old way.
+    let agent = Agent::start_with_env(
+        &c.server,
+        "n1",
+        &["--driver", "fake", "--heartbeat", "1", "--fake-nodes", "2"],
+        &[("OS_PASSWORD", &c.server.admin_password)],
+    );
+    c.wait_nodes_logged(2, &agent.log);
+    let (pid, tok) = c.project("crash9");
+    let img = c.image(&tok, "tiny");
+    let r = c.req(
+        "PUT",
+        &format!("/os-quota-sets/{pid}"),
+        &c.admin,
+        Some(json!({"quota_set": {"instances": 1000, "cores": 1000, "ram": 10000000}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let base = c.nova.base.clone();
+    let admin = c.admin.clone();
+    let acks = Mutex::new(Acks::default());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Creators, each deleting every third server it made.
+        for t in 0..3 {
+            let (base, tok, img, acks, stop) = (&base, &tok, &img, &acks, &stop);
+            scope.spawn(move || {
+                let mut mine = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let body = json!({"server": {"name": format!("c{t}-{i}"), "imageRef": img,
+                                                 "flavorRef": "42", "networks": "none"}});
+                    match try_call(base, "POST", "/servers", tok, Some(&body)) {
+                        Some((202, v)) => {
+                            let id = v["server"]["id"].as_str().unwrap().to_string();
+                            acks.lock().unwrap().created.push(id.clone());
+                            mine.push(id);
+                        }
+                        Some(_) => {}
+                        None => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                    if i % 3 == 0
+                        && let Some(id) = mine.first().cloned()
+                    {
+                        match try_call(base, "DELETE", &format!("/servers/{id}"), tok, None) {
+                            Some((204, _)) => {
+                                acks.lock().unwrap().deleted.push(id);
+                                mine.remove(0);
+                            }
+                            // Still building or already deleting: try later.
+                            Some(_) => {}
+                            None => {
+                                acks.lock().unwrap().maybe_deleted.push(id);
+                                mine.remove(0);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Quota changes.
+        {
+            let (base, admin, pid, acks, stop) = (&base, &admin, &pid, &acks, &stop);
+            scope.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let want = 900 + n % 100;
+                    let body = json!({"quota_set": {"instances": want}});
+                    let path = format!("/os-quota-sets/{pid}");
+                    match try_call(base, "PUT", &path, admin, Some(&body)) {
+                        Some((200, _)) => acks.lock().unwrap().quota_acked = Some(want),
+                        Some(_) => {}
+                        None => {
+                            acks.lock().unwrap().quota_maybe.push(want);
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(1500));
+            c.server.stop("-KILL");
+            c.server.restart_after_stop();
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::SeqCst);
+    });
+    let acks = acks.into_inner().unwrap();
+    eprintln!(
+        "{} creates and {} deletes acknowledged across three kills",
+        acks.created.len(),
+        acks.deleted.len()
+    );
+    assert!(!acks.created.is_empty() && !acks.deleted.is_empty());
+
+    // Settle: nothing stays in BUILD or DELETING.
+    let live = |c: &Cloud| -> Vec<(String, String, Value)> {
+        let r = c.req("GET", "/servers/detail", &tok, None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                    s["OS-EXT-STS:task_state"].clone(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let servers = loop {
+        let all = live(&c);
+        if all
+            .iter()
+            .all(|(_, st, task)| st == "ACTIVE" && task.is_null())
+        {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled after 60 s: {:?}",
+            all.iter()
+                .filter(|(_, st, t)| st != "ACTIVE" || !t.is_null())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let ids: HashSet<&String> = servers.iter().map(|(i, _, _)| i).collect();
+    assert_eq!(ids.len(), servers.len(), "a server is listed twice");
+    let deleted: HashSet<&String> = acks.deleted.iter().collect();
+    let maybe: HashSet<&String> = acks.maybe_deleted.iter().collect();
+    for id in &acks.created {
+        if deleted.contains(id) {
+            assert!(!ids.contains(id), "deleted server {id} came back");
+        } else if !maybe.contains(id) {
+            assert!(ids.contains(id), "acknowledged server {id} lost");
+        }
+    }
+
+    // Quota usage and placement equal the live servers (m1.nano: 1 VCPU,
+    // 128 MB).
+    let n = servers.len() as u64;
+    let r = c.req("GET", "/limits", &tok, None);
+    let abs = &r.body["limits"]["absolute"];
+    assert_eq!(abs["totalInstancesUsed"], n, "{abs}");
+    assert_eq!(abs["totalCoresUsed"], n, "{abs}");
+    assert_eq!(abs["totalRAMUsed"], n * 128, "{abs}");
+    let placement = c.server.client_at("/placement");
+    let rps = placement.get("/resource_providers", &c.admin);
+    assert_eq!(rps.status, 200, "{}", rps.body);
+    let (mut vcpu, mut ram) = (0, 0);
+    for rp in rps.body["resource_providers"].as_array().unwrap() {
+        let u = placement.get(
+            &format!(
+                "/resource_providers/{}/usages",
+                rp["uuid"].as_str().unwrap()
+            ),
+            &c.admin,
+        );
+        assert_eq!(u.status, 200, "{}", u.body);
+        vcpu += u.body["usages"]["VCPU"].as_u64().unwrap_or(0);
+        ram += u.body["usages"]["MEMORY_MB"].as_u64().unwrap_or(0);
+    }
+    assert_eq!((vcpu, ram), (n, n * 128), "placement usages");
+    // The quota is the last one acknowledged or one whose answer was lost.
+    let r = c.req("GET", &format!("/os-quota-sets/{pid}"), &c.admin, None);
+    let q = r.body["quota_set"]["instances"].as_u64().unwrap();
+    assert!(
+        acks.quota_acked == Some(q) || acks.quota_maybe.contains(&q),
+        "quota {q}, last acknowledged {:?}",
+        acks.quota_acked
+    );
+    drop(agent);
+}
