@@ -1123,8 +1123,18 @@ fn compute_server_groups_aggregates_zones_and_services() {
 
 #[test]
 fn compute_kill_during_burst_loses_nothing() {
-    // Room for every server the burst makes on the one simulated node.
-    let mut c = Cloud::start(&["--driver", "fake", "--cpu-allocation-ratio", "256"]);
+    // Room (VCPU, RAM, disk) for every server the burst makes on the one
+    // simulated node: group commit lets it make several hundred.
+    let mut c = Cloud::start(&[
+        "--driver",
+        "fake",
+        "--cpu-allocation-ratio",
+        "256",
+        "--ram-allocation-ratio",
+        "256",
+        "--disk-allocation-ratio",
+        "16",
+    ]);
     c.wait_nodes(1);
     let (pid, tok) = c.project("crash");
     let img = c.image(&tok, "tiny");

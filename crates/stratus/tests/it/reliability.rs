@@ -60,6 +60,44 @@ fn heartbeat(c: &Cloud, host: &str, key: &str, observed: u64, instances: Value) 
     r.body
 }
 
+/// Waits until the controller hands server `id` to `host`; its generation.
+fn assigned_generation(c: &Cloud, host: &str, id: &str) -> u64 {
+    let edge = c.server.client_at("/edge/v1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = edge.get(&format!("/nodes/{host}/servers?since=0"), &c.admin);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if let Some(s) = r.body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+        {
+            assert_eq!(s["task_state"], "spawning");
+            return s["generation"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never assigned to the node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Plays the node reporting a finished spawn, stamped `mark` on the clock
+/// of agent `key`.
+fn report_spawned(c: &Cloud, host: &str, id: &str, generation: u64, key: &str, mark: u64) {
+    let r = c.server.client_at("/edge/v1").raw(
+        "POST",
+        &format!("/nodes/{host}/servers/{id}/report"),
+        Some(&c.admin),
+        &[],
+        Some(
+            json!({"generation": generation, "task": "spawning", "ok": true,
+                   "power_state": 1, "agent_key": key, "mark": mark})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
 fn server(c: &Cloud, tok: &str, id: &str) -> Value {
     let r = c.req("GET", &format!("/servers/{id}"), tok, None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -79,39 +117,12 @@ fn reliability_heartbeat_listed_before_a_spawn_settled_never_stops_it() {
     let id = r.body["server"]["id"].as_str().unwrap().to_string();
 
     // The controller hands the spawn to the node.
-    let edge = c.server.client_at("/edge/v1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let generation = loop {
-        let r = edge.get("/nodes/sim/servers?since=0", &c.admin);
-        assert_eq!(r.status, 200, "{}", r.body);
-        if let Some(s) = r.body["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == id.as_str())
-        {
-            assert_eq!(s["task_state"], "spawning");
-            break s["generation"].as_u64().unwrap();
-        }
-        assert!(Instant::now() < deadline, "never assigned to the node");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let generation = assigned_generation(&c, "sim", &id);
 
     // The node lists its workloads at clock 0 (the spawn is not done yet),
     // finishes the spawn and reports it at clock 1, and the heartbeat with
     // the older listing arrives after the report.
-    let r = edge.raw(
-        "POST",
-        &format!("/nodes/sim/servers/{id}/report"),
-        Some(&c.admin),
-        &[],
-        Some(
-            json!({"generation": generation, "task": "spawning", "ok": true,
-                   "power_state": 1, "agent_key": key, "mark": 1})
-            .to_string(),
-        ),
-    );
-    assert_eq!(r.status, 204, "{}", r.body);
+    report_spawned(&c, "sim", &id, generation, key, 1);
     assert_eq!(server(&c, &tok, &id)["status"], "ACTIVE");
     heartbeat(&c, "sim", key, 0, json!({}));
     let s = server(&c, &tok, &id);
@@ -119,7 +130,7 @@ fn reliability_heartbeat_listed_before_a_spawn_settled_never_stops_it() {
     assert_eq!(s["OS-EXT-STS:power_state"], 1);
     assert_eq!(s["OS-EXT-STS:task_state"], Value::Null);
     // A listing without a clock cannot be ordered either.
-    let r = edge.raw(
+    let r = c.server.client_at("/edge/v1").raw(
         "PUT",
         "/nodes/sim",
         Some(&c.admin),
@@ -151,31 +162,8 @@ fn reliability_heartbeat_from_a_restarted_agent_is_newer_than_its_marks() {
     let r = c.boot(&tok, "s", &img, "42", json!({}));
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["server"]["id"].as_str().unwrap().to_string();
-    let edge = c.server.client_at("/edge/v1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let generation = loop {
-        let r = edge.get("/nodes/sim/servers?since=0", &c.admin);
-        if let Some(s) = r.body["servers"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["id"] == id.as_str()))
-        {
-            break s["generation"].as_u64().unwrap();
-        }
-        assert!(Instant::now() < deadline, "never assigned to the node");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let r = edge.raw(
-        "POST",
-        &format!("/nodes/sim/servers/{id}/report"),
-        Some(&c.admin),
-        &[],
-        Some(
-            json!({"generation": generation, "task": "spawning", "ok": true,
-                   "power_state": 1, "agent_key": "old-agent", "mark": 7})
-            .to_string(),
-        ),
-    );
-    assert_eq!(r.status, 204);
+    let generation = assigned_generation(&c, "sim", &id);
+    report_spawned(&c, "sim", &id, generation, "old-agent", 7);
     // A new agent process (a new key, its clock back at 0) sees the
     // workload stopped: that listing is newer than anything the old one
     // said.
@@ -251,7 +239,15 @@ struct Acks {
 
 #[test]
 fn reliability_kill9_three_times_during_creates_deletes_and_quota_changes() {
-    let mut c = Cloud::start(&["--no-agent", "--cpu-allocation-ratio", "256"]);
+    let mut c = Cloud::start(&[
+        "--no-agent",
+        "--cpu-allocation-ratio",
+        "256",
+        "--ram-allocation-ratio",
+        "256",
+        "--disk-allocation-ratio",
+        "16",
+    ]);
     // Two simulated nodes in one agent: a join token joins one node, so
     // this agent logs in the old way.
     let agent = Agent::start_with_env(
