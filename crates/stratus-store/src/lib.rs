@@ -15,6 +15,14 @@
 //!   `revision`. Revisions are therefore strictly increasing across the whole
 //!   store, and "everything after revision N" is one indexed range scan. That
 //!   is what cloud-to-edge sync streams from (see DESIGN.md).
+//! - **Liveness** (`liveness` table): when a node (or later a site) was last
+//!   heard of. It changes every few seconds for every node and is not
+//!   desired state, so it is kept beside the documents, outside the change
+//!   log: 1,000 nodes heartbeating add no log rows.
+//! - **Compaction**: the change log is cut below a retained revision
+//!   ([`Store::compact`]); a reader asking for changes from before that
+//!   gets [`StoreError::Compacted`] and starts again from a
+//!   [`Store::snapshot`].
 //! - **Migrations** (`schema_migrations`): embedded, applied in order at open.
 //!
 //! The SQL is deliberately plain (no SQLite-only syntax outside the pragmas
@@ -41,6 +49,10 @@ pub enum StoreError {
     Db(#[from] rusqlite::Error),
     #[error("stored document is not valid: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error(
+        "the change log before revision {oldest} was compacted (asked from {since}): take a snapshot"
+    )]
+    Compacted { since: i64, oldest: i64 },
     #[error("cannot flush {path}: {source}")]
     Io {
         path: PathBuf,
@@ -135,9 +147,10 @@ pub enum Durability {
     Normal,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE changes (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE changes (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
         id TEXT NOT NULL,
@@ -161,7 +174,40 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE INDEX resources_name ON resources (kind, name);
      CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE liveness (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            at_us INTEGER NOT NULL,
+            PRIMARY KEY (kind, id)
+         );
+         CREATE INDEX changes_at ON changes (at_ms);",
+    ),
+];
+
+/// The `meta` key holding the revision the change log is compacted
+/// through.
+const COMPACTED: &str = "changes.compacted_through";
+
+/// Every document of some kinds at one revision, from [`Store::snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The change-log revision the documents are at: a reader continues
+    /// with the changes after it.
+    pub revision: i64,
+    pub documents: Vec<Document>,
+}
+
+/// One stored document, as [`Store::snapshot`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub kind: String,
+    pub id: String,
+    pub revision: i64,
+    pub body: String,
+}
 
 /// The store: one writer connection and a small pool of readers.
 pub struct Store {
@@ -350,9 +396,15 @@ impl Store {
         }
     }
 
-    /// Change-log entries after `seq`, oldest first, at most `limit`.
+    /// Change-log entries after `seq`, oldest first, at most `limit`;
+    /// [`StoreError::Compacted`] when entries after `seq` were compacted
+    /// away.
     pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
         self.with_reader(|c| {
+            let oldest = compacted_through(c)?;
+            if seq < oldest {
+                return Err(StoreError::Compacted { since: seq, oldest });
+            }
             let mut st = c.prepare_cached(
                 "SELECT seq, kind, id, op, body FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
@@ -377,6 +429,92 @@ impl Store {
                 c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
                     .query_row([], |r| r.get(0))?,
             )
+        })
+    }
+
+    /// When each object of `kind` was last heard of (microseconds), from
+    /// [`Tx::set_liveness`].
+    pub fn liveness(&self, kind: &str) -> Result<std::collections::HashMap<String, i64>> {
+        self.with_reader(|c| {
+            let mut st = c.prepare_cached("SELECT id, at_us FROM liveness WHERE kind = ?1")?;
+            let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Removes the change-log entries up to revision `through` (never the
+    /// newest one, so revisions keep growing from where they were).
+    /// Returns how many went.
+    pub fn compact(&self, through: i64) -> Result<u64> {
+        self.write(|tx| {
+            let newest: i64 =
+                tx.conn
+                    .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                        r.get(0)
+                    })?;
+            let upto = through.min(newest - 1);
+            if upto <= compacted_through(tx.conn)? {
+                return Ok(0);
+            }
+            let n = tx
+                .conn
+                .execute("DELETE FROM changes WHERE seq <= ?1", params![upto])?;
+            tx.meta_set(COMPACTED, &upto.to_string())?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Compacts the change log through the newest entry written before
+    /// `before_ms` (milliseconds since the epoch): a retention by age.
+    pub fn compact_older_than(&self, before_ms: i64) -> Result<u64> {
+        let through: Option<i64> = self.with_reader(|c| {
+            Ok(
+                c.prepare_cached("SELECT MAX(seq) FROM changes WHERE at_ms < ?1")?
+                    .query_row(params![before_ms], |r| r.get(0))?,
+            )
+        })?;
+        match through {
+            Some(t) => self.compact(t),
+            None => Ok(0),
+        }
+    }
+
+    /// Every document of the given kinds (all kinds when empty) and the
+    /// revision they are at, read in one transaction: what a reader whose
+    /// position was compacted away starts again from.
+    pub fn snapshot(&self, kinds: &[&str]) -> Result<Snapshot> {
+        self.with_reader(|c| {
+            c.execute_batch("BEGIN")?;
+            let out = (|| {
+                let revision: i64 =
+                    c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                        r.get(0)
+                    })?;
+                let mut documents = Vec::new();
+                let mut st = c.prepare_cached(
+                    "SELECT kind, id, revision, body FROM resources ORDER BY kind, id",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok(Document {
+                        kind: r.get(0)?,
+                        id: r.get(1)?,
+                        revision: r.get(2)?,
+                        body: r.get(3)?,
+                    })
+                })?;
+                for d in rows {
+                    let d = d?;
+                    if kinds.is_empty() || kinds.contains(&d.kind.as_str()) {
+                        documents.push(d);
+                    }
+                }
+                Ok(Snapshot {
+                    revision,
+                    documents,
+                })
+            })();
+            c.execute_batch("COMMIT")?;
+            out
         })
     }
 
@@ -513,8 +651,23 @@ impl Tx<'_> {
             .execute(params![T::KIND, id])?;
         if n > 0 {
             self.log(T::KIND, id, "delete", None)?;
+            self.conn
+                .prepare_cached("DELETE FROM liveness WHERE kind = ?1 AND id = ?2")?
+                .execute(params![T::KIND, id])?;
         }
         Ok(n > 0)
+    }
+
+    /// Records that `kind`/`id` was heard of at `at_us` (microseconds).
+    /// Not a change: no revision, no change-log entry.
+    pub fn set_liveness(&self, kind: &str, id: &str, at_us: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO liveness (kind, id, at_us) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, id) DO UPDATE SET at_us = MAX(at_us, excluded.at_us)",
+            )?
+            .execute(params![kind, id, at_us])?;
+        Ok(())
     }
 
     pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
@@ -577,6 +730,15 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The revision the change log is compacted through (0: never).
+fn compacted_through(c: &Connection) -> Result<i64> {
+    let v: Option<String> = c
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![COMPACTED], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -820,6 +982,58 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(20))
             .expect("the only worker stalled behind a write");
         assert!(s.get::<Thing>("w").unwrap().is_some());
+    }
+
+    #[test]
+    fn liveness_is_kept_outside_the_change_log() {
+        let s = Store::open_in_memory().unwrap();
+        s.write(|tx| tx.insert(&thing("a", "d", "x"))).unwrap();
+        let before = s.last_revision().unwrap();
+        for at in [10, 30, 20] {
+            s.write(|tx| tx.set_liveness(Thing::KIND, "a", at)).unwrap();
+        }
+        assert_eq!(s.last_revision().unwrap(), before, "no log rows");
+        // The newest time wins, whatever order they come in.
+        assert_eq!(s.liveness(Thing::KIND).unwrap().get("a"), Some(&30));
+        s.write(|tx| tx.delete::<Thing>("a")).unwrap();
+        assert!(s.liveness(Thing::KIND).unwrap().is_empty());
+    }
+
+    #[test]
+    fn compaction_sends_old_readers_to_a_snapshot() {
+        let s = Store::open_in_memory().unwrap();
+        let mut revs = Vec::new();
+        for i in 0..10 {
+            let id = format!("t{i}");
+            revs.push(s.write(|tx| tx.insert(&thing(&id, "d", &id))).unwrap());
+        }
+        s.write(|tx| tx.delete::<Thing>("t0")).unwrap();
+        let newest = s.last_revision().unwrap();
+        assert_eq!(s.compact(revs[5]).unwrap(), 6);
+        // Readers at or after the cut carry on; older ones are told.
+        assert_eq!(s.changes_since(revs[5], 100).unwrap().len(), 5);
+        match s.changes_since(revs[2], 100) {
+            Err(StoreError::Compacted { oldest, .. }) => assert_eq!(oldest, revs[5]),
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        // Never the newest entry: revisions keep growing after a restart.
+        assert_eq!(s.compact(i64::MAX).unwrap(), 4);
+        assert_eq!(s.last_revision().unwrap(), newest);
+        assert_eq!(s.changes_since(newest - 1, 10).unwrap().len(), 1);
+        let next = s.write(|tx| tx.insert(&thing("n", "d", "n"))).unwrap();
+        assert!(next > newest);
+        // The snapshot has every live document at its revision.
+        let snap = s.snapshot(&[Thing::KIND]).unwrap();
+        assert_eq!(snap.revision, next);
+        let ids: Vec<_> = snap.documents.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["n", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"]
+        );
+        assert_eq!(snap.documents[0].revision, next);
+        assert!(s.snapshot(&["other"]).unwrap().documents.is_empty());
+        // Age-based retention finds the cut from the entries' times.
+        assert_eq!(s.compact_older_than(0).unwrap(), 0);
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub struct ServeArgs {
     /// Run no node agent in this process (`up` runs one by default).
     #[arg(long, env = "STRATUS_NO_AGENT")]
     pub no_agent: bool,
+    /// Hours of change-log history kept; older entries are compacted away
+    /// (a reader further behind, such as a site that was cut off longer,
+    /// starts again from a snapshot). 0 keeps everything.
+    #[arg(
+        long,
+        env = "STRATUS_CHANGE_LOG_RETENTION_HOURS",
+        default_value_t = 168
+    )]
+    pub change_log_retention_hours: u64,
 }
 
 /// Scheduler and placement settings, as operators set them in nova.conf.

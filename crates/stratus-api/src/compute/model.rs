@@ -379,6 +379,9 @@ pub struct ComputeNode {
     /// an image leaves the list when the agent says it has it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub precache: Vec<String>,
+    /// The heartbeat that last wrote this record (registration or a change
+    /// of resources). Later heartbeats live outside the record, in memory
+    /// and the store's liveness table: see `nodes::last_seen`.
     pub last_seen_us: i64,
     pub created_us: i64,
     pub updated_us: i64,

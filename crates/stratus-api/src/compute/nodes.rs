@@ -60,12 +60,19 @@ pub fn routes() -> Router<AppState> {
 /// Whether a node's heartbeat is recent enough (Nova's
 /// `service_down_time`) and it is not forced down.
 pub fn is_up(state: &AppState, n: &ComputeNode) -> bool {
-    let seen = state
+    !n.forced_down
+        && now_us() - last_seen(state, n)
+            < state.compute.config.service_down_time_s as i64 * 1_000_000
+}
+
+/// When the node was last heard of: its newest heartbeat, which lives in
+/// memory and the store's liveness table rather than in the record.
+pub fn last_seen(state: &AppState, n: &ComputeNode) -> i64 {
+    state
         .compute
         .last_seen(&n.id)
         .unwrap_or(0)
-        .max(n.last_seen_us);
-    !n.forced_down && now_us() - seen < state.compute.config.service_down_time_s as i64 * 1_000_000
+        .max(n.last_seen_us)
 }
 
 /// The zone a host is in.
@@ -332,7 +339,7 @@ fn service_json(state: &AppState, n: &ComputeNode, zone: &str, mv: Mv) -> Value 
         "zone": zone,
         "status": if n.disabled { "disabled" } else { "enabled" },
         "state": if is_up(state, n) { "up" } else { "down" },
-        "updated_at": iso_naive(n.last_seen_us),
+        "updated_at": iso_naive(last_seen(state, n)),
         "disabled_reason": n.disabled_reason,
     });
     if mv.at_least(11) {
@@ -1044,7 +1051,7 @@ async fn zones_detail(
         e.0 |= up && !n.disabled;
         e.1.insert(
             n.id.clone(),
-            json!({"nova-compute": {"available": up, "active": !n.disabled, "updated_at": iso_naive(n.last_seen_us)}}),
+            json!({"nova-compute": {"available": up, "active": !n.disabled, "updated_at": iso_naive(last_seen(&state, n))}}),
         );
     }
     let mut list: Vec<Value> = zones

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use stratus_store::{Query as StoreQuery, Store, Tx};
+use stratus_store::{Query as StoreQuery, Record, Store, Tx};
 
 use super::model::{
     ActionEvent, ComputeNode, Fault, InstanceAction, NodeMark, Server, ServerGroup,
@@ -173,6 +173,15 @@ impl Compute {
             .get(host)
         {
             tx.send_modify(|v| *v = (*v + 1).max(rev));
+        }
+    }
+
+    /// Heartbeat times kept from before a restart (newer ones win).
+    pub fn prime_seen(&self, seen: HashMap<String, i64>) {
+        let mut map = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (host, at) in seen {
+            let e = map.entry(host).or_insert(at);
+            *e = (*e).max(at);
         }
     }
 
@@ -823,6 +832,10 @@ fn reschedule(state: &AppState, s: &Server, host: &str, why: &str) -> Result<(),
 /// On start: servers a crash left waiting for the scheduler are handed to
 /// it again; deletes of servers on nodes that are gone finish.
 pub fn recover(state: &AppState) -> Result<(), ApiError> {
+    // When each node was last heard of before the restart.
+    state
+        .compute
+        .prime_seen(state.store.liveness(ComputeNode::KIND)?);
     let servers = state.store.list::<Server>(&StoreQuery::all())?;
     let waiting: Vec<String> = servers
         .iter()
@@ -839,9 +852,10 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Writes the heartbeats seen in memory to the node records, all in one
-/// transaction (one disk sync however many nodes there are), so a
-/// restarted controller knows when each node was last heard of.
+/// Writes the heartbeats seen in memory to the store's liveness table,
+/// all in one transaction (one disk sync however many nodes there are), so
+/// a restarted controller knows when each node was last heard of.
+/// Liveness is not desired state: it adds nothing to the change log.
 pub fn flush_heartbeats(state: &AppState) -> Result<(), ApiError> {
     let seen = state.compute.seen_snapshot();
     if seen.is_empty() {
@@ -849,12 +863,7 @@ pub fn flush_heartbeats(state: &AppState) -> Result<(), ApiError> {
     }
     state.store.write(|tx| {
         for (host, at) in &seen {
-            if let Some(mut n) = tx.get::<ComputeNode>(host)?
-                && n.last_seen_us < *at
-            {
-                n.last_seen_us = *at;
-                tx.update(&n)?;
-            }
+            tx.set_liveness(ComputeNode::KIND, host, *at)?;
         }
         Ok::<_, ApiError>(())
     })

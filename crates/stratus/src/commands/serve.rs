@@ -92,6 +92,31 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             }
         }
     });
+    if args.change_log_retention_hours > 0 {
+        let store = state.store.clone();
+        let keep_ms = args.change_log_retention_hours as i64 * 3_600_000;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tick.tick().await;
+                let st = store.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    st.compact_older_than(now_ms - keep_ms)
+                })
+                .await;
+                match r {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(entries = n, "compacted the change log"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not compact the change log"),
+                    Err(e) => tracing::warn!(error = %e, "change-log compaction stopped"),
+                }
+            }
+        });
+    }
     let keys = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -113,6 +138,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         }
     }
     let closing = state.clone();
+    let last = state.clone();
     let limits = state.config.http.clone();
     stratus_api::listener::serve(listener, stratus_api::router(state), limits, async move {
         shutdown_signal().await;
@@ -120,6 +146,10 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         closing.compute.close();
     })
     .await;
+    // Keep the latest heartbeats for the next start.
+    if let Err(e) = stratus_api::compute::service::flush_heartbeats(&last) {
+        tracing::warn!(error = %e, "could not record node heartbeats");
+    }
     tracing::info!("stopped");
     Ok(())
 }

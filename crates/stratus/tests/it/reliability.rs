@@ -430,3 +430,49 @@ fn reliability_kill9_three_times_during_creates_deletes_and_quota_changes() {
     );
     drop(agent);
 }
+
+/// Rows in the store's change log, read from the file as a sync reader
+/// would.
+fn change_log_rows(c: &Cloud) -> i64 {
+    let db = rusqlite::Connection::open(c.server.data_dir().join("stratus.db")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn reliability_heartbeats_add_nothing_to_the_change_log() {
+    let mut c = Cloud::start(&["--no-agent"]);
+    let agent = Agent::start_with_env(
+        &c.server,
+        "hb",
+        &["--driver", "fake", "--heartbeat", "1", "--fake-nodes", "5"],
+        &[("OS_PASSWORD", &c.server.admin_password)],
+    );
+    c.wait_nodes_logged(5, &agent.log);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = change_log_rows(&c);
+    // More than one flush of the heartbeats (every 15 s), 80 heartbeats.
+    std::thread::sleep(Duration::from_secs(17));
+    assert_eq!(
+        change_log_rows(&c),
+        before,
+        "heartbeats wrote to the change log"
+    );
+    let db = rusqlite::Connection::open(c.server.data_dir().join("stratus.db")).unwrap();
+    let live: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM liveness WHERE kind = 'compute_node'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(live, 5, "the flush recorded every node's liveness");
+    // A restarted controller still knows the nodes were just heard of.
+    drop(agent);
+    c.server.restart();
+    let r = c.req("GET", "/os-services?binary=nova-compute", &c.admin, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let services = r.body["services"].as_array().unwrap();
+    assert_eq!(services.len(), 5, "{}", r.body);
+    assert!(services.iter().all(|s| s["state"] == "up"), "{}", r.body);
+}
