@@ -72,6 +72,13 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(msg) => {
                 ApiError::conflict(format!("Conflict occurred attempting to store {msg}."))
             }
+            StoreError::Unavailable(msg) => {
+                tracing::error!(error = %msg, "the database is unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The service is temporarily unavailable: its database cannot be reached.",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::internal(

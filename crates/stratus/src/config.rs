@@ -222,6 +222,12 @@ pub struct CommonArgs {
     /// Directory holding the store, keys and generated client config.
     #[arg(long, env = "STRATUS_DATA_DIR", default_value = "./stratus-data")]
     pub data_dir: PathBuf,
+    /// Keep the store in this PostgreSQL database
+    /// (postgres://user:password@host:port/db, or postgresql:///db?host=/socket/dir)
+    /// instead of the SQLite file DATA_DIR/stratus.db. Several controllers
+    /// can share one database (each with the same keys in its data dir).
+    #[arg(long, env = "STRATUS_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
     /// Base URL clients use to reach this controller (default: from --listen).
     #[arg(long, env = "STRATUS_PUBLIC_URL")]
     pub public_url: Option<String>,

@@ -40,15 +40,17 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
 /// 0700, the store file created 0600 (SQLite gives its `-wal` and `-shm`
 /// the main file's mode), and everything Stratus wrote there before
 /// made owner-only.
-pub fn prepare_controller(dir: &Path, store: &Path) -> anyhow::Result<()> {
+pub fn prepare_controller(dir: &Path, store: Option<&Path>) -> anyhow::Result<()> {
     private_dir(dir)?;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(store)
-        .with_context(|| format!("creating {}", store.display()))?;
+    if let Some(store) = store {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(store)
+            .with_context(|| format!("creating {}", store.display()))?;
+    }
     secure_files(dir);
     for t in CONTROLLER_TREES {
         secure_tree(&dir.join(t));
@@ -154,7 +156,11 @@ pub fn migrate_credentials(
         );
     }
     if store.meta_get(SCRUB_PENDING)?.as_deref() == Some("1") {
-        scrub_credential_history(store.path())?;
+        // Only SQLite stores can hold clear text from older versions
+        // (PostgreSQL stores are newer than credential encryption).
+        if let Some(db) = store.path() {
+            scrub_credential_history(db)?;
+        }
         store.write(|tx| tx.meta_set(SCRUB_PENDING, "0"))?;
     }
     if m.resealed > 0 {
@@ -222,7 +228,7 @@ mod tests {
             fs::set_permissions(d.join(f), fs::Permissions::from_mode(0o644)).unwrap();
         }
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
-        prepare_controller(&d, &d.join("stratus.db")).unwrap();
+        prepare_controller(&d, Some(&d.join("stratus.db"))).unwrap();
         assert_eq!(mode(&d), 0o700);
         assert_eq!(mode(&d.join("stratus.db")), 0o600);
         assert_eq!(mode(&d.join("clouds.yaml")), 0o600);

@@ -90,7 +90,7 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::CredentialSetup { common } => {
-            crate::datadir::prepare_controller(&common.data_dir, &common.store_path())?;
+            crate::datadir::prepare_controller(&common.data_dir, Some(&common.store_path()))?;
             credentials::CredentialKeys::open(&common.data_dir)?;
             println!(
                 "credential keys in {}",
@@ -159,8 +159,21 @@ fn unreadable(m: &credentials::Migrated) -> anyhow::Result<()> {
 /// Creates the data directory (mode 0700, what Stratus wrote there
 /// owner-only) and opens the store in it.
 pub fn open_store(common: &CommonArgs, durability: Durability) -> anyhow::Result<Store> {
-    crate::datadir::prepare_controller(&common.data_dir, &common.store_path())?;
-    Ok(Store::open(&common.store_path(), durability)?)
+    match &common.database {
+        Some(url) => {
+            if !Store::is_database_url(url) {
+                anyhow::bail!(
+                    "--database takes a PostgreSQL URL (postgres://user:password@host:port/db), not {url:?}"
+                );
+            }
+            crate::datadir::prepare_controller(&common.data_dir, None)?;
+            Ok(Store::open_url(url)?)
+        }
+        None => {
+            crate::datadir::prepare_controller(&common.data_dir, Some(&common.store_path()))?;
+            Ok(Store::open(&common.store_path(), durability)?)
+        }
+    }
 }
 
 /// Bootstraps and, when the admin password was set now, writes

@@ -1,0 +1,87 @@
+//! The engine interface below the document layer: rows of `(kind, id,
+//! lifted columns, revision, body)`, the change log, the liveness and meta
+//! side tables. Each engine (SQLite, PostgreSQL) implements [`Conn`] over
+//! one connection inside one transaction; the document layer in `lib.rs`
+//! decides everything else (revisions, conflicts, serialisation), so both
+//! engines behave the same.
+
+use std::collections::HashMap;
+
+use crate::{Change, Document, Query, Result, StoreError};
+
+/// One resource row as the document layer writes it.
+pub(crate) struct Row<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub owner: Option<&'a str>,
+    pub parent: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub unique_key: Option<&'a str>,
+    pub revision: i64,
+    pub body: &'a str,
+}
+
+/// What a connection of an engine can do, in the transaction it is in.
+/// Writes are only called inside a write transaction, where the engine
+/// guarantees that no other writer runs (SQLite's one writer, a database
+/// lock on PostgreSQL), so a check followed by a write is exact.
+pub(crate) trait Conn {
+    fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>>;
+    /// Bodies of `kind` matching the filters, in id order.
+    fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>>;
+    fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>>;
+    /// The id holding a unique key, if any.
+    fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>>;
+    fn revision(&mut self, kind: &str, id: &str) -> Result<Option<i64>>;
+    /// Appends to the change log; the entry's sequence number.
+    fn append_change(
+        &mut self,
+        kind: &str,
+        id: &str,
+        op: &str,
+        body: Option<&str>,
+        at_ms: i64,
+    ) -> Result<i64>;
+    fn insert(&mut self, row: &Row) -> Result<()>;
+    fn update(&mut self, row: &Row) -> Result<()>;
+    /// Whether a row was there.
+    fn delete(&mut self, kind: &str, id: &str) -> Result<bool>;
+    fn meta_get(&mut self, key: &str) -> Result<Option<String>>;
+    fn meta_set(&mut self, key: &str, value: &str) -> Result<()>;
+    /// Keeps the newer of the stored time and `at_us`.
+    fn set_liveness(&mut self, kind: &str, id: &str, at_us: i64) -> Result<()>;
+    fn liveness(&mut self, kind: &str) -> Result<HashMap<String, i64>>;
+    fn delete_liveness(&mut self, kind: &str, id: &str) -> Result<()>;
+    /// The newest change-log sequence number (0 when empty).
+    fn newest_change(&mut self) -> Result<i64>;
+    fn changes_after(&mut self, seq: i64, limit: usize) -> Result<Vec<Change>>;
+    /// The newest entry written before `at_ms`.
+    fn newest_change_before(&mut self, at_ms: i64) -> Result<Option<i64>>;
+    fn delete_changes_through(&mut self, seq: i64) -> Result<u64>;
+    /// Every resource row, ordered by kind and id.
+    fn documents(&mut self) -> Result<Vec<Document>>;
+}
+
+/// Maps an engine's own error into [`StoreError::Db`], so no engine type
+/// leaves the crate.
+pub(crate) trait OrDb<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> OrDb<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| StoreError::Db(e.to_string()))
+    }
+}
+
+impl<T> OrDb<T> for std::result::Result<T, postgres::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| {
+            if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+                StoreError::Unavailable(e.to_string())
+            } else {
+                StoreError::Db(e.to_string())
+            }
+        })
+    }
+}

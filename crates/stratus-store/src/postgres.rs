@@ -1,0 +1,481 @@
+//! The scale engine: PostgreSQL, shared by several controller processes.
+//!
+//! Same tables as SQLite (`BIGSERIAL` for the change log). Every write
+//! transaction first takes one transaction-scoped advisory lock, so writes
+//! are serialised across all processes on the database exactly as SQLite's
+//! one writer serialises them in one: a check followed by a write inside a
+//! transaction (quota, placement capacity and generations, unique names)
+//! holds across processes, and no transaction ever fails on a
+//! serialisation conflict, so a write's closure runs exactly once. Reads
+//! run on pooled connections without the lock and never wait for writers.
+//! PostgreSQL's own `synchronous_commit` makes each commit durable.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, Transaction};
+
+use crate::engine::{Conn, OrDb, Row};
+use crate::{Change, Document, Query, Result, StoreError};
+
+/// The advisory lock every write transaction takes (any fixed number;
+/// "stratus" in ASCII).
+const WRITE_LOCK: i64 = 0x7374_7261_7475_73;
+
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE changes (
+            seq BIGSERIAL PRIMARY KEY,
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            body TEXT,
+            at_ms BIGINT NOT NULL
+         );
+         CREATE TABLE resources (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            owner TEXT,
+            parent TEXT,
+            name TEXT,
+            unique_key TEXT,
+            revision BIGINT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (kind, id)
+         );
+         CREATE INDEX resources_owner ON resources (kind, owner);
+         CREATE INDEX resources_parent ON resources (kind, parent);
+         CREATE INDEX resources_name ON resources (kind, name);
+         CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    ),
+    (
+        2,
+        "CREATE TABLE liveness (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            at_us BIGINT NOT NULL,
+            PRIMARY KEY (kind, id)
+         );
+         CREATE INDEX changes_at ON changes (at_ms);",
+    ),
+];
+
+pub(crate) struct Postgres {
+    config: postgres::Config,
+    /// Where it is, for messages (the URL without its password).
+    pub display: String,
+    pool: Mutex<Vec<Client>>,
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://user:password@host:port/db`, or with
+    /// `?host=/run/postgresql` for a socket) and applies migrations once,
+    /// whichever process gets there first.
+    pub fn open(url: &str) -> Result<Self> {
+        let config: postgres::Config =
+            url.parse().map_err(|e: postgres::Error| StoreError::Open {
+                what: redact(url),
+                message: e.to_string(),
+            })?;
+        let pg = Postgres {
+            config,
+            display: redact(url),
+            pool: Mutex::new(Vec::new()),
+        };
+        let mut client = pg.connect().map_err(|e| StoreError::Open {
+            what: pg.display.clone(),
+            message: e.to_string(),
+        })?;
+        migrate(&mut client)?;
+        pg.give_back(client);
+        Ok(pg)
+    }
+
+    fn connect(&self) -> Result<Client> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.display)))
+    }
+
+    fn take(&self) -> Result<Client> {
+        loop {
+            let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match pooled {
+                // A connection the server closed (a restart) is dropped.
+                Some(c) if c.is_closed() => continue,
+                Some(c) => return Ok(c),
+                None => return self.connect(),
+            }
+        }
+    }
+
+    fn give_back(&self, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 16 {
+            pool.push(client);
+        }
+    }
+
+    /// Runs `f` in a read-only transaction (one snapshot when
+    /// `consistent`).
+    pub fn read<R>(
+        &self,
+        consistent: bool,
+        f: impl FnOnce(&mut dyn Conn) -> Result<R>,
+    ) -> Result<R> {
+        let mut client = self.take()?;
+        let out = (|| {
+            let mut b = client.build_transaction().read_only(true);
+            if consistent {
+                b = b.isolation_level(postgres::IsolationLevel::RepeatableRead);
+            }
+            let mut t = b.start().db()?;
+            let out = f(&mut PgConn(&mut t))?;
+            t.commit().db()?;
+            Ok(out)
+        })();
+        self.give_back(client);
+        out
+    }
+
+    /// Runs `f` in one write transaction, serialised with every other
+    /// writer on the database by the advisory lock.
+    pub fn write<R, E>(
+        &self,
+        f: impl FnOnce(&mut dyn Conn) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut client = self.take()?;
+        let out = (|| {
+            let mut t = client.transaction().db()?;
+            t.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                .db()?;
+            let out = f(&mut PgConn(&mut t))?;
+            t.commit().db()?;
+            Ok(out)
+        })();
+        self.give_back(client);
+        out
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Closing a client blocks on its runtime: never on a worker.
+        let pool = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::blocking(move || drop(pool));
+    }
+}
+
+/// The URL without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<()> {
+    let mut t = client.transaction().db()?;
+    // One process migrates; the others wait here and find it done.
+    t.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .db()?;
+    t.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+        .db()?;
+    let current: i64 = t
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )
+        .db()?
+        .get(0);
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        t.batch_execute(sql).db()?;
+        t.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .db()?;
+    }
+    t.commit().db()
+}
+
+/// [`Conn`] over one PostgreSQL transaction.
+struct PgConn<'a, 'c>(&'a mut Transaction<'c>);
+
+impl Conn for PgConn<'_, '_> {
+    fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT body FROM resources WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+            .db()?
+            .map(|r| r.get(0)))
+    }
+
+    fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>> {
+        let mut sql = String::from("SELECT body FROM resources WHERE kind = $1");
+        let mut args: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&kind];
+        let filters = [
+            ("owner", &q.owner),
+            ("parent", &q.parent),
+            ("name", &q.name),
+        ];
+        for (col, val) in &filters {
+            if let Some(v) = val {
+                args.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", args.len()));
+            }
+        }
+        // Byte order, as SQLite sorts ids.
+        sql.push_str(" ORDER BY id COLLATE \"C\"");
+        Ok(self
+            .0
+            .query(&sql, &args)
+            .db()?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT body FROM resources WHERE kind = $1 AND unique_key = $2",
+                &[&kind, &key],
+            )
+            .db()?
+            .map(|r| r.get(0)))
+    }
+
+    fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT id FROM resources WHERE kind = $1 AND unique_key = $2",
+                &[&kind, &key],
+            )
+            .db()?
+            .map(|r| r.get(0)))
+    }
+
+    fn revision(&mut self, kind: &str, id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT revision FROM resources WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+            .db()?
+            .map(|r| r.get(0)))
+    }
+
+    fn append_change(
+        &mut self,
+        kind: &str,
+        id: &str,
+        op: &str,
+        body: Option<&str>,
+        at_ms: i64,
+    ) -> Result<i64> {
+        Ok(self
+            .0
+            .query_one(
+                "INSERT INTO changes (kind, id, op, body, at_ms) VALUES ($1, $2, $3, $4, $5)
+                 RETURNING seq",
+                &[&kind, &id, &op, &body, &at_ms],
+            )
+            .db()?
+            .get(0))
+    }
+
+    fn insert(&mut self, row: &Row) -> Result<()> {
+        self.0
+            .execute(
+                "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &row.kind,
+                    &row.id,
+                    &row.owner,
+                    &row.parent,
+                    &row.name,
+                    &row.unique_key,
+                    &row.revision,
+                    &row.body,
+                ],
+            )
+            .db()?;
+        Ok(())
+    }
+
+    fn update(&mut self, row: &Row) -> Result<()> {
+        self.0
+            .execute(
+                "UPDATE resources SET owner = $3, parent = $4, name = $5, unique_key = $6,
+                 revision = $7, body = $8 WHERE kind = $1 AND id = $2",
+                &[
+                    &row.kind,
+                    &row.id,
+                    &row.owner,
+                    &row.parent,
+                    &row.name,
+                    &row.unique_key,
+                    &row.revision,
+                    &row.body,
+                ],
+            )
+            .db()?;
+        Ok(())
+    }
+
+    fn delete(&mut self, kind: &str, id: &str) -> Result<bool> {
+        let n = self
+            .0
+            .execute(
+                "DELETE FROM resources WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn meta_get(&mut self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
+            .db()?
+            .map(|r| r.get(0)))
+    }
+
+    fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.0
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )
+            .db()?;
+        Ok(())
+    }
+
+    fn set_liveness(&mut self, kind: &str, id: &str, at_us: i64) -> Result<()> {
+        self.0
+            .execute(
+                "INSERT INTO liveness (kind, id, at_us) VALUES ($1, $2, $3)
+                 ON CONFLICT (kind, id) DO UPDATE
+                 SET at_us = GREATEST(liveness.at_us, excluded.at_us)",
+                &[&kind, &id, &at_us],
+            )
+            .db()?;
+        Ok(())
+    }
+
+    fn liveness(&mut self, kind: &str) -> Result<HashMap<String, i64>> {
+        Ok(self
+            .0
+            .query("SELECT id, at_us FROM liveness WHERE kind = $1", &[&kind])
+            .db()?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn delete_liveness(&mut self, kind: &str, id: &str) -> Result<()> {
+        self.0
+            .execute(
+                "DELETE FROM liveness WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+            .db()?;
+        Ok(())
+    }
+
+    fn newest_change(&mut self) -> Result<i64> {
+        Ok(self
+            .0
+            .query_one("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM changes", &[])
+            .db()?
+            .get(0))
+    }
+
+    fn changes_after(&mut self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        Ok(self
+            .0
+            .query(
+                "SELECT seq, kind, id, op, body FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&seq, &(limit as i64)],
+            )
+            .db()?
+            .into_iter()
+            .map(|r| Change {
+                seq: r.get(0),
+                kind: r.get(1),
+                id: r.get(2),
+                op: r.get(3),
+                body: r.get(4),
+            })
+            .collect())
+    }
+
+    fn newest_change_before(&mut self, at_ms: i64) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_one("SELECT MAX(seq) FROM changes WHERE at_ms < $1", &[&at_ms])
+            .db()?
+            .get(0))
+    }
+
+    fn delete_changes_through(&mut self, seq: i64) -> Result<u64> {
+        self.0
+            .execute("DELETE FROM changes WHERE seq <= $1", &[&seq])
+            .db()
+    }
+
+    fn documents(&mut self) -> Result<Vec<Document>> {
+        Ok(self
+            .0
+            .query(
+                "SELECT kind, id, revision, body FROM resources
+                 ORDER BY kind COLLATE \"C\", id COLLATE \"C\"",
+                &[],
+            )
+            .db()?
+            .into_iter()
+            .map(|r| Document {
+                kind: r.get(0),
+                id: r.get(1),
+                revision: r.get(2),
+                body: r.get(3),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact("postgres://stratus:s3cret@db:5432/stratus"),
+            "postgres://stratus@db:5432/stratus"
+        );
+        assert_eq!(redact("postgres://db/stratus"), "postgres://db/stratus");
+    }
+}

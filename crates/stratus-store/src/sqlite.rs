@@ -1,0 +1,510 @@
+//! The embedded engine: one SQLite file in WAL mode, one writer connection
+//! and a small pool of readers (readers never block the writer), and group
+//! commit for durable writes (see [`Sqlite::write`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::engine::{Conn, OrDb, Row};
+use crate::{Change, Document, Durability, Query, Result, StoreError};
+
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            body TEXT,
+            at_ms INTEGER NOT NULL
+         );
+         CREATE TABLE resources (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            owner TEXT,
+            parent TEXT,
+            name TEXT,
+            unique_key TEXT,
+            revision INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (kind, id)
+         );
+         CREATE INDEX resources_owner ON resources (kind, owner);
+         CREATE INDEX resources_parent ON resources (kind, parent);
+         CREATE INDEX resources_name ON resources (kind, name);
+         CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    ),
+    (
+        2,
+        "CREATE TABLE liveness (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            at_us INTEGER NOT NULL,
+            PRIMARY KEY (kind, id)
+         );
+         CREATE INDEX changes_at ON changes (at_ms);",
+    ),
+];
+
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    durability: Durability,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Commits made so far (a count, bumped under the writer lock right
+    /// after each commit).
+    committed: AtomicU64,
+    /// Group commit: how far the write-ahead log is known to be on disk.
+    flush: Mutex<Flush>,
+    flushed: Condvar,
+}
+
+/// The group-commit state of [`Sqlite`].
+#[derive(Default)]
+struct Flush {
+    /// Every commit up to this count is on disk.
+    durable: u64,
+    /// A thread is flushing the log now; others wait for it.
+    running: bool,
+    /// The write-ahead log, opened on first use.
+    wal: Option<std::fs::File>,
+}
+
+impl Sqlite {
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let mut conn = open_conn(path)?;
+        migrate(&mut conn)?;
+        Ok(Sqlite {
+            path: path.to_path_buf(),
+            durability,
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            committed: AtomicU64::new(0),
+            flush: Mutex::new(Flush::default()),
+            flushed: Condvar::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a pooled reader connection.
+    fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 32 {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` on a reader connection.
+    pub fn read<R>(&self, f: impl FnOnce(&mut dyn Conn) -> Result<R>) -> Result<R> {
+        self.with_reader(|c| f(&mut SqliteConn(c)))
+    }
+
+    /// Runs `f` on a reader connection inside one read transaction, so
+    /// everything it reads is from one moment.
+    pub fn read_consistent<R>(&self, f: impl FnOnce(&mut dyn Conn) -> Result<R>) -> Result<R> {
+        self.with_reader(|c| {
+            c.execute_batch("BEGIN").db()?;
+            let out = f(&mut SqliteConn(c));
+            c.execute_batch("COMMIT").db()?;
+            out
+        })
+    }
+
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE` on the one
+    /// writer connection). With [`Durability::Full`] it returns once the
+    /// commit is on disk: the connection runs `synchronous=NORMAL` (a
+    /// commit writes its frames to the write-ahead log without waiting)
+    /// and the log is then flushed by one fsync shared by every commit
+    /// made before the flush began, outside the writer lock.
+    pub fn write<R, E>(
+        &self,
+        f: impl FnOnce(&mut dyn Conn) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let (out, ticket) = {
+            let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let txn = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .db()?;
+            let out = f(&mut SqliteConn(&txn))?;
+            txn.commit().db()?;
+            let ticket = 1 + self.committed.fetch_add(1, Ordering::SeqCst);
+            (out, ticket)
+        };
+        if self.durability == Durability::Full {
+            self.flush_through(ticket)?;
+        }
+        Ok(out)
+    }
+
+    /// Returns once commit number `ticket` is on disk: flushes the
+    /// write-ahead log, or waits for a flush that started after that
+    /// commit. One flush covers every commit made before it began.
+    fn flush_through(&self, ticket: u64) -> Result<()> {
+        let mut st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                st = self.flushed.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.running = true;
+            // Every commit counted so far has its frames in the log.
+            let upto = self.committed.load(Ordering::SeqCst);
+            let wal = match st.wal.take() {
+                Some(f) => Ok(f),
+                None => std::fs::File::open(wal_path(&self.path)),
+            };
+            drop(st);
+            let res = wal.and_then(|f| f.sync_data().map(|()| f));
+            st = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = false;
+            self.flushed.notify_all();
+            match res {
+                Ok(f) => {
+                    st.wal = Some(f);
+                    st.durable = st.durable.max(upto);
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: wal_path(&self.path),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn durable_commits(&self) -> (u64, bool) {
+        let f = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        (f.durable, f.running)
+    }
+}
+
+/// [`Conn`] over one SQLite connection.
+struct SqliteConn<'c>(&'c Connection);
+
+impl Conn for SqliteConn<'_> {
+    fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT body FROM resources WHERE kind = ?1 AND id = ?2")
+            .db()?
+            .query_row(params![kind, id], |r| r.get(0))
+            .optional()
+            .db()
+    }
+
+    fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>> {
+        // Only the filters given go into the SQL, so SQLite can use the
+        // index on that column (`?n IS NULL OR col = ?n` would make it scan
+        // the whole kind).
+        let mut sql = String::from("SELECT body FROM resources WHERE kind = ?1");
+        let mut args: Vec<&str> = vec![kind];
+        for (col, val) in [("owner", q.owner), ("parent", q.parent), ("name", q.name)] {
+            if let Some(v) = val {
+                args.push(v);
+                sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+            }
+        }
+        // `+id`: sort the few matching rows rather than walk the whole kind
+        // in id order.
+        sql.push_str(if args.len() > 1 {
+            " ORDER BY +id"
+        } else {
+            " ORDER BY id"
+        });
+        let mut st = self.0.prepare_cached(&sql).db()?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(0)
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
+    fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT body FROM resources WHERE kind = ?1 AND unique_key = ?2")
+            .db()?
+            .query_row(params![kind, key], |r| r.get(0))
+            .optional()
+            .db()
+    }
+
+    fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT id FROM resources WHERE kind = ?1 AND unique_key = ?2")
+            .db()?
+            .query_row(params![kind, key], |r| r.get(0))
+            .optional()
+            .db()
+    }
+
+    fn revision(&mut self, kind: &str, id: &str) -> Result<Option<i64>> {
+        self.0
+            .prepare_cached("SELECT revision FROM resources WHERE kind = ?1 AND id = ?2")
+            .db()?
+            .query_row(params![kind, id], |r| r.get(0))
+            .optional()
+            .db()
+    }
+
+    fn append_change(
+        &mut self,
+        kind: &str,
+        id: &str,
+        op: &str,
+        body: Option<&str>,
+        at_ms: i64,
+    ) -> Result<i64> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO changes (kind, id, op, body, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db()?
+            .execute(params![kind, id, op, body, at_ms])
+            .db()?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    fn insert(&mut self, row: &Row) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .db()?
+            .execute(params![
+                row.kind,
+                row.id,
+                row.owner,
+                row.parent,
+                row.name,
+                row.unique_key,
+                row.revision,
+                row.body
+            ])
+            .db()?;
+        Ok(())
+    }
+
+    fn update(&mut self, row: &Row) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE resources SET owner = ?3, parent = ?4, name = ?5, unique_key = ?6,
+                 revision = ?7, body = ?8 WHERE kind = ?1 AND id = ?2",
+            )
+            .db()?
+            .execute(params![
+                row.kind,
+                row.id,
+                row.owner,
+                row.parent,
+                row.name,
+                row.unique_key,
+                row.revision,
+                row.body
+            ])
+            .db()?;
+        Ok(())
+    }
+
+    fn delete(&mut self, kind: &str, id: &str) -> Result<bool> {
+        let n = self
+            .0
+            .prepare_cached("DELETE FROM resources WHERE kind = ?1 AND id = ?2")
+            .db()?
+            .execute(params![kind, id])
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn meta_get(&mut self, key: &str) -> Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .db()?
+            .query_row(params![key], |r| r.get(0))
+            .optional()
+            .db()
+    }
+
+    fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .db()?
+            .execute(params![key, value])
+            .db()?;
+        Ok(())
+    }
+
+    fn set_liveness(&mut self, kind: &str, id: &str, at_us: i64) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO liveness (kind, id, at_us) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, id) DO UPDATE SET at_us = MAX(at_us, excluded.at_us)",
+            )
+            .db()?
+            .execute(params![kind, id, at_us])
+            .db()?;
+        Ok(())
+    }
+
+    fn liveness(&mut self, kind: &str) -> Result<HashMap<String, i64>> {
+        let mut st = self
+            .0
+            .prepare_cached("SELECT id, at_us FROM liveness WHERE kind = ?1")
+            .db()?;
+        let rows = st
+            .query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db()?;
+        rows.collect::<rusqlite::Result<_>>().db()
+    }
+
+    fn delete_liveness(&mut self, kind: &str, id: &str) -> Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM liveness WHERE kind = ?1 AND id = ?2")
+            .db()?
+            .execute(params![kind, id])
+            .db()?;
+        Ok(())
+    }
+
+    fn newest_change(&mut self) -> Result<i64> {
+        self.0
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")
+            .db()?
+            .query_row([], |r| r.get(0))
+            .db()
+    }
+
+    fn changes_after(&mut self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT seq, kind, id, op, body FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .db()?;
+        let rows = st
+            .query_map(params![seq, limit as i64], |r| {
+                Ok(Change {
+                    seq: r.get(0)?,
+                    kind: r.get(1)?,
+                    id: r.get(2)?,
+                    op: r.get(3)?,
+                    body: r.get(4)?,
+                })
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
+    fn newest_change_before(&mut self, at_ms: i64) -> Result<Option<i64>> {
+        self.0
+            .prepare_cached("SELECT MAX(seq) FROM changes WHERE at_ms < ?1")
+            .db()?
+            .query_row(params![at_ms], |r| r.get(0))
+            .db()
+    }
+
+    fn delete_changes_through(&mut self, seq: i64) -> Result<u64> {
+        let n = self
+            .0
+            .prepare_cached("DELETE FROM changes WHERE seq <= ?1")
+            .db()?
+            .execute(params![seq])
+            .db()?;
+        Ok(n as u64)
+    }
+
+    fn documents(&mut self) -> Result<Vec<Document>> {
+        let mut st = self
+            .0
+            .prepare_cached("SELECT kind, id, revision, body FROM resources ORDER BY kind, id")
+            .db()?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Document {
+                    kind: r.get(0)?,
+                    id: r.get(1)?,
+                    revision: r.get(2)?,
+                    body: r.get(3)?,
+                })
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+}
+
+/// The write-ahead log beside the store file.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Open {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).db()?;
+    conn.pragma_update(None, "journal_mode", "WAL").db()?;
+    // In WAL mode NORMAL writes each commit to the log without waiting for
+    // the disk and syncs it at checkpoints; durable stores then flush the
+    // log themselves after each commit, shared between concurrent commits
+    // ([`Sqlite::write`]).
+    conn.pragma_update(None, "synchronous", "NORMAL").db()?;
+    conn.pragma_update(None, "cache_size", -2000).db()?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )
+    .db()?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .db()?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.execute_batch(sql).db()?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES (?1)",
+            params![version],
+        )
+        .db()?;
+    }
+    tx.commit().db()?;
+    Ok(())
+}
