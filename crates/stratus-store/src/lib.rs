@@ -631,6 +631,10 @@ mod tests {
                 ["a", "c"]
             );
             assert_eq!(s.get_unique::<Thing>("d2/x").unwrap().unwrap().id, "c");
+            // A key no document can have finds nothing, on every engine.
+            assert!(s.get::<Thing>("a\0b").unwrap().is_none());
+            assert!(s.list::<Thing>(&Query::owner("\0")).unwrap().is_empty());
+            assert!(!s.write(|tx| tx.delete::<Thing>("\0")).unwrap());
             let mut b = s.fetch::<Thing>("b").unwrap();
             b.name = "z".into();
             s.write(|tx| tx.update(&b)).unwrap();

@@ -211,11 +211,20 @@ fn migrate(client: &mut Client) -> Result<()> {
     t.commit().db()
 }
 
+/// PostgreSQL text cannot hold NUL: a lookup by such a key finds
+/// nothing (nothing stored can have one), where SQLite simply finds no row.
+fn nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
 /// [`Conn`] over one PostgreSQL transaction.
 struct PgConn<'a, 'c>(&'a mut Transaction<'c>);
 
 impl Conn for PgConn<'_, '_> {
     fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
+        if nul(id) {
+            return Ok(None);
+        }
         Ok(self
             .0
             .query_opt(
@@ -227,6 +236,9 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>> {
+        if [q.owner, q.parent, q.name].into_iter().flatten().any(nul) {
+            return Ok(Vec::new());
+        }
         let mut sql = String::from("SELECT body FROM resources WHERE kind = $1");
         let mut args: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&kind];
         let filters = [
@@ -252,6 +264,9 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
+        if nul(key) {
+            return Ok(None);
+        }
         Ok(self
             .0
             .query_opt(
@@ -263,6 +278,9 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
+        if nul(key) {
+            return Ok(None);
+        }
         Ok(self
             .0
             .query_opt(
@@ -274,6 +292,9 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn revision(&mut self, kind: &str, id: &str) -> Result<Option<i64>> {
+        if nul(id) {
+            return Ok(None);
+        }
         Ok(self
             .0
             .query_opt(
@@ -344,6 +365,9 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn delete(&mut self, kind: &str, id: &str) -> Result<bool> {
+        if nul(id) {
+            return Ok(false);
+        }
         let n = self
             .0
             .execute(
@@ -355,6 +379,9 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn meta_get(&mut self, key: &str) -> Result<Option<String>> {
+        if nul(key) {
+            return Ok(None);
+        }
         Ok(self
             .0
             .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])

@@ -11,10 +11,40 @@ pub struct Server {
     child: Option<Child>,
     /// Extra arguments for `stratus up`.
     pub extra: Vec<String>,
+    /// The PostgreSQL database (a schema of its own) the store is in, when
+    /// the suite runs on PostgreSQL (`STRATUS_TEST_DATABASE`).
+    pub database: Option<String>,
     pub url: String,
     pub port: u16,
     pub dir: PathBuf,
     pub admin_password: String,
+}
+
+/// The PostgreSQL database the suite runs on, if any: with
+/// `STRATUS_TEST_DATABASE=postgres://...` every test cloud keeps its store
+/// in a schema of its own there instead of a SQLite file.
+pub fn test_database() -> Option<String> {
+    std::env::var("STRATUS_TEST_DATABASE")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether the suite runs on PostgreSQL (tests of the SQLite file itself
+/// skip then).
+pub fn on_postgres() -> bool {
+    test_database().is_some()
+}
+
+/// A new schema in the test database; the URL whose connections use it.
+fn fresh_schema(url: &str, port: u16) -> String {
+    let schema = format!("it_{}_{port}", std::process::id());
+    let mut c = postgres::Client::connect(url, postgres::NoTls).expect("test database");
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ))
+    .expect("create schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
 fn free_port() -> u16 {
@@ -50,8 +80,10 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = unique_dir();
         let port = free_port();
+        let database = test_database().map(|u| fresh_schema(&u, port));
         let mut s = Server {
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            database,
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             port,
@@ -89,6 +121,11 @@ impl Server {
                 "--data-dir",
             ])
             .arg(&self.dir)
+            .args(
+                self.database
+                    .iter()
+                    .flat_map(|d| ["--database", d.as_str()]),
+            )
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -160,6 +197,37 @@ impl Server {
 
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Everything the store holds, as bytes to search: the SQLite file
+    /// and its write-ahead log, or every table's text on PostgreSQL.
+    pub fn stored_bytes(&self) -> Vec<(String, Vec<u8>)> {
+        match &self.database {
+            None => ["stratus.db", "stratus.db-wal"]
+                .iter()
+                .map(|f| {
+                    let bytes = std::fs::read(self.dir.join(f)).unwrap_or_default();
+                    (f.to_string(), bytes)
+                })
+                .collect(),
+            Some(url) => {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).expect("database");
+                ["changes", "resources", "meta", "liveness"]
+                    .iter()
+                    .map(|t| {
+                        let row = c
+                            .query_one(
+                                &format!(
+                                    "SELECT COALESCE(string_agg(t::text, E'\\n'), '') FROM {t} t"
+                                ),
+                                &[],
+                            )
+                            .expect("dump table");
+                        (t.to_string(), row.get::<_, String>(0).into_bytes())
+                    })
+                    .collect()
+            }
+        }
     }
 }
 
@@ -250,6 +318,7 @@ pub fn node_token(s: &Server, args: &[&str]) -> String {
     let out = Command::new(bin())
         .args(["admin", "node-token", "--data-dir"])
         .arg(s.data_dir())
+        .args(s.database.iter().flat_map(|d| ["--database", d.as_str()]))
         .args(args)
         .output()
         .expect("stratus admin node-token");
