@@ -20,7 +20,7 @@ use crate::{Change, Document, Query, Result, StoreError};
 
 /// The advisory lock every write transaction takes (any fixed number;
 /// "stratus" in ASCII).
-const WRITE_LOCK: i64 = 0x7374_7261_7475_73;
+const WRITE_LOCK: i64 = 0x0073_7472_6174_7573;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
