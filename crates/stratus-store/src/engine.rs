@@ -74,6 +74,12 @@ impl<T> OrDb<T> for rusqlite::Result<T> {
     }
 }
 
+impl<T> OrDb<T> for Result<T> {
+    fn db(self) -> Result<T> {
+        self
+    }
+}
+
 impl<T> OrDb<T> for std::result::Result<T, postgres::Error> {
     fn db(self) -> Result<T> {
         self.map_err(|e| {

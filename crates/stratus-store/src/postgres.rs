@@ -13,7 +13,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use postgres::{Client, NoTls, Transaction};
+use std::sync::Condvar;
+
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, NoTls, Statement};
 
 use crate::engine::{Conn, OrDb, Row};
 use crate::{Change, Document, Query, Result, StoreError};
@@ -62,11 +65,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// Connections one process keeps open at most; callers beyond that wait
+/// for one to come back rather than open (and close) more.
+const MAX_CONNECTIONS: usize = 24;
+
 pub(crate) struct Postgres {
     config: postgres::Config,
     /// Where it is, for messages (the URL without its password).
     pub display: String,
-    pool: Mutex<Vec<Client>>,
+    pool: Mutex<Pool>,
+    returned: Condvar,
+    /// Writers of this process queue here, not on the database lock, so
+    /// they hold no connection that readers could use while they wait.
+    writer: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<PgClient>,
+    /// Connections open now, idle or lent out.
+    open: usize,
 }
 
 impl Postgres {
@@ -82,15 +100,17 @@ impl Postgres {
         let pg = Postgres {
             config,
             display: redact(url),
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
+            writer: Mutex::new(()),
         };
-        let mut client = pg.connect().map_err(|e| StoreError::Open {
+        let mut client = pg.take().map_err(|e| StoreError::Open {
             what: pg.display.clone(),
             message: e.to_string(),
         })?;
-        migrate(&mut client)?;
+        let out = migrate(&mut client.client);
         pg.give_back(client);
-        Ok(pg)
+        out.map(|()| pg)
     }
 
     fn connect(&self) -> Result<Client> {
@@ -99,46 +119,78 @@ impl Postgres {
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.display)))
     }
 
-    fn take(&self) -> Result<Client> {
-        loop {
-            let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match pooled {
-                // A connection the server closed (a restart) is dropped.
-                Some(c) if c.is_closed() => continue,
-                Some(c) => return Ok(c),
-                None => return self.connect(),
-            }
-        }
-    }
-
-    fn give_back(&self, client: Client) {
-        if client.is_closed() {
-            return;
-        }
+    /// A connection from the pool, a new one while fewer than
+    /// [`MAX_CONNECTIONS`] are open, or the next one given back.
+    fn take(&self) -> Result<PgClient> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 16 {
-            pool.push(client);
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                if c.client.is_closed() {
+                    // The server closed it (a restart): forget it.
+                    pool.open -= 1;
+                    continue;
+                }
+                return Ok(c);
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                let c = self.connect().map(|client| PgClient {
+                    client,
+                    prepared: HashMap::new(),
+                });
+                if c.is_err() {
+                    let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    pool.open -= 1;
+                    self.returned.notify_one();
+                }
+                return c;
+            }
+            pool = self.returned.wait(pool).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// Runs `f` in a read-only transaction (one snapshot when
-    /// `consistent`).
+    fn give_back(&self, client: PgClient) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if client.client.is_closed() {
+            pool.open -= 1;
+        } else {
+            pool.idle.push(client);
+        }
+        self.returned.notify_one();
+    }
+
+    /// Runs `f` on a pooled connection: each statement on its own
+    /// (autocommit), or all in one read-only snapshot when `consistent`.
     pub fn read<R>(
         &self,
         consistent: bool,
         f: impl FnOnce(&mut dyn Conn) -> Result<R>,
     ) -> Result<R> {
-        let mut client = self.take()?;
-        let out = (|| {
-            let mut b = client.build_transaction().read_only(true);
-            if consistent {
-                b = b.isolation_level(postgres::IsolationLevel::RepeatableRead);
-            }
-            let mut t = b.start().db()?;
-            let out = f(&mut PgConn(&mut t))?;
-            t.commit().db()?;
-            Ok(out)
-        })();
+        let mut pc = self.take()?;
+        let PgClient { client, prepared } = &mut pc;
+        let out = if consistent {
+            (|| {
+                let mut t = client
+                    .build_transaction()
+                    .read_only(true)
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .start()
+                    .db()?;
+                let out = f(&mut PgConn {
+                    c: &mut t,
+                    prepared,
+                })?;
+                t.commit().db()?;
+                Ok(out)
+            })()
+        } else {
+            f(&mut PgConn {
+                c: client,
+                prepared,
+            })
+        };
+        let client = pc;
         self.give_back(client);
         out
     }
@@ -152,15 +204,21 @@ impl Postgres {
     where
         E: From<StoreError>,
     {
-        let mut client = self.take()?;
+        let _one = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pc = self.take()?;
+        let PgClient { client, prepared } = &mut pc;
         let out = (|| {
             let mut t = client.transaction().db()?;
-            t.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                .db()?;
-            let out = f(&mut PgConn(&mut t))?;
+            let mut conn = PgConn {
+                c: &mut t,
+                prepared,
+            };
+            conn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+            let out = f(&mut conn)?;
             t.commit().db()?;
             Ok(out)
         })();
+        let client = pc;
         self.give_back(client);
         out
     }
@@ -169,8 +227,8 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // Closing a client blocks on its runtime: never on a worker.
-        let pool = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|p| p.into_inner()));
-        crate::blocking(move || drop(pool));
+        let idle = std::mem::take(&mut self.pool.lock().unwrap_or_else(|p| p.into_inner()).idle);
+        crate::blocking(move || drop(idle));
     }
 }
 
@@ -217,16 +275,58 @@ fn nul(s: &str) -> bool {
     s.contains('\0')
 }
 
-/// [`Conn`] over one PostgreSQL transaction.
-struct PgConn<'a, 'c>(&'a mut Transaction<'c>);
+/// A pooled connection and the statements prepared on it (one round trip
+/// per statement instead of two).
+struct PgClient {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
 
-impl Conn for PgConn<'_, '_> {
+type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+/// [`Conn`] over one PostgreSQL connection or transaction.
+struct PgConn<'a, C: GenericClient> {
+    c: &'a mut C,
+    prepared: &'a mut HashMap<String, Statement>,
+}
+
+impl<C: GenericClient> PgConn<'_, C> {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(st) = self.prepared.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.c.prepare(sql).db()?;
+        self.prepared.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    fn query(&mut self, sql: &str, params: &Params) -> Result<Vec<postgres::Row>> {
+        let st = self.statement(sql)?;
+        self.c.query(&st, params).db()
+    }
+
+    fn query_one(&mut self, sql: &str, params: &Params) -> Result<postgres::Row> {
+        let st = self.statement(sql)?;
+        self.c.query_one(&st, params).db()
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &Params) -> Result<Option<postgres::Row>> {
+        let st = self.statement(sql)?;
+        self.c.query_opt(&st, params).db()
+    }
+
+    fn execute(&mut self, sql: &str, params: &Params) -> Result<u64> {
+        let st = self.statement(sql)?;
+        self.c.execute(&st, params).db()
+    }
+}
+
+impl<C: GenericClient> Conn for PgConn<'_, C> {
     fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
         if nul(id) {
             return Ok(None);
         }
         Ok(self
-            .0
             .query_opt(
                 "SELECT body FROM resources WHERE kind = $1 AND id = $2",
                 &[&kind, &id],
@@ -255,7 +355,6 @@ impl Conn for PgConn<'_, '_> {
         // Byte order, as SQLite sorts ids.
         sql.push_str(" ORDER BY id COLLATE \"C\"");
         Ok(self
-            .0
             .query(&sql, &args)
             .db()?
             .into_iter()
@@ -268,7 +367,6 @@ impl Conn for PgConn<'_, '_> {
             return Ok(None);
         }
         Ok(self
-            .0
             .query_opt(
                 "SELECT body FROM resources WHERE kind = $1 AND unique_key = $2",
                 &[&kind, &key],
@@ -282,7 +380,6 @@ impl Conn for PgConn<'_, '_> {
             return Ok(None);
         }
         Ok(self
-            .0
             .query_opt(
                 "SELECT id FROM resources WHERE kind = $1 AND unique_key = $2",
                 &[&kind, &key],
@@ -296,7 +393,6 @@ impl Conn for PgConn<'_, '_> {
             return Ok(None);
         }
         Ok(self
-            .0
             .query_opt(
                 "SELECT revision FROM resources WHERE kind = $1 AND id = $2",
                 &[&kind, &id],
@@ -314,7 +410,6 @@ impl Conn for PgConn<'_, '_> {
         at_ms: i64,
     ) -> Result<i64> {
         Ok(self
-            .0
             .query_one(
                 "INSERT INTO changes (kind, id, op, body, at_ms) VALUES ($1, $2, $3, $4, $5)
                  RETURNING seq",
@@ -325,42 +420,40 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn insert(&mut self, row: &Row) -> Result<()> {
-        self.0
-            .execute(
-                "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
+        self.execute(
+            "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &row.kind,
-                    &row.id,
-                    &row.owner,
-                    &row.parent,
-                    &row.name,
-                    &row.unique_key,
-                    &row.revision,
-                    &row.body,
-                ],
-            )
-            .db()?;
+            &[
+                &row.kind,
+                &row.id,
+                &row.owner,
+                &row.parent,
+                &row.name,
+                &row.unique_key,
+                &row.revision,
+                &row.body,
+            ],
+        )
+        .db()?;
         Ok(())
     }
 
     fn update(&mut self, row: &Row) -> Result<()> {
-        self.0
-            .execute(
-                "UPDATE resources SET owner = $3, parent = $4, name = $5, unique_key = $6,
+        self.execute(
+            "UPDATE resources SET owner = $3, parent = $4, name = $5, unique_key = $6,
                  revision = $7, body = $8 WHERE kind = $1 AND id = $2",
-                &[
-                    &row.kind,
-                    &row.id,
-                    &row.owner,
-                    &row.parent,
-                    &row.name,
-                    &row.unique_key,
-                    &row.revision,
-                    &row.body,
-                ],
-            )
-            .db()?;
+            &[
+                &row.kind,
+                &row.id,
+                &row.owner,
+                &row.parent,
+                &row.name,
+                &row.unique_key,
+                &row.revision,
+                &row.body,
+            ],
+        )
+        .db()?;
         Ok(())
     }
 
@@ -369,7 +462,6 @@ impl Conn for PgConn<'_, '_> {
             return Ok(false);
         }
         let n = self
-            .0
             .execute(
                 "DELETE FROM resources WHERE kind = $1 AND id = $2",
                 &[&kind, &id],
@@ -383,38 +475,34 @@ impl Conn for PgConn<'_, '_> {
             return Ok(None);
         }
         Ok(self
-            .0
             .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
             .db()?
             .map(|r| r.get(0)))
     }
 
     fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
-        self.0
-            .execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2)
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                &[&key, &value],
-            )
-            .db()?;
+            &[&key, &value],
+        )
+        .db()?;
         Ok(())
     }
 
     fn set_liveness(&mut self, kind: &str, id: &str, at_us: i64) -> Result<()> {
-        self.0
-            .execute(
-                "INSERT INTO liveness (kind, id, at_us) VALUES ($1, $2, $3)
+        self.execute(
+            "INSERT INTO liveness (kind, id, at_us) VALUES ($1, $2, $3)
                  ON CONFLICT (kind, id) DO UPDATE
                  SET at_us = GREATEST(liveness.at_us, excluded.at_us)",
-                &[&kind, &id, &at_us],
-            )
-            .db()?;
+            &[&kind, &id, &at_us],
+        )
+        .db()?;
         Ok(())
     }
 
     fn liveness(&mut self, kind: &str) -> Result<HashMap<String, i64>> {
         Ok(self
-            .0
             .query("SELECT id, at_us FROM liveness WHERE kind = $1", &[&kind])
             .db()?
             .into_iter()
@@ -423,18 +511,16 @@ impl Conn for PgConn<'_, '_> {
     }
 
     fn delete_liveness(&mut self, kind: &str, id: &str) -> Result<()> {
-        self.0
-            .execute(
-                "DELETE FROM liveness WHERE kind = $1 AND id = $2",
-                &[&kind, &id],
-            )
-            .db()?;
+        self.execute(
+            "DELETE FROM liveness WHERE kind = $1 AND id = $2",
+            &[&kind, &id],
+        )
+        .db()?;
         Ok(())
     }
 
     fn newest_change(&mut self) -> Result<i64> {
         Ok(self
-            .0
             .query_one("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM changes", &[])
             .db()?
             .get(0))
@@ -442,7 +528,6 @@ impl Conn for PgConn<'_, '_> {
 
     fn changes_after(&mut self, seq: i64, limit: usize) -> Result<Vec<Change>> {
         Ok(self
-            .0
             .query(
                 "SELECT seq, kind, id, op, body FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
                 &[&seq, &(limit as i64)],
@@ -461,21 +546,18 @@ impl Conn for PgConn<'_, '_> {
 
     fn newest_change_before(&mut self, at_ms: i64) -> Result<Option<i64>> {
         Ok(self
-            .0
             .query_one("SELECT MAX(seq) FROM changes WHERE at_ms < $1", &[&at_ms])
             .db()?
             .get(0))
     }
 
     fn delete_changes_through(&mut self, seq: i64) -> Result<u64> {
-        self.0
-            .execute("DELETE FROM changes WHERE seq <= $1", &[&seq])
+        self.execute("DELETE FROM changes WHERE seq <= $1", &[&seq])
             .db()
     }
 
     fn documents(&mut self) -> Result<Vec<Document>> {
         Ok(self
-            .0
             .query(
                 "SELECT kind, id, revision, body FROM resources
                  ORDER BY kind COLLATE \"C\", id COLLATE \"C\"",
