@@ -121,9 +121,7 @@ fn parse_cidr(s: &str) -> NetResult<Cidr> {
         )));
     }
     if c.prefix == 0 {
-        return Err(NetError::invalid(format!(
-            "0 is not allowed as CIDR prefix length"
-        )));
+        return Err(NetError::invalid("0 is not allowed as CIDR prefix length"));
     }
     Ok(c)
 }
@@ -415,7 +413,7 @@ async fn create(
             )));
         }
         if cidr.contains(g) && (g == cidr.first() || !cidr.base.v6 && g == cidr.last()) {
-            return Err(NetError::invalid(format!("Gateway is not valid on subnet")));
+            return Err(NetError::invalid("Gateway is not valid on subnet"));
         }
     }
     let pools = match m.get("allocation_pools") {
