@@ -208,7 +208,9 @@ fn segment(
                 NetError::invalid("segmentation_id required for VLAN provider network")
             })?;
             if !(1..=4094).contains(&seg) {
-                return Err(NetError::invalid("segmentation_id out of range (1 through 4094)"));
+                return Err(NetError::invalid(
+                    "segmentation_id out of range (1 through 4094)",
+                ));
             }
             if others.iter().any(|n| {
                 n.physical_network.as_deref() == Some(&phys)
