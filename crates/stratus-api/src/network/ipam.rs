@@ -212,14 +212,18 @@ pub fn next_free(tx: &Tx, sub: &Subnet) -> NetResult<Option<Ip>> {
 
 /// The lowest address of `pools` (sorted) not in `used` (sorted).
 pub fn lowest_free(pools: &[(Ip, Ip)], used: &[u128]) -> Option<Ip> {
-    for (start, end) in pools {
+    'pools: for (start, end) in pools {
         let mut cand = start.n;
         let from = used.partition_point(|u| *u < cand);
         for u in &used[from..] {
-            if *u == cand {
-                cand += 1;
-            } else if *u > cand {
+            if *u > cand {
                 break;
+            }
+            if *u == cand {
+                if cand >= end.n {
+                    continue 'pools;
+                }
+                cand += 1;
             }
         }
         if cand <= end.n {
@@ -327,6 +331,13 @@ mod tests {
         assert_eq!(lowest_free(&pools, &used), Some(ip("10.0.0.4")));
         let small = vec![(ip("10.0.0.2"), ip("10.0.0.3"))];
         assert_eq!(lowest_free(&small, &used), None);
+        // The very last IPv6 address taken: no overflow, just full.
+        let top = Ip {
+            v6: true,
+            n: u128::MAX,
+        };
+        assert_eq!(lowest_free(&[(top, top)], &[u128::MAX]), None);
+        assert_eq!(lowest_free(&[(top, top)], &[]), Some(top));
     }
 
     #[test]

@@ -340,7 +340,7 @@ pub(crate) fn opt_str(m: &Map<String, Value>, attr: &str) -> NetResult<Option<St
     match m.get(attr) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
-            if s.len() > 255 && attr != "description" || s.len() > 255 * 4 {
+            if s.chars().count() > 255 {
                 return Err(NetError::bad_request(format!(
                     "Invalid input for {attr}. Reason: '{s}' exceeds maximum length of 255."
                 )));

@@ -136,7 +136,7 @@ fn ensure_default_for(state: &AppState, ctx: &Ctx) -> NetResult<()> {
         .list::<SecurityGroup>(&SQ::owner(p))?
         .iter()
         .any(|g| g.is_default);
-    if !has && ctx.has_role("member") {
+    if !has {
         state.store.write(|tx| ensure_default(tx, p))?;
     }
     Ok(())
