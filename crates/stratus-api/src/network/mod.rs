@@ -24,6 +24,7 @@ mod ports;
 mod quotas;
 mod security_groups;
 mod subnets;
+mod tags;
 
 use std::cmp::Ordering;
 
@@ -177,6 +178,7 @@ pub fn router() -> Router<AppState> {
         .merge(ports::routes())
         .merge(security_groups::routes())
         .merge(quotas::routes())
+        .merge(tags::routes())
         // Not implemented yet, but clients (openstacksdk's cloud layer)
         // list them whenever a network service exists: nothing to list.
         .route(
@@ -478,6 +480,34 @@ pub(crate) fn list_answer(
             .map(|(_, v)| v.as_str())
             .collect();
         items.retain(|i| matches(i, key, &wanted));
+    }
+    let tag_list = |k: &str| -> Vec<Vec<String>> {
+        q.iter()
+            .filter(|(x, _)| x == k)
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(str::to_string)
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .collect()
+    };
+    let has = |i: &Value, t: &String| {
+        i["tags"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+    };
+    for all in tag_list("tags") {
+        items.retain(|i| all.iter().all(|t| has(i, t)));
+    }
+    for any in tag_list("tags-any") {
+        items.retain(|i| any.iter().any(|t| has(i, t)));
+    }
+    for all in tag_list("not-tags") {
+        items.retain(|i| !all.iter().all(|t| has(i, t)));
+    }
+    for any in tag_list("not-tags-any") {
+        items.retain(|i| !any.iter().any(|t| has(i, t)));
     }
     let sort_keys: Vec<&str> = q
         .iter()

@@ -18,6 +18,8 @@ pub struct Std {
     pub created_at: String,
     pub updated_at: String,
     pub revision_number: u64,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl Std {
@@ -28,6 +30,7 @@ impl Std {
             created_at: now.clone(),
             updated_at: now,
             revision_number: 1,
+            tags: Vec::new(),
         }
     }
     /// Marks a change: a new revision and update time.
@@ -40,6 +43,7 @@ impl Std {
         v["created_at"] = json!(self.created_at);
         v["updated_at"] = json!(self.updated_at);
         v["revision_number"] = json!(self.revision_number);
+        v["tags"] = json!(self.tags);
     }
 }
 

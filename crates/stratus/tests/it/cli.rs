@@ -545,7 +545,15 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
 fn cli_network_subnet_port_and_security_groups() {
     let s = Server::start_with(&["--no-agent"]);
     let Some(os) = Os::new(&s) else { return };
-    let net = os.json(&["network", "create", "--description", "app tier", "appnet"]);
+    let net = os.json(&[
+        "network",
+        "create",
+        "--description",
+        "app tier",
+        "--tag",
+        "tier1",
+        "appnet",
+    ]);
     let net_id = net["id"].as_str().unwrap().to_string();
     assert_eq!(net["mtu"], 1450);
     assert_eq!(net["status"], "ACTIVE");
@@ -631,6 +639,15 @@ fn cli_network_subnet_port_and_security_groups() {
     assert_eq!(by_ip[0]["Name"], "web1");
     let shown = os.json(&["network", "show", "appnet"]);
     assert_eq!(shown["subnets"], serde_json::json!([sub_id]));
+    assert_eq!(shown["tags"], serde_json::json!(["tier1"]));
+    let tagged = os.json(&["network", "list", "--tags", "tier1"]);
+    assert_eq!(tagged.as_array().unwrap().len(), 1, "{tagged}");
+    assert!(
+        os.json(&["network", "list", "--tags", "other"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     let sg = os.json(&[
         "security",

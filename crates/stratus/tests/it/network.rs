@@ -469,6 +469,61 @@ fn network_subnet_port_lifecycle_and_bad_input() {
         "HTTPBadRequest",
     );
 
+    // Tags: set, add, check, filter, remove.
+    let t = c.put(
+        &format!("/networks/{nid}/tags"),
+        &tok,
+        json!({"tags": ["red", "blue"]}),
+    );
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(
+        c.nn.put(&format!("/ports/{p1id}/tags/web"), &tok).status,
+        201
+    );
+    assert_eq!(
+        c.nn.get(&format!("/ports/{p1id}/tags/web"), &tok).status,
+        204
+    );
+    fault(
+        &c.nn.get(&format!("/ports/{p1id}/tags/db"), &tok),
+        404,
+        "TagNotFound",
+    );
+    let r = c.nn.get("/networks?tags=red,blue", &tok);
+    assert_eq!(ids(&r.body, "networks"), vec![nid.clone()]);
+    assert!(
+        c.nn.get("/networks?tags=red,green", &tok).body["networks"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.nn.get("/networks?not-tags-any=blue", &tok).body["networks"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&c.nn.get("/ports?tags-any=web,db", &tok).body, "ports"),
+        vec![p1id.clone()]
+    );
+    let shown = c.nn.get(&format!("/networks/{nid}"), &tok).body["network"].clone();
+    assert_eq!(shown["tags"], json!(["red", "blue"]));
+    assert_eq!(
+        c.nn.delete(&format!("/networks/{nid}/tags/red"), &tok)
+            .status,
+        204
+    );
+    assert_eq!(
+        c.nn.get(&format!("/networks/{nid}/tags"), &tok).body["tags"],
+        json!(["blue"])
+    );
+    fault(
+        &c.nn.put(&format!("/ports/no-port/tags/x"), &tok),
+        404,
+        "PortNotFound",
+    );
+
     // In use: the network and the subnet refuse to go.
     fault(
         &c.nn.delete(&format!("/networks/{nid}"), &tok),
