@@ -519,7 +519,7 @@ fn network_subnet_port_lifecycle_and_bad_input() {
         json!(["blue"])
     );
     fault(
-        &c.nn.put(&format!("/ports/no-port/tags/x"), &tok),
+        &c.nn.put("/ports/no-port/tags/x", &tok),
         404,
         "PortNotFound",
     );
