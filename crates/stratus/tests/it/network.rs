@@ -109,6 +109,31 @@ fn network_discovery_catalog_and_extensions() {
     let url = net["endpoints"][0]["url"].as_str().unwrap();
     assert!(url.ends_with("/network"), "{url}");
 
+    // A cloud whose catalog lacks the service (bootstrapped before it
+    // existed) gets it back on its next start.
+    let sid = net["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.ks.delete(&format!("/services/{sid}"), &c.admin).status,
+        204
+    );
+    let mut c = c;
+    c.server.restart();
+    let admin = c.ks.token("admin", &c.server.admin_password, Some("admin"));
+    c.admin = admin;
+    let r = c.ks.login("admin", &c.server.admin_password, Some("admin"));
+    let again = r.body["token"]["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "network")
+        .expect("network back in the catalog after a restart");
+    assert!(
+        again["endpoints"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/network")
+    );
+
     let root = c.server.client_at("/network");
     let v = root.get("", &c.admin);
     assert_eq!(v.status, 200);
