@@ -450,12 +450,11 @@ async fn create_rule(
             ));
         }
     };
-    let protocol = opt_str(&m, "protocol")?.or_else(|| {
-        opt_int(&m, "protocol")
-            .ok()
-            .flatten()
-            .map(|n| n.to_string())
-    });
+    // A name, or a number given as a string or as a JSON number.
+    let protocol = match m.get("protocol") {
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => opt_str(&m, "protocol")?,
+    };
     let number = match &protocol {
         Some(p) => protocol_number(p)?,
         None => None,

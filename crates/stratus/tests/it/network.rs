@@ -824,6 +824,18 @@ fn network_security_groups_and_rules() {
         "SecurityGroupInvalidPortValue",
     );
     fault(
+        &rule(json!({"security_group_id": gid, "direction": "ingress", "protocol": 300})),
+        400,
+        "SecurityGroupRuleInvalidProtocol",
+    );
+    fault(
+        &rule(
+            json!({"security_group_id": gid, "direction": "ingress", "protocol": 6, "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "10.0.0.0/8"}),
+        ),
+        409,
+        "SecurityGroupRuleExists",
+    );
+    fault(
         &rule(json!({"security_group_id": gid, "direction": "ingress", "protocol": "bogus"})),
         400,
         "SecurityGroupRuleInvalidProtocol",
