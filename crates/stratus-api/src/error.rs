@@ -138,6 +138,8 @@ pub enum Shape {
     Image,
     /// Placement's `{"errors": [...]}`.
     Placement,
+    /// Neutron's `{"NeutronError": {"type", "message", "detail"}}`.
+    Network,
     /// `/edge/v1` and paths no service claims: Keystone's shape.
     Other,
 }
@@ -150,6 +152,7 @@ impl Shape {
             Some("compute") => Shape::Compute,
             Some("image") => Shape::Image,
             Some("placement") => Shape::Placement,
+            Some("network") => Shape::Network,
             _ => Shape::Other,
         }
     }
@@ -160,6 +163,7 @@ impl Shape {
             Shape::Compute => crate::compute::fault_response(err),
             Shape::Image => crate::image::fault_response(err),
             Shape::Placement => crate::placement::fault_response(err, request_id),
+            Shape::Network => crate::network::fault_response(err),
             Shape::Identity | Shape::Other => err.into_response(),
         };
         if let Ok(v) = HeaderValue::from_str(request_id) {

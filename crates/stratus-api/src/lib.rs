@@ -27,6 +27,7 @@ pub mod image;
 pub mod json;
 pub mod listener;
 pub mod middleware;
+pub mod network;
 pub mod placement;
 pub mod timeutil;
 
@@ -113,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(image::router())
         .merge(compute::router())
         .merge(placement::router())
+        .merge(network::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -139,6 +141,7 @@ async fn root_versions(
             "image": format!("{base}/image/v2/"),
             "compute": format!("{base}/compute/v2.1/"),
             "placement": format!("{base}/placement/"),
+            "network": format!("{base}/network/"),
         }
     }))
 }

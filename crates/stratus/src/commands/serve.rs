@@ -45,6 +45,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             ("image", "glance", "image"),
             ("compute", "nova", "compute/v2.1"),
             ("placement", "placement", "placement"),
+            ("network", "neutron", "network"),
         ] {
             stratus_api::identity::bootstrap::ensure_service(
                 &store,

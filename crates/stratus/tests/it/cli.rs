@@ -540,3 +540,198 @@ fn cli_server_lifecycle_console_and_anti_affinity() {
     }
     assert!(os.json(&["server", "list"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn cli_network_subnet_port_and_security_groups() {
+    let s = Server::start_with(&["--no-agent"]);
+    let Some(os) = Os::new(&s) else { return };
+    let net = os.json(&[
+        "network",
+        "create",
+        "--description",
+        "app tier",
+        "--tag",
+        "tier1",
+        "appnet",
+    ]);
+    let net_id = net["id"].as_str().unwrap().to_string();
+    assert_eq!(net["mtu"], 1450);
+    assert_eq!(net["status"], "ACTIVE");
+    let sub = os.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "appnet",
+        "--subnet-range",
+        "10.42.0.0/24",
+        "--dns-nameserver",
+        "10.42.0.53",
+        "appsub",
+    ]);
+    let sub_id = sub["id"].as_str().unwrap().to_string();
+    assert_eq!(sub["gateway_ip"], "10.42.0.1");
+    assert_eq!(
+        sub["allocation_pools"],
+        serde_json::json!([{"start": "10.42.0.2", "end": "10.42.0.254"}])
+    );
+    assert_eq!(sub["dns_nameservers"], serde_json::json!(["10.42.0.53"]));
+    // An invalid range is refused with Neutron's message, and nothing is made.
+    let bad = os
+        .run_env(
+            &[],
+            &[
+                "subnet",
+                "create",
+                "--network",
+                "appnet",
+                "--subnet-range",
+                "10.42.0.0/16",
+                "other",
+            ],
+        )
+        .expect_err("overlapping subnet refused");
+    assert!(bad.contains("overlaps with another subnet"), "{bad}");
+
+    let port = os.json(&[
+        "port",
+        "create",
+        "--network",
+        "appnet",
+        "--fixed-ip",
+        "subnet=appsub,ip-address=10.42.0.10",
+        "web1",
+    ]);
+    assert_eq!(port["fixed_ips"][0]["ip_address"], "10.42.0.10");
+    assert!(
+        port["mac_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("fa:16:3e:")
+    );
+    let auto = os.json(&["port", "create", "--network", "appnet", "web2"]);
+    assert_eq!(auto["fixed_ips"][0]["ip_address"], "10.42.0.2");
+    let taken = os
+        .run_env(
+            &[],
+            &[
+                "port",
+                "create",
+                "--network",
+                "appnet",
+                "--fixed-ip",
+                "ip-address=10.42.0.10",
+                "web3",
+            ],
+        )
+        .expect_err("a used address is refused");
+    assert!(taken.contains("already allocated"), "{taken}");
+    let list = os.json(&["port", "list", "--network", "appnet"]);
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["web1", "web2"]);
+    let by_ip = os.json(&["port", "list", "--fixed-ip", "ip-address=10.42.0.10"]);
+    assert_eq!(by_ip.as_array().unwrap().len(), 1);
+    assert_eq!(by_ip[0]["Name"], "web1");
+    let shown = os.json(&["network", "show", "appnet"]);
+    assert_eq!(shown["subnets"], serde_json::json!([sub_id]));
+    assert_eq!(shown["tags"], serde_json::json!(["tier1"]));
+    let tagged = os.json(&["network", "list", "--tags", "tier1"]);
+    assert_eq!(tagged.as_array().unwrap().len(), 1, "{tagged}");
+    assert!(
+        os.json(&["network", "list", "--tags", "other"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let sg = os.json(&[
+        "security",
+        "group",
+        "create",
+        "--description",
+        "ssh only",
+        "ssh",
+    ]);
+    let sg_id = sg["id"].as_str().unwrap().to_string();
+    let rule = os.json(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "ssh",
+    ]);
+    assert_eq!(rule["protocol"], "tcp");
+    assert_eq!(rule["port_range_min"], 22);
+    assert_eq!(rule["port_range_max"], 22);
+    assert_eq!(rule["direction"], "ingress");
+    let dup = os
+        .run_env(
+            &[],
+            &[
+                "security",
+                "group",
+                "rule",
+                "create",
+                "--protocol",
+                "tcp",
+                "--dst-port",
+                "22",
+                "ssh",
+            ],
+        )
+        .expect_err("a duplicate rule is refused");
+    assert!(dup.contains("already exists"), "{dup}");
+    let rules = os.json(&["security", "group", "rule", "list", "ssh"]);
+    assert_eq!(
+        rules.as_array().unwrap().len(),
+        3,
+        "two egress rules and ssh: {rules}"
+    );
+    let groups = os.json(&["security", "group", "list"]);
+    let gnames: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["Name"].as_str().unwrap())
+        .collect();
+    assert!(
+        gnames.contains(&"default") && gnames.contains(&"ssh"),
+        "{gnames:?}"
+    );
+    os.ok(&[
+        "port",
+        "set",
+        "--security-group",
+        "ssh",
+        "--no-security-group",
+        "web1",
+    ]);
+    let web1 = os.json(&["port", "show", "web1"]);
+    assert_eq!(web1["security_group_ids"], serde_json::json!([sg_id]));
+
+    // The network is in use: 409, and it is still there.
+    let inuse = os
+        .run_env(&[], &["network", "delete", "appnet"])
+        .expect_err("a network with ports is not deleted");
+    assert!(inuse.contains("409") || inuse.contains("in use"), "{inuse}");
+    assert_eq!(
+        os.json(&["network", "show", "appnet"])["id"],
+        net_id.as_str()
+    );
+    os.ok(&["port", "delete", "web1", "web2"]);
+    os.ok(&["security", "group", "delete", "ssh"]);
+    os.ok(&["network", "delete", "appnet"]);
+    let nets = os.json(&["network", "list"]);
+    assert!(nets.as_array().unwrap().is_empty(), "{nets}");
+    let subs = os.json(&["subnet", "list"]);
+    assert!(subs.as_array().unwrap().is_empty(), "{subs}");
+}

@@ -1,0 +1,126 @@
+//! `GET /v2.0/extensions`: exactly the API extensions this service
+//! implements, so clients enable only what works.
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::{NetError, NetResult, reply, require_reader};
+use crate::AppState;
+use crate::identity::policy::Ctx;
+
+/// (alias, name, description) of each implemented extension.
+const EXTENSIONS: &[(&str, &str, &str)] = &[
+    (
+        "security-group",
+        "security-group",
+        "The security groups extension.",
+    ),
+    (
+        "stateful-security-group",
+        "Stateful security group",
+        "Security groups may be stateful or stateless.",
+    ),
+    ("port-security", "Port Security", "Provides port security."),
+    (
+        "allowed-address-pairs",
+        "Allowed Address Pairs",
+        "Provides allowed address pairs.",
+    ),
+    (
+        "quotas",
+        "Quota management support",
+        "Expose functions for quotas management per project.",
+    ),
+    (
+        "quota_details",
+        "Quota details management support",
+        "Expose functions for quotas usage statistics per project.",
+    ),
+    (
+        "standard-attr-description",
+        "standard-attr-description",
+        "Extension to add descriptions to standard attributes.",
+    ),
+    (
+        "standard-attr-timestamp",
+        "Resource timestamps",
+        "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes.",
+    ),
+    (
+        "standard-attr-revisions",
+        "Resource revision numbers",
+        "This extension will display the revision number of neutron resources.",
+    ),
+    (
+        "project-id",
+        "project_id field enabled",
+        "Extension that indicates that project_id field is enabled.",
+    ),
+    (
+        "external-net",
+        "Neutron external network",
+        "Adds external network attribute to network resource.",
+    ),
+    (
+        "provider",
+        "Provider Network",
+        "Expose mapping of virtual networks to physical networks.",
+    ),
+    (
+        "binding",
+        "Port Binding",
+        "Expose port bindings of a virtual port to external application.",
+    ),
+    (
+        "net-mtu",
+        "Network MTU",
+        "Provides MTU attribute for a network resource.",
+    ),
+    (
+        "network-ip-availability",
+        "Network IP Availability",
+        "Provides IP availability data for each network and subnet.",
+    ),
+    (
+        "pagination",
+        "Pagination support",
+        "Extension that indicates that pagination is enabled.",
+    ),
+    (
+        "sorting",
+        "Sorting support",
+        "Extension that indicates that sorting is enabled.",
+    ),
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/extensions", get(list))
+        .route("/extensions/{alias}", get(show))
+}
+
+fn render(e: &(&str, &str, &str)) -> Value {
+    json!({"alias": e.0, "name": e.1, "description": e.2,
+           "updated": "2026-12-01T00:00:00-00:00", "links": []})
+}
+
+async fn list(ctx: Ctx) -> NetResult<Response> {
+    require_reader(&ctx, "get_extension")?;
+    let all: Vec<Value> = EXTENSIONS.iter().map(render).collect();
+    Ok(reply(StatusCode::OK, json!({ "extensions": all })))
+}
+
+async fn show(ctx: Ctx, Path(alias): Path<String>) -> NetResult<Response> {
+    require_reader(&ctx, "get_extension")?;
+    let e = EXTENSIONS.iter().find(|e| e.0 == alias).ok_or_else(|| {
+        NetError::not_found(
+            "HTTPNotFound",
+            format!("Extension with alias {alias} does not exist"),
+        )
+    })?;
+    Ok(reply(StatusCode::OK, json!({ "extension": render(e) })))
+}

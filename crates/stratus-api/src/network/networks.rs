@@ -1,0 +1,513 @@
+//! Networks: CRUD, `shared`, `router:external`, MTU and the admin-only
+//! `provider:*` attributes, and `network-ip-availabilities`.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use stratus_store::{Query as SQ, Tx};
+
+use super::model::{IpAllocation, Network, Port, Std, Subnet};
+use super::{
+    NetError, NetResult, fields_of, ipam, list_answer, new_id, opt_bool, opt_int, opt_str, owns,
+    reply, require_member, require_reader, resource_body, select_fields, target_project,
+};
+use crate::AppState;
+use crate::identity::policy::Ctx;
+use crate::json::Json;
+
+/// VXLAN's MTU (1500 less the encapsulation), Neutron's default here.
+pub const DEFAULT_MTU: i64 = 1450;
+
+const NETWORK_TYPES: &[&str] = &["vxlan", "flat", "vlan", "local", "geneve", "gre"];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/networks", get(list).post(create))
+        .route("/networks/{id}", get(show).put(update).delete(delete))
+        .route("/network-ip-availabilities", get(availabilities))
+        .route("/network-ip-availabilities/{id}", get(availability))
+}
+
+pub fn not_found(id: &str) -> NetError {
+    NetError::not_found(
+        "NetworkNotFound",
+        format!("Network {id} could not be found."),
+    )
+}
+
+/// Whether the caller sees `n`: its project's, shared and external ones.
+pub fn visible(ctx: &Ctx, n: &Network) -> bool {
+    n.shared || n.external || owns(ctx, &n.project_id)
+}
+
+/// The network `id` as the caller sees it (else `NetworkNotFound`).
+pub fn find_in(tx: &Tx, ctx: &Ctx, id: &str) -> NetResult<Network> {
+    match tx.get::<Network>(id)? {
+        Some(n) if visible(ctx, &n) => Ok(n),
+        _ => Err(not_found(id)),
+    }
+}
+
+fn subnet_ids(subnets: &[Subnet]) -> Vec<String> {
+    subnets.iter().map(|s| s.id.clone()).collect()
+}
+
+fn render(state: &AppState, ctx: &Ctx, n: &Network) -> NetResult<Value> {
+    let subs = state.store.list::<Subnet>(&SQ::parent(&n.id))?;
+    Ok(n.render(subnet_ids(&subs), ctx.is_admin()))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(q): Query<Vec<(String, String)>>,
+) -> NetResult<Response> {
+    require_reader(&ctx, "get_network")?;
+    let nets = state.store.list::<Network>(&SQ::all())?;
+    let subs = state.store.list::<Subnet>(&SQ::all())?;
+    let items: Vec<Value> = nets
+        .iter()
+        .filter(|n| visible(&ctx, n))
+        .map(|n| {
+            let ids: Vec<String> = subs
+                .iter()
+                .filter(|s| s.network_id == n.id)
+                .map(|s| s.id.clone())
+                .collect();
+            n.render(ids, ctx.is_admin())
+        })
+        .collect();
+    list_answer(&state, "networks", "networks", items, &q)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> NetResult<Response> {
+    require_reader(&ctx, "get_network")?;
+    let n = match state.store.get::<Network>(&id)? {
+        Some(n) if visible(&ctx, &n) => n,
+        _ => return Err(not_found(&id)),
+    };
+    let v = select_fields(render(&state, &ctx, &n)?, &fields_of(&q));
+    Ok(reply(StatusCode::OK, json!({ "network": v })))
+}
+
+const CREATE_ATTRS: &[&str] = &[
+    "name",
+    "description",
+    "admin_state_up",
+    "shared",
+    "router:external",
+    "mtu",
+    "port_security_enabled",
+    "provider:network_type",
+    "provider:physical_network",
+    "provider:segmentation_id",
+    "project_id",
+    "tenant_id",
+    "availability_zone_hints",
+    "qos_policy_id",
+    "dns_domain",
+    "is_default",
+];
+
+/// Admin-only attributes: refused with 403 for others, as Neutron's
+/// policy does.
+fn admin_only(ctx: &Ctx, m: &Map<String, Value>, action: &str) -> NetResult<()> {
+    for a in [
+        "shared",
+        "router:external",
+        "provider:network_type",
+        "provider:physical_network",
+        "provider:segmentation_id",
+    ] {
+        if m.contains_key(a) && !ctx.is_admin() {
+            // Asking for the default is allowed.
+            if (a == "shared" || a == "router:external") && m[a] == json!(false) {
+                continue;
+            }
+            return Err(NetError::policy(&format!("{action}:{a}")));
+        }
+    }
+    Ok(())
+}
+
+fn check_mtu(mtu: i64, network_type: &str) -> NetResult<u32> {
+    let max = if network_type == "vxlan" || network_type == "geneve" || network_type == "gre" {
+        DEFAULT_MTU
+    } else {
+        1500
+    };
+    if !(68..=max).contains(&mtu) {
+        return Err(NetError::invalid(format!(
+            "Requested MTU is too big, maximum is {max}"
+        )));
+    }
+    Ok(mtu as u32)
+}
+
+/// Validates the provider attributes and picks a segmentation id for
+/// tunnelled networks, unique among networks of that type.
+fn segment(
+    tx: &Tx,
+    m: &Map<String, Value>,
+    self_id: &str,
+) -> NetResult<(String, Option<String>, Option<u32>)> {
+    let ty = opt_str(m, "provider:network_type")?.unwrap_or_else(|| "vxlan".into());
+    if !NETWORK_TYPES.contains(&ty.as_str()) {
+        return Err(NetError::invalid(format!(
+            "network_type value '{ty}' not supported"
+        )));
+    }
+    let phys = opt_str(m, "provider:physical_network")?;
+    let seg = opt_int(m, "provider:segmentation_id")?;
+    let others: Vec<Network> = tx
+        .list::<Network>(&SQ::all())?
+        .into_iter()
+        .filter(|n| n.id != self_id && n.network_type == ty)
+        .collect();
+    match ty.as_str() {
+        "flat" | "local" => {
+            if seg.is_some() {
+                return Err(NetError::invalid(format!(
+                    "segmentation_id specified for {ty} network"
+                )));
+            }
+            if ty == "flat" && phys.is_none() {
+                return Err(NetError::invalid(
+                    "physical_network required for flat provider network",
+                ));
+            }
+            if ty == "local" && phys.is_some() {
+                return Err(NetError::invalid(
+                    "physical_network specified for local network",
+                ));
+            }
+            if ty == "flat" && others.iter().any(|n| n.physical_network == phys) {
+                return Err(NetError::conflict(
+                    "FlatNetworkInUse",
+                    format!(
+                        "Unable to create the flat network. Physical network {} is in use.",
+                        phys.unwrap_or_default()
+                    ),
+                ));
+            }
+            Ok((ty, phys, None))
+        }
+        "vlan" => {
+            let phys = phys.ok_or_else(|| {
+                NetError::invalid("physical_network required for VLAN provider network")
+            })?;
+            let seg = seg.ok_or_else(|| {
+                NetError::invalid("segmentation_id required for VLAN provider network")
+            })?;
+            if !(1..=4094).contains(&seg) {
+                return Err(NetError::invalid(
+                    "segmentation_id out of range (1 through 4094)",
+                ));
+            }
+            if others.iter().any(|n| {
+                n.physical_network.as_deref() == Some(&phys)
+                    && n.segmentation_id == Some(seg as u32)
+            }) {
+                return Err(NetError::conflict(
+                    "VlanIdInUse",
+                    format!(
+                        "Unable to create the network. The VLAN {seg} on physical network {phys} is in use."
+                    ),
+                ));
+            }
+            Ok((ty, Some(phys), Some(seg as u32)))
+        }
+        _ => {
+            if phys.is_some() {
+                return Err(NetError::invalid(format!(
+                    "provider:physical_network specified for {ty} network"
+                )));
+            }
+            let id = match seg {
+                Some(s) if (1..=(1 << 24) - 1).contains(&s) => {
+                    if others.iter().any(|n| n.segmentation_id == Some(s as u32)) {
+                        return Err(NetError::conflict(
+                            "TunnelIdInUse",
+                            format!("Unable to create the network. The tunnel ID {s} is in use."),
+                        ));
+                    }
+                    s as u32
+                }
+                Some(s) => {
+                    return Err(NetError::invalid(format!(
+                        "{ty} segmentation_id {s} out of range (1 through 16777215)"
+                    )));
+                }
+                None => {
+                    let mut used: Vec<u32> =
+                        others.iter().filter_map(|n| n.segmentation_id).collect();
+                    used.sort_unstable();
+                    let mut c = 1;
+                    for u in used {
+                        if u == c {
+                            c += 1;
+                        } else if u > c {
+                            break;
+                        }
+                    }
+                    c
+                }
+            };
+            Ok((ty, None, Some(id)))
+        }
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    require_member(&ctx, "create_network")?;
+    let m = resource_body(body, "network", CREATE_ATTRS)?;
+    admin_only(&ctx, &m, "create_network")?;
+    let project = target_project(&ctx, &m, "create_network")?;
+    let name = opt_str(&m, "name")?.unwrap_or_default();
+    let description = opt_str(&m, "description")?.unwrap_or_default();
+    let admin_state_up = opt_bool(&m, "admin_state_up")?.unwrap_or(true);
+    let shared = opt_bool(&m, "shared")?.unwrap_or(false);
+    let external = opt_bool(&m, "router:external")?.unwrap_or(false);
+    let port_security = opt_bool(&m, "port_security_enabled")?.unwrap_or(true);
+    let mtu = opt_int(&m, "mtu")?;
+    let az = match m.get("availability_zone_hints") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                NetError::bad_request(
+                    "Invalid input for availability_zone_hints. Reason: not a list of strings.",
+                )
+            })?,
+        Some(_) => {
+            return Err(NetError::bad_request(
+                "Invalid input for availability_zone_hints. Reason: not a list.",
+            ));
+        }
+    };
+    let id = new_id();
+    let net = state.store.write(|tx| {
+        super::quotas::check(tx, &project, "network", 1)?;
+        let (ty, phys, seg) = segment(tx, &m, &id)?;
+        let default_mtu = if ty == "vxlan" || ty == "geneve" || ty == "gre" {
+            DEFAULT_MTU
+        } else {
+            1500
+        };
+        let mtu = check_mtu(mtu.unwrap_or(default_mtu), &ty)?;
+        let net = Network {
+            id: id.clone(),
+            project_id: project.clone(),
+            name,
+            admin_state_up,
+            shared,
+            external,
+            mtu,
+            port_security_enabled: port_security,
+            network_type: ty,
+            physical_network: phys,
+            segmentation_id: seg,
+            availability_zone_hints: az,
+            std: Std::new(description),
+        };
+        tx.insert(&net)?;
+        Ok::<_, NetError>(net)
+    })?;
+    Ok(reply(
+        StatusCode::CREATED,
+        json!({ "network": net.render(Vec::new(), ctx.is_admin()) }),
+    ))
+}
+
+const UPDATE_ATTRS: &[&str] = &[
+    "name",
+    "description",
+    "admin_state_up",
+    "shared",
+    "router:external",
+    "mtu",
+    "port_security_enabled",
+    "provider:network_type",
+    "provider:physical_network",
+    "provider:segmentation_id",
+    "qos_policy_id",
+    "dns_domain",
+    "is_default",
+];
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    require_member(&ctx, "update_network")?;
+    let m = resource_body(body, "network", UPDATE_ATTRS)?;
+    admin_only(&ctx, &m, "update_network")?;
+    let net = state.store.write(|tx| {
+        let mut n = find_in(tx, &ctx, &id)?;
+        if !owns(&ctx, &n.project_id) {
+            return Err(NetError::policy("update_network"));
+        }
+        if let Some(v) = opt_str(&m, "name")? {
+            n.name = v;
+        }
+        if let Some(v) = opt_str(&m, "description")? {
+            n.std.description = v;
+        }
+        if let Some(v) = opt_bool(&m, "admin_state_up")? {
+            n.admin_state_up = v;
+        }
+        if let Some(v) = opt_bool(&m, "port_security_enabled")? {
+            n.port_security_enabled = v;
+        }
+        if let Some(v) = opt_bool(&m, "router:external")? {
+            n.external = v;
+        }
+        if let Some(v) = opt_bool(&m, "shared")? {
+            if n.shared && !v {
+                let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
+                if ports.iter().any(|p| p.project_id != n.project_id && !p.network_owned()) {
+                    return Err(NetError::conflict(
+                        "InvalidSharedSetting",
+                        format!("Unable to reconfigure sharing settings for network {}. Multiple tenants are using it.", n.id),
+                    ));
+                }
+            }
+            n.shared = v;
+        }
+        if m.keys().any(|k| k.starts_with("provider:")) {
+            let (ty, phys, seg) = segment(tx, &m, &n.id)?;
+            n.network_type = ty;
+            n.physical_network = phys;
+            n.segmentation_id = seg;
+        }
+        if let Some(v) = opt_int(&m, "mtu")? {
+            n.mtu = check_mtu(v, &n.network_type)?;
+        }
+        n.std.touch();
+        tx.update(&n)?;
+        Ok(n)
+    })?;
+    let v = render(&state, &ctx, &net)?;
+    Ok(reply(StatusCode::OK, json!({ "network": v })))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> NetResult<Response> {
+    require_member(&ctx, "delete_network")?;
+    state.store.write(|tx| {
+        let n = find_in(tx, &ctx, &id)?;
+        if !owns(&ctx, &n.project_id) {
+            return Err(NetError::policy("delete_network"));
+        }
+        let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
+        if ports.iter().any(|p| !p.network_owned()) {
+            return Err(NetError::conflict(
+                "NetworkInUse",
+                format!("Unable to complete operation on network {id}. There are one or more ports still in use on the network."),
+            ));
+        }
+        for p in &ports {
+            tx.delete::<Port>(&p.id)?;
+        }
+        for s in tx.list::<Subnet>(&SQ::parent(&n.id))? {
+            for a in tx.list::<IpAllocation>(&SQ::parent(&s.id))? {
+                tx.delete::<IpAllocation>(&a.id)?;
+            }
+            tx.delete::<Subnet>(&s.id)?;
+        }
+        tx.delete::<Network>(&n.id)?;
+        Ok::<_, NetError>(())
+    })?;
+    Ok(super::no_content())
+}
+
+// ---- network-ip-availability ------------------------------------------------
+
+fn availability_of(state: &AppState, n: &Network) -> NetResult<Value> {
+    let mut total: u128 = 0;
+    let mut used_all: usize = 0;
+    let mut subs = Vec::new();
+    for s in state.store.list::<Subnet>(&SQ::parent(&n.id))? {
+        let t = ipam::pool_size(&s);
+        let u = state.store.list::<IpAllocation>(&SQ::parent(&s.id))?.len();
+        total += t;
+        used_all += u;
+        subs.push(
+            json!({"subnet_id": s.id, "subnet_name": s.name, "cidr": s.cidr,
+                         "ip_version": s.ip_version, "total_ips": big(t), "used_ips": u}),
+        );
+    }
+    Ok(json!({
+        "network_id": n.id, "network_name": n.name,
+        "project_id": n.project_id, "tenant_id": n.project_id,
+        "total_ips": big(total), "used_ips": used_all,
+        "subnet_ip_availability": subs,
+    }))
+}
+
+/// A count that may pass u64 (an IPv6 /64 has 2^64 addresses).
+fn big(n: u128) -> Value {
+    match u64::try_from(n) {
+        Ok(v) => json!(v),
+        Err(_) => json!(n as f64),
+    }
+}
+
+async fn availabilities(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(q): Query<Vec<(String, String)>>,
+) -> NetResult<Response> {
+    if !ctx.is_admin() {
+        return Err(NetError::policy("get_network_ip_availability"));
+    }
+    let mut items = Vec::new();
+    for n in state.store.list::<Network>(&SQ::all())? {
+        items.push(availability_of(&state, &n)?);
+    }
+    let q: Vec<(String, String)> = q;
+    list_answer(
+        &state,
+        "network_ip_availabilities",
+        "network-ip-availabilities",
+        items,
+        &q,
+    )
+}
+
+async fn availability(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> NetResult<Response> {
+    if !ctx.is_admin() {
+        return Err(NetError::policy("get_network_ip_availability"));
+    }
+    let n = state
+        .store
+        .get::<Network>(&id)?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "network_ip_availability": availability_of(&state, &n)? }),
+    ))
+}

@@ -1,0 +1,207 @@
+//! Network quotas: Neutron's defaults, per-project overrides, and the
+//! check made inside the write transaction that creates a resource.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+use stratus_store::{Query, Tx};
+
+use super::model::{NetQuota, Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use super::{NetError, NetResult, reply, require_reader};
+use crate::AppState;
+use crate::identity::policy::Ctx;
+use crate::json::Json;
+
+/// Neutron's default quotas.
+pub const DEFAULTS: &[(&str, i64)] = &[
+    ("network", 100),
+    ("subnet", 100),
+    ("port", 500),
+    ("security_group", 10),
+    ("security_group_rule", 100),
+    ("router", 10),
+    ("floatingip", 50),
+    ("subnetpool", -1),
+    ("rbac_policy", 10),
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/quotas", get(list))
+        .route("/quotas/{project}", get(show).put(update).delete(reset))
+        .route("/quotas/{project}/default", get(defaults))
+        .route("/quotas/{project}/details", get(details))
+}
+
+fn defaults_map() -> BTreeMap<String, i64> {
+    DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// The limits in force for `project` (defaults plus overrides).
+fn limits(over: Option<NetQuota>) -> BTreeMap<String, i64> {
+    let mut m = defaults_map();
+    if let Some(q) = over {
+        m.extend(q.limits);
+    }
+    m
+}
+
+fn count_in(tx: &Tx, project: &str, resource: &str) -> NetResult<usize> {
+    let q = Query::owner(project);
+    Ok(match resource {
+        "network" => tx.list::<Network>(&q)?.len(),
+        "subnet" => tx.list::<Subnet>(&q)?.len(),
+        "port" => tx.list::<Port>(&q)?.len(),
+        "security_group" => tx.list::<SecurityGroup>(&q)?.len(),
+        "security_group_rule" => tx.list::<SecurityGroupRule>(&q)?.len(),
+        _ => 0,
+    })
+}
+
+/// Refuses with `OverQuota` when `project` already holds its limit of
+/// `resource` (plus `adding - 1` more). Runs inside the creating write.
+pub fn check(tx: &Tx, project: &str, resource: &str, adding: usize) -> NetResult<()> {
+    let limit = limits(tx.get::<NetQuota>(project)?)
+        .get(resource)
+        .copied()
+        .unwrap_or(-1);
+    if limit < 0 {
+        return Ok(());
+    }
+    let n = count_in(tx, project, resource)?;
+    if n + adding > limit as usize {
+        return Err(NetError::over_quota(resource));
+    }
+    Ok(())
+}
+
+fn may_read(ctx: &Ctx, project: &str) -> NetResult<()> {
+    require_reader(ctx, "get_quota")?;
+    if ctx.is_admin() || ctx.project_id() == Some(project) {
+        Ok(())
+    } else {
+        Err(NetError::policy("get_quota"))
+    }
+}
+
+async fn list(State(state): State<AppState>, ctx: Ctx) -> NetResult<Response> {
+    ctx.allow(false, "get_quota")
+        .map_err(|_| NetError::policy("get_quota"))?;
+    let all = state.store.list::<NetQuota>(&Query::all())?;
+    let quotas: Vec<Value> = all
+        .into_iter()
+        .map(|q| {
+            let id = q.id.clone();
+            let mut v = json!(limits(Some(q)));
+            v["project_id"] = json!(id);
+            v["tenant_id"] = json!(id);
+            v
+        })
+        .collect();
+    Ok(reply(StatusCode::OK, json!({ "quotas": quotas })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> NetResult<Response> {
+    may_read(&ctx, &project)?;
+    let q = state.store.get::<NetQuota>(&project)?;
+    Ok(reply(StatusCode::OK, json!({ "quota": limits(q) })))
+}
+
+async fn defaults(ctx: Ctx, Path(project): Path<String>) -> NetResult<Response> {
+    may_read(&ctx, &project)?;
+    Ok(reply(StatusCode::OK, json!({ "quota": defaults_map() })))
+}
+
+async fn details(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> NetResult<Response> {
+    may_read(&ctx, &project)?;
+    let lim = limits(state.store.get::<NetQuota>(&project)?);
+    let store = state.store.clone();
+    let counts = store.write(|tx| {
+        let mut m = BTreeMap::new();
+        for k in lim.keys() {
+            m.insert(k.clone(), count_in(tx, &project, k)?);
+        }
+        Ok::<_, NetError>(m)
+    })?;
+    let out: serde_json::Map<String, Value> = lim
+        .iter()
+        .map(|(k, l)| {
+            (
+                k.clone(),
+                json!({"limit": l, "used": counts.get(k).copied().unwrap_or(0), "reserved": 0}),
+            )
+        })
+        .collect();
+    Ok(reply(StatusCode::OK, json!({ "quota": out })))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    if !ctx.is_admin() {
+        return Err(NetError::policy("update_quota"));
+    }
+    let Some(Value::Object(m)) = body.get("quota") else {
+        return Err(NetError::bad_request(
+            "Unable to find 'quota' in request body",
+        ));
+    };
+    let mut changes = BTreeMap::new();
+    for (k, v) in m {
+        if !DEFAULTS.iter().any(|(d, _)| d == k) {
+            return Err(NetError::bad_request(format!(
+                "Unrecognized attribute(s) '{k}'"
+            )));
+        }
+        let n = match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.parse::<i64>().ok(),
+            _ => None,
+        }
+        .filter(|n| *n >= -1)
+        .ok_or_else(|| {
+            NetError::bad_request(format!(
+                "Invalid input for {k}. Reason: '{v}' is not an integer >= -1."
+            ))
+        })?;
+        changes.insert(k.clone(), n);
+    }
+    let q = state.store.write(|tx| {
+        let mut q = tx.get::<NetQuota>(&project)?.unwrap_or(NetQuota {
+            id: project.clone(),
+            limits: BTreeMap::new(),
+        });
+        q.limits.extend(changes);
+        tx.upsert(&q)?;
+        Ok::<_, NetError>(q)
+    })?;
+    Ok(reply(StatusCode::OK, json!({ "quota": limits(Some(q)) })))
+}
+
+async fn reset(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> NetResult<Response> {
+    if !ctx.is_admin() {
+        return Err(NetError::policy("delete_quota"));
+    }
+    state.store.write(|tx| tx.delete::<NetQuota>(&project))?;
+    Ok(super::no_content())
+}
