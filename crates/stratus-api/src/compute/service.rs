@@ -132,6 +132,48 @@ impl Compute {
         rx
     }
 
+    /// Wakes the agent of `host` for a change at revision `seq`, unless
+    /// its position is already there (the writer woke it itself).
+    pub fn notify_upto(&self, host: &str, seq: u64) {
+        match self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+        {
+            Some(tx) if *tx.borrow() < seq => {}
+            _ => return,
+        }
+        let rev = self.position();
+        if let Some(tx) = self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+        {
+            tx.send_if_modified(|v| {
+                if *v >= seq {
+                    return false;
+                }
+                *v = (*v + 1).max(rev);
+                true
+            });
+        }
+    }
+
+    /// Wakes every agent that waits (after a gap in the change log).
+    fn notify_all(&self) {
+        let rev = self.position();
+        for tx in self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            tx.send_modify(|v| *v = (*v + 1).max(rev));
+        }
+    }
+
     /// Ends every long poll now and makes new ones answer at once (the
     /// controller is shutting down).
     pub fn close(&self) {
@@ -850,6 +892,76 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
         super::scheduler::submit(state, waiting);
     }
     Ok(())
+}
+
+/// Follows the change log and wakes the agents of the hosts whose servers
+/// changed, whoever wrote the change: this process (whose writers usually
+/// woke them already), another controller on the same database, or a
+/// change applied straight to the store (as sync will). Runs until the
+/// process ends, reading the log every `every`.
+pub async fn follow_changes(state: AppState, every: std::time::Duration) {
+    let mut pos = loop {
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || st.store.last_revision()).await {
+            Ok(Ok(p)) => break p,
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the change log; retrying"),
+            Err(_) => return,
+        }
+        tokio::time::sleep(every).await;
+    };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        loop {
+            let st = state.clone();
+            let r = tokio::task::spawn_blocking(move || st.store.changes_since(pos, 1000)).await;
+            let changes = match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(stratus_store::StoreError::Compacted { .. })) => {
+                    // Fell behind the log: start again from now, and let
+                    // every agent look.
+                    let st = state.clone();
+                    if let Ok(Ok(p)) =
+                        tokio::task::spawn_blocking(move || st.store.last_revision()).await
+                    {
+                        pos = p;
+                    }
+                    state.compute.notify_all();
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the change log");
+                    break;
+                }
+                Err(_) => return,
+            };
+            let full = changes.len() == 1000;
+            for c in changes {
+                pos = c.seq;
+                if c.kind != Server::KIND {
+                    continue;
+                }
+                let Some(body) = c.body.as_deref() else {
+                    continue;
+                };
+                let Ok(s) = serde_json::from_str::<Server>(body) else {
+                    continue;
+                };
+                let job = s.resize.as_ref();
+                let hosts = [
+                    s.host.as_deref(),
+                    job.and_then(|j| j.source_host.as_deref()),
+                    job.and_then(|j| j.dest_host.as_deref()),
+                ];
+                for h in hosts.into_iter().flatten() {
+                    state.compute.notify_upto(h, c.seq as u64);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
 }
 
 /// Writes the heartbeats seen in memory to the store's liveness table,

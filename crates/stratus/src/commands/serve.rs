@@ -118,6 +118,12 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             }
         });
     }
+    // Agents are woken by the change log too, so a change another
+    // controller or a sync stream writes reaches them.
+    tokio::spawn(stratus_api::compute::service::follow_changes(
+        state.clone(),
+        Duration::from_millis(250),
+    ));
     let keys = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -481,3 +481,54 @@ fn reliability_heartbeats_add_nothing_to_the_change_log() {
     assert_eq!(services.len(), 5, "{}", r.body);
     assert!(services.iter().all(|s| s["state"] == "up"), "{}", r.body);
 }
+
+/// The test cloud's store, opened from this process as a second writer
+/// (another controller on the same database, or a sync stream) would.
+fn second_writer(c: &Cloud) -> stratus_store::Store {
+    match &c.server.database {
+        Some(url) => stratus_store::Store::open_url(url).unwrap(),
+        None => stratus_store::Store::open(
+            &c.server.data_dir().join("stratus.db"),
+            stratus_store::Durability::Full,
+        )
+        .unwrap(),
+    }
+}
+
+#[test]
+fn reliability_a_change_written_straight_to_the_store_wakes_the_agent() {
+    use stratus_api::compute::model::Server as ServerDoc;
+    let c = Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("follow");
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(&tok, "f", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&tok, &id, "ACTIVE");
+    // The agent is back in its 30 s long poll. A stop request arrives in
+    // the store without any API call to this controller.
+    std::thread::sleep(Duration::from_millis(500));
+    let store = second_writer(&c);
+    store
+        .write(|tx| {
+            let mut s = tx.fetch::<ServerDoc>(&id)?;
+            s.task_state = Some("powering-off".into());
+            s.generation += 1;
+            tx.update(&s)
+        })
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let s = server(&c, &tok, &id);
+        if s["status"] == "SHUTOFF" && s["OS-EXT-STS:task_state"].is_null() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the agent did not act on a change in the log: {}",
+            s["status"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
