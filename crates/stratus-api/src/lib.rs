@@ -22,6 +22,7 @@ macro_rules! record {
 
 pub mod compute;
 pub mod error;
+pub mod follow;
 pub mod identity;
 pub mod image;
 pub mod json;

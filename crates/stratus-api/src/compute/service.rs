@@ -162,7 +162,7 @@ impl Compute {
     }
 
     /// Wakes every agent that waits (after a gap in the change log).
-    fn notify_all(&self) {
+    pub fn notify_all(&self) {
         let rev = self.position();
         for tx in self
             .changes
@@ -894,73 +894,28 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Follows the change log and wakes the agents of the hosts whose servers
-/// changed, whoever wrote the change: this process (whose writers usually
-/// woke them already), another controller on the same database, or a
-/// change applied straight to the store (as sync will). Runs until the
-/// process ends, reading the log every `every`.
-pub async fn follow_changes(state: AppState, every: std::time::Duration) {
-    let mut pos = loop {
-        let st = state.clone();
-        match tokio::task::spawn_blocking(move || st.store.last_revision()).await {
-            Ok(Ok(p)) => break p,
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the change log; retrying"),
-            Err(_) => return,
-        }
-        tokio::time::sleep(every).await;
+/// A change read from the log (see `crate::follow`): wakes the agents of
+/// the hosts a changed server is on or moving between, unless the writer
+/// already woke them.
+pub fn on_change(state: &AppState, c: &stratus_store::Change) {
+    if c.kind != Server::KIND {
+        return;
+    }
+    let Some(s) = c
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Server>(b).ok())
+    else {
+        return;
     };
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        loop {
-            let st = state.clone();
-            let r = tokio::task::spawn_blocking(move || st.store.changes_since(pos, 1000)).await;
-            let changes = match r {
-                Ok(Ok(c)) => c,
-                Ok(Err(stratus_store::StoreError::Compacted { .. })) => {
-                    // Fell behind the log: start again from now, and let
-                    // every agent look.
-                    let st = state.clone();
-                    if let Ok(Ok(p)) =
-                        tokio::task::spawn_blocking(move || st.store.last_revision()).await
-                    {
-                        pos = p;
-                    }
-                    state.compute.notify_all();
-                    break;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot read the change log");
-                    break;
-                }
-                Err(_) => return,
-            };
-            let full = changes.len() == 1000;
-            for c in changes {
-                pos = c.seq;
-                if c.kind != Server::KIND {
-                    continue;
-                }
-                let Some(body) = c.body.as_deref() else {
-                    continue;
-                };
-                let Ok(s) = serde_json::from_str::<Server>(body) else {
-                    continue;
-                };
-                let job = s.resize.as_ref();
-                let hosts = [
-                    s.host.as_deref(),
-                    job.and_then(|j| j.source_host.as_deref()),
-                    job.and_then(|j| j.dest_host.as_deref()),
-                ];
-                for h in hosts.into_iter().flatten() {
-                    state.compute.notify_upto(h, c.seq as u64);
-                }
-            }
-            if !full {
-                break;
-            }
-        }
+    let job = s.resize.as_ref();
+    let hosts = [
+        s.host.as_deref(),
+        job.and_then(|j| j.source_host.as_deref()),
+        job.and_then(|j| j.dest_host.as_deref()),
+    ];
+    for h in hosts.into_iter().flatten() {
+        state.compute.notify_upto(h, c.seq as u64);
     }
 }
 

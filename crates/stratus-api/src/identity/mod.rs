@@ -66,6 +66,29 @@ pub struct Identity {
     pub credential_keys: credentials::CredentialKeys,
 }
 
+/// The kinds a token validation depends on: a change to one of them drops
+/// cached validations.
+const IDENTITY_KINDS: &[&str] = &[
+    "user",
+    "project",
+    "domain",
+    "role",
+    "role_assignment",
+    "implied_role",
+    "group",
+    "group_membership",
+    "application_credential",
+    "access_rule",
+    "trust",
+    "revocation_event",
+    "service",
+    "endpoint",
+    "region",
+    "endpoint_group",
+    "project_endpoint",
+    "project_endpoint_group",
+];
+
 /// Validations kept; each holds the rendered token (a few KiB with catalog).
 const CACHE_MAX: usize = 4096;
 
@@ -154,8 +177,26 @@ impl Identity {
     fn add_revocation(&self, r: Revocation) {
         let now = crate::timeutil::now_us();
         let mut list = self.revocations.write().unwrap_or_else(|p| p.into_inner());
-        list.retain(|e| e.prune_after_us > now);
+        list.retain(|e| e.prune_after_us > now && e.id != r.id);
         list.push(r);
+    }
+
+    /// A change read from the log (see `crate::follow`): a change to
+    /// anything a token's validity depends on drops cached validations,
+    /// and a revocation event joins the list, whoever wrote it.
+    pub fn on_change(&self, c: &stratus_store::Change) {
+        if !IDENTITY_KINDS.contains(&c.kind.as_str()) {
+            return;
+        }
+        if c.kind == <Revocation as stratus_store::Record>::KIND
+            && let Some(ev) = c
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<Revocation>(b).ok())
+        {
+            self.add_revocation(ev);
+        }
+        self.invalidate();
     }
 }
 

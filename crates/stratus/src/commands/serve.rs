@@ -118,9 +118,9 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             }
         });
     }
-    // Agents are woken by the change log too, so a change another
-    // controller or a sync stream writes reaches them.
-    tokio::spawn(stratus_api::compute::service::follow_changes(
+    // Agents and identity's caches follow the change log too, so a change
+    // another controller or a sync stream writes reaches them.
+    tokio::spawn(stratus_api::follow::follow_changes(
         state.clone(),
         Duration::from_millis(250),
     ));

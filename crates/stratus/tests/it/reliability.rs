@@ -532,3 +532,124 @@ fn reliability_a_change_written_straight_to_the_store_wakes_the_agent() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A second `stratus controller` process on the same store (file or
+/// database) as a running cloud; killed when dropped.
+struct SecondController {
+    child: std::process::Child,
+    url: String,
+}
+
+impl SecondController {
+    fn start(c: &Cloud) -> SecondController {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = c.server.data_dir().join("second-controller.log");
+        let child = std::process::Command::new(super::common::bin())
+            .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(c.server.data_dir())
+            .args(
+                c.server
+                    .database
+                    .iter()
+                    .flat_map(|d| ["--database", d.as_str()]),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_call(&url, "GET", "/identity/v3", "", None).is_none_or(|(s, _)| s != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "the second controller did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SecondController { child, url }
+    }
+}
+
+impl Drop for SecondController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET /identity/v3/auth/tokens` of `subject` at `base`: its status.
+fn validate(base: &str, caller: &str, subject: &str) -> u16 {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    agent
+        .get(format!("{base}/identity/v3/auth/tokens"))
+        .header("X-Auth-Token", caller)
+        .header("X-Subject-Token", subject)
+        .call()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[test]
+fn reliability_two_controllers_on_one_store_follow_each_others_changes() {
+    let c = Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let b = SecondController::start(&c);
+    let (_, tok) = c.project("two");
+    // The second controller validates (and caches) the token ...
+    assert_eq!(validate(&b.url, &c.admin, &tok), 200);
+    assert_eq!(validate(&b.url, &c.admin, &tok), 200);
+    // ... which is revoked through the first.
+    let r = c.ks.raw(
+        "DELETE",
+        "/auth/tokens",
+        Some(&c.admin),
+        &[("X-Subject-Token", tok.as_str())],
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let t0 = Instant::now();
+    while validate(&b.url, &c.admin, &tok) != 404 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the second controller still accepts a token revoked through the first"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A server created through the second controller is run by the node
+    // attached to the first: its agent is woken by the log.
+    let tok = c.ks.token("two-user", "pw-12345", Some("two"));
+    let img = c.image(&tok, "tiny");
+    let body = json!({"server": {"name": "via-b", "imageRef": img, "flavorRef": "42",
+                                 "networks": "none"}});
+    let (status, v) = try_call(
+        &format!("{}/compute/v2.1", b.url),
+        "POST",
+        "/servers",
+        &tok,
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let s = server(&c, &tok, &id);
+        if s["status"] == "ACTIVE" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a server created through the second controller is {}",
+            s["status"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

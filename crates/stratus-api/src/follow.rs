@@ -1,0 +1,74 @@
+//! Followers of the change log: every controller reads the store's log
+//! a few times a second and brings its in-memory state up to date with
+//! changes it did not make itself (another controller on the same
+//! database, a change applied straight to the store as sync will). What
+//! follows it today: agent wake-ups (`compute::service::on_change`) and
+//! identity's validation cache and revocations (`Identity::on_change`).
+//! A process's own writers still update these at once; following the log
+//! covers everyone else within a read interval.
+
+use std::time::Duration;
+
+use stratus_store::StoreError;
+
+use crate::AppState;
+
+/// Changes read per step.
+const BATCH: usize = 1000;
+
+/// Reads the change log every `every` from the newest revision at start,
+/// and hands every change to the followers. Runs until the process ends.
+pub async fn follow_changes(state: AppState, every: Duration) {
+    let Some(mut pos) = newest(&state, every).await else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        loop {
+            let st = state.clone();
+            let r = tokio::task::spawn_blocking(move || st.store.changes_since(pos, BATCH)).await;
+            let changes = match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(StoreError::Compacted { .. })) => {
+                    // Fell behind the log: start again from now, and let
+                    // everything look again.
+                    let Some(p) = newest(&state, every).await else {
+                        return;
+                    };
+                    pos = p;
+                    state.compute.notify_all();
+                    state.identity.invalidate();
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the change log");
+                    break;
+                }
+                Err(_) => return,
+            };
+            let full = changes.len() == BATCH;
+            for c in &changes {
+                pos = c.seq;
+                crate::compute::service::on_change(&state, c);
+                state.identity.on_change(c);
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+/// The newest revision, retried until the store answers.
+async fn newest(state: &AppState, every: Duration) -> Option<i64> {
+    loop {
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || st.store.last_revision()).await {
+            Ok(Ok(p)) => return Some(p),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the change log; retrying"),
+            Err(_) => return None,
+        }
+        tokio::time::sleep(every).await;
+    }
+}
