@@ -9,6 +9,54 @@ use std::collections::HashMap;
 
 use crate::{Change, Document, Query, Result, StoreError};
 
+/// The schema, in order, for every engine: `{serial}` is the change log's
+/// auto-incrementing key and `{int}` a 64-bit integer in the engine's
+/// dialect. Embedded; each engine records the versions it applied.
+pub(crate) fn migrations(serial: &str, int: &str) -> Vec<(i64, String)> {
+    [
+        (
+            1,
+            "CREATE TABLE changes (
+                seq {serial},
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                op TEXT NOT NULL,
+                body TEXT,
+                at_ms {int} NOT NULL
+             );
+             CREATE TABLE resources (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                owner TEXT,
+                parent TEXT,
+                name TEXT,
+                unique_key TEXT,
+                revision {int} NOT NULL,
+                body TEXT NOT NULL,
+                PRIMARY KEY (kind, id)
+             );
+             CREATE INDEX resources_owner ON resources (kind, owner);
+             CREATE INDEX resources_parent ON resources (kind, parent);
+             CREATE INDEX resources_name ON resources (kind, name);
+             CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        ),
+        (
+            2,
+            "CREATE TABLE liveness (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                at_us {int} NOT NULL,
+                PRIMARY KEY (kind, id)
+             );
+             CREATE INDEX changes_at ON changes (at_ms);",
+        ),
+    ]
+    .into_iter()
+    .map(|(v, sql)| (v, sql.replace("{serial}", serial).replace("{int}", int)))
+    .collect()
+}
+
 /// One resource row as the document layer writes it.
 pub(crate) struct Row<'a> {
     pub kind: &'a str,

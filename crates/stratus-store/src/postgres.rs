@@ -18,52 +18,16 @@ use std::sync::Condvar;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Statement};
 
-use crate::engine::{Conn, OrDb, Row};
+use crate::engine::{Conn, OrDb, Row, migrations};
 use crate::{Change, Document, Query, Result, StoreError};
 
 /// The advisory lock every write transaction takes (any fixed number;
 /// "stratus" in ASCII).
 const WRITE_LOCK: i64 = 0x0073_7472_6174_7573;
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "CREATE TABLE changes (
-            seq BIGSERIAL PRIMARY KEY,
-            kind TEXT NOT NULL,
-            id TEXT NOT NULL,
-            op TEXT NOT NULL,
-            body TEXT,
-            at_ms BIGINT NOT NULL
-         );
-         CREATE TABLE resources (
-            kind TEXT NOT NULL,
-            id TEXT NOT NULL,
-            owner TEXT,
-            parent TEXT,
-            name TEXT,
-            unique_key TEXT,
-            revision BIGINT NOT NULL,
-            body TEXT NOT NULL,
-            PRIMARY KEY (kind, id)
-         );
-         CREATE INDEX resources_owner ON resources (kind, owner);
-         CREATE INDEX resources_parent ON resources (kind, parent);
-         CREATE INDEX resources_name ON resources (kind, name);
-         CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
-         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    ),
-    (
-        2,
-        "CREATE TABLE liveness (
-            kind TEXT NOT NULL,
-            id TEXT NOT NULL,
-            at_us BIGINT NOT NULL,
-            PRIMARY KEY (kind, id)
-         );
-         CREATE INDEX changes_at ON changes (at_ms);",
-    ),
-];
+/// The change log's key and the integer type, in this dialect.
+const SERIAL: &str = "BIGSERIAL PRIMARY KEY";
+const INT: &str = "BIGINT";
 
 /// Connections one process keeps open at most; callers beyond that wait
 /// for one to come back rather than open (and close) more.
@@ -258,7 +222,7 @@ fn migrate(client: &mut Client) -> Result<()> {
         )
         .db()?
         .get(0);
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in migrations(SERIAL, INT).iter().filter(|(v, _)| *v > current) {
         t.batch_execute(sql).db()?;
         t.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
@@ -315,6 +279,15 @@ impl<C: GenericClient> PgConn<'_, C> {
         self.c.query_opt(&st, params).db()
     }
 
+    /// The first column of the one row `sql` finds, if any.
+    fn one<T: for<'r> postgres::types::FromSql<'r>>(
+        &mut self,
+        sql: &str,
+        params: &Params,
+    ) -> Result<Option<T>> {
+        Ok(self.query_opt(sql, params)?.map(|r| r.get(0)))
+    }
+
     fn execute(&mut self, sql: &str, params: &Params) -> Result<u64> {
         let st = self.statement(sql)?;
         self.c.execute(&st, params).db()
@@ -326,13 +299,10 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
         if nul(id) {
             return Ok(None);
         }
-        Ok(self
-            .query_opt(
-                "SELECT body FROM resources WHERE kind = $1 AND id = $2",
-                &[&kind, &id],
-            )
-            .db()?
-            .map(|r| r.get(0)))
+        self.one(
+            "SELECT body FROM resources WHERE kind = $1 AND id = $2",
+            &[&kind, &id],
+        )
     }
 
     fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>> {
@@ -366,39 +336,30 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
         if nul(key) {
             return Ok(None);
         }
-        Ok(self
-            .query_opt(
-                "SELECT body FROM resources WHERE kind = $1 AND unique_key = $2",
-                &[&kind, &key],
-            )
-            .db()?
-            .map(|r| r.get(0)))
+        self.one(
+            "SELECT body FROM resources WHERE kind = $1 AND unique_key = $2",
+            &[&kind, &key],
+        )
     }
 
     fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
         if nul(key) {
             return Ok(None);
         }
-        Ok(self
-            .query_opt(
-                "SELECT id FROM resources WHERE kind = $1 AND unique_key = $2",
-                &[&kind, &key],
-            )
-            .db()?
-            .map(|r| r.get(0)))
+        self.one(
+            "SELECT id FROM resources WHERE kind = $1 AND unique_key = $2",
+            &[&kind, &key],
+        )
     }
 
     fn revision(&mut self, kind: &str, id: &str) -> Result<Option<i64>> {
         if nul(id) {
             return Ok(None);
         }
-        Ok(self
-            .query_opt(
-                "SELECT revision FROM resources WHERE kind = $1 AND id = $2",
-                &[&kind, &id],
-            )
-            .db()?
-            .map(|r| r.get(0)))
+        self.one(
+            "SELECT revision FROM resources WHERE kind = $1 AND id = $2",
+            &[&kind, &id],
+        )
     }
 
     fn append_change(
@@ -474,10 +435,7 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
         if nul(key) {
             return Ok(None);
         }
-        Ok(self
-            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
-            .db()?
-            .map(|r| r.get(0)))
+        self.one("SELECT value FROM meta WHERE key = $1", &[&key])
     }
 
     fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {

@@ -9,48 +9,12 @@ use std::sync::{Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::engine::{Conn, OrDb, Row};
+use crate::engine::{Conn, OrDb, Row, migrations};
 use crate::{Change, Document, Durability, Query, Result, StoreError};
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "CREATE TABLE changes (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL,
-            id TEXT NOT NULL,
-            op TEXT NOT NULL,
-            body TEXT,
-            at_ms INTEGER NOT NULL
-         );
-         CREATE TABLE resources (
-            kind TEXT NOT NULL,
-            id TEXT NOT NULL,
-            owner TEXT,
-            parent TEXT,
-            name TEXT,
-            unique_key TEXT,
-            revision INTEGER NOT NULL,
-            body TEXT NOT NULL,
-            PRIMARY KEY (kind, id)
-         );
-         CREATE INDEX resources_owner ON resources (kind, owner);
-         CREATE INDEX resources_parent ON resources (kind, parent);
-         CREATE INDEX resources_name ON resources (kind, name);
-         CREATE UNIQUE INDEX resources_unique ON resources (kind, unique_key);
-         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    ),
-    (
-        2,
-        "CREATE TABLE liveness (
-            kind TEXT NOT NULL,
-            id TEXT NOT NULL,
-            at_us INTEGER NOT NULL,
-            PRIMARY KEY (kind, id)
-         );
-         CREATE INDEX changes_at ON changes (at_ms);",
-    ),
-];
+/// The change log's key and the integer type, in this dialect.
+const SERIAL: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
+const INT: &str = "INTEGER";
 
 pub(crate) struct Sqlite {
     path: PathBuf,
@@ -205,14 +169,28 @@ impl Sqlite {
 /// [`Conn`] over one SQLite connection.
 struct SqliteConn<'c>(&'c Connection);
 
-impl Conn for SqliteConn<'_> {
-    fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
+impl SqliteConn<'_> {
+    /// The first column of the one row `sql` finds, if any.
+    fn one<T: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<T>> {
         self.0
-            .prepare_cached("SELECT body FROM resources WHERE kind = ?1 AND id = ?2")
+            .prepare_cached(sql)
             .db()?
-            .query_row(params![kind, id], |r| r.get(0))
+            .query_row(params, |r| r.get(0))
             .optional()
             .db()
+    }
+}
+
+impl Conn for SqliteConn<'_> {
+    fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>> {
+        self.one(
+            "SELECT body FROM resources WHERE kind = ?1 AND id = ?2",
+            params![kind, id],
+        )
     }
 
     fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>> {
@@ -244,30 +222,24 @@ impl Conn for SqliteConn<'_> {
     }
 
     fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
-        self.0
-            .prepare_cached("SELECT body FROM resources WHERE kind = ?1 AND unique_key = ?2")
-            .db()?
-            .query_row(params![kind, key], |r| r.get(0))
-            .optional()
-            .db()
+        self.one(
+            "SELECT body FROM resources WHERE kind = ?1 AND unique_key = ?2",
+            params![kind, key],
+        )
     }
 
     fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
-        self.0
-            .prepare_cached("SELECT id FROM resources WHERE kind = ?1 AND unique_key = ?2")
-            .db()?
-            .query_row(params![kind, key], |r| r.get(0))
-            .optional()
-            .db()
+        self.one(
+            "SELECT id FROM resources WHERE kind = ?1 AND unique_key = ?2",
+            params![kind, key],
+        )
     }
 
     fn revision(&mut self, kind: &str, id: &str) -> Result<Option<i64>> {
-        self.0
-            .prepare_cached("SELECT revision FROM resources WHERE kind = ?1 AND id = ?2")
-            .db()?
-            .query_row(params![kind, id], |r| r.get(0))
-            .optional()
-            .db()
+        self.one(
+            "SELECT revision FROM resources WHERE kind = ?1 AND id = ?2",
+            params![kind, id],
+        )
     }
 
     fn append_change(
@@ -341,12 +313,7 @@ impl Conn for SqliteConn<'_> {
     }
 
     fn meta_get(&mut self, key: &str) -> Result<Option<String>> {
-        self.0
-            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
-            .db()?
-            .query_row(params![key], |r| r.get(0))
-            .optional()
-            .db()
+        self.one("SELECT value FROM meta WHERE key = ?1", params![key])
     }
 
     fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -497,7 +464,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             |r| r.get(0),
         )
         .db()?;
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in migrations(SERIAL, INT).iter().filter(|(v, _)| *v > current) {
         tx.execute_batch(sql).db()?;
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES (?1)",
