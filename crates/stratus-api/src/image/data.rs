@@ -125,6 +125,18 @@ fn back_to_queued(state: &AppState, id: &str, from: &[&str]) {
     }
 }
 
+/// The largest refused body read to its end before answering.
+const DRAIN_MAX: u64 = 16 << 20;
+
+/// Reads and discards a request body (for at most 10 s).
+async fn drain(body: &mut Body) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
@@ -171,13 +183,22 @@ async fn receive_checked(
             "Image storage media is full: not enough free disk space for this image.",
         )
     };
+    let mut body = body;
     if let Some(len) = declared_length(headers) {
-        if len > limit {
-            return Err(too_large(len));
-        }
-        let free = state.image.blobs.free_bytes().unwrap_or(u64::MAX);
-        if free < len.saturating_add(DISK_RESERVE) {
-            return Err(no_space());
+        let refused = if len > limit {
+            Some(too_large(len))
+        } else {
+            let free = state.image.blobs.free_bytes().unwrap_or(u64::MAX);
+            (free < len.saturating_add(DISK_RESERVE)).then(no_space)
+        };
+        if let Some(e) = refused {
+            // A client still sending a modest body would see its
+            // connection closed under it (a broken pipe) instead of the
+            // answer: read what it sends first.
+            if len <= DRAIN_MAX {
+                drain(&mut body).await;
+            }
+            return Err(e);
         }
     }
     let tmp = state.image.blobs.tmp_path();
