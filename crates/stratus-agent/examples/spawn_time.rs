@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 disk_gb: 1,
                 user_data: None,
                 meta_data_json: b"{}".to_vec(),
+                netns: None,
             };
             let t = Instant::now();
             d.spawn(&spec)?;

@@ -189,6 +189,7 @@ mod tests {
             disk_gb: 1,
             user_data: None,
             meta_data_json: b"{}".to_vec(),
+            netns: None,
         }
     }
 

@@ -23,6 +23,7 @@ mod container;
 mod fake;
 mod host;
 mod image;
+pub mod net;
 mod runc;
 mod snapshot;
 mod spec;
@@ -59,6 +60,10 @@ pub struct InstanceSpec {
     pub user_data: Option<Vec<u8>>,
     /// OpenStack config-drive style `meta_data.json`, written by the caller.
     pub meta_data_json: Vec<u8>,
+    /// The network namespace (already wired by [`net::Dataplane`]) the
+    /// workload joins; `None` gives it a namespace of its own with only
+    /// loopback.
+    pub netns: Option<PathBuf>,
 }
 
 /// Power state as Nova counts it (`nova.compute.power_state`).

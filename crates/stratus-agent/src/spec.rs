@@ -147,7 +147,10 @@ pub(crate) fn config(spec: &InstanceSpec, image: &ImageConfig, b: &Bundle) -> Va
     let effective: Vec<&str> = if b.uid == 0 { caps.clone() } else { Vec::new() };
     let mut namespaces = vec![
         json!({"type": "pid"}),
-        json!({"type": "network"}),
+        match &spec.netns {
+            Some(path) => json!({"type": "network", "path": path}),
+            None => json!({"type": "network"}),
+        },
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),

@@ -73,6 +73,7 @@ impl Fixture {
             user_data: user_data.map(|s| s.as_bytes().to_vec()),
             meta_data_json: format!(r#"{{"uuid": "{uuid}", "hostname": "test-server"}}"#)
                 .into_bytes(),
+            netns: None,
         }
     }
 }

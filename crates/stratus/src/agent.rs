@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use base64::Engine;
 use serde_json::{Value, json};
+use stratus_agent::net::{Dataplane, HostNetwork};
 use stratus_agent::{Driver, InstanceSpec, PowerState};
 
 /// What to do with a workload no server owns (Nova's
@@ -85,6 +86,8 @@ pub struct AgentConfig {
     pub advertise: Option<String>,
     pub orphans: OrphanAction,
     pub heartbeat: Duration,
+    /// VXLAN endpoint (see `--tunnel-ip`).
+    pub tunnel_ip: Option<std::net::IpAddr>,
 }
 
 struct Shared {
@@ -110,6 +113,12 @@ struct Shared {
     /// every listing, so the controller can tell a heartbeat listed before
     /// a task's outcome from one listed after it.
     clock: AtomicU64,
+    /// The node's dataplane, and what it last wired.
+    net: Dataplane,
+    wired: Mutex<Option<HostNetwork>>,
+    /// Set when the network should be synced again (the network thread
+    /// waits on it).
+    net_dirty: (Mutex<bool>, std::sync::Condvar),
 }
 
 /// Runs the agent until the process ends. Blocking; call it from a thread.
@@ -121,6 +130,24 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         .build()
         .new_agent();
     let key = uuid_like();
+    let net = if driver.name() == "fake" {
+        Dataplane::disabled("the fake driver wires nothing")
+    } else {
+        let tunnel = cfg
+            .tunnel_ip
+            .or_else(|| source_address(&cfg.controller))
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .map(|ip| ip.to_string());
+        let dp = Dataplane::probe(tunnel);
+        match dp.missing() {
+            Some(why) => tracing::warn!(
+                missing = why,
+                "this node cannot wire networks: its servers get addresses but no connectivity"
+            ),
+            None => tracing::info!(tunnel = ?dp.tunnel_ip(), "network dataplane ready"),
+        }
+        dp
+    };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         driver,
@@ -135,6 +162,9 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         precached: Mutex::new(Vec::new()),
         image_seen: Mutex::new(HashMap::new()),
         clock: AtomicU64::new(0),
+        net,
+        wired: Mutex::new(None),
+        net_dirty: (Mutex::new(true), std::sync::Condvar::new()),
     });
     start_listener(&shared)?;
     // First heartbeat: register; `starting` tells the controller not to
@@ -161,6 +191,10 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             }
         }
     });
+    if shared.net.missing().is_none() {
+        let nt = shared.clone();
+        std::thread::spawn(move || network_loop(&nt));
+    }
     let mut since = 0u64;
     let mut resumed = first;
     loop {
@@ -184,6 +218,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         };
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         since = v["revision"].as_u64().unwrap_or(since);
+        mark_network_dirty(&shared);
         let servers = v["servers"].as_array().cloned().unwrap_or_default();
         if !resumed {
             resume_guests(&shared, &servers);
@@ -325,7 +360,7 @@ fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
         "hypervisor_type": res.hypervisor_type,
         "hypervisor_version": res.hypervisor_version,
         "cpu_model": res.cpu_model,
-        "host_ip": "127.0.0.1",
+        "host_ip": sh.net.tunnel_ip().unwrap_or("127.0.0.1"),
         "agent_url": sh.agent_url.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         "agent_key": sh.key,
         "instances": instances,
@@ -606,7 +641,11 @@ fn run_task(sh: &Arc<Shared>, s: &Value, task: &str) {
             "rebooting_hard" => d.reboot(&id, true)?,
             "pausing" | "suspending" => d.pause(&id)?,
             "unpausing" | "resuming" => d.unpause(&id)?,
-            "deleting" => d.destroy(&id)?,
+            "deleting" => {
+                d.destroy(&id)?;
+                sh.net.unplug(&id);
+                mark_network_dirty(sh);
+            }
             // Cold migration, on the source: a clean stop, then the root
             // file system goes into the transfer image. The stopped copy
             // stays until the migration is confirmed or reverted.
@@ -801,15 +840,84 @@ fn upload(sh: &Shared, image_id: &str, file: &Path) -> anyhow::Result<()> {
     anyhow::bail!("not authorised by the image service")
 }
 
+/// The address this machine reaches `url`'s host from (no packet is
+/// sent: a UDP socket is only connected).
+fn source_address(url: &str) -> Option<std::net::IpAddr> {
+    let rest = url.split("://").nth(1)?;
+    let authority = rest.split('/').next()?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&authority)
+        .ok()?
+        .next()?;
+    let bind = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(addr).ok()?;
+    sock.local_addr().ok().map(|a| a.ip())
+}
+
+fn mark_network_dirty(sh: &Shared) {
+    let (m, cv) = &sh.net_dirty;
+    *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    cv.notify_one();
+}
+
+/// Keeps the node's wiring what the controller says: syncs whenever the
+/// controller woke the agent, and every 30 s in any case.
+fn network_loop(sh: &Shared) {
+    loop {
+        {
+            let (m, cv) = &sh.net_dirty;
+            let mut dirty = m.lock().unwrap_or_else(|e| e.into_inner());
+            if !*dirty {
+                dirty = cv
+                    .wait_timeout(dirty, Duration::from_secs(30))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            *dirty = false;
+        }
+        if let Err(e) = sync_network(sh, false) {
+            tracing::warn!(error = %format!("{e:#}"), "network sync failed; retrying");
+            std::thread::sleep(Duration::from_secs(2));
+            mark_network_dirty(sh);
+        }
+    }
+}
+
+/// Fetches what this node must wire and wires it (only when it changed,
+/// unless `force`). Returns what is wired.
+fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwork> {
+    let url = format!(
+        "{}/edge/v1/nodes/{}/network",
+        sh.cfg.controller, sh.cfg.host
+    );
+    let net: HostNetwork = match call(sh, "GET", &url, None)? {
+        (200, b) => serde_json::from_str(&b).context("the controller's network answer")?,
+        (code, b) => anyhow::bail!("the controller answered {code} for the network: {b}"),
+    };
+    let mut wired = sh.wired.lock().unwrap_or_else(|e| e.into_inner());
+    if force || wired.as_ref() != Some(&net) {
+        let keep: std::collections::BTreeSet<String> =
+            sh.driver.list().into_iter().map(|(id, _)| id).collect();
+        sh.net.apply(&net, &keep)?;
+        *wired = Some(net.clone());
+    }
+    Ok(net)
+}
+
 /// Fetches the image (once per node) and starts the workload.
 fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
-    let spec = instance_spec(
+    let mut spec = instance_spec(
         sh,
         s,
         s["image_id"].as_str().unwrap_or(""),
         s["container_format"].as_str().unwrap_or(""),
         s["image_checksum"].as_str(),
     )?;
+    spec.netns = wire_server(sh, &spec.uuid)?;
     sh.driver.spawn(&spec)?;
     // A shelved or transfer image boots this server only: its download
     // goes once the workload runs from the unpacked copy.
@@ -819,6 +927,16 @@ fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wires a server's ports before its workload starts; the namespace it
+/// joins, if it has ports and this node wires them.
+fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<Option<PathBuf>> {
+    if sh.net.missing().is_some() {
+        return Ok(None);
+    }
+    let net = sync_network(sh, false)?;
+    Ok(sh.net.netns_path(&net, id))
+}
+
 /// Runs the server from its rescue image (the controller names it in
 /// `rescue`), with its own root at `/mnt/rescue`.
 fn rescue(sh: &Shared, s: &Value) -> anyhow::Result<()> {
@@ -826,13 +944,14 @@ fn rescue(sh: &Shared, s: &Value) -> anyhow::Result<()> {
     let image_id = r["image_id"]
         .as_str()
         .context("the controller named no rescue image")?;
-    let spec = instance_spec(
+    let mut spec = instance_spec(
         sh,
         s,
         image_id,
         r["container_format"].as_str().unwrap_or(""),
         r["image_checksum"].as_str(),
     )?;
+    spec.netns = wire_server(sh, &spec.uuid)?;
     sh.driver.rescue(&spec)?;
     Ok(())
 }
@@ -877,6 +996,7 @@ fn instance_spec(
         disk_gb: s["disk_gb"].as_u64().unwrap_or(0),
         user_data,
         meta_data_json: serde_json::to_vec(&s["meta_data"]).unwrap_or_default(),
+        netns: None,
     })
 }
 

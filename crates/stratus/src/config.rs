@@ -164,6 +164,11 @@ pub struct AgentArgs {
     /// running_deleted_instance_action).
     #[arg(long, env = "STRATUS_ORPHANS", value_enum, default_value = "reap")]
     pub orphans: crate::agent::OrphanAction,
+    /// This node's VXLAN endpoint address (default: the address it
+    /// reaches the controller from; none when that is loopback, so
+    /// networks stay on this node).
+    #[arg(long = "tunnel-ip", env = "STRATUS_TUNNEL_IP")]
+    pub tunnel_ip: Option<std::net::IpAddr>,
     /// OCI runtime binary (default: runc, then crun, from PATH).
     #[arg(long, env = "STRATUS_OCI_RUNTIME")]
     pub runtime: Option<PathBuf>,

@@ -17,6 +17,7 @@ mod groups;
 mod images;
 mod keypairs;
 pub mod model;
+mod nics;
 pub mod node_access;
 pub mod nodes;
 mod quotas;

@@ -217,6 +217,10 @@ pub struct Server {
     /// server's power state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled: Option<NodeMark>,
+    /// The server's ports, as the network service made them (Nova's
+    /// network info cache).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::network::nova::Nic>,
 }
 
 /// A point on one agent's report clock: the agent's key (new each time

@@ -32,6 +32,7 @@ pub fn agent_routes() -> Router<AppState> {
     Router::new()
         .route("/edge/v1/nodes/{host}", put(register))
         .route("/edge/v1/nodes/{host}/servers", get(assigned))
+        .route("/edge/v1/nodes/{host}/network", get(wiring))
         .route("/edge/v1/nodes/{host}/servers/{id}/report", post(report))
         .route(
             "/edge/v1/nodes/{host}/servers/{id}/progress",
@@ -258,6 +259,61 @@ async fn assigned(
         out.push(super::service::assignment(&state, &s)?);
     }
     Ok(axum::Json(json!({"revision": rev, "servers": out})))
+}
+
+/// What the node must wire for the servers on it
+/// ([`stratus_agent::net::HostNetwork`]). Asking binds the servers' ports
+/// to the node (`binding:host_id`, status ACTIVE), as Nova's compute does
+/// when it plugs them.
+async fn wiring(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(host): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_agent(&ctx, &host)?;
+    let st = state.clone();
+    let net = tokio::task::spawn_blocking(move || {
+        let servers: Vec<(String, Vec<crate::network::nova::Nic>)> = st
+            .store
+            .list::<Server>(&StoreQuery::parent(&host))?
+            .into_iter()
+            .filter(|s| !s.nics.is_empty())
+            .map(|s| (s.id, s.nics))
+            .collect();
+        let tunnels: HashMap<String, String> = st
+            .store
+            .list::<ComputeNode>(&StoreQuery::all())?
+            .into_iter()
+            .map(|n| (n.id, n.host_ip))
+            .collect();
+        let nova = super::nics::nova_error;
+        let mut unbound = false;
+        for (_, nics) in &servers {
+            for n in nics {
+                if st
+                    .store
+                    .get::<crate::network::model::Port>(&n.port_id)?
+                    .is_some_and(|p| p.host_id != host || p.status != "ACTIVE")
+                {
+                    unbound = true;
+                }
+            }
+        }
+        if unbound {
+            st.store.write(|tx| {
+                for (_, nics) in &servers {
+                    crate::network::nova::bind(tx, nics, &host).map_err(nova)?;
+                }
+                Ok::<_, ApiError>(())
+            })?;
+        }
+        st.store.write(|tx| {
+            crate::network::nova::host_network(tx, &host, &servers, &tunnels).map_err(nova)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(axum::Json(json!(net)))
 }
 
 /// The outcome of a task on a server, as the agent reports it.

@@ -312,7 +312,7 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         },
         "created": nova_time(s.created_us),
         "updated": nova_time(s.updated_us),
-        "addresses": {},
+        "addresses": crate::network::nova::addresses(&s.nics),
         "accessIPv4": s.access_ipv4,
         "accessIPv6": s.access_ipv6,
         "links": links(state, "servers", &s.id),
@@ -327,6 +327,12 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         "OS-SRV-USG:terminated_at": null,
         "os-extended-volumes:volumes_attached": [],
     });
+    if !s.nics.is_empty() {
+        let mut names: Vec<&String> = s.nics.iter().flat_map(|n| &n.security_groups).collect();
+        names.sort();
+        names.dedup();
+        v["security_groups"] = json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+    }
     let o = v.as_object_mut().expect("object");
     if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
         o.insert(
@@ -962,13 +968,6 @@ async fn create(
             None => return Err(bad_field("server", "'networks' is a required property")),
         }
     }
-    if let Some(Value::Array(nets)) = o.get("networks")
-        && !nets.is_empty()
-    {
-        return Err(ApiError::bad_request(
-            "Requested networks are not available: this cloud has no network service yet; use \"networks\": \"none\" or \"auto\".",
-        ));
-    }
     let description = match o.get("description") {
         None | Some(Value::Null) => None,
         Some(_) if !mv.at_least(19) => {
@@ -1051,6 +1050,8 @@ async fn create(
     if min_count > max_count {
         return Err(ApiError::bad_request("min_count must be <= max_count"));
     }
+    let nic_request = super::nics::parse(o.get("networks"), max_count)?;
+    let security_groups = super::nics::parse_groups(o.get("security_groups"))?;
     let return_rid = o
         .get("return_reservation_id")
         .map(|v| parse_bool(v).unwrap_or(false))
@@ -1270,7 +1271,19 @@ async fn create(
                 resize: None,
                 shelved_image: None,
                 settled: None,
+                nics: Vec::new(),
             };
+            let mut s = s;
+            s.nics = crate::network::nova::plug(
+                tx,
+                &ctx,
+                &project,
+                &id,
+                requested_az.as_deref().unwrap_or(super::nodes::DEFAULT_ZONE),
+                &nic_request,
+                security_groups.as_deref(),
+            )
+            .map_err(super::nics::nova_error)?;
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;
             record_action(tx, &s, "create", &ctx, &req_id.0)?;
@@ -1301,7 +1314,8 @@ async fn create(
         "adminPass": admin_pass,
     });
     if !matches!(o.get("networks"), Some(Value::String(n)) if n == "none") {
-        v["security_groups"] = json!([{"name": "default"}]);
+        let names = security_groups.unwrap_or_else(|| vec!["default".into()]);
+        v["security_groups"] = json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
 }

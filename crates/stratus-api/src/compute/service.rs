@@ -174,6 +174,26 @@ impl Compute {
         }
     }
 
+    /// Wakes every agent whose position is before `seq` (a change every
+    /// node may have to wire, such as a security group rule).
+    pub fn notify_all_upto(&self, seq: u64) {
+        let rev = self.position();
+        for tx in self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            tx.send_if_modified(|v| {
+                if *v >= seq {
+                    return false;
+                }
+                *v = (*v + 1).max(rev);
+                true
+            });
+        }
+    }
+
     /// Ends every long poll now and makes new ones answer at once (the
     /// controller is shutting down).
     pub fn close(&self) {
@@ -649,6 +669,7 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
                     s.host.as_deref(),
                 )?;
                 super::resize::abandon(tx, &s)?;
+                crate::network::nova::unplug(tx, &s.nics).map_err(super::nics::nova_error)?;
                 // A resize counts the new flavor from the moment it is asked.
                 let counted = s.resize.as_ref().map_or(&s.flavor, |j| &j.new_flavor);
                 super::quotas::account(
@@ -898,6 +919,10 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
 /// the hosts a changed server is on or moving between, unless the writer
 /// already woke them.
 pub fn on_change(state: &AppState, c: &stratus_store::Change) {
+    if crate::network::nova::is_wiring_kind(&c.kind) {
+        state.compute.notify_all_upto(c.seq as u64);
+        return;
+    }
     if c.kind != Server::KIND {
         return;
     }

@@ -20,6 +20,7 @@ mod extensions;
 mod ipam;
 pub mod model;
 mod networks;
+pub mod nova;
 mod ports;
 mod quotas;
 mod security_groups;

@@ -527,7 +527,26 @@ async fn create(
     require_member(&ctx, "create_port")?;
     let m = resource_body(body, "port", CREATE_ATTRS)?;
     let project = target_project(&ctx, &m, "create_port")?;
-    let network_id = opt_str(&m, "network_id")?.ok_or_else(|| {
+    let port = state
+        .store
+        .write(|tx| create_in(tx, &ctx, &project, &m, &new_id()))?;
+    Ok(reply(
+        StatusCode::CREATED,
+        json!({ "port": port.render(ctx.is_admin()) }),
+    ))
+}
+
+/// Creates port `id` of `project` from a request body's attributes inside
+/// `tx`: the API's port create, and the compute service's when it makes a
+/// server's ports.
+pub(crate) fn create_in(
+    tx: &Tx,
+    ctx: &Ctx,
+    project: &str,
+    m: &Map<String, Value>,
+    id: &str,
+) -> NetResult<Port> {
+    let network_id = opt_str(m, "network_id")?.ok_or_else(|| {
         NetError::bad_request(
             "Failed to parse request. Required attribute 'network_id' not specified",
         )
@@ -536,13 +555,13 @@ async fn create(
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_fixed_ips(v)?),
     };
-    let asked_mac = opt_str(&m, "mac_address")?
+    let asked_mac = opt_str(m, "mac_address")?
         .map(|s| parse_mac(&s))
         .transpose()?;
-    let vnic = opt_str(&m, "binding:vnic_type")?.unwrap_or_else(|| "normal".into());
+    let vnic = opt_str(m, "binding:vnic_type")?.unwrap_or_else(|| "normal".into());
     check_vnic(&vnic)?;
     let asked_groups = m.get("security_groups").map(parse_groups).transpose()?;
-    let asked_ps = opt_bool(&m, "port_security_enabled")?;
+    let asked_ps = opt_bool(m, "port_security_enabled")?;
     if m.get("extra_dhcp_opts")
         .is_some_and(|v| v != &json!([]) && !v.is_null())
     {
@@ -550,73 +569,86 @@ async fn create(
             "extra_dhcp_opts is not supported by this cloud",
         ));
     }
-    let id = new_id();
-    let port = state.store.write(|tx| {
-        let net = networks::find_in(tx, &ctx, &network_id)?;
-        port_policy(&ctx, &m, &net, "create_port")?;
-        super::quotas::check(tx, &project, "port", 1)?;
-        let macs: HashSet<String> = tx
-            .list::<Port>(&SQ::parent(&net.id))?
-            .into_iter()
-            .map(|p| p.mac_address)
-            .collect();
-        let mac = match &asked_mac {
-            Some(mac) if macs.contains(mac) => return Err(mac_in_use(&net.id, mac)),
-            Some(mac) => mac.clone(),
-            None => {
-                let mut mac = random_mac();
-                while macs.contains(&mac) {
-                    mac = random_mac();
-                }
-                mac
+    let net = networks::find_in(tx, ctx, &network_id)?;
+    port_policy(ctx, m, &net, "create_port")?;
+    super::quotas::check(tx, project, "port", 1)?;
+    let macs: HashSet<String> = tx
+        .list::<Port>(&SQ::parent(&net.id))?
+        .into_iter()
+        .map(|p| p.mac_address)
+        .collect();
+    let mac = match &asked_mac {
+        Some(mac) if macs.contains(mac) => return Err(mac_in_use(&net.id, mac)),
+        Some(mac) => mac.clone(),
+        None => {
+            let mut mac = random_mac();
+            while macs.contains(&mac) {
+                mac = random_mac();
             }
-        };
-        let port_security = asked_ps.unwrap_or(net.port_security_enabled);
-        let groups = match &asked_groups {
-            Some(g) => g.clone(),
-            None if port_security && !m.get("device_owner").and_then(Value::as_str).is_some_and(|d| d.starts_with("network:")) => {
-                vec![security_groups::ensure_default(tx, &project)?.id]
-            }
-            None => Vec::new(),
-        };
-        if !port_security && !groups.is_empty() {
-            return Err(NetError::bad("PortSecurityAndIPRequiredForSecurityGroups", "Port security must be enabled and port must have an IP address in order to use security groups."));
+            mac
         }
-        check_groups(tx, &project, &groups)?;
-        let pairs = match m.get("allowed_address_pairs") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(v) => parse_pairs(v, &mac)?,
-        };
-        if !port_security && !pairs.is_empty() {
-            return Err(NetError::conflict("AddressPairAndPortSecurityRequired", "Port Security must be enabled in order to have allowed address pairs on a port."));
+    };
+    let port_security = asked_ps.unwrap_or(net.port_security_enabled);
+    let groups = match &asked_groups {
+        Some(g) => g.clone(),
+        None if port_security
+            && !m
+                .get("device_owner")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.starts_with("network:")) =>
+        {
+            vec![security_groups::ensure_default(tx, project)?.id]
         }
-        let fixed_ips = allocate(tx, &net, &id, &mac, wants, &[])?;
-        let port = Port {
-            id: id.clone(),
-            network_id: net.id.clone(),
-            project_id: project.clone(),
-            name: opt_str(&m, "name")?.unwrap_or_default(),
-            admin_state_up: opt_bool(&m, "admin_state_up")?.unwrap_or(true),
-            mac_address: mac,
-            fixed_ips,
-            device_id: opt_str(&m, "device_id")?.unwrap_or_default(),
-            device_owner: opt_str(&m, "device_owner")?.unwrap_or_default(),
-            security_groups: groups,
-            port_security_enabled: port_security,
-            allowed_address_pairs: pairs,
-            host_id: opt_str(&m, "binding:host_id")?.unwrap_or_default(),
-            vnic_type: vnic.clone(),
-            profile: m.get("binding:profile").cloned().unwrap_or(Value::Null),
-            status: "DOWN".into(),
-            std: Std::new(opt_str(&m, "description")?.unwrap_or_default()),
-        };
-        tx.insert(&port)?;
-        Ok::<_, NetError>(port)
-    })?;
-    Ok(reply(
-        StatusCode::CREATED,
-        json!({ "port": port.render(ctx.is_admin()) }),
-    ))
+        None => Vec::new(),
+    };
+    if !port_security && !groups.is_empty() {
+        return Err(NetError::bad(
+            "PortSecurityAndIPRequiredForSecurityGroups",
+            "Port security must be enabled and port must have an IP address in order to use security groups.",
+        ));
+    }
+    check_groups(tx, project, &groups)?;
+    let pairs = match m.get("allowed_address_pairs") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => parse_pairs(v, &mac)?,
+    };
+    if !port_security && !pairs.is_empty() {
+        return Err(NetError::conflict(
+            "AddressPairAndPortSecurityRequired",
+            "Port Security must be enabled in order to have allowed address pairs on a port.",
+        ));
+    }
+    let fixed_ips = allocate(tx, &net, id, &mac, wants, &[])?;
+    let port = Port {
+        id: id.to_string(),
+        network_id: net.id.clone(),
+        project_id: project.to_string(),
+        name: opt_str(m, "name")?.unwrap_or_default(),
+        admin_state_up: opt_bool(m, "admin_state_up")?.unwrap_or(true),
+        mac_address: mac,
+        fixed_ips,
+        device_id: opt_str(m, "device_id")?.unwrap_or_default(),
+        device_owner: opt_str(m, "device_owner")?.unwrap_or_default(),
+        security_groups: groups,
+        port_security_enabled: port_security,
+        allowed_address_pairs: pairs,
+        host_id: opt_str(m, "binding:host_id")?.unwrap_or_default(),
+        vnic_type: vnic,
+        profile: m.get("binding:profile").cloned().unwrap_or(Value::Null),
+        status: "DOWN".into(),
+        std: Std::new(opt_str(m, "description")?.unwrap_or_default()),
+    };
+    tx.insert(&port)?;
+    Ok(port)
+}
+
+/// Deletes a port and frees its addresses inside `tx` (no policy check).
+pub(crate) fn delete_in(tx: &Tx, p: &Port) -> NetResult<()> {
+    for f in &p.fixed_ips {
+        ipam::release(tx, &f.subnet_id, &f.ip_address)?;
+    }
+    tx.delete::<Port>(&p.id)?;
+    Ok(())
 }
 
 const UPDATE_ATTRS: &[&str] = &[
@@ -756,11 +788,7 @@ async fn delete(
         if !owns(&ctx, &p.project_id) && !owns(&ctx, &net.project_id) {
             return Err(NetError::policy("delete_port"));
         }
-        for f in &p.fixed_ips {
-            ipam::release(tx, &f.subnet_id, &f.ip_address)?;
-        }
-        tx.delete::<Port>(&p.id)?;
-        Ok::<_, NetError>(())
+        delete_in(tx, &p)
     })?;
     Ok(super::no_content())
 }

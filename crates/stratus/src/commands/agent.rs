@@ -135,6 +135,7 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             listen: cmd.agent.agent_listen,
             advertise: cmd.agent.agent_url.clone(),
             orphans: cmd.agent.orphans,
+            tunnel_ip: cmd.agent.tunnel_ip,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
         };
         handles.push(

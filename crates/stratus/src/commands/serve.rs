@@ -255,6 +255,7 @@ fn start_local_agent(
         listen: args.agent.agent_listen,
         advertise: args.agent.agent_url.clone(),
         orphans: args.agent.orphans,
+        tunnel_ip: args.agent.tunnel_ip,
         heartbeat: Duration::from_secs(10),
     };
     std::thread::Builder::new()

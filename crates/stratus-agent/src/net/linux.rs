@@ -1,0 +1,426 @@
+//! Wiring with the kernel's own tools: `ip` (iproute2) for links,
+//! namespaces, addresses and routes, `bridge` for VXLAN flood entries, and
+//! `nft` for the ruleset. Every step checks what is there first, so
+//! applying the same [`HostNetwork`] twice changes nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use super::rules::{bridge_name, host_ifname, ruleset, vxlan_name};
+use super::{HostNetwork, PortWiring, Segment};
+use crate::DriverError;
+
+/// The network namespace a server's ports live in (and its container
+/// joins).
+pub fn netns_name(server_id: &str) -> String {
+    format!("stratus-{server_id}")
+}
+
+/// The node's dataplane, or the reason it has none.
+pub struct Dataplane {
+    /// Why this node cannot wire ports (not root, a tool missing); `None`
+    /// when it can.
+    missing: Option<String>,
+    /// This node's VXLAN endpoint; without one, networks stay local to the
+    /// node.
+    tunnel_ip: Option<String>,
+    /// One apply at a time.
+    lock: Mutex<()>,
+}
+
+fn run(cmd: &mut Command) -> Result<String, DriverError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| DriverError::Runtime(format!("{cmd:?}: {e}")))?;
+    if !out.status.success() {
+        return Err(DriverError::Runtime(format!(
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, DriverError> {
+    run(Command::new("ip").args(args))
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> Result<String, DriverError> {
+    run(Command::new("ip").arg("-n").arg(ns).args(args))
+}
+
+/// Whether a link exists in this network namespace (asked of the kernel:
+/// /sys may be another namespace's when the agent was started with
+/// `nsenter --net`).
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The names of the links in this network namespace.
+fn link_names() -> Vec<String> {
+    ip(&["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            // `veth@peer` shows the peer after the name.
+            Some(name.split('@').next().unwrap_or(name).to_string())
+        })
+        .collect()
+}
+
+/// Effective uid 0, read from /proc (no `unsafe` for a getter).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
+            .unwrap_or(false)
+    })
+}
+
+fn tool_present(name: &str) -> bool {
+    Command::new(name)
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+impl Dataplane {
+    /// Probes the host. A node without the tools still runs workloads;
+    /// their ports get addresses but no wiring, and [`Dataplane::missing`]
+    /// says why.
+    pub fn probe(tunnel_ip: Option<String>) -> Dataplane {
+        let mut missing = Vec::new();
+        if !is_root() {
+            missing.push("root privileges".to_string());
+        }
+        if !tool_present("ip") {
+            missing.push("the ip command (apt install iproute2)".to_string());
+        }
+        if !tool_present("nft") {
+            missing.push("the nft command (apt install nftables)".to_string());
+        }
+        if !std::path::Path::new("/proc/sys/net/bridge").exists() {
+            missing.push("bridge netfilter in the kernel (br_netfilter)".to_string());
+        }
+        Dataplane {
+            missing: (!missing.is_empty()).then(|| missing.join(", ")),
+            tunnel_ip: tunnel_ip.filter(|t| !t.is_empty()),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// A dataplane that wires nothing (the fake driver's).
+    pub fn disabled(why: &str) -> Dataplane {
+        Dataplane {
+            missing: Some(why.to_string()),
+            tunnel_ip: None,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn missing(&self) -> Option<&str> {
+        self.missing.as_deref()
+    }
+
+    pub fn tunnel_ip(&self) -> Option<&str> {
+        self.tunnel_ip.as_deref()
+    }
+
+    /// The namespace path a server's container joins, when the server has
+    /// ports and this node wires them.
+    pub fn netns_path(&self, net: &HostNetwork, server_id: &str) -> Option<PathBuf> {
+        if self.missing.is_some() || !net.ports.iter().any(|p| p.device_id == server_id) {
+            return None;
+        }
+        Some(PathBuf::from("/run/netns").join(netns_name(server_id)))
+    }
+
+    /// Makes the node's links, addresses and rules what `net` says, and
+    /// removes ports, bridges and tunnels nothing wants any more. `keep`
+    /// names servers whose namespaces stay even without ports (their
+    /// workloads still run).
+    pub fn apply(&self, net: &HostNetwork, keep: &BTreeSet<String>) -> Result<(), DriverError> {
+        if self.missing.is_some() {
+            return Ok(());
+        }
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        for f in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+            std::fs::write(format!("/proc/sys/net/bridge/{f}"), "1")?;
+        }
+        let mut errors = Vec::new();
+        let segments: HashMap<&str, &Segment> =
+            net.networks.iter().map(|n| (n.id.as_str(), n)).collect();
+        for seg in &net.networks {
+            if let Err(e) = self.ensure_segment(seg) {
+                errors.push(e.to_string());
+            }
+        }
+        for p in &net.ports {
+            let mtu = segments.get(p.network_id.as_str()).map_or(p.mtu, |s| s.mtu);
+            if let Err(e) = ensure_port(p, mtu) {
+                errors.push(format!("port {}: {e}", p.id));
+            }
+        }
+        // The rules go in before anything is removed, so a port that
+        // moves between applies is never unfiltered.
+        if let Err(e) = nft_apply(&ruleset(net)) {
+            errors.push(e.to_string());
+        }
+        self.sweep(net, keep);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DriverError::Runtime(errors.join("; ")))
+        }
+    }
+
+    /// Removes a server's namespace (and with it its ports' inner ends;
+    /// the host ends go with them).
+    pub fn unplug(&self, server_id: &str) {
+        if self.missing.is_some() {
+            return;
+        }
+        let ns = netns_name(server_id);
+        if std::path::Path::new("/run/netns").join(&ns).exists() {
+            let _ = ip(&["netns", "delete", &ns]);
+        }
+    }
+
+    fn ensure_segment(&self, seg: &Segment) -> Result<(), DriverError> {
+        let br = bridge_name(&seg.id);
+        if !link_exists(&br) {
+            ip(&["link", "add", &br, "type", "bridge"])?;
+        }
+        let mtu = seg.mtu.to_string();
+        ip(&["link", "set", &br, "mtu", &mtu, "up"])?;
+        let Some(local) = &self.tunnel_ip else {
+            return Ok(());
+        };
+        let vx = vxlan_name(&seg.id);
+        if !link_exists(&vx) {
+            let vni = seg.vni.to_string();
+            ip(&[
+                "link", "add", &vx, "type", "vxlan", "id", &vni, "local", local, "dstport", "4789",
+            ])?;
+        }
+        ip(&["link", "set", &vx, "mtu", &mtu, "master", &br, "up"])?;
+        // Flood entries: one per peer node, and none for nodes gone.
+        let fdb = run(Command::new("bridge").args(["fdb", "show", "dev", &vx]))?;
+        let have: BTreeSet<String> = fdb
+            .lines()
+            .filter(|l| l.starts_with("00:00:00:00:00:00"))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.position(|x| x == "dst")?;
+                w.next().map(str::to_string)
+            })
+            .collect();
+        let want: BTreeSet<String> = seg
+            .peers
+            .iter()
+            .filter(|p| p.as_str() != local)
+            .cloned()
+            .collect();
+        for peer in want.difference(&have) {
+            run(Command::new("bridge").args([
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                &vx,
+                "dst",
+                peer,
+            ]))?;
+        }
+        for gone in have.difference(&want) {
+            let _ = run(Command::new("bridge").args([
+                "fdb",
+                "del",
+                "00:00:00:00:00:00",
+                "dev",
+                &vx,
+                "dst",
+                gone,
+            ]));
+        }
+        Ok(())
+    }
+
+    /// Deletes our links and namespaces that `net` no longer names.
+    fn sweep(&self, net: &HostNetwork, keep: &BTreeSet<String>) {
+        let ports: BTreeSet<String> = net.ports.iter().map(|p| host_ifname(&p.id)).collect();
+        let bridges: BTreeSet<String> = net
+            .networks
+            .iter()
+            .flat_map(|n| [bridge_name(&n.id), vxlan_name(&n.id)])
+            .collect();
+        let mut names = link_names();
+        // Ports first, tunnels before their bridges.
+        names.sort_by_key(|n| match &n[..n.len().min(3)] {
+            "sp-" => 0,
+            "sv-" => 1,
+            _ => 2,
+        });
+        for name in names {
+            let ours_gone = match &name[..name.len().min(3)] {
+                "sp-" => !ports.contains(&name),
+                "sb-" | "sv-" => !bridges.contains(&name),
+                _ => false,
+            };
+            if ours_gone {
+                let _ = ip(&["link", "delete", &name]);
+            }
+        }
+        let servers: BTreeSet<String> = net.ports.iter().map(|p| p.device_id.clone()).collect();
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_prefix("stratus-")
+                    && !servers.contains(id)
+                    && !keep.contains(id)
+                {
+                    let _ = ip(&["netns", "delete", &name]);
+                }
+            }
+        }
+    }
+}
+
+/// The veth of one port, its inner end named and addressed inside the
+/// server's namespace.
+fn ensure_port(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
+    let ns = netns_name(&p.device_id);
+    if !std::path::Path::new("/run/netns").join(&ns).exists() {
+        ip(&["netns", "add", &ns])?;
+    }
+    ip_in(&ns, &["link", "set", "lo", "up"])?;
+    let host = host_ifname(&p.id);
+    let mtu_s = mtu.to_string();
+    if !link_exists(&host) {
+        // Made under a temporary inner name in our namespace, then moved
+        // and renamed: two ports of two servers may both be `eth0`.
+        let tmp = format!("sq-{}", &host[3..]);
+        let _ = ip(&["link", "delete", &tmp]);
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &tmp])?;
+        ip(&["link", "set", &tmp, "netns", &ns])?;
+        ip_in(&ns, &["link", "set", &tmp, "name", &p.ifname])?;
+    }
+    ip(&[
+        "link",
+        "set",
+        &host,
+        "master",
+        &bridge_name(&p.network_id),
+        "mtu",
+        &mtu_s,
+        "up",
+    ])?;
+    let mac = p.mac.to_ascii_lowercase();
+    ip_in(
+        &ns,
+        &[
+            "link", "set", &p.ifname, "address", &mac, "mtu", &mtu_s, "up",
+        ],
+    )?;
+    // Addresses: the port's, and no others.
+    let shown = ip_in(&ns, &["-o", "addr", "show", "dev", &p.ifname])?;
+    let want: BTreeSet<String> = p
+        .addresses
+        .iter()
+        .map(|a| format!("{}/{}", a.ip, a.prefix_len))
+        .collect();
+    for line in shown.lines() {
+        let mut w = line.split_whitespace();
+        if let (Some(_), Some(fam), Some(addr)) = (w.nth(1), w.next(), w.next()) {
+            let link_local = fam == "inet6" && addr.starts_with("fe80:");
+            if !link_local && !want.contains(addr) {
+                let _ = ip_in(&ns, &["addr", "del", addr, "dev", &p.ifname]);
+            }
+        }
+    }
+    for a in &p.addresses {
+        let cidr = format!("{}/{}", a.ip, a.prefix_len);
+        let fam = if a.version == 6 { "-6" } else { "-4" };
+        let mut args = vec![fam, "addr", "replace", &cidr, "dev", &p.ifname];
+        if a.version == 6 {
+            args.push("nodad");
+        }
+        ip_in(&ns, &args)?;
+    }
+    for a in &p.addresses {
+        if let Some(gw) = &a.gateway {
+            let fam = if a.version == 6 { "-6" } else { "-4" };
+            // The first port with a gateway gives the default route.
+            if p.ifname == "eth0" || !has_default(&ns, fam) {
+                ip_in(
+                    &ns,
+                    &[
+                        fam, "route", "replace", "default", "via", gw, "dev", &p.ifname,
+                    ],
+                )?;
+            }
+        }
+    }
+    for r in &p.routes {
+        let fam = if r.destination.contains(':') {
+            "-6"
+        } else {
+            "-4"
+        };
+        let _ = ip_in(
+            &ns,
+            &[
+                fam,
+                "route",
+                "replace",
+                &r.destination,
+                "via",
+                &r.nexthop,
+                "dev",
+                &p.ifname,
+            ],
+        );
+    }
+    Ok(())
+}
+
+fn has_default(ns: &str, fam: &str) -> bool {
+    ip_in(ns, &[fam, "route", "show", "default"]).is_ok_and(|o| !o.trim().is_empty())
+}
+
+fn nft_apply(rules: &str) -> Result<(), DriverError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DriverError::Runtime(format!("nft: {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(DriverError::Runtime(format!(
+            "nft refused the ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

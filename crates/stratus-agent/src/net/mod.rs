@@ -1,0 +1,121 @@
+//! The node's dataplane: what the controller wants wired on this node
+//! ([`HostNetwork`], the wire type both sides share) and the Linux code
+//! that makes it so ([`Dataplane`]).
+//!
+//! The model is Neutron's linuxbridge agent without its Python: one bridge
+//! per network on every node that hosts one of its ports, a VXLAN device on
+//! that bridge with one flood entry per peer node (head-end replication),
+//! and a veth pair per port whose inner end is the workload's `ethN`,
+//! addressed directly (containers need no DHCP client). Security groups and
+//! anti-spoofing are nftables rules in the node's own namespace; see
+//! `rules.rs` for how bridged packets meet conntrack.
+//!
+//! [`Dataplane::apply`] is idempotent and whole-host: it is given every
+//! port this node should have and converges links, addresses and rules on
+//! it, removing what no port owns. An agent that restarts therefore
+//! re-wires nothing that is already right, and traffic of running
+//! workloads is not interrupted (the rules are replaced in one nftables
+//! transaction).
+
+mod linux;
+mod rules;
+
+use serde::{Deserialize, Serialize};
+
+pub use linux::{Dataplane, netns_name};
+pub use rules::ruleset;
+
+/// Everything this node must wire: the networks its ports are on, and the
+/// ports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostNetwork {
+    #[serde(default)]
+    pub networks: Vec<Segment>,
+    #[serde(default)]
+    pub ports: Vec<PortWiring>,
+}
+
+/// One network as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub id: String,
+    /// The VXLAN network identifier (Neutron's `provider:segmentation_id`).
+    pub vni: u32,
+    pub mtu: u32,
+    /// Tunnel addresses of the other nodes with ports on this network.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// One port bound to a workload on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortWiring {
+    pub id: String,
+    /// The server the port belongs to (its network namespace).
+    pub device_id: String,
+    pub network_id: String,
+    /// The interface name inside the workload (`eth0`, `eth1`, ...).
+    pub ifname: String,
+    pub mac: String,
+    pub mtu: u32,
+    #[serde(default)]
+    pub addresses: Vec<PortAddress>,
+    /// Host routes of the port's subnets.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Filtering and anti-spoofing apply (Neutron's `port_security_enabled`).
+    pub port_security: bool,
+    /// Extra (ip or CIDR, MAC) pairs the port may send from.
+    #[serde(default)]
+    pub allowed_pairs: Vec<(String, String)>,
+    /// The port's security group rules, remote groups already resolved to
+    /// addresses.
+    #[serde(default)]
+    pub rules: Vec<FilterRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortAddress {
+    pub ip: String,
+    pub prefix_len: u8,
+    /// 4 or 6.
+    pub version: u8,
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: String,
+    pub nexthop: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// One security group rule, as Neutron stores it, with a remote group
+/// turned into the addresses of its member ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilterRule {
+    pub direction: Direction,
+    /// 4 or 6.
+    pub version: u8,
+    /// `tcp`, `udp`, `icmp`, `ipv6-icmp`, another name nftables knows, or
+    /// an IP protocol number; `None` is any.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port_min: Option<u32>,
+    #[serde(default)]
+    pub port_max: Option<u32>,
+    /// Remote addresses (CIDRs or single addresses); `None` is any. An
+    /// empty list matches nothing (a remote group with no members).
+    #[serde(default)]
+    pub remote: Option<Vec<String>>,
+}

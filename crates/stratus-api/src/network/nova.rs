@@ -1,0 +1,427 @@
+//! What the compute service asks of the network service: a server's ports
+//! (made in the same transaction as the server, released with it), their
+//! binding to the node the server runs on, and the wiring a node must do
+//! ([`host_network`], the agent's view).
+//!
+//! The compute side keeps a copy of each port's addresses on the server
+//! (`Nic`, Nova's network info cache) so that server lists render
+//! `addresses` without reading ports.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use stratus_agent::net::{
+    Direction, FilterRule, HostNetwork, PortAddress, PortWiring, Route, Segment,
+};
+use stratus_store::{Query as SQ, Tx};
+
+use super::ipam::Cidr;
+use super::model::{Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use super::{NetError, NetResult, networks, ports};
+use crate::identity::policy::Ctx;
+
+/// One requested NIC of a server create (`networks: [{uuid, port,
+/// fixed_ip}]`).
+#[derive(Debug, Clone, Default)]
+pub struct NicRequest {
+    pub network_id: Option<String>,
+    pub port_id: Option<String>,
+    pub fixed_ip: Option<String>,
+}
+
+/// What a server create asked for.
+#[derive(Debug, Clone)]
+pub enum Requested {
+    /// `networks: none`.
+    Nothing,
+    /// `networks: auto`, or no `networks` before 2.37: the one network
+    /// the project can use, or none when it has none.
+    Auto,
+    List(Vec<NicRequest>),
+}
+
+/// A server's port as the compute side keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Nic {
+    pub port_id: String,
+    pub network_id: String,
+    pub network_name: String,
+    pub mac: String,
+    pub ips: Vec<String>,
+    /// Names of the port's security groups (Nova shows them per server).
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// The user brought the port (`--nic port-id=`): it is unbound, not
+    /// deleted, when the server goes.
+    #[serde(default)]
+    pub preserve: bool,
+}
+
+impl Nic {
+    fn of(tx: &Tx, p: &Port, net: &Network, preserve: bool) -> NetResult<Nic> {
+        let mut groups = Vec::new();
+        for g in &p.security_groups {
+            if let Some(g) = tx.get::<SecurityGroup>(g)? {
+                groups.push(g.name);
+            }
+        }
+        Ok(Nic {
+            port_id: p.id.clone(),
+            network_id: net.id.clone(),
+            network_name: net.name.clone(),
+            mac: p.mac_address.clone(),
+            ips: p.fixed_ips.iter().map(|f| f.ip_address.clone()).collect(),
+            security_groups: groups,
+            preserve,
+        })
+    }
+}
+
+/// The networks `networks: auto` may pick for `project`: its own and
+/// shared ones, never an external one (Nova's choice, less the floating
+/// pool).
+fn usable(tx: &Tx, project: &str) -> NetResult<Vec<Network>> {
+    Ok(tx
+        .list::<Network>(&SQ::all())?
+        .into_iter()
+        .filter(|n| (n.project_id == project || n.shared) && !n.external && n.admin_state_up)
+        .collect())
+}
+
+/// Makes (or takes) the ports of server `server_id` inside `tx`.
+pub fn plug(
+    tx: &Tx,
+    ctx: &Ctx,
+    project: &str,
+    server_id: &str,
+    zone: &str,
+    req: &Requested,
+    groups: Option<&[String]>,
+) -> NetResult<Vec<Nic>> {
+    let wanted: Vec<NicRequest> = match req {
+        Requested::Nothing => return Ok(Vec::new()),
+        Requested::Auto => {
+            let nets = usable(tx, project)?;
+            match nets.len() {
+                0 => return Ok(Vec::new()),
+                1 => vec![NicRequest {
+                    network_id: Some(nets[0].id.clone()),
+                    ..NicRequest::default()
+                }],
+                _ => {
+                    return Err(NetError::conflict(
+                        "NetworkAmbiguous",
+                        "Multiple possible networks found, use a Network ID to be more specific.",
+                    ));
+                }
+            }
+        }
+        Requested::List(l) => l.clone(),
+    };
+    let owner = format!("compute:{zone}");
+    // Security groups by name or id, in the project (Nova's lookup).
+    let group_ids = match groups {
+        None => None,
+        Some(names) => {
+            let mine = tx.list::<SecurityGroup>(&SQ::owner(project))?;
+            let mut ids = Vec::new();
+            for n in names {
+                if n == "default" && !mine.iter().any(|g| g.name == "default") {
+                    ids.push(super::security_groups::ensure_default(tx, project)?.id);
+                    continue;
+                }
+                let found: Vec<&SecurityGroup> =
+                    mine.iter().filter(|g| &g.id == n || &g.name == n).collect();
+                match found.as_slice() {
+                    [g] => ids.push(g.id.clone()),
+                    [] => {
+                        return Err(NetError::bad(
+                            "SecurityGroupNotFound",
+                            format!("Security group {n} not found for project {project}."),
+                        ));
+                    }
+                    _ => {
+                        return Err(NetError::conflict(
+                            "NoUniqueMatch",
+                            format!(
+                                "Multiple security groups found matching '{n}'. Use an ID to be more specific."
+                            ),
+                        ));
+                    }
+                }
+            }
+            ids.sort();
+            ids.dedup();
+            Some(ids)
+        }
+    };
+    let mut nics = Vec::new();
+    for w in wanted {
+        if let Some(pid) = &w.port_id {
+            let mut p = tx
+                .get::<Port>(pid)?
+                .filter(|p| ctx.is_admin() || p.project_id == project)
+                .ok_or_else(|| {
+                    NetError::not_found("PortNotFound", format!("Port {pid} could not be found."))
+                })?;
+            if !p.device_id.is_empty() {
+                return Err(NetError::conflict(
+                    "PortInUse",
+                    format!("Port {pid} is still in use."),
+                ));
+            }
+            let net = tx
+                .get::<Network>(&p.network_id)?
+                .ok_or_else(|| networks::not_found(&p.network_id))?;
+            p.device_id = server_id.to_string();
+            p.device_owner = owner.clone();
+            p.std.touch();
+            tx.update(&p)?;
+            nics.push(Nic::of(tx, &p, &net, true)?);
+            continue;
+        }
+        let Some(net_id) = &w.network_id else {
+            continue;
+        };
+        let mut m = Map::new();
+        m.insert("network_id".into(), json!(net_id));
+        m.insert("device_id".into(), json!(server_id));
+        m.insert("device_owner".into(), json!(owner));
+        if let Some(ip) = &w.fixed_ip {
+            m.insert("fixed_ips".into(), json!([{ "ip_address": ip }]));
+        }
+        if let Some(g) = &group_ids {
+            m.insert("security_groups".into(), json!(g));
+        }
+        let p = ports::create_in(tx, ctx, project, &m, &super::new_id())?;
+        let net = networks::find_in(tx, ctx, net_id)?;
+        nics.push(Nic::of(tx, &p, &net, false)?);
+    }
+    Ok(nics)
+}
+
+/// Releases a server's ports inside `tx`: deletes those made for it,
+/// unbinds those the user brought.
+pub fn unplug(tx: &Tx, nics: &[Nic]) -> NetResult<()> {
+    for n in nics {
+        let Some(mut p) = tx.get::<Port>(&n.port_id)? else {
+            continue;
+        };
+        if n.preserve {
+            p.device_id.clear();
+            p.device_owner.clear();
+            p.host_id.clear();
+            p.status = "DOWN".into();
+            p.std.touch();
+            tx.update(&p)?;
+        } else {
+            ports::delete_in(tx, &p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds a server's ports to `host` (`binding:host_id`, status ACTIVE);
+/// writes only what changes.
+pub fn bind(tx: &Tx, nics: &[Nic], host: &str) -> NetResult<()> {
+    for n in nics {
+        if let Some(mut p) = tx.get::<Port>(&n.port_id)?
+            && (p.host_id != host || p.status != "ACTIVE")
+        {
+            p.host_id = host.to_string();
+            p.status = "ACTIVE".into();
+            p.std.touch();
+            tx.update(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a stored change concerns what nodes wire (ports, networks,
+/// subnets, security groups and rules).
+pub fn is_wiring_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "port" | "network" | "subnet" | "security_group" | "security_group_rule"
+    )
+}
+
+/// What node `host` must wire for the servers on it: their ports, with
+/// addresses, rules (remote groups resolved) and the other nodes that
+/// share each network. `tunnels` maps hosts to their tunnel addresses.
+pub fn host_network(
+    tx: &Tx,
+    host: &str,
+    servers: &[(String, Vec<Nic>)],
+    tunnels: &HashMap<String, String>,
+) -> NetResult<HostNetwork> {
+    let mut out = HostNetwork::default();
+    let mut nets: BTreeMap<String, Network> = BTreeMap::new();
+    let mut subnets: HashMap<String, Subnet> = HashMap::new();
+    let mut group_rules: HashMap<String, Vec<SecurityGroupRule>> = HashMap::new();
+    let mut members: HashMap<String, Vec<String>> = HashMap::new();
+    for (server_id, nics) in servers {
+        for (i, nic) in nics.iter().enumerate() {
+            let Some(p) = tx.get::<Port>(&nic.port_id)? else {
+                continue;
+            };
+            let net = match nets.get(&p.network_id) {
+                Some(n) => n.clone(),
+                None => match tx.get::<Network>(&p.network_id)? {
+                    Some(n) => {
+                        nets.insert(n.id.clone(), n.clone());
+                        n
+                    }
+                    None => continue,
+                },
+            };
+            let mut addresses = Vec::new();
+            let mut routes = Vec::new();
+            let mut dns = Vec::new();
+            for f in &p.fixed_ips {
+                let sub = match subnets.get(&f.subnet_id) {
+                    Some(s) => s.clone(),
+                    None => match tx.get::<Subnet>(&f.subnet_id)? {
+                        Some(s) => {
+                            subnets.insert(s.id.clone(), s.clone());
+                            s
+                        }
+                        None => continue,
+                    },
+                };
+                let Some((cidr, _)) = Cidr::parse_loose(&sub.cidr) else {
+                    continue;
+                };
+                addresses.push(PortAddress {
+                    ip: f.ip_address.clone(),
+                    prefix_len: cidr.prefix,
+                    version: sub.ip_version,
+                    gateway: sub.gateway_ip.clone(),
+                });
+                routes.extend(sub.host_routes.iter().map(|r| Route {
+                    destination: r.destination.clone(),
+                    nexthop: r.nexthop.clone(),
+                }));
+                dns.extend(sub.dns_nameservers.iter().cloned());
+            }
+            let mut rules = Vec::new();
+            if p.port_security_enabled {
+                for g in &p.security_groups {
+                    if !group_rules.contains_key(g) {
+                        let r = tx.list::<SecurityGroupRule>(&SQ::parent(g))?;
+                        group_rules.insert(g.clone(), r);
+                    }
+                    for r in &group_rules[g] {
+                        let remote = match (&r.remote_group_id, &r.remote_ip_prefix) {
+                            (Some(rg), _) => Some(group_members(tx, rg, &mut members)?),
+                            (None, Some(prefix)) => Some(vec![prefix.clone()]),
+                            (None, None) => None,
+                        };
+                        rules.push(FilterRule {
+                            direction: if r.direction == "egress" {
+                                Direction::Egress
+                            } else {
+                                Direction::Ingress
+                            },
+                            version: if r.ethertype == "IPv6" { 6 } else { 4 },
+                            protocol: r.protocol.clone(),
+                            port_min: r.port_range_min,
+                            port_max: r.port_range_max,
+                            remote,
+                        });
+                    }
+                }
+            }
+            out.ports.push(PortWiring {
+                id: p.id.clone(),
+                device_id: server_id.clone(),
+                network_id: net.id.clone(),
+                ifname: format!("eth{i}"),
+                mac: p.mac_address.clone(),
+                mtu: net.mtu,
+                addresses,
+                routes,
+                dns,
+                port_security: p.port_security_enabled,
+                allowed_pairs: p
+                    .allowed_address_pairs
+                    .iter()
+                    .map(|a| (a.ip_address.clone(), a.mac_address.clone()))
+                    .collect(),
+                rules,
+            });
+        }
+    }
+    for net in nets.values() {
+        let peers: BTreeSet<String> = tx
+            .list::<Port>(&SQ::parent(&net.id))?
+            .into_iter()
+            .filter(|p| !p.host_id.is_empty() && p.host_id != host)
+            .filter_map(|p| tunnels.get(&p.host_id).cloned())
+            .filter(|ip| {
+                ip.parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| !a.is_loopback() && !a.is_unspecified())
+            })
+            .collect();
+        out.networks.push(Segment {
+            id: net.id.clone(),
+            vni: net.segmentation_id.unwrap_or(0),
+            mtu: net.mtu,
+            peers: peers.into_iter().collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// The addresses of the ports in security group `group` (a remote group).
+fn group_members(
+    tx: &Tx,
+    group: &str,
+    cache: &mut HashMap<String, Vec<String>>,
+) -> NetResult<Vec<String>> {
+    if let Some(m) = cache.get(group) {
+        return Ok(m.clone());
+    }
+    let Some(g) = tx.get::<SecurityGroup>(group)? else {
+        return Ok(Vec::new());
+    };
+    let mut ips: Vec<String> = tx
+        .list::<Port>(&SQ::owner(&g.project_id))?
+        .into_iter()
+        .filter(|p| p.security_groups.iter().any(|x| x == group))
+        .flat_map(|p| {
+            let pairs: Vec<String> = p
+                .allowed_address_pairs
+                .iter()
+                .map(|a| a.ip_address.clone())
+                .collect();
+            p.fixed_ips
+                .into_iter()
+                .map(|f| f.ip_address)
+                .chain(pairs)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    cache.insert(group.to_string(), ips.clone());
+    Ok(ips)
+}
+
+/// The `addresses` of a server: per network name, its ports' addresses.
+pub fn addresses(nics: &[Nic]) -> Value {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for n in nics {
+        let list = out.entry(n.network_name.clone()).or_default();
+        for ip in &n.ips {
+            list.push(json!({
+                "version": if ip.contains(':') { 6 } else { 4 },
+                "addr": ip,
+                "OS-EXT-IPS:type": "fixed",
+                "OS-EXT-IPS-MAC:mac_addr": n.mac,
+            }));
+        }
+    }
+    json!(out)
+}
