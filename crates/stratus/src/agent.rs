@@ -138,7 +138,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             .or_else(|| source_address(&cfg.controller))
             .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
             .map(|ip| ip.to_string());
-        let dp = Dataplane::probe(tunnel);
+        let dp = Dataplane::probe(cfg.state_dir.join("netns"), tunnel);
         match dp.missing() {
             Some(why) => tracing::warn!(
                 missing = why,
@@ -890,6 +890,10 @@ fn network_loop(sh: &Shared) {
 /// Fetches what this node must wire and wires it (only when it changed,
 /// unless `force`). Returns what is wired.
 fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwork> {
+    // Fetch and apply under one lock: an answer fetched before another
+    // one was applied must never be applied after it (it would sweep a
+    // newer server's namespace).
+    let mut wired = sh.wired.lock().unwrap_or_else(|e| e.into_inner());
     let url = format!(
         "{}/edge/v1/nodes/{}/network",
         sh.cfg.controller, sh.cfg.host
@@ -898,7 +902,6 @@ fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwork> {
         (200, b) => serde_json::from_str(&b).context("the controller's network answer")?,
         (code, b) => anyhow::bail!("the controller answered {code} for the network: {b}"),
     };
-    let mut wired = sh.wired.lock().unwrap_or_else(|e| e.into_inner());
     if force || wired.as_ref() != Some(&net) {
         let keep: std::collections::BTreeSet<String> =
             sh.driver.list().into_iter().map(|(id, _)| id).collect();

@@ -27,6 +27,10 @@ pub struct Dataplane {
     /// This node's VXLAN endpoint; without one, networks stay local to the
     /// node.
     tunnel_ip: Option<String>,
+    /// Where the namespaces this agent made are recorded (one empty file
+    /// each): namespace names are global to the machine, and another
+    /// agent's are not ours to sweep.
+    state: PathBuf,
     /// One apply at a time.
     lock: Mutex<()>,
 }
@@ -102,7 +106,7 @@ impl Dataplane {
     /// Probes the host. A node without the tools still runs workloads;
     /// their ports get addresses but no wiring, and [`Dataplane::missing`]
     /// says why.
-    pub fn probe(tunnel_ip: Option<String>) -> Dataplane {
+    pub fn probe(state: PathBuf, tunnel_ip: Option<String>) -> Dataplane {
         let mut missing = Vec::new();
         if !is_root() {
             missing.push("root privileges".to_string());
@@ -119,6 +123,7 @@ impl Dataplane {
         Dataplane {
             missing: (!missing.is_empty()).then(|| missing.join(", ")),
             tunnel_ip: tunnel_ip.filter(|t| !t.is_empty()),
+            state,
             lock: Mutex::new(()),
         }
     }
@@ -128,6 +133,7 @@ impl Dataplane {
         Dataplane {
             missing: Some(why.to_string()),
             tunnel_ip: None,
+            state: PathBuf::new(),
             lock: Mutex::new(()),
         }
     }
@@ -169,8 +175,10 @@ impl Dataplane {
                 errors.push(e.to_string());
             }
         }
+        std::fs::create_dir_all(&self.state)?;
         for p in &net.ports {
             let mtu = segments.get(p.network_id.as_str()).map_or(p.mtu, |s| s.mtu);
+            std::fs::write(self.state.join(netns_name(&p.device_id)), b"")?;
             if let Err(e) = ensure_port(p, mtu) {
                 errors.push(format!("port {}: {e}", p.id));
             }
@@ -198,6 +206,7 @@ impl Dataplane {
         if std::path::Path::new("/run/netns").join(&ns).exists() {
             let _ = ip(&["netns", "delete", &ns]);
         }
+        let _ = std::fs::remove_file(self.state.join(ns));
     }
 
     fn ensure_segment(&self, seg: &Segment) -> Result<(), DriverError> {
@@ -286,7 +295,7 @@ impl Dataplane {
             }
         }
         let servers: BTreeSet<String> = net.ports.iter().map(|p| p.device_id.clone()).collect();
-        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        if let Ok(dir) = std::fs::read_dir(&self.state) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(id) = name.strip_prefix("stratus-")
@@ -294,6 +303,7 @@ impl Dataplane {
                     && !keep.contains(id)
                 {
                     let _ = ip(&["netns", "delete", &name]);
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
@@ -310,6 +320,11 @@ fn ensure_port(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
     ip_in(&ns, &["link", "set", "lo", "up"])?;
     let host = host_ifname(&p.id);
     let mtu_s = mtu.to_string();
+    // A host end whose inner end is not in the namespace (the namespace
+    // was made again) is made again too.
+    if link_exists(&host) && ip_in(&ns, &["link", "show", "dev", &p.ifname]).is_err() {
+        ip(&["link", "delete", &host])?;
+    }
     if !link_exists(&host) {
         // Made under a temporary inner name in our namespace, then moved
         // and renamed: two ports of two servers may both be `eth0`.

@@ -18,6 +18,134 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     pub admin_password: String,
+    /// The network namespace the whole cloud runs in (its bridges, rules
+    /// and servers' namespaces stay out of this machine's own), when
+    /// started with [`Server::start_in_netns`].
+    pub netns: Option<TestNetns>,
+}
+
+/// A network namespace a test made, linked to another namespace (this
+/// machine's own, or another test namespace) by a veth pair on a /30 of
+/// 198.18.0.0/15, the range reserved for testing network devices.
+/// Removed, with its links, when dropped.
+pub struct TestNetns {
+    pub name: String,
+    /// This namespace's address on the link.
+    pub addr: String,
+}
+
+impl TestNetns {
+    /// A namespace linked to this machine's namespace (`outer` None) or to
+    /// the test namespace `outer`, with a default route through it.
+    pub fn new(outer: Option<&TestNetns>) -> TestNetns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let k = (std::process::id() * 8 + N.fetch_add(1, Ordering::Relaxed)) % 32768;
+        let base = (198u32 << 24) | (18 << 16) | (k * 4);
+        let ip = |n: u32| std::net::Ipv4Addr::from(n).to_string();
+        let name = format!("stt-{}-{k}", std::process::id());
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+        run(&["netns", "add", &name]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        let outer_if = format!("stto{k}");
+        match outer {
+            None => {
+                let _ = Command::new("ip")
+                    .args(["link", "delete", &outer_if])
+                    .output();
+                run(&[
+                    "link", "add", &outer_if, "type", "veth", "peer", "name", "uplink", "netns",
+                    &name,
+                ]);
+                run(&[
+                    "addr",
+                    "add",
+                    &format!("{}/30", ip(base + 1)),
+                    "dev",
+                    &outer_if,
+                ]);
+                run(&["link", "set", &outer_if, "up"]);
+            }
+            Some(o) => {
+                run(&[
+                    "-n", &o.name, "link", "add", &outer_if, "type", "veth", "peer", "name",
+                    "uplink", "netns", &name,
+                ]);
+                run(&[
+                    "-n",
+                    &o.name,
+                    "addr",
+                    "add",
+                    &format!("{}/30", ip(base + 1)),
+                    "dev",
+                    &outer_if,
+                ]);
+                run(&["-n", &o.name, "link", "set", &outer_if, "up"]);
+            }
+        }
+        run(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{}/30", ip(base + 2)),
+            "dev",
+            "uplink",
+        ]);
+        run(&["-n", &name, "link", "set", "uplink", "up"]);
+        if outer.is_some() {
+            run(&["-n", &name, "route", "add", "default", "via", &ip(base + 1)]);
+        }
+        TestNetns {
+            name,
+            addr: ip(base + 2),
+        }
+    }
+
+    /// `cmd` run inside this namespace (network only: mounts and /sys stay
+    /// this machine's, which runc needs).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        c
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        // The veth's other end goes with the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// Runs `args` in the network namespace of server `id` (its container's);
+/// stdout, or the error output when it failed.
+pub fn in_server_netns(id: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("stratus-{id}")])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// The PostgreSQL database the suite runs on, if any: with
@@ -89,6 +217,36 @@ impl Server {
             port,
             dir,
             admin_password: String::new(),
+            netns: None,
+        };
+        s.spawn();
+        let clouds =
+            std::fs::read_to_string(s.dir.join("clouds.yaml")).expect("clouds.yaml written");
+        s.admin_password = clouds
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("password: "))
+            .expect("password in clouds.yaml")
+            .trim_matches('"')
+            .to_string();
+        s
+    }
+
+    /// Starts `stratus up` inside a network namespace of its own (see
+    /// [`TestNetns`]), listening on the namespace's address.
+    pub fn start_in_netns(extra: &[&str]) -> Server {
+        let ns = TestNetns::new(None);
+        let dir = unique_dir();
+        let port = free_port();
+        let database = test_database().map(|u| fresh_schema(&u, port));
+        let mut s = Server {
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            database,
+            child: None,
+            url: format!("http://{}:{port}", ns.addr),
+            port,
+            dir,
+            admin_password: String::new(),
+            netns: Some(ns),
         };
         s.spawn();
         let clouds =
@@ -113,11 +271,15 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(bin())
+        let (mut cmd, host) = match &self.netns {
+            Some(ns) => (ns.command(bin()), ns.addr.clone()),
+            None => (Command::new(bin()), "127.0.0.1".to_string()),
+        };
+        let child = cmd
             .args([
                 "up",
                 "--listen",
-                &format!("127.0.0.1:{}", self.port),
+                &format!("{host}:{}", self.port),
                 "--data-dir",
             ])
             .arg(&self.dir)
@@ -263,9 +425,29 @@ impl Agent {
     /// Starts it with `extra` arguments and environment variables (and
     /// no other `STRATUS_*` or `OS_*` ones but `STRATUS_LOG`).
     pub fn start_with_env(s: &Server, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Self::start_full(s, name, extra, env, None)
+    }
+
+    /// Starts it inside the test namespace `ns` (a second node of a cloud
+    /// started with [`Server::start_in_netns`]).
+    pub fn start_in_netns(s: &Server, name: &str, extra: &[&str], ns: &TestNetns) -> Agent {
+        let token = node_token(s, &["--node-name", name]);
+        Self::start_full(s, name, extra, &[("STRATUS_JOIN_TOKEN", &token)], Some(ns))
+    }
+
+    fn start_full(
+        s: &Server,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ns: Option<&TestNetns>,
+    ) -> Agent {
         let dir = s.data_dir().join(name);
         let log = s.data_dir().join(format!("{name}.log"));
-        let mut cmd = Command::new(bin());
+        let mut cmd = match ns {
+            Some(ns) => ns.command(bin()),
+            None => Command::new(bin()),
+        };
         cmd.args(["agent", "--controller", &s.url, "--node-name", name])
             .args(extra)
             .arg("--data-dir")
@@ -359,6 +541,10 @@ pub fn reap_containers(dir: &Path) {
                     .arg("--root")
                     .arg(&root)
                     .args(["delete", "-f", id.trim()])
+                    .output();
+                // The server's network namespace, when it had ports.
+                let _ = Command::new("ip")
+                    .args(["netns", "delete", &format!("stratus-{}", id.trim())])
                     .output();
             }
         }

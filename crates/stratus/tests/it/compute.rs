@@ -24,7 +24,16 @@ pub const MV: (&str, &str) = ("OpenStack-API-Version", "compute 2.38");
 
 impl Cloud {
     pub fn start(extra: &[&str]) -> Cloud {
-        let server = Server::start_with(extra);
+        Self::of(Server::start_with(extra))
+    }
+
+    /// A cloud running in a network namespace of its own (see
+    /// `Server::start_in_netns`).
+    pub fn start_in_netns(extra: &[&str]) -> Cloud {
+        Self::of(Server::start_in_netns(extra))
+    }
+
+    fn of(server: Server) -> Cloud {
         let ks = server.client();
         let admin = ks.token("admin", &server.admin_password, Some("admin"));
         Cloud {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::compute::Cloud;
 
-fn test_images() -> PathBuf {
+pub fn test_images() -> PathBuf {
     let dir = std::env::var("STRATUS_TEST_IMAGES")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -25,7 +25,7 @@ fn test_images() -> PathBuf {
     dir
 }
 
-fn require_runtime() {
+pub fn require_runtime() {
     assert!(
         Command::new("runc").arg("--version").output().is_ok()
             || Command::new("crun").arg("--version").output().is_ok(),
@@ -44,7 +44,7 @@ fn cloud(extra: &[&str]) -> Cloud {
     c
 }
 
-fn image_id(c: &Cloud, name: &str) -> String {
+pub fn image_id(c: &Cloud, name: &str) -> String {
     let r = c.img.get(&format!("/images?name={name}"), &c.admin);
     r.body["images"][0]["id"]
         .as_str()
@@ -64,7 +64,7 @@ fn console(c: &Cloud, token: &str, id: &str) -> String {
 }
 
 /// Waits until the console shows `needle`.
-fn console_until(c: &Cloud, token: &str, id: &str, needle: &str) -> String {
+pub fn console_until(c: &Cloud, token: &str, id: &str, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = console(c, token, id);

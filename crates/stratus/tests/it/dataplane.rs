@@ -1,0 +1,409 @@
+//! The network dataplane with real traffic: clouds run inside network
+//! namespaces the tests make (their bridges, VXLAN devices and nftables
+//! rules never touch this machine's own namespace), servers are real
+//! containers, and packets go between the servers' own namespaces.
+//!
+//! Listeners and probes are small Python programs run in a server's
+//! network namespace (the container's own stack), plus busybox `ping`
+//! inside a container where the console can show it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::common::{Agent, TestNetns, in_server_netns};
+use super::compute::Cloud;
+use super::compute_real::{console_until, image_id, require_runtime, test_images};
+
+const PROBE: &str = r#"
+import socket, sys, time
+mode = sys.argv[1]
+if mode == "listen":
+    port, banner, secs = int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    s.settimeout(secs)
+    try:
+        while True:
+            c, _ = s.accept()
+            c.sendall(banner.encode())
+            c.close()
+    except Exception:
+        pass
+else:
+    host, port = sys.argv[2], int(sys.argv[3])
+    src = sys.argv[4] if len(sys.argv) > 4 else None
+    s = socket.socket()
+    s.settimeout(1.5)
+    if src:
+        s.bind((src, 0))
+    try:
+        s.connect((host, port))
+        print("OK " + s.recv(64).decode())
+    except Exception as e:
+        print("FAIL " + type(e).__name__)
+"#;
+
+fn probe_file() -> PathBuf {
+    let p = std::env::temp_dir().join(format!("stratus-dp-probe-{}.py", std::process::id()));
+    std::fs::write(&p, PROBE).unwrap();
+    p
+}
+
+/// A listener in server `id`'s namespace answering `banner` on `port`
+/// for 60 s (killed when dropped).
+struct Listener(Child);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn listen(id: &str, port: u16, banner: &str) -> Listener {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &format!("stratus-{id}"), "python3"])
+        .arg(probe_file())
+        .args(["listen", &port.to_string(), banner, "60"])
+        .spawn()
+        .expect("listener");
+    Listener(child)
+}
+
+/// Connects from server `from`'s namespace; `Some(banner)` when it got
+/// through.
+fn connect(from: &str, host: &str, port: u16, src: Option<&str>) -> Option<String> {
+    let probe = probe_file();
+    let port = port.to_string();
+    let mut args = vec!["python3", probe.to_str().unwrap(), "connect", host, &port];
+    if let Some(s) = src {
+        args.push(s);
+    }
+    let out = in_server_netns(from, &args).expect("probe runs");
+    out.trim().strip_prefix("OK ").map(str::to_string)
+}
+
+/// Retries a connection that should get through (the listener may still
+/// be starting).
+fn reaches(from: &str, host: &str, port: u16) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(b) = connect(from, host, port, None) {
+            return Some(b);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn cloud() -> Cloud {
+    require_runtime();
+    let dir = test_images();
+    let c = Cloud::start_in_netns(&["--import-images", dir.to_str().unwrap()]);
+    c.wait_nodes(1);
+    c
+}
+
+fn neutron(c: &Cloud, method: &str, path: &str, tok: &str, body: Option<Value>) -> Value {
+    let net = c.server.client_at("/network/v2.0");
+    let r = net.raw(method, path, Some(tok), &[], body.map(|b| b.to_string()));
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    r.body
+}
+
+/// A network with one IPv4 subnet; its id.
+fn network(c: &Cloud, tok: &str, name: &str, cidr: &str) -> String {
+    let n = neutron(
+        c,
+        "POST",
+        "/networks",
+        tok,
+        Some(json!({"network": {"name": name}})),
+    );
+    let id = n["network"]["id"].as_str().unwrap().to_string();
+    neutron(
+        c,
+        "POST",
+        "/subnets",
+        tok,
+        Some(json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4}})),
+    );
+    id
+}
+
+/// Boots a busybox server with `extra` (networks, security groups, ...)
+/// and waits for ACTIVE; (id, server body).
+fn boot(c: &Cloud, tok: &str, name: &str, extra: Value) -> (String, Value) {
+    let image = image_id(c, "busybox");
+    let mut server = json!({"name": name, "imageRef": image, "flavorRef": "1", "networks": "auto"});
+    for (k, v) in extra.as_object().unwrap() {
+        server[k] = v.clone();
+    }
+    let r = c.req("POST", "/servers", tok, Some(json!({"server": server})));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    let s = c.wait(tok, &id, "ACTIVE");
+    (id, s)
+}
+
+/// The first IPv4 address of a server on network `net`.
+fn address(s: &Value, net: &str) -> String {
+    s["addresses"][net]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["version"] == 4))
+        .and_then(|x| x["addr"].as_str())
+        .unwrap_or_else(|| panic!("no address on {net}: {}", s["addresses"]))
+        .to_string()
+}
+
+#[test]
+fn dataplane_one_node_traffic_security_groups_spoofing_isolation_and_cleanup() {
+    let c = cloud();
+    let (_, tok) = c.project("dp1");
+    let net = network(&c, &tok, "net-a", "10.20.0.0/24");
+
+    // One usable network: a server that names none gets it (Nova's
+    // `auto`), with an address and the port's MAC shown.
+    let (s1, b1) = boot(&c, &tok, "s1", json!({}));
+    let ip1 = address(&b1, "net-a");
+    let mac = b1["addresses"]["net-a"][0]["OS-EXT-IPS-MAC:mac_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(b1["addresses"]["net-a"][0]["OS-EXT-IPS:type"], "fixed");
+    let (s2, b2) = boot(
+        &c,
+        &tok,
+        "s2",
+        json!({"networks": [{"uuid": net, "fixed_ip": "10.20.0.50"}]}),
+    );
+    assert_eq!(address(&b2, "net-a"), "10.20.0.50");
+
+    // The port is the network service's: bound to the node, ACTIVE.
+    let ports = neutron(&c, "GET", &format!("/ports?device_id={s1}"), &c.admin, None);
+    let port = &ports["ports"][0];
+    assert_eq!(port["mac_address"], mac.as_str());
+    assert_eq!(port["status"], "ACTIVE");
+    assert!(
+        !port["binding:host_id"].as_str().unwrap_or("").is_empty(),
+        "{port}"
+    );
+    assert_eq!(port["device_owner"], "compute:nova");
+
+    // Two servers of one project in its default group reach each other.
+    let _l2 = listen(&s2, 80, "s2");
+    assert_eq!(reaches(&s1, "10.20.0.50", 80).as_deref(), Some("s2"));
+    let _l1 = listen(&s1, 8080, "s1");
+    assert_eq!(reaches(&s2, &ip1, 8080).as_deref(), Some("s1"));
+
+    // Inside a container, with busybox's own ping.
+    let (s5, _) = boot(
+        &c,
+        &tok,
+        "pinger",
+        json!({"user_data": base64_of(&format!(
+            "#!/bin/sh\nfor i in $(seq 1 50); do if ping -c 1 -W 1 {ip1} >/dev/null 2>&1; then echo PING-OK; break; fi; sleep 0.2; done\nsleep 600\n"
+        ))}),
+    );
+    console_until(&c, &tok, &s5, "PING-OK");
+
+    // A group that allows only TCP 22 in: 22 gets through, 80 does not.
+    let g = neutron(
+        &c,
+        "POST",
+        "/security-groups",
+        &tok,
+        Some(json!({"security_group": {"name": "ssh-only"}})),
+    );
+    let gid = g["security_group"]["id"].as_str().unwrap().to_string();
+    neutron(
+        &c,
+        "POST",
+        "/security-group-rules",
+        &tok,
+        Some(
+            json!({"security_group_rule": {"security_group_id": gid, "direction": "ingress",
+            "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "ethertype": "IPv4"}}),
+        ),
+    );
+    let (s3, b3) = boot(
+        &c,
+        &tok,
+        "s3",
+        json!({"security_groups": [{"name": "ssh-only"}]}),
+    );
+    assert_eq!(b3["security_groups"], json!([{"name": "ssh-only"}]));
+    let ip3 = address(&b3, "net-a");
+    let _l22 = listen(&s3, 22, "ssh");
+    let _l80 = listen(&s3, 80, "web");
+    assert_eq!(reaches(&s1, &ip3, 22).as_deref(), Some("ssh"));
+    assert_eq!(connect(&s1, &ip3, 80, None), None, "80 is not in the group");
+    // A rule added later is applied to the running server.
+    neutron(
+        &c,
+        "POST",
+        "/security-group-rules",
+        &tok,
+        Some(
+            json!({"security_group_rule": {"security_group_id": gid, "direction": "ingress",
+            "protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "ethertype": "IPv4"}}),
+        ),
+    );
+    assert_eq!(reaches(&s1, &ip3, 80).as_deref(), Some("web"));
+
+    // Anti-spoofing: s1 takes an address that is not its own; nothing it
+    // sends from it gets anywhere, while its own address still works.
+    in_server_netns(&s1, &["ip", "addr", "add", "10.20.0.99/24", "dev", "eth0"]).unwrap();
+    assert_eq!(
+        connect(&s1, "10.20.0.50", 80, Some("10.20.0.99")),
+        None,
+        "a spoofed source address got through"
+    );
+    assert_eq!(
+        connect(&s1, "10.20.0.50", 80, Some(&ip1)).as_deref(),
+        Some("s2")
+    );
+
+    // The same CIDR in another project is another network: its server
+    // at the same address is not the one s1's project reaches.
+    let (_, tok2) = c.project("dp2");
+    let net2 = network(&c, &tok2, "net-b", "10.20.0.0/24");
+    let (t1, _) = boot(
+        &c,
+        &tok2,
+        "t1",
+        json!({"networks": [{"uuid": net2, "fixed_ip": "10.20.0.50"}]}),
+    );
+    let (t2, _) = boot(&c, &tok2, "t2", json!({}));
+    let _lt = listen(&t1, 80, "t1");
+    assert_eq!(reaches(&t2, "10.20.0.50", 80).as_deref(), Some("t1"));
+    assert_eq!(
+        connect(&s1, "10.20.0.50", 80, Some(&ip1)).as_deref(),
+        Some("s2")
+    );
+
+    // Deleting a server releases its port and removes its wiring.
+    let r = c.req("DELETE", &format!("/servers/{s2}"), &tok, None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    c.wait_gone(&tok, &s2);
+    let ports = neutron(&c, "GET", &format!("/ports?device_id={s2}"), &c.admin, None);
+    assert_eq!(ports["ports"], json!([]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/run/netns/stratus-{s2}")).exists() {
+        assert!(Instant::now() < deadline, "the server's namespace stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its address can be taken again.
+    let (_, b6) = boot(
+        &c,
+        &tok,
+        "s6",
+        json!({"networks": [{"uuid": net, "fixed_ip": "10.20.0.50"}]}),
+    );
+    assert_eq!(address(&b6, "net-a"), "10.20.0.50");
+}
+
+#[test]
+fn dataplane_bad_network_requests_get_nova_errors_and_leave_nothing() {
+    let c = cloud();
+    let (_, tok) = c.project("dpbad");
+    let image = image_id(&c, "busybox");
+    let net = network(&c, &tok, "n1", "10.40.0.0/29");
+    let post = |server: Value| {
+        let mut s = json!({"name": "x", "imageRef": image, "flavorRef": "1", "networks": "auto"});
+        for (k, v) in server.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        c.req("POST", "/servers", &tok, Some(json!({"server": s})))
+    };
+    let r = post(json!({"networks": [{"uuid": "00000000-0000-0000-0000-000000000000"}]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["badRequest"]["message"].is_string(), "{}", r.body);
+    let r = post(json!({"networks": [{"uuid": net, "fixed_ip": "10.99.0.5"}]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post(json!({"networks": [{"uuid": net, "fixed_ip": "not-an-ip"}]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post(json!({"security_groups": [{"name": "no-such-group"}]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Another project's private network is not there for this one.
+    let (_, other) = c.project("dpother");
+    let theirs = network(&c, &other, "theirs", "10.41.0.0/24");
+    let r = post(json!({"networks": [{"uuid": theirs}]}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Two usable networks and none named: ambiguous.
+    network(&c, &tok, "n2", "10.42.0.0/24");
+    let r = post(json!({}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    // None of it left a port or a server behind.
+    let ports = neutron(&c, "GET", "/ports", &tok, None);
+    assert_eq!(ports["ports"], json!([]), "{ports}");
+    let servers = c.req("GET", "/servers", &tok, None);
+    assert_eq!(servers.body["servers"], json!([]));
+    // An exhausted subnet (a /29 has 5 addresses after the gateway) is a
+    // clear refusal, also with nothing left behind.
+    let mut ok = 0;
+    for i in 0..6 {
+        let r = post(json!({"name": format!("f{i}"), "networks": [{"uuid": net}]}));
+        if r.status == 202 {
+            ok += 1;
+        } else {
+            assert_eq!(r.status, 409, "{}", r.body);
+        }
+    }
+    assert_eq!(ok, 5);
+}
+
+#[test]
+fn dataplane_two_nodes_reach_each_other_over_vxlan() {
+    let c = cloud();
+    let node_ns = TestNetns::new(c.server.netns.as_ref());
+    let agent = Agent::start_in_netns(&c.server, "node2", &[], &node_ns);
+    c.wait_nodes_logged(2, &agent.log);
+    let hosts = c.req("GET", "/os-hypervisors", &c.admin, None);
+    let names: Vec<String> = hosts.body["hypervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hypervisor_hostname"].as_str().unwrap().to_string())
+        .collect();
+    let other = names.iter().find(|n| *n != "node2").unwrap().clone();
+    let net = network(&c, &c.admin, "wide", "10.60.0.0/24");
+    let (a, ba) = boot(
+        &c,
+        &c.admin,
+        "on-first",
+        json!({"networks": [{"uuid": net}], "availability_zone": format!("nova:{other}")}),
+    );
+    let (b, bb) = boot(
+        &c,
+        &c.admin,
+        "on-second",
+        json!({"networks": [{"uuid": net}], "availability_zone": "nova:node2"}),
+    );
+    let r = c.req("GET", &format!("/servers/{b}"), &c.admin, None);
+    assert_eq!(r.body["server"]["OS-EXT-SRV-ATTR:host"], "node2");
+    let _lb = listen(&b, 80, "second");
+    let _la = listen(&a, 80, "first");
+    assert_eq!(
+        reaches(&a, &address(&bb, "wide"), 80).as_deref(),
+        Some("second"),
+        "no traffic across the nodes; agent log:\n{}",
+        std::fs::read_to_string(&agent.log).unwrap_or_default()
+    );
+    assert_eq!(
+        reaches(&b, &address(&ba, "wide"), 80).as_deref(),
+        Some("first")
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
