@@ -339,6 +339,8 @@ async fn action(
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => console_output(&state, &s, arg).await,
+        "addSecurityGroup" => super::interfaces::change_group(&state, &ctx, &id, arg, true),
+        "removeSecurityGroup" => super::interfaces::change_group(&state, &ctx, &id, arg, false),
         "resize" => super::resize::resize(&state, &ctx, &s, arg, rid),
         "confirmResize" => super::resize::confirm(&state, &ctx, &s, rid),
         "migrate" => super::resize::migrate(&state, &ctx, mv, &s, arg, rid),

@@ -15,6 +15,7 @@ mod agent_client;
 mod flavors;
 mod groups;
 mod images;
+mod interfaces;
 mod keypairs;
 pub mod model;
 mod nics;
@@ -198,6 +199,7 @@ pub fn router() -> Router<AppState> {
         .merge(quotas::routes())
         .merge(servers::routes())
         .merge(actions::routes())
+        .merge(interfaces::routes())
         .merge(groups::routes())
         .merge(images::routes())
         .merge(admin::routes())

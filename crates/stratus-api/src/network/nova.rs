@@ -49,6 +49,10 @@ pub struct Nic {
     pub network_name: String,
     pub mac: String,
     pub ips: Vec<String>,
+    /// The interface name inside the server (`eth0`, `eth1`, ...), kept
+    /// while the port is attached.
+    #[serde(default)]
+    pub ifname: String,
     /// Names of the port's security groups (Nova shows them per server).
     #[serde(default)]
     pub security_groups: Vec<String>,
@@ -72,6 +76,7 @@ impl Nic {
             network_name: net.name.clone(),
             mac: p.mac_address.clone(),
             ips: p.fixed_ips.iter().map(|f| f.ip_address.clone()).collect(),
+            ifname: String::new(),
             security_groups: groups,
             preserve,
         })
@@ -198,7 +203,123 @@ pub fn plug(
         let net = networks::find_in(tx, ctx, net_id)?;
         nics.push(Nic::of(tx, &p, &net, false)?);
     }
+    for (i, n) in nics.iter_mut().enumerate() {
+        n.ifname = format!("eth{i}");
+    }
     Ok(nics)
+}
+
+/// Attaches one more port to a server that has `nics` (`os-interface`):
+/// the new NIC, named with the lowest free `ethN`.
+pub fn attach(
+    tx: &Tx,
+    ctx: &Ctx,
+    project: &str,
+    server_id: &str,
+    zone: &str,
+    nics: &[Nic],
+    req: NicRequest,
+) -> NetResult<Nic> {
+    let mut made = plug(
+        tx,
+        ctx,
+        project,
+        server_id,
+        zone,
+        &Requested::List(vec![req]),
+        None,
+    )?;
+    let mut nic = made
+        .pop()
+        .ok_or_else(|| NetError::bad_request("Must input network_id or port_id"))?;
+    let taken: BTreeSet<&str> = nics.iter().map(|n| n.ifname.as_str()).collect();
+    nic.ifname = (0..)
+        .map(|i| format!("eth{i}"))
+        .find(|n| !taken.contains(n.as_str()))
+        .expect("a free name");
+    Ok(nic)
+}
+
+/// Puts security group `group` (name or id) on every port of a server
+/// (`add`), or takes it off; the server's NICs with their new group
+/// names. Neutron's `SecurityGroupNotFound` when the project has no such
+/// group; removing a group no port has is `SecurityGroupNotInUse`.
+pub fn change_group(
+    tx: &Tx,
+    project: &str,
+    nics: &[Nic],
+    group: &str,
+    add: bool,
+) -> NetResult<Vec<Nic>> {
+    let mine = tx.list::<SecurityGroup>(&SQ::owner(project))?;
+    let found: Vec<&SecurityGroup> = mine
+        .iter()
+        .filter(|g| g.id == group || g.name == group)
+        .collect();
+    let g = match found.as_slice() {
+        [g] => (*g).clone(),
+        [] => {
+            return Err(NetError::not_found(
+                "SecurityGroupNotFound",
+                format!("Security group {group} not found for project {project}."),
+            ));
+        }
+        _ => {
+            return Err(NetError::conflict(
+                "NoUniqueMatch",
+                format!(
+                    "Multiple security groups found matching '{group}'. Use an ID to be more specific."
+                ),
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    let mut changed = false;
+    for n in nics {
+        let Some(mut p) = tx.get::<Port>(&n.port_id)? else {
+            continue;
+        };
+        let has = p.security_groups.contains(&g.id);
+        if add && !has {
+            if !p.port_security_enabled {
+                return Err(NetError::bad(
+                    "PortSecurityAndIPRequiredForSecurityGroups",
+                    "Port security must be enabled and port must have an IP address in order to use security groups.",
+                ));
+            }
+            p.security_groups.push(g.id.clone());
+        } else if !add && has {
+            p.security_groups.retain(|x| x != &g.id);
+        } else {
+            out.push(n.clone());
+            continue;
+        }
+        changed = true;
+        p.std.touch();
+        tx.update(&p)?;
+        let net = tx
+            .get::<Network>(&p.network_id)?
+            .ok_or_else(|| networks::not_found(&p.network_id))?;
+        let mut nic = Nic::of(tx, &p, &net, n.preserve)?;
+        nic.ifname = n.ifname.clone();
+        out.push(nic);
+    }
+    if !changed && !add {
+        return Err(NetError::not_found(
+            "SecurityGroupNotInUse",
+            format!("Security Group {} not in use.", g.name),
+        ));
+    }
+    if !changed && add && !nics.is_empty() {
+        return Err(NetError::bad(
+            "SecurityGroupExistsForInstance",
+            format!(
+                "Security group {} is already associated with the instance",
+                g.name
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 /// Releases a server's ports inside `tx`: deletes those made for it,
@@ -337,7 +458,11 @@ pub fn host_network(
                 id: p.id.clone(),
                 device_id: server_id.clone(),
                 network_id: net.id.clone(),
-                ifname: format!("eth{i}"),
+                ifname: if nic.ifname.is_empty() {
+                    format!("eth{i}")
+                } else {
+                    nic.ifname.clone()
+                },
                 mac: p.mac_address.clone(),
                 mtu: net.mtu,
                 addresses,

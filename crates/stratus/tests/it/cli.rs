@@ -735,3 +735,120 @@ fn cli_network_subnet_port_and_security_groups() {
     let subs = os.json(&["subnet", "list"]);
     assert!(subs.as_array().unwrap().is_empty(), "{subs}");
 }
+
+/// Servers on networks with the real CLI, in a cloud inside a namespace
+/// of its own: `--network`, `--nic net-id=,v4-fixed-ip=`, `--nic
+/// port-id=`, `server add/remove network|port|security group`, and a
+/// brought port outliving its server.
+#[test]
+fn cli_servers_on_networks_interfaces_and_security_groups() {
+    super::compute_real::require_runtime();
+    let images = super::compute_real::test_images();
+    let server = Server::start_in_netns(&["--import-images", images.to_str().unwrap()]);
+    let Some(os) = Os::new(&server) else { return };
+    let addr = |name: &str| os.json(&["server", "show", name])["addresses"].clone();
+    let n1 = os.json(&["network", "create", "n1"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    os.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "n1",
+        "--subnet-range",
+        "10.70.0.0/24",
+        "s-n1",
+    ]);
+    os.ok(&["network", "create", "n2"]);
+    os.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "n2",
+        "--subnet-range",
+        "10.71.0.0/24",
+        "s-n2",
+    ]);
+
+    os.ok(&[
+        "server",
+        "create",
+        "--image",
+        "busybox",
+        "--flavor",
+        "m1.nano",
+        "--network",
+        "n1",
+        "--wait",
+        "a",
+    ]);
+    let a = addr("a");
+    let a_ip = a["n1"][0].as_str().map(str::to_string).unwrap_or_else(|| {
+        // openstackclient renders addresses as {network: [ip, ...]}.
+        panic!("no address on n1: {a}")
+    });
+    assert!(a_ip.starts_with("10.70.0."), "{a}");
+
+    let nic = format!("net-id={n1},v4-fixed-ip=10.70.0.20");
+    os.ok(&[
+        "server", "create", "--image", "busybox", "--flavor", "m1.nano", "--nic", &nic, "--wait",
+        "b",
+    ]);
+    assert_eq!(addr("b")["n1"], serde_json::json!(["10.70.0.20"]));
+
+    let p = os.json(&["port", "create", "--network", "n2", "mine"]);
+    let pid = p["id"].as_str().unwrap().to_string();
+    let nic = format!("port-id={pid}");
+    os.ok(&[
+        "server", "create", "--image", "busybox", "--flavor", "m1.nano", "--nic", &nic, "--wait",
+        "c",
+    ]);
+    let port = os.json(&["port", "show", "mine"]);
+    assert_eq!(port["device_owner"], "compute:nova");
+    assert_eq!(port["status"], "ACTIVE");
+
+    // A second network on a running server: a new interface inside it.
+    os.ok(&["server", "add", "network", "a", "n2"]);
+    let a = addr("a");
+    let a_ip2 = a["n2"][0].as_str().expect("an address on n2").to_string();
+    let id = os.json(&["server", "show", "a"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let shown = super::common::in_server_netns(&id, &["ip", "-o", "addr", "show"]).unwrap();
+        if shown.contains(&format!("eth1    inet {a_ip2}/24")) || shown.contains(&a_ip2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "eth1 never got {a_ip2}:\n{shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let ifs = os.json(&["port", "list", "--server", "a"]);
+    assert_eq!(ifs.as_array().unwrap().len(), 2, "{ifs}");
+    os.ok(&["server", "remove", "network", "a", "n2"]);
+    assert!(addr("a").get("n2").is_none(), "{}", addr("a"));
+
+    // Security groups on a running server.
+    os.ok(&["security", "group", "create", "web"]);
+    os.ok(&["server", "add", "security", "group", "a", "web"]);
+    let groups = os.json(&["server", "show", "a"])["security_groups"].clone();
+    assert!(groups.to_string().contains("web"), "{groups}");
+    let ports = os.json(&["port", "list", "--server", "a", "--long"]);
+    assert_eq!(ports.as_array().unwrap().len(), 1);
+    os.ok(&["server", "remove", "security", "group", "a", "web"]);
+    let groups = os.json(&["server", "show", "a"])["security_groups"].clone();
+    assert!(!groups.to_string().contains("web"), "{groups}");
+
+    // The brought port stays when its server goes; the made ones go.
+    os.ok(&["server", "delete", "--wait", "c", "b"]);
+    let port = os.json(&["port", "show", "mine"]);
+    assert_eq!(port["device_id"], "");
+    assert_eq!(port["status"], "DOWN");
+    let left = os.json(&["port", "list", "--network", "n1"]);
+    assert_eq!(left.as_array().unwrap().len(), 1, "only a's port: {left}");
+}
