@@ -116,6 +116,8 @@ struct Shared {
     /// The node's dataplane, and what it last wired.
     net: Dataplane,
     wired: Mutex<Option<HostNetwork>>,
+    /// The metadata service for the servers on this node.
+    metadata: crate::metadata::Metadata,
     /// Set when the network should be synced again (the network thread
     /// waits on it).
     net_dirty: (Mutex<bool>, std::sync::Condvar),
@@ -164,6 +166,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         clock: AtomicU64::new(0),
         net,
         wired: Mutex::new(None),
+        metadata: crate::metadata::Metadata::default(),
         net_dirty: (Mutex::new(true), std::sync::Condvar::new()),
     });
     start_listener(&shared)?;
@@ -227,6 +230,12 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         for s in servers {
             let id = s["id"].as_str().unwrap_or("").to_string();
             let generation = s["generation"].as_u64().unwrap_or(0);
+            let user_data = s["user_data"]
+                .as_str()
+                .and_then(|u| base64::engine::general_purpose::STANDARD.decode(u).ok());
+            shared
+                .metadata
+                .set_server(&id, s["meta_data"].clone(), user_data);
             let Some(task) = s["task_state"].as_str().map(str::to_string) else {
                 shared
                     .settled
@@ -908,6 +917,7 @@ fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwork> {
         sh.net.apply(&net, &keep)?;
         *wired = Some(net.clone());
     }
+    sh.metadata.sync(&net, |id| sh.net.metadata_listener(id));
     Ok(net)
 }
 

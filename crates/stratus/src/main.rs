@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod datadir;
 mod join;
+mod metadata;
 
 use clap::{Parser, Subcommand};
 

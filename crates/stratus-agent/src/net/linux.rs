@@ -439,3 +439,76 @@ fn nft_apply(rules: &str) -> Result<(), DriverError> {
     }
     Ok(())
 }
+
+/// The metadata service's address, as every OpenStack guest knows it.
+pub const METADATA_IP: &str = "169.254.169.254";
+
+/// The port the metadata listener binds inside a server's namespace; the
+/// namespace redirects port 80 of [`METADATA_IP`] to it, so a workload
+/// that binds `0.0.0.0:80` itself is not in the way.
+pub const METADATA_PORT: u16 = 8775;
+
+impl Dataplane {
+    /// A listener for server `server_id`'s metadata, bound inside its
+    /// network namespace: whatever connects to it is that server, so it is
+    /// identified by where it connects from, never by a header it could
+    /// forge. The namespace gets [`METADATA_IP`] on its loopback and a
+    /// redirect of port 80 to [`METADATA_PORT`].
+    pub fn metadata_listener(&self, server_id: &str) -> Result<std::net::TcpListener, DriverError> {
+        if self.missing.is_some() {
+            return Err(DriverError::Runtime("no dataplane on this node".into()));
+        }
+        let ns = netns_name(server_id);
+        ip_in(
+            &ns,
+            &["addr", "replace", &format!("{METADATA_IP}/32"), "dev", "lo"],
+        )?;
+        let rules = format!(
+            "table ip stratus_metadata {{}}\ndelete table ip stratus_metadata\ntable ip stratus_metadata {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    ip daddr {METADATA_IP} tcp dport 80 dnat to {METADATA_IP}:{METADATA_PORT}\n  }}\n}}\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(DriverError::Runtime(format!(
+                "nft in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let path = PathBuf::from("/run/netns").join(&ns);
+        // A thread of its own enters the namespace, binds, and ends: the
+        // socket stays in the namespace it was made in.
+        std::thread::spawn(move || -> Result<std::net::TcpListener, DriverError> {
+            enter_netns(&path)?;
+            let l = std::net::TcpListener::bind((METADATA_IP, METADATA_PORT))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .map_err(|_| DriverError::Runtime("the metadata bind thread panicked".into()))?
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+#[allow(unsafe_code)]
+fn enter_netns(path: &std::path::Path) -> Result<(), DriverError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    // SAFETY: `f` is an open file descriptor that outlives the call;
+    // setns(2) with CLONE_NEWNET only changes the calling thread's
+    // network namespace and touches no memory of ours.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ mod rules;
 
 use serde::{Deserialize, Serialize};
 
-pub use linux::{Dataplane, netns_name};
+pub use linux::{Dataplane, METADATA_IP, METADATA_PORT, netns_name};
 pub use rules::ruleset;
 
 /// Everything this node must wire: the networks its ports are on, and the

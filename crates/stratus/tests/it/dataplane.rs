@@ -407,3 +407,62 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// `GET` over plain HTTP from inside server `id`'s namespace.
+fn http_get(id: &str, url: &str) -> String {
+    let code = format!(
+        "import urllib.request,sys\ntry:\n  print(urllib.request.urlopen('{url}', timeout=3).read().decode())\nexcept Exception as e:\n  print('ERROR', e)"
+    );
+    in_server_netns(id, &["python3", "-c", &code]).expect("python runs")
+}
+
+#[test]
+fn dataplane_metadata_service_serves_each_server_its_own() {
+    let c = cloud();
+    let (_, tok) = c.project("md");
+    network(&c, &tok, "md-net", "10.80.0.0/24");
+    // The guest reads its metadata with busybox's wget, from inside.
+    let script = "#!/bin/sh\nfor i in $(seq 1 50); do if wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json; then echo MD-BEGIN; cat /tmp/md; echo; echo MD-END; break; fi; sleep 0.2; done\nsleep 600\n";
+    let (a, _) = boot(
+        &c,
+        &tok,
+        "reader",
+        json!({"user_data": base64_of(script), "metadata": {"role": "reader"}}),
+    );
+    let out = console_until(&c, &tok, &a, "MD-END");
+    assert!(out.contains(&format!("\"uuid\":\"{a}\"")), "{out}");
+    assert!(out.contains("\"role\":\"reader\""), "{out}");
+    let (b, bb) = boot(
+        &c,
+        &tok,
+        "other",
+        json!({"user_data": base64_of("#!/bin/sh\n# b's own\nsleep 600\n")}),
+    );
+
+    // Each namespace gets its own server's documents, whatever it asks.
+    let md_b = http_get(&b, "http://169.254.169.254/openstack/latest/meta_data.json");
+    assert!(md_b.contains(&format!("\"uuid\":\"{b}\"")), "{md_b}");
+    assert!(!md_b.contains(&a), "b sees a's metadata: {md_b}");
+    let ud_b = http_get(&b, "http://169.254.169.254/openstack/latest/user_data");
+    assert!(ud_b.contains("# b's own"), "{ud_b}");
+    assert!(!ud_b.contains("MD-BEGIN"), "b read a's user_data");
+    let net_b = http_get(
+        &b,
+        "http://169.254.169.254/openstack/latest/network_data.json",
+    );
+    assert!(net_b.contains(&address(&bb, "md-net")), "{net_b}");
+    assert_eq!(
+        http_get(&b, "http://169.254.169.254/latest/meta-data/instance-id").trim(),
+        b
+    );
+    // A header naming another server changes nothing.
+    let code = format!(
+        "import urllib.request\nr = urllib.request.Request('http://169.254.169.254/openstack/latest/meta_data.json', headers={{'X-Instance-ID': '{a}', 'X-Forwarded-For': '10.80.0.2'}})\nprint(urllib.request.urlopen(r, timeout=3).read().decode())"
+    );
+    let forged = in_server_netns(&b, &["python3", "-c", &code]).unwrap();
+    assert!(forged.contains(&format!("\"uuid\":\"{b}\"")), "{forged}");
+    // A workload may still serve port 80 itself.
+    let _l = listen(&b, 80, "mine");
+    let bip = address(&bb, "md-net");
+    assert_eq!(reaches(&b, &bip, 80).as_deref(), Some("mine"));
+}

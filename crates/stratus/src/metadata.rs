@@ -1,0 +1,361 @@
+//! The metadata service at 169.254.169.254, served by each node's agent
+//! for the servers on that node.
+//!
+//! Every server with ports gets a listener bound inside its own network
+//! namespace (`Dataplane::metadata_listener`), so the server a request is
+//! from is known by the socket it arrived on: there is no header to
+//! forge and no address to spoof. Answers come from what the agent was
+//! given for the server (its `meta_data`, `user_data`) and its ports:
+//! the OpenStack layout (`/openstack/latest/meta_data.json`, `user_data`,
+//! `network_data.json`, `vendor_data.json`, `vendor_data2.json`) and the
+//! EC2 one (`/latest/meta-data/...`, `/latest/user-data`).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stratus_agent::net::{HostNetwork, PortWiring};
+
+/// What one server's metadata is made of.
+#[derive(Default, Clone)]
+pub struct Doc {
+    pub meta: Value,
+    pub user_data: Option<Vec<u8>>,
+    pub network: Value,
+}
+
+struct Served {
+    stop: Arc<AtomicBool>,
+    doc: Arc<Mutex<Doc>>,
+}
+
+/// The node's metadata listeners, one per server with ports.
+#[derive(Default)]
+pub struct Metadata {
+    served: Mutex<HashMap<String, Served>>,
+    /// Documents known before the server's listener exists.
+    docs: Mutex<HashMap<String, Doc>>,
+}
+
+impl Metadata {
+    /// Records what the controller says about server `id` (its
+    /// assignment's `meta_data` and `user_data`).
+    pub fn set_server(&self, id: &str, meta: Value, user_data: Option<Vec<u8>>) {
+        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        let d = docs.entry(id.to_string()).or_default();
+        d.meta = meta;
+        d.user_data = user_data;
+        if let Some(s) = self
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            let mut doc = s.doc.lock().unwrap_or_else(|e| e.into_inner());
+            doc.meta = d.meta.clone();
+            doc.user_data = d.user_data.clone();
+        }
+    }
+
+    /// Serves every server with ports in `net`, and stops serving those
+    /// that have none any more. `bind` makes a server's listener.
+    pub fn sync(
+        &self,
+        net: &HostNetwork,
+        bind: impl Fn(&str) -> Result<TcpListener, stratus_agent::DriverError>,
+    ) {
+        let mut by_server: HashMap<&str, Vec<&PortWiring>> = HashMap::new();
+        for p in &net.ports {
+            by_server.entry(&p.device_id).or_default().push(p);
+        }
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        served.retain(|id, s| {
+            let keep = by_server.contains_key(id.as_str());
+            if !keep {
+                s.stop.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
+        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, ports) in by_server {
+            let network = network_data(&ports);
+            if let Some(s) = served.get(id) {
+                s.doc.lock().unwrap_or_else(|e| e.into_inner()).network = network;
+                continue;
+            }
+            let listener = match bind(id) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(server = id, error = %e, "no metadata service for this server");
+                    continue;
+                }
+            };
+            let mut doc = docs.get(id).cloned().unwrap_or_default();
+            doc.network = network;
+            let doc = Arc::new(Mutex::new(doc));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (d, st) = (doc.clone(), stop.clone());
+            std::thread::spawn(move || serve(listener, d, st));
+            served.insert(id.to_string(), Served { stop, doc });
+        }
+    }
+}
+
+/// Accepts until told to stop (the listener is non-blocking, so a server
+/// that went away ends its thread within a tenth of a second).
+fn serve(l: TcpListener, doc: Arc<Mutex<Doc>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        match l.accept() {
+            Ok((s, _)) => {
+                let d = doc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                std::thread::spawn(move || answer(s, &d));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn answer(mut s: TcpStream, doc: &Doc) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" && method != "HEAD" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            b"405 Method Not Allowed\n".to_vec(),
+        )
+    } else {
+        match route(path.split('?').next().unwrap_or(""), doc) {
+            Some((ctype, body)) => ("200 OK", ctype, body),
+            None => ("404 Not Found", "text/plain", b"404 Not Found\n".to_vec()),
+        }
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(&body);
+    }
+    let _ = s.write_all(&out);
+}
+
+const VERSIONS: &[&str] = &[
+    "2012-08-10",
+    "2013-04-04",
+    "2013-10-17",
+    "2015-10-15",
+    "2016-06-30",
+    "2016-10-06",
+    "2017-02-22",
+    "2018-08-27",
+    "2020-10-14",
+    "latest",
+];
+
+fn text(s: String) -> Option<(&'static str, Vec<u8>)> {
+    Some(("text/plain", s.into_bytes()))
+}
+
+fn route(path: &str, doc: &Doc) -> Option<(&'static str, Vec<u8>)> {
+    let path = path.trim_end_matches('/');
+    let meta = &doc.meta;
+    let s = |k: &str| meta[k].as_str().unwrap_or("").to_string();
+    if path.is_empty() {
+        return text("1.0\n2007-01-19\n2009-04-04\nlatest".into());
+    }
+    if path == "/openstack" {
+        return text(VERSIONS.join("\n"));
+    }
+    if let Some(rest) = path.strip_prefix("/openstack/") {
+        let (version, file) = rest.split_once('/').unwrap_or((rest, ""));
+        if !VERSIONS.contains(&version) {
+            return None;
+        }
+        return match file {
+            "" => text(
+                "meta_data.json\nnetwork_data.json\nuser_data\nvendor_data.json\nvendor_data2.json"
+                    .into(),
+            ),
+            "meta_data.json" => Some(("application/json", meta.to_string().into_bytes())),
+            "network_data.json" => Some(("application/json", doc.network.to_string().into_bytes())),
+            "vendor_data.json" | "vendor_data2.json" => Some(("application/json", b"{}".to_vec())),
+            "user_data" => doc
+                .user_data
+                .clone()
+                .map(|u| ("application/octet-stream", u)),
+            _ => None,
+        };
+    }
+    let ec2 = path
+        .strip_prefix("/latest")
+        .or_else(|| path.strip_prefix("/2009-04-04"))
+        .or_else(|| path.strip_prefix("/2007-01-19"))?;
+    let ipv4 = doc.network["networks"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["type"] == "ipv4"))
+        .and_then(|n| n["ip_address"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let key = meta["keys"]
+        .as_array()
+        .and_then(|k| k.first())
+        .and_then(|k| k["data"].as_str())
+        .map(str::to_string);
+    match ec2 {
+        "" => text("meta-data\nuser-data".into()),
+        "/user-data" => doc
+            .user_data
+            .clone()
+            .map(|u| ("application/octet-stream", u)),
+        "/meta-data" => {
+            let mut items = vec![
+                "ami-id",
+                "ami-launch-index",
+                "hostname",
+                "instance-id",
+                "instance-type",
+                "local-hostname",
+                "local-ipv4",
+                "placement/",
+                "reservation-id",
+                "security-groups",
+            ];
+            if key.is_some() {
+                items.push("public-keys/");
+            }
+            text(items.join("\n"))
+        }
+        "/meta-data/ami-id" => text(String::new()),
+        "/meta-data/ami-launch-index" => text(meta["launch_index"].to_string()),
+        "/meta-data/hostname" | "/meta-data/local-hostname" => text(s("hostname")),
+        "/meta-data/instance-id" => text(s("uuid")),
+        "/meta-data/instance-type" => text(String::new()),
+        "/meta-data/local-ipv4" => text(ipv4),
+        "/meta-data/placement" => text("availability-zone".into()),
+        "/meta-data/placement/availability-zone" => text(s("availability_zone")),
+        "/meta-data/reservation-id" => text(String::new()),
+        "/meta-data/security-groups" => text("default".into()),
+        "/meta-data/public-keys" => key.map(|_| ("text/plain", b"0=key".to_vec())),
+        "/meta-data/public-keys/0" => key.map(|_| ("text/plain", b"openssh-key".to_vec())),
+        "/meta-data/public-keys/0/openssh-key" => key.map(|k| ("text/plain", k.into_bytes())),
+        _ => None,
+    }
+}
+
+/// OpenStack's `network_data.json` for a server's ports.
+fn network_data(ports: &[&PortWiring]) -> Value {
+    let mut links = Vec::new();
+    let mut networks = Vec::new();
+    let mut dns = Vec::new();
+    for p in ports {
+        let link = format!("tap{}", &p.id.chars().take(11).collect::<String>());
+        links.push(json!({
+            "id": link,
+            "vif_id": p.id,
+            "type": "bridge",
+            "mtu": p.mtu,
+            "ethernet_mac_address": p.mac,
+        }));
+        for a in &p.addresses {
+            let mut routes = Vec::new();
+            if let Some(gw) = &a.gateway {
+                routes.push(if a.version == 6 {
+                    json!({"network": "::", "netmask": "::", "gateway": gw})
+                } else {
+                    json!({"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": gw})
+                });
+            }
+            networks.push(json!({
+                "id": format!("network{}", networks.len()),
+                "type": if a.version == 6 { "ipv6" } else { "ipv4" },
+                "link": link,
+                "ip_address": a.ip,
+                "netmask": netmask(a.version, a.prefix_len),
+                "routes": routes,
+                "network_id": p.network_id,
+                "services": p.dns.iter().map(|d| json!({"type": "dns", "address": d})).collect::<Vec<_>>(),
+            }));
+        }
+        dns.extend(p.dns.iter().cloned());
+    }
+    dns.sort();
+    dns.dedup();
+    json!({
+        "links": links,
+        "networks": networks,
+        "services": dns.iter().map(|d| json!({"type": "dns", "address": d})).collect::<Vec<_>>(),
+    })
+}
+
+fn netmask(version: u8, prefix: u8) -> String {
+    if version == 6 {
+        let bits: u128 = if prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(prefix.min(128)))
+        };
+        std::net::Ipv6Addr::from(bits).to_string()
+    } else {
+        let bits: u32 = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix.min(32)))
+        };
+        std::net::Ipv4Addr::from(bits).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        let doc = Doc {
+            meta: json!({"uuid": "u-1", "hostname": "web", "availability_zone": "nova",
+                "keys": [{"name": "k", "type": "ssh", "data": "ssh-ed25519 AAAA"}]}),
+            user_data: Some(b"#!/bin/sh\necho hi\n".to_vec()),
+            network: json!({"networks": [{"type": "ipv4", "ip_address": "10.0.0.5"}]}),
+        };
+        let get = |p: &str| route(p, &doc).map(|(_, b)| String::from_utf8(b).unwrap());
+        assert!(
+            get("/openstack/latest/meta_data.json")
+                .unwrap()
+                .contains("\"u-1\"")
+        );
+        assert_eq!(
+            get("/openstack/2018-08-27/user_data").unwrap(),
+            "#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(get("/latest/meta-data/instance-id").unwrap(), "u-1");
+        assert_eq!(get("/latest/meta-data/local-ipv4").unwrap(), "10.0.0.5");
+        assert_eq!(
+            get("/latest/meta-data/public-keys/0/openssh-key").unwrap(),
+            "ssh-ed25519 AAAA"
+        );
+        assert_eq!(get("/openstack/1999-01-01/meta_data.json"), None);
+        assert_eq!(get("/nope"), None);
+        assert_eq!(netmask(4, 24), "255.255.255.0");
+        assert_eq!(netmask(6, 64), "ffff:ffff:ffff:ffff::");
+    }
+}
