@@ -756,6 +756,7 @@ async fn delete(
         if !owns(&ctx, &p.project_id) && !owns(&ctx, &net.project_id) {
             return Err(NetError::policy("delete_port"));
         }
+        super::routers::before_port_delete(tx, &p)?;
         for f in &p.fixed_ips {
             ipam::release(tx, &f.subnet_id, &f.ip_address)?;
         }
