@@ -54,24 +54,25 @@ fn find_in(tx: &Tx, ctx: &Ctx, id: &str) -> NetResult<FloatingIp> {
 /// network `ext_net`: its gateway is on `ext_net` and it has an interface
 /// on `subnet` (one whose address is the subnet's gateway first).
 fn router_for(tx: &Tx, port: &Port, subnet: &Subnet, ext_net: &str) -> NetResult<String> {
-    let routers: Vec<L3Router> = tx
-        .list::<L3Router>(&SQ::all())?
-        .into_iter()
-        .filter(|r| r.gateway.as_ref().is_some_and(|g| g.network_id == ext_net))
-        .collect();
     let mut first = None;
-    for r in &routers {
-        for p in routers::interfaces(tx, &r.id)? {
-            if p.network_id != port.network_id {
-                continue;
-            }
-            for f in p.fixed_ips.iter().filter(|f| f.subnet_id == subnet.id) {
-                if subnet.gateway_ip.as_deref() == Some(f.ip_address.as_str()) {
-                    return Ok(r.id.clone());
-                }
-                first.get_or_insert_with(|| r.id.clone());
-            }
+    for p in tx.list::<Port>(&SQ::parent(&port.network_id))? {
+        if p.device_owner != routers::OWNER_INTERFACE {
+            continue;
         }
+        let Some(f) = p.fixed_ips.iter().find(|f| f.subnet_id == subnet.id) else {
+            continue;
+        };
+        let reaches = tx
+            .get::<L3Router>(&p.device_id)?
+            .and_then(|r| r.gateway)
+            .is_some_and(|g| g.network_id == ext_net);
+        if !reaches {
+            continue;
+        }
+        if subnet.gateway_ip.as_deref() == Some(f.ip_address.as_str()) {
+            return Ok(p.device_id);
+        }
+        first.get_or_insert(p.device_id);
     }
     first.ok_or_else(|| {
         NetError::not_found(

@@ -450,6 +450,18 @@ async fn update(
             n.port_security_enabled = v;
         }
         if let Some(v) = opt_bool(&m, "router:external")? {
+            if n.external && !v {
+                let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
+                if ports.iter().any(|p| {
+                    p.device_owner == super::routers::OWNER_GATEWAY
+                        || p.device_owner == super::routers::OWNER_FLOATINGIP
+                }) {
+                    return Err(NetError::conflict(
+                        "ExternalNetworkInUse",
+                        format!("External network {} cannot be updated to be made non-external, since it has existing gateway ports.", n.id),
+                    ));
+                }
+            }
             n.external = v;
         }
         if let Some(v) = opt_bool(&m, "shared")? {

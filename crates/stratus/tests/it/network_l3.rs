@@ -4,10 +4,67 @@
 //! auto-allocated topology. Refused requests are checked to leave nothing
 //! behind (no port, no address).
 
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
-use super::common::{Client, Resp};
+use super::common::{Client, Resp, Server};
 use super::network::{Net, fault, ids};
+
+/// A second `stratus controller` process on the same store (SQLite file
+/// or PostgreSQL) as `s`; killed when dropped.
+struct SecondController {
+    child: std::process::Child,
+    base: String,
+}
+
+impl SecondController {
+    fn start(s: &Server) -> SecondController {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = s.data_dir().join("second-controller.log");
+        let child = std::process::Command::new(super::common::bin())
+            .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(s.data_dir())
+            .args(s.database.iter().flat_map(|d| ["--database", d.as_str()]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        while agent
+            .get(format!("{url}/identity/v3"))
+            .call()
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the second controller did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SecondController {
+            child,
+            base: format!("{url}/network/v2.0"),
+        }
+    }
+}
+
+impl Drop for SecondController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 fn id(v: &Value) -> String {
     v["id"]
@@ -307,6 +364,16 @@ fn l3_router_gateway_interfaces_routes_and_refusals() {
         public.as_str()
     );
     assert_eq!(c.used_ips(&public), 1);
+    // Nor may the external network stop being external under it.
+    fault(
+        &c.put(
+            &format!("/networks/{public}"),
+            &c.admin,
+            json!({"network": {"router:external": false}}),
+        ),
+        409,
+        "ExternalNetworkInUse",
+    );
 
     // Removing interfaces: by subnet for the port given by id (the port
     // goes, as in Neutron), then twice is 404.
@@ -1025,11 +1092,17 @@ fn l3_auto_allocated_topology_is_made_once() {
     assert!(ids(&c.nn.get("/networks", &tok).body, "networks") == vec![public.clone()]);
     fault(&c.nn.get(&path, &btok), 403, "NotAuthorized");
 
-    // Concurrent first calls get one topology.
-    let base = c.nn.base.clone();
-    let threads: Vec<_> = (0..6)
-        .map(|_| {
-            let (tok, base, path) = (tok.clone(), base.clone(), path.clone());
+    // Concurrent first calls, through two controller processes on one
+    // store, get one topology.
+    let second = SecondController::start(&c.server);
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let base = if i % 2 == 0 {
+                c.nn.base.clone()
+            } else {
+                second.base.clone()
+            };
+            let (tok, path) = (tok.clone(), path.clone());
             std::thread::spawn(move || Client { base }.get(&path, &tok))
         })
         .collect();
