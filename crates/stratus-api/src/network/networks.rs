@@ -123,7 +123,30 @@ fn subnet_ids(subnets: &[Subnet]) -> Vec<String> {
 
 fn render(state: &AppState, ctx: &Ctx, n: &Network) -> NetResult<Value> {
     let subs = state.store.list::<Subnet>(&SQ::parent(&n.id))?;
-    Ok(n.render(subnet_ids(&subs), ctx.is_admin()))
+    Ok(render_for(ctx, n, subnet_ids(&subs)))
+}
+
+/// The API view as the caller sees it: as in Neutron, a network an RBAC
+/// policy shares with the caller's project (or everyone) is `shared` to
+/// it, and one made external for it is `router:external`.
+fn render_for(ctx: &Ctx, n: &Network, subnets: Vec<String>) -> Value {
+    let mut v = n.render(subnets, ctx.is_admin());
+    let project = ctx.project_id();
+    if !n.shared
+        && n.rbac_shared
+            .iter()
+            .any(|t| t == "*" || Some(t.as_str()) == project && !owns(ctx, &n.project_id))
+    {
+        v["shared"] = json!(true);
+    }
+    if !n.external
+        && n.rbac_external
+            .iter()
+            .any(|t| t == "*" || Some(t.as_str()) == project)
+    {
+        v["router:external"] = json!(true);
+    }
+    v
 }
 
 async fn list(
@@ -143,7 +166,7 @@ async fn list(
                 .filter(|s| s.network_id == n.id)
                 .map(|s| s.id.clone())
                 .collect();
-            n.render(ids, ctx.is_admin())
+            render_for(&ctx, n, ids)
         })
         .collect();
     list_answer(&state, "networks", "networks", items, &q)

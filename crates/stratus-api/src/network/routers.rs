@@ -20,7 +20,7 @@ use stratus_store::{Query as SQ, Tx};
 
 use super::ipam::{self, Cidr, Ip};
 use super::model::{FixedIp, FloatingIp, Gateway, HostRoute, Network, Port, Router, Std, Subnet};
-use super::networks::{self, external_for, granted};
+use super::networks::{self, external_for};
 use super::{
     NetError, NetResult, fields_of, list_answer, new_id, opt_bool, opt_str, owns, reply,
     require_member, require_reader, resource_body, select_fields, subnets, target_project,
@@ -763,7 +763,13 @@ async fn add_interface(
         let mut r = find_in(tx, &ctx, &id)?;
         let (port, subnet_ids) = if let Some(sid) = &sid {
             let (sub, net) = subnets::find_in(tx, &ctx, sid)?;
-            if !owns(&ctx, &sub.project_id) && !granted(&net.rbac_shared, ctx.project_id()) {
+            // Another project's subnet only on a network shared with this
+            // project by an RBAC policy naming it (Neutron's rule).
+            let named = net
+                .rbac_shared
+                .iter()
+                .any(|t| Some(t.as_str()) == ctx.project_id());
+            if !owns(&ctx, &sub.project_id) && !named {
                 return Err(bad(format!(
                     "Cannot add interface to router because subnet {sid} is not owned by project making the request"
                 )));

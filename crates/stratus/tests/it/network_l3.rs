@@ -790,8 +790,15 @@ fn l3_rbac_policy_shares_a_network_with_one_project() {
         "NetworkNotFound",
     );
 
-    // Beta sees it and may put a port on it; gamma still may not.
-    assert_eq!(c.nn.get(&format!("/networks/{net}"), &btok).status, 200);
+    // Beta sees it (shared, to beta) and may put a port on it; gamma
+    // still may not.
+    let seen = c.nn.get(&format!("/networks/{net}"), &btok);
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert_eq!(seen.body["network"]["shared"], true);
+    assert_eq!(
+        c.nn.get(&format!("/networks/{net}"), &atok).body["network"]["shared"],
+        false
+    );
     assert!(ids(&c.nn.get("/networks", &btok).body, "networks").contains(&net));
     assert_eq!(ids(&c.nn.get("/subnets", &btok).body, "subnets").len(), 1);
     let bport =
@@ -847,6 +854,10 @@ fn l3_rbac_policy_shares_a_network_with_one_project() {
         "rbac_policy",
         json!({"object_type": "network", "object_id": ext,
                "action": "access_as_external", "target_tenant": beta}),
+    );
+    assert_eq!(
+        c.nn.get(&format!("/networks/{ext}"), &btok).body["network"]["router:external"],
+        true
     );
     let r = c.nn.post("/routers", &btok, body.clone());
     assert_eq!(r.status, 201, "{}", r.body);
