@@ -3,29 +3,47 @@
 //! Networks, subnets, ports, security groups and their rules and quotas are
 //! documents in the store (`model.rs`); addresses are handed out by an
 //! exact IPAM (`ipam.rs`) inside the same write transaction that creates
-//! the port, so two concurrent requests never get the same address. There
-//! is no dataplane yet: ports stay `DOWN`.
+//! the port, so two concurrent requests never get the same address.
+//!
+//! L3 (`routers.rs`, `floating_ips.rs`): routers with an external gateway,
+//! static routes and interfaces, and floating IPs; their ports and
+//! addresses are ordinary ports and IPAM records, written in the same
+//! transaction as the router or floating IP, so a refused request leaves
+//! nothing behind. Subnet pools and address scopes (`subnetpools.rs`)
+//! carve subnet prefixes; RBAC policies (`rbac.rs`) share a network with
+//! other projects or make it external for them; the auto-allocated
+//! topology (`auto_allocate.rs`) gives a project a network routed to the
+//! default external network. This is the control plane: what forwards
+//! packets is the agent's dataplane, which reads these records.
 //!
 //! Policy is Neutron's default: members of a project create and change its
 //! resources, readers read them, `admin` does everything and sees the
 //! admin-only attributes (`provider:*`, `binding:*`). A project sees its
-//! own networks plus shared and external ones; another project's private
-//! network is answered as not found.
+//! own networks plus shared and external ones and those an RBAC policy
+//! shares with it; another project's private network is answered as not
+//! found.
 //!
 //! Errors come out in Neutron's shape,
 //! `{"NeutronError": {"type", "message", "detail"}}`, with Neutron's
 //! exception names as `type`.
 
+mod auto_allocate;
 mod extensions;
+mod floating_ips;
 mod ipam;
 pub mod model;
 mod networks;
 pub mod nova;
 mod ports;
 mod quotas;
+mod rbac;
+mod routers;
 mod security_groups;
+mod subnetpools;
 mod subnets;
 mod tags;
+
+pub use auto_allocate::auto_allocate;
 
 use std::cmp::Ordering;
 
@@ -180,16 +198,11 @@ pub fn router() -> Router<AppState> {
         .merge(security_groups::routes())
         .merge(quotas::routes())
         .merge(tags::routes())
-        // Not implemented yet, but clients (openstacksdk's cloud layer)
-        // list them whenever a network service exists: nothing to list.
-        .route(
-            "/routers",
-            get(|| async { axum::Json(json!({"routers": []})) }),
-        )
-        .route(
-            "/floatingips",
-            get(|| async { axum::Json(json!({"floatingips": []})) }),
-        )
+        .merge(routers::routes())
+        .merge(floating_ips::routes())
+        .merge(subnetpools::routes())
+        .merge(rbac::routes())
+        .merge(auto_allocate::routes())
         .fallback(crate::error::not_found_fallback);
     Router::new()
         .route("/network", get(versions))
@@ -221,6 +234,11 @@ async fn v2_index(State(state): State<AppState>) -> axum::Json<Value> {
         ("security_group_rule", "security-group-rules"),
         ("quota", "quotas"),
         ("extension", "extensions"),
+        ("router", "routers"),
+        ("floatingip", "floatingips"),
+        ("subnetpool", "subnetpools"),
+        ("address_scope", "address-scopes"),
+        ("rbac_policy", "rbac-policies"),
     ]
     .iter()
     .map(|(name, coll)| {

@@ -62,6 +62,19 @@ pub struct Network {
     pub segmentation_id: Option<u32>,
     #[serde(default)]
     pub availability_zone_hints: Vec<String>,
+    /// The deployment's default external network (`is_default`, from the
+    /// auto-allocated-topology extension).
+    #[serde(default)]
+    pub is_default: bool,
+    /// Projects (or `*`) an `access_as_shared` RBAC policy shares the
+    /// network with; kept here, in the policy's own transaction, so that
+    /// `networks::visible` needs no lookup (see `rbac.rs`).
+    #[serde(default)]
+    pub rbac_shared: Vec<String>,
+    /// Projects (or `*`) an `access_as_external` RBAC policy makes the
+    /// network external for.
+    #[serde(default)]
+    pub rbac_external: Vec<String>,
     #[serde(flatten)]
     pub std: Std,
 }
@@ -92,7 +105,7 @@ impl Network {
             "availability_zones": [],
             "ipv4_address_scope": null,
             "ipv6_address_scope": null,
-            "is_default": false,
+            "is_default": self.is_default,
             "l2_adjacency": true,
         });
         if admin {
@@ -132,6 +145,9 @@ pub struct Subnet {
     pub enable_dhcp: bool,
     pub ipv6_ra_mode: Option<String>,
     pub ipv6_address_mode: Option<String>,
+    /// The subnet pool its prefix was carved from.
+    #[serde(default)]
+    pub subnetpool_id: Option<String>,
     #[serde(flatten)]
     pub std: Std,
 }
@@ -161,7 +177,7 @@ impl Subnet {
             "enable_dhcp": self.enable_dhcp,
             "ipv6_ra_mode": self.ipv6_ra_mode,
             "ipv6_address_mode": self.ipv6_address_mode,
-            "subnetpool_id": null,
+            "subnetpool_id": self.subnetpool_id,
             "segment_id": null,
             "service_types": [],
             "dns_publish_fixed_ip": false,
@@ -374,3 +390,232 @@ pub struct NetQuota {
 }
 
 record!(NetQuota, "network_quota");
+
+/// A router's external gateway: the network, SNAT, and the gateway port
+/// (device_owner `network:router_gateway`) holding its addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gateway {
+    pub network_id: String,
+    pub enable_snat: bool,
+    pub port_id: String,
+    pub external_fixed_ips: Vec<FixedIp>,
+}
+
+/// A router. Its interfaces are the ports whose `device_id` is the
+/// router and whose device_owner is `network:router_interface`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Router {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub admin_state_up: bool,
+    pub gateway: Option<Gateway>,
+    /// Static routes (`extraroute`).
+    pub routes: Vec<HostRoute>,
+    #[serde(default)]
+    pub availability_zone_hints: Vec<String>,
+    #[serde(flatten)]
+    pub std: Std,
+}
+
+record!(
+    Router,
+    "router",
+    owner = |r| Some(&r.project_id),
+    name = |r| Some(&r.name)
+);
+
+impl Router {
+    /// The API view; `admin` adds `distributed` and `ha`.
+    pub fn render(&self, admin: bool) -> Value {
+        let gw = self.gateway.as_ref().map(|g| {
+            json!({
+                "network_id": g.network_id,
+                "enable_snat": g.enable_snat,
+                "external_fixed_ips": g.external_fixed_ips,
+            })
+        });
+        let mut v = json!({
+            "id": self.id,
+            "name": self.name,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "admin_state_up": self.admin_state_up,
+            "status": "ACTIVE",
+            "external_gateway_info": gw,
+            "routes": self.routes,
+            "availability_zone_hints": self.availability_zone_hints,
+            "availability_zones": [],
+            "flavor_id": null,
+        });
+        if admin {
+            v["distributed"] = json!(false);
+            v["ha"] = json!(false);
+        }
+        self.std.put(&mut v);
+        v
+    }
+}
+
+/// A floating IP: an address of an external network (held by a port with
+/// device_owner `network:floatingip`), and the fixed IP it maps to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FloatingIp {
+    pub id: String,
+    pub project_id: String,
+    pub floating_network_id: String,
+    pub floating_ip_address: String,
+    /// The port on the external network that holds the address.
+    pub floating_port_id: String,
+    pub port_id: Option<String>,
+    pub fixed_ip_address: Option<String>,
+    pub router_id: Option<String>,
+    #[serde(flatten)]
+    pub std: Std,
+}
+
+record!(FloatingIp, "floatingip", owner = |f| Some(&f.project_id));
+
+impl FloatingIp {
+    pub fn render(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "floating_network_id": self.floating_network_id,
+            "floating_ip_address": self.floating_ip_address,
+            "port_id": self.port_id,
+            "fixed_ip_address": self.fixed_ip_address,
+            "router_id": self.router_id,
+            "status": if self.port_id.is_some() { "ACTIVE" } else { "DOWN" },
+            "port_forwardings": [],
+        });
+        self.std.put(&mut v);
+        v
+    }
+}
+
+/// A subnet pool: prefixes subnets are carved from (`subnet_allocation`).
+/// What it has handed out is the subnets whose `subnetpool_id` it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubnetPool {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub ip_version: u8,
+    pub prefixes: Vec<String>,
+    pub default_prefixlen: u8,
+    pub min_prefixlen: u8,
+    pub max_prefixlen: u8,
+    pub is_default: bool,
+    pub shared: bool,
+    pub address_scope_id: Option<String>,
+    pub default_quota: Option<i64>,
+    #[serde(flatten)]
+    pub std: Std,
+}
+
+record!(
+    SubnetPool,
+    "subnetpool",
+    owner = |p| Some(&p.project_id),
+    name = |p| Some(&p.name),
+    unique = |p| p.is_default.then(|| format!("default/v{}", p.ip_version))
+);
+
+impl SubnetPool {
+    pub fn render(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "name": self.name,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "ip_version": self.ip_version,
+            "prefixes": self.prefixes,
+            "default_prefixlen": self.default_prefixlen,
+            "min_prefixlen": self.min_prefixlen,
+            "max_prefixlen": self.max_prefixlen,
+            "is_default": self.is_default,
+            "shared": self.shared,
+            "address_scope_id": self.address_scope_id,
+            "default_quota": self.default_quota,
+        });
+        self.std.put(&mut v);
+        v
+    }
+}
+
+/// An address scope: subnet pools whose prefixes route to each other
+/// without NAT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddressScope {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub ip_version: u8,
+    pub shared: bool,
+}
+
+record!(
+    AddressScope,
+    "address_scope",
+    owner = |a| Some(&a.project_id),
+    name = |a| Some(&a.name)
+);
+
+impl AddressScope {
+    pub fn render(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "ip_version": self.ip_version,
+            "shared": self.shared,
+        })
+    }
+}
+
+/// An RBAC policy on a network: `access_as_shared` or
+/// `access_as_external` for a target project (or `*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RbacPolicy {
+    pub id: String,
+    pub project_id: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub action: String,
+    pub target_tenant: String,
+}
+
+record!(
+    RbacPolicy,
+    "rbac_policy",
+    owner = |r| Some(&r.project_id),
+    parent = |r| Some(&r.object_id)
+);
+
+impl RbacPolicy {
+    pub fn render(&self) -> Value {
+        json!({
+            "id": self.id,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "object_type": self.object_type,
+            "object_id": self.object_id,
+            "action": self.action,
+            "target_tenant": self.target_tenant,
+        })
+    }
+}
+
+/// A project's auto-allocated topology (keyed by the project id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoTopology {
+    /// The project id.
+    pub id: String,
+    pub network_id: String,
+    pub router_id: String,
+}
+
+record!(AutoTopology, "auto_allocated_topology");

@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use stratus_store::{Query as SQ, Tx};
 
-use super::model::{IpAllocation, Network, Port, Std, Subnet};
+use super::model::{IpAllocation, Network, Port, RbacPolicy, Std, Subnet};
 use super::{
     NetError, NetResult, fields_of, ipam, list_answer, new_id, opt_bool, opt_int, opt_str, owns,
     reply, require_member, require_reader, resource_body, select_fields, target_project,
@@ -38,9 +38,75 @@ pub fn not_found(id: &str) -> NetError {
     )
 }
 
-/// Whether the caller sees `n`: its project's, shared and external ones.
+/// Whether the caller sees `n`: its project's, shared and external ones,
+/// and those an RBAC policy shares with its project or makes external for
+/// it.
 pub fn visible(ctx: &Ctx, n: &Network) -> bool {
-    n.shared || n.external || owns(ctx, &n.project_id)
+    n.shared
+        || n.external
+        || owns(ctx, &n.project_id)
+        || granted(&n.rbac_shared, ctx.project_id())
+        || granted(&n.rbac_external, ctx.project_id())
+}
+
+/// Whether an RBAC target list names `project` (or everyone).
+pub fn granted(targets: &[String], project: Option<&str>) -> bool {
+    targets
+        .iter()
+        .any(|t| t == "*" || Some(t.as_str()) == project)
+}
+
+/// Whether `n` is external for `project`: `router:external`, or an
+/// `access_as_external` RBAC policy for it.
+pub fn external_for(n: &Network, project: &str) -> bool {
+    n.external || granted(&n.rbac_external, Some(project))
+}
+
+/// Refuses a second default external network (Neutron's
+/// `DefaultExternalNetworkExists`).
+fn check_default(tx: &Tx, id: &str, is_default: bool, external: bool) -> NetResult<()> {
+    if !is_default || !external {
+        return Ok(());
+    }
+    if let Some(other) = tx
+        .list::<Network>(&SQ::all())?
+        .into_iter()
+        .find(|n| n.is_default && n.external && n.id != id)
+    {
+        return Err(NetError::conflict(
+            "DefaultExternalNetworkExists",
+            format!("A default external network already exists: {}.", other.id),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a plain tenant network (VXLAN, default MTU) inside `tx`; the
+/// auto-allocated topology uses it.
+pub(super) fn create_in(tx: &Tx, project: &str, name: &str) -> NetResult<Network> {
+    let id = new_id();
+    super::quotas::check(tx, project, "network", 1)?;
+    let (ty, phys, seg) = segment(tx, &Map::new(), &id)?;
+    let net = Network {
+        id,
+        project_id: project.to_string(),
+        name: name.to_string(),
+        admin_state_up: true,
+        shared: false,
+        external: false,
+        mtu: DEFAULT_MTU as u32,
+        port_security_enabled: true,
+        network_type: ty,
+        physical_network: phys,
+        segmentation_id: seg,
+        availability_zone_hints: Vec::new(),
+        is_default: false,
+        rbac_shared: Vec::new(),
+        rbac_external: Vec::new(),
+        std: Std::new(String::new()),
+    };
+    tx.insert(&net)?;
+    Ok(net)
 }
 
 /// The network `id` as the caller sees it (else `NetworkNotFound`).
@@ -57,7 +123,30 @@ fn subnet_ids(subnets: &[Subnet]) -> Vec<String> {
 
 fn render(state: &AppState, ctx: &Ctx, n: &Network) -> NetResult<Value> {
     let subs = state.store.list::<Subnet>(&SQ::parent(&n.id))?;
-    Ok(n.render(subnet_ids(&subs), ctx.is_admin()))
+    Ok(render_for(ctx, n, subnet_ids(&subs)))
+}
+
+/// The API view as the caller sees it: as in Neutron, a network an RBAC
+/// policy shares with the caller's project (or everyone) is `shared` to
+/// it, and one made external for it is `router:external`.
+fn render_for(ctx: &Ctx, n: &Network, subnets: Vec<String>) -> Value {
+    let mut v = n.render(subnets, ctx.is_admin());
+    let project = ctx.project_id();
+    if !n.shared
+        && n.rbac_shared
+            .iter()
+            .any(|t| t == "*" || Some(t.as_str()) == project && !owns(ctx, &n.project_id))
+    {
+        v["shared"] = json!(true);
+    }
+    if !n.external
+        && n.rbac_external
+            .iter()
+            .any(|t| t == "*" || Some(t.as_str()) == project)
+    {
+        v["router:external"] = json!(true);
+    }
+    v
 }
 
 async fn list(
@@ -77,7 +166,7 @@ async fn list(
                 .filter(|s| s.network_id == n.id)
                 .map(|s| s.id.clone())
                 .collect();
-            n.render(ids, ctx.is_admin())
+            render_for(&ctx, n, ids)
         })
         .collect();
     list_answer(&state, "networks", "networks", items, &q)
@@ -126,10 +215,13 @@ fn admin_only(ctx: &Ctx, m: &Map<String, Value>, action: &str) -> NetResult<()> 
         "provider:network_type",
         "provider:physical_network",
         "provider:segmentation_id",
+        "is_default",
     ] {
         if m.contains_key(a) && !ctx.is_admin() {
             // Asking for the default is allowed.
-            if (a == "shared" || a == "router:external") && m[a] == json!(false) {
+            if (a == "shared" || a == "router:external" || a == "is_default")
+                && m[a] == json!(false)
+            {
                 continue;
             }
             return Err(NetError::policy(&format!("{action}:{a}")));
@@ -282,6 +374,7 @@ async fn create(
     let external = opt_bool(&m, "router:external")?.unwrap_or(false);
     let port_security = opt_bool(&m, "port_security_enabled")?.unwrap_or(true);
     let mtu = opt_int(&m, "mtu")?;
+    let is_default = opt_bool(&m, "is_default")?.unwrap_or(false);
     let az = match m.get("availability_zone_hints") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
@@ -309,6 +402,7 @@ async fn create(
             1500
         };
         let mtu = check_mtu(mtu.unwrap_or(default_mtu), &ty)?;
+        check_default(tx, &id, is_default, external)?;
         let net = Network {
             id: id.clone(),
             project_id: project.clone(),
@@ -322,6 +416,9 @@ async fn create(
             physical_network: phys,
             segmentation_id: seg,
             availability_zone_hints: az,
+            is_default: is_default && external,
+            rbac_shared: Vec::new(),
+            rbac_external: Vec::new(),
             std: Std::new(description),
         };
         tx.insert(&net)?;
@@ -376,6 +473,18 @@ async fn update(
             n.port_security_enabled = v;
         }
         if let Some(v) = opt_bool(&m, "router:external")? {
+            if n.external && !v {
+                let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
+                if ports.iter().any(|p| {
+                    p.device_owner == super::routers::OWNER_GATEWAY
+                        || p.device_owner == super::routers::OWNER_FLOATINGIP
+                }) {
+                    return Err(NetError::conflict(
+                        "ExternalNetworkInUse",
+                        format!("External network {} cannot be updated to be made non-external, since it has existing gateway ports.", n.id),
+                    ));
+                }
+            }
             n.external = v;
         }
         if let Some(v) = opt_bool(&m, "shared")? {
@@ -399,6 +508,13 @@ async fn update(
         if let Some(v) = opt_int(&m, "mtu")? {
             n.mtu = check_mtu(v, &n.network_type)?;
         }
+        if let Some(v) = opt_bool(&m, "is_default")? {
+            check_default(tx, &n.id, v, n.external)?;
+            n.is_default = v && n.external;
+        }
+        if !n.external {
+            n.is_default = false;
+        }
         n.std.touch();
         tx.update(&n)?;
         Ok(n)
@@ -418,26 +534,38 @@ async fn delete(
         if !owns(&ctx, &n.project_id) {
             return Err(NetError::policy("delete_network"));
         }
-        let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
-        if ports.iter().any(|p| !p.network_owned()) {
-            return Err(NetError::conflict(
-                "NetworkInUse",
-                format!("Unable to complete operation on network {id}. There are one or more ports still in use on the network."),
-            ));
-        }
-        for p in &ports {
-            tx.delete::<Port>(&p.id)?;
-        }
-        for s in tx.list::<Subnet>(&SQ::parent(&n.id))? {
-            for a in tx.list::<IpAllocation>(&SQ::parent(&s.id))? {
-                tx.delete::<IpAllocation>(&a.id)?;
-            }
-            tx.delete::<Subnet>(&s.id)?;
-        }
-        tx.delete::<Network>(&n.id)?;
-        Ok::<_, NetError>(())
+        delete_in(tx, &n)
     })?;
     Ok(super::no_content())
+}
+
+/// Deletes network `n` with its subnets, addresses and RBAC policies
+/// inside `tx`; refuses while ports other than its own are on it.
+pub(super) fn delete_in(tx: &Tx, n: &Network) -> NetResult<()> {
+    let id = &n.id;
+    let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
+    if ports.iter().any(|p| !p.network_owned()) {
+        return Err(NetError::conflict(
+            "NetworkInUse",
+            format!(
+                "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
+            ),
+        ));
+    }
+    for p in &ports {
+        tx.delete::<Port>(&p.id)?;
+    }
+    for s in tx.list::<Subnet>(&SQ::parent(&n.id))? {
+        for a in tx.list::<IpAllocation>(&SQ::parent(&s.id))? {
+            tx.delete::<IpAllocation>(&a.id)?;
+        }
+        tx.delete::<Subnet>(&s.id)?;
+    }
+    for r in tx.list::<RbacPolicy>(&SQ::parent(&n.id))? {
+        tx.delete::<RbacPolicy>(&r.id)?;
+    }
+    tx.delete::<Network>(&n.id)?;
+    Ok(())
 }
 
 // ---- network-ip-availability ------------------------------------------------

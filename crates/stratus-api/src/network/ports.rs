@@ -642,8 +642,10 @@ pub(crate) fn create_in(
     Ok(port)
 }
 
-/// Deletes a port and frees its addresses inside `tx` (no policy check).
+/// Deletes a port and frees its addresses inside `tx` (no policy check;
+/// a router's own ports are refused, floating IPs on it disassociated).
 pub(crate) fn delete_in(tx: &Tx, p: &Port) -> NetResult<()> {
+    super::routers::before_port_delete(tx, p)?;
     for f in &p.fixed_ips {
         ipam::release(tx, &f.subnet_id, &f.ip_address)?;
     }

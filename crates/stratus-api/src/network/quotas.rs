@@ -11,7 +11,10 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use stratus_store::{Query, Tx};
 
-use super::model::{NetQuota, Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use super::model::{
+    FloatingIp, NetQuota, Network, Port, RbacPolicy, Router as L3Router, SecurityGroup,
+    SecurityGroupRule, Subnet, SubnetPool,
+};
 use super::{NetError, NetResult, reply, require_reader};
 use crate::AppState;
 use crate::identity::policy::Ctx;
@@ -59,6 +62,10 @@ fn count_in(tx: &Tx, project: &str, resource: &str) -> NetResult<usize> {
         "port" => tx.list::<Port>(&q)?.len(),
         "security_group" => tx.list::<SecurityGroup>(&q)?.len(),
         "security_group_rule" => tx.list::<SecurityGroupRule>(&q)?.len(),
+        "router" => tx.list::<L3Router>(&q)?.len(),
+        "floatingip" => tx.list::<FloatingIp>(&q)?.len(),
+        "subnetpool" => tx.list::<SubnetPool>(&q)?.len(),
+        "rbac_policy" => tx.list::<RbacPolicy>(&q)?.len(),
         _ => 0,
     })
 }

@@ -339,6 +339,7 @@ const CREATE_ATTRS: &[&str] = &[
     "tenant_id",
     "subnetpool_id",
     "use_default_subnetpool",
+    "prefixlen",
     "segment_id",
     "service_types",
     "dns_publish_fixed_ip",
@@ -353,15 +354,6 @@ async fn create(
     let m = resource_body(body, "subnet", CREATE_ATTRS)?;
     let project = target_project(&ctx, &m, "create_subnet")?;
     for (a, ok) in [
-        (
-            "subnetpool_id",
-            m.get("subnetpool_id").is_none_or(Value::is_null),
-        ),
-        (
-            "use_default_subnetpool",
-            m.get("use_default_subnetpool")
-                .is_none_or(|v| v == &json!(false)),
-        ),
         ("segment_id", m.get("segment_id").is_none_or(Value::is_null)),
         (
             "service_types",
@@ -379,13 +371,56 @@ async fn create(
             "Failed to parse request. Required attribute 'network_id' not specified",
         )
     })?;
-    let cidr_s = opt_str(&m, "cidr")?.ok_or_else(|| {
-        NetError::bad_request(
+    // A prefix from a subnet pool (`subnetpool_id`, or the default pool),
+    // carved inside the write below; else the `cidr` given.
+    let pool = super::subnetpools::ask(&m)?;
+    let cidr = opt_str(&m, "cidr")?.map(|c| parse_cidr(&c)).transpose()?;
+    if pool.is_none() && cidr.is_none() {
+        return Err(NetError::bad_request(
             "Bad subnets request: a subnetpool must be specified in the absence of a cidr.",
-        )
+        ));
+    }
+    let sub = state.store.write(|tx| {
+        let mut net = networks::find_in(tx, &ctx, &network_id)?;
+        if !owns(&ctx, &net.project_id) {
+            return Err(NetError::policy("create_subnet"));
+        }
+        let (cidr, pool_id) = match &pool {
+            Some(ask) => {
+                let (c, id) = super::subnetpools::carve(tx, Some(&ctx), ask, &project, cidr)?;
+                (c, Some(id))
+            }
+            None => (cidr.ok_or_else(|| NetError::invalid("cidr"))?, None),
+        };
+        let mut sub = build(&m, &project, &network_id, cidr)?;
+        sub.subnetpool_id = pool_id;
+        for other in tx.list::<Subnet>(&SQ::parent(&net.id))? {
+            if let Some((oc, _)) = Cidr::parse_loose(&other.cidr)
+                && oc.overlaps(&cidr)
+            {
+                return Err(NetError::invalid(format!(
+                    "Requested subnet with cidr: {cidr} for network: {} overlaps with another subnet",
+                    net.id
+                )));
+            }
+        }
+        super::quotas::check(tx, &project, "subnet", 1)?;
+        tx.insert(&sub)?;
+        net.std.touch();
+        tx.update(&net)?;
+        Ok::<_, NetError>(sub)
     })?;
-    let cidr = parse_cidr(&cidr_s)?;
-    let version = match opt_int(&m, "ip_version")? {
+    Ok(reply(
+        StatusCode::CREATED,
+        json!({ "subnet": sub.render() }),
+    ))
+}
+
+/// The subnet a create body asks for on prefix `cidr`: version, gateway,
+/// pools, DNS servers, host routes and IPv6 modes checked as Neutron does.
+fn build(m: &Map<String, Value>, project: &str, network_id: &str, cidr: Cidr) -> NetResult<Subnet> {
+    let cidr_s = cidr.to_string();
+    let version = match opt_int(m, "ip_version")? {
         None => cidr.version(),
         Some(v @ (4 | 6)) => v as u8,
         Some(v) => {
@@ -429,14 +464,14 @@ async fn create(
         None | Some(Value::Null) => Vec::new(),
         Some(v) => parse_routes(v, version)?,
     };
-    let ra = ipv6_mode(&m, "ipv6_ra_mode")?;
-    let addr = ipv6_mode(&m, "ipv6_address_mode")?;
+    let ra = ipv6_mode(m, "ipv6_ra_mode")?;
+    let addr = ipv6_mode(m, "ipv6_address_mode")?;
     check_ipv6_modes(&cidr, &ra, &addr)?;
-    let sub = Subnet {
+    Ok(Subnet {
         id: new_id(),
-        network_id: network_id.clone(),
-        project_id: project.clone(),
-        name: opt_str(&m, "name")?.unwrap_or_default(),
+        network_id: network_id.to_string(),
+        project_id: project.to_string(),
+        name: opt_str(m, "name")?.unwrap_or_default(),
         cidr: cidr.to_string(),
         ip_version: version,
         gateway_ip: gateway.map(|g| g.to_string()),
@@ -449,36 +484,12 @@ async fn create(
             .collect(),
         dns_nameservers: dns,
         host_routes: routes,
-        enable_dhcp: opt_bool(&m, "enable_dhcp")?.unwrap_or(true),
+        enable_dhcp: opt_bool(m, "enable_dhcp")?.unwrap_or(true),
         ipv6_ra_mode: ra,
         ipv6_address_mode: addr,
-        std: Std::new(opt_str(&m, "description")?.unwrap_or_default()),
-    };
-    state.store.write(|tx| {
-        let mut net = networks::find_in(tx, &ctx, &network_id)?;
-        if !owns(&ctx, &net.project_id) {
-            return Err(NetError::policy("create_subnet"));
-        }
-        for other in tx.list::<Subnet>(&SQ::parent(&net.id))? {
-            if let Some((oc, _)) = Cidr::parse_loose(&other.cidr)
-                && oc.overlaps(&cidr)
-            {
-                return Err(NetError::invalid(format!(
-                    "Requested subnet with cidr: {cidr} for network: {} overlaps with another subnet",
-                    net.id
-                )));
-            }
-        }
-        super::quotas::check(tx, &project, "subnet", 1)?;
-        tx.insert(&sub)?;
-        net.std.touch();
-        tx.update(&net)?;
-        Ok::<_, NetError>(())
-    })?;
-    Ok(reply(
-        StatusCode::CREATED,
-        json!({ "subnet": sub.render() }),
-    ))
+        subnetpool_id: None,
+        std: Std::new(opt_str(m, "description")?.unwrap_or_default()),
+    })
 }
 
 const UPDATE_ATTRS: &[&str] = &[

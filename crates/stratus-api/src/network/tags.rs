@@ -1,8 +1,8 @@
-//! Tags on networks, subnets, ports and security groups
+//! Tags on networks, subnets, ports, security groups, routers, floating
+//! IPs and subnet pools
 //! (`/{collection}/{id}/tags[/{tag}]`), and the `tags`, `tags-any`,
 //! `not-tags` and `not-tags-any` list filters (in `list_answer`).
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use stratus_store::{Record, Tx};
 
-use super::model::{Network, Port, SecurityGroup, Std, Subnet};
+use super::model::{FloatingIp, Network, Port, Router, SecurityGroup, Std, Subnet, SubnetPool};
 use super::{NetError, NetResult, owns, reply, require_member, require_reader};
 use crate::AppState;
 use crate::identity::policy::Ctx;
@@ -88,16 +88,58 @@ impl Tagged for SecurityGroup {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+impl Tagged for Router {
+    fn std_mut(&mut self) -> &mut Std {
+        &mut self.std
+    }
+    fn project(&self) -> &str {
+        &self.project_id
+    }
+    fn not_found(id: &str) -> NetError {
+        super::routers::not_found(id)
+    }
+}
+
+impl Tagged for FloatingIp {
+    fn std_mut(&mut self) -> &mut Std {
+        &mut self.std
+    }
+    fn project(&self) -> &str {
+        &self.project_id
+    }
+    fn not_found(id: &str) -> NetError {
+        super::floating_ips::not_found(id)
+    }
+}
+
+impl Tagged for SubnetPool {
+    fn std_mut(&mut self) -> &mut Std {
+        &mut self.std
+    }
+    fn project(&self) -> &str {
+        &self.project_id
+    }
+    fn not_found(id: &str) -> NetError {
+        super::subnetpools::not_found(id)
+    }
+    fn readable(&self, ctx: &Ctx, _network: NetLookup) -> NetResult<bool> {
+        Ok(self.shared || owns(ctx, &self.project_id))
+    }
+}
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .merge(routes_for::<Router>("routers"))
+        .merge(routes_for::<FloatingIp>("floatingips"))
+        .merge(routes_for::<SubnetPool>("subnetpools"))
         .merge(routes_for::<Network>("networks"))
         .merge(routes_for::<Subnet>("subnets"))
         .merge(routes_for::<Port>("ports"))
         .merge(routes_for::<SecurityGroup>("security-groups"))
 }
 
-fn routes_for<T: Tagged>(coll: &str) -> Router<AppState> {
-    Router::new()
+fn routes_for<T: Tagged>(coll: &str) -> axum::Router<AppState> {
+    axum::Router::new()
         .route(
             &format!("/{coll}/{{id}}/tags"),
             get(list::<T>).put(replace::<T>).delete(clear::<T>),

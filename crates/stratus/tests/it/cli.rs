@@ -852,3 +852,148 @@ fn cli_servers_on_networks_interfaces_and_security_groups() {
     let left = os.json(&["port", "list", "--network", "n1"]);
     assert_eq!(left.as_array().unwrap().len(), 1, "only a's port: {left}");
 }
+
+#[test]
+fn cli_router_floating_ip_subnet_pool_and_auto_topology() {
+    let s = Server::start_with(&["--no-agent"]);
+    let Some(os) = Os::new(&s) else { return };
+    let public = os.json(&["network", "create", "--external", "--default", "public"]);
+    let public_id = public["id"].as_str().unwrap().to_string();
+    assert_eq!(public["router:external"], true);
+    assert_eq!(public["is_default"], true);
+    os.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "public",
+        "--subnet-range",
+        "172.24.4.0/24",
+        "--no-dhcp",
+        "public-sub",
+    ]);
+    os.json(&["network", "create", "appnet"]);
+    os.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "appnet",
+        "--subnet-range",
+        "10.42.0.0/24",
+        "appsub",
+    ]);
+
+    // Router: create, an interface on appsub, the gateway to public.
+    let r = os.json(&["router", "create", "r1"]);
+    let rid = r["id"].as_str().unwrap().to_string();
+    assert_eq!(r["status"], "ACTIVE");
+    os.ok(&["router", "add", "subnet", "r1", "appsub"]);
+    os.ok(&["router", "set", "--external-gateway", "public", "r1"]);
+    let shown = os.json(&["router", "show", "r1"]);
+    let gw = &shown["external_gateway_info"];
+    assert_eq!(gw["network_id"], public_id.as_str(), "{shown}");
+    assert_eq!(gw["enable_snat"], true);
+    assert_eq!(gw["external_fixed_ips"][0]["ip_address"], "172.24.4.2");
+    let ifs = os.json(&["port", "list", "--router", "r1", "--long"]);
+    let owners: Vec<&str> = ifs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Device Owner"].as_str().unwrap_or_default())
+        .collect();
+    assert!(owners.contains(&"network:router_interface"), "{ifs}");
+    // Deleting the router while it has an interface is refused.
+    let inuse = os
+        .run_env(&[], &["router", "delete", "r1"])
+        .expect_err("a router with interfaces is not deleted");
+    assert!(
+        inuse.contains("still attached") || inuse.contains("409"),
+        "{inuse}"
+    );
+
+    // Floating IP: create on public, associate with a port, unset.
+    let port = os.json(&["port", "create", "--network", "appnet", "vm1"]);
+    let fixed = port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fip = os.json(&["floating", "ip", "create", "public"]);
+    let addr = fip["floating_ip_address"].as_str().unwrap().to_string();
+    assert!(addr.starts_with("172.24.4."), "{fip}");
+    os.ok(&["floating", "ip", "set", "--port", "vm1", &addr]);
+    let f = os.json(&["floating", "ip", "show", &addr]);
+    assert_eq!(f["port_id"], port["id"]);
+    assert_eq!(f["fixed_ip_address"], fixed.as_str());
+    assert_eq!(f["router_id"], rid.as_str());
+    assert_eq!(f["status"], "ACTIVE");
+    os.ok(&["floating", "ip", "unset", "--port", &addr]);
+    let f = os.json(&["floating", "ip", "show", &addr]);
+    assert_eq!(f["port_id"], Value::Null);
+    assert_eq!(f["router_id"], Value::Null);
+    os.ok(&["floating", "ip", "delete", &addr]);
+    assert!(
+        os.json(&["floating", "ip", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Subnet pool: a subnet carved from it.
+    let pool = os.json(&[
+        "subnet",
+        "pool",
+        "create",
+        "--pool-prefix",
+        "10.50.0.0/16",
+        "--default-prefix-length",
+        "24",
+        "--share",
+        "--default",
+        "pool4",
+    ]);
+    assert_eq!(pool["default_prefixlen"], 24);
+    let carved = os.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "appnet",
+        "--subnet-pool",
+        "pool4",
+        "pooled",
+    ]);
+    assert_eq!(carved["cidr"], "10.50.0.0/24");
+    assert_eq!(carved["subnetpool_id"], pool["id"]);
+    let carved2 = os.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "appnet",
+        "--subnet-pool",
+        "pool4",
+        "--prefix-length",
+        "26",
+        "pooled2",
+    ]);
+    assert_eq!(carved2["cidr"], "10.50.1.0/26");
+
+    // Auto-allocated topology: checked, made once, the same on a second
+    // call, and deleted.
+    os.ok(&[
+        "network",
+        "auto",
+        "allocated",
+        "topology",
+        "create",
+        "--check-resources",
+    ]);
+    let t1 = os.json(&["network", "auto", "allocated", "topology", "create"]);
+    let t2 = os.json(&["network", "auto", "allocated", "topology", "create"]);
+    let net = t1["id"].as_str().unwrap().to_string();
+    assert_eq!(t2["id"], net.as_str());
+    let n = os.json(&["network", "show", &net]);
+    assert_eq!(n["name"], "auto_allocated_network");
+    let sub = os.json(&["subnet", "list", "--network", &net]);
+    assert_eq!(sub[0]["Subnet"], "10.50.2.0/24", "{sub}");
+    os.ok(&["network", "auto", "allocated", "topology", "delete"]);
+    let gone = os.run_env(&[], &["network", "show", &net]);
+    assert!(gone.is_err(), "the auto-allocated network is deleted");
+}

@@ -10,6 +10,7 @@ mod edge;
 mod identity;
 mod image;
 mod network;
+mod network_l3;
 mod reliability;
 mod sdk;
 mod secrets;

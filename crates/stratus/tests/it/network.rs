@@ -10,16 +10,16 @@ use serde_json::{Value, json};
 
 use super::common::{Client, Resp, Server};
 
-struct Net {
-    server: Server,
-    ks: Client,
-    nn: Client,
-    admin: String,
-    admin_project: String,
+pub(super) struct Net {
+    pub(super) server: Server,
+    pub(super) ks: Client,
+    pub(super) nn: Client,
+    pub(super) admin: String,
+    pub(super) admin_project: String,
 }
 
 impl Net {
-    fn start() -> Net {
+    pub(super) fn start() -> Net {
         let server = Server::start_with(&["--no-agent"]);
         let ks = server.client();
         let r = ks.login("admin", &server.admin_password, Some("admin"));
@@ -38,7 +38,7 @@ impl Net {
     }
 
     /// A project with a user holding `role`; returns (project id, token).
-    fn project(&self, name: &str, role: &str) -> (String, String) {
+    pub(super) fn project(&self, name: &str, role: &str) -> (String, String) {
         let p = self.ks.create(
             &self.admin,
             "/projects",
@@ -58,15 +58,15 @@ impl Net {
         (pid, tok)
     }
 
-    fn put(&self, path: &str, tok: &str, body: Value) -> Resp {
+    pub(super) fn put(&self, path: &str, tok: &str, body: Value) -> Resp {
         self.nn.call("PUT", path, Some(tok), Some(body))
     }
 
-    fn network(&self, tok: &str, body: Value) -> Value {
+    pub(super) fn network(&self, tok: &str, body: Value) -> Value {
         self.nn.create(tok, "/networks", "network", body)
     }
 
-    fn subnet(&self, tok: &str, net: &str, cidr: &str) -> Value {
+    pub(super) fn subnet(&self, tok: &str, net: &str, cidr: &str) -> Value {
         self.nn.create(
             tok,
             "/subnets",
@@ -77,7 +77,7 @@ impl Net {
 }
 
 /// Asserts a Neutron fault: status and `NeutronError.type`.
-fn fault(r: &Resp, status: u16, kind: &str) {
+pub(super) fn fault(r: &Resp, status: u16, kind: &str) {
     assert_eq!(r.status, status, "expected {status} {kind}: {}", r.body);
     assert_eq!(r.body["NeutronError"]["type"], kind, "{}", r.body);
     assert!(
@@ -87,7 +87,7 @@ fn fault(r: &Resp, status: u16, kind: &str) {
     );
 }
 
-fn ids(v: &Value, key: &str) -> Vec<String> {
+pub(super) fn ids(v: &Value, key: &str) -> Vec<String> {
     v[key]
         .as_array()
         .unwrap_or_else(|| panic!("no {key} in {v}"))
@@ -161,23 +161,25 @@ fn network_discovery_catalog_and_extensions() {
     }
     for a in [
         "router",
-        "tag",
+        "ext-gw-mode",
+        "extraroute",
         "subnet_allocation",
+        "default-subnetpools",
+        "address-scope",
+        "rbac-policies",
         "auto-allocated-topology",
     ] {
+        assert!(aliases.contains(&a), "{a} missing from {aliases:?}");
+    }
+    for a in ["tag", "dvr", "l3-ha", "qos"] {
         assert!(!aliases.contains(&a), "{a} is listed but not implemented");
     }
     assert_eq!(
         c.nn.get("/extensions/quotas", &c.admin).body["extension"]["alias"],
         "quotas"
     );
-    fault(
-        &c.nn.get("/extensions/router", &c.admin),
-        404,
-        "HTTPNotFound",
-    );
-    // Routers and floating IPs are not implemented yet but list empty,
-    // as clients that look for them expect.
+    fault(&c.nn.get("/extensions/dvr", &c.admin), 404, "HTTPNotFound");
+    // No routers or floating IPs yet: empty lists.
     assert_eq!(c.nn.get("/routers", &c.admin).body, json!({"routers": []}));
     assert_eq!(
         c.nn.get("/floatingips", &c.admin).body,
