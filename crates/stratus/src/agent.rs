@@ -88,6 +88,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// VXLAN endpoint (see `--tunnel-ip`).
     pub tunnel_ip: Option<std::net::IpAddr>,
+    /// Offer to run routers (`--l3`).
+    pub l3: bool,
 }
 
 struct Shared {
@@ -370,6 +372,7 @@ fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
         "hypervisor_version": res.hypervisor_version,
         "cpu_model": res.cpu_model,
         "host_ip": sh.net.tunnel_ip().unwrap_or("127.0.0.1"),
+        "l3": sh.cfg.l3 && sh.net.missing().is_none(),
         "agent_url": sh.agent_url.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         "agent_key": sh.key,
         "instances": instances,

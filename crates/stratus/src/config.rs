@@ -36,6 +36,11 @@ pub struct ServeArgs {
         default_value_t = 168
     )]
     pub change_log_retention_hours: u64,
+    /// The external network `stratus up` makes on first start, `public`
+    /// (devstack's range by default), so servers can be given floating
+    /// IPs and `networks: auto` works; `none` makes none.
+    #[arg(long, env = "STRATUS_PUBLIC_NETWORK", default_value = "172.24.4.0/24")]
+    pub public_network: String,
 }
 
 /// Scheduler and placement settings, as operators set them in nova.conf.
@@ -169,6 +174,10 @@ pub struct AgentArgs {
     /// networks stay on this node).
     #[arg(long = "tunnel-ip", env = "STRATUS_TUNNEL_IP")]
     pub tunnel_ip: Option<std::net::IpAddr>,
+    /// Offer to run the cloud's routers (and be the host side of external
+    /// networks) on this node. `stratus up`'s own agent always does.
+    #[arg(long = "l3", env = "STRATUS_L3")]
+    pub l3: bool,
     /// OCI runtime binary (default: runc, then crun, from PATH).
     #[arg(long, env = "STRATUS_OCI_RUNTIME")]
     pub runtime: Option<PathBuf>,

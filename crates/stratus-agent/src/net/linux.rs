@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use super::rules::{bridge_name, host_ifname, ruleset, vxlan_name};
-use super::{HostNetwork, PortWiring, Segment};
+use super::{HostNetwork, PortWiring, RouterWiring, Segment};
 use crate::DriverError;
+use std::fmt::Write as _;
 
 /// The network namespace a server's ports live in (and its container
 /// joins).
@@ -183,6 +184,11 @@ impl Dataplane {
                 errors.push(format!("port {}: {e}", p.id));
             }
         }
+        for r in &net.routers {
+            if let Err(e) = ensure_router(r, net) {
+                errors.push(format!("router {}: {e}", r.id));
+            }
+        }
         // The rules go in before anything is removed, so a port that
         // moves between applies is never unfiltered.
         if let Err(e) = nft_apply(&ruleset(net)) {
@@ -216,6 +222,9 @@ impl Dataplane {
         }
         let mtu = seg.mtu.to_string();
         ip(&["link", "set", &br, "mtu", &mtu, "up"])?;
+        if let Some(a) = &seg.host_address {
+            ip(&["addr", "replace", a, "dev", &br])?;
+        }
         let Some(local) = &self.tunnel_ip else {
             return Ok(());
         };
@@ -294,7 +303,12 @@ impl Dataplane {
                 let _ = ip(&["link", "delete", &name]);
             }
         }
-        let servers: BTreeSet<String> = net.ports.iter().map(|p| p.device_id.clone()).collect();
+        let servers: BTreeSet<String> = net
+            .ports
+            .iter()
+            .map(|p| p.device_id.clone())
+            .chain(net.routers.iter().map(|r| r.id.clone()))
+            .collect();
         if let Ok(dir) = std::fs::read_dir(&self.state) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -409,6 +423,101 @@ fn ensure_port(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
                 &p.ifname,
             ],
         );
+    }
+    Ok(())
+}
+
+/// A router's namespace beyond its ports: forwarding on, static routes,
+/// and NAT (floating IPs both ways, source NAT of the rest behind the
+/// gateway address).
+fn ensure_router(r: &RouterWiring, net: &HostNetwork) -> Result<(), DriverError> {
+    let ns = netns_name(&r.id);
+    if !std::path::Path::new("/run/netns").join(&ns).exists() {
+        ip(&["netns", "add", &ns])?;
+        ip_in(&ns, &["link", "set", "lo", "up"])?;
+    }
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]))?;
+    for route in &r.routes {
+        let _ = ip_in(
+            &ns,
+            &[
+                "route",
+                "replace",
+                &route.destination,
+                "via",
+                &route.nexthop,
+            ],
+        );
+    }
+    let gw = r
+        .gateway_port
+        .as_ref()
+        .and_then(|g| net.ports.iter().find(|p| &p.id == g));
+    let mut rules = String::from(
+        "table ip stratus_router {}\ndelete table ip stratus_router\ntable ip stratus_router {\n",
+    );
+    if let Some(gw) = gw {
+        let own: Vec<&str> = gw
+            .addresses
+            .iter()
+            .filter(|a| a.version == 4 && a.prefix_len < 32)
+            .map(|a| a.ip.as_str())
+            .collect();
+        let _ = writeln!(
+            rules,
+            "  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;"
+        );
+        for (fip, fixed) in &r.floating {
+            let _ = writeln!(rules, "    ip daddr {fip} dnat to {fixed}");
+        }
+        let _ = writeln!(
+            rules,
+            "  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;"
+        );
+        for (fip, fixed) in &r.floating {
+            let _ = writeln!(
+                rules,
+                "    oifname \"{}\" ip saddr {fixed} snat to {fip}",
+                gw.ifname
+            );
+        }
+        if r.snat
+            && let Some(addr) = own.first()
+        {
+            let _ = writeln!(
+                rules,
+                "    oifname \"{}\" ip saddr != {{ {} }} snat to {addr}",
+                gw.ifname,
+                own.join(", ")
+            );
+        }
+        let _ = writeln!(rules, "  }}");
+    }
+    rules.push_str("}\n");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(DriverError::Runtime(format!(
+            "nft in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }

@@ -33,6 +33,29 @@ pub struct HostNetwork {
     pub networks: Vec<Segment>,
     #[serde(default)]
     pub ports: Vec<PortWiring>,
+    /// Routers this node runs (their ports are in `ports`, with the
+    /// router as their device).
+    #[serde(default)]
+    pub routers: Vec<RouterWiring>,
+}
+
+/// A router: a network namespace with an interface on each of its
+/// subnets (`qr-*`) and, with a gateway, one on the external network
+/// (`qg-*`) holding its floating IPs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterWiring {
+    pub id: String,
+    /// The gateway port's id, when the router has one.
+    #[serde(default)]
+    pub gateway_port: Option<String>,
+    /// Source NAT of the router's subnets behind its gateway address.
+    pub snat: bool,
+    /// (floating address, fixed address) pairs.
+    #[serde(default)]
+    pub floating: Vec<(String, String)>,
+    /// Static routes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 /// One network as this node sees it.
@@ -45,6 +68,12 @@ pub struct Segment {
     /// Tunnel addresses of the other nodes with ports on this network.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// An address (`ip/prefix`) this node's own side takes on the
+    /// network's bridge: the external network's gateway on the node that
+    /// runs the routers, so the host reaches floating IPs and routers
+    /// reach the host.
+    #[serde(default)]
+    pub host_address: Option<String>,
 }
 
 /// One port bound to a workload on this node.

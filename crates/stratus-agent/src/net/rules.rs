@@ -373,8 +373,10 @@ mod tests {
                 vni: 7,
                 mtu: 1450,
                 peers: vec![],
+                host_address: None,
             }],
             ports: vec![port("port-b", true), port("port-a", false)],
+            routers: vec![],
         };
         let r = ruleset(&net);
         // Ports are numbered in id order: port-a is 1 (unfiltered),

@@ -367,6 +367,10 @@ pub struct ComputeNode {
     pub cpu_model: String,
     #[serde(default)]
     pub host_ip: String,
+    /// The node runs routers (`stratus agent --l3`; `stratus up`'s own
+    /// agent does).
+    #[serde(default)]
+    pub l3: bool,
     /// Where the controller reaches the agent (console output).
     #[serde(default)]
     pub agent_url: Option<String>,

@@ -17,8 +17,8 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// later). Absent means `auto`, as Nova does with one usable network.
 pub fn parse(v: Option<&Value>, max_count: u32) -> Result<Requested, ApiError> {
     let list = match v {
-        None | Some(Value::Null) => return Ok(Requested::Auto),
-        Some(Value::String(s)) if s == "auto" => return Ok(Requested::Auto),
+        None | Some(Value::Null) => return Ok(Requested::Auto { allocate: false }),
+        Some(Value::String(s)) if s == "auto" => return Ok(Requested::Auto { allocate: true }),
         Some(Value::String(s)) if s == "none" => return Ok(Requested::Nothing),
         Some(Value::Array(l)) => l,
         Some(other) => {

@@ -128,6 +128,9 @@ pub struct NodeReport {
     pub cpu_model: String,
     #[serde(default)]
     pub host_ip: String,
+    /// The node runs routers.
+    #[serde(default)]
+    pub l3: bool,
     #[serde(default)]
     pub agent_url: Option<String>,
     #[serde(default)]
@@ -280,12 +283,19 @@ async fn wiring(
             .filter(|s| !s.nics.is_empty())
             .map(|s| (s.id, s.nics))
             .collect();
-        let tunnels: HashMap<String, String> = st
-            .store
-            .list::<ComputeNode>(&StoreQuery::all())?
-            .into_iter()
-            .map(|n| (n.id, n.host_ip))
+        let nodes = st.store.list::<ComputeNode>(&StoreQuery::all())?;
+        let tunnels: HashMap<String, String> = nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.host_ip.clone()))
             .collect();
+        // Routers run on one node: the first (by name) of the nodes up
+        // that offer to.
+        let l3 = nodes
+            .iter()
+            .filter(|n| n.l3 && is_up(&st, n))
+            .map(|n| n.id.as_str())
+            .min()
+            == Some(host.as_str());
         let nova = super::nics::nova_error;
         let mut unbound = false;
         for (_, nics) in &servers {
@@ -307,8 +317,12 @@ async fn wiring(
                 Ok::<_, ApiError>(())
             })?;
         }
+        if l3 {
+            st.store
+                .write(|tx| crate::network::nova::bind_routers(tx, &host).map_err(nova))?;
+        }
         st.store.write(|tx| {
-            crate::network::nova::host_network(tx, &host, &servers, &tunnels).map_err(nova)
+            crate::network::nova::host_network(tx, &host, &servers, &tunnels, l3).map_err(nova)
         })
     })
     .await

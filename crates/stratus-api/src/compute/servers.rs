@@ -312,7 +312,7 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         },
         "created": nova_time(s.created_us),
         "updated": nova_time(s.updated_us),
-        "addresses": crate::network::nova::addresses(&s.nics),
+        "addresses": crate::network::nova::addresses(&state.store, &s.project_id, &s.nics),
         "accessIPv4": s.access_ipv4,
         "accessIPv6": s.access_ipv6,
         "links": links(state, "servers", &s.id),

@@ -270,6 +270,8 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
             || n.agent_url != r.agent_url
             || n.agent_key != r.agent_key
             || n.driver != r.driver
+            || n.host_ip != r.host_ip
+            || n.l3 != r.l3
     });
     let node = if changed {
         state.store.write(|tx| {
@@ -286,6 +288,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
                 hypervisor_version: 0,
                 cpu_model: String::new(),
                 host_ip: String::new(),
+                l3: false,
                 agent_url: None,
                 agent_key: None,
                 disabled: false,
@@ -305,6 +308,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
             n.hypervisor_version = r.hypervisor_version;
             n.cpu_model = r.cpu_model.clone();
             n.host_ip = r.host_ip.clone();
+            n.l3 = r.l3;
             n.agent_url = r.agent_url.clone();
             n.agent_key = r.agent_key.clone();
             n.last_seen_us = now;

@@ -51,6 +51,20 @@ fn default_external(tx: &Tx) -> NetResult<Network> {
         .ok_or_else(|| failure("No default router:external network"))
 }
 
+/// The network of `project`'s auto-allocated topology, made in `tx` if
+/// missing; `None` when the cloud has no default external network to
+/// build one on (the compute service then boots without a network).
+pub fn ensure_in(tx: &Tx, project: &str) -> NetResult<Option<String>> {
+    if !tx
+        .list::<Network>(&SQ::all())?
+        .iter()
+        .any(|n| n.is_default && n.external)
+    {
+        return Ok(None);
+    }
+    Ok(Some(ensure(tx, project)?.network_id))
+}
+
 /// The project's topology, made if missing. Runs in `tx`.
 fn ensure(tx: &Tx, project: &str) -> NetResult<AutoTopology> {
     if let Some(t) = tx.get::<AutoTopology>(project)? {

@@ -35,6 +35,7 @@ pub mod model;
 mod networks;
 pub mod nova;
 mod ports;
+mod public;
 mod quotas;
 mod rbac;
 mod routers;
@@ -44,6 +45,7 @@ mod subnets;
 mod tags;
 
 pub use auto_allocate::auto_allocate;
+pub use public::ensure_public;
 
 use std::cmp::Ordering;
 

@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use stratus_agent::net::{
-    Direction, FilterRule, HostNetwork, PortAddress, PortWiring, Route, Segment,
+    Direction, FilterRule, HostNetwork, PortAddress, PortWiring, Route, RouterWiring, Segment,
 };
 use stratus_store::{Query as SQ, Tx};
 
 use super::ipam::Cidr;
-use super::model::{Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use super::model::{FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
+use super::routers::{OWNER_GATEWAY, OWNER_INTERFACE};
 use super::{NetError, NetResult, networks, ports};
 use crate::identity::policy::Ctx;
 
@@ -35,9 +36,13 @@ pub struct NicRequest {
 pub enum Requested {
     /// `networks: none`.
     Nothing,
-    /// `networks: auto`, or no `networks` before 2.37: the one network
-    /// the project can use, or none when it has none.
-    Auto,
+    /// `networks: auto` (`allocate`: a project with no network gets its
+    /// auto-allocated topology, Nova's "Get Me A Network"), or no
+    /// `networks` before 2.37 (the one network the project can use, or
+    /// none).
+    Auto {
+        allocate: bool,
+    },
     List(Vec<NicRequest>),
 }
 
@@ -106,9 +111,16 @@ pub fn plug(
 ) -> NetResult<Vec<Nic>> {
     let wanted: Vec<NicRequest> = match req {
         Requested::Nothing => return Ok(Vec::new()),
-        Requested::Auto => {
+        Requested::Auto { allocate } => {
             let nets = usable(tx, project)?;
             match nets.len() {
+                0 if *allocate => match super::auto_allocate::ensure_in(tx, project)? {
+                    Some(id) => vec![NicRequest {
+                        network_id: Some(id),
+                        ..NicRequest::default()
+                    }],
+                    None => return Ok(Vec::new()),
+                },
                 0 => return Ok(Vec::new()),
                 1 => vec![NicRequest {
                     network_id: Some(nets[0].id.clone()),
@@ -359,126 +371,249 @@ pub fn bind(tx: &Tx, nics: &[Nic], host: &str) -> NetResult<()> {
     Ok(())
 }
 
+/// Binds every router port to `host`, the node that runs the routers
+/// (writes only what changes).
+pub fn bind_routers(tx: &Tx, host: &str) -> NetResult<()> {
+    for mut p in router_ports(tx)? {
+        if p.host_id != host {
+            p.host_id = host.to_string();
+            p.std.touch();
+            tx.update(&p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a stored change concerns what nodes wire (ports, networks,
 /// subnets, security groups and rules).
 pub fn is_wiring_kind(kind: &str) -> bool {
     matches!(
         kind,
-        "port" | "network" | "subnet" | "security_group" | "security_group_rule"
+        "port"
+            | "network"
+            | "subnet"
+            | "security_group"
+            | "security_group_rule"
+            | "router"
+            | "floatingip"
     )
+}
+
+/// Lookups shared by the ports of one [`host_network`] answer.
+#[derive(Default)]
+struct Cache {
+    nets: BTreeMap<String, Network>,
+    subnets: HashMap<String, Subnet>,
+    group_rules: HashMap<String, Vec<SecurityGroupRule>>,
+    members: HashMap<String, Vec<String>>,
+}
+
+impl Cache {
+    fn network(&mut self, tx: &Tx, id: &str) -> NetResult<Option<Network>> {
+        if let Some(n) = self.nets.get(id) {
+            return Ok(Some(n.clone()));
+        }
+        let n = tx.get::<Network>(id)?;
+        if let Some(n) = &n {
+            self.nets.insert(n.id.clone(), n.clone());
+        }
+        Ok(n)
+    }
+
+    fn subnet(&mut self, tx: &Tx, id: &str) -> NetResult<Option<Subnet>> {
+        if let Some(s) = self.subnets.get(id) {
+            return Ok(Some(s.clone()));
+        }
+        let s = tx.get::<Subnet>(id)?;
+        if let Some(s) = &s {
+            self.subnets.insert(s.id.clone(), s.clone());
+        }
+        Ok(s)
+    }
+}
+
+/// How a port is wired: `device` is the namespace it goes in (a server or
+/// a router), `with_gateway` whether its subnets' gateways become its
+/// default route (not for a router's own interfaces).
+fn port_wiring(
+    tx: &Tx,
+    cache: &mut Cache,
+    p: &Port,
+    device: &str,
+    ifname: String,
+    with_gateway: bool,
+) -> NetResult<Option<PortWiring>> {
+    let Some(net) = cache.network(tx, &p.network_id)? else {
+        return Ok(None);
+    };
+    let mut addresses = Vec::new();
+    let mut routes = Vec::new();
+    let mut dns = Vec::new();
+    for f in &p.fixed_ips {
+        let Some(sub) = cache.subnet(tx, &f.subnet_id)? else {
+            continue;
+        };
+        let Some((cidr, _)) = Cidr::parse_loose(&sub.cidr) else {
+            continue;
+        };
+        addresses.push(PortAddress {
+            ip: f.ip_address.clone(),
+            prefix_len: cidr.prefix,
+            version: sub.ip_version,
+            gateway: if with_gateway {
+                sub.gateway_ip.clone()
+            } else {
+                None
+            },
+        });
+        routes.extend(sub.host_routes.iter().map(|r| Route {
+            destination: r.destination.clone(),
+            nexthop: r.nexthop.clone(),
+        }));
+        dns.extend(sub.dns_nameservers.iter().cloned());
+    }
+    let mut rules = Vec::new();
+    if p.port_security_enabled {
+        for g in &p.security_groups {
+            if !cache.group_rules.contains_key(g) {
+                let r = tx.list::<SecurityGroupRule>(&SQ::parent(g))?;
+                cache.group_rules.insert(g.clone(), r);
+            }
+            for r in cache.group_rules[g].clone() {
+                let remote = match (&r.remote_group_id, &r.remote_ip_prefix) {
+                    (Some(rg), _) => Some(group_members(tx, rg, &mut cache.members)?),
+                    (None, Some(prefix)) => Some(vec![prefix.clone()]),
+                    (None, None) => None,
+                };
+                rules.push(FilterRule {
+                    direction: if r.direction == "egress" {
+                        Direction::Egress
+                    } else {
+                        Direction::Ingress
+                    },
+                    version: if r.ethertype == "IPv6" { 6 } else { 4 },
+                    protocol: r.protocol.clone(),
+                    port_min: r.port_range_min,
+                    port_max: r.port_range_max,
+                    remote,
+                });
+            }
+        }
+    }
+    Ok(Some(PortWiring {
+        id: p.id.clone(),
+        device_id: device.to_string(),
+        network_id: net.id.clone(),
+        ifname,
+        mac: p.mac_address.clone(),
+        mtu: net.mtu,
+        addresses,
+        routes,
+        dns,
+        port_security: p.port_security_enabled,
+        allowed_pairs: p
+            .allowed_address_pairs
+            .iter()
+            .map(|a| (a.ip_address.clone(), a.mac_address.clone()))
+            .collect(),
+        rules,
+    }))
+}
+
+/// The ports of the routers a node runs: each router's interfaces and
+/// gateway, with its floating IPs on the gateway.
+pub fn router_ports(tx: &Tx) -> NetResult<Vec<Port>> {
+    Ok(tx
+        .list::<Port>(&SQ::all())?
+        .into_iter()
+        .filter(|p| p.device_owner == OWNER_INTERFACE || p.device_owner == OWNER_GATEWAY)
+        .collect())
 }
 
 /// What node `host` must wire for the servers on it: their ports, with
 /// addresses, rules (remote groups resolved) and the other nodes that
-/// share each network. `tunnels` maps hosts to their tunnel addresses.
+/// share each network; and every router when `l3` (this node runs them).
+/// `tunnels` maps hosts to their tunnel addresses.
 pub fn host_network(
     tx: &Tx,
     host: &str,
     servers: &[(String, Vec<Nic>)],
     tunnels: &HashMap<String, String>,
+    l3: bool,
 ) -> NetResult<HostNetwork> {
     let mut out = HostNetwork::default();
-    let mut nets: BTreeMap<String, Network> = BTreeMap::new();
-    let mut subnets: HashMap<String, Subnet> = HashMap::new();
-    let mut group_rules: HashMap<String, Vec<SecurityGroupRule>> = HashMap::new();
-    let mut members: HashMap<String, Vec<String>> = HashMap::new();
+    let mut cache = Cache::default();
     for (server_id, nics) in servers {
         for (i, nic) in nics.iter().enumerate() {
             let Some(p) = tx.get::<Port>(&nic.port_id)? else {
                 continue;
             };
-            let net = match nets.get(&p.network_id) {
-                Some(n) => n.clone(),
-                None => match tx.get::<Network>(&p.network_id)? {
-                    Some(n) => {
-                        nets.insert(n.id.clone(), n.clone());
-                        n
-                    }
-                    None => continue,
-                },
+            let ifname = if nic.ifname.is_empty() {
+                format!("eth{i}")
+            } else {
+                nic.ifname.clone()
             };
-            let mut addresses = Vec::new();
-            let mut routes = Vec::new();
-            let mut dns = Vec::new();
-            for f in &p.fixed_ips {
-                let sub = match subnets.get(&f.subnet_id) {
-                    Some(s) => s.clone(),
-                    None => match tx.get::<Subnet>(&f.subnet_id)? {
-                        Some(s) => {
-                            subnets.insert(s.id.clone(), s.clone());
-                            s
-                        }
-                        None => continue,
-                    },
-                };
-                let Some((cidr, _)) = Cidr::parse_loose(&sub.cidr) else {
+            if let Some(w) = port_wiring(tx, &mut cache, &p, server_id, ifname, true)? {
+                out.ports.push(w);
+            }
+        }
+    }
+    if l3 {
+        let ports = router_ports(tx)?;
+        for r in tx.list::<Router>(&SQ::all())? {
+            let mine: Vec<&Port> = ports.iter().filter(|p| p.device_id == r.id).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let floating: Vec<(String, String)> = tx
+                .list::<FloatingIp>(&SQ::all())?
+                .into_iter()
+                .filter(|f| f.router_id.as_deref() == Some(r.id.as_str()) && f.port_id.is_some())
+                .filter_map(|f| Some((f.floating_ip_address, f.fixed_ip_address?)))
+                .collect();
+            let mut gateway_port = None;
+            for p in mine {
+                let gw = p.device_owner == OWNER_GATEWAY;
+                let short: String =
+                    p.id.chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .take(11)
+                        .collect();
+                let ifname = format!("{}-{short}", if gw { "qg" } else { "qr" });
+                let Some(mut w) = port_wiring(tx, &mut cache, p, &r.id, ifname, gw)? else {
                     continue;
                 };
-                addresses.push(PortAddress {
-                    ip: f.ip_address.clone(),
-                    prefix_len: cidr.prefix,
-                    version: sub.ip_version,
-                    gateway: sub.gateway_ip.clone(),
-                });
-                routes.extend(sub.host_routes.iter().map(|r| Route {
-                    destination: r.destination.clone(),
-                    nexthop: r.nexthop.clone(),
-                }));
-                dns.extend(sub.dns_nameservers.iter().cloned());
-            }
-            let mut rules = Vec::new();
-            if p.port_security_enabled {
-                for g in &p.security_groups {
-                    if !group_rules.contains_key(g) {
-                        let r = tx.list::<SecurityGroupRule>(&SQ::parent(g))?;
-                        group_rules.insert(g.clone(), r);
-                    }
-                    for r in &group_rules[g] {
-                        let remote = match (&r.remote_group_id, &r.remote_ip_prefix) {
-                            (Some(rg), _) => Some(group_members(tx, rg, &mut members)?),
-                            (None, Some(prefix)) => Some(vec![prefix.clone()]),
-                            (None, None) => None,
-                        };
-                        rules.push(FilterRule {
-                            direction: if r.direction == "egress" {
-                                Direction::Egress
-                            } else {
-                                Direction::Ingress
-                            },
-                            version: if r.ethertype == "IPv6" { 6 } else { 4 },
-                            protocol: r.protocol.clone(),
-                            port_min: r.port_range_min,
-                            port_max: r.port_range_max,
-                            remote,
+                if gw {
+                    gateway_port = Some(p.id.clone());
+                    // The floating addresses live on the gateway.
+                    for (fip, _) in &floating {
+                        w.addresses.push(PortAddress {
+                            ip: fip.clone(),
+                            prefix_len: 32,
+                            version: 4,
+                            gateway: None,
                         });
                     }
                 }
+                out.ports.push(w);
             }
-            out.ports.push(PortWiring {
-                id: p.id.clone(),
-                device_id: server_id.clone(),
-                network_id: net.id.clone(),
-                ifname: if nic.ifname.is_empty() {
-                    format!("eth{i}")
-                } else {
-                    nic.ifname.clone()
-                },
-                mac: p.mac_address.clone(),
-                mtu: net.mtu,
-                addresses,
-                routes,
-                dns,
-                port_security: p.port_security_enabled,
-                allowed_pairs: p
-                    .allowed_address_pairs
+            out.routers.push(RouterWiring {
+                id: r.id.clone(),
+                snat: r.gateway.as_ref().is_some_and(|g| g.enable_snat),
+                gateway_port,
+                floating,
+                routes: r
+                    .routes
                     .iter()
-                    .map(|a| (a.ip_address.clone(), a.mac_address.clone()))
+                    .map(|x| Route {
+                        destination: x.destination.clone(),
+                        nexthop: x.nexthop.clone(),
+                    })
                     .collect(),
-                rules,
             });
         }
     }
-    for net in nets.values() {
+    for net in cache.nets.values() {
         let peers: BTreeSet<String> = tx
             .list::<Port>(&SQ::parent(&net.id))?
             .into_iter()
@@ -489,11 +624,25 @@ pub fn host_network(
                     .is_ok_and(|a| !a.is_loopback() && !a.is_unspecified())
             })
             .collect();
+        // The node that runs the routers is the external network's host
+        // side: it takes the external subnet's gateway address.
+        let host_address = if l3 && net.external {
+            tx.list::<Subnet>(&SQ::parent(&net.id))?
+                .into_iter()
+                .filter(|s| s.ip_version == 4)
+                .find_map(|s| {
+                    let (cidr, _) = Cidr::parse_loose(&s.cidr)?;
+                    Some(format!("{}/{}", s.gateway_ip?, cidr.prefix))
+                })
+        } else {
+            None
+        };
         out.networks.push(Segment {
             id: net.id.clone(),
             vni: net.segmentation_id.unwrap_or(0),
             mtu: net.mtu,
             peers: peers.into_iter().collect(),
+            host_address,
         });
     }
     Ok(out)
@@ -534,8 +683,19 @@ fn group_members(
     Ok(ips)
 }
 
-/// The `addresses` of a server: per network name, its ports' addresses.
-pub fn addresses(nics: &[Nic]) -> Value {
+/// The `addresses` of a server: per network name, its ports' addresses,
+/// each fixed one followed by the floating IP mapped to it.
+pub fn addresses(store: &stratus_store::Store, project: &str, nics: &[Nic]) -> Value {
+    let floating: Vec<FloatingIp> = if nics.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .list::<FloatingIp>(&SQ::owner(project))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.port_id.is_some())
+            .collect()
+    };
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for n in nics {
         let list = out.entry(n.network_name.clone()).or_default();
@@ -546,6 +706,17 @@ pub fn addresses(nics: &[Nic]) -> Value {
                 "OS-EXT-IPS:type": "fixed",
                 "OS-EXT-IPS-MAC:mac_addr": n.mac,
             }));
+            for f in floating.iter().filter(|f| {
+                f.port_id.as_deref() == Some(n.port_id.as_str())
+                    && f.fixed_ip_address.as_deref() == Some(ip.as_str())
+            }) {
+                list.push(json!({
+                    "version": 4,
+                    "addr": f.floating_ip_address,
+                    "OS-EXT-IPS:type": "floating",
+                    "OS-EXT-IPS-MAC:mac_addr": n.mac,
+                }));
+            }
         }
     }
     json!(out)

@@ -104,7 +104,7 @@ fn parse_ip(attr: &str, v: &Value) -> NetResult<Ip> {
 }
 
 /// Parses and checks a subnet CIDR: no host bits, the right family.
-fn parse_cidr(s: &str) -> NetResult<Cidr> {
+pub(super) fn parse_cidr(s: &str) -> NetResult<Cidr> {
     let (c, host_bits) = Cidr::parse_loose(s).ok_or_else(|| {
         NetError::bad_request(format!(
             "Invalid input for cidr. Reason: '{s}' is not a valid IP subnet."
@@ -418,7 +418,12 @@ async fn create(
 
 /// The subnet a create body asks for on prefix `cidr`: version, gateway,
 /// pools, DNS servers, host routes and IPv6 modes checked as Neutron does.
-fn build(m: &Map<String, Value>, project: &str, network_id: &str, cidr: Cidr) -> NetResult<Subnet> {
+pub(super) fn build(
+    m: &Map<String, Value>,
+    project: &str,
+    network_id: &str,
+    cidr: Cidr,
+) -> NetResult<Subnet> {
     let cidr_s = cidr.to_string();
     let version = match opt_int(m, "ip_version")? {
         None => cidr.version(),

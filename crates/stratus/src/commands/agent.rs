@@ -136,6 +136,7 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             advertise: cmd.agent.agent_url.clone(),
             orphans: cmd.agent.orphans,
             tunnel_ip: cmd.agent.tunnel_ip,
+            l3: cmd.agent.l3,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
         };
         handles.push(

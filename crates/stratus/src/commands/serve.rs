@@ -25,6 +25,28 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     let store = Arc::new(open_store(common, Durability::Full)?);
     if bootstrap {
         super::admin::bootstrap_and_report(&store, common, &public_url, None)?;
+        if args.public_network != "none" {
+            let admin = store
+                .list::<stratus_api::identity::model::Project>(&stratus_store::Query::name(
+                    "admin",
+                ))?
+                .into_iter()
+                .find(|p| p.domain_id == stratus_api::identity::model::DEFAULT_DOMAIN_ID)
+                .context("the admin project is missing after bootstrap")?;
+            match stratus_api::network::ensure_public(&store, &admin.id, &args.public_network) {
+                Ok(Some(id)) => tracing::info!(
+                    network = id,
+                    range = args.public_network,
+                    "made the external network `public`"
+                ),
+                Ok(None) => {}
+                Err(e) => anyhow::bail!(
+                    "cannot make the public network {}: {}",
+                    args.public_network,
+                    e.message
+                ),
+            }
+        }
     } else if store
         .get::<stratus_api::identity::model::Domain>(
             stratus_api::identity::model::DEFAULT_DOMAIN_ID,
@@ -256,6 +278,7 @@ fn start_local_agent(
         advertise: args.agent.agent_url.clone(),
         orphans: args.agent.orphans,
         tunnel_ip: args.agent.tunnel_ip,
+        l3: true,
         heartbeat: Duration::from_secs(10),
     };
     std::thread::Builder::new()

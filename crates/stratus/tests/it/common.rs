@@ -275,6 +275,12 @@ impl Server {
             Some(ns) => (ns.command(bin()), ns.addr.clone()),
             None => (Command::new(bin()), "127.0.0.1".to_string()),
         };
+        // Outside a namespace of its own, a test cloud makes no external
+        // network: its routers would be wired in this machine's namespace.
+        let mut extra = self.extra.clone();
+        if self.netns.is_none() && !extra.iter().any(|a| a == "--public-network") {
+            extra.extend(["--public-network".to_string(), "none".to_string()]);
+        }
         let child = cmd
             .args([
                 "up",
@@ -288,7 +294,7 @@ impl Server {
                     .iter()
                     .flat_map(|d| ["--database", d.as_str()]),
             )
-            .args(&self.extra)
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -29,8 +29,8 @@ if mode == "listen":
     s.settimeout(secs)
     try:
         while True:
-            c, _ = s.accept()
-            c.sendall(banner.encode())
+            c, peer = s.accept()
+            c.sendall((peer[0] if banner == "peer" else banner).encode())
             c.close()
     except Exception:
         pass
@@ -465,4 +465,167 @@ fn dataplane_metadata_service_serves_each_server_its_own() {
     let _l = listen(&b, 80, "mine");
     let bip = address(&bb, "md-net");
     assert_eq!(reaches(&b, &bip, 80).as_deref(), Some("mine"));
+}
+
+/// A listener in the cloud's own namespace (the host side of `public`).
+fn listen_on_host(c: &Cloud, port: u16, banner: &str) -> Listener {
+    let ns = c.server.netns.as_ref().expect("a namespaced cloud");
+    let child = ns
+        .command("python3")
+        .arg(probe_file())
+        .args(["listen", &port.to_string(), banner, "60"])
+        .spawn()
+        .expect("listener");
+    Listener(child)
+}
+
+/// Connects from the cloud's own namespace (the host side).
+fn connect_from_host(c: &Cloud, host: &str, port: u16) -> Option<String> {
+    let ns = c.server.netns.as_ref().expect("a namespaced cloud");
+    let out = ns
+        .command("python3")
+        .arg(probe_file())
+        .args(["connect", host, &port.to_string()])
+        .output()
+        .expect("probe");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("OK ")
+        .map(str::to_string)
+}
+
+fn eventually(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn dataplane_routers_floating_ips_snat_and_auto_allocated_networks() {
+    let c = cloud();
+    let (_, tok) = c.project("l3");
+    let n1 = network(&c, &tok, "l3-a", "10.90.1.0/24");
+    let n2 = network(&c, &tok, "l3-b", "10.90.2.0/24");
+    let (s1, b1) = boot(&c, &tok, "s1", json!({"networks": [{"uuid": n1}]}));
+    let (s2, b2) = boot(&c, &tok, "s2", json!({"networks": [{"uuid": n2}]}));
+    let ip1 = address(&b1, "l3-a");
+    let ip2 = address(&b2, "l3-b");
+    let _l2 = listen(&s2, 80, "s2");
+    let _l1 = listen(&s1, 80, "s1");
+    assert_eq!(connect(&s1, &ip2, 80, None), None, "no router yet");
+
+    // A router joins the two networks, with a gateway to `public`.
+    let public = neutron(&c, "GET", "/networks?name=public", &tok, None);
+    let public_id = public["networks"][0]["id"]
+        .as_str()
+        .expect("public exists")
+        .to_string();
+    let r = neutron(
+        &c,
+        "POST",
+        "/routers",
+        &tok,
+        Some(json!({"router": {"name": "r1", "external_gateway_info": {"network_id": public_id}}})),
+    );
+    let rid = r["router"]["id"].as_str().unwrap().to_string();
+    for net in [&n1, &n2] {
+        let subs = neutron(&c, "GET", &format!("/subnets?network_id={net}"), &tok, None);
+        let sid = subs["subnets"][0]["id"].as_str().unwrap();
+        neutron(
+            &c,
+            "PUT",
+            &format!("/routers/{rid}/add_router_interface"),
+            &tok,
+            Some(json!({"subnet_id": sid})),
+        );
+    }
+    eventually(
+        || connect(&s1, &ip2, 80, None).as_deref() == Some("s2"),
+        "the router never joined the networks",
+    );
+    assert_eq!(reaches(&s2, &ip1, 80).as_deref(), Some("s1"));
+
+    // Out through the router: the host sees the router's address (SNAT).
+    let gw = r["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _h = listen_on_host(&c, 9000, "peer");
+    assert_eq!(
+        reaches(&s1, "172.24.4.1", 9000).as_deref(),
+        Some(gw.as_str())
+    );
+
+    // A floating IP reaches s1 from the host once its group lets TCP 80
+    // in, and s1 goes out as its floating address.
+    let ports = neutron(&c, "GET", &format!("/ports?device_id={s1}"), &tok, None);
+    let port = ports["ports"][0]["id"].as_str().unwrap().to_string();
+    let groups = neutron(&c, "GET", "/security-groups?name=default", &tok, None);
+    let gid = groups["security_groups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    neutron(
+        &c,
+        "POST",
+        "/security-group-rules",
+        &tok,
+        Some(
+            json!({"security_group_rule": {"security_group_id": gid, "direction": "ingress",
+            "protocol": "tcp", "port_range_min": 80, "port_range_max": 80,
+            "remote_ip_prefix": "0.0.0.0/0"}}),
+        ),
+    );
+    let f = neutron(
+        &c,
+        "POST",
+        "/floatingips",
+        &tok,
+        Some(json!({"floatingip": {"floating_network_id": public_id, "port_id": port}})),
+    );
+    let fip = f["floatingip"]["floating_ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fid = f["floatingip"]["id"].as_str().unwrap().to_string();
+    eventually(
+        || connect_from_host(&c, &fip, 80).as_deref() == Some("s1"),
+        "the floating IP never reached the server",
+    );
+    assert_eq!(
+        reaches(&s1, "172.24.4.1", 9000).as_deref(),
+        Some(fip.as_str())
+    );
+    // The server shows it among its addresses.
+    let shown = c.wait(&tok, &s1, "ACTIVE");
+    assert!(
+        shown["addresses"].to_string().contains(&fip),
+        "{}",
+        shown["addresses"]
+    );
+    // Disassociated, it reaches nothing.
+    neutron(
+        &c,
+        "PUT",
+        &format!("/floatingips/{fid}"),
+        &tok,
+        Some(json!({"floatingip": {"port_id": null}})),
+    );
+    eventually(
+        || connect_from_host(&c, &fip, 80).is_none(),
+        "the floating IP still reaches the server",
+    );
+
+    // A project with no network of its own gets one with `networks:
+    // auto` (the auto-allocated topology), and can reach the host.
+    let (_, tok2) = c.project("fresh");
+    let (s3, b3) = boot(&c, &tok2, "fresh-1", json!({"networks": "auto"}));
+    assert!(
+        b3["addresses"].get("auto_allocated_network").is_some(),
+        "{}",
+        b3["addresses"]
+    );
+    assert!(reaches(&s3, "172.24.4.1", 9000).is_some());
 }
