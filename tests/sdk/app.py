@@ -38,17 +38,30 @@ def main():
         fail("key pair not found after create")
 
     user_data = "#!/bin/sh\necho SDK-APP-USER-DATA-RAN\n"
-    server = conn.compute.create_server(
+    # The cloud layer, as Ansible's openstack.cloud.server uses it: no
+    # network named (Nova's "auto" gives the project its own network),
+    # wait=True, which insists the server ends up with an address (and,
+    # with auto_ip, a floating IP when it has no public one).
+    server = conn.create_server(
         name=f"sdk-app-{suffix}",
-        image_id=image.id,
-        flavor_id=flavor.id,
+        image=image.id,
+        flavor=flavor.id,
         key_name=keypair.name,
-        metadata={"app": "sdk"},
-        user_data=base64.b64encode(user_data.encode()).decode(),
-        # No network service yet: Nova (2.37+) wants "auto" or "none".
-        networks="auto",
+        meta={"app": "sdk"},
+        userdata=user_data,
+        wait=True,
+        timeout=120,
     )
-    server = conn.compute.wait_for_server(server, status="ACTIVE", wait=120)
+    fixed = [a["addr"] for net in (server.addresses or {}).values() for a in net
+             if a.get("OS-EXT-IPS:type") == "fixed"]
+    if not fixed:
+        fail(f"server has no fixed address: {server.addresses}")
+    floating = [a["addr"] for net in (server.addresses or {}).values() for a in net
+                if a.get("OS-EXT-IPS:type") == "floating"]
+    if not floating:
+        fail(f"create_server(auto_ip=True) attached no floating IP: {server.addresses}")
+    print(f"sdk app: server {server.name} has {fixed[0]} and floating {floating[0]}")
+    server = conn.compute.get_server(server.id)
     if server.key_name != keypair.name or server.metadata.get("app") != "sdk":
         fail(f"server lost its key or metadata: {server.key_name} {server.metadata}")
     if server.flavor.get("original_name", server.flavor.get("name")) not in ("m1.nano", None) \

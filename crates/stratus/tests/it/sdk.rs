@@ -20,7 +20,9 @@ fn sdk_application_builds_reads_console_resizes_shelves_and_deletes_a_server() {
         images.join("images.tsv").exists(),
         "run scripts/build-test-images first (./scripts/test does)"
     );
-    let s = Server::start_with(&["--import-images", images.to_str().unwrap()]);
+    // In a namespace of its own: the server gets a network, a router and
+    // a floating IP, all wired for real.
+    let s = Server::start_in_netns(&["--import-images", images.to_str().unwrap()]);
     let client = s.compute_client();
     let token = s.client().token("admin", &s.admin_password, Some("admin"));
     // The in-process node reports in shortly after start.
