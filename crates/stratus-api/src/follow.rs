@@ -39,6 +39,12 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                     pos = p;
                     state.compute.notify_all();
                     state.identity.invalidate();
+                    let st = state.clone();
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || st.placement.refresh()).await
+                    {
+                        tracing::warn!(error = %e, "cannot bring placement up to date");
+                    }
                     break;
                 }
                 Ok(Err(e)) => {
@@ -48,10 +54,21 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                 Err(_) => return,
             };
             let full = changes.len() == BATCH;
+            let mut placement = false;
             for c in &changes {
                 pos = c.seq;
                 crate::compute::service::on_change(&state, c);
+                crate::compute::scheduler::on_change(&state, c);
                 state.identity.on_change(c);
+                placement |= crate::placement::follows(c);
+            }
+            if placement {
+                let st = state.clone();
+                match tokio::task::spawn_blocking(move || st.placement.refresh()).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot bring placement up to date"),
+                    Err(_) => return,
+                    Ok(Ok(())) => {}
+                }
             }
             if !full {
                 break;

@@ -187,6 +187,11 @@ struct Index {
     stale: bool,
 }
 
+/// Whether a change-log entry is one the index follows.
+pub fn follows(c: &stratus_store::Change) -> bool {
+    c.kind == Provider::KIND || c.kind == Allocation::KIND
+}
+
 /// Change-log entries read per step when catching up.
 const CATCH_UP: usize = 1000;
 
@@ -379,9 +384,10 @@ impl Placement {
                     PlacementError::Store(format!("resource provider {}: {e}", d.id))
                 })?);
             } else {
-                allocations.push(serde_json::from_str(&d.body).map_err(|e| {
-                    PlacementError::Store(format!("allocation {}: {e}", d.id))
-                })?);
+                allocations.push(
+                    serde_json::from_str(&d.body)
+                        .map_err(|e| PlacementError::Store(format!("allocation {}: {e}", d.id)))?,
+                );
             }
         }
         idx.reload(providers, allocations, snap.revision);

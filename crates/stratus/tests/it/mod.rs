@@ -8,6 +8,7 @@ mod compute_resize;
 mod edge;
 mod identity;
 mod image;
+mod multi;
 mod network;
 mod reliability;
 mod sdk;
