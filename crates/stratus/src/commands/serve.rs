@@ -78,9 +78,13 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     import_images(&state, args.import_images.as_deref())?;
     stratus_api::compute::service::recover(&state)
         .map_err(|e| anyhow::anyhow!("recovering compute state: {e}"))?;
+    // Heartbeats are written to the store (and read back from it) several
+    // times per `service_down_time`, at most every 15 s: a node
+    // heartbeating to another controller is up here too.
+    let every = Duration::from_secs((state.compute.config.service_down_time_s / 4).clamp(1, 15));
     let beats = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let st = beats.clone();
@@ -98,7 +102,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     // heartbeats elsewhere for down.
     let live = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let st = live.clone();

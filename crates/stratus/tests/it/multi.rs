@@ -305,3 +305,74 @@ fn multi_the_singleton_lease_moves_when_its_holder_is_killed() {
         "the second controller never took the lease"
     );
 }
+
+/// The compute service state of `host` as the controller at `base` sees
+/// it (`up` or `down`).
+fn service_state(base: &str, admin: &str, host: &str) -> String {
+    let (status, v) = try_call(
+        &format!("{base}/compute/v2.1"),
+        "GET",
+        "/os-services?binary=nova-compute",
+        admin,
+        None,
+    )
+    .expect("the controller answers");
+    assert_eq!(status, 200, "{v}");
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == host)
+        .and_then(|s| s["state"].as_str())
+        .unwrap_or("missing")
+        .to_string()
+}
+
+#[test]
+fn multi_a_node_heartbeating_to_one_controller_is_up_on_the_other() {
+    let c = Cloud::start(&["--no-agent", "--service-down-time", "6"]);
+    heartbeat(&c.server.url, &c.admin, "far");
+    c.wait_nodes(1);
+    let b = SecondController::start_with(&c, &["--service-down-time", "6"]);
+    let store = second_writer(&c);
+    let (_, tok) = c.project("far");
+    let img = c.image(&tok, "tiny");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // The node heartbeats to the first controller only.
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                heartbeat(&c.server.url, &c.admin, "far");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        // Well past the down time since the node's record was written.
+        std::thread::sleep(Duration::from_secs(10));
+        let on_b = service_state(&b.url, &c.admin, "far");
+        let (status, v) = create(&b.url, &tok, "via-b", &img, "42");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            on_b, "up",
+            "the second controller takes a live node for down"
+        );
+        assert_eq!(status, 202, "{v}");
+        let id = v["server"]["id"].as_str().unwrap().to_string();
+        let s = settled(&store, &store.fetch::<ServerDoc>(&id).unwrap().project_id);
+        assert!(
+            s.iter().all(|s| s.host.as_deref() == Some("far")),
+            "a server created through the second controller was not placed: {:?}",
+            s.iter().map(|s| &s.fault).collect::<Vec<_>>()
+        );
+    });
+    // It stops heartbeating: both controllers mark it down.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for base in [&c.server.url, &b.url] {
+        while service_state(base, &c.admin, "far") != "down" {
+            assert!(
+                Instant::now() < deadline,
+                "{base} still has the silent node up"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -543,6 +543,11 @@ pub(super) struct SecondController {
 
 impl SecondController {
     pub(super) fn start(c: &Cloud) -> SecondController {
+        Self::start_with(c, &[])
+    }
+
+    /// Starts it with `extra` arguments.
+    pub(super) fn start_with(c: &Cloud, extra: &[&str]) -> SecondController {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -559,6 +564,7 @@ impl SecondController {
                     .iter()
                     .flat_map(|d| ["--database", d.as_str()]),
             )
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
