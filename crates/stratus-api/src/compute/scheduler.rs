@@ -91,6 +91,7 @@ pub fn submit(state: &AppState, ids: Vec<String>) {
             .expect("start the scheduler thread");
         tx
     });
+    state.unscheduled.queued(&ids, true);
     for id in ids {
         let _ = tx.send(id);
     }
@@ -100,13 +101,36 @@ pub fn submit(state: &AppState, ids: Vec<String>) {
 /// takes it as nobody's (its own process schedules it well within this).
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Servers seen waiting in the change log, and since when.
+/// Servers seen waiting in the change log, and since when; and those in
+/// this process's own scheduler queue (the sweep leaves them be).
 #[derive(Default)]
-pub struct Unscheduled(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+pub struct Unscheduled {
+    seen: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    queued: std::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 impl Unscheduled {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes servers entering (`true`) or leaving this process's queue.
+    fn queued(&self, ids: &[String], entering: bool) {
+        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if entering {
+                q.insert(id.clone());
+            } else {
+                q.remove(id);
+            }
+        }
+    }
+
+    fn is_queued(&self, id: &str) -> bool {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 }
 
@@ -152,7 +176,9 @@ pub fn sweep(state: &AppState) -> Result<(), ApiError> {
         let mut map = state.unscheduled.map();
         let due: Vec<String> = map
             .iter()
-            .filter(|(_, at)| now.duration_since(**at) >= GRACE)
+            .filter(|(id, at)| {
+                now.duration_since(**at) >= GRACE && !state.unscheduled.is_queued(id)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         // Looked at again after another GRACE unless the log says it
@@ -194,14 +220,12 @@ fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
         // planned once.
         let mut seen = std::collections::HashSet::new();
         batch.retain(|id| seen.insert(id.clone()));
-        let view = match View::load(state) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "scheduler cannot read the nodes");
-                continue;
-            }
-        };
-        schedule_batch(state, &view, &batch);
+        match View::load(state) {
+            Ok(view) => schedule_batch(state, &view, &batch),
+            // Left waiting: the lease holder's sweep hands them in again.
+            Err(e) => tracing::error!(error = %e, "scheduler cannot read the nodes"),
+        }
+        state.unscheduled.queued(&batch, false);
     }
 }
 
