@@ -429,6 +429,15 @@ impl Placement {
 
     /// Creates the provider if missing (by uuid), renames it if needed.
     pub fn ensure_provider(&self, uuid: &str, name: &str) -> Result<(), PlacementError> {
+        // Nothing to write (the usual case): no write transaction.
+        if self
+            .read()
+            .providers
+            .get(uuid)
+            .is_some_and(|p| p.name == name)
+        {
+            return Ok(());
+        }
         Ok(self.change(|idx, tx| -> Plain<()> {
             match idx.providers.get(uuid) {
                 Some(p) if p.name == name => Ok(()),
@@ -511,6 +520,18 @@ impl Placement {
     }
 
     pub fn set_traits(&self, uuid: &str, traits: &[String]) -> Result<(), PlacementError> {
+        let mut want = traits.to_vec();
+        want.sort();
+        want.dedup();
+        // Nothing to write (the usual case): no write transaction.
+        if self
+            .read()
+            .providers
+            .get(uuid)
+            .is_some_and(|p| p.traits == want)
+        {
+            return Ok(());
+        }
         Ok(self.change(|idx, tx| -> Plain<()> {
             let mut p = idx
                 .providers
