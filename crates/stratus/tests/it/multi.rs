@@ -101,16 +101,15 @@ fn assert_within_capacity(store: &stratus_store::Store) -> BTreeMap<String, BTre
 
 #[test]
 fn multi_two_controllers_never_overcommit_a_node_or_a_quota() {
-    let c = Cloud::start(&["--no-agent"]);
-    heartbeat(&c.server.url, &c.admin, "only");
+    // One node, its agent (fake driver) attached to the first controller.
+    let c = Cloud::start(&["--driver", "fake"]);
     c.wait_nodes(1);
     let b = SecondController::start(&c);
     let store = second_writer(&c);
     let node = store
         .list::<Provider>(&Query::all())
         .unwrap()
-        .into_iter()
-        .find(|p| p.name == "only")
+        .pop()
         .expect("the node's provider");
     let ram = node.inventories["MEMORY_MB"].capacity();
     // A flavor of which exactly four fit on the node.
@@ -160,6 +159,14 @@ fn multi_two_controllers_never_overcommit_a_node_or_a_quota() {
         assert!(fault.contains("No valid host"), "{}: {fault}", s.id);
     }
     let used = assert_within_capacity(&store);
+    // The agent runs the placed ones, whichever controller took them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for s in servers.iter().filter(|s| s.host.is_some()) {
+        while store.fetch::<ServerDoc>(&s.id).unwrap().vm_state != "active" {
+            assert!(Instant::now() < deadline, "{} never ran", s.id);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // Both controllers' placement follows the log to the same usage.
     let want = used[&node.id]["MEMORY_MB"];
     for base in &bases {
