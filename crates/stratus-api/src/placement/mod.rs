@@ -187,11 +187,6 @@ struct Index {
     stale: bool,
 }
 
-/// Whether a change-log entry is one the index follows.
-pub fn follows(c: &stratus_store::Change) -> bool {
-    c.kind == Provider::KIND || c.kind == Allocation::KIND
-}
-
 /// Change-log entries read per step when catching up.
 const CATCH_UP: usize = 1000;
 
@@ -392,6 +387,28 @@ impl Placement {
         }
         idx.reload(providers, allocations, snap.revision);
         Ok(())
+    }
+
+    /// Applies `changes`, every change-log entry after revision `after`
+    /// up to the last of them (as the log follower reads them); when the
+    /// index is further behind than `after`, reads what it lacks itself.
+    pub fn follow(
+        &self,
+        after: i64,
+        changes: &[stratus_store::Change],
+    ) -> Result<(), PlacementError> {
+        {
+            let mut idx = self.lock();
+            if !idx.stale && idx.seq >= after {
+                for c in changes {
+                    if c.seq > idx.seq {
+                        idx.on_change(c)?;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.refresh()
     }
 
     /// Runs `f` in one store transaction with the index brought up to the
