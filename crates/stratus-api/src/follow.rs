@@ -2,8 +2,10 @@
 //! a few times a second and brings its in-memory state up to date with
 //! changes it did not make itself (another controller on the same
 //! database, a change applied straight to the store as sync will). What
-//! follows it today: agent wake-ups (`compute::service::on_change`) and
-//! identity's validation cache and revocations (`Identity::on_change`).
+//! follows it today: agent wake-ups (`compute::service::on_change`),
+//! identity's validation cache and revocations (`Identity::on_change`),
+//! placement's index (`Placement::follow`) and the servers waiting for the
+//! scheduler (`compute::scheduler::on_change`).
 //! A process's own writers still update these at once; following the log
 //! covers everyone else within a read interval.
 
@@ -39,6 +41,12 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                     pos = p;
                     state.compute.notify_all();
                     state.identity.invalidate();
+                    let st = state.clone();
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || st.placement.refresh()).await
+                    {
+                        tracing::warn!(error = %e, "cannot bring placement up to date");
+                    }
                     break;
                 }
                 Ok(Err(e)) => {
@@ -48,10 +56,24 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                 Err(_) => return,
             };
             let full = changes.len() == BATCH;
+            let after = pos;
             for c in &changes {
                 pos = c.seq;
                 crate::compute::service::on_change(&state, c);
+                crate::compute::scheduler::on_change(&state, c);
                 state.identity.on_change(c);
+            }
+            if !changes.is_empty() {
+                // Placement's index moves over every change, so a write
+                // transaction never has a long way to catch up.
+                let st = state.clone();
+                match tokio::task::spawn_blocking(move || st.placement.follow(after, &changes))
+                    .await
+                {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot bring placement up to date"),
+                    Err(_) => return,
+                    Ok(Ok(())) => {}
+                }
             }
             if !full {
                 break;

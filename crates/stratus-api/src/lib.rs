@@ -26,6 +26,7 @@ pub mod follow;
 pub mod identity;
 pub mod image;
 pub mod json;
+pub mod lease;
 pub mod listener;
 pub mod middleware;
 pub mod network;
@@ -77,6 +78,11 @@ pub struct Inner {
     pub image: image::ImageService,
     pub compute: compute::Compute,
     pub placement: placement::Placement,
+    /// The lease for the singleton loops (see [`lease`]).
+    pub singleton: Arc<lease::Lease>,
+    /// Servers seen waiting for the scheduler in the change log (see
+    /// `compute::scheduler::sweep`).
+    pub unscheduled: compute::scheduler::Unscheduled,
 }
 
 impl std::ops::Deref for AppState {
@@ -94,6 +100,7 @@ impl AppState {
         let image = image::ImageService::open(&config.data_dir, &store, config.image_size_cap)?;
         let compute = compute::Compute::new(config.compute.clone(), store.clone());
         let placement = placement::Placement::open(store.clone())?;
+        let store_for_lease = store.clone();
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -102,6 +109,8 @@ impl AppState {
                 image,
                 compute,
                 placement,
+                singleton: Arc::new(lease::Lease::new(store_for_lease, "singleton")),
+                unscheduled: Default::default(),
             }),
         })
     }

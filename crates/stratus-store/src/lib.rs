@@ -485,6 +485,29 @@ impl Tx<'_> {
     pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
         self.conn.borrow_mut().meta_set(key, value)
     }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        self.conn.borrow_mut().meta_get(key)
+    }
+
+    /// Change-log entries after `seq`, as [`Store::changes_since`], read
+    /// inside this transaction: with the writer held, nothing can be
+    /// committed after them, so a follower that catches up here is exact
+    /// until the commit.
+    pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        let mut c = self.conn.borrow_mut();
+        let oldest = compacted_through(&mut **c)?;
+        if seq < oldest {
+            return Err(StoreError::Compacted { since: seq, oldest });
+        }
+        c.changes_after(seq, limit)
+    }
+
+    /// The newest change-log revision, this transaction's own writes
+    /// included.
+    pub fn last_revision(&self) -> Result<i64> {
+        self.conn.borrow_mut().newest_change()
+    }
 }
 
 fn row<'a, T: Record>(rec: &'a T, key: Option<&'a str>, revision: i64, body: &'a str) -> Row<'a> {

@@ -8,7 +8,17 @@
 //! claim on the first host that still fits. The claim and the server's
 //! move to that host are one store transaction under placement's lock, so
 //! two concurrent boots can never overcommit a node or break an
-//! anti-affinity group.
+//! anti-affinity group. The claim is checked inside that transaction
+//! against what every process committed (see `crate::placement`), so
+//! several schedulers (one per controller process) never overcommit
+//! either.
+//!
+//! Each process schedules the servers it creates. A server that nobody is
+//! scheduling (written by a process that died before it placed it, or
+//! straight into the store) is found in the change log: every process
+//! notes the servers it sees waiting ([`on_change`]), and the holder of
+//! the singleton lease hands those still waiting after [`GRACE`] to its
+//! scheduler ([`sweep`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -81,9 +91,120 @@ pub fn submit(state: &AppState, ids: Vec<String>) {
             .expect("start the scheduler thread");
         tx
     });
+    state.unscheduled.queued(&ids, true);
     for id in ids {
         let _ = tx.send(id);
     }
+}
+
+/// How long a server may wait for the scheduler before the lease holder
+/// takes it as nobody's (its own process schedules it well within this).
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Servers seen waiting in the change log, and since when; and those in
+/// this process's own scheduler queue (the sweep leaves them be).
+#[derive(Default)]
+pub struct Unscheduled {
+    seen: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    queued: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Unscheduled {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes servers entering (`true`) or leaving this process's queue.
+    fn queued(&self, ids: &[String], entering: bool) {
+        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if entering {
+                q.insert(id.clone());
+            } else {
+                q.remove(id);
+            }
+        }
+    }
+
+    fn is_queued(&self, id: &str) -> bool {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+}
+
+/// A change read from the log (see `crate::follow`): notes a server that
+/// waits for the scheduler, forgets one that no longer does.
+pub fn on_change(state: &AppState, c: &stratus_store::Change) {
+    use stratus_store::Record;
+    if c.kind != Server::KIND {
+        return;
+    }
+    let waits = c
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Server>(b).ok())
+        .is_some_and(|s| waiting(&s));
+    let mut map = state.unscheduled.map();
+    if waits {
+        map.entry(c.id.clone())
+            .or_insert_with(std::time::Instant::now);
+    } else {
+        map.remove(&c.id);
+    }
+}
+
+/// When this process becomes the lease holder: every server waiting now
+/// is noted, for [`sweep`] to take after [`GRACE`] if nobody places it.
+pub fn note_all_waiting(state: &AppState) -> Result<(), ApiError> {
+    let servers = state.store.list::<Server>(&StoreQuery::all())?;
+    let mut map = state.unscheduled.map();
+    for s in servers.into_iter().filter(waiting) {
+        map.entry(s.id).or_insert_with(std::time::Instant::now);
+    }
+    Ok(())
+}
+
+/// On the lease holder, every second: hands the servers waiting for
+/// longer than [`GRACE`] to this process's scheduler. A server another
+/// scheduler places meanwhile is refused in the claim's transaction, so
+/// taking one twice is harmless.
+pub fn sweep(state: &AppState) -> Result<(), ApiError> {
+    let due: Vec<String> = {
+        let now = std::time::Instant::now();
+        let mut map = state.unscheduled.map();
+        let due: Vec<String> = map
+            .iter()
+            .filter(|(id, at)| {
+                now.duration_since(**at) >= GRACE && !state.unscheduled.is_queued(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Looked at again after another GRACE unless the log says it
+        // was placed (or refused) by then.
+        for id in &due {
+            map.insert(id.clone(), now);
+        }
+        due
+    };
+    let mut take = Vec::new();
+    for id in due {
+        match state.store.get::<Server>(&id)? {
+            Some(s) if waiting(&s) => take.push(id),
+            _ => {
+                state.unscheduled.map().remove(&id);
+            }
+        }
+    }
+    if !take.is_empty() {
+        tracing::info!(
+            count = take.len(),
+            "scheduling servers nobody was scheduling"
+        );
+        submit(state, take);
+    }
+    Ok(())
 }
 
 fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
@@ -95,14 +216,16 @@ fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
                 Err(_) => break,
             }
         }
-        let view = match View::load(state) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "scheduler cannot read the nodes");
-                continue;
-            }
-        };
-        schedule_batch(state, &view, &batch);
+        // An id handed in twice (by its creator and by the sweep) is
+        // planned once.
+        let mut seen = std::collections::HashSet::new();
+        batch.retain(|id| seen.insert(id.clone()));
+        match View::load(state) {
+            Ok(view) => schedule_batch(state, &view, &batch),
+            // Left waiting: the lease holder's sweep hands them in again.
+            Err(e) => tracing::error!(error = %e, "scheduler cannot read the nodes"),
+        }
+        state.unscheduled.queued(&batch, false);
     }
 }
 
@@ -119,6 +242,10 @@ pub struct View {
 
 impl View {
     pub fn load(state: &AppState) -> Result<Self, ApiError> {
+        // Claims other processes made since the log follower last looked.
+        if let Err(e) = state.placement.refresh() {
+            tracing::warn!(error = %e, "cannot bring placement up to date");
+        }
         let mut by_rp: HashMap<String, crate::placement::Candidate> = state
             .placement
             .candidates(&CandidateRequest::default())

@@ -3,9 +3,13 @@
 //!
 //! Everything is kept as store documents (so it reaches the change log)
 //! and mirrored in an in-memory index that answers candidate queries
-//! without parsing documents. Capacity checks and writes run under one
-//! lock, and the index changes only after the store transaction commits:
-//! two concurrent claims can never overcommit a provider.
+//! without parsing documents. The index follows the change log: every
+//! change (claim, inventory, generation, name) first brings it up to the
+//! newest commit *inside* its store transaction, where no other writer of
+//! any process can commit, and decides from it there. So two concurrent
+//! claims, in one process or in two controllers on one database, can never
+//! overcommit a provider or pass the same generation check twice. Reads
+//! (candidates, usages) use the index as the log follower last left it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -167,14 +171,24 @@ pub enum ClaimError<E> {
     Caller(E),
 }
 
-/// The in-memory index: providers and their usage.
+/// The in-memory index: providers and their usage, as of change-log
+/// revision `seq`. It follows the log (see [`Placement::refresh`]), so
+/// writes of other processes reach it too.
 #[derive(Default)]
 struct Index {
     providers: HashMap<String, Provider>,
     /// provider -> class -> used.
     usage: HashMap<String, BTreeMap<String, u64>>,
     allocations: HashMap<String, Allocation>,
+    /// The newest change-log revision applied.
+    seq: i64,
+    /// Set when the index may hold writes that never committed: the next
+    /// change reloads it.
+    stale: bool,
 }
+
+/// Change-log entries read per step when catching up.
+const CATCH_UP: usize = 1000;
 
 impl Index {
     fn apply(&mut self, a: &Allocation, sign: i64) {
@@ -198,6 +212,81 @@ impl Index {
             .copied()
             .unwrap_or(0)
     }
+
+    /// Replaces a consumer's allocations (idempotent: a change read twice
+    /// counts once).
+    fn put_allocation(&mut self, a: Allocation) {
+        self.remove_allocation(&a.id.clone());
+        self.apply(&a, 1);
+        self.allocations.insert(a.id.clone(), a);
+    }
+
+    fn remove_allocation(&mut self, id: &str) {
+        if let Some(old) = self.allocations.remove(id) {
+            self.apply(&old, -1);
+        }
+    }
+
+    /// Starts again from every provider and allocation at revision `seq`.
+    fn reload(&mut self, providers: Vec<Provider>, allocations: Vec<Allocation>, seq: i64) {
+        *self = Index::default();
+        for p in providers {
+            self.providers.insert(p.id.clone(), p);
+        }
+        for a in allocations {
+            self.put_allocation(a);
+        }
+        self.seq = seq;
+    }
+
+    /// Applies one change-log entry (other kinds only move `seq`).
+    fn on_change(&mut self, c: &stratus_store::Change) -> Result<(), stratus_store::StoreError> {
+        match (c.kind.as_str(), c.body.as_deref()) {
+            (Provider::KIND, Some(b)) => {
+                let p: Provider = serde_json::from_str(b)?;
+                self.providers.insert(p.id.clone(), p);
+            }
+            (Provider::KIND, None) => {
+                self.providers.remove(&c.id);
+                self.usage.remove(&c.id);
+            }
+            (Allocation::KIND, Some(b)) => self.put_allocation(serde_json::from_str(b)?),
+            (Allocation::KIND, None) => self.remove_allocation(&c.id),
+            _ => {}
+        }
+        self.seq = c.seq;
+        Ok(())
+    }
+
+    /// Brings the index up to the newest change inside a write
+    /// transaction: with the writer held nobody else can commit, so what
+    /// is decided from the index until the commit is exact, across every
+    /// process on the store.
+    fn catch_up_tx(&mut self, tx: &Tx) -> Result<(), stratus_store::StoreError> {
+        if !self.stale {
+            loop {
+                match tx.changes_since(self.seq, CATCH_UP) {
+                    Ok(changes) => {
+                        for c in &changes {
+                            self.on_change(c)?;
+                        }
+                        if changes.len() < CATCH_UP {
+                            return Ok(());
+                        }
+                    }
+                    Err(stratus_store::StoreError::Compacted { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let seq = tx.last_revision()?;
+        self.reload(
+            tx.list::<Provider>(&Query::all())?,
+            tx.list::<Allocation>(&Query::all())?,
+            seq,
+        );
+        Ok(())
+    }
 }
 
 /// The placement service held in [`crate::Inner`].
@@ -206,21 +295,143 @@ pub struct Placement {
     index: RwLock<Index>,
 }
 
+/// Why a change through [`Placement::change`] failed.
+enum Fail<E> {
+    Store(stratus_store::StoreError),
+    Placement(PlacementError),
+    Caller(E),
+}
+
+impl<E> From<stratus_store::StoreError> for Fail<E> {
+    fn from(e: stratus_store::StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl<E> From<PlacementError> for Fail<E> {
+    fn from(e: PlacementError) -> Self {
+        Fail::Placement(e)
+    }
+}
+
+impl<E> From<Fail<E>> for ClaimError<E> {
+    fn from(f: Fail<E>) -> Self {
+        match f {
+            Fail::Store(e) => ClaimError::Placement(e.into()),
+            Fail::Placement(e) => ClaimError::Placement(e),
+            Fail::Caller(e) => ClaimError::Caller(e),
+        }
+    }
+}
+
+impl From<Fail<std::convert::Infallible>> for PlacementError {
+    fn from(f: Fail<std::convert::Infallible>) -> Self {
+        match f {
+            Fail::Store(e) => e.into(),
+            Fail::Placement(e) => e,
+            Fail::Caller(never) => match never {},
+        }
+    }
+}
+
+type Plain<T> = Result<T, Fail<std::convert::Infallible>>;
+
 impl Placement {
     /// Loads every provider and allocation into the index.
     pub fn open(store: Arc<Store>) -> Result<Self, ApiError> {
-        let mut idx = Index::default();
-        for p in store.list::<Provider>(&Query::all())? {
-            idx.providers.insert(p.id.clone(), p);
-        }
-        for a in store.list::<Allocation>(&Query::all())? {
-            idx.apply(&a, 1);
-            idx.allocations.insert(a.id.clone(), a);
-        }
-        Ok(Placement {
+        let p = Placement {
             store,
-            index: RwLock::new(idx),
-        })
+            index: RwLock::new(Index {
+                stale: true,
+                ..Index::default()
+            }),
+        };
+        p.refresh()?;
+        Ok(p)
+    }
+
+    /// Applies the change-log entries written since the index was last
+    /// brought up to date (by any process); the change-log follower calls
+    /// it, and the scheduler before it reads candidates.
+    pub fn refresh(&self) -> Result<(), PlacementError> {
+        let mut idx = self.lock();
+        if !idx.stale {
+            loop {
+                match self.store.changes_since(idx.seq, CATCH_UP) {
+                    Ok(changes) => {
+                        for c in &changes {
+                            idx.on_change(c)?;
+                        }
+                        if changes.len() < CATCH_UP {
+                            return Ok(());
+                        }
+                    }
+                    Err(stratus_store::StoreError::Compacted { .. }) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let snap = self.store.snapshot(&[Provider::KIND, Allocation::KIND])?;
+        let (mut providers, mut allocations) = (Vec::new(), Vec::new());
+        for d in &snap.documents {
+            if d.kind == Provider::KIND {
+                providers.push(serde_json::from_str(&d.body).map_err(|e| {
+                    PlacementError::Store(format!("resource provider {}: {e}", d.id))
+                })?);
+            } else {
+                allocations.push(
+                    serde_json::from_str(&d.body)
+                        .map_err(|e| PlacementError::Store(format!("allocation {}: {e}", d.id)))?,
+                );
+            }
+        }
+        idx.reload(providers, allocations, snap.revision);
+        Ok(())
+    }
+
+    /// Applies `changes`, every change-log entry after revision `after`
+    /// up to the last of them (as the log follower reads them); when the
+    /// index is further behind than `after`, reads what it lacks itself.
+    pub fn follow(
+        &self,
+        after: i64,
+        changes: &[stratus_store::Change],
+    ) -> Result<(), PlacementError> {
+        {
+            let mut idx = self.lock();
+            if !idx.stale && idx.seq >= after {
+                for c in changes {
+                    if c.seq > idx.seq {
+                        idx.on_change(c)?;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.refresh()
+    }
+
+    /// Runs `f` in one store transaction with the index brought up to the
+    /// newest change first (so `f` decides from exact usage, names and
+    /// generations, whoever wrote them) and then to `f`'s own writes.
+    fn change<R, E>(
+        &self,
+        f: impl FnOnce(&Index, &Tx) -> Result<R, Fail<E>>,
+    ) -> Result<R, Fail<E>> {
+        let mut idx = self.lock();
+        let mut own_applied = false;
+        let out = self.store.write(|tx| {
+            idx.catch_up_tx(tx)?;
+            let r = f(&idx, tx)?;
+            own_applied = true;
+            idx.catch_up_tx(tx)?;
+            Ok(r)
+        });
+        if out.is_err() && own_applied {
+            // The index may hold writes that were rolled back.
+            idx.stale = true;
+        }
+        out
     }
 
     /// The index for a change (checks and writes under it).
@@ -233,44 +444,46 @@ impl Placement {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes a provider and updates the index after the commit.
-    fn put_provider(&self, idx: &mut Index, p: Provider) -> Result<(), PlacementError> {
-        self.store.write(|tx| {
-            tx.upsert(&p)?;
-            Ok::<_, PlacementError>(())
-        })?;
-        idx.providers.insert(p.id.clone(), p);
-        Ok(())
-    }
-
     /// Creates the provider if missing (by uuid), renames it if needed.
     pub fn ensure_provider(&self, uuid: &str, name: &str) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        match idx.providers.get(uuid) {
-            Some(p) if p.name == name => Ok(()),
-            Some(p) => {
-                let mut p = p.clone();
-                p.name = name.to_string();
-                p.generation += 1;
-                self.put_provider(&mut idx, p)
-            }
-            None => {
-                if idx.providers.values().any(|p| p.name == name) {
-                    return Err(PlacementError::Conflict(format!(
-                        "Conflicting resource provider name: {name} already exists."
-                    )));
-                }
-                let p = Provider {
-                    id: uuid.to_string(),
-                    name: name.to_string(),
-                    generation: 0,
-                    inventories: BTreeMap::new(),
-                    traits: vec![],
-                    aggregates: vec![],
-                };
-                self.put_provider(&mut idx, p)
-            }
+        // Nothing to write (the usual case): no write transaction.
+        if self
+            .read()
+            .providers
+            .get(uuid)
+            .is_some_and(|p| p.name == name)
+        {
+            return Ok(());
         }
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            match idx.providers.get(uuid) {
+                Some(p) if p.name == name => Ok(()),
+                Some(p) => {
+                    let mut p = p.clone();
+                    p.name = name.to_string();
+                    p.generation += 1;
+                    tx.upsert(&p)?;
+                    Ok(())
+                }
+                None => {
+                    if idx.providers.values().any(|p| p.name == name) {
+                        return Err(PlacementError::Conflict(format!(
+                            "Conflicting resource provider name: {name} already exists."
+                        ))
+                        .into());
+                    }
+                    tx.upsert(&Provider {
+                        id: uuid.to_string(),
+                        name: name.to_string(),
+                        generation: 0,
+                        inventories: BTreeMap::new(),
+                        traits: vec![],
+                        aggregates: vec![],
+                    })?;
+                    Ok(())
+                }
+            }
+        })?)
     }
 
     /// Replaces the provider's inventories; refuses to shrink a class
@@ -280,91 +493,110 @@ impl Placement {
         uuid: &str,
         inv: &BTreeMap<String, Inventory>,
     ) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        let mut p = idx
-            .providers
-            .get(uuid)
-            .cloned()
-            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
-        for (class, used) in idx.usage.get(uuid).cloned().unwrap_or_default() {
-            if used == 0 {
-                continue;
-            }
-            match inv.get(&class) {
-                None => {
-                    return Err(PlacementError::Conflict(format!(
-                        "Inventory for {class} on resource provider {uuid} in use."
-                    )));
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            let mut p = idx
+                .providers
+                .get(uuid)
+                .cloned()
+                .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+            for (class, used) in idx.usage.get(uuid).cloned().unwrap_or_default() {
+                if used == 0 {
+                    continue;
                 }
-                Some(i) if i.capacity() < used => {
-                    tracing::warn!(
-                        provider = uuid,
-                        class,
-                        used,
-                        capacity = i.capacity(),
-                        "inventory now below what is allocated"
+                match inv.get(&class) {
+                    None => {
+                        return Err(PlacementError::Conflict(format!(
+                            "Inventory for {class} on resource provider {uuid} in use."
+                        ))
+                        .into());
+                    }
+                    Some(i) if i.capacity() < used => {
+                        tracing::warn!(
+                            provider = uuid,
+                            class,
+                            used,
+                            capacity = i.capacity(),
+                            "inventory now below what is allocated"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            for (class, i) in inv {
+                if i.step_size == 0 || i.min_unit > i.max_unit || i.allocation_ratio <= 0.0 {
+                    return Err(
+                        PlacementError::Invalid(format!("bad inventory for {class}")).into(),
                     );
                 }
-                _ => {}
             }
-        }
-        for (class, i) in inv {
-            if i.step_size == 0 || i.min_unit > i.max_unit || i.allocation_ratio <= 0.0 {
-                return Err(PlacementError::Invalid(format!(
-                    "bad inventory for {class}"
-                )));
-            }
-        }
-        p.inventories = inv.clone();
-        p.generation += 1;
-        self.put_provider(&mut idx, p)
+            p.inventories = inv.clone();
+            p.generation += 1;
+            tx.upsert(&p)?;
+            Ok(())
+        })?)
     }
 
     pub fn set_traits(&self, uuid: &str, traits: &[String]) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        let mut p = idx
+        let mut want = traits.to_vec();
+        want.sort();
+        want.dedup();
+        // Nothing to write (the usual case): no write transaction.
+        if self
+            .read()
             .providers
             .get(uuid)
-            .cloned()
-            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
-        let mut t = traits.to_vec();
-        t.sort();
-        t.dedup();
-        if p.traits == t {
+            .is_some_and(|p| p.traits == want)
+        {
             return Ok(());
         }
-        p.traits = t;
-        p.generation += 1;
-        self.put_provider(&mut idx, p)
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            let mut p = idx
+                .providers
+                .get(uuid)
+                .cloned()
+                .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+            let mut t = traits.to_vec();
+            t.sort();
+            t.dedup();
+            if p.traits == t {
+                return Ok(());
+            }
+            p.traits = t;
+            p.generation += 1;
+            tx.upsert(&p)?;
+            Ok(())
+        })?)
     }
 
     pub fn set_aggregates(&self, uuid: &str, aggs: &[String]) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        let mut p = idx
-            .providers
-            .get(uuid)
-            .cloned()
-            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
-        p.aggregates = aggs.to_vec();
-        p.generation += 1;
-        self.put_provider(&mut idx, p)
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            let mut p = idx
+                .providers
+                .get(uuid)
+                .cloned()
+                .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+            p.aggregates = aggs.to_vec();
+            p.generation += 1;
+            tx.upsert(&p)?;
+            Ok(())
+        })?)
     }
 
     pub fn delete_provider(&self, uuid: &str) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        if idx
-            .usage
-            .get(uuid)
-            .is_some_and(|u| u.values().any(|v| *v > 0))
-        {
-            return Err(PlacementError::Conflict(format!(
-                "Unable to delete resource provider {uuid}: it has allocations"
-            )));
-        }
-        self.store.write(|tx| tx.delete::<Provider>(uuid))?;
-        idx.providers.remove(uuid);
-        idx.usage.remove(uuid);
-        Ok(())
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            if idx
+                .usage
+                .get(uuid)
+                .is_some_and(|u| u.values().any(|v| *v > 0))
+            {
+                return Err(PlacementError::Conflict(format!(
+                    "Unable to delete resource provider {uuid}: it has allocations"
+                ))
+                .into());
+            }
+            tx.delete::<Provider>(uuid)?;
+            Ok(())
+        })?)
     }
 
     /// Providers that can hold `req` now, with their free capacity.
@@ -427,90 +659,61 @@ impl Placement {
     }
 
     /// Claims for many new consumers in one store transaction (one disk
-    /// sync for the lot). Each item is checked against the index plus the
-    /// items taken before it; `also(tx, i)` runs for each item that fits
-    /// and returns whether to keep it (it must write nothing when it
-    /// returns false). An error from `also` aborts the whole batch.
+    /// sync for the lot). Each item is checked, inside the transaction,
+    /// against the usage every process committed plus the items taken
+    /// before it; `also(tx, i)` runs for each item that fits and returns
+    /// whether to keep it (it must write nothing when it returns false).
+    /// An error from `also` aborts the whole batch.
     pub fn claim_batch<E>(
         &self,
         items: &[ClaimItem],
         mut also: impl FnMut(&Tx, usize) -> Result<bool, E>,
     ) -> Result<Vec<Outcome>, ClaimError<E>> {
-        let mut idx = self.lock();
-        let mut extra: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
-        let mut outcomes = vec![Outcome::NoCapacity; items.len()];
-        let mut fits = vec![false; items.len()];
-        for (i, it) in items.iter().enumerate() {
-            let ok = it.allocs.iter().all(|(rp, classes)| {
-                let Some(p) = idx.providers.get(rp) else {
-                    return false;
-                };
-                classes.iter().all(|(class, amount)| {
-                    p.inventories.get(class).is_some_and(|inv| {
-                        let pending = extra
-                            .get(rp)
-                            .and_then(|m| m.get(class))
-                            .copied()
-                            .unwrap_or(0);
-                        inv.valid_amount(*amount)
-                            && idx.used(rp, class) + pending + amount <= inv.capacity()
-                            && !idx.allocations.contains_key(&it.consumer)
-                    })
-                })
-            });
-            if ok {
-                fits[i] = true;
-                for (rp, classes) in &it.allocs {
-                    let m = extra.entry(rp.clone()).or_default();
-                    for (c, n) in classes {
-                        *m.entry(c.clone()).or_default() += n;
-                    }
-                }
-            }
-        }
-        enum Fail<E> {
-            Store(stratus_store::StoreError),
-            Caller(E),
-        }
-        impl<E> From<stratus_store::StoreError> for Fail<E> {
-            fn from(e: stratus_store::StoreError) -> Self {
-                Fail::Store(e)
-            }
-        }
-        let mut written = Vec::new();
-        let result = self.store.write(|tx| {
+        Ok(self.change(|idx, tx| -> Result<Vec<Outcome>, Fail<E>> {
+            let mut extra: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+            let mut outcomes = vec![Outcome::NoCapacity; items.len()];
             for (i, it) in items.iter().enumerate() {
-                if !fits[i] {
+                let fits = !idx.allocations.contains_key(&it.consumer)
+                    && it.allocs.iter().all(|(rp, classes)| {
+                        let Some(p) = idx.providers.get(rp) else {
+                            return false;
+                        };
+                        classes.iter().all(|(class, amount)| {
+                            p.inventories.get(class).is_some_and(|inv| {
+                                let pending = extra
+                                    .get(rp)
+                                    .and_then(|m| m.get(class))
+                                    .copied()
+                                    .unwrap_or(0);
+                                inv.valid_amount(*amount)
+                                    && idx.used(rp, class) + pending + amount <= inv.capacity()
+                            })
+                        })
+                    });
+                if !fits {
                     continue;
                 }
                 if !also(tx, i).map_err(Fail::Caller)? {
                     outcomes[i] = Outcome::Skipped;
                     continue;
                 }
-                let a = Allocation {
+                for (rp, classes) in &it.allocs {
+                    let m = extra.entry(rp.clone()).or_default();
+                    for (c, n) in classes {
+                        *m.entry(c.clone()).or_default() += n;
+                    }
+                }
+                tx.upsert(&Allocation {
                     id: it.consumer.clone(),
                     project_id: it.project_id.clone(),
                     user_id: it.user_id.clone(),
                     generation: 1,
                     allocations: it.allocs.clone(),
-                };
-                tx.upsert(&a)?;
+                })?;
                 outcomes[i] = Outcome::Claimed;
-                written.push(a);
             }
-            Ok::<_, Fail<E>>(())
-        });
-        match result {
-            Ok(()) => {
-                for a in written {
-                    idx.apply(&a, 1);
-                    idx.allocations.insert(a.id.clone(), a);
-                }
-                Ok(outcomes)
-            }
-            Err(Fail::Caller(e)) => Err(ClaimError::Caller(e)),
-            Err(Fail::Store(e)) => Err(PlacementError::from(e).into()),
-        }
+            Ok(outcomes)
+        })?)
     }
 
     /// Atomically claims `allocs` for `consumer` (replacing what it held)
@@ -524,91 +727,26 @@ impl Placement {
         allocs: &BTreeMap<String, BTreeMap<String, u64>>,
         also: impl FnOnce(&Tx) -> Result<R, E>,
     ) -> Result<R, ClaimError<E>> {
-        let mut idx = self.lock();
-        let previous = idx.allocations.get(consumer).cloned();
-        for (rp, classes) in allocs {
-            let p = idx
-                .providers
-                .get(rp)
-                .ok_or_else(|| PlacementError::NotFound(rp.clone()))?;
-            for (class, amount) in classes {
-                let inv = p
-                    .inventories
-                    .get(class)
-                    .ok_or_else(|| PlacementError::Capacity {
-                        provider: rp.clone(),
-                        class: class.clone(),
-                    })?;
-                if !inv.valid_amount(*amount) {
-                    return Err(PlacementError::Invalid(format!(
-                        "Unable to allocate {amount} {class} on {rp}: outside min_unit/max_unit/step_size"
-                    ))
-                    .into());
-                }
-                let held = previous
-                    .as_ref()
-                    .and_then(|a| a.allocations.get(rp))
-                    .and_then(|c| c.get(class))
-                    .copied()
-                    .unwrap_or(0);
-                let used = idx.used(rp, class).saturating_sub(held);
-                if used + amount > inv.capacity() {
-                    return Err(PlacementError::Capacity {
-                        provider: rp.clone(),
-                        class: class.clone(),
-                    }
-                    .into());
-                }
-            }
-        }
-        let alloc = Allocation {
-            id: consumer.to_string(),
-            project_id: project_id.to_string(),
-            user_id: user_id.to_string(),
-            generation: previous.as_ref().map(|a| a.generation + 1).unwrap_or(1),
-            allocations: allocs.clone(),
-        };
-        enum Fail<E> {
-            Store(stratus_store::StoreError),
-            Caller(E),
-        }
-        impl<E> From<stratus_store::StoreError> for Fail<E> {
-            fn from(e: stratus_store::StoreError) -> Self {
-                Fail::Store(e)
-            }
-        }
-        let result = self.store.write(|tx| {
+        Ok(self.change(|idx, tx| -> Result<R, Fail<E>> {
+            let alloc = checked(idx, consumer, project_id, user_id, allocs, None)?;
             tx.upsert(&alloc)?;
             also(tx).map_err(Fail::Caller)
-        });
-        match result {
-            Ok(r) => {
-                if let Some(prev) = &previous {
-                    idx.apply(prev, -1);
-                }
-                idx.apply(&alloc, 1);
-                idx.allocations.insert(alloc.id.clone(), alloc);
-                Ok(r)
-            }
-            Err(Fail::Caller(e)) => Err(ClaimError::Caller(e)),
-            Err(Fail::Store(e)) => Err(PlacementError::from(e).into()),
-        }
+        })?)
     }
 
     /// Exchanges what two consumers hold, in one store transaction (either
     /// may hold nothing). Usage is unchanged, so nothing is checked.
     pub fn swap_consumers(&self, a: &str, b: &str) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        let rekey = |x: Option<Allocation>, to: &str| {
-            x.map(|x| Allocation {
-                id: to.to_string(),
-                generation: x.generation + 1,
-                ..x
-            })
-        };
-        let new_b = rekey(idx.allocations.get(a).cloned(), b);
-        let new_a = rekey(idx.allocations.get(b).cloned(), a);
-        self.store.write(|tx| {
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            let rekey = |x: Option<Allocation>, to: &str| {
+                x.map(|x| Allocation {
+                    id: to.to_string(),
+                    generation: x.generation + 1,
+                    ..x
+                })
+            };
+            let new_b = rekey(idx.allocations.get(a).cloned(), b);
+            let new_a = rekey(idx.allocations.get(b).cloned(), a);
             for (id, new) in [(a, &new_a), (b, &new_b)] {
                 match new {
                     Some(n) => {
@@ -621,31 +759,18 @@ impl Placement {
                     }
                 }
             }
-            Ok::<_, stratus_store::StoreError>(())
-        })?;
-        for (id, new) in [(a, new_a), (b, new_b)] {
-            match new {
-                Some(n) => {
-                    idx.allocations.insert(id.to_string(), n);
-                }
-                None => {
-                    idx.allocations.remove(id);
-                }
-            }
-        }
-        Ok(())
+            Ok(())
+        })?)
     }
 
     /// Deletes a consumer's allocations (no-op if it has none).
     pub fn release(&self, consumer: &str) -> Result<(), PlacementError> {
-        let mut idx = self.lock();
-        let Some(prev) = idx.allocations.get(consumer).cloned() else {
-            return Ok(());
-        };
-        self.store.write(|tx| tx.delete::<Allocation>(consumer))?;
-        idx.apply(&prev, -1);
-        idx.allocations.remove(consumer);
-        Ok(())
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            if idx.allocations.contains_key(consumer) {
+                tx.delete::<Allocation>(consumer)?;
+            }
+            Ok(())
+        })?)
     }
 
     /// Every provider, sorted by name.
@@ -699,30 +824,33 @@ impl Placement {
         uuid: Option<&str>,
         name: &str,
     ) -> Result<Provider, PlacementError> {
-        let mut idx = self.lock();
-        if idx.providers.values().any(|p| p.name == name) {
-            return Err(PlacementError::Conflict(format!(
-                "Conflicting resource provider name: {name} already exists."
-            )));
-        }
         let id = uuid
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        if idx.providers.contains_key(&id) {
-            return Err(PlacementError::Conflict(format!(
-                "Conflicting resource provider uuid: {id} already exists."
-            )));
-        }
-        let p = Provider {
-            id,
-            name: name.to_string(),
-            generation: 0,
-            inventories: BTreeMap::new(),
-            traits: vec![],
-            aggregates: vec![],
-        };
-        self.put_provider(&mut idx, p.clone())?;
-        Ok(p)
+        Ok(self.change(|idx, tx| -> Plain<Provider> {
+            if idx.providers.values().any(|p| p.name == name) {
+                return Err(PlacementError::Conflict(format!(
+                    "Conflicting resource provider name: {name} already exists."
+                ))
+                .into());
+            }
+            if idx.providers.contains_key(&id) {
+                return Err(PlacementError::Conflict(format!(
+                    "Conflicting resource provider uuid: {id} already exists."
+                ))
+                .into());
+            }
+            let p = Provider {
+                id: id.clone(),
+                name: name.to_string(),
+                generation: 0,
+                inventories: BTreeMap::new(),
+                traits: vec![],
+                aggregates: vec![],
+            };
+            tx.upsert(&p)?;
+            Ok(p)
+        })?)
     }
 
     /// Changes a provider if its generation is `expect` (when given);
@@ -733,35 +861,38 @@ impl Placement {
         expect: Option<u64>,
         f: impl FnOnce(&mut Provider, &BTreeMap<String, u64>) -> Result<(), PlacementError>,
     ) -> Result<Provider, PlacementError> {
-        let mut idx = self.lock();
-        let mut p = idx
-            .providers
-            .get(uuid)
-            .cloned()
-            .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
-        if let Some(g) = expect
-            && g != p.generation
-        {
-            return Err(PlacementError::Conflict(format!(
-                "resource provider generation conflict: {uuid} is at generation {}, not {g}",
-                p.generation
-            )));
-        }
-        let used = idx.usage.get(uuid).cloned().unwrap_or_default();
-        f(&mut p, &used)?;
-        if idx
-            .providers
-            .values()
-            .any(|o| o.id != p.id && o.name == p.name)
-        {
-            return Err(PlacementError::Conflict(format!(
-                "Conflicting resource provider name: {} already exists.",
-                p.name
-            )));
-        }
-        p.generation += 1;
-        self.put_provider(&mut idx, p.clone())?;
-        Ok(p)
+        Ok(self.change(|idx, tx| -> Plain<Provider> {
+            let mut p = idx
+                .providers
+                .get(uuid)
+                .cloned()
+                .ok_or_else(|| PlacementError::NotFound(uuid.to_string()))?;
+            if let Some(g) = expect
+                && g != p.generation
+            {
+                return Err(PlacementError::Conflict(format!(
+                    "resource provider generation conflict: {uuid} is at generation {}, not {g}",
+                    p.generation
+                ))
+                .into());
+            }
+            let used = idx.usage.get(uuid).cloned().unwrap_or_default();
+            f(&mut p, &used)?;
+            if idx
+                .providers
+                .values()
+                .any(|o| o.id != p.id && o.name == p.name)
+            {
+                return Err(PlacementError::Conflict(format!(
+                    "Conflicting resource provider name: {} already exists.",
+                    p.name
+                ))
+                .into());
+            }
+            p.generation += 1;
+            tx.upsert(&p)?;
+            Ok(p)
+        })?)
     }
 
     /// Like [`Placement::claim`] with Placement's consumer generation
@@ -774,23 +905,18 @@ impl Placement {
         allocs: &BTreeMap<String, BTreeMap<String, u64>>,
         expect: Option<Option<u64>>,
     ) -> Result<(), PlacementError> {
-        if let Some(e) = expect {
-            let have = self.lock().allocations.get(consumer).map(|a| a.generation);
-            if have != e {
-                return Err(PlacementError::Conflict(format!(
-                    "consumer generation conflict - expected {:?} but got {:?}",
-                    e, have
-                )));
+        Ok(self.change(|idx, tx| -> Plain<()> {
+            if allocs.is_empty() {
+                consumer_generation(idx, consumer, expect)?;
+                if idx.allocations.contains_key(consumer) {
+                    tx.delete::<Allocation>(consumer)?;
+                }
+                return Ok(());
             }
-        }
-        if allocs.is_empty() {
-            return self.release(consumer);
-        }
-        self.claim(consumer, project_id, user_id, allocs, |_| Ok::<_, ()>(()))
-            .map_err(|e| match e {
-                ClaimError::Placement(p) => p,
-                ClaimError::Caller(()) => PlacementError::Invalid("refused".into()),
-            })
+            let alloc = checked(idx, consumer, project_id, user_id, allocs, expect)?;
+            tx.upsert(&alloc)?;
+            Ok(())
+        })?)
     }
 
     pub fn allocations_of(&self, consumer: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -800,6 +926,79 @@ impl Placement {
             .map(|a| a.allocations.clone())
             .unwrap_or_default()
     }
+}
+
+/// Placement's consumer generation check: `expect` None skips it,
+/// Some(None) means a new consumer.
+fn consumer_generation(
+    idx: &Index,
+    consumer: &str,
+    expect: Option<Option<u64>>,
+) -> Result<(), PlacementError> {
+    if let Some(e) = expect {
+        let have = idx.allocations.get(consumer).map(|a| a.generation);
+        if have != e {
+            return Err(PlacementError::Conflict(format!(
+                "consumer generation conflict - expected {:?} but got {:?}",
+                e, have
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The allocation `consumer` gets for `allocs` (replacing what it held),
+/// if every provider has room for it; checked against the index, which
+/// [`Placement::change`] has brought up to the newest commit.
+fn checked(
+    idx: &Index,
+    consumer: &str,
+    project_id: &str,
+    user_id: &str,
+    allocs: &BTreeMap<String, BTreeMap<String, u64>>,
+    expect: Option<Option<u64>>,
+) -> Result<Allocation, PlacementError> {
+    consumer_generation(idx, consumer, expect)?;
+    let previous = idx.allocations.get(consumer);
+    for (rp, classes) in allocs {
+        let p = idx
+            .providers
+            .get(rp)
+            .ok_or_else(|| PlacementError::NotFound(rp.clone()))?;
+        for (class, amount) in classes {
+            let inv = p
+                .inventories
+                .get(class)
+                .ok_or_else(|| PlacementError::Capacity {
+                    provider: rp.clone(),
+                    class: class.clone(),
+                })?;
+            if !inv.valid_amount(*amount) {
+                return Err(PlacementError::Invalid(format!(
+                    "Unable to allocate {amount} {class} on {rp}: outside min_unit/max_unit/step_size"
+                )));
+            }
+            let held = previous
+                .and_then(|a| a.allocations.get(rp))
+                .and_then(|c| c.get(class))
+                .copied()
+                .unwrap_or(0);
+            let used = idx.used(rp, class).saturating_sub(held);
+            if used + amount > inv.capacity() {
+                return Err(PlacementError::Capacity {
+                    provider: rp.clone(),
+                    class: class.clone(),
+                });
+            }
+        }
+    }
+    Ok(Allocation {
+        id: consumer.to_string(),
+        project_id: project_id.to_string(),
+        user_id: user_id.to_string(),
+        generation: previous.map(|a| a.generation + 1).unwrap_or(1),
+        allocations: allocs.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -868,5 +1067,82 @@ mod tests {
         ));
         assert_eq!(p.candidates(&req).unwrap()[0].free["VCPU"], 1);
         assert!(p.allocations_of("x").is_empty());
+    }
+
+    /// Two processes on one store file: each has its own index, and
+    /// neither lets the other's claims be counted twice or forgotten.
+    #[test]
+    fn two_indexes_on_one_store_never_overcommit() {
+        let first = Store::open_in_memory().unwrap();
+        let path = first.path().unwrap().to_path_buf();
+        let a = Placement::open(Arc::new(first)).unwrap();
+        let b = Placement::open(Arc::new(
+            Store::open(&path, stratus_store::Durability::Normal).unwrap(),
+        ))
+        .unwrap();
+        a.ensure_provider("rp1", "node1").unwrap();
+        // The second learns of the provider from the log and may not
+        // take its name again.
+        assert!(matches!(
+            b.create_provider(None, "node1"),
+            Err(PlacementError::Conflict(_))
+        ));
+        b.set_inventories("rp1", &BTreeMap::from([("VCPU".to_string(), inv(4, 1.0))]))
+            .unwrap();
+        // A generation read before the other process changed it is stale.
+        let seen = a.provider("rp1").unwrap().generation;
+        b.set_traits("rp1", &["CUSTOM_X".to_string()]).unwrap();
+        assert!(matches!(
+            a.update_provider("rp1", Some(seen), |_, _| Ok(())),
+            Err(PlacementError::Conflict(_))
+        ));
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for i in 0..16 {
+                let (p, won) = (if i % 2 == 0 { &a } else { &b }, &won);
+                s.spawn(move || {
+                    let one = BTreeMap::from([(
+                        "rp1".to_string(),
+                        BTreeMap::from([("VCPU".to_string(), 1u64)]),
+                    )]);
+                    if i % 4 < 2 {
+                        if p.claim(&format!("c{i}"), "p", "u", &one, |_| Ok::<_, ()>(()))
+                            .is_ok()
+                        {
+                            won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    } else {
+                        let item = ClaimItem {
+                            consumer: format!("c{i}"),
+                            project_id: "p".into(),
+                            user_id: "u".into(),
+                            allocs: one,
+                        };
+                        let out = p.claim_batch(&[item], |_, _| Ok::<_, ()>(true)).unwrap();
+                        if out[0] == Outcome::Claimed {
+                            won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(won.load(std::sync::atomic::Ordering::SeqCst), 4);
+        // Both indexes agree once they follow the log.
+        a.refresh().unwrap();
+        b.refresh().unwrap();
+        assert_eq!(a.usage("rp1")["VCPU"], 4);
+        assert_eq!(b.usage("rp1")["VCPU"], 4);
+        // A consumer generation check sees the other process's claim.
+        let holder = (0..16)
+            .map(|i| format!("c{i}"))
+            .find(|c| !a.allocations_of(c).is_empty())
+            .unwrap();
+        assert!(matches!(
+            b.claim_checked(&holder, "p", "u", &BTreeMap::new(), Some(None)),
+            Err(PlacementError::Conflict(_))
+        ));
+        a.release(&holder).unwrap();
+        b.refresh().unwrap();
+        assert_eq!(b.usage("rp1")["VCPU"], 3);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use stratus_api::{ApiConfig, AppState};
-use stratus_store::Durability;
+use stratus_store::{Durability, Record};
 
 use super::admin::open_store;
 use crate::config::ServeArgs;
@@ -100,9 +100,13 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     import_images(&state, args.import_images.as_deref())?;
     stratus_api::compute::service::recover(&state)
         .map_err(|e| anyhow::anyhow!("recovering compute state: {e}"))?;
+    // Heartbeats are written to the store (and read back from it) several
+    // times per `service_down_time`, at most every 15 s: a node
+    // heartbeating to another controller is up here too.
+    let every = Duration::from_secs((state.compute.config.service_down_time_s / 4).clamp(1, 15));
     let beats = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let st = beats.clone();
@@ -115,14 +119,66 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             }
         }
     });
+    // Nodes heartbeat to one controller each; every controller reads
+    // when the others last heard of theirs, so none takes a node that
+    // heartbeats elsewhere for down.
+    let live = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let st = live.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                st.store
+                    .liveness(stratus_api::compute::model::ComputeNode::KIND)
+                    .map(|seen| st.compute.prime_seen(seen))
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "could not read node liveness");
+            }
+        }
+    });
+    // One controller process on the store holds the singleton lease and
+    // runs the loops that must run once: the sweep for servers nobody is
+    // scheduling, and change-log compaction.
+    let gained = state.clone();
+    tokio::spawn(stratus_api::lease::keep(
+        state.singleton.clone(),
+        move || {
+            if let Err(e) = stratus_api::compute::scheduler::note_all_waiting(&gained) {
+                tracing::warn!(error = %e, "cannot list the servers waiting for the scheduler");
+            }
+        },
+    ));
+    let sweeper = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if !sweeper.singleton.is_held() {
+                continue;
+            }
+            let st = sweeper.clone();
+            let r =
+                tokio::task::spawn_blocking(move || stratus_api::compute::scheduler::sweep(&st))
+                    .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "could not sweep for unscheduled servers");
+            }
+        }
+    });
     if args.change_log_retention_hours > 0 {
-        let store = state.store.clone();
+        let state = state.clone();
         let keep_ms = args.change_log_retention_hours as i64 * 3_600_000;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
                 tick.tick().await;
-                let st = store.clone();
+                if !state.singleton.is_held() {
+                    continue;
+                }
+                let st = state.store.clone();
                 let r = tokio::task::spawn_blocking(move || {
                     let now_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -178,6 +234,10 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     // Keep the latest heartbeats for the next start.
     if let Err(e) = stratus_api::compute::service::flush_heartbeats(&last) {
         tracing::warn!(error = %e, "could not record node heartbeats");
+    }
+    // Another controller takes the singleton loops at once.
+    if let Err(e) = last.singleton.release() {
+        tracing::warn!(error = %e, "could not give up the controller lease");
     }
     tracing::info!("stopped");
     Ok(())

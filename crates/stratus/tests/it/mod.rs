@@ -9,6 +9,7 @@ mod dataplane;
 mod edge;
 mod identity;
 mod image;
+mod multi;
 mod network;
 mod network_l3;
 mod reliability;

@@ -14,7 +14,7 @@ use super::compute::{Cloud, MV};
 
 /// A request that may fail (the controller may be down): the status and
 /// body, or `None` when nothing answered.
-fn try_call(
+pub(super) fn try_call(
     base: &str,
     method: &str,
     path: &str,
@@ -484,7 +484,7 @@ fn reliability_heartbeats_add_nothing_to_the_change_log() {
 
 /// The test cloud's store, opened from this process as a second writer
 /// (another controller on the same database, or a sync stream) would.
-fn second_writer(c: &Cloud) -> stratus_store::Store {
+pub(super) fn second_writer(c: &Cloud) -> stratus_store::Store {
     match &c.server.database {
         Some(url) => stratus_store::Store::open_url(url).unwrap(),
         None => stratus_store::Store::open(
@@ -535,13 +535,19 @@ fn reliability_a_change_written_straight_to_the_store_wakes_the_agent() {
 
 /// A second `stratus controller` process on the same store (file or
 /// database) as a running cloud; killed when dropped.
-struct SecondController {
-    child: std::process::Child,
-    url: String,
+pub(super) struct SecondController {
+    pub(super) child: std::process::Child,
+    pub(super) url: String,
+    pub(super) log: std::path::PathBuf,
 }
 
 impl SecondController {
-    fn start(c: &Cloud) -> SecondController {
+    pub(super) fn start(c: &Cloud) -> SecondController {
+        Self::start_with(c, &[])
+    }
+
+    /// Starts it with `extra` arguments.
+    pub(super) fn start_with(c: &Cloud, extra: &[&str]) -> SecondController {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -558,6 +564,7 @@ impl SecondController {
                     .iter()
                     .flat_map(|d| ["--database", d.as_str()]),
             )
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -571,7 +578,7 @@ impl SecondController {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        SecondController { child, url }
+        SecondController { child, url, log }
     }
 }
 
