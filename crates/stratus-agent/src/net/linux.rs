@@ -191,7 +191,7 @@ impl Dataplane {
         }
         // The rules go in before anything is removed, so a port that
         // moves between applies is never unfiltered.
-        if let Err(e) = nft_apply(&ruleset(net)) {
+        if let Err(e) = nft_apply(None, &ruleset(net)) {
             errors.push(e.to_string());
         }
         self.sweep(net, keep);
@@ -501,33 +501,24 @@ fn ensure_router(r: &RouterWiring, net: &HostNetwork) -> Result<(), DriverError>
         let _ = writeln!(rules, "  }}");
     }
     rules.push_str("}\n");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(rules.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(DriverError::Runtime(format!(
-            "nft in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    nft_apply(Some(&ns), &rules)
 }
 
 fn has_default(ns: &str, fam: &str) -> bool {
     ip_in(ns, &[fam, "route", "show", "default"]).is_ok_and(|o| !o.trim().is_empty())
 }
 
-fn nft_apply(rules: &str) -> Result<(), DriverError> {
-    let mut child = Command::new("nft")
+/// Loads `rules` with `nft -f -`, in this namespace or in `ns`.
+fn nft_apply(ns: Option<&str>, rules: &str) -> Result<(), DriverError> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nft"]);
+            c
+        }
+        None => Command::new("nft"),
+    };
+    let mut child = cmd
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -542,7 +533,8 @@ fn nft_apply(rules: &str) -> Result<(), DriverError> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(DriverError::Runtime(format!(
-            "nft refused the ruleset: {}",
+            "nft refused the ruleset{}: {}",
+            ns.map(|n| format!(" in {n}")).unwrap_or_default(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -575,24 +567,7 @@ impl Dataplane {
         let rules = format!(
             "table ip stratus_metadata {{}}\ndelete table ip stratus_metadata\ntable ip stratus_metadata {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    ip daddr {METADATA_IP} tcp dport 80 dnat to {METADATA_IP}:{METADATA_PORT}\n  }}\n}}\n"
         );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(rules.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(DriverError::Runtime(format!(
-                "nft in {ns}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        nft_apply(Some(&ns), &rules)?;
         let path = PathBuf::from("/run/netns").join(&ns);
         // A thread of its own enters the namespace, binds, and ends: the
         // socket stays in the namespace it was made in.

@@ -321,20 +321,21 @@ async fn action(
             }
             accepted()
         }
-        // nova-network proxies: gone (404) from 2.44; before that there is
-        // no network service to proxy to.
-        "addFixedIp" | "removeFixedIp" | "addFloatingIp" | "removeFloatingIp" => {
-            if mv.at_least(44) {
-                Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "The resource could not be found.",
-                ))
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "{name} needs the network service, which this cloud does not have yet."
-                )))
-            }
+        // Network proxies: gone (404) from 2.44.
+        "addFixedIp" | "removeFixedIp" | "addFloatingIp" | "removeFloatingIp"
+            if mv.at_least(44) =>
+        {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "The resource could not be found.",
+            ))
         }
+        "addFloatingIp" | "removeFloatingIp" => {
+            super::interfaces::floating(&state, &ctx, &id, arg, name == "addFloatingIp")
+        }
+        "addFixedIp" | "removeFixedIp" => Err(ApiError::bad_request(format!(
+            "{name} is not supported by this cloud: attach an interface (os-interface) or change the port's fixed_ips through the network API"
+        ))),
         // Servers are deleted at once (no reclaim interval), so none is
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => Err(wrong_state(name, &s)),

@@ -303,3 +303,42 @@ pub fn change_group(
     state.compute.notify(s.host.as_deref());
     Ok(StatusCode::ACCEPTED.into_response())
 }
+
+/// `addFloatingIp` / `removeFloatingIp` (before 2.44): the network
+/// service's floating IP `address` mapped to (or from) the server.
+pub fn floating(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    arg: &Value,
+    add: bool,
+) -> Result<Response, ApiError> {
+    let address = arg
+        .get("address")
+        .and_then(Value::as_str)
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute address. 'address' is a required property and must be an IP address",
+            )
+        })?
+        .to_string();
+    let fixed = arg
+        .get("fixed_address")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    state.store.write(|tx| {
+        let s = fetch_tx(tx, ctx, id)?;
+        check_locked(ctx, &s)?;
+        let r = if add {
+            nova::add_floating(tx, ctx, &s.project_id, &s.nics, &address, fixed.clone())
+        } else {
+            nova::remove_floating(tx, ctx, &s.project_id, &s.nics, &address)
+        };
+        r.map_err(|e| match e.kind {
+            "FloatingIPNotFound" => ApiError::new(StatusCode::NOT_FOUND, e.message),
+            _ => nova_error(e),
+        })
+    })?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}

@@ -91,7 +91,7 @@ fn is_v4(ip: &str) -> bool {
 
 /// Maps `f` to `port_id` (and `fixed_ip`, or the port's only IPv4
 /// address), finding the router; runs in `tx`.
-fn associate(
+pub(super) fn associate(
     tx: &Tx,
     ctx: &Ctx,
     f: &mut FloatingIp,
@@ -179,7 +179,7 @@ fn associate(
     Ok(())
 }
 
-fn disassociate(f: &mut FloatingIp) {
+pub(super) fn disassociate(f: &mut FloatingIp) {
     f.port_id = None;
     f.fixed_ip_address = None;
     f.router_id = None;

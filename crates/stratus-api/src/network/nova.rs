@@ -334,6 +334,83 @@ pub fn change_group(
     Ok(out)
 }
 
+/// Nova's `addFloatingIp` (before 2.44): maps the project's floating IP
+/// `address` to the server's port holding `fixed` (or its first IPv4
+/// address).
+pub fn add_floating(
+    tx: &Tx,
+    ctx: &Ctx,
+    project: &str,
+    nics: &[Nic],
+    address: &str,
+    fixed: Option<String>,
+) -> NetResult<()> {
+    let mut f = floating_by_address(tx, ctx, project, address)?;
+    let nic = match &fixed {
+        Some(ip) => nics
+            .iter()
+            .find(|n| n.ips.iter().any(|x| x == ip))
+            .ok_or_else(|| {
+                NetError::bad(
+                    "FixedIpNotFoundForAddress",
+                    format!("Fixed IP {ip} is not an address of this server."),
+                )
+            })?,
+        None => nics
+            .iter()
+            .find(|n| n.ips.iter().any(|x| !x.contains(':')))
+            .ok_or_else(|| {
+                NetError::bad(
+                    "FixedIpNotFoundForInstance",
+                    "The server has no fixed IPv4 address to map a floating IP to.",
+                )
+            })?,
+    };
+    let fixed = fixed.or_else(|| nic.ips.iter().find(|x| !x.contains(':')).cloned());
+    super::floating_ips::associate(tx, ctx, &mut f, &nic.port_id, fixed)?;
+    f.std.touch();
+    tx.update(&f)?;
+    Ok(())
+}
+
+/// Nova's `removeFloatingIp` (before 2.44): unmaps `address` from the
+/// server.
+pub fn remove_floating(
+    tx: &Tx,
+    ctx: &Ctx,
+    project: &str,
+    nics: &[Nic],
+    address: &str,
+) -> NetResult<()> {
+    let mut f = floating_by_address(tx, ctx, project, address)?;
+    let mine = f
+        .port_id
+        .as_ref()
+        .is_some_and(|p| nics.iter().any(|n| &n.port_id == p));
+    if !mine {
+        return Err(NetError::conflict(
+            "FloatingIpNotAssociated",
+            format!("Floating IP {address} is not associated with this server."),
+        ));
+    }
+    super::floating_ips::disassociate(&mut f);
+    f.std.touch();
+    tx.update(&f)?;
+    Ok(())
+}
+
+fn floating_by_address(tx: &Tx, ctx: &Ctx, project: &str, address: &str) -> NetResult<FloatingIp> {
+    tx.list::<FloatingIp>(&SQ::all())?
+        .into_iter()
+        .find(|f| f.floating_ip_address == address && (f.project_id == project || ctx.is_admin()))
+        .ok_or_else(|| {
+            NetError::not_found(
+                "FloatingIPNotFound",
+                format!("floating IP not found for address {address}"),
+            )
+        })
+}
+
 /// Releases a server's ports inside `tx`: deletes those made for it,
 /// unbinds those the user brought.
 pub fn unplug(tx: &Tx, nics: &[Nic]) -> NetResult<()> {

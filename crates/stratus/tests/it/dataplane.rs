@@ -617,6 +617,28 @@ fn dataplane_routers_floating_ips_snat_and_auto_allocated_networks() {
         || connect_from_host(&c, &fip, 80).is_none(),
         "the floating IP still reaches the server",
     );
+    // Nova's proxy actions (before 2.44) do the same.
+    let act = |body: Value| c.req("POST", &format!("/servers/{s1}/action"), &tok, Some(body));
+    let r = act(json!({"addFloatingIp": {"address": fip}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(
+        || connect_from_host(&c, &fip, 80).as_deref() == Some("s1"),
+        "addFloatingIp did not map the address",
+    );
+    let r = act(json!({"addFloatingIp": {"address": "172.24.4.250"}}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = act(json!({"removeFloatingIp": {"address": fip}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = act(json!({"removeFloatingIp": {"address": fip}}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = c.nova.raw(
+        "POST",
+        &format!("/servers/{s1}/action"),
+        Some(&tok),
+        &[("OpenStack-API-Version", "compute 2.44")],
+        Some(json!({"addFloatingIp": {"address": fip}}).to_string()),
+    );
+    assert_eq!(r.status, 404, "gone from 2.44: {}", r.body);
 
     // A project with no network of its own gets one with `networks:
     // auto` (the auto-allocated topology), and can reach the host.
@@ -628,4 +650,83 @@ fn dataplane_routers_floating_ips_snat_and_auto_allocated_networks() {
         b3["addresses"]
     );
     assert!(reaches(&s3, "172.24.4.1", 9000).is_some());
+}
+
+#[test]
+fn dataplane_survives_a_restart_without_dropping_traffic_and_sweeps_leftovers() {
+    let mut c = cloud();
+    let (_, tok) = c.project("rs");
+    network(&c, &tok, "rs-net", "10.85.0.0/24");
+    let (s1, _) = boot(&c, &tok, "s1", json!({}));
+    let (s2, b2) = boot(&c, &tok, "s2", json!({}));
+    let ip2 = address(&b2, "rs-net");
+    let _l = listen(&s2, 80, "s2");
+    assert_eq!(reaches(&s1, &ip2, 80).as_deref(), Some("s2"));
+    let ns = c.server.netns.as_ref().unwrap().name.clone();
+    let links = |ns: &str| {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(": sp-") || l.contains(": sb-"))
+            .map(|l| l.split(':').take(2).collect::<Vec<_>>().join(":"))
+            .collect::<Vec<_>>()
+    };
+    let before = links(&ns);
+    // Connections every 50 ms from s1 to s2 for the whole restart.
+    let code = format!(
+        "import socket,time,subprocess\nok=fail=0\nend=time.time()+12\nwhile time.time()<end:\n  s=socket.socket(); s.settimeout(0.5)\n  try:\n    s.connect(('{ip2}',80)); s.recv(8); ok+=1\n  except Exception: fail+=1\n  s.close(); time.sleep(0.05)\nprint(ok, fail)"
+    );
+    let pinger = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("stratus-{s1}"),
+            "python3",
+            "-c",
+            &code,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    c.server.restart();
+    c.admin = c.ks.token("admin", &c.server.admin_password, Some("admin"));
+    let out = pinger.wait_with_output().unwrap();
+    let counts = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut it = counts.split_whitespace().map(|x| x.parse::<u32>().unwrap());
+    let (ok, fail) = (it.next().unwrap(), it.next().unwrap());
+    assert!(ok > 50, "too few connections: {counts}");
+    assert_eq!(fail, 0, "connections failed across the restart: {counts}");
+    // Nothing was made again: the same links with the same indexes.
+    assert_eq!(links(&ns), before);
+    // A stale port link (ours by name, no port) goes at the next sync.
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "sp-stale000000",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sq-stale",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = boot(&c, &tok, "s3", json!({}));
+    eventually(
+        || !links(&ns).iter().any(|l| l.contains("sp-stale")),
+        "the stale port link stayed",
+    );
+    assert_eq!(reaches(&s1, &ip2, 80).as_deref(), Some("s2"));
 }
