@@ -401,6 +401,35 @@ fn dataplane_two_nodes_reach_each_other_over_vxlan() {
         reaches(&b, &address(&ba, "wide"), 80).as_deref(),
         Some("first")
     );
+
+    // A cold migration moves b to the first node: its port is wired
+    // there (same address, bound to the new host) and still reached.
+    let r = c.nova.raw(
+        "POST",
+        &format!("/servers/{b}/action"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.56")],
+        Some(json!({"migrate": {"host": other}}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &b, "VERIFY_RESIZE");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{b}/action"),
+        &c.admin,
+        Some(json!({"confirmResize": null})),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let moved = c.wait(&c.admin, &b, "ACTIVE");
+    assert_eq!(moved["OS-EXT-SRV-ATTR:host"], other.as_str());
+    assert_eq!(address(&moved, "wide"), address(&bb, "wide"));
+    let ports = neutron(&c, "GET", &format!("/ports?device_id={b}"), &c.admin, None);
+    assert_eq!(ports["ports"][0]["binding:host_id"], other.as_str());
+    let _lb2 = listen(&b, 81, "moved");
+    assert_eq!(
+        reaches(&a, &address(&bb, "wide"), 81).as_deref(),
+        Some("moved")
+    );
 }
 
 fn base64_of(s: &str) -> String {
