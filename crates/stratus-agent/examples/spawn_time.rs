@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 user_data: None,
                 meta_data_json: b"{}".to_vec(),
                 netns: None,
+                dns: Vec::new(),
             };
             let t = Instant::now();
             d.spawn(&spec)?;

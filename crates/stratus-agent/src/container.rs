@@ -425,6 +425,7 @@ impl ContainerDriver {
             cgroup_ns: Path::new("/proc/self/ns/cgroup").exists(),
             swap_limit: v2
                 || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            resolv_conf: write_resolv_conf(dir, &spec.dns)?,
         };
         let config = spec::config(spec, &image, &bundle);
         fs::write(
@@ -573,6 +574,7 @@ impl ContainerDriver {
             cgroup_ns: Path::new("/proc/self/ns/cgroup").exists(),
             swap_limit: v2
                 || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            resolv_conf: write_resolv_conf(dir, &spec.dns)?,
         };
         let mut config = spec::config(spec, &image, &bundle);
         if let Some(m) = config["mounts"].as_array_mut() {
@@ -1140,4 +1142,16 @@ mod tests {
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
     }
+}
+
+/// The instance's `resolv.conf` from its subnets' name servers, or `None`
+/// (the image's own stays) when they name none.
+fn write_resolv_conf(dir: &Path, dns: &[String]) -> Result<Option<PathBuf>, DriverError> {
+    if dns.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join("resolv.conf");
+    let text: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+    fs::write(&path, text)?;
+    Ok(Some(path))
 }

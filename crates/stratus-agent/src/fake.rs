@@ -190,6 +190,7 @@ mod tests {
             user_data: None,
             meta_data_json: b"{}".to_vec(),
             netns: None,
+            dns: Vec::new(),
         }
     }
 

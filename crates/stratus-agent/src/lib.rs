@@ -64,6 +64,9 @@ pub struct InstanceSpec {
     /// workload joins; `None` gives it a namespace of its own with only
     /// loopback.
     pub netns: Option<PathBuf>,
+    /// Name servers of the workload's subnets; when there are any they
+    /// become its `/etc/resolv.conf` (read-only, as Docker gives one).
+    pub dns: Vec<String>,
 }
 
 /// Power state as Nova counts it (`nova.compute.power_state`).

@@ -110,6 +110,8 @@ pub(crate) struct Bundle<'a> {
     pub cgroup_ns: bool,
     /// Swap may be limited (cgroup v2, or v1 with memsw accounting).
     pub swap_limit: bool,
+    /// A `resolv.conf` to mount at /etc/resolv.conf.
+    pub resolv_conf: Option<std::path::PathBuf>,
 }
 
 /// The CFS period the CPU quota is counted in (µs).
@@ -164,7 +166,7 @@ pub(crate) fn config(spec: &InstanceSpec, image: &ImageConfig, b: &Bundle) -> Va
         memory["swap"] = json!(bytes);
     }
     let period = CPU_PERIOD;
-    json!({
+    let mut v = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -211,7 +213,14 @@ pub(crate) fn config(spec: &InstanceSpec, image: &ImageConfig, b: &Bundle) -> Va
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY,
         },
-    })
+    });
+    if let (Some(r), Some(m)) = (&b.resolv_conf, v["mounts"].as_array_mut()) {
+        m.push(
+            json!({"destination": "/etc/resolv.conf", "type": "bind", "source": r,
+            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}),
+        );
+    }
+    v
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ impl Fixture {
             meta_data_json: format!(r#"{{"uuid": "{uuid}", "hostname": "test-server"}}"#)
                 .into_bytes(),
             netns: None,
+            dns: Vec::new(),
         }
     }
 }

@@ -933,7 +933,7 @@ fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
         s["container_format"].as_str().unwrap_or(""),
         s["image_checksum"].as_str(),
     )?;
-    spec.netns = wire_server(sh, &spec.uuid)?;
+    (spec.netns, spec.dns) = wire_server(sh, &spec.uuid)?;
     sh.driver.spawn(&spec)?;
     // A shelved or transfer image boots this server only: its download
     // goes once the workload runs from the unpacked copy.
@@ -944,13 +944,22 @@ fn spawn(sh: &Shared, s: &Value) -> anyhow::Result<()> {
 }
 
 /// Wires a server's ports before its workload starts; the namespace it
-/// joins, if it has ports and this node wires them.
-fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<Option<PathBuf>> {
+/// joins, if it has ports and this node wires them, and its subnets'
+/// name servers.
+fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<(Option<PathBuf>, Vec<String>)> {
     if sh.net.missing().is_some() {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     let net = sync_network(sh, false)?;
-    Ok(sh.net.netns_path(&net, id))
+    let mut dns: Vec<String> = Vec::new();
+    for p in net.ports.iter().filter(|p| p.device_id == id) {
+        for d in &p.dns {
+            if !dns.contains(d) {
+                dns.push(d.clone());
+            }
+        }
+    }
+    Ok((sh.net.netns_path(&net, id), dns))
 }
 
 /// Runs the server from its rescue image (the controller names it in
@@ -967,7 +976,7 @@ fn rescue(sh: &Shared, s: &Value) -> anyhow::Result<()> {
         r["container_format"].as_str().unwrap_or(""),
         r["image_checksum"].as_str(),
     )?;
-    spec.netns = wire_server(sh, &spec.uuid)?;
+    (spec.netns, spec.dns) = wire_server(sh, &spec.uuid)?;
     sh.driver.rescue(&spec)?;
     Ok(())
 }
@@ -1013,6 +1022,7 @@ fn instance_spec(
         user_data,
         meta_data_json: serde_json::to_vec(&s["meta_data"]).unwrap_or_default(),
         netns: None,
+        dns: Vec::new(),
     })
 }
 

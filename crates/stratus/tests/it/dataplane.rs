@@ -449,9 +449,19 @@ fn http_get(id: &str, url: &str) -> String {
 fn dataplane_metadata_service_serves_each_server_its_own() {
     let c = cloud();
     let (_, tok) = c.project("md");
-    network(&c, &tok, "md-net", "10.80.0.0/24");
+    let net = network(&c, &tok, "md-net", "10.80.0.0/24");
+    // The subnet's name servers are the guest's resolv.conf.
+    let subs = neutron(&c, "GET", &format!("/subnets?network_id={net}"), &tok, None);
+    let sid = subs["subnets"][0]["id"].as_str().unwrap().to_string();
+    neutron(
+        &c,
+        "PUT",
+        &format!("/subnets/{sid}"),
+        &tok,
+        Some(json!({"subnet": {"dns_nameservers": ["10.80.0.53"]}})),
+    );
     // The guest reads its metadata with busybox's wget, from inside.
-    let script = "#!/bin/sh\nfor i in $(seq 1 50); do if wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json; then echo MD-BEGIN; cat /tmp/md; echo; echo MD-END; break; fi; sleep 0.2; done\nsleep 600\n";
+    let script = "#!/bin/sh\ncat /etc/resolv.conf\nfor i in $(seq 1 50); do if wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json; then echo MD-BEGIN; cat /tmp/md; echo; echo MD-END; break; fi; sleep 0.2; done\nsleep 600\n";
     let (a, _) = boot(
         &c,
         &tok,
@@ -461,6 +471,7 @@ fn dataplane_metadata_service_serves_each_server_its_own() {
     let out = console_until(&c, &tok, &a, "MD-END");
     assert!(out.contains(&format!("\"uuid\":\"{a}\"")), "{out}");
     assert!(out.contains("\"role\":\"reader\""), "{out}");
+    assert!(out.contains("nameserver 10.80.0.53"), "{out}");
     let (b, bb) = boot(
         &c,
         &tok,
@@ -758,4 +769,51 @@ fn dataplane_survives_a_restart_without_dropping_traffic_and_sweeps_leftovers() 
         "the stale port link stayed",
     );
     assert_eq!(reaches(&s1, &ip2, 80).as_deref(), Some("s2"));
+}
+
+#[test]
+fn dataplane_ipv6_addresses_and_traffic() {
+    let c = cloud();
+    let (_, tok) = c.project("v6");
+    let net = network(&c, &tok, "dual", "10.95.0.0/24");
+    neutron(
+        &c,
+        "POST",
+        "/subnets",
+        &tok,
+        Some(json!({"subnet": {"network_id": net, "cidr": "fd00:95::/64", "ip_version": 6}})),
+    );
+    let (a, ba) = boot(&c, &tok, "a6", json!({}));
+    let (b, bb) = boot(&c, &tok, "b6", json!({}));
+    let v6 = |s: &Value| {
+        s["addresses"]["dual"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["version"] == 6))
+            .and_then(|x| x["addr"].as_str())
+            .unwrap_or_else(|| panic!("no IPv6 address: {}", s["addresses"]))
+            .to_string()
+    };
+    let (a6, b6) = (v6(&ba), v6(&bb));
+    assert!(b6.starts_with("fd00:95::"), "{b6}");
+    let listen6 = format!(
+        "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::',80))\ns.listen(4)\ns.settimeout(30)\nc,p=s.accept()\nc.sendall(p[0].encode())\nc.close()"
+    );
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("stratus-{b}"),
+            "python3",
+            "-c",
+            &listen6,
+        ])
+        .spawn()
+        .unwrap();
+    let _l = Listener(child);
+    let connect6 = format!(
+        "import socket,time\nfor i in range(40):\n  try:\n    s=socket.create_connection(('{b6}',80),timeout=1)\n    print('OK', s.recv(64).decode())\n    break\n  except Exception as e:\n    time.sleep(0.25)\nelse:\n  print('FAIL')"
+    );
+    let out = in_server_netns(&a, &["python3", "-c", &connect6]).unwrap();
+    // b saw a's own IPv6 address: no translation, no spoofing.
+    assert_eq!(out.trim(), format!("OK {a6}"), "{out}");
 }
