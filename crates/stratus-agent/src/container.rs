@@ -1132,18 +1132,6 @@ fn map_status(s: Status) -> PowerState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
-    }
-}
-
 /// The instance's `resolv.conf` from its subnets' name servers, or `None`
 /// (the image's own stays) when they name none.
 fn write_resolv_conf(dir: &Path, dns: &[String]) -> Result<Option<PathBuf>, DriverError> {
@@ -1154,4 +1142,16 @@ fn write_resolv_conf(dir: &Path, dns: &[String]) -> Result<Option<PathBuf>, Driv
     let text: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
     fs::write(&path, text)?;
     Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
+    }
 }
