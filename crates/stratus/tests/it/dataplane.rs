@@ -795,9 +795,7 @@ fn dataplane_ipv6_addresses_and_traffic() {
     };
     let (a6, b6) = (v6(&ba), v6(&bb));
     assert!(b6.starts_with("fd00:95::"), "{b6}");
-    let listen6 = format!(
-        "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::',80))\ns.listen(4)\ns.settimeout(30)\nc,p=s.accept()\nc.sendall(p[0].encode())\nc.close()"
-    );
+    let listen6 = "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::',80))\ns.listen(4)\ns.settimeout(30)\nc,p=s.accept()\nc.sendall(p[0].encode())\nc.close()";
     let child = Command::new("ip")
         .args([
             "netns",
