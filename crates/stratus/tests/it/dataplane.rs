@@ -803,7 +803,7 @@ fn dataplane_ipv6_addresses_and_traffic() {
             &format!("stratus-{b}"),
             "python3",
             "-c",
-            &listen6,
+            listen6,
         ])
         .spawn()
         .unwrap();
