@@ -20,7 +20,7 @@ use super::servers::{
     check_locked, fetch, fetch_tx, instance_not_found, record_action, render, require_member,
     visible,
 };
-use super::states::{task, vm};
+use super::states::{task, vm, wrong_state};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::middleware::RequestId;
@@ -34,17 +34,6 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{id}/os-instance-actions/{req}", get(action_show))
         .route("/servers/{id}/diagnostics", get(diagnostics))
         .route("/servers/{id}/topology", get(topology))
-}
-
-pub(super) fn wrong_state(action: &str, s: &Server) -> ApiError {
-    let (attr, val) = match &s.task_state {
-        Some(t) => ("task_state", t.as_str()),
-        None => ("vm_state", s.vm_state.as_str()),
-    };
-    ApiError::conflict(format!(
-        "Cannot '{action}' instance {} while it is in {attr} {val}",
-        s.id
-    ))
 }
 
 /// Moves a server into `task` if its vm_state is one of `from` and no task

@@ -100,7 +100,7 @@ fn may_change(s: &Server, action: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(super::actions::wrong_state(action, s))
+        Err(super::states::wrong_state(action, s))
     }
 }
 

@@ -27,11 +27,11 @@ use serde_json::{Map, Value, json};
 use stratus_store::Query as StoreQuery;
 
 use super::Mv;
-use super::actions::wrong_state;
 use super::model::{Aggregate, ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
 use super::quotas::{self, Resource};
 use super::scheduler::flavor_resources;
 use super::servers::{bad_field, check_locked, fetch_tx, record_action};
+use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
 use crate::placement::ClaimError;

@@ -24,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::Mv;
-use super::actions::wrong_state;
 use super::model::Server;
 use super::servers::{bad_field, check_locked, fetch_tx, record_action};
+use super::states::wrong_state;
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
 use crate::timeutil::now_us;

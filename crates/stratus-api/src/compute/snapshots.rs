@@ -257,7 +257,7 @@ fn start(
             check_locked(ctx, &s)?;
         }
         if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
-            return Err(super::actions::wrong_state(action, &s));
+            return Err(super::states::wrong_state(action, &s));
         }
         let lim = quotas::limit_tx(tx, &s.project_id, None, Resource::MetadataItems)?;
         if lim >= 0 && req.metadata.len() as i64 > lim {

@@ -168,6 +168,18 @@ pub fn task_dependent(status: &str) -> bool {
     )
 }
 
+/// Nova's 409 for an action the server's state does not allow.
+pub(super) fn wrong_state(action: &str, s: &super::model::Server) -> crate::ApiError {
+    let (attr, val) = match &s.task_state {
+        Some(t) => ("task_state", t.as_str()),
+        None => ("vm_state", s.vm_state.as_str()),
+    };
+    crate::ApiError::conflict(format!(
+        "Cannot '{action}' instance {} while it is in {attr} {val}",
+        s.id
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
