@@ -106,13 +106,15 @@ impl Metadata {
 }
 
 /// Accepts until told to stop (the listener is non-blocking, so a server
-/// that went away ends its thread within a tenth of a second).
+/// that went away ends its thread within a tenth of a second). One
+/// request at a time: a guest that opens many connections, or a slow
+/// one, delays only its own answers and costs the agent no threads.
 fn serve(l: TcpListener, doc: Arc<Mutex<Doc>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         match l.accept() {
             Ok((s, _)) => {
                 let d = doc.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                std::thread::spawn(move || answer(s, &d));
+                answer(s, &d);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(100));
@@ -124,7 +126,8 @@ fn serve(l: TcpListener, doc: Arc<Mutex<Doc>>, stop: Arc<AtomicBool>) {
 
 fn answer(mut s: TcpStream, doc: &Doc) {
     let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
