@@ -578,14 +578,15 @@ async fn limits(
     });
     let o = abs.as_object_mut().expect("object");
     if !mv.at_least(36) {
-        o.insert("maxSecurityGroups".into(), json!(g("security_groups")));
-        o.insert(
-            "maxSecurityGroupRules".into(),
-            json!(g("security_group_rules")),
-        );
-        o.insert("maxTotalFloatingIps".into(), json!(g("floating_ips")));
-        o.insert("totalFloatingIpsUsed".into(), json!(0));
-        o.insert("totalSecurityGroupsUsed".into(), json!(0));
+        // Proxied from the network service, as Nova does.
+        let ((groups, rules, fips), (groups_used, fips_used)) =
+            crate::network::quotas::for_nova(&state.store, &project)
+                .map_err(|e| ApiError::new(e.status, e.message))?;
+        o.insert("maxSecurityGroups".into(), json!(groups));
+        o.insert("maxSecurityGroupRules".into(), json!(rules));
+        o.insert("maxTotalFloatingIps".into(), json!(fips));
+        o.insert("totalFloatingIpsUsed".into(), json!(fips_used));
+        o.insert("totalSecurityGroupsUsed".into(), json!(groups_used));
     }
     if !mv.at_least(39) {
         o.insert("maxImageMeta".into(), json!(128));

@@ -36,7 +36,7 @@ mod networks;
 pub mod nova;
 mod ports;
 mod public;
-mod quotas;
+pub mod quotas;
 mod rbac;
 mod routers;
 mod security_groups;

@@ -70,6 +70,29 @@ fn count_in(tx: &Tx, project: &str, resource: &str) -> NetResult<usize> {
     })
 }
 
+/// The network quotas Nova's limits show before 2.36 (as Nova proxies
+/// them from Neutron): (security groups, security group rules, floating
+/// IPs) limits, and the security groups and floating IPs in use.
+pub fn for_nova(
+    store: &stratus_store::Store,
+    project: &str,
+) -> NetResult<((i64, i64, i64), (usize, usize))> {
+    let l = limits(store.get::<NetQuota>(project)?);
+    let g = |k: &str| l.get(k).copied().unwrap_or(-1);
+    let q = Query::owner(project);
+    Ok((
+        (
+            g("security_group"),
+            g("security_group_rule"),
+            g("floatingip"),
+        ),
+        (
+            store.list::<SecurityGroup>(&q)?.len(),
+            store.list::<FloatingIp>(&q)?.len(),
+        ),
+    ))
+}
+
 /// Refuses with `OverQuota` when `project` already holds its limit of
 /// `resource` (plus `adding - 1` more). Runs inside the creating write.
 pub fn check(tx: &Tx, project: &str, resource: &str, adding: usize) -> NetResult<()> {
