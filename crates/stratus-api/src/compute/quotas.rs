@@ -579,14 +579,19 @@ async fn limits(
     let o = abs.as_object_mut().expect("object");
     if !mv.at_least(36) {
         // Proxied from the network service, as Nova does.
-        let ((groups, rules, fips), (groups_used, fips_used)) =
-            crate::network::quotas::for_nova(&state.store, &project)
-                .map_err(|e| ApiError::new(e.status, e.message))?;
-        o.insert("maxSecurityGroups".into(), json!(groups));
-        o.insert("maxSecurityGroupRules".into(), json!(rules));
-        o.insert("maxTotalFloatingIps".into(), json!(fips));
-        o.insert("totalFloatingIpsUsed".into(), json!(fips_used));
-        o.insert("totalSecurityGroupsUsed".into(), json!(groups_used));
+        let n = crate::network::quotas::for_nova(&state.store, &project)
+            .map_err(|e| ApiError::new(e.status, e.message))?;
+        o.insert("maxSecurityGroups".into(), json!(n.security_groups));
+        o.insert(
+            "maxSecurityGroupRules".into(),
+            json!(n.security_group_rules),
+        );
+        o.insert("maxTotalFloatingIps".into(), json!(n.floating_ips));
+        o.insert("totalFloatingIpsUsed".into(), json!(n.floating_ips_used));
+        o.insert(
+            "totalSecurityGroupsUsed".into(),
+            json!(n.security_groups_used),
+        );
     }
     if !mv.at_least(39) {
         o.insert("maxImageMeta".into(), json!(128));
