@@ -70,27 +70,28 @@ fn count_in(tx: &Tx, project: &str, resource: &str) -> NetResult<usize> {
     })
 }
 
-/// The network quotas Nova's limits show before 2.36 (as Nova proxies
-/// them from Neutron): (security groups, security group rules, floating
-/// IPs) limits, and the security groups and floating IPs in use.
-pub fn for_nova(
-    store: &stratus_store::Store,
-    project: &str,
-) -> NetResult<((i64, i64, i64), (usize, usize))> {
+/// The network quotas Nova's limits show before 2.36.
+pub struct NovaView {
+    pub security_groups: i64,
+    pub security_group_rules: i64,
+    pub floating_ips: i64,
+    pub security_groups_used: usize,
+    pub floating_ips_used: usize,
+}
+
+/// What Nova's limits show before 2.36 of `project`'s network quotas (as
+/// Nova proxies them from Neutron).
+pub fn for_nova(store: &stratus_store::Store, project: &str) -> NetResult<NovaView> {
     let l = limits(store.get::<NetQuota>(project)?);
     let g = |k: &str| l.get(k).copied().unwrap_or(-1);
     let q = Query::owner(project);
-    Ok((
-        (
-            g("security_group"),
-            g("security_group_rule"),
-            g("floatingip"),
-        ),
-        (
-            store.list::<SecurityGroup>(&q)?.len(),
-            store.list::<FloatingIp>(&q)?.len(),
-        ),
-    ))
+    Ok(NovaView {
+        security_groups: g("security_group"),
+        security_group_rules: g("security_group_rule"),
+        floating_ips: g("floatingip"),
+        security_groups_used: store.list::<SecurityGroup>(&q)?.len(),
+        floating_ips_used: store.list::<FloatingIp>(&q)?.len(),
+    })
 }
 
 /// Refuses with `OverQuota` when `project` already holds its limit of
