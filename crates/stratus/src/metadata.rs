@@ -69,7 +69,12 @@ impl Metadata {
         bind: impl Fn(&str) -> Result<TcpListener, stratus_agent::DriverError>,
     ) {
         let mut by_server: HashMap<&str, Vec<&PortWiring>> = HashMap::new();
-        for p in &net.ports {
+        // Servers only: not the routers' or DHCP servers' namespaces.
+        let routers: std::collections::HashSet<&str> =
+            net.routers.iter().map(|r| r.id.as_str()).collect();
+        for p in net.ports.iter().filter(|p| {
+            !routers.contains(p.device_id.as_str()) && !p.device_id.starts_with("dhcp-")
+        }) {
             by_server.entry(&p.device_id).or_default().push(p);
         }
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());

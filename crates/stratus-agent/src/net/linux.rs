@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use super::rules::{bridge_name, host_ifname, ruleset, vxlan_name};
-use super::{HostNetwork, PortWiring, RouterWiring, Segment};
+use super::{DhcpWiring, HostNetwork, PortWiring, RouterWiring, Segment};
 use crate::DriverError;
 use std::fmt::Write as _;
 
@@ -18,6 +18,22 @@ use std::fmt::Write as _;
 /// joins).
 pub fn netns_name(server_id: &str) -> String {
     format!("stratus-{server_id}")
+}
+
+/// The device (namespace suffix) of a network's DHCP server on node
+/// `host`: namespace names are global to the machine, and several nodes
+/// may share one in tests.
+pub fn dhcp_device(network_id: &str, host: &str) -> String {
+    let short: String = network_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(11)
+        .collect();
+    // FNV-1a of the host name: short, stable, no dependency.
+    let h = host.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    format!("dhcp-{short}-{:08x}", h as u32)
 }
 
 /// The node's dataplane, or the reason it has none.
@@ -32,6 +48,8 @@ pub struct Dataplane {
     /// each): namespace names are global to the machine, and another
     /// agent's are not ours to sweep.
     state: PathBuf,
+    /// dnsmasq is there to serve DHCP.
+    dnsmasq: bool,
     /// One apply at a time.
     lock: Mutex<()>,
 }
@@ -125,6 +143,12 @@ impl Dataplane {
             missing: (!missing.is_empty()).then(|| missing.join(", ")),
             tunnel_ip: tunnel_ip.filter(|t| !t.is_empty()),
             state,
+            dnsmasq: Command::new("dnsmasq")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
             lock: Mutex::new(()),
         }
     }
@@ -135,6 +159,7 @@ impl Dataplane {
             missing: Some(why.to_string()),
             tunnel_ip: None,
             state: PathBuf::new(),
+            dnsmasq: false,
             lock: Mutex::new(()),
         }
     }
@@ -145,6 +170,11 @@ impl Dataplane {
 
     pub fn tunnel_ip(&self) -> Option<&str> {
         self.tunnel_ip.as_deref()
+    }
+
+    /// Whether this node serves DHCP (dnsmasq is installed).
+    pub fn serves_dhcp(&self) -> bool {
+        self.missing.is_none() && self.dnsmasq
     }
 
     /// The namespace path a server's container joins, when the server has
@@ -187,6 +217,16 @@ impl Dataplane {
         for r in &net.routers {
             if let Err(e) = ensure_router(r, net) {
                 errors.push(format!("router {}: {e}", r.id));
+            }
+        }
+        // DHCP is a service to the workloads, not their wiring: a DHCP
+        // server that will not start is logged and tried again at the
+        // next sync, and fails no spawn.
+        if self.dnsmasq {
+            for d in &net.dhcp {
+                if let Err(e) = self.ensure_dhcp(d, net) {
+                    tracing::warn!(network = d.network_id, error = %e, "DHCP server not running");
+                }
             }
         }
         // The rules go in before anything is removed, so a port that
@@ -316,6 +356,9 @@ impl Dataplane {
                     && !servers.contains(id)
                     && !keep.contains(id)
                 {
+                    let dhcp = dhcp_dir(id);
+                    stop_dnsmasq(&dhcp);
+                    let _ = std::fs::remove_dir_all(dhcp);
                     let _ = ip(&["netns", "delete", &name]);
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -425,6 +468,137 @@ fn ensure_port(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
         );
     }
     Ok(())
+}
+
+impl Dataplane {
+    /// Runs (or reloads) dnsmasq for one network's DHCP in its namespace,
+    /// with a static lease per port of this node.
+    fn ensure_dhcp(&self, d: &DhcpWiring, net: &HostNetwork) -> Result<(), DriverError> {
+        let Some(port) = net.ports.iter().find(|p| p.id == d.port) else {
+            return Ok(());
+        };
+        let ns = netns_name(&port.device_id);
+        let dir = dhcp_dir(&port.device_id);
+        std::fs::create_dir_all(&dir)?;
+        let hosts: String = d
+            .hosts
+            .iter()
+            .map(|(mac, ip, name)| format!("{},{name},{ip}\n", mac.to_ascii_lowercase()))
+            .collect();
+        let mut opts = format!("option:mtu,{}\n", d.mtu);
+        let mut ranges = Vec::new();
+        for (i, sub) in d.subnets.iter().enumerate() {
+            let Some((addr, mask)) = network_and_mask(&sub.cidr) else {
+                continue;
+            };
+            ranges.push(format!("--dhcp-range=set:s{i},{addr},static,{mask},86400s"));
+            if let Some(gw) = &sub.gateway {
+                let _ = writeln!(opts, "tag:s{i},option:router,{gw}");
+            }
+            if !sub.dns.is_empty() {
+                let _ = writeln!(opts, "tag:s{i},option:dns-server,{}", sub.dns.join(","));
+            }
+            if !sub.routes.is_empty() {
+                let mut r: Vec<String> = sub
+                    .routes
+                    .iter()
+                    .map(|x| format!("{},{}", x.destination, x.nexthop))
+                    .collect();
+                if let Some(gw) = &sub.gateway {
+                    r.push(format!("0.0.0.0/0,{gw}"));
+                }
+                let _ = writeln!(
+                    opts,
+                    "tag:s{i},option:classless-static-route,{}",
+                    r.join(",")
+                );
+            }
+        }
+        let hosts_path = dir.join("hosts");
+        let opts_path = dir.join("opts");
+        let pid_path = dir.join("pid");
+        let args: Vec<String> = [
+            "--no-hosts".to_string(),
+            "--no-resolv".into(),
+            "--port=0".into(),
+            "--bind-interfaces".into(),
+            format!("--interface={}", port.ifname),
+            "--except-interface=lo".into(),
+            "--dhcp-authoritative".into(),
+            "--leasefile-ro".into(),
+            format!("--pid-file={}", pid_path.display()),
+            format!("--dhcp-hostsfile={}", hosts_path.display()),
+            format!("--dhcp-optsfile={}", opts_path.display()),
+        ]
+        .into_iter()
+        .chain(ranges)
+        .collect();
+        let changed_files = std::fs::read_to_string(&hosts_path).ok().as_deref() != Some(&hosts)
+            || std::fs::read_to_string(&opts_path).ok().as_deref() != Some(&opts);
+        std::fs::write(&hosts_path, &hosts)?;
+        std::fs::write(&opts_path, &opts)?;
+        let cmdline = args.join(" ");
+        let running = read_pid(&pid_path).filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("dnsmasq"))
+        });
+        let same_args = std::fs::read_to_string(dir.join("args")).ok().as_deref() == Some(&cmdline);
+        match running {
+            Some(pid) if same_args => {
+                if changed_files {
+                    let _ = run(Command::new("kill").args(["-HUP", &pid.to_string()]));
+                }
+            }
+            _ => {
+                stop_dnsmasq(&dir);
+                run(Command::new("ip")
+                    .args(["netns", "exec", &ns, "dnsmasq"])
+                    .args(&args))?;
+                std::fs::write(dir.join("args"), &cmdline)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a DHCP server's files are: dnsmasq reads its hosts and options
+/// files after dropping to `nobody`, so they live outside the agent's
+/// private state directory (under /run, gone at reboot like the
+/// namespaces themselves).
+fn dhcp_dir(device: &str) -> PathBuf {
+    PathBuf::from("/run/stratus-dhcp").join(device)
+}
+
+fn read_pid(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Stops the dnsmasq whose files are in `dir`, if it runs.
+fn stop_dnsmasq(dir: &std::path::Path) {
+    if let Some(pid) = read_pid(&dir.join("pid")) {
+        let _ = Command::new("kill")
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(dir.join("pid"));
+    }
+}
+
+/// `a.b.c.d/len` as (network address, netmask).
+fn network_and_mask(cidr: &str) -> Option<(String, String)> {
+    let (a, l) = cidr.split_once('/')?;
+    let a: std::net::Ipv4Addr = a.parse().ok()?;
+    let l: u32 = l.parse().ok()?;
+    let mask = if l == 0 {
+        0
+    } else {
+        u32::MAX << (32 - l.min(32))
+    };
+    Some((
+        std::net::Ipv4Addr::from(u32::from(a) & mask).to_string(),
+        std::net::Ipv4Addr::from(mask).to_string(),
+    ))
 }
 
 /// A router's namespace beyond its ports: forwarding on, static routes,

@@ -22,7 +22,7 @@ mod rules;
 
 use serde::{Deserialize, Serialize};
 
-pub use linux::{Dataplane, METADATA_IP, METADATA_PORT, netns_name};
+pub use linux::{Dataplane, METADATA_IP, METADATA_PORT, dhcp_device, netns_name};
 pub use rules::ruleset;
 
 /// Everything this node must wire: the networks its ports are on, and the
@@ -37,6 +37,36 @@ pub struct HostNetwork {
     /// router as their device).
     #[serde(default)]
     pub routers: Vec<RouterWiring>,
+    /// DHCP servers this node runs: one per network it has ports on,
+    /// answering for this node's ports only.
+    #[serde(default)]
+    pub dhcp: Vec<DhcpWiring>,
+}
+
+/// The DHCP server of one network on one node: its port (in `ports`,
+/// with the DHCP namespace as its device) and the leases it hands out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DhcpWiring {
+    pub network_id: String,
+    /// The DHCP port's id.
+    pub port: String,
+    /// (MAC, IPv4 address, host name) of each port on this node.
+    pub hosts: Vec<(String, String, String)>,
+    pub subnets: Vec<DhcpSubnet>,
+    pub mtu: u32,
+}
+
+/// What a lease says about one subnet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DhcpSubnet {
+    /// `a.b.c.d/len`.
+    pub cidr: String,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 /// A router: a network namespace with an interface on each of its

@@ -159,6 +159,15 @@ pub fn ruleset(net: &HostNetwork) -> String {
         s,
         "  chain forward_ports {{\n    type filter hook forward priority -200; policy accept;"
     );
+    // A DHCP server answers this node's ports only: nothing of it
+    // crosses a tunnel, either way.
+    for d in &net.dhcp {
+        let dev = host_ifname(&d.port);
+        let _ = writeln!(
+            s,
+            "    iifname \"{dev}\" oifname \"sv-*\" drop\n    iifname \"sv-*\" oifname \"{dev}\" drop"
+        );
+    }
     for (i, p) in ports.iter().enumerate() {
         if p.port_security {
             let _ = writeln!(
@@ -377,6 +386,7 @@ mod tests {
             }],
             ports: vec![port("port-b", true), port("port-a", false)],
             routers: vec![],
+            dhcp: vec![],
         };
         let r = ruleset(&net);
         // Ports are numbered in id order: port-a is 1 (unfiltered),

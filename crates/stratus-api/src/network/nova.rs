@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use stratus_agent::net::{
-    Direction, FilterRule, HostNetwork, PortAddress, PortWiring, Route, RouterWiring, Segment,
+    DhcpSubnet, DhcpWiring, Direction, FilterRule, HostNetwork, PortAddress, PortWiring, Route,
+    RouterWiring, Segment,
 };
 use stratus_store::{Query as SQ, Tx};
 
@@ -597,6 +598,42 @@ fn port_wiring(
     }))
 }
 
+/// The network's DHCP port (`network:dhcp`, one address on each
+/// DHCP-enabled IPv4 subnet), made on first use. Every node that serves
+/// the network answers from it; its traffic never crosses to another
+/// node (see the agent's rules), so the one address serves them all.
+fn dhcp_port(tx: &Tx, net: &Network, subs: &[Subnet]) -> NetResult<Port> {
+    if let Some(p) = tx
+        .list::<Port>(&SQ::parent(&net.id))?
+        .into_iter()
+        .find(|p| p.device_owner == OWNER_DHCP)
+    {
+        return Ok(p);
+    }
+    let id = super::new_id();
+    let mut fixed = Vec::new();
+    for s in subs {
+        if let Some(ip) = super::ipam::next_free(tx, s)? {
+            super::ipam::claim(tx, s, ip, &id)?;
+            fixed.push(super::model::FixedIp {
+                subnet_id: s.id.clone(),
+                ip_address: ip.to_string(),
+            });
+        }
+    }
+    super::routers::service_port(
+        tx,
+        net,
+        &id,
+        &net.project_id,
+        &format!("dhcp{}", net.id),
+        OWNER_DHCP,
+        fixed,
+    )
+}
+
+const OWNER_DHCP: &str = "network:dhcp";
+
 /// The ports of the routers a node runs: each router's interfaces and
 /// gateway, with its floating IPs on the gateway.
 pub fn router_ports(tx: &Tx) -> NetResult<Vec<Port>> {
@@ -634,6 +671,66 @@ pub fn host_network(
                 out.ports.push(w);
             }
         }
+    }
+    // A DHCP server per network this node has servers on.
+    let mut server_nets: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
+    for p in &out.ports {
+        let hosts = server_nets.entry(p.network_id.clone()).or_default();
+        for a in p.addresses.iter().filter(|a| a.version == 4) {
+            hosts.push((
+                p.mac.clone(),
+                a.ip.clone(),
+                format!("host-{}", a.ip.replace('.', "-")),
+            ));
+        }
+    }
+    for (net_id, hosts) in server_nets {
+        let Some(net) = cache.network(tx, &net_id)? else {
+            continue;
+        };
+        let subs: Vec<Subnet> = tx
+            .list::<Subnet>(&SQ::parent(&net.id))?
+            .into_iter()
+            .filter(|s| s.enable_dhcp && s.ip_version == 4)
+            .collect();
+        if subs.is_empty() {
+            continue;
+        }
+        let port = dhcp_port(tx, &net, &subs)?;
+        let short: String = port
+            .id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(11)
+            .collect();
+        let device = stratus_agent::net::dhcp_device(&net.id, host);
+        let Some(w) = port_wiring(tx, &mut cache, &port, &device, format!("ns-{short}"), false)?
+        else {
+            continue;
+        };
+        out.ports.push(w);
+        out.dhcp.push(DhcpWiring {
+            network_id: net.id.clone(),
+            port: port.id.clone(),
+            hosts,
+            mtu: net.mtu,
+            subnets: subs
+                .iter()
+                .map(|s| DhcpSubnet {
+                    cidr: s.cidr.clone(),
+                    gateway: s.gateway_ip.clone(),
+                    dns: s.dns_nameservers.clone(),
+                    routes: s
+                        .host_routes
+                        .iter()
+                        .map(|r| Route {
+                            destination: r.destination.clone(),
+                            nexthop: r.nexthop.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
     }
     if l3 {
         let ports = router_ports(tx)?;

@@ -849,7 +849,14 @@ fn cli_servers_on_networks_interfaces_and_security_groups() {
     let port = os.json(&["port", "show", "mine"]);
     assert_eq!(port["device_id"], "");
     assert_eq!(port["status"], "DOWN");
-    let left = os.json(&["port", "list", "--network", "n1"]);
+    let left = os.json(&[
+        "port",
+        "list",
+        "--network",
+        "n1",
+        "--device-owner",
+        "compute:nova",
+    ]);
     assert_eq!(left.as_array().unwrap().len(), 1, "only a's port: {left}");
 }
 

@@ -555,6 +555,25 @@ pub fn reap_containers(dir: &Path) {
             }
         }
     }
+    // The namespaces the agent made (routers, DHCP servers; servers'
+    // went above) and the DHCP servers in them.
+    if let Ok(made) = std::fs::read_dir(dir.join("agent/netns")) {
+        for e in made.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(device) = name.strip_prefix("stratus-") else {
+                continue;
+            };
+            let run = Path::new("/run/stratus-dhcp").join(device);
+            if let Some(pid) = std::fs::read_to_string(run.join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                let _ = Command::new("kill").arg(pid.to_string()).output();
+            }
+            let _ = std::fs::remove_dir_all(run);
+            let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+        }
+    }
     let prefix = dir.to_string_lossy().to_string();
     if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
         let mut points: Vec<&str> = mounts

@@ -315,7 +315,24 @@ fn dataplane_bad_network_requests_get_nova_errors_and_leave_nothing() {
     let c = cloud();
     let (_, tok) = c.project("dpbad");
     let image = image_id(&c, "busybox");
-    let net = network(&c, &tok, "n1", "10.40.0.0/29");
+    // No DHCP on this one: its server-side port would take an address.
+    let n = neutron(
+        &c,
+        "POST",
+        "/networks",
+        &tok,
+        Some(json!({"network": {"name": "n1"}})),
+    );
+    let net = n["network"]["id"].as_str().unwrap().to_string();
+    neutron(
+        &c,
+        "POST",
+        "/subnets",
+        &tok,
+        Some(
+            json!({"subnet": {"network_id": net, "cidr": "10.40.0.0/29", "ip_version": 4, "enable_dhcp": false}}),
+        ),
+    );
     let post = |server: Value| {
         let mut s = json!({"name": "x", "imageRef": image, "flavorRef": "1", "networks": "auto"});
         for (k, v) in server.as_object().unwrap() {
@@ -461,7 +478,7 @@ fn dataplane_metadata_service_serves_each_server_its_own() {
         Some(json!({"subnet": {"dns_nameservers": ["10.80.0.53"]}})),
     );
     // The guest reads its metadata with busybox's wget, from inside.
-    let script = "#!/bin/sh\ncat /etc/resolv.conf\nfor i in $(seq 1 50); do if wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json; then echo MD-BEGIN; cat /tmp/md; echo; echo MD-END; break; fi; sleep 0.2; done\nsleep 600\n";
+    let script = "#!/bin/sh\ncat /etc/resolv.conf\nudhcpc -i eth0 -n -q -f -s /bin/true -t 10 2>&1\nfor i in $(seq 1 50); do if wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json; then echo MD-BEGIN; cat /tmp/md; echo; echo MD-END; break; fi; sleep 0.2; done\nsleep 600\n";
     let (a, _) = boot(
         &c,
         &tok,
@@ -472,6 +489,9 @@ fn dataplane_metadata_service_serves_each_server_its_own() {
     assert!(out.contains(&format!("\"uuid\":\"{a}\"")), "{out}");
     assert!(out.contains("\"role\":\"reader\""), "{out}");
     assert!(out.contains("nameserver 10.80.0.53"), "{out}");
+    // DHCP hands the server its own address (busybox udhcpc, inside).
+    let mine = address(&c.wait(&tok, &a, "ACTIVE"), "md-net");
+    assert!(out.contains(&format!("lease of {mine} obtained")), "{out}");
     let (b, bb) = boot(
         &c,
         &tok,
