@@ -11,6 +11,12 @@ use serde_json::{Value, json};
 use stratus_store::Record;
 
 /// Standard attributes every Neutron resource carries.
+/// The `device_owner` of the ports the network service itself holds.
+pub const OWNER_INTERFACE: &str = "network:router_interface";
+pub const OWNER_GATEWAY: &str = "network:router_gateway";
+pub const OWNER_FLOATINGIP: &str = "network:floatingip";
+pub const OWNER_DHCP: &str = "network:dhcp";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Std {
     #[serde(default)]
@@ -272,7 +278,7 @@ impl Port {
     /// Ports the network itself owns (DHCP): they do not keep a network
     /// or subnet in use.
     pub fn network_owned(&self) -> bool {
-        self.device_owner == "network:dhcp"
+        self.device_owner == OWNER_DHCP
     }
 }
 

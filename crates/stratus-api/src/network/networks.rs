@@ -476,8 +476,8 @@ async fn update(
             if n.external && !v {
                 let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
                 if ports.iter().any(|p| {
-                    p.device_owner == super::routers::OWNER_GATEWAY
-                        || p.device_owner == super::routers::OWNER_FLOATINGIP
+                    p.device_owner == super::model::OWNER_GATEWAY
+                        || p.device_owner == super::model::OWNER_FLOATINGIP
                 }) {
                     return Err(NetError::conflict(
                         "ExternalNetworkInUse",

@@ -19,7 +19,7 @@ use stratus_store::{Query as SQ, Tx};
 
 use super::ipam::Cidr;
 use super::model::{FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
-use super::routers::{OWNER_GATEWAY, OWNER_INTERFACE};
+use super::model::{OWNER_DHCP, OWNER_GATEWAY, OWNER_INTERFACE};
 use super::{NetError, NetResult, networks, ports};
 use crate::identity::policy::Ctx;
 
@@ -631,8 +631,6 @@ fn dhcp_port(tx: &Tx, net: &Network, subs: &[Subnet]) -> NetResult<Port> {
         fixed,
     )
 }
-
-const OWNER_DHCP: &str = "network:dhcp";
 
 /// The ports of the routers a node runs: each router's interfaces and
 /// gateway, with its floating IPs on the gateway.

@@ -646,6 +646,7 @@ pub(crate) fn create_in(
 /// a router's own ports are refused, floating IPs on it disassociated).
 pub(crate) fn delete_in(tx: &Tx, p: &Port) -> NetResult<()> {
     super::routers::before_port_delete(tx, p)?;
+    super::floating_ips::disassociate_port(tx, &p.id)?;
     for f in &p.fixed_ips {
         ipam::release(tx, &f.subnet_id, &f.ip_address)?;
     }

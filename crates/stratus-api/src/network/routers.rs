@@ -29,9 +29,7 @@ use crate::AppState;
 use crate::identity::policy::Ctx;
 use crate::json::Json;
 
-pub const OWNER_INTERFACE: &str = "network:router_interface";
-pub const OWNER_GATEWAY: &str = "network:router_gateway";
-pub const OWNER_FLOATINGIP: &str = "network:floatingip";
+pub use super::model::{OWNER_FLOATINGIP, OWNER_GATEWAY, OWNER_INTERFACE};
 
 /// Neutron's `max_routes`.
 const MAX_ROUTES: usize = 30;
@@ -1148,8 +1146,7 @@ async fn delete(
 // ---- ports the L3 service owns ----------------------------------------------
 
 /// Called by the port API's delete inside its transaction: refuses ports
-/// a router or floating IP owns (Neutron's `ServicePortInUse`), and
-/// disassociates the floating IPs of the port being deleted.
+/// a router or floating IP owns (Neutron's `ServicePortInUse`).
 pub(super) fn before_port_delete(tx: &Tx, p: &Port) -> NetResult<()> {
     let owned = match p.device_owner.as_str() {
         OWNER_INTERFACE | OWNER_GATEWAY => tx.exists::<Router>(&p.device_id)?,
@@ -1165,5 +1162,5 @@ pub(super) fn before_port_delete(tx: &Tx, p: &Port) -> NetResult<()> {
             ),
         ));
     }
-    super::floating_ips::disassociate_port(tx, &p.id)
+    Ok(())
 }
