@@ -288,7 +288,7 @@ async fn delete_service(
     state.identity_write(|tx| {
         tx.fetch::<Service>(&id)?;
         for e in tx.list::<Endpoint>(&Q::parent(&id))? {
-            super::ep_filter::forget_endpoint(tx, &e.id)?;
+            super::cascade::forget_endpoint(tx, &e.id)?;
             tx.delete::<Endpoint>(&e.id)?;
         }
         tx.delete::<Service>(&id)?;
@@ -470,7 +470,7 @@ async fn delete_endpoint(
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_endpoint")?;
     state.identity_write(|tx| {
-        super::ep_filter::forget_endpoint(tx, &id)?;
+        super::cascade::forget_endpoint(tx, &id)?;
         if !tx.delete::<Endpoint>(&id)? {
             return Err(ApiError::not_found("endpoint", &id));
         }

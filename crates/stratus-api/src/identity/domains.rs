@@ -11,7 +11,7 @@ use stratus_store::{Query as Q, Tx};
 
 use super::model::*;
 use super::policy::Ctx;
-use super::{Obj, assignments, conflict_as, filter, list_body, new_id, self_link};
+use super::{Obj, conflict_as, filter, list_body, new_id, self_link};
 use crate::json::Json;
 use crate::{ApiError, AppState};
 
@@ -115,7 +115,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_domain")?;
-    state.identity_write(|tx| delete_in(tx, &id))?;
+    state.identity_write(|tx| super::cascade::delete_domain(tx, &id))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -141,50 +141,4 @@ pub fn update_in(tx: &Tx, id: &str, o: &Obj) -> Result<Domain, ApiError> {
     let name = d.name.clone();
     tx.update(&d).map_err(conflict_as("domain", &name))?;
     Ok(d)
-}
-
-/// Deletes a disabled domain with everything in it.
-pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
-    let d = tx.fetch::<Domain>(id)?;
-    if d.enabled {
-        return Err(ApiError::forbidden(
-            "identity:delete_domain (cannot delete a domain that is enabled, please disable it first)",
-        ));
-    }
-    if d.id == DEFAULT_DOMAIN_ID {
-        return Err(ApiError::forbidden(
-            "identity:delete_domain (the default domain cannot be deleted)",
-        ));
-    }
-    // Leaves first: a project is deleted only after its children.
-    let mut projects = tx.list::<Project>(&Q::owner(id))?;
-    let by_id: std::collections::HashMap<String, Option<String>> = projects
-        .iter()
-        .map(|p| (p.id.clone(), p.parent_id.clone()))
-        .collect();
-    let depth = |p: &Project| {
-        let (mut d, mut cur) = (0, p.parent_id.clone());
-        while let Some(c) = cur.filter(|_| d < 64) {
-            d += 1;
-            cur = by_id.get(&c).cloned().flatten();
-        }
-        d
-    };
-    projects.sort_by_key(|p| std::cmp::Reverse(depth(p)));
-    for p in projects {
-        super::projects::delete_in(tx, &p.id)?;
-    }
-    for u in tx.list::<User>(&Q::owner(id))? {
-        super::users::delete_in(tx, &u.id)?;
-    }
-    for g in tx.list::<Group>(&Q::owner(id))? {
-        super::groups::delete_in(tx, &g.id)?;
-    }
-    for r in tx.list::<Role>(&Q::owner(id))? {
-        super::roles::delete_in(tx, &r.id)?;
-    }
-    assignments::delete_touching(tx, id)?;
-    tx.delete::<DomainConfig>(id)?;
-    tx.delete::<Domain>(id)?;
-    Ok(())
 }

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Map, Value, json};
-use stratus_store::{Query as Q, Tx};
+use stratus_store::Query as Q;
 
 use super::catalog::endpoint_view;
 use super::model::*;
@@ -229,25 +229,6 @@ async fn remove(
         Ok(())
     })?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Drops a project's associations (when the project goes).
-pub fn forget_project(tx: &Tx, project_id: &str) -> Result<(), ApiError> {
-    for a in tx.list::<ProjectEndpointGroup>(&Q::owner(project_id))? {
-        tx.delete::<ProjectEndpointGroup>(&a.id)?;
-    }
-    for a in tx.list::<ProjectEndpoint>(&Q::owner(project_id))? {
-        tx.delete::<ProjectEndpoint>(&a.id)?;
-    }
-    Ok(())
-}
-
-/// Drops an endpoint's project associations (when the endpoint goes).
-pub fn forget_endpoint(tx: &Tx, endpoint_id: &str) -> Result<(), ApiError> {
-    for a in tx.list::<ProjectEndpoint>(&Q::parent(endpoint_id))? {
-        tx.delete::<ProjectEndpoint>(&a.id)?;
-    }
-    Ok(())
 }
 
 // ---- endpoint groups and projects ---------------------------------------------

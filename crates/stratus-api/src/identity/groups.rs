@@ -7,11 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
-use stratus_store::{Query as Q, Tx};
+use stratus_store::Query as Q;
 
 use super::model::*;
 use super::policy::Ctx;
-use super::{Obj, assignments, conflict_as, filter, list_body, new_id, self_link};
+use super::{Obj, conflict_as, filter, list_body, new_id};
 use crate::json::Json;
 use crate::{ApiError, AppState};
 
@@ -29,22 +29,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-pub fn view(state: &AppState, g: &Group) -> Value {
-    let mut v = json!({
-        "id": g.id,
-        "name": g.name,
-        "domain_id": g.domain_id,
-        "description": g.description,
-        "links": self_link(state, &format!("groups/{}", g.id)),
-    });
-    if let Some(obj) = v.as_object_mut() {
-        for (k, x) in &g.extra {
-            obj.entry(k.clone()).or_insert_with(|| x.clone());
-        }
-    }
-    v
-}
-
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -60,7 +44,10 @@ async fn list(
         owner,
         ..Q::default()
     })?;
-    let items = groups.iter().map(|g| view(&state, g)).collect();
+    let items = groups
+        .iter()
+        .map(|g| super::views::group(&state, g))
+        .collect();
     Ok(list_body(&state, "groups", "groups", filter(items, &q)))
 }
 
@@ -96,7 +83,7 @@ async fn create(
     })?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"group": view(&state, &g)})),
+        axum::Json(json!({"group": super::views::group(&state, &g)})),
     ))
 }
 
@@ -119,7 +106,9 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let g = readable(&state, &ctx, &id)?;
-    Ok(axum::Json(json!({"group": view(&state, &g)})))
+    Ok(axum::Json(
+        json!({"group": super::views::group(&state, &g)}),
+    ))
 }
 
 async fn update(
@@ -143,18 +132,9 @@ async fn update(
         tx.update(&g).map_err(conflict_as("group", &name))?;
         Ok(g)
     })?;
-    Ok(axum::Json(json!({"group": view(&state, &g)})))
-}
-
-pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
-    for m in tx.list::<Membership>(&Q::parent(id))? {
-        tx.delete::<Membership>(&m.id)?;
-    }
-    assignments::delete_touching(tx, id)?;
-    if !tx.delete::<Group>(id)? {
-        return Err(ApiError::not_found("group", id));
-    }
-    Ok(())
+    Ok(axum::Json(
+        json!({"group": super::views::group(&state, &g)}),
+    ))
 }
 
 async fn remove(
@@ -163,7 +143,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_group")?;
-    state.identity_write(|tx| delete_in(tx, &id))?;
+    state.identity_write(|tx| super::cascade::delete_group(tx, &id))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -181,7 +161,7 @@ async fn members(
     let mut items = Vec::new();
     for m in state.store.list::<Membership>(&Q::parent(&id))? {
         if let Some(u) = state.store.get::<User>(&m.user_id)? {
-            items.push(super::users::view(&state, &u));
+            items.push(super::views::user(&state, &u));
         }
     }
     Ok(list_body(

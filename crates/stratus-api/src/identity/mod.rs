@@ -13,6 +13,7 @@ pub mod app_creds;
 pub mod assignments;
 pub mod auth;
 pub mod bootstrap;
+pub mod cascade;
 pub mod catalog;
 pub mod credentials;
 pub mod domain_config;
@@ -33,6 +34,7 @@ pub mod service;
 pub mod token;
 pub mod trusts;
 pub mod users;
+pub mod views;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -7,11 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
-use stratus_store::{Query as Q, Tx};
+use stratus_store::Query as Q;
 
 use super::model::*;
 use super::policy::Ctx;
-use super::{Obj, assignments, conflict_as, filter, flag, list_body, new_id, self_link};
+use super::{Obj, conflict_as, filter, flag, list_body, new_id, self_link};
 use crate::json::Json;
 use crate::{ApiError, AppState};
 
@@ -404,26 +404,6 @@ async fn update(
     Ok(axum::Json(json!({"project": view(&state, &p)})))
 }
 
-/// Deletes a leaf project with its assignments, application credentials
-/// and trusts.
-pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
-    if !tx.list::<Project>(&Q::parent(id))?.is_empty() {
-        return Err(ApiError::forbidden(&format!(
-            "identity:delete_project (cannot delete project {id}: it is not a leaf in the hierarchy)"
-        )));
-    }
-    assignments::delete_touching(tx, id)?;
-    for ac in tx.list::<AppCredential>(&Q::parent(id))? {
-        tx.delete::<AppCredential>(&ac.id)?;
-    }
-    super::trusts::delete_for_project(tx, id)?;
-    super::ep_filter::forget_project(tx, id)?;
-    if !tx.delete::<Project>(id)? {
-        return Err(ApiError::not_found("project", id));
-    }
-    Ok(())
-}
-
 async fn remove(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -431,10 +411,10 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_project")?;
     if as_domain(&state, &id)?.is_some() {
-        state.identity_write(|tx| super::domains::delete_in(tx, &id))?;
+        state.identity_write(|tx| super::cascade::delete_domain(tx, &id))?;
         return Ok(StatusCode::NO_CONTENT);
     }
-    state.identity_write(|tx| delete_in(tx, &id))?;
+    state.identity_write(|tx| super::cascade::delete_project(tx, &id))?;
     state.revoke(Revocation {
         project_id: Some(id),
         issued_before_us: crate::timeutil::now_us(),

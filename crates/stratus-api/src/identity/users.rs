@@ -7,11 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use stratus_store::{Query as Q, Tx};
+use stratus_store::Query as Q;
 
 use super::model::*;
 use super::policy::Ctx;
-use super::{Obj, assignments, conflict_as, filter, list_body, new_id, self_link};
+use super::{Obj, conflict_as, filter, list_body, new_id};
 use crate::json::Json;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
@@ -37,30 +37,6 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{id}/groups", get(user_groups))
 }
 
-pub fn view(state: &AppState, u: &User) -> Value {
-    let mut v = json!({
-        "id": u.id,
-        "name": u.name,
-        "domain_id": u.domain_id,
-        "enabled": u.enabled,
-        "password_expires_at": null,
-        "options": u.options,
-        "links": self_link(state, &format!("users/{}", u.id)),
-    });
-    if let Some(p) = &u.default_project_id {
-        v["default_project_id"] = json!(p);
-    }
-    if let Some(d) = &u.description {
-        v["description"] = json!(d);
-    }
-    if let Some(obj) = v.as_object_mut() {
-        for (k, x) in &u.extra {
-            obj.entry(k.clone()).or_insert_with(|| x.clone());
-        }
-    }
-    v
-}
-
 fn can_read(ctx: &Ctx, u: &User) -> bool {
     ctx.user_id() == u.id || ctx.can_read_domain_objects(&u.domain_id)
 }
@@ -80,7 +56,10 @@ async fn list(
         owner,
         ..Q::default()
     })?;
-    let items = users.iter().map(|u| view(&state, u)).collect();
+    let items = users
+        .iter()
+        .map(|u| super::views::user(&state, u))
+        .collect();
     Ok(list_body(&state, "users", "users", filter(items, &q)))
 }
 
@@ -139,7 +118,7 @@ async fn create(
     state.identity_write(|tx| tx.insert(&u).map_err(conflict_as("user", &name)))?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"user": view(&state, &u)})),
+        axum::Json(json!({"user": super::views::user(&state, &u)})),
     ))
 }
 
@@ -150,7 +129,7 @@ async fn show(
 ) -> Result<axum::Json<Value>, ApiError> {
     let u = state.store.fetch::<User>(&id)?;
     ctx.allow(can_read(&ctx, &u), "identity:get_user")?;
-    Ok(axum::Json(json!({"user": view(&state, &u)})))
+    Ok(axum::Json(json!({"user": super::views::user(&state, &u)})))
 }
 
 async fn update(
@@ -212,7 +191,7 @@ async fn update(
     if revoke {
         revoke_user(&state, &u.id)?;
     }
-    Ok(axum::Json(json!({"user": view(&state, &u)})))
+    Ok(axum::Json(json!({"user": super::views::user(&state, &u)})))
 }
 
 /// Revokes every token the user holds now.
@@ -224,36 +203,13 @@ pub fn revoke_user(state: &AppState, user_id: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Deletes a user with its memberships, assignments, credentials, access
-/// rules and the trusts it gives or receives.
-pub fn delete_in(tx: &Tx, id: &str) -> Result<(), ApiError> {
-    for m in tx.list::<Membership>(&Q::owner(id))? {
-        tx.delete::<Membership>(&m.id)?;
-    }
-    for c in tx.list::<Credential>(&Q::owner(id))? {
-        tx.delete::<Credential>(&c.id)?;
-    }
-    for ac in tx.list::<AppCredential>(&Q::owner(id))? {
-        tx.delete::<AppCredential>(&ac.id)?;
-    }
-    for r in tx.list::<AccessRule>(&Q::owner(id))? {
-        tx.delete::<AccessRule>(&r.id)?;
-    }
-    super::trusts::delete_for_user(tx, id)?;
-    assignments::delete_touching(tx, id)?;
-    if !tx.delete::<User>(id)? {
-        return Err(ApiError::not_found("user", id));
-    }
-    Ok(())
-}
-
 async fn remove(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("identity:delete_user")?;
-    state.identity_write(|tx| delete_in(tx, &id))?;
+    state.identity_write(|tx| super::cascade::delete_user(tx, &id))?;
     revoke_user(&state, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -324,7 +280,7 @@ async fn user_groups(
     let mut items = Vec::new();
     for gid in super::service::user_group_ids(&state.store, &id)? {
         if let Some(g) = state.store.get::<Group>(&gid)? {
-            items.push(super::groups::view(&state, &g));
+            items.push(super::views::group(&state, &g));
         }
     }
     Ok(list_body(
