@@ -880,7 +880,9 @@ fn mark_network_dirty(sh: &Shared) {
 /// controller woke the agent, and every 30 s in any case.
 fn network_loop(sh: &Shared) {
     loop {
-        {
+        // A wake-up wires what changed; every 30 s without one, all of
+        // it is checked again (something outside may have touched it).
+        let full = {
             let (m, cv) = &sh.net_dirty;
             let mut dirty = m.lock().unwrap_or_else(|e| e.into_inner());
             if !*dirty {
@@ -889,9 +891,11 @@ fn network_loop(sh: &Shared) {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
+            let woken = *dirty;
             *dirty = false;
-        }
-        if let Err(e) = sync_network(sh, false) {
+            !woken
+        };
+        if let Err(e) = sync_network(sh, full) {
             tracing::warn!(error = %format!("{e:#}"), "network sync failed; retrying");
             std::thread::sleep(Duration::from_secs(2));
             mark_network_dirty(sh);
@@ -917,7 +921,7 @@ fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwork> {
     if force || wired.as_ref() != Some(&net) {
         let keep: std::collections::BTreeSet<String> =
             sh.driver.list().into_iter().map(|(id, _)| id).collect();
-        sh.net.apply(&net, &keep)?;
+        sh.net.apply(&net, &keep, force)?;
         *wired = Some(net.clone());
     }
     sh.metadata.sync(&net, |id| sh.net.metadata_listener(id));
