@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use stratus_store::{Query as SQ, Tx};
 
-use super::model::{IpAllocation, Network, Port, RbacPolicy, Std, Subnet};
+use super::model::{FloatingIp, IpAllocation, Network, Port, RbacPolicy, Std, Subnet};
 use super::{
     NetError, NetResult, fields_of, ipam, list_answer, new_id, opt_bool, opt_int, opt_str, owns,
     reply, require_member, require_reader, resource_body, select_fields, target_project,
@@ -25,7 +25,7 @@ const NETWORK_TYPES: &[&str] = &["vxlan", "flat", "vlan", "local", "geneve", "gr
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/networks", get(list).post(create))
+        .route("/networks", get(list).post(create_many))
         .route("/networks/{id}", get(show).put(update).delete(delete))
         .route("/network-ip-availabilities", get(availabilities))
         .route("/network-ip-availabilities/{id}", get(availability))
@@ -358,6 +358,22 @@ fn segment(
     }
 }
 
+/// `POST /networks`: one network, or many at once (Neutron's bulk create).
+async fn create_many(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    super::create_bulk(
+        body,
+        "network",
+        "networks",
+        |b| create(State(state.clone()), Ctx(ctx.0.clone()), Json(b)),
+        |id| delete(State(state.clone()), Ctx(ctx.0.clone()), Path(id)),
+    )
+    .await
+}
+
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -543,6 +559,14 @@ async fn delete(
 /// inside `tx`; refuses while ports other than its own are on it.
 pub(super) fn delete_in(tx: &Tx, n: &Network) -> NetResult<()> {
     let id = &n.id;
+    // As in Neutron, floating IPs of the network that map to nothing go
+    // with it; an associated one keeps it (its port is in use).
+    for f in tx.list::<FloatingIp>(&SQ::all())? {
+        if f.floating_network_id == *id && f.port_id.is_none() {
+            super::routers::drop_port(tx, &f.floating_port_id)?;
+            tx.delete::<FloatingIp>(&f.id)?;
+        }
+    }
     let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
     if ports.iter().any(|p| !p.network_owned()) {
         return Err(NetError::conflict(

@@ -462,8 +462,8 @@ async fn create_rule(
     let protocol = protocol
         .filter(|p| !p.eq_ignore_ascii_case("any"))
         .map(|p| p.to_ascii_lowercase());
-    let mut min = opt_int(&m, "port_range_min")?;
-    let mut max = opt_int(&m, "port_range_max")?;
+    let min = opt_int(&m, "port_range_min")?;
+    let max = opt_int(&m, "port_range_max")?;
     if (min.is_some() || max.is_some()) && number.is_none() {
         return Err(NetError::bad(
             "SecurityGroupProtocolRequiredWithPorts",
@@ -480,14 +480,14 @@ async fn create_rule(
                     ));
                 }
             }
-            match (min, max) {
-                (Some(a), None) => max = Some(a),
-                (None, Some(b)) => min = Some(b),
-                _ => {}
-            }
-            if let (Some(a), Some(b)) = (min, max)
-                && a > b
-            {
+            // Both ends or neither, as in Neutron (a single port is
+            // min == max).
+            let ordered = match (min, max) {
+                (Some(a), Some(b)) => a <= b,
+                (None, None) => true,
+                _ => false,
+            };
+            if !ordered {
                 return Err(NetError::bad(
                     "SecurityGroupInvalidPortRange",
                     "For TCP/UDP protocols, port_range_min must be <= port_range_max",

@@ -168,10 +168,13 @@ fn network_discovery_catalog_and_extensions() {
         "address-scope",
         "rbac-policies",
         "auto-allocated-topology",
+        "tag",
+        "standard-attr-tag",
+        "subnet-external-network",
     ] {
         assert!(aliases.contains(&a), "{a} missing from {aliases:?}");
     }
-    for a in ["tag", "dvr", "l3-ha", "qos"] {
+    for a in ["dvr", "l3-ha", "qos", "metering", "trunk"] {
         assert!(!aliases.contains(&a), "{a} is listed but not implemented");
     }
     assert_eq!(
@@ -1119,4 +1122,124 @@ fn network_ipam_concurrent_ports_get_distinct_addresses() {
         409,
         "IpAddressGenerationFailure",
     );
+}
+
+#[test]
+fn network_bulk_create_slaac_subnet_delete_and_rule_port_ranges() {
+    let c = Net::start();
+    let (_pid, tok) = c.project("bulk", "member");
+
+    // Bulk create: one request, a list back, in order.
+    let r = c.nn.post(
+        "/networks",
+        &tok,
+        json!({"networks": [{"name": "bulk-a"}, {"name": "bulk-b"}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let nets = r.body["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 2);
+    assert_eq!(nets[0]["name"], "bulk-a");
+    assert_eq!(nets[1]["name"], "bulk-b");
+    let (na, nb) = (
+        nets[0]["id"].as_str().unwrap().to_string(),
+        nets[1]["id"].as_str().unwrap().to_string(),
+    );
+    let r = c.nn.post(
+        "/subnets",
+        &tok,
+        json!({"subnets": [
+            {"network_id": na, "cidr": "10.1.0.0/24", "ip_version": 4},
+            {"network_id": nb, "cidr": "10.2.0.0/24", "ip_version": 4},
+        ]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["subnets"][1]["network_id"], nb.as_str());
+    let r = c.nn.post(
+        "/ports",
+        &tok,
+        json!({"ports": [{"network_id": na}, {"network_id": nb}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(ids(&r.body, "ports").len(), 2);
+
+    // All or none: a refused item leaves nothing of the others behind.
+    let before = ids(&c.nn.get("/ports", &tok).body, "ports").len();
+    let r = c.nn.post(
+        "/ports",
+        &tok,
+        json!({"ports": [{"network_id": na}, {"network_id": "no-such-network"}]}),
+    );
+    fault(&r, 404, "NetworkNotFound");
+    assert_eq!(ids(&c.nn.get("/ports", &tok).body, "ports").len(), before);
+    let r =
+        c.nn.post("/networks", &tok, json!({"networks": {"name": "x"}}));
+    fault(&r, 400, "HTTPBadRequest");
+
+    // An auto-address (SLAAC) subnet is deleted with ports on it: their
+    // addresses from it go; the network itself stays in use.
+    let net6 = c.network(&tok, json!({"name": "v6"}));
+    let n6 = net6["id"].as_str().unwrap();
+    let s6 = c.nn.create(
+        &tok,
+        "/subnets",
+        "subnet",
+        json!({"network_id": n6, "cidr": "2001:db8:1::/64", "ip_version": 6,
+               "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}),
+    );
+    let s6id = s6["id"].as_str().unwrap();
+    let port =
+        c.nn.create(&tok, "/ports", "port", json!({"network_id": n6}));
+    assert_eq!(port["fixed_ips"][0]["subnet_id"], s6id);
+    let pid = port["id"].as_str().unwrap();
+    assert_eq!(c.nn.delete(&format!("/subnets/{s6id}"), &tok).status, 204);
+    assert_eq!(c.nn.get(&format!("/subnets/{s6id}"), &tok).status, 404);
+    let port = c.nn.get(&format!("/ports/{pid}"), &tok).body;
+    assert_eq!(port["port"]["fixed_ips"], json!([]), "{port}");
+    fault(
+        &c.nn.delete(&format!("/networks/{n6}"), &tok),
+        409,
+        "NetworkInUse",
+    );
+    // A stateful (DHCPv6) subnet still refuses while a port holds an
+    // address from it.
+    let s = c.nn.create(
+        &tok,
+        "/subnets",
+        "subnet",
+        json!({"network_id": n6, "cidr": "2001:db8:2::/64", "ip_version": 6,
+               "ipv6_ra_mode": "dhcpv6-stateful", "ipv6_address_mode": "dhcpv6-stateful"}),
+    );
+    let sid = s["id"].as_str().unwrap();
+    c.nn.create(&tok, "/ports", "port", json!({"network_id": n6}));
+    fault(
+        &c.nn.delete(&format!("/subnets/{sid}"), &tok),
+        409,
+        "SubnetInUse",
+    );
+
+    // TCP/UDP port ranges need both ends (a single port is min == max).
+    let sg = c.nn.create(
+        &tok,
+        "/security-groups",
+        "security_group",
+        json!({"name": "r"}),
+    );
+    let sgid = sg["id"].as_str().unwrap();
+    for (min, max) in [(json!(null), json!(6)), (json!(22), json!(null))] {
+        let r = c.nn.post(
+            "/security-group-rules",
+            &tok,
+            json!({"security_group_rule": {"security_group_id": sgid, "direction": "ingress",
+                   "protocol": "tcp", "port_range_min": min, "port_range_max": max}}),
+        );
+        fault(&r, 400, "SecurityGroupInvalidPortRange");
+    }
+    let rule = c.nn.create(
+        &tok,
+        "/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": sgid, "direction": "ingress", "protocol": "tcp",
+               "port_range_min": 22, "port_range_max": 22}),
+    );
+    assert_eq!(rule["port_range_max"], 22);
 }
