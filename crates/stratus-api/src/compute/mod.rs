@@ -16,6 +16,7 @@ mod flavors;
 mod groups;
 mod images;
 mod interfaces;
+mod ips;
 mod keypairs;
 pub mod model;
 mod nics;
@@ -200,6 +201,8 @@ pub fn router() -> Router<AppState> {
         .merge(servers::routes())
         .merge(actions::routes())
         .merge(interfaces::routes())
+        .merge(ips::routes())
+        .merge(crate::network::nova_proxy::routes())
         .merge(groups::routes())
         .merge(images::routes())
         .merge(admin::routes())

@@ -34,6 +34,7 @@ mod ipam;
 pub mod model;
 mod networks;
 pub mod nova;
+pub mod nova_proxy;
 mod ports;
 mod quotas;
 mod rbac;

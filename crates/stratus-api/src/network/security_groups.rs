@@ -149,7 +149,7 @@ fn find_in(tx: &Tx, ctx: &Ctx, id: &str) -> NetResult<SecurityGroup> {
     }
 }
 
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
     Query(q): Query<Vec<(String, String)>>,
@@ -178,7 +178,7 @@ fn render_group(state: &AppState, g: &SecurityGroup) -> NetResult<Value> {
     Ok(g.render(&state.store.list::<SecurityGroupRule>(&SQ::parent(&g.id))?))
 }
 
-async fn show(
+pub(super) async fn show(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -195,7 +195,7 @@ async fn show(
     ))
 }
 
-async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     Json(body): Json<Value>,
@@ -239,7 +239,7 @@ async fn create(
     ))
 }
 
-async fn update(
+pub(super) async fn update(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -280,7 +280,7 @@ async fn update(
     ))
 }
 
-async fn delete(
+pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -314,7 +314,7 @@ async fn delete(
 
 // ---- rules ------------------------------------------------------------------
 
-async fn list_rules(
+pub(super) async fn list_rules(
     State(state): State<AppState>,
     ctx: Ctx,
     Query(q): Query<Vec<(String, String)>>,
@@ -417,7 +417,7 @@ fn same_rule(a: &SecurityGroupRule, b: &SecurityGroupRule) -> bool {
         && a.remote_group_id == b.remote_group_id
 }
 
-async fn create_rule(
+pub(super) async fn create_rule(
     State(state): State<AppState>,
     ctx: Ctx,
     Json(body): Json<Value>,
@@ -603,7 +603,7 @@ async fn create_rule(
     ))
 }
 
-async fn delete_rule(
+pub(super) async fn delete_rule(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
