@@ -1243,3 +1243,183 @@ fn network_bulk_create_slaac_subnet_delete_and_rule_port_ranges() {
     );
     assert_eq!(rule["port_range_max"], 22);
 }
+
+/// Asserts a Nova fault: status and the body's `{name: {code}}`.
+fn nova_fault(r: &Resp, status: u16, name: &str) {
+    assert_eq!(r.status, status, "expected {status}: {}", r.body);
+    assert_eq!(r.body[name]["code"], status, "{}", r.body);
+}
+
+#[test]
+fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
+    let c = Net::start();
+    let (pid, tok) = c.project("proxy", "member");
+    let nova = c.server.client_at("/compute/v2.1");
+
+    // Security groups through Nova, seen by the network service.
+    let r = nova.post(
+        "/os-security-groups",
+        &tok,
+        json!({"security_group": {"name": "web", "description": "web servers"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let g = r.body["security_group"].clone();
+    let gid = g["id"].as_str().unwrap().to_string();
+    assert_eq!(g["tenant_id"], pid.as_str());
+    assert_eq!(g["rules"], json!([]), "egress rules are not Nova's");
+    nova_fault(
+        &nova.post(
+            "/os-security-groups",
+            &tok,
+            json!({"security_group": {"name": "", "description": "x"}}),
+        ),
+        400,
+        "badRequest",
+    );
+    let rule = |body: Value| {
+        nova.post(
+            "/os-security-group-rules",
+            &tok,
+            json!({ "security_group_rule": body }),
+        )
+    };
+    let r = rule(json!({"parent_group_id": gid, "ip_protocol": "tcp",
+                        "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rid = r.body["security_group_rule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(r.body["security_group_rule"]["ip_range"]["cidr"], "10.0.0.0/8");
+    assert_eq!(r.body["security_group_rule"]["parent_group_id"], gid.as_str());
+    for bad in [
+        json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 22, "to_port": 70000}),
+        json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 23, "to_port": 22}),
+        json!({"parent_group_id": gid, "ip_protocol": "gre-ish", "from_port": 1, "to_port": 2}),
+        json!({"parent_group_id": "not-a-uuid", "ip_protocol": "tcp", "from_port": 1, "to_port": 2}),
+        // The same rule again.
+        json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}),
+    ] {
+        nova_fault(&rule(bad), 400, "badRequest");
+    }
+    nova_fault(
+        &rule(json!({"parent_group_id": "7c9b1e7e-0b0a-4a45-9d50-0d1f1f2f3f4f",
+                     "ip_protocol": "tcp", "from_port": 1, "to_port": 2})),
+        404,
+        "itemNotFound",
+    );
+    let shown = nova.get(&format!("/os-security-groups/{gid}"), &tok);
+    assert_eq!(shown.status, 200);
+    assert_eq!(
+        shown.body["security_group"]["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let neutron = c.nn.get(&format!("/security-groups/{gid}"), &tok).body;
+    assert!(
+        neutron["security_group"]["security_group_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == rid.as_str() && r["port_range_min"] == 22)
+    );
+    let listed = nova.get("/os-security-groups", &tok).body;
+    assert!(
+        listed["security_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == gid.as_str())
+    );
+    // Gone from 2.36, as in Nova.
+    let r = nova.raw(
+        "GET",
+        "/os-security-groups",
+        Some(&tok),
+        &[("OpenStack-API-Version", "compute 2.36")],
+        None,
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        nova.delete(&format!("/os-security-group-rules/{rid}"), &tok)
+            .status,
+        202
+    );
+    assert_eq!(
+        nova.delete(&format!("/os-security-groups/{gid}"), &tok)
+            .status,
+        202
+    );
+    assert_eq!(
+        c.nn.get(&format!("/security-groups/{gid}"), &tok).status,
+        404
+    );
+
+    // Floating IPs from a pool (an external network, by name).
+    let public = c.network(
+        &c.admin,
+        json!({"name": "public", "router:external": true}),
+    );
+    c.nn.create(
+        &c.admin,
+        "/subnets",
+        "subnet",
+        json!({"network_id": public["id"], "cidr": "172.24.4.0/24", "ip_version": 4, "enable_dhcp": false}),
+    );
+    let pools = nova.get("/os-floating-ip-pools", &tok).body;
+    assert_eq!(pools["floating_ip_pools"], json!([{"name": "public"}]));
+    let r = nova.post("/os-floating-ips", &tok, json!({"pool": "public"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let f = r.body["floating_ip"].clone();
+    let fid = f["id"].as_str().unwrap().to_string();
+    assert!(f["ip"].as_str().unwrap().starts_with("172.24.4."), "{f}");
+    assert_eq!(f["pool"], "public");
+    assert_eq!(f["instance_id"], Value::Null);
+    assert_eq!(f["fixed_ip"], Value::Null);
+    nova_fault(
+        &nova.post("/os-floating-ips", &tok, json!({"pool": "nope"})),
+        404,
+        "itemNotFound",
+    );
+    let listed = nova.get("/os-floating-ips", &tok).body;
+    assert_eq!(ids(&listed, "floating_ips"), vec![fid.clone()]);
+    assert_eq!(
+        c.nn.get(&format!("/floatingips/{fid}"), &tok).body["floatingip"]["floating_ip_address"],
+        f["ip"]
+    );
+    assert_eq!(
+        nova.delete(&format!("/os-floating-ips/{fid}"), &tok).status,
+        202
+    );
+    nova_fault(
+        &nova.get(&format!("/os-floating-ips/{fid}"), &tok),
+        404,
+        "itemNotFound",
+    );
+
+    // Networks the caller sees, by label; another project's are not found.
+    let mine = c.network(&tok, json!({"name": "mine"}));
+    let (_, other_tok) = c.project("proxy-other", "member");
+    let theirs = c.network(&other_tok, json!({"name": "theirs"}));
+    let labels: Vec<String> = nova.get("/os-tenant-networks", &tok).body["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["label"].as_str().unwrap().to_string())
+        .collect();
+    assert!(labels.contains(&"mine".to_string()), "{labels:?}");
+    assert!(labels.contains(&"public".to_string()), "{labels:?}");
+    assert!(!labels.contains(&"theirs".to_string()), "{labels:?}");
+    let shown = nova.get(&format!("/os-networks/{}", mine["id"].as_str().unwrap()), &tok);
+    assert_eq!(shown.body["network"]["label"], "mine", "{}", shown.body);
+    nova_fault(
+        &nova.get(
+            &format!("/os-tenant-networks/{}", theirs["id"].as_str().unwrap()),
+            &tok,
+        ),
+        404,
+        "itemNotFound",
+    );
+}
