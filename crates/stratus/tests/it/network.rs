@@ -1290,8 +1290,14 @@ fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(r.body["security_group_rule"]["ip_range"]["cidr"], "10.0.0.0/8");
-    assert_eq!(r.body["security_group_rule"]["parent_group_id"], gid.as_str());
+    assert_eq!(
+        r.body["security_group_rule"]["ip_range"]["cidr"],
+        "10.0.0.0/8"
+    );
+    assert_eq!(
+        r.body["security_group_rule"]["parent_group_id"],
+        gid.as_str()
+    );
     for bad in [
         json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 22, "to_port": 70000}),
         json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 23, "to_port": 22}),
@@ -1303,8 +1309,10 @@ fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
         nova_fault(&rule(bad), 400, "badRequest");
     }
     nova_fault(
-        &rule(json!({"parent_group_id": "7c9b1e7e-0b0a-4a45-9d50-0d1f1f2f3f4f",
-                     "ip_protocol": "tcp", "from_port": 1, "to_port": 2})),
+        &rule(
+            json!({"parent_group_id": "7c9b1e7e-0b0a-4a45-9d50-0d1f1f2f3f4f",
+                     "ip_protocol": "tcp", "from_port": 1, "to_port": 2}),
+        ),
         404,
         "itemNotFound",
     );
@@ -1358,10 +1366,7 @@ fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
     );
 
     // Floating IPs from a pool (an external network, by name).
-    let public = c.network(
-        &c.admin,
-        json!({"name": "public", "router:external": true}),
-    );
+    let public = c.network(&c.admin, json!({"name": "public", "router:external": true}));
     c.nn.create(
         &c.admin,
         "/subnets",
@@ -1412,7 +1417,10 @@ fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
     assert!(labels.contains(&"mine".to_string()), "{labels:?}");
     assert!(labels.contains(&"public".to_string()), "{labels:?}");
     assert!(!labels.contains(&"theirs".to_string()), "{labels:?}");
-    let shown = nova.get(&format!("/os-networks/{}", mine["id"].as_str().unwrap()), &tok);
+    let shown = nova.get(
+        &format!("/os-networks/{}", mine["id"].as_str().unwrap()),
+        &tok,
+    );
     assert_eq!(shown.body["network"]["label"], "mine", "{}", shown.body);
     nova_fault(
         &nova.get(
@@ -1422,4 +1430,50 @@ fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
         404,
         "itemNotFound",
     );
+}
+
+#[test]
+fn network_server_ips_by_network() {
+    let c = super::compute::Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("ips");
+    let nn = c.server.client_at("/network/v2.0");
+    let net = nn.create(&tok, "/networks", "network", json!({"name": "ipsnet"}));
+    let nid = net["id"].as_str().unwrap();
+    nn.create(
+        &tok,
+        "/subnets",
+        "subnet",
+        json!({"network_id": nid, "cidr": "10.30.0.0/24", "ip_version": 4}),
+    );
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(
+        &tok,
+        "with-ip",
+        &img,
+        "1",
+        json!({"networks": [{"uuid": nid, "fixed_ip": "10.30.0.50"}]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let sid = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&tok, &sid, "ACTIVE");
+
+    let r = c.req("GET", &format!("/servers/{sid}/ips"), &tok, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"addresses": {"ipsnet": [{"version": 4, "addr": "10.30.0.50"}]}})
+    );
+    let r = c.req("GET", &format!("/servers/{sid}/ips/ipsnet"), &tok, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"ipsnet": [{"version": 4, "addr": "10.30.0.50"}]})
+    );
+    let r = c.req("GET", &format!("/servers/{sid}/ips/elsewhere"), &tok, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.body["itemNotFound"]["code"], 404);
+    let (_, other) = c.project("ips-other");
+    let r = c.req("GET", &format!("/servers/{sid}/ips"), &other, None);
+    assert_eq!(r.status, 404, "{}", r.body);
 }
