@@ -26,6 +26,7 @@ mod quotas;
 mod rescue;
 mod resize;
 pub mod scheduler;
+mod server_password;
 mod servers;
 pub mod service;
 mod shelve;
@@ -202,6 +203,7 @@ pub fn router() -> Router<AppState> {
         .merge(actions::routes())
         .merge(interfaces::routes())
         .merge(ips::routes())
+        .merge(server_password::routes())
         .merge(crate::network::nova_proxy::routes())
         .merge(groups::routes())
         .merge(images::routes())

@@ -1433,7 +1433,7 @@ fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
 }
 
 #[test]
-fn network_server_ips_by_network() {
+fn network_server_ips_password_and_request_id() {
     let c = super::compute::Cloud::start(&["--driver", "fake"]);
     c.wait_nodes(1);
     let (_, tok) = c.project("ips");
@@ -1475,5 +1475,33 @@ fn network_server_ips_by_network() {
     assert_eq!(r.body["itemNotFound"]["code"], 404);
     let (_, other) = c.project("ips-other");
     let r = c.req("GET", &format!("/servers/{sid}/ips"), &other, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // Nova's own request id header comes with the common one.
+    let r = c.req("GET", &format!("/servers/{sid}"), &tok, None);
+    let id = r.header("x-openstack-request-id").unwrap().to_string();
+    assert_eq!(r.header("x-compute-request-id"), Some(id.as_str()));
+    // No guest posted a password: it is empty, and clearing it is fine.
+    let r = c.req(
+        "GET",
+        &format!("/servers/{sid}/os-server-password"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!({"password": ""}));
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{sid}/os-server-password"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.req(
+        "GET",
+        &format!("/servers/{sid}/os-server-password"),
+        &other,
+        None,
+    );
     assert_eq!(r.status, 404, "{}", r.body);
 }
