@@ -643,13 +643,13 @@ async fn delete(
         // Addresses of an auto-address (SLAAC) subnet leave the ports with
         // it, as in Neutron; only a router interface keeps it.
         let auto = is_slaac(&s);
+        let released = |p: &Port| {
+            p.network_owned() || auto && p.device_owner != super::routers::OWNER_INTERFACE
+        };
         let mut owned = Vec::new();
         for a in &allocs {
             match tx.get::<Port>(&a.port_id)? {
-                Some(p)
-                    if !p.network_owned()
-                        && !(auto && p.device_owner != super::routers::OWNER_INTERFACE) =>
-                {
+                Some(p) if !released(&p) => {
                     return Err(NetError::conflict(
                         "SubnetInUse",
                         format!("Unable to complete operation on subnet {id}: One or more ports have an IP allocation from this subnet."),
