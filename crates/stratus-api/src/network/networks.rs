@@ -338,24 +338,30 @@ fn segment(
                         "{ty} segmentation_id {s} out of range (1 through 16777215)"
                     )));
                 }
-                None => {
-                    let mut used: Vec<u32> =
-                        others.iter().filter_map(|n| n.segmentation_id).collect();
-                    used.sort_unstable();
-                    let mut c = 1;
-                    for u in used {
-                        if u == c {
-                            c += 1;
-                        } else if u > c {
-                            break;
-                        }
-                    }
-                    c
-                }
+                None => free_tunnel_id(&others),
             };
             Ok((ty, None, Some(id)))
         }
     }
+}
+
+/// A tunnel id no other network of the type has, picked at random as
+/// Neutron does: the id of a network just deleted is not handed out again
+/// at once, while nodes may still be tearing down its tunnel.
+fn free_tunnel_id(others: &[Network]) -> u32 {
+    const MAX: u32 = (1 << 24) - 1;
+    let used: std::collections::HashSet<u32> =
+        others.iter().filter_map(|n| n.segmentation_id).collect();
+    for _ in 0..64 {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let c = u32::from_le_bytes(b) % MAX + 1;
+        if !used.contains(&c) {
+            return c;
+        }
+    }
+    // Nearly full: the lowest free one.
+    (1..=MAX).find(|c| !used.contains(c)).unwrap_or(MAX)
 }
 
 /// `POST /networks`: one network, or many at once (Neutron's bulk create).

@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use stratus_store::{Query as SQ, Tx};
 
-use super::ipam::Cidr;
+use super::ipam::{Cidr, Ip};
 use super::model::{Port, SecurityGroup, SecurityGroupRule, Std};
 use super::{
     NetError, NetResult, fields_of, list_answer, new_id, opt_bool, opt_int, opt_str, owns, reply,
@@ -94,6 +94,7 @@ fn rule(
         port_range_min: None,
         port_range_max: None,
         remote_ip_prefix: None,
+        remote_ip_prefix_given: None,
         remote_group_id: remote_group,
         std: Std::new(String::new()),
     }
@@ -543,8 +544,18 @@ pub(super) async fn create_rule(
                     format!("Conflicting value ethertype {ethertype} for CIDR {p}"),
                 ));
             }
-            Some(c.to_string())
+            // As given (host bits and all) besides the normalised prefix.
+            let given = p
+                .split_once('/')
+                .and_then(|(a, _)| Ip::parse(a))
+                .map(|ip| format!("{ip}/{}", c.prefix))
+                .filter(|g| *g != c.to_string());
+            Some((c.to_string(), given))
         }
+    };
+    let (prefix, prefix_given) = match prefix {
+        Some((p, g)) => (Some(p), g),
+        None => (None, None),
     };
     let remote_group = opt_str(&m, "remote_group_id")?;
     if prefix.is_some() && remote_group.is_some() {
@@ -580,6 +591,7 @@ pub(super) async fn create_rule(
             port_range_min: min.map(|v| v as u32),
             port_range_max: max.map(|v| v as u32),
             remote_ip_prefix: prefix.clone(),
+            remote_ip_prefix_given: prefix_given.clone(),
             remote_group_id: remote_group.clone(),
             std: Std::new(description.clone()),
         };

@@ -798,8 +798,14 @@ fn network_security_groups_and_rules() {
         json!({"security_group_id": gid, "direction": "ingress", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "10.0.0.7/8"}),
     );
     assert_eq!(ssh.status, 201, "{}", ssh.body);
+    // As given, as Neutron keeps it; what is enforced is the normalised
+    // prefix.
     assert_eq!(
         ssh.body["security_group_rule"]["remote_ip_prefix"],
+        "10.0.0.7/8"
+    );
+    assert_eq!(
+        ssh.body["security_group_rule"]["normalized_cidr"],
         "10.0.0.0/8"
     );
     assert_eq!(ssh.body["security_group_rule"]["ethertype"], "IPv4");
@@ -1162,6 +1168,23 @@ fn network_bulk_create_slaac_subnet_delete_and_rule_port_ranges() {
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(ids(&r.body, "ports").len(), 2);
 
+    // The tunnel id of a deleted network is not handed out again at once
+    // (nodes may still hold its tunnel): ids are picked at random.
+    let seg = |id: &str| {
+        c.nn.get(&format!("/networks/{id}"), &c.admin).body["network"]["provider:segmentation_id"]
+            .as_u64()
+            .unwrap()
+    };
+    let gone = c.network(&tok, json!({"name": "short-lived"}));
+    let gone_id = gone["id"].as_str().unwrap();
+    let gone_seg = seg(gone_id);
+    assert_eq!(
+        c.nn.delete(&format!("/networks/{gone_id}"), &tok).status,
+        204
+    );
+    let next = c.network(&tok, json!({"name": "next"}));
+    assert_ne!(seg(next["id"].as_str().unwrap()), gone_seg);
+
     // All or none: a refused item leaves nothing of the others behind.
     let before = ids(&c.nn.get("/ports", &tok).body, "ports").len();
     let r = c.nn.post(
@@ -1242,6 +1265,24 @@ fn network_bulk_create_slaac_subnet_delete_and_rule_port_ranges() {
                "port_range_min": 22, "port_range_max": 22}),
     );
     assert_eq!(rule["port_range_max"], 22);
+    // A prefix with host bits set shows as given, normalised beside it.
+    let rule = c.nn.create(
+        &tok,
+        "/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": sgid, "direction": "ingress",
+               "remote_ip_prefix": "10.2.3.124/24"}),
+    );
+    assert_eq!(rule["remote_ip_prefix"], "10.2.3.124/24");
+    assert_eq!(rule["normalized_cidr"], "10.2.3.0/24");
+    // The same network under another spelling is the same rule.
+    let r = c.nn.post(
+        "/security-group-rules",
+        &tok,
+        json!({"security_group_rule": {"security_group_id": sgid, "direction": "ingress",
+               "remote_ip_prefix": "10.2.3.0/24"}}),
+    );
+    fault(&r, 409, "SecurityGroupRuleExists");
 }
 
 /// Asserts a Nova fault: status and the body's `{name: {code}}`.
