@@ -27,6 +27,7 @@
 //! `{"NeutronError": {"type", "message", "detail"}}`, with Neutron's
 //! exception names as `type`.
 
+mod agents;
 mod auto_allocate;
 mod extensions;
 mod floating_ips;
@@ -193,6 +194,7 @@ async fn fault_shape(req: Request, next: Next) -> Response {
 pub fn router() -> Router<AppState> {
     let v2 = Router::new()
         .merge(extensions::routes())
+        .merge(agents::routes())
         .merge(networks::routes())
         .merge(subnets::routes())
         .merge(ports::routes())

@@ -1545,4 +1545,20 @@ fn network_server_ips_password_and_request_id() {
         None,
     );
     assert_eq!(r.status, 404, "{}", r.body);
+
+    // The node agents as the network service's agents: admins see the
+    // node, alive; anyone else an empty list (`openstack network agent
+    // list` used to get a 404).
+    let r = nn.get("/agents", &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let agents = r.body["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{}", r.body);
+    assert_eq!(agents[0]["alive"], true);
+    assert_eq!(agents[0]["admin_state_up"], true);
+    assert!(agents[0]["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let aid = agents[0]["id"].as_str().unwrap();
+    let r = nn.get(&format!("/agents/{aid}"), &c.admin);
+    assert_eq!(r.body["agent"]["host"], agents[0]["host"]);
+    assert_eq!(nn.get("/agents", &tok).body, json!({"agents": []}));
+    assert_eq!(nn.get(&format!("/agents/{aid}"), &tok).status, 404);
 }
