@@ -1,5 +1,6 @@
 //! Request context and the HTTP edge: every response carries
-//! `x-openstack-request-id`, every request is logged once (method, path,
+//! `x-openstack-request-id` (the compute API's also as
+//! `x-compute-request-id`, as in Nova), every request is logged once (method, path,
 //! status, latency), and every error comes out in the service's own fault
 //! shape, including those found before routing and the framework's own
 //! rejections.
@@ -21,6 +22,8 @@ use crate::error::Shape;
 use crate::{ApiError, AppState, HttpLimits};
 
 pub const REQUEST_ID: &str = "x-openstack-request-id";
+/// Nova's own name for the request id, sent beside the common one.
+pub const COMPUTE_REQUEST_ID: &str = "x-compute-request-id";
 
 /// The id of the request being served (also in the response header).
 #[derive(Debug, Clone)]
@@ -66,6 +69,10 @@ pub async fn request_context(
         }
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
+        // Nova also answers it under its older name.
+        if path.starts_with("/compute") {
+            resp.headers_mut().insert(COMPUTE_REQUEST_ID, v.clone());
+        }
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     let status = resp.status().as_u16();

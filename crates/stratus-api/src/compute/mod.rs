@@ -16,6 +16,7 @@ mod flavors;
 mod groups;
 mod images;
 mod interfaces;
+mod ips;
 mod keypairs;
 pub mod model;
 mod nics;
@@ -25,6 +26,7 @@ mod quotas;
 mod rescue;
 mod resize;
 pub mod scheduler;
+mod server_password;
 mod servers;
 pub mod service;
 mod shelve;
@@ -200,6 +202,9 @@ pub fn router() -> Router<AppState> {
         .merge(servers::routes())
         .merge(actions::routes())
         .merge(interfaces::routes())
+        .merge(ips::routes())
+        .merge(server_password::routes())
+        .merge(crate::network::nova_proxy::routes())
         .merge(groups::routes())
         .merge(images::routes())
         .merge(admin::routes())

@@ -116,6 +116,27 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "Edit extra routes of a router on server side by atomically adding/removing extra routes",
     ),
     (
+        "standard-attr-tag",
+        "Tag support for resources with standard attribute: subnet, trunk, network_segment_range, router, network, policy, subnetpool, port, security_group, floatingip",
+        "Enables to set tag on resources with standard attribute.",
+    ),
+    ("tag", "Tag support", "Enables to set tag on resources."),
+    (
+        "tag-ext",
+        "Tag support for resources: subnet, subnetpool, port, router",
+        "Extends tag support to more L2 and L3 resources.",
+    ),
+    (
+        "ip-substring-filtering",
+        "IP address substring filtering",
+        "Provides IP address substring filtering when listing ports",
+    ),
+    (
+        "subnet-external-network",
+        "Subnet External Network",
+        "Informs if the subnet is associated to an external network.",
+    ),
+    (
         "subnet_allocation",
         "Subnet Allocation",
         "Enables allocation of subnets from a subnet pool",

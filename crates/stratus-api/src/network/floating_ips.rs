@@ -198,7 +198,7 @@ pub(super) fn disassociate_port(tx: &Tx, port_id: &str) -> NetResult<()> {
     Ok(())
 }
 
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
     Query(q): Query<Vec<(String, String)>>,
@@ -214,7 +214,7 @@ async fn list(
     list_answer(&state, "floatingips", "floatingips", items, &q)
 }
 
-async fn show(
+pub(super) async fn show(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -339,7 +339,7 @@ fn floating_address(
     ))
 }
 
-async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     Json(body): Json<Value>,
@@ -471,7 +471,7 @@ async fn update(
     Ok(reply(StatusCode::OK, json!({ "floatingip": f.render() })))
 }
 
-async fn delete(
+pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,

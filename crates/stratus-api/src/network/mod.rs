@@ -27,6 +27,7 @@
 //! `{"NeutronError": {"type", "message", "detail"}}`, with Neutron's
 //! exception names as `type`.
 
+mod agents;
 mod auto_allocate;
 mod extensions;
 mod floating_ips;
@@ -34,6 +35,7 @@ mod ipam;
 pub mod model;
 mod networks;
 pub mod nova;
+pub mod nova_proxy;
 mod ports;
 mod public;
 pub mod quotas;
@@ -194,6 +196,7 @@ async fn fault_shape(req: Request, next: Next) -> Response {
 pub fn router() -> Router<AppState> {
     let v2 = Router::new()
         .merge(extensions::routes())
+        .merge(agents::routes())
         .merge(networks::routes())
         .merge(subnets::routes())
         .merge(ports::routes())
@@ -425,6 +428,60 @@ pub(crate) fn no_content() -> Response {
 /// A JSON answer with a status.
 pub(crate) fn reply(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+/// Neutron's bulk create: a body `{"<plural>": [{...}, ...]}` creates each
+/// item as `create` does with `{"<singular>": item}`, all or none (what was
+/// made before a refusal is deleted again with `delete`), and answers 201
+/// with the list; any other body goes to `create` as it is.
+pub(crate) async fn create_bulk<C, CF, D, DF>(
+    body: Value,
+    singular: &str,
+    plural: &str,
+    create: C,
+    delete: D,
+) -> NetResult<Response>
+where
+    C: Fn(Value) -> CF,
+    CF: std::future::Future<Output = NetResult<Response>>,
+    D: Fn(String) -> DF,
+    DF: std::future::Future<Output = NetResult<Response>>,
+{
+    let items = match body {
+        Value::Object(mut m) if m.len() == 1 && m.contains_key(plural) => match m.remove(plural) {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(NetError::bad_request(format!(
+                    "Invalid input: '{plural}' must be a list of {singular} objects"
+                )));
+            }
+        },
+        body => return create(body).await,
+    };
+    let mut made: Vec<Value> = Vec::with_capacity(items.len());
+    for item in items {
+        let done = match create(json!({ singular: item })).await {
+            Ok(resp) => axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|mut v| v.get_mut(singular).map(Value::take))
+                .ok_or_else(|| NetError::bad_request("bulk create: unreadable answer")),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(v) => made.push(v),
+            Err(e) => {
+                for v in made.iter().rev() {
+                    if let Some(id) = v.get("id").and_then(Value::as_str) {
+                        let _ = delete(id.to_string()).await;
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(reply(StatusCode::CREATED, json!({ plural: made })))
 }
 
 // ---- list queries: filters, fields, sorting, paging -------------------------

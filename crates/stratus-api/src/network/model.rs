@@ -351,7 +351,12 @@ pub struct SecurityGroupRule {
     pub protocol: Option<String>,
     pub port_range_min: Option<u32>,
     pub port_range_max: Option<u32>,
+    /// The prefix normalised (host bits cleared): what is enforced.
     pub remote_ip_prefix: Option<String>,
+    /// The prefix as given, when it had host bits set: Neutron shows it so
+    /// as `remote_ip_prefix` (and the normalised one as `normalized_cidr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ip_prefix_given: Option<String>,
     pub remote_group_id: Option<String>,
     #[serde(flatten)]
     pub std: Std,
@@ -376,7 +381,7 @@ impl SecurityGroupRule {
             "protocol": self.protocol,
             "port_range_min": self.port_range_min,
             "port_range_max": self.port_range_max,
-            "remote_ip_prefix": self.remote_ip_prefix,
+            "remote_ip_prefix": self.remote_ip_prefix_given.as_ref().or(self.remote_ip_prefix.as_ref()),
             "remote_group_id": self.remote_group_id,
             "remote_address_group_id": null,
             "normalized_cidr": self.remote_ip_prefix,

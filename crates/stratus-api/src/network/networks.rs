@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use stratus_store::{Query as SQ, Tx};
 
-use super::model::{IpAllocation, Network, Port, RbacPolicy, Std, Subnet};
+use super::model::{FloatingIp, IpAllocation, Network, Port, RbacPolicy, Std, Subnet};
 use super::{
     NetError, NetResult, fields_of, ipam, list_answer, new_id, opt_bool, opt_int, opt_str, owns,
     reply, require_member, require_reader, resource_body, select_fields, target_project,
@@ -25,7 +25,7 @@ const NETWORK_TYPES: &[&str] = &["vxlan", "flat", "vlan", "local", "geneve", "gr
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/networks", get(list).post(create))
+        .route("/networks", get(list).post(create_many))
         .route("/networks/{id}", get(show).put(update).delete(delete))
         .route("/network-ip-availabilities", get(availabilities))
         .route("/network-ip-availabilities/{id}", get(availability))
@@ -338,24 +338,46 @@ fn segment(
                         "{ty} segmentation_id {s} out of range (1 through 16777215)"
                     )));
                 }
-                None => {
-                    let mut used: Vec<u32> =
-                        others.iter().filter_map(|n| n.segmentation_id).collect();
-                    used.sort_unstable();
-                    let mut c = 1;
-                    for u in used {
-                        if u == c {
-                            c += 1;
-                        } else if u > c {
-                            break;
-                        }
-                    }
-                    c
-                }
+                None => free_tunnel_id(&others),
             };
             Ok((ty, None, Some(id)))
         }
     }
+}
+
+/// A tunnel id no other network of the type has, picked at random as
+/// Neutron does: the id of a network just deleted is not handed out again
+/// at once, while nodes may still be tearing down its tunnel.
+fn free_tunnel_id(others: &[Network]) -> u32 {
+    const MAX: u32 = (1 << 24) - 1;
+    let used: std::collections::HashSet<u32> =
+        others.iter().filter_map(|n| n.segmentation_id).collect();
+    for _ in 0..64 {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let c = u32::from_le_bytes(b) % MAX + 1;
+        if !used.contains(&c) {
+            return c;
+        }
+    }
+    // Nearly full: the lowest free one.
+    (1..=MAX).find(|c| !used.contains(c)).unwrap_or(MAX)
+}
+
+/// `POST /networks`: one network, or many at once (Neutron's bulk create).
+async fn create_many(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    super::create_bulk(
+        body,
+        "network",
+        "networks",
+        |b| create(State(state.clone()), Ctx(ctx.0.clone()), Json(b)),
+        |id| delete(State(state.clone()), Ctx(ctx.0.clone()), Path(id)),
+    )
+    .await
 }
 
 async fn create(
@@ -543,6 +565,14 @@ async fn delete(
 /// inside `tx`; refuses while ports other than its own are on it.
 pub(super) fn delete_in(tx: &Tx, n: &Network) -> NetResult<()> {
     let id = &n.id;
+    // As in Neutron, floating IPs of the network that map to nothing go
+    // with it; an associated one keeps it (its port is in use).
+    for f in tx.list::<FloatingIp>(&SQ::all())? {
+        if f.floating_network_id == *id && f.port_id.is_none() {
+            super::routers::drop_port(tx, &f.floating_port_id)?;
+            tx.delete::<FloatingIp>(&f.id)?;
+        }
+    }
     let ports = tx.list::<Port>(&SQ::parent(&n.id))?;
     if ports.iter().any(|p| !p.network_owned()) {
         return Err(NetError::conflict(

@@ -39,7 +39,7 @@ const VNIC_TYPES: &[&str] = &[
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/ports", get(list).post(create))
+        .route("/ports", get(list).post(create_many))
         .route("/ports/{id}", get(show).put(update).delete(delete))
 }
 
@@ -518,6 +518,22 @@ const CREATE_ATTRS: &[&str] = &[
     "propagate_uplink_status",
     "extra_dhcp_opts",
 ];
+
+/// `POST /ports`: one port, or many at once (Neutron's bulk create).
+async fn create_many(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    super::create_bulk(
+        body,
+        "port",
+        "ports",
+        |b| create(State(state.clone()), Ctx(ctx.0.clone()), Json(b)),
+        |id| delete(State(state.clone()), Ctx(ctx.0.clone()), Path(id)),
+    )
+    .await
+}
 
 async fn create(
     State(state): State<AppState>,

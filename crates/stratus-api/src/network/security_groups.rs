@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use stratus_store::{Query as SQ, Tx};
 
-use super::ipam::Cidr;
+use super::ipam::{Cidr, Ip};
 use super::model::{Port, SecurityGroup, SecurityGroupRule, Std};
 use super::{
     NetError, NetResult, fields_of, list_answer, new_id, opt_bool, opt_int, opt_str, owns, reply,
@@ -94,6 +94,7 @@ fn rule(
         port_range_min: None,
         port_range_max: None,
         remote_ip_prefix: None,
+        remote_ip_prefix_given: None,
         remote_group_id: remote_group,
         std: Std::new(String::new()),
     }
@@ -149,7 +150,7 @@ fn find_in(tx: &Tx, ctx: &Ctx, id: &str) -> NetResult<SecurityGroup> {
     }
 }
 
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
     Query(q): Query<Vec<(String, String)>>,
@@ -178,7 +179,7 @@ fn render_group(state: &AppState, g: &SecurityGroup) -> NetResult<Value> {
     Ok(g.render(&state.store.list::<SecurityGroupRule>(&SQ::parent(&g.id))?))
 }
 
-async fn show(
+pub(super) async fn show(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -195,7 +196,7 @@ async fn show(
     ))
 }
 
-async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     Json(body): Json<Value>,
@@ -239,7 +240,7 @@ async fn create(
     ))
 }
 
-async fn update(
+pub(super) async fn update(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -280,7 +281,7 @@ async fn update(
     ))
 }
 
-async fn delete(
+pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
@@ -314,7 +315,7 @@ async fn delete(
 
 // ---- rules ------------------------------------------------------------------
 
-async fn list_rules(
+pub(super) async fn list_rules(
     State(state): State<AppState>,
     ctx: Ctx,
     Query(q): Query<Vec<(String, String)>>,
@@ -417,7 +418,7 @@ fn same_rule(a: &SecurityGroupRule, b: &SecurityGroupRule) -> bool {
         && a.remote_group_id == b.remote_group_id
 }
 
-async fn create_rule(
+pub(super) async fn create_rule(
     State(state): State<AppState>,
     ctx: Ctx,
     Json(body): Json<Value>,
@@ -462,8 +463,8 @@ async fn create_rule(
     let protocol = protocol
         .filter(|p| !p.eq_ignore_ascii_case("any"))
         .map(|p| p.to_ascii_lowercase());
-    let mut min = opt_int(&m, "port_range_min")?;
-    let mut max = opt_int(&m, "port_range_max")?;
+    let min = opt_int(&m, "port_range_min")?;
+    let max = opt_int(&m, "port_range_max")?;
     if (min.is_some() || max.is_some()) && number.is_none() {
         return Err(NetError::bad(
             "SecurityGroupProtocolRequiredWithPorts",
@@ -480,14 +481,14 @@ async fn create_rule(
                     ));
                 }
             }
-            match (min, max) {
-                (Some(a), None) => max = Some(a),
-                (None, Some(b)) => min = Some(b),
-                _ => {}
-            }
-            if let (Some(a), Some(b)) = (min, max)
-                && a > b
-            {
+            // Both ends or neither, as in Neutron (a single port is
+            // min == max).
+            let ordered = match (min, max) {
+                (Some(a), Some(b)) => a <= b,
+                (None, None) => true,
+                _ => false,
+            };
+            if !ordered {
                 return Err(NetError::bad(
                     "SecurityGroupInvalidPortRange",
                     "For TCP/UDP protocols, port_range_min must be <= port_range_max",
@@ -543,8 +544,18 @@ async fn create_rule(
                     format!("Conflicting value ethertype {ethertype} for CIDR {p}"),
                 ));
             }
-            Some(c.to_string())
+            // As given (host bits and all) besides the normalised prefix.
+            let given = p
+                .split_once('/')
+                .and_then(|(a, _)| Ip::parse(a))
+                .map(|ip| format!("{ip}/{}", c.prefix))
+                .filter(|g| *g != c.to_string());
+            Some((c.to_string(), given))
         }
+    };
+    let (prefix, prefix_given) = match prefix {
+        Some((p, g)) => (Some(p), g),
+        None => (None, None),
     };
     let remote_group = opt_str(&m, "remote_group_id")?;
     if prefix.is_some() && remote_group.is_some() {
@@ -580,6 +591,7 @@ async fn create_rule(
             port_range_min: min.map(|v| v as u32),
             port_range_max: max.map(|v| v as u32),
             remote_ip_prefix: prefix.clone(),
+            remote_ip_prefix_given: prefix_given.clone(),
             remote_group_id: remote_group.clone(),
             std: Std::new(description.clone()),
         };
@@ -603,7 +615,7 @@ async fn create_rule(
     ))
 }
 
-async fn delete_rule(
+pub(super) async fn delete_rule(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,

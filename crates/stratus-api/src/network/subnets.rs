@@ -26,12 +26,20 @@ const IPV6_MODES: &[&str] = &["slaac", "dhcpv6-stateful", "dhcpv6-stateless"];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/subnets", get(list).post(create))
+        .route("/subnets", get(list).post(create_many))
         .route("/subnets/{id}", get(show).put(update).delete(delete))
 }
 
 pub fn not_found(id: &str) -> NetError {
     NetError::not_found("SubnetNotFound", format!("Subnet {id} could not be found."))
+}
+
+/// A subnet as the API shows it, with its network's `router:external`
+/// (Neutron's `subnet-external-network`).
+fn render(s: &Subnet, net: Option<&Network>) -> Value {
+    let mut v = s.render();
+    v["router:external"] = json!(net.is_some_and(|n| n.external));
+    v
 }
 
 /// The subnet `id` if the caller sees its network.
@@ -62,7 +70,7 @@ async fn list(
         .filter(|s| {
             owns(&ctx, &s.project_id) || nets.get(&s.network_id).is_some_and(|n| visible(&ctx, n))
         })
-        .map(Subnet::render)
+        .map(|s| render(s, nets.get(&s.network_id)))
         .collect();
     list_answer(&state, "subnets", "subnets", items, &q)
 }
@@ -78,17 +86,14 @@ async fn show(
         .store
         .get::<Subnet>(&id)?
         .ok_or_else(|| not_found(&id))?;
-    let seen = owns(&ctx, &s.project_id)
-        || state
-            .store
-            .get::<Network>(&s.network_id)?
-            .is_some_and(|n| visible(&ctx, &n));
+    let net = state.store.get::<Network>(&s.network_id)?;
+    let seen = owns(&ctx, &s.project_id) || net.as_ref().is_some_and(|n| visible(&ctx, n));
     if !seen {
         return Err(not_found(&id));
     }
     Ok(reply(
         StatusCode::OK,
-        json!({ "subnet": select_fields(s.render(), &fields_of(&q)) }),
+        json!({ "subnet": select_fields(render(&s, net.as_ref()), &fields_of(&q)) }),
     ))
 }
 
@@ -345,6 +350,22 @@ const CREATE_ATTRS: &[&str] = &[
     "dns_publish_fixed_ip",
 ];
 
+/// `POST /subnets`: one subnet, or many at once (Neutron's bulk create).
+async fn create_many(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(body): Json<Value>,
+) -> NetResult<Response> {
+    super::create_bulk(
+        body,
+        "subnet",
+        "subnets",
+        |b| create(State(state.clone()), Ctx(ctx.0.clone()), Json(b)),
+        |id| delete(State(state.clone()), Ctx(ctx.0.clone()), Path(id)),
+    )
+    .await
+}
+
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -408,12 +429,9 @@ async fn create(
         tx.insert(&sub)?;
         net.std.touch();
         tx.update(&net)?;
-        Ok::<_, NetError>(sub)
+        Ok::<_, NetError>(render(&sub, Some(&net)))
     })?;
-    Ok(reply(
-        StatusCode::CREATED,
-        json!({ "subnet": sub.render() }),
-    ))
+    Ok(reply(StatusCode::CREATED, json!({ "subnet": sub })))
 }
 
 /// The subnet a create body asks for on prefix `cidr`: version, gateway,
@@ -608,7 +626,11 @@ async fn update(
         tx.update(&s)?;
         Ok(s)
     })?;
-    Ok(reply(StatusCode::OK, json!({ "subnet": sub.render() })))
+    let net = state.store.get::<Network>(&sub.network_id)?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "subnet": render(&sub, net.as_ref()) }),
+    ))
 }
 
 async fn delete(
@@ -623,10 +645,16 @@ async fn delete(
             return Err(NetError::policy("delete_subnet"));
         }
         let allocs = tx.list::<IpAllocation>(&SQ::parent(&s.id))?;
+        // Addresses of an auto-address (SLAAC) subnet leave the ports with
+        // it, as in Neutron; only a router interface keeps it.
+        let auto = is_slaac(&s);
+        let released = |p: &Port| {
+            p.network_owned() || auto && p.device_owner != super::routers::OWNER_INTERFACE
+        };
         let mut owned = Vec::new();
         for a in &allocs {
             match tx.get::<Port>(&a.port_id)? {
-                Some(p) if !p.network_owned() => {
+                Some(p) if !released(&p) => {
                     return Err(NetError::conflict(
                         "SubnetInUse",
                         format!("Unable to complete operation on subnet {id}: One or more ports have an IP allocation from this subnet."),

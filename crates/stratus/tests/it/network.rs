@@ -168,10 +168,13 @@ fn network_discovery_catalog_and_extensions() {
         "address-scope",
         "rbac-policies",
         "auto-allocated-topology",
+        "tag",
+        "standard-attr-tag",
+        "subnet-external-network",
     ] {
         assert!(aliases.contains(&a), "{a} missing from {aliases:?}");
     }
-    for a in ["tag", "dvr", "l3-ha", "qos"] {
+    for a in ["dvr", "l3-ha", "qos", "metering", "trunk"] {
         assert!(!aliases.contains(&a), "{a} is listed but not implemented");
     }
     assert_eq!(
@@ -795,8 +798,14 @@ fn network_security_groups_and_rules() {
         json!({"security_group_id": gid, "direction": "ingress", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "10.0.0.7/8"}),
     );
     assert_eq!(ssh.status, 201, "{}", ssh.body);
+    // As given, as Neutron keeps it; what is enforced is the normalised
+    // prefix.
     assert_eq!(
         ssh.body["security_group_rule"]["remote_ip_prefix"],
+        "10.0.0.7/8"
+    );
+    assert_eq!(
+        ssh.body["security_group_rule"]["normalized_cidr"],
         "10.0.0.0/8"
     );
     assert_eq!(ssh.body["security_group_rule"]["ethertype"], "IPv4");
@@ -1119,4 +1128,437 @@ fn network_ipam_concurrent_ports_get_distinct_addresses() {
         409,
         "IpAddressGenerationFailure",
     );
+}
+
+#[test]
+fn network_bulk_create_slaac_subnet_delete_and_rule_port_ranges() {
+    let c = Net::start();
+    let (_pid, tok) = c.project("bulk", "member");
+
+    // Bulk create: one request, a list back, in order.
+    let r = c.nn.post(
+        "/networks",
+        &tok,
+        json!({"networks": [{"name": "bulk-a"}, {"name": "bulk-b"}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let nets = r.body["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 2);
+    assert_eq!(nets[0]["name"], "bulk-a");
+    assert_eq!(nets[1]["name"], "bulk-b");
+    let (na, nb) = (
+        nets[0]["id"].as_str().unwrap().to_string(),
+        nets[1]["id"].as_str().unwrap().to_string(),
+    );
+    let r = c.nn.post(
+        "/subnets",
+        &tok,
+        json!({"subnets": [
+            {"network_id": na, "cidr": "10.1.0.0/24", "ip_version": 4},
+            {"network_id": nb, "cidr": "10.2.0.0/24", "ip_version": 4},
+        ]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["subnets"][1]["network_id"], nb.as_str());
+    let r = c.nn.post(
+        "/ports",
+        &tok,
+        json!({"ports": [{"network_id": na}, {"network_id": nb}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(ids(&r.body, "ports").len(), 2);
+
+    // The tunnel id of a deleted network is not handed out again at once
+    // (nodes may still hold its tunnel): ids are picked at random.
+    let seg = |id: &str| {
+        c.nn.get(&format!("/networks/{id}"), &c.admin).body["network"]["provider:segmentation_id"]
+            .as_u64()
+            .unwrap()
+    };
+    let gone = c.network(&tok, json!({"name": "short-lived"}));
+    let gone_id = gone["id"].as_str().unwrap();
+    let gone_seg = seg(gone_id);
+    assert_eq!(
+        c.nn.delete(&format!("/networks/{gone_id}"), &tok).status,
+        204
+    );
+    let next = c.network(&tok, json!({"name": "next"}));
+    assert_ne!(seg(next["id"].as_str().unwrap()), gone_seg);
+
+    // All or none: a refused item leaves nothing of the others behind.
+    let before = ids(&c.nn.get("/ports", &tok).body, "ports").len();
+    let r = c.nn.post(
+        "/ports",
+        &tok,
+        json!({"ports": [{"network_id": na}, {"network_id": "no-such-network"}]}),
+    );
+    fault(&r, 404, "NetworkNotFound");
+    assert_eq!(ids(&c.nn.get("/ports", &tok).body, "ports").len(), before);
+    let r =
+        c.nn.post("/networks", &tok, json!({"networks": {"name": "x"}}));
+    fault(&r, 400, "HTTPBadRequest");
+
+    // An auto-address (SLAAC) subnet is deleted with ports on it: their
+    // addresses from it go; the network itself stays in use.
+    let net6 = c.network(&tok, json!({"name": "v6"}));
+    let n6 = net6["id"].as_str().unwrap();
+    let s6 = c.nn.create(
+        &tok,
+        "/subnets",
+        "subnet",
+        json!({"network_id": n6, "cidr": "2001:db8:1::/64", "ip_version": 6,
+               "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}),
+    );
+    let s6id = s6["id"].as_str().unwrap();
+    let port =
+        c.nn.create(&tok, "/ports", "port", json!({"network_id": n6}));
+    assert_eq!(port["fixed_ips"][0]["subnet_id"], s6id);
+    let pid = port["id"].as_str().unwrap();
+    assert_eq!(c.nn.delete(&format!("/subnets/{s6id}"), &tok).status, 204);
+    assert_eq!(c.nn.get(&format!("/subnets/{s6id}"), &tok).status, 404);
+    let port = c.nn.get(&format!("/ports/{pid}"), &tok).body;
+    assert_eq!(port["port"]["fixed_ips"], json!([]), "{port}");
+    fault(
+        &c.nn.delete(&format!("/networks/{n6}"), &tok),
+        409,
+        "NetworkInUse",
+    );
+    // A stateful (DHCPv6) subnet still refuses while a port holds an
+    // address from it.
+    let s = c.nn.create(
+        &tok,
+        "/subnets",
+        "subnet",
+        json!({"network_id": n6, "cidr": "2001:db8:2::/64", "ip_version": 6,
+               "ipv6_ra_mode": "dhcpv6-stateful", "ipv6_address_mode": "dhcpv6-stateful"}),
+    );
+    let sid = s["id"].as_str().unwrap();
+    c.nn.create(&tok, "/ports", "port", json!({"network_id": n6}));
+    fault(
+        &c.nn.delete(&format!("/subnets/{sid}"), &tok),
+        409,
+        "SubnetInUse",
+    );
+
+    // TCP/UDP port ranges need both ends (a single port is min == max).
+    let sg = c.nn.create(
+        &tok,
+        "/security-groups",
+        "security_group",
+        json!({"name": "r"}),
+    );
+    let sgid = sg["id"].as_str().unwrap();
+    for (min, max) in [(json!(null), json!(6)), (json!(22), json!(null))] {
+        let r = c.nn.post(
+            "/security-group-rules",
+            &tok,
+            json!({"security_group_rule": {"security_group_id": sgid, "direction": "ingress",
+                   "protocol": "tcp", "port_range_min": min, "port_range_max": max}}),
+        );
+        fault(&r, 400, "SecurityGroupInvalidPortRange");
+    }
+    let rule = c.nn.create(
+        &tok,
+        "/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": sgid, "direction": "ingress", "protocol": "tcp",
+               "port_range_min": 22, "port_range_max": 22}),
+    );
+    assert_eq!(rule["port_range_max"], 22);
+    // A prefix with host bits set shows as given, normalised beside it.
+    let rule = c.nn.create(
+        &tok,
+        "/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": sgid, "direction": "ingress",
+               "remote_ip_prefix": "10.2.3.124/24"}),
+    );
+    assert_eq!(rule["remote_ip_prefix"], "10.2.3.124/24");
+    assert_eq!(rule["normalized_cidr"], "10.2.3.0/24");
+    // The same network under another spelling is the same rule.
+    let r = c.nn.post(
+        "/security-group-rules",
+        &tok,
+        json!({"security_group_rule": {"security_group_id": sgid, "direction": "ingress",
+               "remote_ip_prefix": "10.2.3.0/24"}}),
+    );
+    fault(&r, 409, "SecurityGroupRuleExists");
+}
+
+/// Asserts a Nova fault: status and the body's `{name: {code}}`.
+fn nova_fault(r: &Resp, status: u16, name: &str) {
+    assert_eq!(r.status, status, "expected {status}: {}", r.body);
+    assert_eq!(r.body[name]["code"], status, "{}", r.body);
+}
+
+#[test]
+fn network_nova_proxy_apis_security_groups_floating_ips_networks() {
+    let c = Net::start();
+    let (pid, tok) = c.project("proxy", "member");
+    let nova = c.server.client_at("/compute/v2.1");
+
+    // Security groups through Nova, seen by the network service.
+    let r = nova.post(
+        "/os-security-groups",
+        &tok,
+        json!({"security_group": {"name": "web", "description": "web servers"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let g = r.body["security_group"].clone();
+    let gid = g["id"].as_str().unwrap().to_string();
+    assert_eq!(g["tenant_id"], pid.as_str());
+    assert_eq!(g["rules"], json!([]), "egress rules are not Nova's");
+    nova_fault(
+        &nova.post(
+            "/os-security-groups",
+            &tok,
+            json!({"security_group": {"name": "", "description": "x"}}),
+        ),
+        400,
+        "badRequest",
+    );
+    let rule = |body: Value| {
+        nova.post(
+            "/os-security-group-rules",
+            &tok,
+            json!({ "security_group_rule": body }),
+        )
+    };
+    let r = rule(json!({"parent_group_id": gid, "ip_protocol": "tcp",
+                        "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rid = r.body["security_group_rule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        r.body["security_group_rule"]["ip_range"]["cidr"],
+        "10.0.0.0/8"
+    );
+    assert_eq!(
+        r.body["security_group_rule"]["parent_group_id"],
+        gid.as_str()
+    );
+    for bad in [
+        json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 22, "to_port": 70000}),
+        json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 23, "to_port": 22}),
+        json!({"parent_group_id": gid, "ip_protocol": "gre-ish", "from_port": 1, "to_port": 2}),
+        json!({"parent_group_id": "not-a-uuid", "ip_protocol": "tcp", "from_port": 1, "to_port": 2}),
+        // The same rule again.
+        json!({"parent_group_id": gid, "ip_protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}),
+    ] {
+        nova_fault(&rule(bad), 400, "badRequest");
+    }
+    nova_fault(
+        &rule(
+            json!({"parent_group_id": "7c9b1e7e-0b0a-4a45-9d50-0d1f1f2f3f4f",
+                     "ip_protocol": "tcp", "from_port": 1, "to_port": 2}),
+        ),
+        404,
+        "itemNotFound",
+    );
+    let shown = nova.get(&format!("/os-security-groups/{gid}"), &tok);
+    assert_eq!(shown.status, 200);
+    assert_eq!(
+        shown.body["security_group"]["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let neutron = c.nn.get(&format!("/security-groups/{gid}"), &tok).body;
+    assert!(
+        neutron["security_group"]["security_group_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == rid.as_str() && r["port_range_min"] == 22)
+    );
+    let listed = nova.get("/os-security-groups", &tok).body;
+    assert!(
+        listed["security_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == gid.as_str())
+    );
+    // Gone from 2.36, as in Nova.
+    let r = nova.raw(
+        "GET",
+        "/os-security-groups",
+        Some(&tok),
+        &[("OpenStack-API-Version", "compute 2.36")],
+        None,
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        nova.delete(&format!("/os-security-group-rules/{rid}"), &tok)
+            .status,
+        202
+    );
+    assert_eq!(
+        nova.delete(&format!("/os-security-groups/{gid}"), &tok)
+            .status,
+        202
+    );
+    assert_eq!(
+        c.nn.get(&format!("/security-groups/{gid}"), &tok).status,
+        404
+    );
+
+    // Floating IPs from a pool (an external network, by name).
+    let public = c.network(&c.admin, json!({"name": "public", "router:external": true}));
+    c.nn.create(
+        &c.admin,
+        "/subnets",
+        "subnet",
+        json!({"network_id": public["id"], "cidr": "172.24.4.0/24", "ip_version": 4, "enable_dhcp": false}),
+    );
+    let pools = nova.get("/os-floating-ip-pools", &tok).body;
+    assert_eq!(pools["floating_ip_pools"], json!([{"name": "public"}]));
+    let r = nova.post("/os-floating-ips", &tok, json!({"pool": "public"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let f = r.body["floating_ip"].clone();
+    let fid = f["id"].as_str().unwrap().to_string();
+    assert!(f["ip"].as_str().unwrap().starts_with("172.24.4."), "{f}");
+    assert_eq!(f["pool"], "public");
+    assert_eq!(f["instance_id"], Value::Null);
+    assert_eq!(f["fixed_ip"], Value::Null);
+    nova_fault(
+        &nova.post("/os-floating-ips", &tok, json!({"pool": "nope"})),
+        404,
+        "itemNotFound",
+    );
+    let listed = nova.get("/os-floating-ips", &tok).body;
+    assert_eq!(ids(&listed, "floating_ips"), vec![fid.clone()]);
+    assert_eq!(
+        c.nn.get(&format!("/floatingips/{fid}"), &tok).body["floatingip"]["floating_ip_address"],
+        f["ip"]
+    );
+    assert_eq!(
+        nova.delete(&format!("/os-floating-ips/{fid}"), &tok).status,
+        202
+    );
+    nova_fault(
+        &nova.get(&format!("/os-floating-ips/{fid}"), &tok),
+        404,
+        "itemNotFound",
+    );
+
+    // Networks the caller sees, by label; another project's are not found.
+    let mine = c.network(&tok, json!({"name": "mine"}));
+    let (_, other_tok) = c.project("proxy-other", "member");
+    let theirs = c.network(&other_tok, json!({"name": "theirs"}));
+    let labels: Vec<String> = nova.get("/os-tenant-networks", &tok).body["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["label"].as_str().unwrap().to_string())
+        .collect();
+    assert!(labels.contains(&"mine".to_string()), "{labels:?}");
+    assert!(labels.contains(&"public".to_string()), "{labels:?}");
+    assert!(!labels.contains(&"theirs".to_string()), "{labels:?}");
+    let shown = nova.get(
+        &format!("/os-networks/{}", mine["id"].as_str().unwrap()),
+        &tok,
+    );
+    assert_eq!(shown.body["network"]["label"], "mine", "{}", shown.body);
+    nova_fault(
+        &nova.get(
+            &format!("/os-tenant-networks/{}", theirs["id"].as_str().unwrap()),
+            &tok,
+        ),
+        404,
+        "itemNotFound",
+    );
+}
+
+#[test]
+fn network_server_ips_password_and_request_id() {
+    let c = super::compute::Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("ips");
+    let nn = c.server.client_at("/network/v2.0");
+    let net = nn.create(&tok, "/networks", "network", json!({"name": "ipsnet"}));
+    let nid = net["id"].as_str().unwrap();
+    nn.create(
+        &tok,
+        "/subnets",
+        "subnet",
+        json!({"network_id": nid, "cidr": "10.30.0.0/24", "ip_version": 4}),
+    );
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(
+        &tok,
+        "with-ip",
+        &img,
+        "1",
+        json!({"networks": [{"uuid": nid, "fixed_ip": "10.30.0.50"}]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let sid = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&tok, &sid, "ACTIVE");
+
+    let r = c.req("GET", &format!("/servers/{sid}/ips"), &tok, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"addresses": {"ipsnet": [{"version": 4, "addr": "10.30.0.50"}]}})
+    );
+    let r = c.req("GET", &format!("/servers/{sid}/ips/ipsnet"), &tok, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"ipsnet": [{"version": 4, "addr": "10.30.0.50"}]})
+    );
+    let r = c.req("GET", &format!("/servers/{sid}/ips/elsewhere"), &tok, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.body["itemNotFound"]["code"], 404);
+    let (_, other) = c.project("ips-other");
+    let r = c.req("GET", &format!("/servers/{sid}/ips"), &other, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // Nova's own request id header comes with the common one.
+    let r = c.req("GET", &format!("/servers/{sid}"), &tok, None);
+    let id = r.header("x-openstack-request-id").unwrap().to_string();
+    assert_eq!(r.header("x-compute-request-id"), Some(id.as_str()));
+    // No guest posted a password: it is empty, and clearing it is fine.
+    let r = c.req(
+        "GET",
+        &format!("/servers/{sid}/os-server-password"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!({"password": ""}));
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{sid}/os-server-password"),
+        &tok,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.req(
+        "GET",
+        &format!("/servers/{sid}/os-server-password"),
+        &other,
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // The node agents as the network service's agents: admins see the
+    // node, alive; anyone else an empty list (`openstack network agent
+    // list` used to get a 404).
+    let r = nn.get("/agents", &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let agents = r.body["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{}", r.body);
+    assert_eq!(agents[0]["alive"], true);
+    assert_eq!(agents[0]["admin_state_up"], true);
+    assert!(agents[0]["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let aid = agents[0]["id"].as_str().unwrap();
+    let r = nn.get(&format!("/agents/{aid}"), &c.admin);
+    assert_eq!(r.body["agent"]["host"], agents[0]["host"]);
+    assert_eq!(nn.get("/agents", &tok).body, json!({"agents": []}));
+    assert_eq!(nn.get(&format!("/agents/{aid}"), &tok).status, 404);
 }

@@ -1186,3 +1186,60 @@ fn l3_auto_allocated_topology_is_made_once() {
     assert_eq!(subs[0]["cidr"], "10.20.0.0/26");
     assert!(subs[0]["subnetpool_id"].is_string());
 }
+
+#[test]
+fn l3_external_network_subnets_visible_and_deleted_with_free_floating_ips() {
+    let c = Net::start();
+    let (_pid, tok) = c.project("ext-user", "member");
+    let ext = c.network(&c.admin, json!({"name": "ext", "router:external": true}));
+    let ext_id = id(&ext);
+    let sub = c.nn.create(
+        &c.admin,
+        "/subnets",
+        "subnet",
+        json!({"network_id": ext_id, "cidr": "172.30.0.0/24", "ip_version": 4, "enable_dhcp": false}),
+    );
+    assert_eq!(sub["router:external"], true, "{sub}");
+    // Another project sees the external network's subnet, marked as such
+    // (subnet-external-network); its own subnets are not.
+    let mine = c.network(&tok, json!({"name": "mine"}));
+    let my_sub = c.subnet(&tok, &id(&mine), "10.9.0.0/24");
+    assert_eq!(my_sub["router:external"], false);
+    let seen = c.nn.get(&format!("/subnets?network_id={ext_id}"), &tok);
+    assert_eq!(ids(&seen.body, "subnets"), vec![id(&sub)]);
+    assert_eq!(seen.body["subnets"][0]["router:external"], true);
+    let shown = c.nn.get(&format!("/subnets/{}", id(&my_sub)), &tok);
+    assert_eq!(shown.body["subnet"]["router:external"], false);
+    let exts = c.nn.get("/extensions", &tok).body;
+    assert!(
+        exts["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["alias"] == "subnet-external-network")
+    );
+
+    // Floating IPs that map to nothing go with their network, as in
+    // Neutron (before, the network could not be deleted at all).
+    let f = c.nn.create(
+        &tok,
+        "/floatingips",
+        "floatingip",
+        json!({"floating_network_id": ext_id}),
+    );
+    let fid = id(&f);
+    assert_eq!(
+        c.nn.delete(&format!("/networks/{ext_id}"), &c.admin).status,
+        204
+    );
+    fault(
+        &c.nn.get(&format!("/floatingips/{fid}"), &tok),
+        404,
+        "FloatingIPNotFound",
+    );
+    assert_eq!(
+        c.nn.get(&format!("/subnets/{}", id(&sub)), &c.admin).status,
+        404
+    );
+    assert!(c.ports(&c.admin, &format!("device_id={fid}")).is_empty());
+}
