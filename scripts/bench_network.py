@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 
 BIN, WORK, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
-MODES = sys.argv[4:] or ["boot", "traffic", "ports", "scale"]
+MODES = sys.argv[4:] or ["boot", "traffic", "ports", "scale", "scale-none"]
 ENV = os.environ
 N_BOOT = int(ENV.get("BOOTS", "20"))
 N_PORTS = int(ENV.get("PORTS", "2000"))
@@ -423,8 +423,21 @@ def bench_traffic(c, image, net, subnet, ns_prefix):
     sh("ip", "-n", va, "link", "set", "veth0", "mtu", str(mtu), "up")
     sh("ip", "-n", vb, "link", "set", "veth1", "mtu", str(mtu), "up")
 
+    # A plain Linux bridge with no rules between two more namespaces, to
+    # tell the bridge's own cost from the rules'.
+    ba, bb, bbr = f"snb-{PID}-ba", f"snb-{PID}-bb", f"snb-{PID}-br"
+    for n in (ba, bb, bbr):
+        netns_add(n)
+    sh("ip", "-n", bbr, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", bbr, "link", "set", "br0", "up")
+    for n, addr in ((ba, "10.255.1.1/24"), (bb, "10.255.1.2/24")):
+        sh("ip", "-n", bbr, "link", "add", "p" + n[-1], "type", "veth", "peer", "name", "eth0", "netns", n)
+        sh("ip", "-n", bbr, "link", "set", "p" + n[-1], "master", "br0", "mtu", str(mtu), "up")
+        sh("ip", "-n", n, "addr", "add", addr, "dev", "eth0")
+        sh("ip", "-n", n, "link", "set", "eth0", "mtu", str(mtu), "up")
+
     # (c) A second node: an agent in a namespace behind the cloud's.
-    node2 = f"snb-{PID}-n"
+    node2 = f"snb-{PID}-2"
     linked_netns(node2, c.ns)
     token = sh(BIN, "admin", "node-token", "--data-dir", c.data, "--node-name", "node2").strip()
     spawn(in_ns(node2) + [BIN, "agent", "--controller", c.url, "--node-name", "node2", "--heartbeat", "1",
@@ -454,6 +467,7 @@ def bench_traffic(c, image, net, subnet, ns_prefix):
 
     paths = {
         "bare veth pair (baseline)": (["ip", "netns", "exec", va], ["ip", "netns", "exec", vb], "10.255.0.2"),
+        "plain bridge, no rules (not Stratus)": (["ip", "netns", "exec", ba], ["ip", "netns", "exec", bb], "10.255.1.2"),
         "two servers, one bridge": (in_server(s1), in_server(s2), f"{ns_prefix}.2.2"),
         "two servers, two nodes (VXLAN)": (in_server(s1), in_server(s3), f"{ns_prefix}.2.3"),
         "host side to a floating IP": (in_ns(c.ns), in_server(s1), fip),
@@ -548,12 +562,15 @@ def bench_ports(c):
 # -------------------------------------------------------------------- scale
 
 
-def bench_scale():
-    c = Cloud("scale", ["--no-agent", "--public-network", "none"])
+def bench_scale(with_ports=True):
+    """Servers on fake nodes, each with a port (or with none: the
+    baseline that leaves the port's own cost)."""
+    name = "scale" if with_ports else "nonet"
+    c = Cloud(name, ["--no-agent", "--public-network", "none"])
     try:
         spawn(in_ns(c.ns) + [BIN, "agent", "--controller", c.url, "--driver", "fake", "--fake-nodes", str(FAKE_NODES),
-                             "--node-name", "sim", "--data-dir", os.path.join(WORK, "agents")],
-              "fake-agents.log", env={"OS_PASSWORD": c.password})
+                             "--node-name", "sim", "--data-dir", os.path.join(WORK, f"agents-{name}")],
+              f"fake-agents-{name}.log", env={"OS_PASSWORD": c.password})
         t0 = time.monotonic()
         c.wait_nodes(FAKE_NODES, limit=1200)
         reg = time.monotonic() - t0
@@ -571,7 +588,7 @@ def bench_scale():
         def submit(k):
             st, b, _ = c.call("POST", "/compute/v2.1/servers",
                               {"server": {"name": f"s{k}", "imageRef": img, "flavorRef": "42",
-                                          "networks": [{"uuid": net["id"]}],
+                                          "networks": [{"uuid": net["id"]}] if with_ports else "none",
                                           "min_count": batch, "max_count": batch, "return_reservation_id": True}})
             if st != 202:
                 raise SystemExit(f"create: {st} {b}")
@@ -601,9 +618,11 @@ def bench_scale():
         running = b["hypervisor_statistics"]["running_vms"]
         ports = c.ok("GET", f"/network/v2.0/ports?network_id={net['id']}&fields=id")["ports"]
         bound = len(ports)
+        per = FAKE_SERVERS if not with_ports else max(1, bound)
         time.sleep(5)
         rss_after = rss_mib(c.pid())
-        print(f"### {FAKE_SERVERS} servers with a port each on {FAKE_NODES} fake nodes (controller memory)\n")
+        what = "with a port each" if with_ports else "without networks (the baseline)"
+        print(f"### {FAKE_SERVERS} servers {what} on {FAKE_NODES} fake nodes (controller memory)\n")
         print("| metric | value |\n|---|---|")
         print(f"| nodes registered in | {reg:.1f} s |")
         print(f"| create requests accepted ({FAKE_SERVERS // batch} x max_count {batch}, 8 at a time) | {accepted:.1f} s |")
@@ -611,7 +630,7 @@ def bench_scale():
         print(f"| servers running / ports on the network | {running} / {bound} |")
         print(f"| controller RSS with {FAKE_NODES} nodes, before the servers | {rss_idle:.0f} MiB |")
         print(f"| controller RSS after (settled) / peak | {rss_after:.0f} / {peak:.0f} MiB |")
-        print(f"| **RSS per server with its port** | **{(rss_after - rss_idle) * 1024 / max(1, bound):.1f} KiB** |")
+        print(f"| **RSS growth per server** | **{(rss_after - rss_idle) * 1024 / per:.1f} KiB** |")
         print()
         sys.stdout.flush()
     finally:
@@ -641,6 +660,8 @@ def main():
             c.stop()
     if "scale" in MODES:
         bench_scale()
+    if "scale-none" in MODES:
+        bench_scale(with_ports=False)
 
 
 try:
