@@ -37,6 +37,7 @@ FAKE_NODES = int(ENV.get("FAKE_NODES", "1000"))
 FAKE_SERVERS = int(ENV.get("FAKE_SERVERS", "10000"))
 IPERF_SECS = int(ENV.get("IPERF_SECS", "5"))
 ROUNDS = int(ENV.get("ROUNDS", "3"))
+SCALE_NETWORKS = int(ENV.get("SCALE_NETWORKS", "20"))
 PINGS = int(ENV.get("PINGS", "300"))
 
 PID = os.getpid()
@@ -355,6 +356,14 @@ def bench_boot(c, image, net, ns_prefix):
     prober.stdin.close()
     prober.wait(timeout=5)
     c.delete(anchor)
+    # The same boots with no network: what the ports add to a boot.
+    bare = []
+    for i in range(N_BOOT):
+        t0 = time.monotonic()
+        sid = c.create(f"n{i}", image, "none")
+        c.until(sid)
+        bare.append(time.monotonic() - t0)
+        c.delete(sid)
     posts = [r[0] for r in rows]
     act = [r[1] for r in rows]
     pkt = [r[2] for r in rows]
@@ -365,6 +374,7 @@ def bench_boot(c, image, net, ns_prefix):
     print(f"| create to ACTIVE (the plain boot) | {ms(statistics.median(act))} | {ms(pct(act, .9))} | {ms(max(act))} |")
     print(f"| create to first echo answered by the new port | {ms(statistics.median(pkt))} | {ms(pct(pkt, .9))} | {ms(max(pkt))} |")
     print(f"| first packet minus ACTIVE (same server) | {ms(statistics.median(beyond))} | {ms(pct(beyond, .9))} | {ms(max(beyond))} |")
+    print(f"| create to ACTIVE with no network (`networks: none`, same run) | {ms(statistics.median(bare))} | {ms(pct(bare, .9))} | {ms(max(bare))} |")
     print()
     sys.stdout.flush()
 
@@ -440,7 +450,7 @@ def bench_traffic(c, image, net, subnet, ns_prefix):
     node2 = f"snb-{PID}-2"
     linked_netns(node2, c.ns)
     token = sh(BIN, "admin", "node-token", "--data-dir", c.data, "--node-name", "node2").strip()
-    spawn(in_ns(node2) + [BIN, "agent", "--controller", c.url, "--node-name", "node2", "--heartbeat", "1",
+    agent2 = spawn(in_ns(node2) + [BIN, "agent", "--controller", c.url, "--node-name", "node2", "--heartbeat", "1",
                           "--data-dir", os.path.join(WORK, "node2")], "node2.log",
           env={"STRATUS_JOIN_TOKEN": token})
     c.wait_nodes(2)
@@ -502,7 +512,9 @@ def bench_traffic(c, image, net, subnet, ns_prefix):
     print()
     sys.stdout.flush()
     for s in (s1, s2, s3):
-        c.delete(s, wait=False)
+        c.delete(s)
+    agent2.send_signal(signal.SIGTERM)
+    agent2.wait(timeout=20)
 
 
 # -------------------------------------------------------------------- ports
@@ -513,6 +525,7 @@ def bench_ports(c):
     host, port = c.host, PORT
     per_client = N_PORTS // CLIENTS
     lat = []
+    ends = []
     errors = []
     lock = threading.Lock()
     start = threading.Barrier(CLIENTS + 1)
@@ -528,7 +541,9 @@ def bench_ports(c):
             conn.request("POST", "/network/v2.0/ports", body, hdrs)
             r = conn.getresponse()
             data = r.read()
-            mine.append(time.monotonic() - t0)
+            done = time.monotonic()
+            mine.append(done - t0)
+            ends.append(done)
             if r.status != 201:
                 with lock:
                     errors.append((r.status, data[:200]))
@@ -552,6 +567,10 @@ def bench_ports(c):
     print(f"### Ports through the Neutron API ({n} POST /network/v2.0/ports, {CLIENTS} clients, one /16)\n")
     print("| metric | value |\n|---|---|")
     print(f"| **ports created per second** | **{n / dt:.0f}** |")
+    ends.sort()
+    q = n // 4
+    print(f"| per second over the first / last quarter of the ports | "
+          f"{q / (ends[q - 1] - t0):.0f} / {q / (ends[-1] - ends[-q - 1]):.0f} |")
     print(f"| request p50 / p99 / max ms | {ms(statistics.median(lat))} / {ms(pct(lat, .99))} / {ms(max(lat))} |")
     print(f"| ports listed afterwards | {len(listed)} |")
     print(f"| controller RSS before / after | {rss0:.0f} / {rss1:.0f} MiB |")
@@ -567,14 +586,15 @@ def bench_scale(with_ports=True):
     baseline that leaves the port's own cost)."""
     name = "scale" if with_ports else "nonet"
     c = Cloud(name, ["--no-agent", "--public-network", "none"])
+    agents = None
     try:
-        spawn(in_ns(c.ns) + [BIN, "agent", "--controller", c.url, "--driver", "fake", "--fake-nodes", str(FAKE_NODES),
+        agents = spawn(in_ns(c.ns) + [BIN, "agent", "--controller", c.url, "--driver", "fake", "--fake-nodes", str(FAKE_NODES),
                              "--node-name", "sim", "--data-dir", os.path.join(WORK, f"agents-{name}")],
               f"fake-agents-{name}.log", env={"OS_PASSWORD": c.password})
         t0 = time.monotonic()
         c.wait_nodes(FAKE_NODES, limit=1200)
         reg = time.monotonic() - t0
-        net, _ = c.network("wide", "10.64.0.0/12")
+        nets = [c.network(f"net{i}", f"10.{100 + i}.0.0/16")[0]["id"] for i in range(SCALE_NETWORKS)] if with_ports else []
         img = c.ok("POST", "/image/v2/images", {"name": "tiny", "disk_format": "raw", "container_format": "bare"})["id"]
         req = urllib.request.Request(c.url + f"/image/v2/images/{img}/file", data=b"\0" * 1024, method="PUT")
         req.add_header("X-Auth-Token", c.token)
@@ -588,7 +608,7 @@ def bench_scale(with_ports=True):
         def submit(k):
             st, b, _ = c.call("POST", "/compute/v2.1/servers",
                               {"server": {"name": f"s{k}", "imageRef": img, "flavorRef": "42",
-                                          "networks": [{"uuid": net["id"]}] if with_ports else "none",
+                                          "networks": [{"uuid": nets[k % len(nets)]}] if with_ports else "none",
                                           "min_count": batch, "max_count": batch, "return_reservation_id": True}})
             if st != 202:
                 raise SystemExit(f"create: {st} {b}")
@@ -616,12 +636,12 @@ def bench_scale(with_ports=True):
                 active_at = time.monotonic() - t0
         st, b, _ = c.call("GET", "/compute/v2.1/os-hypervisors/statistics")
         running = b["hypervisor_statistics"]["running_vms"]
-        ports = c.ok("GET", f"/network/v2.0/ports?network_id={net['id']}&fields=id")["ports"]
-        bound = len(ports)
+        bound = sum(len(c.ok("GET", f"/network/v2.0/ports?network_id={n}&fields=id")["ports"]) for n in nets)
         per = FAKE_SERVERS if not with_ports else max(1, bound)
         time.sleep(5)
         rss_after = rss_mib(c.pid())
-        what = "with a port each" if with_ports else "without networks (the baseline)"
+        peak = max(peak, rss_after)
+        what = f"with a port each (on {SCALE_NETWORKS} networks)" if with_ports else "without networks (the baseline)"
         print(f"### {FAKE_SERVERS} servers {what} on {FAKE_NODES} fake nodes (controller memory)\n")
         print("| metric | value |\n|---|---|")
         print(f"| nodes registered in | {reg:.1f} s |")
@@ -634,6 +654,9 @@ def bench_scale(with_ports=True):
         print()
         sys.stdout.flush()
     finally:
+        if agents is not None:
+            agents.send_signal(signal.SIGTERM)
+            agents.wait(timeout=30)
         c.stop()
 
 
