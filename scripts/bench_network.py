@@ -8,14 +8,13 @@ the machine's uplink), a second node's namespace behind it for VXLAN, and a
 bare veth pair between two namespaces of their own as the baseline.
 
 Usage: bench_network.py BIN WORK PORT MODE... where MODE is boot, traffic,
-ports or scale (see scripts/bench-network for the knobs).
+ports, scale or scale-none (see scripts/bench-network for the knobs).
 """
 
 import http.client
 import json
 import os
 import re
-import select
 import signal
 import socket
 import statistics
@@ -119,7 +118,7 @@ def in_server(sid):
 def spawn(args, logname, env=None):
     e = {k: v for k, v in os.environ.items() if not (k.startswith("STRATUS_") or k.startswith("OS_"))}
     e.update(env or {})
-    e.setdefault("STRATUS_LOG", "warn")
+    e["STRATUS_LOG"] = os.environ.get("STRATUS_LOG", "warn")
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(WORK, logname), "w"), env=e)
     procs.append(p)
     note("pids.list", str(p.pid))
@@ -228,6 +227,7 @@ class Cloud:
 
     def until(self, sid, want="ACTIVE", poll=0.005, limit=120):
         deadline = time.monotonic() + limit
+        b = None
         while time.monotonic() < deadline:
             st, b, _ = self.call("GET", f"/compute/v2.1/servers/{sid}")
             if want is None and st == 404:
@@ -239,12 +239,25 @@ class Cloud:
                 if s["status"] == "ERROR":
                     raise SystemExit(f"server {sid} ERROR: {s.get('fault')}")
             time.sleep(poll)
-        raise SystemExit(f"server {sid} never reached {want}")
+        s = (b or {}).get("server", b) if isinstance(b, dict) else b
+        if isinstance(s, dict):
+            s = {k: s.get(k) for k in ["status", "OS-EXT-STS:task_state", "OS-EXT-SRV-ATTR:host", "fault"]}
+        raise SystemExit(f"server {sid} never reached {want or 'deleted'} in {limit} s: {s}")
+
+    stuck = []
 
     def delete(self, sid, wait=True):
         self.call("DELETE", f"/compute/v2.1/servers/{sid}")
         if wait:
-            self.until(sid, None, poll=0.05)
+            try:
+                self.until(sid, None, poll=0.05, limit=60)
+            except SystemExit as e:
+                # Seen on this build now and then: the delete stays in
+                # task_state `deleting`. Counted and reported; the run
+                # goes on (a wedged agent fails the next boot anyway).
+                log(f"delete did not finish: {e}")
+                Cloud.stuck.append(sid)
+                return
             # The agent removes the namespace right after the record goes.
             deadline = time.monotonic() + 10
             while os.path.exists(f"/run/netns/stratus-{sid}") and time.monotonic() < deadline:
@@ -394,6 +407,8 @@ def bench_boot(c, image, net, ns_prefix):
         row(f"create to first echo answered by the new port{label}", [r[2] for r in rs])
         row(f"first packet minus ACTIVE (same server){label}", [r[2] - r[1] for r in rs])
     row("create to ACTIVE with no network (`networks: none`, same run)", bare)
+    if Cloud.stuck:
+        print(f"\n{len(Cloud.stuck)} deletes stayed in task_state deleting for over 60 s: {', '.join(Cloud.stuck)}")
     print()
     sys.stdout.flush()
 
