@@ -218,6 +218,15 @@ impl Dataplane {
         let mut errors = Vec::new();
         let segments: HashMap<&str, &Segment> =
             net.networks.iter().map(|n| (n.id.as_str(), n)).collect();
+        // Tunnels of networks gone go first: a new network may have been
+        // given the VNI one of them still holds.
+        let tunnels: BTreeSet<String> = net.networks.iter().map(|n| vxlan_name(&n.id)).collect();
+        for name in link_names() {
+            if name.starts_with("sv-") && !tunnels.contains(&name) {
+                let _ = ip(&["link", "delete", &name]);
+                wired.segments.retain(|id, _| vxlan_name(id) != name);
+            }
+        }
         let mut now = Wired::default();
         for seg in &net.networks {
             if wired.segments.get(&seg.id) == Some(seg) {

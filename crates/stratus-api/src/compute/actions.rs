@@ -377,6 +377,15 @@ fn lock_reason(arg: &Value) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The admin password a create or rebuild answers with: the one asked
+/// for, else a generated one (no guest agent sets it either way).
+pub(super) fn admin_pass(body: &Value) -> String {
+    match body.get("adminPass").and_then(Value::as_str) {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+    }
+}
+
 async fn rebuild(
     state: &AppState,
     ctx: &Ctx,
@@ -515,7 +524,19 @@ async fn rebuild(
             o.remove("OS-EXT-SRV-ATTR:user_data");
         }
     }
-    v["adminPass"] = json!(uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+    // Rebuild's addresses are the plain ones (Nova leaves out the type
+    // and MAC extensions here).
+    if let Some(nets) = v["addresses"].as_object_mut() {
+        for list in nets.values_mut() {
+            for a in list.as_array_mut().into_iter().flatten() {
+                if let Some(o) = a.as_object_mut() {
+                    o.remove("OS-EXT-IPS:type");
+                    o.remove("OS-EXT-IPS-MAC:mac_addr");
+                }
+            }
+        }
+    }
+    v["adminPass"] = json!(admin_pass(arg));
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
 }
 

@@ -331,7 +331,11 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         let mut names: Vec<&String> = s.nics.iter().flat_map(|n| &n.security_groups).collect();
         names.sort();
         names.dedup();
-        v["security_groups"] = json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+        // Nova leaves the key out when the ports have no group left.
+        if !names.is_empty() {
+            v["security_groups"] =
+                json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+        }
     }
     let o = v.as_object_mut().expect("object");
     if matches!(status, "ACTIVE" | "BUILD" | "REBUILD") {
@@ -576,6 +580,28 @@ fn listing(
             })
         });
         let ok_name = q.get("name").is_none_or(|n| re_search(n, &s.name));
+        // `ip`/`ip6`: a regular expression on the server's fixed addresses
+        // (and its access addresses), as Nova matches them.
+        let ips = |v6: bool| {
+            s.nics
+                .iter()
+                .flat_map(|n| n.ips.iter())
+                .filter(move |a| a.contains(':') == v6)
+                .map(String::as_str)
+                .chain(Some(if v6 {
+                    s.access_ipv6.as_str()
+                } else {
+                    s.access_ipv4.as_str()
+                }))
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let ok_ip = q
+            .get("ip")
+            .is_none_or(|p| ips(false).iter().any(|a| re_search(p, a)));
+        let ok_ip6 = q
+            .get("ip6")
+            .is_none_or(|p| ips(true).iter().any(|a| re_search(p, a)));
         let ok_image = q
             .get("image")
             .is_none_or(|i| i.rsplit('/').next().unwrap_or(i) == s.image_ref);
@@ -620,6 +646,8 @@ fn listing(
             .is_none_or(|t| !t.iter().any(|x| s.tags.contains(x)));
         ok_status
             && ok_name
+            && ok_ip
+            && ok_ip6
             && ok_image
             && ok_flavor
             && ok_res
@@ -1306,7 +1334,7 @@ async fn create(
             .into_response());
     }
     let s = &made[0];
-    let admin_pass: String = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let admin_pass = super::actions::admin_pass(&Value::Object(o.clone()));
     let mut v = json!({
         "id": s.id,
         "links": links(&state, "servers", &s.id),

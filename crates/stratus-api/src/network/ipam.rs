@@ -278,6 +278,17 @@ pub fn eui64(cidr: &Cidr, mac: &str) -> Option<Ip> {
     })
 }
 
+/// Deletes a service port and gives its addresses back.
+pub fn drop_port(tx: &Tx, port_id: &str) -> NetResult<()> {
+    if let Some(p) = tx.get::<super::model::Port>(port_id)? {
+        for f in &p.fixed_ips {
+            release(tx, &f.subnet_id, &f.ip_address)?;
+        }
+        tx.delete::<super::model::Port>(&p.id)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -569,7 +569,7 @@ pub(super) fn delete_in(tx: &Tx, n: &Network) -> NetResult<()> {
     // with it; an associated one keeps it (its port is in use).
     for f in tx.list::<FloatingIp>(&SQ::all())? {
         if f.floating_network_id == *id && f.port_id.is_none() {
-            super::routers::drop_port(tx, &f.floating_port_id)?;
+            super::ipam::drop_port(tx, &f.floating_port_id)?;
             tx.delete::<FloatingIp>(&f.id)?;
         }
     }

@@ -140,16 +140,7 @@ pub(super) fn service_port(
     Ok(port)
 }
 
-/// Deletes a service port and gives its addresses back.
-pub(super) fn drop_port(tx: &Tx, port_id: &str) -> NetResult<()> {
-    if let Some(p) = tx.get::<Port>(port_id)? {
-        for f in &p.fixed_ips {
-            ipam::release(tx, &f.subnet_id, &f.ip_address)?;
-        }
-        tx.delete::<Port>(&p.id)?;
-    }
-    Ok(())
-}
+pub(super) use super::ipam::drop_port;
 
 // ---- external gateway -------------------------------------------------------
 

@@ -649,7 +649,7 @@ async fn delete(
         // it, as in Neutron; only a router interface keeps it.
         let auto = is_slaac(&s);
         let released = |p: &Port| {
-            p.network_owned() || auto && p.device_owner != super::routers::OWNER_INTERFACE
+            p.network_owned() || auto && p.device_owner != super::model::OWNER_INTERFACE
         };
         let mut owned = Vec::new();
         for a in &allocs {

@@ -185,6 +185,15 @@ fn dataplane_one_node_traffic_security_groups_spoofing_isolation_and_cleanup() {
         json!({"networks": [{"uuid": net, "fixed_ip": "10.20.0.50"}]}),
     );
     assert_eq!(address(&b2, "net-a"), "10.20.0.50");
+    // The server list's `ip` filter matches fixed addresses.
+    let r = c.req("GET", "/servers?ip=10%5C.20%5C.0%5C.50", &tok, None);
+    let names: Vec<&str> = r.body["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["s2"], "{}", r.body);
 
     // The port is the network service's: bound to the node, ACTIVE.
     let ports = neutron(&c, "GET", &format!("/ports?device_id={s1}"), &c.admin, None);
