@@ -337,6 +337,8 @@ pub fn floating(
         };
         r.map_err(|e| match e.kind {
             "FloatingIPNotFound" => ApiError::new(StatusCode::NOT_FOUND, e.message),
+            // Nova answers a fixed address that already has one with 400.
+            "FloatingIPPortAlreadyAssociated" => ApiError::bad_request(e.message),
             _ => nova_error(e),
         })
     })?;
