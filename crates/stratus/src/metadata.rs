@@ -45,19 +45,24 @@ impl Metadata {
     /// Records what the controller says about server `id` (its
     /// assignment's `meta_data` and `user_data`).
     pub fn set_server(&self, id: &str, meta: Value, user_data: Option<Vec<u8>>) {
-        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-        let d = docs.entry(id.to_string()).or_default();
-        d.meta = meta;
-        d.user_data = user_data;
-        if let Some(s) = self
+        // One lock at a time: `sync` takes `served` before `docs`, so
+        // holding both here in the other order would deadlock the agent.
+        {
+            let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+            let d = docs.entry(id.to_string()).or_default();
+            d.meta = meta.clone();
+            d.user_data = user_data.clone();
+        }
+        let doc = self
             .served
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-        {
-            let mut doc = s.doc.lock().unwrap_or_else(|e| e.into_inner());
-            doc.meta = d.meta.clone();
-            doc.user_data = d.user_data.clone();
+            .map(|s| s.doc.clone());
+        if let Some(doc) = doc {
+            let mut doc = doc.lock().unwrap_or_else(|e| e.into_inner());
+            doc.meta = meta;
+            doc.user_data = user_data;
         }
     }
 
