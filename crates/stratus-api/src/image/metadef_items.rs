@@ -16,9 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use stratus_store::{Query, Record, Store};
 
-use super::metadefs::{
-    SortVal, array, bad, created, delete_all, fetch_ns, fetch_ns_tx, object, only, paginate,
-    parse_page, read_only, require_admin, string, unprotected,
+use super::metadef_common::{
+    SortVal, array, bad, created, fetch_ns, fetch_ns_tx, object, only, paginate, parse_page,
+    read_only, require_admin, string, unprotected,
 };
 use super::model::{MetadefItem, MetadefObject, MetadefProperty, MetadefTag, glance_time};
 use super::require_reader;
@@ -725,6 +725,34 @@ async fn delete_tags(
     Path(ns): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     delete_all::<MetadefTag>(&state, &ctx, &ns, "delete_metadef_tags")
+}
+
+pub(super) fn delete_children<T: Item>(
+    tx: &stratus_store::Tx,
+    ns_id: &str,
+) -> Result<(), ApiError> {
+    for item in tx.list::<T>(&Query::parent(ns_id))? {
+        tx.delete::<T>(&item.inner().id)?;
+    }
+    Ok(())
+}
+
+/// `DELETE /namespaces/{ns}/objects|properties|tags`: everything of one kind.
+pub(super) fn delete_all<T: Item>(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    rule: &str,
+) -> Result<StatusCode, ApiError> {
+    require_reader(ctx)?;
+    fetch_ns(state, ctx, name)?;
+    require_admin(ctx, rule)?;
+    state.store.write(|tx| {
+        let ns = fetch_ns_tx(tx, ctx, name)?;
+        unprotected(&ns, format!("namespace {name}"))?;
+        delete_children::<T>(tx, &ns.id)
+    })?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! A namespace groups property definitions, objects (named groups of
 //! properties) and tags, and says which resource types
 //! (`OS::Glance::Image`, `OS::Nova::Flavor`, ...) it applies to. This
-//! module holds namespaces, resource types, their associations and the
-//! checks the other metadef handlers share; `metadef_items.rs` holds
-//! objects, properties and tags.
+//! module holds namespaces, resource types and their associations;
+//! `metadef_items.rs` holds objects, properties and tags, and
+//! `metadef_common.rs` the checks both share.
 //!
 //! Policy is Glance's default: project readers (and admins) read public
 //! namespaces and their own project's private ones; only admins create,
@@ -15,13 +15,14 @@
 
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 use stratus_store::{Query, Store, Tx};
 
-use super::metadef_items::{self, Item};
+use super::metadef_common::*;
+use super::metadef_items::{self, Item, delete_children};
 use super::model::{
     MetadefAssociation, MetadefItem, MetadefNamespace, MetadefObject, MetadefProperty,
     MetadefResourceType, MetadefTag, glance_time,
@@ -39,10 +40,6 @@ pub const BUILTIN_RESOURCE_TYPES: &[&str] = &[
     "OS::Nova::Aggregate",
     "OS::Nova::Server",
 ];
-
-/// Glance's `limit_param_default` and `api_limit_max`.
-const DEFAULT_LIMIT: usize = 25;
-const MAX_LIMIT: usize = 1000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -84,271 +81,6 @@ pub fn seed_resource_types(store: &Store) -> Result<(), ApiError> {
         }
         Ok::<_, ApiError>(())
     })
-}
-
-// ---- errors, policy, lookups shared by the metadef handlers ------------------
-
-pub(super) fn ns_not_found(ns: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("Namespace {ns} not found"))
-}
-
-/// Glance's policy refusal for the admin-only metadef rules.
-pub(super) fn require_admin(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("You are not authorized to complete {rule} action."),
-        ))
-    }
-}
-
-pub(super) fn bad(schema: &str, msg: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!(
-        "Provided object does not match schema '{schema}': {msg}"
-    ))
-}
-
-pub(super) fn visible(ctx: &Ctx, ns: &MetadefNamespace) -> bool {
-    ctx.is_admin()
-        || ns.visibility == "public"
-        || ctx.project_id().is_some() && ns.owner.as_deref() == ctx.project_id()
-}
-
-/// The namespace named `name` if the caller may see it, else Glance's 404.
-pub(super) fn fetch_ns(
-    state: &AppState,
-    ctx: &Ctx,
-    name: &str,
-) -> Result<MetadefNamespace, ApiError> {
-    match state.store.get_unique::<MetadefNamespace>(name)? {
-        Some(ns) if visible(ctx, &ns) => Ok(ns),
-        _ => Err(ns_not_found(name)),
-    }
-}
-
-/// The same lookup inside a write transaction.
-pub(super) fn fetch_ns_tx(tx: &Tx, ctx: &Ctx, name: &str) -> Result<MetadefNamespace, ApiError> {
-    match tx
-        .list::<MetadefNamespace>(&Query::name(name))?
-        .into_iter()
-        .find(|n| n.namespace == name)
-    {
-        Some(ns) if visible(ctx, &ns) => Ok(ns),
-        _ => Err(ns_not_found(name)),
-    }
-}
-
-/// A 403 when `ns` is protected: nothing in it may be deleted.
-pub(super) fn unprotected(ns: &MetadefNamespace, what: String) -> Result<(), ApiError> {
-    if ns.protected {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("Metadata definition {what} is protected and cannot be deleted."),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-// ---- body checks, in the words of Glance's JSON-schema validation ---------
-
-/// The body as a JSON object.
-pub(super) fn object<'a>(schema: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ApiError> {
-    v.as_object()
-        .ok_or_else(|| bad(schema, format!("{v} is not of type 'object'")))
-}
-
-/// Server-set attributes cannot be sent (Glance answers 403).
-pub(super) fn read_only(map: &Map<String, Value>, keys: &[&str]) -> Result<(), ApiError> {
-    match keys.iter().find(|k| map.contains_key(**k)) {
-        Some(k) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("Attribute '{k}' is read-only."),
-        )),
-        None => Ok(()),
-    }
-}
-
-pub(super) fn only(
-    schema: &str,
-    map: &Map<String, Value>,
-    allowed: &[&str],
-) -> Result<(), ApiError> {
-    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(bad(
-            schema,
-            format!("Additional properties are not allowed ('{k}' was unexpected)"),
-        )),
-        None => Ok(()),
-    }
-}
-
-pub(super) fn string(
-    schema: &str,
-    map: &Map<String, Value>,
-    key: &str,
-    max: Option<usize>,
-    required: bool,
-) -> Result<Option<String>, ApiError> {
-    match map.get(key) {
-        None if required => Err(bad(schema, format!("'{key}' is a required property"))),
-        None => Ok(None),
-        Some(Value::String(s)) => match max {
-            Some(max) if s.chars().count() > max => Err(bad(schema, format!("'{s}' is too long"))),
-            _ if required && s.is_empty() => Err(bad(schema, format!("'{key}' must not be empty"))),
-            _ => Ok(Some(s.clone())),
-        },
-        Some(v) => Err(bad(schema, format!("{v} is not of type 'string'"))),
-    }
-}
-
-pub(super) fn boolean(
-    schema: &str,
-    map: &Map<String, Value>,
-    key: &str,
-) -> Result<Option<bool>, ApiError> {
-    match map.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(bad(schema, format!("{v} is not of type 'boolean'"))),
-    }
-}
-
-pub(super) fn array<'a>(
-    schema: &str,
-    map: &'a Map<String, Value>,
-    key: &str,
-) -> Result<&'a [Value], ApiError> {
-    match map.get(key) {
-        None => Ok(&[]),
-        Some(Value::Array(a)) => Ok(a),
-        Some(v) => Err(bad(schema, format!("{v} is not of type 'array'"))),
-    }
-}
-
-// ---- sorting and paging -----------------------------------------------------
-
-/// `limit`, `marker`, `sort_key` and `sort_dir` of a list call.
-pub(super) struct Page {
-    pub limit: usize,
-    pub marker: Option<String>,
-    pub sort_key: String,
-    pub desc: bool,
-}
-
-pub(super) fn parse_page(params: &[(String, String)], keys: &[&str]) -> Result<Page, ApiError> {
-    let get = |k: &str| {
-        params
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let limit = match get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if n < 0 => return Err(ApiError::bad_request("limit param must be positive")),
-            Ok(n) => (n as usize).min(MAX_LIMIT),
-            Err(_) => return Err(ApiError::bad_request("limit param must be an integer")),
-        },
-    };
-    let desc = match get("sort_dir").unwrap_or("desc") {
-        "desc" => true,
-        "asc" => false,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid sort direction: {other}"
-            )));
-        }
-    };
-    let sort_key = get("sort_key").unwrap_or("created_at");
-    if !keys.contains(&sort_key) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid sort key: {sort_key}. It must be one of the following: {}.",
-            keys.join(", ")
-        )));
-    }
-    Ok(Page {
-        limit,
-        marker: get("marker").map(str::to_string),
-        sort_key: sort_key.into(),
-        desc,
-    })
-}
-
-/// A value to sort on.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum SortVal {
-    Int(i64),
-    Str(Option<String>),
-}
-
-/// Sorts `items` (ties broken by name, as the key is not unique), starts
-/// after the marker (a name; 404 when absent) and cuts to the limit.
-/// Returns the page and the marker of the next one when it is full.
-pub(super) fn paginate<T>(
-    mut items: Vec<T>,
-    page: &Page,
-    name: impl Fn(&T) -> &str,
-    key: impl Fn(&T, &str) -> SortVal,
-    marker_missing: impl Fn(&str) -> ApiError,
-) -> Result<(Vec<T>, Option<String>), ApiError> {
-    items.sort_by(|a, b| {
-        let ord = key(a, &page.sort_key)
-            .cmp(&key(b, &page.sort_key))
-            .then_with(|| name(a).cmp(name(b)));
-        if page.desc { ord.reverse() } else { ord }
-    });
-    if let Some(m) = &page.marker {
-        match items.iter().position(|i| name(i) == m) {
-            Some(pos) => {
-                items.drain(..=pos);
-            }
-            None => return Err(marker_missing(m)),
-        }
-    }
-    items.truncate(page.limit);
-    let next = if !items.is_empty() && items.len() == page.limit {
-        items.last().map(|i| name(i).to_string())
-    } else {
-        None
-    };
-    Ok((items, next))
-}
-
-pub(super) fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `path?query` with the caller's parameters, less `marker`, plus `marker`.
-fn link(path: &str, params: &[(String, String)], marker: Option<&str>) -> String {
-    let mut parts: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k != "marker")
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    if let Some(m) = marker {
-        parts.push(format!("marker={}", encode(m)));
-    }
-    if parts.is_empty() {
-        path.into()
-    } else {
-        format!("{path}?{}", parts.join("&"))
-    }
-}
-
-pub(super) fn created(body: Value) -> Response {
-    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 // ---- namespaces ---------------------------------------------------------------
@@ -790,13 +522,6 @@ async fn update_namespace(
     Ok(Json(render_namespace(&ns)))
 }
 
-fn delete_children<T: Item>(tx: &Tx, ns_id: &str) -> Result<(), ApiError> {
-    for item in tx.list::<T>(&Query::parent(ns_id))? {
-        tx.delete::<T>(&item.inner().id)?;
-    }
-    Ok(())
-}
-
 async fn delete_namespace(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -813,24 +538,6 @@ async fn delete_namespace(
         delete_children::<MetadefTag>(tx, &ns.id)?;
         tx.delete::<MetadefNamespace>(&ns.id)?;
         Ok::<_, ApiError>(())
-    })?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `DELETE /namespaces/{ns}/objects|properties|tags`: everything of one kind.
-pub(super) fn delete_all<T: Item>(
-    state: &AppState,
-    ctx: &Ctx,
-    name: &str,
-    rule: &str,
-) -> Result<StatusCode, ApiError> {
-    require_reader(ctx)?;
-    fetch_ns(state, ctx, name)?;
-    require_admin(ctx, rule)?;
-    state.store.write(|tx| {
-        let ns = fetch_ns_tx(tx, ctx, name)?;
-        unprotected(&ns, format!("namespace {name}"))?;
-        delete_children::<T>(tx, &ns.id)
     })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -16,6 +16,7 @@ mod images;
 pub(crate) use images::{delete_image, purge_image};
 pub mod local;
 mod members;
+mod metadef_common;
 mod metadef_items;
 pub mod metadefs;
 pub mod model;
