@@ -220,8 +220,18 @@ fn run(state: &AppState, rx: std::sync::mpsc::Receiver<String>) {
         // planned once.
         let mut seen = std::collections::HashSet::new();
         batch.retain(|id| seen.insert(id.clone()));
+        let started = std::time::Instant::now();
         match View::load(state) {
-            Ok(view) => schedule_batch(state, &view, &batch),
+            Ok(view) => {
+                let loaded = started.elapsed();
+                schedule_batch(state, &view, &batch);
+                tracing::debug!(
+                    servers = batch.len(),
+                    view_ms = loaded.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "scheduled a batch"
+                );
+            }
             // Left waiting: the lease holder's sweep hands them in again.
             Err(e) => tracing::error!(error = %e, "scheduler cannot read the nodes"),
         }
@@ -238,6 +248,20 @@ pub struct View {
     cands: Vec<Option<crate::placement::Candidate>>,
     zones: Vec<String>,
     node_aggs: Vec<Vec<usize>>,
+    /// Whether each node was up when the batch began (one clock read and
+    /// one liveness lookup per node per batch, not per server).
+    up: Vec<bool>,
+    /// Each node's free [`STANDARD`] resources, so the per-node check of a
+    /// usual flavor compares integers rather than looking up class names.
+    free_std: Vec<[u64; 3]>,
+}
+
+/// The resource classes every flavor asks for, in [`View::free_std`]'s
+/// order.
+const STANDARD: [&str; 3] = ["VCPU", "MEMORY_MB", "DISK_GB"];
+
+fn standard(m: &BTreeMap<String, u64>) -> [u64; 3] {
+    STANDARD.map(|c| m.get(c).copied().unwrap_or(0))
 }
 
 impl View {
@@ -255,7 +279,8 @@ impl View {
             .collect();
         let nodes = state.store.list::<ComputeNode>(&StoreQuery::all())?;
         let aggs = state.store.list::<Aggregate>(&StoreQuery::all())?;
-        let cands = nodes.iter().map(|n| by_rp.remove(&n.uuid)).collect();
+        let cands: Vec<Option<crate::placement::Candidate>> =
+            nodes.iter().map(|n| by_rp.remove(&n.uuid)).collect();
         let zones = nodes.iter().map(|n| zone_of(&aggs, &n.id)).collect();
         let node_aggs = nodes
             .iter()
@@ -267,21 +292,32 @@ impl View {
                     .collect()
             })
             .collect();
+        let up = nodes.iter().map(|n| is_up(state, n)).collect();
+        let free_std = cands
+            .iter()
+            .map(|c: &Option<crate::placement::Candidate>| {
+                c.as_ref().map_or([0; 3], |c| standard(&c.free))
+            })
+            .collect();
         Ok(View {
             nodes,
             aggs,
             cands,
             zones,
             node_aggs,
+            up,
+            free_std,
         })
     }
 }
 
 /// A host as the filters and weighers see it.
 struct HostState<'a> {
+    /// The node's place in the view (the nodes are in id order).
+    index: usize,
     node: &'a ComputeNode,
     zone: &'a str,
-    aggs: Vec<&'a Aggregate>,
+    aggs: &'a [usize],
     free: &'a BTreeMap<String, u64>,
     used: &'a BTreeMap<String, u64>,
     /// Taken by earlier servers of the same batch.
@@ -343,6 +379,8 @@ fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError
 pub struct Plan {
     /// (host, provider uuid, zone).
     hosts: Vec<(String, String, String)>,
+    /// The first host's place in the view.
+    first: usize,
     resources: BTreeMap<String, u64>,
     group: Option<ServerGroup>,
 }
@@ -350,8 +388,31 @@ pub struct Plan {
 /// Claims made earlier in the same batch, not yet in placement's index.
 #[derive(Default)]
 pub struct Pending {
-    usage: HashMap<String, BTreeMap<String, u64>>,
+    /// By the node's place in the view.
+    usage: HashMap<usize, BTreeMap<String, u64>>,
+    /// The [`STANDARD`] part of `usage`, by the node's place in the view.
+    usage_std: Vec<[u64; 3]>,
     group_hosts: HashMap<String, Vec<String>>,
+}
+
+impl Pending {
+    fn take(&mut self, node: usize, resources: &BTreeMap<String, u64>) {
+        let usage = self.usage.entry(node).or_default();
+        for (c, n) in resources {
+            *usage.entry(c.clone()).or_default() += n;
+        }
+        if self.usage_std.len() <= node {
+            self.usage_std.resize(node + 1, [0; 3]);
+        }
+        let add = standard(resources);
+        for (k, n) in add.iter().enumerate() {
+            self.usage_std[node][k] += n;
+        }
+    }
+
+    fn taken_std(&self, node: usize) -> [u64; 3] {
+        self.usage_std.get(node).copied().unwrap_or([0; 3])
+    }
 }
 
 /// Filters and weighs the nodes for one server. `Ok(Err(reason))` when no
@@ -404,17 +465,23 @@ pub fn plan(
     }
     // Placement: providers with the traits and room for the flavor, from
     // the batch's snapshot less what this batch already took.
-    let fits = |c: &crate::placement::Candidate| -> bool {
-        required.iter().all(|t| c.traits.contains(t))
+    let want_std = standard(&resources);
+    let others: Vec<(&String, u64)> = resources
+        .iter()
+        .filter(|(c, _)| !STANDARD.contains(&c.as_str()))
+        .map(|(c, n)| (c, *n))
+        .collect();
+    let fits = |i: usize,
+                c: &crate::placement::Candidate,
+                taken: Option<&BTreeMap<String, u64>>|
+     -> bool {
+        let (free, held) = (view.free_std[i], pending.taken_std(i));
+        (0..3).all(|k| want_std[k] == 0 || free[k] >= want_std[k] + held[k])
+            && required.iter().all(|t| c.traits.contains(t))
             && !forbidden.iter().any(|t| c.traits.contains(t))
-            && resources.iter().all(|(class, n)| {
-                let taken = pending
-                    .usage
-                    .get(&c.provider)
-                    .and_then(|u| u.get(class))
-                    .copied()
-                    .unwrap_or(0);
-                c.free.get(class).copied().unwrap_or(0) >= n + taken
+            && others.iter().all(|(class, n)| {
+                let taken = taken.and_then(|u| u.get(*class)).copied().unwrap_or(0);
+                c.free.get(*class).copied().unwrap_or(0) >= n + taken
             })
     };
 
@@ -470,13 +537,15 @@ pub fn plan(
     let want_arch = img_prop("hw_architecture").or_else(|| img_prop("architecture"));
     let want_hv = img_prop("img_hv_type").or_else(|| img_prop("hypervisor_type"));
 
+    // Cheap checks first: this loop runs once per node for every server.
     let mut hosts: Vec<HostState> = Vec::new();
-    let mut reasons: Vec<String> = Vec::new();
+    let mut reasons: Vec<(usize, &'static str)> = Vec::new();
+    let check_specs = !s.flavor.extra_specs.is_empty();
     for (i, n) in nodes.iter().enumerate() {
-        let node_aggs: Vec<&Aggregate> = view.node_aggs[i].iter().map(|&j| &aggs[j]).collect();
         let zone = view.zones[i].as_str();
-        let cand = view.cands[i].as_ref().filter(|c| fits(c));
-        let why = if !is_up(state, n) {
+        let taken = pending.usage.get(&i);
+        let cand = view.cands[i].as_ref().filter(|c| fits(i, c, taken));
+        let why = if !view.up[i] {
             Some("ComputeFilter: down")
         } else if n.disabled {
             Some("ComputeFilter: disabled")
@@ -498,7 +567,9 @@ pub fn plan(
             .is_some_and(|h| !h.eq_ignore_ascii_case(&n.hypervisor_type))
         {
             Some("ImagePropertiesFilter: hypervisor type")
-        } else if !aggregate_specs_ok(&s.flavor.extra_specs, &node_aggs) {
+        } else if check_specs
+            && !aggregate_specs_ok(&s.flavor.extra_specs, aggs, &view.node_aggs[i])
+        {
             Some("AggregateInstanceExtraSpecsFilter")
         } else if group.as_ref().is_some_and(|g| g.policy == "affinity")
             && !member_hosts.is_empty()
@@ -522,27 +593,32 @@ pub fn plan(
             None
         };
         if let Some(w) = why {
-            reasons.push(format!("{}: {w}", n.id));
+            reasons.push((i, w));
             continue;
         }
         let Some(cand) = cand else { continue };
         let hs = HostState {
+            index: i,
             node: n,
             zone,
-            aggs: node_aggs,
+            aggs: &view.node_aggs[i],
             free: &cand.free,
             used: &cand.used,
-            taken: pending.usage.get(&n.uuid),
+            taken,
         };
         if let Some(q) = &query
             && !json_query(q, &hs)
         {
-            reasons.push(format!("{}: JsonFilter", n.id));
+            reasons.push((i, "JsonFilter"));
             continue;
         }
         hosts.push(hs);
     }
     if hosts.is_empty() {
+        let reasons: Vec<String> = reasons
+            .iter()
+            .map(|(i, w)| format!("{}: {w}", nodes[*i].id))
+            .collect();
         tracing::info!(server = %s.id, ?reasons, "every host filtered out");
         return Ok(Err("There are not enough hosts available.".into()));
     }
@@ -552,14 +628,13 @@ pub fn plan(
         Weigher::Spread => 1.0,
         Weigher::Pack => -1.0,
     };
-    let max_ram = hosts
+    let free_ram: Vec<u64> = hosts
         .iter()
-        .map(|h| h.free("MEMORY_MB"))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let weight = |h: &HostState| -> f64 {
-        let ram = h.free("MEMORY_MB") as f64 / max_ram;
+        .map(|h| view.free_std[h.index][1].saturating_sub(pending.taken_std(h.index)[1]))
+        .collect();
+    let max_ram = free_ram.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let weight = |k: usize, h: &HostState| -> f64 {
+        let ram = free_ram[k] as f64 / max_ram;
         let mut w = sign * ram;
         if let Some(g) = &group {
             let on = member_hosts.iter().filter(|x| *x == &h.node.id).count() as f64;
@@ -575,12 +650,13 @@ pub fn plan(
     let mut ranked: Vec<(f64, usize)> = hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| (weight(h), i))
+        .map(|(i, h)| (weight(i, h), i))
         .collect();
+    // Ties go to the lower host id: `hosts` is in the view's id order.
     let by_weight = |a: &(f64, usize), b: &(f64, usize)| {
         b.0.partial_cmp(&a.0)
             .unwrap_or(std::cmp::Ordering::Equal)
-            .then(hosts[a.1].node.id.cmp(&hosts[b.1].node.id))
+            .then(a.1.cmp(&b.1))
     };
     const TRIES: usize = 8;
     if ranked.len() > TRIES {
@@ -590,6 +666,7 @@ pub fn plan(
     ranked.sort_by(by_weight);
 
     Ok(Ok(Plan {
+        first: hosts[ranked[0].1].index,
         hosts: ranked
             .iter()
             .map(|(_, i)| {
@@ -726,10 +803,7 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
         match plan(state, view, &s, &pending) {
             Ok(Ok(p)) => {
                 let (host, rp, zone) = p.hosts[0].clone();
-                let usage = pending.usage.entry(rp.clone()).or_default();
-                for (c, n) in &p.resources {
-                    *usage.entry(c.clone()).or_default() += n;
-                }
+                pending.take(p.first, &p.resources);
                 if let Some(g) = &p.group {
                     pending
                         .group_hosts
@@ -760,10 +834,16 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
     if items.is_empty() {
         return;
     }
+    let claiming = std::time::Instant::now();
     let result = state.placement.claim_batch(&items, |tx, i| {
         let (s, host, zone, anti) = &chosen[i];
         place(tx, s, host, zone, *anti)
     });
+    tracing::debug!(
+        servers = items.len(),
+        claim_ms = claiming.elapsed().as_millis() as u64,
+        "claimed a batch"
+    );
     match result {
         Ok(outcomes) => {
             for (i, o) in outcomes.iter().enumerate() {
@@ -802,7 +882,7 @@ fn arch_matches(want: &str, have: &str) -> bool {
 /// `AggregateInstanceExtraSpecsFilter`: flavor extra specs without a
 /// scope, or scoped `aggregate_instance_extra_specs:`, must match the
 /// metadata of one of the host's aggregates.
-fn aggregate_specs_ok(specs: &BTreeMap<String, String>, aggs: &[&Aggregate]) -> bool {
+fn aggregate_specs_ok(specs: &BTreeMap<String, String>, all: &[Aggregate], aggs: &[usize]) -> bool {
     for (k, v) in specs {
         let key = match k.split_once(':') {
             Some(("aggregate_instance_extra_specs", rest)) => rest,
@@ -811,7 +891,7 @@ fn aggregate_specs_ok(specs: &BTreeMap<String, String>, aggs: &[&Aggregate]) -> 
         };
         let values: Vec<&str> = aggs
             .iter()
-            .filter_map(|a| a.metadata.get(key))
+            .filter_map(|&a| all[a].metadata.get(key))
             .flat_map(|m| m.split(','))
             .map(str::trim)
             .collect();
