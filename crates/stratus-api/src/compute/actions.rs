@@ -15,11 +15,12 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
-use super::model::{ComputeNode, InstanceAction, Server};
-use super::servers::{
-    check_locked, fetch, fetch_tx, instance_not_found, record_action, render, require_member,
-    visible,
+use super::common::{
+    check_locked, fetch, fetch_tx, instance_not_found, record_action, require_member, visible,
 };
+use super::model::{ComputeNode, InstanceAction, Server};
+use super::params::admin_pass;
+use super::servers::render;
 use super::states::{task, vm, wrong_state};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
@@ -65,36 +66,6 @@ fn begin(
     })?;
     state.compute.notify(s.host.as_deref());
     Ok(s)
-}
-
-/// Delete: on a live node the agent tears the workload down first; a
-/// server with no host, or on a node that is down, goes at once (Nova's
-/// local delete; the agent reaps the leftover when it comes back).
-pub fn request_delete(state: &AppState, ctx: &Ctx, id: &str, req_id: &str) -> Result<(), ApiError> {
-    let s = state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(id)?
-            .ok_or_else(|| instance_not_found(id))?;
-        record_action(tx, &s, "delete", ctx, req_id)?;
-        let node_up = match &s.host {
-            Some(h) => tx
-                .get::<ComputeNode>(h)?
-                .is_some_and(|n| super::nodes::is_up(state, &n)),
-            None => false,
-        };
-        if node_up {
-            s.task_state = Some(task::DELETING.into());
-            s.generation += 1;
-            s.updated_us = now_us();
-            tx.update(&s)?;
-        }
-        Ok::<_, ApiError>((s, node_up))
-    })?;
-    if !s.1 {
-        super::service::purge(state, id)?;
-    }
-    state.compute.notify(s.0.host.as_deref());
-    Ok(())
 }
 
 async fn action(
@@ -377,15 +348,6 @@ fn lock_reason(arg: &Value) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The admin password a create or rebuild answers with: the one asked
-/// for, else a generated one (no guest agent sets it either way).
-pub(super) fn admin_pass(body: &Value) -> String {
-    match body.get("adminPass").and_then(Value::as_str) {
-        Some(p) if !p.is_empty() => p.to_string(),
-        _ => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-    }
-}
-
 async fn rebuild(
     state: &AppState,
     ctx: &Ctx,
@@ -434,7 +396,7 @@ async fn rebuild(
                 "Invalid input for field/attribute rebuild. Additional properties are not allowed ('key_name' was unexpected)",
             ));
         }
-        Some(v) => Some(super::servers::key_pair(state, ctx, Some(v))?),
+        Some(v) => Some(super::params::key_pair(state, ctx, Some(v))?),
     };
     let user_data = match arg.get("user_data") {
         None => None,
@@ -443,9 +405,9 @@ async fn rebuild(
                 "Invalid input for field/attribute rebuild. Additional properties are not allowed ('user_data' was unexpected)",
             ));
         }
-        Some(v) => Some(super::servers::user_data(Some(v))?),
+        Some(v) => Some(super::params::user_data(Some(v))?),
     };
-    super::servers::trusted_certs(arg.get("trusted_image_certificates"), mv, "rebuild")?;
+    super::params::trusted_certs(arg.get("trusted_image_certificates"), mv, "rebuild")?;
     if arg.get("personality").is_some() && mv.at_least(57) {
         return Err(ApiError::bad_request(
             "Invalid input for field/attribute rebuild. Additional properties are not allowed ('personality' was unexpected)",
@@ -457,7 +419,7 @@ async fn rebuild(
     };
     let metadata = match arg.get("metadata") {
         None => None,
-        Some(m) => Some(super::servers::parse_metadata(m, "metadata")?),
+        Some(m) => Some(super::params::parse_metadata(m, "metadata")?),
     };
     let description = match arg.get("description") {
         None => None,
@@ -594,7 +556,7 @@ async fn topology(
             "The resource could not be found.",
         ));
     }
-    super::servers::require_reader(&ctx, "compute:server:topology:index")?;
+    super::common::require_reader(&ctx, "compute:server:topology:index")?;
     fetch(&state, &ctx, &id)?;
     Ok(axum::Json(json!({"nodes": [], "pagesize_kb": null})))
 }
@@ -696,7 +658,7 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
                 // 2.62: where it happened (the host name for admins).
                 if mv.at_least(62) {
                     x["hostId"] = json!(e.host.as_deref().map_or(String::new(), |h| {
-                        super::servers::project_host_id(&a.project_id, h)
+                        super::common::project_host_id(&a.project_id, h)
                     }));
                     if ctx.is_admin() {
                         x["host"] = json!(e.host.as_deref().unwrap_or(""));

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
 use super::model::{Aggregate, ComputeNode, Server};
-use super::nodes::{controller_host, zone_of};
+use super::zones::{controller_host, zone_of};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::timeutil::{iso_naive, now_us, parse_iso};
@@ -624,7 +624,7 @@ async fn server_migrations(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:index")?;
-    super::servers::fetch(&state, &ctx, &id)?;
+    super::common::fetch(&state, &ctx, &id)?;
     Ok(axum::Json(json!({ "migrations": [] })))
 }
 
@@ -634,7 +634,7 @@ async fn server_migration(
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:show")?;
-    super::servers::fetch(&state, &ctx, &id)?;
+    super::common::fetch(&state, &ctx, &id)?;
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
         format!("In-progress live migration {mid} is not found for server {id}."),
@@ -649,7 +649,7 @@ async fn abort_migration(
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:delete")?;
-    super::servers::fetch(&state, &ctx, &id)?;
+    super::common::fetch(&state, &ctx, &id)?;
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
         format!("In-progress live migration {mid} is not found for server {id}."),

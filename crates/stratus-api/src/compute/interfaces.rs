@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::common::{check_locked, fetch, fetch_tx, require_member};
 use super::model::Server;
 use super::nics::nova_error;
-use super::servers::{check_locked, fetch, fetch_tx, require_member};
 use super::states::vm;
 use super::{Mv, body};
 use crate::identity::policy::Ctx;
@@ -60,7 +60,7 @@ async fn list(
     mv: Mv,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    super::servers::require_reader(&ctx, "os_compute_api:os-attach-interfaces:list")?;
+    super::common::require_reader(&ctx, "os_compute_api:os-attach-interfaces:list")?;
     let s = fetch(&state, &ctx, &id)?;
     let mut out = Vec::new();
     for n in &s.nics {
@@ -77,7 +77,7 @@ async fn show(
     mv: Mv,
     Path((id, port)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    super::servers::require_reader(&ctx, "os_compute_api:os-attach-interfaces:show")?;
+    super::common::require_reader(&ctx, "os_compute_api:os-attach-interfaces:show")?;
     let s = fetch(&state, &ctx, &id)?;
     if !s.nics.iter().any(|n| n.port_id == port) {
         return Err(not_attached(&id, &port));
@@ -163,7 +163,7 @@ async fn attach(
         let zone = s
             .availability_zone
             .clone()
-            .unwrap_or_else(|| super::nodes::DEFAULT_ZONE.to_string());
+            .unwrap_or_else(|| super::zones::DEFAULT_ZONE.to_string());
         let nic = nova::attach(
             tx,
             &ctx,
@@ -232,7 +232,7 @@ async fn groups(
             "The resource could not be found.",
         ));
     }
-    super::servers::require_reader(&ctx, "os_compute_api:os-security-groups:list")?;
+    super::common::require_reader(&ctx, "os_compute_api:os-security-groups:list")?;
     let s = fetch(&state, &ctx, &id)?;
     let mut ids: Vec<String> = Vec::new();
     for n in &s.nics {

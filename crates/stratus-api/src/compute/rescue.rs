@@ -27,8 +27,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::common::{bad_field, check_locked, fetch_tx, record_action};
 use super::model::{ComputeNode, Server};
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;

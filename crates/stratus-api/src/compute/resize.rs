@@ -27,10 +27,10 @@ use serde_json::{Map, Value, json};
 use stratus_store::Query as StoreQuery;
 
 use super::Mv;
+use super::common::{bad_field, check_locked, fetch_tx, record_action};
 use super::model::{Aggregate, ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
 use super::quotas::{self, Resource};
 use super::scheduler::flavor_resources;
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
@@ -263,7 +263,7 @@ pub(super) fn confirm(
         cur.updated_us = now_us();
         tx.update(&cur)?;
         record_action(tx, &cur, "confirmResize", ctx, rid)?;
-        super::service::action_event(
+        super::common::action_event(
             tx,
             &cur.id,
             "compute_confirm_resize",
@@ -557,7 +557,7 @@ pub fn finish(
             cur.node = job.dest_host.clone();
             if let Some(dest) = &job.dest_host {
                 let aggs = tx.list::<Aggregate>(&StoreQuery::all())?;
-                cur.availability_zone = Some(super::nodes::zone_of(&aggs, dest));
+                cur.availability_zone = Some(super::zones::zone_of(&aggs, dest));
             }
             set_migration(tx, &job.migration_id, "post-migrating")?;
             next.task = Some(task::RESIZE_FINISH);

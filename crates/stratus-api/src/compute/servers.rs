@@ -14,12 +14,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
 use serde_json::{Value, json};
-use sha2::Digest;
-use stratus_store::{Query as StoreQuery, Tx};
+use stratus_store::Query as StoreQuery;
 
-use super::model::{ComputeNode, FlavorCopy, InstanceAction, Keypair, Server, ServerGroup};
+use super::common::{
+    bad_field, check_locked, fetch, fetch_tx, instance_name, nova_time, project_host_id,
+    record_action, require_member, require_reader,
+};
+use super::model::{ComputeNode, FlavorCopy, Server, ServerGroup};
+use super::params::{key_pair, parse_metadata, trusted_certs, user_data};
 use super::quotas::{self, Resource};
 use super::states::{self, task, vm};
 use super::{Mv, body, flavors, links, next_link, paging, parse_bool, policy_denied};
@@ -52,48 +55,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Largest `user_data`, base64 (Nova's column size).
-const MAX_USER_DATA: usize = 65535;
-
-pub(crate) fn nova_time(us: i64) -> String {
-    let s = crate::timeutil::iso_us(us);
-    // `2026-11-22T12:00:00Z`: Nova shows seconds only.
-    format!("{}Z", &s[..19])
-}
-
-pub(crate) fn instance_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("Instance {id} could not be found."),
-    )
-}
-
-/// Nova's `OS-EXT-SRV-ATTR:instance_name` for a server id.
-pub(crate) fn instance_name(id: &str) -> String {
-    format!("instance-{}", &id[..8.min(id.len())])
-}
-
-/// Whether the caller may see `s`: its project's, or any for admins.
-pub(crate) fn visible(ctx: &Ctx, s: &Server) -> bool {
-    ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str())
-}
-
-/// A server the caller may see, else Nova's 404.
-pub(crate) fn fetch(state: &AppState, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
-    match state.store.get::<Server>(id)? {
-        Some(s) if visible(ctx, &s) => Ok(s),
-        _ => Err(instance_not_found(id)),
-    }
-}
-
-/// [`fetch`] inside a write transaction.
-pub(crate) fn fetch_tx(tx: &Tx, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
-    match tx.get::<Server>(id)? {
-        Some(s) if visible(ctx, &s) => Ok(s),
-        _ => Err(instance_not_found(id)),
-    }
-}
-
 /// An `accessIPv4`/`accessIPv6` value: empty or an address of that family.
 fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiError> {
     let ip = v.and_then(Value::as_str).unwrap_or("");
@@ -124,110 +85,6 @@ fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiErro
     })
 }
 
-/// The caller's key pair named by `key_name`: (name, public key), or
-/// (None, None) for none.
-pub(crate) fn key_pair(
-    state: &AppState,
-    ctx: &Ctx,
-    v: Option<&Value>,
-) -> Result<(Option<String>, Option<String>), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok((None, None)),
-        Some(Value::String(k)) => {
-            let kp = state
-                .store
-                .get::<Keypair>(&Keypair::key(ctx.user_id(), k))?
-                .ok_or_else(|| ApiError::bad_request("Invalid key_name provided."))?;
-            Ok((Some(kp.name), Some(kp.public_key)))
-        }
-        Some(v) => Err(bad_field(
-            "key_name",
-            format!("Value: {v}. It is not a string"),
-        )),
-    }
-}
-
-/// `trusted_image_certificates` (2.63) on create and rebuild. Image
-/// signature verification is not built, so a request for it is refused
-/// (as Nova does when `verify_glance_signatures` is off) rather than
-/// accepted and ignored.
-pub(crate) fn trusted_certs(v: Option<&Value>, mv: Mv, what: &str) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
-        Some(_) if !mv.at_least(63) => Err(bad_field(
-            what,
-            "Additional properties are not allowed ('trusted_image_certificates' was unexpected)",
-        )),
-        Some(Value::Array(l))
-            if !l.is_empty()
-                && l.len() <= 50
-                && l.iter().all(|c| c.as_str().is_some_and(|c| !c.is_empty())) =>
-        {
-            Err(ApiError::bad_request(
-                "Image certificate validation failed: this cloud does not verify image signatures, so trusted_image_certificates cannot be honoured.",
-            ))
-        }
-        Some(v) => Err(bad_field(
-            "trusted_image_certificates",
-            format!("Value: {v}. It must be a list of 1 to 50 certificate ids"),
-        )),
-    }
-}
-
-/// `user_data`: base64 of at most [`MAX_USER_DATA`] characters.
-pub(crate) fn user_data(v: Option<&Value>) -> Result<Option<String>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(u)) => {
-            if u.len() > MAX_USER_DATA {
-                return Err(bad_field(
-                    "user_data",
-                    format!(
-                        "The user data is {} bytes of base64; the most allowed is {MAX_USER_DATA}",
-                        u.len()
-                    ),
-                ));
-            }
-            if base64::engine::general_purpose::STANDARD.decode(u).is_err() {
-                return Err(bad_field(
-                    "user_data",
-                    "User data needs to be valid base 64.",
-                ));
-            }
-            Ok(Some(u.clone()))
-        }
-        Some(v) => Err(bad_field(
-            "user_data",
-            format!("Value: {v}. It is not a string"),
-        )),
-    }
-}
-
-/// Readers of the project read; members change.
-pub(crate) fn require_member(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
-    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("member") {
-        Ok(())
-    } else {
-        Err(policy_denied(rule))
-    }
-}
-
-pub(crate) fn require_reader(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
-    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("reader") {
-        Ok(())
-    } else {
-        Err(policy_denied(rule))
-    }
-}
-
-/// A locked server refuses changes from anyone but admins.
-pub(crate) fn check_locked(ctx: &Ctx, s: &Server) -> Result<(), ApiError> {
-    if s.locked_by.is_some() && !ctx.is_admin() {
-        return Err(ApiError::conflict(format!("Instance {} is locked", s.id)));
-    }
-    Ok(())
-}
-
 /// Nova's `hostId`: sha224 of project id and host, so tenants can tell
 /// whether two of their servers share a host without learning its name.
 fn host_id(s: &Server) -> String {
@@ -237,18 +94,11 @@ fn host_id(s: &Server) -> String {
     }
 }
 
-/// Nova's `hostId`: the host as a project sees it, hashed with the
-/// project so that projects cannot compare hosts.
-pub(crate) fn project_host_id(project: &str, host: &str) -> String {
-    let d = sha2::Sha224::digest(format!("{project}{host}").as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn host_status(state: &AppState, s: &Server) -> &'static str {
     let Some(h) = &s.host else { return "" };
     match state.store.get::<ComputeNode>(h) {
         Ok(Some(n)) => {
-            if n.forced_down || !super::nodes::is_up(state, &n) {
+            if n.forced_down || !super::zones::is_up(state, &n) {
                 "DOWN"
             } else if n.disabled {
                 "MAINTENANCE"
@@ -795,41 +645,6 @@ pub(crate) fn with_groups(mut v: Value, s: &Server, mv: Mv) -> Value {
 
 // ---- create -------------------------------------------------------------------
 
-pub(crate) fn bad_field(field: &str, why: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!("Invalid input for field/attribute {field}. {why}"))
-}
-
-/// Metadata as Nova validates it: string keys 1-255, string values up to
-/// 255.
-pub(crate) fn parse_metadata(v: &Value, field: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| bad_field(field, format!("Value: {v}. {v} is not of type 'object'")))?;
-    let mut out = BTreeMap::new();
-    for (k, val) in o {
-        if k.is_empty() || k.len() > 255 {
-            return Err(bad_field(
-                field,
-                format!("Key '{k}' must be 1 to 255 characters"),
-            ));
-        }
-        let s = val.as_str().ok_or_else(|| {
-            bad_field(
-                field,
-                format!("Value: {val}. {val} is not of type 'string'"),
-            )
-        })?;
-        if s.len() > 255 {
-            return Err(bad_field(
-                field,
-                format!("The value of '{k}' is longer than 255 characters"),
-            ));
-        }
-        out.insert(k.clone(), s.to_string());
-    }
-    Ok(out)
-}
-
 fn hostname_of(name: &str) -> String {
     let mut h: String = name
         .chars()
@@ -1157,7 +972,7 @@ async fn create(
         }
     }
     if let Some(z) = &requested_az
-        && !super::nodes::zone_exists(&state, z)?
+        && !super::zones::zone_exists(&state, z)?
     {
         return Err(ApiError::bad_request(format!(
             "The requested availability zone is not available: {z}"
@@ -1307,7 +1122,7 @@ async fn create(
                 &ctx,
                 &project,
                 &id,
-                requested_az.as_deref().unwrap_or(super::nodes::DEFAULT_ZONE),
+                requested_az.as_deref().unwrap_or(super::zones::DEFAULT_ZONE),
                 &nic_request,
                 security_groups.as_deref(),
             )
@@ -1334,7 +1149,7 @@ async fn create(
             .into_response());
     }
     let s = &made[0];
-    let admin_pass = super::actions::admin_pass(&Value::Object(o.clone()));
+    let admin_pass = super::params::admin_pass(&Value::Object(o.clone()));
     let mut v = json!({
         "id": s.id,
         "links": links(&state, "servers", &s.id),
@@ -1346,30 +1161,6 @@ async fn create(
         v["security_groups"] = json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
-}
-
-/// Starts an `os-instance-actions` record for a request on a server.
-pub(crate) fn record_action(
-    tx: &Tx,
-    s: &Server,
-    action: &str,
-    ctx: &Ctx,
-    request_id: &str,
-) -> Result<(), ApiError> {
-    let now = now_us();
-    tx.upsert(&InstanceAction {
-        id: format!("{}/{request_id}", s.id),
-        server_id: s.id.clone(),
-        action: action.into(),
-        request_id: request_id.into(),
-        user_id: ctx.user_id().into(),
-        project_id: s.project_id.clone(),
-        start_us: now,
-        updated_us: now,
-        message: None,
-        events: vec![],
-    })?;
-    Ok(())
 }
 
 // ---- update and delete ----------------------------------------------------------
@@ -1437,7 +1228,7 @@ async fn delete(
     require_member(&ctx, "os_compute_api:servers:delete")?;
     let s = fetch(&state, &ctx, &id)?;
     check_locked(&ctx, &s)?;
-    super::actions::request_delete(&state, &ctx, &s.id, &req_id.0)?;
+    super::service::request_delete(&state, &ctx, &s.id, &req_id.0)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::Mv;
+use super::common::{bad_field, check_locked, fetch_tx, record_action};
 use super::model::Server;
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::wrong_state;
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
@@ -101,7 +101,7 @@ pub(super) fn unshelve(
         None
     };
     if let Some(z) = &zone
-        && !super::nodes::zone_exists(state, z)?
+        && !super::zones::zone_exists(state, z)?
     {
         return Err(ApiError::bad_request(format!(
             "The requested availability zone is not available: {z}"

@@ -20,9 +20,10 @@ use serde_json::{Map, Value, json};
 use stratus_store::Query as StoreQuery;
 
 use super::Mv;
+use super::common::{bad_field, check_locked, fetch_tx, record_action};
 use super::model::{Server, SnapshotJob};
+use super::params::parse_metadata;
 use super::quotas::{self, Resource};
-use super::servers::{bad_field, check_locked, fetch_tx, parse_metadata, record_action};
 use super::states::{task, vm};
 use crate::identity::model::{Project, User};
 use crate::identity::policy::Ctx;
