@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use sha2::Digest;
 use stratus_store::{Query as StoreQuery, Tx};
 
-use super::model::{ActionEvent, InstanceAction, Server};
+use super::model::{ActionEvent, Flavor, InstanceAction, Server};
 use super::policy_denied;
 use crate::identity::policy::Ctx;
 use crate::timeutil::now_us;
@@ -141,4 +141,21 @@ pub fn action_event(
         tx.update(&a)?;
     }
     Ok(())
+}
+
+/// Whether the caller may see `f`.
+pub(crate) fn flavor_visible(ctx: &Ctx, f: &Flavor) -> bool {
+    ctx.is_admin()
+        || f.is_public
+        || ctx
+            .project_id()
+            .is_some_and(|p| f.projects.iter().any(|x| x == p))
+}
+
+/// A flavor the caller may see, else Nova's 404.
+pub(crate) fn fetch_flavor(state: &AppState, ctx: &Ctx, id: &str) -> Result<Flavor, ApiError> {
+    match state.store.get::<Flavor>(id)? {
+        Some(f) if flavor_visible(ctx, &f) => Ok(f),
+        _ => Err(super::not_found("Flavor", id)),
+    }
 }

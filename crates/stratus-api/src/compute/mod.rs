@@ -12,8 +12,10 @@
 mod actions;
 mod admin;
 mod agent_client;
+pub mod commands;
 mod common;
 mod config;
+pub mod core;
 mod flavors;
 mod groups;
 mod images;
@@ -25,6 +27,7 @@ mod nics;
 pub mod node_access;
 pub mod nodes;
 mod params;
+mod parse;
 mod quotas;
 mod rescue;
 mod resize;

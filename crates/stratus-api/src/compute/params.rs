@@ -1,6 +1,7 @@
 //! Request fields that server create and rebuild (and snapshots) parse the
 //! same way: metadata, key pair, user data, trusted certificates and the
-//! admin password. Turns JSON into typed values with Nova's 400s.
+//! admin password, access addresses and tags. Turns JSON into typed values
+//! with Nova's 400s. Handler layer.
 
 use std::collections::BTreeMap;
 
@@ -9,29 +10,16 @@ use serde_json::Value;
 
 use super::Mv;
 use super::common::bad_field;
-use super::model::Keypair;
-use crate::identity::policy::Ctx;
-use crate::{ApiError, AppState};
+use crate::ApiError;
 
 /// Largest `user_data`, base64 (Nova's column size).
 const MAX_USER_DATA: usize = 65535;
 
-/// The caller's key pair named by `key_name`: (name, public key), or
-/// (None, None) for none.
-pub(crate) fn key_pair(
-    state: &AppState,
-    ctx: &Ctx,
-    v: Option<&Value>,
-) -> Result<(Option<String>, Option<String>), ApiError> {
+/// `key_name`: a string, or null (or absent) for none.
+pub(crate) fn key_name(v: Option<&Value>) -> Result<Option<String>, ApiError> {
     match v {
-        None | Some(Value::Null) => Ok((None, None)),
-        Some(Value::String(k)) => {
-            let kp = state
-                .store
-                .get::<Keypair>(&Keypair::key(ctx.user_id(), k))?
-                .ok_or_else(|| ApiError::bad_request("Invalid key_name provided."))?;
-            Ok((Some(kp.name), Some(kp.public_key)))
-        }
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(k)) => Ok(Some(k.clone())),
         Some(v) => Err(bad_field(
             "key_name",
             format!("Value: {v}. It is not a string"),
@@ -133,4 +121,38 @@ pub(super) fn admin_pass(body: &Value) -> String {
         Some(p) if !p.is_empty() => p.to_string(),
         _ => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
     }
+}
+
+/// An `accessIPv4`/`accessIPv6` value: empty or an address of that family.
+pub(super) fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiError> {
+    let ip = v.and_then(Value::as_str).unwrap_or("");
+    let ok = ip.is_empty()
+        || if v6 {
+            ip.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            ip.parse::<std::net::Ipv4Addr>().is_ok()
+        };
+    if !ok {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        return Err(bad_field(
+            field,
+            format!("Value: {ip}. It is not a valid {family} address"),
+        ));
+    }
+    // Stored as Nova does: the address's canonical text.
+    Ok(if ip.is_empty() {
+        String::new()
+    } else if v6 {
+        ip.parse::<std::net::Ipv6Addr>()
+            .expect("checked")
+            .to_string()
+    } else {
+        ip.parse::<std::net::Ipv4Addr>()
+            .expect("checked")
+            .to_string()
+    })
+}
+
+pub(super) fn valid_tag(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 60 && !t.contains(',') && !t.contains('/')
 }
