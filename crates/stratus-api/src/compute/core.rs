@@ -621,3 +621,191 @@ fn rebuild(
     state.compute.notify(s.host.as_deref());
     Ok(Outcome::Rebuilt(Box::new(s)))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core runs commands with nothing but the state and a caller's
+    //! context, as a transport other than HTTP would.
+
+    use std::sync::Arc;
+
+    use stratus_store::Store;
+
+    use super::*;
+    use crate::identity::bootstrap::{BootstrapOptions, bootstrap};
+    use crate::identity::service::{issue, validate};
+    use crate::identity::token::{Scope, TokenData};
+    use crate::{ApiConfig, listener::HttpLimits};
+
+    /// Removes the state's data directory (Fernet keys, images) at the end.
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn state_and_admin() -> (AppState, Ctx, String, Dir) {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let boot = bootstrap(
+            &store,
+            &BootstrapOptions {
+                admin_password: Some("pw".into()),
+                region: "RegionOne".into(),
+                public_url: "http://127.0.0.1:1".into(),
+            },
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "stratus-core-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let config = ApiConfig {
+            public_url: "http://127.0.0.1:1".into(),
+            data_dir: dir.clone(),
+            token_expiration_s: 3600,
+            region: "RegionOne".into(),
+            login_cache_s: 0,
+            image_size_cap: 1 << 30,
+            compute: Default::default(),
+            http: HttpLimits::default(),
+        };
+        let state = AppState::new(config, store).unwrap();
+        let now = now_us();
+        let token = issue(
+            &state,
+            &TokenData {
+                methods: 1,
+                user_id: boot.admin_user_id.clone(),
+                scope: Scope::Project(boot.admin_project_id.clone()),
+                issued_us: now,
+                expires_us: now + 3_600_000_000,
+                audit_ids: vec![[7; 16]],
+                app_cred_id: None,
+                trust_id: None,
+            },
+        );
+        let ctx = Ctx(validate(&state, &token, false).unwrap());
+        (state, ctx, boot.admin_project_id, Dir(dir))
+    }
+
+    /// A server as create leaves it, already placed on `host`.
+    fn server(state: &AppState, ctx: &Ctx, project: &str, host: Option<&str>) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_us();
+        let s = Server {
+            id: id.clone(),
+            hostname: "s".into(),
+            name: "s".into(),
+            project_id: project.into(),
+            user_id: ctx.user_id().into(),
+            image_ref: uuid::Uuid::new_v4().to_string(),
+            flavor: FlavorCopy {
+                id: "1".into(),
+                name: "m1.tiny".into(),
+                vcpus: 1,
+                ram: 512,
+                disk: 1,
+                ephemeral: 0,
+                swap: 0,
+                extra_specs: Default::default(),
+            },
+            key_name: None,
+            key_data: None,
+            user_data: None,
+            metadata: Default::default(),
+            requested_az: None,
+            availability_zone: None,
+            host: host.map(str::to_string),
+            node: host.map(str::to_string),
+            vm_state: vm::ACTIVE.into(),
+            task_state: None,
+            power_state: states::power::RUNNING,
+            locked_by: None,
+            locked_reason: None,
+            description: None,
+            tags: vec![],
+            access_ipv4: String::new(),
+            access_ipv6: String::new(),
+            reservation_id: "r-1".into(),
+            launch_index: 0,
+            config_drive: String::new(),
+            created_us: now,
+            updated_us: now,
+            launched_us: Some(now),
+            fault: None,
+            hints: serde_json::json!({}),
+            server_group: None,
+            tried_hosts: vec![],
+            generation: 1,
+            snapshot: None,
+            rescue_image: None,
+            resize: None,
+            shelved_image: None,
+            settled: None,
+            nics: Vec::new(),
+        };
+        state.store.write(|tx| tx.insert(&s)).unwrap();
+        id
+    }
+
+    #[test]
+    fn actions_run_with_the_state_and_a_context() {
+        let (state, ctx, project, _dir) = state_and_admin();
+        let id = server(&state, &ctx, &project, Some("n1"));
+
+        let out = act(
+            &state,
+            &ctx,
+            &id,
+            "req-lock",
+            ServerAction::Lock {
+                reason: Some("maintenance".into()),
+            },
+        )
+        .unwrap();
+        assert!(matches!(out, Outcome::Accepted));
+        let s = state.store.fetch::<Server>(&id).unwrap();
+        assert_eq!(s.locked_by.as_deref(), Some("owner"));
+        assert_eq!(s.locked_reason.as_deref(), Some("maintenance"));
+        let actions = state
+            .store
+            .list::<super::super::model::InstanceAction>(&stratus_store::Query::parent(&id))
+            .unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, "lock");
+        assert_eq!(actions[0].request_id, "req-lock");
+
+        act(&state, &ctx, &id, "req-stop", ServerAction::Stop).unwrap();
+        let s = state.store.fetch::<Server>(&id).unwrap();
+        assert_eq!(s.task_state.as_deref(), Some(task::POWERING_OFF));
+        assert_eq!(s.generation, 2);
+        // A task is running: another start is Nova's 409.
+        let e = act(&state, &ctx, &id, "req-x", ServerAction::Pause).unwrap_err();
+        assert_eq!(e.status, StatusCode::CONFLICT);
+
+        act(
+            &state,
+            &ctx,
+            &id,
+            "req-reset",
+            ServerAction::ResetState(ResetTo::Error),
+        )
+        .unwrap();
+        let s = state.store.fetch::<Server>(&id).unwrap();
+        assert_eq!((s.vm_state.as_str(), s.task_state), (vm::ERROR, None));
+    }
+
+    #[test]
+    fn delete_of_a_server_on_no_node_is_at_once_and_unknown_ids_are_404() {
+        let (state, ctx, project, _dir) = state_and_admin();
+        let id = server(&state, &ctx, &project, None);
+        act(&state, &ctx, &id, "req-del", ServerAction::Delete).unwrap();
+        assert!(state.store.get::<Server>(&id).unwrap().is_none());
+        let e = act(&state, &ctx, &id, "req-again", ServerAction::Delete).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(e.message, format!("Instance {id} could not be found."));
+    }
+}
