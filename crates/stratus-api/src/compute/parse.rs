@@ -333,35 +333,11 @@ fn group_name(arg: &Value) -> Result<String, ApiError> {
 
 /// `migrate`: from 2.56 an optional `host`.
 fn migrate(arg: &Value, mv: Mv) -> Result<Option<String>, ApiError> {
-    Ok(match arg {
-        // Before 2.56 Nova reads nothing from the body (Tempest sends {}).
-        _ if !mv.at_least(56) => None,
-        Value::Null => None,
-        Value::Object(o) => {
-            if let Some(k) = o.keys().find(|k| k.as_str() != "host") {
-                return Err(bad_field(
-                    "migrate",
-                    format!("Additional properties are not allowed ('{k}' was unexpected)"),
-                ));
-            }
-            match o.get("host") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Some(h.clone()),
-                Some(v) => {
-                    return Err(bad_field(
-                        "host",
-                        format!("Value: {v}. It is not a valid host name"),
-                    ));
-                }
-            }
-        }
-        v => {
-            return Err(bad_field(
-                "migrate",
-                format!("Value: {v}. It is not of type 'object', 'null'"),
-            ));
-        }
-    })
+    // Before 2.56 Nova reads nothing from the body (Tempest sends {}).
+    if !mv.at_least(56) {
+        return Ok(None);
+    }
+    only_name("migrate", arg, "host", true, "It is not a valid host name")
 }
 
 /// `unshelve`: before 2.77 Nova reads nothing from the body; 2.77 may
@@ -370,29 +346,43 @@ fn unshelve(arg: &Value, mv: Mv) -> Result<Option<String>, ApiError> {
     if !mv.at_least(77) {
         return Ok(None);
     }
+    only_name(
+        "unshelve",
+        arg,
+        "availability_zone",
+        false,
+        "It is not a valid zone name",
+    )
+}
+
+/// A body that is null or an object with at most `key`, a name of 1 to
+/// 255 characters (or null, when `null_ok`).
+fn only_name(
+    action: &str,
+    arg: &Value,
+    key: &str,
+    null_ok: bool,
+    invalid: &str,
+) -> Result<Option<String>, ApiError> {
     Ok(match arg {
         Value::Null => None,
         Value::Object(o) => {
-            if let Some(k) = o.keys().find(|k| k.as_str() != "availability_zone") {
+            if let Some(k) = o.keys().find(|k| k.as_str() != key) {
                 return Err(bad_field(
-                    "unshelve",
+                    action,
                     format!("Additional properties are not allowed ('{k}' was unexpected)"),
                 ));
             }
-            match o.get("availability_zone") {
+            match o.get(key) {
                 None => None,
-                Some(Value::String(z)) if !z.is_empty() && z.len() <= 255 => Some(z.clone()),
-                Some(v) => {
-                    return Err(bad_field(
-                        "availability_zone",
-                        format!("Value: {v}. It is not a valid zone name"),
-                    ));
-                }
+                Some(Value::Null) if null_ok => None,
+                Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Some(h.clone()),
+                Some(v) => return Err(bad_field(key, format!("Value: {v}. {invalid}"))),
             }
         }
         v => {
             return Err(bad_field(
-                "unshelve",
+                action,
                 format!("Value: {v}. It is not of type 'object', 'null'"),
             ));
         }
@@ -831,7 +821,19 @@ mod tests {
             action("migrate", &host, Mv(55)).unwrap(),
             Some(ServerAction::Migrate { host: None })
         );
+        assert!(action("migrate", &json!({"host": ""}), Mv(56)).is_err());
+        assert_eq!(
+            action("migrate", &json!({"host": null}), Mv(56)).unwrap(),
+            Some(ServerAction::Migrate { host: None })
+        );
         assert!(action("unshelve", &json!({"bogus": 1}), Mv(77)).is_err());
+        assert!(action("unshelve", &json!({"availability_zone": null}), Mv(77)).is_err());
+        assert_eq!(
+            action("unshelve", &json!({"availability_zone": "z1"}), Mv(77)).unwrap(),
+            Some(ServerAction::Unshelve {
+                availability_zone: Some("z1".into())
+            })
+        );
         assert_eq!(
             action("unshelve", &json!({"bogus": 1}), Mv(76)).unwrap(),
             Some(ServerAction::Unshelve {
