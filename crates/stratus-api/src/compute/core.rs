@@ -360,7 +360,7 @@ pub fn create(
                 &project,
                 &id,
                 requested_az.as_deref().unwrap_or(super::zones::DEFAULT_ZONE),
-                &nic_request,
+                nic_request,
                 security_groups.as_deref(),
             )
             .map_err(super::nics::nova_error)?;
