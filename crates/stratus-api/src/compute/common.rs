@@ -1,6 +1,6 @@
 //! Helpers that the compute handlers and the core share, at the bottom of
-//! the compute layering (see `docs/design-notes.md`): server lookups as the
-//! caller may see them, the lock check, role checks, instance action
+//! the compute layering (see `docs/design-notes.md`): servers and flavors
+//! as the caller may see them, the lock check, role checks, instance action
 //! records and their events, Nova's error texts and names. They depend on
 //! the model only, never on a handler or service module.
 
