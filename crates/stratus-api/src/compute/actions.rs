@@ -9,22 +9,21 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
+use super::commands::{Outcome, ServerAction};
+use super::common::{fetch, instance_not_found, require_member, visible};
 use super::model::{ComputeNode, InstanceAction, Server};
-use super::servers::{
-    check_locked, fetch, fetch_tx, instance_not_found, record_action, render, require_member,
-    visible,
-};
-use super::states::{task, vm, wrong_state};
+use super::params::admin_pass;
+use super::servers::render;
+use super::states::{vm, wrong_state};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::middleware::RequestId;
-use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -34,67 +33,6 @@ pub fn routes() -> Router<AppState> {
         .route("/servers/{id}/os-instance-actions/{req}", get(action_show))
         .route("/servers/{id}/diagnostics", get(diagnostics))
         .route("/servers/{id}/topology", get(topology))
-}
-
-/// Moves a server into `task` if its vm_state is one of `from` and no task
-/// is running; records the action.
-fn begin(
-    state: &AppState,
-    ctx: &Ctx,
-    id: &str,
-    action: &str,
-    from: &[&str],
-    task_state: &str,
-    req_id: &str,
-) -> Result<Server, ApiError> {
-    let s = state.store.write(|tx| {
-        let mut s = fetch_tx(tx, ctx, id)?;
-        check_locked(ctx, &s)?;
-        if s.task_state.is_some() || !from.contains(&s.vm_state.as_str()) {
-            return Err(wrong_state(action, &s));
-        }
-        if s.host.is_none() {
-            return Err(wrong_state(action, &s));
-        }
-        s.task_state = Some(task_state.into());
-        s.generation += 1;
-        s.updated_us = now_us();
-        tx.update(&s)?;
-        record_action(tx, &s, action, ctx, req_id)?;
-        Ok(s)
-    })?;
-    state.compute.notify(s.host.as_deref());
-    Ok(s)
-}
-
-/// Delete: on a live node the agent tears the workload down first; a
-/// server with no host, or on a node that is down, goes at once (Nova's
-/// local delete; the agent reaps the leftover when it comes back).
-pub fn request_delete(state: &AppState, ctx: &Ctx, id: &str, req_id: &str) -> Result<(), ApiError> {
-    let s = state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(id)?
-            .ok_or_else(|| instance_not_found(id))?;
-        record_action(tx, &s, "delete", ctx, req_id)?;
-        let node_up = match &s.host {
-            Some(h) => tx
-                .get::<ComputeNode>(h)?
-                .is_some_and(|n| super::nodes::is_up(state, &n)),
-            None => false,
-        };
-        if node_up {
-            s.task_state = Some(task::DELETING.into());
-            s.generation += 1;
-            s.updated_us = now_us();
-            tx.update(&s)?;
-        }
-        Ok::<_, ApiError>((s, node_up))
-    })?;
-    if !s.1 {
-        super::service::purge(state, id)?;
-    }
-    state.compute.notify(s.0.host.as_deref());
-    Ok(())
 }
 
 async fn action(
@@ -112,406 +50,82 @@ async fn action(
         .filter(|o| o.len() == 1)
         .ok_or_else(|| ApiError::bad_request("Malformed request body: name exactly one action"))?;
     let (name, arg) = o.iter().next().expect("one key");
-    let rid = req_id.0.as_str();
-    let accepted = || Ok(StatusCode::ACCEPTED.into_response());
     // Make sure the server exists and is visible before anything else.
     let s = fetch(&state, &ctx, &id)?;
     match name.as_str() {
-        "os-stop" => {
-            begin(
-                &state,
-                &ctx,
-                &id,
-                "stop",
-                &[vm::ACTIVE, vm::ERROR],
-                task::POWERING_OFF,
-                rid,
-            )?;
-            accepted()
-        }
-        "os-start" => {
-            begin(
-                &state,
-                &ctx,
-                &id,
-                "start",
-                &[vm::STOPPED],
-                task::POWERING_ON,
-                rid,
-            )?;
-            accepted()
-        }
-        "reboot" => {
-            let kind = arg
-                .get("type")
-                .and_then(Value::as_str)
-                .map(str::to_ascii_uppercase)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "Invalid input for field/attribute reboot. 'type' is a required property",
-                    )
-                })?;
-            match kind.as_str() {
-                "SOFT" => begin(
-                    &state,
-                    &ctx,
-                    &id,
-                    "reboot",
-                    &[vm::ACTIVE],
-                    task::REBOOTING,
-                    rid,
-                )?,
-                "HARD" => begin(
-                    &state,
-                    &ctx,
-                    &id,
-                    "reboot",
-                    &[
-                        vm::ACTIVE,
-                        vm::STOPPED,
-                        vm::PAUSED,
-                        vm::SUSPENDED,
-                        vm::ERROR,
-                    ],
-                    task::REBOOTING_HARD,
-                    rid,
-                )?,
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid input for field/attribute type. Value: {other}. '{other}' is not one of ['HARD', 'Hard', 'hard', 'SOFT', 'Soft', 'soft']"
-                    )));
-                }
-            };
-            accepted()
-        }
-        "pause" => {
-            begin(
-                &state,
-                &ctx,
-                &id,
-                "pause",
-                &[vm::ACTIVE],
-                task::PAUSING,
-                rid,
-            )?;
-            accepted()
-        }
-        "unpause" => {
-            begin(
-                &state,
-                &ctx,
-                &id,
-                "unpause",
-                &[vm::PAUSED],
-                task::UNPAUSING,
-                rid,
-            )?;
-            accepted()
-        }
-        "suspend" => {
-            begin(
-                &state,
-                &ctx,
-                &id,
-                "suspend",
-                &[vm::ACTIVE],
-                task::SUSPENDING,
-                rid,
-            )?;
-            accepted()
-        }
-        "resume" => {
-            begin(
-                &state,
-                &ctx,
-                &id,
-                "resume",
-                &[vm::SUSPENDED],
-                task::RESUMING,
-                rid,
-            )?;
-            accepted()
-        }
-        "lock" => {
-            // 2.73: an optional reason.
-            let reason = if mv.at_least(73) {
-                lock_reason(arg)?
-            } else {
-                None
-            };
-            state.store.write(|tx| {
-                let mut s = tx.fetch::<Server>(&id)?;
-                s.locked_reason = reason.clone();
-                s.locked_by = Some(
-                    if ctx.is_admin() && ctx.project_id() != Some(s.project_id.as_str()) {
-                        "admin".into()
-                    } else {
-                        "owner".into()
-                    },
-                );
-                s.updated_us = now_us();
-                tx.update(&s)?;
-                record_action(tx, &s, "lock", &ctx, rid)?;
-                Ok::<_, ApiError>(())
-            })?;
-            accepted()
-        }
-        "unlock" => {
-            state.store.write(|tx| {
-                let mut s = tx.fetch::<Server>(&id)?;
-                if s.locked_by.as_deref() == Some("admin") && !ctx.is_admin() {
-                    return Err(policy_denied(
-                        "os_compute_api:os-lock-server:unlock:unlock_override",
-                    ));
-                }
-                s.locked_by = None;
-                s.locked_reason = None;
-                s.updated_us = now_us();
-                tx.update(&s)?;
-                record_action(tx, &s, "unlock", &ctx, rid)?;
-                Ok(())
-            })?;
-            accepted()
-        }
-        "rebuild" => rebuild(&state, &ctx, mv, &s, arg, rid).await,
-        "os-resetState" => {
-            if !ctx.is_admin() {
-                return Err(policy_denied("os_compute_api:os-admin-actions:reset_state"));
-            }
-            let to = match arg.get("state").and_then(Value::as_str) {
-                Some("active") => vm::ACTIVE,
-                Some("error") => vm::ERROR,
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid input for field/attribute state. Value: {}. It is not one of ['active', 'error']",
-                        arg.get("state").unwrap_or(&Value::Null)
-                    )));
-                }
-            };
-            let job = state.store.write(|tx| {
-                let mut s = tx.fetch::<Server>(&id)?;
-                s.vm_state = to.into();
-                s.task_state = None;
-                // Reports from a task that was in flight no longer apply.
-                s.generation += 1;
-                s.updated_us = now_us();
-                let job = s.snapshot.take();
-                let resize = super::resize::reset(tx, &mut s)?;
-                tx.update(&s)?;
-                record_action(tx, &s, "resetState", &ctx, rid)?;
-                Ok::<_, ApiError>((job, resize))
-            })?;
-            // A snapshot in flight will not be reported: its image goes.
-            if let Some(job) = job.0 {
-                super::snapshots::finish(&state, &id, &job, false);
-            }
-            if let Some(resize) = job.1 {
-                super::resize::after_reset(&state, &id, &resize);
-            }
-            accepted()
-        }
         // Network proxies: gone (404) from 2.44.
         "addFixedIp" | "removeFixedIp" | "addFloatingIp" | "removeFloatingIp"
             if mv.at_least(44) =>
         {
-            Err(ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "The resource could not be found.",
-            ))
+            ));
         }
-        "addFloatingIp" | "removeFloatingIp" => {
-            super::interfaces::floating(&state, &ctx, &id, arg, name == "addFloatingIp")
+        "addFixedIp" | "removeFixedIp" => {
+            return Err(ApiError::bad_request(format!(
+                "{name} is not supported by this cloud: attach an interface (os-interface) or change the port's fixed_ips through the network API"
+            )));
         }
-        "addFixedIp" | "removeFixedIp" => Err(ApiError::bad_request(format!(
-            "{name} is not supported by this cloud: attach an interface (os-interface) or change the port's fixed_ips through the network API"
-        ))),
         // Servers are deleted at once (no reclaim interval), so none is
         // ever soft-deleted: these answer as Nova does for any other state.
-        "restore" | "forceDelete" => Err(wrong_state(name, &s)),
-        "os-getConsoleOutput" => console_output(&state, &s, arg).await,
-        "addSecurityGroup" => super::interfaces::change_group(&state, &ctx, &id, arg, true),
-        "removeSecurityGroup" => super::interfaces::change_group(&state, &ctx, &id, arg, false),
-        "resize" => super::resize::resize(&state, &ctx, &s, arg, rid),
-        "confirmResize" => super::resize::confirm(&state, &ctx, &s, rid),
-        "migrate" => super::resize::migrate(&state, &ctx, mv, &s, arg, rid),
-        "revertResize" => super::resize::revert(&state, &ctx, &s, rid),
-        "shelve" => super::shelve::shelve(&state, &ctx, &s, arg, rid),
-        "shelveOffload" => super::shelve::shelve_offload(&ctx, &s),
-        "unshelve" => super::shelve::unshelve(&state, &ctx, mv, &s, arg, rid),
-        "rescue" => super::rescue::rescue(&state, &ctx, &s, arg, rid),
-        "unrescue" => super::rescue::unrescue(&state, &ctx, &s, rid),
-        "createImage" => super::snapshots::create_image(&state, &ctx, mv, &id, arg, rid),
-        "createBackup" => super::snapshots::create_backup(&state, &ctx, mv, &id, arg, rid),
-        other => Err(ApiError::bad_request(format!(
-            "There is no such action: {other}"
-        ))),
-    }
-}
-
-/// The `locked_reason` of a 2.73 `lock` body (null or an object).
-fn lock_reason(arg: &Value) -> Result<Option<String>, ApiError> {
-    let bad = |why: String| {
-        ApiError::bad_request(format!("Invalid input for field/attribute lock. {why}"))
-    };
-    match arg {
-        Value::Null => Ok(None),
-        Value::Object(o) => {
-            if let Some(k) = o.keys().find(|k| k.as_str() != "locked_reason") {
-                return Err(bad(format!(
-                    "Additional properties are not allowed ('{k}' was unexpected)"
-                )));
-            }
-            match o.get("locked_reason") {
-                None => Ok(None),
-                Some(Value::String(r)) if !r.is_empty() && r.chars().count() <= 255 => {
-                    Ok(Some(r.clone()))
-                }
-                Some(v) => Err(bad(format!(
-                    "Value: {v}. locked_reason must be a string of 1-255 characters"
-                ))),
-            }
+        "restore" | "forceDelete" => return Err(wrong_state(name, &s)),
+        "os-getConsoleOutput" => return console_output(&state, &s, arg).await,
+        "os-resetState" if !ctx.is_admin() => {
+            return Err(policy_denied("os_compute_api:os-admin-actions:reset_state"));
         }
-        v => Err(bad(format!(
-            "Value: {v}. It is not of type 'object', 'null'"
-        ))),
-    }
-}
-
-/// The admin password a create or rebuild answers with: the one asked
-/// for, else a generated one (no guest agent sets it either way).
-pub(super) fn admin_pass(body: &Value) -> String {
-    match body.get("adminPass").and_then(Value::as_str) {
-        Some(p) if !p.is_empty() => p.to_string(),
-        _ => uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-    }
-}
-
-async fn rebuild(
-    state: &AppState,
-    ctx: &Ctx,
-    mv: Mv,
-    s: &Server,
-    arg: &Value,
-    rid: &str,
-) -> Result<Response, ApiError> {
-    let image = arg
-        .get("imageRef")
-        .and_then(Value::as_str)
-        .map(|r| r.rsplit('/').next().unwrap_or(r).to_string())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid input for field/attribute rebuild. 'imageRef' is a required property",
-            )
-        })?;
-    let img = match state.store.get::<crate::image::model::Image>(&image)? {
-        Some(i) if crate::image::visible(state, ctx, &i)? => i,
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "Image {image} could not be found."
-            )));
+        "migrate" if !ctx.is_admin() => {
+            return Err(policy_denied("os_compute_api:os-migrate-server:migrate"));
         }
-    };
-    if img.status != "active" {
+        _ => {}
+    }
+    let Some(command) = super::parse::action(name, arg, mv)? else {
         return Err(ApiError::bad_request(format!(
-            "Image {image} is not active."
+            "There is no such action: {name}"
         )));
+    };
+    let confirm = matches!(command, ServerAction::ConfirmResize);
+    let outcome = super::core::act(&state, &ctx, &id, &req_id.0, command)?;
+    Ok(match outcome {
+        Outcome::Accepted if confirm => StatusCode::NO_CONTENT.into_response(),
+        Outcome::Accepted => StatusCode::ACCEPTED.into_response(),
+        Outcome::Rescued { admin_pass } => {
+            (StatusCode::OK, axum::Json(json!({"adminPass": admin_pass}))).into_response()
+        }
+        Outcome::Rebuilt(s) => rebuilt(&state, &ctx, mv, &s, arg),
+        Outcome::Image { image_id, kept } => {
+            let base = &state.config.public_url;
+            let location = if name == "createImage" {
+                Some(format!("{base}/image/v2/images/{image_id}"))
+            } else {
+                kept.then(|| format!("{base}/compute/v2.1/images/{image_id}"))
+            };
+            image_accepted(mv, &image_id, location)
+        }
+    })
+}
+
+/// 202; from 2.45 a body with the image id, before it a `Location`.
+fn image_accepted(mv: Mv, image_id: &str, location: Option<String>) -> Response {
+    if mv.at_least(45) {
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"image_id": image_id})),
+        )
+            .into_response();
     }
-    if img.min_ram > s.flavor.ram {
-        return Err(ApiError::bad_request(
-            "Flavor's memory is too small for requested image.",
-        ));
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, l);
     }
-    if s.flavor.disk > 0 && img.min_disk > s.flavor.disk {
-        return Err(ApiError::bad_request(
-            "Flavor's disk is too small for requested image.",
-        ));
-    }
-    // 2.54: a new key pair (null removes it); 2.57: new user data.
-    let key = match arg.get("key_name") {
-        None => None,
-        Some(_) if !mv.at_least(54) => {
-            return Err(ApiError::bad_request(
-                "Invalid input for field/attribute rebuild. Additional properties are not allowed ('key_name' was unexpected)",
-            ));
-        }
-        Some(v) => Some(super::servers::key_pair(state, ctx, Some(v))?),
-    };
-    let user_data = match arg.get("user_data") {
-        None => None,
-        Some(_) if !mv.at_least(57) => {
-            return Err(ApiError::bad_request(
-                "Invalid input for field/attribute rebuild. Additional properties are not allowed ('user_data' was unexpected)",
-            ));
-        }
-        Some(v) => Some(super::servers::user_data(Some(v))?),
-    };
-    super::servers::trusted_certs(arg.get("trusted_image_certificates"), mv, "rebuild")?;
-    if arg.get("personality").is_some() && mv.at_least(57) {
-        return Err(ApiError::bad_request(
-            "Invalid input for field/attribute rebuild. Additional properties are not allowed ('personality' was unexpected)",
-        ));
-    }
-    let name = match arg.get("name") {
-        None => None,
-        Some(v) => Some(super::validation::name("name", v)?),
-    };
-    let metadata = match arg.get("metadata") {
-        None => None,
-        Some(m) => Some(super::servers::parse_metadata(m, "metadata")?),
-    };
-    let description = match arg.get("description") {
-        None => None,
-        Some(_) if !mv.at_least(19) => {
-            return Err(ApiError::bad_request(
-                "Invalid input for field/attribute rebuild. Additional properties are not allowed ('description' was unexpected)",
-            ));
-        }
-        Some(Value::Null) => Some(None),
-        Some(Value::String(d)) if d.len() <= 255 => Some(Some(d.clone())),
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid input for field/attribute description. Value: {v}."
-            )));
-        }
-    };
-    let s = state.store.write(|tx| {
-        let mut s = tx
-            .get::<Server>(&s.id)?
-            .ok_or_else(|| instance_not_found(&s.id))?;
-        check_locked(ctx, &s)?;
-        if s.task_state.is_some()
-            || ![vm::ACTIVE, vm::STOPPED, vm::ERROR].contains(&s.vm_state.as_str())
-            || s.host.is_none()
-        {
-            return Err(wrong_state("rebuild", &s));
-        }
-        s.image_ref = image.clone();
-        if let Some(n) = &name {
-            s.name = n.clone();
-        }
-        if let Some(m) = &metadata {
-            s.metadata = m.clone();
-        }
-        if let Some(d) = &description {
-            s.description = d.clone();
-        }
-        if let Some((name, data)) = &key {
-            s.key_name = name.clone();
-            s.key_data = data.clone();
-        }
-        if let Some(u) = &user_data {
-            s.user_data = u.clone();
-        }
-        s.task_state = Some(task::REBUILDING.into());
-        s.generation += 1;
-        s.updated_us = now_us();
-        tx.update(&s)?;
-        record_action(tx, &s, "rebuild", ctx, rid)?;
-        Ok(s)
-    })?;
-    state.compute.notify(s.host.as_deref());
-    let mut v = super::servers::basic_view(render(state, ctx, mv, &s), mv);
-    v = super::servers::with_groups(v, &s, mv);
+    resp
+}
+
+/// Rebuild's answer: the server as update shows it, with what rebuild
+/// changes at this microversion.
+fn rebuilt(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server, arg: &Value) -> Response {
+    let mut v = super::servers::basic_view(render(state, ctx, mv, s), mv);
+    v = super::servers::with_groups(v, s, mv);
     // Rebuild's answer names the key pair from 2.54 and the user data
     // from 2.57, the two things it may now change (as `user_data`, not
     // the extended attribute).
@@ -537,7 +151,7 @@ async fn rebuild(
         }
     }
     v["adminPass"] = json!(admin_pass(arg));
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
+    (StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response()
 }
 
 /// `os-getConsoleOutput`: what the workload wrote, fetched from its agent.
@@ -594,7 +208,7 @@ async fn topology(
             "The resource could not be found.",
         ));
     }
-    super::servers::require_reader(&ctx, "compute:server:topology:index")?;
+    super::common::require_reader(&ctx, "compute:server:topology:index")?;
     fetch(&state, &ctx, &id)?;
     Ok(axum::Json(json!({"nodes": [], "pagesize_kb": null})))
 }
@@ -696,7 +310,7 @@ fn render_action(a: &InstanceAction, with_events: bool, ctx: &Ctx, mv: Mv) -> Va
                 // 2.62: where it happened (the host name for admins).
                 if mv.at_least(62) {
                     x["hostId"] = json!(e.host.as_deref().map_or(String::new(), |h| {
-                        super::servers::project_host_id(&a.project_id, h)
+                        super::common::project_host_id(&a.project_id, h)
                     }));
                     if ctx.is_admin() {
                         x["host"] = json!(e.host.as_deref().unwrap_or(""));

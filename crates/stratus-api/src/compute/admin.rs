@@ -10,11 +10,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use stratus_store::Query as StoreQuery;
 
-use super::model::{Aggregate, ComputeNode, Server};
-use super::nodes::{controller_host, zone_of};
+use super::model::{Aggregate, ComputeNode, Migration, Server};
+use super::zones::{controller_host, zone_of};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::timeutil::{iso_naive, now_us, parse_iso};
@@ -614,7 +614,7 @@ async fn migrations(
         super::paging(&q)?;
         super::time_window(&q, mv)?;
     }
-    let out = super::resize::list(&state, &q, mv)?;
+    let out = migration_list(&state, &q, mv)?;
     Ok(axum::Json(json!({ "migrations": out })))
 }
 
@@ -624,7 +624,7 @@ async fn server_migrations(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:index")?;
-    super::servers::fetch(&state, &ctx, &id)?;
+    super::common::fetch(&state, &ctx, &id)?;
     Ok(axum::Json(json!({ "migrations": [] })))
 }
 
@@ -634,7 +634,7 @@ async fn server_migration(
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:show")?;
-    super::servers::fetch(&state, &ctx, &id)?;
+    super::common::fetch(&state, &ctx, &id)?;
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
         format!("In-progress live migration {mid} is not found for server {id}."),
@@ -649,7 +649,7 @@ async fn abort_migration(
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:delete")?;
-    super::servers::fetch(&state, &ctx, &id)?;
+    super::common::fetch(&state, &ctx, &id)?;
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
         format!("In-progress live migration {mid} is not found for server {id}."),
@@ -732,4 +732,76 @@ async fn extension(_ctx: Ctx, Path(alias): Path<String>) -> Result<axum::Json<Va
             )
         })?;
     Ok(axum::Json(json!({ "extension": extension_json(a, n) })))
+}
+
+fn flavor_int(id: &str) -> Value {
+    id.parse::<i64>().map(|n| json!(n)).unwrap_or(Value::Null)
+}
+
+/// One migration as `os-migrations` shows it at `mv`.
+fn migration_view(m: &Migration, mv: Mv) -> Value {
+    let mut v = Map::new();
+    v.insert("id".into(), json!(m.seq));
+    v.insert("status".into(), json!(m.status));
+    v.insert("instance_uuid".into(), json!(m.server_id));
+    v.insert("source_node".into(), json!(m.source_compute));
+    v.insert("source_compute".into(), json!(m.source_compute));
+    v.insert("dest_node".into(), json!(m.dest_compute));
+    v.insert("dest_compute".into(), json!(m.dest_compute));
+    v.insert("dest_host".into(), json!("127.0.0.1"));
+    v.insert("old_instance_type_id".into(), flavor_int(&m.old_flavor_id));
+    v.insert("new_instance_type_id".into(), flavor_int(&m.new_flavor_id));
+    v.insert("created_at".into(), json!(iso_naive(m.created_us)));
+    v.insert("updated_at".into(), json!(iso_naive(m.updated_us)));
+    if mv.at_least(23) {
+        v.insert("migration_type".into(), json!(m.migration_type));
+    }
+    if mv.at_least(59) {
+        v.insert("uuid".into(), json!(m.id));
+    }
+    if mv.at_least(80) {
+        v.insert("user_id".into(), json!(m.user_id));
+        v.insert("project_id".into(), json!(m.project_id));
+    }
+    Value::Object(v)
+}
+
+/// Every migration matching `os-migrations`' filters, newest first.
+fn migration_list(
+    state: &AppState,
+    q: &HashMap<String, String>,
+    mv: Mv,
+) -> Result<Vec<Value>, ApiError> {
+    let mut all = state.store.list::<Migration>(&StoreQuery::all())?;
+    all.sort_by(|a, b| b.created_us.cmp(&a.created_us).then(b.seq.cmp(&a.seq)));
+    let window = super::time_window(q, mv)?;
+    all.retain(|m| {
+        q.get("instance_uuid").is_none_or(|u| &m.server_id == u)
+            && q.get("status")
+                .is_none_or(|st| m.status.eq_ignore_ascii_case(st))
+            && q.get("source_compute")
+                .is_none_or(|h| &m.source_compute == h)
+            && q.get("host")
+                .is_none_or(|h| &m.source_compute == h || &m.dest_compute == h)
+            && q.get("migration_type")
+                .is_none_or(|t| &m.migration_type == t)
+            && super::in_window(window, m.updated_us)
+            && (!mv.at_least(80)
+                || q.get("user_id").is_none_or(|u| &m.user_id == u)
+                    && q.get("project_id").is_none_or(|p| &m.project_id == p))
+    });
+    if mv.at_least(59) {
+        let (limit, marker) = super::paging(q)?;
+        if let Some(mk) = marker {
+            let pos = all
+                .iter()
+                .position(|m| m.id == mk)
+                .ok_or_else(|| ApiError::bad_request(format!("Marker {mk} could not be found.")))?;
+            all.drain(..=pos);
+        }
+        if let Some(l) = limit {
+            all.truncate(l);
+        }
+    }
+    Ok(all.iter().map(|m| migration_view(m, mv)).collect())
 }

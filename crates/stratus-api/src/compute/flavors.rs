@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use stratus_store::{Query as StoreQuery, Store};
 
+use super::common::{fetch_flavor, flavor_visible};
 use super::model::Flavor;
 use super::{Mv, body, links, next_link, not_found, page, paging, parse_bool, policy_denied};
 use crate::identity::policy::Ctx;
@@ -108,23 +109,6 @@ pub(crate) fn render(state: &AppState, f: &Flavor, detail: bool, mv: Mv) -> Valu
     v
 }
 
-/// Whether the caller may see `f`.
-pub(crate) fn visible(ctx: &Ctx, f: &Flavor) -> bool {
-    ctx.is_admin()
-        || f.is_public
-        || ctx
-            .project_id()
-            .is_some_and(|p| f.projects.iter().any(|x| x == p))
-}
-
-/// A flavor the caller may see, else Nova's 404.
-pub(crate) fn fetch_visible(state: &AppState, ctx: &Ctx, id: &str) -> Result<Flavor, ApiError> {
-    match state.store.get::<Flavor>(id)? {
-        Some(f) if visible(ctx, &f) => Ok(f),
-        _ => Err(not_found("Flavor", id)),
-    }
-}
-
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -184,7 +168,7 @@ fn listing(
         .filter(|f| match public_filter {
             None => true,
             Some(true) if ctx.is_admin() => f.is_public,
-            Some(true) => visible(ctx, f) && !f.disabled,
+            Some(true) => flavor_visible(ctx, f) && !f.disabled,
             Some(false) => !f.is_public,
         })
         .filter(|f| min_ram.is_none_or(|m| f.ram >= m))
@@ -262,7 +246,7 @@ async fn show(
     mv: Mv,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let f = fetch_visible(&state, &ctx, &id)?;
+    let f = fetch_flavor(&state, &ctx, &id)?;
     Ok(axum::Json(json!({"flavor": render(&state, &f, true, mv)})))
 }
 
@@ -572,7 +556,7 @@ async fn access_list(
     if !ctx.is_admin() {
         return Err(policy_denied("os_compute_api:os-flavor-access"));
     }
-    let f = fetch_visible(&state, &ctx, &id)?;
+    let f = fetch_flavor(&state, &ctx, &id)?;
     if f.is_public {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -596,7 +580,7 @@ async fn specs_list(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let f = fetch_visible(&state, &ctx, &id)?;
+    let f = fetch_flavor(&state, &ctx, &id)?;
     Ok(axum::Json(json!({"extra_specs": f.extra_specs})))
 }
 
@@ -605,7 +589,7 @@ async fn spec_show(
     ctx: Ctx,
     Path((id, key)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let f = fetch_visible(&state, &ctx, &id)?;
+    let f = fetch_flavor(&state, &ctx, &id)?;
     match f.extra_specs.get(&key) {
         Some(v) => Ok(axum::Json(json!({ key: v }))),
         None => Err(ApiError::new(

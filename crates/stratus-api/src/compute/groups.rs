@@ -204,7 +204,7 @@ async fn group_create(
     mv: Mv,
     raw: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    super::servers::require_member(&ctx, "os_compute_api:os-server-groups:create")?;
+    super::common::require_member(&ctx, "os_compute_api:os-server-groups:create")?;
     let project = ctx
         .project_id()
         .ok_or_else(|| policy_denied("os_compute_api:os-server-groups:create"))?
@@ -363,7 +363,7 @@ async fn group_delete(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    super::servers::require_member(&ctx, "os_compute_api:os-server-groups:delete")?;
+    super::common::require_member(&ctx, "os_compute_api:os-server-groups:delete")?;
     state.store.write(|tx| {
         let g = tx
             .get::<ServerGroup>(&id)?

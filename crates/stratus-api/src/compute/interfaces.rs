@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::common::{check_locked, fetch, fetch_tx, require_member};
 use super::model::Server;
 use super::nics::nova_error;
-use super::servers::{check_locked, fetch, fetch_tx, require_member};
 use super::states::vm;
 use super::{Mv, body};
 use crate::identity::policy::Ctx;
@@ -60,7 +60,7 @@ async fn list(
     mv: Mv,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    super::servers::require_reader(&ctx, "os_compute_api:os-attach-interfaces:list")?;
+    super::common::require_reader(&ctx, "os_compute_api:os-attach-interfaces:list")?;
     let s = fetch(&state, &ctx, &id)?;
     let mut out = Vec::new();
     for n in &s.nics {
@@ -77,7 +77,7 @@ async fn show(
     mv: Mv,
     Path((id, port)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    super::servers::require_reader(&ctx, "os_compute_api:os-attach-interfaces:show")?;
+    super::common::require_reader(&ctx, "os_compute_api:os-attach-interfaces:show")?;
     let s = fetch(&state, &ctx, &id)?;
     if !s.nics.iter().any(|n| n.port_id == port) {
         return Err(not_attached(&id, &port));
@@ -163,7 +163,7 @@ async fn attach(
         let zone = s
             .availability_zone
             .clone()
-            .unwrap_or_else(|| super::nodes::DEFAULT_ZONE.to_string());
+            .unwrap_or_else(|| super::zones::DEFAULT_ZONE.to_string());
         let nic = nova::attach(
             tx,
             &ctx,
@@ -232,7 +232,7 @@ async fn groups(
             "The resource could not be found.",
         ));
     }
-    super::servers::require_reader(&ctx, "os_compute_api:os-security-groups:list")?;
+    super::common::require_reader(&ctx, "os_compute_api:os-security-groups:list")?;
     let s = fetch(&state, &ctx, &id)?;
     let mut ids: Vec<String> = Vec::new();
     for n in &s.nics {
@@ -258,89 +258,4 @@ async fn groups(
         }
     }
     Ok(axum::Json(json!({"security_groups": out})))
-}
-
-/// `addSecurityGroup` / `removeSecurityGroup`: the group goes on (or off)
-/// every port of the server.
-pub fn change_group(
-    state: &AppState,
-    ctx: &Ctx,
-    id: &str,
-    arg: &Value,
-    add: bool,
-) -> Result<Response, ApiError> {
-    let name = arg
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid input for field/attribute name. 'name' is a required property",
-            )
-        })?
-        .to_string();
-    let s = state.store.write(|tx| {
-        let mut s = fetch_tx(tx, ctx, id)?;
-        check_locked(ctx, &s)?;
-        if s.nics.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "Instance {id} has no network interface to put a security group on"
-            )));
-        }
-        s.nics = nova::change_group(tx, &s.project_id, &s.nics, &name, add).map_err(|e| match e
-            .kind
-        {
-            "SecurityGroupNotFound" => ApiError::new(StatusCode::NOT_FOUND, e.message),
-            "SecurityGroupNotInUse" | "SecurityGroupExistsForInstance" => {
-                ApiError::bad_request(e.message)
-            }
-            _ => nova_error(e),
-        })?;
-        s.updated_us = now_us();
-        tx.update(&s)?;
-        Ok::<_, ApiError>(s)
-    })?;
-    state.compute.notify(s.host.as_deref());
-    Ok(StatusCode::ACCEPTED.into_response())
-}
-
-/// `addFloatingIp` / `removeFloatingIp` (before 2.44): the network
-/// service's floating IP `address` mapped to (or from) the server.
-pub fn floating(
-    state: &AppState,
-    ctx: &Ctx,
-    id: &str,
-    arg: &Value,
-    add: bool,
-) -> Result<Response, ApiError> {
-    let address = arg
-        .get("address")
-        .and_then(Value::as_str)
-        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid input for field/attribute address. 'address' is a required property and must be an IP address",
-            )
-        })?
-        .to_string();
-    let fixed = arg
-        .get("fixed_address")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    state.store.write(|tx| {
-        let s = fetch_tx(tx, ctx, id)?;
-        check_locked(ctx, &s)?;
-        let r = if add {
-            nova::add_floating(tx, ctx, &s.project_id, &s.nics, &address, fixed.clone())
-        } else {
-            nova::remove_floating(tx, ctx, &s.project_id, &s.nics, &address)
-        };
-        r.map_err(|e| match e.kind {
-            "FloatingIPNotFound" => ApiError::new(StatusCode::NOT_FOUND, e.message),
-            // Nova answers a fixed address that already has one with 400.
-            "FloatingIPPortAlreadyAssociated" => ApiError::bad_request(e.message),
-            _ => nova_error(e),
-        })
-    })?;
-    Ok(StatusCode::ACCEPTED.into_response())
 }

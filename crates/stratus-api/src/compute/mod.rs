@@ -12,6 +12,10 @@
 mod actions;
 mod admin;
 mod agent_client;
+pub mod commands;
+mod common;
+mod config;
+pub mod core;
 mod flavors;
 mod groups;
 mod images;
@@ -22,6 +26,8 @@ pub mod model;
 mod nics;
 pub mod node_access;
 pub mod nodes;
+mod params;
+mod parse;
 mod quotas;
 mod rescue;
 mod resize;
@@ -33,6 +39,7 @@ mod shelve;
 pub mod snapshots;
 pub mod states;
 mod validation;
+pub mod zones;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};
@@ -45,8 +52,9 @@ use serde_json::{Value, json};
 
 use crate::{ApiError, AppState};
 
+pub use config::{ComputeConfig, Weigher};
 pub use flavors::ensure_default_flavors;
-pub use service::{Compute, ComputeConfig, Weigher};
+pub use service::Compute;
 
 /// Highest microversion implemented: 2.85.
 pub const MAX_MINOR: u16 = 85;

@@ -19,14 +19,11 @@ use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
 use super::model::{Aggregate, ComputeNode, Server};
+use super::zones::{controller_host, is_up, last_seen, service_uuid, zone_of};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::timeutil::{iso_naive, now_us};
 use crate::{ApiError, AppState};
-
-/// The zone of hosts in no zone aggregate (Nova's
-/// `default_availability_zone`).
-pub const DEFAULT_ZONE: &str = "nova";
 
 pub fn agent_routes() -> Router<AppState> {
     Router::new()
@@ -56,43 +53,6 @@ pub fn routes() -> Router<AppState> {
         .route("/os-hypervisors/{id}/servers", get(hypervisor_servers))
         .route("/os-availability-zone", get(zones))
         .route("/os-availability-zone/detail", get(zones_detail))
-}
-
-/// Whether a node's heartbeat is recent enough (Nova's
-/// `service_down_time`) and it is not forced down.
-pub fn is_up(state: &AppState, n: &ComputeNode) -> bool {
-    !n.forced_down
-        && now_us() - last_seen(state, n)
-            < state.compute.config.service_down_time_s as i64 * 1_000_000
-}
-
-/// When the node was last heard of: its newest heartbeat, which lives in
-/// memory and the store's liveness table rather than in the record.
-pub fn last_seen(state: &AppState, n: &ComputeNode) -> i64 {
-    state
-        .compute
-        .last_seen(&n.id)
-        .unwrap_or(0)
-        .max(n.last_seen_us)
-}
-
-/// The zone a host is in.
-pub fn zone_of(aggs: &[Aggregate], host: &str) -> String {
-    aggs.iter()
-        .find(|a| a.availability_zone.is_some() && a.hosts.iter().any(|h| h == host))
-        .and_then(|a| a.availability_zone.clone())
-        .unwrap_or_else(|| DEFAULT_ZONE.to_string())
-}
-
-pub fn zone_exists(state: &AppState, zone: &str) -> Result<bool, ApiError> {
-    if zone == DEFAULT_ZONE {
-        return Ok(true);
-    }
-    Ok(state
-        .store
-        .list::<Aggregate>(&StoreQuery::all())?
-        .iter()
-        .any(|a| a.availability_zone.as_deref() == Some(zone)))
 }
 
 /// The agent of `host`: that node's own identity (`node` role, see
@@ -391,16 +351,6 @@ async fn progress(
 
 // ---- os-services ------------------------------------------------------------------
 
-/// A service's stable uuid (2.53 ids): derived from its binary and host,
-/// so it is the same on every controller and across restarts.
-pub fn service_uuid(binary: &str, host: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("{binary}@{host}").as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    uuid::Builder::from_random_bytes(b).into_uuid().to_string()
-}
-
 fn service_json(state: &AppState, n: &ComputeNode, zone: &str, mv: Mv) -> Value {
     let mut v = json!({
         "id": if mv.at_least(53) { json!(service_uuid("nova-compute", &n.id)) } else { json!(n.seq) },
@@ -440,12 +390,6 @@ fn controller_services(mv: Mv) -> Vec<Value> {
             v
         })
         .collect()
-}
-
-pub fn controller_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "controller".into())
 }
 
 async fn services(
@@ -872,7 +816,7 @@ fn with_servers(
             .store
             .list::<Server>(&StoreQuery::parent(&n.id))?
             .iter()
-            .map(|s| json!({"uuid": s.id, "name": super::servers::instance_name(&s.id)}))
+            .map(|s| json!({"uuid": s.id, "name": super::common::instance_name(&s.id)}))
             .collect();
         // 2.75: the list is there even when it is empty.
         if !servers.is_empty() || mv.at_least(75) {
@@ -1028,7 +972,7 @@ async fn hypervisor_servers(
             .store
             .list::<Server>(&StoreQuery::parent(&n.id))?
             .iter()
-            .map(|s| json!({"uuid": s.id, "name": super::servers::instance_name(&s.id)}))
+            .map(|s| json!({"uuid": s.id, "name": super::common::instance_name(&s.id)}))
             .collect();
         if !servers.is_empty() {
             v["servers"] = json!(servers);

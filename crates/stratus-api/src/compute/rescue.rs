@@ -23,12 +23,8 @@
 //! under `/mnt/rescue` kept. The node keeps the rescue on its disk, so an
 //! agent that restarts finds (or starts again) the rescue container.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-
+use super::common::{check_locked, fetch_tx, record_action};
 use super::model::{ComputeNode, Server};
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
@@ -40,71 +36,16 @@ use crate::{ApiError, AppState};
 /// `check_instance_state` on `rescue`).
 const FROM: &[&str] = &[vm::ACTIVE, vm::STOPPED, vm::ERROR];
 
-/// What a `rescue` body asks for.
-#[derive(Debug, PartialEq)]
-struct Request {
-    admin_pass: Option<String>,
-    image: Option<String>,
-}
-
-fn parse(arg: &Value) -> Result<Request, ApiError> {
-    let o = match arg {
-        Value::Null => {
-            return Ok(Request {
-                admin_pass: None,
-                image: None,
-            });
-        }
-        Value::Object(o) => o,
-        v => {
-            return Err(bad_field(
-                "rescue",
-                format!("Value: {v}. {v} is not of type 'object', 'null'"),
-            ));
-        }
-    };
-    if let Some(k) = o
-        .keys()
-        .find(|k| !["adminPass", "rescue_image_ref"].contains(&k.as_str()))
-    {
-        return Err(bad_field(
-            "rescue",
-            format!("Additional properties are not allowed ('{k}' was unexpected)"),
-        ));
-    }
-    let admin_pass = match o.get("adminPass") {
-        None => None,
-        Some(Value::String(p)) => Some(p.clone()),
-        Some(v) => {
-            return Err(bad_field(
-                "adminPass",
-                format!("Value: {v}. {v} is not of type 'string'"),
-            ));
-        }
-    };
-    let image = match o.get("rescue_image_ref") {
-        None => None,
-        Some(Value::String(r)) if uuid::Uuid::parse_str(r).is_ok() => Some(r.clone()),
-        Some(v) => {
-            return Err(bad_field(
-                "rescue_image_ref",
-                format!("Value: {v}. {v} is not a 'uuid'"),
-            ));
-        }
-    };
-    Ok(Request { admin_pass, image })
-}
-
-/// `rescue`: answers 200 with the admin password.
-pub(super) fn rescue(
+/// `rescue`: the rescue password (the one asked for, else a new one).
+pub fn rescue(
     state: &AppState,
     ctx: &Ctx,
     s: &Server,
-    arg: &Value,
+    admin_pass: Option<String>,
+    image: Option<String>,
     rid: &str,
-) -> Result<Response, ApiError> {
-    let req = parse(arg)?;
-    let image = match &req.image {
+) -> Result<String, ApiError> {
+    let image = match &image {
         None => s.image_ref.clone(),
         Some(i) => {
             check_image(state, ctx, s, i)?;
@@ -133,10 +74,7 @@ pub(super) fn rescue(
         Ok(s)
     })?;
     state.compute.notify(s.host.as_deref());
-    let pass = req
-        .admin_pass
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
-    Ok((StatusCode::OK, axum::Json(json!({"adminPass": pass}))).into_response())
+    Ok(admin_pass.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string()))
 }
 
 /// A rescue image must be visible to the caller, active, and runnable
@@ -167,12 +105,7 @@ fn check_image(state: &AppState, ctx: &Ctx, s: &Server, id: &str) -> Result<(), 
 }
 
 /// `unrescue`: 202; the node puts the server's own workload back.
-pub(super) fn unrescue(
-    state: &AppState,
-    ctx: &Ctx,
-    s: &Server,
-    rid: &str,
-) -> Result<Response, ApiError> {
+pub fn unrescue(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(), ApiError> {
     let s = state.store.write(|tx| {
         let mut s = fetch_tx(tx, ctx, &s.id)?;
         check_locked(ctx, &s)?;
@@ -187,38 +120,5 @@ pub(super) fn unrescue(
         Ok(s)
     })?;
     state.compute.notify(s.host.as_deref());
-    Ok(StatusCode::ACCEPTED.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies() {
-        let none = Request {
-            admin_pass: None,
-            image: None,
-        };
-        assert_eq!(parse(&Value::Null).unwrap(), none);
-        assert_eq!(parse(&json!({})).unwrap(), none);
-        let id = "0b6e3a4e-5c1e-4d53-9d3f-1f2b3c4d5e6f";
-        assert_eq!(
-            parse(&json!({"adminPass": "pw", "rescue_image_ref": id})).unwrap(),
-            Request {
-                admin_pass: Some("pw".into()),
-                image: Some(id.into())
-            }
-        );
-        for bad in [
-            json!("x"),
-            json!([]),
-            json!({"bogus": 1}),
-            json!({"adminPass": 1}),
-            json!({"rescue_image_ref": "not-a-uuid"}),
-            json!({"rescue_image_ref": 5}),
-        ] {
-            assert!(parse(&bad).is_err(), "{bad}");
-        }
-    }
+    Ok(())
 }

@@ -21,63 +21,21 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
 use stratus_store::Query as StoreQuery;
 
-use super::Mv;
+use super::common::{check_locked, fetch_tx, record_action};
 use super::model::{Aggregate, ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
 use super::quotas::{self, Resource};
 use super::scheduler::flavor_resources;
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
 use crate::placement::ClaimError;
-use crate::timeutil::{iso_naive, now_us};
+use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
 /// The vm_states a server can be resized from.
 const FROM: &[&str] = &[vm::ACTIVE, vm::STOPPED];
-
-/// The flavor a `resize` body names.
-fn parse(arg: &Value) -> Result<String, ApiError> {
-    let o = arg.as_object().ok_or_else(|| {
-        bad_field(
-            "resize",
-            format!("Value: {arg}. It is not of type 'object'"),
-        )
-    })?;
-    if let Some(k) = o
-        .keys()
-        .find(|k| !["flavorRef", "OS-DCF:diskConfig"].contains(&k.as_str()))
-    {
-        return Err(bad_field(
-            "resize",
-            format!("Additional properties are not allowed ('{k}' was unexpected)"),
-        ));
-    }
-    if let Some(d) = o.get("OS-DCF:diskConfig")
-        && !matches!(d.as_str(), Some("AUTO" | "MANUAL"))
-    {
-        return Err(bad_field(
-            "OS-DCF:diskConfig",
-            format!("Value: {d}. It is not one of ['AUTO', 'MANUAL']"),
-        ));
-    }
-    match o.get("flavorRef") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 255 => {
-            Ok(s.rsplit('/').next().unwrap_or(s).to_string())
-        }
-        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.to_string()),
-        Some(v) => Err(bad_field(
-            "flavorRef",
-            format!("Value: {v}. It is not a valid flavor reference"),
-        )),
-        None => Err(bad_field("flavorRef", "'flavorRef' is a required property")),
-    }
-}
 
 /// Class by class, the larger of two claims.
 fn larger(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
@@ -148,15 +106,14 @@ fn check_quota(
 }
 
 /// `resize`: 202; the node applies the new flavor.
-pub(super) fn resize(
+pub fn resize(
     state: &AppState,
     ctx: &Ctx,
     s: &Server,
-    arg: &Value,
+    flavor_ref: &str,
     rid: &str,
-) -> Result<Response, ApiError> {
-    let flavor_ref = parse(arg)?;
-    let flavor = super::flavors::fetch_visible(state, ctx, &flavor_ref)
+) -> Result<(), ApiError> {
+    let flavor = super::common::fetch_flavor(state, ctx, flavor_ref)
         .map_err(|_| ApiError::bad_request("Unable to locate requested flavor."))?;
     if flavor.disabled {
         return Err(ApiError::bad_request("Flavor is disabled."));
@@ -233,17 +190,12 @@ pub(super) fn resize(
         Ok(cur)
     })?;
     state.compute.notify(s.host.as_deref());
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(())
 }
 
 /// `confirmResize`: 204; keeps the new flavor (or, for a migration, the
 /// new node: the source node lets its stopped copy go).
-pub(super) fn confirm(
-    state: &AppState,
-    ctx: &Ctx,
-    s: &Server,
-    rid: &str,
-) -> Result<Response, ApiError> {
+pub fn confirm(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(), ApiError> {
     let Some(job) = s.resize.clone() else {
         return Err(wrong_state("confirmResize", s));
     };
@@ -263,7 +215,7 @@ pub(super) fn confirm(
         cur.updated_us = now_us();
         tx.update(&cur)?;
         record_action(tx, &cur, "confirmResize", ctx, rid)?;
-        super::service::action_event(
+        super::common::action_event(
             tx,
             &cur.id,
             "compute_confirm_resize",
@@ -281,18 +233,13 @@ pub(super) fn confirm(
     } else {
         claim_on_node(state, s, flavor_resources(&job.new_flavor), apply)?;
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }
 
 /// `revertResize`: 202; the node puts the old flavor back (for a
 /// migration: the server returns to the source node, which starts its
 /// copy again, and the destination lets its copy go).
-pub(super) fn revert(
-    state: &AppState,
-    ctx: &Ctx,
-    s: &Server,
-    rid: &str,
-) -> Result<Response, ApiError> {
+pub fn revert(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(), ApiError> {
     let (s, job) = state.store.write(|tx| {
         let mut cur = fetch_tx(tx, ctx, &s.id)?;
         check_locked(ctx, &cur)?;
@@ -318,55 +265,20 @@ pub(super) fn revert(
         state.compute.notify(job.dest_host.as_deref());
     }
     state.compute.notify(s.host.as_deref());
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(())
 }
 
 /// `migrate` (admin): a cold migration to another node (2.56: `host`
 /// names it). The source node stops the server and writes its root file
 /// system into a hidden transfer image; the destination boots it; the
 /// server waits in VERIFY_RESIZE, as after a resize.
-pub(super) fn migrate(
+pub fn migrate(
     state: &AppState,
     ctx: &Ctx,
-    mv: Mv,
     s: &Server,
-    arg: &Value,
+    want: Option<String>,
     rid: &str,
-) -> Result<Response, ApiError> {
-    if !ctx.is_admin() {
-        return Err(super::policy_denied(
-            "os_compute_api:os-migrate-server:migrate",
-        ));
-    }
-    let want = match arg {
-        // Before 2.56 Nova reads nothing from the body (Tempest sends {}).
-        _ if !mv.at_least(56) => None,
-        Value::Null => None,
-        Value::Object(o) => {
-            if let Some(k) = o.keys().find(|k| k.as_str() != "host") {
-                return Err(bad_field(
-                    "migrate",
-                    format!("Additional properties are not allowed ('{k}' was unexpected)"),
-                ));
-            }
-            match o.get("host") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Some(h.clone()),
-                Some(v) => {
-                    return Err(bad_field(
-                        "host",
-                        format!("Value: {v}. It is not a valid host name"),
-                    ));
-                }
-            }
-        }
-        v => {
-            return Err(bad_field(
-                "migrate",
-                format!("Value: {v}. It is not of type 'object', 'null'"),
-            ));
-        }
-    };
+) -> Result<(), ApiError> {
     if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
         return Err(wrong_state("migrate", s));
     }
@@ -452,7 +364,7 @@ pub(super) fn migrate(
                 tracing::error!(server = %s.id, error = %e, "could not hand the claims over for a migration");
             }
             state.compute.notify(Some(&source));
-            Ok(StatusCode::ACCEPTED.into_response())
+            Ok(())
         }
         Err(e) => Err(match e {
             ClaimError::Caller(e) => e,
@@ -557,7 +469,7 @@ pub fn finish(
             cur.node = job.dest_host.clone();
             if let Some(dest) = &job.dest_host {
                 let aggs = tx.list::<Aggregate>(&StoreQuery::all())?;
-                cur.availability_zone = Some(super::nodes::zone_of(&aggs, dest));
+                cur.availability_zone = Some(super::zones::zone_of(&aggs, dest));
             }
             set_migration(tx, &job.migration_id, "post-migrating")?;
             next.task = Some(task::RESIZE_FINISH);
@@ -693,103 +605,9 @@ pub fn abandon(tx: &stratus_store::Tx, s: &Server) -> Result<(), ApiError> {
 
 // ---- os-migrations ------------------------------------------------------------
 
-fn flavor_int(id: &str) -> Value {
-    id.parse::<i64>().map(|n| json!(n)).unwrap_or(Value::Null)
-}
-
-/// One migration as `os-migrations` shows it at `mv`.
-pub fn view(m: &Migration, mv: Mv) -> Value {
-    let mut v = Map::new();
-    v.insert("id".into(), json!(m.seq));
-    v.insert("status".into(), json!(m.status));
-    v.insert("instance_uuid".into(), json!(m.server_id));
-    v.insert("source_node".into(), json!(m.source_compute));
-    v.insert("source_compute".into(), json!(m.source_compute));
-    v.insert("dest_node".into(), json!(m.dest_compute));
-    v.insert("dest_compute".into(), json!(m.dest_compute));
-    v.insert("dest_host".into(), json!("127.0.0.1"));
-    v.insert("old_instance_type_id".into(), flavor_int(&m.old_flavor_id));
-    v.insert("new_instance_type_id".into(), flavor_int(&m.new_flavor_id));
-    v.insert("created_at".into(), json!(iso_naive(m.created_us)));
-    v.insert("updated_at".into(), json!(iso_naive(m.updated_us)));
-    if mv.at_least(23) {
-        v.insert("migration_type".into(), json!(m.migration_type));
-    }
-    if mv.at_least(59) {
-        v.insert("uuid".into(), json!(m.id));
-    }
-    if mv.at_least(80) {
-        v.insert("user_id".into(), json!(m.user_id));
-        v.insert("project_id".into(), json!(m.project_id));
-    }
-    Value::Object(v)
-}
-
-/// Every migration matching `os-migrations`' filters, newest first.
-pub fn list(
-    state: &AppState,
-    q: &std::collections::HashMap<String, String>,
-    mv: Mv,
-) -> Result<Vec<Value>, ApiError> {
-    let mut all = state.store.list::<Migration>(&StoreQuery::all())?;
-    all.sort_by(|a, b| b.created_us.cmp(&a.created_us).then(b.seq.cmp(&a.seq)));
-    let window = super::time_window(q, mv)?;
-    all.retain(|m| {
-        q.get("instance_uuid").is_none_or(|u| &m.server_id == u)
-            && q.get("status")
-                .is_none_or(|st| m.status.eq_ignore_ascii_case(st))
-            && q.get("source_compute")
-                .is_none_or(|h| &m.source_compute == h)
-            && q.get("host")
-                .is_none_or(|h| &m.source_compute == h || &m.dest_compute == h)
-            && q.get("migration_type")
-                .is_none_or(|t| &m.migration_type == t)
-            && super::in_window(window, m.updated_us)
-            && (!mv.at_least(80)
-                || q.get("user_id").is_none_or(|u| &m.user_id == u)
-                    && q.get("project_id").is_none_or(|p| &m.project_id == p))
-    });
-    if mv.at_least(59) {
-        let (limit, marker) = super::paging(q)?;
-        if let Some(mk) = marker {
-            let pos = all
-                .iter()
-                .position(|m| m.id == mk)
-                .ok_or_else(|| ApiError::bad_request(format!("Marker {mk} could not be found.")))?;
-            all.drain(..=pos);
-        }
-        if let Some(l) = limit {
-            all.truncate(l);
-        }
-    }
-    Ok(all.iter().map(|m| view(m, mv)).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bodies() {
-        assert_eq!(parse(&json!({"flavorRef": "2"})).unwrap(), "2");
-        assert_eq!(parse(&json!({"flavorRef": 3})).unwrap(), "3");
-        assert_eq!(
-            parse(&json!({"flavorRef": "http://x/flavors/7", "OS-DCF:diskConfig": "AUTO"}))
-                .unwrap(),
-            "7"
-        );
-        for bad in [
-            json!(null),
-            json!("2"),
-            json!({}),
-            json!({"flavorRef": ""}),
-            json!({"flavorRef": []}),
-            json!({"flavorRef": "2", "extra": 1}),
-            json!({"flavorRef": "2", "OS-DCF:diskConfig": "BOGUS"}),
-        ] {
-            assert!(parse(&bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn larger_takes_the_max_of_each_class() {

@@ -25,10 +25,11 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
+use super::common::action_event;
+use super::config::Weigher;
 use super::model::{Aggregate, ComputeNode, Fault, FlavorCopy, Server, ServerGroup};
-use super::nodes::{is_up, zone_of};
-use super::service::{Weigher, action_event};
 use super::states::{task, vm};
+use super::zones::{is_up, zone_of};
 use crate::image::model::Image;
 use crate::placement::{CandidateRequest, ClaimError, ClaimItem, Outcome};
 use crate::timeutil::now_us;

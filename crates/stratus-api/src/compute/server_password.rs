@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::servers::{fetch, require_member, require_reader};
+use super::common::{fetch, require_member, require_reader};
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
 

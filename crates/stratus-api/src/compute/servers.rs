@@ -14,17 +14,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
 use serde_json::{Value, json};
-use sha2::Digest;
-use stratus_store::{Query as StoreQuery, Tx};
+use stratus_store::Query as StoreQuery;
 
-use super::model::{ComputeNode, FlavorCopy, InstanceAction, Keypair, Server, ServerGroup};
+use super::commands::{CreateServer, Created, ServerAction};
+use super::common::{
+    bad_field, check_locked, fetch, fetch_tx, instance_name, nova_time, project_host_id,
+    require_member, require_reader,
+};
+use super::model::{ComputeNode, Server};
+use super::params::{access_ip, parse_metadata, valid_tag};
 use super::quotas::{self, Resource};
 use super::states::{self, task, vm};
-use super::{Mv, body, flavors, links, next_link, paging, parse_bool, policy_denied};
+use super::{Mv, body, links, next_link, paging, parse_bool, policy_denied};
 use crate::identity::policy::Ctx;
-use crate::image::model::{Image, status as image_status};
 use crate::middleware::RequestId;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
@@ -52,182 +55,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Largest `user_data`, base64 (Nova's column size).
-const MAX_USER_DATA: usize = 65535;
-
-pub(crate) fn nova_time(us: i64) -> String {
-    let s = crate::timeutil::iso_us(us);
-    // `2026-11-22T12:00:00Z`: Nova shows seconds only.
-    format!("{}Z", &s[..19])
-}
-
-pub(crate) fn instance_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("Instance {id} could not be found."),
-    )
-}
-
-/// Nova's `OS-EXT-SRV-ATTR:instance_name` for a server id.
-pub(crate) fn instance_name(id: &str) -> String {
-    format!("instance-{}", &id[..8.min(id.len())])
-}
-
-/// Whether the caller may see `s`: its project's, or any for admins.
-pub(crate) fn visible(ctx: &Ctx, s: &Server) -> bool {
-    ctx.is_admin() || ctx.project_id() == Some(s.project_id.as_str())
-}
-
-/// A server the caller may see, else Nova's 404.
-pub(crate) fn fetch(state: &AppState, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
-    match state.store.get::<Server>(id)? {
-        Some(s) if visible(ctx, &s) => Ok(s),
-        _ => Err(instance_not_found(id)),
-    }
-}
-
-/// [`fetch`] inside a write transaction.
-pub(crate) fn fetch_tx(tx: &Tx, ctx: &Ctx, id: &str) -> Result<Server, ApiError> {
-    match tx.get::<Server>(id)? {
-        Some(s) if visible(ctx, &s) => Ok(s),
-        _ => Err(instance_not_found(id)),
-    }
-}
-
-/// An `accessIPv4`/`accessIPv6` value: empty or an address of that family.
-fn access_ip(v: Option<&Value>, field: &str, v6: bool) -> Result<String, ApiError> {
-    let ip = v.and_then(Value::as_str).unwrap_or("");
-    let ok = ip.is_empty()
-        || if v6 {
-            ip.parse::<std::net::Ipv6Addr>().is_ok()
-        } else {
-            ip.parse::<std::net::Ipv4Addr>().is_ok()
-        };
-    if !ok {
-        let family = if v6 { "IPv6" } else { "IPv4" };
-        return Err(bad_field(
-            field,
-            format!("Value: {ip}. It is not a valid {family} address"),
-        ));
-    }
-    // Stored as Nova does: the address's canonical text.
-    Ok(if ip.is_empty() {
-        String::new()
-    } else if v6 {
-        ip.parse::<std::net::Ipv6Addr>()
-            .expect("checked")
-            .to_string()
-    } else {
-        ip.parse::<std::net::Ipv4Addr>()
-            .expect("checked")
-            .to_string()
-    })
-}
-
-/// The caller's key pair named by `key_name`: (name, public key), or
-/// (None, None) for none.
-pub(crate) fn key_pair(
-    state: &AppState,
-    ctx: &Ctx,
-    v: Option<&Value>,
-) -> Result<(Option<String>, Option<String>), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok((None, None)),
-        Some(Value::String(k)) => {
-            let kp = state
-                .store
-                .get::<Keypair>(&Keypair::key(ctx.user_id(), k))?
-                .ok_or_else(|| ApiError::bad_request("Invalid key_name provided."))?;
-            Ok((Some(kp.name), Some(kp.public_key)))
-        }
-        Some(v) => Err(bad_field(
-            "key_name",
-            format!("Value: {v}. It is not a string"),
-        )),
-    }
-}
-
-/// `trusted_image_certificates` (2.63) on create and rebuild. Image
-/// signature verification is not built, so a request for it is refused
-/// (as Nova does when `verify_glance_signatures` is off) rather than
-/// accepted and ignored.
-pub(crate) fn trusted_certs(v: Option<&Value>, mv: Mv, what: &str) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
-        Some(_) if !mv.at_least(63) => Err(bad_field(
-            what,
-            "Additional properties are not allowed ('trusted_image_certificates' was unexpected)",
-        )),
-        Some(Value::Array(l))
-            if !l.is_empty()
-                && l.len() <= 50
-                && l.iter().all(|c| c.as_str().is_some_and(|c| !c.is_empty())) =>
-        {
-            Err(ApiError::bad_request(
-                "Image certificate validation failed: this cloud does not verify image signatures, so trusted_image_certificates cannot be honoured.",
-            ))
-        }
-        Some(v) => Err(bad_field(
-            "trusted_image_certificates",
-            format!("Value: {v}. It must be a list of 1 to 50 certificate ids"),
-        )),
-    }
-}
-
-/// `user_data`: base64 of at most [`MAX_USER_DATA`] characters.
-pub(crate) fn user_data(v: Option<&Value>) -> Result<Option<String>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(u)) => {
-            if u.len() > MAX_USER_DATA {
-                return Err(bad_field(
-                    "user_data",
-                    format!(
-                        "The user data is {} bytes of base64; the most allowed is {MAX_USER_DATA}",
-                        u.len()
-                    ),
-                ));
-            }
-            if base64::engine::general_purpose::STANDARD.decode(u).is_err() {
-                return Err(bad_field(
-                    "user_data",
-                    "User data needs to be valid base 64.",
-                ));
-            }
-            Ok(Some(u.clone()))
-        }
-        Some(v) => Err(bad_field(
-            "user_data",
-            format!("Value: {v}. It is not a string"),
-        )),
-    }
-}
-
-/// Readers of the project read; members change.
-pub(crate) fn require_member(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
-    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("member") {
-        Ok(())
-    } else {
-        Err(policy_denied(rule))
-    }
-}
-
-pub(crate) fn require_reader(ctx: &Ctx, rule: &str) -> Result<(), ApiError> {
-    if ctx.is_admin() || ctx.project_id().is_some() && ctx.has_role("reader") {
-        Ok(())
-    } else {
-        Err(policy_denied(rule))
-    }
-}
-
-/// A locked server refuses changes from anyone but admins.
-pub(crate) fn check_locked(ctx: &Ctx, s: &Server) -> Result<(), ApiError> {
-    if s.locked_by.is_some() && !ctx.is_admin() {
-        return Err(ApiError::conflict(format!("Instance {} is locked", s.id)));
-    }
-    Ok(())
-}
-
 /// Nova's `hostId`: sha224 of project id and host, so tenants can tell
 /// whether two of their servers share a host without learning its name.
 fn host_id(s: &Server) -> String {
@@ -237,18 +64,11 @@ fn host_id(s: &Server) -> String {
     }
 }
 
-/// Nova's `hostId`: the host as a project sees it, hashed with the
-/// project so that projects cannot compare hosts.
-pub(crate) fn project_host_id(project: &str, host: &str) -> String {
-    let d = sha2::Sha224::digest(format!("{project}{host}").as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn host_status(state: &AppState, s: &Server) -> &'static str {
     let Some(h) = &s.host else { return "" };
     match state.store.get::<ComputeNode>(h) {
         Ok(Some(n)) => {
-            if n.forced_down || !super::nodes::is_up(state, &n) {
+            if n.forced_down || !super::zones::is_up(state, &n) {
                 "DOWN"
             } else if n.disabled {
                 "MAINTENANCE"
@@ -795,74 +615,6 @@ pub(crate) fn with_groups(mut v: Value, s: &Server, mv: Mv) -> Value {
 
 // ---- create -------------------------------------------------------------------
 
-pub(crate) fn bad_field(field: &str, why: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!("Invalid input for field/attribute {field}. {why}"))
-}
-
-/// Metadata as Nova validates it: string keys 1-255, string values up to
-/// 255.
-pub(crate) fn parse_metadata(v: &Value, field: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| bad_field(field, format!("Value: {v}. {v} is not of type 'object'")))?;
-    let mut out = BTreeMap::new();
-    for (k, val) in o {
-        if k.is_empty() || k.len() > 255 {
-            return Err(bad_field(
-                field,
-                format!("Key '{k}' must be 1 to 255 characters"),
-            ));
-        }
-        let s = val.as_str().ok_or_else(|| {
-            bad_field(
-                field,
-                format!("Value: {val}. {val} is not of type 'string'"),
-            )
-        })?;
-        if s.len() > 255 {
-            return Err(bad_field(
-                field,
-                format!("The value of '{k}' is longer than 255 characters"),
-            ));
-        }
-        out.insert(k.clone(), s.to_string());
-    }
-    Ok(out)
-}
-
-fn hostname_of(name: &str) -> String {
-    let mut h: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    h = h.trim_matches('-').to_string();
-    h.truncate(63);
-    if h.is_empty() { "server".into() } else { h }
-}
-
-/// The image a server boots from: it must exist, be visible to the
-/// caller and be active.
-fn boot_image(state: &AppState, ctx: &Ctx, id: &str) -> Result<Image, ApiError> {
-    let img = match state.store.get::<Image>(id)? {
-        Some(i) if crate::image::visible(state, ctx, &i)? => i,
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "Image {id} could not be found."
-            )));
-        }
-    };
-    if img.status != image_status::ACTIVE {
-        return Err(ApiError::bad_request(format!("Image {id} is not active.")));
-    }
-    Ok(img)
-}
-
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -871,505 +623,46 @@ async fn create(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     require_member(&ctx, "os_compute_api:servers:create")?;
-    let project = ctx
-        .project_id()
-        .ok_or_else(|| policy_denied("os_compute_api:servers:create"))?
-        .to_string();
+    if ctx.project_id().is_none() {
+        return Err(policy_denied("os_compute_api:servers:create"));
+    }
     let b = body(&raw)?;
-    let o = b
-        .get("server")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad_field("server", "'server' is a required property"))?;
-    let name = o
-        .get("name")
-        .ok_or_else(|| bad_field("server", "'name' is a required property"))?;
-    let name = &super::validation::name("name", name)?;
-    // flavor
-    let flavor_ref = match o.get("flavorRef") {
-        Some(Value::String(s)) if !s.is_empty() => s.rsplit('/').next().unwrap_or(s).to_string(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(bad_field("flavorRef", "'flavorRef' is a required property")),
-    };
-    let flavor = flavors::fetch_visible(&state, &ctx, &flavor_ref)
-        .map_err(|_| ApiError::bad_request(format!("Flavor {flavor_ref} could not be found.")))?;
-    if flavor.disabled {
-        return Err(ApiError::bad_request("Flavor is disabled."));
-    }
-    // image
-    let image_ref = match o.get("imageRef") {
-        Some(Value::String(s)) => s.rsplit('/').next().unwrap_or(s).to_string(),
-        None => String::new(),
-        Some(v) => {
-            return Err(bad_field(
-                "imageRef",
-                format!("Value: {v}. It is not a string"),
-            ));
-        }
-    };
-    // Block devices: only the image-backed local root disk (what the CLI
-    // sends with --image) and blank local disks are possible without a
-    // volume service.
-    let mut image_ref = image_ref;
-    for key in ["block_device_mapping_v2", "block_device_mapping"] {
-        let Some(list) = o.get(key) else { continue };
-        let list = list
-            .as_array()
-            .ok_or_else(|| bad_field(key, "It must be a list"))?;
-        for b in list {
-            let src = b.get("source_type").and_then(Value::as_str).unwrap_or("");
-            let dst = b
-                .get("destination_type")
-                .and_then(Value::as_str)
-                .unwrap_or("local");
-            match (src, dst) {
-                ("image", "local") => {
-                    if image_ref.is_empty()
-                        && let Some(u) = b.get("uuid").and_then(Value::as_str)
-                    {
-                        image_ref = u.to_string();
-                    }
-                }
-                ("blank", "local") => {}
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "Block device mapping {src} -> {dst} is not supported: this cloud has no volume service yet."
-                    )));
-                }
-            }
-        }
-    }
-    if image_ref.is_empty() {
-        return Err(bad_field(
-            "imageRef",
-            "An image is required to boot a server.",
-        ));
-    }
-    if uuid::Uuid::parse_str(&image_ref).is_err() {
-        return Err(ApiError::bad_request(format!(
-            "Invalid imageRef provided: {image_ref} is not a UUID."
-        )));
-    }
-    let image = boot_image(&state, &ctx, &image_ref)?;
-    if image.min_ram > flavor.ram {
-        return Err(ApiError::bad_request(
-            "Flavor's memory is too small for requested image.",
-        ));
-    }
-    if flavor.disk > 0 {
-        if image.min_disk > flavor.disk {
-            return Err(ApiError::bad_request(
-                "Flavor's disk is too small for requested image.",
-            ));
-        }
-        let size = image.size.unwrap_or(0).max(image.virtual_size.unwrap_or(0));
-        if size > flavor.disk * 1024 * 1024 * 1024 {
-            return Err(ApiError::bad_request(format!(
-                "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {size} bytes.",
-                flavor.disk * 1024 * 1024 * 1024
-            )));
-        }
-    }
-    let (key_name, key_data) = key_pair(&state, &ctx, o.get("key_name"))?;
-    let user_data = user_data(o.get("user_data"))?;
-    trusted_certs(o.get("trusted_image_certificates"), mv, "server")?;
-    if o.contains_key("personality") && mv.at_least(57) {
-        return Err(bad_field(
-            "server",
-            "Additional properties are not allowed ('personality' was unexpected)",
-        ));
-    }
-    let metadata = match o.get("metadata") {
-        None => BTreeMap::new(),
-        Some(v) => parse_metadata(v, "metadata")?,
-    };
-    // networks: required from 2.37 ("auto", "none" or a list).
-    if mv.at_least(37) {
-        match o.get("networks") {
-            Some(Value::String(s)) if s == "auto" || s == "none" => {}
-            Some(Value::Array(_)) => {}
-            Some(v) => {
-                return Err(bad_field(
-                    "networks",
-                    format!("Value: {v}. It is not one of 'auto', 'none' or a list of networks"),
-                ));
-            }
-            None => return Err(bad_field("server", "'networks' is a required property")),
-        }
-    }
-    let description = match o.get("description") {
-        None | Some(Value::Null) => None,
-        Some(_) if !mv.at_least(19) => {
-            return Err(bad_field(
-                "server",
-                "Additional properties are not allowed ('description' was unexpected)",
-            ));
-        }
-        Some(Value::String(d)) if d.len() <= 255 => Some(d.clone()),
-        Some(v) => {
-            return Err(bad_field(
-                "description",
-                format!("Value: {v}. It must be a string of at most 255 characters"),
-            ));
-        }
-    };
-    // 2.52: tags at create time, with the tag API's rules.
-    let tags: Vec<String> = match o.get("tags") {
-        None => Vec::new(),
-        Some(_) if !mv.at_least(52) => {
-            return Err(bad_field(
-                "server",
-                "Additional properties are not allowed ('tags' was unexpected)",
-            ));
-        }
-        Some(Value::Array(list)) => {
-            let mut out: Vec<String> = Vec::new();
-            for t in list {
-                match t.as_str() {
-                    Some(t) if valid_tag(t) => {
-                        if !out.iter().any(|x| x == t) {
-                            out.push(t.to_string());
-                        }
-                    }
-                    _ => {
-                        return Err(bad_field(
-                            "tags",
-                            format!("Value: {t}. Tags are 1-60 characters without ',' or '/'"),
-                        ));
-                    }
-                }
-            }
-            if out.len() > 50 {
-                return Err(bad_field(
-                    "tags",
-                    "The number of tags exceeded the per-server limit 50",
-                ));
-            }
-            out
-        }
-        Some(v) => {
-            return Err(bad_field(
-                "tags",
-                format!("Value: {v}. It must be a list of tags"),
-            ));
-        }
-    };
-    let access_ipv4 = access_ip(o.get("accessIPv4"), "accessIPv4", false)?;
-    let access_ipv6 = access_ip(o.get("accessIPv6"), "accessIPv6", true)?;
-    let count = |k: &str| -> Result<Option<u32>, ApiError> {
-        match o.get(k) {
-            None => Ok(None),
-            Some(v) => {
-                let n = v
-                    .as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    .filter(|n| *n >= 1 && *n <= 1000)
-                    .ok_or_else(|| {
-                        bad_field(
-                            k,
-                            format!("Value: {v}. It must be an integer of at least 1"),
-                        )
-                    })?;
-                Ok(Some(n as u32))
-            }
-        }
-    };
-    let min_count = count("min_count")?.unwrap_or(1);
-    let max_count = count("max_count")?.unwrap_or(min_count);
-    if min_count > max_count {
-        return Err(ApiError::bad_request("min_count must be <= max_count"));
-    }
-    let nic_request = super::nics::parse(o.get("networks"), max_count)?;
-    let security_groups = super::nics::parse_groups(o.get("security_groups"))?;
+    let command = super::parse::create(&b, mv, &ctx)?;
+    let created = super::core::create(&state, &ctx, &req_id.0, &command)?;
+    Ok(created_view(&state, &b, &command, &created))
+}
+
+/// Create's answer: the reservation id when asked for, else the first
+/// server's id, links and admin password (and its security groups).
+fn created_view(state: &AppState, b: &Value, c: &CreateServer, created: &Created) -> Response {
+    let o = &b["server"];
     let return_rid = o
         .get("return_reservation_id")
         .map(|v| parse_bool(v).unwrap_or(false))
         .unwrap_or(false);
-    // zone
-    let requested_az = match o.get("availability_zone") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(z)) if z.is_empty() => None,
-        Some(Value::String(z)) => Some(z.clone()),
-        Some(v) => {
-            return Err(bad_field(
-                "availability_zone",
-                format!("Value: {v}. It is not a string"),
-            ));
-        }
-    };
-    let (requested_az, forced_host) = match &requested_az {
-        Some(z) if z.contains(':') => {
-            if !ctx.is_admin() {
-                return Err(policy_denied("os_compute_api:servers:create:forced_host"));
-            }
-            let mut it = z.splitn(3, ':');
-            let zone = it.next().unwrap_or("").to_string();
-            let host = it.next().unwrap_or("").to_string();
-            (
-                if zone.is_empty() { None } else { Some(zone) },
-                if host.is_empty() { None } else { Some(host) },
-            )
-        }
-        other => (other.clone(), None),
-    };
-    // 2.74: a requested host and/or node (admins); the scheduler's
-    // filters still run.
-    let mut forced_host = forced_host;
-    if mv.at_least(74) {
-        let field = |k: &str| -> Result<Option<String>, ApiError> {
-            match o.get(k) {
-                None => Ok(None),
-                Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Ok(Some(h.clone())),
-                Some(v) => Err(bad_field(
-                    k,
-                    format!("Value: {v}. It is not a valid host name"),
-                )),
-            }
-        };
-        let host = field("host")?;
-        let node = field("hypervisor_hostname")?;
-        if host.is_some() || node.is_some() {
-            if !ctx.is_admin() {
-                return Err(policy_denied(
-                    "compute:servers:create:requested_destination",
-                ));
-            }
-            if forced_host.is_some() {
-                return Err(ApiError::bad_request(
-                    "host and hypervisor_hostname cannot be combined with the availability_zone zone:host:node format",
-                ));
-            }
-            if let Some(h) = &host
-                && state.store.get::<ComputeNode>(h)?.is_none()
-            {
-                return Err(ApiError::bad_request(format!(
-                    "Compute host {h} could not be found."
-                )));
-            }
-            if let Some(n) = &node
-                && (state.store.get::<ComputeNode>(n)?.is_none()
-                    || host.as_ref().is_some_and(|h| h != n))
-            {
-                return Err(ApiError::bad_request(format!(
-                    "Compute host node {n} could not be found."
-                )));
-            }
-            forced_host = host.or(node);
-        }
-    }
-    if let Some(z) = &requested_az
-        && !super::nodes::zone_exists(&state, z)?
-    {
-        return Err(ApiError::bad_request(format!(
-            "The requested availability zone is not available: {z}"
-        )));
-    }
-    // scheduler hints
-    let hints = b
-        .get("os:scheduler_hints")
-        .or(b.get("OS-SCH-HNT:scheduler_hints"))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    if !hints.is_object() {
-        return Err(bad_field("os:scheduler_hints", "It must be an object"));
-    }
-    let group = match hints.get("group") {
-        None => None,
-        Some(Value::String(g)) => {
-            let grp = state
-                .store
-                .get::<ServerGroup>(g)?
-                .filter(|grp| ctx.is_admin() || grp.project_id == project)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("Invalid server group {g}: it does not exist"))
-                })?;
-            Some(grp.id)
-        }
-        Some(v) => {
-            return Err(bad_field(
-                "group",
-                format!("Value: {v}. It is not a string"),
-            ));
-        }
-    };
-    if let Some(Value::String(qs)) = hints.get("query")
-        && serde_json::from_str::<Value>(qs).is_err()
-    {
-        return Err(bad_field("query", "The JSON query hint is not valid JSON"));
-    }
-    let mut hints = hints;
-    if let Some(h) = forced_host {
-        hints["_forced_host"] = json!(h);
-    }
-
-    // Quota and records in one transaction.
-    let now = now_us();
-    let rid = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let copy = FlavorCopy::of(&flavor);
-    let user = ctx.user_id().to_string();
-    let made: Vec<Server> = state.store.write(|tx| {
-        let limits = quotas::limits_tx(tx, &project, Some(&user))?;
-        let used = quotas::usage_tx(tx, &project, None, &user)?;
-        let meta_limit = limits.get("metadata_items").copied().unwrap_or(-1);
-        if meta_limit >= 0 && metadata.len() as i64 > meta_limit {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("Quota exceeded for metadata_items: Requested {}, but already used 0 of {meta_limit} metadata_items", metadata.len()),
-            ));
-        }
-        // As many as the quota allows, between min_count and max_count.
-        let fits = |n: i64| -> Vec<(&'static str, i64, i64, i64)> {
-            let mut over = Vec::new();
-            for (r, per) in [
-                (Resource::Instances, 1i64),
-                (Resource::Cores, copy.vcpus as i64),
-                (Resource::Ram, copy.ram as i64),
-            ] {
-                let lim = limits.get(r.key()).copied().unwrap_or(-1);
-                let u = used.get(r.key());
-                if lim >= 0 && u + per * n > lim {
-                    over.push((r.key(), per * n, u, lim));
-                }
-            }
-            over
-        };
-        let mut n = max_count as i64;
-        while n > min_count as i64 && !fits(n).is_empty() {
-            n -= 1;
-        }
-        let over = fits(n);
-        if !over.is_empty() {
-            return Err(quotas::exceeded(&over));
-        }
-        if let Some(g) = &group {
-            let grp = tx.fetch::<ServerGroup>(g)?;
-            let lim = quotas::limit_tx(tx, &project, Some(&user), Resource::ServerGroupMembers)?;
-            if lim >= 0 && grp.members.len() as i64 + n > lim {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "Quota exceeded, too many servers in group",
-                ));
-            }
-        }
-        let mut out = Vec::new();
-        for i in 0..n {
-            let id = uuid::Uuid::new_v4().to_string();
-            let sname = if n > 1 {
-                format!("{name}-{}", i + 1)
-            } else {
-                name.to_string()
-            };
-            let s = Server {
-                id: id.clone(),
-                hostname: hostname_of(&sname),
-                name: sname,
-                project_id: project.clone(),
-                user_id: user.clone(),
-                image_ref: image_ref.clone(),
-                flavor: copy.clone(),
-                key_name: key_name.clone(),
-                key_data: key_data.clone(),
-                user_data: user_data.clone(),
-                metadata: metadata.clone(),
-                requested_az: requested_az.clone(),
-                availability_zone: requested_az.clone(),
-                host: None,
-                node: None,
-                vm_state: vm::BUILDING.into(),
-                task_state: Some(task::SCHEDULING.into()),
-                power_state: states::power::NOSTATE,
-                locked_by: None,
-                locked_reason: None,
-                description: description.clone(),
-                tags: tags.clone(),
-                access_ipv4: access_ipv4.clone(),
-                access_ipv6: access_ipv6.clone(),
-                reservation_id: rid.clone(),
-                launch_index: i as u32,
-                config_drive: String::new(),
-                created_us: now,
-                updated_us: now,
-                launched_us: None,
-                fault: None,
-                hints: hints.clone(),
-                server_group: group.clone(),
-                tried_hosts: vec![],
-                generation: 1,
-                snapshot: None,
-                rescue_image: None,
-                resize: None,
-                shelved_image: None,
-                settled: None,
-                nics: Vec::new(),
-            };
-            let mut s = s;
-            s.nics = crate::network::nova::plug(
-                tx,
-                &ctx,
-                &project,
-                &id,
-                requested_az.as_deref().unwrap_or(super::nodes::DEFAULT_ZONE),
-                &nic_request,
-                security_groups.as_deref(),
-            )
-            .map_err(super::nics::nova_error)?;
-            tx.insert(&s)?;
-            quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;
-            record_action(tx, &s, "create", &ctx, &req_id.0)?;
-            if let Some(g) = &group {
-                let mut grp = tx.fetch::<ServerGroup>(g)?;
-                grp.members.push(id.clone());
-                tx.update(&grp)?;
-            }
-            out.push(s);
-        }
-        Ok(out)
-    })?;
-    let ids: Vec<String> = made.iter().map(|s| s.id.clone()).collect();
-    super::scheduler::submit(&state, ids);
     if return_rid {
-        return Ok((
+        return (
             StatusCode::ACCEPTED,
-            axum::Json(json!({"reservation_id": rid})),
+            axum::Json(json!({"reservation_id": created.reservation_id})),
         )
-            .into_response());
+            .into_response();
     }
-    let s = &made[0];
-    let admin_pass = super::actions::admin_pass(&Value::Object(o.clone()));
+    let s = &created.servers[0];
+    let admin_pass = super::params::admin_pass(o);
     let mut v = json!({
         "id": s.id,
-        "links": links(&state, "servers", &s.id),
+        "links": links(state, "servers", &s.id),
         "OS-DCF:diskConfig": "MANUAL",
         "adminPass": admin_pass,
     });
     if !matches!(o.get("networks"), Some(Value::String(n)) if n == "none") {
-        let names = security_groups.unwrap_or_else(|| vec!["default".into()]);
+        let names = c
+            .security_groups
+            .clone()
+            .unwrap_or_else(|| vec!["default".into()]);
         v["security_groups"] = json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
     }
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response())
-}
-
-/// Starts an `os-instance-actions` record for a request on a server.
-pub(crate) fn record_action(
-    tx: &Tx,
-    s: &Server,
-    action: &str,
-    ctx: &Ctx,
-    request_id: &str,
-) -> Result<(), ApiError> {
-    let now = now_us();
-    tx.upsert(&InstanceAction {
-        id: format!("{}/{request_id}", s.id),
-        server_id: s.id.clone(),
-        action: action.into(),
-        request_id: request_id.into(),
-        user_id: ctx.user_id().into(),
-        project_id: s.project_id.clone(),
-        start_us: now,
-        updated_us: now,
-        message: None,
-        events: vec![],
-    })?;
-    Ok(())
+    (StatusCode::ACCEPTED, axum::Json(json!({"server": v}))).into_response()
 }
 
 // ---- update and delete ----------------------------------------------------------
@@ -1435,9 +728,7 @@ async fn delete(
     axum::Extension(req_id): axum::Extension<RequestId>,
 ) -> Result<StatusCode, ApiError> {
     require_member(&ctx, "os_compute_api:servers:delete")?;
-    let s = fetch(&state, &ctx, &id)?;
-    check_locked(&ctx, &s)?;
-    super::actions::request_delete(&state, &ctx, &s.id, &req_id.0)?;
+    super::core::act(&state, &ctx, &id, &req_id.0, ServerAction::Delete)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1590,10 +881,6 @@ fn tags_version(mv: Mv) -> Result<(), ApiError> {
             "The resource could not be found.",
         ))
     }
-}
-
-fn valid_tag(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 60 && !t.contains(',') && !t.contains('/')
 }
 
 fn change_tags(

@@ -6,57 +6,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use stratus_store::{Query as StoreQuery, Record, Store, Tx};
+use stratus_store::{Query as StoreQuery, Record, Store};
 
-use super::model::{
-    ActionEvent, ComputeNode, Fault, InstanceAction, NodeMark, Server, ServerGroup,
-};
+use super::common::{action_event, instance_not_found, record_action};
+use super::config::ComputeConfig;
+use super::model::{ComputeNode, Fault, NodeMark, Server, ServerGroup};
 use super::nodes::{Assignment, NodeReport, RescueImage, TaskReport};
 use super::states::{power, task, vm};
+use crate::identity::policy::Ctx;
 use crate::image::model::Image;
 use crate::placement::Inventory;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
-
-/// Which hosts the scheduler prefers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Weigher {
-    /// Most free RAM first (Nova's default `ram_weight_multiplier` 1.0).
-    Spread,
-    /// Least free RAM first (a negative multiplier).
-    Pack,
-}
-
-/// What operators set in nova.conf, with Nova's defaults.
-#[derive(Debug, Clone)]
-pub struct ComputeConfig {
-    pub cpu_allocation_ratio: f64,
-    pub ram_allocation_ratio: f64,
-    pub disk_allocation_ratio: f64,
-    pub reserved_host_cpus: u64,
-    pub reserved_host_memory_mb: u64,
-    pub reserved_host_disk_mb: u64,
-    pub service_down_time_s: u64,
-    pub weigher: Weigher,
-    /// Builds tried per server (Nova's `max_attempts`).
-    pub max_attempts: usize,
-}
-
-impl Default for ComputeConfig {
-    fn default() -> Self {
-        ComputeConfig {
-            cpu_allocation_ratio: 4.0,
-            ram_allocation_ratio: 1.0,
-            disk_allocation_ratio: 1.0,
-            reserved_host_cpus: 0,
-            reserved_host_memory_mb: 512,
-            reserved_host_disk_mb: 0,
-            service_down_time_s: 60,
-            weigher: Weigher::Spread,
-            max_attempts: 3,
-        }
-    }
-}
 
 /// Compute state held in [`crate::Inner`].
 pub struct Compute {
@@ -613,36 +574,6 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
     })
 }
 
-/// Appends an event to the server's latest action.
-pub fn action_event(
-    tx: &Tx,
-    server_id: &str,
-    event: &str,
-    ok: bool,
-    message: Option<&str>,
-    host: Option<&str>,
-) -> Result<(), ApiError> {
-    let mut actions = tx.list::<InstanceAction>(&StoreQuery::parent(server_id))?;
-    actions.sort_by_key(|a| a.start_us);
-    if let Some(mut a) = actions.pop() {
-        let now = now_us();
-        a.events.push(ActionEvent {
-            event: event.into(),
-            start_us: a.start_us,
-            finish_us: Some(now),
-            result: Some(if ok { "Success" } else { "Error" }.into()),
-            traceback: message.map(str::to_string),
-            host: host.map(str::to_string),
-        });
-        if !ok {
-            a.message = Some("Error".into());
-        }
-        a.updated_us = now;
-        tx.update(&a)?;
-    }
-    Ok(())
-}
-
 /// Removes a server for good: its record, its allocations and its place
 /// in a server group. Its action records stay (2.21 shows them).
 pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
@@ -963,4 +894,34 @@ pub fn flush_heartbeats(state: &AppState) -> Result<(), ApiError> {
         }
         Ok::<_, ApiError>(())
     })
+}
+
+/// Delete: on a live node the agent tears the workload down first; a
+/// server with no host, or on a node that is down, goes at once (Nova's
+/// local delete; the agent reaps the leftover when it comes back).
+pub fn request_delete(state: &AppState, ctx: &Ctx, id: &str, req_id: &str) -> Result<(), ApiError> {
+    let s = state.store.write(|tx| {
+        let mut s = tx
+            .get::<Server>(id)?
+            .ok_or_else(|| instance_not_found(id))?;
+        record_action(tx, &s, "delete", ctx, req_id)?;
+        let node_up = match &s.host {
+            Some(h) => tx
+                .get::<ComputeNode>(h)?
+                .is_some_and(|n| super::zones::is_up(state, &n)),
+            None => false,
+        };
+        if node_up {
+            s.task_state = Some(task::DELETING.into());
+            s.generation += 1;
+            s.updated_us = now_us();
+            tx.update(&s)?;
+        }
+        Ok::<_, ApiError>((s, node_up))
+    })?;
+    if !s.1 {
+        super::service::purge(state, id)?;
+    }
+    state.compute.notify(s.0.host.as_deref());
+    Ok(())
 }

@@ -19,13 +19,8 @@
 //! Servers never stay in SHELVED: it is passed through on the way to
 //! SHELVED_OFFLOADED, so `shelveOffload` of an offloaded server is a 409.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::Value;
-
-use super::Mv;
+use super::common::{check_locked, fetch_tx, record_action};
 use super::model::Server;
-use super::servers::{bad_field, check_locked, fetch_tx, record_action};
 use super::states::wrong_state;
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
@@ -33,75 +28,33 @@ use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
 /// `shelve`: 202.
-pub(super) fn shelve(
-    state: &AppState,
-    ctx: &Ctx,
-    s: &Server,
-    arg: &Value,
-    rid: &str,
-) -> Result<Response, ApiError> {
-    // Nova takes any body here (Tempest sends `{}`).
-    let _ = arg;
+pub fn shelve(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(), ApiError> {
     if s.image_ref.is_empty() {
         return Err(ApiError::bad_request(format!(
             "Instance {} has no image to shelve into.",
             s.id
         )));
     }
-    super::snapshots::shelve(state, ctx, s, rid)?;
-    Ok(StatusCode::ACCEPTED.into_response())
+    super::snapshots::shelve(state, ctx, s, rid)
 }
 
 /// `shelveOffload`: only a SHELVED server can be offloaded, and servers
 /// are offloaded as they are shelved.
-pub(super) fn shelve_offload(ctx: &Ctx, s: &Server) -> Result<Response, ApiError> {
+pub fn shelve_offload(ctx: &Ctx, s: &Server) -> Result<(), ApiError> {
     check_locked(ctx, s)?;
     Err(wrong_state("shelveOffload", s))
 }
 
 /// `unshelve`: 202; the scheduler finds a node.
-pub(super) fn unshelve(
+pub fn unshelve(
     state: &AppState,
     ctx: &Ctx,
-    mv: Mv,
     s: &Server,
-    arg: &Value,
+    zone: Option<String>,
     rid: &str,
-) -> Result<Response, ApiError> {
-    // Before 2.77 Nova reads nothing from the body; 2.77 may name a zone.
-    let zone = if mv.at_least(77) {
-        match arg {
-            Value::Null => None,
-            Value::Object(o) => {
-                if let Some(k) = o.keys().find(|k| k.as_str() != "availability_zone") {
-                    return Err(bad_field(
-                        "unshelve",
-                        format!("Additional properties are not allowed ('{k}' was unexpected)"),
-                    ));
-                }
-                match o.get("availability_zone") {
-                    None => None,
-                    Some(Value::String(z)) if !z.is_empty() && z.len() <= 255 => Some(z.clone()),
-                    Some(v) => {
-                        return Err(bad_field(
-                            "availability_zone",
-                            format!("Value: {v}. It is not a valid zone name"),
-                        ));
-                    }
-                }
-            }
-            v => {
-                return Err(bad_field(
-                    "unshelve",
-                    format!("Value: {v}. It is not of type 'object', 'null'"),
-                ));
-            }
-        }
-    } else {
-        None
-    };
+) -> Result<(), ApiError> {
     if let Some(z) = &zone
-        && !super::nodes::zone_exists(state, z)?
+        && !super::zones::zone_exists(state, z)?
     {
         return Err(ApiError::bad_request(format!(
             "The requested availability zone is not available: {z}"
@@ -127,7 +80,7 @@ pub(super) fn unshelve(
         Ok(())
     })?;
     super::scheduler::submit(state, vec![id]);
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(())
 }
 
 /// The node wrote the shelved image and let the workload go: the server

@@ -14,15 +14,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use stratus_store::Query as StoreQuery;
 
-use super::Mv;
+use super::commands::ImageRequest;
+use super::common::{check_locked, fetch_tx, record_action};
 use super::model::{Server, SnapshotJob};
 use super::quotas::{self, Resource};
-use super::servers::{bad_field, check_locked, fetch_tx, parse_metadata, record_action};
 use super::states::{task, vm};
 use crate::identity::model::{Project, User};
 use crate::identity::policy::Ctx;
@@ -56,74 +55,15 @@ struct Request {
     shelve: bool,
 }
 
-fn only_keys(action: &str, o: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
-    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(bad_field(
-            action,
-            format!("Additional properties are not allowed ('{k}' was unexpected)"),
-        ));
-    }
-    Ok(())
-}
-
-fn parse(action: &str, arg: &Value, backup: bool) -> Result<Request, ApiError> {
-    let o = arg.as_object().ok_or_else(|| {
-        bad_field(
-            action,
-            format!("Value: {arg}. {arg} is not of type 'object'"),
-        )
-    })?;
-    let required: &[&str] = if backup {
-        &["name", "backup_type", "rotation"]
-    } else {
-        &["name"]
-    };
-    for k in required {
-        if !o.contains_key(*k) {
-            return Err(bad_field(action, format!("'{k}' is a required property")));
+impl Request {
+    fn of(r: ImageRequest) -> Self {
+        Request {
+            name: r.name,
+            metadata: r.metadata,
+            backup: r.backup,
+            shelve: false,
         }
     }
-    if backup {
-        only_keys(action, o, &["name", "backup_type", "rotation", "metadata"])?;
-    } else {
-        only_keys(action, o, &["name", "metadata"])?;
-    }
-    let name = super::validation::name("name", &o["name"])?;
-    let metadata = match o.get("metadata") {
-        None => BTreeMap::new(),
-        Some(m) => parse_metadata(m, "metadata")?,
-    };
-    let backup = if backup {
-        let kind = match &o["backup_type"] {
-            Value::String(t) => t.clone(),
-            v => {
-                return Err(bad_field(
-                    "backup_type",
-                    format!("Value: {v}. {v} is not of type 'string'"),
-                ));
-            }
-        };
-        let r = &o["rotation"];
-        let rotation = r
-            .as_u64()
-            .or_else(|| r.as_str().and_then(|s| s.trim().parse().ok()))
-            .filter(|n| *n <= u32::MAX as u64)
-            .ok_or_else(|| {
-                bad_field(
-                    "rotation",
-                    format!("Value: {r}. It must be an integer of at least 0"),
-                )
-            })?;
-        Some((kind, rotation as u32))
-    } else {
-        None
-    };
-    Ok(Request {
-        name,
-        metadata,
-        backup,
-        shelve: false,
-    })
 }
 
 /// The new image's custom properties: the source image's inheritable
@@ -299,35 +239,16 @@ fn start(
     Ok(img)
 }
 
-/// 202; from 2.45 a body with the image id, before it a `Location`.
-fn accepted(mv: Mv, image_id: &str, location: Option<String>) -> Response {
-    if mv.at_least(45) {
-        return (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"image_id": image_id})),
-        )
-            .into_response();
-    }
-    let mut resp = StatusCode::ACCEPTED.into_response();
-    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        resp.headers_mut().insert(header::LOCATION, l);
-    }
-    resp
-}
-
 /// `createImage`.
-pub(super) fn create_image(
+pub fn create_image(
     state: &AppState,
     ctx: &Ctx,
-    mv: Mv,
     id: &str,
-    arg: &Value,
+    req: ImageRequest,
     rid: &str,
-) -> Result<Response, ApiError> {
-    let req = parse("createImage", arg, false)?;
-    let img = start(state, ctx, id, req, rid)?;
-    let location = format!("{}/image/v2/images/{}", state.config.public_url, img.id);
-    Ok(accepted(mv, &img.id, Some(location)))
+) -> Result<(String, bool), ApiError> {
+    let img = start(state, ctx, id, Request::of(req), rid)?;
+    Ok((img.id, true))
 }
 
 /// `shelve`: the server's root file system becomes the image
@@ -345,20 +266,16 @@ pub(super) fn shelve(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Resu
 
 /// `createBackup`: as `createImage`, then rotation. Nova gives a
 /// `Location` (the compute image URL) only when rotation keeps any.
-pub(super) fn create_backup(
+pub fn create_backup(
     state: &AppState,
     ctx: &Ctx,
-    mv: Mv,
     id: &str,
-    arg: &Value,
+    req: ImageRequest,
     rid: &str,
-) -> Result<Response, ApiError> {
-    let req = parse("createBackup", arg, true)?;
+) -> Result<(String, bool), ApiError> {
     let keep = req.backup.as_ref().is_some_and(|(_, r)| *r > 0);
-    let img = start(state, ctx, id, req, rid)?;
-    let location =
-        keep.then(|| format!("{}/compute/v2.1/images/{}", state.config.public_url, img.id));
-    Ok(accepted(mv, &img.id, location))
+    let img = start(state, ctx, id, Request::of(req), rid)?;
+    Ok((img.id, keep))
 }
 
 /// The agent's progress on a snapshot: `image_pending_upload`, then

@@ -14,7 +14,7 @@ use stratus_store::Query as SQ;
 use super::{NetError, NetResult, fields_of, list_answer, reply, require_reader, select_fields};
 use crate::AppState;
 use crate::compute::model::ComputeNode;
-use crate::compute::nodes;
+use crate::compute::zones;
 use crate::identity::policy::Ctx;
 
 pub fn routes() -> Router<AppState> {
@@ -39,12 +39,12 @@ fn render(state: &AppState, n: &ComputeNode) -> Value {
         "host": n.id,
         "topic": "N/A",
         "admin_state_up": !n.disabled,
-        "alive": nodes::is_up(state, n),
+        "alive": zones::is_up(state, n),
         "availability_zone": null,
         "configurations": {"driver": n.driver, "tunnel_ip": n.host_ip},
         "created_at": ts(n.created_us),
         "started_at": ts(n.created_us),
-        "heartbeat_timestamp": ts(nodes::last_seen(state, n)),
+        "heartbeat_timestamp": ts(zones::last_seen(state, n)),
         "description": null,
         "resources_synced": null,
     })
