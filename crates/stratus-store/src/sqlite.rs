@@ -20,13 +20,29 @@ pub(crate) struct Sqlite {
     path: PathBuf,
     durability: Durability,
     writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Readers>,
+    /// Signalled when a reader connection goes back to the pool.
+    reader_free: Condvar,
     /// Commits made so far (a count, bumped under the writer lock right
     /// after each commit).
     committed: AtomicU64,
     /// Group commit: how far the write-ahead log is known to be on disk.
     flush: Mutex<Flush>,
     flushed: Condvar,
+}
+
+/// At most this many reader connections are open at once. Each holds its
+/// own page cache (2 MB), and reads past the number of cores gain nothing,
+/// so a burst of requests waits for a reader rather than opening one each
+/// (512 blocking threads once opened 512 connections: 125 MB).
+const MAX_READERS: usize = 8;
+
+/// The reader pool of [`Sqlite`].
+#[derive(Default)]
+struct Readers {
+    idle: Vec<Connection>,
+    /// Open connections, idle or in use.
+    open: usize,
 }
 
 /// The group-commit state of [`Sqlite`].
@@ -48,7 +64,8 @@ impl Sqlite {
             path: path.to_path_buf(),
             durability,
             writer: Mutex::new(conn),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(Readers::default()),
+            reader_free: Condvar::new(),
             committed: AtomicU64::new(0),
             flush: Mutex::new(Flush::default()),
             flushed: Condvar::new(),
@@ -60,18 +77,50 @@ impl Sqlite {
     }
 
     /// Runs `f` on a pooled reader connection.
+    /// Waits for one when [`MAX_READERS`] are in use.
     fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(c) = pool.idle.pop() {
+                    break Some(c);
+                }
+                if pool.open < MAX_READERS {
+                    pool.open += 1;
+                    break None;
+                }
+                pool = self
+                    .reader_free
+                    .wait(pool)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        };
         let conn = match conn {
             Some(c) => c,
-            None => open_conn(&self.path)?,
+            None => match open_conn(&self.path) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.readers.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                    self.reader_free.notify_one();
+                    return Err(e);
+                }
+            },
         };
-        let out = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 32 {
-            pool.push(conn);
+        // Back to the pool however `f` ends (a panic included).
+        struct Back<'a>(&'a Sqlite, Option<Connection>);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                let mut pool = self.0.readers.lock().unwrap_or_else(|p| p.into_inner());
+                match self.1.take() {
+                    Some(c) if !std::thread::panicking() => pool.idle.push(c),
+                    _ => pool.open -= 1,
+                }
+                drop(pool);
+                self.0.reader_free.notify_one();
+            }
         }
-        out
+        let back = Back(self, Some(conn));
+        f(back.1.as_ref().expect("held until dropped"))
     }
 
     /// Runs `f` on a reader connection.
