@@ -660,3 +660,41 @@ fn reliability_two_controllers_on_one_store_follow_each_others_changes() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The agent protocol is versioned: an agent that names no version (one
+/// from before versioning), the previous version and the current one are
+/// served; any other is refused with a 400 in the API's error shape that
+/// names the agent's version and the controller's.
+#[test]
+fn reliability_agent_protocol_versions_one_release_back() {
+    let c = Cloud::start(&["--no-agent"]);
+    let send = |protocol: Option<u32>| {
+        let mut body = json!({"driver": "fake", "vcpus": 8, "memory_mb": 16384,
+            "disk_gb": 100, "arch": "x86_64", "agent_key": "k", "instances": {}});
+        if let Some(p) = protocol {
+            body["protocol"] = json!(p);
+        }
+        c.server.client_at("/edge/v1").raw(
+            "PUT",
+            "/nodes/versioned",
+            Some(&c.admin),
+            &[],
+            Some(body.to_string()),
+        )
+    };
+    let current = stratus_wire::PROTOCOL_VERSION;
+    for p in [None, Some(current - 1), Some(current)] {
+        let r = send(p);
+        assert_eq!(r.status, 200, "protocol {p:?}: {}", r.body);
+    }
+    for p in [current + 1, 0] {
+        let r = send(Some(p));
+        assert_eq!(r.status, 400, "protocol {p}: {}", r.body);
+        let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(r.body["error"]["code"], 400, "{}", r.body);
+        assert!(
+            msg.contains(&format!("version {p} ")) && msg.contains(&current.to_string()),
+            "{msg}"
+        );
+    }
+}
