@@ -1,11 +1,9 @@
 //! `stratus`: one binary for every role of the cloud.
 
-mod agent;
 mod commands;
 mod config;
 mod datadir;
 mod join;
-mod metadata;
 
 use clap::{Parser, Subcommand};
 

@@ -68,7 +68,7 @@ fn login(
     controller: &str,
     host: &str,
     state_dir: &Path,
-) -> anyhow::Result<crate::agent::Login> {
+) -> anyhow::Result<stratus_agent::node::Login> {
     if let Some(c) = crate::join::load(state_dir)? {
         anyhow::ensure!(
             c.host == host,
@@ -82,12 +82,12 @@ fn login(
                 "this node joined before: its credential is used, the join token is not needed"
             );
         }
-        return Ok(crate::agent::Login::Node(c));
+        return Ok(stratus_agent::node::Login::Node(node_credential(c)));
     }
     if let Some(t) = &cmd.join_token {
-        return Ok(crate::agent::Login::Node(crate::join::join(
-            controller, host, t, state_dir,
-        )?));
+        return Ok(stratus_agent::node::Login::Node(node_credential(
+            crate::join::join(controller, host, t, state_dir)?,
+        )));
     }
     let password = match (&cmd.password_file, &cmd.password) {
         (Some(f), _) => std::fs::read_to_string(f)
@@ -99,11 +99,22 @@ fn login(
             "no credentials: pass --join-token (from `stratus admin node-token` on the controller), or --password-file"
         ),
     };
-    Ok(crate::agent::Login::Password {
+    Ok(stratus_agent::node::Login::Password {
         username: cmd.username.clone(),
         password,
         project: cmd.project.clone(),
     })
+}
+
+pub fn node_credential(
+    c: stratus_api::identity::node_users::NodeCredential,
+) -> stratus_agent::node::NodeCredential {
+    stratus_agent::node::NodeCredential {
+        host: c.host,
+        user_id: c.user_id,
+        password: c.password,
+        project_id: c.project_id,
+    }
 }
 
 pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
@@ -127,14 +138,14 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
         let driver = make_driver(&cmd.agent, &state_dir, index)?;
         let host = node_name(&cmd.agent, index);
         let login = login(&cmd, &controller, &host, &state_dir)?;
-        let cfg = crate::agent::AgentConfig {
+        let cfg = stratus_agent::node::AgentConfig {
             controller: controller.clone(),
             host,
             login,
             state_dir,
             listen: cmd.agent.agent_listen,
             advertise: cmd.agent.agent_url.clone(),
-            orphans: cmd.agent.orphans,
+            orphans: cmd.agent.orphans.into(),
             tunnel_ip: cmd.agent.tunnel_ip,
             l3: cmd.agent.l3,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
@@ -143,7 +154,7 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name(format!("agent-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || crate::agent::run(cfg, driver))?,
+                .spawn(move || stratus_agent::node::run(cfg, driver))?,
         );
     }
     for h in handles {
