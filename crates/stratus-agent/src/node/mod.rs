@@ -16,6 +16,7 @@ mod images;
 mod listener;
 pub mod metadata;
 mod network;
+pub mod sim;
 mod tasks;
 
 use std::collections::{HashMap, HashSet};

@@ -9,6 +9,42 @@ use stratus_agent::Driver;
 
 use crate::config::{AgentArgs, AgentCmd, DriverArg};
 
+/// The fake node's resources.
+fn fake_resources() -> stratus_agent::HostResources {
+    stratus_agent::HostResources {
+        vcpus: 16,
+        memory_mb: 65536,
+        disk_gb: 1000,
+        arch: "x86_64".into(),
+        hypervisor_type: "fake".into(),
+        hypervisor_version: 1,
+        cpu_model: "fake".into(),
+    }
+}
+
+/// `--fake-nodes N` (N > 1): N simulated nodes sharing one runtime, one
+/// login and one listener (see `stratus_agent::node::sim`).
+fn simulate(cmd: &AgentCmd, controller: &str, n: usize) -> anyhow::Result<()> {
+    crate::datadir::prepare_agent(&cmd.data_dir)?;
+    tracing::warn!(
+        nodes = n,
+        "using the FAKE driver: workloads are simulated, nothing runs"
+    );
+    let hosts: Vec<String> = (0..n).map(|i| node_name(&cmd.agent, Some(i))).collect();
+    let login = login(cmd, controller, &hosts[0], &cmd.data_dir.join("node-0"))?;
+    stratus_agent::node::sim::run(stratus_agent::node::sim::SimConfig {
+        controller: controller.to_string(),
+        hosts,
+        login,
+        state_dir: cmd.data_dir.clone(),
+        listen: cmd.agent.agent_listen,
+        advertise: cmd.agent.agent_url.clone(),
+        orphans: cmd.agent.orphans.into(),
+        heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
+        resources: fake_resources(),
+    })
+}
+
 /// The driver the agent runs its workloads with.
 pub fn make_driver(
     args: &AgentArgs,
@@ -20,17 +56,7 @@ pub fn make_driver(
         DriverArg::Fake => {
             let _ = index;
             tracing::warn!("using the FAKE driver: workloads are simulated, nothing runs");
-            Ok(Arc::new(stratus_agent::FakeDriver::new(
-                stratus_agent::HostResources {
-                    vcpus: 16,
-                    memory_mb: 65536,
-                    disk_gb: 1000,
-                    arch: "x86_64".into(),
-                    hypervisor_type: "fake".into(),
-                    hypervisor_version: 1,
-                    cpu_model: "fake".into(),
-                },
-            )))
+            Ok(Arc::new(stratus_agent::FakeDriver::new(fake_resources())))
         }
         DriverArg::Container => {
             let runtime = match &args.runtime {
@@ -128,6 +154,9 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
         n == 1 || cmd.join_token.is_none(),
         "a join token joins one node: simulate several with --password-file"
     );
+    if n > 1 {
+        return simulate(&cmd, &controller, n);
+    }
     let mut handles = Vec::new();
     for i in 0..n {
         let index = if n > 1 { Some(i) } else { None };
