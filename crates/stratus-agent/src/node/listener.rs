@@ -69,7 +69,13 @@ pub(super) fn serve_one<'a>(
         .and_then(|v| v.parse::<usize>().ok());
     let mut content_type = "text/plain; charset=utf-8";
     let (status, body) = if let Some((want, driver, path)) = found {
-        answer(key.as_deref() == Some(want), driver, &path, length, &mut content_type)
+        answer(
+            key.as_deref() == Some(want),
+            driver,
+            &path,
+            length,
+            &mut content_type,
+        )
     } else {
         ("404 Not Found", "unknown path".to_string())
     };

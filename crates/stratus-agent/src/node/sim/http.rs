@@ -159,11 +159,7 @@ async fn timed<T>(
 
 /// Sends one request and reads its answer; whether the connection may
 /// be used again.
-async fn exchange(
-    conn: &TcpStream,
-    host: &str,
-    req: &Request<'_>,
-) -> io::Result<(Response, bool)> {
+async fn exchange(conn: &TcpStream, host: &str, req: &Request<'_>) -> io::Result<(Response, bool)> {
     let mut head = format!("{} {} HTTP/1.1\r\nhost: {host}\r\n", req.method, req.path);
     if let Some(t) = req.token {
         head.push_str("x-auth-token: ");
@@ -429,7 +425,11 @@ mod tests {
         assert_eq!(r.status, 204);
         assert!(r.body.is_empty());
         let seen = h.await.unwrap();
-        assert!(seen[0].starts_with("GET /a?b=1 HTTP/1.1\r\n"), "{}", seen[0]);
+        assert!(
+            seen[0].starts_with("GET /a?b=1 HTTP/1.1\r\n"),
+            "{}",
+            seen[0]
+        );
         assert!(seen[0].contains("x-auth-token: t\r\n"));
         assert!(seen[2].ends_with("{\"x\":1}"), "{}", seen[2]);
     }

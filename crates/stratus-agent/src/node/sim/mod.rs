@@ -156,11 +156,11 @@ pub fn run(cfg: SimConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each node's long-poll holds a socket on both ends: raise the soft
-/// open-file limit to the hard one when the nodes need more.
+/// Each node's long-poll holds a socket: raise the soft open-file limit
+/// (up to the hard one) when the nodes need more.
 #[allow(unsafe_code)]
 fn raise_fd_limit(nodes: usize) {
-    let want = (nodes as u64).saturating_mul(2).saturating_add(256);
+    let want = (nodes as u64).saturating_add(SHORT_CONCURRENCY as u64 + 256);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -703,7 +703,11 @@ fn serve(sim: &Arc<Sim>, listener: std::net::TcpListener) {
                     let rest = path.strip_prefix("/node/")?;
                     let (index, rest) = rest.split_once('/')?;
                     let node = sim.nodes.get(index.parse::<usize>().ok()?)?;
-                    Some((node.key.as_str(), &node.driver as &dyn Driver, format!("/{rest}")))
+                    Some((
+                        node.key.as_str(),
+                        &node.driver as &dyn Driver,
+                        format!("/{rest}"),
+                    ))
                 })
             });
     }
