@@ -157,18 +157,13 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
     if n > 1 {
         return simulate(&cmd, &controller, n);
     }
-    let mut handles = Vec::new();
-    for i in 0..n {
-        let index = if n > 1 { Some(i) } else { None };
-        let state_dir = match index {
-            Some(i) => cmd.data_dir.join(format!("node-{i}")),
-            None => cmd.data_dir.clone(),
-        };
-        let driver = make_driver(&cmd.agent, &state_dir, index)?;
-        let host = node_name(&cmd.agent, index);
-        let login = login(&cmd, &controller, &host, &state_dir)?;
-        let cfg = stratus_agent::node::AgentConfig {
-            controller: controller.clone(),
+    let state_dir = cmd.data_dir.clone();
+    let driver = make_driver(&cmd.agent, &state_dir, None)?;
+    let host = node_name(&cmd.agent, None);
+    let login = login(&cmd, &controller, &host, &state_dir)?;
+    stratus_agent::node::run(
+        stratus_agent::node::AgentConfig {
+            controller,
             host,
             login,
             state_dir,
@@ -178,17 +173,7 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             tunnel_ip: cmd.agent.tunnel_ip,
             l3: cmd.agent.l3,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
-        };
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("agent-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || stratus_agent::node::run(cfg, driver))?,
-        );
-    }
-    for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("an agent thread panicked"))??;
-    }
-    Ok(())
+        },
+        driver,
+    )
 }
