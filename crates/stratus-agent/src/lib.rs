@@ -2,8 +2,8 @@
 //!
 //! A [`Driver`] turns an instance the controller scheduled onto this node
 //! into a running workload and answers for it afterwards: power actions,
-//! state, console output. The agent loop (not in this crate) talks to the
-//! controller over HTTP and calls a driver; every call here is synchronous
+//! state, console output. The agent loop ([`node`]) talks to the
+//! controller over HTTP (the protocol is `stratus-wire`) and calls a driver; every call here is synchronous
 //! and may block for seconds (it runs the OCI runtime, unpacks images), so
 //! async callers use `spawn_blocking`.
 //!
@@ -24,6 +24,7 @@ mod fake;
 mod host;
 mod image;
 pub mod net;
+pub mod node;
 mod runc;
 mod snapshot;
 mod spec;

@@ -168,7 +168,7 @@ pub struct AgentArgs {
     /// Workloads no server owns: reap, log or noop (Nova's
     /// running_deleted_instance_action).
     #[arg(long, env = "STRATUS_ORPHANS", value_enum, default_value = "reap")]
-    pub orphans: crate::agent::OrphanAction,
+    pub orphans: OrphanArg,
     /// This node's VXLAN endpoint address (default: the address it
     /// reaches the controller from; none when that is loopback, so
     /// networks stay on this node).
@@ -296,4 +296,26 @@ pub fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// `--orphans`: what to do with a workload no server owns (Nova's
+/// `running_deleted_instance_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrphanArg {
+    /// Destroy it.
+    Reap,
+    /// Leave it and log a warning.
+    Log,
+    /// Leave it quietly.
+    Noop,
+}
+
+impl From<OrphanArg> for stratus_agent::node::OrphanAction {
+    fn from(a: OrphanArg) -> Self {
+        match a {
+            OrphanArg::Reap => Self::Reap,
+            OrphanArg::Log => Self::Log,
+            OrphanArg::Noop => Self::Noop,
+        }
+    }
 }

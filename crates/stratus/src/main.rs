@@ -1,11 +1,9 @@
 //! `stratus`: one binary for every role of the cloud.
 
-mod agent;
 mod commands;
 mod config;
 mod datadir;
 mod join;
-mod metadata;
 
 use clap::{Parser, Subcommand};
 
@@ -46,8 +44,28 @@ fn tune_allocator() {
     }
 }
 
+/// Every node agent's long-poll holds a socket in the controller (and
+/// each simulated node one in `stratus agent --fake-nodes`): the soft
+/// open-file limit goes up to the hard one, as servers' unit files do
+/// with LimitNOFILE.
+#[allow(unsafe_code)]
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
+    raise_open_files();
     let cli = Cli::parse();
     config::init_logging();
     let result = match cli.command {

@@ -20,22 +20,6 @@ pub fn netns_name(server_id: &str) -> String {
     format!("stratus-{server_id}")
 }
 
-/// The device (namespace suffix) of a network's DHCP server on node
-/// `host`: namespace names are global to the machine, and several nodes
-/// may share one in tests.
-pub fn dhcp_device(network_id: &str, host: &str) -> String {
-    let short: String = network_id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(11)
-        .collect();
-    // FNV-1a of the host name: short, stable, no dependency.
-    let h = host.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    });
-    format!("dhcp-{short}-{:08x}", h as u32)
-}
-
 /// The node's dataplane, or the reason it has none.
 pub struct Dataplane {
     /// Why this node cannot wire ports (not root, a tool missing); `None`

@@ -14,7 +14,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
@@ -71,45 +70,10 @@ fn require_agent(ctx: &Ctx, host: &str) -> Result<(), ApiError> {
 
 // ---- agent protocol -------------------------------------------------------------
 
-/// What an agent says about its node on every heartbeat.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct NodeReport {
-    pub driver: String,
-    pub vcpus: u32,
-    pub memory_mb: u64,
-    pub disk_gb: u64,
-    #[serde(default)]
-    pub arch: String,
-    #[serde(default)]
-    pub hypervisor_type: String,
-    #[serde(default)]
-    pub hypervisor_version: u64,
-    #[serde(default)]
-    pub cpu_model: String,
-    #[serde(default)]
-    pub host_ip: String,
-    /// The node runs routers.
-    #[serde(default)]
-    pub l3: bool,
-    #[serde(default)]
-    pub agent_url: Option<String>,
-    #[serde(default)]
-    pub agent_key: Option<String>,
-    /// Every workload the driver has, by server id.
-    #[serde(default)]
-    pub instances: BTreeMap<String, InstanceReport>,
-    /// Images from the node's `precache` list that it now has.
-    #[serde(default)]
-    pub cached: Vec<String>,
-    /// True on the first report after the agent started.
-    #[serde(default)]
-    pub starting: bool,
-    /// The agent's report clock when it listed `instances` (read before
-    /// the listing): a server whose task the agent settled later is not
-    /// judged by this listing.
-    #[serde(default)]
-    pub observed: Option<u64>,
-}
+/// The protocol's messages, defined once for both ends in `stratus-wire`.
+pub use stratus_wire::{
+    Assignment, InstanceReport, NodeReport, RescueImage, TaskProgress, TaskReport,
+};
 
 async fn register(
     State(state): State<AppState>,
@@ -119,6 +83,7 @@ async fn register(
 ) -> Result<axum::Json<Value>, ApiError> {
     require_agent(&ctx, &host)?;
     let r: NodeReport = crate::json::decode(&raw)?;
+    stratus_wire::check_protocol(r.protocol).map_err(ApiError::bad_request)?;
     if host.is_empty() || host.len() > 255 || host.contains('/') {
         return Err(ApiError::bad_request(format!("Invalid host name {host:?}")));
     }
@@ -128,64 +93,6 @@ async fn register(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(axum::Json(out))
-}
-
-/// One workload as the agent sees it: its power state and the server
-/// generation the agent had settled when it looked. The controller acts
-/// on a power state only when that generation is the server's current
-/// one, so a report taken before a task finished never undoes the task.
-#[derive(Debug, Deserialize, Serialize, Clone, Copy)]
-pub struct InstanceReport {
-    pub power_state: u8,
-    #[serde(default)]
-    pub generation: u64,
-}
-
-/// What the agent must make true for one server.
-#[derive(Debug, Serialize, Deserialize, Clone)]
-pub struct Assignment {
-    pub id: String,
-    pub name: String,
-    pub hostname: String,
-    pub generation: u64,
-    pub vm_state: String,
-    pub task_state: Option<String>,
-    pub image_id: String,
-    pub container_format: String,
-    pub disk_format: String,
-    pub image_checksum: Option<String>,
-    pub vcpus: u32,
-    pub memory_mb: u64,
-    pub disk_gb: u64,
-    pub user_data: Option<String>,
-    pub meta_data: Value,
-    /// The image a snapshot task (`image_*`) uploads to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_image_id: Option<String>,
-    /// The image a rescue (`rescuing`, `rescued`) runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rescue: Option<RescueImage>,
-    /// Whether the workload should be running when no task is (what an
-    /// agent that restarts makes true).
-    #[serde(default)]
-    pub should_run: bool,
-    /// A cold migration is under way (`resize_migrating` on the source,
-    /// `resize_finish` on the destination, `resize_reverting` back on the
-    /// source).
-    #[serde(default)]
-    pub migration: bool,
-    /// The boot image is this server's own (a shelved or transfer image):
-    /// no other server will boot it, so the node keeps no download of it.
-    #[serde(default)]
-    pub single_use_image: bool,
-}
-
-/// The rescue image of an [`Assignment`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RescueImage {
-    pub image_id: String,
-    pub container_format: String,
-    pub image_checksum: Option<String>,
 }
 
 async fn assigned(
@@ -225,7 +132,7 @@ async fn assigned(
 }
 
 /// What the node must wire for the servers on it
-/// ([`stratus_agent::net::HostNetwork`]). Asking binds the servers' ports
+/// ([`stratus_wire::net::HostNetwork`]). Asking binds the servers' ports
 /// to the node (`binding:host_id`, status ACTIVE), as Nova's compute does
 /// when it plugs them.
 async fn wiring(
@@ -290,25 +197,6 @@ async fn wiring(
     Ok(axum::Json(json!(net)))
 }
 
-/// The outcome of a task on a server, as the agent reports it.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct TaskReport {
-    pub generation: u64,
-    /// The task_state the agent acted on.
-    pub task: Option<String>,
-    pub ok: bool,
-    pub power_state: u8,
-    #[serde(default)]
-    pub message: Option<String>,
-    /// The agent that settled the task (its `agent_key`) and its report
-    /// clock after it did: heartbeats listed before this say nothing about
-    /// the outcome.
-    #[serde(default)]
-    pub agent_key: Option<String>,
-    #[serde(default)]
-    pub mark: Option<u64>,
-}
-
 async fn report(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -322,14 +210,6 @@ async fn report(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A step of a long task, as the agent reports it: the task_state the
-/// server moves to while the task (of `generation`) goes on.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct TaskProgress {
-    pub generation: u64,
-    pub task: String,
 }
 
 async fn progress(

@@ -540,7 +540,7 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         hostname: s.hostname.clone(),
         generation: s.generation,
         vm_state: s.vm_state.clone(),
-        task_state: s.task_state.clone(),
+        task_state: s.task_state.as_deref().map(stratus_wire::Task::from),
         image_id: image_id.clone(),
         container_format: img
             .as_ref()

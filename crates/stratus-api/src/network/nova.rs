@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use stratus_agent::net::{
+use stratus_store::{Query as SQ, Tx};
+use stratus_wire::net::{
     DhcpSubnet, DhcpWiring, Direction, FilterRule, HostNetwork, PortAddress, PortWiring, Route,
     RouterWiring, Segment,
 };
-use stratus_store::{Query as SQ, Tx};
 
 use super::ipam::Cidr;
 use super::model::{FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
@@ -701,7 +701,7 @@ pub fn host_network(
             .filter(char::is_ascii_alphanumeric)
             .take(11)
             .collect();
-        let device = stratus_agent::net::dhcp_device(&net.id, host);
+        let device = stratus_wire::net::dhcp_device(&net.id, host);
         let Some(w) = port_wiring(tx, &mut cache, &port, &device, format!("ns-{short}"), false)?
         else {
             continue;

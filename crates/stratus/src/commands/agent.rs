@@ -9,6 +9,42 @@ use stratus_agent::Driver;
 
 use crate::config::{AgentArgs, AgentCmd, DriverArg};
 
+/// The fake node's resources.
+fn fake_resources() -> stratus_agent::HostResources {
+    stratus_agent::HostResources {
+        vcpus: 16,
+        memory_mb: 65536,
+        disk_gb: 1000,
+        arch: "x86_64".into(),
+        hypervisor_type: "fake".into(),
+        hypervisor_version: 1,
+        cpu_model: "fake".into(),
+    }
+}
+
+/// `--fake-nodes N` (N > 1): N simulated nodes sharing one runtime, one
+/// login and one listener (see `stratus_agent::node::sim`).
+fn simulate(cmd: &AgentCmd, controller: &str, n: usize) -> anyhow::Result<()> {
+    crate::datadir::prepare_agent(&cmd.data_dir)?;
+    tracing::warn!(
+        nodes = n,
+        "using the FAKE driver: workloads are simulated, nothing runs"
+    );
+    let hosts: Vec<String> = (0..n).map(|i| node_name(&cmd.agent, Some(i))).collect();
+    let login = login(cmd, controller, &hosts[0], &cmd.data_dir.join("node-0"))?;
+    stratus_agent::node::sim::run(stratus_agent::node::sim::SimConfig {
+        controller: controller.to_string(),
+        hosts,
+        login,
+        state_dir: cmd.data_dir.clone(),
+        listen: cmd.agent.agent_listen,
+        advertise: cmd.agent.agent_url.clone(),
+        orphans: cmd.agent.orphans.into(),
+        heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
+        resources: fake_resources(),
+    })
+}
+
 /// The driver the agent runs its workloads with.
 pub fn make_driver(
     args: &AgentArgs,
@@ -20,17 +56,7 @@ pub fn make_driver(
         DriverArg::Fake => {
             let _ = index;
             tracing::warn!("using the FAKE driver: workloads are simulated, nothing runs");
-            Ok(Arc::new(stratus_agent::FakeDriver::new(
-                stratus_agent::HostResources {
-                    vcpus: 16,
-                    memory_mb: 65536,
-                    disk_gb: 1000,
-                    arch: "x86_64".into(),
-                    hypervisor_type: "fake".into(),
-                    hypervisor_version: 1,
-                    cpu_model: "fake".into(),
-                },
-            )))
+            Ok(Arc::new(stratus_agent::FakeDriver::new(fake_resources())))
         }
         DriverArg::Container => {
             let runtime = match &args.runtime {
@@ -68,7 +94,7 @@ fn login(
     controller: &str,
     host: &str,
     state_dir: &Path,
-) -> anyhow::Result<crate::agent::Login> {
+) -> anyhow::Result<stratus_agent::node::Login> {
     if let Some(c) = crate::join::load(state_dir)? {
         anyhow::ensure!(
             c.host == host,
@@ -82,12 +108,12 @@ fn login(
                 "this node joined before: its credential is used, the join token is not needed"
             );
         }
-        return Ok(crate::agent::Login::Node(c));
+        return Ok(stratus_agent::node::Login::Node(node_credential(c)));
     }
     if let Some(t) = &cmd.join_token {
-        return Ok(crate::agent::Login::Node(crate::join::join(
-            controller, host, t, state_dir,
-        )?));
+        return Ok(stratus_agent::node::Login::Node(node_credential(
+            crate::join::join(controller, host, t, state_dir)?,
+        )));
     }
     let password = match (&cmd.password_file, &cmd.password) {
         (Some(f), _) => std::fs::read_to_string(f)
@@ -99,11 +125,22 @@ fn login(
             "no credentials: pass --join-token (from `stratus admin node-token` on the controller), or --password-file"
         ),
     };
-    Ok(crate::agent::Login::Password {
+    Ok(stratus_agent::node::Login::Password {
         username: cmd.username.clone(),
         password,
         project: cmd.project.clone(),
     })
+}
+
+pub fn node_credential(
+    c: stratus_api::identity::node_users::NodeCredential,
+) -> stratus_agent::node::NodeCredential {
+    stratus_agent::node::NodeCredential {
+        host: c.host,
+        user_id: c.user_id,
+        password: c.password,
+        project_id: c.project_id,
+    }
 }
 
 pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
@@ -117,38 +154,26 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
         n == 1 || cmd.join_token.is_none(),
         "a join token joins one node: simulate several with --password-file"
     );
-    let mut handles = Vec::new();
-    for i in 0..n {
-        let index = if n > 1 { Some(i) } else { None };
-        let state_dir = match index {
-            Some(i) => cmd.data_dir.join(format!("node-{i}")),
-            None => cmd.data_dir.clone(),
-        };
-        let driver = make_driver(&cmd.agent, &state_dir, index)?;
-        let host = node_name(&cmd.agent, index);
-        let login = login(&cmd, &controller, &host, &state_dir)?;
-        let cfg = crate::agent::AgentConfig {
-            controller: controller.clone(),
+    if n > 1 {
+        return simulate(&cmd, &controller, n);
+    }
+    let state_dir = cmd.data_dir.clone();
+    let driver = make_driver(&cmd.agent, &state_dir, None)?;
+    let host = node_name(&cmd.agent, None);
+    let login = login(&cmd, &controller, &host, &state_dir)?;
+    stratus_agent::node::run(
+        stratus_agent::node::AgentConfig {
+            controller,
             host,
             login,
             state_dir,
             listen: cmd.agent.agent_listen,
             advertise: cmd.agent.agent_url.clone(),
-            orphans: cmd.agent.orphans,
+            orphans: cmd.agent.orphans.into(),
             tunnel_ip: cmd.agent.tunnel_ip,
             l3: cmd.agent.l3,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
-        };
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("agent-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || crate::agent::run(cfg, driver))?,
-        );
-    }
-    for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("an agent thread panicked"))??;
-    }
-    Ok(())
+        },
+        driver,
+    )
 }

@@ -329,14 +329,14 @@ fn start_local_agent(
     let host = super::agent::node_name(&args.agent, None);
     let node = stratus_api::identity::node_users::provision(store, &host)
         .map_err(|e| anyhow::anyhow!("making the node's identity: {e}"))?;
-    let cfg = crate::agent::AgentConfig {
+    let cfg = stratus_agent::node::AgentConfig {
         controller: public_url.to_string(),
         host,
-        login: crate::agent::Login::Node(node),
+        login: stratus_agent::node::Login::Node(super::agent::node_credential(node)),
         state_dir,
         listen: args.agent.agent_listen,
         advertise: args.agent.agent_url.clone(),
-        orphans: args.agent.orphans,
+        orphans: args.agent.orphans.into(),
         tunnel_ip: args.agent.tunnel_ip,
         l3: true,
         heartbeat: Duration::from_secs(10),
@@ -344,7 +344,7 @@ fn start_local_agent(
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
-            if let Err(e) = crate::agent::run(cfg, driver) {
+            if let Err(e) = stratus_agent::node::run(cfg, driver) {
                 tracing::error!(error = %format!("{e:#}"), "node agent stopped");
             }
         })?;

@@ -660,3 +660,137 @@ fn reliability_two_controllers_on_one_store_follow_each_others_changes() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The agent protocol is versioned: an agent that names no version (one
+/// from before versioning), the previous version and the current one are
+/// served; any other is refused with a 400 in the API's error shape that
+/// names the agent's version and the controller's.
+#[test]
+fn reliability_agent_protocol_versions_one_release_back() {
+    let c = Cloud::start(&["--no-agent"]);
+    let send = |protocol: Option<u32>| {
+        let mut body = json!({"driver": "fake", "vcpus": 8, "memory_mb": 16384,
+            "disk_gb": 100, "arch": "x86_64", "agent_key": "k", "instances": {}});
+        if let Some(p) = protocol {
+            body["protocol"] = json!(p);
+        }
+        c.server.client_at("/edge/v1").raw(
+            "PUT",
+            "/nodes/versioned",
+            Some(&c.admin),
+            &[],
+            Some(body.to_string()),
+        )
+    };
+    let current = stratus_wire::PROTOCOL_VERSION;
+    for p in [None, Some(current - 1), Some(current)] {
+        let r = send(p);
+        assert_eq!(r.status, 200, "protocol {p:?}: {}", r.body);
+    }
+    for p in [current + 1, 0] {
+        let r = send(Some(p));
+        assert_eq!(r.status, 400, "protocol {p}: {}", r.body);
+        let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(r.body["error"]["code"], 400, "{}", r.body);
+        assert!(
+            msg.contains(&format!("version {p} ")) && msg.contains(&current.to_string()),
+            "{msg}"
+        );
+    }
+}
+
+/// Simulated nodes (`--fake-nodes`) share one process, one login and one
+/// listener, yet each is a node of its own to the controller: servers
+/// land on them, power actions and snapshots are carried out and
+/// reported, and the console of each server comes from its own node
+/// through the shared listener (with that node's key).
+#[test]
+fn reliability_simulated_nodes_carry_out_tasks_and_answer_consoles() {
+    let c = Cloud::start(&["--no-agent"]);
+    let agent = Agent::start_with_env(
+        &c.server,
+        "sim",
+        &["--driver", "fake", "--heartbeat", "1", "--fake-nodes", "3"],
+        &[("OS_PASSWORD", &c.server.admin_password)],
+    );
+    c.wait_nodes_logged(3, &agent.log);
+    let (_, tok) = c.project("simulated");
+    let img = c.image(&tok, "tiny");
+    // Anti-affinity: one server on each simulated node.
+    let g = c.req(
+        "POST",
+        "/os-server-groups",
+        &tok,
+        Some(json!({"server_group": {"name": "spread", "policies": ["anti-affinity"]}})),
+    );
+    assert_eq!(g.status, 200, "{}", g.body);
+    let group = g.body["server_group"]["id"].as_str().unwrap().to_string();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = c.boot(
+            &tok,
+            &format!("s{i}"),
+            &img,
+            "1",
+            json!({"hints": {"group": group}}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(r.body["server"]["id"].as_str().unwrap().to_string());
+    }
+    let mut hosts = HashSet::new();
+    for id in &ids {
+        c.wait(&tok, id, "ACTIVE");
+        let s = c.req("GET", &format!("/servers/{id}"), &c.admin, None);
+        hosts.insert(s.body["server"]["OS-EXT-SRV-ATTR:host"].to_string());
+        let r = c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &tok,
+            Some(json!({"os-getConsoleOutput": {"length": 10}})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let out = r.body["output"].as_str().unwrap_or_default();
+        assert!(out.contains(&format!("instance {id}")), "{out}");
+    }
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    let id = &ids[1];
+    for (body, status) in [
+        (json!({"os-stop": null}), "SHUTOFF"),
+        (json!({"os-start": null}), "ACTIVE"),
+        (json!({"reboot": {"type": "HARD"}}), "ACTIVE"),
+    ] {
+        let r = c.req("POST", &format!("/servers/{id}/action"), &tok, Some(body));
+        assert_eq!(r.status, 202, "{}", r.body);
+        c.wait(&tok, id, status);
+    }
+    // A snapshot: written by the simulated node, uploaded to the image.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &tok,
+        Some(json!({"createImage": {"name": "sim-snap"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let snap = r
+        .header("location")
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let i = c.img.get(&format!("/images/{snap}"), &tok);
+        let s = c.req("GET", &format!("/servers/{id}"), &tok, None);
+        if i.body["status"] == "active" && s.body["server"]["OS-EXT-STS:task_state"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", i.body, s.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in &ids {
+        let r = c.req("DELETE", &format!("/servers/{id}"), &tok, None);
+        assert_eq!(r.status, 204, "{}", r.body);
+        c.wait_gone(&tok, id);
+    }
+}

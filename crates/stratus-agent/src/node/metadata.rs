@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::net::{HostNetwork, PortWiring};
 use serde_json::{Value, json};
-use stratus_agent::net::{HostNetwork, PortWiring};
 
 /// What one server's metadata is made of.
 #[derive(Default, Clone)]
@@ -71,7 +71,7 @@ impl Metadata {
     pub fn sync(
         &self,
         net: &HostNetwork,
-        bind: impl Fn(&str) -> Result<TcpListener, stratus_agent::DriverError>,
+        bind: impl Fn(&str) -> Result<TcpListener, crate::DriverError>,
     ) {
         let mut by_server: HashMap<&str, Vec<&PortWiring>> = HashMap::new();
         // Servers only: not the routers' or DHCP servers' namespaces.

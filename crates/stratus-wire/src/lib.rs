@@ -1,0 +1,515 @@
+//! The controller–agent protocol, defined once for both ends.
+//!
+//! A node agent dials the controller (edge nodes sit behind NAT) and speaks
+//! JSON over the internal `/edge/v1` API:
+//!
+//! - `PUT /edge/v1/nodes/{host}` with a [`NodeReport`] registers the node
+//!   and is its heartbeat; the answer is a [`NodeReply`].
+//! - `GET /edge/v1/nodes/{host}/servers?since=REV&wait=S` long-polls the
+//!   node's [`Assignments`]: a store revision and every server assigned to
+//!   the node, each an [`Assignment`] whose [`Task`] says what to do.
+//! - `POST .../servers/{id}/report` with a [`TaskReport`] settles a task;
+//!   `POST .../servers/{id}/progress` with a [`TaskProgress`] moves a long
+//!   one on.
+//! - `GET /edge/v1/nodes/{host}/network` answers a [`net::HostNetwork`].
+//!
+//! **Versioning.** The agent names the protocol it speaks in
+//! [`NodeReport::protocol`]. The controller accepts [`PROTOCOL_VERSION`]
+//! and the one before it ([`OLDEST_SUPPORTED`]) and refuses anything else
+//! with a 400 that names both ([`check_protocol`]), so an agent one release
+//! behind keeps working through an upgrade. Every field added to a message
+//! is `#[serde(default)]`, so an older peer's JSON still parses, and an
+//! unknown task parses to [`Task::Other`] rather than failing the whole
+//! assignment list.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod net;
+
+/// The protocol this build speaks. Version 1 is the untyped protocol of
+/// agents that sent no version; 2 adds [`NodeReport::protocol`] and the
+/// typed messages here (same JSON shapes).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest agent protocol the controller still accepts: one release
+/// behind.
+pub const OLDEST_SUPPORTED: u32 = PROTOCOL_VERSION - 1;
+
+/// The version an agent that names none speaks.
+fn legacy_protocol() -> u32 {
+    1
+}
+
+/// Whether the controller serves an agent speaking `version`; the error is
+/// the message for the 400 the controller answers.
+pub fn check_protocol(version: u32) -> Result<(), String> {
+    if (OLDEST_SUPPORTED..=PROTOCOL_VERSION).contains(&version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "Agent protocol version {version} is not supported: this controller speaks versions {OLDEST_SUPPORTED} to {PROTOCOL_VERSION}; upgrade the agent (or the controller) so that they are at most one release apart"
+        ))
+    }
+}
+
+// ---- heartbeat ------------------------------------------------------------------
+
+/// What an agent says about its node on every heartbeat (the first one
+/// registers it).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NodeReport {
+    /// The protocol version the agent speaks ([`PROTOCOL_VERSION`]); an
+    /// agent that predates versioning sends none and speaks version 1.
+    #[serde(default = "legacy_protocol")]
+    pub protocol: u32,
+    pub driver: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub hypervisor_type: String,
+    #[serde(default)]
+    pub hypervisor_version: u64,
+    #[serde(default)]
+    pub cpu_model: String,
+    #[serde(default)]
+    pub host_ip: String,
+    /// The node runs routers.
+    #[serde(default)]
+    pub l3: bool,
+    #[serde(default)]
+    pub agent_url: Option<String>,
+    #[serde(default)]
+    pub agent_key: Option<String>,
+    /// Every workload the driver has, by server id.
+    #[serde(default)]
+    pub instances: BTreeMap<String, InstanceReport>,
+    /// Images from the node's `precache` list that it now has.
+    #[serde(default)]
+    pub cached: Vec<String>,
+    /// True on the first report after the agent started.
+    #[serde(default)]
+    pub starting: bool,
+    /// The agent's report clock when it listed `instances` (read before
+    /// the listing): a server whose task the agent settled later is not
+    /// judged by this listing.
+    #[serde(default)]
+    pub observed: Option<u64>,
+}
+
+/// One workload as the agent sees it: its power state and the server
+/// generation the agent had settled when it looked. The controller acts
+/// on a power state only when that generation is the server's current
+/// one, so a report taken before a task finished never undoes the task.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceReport {
+    pub power_state: u8,
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// The controller's answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct NodeReply {
+    /// Reported workloads no server owns: reaped or logged, as the
+    /// agent's `--orphans` says.
+    #[serde(default)]
+    pub orphans: Vec<String>,
+    /// Copies of servers that now run on another node (a confirmed or
+    /// reverted migration): always removed.
+    #[serde(default)]
+    pub leftovers: Vec<Leftover>,
+    /// Images to fetch ahead (Nova's 2.81 image precache).
+    #[serde(default)]
+    pub precache: Vec<PrecacheImage>,
+}
+
+/// A server's copy left on a node it moved away from, as of `generation`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Leftover {
+    pub id: String,
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// An image the node should cache ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PrecacheImage {
+    pub id: String,
+    /// The image's sha512 (`os_hash_value`).
+    #[serde(default)]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub container_format: Option<String>,
+}
+
+// ---- assignments ----------------------------------------------------------------
+
+/// The answer of the assignments long-poll: the position to poll from
+/// next and every server on the node.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Assignments {
+    pub revision: u64,
+    #[serde(default)]
+    pub servers: Vec<Assignment>,
+}
+
+/// What the agent must make true for one server.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Assignment {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub hostname: String,
+    pub generation: u64,
+    #[serde(default)]
+    pub vm_state: String,
+    /// The task to carry out, once per generation; none when the server
+    /// is settled.
+    #[serde(default)]
+    pub task_state: Option<Task>,
+    #[serde(default)]
+    pub image_id: String,
+    #[serde(default)]
+    pub container_format: String,
+    #[serde(default)]
+    pub disk_format: String,
+    #[serde(default)]
+    pub image_checksum: Option<String>,
+    #[serde(default)]
+    pub vcpus: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub disk_gb: u64,
+    /// Base64, as the server was created with it.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// The metadata service's `meta_data.json` for the server.
+    #[serde(default)]
+    pub meta_data: Value,
+    /// The image a snapshot task (`image_*`) uploads to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_image_id: Option<String>,
+    /// The image a rescue (`rescuing`, `rescued`) runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueImage>,
+    /// Whether the workload should be running when no task is (what an
+    /// agent that restarts makes true).
+    #[serde(default)]
+    pub should_run: bool,
+    /// A cold migration is under way (`resize_migrating` on the source,
+    /// `resize_finish` on the destination, `resize_reverting` back on the
+    /// source).
+    #[serde(default)]
+    pub migration: bool,
+    /// The boot image is this server's own (a shelved or transfer image):
+    /// no other server will boot it, so the node keeps no download of it.
+    #[serde(default)]
+    pub single_use_image: bool,
+}
+
+/// The rescue image of an [`Assignment`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RescueImage {
+    pub image_id: String,
+    #[serde(default)]
+    pub container_format: String,
+    #[serde(default)]
+    pub image_checksum: Option<String>,
+}
+
+/// The task states an agent acts on (Nova's `task_state` values, with
+/// Stratus's own steps of a cold migration). A task this agent does not
+/// know, from a newer controller, is [`Task::Other`]: the agent reports it
+/// failed instead of failing to read its assignments.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Task {
+    Spawning,
+    Rebuilding,
+    PoweringOff,
+    PoweringOn,
+    Rebooting,
+    RebootingHard,
+    Pausing,
+    Unpausing,
+    Suspending,
+    Resuming,
+    Deleting,
+    ResizePrep,
+    ResizeMigrating,
+    ResizeFinish,
+    ResizeReverting,
+    Rescuing,
+    Unrescuing,
+    ImageSnapshot,
+    ImageBackup,
+    ImagePendingUpload,
+    ImageUploading,
+    Shelving,
+    ShelvingImagePendingUpload,
+    ShelvingImageUploading,
+    /// Any other task state, kept as the controller spelled it.
+    Other(String),
+}
+
+/// Every known task with its wire spelling.
+const TASKS: &[(Task, &str)] = &[
+    (Task::Spawning, "spawning"),
+    (Task::Rebuilding, "rebuilding"),
+    (Task::PoweringOff, "powering-off"),
+    (Task::PoweringOn, "powering-on"),
+    (Task::Rebooting, "rebooting"),
+    (Task::RebootingHard, "rebooting_hard"),
+    (Task::Pausing, "pausing"),
+    (Task::Unpausing, "unpausing"),
+    (Task::Suspending, "suspending"),
+    (Task::Resuming, "resuming"),
+    (Task::Deleting, "deleting"),
+    (Task::ResizePrep, "resize_prep"),
+    (Task::ResizeMigrating, "resize_migrating"),
+    (Task::ResizeFinish, "resize_finish"),
+    (Task::ResizeReverting, "resize_reverting"),
+    (Task::Rescuing, "rescuing"),
+    (Task::Unrescuing, "unrescuing"),
+    (Task::ImageSnapshot, "image_snapshot"),
+    (Task::ImageBackup, "image_backup"),
+    (Task::ImagePendingUpload, "image_pending_upload"),
+    (Task::ImageUploading, "image_uploading"),
+    (Task::Shelving, "shelving"),
+    (
+        Task::ShelvingImagePendingUpload,
+        "shelving_image_pending_upload",
+    ),
+    (Task::ShelvingImageUploading, "shelving_image_uploading"),
+];
+
+impl Task {
+    /// The wire spelling (Nova's task_state).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Task::Other(s) => s,
+            known => TASKS
+                .iter()
+                .find(|(t, _)| t == known)
+                .map(|(_, s)| *s)
+                .unwrap_or(""),
+        }
+    }
+}
+
+impl From<&str> for Task {
+    fn from(s: &str) -> Task {
+        TASKS
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_else(|| Task::Other(s.to_string()))
+    }
+}
+
+impl From<String> for Task {
+    fn from(s: String) -> Task {
+        match Task::from(s.as_str()) {
+            Task::Other(_) => Task::Other(s),
+            t => t,
+        }
+    }
+}
+
+impl From<Task> for String {
+    fn from(t: Task) -> String {
+        match t {
+            Task::Other(s) => s,
+            t => t.as_str().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---- task outcomes --------------------------------------------------------------
+
+/// The outcome of a task on a server, as the agent reports it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TaskReport {
+    pub generation: u64,
+    /// The task_state the agent acted on.
+    pub task: Option<String>,
+    pub ok: bool,
+    pub power_state: u8,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The agent that settled the task (its `agent_key`) and its report
+    /// clock after it did: heartbeats listed before this say nothing about
+    /// the outcome.
+    #[serde(default)]
+    pub agent_key: Option<String>,
+    #[serde(default)]
+    pub mark: Option<u64>,
+}
+
+/// A step of a long task, as the agent reports it: the task_state the
+/// server moves to while the task (of `generation`) goes on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TaskProgress {
+    pub generation: u64,
+    pub task: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_task_round_trips() {
+        for (t, name) in TASKS {
+            assert_eq!(t.as_str(), *name);
+            assert_eq!(Task::from(*name), *t);
+            let j = serde_json::to_value(t).unwrap();
+            assert_eq!(j, json!(name));
+            assert_eq!(serde_json::from_value::<Task>(j).unwrap(), *t);
+        }
+    }
+
+    #[test]
+    fn an_unknown_task_parses_to_other_and_back() {
+        let t: Task = serde_json::from_value(json!("levitating")).unwrap();
+        assert_eq!(t, Task::Other("levitating".into()));
+        assert_eq!(serde_json::to_value(&t).unwrap(), json!("levitating"));
+        // Inside an assignment list, the other servers still parse.
+        let a: Assignments = serde_json::from_value(json!({"revision": 3, "servers": [
+            {"id": "a", "generation": 1, "task_state": "levitating"},
+            {"id": "b", "generation": 2, "task_state": "spawning"},
+            {"id": "c", "generation": 2, "task_state": null}]}))
+        .unwrap();
+        assert_eq!(
+            a.servers[0].task_state,
+            Some(Task::Other("levitating".into()))
+        );
+        assert_eq!(a.servers[1].task_state, Some(Task::Spawning));
+        assert_eq!(a.servers[2].task_state, None);
+    }
+
+    #[test]
+    fn node_report_round_trips() {
+        let mut r = NodeReport {
+            protocol: PROTOCOL_VERSION,
+            driver: "fake".into(),
+            vcpus: 4,
+            memory_mb: 2048,
+            disk_gb: 10,
+            arch: "x86_64".into(),
+            hypervisor_type: "fake".into(),
+            hypervisor_version: 1,
+            cpu_model: "fake".into(),
+            host_ip: "10.0.0.1".into(),
+            l3: true,
+            agent_url: Some("http://127.0.0.1:1".into()),
+            agent_key: Some("k".into()),
+            instances: BTreeMap::new(),
+            cached: vec!["img".into()],
+            starting: true,
+            observed: Some(7),
+        };
+        r.instances.insert(
+            "s".into(),
+            InstanceReport {
+                power_state: 1,
+                generation: 3,
+            },
+        );
+        let back: NodeReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&r).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_agent_from_before_versioning_still_parses() {
+        // What a version-1 agent sends: no `protocol`, no newer fields.
+        let r: NodeReport = serde_json::from_value(json!({
+            "driver": "container", "vcpus": 2, "memory_mb": 1024, "disk_gb": 5,
+            "instances": {"s": {"power_state": 4}}}))
+        .unwrap();
+        assert_eq!(r.protocol, 1);
+        assert!(check_protocol(r.protocol).is_ok());
+        assert_eq!(r.instances["s"].generation, 0);
+        assert!(!r.starting && r.observed.is_none() && r.cached.is_empty());
+    }
+
+    #[test]
+    fn versions_are_accepted_one_release_back_only() {
+        assert!(check_protocol(PROTOCOL_VERSION).is_ok());
+        assert!(check_protocol(PROTOCOL_VERSION - 1).is_ok());
+        for v in [0, PROTOCOL_VERSION + 1] {
+            let e = check_protocol(v).unwrap_err();
+            assert!(e.contains(&v.to_string()), "{e}");
+            assert!(e.contains(&PROTOCOL_VERSION.to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_old_assignment_and_reply_still_parse() {
+        // An assignment from a controller that predates `should_run`,
+        // `migration` and `single_use_image`.
+        let a: Assignment = serde_json::from_value(json!({
+            "id": "s", "name": "n", "hostname": "h", "generation": 4,
+            "vm_state": "active", "task_state": "rebooting_hard", "image_id": "i",
+            "container_format": "docker", "disk_format": "raw", "image_checksum": null,
+            "vcpus": 1, "memory_mb": 512, "disk_gb": 1, "user_data": null,
+            "meta_data": {"uuid": "s"}}))
+        .unwrap();
+        assert_eq!(a.task_state, Some(Task::RebootingHard));
+        assert!(!a.should_run && !a.migration && !a.single_use_image);
+        assert!(a.rescue.is_none() && a.snapshot_image_id.is_none());
+        let round: Assignment = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        assert_eq!(round.task_state, a.task_state);
+        let reply: NodeReply = serde_json::from_value(json!({"orphans": ["x"]})).unwrap();
+        assert_eq!(reply.orphans, vec!["x".to_string()]);
+        assert!(reply.leftovers.is_empty() && reply.precache.is_empty());
+        let full: NodeReply = serde_json::from_value(json!({"orphans": [],
+            "leftovers": [{"id": "m", "generation": 9}],
+            "precache": [{"id": "i", "checksum": "c", "container_format": "docker"}]}))
+        .unwrap();
+        assert_eq!(full.leftovers[0].generation, 9);
+        assert_eq!(full.precache[0].checksum.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn task_reports_round_trip() {
+        let r = TaskReport {
+            generation: 2,
+            task: Some(Task::PoweringOff.to_string()),
+            ok: true,
+            power_state: 4,
+            message: None,
+            agent_key: Some("k".into()),
+            mark: Some(5),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["task"], "powering-off");
+        let back: TaskReport = serde_json::from_value(j).unwrap();
+        assert_eq!(back.mark, Some(5));
+        // An older agent sends no key or mark.
+        let old: TaskReport = serde_json::from_value(
+            json!({"generation": 1, "task": "spawning", "ok": false, "power_state": 0}),
+        )
+        .unwrap();
+        assert!(old.agent_key.is_none() && old.mark.is_none());
+    }
+}
