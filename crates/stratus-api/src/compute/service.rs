@@ -11,13 +11,13 @@ use stratus_store::{Query as StoreQuery, Record, Store};
 use super::common::{action_event, instance_not_found, record_action};
 use super::config::ComputeConfig;
 use super::model::{ComputeNode, Fault, NodeMark, Server, ServerGroup};
-use super::nodes::{Assignment, NodeReport, RescueImage, TaskReport};
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
 use crate::image::model::Image;
 use crate::placement::Inventory;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
+use stratus_wire::{Assignment, NodeReport, RescueImage, TaskReport};
 
 /// Compute state held in [`crate::Inner`].
 pub struct Compute {
