@@ -12,6 +12,8 @@
 //!   `POST .../servers/{id}/progress` with a [`TaskProgress`] moves a long
 //!   one on.
 //! - `GET /edge/v1/nodes/{host}/network` answers a [`net::HostNetwork`].
+//! - `POST /edge/v1/join` redeems a join token; the answer is a
+//!   [`JoinReply`] with the node's [`NodeCredential`].
 //!
 //! **Versioning.** The agent names the protocol it speaks in
 //! [`NodeReport::protocol`]. The controller accepts [`PROTOCOL_VERSION`]
@@ -117,6 +119,9 @@ pub struct InstanceReport {
 /// The controller's answer to a heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct NodeReply {
+    /// The node's record as the controller keeps it.
+    #[serde(default)]
+    pub node: Option<NodeRecord>,
     /// Reported workloads no server owns: reaped or logged, as the
     /// agent's `--orphans` says.
     #[serde(default)]
@@ -128,6 +133,16 @@ pub struct NodeReply {
     /// Images to fetch ahead (Nova's 2.81 image precache).
     #[serde(default)]
     pub precache: Vec<PrecacheImage>,
+}
+
+/// The controller's record of a node, in a [`NodeReply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct NodeRecord {
+    /// The node's id (its placement resource provider and hypervisor).
+    pub uuid: String,
+    /// Disabled for scheduling (`os-services`).
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// A server's copy left on a node it moved away from, as of `generation`.
@@ -147,6 +162,33 @@ pub struct PrecacheImage {
     pub checksum: Option<String>,
     #[serde(default)]
     pub container_format: Option<String>,
+}
+
+// ---- joining ------------------------------------------------------------------
+
+/// What a node logs in with: its user, password and project, by id (what
+/// `stratus agent --join-token` got).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct NodeCredential {
+    pub host: String,
+    pub user_id: String,
+    pub password: String,
+    pub project_id: String,
+}
+
+/// A node's request to join (`POST /edge/v1/join`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct JoinRequest {
+    /// The token from `stratus admin node-token`.
+    pub join_token: String,
+    /// The node's name (its compute host).
+    pub host: String,
+}
+
+/// The controller's answer to `POST /edge/v1/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct JoinReply {
+    pub node: NodeCredential,
 }
 
 // ---- assignments ----------------------------------------------------------------
@@ -488,6 +530,50 @@ mod tests {
         .unwrap();
         assert_eq!(full.leftovers[0].generation, 9);
         assert_eq!(full.precache[0].checksum.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn the_controllers_replies_keep_their_json_shape() {
+        // The heartbeat reply as controllers built it by hand before it
+        // was typed: an agent of either age reads the typed one the same.
+        let reply = NodeReply {
+            node: Some(NodeRecord {
+                uuid: "u".into(),
+                disabled: true,
+            }),
+            orphans: vec!["o".into()],
+            leftovers: vec![Leftover {
+                id: "m".into(),
+                generation: 3,
+            }],
+            precache: vec![PrecacheImage {
+                id: "i".into(),
+                checksum: None,
+                container_format: Some("bare".into()),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&reply).unwrap(),
+            json!({"node": {"uuid": "u", "disabled": true}, "orphans": ["o"],
+                   "leftovers": [{"id": "m", "generation": 3}],
+                   "precache": [{"id": "i", "checksum": null, "container_format": "bare"}]})
+        );
+        let a = Assignments {
+            revision: 7,
+            servers: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(&a).unwrap(),
+            json!({"revision": 7, "servers": []})
+        );
+        let join: JoinReply = serde_json::from_value(json!({"node": {"host": "h",
+            "user_id": "u", "password": "p", "project_id": "n"}}))
+        .unwrap();
+        assert_eq!(join.node.host, "h");
+        assert_eq!(
+            serde_json::to_value(&join).unwrap()["node"]["project_id"],
+            "n"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
-use stratus_api::identity::node_users::NodeCredential;
+use serde_json::Value;
+use stratus_wire::{JoinReply, JoinRequest, NodeCredential};
 
 /// The file the credential is kept in.
 pub fn credential_path(state_dir: &Path) -> PathBuf {
@@ -39,13 +39,16 @@ pub fn join(
         .http_status_as_error(false)
         .build()
         .into();
-    let body = json!({"join_token": token.trim(), "host": host});
+    let body = serde_json::to_string(&JoinRequest {
+        join_token: token.trim().to_string(),
+        host: host.to_string(),
+    })?;
     // A controller that is not up yet is waited for, as registering does.
     let mut resp = loop {
         match http
             .post(&format!("{controller}/edge/v1/join"))
             .header("content-type", "application/json")
-            .send(body.to_string())
+            .send(body.as_str())
         {
             Ok(r) => break r,
             Err(e) => {
@@ -65,9 +68,9 @@ pub fn join(
             .to_string();
         anyhow::bail!("the controller refused the join token ({status}): {msg}");
     }
-    let v: Value = serde_json::from_str(&text).context("the controller's join answer")?;
-    let cred: NodeCredential =
-        serde_json::from_value(v["node"].clone()).context("the controller's join answer")?;
+    let cred = serde_json::from_str::<JoinReply>(&text)
+        .context("the controller's join answer")?
+        .node;
     crate::datadir::private_dir(state_dir)?;
     crate::datadir::write_private(
         &credential_path(state_dir),

@@ -47,13 +47,7 @@ pub enum OrphanAction {
 }
 
 /// A node user's credential (what `stratus agent --join-token` got).
-#[derive(Debug, Clone)]
-pub struct NodeCredential {
-    pub host: String,
-    pub user_id: String,
-    pub password: String,
-    pub project_id: String,
-}
+pub use stratus_wire::NodeCredential;
 
 /// Who the agent logs in to the controller as.
 #[derive(Clone)]

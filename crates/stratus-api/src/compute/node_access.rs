@@ -14,9 +14,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use serde::Deserialize;
-use serde_json::json;
 use stratus_store::Query as StoreQuery;
+use stratus_wire::JoinReply;
 
 use super::model::{ComputeNode, Server};
 use crate::identity::node_users;
@@ -27,25 +26,18 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/edge/v1/join", post(join))
 }
 
-/// A node's request to join.
-#[derive(Debug, Deserialize)]
-pub struct JoinRequest {
-    /// The token from `stratus admin node-token`.
-    pub join_token: String,
-    /// The node's name (its compute host).
-    pub host: String,
-}
+pub use stratus_wire::JoinRequest;
 
 async fn join(
     State(state): State<AppState>,
     raw: Bytes,
-) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<JoinReply>), ApiError> {
     let r: JoinRequest = crate::json::decode(&raw)?;
     let st = state.clone();
     let cred = tokio::task::spawn_blocking(move || node_users::redeem(&st, &r.join_token, &r.host))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok((StatusCode::CREATED, axum::Json(json!({"node": cred}))))
+    Ok((StatusCode::CREATED, axum::Json(JoinReply { node: cred })))
 }
 
 /// The images `host`'s servers use now (boot, rescue, the image a task

@@ -71,8 +71,10 @@ fn require_agent(ctx: &Ctx, host: &str) -> Result<(), ApiError> {
 // ---- agent protocol -------------------------------------------------------------
 
 /// The protocol's messages, defined once for both ends in `stratus-wire`.
+pub use stratus_wire::net::HostNetwork;
 pub use stratus_wire::{
-    Assignment, InstanceReport, NodeReport, RescueImage, TaskProgress, TaskReport,
+    Assignment, Assignments, InstanceReport, NodeReply, NodeReport, RescueImage, TaskProgress,
+    TaskReport,
 };
 
 async fn register(
@@ -80,7 +82,7 @@ async fn register(
     ctx: Ctx,
     Path(host): Path<String>,
     raw: Bytes,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<NodeReply>, ApiError> {
     require_agent(&ctx, &host)?;
     let r: NodeReport = crate::json::decode(&raw)?;
     stratus_wire::check_protocol(r.protocol).map_err(ApiError::bad_request)?;
@@ -100,7 +102,7 @@ async fn assigned(
     ctx: Ctx,
     Path(host): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Assignments>, ApiError> {
     require_agent(&ctx, &host)?;
     let since: u64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
     let wait = q
@@ -128,7 +130,10 @@ async fn assigned(
     for s in servers {
         out.push(super::service::assignment(&state, &s)?);
     }
-    Ok(axum::Json(json!({"revision": rev, "servers": out})))
+    Ok(axum::Json(Assignments {
+        revision: rev,
+        servers: out,
+    }))
 }
 
 /// What the node must wire for the servers on it
@@ -139,7 +144,7 @@ async fn wiring(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(host): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<HostNetwork>, ApiError> {
     require_agent(&ctx, &host)?;
     let st = state.clone();
     let net = tokio::task::spawn_blocking(move || {
@@ -194,7 +199,7 @@ async fn wiring(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(axum::Json(json!(net)))
+    Ok(axum::Json(net))
 }
 
 async fn report(

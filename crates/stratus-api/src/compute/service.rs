@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use stratus_store::{Query as StoreQuery, Record, Store};
 
 use super::common::{action_event, instance_not_found, record_action};
@@ -17,7 +17,9 @@ use crate::image::model::Image;
 use crate::placement::Inventory;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
-use stratus_wire::{Assignment, NodeReport, RescueImage, TaskReport};
+use stratus_wire::{
+    Assignment, Leftover, NodeRecord, NodeReply, NodeReport, PrecacheImage, RescueImage, TaskReport,
+};
 
 /// Compute state held in [`crate::Inner`].
 pub struct Compute {
@@ -220,7 +222,7 @@ impl Compute {
 /// Records a heartbeat: the node's record, its placement provider and
 /// inventories, and the power states it reports. Answers which reported
 /// workloads have no server (orphans) for the agent to reap or log.
-pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, ApiError> {
+pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeReply, ApiError> {
     let now = now_us();
     let cfg = &state.compute.config;
     let existing = state.store.get::<ComputeNode>(host)?;
@@ -441,7 +443,10 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
                     // With the generation: a node that has since acted on
                     // a newer request for it (the server came back) keeps
                     // its copy.
-                    leftovers.push(json!({"id": id, "generation": s.generation}));
+                    leftovers.push(Leftover {
+                        id: id.clone(),
+                        generation: s.generation,
+                    });
                 }
             }
         }
@@ -463,15 +468,22 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<Value, 
         if let Some(img) = state.store.get::<Image>(id)?
             && img.status == crate::image::model::status::ACTIVE
         {
-            wanted.push(json!({"id": id, "checksum": img.os_hash_value, "container_format": img.container_format}));
+            wanted.push(PrecacheImage {
+                id: id.clone(),
+                checksum: img.os_hash_value,
+                container_format: img.container_format,
+            });
         }
     }
-    Ok(json!({
-        "node": {"uuid": node.uuid, "disabled": node.disabled},
-        "orphans": truly,
-        "leftovers": leftovers,
-        "precache": wanted,
-    }))
+    Ok(NodeReply {
+        node: Some(NodeRecord {
+            uuid: node.uuid,
+            disabled: node.disabled,
+        }),
+        orphans: truly,
+        leftovers,
+        precache: wanted,
+    })
 }
 
 fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> bool {

@@ -39,14 +39,9 @@ pub struct JoinToken {
 }
 record!(JoinToken, "node_join_token");
 
-/// What a node logs in with: its user, password and project, by id.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeCredential {
-    pub host: String,
-    pub user_id: String,
-    pub password: String,
-    pub project_id: String,
-}
+/// What a node logs in with (defined once for both ends in
+/// `stratus-wire`).
+pub use stratus_wire::NodeCredential;
 
 impl Ctx {
     /// The host this caller is the node agent of: a token of a node user

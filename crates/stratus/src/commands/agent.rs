@@ -108,12 +108,12 @@ fn login(
                 "this node joined before: its credential is used, the join token is not needed"
             );
         }
-        return Ok(stratus_agent::node::Login::Node(node_credential(c)));
+        return Ok(stratus_agent::node::Login::Node(c));
     }
     if let Some(t) = &cmd.join_token {
-        return Ok(stratus_agent::node::Login::Node(node_credential(
-            crate::join::join(controller, host, t, state_dir)?,
-        )));
+        return Ok(stratus_agent::node::Login::Node(crate::join::join(
+            controller, host, t, state_dir,
+        )?));
     }
     let password = match (&cmd.password_file, &cmd.password) {
         (Some(f), _) => std::fs::read_to_string(f)
@@ -130,17 +130,6 @@ fn login(
         password,
         project: cmd.project.clone(),
     })
-}
-
-pub fn node_credential(
-    c: stratus_api::identity::node_users::NodeCredential,
-) -> stratus_agent::node::NodeCredential {
-    stratus_agent::node::NodeCredential {
-        host: c.host,
-        user_id: c.user_id,
-        password: c.password,
-        project_id: c.project_id,
-    }
 }
 
 pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {

@@ -332,7 +332,7 @@ fn start_local_agent(
     let cfg = stratus_agent::node::AgentConfig {
         controller: public_url.to_string(),
         host,
-        login: stratus_agent::node::Login::Node(super::agent::node_credential(node)),
+        login: stratus_agent::node::Login::Node(node),
         state_dir,
         listen: args.agent.agent_listen,
         advertise: args.agent.agent_url.clone(),
