@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use crate::{Change, Document, Query, Result, StoreError};
 
 /// The schema, in order, for every engine: `{serial}` is the change log's
-/// auto-incrementing key and `{int}` a 64-bit integer in the engine's
-/// dialect. Embedded; each engine records the versions it applied.
-pub(crate) fn migrations(serial: &str, int: &str) -> Vec<(i64, String)> {
+/// auto-incrementing key, `{int}` a 64-bit integer and `{bytes}` the
+/// collation that orders text by bytes, in the engine's dialect. Embedded;
+/// each engine records the versions it applied.
+pub(crate) fn migrations(serial: &str, int: &str, bytes: &str) -> Vec<(i64, String)> {
     [
         (
             1,
@@ -51,9 +52,29 @@ pub(crate) fn migrations(serial: &str, int: &str) -> Vec<(i64, String)> {
              );
              CREATE INDEX changes_at ON changes (at_ms);",
         ),
+        (
+            // The lifted creation time ([`crate::Record::created`]) and the
+            // keyset order on it: newest first, then id, per kind and per
+            // owner. Rows written before this migration have none until
+            // the document layer backfills them (`Store::list_newest`).
+            // `(kind, owner, created, id)` also serves what
+            // `resources_owner` served.
+            3,
+            "ALTER TABLE resources ADD COLUMN created {int};
+             CREATE INDEX resources_created ON resources (kind, created, id{bytes});
+             CREATE INDEX resources_owner_created
+                 ON resources (kind, owner, created, id{bytes});
+             DROP INDEX resources_owner;",
+        ),
     ]
     .into_iter()
-    .map(|(v, sql)| (v, sql.replace("{serial}", serial).replace("{int}", int)))
+    .map(|(v, sql)| {
+        let sql = sql
+            .replace("{serial}", serial)
+            .replace("{int}", int)
+            .replace("{bytes}", bytes);
+        (v, sql)
+    })
     .collect()
 }
 
@@ -65,6 +86,8 @@ pub(crate) struct Row<'a> {
     pub parent: Option<&'a str>,
     pub name: Option<&'a str>,
     pub unique_key: Option<&'a str>,
+    /// The keyset sort column ([`crate::Record::created`], 0 when none).
+    pub created: i64,
     pub revision: i64,
     pub body: &'a str,
 }
@@ -77,6 +100,22 @@ pub(crate) trait Conn {
     fn body(&mut self, kind: &str, id: &str) -> Result<Option<String>>;
     /// Bodies of `kind` matching the filters, in id order.
     fn bodies(&mut self, kind: &str, q: &Query) -> Result<Vec<String>>;
+    /// At most `limit` bodies of `kind` matching the filters, newest
+    /// first (`created` descending, then id descending, ids by bytes),
+    /// starting after the position `after` (`(created, id)`) when given.
+    /// Walks an index, so a page costs about `limit` rows.
+    fn page(
+        &mut self,
+        kind: &str,
+        q: &Query,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
+    /// Ids and bodies of the rows of `kind` whose `created` column is not
+    /// filled yet (written before it existed).
+    fn unsorted(&mut self, kind: &str) -> Result<Vec<(String, String)>>;
+    /// Fills one row's `created` column; not a change of the document.
+    fn set_created(&mut self, kind: &str, id: &str, created: i64) -> Result<()>;
     fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>>;
     /// The id holding a unique key, if any.
     fn unique_holder(&mut self, kind: &str, key: &str) -> Result<Option<String>>;

@@ -28,6 +28,8 @@ const WRITE_LOCK: i64 = 0x0073_7472_6174_7573;
 /// The change log's key and the integer type, in this dialect.
 const SERIAL: &str = "BIGSERIAL PRIMARY KEY";
 const INT: &str = "BIGINT";
+/// Byte order for ids, as SQLite (and Rust) compare them.
+const BYTES: &str = " COLLATE \"C\"";
 
 /// Connections one process keeps open at most; callers beyond that wait
 /// for one to come back rather than open (and close) more.
@@ -222,7 +224,10 @@ fn migrate(client: &mut Client) -> Result<()> {
         )
         .db()?
         .get(0);
-    for (version, sql) in migrations(SERIAL, INT).iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in migrations(SERIAL, INT, BYTES)
+        .iter()
+        .filter(|(v, _)| *v > current)
+    {
         t.batch_execute(sql).db()?;
         t.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
@@ -332,6 +337,79 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
             .collect())
     }
 
+    fn page(
+        &mut self,
+        kind: &str,
+        q: &Query,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let filters = [q.owner, q.parent, q.name];
+        if filters
+            .into_iter()
+            .flatten()
+            .chain(after.map(|a| a.1))
+            .any(nul)
+        {
+            return Ok(Vec::new());
+        }
+        let after = after.map(|(c, id)| (c, id.to_string()));
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let mut sql = String::from("SELECT body FROM resources WHERE kind = $1");
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&kind];
+        let filters = [
+            ("owner", &q.owner),
+            ("parent", &q.parent),
+            ("name", &q.name),
+        ];
+        for (col, val) in &filters {
+            if let Some(v) = val {
+                args.push(v);
+                sql.push_str(&format!(" AND {col} = ${}", args.len()));
+            }
+        }
+        if let Some((created, id)) = &after {
+            args.push(created);
+            args.push(id);
+            // A row comparison in the index's own collation: PostgreSQL
+            // walks `resources_owner_created` backwards from the position.
+            sql.push_str(&format!(
+                " AND (created, id COLLATE \"C\") < (${}, ${})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        args.push(&limit);
+        sql.push_str(&format!(
+            " ORDER BY created DESC, id COLLATE \"C\" DESC LIMIT ${}",
+            args.len()
+        ));
+        Ok(self
+            .query(&sql, &args)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn unsorted(&mut self, kind: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .query(
+                "SELECT id, body FROM resources WHERE kind = $1 AND created IS NULL",
+                &[&kind],
+            )?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn set_created(&mut self, kind: &str, id: &str, created: i64) -> Result<()> {
+        self.execute(
+            "UPDATE resources SET created = $3 WHERE kind = $1 AND id = $2",
+            &[&kind, &id, &created],
+        )?;
+        Ok(())
+    }
+
     fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
         if nul(key) {
             return Ok(None);
@@ -382,8 +460,9 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
 
     fn insert(&mut self, row: &Row) -> Result<()> {
         self.execute(
-            "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO resources
+                 (kind, id, owner, parent, name, unique_key, revision, body, created)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &row.kind,
                 &row.id,
@@ -393,6 +472,7 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
                 &row.unique_key,
                 &row.revision,
                 &row.body,
+                &row.created,
             ],
         )
         .db()?;
@@ -402,7 +482,7 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
     fn update(&mut self, row: &Row) -> Result<()> {
         self.execute(
             "UPDATE resources SET owner = $3, parent = $4, name = $5, unique_key = $6,
-                 revision = $7, body = $8 WHERE kind = $1 AND id = $2",
+                 revision = $7, body = $8, created = $9 WHERE kind = $1 AND id = $2",
             &[
                 &row.kind,
                 &row.id,
@@ -412,6 +492,7 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
                 &row.unique_key,
                 &row.revision,
                 &row.body,
+                &row.created,
             ],
         )
         .db()?;

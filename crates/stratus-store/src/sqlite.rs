@@ -15,6 +15,8 @@ use crate::{Change, Document, Durability, Query, Result, StoreError};
 /// The change log's key and the integer type, in this dialect.
 const SERIAL: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
 const INT: &str = "INTEGER";
+/// SQLite's default collation already orders text by bytes.
+const BYTES: &str = "";
 
 pub(crate) struct Sqlite {
     path: PathBuf,
@@ -270,6 +272,67 @@ impl Conn for SqliteConn<'_> {
         rows.collect::<rusqlite::Result<Vec<_>>>().db()
     }
 
+    fn page(
+        &mut self,
+        kind: &str,
+        q: &Query,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        use rusqlite::types::Value;
+        let mut sql = String::from("SELECT body FROM resources WHERE kind = ?1");
+        let mut args: Vec<Value> = vec![Value::Text(kind.into())];
+        for (col, val) in [("owner", q.owner), ("parent", q.parent), ("name", q.name)] {
+            if let Some(v) = val {
+                args.push(Value::Text(v.into()));
+                sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+            }
+        }
+        if let Some((created, id)) = after {
+            args.push(Value::Integer(created));
+            args.push(Value::Text(id.into()));
+            // A row value: SQLite walks `resources_owner_created` (or
+            // `resources_created`) backwards from the position.
+            sql.push_str(&format!(
+                " AND (created, id) < (?{}, ?{})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        args.push(Value::Integer(limit.min(i64::MAX as usize) as i64));
+        sql.push_str(&format!(
+            " ORDER BY created DESC, id DESC LIMIT ?{}",
+            args.len()
+        ));
+        let mut st = self.0.prepare_cached(&sql).db()?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(0)
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
+    fn unsorted(&mut self, kind: &str) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .0
+            .prepare_cached("SELECT id, body FROM resources WHERE kind = ?1 AND created IS NULL")
+            .db()?;
+        let rows = st
+            .query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
+    fn set_created(&mut self, kind: &str, id: &str, created: i64) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE resources SET created = ?3 WHERE kind = ?1 AND id = ?2")
+            .db()?
+            .execute(params![kind, id, created])
+            .db()?;
+        Ok(())
+    }
+
     fn body_by_unique(&mut self, kind: &str, key: &str) -> Result<Option<String>> {
         self.one(
             "SELECT body FROM resources WHERE kind = ?1 AND unique_key = ?2",
@@ -312,8 +375,9 @@ impl Conn for SqliteConn<'_> {
     fn insert(&mut self, row: &Row) -> Result<()> {
         self.0
             .prepare_cached(
-                "INSERT INTO resources (kind, id, owner, parent, name, unique_key, revision, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO resources
+                 (kind, id, owner, parent, name, unique_key, revision, body, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .db()?
             .execute(params![
@@ -324,7 +388,8 @@ impl Conn for SqliteConn<'_> {
                 row.name,
                 row.unique_key,
                 row.revision,
-                row.body
+                row.body,
+                row.created
             ])
             .db()?;
         Ok(())
@@ -334,7 +399,7 @@ impl Conn for SqliteConn<'_> {
         self.0
             .prepare_cached(
                 "UPDATE resources SET owner = ?3, parent = ?4, name = ?5, unique_key = ?6,
-                 revision = ?7, body = ?8 WHERE kind = ?1 AND id = ?2",
+                 revision = ?7, body = ?8, created = ?9 WHERE kind = ?1 AND id = ?2",
             )
             .db()?
             .execute(params![
@@ -345,7 +410,8 @@ impl Conn for SqliteConn<'_> {
                 row.name,
                 row.unique_key,
                 row.revision,
-                row.body
+                row.body,
+                row.created
             ])
             .db()?;
         Ok(())
@@ -513,7 +579,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             |r| r.get(0),
         )
         .db()?;
-    for (version, sql) in migrations(SERIAL, INT).iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in migrations(SERIAL, INT, BYTES)
+        .iter()
+        .filter(|(v, _)| *v > current)
+    {
         tx.execute_batch(sql).db()?;
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES (?1)",

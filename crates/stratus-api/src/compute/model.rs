@@ -326,7 +326,9 @@ record!(
     "server",
     owner = |s| Some(&s.project_id),
     parent = |s| s.host.as_deref(),
-    name = |s| Some(&s.name)
+    name = |s| Some(&s.name),
+    // Nova lists servers newest first: the store pages them in that order.
+    created = |s| Some(s.created_us)
 );
 
 /// A server group and its members.

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use stratus_store::Query as StoreQuery;
+use stratus_store::{After, Query as StoreQuery};
 
 use super::commands::{CreateServer, Created, ServerAction};
 use super::common::{
@@ -335,10 +335,6 @@ fn listing(
                 .to_string(),
         )
     };
-    let mut servers = match &project_filter {
-        Some(p) => state.store.list::<Server>(&StoreQuery::owner(p))?,
-        None => state.store.list::<Server>(&StoreQuery::all())?,
-    };
     // Each asked status with its vm_states; a status that also depends on
     // the task (RESIZE, REBOOT, ...) must be the server's status too.
     let statuses: Option<Vec<(String, &[&str])>> = match multi.get("status") {
@@ -391,7 +387,7 @@ fn listing(
         tag_list("not-tags"),
         tag_list("not-tags-any"),
     );
-    servers.retain(|s| {
+    let keep = |s: &Server| {
         let ok_status = statuses.as_ref().is_none_or(|st| {
             st.iter().any(|(name, vms)| {
                 vms.contains(&s.vm_state.as_str())
@@ -483,8 +479,97 @@ fn listing(
             && ok_tags_any
             && ok_not_tags
             && ok_not_any
-    });
-    // Sorting: Nova's default is created_at desc, then id desc.
+    };
+    let store_query = match &project_filter {
+        Some(p) => StoreQuery::owner(p),
+        None => StoreQuery::all(),
+    };
+    // Nova's default order (created_at desc, then id desc) is the store's
+    // keyset order: pages come from the store, filtered as they are read.
+    let items = if !multi.contains_key("sort_key") && !multi.contains_key("sort_dir") {
+        let (limit, marker) = paging(&q)?;
+        let start = match &marker {
+            None => None,
+            Some(m) => Some(
+                state
+                    .store
+                    .get::<Server>(m)?
+                    .filter(|s| {
+                        project_filter.as_ref().is_none_or(|p| &s.project_id == p) && keep(s)
+                    })
+                    .ok_or_else(|| ApiError::bad_request(format!("marker [{m}] not found")))?,
+            ),
+        };
+        newest_page(state, &store_query, start.as_ref(), limit, keep)?
+    } else {
+        let mut servers = state.store.list::<Server>(&store_query)?;
+        servers.retain(keep);
+        sorted_page(servers, &multi, &q)?
+    };
+    let limit = paging(&q)?.0;
+    let rendered: Vec<Value> = items
+        .iter()
+        .map(|s| {
+            if detail {
+                render(state, ctx, mv, s)
+            } else {
+                json!({"id": s.id, "name": s.name, "links": links(state, "servers", &s.id)})
+            }
+        })
+        .collect();
+    let mut out = json!({"servers": rendered});
+    let path = if detail { "servers/detail" } else { "servers" };
+    if let Some(l) = next_link(
+        state,
+        path,
+        &q,
+        limit,
+        items.last().map(|s| s.id.as_str()),
+        items.len(),
+    ) {
+        out["servers_links"] = l;
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+/// The next `limit` servers (all when `None`) in Nova's default order
+/// that `keep` accepts, after `start`: read from the store a page at a
+/// time, so the first page costs about `limit` rows when most match.
+fn newest_page(
+    state: &AppState,
+    query: &StoreQuery,
+    start: Option<&Server>,
+    limit: Option<usize>,
+    keep: impl Fn(&Server) -> bool,
+) -> Result<Vec<Server>, ApiError> {
+    let want = limit.unwrap_or(usize::MAX);
+    let chunk = want.clamp(100, 1000);
+    let mut out = Vec::new();
+    let mut after = start.map(|s| (s.created_us, s.id.clone()));
+    while out.len() < want {
+        let position = after.as_ref().map(|(created, id)| After {
+            created: *created,
+            id,
+        });
+        let batch = state.store.list_newest::<Server>(query, position, chunk)?;
+        let full = batch.len() == chunk;
+        after = batch.last().map(|s| (s.created_us, s.id.clone()));
+        out.extend(batch.into_iter().filter(|s| keep(s)));
+        if !full {
+            break;
+        }
+    }
+    out.truncate(want);
+    Ok(out)
+}
+
+/// Sorts by the asked `sort_key`s and `sort_dir`s (Nova's default
+/// created_at desc, then id desc) and applies marker and limit.
+fn sorted_page(
+    mut servers: Vec<Server>,
+    multi: &HashMap<String, Vec<String>>,
+    q: &HashMap<String, String>,
+) -> Result<Vec<Server>, ApiError> {
     let keys: Vec<String> = multi
         .get("sort_key")
         .cloned()
@@ -561,36 +646,13 @@ fn listing(
             if desc { o.reverse() } else { o }
         });
     }
-    let (limit, marker) = paging(&q)?;
+    let (limit, marker) = paging(q)?;
     if let Some(m) = &marker
         && !servers.iter().any(|s| &s.id == m)
     {
         return Err(ApiError::bad_request(format!("marker [{m}] not found")));
     }
-    let items = super::page(servers, limit, marker.as_deref(), |s| &s.id)?;
-    let rendered: Vec<Value> = items
-        .iter()
-        .map(|s| {
-            if detail {
-                render(state, ctx, mv, s)
-            } else {
-                json!({"id": s.id, "name": s.name, "links": links(state, "servers", &s.id)})
-            }
-        })
-        .collect();
-    let mut out = json!({"servers": rendered});
-    let path = if detail { "servers/detail" } else { "servers" };
-    if let Some(l) = next_link(
-        state,
-        path,
-        &q,
-        limit,
-        items.last().map(|s| s.id.as_str()),
-        items.len(),
-    ) {
-        out["servers_links"] = l;
-    }
-    Ok(axum::Json(out).into_response())
+    super::page(servers, limit, marker.as_deref(), |s| &s.id)
 }
 
 async fn show(
