@@ -34,6 +34,18 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
 
+/// Marks a response to one of a node agent's routine calls (heartbeat,
+/// long-poll, wiring poll, task reports): its request line is logged at
+/// DEBUG when it succeeds, so a quiet cloud's log stays quiet.
+#[derive(Debug, Clone, Copy)]
+pub struct Routine;
+
+/// The route layer that marks a route's responses [`Routine`].
+pub async fn mark_routine(mut resp: Response) -> Response {
+    resp.extensions_mut().insert(Routine);
+    resp
+}
+
 /// A fresh request id, as OpenStack services make them.
 pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
@@ -53,6 +65,7 @@ pub async fn request_context(
     let path = req.uri().path().to_owned();
     let shape = Shape::for_path(&path);
     let limits = &state.config.http;
+    let mut routine = false;
     let mut resp = match check(&req, limits) {
         Err(err) => {
             tracing::info!(request_id = %id, %method, path, error = %err, "request refused before routing");
@@ -65,6 +78,7 @@ pub async fn request_context(
                 req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit)));
             }
             let resp = next.run(req).await;
+            routine = resp.extensions().get::<Routine>().is_some();
             reshape(resp, shape, &id, method == Method::HEAD, body_limit).await
         }
     };
@@ -79,6 +93,8 @@ pub async fn request_context(
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::warn!(request_id = %id, %method, path, status, latency_ms = ms, "request");
+    } else if routine && status < 400 {
+        tracing::debug!(request_id = %id, %method, path, status, latency_ms = ms, "request");
     } else {
         tracing::info!(request_id = %id, %method, path, status, latency_ms = ms, "request");
     }

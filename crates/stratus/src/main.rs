@@ -14,6 +14,15 @@ use clap::{Parser, Subcommand};
     about = "An edge cloud that speaks the OpenStack APIs"
 )]
 struct Cli {
+    /// Log line format on stderr: text, or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "STRATUS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: config::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,7 +76,7 @@ fn main() -> std::process::ExitCode {
     tune_allocator();
     raise_open_files();
     let cli = Cli::parse();
-    config::init_logging();
+    config::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Up(args) => commands::serve::run(args, true),
         Command::Controller(args) => commands::serve::run(args, false),

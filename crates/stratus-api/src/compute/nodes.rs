@@ -34,6 +34,11 @@ pub fn agent_routes() -> Router<AppState> {
             "/edge/v1/nodes/{host}/servers/{id}/progress",
             post(progress),
         )
+        // Every node calls these every few seconds: logged at DEBUG when
+        // they succeed (see `middleware::Routine`).
+        .route_layer(axum::middleware::map_response(
+            crate::middleware::mark_routine,
+        ))
 }
 
 pub fn routes() -> Router<AppState> {

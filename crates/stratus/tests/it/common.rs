@@ -219,6 +219,8 @@ impl Server {
             admin_password: String::new(),
             netns: None,
         };
+        // A log left by an earlier cloud on the same port is not this one's.
+        let _ = std::fs::remove_file(s.log_path());
         s.spawn();
         let clouds =
             std::fs::read_to_string(s.dir.join("clouds.yaml")).expect("clouds.yaml written");
@@ -248,6 +250,7 @@ impl Server {
             admin_password: String::new(),
             netns: Some(ns),
         };
+        let _ = std::fs::remove_file(s.log_path());
         s.spawn();
         let clouds =
             std::fs::read_to_string(s.dir.join("clouds.yaml")).expect("clouds.yaml written");

@@ -9,6 +9,7 @@ mod dataplane;
 mod edge;
 mod identity;
 mod image;
+mod logs;
 mod multi;
 mod network;
 mod network_l3;
