@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use stratus_wire::{InstanceReport, NodeReply, NodeReport, PROTOCOL_VERSION, PrecacheImage};
+use stratus_wire::{NodeReply, NodeReport, PROTOCOL_VERSION, PrecacheImage};
 
 use super::*;
 use crate::node::images::fetch_image;
@@ -17,22 +17,7 @@ pub(super) fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> 
     // Before listing: a task settled after this point is newer than the
     // listing.
     let observed = sh.clock.load(Ordering::SeqCst);
-    let instances = sh
-        .driver
-        .list()
-        .into_iter()
-        .map(|(id, p)| {
-            let generation = settled.get(&id).copied().unwrap_or(0);
-            let power_state = p.nova_code();
-            (
-                id,
-                InstanceReport {
-                    power_state,
-                    generation,
-                },
-            )
-        })
-        .collect();
+    let instances = instance_reports(sh.driver.as_ref(), &settled);
     let report = NodeReport {
         protocol: PROTOCOL_VERSION,
         driver: sh.driver.name().to_string(),

@@ -301,6 +301,38 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("securing {}", dir.display()))
 }
 
+/// The node report's `instances`: every workload the driver has, with
+/// its power state and the server generation the node last settled it at.
+pub(crate) fn instance_reports(
+    driver: &dyn Driver,
+    settled: &HashMap<String, u64>,
+) -> std::collections::BTreeMap<String, stratus_wire::InstanceReport> {
+    driver
+        .list()
+        .into_iter()
+        .map(|(id, p)| {
+            let generation = settled.get(&id).copied().unwrap_or(0);
+            let report = stratus_wire::InstanceReport {
+                power_state: p.nova_code(),
+                generation,
+            };
+            (id, report)
+        })
+        .collect()
+}
+
+/// An assignment's user data, decoded from base64.
+pub(crate) fn user_data(s: &stratus_wire::Assignment) -> anyhow::Result<Option<Vec<u8>>> {
+    s.user_data
+        .as_deref()
+        .map(|u| {
+            base64::engine::general_purpose::STANDARD
+                .decode(u)
+                .map_err(|e| anyhow::anyhow!("user_data is not base64: {e}"))
+        })
+        .transpose()
+}
+
 use client::call;
 use heartbeat::{heartbeat, prune_images};
 use listener::start_listener;

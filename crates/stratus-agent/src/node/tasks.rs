@@ -372,14 +372,7 @@ pub(super) fn instance_spec(
     } else {
         fetch_image(sh, image_id, checksum)?
     };
-    let user_data = match s.user_data.as_deref() {
-        Some(u) => Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(u)
-                .context("user_data is not base64")?,
-        ),
-        None => None,
-    };
+    let user_data = user_data(s)?;
     Ok(InstanceSpec {
         uuid: id.to_string(),
         hostname: if s.hostname.is_empty() {

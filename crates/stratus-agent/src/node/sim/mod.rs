@@ -27,10 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
 use stratus_wire::{
-    Assignment, Assignments, InstanceReport, NodeReply, NodeReport, PROTOCOL_VERSION, Task,
-    TaskProgress, TaskReport,
+    Assignment, Assignments, NodeReply, NodeReport, PROTOCOL_VERSION, Task, TaskProgress,
+    TaskReport,
 };
 use tokio::net::TcpStream;
 
@@ -301,24 +300,7 @@ async fn heartbeat(sim: &Sim, node: &Node, starting: bool) -> anyhow::Result<()>
     let cached: Vec<String> = std::mem::take(&mut *lock(&node.precached));
     let res = node.driver.host_resources();
     let observed = node.clock.load(Ordering::SeqCst);
-    let instances = {
-        let settled = lock(&node.settled);
-        node.driver
-            .list()
-            .into_iter()
-            .map(|(id, p)| {
-                let generation = settled.get(&id).copied().unwrap_or(0);
-                let power_state = p.nova_code();
-                (
-                    id,
-                    InstanceReport {
-                        power_state,
-                        generation,
-                    },
-                )
-            })
-            .collect()
-    };
+    let instances = super::instance_reports(&node.driver, &lock(&node.settled));
     let report = NodeReport {
         protocol: PROTOCOL_VERSION,
         driver: node.driver.name().to_string(),
@@ -474,14 +456,7 @@ fn resume_guests(node: &Node, servers: &[Assignment]) {
 }
 
 fn spec(s: &Assignment) -> anyhow::Result<InstanceSpec> {
-    let user_data = match s.user_data.as_deref() {
-        Some(u) => Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(u)
-                .context("user_data is not base64")?,
-        ),
-        None => None,
-    };
+    let user_data = super::user_data(s)?;
     Ok(InstanceSpec {
         uuid: s.id.clone(),
         hostname: s.hostname.clone(),
