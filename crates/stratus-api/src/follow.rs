@@ -40,6 +40,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                     };
                     pos = p;
                     state.compute.notify_all();
+                    state.compute.touch_all();
                     state.identity.invalidate();
                     let st = state.clone();
                     if let Ok(Err(e)) =

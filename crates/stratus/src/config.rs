@@ -79,6 +79,11 @@ pub struct ComputeArgs {
     /// Builds tried per server before it goes to ERROR.
     #[arg(long, env = "STRATUS_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: usize,
+    /// Seconds between full power-state syncs of a node whose workloads
+    /// and servers did not change (Nova's sync_power_state_interval); a
+    /// change on either side syncs at the node's next heartbeat.
+    #[arg(long, env = "STRATUS_SYNC_POWER_STATE_INTERVAL", default_value_t = 600)]
+    pub sync_power_state_interval: u64,
 }
 
 /// How big a request the API accepts. A request over a limit is refused
@@ -141,6 +146,7 @@ impl ComputeArgs {
                 WeigherArg::Pack => stratus_api::compute::Weigher::Pack,
             },
             max_attempts: self.max_attempts.max(1),
+            sync_power_state_interval_s: self.sync_power_state_interval,
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct ComputeConfig {
     pub weigher: Weigher,
     /// Builds tried per server (Nova's `max_attempts`).
     pub max_attempts: usize,
+    /// Seconds between full power-state syncs of a node whose report and
+    /// servers did not change (Nova's `sync_power_state_interval`).
+    pub sync_power_state_interval_s: u64,
 }
 
 impl Default for ComputeConfig {
@@ -37,6 +40,7 @@ impl Default for ComputeConfig {
             service_down_time_s: 60,
             weigher: Weigher::Spread,
             max_attempts: 3,
+            sync_power_state_interval_s: 600,
         }
     }
 }

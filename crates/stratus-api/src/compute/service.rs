@@ -39,6 +39,28 @@ pub struct Compute {
     inventories: Mutex<HashMap<String, BTreeMap<String, Inventory>>>,
     /// The scheduler thread's queue, once started.
     scheduler: Mutex<Option<std::sync::mpsc::Sender<String>>>,
+    /// Per host: what the last full power-state sync saw, so a heartbeat
+    /// that reports the same workloads while none of the host's servers
+    /// changed skips reading them all again.
+    synced: Mutex<HashMap<String, PowerSync>>,
+}
+
+/// The outcome of a host's last full power-state sync (see [`heartbeat`]).
+struct PowerSync {
+    /// The store's revision read before the host's servers were listed.
+    revision: u64,
+    /// Newest change-log revision that touched one of the host's servers
+    /// or a workload it reported.
+    touched: u64,
+    at_us: i64,
+    starting: bool,
+    agent_key: Option<String>,
+    instances: BTreeMap<String, stratus_wire::InstanceReport>,
+    /// Whether a server was passed over for a report older than its last
+    /// task: the next heartbeat has to look again.
+    recheck: bool,
+    orphans: Vec<String>,
+    leftovers: Vec<Leftover>,
 }
 
 impl Compute {
@@ -51,6 +73,7 @@ impl Compute {
             seen: Mutex::new(HashMap::new()),
             inventories: Mutex::new(HashMap::new()),
             scheduler: Mutex::new(None),
+            synced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -199,6 +222,103 @@ impl Compute {
         {
             tx.send_modify(|v| *v = (*v + 1).max(rev));
         }
+    }
+
+    /// A change at revision `seq` touched a server on `host` (or one it
+    /// reported): its next heartbeat runs a full power-state sync.
+    fn touch_host(&self, host: &str, seq: u64) {
+        if let Some(p) = self
+            .synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(host)
+        {
+            p.touched = p.touched.max(seq);
+        }
+    }
+
+    /// A change at `seq` to server `id`: the hosts whose last report
+    /// listed it sync in full next time (a server that moved away or was
+    /// deleted leaves a copy there to report back).
+    fn touch_reporters(&self, id: &str, seq: u64) {
+        for p in self
+            .synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+        {
+            if p.instances.contains_key(id) {
+                p.touched = p.touched.max(seq);
+            }
+        }
+    }
+
+    /// Every host syncs in full at its next heartbeat (the change log had
+    /// a gap).
+    pub fn touch_all(&self) {
+        let rev = self.position();
+        for p in self
+            .synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+        {
+            p.touched = p.touched.max(rev);
+        }
+    }
+
+    /// A full power-state sync of `host` starts: answers the store's
+    /// revision it reads from. Changes that touch the host from now on
+    /// are kept, so they count against this sync.
+    fn begin_sync(&self, host: &str) -> u64 {
+        let revision = self.position();
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_insert_with(|| PowerSync {
+                revision: 0,
+                touched: 0,
+                at_us: 0,
+                starting: false,
+                agent_key: None,
+                instances: BTreeMap::new(),
+                recheck: true,
+                orphans: Vec::new(),
+                leftovers: Vec::new(),
+            });
+        revision
+    }
+
+    /// A full sync of `host` ended with `done`; changes counted since it
+    /// began are kept.
+    fn end_sync(&self, host: &str, mut done: PowerSync) {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = synced.get(host) {
+            done.touched = done.touched.max(old.touched);
+        }
+        synced.insert(host.to_string(), done);
+    }
+
+    /// The last full sync's answer for `host`, when a heartbeat reporting
+    /// `r` can reuse it: the same workloads, nothing of the host's changed
+    /// since, and the periodic full sync not yet due.
+    fn reusable_sync(
+        &self,
+        host: &str,
+        r: &NodeReport,
+        now: i64,
+    ) -> Option<(Vec<String>, Vec<Leftover>)> {
+        let every = self.config.sync_power_state_interval_s as i64 * 1_000_000;
+        let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let p = synced.get(host)?;
+        let reuse = !p.recheck
+            && p.touched <= p.revision
+            && now - p.at_us < every
+            && p.starting == r.starting
+            && p.agent_key == r.agent_key
+            && p.instances == r.instances;
+        reuse.then(|| (p.orphans.clone(), p.leftovers.clone()))
     }
 
     /// Heartbeat times kept from before a restart (newer ones win).
@@ -360,10 +480,58 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             .insert(host.to_string(), inv);
     }
 
-    // Power states, as Nova's `_sync_power_states` does: a workload that
-    // stopped by itself is SHUTOFF; one running although it should not is
-    // stopped again.
+    let (orphans, leftovers) = match state.compute.reusable_sync(host, r, now) {
+        Some(last) => last,
+        None => sync_power_states(state, host, r, now)?,
+    };
+    // Images to cache ahead (2.81), less those the node now has.
+    let mut precache = node.precache.clone();
+    if !r.cached.is_empty() && precache.iter().any(|i| r.cached.contains(i)) {
+        precache = state.store.write(|tx| {
+            let Some(mut n) = tx.get::<ComputeNode>(host)? else {
+                return Ok::<_, ApiError>(Vec::new());
+            };
+            n.precache.retain(|i| !r.cached.contains(i));
+            tx.update(&n)?;
+            Ok(n.precache)
+        })?;
+    }
+    let mut wanted = Vec::new();
+    for id in &precache {
+        if let Some(img) = state.store.get::<Image>(id)?
+            && img.status == crate::image::model::status::ACTIVE
+        {
+            wanted.push(PrecacheImage {
+                id: id.clone(),
+                checksum: img.os_hash_value,
+                container_format: img.container_format,
+            });
+        }
+    }
+    Ok(NodeReply {
+        node: Some(NodeRecord {
+            uuid: node.uuid,
+            disabled: node.disabled,
+        }),
+        orphans,
+        leftovers,
+        precache: wanted,
+    })
+}
+
+/// Power states, as Nova's `_sync_power_states` does: a workload that
+/// stopped by itself is SHUTOFF; one running although it should not is
+/// stopped again. Also answers which reported workloads have no server
+/// (orphans) and which are copies of servers that have moved on.
+fn sync_power_states(
+    state: &AppState,
+    host: &str,
+    r: &NodeReport,
+    now: i64,
+) -> Result<(Vec<String>, Vec<Leftover>), ApiError> {
+    let revision = state.compute.begin_sync(host);
     let servers = state.store.list::<Server>(&StoreQuery::parent(host))?;
+    let mut recheck = false;
     let mut touched = false;
     // A listing taken before a task was settled (a spawn that finished
     // while the heartbeat was on its way) must not undo the task.
@@ -373,13 +541,18 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             .is_some_and(|m| m.is_after(r.agent_key.as_deref(), r.observed))
     };
     for s in &servers {
-        if s.task_state.is_some() || stale(s) {
+        if s.task_state.is_some() {
+            continue;
+        }
+        if stale(s) {
+            recheck = true;
             continue;
         }
         let seen = r.instances.get(&s.id).copied();
         let actual = seen.map(|i| i.power_state).unwrap_or(power::NOSTATE);
         // A workload the agent has not caught up with says nothing yet.
         if seen.is_some_and(|i| i.generation != s.generation) {
+            recheck = true;
             continue;
         }
         let fix = match s.vm_state.as_str() {
@@ -451,39 +624,21 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             }
         }
     }
-    // Images to cache ahead (2.81), less those the node now has.
-    let mut precache = node.precache.clone();
-    if !r.cached.is_empty() && precache.iter().any(|i| r.cached.contains(i)) {
-        precache = state.store.write(|tx| {
-            let Some(mut n) = tx.get::<ComputeNode>(host)? else {
-                return Ok::<_, ApiError>(Vec::new());
-            };
-            n.precache.retain(|i| !r.cached.contains(i));
-            tx.update(&n)?;
-            Ok(n.precache)
-        })?;
-    }
-    let mut wanted = Vec::new();
-    for id in &precache {
-        if let Some(img) = state.store.get::<Image>(id)?
-            && img.status == crate::image::model::status::ACTIVE
-        {
-            wanted.push(PrecacheImage {
-                id: id.clone(),
-                checksum: img.os_hash_value,
-                container_format: img.container_format,
-            });
-        }
-    }
-    Ok(NodeReply {
-        node: Some(NodeRecord {
-            uuid: node.uuid,
-            disabled: node.disabled,
-        }),
-        orphans: truly,
-        leftovers,
-        precache: wanted,
-    })
+    state.compute.end_sync(
+        host,
+        PowerSync {
+            revision,
+            touched: 0,
+            at_us: now,
+            starting: r.starting,
+            agent_key: r.agent_key.clone(),
+            instances: r.instances.clone(),
+            recheck,
+            orphans: truly.clone(),
+            leftovers: leftovers.clone(),
+        },
+    );
+    Ok((truly, leftovers))
 }
 
 fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> bool {
@@ -873,6 +1028,8 @@ pub fn on_change(state: &AppState, c: &stratus_store::Change) {
     if c.kind != Server::KIND {
         return;
     }
+    let seq = c.seq as u64;
+    state.compute.touch_reporters(&c.id, seq);
     let Some(s) = c
         .body
         .as_deref()
@@ -887,7 +1044,8 @@ pub fn on_change(state: &AppState, c: &stratus_store::Change) {
         job.and_then(|j| j.dest_host.as_deref()),
     ];
     for h in hosts.into_iter().flatten() {
-        state.compute.notify_upto(h, c.seq as u64);
+        state.compute.touch_host(h, seq);
+        state.compute.notify_upto(h, seq);
     }
 }
 

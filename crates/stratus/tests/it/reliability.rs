@@ -496,6 +496,74 @@ pub(super) fn second_writer(c: &Cloud) -> stratus_store::Store {
 }
 
 #[test]
+fn reliability_an_unchanged_heartbeat_still_sees_server_changes_from_the_log() {
+    use stratus_api::compute::model::Server as ServerDoc;
+    let c = Cloud::start(&["--no-agent"]);
+    let key = "agent-key-1";
+    heartbeat(&c, "sim", key, 0, json!({}));
+    c.wait_nodes(1);
+    let (_, tok) = c.project("unchanged");
+    let img = c.image(&tok, "tiny");
+    let r = c.boot(&tok, "steady", &img, "42", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    let generation = assigned_generation(&c, "sim", &id);
+    report_spawned(&c, "sim", &id, generation, key, 1);
+    let running = json!({ id.as_str(): {"power_state": 1, "generation": generation} });
+    // The same report again and again: the node's servers are read once,
+    // then the answer is reused.
+    for observed in 2..5 {
+        let reply = heartbeat(&c, "sim", key, observed, running.clone());
+        assert_eq!(reply["orphans"], json!([]), "{reply}");
+    }
+    assert_eq!(server(&c, &tok, &id)["status"], "ACTIVE");
+
+    // The server is marked stopped in the store, as sync from a parent
+    // would: the node still runs it, so the next identical heartbeat has
+    // to stop it again.
+    let store = second_writer(&c);
+    store
+        .write(|tx| {
+            let mut s = tx.fetch::<ServerDoc>(&id)?;
+            s.vm_state = "stopped".into();
+            tx.update(&s)
+        })
+        .unwrap();
+    let t0 = Instant::now();
+    let mut observed = 5;
+    loop {
+        heartbeat(&c, "sim", key, observed, running.clone());
+        observed += 1;
+        let s = server(&c, &tok, &id);
+        if s["OS-EXT-STS:task_state"] == "powering-off" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "an unchanged heartbeat missed a change to its server: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The server is deleted in the store: the node's unchanged report now
+    // lists an orphan.
+    store.write(|tx| tx.delete::<ServerDoc>(&id)).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let reply = heartbeat(&c, "sim", key, observed, running.clone());
+        observed += 1;
+        if reply["orphans"] == json!([id.as_str()]) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "an unchanged heartbeat missed a deleted server: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn reliability_a_change_written_straight_to_the_store_wakes_the_agent() {
     use stratus_api::compute::model::Server as ServerDoc;
     let c = Cloud::start(&["--driver", "fake"]);
