@@ -24,6 +24,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
     let Some(mut pos) = newest(&state, every).await else {
         return;
     };
+    state.sites.advance(pos);
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -39,6 +40,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                         return;
                     };
                     pos = p;
+                    state.sites.advance(pos);
                     state.compute.notify_all();
                     state.compute.touch_all();
                     state.identity.invalidate();
@@ -76,6 +78,8 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                     Ok(Ok(())) => {}
                 }
             }
+            // Sites' exchanges wait on this to send what is new.
+            state.sites.advance(pos);
             if !full {
                 break;
             }

@@ -32,6 +32,8 @@ pub mod listener;
 pub mod middleware;
 pub mod network;
 pub mod placement;
+pub mod sites;
+pub mod sync;
 pub mod timeutil;
 
 use std::path::PathBuf;
@@ -64,6 +66,8 @@ pub struct ApiConfig {
     pub compute: compute::ComputeConfig,
     /// Request size limits at the HTTP edge.
     pub http: HttpLimits,
+    /// Seconds without an exchange after which a site is unreachable.
+    pub site_down_time_s: u64,
 }
 
 /// State shared by every handler.
@@ -84,6 +88,10 @@ pub struct Inner {
     /// Servers seen waiting for the scheduler in the change log (see
     /// `compute::scheduler::sweep`).
     pub unscheduled: compute::scheduler::Unscheduled,
+    /// Edge sites of this controller (see [`sites`]).
+    pub sites: sites::Sites,
+    /// Sync with sites and with this controller's parent (see [`sync`]).
+    pub sync: sync::parent::SyncState,
 }
 
 impl std::ops::Deref for AppState {
@@ -102,6 +110,8 @@ impl AppState {
         let compute = compute::Compute::new(config.compute.clone(), store.clone());
         let placement = placement::Placement::open(store.clone())?;
         let store_for_lease = store.clone();
+        let config_site_down = config.site_down_time_s;
+        let config_data_dir = config.data_dir.clone();
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -112,6 +122,8 @@ impl AppState {
                 placement,
                 singleton: Arc::new(lease::Lease::new(store_for_lease, "singleton")),
                 unscheduled: Default::default(),
+                sites: sites::Sites::new(config_site_down),
+                sync: sync::parent::SyncState::new(&config_data_dir),
             }),
         })
     }
@@ -126,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .merge(compute::router())
         .merge(placement::router())
         .merge(network::router())
+        .merge(sync::parent::routes())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -538,6 +538,19 @@ impl Tx<'_> {
         Ok(self.conn.borrow_mut().revision(T::KIND, id)?.is_some())
     }
 
+    /// The id of the document that holds `rec`'s unique key, if another
+    /// document does (what an [`Tx::insert`] of `rec` would conflict with).
+    pub fn unique_holder<T: Record>(&self, rec: &T) -> Result<Option<String>> {
+        let Some(key) = rec.unique_key() else {
+            return Ok(None);
+        };
+        Ok(self
+            .conn
+            .borrow_mut()
+            .unique_holder(T::KIND, &key)?
+            .filter(|holder| holder != rec.id()))
+    }
+
     /// Deletes a document; returns whether it existed.
     pub fn delete<T: Record>(&self, id: &str) -> Result<bool> {
         let mut c = self.conn.borrow_mut();

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod net;
+pub mod sync;
 
 /// The protocol this build speaks. Version 1 is the untyped protocol of
 /// agents that sent no version; 2 adds [`NodeReport::protocol`] and the

@@ -41,6 +41,30 @@ pub struct ServeArgs {
     /// IPs and `networks: auto` works; `none` makes none.
     #[arg(long, env = "STRATUS_PUBLIC_NETWORK", default_value = "172.24.4.0/24")]
     pub public_network: String,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+}
+
+/// Edge sites: this controller as a parent of sites, or as a site of a
+/// parent.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// Serve sites on this address (TLS with this controller's site CA;
+    /// sites dial in, so only the parent needs to be reachable).
+    #[arg(long, env = "STRATUS_SYNC_LISTEN", value_name = "ADDR")]
+    pub sync_listen: Option<SocketAddr>,
+    /// Run as a site of the parent whose sync listener is at URL
+    /// (https://HOST:PORT). Identity, flavors and images come from the
+    /// parent; this controller makes none of its own.
+    #[arg(long, env = "STRATUS_PARENT", value_name = "URL")]
+    pub parent: Option<String>,
+    /// The one-time token from `stratus admin site create`, for the first
+    /// start of a site.
+    #[arg(long, env = "STRATUS_JOIN_TOKEN", requires = "parent")]
+    pub join_token: Option<String>,
+    /// Seconds without an exchange after which a site is unreachable.
+    #[arg(long, env = "STRATUS_SITE_DOWN_TIME", default_value_t = 90)]
+    pub site_down_time: u64,
 }
 
 /// Scheduler and placement settings, as operators set them in nova.conf.

@@ -671,6 +671,7 @@ mod tests {
             image_size_cap: 1 << 30,
             compute: Default::default(),
             http: HttpLimits::default(),
+            site_down_time_s: 90,
         };
         let state = AppState::new(config, store).unwrap();
         let now = now_us();

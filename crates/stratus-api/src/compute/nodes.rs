@@ -928,8 +928,9 @@ async fn zones(State(state): State<AppState>, _ctx: Ctx) -> Result<axum::Json<Va
             zones.entry(z.clone()).or_insert(false);
         }
     }
-    if zones.is_empty() {
-        // Nova lists the default zone only once a compute service exists.
+    // Every edge site of this controller is a zone of its own.
+    for (name, up) in state.sites.zones(&state.store)? {
+        *zones.entry(name).or_insert(false) |= up;
     }
     let list: Vec<Value> = zones
         .iter()
@@ -957,6 +958,12 @@ async fn zones_detail(
             n.id.clone(),
             json!({"nova-compute": {"available": up, "active": !n.disabled, "updated_at": iso_naive(last_seen(&state, n))}}),
         );
+    }
+    for (name, up) in state.sites.zones(&state.store)? {
+        zones
+            .entry(name)
+            .or_insert((false, serde_json::Map::new()))
+            .0 |= up;
     }
     let mut list: Vec<Value> = zones
         .into_iter()

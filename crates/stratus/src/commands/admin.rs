@@ -56,6 +56,124 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 3600)]
         expires: u64,
     },
+    /// Edge sites of this controller: each is a child controller and an availability zone.
+    #[command(subcommand)]
+    Site(SiteCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SiteCommand {
+    /// Register a site and print its one-time join token:
+    /// `stratus controller --parent URL --join-token TOKEN` joins with it.
+    Create {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The site's name, which is also its availability zone.
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the sites with their state and last contact.
+    List {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Print a new join token for a site (one that lost its data or was revoked).
+    Token {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The site's name or id.
+        site: String,
+    },
+    /// Revoke a site's certificate: its link is refused until it joins again.
+    Revoke {
+        #[command(flatten)]
+        common: CommonArgs,
+        site: String,
+    },
+    /// Decommission a site: its record and certificate go.
+    Delete {
+        #[command(flatten)]
+        common: CommonArgs,
+        site: String,
+    },
+}
+
+fn site_ca(common: &CommonArgs) -> anyhow::Result<stratus_api::sync::pki::SiteCa> {
+    Ok(stratus_api::sync::pki::SiteCa::open(
+        &common.data_dir.join("sync").join("ca"),
+    )?)
+}
+
+fn site_command(cmd: SiteCommand) -> anyhow::Result<()> {
+    use stratus_api::sync::parent;
+    let api = |e: stratus_api::ApiError| anyhow::anyhow!("{}", e.message);
+    match cmd {
+        SiteCommand::Create {
+            common,
+            name,
+            description,
+        } => {
+            let store = open_store(&common, Durability::Full)?;
+            let ca = site_ca(&common)?;
+            let (site, token) = parent::create(&store, &ca, &name, &description).map_err(api)?;
+            eprintln!(
+                "stratus: site {} ({}) created; its join token (valid once, for 24 h):",
+                site.name, site.id
+            );
+            eprintln!(
+                "stratus:   stratus controller --parent https://THIS_HOST:SYNC_PORT --join-token TOKEN ..."
+            );
+            println!("{token}");
+            Ok(())
+        }
+        SiteCommand::List { common } => {
+            let store = open_store(&common, Durability::Full)?;
+            let contact = store.liveness(stratus_api::sites::CONTACT_KIND)?;
+            let acked = store.liveness(stratus_api::sites::ACKED_KIND)?;
+            let rev = store.last_revision()?;
+            println!(
+                "{:<36}  {:<20}  {:<10}  {:<27}  LAG",
+                "ID", "NAME", "STATE", "LAST CONTACT"
+            );
+            for s in store.list::<stratus_api::sites::Site>(&stratus_store::Query::all())? {
+                let last = contact.get(&s.id).copied().unwrap_or(0);
+                let lag = acked.get(&s.id).map(|a| (rev - a).max(0).to_string());
+                println!(
+                    "{:<36}  {:<20}  {:<10}  {:<27}  {}",
+                    s.id,
+                    s.name,
+                    s.state,
+                    if last > 0 {
+                        stratus_api::timeutil::iso_us(last)
+                    } else {
+                        "-".into()
+                    },
+                    lag.unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        SiteCommand::Token { common, site } => {
+            let store = open_store(&common, Durability::Full)?;
+            let ca = site_ca(&common)?;
+            println!("{}", parent::rejoin_token(&store, &ca, &site).map_err(api)?);
+            Ok(())
+        }
+        SiteCommand::Revoke { common, site } => {
+            let store = open_store(&common, Durability::Full)?;
+            let s = parent::revoke_site(&store, &site).map_err(api)?;
+            println!("revoked the certificate of site {} ({})", s.name, s.id);
+            Ok(())
+        }
+        SiteCommand::Delete { common, site } => {
+            let store = open_store(&common, Durability::Full)?;
+            let s = parent::find_in(&store, &site).map_err(api)?;
+            store.write(|tx| tx.delete::<stratus_api::sites::Site>(&s.id))?;
+            println!("deleted site {} ({})", s.name, s.id);
+            Ok(())
+        }
+    }
 }
 
 pub fn run(cmd: AdminCommand) -> anyhow::Result<()> {
@@ -142,6 +260,7 @@ pub fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        AdminCommand::Site(cmd) => site_command(cmd),
     }
 }
 

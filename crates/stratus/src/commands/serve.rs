@@ -23,7 +23,12 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     let common = &args.common;
     let public_url = common.public_url(Some(args.listen));
     let store = Arc::new(open_store(common, Durability::Full)?);
-    if bootstrap {
+    let site = args.sync.parent.is_some();
+    if site {
+        // A site's identity, flavors and images come from its parent; it
+        // keeps only its own catalog, region and node agents.
+        site_catalog_region(&store, &common.region)?;
+    } else if bootstrap {
         super::admin::bootstrap_and_report(&store, common, &public_url, None)?;
         if args.public_network != "none" {
             let admin = store
@@ -55,11 +60,12 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     {
         tracing::warn!("this store is not bootstrapped yet: run `stratus admin bootstrap`");
     }
-    if store
-        .get::<stratus_api::identity::model::Domain>(
-            stratus_api::identity::model::DEFAULT_DOMAIN_ID,
-        )?
-        .is_some()
+    if site
+        || store
+            .get::<stratus_api::identity::model::Domain>(
+                stratus_api::identity::model::DEFAULT_DOMAIN_ID,
+            )?
+            .is_some()
     {
         // Keep the catalog's endpoints at the address we serve on.
         for (kind, name, path) in [
@@ -88,8 +94,9 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         image_size_cap: common.image_size_cap,
         compute: args.compute.config(),
         http: args.http.limits(),
+        site_down_time_s: args.sync.site_down_time,
     };
-    if store.meta_get("compute.flavors_seeded")?.is_none() {
+    if !site && store.meta_get("compute.flavors_seeded")?.is_none() {
         stratus_api::compute::ensure_default_flavors(&store)
             .map_err(|e| anyhow::anyhow!("creating the default flavors: {e}"))?;
         store.write(|tx| tx.meta_set("compute.flavors_seeded", "1"))?;
@@ -210,6 +217,27 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             keys.identity.refresh_keys();
         }
     });
+    if let Some(addr) = args.sync.sync_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for sites on {addr}"))?;
+        tracing::info!(listen = %addr, "serving sites");
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stratus_api::sync::listener::serve(st, l).await {
+                tracing::error!(error = %e, "the sync listener stopped");
+            }
+        });
+    }
+    if let Some(parent) = &args.sync.parent {
+        tokio::spawn(stratus_api::sync::link::run(
+            state.clone(),
+            stratus_api::sync::link::LinkConfig {
+                parent: parent.clone(),
+                join_token: args.sync.join_token.clone(),
+            },
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -240,6 +268,24 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not give up the controller lease");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// A site's own region record: its catalog's endpoints name it. The
+/// services' endpoints are kept up to date at every start as on any
+/// controller.
+fn site_catalog_region(store: &stratus_store::Store, region: &str) -> anyhow::Result<()> {
+    use stratus_api::identity::model::Region;
+    store.write(|tx| {
+        if tx.get::<Region>(region)?.is_none() {
+            tx.insert(&Region {
+                id: region.to_string(),
+                description: String::new(),
+                parent_region_id: None,
+            })?;
+        }
+        Ok::<_, stratus_store::StoreError>(())
+    })?;
     Ok(())
 }
 

@@ -175,7 +175,7 @@ fn fresh_schema(url: &str, port: u16) -> String {
     format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -183,7 +183,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn unique_dir() -> PathBuf {
+pub fn unique_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(

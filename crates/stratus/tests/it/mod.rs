@@ -16,4 +16,5 @@ mod network_l3;
 mod reliability;
 mod sdk;
 mod secrets;
+mod sites;
 mod validation;

@@ -1,0 +1,222 @@
+//! Edge sites as a parent sees them: the `site` record, the live state of
+//! each site's link (kept in memory and in the store's liveness table, out
+//! of the change log), and what the rest of the API asks of them (which
+//! availability zones the sites are). The sync machinery itself is in
+//! `crate::sync`; this module depends on nothing else of the API, so
+//! compute can list sites as zones without a module loop.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use stratus_store::{Query, Record, Store};
+
+use crate::timeutil::now_us;
+
+/// A site's lifecycle.
+pub mod state {
+    /// Created, its join token not redeemed yet.
+    pub const JOINING: &str = "joining";
+    /// Joined; `active` or `unreachable` by its last contact.
+    pub const ACTIVE: &str = "active";
+    /// Shown (never stored) for an active site not heard of lately.
+    pub const UNREACHABLE: &str = "unreachable";
+    /// Its certificate was revoked: the link is refused until it joins
+    /// again with a new token.
+    pub const REVOKED: &str = "revoked";
+}
+
+/// A site of this controller's subtree: a child controller that dials in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Site {
+    pub id: String,
+    /// Its name, which is also its availability zone.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub state: String,
+    /// SHA-256 of the one-time join token's secret, while it is unused.
+    #[serde(default)]
+    pub token_hash: Option<String>,
+    #[serde(default)]
+    pub token_expires_us: i64,
+    /// SHA-256 of the site's current client certificate (DER), hex.
+    #[serde(default)]
+    pub cert_sha256: Option<String>,
+    #[serde(default)]
+    pub cert_expires_us: i64,
+    /// Certificates refused from now on (revoked or rotated out).
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+record!(
+    Site,
+    "site",
+    name = |s| Some(&s.name),
+    unique = |s| Some(s.name.clone())
+);
+
+/// Liveness-table kinds: a site's last contact (µs) and the parent
+/// revision it acknowledged. Neither is desired state, so neither goes
+/// through the change log.
+pub const CONTACT_KIND: &str = "site_contact";
+pub const ACKED_KIND: &str = "site_acked";
+
+/// What a parent knows of a site's link from its last exchange.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub last_contact_us: i64,
+    pub acked: i64,
+    pub software: String,
+    pub rtt_ms: u64,
+    /// Bytes on the wire as the parent counted them (request and answer
+    /// bodies as sent, compressed where they were).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub exchanges: u64,
+}
+
+/// Sites' in-memory state on a parent, and the newest revision this
+/// process has seen in the change log (what the exchanges long-poll on).
+pub struct Sites {
+    revision: tokio::sync::watch::Sender<i64>,
+    links: Mutex<HashMap<String, Link>>,
+    /// Certificate fingerprint to site id.
+    by_cert: Mutex<HashMap<String, String>>,
+    /// Seconds without an exchange after which a site is unreachable.
+    pub down_after_s: u64,
+}
+
+impl Sites {
+    pub fn new(down_after_s: u64) -> Self {
+        Sites {
+            revision: tokio::sync::watch::channel(0).0,
+            links: Mutex::new(HashMap::new()),
+            by_cert: Mutex::new(HashMap::new()),
+            down_after_s,
+        }
+    }
+
+    /// The change log has reached `rev` (called by the log follower and
+    /// by writers that want their change sent at once).
+    pub fn advance(&self, rev: i64) {
+        self.revision.send_if_modified(|v| {
+            let newer = rev > *v;
+            if newer {
+                *v = rev;
+            }
+            newer
+        });
+    }
+
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    /// Records an exchange of site `id` (or its answer being sent).
+    pub fn touch(&self, id: &str, f: impl FnOnce(&mut Link)) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let l = links.entry(id.to_string()).or_default();
+        f(l);
+        l.last_contact_us = now_us();
+    }
+
+    pub fn link(&self, id: &str) -> Option<Link> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every link's last contact and acknowledged revision, for the
+    /// liveness table.
+    pub fn snapshot(&self) -> Vec<(String, i64, i64)> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, l)| (id.clone(), l.last_contact_us, l.acked))
+            .collect()
+    }
+
+    /// Links known before a restart (newer ones win).
+    pub fn prime(&self, store: &Store) -> stratus_store::Result<()> {
+        let contact = store.liveness(CONTACT_KIND)?;
+        let acked = store.liveness(ACKED_KIND)?;
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, at) in contact {
+            let l = links.entry(id.clone()).or_default();
+            l.last_contact_us = l.last_contact_us.max(at);
+            l.acked = l.acked.max(acked.get(&id).copied().unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// The site whose current certificate has fingerprint `fp`.
+    pub fn by_certificate(&self, store: &Store, fp: &str) -> stratus_store::Result<Option<Site>> {
+        let known = self
+            .by_cert
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(fp)
+            .cloned();
+        if let Some(id) = known
+            && let Some(s) = store.get::<Site>(&id)?
+            && s.cert_sha256.as_deref() == Some(fp)
+        {
+            return Ok(Some(s));
+        }
+        let sites = store.list::<Site>(&Query::all())?;
+        let mut map = self.by_cert.lock().unwrap_or_else(|e| e.into_inner());
+        map.clear();
+        for s in &sites {
+            if let Some(c) = &s.cert_sha256 {
+                map.insert(c.clone(), s.id.clone());
+            }
+        }
+        Ok(sites
+            .into_iter()
+            .find(|s| s.cert_sha256.as_deref() == Some(fp)))
+    }
+
+    /// The state a site is shown in: an active site not heard of for
+    /// `down_after_s` is unreachable.
+    pub fn shown_state(&self, s: &Site) -> &'static str {
+        match s.state.as_str() {
+            state::JOINING => state::JOINING,
+            state::REVOKED => state::REVOKED,
+            _ => {
+                let last = self.link(&s.id).map(|l| l.last_contact_us).unwrap_or(0);
+                if now_us() - last < self.down_after_s as i64 * 1_000_000 {
+                    state::ACTIVE
+                } else {
+                    state::UNREACHABLE
+                }
+            }
+        }
+    }
+
+    /// The sites as availability zones: name and whether it is reachable.
+    pub fn zones(&self, store: &Store) -> stratus_store::Result<Vec<(String, bool)>> {
+        Ok(store
+            .list::<Site>(&Query::all())?
+            .into_iter()
+            .filter(|s| s.state != state::JOINING)
+            .map(|s| {
+                let up = self.shown_state(&s) == state::ACTIVE;
+                (s.name, up)
+            })
+            .collect())
+    }
+
+    /// Whether `zone` names a site of this controller.
+    pub fn is_site_zone(store: &Store, zone: &str) -> stratus_store::Result<bool> {
+        Ok(store
+            .list::<Site>(&Query::name(zone))?
+            .iter()
+            .any(|s| s.name == zone))
+    }
+}

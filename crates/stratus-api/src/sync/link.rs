@@ -1,0 +1,515 @@
+//! A site's side of sync: it joins its parent once (a one-time token for
+//! a client certificate; the key never leaves the site), keeps what it
+//! got in `DATA_DIR/sync/site.json`, and from then on dials the parent's
+//! sync listener and exchanges over mutual TLS: a long poll that brings
+//! down the changes after the site's cursor, applied each in one store
+//! transaction with the cursor. The parent never dials a site.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use stratus_wire::sync::{
+    Exchange, ExchangeReply, SYNC_SERVER_NAME, SYNC_VERSION, SiteJoinReply, SiteJoinRequest,
+};
+
+use super::pki::{SiteIdentity, fingerprint, pem_to_der};
+use crate::timeutil::{iso_us, now_us};
+use crate::{ApiError, AppState};
+
+/// The meta key of the parent revision a site has applied everything up
+/// to; it moves in the same transaction as the changes.
+pub const CURSOR: &str = "sync.parent_revision";
+/// How long the parent may hold an exchange while nothing is new.
+const IDLE_WAIT_S: u64 = 55;
+
+/// What a site knows of its link, for `GET /edge/v1/parent`.
+#[derive(Debug, Clone, Default)]
+pub struct ParentStatus {
+    pub parent: Option<String>,
+    pub site_id: Option<String>,
+    pub name: Option<String>,
+    pub connected: bool,
+    pub last_exchange_us: i64,
+    pub revision: i64,
+    pub applied: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub rtt_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl ParentStatus {
+    pub fn view(&self) -> Value {
+        json!({
+            "url": self.parent,
+            "site_id": self.site_id,
+            "name": self.name,
+            "state": match (&self.parent, self.connected) {
+                (None, _) => "none",
+                (Some(_), true) => "connected",
+                (Some(_), false) => "disconnected",
+            },
+            "last_exchange": (self.last_exchange_us > 0).then(|| iso_us(self.last_exchange_us)),
+            "revision": self.revision,
+            "changes_applied": self.applied,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "rtt_ms": self.rtt_ms,
+            "last_error": self.last_error,
+        })
+    }
+}
+
+/// What a site keeps from its join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Joined {
+    parent: String,
+    site_id: String,
+    name: String,
+    key_pem: String,
+    cert_pem: String,
+    ca_pem: String,
+}
+
+impl Joined {
+    fn identity(&self) -> SiteIdentity {
+        SiteIdentity {
+            key_pem: self.key_pem.clone(),
+            cert_pem: self.cert_pem.clone(),
+            ca_pem: self.ca_pem.clone(),
+        }
+    }
+}
+
+/// How a site reaches its parent.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The parent's sync listener: `https://HOST:PORT` or `HOST:PORT`.
+    pub parent: String,
+    /// The one-time token, for the first start.
+    pub join_token: Option<String>,
+}
+
+/// The `HOST:PORT` of a parent URL.
+fn address(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("sync://"))
+        .unwrap_or(url);
+    let rest = rest.split('/').next().unwrap_or("");
+    if rest.is_empty() {
+        return Err(format!(
+            "{url:?} is not a parent address (https://HOST:PORT)"
+        ));
+    }
+    Ok(
+        if rest
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            rest.to_string()
+        } else {
+            format!("{rest}:9443")
+        },
+    )
+}
+
+fn set_status(state: &AppState, f: impl FnOnce(&mut ParentStatus)) {
+    f(&mut state.sync.parent.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// Runs the site's link until the process ends: join if needed, then
+/// exchange, reconnecting with a growing pause when the link drops.
+pub async fn run(state: AppState, cfg: LinkConfig) {
+    set_status(&state, |s| s.parent = Some(cfg.parent.clone()));
+    let joined = loop {
+        match joined_or_join(&state, &cfg).await {
+            Ok(j) => break j,
+            Err(e) => {
+                tracing::warn!(parent = %cfg.parent, error = %e, "cannot join the parent; trying again");
+                set_status(&state, |s| s.last_error = Some(e));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    set_status(&state, |s| {
+        s.site_id = Some(joined.site_id.clone());
+        s.name = Some(joined.name.clone());
+    });
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match session(&state, &joined).await {
+            Ok(()) => pause = Duration::from_secs(1),
+            Err(e) => {
+                let was = state
+                    .sync
+                    .parent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .connected;
+                if was {
+                    tracing::warn!(parent = %joined.parent, error = %e, "the link to the parent dropped; the site goes on by itself");
+                } else {
+                    tracing::debug!(parent = %joined.parent, error = %e, "the parent is still unreachable");
+                }
+                set_status(&state, |s| {
+                    s.connected = false;
+                    s.last_error = Some(e);
+                });
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(15));
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<(Sender, u64), String> {
+    let t0 = Instant::now();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("connecting to {addr} timed out"))?
+    .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(SYNC_SERVER_NAME).map_err(|e| e.to_string())?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| format!("the TLS handshake with {addr} timed out"))?
+    .map_err(|e| format!("TLS with {addr}: {e}"))?;
+    let rtt = t0.elapsed().as_millis() as u64;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, rtt))
+}
+
+/// One request on the link: status, body (decompressed) and the bytes
+/// that crossed it.
+async fn request(
+    sender: &mut Sender,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    gzip: bool,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>, u64, u64), String> {
+    let sent = body.len() as u64;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", SYNC_SERVER_NAME)
+        .header("content-type", "application/json");
+    if gzip {
+        req = req
+            .header("content-encoding", "gzip")
+            .header("accept-encoding", "gzip");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| "the parent did not answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let zipped = resp
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let raw = tokio::time::timeout(timeout, resp.into_body().collect())
+        .await
+        .map_err(|_| "the parent's answer stalled".to_string())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let got = raw.len() as u64;
+    let body = if zipped {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("the parent's answer is not valid gzip: {e}"))?;
+        out
+    } else {
+        raw.to_vec()
+    };
+    Ok((status, body, sent, got))
+}
+
+fn site_file(state: &AppState) -> std::path::PathBuf {
+    state.sync.dir().join("site.json")
+}
+
+/// The site's join, from its file or by redeeming the token.
+async fn joined_or_join(state: &AppState, cfg: &LinkConfig) -> Result<Joined, String> {
+    let file = site_file(state);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let j: Joined =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            if j.parent != cfg.parent {
+                tracing::warn!(joined = %j.parent, given = %cfg.parent, "this site joined another parent address; dialling the one given");
+            }
+            return Ok(Joined {
+                parent: cfg.parent.clone(),
+                ..j
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    }
+    let token = cfg.join_token.as_deref().ok_or_else(|| {
+        "this site has not joined its parent yet: start it with --join-token (from `stratus admin site create`)".to_string()
+    })?;
+    let ca_hash = token
+        .trim()
+        .rsplit('.')
+        .next()
+        .filter(|h| h.len() == 64)
+        .ok_or("the join token is malformed")?
+        .to_string();
+    let addr = address(&cfg.parent)?;
+    // Discovery: fetch the CA over any certificate; trust it only when it
+    // is the one the token names.
+    let tls = SiteIdentity::discovery_config().map_err(|e| e.to_string())?;
+    let (mut s, _) = connect(&addr, tls).await?;
+    let (status, ca_pem, _, _) = request(
+        &mut s,
+        "GET",
+        "/sync/v1/ca",
+        Vec::new(),
+        false,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let ca_pem = String::from_utf8(ca_pem).map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("the parent answered {status} for its CA"));
+    }
+    let der = pem_to_der(&ca_pem).map_err(|e| e.to_string())?;
+    if fingerprint(der.as_ref()) != ca_hash {
+        return Err(format!(
+            "the CA at {addr} is not the one the join token names: refusing to join it"
+        ));
+    }
+    let (key_pem, public) = SiteIdentity::new_key().map_err(|e| e.to_string())?;
+    let tls = SiteIdentity::join_config(&ca_pem).map_err(|e| e.to_string())?;
+    let (mut s, _) = connect(&addr, tls).await?;
+    let req = SiteJoinRequest {
+        token: token.trim().to_string(),
+        public_key: {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&public)
+        },
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+    let (status, text, _, _) = request(
+        &mut s,
+        "POST",
+        "/sync/v1/join",
+        body,
+        false,
+        Duration::from_secs(30),
+    )
+    .await?;
+    if status != 201 {
+        return Err(format!(
+            "the parent refused the join ({status}): {}",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    let reply: SiteJoinReply = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let joined = Joined {
+        parent: cfg.parent.clone(),
+        site_id: reply.site_id,
+        name: reply.name,
+        key_pem,
+        cert_pem: reply.certificate,
+        ca_pem: reply.ca,
+    };
+    save(&file, &joined)?;
+    tracing::info!(site = %joined.site_id, name = %joined.name, parent = %cfg.parent, "joined the parent");
+    Ok(joined)
+}
+
+fn save(file: &std::path::Path, j: &Joined) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = file.parent().ok_or("no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(j).map_err(|e| e.to_string())?)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// The parent revision this site has applied everything up to.
+pub fn cursor(state: &AppState) -> Result<i64, ApiError> {
+    Ok(state
+        .store
+        .meta_get(CURSOR)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// One connection's exchanges, until it fails.
+async fn session(state: &AppState, joined: &Joined) -> Result<(), String> {
+    let addr = address(&joined.parent)?;
+    let tls = joined
+        .identity()
+        .client_config()
+        .map_err(|e| e.to_string())?;
+    let (mut sender, rtt) = connect(&addr, tls).await?;
+    set_status(state, |s| {
+        s.rtt_ms = rtt;
+        s.last_error = None;
+    });
+    let keys_dir = state.config.data_dir.join("fernet-keys");
+    let mut more = false;
+    loop {
+        let st = state.clone();
+        let acked = tokio::task::spawn_blocking(move || cursor(&st))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.message)?;
+        let keys = super::read_keys(&keys_dir).unwrap_or_default();
+        let (up, down) = {
+            let p = state.sync.parent.lock().unwrap_or_else(|e| e.into_inner());
+            (p.bytes_up, p.bytes_down)
+        };
+        let wait_s = if more { 0 } else { IDLE_WAIT_S };
+        let x = Exchange {
+            version: SYNC_VERSION,
+            acked,
+            software: env!("CARGO_PKG_VERSION").into(),
+            wait_s,
+            keys_hash: super::keys_hash(&keys),
+            rtt_ms: rtt,
+            bytes_up: up,
+            bytes_down: down,
+        };
+        let body = super::gzip(&serde_json::to_vec(&x).map_err(|e| e.to_string())?);
+        let (status, text, sent, got) = request(
+            &mut sender,
+            "POST",
+            "/sync/v1/exchange",
+            body,
+            true,
+            Duration::from_secs(wait_s + 30),
+        )
+        .await?;
+        set_status(state, |s| {
+            s.bytes_up += sent;
+            s.bytes_down += got;
+        });
+        if status != 200 {
+            return Err(format!(
+                "the parent refused the exchange ({status}): {}",
+                String::from_utf8_lossy(&text)
+            ));
+        }
+        let reply: ExchangeReply = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        more = reply.more;
+        let n = reply.changes.len() as u64;
+        let revision = reply.revision;
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || apply_reply(&st, reply))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("applying the parent's changes: {}", e.message))?;
+        set_status(state, |s| {
+            s.connected = true;
+            s.last_exchange_us = now_us();
+            s.revision = revision;
+            s.applied += n;
+        });
+    }
+}
+
+/// Applies one answer: its changes and the cursor in one transaction (a
+/// batch already applied is passed over), then the Fernet keys.
+pub fn apply_reply(state: &AppState, reply: ExchangeReply) -> Result<(), ApiError> {
+    state.store.write(|tx| {
+        let at: i64 = tx
+            .meta_get(CURSOR)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if !reply.snapshot && reply.revision <= at {
+            return Ok::<_, ApiError>(());
+        }
+        for c in &reply.changes {
+            super::apply(tx, c)?;
+        }
+        if reply.snapshot {
+            for kind in &reply.snapshot_kinds {
+                let keep: std::collections::HashSet<&str> = reply
+                    .changes
+                    .iter()
+                    .filter(|c| &c.kind == kind)
+                    .map(|c| c.id.as_str())
+                    .collect();
+                super::prune(tx, kind, &keep)?;
+            }
+        }
+        tx.meta_set(CURSOR, &reply.revision.to_string())?;
+        Ok(())
+    })?;
+    if let Some(keys) = &reply.fernet_keys {
+        let dir = state.config.data_dir.join("fernet-keys");
+        super::write_keys(&dir, keys)
+            .map_err(|e| ApiError::internal(format!("writing the parent's fernet keys: {e}")))?;
+        state.identity.refresh_keys();
+        tracing::info!(keys = keys.len(), "took the parent's fernet keys");
+    }
+    if reply.snapshot {
+        tracing::info!(
+            documents = reply.changes.len(),
+            revision = reply.revision,
+            "applied a snapshot from the parent"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address;
+
+    #[test]
+    fn parent_addresses() {
+        assert_eq!(
+            address("https://root.example:9443").unwrap(),
+            "root.example:9443"
+        );
+        assert_eq!(address("https://10.0.0.1:7000/").unwrap(), "10.0.0.1:7000");
+        assert_eq!(address("root.example").unwrap(), "root.example:9443");
+        assert!(address("https://").is_err());
+    }
+}

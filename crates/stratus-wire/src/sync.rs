@@ -1,0 +1,152 @@
+//! The parent–site sync protocol, defined once for both ends.
+//!
+//! A site controller dials its parent's sync listener (`--sync-listen`,
+//! TLS); the parent never dials a site, so sites behind NAT work.
+//!
+//! - `GET /sync/v1/ca` answers the parent's site CA certificate (PEM).
+//!   A joining site trusts it only when its SHA-256 matches the hash in
+//!   its join token, as kubeadm's discovery hash does.
+//! - `POST /sync/v1/join` with a [`SiteJoinRequest`] redeems the one-time
+//!   join token for a client certificate ([`SiteJoinReply`]). The site
+//!   makes its own key pair; only the public key crosses the link.
+//! - `POST /sync/v1/exchange` (mutual TLS from then on) with an
+//!   [`Exchange`] is the site's long poll, heartbeat and acknowledgement
+//!   in one: the parent answers an [`ExchangeReply`] with the changes of
+//!   its change log the site's subtree needs, after the revision the site
+//!   acknowledged. Bodies may be gzip-compressed (`Content-Encoding`).
+//!
+//! **Versioning** as for agents: the site names [`SYNC_VERSION`]; the
+//! parent accepts it and the one before, and every field added later is
+//! `#[serde(default)]`.
+
+use serde::{Deserialize, Serialize};
+
+/// The sync protocol this build speaks.
+pub const SYNC_VERSION: u32 = 1;
+
+/// The oldest site protocol a parent still serves: one release behind.
+pub const SYNC_OLDEST_SUPPORTED: u32 = 1;
+
+/// Whether a parent serves a site speaking `version`; the error is the
+/// message of the refusal.
+pub fn check_sync_version(version: u32) -> Result<(), String> {
+    if (SYNC_OLDEST_SUPPORTED..=SYNC_VERSION).contains(&version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "Site sync protocol version {version} is not supported: this parent speaks versions {SYNC_OLDEST_SUPPORTED} to {SYNC_VERSION}"
+        ))
+    }
+}
+
+/// The name the parent's sync certificate is issued for. A site checks
+/// the certificate against the parent's site CA, not against the address
+/// it dialled (which NAT and renumbering may change).
+pub const SYNC_SERVER_NAME: &str = "stratus-sync";
+
+/// `POST /sync/v1/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteJoinRequest {
+    pub token: String,
+    /// The site's ECDSA P-256 public key (uncompressed point), base64.
+    pub public_key: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The answer to a join, and to a certificate rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteJoinReply {
+    pub site_id: String,
+    pub name: String,
+    /// The site's client certificate, PEM.
+    pub certificate: String,
+    /// The parent's site CA, PEM.
+    pub ca: String,
+    /// When the certificate expires (µs since the epoch).
+    pub expires_at_us: i64,
+}
+
+/// `POST /sync/v1/exchange`: the site's side of one exchange.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Exchange {
+    pub version: u32,
+    /// The parent's revision the site has applied everything up to.
+    pub acked: i64,
+    /// The site's software version.
+    #[serde(default)]
+    pub software: String,
+    /// How long the parent may hold the answer while nothing is new (s).
+    #[serde(default)]
+    pub wait_s: u64,
+    /// The SHA-256 of the Fernet keys the site holds; the parent sends
+    /// its keys when they differ.
+    #[serde(default)]
+    pub keys_hash: String,
+    /// Round-trip time of the previous exchange, as the site measured it
+    /// (ms).
+    #[serde(default)]
+    pub rtt_ms: u64,
+    /// Bytes the site sent and received over the link since it started.
+    #[serde(default)]
+    pub bytes_up: u64,
+    #[serde(default)]
+    pub bytes_down: u64,
+}
+
+/// One change of the parent's log, as the site applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncChange {
+    pub kind: String,
+    pub id: String,
+    /// The document after the change; `None` deletes it.
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+/// The parent's answer to an [`Exchange`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExchangeReply {
+    /// The revision the site is at once it applied `changes`: changes the
+    /// site does not need are passed over, so this moves on anyway.
+    pub revision: i64,
+    pub changes: Vec<SyncChange>,
+    /// `changes` is a whole snapshot at `revision`: documents of the kinds
+    /// in `snapshot_kinds` that it does not list are gone at the parent.
+    #[serde(default)]
+    pub snapshot: bool,
+    #[serde(default)]
+    pub snapshot_kinds: Vec<String>,
+    /// More changes are waiting: exchange again at once.
+    #[serde(default)]
+    pub more: bool,
+    /// The parent's Fernet keys, when the site's differ: index and key.
+    #[serde(default)]
+    pub fernet_keys: Option<Vec<(u64, String)>>,
+    /// The site's name at the parent (its availability zone).
+    #[serde(default)]
+    pub site_name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_one_release_back_are_served() {
+        assert!(check_sync_version(SYNC_VERSION).is_ok());
+        assert!(check_sync_version(SYNC_OLDEST_SUPPORTED).is_ok());
+        assert!(check_sync_version(SYNC_VERSION + 1).is_err());
+        assert!(check_sync_version(0).is_err());
+    }
+
+    #[test]
+    fn an_older_reply_without_new_fields_parses() {
+        let r: ExchangeReply =
+            serde_json::from_str(r#"{"revision": 7, "changes": [{"kind": "flavor", "id": "1"}]}"#)
+                .unwrap();
+        assert_eq!(r.revision, 7);
+        assert_eq!(r.changes[0].body, None);
+        assert!(!r.snapshot && r.fernet_keys.is_none());
+    }
+}
