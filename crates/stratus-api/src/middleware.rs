@@ -285,7 +285,10 @@ mod tests {
         let l = HttpLimits::default();
         assert_eq!(body_limit("/image/v2/images/abc/file", &l), None);
         assert_eq!(body_limit("/image/v2/images/abc/stage", &l), None);
-        assert_eq!(body_limit("/dashboard/api/image/v2/images/abc/file", &l), None);
+        assert_eq!(
+            body_limit("/dashboard/api/image/v2/images/abc/file", &l),
+            None
+        );
         assert_eq!(body_limit("/image/v2/images", &l), Some(l.max_body_bytes));
         assert_eq!(
             body_limit("/edge/v1/nodes/n1", &l),

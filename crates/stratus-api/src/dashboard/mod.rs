@@ -194,7 +194,10 @@ impl Dash {
             )
             .await;
         if !status.is_success() {
-            tracing::debug!(status = status.as_u16(), "revoking a dashboard token failed");
+            tracing::debug!(
+                status = status.as_u16(),
+                "revoking a dashboard token failed"
+            );
         }
     }
 
@@ -332,7 +335,10 @@ fn random_token() -> String {
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && !a.is_empty()
-        && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The value of cookie `name`.
@@ -462,7 +468,8 @@ async fn login(State(dash): State<Dash>, headers: HeaderMap, body: axum::body::B
         let mut a = json!({"identity": {"methods": ["password"], "password": {"user": {
             "name": form.username, "domain": {"name": domain}, "password": form.password}}}});
         if !form.project.trim().is_empty() {
-            a["scope"] = json!({"project": {"name": form.project.trim(), "domain": {"name": domain}}});
+            a["scope"] =
+                json!({"project": {"name": form.project.trim(), "domain": {"name": domain}}});
         }
         a
     };
@@ -535,8 +542,10 @@ async fn switch_project(
     dash.revoke(&token).await;
     let (new_id, info) = dash.open(new_token, &body).await;
     let mut resp = axum::Json(info).into_response();
-    resp.headers_mut()
-        .append(header::SET_COOKIE, dash.cookie(SESSION_COOKIE, &new_id, None));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        dash.cookie(SESSION_COOKIE, &new_id, None),
+    );
     secured(resp)
 }
 
