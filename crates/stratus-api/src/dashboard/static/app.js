@@ -461,6 +461,9 @@
     return f;
   }
 
+  // Nova's power_state numbers.
+  var POWER = { 0: "NOSTATE", 1: "Running", 3: "Paused", 4: "Shut down", 6: "Crashed", 7: "Suspended" };
+
   function serverDetail(c, id) {
     var title = h("h1", "Server");
     var box = h("div", h("p.loading", "Loading…"));
@@ -478,7 +481,7 @@
         title.textContent = "Server " + (s.name || s.id);
         clear(actions).appendChild(serverActions(s, load));
         var props = [["ID", s.id], ["Status", statusCell(s.status)], ["Task", s["OS-EXT-STS:task_state"] || ""],
-          ["Power state", String(s["OS-EXT-STS:power_state"] === undefined ? "" : s["OS-EXT-STS:power_state"])],
+          ["Power state", POWER[s["OS-EXT-STS:power_state"]] || ""],
           ["Addresses", addresses(s)], ["Flavor", s.flavor ? s.flavor.id : ""], ["Image", s.image ? s.image.id : ""],
           ["Key pair", s.key_name || ""], ["Host", s["OS-EXT-SRV-ATTR:host"] || ""], ["Created", when(s.created)],
           ["Fault", s.fault ? s.fault.message : ""]];
