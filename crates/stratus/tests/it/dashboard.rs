@@ -562,3 +562,135 @@ fn dashboard_sessions_need_the_csrf_token() {
     assert_eq!(get(path, &ok).status(), 401);
     assert_eq!(get("/dashboard/session", &[("Cookie", &jar)]).status(), 401);
 }
+
+/// Logs in to the dashboard over HTTP with `form`: the status, the
+/// session's Set-Cookie line and the JSON answer.
+fn http_login(base: &str, form: Value) -> (u16, String, Value) {
+    let a = agent();
+    let mut r = a.get(format!("{base}/dashboard/session")).call().unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let v: Value = r.body_mut().read_json().unwrap();
+    let mut r = a
+        .post(format!("{base}/dashboard/login"))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", v["login_csrf"].as_str().unwrap())
+        .header("Content-Type", "application/json")
+        .send(form.to_string())
+        .unwrap();
+    let line = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("stratus_session="))
+        .unwrap_or_default()
+        .to_string();
+    let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+    (r.status().as_u16(), line, v)
+}
+
+#[test]
+fn dashboard_switches_project_and_takes_application_credentials() {
+    // Behind TLS (the public URL is https) the cookie is Secure.
+    let s = Server::start_with(&["--public-url", "https://cloud.example"]);
+    let c = s.client();
+    let admin = c.token("admin", &s.admin_password, Some("admin"));
+    let mut pids = vec![];
+    for name in ["alpha", "beta"] {
+        let p = c.create(&admin, "/projects", "project", json!({"name": name}));
+        pids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let uid = c.user(&admin, "dev", "dev-pw-1", Some((&pids[0], "member")));
+    let rid = c.role_id(&admin, "member");
+    let r = c.put(
+        &format!("/projects/{}/users/{uid}/roles/{rid}", pids[1]),
+        &admin,
+    );
+    assert_eq!(r.status, 204);
+
+    // No project given: the first project the user has a role on.
+    let (st, line, v) = http_login(&s.url, json!({"username": "dev", "password": "dev-pw-1"}));
+    assert_eq!(st, 200, "{v}");
+    assert!(line.contains("; Secure"), "{line}");
+    assert_eq!(v["project"]["name"], "alpha");
+    assert_eq!(v["admin"], false);
+    let names: Vec<&str> = v["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    let jar = line.split(';').next().unwrap().to_string();
+    let csrf = v["csrf"].as_str().unwrap().to_string();
+
+    // Switch to beta: a new session on a rescoped token.
+    let a = agent();
+    let switch = |jar: &str, csrf: &str, pid: &str| {
+        a.post(format!("{}/dashboard/project", s.url))
+            .header("Cookie", jar)
+            .header("X-CSRF-Token", csrf)
+            .header("Content-Type", "application/json")
+            .send(json!({"project_id": pid}).to_string())
+            .unwrap()
+    };
+    assert_eq!(switch(&jar, "forged", &pids[1]).status(), 403);
+    let mut r = switch(&jar, &csrf, &pids[1]);
+    assert_eq!(r.status(), 200);
+    let line = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let v: Value = r.body_mut().read_json().unwrap();
+    assert_eq!(v["project"]["id"], pids[1].as_str());
+    let jar2 = line.split(';').next().unwrap().to_string();
+    let csrf2 = v["csrf"].as_str().unwrap().to_string();
+    let mut r = a
+        .get(format!("{}/dashboard/api/identity/v3/auth/tokens", s.url))
+        .header("Cookie", &jar2)
+        .header("X-CSRF-Token", &csrf2)
+        .call()
+        .unwrap();
+    // The proxy never hands a token to the page.
+    assert!(r.headers().get("x-subject-token").is_none());
+    let _ = r.body_mut().read_to_string();
+    // The old session is over.
+    let r = a
+        .get(format!("{}/dashboard/session", s.url))
+        .header("Cookie", &jar)
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A project without a role: refused.
+    let admin_pid = c.get("/auth/projects", &admin).body["projects"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(switch(&jar2, &csrf2, &admin_pid).status(), 403);
+
+    // An application credential logs in to its own project.
+    let dt = c.token("dev", "dev-pw-1", Some("beta"));
+    let r = c.post(
+        &format!("/users/{uid}/application_credentials"),
+        &dt,
+        json!({"application_credential": {"name": "dash"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ac = &r.body["application_credential"];
+    let (st, _, v) = http_login(
+        &s.url,
+        json!({"application_credential_id": ac["id"], "application_credential_secret": ac["secret"]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["project"]["name"], "beta");
+    assert_eq!(v["application_credential"], true);
+    let (st, _, v) = http_login(
+        &s.url,
+        json!({"application_credential_id": ac["id"], "application_credential_secret": "wrong"}),
+    );
+    assert_eq!(st, 401);
+    assert_eq!(v["error"]["message"], "Invalid credentials");
+}
