@@ -557,14 +557,28 @@ const PASSED: &[HeaderName] = &[
     header::TRANSFER_ENCODING,
 ];
 
-async fn proxy(State(dash): State<Dash>, Path(path): Path<String>, req: Request) -> Response {
+async fn proxy(State(dash): State<Dash>, req: Request) -> Response {
     let (_, token, _) = match dash.checked(req.headers()) {
         Ok(s) => s,
         Err(e) => return secured(e.into_response()),
     };
+    // The path as sent (still percent-encoded), less the proxy's prefix.
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/dashboard/api")
+        .unwrap_or("")
+        .to_string();
+    let dot_segment = path.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
+    if dot_segment {
+        return secured(ApiError::bad_request("The path has a dot segment.").into_response());
+    }
     // Only the OpenStack services; never back into the dashboard or the
     // agents' internal API.
-    let service = path.split('/').next().unwrap_or("");
+    let service = path.split('/').nth(1).unwrap_or("");
     if !matches!(
         service,
         "identity" | "compute" | "image" | "placement" | "network"
@@ -572,7 +586,7 @@ async fn proxy(State(dash): State<Dash>, Path(path): Path<String>, req: Request)
         return secured(ApiError::not_found("service", service).into_response());
     }
     let (parts, body) = req.into_parts();
-    let mut uri = format!("/{path}");
+    let mut uri = path;
     if let Some(q) = parts.uri.query() {
         uri.push('?');
         uri.push_str(q);

@@ -540,6 +540,21 @@ fn dashboard_sessions_need_the_csrf_token() {
     assert_eq!(v["itemNotFound"]["code"], 404, "{v}");
     // Only the OpenStack services are reachable through it.
     assert_eq!(get("/dashboard/api/edge/v1/nodes", &ok).status(), 404);
+    assert_eq!(
+        get("/dashboard/api/compute/%2e%2e/edge/v1/nodes", &ok).status(),
+        400
+    );
+    // The path goes on as sent: a name with a space, percent-encoded.
+    let r = post(
+        "/dashboard/api/compute/v2.1/os-keypairs",
+        &ok,
+        json!({"keypair": {"name": "my key"}}),
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get("/dashboard/api/compute/v2.1/os-keypairs/my%20key", &ok).status(),
+        200
+    );
     let r = post(
         "/dashboard/api/compute/v2.1/os-keypairs",
         &[("Cookie", &jar)],
