@@ -54,6 +54,7 @@ const READ_LIMIT: usize = 16 << 20;
 const INDEX_HTML: &str = include_str!("static/index.html");
 const APP_JS: &str = include_str!("static/app.js");
 const APP_CSS: &str = include_str!("static/app.css");
+const FAVICON: &str = include_str!("static/favicon.svg");
 
 /// The dashboard's routes, with their own state; merged into the public
 /// router by [`crate::router`].
@@ -390,6 +391,7 @@ async fn asset(Path(file): Path<String>) -> Response {
     let (ct, body) = match file.as_str() {
         "app.js" => ("text/javascript; charset=utf-8", APP_JS),
         "app.css" => ("text/css; charset=utf-8", APP_CSS),
+        "favicon.svg" => ("image/svg+xml", FAVICON),
         _ => return secured(ApiError::not_found("file", &file).into_response()),
     };
     secured(

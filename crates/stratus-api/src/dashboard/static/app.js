@@ -352,7 +352,11 @@
         var rows = v.servers || [];
         var t = table([
           ["Name", function (s) { return h("a", { href: "#/servers/" + encodeURIComponent(s.id) }, s.name || s.id); }],
-          ["Status", function (s) { return [statusCell(s.status), s["OS-EXT-STS:task_state"] ? h("span.muted", " (" + s["OS-EXT-STS:task_state"] + ")") : null]; }],
+          ["Status", function (s) {
+            var task = s["OS-EXT-STS:task_state"];
+            var pct = s.progress && s.status !== "ACTIVE" && s.status !== "SHUTOFF" ? " " + s.progress + "%" : "";
+            return [statusCell(s.status), task || pct ? h("span.muted", " (" + (task || "") + pct + ")") : null];
+          }],
           ["Addresses", function (s) { return addresses(s); }],
           ["Flavor", function (s) { return s.flavor ? (flavors[s.flavor.id] || s.flavor.original_name || s.flavor.id || "") : ""; }],
           ["Image", function (s) { return s.image && s.image.id ? (images[s.image.id] || s.image.id.slice(0, 8)) : ""; }],
@@ -772,7 +776,7 @@
   PAGES["admin/roles"] = adminPage("identity/v3/roles", function (c) {
     listPage(c, {
       title: "Roles", id: "roles-table",
-      load: function () { return api("GET", "identity/v3/roles").then(function (v) { return v.roles || []; }); },
+      load: function () { return api("GET", "identity/v3/roles").then(function (v) { return (v.roles || []).sort(function (a, b) { return a.name < b.name ? -1 : 1; }); }); },
       cols: function () { return [["Name", function (r) { return r.name; }], ["ID", function (r) { return r.id; }], ["Domain", function (r) { return r.domain_id || ""; }]]; }
     });
     c.appendChild(h("h2", "Role assignments"));
