@@ -22,6 +22,7 @@ macro_rules! record {
 }
 
 pub mod compute;
+pub mod dashboard;
 pub mod error;
 pub mod follow;
 pub mod identity;
@@ -139,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .merge(placement::router())
         .merge(network::router())
         .merge(sync::parent::routes())
+        .merge(dashboard::router(state.clone()))
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -152,10 +154,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /`: what lives here, for humans and curious clients.
+/// `GET /`: what lives here, for curious clients; a browser (it accepts
+/// HTML) is sent to the dashboard.
 async fn root_versions(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::Json<serde_json::Value> {
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if dashboard::wants_html(&headers) {
+        return dashboard::redirect_to_dashboard();
+    }
     let base = &state.config.public_url;
     axum::Json(serde_json::json!({
         "name": "stratus",
@@ -168,4 +176,5 @@ async fn root_versions(
             "network": format!("{base}/network/"),
         }
     }))
+    .into_response()
 }

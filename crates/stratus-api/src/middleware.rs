@@ -144,6 +144,9 @@ fn check(req: &Request, limits: &HttpLimits) -> Result<Option<u64>, ApiError> {
 /// The body limit for a path: none for image data (the image size cap
 /// bounds it), the agent limit for the node agents' API, else the API's.
 fn body_limit(path: &str, limits: &HttpLimits) -> Option<u64> {
+    // The dashboard's proxy passes image data on to the image API, which
+    // holds it to the cap.
+    let path = path.strip_prefix("/dashboard/api").unwrap_or(path);
     let image_data = path
         .strip_prefix("/image/v2/images/")
         .and_then(|rest| rest.split_once('/'))
@@ -282,6 +285,10 @@ mod tests {
         let l = HttpLimits::default();
         assert_eq!(body_limit("/image/v2/images/abc/file", &l), None);
         assert_eq!(body_limit("/image/v2/images/abc/stage", &l), None);
+        assert_eq!(
+            body_limit("/dashboard/api/image/v2/images/abc/file", &l),
+            None
+        );
         assert_eq!(body_limit("/image/v2/images", &l), Some(l.max_body_bytes));
         assert_eq!(
             body_limit("/edge/v1/nodes/n1", &l),
