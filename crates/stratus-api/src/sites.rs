@@ -48,6 +48,10 @@ pub struct Site {
     /// Certificates refused from now on (revoked or rotated out).
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// An operator asked for the certificate to be rotated: the next
+    /// exchange tells the site.
+    #[serde(default)]
+    pub rotate: bool,
     pub created_us: i64,
     pub updated_us: i64,
 }

@@ -9,6 +9,9 @@
 //! - `POST /sync/v1/join` with a [`SiteJoinRequest`] redeems the one-time
 //!   join token for a client certificate ([`SiteJoinReply`]). The site
 //!   makes its own key pair; only the public key crosses the link.
+//! - `POST /sync/v1/rotate` with a [`SiteRotateRequest`] swaps the site's
+//!   certificate for a new one over its current link (before expiry, or
+//!   when the parent asks in [`ExchangeReply::rotate`]).
 //! - `POST /sync/v1/exchange` (mutual TLS from then on) with an
 //!   [`Exchange`] is the site's long poll, heartbeat and acknowledgement
 //!   in one: the parent answers an [`ExchangeReply`] with the changes of
@@ -126,6 +129,17 @@ pub struct ExchangeReply {
     /// The site's name at the parent (its availability zone).
     #[serde(default)]
     pub site_name: String,
+    /// The parent asks for a new certificate: the site sends a new public
+    /// key to `POST /sync/v1/rotate` over its current link.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+/// `POST /sync/v1/rotate`, over the link of the certificate it replaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteRotateRequest {
+    /// The new ECDSA P-256 public key (uncompressed point), base64.
+    pub public_key: String,
 }
 
 #[cfg(test)]

@@ -223,6 +223,13 @@ pub fn create(
         .clone()
         .or_else(|| c.host.clone().or_else(|| c.hypervisor_hostname.clone()));
     if let Some(z) = &c.availability_zone
+        && crate::sites::Sites::is_site_zone(&state.store, z)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "The availability zone {z} is an edge site: servers are not sent down to sites yet; create the server at the site's own controller"
+        )));
+    }
+    if let Some(z) = &c.availability_zone
         && !super::zones::zone_exists(state, z)?
     {
         return Err(ApiError::bad_request(format!(

@@ -76,7 +76,22 @@ struct Joined {
     key_pem: String,
     cert_pem: String,
     ca_pem: String,
+    /// When the certificate expires (µs); 0 when not known.
+    #[serde(default)]
+    expires_at_us: i64,
+    /// SHA-256 of the join token redeemed: a site started with another
+    /// token (after its certificate was revoked) joins again.
+    #[serde(default)]
+    token_sha256: String,
 }
+
+fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    fingerprint(&sha2::Sha256::digest(token.trim().as_bytes()))
+}
+
+/// A site asks for a new certificate this long before its own expires.
+const ROTATE_BEFORE_US: i64 = 30 * 24 * 3600 * 1_000_000;
 
 impl Joined {
     fn identity(&self) -> SiteIdentity {
@@ -129,7 +144,7 @@ fn set_status(state: &AppState, f: impl FnOnce(&mut ParentStatus)) {
 /// exchange, reconnecting with a growing pause when the link drops.
 pub async fn run(state: AppState, cfg: LinkConfig) {
     set_status(&state, |s| s.parent = Some(cfg.parent.clone()));
-    let joined = loop {
+    let mut joined = loop {
         match joined_or_join(&state, &cfg).await {
             Ok(j) => break j,
             Err(e) => {
@@ -145,7 +160,7 @@ pub async fn run(state: AppState, cfg: LinkConfig) {
     });
     let mut pause = Duration::from_secs(1);
     loop {
-        match session(&state, &joined).await {
+        match session(&state, &mut joined).await {
             Ok(()) => pause = Duration::from_secs(1),
             Err(e) => {
                 let was = state
@@ -265,17 +280,33 @@ async fn joined_or_join(state: &AppState, cfg: &LinkConfig) -> Result<Joined, St
         Ok(text) => {
             let j: Joined =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let fresh = cfg
+                .join_token
+                .as_deref()
+                .is_some_and(|t| token_sha256(t) != j.token_sha256);
+            if fresh {
+                tracing::info!(site = %j.site_id, "started with a new join token: joining the parent again");
+                return join(state, cfg, &file).await;
+            }
             if j.parent != cfg.parent {
                 tracing::warn!(joined = %j.parent, given = %cfg.parent, "this site joined another parent address; dialling the one given");
             }
-            return Ok(Joined {
+            Ok(Joined {
                 parent: cfg.parent.clone(),
                 ..j
-            });
+            })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => join(state, cfg, &file).await,
+        Err(e) => Err(format!("{}: {e}", file.display())),
     }
+}
+
+/// Redeems the join token: a certificate for a new key, kept in `file`.
+async fn join(
+    _state: &AppState,
+    cfg: &LinkConfig,
+    file: &std::path::Path,
+) -> Result<Joined, String> {
     let token = cfg.join_token.as_deref().ok_or_else(|| {
         "this site has not joined its parent yet: start it with --join-token (from `stratus admin site create`)".to_string()
     })?;
@@ -345,8 +376,10 @@ async fn joined_or_join(state: &AppState, cfg: &LinkConfig) -> Result<Joined, St
         key_pem,
         cert_pem: reply.certificate,
         ca_pem: reply.ca,
+        expires_at_us: reply.expires_at_us,
+        token_sha256: token_sha256(token),
     };
-    save(&file, &joined)?;
+    save(file, &joined)?;
     tracing::info!(site = %joined.site_id, name = %joined.name, parent = %cfg.parent, "joined the parent");
     Ok(joined)
 }
@@ -379,8 +412,47 @@ pub fn cursor(state: &AppState) -> Result<i64, ApiError> {
         .unwrap_or(0))
 }
 
-/// One connection's exchanges, until it fails.
-async fn session(state: &AppState, joined: &Joined) -> Result<(), String> {
+/// Swaps the site's certificate for a new one over the current link, and
+/// keeps it; the next connection uses it.
+async fn rotate(state: &AppState, sender: &mut Sender, joined: &mut Joined) -> Result<(), String> {
+    use base64::Engine;
+    let (key_pem, public) = SiteIdentity::new_key().map_err(|e| e.to_string())?;
+    let req = stratus_wire::sync::SiteRotateRequest {
+        public_key: base64::engine::general_purpose::STANDARD.encode(&public),
+    };
+    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+    let (status, text, _, _) = request(
+        sender,
+        "POST",
+        "/sync/v1/rotate",
+        body,
+        false,
+        Duration::from_secs(30),
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!(
+            "the parent refused to rotate the certificate ({status}): {}",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    let reply: SiteJoinReply = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let next = Joined {
+        key_pem,
+        cert_pem: reply.certificate,
+        ca_pem: reply.ca,
+        expires_at_us: reply.expires_at_us,
+        ..joined.clone()
+    };
+    save(&site_file(state), &next)?;
+    *joined = next;
+    tracing::info!(site = %joined.site_id, "rotated the site certificate");
+    Ok(())
+}
+
+/// One connection's exchanges, until it fails (or the certificate was
+/// rotated: the next connection presents the new one).
+async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
     let addr = address(&joined.parent)?;
     let tls = joined
         .identity()
@@ -436,6 +508,11 @@ async fn session(state: &AppState, joined: &Joined) -> Result<(), String> {
             ));
         }
         let reply: ExchangeReply = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        let expiring =
+            joined.expires_at_us > 0 && joined.expires_at_us - now_us() < ROTATE_BEFORE_US;
+        if reply.rotate || expiring {
+            return rotate(state, &mut sender, joined).await;
+        }
         more = reply.more;
         let n = reply.changes.len() as u64;
         let revision = reply.revision;

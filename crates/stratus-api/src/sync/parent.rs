@@ -85,6 +85,7 @@ pub fn routes() -> Router<AppState> {
         .route("/edge/v1/sites/{id}", get(show_site).delete(delete_site))
         .route("/edge/v1/sites/{id}/token", post(new_token))
         .route("/edge/v1/sites/{id}/revoke", post(revoke))
+        .route("/edge/v1/sites/{id}/rotate", post(ask_rotate))
         .route("/edge/v1/parent", get(parent_status))
 }
 
@@ -138,6 +139,7 @@ fn view(state: &AppState, s: &Site, revision: i64) -> Value {
             "exchanges": link.exchanges,
         },
         "certificate_expires_at": (s.cert_expires_us > 0).then(|| iso(s.cert_expires_us)),
+        "certificate_fingerprint": s.cert_sha256,
         "created_at": iso(s.created_us),
     })
 }
@@ -222,6 +224,7 @@ pub fn create(
         cert_sha256: None,
         cert_expires_us: 0,
         revoked: Vec::new(),
+        rotate: false,
         created_us: now,
         updated_us: now,
     };
@@ -332,6 +335,34 @@ async fn new_token(
 
 /// Revokes a site's certificate: its link is refused from the next
 /// exchange on, until it joins again with a new token.
+/// Asks a site to rotate its certificate at its next exchange.
+async fn ask_rotate(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&ctx, "edge:sites:rotate")?;
+    let st = state.clone();
+    blocking(move || {
+        let site = find(&st, &id)?;
+        if site.state != state::ACTIVE {
+            return Err(ApiError::conflict(format!(
+                "Site {} has no certificate to rotate ({})",
+                site.name, site.state
+            )));
+        }
+        st.store.write(|tx| {
+            let mut s = tx.fetch::<Site>(&site.id)?;
+            s.rotate = true;
+            s.updated_us = now_us();
+            tx.update(&s)?;
+            Ok::<_, ApiError>(())
+        })
+    })
+    .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
 async fn revoke(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -386,6 +417,7 @@ pub fn sync_routes() -> Router<AppState> {
     Router::new()
         .route("/sync/v1/ca", get(ca))
         .route("/sync/v1/join", post(join))
+        .route("/sync/v1/rotate", post(rotate))
         .route("/sync/v1/exchange", post(exchange))
         .fallback(crate::error::not_found_fallback)
 }
@@ -458,6 +490,61 @@ async fn join(
     Ok((StatusCode::CREATED, axum::Json(reply)))
 }
 
+/// The active site a sync connection's certificate names.
+async fn peer_site(state: &AppState, peer: Peer) -> Result<Site, ApiError> {
+    let Some(fp) = peer.0 else {
+        return Err(ApiError::unauthorized_msg(
+            "A site certificate is required: join first",
+        ));
+    };
+    let st = state.clone();
+    let site = blocking(move || Ok(st.sites.by_certificate(&st.store, &fp)?)).await?;
+    site.filter(|s| s.state == state::ACTIVE)
+        .ok_or_else(|| ApiError::forbidden("edge:sync:exchange"))
+}
+
+/// A site swaps its certificate for one over a new key; the old one is
+/// refused from then on.
+async fn rotate(
+    State(state): State<AppState>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    raw: Bytes,
+) -> Result<axum::Json<SiteJoinReply>, ApiError> {
+    use base64::Engine;
+    let site = peer_site(&state, peer).await?;
+    let r: stratus_wire::sync::SiteRotateRequest = crate::json::decode(&raw)?;
+    let public_key = base64::engine::general_purpose::STANDARD
+        .decode(r.public_key.trim())
+        .map_err(|_| ApiError::bad_request("'public_key' is not base64"))?;
+    let ca = state.sync.ca()?;
+    let st = state.clone();
+    let reply = blocking(move || {
+        let issued = ca
+            .issue(&site.id, &public_key)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        st.store.write(|tx| {
+            let mut s = tx.fetch::<Site>(&site.id)?;
+            if let Some(old) = s.cert_sha256.replace(issued.sha256.clone()) {
+                s.revoked.push(old);
+            }
+            s.cert_expires_us = issued.expires_us;
+            s.rotate = false;
+            s.updated_us = now_us();
+            tx.update(&s)?;
+            Ok::<_, ApiError>(SiteJoinReply {
+                site_id: s.id.clone(),
+                name: s.name.clone(),
+                certificate: issued.pem.clone(),
+                ca: ca.pem().to_string(),
+                expires_at_us: issued.expires_us,
+            })
+        })
+    })
+    .await?;
+    tracing::info!(site = %reply.site_id, name = %reply.name, "site certificate rotated");
+    Ok(axum::Json(reply))
+}
+
 fn gunzip(raw: &[u8]) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(raw)
@@ -486,11 +573,7 @@ async fn exchange(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(fp) = peer.0 else {
-        return Err(ApiError::unauthorized_msg(
-            "A site certificate is required: join first",
-        ));
-    };
+    let site = peer_site(&state, peer).await?;
     let body = if is_gzip(&headers, header::CONTENT_ENCODING) {
         gunzip(&raw)?
     } else {
@@ -498,11 +581,6 @@ async fn exchange(
     };
     let x: Exchange = crate::json::decode(&body)?;
     check_sync_version(x.version).map_err(ApiError::bad_request)?;
-    let st = state.clone();
-    let site = blocking(move || Ok(st.sites.by_certificate(&st.store, &fp)?)).await?;
-    let Some(site) = site.filter(|s| s.state == state::ACTIVE) else {
-        return Err(ApiError::forbidden("edge:sync:exchange"));
-    };
     state.sites.touch(&site.id, |l| {
         l.acked = x.acked;
         l.software = x.software.clone();
@@ -516,7 +594,22 @@ async fn exchange(
     let reply = loop {
         let st = state.clone();
         let keys_hash = x.keys_hash.clone();
-        let reply = blocking(move || build_reply(&st, from, &keys_hash)).await?;
+        let site_id = site.id.clone();
+        let cert = site.cert_sha256.clone();
+        let (reply, rotate) = blocking(move || {
+            // A site revoked (or rotated away from this certificate) while
+            // its exchange waited gets nothing more.
+            let now = st
+                .store
+                .get::<Site>(&site_id)?
+                .filter(|s| s.state == state::ACTIVE && s.cert_sha256 == cert)
+                .ok_or_else(|| ApiError::forbidden("edge:sync:exchange"))?;
+            Ok((build_reply(&st, from, &keys_hash)?, now.rotate))
+        })
+        .await?;
+        if rotate {
+            break ExchangeReply { rotate, ..reply };
+        }
         let worth = !reply.changes.is_empty()
             || reply.snapshot
             || reply.more
