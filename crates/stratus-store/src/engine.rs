@@ -147,6 +147,11 @@ pub(crate) trait Conn {
     fn delete_changes_through(&mut self, seq: i64) -> Result<u64>;
     /// Every resource row, ordered by kind and id.
     fn documents(&mut self) -> Result<Vec<Document>>;
+    /// How many rows of `kind` hold each combination of the values of
+    /// the top-level document `fields` (each a plain identifier, checked
+    /// by the caller); a missing or null field counts as `""`. Counted
+    /// in the database, without handing any body out.
+    fn count_by(&mut self, kind: &str, fields: &[&str]) -> Result<Vec<(Vec<String>, u64)>>;
 }
 
 /// Maps an engine's own error into [`StoreError::Db`], so no engine type

@@ -27,6 +27,10 @@
 //!   [`Store::snapshot`].
 //! - **Migrations** (`schema_migrations`): embedded, applied in order at open.
 //!
+//! - **Observation**: the store counts nothing itself; an [`Observer`]
+//!   given to [`Store::observe`] hears how long each write transaction
+//!   waited for the writer and ran, and how it ended (the API's metrics).
+//!
 //! Engines: the document layer here (records, revisions, conflicts, the
 //! change log, compaction) sits on a small row-level interface
 //! (`engine::Conn`) with two engines: the embedded SQLite file (the
@@ -218,6 +222,50 @@ pub struct Store {
     /// Kinds whose rows from before the `created` column were backfilled
     /// by this process ([`Store::list_newest`]).
     backfilled: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Who hears about every write transaction ([`Store::observe`]).
+    observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
+}
+
+/// Hears about every write transaction of a [`Store`], on the thread that
+/// ran it: keep it cheap (a few atomic adds).
+pub trait Observer: Send + Sync {
+    fn write_done(&self, stats: &WriteStats);
+}
+
+/// What one write transaction cost, the same on every engine.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteStats {
+    /// From the call to the moment the transaction's closure began:
+    /// waiting for the writer (the writer lock, SQLite's `BEGIN
+    /// IMMEDIATE`, PostgreSQL's advisory lock) and for a connection.
+    pub waited: std::time::Duration,
+    /// From the closure's start to the commit being durable (or the
+    /// rollback).
+    pub ran: std::time::Duration,
+    pub outcome: WriteOutcome,
+}
+
+/// How a write transaction ended. There is no retry to count: writes are
+/// serialised, so a closure runs once and either commits or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed (and durable).
+    Committed,
+    /// The closure returned an error (a conflict, a refused request):
+    /// rolled back, nothing written.
+    RolledBack,
+    /// The engine failed: the transaction could not begin or commit.
+    Failed,
+}
+
+impl WriteOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::Committed => "committed",
+            WriteOutcome::RolledBack => "rolled_back",
+            WriteOutcome::Failed => "failed",
+        }
+    }
 }
 
 impl Store {
@@ -242,7 +290,14 @@ impl Store {
         Store {
             engine,
             backfilled: Default::default(),
+            observer: Default::default(),
         }
+    }
+
+    /// Sets who hears about every write transaction from now on (once:
+    /// false when an observer was set already).
+    pub fn observe(&self, observer: std::sync::Arc<dyn Observer>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// Whether `s` names a PostgreSQL database rather than a file.
@@ -369,18 +424,58 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        blocking(|| {
+        let called = std::time::Instant::now();
+        // When the closure began, and whether it succeeded.
+        let mut began: Option<(std::time::Instant, bool)> = None;
+        let out = blocking(|| {
             let run = |c: &mut dyn Conn| {
+                let start = std::time::Instant::now();
                 let tx = Tx {
                     conn: std::cell::RefCell::new(c),
                 };
-                f(&tx)
+                let r = f(&tx);
+                began = Some((start, r.is_ok()));
+                r
             };
             match &self.engine {
                 Engine::Sqlite(e) => e.write(run),
                 Engine::Postgres(e) => e.write(run),
             }
-        })
+        });
+        if let Some(o) = self.observer.get() {
+            let (start, ran_ok) = began.unwrap_or((called, false));
+            let outcome = match (out.is_ok(), began.is_some(), ran_ok) {
+                (true, _, _) => WriteOutcome::Committed,
+                (false, true, false) => WriteOutcome::RolledBack,
+                _ => WriteOutcome::Failed,
+            };
+            o.write_done(&WriteStats {
+                waited: start - called,
+                ran: start.elapsed(),
+                outcome,
+            });
+        }
+        out
+    }
+
+    /// How many documents of `T` hold each combination of values of the
+    /// top-level string `fields` of their documents (a field missing or
+    /// null counts as `""`). The database counts: no document is read
+    /// out, so it stays cheap for a kind of 100,000 documents (metrics
+    /// count servers by state this way). Each field must be a plain
+    /// identifier (`[a-z0-9_]`).
+    pub fn count_by<T: Record>(&self, fields: &[&str]) -> Result<Vec<(Vec<String>, u64)>> {
+        let plain = |f: &&str| {
+            !f.is_empty()
+                && f.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if fields.is_empty() || !fields.iter().all(plain) {
+            return Err(StoreError::Db(format!(
+                "cannot count by {fields:?}: fields must be plain identifiers"
+            )));
+        }
+        self.read(|c| c.count_by(T::KIND, fields))
     }
 
     /// Change-log entries after `seq`, oldest first, at most `limit`;
@@ -755,6 +850,57 @@ mod tests {
             assert!(matches!(dup_id, Err(StoreError::Conflict(_))));
             // Same name in another owner is fine.
             s.write(|tx| tx.insert(&thing("b", "d2", "x"))).unwrap();
+        });
+    }
+
+    #[test]
+    fn count_by_counts_in_the_database() {
+        each_engine(|s| {
+            s.write(|tx| {
+                tx.insert(&thing("a", "d1", "x"))?;
+                tx.insert(&thing("b", "d1", "y"))?;
+                tx.insert(&thing("c", "d2", "x"))?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+            let mut by_domain = s.count_by::<Thing>(&["domain"]).unwrap();
+            by_domain.sort();
+            assert_eq!(
+                by_domain,
+                [(vec!["d1".to_string()], 2), (vec!["d2".to_string()], 1)]
+            );
+            let mut both = s.count_by::<Thing>(&["domain", "name"]).unwrap();
+            both.sort();
+            assert_eq!(both.len(), 3);
+            assert!(both.iter().all(|(_, n)| *n == 1));
+            // A field no document has counts as "".
+            assert_eq!(
+                s.count_by::<Thing>(&["nothing"]).unwrap(),
+                [(vec![String::new()], 3)]
+            );
+            assert!(s.count_by::<Thing>(&["name') --"]).is_err());
+        });
+    }
+
+    #[test]
+    fn the_observer_hears_every_write_and_how_it_ended() {
+        #[derive(Default)]
+        struct Tally(std::sync::Mutex<Vec<WriteOutcome>>);
+        impl Observer for Tally {
+            fn write_done(&self, w: &WriteStats) {
+                self.0.lock().unwrap().push(w.outcome);
+            }
+        }
+        each_engine(|s| {
+            let tally = std::sync::Arc::new(Tally::default());
+            assert!(s.observe(tally.clone()));
+            assert!(!s.observe(tally.clone()));
+            s.write(|tx| tx.insert(&thing("a", "d1", "x"))).unwrap();
+            assert!(s.write(|tx| tx.insert(&thing("b", "d1", "x"))).is_err());
+            assert_eq!(
+                *tally.0.lock().unwrap(),
+                [WriteOutcome::Committed, WriteOutcome::RolledBack]
+            );
         });
     }
 

@@ -595,6 +595,28 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
             .db()
     }
 
+    fn count_by(&mut self, kind: &str, fields: &[&str]) -> Result<Vec<(Vec<String>, u64)>> {
+        let cols: Vec<String> = fields
+            .iter()
+            .map(|f| format!("COALESCE(body::jsonb ->> '{f}', '')"))
+            .collect();
+        let groups: Vec<String> = (1..=fields.len()).map(|i| i.to_string()).collect();
+        let sql = format!(
+            "SELECT {}, COUNT(*)::BIGINT FROM resources WHERE kind = $1 GROUP BY {}",
+            cols.join(", "),
+            groups.join(", ")
+        );
+        let n = fields.len();
+        Ok(self
+            .query(&sql, &[&kind])?
+            .iter()
+            .map(|r| {
+                let key = (0..n).map(|i| r.get::<_, String>(i)).collect();
+                (key, r.get::<_, i64>(n) as u64)
+            })
+            .collect())
+    }
+
     fn documents(&mut self) -> Result<Vec<Document>> {
         Ok(self
             .query(

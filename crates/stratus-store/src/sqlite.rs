@@ -522,6 +522,36 @@ impl Conn for SqliteConn<'_> {
         Ok(n as u64)
     }
 
+    fn count_by(&mut self, kind: &str, fields: &[&str]) -> Result<Vec<(Vec<String>, u64)>> {
+        let cols: Vec<String> = fields
+            .iter()
+            .map(|f| format!("COALESCE(json_extract(body, '$.{f}'), '')"))
+            .collect();
+        let groups: Vec<String> = (1..=fields.len()).map(|i| i.to_string()).collect();
+        let sql = format!(
+            "SELECT {}, COUNT(*) FROM resources WHERE kind = ?1 GROUP BY {}",
+            cols.join(", "),
+            groups.join(", ")
+        );
+        let mut st = self.0.prepare_cached(&sql).db()?;
+        let n = fields.len();
+        let rows = st
+            .query_map(params![kind], |r| {
+                let mut key = Vec::with_capacity(n);
+                for i in 0..n {
+                    key.push(match r.get::<_, rusqlite::types::Value>(i)? {
+                        rusqlite::types::Value::Text(t) => t,
+                        rusqlite::types::Value::Integer(v) => v.to_string(),
+                        rusqlite::types::Value::Real(v) => v.to_string(),
+                        _ => String::new(),
+                    });
+                }
+                Ok((key, r.get::<_, i64>(n)? as u64))
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
     fn documents(&mut self) -> Result<Vec<Document>> {
         let mut st = self
             .0
