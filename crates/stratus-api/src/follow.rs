@@ -24,6 +24,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
     let Some(mut pos) = newest(&state, every).await else {
         return;
     };
+    state.metrics.followed(pos);
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -76,6 +77,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                     Ok(Ok(())) => {}
                 }
             }
+            state.metrics.followed(pos);
             if !full {
                 break;
             }

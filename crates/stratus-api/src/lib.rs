@@ -29,6 +29,7 @@ pub mod image;
 pub mod json;
 pub mod lease;
 pub mod listener;
+pub mod metrics;
 pub mod middleware;
 pub mod network;
 pub mod placement;
@@ -84,6 +85,8 @@ pub struct Inner {
     /// Servers seen waiting for the scheduler in the change log (see
     /// `compute::scheduler::sweep`).
     pub unscheduled: compute::scheduler::Unscheduled,
+    /// Prometheus metrics (see [`metrics`]).
+    pub metrics: metrics::Metrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -102,6 +105,8 @@ impl AppState {
         let compute = compute::Compute::new(config.compute.clone(), store.clone());
         let placement = placement::Placement::open(store.clone())?;
         let store_for_lease = store.clone();
+        let metrics = metrics::Metrics::new();
+        store.observe(metrics.store_observer());
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -112,6 +117,7 @@ impl AppState {
                 placement,
                 singleton: Arc::new(lease::Lease::new(store_for_lease, "singleton")),
                 unscheduled: Default::default(),
+                metrics,
             }),
         })
     }
@@ -126,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .merge(compute::router())
         .merge(placement::router())
         .merge(network::router())
+        .merge(metrics::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
