@@ -63,7 +63,7 @@ const STORE_BUCKETS: [f64; 12] = [
 struct RequestLabels {
     service: &'static str,
     route: String,
-    method: String,
+    method: &'static str,
     code: u16,
 }
 
@@ -71,7 +71,7 @@ struct RequestLabels {
 struct RouteLabels {
     service: &'static str,
     route: String,
-    method: String,
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -283,12 +283,12 @@ impl Metrics {
     pub fn request(&self, route: Option<&str>, method: &str, code: u16, took: Duration) {
         let route = route_label(route);
         let service = service_of(&route);
-        let method = method.to_string();
+        let method = method_label(method);
         self.request_seconds
             .get_or_create(&RouteLabels {
                 service,
                 route: route.clone(),
-                method: method.clone(),
+                method,
             })
             .observe(took.as_secs_f64());
         self.requests
@@ -468,6 +468,19 @@ fn route_label(route: Option<&str>) -> String {
     }
 }
 
+/// The method as a label: the methods HTTP defines, anything else
+/// `other` (a client inventing methods must not invent series).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// The service a route belongs to, from its first path segment.
 fn service_of(route: &str) -> &'static str {
     match route.trim_start_matches('/').split('/').next() {
@@ -536,6 +549,8 @@ mod tests {
         assert_eq!(service_of("/image/v2/images"), "image");
         assert_eq!(service_of("/edge/v1/nodes/{host}"), "edge");
         assert_eq!(service_of("unmatched"), "other");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("BREW"), "other");
     }
 
     #[test]

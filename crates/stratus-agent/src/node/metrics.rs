@@ -171,7 +171,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<AgentMetrics>) -> anyhow::Result<Soc
         .name("agent-metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                answer(stream, &metrics);
+                let m = metrics.clone();
+                std::thread::spawn(move || answer(stream, &m));
             }
         })?;
     Ok(bound)
