@@ -241,6 +241,19 @@ fn metrics_count_traffic_for_admins_and_on_the_metrics_listener() {
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["server"]["id"].as_str().unwrap().to_string();
     c.wait(&c.admin, &id, "ACTIVE");
+    // And one no node can hold (more disk than the fake node has).
+    let r = c.req(
+        "POST",
+        "/flavors",
+        &c.admin,
+        Some(json!({"flavor": {"name": "huge", "ram": 64, "vcpus": 1, "disk": 5000}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let huge = r.body["flavor"]["id"].as_str().unwrap().to_string();
+    let r = c.boot(&c.admin, "too-big", &img, &huge, json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let big = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &big, "ERROR");
 
     let after = scrape(url, Some(&c.admin));
     let moved = |name: &str, labels: &[(&str, &str)]| {
@@ -276,7 +289,11 @@ fn metrics_count_traffic_for_admins_and_on_the_metrics_listener() {
     );
     for v in after.label_values() {
         assert!(
-            !v.contains(&id) && !v.contains(&img) && !v.contains("-x1") && !v.contains("-x2"),
+            !v.contains(&id)
+                && !v.contains(&big)
+                && !v.contains(&img)
+                && !v.contains("-x1")
+                && !v.contains("-x2"),
             "an id or a raw path in a label: {v}"
         );
     }
@@ -314,6 +331,16 @@ fn metrics_count_traffic_for_admins_and_on_the_metrics_listener() {
             "stratus_scheduler_decisions_total",
             &[("outcome", "scheduled")]
         ) >= 1.0
+    );
+    assert!(
+        moved(
+            "stratus_scheduler_decisions_total",
+            &[("outcome", "no_valid_host")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        after.get("stratus_servers", &[("status", "ERROR")]),
+        Some(1.0)
     );
     assert!(after.get("stratus_scheduler_queue_length", &[]).is_some());
     assert!(
