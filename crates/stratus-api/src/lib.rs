@@ -8,7 +8,7 @@
 
 /// Implements [`stratus_store::Record`] for a struct with an `id` field.
 macro_rules! record {
-    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)? $(, created = |$c:ident| $created:expr)?) => {
+    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)? $(, created = |$c:ident| $created:expr)? $(, state = |$st:ident| $state:expr)?) => {
         impl Record for $t {
             const KIND: &'static str = $kind;
             fn id(&self) -> &str { &self.id }
@@ -17,6 +17,7 @@ macro_rules! record {
             $(fn name(&self) -> Option<&str> { let $n = self; $name })?
             $(fn unique_key(&self) -> Option<String> { let $u = self; $unique })?
             $(fn created(&self) -> Option<i64> { let $c = self; $created })?
+            $(fn state(&self) -> Option<String> { let $st = self; $state })?
         }
     };
 }

@@ -18,8 +18,8 @@
 //! - at scrape time, from state already in memory or one cheap query
 //!   each: the change log's newest revision, the scheduler's queue, nodes
 //!   up and down and each node's heartbeat age, servers by status (one
-//!   count query grouped by `vm_state` and `task_state`, no server
-//!   decoded).
+//!   count over the store's state index, `vm_state/task_state`: no
+//!   server read).
 //!
 //! Edge sites, when they land, add their link state and sync lag in
 //! [`Metrics::refresh`] (see the note there).
@@ -40,7 +40,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use stratus_store::{Observer, Query, WriteStats};
 
-use crate::compute::model::{ComputeNode, Server};
+use crate::compute::model::{ComputeNode, Server, parse_server_state};
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
 
@@ -377,18 +377,13 @@ impl Metrics {
                 .set((now - seen).max(0) as f64 / 1e6);
         }
 
-        let counts = state
-            .store
-            .count_by::<Server>(&["vm_state", "task_state"])?;
+        let counts = state.store.count_states::<Server>()?;
         self.servers.clear();
         for status in ["ACTIVE", "BUILD", "SHUTOFF", "ERROR"] {
             self.servers.get_or_create(&StatusLabels { status }).set(0);
         }
-        for (key, n) in counts {
-            let [vm_state, task_state] = key.as_slice() else {
-                continue;
-            };
-            let task = (!task_state.is_empty()).then_some(task_state.as_str());
+        for (lifted, n) in counts {
+            let (vm_state, task) = parse_server_state(&lifted);
             let status = crate::compute::states::status(vm_state, task);
             self.servers
                 .get_or_create(&StatusLabels { status })
@@ -551,6 +546,16 @@ mod tests {
         assert_eq!(service_of("unmatched"), "other");
         assert_eq!(method_label("PATCH"), "PATCH");
         assert_eq!(method_label("BREW"), "other");
+    }
+
+    #[test]
+    fn a_servers_lifted_state_reads_back() {
+        use crate::compute::model::server_state;
+        let s = server_state("active", Some("rebooting"));
+        assert_eq!(parse_server_state(&s), ("active", Some("rebooting")));
+        let s = server_state("stopped", None);
+        assert_eq!(s, "stopped/");
+        assert_eq!(parse_server_state(&s), ("stopped", None));
     }
 
     #[test]

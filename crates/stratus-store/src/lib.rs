@@ -9,7 +9,9 @@
 //!   `name`, `unique_key` (a name that must be unique within its kind,
 //!   e.g. `domain_id/name` for users) and `created` (when the object was
 //!   created, the keyset order of [`Store::list_newest`]: a first page of
-//!   1,000 out of 100,000 reads about 1,000 rows). Documents keep the
+//!   1,000 out of 100,000 reads about 1,000 rows) and `state` (a short
+//!   state such as a server's, counted by [`Store::count_states`] from an
+//!   index, no document read). Documents keep the
 //!   service's own model; the store never interprets them.
 //! - **Revisions and the change log** (`changes` table): every insert,
 //!   update and delete appends one row to the change log *in the same
@@ -110,6 +112,11 @@ pub trait Record: Serialize + DeserializeOwned {
     /// epoch): the order of [`Store::list_newest`]. Kinds without one sort
     /// by id alone.
     fn created(&self) -> Option<i64> {
+        None
+    }
+    /// A short state the store counts objects of this kind by
+    /// ([`Store::count_states`]), e.g. a server's `vm_state/task_state`.
+    fn state(&self) -> Option<String> {
         None
     }
 }
@@ -224,6 +231,9 @@ pub struct Store {
     backfilled: std::sync::Mutex<std::collections::HashSet<&'static str>>,
     /// Who hears about every write transaction ([`Store::observe`]).
     observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
+    /// Kinds whose rows from before the `state` column were backfilled
+    /// by this process ([`Store::count_states`]).
+    stated: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
 
 /// Hears about every write transaction of a [`Store`], on the thread that
@@ -291,6 +301,7 @@ impl Store {
             engine,
             backfilled: Default::default(),
             observer: Default::default(),
+            stated: Default::default(),
         }
     }
 
@@ -314,6 +325,8 @@ impl Store {
             std::process::id(),
             next_tmp()
         ));
+        // One an earlier process with the same id left is not this one's.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::Open {
             what: dir.display().to_string(),
             message: e.to_string(),
@@ -458,24 +471,35 @@ impl Store {
         out
     }
 
-    /// How many documents of `T` hold each combination of values of the
-    /// top-level string `fields` of their documents (a field missing or
-    /// null counts as `""`). The database counts: no document is read
-    /// out, so it stays cheap for a kind of 100,000 documents (metrics
-    /// count servers by state this way). Each field must be a plain
-    /// identifier (`[a-z0-9_]`).
-    pub fn count_by<T: Record>(&self, fields: &[&str]) -> Result<Vec<(Vec<String>, u64)>> {
-        let plain = |f: &&str| {
-            !f.is_empty()
-                && f.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        };
-        if fields.is_empty() || !fields.iter().all(plain) {
-            return Err(StoreError::Db(format!(
-                "cannot count by {fields:?}: fields must be plain identifiers"
-            )));
+    /// How many documents of `T` are in each [`Record::state`]: counted
+    /// on the state index, no document read, so it stays cheap for a kind
+    /// of 100,000 documents (the metrics count servers by status this
+    /// way). Documents without a state are not counted.
+    pub fn count_states<T: Record>(&self) -> Result<Vec<(String, u64)>> {
+        self.backfill_states::<T>()?;
+        self.read(|c| c.count_states(T::KIND))
+    }
+
+    /// Fills the `state` column of the rows of `T` written before it
+    /// existed, once per kind and process (later writes fill it
+    /// themselves). Not a change: no revision, no change-log entry.
+    fn backfill_states<T: Record>(&self) -> Result<()> {
+        let kinds = || self.stated.lock().unwrap_or_else(|p| p.into_inner());
+        if kinds().contains(T::KIND) {
+            return Ok(());
         }
-        self.read(|c| c.count_by(T::KIND, fields))
+        self.write(|tx| {
+            let mut c = tx.conn.borrow_mut();
+            for (id, body) in c.unstated(T::KIND)? {
+                let rec: T = serde_json::from_str(&body)?;
+                if let Some(state) = rec.state() {
+                    c.set_state(T::KIND, &id, &state)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        kinds().insert(T::KIND);
+        Ok(())
     }
 
     /// Change-log entries after `seq`, oldest first, at most `limit`;
@@ -582,6 +606,7 @@ impl Tx<'_> {
     /// revision.
     pub fn insert<T: Record>(&self, rec: &T) -> Result<i64> {
         let key = rec.unique_key();
+        let state = rec.state();
         let mut c = self.conn.borrow_mut();
         let taken = c.revision(T::KIND, rec.id())?.is_some()
             || match &key {
@@ -593,7 +618,7 @@ impl Tx<'_> {
         }
         let body = serde_json::to_string(rec)?;
         let rev = c.append_change(T::KIND, rec.id(), "put", Some(&body), now_ms())?;
-        c.insert(&row(rec, key.as_deref(), rev, &body))?;
+        c.insert(&row(rec, key.as_deref(), state.as_deref(), rev, &body))?;
         Ok(rev)
     }
 
@@ -601,6 +626,7 @@ impl Tx<'_> {
     /// [`StoreError::Conflict`] if its unique key is another's.
     pub fn update<T: Record>(&self, rec: &T) -> Result<i64> {
         let key = rec.unique_key();
+        let state = rec.state();
         let mut c = self.conn.borrow_mut();
         if c.revision(T::KIND, rec.id())?.is_none() {
             return Err(StoreError::NotFound {
@@ -616,7 +642,7 @@ impl Tx<'_> {
         }
         let body = serde_json::to_string(rec)?;
         let rev = c.append_change(T::KIND, rec.id(), "put", Some(&body), now_ms())?;
-        c.update(&row(rec, key.as_deref(), rev, &body))?;
+        c.update(&row(rec, key.as_deref(), state.as_deref(), rev, &body))?;
         Ok(rev)
     }
 
@@ -678,7 +704,13 @@ impl Tx<'_> {
     }
 }
 
-fn row<'a, T: Record>(rec: &'a T, key: Option<&'a str>, revision: i64, body: &'a str) -> Row<'a> {
+fn row<'a, T: Record>(
+    rec: &'a T,
+    key: Option<&'a str>,
+    state: Option<&'a str>,
+    revision: i64,
+    body: &'a str,
+) -> Row<'a> {
     Row {
         kind: T::KIND,
         id: rec.id(),
@@ -687,6 +719,7 @@ fn row<'a, T: Record>(rec: &'a T, key: Option<&'a str>, revision: i64, body: &'a
         name: rec.name(),
         unique_key: key,
         created: rec.created().unwrap_or(0),
+        state,
         revision,
         body,
     }
@@ -853,33 +886,76 @@ mod tests {
         });
     }
 
+    /// A thing with a state, as a server has.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Lamp {
+        id: String,
+        on: bool,
+    }
+
+    impl Record for Lamp {
+        const KIND: &'static str = "lamp";
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn state(&self) -> Option<String> {
+            Some(if self.on { "on" } else { "off" }.to_string())
+        }
+    }
+
+    fn lamp(id: &str, on: bool) -> Lamp {
+        Lamp { id: id.into(), on }
+    }
+
     #[test]
-    fn count_by_counts_in_the_database() {
+    fn count_states_follows_writes() {
         each_engine(|s| {
             s.write(|tx| {
-                tx.insert(&thing("a", "d1", "x"))?;
-                tx.insert(&thing("b", "d1", "y"))?;
-                tx.insert(&thing("c", "d2", "x"))?;
+                tx.insert(&lamp("a", true))?;
+                tx.insert(&lamp("b", true))?;
+                tx.insert(&lamp("c", false))?;
                 Ok::<_, StoreError>(())
             })
             .unwrap();
-            let mut by_domain = s.count_by::<Thing>(&["domain"]).unwrap();
-            by_domain.sort();
+            let sorted = |mut v: Vec<(String, u64)>| {
+                v.sort();
+                v
+            };
             assert_eq!(
-                by_domain,
-                [(vec!["d1".to_string()], 2), (vec!["d2".to_string()], 1)]
+                sorted(s.count_states::<Lamp>().unwrap()),
+                [("off".to_string(), 1), ("on".to_string(), 2)]
             );
-            let mut both = s.count_by::<Thing>(&["domain", "name"]).unwrap();
-            both.sort();
-            assert_eq!(both.len(), 3);
-            assert!(both.iter().all(|(_, n)| *n == 1));
-            // A field no document has counts as "".
+            s.write(|tx| tx.update(&lamp("a", false))).unwrap();
+            s.write(|tx| tx.delete::<Lamp>("b")).unwrap();
             assert_eq!(
-                s.count_by::<Thing>(&["nothing"]).unwrap(),
-                [(vec![String::new()], 3)]
+                sorted(s.count_states::<Lamp>().unwrap()),
+                [("off".to_string(), 2)]
             );
-            assert!(s.count_by::<Thing>(&["name') --"]).is_err());
+            // Kinds without a state count nothing.
+            s.write(|tx| tx.insert(&thing("t", "d1", "x"))).unwrap();
+            assert!(s.count_states::<Thing>().unwrap().is_empty());
         });
+    }
+
+    #[test]
+    fn rows_from_before_the_state_column_are_backfilled() {
+        let s = Store::open_in_memory().unwrap();
+        let path = s.path().unwrap().to_path_buf();
+        s.write(|tx| {
+            tx.insert(&lamp("a", true))?;
+            tx.insert(&lamp("b", false))
+        })
+        .unwrap();
+        drop(s);
+        // As a store written before migration 4 left them.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute("UPDATE resources SET state = NULL", [])
+            .unwrap();
+        drop(raw);
+        let s = Store::open(&path, Durability::Normal).unwrap();
+        let mut counts = s.count_states::<Lamp>().unwrap();
+        counts.sort();
+        assert_eq!(counts, [("off".to_string(), 1), ("on".to_string(), 1)]);
     }
 
     #[test]
