@@ -25,6 +25,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
         return;
     };
     state.sites.advance(pos);
+    state.metrics.followed(pos);
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -80,6 +81,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
             }
             // Sites' exchanges wait on this to send what is new.
             state.sites.advance(pos);
+            state.metrics.followed(pos);
             if !full {
                 break;
             }

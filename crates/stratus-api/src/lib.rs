@@ -8,7 +8,7 @@
 
 /// Implements [`stratus_store::Record`] for a struct with an `id` field.
 macro_rules! record {
-    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)? $(, created = |$c:ident| $created:expr)?) => {
+    ($t:ty, $kind:literal $(, owner = |$o:ident| $owner:expr)? $(, parent = |$p:ident| $parent:expr)? $(, name = |$n:ident| $name:expr)? $(, unique = |$u:ident| $unique:expr)? $(, created = |$c:ident| $created:expr)? $(, state = |$st:ident| $state:expr)?) => {
         impl Record for $t {
             const KIND: &'static str = $kind;
             fn id(&self) -> &str { &self.id }
@@ -17,6 +17,7 @@ macro_rules! record {
             $(fn name(&self) -> Option<&str> { let $n = self; $name })?
             $(fn unique_key(&self) -> Option<String> { let $u = self; $unique })?
             $(fn created(&self) -> Option<i64> { let $c = self; $created })?
+            $(fn state(&self) -> Option<String> { let $st = self; $state })?
         }
     };
 }
@@ -30,6 +31,7 @@ pub mod image;
 pub mod json;
 pub mod lease;
 pub mod listener;
+pub mod metrics;
 pub mod middleware;
 pub mod network;
 pub mod placement;
@@ -93,6 +95,8 @@ pub struct Inner {
     pub sites: sites::Sites,
     /// Sync with sites and with this controller's parent (see [`sync`]).
     pub sync: sync::parent::SyncState,
+    /// Prometheus metrics (see [`metrics`]).
+    pub metrics: metrics::Metrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -113,6 +117,8 @@ impl AppState {
         let store_for_lease = store.clone();
         let config_site_down = config.site_down_time_s;
         let config_data_dir = config.data_dir.clone();
+        let metrics = metrics::Metrics::new();
+        store.observe(metrics.store_observer());
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -125,6 +131,7 @@ impl AppState {
                 unscheduled: Default::default(),
                 sites: sites::Sites::new(config_site_down),
                 sync: sync::parent::SyncState::new(&config_data_dir),
+                metrics,
             }),
         })
     }
@@ -141,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .merge(network::router())
         .merge(sync::parent::routes())
         .merge(dashboard::router(state.clone()))
+        .merge(metrics::router())
         .route("/", axum::routing::get(root_versions))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed)

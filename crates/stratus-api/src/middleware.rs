@@ -1,7 +1,8 @@
 //! Request context and the HTTP edge: every response carries
 //! `x-openstack-request-id` (the compute API's also as
 //! `x-compute-request-id`, as in Nova), every request is logged once (method, path,
-//! status, latency), and every error comes out in the service's own fault
+//! status, latency) and counted in the metrics (by route template, see
+//! [`crate::metrics`]), and every error comes out in the service's own fault
 //! shape, including those found before routing and the framework's own
 //! rejections.
 //!
@@ -13,7 +14,7 @@
 //! by the image size cap instead.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -63,6 +64,8 @@ pub async fn request_context(
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // The route template, for the metrics (never the raw path).
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let shape = Shape::for_path(&path);
     let limits = &state.config.http;
     let mut routine = false;
@@ -90,7 +93,14 @@ pub async fn request_context(
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let took = started.elapsed();
+    state.metrics.request(
+        route.as_ref().map(|r| r.as_str()),
+        method.as_str(),
+        status,
+        took,
+    );
+    let ms = took.as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::warn!(request_id = %id, %method, path, status, latency_ms = ms, "request");
     } else if routine && status < 400 {

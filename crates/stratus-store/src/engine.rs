@@ -66,6 +66,17 @@ pub(crate) fn migrations(serial: &str, int: &str, bytes: &str) -> Vec<(i64, Stri
                  ON resources (kind, owner, created, id{bytes});
              DROP INDEX resources_owner;",
         ),
+        (
+            // The lifted state ([`crate::Record::state`]), counted per kind
+            // without reading a document (`Store::count_states`: servers
+            // by status for the metrics). Only kinds with a state are
+            // indexed. Rows written before this migration have none until
+            // the document layer backfills them.
+            4,
+            "ALTER TABLE resources ADD COLUMN state TEXT;
+             CREATE INDEX resources_state ON resources (kind, state)
+                 WHERE state IS NOT NULL;",
+        ),
     ]
     .into_iter()
     .map(|(v, sql)| {
@@ -88,6 +99,8 @@ pub(crate) struct Row<'a> {
     pub unique_key: Option<&'a str>,
     /// The keyset sort column ([`crate::Record::created`], 0 when none).
     pub created: i64,
+    /// The lifted state ([`crate::Record::state`]).
+    pub state: Option<&'a str>,
     pub revision: i64,
     pub body: &'a str,
 }
@@ -147,6 +160,14 @@ pub(crate) trait Conn {
     fn delete_changes_through(&mut self, seq: i64) -> Result<u64>;
     /// Every resource row, ordered by kind and id.
     fn documents(&mut self) -> Result<Vec<Document>>;
+    /// How many rows of `kind` hold each state (rows without one are not
+    /// counted). Walks the state index only.
+    fn count_states(&mut self, kind: &str) -> Result<Vec<(String, u64)>>;
+    /// Ids and bodies of the rows of `kind` whose `state` column is not
+    /// filled (written before it existed, or of a kind without states).
+    fn unstated(&mut self, kind: &str) -> Result<Vec<(String, String)>>;
+    /// Fills one row's `state` column; not a change of the document.
+    fn set_state(&mut self, kind: &str, id: &str, state: &str) -> Result<()>;
 }
 
 /// Maps an engine's own error into [`StoreError::Db`], so no engine type

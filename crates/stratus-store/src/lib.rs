@@ -9,7 +9,9 @@
 //!   `name`, `unique_key` (a name that must be unique within its kind,
 //!   e.g. `domain_id/name` for users) and `created` (when the object was
 //!   created, the keyset order of [`Store::list_newest`]: a first page of
-//!   1,000 out of 100,000 reads about 1,000 rows). Documents keep the
+//!   1,000 out of 100,000 reads about 1,000 rows) and `state` (a short
+//!   state such as a server's, counted by [`Store::count_states`] from an
+//!   index, no document read). Documents keep the
 //!   service's own model; the store never interprets them.
 //! - **Revisions and the change log** (`changes` table): every insert,
 //!   update and delete appends one row to the change log *in the same
@@ -26,6 +28,10 @@
 //!   gets [`StoreError::Compacted`] and starts again from a
 //!   [`Store::snapshot`].
 //! - **Migrations** (`schema_migrations`): embedded, applied in order at open.
+//!
+//! - **Observation**: the store counts nothing itself; an [`Observer`]
+//!   given to [`Store::observe`] hears how long each write transaction
+//!   waited for the writer and ran, and how it ended (the API's metrics).
 //!
 //! Engines: the document layer here (records, revisions, conflicts, the
 //! change log, compaction) sits on a small row-level interface
@@ -106,6 +112,11 @@ pub trait Record: Serialize + DeserializeOwned {
     /// epoch): the order of [`Store::list_newest`]. Kinds without one sort
     /// by id alone.
     fn created(&self) -> Option<i64> {
+        None
+    }
+    /// A short state the store counts objects of this kind by
+    /// ([`Store::count_states`]), e.g. a server's `vm_state/task_state`.
+    fn state(&self) -> Option<String> {
         None
     }
 }
@@ -218,6 +229,53 @@ pub struct Store {
     /// Kinds whose rows from before the `created` column were backfilled
     /// by this process ([`Store::list_newest`]).
     backfilled: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Who hears about every write transaction ([`Store::observe`]).
+    observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
+    /// Kinds whose rows from before the `state` column were backfilled
+    /// by this process ([`Store::count_states`]).
+    stated: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+}
+
+/// Hears about every write transaction of a [`Store`], on the thread that
+/// ran it: keep it cheap (a few atomic adds).
+pub trait Observer: Send + Sync {
+    fn write_done(&self, stats: &WriteStats);
+}
+
+/// What one write transaction cost, the same on every engine.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteStats {
+    /// From the call to the moment the transaction's closure began:
+    /// waiting for the writer (the writer lock, SQLite's `BEGIN
+    /// IMMEDIATE`, PostgreSQL's advisory lock) and for a connection.
+    pub waited: std::time::Duration,
+    /// From the closure's start to the commit being durable (or the
+    /// rollback).
+    pub ran: std::time::Duration,
+    pub outcome: WriteOutcome,
+}
+
+/// How a write transaction ended. There is no retry to count: writes are
+/// serialised, so a closure runs once and either commits or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed (and durable).
+    Committed,
+    /// The closure returned an error (a conflict, a refused request):
+    /// rolled back, nothing written.
+    RolledBack,
+    /// The engine failed: the transaction could not begin or commit.
+    Failed,
+}
+
+impl WriteOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::Committed => "committed",
+            WriteOutcome::RolledBack => "rolled_back",
+            WriteOutcome::Failed => "failed",
+        }
+    }
 }
 
 impl Store {
@@ -242,7 +300,15 @@ impl Store {
         Store {
             engine,
             backfilled: Default::default(),
+            observer: Default::default(),
+            stated: Default::default(),
         }
+    }
+
+    /// Sets who hears about every write transaction from now on (once:
+    /// false when an observer was set already).
+    pub fn observe(&self, observer: std::sync::Arc<dyn Observer>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// Whether `s` names a PostgreSQL database rather than a file.
@@ -259,6 +325,8 @@ impl Store {
             std::process::id(),
             next_tmp()
         ));
+        // One an earlier process with the same id left is not this one's.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::Open {
             what: dir.display().to_string(),
             message: e.to_string(),
@@ -369,18 +437,69 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        blocking(|| {
+        let called = std::time::Instant::now();
+        // When the closure began, and whether it succeeded.
+        let mut began: Option<(std::time::Instant, bool)> = None;
+        let out = blocking(|| {
             let run = |c: &mut dyn Conn| {
+                let start = std::time::Instant::now();
                 let tx = Tx {
                     conn: std::cell::RefCell::new(c),
                 };
-                f(&tx)
+                let r = f(&tx);
+                began = Some((start, r.is_ok()));
+                r
             };
             match &self.engine {
                 Engine::Sqlite(e) => e.write(run),
                 Engine::Postgres(e) => e.write(run),
             }
-        })
+        });
+        if let Some(o) = self.observer.get() {
+            let (start, ran_ok) = began.unwrap_or((called, false));
+            let outcome = match (out.is_ok(), began.is_some(), ran_ok) {
+                (true, _, _) => WriteOutcome::Committed,
+                (false, true, false) => WriteOutcome::RolledBack,
+                _ => WriteOutcome::Failed,
+            };
+            o.write_done(&WriteStats {
+                waited: start - called,
+                ran: start.elapsed(),
+                outcome,
+            });
+        }
+        out
+    }
+
+    /// How many documents of `T` are in each [`Record::state`]: counted
+    /// on the state index, no document read, so it stays cheap for a kind
+    /// of 100,000 documents (the metrics count servers by status this
+    /// way). Documents without a state are not counted.
+    pub fn count_states<T: Record>(&self) -> Result<Vec<(String, u64)>> {
+        self.backfill_states::<T>()?;
+        self.read(|c| c.count_states(T::KIND))
+    }
+
+    /// Fills the `state` column of the rows of `T` written before it
+    /// existed, once per kind and process (later writes fill it
+    /// themselves). Not a change: no revision, no change-log entry.
+    fn backfill_states<T: Record>(&self) -> Result<()> {
+        let kinds = || self.stated.lock().unwrap_or_else(|p| p.into_inner());
+        if kinds().contains(T::KIND) {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut c = tx.conn.borrow_mut();
+            for (id, body) in c.unstated(T::KIND)? {
+                let rec: T = serde_json::from_str(&body)?;
+                if let Some(state) = rec.state() {
+                    c.set_state(T::KIND, &id, &state)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        kinds().insert(T::KIND);
+        Ok(())
     }
 
     /// Change-log entries after `seq`, oldest first, at most `limit`;
@@ -487,6 +606,7 @@ impl Tx<'_> {
     /// revision.
     pub fn insert<T: Record>(&self, rec: &T) -> Result<i64> {
         let key = rec.unique_key();
+        let state = rec.state();
         let mut c = self.conn.borrow_mut();
         let taken = c.revision(T::KIND, rec.id())?.is_some()
             || match &key {
@@ -498,7 +618,7 @@ impl Tx<'_> {
         }
         let body = serde_json::to_string(rec)?;
         let rev = c.append_change(T::KIND, rec.id(), "put", Some(&body), now_ms())?;
-        c.insert(&row(rec, key.as_deref(), rev, &body))?;
+        c.insert(&row(rec, key.as_deref(), state.as_deref(), rev, &body))?;
         Ok(rev)
     }
 
@@ -506,6 +626,7 @@ impl Tx<'_> {
     /// [`StoreError::Conflict`] if its unique key is another's.
     pub fn update<T: Record>(&self, rec: &T) -> Result<i64> {
         let key = rec.unique_key();
+        let state = rec.state();
         let mut c = self.conn.borrow_mut();
         if c.revision(T::KIND, rec.id())?.is_none() {
             return Err(StoreError::NotFound {
@@ -521,7 +642,7 @@ impl Tx<'_> {
         }
         let body = serde_json::to_string(rec)?;
         let rev = c.append_change(T::KIND, rec.id(), "put", Some(&body), now_ms())?;
-        c.update(&row(rec, key.as_deref(), rev, &body))?;
+        c.update(&row(rec, key.as_deref(), state.as_deref(), rev, &body))?;
         Ok(rev)
     }
 
@@ -596,7 +717,13 @@ impl Tx<'_> {
     }
 }
 
-fn row<'a, T: Record>(rec: &'a T, key: Option<&'a str>, revision: i64, body: &'a str) -> Row<'a> {
+fn row<'a, T: Record>(
+    rec: &'a T,
+    key: Option<&'a str>,
+    state: Option<&'a str>,
+    revision: i64,
+    body: &'a str,
+) -> Row<'a> {
     Row {
         kind: T::KIND,
         id: rec.id(),
@@ -605,6 +732,7 @@ fn row<'a, T: Record>(rec: &'a T, key: Option<&'a str>, revision: i64, body: &'a
         name: rec.name(),
         unique_key: key,
         created: rec.created().unwrap_or(0),
+        state,
         revision,
         body,
     }
@@ -768,6 +896,100 @@ mod tests {
             assert!(matches!(dup_id, Err(StoreError::Conflict(_))));
             // Same name in another owner is fine.
             s.write(|tx| tx.insert(&thing("b", "d2", "x"))).unwrap();
+        });
+    }
+
+    /// A thing with a state, as a server has.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Lamp {
+        id: String,
+        on: bool,
+    }
+
+    impl Record for Lamp {
+        const KIND: &'static str = "lamp";
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn state(&self) -> Option<String> {
+            Some(if self.on { "on" } else { "off" }.to_string())
+        }
+    }
+
+    fn lamp(id: &str, on: bool) -> Lamp {
+        Lamp { id: id.into(), on }
+    }
+
+    #[test]
+    fn count_states_follows_writes() {
+        each_engine(|s| {
+            s.write(|tx| {
+                tx.insert(&lamp("a", true))?;
+                tx.insert(&lamp("b", true))?;
+                tx.insert(&lamp("c", false))?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+            let sorted = |mut v: Vec<(String, u64)>| {
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(s.count_states::<Lamp>().unwrap()),
+                [("off".to_string(), 1), ("on".to_string(), 2)]
+            );
+            s.write(|tx| tx.update(&lamp("a", false))).unwrap();
+            s.write(|tx| tx.delete::<Lamp>("b")).unwrap();
+            assert_eq!(
+                sorted(s.count_states::<Lamp>().unwrap()),
+                [("off".to_string(), 2)]
+            );
+            // Kinds without a state count nothing.
+            s.write(|tx| tx.insert(&thing("t", "d1", "x"))).unwrap();
+            assert!(s.count_states::<Thing>().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn rows_from_before_the_state_column_are_backfilled() {
+        let s = Store::open_in_memory().unwrap();
+        let path = s.path().unwrap().to_path_buf();
+        s.write(|tx| {
+            tx.insert(&lamp("a", true))?;
+            tx.insert(&lamp("b", false))
+        })
+        .unwrap();
+        drop(s);
+        // As a store written before migration 4 left them.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute("UPDATE resources SET state = NULL", [])
+            .unwrap();
+        drop(raw);
+        let s = Store::open(&path, Durability::Normal).unwrap();
+        let mut counts = s.count_states::<Lamp>().unwrap();
+        counts.sort();
+        assert_eq!(counts, [("off".to_string(), 1), ("on".to_string(), 1)]);
+    }
+
+    #[test]
+    fn the_observer_hears_every_write_and_how_it_ended() {
+        #[derive(Default)]
+        struct Tally(std::sync::Mutex<Vec<WriteOutcome>>);
+        impl Observer for Tally {
+            fn write_done(&self, w: &WriteStats) {
+                self.0.lock().unwrap().push(w.outcome);
+            }
+        }
+        each_engine(|s| {
+            let tally = std::sync::Arc::new(Tally::default());
+            assert!(s.observe(tally.clone()));
+            assert!(!s.observe(tally.clone()));
+            s.write(|tx| tx.insert(&thing("a", "d1", "x"))).unwrap();
+            assert!(s.write(|tx| tx.insert(&thing("b", "d1", "x"))).is_err());
+            assert_eq!(
+                *tally.0.lock().unwrap(),
+                [WriteOutcome::Committed, WriteOutcome::RolledBack]
+            );
         });
     }
 

@@ -461,8 +461,8 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
     fn insert(&mut self, row: &Row) -> Result<()> {
         self.execute(
             "INSERT INTO resources
-                 (kind, id, owner, parent, name, unique_key, revision, body, created)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 (kind, id, owner, parent, name, unique_key, revision, body, created, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &row.kind,
                 &row.id,
@@ -473,6 +473,7 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
                 &row.revision,
                 &row.body,
                 &row.created,
+                &row.state,
             ],
         )
         .db()?;
@@ -482,7 +483,8 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
     fn update(&mut self, row: &Row) -> Result<()> {
         self.execute(
             "UPDATE resources SET owner = $3, parent = $4, name = $5, unique_key = $6,
-                 revision = $7, body = $8, created = $9 WHERE kind = $1 AND id = $2",
+                 revision = $7, body = $8, created = $9, state = $10
+                 WHERE kind = $1 AND id = $2",
             &[
                 &row.kind,
                 &row.id,
@@ -493,6 +495,7 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
                 &row.revision,
                 &row.body,
                 &row.created,
+                &row.state,
             ],
         )
         .db()?;
@@ -593,6 +596,37 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
     fn delete_changes_through(&mut self, seq: i64) -> Result<u64> {
         self.execute("DELETE FROM changes WHERE seq <= $1", &[&seq])
             .db()
+    }
+
+    fn count_states(&mut self, kind: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .query(
+                "SELECT state, COUNT(*)::BIGINT FROM resources
+                 WHERE kind = $1 AND state IS NOT NULL GROUP BY state",
+                &[&kind],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    fn unstated(&mut self, kind: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .query(
+                "SELECT id, body FROM resources WHERE kind = $1 AND state IS NULL",
+                &[&kind],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn set_state(&mut self, kind: &str, id: &str, state: &str) -> Result<()> {
+        self.execute(
+            "UPDATE resources SET state = $3 WHERE kind = $1 AND id = $2",
+            &[&kind, &id, &state],
+        )?;
+        Ok(())
     }
 
     fn documents(&mut self) -> Result<Vec<Document>> {

@@ -376,8 +376,8 @@ impl Conn for SqliteConn<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO resources
-                 (kind, id, owner, parent, name, unique_key, revision, body, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 (kind, id, owner, parent, name, unique_key, revision, body, created, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .db()?
             .execute(params![
@@ -389,7 +389,8 @@ impl Conn for SqliteConn<'_> {
                 row.unique_key,
                 row.revision,
                 row.body,
-                row.created
+                row.created,
+                row.state
             ])
             .db()?;
         Ok(())
@@ -399,7 +400,8 @@ impl Conn for SqliteConn<'_> {
         self.0
             .prepare_cached(
                 "UPDATE resources SET owner = ?3, parent = ?4, name = ?5, unique_key = ?6,
-                 revision = ?7, body = ?8, created = ?9 WHERE kind = ?1 AND id = ?2",
+                 revision = ?7, body = ?8, created = ?9, state = ?10
+                 WHERE kind = ?1 AND id = ?2",
             )
             .db()?
             .execute(params![
@@ -411,7 +413,8 @@ impl Conn for SqliteConn<'_> {
                 row.unique_key,
                 row.revision,
                 row.body,
-                row.created
+                row.created,
+                row.state
             ])
             .db()?;
         Ok(())
@@ -520,6 +523,42 @@ impl Conn for SqliteConn<'_> {
             .execute(params![seq])
             .db()?;
         Ok(n as u64)
+    }
+
+    fn count_states(&mut self, kind: &str) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT state, COUNT(*) FROM resources
+                 WHERE kind = ?1 AND state IS NOT NULL GROUP BY state",
+            )
+            .db()?;
+        let rows = st
+            .query_map(params![kind], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
+    fn unstated(&mut self, kind: &str) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .0
+            .prepare_cached("SELECT id, body FROM resources WHERE kind = ?1 AND state IS NULL")
+            .db()?;
+        let rows = st
+            .query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db()?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().db()
+    }
+
+    fn set_state(&mut self, kind: &str, id: &str, state: &str) -> Result<()> {
+        self.0
+            .prepare_cached("UPDATE resources SET state = ?3 WHERE kind = ?1 AND id = ?2")
+            .db()?
+            .execute(params![kind, id, state])
+            .db()?;
+        Ok(())
     }
 
     fn documents(&mut self) -> Result<Vec<Document>> {

@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// IPs and `networks: auto` works; `none` makes none.
     #[arg(long, env = "STRATUS_PUBLIC_NETWORK", default_value = "172.24.4.0/24")]
     pub public_network: String,
+    /// Also serve GET /metrics on this address without a token (for a
+    /// Prometheus scraping a private interface). On the API listener
+    /// /metrics needs an admin token.
+    #[arg(long, env = "STRATUS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub sync: SyncArgs,
 }
@@ -256,6 +261,10 @@ pub struct AgentCmd {
     /// names are NODE-NAME-0 .. NODE-NAME-(N-1).
     #[arg(long, env = "STRATUS_FAKE_NODES", default_value_t = 1)]
     pub fake_nodes: usize,
+    /// Serve this agent's metrics (GET /metrics, Prometheus text, no
+    /// token) on this address.
+    #[arg(long, env = "STRATUS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }

@@ -15,6 +15,7 @@ mod heartbeat;
 mod images;
 mod listener;
 pub mod metadata;
+pub mod metrics;
 mod network;
 pub mod sim;
 mod tasks;
@@ -103,6 +104,9 @@ pub struct AgentConfig {
     pub tunnel_ip: Option<std::net::IpAddr>,
     /// Offer to run routers (`--l3`).
     pub l3: bool,
+    /// This agent's metrics (served with `--metrics-listen`, or by the
+    /// controller `stratus up` runs it in).
+    pub metrics: Arc<metrics::AgentMetrics>,
 }
 
 pub(crate) struct Shared {
@@ -165,6 +169,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         }
         dp
     };
+    cfg.metrics.set_driver(driver.clone());
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         driver,
@@ -189,7 +194,9 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
     // treat stopped workloads as shut down (we start them below).
     let mut first = true;
     loop {
-        match heartbeat(&shared, first) {
+        let r = heartbeat(&shared, first);
+        cfg.metrics.heartbeat(r.is_ok());
+        match r {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), controller = %cfg.controller, "cannot register with the controller; retrying");
@@ -202,7 +209,9 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(hb.cfg.heartbeat);
-            if let Err(e) = heartbeat(&hb, false) {
+            let r = heartbeat(&hb, false);
+            hb.cfg.metrics.heartbeat(r.is_ok());
+            if let Err(e) = r {
                 tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
             } else {
                 prune_images(&hb);
@@ -221,7 +230,10 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             "{}/edge/v1/nodes/{}/servers?since={since}&wait=30",
             cfg.controller, cfg.host
         );
-        let body = match call(&shared, "GET", &url, None) {
+        let polled = call(&shared, "GET", &url, None);
+        cfg.metrics
+            .poll(matches!(polled, Ok((code, _)) if code == 200));
+        let body = match polled {
             Ok((200, b)) => b,
             Ok((code, b)) => {
                 tracing::warn!(code, body = %b, "polling the controller failed");

@@ -207,6 +207,7 @@ pub(super) fn run_task(sh: &Arc<Shared>, s: &Assignment, task: &Task) {
         Ok(())
     })();
     let ms = started.elapsed().as_millis();
+    sh.cfg.metrics.task(task, result.is_ok());
     sh.settled
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -328,8 +328,22 @@ record!(
     parent = |s| s.host.as_deref(),
     name = |s| Some(&s.name),
     // Nova lists servers newest first: the store pages them in that order.
-    created = |s| Some(s.created_us)
+    created = |s| Some(s.created_us),
+    // What the status is made of: the metrics count servers by it.
+    state = |s| Some(server_state(&s.vm_state, s.task_state.as_deref()))
 );
+
+/// A server's lifted store state, `vm_state/task_state` (the task empty
+/// when none); [`parse_server_state`] reads it back.
+pub fn server_state(vm_state: &str, task_state: Option<&str>) -> String {
+    format!("{vm_state}/{}", task_state.unwrap_or(""))
+}
+
+/// `(vm_state, task_state)` from a lifted server state.
+pub fn parse_server_state(state: &str) -> (&str, Option<&str>) {
+    let (vm, task) = state.split_once('/').unwrap_or((state, ""));
+    (vm, (!task.is_empty()).then_some(task))
+}
 
 /// A server group and its members.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -127,6 +127,16 @@ impl Unscheduled {
         }
     }
 
+    /// Servers in this process's scheduler queue.
+    pub fn queue_len(&self) -> usize {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Servers seen waiting for a scheduler in the change log.
+    pub fn waiting_len(&self) -> usize {
+        self.map().len()
+    }
+
     fn is_queued(&self, id: &str) -> bool {
         self.queued
             .lock()
@@ -339,12 +349,12 @@ impl HostState<'_> {
 
 fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError> {
     let now = now_us();
-    state.store.write(|tx| {
+    let refused = state.store.write(|tx| {
         let Some(mut cur) = tx.get::<Server>(&s.id)? else {
-            return Ok::<_, ApiError>(());
+            return Ok::<_, ApiError>(false);
         };
         if !waiting(&cur) {
-            return Ok(());
+            return Ok(false);
         }
         // An unshelve that finds no node leaves the server shelved, as in
         // Nova; a build ends in ERROR.
@@ -368,9 +378,12 @@ fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError
             Some(why),
             None,
         )?;
-        Ok(())
+        Ok(true)
     })?;
-    tracing::warn!(server = %s.id, why, "no valid host");
+    if refused {
+        state.metrics.scheduled(0, 1);
+        tracing::warn!(server = %s.id, why, "no valid host");
+    }
     Ok(())
 }
 
@@ -763,7 +776,10 @@ pub fn schedule_in(state: &AppState, view: &View, id: &str) -> Result<Option<Str
                 }
             });
         match result {
-            Ok(()) => return Ok(Some(host.clone())),
+            Ok(()) => {
+                state.metrics.scheduled(1, 0);
+                return Ok(Some(host.clone()));
+            }
             Err(ClaimError::Caller(e)) if e.status.as_u16() == 409 => {
                 // Gone, or the group rule: try the next host only for the
                 // latter.
@@ -847,12 +863,17 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
     );
     match result {
         Ok(outcomes) => {
+            let mut placed = 0;
             for (i, o) in outcomes.iter().enumerate() {
                 match o {
-                    Outcome::Claimed => state.compute.notify(Some(&chosen[i].1)),
+                    Outcome::Claimed => {
+                        placed += 1;
+                        state.compute.notify(Some(&chosen[i].1));
+                    }
                     _ => retry.push(chosen[i].0.id.clone()),
                 }
             }
+            state.metrics.scheduled(placed, 0);
         }
         Err(e) => {
             tracing::warn!(error = %e, "batch claim failed; scheduling one by one");

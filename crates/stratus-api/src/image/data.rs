@@ -23,6 +23,7 @@ use super::images::{IMPORT_METHODS, STORE_ID};
 use super::model::{Image, Staged, status};
 use super::{fetch_visible, not_found, quota, require_owner_member, require_reader, visible};
 use crate::identity::policy::Ctx;
+use crate::metrics::Counted;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -276,6 +277,7 @@ async fn upload(
 ) -> Result<StatusCode, ApiError> {
     check_octet_stream(&headers)?;
     let img = begin(&state, &ctx, &id, Target::Upload)?;
+    let body = Body::new(Counted::new(body, state.metrics.image_bytes_in()));
     match upload_data(&state, &img, &headers, body).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(e) => {
@@ -460,7 +462,10 @@ async fn download(
             format!("The data of image {id} cannot be read: {e}"),
         )
     })?;
-    let mut resp = Response::new(body.into_body());
+    let mut resp = Response::new(Body::new(Counted::new(
+        body,
+        state.metrics.image_bytes_out(),
+    )));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -494,6 +499,7 @@ async fn stage(
 ) -> Result<StatusCode, ApiError> {
     check_octet_stream(&headers)?;
     let img = begin(&state, &ctx, &id, Target::Stage)?;
+    let body = Body::new(Counted::new(body, state.metrics.image_bytes_in()));
     let result =
         async {
             let w = receive_checked(&state, &img, &headers, body, Target::Stage).await?;

@@ -143,12 +143,20 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
         n == 1 || cmd.join_token.is_none(),
         "a join token joins one node: simulate several with --password-file"
     );
+    anyhow::ensure!(
+        n == 1 || cmd.metrics_listen.is_none(),
+        "--metrics-listen serves one node's metrics: not with --fake-nodes"
+    );
     if n > 1 {
         return simulate(&cmd, &controller, n);
     }
     let state_dir = cmd.data_dir.clone();
     let driver = make_driver(&cmd.agent, &state_dir, None)?;
     let host = node_name(&cmd.agent, None);
+    let metrics = Arc::new(stratus_agent::node::metrics::AgentMetrics::new(&host));
+    if let Some(addr) = cmd.metrics_listen {
+        stratus_agent::node::metrics::serve(addr, metrics.clone())?;
+    }
     let login = login(&cmd, &controller, &host, &state_dir)?;
     stratus_agent::node::run(
         stratus_agent::node::AgentConfig {
@@ -162,6 +170,7 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             tunnel_ip: cmd.agent.tunnel_ip,
             l3: cmd.agent.l3,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
+            metrics,
         },
         driver,
     )

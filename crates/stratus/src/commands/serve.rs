@@ -242,10 +242,24 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %args.listen, %public_url, "stratus is serving");
+    if let Some(addr) = args.metrics_listen {
+        // Metrics without a token, for a Prometheus on a private
+        // interface; it ends with the process.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(listen = %addr, "serving metrics without a token");
+        tokio::spawn(stratus_api::listener::serve(
+            listener,
+            stratus_api::metrics::open_router(state.clone()),
+            state.config.http.clone(),
+            std::future::pending(),
+        ));
+    }
     if bootstrap && !args.no_agent {
         // The API serves even when this machine cannot run workloads; the
         // log says what is missing.
-        if let Err(e) = start_local_agent(&args, &public_url, &state.store) {
+        if let Err(e) = start_local_agent(&args, &public_url, &state) {
             tracing::error!(error = %format!("{e:#}"), "no node agent in this process: servers cannot run here until that is fixed (or use --driver fake to simulate)");
             eprintln!("stratus: no node agent: {e:#}");
         }
@@ -364,15 +378,18 @@ async fn shutdown_signal() {
 /// `stratus up` runs a node agent in-process: the same agent as
 /// `stratus agent`, talking to this controller over loopback, as its
 /// node's own user (made here, with a new password on every start).
-fn start_local_agent(
-    args: &ServeArgs,
-    public_url: &str,
-    store: &stratus_store::Store,
-) -> anyhow::Result<()> {
+/// Its metrics are the controller's too (`/metrics` shows both).
+fn start_local_agent(args: &ServeArgs, public_url: &str, state: &AppState) -> anyhow::Result<()> {
     let common = &args.common;
+    let store = &state.store;
     let state_dir = common.data_dir.join("agent");
     let driver = super::agent::make_driver(&args.agent, &state_dir, None)?;
     let host = super::agent::node_name(&args.agent, None);
+    let metrics = Arc::new(stratus_agent::node::metrics::AgentMetrics::new(&host));
+    let shown = metrics.clone();
+    state.metrics.attach(Arc::new(move |out: &mut String| {
+        out.push_str(&shown.scrape())
+    }));
     let node = stratus_api::identity::node_users::provision(store, &host)
         .map_err(|e| anyhow::anyhow!("making the node's identity: {e}"))?;
     let cfg = stratus_agent::node::AgentConfig {
@@ -386,6 +403,7 @@ fn start_local_agent(
         tunnel_ip: args.agent.tunnel_ip,
         l3: true,
         heartbeat: Duration::from_secs(10),
+        metrics,
     };
     std::thread::Builder::new()
         .name("agent".into())

@@ -11,6 +11,7 @@ mod edge;
 mod identity;
 mod image;
 mod logs;
+mod metrics;
 mod multi;
 mod network;
 mod network_l3;
