@@ -91,6 +91,11 @@ struct NodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -123,6 +128,9 @@ pub struct Metrics {
     scheduler_decisions: Family<OutcomeLabels, Counter>,
     nodes: Family<NodeStateLabels, Gauge>,
     heartbeat_age: Family<NodeLabels, Gauge<f64, AtomicU64>>,
+    site_up: Family<SiteLabels, Gauge>,
+    site_lag: Family<SiteLabels, Gauge>,
+    site_contact_age: Family<SiteLabels, Gauge<f64, AtomicU64>>,
     servers: Family<StatusLabels, Gauge>,
     image_bytes: Family<DirectionLabels, Counter>,
     /// Other registries encoded after this one (the node agent `stratus
@@ -241,6 +249,25 @@ impl Metrics {
             Unit::Seconds,
             heartbeat_age.clone(),
         );
+        let site_up = Family::<SiteLabels, Gauge>::default();
+        registry.register(
+            "site_up",
+            "Edge sites of this controller: 1 when the site exchanged within site_down_time, else 0",
+            site_up.clone(),
+        );
+        let site_lag = Family::<SiteLabels, Gauge>::default();
+        registry.register(
+            "site_revision_lag",
+            "Change-log revisions the site has not acknowledged yet",
+            site_lag.clone(),
+        );
+        let site_contact_age = Family::<SiteLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "site_contact_age",
+            "Time since each site's last exchange",
+            Unit::Seconds,
+            site_contact_age.clone(),
+        );
         let servers = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "servers",
@@ -266,6 +293,9 @@ impl Metrics {
             scheduler_decisions,
             nodes,
             heartbeat_age,
+            site_up,
+            site_lag,
+            site_contact_age,
             servers,
             image_bytes,
             extra: Mutex::new(Vec::new()),
@@ -390,9 +420,27 @@ impl Metrics {
                 .inc_by(n as i64);
         }
 
-        // Edge sites, when they land: each site's link state (up/down)
-        // and sync lag (revisions and seconds behind) go here, set from
-        // the sync module's own state as the nodes' are above.
+        // Edge sites: link state, revisions behind and time since the
+        // last exchange, from the sites' in-memory links.
+        let revision = state.store.last_revision()?;
+        self.site_up.clear();
+        self.site_lag.clear();
+        self.site_contact_age.clear();
+        for s in state.store.list::<crate::sites::Site>(&Query::all())? {
+            let labels = SiteLabels {
+                site: s.name.clone(),
+            };
+            let up = state.sites.shown_state(&s) == crate::sites::state::ACTIVE;
+            self.site_up.get_or_create(&labels).set(up as i64);
+            if let Some(l) = state.sites.link(&s.id) {
+                self.site_lag
+                    .get_or_create(&labels)
+                    .set((revision - l.acked).max(0));
+                self.site_contact_age
+                    .get_or_create(&labels)
+                    .set((now - l.last_contact_us).max(0) as f64 / 1e6);
+            }
+        }
         Ok(())
     }
 

@@ -215,6 +215,20 @@ fn sites_a_root_token_validates_at_a_site_while_its_link_is_cut() {
         r.body
     );
 
+    // Its link shows in the root's metrics.
+    let r = c.server.client_at("").get("/metrics", &c.admin);
+    assert_eq!(r.status, 200);
+    let text = r.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.lines()
+            .any(|l| l == "stratus_site_up{site=\"edge-1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stratus_site_revision_lag{site=\"edge-1\"}"),
+        "{text}"
+    );
+
     // Flavors come from the root; the site's own node agent joined the
     // site, not the root.
     let names = |v: &Value| -> Vec<(String, String)> {
