@@ -65,6 +65,9 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                 pos = c.seq;
                 crate::compute::service::on_change(&state, c);
                 crate::compute::scheduler::on_change(&state, c);
+                if c.kind == <crate::sites::Site as stratus_store::Record>::KIND {
+                    state.sites.forget_routes();
+                }
                 state.identity.on_change(c);
             }
             if !changes.is_empty() {

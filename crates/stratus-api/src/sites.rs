@@ -52,6 +52,10 @@ pub struct Site {
     /// exchange tells the site.
     #[serde(default)]
     pub rotate: bool,
+    /// The zones of the site's own sites, and theirs (a tree): servers in
+    /// them go down through this site. Reported by the site.
+    #[serde(default)]
+    pub subtree: Vec<String>,
     pub created_us: i64,
     pub updated_us: i64,
 }
@@ -91,6 +95,12 @@ pub struct Sites {
     by_cert: Mutex<HashMap<String, String>>,
     /// Seconds without an exchange after which a site is unreachable.
     pub down_after_s: u64,
+    /// Zone name to the site (of this controller) it belongs to: each
+    /// site's own zone and its subtree's. Rebuilt after a site changes.
+    routes: Mutex<Option<HashMap<String, String>>>,
+    /// On a site: its own zone name at its parent. Servers asked for in
+    /// it may land on any of this site's nodes.
+    own_zone: Mutex<Option<String>>,
 }
 
 impl Sites {
@@ -100,7 +110,61 @@ impl Sites {
             links: Mutex::new(HashMap::new()),
             by_cert: Mutex::new(HashMap::new()),
             down_after_s,
+            routes: Mutex::new(None),
+            own_zone: Mutex::new(None),
         }
+    }
+
+    /// A site record changed (its name, its subtree): zones are looked up
+    /// again.
+    pub fn forget_routes(&self) {
+        *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The id of the site (of this controller) whose subtree holds `zone`.
+    pub fn site_of_zone(&self, store: &Store, zone: &str) -> stratus_store::Result<Option<String>> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.is_none() {
+            let mut map = HashMap::new();
+            for s in store.list::<Site>(&Query::all())? {
+                if s.state == state::JOINING {
+                    continue;
+                }
+                for z in &s.subtree {
+                    map.insert(z.clone(), s.id.clone());
+                }
+                map.insert(s.name.clone(), s.id.clone());
+            }
+            *routes = Some(map);
+        }
+        Ok(routes.as_ref().and_then(|m| m.get(zone).cloned()))
+    }
+
+    /// Every zone of this controller's sites and their subtrees.
+    pub fn subtree_zones(&self, store: &Store) -> stratus_store::Result<Vec<String>> {
+        self.site_of_zone(store, "")?;
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut zones: Vec<String> = routes
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        zones.sort();
+        Ok(zones)
+    }
+
+    /// On a site: its zone at its parent (from the parent's answers).
+    pub fn set_own_zone(&self, name: &str) {
+        let mut own = self.own_zone.lock().unwrap_or_else(|e| e.into_inner());
+        if own.as_deref() != Some(name) {
+            *own = Some(name.to_string());
+        }
+    }
+
+    pub fn own_zone(&self) -> Option<String> {
+        self.own_zone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The change log has reached `rev` (called by the log follower and
@@ -203,24 +267,23 @@ impl Sites {
         }
     }
 
-    /// The sites as availability zones: name and whether it is reachable.
+    /// The sites (and their subtrees) as availability zones: name and
+    /// whether the site that leads there is reachable.
     pub fn zones(&self, store: &Store) -> stratus_store::Result<Vec<(String, bool)>> {
-        Ok(store
-            .list::<Site>(&Query::all())?
-            .into_iter()
-            .filter(|s| s.state != state::JOINING)
-            .map(|s| {
-                let up = self.shown_state(&s) == state::ACTIVE;
-                (s.name, up)
-            })
-            .collect())
+        let mut out = Vec::new();
+        for s in store.list::<Site>(&Query::all())? {
+            if s.state == state::JOINING {
+                continue;
+            }
+            let up = self.shown_state(&s) == state::ACTIVE;
+            out.extend(s.subtree.iter().map(|z| (z.clone(), up)));
+            out.push((s.name, up));
+        }
+        Ok(out)
     }
 
-    /// Whether `zone` names a site of this controller.
-    pub fn is_site_zone(store: &Store, zone: &str) -> stratus_store::Result<bool> {
-        Ok(store
-            .list::<Site>(&Query::name(zone))?
-            .iter()
-            .any(|s| s.name == zone))
+    /// Whether `zone` is a site of this controller or in a site's subtree.
+    pub fn is_site_zone(&self, store: &Store, zone: &str) -> stratus_store::Result<bool> {
+        Ok(self.site_of_zone(store, zone)?.is_some())
     }
 }

@@ -12,6 +12,9 @@
 //! - `POST /sync/v1/rotate` with a [`SiteRotateRequest`] swaps the site's
 //!   certificate for a new one over its current link (before expiry, or
 //!   when the parent asks in [`ExchangeReply::rotate`]).
+//! - `POST /sync/v1/up` with an [`UpBatch`] brings the site's actual state
+//!   of the parent's servers up (its own sequence numbers: revisions of
+//!   the site's change log, acknowledged in an [`UpReply`]).
 //! - `POST /sync/v1/exchange` (mutual TLS from then on) with an
 //!   [`Exchange`] is the site's long poll, heartbeat and acknowledgement
 //!   in one: the parent answers an [`ExchangeReply`] with the changes of
@@ -95,6 +98,59 @@ pub struct Exchange {
     pub bytes_up: u64,
     #[serde(default)]
     pub bytes_down: u64,
+    /// The zones of the site's own sites and theirs: servers in them go
+    /// down through this site too.
+    #[serde(default)]
+    pub zones: Vec<String>,
+}
+
+/// One server's state as the site that runs it sees it: what the site
+/// owns of the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: String,
+    /// The site has no such server any more.
+    #[serde(default)]
+    pub deleted: bool,
+    /// The parent's generation of the server the site had taken when this
+    /// was its state: a parent whose own is newer (a request the site has
+    /// not seen yet) keeps its own.
+    #[serde(default)]
+    pub parent_generation: u64,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub vm_state: String,
+    #[serde(default)]
+    pub task_state: Option<String>,
+    #[serde(default)]
+    pub power_state: u8,
+    #[serde(default)]
+    pub launched_us: Option<i64>,
+    /// The fault of a server in ERROR, as the site recorded it.
+    #[serde(default)]
+    pub fault: Option<serde_json::Value>,
+}
+
+/// `POST /sync/v1/up`: the site's actual state, from its own change log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpBatch {
+    /// The site's own revision this batch covers everything up to.
+    pub up_to: i64,
+    pub servers: Vec<ServerStatus>,
+    /// The zones below the site, when they changed (as in
+    /// [`Exchange::zones`]).
+    #[serde(default)]
+    pub zones: Option<Vec<String>>,
+}
+
+/// The answer to an [`UpBatch`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpReply {
+    /// The site's revision the parent has applied everything up to.
+    pub acked: i64,
 }
 
 /// One change of the parent's log, as the site applies it.

@@ -223,10 +223,11 @@ pub fn create(
         .clone()
         .or_else(|| c.host.clone().or_else(|| c.hypervisor_hostname.clone()));
     if let Some(z) = &c.availability_zone
-        && crate::sites::Sites::is_site_zone(&state.store, z)?
+        && c.host.is_some()
+        && state.sites.is_site_zone(&state.store, z)?
     {
         return Err(ApiError::bad_request(format!(
-            "The availability zone {z} is an edge site: servers are not sent down to sites yet; create the server at the site's own controller"
+            "The availability zone {z} is an edge site: its own scheduler picks the host, so a host cannot be forced from here"
         )));
     }
     if let Some(z) = &c.availability_zone
@@ -359,6 +360,7 @@ pub fn create(
                 shelved_image: None,
                 settled: None,
                 nics: Vec::new(),
+                parent_generation: 0,
             };
             let mut s = s;
             s.nics = crate::network::nova::plug(
@@ -754,6 +756,7 @@ mod tests {
             shelved_image: None,
             settled: None,
             nics: Vec::new(),
+            parent_generation: 0,
         };
         state.store.write(|tx| tx.insert(&s)).unwrap();
         id

@@ -221,6 +221,14 @@ pub struct Server {
     /// network info cache).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<crate::network::nova::Nic>,
+    /// On an edge site, for a server its parent sent down: the parent's
+    /// generation of it the site has taken (see `crate::sync`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parent_generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A point on one agent's report clock: the agent's key (new each time

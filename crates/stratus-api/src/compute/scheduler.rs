@@ -79,6 +79,17 @@ pub fn waiting(s: &Server) -> bool {
         )
 }
 
+/// Whether this controller's scheduler places `s`: it waits, and not in
+/// the zone of an edge site (that site's scheduler places it, once sync
+/// brought it down).
+pub fn waits_here(state: &AppState, s: &Server) -> bool {
+    waiting(s)
+        && !s
+            .requested_az
+            .as_deref()
+            .is_some_and(|z| state.sites.is_site_zone(&state.store, z).unwrap_or(false))
+}
+
 /// Hands servers to the scheduler. One scheduler thread takes them in
 /// batches: the nodes and aggregates are read once per batch, and claims
 /// never wait on each other.
@@ -156,7 +167,7 @@ pub fn on_change(state: &AppState, c: &stratus_store::Change) {
         .body
         .as_deref()
         .and_then(|b| serde_json::from_str::<Server>(b).ok())
-        .is_some_and(|s| waiting(&s));
+        .is_some_and(|s| waits_here(state, &s));
     let mut map = state.unscheduled.map();
     if waits {
         map.entry(c.id.clone())
@@ -171,7 +182,7 @@ pub fn on_change(state: &AppState, c: &stratus_store::Change) {
 pub fn note_all_waiting(state: &AppState) -> Result<(), ApiError> {
     let servers = state.store.list::<Server>(&StoreQuery::all())?;
     let mut map = state.unscheduled.map();
-    for s in servers.into_iter().filter(waiting) {
+    for s in servers.into_iter().filter(|s| waits_here(state, s)) {
         map.entry(s.id).or_insert_with(std::time::Instant::now);
     }
     Ok(())
@@ -202,7 +213,7 @@ pub fn sweep(state: &AppState) -> Result<(), ApiError> {
     let mut take = Vec::new();
     for id in due {
         match state.store.get::<Server>(&id)? {
-            Some(s) if waiting(&s) => take.push(id),
+            Some(s) if waits_here(state, &s) => take.push(id),
             _ => {
                 state.unscheduled.map().remove(&id);
             }
@@ -551,6 +562,12 @@ pub fn plan(
     let want_arch = img_prop("hw_architecture").or_else(|| img_prop("architecture"));
     let want_hv = img_prop("img_hv_type").or_else(|| img_prop("hypervisor_type"));
 
+    // A site's own zone at its parent is any of its nodes.
+    let own = state.sites.own_zone();
+    let want_az = s
+        .requested_az
+        .as_deref()
+        .filter(|z| Some(*z) != own.as_deref());
     // Cheap checks first: this loop runs once per node for every server.
     let mut hosts: Vec<HostState> = Vec::new();
     let mut reasons: Vec<(usize, &'static str)> = Vec::new();
@@ -563,7 +580,7 @@ pub fn plan(
             Some("ComputeFilter: down")
         } else if n.disabled {
             Some("ComputeFilter: disabled")
-        } else if s.requested_az.as_deref().is_some_and(|z| z != zone) {
+        } else if want_az.is_some_and(|z| z != zone) {
             Some("AvailabilityZoneFilter")
         } else if forced.is_some_and(|f| f != n.id) {
             Some("forced host")
@@ -810,7 +827,7 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
     let mut retry: Vec<String> = Vec::new();
     for id in ids {
         let s = match state.store.get::<Server>(id) {
-            Ok(Some(s)) if waiting(&s) => s,
+            Ok(Some(s)) if waits_here(state, &s) => s,
             Ok(_) => continue,
             Err(e) => {
                 tracing::error!(server = %id, error = %e, "scheduling failed");

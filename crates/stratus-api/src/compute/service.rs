@@ -994,6 +994,19 @@ fn reschedule(state: &AppState, s: &Server, host: &str, why: &str) -> Result<(),
     Ok(())
 }
 
+/// Counts (`sign` 1) or uncounts (-1) server `s` in its project's usage,
+/// as a create and a delete do (a site taking a server from its parent).
+pub fn account_server(tx: &stratus_store::Tx, s: &Server, sign: i64) -> Result<(), ApiError> {
+    super::quotas::account(
+        tx,
+        &s.project_id,
+        &s.user_id,
+        s.flavor.vcpus,
+        s.flavor.ram,
+        sign,
+    )
+}
+
 /// On start: servers a crash left waiting for the scheduler are handed to
 /// it again; deletes of servers on nodes that are gone finish.
 pub fn recover(state: &AppState) -> Result<(), ApiError> {
@@ -1004,7 +1017,7 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
     let servers = state.store.list::<Server>(&StoreQuery::all())?;
     let waiting: Vec<String> = servers
         .iter()
-        .filter(|s| super::scheduler::waiting(s))
+        .filter(|s| super::scheduler::waits_here(state, s))
         .map(|s| s.id.clone())
         .collect();
     if !waiting.is_empty() {

@@ -39,7 +39,11 @@ pub fn zone_of(aggs: &[Aggregate], host: &str) -> String {
 }
 
 pub fn zone_exists(state: &AppState, zone: &str) -> Result<bool, ApiError> {
-    if zone == DEFAULT_ZONE {
+    if zone == DEFAULT_ZONE || is_own_zone(state, zone) {
+        return Ok(true);
+    }
+    // An edge site (or a site below one): the server goes down to it.
+    if state.sites.is_site_zone(&state.store, zone)? {
         return Ok(true);
     }
     Ok(state
@@ -47,6 +51,12 @@ pub fn zone_exists(state: &AppState, zone: &str) -> Result<bool, ApiError> {
         .list::<Aggregate>(&StoreQuery::all())?
         .iter()
         .any(|a| a.availability_zone.as_deref() == Some(zone)))
+}
+
+/// On an edge site: whether `zone` is the site's own zone at its parent,
+/// which any of its nodes serves.
+pub fn is_own_zone(state: &AppState, zone: &str) -> bool {
+    state.sites.own_zone().as_deref() == Some(zone)
 }
 
 /// A service's stable uuid (2.53 ids): derived from its binary and host,

@@ -158,6 +158,8 @@ pub async fn run(state: AppState, cfg: LinkConfig) {
         s.site_id = Some(joined.site_id.clone());
         s.name = Some(joined.name.clone());
     });
+    state.sites.set_own_zone(&joined.name);
+    tokio::spawn(up_loop(state.clone(), cfg.parent.clone()));
     let mut pause = Duration::from_secs(1);
     loop {
         match session(&state, &mut joined).await {
@@ -467,10 +469,12 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
     let mut more = false;
     loop {
         let st = state.clone();
-        let acked = tokio::task::spawn_blocking(move || cursor(&st))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.message)?;
+        let (acked, zones) = tokio::task::spawn_blocking(move || {
+            Ok::<_, ApiError>((cursor(&st)?, st.sites.subtree_zones(&st.store)?))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message)?;
         let keys = super::read_keys(&keys_dir).unwrap_or_default();
         let (up, down) = {
             let p = state.sync.parent.lock().unwrap_or_else(|e| e.into_inner());
@@ -486,6 +490,7 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
             rtt_ms: rtt,
             bytes_up: up,
             bytes_down: down,
+            zones,
         };
         let body = super::gzip(&serde_json::to_vec(&x).map_err(|e| e.to_string())?);
         let (status, text, sent, got) = request(
@@ -514,6 +519,9 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
             return rotate(state, &mut sender, joined).await;
         }
         more = reply.more;
+        if !reply.site_name.is_empty() {
+            state.sites.set_own_zone(&reply.site_name);
+        }
         let n = reply.changes.len() as u64;
         let revision = reply.revision;
         let st = state.clone();
@@ -528,6 +536,149 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
             s.applied += n;
         });
     }
+}
+
+/// The meta key of this site's own revision its parent has taken the
+/// server states up to.
+pub const UP_CURSOR: &str = "sync.up_revision";
+/// Server changes read per upward batch.
+const UP_BATCH: usize = 500;
+
+/// Brings this site's state of its parent's servers up, on a connection of
+/// its own, whenever the site's change log moves.
+async fn up_loop(state: AppState, parent: String) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match up_session(&state, &parent).await {
+            Ok(()) => pause = Duration::from_secs(1),
+            Err(e) => {
+                tracing::debug!(error = %e, "the upward link is down; states wait in the change log")
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(15));
+    }
+}
+
+async fn up_session(state: &AppState, parent: &str) -> Result<(), String> {
+    let file = site_file(state);
+    let joined: Joined = serde_json::from_str(
+        &std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+    )
+    .map_err(|e| e.to_string())?;
+    let addr = address(parent)?;
+    let tls = joined
+        .identity()
+        .client_config()
+        .map_err(|e| e.to_string())?;
+    let (mut sender, _) = connect(&addr, tls).await?;
+    let mut watch = state.sites.watch();
+    // The zones below this site, as last told to the parent.
+    let mut told: Option<Vec<String>> = None;
+    loop {
+        let seen = *watch.borrow_and_update();
+        let st = state.clone();
+        let (from, mut batch, zones) = tokio::task::spawn_blocking(move || {
+            let (from, batch) = pending_up(&st)?;
+            Ok::<_, ApiError>((from, batch, st.sites.subtree_zones(&st.store)?))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message)?;
+        let new_zones = told.as_ref() != Some(&zones);
+        if batch.up_to > from || new_zones {
+            let to = batch.up_to;
+            if new_zones {
+                batch.zones = Some(zones.clone());
+            }
+            if !batch.servers.is_empty() || new_zones {
+                let body = super::gzip(&serde_json::to_vec(&batch).map_err(|e| e.to_string())?);
+                let (status, text, sent, got) = request(
+                    &mut sender,
+                    "POST",
+                    "/sync/v1/up",
+                    body,
+                    true,
+                    Duration::from_secs(60),
+                )
+                .await?;
+                set_status(state, |s| {
+                    s.bytes_up += sent;
+                    s.bytes_down += got;
+                });
+                if status != 200 {
+                    return Err(format!(
+                        "the parent refused the site's states ({status}): {}",
+                        String::from_utf8_lossy(&text)
+                    ));
+                }
+                told = Some(zones);
+            }
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || {
+                st.store.write(|tx| tx.meta_set(UP_CURSOR, &to.to_string()))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            continue;
+        }
+        // Nothing new: wait for the log to move (or look again in 30 s).
+        let _ = tokio::time::timeout(Duration::from_secs(30), watch.wait_for(|v| *v > seen)).await;
+    }
+}
+
+/// The server states the parent has not taken yet: from this site's own
+/// change log after the upward cursor (or every server the parent sent,
+/// when the log was compacted past it). Answers the cursor and the batch.
+fn pending_up(state: &AppState) -> Result<(i64, stratus_wire::sync::UpBatch), ApiError> {
+    use stratus_store::Record;
+    let from: i64 = state
+        .store
+        .meta_get(UP_CURSOR)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (ids, up_to) = match state.store.changes_since(from, UP_BATCH) {
+        Ok(changes) => {
+            let up_to = changes.last().map(|c| c.seq).unwrap_or(from);
+            let mut ids: Vec<String> = changes
+                .into_iter()
+                .filter(|c| c.kind == crate::compute::model::Server::KIND)
+                .map(|c| c.id)
+                .collect();
+            ids.sort();
+            ids.dedup();
+            (ids, up_to)
+        }
+        Err(stratus_store::StoreError::Compacted { .. }) => {
+            let up_to = state.store.last_revision()?;
+            let ids = state
+                .store
+                .list::<crate::compute::model::Server>(&stratus_store::Query::all())?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            (ids, up_to)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut servers = Vec::new();
+    for id in ids {
+        let s = state.store.get::<crate::compute::model::Server>(&id)?;
+        // Servers made here are this site's own; they stay here.
+        if s.as_ref().is_some_and(|s| s.parent_generation == 0) {
+            continue;
+        }
+        servers.push(super::server_status(&id, s.as_ref()));
+    }
+    Ok((
+        from,
+        stratus_wire::sync::UpBatch {
+            up_to,
+            servers,
+            zones: None,
+        },
+    ))
 }
 
 /// Applies one answer: its changes and the cursor in one transaction (a

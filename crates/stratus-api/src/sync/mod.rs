@@ -12,11 +12,22 @@
 //! - [`listener`]: the parent's TLS sync listener;
 //! - [`link`]: the site's side (join, the dial-out exchange loop).
 //!
-//! What goes down today: identity (except the parent's own node agents'
-//! users and the catalog, which each controller keeps for itself, and
-//! credential blobs), flavors, key pairs, compute quotas, image metadata
-//! and members, and the Fernet keys. Servers going down and their status
-//! coming back up are the next slice.
+//! What goes down: identity (except the parent's own node agents' users
+//! and the catalog, which each controller keeps for itself, and credential
+//! blobs), flavors, key pairs, compute quotas, image metadata and members,
+//! the Fernet keys, and the servers whose availability zone is the site's
+//! or one in its subtree (never another site's). What comes up: the
+//! site's state of those servers ([`server_status`], applied at the
+//! parent by [`apply_status`]).
+//!
+//! **Who owns what of a server.** The parent owns the request (name,
+//! flavor, image, metadata, and every task it asks for); the site owns
+//! where and how it runs (host, node, vm and power state, task progress,
+//! launch time, fault). A task asked at the parent carries the parent's
+//! generation: a site that sees a newer one than it took takes the task
+//! (and bumps its own generation, so its agents act on it); otherwise it
+//! keeps its own state. Upward, the parent takes the site's state only
+//! when the site had seen the parent's latest request.
 
 pub mod link;
 pub mod listener;
@@ -29,7 +40,7 @@ use serde_json::Value;
 use stratus_store::{Record, StoreError, Tx};
 use stratus_wire::sync::SyncChange;
 
-use crate::compute::model::{Flavor, Keypair, QuotaSet};
+use crate::compute::model::{Flavor, Keypair, QuotaSet, Server};
 use crate::identity::model as id;
 use crate::identity::node_users::{NODE_ROLE, NODES_DOMAIN_ID, NODES_PROJECT_ID};
 use crate::image::model::{Image, Member};
@@ -65,6 +76,7 @@ macro_rules! by_kind {
 
 /// The kinds a site receives from its parent.
 pub const KINDS: &[&str] = &[
+    Server::KIND,
     id::Domain::KIND,
     id::Project::KIND,
     id::User::KIND,
@@ -91,9 +103,17 @@ pub const KINDS: &[&str] = &[
 /// role and role assignments never cross a link, so a site's own node
 /// users and the parent's never collide. Those are also what a site
 /// keeps for itself when a snapshot replaces what it has.
-pub fn goes_down(kind: &str, body: &str) -> bool {
+pub fn goes_down(zones: &std::collections::HashSet<String>, kind: &str, body: &str) -> bool {
     if !KINDS.contains(&kind) {
         return false;
+    }
+    if kind == Server::KIND {
+        // A server goes to the site whose subtree its zone is in.
+        return serde_json::from_str::<Value>(body).is_ok_and(|v| {
+            v.get("requested_az")
+                .and_then(Value::as_str)
+                .is_some_and(|z| zones.contains(z))
+        });
     }
     let field = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_string);
     let local = |v: &Value| -> bool {
@@ -126,11 +146,168 @@ pub fn goes_down(kind: &str, body: &str) -> bool {
 
 /// Applies one change from the parent. A document whose unique key a
 /// local one holds replaces it: the parent's desired state wins.
-pub fn apply(tx: &Tx, c: &SyncChange) -> Result<(), StoreError> {
-    by_kind!(c.kind.as_str(), apply_one(tx, &c.id, c.body.as_deref()), {
-        tracing::debug!(kind = %c.kind, "a change of a kind this site does not take");
-        Ok(())
-    })
+pub fn apply(tx: &Tx, c: &SyncChange) -> Result<(), crate::ApiError> {
+    if c.kind == Server::KIND {
+        return match c.body.as_deref() {
+            Some(b) => put_server(tx, serde_json::from_str(b).map_err(StoreError::from)?),
+            None => remove_server(tx, &c.id),
+        };
+    }
+    Ok(by_kind!(
+        c.kind.as_str(),
+        apply_one(tx, &c.id, c.body.as_deref()),
+        {
+            tracing::debug!(kind = %c.kind, "a change of a kind this site does not take");
+            Ok(())
+        }
+    )?)
+}
+
+/// A server from the parent: new ones are taken as they are (they wait
+/// for this site's scheduler) and counted in the project's usage here;
+/// for known ones the parent's request is merged with this site's state.
+fn put_server(tx: &Tx, parent: Server) -> Result<(), crate::ApiError> {
+    let Some(local) = tx.get::<Server>(&parent.id)? else {
+        let mut s = parent;
+        s.parent_generation = s.generation;
+        crate::compute::service::account_server(tx, &s, 1)?;
+        tx.insert(&s)?;
+        return Ok(());
+    };
+    let newer = parent.generation > local.parent_generation;
+    let mut s = parent.clone();
+    // What this site owns of the server.
+    s.host = local.host.clone();
+    s.node = local.node.clone();
+    s.availability_zone = local.availability_zone.clone();
+    s.power_state = local.power_state;
+    s.launched_us = local.launched_us;
+    s.fault = local.fault.clone();
+    s.tried_hosts = local.tried_hosts.clone();
+    s.settled = local.settled.clone();
+    s.snapshot = local.snapshot.clone();
+    s.resize = local.resize.clone();
+    s.rescue_image = local.rescue_image.clone();
+    s.nics = local.nics.clone();
+    s.updated_us = parent.updated_us.max(local.updated_us);
+    if newer {
+        // A task the parent asked for: this site's agents act on it.
+        s.generation = local.generation + 1;
+        s.parent_generation = parent.generation;
+    } else {
+        s.vm_state = local.vm_state.clone();
+        s.task_state = local.task_state.clone();
+        s.generation = local.generation;
+        s.parent_generation = local.parent_generation;
+    }
+    if (s.flavor.vcpus, s.flavor.ram) != (local.flavor.vcpus, local.flavor.ram) {
+        crate::compute::service::account_server(tx, &local, -1)?;
+        crate::compute::service::account_server(tx, &s, 1)?;
+    }
+    tx.update(&s)?;
+    Ok(())
+}
+
+/// The parent deleted a server: on a node of this site it is torn down the
+/// way a delete does it (the agent removes it, then the record goes); one
+/// not placed yet, or placed in a site below this one, goes at once (and
+/// its delete goes on down).
+fn remove_server(tx: &Tx, id: &str) -> Result<(), crate::ApiError> {
+    let Some(mut s) = tx.get::<Server>(id)? else {
+        return Ok(());
+    };
+    let on_our_node = match &s.host {
+        Some(h) => tx.exists::<crate::compute::model::ComputeNode>(h)?,
+        None => false,
+    };
+    if on_our_node {
+        if s.task_state.as_deref() != Some(crate::compute::states::task::DELETING) {
+            s.task_state = Some(crate::compute::states::task::DELETING.into());
+            s.generation += 1;
+            s.updated_us = crate::timeutil::now_us();
+            tx.update(&s)?;
+        }
+    } else {
+        crate::compute::service::account_server(tx, &s, -1)?;
+        tx.delete::<Server>(id)?;
+    }
+    Ok(())
+}
+
+/// What goes up of a server of this site: its state here.
+pub fn server_status(id: &str, s: Option<&Server>) -> stratus_wire::sync::ServerStatus {
+    match s {
+        Some(s) => stratus_wire::sync::ServerStatus {
+            id: id.to_string(),
+            deleted: false,
+            parent_generation: s.parent_generation,
+            host: s.host.clone(),
+            node: s.node.clone(),
+            vm_state: s.vm_state.clone(),
+            task_state: s.task_state.clone(),
+            power_state: s.power_state,
+            launched_us: s.launched_us,
+            fault: s.fault.as_ref().and_then(|f| serde_json::to_value(f).ok()),
+        },
+        None => stratus_wire::sync::ServerStatus {
+            id: id.to_string(),
+            deleted: true,
+            parent_generation: 0,
+            host: None,
+            node: None,
+            vm_state: String::new(),
+            task_state: None,
+            power_state: 0,
+            launched_us: None,
+            fault: None,
+        },
+    }
+}
+
+/// At the parent: a site's state of one of its servers. Only servers in
+/// the site's subtree (`zones`) are touched, and only when the site had
+/// seen the parent's latest request; a server the site no longer has is
+/// left to the parent's own delete.
+pub fn apply_status(
+    tx: &Tx,
+    zones: &std::collections::HashSet<String>,
+    st: &stratus_wire::sync::ServerStatus,
+) -> Result<bool, crate::ApiError> {
+    if st.deleted {
+        return Ok(false);
+    }
+    let Some(mut s) = tx.get::<Server>(&st.id)? else {
+        return Ok(false);
+    };
+    let ours = s.requested_az.as_deref().is_some_and(|z| zones.contains(z));
+    if !ours || st.parent_generation < s.generation {
+        return Ok(false);
+    }
+    let fault = st
+        .fault
+        .as_ref()
+        .and_then(|f| serde_json::from_value(f.clone()).ok());
+    let same = s.host == st.host
+        && s.node == st.node
+        && s.vm_state == st.vm_state
+        && s.task_state == st.task_state
+        && s.power_state == st.power_state
+        && s.launched_us == st.launched_us;
+    if same {
+        return Ok(false);
+    }
+    s.host = st.host.clone();
+    s.node = st.node.clone();
+    s.vm_state = st.vm_state.clone();
+    s.task_state = st.task_state.clone();
+    s.power_state = st.power_state;
+    s.launched_us = st.launched_us;
+    if fault.is_some() {
+        s.fault = fault;
+    }
+    s.updated_us = crate::timeutil::now_us();
+    tx.update(&s)?;
+    Ok(true)
 }
 
 fn apply_one<T: Record>(tx: &Tx, id: &str, body: Option<&str>) -> Result<(), StoreError> {
@@ -160,7 +337,23 @@ pub fn prune(
     kind: &str,
     keep: &std::collections::HashSet<&str>,
 ) -> Result<u64, StoreError> {
+    if kind == Server::KIND {
+        return prune_servers(tx, keep);
+    }
     by_kind!(kind, prune_kind(tx, keep), Ok(0))
+}
+
+fn prune_servers(tx: &Tx, keep: &std::collections::HashSet<&str>) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for s in tx.list::<Server>(&stratus_store::Query::all())? {
+        // Servers made here (while cut off) are this site's own.
+        if s.parent_generation == 0 || keep.contains(s.id.as_str()) {
+            continue;
+        }
+        remove_server(tx, &s.id).map_err(|e| StoreError::Db(e.message))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn prune_kind<T: Record>(
@@ -173,7 +366,7 @@ fn prune_kind<T: Record>(
             continue;
         }
         let body = serde_json::to_string(&rec)?;
-        if goes_down(T::KIND, &body) {
+        if goes_down(&Default::default(), T::KIND, &body) {
             tx.delete::<T>(rec.id())?;
             n += 1;
         }
@@ -247,26 +440,34 @@ mod tests {
 
     #[test]
     fn node_agents_identity_stays_with_its_controller() {
+        let z = std::collections::HashSet::from(["edge-1".to_string()]);
         let user = |domain: &str| json!({"id": "u", "name": "n", "domain_id": domain}).to_string();
-        assert!(goes_down("user", &user("default")));
-        assert!(!goes_down("user", &user(NODES_DOMAIN_ID)));
+        assert!(goes_down(&z, "user", &user("default")));
+        assert!(!goes_down(&z, "user", &user(NODES_DOMAIN_ID)));
         assert!(!goes_down(
+            &z,
             "role",
             &json!({"id": "r", "name": NODE_ROLE, "domain_id": null}).to_string()
         ));
         assert!(goes_down(
+            &z,
             "role",
             &json!({"id": "r", "name": "member", "domain_id": null}).to_string()
         ));
         assert!(!goes_down(
+            &z,
             "role_assignment",
             &json!({"id": "a", "target_id": NODES_PROJECT_ID}).to_string()
         ));
         // The catalog, credentials and sites stay too.
-        assert!(!goes_down("endpoint", "{}"));
-        assert!(!goes_down("credential", "{}"));
-        assert!(!goes_down("site", "{}"));
-        assert!(goes_down("flavor", r#"{"id": "1"}"#));
+        assert!(!goes_down(&z, "endpoint", "{}"));
+        assert!(!goes_down(&z, "credential", "{}"));
+        assert!(!goes_down(&z, "site", "{}"));
+        assert!(goes_down(&z, "flavor", r#"{"id": "1"}"#));
+        // Servers go to the site of their zone only.
+        assert!(goes_down(&z, "server", r#"{"requested_az": "edge-1"}"#));
+        assert!(!goes_down(&z, "server", r#"{"requested_az": "edge-2"}"#));
+        assert!(!goes_down(&z, "server", r#"{"requested_az": null}"#));
     }
 
     #[test]

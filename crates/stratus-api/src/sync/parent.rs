@@ -2,6 +2,7 @@
 //! router (`/edge/v1/sites`, admin only), and what the sync listener
 //! serves sites (`/sync/v1/ca`, `/sync/v1/join`, `/sync/v1/exchange`).
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -225,6 +226,7 @@ pub fn create(
         cert_expires_us: 0,
         revoked: Vec::new(),
         rotate: false,
+        subtree: Vec::new(),
         created_us: now,
         updated_us: now,
     };
@@ -418,6 +420,7 @@ pub fn sync_routes() -> Router<AppState> {
         .route("/sync/v1/ca", get(ca))
         .route("/sync/v1/join", post(join))
         .route("/sync/v1/rotate", post(rotate))
+        .route("/sync/v1/up", post(up))
         .route("/sync/v1/exchange", post(exchange))
         .fallback(crate::error::not_found_fallback)
 }
@@ -545,6 +548,82 @@ async fn rotate(
     Ok(axum::Json(reply))
 }
 
+/// Keeps the zones a site reports below it; answers them, sorted.
+async fn set_subtree(
+    state: &AppState,
+    site: &Site,
+    zones: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let mut below = zones.to_vec();
+    below.sort();
+    below.dedup();
+    below.retain(|z| z != &site.name);
+    if below != site.subtree {
+        let st = state.clone();
+        let id = site.id.clone();
+        let b = below.clone();
+        blocking(move || {
+            st.store.write(|tx| {
+                let mut s = tx.fetch::<Site>(&id)?;
+                s.subtree = b;
+                s.updated_us = now_us();
+                tx.update(&s)?;
+                Ok::<_, ApiError>(())
+            })?;
+            st.sites.forget_routes();
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(below)
+}
+
+/// A site's actual state of its servers, applied in one transaction; the
+/// answer acknowledges the site's revision it covered. A batch sent again
+/// changes nothing (each status is a state, not a delta).
+async fn up(
+    State(state): State<AppState>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<axum::Json<stratus_wire::sync::UpReply>, ApiError> {
+    let site = peer_site(&state, peer).await?;
+    let body = if is_gzip(&headers, header::CONTENT_ENCODING) {
+        gunzip(&raw)?
+    } else {
+        raw.to_vec()
+    };
+    let batch: stratus_wire::sync::UpBatch = crate::json::decode(&body)?;
+    state
+        .sites
+        .touch(&site.id, |l| l.bytes_in += raw.len() as u64);
+    let below = match &batch.zones {
+        Some(z) => set_subtree(&state, &site, z).await?,
+        None => site.subtree.clone(),
+    };
+    let zones: HashSet<String> = below
+        .into_iter()
+        .chain(std::iter::once(site.name.clone()))
+        .collect();
+    let st = state.clone();
+    let changed = blocking(move || {
+        st.store.write(|tx| {
+            let mut n = 0;
+            for s in &batch.servers {
+                n += super::apply_status(tx, &zones, s)? as usize;
+            }
+            Ok::<_, ApiError>(n)
+        })
+    })
+    .await?;
+    if changed > 0 {
+        tracing::debug!(site = %site.name, servers = changed, "took the site's server states");
+    }
+    Ok(axum::Json(stratus_wire::sync::UpReply {
+        acked: batch.up_to,
+    }))
+}
+
 fn gunzip(raw: &[u8]) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(raw)
@@ -581,6 +660,9 @@ async fn exchange(
     };
     let x: Exchange = crate::json::decode(&body)?;
     check_sync_version(x.version).map_err(ApiError::bad_request)?;
+    // The zones below the site, as it reports them: servers in them go
+    // down through it.
+    set_subtree(&state, &site, &x.zones).await?;
     state.sites.touch(&site.id, |l| {
         l.acked = x.acked;
         l.software = x.software.clone();
@@ -604,7 +686,15 @@ async fn exchange(
                 .get::<Site>(&site_id)?
                 .filter(|s| s.state == state::ACTIVE && s.cert_sha256 == cert)
                 .ok_or_else(|| ApiError::forbidden("edge:sync:exchange"))?;
-            Ok((build_reply(&st, from, &keys_hash)?, now.rotate))
+            // The site's zones as its record says now (it reports new ones
+            // on its upward link while this exchange waits).
+            let zones: HashSet<String> = now
+                .subtree
+                .iter()
+                .cloned()
+                .chain(std::iter::once(now.name.clone()))
+                .collect();
+            Ok((build_reply(&st, &zones, from, &keys_hash)?, now.rotate))
         })
         .await?;
         if rotate {
@@ -654,7 +744,12 @@ async fn exchange(
 /// What a site at `acked` gets next: the changes after it that it needs
 /// (a snapshot when it starts or the log was compacted past it), and the
 /// Fernet keys when the site's differ.
-fn build_reply(state: &AppState, acked: i64, site_keys: &str) -> Result<ExchangeReply, ApiError> {
+fn build_reply(
+    state: &AppState,
+    zones: &HashSet<String>,
+    acked: i64,
+    site_keys: &str,
+) -> Result<ExchangeReply, ApiError> {
     let keys_dir = state.config.data_dir.join("fernet-keys");
     let keys = super::read_keys(&keys_dir)
         .map_err(|e| ApiError::internal(format!("reading the fernet keys: {e}")))?;
@@ -674,7 +769,7 @@ fn build_reply(state: &AppState, acked: i64, site_keys: &str) -> Result<Exchange
             let changes = changes
                 .into_iter()
                 .filter(|c| match &c.body {
-                    Some(b) => super::goes_down(&c.kind, b),
+                    Some(b) => super::goes_down(zones, &c.kind, b),
                     None => super::KINDS.contains(&c.kind.as_str()),
                 })
                 .map(|c| SyncChange {
@@ -695,7 +790,7 @@ fn build_reply(state: &AppState, acked: i64, site_keys: &str) -> Result<Exchange
             let changes = snap
                 .documents
                 .into_iter()
-                .filter(|d| super::goes_down(&d.kind, &d.body))
+                .filter(|d| super::goes_down(zones, &d.kind, &d.body))
                 .map(|d| SyncChange {
                     kind: d.kind,
                     id: d.id,

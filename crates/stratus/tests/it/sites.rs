@@ -21,15 +21,22 @@ struct Site {
     log: PathBuf,
     port: u16,
     parent: String,
+    extra: Vec<String>,
 }
 
 impl Site {
     fn start(parent_sync: &str, token: &str) -> Site {
+        Self::start_with(parent_sync, token, &[])
+    }
+
+    /// Starts a site with `extra` arguments (e.g. its own `--sync-listen`).
+    fn start_with(parent_sync: &str, token: &str, extra: &[&str]) -> Site {
         let dir = unique_dir();
         let port = free_port();
         let log = std::env::temp_dir().join(format!("stratus-it-site-{port}.log"));
         let _ = std::fs::remove_file(&log);
-        let child = Self::spawn(&dir, port, &log, parent_sync, token);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(&dir, port, &log, parent_sync, token, &extra);
         Site {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -37,6 +44,7 @@ impl Site {
             log,
             port,
             parent: parent_sync.to_string(),
+            extra,
         }
     }
 
@@ -46,6 +54,7 @@ impl Site {
         log: &std::path::Path,
         parent: &str,
         token: &str,
+        extra: &[String],
     ) -> Child {
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -59,6 +68,7 @@ impl Site {
             .args(["--parent", parent, "--join-token", token])
             .args(["--driver", "fake", "--public-network", "none"])
             .args(["--node-name", &format!("site-node-{port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -83,7 +93,14 @@ impl Site {
             .status()
             .unwrap();
         self.child.wait().unwrap();
-        self.child = Self::spawn(&self.dir, self.port, &self.log, &self.parent, token);
+        self.child = Self::spawn(
+            &self.dir,
+            self.port,
+            &self.log,
+            &self.parent,
+            token,
+            &self.extra,
+        );
     }
 
     fn ks(&self) -> Client {
@@ -421,4 +438,132 @@ fn sites_a_site_killed_mid_sync_applies_every_change_exactly_once() {
     }
     assert_eq!(seen.len(), names.len());
     assert!(seen.values().all(|n| *n == 1), "applied twice: {seen:?}");
+}
+
+/// A server's status at a controller (`None` once it is gone).
+fn status_at(base: &str, token: &str, id: &str) -> Option<Value> {
+    let r = Client {
+        base: format!("{base}/compute/v2.1"),
+    }
+    .raw(
+        "GET",
+        &format!("/servers/{id}"),
+        Some(token),
+        &[super::compute::MV],
+        None,
+    );
+    match r.status {
+        200 => Some(r.body["server"].clone()),
+        404 => None,
+        s => panic!("GET server {id}: {s} {}", r.body),
+    }
+}
+
+#[test]
+fn sites_a_server_created_at_the_root_runs_at_a_leaf_two_levels_down_and_its_state_rises() {
+    let (c, sync) = root();
+    // root -> region -> leaf
+    let (region_id, token) = create_site(&c, "region-1");
+    let region_sync = format!("127.0.0.1:{}", free_port());
+    let region = Site::start_with(
+        &sync,
+        &token,
+        &["--no-agent", "--sync-listen", &region_sync],
+    );
+    eventually(30, "the region joins and syncs", || {
+        region.ks().validate(&c.admin, &c.admin).status == 200
+    });
+    let r = region
+        .at("/edge/v1")
+        .post("/sites", &c.admin, json!({"site": {"name": "leaf-1"}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let leaf_token = r.body["join_token"].as_str().unwrap().to_string();
+    let leaf = Site::start(&format!("https://{region_sync}"), &leaf_token);
+    eventually(30, "the leaf's node registers at the leaf", || {
+        leaf.ks().validate(&c.admin, &c.admin).status == 200
+            && leaf
+                .at("/compute/v2.1")
+                .get("/os-hypervisors", &c.admin)
+                .body["hypervisors"]
+                .as_array()
+                .is_some_and(|h| h.len() == 1)
+    });
+    // The leaf is a zone at the root, through the region.
+    eventually(30, "the root lists the leaf's zone", || {
+        c.nova.get("/os-availability-zone", &c.admin).body["availabilityZoneInfo"]
+            .as_array()
+            .is_some_and(|z| z.iter().any(|z| z["zoneName"] == "leaf-1"))
+    });
+    assert_eq!(site_state(&c, &region_id)["state"], "active");
+
+    // A tenant creates a server at the root in the leaf's zone.
+    let (_, tok) = c.project("edge-tenant");
+    let img = c.image(&tok, "tiny");
+    let r = c.nova.post(
+        "/servers",
+        &tok,
+        json!({"server": {"name": "far", "imageRef": img, "flavorRef": "42",
+                          "availability_zone": "leaf-1", "networks": "none"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+
+    // It runs at the leaf, and its state rises to the root.
+    eventually(60, "the server is ACTIVE at the leaf", || {
+        status_at(&leaf.url, &c.admin, &id).is_some_and(|s| s["status"] == "ACTIVE")
+    });
+    eventually(30, "ACTIVE rises to the root", || {
+        status_at(&c.server.url, &tok, &id).is_some_and(|s| s["status"] == "ACTIVE")
+    });
+    let at_root = status_at(&c.server.url, &c.admin, &id).unwrap();
+    assert_eq!(
+        at_root["OS-EXT-AZ:availability_zone"], "leaf-1",
+        "{at_root}"
+    );
+    assert!(
+        at_root["OS-EXT-SRV-ATTR:host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("site-node-")),
+        "{at_root}"
+    );
+    assert_eq!(at_root["OS-EXT-STS:power_state"], 1, "{at_root}");
+    // The region passed it on; it has no node of its own.
+    let at_region = status_at(&region.url, &c.admin, &id).unwrap();
+    assert_eq!(at_region["status"], "ACTIVE", "{at_region}");
+
+    // A stop asked at the root is carried out at the leaf.
+    let r = c.nova.post(
+        &format!("/servers/{id}/action"),
+        &tok,
+        json!({"os-stop": null}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(60, "SHUTOFF at the leaf", || {
+        status_at(&leaf.url, &c.admin, &id).is_some_and(|s| s["status"] == "SHUTOFF")
+    });
+    eventually(30, "SHUTOFF rises to the root", || {
+        status_at(&c.server.url, &tok, &id)
+            .is_some_and(|s| s["status"] == "SHUTOFF" && s["OS-EXT-STS:task_state"].is_null())
+    });
+
+    // A delete at the root removes it everywhere.
+    let r = c.nova.delete(&format!("/servers/{id}"), &tok);
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually(60, "the server is gone at the leaf", || {
+        status_at(&leaf.url, &c.admin, &id).is_none()
+    });
+    eventually(30, "the server is gone at the region", || {
+        status_at(&region.url, &c.admin, &id).is_none()
+    });
+    // A sibling of the region never saw it.
+    let (_, other_token) = create_site(&c, "other-1");
+    let other = Site::start(&sync, &other_token);
+    eventually(30, "the sibling syncs", || {
+        other.ks().validate(&c.admin, &c.admin).status == 200
+    });
+    let r = other
+        .at("/compute/v2.1")
+        .get("/servers?all_tenants=1", &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["servers"], json!([]), "{}", r.body);
 }
