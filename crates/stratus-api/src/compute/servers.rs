@@ -76,7 +76,17 @@ fn host_status(state: &AppState, s: &Server) -> &'static str {
                 "UP"
             }
         }
-        _ => "UNKNOWN",
+        // A server at an edge site: UP while the site's link is, else
+        // UNKNOWN (the site runs it on its own while cut off).
+        _ => match s
+            .requested_az
+            .as_deref()
+            .and_then(|z| state.sites.site_of_zone(&state.store, z).ok().flatten())
+            .and_then(|id| state.store.get::<crate::sites::Site>(&id).ok().flatten())
+        {
+            Some(site) if state.sites.shown_state(&site) == crate::sites::state::ACTIVE => "UP",
+            _ => "UNKNOWN",
+        },
     }
 }
 

@@ -670,7 +670,10 @@ async fn exchange(
         l.bytes_in += raw.len() as u64;
         l.exchanges += 1;
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(x.wait_s.min(MAX_WAIT_S));
+    // Held at most half the time after which a silent site counts as
+    // unreachable, so a healthy idle site never looks cut off.
+    let cap = (state.sites.down_after_s / 2).clamp(1, MAX_WAIT_S);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(x.wait_s.min(cap));
     let mut watch = state.sites.watch();
     let mut from = x.acked;
     let reply = loop {

@@ -567,3 +567,171 @@ fn sites_a_server_created_at_the_root_runs_at_a_leaf_two_levels_down_and_its_sta
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["servers"], json!([]), "{}", r.body);
 }
+
+/// A TCP proxy between a site and its parent's sync listener that can cut
+/// the link: every connection through it is shut down at once and new
+/// ones are refused until it is mended. Loopback only; its threads end
+/// with the test process.
+struct Link {
+    addr: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Link {
+    fn new(target: &str) -> Link {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, cs, target) = (open.clone(), conns.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                {
+                    let mut cs = cs.lock().unwrap();
+                    cs.push(client.try_clone().unwrap());
+                    cs.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link { addr, open, conns }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Cuts the link: open connections drop, new ones are refused.
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn mend(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = Cloud::start(&[
+        "--sync-listen",
+        &listen,
+        "--driver",
+        "fake",
+        "--site-down-time",
+        "4",
+    ]);
+    let link = Link::new(&listen);
+    let (site_id, token) = create_site(&c, "edge-p");
+    let site = Site::start(&link.url(), &token);
+    eventually(30, "the site's node registers", || {
+        site.ks().validate(&c.admin, &c.admin).status == 200
+            && site
+                .at("/compute/v2.1")
+                .get("/os-hypervisors", &c.admin)
+                .body["hypervisors"]
+                .as_array()
+                .is_some_and(|h| h.len() == 1)
+    });
+    let (_, tok) = c.project("edge-p-tenant");
+    let img = c.image(&tok, "tiny");
+    let boot = |name: &str| -> String {
+        let r = c.nova.post(
+            "/servers",
+            &tok,
+            json!({"server": {"name": name, "imageRef": img, "flavorRef": "42",
+                              "availability_zone": "edge-p", "networks": "none"}}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.body["server"]["id"].as_str().unwrap().to_string()
+    };
+    let (keep, stop, gone) = (boot("keep"), boot("stop"), boot("gone"));
+    for id in [&keep, &stop, &gone] {
+        eventually(60, "ACTIVE at the root", || {
+            status_at(&c.server.url, &tok, id).is_some_and(|s| s["status"] == "ACTIVE")
+        });
+    }
+    let launched = status_at(&site.url, &c.admin, &keep).unwrap()["OS-SRV-USG:launched_at"].clone();
+    assert_eq!(
+        status_at(&c.server.url, &c.admin, &keep).unwrap()["host_status"],
+        "UP"
+    );
+
+    // The link is cut.
+    link.cut();
+    eventually(20, "the root sees the site unreachable", || {
+        site_state(&c, &site_id)["state"] == "unreachable"
+    });
+    assert_eq!(
+        status_at(&c.server.url, &c.admin, &keep).unwrap()["host_status"],
+        "UNKNOWN"
+    );
+    // The root takes orders for the site meanwhile: a create and a delete.
+    let new = boot("new");
+    let r = c.nova.delete(&format!("/servers/{gone}"), &tok);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let lag = site_state(&c, &site_id)["revision_lag"].as_i64().unwrap();
+    assert!(lag > 0, "changes for the site are pending: {lag}");
+    // An operator on site stops a server with a token the root issued.
+    let r = site.at("/compute/v2.1").raw(
+        "POST",
+        &format!("/servers/{stop}/action"),
+        Some(&tok),
+        &[super::compute::MV],
+        Some(json!({"os-stop": null}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(30, "the site stops it on its own", || {
+        status_at(&site.url, &c.admin, &stop).is_some_and(|s| s["status"] == "SHUTOFF")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // Nothing reached the site while cut off.
+    assert!(status_at(&site.url, &c.admin, &new).is_none());
+    assert!(status_at(&site.url, &c.admin, &gone).is_some());
+
+    // The link returns: everything converges.
+    link.mend();
+    eventually(60, "the new server runs at the site", || {
+        status_at(&c.server.url, &tok, &new).is_some_and(|s| s["status"] == "ACTIVE")
+    });
+    eventually(30, "the deleted server is gone at the site", || {
+        status_at(&site.url, &c.admin, &gone).is_none()
+    });
+    eventually(30, "the local stop is reported up", || {
+        status_at(&c.server.url, &tok, &stop).is_some_and(|s| s["status"] == "SHUTOFF")
+    });
+    eventually(20, "the site is active again", || {
+        site_state(&c, &site_id)["state"] == "active"
+    });
+    // The server nobody touched ran through it all, never restarted.
+    let k = status_at(&site.url, &c.admin, &keep).unwrap();
+    assert_eq!(k["status"], "ACTIVE", "{k}");
+    assert_eq!(k["OS-SRV-USG:launched_at"], launched, "{k}");
+    assert_eq!(
+        status_at(&c.server.url, &c.admin, &keep).unwrap()["host_status"],
+        "UP"
+    );
+}
