@@ -101,7 +101,14 @@ pub struct Sites {
     /// On a site: its own zone name at its parent. Servers asked for in
     /// it may land on any of this site's nodes.
     own_zone: Mutex<Option<String>>,
+    /// Per site: operator requests waiting for its next exchange, and a
+    /// counter its waiting exchange watches.
+    tunnel: Mutex<HashMap<String, (Vec<TunnelRequest>, tokio::sync::watch::Sender<u64>)>>,
+    /// Requests sent down, waiting for the site's answer.
+    answers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<TunnelAnswer>>>,
 }
+
+use stratus_wire::sync::{TunnelAnswer, TunnelRequest};
 
 impl Sites {
     pub fn new(down_after_s: u64) -> Self {
@@ -112,6 +119,93 @@ impl Sites {
             down_after_s,
             routes: Mutex::new(None),
             own_zone: Mutex::new(None),
+            tunnel: Mutex::new(HashMap::new()),
+            answers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` down site `site`'s link and waits for its answer (at
+    /// most `wait`).
+    pub async fn ask(
+        &self,
+        site: &str,
+        req: TunnelRequest,
+        wait: std::time::Duration,
+    ) -> Result<TunnelAnswer, String> {
+        let reachable = self
+            .link(site)
+            .is_some_and(|l| now_us() - l.last_contact_us < self.down_after_s as i64 * 1_000_000);
+        if !reachable {
+            return Err("The site is unreachable: its link to this controller is down.".into());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = req.id.clone();
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        {
+            let mut t = self.tunnel.lock().unwrap_or_else(|e| e.into_inner());
+            let e = t
+                .entry(site.to_string())
+                .or_insert_with(|| (Vec::new(), tokio::sync::watch::channel(0).0));
+            e.0.push(req);
+            e.1.send_modify(|n| *n += 1);
+        }
+        let out = tokio::time::timeout(wait, rx).await;
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let drop_request = || {
+            if let Some(e) = self
+                .tunnel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(site)
+            {
+                e.0.retain(|r| r.id != id);
+            }
+        };
+        match out {
+            Ok(Ok(a)) => Ok(a),
+            _ => {
+                drop_request();
+                Err("The site did not answer in time: its link may be down.".into())
+            }
+        }
+    }
+
+    /// The requests waiting for site `site`'s next exchange (taken).
+    pub fn take_requests(&self, site: &str) -> Vec<TunnelRequest> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(site)
+            .map(|e| std::mem::take(&mut e.0))
+            .unwrap_or_default()
+    }
+
+    /// What a waiting exchange of site `site` watches for new requests.
+    pub fn requests_watch(&self, site: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(site.to_string())
+            .or_insert_with(|| (Vec::new(), tokio::sync::watch::channel(0).0))
+            .1
+            .subscribe()
+    }
+
+    /// A site's answer: it goes to whoever asked, if still waiting.
+    pub fn answer(&self, a: TunnelAnswer) {
+        if let Some(tx) = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&a.id)
+        {
+            let _ = tx.send(a);
         }
     }
 

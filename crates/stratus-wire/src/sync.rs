@@ -15,6 +15,8 @@
 //! - `POST /sync/v1/up` with an [`UpBatch`] brings the site's actual state
 //!   of the parent's servers up (its own sequence numbers: revisions of
 //!   the site's change log, acknowledged in an [`UpReply`]).
+//! - `POST /sync/v1/answers` answers the operator requests (console
+//!   output) an exchange carried down: the tunnel.
 //! - `POST /sync/v1/exchange` (mutual TLS from then on) with an
 //!   [`Exchange`] is the site's long poll, heartbeat and acknowledgement
 //!   in one: the parent answers an [`ExchangeReply`] with the changes of
@@ -189,6 +191,32 @@ pub struct ExchangeReply {
     /// key to `POST /sync/v1/rotate` over its current link.
     #[serde(default)]
     pub rotate: bool,
+    /// Operator requests for the site to run (the tunnel: the parent never
+    /// dials a site); answered with `POST /sync/v1/answers`.
+    #[serde(default)]
+    pub requests: Vec<TunnelRequest>,
+}
+
+/// An operator request carried down the site's own link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelRequest {
+    pub id: String,
+    /// What to do: `console_output` (a server's console log).
+    pub kind: String,
+    pub server_id: String,
+    /// For `console_output`: the last lines only.
+    #[serde(default)]
+    pub length: Option<u64>,
+}
+
+/// A site's answer to a [`TunnelRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelAnswer {
+    pub id: String,
+    /// The HTTP status the request had at the site.
+    pub status: u16,
+    /// The output, or the site's error message.
+    pub body: String,
 }
 
 /// `POST /sync/v1/rotate`, over the link of the certificate it replaces.

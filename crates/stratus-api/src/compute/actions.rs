@@ -167,13 +167,58 @@ async fn console_output(state: &AppState, s: &Server, arg: &Value) -> Result<Res
             if n == -1 { None } else { Some(n as usize) }
         }
     };
+    let out = console_text(state, s, length).await?;
+    Ok(axum::Json(json!({"output": out})).into_response())
+}
+
+/// A server's console log (its last `length` lines): from the agent of
+/// its node, or, for a server at an edge site, through the site's own
+/// link (the parent never dials a site).
+pub async fn console_text(
+    state: &AppState,
+    s: &Server,
+    length: Option<usize>,
+) -> Result<String, ApiError> {
+    if s.vm_state == vm::BUILDING || s.host.is_none() {
+        return Err(wrong_state("get_console_output", s));
+    }
+    let st = state.clone();
+    let server = s.clone();
+    let site = tokio::task::spawn_blocking(move || -> Result<Option<String>, ApiError> {
+        let local = st
+            .store
+            .get::<ComputeNode>(server.host.as_deref().unwrap_or(""))?
+            .is_some();
+        match (&server.requested_az, local) {
+            (Some(z), false) => Ok(st.sites.site_of_zone(&st.store, z)?),
+            _ => Ok(None),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    if let Some(site) = site {
+        let req = stratus_wire::sync::TunnelRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: "console_output".into(),
+            server_id: s.id.clone(),
+            length: length.map(|n| n as u64),
+        };
+        let a = state
+            .sites
+            .ask(&site, req, std::time::Duration::from_secs(30))
+            .await
+            .map_err(|m| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m))?;
+        if a.status == 200 {
+            return Ok(a.body);
+        }
+        let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return Err(ApiError::new(status, a.body));
+    }
     let (url, key) = agent_of(state, s, "get_console_output")?;
     let id = s.id.clone();
-    let out =
-        tokio::task::spawn_blocking(move || super::agent_client::console(&url, &key, &id, length))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(axum::Json(json!({"output": out})).into_response())
+    tokio::task::spawn_blocking(move || super::agent_client::console(&url, &key, &id, length))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// Where to reach the agent of the node a placed server runs on.

@@ -10,6 +10,7 @@
 //! response at a version has the shape that version defines.
 
 mod actions;
+pub use actions::console_text;
 mod admin;
 mod agent_client;
 pub mod commands;

@@ -522,6 +522,32 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
         if !reply.site_name.is_empty() {
             state.sites.set_own_zone(&reply.site_name);
         }
+        if !reply.requests.is_empty() {
+            let mut out = Vec::new();
+            for r in &reply.requests {
+                out.push(run_request(state, r).await);
+            }
+            let body = serde_json::to_vec(&out).map_err(|e| e.to_string())?;
+            let (status, text, sent, got) = request(
+                &mut sender,
+                "POST",
+                "/sync/v1/answers",
+                body,
+                false,
+                Duration::from_secs(30),
+            )
+            .await?;
+            set_status(state, |s| {
+                s.bytes_up += sent;
+                s.bytes_down += got;
+            });
+            if status != 204 {
+                return Err(format!(
+                    "the parent refused the answers ({status}): {}",
+                    String::from_utf8_lossy(&text)
+                ));
+            }
+        }
         let n = reply.changes.len() as u64;
         let revision = reply.revision;
         let st = state.clone();
@@ -535,6 +561,40 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
             s.revision = revision;
             s.applied += n;
         });
+    }
+}
+
+/// Runs one operator request the parent sent down.
+async fn run_request(
+    state: &AppState,
+    r: &stratus_wire::sync::TunnelRequest,
+) -> stratus_wire::sync::TunnelAnswer {
+    let answer = |status: u16, body: String| stratus_wire::sync::TunnelAnswer {
+        id: r.id.clone(),
+        status,
+        body,
+    };
+    match r.kind.as_str() {
+        "console_output" => {
+            let st = state.clone();
+            let id = r.server_id.clone();
+            let server = tokio::task::spawn_blocking(move || {
+                st.store.get::<crate::compute::model::Server>(&id)
+            })
+            .await;
+            let s = match server {
+                Ok(Ok(Some(s))) => s,
+                Ok(Ok(None)) => {
+                    return answer(404, format!("Instance {} could not be found.", r.server_id));
+                }
+                _ => return answer(500, "The site could not read the server.".into()),
+            };
+            match crate::compute::console_text(state, &s, r.length.map(|n| n as usize)).await {
+                Ok(text) => answer(200, text),
+                Err(e) => answer(e.status.as_u16(), e.message),
+            }
+        }
+        other => answer(400, format!("This site does not take {other:?} requests")),
     }
 }
 

@@ -421,6 +421,7 @@ pub fn sync_routes() -> Router<AppState> {
         .route("/sync/v1/join", post(join))
         .route("/sync/v1/rotate", post(rotate))
         .route("/sync/v1/up", post(up))
+        .route("/sync/v1/answers", post(answers))
         .route("/sync/v1/exchange", post(exchange))
         .fallback(crate::error::not_found_fallback)
 }
@@ -546,6 +547,23 @@ async fn rotate(
     .await?;
     tracing::info!(site = %reply.site_id, name = %reply.name, "site certificate rotated");
     Ok(axum::Json(reply))
+}
+
+/// A site's answers to the requests its exchanges carried down.
+async fn answers(
+    State(state): State<AppState>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let site = peer_site(&state, peer).await?;
+    let list: Vec<stratus_wire::sync::TunnelAnswer> = crate::json::decode(&raw)?;
+    state
+        .sites
+        .touch(&site.id, |l| l.bytes_in += raw.len() as u64);
+    for a in list {
+        state.sites.answer(a);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Keeps the zones a site reports below it; answers them, sorted.
@@ -675,6 +693,8 @@ async fn exchange(
     let cap = (state.sites.down_after_s / 2).clamp(1, MAX_WAIT_S);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(x.wait_s.min(cap));
     let mut watch = state.sites.watch();
+    let mut asked = state.sites.requests_watch(&site.id);
+    asked.borrow_and_update();
     let mut from = x.acked;
     let reply = loop {
         let st = state.clone();
@@ -703,6 +723,10 @@ async fn exchange(
         if rotate {
             break ExchangeReply { rotate, ..reply };
         }
+        let requests = state.sites.take_requests(&site.id);
+        if !requests.is_empty() {
+            break ExchangeReply { requests, ..reply };
+        }
         let worth = !reply.changes.is_empty()
             || reply.snapshot
             || reply.more
@@ -713,8 +737,11 @@ async fn exchange(
         // Nothing for this site: wait for the log to move past what was
         // looked at (or the deadline), without answering.
         from = reply.revision;
-        let moved = tokio::time::timeout_at(deadline, watch.wait_for(|v| *v > from)).await;
-        if !matches!(moved, Ok(Ok(_))) {
+        let moved = tokio::select! {
+            r = tokio::time::timeout_at(deadline, watch.wait_for(|v| *v > from)) => matches!(r, Ok(Ok(_))),
+            r = asked.changed() => r.is_ok(),
+        };
+        if !moved {
             break ExchangeReply {
                 revision: from,
                 ..Default::default()

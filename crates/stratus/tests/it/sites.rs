@@ -531,6 +531,27 @@ fn sites_a_server_created_at_the_root_runs_at_a_leaf_two_levels_down_and_its_sta
     let at_region = status_at(&region.url, &c.admin, &id).unwrap();
     assert_eq!(at_region["status"], "ACTIVE", "{at_region}");
 
+    // Its console log comes up through both links (the root dials
+    // nothing): the same text the leaf serves itself.
+    let console = |base: &str| {
+        Client {
+            base: format!("{base}/compute/v2.1"),
+        }
+        .raw(
+            "POST",
+            &format!("/servers/{id}/action"),
+            Some(&c.admin),
+            &[super::compute::MV],
+            Some(json!({"os-getConsoleOutput": {"length": 50}}).to_string()),
+        )
+    };
+    let here = console(&leaf.url);
+    assert_eq!(here.status, 200, "{}", here.body);
+    let r = console(&c.server.url);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], here.body["output"]);
+    assert!(r.body["output"].is_string(), "{}", r.body);
+
     // A stop asked at the root is carried out at the leaf.
     let r = c.nova.post(
         &format!("/servers/{id}/action"),
@@ -708,8 +729,22 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
         status_at(&site.url, &c.admin, &stop).is_some_and(|s| s["status"] == "SHUTOFF")
     });
     std::thread::sleep(Duration::from_secs(2));
-    // Nothing reached the site while cut off.
+    // Nothing reached the site while cut off, and nothing can be asked of
+    // it through the link: a console log request says so.
     assert!(status_at(&site.url, &c.admin, &new).is_none());
+    let r = c.nova.raw(
+        "POST",
+        &format!("/servers/{keep}/action"),
+        Some(&c.admin),
+        &[super::compute::MV],
+        Some(json!({"os-getConsoleOutput": {}}).to_string()),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body["computeFault"]["message"].is_string() || r.body.to_string().contains("site"),
+        "{}",
+        r.body
+    );
     assert!(status_at(&site.url, &c.admin, &gone).is_some());
 
     // The link returns: everything converges.
