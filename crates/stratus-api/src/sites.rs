@@ -103,12 +103,15 @@ pub struct Sites {
     own_zone: Mutex<Option<String>>,
     /// Per site: operator requests waiting for its next exchange, and a
     /// counter its waiting exchange watches.
-    tunnel: Mutex<HashMap<String, (Vec<TunnelRequest>, tokio::sync::watch::Sender<u64>)>>,
+    tunnel: Mutex<HashMap<String, Queue>>,
     /// Requests sent down, waiting for the site's answer.
     answers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<TunnelAnswer>>>,
 }
 
 use stratus_wire::sync::{TunnelAnswer, TunnelRequest};
+
+/// A site's waiting requests and the counter its exchange watches.
+type Queue = (Vec<TunnelRequest>, tokio::sync::watch::Sender<u64>);
 
 impl Sites {
     pub fn new(down_after_s: u64) -> Self {
