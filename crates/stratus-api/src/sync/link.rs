@@ -271,6 +271,27 @@ async fn request(
     Ok((status, body, sent, got))
 }
 
+/// POSTs `body` as JSON; the answer must have status `expect` and parse
+/// as a `T` (`what` names the request in the error).
+async fn call<T: serde::de::DeserializeOwned>(
+    sender: &mut Sender,
+    path: &str,
+    body: &impl Serialize,
+    expect: u16,
+    what: &str,
+) -> Result<T, String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let (status, text, _, _) =
+        request(sender, "POST", path, body, false, Duration::from_secs(30)).await?;
+    if status != expect {
+        return Err(format!(
+            "the parent refused {what} ({status}): {}",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    serde_json::from_slice(&text).map_err(|e| e.to_string())
+}
+
 fn site_file(state: &AppState) -> std::path::PathBuf {
     state.sync.dir().join("site.json")
 }
@@ -354,23 +375,7 @@ async fn join(
         },
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    let (status, text, _, _) = request(
-        &mut s,
-        "POST",
-        "/sync/v1/join",
-        body,
-        false,
-        Duration::from_secs(30),
-    )
-    .await?;
-    if status != 201 {
-        return Err(format!(
-            "the parent refused the join ({status}): {}",
-            String::from_utf8_lossy(&text)
-        ));
-    }
-    let reply: SiteJoinReply = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let reply: SiteJoinReply = call(&mut s, "/sync/v1/join", &req, 201, "the join").await?;
     let joined = Joined {
         parent: cfg.parent.clone(),
         site_id: reply.site_id,
@@ -422,23 +427,8 @@ async fn rotate(state: &AppState, sender: &mut Sender, joined: &mut Joined) -> R
     let req = stratus_wire::sync::SiteRotateRequest {
         public_key: base64::engine::general_purpose::STANDARD.encode(&public),
     };
-    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    let (status, text, _, _) = request(
-        sender,
-        "POST",
-        "/sync/v1/rotate",
-        body,
-        false,
-        Duration::from_secs(30),
-    )
-    .await?;
-    if status != 200 {
-        return Err(format!(
-            "the parent refused to rotate the certificate ({status}): {}",
-            String::from_utf8_lossy(&text)
-        ));
-    }
-    let reply: SiteJoinReply = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let reply: SiteJoinReply =
+        call(sender, "/sync/v1/rotate", &req, 200, "a new certificate").await?;
     let next = Joined {
         key_pem,
         cert_pem: reply.certificate,

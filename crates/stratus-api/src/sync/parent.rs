@@ -443,7 +443,6 @@ async fn join(
     State(state): State<AppState>,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<SiteJoinReply>), ApiError> {
-    use base64::Engine;
     use sha2::Digest;
     let r: SiteJoinRequest = crate::json::decode(&raw)?;
     let mut parts = r.token.trim().splitn(3, '.');
@@ -455,43 +454,64 @@ async fn join(
     if ca_hash != ca.hash() {
         return Err(refused());
     }
-    let public_key = base64::engine::general_purpose::STANDARD
-        .decode(r.public_key.trim())
-        .map_err(|_| ApiError::bad_request("'public_key' is not base64"))?;
+    let public_key = decode_key(&r.public_key)?;
     let secret_hash = hex(&sha2::Sha256::digest(secret.as_bytes()));
     let site_id = site_id.to_string();
     let st = state.clone();
     let reply = blocking(move || {
-        let issued = ca
-            .issue(&site_id, &public_key)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        st.store.write(|tx| {
-            let mut s = tx.get::<Site>(&site_id)?.ok_or_else(refused)?;
+        certify(&st, &ca, &site_id, &public_key, |s| {
             let valid = s.token_hash.as_deref() == Some(secret_hash.as_str())
                 && s.token_expires_us > now_us();
             if !valid {
                 return Err(refused());
             }
             s.token_hash = None;
-            if let Some(old) = s.cert_sha256.replace(issued.sha256.clone()) {
-                s.revoked.push(old);
-            }
-            s.cert_expires_us = issued.expires_us;
             s.state = state::ACTIVE.into();
-            s.updated_us = now_us();
-            tx.update(&s)?;
-            Ok(SiteJoinReply {
-                site_id: s.id.clone(),
-                name: s.name.clone(),
-                certificate: issued.pem.clone(),
-                ca: ca.pem().to_string(),
-                expires_at_us: issued.expires_us,
-            })
+            Ok(())
         })
     })
     .await?;
     tracing::info!(site = %reply.site_id, name = %reply.name, "site joined");
     Ok((StatusCode::CREATED, axum::Json(reply)))
+}
+
+fn decode_key(b64: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| ApiError::bad_request("'public_key' is not base64"))
+}
+
+/// Issues site `site_id` a certificate over `public_key`, in the same
+/// transaction in which `admit` checks (and changes) the site's record;
+/// the site's previous certificate is refused from then on.
+fn certify(
+    st: &AppState,
+    ca: &SiteCa,
+    site_id: &str,
+    public_key: &[u8],
+    admit: impl Fn(&mut Site) -> Result<(), ApiError>,
+) -> Result<SiteJoinReply, ApiError> {
+    st.store.write(|tx| {
+        let mut s = tx.get::<Site>(site_id)?.ok_or_else(refused)?;
+        admit(&mut s)?;
+        let issued = ca
+            .issue(&s.id, public_key)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(old) = s.cert_sha256.replace(issued.sha256.clone()) {
+            s.revoked.push(old);
+        }
+        s.cert_expires_us = issued.expires_us;
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        Ok(SiteJoinReply {
+            site_id: s.id.clone(),
+            name: s.name.clone(),
+            certificate: issued.pem,
+            ca: ca.pem().to_string(),
+            expires_at_us: issued.expires_us,
+        })
+    })
 }
 
 /// The active site a sync connection's certificate names.
@@ -514,34 +534,15 @@ async fn rotate(
     axum::Extension(peer): axum::Extension<Peer>,
     raw: Bytes,
 ) -> Result<axum::Json<SiteJoinReply>, ApiError> {
-    use base64::Engine;
     let site = peer_site(&state, peer).await?;
     let r: stratus_wire::sync::SiteRotateRequest = crate::json::decode(&raw)?;
-    let public_key = base64::engine::general_purpose::STANDARD
-        .decode(r.public_key.trim())
-        .map_err(|_| ApiError::bad_request("'public_key' is not base64"))?;
+    let public_key = decode_key(&r.public_key)?;
     let ca = state.sync.ca()?;
     let st = state.clone();
     let reply = blocking(move || {
-        let issued = ca
-            .issue(&site.id, &public_key)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        st.store.write(|tx| {
-            let mut s = tx.fetch::<Site>(&site.id)?;
-            if let Some(old) = s.cert_sha256.replace(issued.sha256.clone()) {
-                s.revoked.push(old);
-            }
-            s.cert_expires_us = issued.expires_us;
+        certify(&st, &ca, &site.id, &public_key, |s| {
             s.rotate = false;
-            s.updated_us = now_us();
-            tx.update(&s)?;
-            Ok::<_, ApiError>(SiteJoinReply {
-                site_id: s.id.clone(),
-                name: s.name.clone(),
-                certificate: issued.pem.clone(),
-                ca: ca.pem().to_string(),
-                expires_at_us: issued.expires_us,
-            })
+            Ok(())
         })
     })
     .await?;
