@@ -24,6 +24,17 @@ pub mod state {
     /// Its certificate was revoked: the link is refused until it joins
     /// again with a new token.
     pub const REVOKED: &str = "revoked";
+    /// Being emptied before it is decommissioned: its link stays, but no
+    /// new server goes to it.
+    pub const DRAINING: &str = "draining";
+    /// Declared lost by an operator: its link is refused and its servers
+    /// are in ERROR.
+    pub const DEAD: &str = "dead";
+
+    /// Whether a site in `s` may exchange with its parent.
+    pub fn linked(s: &str) -> bool {
+        s == ACTIVE || s == DRAINING
+    }
 }
 
 /// A site of this controller's subtree: a child controller that dials in.
@@ -353,6 +364,8 @@ impl Sites {
         match s.state.as_str() {
             state::JOINING => state::JOINING,
             state::REVOKED => state::REVOKED,
+            state::DEAD => state::DEAD,
+            state::DRAINING => state::DRAINING,
             _ => {
                 let last = self.link(&s.id).map(|l| l.last_contact_us).unwrap_or(0);
                 if now_us() - last < self.down_after_s as i64 * 1_000_000 {
@@ -369,7 +382,7 @@ impl Sites {
     pub fn zones(&self, store: &Store) -> stratus_store::Result<Vec<(String, bool)>> {
         let mut out = Vec::new();
         for s in store.list::<Site>(&Query::all())? {
-            if s.state == state::JOINING {
+            if s.state == state::JOINING || s.state == state::DEAD {
                 continue;
             }
             let up = self.shown_state(&s) == state::ACTIVE;
@@ -377,6 +390,25 @@ impl Sites {
             out.push((s.name, up));
         }
         Ok(out)
+    }
+
+    /// Why no new server may go to `zone` (a draining or dead site's), if
+    /// so.
+    pub fn refuses_servers(
+        &self,
+        store: &Store,
+        zone: &str,
+    ) -> stratus_store::Result<Option<String>> {
+        let Some(id) = self.site_of_zone(store, zone)? else {
+            return Ok(None);
+        };
+        Ok(store.get::<Site>(&id)?.and_then(|s| match s.state.as_str() {
+            state::DRAINING | state::DEAD => Some(format!(
+                "The availability zone {zone} is at site {}, which is {}: it takes no new servers",
+                s.name, s.state
+            )),
+            _ => None,
+        }))
     }
 
     /// Whether `zone` is a site of this controller or in a site's subtree.

@@ -223,6 +223,11 @@ pub fn create(
         .clone()
         .or_else(|| c.host.clone().or_else(|| c.hypervisor_hostname.clone()));
     if let Some(z) = &c.availability_zone
+        && let Some(why) = state.sites.refuses_servers(&state.store, z)?
+    {
+        return Err(ApiError::bad_request(why));
+    }
+    if let Some(z) = &c.availability_zone
         && c.host.is_some()
         && state.sites.is_site_zone(&state.store, z)?
     {

@@ -20,6 +20,7 @@ use stratus_wire::sync::{
 };
 
 use super::pki::{PkiError, SiteCa};
+use crate::compute::model::Server;
 use crate::identity::policy::Ctx;
 use crate::sites::{Site, state};
 use crate::timeutil::{iso_us as iso, now_us};
@@ -87,6 +88,8 @@ pub fn routes() -> Router<AppState> {
         .route("/edge/v1/sites/{id}/token", post(new_token))
         .route("/edge/v1/sites/{id}/revoke", post(revoke))
         .route("/edge/v1/sites/{id}/rotate", post(ask_rotate))
+        .route("/edge/v1/sites/{id}/drain", post(drain))
+        .route("/edge/v1/sites/{id}/dead", post(declare_dead))
         .route("/edge/v1/parent", get(parent_status))
 }
 
@@ -377,7 +380,24 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The servers this controller has in `site`'s zones.
+fn servers_of(tx: &stratus_store::Tx, site: &Site) -> Result<Vec<Server>, ApiError> {
+    let zones: HashSet<&str> = site
+        .subtree
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(site.name.as_str()))
+        .collect();
+    Ok(tx
+        .list::<Server>(&Query::all())?
+        .into_iter()
+        .filter(|s| s.requested_az.as_deref().is_some_and(|z| zones.contains(z)))
+        .collect())
+}
+
 /// Decommissions a site: its record goes, and its certificate with it.
+/// Refused while it still has servers (delete them, or declare the site
+/// dead and delete them then).
 async fn delete_site(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -387,11 +407,91 @@ async fn delete_site(
     let st = state.clone();
     blocking(move || {
         let site = find(&st, &id)?;
-        st.store.write(|tx| tx.delete::<Site>(&site.id))?;
+        st.store.write(|tx| {
+            let left = servers_of(tx, &site)?.len();
+            if left > 0 {
+                return Err(ApiError::conflict(format!(
+                    "Site {} still has {left} servers: drain it (delete them) first, or declare it dead and delete them",
+                    site.name
+                )));
+            }
+            tx.delete::<Site>(&site.id)?;
+            Ok(())
+        })?;
+        st.sites.forget_routes();
         Ok(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drains a site: it keeps its link and its servers, but takes no new
+/// ones, so it can be emptied and decommissioned.
+async fn drain(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&ctx, "edge:sites:drain")?;
+    let st = state.clone();
+    blocking(move || {
+        let site = find(&st, &id)?;
+        st.store.write(|tx| {
+            let mut s = tx.fetch::<Site>(&site.id)?;
+            if s.state != state::ACTIVE && s.state != state::DRAINING {
+                return Err(ApiError::conflict(format!(
+                    "Site {} is {}: only an active site can be drained",
+                    s.name, s.state
+                )));
+            }
+            s.state = state::DRAINING.into();
+            s.updated_us = now_us();
+            tx.update(&s)?;
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Declares a lost site dead: its link is refused from now on and its
+/// servers go to ERROR here (they can then be deleted).
+async fn declare_dead(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    admin(&ctx, "edge:sites:dead")?;
+    let st = state.clone();
+    let (name, n) = blocking(move || {
+        let site = find(&st, &id)?;
+        st.store.write(|tx| {
+            let mut s = tx.fetch::<Site>(&site.id)?;
+            if let Some(c) = s.cert_sha256.take() {
+                s.revoked.push(c);
+            }
+            s.state = state::DEAD.into();
+            s.updated_us = now_us();
+            tx.update(&s)?;
+            let servers = servers_of(tx, &s)?;
+            for mut v in servers.iter().cloned() {
+                v.vm_state = crate::compute::states::vm::ERROR.into();
+                v.task_state = None;
+                v.fault = Some(crate::compute::model::Fault {
+                    code: 500,
+                    message: format!("The site {} was declared dead", s.name),
+                    details: String::new(),
+                    created_us: now_us(),
+                });
+                v.updated_us = now_us();
+                tx.update(&v)?;
+            }
+            Ok::<_, ApiError>((s.name.clone(), servers.len()))
+        })
+    })
+    .await?;
+    tracing::warn!(site = %name, servers = n, "site declared dead");
+    Ok(axum::Json(json!({ "servers_in_error": n })))
 }
 
 /// `GET /edge/v1/parent`: on a site, its link to its parent.
@@ -523,7 +623,7 @@ async fn peer_site(state: &AppState, peer: Peer) -> Result<Site, ApiError> {
     };
     let st = state.clone();
     let site = blocking(move || Ok(st.sites.by_certificate(&st.store, &fp)?)).await?;
-    site.filter(|s| s.state == state::ACTIVE)
+    site.filter(|s| state::linked(&s.state))
         .ok_or_else(|| ApiError::forbidden("edge:sync:exchange"))
 }
 
@@ -708,7 +808,7 @@ async fn exchange(
             let now = st
                 .store
                 .get::<Site>(&site_id)?
-                .filter(|s| s.state == state::ACTIVE && s.cert_sha256 == cert)
+                .filter(|s| state::linked(&s.state) && s.cert_sha256 == cert)
                 .ok_or_else(|| ApiError::forbidden("edge:sync:exchange"))?;
             // The site's zones as its record says now (it reports new ones
             // on its upward link while this exchange waits).

@@ -770,3 +770,102 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
         "UP"
     );
 }
+
+#[test]
+fn sites_a_site_is_drained_declared_dead_and_decommissioned() {
+    let (c, sync) = root();
+    let (id, token) = create_site(&c, "edge-d");
+    let site = Site::start(&sync, &token);
+    eventually(30, "the site's node registers", || {
+        site.ks().validate(&c.admin, &c.admin).status == 200
+            && site
+                .at("/compute/v2.1")
+                .get("/os-hypervisors", &c.admin)
+                .body["hypervisors"]
+                .as_array()
+                .is_some_and(|h| h.len() == 1)
+    });
+    let (_, tok) = c.project("edge-d-tenant");
+    let img = c.image(&tok, "tiny");
+    let boot = || {
+        c.nova.post(
+            "/servers",
+            &tok,
+            json!({"server": {"name": "d", "imageRef": img, "flavorRef": "42",
+                              "availability_zone": "edge-d", "networks": "none"}}),
+        )
+    };
+    let r = boot();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let sid = r.body["server"]["id"].as_str().unwrap().to_string();
+    eventually(60, "ACTIVE at the root", || {
+        status_at(&c.server.url, &tok, &sid).is_some_and(|s| s["status"] == "ACTIVE")
+    });
+    let edge = c.server.client_at("/edge/v1");
+    // Not while it has servers.
+    let r = edge.delete(&format!("/sites/{id}"), &c.admin);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 servers"),
+        "{}",
+        r.body
+    );
+    // Members may do none of it.
+    let (_, member) = c.project("edge-d-member");
+    for a in ["drain", "dead"] {
+        assert_eq!(
+            edge.post(&format!("/sites/{id}/{a}"), &member, json!({}))
+                .status,
+            403
+        );
+    }
+    assert_eq!(edge.delete(&format!("/sites/{id}"), &member).status, 403);
+
+    // Draining: no new servers, the old one keeps running.
+    let r = edge.post(&format!("/sites/{id}/drain"), &c.admin, json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(site_state(&c, &id)["state"], "draining");
+    let r = boot();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["badRequest"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("draining"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        status_at(&c.server.url, &tok, &sid).unwrap()["status"],
+        "ACTIVE"
+    );
+
+    // Declared dead: its servers are in ERROR here and its link refused.
+    let r = edge.post(&format!("/sites/{id}/dead"), &c.admin, json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["servers_in_error"], 1);
+    let s = status_at(&c.server.url, &c.admin, &sid).unwrap();
+    assert_eq!(s["status"], "ERROR", "{s}");
+    assert!(
+        s["fault"]["message"].as_str().unwrap().contains("dead"),
+        "{s}"
+    );
+    eventually(20, "the dead site's link is refused", || {
+        let p = site.at("/edge/v1").get("/parent", &c.admin).body["parent"].clone();
+        p["last_error"].as_str().is_some_and(|e| e.contains("403"))
+    });
+    // Its servers can be deleted, then the site.
+    assert_eq!(c.nova.delete(&format!("/servers/{sid}"), &tok).status, 204);
+    let r = edge.delete(&format!("/sites/{id}"), &c.admin);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(edge.get(&format!("/sites/{id}"), &c.admin).status, 404);
+    let zones = c
+        .nova
+        .get("/os-availability-zone", &c.admin)
+        .body
+        .to_string();
+    assert!(!zones.contains("edge-d"), "{zones}");
+}
