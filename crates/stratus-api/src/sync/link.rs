@@ -26,6 +26,9 @@ use crate::{ApiError, AppState};
 /// The meta key of the parent revision a site has applied everything up
 /// to; it moves in the same transaction as the changes.
 pub const CURSOR: &str = "sync.parent_revision";
+/// The longest pause between tries to reach the parent: a link that
+/// comes back is in use again within this.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How long the parent may hold an exchange while nothing is new.
 const IDLE_WAIT_S: u64 = 55;
 
@@ -183,7 +186,7 @@ pub async fn run(state: AppState, cfg: LinkConfig) {
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(15));
+        pause = (pause * 2).min(RECONNECT_MAX);
     }
 }
 
@@ -606,7 +609,7 @@ async fn up_loop(state: AppState, parent: String) {
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(15));
+        pause = (pause * 2).min(RECONNECT_MAX);
     }
 }
 
