@@ -117,9 +117,24 @@ pub struct Sites {
     tunnel: Mutex<HashMap<String, Queue>>,
     /// Requests sent down, waiting for the site's answer.
     answers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<TunnelAnswer>>>,
+    /// On a site: how image data comes from the parent.
+    fetcher: std::sync::OnceLock<BlobFetcher>,
 }
 
 use stratus_wire::sync::{TunnelAnswer, TunnelRequest};
+
+/// Fetches a blob (image data, by its sha512 and size) from this site's
+/// parent: set by the sync link, used by the image service when a blob a
+/// synced image names is not here yet.
+pub type BlobFetcher = std::sync::Arc<
+    dyn Fn(
+            String,
+            u64,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A site's waiting requests and the counter its exchange watches.
 type Queue = (Vec<TunnelRequest>, tokio::sync::watch::Sender<u64>);
@@ -135,7 +150,20 @@ impl Sites {
             own_zone: Mutex::new(None),
             tunnel: Mutex::new(HashMap::new()),
             answers: Mutex::new(HashMap::new()),
+            fetcher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// On a site: sets how image data is fetched from the parent.
+    pub fn set_blob_fetcher(&self, f: BlobFetcher) {
+        let _ = self.fetcher.set(f);
+    }
+
+    /// Fetches blob `key` of `size` bytes from the parent; `None` when this
+    /// controller is not a site.
+    pub async fn fetch_blob(&self, key: &str, size: u64) -> Option<Result<(), String>> {
+        let f = self.fetcher.get()?.clone();
+        Some(f(key.to_string(), size).await)
     }
 
     /// Sends `req` down site `site`'s link and waits for its answer (at

@@ -450,6 +450,18 @@ async fn download(
     };
     let size = img.size.unwrap_or(0);
     let path = state.image.blobs.blob_path(key);
+    // On an edge site, an image synced from the parent has its data
+    // there: it crosses the link once, then every node reads it here.
+    if !path.exists()
+        && let Some(fetched) = state.sites.fetch_blob(key, size).await
+    {
+        fetched.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("The data of image {id} could not be fetched from the parent site: {e}"),
+            )
+        })?;
+    }
     let range = parse_range(&headers, size)?;
     let (start, len) = match range {
         Some((a, b)) => (a, b - a + 1),

@@ -163,6 +163,11 @@ pub async fn run(state: AppState, cfg: LinkConfig) {
     });
     state.sites.set_own_zone(&joined.name);
     tokio::spawn(up_loop(state.clone(), cfg.parent.clone()));
+    let st = state.clone();
+    let parent = cfg.parent.clone();
+    state.sites.set_blob_fetcher(Arc::new(move |key, size| {
+        Box::pin(fetch_blob(st.clone(), parent.clone(), key, size))
+    }));
     let mut pause = Duration::from_secs(1);
     loop {
         match session(&state, &mut joined).await {
@@ -589,6 +594,144 @@ async fn run_request(
         }
         other => answer(400, format!("This site does not take {other:?} requests")),
     }
+}
+
+/// Fetches image data (blob `key`, its sha512) from the parent into this
+/// site's blob store: one fetch per blob at a time, resumed from what an
+/// earlier try left (a `Range` request), checked against its sha512.
+async fn fetch_blob(state: AppState, parent: String, key: String, size: u64) -> Result<(), String> {
+    static FETCHING: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    if key.len() != 128 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{key:?} is not a sha512"));
+    }
+    let one = FETCHING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .clone();
+    let _held = one.lock().await;
+    if state.image.blobs.blob_path(&key).exists() {
+        return Ok(());
+    }
+    let dir = state.sync.dir().join("blobs");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let part = dir.join(format!("{key}.part"));
+    let mut last = String::new();
+    for attempt in 0..5u64 {
+        match fetch_once(&state, &parent, &key, size, &part).await {
+            Ok(()) => {
+                last.clear();
+                break;
+            }
+            Err(e) => {
+                tracing::info!(blob = %key, error = %e, "fetching image data from the parent; will resume");
+                last = e;
+                tokio::time::sleep(Duration::from_secs(1 + attempt)).await;
+            }
+        }
+    }
+    if !last.is_empty() {
+        return Err(last);
+    }
+    let st = state.clone();
+    let (p, k) = (part.clone(), key.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut f = std::fs::File::open(&p).map_err(|e| e.to_string())?;
+        let mut h = sha2::Sha512::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if got != k {
+            let _ = std::fs::remove_file(&p);
+            return Err(
+                "the data fetched does not match its sha512; it will be fetched again".into(),
+            );
+        }
+        let _g = st.image.blobs.lock();
+        st.image.blobs.commit(&p, &k).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    tracing::info!(blob = %key, bytes = size, "image data fetched from the parent");
+    Ok(())
+}
+
+/// One try at the rest of a blob: appends to `part` from where it ends.
+async fn fetch_once(
+    state: &AppState,
+    parent: &str,
+    key: &str,
+    size: u64,
+    part: &std::path::Path,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if size > 0 && have == size {
+        return Ok(());
+    }
+    let file = site_file(state);
+    let joined: Joined = serde_json::from_str(
+        &std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+    )
+    .map_err(|e| e.to_string())?;
+    let tls = joined
+        .identity()
+        .client_config()
+        .map_err(|e| e.to_string())?;
+    let (mut sender, _) = connect(&address(parent)?, tls).await?;
+    let mut req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("/sync/v1/blobs/{key}"))
+        .header("host", SYNC_SERVER_NAME);
+    if have > 0 {
+        req = req.header("range", format!("bytes={have}-"));
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| "the parent did not answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut out = match resp.status().as_u16() {
+        206 => tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(part)
+            .await
+            .map_err(|e| e.to_string())?,
+        200 => tokio::fs::File::create(part)
+            .await
+            .map_err(|e| e.to_string())?,
+        s => return Err(format!("the parent answered {s} for the image data")),
+    };
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), body.frame())
+            .await
+            .map_err(|_| "the image data stalled".to_string())?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).await.map_err(|e| e.to_string())?;
+            got += data.len() as u64;
+        }
+    }
+    out.sync_all().await.map_err(|e| e.to_string())?;
+    set_status(state, |s| s.bytes_down += got);
+    Ok(())
 }
 
 /// The meta key of this site's own revision its parent has taken the

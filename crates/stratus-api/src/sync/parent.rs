@@ -522,6 +522,7 @@ pub fn sync_routes() -> Router<AppState> {
         .route("/sync/v1/rotate", post(rotate))
         .route("/sync/v1/up", post(up))
         .route("/sync/v1/answers", post(answers))
+        .route("/sync/v1/blobs/{key}", get(blob))
         .route("/sync/v1/exchange", post(exchange))
         .fallback(crate::error::not_found_fallback)
 }
@@ -648,6 +649,63 @@ async fn rotate(
     .await?;
     tracing::info!(site = %reply.site_id, name = %reply.name, "site certificate rotated");
     Ok(axum::Json(reply))
+}
+
+/// Image data by its sha512, for a site (`Range: bytes=N-` resumes a
+/// fetch the link cut short).
+async fn blob(
+    State(state): State<AppState>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let site = peer_site(&state, peer).await?;
+    if key.len() != 128 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "A blob is named by its sha512 (128 hex digits)",
+        ));
+    }
+    let path = state.image.blobs.blob_path(&key);
+    let size = std::fs::metadata(&path)
+        .map_err(|_| ApiError::not_found("blob", &key))?
+        .len();
+    let start = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => 0,
+        Some(r) => r
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n <= size)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "Only 'bytes=N-' ranges within the blob are served",
+                )
+            })?,
+    };
+    let body = crate::image::blobs::FileBody::open(&path, start, size - start)
+        .map_err(|e| ApiError::internal(format!("reading blob {key}: {e}")))?;
+    state.sites.touch(&site.id, |l| l.bytes_out += size - start);
+    let mut resp = Response::new(body.into_body());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        header::HeaderValue::from(size - start),
+    );
+    if start > 0 {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = header::HeaderValue::from_str(&format!(
+            "bytes {start}-{}/{size}",
+            size.saturating_sub(1)
+        )) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// A site's answers to the requests its exchanges carried down.

@@ -869,3 +869,77 @@ fn sites_a_site_is_drained_declared_dead_and_decommissioned() {
         .to_string();
     assert!(!zones.contains("edge-d"), "{zones}");
 }
+
+#[test]
+fn sites_image_data_crosses_the_link_once_and_a_cut_fetch_resumes() {
+    let (c, sync) = root();
+    let (_, token) = create_site(&c, "edge-img");
+    let site = Site::start(&sync, &token);
+    // 3 MiB that do not compress, as raw/bare data.
+    let mut data = vec![0u8; 3 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let r = c.img.post(
+        "/images",
+        &c.admin,
+        json!({"name": "blob", "disk_format": "raw", "container_format": "bare", "visibility": "public"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let (st, _, _) = c.img.bytes(
+        "PUT",
+        &format!("/images/{id}/file"),
+        &c.admin,
+        &[("Content-Type", "application/octet-stream")],
+        Some(data.clone()),
+    );
+    assert_eq!(st, 204);
+    let sha = c.img.get(&format!("/images/{id}"), &c.admin).body["os_hash_value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let img_at_site = site.at("/image/v2");
+    eventually(30, "the image's record reaches the site", || {
+        site.ks().validate(&c.admin, &c.admin).status == 200
+            && img_at_site.get(&format!("/images/{id}"), &c.admin).status == 200
+    });
+    // A fetch the link cut short left the first MiB.
+    let part = site.dir.join("sync/blobs").join(format!("{sha}.part"));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, &data[..1 << 20]).unwrap();
+    let down = || -> u64 {
+        site.at("/edge/v1").get("/parent", &c.admin).body["parent"]["bytes_down"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = down();
+    let (st, _, got) = img_at_site.bytes("GET", &format!("/images/{id}/file"), &c.admin, &[], None);
+    assert_eq!(st, 200);
+    assert!(
+        got == data,
+        "the site served other bytes ({} of {})",
+        got.len(),
+        data.len()
+    );
+    let fetched = down() - before;
+    assert!(
+        fetched >= 2 << 20 && fetched < (2 << 20) + (256 << 10),
+        "only the missing 2 MiB cross the link: {fetched}"
+    );
+    // Once there, every node of the site reads it locally.
+    let before = down();
+    let (st, _, again) =
+        img_at_site.bytes("GET", &format!("/images/{id}/file"), &c.admin, &[], None);
+    assert_eq!(st, 200);
+    assert!(again == data);
+    assert!(
+        down() - before < 64 << 10,
+        "the data crossed the link twice"
+    );
+    assert!(!part.exists());
+}
