@@ -928,7 +928,7 @@ fn sites_image_data_crosses_the_link_once_and_a_cut_fetch_resumes() {
     );
     let fetched = down() - before;
     assert!(
-        fetched >= 2 << 20 && fetched < (2 << 20) + (256 << 10),
+        (2 << 20..(2 << 20) + (256 << 10)).contains(&fetched),
         "only the missing 2 MiB cross the link: {fetched}"
     );
     // Once there, every node of the site reads it locally.
