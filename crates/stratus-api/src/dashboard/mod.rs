@@ -578,13 +578,16 @@ async fn proxy(State(dash): State<Dash>, req: Request) -> Response {
     if dot_segment {
         return secured(ApiError::bad_request("The path has a dot segment.").into_response());
     }
-    // Only the OpenStack services; never back into the dashboard or the
-    // agents' internal API.
+    // Only the OpenStack services and the edge sites' admin API; never
+    // back into the dashboard or the agents' internal API.
     let service = path.split('/').nth(1).unwrap_or("");
-    if !matches!(
-        service,
-        "identity" | "compute" | "image" | "placement" | "network"
-    ) {
+    let sites = path == "/edge/v1/sites" || path.starts_with("/edge/v1/sites/");
+    if !sites
+        && !matches!(
+            service,
+            "identity" | "compute" | "image" | "placement" | "network"
+        )
+    {
         return secured(ApiError::not_found("service", service).into_response());
     }
     let (parts, body) = req.into_parts();

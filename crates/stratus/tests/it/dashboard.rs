@@ -341,6 +341,12 @@ fn dashboard_server_lifecycle_and_image_upload_in_a_browser() {
 fn dashboard_admin_pages_only_for_admins_and_generic_login_failure() {
     let c = Cloud::start(&["--driver", "fake"]);
     c.project("plain");
+    let r = c.server.client_at("/edge/v1").post(
+        "/sites",
+        &c.admin,
+        serde_json::json!({"site": {"name": "edge-dash"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
     let b = Browser::start(&c.server.url);
 
     // A wrong password and an unknown user get the same one message.
@@ -371,7 +377,7 @@ fn dashboard_admin_pages_only_for_admins_and_generic_login_failure() {
         b.js("return document.querySelectorAll('#admin-nav, nav a[data-page^=admin]').length"),
         0
     );
-    for page in ["hypervisors", "projects", "users"] {
+    for page in ["hypervisors", "projects", "users", "sites"] {
         b.goto(&format!("/dashboard#/admin/{page}"));
         let err = b.wait(
             "the refusal",
@@ -399,6 +405,16 @@ fn dashboard_admin_pages_only_for_admins_and_generic_login_failure() {
     b.wait(
         "a hypervisor row",
         "return document.querySelectorAll('#hypervisors-table tbody tr[data-id]').length",
+    );
+    b.goto("/dashboard#/admin/sites");
+    let state = b.wait(
+        "the site's row",
+        "var r = document.querySelector('#sites-table tbody tr[data-id]'); return r && r.textContent",
+    );
+    let text = state.as_str().unwrap_or_default();
+    assert!(
+        text.contains("edge-dash") && text.contains("joining"),
+        "{state}"
     );
     b.goto("/dashboard#/admin/projects");
     b.wait(
@@ -538,8 +554,13 @@ fn dashboard_sessions_need_the_csrf_token() {
     assert_eq!(r.status(), 404);
     let v: Value = r.body_mut().read_json().unwrap();
     assert_eq!(v["itemNotFound"]["code"], 404, "{v}");
-    // Only the OpenStack services are reachable through it.
+    // Only the OpenStack services (and the edge sites' admin API) are
+    // reachable through it.
     assert_eq!(get("/dashboard/api/edge/v1/nodes", &ok).status(), 404);
+    let mut r = get("/dashboard/api/edge/v1/sites", &ok);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.body_mut().read_json().unwrap();
+    assert!(v["sites"].is_array(), "{v}");
     assert_eq!(
         get("/dashboard/api/compute/%2e%2e/edge/v1/nodes", &ok).status(),
         400

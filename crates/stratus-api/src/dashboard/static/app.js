@@ -176,7 +176,7 @@
   ];
   var ADMIN = [
     ["admin/projects", "Projects"], ["admin/users", "Users"], ["admin/roles", "Roles"], ["admin/quotas", "Quotas"],
-    ["admin/hypervisors", "Hypervisors"], ["admin/services", "Services"]
+    ["admin/hypervisors", "Hypervisors"], ["admin/sites", "Sites"], ["admin/services", "Services"]
   ];
 
   function layout() {
@@ -836,6 +836,22 @@
           ["Disk (used / total)", function (x) { return (x.local_gb_used || 0) + " / " + (x.local_gb || 0) + " GB"; }],
           ["Servers", function (x) { return x.running_vms === undefined ? "" : x.running_vms; }],
           ["Address", function (x) { return x.host_ip || ""; }]];
+      }
+    });
+  });
+
+  PAGES["admin/sites"] = adminPage("edge/v1/sites", function (c) {
+    listPage(c, {
+      title: "Edge sites", id: "sites-table",
+      load: function () { return api("GET", "edge/v1/sites").then(function (v) { return v.sites || []; }); },
+      cols: function () {
+        return [["Name (zone)", function (x) { return x.name; }], ["State", function (x) { return statusCell(x.state); }],
+          ["Last contact", function (x) { return x.last_contact ? when(x.last_contact) : "never"; }],
+          ["Sync lag (revisions)", function (x) { return x.revision_lag === null || x.revision_lag === undefined ? "" : String(x.revision_lag); }],
+          ["Link (in / out)", function (x) { var l = x.link || {}; return fmtBytes(l.bytes_in || 0) + " / " + fmtBytes(l.bytes_out || 0); }],
+          ["Round trip", function (x) { var l = x.link || {}; return (l.rtt_ms || 0) + " ms"; }],
+          ["Certificate expires", function (x) { return x.certificate_expires_at ? when(x.certificate_expires_at) : ""; }],
+          ["Version", function (x) { return x.version || ""; }]];
       }
     });
   });
