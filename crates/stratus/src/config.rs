@@ -113,6 +113,25 @@ pub struct ComputeArgs {
     /// change on either side syncs at the node's next heartbeat.
     #[arg(long, env = "STRATUS_SYNC_POWER_STATE_INTERVAL", default_value_t = 600)]
     pub sync_power_state_interval: u64,
+    /// Instance HA, as Masakari adds it to OpenStack: workloads that stop
+    /// by themselves are started again (3 times in 10 minutes at most)
+    /// and the servers of a node down for --evacuate-after seconds are
+    /// rebuilt on other nodes. `auto` is on for an edge site controller
+    /// (--parent) and off elsewhere. Servers with the metadata
+    /// HA_Enabled=False are left alone.
+    #[arg(long, env = "STRATUS_INSTANCE_HA", value_enum, default_value = "auto")]
+    pub instance_ha: InstanceHaArg,
+    /// Seconds a node must have been down before instance HA evacuates
+    /// its servers (never less than --service-down-time).
+    #[arg(long, env = "STRATUS_EVACUATE_AFTER", default_value_t = 120)]
+    pub evacuate_after: u64,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceHaArg {
+    Auto,
+    On,
+    Off,
 }
 
 /// How big a request the API accepts. A request over a limit is refused
@@ -161,7 +180,8 @@ pub enum WeigherArg {
 }
 
 impl ComputeArgs {
-    pub fn config(&self) -> stratus_api::compute::ComputeConfig {
+    /// The compute options; `site` when this controller is an edge site.
+    pub fn config(&self, site: bool) -> stratus_api::compute::ComputeConfig {
         stratus_api::compute::ComputeConfig {
             cpu_allocation_ratio: self.cpu_allocation_ratio,
             ram_allocation_ratio: self.ram_allocation_ratio,
@@ -176,6 +196,12 @@ impl ComputeArgs {
             },
             max_attempts: self.max_attempts.max(1),
             sync_power_state_interval_s: self.sync_power_state_interval,
+            instance_ha: match self.instance_ha {
+                InstanceHaArg::Auto => site,
+                InstanceHaArg::On => true,
+                InstanceHaArg::Off => false,
+            },
+            evacuate_after_s: self.evacuate_after,
         }
     }
 }

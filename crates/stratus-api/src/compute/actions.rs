@@ -77,6 +77,9 @@ async fn action(
         "migrate" if !ctx.is_admin() => {
             return Err(policy_denied("os_compute_api:os-migrate-server:migrate"));
         }
+        "evacuate" if !ctx.is_admin() => {
+            return Err(policy_denied("os_compute_api:os-evacuate"));
+        }
         _ => {}
     }
     let Some(command) = super::parse::action(name, arg, mv)? else {
@@ -90,6 +93,11 @@ async fn action(
         Outcome::Accepted if confirm => StatusCode::NO_CONTENT.into_response(),
         Outcome::Accepted => StatusCode::ACCEPTED.into_response(),
         Outcome::Rescued { admin_pass } => {
+            (StatusCode::OK, axum::Json(json!({"adminPass": admin_pass}))).into_response()
+        }
+        // From 2.14 Nova answers an evacuation with no body.
+        Outcome::Evacuated { .. } if mv.at_least(14) => StatusCode::OK.into_response(),
+        Outcome::Evacuated { admin_pass } => {
             (StatusCode::OK, axum::Json(json!({"adminPass": admin_pass}))).into_response()
         }
         Outcome::Rebuilt(s) => rebuilt(&state, &ctx, mv, &s, arg),

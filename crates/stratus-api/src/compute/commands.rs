@@ -109,6 +109,11 @@ pub enum ServerAction {
     Migrate {
         host: Option<String>,
     },
+    /// Nova's `evacuate`: off a node that is down (see `ha.rs`).
+    Evacuate {
+        host: Option<String>,
+        admin_pass: Option<String>,
+    },
     Shelve,
     ShelveOffload,
     /// 2.77: an optional zone.
@@ -145,6 +150,8 @@ pub enum Outcome {
     Accepted,
     /// Rescue: the rescue password.
     Rescued { admin_pass: String },
+    /// Evacuate: the password (shown before 2.14).
+    Evacuated { admin_pass: String },
     /// Rebuild: the server as it is now.
     Rebuilt(Box<Server>),
     /// createImage/createBackup: the new image, and whether a backup's

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use sha2::Digest;
 use stratus_store::{Query as StoreQuery, Tx};
 
-use super::model::{ActionEvent, Flavor, InstanceAction, Server};
+use super::model::{ActionEvent, Flavor, InstanceAction, Migration, Server};
 use super::policy_denied;
 use crate::identity::policy::Ctx;
 use crate::timeutil::now_us;
@@ -97,13 +97,25 @@ pub(crate) fn record_action(
     ctx: &Ctx,
     request_id: &str,
 ) -> Result<(), ApiError> {
+    record_action_by(tx, s, action, ctx.user_id(), request_id)
+}
+
+/// [`record_action`] for a user id (the cloud's own loops name
+/// themselves).
+pub(crate) fn record_action_by(
+    tx: &Tx,
+    s: &Server,
+    action: &str,
+    user_id: &str,
+    request_id: &str,
+) -> Result<(), ApiError> {
     let now = now_us();
     tx.upsert(&InstanceAction {
         id: format!("{}/{request_id}", s.id),
         server_id: s.id.clone(),
         action: action.into(),
         request_id: request_id.into(),
-        user_id: ctx.user_id().into(),
+        user_id: user_id.into(),
         project_id: s.project_id.clone(),
         start_us: now,
         updated_us: now,
@@ -158,4 +170,46 @@ pub(crate) fn fetch_flavor(state: &AppState, ctx: &Ctx, id: &str) -> Result<Flav
         Some(f) if flavor_visible(ctx, &f) => Ok(f),
         _ => Err(super::not_found("Flavor", id)),
     }
+}
+
+/// In the claim's transaction: an evacuation of `server_id` has found its
+/// destination (`Some`), or none was found (`None`). See `ha.rs`.
+pub(crate) fn evacuation_placed(
+    tx: &Tx,
+    server_id: &str,
+    dest: Option<&str>,
+) -> Result<(), ApiError> {
+    mark_evacuation(tx, server_id, "accepted", |m| match dest {
+        Some(d) => {
+            m.dest_compute = d.to_string();
+            m.status = "pre-migrating".into();
+        }
+        None => m.status = "error".into(),
+    })
+}
+
+/// When the destination reports the rebuild: `done` or `failed`.
+pub(crate) fn evacuation_finished(tx: &Tx, server_id: &str, ok: bool) -> Result<(), ApiError> {
+    mark_evacuation(tx, server_id, "pre-migrating", |m| {
+        m.status = if ok { "done" } else { "failed" }.into();
+    })
+}
+
+fn mark_evacuation(
+    tx: &Tx,
+    server_id: &str,
+    from: &str,
+    f: impl FnOnce(&mut Migration),
+) -> Result<(), ApiError> {
+    let found = tx
+        .list::<Migration>(&StoreQuery::parent(server_id))?
+        .into_iter()
+        .filter(|m| m.migration_type == "evacuation" && m.status == from)
+        .max_by_key(|m| m.seq);
+    if let Some(mut m) = found {
+        f(&mut m);
+        m.updated_us = now_us();
+        tx.update(&m)?;
+    }
+    Ok(())
 }

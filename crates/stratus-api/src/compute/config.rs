@@ -26,6 +26,11 @@ pub struct ComputeConfig {
     /// Seconds between full power-state syncs of a node whose report and
     /// servers did not change (Nova's `sync_power_state_interval`).
     pub sync_power_state_interval_s: u64,
+    /// Instance HA: restart workloads that stop by themselves and
+    /// evacuate the servers of nodes that stay down (see `ha.rs`).
+    pub instance_ha: bool,
+    /// Seconds a node must be down before instance HA evacuates it.
+    pub evacuate_after_s: u64,
 }
 
 impl Default for ComputeConfig {
@@ -41,6 +46,8 @@ impl Default for ComputeConfig {
             weigher: Weigher::Spread,
             max_attempts: 3,
             sync_power_state_interval_s: 600,
+            instance_ha: false,
+            evacuate_after_s: 120,
         }
     }
 }

@@ -460,6 +460,13 @@ pub fn act(
         ServerAction::Migrate { host } => {
             super::resize::migrate(state, ctx, &s, host, rid).map(|_| Outcome::Accepted)
         }
+        ServerAction::Evacuate { host, admin_pass } => {
+            super::ha::evacuate(state, ctx, &s, host, rid)?;
+            Ok(Outcome::Evacuated {
+                admin_pass: admin_pass
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string()),
+            })
+        }
         ServerAction::Shelve => {
             super::shelve::shelve(state, ctx, &s, rid).map(|_| Outcome::Accepted)
         }

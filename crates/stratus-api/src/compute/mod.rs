@@ -19,6 +19,7 @@ mod config;
 pub mod core;
 mod flavors;
 mod groups;
+pub mod ha;
 mod images;
 mod interfaces;
 mod ips;

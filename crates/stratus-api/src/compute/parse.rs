@@ -262,6 +262,7 @@ pub fn action(name: &str, arg: &Value, mv: Mv) -> Result<Option<ServerAction>, A
         "unrescue" => ServerAction::Unrescue,
         "createImage" => ServerAction::CreateImage(image_request("createImage", arg, false)?),
         "createBackup" => ServerAction::CreateBackup(image_request("createBackup", arg, true)?),
+        "evacuate" => evacuate(arg, mv)?,
         _ => return Ok(None),
     }))
 }
@@ -329,6 +330,79 @@ fn group_name(arg: &Value) -> Result<String, ApiError> {
             )
         })?
         .to_string())
+}
+
+/// `evacuate`: an optional `host` and `adminPass`; before 2.14 the
+/// required `onSharedStorage` (this cloud has none), from 2.29 to 2.67
+/// `force` (the host is always checked by the scheduler here).
+fn evacuate(arg: &Value, mv: Mv) -> Result<ServerAction, ApiError> {
+    let Value::Object(o) = arg else {
+        return Err(bad_field(
+            "evacuate",
+            format!("Value: {arg}. It is not of type 'object'"),
+        ));
+    };
+    let allowed = |k: &str| match k {
+        "host" | "adminPass" => true,
+        "onSharedStorage" => !mv.at_least(14),
+        "force" => mv.at_least(29) && !mv.at_least(68),
+        _ => false,
+    };
+    if let Some(k) = o.keys().find(|k| !allowed(k)) {
+        return Err(bad_field(
+            "evacuate",
+            format!("Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    if !mv.at_least(14) {
+        match o.get("onSharedStorage") {
+            None => {
+                return Err(bad_field(
+                    "evacuate",
+                    "'onSharedStorage' is a required property",
+                ));
+            }
+            Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => {
+                return Err(ApiError::bad_request(
+                    "This cloud has no shared storage: evacuate with onSharedStorage false (the server is rebuilt from its image).",
+                ));
+            }
+            Some(v) => {
+                return Err(bad_field(
+                    "onSharedStorage",
+                    format!("Value: {v}. It is not of type 'boolean'"),
+                ));
+            }
+        }
+    }
+    if let Some(v) = o.get("force").filter(|v| !v.is_boolean()) {
+        return Err(bad_field(
+            "force",
+            format!("Value: {v}. It is not of type 'boolean'"),
+        ));
+    }
+    let host = match o.get("host") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(h)) if !h.is_empty() && h.len() <= 255 => Some(h.clone()),
+        Some(v) => {
+            return Err(bad_field(
+                "host",
+                format!("Value: {v}. It is not a valid host name"),
+            ));
+        }
+    };
+    let admin_pass = match o.get("adminPass") {
+        None => None,
+        Some(Value::String(p)) => Some(p.clone()),
+        Some(v) => {
+            return Err(bad_field(
+                "adminPass",
+                format!("Value: {v}. It is not of type 'string'"),
+            ));
+        }
+    };
+    Ok(ServerAction::Evacuate { host, admin_pass })
 }
 
 /// `migrate`: from 2.56 an optional `host`.
@@ -808,6 +882,31 @@ mod tests {
         assert_eq!(
             action("lock", &lock, Mv(72)).unwrap(),
             Some(ServerAction::Lock { reason: None })
+        );
+        // evacuate: onSharedStorage is required (and must be false here)
+        // before 2.14 and unknown from it; force only from 2.29 to 2.67.
+        let evac = |body: Value, mv: u16| action("evacuate", &body, Mv(mv));
+        assert_eq!(
+            evac(json!({"host": "n2", "onSharedStorage": false}), 2).unwrap(),
+            Some(ServerAction::Evacuate {
+                host: Some("n2".into()),
+                admin_pass: None
+            })
+        );
+        assert!(evac(json!({"host": "n2"}), 2).is_err());
+        assert!(evac(json!({"onSharedStorage": true}), 2).is_err());
+        assert!(evac(json!({"onSharedStorage": false}), 14).is_err());
+        assert!(evac(json!({"force": true}), 29).is_ok());
+        assert!(evac(json!({"force": true}), 68).is_err());
+        assert!(evac(json!({"force": "yes"}), 29).is_err());
+        assert!(evac(json!({"host": 7}), 14).is_err());
+        assert!(evac(json!(null), 14).is_err());
+        assert_eq!(
+            evac(json!({"adminPass": "pw"}), 14).unwrap(),
+            Some(ServerAction::Evacuate {
+                host: None,
+                admin_pass: Some("pw".into())
+            })
         );
         // 2.56 reads a migration's host; 2.77 an unshelve's zone.
         let host = json!({"host": "n1"});

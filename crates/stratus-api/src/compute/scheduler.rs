@@ -70,12 +70,13 @@ pub fn pick_destination(
 }
 
 /// Whether a server waits for the scheduler: a new build
-/// (`scheduling`) or an unshelve (`unshelving`), on no node yet.
+/// (`scheduling`), an unshelve (`unshelving`) or an evacuation
+/// (`rebuilding`, see `ha.rs`), on no node yet.
 pub fn waiting(s: &Server) -> bool {
     s.host.is_none()
         && matches!(
             s.task_state.as_deref(),
-            Some(task::SCHEDULING | task::UNSHELVING)
+            Some(task::SCHEDULING | task::UNSHELVING | task::REBUILDING)
         )
 }
 
@@ -368,9 +369,15 @@ fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError
             return Ok(false);
         }
         // An unshelve that finds no node leaves the server shelved, as in
-        // Nova; a build ends in ERROR.
+        // Nova; a build ends in ERROR, and so does an evacuation, back on
+        // the node it left.
         if cur.vm_state != vm::SHELVED_OFFLOADED {
             cur.vm_state = vm::ERROR.into();
+        }
+        if cur.task_state.as_deref() == Some(task::REBUILDING) {
+            cur.host = cur.tried_hosts.first().cloned();
+            cur.node = cur.host.clone();
+            super::common::evacuation_placed(tx, &cur.id, None)?;
         }
         cur.task_state = None;
         cur.updated_us = now;
@@ -748,7 +755,12 @@ fn place(
     cur.host = Some(host.to_string());
     cur.node = Some(host.to_string());
     cur.availability_zone = Some(zone.to_string());
-    cur.task_state = Some(task::SPAWNING.into());
+    // An evacuated server is rebuilt there; anything else is spawned.
+    if cur.task_state.as_deref() == Some(task::REBUILDING) {
+        super::common::evacuation_placed(tx, &cur.id, Some(host))?;
+    } else {
+        cur.task_state = Some(task::SPAWNING.into());
+    }
     cur.generation += 1;
     cur.updated_us = now_us();
     tx.update(&cur)?;

@@ -43,6 +43,8 @@ pub struct Compute {
     /// that reports the same workloads while none of the host's servers
     /// changed skips reading them all again.
     synced: Mutex<HashMap<String, PowerSync>>,
+    /// Instance HA's restarts per server (see `ha.rs`).
+    pub restarts: super::ha::RestartBudget,
 }
 
 /// The outcome of a host's last full power-state sync (see [`heartbeat`]).
@@ -74,6 +76,7 @@ impl Compute {
             inventories: Mutex::new(HashMap::new()),
             scheduler: Mutex::new(None),
             synced: Mutex::new(HashMap::new()),
+            restarts: Default::default(),
         }
     }
 
@@ -573,7 +576,12 @@ fn sync_power_states(
                     return Ok(());
                 }
                 cur.power_state = actual;
-                if let Some((v, t)) = fix {
+                let restarted = cur.vm_state == vm::ACTIVE
+                    && fix.is_some()
+                    && super::ha::restart_in(state, tx, &mut cur)?;
+                if restarted {
+                    // Instance HA starts it again (see `ha.rs`).
+                } else if let Some((v, t)) = fix {
                     tracing::info!(server = %cur.id, host, from = %cur.vm_state, to = v, power = actual, "power state sync");
                     cur.vm_state = v.into();
                     cur.task_state = t.map(str::to_string);
@@ -864,6 +872,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
                 task::PAUSING => vm::PAUSED.into(),
                 task::SUSPENDING => vm::SUSPENDED.into(),
                 task::REBUILDING => {
+                    super::common::evacuation_finished(tx, &cur.id, true)?;
                     if r.power_state == power::RUNNING {
                         vm::ACTIVE.into()
                     } else {
@@ -886,6 +895,9 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             // node has put the original workload back).
             if task_name == task::RESCUING {
                 cur.rescue_image = None;
+            }
+            if task_name == task::REBUILDING {
+                super::common::evacuation_finished(tx, &cur.id, false)?;
             }
             if task_name == task::REBUILDING || task_name == task::RESCUING {
                 cur.vm_state = vm::ERROR.into();

@@ -92,7 +92,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         region: common.region.clone(),
         login_cache_s: common.login_cache_seconds,
         image_size_cap: common.image_size_cap,
-        compute: args.compute.config(),
+        compute: args.compute.config(site),
         http: args.http.limits(),
         site_down_time_s: args.sync.site_down_time,
     };
@@ -161,6 +161,7 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     let sweeper = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ha_tick = std::time::Instant::now();
         loop {
             tick.tick().await;
             if !sweeper.singleton.is_held() {
@@ -172,6 +173,16 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
                     .await;
             if let Ok(Err(e)) = r {
                 tracing::warn!(error = %e, "could not sweep for unscheduled servers");
+            }
+            // Instance HA: the servers of nodes that stay down, every 5 s.
+            if ha_tick.elapsed() >= Duration::from_secs(5) {
+                ha_tick = std::time::Instant::now();
+                let st = sweeper.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || stratus_api::compute::ha::sweep(&st)).await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "instance HA: could not look for nodes down");
+                }
             }
         }
     });

@@ -907,3 +907,166 @@ fn compute_real_aggregate_image_cache_fetches_ahead() {
     );
     c.wait_gone(&c.admin, &id);
 }
+
+/// The pid of a container under the runc root `root`, if it runs.
+fn container_pid(root: &std::path::Path, id: &str) -> Option<i64> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["state", id])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    (v["status"] == "running")
+        .then(|| v["pid"].as_i64())
+        .flatten()
+}
+
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn compute_real_instance_ha_restarts_crashed_workloads_and_evacuates_a_dead_node() {
+    let c = cloud(&[
+        "--instance-ha",
+        "on",
+        "--service-down-time",
+        "15",
+        "--evacuate-after",
+        "15",
+    ]);
+    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let hyp = c.req("GET", "/os-hypervisors", &c.admin, None);
+    let main = hyp.body["hypervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hypervisor_hostname"].as_str().unwrap().to_string())
+        .find(|h| h != "node-b")
+        .unwrap();
+    let img = image_id(&c, "busybox");
+    let boot = |name: &str, host: &str, meta: Value| -> String {
+        let r = c.boot(
+            &c.admin,
+            name,
+            &img,
+            "42",
+            json!({"availability_zone": format!("nova:{host}"), "metadata": meta}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.body["server"]["id"].as_str().unwrap().to_string();
+        c.wait(&c.admin, &id, "ACTIVE");
+        id
+    };
+    let root_a = c.server.data_dir().join("agent/runc");
+    let root_b = c.server.data_dir().join("node-b/agent/runc");
+    let kill = |pid: i64| {
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    // A workload that dies is started again, and the action says who.
+    let crashy = boot("crashy", &main, json!({}));
+    let optout = boot("optout", &main, json!({"HA_Enabled": "False"}));
+    let first = container_pid(&root_a, &crashy).expect("crashy runs");
+    kill(first);
+    kill(container_pid(&root_a, &optout).expect("optout runs"));
+    eventually(60, "the crashed workload runs again", || {
+        container_pid(&root_a, &crashy).is_some_and(|p| p != first)
+    });
+    c.wait(&c.admin, &crashy, "ACTIVE");
+    let r = c.req(
+        "GET",
+        &format!("/servers/{crashy}/os-instance-actions"),
+        &c.admin,
+        None,
+    );
+    let actions = r.body["instanceActions"].as_array().unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["action"] == "start" && a["user_id"] == "instance-ha"),
+        "{}",
+        r.body
+    );
+    // One that opted out is left stopped, as Nova shows a guest that
+    // shut down.
+    c.wait(&c.admin, &optout, "SHUTOFF");
+    assert_eq!(container_pid(&root_a, &optout), None);
+
+    // Evacuation is for admins, and only off a node that is down.
+    let evac = boot("evac", "node-b", json!({}));
+    let stopped = boot("stopped", "node-b", json!({}));
+    let act = |id: &str, token: &str, body: Value| {
+        c.req("POST", &format!("/servers/{id}/action"), token, Some(body))
+    };
+    assert_eq!(
+        act(&stopped, &c.admin, json!({"os-stop": null})).status,
+        202
+    );
+    c.wait(&c.admin, &stopped, "SHUTOFF");
+    let (_, tok) = c.project("ha-tenant");
+    let r = act(&evac, &tok, json!({"evacuate": {}}));
+    assert!(r.status == 403 || r.status == 404, "{}", r.body);
+    let r = act(&evac, &c.admin, json!({"evacuate": {}}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("still in use"), "{}", r.body);
+    let r = act(
+        &evac,
+        &c.admin,
+        json!({"evacuate": {"onSharedStorage": true}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let on_b = container_pid(&root_b, &evac).expect("evac runs on node-b");
+
+    // node-b's agent dies (its workloads outlive it, as a dead node's
+    // would no longer matter): after --evacuate-after its servers are
+    // rebuilt on the other node, a stopped one stays stopped.
+    Command::new("kill")
+        .args(["-KILL", &b.pid().to_string()])
+        .status()
+        .unwrap();
+    eventually(90, "the servers of node-b are evacuated", || {
+        let s = c
+            .req("GET", &format!("/servers/{evac}"), &c.admin, None)
+            .body["server"]
+            .clone();
+        s["OS-EXT-SRV-ATTR:host"] == main.as_str() && s["status"] == "ACTIVE"
+    });
+    let s = c.wait(&c.admin, &stopped, "SHUTOFF");
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], main.as_str(), "{s}");
+    assert!(container_pid(&root_a, &evac).is_some());
+    console_until(&c, &c.admin, &evac, "STRATUS-TEST-IMAGE OK");
+    let r = c.req(
+        "GET",
+        &format!("/os-migrations?instance_uuid={evac}"),
+        &c.admin,
+        None,
+    );
+    let m = &r.body["migrations"][0];
+    assert_eq!(m["migration_type"], "evacuation", "{}", r.body);
+    assert_eq!(m["status"], "done", "{}", r.body);
+    assert_eq!(m["source_compute"], "node-b", "{}", r.body);
+    assert_eq!(m["dest_compute"], main.as_str(), "{}", r.body);
+
+    // node-b comes back: its stale copy is removed, nothing runs twice.
+    assert_eq!(container_pid(&root_b, &evac), Some(on_b));
+    let _b2 = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    eventually(60, "node-b removes the evacuated server's old copy", || {
+        container_pid(&root_b, &evac).is_none()
+    });
+    let s = c.wait(&c.admin, &evac, "ACTIVE");
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], main.as_str(), "{s}");
+    drop(b);
+}
