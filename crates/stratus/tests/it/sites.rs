@@ -125,6 +125,61 @@ impl Drop for Site {
     }
 }
 
+/// A further node agent (fake driver) joined to a site controller.
+struct SiteAgent {
+    child: Child,
+}
+
+impl SiteAgent {
+    fn start(site: &Site, name: &str) -> SiteAgent {
+        let out = Command::new(bin())
+            .args(["admin", "node-token", "--data-dir"])
+            .arg(&site.dir)
+            .args(["--node-name", name])
+            .output()
+            .expect("stratus admin node-token");
+        assert!(
+            out.status.success(),
+            "node-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(site.dir.join(format!("{name}.log")))
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["agent", "--controller", &site.url, "--node-name", name])
+            .args(["--driver", "fake", "--heartbeat", "1"])
+            .arg("--data-dir")
+            .arg(site.dir.join(name));
+        for (k, _) in std::env::vars() {
+            if (k.starts_with("STRATUS_") || k.starts_with("OS_")) && k != "STRATUS_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .env("STRATUS_JOIN_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        SiteAgent { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SiteAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Sends `sig` to the root (`-STOP` cuts every link to it at once).
 fn signal(c: &Cloud, sig: &str) {
     let ok = Command::new("kill")
@@ -667,7 +722,13 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
     ]);
     let link = Link::new(&listen);
     let (site_id, token) = create_site(&c, "edge-p");
-    let site = Site::start(&link.url(), &token);
+    // Instance HA is on at a site by default; a node is down after 12 s
+    // (the site's own node heartbeats every 10 s) and evacuated then.
+    let site = Site::start_with(
+        &link.url(),
+        &token,
+        &["--service-down-time", "12", "--evacuate-after", "12"],
+    );
     eventually(30, "the site's node registers", || {
         site.ks().validate(&c.admin, &c.admin).status == 200
             && site
@@ -696,6 +757,31 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
         });
     }
     let launched = status_at(&site.url, &c.admin, &keep).unwrap()["OS-SRV-USG:launched_at"].clone();
+    let own_node = status_at(&site.url, &c.admin, &keep).unwrap()["OS-EXT-SRV-ATTR:host"].clone();
+    // A second node joins the site, and the root puts a server on it.
+    let mut node_b = SiteAgent::start(&site, "site-b");
+    eventually(30, "site-b registers at the site", || {
+        site.at("/compute/v2.1")
+            .get("/os-hypervisors", &c.admin)
+            .body["hypervisors"]
+            .as_array()
+            .is_some_and(|h| h.len() == 2)
+    });
+    let r = c.nova.post(
+        "/servers",
+        &c.admin,
+        json!({"server": {"name": "moved", "imageRef": img, "flavorRef": "42",
+                          "availability_zone": "edge-p:site-b", "networks": "none"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let moved = r.body["server"]["id"].as_str().unwrap().to_string();
+    eventually(60, "the server on site-b is ACTIVE at the root", || {
+        status_at(&c.server.url, &c.admin, &moved).is_some_and(|s| s["status"] == "ACTIVE")
+    });
+    assert_eq!(
+        status_at(&site.url, &c.admin, &moved).unwrap()["OS-EXT-SRV-ATTR:host"],
+        "site-b"
+    );
     assert_eq!(
         status_at(&c.server.url, &c.admin, &keep).unwrap()["host_status"],
         "UP"
@@ -727,6 +813,13 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
     assert_eq!(r.status, 202, "{}", r.body);
     eventually(30, "the site stops it on its own", || {
         status_at(&site.url, &c.admin, &stop).is_some_and(|s| s["status"] == "SHUTOFF")
+    });
+    // One of the site's nodes dies: the site rebuilds its server on the
+    // node it has left, on its own.
+    node_b.kill();
+    eventually(60, "the site re-places the dead node's server", || {
+        status_at(&site.url, &c.admin, &moved)
+            .is_some_and(|s| s["status"] == "ACTIVE" && s["OS-EXT-SRV-ATTR:host"] == own_node)
     });
     std::thread::sleep(Duration::from_secs(2));
     // Nothing reached the site while cut off, and nothing can be asked of
@@ -760,6 +853,10 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
     });
     eventually(20, "the site is active again", || {
         site_state(&c, &site_id)["state"] == "active"
+    });
+    eventually(30, "the re-placed server is reported up", || {
+        status_at(&c.server.url, &c.admin, &moved)
+            .is_some_and(|s| s["status"] == "ACTIVE" && s["OS-EXT-SRV-ATTR:host"] == own_node)
     });
     // The server nobody touched ran through it all, never restarted.
     let k = status_at(&site.url, &c.admin, &keep).unwrap();
