@@ -495,6 +495,93 @@ fn sites_a_site_killed_mid_sync_applies_every_change_exactly_once() {
     assert!(seen.values().all(|n| *n == 1), "applied twice: {seen:?}");
 }
 
+#[test]
+fn sites_a_root_killed_mid_sync_loses_and_repeats_nothing_either_way() {
+    let (mut c, sync) = root();
+    let (id, token) = create_site(&c, "edge-rk");
+    let site = Site::start(&sync, &token);
+    eventually(30, "the site joins", || {
+        site_state(&c, &id)["state"] == "active"
+    });
+    let (_, tok) = c.project("edge-rk-tenant");
+    let img = c.image(&tok, "tiny");
+    // Servers for the site go down and their states come up, flavors go
+    // down, while the root is killed with -9 twice.
+    let mut servers = Vec::new();
+    let names: Vec<String> = (0..120).map(|i| format!("rk-{i:03}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        flavor(&c, n);
+        if i % 20 == 0 {
+            let r = c.nova.post(
+                "/servers",
+                &tok,
+                json!({"server": {"name": n, "imageRef": img, "flavorRef": "42",
+                                  "availability_zone": "edge-rk", "networks": "none"}}),
+            );
+            assert_eq!(r.status, 202, "{}", r.body);
+            servers.push(r.body["server"]["id"].as_str().unwrap().to_string());
+        }
+        if i == 45 || i == 90 {
+            c.server.stop("-KILL");
+            c.server.restart_after_stop();
+            c.admin = c.ks.token("admin", &c.server.admin_password, Some("admin"));
+        }
+    }
+    eventually(90, "every flavor reaches the site", || {
+        let r = site
+            .at("/compute/v2.1")
+            .get("/flavors?limit=1000", &c.admin);
+        r.body["flavors"].as_array().map(|f| {
+            f.iter()
+                .filter(|x| x["name"].as_str().is_some_and(|n| n.starts_with("rk-")))
+                .count()
+        }) == Some(names.len())
+    });
+    for s in &servers {
+        eventually(90, "every server's state rises to the root", || {
+            status_at(&c.server.url, &tok, s).is_some_and(|v| v["status"] == "ACTIVE")
+        });
+    }
+    // Each server was built once at the site, each flavor written once.
+    let store = stratus_store::Store::open(
+        &site.dir.join("stratus.db"),
+        stratus_store::Durability::Full,
+    )
+    .unwrap();
+    let mut seen = std::collections::HashMap::new();
+    let mut spawned = std::collections::HashMap::new();
+    for ch in store.changes_since(0, 1_000_000).unwrap() {
+        if ch.kind == "flavor"
+            && let Some(b) = &ch.body
+            && b.contains("\"rk-")
+        {
+            *seen.entry(ch.id.clone()).or_insert(0) += 1;
+        }
+        if ch.kind == "server"
+            && let Some(b) = &ch.body
+            && b.contains("\"task_state\":\"spawning\"")
+        {
+            *spawned.entry(ch.id.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), names.len());
+    assert!(seen.values().all(|n| *n == 1), "applied twice: {seen:?}");
+    assert_eq!(spawned.len(), servers.len(), "{spawned:?}");
+    assert!(
+        spawned.values().all(|n| *n == 1),
+        "built twice: {spawned:?}"
+    );
+    let r = site
+        .at("/compute/v2.1")
+        .get("/servers?all_tenants=1", &c.admin);
+    assert_eq!(
+        r.body["servers"].as_array().unwrap().len(),
+        servers.len(),
+        "{}",
+        r.body
+    );
+}
+
 /// A server's status at a controller (`None` once it is gone).
 fn status_at(base: &str, token: &str, id: &str) -> Option<Value> {
     let r = Client {
