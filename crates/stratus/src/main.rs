@@ -38,6 +38,9 @@ enum Command {
     /// Operator tools.
     #[command(subcommand)]
     Admin(commands::admin::AdminCommand),
+    /// For benchmarks only: many simulated edge sites' links to a parent
+    /// in one process (each joins and syncs; nothing is stored or run).
+    SimSites(commands::sim::SimSitesArgs),
 }
 
 /// Keeps memory use flat: big, short-lived buffers (the 19 MiB an Argon2
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Controller(args) => commands::serve::run(args, false),
         Command::Agent(cmd) => commands::agent::run(cmd),
         Command::Admin(cmd) => commands::admin::run(cmd),
+        Command::SimSites(args) => commands::sim::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -72,8 +72,8 @@ impl ParentStatus {
 
 /// What a site keeps from its join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Joined {
-    parent: String,
+pub(super) struct Joined {
+    pub(super) parent: String,
     site_id: String,
     name: String,
     key_pem: String,
@@ -97,7 +97,7 @@ fn token_sha256(token: &str) -> String {
 const ROTATE_BEFORE_US: i64 = 30 * 24 * 3600 * 1_000_000;
 
 impl Joined {
-    fn identity(&self) -> SiteIdentity {
+    pub(super) fn identity(&self) -> SiteIdentity {
         SiteIdentity {
             key_pem: self.key_pem.clone(),
             cert_pem: self.cert_pem.clone(),
@@ -116,7 +116,7 @@ pub struct LinkConfig {
 }
 
 /// The `HOST:PORT` of a parent URL.
-fn address(url: &str) -> Result<String, String> {
+pub(super) fn address(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("sync://"))
@@ -197,7 +197,10 @@ pub async fn run(state: AppState, cfg: LinkConfig) {
 
 type Sender = SendRequest<Full<Bytes>>;
 
-async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<(Sender, u64), String> {
+pub(super) async fn connect(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(Sender, u64), String> {
     let t0 = Instant::now();
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
@@ -227,7 +230,7 @@ async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<(Sender, 
 
 /// One request on the link: status, body (decompressed) and the bytes
 /// that crossed it.
-async fn request(
+pub(super) async fn request(
     sender: &mut Sender,
     method: &str,
     path: &str,
@@ -317,7 +320,7 @@ async fn joined_or_join(state: &AppState, cfg: &LinkConfig) -> Result<Joined, St
                 .is_some_and(|t| token_sha256(t) != j.token_sha256);
             if fresh {
                 tracing::info!(site = %j.site_id, "started with a new join token: joining the parent again");
-                return join(state, cfg, &file).await;
+                return join_to(cfg, &file).await;
             }
             if j.parent != cfg.parent {
                 tracing::warn!(joined = %j.parent, given = %cfg.parent, "this site joined another parent address; dialling the one given");
@@ -327,17 +330,18 @@ async fn joined_or_join(state: &AppState, cfg: &LinkConfig) -> Result<Joined, St
                 ..j
             })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => join(state, cfg, &file).await,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => join_to(cfg, &file).await,
         Err(e) => Err(format!("{}: {e}", file.display())),
     }
 }
 
+/// A join kept in `file` by [`join_to`], if there is one.
+pub(super) fn joined_from(file: &std::path::Path) -> Option<Joined> {
+    serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+}
+
 /// Redeems the join token: a certificate for a new key, kept in `file`.
-async fn join(
-    _state: &AppState,
-    cfg: &LinkConfig,
-    file: &std::path::Path,
-) -> Result<Joined, String> {
+pub(super) async fn join_to(cfg: &LinkConfig, file: &std::path::Path) -> Result<Joined, String> {
     let token = cfg.join_token.as_deref().ok_or_else(|| {
         "this site has not joined its parent yet: start it with --join-token (from `stratus admin site create`)".to_string()
     })?;

@@ -33,6 +33,7 @@ pub mod link;
 pub mod listener;
 pub mod parent;
 pub mod pki;
+pub mod sim;
 
 use std::path::Path;
 
