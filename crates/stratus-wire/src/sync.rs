@@ -146,6 +146,11 @@ pub struct UpBatch {
     /// [`Exchange::zones`]).
     #[serde(default)]
     pub zones: Option<Vec<String>>,
+    /// Servers made at the site (by an operator there, perhaps while cut
+    /// off) that its parent has not taken yet: whole server documents
+    /// (JSON), for the parent to adopt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopt: Vec<String>,
 }
 
 /// The answer to an [`UpBatch`].

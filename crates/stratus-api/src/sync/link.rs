@@ -863,10 +863,12 @@ fn pending_up(state: &AppState) -> Result<(i64, stratus_wire::sync::UpBatch), Ap
         Err(e) => return Err(e.into()),
     };
     let mut servers = Vec::new();
+    let mut adopt = Vec::new();
     for id in ids {
         let s = state.store.get::<crate::compute::model::Server>(&id)?;
-        // Servers made here are this site's own; they stay here.
-        if s.as_ref().is_some_and(|s| s.parent_generation == 0) {
+        // Servers made here go up whole until the parent has taken them.
+        if let Some(s) = s.as_ref().filter(|s| s.parent_generation == 0) {
+            adopt.push(serde_json::to_string(s).map_err(stratus_store::StoreError::from)?);
             continue;
         }
         servers.push(super::server_status(&id, s.as_ref()));
@@ -877,6 +879,7 @@ fn pending_up(state: &AppState) -> Result<(i64, stratus_wire::sync::UpBatch), Ap
             up_to,
             servers,
             zones: None,
+            adopt,
         },
     ))
 }

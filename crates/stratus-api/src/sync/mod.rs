@@ -175,7 +175,10 @@ fn put_server(tx: &Tx, parent: Server) -> Result<(), crate::ApiError> {
         tx.insert(&s)?;
         return Ok(());
     };
-    let newer = parent.generation > local.parent_generation;
+    // A server made here, coming back as the parent adopted it: it asks
+    // nothing new of this site.
+    let echo = local.parent_generation == 0 && adopted_at(&parent) == Some(parent.generation);
+    let newer = !echo && parent.generation > local.parent_generation;
     let mut s = parent.clone();
     // What this site owns of the server.
     s.host = local.host.clone();
@@ -199,7 +202,11 @@ fn put_server(tx: &Tx, parent: Server) -> Result<(), crate::ApiError> {
         s.vm_state = local.vm_state.clone();
         s.task_state = local.task_state.clone();
         s.generation = local.generation;
-        s.parent_generation = local.parent_generation;
+        s.parent_generation = if echo {
+            parent.generation
+        } else {
+            local.parent_generation
+        };
     }
     if (s.flavor.vcpus, s.flavor.ram) != (local.flavor.vcpus, local.flavor.ram) {
         crate::compute::service::account_server(tx, &local, -1)?;
@@ -265,6 +272,72 @@ pub fn server_status(id: &str, s: Option<&Server>) -> stratus_wire::sync::Server
     }
 }
 
+/// The hint that marks a server made at a site below and adopted here:
+/// the generation it had when adopted.
+const ADOPTED: &str = "_adopted_from_site";
+
+fn adopted_at(s: &Server) -> Option<u64> {
+    s.hints.get(ADOPTED).and_then(Value::as_u64)
+}
+
+/// At the parent: a server made at the site `site` (or one below it) that
+/// this parent has not seen: it is taken as the site made it, in the
+/// site's zone (unless it names one below), counted in its project's
+/// usage here, and from then on is a server of that zone like any other:
+/// it comes back down with this parent's requests, and its state comes up.
+/// Until this parent asks something of it, a newer copy from the site
+/// replaces its state. Answers whether anything changed.
+pub fn adopt(
+    tx: &Tx,
+    site: &str,
+    zones: &std::collections::HashSet<String>,
+    body: &str,
+) -> Result<bool, crate::ApiError> {
+    let mut s: Server = serde_json::from_str(body).map_err(|e| {
+        crate::ApiError::bad_request(format!("an adopted server does not parse: {e}"))
+    })?;
+    let Some(mut cur) = tx.get::<Server>(&s.id)? else {
+        if !s.requested_az.as_deref().is_some_and(|z| zones.contains(z)) {
+            s.requested_az = Some(site.to_string());
+        }
+        if !s.hints.is_object() {
+            s.hints = Value::Object(Default::default());
+        }
+        s.hints[ADOPTED] = Value::from(s.generation);
+        s.availability_zone = s.requested_az.clone();
+        s.parent_generation = 0;
+        crate::compute::service::account_server(tx, &s, 1)?;
+        tx.insert(&s)?;
+        tracing::info!(server = %s.id, site, "adopted a server made at a site");
+        return Ok(true);
+    };
+    let ours = cur
+        .requested_az
+        .as_deref()
+        .is_some_and(|z| zones.contains(z));
+    if !ours || adopted_at(&cur) != Some(cur.generation) {
+        return Ok(false);
+    }
+    let same = cur.host == s.host
+        && cur.vm_state == s.vm_state
+        && cur.task_state == s.task_state
+        && cur.power_state == s.power_state
+        && cur.launched_us == s.launched_us;
+    if same {
+        return Ok(false);
+    }
+    cur.host = s.host;
+    cur.node = s.node;
+    cur.vm_state = s.vm_state;
+    cur.task_state = s.task_state;
+    cur.power_state = s.power_state;
+    cur.launched_us = s.launched_us;
+    cur.fault = s.fault;
+    cur.updated_us = crate::timeutil::now_us();
+    tx.update(&cur)?;
+    Ok(true)
+}
+
 /// At the parent: a site's state of one of its servers. Only servers in
 /// the site's subtree (`zones`) are touched, and only when the site had
 /// seen the parent's latest request; a server the site no longer has is
@@ -274,13 +347,20 @@ pub fn apply_status(
     zones: &std::collections::HashSet<String>,
     st: &stratus_wire::sync::ServerStatus,
 ) -> Result<bool, crate::ApiError> {
-    if st.deleted {
-        return Ok(false);
-    }
     let Some(mut s) = tx.get::<Server>(&st.id)? else {
         return Ok(false);
     };
     let ours = s.requested_az.as_deref().is_some_and(|z| zones.contains(z));
+    if st.deleted {
+        // A server the site made and deleted goes here too, unless this
+        // parent has asked something of it since it adopted it.
+        if ours && adopted_at(&s) == Some(s.generation) {
+            crate::compute::service::account_server(tx, &s, -1)?;
+            tx.delete::<Server>(&s.id)?;
+            return Ok(true);
+        }
+        return Ok(false);
+    }
     if !ours || st.parent_generation < s.generation {
         return Ok(false);
     }

@@ -783,11 +783,15 @@ async fn up(
         .chain(std::iter::once(site.name.clone()))
         .collect();
     let st = state.clone();
+    let site_name = site.name.clone();
     let changed = blocking(move || {
         st.store.write(|tx| {
             let mut n = 0;
             for s in &batch.servers {
                 n += super::apply_status(tx, &zones, s)? as usize;
+            }
+            for body in &batch.adopt {
+                n += super::adopt(tx, &site_name, &zones, body)? as usize;
             }
             Ok::<_, ApiError>(n)
         })

@@ -901,6 +901,24 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
     eventually(30, "the site stops it on its own", || {
         status_at(&site.url, &c.admin, &stop).is_some_and(|s| s["status"] == "SHUTOFF")
     });
+    // ... and makes a new one there, which the root does not know of yet.
+    let r = site.at("/compute/v2.1").raw(
+        "POST",
+        "/servers",
+        Some(&tok),
+        &[super::compute::MV],
+        Some(
+            json!({"server": {"name": "made-on-site", "imageRef": img, "flavorRef": "42",
+                              "networks": "none"}})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let local = r.body["server"]["id"].as_str().unwrap().to_string();
+    eventually(30, "the site runs the server made there", || {
+        status_at(&site.url, &tok, &local).is_some_and(|s| s["status"] == "ACTIVE")
+    });
+    assert!(status_at(&c.server.url, &c.admin, &local).is_none());
     // One of the site's nodes dies: the site rebuilds its server on the
     // node it has left, on its own.
     node_b.kill();
@@ -941,6 +959,20 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
     eventually(20, "the site is active again", || {
         site_state(&c, &site_id)["state"] == "active"
     });
+    // The server made on site while cut off is the root's too now, in the
+    // site's zone, and the root's delete reaches it.
+    eventually(30, "the root adopts the server made at the site", || {
+        status_at(&c.server.url, &tok, &local).is_some_and(|s| {
+            s["status"] == "ACTIVE" && s["OS-EXT-AZ:availability_zone"] == "edge-p"
+        })
+    });
+    let r = c.nova.delete(&format!("/servers/{local}"), &tok);
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually(
+        30,
+        "the root's delete of the adopted server reaches the site",
+        || status_at(&site.url, &c.admin, &local).is_none(),
+    );
     eventually(30, "the re-placed server is reported up", || {
         status_at(&c.server.url, &c.admin, &moved)
             .is_some_and(|s| s["status"] == "ACTIVE" && s["OS-EXT-SRV-ATTR:host"] == own_node)
