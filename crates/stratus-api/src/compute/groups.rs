@@ -104,6 +104,11 @@ async fn agg_cache_images(
         .store
         .get::<Aggregate>(&id)?
         .ok_or_else(|| agg_not_found(&id))?;
+    // An aggregate in an edge site's zone: the site's nodes cache them.
+    let site_zone = match &agg.availability_zone {
+        Some(z) if state.sites.is_site_zone(&state.store, z)? => Some(z.clone()),
+        _ => None,
+    };
     state.store.write(|tx| {
         for h in &agg.hosts {
             if let Some(mut n) = tx.get::<ComputeNode>(h)? {
@@ -115,9 +120,17 @@ async fn agg_cache_images(
                 tx.update(&n)?;
             }
         }
+        if let Some(zone) = &site_zone {
+            tx.insert(&super::model::SitePrecache {
+                id: uuid::Uuid::new_v4().to_string(),
+                zone: zone.clone(),
+                images: images.clone(),
+                created_us: crate::timeutil::now_us(),
+            })?;
+        }
         Ok::<_, ApiError>(())
     })?;
-    tracing::info!(aggregate = %id, images = ?images, hosts = ?agg.hosts, "image pre-caching requested");
+    tracing::info!(aggregate = %id, images = ?images, hosts = ?agg.hosts, site = ?site_zone, "image pre-caching requested");
     Ok(StatusCode::ACCEPTED)
 }
 

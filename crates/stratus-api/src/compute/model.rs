@@ -421,6 +421,22 @@ pub struct ComputeNode {
 
 record!(ComputeNode, "compute_node");
 
+/// Images to cache on every node of an edge site (Nova 2.81's aggregate
+/// image cache, asked of an aggregate whose zone is a site or one below
+/// it): it goes down to that site with the sync stream, and the site
+/// asks each of its nodes to fetch them, so the data crosses the link
+/// once, before anything boots from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SitePrecache {
+    pub id: String,
+    /// The site's zone.
+    pub zone: String,
+    pub images: Vec<String>,
+    pub created_us: i64,
+}
+
+record!(SitePrecache, "site_precache", parent = |p| Some(&p.zone));
+
 /// A host aggregate; one with `availability_zone` set defines a zone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Aggregate {

@@ -919,12 +919,82 @@ pub fn apply_reply(state: &AppState, reply: ExchangeReply) -> Result<(), ApiErro
         state.identity.refresh_keys();
         tracing::info!(keys = keys.len(), "took the parent's fernet keys");
     }
+    precache_here(state, &reply)?;
     if reply.snapshot {
         tracing::info!(
             documents = reply.changes.len(),
             revision = reply.revision,
             "applied a snapshot from the parent"
         );
+    }
+    Ok(())
+}
+
+/// Image cache requests for this site's own zone: every node of the site
+/// is asked to fetch the images (its first read brings the data over the
+/// link, once). Requests for a zone below go on down with the stream.
+fn precache_here(state: &AppState, reply: &ExchangeReply) -> Result<(), ApiError> {
+    use crate::compute::model::{ComputeNode, SitePrecache};
+    use stratus_store::Record;
+    let own = state.sites.own_zone();
+    let mut images: Vec<String> = Vec::new();
+    for c in reply
+        .changes
+        .iter()
+        .filter(|c| c.kind == SitePrecache::KIND)
+    {
+        let Some(p) = c
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<SitePrecache>(b).ok())
+        else {
+            continue;
+        };
+        if Some(&p.zone) == own.as_ref() {
+            images.extend(p.images);
+        }
+    }
+    if images.is_empty() {
+        return Ok(());
+    }
+    state.store.write(|tx| {
+        for mut n in tx.list::<ComputeNode>(&stratus_store::Query::all())? {
+            let before = n.precache.len();
+            for i in &images {
+                if !n.precache.contains(i) {
+                    n.precache.push(i.clone());
+                }
+            }
+            if n.precache.len() != before {
+                tx.update(&n)?;
+            }
+        }
+        Ok::<_, ApiError>(())
+    })?;
+    tracing::info!(images = ?images, "the parent asked this site to cache images on its nodes");
+    // The site's own copy first: the data crosses the link now, once,
+    // whatever its nodes' drivers keep.
+    for i in &images {
+        let Some(img) = state.store.get::<crate::image::model::Image>(i)? else {
+            continue;
+        };
+        let (Some(key), Some(size)) = (img.blob.clone(), img.size) else {
+            continue;
+        };
+        if state.image.blobs.blob_path(&key).exists() {
+            continue;
+        }
+        let st = state.clone();
+        let id = i.clone();
+        tokio::runtime::Handle::current().spawn(async move {
+            match st.sites.fetch_blob(&key, size).await {
+                Some(Err(e)) => {
+                    tracing::warn!(image = %id, error = %e, "could not cache the image's data at this site")
+                }
+                Some(Ok(())) => tracing::info!(image = %id, "cached the image's data at this site"),
+                None => {}
+            }
+        });
     }
     Ok(())
 }

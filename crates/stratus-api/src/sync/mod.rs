@@ -41,7 +41,7 @@ use serde_json::Value;
 use stratus_store::{Record, StoreError, Tx};
 use stratus_wire::sync::SyncChange;
 
-use crate::compute::model::{Flavor, Keypair, QuotaSet, Server};
+use crate::compute::model::{Flavor, Keypair, QuotaSet, Server, SitePrecache};
 use crate::identity::model as id;
 use crate::identity::node_users::{NODE_ROLE, NODES_DOMAIN_ID, NODES_PROJECT_ID};
 use crate::image::model::{Image, Member};
@@ -70,6 +70,7 @@ macro_rules! by_kind {
             k if k == QuotaSet::KIND => $f::<QuotaSet>($($arg),*),
             k if k == Image::KIND => $f::<Image>($($arg),*),
             k if k == Member::KIND => $f::<Member>($($arg),*),
+            k if k == SitePrecache::KIND => $f::<SitePrecache>($($arg),*),
             _ => $none,
         }
     };
@@ -97,6 +98,7 @@ pub const KINDS: &[&str] = &[
     QuotaSet::KIND,
     Image::KIND,
     Member::KIND,
+    SitePrecache::KIND,
 ];
 
 /// Whether a document of `kind` with `body` goes down to sites. Each
@@ -108,10 +110,16 @@ pub fn goes_down(zones: &std::collections::HashSet<String>, kind: &str, body: &s
     if !KINDS.contains(&kind) {
         return false;
     }
-    if kind == Server::KIND {
-        // A server goes to the site whose subtree its zone is in.
+    if kind == Server::KIND || kind == SitePrecache::KIND {
+        // A server (or an image cache request) goes to the site whose
+        // subtree its zone is in.
+        let key = if kind == Server::KIND {
+            "requested_az"
+        } else {
+            "zone"
+        };
         return serde_json::from_str::<Value>(body).is_ok_and(|v| {
-            v.get("requested_az")
+            v.get(key)
                 .and_then(Value::as_str)
                 .is_some_and(|z| zones.contains(z))
         });

@@ -39,6 +39,9 @@ const MAX_BODY: u64 = 64 << 20;
 pub struct SyncState {
     dir: std::path::PathBuf,
     ca: OnceLock<Arc<SiteCa>>,
+    /// Held while the CA is read or made, so two first uses (the sync
+    /// listener starting, a site being created) never make two.
+    ca_init: std::sync::Mutex<()>,
     /// On a site: its link to its parent (see `link`).
     pub parent: std::sync::Mutex<super::link::ParentStatus>,
 }
@@ -48,12 +51,17 @@ impl SyncState {
         SyncState {
             dir: data_dir.join("sync"),
             ca: OnceLock::new(),
+            ca_init: std::sync::Mutex::new(()),
             parent: Default::default(),
         }
     }
 
     /// This controller's site CA, made on first use.
     pub fn ca(&self) -> Result<Arc<SiteCa>, ApiError> {
+        if let Some(ca) = self.ca.get() {
+            return Ok(ca.clone());
+        }
+        let _one = self.ca_init.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ca) = self.ca.get() {
             return Ok(ca.clone());
         }

@@ -138,8 +138,9 @@ impl SiteCa {
                 let mut p = ca_params();
                 validity(&mut p, 3650);
                 let cert = p.self_signed(&key).map_err(cert_err)?;
-                write_private(&key_path, &key.serialize_pem())?;
+                // The certificate first: a key on disk means both are.
                 write_private(&cert_path, &cert.pem())?;
+                write_private(&key_path, &key.serialize_pem())?;
                 (key, cert.pem())
             }
             Err(e) => return Err(PkiError::Io(key_path, e)),

@@ -1122,7 +1122,7 @@ fn sites_image_data_crosses_the_link_once_and_a_cut_fetch_resumes() {
     let img_at_site = site.at("/image/v2");
     eventually(30, "the image's record reaches the site", || {
         site.ks().validate(&c.admin, &c.admin).status == 200
-            && img_at_site.get(&format!("/images/{id}"), &c.admin).status == 200
+            && img_at_site.get(&format!("/images/{id}"), &c.admin).body["status"] == "active"
     });
     // A fetch the link cut short left the first MiB.
     let part = site.dir.join("sync/blobs").join(format!("{sha}.part"));
@@ -1158,4 +1158,68 @@ fn sites_image_data_crosses_the_link_once_and_a_cut_fetch_resumes() {
         "the data crossed the link twice"
     );
     assert!(!part.exists());
+
+    // Another image, cached on the site ahead of need through Nova 2.81's
+    // aggregate image cache, for an aggregate in the site's zone: its data
+    // crosses the link with nobody reading it.
+    let r = c.img.post(
+        "/images",
+        &c.admin,
+        json!({"name": "ahead", "disk_format": "raw", "container_format": "bare", "visibility": "public"}),
+    );
+    let ahead = r.body["id"].as_str().unwrap().to_string();
+    let (st, _, _) = c.img.bytes(
+        "PUT",
+        &format!("/images/{ahead}/file"),
+        &c.admin,
+        &[("Content-Type", "application/octet-stream")],
+        Some(data[..1 << 20].to_vec()),
+    );
+    assert_eq!(st, 204);
+    let ahead_sha = c.img.get(&format!("/images/{ahead}"), &c.admin).body["os_hash_value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mv = [("OpenStack-API-Version", "compute 2.81")];
+    let r = c.nova.raw(
+        "POST",
+        "/os-aggregates",
+        Some(&c.admin),
+        &mv,
+        Some(
+            json!({"aggregate": {"name": "edge-img-cache", "availability_zone": "edge-img"}})
+                .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let agg = r.body["aggregate"]["id"].as_i64().unwrap();
+    let r = c.nova.raw(
+        "POST",
+        &format!("/os-aggregates/{agg}/images"),
+        Some(&c.admin),
+        &mv,
+        Some(json!({"cache": [{"id": ahead}]}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let blobs = site.dir.clone();
+    eventually(
+        30,
+        "the site holds the image's data before anyone reads it",
+        || walk_has(&blobs, &ahead_sha),
+    );
+}
+
+/// Whether a file named `name` is anywhere under `dir`.
+fn walk_has(dir: &std::path::Path, name: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            walk_has(&p, name)
+        } else {
+            p.file_name().and_then(|n| n.to_str()) == Some(name)
+        }
+    })
 }
