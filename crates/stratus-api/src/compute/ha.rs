@@ -107,6 +107,15 @@ pub fn evacuate(
     let Some(source) = s.host.clone() else {
         return Err(wrong_state("evacuate", s));
     };
+    // A site's own nodes and their liveness are the site's to judge.
+    if let Some(z) = &s.requested_az
+        && state.sites.is_site_zone(&state.store, z)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "Instance {} runs at the edge site of zone {z}: that site re-places the servers of its failed nodes itself (evacuate it through the site's own API).",
+            s.id
+        )));
+    }
     let node = state.store.get::<ComputeNode>(&source)?;
     if node.as_ref().is_some_and(|n| is_up(state, n)) {
         return Err(ApiError::bad_request(format!(
