@@ -282,6 +282,32 @@ pub(super) async fn request(
     Ok((status, body, sent, got))
 }
 
+/// POSTs `body` on the link, counting its bytes in the link's status;
+/// the answer must have status `expect` (`what` names the request).
+async fn post_counted(
+    state: &AppState,
+    sender: &mut Sender,
+    path: &str,
+    body: Vec<u8>,
+    gzip: bool,
+    expect: u16,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let (status, text, sent, got) =
+        request(sender, "POST", path, body, gzip, Duration::from_secs(60)).await?;
+    set_status(state, |s| {
+        s.bytes_up += sent;
+        s.bytes_down += got;
+    });
+    if status != expect {
+        return Err(format!(
+            "the parent refused {what} ({status}): {}",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    Ok(text)
+}
+
 /// POSTs `body` as JSON; the answer must have status `expect` and parse
 /// as a `T` (`what` names the request in the error).
 async fn call<T: serde::de::DeserializeOwned>(
@@ -530,25 +556,16 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
                 out.push(run_request(state, r).await);
             }
             let body = serde_json::to_vec(&out).map_err(|e| e.to_string())?;
-            let (status, text, sent, got) = request(
+            post_counted(
+                state,
                 &mut sender,
-                "POST",
                 "/sync/v1/answers",
                 body,
                 false,
-                Duration::from_secs(30),
+                204,
+                "the answers",
             )
             .await?;
-            set_status(state, |s| {
-                s.bytes_up += sent;
-                s.bytes_down += got;
-            });
-            if status != 204 {
-                return Err(format!(
-                    "the parent refused the answers ({status}): {}",
-                    String::from_utf8_lossy(&text)
-                ));
-            }
         }
         let n = reply.changes.len() as u64;
         let revision = reply.revision;
@@ -791,27 +808,18 @@ async fn up_session(state: &AppState, parent: &str) -> Result<(), String> {
             if new_zones {
                 batch.zones = Some(zones.clone());
             }
-            if !batch.servers.is_empty() || new_zones {
+            if !batch.servers.is_empty() || !batch.adopt.is_empty() || new_zones {
                 let body = super::gzip(&serde_json::to_vec(&batch).map_err(|e| e.to_string())?);
-                let (status, text, sent, got) = request(
+                post_counted(
+                    state,
                     &mut sender,
-                    "POST",
                     "/sync/v1/up",
                     body,
                     true,
-                    Duration::from_secs(60),
+                    200,
+                    "the site's states",
                 )
                 .await?;
-                set_status(state, |s| {
-                    s.bytes_up += sent;
-                    s.bytes_down += got;
-                });
-                if status != 200 {
-                    return Err(format!(
-                        "the parent refused the site's states ({status}): {}",
-                        String::from_utf8_lossy(&text)
-                    ));
-                }
                 told = Some(zones);
             }
             let st = state.clone();

@@ -582,6 +582,42 @@ fn sites_a_root_killed_mid_sync_loses_and_repeats_nothing_either_way() {
     );
 }
 
+#[test]
+fn sites_a_server_made_at_a_connected_site_is_adopted_by_the_root() {
+    let (c, sync) = root();
+    let (id, token) = create_site(&c, "edge-adopt");
+    let site = Site::start(&sync, &token);
+    eventually(30, "the site joins", || {
+        site_state(&c, &id)["state"] == "active"
+    });
+    let (_, tok) = c.project("edge-adopt-tenant");
+    let img = c.image(&tok, "tiny");
+    eventually(30, "the image reaches the site", || {
+        site.at("/image/v2")
+            .get(&format!("/images/{img}"), &tok)
+            .body["status"]
+            == "active"
+    });
+    let r = site.at("/compute/v2.1").raw(
+        "POST",
+        "/servers",
+        Some(&tok),
+        &[super::compute::MV],
+        Some(
+            json!({"server": {"name": "local", "imageRef": img, "flavorRef": "42",
+                              "networks": "none"}})
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let local = r.body["server"]["id"].as_str().unwrap().to_string();
+    eventually(30, "the root adopts the server made at the site", || {
+        status_at(&c.server.url, &tok, &local).is_some_and(|s| {
+            s["status"] == "ACTIVE" && s["OS-EXT-AZ:availability_zone"] == "edge-adopt"
+        })
+    });
+}
+
 /// A server's status at a controller (`None` once it is gone).
 fn status_at(base: &str, token: &str, id: &str) -> Option<Value> {
     let r = Client {
