@@ -188,8 +188,14 @@ async fn wiring(
         }
         if unbound {
             st.store.write(|tx| {
-                for (_, nics) in &servers {
-                    crate::network::nova::bind(tx, nics, &host).map_err(nova)?;
+                // Read again inside the write: a server deleted since the
+                // list above has had its ports unplugged.
+                for (id, _) in &servers {
+                    if let Some(s) = tx.get::<Server>(id)?
+                        && s.host.as_deref() == Some(host.as_str())
+                    {
+                        crate::network::nova::bind(tx, &s.nics, &host).map_err(nova)?;
+                    }
                 }
                 Ok::<_, ApiError>(())
             })?;

@@ -434,10 +434,12 @@ pub fn unplug(tx: &Tx, nics: &[Nic]) -> NetResult<()> {
 }
 
 /// Binds a server's ports to `host` (`binding:host_id`, status ACTIVE);
-/// writes only what changes.
+/// writes only what changes. A port no longer attached to anything (its
+/// server went after the caller read it) stays unbound.
 pub fn bind(tx: &Tx, nics: &[Nic], host: &str) -> NetResult<()> {
     for n in nics {
         if let Some(mut p) = tx.get::<Port>(&n.port_id)?
+            && !p.device_id.is_empty()
             && (p.host_id != host || p.status != "ACTIVE")
         {
             p.host_id = host.to_string();
