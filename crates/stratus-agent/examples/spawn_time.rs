@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 image_id: format!("bench-{format}"),
                 image_file: image.clone(),
                 container_format: format.into(),
+                disk_format: "raw".into(),
                 vcpus: 1,
                 memory_mb: 64,
                 disk_gb: 1,
@@ -46,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 meta_data_json: b"{}".to_vec(),
                 netns: None,
                 dns: Vec::new(),
+                vm_nics: Vec::new(),
             };
             let t = Instant::now();
             d.spawn(&spec)?;

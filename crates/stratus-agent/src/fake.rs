@@ -184,6 +184,7 @@ mod tests {
             image_id: "img".into(),
             image_file: "/nonexistent".into(),
             container_format: "docker".into(),
+            disk_format: "raw".into(),
             vcpus: 1,
             memory_mb: 64,
             disk_gb: 1,
@@ -191,6 +192,7 @@ mod tests {
             meta_data_json: b"{}".to_vec(),
             netns: None,
             dns: Vec::new(),
+            vm_nics: Vec::new(),
         }
     }
 

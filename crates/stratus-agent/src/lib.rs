@@ -7,12 +7,17 @@
 //! and may block for seconds (it runs the OCI runtime, unpacks images), so
 //! async callers use `spawn_blocking`.
 //!
-//! Two drivers:
+//! The drivers:
 //!
 //! - [`ContainerDriver`]: OCI containers run by a real OCI runtime (runc;
 //!   crun where the host's cgroup setup suits it). Images are unpacked once
 //!   per node into a shared read-only rootfs; each instance gets an overlay
 //!   on top of it, so its writes survive stop/start like a VM's disk.
+//! - [`QemuDriver`]: virtual machines run by QEMU and driven over QMP
+//!   (KVM where a guest really boots under it, TCG otherwise).
+//! - [`MixedDriver`]: both on one node; each instance goes where its
+//!   image says (`container_format` docker/oci: a container; anything
+//!   else: a VM).
 //! - [`FakeDriver`]: in memory, every call instant, for simulating thousands
 //!   of nodes from one process. Never the default; always named as such.
 //!
@@ -23,8 +28,11 @@ mod container;
 mod fake;
 mod host;
 mod image;
+mod mixed;
 pub mod net;
 pub mod node;
+mod qemu;
+mod qmp;
 mod runc;
 mod snapshot;
 mod spec;
@@ -35,6 +43,8 @@ use std::time::Duration;
 pub use container::{ContainerDriver, find_runtime};
 pub use fake::FakeDriver;
 pub use image::ImageConfig;
+pub use mixed::MixedDriver;
+pub use qemu::{Accel, QemuDriver, VmNic, find_qemu};
 
 /// What to run: one Nova server, as the agent received it from the
 /// controller.
@@ -49,8 +59,11 @@ pub struct InstanceSpec {
     /// Local copy of the image data (a `docker save` tarball or an OCI
     /// image-layout tarball), already downloaded by the caller.
     pub image_file: PathBuf,
-    /// `"docker"` or `"oci"` (Glance's `container_format`).
+    /// Glance's `container_format`: `docker` or `oci` run as a
+    /// container; anything else (`bare`, `ovf`, ...) is a VM disk.
     pub container_format: String,
+    /// Glance's `disk_format` (`qcow2`, `raw`, ...) of a VM image.
+    pub disk_format: String,
     /// CPU limit, in whole CPUs.
     pub vcpus: u32,
     /// Memory limit in MiB (swap is not allowed on top).
@@ -68,6 +81,21 @@ pub struct InstanceSpec {
     /// Name servers of the workload's subnets; when there are any they
     /// become its `/etc/resolv.conf` (read-only, as Docker gives one).
     pub dns: Vec<String>,
+    /// A VM's NICs: a tap per port, made by the dataplane.
+    pub vm_nics: Vec<VmNic>,
+}
+
+impl InstanceSpec {
+    /// Whether the image is a VM disk rather than a container image.
+    pub fn is_vm(&self) -> bool {
+        is_vm_format(&self.container_format)
+    }
+}
+
+/// Whether an image of Glance `container_format` boots a VM (anything but
+/// `docker` and `oci`; an image without one is a bare disk).
+pub fn is_vm_format(container_format: &str) -> bool {
+    !matches!(container_format, "docker" | "oci")
 }
 
 /// Power state as Nova counts it (`nova.compute.power_state`).
@@ -125,8 +153,17 @@ pub enum DriverError {
 
 /// A workload driver. Every method blocks; none of them panics on bad input.
 pub trait Driver: Send + Sync {
-    /// `"container"` or `"fake"`.
+    /// `"container"`, `"qemu"`, `"container+qemu"` or `"fake"`.
     fn name(&self) -> &'static str;
+    /// Whether it boots VM images.
+    fn runs_vms(&self) -> bool {
+        false
+    }
+    /// Whether the instance is a VM.
+    fn is_vm(&self, uuid: &str) -> bool {
+        let _ = uuid;
+        false
+    }
     /// The node's capacity (real figures for the container driver).
     fn host_resources(&self) -> HostResources;
     /// Create and start the instance; when it already exists, make sure it
@@ -141,6 +178,14 @@ pub trait Driver: Send + Sync {
     /// Freeze every process of the instance.
     fn pause(&self, uuid: &str) -> Result<(), DriverError>;
     fn unpause(&self, uuid: &str) -> Result<(), DriverError>;
+    /// Nova's suspend: a VM's state goes to disk and its process ends; a
+    /// container is frozen (it has no state to save).
+    fn suspend(&self, uuid: &str) -> Result<(), DriverError> {
+        self.pause(uuid)
+    }
+    fn resume(&self, uuid: &str) -> Result<(), DriverError> {
+        self.unpause(uuid)
+    }
     /// Kill, delete, unmount and remove every file of the instance. `Ok`
     /// when it is already gone.
     fn destroy(&self, uuid: &str) -> Result<(), DriverError>;

@@ -67,6 +67,7 @@ impl Fixture {
             image_id: format!("img-{format}"),
             image_file: test_image(file),
             container_format: format.into(),
+            disk_format: "raw".into(),
             vcpus: 1,
             memory_mb: 96,
             disk_gb: 1,
@@ -75,6 +76,7 @@ impl Fixture {
                 .into_bytes(),
             netns: None,
             dns: Vec::new(),
+            vm_nics: Vec::new(),
         }
     }
 }

@@ -242,6 +242,18 @@ pub struct AgentArgs {
     /// OCI runtime binary (default: runc, then crun, from PATH).
     #[arg(long, env = "STRATUS_OCI_RUNTIME")]
     pub runtime: Option<PathBuf>,
+    /// Virtual machines beside containers: `auto` runs them when QEMU is
+    /// installed (qemu-system-x86 and qemu-utils), `on` refuses to start
+    /// without it, `off` runs containers only.
+    #[arg(long, env = "STRATUS_VMS", value_enum, default_value = "auto")]
+    pub vms: VmsArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmsArg {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -37,6 +37,9 @@ pub struct Dataplane {
     /// One apply at a time; what the last one wired, so the next touches
     /// only what changed (a full apply checks everything again).
     lock: Mutex<Wired>,
+    /// Servers that are VMs: their ports are tap devices on the bridge
+    /// (QEMU opens them) rather than veths into a namespace.
+    vms: Mutex<BTreeSet<String>>,
 }
 
 /// What an apply made sure of, by id.
@@ -143,6 +146,7 @@ impl Dataplane {
                 .status()
                 .is_ok(),
             lock: Mutex::new(Wired::default()),
+            vms: Mutex::default(),
         }
     }
 
@@ -154,7 +158,59 @@ impl Dataplane {
             state: PathBuf::new(),
             dnsmasq: false,
             lock: Mutex::new(Wired::default()),
+            vms: Mutex::default(),
         }
+    }
+
+    /// Marks `server_id` as a VM: its ports become taps at the next apply
+    /// (a port wired as a veth before is made again).
+    pub fn mark_vm(&self, server_id: &str) {
+        let new = self
+            .vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server_id.to_string());
+        if new {
+            self.lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ports
+                .retain(|_, (p, _)| p.device_id != server_id);
+        }
+    }
+
+    pub fn is_vm(&self, server_id: &str) -> bool {
+        self.vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(server_id)
+    }
+
+    /// A VM's NICs in `net`: one tap per port, in interface order.
+    pub fn vm_nics(&self, net: &HostNetwork, server_id: &str) -> Vec<crate::VmNic> {
+        if self.missing.is_some() {
+            return Vec::new();
+        }
+        let mut ports: Vec<&PortWiring> = net
+            .ports
+            .iter()
+            .filter(|p| p.device_id == server_id)
+            .collect();
+        ports.sort_by_key(|p| {
+            let n: u32 = p
+                .ifname
+                .trim_start_matches("eth")
+                .parse()
+                .unwrap_or(u32::MAX);
+            (n, p.ifname.clone())
+        });
+        ports
+            .into_iter()
+            .map(|p| crate::VmNic {
+                tap: host_ifname(&p.id),
+                mac: p.mac.to_ascii_lowercase(),
+            })
+            .collect()
     }
 
     pub fn missing(&self) -> Option<&str> {
@@ -173,7 +229,10 @@ impl Dataplane {
     /// The namespace path a server's container joins, when the server has
     /// ports and this node wires them.
     pub fn netns_path(&self, net: &HostNetwork, server_id: &str) -> Option<PathBuf> {
-        if self.missing.is_some() || !net.ports.iter().any(|p| p.device_id == server_id) {
+        if self.missing.is_some()
+            || self.is_vm(server_id)
+            || !net.ports.iter().any(|p| p.device_id == server_id)
+        {
             return None;
         }
         Some(PathBuf::from("/run/netns").join(netns_name(server_id)))
@@ -225,6 +284,7 @@ impl Dataplane {
             }
         }
         std::fs::create_dir_all(&self.state)?;
+        let vms = self.vms.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for p in &net.ports {
             let mtu = segments.get(p.network_id.as_str()).map_or(p.mtu, |s| s.mtu);
             let this = (p.clone(), mtu);
@@ -236,8 +296,13 @@ impl Dataplane {
                 now.ports.insert(p.id.clone(), this);
                 continue;
             }
-            std::fs::write(self.state.join(netns_name(&p.device_id)), b"")?;
-            match ensure_port(p, mtu) {
+            let wiring = if vms.contains(&p.device_id) {
+                ensure_tap(p, mtu)
+            } else {
+                std::fs::write(self.state.join(netns_name(&p.device_id)), b"")?;
+                ensure_port(p, mtu)
+            };
+            match wiring {
                 Ok(()) => {
                     now.ports.insert(p.id.clone(), this);
                 }
@@ -296,6 +361,10 @@ impl Dataplane {
             let _ = ip(&["netns", "delete", &ns]);
         }
         let _ = std::fs::remove_file(self.state.join(ns));
+        self.vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(server_id);
     }
 
     fn ensure_segment(&self, seg: &Segment) -> Result<(), DriverError> {
@@ -408,6 +477,34 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// The tap of one VM port, on the network's bridge; QEMU opens it by
+/// name. The guest gets its address by DHCP.
+fn ensure_tap(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
+    let host = host_ifname(&p.id);
+    let is_tap = std::path::Path::new("/sys/class/net")
+        .join(&host)
+        .join("tun_flags")
+        .exists();
+    // The veth of a server that was a container before goes.
+    if link_exists(&host) && !is_tap {
+        ip(&["link", "delete", &host])?;
+    }
+    if !link_exists(&host) {
+        ip(&["tuntap", "add", "dev", &host, "mode", "tap"])?;
+    }
+    ip(&[
+        "link",
+        "set",
+        &host,
+        "master",
+        &bridge_name(&p.network_id),
+        "mtu",
+        &mtu.to_string(),
+        "up",
+    ])?;
+    Ok(())
 }
 
 /// The veth of one port, its inner end named and addressed inside the

@@ -74,9 +74,18 @@ pub(super) fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwo
     if force || wired.as_ref() != Some(&net) {
         let keep: std::collections::BTreeSet<String> =
             sh.driver.list().into_iter().map(|(id, _)| id).collect();
+        // VMs the driver has (after a restart too) keep their taps.
+        for id in keep.iter().filter(|id| sh.driver.is_vm(id)) {
+            sh.net.mark_vm(id);
+        }
         sh.net.apply(&net, &keep, force)?;
         *wired = Some(net.clone());
     }
-    sh.metadata.sync(&net, |id| sh.net.metadata_listener(id));
+    // A VM has no namespace to serve metadata in: its guest reads the
+    // config drive.
+    let mut containers = net.clone();
+    containers.ports.retain(|p| !sh.net.is_vm(&p.device_id));
+    sh.metadata
+        .sync(&containers, |id| sh.net.metadata_listener(id));
     Ok(net)
 }

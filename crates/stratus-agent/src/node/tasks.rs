@@ -125,8 +125,10 @@ pub(super) fn run_task(sh: &Arc<Shared>, s: &Assignment, task: &Task) {
             Task::Rebooting | Task::RebootingHard if !exists => spawn(sh, s)?,
             Task::Rebooting => d.reboot(&id, false)?,
             Task::RebootingHard => d.reboot(&id, true)?,
-            Task::Pausing | Task::Suspending => d.pause(&id)?,
-            Task::Unpausing | Task::Resuming => d.unpause(&id)?,
+            Task::Pausing => d.pause(&id)?,
+            Task::Suspending => d.suspend(&id)?,
+            Task::Unpausing => d.unpause(&id)?,
+            Task::Resuming => d.resume(&id)?,
             Task::Deleting => {
                 d.destroy(&id)?;
                 sh.net.unplug(&id);
@@ -302,9 +304,13 @@ pub(super) fn spawn(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
         s,
         &s.image_id,
         &s.container_format,
+        &s.disk_format,
         s.image_checksum.as_deref(),
     )?;
-    (spec.netns, spec.dns) = wire_server(sh, &spec.uuid)?;
+    if spec.is_vm() {
+        sh.net.mark_vm(&spec.uuid);
+    }
+    (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid)?;
     sh.driver.spawn(&spec)?;
     // A shelved or transfer image boots this server only: its download
     // goes once the workload runs from the unpacked copy.
@@ -314,12 +320,16 @@ pub(super) fn spawn(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A server's wiring: the namespace a container joins, its subnets'
+/// name servers, and a VM's taps.
+type Wiring = (Option<PathBuf>, Vec<String>, Vec<crate::VmNic>);
+
 /// Wires a server's ports before its workload starts; the namespace it
-/// joins, if it has ports and this node wires them, and its subnets'
-/// name servers.
-pub(super) fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<(Option<PathBuf>, Vec<String>)> {
+/// joins, if it has ports and this node wires them, its subnets' name
+/// servers, and (for a VM) its taps.
+pub(super) fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<Wiring> {
     if sh.net.missing().is_some() {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), Vec::new()));
     }
     let net = sync_network(sh, false)?;
     let mut dns: Vec<String> = Vec::new();
@@ -330,7 +340,7 @@ pub(super) fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<(Option<PathB
             }
         }
     }
-    Ok((sh.net.netns_path(&net, id), dns))
+    Ok((sh.net.netns_path(&net, id), dns, sh.net.vm_nics(&net, id)))
 }
 
 /// Runs the server from its rescue image (the controller names it in
@@ -345,9 +355,10 @@ pub(super) fn rescue(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
         s,
         &r.image_id,
         &r.container_format,
+        "",
         r.image_checksum.as_deref(),
     )?;
-    (spec.netns, spec.dns) = wire_server(sh, &spec.uuid)?;
+    (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid)?;
     sh.driver.rescue(&spec)?;
     Ok(())
 }
@@ -359,13 +370,14 @@ pub(super) fn instance_spec(
     s: &Assignment,
     image_id: &str,
     container_format: &str,
+    disk_format: &str,
     checksum: Option<&str>,
 ) -> anyhow::Result<InstanceSpec> {
     let id = s.id.as_str();
-    if sh.driver.name() != "fake" && !matches!(container_format, "docker" | "oci") {
+    if sh.driver.name() != "fake" && crate::is_vm_format(container_format) && !sh.driver.runs_vms()
+    {
         anyhow::bail!(
-            "the {} driver runs container images (container_format docker or oci); image {image_id} is {container_format}",
-            sh.driver.name()
+            "image {image_id} is a VM disk (container_format {container_format}) and this node runs no VMs (install qemu-system-x86 and restart its agent)"
         );
     }
     let image_file = if sh.driver.name() == "fake" {
@@ -384,6 +396,7 @@ pub(super) fn instance_spec(
         image_id: image_id.to_string(),
         image_file,
         container_format: container_format.to_string(),
+        disk_format: disk_format.to_string(),
         vcpus: s.vcpus,
         memory_mb: s.memory_mb,
         disk_gb: s.disk_gb,
@@ -391,5 +404,6 @@ pub(super) fn instance_spec(
         meta_data_json: serde_json::to_vec(&s.meta_data).unwrap_or_default(),
         netns: None,
         dns: Vec::new(),
+        vm_nics: Vec::new(),
     })
 }

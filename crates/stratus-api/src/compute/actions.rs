@@ -289,13 +289,17 @@ async fn diagnostics(
     let node = state
         .store
         .get::<ComputeNode>(s.host.as_deref().unwrap_or(""))?;
-    Ok(axum::Json(standard_diagnostics(node.as_ref(), &s, &out)).into_response())
+    let vm = state
+        .store
+        .get::<crate::image::model::Image>(&s.image_ref)?
+        .is_some_and(|i| i.boots_vm());
+    Ok(axum::Json(standard_diagnostics(node.as_ref(), &s, &out, vm)).into_response())
 }
 
 /// 2.48's standard diagnostics, filled from what the driver measured.
-/// `driver` names the real driver ("container"), which is not one of
-/// Nova's own drivers.
-fn standard_diagnostics(node: Option<&ComputeNode>, s: &Server, raw: &Value) -> Value {
+/// `driver` names the real driver of this server ("container" or
+/// "qemu"), which is not one of Nova's own drivers.
+fn standard_diagnostics(node: Option<&ComputeNode>, s: &Server, raw: &Value, vm: bool) -> Value {
     use super::states::power;
     let state = match s.power_state {
         power::RUNNING => "running",
@@ -311,7 +315,11 @@ fn standard_diagnostics(node: Option<&ComputeNode>, s: &Server, raw: &Value) -> 
         .map(|t| (crate::timeutil::now_us() - t).max(0) / 1_000_000);
     json!({
         "state": state,
-        "driver": node.map_or("container", |n| n.driver.as_str()),
+        "driver": match node.map(|n| n.driver.as_str()) {
+            Some("fake") => "fake",
+            _ if vm => "qemu",
+            _ => "container",
+        },
         "hypervisor": node.map(|n| n.hypervisor_type.as_str()),
         "hypervisor_os": "linux",
         "uptime": uptime,

@@ -94,6 +94,9 @@ async fn register(
     if host.is_empty() || host.len() > 255 || host.contains('/') {
         return Err(ApiError::bad_request(format!("Invalid host name {host:?}")));
     }
+    // Alive as of now: a controller slow to process the report (a busy
+    // database, a full blocking pool) must not see its nodes as down.
+    state.compute.saw(&host, now_us());
     let st = state.clone();
     let h = host.clone();
     let out = tokio::task::spawn_blocking(move || super::service::heartbeat(&st, &h, &r))

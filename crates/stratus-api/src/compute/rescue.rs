@@ -91,12 +91,24 @@ fn check_image(state: &AppState, ctx: &Ctx, s: &Server, id: &str) -> Result<(), 
     if img.status != "active" {
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
     }
+    if state
+        .store
+        .get::<Image>(&s.image_ref)?
+        .is_some_and(|i| i.boots_vm())
+    {
+        return Err(ApiError::conflict(format!(
+            "Cannot 'rescue' instance {}: rescuing a virtual machine is not supported yet.",
+            s.id
+        )));
+    }
     let driver = match s.host.as_deref() {
         Some(h) => state.store.get::<ComputeNode>(h)?.map(|n| n.driver),
         None => None,
     };
     let format = img.container_format.as_deref().unwrap_or("");
-    if driver.as_deref() == Some("container") && !matches!(format, "docker" | "oci") {
+    if driver.as_deref().is_some_and(|d| d.contains("container"))
+        && !matches!(format, "docker" | "oci")
+    {
         return Err(ApiError::bad_request(format!(
             "Image {id} is not bootable here: the server's node runs container images (container_format docker or oci), not {format}."
         )));

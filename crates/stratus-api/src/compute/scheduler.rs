@@ -568,6 +568,17 @@ pub fn plan(
     };
     let want_arch = img_prop("hw_architecture").or_else(|| img_prop("architecture"));
     let want_hv = img_prop("img_hv_type").or_else(|| img_prop("hypervisor_type"));
+    // A VM disk needs a node with QEMU; a container image one with an
+    // OCI runtime (the fake driver, for scale runs, takes both).
+    let want_vm = image.as_ref().is_some_and(|i| i.boots_vm());
+    let runs = |n: &ComputeNode| {
+        n.driver == "fake"
+            || if want_vm {
+                n.driver.contains("qemu")
+            } else {
+                n.driver.is_empty() || n.driver.contains("container")
+            }
+    };
 
     // A site's own zone at its parent is any of its nodes.
     let own = state.sites.own_zone();
@@ -600,10 +611,17 @@ pub fn plan(
             .is_some_and(|a| !arch_matches(a, &n.arch))
         {
             Some("ImagePropertiesFilter: architecture")
-        } else if want_hv
-            .as_deref()
-            .is_some_and(|h| !h.eq_ignore_ascii_case(&n.hypervisor_type))
-        {
+        } else if !runs(n) {
+            Some(if want_vm {
+                "ImagePropertiesFilter: the node runs no VMs (no QEMU)"
+            } else {
+                "ImagePropertiesFilter: the node runs no containers"
+            })
+        } else if want_hv.as_deref().is_some_and(|h| {
+            // A KVM host runs plain QEMU guests too, as in Nova.
+            !(h.eq_ignore_ascii_case(&n.hypervisor_type)
+                || h.eq_ignore_ascii_case("qemu") && n.hypervisor_type.eq_ignore_ascii_case("kvm"))
+        }) {
             Some("ImagePropertiesFilter: hypervisor type")
         } else if check_specs
             && !aggregate_specs_ok(&s.flavor.extra_specs, aggs, &view.node_aggs[i])

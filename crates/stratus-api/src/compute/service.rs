@@ -333,6 +333,14 @@ impl Compute {
         }
     }
 
+    /// A heartbeat of `host` arrived at `at`: the node is alive from then
+    /// on, however long its report then waits for a worker.
+    pub fn saw(&self, host: &str, at: i64) {
+        let mut map = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let e = map.entry(host.to_string()).or_insert(at);
+        *e = (*e).max(at);
+    }
+
     pub fn last_seen(&self, host: &str) -> Option<i64> {
         self.seen
             .lock()
@@ -356,6 +364,8 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             || n.agent_url != r.agent_url
             || n.agent_key != r.agent_key
             || n.driver != r.driver
+            || n.hypervisor_type != r.hypervisor_type
+            || n.hypervisor_version != r.hypervisor_version
             || n.host_ip != r.host_ip
             || n.l3 != r.l3
     });
@@ -413,7 +423,9 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
         .seen
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(host.to_string(), now);
+        .entry(host.to_string())
+        .and_modify(|t| *t = (*t).max(now))
+        .or_insert(now);
 
     // Placement: one provider per node with its inventories.
     let mut inv = BTreeMap::new();

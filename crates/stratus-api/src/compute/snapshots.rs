@@ -121,17 +121,22 @@ fn image_of(
     hidden: bool,
 ) -> Image {
     let now = now_us();
+    // A VM's disk is written as qcow2 whatever its image was (Nova's
+    // snapshot_image_format = qcow2).
+    let vm = source.is_some_and(|i| i.boots_vm());
     Image {
         id: uuid::Uuid::new_v4().to_string(),
         name: Some(name.to_string()),
         owner: Some(s.project_id.clone()),
         status: status::QUEUED.into(),
         visibility: "private".into(),
-        disk_format: Some(
+        disk_format: Some(if vm {
+            "qcow2".into()
+        } else {
             source
                 .and_then(|i| i.disk_format.clone())
-                .unwrap_or_else(|| "raw".into()),
-        ),
+                .unwrap_or_else(|| "raw".into())
+        }),
         container_format: Some(
             source
                 .and_then(|i| i.container_format.clone())

@@ -85,6 +85,12 @@ record!(
 );
 
 impl Image {
+    /// Whether the image boots a virtual machine (a disk: any
+    /// `container_format` but `docker` and `oci`) rather than a container.
+    pub fn boots_vm(&self) -> bool {
+        !matches!(self.container_format.as_deref(), Some("docker" | "oci"))
+    }
+
     pub fn is_owned_by(&self, project: Option<&str>) -> bool {
         project.is_some() && self.owner.as_deref() == project
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use stratus_agent::Driver;
 
-use crate::config::{AgentArgs, AgentCmd, DriverArg};
+use crate::config::{AgentArgs, AgentCmd, DriverArg, VmsArg};
 
 /// The fake node's resources.
 fn fake_resources() -> stratus_agent::HostResources {
@@ -67,7 +67,25 @@ pub fn make_driver(
             };
             let d = stratus_agent::ContainerDriver::new(state_dir, runtime)
                 .map_err(|e| anyhow::anyhow!("starting the container driver: {e}"))?;
-            Ok(Arc::new(d))
+            let qemu = stratus_agent::find_qemu();
+            match (args.vms, qemu) {
+                (VmsArg::Off, _) => Ok(Arc::new(d)),
+                (VmsArg::On, None) => anyhow::bail!(
+                    "--vms on: qemu-system-{} is not installed (apt-get install qemu-system-x86 qemu-utils)",
+                    std::env::consts::ARCH
+                ),
+                (VmsArg::Auto, None) => {
+                    tracing::info!(
+                        "QEMU is not installed: this node runs containers only (apt-get install qemu-system-x86 qemu-utils for VMs)"
+                    );
+                    Ok(Arc::new(d))
+                }
+                (_, Some(_)) => {
+                    let vms = stratus_agent::QemuDriver::new(state_dir)
+                        .map_err(|e| anyhow::anyhow!("starting the VM driver: {e}"))?;
+                    Ok(Arc::new(stratus_agent::MixedDriver::new(Box::new(d), vms)))
+                }
+            }
         }
     }
 }

@@ -43,6 +43,10 @@ const SHORT_CALL: Duration = Duration::from_secs(20);
 const POLL_CALL: Duration = Duration::from_secs(90);
 /// Short calls in flight at once, over all simulated nodes.
 const SHORT_CONCURRENCY: usize = 64;
+/// Heartbeats in flight at once: a pool of their own, so a flood of task
+/// reports never holds a node's heartbeat back (a real agent's heartbeat
+/// has its own thread too).
+const BEAT_CONCURRENCY: usize = 16;
 
 /// What the simulated nodes are.
 pub struct SimConfig {
@@ -67,6 +71,8 @@ pub struct SimConfig {
 struct Sim {
     cfg: SimConfig,
     controller: Controller,
+    /// The heartbeats' own pool.
+    beats: Controller,
     token: tokio::sync::Mutex<Option<String>>,
     /// The shared listener's base URL.
     listener_url: String,
@@ -109,6 +115,7 @@ pub fn run(cfg: SimConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the simulated nodes' runtime")?;
     let controller = Controller::new(&cfg.controller, SHORT_CONCURRENCY)?;
+    let beats = Controller::new(&cfg.controller, BEAT_CONCURRENCY)?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("agent listener on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -135,6 +142,7 @@ pub fn run(cfg: SimConfig) -> anyhow::Result<()> {
     let sim = Arc::new(Sim {
         cfg,
         controller,
+        beats,
         token: tokio::sync::Mutex::new(None),
         listener_url,
         nodes,
@@ -226,6 +234,20 @@ impl Sim {
     /// one, else on the shared pool; logs in again once on a 401.
     async fn call(
         &self,
+        own: Option<&mut Option<TcpStream>>,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<Response> {
+        self.call_in(&self.controller, own, method, path, content_type, body)
+            .await
+    }
+
+    /// [`Sim::call`], with short calls on `pool`.
+    async fn call_in(
+        &self,
+        pool: &Controller,
         mut own: Option<&mut Option<TcpStream>>,
         method: &str,
         path: &str,
@@ -244,7 +266,7 @@ impl Sim {
             };
             let r = match own.as_deref_mut() {
                 Some(conn) => self.controller.call_on(conn, &req, POLL_CALL).await?,
-                None => self.controller.call(&req, SHORT_CALL).await?,
+                None => pool.call(&req, SHORT_CALL).await?,
             };
             if r.status == 401 {
                 stale = Some(token);
@@ -321,7 +343,18 @@ async fn heartbeat(sim: &Sim, node: &Node, starting: bool) -> anyhow::Result<()>
         observed: Some(observed),
     };
     let path = format!("/edge/v1/nodes/{}", sim.host(node));
-    let r = match sim.json_call("PUT", &path, &report).await {
+    let body = serde_json::to_vec(&report)?;
+    let beat = sim
+        .call_in(
+            &sim.beats,
+            None,
+            "PUT",
+            &path,
+            "application/json",
+            Some(&body),
+        )
+        .await;
+    let r = match beat {
         Ok(r) if r.status == 200 => r,
         other => {
             // Say it again next time.
@@ -463,6 +496,7 @@ fn spec(s: &Assignment) -> anyhow::Result<InstanceSpec> {
         image_id: s.image_id.clone(),
         image_file: PathBuf::new(),
         container_format: s.container_format.clone(),
+        disk_format: s.disk_format.clone(),
         vcpus: s.vcpus,
         memory_mb: s.memory_mb,
         disk_gb: s.disk_gb,
@@ -470,6 +504,7 @@ fn spec(s: &Assignment) -> anyhow::Result<InstanceSpec> {
         meta_data_json: serde_json::to_vec(&s.meta_data).unwrap_or_default(),
         netns: None,
         dns: Vec::new(),
+        vm_nics: Vec::new(),
     })
 }
 

@@ -1,0 +1,1265 @@
+//! The VM driver: instances are QEMU virtual machines, driven through
+//! QMP (no libvirt, no parsing of human output).
+//!
+//! What it keeps under its state directory:
+//!
+//! ```text
+//! vm-images/<image_id>.qcow2  one base per image per node, converted
+//!                             from the downloaded image (any backing
+//!                             file the upload named is flattened away)
+//! vms/<uuid>/
+//!   vm.json                   written last at spawn: the VM is whole
+//!   disk.qcow2                the root disk: a qcow2 overlay on the base,
+//!                             sized to the flavor's root_gb
+//!   config/ config.iso        the config drive (label config-2), when
+//!                             genisoimage is installed
+//!   qmp.sock                  QEMU's QMP socket
+//!   qemu.pid  qemu.log        the daemonised QEMU's pid and stderr
+//!   console.log(.1)           the serial console, bounded (see below)
+//!   saved.state               a suspended VM's memory and devices
+//! ```
+//!
+//! QEMU runs daemonised (`-daemonize`), in a cgroup of its own with the
+//! flavor's CPU and memory limits when cgroup v2 is writable, so it
+//! outlives the agent like a container does; a restarted agent finds it
+//! by its pid file and socket. Power actions: stop is ACPI powerdown
+//! (`system_powerdown`), then `quit` once the timeout has passed; start
+//! runs QEMU again on the same disk; pause is QMP `stop`/`cont`; suspend
+//! saves the VM's state to disk with QEMU's migration stream and quits,
+//! resume starts QEMU with `-incoming` from that file. The serial console
+//! is a file QEMU appends to; once it passes [`CONSOLE_ROTATE`] its tail
+//! moves to `console.log.1`, so a chatty guest never fills the disk.
+//!
+//! Acceleration: KVM only when a guest really boots under it (a 512-byte
+//! boot sector that writes a line to the serial port, see
+//! [`probe_accel`]); on machines where `/dev/kvm` exists but guests hang,
+//! TCG.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::qmp::Qmp;
+use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState, host, valid_id};
+
+/// The most of a console log `console_output` reads.
+const CONSOLE_MAX: u64 = 1 << 20;
+/// A console file this big has its tail moved to `console.log.1`.
+const CONSOLE_ROTATE: u64 = 2 << 20;
+/// QEMU's own memory on top of the guest's, in the cgroup's limit.
+const OVERHEAD_MB: u64 = 256;
+
+/// How guests are accelerated on this node, and the CPU they see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM with the host's CPU model (libvirt's host-passthrough).
+    Kvm,
+    /// KVM with QEMU's default CPU model, where the host's cannot be
+    /// passed through (nested KVM that refuses some MSRs).
+    KvmBasic,
+    /// QEMU's own emulation.
+    Tcg,
+}
+
+impl Accel {
+    const ALL: [Accel; 3] = [Accel::Kvm, Accel::KvmBasic, Accel::Tcg];
+
+    fn flag(self) -> &'static str {
+        match self {
+            Accel::Kvm | Accel::KvmBasic => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    fn cpu(self) -> &'static str {
+        match self {
+            Accel::Kvm => "host",
+            Accel::KvmBasic => "qemu64",
+            Accel::Tcg => "max",
+        }
+    }
+
+    /// Its name in the probe's cache.
+    fn key(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::KvmBasic => "kvm-qemu64",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// Nova's `hypervisor_type` for it.
+    pub fn hypervisor_type(self) -> &'static str {
+        match self {
+            Accel::Kvm | Accel::KvmBasic => "KVM",
+            Accel::Tcg => "QEMU",
+        }
+    }
+}
+
+/// The cgroups VMs go in: `stratus-vms/<uuid>` under cgroup v2's root,
+/// or under v1's memory and cpu hierarchies.
+enum Cgroups {
+    V2(PathBuf),
+    V1 { memory: PathBuf, cpu: PathBuf },
+}
+
+impl Cgroups {
+    fn find() -> Option<Cgroups> {
+        let root = Path::new("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            let d = root.join("stratus-vms");
+            let ok = fs::create_dir_all(&d).is_ok()
+                && fs::write(root.join("cgroup.subtree_control"), "+cpu +memory").is_ok()
+                && fs::write(d.join("cgroup.subtree_control"), "+cpu +memory").is_ok();
+            return ok.then_some(Cgroups::V2(d));
+        }
+        let (m, c) = (root.join("memory"), root.join("cpu"));
+        if m.join("memory.limit_in_bytes").exists() && c.join("cpu.cfs_quota_us").exists() {
+            let (m, c) = (m.join("stratus-vms"), c.join("stratus-vms"));
+            if fs::create_dir_all(&m).is_ok() && fs::create_dir_all(&c).is_ok() {
+                return Some(Cgroups::V1 { memory: m, cpu: c });
+            }
+        }
+        None
+    }
+}
+
+/// One NIC of a VM: the tap device on the host (made by the dataplane,
+/// on the network's bridge) and the port's MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNic {
+    pub tap: String,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    uuid: String,
+    hostname: String,
+    image_id: String,
+    vcpus: u32,
+    memory_mb: u64,
+    disk_gb: u64,
+    #[serde(default)]
+    nics: Vec<VmNic>,
+    #[serde(default)]
+    config_drive: bool,
+}
+
+pub struct QemuDriver {
+    /// `vms/` and `vm-images/` live here.
+    root: PathBuf,
+    qemu: PathBuf,
+    qemu_img: PathBuf,
+    genisoimage: Option<PathBuf>,
+    /// Probed in the background when the driver starts (see
+    /// [`probe_accel`]); whoever needs it first waits for it.
+    accel: Arc<std::sync::OnceLock<Accel>>,
+    version: u64,
+    /// Where each VM's cgroup is made, when the host lets us.
+    cgroup: Option<Cgroups>,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    reboot_timeout: Duration,
+}
+
+fn rt(msg: impl Into<String>) -> DriverError {
+    DriverError::Runtime(msg.into())
+}
+
+fn lock_of(map: &Mutex<HashMap<String, Arc<Mutex<()>>>>, key: &str) -> Arc<Mutex<()>> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.to_string())
+        .or_default()
+        .clone()
+}
+
+/// `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The QEMU system emulator for this machine's architecture.
+pub fn find_qemu() -> Option<PathBuf> {
+    which(&format!("qemu-system-{}", std::env::consts::ARCH))
+}
+
+/// Runs a helper; its stdout, or its stderr in the error.
+fn output(cmd: &mut Command, what: &str) -> Result<String, DriverError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| rt(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        return Err(rt(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The probe guest (`qemu_probe.S`, assembled): a boot sector that
+/// enters long mode, writes to every cache line of 16..80 MiB four times
+/// (page walks and memory, what a kernel's decompressor does) and then
+/// writes `STRATUS-KVM-OK` to COM1 and halts. Under TCG it takes well
+/// under a second; under a nested KVM without hardware paging it takes
+/// tens of seconds, and a real kernel appears to hang.
+const PROBE_CODE: &[u8] = &[
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xc0, 0xbf, 0x00, 0x10, 0xb9, 0x00, 0x18, 0x31, 0xc0, 0xfc,
+    0xf3, 0xab, 0x66, 0xc7, 0x06, 0x00, 0x10, 0x03, 0x20, 0x00, 0x00, 0x66, 0xc7, 0x06, 0x00, 0x20,
+    0x03, 0x30, 0x00, 0x00, 0xbf, 0x00, 0x30, 0x66, 0xb8, 0x83, 0x00, 0x00, 0x00, 0xb9, 0x00, 0x02,
+    0x66, 0x89, 0x05, 0x66, 0x05, 0x00, 0x00, 0x20, 0x00, 0x83, 0xc7, 0x08, 0xe2, 0xf2, 0x0f, 0x20,
+    0xe0, 0x66, 0x83, 0xc8, 0x20, 0x0f, 0x22, 0xe0, 0x66, 0xb8, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x22,
+    0xd8, 0x66, 0xb9, 0x80, 0x00, 0x00, 0xc0, 0x0f, 0x32, 0x66, 0x0d, 0x00, 0x01, 0x00, 0x00, 0x0f,
+    0x30, 0x66, 0x0f, 0x01, 0x16, 0xd0, 0x7c, 0x0f, 0x20, 0xc0, 0x66, 0x0d, 0x01, 0x00, 0x00, 0x80,
+    0x0f, 0x22, 0xc0, 0x66, 0xea, 0x7b, 0x7c, 0x00, 0x00, 0x08, 0x00, 0x49, 0xc7, 0xc0, 0x04, 0x00,
+    0x00, 0x00, 0x48, 0xc7, 0xc7, 0x00, 0x00, 0x00, 0x01, 0x48, 0x89, 0x3f, 0x48, 0x83, 0xc7, 0x40,
+    0x48, 0x81, 0xff, 0x00, 0x00, 0x00, 0x05, 0x72, 0xf0, 0x49, 0xff, 0xc8, 0x75, 0xe4, 0x66, 0xba,
+    0xf8, 0x03, 0x48, 0x8d, 0x35, 0x2d, 0x00, 0x00, 0x00, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb,
+    0xf8, 0xf4, 0xeb, 0xfd, 0x0f, 0x1f, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0x00, 0x00, 0x00, 0x9a, 0xaf, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x92, 0xcf, 0x00,
+    0x17, 0x00, 0xb8, 0x7c, 0x00, 0x00, 0x53, 0x54, 0x52, 0x41, 0x54, 0x55, 0x53, 0x2d, 0x4b, 0x56,
+    0x4d, 0x2d, 0x4f, 0x4b, 0x0a, 0x00,
+];
+
+fn probe_sector() -> Vec<u8> {
+    let mut s = PROBE_CODE.to_vec();
+    s.resize(510, 0);
+    s.extend_from_slice(&[0x55, 0xaa]);
+    s
+}
+
+/// How long the probe guest takes to run under `accel` here, if it
+/// finishes within `limit`.
+pub fn boot_time(qemu: &Path, accel: Accel, scratch: &Path, limit: Duration) -> Option<Duration> {
+    if fs::create_dir_all(scratch).is_err() {
+        return None;
+    }
+    let disk = scratch.join("probe.img");
+    let out = scratch.join("probe.out");
+    let _ = fs::remove_file(&out);
+    if fs::write(&disk, probe_sector()).is_err() {
+        return None;
+    }
+    let child = Command::new(qemu)
+        .args(["-accel", accel.flag(), "-cpu", accel.cpu()])
+        .args(["-display", "none", "-nodefaults"])
+        .args(["-no-user-config", "-m", "128", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", disk.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", out.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return None };
+    let start = Instant::now();
+    let mut took = None;
+    while start.elapsed() < limit {
+        if fs::read_to_string(&out).is_ok_and(|t| t.contains("STRATUS-KVM-OK")) {
+            took = Some(start.elapsed());
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_file(&disk);
+    let _ = fs::remove_file(&out);
+    took
+}
+
+/// Where the probe's answer is kept for other agents of this machine
+/// until it reboots (the key names QEMU's binary and the kernel).
+const ACCEL_CACHE: &str = "/run/stratus-qemu-accel";
+
+fn accel_key(qemu: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(qemu).ok();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // The probe's own version first: a better probe asks again.
+    format!(
+        "probe2 {} {} {} {}",
+        qemu.display(),
+        m.as_ref().map_or(0, |m| m.size()),
+        m.as_ref().map_or(0, |m| m.mtime()),
+        kernel.trim()
+    )
+}
+
+/// KVM when `/dev/kvm` is usable and a guest really boots under it; TCG
+/// otherwise. `STRATUS_QEMU_ACCEL=tcg|kvm|kvm-qemu64` decides without a
+/// probe; a
+/// probe's answer is kept in [`ACCEL_CACHE`] for the machine's other
+/// agents.
+pub fn probe_accel(qemu: &Path, scratch: &Path) -> Accel {
+    if let Ok(want) = std::env::var("STRATUS_QEMU_ACCEL")
+        && let Some(a) = Accel::ALL.into_iter().find(|a| a.key() == want)
+    {
+        return a;
+    }
+    let key = accel_key(qemu);
+    if let Ok(text) = fs::read_to_string(ACCEL_CACHE)
+        && let Some((k, a)) = text.trim_end().rsplit_once('\t')
+        && k == key
+        && let Some(a) = Accel::ALL.into_iter().find(|x| x.key() == a)
+    {
+        return a;
+    }
+    let found = probe_now(qemu, scratch);
+    let tmp = format!("{ACCEL_CACHE}.{}", std::process::id());
+    if fs::write(&tmp, format!("{key}\t{}\n", found.key())).is_ok() {
+        let _ = fs::rename(&tmp, ACCEL_CACHE);
+    }
+    found
+}
+
+fn probe_now(qemu: &Path, scratch: &Path) -> Accel {
+    let usable = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !usable {
+        return Accel::Tcg;
+    }
+    // KVM must boot the probe and be no slower than three times TCG.
+    let tcg = boot_time(qemu, Accel::Tcg, scratch, Duration::from_secs(30));
+    let limit = tcg.map_or(Duration::from_secs(10), |t| {
+        (t * 3).max(Duration::from_secs(2))
+    });
+    for a in [Accel::Kvm, Accel::KvmBasic] {
+        if let Some(t) = boot_time(qemu, a, scratch, limit) {
+            tracing::info!(
+                accel = a.key(),
+                kvm_ms = t.as_millis() as u64,
+                tcg_ms = tcg.map(|t| t.as_millis() as u64),
+                "KVM runs guests"
+            );
+            return a;
+        }
+    }
+    tracing::warn!(
+        tcg_ms = tcg.map(|t| t.as_millis() as u64),
+        "/dev/kvm is there but a guest does not run under it at a usable speed: VMs use TCG"
+    );
+    Accel::Tcg
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+            != Some(true)
+}
+
+impl QemuDriver {
+    /// A driver keeping its files under `state_dir`, with QEMU found on
+    /// `PATH`; probes the acceleration once.
+    pub fn new(state_dir: &Path) -> Result<Self, DriverError> {
+        let qemu = find_qemu().ok_or_else(|| {
+            rt(format!(
+                "qemu-system-{} is not installed (apt-get install qemu-system-x86)",
+                std::env::consts::ARCH
+            ))
+        })?;
+        let qemu_img = which("qemu-img")
+            .ok_or_else(|| rt("qemu-img is not installed (apt-get install qemu-utils)"))?;
+        let root = state_dir.to_path_buf();
+        fs::create_dir_all(root.join("vms"))?;
+        fs::create_dir_all(root.join("vm-images"))?;
+        let accel: Arc<std::sync::OnceLock<Accel>> = Arc::default();
+        {
+            let (accel, qemu, scratch) = (accel.clone(), qemu.clone(), root.join("vm-probe"));
+            std::thread::spawn(move || {
+                let a = *accel.get_or_init(|| probe_accel(&qemu, &scratch));
+                tracing::info!(accel = a.key(), "VM acceleration");
+            });
+        }
+        let version = output(Command::new(&qemu).arg("--version"), "qemu --version")
+            .map(|v| host::version_int(&v))
+            .unwrap_or(0);
+        let cgroup = Cgroups::find();
+        if cgroup.is_none() {
+            tracing::warn!("no writable cgroup hierarchy: VMs run without a CPU and memory cgroup");
+        }
+        let genisoimage = which("genisoimage").or_else(|| which("mkisofs"));
+        if genisoimage.is_none() {
+            tracing::warn!(
+                "genisoimage is not installed (apt-get install genisoimage): VMs get no config drive"
+            );
+        }
+        tracing::info!(qemu = %qemu.display(), "VM driver ready");
+        Ok(QemuDriver {
+            root,
+            qemu,
+            qemu_img,
+            genisoimage,
+            accel,
+            version,
+            cgroup,
+            locks: Mutex::default(),
+            image_locks: Mutex::default(),
+            reboot_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// How long a soft reboot waits for the guest to power off before it
+    /// is cut (Nova's `reboot_timeout` idea).
+    pub fn with_reboot_timeout(mut self, timeout: Duration) -> Self {
+        self.reboot_timeout = timeout;
+        self
+    }
+
+    /// The acceleration, once probed (waits for the probe).
+    pub fn accel(&self) -> Accel {
+        *self.accel.wait()
+    }
+
+    fn dir(&self, uuid: &str) -> PathBuf {
+        self.root.join("vms").join(uuid)
+    }
+
+    fn base(&self, image_id: &str) -> PathBuf {
+        self.root
+            .join("vm-images")
+            .join(format!("{image_id}.qcow2"))
+    }
+
+    /// Whether this driver has the instance.
+    pub fn has(&self, uuid: &str) -> bool {
+        valid_id(uuid) && self.dir(uuid).join("vm.json").exists()
+    }
+
+    fn record(&self, uuid: &str) -> Result<Record, DriverError> {
+        if !valid_id(uuid) {
+            return Err(DriverError::NotFound(uuid.to_string()));
+        }
+        let text = match fs::read(self.dir(uuid).join("vm.json")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DriverError::NotFound(uuid.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&text).map_err(|e| rt(format!("vm.json of {uuid}: {e}")))
+    }
+
+    fn write_record(&self, r: &Record) -> Result<(), DriverError> {
+        let path = self.dir(&r.uuid).join("vm.json");
+        let tmp = path.with_extension("json.tmp");
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(r).map_err(|e| rt(e.to_string()))?,
+        )?;
+        fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// The QEMU process of the instance, if it runs.
+    fn pid(&self, uuid: &str) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.dir(uuid).join("qemu.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // The pid is ours only if that process is QEMU for this VM.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let mine = String::from_utf8_lossy(&cmdline).contains(&format!("guest={uuid}"));
+        (mine && pid_alive(pid)).then_some(pid)
+    }
+
+    fn qmp(&self, uuid: &str) -> Result<Qmp, DriverError> {
+        Qmp::connect(&self.dir(uuid).join("qmp.sock"))
+    }
+
+    /// Makes the base image of `spec` (once per image per node).
+    fn ensure_base(&self, spec: &InstanceSpec) -> Result<PathBuf, DriverError> {
+        let base = self.base(&spec.image_id);
+        let lock = lock_of(&self.image_locks, &spec.image_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if base.exists() {
+            return Ok(base);
+        }
+        let format = match spec.disk_format.as_str() {
+            "qcow2" | "raw" | "vmdk" | "vdi" | "vhd" | "vhdx" => spec.disk_format.as_str(),
+            "" => "raw",
+            "vpc" => "vpc",
+            other => {
+                return Err(DriverError::InvalidImage(format!(
+                    "disk_format {other} cannot boot a VM"
+                )));
+            }
+        };
+        let format = if format == "vhd" { "vpc" } else { format };
+        // What the file really is must be what the image says it is.
+        let info = output(
+            Command::new(&self.qemu_img)
+                .args(["info", "--output=json", "-f", format])
+                .arg(&spec.image_file),
+            "qemu-img info",
+        )
+        .map_err(|e| DriverError::InvalidImage(e.to_string()))?;
+        let info: serde_json::Value = serde_json::from_str(&info)
+            .map_err(|e| DriverError::InvalidImage(format!("qemu-img info: {e}")))?;
+        if info.get("backing-filename").is_some() {
+            return Err(DriverError::InvalidImage(
+                "the image names a backing file; upload it flattened".into(),
+            ));
+        }
+        let tmp = base.with_extension("qcow2.tmp");
+        let _ = fs::remove_file(&tmp);
+        output(
+            Command::new(&self.qemu_img)
+                .args(["convert", "-f", format, "-O", "qcow2"])
+                .arg(&spec.image_file)
+                .arg(&tmp),
+            "qemu-img convert",
+        )
+        .map_err(|e| DriverError::InvalidImage(e.to_string()))?;
+        fs::rename(&tmp, &base)?;
+        Ok(base)
+    }
+
+    fn virtual_size(&self, file: &Path) -> Result<u64, DriverError> {
+        let info = output(
+            Command::new(&self.qemu_img)
+                .args(["info", "--output=json", "-U"])
+                .arg(file),
+            "qemu-img info",
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&info).map_err(|e| rt(e.to_string()))?;
+        v["virtual-size"]
+            .as_u64()
+            .ok_or_else(|| rt("qemu-img info gave no virtual size"))
+    }
+
+    /// The config drive (ISO 9660, label `config-2`, the OpenStack
+    /// layout); false when genisoimage is missing.
+    fn config_drive(&self, spec: &InstanceSpec, dir: &Path) -> Result<bool, DriverError> {
+        let Some(mkiso) = &self.genisoimage else {
+            return Ok(false);
+        };
+        let tree = dir.join("config");
+        for v in ["latest", "2012-08-10"] {
+            let d = tree.join("openstack").join(v);
+            fs::create_dir_all(&d)?;
+            fs::write(d.join("meta_data.json"), &spec.meta_data_json)?;
+            fs::write(d.join("network_data.json"), b"{}")?;
+            fs::write(d.join("vendor_data.json"), b"{}")?;
+            if let Some(u) = &spec.user_data {
+                fs::write(d.join("user_data"), u)?;
+            }
+        }
+        output(
+            Command::new(mkiso)
+                .args(["-o"])
+                .arg(dir.join("config.iso"))
+                .args(["-ldots", "-allow-lowercase", "-allow-multidot", "-l"])
+                .args([
+                    "-publisher",
+                    "Stratus",
+                    "-quiet",
+                    "-J",
+                    "-r",
+                    "-V",
+                    "config-2",
+                ])
+                .arg(&tree),
+            "genisoimage",
+        )?;
+        Ok(true)
+    }
+
+    fn build(&self, spec: &InstanceSpec, dir: &Path) -> Result<(), DriverError> {
+        let base = self.ensure_base(spec)?;
+        fs::create_dir_all(dir)?;
+        let vsize = self.virtual_size(&base)?;
+        let want = spec.disk_gb << 30;
+        if want > 0 && want < vsize {
+            return Err(DriverError::InvalidImage(format!(
+                "the flavor's disk ({} GiB) is smaller than the image ({vsize} bytes)",
+                spec.disk_gb
+            )));
+        }
+        let mut create = Command::new(&self.qemu_img);
+        create
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(dir.join("disk.qcow2"));
+        if want > 0 {
+            create.arg(want.to_string());
+        }
+        output(&mut create, "qemu-img create")?;
+        let config_drive = self.config_drive(spec, dir)?;
+        self.write_record(&Record {
+            uuid: spec.uuid.clone(),
+            hostname: spec.hostname.clone(),
+            image_id: spec.image_id.clone(),
+            vcpus: spec.vcpus.max(1),
+            memory_mb: spec.memory_mb.max(64),
+            disk_gb: spec.disk_gb,
+            nics: spec.vm_nics.clone(),
+            config_drive,
+        })
+    }
+
+    fn args(&self, r: &Record, dir: &Path, incoming: bool) -> Vec<String> {
+        let d = |f: &str| dir.join(f).display().to_string();
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("guest={},debug-threads=on", r.uuid),
+            "-uuid".into(),
+            r.uuid.clone(),
+            "-machine".into(),
+            format!("pc,accel={}", self.accel().flag()),
+            "-cpu".into(),
+            self.accel().cpu().into(),
+            "-m".into(),
+            r.memory_mb.to_string(),
+            "-smp".into(),
+            r.vcpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-chardev".into(),
+            format!("socket,id=qmp,path={},server=on,wait=off", d("qmp.sock")),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
+            "-chardev".into(),
+            format!("file,id=serial0,path={},append=on", d("console.log")),
+            "-serial".into(),
+            "chardev:serial0".into(),
+            "-drive".into(),
+            format!(
+                "file={},format=qcow2,if=virtio,cache=writeback,discard=unmap",
+                d("disk.qcow2")
+            ),
+        ];
+        if r.config_drive {
+            a.push("-drive".into());
+            a.push(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                d("config.iso")
+            ));
+        }
+        for (i, n) in r.nics.iter().enumerate() {
+            a.push("-netdev".into());
+            a.push(format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no",
+                n.tap
+            ));
+            a.push("-device".into());
+            a.push(format!("virtio-net-pci,netdev=net{i},mac={}", n.mac));
+        }
+        if incoming {
+            a.push("-incoming".into());
+            a.push(format!("exec:cat {}", d("saved.state")));
+        }
+        a.extend(["-pidfile".into(), d("qemu.pid"), "-daemonize".into()]);
+        a
+    }
+
+    fn start_locked(&self, uuid: &str) -> Result<(), DriverError> {
+        let r = self.record(uuid)?;
+        if self.pid(uuid).is_some() {
+            // Running, or paused by a pause: a start leaves it as it is;
+            // after a stop that QEMU outlived (`-no-shutdown` is not
+            // used, so that is a guest still shutting down) wait it out.
+            return Ok(());
+        }
+        let dir = self.dir(uuid);
+        let saved = dir.join("saved.state");
+        let incoming = saved.exists();
+        let _ = fs::remove_file(dir.join("qmp.sock"));
+        let _ = fs::remove_file(dir.join("qemu.pid"));
+        let log = fs::File::create(dir.join("qemu.log"))?;
+        let status = Command::new(&self.qemu)
+            .args(self.args(&r, &dir, incoming))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .map_err(|e| rt(format!("running {}: {e}", self.qemu.display())))?;
+        if !status.success() {
+            let why = fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            return Err(rt(format!("QEMU did not start: {}", why.trim())));
+        }
+        let pid = self
+            .pid(uuid)
+            .ok_or_else(|| rt("QEMU started but its pid file names no QEMU"))?;
+        self.confine(&r, pid);
+        if incoming {
+            // The saved state loads, then the guest runs on.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                match self.qmp(uuid).and_then(|mut q| q.status()) {
+                    Ok(s) if s == "running" => break,
+                    Ok(s) if s == "paused" || s == "postmigrate" => {
+                        self.qmp(uuid)?.execute("cont", None)?;
+                        break;
+                    }
+                    _ if Instant::now() > deadline => {
+                        return Err(rt("the saved state did not load within 120 s"));
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            let _ = fs::remove_file(&saved);
+        }
+        Ok(())
+    }
+
+    /// Moves QEMU into its own cgroup with the flavor's limits.
+    fn confine(&self, r: &Record, pid: u32) {
+        let Some(cg) = &self.cgroup else { return };
+        let memory = (r.memory_mb + OVERHEAD_MB) << 20;
+        let quota = r.vcpus as u64 * 100_000;
+        let result = (|| -> std::io::Result<()> {
+            match cg {
+                Cgroups::V2(root) => {
+                    let d = root.join(&r.uuid);
+                    fs::create_dir_all(&d)?;
+                    fs::write(d.join("memory.max"), memory.to_string())?;
+                    fs::write(d.join("cpu.max"), format!("{quota} 100000"))?;
+                    fs::write(d.join("cgroup.procs"), pid.to_string())?;
+                }
+                Cgroups::V1 { memory: m, cpu } => {
+                    let (dm, dc) = (m.join(&r.uuid), cpu.join(&r.uuid));
+                    fs::create_dir_all(&dm)?;
+                    fs::create_dir_all(&dc)?;
+                    fs::write(dm.join("memory.limit_in_bytes"), memory.to_string())?;
+                    fs::write(dc.join("cpu.cfs_period_us"), "100000")?;
+                    fs::write(dc.join("cpu.cfs_quota_us"), quota.to_string())?;
+                    fs::write(dm.join("cgroup.procs"), pid.to_string())?;
+                    fs::write(dc.join("cgroup.procs"), pid.to_string())?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(instance = %r.uuid, error = %e, "could not put QEMU in its cgroup");
+        }
+    }
+
+    fn unconfine(&self, uuid: &str) {
+        match &self.cgroup {
+            Some(Cgroups::V2(root)) => {
+                let _ = fs::remove_dir(root.join(uuid));
+            }
+            Some(Cgroups::V1 { memory, cpu }) => {
+                let _ = fs::remove_dir(memory.join(uuid));
+                let _ = fs::remove_dir(cpu.join(uuid));
+            }
+            None => {}
+        }
+    }
+
+    fn wait_gone(&self, uuid: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.pid(uuid).is_none() {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ends QEMU now: `quit`, then SIGKILL.
+    fn kill_locked(&self, uuid: &str) -> Result<(), DriverError> {
+        let Some(pid) = self.pid(uuid) else {
+            return Ok(());
+        };
+        if let Ok(mut q) = self.qmp(uuid) {
+            let _ = q.execute("quit", None);
+        }
+        if !self.wait_gone(uuid, Duration::from_secs(5)) {
+            // SAFETY: kill(2) with a pid we checked is this VM's QEMU.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            if !self.wait_gone(uuid, Duration::from_secs(5)) {
+                return Err(rt(format!("QEMU {pid} of {uuid} does not die")));
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_locked(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError> {
+        self.record(uuid)?;
+        if self.pid(uuid).is_none() {
+            return Ok(());
+        }
+        // A paused guest cannot see the power button.
+        let running = self
+            .qmp(uuid)
+            .and_then(|mut q| q.status())
+            .is_ok_and(|s| s == "running");
+        if running {
+            let _ = self
+                .qmp(uuid)
+                .and_then(|mut q| q.execute("system_powerdown", None));
+            if self.wait_gone(uuid, timeout) {
+                return Ok(());
+            }
+            tracing::info!(instance = %uuid, "guest ignored the power button; cutting power");
+        }
+        self.kill_locked(uuid)
+    }
+
+    /// Moves a big console file's tail to `console.log.1`.
+    fn rotate_console(&self, uuid: &str) {
+        let dir = self.dir(uuid);
+        let cur = dir.join("console.log");
+        let Ok(meta) = fs::metadata(&cur) else { return };
+        if meta.len() < CONSOLE_ROTATE {
+            return;
+        }
+        let result = (|| -> std::io::Result<()> {
+            let mut f = fs::File::open(&cur)?;
+            f.seek(SeekFrom::Start(meta.len() - CONSOLE_MAX))?;
+            let mut tail = Vec::new();
+            f.read_to_end(&mut tail)?;
+            fs::write(dir.join("console.log.1"), &tail)?;
+            // QEMU appends (O_APPEND): it goes on at the new end.
+            fs::OpenOptions::new().write(true).open(&cur)?.set_len(0)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(instance = %uuid, error = %e, "could not rotate the console log");
+        }
+    }
+
+    /// Saves the VM's state to disk and ends QEMU (Nova's suspend).
+    fn save_locked(&self, uuid: &str) -> Result<(), DriverError> {
+        if self.pid(uuid).is_none() {
+            return Ok(());
+        }
+        let dir = self.dir(uuid);
+        let tmp = dir.join("saved.state.tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut q = self.qmp(uuid)?;
+        q.execute("stop", None)?;
+        q.execute(
+            "migrate",
+            Some(json!({"uri": format!("exec:cat > {}", tmp.display())})),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let m = q.execute("query-migrate", None)?;
+            match m["status"].as_str().unwrap_or("") {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let _ = q.execute("cont", None);
+                    return Err(rt(format!(
+                        "saving the VM failed: {}",
+                        m["error-desc"].as_str().unwrap_or("unknown")
+                    )));
+                }
+                _ if Instant::now() > deadline => {
+                    let _ = q.execute("migrate_cancel", None);
+                    let _ = q.execute("cont", None);
+                    return Err(rt("saving the VM took over 300 s"));
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        fs::rename(&tmp, dir.join("saved.state"))?;
+        drop(q);
+        self.kill_locked(uuid)
+    }
+}
+
+impl Driver for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn runs_vms(&self) -> bool {
+        true
+    }
+
+    fn host_resources(&self) -> HostResources {
+        let (vcpus, cpu_model) = host::cpus();
+        HostResources {
+            vcpus,
+            memory_mb: host::memory_mb(),
+            disk_gb: host::disk_gb(&self.root),
+            arch: std::env::consts::ARCH.to_string(),
+            // QEMU until the probe has said whether it is KVM.
+            hypervisor_type: self
+                .accel
+                .get()
+                .map_or("QEMU", |a| a.hypervisor_type())
+                .into(),
+            hypervisor_version: self.version,
+            cpu_model,
+        }
+    }
+
+    fn spawn(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        if !valid_id(&spec.uuid) {
+            return Err(rt(format!("instance id {:?} is not usable", spec.uuid)));
+        }
+        let lock = lock_of(&self.locks, &spec.uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = self.dir(&spec.uuid);
+        if dir.join("vm.json").exists() {
+            // Ports may have changed since it was built.
+            let mut r = self.record(&spec.uuid)?;
+            if r.nics != spec.vm_nics && self.pid(&spec.uuid).is_none() {
+                r.nics = spec.vm_nics.clone();
+                self.write_record(&r)?;
+            }
+            return self.start_locked(&spec.uuid);
+        }
+        if dir.exists() {
+            // Left half-built by a crash: start over.
+            fs::remove_dir_all(&dir)?;
+        }
+        let t = Instant::now();
+        let result = self
+            .build(spec, &dir)
+            .and_then(|()| self.start_locked(&spec.uuid));
+        if let Err(e) = result {
+            let _ = self.kill_locked(&spec.uuid);
+            if let Ok(log) = fs::read_to_string(dir.join("qemu.log")) {
+                tracing::warn!(instance = %spec.uuid, qemu = %log.trim(), "spawn failed");
+            }
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        tracing::info!(instance = %spec.uuid, elapsed_ms = t.elapsed().as_millis() as u64,
+            accel = self.accel().key(), "spawned VM");
+        Ok(())
+    }
+
+    fn start(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.start_locked(uuid)
+    }
+
+    fn stop(&self, uuid: &str, timeout: Duration) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.stop_locked(uuid, timeout)
+    }
+
+    fn reboot(&self, uuid: &str, hard: bool) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        if hard {
+            self.kill_locked(uuid)?;
+        } else {
+            self.stop_locked(uuid, self.reboot_timeout)?;
+        }
+        // A suspended VM's saved state is dropped by a reboot.
+        let _ = fs::remove_file(self.dir(uuid).join("saved.state"));
+        self.start_locked(uuid)
+    }
+
+    fn pause(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        if self.pid(uuid).is_none() {
+            return Err(rt(format!("VM {uuid} is not running")));
+        }
+        self.qmp(uuid)?.execute("stop", None).map(|_| ())
+    }
+
+    fn unpause(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        if self.pid(uuid).is_none() {
+            return self.start_locked(uuid);
+        }
+        self.qmp(uuid)?.execute("cont", None).map(|_| ())
+    }
+
+    fn suspend(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        self.save_locked(uuid)
+    }
+
+    fn resume(&self, uuid: &str) -> Result<(), DriverError> {
+        self.unpause(uuid)
+    }
+
+    fn destroy(&self, uuid: &str) -> Result<(), DriverError> {
+        if !valid_id(uuid) {
+            return Ok(());
+        }
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = self.dir(uuid);
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.kill_locked(uuid)?;
+        self.unconfine(uuid);
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    fn power_state(&self, uuid: &str) -> PowerState {
+        if !self.has(uuid) {
+            return PowerState::NoState;
+        }
+        self.rotate_console(uuid);
+        if self.pid(uuid).is_none() {
+            return if self.dir(uuid).join("saved.state").exists() {
+                PowerState::Suspended
+            } else {
+                PowerState::Shutdown
+            };
+        }
+        match self.qmp(uuid).and_then(|mut q| q.status()) {
+            Ok(s) => match s.as_str() {
+                "running" | "inmigrate" | "prelaunch" | "finish-migrate" => PowerState::Running,
+                "paused" | "suspended" | "postmigrate" | "save-vm" | "restore-vm" => {
+                    PowerState::Paused
+                }
+                "shutdown" => PowerState::Shutdown,
+                "internal-error" | "io-error" | "guest-panicked" => PowerState::Crashed,
+                _ => PowerState::NoState,
+            },
+            // QEMU runs but does not answer: starting, or stuck.
+            Err(_) => PowerState::Running,
+        }
+    }
+
+    fn list(&self) -> Vec<(String, PowerState)> {
+        let Ok(entries) = fs::read_dir(self.root.join("vms")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| self.has(id))
+            .map(|id| {
+                let p = self.power_state(&id);
+                (id, p)
+            })
+            .collect()
+    }
+
+    fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError> {
+        self.record(uuid)?;
+        let dir = self.dir(uuid);
+        let mut buf = fs::read(dir.join("console.log.1")).unwrap_or_default();
+        match fs::File::open(dir.join("console.log")) {
+            Ok(mut f) => {
+                let len = f.metadata()?.len();
+                let start = len.saturating_sub(CONSOLE_MAX);
+                f.seek(SeekFrom::Start(start))?;
+                f.take(CONSOLE_MAX).read_to_end(&mut buf)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let cut = buf.len().saturating_sub(CONSOLE_MAX as usize);
+        let mut text = String::from_utf8_lossy(&buf[cut..]).into_owned();
+        if cut > 0
+            && let Some(i) = text.find('\n')
+        {
+            text.drain(..=i);
+        }
+        Ok(match tail_lines {
+            None => text,
+            Some(n) => {
+                let pieces: Vec<&str> = text.split('\n').collect();
+                pieces[pieces.len().saturating_sub(n)..].join("\n")
+            }
+        })
+    }
+
+    /// A qcow2 copy of the root disk as it is now (flattened: it needs
+    /// no base). A running guest is paused meanwhile: QEMU flushes its
+    /// caches when it stops the guest.
+    fn snapshot(&self, uuid: &str, dest: &Path) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        let running = self.pid(uuid).is_some()
+            && self
+                .qmp(uuid)
+                .and_then(|mut q| q.status())
+                .is_ok_and(|s| s == "running");
+        if running {
+            self.qmp(uuid)?.execute("stop", None)?;
+        }
+        let result = output(
+            Command::new(&self.qemu_img)
+                .args(["convert", "-U", "-f", "qcow2", "-O", "qcow2"])
+                .arg(self.dir(uuid).join("disk.qcow2"))
+                .arg(dest),
+            "qemu-img convert",
+        );
+        if running {
+            self.qmp(uuid)?.execute("cont", None)?;
+        }
+        result.map(|_| ())
+    }
+
+    fn resize(
+        &self,
+        uuid: &str,
+        vcpus: u32,
+        memory_mb: u64,
+        disk_gb: u64,
+    ) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.record(uuid)?;
+        let was_running = self.pid(uuid).is_some();
+        if was_running {
+            self.stop_locked(uuid, self.reboot_timeout)?;
+        }
+        let disk = self.dir(uuid).join("disk.qcow2");
+        let want = disk_gb << 30;
+        if want > self.virtual_size(&disk)? {
+            output(
+                Command::new(&self.qemu_img)
+                    .args(["resize", "-q", "-f", "qcow2"])
+                    .arg(&disk)
+                    .arg(want.to_string()),
+                "qemu-img resize",
+            )?;
+        }
+        r.vcpus = vcpus.max(1);
+        r.memory_mb = memory_mb.max(64);
+        r.disk_gb = disk_gb;
+        self.write_record(&r)?;
+        if was_running {
+            self.start_locked(uuid)?;
+        }
+        Ok(())
+    }
+
+    fn images_in_use(&self) -> Option<Vec<String>> {
+        let entries = fs::read_dir(self.root.join("vms")).ok()?;
+        let mut out = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let id = e.file_name().to_string_lossy().into_owned();
+            match self.record(&id) {
+                Ok(r) => out.push(r.image_id),
+                // Being built or torn down: nothing may go now.
+                Err(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    fn unpacked_images(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("vm-images"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".qcow2"))
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn remove_image(&self, image_id: &str) -> Result<bool, DriverError> {
+        if !valid_id(image_id) {
+            return Ok(false);
+        }
+        let lock = lock_of(&self.image_locks, image_id);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.images_in_use() {
+            Some(used) if !used.iter().any(|u| u == image_id) => {}
+            _ => return Ok(false),
+        }
+        match fs::remove_file(self.base(image_id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn diagnostics(&self, uuid: &str) -> Result<Vec<(String, u64)>, DriverError> {
+        let r = self.record(uuid)?;
+        let mut out = vec![("memory".to_string(), r.memory_mb * 1024)];
+        if let Some(pid) = self.pid(uuid) {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                out.push(("memory-rss".into(), kb));
+            }
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if let Some((_, rest)) = stat.rsplit_once(") ") {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                // utime and stime (fields 14 and 15) in clock ticks.
+                if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                    let ticks = u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+                    out.push(("cpu0_time".into(), ticks * 10_000_000));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sector_is_a_boot_sector_with_its_message() {
+        let s = probe_sector();
+        assert_eq!(s.len(), 512);
+        assert_eq!(&s[510..], &[0x55, 0xaa]);
+        assert!(s.windows(16).any(|w| w == b"STRATUS-KVM-OK\n\0"));
+    }
+
+    /// The probe really runs: under TCG (always there with QEMU) it
+    /// prints its line.
+    #[test]
+    fn probe_guest_runs_under_tcg() {
+        let Some(qemu) = find_qemu() else {
+            eprintln!("skipped: no qemu-system (apt-get install qemu-system-x86)");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("stratus-probe-{}", std::process::id()));
+        let t = boot_time(&qemu, Accel::Tcg, &dir, Duration::from_secs(60));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(t.is_some(), "the probe guest printed nothing under TCG");
+    }
+}
