@@ -163,8 +163,9 @@ impl Dataplane {
     }
 
     /// Marks `server_id` as a VM: its ports become taps at the next apply
-    /// (a port wired as a veth before is made again).
-    pub fn mark_vm(&self, server_id: &str) {
+    /// (a port wired as a veth before is made again). True when it was
+    /// not marked yet: the caller must apply even an unchanged network.
+    pub fn mark_vm(&self, server_id: &str) -> bool {
         let new = self
             .vms
             .lock()
@@ -177,6 +178,7 @@ impl Dataplane {
                 .ports
                 .retain(|_, (p, _)| p.device_id != server_id);
         }
+        new
     }
 
     pub fn is_vm(&self, server_id: &str) -> bool {
@@ -483,10 +485,9 @@ impl Dataplane {
 /// name. The guest gets its address by DHCP.
 fn ensure_tap(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
     let host = host_ifname(&p.id);
-    let is_tap = std::path::Path::new("/sys/class/net")
-        .join(&host)
-        .join("tun_flags")
-        .exists();
+    // Asked of the kernel, not /sys (another namespace's, see link_exists).
+    let is_tap =
+        ip(&["-d", "link", "show", "dev", &host]).is_ok_and(|o| o.contains("tun type tap"));
     // The veth of a server that was a container before goes.
     if link_exists(&host) && !is_tap {
         ip(&["link", "delete", &host])?;

@@ -76,7 +76,7 @@ pub(super) fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwo
             sh.driver.list().into_iter().map(|(id, _)| id).collect();
         // VMs the driver has (after a restart too) keep their taps.
         for id in keep.iter().filter(|id| sh.driver.is_vm(id)) {
-            sh.net.mark_vm(id);
+            let _ = sh.net.mark_vm(id);
         }
         sh.net.apply(&net, &keep, force)?;
         *wired = Some(net.clone());

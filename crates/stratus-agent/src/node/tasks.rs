@@ -307,10 +307,9 @@ pub(super) fn spawn(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
         &s.disk_format,
         s.image_checksum.as_deref(),
     )?;
-    if spec.is_vm() {
-        sh.net.mark_vm(&spec.uuid);
-    }
-    (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid)?;
+    // A VM's ports are taps: wired again even if the network is as it was.
+    let fresh = spec.is_vm() && sh.net.mark_vm(&spec.uuid);
+    (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid, fresh)?;
     sh.driver.spawn(&spec)?;
     // A shelved or transfer image boots this server only: its download
     // goes once the workload runs from the unpacked copy.
@@ -327,11 +326,11 @@ type Wiring = (Option<PathBuf>, Vec<String>, Vec<crate::VmNic>);
 /// Wires a server's ports before its workload starts; the namespace it
 /// joins, if it has ports and this node wires them, its subnets' name
 /// servers, and (for a VM) its taps.
-pub(super) fn wire_server(sh: &Shared, id: &str) -> anyhow::Result<Wiring> {
+pub(super) fn wire_server(sh: &Shared, id: &str, force: bool) -> anyhow::Result<Wiring> {
     if sh.net.missing().is_some() {
         return Ok((None, Vec::new(), Vec::new()));
     }
-    let net = sync_network(sh, false)?;
+    let net = sync_network(sh, force)?;
     let mut dns: Vec<String> = Vec::new();
     for p in net.ports.iter().filter(|p| p.device_id == id) {
         for d in &p.dns {
@@ -358,7 +357,7 @@ pub(super) fn rescue(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
         "",
         r.image_checksum.as_deref(),
     )?;
-    (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid)?;
+    (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid, false)?;
     sh.driver.rescue(&spec)?;
     Ok(())
 }

@@ -381,9 +381,12 @@ fn no_valid_host(state: &AppState, s: &Server, why: &str) -> Result<(), ApiError
         }
         cur.task_state = None;
         cur.updated_us = now;
+        // The first line is the message; the rest (the filters that
+        // refused each host) only in the details.
+        let headline = why.lines().next().unwrap_or(why);
         cur.fault = Some(Fault {
             code: 500,
-            message: format!("No valid host was found. {why}"),
+            message: format!("No valid host was found. {headline}"),
             details: why.to_string(),
             created_us: now,
         });
@@ -671,12 +674,23 @@ pub fn plan(
         hosts.push(hs);
     }
     if hosts.is_empty() {
-        let reasons: Vec<String> = reasons
-            .iter()
-            .map(|(i, w)| format!("{}: {w}", nodes[*i].id))
-            .collect();
-        tracing::info!(server = %s.id, ?reasons, "every host filtered out");
-        return Ok(Err("There are not enough hosts available.".into()));
+        tracing::info!(server = %s.id, reasons = ?reasons_by_host(&reasons, nodes), "every host filtered out");
+        // The fault's details say why, by filter (Nova logs this; a user
+        // of a small cloud wants it where they look).
+        let mut by_filter: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (i, w) in &reasons {
+            by_filter.entry(w).or_default().push(nodes[*i].id.as_str());
+        }
+        let mut why = String::from("There are not enough hosts available.");
+        for (w, hosts) in by_filter {
+            let more = hosts.len().saturating_sub(3);
+            let mut named = hosts[..hosts.len().min(3)].join(", ");
+            if more > 0 {
+                named.push_str(&format!(" and {more} more"));
+            }
+            why.push_str(&format!("\n{w}: {named}"));
+        }
+        return Ok(Err(why));
     }
 
     // Weighers: free RAM (spread or pack), then server-group softness.
@@ -937,6 +951,13 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
             }
         }
     }
+}
+
+fn reasons_by_host(reasons: &[(usize, &str)], nodes: &[ComputeNode]) -> Vec<String> {
+    reasons
+        .iter()
+        .map(|(i, w)| format!("{}: {w}", nodes[*i].id))
+        .collect()
 }
 
 fn arch_matches(want: &str, have: &str) -> bool {

@@ -1004,3 +1004,204 @@ fn cli_router_floating_ip_subnet_pool_and_auto_topology() {
     let gone = os.run_env(&[], &["network", "show", &net]);
     assert!(gone.is_err(), "the auto-allocated network is deleted");
 }
+
+/// Polls `openstack console log show NAME` until it shows every needle.
+fn console_shows(os: &Os, name: &str, needles: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let out = os
+            .run_env(&[], &["console", "log", "show", name])
+            .unwrap_or_default();
+        if needles.iter().all(|n| out.contains(n)) {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the console of {name} never showed {needles:?}:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Polls `openstack server show NAME` until its status is `status`.
+fn status_becomes(os: &Os, name: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let s = os.json(&["server", "show", name]);
+        if s["status"] == status {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never became {status}: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Virtual machines through the real CLI, on a cloud in a network
+/// namespace of its own: `busybox-vm` (a qcow2 disk) boots under QEMU,
+/// runs its user data from the config drive, takes its port's address by
+/// DHCP and pings another VM on the network; stop powers it off by the
+/// ACPI button, start, pause, suspend (state saved to disk) and resume
+/// work; a snapshot is a qcow2 image that boots; delete leaves no QEMU.
+#[test]
+fn cli_vms_boot_run_user_data_ping_each_other_and_answer_power_actions() {
+    super::compute_real::require_runtime();
+    super::compute_real::require_qemu();
+    let images = super::compute_real::test_images();
+    let server = Server::start_in_netns(&["--import-images", images.to_str().unwrap()]);
+    let Some(os) = Os::new(&server) else { return };
+    os.ok(&["network", "create", "vmnet"]);
+    os.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "vmnet",
+        "--subnet-range",
+        "10.72.0.0/24",
+        "vmsub",
+    ]);
+    for (port, ip) in [("pa", "10.72.0.11"), ("pb", "10.72.0.12")] {
+        let fixed = format!("ip-address={ip}");
+        os.ok(&[
+            "port",
+            "create",
+            "--network",
+            "vmnet",
+            "--fixed-ip",
+            &fixed,
+            port,
+        ]);
+    }
+    os.ok(&[
+        "security", "group", "rule", "create", "--proto", "icmp", "default",
+    ]);
+    let dir = server.data_dir();
+    let ud_a = dir.join("ud-a.sh");
+    std::fs::write(&ud_a, "#!/bin/sh\necho VM-USERDATA-RAN\n").unwrap();
+    let ud_b = dir.join("ud-b.sh");
+    std::fs::write(
+        &ud_b,
+        "#!/bin/sh\n(for i in $(seq 60); do ping -c 1 -W 1 10.72.0.11 && echo PING-OK && break; sleep 1; done) &\n",
+    )
+    .unwrap();
+    os.ok(&[
+        "server",
+        "create",
+        "--image",
+        "busybox-vm",
+        "--flavor",
+        "m1.tiny",
+        "--port",
+        "pa",
+        "--user-data",
+        ud_a.to_str().unwrap(),
+        "--wait",
+        "va",
+    ]);
+    console_shows(
+        &os,
+        "va",
+        &[
+            "STRATUS-TEST-IMAGE OK",
+            "config drive",
+            "VM-USERDATA-RAN",
+            "dhcp: eth0 10.72.0.11/24",
+        ],
+    );
+    let hv = os.json(&["hypervisor", "list"]);
+    let kind = hv[0]["Hypervisor Type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(kind == "QEMU" || kind == "KVM", "{hv}");
+
+    os.ok(&[
+        "server",
+        "create",
+        "--image",
+        "busybox-vm",
+        "--flavor",
+        "m1.tiny",
+        "--port",
+        "pb",
+        "--user-data",
+        ud_b.to_str().unwrap(),
+        "--wait",
+        "vb",
+    ]);
+    let out = console_shows(&os, "vb", &["PING-OK"]);
+    assert!(out.contains("64 bytes from 10.72.0.11"), "{out}");
+
+    // Power actions.
+    os.ok(&["server", "stop", "va"]);
+    status_becomes(&os, "va", "SHUTOFF");
+    console_shows(&os, "va", &["power button: powering off"]);
+    os.ok(&["server", "start", "va"]);
+    status_becomes(&os, "va", "ACTIVE");
+    // A start boots the guest again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let out = console_shows(&os, "va", &["tick"]);
+        if out.matches("STRATUS-TEST-IMAGE OK").count() == 2
+            && out
+                .rsplit("STRATUS-TEST-IMAGE OK")
+                .next()
+                .unwrap()
+                .contains("tick 1")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second boot:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    os.ok(&["server", "pause", "va"]);
+    let s = status_becomes(&os, "va", "PAUSED");
+    assert_eq!(s["OS-EXT-STS:power_state"], 3, "{s}");
+    os.ok(&["server", "unpause", "va"]);
+    status_becomes(&os, "va", "ACTIVE");
+    os.ok(&["server", "suspend", "va"]);
+    status_becomes(&os, "va", "SUSPENDED");
+    os.ok(&["server", "resume", "va"]);
+    status_becomes(&os, "va", "ACTIVE");
+    // Resumed, not booted again: the counter goes on.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = console_shows(&os, "va", &["tick"]);
+    assert_eq!(out.matches("STRATUS-TEST-IMAGE OK").count(), 2, "{out}");
+
+    // A snapshot is a qcow2 disk image that boots.
+    os.ok(&[
+        "server", "image", "create", "--name", "va-snap", "--wait", "va",
+    ]);
+    let img = os.json(&["image", "show", "va-snap"]);
+    assert_eq!(img["disk_format"], "qcow2", "{img}");
+    assert_eq!(img["container_format"], "bare", "{img}");
+    os.ok(&[
+        "server", "create", "--image", "va-snap", "--flavor", "m1.tiny", "--nic", "none", "--wait",
+        "vc",
+    ]);
+    console_shows(&os, "vc", &["STRATUS-TEST-IMAGE OK", "tick 1"]);
+
+    let ids: Vec<String> = ["va", "vb", "vc"]
+        .iter()
+        .map(|n| {
+            os.json(&["server", "show", n])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    os.ok(&["server", "delete", "--wait", "va", "vb", "vc"]);
+    for id in ids {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        assert!(
+            !ps.contains(&format!("guest={id}")),
+            "QEMU of {id} still runs after delete"
+        );
+    }
+}
