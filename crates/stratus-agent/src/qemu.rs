@@ -23,17 +23,18 @@
 //! flavor's CPU and memory limits when cgroup v2 is writable, so it
 //! outlives the agent like a container does; a restarted agent finds it
 //! by its pid file and socket. Power actions: stop is ACPI powerdown
-//! (`system_powerdown`), then `quit` once the timeout has passed; start
+//! (`system_powerdown`, pressed again every 5 s), then `quit` once the
+//! timeout has passed; start
 //! runs QEMU again on the same disk; pause is QMP `stop`/`cont`; suspend
 //! saves the VM's state to disk with QEMU's migration stream and quits,
 //! resume starts QEMU with `-incoming` from that file. The serial console
 //! is a file QEMU appends to; once it passes [`CONSOLE_ROTATE`] its tail
 //! moves to `console.log.1`, so a chatty guest never fills the disk.
 //!
-//! Acceleration: KVM only when a guest really boots under it (a 512-byte
-//! boot sector that writes a line to the serial port, see
-//! [`probe_accel`]); on machines where `/dev/kvm` exists but guests hang,
-//! TCG.
+//! Acceleration: KVM only when a guest really runs under it at a usable
+//! speed (a boot sector that enters long mode and walks 64 MiB, timed
+//! against TCG, see [`probe_accel`]); on machines where `/dev/kvm` exists
+//! but guests crawl, TCG.
 
 use std::collections::HashMap;
 use std::fs;
@@ -53,6 +54,8 @@ use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState, host, 
 const CONSOLE_MAX: u64 = 1 << 20;
 /// A console file this big has its tail moved to `console.log.1`.
 const CONSOLE_ROTATE: u64 = 2 << 20;
+/// How often a stop presses the power button again.
+const POWER_BUTTON_RETRY: Duration = Duration::from_secs(5);
 /// QEMU's own memory on top of the guest's, in the cgroup's limit.
 const OVERHEAD_MB: u64 = 256;
 
@@ -819,11 +822,17 @@ impl QemuDriver {
             .and_then(|mut q| q.status())
             .is_ok_and(|s| s == "running");
         if running {
-            let _ = self
-                .qmp(uuid)
-                .and_then(|mut q| q.execute("system_powerdown", None));
-            if self.wait_gone(uuid, timeout) {
-                return Ok(());
+            // Pressed again every few seconds, as Nova's libvirt driver
+            // does: a guest still booting misses a press.
+            let start = Instant::now();
+            while start.elapsed() < timeout {
+                let _ = self
+                    .qmp(uuid)
+                    .and_then(|mut q| q.execute("system_powerdown", None));
+                let left = timeout.saturating_sub(start.elapsed());
+                if self.wait_gone(uuid, left.min(POWER_BUTTON_RETRY)) {
+                    return Ok(());
+                }
             }
             tracing::info!(instance = %uuid, "guest ignored the power button; cutting power");
         }

@@ -529,8 +529,8 @@ impl Drop for Agent {
     }
 }
 
-/// Removes what the in-process agent's container driver left under a
-/// data dir: its runc containers (and their cgroups) and overlay mounts.
+/// Removes what the in-process agent's drivers left under a data dir: its
+/// runc containers (and their cgroups), QEMU VMs, and overlay mounts.
 pub fn reap_containers(dir: &Path) {
     let root = dir.join("agent/runc");
     if root.exists() {
@@ -555,6 +555,34 @@ pub fn reap_containers(dir: &Path) {
                 let _ = Command::new("ip")
                     .args(["netns", "delete", &format!("stratus-{}", id.trim())])
                     .output();
+            }
+        }
+    }
+    // The VMs (QEMU runs daemonised, outliving its agent) and their
+    // cgroups.
+    if let Ok(vms) = std::fs::read_dir(dir.join("agent/vms")) {
+        for e in vms.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("guest={id}")))
+            {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+                for _ in 0..50 {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            for cg in [
+                "/sys/fs/cgroup/stratus-vms",
+                "/sys/fs/cgroup/memory/stratus-vms",
+                "/sys/fs/cgroup/cpu/stratus-vms",
+            ] {
+                let _ = std::fs::remove_dir(Path::new(cg).join(&id));
             }
         }
     }

@@ -901,6 +901,102 @@ fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
     c.wait_gone(&c.admin, &id);
 }
 
+/// A VM's disk travels with a cold migration: its user data (run at
+/// every boot, from the config drive) writes a mark past the end of the
+/// boot file system on the first boot and finds it again on the other
+/// node; a resize there grows the disk and the VM's memory; shelve and
+/// unshelve keep the disk too.
+#[test]
+fn compute_real_vm_cold_migration_carries_its_disk_and_resize_grows_it() {
+    require_qemu();
+    let c = cloud(&[]);
+    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let img = image_id(&c, "busybox-vm");
+    let script = "#!/bin/sh\n\
+        if dd if=/dev/vda bs=512 skip=204800 count=1 2>/dev/null | grep -q CARRIED; then echo FOUND-MARK; \
+        else echo CARRIED | dd of=/dev/vda bs=512 seek=204800 conv=notrunc 2>/dev/null; sync; echo WROTE-MARK; fi\n";
+    let ud = base64::engine::general_purpose::STANDARD.encode(script);
+    let r = c.boot(
+        &c.admin,
+        "vmmv",
+        &img,
+        "1",
+        json!({"availability_zone": "nova:node-b", "user_data": ud}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "WROTE-MARK");
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+    let r = act(json!({"migrate": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_ne!(s["OS-EXT-SRV-ATTR:host"], "node-b", "{s}");
+    console_until(&c, &c.admin, &id, "FOUND-MARK");
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let on_b = c.server.data_dir().join("node-b/agent/vms").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_b.exists() {
+        assert!(Instant::now() < deadline, "node-b kept its copy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Resize on this node: 512 MiB and 1 GiB to 2 GiB and 20 GiB.
+    let r = act(json!({"resize": {"flavorRef": "2"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let host = c.req("GET", &format!("/servers/{id}"), &c.admin, None).body["server"]
+        ["OS-EXT-SRV-ATTR:host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = if host == "node-b" {
+        c.server.data_dir().join("node-b/agent/vms").join(&id)
+    } else {
+        c.server.data_dir().join("agent/vms").join(&id)
+    };
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(dir.join("disk.qcow2"))
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 20u64 << 30, "{info}");
+    let pid = std::fs::read_to_string(dir.join("qemu.pid")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains(" -m 2048 "), "{cmdline}");
+
+    // Shelve keeps the disk in an image; unshelve boots a new VM from it
+    // (a fresh console) that finds the mark. The guest may still be
+    // booting after the resize: the stop presses the power button until
+    // the guest hears it.
+    assert_eq!(act(json!({"shelve": null})).status, 202);
+    c.wait(&c.admin, &id, "SHELVED_OFFLOADED");
+    assert!(!dir.exists(), "the VM left its node");
+    assert_eq!(act(json!({"unshelve": null})).status, 202);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let out = console_until(&c, &c.admin, &id, "FOUND-MARK");
+    assert!(!out.contains("WROTE-MARK"), "{out}");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}
+
 #[test]
 fn compute_real_aggregate_image_cache_fetches_ahead() {
     let c = cloud(&[]);
