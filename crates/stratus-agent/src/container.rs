@@ -45,7 +45,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,24 +55,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::{self, ImageConfig};
 use crate::runc::{self, Runc, Status};
-use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState, host, valid_id};
+use crate::{
+    Driver, DriverError, HostResources, InstanceSpec, PowerState, host, lock_of, valid_id,
+};
 use crate::{snapshot, spec};
-
-/// The most of a console log `console_output` reads.
-const CONSOLE_MAX: u64 = 1 << 20;
 
 /// Look for an OCI runtime in `PATH`: `runc`, then `crun`.
 pub fn find_runtime() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    for name in ["runc", "crun"] {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
-                return Some(p);
-            }
-        }
-    }
-    None
+    ["runc", "crun"].into_iter().find_map(crate::which)
 }
 
 /// How an instance's root file system is made.
@@ -118,14 +107,6 @@ pub struct ContainerDriver {
     /// One lock per image being unpacked, one per instance being changed.
     image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     instance_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-fn lock_of(map: &Mutex<HashMap<String, Arc<Mutex<()>>>>, key: &str) -> Arc<Mutex<()>> {
-    map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key.to_string())
-        .or_default()
-        .clone()
 }
 
 fn rt(msg: impl Into<String>) -> DriverError {
@@ -1084,32 +1065,7 @@ impl Driver for ContainerDriver {
         if self.rescue_record(uuid)?.is_some() {
             dir.push("rescue");
         }
-        let mut f = match fs::File::open(dir.join("console.log")) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let len = f.metadata()?.len();
-        let start = len.saturating_sub(CONSOLE_MAX);
-        f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::with_capacity((len - start) as usize);
-        f.take(CONSOLE_MAX).read_to_end(&mut buf)?;
-        let mut text = String::from_utf8_lossy(&buf).into_owned();
-        if start > 0 {
-            // Drop the partial first line.
-            if let Some(i) = text.find('\n') {
-                text.drain(..=i);
-            }
-        }
-        Ok(match tail_lines {
-            None => text,
-            // Nova's tail: split on newlines, keep the last n pieces (the
-            // empty piece after a final newline counts as one).
-            Some(n) => {
-                let pieces: Vec<&str> = text.split('\n').collect();
-                pieces[pieces.len().saturating_sub(n)..].join("\n")
-            }
-        })
+        crate::console_tail(&[dir.join("console.log")], tail_lines)
     }
 }
 

@@ -266,6 +266,73 @@ pub trait Driver: Send + Sync {
     }
 }
 
+/// The most of a console log `console_output` reads.
+pub(crate) const CONSOLE_MAX: u64 = 1 << 20;
+
+/// A console as Nova's `os-getConsoleOutput` gives it: the last
+/// [`CONSOLE_MAX`] bytes of `files` (oldest first; a missing one is
+/// empty), whole lines only, then Nova's tail of `tail_lines` (split on
+/// newlines, keep the last n pieces; the empty piece after a final
+/// newline counts as one).
+pub(crate) fn console_tail(
+    files: &[PathBuf],
+    tail_lines: Option<usize>,
+) -> Result<String, DriverError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = Vec::new();
+    let mut truncated = false;
+    for path in files {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let len = f.metadata()?.len();
+        let start = len.saturating_sub(CONSOLE_MAX);
+        truncated |= start > 0;
+        f.seek(SeekFrom::Start(start))?;
+        f.take(CONSOLE_MAX).read_to_end(&mut buf)?;
+    }
+    let cut = buf.len().saturating_sub(CONSOLE_MAX as usize);
+    let mut text = String::from_utf8_lossy(&buf[cut..]).into_owned();
+    if (truncated || cut > 0)
+        && let Some(i) = text.find('\n')
+    {
+        // Drop the partial first line.
+        text.drain(..=i);
+    }
+    Ok(match tail_lines {
+        None => text,
+        Some(n) => {
+            let pieces: Vec<&str> = text.split('\n').collect();
+            pieces[pieces.len().saturating_sub(n)..].join("\n")
+        }
+    })
+}
+
+/// The lock of `key` in a map of per-key locks (made on first use).
+pub(crate) fn lock_of(
+    map: &std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+    key: &str,
+) -> std::sync::Arc<std::sync::Mutex<()>> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.to_string())
+        .or_default()
+        .clone()
+}
+
+/// The executable `name` on `PATH`.
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Ids become file and cgroup names: keep them to a safe alphabet.
 pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -288,6 +355,25 @@ mod tests {
         assert_eq!(PowerState::Shutdown.nova_code(), 4);
         assert_eq!(PowerState::Crashed.nova_code(), 6);
         assert_eq!(PowerState::Suspended.nova_code(), 7);
+    }
+
+    #[test]
+    fn console_tail_keeps_whole_lines_across_rotated_files() {
+        let dir = std::env::temp_dir().join(format!("stratus-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, cur) = (dir.join("console.log.1"), dir.join("console.log"));
+        std::fs::write(&old, b"a\nb\n").unwrap();
+        std::fs::write(&cur, b"c\nd\n").unwrap();
+        let both = [old.clone(), cur.clone()];
+        assert_eq!(console_tail(&both, None).unwrap(), "a\nb\nc\nd\n");
+        // Nova's tail: the empty piece after the last newline counts.
+        assert_eq!(console_tail(&both, Some(3)).unwrap(), "c\nd\n");
+        assert_eq!(console_tail(&[dir.join("none")], None).unwrap(), "");
+        // Over the limit: the cut first line goes.
+        let big = format!("partial{}\nlast\n", "x".repeat(CONSOLE_MAX as usize));
+        std::fs::write(&cur, big).unwrap();
+        assert_eq!(console_tail(&[cur], Some(2)).unwrap(), "last\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

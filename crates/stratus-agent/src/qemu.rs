@@ -48,10 +48,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::qmp::Qmp;
-use crate::{Driver, DriverError, HostResources, InstanceSpec, PowerState, host, valid_id};
+use crate::{
+    CONSOLE_MAX, Driver, DriverError, HostResources, InstanceSpec, PowerState, host, lock_of,
+    valid_id, which,
+};
 
-/// The most of a console log `console_output` reads.
-const CONSOLE_MAX: u64 = 1 << 20;
 /// A console file this big has its tail moved to `console.log.1`.
 const CONSOLE_ROTATE: u64 = 2 << 20;
 /// How often a stop presses the power button again.
@@ -176,22 +177,6 @@ pub struct QemuDriver {
 
 fn rt(msg: impl Into<String>) -> DriverError {
     DriverError::Runtime(msg.into())
-}
-
-fn lock_of(map: &Mutex<HashMap<String, Arc<Mutex<()>>>>, key: &str) -> Arc<Mutex<()>> {
-    map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key.to_string())
-        .or_default()
-        .clone()
-}
-
-/// `name` on `PATH`.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The QEMU system emulator for this machine's architecture.
@@ -1084,31 +1069,10 @@ impl Driver for QemuDriver {
     fn console_output(&self, uuid: &str, tail_lines: Option<usize>) -> Result<String, DriverError> {
         self.record(uuid)?;
         let dir = self.dir(uuid);
-        let mut buf = fs::read(dir.join("console.log.1")).unwrap_or_default();
-        match fs::File::open(dir.join("console.log")) {
-            Ok(mut f) => {
-                let len = f.metadata()?.len();
-                let start = len.saturating_sub(CONSOLE_MAX);
-                f.seek(SeekFrom::Start(start))?;
-                f.take(CONSOLE_MAX).read_to_end(&mut buf)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        let cut = buf.len().saturating_sub(CONSOLE_MAX as usize);
-        let mut text = String::from_utf8_lossy(&buf[cut..]).into_owned();
-        if cut > 0
-            && let Some(i) = text.find('\n')
-        {
-            text.drain(..=i);
-        }
-        Ok(match tail_lines {
-            None => text,
-            Some(n) => {
-                let pieces: Vec<&str> = text.split('\n').collect();
-                pieces[pieces.len().saturating_sub(n)..].join("\n")
-            }
-        })
+        crate::console_tail(
+            &[dir.join("console.log.1"), dir.join("console.log")],
+            tail_lines,
+        )
     }
 
     /// A qcow2 copy of the root disk as it is now (flattened: it needs

@@ -495,12 +495,17 @@ fn ensure_tap(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
     if !link_exists(&host) {
         ip(&["tuntap", "add", "dev", &host, "mode", "tap"])?;
     }
+    on_bridge(&host, &p.network_id, mtu)
+}
+
+/// Puts a port's host end on its network's bridge, with the MTU, up.
+fn on_bridge(host: &str, network_id: &str, mtu: u32) -> Result<(), DriverError> {
     ip(&[
         "link",
         "set",
-        &host,
+        host,
         "master",
-        &bridge_name(&p.network_id),
+        &bridge_name(network_id),
         "mtu",
         &mtu.to_string(),
         "up",
@@ -532,16 +537,7 @@ fn ensure_port(p: &PortWiring, mtu: u32) -> Result<(), DriverError> {
         ip(&["link", "set", &tmp, "netns", &ns])?;
         ip_in(&ns, &["link", "set", &tmp, "name", &p.ifname])?;
     }
-    ip(&[
-        "link",
-        "set",
-        &host,
-        "master",
-        &bridge_name(&p.network_id),
-        "mtu",
-        &mtu_s,
-        "up",
-    ])?;
+    on_bridge(&host, &p.network_id, mtu)?;
     let mac = p.mac.to_ascii_lowercase();
     ip_in(
         &ns,
