@@ -77,6 +77,14 @@ pub(crate) fn migrations(serial: &str, int: &str, bytes: &str) -> Vec<(i64, Stri
              CREATE INDEX resources_state ON resources (kind, state)
                  WHERE state IS NOT NULL;",
         ),
+        (
+            // What changed under a parent since a revision (a node's
+            // servers written since its agent last asked) reads only the
+            // changed rows. It serves everything `resources_parent` did.
+            5,
+            "CREATE INDEX resources_parent_revision ON resources (kind, parent, revision);
+             DROP INDEX resources_parent;",
+        ),
     ]
     .into_iter()
     .map(|(v, sql)| {

@@ -145,6 +145,9 @@ pub struct Query<'a> {
     pub owner: Option<&'a str>,
     pub parent: Option<&'a str>,
     pub name: Option<&'a str>,
+    /// Only documents written after this revision (what changed since a
+    /// reader's last look; deletions are not listed).
+    pub after: Option<i64>,
 }
 
 impl<'a> Query<'a> {
@@ -167,6 +170,13 @@ impl<'a> Query<'a> {
         Query {
             name: Some(name),
             ..Self::default()
+        }
+    }
+    /// The same query, only for documents written after revision `rev`.
+    pub fn changed_after(self, rev: i64) -> Self {
+        Query {
+            after: Some(rev),
+            ..self
         }
     }
 }
@@ -883,6 +893,40 @@ mod tests {
                 s.fetch::<Thing>("b"),
                 Err(StoreError::NotFound { .. })
             ));
+        });
+    }
+
+    #[test]
+    fn lists_only_what_changed_after_a_revision() {
+        each_engine(|s| {
+            s.write(|tx| {
+                tx.insert(&thing("a", "d1", "x"))?;
+                tx.insert(&thing("b", "d1", "y"))?;
+                tx.insert(&thing("c", "d2", "z"))?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+            let seen = s.last_revision().unwrap();
+            let ids = |q: &Query| -> Vec<String> {
+                s.list::<Thing>(q)
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.id)
+                    .collect()
+            };
+            assert!(ids(&Query::owner("d1").changed_after(seen)).is_empty());
+            let mut b = s.fetch::<Thing>("b").unwrap();
+            b.name = "w".into();
+            s.write(|tx| tx.update(&b)).unwrap();
+            s.write(|tx| tx.insert(&thing("d", "d1", "v"))).unwrap();
+            s.write(|tx| tx.update(&thing("c", "d2", "u"))).unwrap();
+            // Within the owner, after the revision: the update and the
+            // insert, not the untouched document nor the other owner's.
+            assert_eq!(ids(&Query::owner("d1").changed_after(seen)), ["b", "d"]);
+            assert_eq!(ids(&Query::all().changed_after(seen)), ["b", "c", "d"]);
+            let now = s.last_revision().unwrap();
+            assert!(ids(&Query::all().changed_after(now)).is_empty());
+            assert_eq!(ids(&Query::owner("d1")), ["a", "b", "d"]);
         });
     }
 

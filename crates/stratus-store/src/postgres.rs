@@ -327,6 +327,10 @@ impl<C: GenericClient> Conn for PgConn<'_, C> {
                 sql.push_str(&format!(" AND {col} = ${}", args.len()));
             }
         }
+        if let Some(rev) = &q.after {
+            args.push(rev);
+            sql.push_str(&format!(" AND revision > ${}", args.len()));
+        }
         // Byte order, as SQLite sorts ids.
         sql.push_str(" ORDER BY id COLLATE \"C\"");
         Ok(self

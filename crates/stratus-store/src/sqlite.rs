@@ -249,12 +249,20 @@ impl Conn for SqliteConn<'_> {
         // index on that column (`?n IS NULL OR col = ?n` would make it scan
         // the whole kind).
         let mut sql = String::from("SELECT body FROM resources WHERE kind = ?1");
-        let mut args: Vec<&str> = vec![kind];
-        for (col, val) in [("owner", q.owner), ("parent", q.parent), ("name", q.name)] {
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&kind];
+        for (col, val) in [
+            ("owner", &q.owner),
+            ("parent", &q.parent),
+            ("name", &q.name),
+        ] {
             if let Some(v) = val {
                 args.push(v);
                 sql.push_str(&format!(" AND {col} = ?{}", args.len()));
             }
+        }
+        if let Some(rev) = &q.after {
+            args.push(rev);
+            sql.push_str(&format!(" AND revision > ?{}", args.len()));
         }
         // `+id`: sort the few matching rows rather than walk the whole kind
         // in id order.
@@ -264,11 +272,7 @@ impl Conn for SqliteConn<'_> {
             " ORDER BY id"
         });
         let mut st = self.0.prepare_cached(&sql).db()?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                r.get::<_, String>(0)
-            })
-            .db()?;
+        let rows = st.query_map(&*args, |r| r.get::<_, String>(0)).db()?;
         rows.collect::<rusqlite::Result<Vec<_>>>().db()
     }
 

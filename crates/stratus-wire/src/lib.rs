@@ -8,6 +8,10 @@
 //! - `GET /edge/v1/nodes/{host}/servers?since=REV&wait=S` long-polls the
 //!   node's [`Assignments`]: a store revision and every server assigned to
 //!   the node, each an [`Assignment`] whose [`Task`] says what to do.
+//!   With `&changed=N` (the [`Assignments::changes_from`] of the last
+//!   answer) only the servers written since then come back
+//!   ([`Assignments::partial`]), so a node with hundreds of servers is not
+//!   sent all of them after every change to one.
 //! - `POST .../servers/{id}/report` with a [`TaskReport`] settles a task;
 //!   `POST .../servers/{id}/progress` with a [`TaskProgress`] moves a long
 //!   one on.
@@ -201,6 +205,16 @@ pub struct Assignments {
     pub revision: u64,
     #[serde(default)]
     pub servers: Vec<Assignment>,
+    /// The store revision the servers were read at: pass it back as
+    /// `changed=` to get only what was written after it. None from a
+    /// controller that answers only in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_from: Option<u64>,
+    /// Whether `servers` holds only the servers written since the
+    /// `changed=` asked for (none of the unchanged ones, and no word of
+    /// servers that left the node or were deleted), not every server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// What the agent must make true for one server.
@@ -559,14 +573,30 @@ mod tests {
                    "leftovers": [{"id": "m", "generation": 3}],
                    "precache": [{"id": "i", "checksum": null, "container_format": "bare"}]})
         );
+        // A full answer reads as an older controller's did.
         let a = Assignments {
             revision: 7,
             servers: Vec::new(),
+            ..Default::default()
         };
         assert_eq!(
             serde_json::to_value(&a).unwrap(),
             json!({"revision": 7, "servers": []})
         );
+        let a = Assignments {
+            revision: 9,
+            servers: Vec::new(),
+            changes_from: Some(8),
+            partial: true,
+        };
+        let j = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            j,
+            json!({"revision": 9, "servers": [], "changes_from": 8, "partial": true})
+        );
+        // An older controller's answer is a full one.
+        let old: Assignments = serde_json::from_value(json!({"revision": 3})).unwrap();
+        assert!(!old.partial && old.changes_from.is_none());
         let join: JoinReply = serde_json::from_value(json!({"node": {"host": "h",
             "user_id": "u", "password": "p", "project_id": "n"}}))
         .unwrap();

@@ -223,11 +223,21 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         std::thread::spawn(move || network_loop(&nt));
     }
     let mut since = 0u64;
+    // Where the last answer read the servers: the next one brings only
+    // the servers written after it.
+    let mut changed: Option<u64> = None;
+    let mut last_full = std::time::Instant::now();
     let mut resumed = first;
     loop {
         flush_reports(&shared);
+        // A full list now and then all the same: it is what keeps the
+        // bookkeeping of deleted servers from growing.
+        if last_full.elapsed() > FULL_LIST_EVERY {
+            changed = None;
+        }
+        let only_changed = changed.map(|c| format!("&changed={c}")).unwrap_or_default();
         let url = format!(
-            "{}/edge/v1/nodes/{}/servers?since={since}&wait=30",
+            "{}/edge/v1/nodes/{}/servers?since={since}&wait=30{only_changed}",
             cfg.controller, cfg.host
         );
         let polled = call(&shared, "GET", &url, None);
@@ -255,8 +265,12 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             }
         };
         since = a.revision;
+        changed = a.changes_from;
+        if !a.partial {
+            last_full = std::time::Instant::now();
+        }
         mark_network_dirty(&shared);
-        if !resumed {
+        if !resumed && !a.partial {
             resume_guests(&shared, &a.servers);
             resumed = true;
         }
@@ -350,3 +364,7 @@ use heartbeat::{heartbeat, prune_images};
 use listener::start_listener;
 use network::{mark_network_dirty, network_loop, source_address};
 use tasks::{flush_reports, resume_guests, run_task};
+
+/// How often an agent that asks only for changed servers takes the full
+/// list all the same.
+pub(crate) const FULL_LIST_EVERY: Duration = Duration::from_secs(600);

@@ -133,15 +133,36 @@ async fn assigned(
         .await;
     }
     let rev = *rx.borrow();
-    let servers = state.store.list::<Server>(&StoreQuery::parent(&host))?;
-    let mut out = Vec::new();
-    for s in servers {
-        out.push(super::service::assignment(&state, &s)?);
-    }
-    Ok(axum::Json(Assignments {
-        revision: rev,
-        servers: out,
-    }))
+    // Only what was written since the agent's last answer, when it says
+    // where that was: a node with 500 servers is not sent all 500 after
+    // every change to one of them.
+    let changed: Option<i64> = q.get("changed").and_then(|s| s.parse().ok());
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        // Read before the servers: whatever commits after it has a later
+        // revision and is in the next answer.
+        let at = st.store.last_revision()?;
+        let query = StoreQuery::parent(&host);
+        let (query, partial) = match changed {
+            // A revision this store has not reached (another database's)
+            // gets everything.
+            Some(c) if (0..=at).contains(&c) => (query.changed_after(c), true),
+            _ => (query, false),
+        };
+        let servers = st.store.list::<Server>(&query)?;
+        let mut out = Vec::with_capacity(servers.len());
+        for s in servers {
+            out.push(super::service::assignment(&st, &s)?);
+        }
+        Ok(axum::Json(Assignments {
+            revision: rev,
+            servers: out,
+            changes_from: Some(at as u64),
+            partial,
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// What the node must wire for the servers on it

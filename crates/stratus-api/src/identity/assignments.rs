@@ -166,7 +166,7 @@ async fn list_grants(
     for a in state.store.list::<Assignment>(&Q {
         owner: Some(&target),
         parent: Some(&actor),
-        name: None,
+        ..Q::default()
     })? {
         if a.target == s.target
             && a.actor == s.actor

@@ -33,6 +33,7 @@ pub fn limit(store: &Store, project: &str, resource: &str) -> Result<Option<i64>
             owner: Some(project),
             parent: Some(&svc.id),
             name: Some(resource),
+            ..Query::default()
         })?
         .into_iter()
         .next();

@@ -152,6 +152,91 @@ fn reliability_heartbeat_listed_before_a_spawn_settled_never_stops_it() {
     assert_eq!(s["OS-EXT-STS:power_state"], 0);
 }
 
+/// The node's assignments, asking only for what changed after `changed`
+/// when given.
+fn assignments(c: &Cloud, host: &str, changed: Option<u64>) -> Value {
+    let only = changed.map(|n| format!("&changed={n}")).unwrap_or_default();
+    let r = c
+        .server
+        .client_at("/edge/v1")
+        .get(&format!("/nodes/{host}/servers?since=0{only}"), &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+fn assigned_ids(a: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = a["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn reliability_a_node_asking_for_changes_gets_exactly_the_servers_written_since() {
+    let c = Cloud::start(&["--no-agent"]);
+    let key = "agent-key-1";
+    heartbeat(&c, "sim", key, 0, json!({}));
+    c.wait_nodes(1);
+    let (_, tok) = c.project("delta");
+    let img = c.image(&tok, "tiny");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = c.boot(&tok, &format!("d{i}"), &img, "42", json!({}));
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(r.body["server"]["id"].as_str().unwrap().to_string());
+    }
+    let generations: Vec<u64> = ids
+        .iter()
+        .map(|id| assigned_generation(&c, "sim", id))
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+
+    // A full list: every server, and where it was read.
+    let full = assignments(&c, "sim", None);
+    assert_eq!(assigned_ids(&full), sorted);
+    assert_eq!(full.get("partial"), None, "{full}");
+    let from = full["changes_from"]
+        .as_u64()
+        .expect("a position to ask from");
+
+    // Nothing written since: nothing sent.
+    let none = assignments(&c, "sim", Some(from));
+    assert_eq!(none["partial"], true, "{none}");
+    assert!(assigned_ids(&none).is_empty(), "{none}");
+
+    // One server settles: it alone comes back, settled.
+    report_spawned(&c, "sim", &ids[1], generations[1], key, 1);
+    let one = assignments(&c, "sim", Some(from));
+    assert_eq!(assigned_ids(&one), [ids[1].clone()], "{one}");
+    assert_eq!(one["servers"][0]["task_state"], Value::Null);
+    let from2 = one["changes_from"].as_u64().unwrap();
+    assert!(from2 > from);
+    assert!(assigned_ids(&assignments(&c, "sim", Some(from2))).is_empty());
+
+    // A stop through the API: that server, with its task.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{}/action", ids[1]),
+        &tok,
+        Some(json!({"os-stop": null})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let stop = assignments(&c, "sim", Some(from2));
+    assert_eq!(assigned_ids(&stop), [ids[1].clone()], "{stop}");
+    assert_eq!(stop["servers"][0]["task_state"], "powering-off");
+
+    // A position this store never reached (another database's) gets the
+    // whole list, as does an agent that does not ask for changes.
+    let other = assignments(&c, "sim", Some(from2 + 1_000_000));
+    assert_eq!(other.get("partial"), None);
+    assert_eq!(assigned_ids(&other), sorted);
+}
+
 #[test]
 fn reliability_heartbeat_from_a_restarted_agent_is_newer_than_its_marks() {
     let c = Cloud::start(&["--no-agent"]);

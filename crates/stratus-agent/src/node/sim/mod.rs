@@ -406,11 +406,19 @@ async fn heartbeat(sim: &Sim, node: &Node, starting: bool) -> anyhow::Result<()>
 async fn poll_loop(sim: &Arc<Sim>, node: &Arc<Node>) {
     let mut conn: Option<TcpStream> = None;
     let mut since = 0u64;
+    let mut changed: Option<u64> = None;
+    let mut last_full = std::time::Instant::now();
     let mut resumed = false;
     loop {
         flush_reports(sim, node).await;
+        // A full list now and then all the same: it is what keeps the
+        // bookkeeping of deleted servers from growing.
+        if last_full.elapsed() > super::FULL_LIST_EVERY {
+            changed = None;
+        }
+        let only_changed = changed.map(|c| format!("&changed={c}")).unwrap_or_default();
         let path = format!(
-            "/edge/v1/nodes/{}/servers?since={since}&wait=30",
+            "/edge/v1/nodes/{}/servers?since={since}&wait=30{only_changed}",
             sim.host(node)
         );
         let a: Assignments = match sim.call(Some(&mut conn), "GET", &path, "", None).await {
@@ -435,13 +443,18 @@ async fn poll_loop(sim: &Arc<Sim>, node: &Arc<Node>) {
             }
         };
         since = a.revision;
-        if !resumed {
+        changed = a.changes_from;
+        if !a.partial {
+            last_full = std::time::Instant::now();
+        }
+        if !resumed && !a.partial {
             resume_guests(node, &a.servers);
             resumed = true;
         }
         // Forget what no listed server and no workload needs any more, so
-        // a long run does not grow the node's bookkeeping.
-        {
+        // a long run does not grow the node's bookkeeping (a full list
+        // only: a partial one leaves the unchanged servers out).
+        if !a.partial {
             let mut keep: HashSet<&str> = a.servers.iter().map(|s| s.id.as_str()).collect();
             let listed = node.driver.list();
             keep.extend(listed.iter().map(|(id, _)| id.as_str()));
