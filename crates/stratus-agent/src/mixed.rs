@@ -110,13 +110,18 @@ impl Driver for MixedDriver {
     }
 
     fn rescue(&self, rescue: &InstanceSpec) -> Result<(), DriverError> {
-        if self.vms.has(&rescue.uuid) || rescue.is_vm() {
-            return Err(DriverError::Runtime(format!(
-                "rescuing VM {} is not supported yet",
-                rescue.uuid
-            )));
+        match (self.vms.has(&rescue.uuid), rescue.is_vm()) {
+            (true, true) => self.vms.rescue(rescue),
+            (false, false) => self.containers.rescue(rescue),
+            (true, false) => Err(DriverError::InvalidImage(format!(
+                "VM {} is rescued from a disk image (container_format bare), not from image {} ({})",
+                rescue.uuid, rescue.image_id, rescue.container_format
+            ))),
+            (false, true) => Err(DriverError::InvalidImage(format!(
+                "container {} is rescued from a container image (docker or oci), not from the VM disk {}",
+                rescue.uuid, rescue.image_id
+            ))),
         }
-        self.containers.rescue(rescue)
     }
 
     fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {

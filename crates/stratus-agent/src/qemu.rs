@@ -17,6 +17,9 @@
 //!   qemu.pid  qemu.log        the daemonised QEMU's pid and stderr
 //!   console.log(.1)           the serial console, bounded (see below)
 //!   saved.state               a suspended VM's memory and devices
+//!   rescue.qcow2              while rescued: an overlay on the rescue
+//!                             image's base, booted first (the VM's own
+//!                             disk is the second disk, as in Nova)
 //! ```
 //!
 //! QEMU runs daemonised (`-daemonize`), in a cgroup of its own with the
@@ -156,6 +159,10 @@ struct Record {
     nics: Vec<VmNic>,
     #[serde(default)]
     config_drive: bool,
+    /// The image a rescue boots from (its overlay is `rescue.qcow2`, the
+    /// VM's own disk is then the second disk); none when not rescued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rescue: Option<String>,
 }
 
 pub struct QemuDriver {
@@ -607,7 +614,50 @@ impl QemuDriver {
             disk_gb: spec.disk_gb,
             nics: spec.vm_nics.clone(),
             config_drive,
+            rescue: None,
         })
+    }
+
+    /// Boots the VM from the rescue image's disk (its own disk second).
+    fn rescue_locked(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let uuid = spec.uuid.as_str();
+        let mut r = self.record(uuid)?;
+        if r.rescue.is_some() {
+            // A retried rescue: make sure it runs.
+            return self.start_locked(uuid);
+        }
+        let was_running = self.pid(uuid).is_some();
+        let dir = self.dir(uuid);
+        self.stop_locked(uuid, self.reboot_timeout)?;
+        let _ = fs::remove_file(dir.join("saved.state"));
+        let base = self.ensure_base(spec)?;
+        let overlay = dir.join("rescue.qcow2");
+        let _ = fs::remove_file(&overlay);
+        let built = output(
+            Command::new(&self.qemu_img)
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&base)
+                .arg(&overlay),
+            "qemu-img create",
+        );
+        let result = built.and_then(|_| {
+            r.rescue = Some(spec.image_id.clone());
+            self.write_record(&r)?;
+            self.start_locked(uuid)
+        });
+        if let Err(e) = result {
+            // Back to how it was.
+            let _ = self.kill_locked(uuid);
+            r.rescue = None;
+            let _ = self.write_record(&r);
+            let _ = fs::remove_file(&overlay);
+            if was_running && let Err(e) = self.start_locked(uuid) {
+                tracing::warn!(instance = uuid, error = %e, "could not start again after a failed rescue");
+            }
+            return Err(e);
+        }
+        tracing::info!(instance = uuid, rescue_image = %spec.image_id, "VM booted from its rescue disk");
+        Ok(())
     }
 
     fn args(&self, r: &Record, dir: &Path, incoming: bool) -> Vec<String> {
@@ -637,12 +687,20 @@ impl QemuDriver {
             format!("file,id=serial0,path={},append=on", d("console.log")),
             "-serial".into(),
             "chardev:serial0".into(),
-            "-drive".into(),
-            format!(
-                "file={},format=qcow2,if=virtio,cache=writeback,discard=unmap",
-                d("disk.qcow2")
-            ),
         ];
+        // Rescued: the rescue disk boots, the VM's own disk comes second.
+        let disks: &[&str] = if r.rescue.is_some() {
+            &["rescue.qcow2", "disk.qcow2"]
+        } else {
+            &["disk.qcow2"]
+        };
+        for disk in disks {
+            a.push("-drive".into());
+            a.push(format!(
+                "file={},format=qcow2,if=virtio,cache=writeback,discard=unmap",
+                d(disk)
+            ));
+        }
         if r.config_drive {
             a.push("-drive".into());
             a.push(format!(
@@ -1008,6 +1066,26 @@ impl Driver for QemuDriver {
         self.unpause(uuid)
     }
 
+    fn rescue(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, &spec.uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.rescue_locked(spec)
+    }
+
+    fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.record(uuid)?;
+        if r.rescue.is_some() {
+            // The rescue disk is thrown away: no clean shutdown needed.
+            self.kill_locked(uuid)?;
+            r.rescue = None;
+            self.write_record(&r)?;
+            let _ = fs::remove_file(self.dir(uuid).join("rescue.qcow2"));
+        }
+        self.start_locked(uuid)
+    }
+
     fn destroy(&self, uuid: &str) -> Result<(), DriverError> {
         if !valid_id(uuid) {
             return Ok(());
@@ -1144,7 +1222,10 @@ impl Driver for QemuDriver {
         for e in entries.filter_map(|e| e.ok()) {
             let id = e.file_name().to_string_lossy().into_owned();
             match self.record(&id) {
-                Ok(r) => out.push(r.image_id),
+                Ok(r) => {
+                    out.push(r.image_id);
+                    out.extend(r.rescue);
+                }
                 // Being built or torn down: nothing may go now.
                 Err(_) => return None,
             }

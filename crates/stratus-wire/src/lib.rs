@@ -279,6 +279,9 @@ pub struct RescueImage {
     pub image_id: String,
     #[serde(default)]
     pub container_format: String,
+    /// A VM rescue disk's format (qcow2, raw, ...).
+    #[serde(default)]
+    pub disk_format: String,
     #[serde(default)]
     pub image_checksum: Option<String>,
 }

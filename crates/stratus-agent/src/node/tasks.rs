@@ -343,7 +343,8 @@ pub(super) fn wire_server(sh: &Shared, id: &str, force: bool) -> anyhow::Result<
 }
 
 /// Runs the server from its rescue image (the controller names it in
-/// `rescue`), with its own root at `/mnt/rescue`.
+/// `rescue`): a container with its own root at `/mnt/rescue`, a VM booted
+/// from the rescue disk with its own disk second.
 pub(super) fn rescue(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
     let r = s
         .rescue
@@ -354,7 +355,7 @@ pub(super) fn rescue(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
         s,
         &r.image_id,
         &r.container_format,
-        "",
+        &r.disk_format,
         r.image_checksum.as_deref(),
     )?;
     (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid, false)?;

@@ -22,9 +22,15 @@
 //! starts the server's own container again, with whatever was changed
 //! under `/mnt/rescue` kept. The node keeps the rescue on its disk, so an
 //! agent that restarts finds (or starts again) the rescue container.
+//!
+//! A virtual machine (the QEMU driver) is rescued as Nova's libvirt driver
+//! does it: the guest is shut down, then booted from a fresh overlay of
+//! the rescue image (a disk image) with its own disk attached as the
+//! second disk and the config drive as before. Unrescue throws the rescue
+//! disk away and boots the VM's own disk again.
 
 use super::common::{check_locked, fetch_tx, record_action};
-use super::model::{ComputeNode, Server};
+use super::model::Server;
 use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
@@ -77,8 +83,9 @@ pub fn rescue(
     Ok(admin_pass.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string()))
 }
 
-/// A rescue image must be visible to the caller, active, and runnable
-/// on the server's node (a container node runs docker and OCI images).
+/// A rescue image must be visible to the caller, active, and of the
+/// server's kind (a disk image for a VM, a container image for a
+/// container).
 fn check_image(state: &AppState, ctx: &Ctx, s: &Server, id: &str) -> Result<(), ApiError> {
     let img = match state.store.get::<Image>(id)? {
         Some(i) if crate::image::visible(state, ctx, &i)? => i,
@@ -91,26 +98,20 @@ fn check_image(state: &AppState, ctx: &Ctx, s: &Server, id: &str) -> Result<(), 
     if img.status != "active" {
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
     }
-    if state
+    // A VM boots its rescue disk; a container runs a rescue container.
+    let server_is_vm = state
         .store
         .get::<Image>(&s.image_ref)?
-        .is_some_and(|i| i.boots_vm())
-    {
-        return Err(ApiError::conflict(format!(
-            "Cannot 'rescue' instance {}: rescuing a virtual machine is not supported yet.",
-            s.id
+        .is_some_and(|i| i.boots_vm());
+    let format = img.container_format.as_deref().unwrap_or("");
+    if server_is_vm && !img.boots_vm() {
+        return Err(ApiError::bad_request(format!(
+            "Image {id} cannot rescue this server: a virtual machine is rescued from a disk image (container_format bare or ovf), not {format}."
         )));
     }
-    let driver = match s.host.as_deref() {
-        Some(h) => state.store.get::<ComputeNode>(h)?.map(|n| n.driver),
-        None => None,
-    };
-    let format = img.container_format.as_deref().unwrap_or("");
-    if driver.as_deref().is_some_and(|d| d.contains("container"))
-        && !matches!(format, "docker" | "oci")
-    {
+    if !server_is_vm && !matches!(format, "docker" | "oci") {
         return Err(ApiError::bad_request(format!(
-            "Image {id} is not bootable here: the server's node runs container images (container_format docker or oci), not {format}."
+            "Image {id} is not bootable here: the server is a container and is rescued from a container image (container_format docker or oci), not {format}."
         )));
     }
     Ok(())

@@ -569,6 +569,9 @@ pub fn plan(
             .and_then(Value::as_str)
             .map(str::to_string)
     };
+    if let Some(why) = unplaceable_topology(&s.flavor.extra_specs, &img_prop) {
+        return Ok(Err(why));
+    }
     let want_arch = img_prop("hw_architecture").or_else(|| img_prop("architecture"));
     let want_hv = img_prop("img_hv_type").or_else(|| img_prop("hypervisor_type"));
     // A VM disk needs a node with QEMU; a container image one with an
@@ -951,6 +954,38 @@ fn schedule_batch(state: &AppState, view: &View, ids: &[String]) {
             }
         }
     }
+}
+
+/// CPU pinning and huge pages, asked for by the flavor (`hw:cpu_policy`,
+/// `hw:mem_page_size`) or the image (`hw_cpu_policy`, `hw_mem_page_size`):
+/// no node sets CPUs or huge pages aside for guests, so a server that
+/// needs them fits nowhere, and the fault says why (Nova's scheduler finds
+/// no PCPU inventory or no NUMA fit and answers NoValidHost the same way).
+fn unplaceable_topology(
+    specs: &BTreeMap<String, String>,
+    img_prop: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let pick = |spec: &str, prop: &str| {
+        specs
+            .get(spec)
+            .map(|v| (spec.to_string(), v.clone()))
+            .or_else(|| img_prop(prop).map(|v| (prop.to_string(), v)))
+    };
+    if let Some((key, policy)) = pick("hw:cpu_policy", "hw_cpu_policy")
+        && matches!(policy.as_str(), "dedicated" | "mixed")
+    {
+        return Some(format!(
+            "{key}={policy} asks for pinned CPUs and no compute node sets CPUs aside for pinning (no PCPU inventory)."
+        ));
+    }
+    if let Some((key, size)) = pick("hw:mem_page_size", "hw_mem_page_size")
+        && !matches!(size.as_str(), "small" | "any")
+    {
+        return Some(format!(
+            "{key}={size} asks for huge pages and no compute node offers huge pages to guests."
+        ));
+    }
+    None
 }
 
 fn reasons_by_host(reasons: &[(usize, &str)], nodes: &[ComputeNode]) -> Vec<String> {

@@ -716,6 +716,10 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
                     .as_ref()
                     .and_then(|i| i.container_format.clone())
                     .unwrap_or_default(),
+                disk_format: ri
+                    .as_ref()
+                    .and_then(|i| i.disk_format.clone())
+                    .unwrap_or_default(),
                 image_checksum: ri.and_then(|i| i.os_hash_value),
             })
         }

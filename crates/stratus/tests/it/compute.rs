@@ -451,6 +451,54 @@ fn compute_flavors_defaults_private_access_and_extra_specs() {
 }
 
 #[test]
+fn compute_pinned_cpus_and_huge_pages_fail_with_the_reason_not_silently() {
+    let c = Cloud::start(&["--driver", "fake"]);
+    c.wait_nodes(1);
+    let (_, tok) = c.project("numa");
+    let img = c.image(&tok, "tiny");
+    let flavor = |id: &str, specs: Value| {
+        let r = c.req(
+            "POST",
+            "/flavors",
+            &c.admin,
+            Some(json!({"flavor": {"name": id, "id": id, "ram": 64, "vcpus": 1, "disk": 1}})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = c.req(
+            "POST",
+            &format!("/flavors/{id}/os-extra_specs"),
+            &c.admin,
+            Some(json!({"extra_specs": specs})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    flavor("pinned", json!({"hw:cpu_policy": "dedicated"}));
+    flavor("huge", json!({"hw:mem_page_size": "1GB"}));
+    flavor(
+        "shared",
+        json!({"hw:cpu_policy": "shared", "hw:mem_page_size": "any"}),
+    );
+    let boot = |name: &str, flavor: &str| {
+        let r = c.boot(&tok, name, &img, flavor, json!({}));
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.body["server"]["id"].as_str().unwrap().to_string()
+    };
+    for (flavor, reason) in [
+        ("pinned", "hw:cpu_policy=dedicated asks for pinned CPUs"),
+        ("huge", "hw:mem_page_size=1GB asks for huge pages"),
+    ] {
+        let id = boot(flavor, flavor);
+        let s = c.wait(&tok, &id, "ERROR");
+        let msg = s["fault"]["message"].as_str().unwrap_or_default();
+        assert!(msg.starts_with("No valid host was found."), "{s}");
+        assert!(msg.contains(reason), "{s}");
+    }
+    // What every node can do still boots.
+    let id = boot("plain", "shared");
+    c.wait(&tok, &id, "ACTIVE");
+}
+
+#[test]
 fn compute_keypairs_import_generate_and_quota() {
     let c = Cloud::start(&["--no-agent"]);
     let (_, tok) = c.project("kp");

@@ -294,6 +294,104 @@ fn compute_real_restart_adopts_running_vms() {
     assert!(!c.server.data_dir().join(format!("agent/vms/{id}")).exists());
 }
 
+/// The disk the guest last found its config drive on.
+fn last_config_drive(out: &str) -> Option<&str> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("config drive: "))
+        .next_back()
+}
+
+#[test]
+fn compute_real_vm_rescue_boots_the_rescue_disk_first_and_unrescue_its_own() {
+    require_qemu();
+    let c = cloud(&[]);
+    let vm_img = image_id(&c, "busybox-vm");
+    let r = c.boot(&c.admin, "vm", &vm_img, "1", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    // Its own disk is vda, the config drive vdb.
+    let out = console_until(&c, &c.admin, &id, "tick 1");
+    assert_eq!(last_config_drive(&out), Some("/dev/vdb"), "{out}");
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+    // A container image cannot rescue a VM.
+    let r = act(json!({"rescue": {"rescue_image_ref": image_id(&c, "busybox-oci")}}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["badRequest"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk image"),
+        "{}",
+        r.body
+    );
+
+    // Rescue: the guest shuts down and boots from the rescue disk, with
+    // its own disk second (vdb) and the config drive third.
+    let r = act(json!({"rescue": {"rescue_image_ref": vm_img}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["adminPass"].is_string(), "{}", r.body);
+    c.wait(&c.admin, &id, "RESCUE");
+    let s = settled(&c, &c.admin, &id);
+    assert_eq!(s["OS-EXT-STS:vm_state"], "rescued", "{s}");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    let dir = c.server.data_dir().join(format!("agent/vms/{id}"));
+    assert!(dir.join("rescue.qcow2").exists());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let out = loop {
+        let out = console(&c, &c.admin, &id);
+        if last_config_drive(&out) == Some("/dev/vdc") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(last_config_drive(&out), Some("/dev/vdc"), "{out}");
+    assert!(
+        out.contains("power button: powering off"),
+        "shut down first: {out}"
+    );
+
+    // Unrescue: the rescue disk goes and the VM boots its own disk.
+    let r = act(json!({"unrescue": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let s = settled(&c, &c.admin, &id);
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    assert!(!dir.join("rescue.qcow2").exists());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let out = loop {
+        let out = console(&c, &c.admin, &id);
+        if out.matches("STRATUS-TEST-IMAGE OK").count() >= 3 || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(out.matches("STRATUS-TEST-IMAGE OK").count() >= 3, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = console(&c, &c.admin, &id);
+        if last_config_drive(&out) == Some("/dev/vdb") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(last_config_drive(&out), Some("/dev/vdb"), "{out}");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+    assert_eq!(qemu_pid(&c, &id), None);
+}
+
 /// Polls an image in the image service until it is `status`.
 fn image_until(c: &Cloud, id: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
