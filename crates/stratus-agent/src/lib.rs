@@ -152,6 +152,17 @@ pub enum DriverError {
 }
 
 /// A workload driver. Every method blocks; none of them panics on bad input.
+/// How far a live migration is, in bytes (QEMU's `query-migrate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationProgress {
+    pub memory_total: u64,
+    pub memory_processed: u64,
+    pub memory_remaining: u64,
+    pub disk_total: u64,
+    pub disk_processed: u64,
+    pub disk_remaining: u64,
+}
+
 pub trait Driver: Send + Sync {
     /// `"container"`, `"qemu"`, `"container+qemu"` or `"fake"`.
     fn name(&self) -> &'static str;
@@ -221,6 +232,33 @@ pub trait Driver: Send + Sync {
     fn unrescue(&self, uuid: &str) -> Result<(), DriverError> {
         Err(DriverError::Runtime(format!(
             "the {} driver cannot unrescue instance {uuid}",
+            self.name()
+        )))
+    }
+    /// Live migration, destination side: builds the instance from `spec`
+    /// as a spawn would (disk, config drive, taps) and starts it waiting
+    /// for a migration stream; the TCP port it listens on.
+    fn prepare_incoming(&self, spec: &InstanceSpec) -> Result<u16, DriverError> {
+        Err(DriverError::Runtime(format!(
+            "the {} driver cannot live-migrate instance {}",
+            self.name(),
+            spec.uuid
+        )))
+    }
+    /// Live migration, source side: streams the running instance (memory,
+    /// devices and disk) to `uri` (`tcp:HOST:PORT`, a destination's
+    /// [`Driver::prepare_incoming`]), telling `progress` how far it is;
+    /// once the destination runs it, the local copy is removed. On
+    /// failure the instance runs on here.
+    fn migrate_out(
+        &self,
+        uuid: &str,
+        uri: &str,
+        progress: &dyn Fn(&MigrationProgress),
+    ) -> Result<(), DriverError> {
+        let _ = (uri, progress);
+        Err(DriverError::Runtime(format!(
+            "the {} driver cannot live-migrate instance {uuid}",
             self.name()
         )))
     }

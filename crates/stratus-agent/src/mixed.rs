@@ -128,6 +128,23 @@ impl Driver for MixedDriver {
         self.of(uuid).unrescue(uuid)
     }
 
+    fn prepare_incoming(&self, spec: &InstanceSpec) -> Result<u16, DriverError> {
+        if spec.is_vm() {
+            self.vms.prepare_incoming(spec)
+        } else {
+            self.containers.prepare_incoming(spec)
+        }
+    }
+
+    fn migrate_out(
+        &self,
+        uuid: &str,
+        uri: &str,
+        progress: &dyn Fn(&crate::MigrationProgress),
+    ) -> Result<(), DriverError> {
+        self.of(uuid).migrate_out(uuid, uri, progress)
+    }
+
     fn resize(
         &self,
         uuid: &str,

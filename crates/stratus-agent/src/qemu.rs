@@ -52,14 +52,16 @@ use serde_json::json;
 
 use crate::qmp::Qmp;
 use crate::{
-    CONSOLE_MAX, Driver, DriverError, HostResources, InstanceSpec, PowerState, host, lock_of,
-    valid_id, which,
+    CONSOLE_MAX, Driver, DriverError, HostResources, InstanceSpec, MigrationProgress, PowerState,
+    host, lock_of, valid_id, which,
 };
 
 /// A console file this big has its tail moved to `console.log.1`.
 const CONSOLE_ROTATE: u64 = 2 << 20;
 /// How often a stop presses the power button again.
 const POWER_BUTTON_RETRY: Duration = Duration::from_secs(5);
+/// How long a live migration may take before it is cancelled.
+const LIVE_MIGRATION_TIMEOUT: Duration = Duration::from_secs(1800);
 /// QEMU's own memory on top of the guest's, in the cgroup's limit.
 const OVERHEAD_MB: u64 = 256;
 
@@ -618,6 +620,96 @@ impl QemuDriver {
         })
     }
 
+    /// Builds the VM as a spawn would and starts QEMU waiting for a live
+    /// migration on a TCP port the kernel picks; that port.
+    fn prepare_incoming_locked(&self, spec: &InstanceSpec) -> Result<u16, DriverError> {
+        let uuid = spec.uuid.as_str();
+        let dir = self.dir(uuid);
+        if dir.exists() {
+            if self.pid(uuid).is_some() {
+                return Err(rt(format!("VM {uuid} already runs on this node")));
+            }
+            // What an earlier, failed try left.
+            fs::remove_dir_all(&dir)?;
+        }
+        self.build(spec, &dir)?;
+        let r = self.record(uuid)?;
+        self.launch(&r, Some("defer"))?;
+        let mut q = self.qmp(uuid)?;
+        q.execute("migrate-incoming", Some(json!({"uri": "tcp:0.0.0.0:0"})))?;
+        let info = q.execute("query-migrate", None)?;
+        info["socket-address"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|a| a["port"].as_str().and_then(|p| p.parse().ok()))
+            .ok_or_else(|| rt(format!("QEMU named no port to migrate to: {info}")))
+    }
+
+    /// Streams the VM to `uri` with its disk (QEMU's block migration: no
+    /// shared storage), then removes the local copy.
+    fn migrate_out_locked(
+        &self,
+        uuid: &str,
+        uri: &str,
+        progress: &dyn Fn(&MigrationProgress),
+    ) -> Result<(), DriverError> {
+        self.record(uuid)?;
+        if self.pid(uuid).is_none() {
+            return Err(rt(format!("VM {uuid} is not running")));
+        }
+        self.qmp(uuid)?
+            .execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
+        let start = Instant::now();
+        let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        let info = loop {
+            std::thread::sleep(Duration::from_millis(200));
+            // A connection per look: QEMU serves one QMP client at a time
+            // and power-state reads must not wait behind a long migration.
+            let info = self.qmp(uuid)?.execute("query-migrate", None)?;
+            let (ram, disk) = (&info["ram"], &info["disk"]);
+            progress(&MigrationProgress {
+                memory_total: bytes(ram, "total"),
+                memory_processed: bytes(ram, "transferred"),
+                memory_remaining: bytes(ram, "remaining"),
+                disk_total: bytes(disk, "total"),
+                disk_processed: bytes(disk, "transferred"),
+                disk_remaining: bytes(disk, "remaining"),
+            });
+            match info["status"].as_str().unwrap_or("") {
+                "completed" => break info,
+                "failed" | "cancelled" => {
+                    return Err(rt(format!(
+                        "the live migration {}: {}",
+                        info["status"].as_str().unwrap_or(""),
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    )));
+                }
+                _ if start.elapsed() > LIVE_MIGRATION_TIMEOUT => {
+                    let _ = self
+                        .qmp(uuid)
+                        .and_then(|mut q| q.execute("migrate_cancel", None));
+                    return Err(rt(format!(
+                        "the live migration did not complete within {} s and was cancelled",
+                        LIVE_MIGRATION_TIMEOUT.as_secs()
+                    )));
+                }
+                _ => {}
+            }
+        };
+        tracing::info!(
+            instance = uuid,
+            total_ms = start.elapsed().as_millis() as u64,
+            downtime_ms = info["downtime"].as_u64().unwrap_or(0),
+            "live migration completed"
+        );
+        // The destination runs it: this copy goes.
+        self.kill_locked(uuid)?;
+        self.unconfine(uuid);
+        fs::remove_dir_all(self.dir(uuid))?;
+        Ok(())
+    }
+
     /// Boots the VM from the rescue image's disk (its own disk second).
     fn rescue_locked(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         let uuid = spec.uuid.as_str();
@@ -660,7 +752,9 @@ impl QemuDriver {
         Ok(())
     }
 
-    fn args(&self, r: &Record, dir: &Path, incoming: bool) -> Vec<String> {
+    /// QEMU's command line for the VM; `incoming` is `-incoming`'s value
+    /// (a saved state to load, or `defer` for a live migration).
+    fn args(&self, r: &Record, dir: &Path, incoming: Option<&str>) -> Vec<String> {
         let d = |f: &str| dir.join(f).display().to_string();
         let mut a: Vec<String> = vec![
             "-name".into(),
@@ -717,12 +811,36 @@ impl QemuDriver {
             a.push("-device".into());
             a.push(format!("virtio-net-pci,netdev=net{i},mac={}", n.mac));
         }
-        if incoming {
+        if let Some(from) = incoming {
             a.push("-incoming".into());
-            a.push(format!("exec:cat {}", d("saved.state")));
+            a.push(from.to_string());
         }
         a.extend(["-pidfile".into(), d("qemu.pid"), "-daemonize".into()]);
         a
+    }
+
+    /// Runs QEMU for the VM (daemonised, in its cgroup).
+    fn launch(&self, r: &Record, incoming: Option<&str>) -> Result<(), DriverError> {
+        let dir = self.dir(&r.uuid);
+        let _ = fs::remove_file(dir.join("qmp.sock"));
+        let _ = fs::remove_file(dir.join("qemu.pid"));
+        let log = fs::File::create(dir.join("qemu.log"))?;
+        let status = Command::new(&self.qemu)
+            .args(self.args(r, &dir, incoming))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .map_err(|e| rt(format!("running {}: {e}", self.qemu.display())))?;
+        if !status.success() {
+            let why = fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            return Err(rt(format!("QEMU did not start: {}", why.trim())));
+        }
+        let pid = self
+            .pid(&r.uuid)
+            .ok_or_else(|| rt("QEMU started but its pid file names no QEMU"))?;
+        self.confine(r, pid);
+        Ok(())
     }
 
     fn start_locked(&self, uuid: &str) -> Result<(), DriverError> {
@@ -736,24 +854,8 @@ impl QemuDriver {
         let dir = self.dir(uuid);
         let saved = dir.join("saved.state");
         let incoming = saved.exists();
-        let _ = fs::remove_file(dir.join("qmp.sock"));
-        let _ = fs::remove_file(dir.join("qemu.pid"));
-        let log = fs::File::create(dir.join("qemu.log"))?;
-        let status = Command::new(&self.qemu)
-            .args(self.args(&r, &dir, incoming))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .status()
-            .map_err(|e| rt(format!("running {}: {e}", self.qemu.display())))?;
-        if !status.success() {
-            let why = fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
-            return Err(rt(format!("QEMU did not start: {}", why.trim())));
-        }
-        let pid = self
-            .pid(uuid)
-            .ok_or_else(|| rt("QEMU started but its pid file names no QEMU"))?;
-        self.confine(&r, pid);
+        let from = format!("exec:cat {}", saved.display());
+        self.launch(&r, incoming.then_some(from.as_str()))?;
         if incoming {
             // The saved state loads, then the guest runs on.
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -1064,6 +1166,32 @@ impl Driver for QemuDriver {
 
     fn resume(&self, uuid: &str) -> Result<(), DriverError> {
         self.unpause(uuid)
+    }
+
+    fn prepare_incoming(&self, spec: &InstanceSpec) -> Result<u16, DriverError> {
+        if !valid_id(&spec.uuid) {
+            return Err(rt(format!("instance id {:?} is not usable", spec.uuid)));
+        }
+        let lock = lock_of(&self.locks, &spec.uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.prepare_incoming_locked(spec);
+        if result.is_err() {
+            let _ = self.kill_locked(&spec.uuid);
+            self.unconfine(&spec.uuid);
+            let _ = fs::remove_dir_all(self.dir(&spec.uuid));
+        }
+        result
+    }
+
+    fn migrate_out(
+        &self,
+        uuid: &str,
+        uri: &str,
+        progress: &dyn Fn(&MigrationProgress),
+    ) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.migrate_out_locked(uuid, uri, progress)
     }
 
     fn rescue(&self, spec: &InstanceSpec) -> Result<(), DriverError> {

@@ -258,6 +258,10 @@ pub struct Assignment {
     /// The image a rescue (`rescuing`, `rescued`) runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescue: Option<RescueImage>,
+    /// A live migration (`migrating`): where the destination waits for
+    /// the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_migration: Option<LiveMigration>,
     /// Whether the workload should be running when no task is (what an
     /// agent that restarts makes true).
     #[serde(default)]
@@ -271,6 +275,14 @@ pub struct Assignment {
     /// no other server will boot it, so the node keeps no download of it.
     #[serde(default)]
     pub single_use_image: bool,
+}
+
+/// Where a live migration goes ([`Assignment::live_migration`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveMigration {
+    /// QEMU's migration address on the destination, `tcp:HOST:PORT`.
+    pub uri: String,
+    pub dest_host: String,
 }
 
 /// The rescue image of an [`Assignment`].
@@ -317,6 +329,9 @@ pub enum Task {
     Shelving,
     ShelvingImagePendingUpload,
     ShelvingImageUploading,
+    /// A live migration: the source streams the VM to
+    /// [`Assignment::live_migration`]'s destination.
+    Migrating,
     /// Any other task state, kept as the controller spelled it.
     Other(String),
 }
@@ -350,6 +365,7 @@ const TASKS: &[(Task, &str)] = &[
         "shelving_image_pending_upload",
     ),
     (Task::ShelvingImageUploading, "shelving_image_uploading"),
+    (Task::Migrating, "migrating"),
 ];
 
 impl Task {
@@ -427,6 +443,20 @@ pub struct TaskReport {
 pub struct TaskProgress {
     pub generation: u64,
     pub task: String,
+    /// A live migration's bytes so far (memory and disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationBytes>,
+}
+
+/// A live migration's progress, as Nova's server migrations show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationBytes {
+    pub memory_total_bytes: u64,
+    pub memory_processed_bytes: u64,
+    pub memory_remaining_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub disk_processed_bytes: u64,
+    pub disk_remaining_bytes: u64,
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The agent's own small listener: the controller asks it for a
-//! server's console output and diagnostics.
+//! server's console output and diagnostics, and gets it ready to receive
+//! a live migration.
 
 use anyhow::Context;
 
@@ -21,22 +22,58 @@ pub(super) fn start_listener(sh: &Arc<Shared>) -> anyhow::Result<()> {
         for stream in listener.incoming().flatten() {
             let sh = sh.clone();
             std::thread::spawn(move || {
-                serve_one(stream, |path| {
-                    Some((sh.key.as_str(), &*sh.driver, path.to_string()))
-                })
+                let incoming = |id: &str, body: &str| incoming(&sh, id, body);
+                serve_one(
+                    stream,
+                    |path| Some((sh.key.as_str(), &*sh.driver, path.to_string())),
+                    Some(&incoming),
+                )
             });
         }
     });
     Ok(())
 }
 
-/// A minimal HTTP/1.1 answer for `GET /instances/{id}/console?length=N`
-/// and `GET /instances/{id}/diagnostics`. `node` finds, from the request
-/// path, the key the caller must show, the driver that answers and the
-/// path left for it (several simulated nodes share one listener).
+/// Pre-live-migration: builds the VM of the assignment in `body` as a
+/// spawn would and starts it waiting for the stream; the port.
+fn incoming(sh: &Shared, id: &str, body: &str) -> Result<u16, String> {
+    let s: stratus_wire::Assignment =
+        serde_json::from_str(body).map_err(|e| format!("bad assignment: {e}"))?;
+    if s.id != id {
+        return Err("the assignment is for another server".into());
+    }
+    let mut spec = tasks::instance_spec(
+        sh,
+        &s,
+        &s.image_id,
+        &s.container_format,
+        &s.disk_format,
+        s.image_checksum.as_deref(),
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    (spec.netns, spec.dns, spec.vm_nics) =
+        tasks::wire_server(sh, id, false).map_err(|e| format!("{e:#}"))?;
+    let port = sh
+        .driver
+        .prepare_incoming(&spec)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(server = id, port, "waiting for a live migration");
+    Ok(port)
+}
+
+/// What answers `POST /instances/{id}/incoming` (the server's assignment
+/// in, the port out).
+pub(super) type Incoming<'a> = &'a dyn Fn(&str, &str) -> Result<u16, String>;
+
+/// A minimal HTTP/1.1 answer for `GET /instances/{id}/console?length=N`,
+/// `GET /instances/{id}/diagnostics` and `POST /instances/{id}/incoming`.
+/// `node` finds, from the request path, the key the caller must show, the
+/// driver that answers and the path left for it (several simulated nodes
+/// share one listener).
 pub(super) fn serve_one<'a>(
     mut stream: std::net::TcpStream,
     node: impl Fn(&str) -> Option<(&'a str, &'a dyn Driver, String)>,
+    incoming: Option<Incoming<'_>>,
 ) {
     use std::io::{BufRead, BufReader, Write};
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -49,17 +86,26 @@ pub(super) fn serve_one<'a>(
         return;
     }
     let mut key = None;
+    let mut length = 0usize;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.trim().eq_ignore_ascii_case("x-stratus-agent-key")
-        {
-            key = Some(v.trim().to_string());
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("x-stratus-agent-key") {
+                key = Some(v.trim().to_string());
+            } else if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
     }
+    // A request body (an assignment) is small.
+    let mut body = vec![0u8; length.min(4 << 20)];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        return;
+    }
+    let post = line.starts_with("POST ");
     let target = line.split_whitespace().nth(1).unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let found = node(path);
@@ -68,7 +114,26 @@ pub(super) fn serve_one<'a>(
         .find_map(|kv| kv.strip_prefix("length="))
         .and_then(|v| v.parse::<usize>().ok());
     let mut content_type = "text/plain; charset=utf-8";
-    let (status, body) = if let Some((want, driver, path)) = found {
+    let (status, body) = if let Some((want, _, path)) = found.as_ref()
+        && post
+    {
+        let id = path
+            .strip_prefix("/instances/")
+            .and_then(|r| r.strip_suffix("/incoming"));
+        match (key.as_deref() == Some(*want), id, incoming) {
+            (false, _, _) => ("403 Forbidden", "wrong or missing agent key".to_string()),
+            (true, Some(id), Some(f)) if crate::valid_id(id) => {
+                match f(id, &String::from_utf8_lossy(&body)) {
+                    Ok(port) => {
+                        content_type = "application/json";
+                        ("200 OK", serde_json::json!({ "port": port }).to_string())
+                    }
+                    Err(e) => ("409 Conflict", e),
+                }
+            }
+            _ => ("404 Not Found", "unknown path".to_string()),
+        }
+    } else if let Some((want, driver, path)) = found {
         answer(
             key.as_deref() == Some(want),
             driver,

@@ -185,6 +185,24 @@ pub(super) fn run_task(sh: &Arc<Shared>, s: &Assignment, task: &Task) {
             }
             Task::Rescuing => rescue(sh, s)?,
             Task::Unrescuing => d.unrescue(&id)?,
+            // Live migration, on the source: the destination waits at the
+            // address the controller names; the VM's memory, devices and
+            // disk stream there, and this copy goes once it runs there.
+            Task::Migrating => {
+                let to = s
+                    .live_migration
+                    .as_ref()
+                    .context("the controller named no live-migration destination")?;
+                let last = std::cell::Cell::new(Instant::now());
+                d.migrate_out(&id, &to.uri, &|p| {
+                    if last.get().elapsed() >= Duration::from_secs(1) {
+                        last.set(Instant::now());
+                        send_progress(sh, &id, generation, "migrating", Some(bytes(p)));
+                    }
+                })?;
+                sh.net.unplug(&id);
+                mark_network_dirty(sh);
+            }
             // A restarted agent may find a snapshot at a later step: it
             // starts over.
             Task::ImageSnapshot
@@ -279,6 +297,27 @@ pub(super) fn target_image_active(sh: &Shared, s: &Assignment) -> bool {
 /// Moves a long task's task_state on; best effort (the final report is
 /// what counts).
 pub(super) fn progress(sh: &Shared, id: &str, generation: u64, task: &str) {
+    send_progress(sh, id, generation, task, None)
+}
+
+fn bytes(p: &crate::MigrationProgress) -> stratus_wire::MigrationBytes {
+    stratus_wire::MigrationBytes {
+        memory_total_bytes: p.memory_total,
+        memory_processed_bytes: p.memory_processed,
+        memory_remaining_bytes: p.memory_remaining,
+        disk_total_bytes: p.disk_total,
+        disk_processed_bytes: p.disk_processed,
+        disk_remaining_bytes: p.disk_remaining,
+    }
+}
+
+fn send_progress(
+    sh: &Shared,
+    id: &str,
+    generation: u64,
+    task: &str,
+    migration: Option<stratus_wire::MigrationBytes>,
+) {
     let url = format!(
         "{}/edge/v1/nodes/{}/servers/{id}/progress",
         sh.cfg.controller, sh.cfg.host
@@ -286,6 +325,7 @@ pub(super) fn progress(sh: &Shared, id: &str, generation: u64, task: &str) {
     let body = TaskProgress {
         generation,
         task: task.to_string(),
+        migration,
     };
     let Ok(body) = serde_json::to_string(&body) else {
         return;

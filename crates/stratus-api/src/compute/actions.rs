@@ -77,6 +77,11 @@ async fn action(
         "migrate" if !ctx.is_admin() => {
             return Err(policy_denied("os_compute_api:os-migrate-server:migrate"));
         }
+        "os-migrateLive" if !ctx.is_admin() => {
+            return Err(policy_denied(
+                "os_compute_api:os-migrate-server:migrate_live",
+            ));
+        }
         "evacuate" if !ctx.is_admin() => {
             return Err(policy_denied("os_compute_api:os-evacuate"));
         }

@@ -618,27 +618,76 @@ async fn migrations(
     Ok(axum::Json(json!({ "migrations": out })))
 }
 
+/// A live migration in progress as `server-migrations` shows it (2.23),
+/// with the bytes its source last reported.
+fn server_migration_view(m: &Migration, mv: Mv) -> Value {
+    let p = m.progress.unwrap_or_default();
+    let mut v = json!({
+        "id": m.seq,
+        "server_uuid": m.server_id,
+        "status": m.status,
+        "source_compute": m.source_compute,
+        "source_node": m.source_compute,
+        "dest_compute": m.dest_compute,
+        "dest_node": m.dest_compute,
+        "dest_host": "127.0.0.1",
+        "memory_total_bytes": p.memory_total_bytes,
+        "memory_processed_bytes": p.memory_processed_bytes,
+        "memory_remaining_bytes": p.memory_remaining_bytes,
+        "disk_total_bytes": p.disk_total_bytes,
+        "disk_processed_bytes": p.disk_processed_bytes,
+        "disk_remaining_bytes": p.disk_remaining_bytes,
+        "created_at": iso_naive(m.created_us),
+        "updated_at": iso_naive(m.updated_us),
+    });
+    if mv.at_least(59) {
+        v["uuid"] = json!(m.id);
+    }
+    if mv.at_least(80) {
+        v["user_id"] = json!(m.user_id);
+        v["project_id"] = json!(m.project_id);
+    }
+    v
+}
+
+/// The server's live migrations in progress.
+fn live_migrations(state: &AppState, id: &str) -> Result<Vec<Migration>, ApiError> {
+    Ok(state
+        .store
+        .list::<Migration>(&StoreQuery::parent(id))?
+        .into_iter()
+        .filter(super::live::in_progress)
+        .collect())
+}
+
 async fn server_migrations(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:index")?;
     super::common::fetch(&state, &ctx, &id)?;
-    Ok(axum::Json(json!({ "migrations": [] })))
+    let list: Vec<Value> = live_migrations(&state, &id)?
+        .iter()
+        .map(|m| server_migration_view(m, mv))
+        .collect();
+    Ok(axum::Json(json!({ "migrations": list })))
 }
 
 async fn server_migration(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:show")?;
     super::common::fetch(&state, &ctx, &id)?;
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("In-progress live migration {mid} is not found for server {id}."),
-    ))
+    live_migrations(&state, &id)?
+        .iter()
+        .find(|m| m.seq.to_string() == mid)
+        .map(|m| axum::Json(json!({ "migration": server_migration_view(m, mv) })))
+        .ok_or_else(|| super::live::not_in_progress(&id, &mid))
 }
 
 /// Aborting a live migration (2.24, queued ones from 2.65): there are

@@ -1,6 +1,6 @@
 //! Calls from the controller to a node agent's own listener (console
-//! output, diagnostics). Everything else flows from the agent to the
-//! controller.
+//! output, diagnostics, getting a live migration's destination ready).
+//! Everything else flows from the agent to the controller.
 
 use std::time::Duration;
 
@@ -77,4 +77,50 @@ pub fn diagnostics(agent_url: &str, key: &str, id: &str) -> Result<serde_json::V
             "The {what} are not available on its node: {text}"
         ))),
     }
+}
+
+/// Pre-live-migration on the destination's agent: it builds the VM from
+/// `assignment` and starts it waiting for the migration stream; the TCP
+/// port it waits on.
+pub fn prepare_incoming(
+    agent_url: &str,
+    key: &str,
+    id: &str,
+    assignment: &stratus_wire::Assignment,
+    timeout: Duration,
+) -> Result<u16, ApiError> {
+    let url = format!(
+        "{}/instances/{id}/incoming",
+        agent_url.trim_end_matches('/')
+    );
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let refused = |e: String| {
+        ApiError::conflict(format!(
+            "The destination could not get ready for instance {id}: {e}"
+        ))
+    };
+    let body = serde_json::to_string(assignment).map_err(|e| refused(e.to_string()))?;
+    let mut resp = agent
+        .post(&url)
+        .header("x-stratus-agent-key", key)
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(|e| refused(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| refused(e.to_string()))?;
+    if status != 200 {
+        return Err(refused(format!("its agent answered {status}: {text}")));
+    }
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| refused(format!("its agent named no port: {text}")))
 }

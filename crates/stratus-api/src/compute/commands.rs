@@ -109,6 +109,10 @@ pub enum ServerAction {
     Migrate {
         host: Option<String>,
     },
+    /// `os-migrateLive`: to a host, or where the scheduler says.
+    LiveMigrate {
+        host: Option<String>,
+    },
     /// Nova's `evacuate`: off a node that is down (see `ha.rs`).
     Evacuate {
         host: Option<String>,

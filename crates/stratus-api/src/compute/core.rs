@@ -460,6 +460,9 @@ pub fn act(
         ServerAction::Migrate { host } => {
             super::resize::migrate(state, ctx, &s, host, rid).map(|_| Outcome::Accepted)
         }
+        ServerAction::LiveMigrate { host } => {
+            super::live::live_migrate(state, ctx, &s, host, rid).map(|_| Outcome::Accepted)
+        }
         ServerAction::Evacuate { host, admin_pass } => {
             super::ha::evacuate(state, ctx, &s, host, rid)?;
             Ok(Outcome::Evacuated {

@@ -184,6 +184,7 @@ fn begin_in(
         status: "accepted".into(),
         created_us: now,
         updated_us: now,
+        progress: None,
     };
     m.seq = tx.insert(&m)?;
     tx.update(&m)?;

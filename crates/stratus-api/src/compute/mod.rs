@@ -24,6 +24,7 @@ mod images;
 mod interfaces;
 mod ips;
 mod keypairs;
+mod live;
 pub mod model;
 mod nics;
 pub mod node_access;

@@ -281,6 +281,15 @@ pub struct ResizeJob {
     /// migration in `error`, not `reverted`.
     #[serde(default)]
     pub failed: bool,
+    /// A live migration (see `live.rs`): the server runs on at the source
+    /// while it streams to `dest_host`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
+    /// A live migration: where the destination's QEMU waits
+    /// (`tcp:HOST:PORT`), once it is ready; the source's task waits
+    /// for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_uri: Option<String>,
 }
 
 impl ResizeJob {
@@ -306,10 +315,14 @@ pub struct Migration {
     pub dest_compute: String,
     pub old_flavor_id: String,
     pub new_flavor_id: String,
-    /// pre-migrating, finished, confirmed, reverted, error.
+    /// pre-migrating, finished, confirmed, reverted, error; a live
+    /// migration: preparing, running, completed, error.
     pub status: String,
     pub created_us: i64,
     pub updated_us: i64,
+    /// A live migration's bytes so far, as its source last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<stratus_wire::MigrationBytes>,
 }
 
 record!(

@@ -261,8 +261,9 @@ async fn progress(
     require_agent(&ctx, &host)?;
     let p: TaskProgress = crate::json::decode(&raw)?;
     let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        super::snapshots::progress(&st, &host, &id, p.generation, &p.task)
+    tokio::task::spawn_blocking(move || match p.migration {
+        Some(bytes) => super::live::progress(&st, &id, p.generation, bytes),
+        None => super::snapshots::progress(&st, &host, &id, p.generation, &p.task),
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;

@@ -251,6 +251,9 @@ pub fn action(name: &str, arg: &Value, mv: Mv) -> Result<Option<ServerAction>, A
         "migrate" => ServerAction::Migrate {
             host: migrate(arg, mv)?,
         },
+        "os-migrateLive" => ServerAction::LiveMigrate {
+            host: live_migrate(arg, mv)?,
+        },
         "revertResize" => ServerAction::RevertResize,
         // Nova takes any body for shelve (Tempest sends `{}`).
         "shelve" => ServerAction::Shelve,
@@ -412,6 +415,63 @@ fn migrate(arg: &Value, mv: Mv) -> Result<Option<String>, ApiError> {
         return Ok(None);
     }
     only_name("migrate", arg, "host", true, "It is not a valid host name")
+}
+
+/// `os-migrateLive`: `host` (a name or null) and `block_migration` are
+/// required (a boolean, or from 2.25 `auto`); `disk_over_commit` before
+/// 2.25 and `force` from 2.30 to 2.67 are taken and change nothing (there
+/// is no shared storage, so every live migration is a block migration).
+fn live_migrate(arg: &Value, mv: Mv) -> Result<Option<String>, ApiError> {
+    let Value::Object(o) = arg else {
+        return Err(bad_field(
+            "os-migrateLive",
+            format!("Value: {arg}. It is not of type 'object'"),
+        ));
+    };
+    let mut known = vec!["host", "block_migration"];
+    if !mv.at_least(25) {
+        known.push("disk_over_commit");
+    }
+    if mv.at_least(30) && !mv.at_least(68) {
+        known.push("force");
+    }
+    if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(bad_field(
+            "os-migrateLive",
+            format!("Additional properties are not allowed ('{k}' was unexpected)"),
+        ));
+    }
+    for k in ["host", "block_migration"] {
+        if !o.contains_key(k) {
+            return Err(bad_field(k, format!("'{k}' is a required property")));
+        }
+    }
+    match &o["block_migration"] {
+        Value::Bool(_) => {}
+        Value::String(s) if s == "auto" && mv.at_least(25) => {}
+        v => {
+            return Err(bad_field(
+                "block_migration",
+                format!("Value: {v}. It is not a valid boolean"),
+            ));
+        }
+    }
+    if let Some(f) = o.get("force")
+        && !f.is_boolean()
+    {
+        return Err(bad_field(
+            "force",
+            format!("Value: {f}. It is not a valid boolean"),
+        ));
+    }
+    match &o["host"] {
+        Value::Null => Ok(None),
+        Value::String(h) if !h.is_empty() && h.len() <= 255 => Ok(Some(h.clone())),
+        v => Err(bad_field(
+            "host",
+            format!("Value: {v}. It is not a valid host name"),
+        )),
+    }
 }
 
 /// `unshelve`: before 2.77 Nova reads nothing from the body; 2.77 may
@@ -866,6 +926,52 @@ mod tests {
             json!({"flavorRef": "2", "OS-DCF:diskConfig": "BOGUS"}),
         ] {
             assert!(resize(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn live_migrate_bodies_follow_the_microversion() {
+        let ok = |body: Value, mv: u16| live_migrate(&body, Mv(mv));
+        assert_eq!(
+            ok(json!({"host": "n2", "block_migration": "auto"}), 30).unwrap(),
+            Some("n2".into())
+        );
+        assert_eq!(
+            ok(json!({"host": null, "block_migration": true}), 25).unwrap(),
+            None
+        );
+        // Before 2.25: a boolean and disk_over_commit; force from 2.30 to 2.67.
+        assert!(
+            ok(
+                json!({"host": null, "block_migration": false, "disk_over_commit": false}),
+                1
+            )
+            .is_ok()
+        );
+        assert!(ok(json!({"host": null, "block_migration": "auto"}), 24).is_err());
+        assert!(
+            ok(
+                json!({"host": null, "block_migration": "auto", "force": true}),
+                30
+            )
+            .is_ok()
+        );
+        assert!(
+            ok(
+                json!({"host": null, "block_migration": "auto", "force": true}),
+                68
+            )
+            .is_err()
+        );
+        for bad in [
+            json!(null),
+            json!({"host": null}),
+            json!({"block_migration": "auto"}),
+            json!({"host": "", "block_migration": "auto"}),
+            json!({"host": null, "block_migration": "sometimes"}),
+            json!({"host": null, "block_migration": "auto", "disk_over_commit": false}),
+        ] {
+            assert!(ok(bad.clone(), 30).is_err(), "{bad}");
         }
     }
 

@@ -28,7 +28,7 @@ use super::model::{Aggregate, ComputeNode, FlavorCopy, Migration, ResizeJob, Ser
 use super::quotas::{self, Resource};
 use super::scheduler::flavor_resources;
 use super::states::wrong_state;
-use super::states::{task, vm};
+use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
 use crate::placement::ClaimError;
 use crate::timeutil::now_us;
@@ -166,6 +166,7 @@ pub fn resize(
             status: "pre-migrating".into(),
             created_us: now,
             updated_us: now,
+            progress: None,
         };
         m.seq = tx.insert(&m)?;
         tx.update(&m)?;
@@ -181,6 +182,8 @@ pub fn resize(
             transfer_image: None,
             source_zone: None,
             failed: false,
+            live: false,
+            live_uri: None,
         });
         cur.task_state = Some(task::RESIZE_PREP.into());
         cur.generation += 1;
@@ -336,6 +339,7 @@ pub fn migrate(
                 status: "pre-migrating".into(),
                 created_us: now,
                 updated_us: now,
+                progress: None,
             };
             m.seq = tx.insert(&m)?;
             tx.update(&m)?;
@@ -350,6 +354,8 @@ pub fn migrate(
                 transfer_image: Some(image),
                 source_zone: cur.availability_zone.clone(),
                 failed: false,
+                live: false,
+                live_uri: None,
             });
             cur.task_state = Some(task::RESIZE_MIGRATING.into());
             cur.generation += 1;
@@ -424,6 +430,8 @@ pub struct Next {
     pub drop_image: Option<String>,
     /// Another node to wake.
     pub notify: Option<String>,
+    /// A claim to free (a finished live migration's, on its source).
+    pub release: Option<String>,
 }
 
 fn recount(
@@ -448,6 +456,13 @@ pub fn finish(
     let Some(mut job) = cur.resize.clone() else {
         return Ok(Next::default());
     };
+    if task_name == task::MIGRATING {
+        return if job.live {
+            finish_live(tx, cur, &job, ok)
+        } else {
+            Ok(Next::default())
+        };
+    }
     let mut next = Next::default();
     match (task_name, ok) {
         (task::RESIZE_PREP, true) => {
@@ -528,6 +543,40 @@ pub fn finish(
     Ok(next)
 }
 
+/// The source's report on a live migration (`migrating`, see `live.rs`).
+fn finish_live(
+    tx: &stratus_store::Tx,
+    cur: &mut Server,
+    job: &ResizeJob,
+    ok: bool,
+) -> Result<Next, ApiError> {
+    let mut next = Next::default();
+    if ok {
+        cur.host = job.dest_host.clone();
+        cur.node = job.dest_host.clone();
+        if let Some(dest) = &job.dest_host {
+            let aggs = tx.list::<Aggregate>(&stratus_store::Query::all())?;
+            cur.availability_zone = Some(super::zones::zone_of(&aggs, dest));
+        }
+        set_migration(tx, &job.migration_id, "completed")?;
+        // The source reports its copy gone; the guest runs on (or stays
+        // paused) at the destination.
+        cur.power_state = if job.old_vm_state == vm::PAUSED {
+            power::PAUSED
+        } else {
+            power::RUNNING
+        };
+        next.release = Some(job.migration_id.clone());
+        next.notify = job.dest_host.clone();
+    } else {
+        set_migration(tx, &job.migration_id, "error")?;
+        next.unmigrate = Some(job.migration_id.clone());
+        next.notify = job.dest_host.clone();
+    }
+    cur.resize = None;
+    Ok(next)
+}
+
 /// `os-resetState` ends a resize or migration where it stands (inside the
 /// reset's transaction): the server keeps the flavor it shows and the
 /// node it is on; the migration ends in `error`. [`after_reset`] then
@@ -562,6 +611,9 @@ pub fn after(state: &AppState, id: &str, next: Next) {
     }
     if let Some(m) = &next.unmigrate {
         unmigrate_claims(state, id, m);
+    }
+    if let Some(m) = &next.release {
+        release(state, m);
     }
     if let Some(image) = &next.drop_image {
         super::snapshots::drop_image(state, id, image);

@@ -628,10 +628,15 @@ fn sync_power_states(
             None => truly.push(id.clone()),
             Some(s) if s.host.as_deref() == Some(host) => {}
             Some(s) => {
+                // The destination of a live migration under way holds
+                // the copy being streamed to.
                 let keep = s
                     .resize
                     .as_ref()
-                    .is_some_and(|j| j.source_host.as_deref() == Some(host));
+                    .is_some_and(|j| j.source_host.as_deref() == Some(host))
+                    || s.resize
+                        .as_ref()
+                        .is_some_and(|j| j.live && j.dest_host.as_deref() == Some(host));
                 if !keep {
                     // With the generation: a node that has since acted on
                     // a newer request for it (the server came back) keeps
@@ -725,13 +730,25 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         }
         None => None,
     };
+    let live = s.resize.as_ref().filter(|j| j.live).and_then(|j| {
+        Some(stratus_wire::LiveMigration {
+            uri: j.live_uri.clone()?,
+            dest_host: j.dest_host.clone()?,
+        })
+    });
     Ok(Assignment {
         id: s.id.clone(),
         name: s.name.clone(),
         hostname: s.hostname.clone(),
         generation: s.generation,
         vm_state: s.vm_state.clone(),
-        task_state: s.task_state.as_deref().map(stratus_wire::Task::from),
+        // A live migration's source waits until the destination is ready.
+        task_state: s
+            .task_state
+            .as_deref()
+            .filter(|t| *t != task::MIGRATING || live.is_some())
+            .map(stratus_wire::Task::from),
+        live_migration: live,
         image_id: image_id.clone(),
         container_format: img
             .as_ref()
@@ -873,7 +890,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &TaskReport) -> Resu
             });
         }
         let mut next = None;
-        if task::is_resize(&task_name) {
+        if task::is_resize(&task_name) || task_name == task::MIGRATING {
             if !r.ok {
                 tracing::warn!(server = %cur.id, task = %task_name, message = ?r.message, "resize or migration step failed on the node");
             }

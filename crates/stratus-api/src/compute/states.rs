@@ -58,6 +58,8 @@ pub mod task {
     pub const SHELVING_IMAGE_UPLOADING: &str = "shelving_image_uploading";
     /// `unshelve` asked: the server waits for a node.
     pub const UNSHELVING: &str = "unshelving";
+    /// A live migration (`os-migrateLive`).
+    pub const MIGRATING: &str = "migrating";
 
     /// The task_states of a resize or cold migration step.
     pub fn is_resize(t: &str) -> bool {

@@ -1095,6 +1095,157 @@ fn compute_real_vm_cold_migration_carries_its_disk_and_resize_grows_it() {
     c.wait_gone(&c.admin, &id);
 }
 
+/// The highest `tick N` on a console.
+fn last_tick(out: &str) -> Option<u64> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+}
+
+#[test]
+fn compute_real_vm_live_migration_keeps_the_guest_running_and_its_disk() {
+    require_qemu();
+    let c = cloud(&[]);
+    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let img = image_id(&c, "busybox-vm");
+    let script = "#!/bin/sh\n\
+        if dd if=/dev/vda bs=512 skip=204800 count=1 2>/dev/null | grep -q CARRIED; then echo FOUND-MARK; \
+        else echo CARRIED | dd of=/dev/vda bs=512 seek=204800 conv=notrunc 2>/dev/null; sync; echo WROTE-MARK; fi\n";
+    let ud = base64::engine::general_purpose::STANDARD.encode(script);
+    let r = c.boot(
+        &c.admin,
+        "vmlive",
+        &img,
+        "1",
+        json!({"availability_zone": "nova:node-b", "user_data": ud}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "WROTE-MARK");
+    console_until(&c, &c.admin, &id, "tick 2");
+    let live = |token: &str, body: Value| {
+        c.nova.raw(
+            "POST",
+            &format!("/servers/{id}/action"),
+            Some(token),
+            &[("OpenStack-API-Version", "compute 2.30")],
+            Some(json!({ "os-migrateLive": body }).to_string()),
+        )
+    };
+    // Bad requests: a missing block_migration, the node it is on, and a
+    // caller who is not an admin.
+    let r = live(&c.admin, json!({"host": null}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = live(
+        &c.admin,
+        json!({"host": "node-b", "block_migration": "auto"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let (_, member) = c.project("live");
+    let r = live(&member, json!({"host": null, "block_migration": "auto"}));
+    assert!(r.status == 403 || r.status == 404, "{}", r.body);
+
+    // Live: the guest keeps counting; the console is read as it goes.
+    let before = console(&c, &c.admin, &id);
+    let mut seen = last_tick(&before).unwrap_or(0);
+    let r = live(&c.admin, json!({"host": null, "block_migration": "auto"}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let start = Instant::now();
+    let mut last_new = Instant::now();
+    let mut longest = Duration::ZERO;
+    let moved = loop {
+        let s = c.req("GET", &format!("/servers/{id}"), &c.admin, None).body["server"].clone();
+        if let Some(t) = last_tick(&console(&c, &c.admin, &id))
+            && t > seen
+        {
+            seen = t;
+            longest = longest.max(last_new.elapsed());
+            last_new = Instant::now();
+        }
+        if s["status"] == "ACTIVE" && s["OS-EXT-SRV-ATTR:host"] != "node-b" {
+            break s;
+        }
+        assert_ne!(s["status"], "ERROR", "{s}");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "never moved: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(moved["OS-EXT-STS:power_state"], 1, "{moved}");
+    assert!(moved["OS-EXT-STS:task_state"].is_null(), "{moved}");
+    // The destination's console carries on counting from where the guest
+    // was, with no boot in between: the same guest, not a new one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let out = console(&c, &c.admin, &id);
+        if last_tick(&out).is_some_and(|t| t > seen) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(last_tick(&after).is_some_and(|t| t > seen), "{after}");
+    assert!(
+        !after.contains("STRATUS-TEST-IMAGE OK"),
+        "rebooted: {after}"
+    );
+    eprintln!(
+        "live migration: {:.1} s in all, longest pause between ticks seen {:.1} s",
+        start.elapsed().as_secs_f64(),
+        longest.as_secs_f64()
+    );
+    // The source's copy is gone; the record says completed.
+    let on_b = c.server.data_dir().join("node-b/agent/vms").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_b.exists() {
+        assert!(Instant::now() < deadline, "node-b kept its copy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = c.nova.raw(
+        "GET",
+        &format!("/os-migrations?instance_uuid={id}"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.59")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = &r.body["migrations"][0];
+    assert_eq!(m["migration_type"], "live-migration", "{}", r.body);
+    assert_eq!(m["status"], "completed", "{}", r.body);
+    assert_eq!(m["source_compute"], "node-b", "{}", r.body);
+    let r = c.nova.raw(
+        "GET",
+        &format!("/servers/{id}/migrations"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.59")],
+        None,
+    );
+    assert_eq!(
+        r.body["migrations"],
+        json!([]),
+        "none in progress: {}",
+        r.body
+    );
+    // The disk came along: after a reboot there, the guest finds its mark.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &c.admin,
+        Some(json!({"reboot": {"type": "HARD"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    console_until(&c, &c.admin, &id, "FOUND-MARK");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}
+
 #[test]
 fn compute_real_aggregate_image_cache_fetches_ahead() {
     let c = cloud(&[]);

@@ -546,6 +546,7 @@ async fn run_task(sim: &Sim, node: &Node, s: &Assignment, task: &Task) {
             Task::Pausing | Task::Suspending => d.pause(id)?,
             Task::Unpausing | Task::Resuming => d.unpause(id)?,
             Task::Deleting => d.destroy(id)?,
+            Task::Migrating => anyhow::bail!("simulated nodes do not live-migrate"),
             Task::ResizeMigrating => {
                 if exists {
                     d.stop(id, stop)?;
@@ -686,6 +687,7 @@ async fn snapshot(
                 let p = TaskProgress {
                     generation: s.generation,
                     task: format!("{steps}{step}"),
+                    migration: None,
                 };
                 let path = format!(
                     "/edge/v1/nodes/{}/servers/{}/progress",
@@ -722,16 +724,20 @@ fn serve(sim: &Arc<Sim>, listener: std::net::TcpListener) {
         let _ = std::thread::Builder::new()
             .stack_size(128 * 1024)
             .spawn(move || {
-                super::listener::serve_one(stream, |path| {
-                    let rest = path.strip_prefix("/node/")?;
-                    let (index, rest) = rest.split_once('/')?;
-                    let node = sim.nodes.get(index.parse::<usize>().ok()?)?;
-                    Some((
-                        node.key.as_str(),
-                        &node.driver as &dyn Driver,
-                        format!("/{rest}"),
-                    ))
-                })
+                super::listener::serve_one(
+                    stream,
+                    |path| {
+                        let rest = path.strip_prefix("/node/")?;
+                        let (index, rest) = rest.split_once('/')?;
+                        let node = sim.nodes.get(index.parse::<usize>().ok()?)?;
+                        Some((
+                            node.key.as_str(),
+                            &node.driver as &dyn Driver,
+                            format!("/{rest}"),
+                        ))
+                    },
+                    None,
+                )
             });
     }
 }
