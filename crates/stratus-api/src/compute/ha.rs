@@ -170,24 +170,16 @@ fn begin_in(
         cur.hints["_forced_host"] = serde_json::Value::String(h.to_string());
     }
     let now = now_us();
-    let mut m = Migration {
-        id: uuid::Uuid::new_v4().to_string(),
-        seq: 0,
-        server_id: cur.id.clone(),
-        project_id: cur.project_id.clone(),
-        user_id: cur.user_id.clone(),
-        migration_type: "evacuation".into(),
-        source_compute: source.clone(),
-        dest_compute: String::new(),
-        old_flavor_id: cur.flavor.id.clone(),
-        new_flavor_id: cur.flavor.id.clone(),
-        status: "accepted".into(),
-        created_us: now,
-        updated_us: now,
-        progress: None,
-    };
-    m.seq = tx.insert(&m)?;
-    tx.update(&m)?;
+    Migration::moving(
+        &uuid::Uuid::new_v4().to_string(),
+        cur,
+        "evacuation",
+        &source,
+        "",
+        "accepted",
+        now,
+    )
+    .insert(tx)?;
     // An ERROR server comes back running, as Nova rebuilds it.
     if cur.vm_state == vm::ERROR {
         cur.vm_state = vm::ACTIVE.into();

@@ -125,24 +125,16 @@ pub fn live_migrate(
             {
                 return Err(wrong_state("os-migrateLive", &cur));
             }
-            let mut m = Migration {
-                id: migration_id.clone(),
-                seq: 0,
-                server_id: cur.id.clone(),
-                project_id: cur.project_id.clone(),
-                user_id: cur.user_id.clone(),
-                migration_type: "live-migration".into(),
-                source_compute: source.clone(),
-                dest_compute: dest.clone(),
-                old_flavor_id: cur.flavor.id.clone(),
-                new_flavor_id: cur.flavor.id.clone(),
-                status: "preparing".into(),
-                created_us: now,
-                updated_us: now,
-                progress: None,
-            };
-            m.seq = tx.insert(&m)?;
-            tx.update(&m)?;
+            Migration::moving(
+                &migration_id,
+                &cur,
+                "live-migration",
+                &source,
+                &dest,
+                "preparing",
+                now,
+            )
+            .insert(tx)?;
             cur.resize = Some(ResizeJob {
                 migration_id: migration_id.clone(),
                 old_flavor: cur.flavor.clone(),

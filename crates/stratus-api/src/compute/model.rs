@@ -325,6 +325,47 @@ pub struct Migration {
     pub progress: Option<stratus_wire::MigrationBytes>,
 }
 
+impl Migration {
+    /// A new record of a move of `server` (same flavor) from `source` to
+    /// `dest`, numbered when inserted by [`Migration::insert`].
+    pub fn moving(
+        id: &str,
+        server: &Server,
+        migration_type: &str,
+        source: &str,
+        dest: &str,
+        status: &str,
+        now_us: i64,
+    ) -> Migration {
+        Migration {
+            id: id.to_string(),
+            seq: 0,
+            server_id: server.id.clone(),
+            project_id: server.project_id.clone(),
+            user_id: server.user_id.clone(),
+            migration_type: migration_type.into(),
+            source_compute: source.to_string(),
+            dest_compute: dest.to_string(),
+            old_flavor_id: server.flavor.id.clone(),
+            new_flavor_id: server.flavor.id.clone(),
+            status: status.into(),
+            created_us: now_us,
+            updated_us: now_us,
+            progress: None,
+        }
+    }
+
+    /// Inserts the record with Nova's integer id (its insert sequence).
+    pub fn insert(
+        mut self,
+        tx: &stratus_store::Tx,
+    ) -> Result<Migration, stratus_store::StoreError> {
+        self.seq = tx.insert(&self)?;
+        tx.update(&self)?;
+        Ok(self)
+    }
+}
+
 record!(
     Migration,
     "migration",

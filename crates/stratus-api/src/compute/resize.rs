@@ -325,24 +325,16 @@ pub fn migrate(
             {
                 return Err(wrong_state("migrate", &cur));
             }
-            let mut m = Migration {
-                id: migration_id.clone(),
-                seq: 0,
-                server_id: cur.id.clone(),
-                project_id: cur.project_id.clone(),
-                user_id: cur.user_id.clone(),
-                migration_type: "migration".into(),
-                source_compute: source.clone(),
-                dest_compute: dest.clone(),
-                old_flavor_id: cur.flavor.id.clone(),
-                new_flavor_id: cur.flavor.id.clone(),
-                status: "pre-migrating".into(),
-                created_us: now,
-                updated_us: now,
-                progress: None,
-            };
-            m.seq = tx.insert(&m)?;
-            tx.update(&m)?;
+            Migration::moving(
+                &migration_id,
+                &cur,
+                "migration",
+                &source,
+                &dest,
+                "pre-migrating",
+                now,
+            )
+            .insert(tx)?;
             let image = super::snapshots::transfer_image(tx, &cur)?;
             cur.resize = Some(ResizeJob {
                 migration_id: migration_id.clone(),

@@ -1004,20 +1004,18 @@ fn compute_real_cold_migration_carries_the_disk_to_the_other_node() {
 /// boot file system on the first boot and finds it again on the other
 /// node; a resize there grows the disk and the VM's memory; shelve and
 /// unshelve keep the disk too.
-#[test]
-fn compute_real_vm_cold_migration_carries_its_disk_and_resize_grows_it() {
-    require_qemu();
-    let c = cloud(&[]);
-    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
-    c.wait_nodes_logged(2, &b.log);
-    let img = image_id(&c, "busybox-vm");
+/// Boots a busybox-vm on node-b whose user data writes a mark at 100 MiB
+/// into its disk on the first boot and says FOUND-MARK on later ones
+/// (where the disk went, the mark went too); waits for the first write.
+fn boot_marked_vm_on_b(c: &Cloud, name: &str) -> String {
+    let img = image_id(c, "busybox-vm");
     let script = "#!/bin/sh\n\
         if dd if=/dev/vda bs=512 skip=204800 count=1 2>/dev/null | grep -q CARRIED; then echo FOUND-MARK; \
         else echo CARRIED | dd of=/dev/vda bs=512 seek=204800 conv=notrunc 2>/dev/null; sync; echo WROTE-MARK; fi\n";
     let ud = base64::engine::general_purpose::STANDARD.encode(script);
     let r = c.boot(
         &c.admin,
-        "vmmv",
+        name,
         &img,
         "1",
         json!({"availability_zone": "nova:node-b", "user_data": ud}),
@@ -1025,7 +1023,17 @@ fn compute_real_vm_cold_migration_carries_its_disk_and_resize_grows_it() {
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["server"]["id"].as_str().unwrap().to_string();
     c.wait(&c.admin, &id, "ACTIVE");
-    console_until(&c, &c.admin, &id, "WROTE-MARK");
+    console_until(c, &c.admin, &id, "WROTE-MARK");
+    id
+}
+
+#[test]
+fn compute_real_vm_cold_migration_carries_its_disk_and_resize_grows_it() {
+    require_qemu();
+    let c = cloud(&[]);
+    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let id = boot_marked_vm_on_b(&c, "vmmv");
     let act = |body: Value| {
         c.req(
             "POST",
@@ -1109,22 +1117,7 @@ fn compute_real_vm_live_migration_keeps_the_guest_running_and_its_disk() {
     let c = cloud(&[]);
     let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
     c.wait_nodes_logged(2, &b.log);
-    let img = image_id(&c, "busybox-vm");
-    let script = "#!/bin/sh\n\
-        if dd if=/dev/vda bs=512 skip=204800 count=1 2>/dev/null | grep -q CARRIED; then echo FOUND-MARK; \
-        else echo CARRIED | dd of=/dev/vda bs=512 seek=204800 conv=notrunc 2>/dev/null; sync; echo WROTE-MARK; fi\n";
-    let ud = base64::engine::general_purpose::STANDARD.encode(script);
-    let r = c.boot(
-        &c.admin,
-        "vmlive",
-        &img,
-        "1",
-        json!({"availability_zone": "nova:node-b", "user_data": ud}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["server"]["id"].as_str().unwrap().to_string();
-    c.wait(&c.admin, &id, "ACTIVE");
-    console_until(&c, &c.admin, &id, "WROTE-MARK");
+    let id = boot_marked_vm_on_b(&c, "vmlive");
     console_until(&c, &c.admin, &id, "tick 2");
     let live = |token: &str, body: Value| {
         c.nova.raw(
