@@ -29,7 +29,7 @@ pub struct Compute {
     /// agent may have something new to do. Positions are change-log
     /// revisions, so they keep growing across controller restarts and an
     /// agent's position from before a restart is never ahead of a new one.
-    changes: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    changes: Mutex<HashMap<String, HostChannel>>,
     /// Set when the controller shuts down: long polls answer at once so
     /// the listener can close without waiting them out.
     closing: std::sync::atomic::AtomicBool,
@@ -63,6 +63,15 @@ struct PowerSync {
     recheck: bool,
     orphans: Vec<String>,
     leftovers: Vec<Leftover>,
+}
+
+/// A host agent's long-poll channel: the position it polls from, and the
+/// store revision that position is known to cover. The two differ after
+/// a wake-up with nothing written (the position moved on by one): a change
+/// committed later at that number is not covered and wakes the agent.
+struct HostChannel {
+    tx: tokio::sync::watch::Sender<u64>,
+    covered: u64,
 }
 
 impl Compute {
@@ -112,75 +121,68 @@ impl Compute {
     /// current revision.
     pub fn channel(&self, host: &str) -> tokio::sync::watch::Receiver<u64> {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = changes.get(host) {
-            return tx.subscribe();
+        if let Some(h) = changes.get(host) {
+            return h.tx.subscribe();
         }
-        let tx = tokio::sync::watch::channel(self.position()).0;
+        let at = self.position();
+        let tx = tokio::sync::watch::channel(at).0;
         let rx = tx.subscribe();
-        changes.insert(host.to_string(), tx);
+        changes.insert(host.to_string(), HostChannel { tx, covered: at });
         rx
     }
 
-    /// Wakes the agent of `host` for a change at revision `seq`, unless
-    /// its position is already there (the writer woke it itself).
-    pub fn notify_upto(&self, host: &str, seq: u64) {
-        match self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
+    /// Moves the channels `which` selects on (to the store's revision,
+    /// or on by one where nothing was written, so a waiting poll ends),
+    /// unless they already cover revision `seq`.
+    fn wake(&self, which: Option<&str>, seq: Option<u64>) {
+        let needs = |h: &HostChannel| seq.is_none_or(|s| h.covered < s);
         {
-            Some(tx) if *tx.borrow() < seq => {}
-            _ => return,
+            let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            let any = match which {
+                Some(host) => changes.get(host).is_some_and(needs),
+                None => changes.values().any(needs),
+            };
+            if !any {
+                return;
+            }
         }
         let rev = self.position();
-        if let Some(tx) = self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-        {
-            tx.send_if_modified(|v| {
-                if *v >= seq {
-                    return false;
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let one = |h: &mut HostChannel| {
+            if !needs(h) {
+                return;
+            }
+            // What the position covers is what the store had committed
+            // (`rev`), never the nudge: a change committed later at the
+            // nudged number must still wake the agent.
+            h.covered = h.covered.max(rev);
+            h.tx.send_modify(|v| *v = (*v + 1).max(rev));
+        };
+        match which {
+            Some(host) => {
+                if let Some(h) = changes.get_mut(host) {
+                    one(h);
                 }
-                *v = (*v + 1).max(rev);
-                true
-            });
+            }
+            None => changes.values_mut().for_each(one),
         }
+    }
+
+    /// Wakes the agent of `host` for a change at revision `seq`, unless
+    /// its position already covers it (the writer woke it itself).
+    pub fn notify_upto(&self, host: &str, seq: u64) {
+        self.wake(Some(host), Some(seq));
     }
 
     /// Wakes every agent that waits (after a gap in the change log).
     pub fn notify_all(&self) {
-        let rev = self.position();
-        for tx in self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            tx.send_modify(|v| *v = (*v + 1).max(rev));
-        }
+        self.wake(None, None);
     }
 
-    /// Wakes every agent whose position is before `seq` (a change every
-    /// node may have to wire, such as a security group rule).
+    /// Wakes every agent whose position does not cover `seq` (a change
+    /// every node may have to wire, such as a security group rule).
     pub fn notify_all_upto(&self, seq: u64) {
-        let rev = self.position();
-        for tx in self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            tx.send_if_modified(|v| {
-                if *v >= seq {
-                    return false;
-                }
-                *v = (*v + 1).max(rev);
-                true
-            });
-        }
+        self.wake(None, Some(seq));
     }
 
     /// Ends every long poll now and makes new ones answer at once (the
@@ -188,13 +190,13 @@ impl Compute {
     pub fn close(&self) {
         self.closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        for tx in self
+        for h in self
             .changes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            tx.send_modify(|v| *v += 1);
+            h.tx.send_modify(|v| *v += 1);
         }
     }
 
@@ -207,23 +209,8 @@ impl Compute {
     /// to the store's revision (which includes the write that asked for
     /// this), or on by one where nothing was written.
     pub fn notify(&self, host: Option<&str>) {
-        let Some(host) = host else { return };
-        if !self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(host)
-        {
-            return;
-        }
-        let rev = self.position();
-        if let Some(tx) = self
-            .changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-        {
-            tx.send_modify(|v| *v = (*v + 1).max(rev));
+        if let Some(host) = host {
+            self.wake(Some(host), None);
         }
     }
 
@@ -1152,4 +1139,51 @@ pub fn request_delete(state: &AppState, ctx: &Ctx, id: &str, req_id: &str) -> Re
     }
     state.compute.notify(s.0.host.as_deref());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Probe {
+        id: String,
+    }
+    impl stratus_store::Record for Probe {
+        const KIND: &'static str = "probe";
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    /// A wake-up with nothing written moves the position past the store's
+    /// revision; the change committed next at that number must still wake
+    /// the agent (it used to look covered, and the agent slept on).
+    #[test]
+    fn a_change_at_a_nudged_position_still_wakes_the_agent() {
+        let store = Arc::new(stratus_store::Store::open_in_memory().unwrap());
+        let probe = |id: &str| {
+            store
+                .write(|tx| tx.insert(&Probe { id: id.into() }))
+                .unwrap();
+        };
+        probe("a");
+        let c = Compute::new(ComputeConfig::default(), store.clone());
+        let rx = c.channel("n1");
+        let start = *rx.borrow();
+        c.notify(Some("n1"));
+        let nudged = *rx.borrow();
+        assert_eq!(nudged, start + 1);
+        // A change lands at the nudged number (nothing else was written).
+        probe("b");
+        let seq = store.last_revision().unwrap() as u64;
+        assert_eq!(seq, nudged);
+        c.notify_upto("n1", seq);
+        assert!(*rx.borrow() > nudged, "the agent was not woken");
+        // Covered now: a late notice of the same change wakes nobody.
+        let at = *rx.borrow();
+        c.notify_upto("n1", seq);
+        c.notify_all_upto(seq);
+        assert_eq!(*rx.borrow(), at);
+    }
 }
