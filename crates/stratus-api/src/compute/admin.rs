@@ -699,10 +699,7 @@ async fn abort_migration(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&ctx, "os_compute_api:servers:migrations:delete")?;
     super::common::fetch(&state, &ctx, &id)?;
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("In-progress live migration {mid} is not found for server {id}."),
-    ))
+    Err(super::live::not_in_progress(&id, &mid))
 }
 
 // ---- extensions -------------------------------------------------------------------

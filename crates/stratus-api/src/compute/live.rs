@@ -222,7 +222,7 @@ fn prepare(state: &AppState, id: &str) -> Result<(), ApiError> {
         cur.generation += 1;
         cur.updated_us = now_us();
         tx.update(&cur)?;
-        set_status(tx, &job.migration_id, "running")?;
+        super::resize::set_migration(tx, &job.migration_id, "running")?;
         Ok(true)
     })?;
     if started {
@@ -243,15 +243,6 @@ fn agent_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
-fn set_status(tx: &stratus_store::Tx, id: &str, status: &str) -> Result<(), ApiError> {
-    if let Some(mut m) = tx.get::<Migration>(id)? {
-        m.status = status.into();
-        m.updated_us = now_us();
-        tx.update(&m)?;
-    }
-    Ok(())
-}
-
 /// The migration could not start: the server stays where it runs.
 fn fail(state: &AppState, id: &str, why: &str) {
     let r = state.store.write(|tx| {
@@ -266,7 +257,7 @@ fn fail(state: &AppState, id: &str, why: &str) {
         cur.generation += 1;
         cur.updated_us = now_us();
         tx.update(&cur)?;
-        set_status(tx, &job.migration_id, "error")?;
+        super::resize::set_migration(tx, &job.migration_id, "error")?;
         action_event(
             tx,
             id,

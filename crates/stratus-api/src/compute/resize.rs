@@ -388,7 +388,12 @@ fn release(state: &AppState, consumer: &str) {
     }
 }
 
-fn set_migration(tx: &stratus_store::Tx, id: &str, status: &str) -> Result<(), ApiError> {
+/// Sets a migration record's status (and its update time).
+pub(super) fn set_migration(
+    tx: &stratus_store::Tx,
+    id: &str,
+    status: &str,
+) -> Result<(), ApiError> {
     if let Some(mut m) = tx.get::<Migration>(id)? {
         m.status = status.into();
         m.updated_us = now_us();
