@@ -235,6 +235,14 @@ pub trait Driver: Send + Sync {
             self.name()
         )))
     }
+    /// The UNIX socket of the running instance's interactive serial
+    /// console, for a remote console (Nova's `serial` type) to join.
+    fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {
+        Err(DriverError::Runtime(format!(
+            "the {} driver has no serial console for instance {uuid}",
+            self.name()
+        )))
+    }
     /// Live migration, destination side: builds the instance from `spec`
     /// as a spawn would (disk, config drive, taps) and starts it waiting
     /// for a migration stream; the TCP port it listens on.

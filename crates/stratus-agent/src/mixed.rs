@@ -128,6 +128,10 @@ impl Driver for MixedDriver {
         self.of(uuid).unrescue(uuid)
     }
 
+    fn serial_console(&self, uuid: &str) -> Result<std::path::PathBuf, DriverError> {
+        self.of(uuid).serial_console(uuid)
+    }
+
     fn prepare_incoming(&self, spec: &InstanceSpec) -> Result<u16, DriverError> {
         if spec.is_vm() {
             self.vms.prepare_incoming(spec)

@@ -778,7 +778,14 @@ impl QemuDriver {
             "-mon".into(),
             "chardev=qmp,mode=control".into(),
             "-chardev".into(),
-            format!("file,id=serial0,path={},append=on", d("console.log")),
+            // The serial port is a socket a remote console joins (one
+            // client at a time), and QEMU logs all it writes to the
+            // console file whether anyone is joined or not.
+            format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                d("serial.sock"),
+                d("console.log")
+            ),
             "-serial".into(),
             "chardev:serial0".into(),
         ];
@@ -1279,6 +1286,21 @@ impl Driver for QemuDriver {
             &[dir.join("console.log.1"), dir.join("console.log")],
             tail_lines,
         )
+    }
+
+    fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {
+        self.record(uuid)?;
+        if self.pid(uuid).is_none() {
+            return Err(DriverError::Runtime(format!("VM {uuid} is not running")));
+        }
+        let sock = self.dir(uuid).join("serial.sock");
+        if !sock.exists() {
+            // Started before serial consoles were sockets: only a log.
+            return Err(DriverError::Runtime(format!(
+                "VM {uuid} was started without a serial console socket; stop and start it to get one"
+            )));
+        }
+        Ok(sock)
     }
 
     /// A qcow2 copy of the root disk as it is now (flattened: it needs

@@ -126,7 +126,7 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         let done = done_rx.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(builder.serve_connection(io, service));
+            let mut conn = std::pin::pin!(builder.serve_connection(io, service).with_upgrades());
             let mut stopping = false;
             loop {
                 tokio::select! {

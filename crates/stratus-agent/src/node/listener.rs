@@ -1,6 +1,6 @@
 //! The agent's own small listener: the controller asks it for a
-//! server's console output and diagnostics, and gets it ready to receive
-//! a live migration.
+//! server's console output and diagnostics, joins a remote console to a
+//! VM's serial port, and gets it ready to receive a live migration.
 
 use anyhow::Context;
 
@@ -109,6 +109,37 @@ pub(super) fn serve_one<'a>(
     let target = line.split_whitespace().nth(1).unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let found = node(path);
+    if let Some((want, driver, path)) = found.as_ref()
+        && !post
+        && let Some(id) = path
+            .strip_prefix("/instances/")
+            .and_then(|r| r.strip_suffix("/serial"))
+    {
+        let refused = if key.as_deref() != Some(*want) {
+            Some(("403 Forbidden", "wrong or missing agent key".to_string()))
+        } else if !crate::valid_id(id) {
+            Some(("404 Not Found", "unknown path".to_string()))
+        } else {
+            match driver.serial_console(id).and_then(|p| {
+                std::os::unix::net::UnixStream::connect(&p).map_err(crate::DriverError::from)
+            }) {
+                Ok(console) => {
+                    let early = reader.buffer().to_vec();
+                    join_serial(stream, console, &early);
+                    return;
+                }
+                Err(e) => Some(("409 Conflict", e.to_string())),
+            }
+        };
+        if let Some((status, body)) = refused {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        return;
+    }
     let length = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("length="))
@@ -149,6 +180,39 @@ pub(super) fn serve_one<'a>(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// `GET /instances/{id}/serial`: answers 101 and from then on carries
+/// bytes both ways between the caller and the VM's serial port (`early`:
+/// what the caller sent after its request), until either side closes.
+fn join_serial(
+    mut stream: std::net::TcpStream,
+    console: std::os::unix::net::UnixStream,
+    early: &[u8],
+) {
+    use std::io::Write;
+    let _ = stream.set_read_timeout(None);
+    if stream
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: stratus-serial\r\nconnection: upgrade\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let (Ok(mut from_caller), Ok(mut to_console)) = (stream.try_clone(), console.try_clone())
+    else {
+        return;
+    };
+    if !early.is_empty() && to_console.write_all(early).is_err() {
+        return;
+    }
+    let inbound = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_caller, &mut to_console);
+        let _ = to_console.shutdown(std::net::Shutdown::Both);
+    });
+    let (mut from_console, mut to_caller) = (console, stream);
+    let _ = std::io::copy(&mut from_console, &mut to_caller);
+    let _ = to_caller.shutdown(std::net::Shutdown::Both);
+    let _ = inbound.join();
 }
 
 fn answer(

@@ -71,6 +71,9 @@ async fn action(
         // ever soft-deleted: these answer as Nova does for any other state.
         "restore" | "forceDelete" => return Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => return console_output(&state, &s, arg).await,
+        "os-getSerialConsole" | "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
+            return super::consoles::legacy_action(&state, &ctx, &s, name, arg).await;
+        }
         "os-resetState" if !ctx.is_admin() => {
             return Err(policy_denied("os_compute_api:os-admin-actions:reset_state"));
         }

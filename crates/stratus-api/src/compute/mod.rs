@@ -16,6 +16,7 @@ mod agent_client;
 pub mod commands;
 mod common;
 mod config;
+pub mod consoles;
 pub mod core;
 mod flavors;
 mod groups;
@@ -220,6 +221,7 @@ pub fn router() -> Router<AppState> {
         .merge(images::routes())
         .merge(admin::routes())
         .merge(nodes::routes())
+        .merge(consoles::routes())
         .fallback(crate::error::not_found_fallback);
     let compute = Router::new()
         .route("/compute", get(versions))
@@ -235,6 +237,7 @@ pub fn router() -> Router<AppState> {
     compute
         .merge(nodes::agent_routes())
         .merge(node_access::routes())
+        .merge(consoles::proxy_routes())
 }
 
 fn version_doc(state: &AppState) -> Value {

@@ -45,6 +45,8 @@ pub struct Compute {
     synced: Mutex<HashMap<String, PowerSync>>,
     /// Instance HA's restarts per server (see `ha.rs`).
     pub restarts: super::ha::RestartBudget,
+    /// Console URLs issued and not used yet (see `consoles.rs`).
+    pub consoles: super::consoles::Tokens,
 }
 
 /// The outcome of a host's last full power-state sync (see [`heartbeat`]).
@@ -86,6 +88,7 @@ impl Compute {
             scheduler: Mutex::new(None),
             synced: Mutex::new(HashMap::new()),
             restarts: Default::default(),
+            consoles: Default::default(),
         }
     }
 

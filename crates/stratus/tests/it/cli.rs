@@ -29,14 +29,14 @@ pub(super) fn cli() -> Option<PathBuf> {
     );
 }
 
-struct Os<'a> {
+pub(super) struct Os<'a> {
     bin: PathBuf,
     server: &'a Server,
     home: PathBuf,
 }
 
 impl<'a> Os<'a> {
-    fn new(server: &'a Server) -> Option<Os<'a>> {
+    pub(super) fn new(server: &'a Server) -> Option<Os<'a>> {
         let home = server.data_dir().join("cli-home");
         std::fs::create_dir_all(&home).unwrap();
         Some(Os {
@@ -75,7 +75,7 @@ impl<'a> Os<'a> {
         }
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(super) fn ok(&self, args: &[&str]) -> String {
         self.run_env(&[], args)
             .unwrap_or_else(|e| panic!("openstack {args:?} failed:\n{e}"))
     }

@@ -5,6 +5,7 @@ mod compute_admin;
 mod compute_mv;
 mod compute_real;
 mod compute_resize;
+mod consoles;
 mod dashboard;
 mod dataplane;
 mod edge;
