@@ -51,8 +51,11 @@ fn incoming(sh: &Shared, id: &str, body: &str) -> Result<u16, String> {
         s.image_checksum.as_deref(),
     )
     .map_err(|e| format!("{e:#}"))?;
+    // Its ports are taps here too (the controller lists them for this
+    // node while the migration lasts).
+    let fresh = sh.net.mark_vm(id);
     (spec.netns, spec.dns, spec.vm_nics) =
-        tasks::wire_server(sh, id, false).map_err(|e| format!("{e:#}"))?;
+        tasks::wire_server(sh, id, fresh).map_err(|e| format!("{e:#}"))?;
     let port = sh
         .driver
         .prepare_incoming(&spec)

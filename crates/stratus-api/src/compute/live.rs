@@ -23,9 +23,15 @@
 //!
 //! A failure at any step leaves the server running where it was, ACTIVE,
 //! with the migration in `error` and its claims back on the source; the
-//! destination's half-built copy is reaped as a leftover. Not yet: VMs
-//! with network ports (a 400 says so), containers (400, as Nova answers a
-//! driver that cannot), aborting or forcing a migration in progress.
+//! destination's half-built copy is reaped as a leftover.
+//!
+//! A VM's ports move with it: while it migrates, the destination's wiring
+//! lists its ports too (a [`LiveIncoming`] record), so the taps are on the
+//! destination's bridges, under the same rules, before QEMU starts there;
+//! the ports stay bound to the source until the switch, when the
+//! destination binds them and the source's taps are swept. Not yet:
+//! containers (400, as Nova answers a driver that cannot), aborting or
+//! forcing a migration in progress.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,7 +39,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 
 use super::common::{action_event, check_locked, fetch_tx, record_action};
-use super::model::{ComputeNode, Migration, ResizeJob, Server};
+use super::model::{ComputeNode, LiveIncoming, Migration, ResizeJob, Server};
 use super::states::wrong_state;
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
@@ -78,12 +84,6 @@ pub fn live_migrate(
     {
         return Err(precheck(format!(
             "instance {} is not a virtual machine on a QEMU node: only VMs are live-migrated (cold-migrate a container with `migrate`)",
-            s.id
-        )));
-    }
-    if !s.nics.is_empty() {
-        return Err(precheck(format!(
-            "instance {} has network ports; live migration of a VM with ports is not supported yet (cold-migrate it)",
             s.id
         )));
     }
@@ -148,6 +148,12 @@ pub fn live_migrate(
                 live: true,
                 live_uri: None,
             });
+            if !cur.nics.is_empty() {
+                tx.upsert(&LiveIncoming {
+                    id: cur.id.clone(),
+                    host: dest.clone(),
+                })?;
+            }
             cur.task_state = Some(task::MIGRATING.into());
             cur.generation += 1;
             cur.updated_us = now;
@@ -204,7 +210,7 @@ fn prepare(state: &AppState, id: &str) -> Result<(), ApiError> {
         &assignment,
         PREPARE_TIMEOUT,
     )?;
-    let host = agent_host(&url)
+    let host = stream_host(&node.host_ip, &url)
         .ok_or_else(|| ApiError::conflict(format!("no host in the agent address {url}")))?;
     let uri = format!("tcp:{host}:{port}");
     let started = state.store.write(|tx| {
@@ -229,6 +235,23 @@ fn prepare(state: &AppState, id: &str) -> Result<(), ApiError> {
         state.compute.notify(job.source_host.as_deref());
     }
     Ok(())
+}
+
+/// Where the source sends the stream: the destination node's own address
+/// (the one its tunnels use) when it has one other nodes can reach, else
+/// the host of its agent's URL. An agent the controller reaches on
+/// loopback (`stratus up`'s own) is reached by the other nodes on the
+/// node's address.
+fn stream_host(host_ip: &str, agent_url: &str) -> Option<String> {
+    match host_ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) if !a.is_loopback() && !a.is_unspecified() => {
+            Some(a.to_string())
+        }
+        Ok(std::net::IpAddr::V6(a)) if !a.is_loopback() && !a.is_unspecified() => {
+            Some(format!("[{a}]"))
+        }
+        _ => agent_host(agent_url),
+    }
 }
 
 /// The host part of an agent's URL (`http://HOST:PORT`), where its QEMU
@@ -330,7 +353,7 @@ pub fn not_in_progress(server: &str, mid: &str) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::agent_host;
+    use super::{agent_host, stream_host};
 
     #[test]
     fn the_destination_host_comes_from_its_agent_address() {
@@ -341,5 +364,22 @@ mod tests {
         assert_eq!(agent_host("http://node-b:9101/").as_deref(), Some("node-b"));
         assert_eq!(agent_host("http://[::1]:9101").as_deref(), Some("[::1]"));
         assert_eq!(agent_host("http://:9101"), None);
+        // The node's own address first, unless it is of no use elsewhere.
+        assert_eq!(
+            stream_host("10.0.0.7", "http://127.0.0.1:9101").as_deref(),
+            Some("10.0.0.7")
+        );
+        assert_eq!(
+            stream_host("127.0.0.1", "http://10.0.0.5:9101").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            stream_host("", "http://10.0.0.5:9101").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            stream_host("fd00::7", "http://[::1]:9101").as_deref(),
+            Some("[fd00::7]")
+        );
     }
 }

@@ -373,6 +373,19 @@ record!(
     parent = |m| Some(&m.server_id)
 );
 
+/// A server being live-migrated to `host`: its ports are wired there
+/// before the switch (the destination's taps must exist when QEMU starts
+/// waiting for the stream), while they stay bound to the source. Gone
+/// once the migration has ended (the node's wiring drops stale ones).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveIncoming {
+    /// The server's id.
+    pub id: String,
+    pub host: String,
+}
+
+record!(LiveIncoming, "live_incoming", parent = |m| Some(&m.host));
+
 /// A `createImage` or `createBackup` in progress: the image the node
 /// uploads to, and for a backup what rotation keeps afterwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]

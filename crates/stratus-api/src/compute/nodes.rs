@@ -17,7 +17,7 @@ use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 use stratus_store::Query as StoreQuery;
 
-use super::model::{Aggregate, ComputeNode, Server};
+use super::model::{Aggregate, ComputeNode, LiveIncoming, Server};
 use super::zones::{controller_host, is_up, last_seen, service_uuid, zone_of};
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
@@ -229,6 +229,27 @@ async fn wiring(
                 .write(|tx| crate::network::nova::bind_routers(tx, &host).map_err(nova))?;
         }
         st.store.write(|tx| {
+            // VMs live-migrating here: their ports are wired before the
+            // switch (still bound to the source); records of migrations
+            // that have ended go.
+            let mut servers = servers;
+            for m in tx.list::<LiveIncoming>(&StoreQuery::parent(&host))? {
+                match tx.get::<Server>(&m.id)? {
+                    Some(s)
+                        if s.task_state.as_deref() == Some(super::states::task::MIGRATING)
+                            && s.resize.as_ref().is_some_and(|j| {
+                                j.live && j.dest_host.as_deref() == Some(host.as_str())
+                            }) =>
+                    {
+                        if !servers.iter().any(|(id, _)| *id == s.id) {
+                            servers.push((s.id, s.nics));
+                        }
+                    }
+                    _ => {
+                        tx.delete::<LiveIncoming>(&m.id)?;
+                    }
+                }
+            }
             crate::network::nova::host_network(tx, &host, &servers, &tunnels, l3).map_err(nova)
         })
     })

@@ -69,7 +69,7 @@ fn console(c: &Cloud, token: &str, id: &str) -> String {
 /// The console, or the refusal: in the moment a live migration switches
 /// nodes the source's copy is gone before the server shows the
 /// destination, and the read answers 409 "no console output yet".
-fn try_console(c: &Cloud, token: &str, id: &str) -> Result<String, Value> {
+pub(super) fn try_console(c: &Cloud, token: &str, id: &str) -> Result<String, Value> {
     let r = c.req(
         "POST",
         &format!("/servers/{id}/action"),

@@ -21,3 +21,4 @@ mod sdk;
 mod secrets;
 mod sites;
 mod validation;
+mod vm_live_net;

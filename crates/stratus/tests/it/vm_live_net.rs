@@ -1,0 +1,209 @@
+//! A VM with a network port live-migrates with its network: its taps are
+//! on the destination's bridge before the switch, and the guest goes on
+//! reaching another VM across the move (VXLAN before, one bridge after).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::common::{Agent, TestNetns};
+use super::compute::Cloud;
+use super::compute_real::{console_until, image_id, require_qemu, require_runtime, test_images};
+
+fn neutron(c: &Cloud, method: &str, path: &str, body: Option<Value>) -> Value {
+    let net = c.server.client_at("/network/v2.0");
+    let r = net.raw(
+        method,
+        path,
+        Some(&c.admin),
+        &[],
+        body.map(|b| b.to_string()),
+    );
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    r.body
+}
+
+/// The highest `PING-OK n` on the console.
+fn last_ok(out: &str) -> Option<u64> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("PING-OK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+}
+
+#[test]
+fn compute_real_vm_live_migration_with_a_port_keeps_its_network() {
+    require_runtime();
+    require_qemu();
+    let dir = test_images();
+    let c = Cloud::start_in_netns(&["--import-images", dir.to_str().unwrap()]);
+    c.wait_nodes(1);
+    let node_ns = TestNetns::new(c.server.netns.as_ref());
+    // Its listener on the link, where the controller (console reads) and
+    // the other node (the migration stream) reach it.
+    let listen = format!("{}:0", node_ns.addr);
+    let agent = Agent::start_in_netns(
+        &c.server,
+        "node2",
+        &["--heartbeat", "1", "--agent-listen", &listen],
+        &node_ns,
+    );
+    c.wait_nodes_logged(2, &agent.log);
+    let hosts = c.req("GET", "/os-hypervisors", &c.admin, None);
+    let first = hosts.body["hypervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hypervisor_hostname"].as_str().unwrap().to_string())
+        .find(|n| n != "node2")
+        .unwrap();
+
+    let n = neutron(
+        &c,
+        "POST",
+        "/networks",
+        Some(json!({"network": {"name": "livenet"}})),
+    );
+    let net = n["network"]["id"].as_str().unwrap().to_string();
+    neutron(
+        &c,
+        "POST",
+        "/subnets",
+        Some(json!({"subnet": {"network_id": net, "cidr": "10.74.0.0/24", "ip_version": 4}})),
+    );
+    // A group that lets ICMP in (and everything out).
+    let g = neutron(
+        &c,
+        "POST",
+        "/security-groups",
+        Some(json!({"security_group": {"name": "icmp-in"}})),
+    );
+    let sg = g["security_group"]["id"].as_str().unwrap().to_string();
+    neutron(
+        &c,
+        "POST",
+        "/security-group-rules",
+        Some(
+            json!({"security_group_rule": {"security_group_id": sg, "direction": "ingress", "protocol": "icmp", "ethertype": "IPv4"}}),
+        ),
+    );
+    let port = |ip: &str| -> String {
+        let p = neutron(
+            &c,
+            "POST",
+            "/ports",
+            Some(
+                json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": ip}], "security_groups": [sg]}}),
+            ),
+        );
+        p["port"]["id"].as_str().unwrap().to_string()
+    };
+    let (peer_port, mover_port) = (port("10.74.0.21"), port("10.74.0.22"));
+    let img = image_id(&c, "busybox-vm");
+    let boot = |name: &str, port: &str, zone: &str, user_data: &str| -> String {
+        use base64::Engine;
+        let body = json!({"server": {
+            "name": name, "imageRef": img, "flavorRef": "1",
+            "networks": [{"port": port}],
+            "availability_zone": zone,
+            "user_data": base64::engine::general_purpose::STANDARD.encode(user_data),
+        }});
+        let r = c.req("POST", "/servers", &c.admin, Some(body));
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.body["server"]["id"].as_str().unwrap().to_string();
+        c.wait(&c.admin, &id, "ACTIVE");
+        id
+    };
+    let peer = boot(
+        "peer",
+        &peer_port,
+        &format!("nova:{first}"),
+        "#!/bin/sh\necho PEER-UP\n",
+    );
+    // The mover pings the peer once a second for as long as it lives,
+    // numbering each answer.
+    let mover = boot(
+        "mover",
+        &mover_port,
+        "nova:node2",
+        "#!/bin/sh\n(i=0; while :; do i=$((i+1)); if ping -c 1 -W 1 10.74.0.21 >/dev/null 2>&1; then echo \"PING-OK $i\"; fi; sleep 1; done) &\n",
+    );
+    let before = console_until(&c, &c.admin, &mover, "PING-OK");
+    assert!(last_ok(&before).is_some(), "{before}");
+
+    let r = c.nova.raw(
+        "POST",
+        &format!("/servers/{mover}/action"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.30")],
+        Some(json!({"os-migrateLive": {"host": null, "block_migration": "auto"}}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let start = Instant::now();
+    let mut seen = 0;
+    loop {
+        let s = c
+            .req("GET", &format!("/servers/{mover}"), &c.admin, None)
+            .body["server"]
+            .clone();
+        if let Some(t) = super::compute_real::try_console(&c, &c.admin, &mover)
+            .ok()
+            .and_then(|o| last_ok(&o))
+        {
+            seen = seen.max(t);
+        }
+        if s["status"] == "ACTIVE" && s["OS-EXT-SRV-ATTR:host"] == first.as_str() {
+            break;
+        }
+        assert_ne!(s["status"], "ERROR", "{s}");
+        if start.elapsed() > Duration::from_secs(5) && s["OS-EXT-STS:task_state"].is_null() {
+            let m = c.req("GET", "/os-migrations", &c.admin, None);
+            panic!(
+                "the migration ended without a move: {}\n{}",
+                m.body,
+                std::fs::read_to_string(&agent.log).unwrap_or_default()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "never moved: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // At the destination the guest reaches the peer again: more answers,
+    // counted on from where it was (the same guest, not a new boot).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let out = super::compute_real::try_console(&c, &c.admin, &mover).unwrap_or_default();
+        if last_ok(&out).is_some_and(|t| t > seen + 2) {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ping through after the move (last before: {seen}):\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        !after.contains("STRATUS-TEST-IMAGE OK"),
+        "rebooted: {after}"
+    );
+    // The port is bound where the VM now runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = neutron(&c, "GET", &format!("/ports/{mover_port}"), None);
+        if p["port"]["binding:host_id"] == first.as_str() && p["port"]["status"] == "ACTIVE" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{p}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for id in [&mover, &peer] {
+        assert_eq!(
+            c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+                .status,
+            204
+        );
+        c.wait_gone(&c.admin, id);
+    }
+}
