@@ -235,6 +235,12 @@ pub trait Driver: Send + Sync {
             self.name()
         )))
     }
+    /// Makes a VM's NICs `nics` (hot-plugged into a running one); other
+    /// drivers get their ports through the instance's namespace.
+    fn set_nics(&self, uuid: &str, nics: &[VmNic]) -> Result<(), DriverError> {
+        let _ = (uuid, nics);
+        Ok(())
+    }
     /// The UNIX socket of the running instance's interactive serial
     /// console, for a remote console (Nova's `serial` type) to join.
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {

@@ -128,6 +128,10 @@ impl Driver for MixedDriver {
         self.of(uuid).unrescue(uuid)
     }
 
+    fn set_nics(&self, uuid: &str, nics: &[crate::VmNic]) -> Result<(), DriverError> {
+        self.of(uuid).set_nics(uuid, nics)
+    }
+
     fn serial_console(&self, uuid: &str) -> Result<std::path::PathBuf, DriverError> {
         self.of(uuid).serial_console(uuid)
     }

@@ -142,11 +142,40 @@ impl Cgroups {
 }
 
 /// One NIC of a VM: the tap device on the host (made by the dataplane,
-/// on the network's bridge) and the port's MAC.
+/// on the network's bridge), the port's MAC, and the PCI slot it sits in
+/// (from the interface's number, so a NIC keeps its slot across
+/// hot-plugs and a live migration's destination lays the devices out as
+/// the source has them; 0: QEMU picks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmNic {
     pub tap: String,
     pub mac: String,
+    #[serde(default)]
+    pub slot: u8,
+}
+
+impl VmNic {
+    fn netdev_id(&self) -> String {
+        format!("net-{}", self.tap)
+    }
+
+    fn device_id(&self) -> String {
+        format!("nic-{}", self.tap)
+    }
+
+    /// `-device`'s value, or `device_add`'s arguments as one string.
+    fn device(&self) -> String {
+        let mut d = format!(
+            "virtio-net-pci,netdev={},id={},mac={}",
+            self.netdev_id(),
+            self.device_id(),
+            self.mac
+        );
+        if self.slot > 0 {
+            d.push_str(&format!(",addr={:#x}", self.slot));
+        }
+        d
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -752,6 +781,33 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Takes a NIC out of a running VM: asks the guest to eject it, waits a
+    /// while for the device to go, then drops its tap backend. A guest that
+    /// never ejects it keeps a NIC with no link until its next start.
+    fn unplug_nic(q: &mut Qmp, n: &VmNic) {
+        let dev = n.device_id();
+        if q.execute("device_del", Some(serde_json::json!({"id": dev})))
+            .is_ok()
+        {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let present = q
+                    .execute(
+                        "qom-list",
+                        Some(serde_json::json!({"path": "/machine/peripheral"})),
+                    )
+                    .ok()
+                    .and_then(|v| v.as_array().cloned())
+                    .is_some_and(|l| l.iter().any(|p| p["name"] == dev.as_str()));
+                if !present {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let _ = q.execute("netdev_del", Some(serde_json::json!({"id": n.netdev_id()})));
+    }
+
     /// QEMU's command line for the VM; `incoming` is `-incoming`'s value
     /// (a saved state to load, or `defer` for a live migration).
     fn args(&self, r: &Record, dir: &Path, incoming: Option<&str>) -> Vec<String> {
@@ -809,14 +865,15 @@ impl QemuDriver {
                 d("config.iso")
             ));
         }
-        for (i, n) in r.nics.iter().enumerate() {
+        for n in &r.nics {
             a.push("-netdev".into());
             a.push(format!(
-                "tap,id=net{i},ifname={},script=no,downscript=no",
+                "tap,id={},ifname={},script=no,downscript=no",
+                n.netdev_id(),
                 n.tap
             ));
             a.push("-device".into());
-            a.push(format!("virtio-net-pci,netdev=net{i},mac={}", n.mac));
+            a.push(n.device());
         }
         if let Some(from) = incoming {
             a.push("-incoming".into());
@@ -1286,6 +1343,52 @@ impl Driver for QemuDriver {
             &[dir.join("console.log.1"), dir.join("console.log")],
             tail_lines,
         )
+    }
+
+    /// Hot-plugs and unplugs NICs of a running VM (QMP `netdev_add` and
+    /// `device_add`; `device_del`, which the guest acknowledges by
+    /// ejecting the device, then `netdev_del`); a stopped VM gets them at
+    /// its next start.
+    fn set_nics(&self, uuid: &str, nics: &[VmNic]) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.record(uuid)?;
+        if r.nics == nics {
+            return Ok(());
+        }
+        if self.pid(uuid).is_some() {
+            let mut q = self.qmp(uuid)?;
+            for gone in r.nics.iter().filter(|n| !nics.contains(n)) {
+                QemuDriver::unplug_nic(&mut q, gone);
+                tracing::info!(instance = uuid, tap = %gone.tap, "NIC unplugged");
+            }
+            for new in nics.iter().filter(|n| !r.nics.contains(n)) {
+                q.execute(
+                    "netdev_add",
+                    Some(serde_json::json!({
+                        "type": "tap", "id": new.netdev_id(), "ifname": new.tap,
+                        "script": "no", "downscript": "no",
+                    })),
+                )?;
+                let mut args = serde_json::json!({
+                    "driver": "virtio-net-pci", "netdev": new.netdev_id(),
+                    "id": new.device_id(), "mac": new.mac,
+                });
+                if new.slot > 0 {
+                    args["addr"] = format!("{:#x}", new.slot).into();
+                }
+                if let Err(e) = q.execute("device_add", Some(args)) {
+                    let _ = q.execute(
+                        "netdev_del",
+                        Some(serde_json::json!({"id": new.netdev_id()})),
+                    );
+                    return Err(e);
+                }
+                tracing::info!(instance = uuid, tap = %new.tap, "NIC plugged in");
+            }
+        }
+        r.nics = nics.to_vec();
+        self.write_record(&r)
     }
 
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {

@@ -211,6 +211,13 @@ impl Dataplane {
             .map(|p| crate::VmNic {
                 tap: host_ifname(&p.id),
                 mac: p.mac.to_ascii_lowercase(),
+                // eth0 in slot 0x10, eth1 in 0x11, ...: after the disks.
+                slot: p
+                    .ifname
+                    .strip_prefix("eth")
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .filter(|n| *n < 16)
+                    .map_or(0, |n| 0x10 + n),
             })
             .collect()
     }

@@ -80,6 +80,14 @@ pub(super) fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwo
         }
         sh.net.apply(&net, &keep, force)?;
         *wired = Some(net.clone());
+        // A port attached to or detached from a VM: hot-plugged.
+        if sh.net.missing().is_none() {
+            for id in keep.iter().filter(|id| sh.net.is_vm(id)) {
+                if let Err(e) = sh.driver.set_nics(id, &sh.net.vm_nics(&net, id)) {
+                    tracing::warn!(server = %id, error = %e, "could not change the VM's NICs");
+                }
+            }
+        }
     }
     // A VM has no namespace to serve metadata in: its guest reads the
     // config drive.

@@ -160,16 +160,6 @@ async fn attach(
         let mut s = fetch_tx(tx, &ctx, &id)?;
         check_locked(&ctx, &s)?;
         may_change(&s, "attach_interface")?;
-        // A VM's NICs are fixed when QEMU starts (hot-plug is not built).
-        if tx
-            .get::<crate::image::model::Image>(&s.image_ref)?
-            .is_some_and(|i| i.boots_vm())
-        {
-            return Err(ApiError::conflict(format!(
-                "Cannot 'attach_interface' instance {}: adding a NIC to a virtual machine is not supported yet.",
-                s.id
-            )));
-        }
         let zone = s
             .availability_zone
             .clone()

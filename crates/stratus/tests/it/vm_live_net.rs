@@ -1,6 +1,8 @@
-//! A VM with a network port live-migrates with its network: its taps are
-//! on the destination's bridge before the switch, and the guest goes on
-//! reaching another VM across the move (VXLAN before, one bridge after).
+//! VMs' network ports as they change: a VM with a port live-migrates with
+//! its network (its taps are on the destination's bridge before the
+//! switch, and the guest goes on reaching another VM across the move:
+//! VXLAN before, one bridge after), and an interface attached to or
+//! detached from a running VM is hot-plugged into its guest.
 
 use std::time::{Duration, Instant};
 
@@ -206,4 +208,82 @@ fn compute_real_vm_live_migration_with_a_port_keeps_its_network() {
         );
         c.wait_gone(&c.admin, id);
     }
+}
+
+#[test]
+fn compute_real_vm_interface_attach_and_detach_hot_plug_a_nic() {
+    require_runtime();
+    require_qemu();
+    let dir = test_images();
+    let c = Cloud::start_in_netns(&["--import-images", dir.to_str().unwrap()]);
+    c.wait_nodes(1);
+    let mut nets = Vec::new();
+    for (name, cidr) in [("first", "10.76.0.0/24"), ("second", "10.77.0.0/24")] {
+        let n = neutron(
+            &c,
+            "POST",
+            "/networks",
+            Some(json!({"network": {"name": name}})),
+        );
+        let id = n["network"]["id"].as_str().unwrap().to_string();
+        neutron(
+            &c,
+            "POST",
+            "/subnets",
+            Some(json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4}})),
+        );
+        nets.push(id);
+    }
+    // The guest waits for a second NIC, takes a lease on it, then waits
+    // for it to go.
+    let script = "#!/bin/sh\n(while [ ! -e /sys/class/net/eth1 ]; do sleep 1; done; echo HOTPLUG-ETH1; sleep 2; ip link set eth1 up; udhcpc -i eth1 -s /bin/dhcp-event -q -n -t 10 -T 1; while [ -e /sys/class/net/eth1 ]; do sleep 1; done; echo ETH1-GONE) &\n";
+    use base64::Engine;
+    let img = image_id(&c, "busybox-vm");
+    let body = json!({"server": {
+        "name": "plug", "imageRef": img, "flavorRef": "1",
+        "networks": [{"uuid": nets[0]}],
+        "user_data": base64::engine::general_purpose::STANDARD.encode(script),
+    }});
+    let r = c.req("POST", "/servers", &c.admin, Some(body));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "dhcp: eth0 10.76.0.");
+
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/os-interface"),
+        &c.admin,
+        Some(json!({"interfaceAttachment": {"net_id": nets[1]}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let port = r.body["interfaceAttachment"]["port_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ip = r.body["interfaceAttachment"]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The guest sees the new NIC and gets the port's address on it.
+    console_until(&c, &c.admin, &id, "HOTPLUG-ETH1");
+    console_until(&c, &c.admin, &id, &format!("dhcp: eth1 {ip}/24"));
+
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{id}/os-interface/{port}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    console_until(&c, &c.admin, &id, "ETH1-GONE");
+    // Not booted again: one boot banner on the console.
+    let out = super::compute_real::try_console(&c, &c.admin, &id).unwrap();
+    assert_eq!(out.matches("STRATUS-TEST-IMAGE OK").count(), 1, "{out}");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
 }
