@@ -173,29 +173,30 @@ impl Metadata {
         for p in net.ports.iter().filter(|p| is_vm(&p.device_id)) {
             by_server.entry(&p.device_id).or_default().push(p);
         }
+        // Each VM's addresses, by network.
+        let mut by_network: HashMap<&str, HashMap<IpAddr, Guest>> = HashMap::new();
+        for (server, ports) in &by_server {
+            let network = network_data(ports);
+            for p in ports {
+                for a in p.addresses.iter().filter(|a| a.version == 4) {
+                    if let Ok(ip) = a.ip.parse::<IpAddr>() {
+                        by_network.entry(&p.network_id).or_default().insert(
+                            ip,
+                            Guest {
+                                server: server.to_string(),
+                                network: network.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
         let mut want: HashMap<&str, (&str, HashMap<IpAddr, Guest>)> = HashMap::new();
         for d in &net.dhcp {
             let Some(dhcp) = net.ports.iter().find(|p| p.id == d.port) else {
                 continue;
             };
-            let mut guests = HashMap::new();
-            for (server, ports) in &by_server {
-                let network = network_data(ports);
-                for p in ports.iter().filter(|p| p.network_id == d.network_id) {
-                    for a in p.addresses.iter().filter(|a| a.version == 4) {
-                        if let Ok(ip) = a.ip.parse::<IpAddr>() {
-                            guests.insert(
-                                ip,
-                                Guest {
-                                    server: server.to_string(),
-                                    network: network.clone(),
-                                },
-                            );
-                        }
-                    }
-                }
-            }
-            if !guests.is_empty() {
+            if let Some(guests) = by_network.remove(d.network_id.as_str()) {
                 want.insert(&d.network_id, (&dhcp.device_id, guests));
             }
         }

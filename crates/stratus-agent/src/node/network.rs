@@ -87,9 +87,11 @@ pub(super) fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwo
     containers.ports.retain(|p| !sh.net.is_vm(&p.device_id));
     sh.metadata
         .sync(&containers, |id| sh.net.metadata_listener(id));
+    // (Without a dataplane a VM has no NICs: nothing to serve.)
+    let wired_here = sh.net.missing().is_none();
     sh.metadata.sync_vms(
         &net,
-        |id| sh.net.is_vm(id),
+        |id| wired_here && sh.net.is_vm(id),
         |device| sh.net.netns_id(device),
         |device| sh.net.dhcp_metadata_listener(device),
     );
