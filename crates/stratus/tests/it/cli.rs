@@ -1210,16 +1210,18 @@ fn cli_vms_boot_run_user_data_ping_each_other_and_answer_power_actions() {
 /// route to 169.254.169.254, fetches its metadata and user data from the
 /// metadata service with busybox `wget` and prints them between markers
 /// (spelled split in the script, so the user data printed back does not
-/// show them). `token` makes each VM's user data its own. (`timeout`, not
-/// `wget -T`: Debian's busybox-static 1.35 wget crashes on `-T`.)
+/// show them), each in one line, so one write: the guest's `tick` lines
+/// cannot land inside (the user data's newlines are printed as `|`).
+/// `token` makes each VM's user data its own. (`timeout`, not `wget -T`:
+/// Debian's busybox-static 1.35 wget crashes on `-T`.)
 fn metadata_fetch_script(token: &str) -> String {
     format!(
-        "#!/bin/sh\n# {token}\n(for i in $(seq 60); do\n  if timeout 5 wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json && timeout 5 wget -q -O /tmp/ud http://169.254.169.254/openstack/latest/user_data; then\n    echo \"MD\"\"-BEGIN $(cat /tmp/md) MD\"\"-END\"\n    echo \"UD\"\"-BEGIN\"; cat /tmp/ud; echo \"UD\"\"-END\"\n    break\n  fi\n  sleep 1\ndone; echo \"MD\"\"-DONE\") &\n"
+        "#!/bin/sh\n# {token}\n(for i in $(seq 60); do\n  if timeout 5 wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json && timeout 5 wget -q -O /tmp/ud http://169.254.169.254/openstack/latest/user_data; then\n    echo \"MD\"\"-BEGIN $(cat /tmp/md) MD\"\"-END\"\n    printf 'UD''-BEGIN %s UD''-END\\n' \"$(tr '\\n' '|' < /tmp/ud)\"\n    break\n  fi\n  sleep 1\ndone; echo \"MD\"\"-DONE\") &\n"
     )
 }
 
 /// What a VM's console shows between the metadata script's markers: the
-/// `meta_data.json` it was served, and the user data.
+/// `meta_data.json` it was served, and the user data (newlines as `|`).
 fn served_metadata(out: &str) -> (Value, String) {
     let md = out
         .split("MD-BEGIN ")
@@ -1229,12 +1231,11 @@ fn served_metadata(out: &str) -> (Value, String) {
     let md: Value = serde_json::from_str(md.trim())
         .unwrap_or_else(|e| panic!("meta_data.json {md:?} is not JSON ({e}):\n{out}"));
     let ud = out
-        .split("UD-BEGIN")
+        .split("UD-BEGIN ")
         .nth(1)
-        .and_then(|r| r.split("UD-END").next())
-        .unwrap_or_else(|| panic!("no user data on the console:\n{out}"))
-        .replace('\r', "");
-    (md, ud)
+        .and_then(|r| r.split(" UD-END").next())
+        .unwrap_or_else(|| panic!("no user data on the console:\n{out}"));
+    (md, ud.to_string())
 }
 
 /// The metadata service serves VMs as Neutron does on isolated networks:
@@ -1295,7 +1296,7 @@ fn cli_vms_read_their_own_metadata_from_the_metadata_service() {
             "{name} got another's metadata:\n{out}"
         );
         assert_eq!(md["name"], *name, "{md}");
-        assert_eq!(ud.trim(), script.trim(), "{name}'s user data:\n{out}");
+        assert_eq!(ud, script.replace('\n', "|"), "{name}'s user data:\n{out}");
         assert!(ud.contains(token));
         for (other, other_id, _, other_token) in &vms {
             if other != name {
@@ -1304,5 +1305,28 @@ fn cli_vms_read_their_own_metadata_from_the_metadata_service() {
             }
         }
     }
+    // A caller that is no VM's address gets 404, whatever its headers
+    // claim: here the DHCP namespace itself, asking for ma.
+    let dhcp_ns = std::fs::read_dir(dir.join("agent/netns"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("stratus-dhcp-"))
+        .expect("the network's DHCP namespace");
+    let ma = &vms[0].1;
+    let code = format!(
+        "import urllib.request, urllib.error\nr = urllib.request.Request('http://169.254.169.254/openstack/latest/meta_data.json', headers={{'X-Instance-ID': '{ma}', 'X-Forwarded-For': '10.73.0.2'}})\ntry:\n    print(urllib.request.urlopen(r, timeout=5).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &dhcp_ns, "python3", "-c", &code])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "404",
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     os.ok(&["server", "delete", "--wait", "ma", "mb"]);
 }
