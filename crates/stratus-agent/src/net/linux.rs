@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use super::rules::{bridge_name, host_ifname, ruleset, vxlan_name};
-use super::{DhcpWiring, HostNetwork, PortWiring, RouterWiring, Segment};
+use super::{DhcpWiring, HostNetwork, METADATA_IP, PortWiring, RouterWiring, Segment};
 use crate::DriverError;
 use std::fmt::Write as _;
 
@@ -642,15 +642,8 @@ impl Dataplane {
             if !sub.dns.is_empty() {
                 let _ = writeln!(opts, "tag:s{i},option:dns-server,{}", sub.dns.join(","));
             }
-            if !sub.routes.is_empty() {
-                let mut r: Vec<String> = sub
-                    .routes
-                    .iter()
-                    .map(|x| format!("{},{}", x.destination, x.nexthop))
-                    .collect();
-                if let Some(gw) = &sub.gateway {
-                    r.push(format!("0.0.0.0/0,{gw}"));
-                }
+            let r = static_routes(sub, port);
+            if !r.is_empty() {
                 let _ = writeln!(
                     opts,
                     "tag:s{i},option:classless-static-route,{}",
@@ -703,6 +696,54 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// A subnet's classless static routes (DHCP option 121), as dnsmasq
+/// spells them (`dest/len,next-hop`): its host routes, the metadata
+/// address via the DHCP port's own address on the subnet (the VMs'
+/// metadata service listens in the DHCP namespace), and the default route
+/// via the gateway, since a client that takes option 121 ignores the
+/// router option.
+fn static_routes(sub: &super::DhcpSubnet, dhcp_port: &PortWiring) -> Vec<String> {
+    let mut r: Vec<String> = sub
+        .routes
+        .iter()
+        .filter(|x| !x.destination.contains(':'))
+        .map(|x| format!("{},{}", x.destination, x.nexthop))
+        .collect();
+    let own = dhcp_port
+        .addresses
+        .iter()
+        .filter(|a| a.version == 4)
+        .find(|a| in_cidr(&a.ip, &sub.cidr));
+    // A host route of the subnet's own to the metadata address wins.
+    let metadata = format!("{METADATA_IP}/32");
+    if let Some(own) = own
+        && !sub.routes.iter().any(|x| x.destination == metadata)
+    {
+        r.push(format!("{metadata},{}", own.ip));
+    }
+    if !r.is_empty()
+        && let Some(gw) = &sub.gateway
+    {
+        r.push(format!("0.0.0.0/0,{gw}"));
+    }
+    r
+}
+
+/// Whether IPv4 address `ip` is in `cidr`.
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let (Ok(a), Some((net, mask))) = (ip.parse::<std::net::Ipv4Addr>(), network_and_mask(cidr))
+    else {
+        return false;
+    };
+    let (Ok(net), Ok(mask)) = (
+        net.parse::<std::net::Ipv4Addr>(),
+        mask.parse::<std::net::Ipv4Addr>(),
+    ) else {
+        return false;
+    };
+    u32::from(a) & u32::from(mask) == u32::from(net)
 }
 
 /// Where a DHCP server's files are: dnsmasq reads its hosts and options
@@ -859,9 +900,6 @@ fn nft_apply(ns: Option<&str>, rules: &str) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// The metadata service's address, as every OpenStack guest knows it.
-pub const METADATA_IP: &str = "169.254.169.254";
-
 /// The port the metadata listener binds inside a server's namespace; the
 /// namespace redirects port 80 of [`METADATA_IP`] to it, so a workload
 /// that binds `0.0.0.0:80` itself is not in the way.
@@ -886,18 +924,68 @@ impl Dataplane {
             "table ip stratus_metadata {{}}\ndelete table ip stratus_metadata\ntable ip stratus_metadata {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    ip daddr {METADATA_IP} tcp dport 80 dnat to {METADATA_IP}:{METADATA_PORT}\n  }}\n}}\n"
         );
         nft_apply(Some(&ns), &rules)?;
-        let path = PathBuf::from("/run/netns").join(&ns);
-        // A thread of its own enters the namespace, binds, and ends: the
-        // socket stays in the namespace it was made in.
-        std::thread::spawn(move || -> Result<std::net::TcpListener, DriverError> {
-            enter_netns(&path)?;
-            let l = std::net::TcpListener::bind((METADATA_IP, METADATA_PORT))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .join()
-        .map_err(|_| DriverError::Runtime("the metadata bind thread panicked".into()))?
+        bind_in_netns(PathBuf::from("/run/netns").join(&ns), METADATA_PORT)
     }
+
+    /// A listener for the metadata of the VMs on the network whose DHCP
+    /// server is `dhcp_device` (its namespace's device id), bound on
+    /// [`METADATA_IP`] port 80 inside that DHCP namespace, and the
+    /// namespace's identity ([`Dataplane::netns_id`]) it is bound in.
+    ///
+    /// DHCP gives each VM a route to [`METADATA_IP`] via the DHCP port's
+    /// address, so a VM's request arrives here with its own fixed address
+    /// as the source; that is what identifies it (see
+    /// `node::metadata`). No workload shares this namespace, so port 80
+    /// itself is bound.
+    pub fn dhcp_metadata_listener(
+        &self,
+        dhcp_device: &str,
+    ) -> Result<(std::net::TcpListener, u64), DriverError> {
+        if self.missing.is_some() {
+            return Err(DriverError::Runtime("no dataplane on this node".into()));
+        }
+        let ns = netns_name(dhcp_device);
+        let path = PathBuf::from("/run/netns").join(&ns);
+        let id =
+            ns_inode(&path).ok_or_else(|| DriverError::Runtime(format!("no namespace {ns}")))?;
+        ip_in(
+            &ns,
+            &["addr", "replace", &format!("{METADATA_IP}/32"), "dev", "lo"],
+        )?;
+        let l = bind_in_netns(path.clone(), 80)?;
+        // The namespace bound in is the one that was looked at: one made
+        // again in between would have a listener nothing reaches.
+        if ns_inode(&path) != Some(id) {
+            return Err(DriverError::Runtime(format!("{ns} was made again")));
+        }
+        Ok((l, id))
+    }
+
+    /// The identity of device `device`'s network namespace (its nsfs
+    /// inode), while there is one.
+    pub fn netns_id(&self, device: &str) -> Option<u64> {
+        ns_inode(&PathBuf::from("/run/netns").join(netns_name(device)))
+    }
+}
+
+fn ns_inode(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// A non-blocking listener on [`METADATA_IP`] port `port`, bound inside
+/// the network namespace at `path`: a thread of its own enters the
+/// namespace, binds, and ends; the socket stays in the namespace it was
+/// made in.
+fn bind_in_netns(path: PathBuf, port: u16) -> Result<std::net::TcpListener, DriverError> {
+    std::thread::spawn(move || -> Result<std::net::TcpListener, DriverError> {
+        enter_netns(&path)?;
+        let l = std::net::TcpListener::bind((METADATA_IP, port))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .join()
+    .map_err(|_| DriverError::Runtime("the metadata bind thread panicked".into()))?
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -913,4 +1001,66 @@ fn enter_netns(path: &std::path::Path) -> Result<(), DriverError> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DhcpSubnet, PortAddress, Route};
+    use super::*;
+
+    #[test]
+    fn dhcp_routes_lead_the_metadata_address_to_the_dhcp_port() {
+        let dhcp = PortWiring {
+            id: "d".into(),
+            device_id: "dhcp-x".into(),
+            network_id: "n".into(),
+            ifname: "ns-d".into(),
+            mac: "fa:16:3e:00:00:02".into(),
+            mtu: 1450,
+            addresses: vec![
+                PortAddress {
+                    ip: "10.1.0.2".into(),
+                    prefix_len: 24,
+                    version: 4,
+                    gateway: None,
+                },
+                PortAddress {
+                    ip: "10.2.0.2".into(),
+                    prefix_len: 24,
+                    version: 4,
+                    gateway: None,
+                },
+            ],
+            routes: vec![],
+            dns: vec![],
+            port_security: false,
+            allowed_pairs: vec![],
+            rules: vec![],
+        };
+        let mut sub = DhcpSubnet {
+            cidr: "10.2.0.0/24".into(),
+            gateway: Some("10.2.0.1".into()),
+            dns: vec![],
+            routes: vec![Route {
+                destination: "192.168.0.0/16".into(),
+                nexthop: "10.2.0.9".into(),
+            }],
+        };
+        assert_eq!(
+            static_routes(&sub, &dhcp),
+            [
+                "192.168.0.0/16,10.2.0.9",
+                "169.254.169.254/32,10.2.0.2",
+                "0.0.0.0/0,10.2.0.1"
+            ]
+        );
+        sub.routes.clear();
+        sub.gateway = None;
+        assert_eq!(static_routes(&sub, &dhcp), ["169.254.169.254/32,10.2.0.2"]);
+        // No address of the DHCP port on the subnet: no metadata route.
+        sub.cidr = "10.3.0.0/24".into();
+        assert!(static_routes(&sub, &dhcp).is_empty());
+        assert!(in_cidr("10.3.0.200", "10.3.0.0/24"));
+        assert!(!in_cidr("10.3.1.1", "10.3.0.0/24"));
+    }
 }

@@ -20,6 +20,9 @@
 mod linux;
 mod rules;
 
-pub use linux::{Dataplane, METADATA_IP, METADATA_PORT, netns_name};
+pub use linux::{Dataplane, METADATA_PORT, netns_name};
 pub use rules::ruleset;
 pub use stratus_wire::net::*;
+
+/// The metadata service's address, as every OpenStack guest knows it.
+pub const METADATA_IP: &str = "169.254.169.254";

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{Direction, FilterRule, HostNetwork, PortWiring};
+use super::{Direction, FilterRule, HostNetwork, METADATA_IP, PortWiring};
 
 /// The nftables table (in both families) Stratus owns.
 pub const TABLE: &str = "stratus";
@@ -168,6 +168,34 @@ pub fn ruleset(net: &HostNetwork) -> String {
             "    iifname \"{dev}\" oifname \"sv-*\" drop\n    iifname \"sv-*\" oifname \"{dev}\" drop"
         );
     }
+    // The VMs' metadata service (in the DHCP namespaces) knows a caller
+    // by its source address, so a port reaches the metadata address only
+    // from its own fixed addresses: not from an allowed address pair, and
+    // not from any address when its port security is off (then there is
+    // no spoof chain below). DHCP ports, the service's own, are exempt.
+    for p in ports.iter().filter(|p| !p.device_id.starts_with("dhcp-")) {
+        let own: Vec<&str> = p
+            .addresses
+            .iter()
+            .filter(|a| a.version == 4)
+            .map(|a| a.ip.as_str())
+            .collect();
+        let from = if own.is_empty() {
+            String::new()
+        } else {
+            format!(" ip saddr != {{ {} }}", own.join(", "))
+        };
+        let _ = writeln!(
+            s,
+            "    iifname \"{}\" ether type ip ip daddr {METADATA_IP}{from} drop",
+            host_ifname(&p.id)
+        );
+    }
+    // Anti-spoofing: a port with port security sends only from its MAC
+    // and addresses. The chain matches the port's host-side device,
+    // `sp-*`, which is a container's veth end and a VM's tap alike
+    // (`ensure_tap` names taps with `host_ifname` too), so it holds for
+    // VMs as well; the VMs' metadata service relies on it.
     for (i, p) in ports.iter().enumerate() {
         if p.port_security {
             let _ = writeln!(
@@ -405,6 +433,14 @@ mod tests {
         assert!(r.contains("ip saddr != { 0.0.0.0, 10.0.0.5, 10.0.0.100 } drop"));
         assert!(r.contains("oifname \"sp-porta\" meta mark set meta mark | 0x1"));
         assert!(r.contains("iifname \"sv-net1\" meta mark set 0 ct zone set 1"));
+        // The metadata address only from the port's own fixed address,
+        // port security or not.
+        assert!(r.contains(
+            "iifname \"sp-porta\" ether type ip ip daddr 169.254.169.254 ip saddr != { 10.0.0.5 } drop"
+        ));
+        assert!(r.contains(
+            "iifname \"sp-portb\" ether type ip ip daddr 169.254.169.254 ip saddr != { 10.0.0.5 } drop"
+        ));
     }
 
     #[test]

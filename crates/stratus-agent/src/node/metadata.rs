@@ -9,11 +9,22 @@
 //! the OpenStack layout (`/openstack/latest/meta_data.json`, `user_data`,
 //! `network_data.json`, `vendor_data.json`, `vendor_data2.json`) and the
 //! EC2 one (`/latest/meta-data/...`, `/latest/user-data`).
+//!
+//! A VM has no namespace of its own: its ports are taps on the network's
+//! bridge. For VMs the service is the one Neutron gives isolated
+//! networks: a listener per network, bound in the network's DHCP
+//! namespace on this node (`Dataplane::dhcp_metadata_listener`), which
+//! DHCP makes the guest's next hop to 169.254.169.254 (a classless static
+//! route). There the caller is known by its source address: it must be a
+//! fixed address of a VM port on this node on that network, which the
+//! node's bridge rules make true (anti-spoofing on every tap, and a rule
+//! that lets a port reach the metadata address only from its own fixed
+//! addresses, see `net/rules.rs`). Anything else is answered 404.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,12 +44,38 @@ struct Served {
     doc: Arc<Mutex<Doc>>,
 }
 
-/// The node's metadata listeners, one per server with ports.
+/// A VM port's fixed address on a network: whose it is, and the VM's
+/// `network_data.json` (all its ports on this node).
+#[derive(Clone)]
+struct Guest {
+    server: String,
+    network: Value,
+}
+
+/// The listener of one network's DHCP namespace, for the VMs on it.
+struct NetServed {
+    stop: Arc<AtomicBool>,
+    /// The namespace the listener is bound in (its nsfs inode): a
+    /// namespace made again under the same name gets a new listener.
+    netns: u64,
+    /// VM addresses on this network (this node's ports only).
+    guests: Arc<Mutex<HashMap<IpAddr, Guest>>>,
+}
+
+/// At most this many requests of one network's VMs are answered at once;
+/// more connections are closed unanswered.
+const NET_CONCURRENCY: usize = 16;
+
+/// The node's metadata listeners: one per container with ports, one per
+/// network with VM ports.
 #[derive(Default)]
 pub struct Metadata {
     served: Mutex<HashMap<String, Served>>,
-    /// Documents known before the server's listener exists.
-    docs: Mutex<HashMap<String, Doc>>,
+    /// Per network id.
+    networks: Mutex<HashMap<String, NetServed>>,
+    /// Meta and user data of every server (of containers known before
+    /// their listener exists; of VMs read at each request).
+    docs: Arc<Mutex<HashMap<String, Doc>>>,
 }
 
 impl Metadata {
@@ -109,23 +146,154 @@ impl Metadata {
             let doc = Arc::new(Mutex::new(doc));
             let stop = Arc::new(AtomicBool::new(false));
             let (d, st) = (doc.clone(), stop.clone());
-            std::thread::spawn(move || serve(listener, d, st));
+            std::thread::spawn(move || {
+                serve(listener, &st, |s, _| {
+                    let d = d.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    answer(s, Some(&d));
+                });
+            });
             served.insert(id.to_string(), Served { stop, doc });
+        }
+    }
+
+    /// Serves the VMs (`is_vm`) with ports in `net` from a listener per
+    /// network with a DHCP server here, and stops the listeners of
+    /// networks with no DHCP namespace or no VM port left. `netns` is the
+    /// identity of a DHCP device's namespace now (`None`: there is none);
+    /// `bind` makes a DHCP device's listener and says which namespace it
+    /// is in.
+    pub fn sync_vms(
+        &self,
+        net: &HostNetwork,
+        is_vm: impl Fn(&str) -> bool,
+        netns: impl Fn(&str) -> Option<u64>,
+        bind: impl Fn(&str) -> Result<(TcpListener, u64), crate::DriverError>,
+    ) {
+        let mut by_server: HashMap<&str, Vec<&PortWiring>> = HashMap::new();
+        for p in net.ports.iter().filter(|p| is_vm(&p.device_id)) {
+            by_server.entry(&p.device_id).or_default().push(p);
+        }
+        // Each VM's addresses, by network.
+        let mut by_network: HashMap<&str, HashMap<IpAddr, Guest>> = HashMap::new();
+        for (server, ports) in &by_server {
+            let network = network_data(ports);
+            for p in ports {
+                for a in p.addresses.iter().filter(|a| a.version == 4) {
+                    if let Ok(ip) = a.ip.parse::<IpAddr>() {
+                        by_network.entry(&p.network_id).or_default().insert(
+                            ip,
+                            Guest {
+                                server: server.to_string(),
+                                network: network.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let mut want: HashMap<&str, (&str, HashMap<IpAddr, Guest>)> = HashMap::new();
+        for d in &net.dhcp {
+            let Some(dhcp) = net.ports.iter().find(|p| p.id == d.port) else {
+                continue;
+            };
+            if let Some(guests) = by_network.remove(d.network_id.as_str()) {
+                want.insert(&d.network_id, (&dhcp.device_id, guests));
+            }
+        }
+        let mut served = self.networks.lock().unwrap_or_else(|e| e.into_inner());
+        served.retain(|id, s| {
+            let keep = want
+                .get(id.as_str())
+                .is_some_and(|(device, _)| netns(device) == Some(s.netns));
+            if !keep {
+                s.stop.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
+        for (network_id, (device, guests)) in want {
+            if let Some(s) = served.get(network_id) {
+                *s.guests.lock().unwrap_or_else(|e| e.into_inner()) = guests;
+                continue;
+            }
+            let (listener, ns) = match bind(device) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(network = network_id, error = %e, "no metadata service for this network's VMs");
+                    continue;
+                }
+            };
+            let guests = Arc::new(Mutex::new(guests));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (g, st, docs) = (guests.clone(), stop.clone(), self.docs.clone());
+            let busy = Arc::new(AtomicUsize::new(0));
+            std::thread::spawn(move || {
+                serve(listener, &st, |s, peer| {
+                    // Only the source address says who asks; headers
+                    // (X-Forwarded-For, X-Instance-ID) are never read.
+                    let guest = g
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&unmapped(peer))
+                        .cloned();
+                    let doc = guest.map(|guest| {
+                        let mut d = docs
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&guest.server)
+                            .cloned()
+                            .unwrap_or_default();
+                        d.network = guest.network;
+                        d
+                    });
+                    // Many guests share this listener: each request gets
+                    // a thread, so a slow one delays no other, up to a
+                    // bound past which connections are closed.
+                    if busy.fetch_add(1, Ordering::SeqCst) >= NET_CONCURRENCY {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let b = busy.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("metadata".into())
+                            .spawn(move || {
+                                answer(s, doc.as_ref());
+                                b.fetch_sub(1, Ordering::SeqCst);
+                            });
+                    if spawned.is_err() {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            });
+            served.insert(
+                network_id.to_string(),
+                NetServed {
+                    stop,
+                    netns: ns,
+                    guests,
+                },
+            );
         }
     }
 }
 
-/// Accepts until told to stop (the listener is non-blocking, so a server
-/// that went away ends its thread within a tenth of a second). One
-/// request at a time: a guest that opens many connections, or a slow
-/// one, delays only its own answers and costs the agent no threads.
-fn serve(l: TcpListener, doc: Arc<Mutex<Doc>>, stop: Arc<AtomicBool>) {
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Accepts until told to stop (the listener is non-blocking, so a
+/// listener no longer wanted ends its thread within a tenth of a second)
+/// and hands each connection, with its peer's address, to `handle`. A
+/// container's listener answers one request at a time: a guest that
+/// opens many connections, or a slow one, delays only its own answers
+/// and costs the agent no threads.
+fn serve(l: TcpListener, stop: &AtomicBool, mut handle: impl FnMut(TcpStream, IpAddr)) {
     while !stop.load(Ordering::SeqCst) {
         match l.accept() {
-            Ok((s, _)) => {
-                let d = doc.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                answer(s, &d);
-            }
+            Ok((s, peer)) => handle(s, peer.ip()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -134,7 +302,9 @@ fn serve(l: TcpListener, doc: Arc<Mutex<Doc>>, stop: Arc<AtomicBool>) {
     }
 }
 
-fn answer(mut s: TcpStream, doc: &Doc) {
+/// Reads one request from `s` and answers it from `doc`; without one (a
+/// caller that is no server here) every path is 404.
+fn answer(mut s: TcpStream, doc: Option<&Doc>) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
@@ -156,7 +326,7 @@ fn answer(mut s: TcpStream, doc: &Doc) {
             b"405 Method Not Allowed\n".to_vec(),
         )
     } else {
-        match route(path.split('?').next().unwrap_or(""), doc) {
+        match doc.and_then(|doc| route(path.split('?').next().unwrap_or(""), doc)) {
             Some((ctype, body)) => ("200 OK", ctype, body),
             None => ("404 Not Found", "text/plain", b"404 Not Found\n".to_vec()),
         }
@@ -370,5 +540,114 @@ mod tests {
         assert_eq!(get("/nope"), None);
         assert_eq!(netmask(4, 24), "255.255.255.0");
         assert_eq!(netmask(6, 64), "ffff:ffff:ffff:ffff::");
+    }
+
+    fn port(id: &str, device: &str, ip: &str) -> PortWiring {
+        PortWiring {
+            id: id.into(),
+            device_id: device.into(),
+            network_id: "net-1".into(),
+            ifname: "eth0".into(),
+            mac: "fa:16:3e:00:00:01".into(),
+            mtu: 1450,
+            addresses: vec![crate::net::PortAddress {
+                ip: ip.into(),
+                prefix_len: 8,
+                version: 4,
+                gateway: None,
+            }],
+            routes: vec![],
+            dns: vec![],
+            port_security: true,
+            allowed_pairs: vec![],
+            rules: vec![],
+        }
+    }
+
+    /// GET `path` from `port` on 127.0.0.1 (the caller's source is
+    /// 127.0.0.1), with a header that claims another address.
+    fn get(port: u16, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nX-Forwarded-For: 127.0.0.2\r\nX-Instance-ID: vm-2\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// A network's VMs are told apart by source address only: a caller
+    /// that is no VM port's address gets 404 whatever its headers say;
+    /// the listener goes with the DHCP namespace, and a namespace made
+    /// again gets a new one.
+    #[test]
+    fn vms_are_known_by_source_address() {
+        let md = Metadata::default();
+        md.set_server("vm-1", json!({"uuid": "vm-1"}), Some(b"one".to_vec()));
+        md.set_server("vm-2", json!({"uuid": "vm-2"}), Some(b"two".to_vec()));
+        let mut net = HostNetwork {
+            networks: vec![],
+            ports: vec![
+                port("p2", "vm-2", "127.0.0.2"),
+                port("d", "dhcp-net1-0", "127.0.0.9"),
+                port("c", "container", "127.0.0.1"),
+            ],
+            routers: vec![],
+            dhcp: vec![crate::net::DhcpWiring {
+                network_id: "net-1".into(),
+                port: "d".into(),
+                hosts: vec![],
+                subnets: vec![],
+                mtu: 1450,
+            }],
+        };
+        let bound = std::cell::RefCell::new(Vec::new());
+        let netns = std::cell::Cell::new(7u64);
+        let sync = |net: &HostNetwork| {
+            md.sync_vms(
+                net,
+                |id| id.starts_with("vm-"),
+                |dev| (dev == "dhcp-net1-0").then(|| netns.get()),
+                |dev| {
+                    assert_eq!(dev, "dhcp-net1-0");
+                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    l.set_nonblocking(true).unwrap();
+                    bound.borrow_mut().push(l.local_addr().unwrap().port());
+                    Ok((l, netns.get()))
+                },
+            )
+        };
+        sync(&net);
+        let port1 = bound.borrow()[0];
+        // 127.0.0.1 is a container's address, not a VM's here.
+        let r = get(port1, "/openstack/latest/meta_data.json");
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        assert!(!r.contains("vm-2"), "{r}");
+        // The VM that is 127.0.0.1 gets its own documents.
+        net.ports.push(port("p1", "vm-1", "127.0.0.1"));
+        net.ports.retain(|p| p.id != "c");
+        sync(&net);
+        assert_eq!(bound.borrow().len(), 1, "the listener stays");
+        let r = get(port1, "/openstack/latest/meta_data.json");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with(r#"{"uuid":"vm-1"}"#), "{r}");
+        let r = get(port1, "/openstack/latest/user_data");
+        assert!(r.ends_with("\r\n\r\none"), "{r}");
+        let r = get(port1, "/latest/meta-data/local-ipv4");
+        assert!(r.ends_with("127.0.0.1"), "{r}");
+        // The namespace made again: a listener in the new one.
+        netns.set(8);
+        sync(&net);
+        assert_eq!(bound.borrow().len(), 2);
+        let port2 = bound.borrow()[1];
+        assert!(get(port2, "/latest/meta-data/instance-id").ends_with("vm-1"));
+        // No DHCP server for the network any more: no listener.
+        net.dhcp.clear();
+        sync(&net);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(TcpStream::connect(("127.0.0.1", port2)).is_err());
+        assert!(TcpStream::connect(("127.0.0.1", port1)).is_err());
     }
 }

@@ -89,11 +89,19 @@ pub(super) fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwo
             }
         }
     }
-    // A VM has no namespace to serve metadata in: its guest reads the
-    // config drive.
+    // A container is served in its own namespace; a VM has none, and is
+    // served from its network's DHCP namespace, by its source address.
     let mut containers = net.clone();
     containers.ports.retain(|p| !sh.net.is_vm(&p.device_id));
     sh.metadata
         .sync(&containers, |id| sh.net.metadata_listener(id));
+    // (Without a dataplane a VM has no NICs: nothing to serve.)
+    let wired_here = sh.net.missing().is_none();
+    sh.metadata.sync_vms(
+        &net,
+        |id| wired_here && sh.net.is_vm(id),
+        |device| sh.net.netns_id(device),
+        |device| sh.net.dhcp_metadata_listener(device),
+    );
     Ok(net)
 }

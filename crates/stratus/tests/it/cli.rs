@@ -1205,3 +1205,128 @@ fn cli_vms_boot_run_user_data_ping_each_other_and_answer_power_actions() {
         );
     }
 }
+
+/// The user data of a VM that, once DHCP has given it an address and the
+/// route to 169.254.169.254, fetches its metadata and user data from the
+/// metadata service with busybox `wget` and prints them between markers
+/// (spelled split in the script, so the user data printed back does not
+/// show them), each in one line, so one write: the guest's `tick` lines
+/// cannot land inside (the user data's newlines are printed as `|`).
+/// `token` makes each VM's user data its own. (`timeout`, not `wget -T`:
+/// Debian's busybox-static 1.35 wget crashes on `-T`.)
+fn metadata_fetch_script(token: &str) -> String {
+    format!(
+        "#!/bin/sh\n# {token}\n(for i in $(seq 60); do\n  if timeout 5 wget -q -O /tmp/md http://169.254.169.254/openstack/latest/meta_data.json && timeout 5 wget -q -O /tmp/ud http://169.254.169.254/openstack/latest/user_data; then\n    echo \"MD\"\"-BEGIN $(cat /tmp/md) MD\"\"-END\"\n    printf 'UD''-BEGIN %s UD''-END\\n' \"$(tr '\\n' '|' < /tmp/ud)\"\n    break\n  fi\n  sleep 1\ndone; echo \"MD\"\"-DONE\") &\n"
+    )
+}
+
+/// What a VM's console shows between the metadata script's markers: the
+/// `meta_data.json` it was served, and the user data (newlines as `|`).
+fn served_metadata(out: &str) -> (Value, String) {
+    let md = out
+        .split("MD-BEGIN ")
+        .nth(1)
+        .and_then(|r| r.split(" MD-END").next())
+        .unwrap_or_else(|| panic!("no meta_data.json on the console:\n{out}"));
+    let md: Value = serde_json::from_str(md.trim())
+        .unwrap_or_else(|e| panic!("meta_data.json {md:?} is not JSON ({e}):\n{out}"));
+    let ud = out
+        .split("UD-BEGIN ")
+        .nth(1)
+        .and_then(|r| r.split(" UD-END").next())
+        .unwrap_or_else(|| panic!("no user data on the console:\n{out}"));
+    (md, ud.to_string())
+}
+
+/// The metadata service serves VMs as Neutron does on isolated networks:
+/// DHCP routes 169.254.169.254 to the network's DHCP namespace, where the
+/// agent answers each VM, known by its source address, with its own
+/// `meta_data.json` and user data; a second VM on the network gets its
+/// own, not the first's.
+#[test]
+fn cli_vms_read_their_own_metadata_from_the_metadata_service() {
+    super::compute_real::require_runtime();
+    super::compute_real::require_qemu();
+    let images = super::compute_real::test_images();
+    let server = Server::start_in_netns(&["--import-images", images.to_str().unwrap()]);
+    let Some(os) = Os::new(&server) else { return };
+    os.ok(&["network", "create", "mdnet"]);
+    os.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "mdnet",
+        "--subnet-range",
+        "10.73.0.0/24",
+        "mdsub",
+    ]);
+    let dir = server.data_dir();
+    let mut vms = Vec::new();
+    for (name, token) in [("ma", "token-of-ma-5d1e"), ("mb", "token-of-mb-93c7")] {
+        let ud = dir.join(format!("{name}.sh"));
+        let script = metadata_fetch_script(token);
+        std::fs::write(&ud, &script).unwrap();
+        let s = os.json(&[
+            "server",
+            "create",
+            "--image",
+            "busybox-vm",
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            "mdnet",
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--wait",
+            name,
+        ]);
+        let id = s["id"].as_str().unwrap().to_string();
+        vms.push((name, id, script, token));
+    }
+    for (name, id, script, token) in &vms {
+        let out = console_shows(&os, name, &["MD-DONE"]);
+        assert!(
+            out.contains("dhcp: route 169.254.169.254/32 via 10.73.0."),
+            "{out}"
+        );
+        let (md, ud) = served_metadata(&out);
+        assert_eq!(
+            md["uuid"],
+            id.as_str(),
+            "{name} got another's metadata:\n{out}"
+        );
+        assert_eq!(md["name"], *name, "{md}");
+        assert_eq!(ud, script.replace('\n', "|"), "{name}'s user data:\n{out}");
+        assert!(ud.contains(token));
+        for (other, other_id, _, other_token) in &vms {
+            if other != name {
+                assert!(!out.contains(other_id.as_str()), "{name} saw {other}'s id");
+                assert!(!out.contains(other_token), "{name} saw {other}'s user data");
+            }
+        }
+    }
+    // A caller that is no VM's address gets 404, whatever its headers
+    // claim: here the DHCP namespace itself, asking for ma.
+    let dhcp_ns = std::fs::read_dir(dir.join("agent/netns"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("stratus-dhcp-"))
+        .expect("the network's DHCP namespace");
+    let ma = &vms[0].1;
+    let code = format!(
+        "import urllib.request, urllib.error\nr = urllib.request.Request('http://169.254.169.254/openstack/latest/meta_data.json', headers={{'X-Instance-ID': '{ma}', 'X-Forwarded-For': '10.73.0.2'}})\ntry:\n    print(urllib.request.urlopen(r, timeout=5).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &dhcp_ns, "python3", "-c", &code])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "404",
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    os.ok(&["server", "delete", "--wait", "ma", "mb"]);
+}
