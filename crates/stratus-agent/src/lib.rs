@@ -235,6 +235,16 @@ pub trait Driver: Send + Sync {
             self.name()
         )))
     }
+    /// Steers the live migration `migrate_out` is running for the
+    /// instance: cancels it (`abort`; the instance runs on here) or lets
+    /// it finish now, whatever the pause.
+    fn steer_migration(&self, uuid: &str, abort: bool) -> Result<(), DriverError> {
+        let _ = abort;
+        Err(DriverError::Runtime(format!(
+            "the {} driver runs no live migration of instance {uuid}",
+            self.name()
+        )))
+    }
     /// Makes a VM's NICs `nics` (hot-plugged into a running one); other
     /// drivers get their ports through the instance's namespace.
     fn set_nics(&self, uuid: &str, nics: &[VmNic]) -> Result<(), DriverError> {

@@ -128,6 +128,10 @@ impl Driver for MixedDriver {
         self.of(uuid).unrescue(uuid)
     }
 
+    fn steer_migration(&self, uuid: &str, abort: bool) -> Result<(), DriverError> {
+        self.of(uuid).steer_migration(uuid, abort)
+    }
+
     fn set_nics(&self, uuid: &str, nics: &[crate::VmNic]) -> Result<(), DriverError> {
         self.of(uuid).set_nics(uuid, nics)
     }

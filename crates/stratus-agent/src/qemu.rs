@@ -56,6 +56,10 @@ use crate::{
     host, lock_of, valid_id, which,
 };
 
+/// A live migration forced to complete may pause the guest this long
+/// (ms) for the rest of its memory and disk.
+const FORCED_DOWNTIME_MS: u64 = 60_000;
+
 /// A console file this big has its tail moved to `console.log.1`.
 const CONSOLE_ROTATE: u64 = 2 << 20;
 /// How often a stop presses the power button again.
@@ -1343,6 +1347,25 @@ impl Driver for QemuDriver {
             &[dir.join("console.log.1"), dir.join("console.log")],
             tail_lines,
         )
+    }
+
+    /// Without the VM's lock: `migrate_out` holds it for the whole stream
+    /// and looks at QEMU's progress on a connection of its own per look.
+    fn steer_migration(&self, uuid: &str, abort: bool) -> Result<(), DriverError> {
+        self.record(uuid)?;
+        let mut q = self.qmp(uuid)?;
+        if abort {
+            q.execute("migrate_cancel", None)?;
+            tracing::info!(instance = uuid, "live migration cancelled");
+        } else {
+            // QEMU pauses the guest for the rest once it fits in the limit.
+            q.execute(
+                "migrate-set-parameters",
+                Some(json!({"downtime-limit": FORCED_DOWNTIME_MS})),
+            )?;
+            tracing::info!(instance = uuid, "live migration forced to complete");
+        }
+        Ok(())
     }
 
     /// Hot-plugs and unplugs NICs of a running VM (QMP `netdev_add` and

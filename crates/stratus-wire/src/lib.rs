@@ -283,6 +283,14 @@ pub struct LiveMigration {
     /// QEMU's migration address on the destination, `tcp:HOST:PORT`.
     pub uri: String,
     pub dest_host: String,
+    /// An admin asked to abort it: the source cancels the stream and the
+    /// guest runs on there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+    /// An admin asked to complete it now: the source lets the guest pause
+    /// as long as the rest of the stream takes (no downtime limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_complete: bool,
 }
 
 /// The rescue image of an [`Assignment`].

@@ -296,6 +296,21 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((s.id.clone(), s.generation))
             {
+                // A live migration under way that an admin aborts or
+                // forces to complete: the running stream is steered.
+                if task == stratus_wire::Task::Migrating
+                    && let Some(m) = s
+                        .live_migration
+                        .as_ref()
+                        .filter(|m| m.abort || m.force_complete)
+                {
+                    let (sh, id, abort) = (shared.clone(), s.id.clone(), m.abort);
+                    std::thread::spawn(move || {
+                        if let Err(e) = sh.driver.steer_migration(&id, abort) {
+                            tracing::warn!(server = %id, abort, error = %e, "could not steer the live migration");
+                        }
+                    });
+                }
                 continue;
             }
             let sh = shared.clone();

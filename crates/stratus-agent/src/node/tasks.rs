@@ -193,6 +193,7 @@ pub(super) fn run_task(sh: &Arc<Shared>, s: &Assignment, task: &Task) {
                     .live_migration
                     .as_ref()
                     .context("the controller named no live-migration destination")?;
+                anyhow::ensure!(!to.abort, "the live migration was aborted before it began");
                 let last = std::cell::Cell::new(Instant::now());
                 d.migrate_out(&id, &to.uri, &|p| {
                     if last.get().elapsed() >= Duration::from_secs(1) {

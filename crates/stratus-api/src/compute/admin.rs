@@ -39,6 +39,10 @@ pub fn routes() -> Router<AppState> {
             "/servers/{id}/migrations/{mid}",
             get(server_migration).delete(abort_migration),
         )
+        .route(
+            "/servers/{id}/migrations/{mid}/action",
+            post(migration_action),
+        )
         .route("/extensions", get(extensions))
         .route("/extensions/{alias}", get(extension))
 }
@@ -690,16 +694,60 @@ async fn server_migration(
         .ok_or_else(|| super::live::not_in_progress(&id, &mid))
 }
 
-/// Aborting a live migration (2.24, queued ones from 2.65): there are
-/// none to abort.
+/// Aborting a live migration (2.24; queued and preparing ones from 2.65).
 async fn abort_migration(
     State(state): State<AppState>,
     ctx: Ctx,
+    mv: Mv,
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    if !mv.at_least(24) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ));
+    }
     require_admin(&ctx, "os_compute_api:servers:migrations:delete")?;
     super::common::fetch(&state, &ctx, &id)?;
-    Err(super::live::not_in_progress(&id, &mid))
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        super::live::control(&st, &ctx, &id, &mid, true, mv.at_least(65))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /servers/{id}/migrations/{mid}/action` with `force_complete`
+/// (2.22+): the live migration completes now.
+async fn migration_action(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, mid)): Path<(String, String)>,
+    raw: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    if !mv.at_least(22) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
+        ));
+    }
+    require_admin(&ctx, "os_compute_api:servers:migrations:force_complete")?;
+    let b = super::body(&raw)?;
+    if b.as_object()
+        .is_none_or(|o| o.len() != 1 || !o.contains_key("force_complete"))
+    {
+        return Err(ApiError::bad_request(
+            "Malformed request body: the only action is force_complete",
+        ));
+    }
+    super::common::fetch(&state, &ctx, &id)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || super::live::control(&st, &ctx, &id, &mid, false, false))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::ACCEPTED)
 }
 
 // ---- extensions -------------------------------------------------------------------

@@ -31,7 +31,9 @@
 //! the ports stay bound to the source until the switch, when the
 //! destination binds them and the source's taps are swept. Not yet:
 //! containers (400, as Nova answers a driver that cannot), aborting or
-//! forcing a migration in progress.
+//! An admin may abort a migration in progress (the guest runs on at the
+//! source, the migration ends `cancelled`) or force it to complete (the
+//! source lifts QEMU's downtime limit, so the rest goes in one pause).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -147,6 +149,8 @@ pub fn live_migrate(
                 failed: false,
                 live: true,
                 live_uri: None,
+                abort: false,
+                force_complete: false,
             });
             if !cur.nics.is_empty() {
                 tx.upsert(&LiveIncoming {
@@ -272,43 +276,123 @@ fn fail(state: &AppState, id: &str, why: &str) {
         let Some(mut cur) = tx.get::<Server>(id)? else {
             return Ok::<_, ApiError>(None);
         };
-        let Some(job) = cur.resize.clone().filter(|j| j.live) else {
+        if !cur.resize.as_ref().is_some_and(|j| j.live) {
             return Ok(None);
-        };
-        cur.resize = None;
-        cur.task_state = None;
-        cur.generation += 1;
-        cur.updated_us = now_us();
-        tx.update(&cur)?;
-        super::resize::set_migration(tx, &job.migration_id, "error")?;
-        action_event(
-            tx,
-            id,
-            "compute_pre_live_migration",
-            false,
-            Some(why),
-            job.dest_host.as_deref(),
-        )?;
-        Ok(Some(job))
+        }
+        end_unstreamed(tx, &mut cur, "error", why).map(Some)
     });
     match r {
-        Ok(Some(job)) => {
-            super::resize::after(
-                state,
-                id,
-                super::resize::Next {
-                    unmigrate: Some(job.migration_id.clone()),
-                    notify: job.source_host.clone(),
-                    ..Default::default()
-                },
-            );
-            state.compute.notify(job.dest_host.as_deref());
-        }
+        Ok(Some(job)) => after_unstreamed(state, id, &job),
         Ok(None) => {}
         Err(e) => {
             tracing::error!(server = %id, error = %e.message, "could not end a failed live migration")
         }
     }
+}
+
+/// Ends server `cur`'s live migration before any stream began (inside
+/// the caller's write): the server runs on where it is, the migration
+/// ends in `status`. [`after_unstreamed`] then settles the claims.
+fn end_unstreamed(
+    tx: &stratus_store::Tx,
+    cur: &mut Server,
+    status: &str,
+    why: &str,
+) -> Result<ResizeJob, ApiError> {
+    let job = cur
+        .resize
+        .take()
+        .ok_or_else(|| ApiError::internal("no migration to end"))?;
+    cur.task_state = None;
+    cur.generation += 1;
+    cur.updated_us = now_us();
+    tx.update(cur)?;
+    super::resize::set_migration(tx, &job.migration_id, status)?;
+    action_event(
+        tx,
+        &cur.id,
+        "compute_pre_live_migration",
+        false,
+        Some(why),
+        job.dest_host.as_deref(),
+    )?;
+    Ok(job)
+}
+
+fn after_unstreamed(state: &AppState, id: &str, job: &ResizeJob) {
+    super::resize::after(
+        state,
+        id,
+        super::resize::Next {
+            unmigrate: Some(job.migration_id.clone()),
+            notify: job.source_host.clone(),
+            ..Default::default()
+        },
+    );
+    state.compute.notify(job.dest_host.as_deref());
+}
+
+/// An admin's abort (`DELETE /servers/{id}/migrations/{mid}`, 2.24+) or
+/// force-complete (`force_complete`, 2.22+) of live migration `mid`
+/// (Nova's integer id). An abort before the stream began ends it here;
+/// otherwise the source's agent is told (its assignment), cancels the
+/// stream (the guest runs on at the source, the migration ends
+/// `cancelled`) or lifts the downtime limit so the rest goes in one
+/// pause.
+pub fn control(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    mid: &str,
+    abort: bool,
+    queued_too: bool,
+) -> Result<(), ApiError> {
+    let method = if abort {
+        "abort live migration"
+    } else {
+        "force complete"
+    };
+    let ended = state.store.write(|tx| {
+        let mut cur = fetch_tx(tx, ctx, id)?;
+        let m = tx
+            .list::<Migration>(&stratus_store::Query::parent(id))?
+            .into_iter()
+            .find(|m| m.seq.to_string() == mid && in_progress(m))
+            .ok_or_else(|| not_in_progress(id, mid))?;
+        let Some(job) = cur
+            .resize
+            .as_mut()
+            .filter(|j| j.live && j.migration_id == m.id)
+        else {
+            return Err(not_in_progress(id, mid));
+        };
+        if m.status != "running" && !(abort && queued_too) {
+            return Err(ApiError::bad_request(format!(
+                "Migration {mid} state of instance {id} is {}. Cannot {method} while the migration is in this state.",
+                m.status
+            )));
+        }
+        if abort && job.live_uri.is_none() {
+            let job = end_unstreamed(tx, &mut cur, "cancelled", "aborted by an admin")?;
+            return Ok(Some(job));
+        }
+        if abort {
+            job.abort = true;
+        } else {
+            job.force_complete = true;
+        }
+        cur.updated_us = now_us();
+        tx.update(&cur)?;
+        Ok(None)
+    })?;
+    match ended {
+        Some(job) => after_unstreamed(state, id, &job),
+        None => {
+            let source = state.store.get::<Server>(id)?.and_then(|s| s.host);
+            state.compute.notify(source.as_deref());
+        }
+    }
+    Ok(())
 }
 
 /// A progress report from the source: the bytes go on the migration.

@@ -290,6 +290,13 @@ pub struct ResizeJob {
     /// for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_uri: Option<String>,
+    /// A live migration an admin asked to abort (`DELETE
+    /// /servers/{id}/migrations/{mid}`) or to complete now
+    /// (`force_complete`): the source's agent acts on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_complete: bool,
 }
 
 impl ResizeJob {

@@ -184,6 +184,8 @@ pub fn resize(
             failed: false,
             live: false,
             live_uri: None,
+            abort: false,
+            force_complete: false,
         });
         cur.task_state = Some(task::RESIZE_PREP.into());
         cur.generation += 1;
@@ -348,6 +350,8 @@ pub fn migrate(
                 failed: false,
                 live: false,
                 live_uri: None,
+                abort: false,
+                force_complete: false,
             });
             cur.task_state = Some(task::RESIZE_MIGRATING.into());
             cur.generation += 1;
@@ -566,7 +570,9 @@ fn finish_live(
         next.release = Some(job.migration_id.clone());
         next.notify = job.dest_host.clone();
     } else {
-        set_migration(tx, &job.migration_id, "error")?;
+        // An abort an admin asked for ends as Nova's `cancelled`.
+        let status = if job.abort { "cancelled" } else { "error" };
+        set_migration(tx, &job.migration_id, status)?;
         next.unmigrate = Some(job.migration_id.clone());
         next.notify = job.dest_host.clone();
     }

@@ -724,6 +724,8 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         Some(stratus_wire::LiveMigration {
             uri: j.live_uri.clone()?,
             dest_host: j.dest_host.clone()?,
+            abort: j.abort,
+            force_complete: j.force_complete,
         })
     });
     Ok(Assignment {
