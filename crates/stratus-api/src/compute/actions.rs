@@ -57,10 +57,7 @@ async fn action(
         "addFixedIp" | "removeFixedIp" | "addFloatingIp" | "removeFloatingIp"
             if mv.at_least(44) =>
         {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "The resource could not be found.",
-            ));
+            return Err(super::no_such_resource());
         }
         "addFixedIp" | "removeFixedIp" => {
             return Err(ApiError::bad_request(format!(
@@ -264,10 +261,7 @@ async fn topology(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     if !mv.at_least(78) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     super::common::require_reader(&ctx, "compute:server:topology:index")?;
     fetch(&state, &ctx, &id)?;

@@ -67,10 +67,7 @@ fn host_not_found(host: &str) -> ApiError {
 /// `os-hosts` left the API at 2.43.
 fn hosts_available(mv: Mv) -> Result<(), ApiError> {
     if mv.at_least(43) {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ))
+        Err(super::no_such_resource())
     } else {
         Ok(())
     }
@@ -217,10 +214,7 @@ async fn host_power(
 ) -> Result<Response, ApiError> {
     hosts_available(mv)?;
     if !["startup", "shutdown", "reboot"].contains(&action.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     require_admin(&ctx, &format!("os_compute_api:os-hosts:{action}"))?;
     node(&state, &host)?;
@@ -702,10 +696,7 @@ async fn abort_migration(
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     if !mv.at_least(24) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     require_admin(&ctx, "os_compute_api:servers:migrations:delete")?;
     super::common::fetch(&state, &ctx, &id)?;
@@ -728,10 +719,7 @@ async fn migration_action(
     raw: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     if !mv.at_least(22) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     require_admin(&ctx, "os_compute_api:servers:migrations:force_complete")?;
     let b = super::body(&raw)?;

@@ -110,10 +110,7 @@ async fn create(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     if !mv.at_least(6) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     require_member(&ctx, "os_compute_api:os-remote-consoles")?;
     let b = body(&raw)?;

@@ -46,10 +46,7 @@ async fn agg_cache_images(
     raw: Bytes,
 ) -> Result<StatusCode, ApiError> {
     if !mv.at_least(81) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     admin(&ctx, "compute:aggregates:images")?;
     let b = body(&raw)?;

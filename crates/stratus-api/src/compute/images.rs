@@ -43,10 +43,7 @@ pub fn routes() -> Router<AppState> {
 /// The proxy is gone from 2.36 on.
 fn proxy_available(mv: Mv) -> Result<(), ApiError> {
     if mv.at_least(36) {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ))
+        Err(super::no_such_resource())
     } else {
         Ok(())
     }

@@ -227,10 +227,7 @@ async fn groups(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     if mv.at_least(36) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ));
+        return Err(super::no_such_resource());
     }
     super::common::require_reader(&ctx, "os_compute_api:os-security-groups:list")?;
     let s = fetch(&state, &ctx, &id)?;

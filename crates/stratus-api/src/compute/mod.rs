@@ -302,6 +302,11 @@ pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
 }
 
 /// A 403 naming the policy rule, as Nova words it.
+/// Nova's 404 for an API a request's microversion does not have.
+pub(crate) fn no_such_resource() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "The resource could not be found.")
+}
+
 pub(crate) fn policy_denied(rule: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,

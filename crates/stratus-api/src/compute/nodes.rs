@@ -858,10 +858,7 @@ async fn hypervisor_uptime(
 /// 2.53.
 fn gone_at_253(mv: Mv) -> Result<(), ApiError> {
     if mv.at_least(53) {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ))
+        Err(super::no_such_resource())
     } else {
         Ok(())
     }

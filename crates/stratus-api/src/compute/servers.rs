@@ -948,10 +948,7 @@ fn tags_version(mv: Mv) -> Result<(), ApiError> {
     if mv.at_least(26) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "The resource could not be found.",
-        ))
+        Err(super::no_such_resource())
     }
 }
 
