@@ -54,6 +54,62 @@ fn boot_image(state: &AppState, ctx: &Ctx, id: &str) -> Result<Image, ApiError> 
     Ok(img)
 }
 
+/// What an image property (`img_hv_type`, or the older `hypervisor_type`)
+/// or a flavor extra spec (`capabilities:hypervisor_type`, plain or
+/// `s== X`) asks the server to run as: a virtual machine (`qemu`, `kvm`)
+/// or a container (`runc`, `crun`, `lxc`, `docker`, `container`). The
+/// image's formats say what it can run as; a request it cannot honour is
+/// a 400 now rather than a server in ERROR. Other values are left to the
+/// scheduler's hypervisor-type filter.
+fn check_driver(
+    img: &Image,
+    specs: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let prop = |k: &str| img.properties.get(k).and_then(|v| v.as_str());
+    let asked = [
+        ("img_hv_type", prop("img_hv_type")),
+        ("hypervisor_type", prop("hypervisor_type")),
+        (
+            "capabilities:hypervisor_type",
+            specs
+                .get("capabilities:hypervisor_type")
+                .map(String::as_str),
+        ),
+    ];
+    for (key, value) in asked {
+        let Some(value) = value else { continue };
+        let v = value.trim();
+        let v = v
+            .strip_prefix("s==")
+            .unwrap_or(v)
+            .trim()
+            .to_ascii_lowercase();
+        let wants_vm = match v.as_str() {
+            "qemu" | "kvm" => true,
+            "runc" | "crun" | "lxc" | "docker" | "container" => false,
+            _ => continue,
+        };
+        if wants_vm != img.boots_vm() {
+            let format = img.container_format.as_deref().unwrap_or("none");
+            return Err(ApiError::bad_request(format!(
+                "Image {} cannot run as {}, which {key}={value} asks for: its container_format {format} makes it {}.",
+                img.id,
+                if wants_vm {
+                    "a virtual machine"
+                } else {
+                    "a container"
+                },
+                if img.boots_vm() {
+                    "a virtual machine's disk"
+                } else {
+                    "a container image"
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Moves a server into `task` if its vm_state is one of `from` and no task
 /// is running; records the action.
 fn begin(
@@ -184,6 +240,7 @@ pub fn create(
         return Err(ApiError::bad_request("Flavor is disabled."));
     }
     let image = boot_image(state, ctx, &c.image_ref)?;
+    check_driver(&image, &flavor.extra_specs)?;
     if image.min_ram > flavor.ram {
         return Err(ApiError::bad_request(
             "Flavor's memory is too small for requested image.",
@@ -593,6 +650,7 @@ fn rebuild(
 ) -> Result<Outcome, ApiError> {
     let image = &r.image_ref;
     let img = boot_image(state, ctx, image)?;
+    check_driver(&img, &s.flavor.extra_specs)?;
     if img.min_ram > s.flavor.ram {
         return Err(ApiError::bad_request(
             "Flavor's memory is too small for requested image.",

@@ -224,6 +224,67 @@ fn compute_real_vm_image_on_container_node_ends_in_error_with_reason() {
     }
 }
 
+/// An image property or flavor extra spec asking for a kind of workload
+/// the image cannot be (a container of a VM disk, a VM of a container
+/// image) is refused at once, with the key that asked.
+#[test]
+fn compute_real_hypervisor_type_an_image_cannot_honour_is_refused() {
+    let c = cloud(&["--vms", "off"]);
+    let vm_img = image_id(&c, "busybox-vm");
+    let r = c.img.raw(
+        "PATCH",
+        &format!("/images/{vm_img}"),
+        Some(&c.admin),
+        &[(
+            "Content-Type",
+            "application/openstack-images-v2.1-json-patch",
+        )],
+        Some(json!([{"op": "add", "path": "/img_hv_type", "value": "runc"}]).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.boot(&c.admin, "x", &vm_img, "1", json!({}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("img_hv_type=runc"),
+        "{}",
+        r.body
+    );
+
+    let r = c.req(
+        "POST",
+        "/flavors/1/os-extra_specs",
+        &c.admin,
+        Some(json!({"extra_specs": {"capabilities:hypervisor_type": "s== QEMU"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ct_img = image_id(&c, "busybox");
+    let r = c.boot(&c.admin, "y", &ct_img, "1", json!({}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("capabilities:hypervisor_type"),
+        "{}",
+        r.body
+    );
+    // What the image can be is still asked for and booted.
+    let r = c.req(
+        "POST",
+        "/flavors/1/os-extra_specs",
+        &c.admin,
+        Some(json!({"extra_specs": {"capabilities:hypervisor_type": "runc"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.boot(&c.admin, "z", &ct_img, "1", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}
+
 #[test]
 fn compute_real_restart_adopts_running_containers() {
     let mut c = cloud(&[]);
