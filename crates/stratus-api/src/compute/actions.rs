@@ -227,29 +227,11 @@ pub async fn console_text(
         let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
         return Err(ApiError::new(status, a.body));
     }
-    let (url, key) = agent_of(state, s, "get_console_output")?;
+    let (url, key) = super::agent_client::agent_of(state, s, "get_console_output")?;
     let id = s.id.clone();
     tokio::task::spawn_blocking(move || super::agent_client::console(&url, &key, &id, length))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-}
-
-/// Where to reach the agent of the node a placed server runs on.
-fn agent_of(state: &AppState, s: &Server, action: &str) -> Result<(String, String), ApiError> {
-    if s.vm_state == vm::BUILDING || s.host.is_none() {
-        return Err(wrong_state(action, s));
-    }
-    let node = state
-        .store
-        .get::<ComputeNode>(s.host.as_deref().unwrap_or(""))?
-        .ok_or_else(|| ApiError::conflict("The server's compute node is gone."))?;
-    let url = node.agent_url.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The server's node agent takes no requests from the controller.",
-        )
-    })?;
-    Ok((url, node.agent_key.unwrap_or_default()))
 }
 
 /// `GET /servers/{id}/topology` (2.78): a container has no NUMA
@@ -280,7 +262,7 @@ async fn diagnostics(
         return Err(policy_denied("os_compute_api:os-server-diagnostics"));
     }
     let s = fetch(&state, &ctx, &id)?;
-    let (url, key) = agent_of(&state, &s, "get_diagnostics")?;
+    let (url, key) = super::agent_client::agent_of(&state, &s, "get_diagnostics")?;
     let out =
         tokio::task::spawn_blocking(move || super::agent_client::diagnostics(&url, &key, &id))
             .await

@@ -124,3 +124,25 @@ pub fn prepare_incoming(
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| refused(format!("its agent named no port: {text}")))
 }
+
+/// Where to reach the agent of the node a placed server runs on.
+pub(super) fn agent_of(
+    state: &crate::AppState,
+    s: &super::model::Server,
+    action: &str,
+) -> Result<(String, String), ApiError> {
+    if s.vm_state == super::states::vm::BUILDING || s.host.is_none() {
+        return Err(super::states::wrong_state(action, s));
+    }
+    let node = state
+        .store
+        .get::<super::model::ComputeNode>(s.host.as_deref().unwrap_or(""))?
+        .ok_or_else(|| ApiError::conflict("The server's compute node is gone."))?;
+    let url = node.agent_url.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server's node agent takes no requests from the controller.",
+        )
+    })?;
+    Ok((url, node.agent_key.unwrap_or_default()))
+}

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::common::{fetch, require_member};
-use super::model::{ComputeNode, Server};
-use super::states::{vm, wrong_state};
+use super::model::Server;
+use super::states::vm;
 use super::{Mv, body, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::image::model::Image;
@@ -235,29 +235,16 @@ async fn serial_url(state: &AppState, s: &Server) -> Result<String, ApiError> {
                     ),
                 ));
             }
-            if server.vm_state == vm::BUILDING || server.host.is_none() {
-                return Err(wrong_state("get_serial_console", &server));
-            }
+            // Placed and running (a building one is the 409 of any
+            // console read); the agent of its node answers.
+            let (url, key) = super::agent_client::agent_of(&st, &server, "get_serial_console")?;
             if !matches!(server.vm_state.as_str(), vm::ACTIVE | vm::PAUSED | vm::RESCUED) {
                 return Err(ApiError::conflict(format!(
                     "Instance {} is not ready: its serial console is there only while it runs (it is {}).",
                     server.id, server.vm_state
                 )));
             }
-            let host = server.host.clone().unwrap_or_default();
-            let node = st.store.get::<ComputeNode>(&host)?.ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "Instance {}'s node is not one of this controller's: serial consoles of servers at edge sites are not proxied.",
-                    server.id
-                ))
-            })?;
-            let url = node.agent_url.ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The server's node agent takes no requests from the controller.",
-                )
-            })?;
-            Ok((host, url, node.agent_key.unwrap_or_default()))
+            Ok((server.host.clone().unwrap_or_default(), url, key))
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
