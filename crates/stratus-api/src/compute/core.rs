@@ -292,6 +292,12 @@ pub fn create(
             "The availability zone {z} is an edge site: its own scheduler picks the host, so a host cannot be forced from here"
         )));
     }
+    // A server an edge site runs: this controller hands out its
+    // addresses, DHCP's included (the site makes none of its own).
+    let at_site = match &c.availability_zone {
+        Some(z) => state.sites.is_site_zone(&state.store, z)?,
+        None => false,
+    };
     if let Some(z) = &c.availability_zone
         && !super::zones::zone_exists(state, z)?
     {
@@ -435,6 +441,10 @@ pub fn create(
                 security_groups.as_deref(),
             )
             .map_err(super::nics::nova_error)?;
+            if at_site {
+                crate::network::nova::ensure_dhcp_ports(tx, &s.nics)
+                    .map_err(super::nics::nova_error)?;
+            }
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;
             record_action(tx, &s, "create", ctx, req_id)?;

@@ -156,6 +156,10 @@ async fn attach(
     if port_id.is_none() && net_id.is_none() {
         return Err(ApiError::bad_request("Must input network_id or port_id"));
     }
+    let at_site = match state.store.get::<Server>(&id)?.and_then(|s| s.requested_az) {
+        Some(z) => state.sites.is_site_zone(&state.store, &z)?,
+        None => false,
+    };
     let (s, port) = state.store.write(|tx| {
         let mut s = fetch_tx(tx, &ctx, &id)?;
         check_locked(&ctx, &s)?;
@@ -178,6 +182,9 @@ async fn attach(
             },
         )
         .map_err(nova_error)?;
+        if at_site {
+            nova::ensure_dhcp_ports(tx, std::slice::from_ref(&nic)).map_err(nova_error)?;
+        }
         if let Some(h) = &s.host {
             nova::bind(tx, std::slice::from_ref(&nic), h).map_err(nova_error)?;
         }

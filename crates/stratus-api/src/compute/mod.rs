@@ -27,7 +27,7 @@ mod ips;
 mod keypairs;
 mod live;
 pub mod model;
-mod nics;
+pub(crate) mod nics;
 pub mod node_access;
 pub mod nodes;
 mod params;

@@ -26,6 +26,10 @@ pub struct Std {
     pub revision_number: u64,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// At an edge site: the document came down from the parent, which
+    /// owns it (and its addresses); never shown in the API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_parent: bool,
 }
 
 impl Std {
@@ -37,6 +41,7 @@ impl Std {
             updated_at: now,
             revision_number: 1,
             tags: Vec::new(),
+            from_parent: false,
         }
     }
     /// Marks a change: a new revision and update time.

@@ -109,6 +109,22 @@ pub(super) fn create_in(tx: &Tx, project: &str, name: &str) -> NetResult<Network
     Ok(net)
 }
 
+/// At an edge site, a network that came down from the parent: the parent
+/// hands out its addresses, so nothing here may take one (a server or
+/// port made here could collide with one the parent made for this site).
+pub fn refuse_if_parents(net: &Network) -> NetResult<()> {
+    if net.std.from_parent {
+        return Err(NetError::conflict(
+            "NetworkManagedByParent",
+            format!(
+                "Network {} belongs to this site's parent controller, which hands out its addresses: make ports and servers on it at the parent (or use a network of this site).",
+                net.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The network `id` as the caller sees it (else `NetworkNotFound`).
 pub fn find_in(tx: &Tx, ctx: &Ctx, id: &str) -> NetResult<Network> {
     match tx.get::<Network>(id)? {

@@ -192,6 +192,7 @@ pub fn plug(
             let net = tx
                 .get::<Network>(&p.network_id)?
                 .ok_or_else(|| networks::not_found(&p.network_id))?;
+            networks::refuse_if_parents(&net)?;
             p.device_id = server_id.to_string();
             p.device_owner = owner.clone();
             p.std.touch();
@@ -604,13 +605,18 @@ fn port_wiring(
 /// DHCP-enabled IPv4 subnet), made on first use. Every node that serves
 /// the network answers from it; its traffic never crosses to another
 /// node (see the agent's rules), so the one address serves them all.
-fn dhcp_port(tx: &Tx, net: &Network, subs: &[Subnet]) -> NetResult<Port> {
+fn dhcp_port(tx: &Tx, net: &Network, subs: &[Subnet]) -> NetResult<Option<Port>> {
     if let Some(p) = tx
         .list::<Port>(&SQ::parent(&net.id))?
         .into_iter()
         .find(|p| p.device_owner == OWNER_DHCP)
     {
-        return Ok(p);
+        return Ok(Some(p));
+    }
+    // At an edge site the parent makes the DHCP port of its networks
+    // (with the server's ports); until it arrives there is none.
+    if net.std.from_parent {
+        return Ok(None);
     }
     let id = super::new_id();
     let mut fixed = Vec::new();
@@ -632,6 +638,28 @@ fn dhcp_port(tx: &Tx, net: &Network, subs: &[Subnet]) -> NetResult<Port> {
         OWNER_DHCP,
         fixed,
     )
+    .map(Some)
+}
+
+/// Makes the DHCP port of each network `nics` are on (with a DHCP
+/// subnet) now rather than when a node first wires it: for servers an
+/// edge site runs, whose addresses this controller hands out.
+pub fn ensure_dhcp_ports(tx: &Tx, nics: &[Nic]) -> NetResult<()> {
+    let nets: BTreeSet<&str> = nics.iter().map(|n| n.network_id.as_str()).collect();
+    for id in nets {
+        let Some(net) = tx.get::<Network>(id)? else {
+            continue;
+        };
+        let subs: Vec<Subnet> = tx
+            .list::<Subnet>(&SQ::parent(&net.id))?
+            .into_iter()
+            .filter(|s| s.enable_dhcp && s.ip_version == 4)
+            .collect();
+        if !subs.is_empty() {
+            dhcp_port(tx, &net, &subs)?;
+        }
+    }
+    Ok(())
 }
 
 /// The ports of the routers a node runs: each router's interfaces and
@@ -696,7 +724,9 @@ pub fn host_network(
         if subs.is_empty() {
             continue;
         }
-        let port = dhcp_port(tx, &net, &subs)?;
+        let Some(port) = dhcp_port(tx, &net, &subs)? else {
+            continue;
+        };
         let short: String = port
             .id
             .chars()

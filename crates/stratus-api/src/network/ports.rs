@@ -586,6 +586,7 @@ pub(crate) fn create_in(
         ));
     }
     let net = networks::find_in(tx, ctx, &network_id)?;
+    networks::refuse_if_parents(&net)?;
     port_policy(ctx, m, &net, "create_port")?;
     super::quotas::check(tx, project, "port", 1)?;
     let macs: HashSet<String> = tx

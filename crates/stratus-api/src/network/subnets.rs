@@ -406,6 +406,7 @@ async fn create(
         if !owns(&ctx, &net.project_id) {
             return Err(NetError::policy("create_subnet"));
         }
+        networks::refuse_if_parents(&net)?;
         let (cidr, pool_id) = match &pool {
             Some(ask) => {
                 let (c, id) = super::subnetpools::carve(tx, Some(&ctx), ask, &project, cidr)?;

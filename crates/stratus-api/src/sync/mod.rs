@@ -15,8 +15,11 @@
 //! What goes down: identity (except the parent's own node agents' users
 //! and the catalog, which each controller keeps for itself, and credential
 //! blobs), flavors, key pairs, compute quotas, image metadata and members,
-//! the Fernet keys, and the servers whose availability zone is the site's
-//! or one in its subtree (never another site's). What comes up: the
+//! the Fernet keys, the servers whose availability zone is the site's
+//! or one in its subtree (never another site's), and the networks,
+//! subnets, security groups and rules, with the ports of those servers,
+//! DHCP ports and unattached ports (never a router's or another site's
+//! server's): the parent hands out every address. What comes up: the
 //! site's state of those servers ([`server_status`], applied at the
 //! parent by [`apply_status`]).
 //!
@@ -45,6 +48,7 @@ use crate::compute::model::{Flavor, Keypair, QuotaSet, Server, SitePrecache};
 use crate::identity::model as id;
 use crate::identity::node_users::{NODE_ROLE, NODES_DOMAIN_ID, NODES_PROJECT_ID};
 use crate::image::model::{Image, Member};
+use crate::network::model as net;
 
 /// Calls `$f::<T>` for the record type of kind `$kind`, for every kind
 /// that goes down; `$none` otherwise.
@@ -71,6 +75,11 @@ macro_rules! by_kind {
             k if k == Image::KIND => $f::<Image>($($arg),*),
             k if k == Member::KIND => $f::<Member>($($arg),*),
             k if k == SitePrecache::KIND => $f::<SitePrecache>($($arg),*),
+            k if k == net::Network::KIND => $f::<net::Network>($($arg),*),
+            k if k == net::Subnet::KIND => $f::<net::Subnet>($($arg),*),
+            k if k == net::Port::KIND => $f::<net::Port>($($arg),*),
+            k if k == net::SecurityGroup::KIND => $f::<net::SecurityGroup>($($arg),*),
+            k if k == net::SecurityGroupRule::KIND => $f::<net::SecurityGroupRule>($($arg),*),
             _ => $none,
         }
     };
@@ -99,7 +108,29 @@ pub const KINDS: &[&str] = &[
     Image::KIND,
     Member::KIND,
     SitePrecache::KIND,
+    net::Network::KIND,
+    net::Subnet::KIND,
+    net::Port::KIND,
+    net::SecurityGroup::KIND,
+    net::SecurityGroupRule::KIND,
 ];
+
+/// The network kinds that go down: the parent owns them and hands out
+/// their addresses; a site marks its copies (`from_parent`) so that it
+/// takes no address of them itself and keeps its own networks apart.
+const NET_KINDS: &[&str] = &[
+    net::Network::KIND,
+    net::Subnet::KIND,
+    net::Port::KIND,
+    net::SecurityGroup::KIND,
+    net::SecurityGroupRule::KIND,
+];
+
+/// Whether a stored network document came down from the parent.
+fn from_parent(body: &str) -> bool {
+    serde_json::from_str::<Value>(body)
+        .is_ok_and(|v| v.get("from_parent").and_then(Value::as_bool) == Some(true))
+}
 
 /// Whether a document of `kind` with `body` goes down to sites. Each
 /// controller's node agents are its own: their domain, project, users,
@@ -125,6 +156,20 @@ pub fn goes_down(zones: &std::collections::HashSet<String>, kind: &str, body: &s
         });
     }
     let field = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_string);
+    if kind == net::Port::KIND {
+        // The ports of servers in the site's subtree (their owner names
+        // the zone), DHCP ports, and ports attached to nothing; never a
+        // router's or another site's server's.
+        return serde_json::from_str::<Value>(body).is_ok_and(|v| {
+            match field(&v, "device_owner").as_deref().unwrap_or("") {
+                "" => true,
+                o if o == net::OWNER_DHCP => true,
+                o => o
+                    .strip_prefix("compute:")
+                    .is_some_and(|z| zones.contains(z)),
+            }
+        });
+    }
     let local = |v: &Value| -> bool {
         match kind {
             k if k == id::Domain::KIND => field(v, "id").as_deref() == Some(NODES_DOMAIN_ID),
@@ -162,14 +207,33 @@ pub fn apply(tx: &Tx, c: &SyncChange) -> Result<(), crate::ApiError> {
             None => remove_server(tx, &c.id),
         };
     }
-    Ok(by_kind!(
-        c.kind.as_str(),
-        apply_one(tx, &c.id, c.body.as_deref()),
-        {
-            tracing::debug!(kind = %c.kind, "a change of a kind this site does not take");
-            Ok(())
+    let marked;
+    let body = match c.body.as_deref() {
+        Some(b) if NET_KINDS.contains(&c.kind.as_str()) => {
+            marked = mark_from_parent(tx, &c.kind, &c.id, b)?;
+            Some(marked.as_str())
         }
-    )?)
+        b => b,
+    };
+    Ok(by_kind!(c.kind.as_str(), apply_one(tx, &c.id, body), {
+        tracing::debug!(kind = %c.kind, "a change of a kind this site does not take");
+        Ok(())
+    })?)
+}
+
+/// A network document from the parent, marked as the parent's; a port
+/// keeps where this site bound it (`host_id`, `status`).
+fn mark_from_parent(tx: &Tx, kind: &str, id: &str, body: &str) -> Result<String, StoreError> {
+    let mut v: Value = serde_json::from_str(body)?;
+    v["from_parent"] = Value::Bool(true);
+    if kind == net::Port::KIND
+        && let Some(local) = tx.get::<net::Port>(id)?
+        && !local.host_id.is_empty()
+    {
+        v["host_id"] = Value::from(local.host_id);
+        v["status"] = Value::from(local.status);
+    }
+    Ok(v.to_string())
 }
 
 /// A server from the parent: new ones are taken as they are (they wait
@@ -200,7 +264,6 @@ fn put_server(tx: &Tx, parent: Server) -> Result<(), crate::ApiError> {
     s.snapshot = local.snapshot.clone();
     s.resize = local.resize.clone();
     s.rescue_image = local.rescue_image.clone();
-    s.nics = local.nics.clone();
     s.updated_us = parent.updated_us.max(local.updated_us);
     if newer {
         // A task the parent asked for: this site's agents act on it.
@@ -385,6 +448,12 @@ pub fn apply_status(
     if same {
         return Ok(false);
     }
+    if let Some(h) = &st.host
+        && s.host.as_ref() != Some(h)
+    {
+        // Its ports show the site's node as their binding.
+        crate::network::nova::bind(tx, &s.nics, h).map_err(crate::compute::nics::nova_error)?;
+    }
     s.host = st.host.clone();
     s.node = st.node.clone();
     s.vm_state = st.vm_state.clone();
@@ -455,7 +524,12 @@ fn prune_kind<T: Record>(
             continue;
         }
         let body = serde_json::to_string(&rec)?;
-        if goes_down(&Default::default(), T::KIND, &body) {
+        let parents = if NET_KINDS.contains(&T::KIND) {
+            from_parent(&body)
+        } else {
+            goes_down(&Default::default(), T::KIND, &body)
+        };
+        if parents {
             tx.delete::<T>(rec.id())?;
             n += 1;
         }
@@ -557,6 +631,25 @@ mod tests {
         assert!(goes_down(&z, "server", r#"{"requested_az": "edge-1"}"#));
         assert!(!goes_down(&z, "server", r#"{"requested_az": "edge-2"}"#));
         assert!(!goes_down(&z, "server", r#"{"requested_az": null}"#));
+    }
+
+    #[test]
+    fn a_site_gets_its_servers_ports_and_never_a_routers_or_another_sites() {
+        let z = std::collections::HashSet::from(["edge-1".to_string()]);
+        let port = |owner: &str| json!({"id": "p", "device_owner": owner}).to_string();
+        assert!(goes_down(&z, "port", &port("compute:edge-1")));
+        assert!(goes_down(&z, "port", &port("network:dhcp")));
+        assert!(goes_down(&z, "port", &port("")));
+        assert!(!goes_down(&z, "port", &port("compute:edge-2")));
+        assert!(!goes_down(&z, "port", &port("compute:nova")));
+        assert!(!goes_down(&z, "port", &port("network:router_interface")));
+        assert!(goes_down(&z, "network", r#"{"id": "n"}"#));
+        assert!(goes_down(&z, "security_group_rule", r#"{"id": "r"}"#));
+        // Addresses stay with the parent: their allocations never go.
+        assert!(!goes_down(&z, "ip_allocation", r#"{"id": "s/10.0.0.2"}"#));
+        assert!(!goes_down(&z, "router", r#"{"id": "r"}"#));
+        assert!(from_parent(r#"{"id": "n", "from_parent": true}"#));
+        assert!(!from_parent(r#"{"id": "n"}"#));
     }
 
     #[test]

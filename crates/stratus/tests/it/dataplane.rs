@@ -56,7 +56,7 @@ fn probe_file() -> PathBuf {
 
 /// A listener in server `id`'s namespace answering `banner` on `port`
 /// for 60 s (killed when dropped).
-struct Listener(Child);
+pub(super) struct Listener(Child);
 
 impl Drop for Listener {
     fn drop(&mut self) {
@@ -65,7 +65,7 @@ impl Drop for Listener {
     }
 }
 
-fn listen(id: &str, port: u16, banner: &str) -> Listener {
+pub(super) fn listen(id: &str, port: u16, banner: &str) -> Listener {
     let child = Command::new("ip")
         .args(["netns", "exec", &format!("stratus-{id}"), "python3"])
         .arg(probe_file())
@@ -90,7 +90,7 @@ fn connect(from: &str, host: &str, port: u16, src: Option<&str>) -> Option<Strin
 
 /// Retries a connection that should get through (the listener may still
 /// be starting).
-fn reaches(from: &str, host: &str, port: u16) -> Option<String> {
+pub(super) fn reaches(from: &str, host: &str, port: u16) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(b) = connect(from, host, port, None) {
@@ -154,7 +154,7 @@ fn boot(c: &Cloud, tok: &str, name: &str, extra: Value) -> (String, Value) {
 }
 
 /// The first IPv4 address of a server on network `net`.
-fn address(s: &Value, net: &str) -> String {
+pub(super) fn address(s: &Value, net: &str) -> String {
     s["addresses"][net]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["version"] == 4))

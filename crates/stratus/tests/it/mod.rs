@@ -20,5 +20,6 @@ mod reliability;
 mod sdk;
 mod secrets;
 mod sites;
+mod sites_net;
 mod validation;
 mod vm_live_net;
