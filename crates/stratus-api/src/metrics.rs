@@ -96,6 +96,12 @@ struct SiteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteNodeLabels {
+    site: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -131,6 +137,7 @@ pub struct Metrics {
     site_up: Family<SiteLabels, Gauge>,
     site_lag: Family<SiteLabels, Gauge>,
     site_contact_age: Family<SiteLabels, Gauge<f64, AtomicU64>>,
+    site_nodes: Family<SiteNodeLabels, Gauge>,
     servers: Family<StatusLabels, Gauge>,
     image_bytes: Family<DirectionLabels, Counter>,
     /// Other registries encoded after this one (the node agent `stratus
@@ -268,6 +275,12 @@ impl Metrics {
             Unit::Seconds,
             site_contact_age.clone(),
         );
+        let site_nodes = Family::<SiteNodeLabels, Gauge>::default();
+        registry.register(
+            "site_nodes",
+            "Compute nodes of each edge site (and the sites below it) by state, as the site last reported them",
+            site_nodes.clone(),
+        );
         let servers = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "servers",
@@ -296,6 +309,7 @@ impl Metrics {
             site_up,
             site_lag,
             site_contact_age,
+            site_nodes,
             servers,
             image_bytes,
             extra: Mutex::new(Vec::new()),
@@ -426,12 +440,22 @@ impl Metrics {
         self.site_up.clear();
         self.site_lag.clear();
         self.site_contact_age.clear();
+        self.site_nodes.clear();
         for s in state.store.list::<crate::sites::Site>(&Query::all())? {
             let labels = SiteLabels {
                 site: s.name.clone(),
             };
             let up = state.sites.shown_state(&s) == crate::sites::state::ACTIVE;
             self.site_up.get_or_create(&labels).set(up as i64);
+            for st in ["up", "down"] {
+                let n = s.nodes.iter().filter(|n| (n.state == "up") == (st == "up"));
+                self.site_nodes
+                    .get_or_create(&SiteNodeLabels {
+                        site: s.name.clone(),
+                        state: st,
+                    })
+                    .set(n.count() as i64);
+            }
             if let Some(l) = state.sites.link(&s.id) {
                 self.site_lag
                     .get_or_create(&labels)

@@ -67,6 +67,13 @@ pub struct Site {
     /// them go down through this site. Reported by the site.
     #[serde(default)]
     pub subtree: Vec<String>,
+    /// The site's compute nodes and those of the sites below it, as it
+    /// last reported them (resources and health).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<stratus_wire::sync::NodeSummary>,
+    /// When it last reported a change of them (µs).
+    #[serde(default)]
+    pub nodes_us: i64,
     pub created_us: i64,
     pub updated_us: i64,
 }

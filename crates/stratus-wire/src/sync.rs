@@ -106,6 +106,26 @@ pub struct Exchange {
     pub zones: Vec<String>,
 }
 
+/// One compute node of a site, or of a site below it, as the site sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub name: String,
+    /// The zone (site) the node serves.
+    pub zone: String,
+    /// `up` or `down` (its heartbeat, as Nova's hypervisor `state`).
+    pub state: String,
+    /// `enabled` or `disabled`.
+    pub status: String,
+    pub hypervisor_type: String,
+    pub vcpus: u64,
+    pub vcpus_used: u64,
+    pub memory_mb: u64,
+    pub memory_mb_used: u64,
+    pub local_gb: u64,
+    pub local_gb_used: u64,
+    pub running_vms: u64,
+}
+
 /// One server's state as the site that runs it sees it: what the site
 /// owns of the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +171,10 @@ pub struct UpBatch {
     /// (JSON), for the parent to adopt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopt: Vec<String>,
+    /// The site's nodes and its own sites' (resources and health), when
+    /// they changed since this connection last told them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeSummary>>,
 }
 
 /// The answer to an [`UpBatch`].

@@ -624,6 +624,34 @@ fn require_admin_h(ctx: &Ctx) -> Result<(), ApiError> {
     }
 }
 
+/// This controller's nodes as a site reports them to its parent, in
+/// `zone` (the site's own): resources, use and health.
+pub fn summaries(
+    state: &AppState,
+    zone: &str,
+) -> Result<Vec<stratus_wire::sync::NodeSummary>, ApiError> {
+    let reserved = state.compute.config.reserved_host_memory_mb;
+    let mut out = Vec::new();
+    for n in state.store.list::<ComputeNode>(&StoreQuery::all())? {
+        let (vcpus, ram, disk, running) = used(state, &n.id)?;
+        out.push(stratus_wire::sync::NodeSummary {
+            name: n.id.clone(),
+            zone: zone.to_string(),
+            state: if is_up(state, &n) { "up" } else { "down" }.into(),
+            status: if n.disabled { "disabled" } else { "enabled" }.into(),
+            hypervisor_type: n.hypervisor_type.clone(),
+            vcpus: n.vcpus as u64,
+            vcpus_used: vcpus as u64,
+            memory_mb: n.memory_mb,
+            memory_mb_used: ram + reserved,
+            local_gb: n.disk_gb,
+            local_gb_used: disk,
+            running_vms: running as u64,
+        });
+    }
+    Ok(out)
+}
+
 /// Used resources of a node, from the servers placed on it.
 fn used(state: &AppState, host: &str) -> Result<(u32, u64, u64, usize), ApiError> {
     let servers = state.store.list::<Server>(&StoreQuery::parent(host))?;

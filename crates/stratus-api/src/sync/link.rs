@@ -583,6 +583,20 @@ async fn session(state: &AppState, joined: &mut Joined) -> Result<(), String> {
     }
 }
 
+/// This site's nodes and those its own sites reported: what its parent
+/// shows of the site's resources and health.
+fn node_summaries(state: &AppState) -> Result<Vec<stratus_wire::sync::NodeSummary>, ApiError> {
+    let zone = state.sites.own_zone().unwrap_or_default();
+    let mut out = crate::compute::nodes::summaries(state, &zone)?;
+    for site in state
+        .store
+        .list::<crate::sites::Site>(&stratus_store::Query::all())?
+    {
+        out.extend(site.nodes);
+    }
+    Ok(out)
+}
+
 /// Runs one operator request the parent sent down.
 async fn run_request(
     state: &AppState,
@@ -790,25 +804,35 @@ async fn up_session(state: &AppState, parent: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (mut sender, _) = connect(&addr, tls).await?;
     let mut watch = state.sites.watch();
-    // The zones below this site, as last told to the parent.
+    // The zones below this site and the nodes, as last told to the parent.
     let mut told: Option<Vec<String>> = None;
+    let mut told_nodes: Option<Vec<stratus_wire::sync::NodeSummary>> = None;
     loop {
         let seen = *watch.borrow_and_update();
         let st = state.clone();
-        let (from, mut batch, zones) = tokio::task::spawn_blocking(move || {
+        let (from, mut batch, zones, nodes) = tokio::task::spawn_blocking(move || {
             let (from, batch) = pending_up(&st)?;
-            Ok::<_, ApiError>((from, batch, st.sites.subtree_zones(&st.store)?))
+            Ok::<_, ApiError>((
+                from,
+                batch,
+                st.sites.subtree_zones(&st.store)?,
+                node_summaries(&st)?,
+            ))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.message)?;
         let new_zones = told.as_ref() != Some(&zones);
-        if batch.up_to > from || new_zones {
+        let new_nodes = told_nodes.as_ref() != Some(&nodes);
+        if batch.up_to > from || new_zones || new_nodes {
             let to = batch.up_to;
             if new_zones {
                 batch.zones = Some(zones.clone());
             }
-            if !batch.servers.is_empty() || !batch.adopt.is_empty() || new_zones {
+            if new_nodes {
+                batch.nodes = Some(nodes.clone());
+            }
+            if !batch.servers.is_empty() || !batch.adopt.is_empty() || new_zones || new_nodes {
                 let body = super::gzip(&serde_json::to_vec(&batch).map_err(|e| e.to_string())?);
                 post_counted(
                     state,
@@ -821,6 +845,7 @@ async fn up_session(state: &AppState, parent: &str) -> Result<(), String> {
                 )
                 .await?;
                 told = Some(zones);
+                told_nodes = Some(nodes);
             }
             let st = state.clone();
             tokio::task::spawn_blocking(move || {
@@ -888,6 +913,7 @@ fn pending_up(state: &AppState) -> Result<(i64, stratus_wire::sync::UpBatch), Ap
             servers,
             zones: None,
             adopt,
+            nodes: None,
         },
     ))
 }

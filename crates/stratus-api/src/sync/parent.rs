@@ -153,6 +153,27 @@ fn view(state: &AppState, s: &Site, revision: i64) -> Value {
         "certificate_expires_at": (s.cert_expires_us > 0).then(|| iso(s.cert_expires_us)),
         "certificate_fingerprint": s.cert_sha256,
         "created_at": iso(s.created_us),
+        "resources": resources(&s.nodes),
+        "nodes": s.nodes,
+        "nodes_reported_at": (s.nodes_us > 0).then(|| iso(s.nodes_us)),
+    })
+}
+
+/// A site's nodes summed: how many are up, and what they hold and use
+/// (as `os-hypervisors/statistics` sums a cloud's).
+fn resources(nodes: &[stratus_wire::sync::NodeSummary]) -> Value {
+    let sum = |f: fn(&stratus_wire::sync::NodeSummary) -> u64| nodes.iter().map(f).sum::<u64>();
+    json!({
+        "nodes": nodes.len(),
+        "nodes_up": nodes.iter().filter(|n| n.state == "up").count(),
+        "nodes_down": nodes.iter().filter(|n| n.state != "up").count(),
+        "vcpus": sum(|n| n.vcpus),
+        "vcpus_used": sum(|n| n.vcpus_used),
+        "memory_mb": sum(|n| n.memory_mb),
+        "memory_mb_used": sum(|n| n.memory_mb_used),
+        "local_gb": sum(|n| n.local_gb),
+        "local_gb_used": sum(|n| n.local_gb_used),
+        "running_vms": sum(|n| n.running_vms),
     })
 }
 
@@ -238,6 +259,8 @@ pub fn create(
         revoked: Vec::new(),
         rotate: false,
         subtree: Vec::new(),
+        nodes: Vec::new(),
+        nodes_us: 0,
         created_us: now,
         updated_us: now,
     };
@@ -763,6 +786,32 @@ async fn set_subtree(
     Ok(below)
 }
 
+/// Keeps the nodes a site reports (its own and its sites'), when they
+/// changed.
+async fn set_nodes(
+    state: &AppState,
+    site: &Site,
+    nodes: &[stratus_wire::sync::NodeSummary],
+) -> Result<(), ApiError> {
+    if nodes == site.nodes.as_slice() {
+        return Ok(());
+    }
+    let st = state.clone();
+    let id = site.id.clone();
+    let nodes = nodes.to_vec();
+    blocking(move || {
+        st.store.write(|tx| {
+            let mut s = tx.fetch::<Site>(&id)?;
+            s.nodes = nodes;
+            s.nodes_us = now_us();
+            s.updated_us = s.nodes_us;
+            tx.update(&s)?;
+            Ok::<_, ApiError>(())
+        })
+    })
+    .await
+}
+
 /// A site's actual state of its servers, applied in one transaction; the
 /// answer acknowledges the site's revision it covered. A batch sent again
 /// changes nothing (each status is a state, not a delta).
@@ -786,6 +835,9 @@ async fn up(
         Some(z) => set_subtree(&state, &site, z).await?,
         None => site.subtree.clone(),
     };
+    if let Some(nodes) = &batch.nodes {
+        set_nodes(&state, &site, nodes).await?;
+    }
     let zones: HashSet<String> = below
         .into_iter()
         .chain(std::iter::once(site.name.clone()))

@@ -133,14 +133,16 @@ fn site_command(cmd: SiteCommand) -> anyhow::Result<()> {
             let acked = store.liveness(stratus_api::sites::ACKED_KIND)?;
             let rev = store.last_revision()?;
             println!(
-                "{:<36}  {:<20}  {:<10}  {:<27}  LAG",
-                "ID", "NAME", "STATE", "LAST CONTACT"
+                "{:<36}  {:<20}  {:<10}  {:<27}  {:<6}  {:<8}  LAG",
+                "ID", "NAME", "STATE", "LAST CONTACT", "NODES", "SERVERS"
             );
             for s in store.list::<stratus_api::sites::Site>(&stratus_store::Query::all())? {
                 let last = contact.get(&s.id).copied().unwrap_or(0);
                 let lag = acked.get(&s.id).map(|a| (rev - a).max(0).to_string());
+                let up = s.nodes.iter().filter(|n| n.state == "up").count();
+                let running: u64 = s.nodes.iter().map(|n| n.running_vms).sum();
                 println!(
-                    "{:<36}  {:<20}  {:<10}  {:<27}  {}",
+                    "{:<36}  {:<20}  {:<10}  {:<27}  {:<6}  {:<8}  {}",
                     s.id,
                     s.name,
                     s.state,
@@ -149,6 +151,8 @@ fn site_command(cmd: SiteCommand) -> anyhow::Result<()> {
                     } else {
                         "-".into()
                     },
+                    format!("{up}/{}", s.nodes.len()),
+                    running,
                     lag.unwrap_or_else(|| "-".into())
                 );
             }

@@ -296,6 +296,13 @@ fn sites_a_root_token_validates_at_a_site_while_its_link_is_cut() {
             .any(|l| l == "stratus_site_up{site=\"edge-1\"} 1"),
         "{text}"
     );
+    eventually(30, "the site's node in the root's metrics", || {
+        let r = c.server.client_at("").get("/metrics", &c.admin);
+        r.body.as_str().is_some_and(|t| {
+            t.lines()
+                .any(|l| l == "stratus_site_nodes{site=\"edge-1\",state=\"up\"} 1")
+        })
+    });
     assert!(
         text.contains("stratus_site_revision_lag{site=\"edge-1\"}"),
         "{text}"
@@ -708,6 +715,15 @@ fn sites_a_server_created_at_the_root_runs_at_a_leaf_two_levels_down_and_its_sta
     // The region passed it on; it has no node of its own.
     let at_region = status_at(&region.url, &c.admin, &id).unwrap();
     assert_eq!(at_region["status"], "ACTIVE", "{at_region}");
+    // The leaf's node, with the server on it, shows at the root under
+    // the region (in the leaf's zone).
+    eventually(40, "the leaf's node reaches the root", || {
+        let v = site_state(&c, &region_id);
+        v["resources"]["nodes_up"] == 1
+            && v["resources"]["running_vms"] == 1
+            && v["nodes"][0]["zone"] == "leaf-1"
+            && v["nodes"][0]["vcpus"].as_u64() > Some(0)
+    });
 
     // Its console log comes up through both links (the root dials
     // nothing): the same text the leaf serves itself.
@@ -1020,6 +1036,28 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
     assert_eq!(
         status_at(&c.server.url, &c.admin, &keep).unwrap()["host_status"],
         "UP"
+    );
+    // The root sees the site's nodes: the killed one down, the other up
+    // and running the site's servers.
+    eventually(
+        40,
+        "the site's nodes and their health reach the root",
+        || {
+            let v = site_state(&c, &site_id);
+            let r = &v["resources"];
+            r["nodes"] == 2
+                && r["nodes_up"] == 1
+                && v["nodes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n["name"] == "site-b" && n["state"] == "down")
+                        && n.iter().any(|n| {
+                            n["name"] == own_node
+                                && n["state"] == "up"
+                                && n["zone"] == "edge-p"
+                                && n["running_vms"].as_u64() >= Some(2)
+                        })
+                })
+        },
     );
 }
 
