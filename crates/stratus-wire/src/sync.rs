@@ -154,6 +154,9 @@ pub struct ServerStatus {
     /// The fault of a server in ERROR, as the site recorded it.
     #[serde(default)]
     pub fault: Option<serde_json::Value>,
+    /// The flavor the server has at the site (a resize there changes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<serde_json::Value>,
 }
 
 /// `POST /sync/v1/up`: the site's actual state, from its own change log.
@@ -227,15 +230,29 @@ pub struct ExchangeReply {
 }
 
 /// An operator request carried down the site's own link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TunnelRequest {
     pub id: String,
-    /// What to do: `console_output` (a server's console log).
+    /// What to do: `console_output` (a server's console log), or
+    /// `server_action` (a compute server action the site carries out).
     pub kind: String,
     pub server_id: String,
     /// For `console_output`: the last lines only.
     #[serde(default)]
     pub length: Option<u64>,
+    /// For `server_action`: the action's body as the client sent it
+    /// (`{"resize": {...}}`), at compute microversion 2.`microversion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microversion: Option<u16>,
+    /// The caller's token (the site validates it: identity and its keys
+    /// are replicated), so the site applies its own policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The request id the parent gave the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A site's answer to a [`TunnelRequest`].

@@ -41,17 +41,75 @@ async fn action(
     mv: Mv,
     Path(id): Path<String>,
     axum::Extension(req_id): axum::Extension<RequestId>,
+    headers: axum::http::HeaderMap,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
-    require_member(&ctx, "os_compute_api:servers:action")?;
     let b = body(&raw)?;
+    let token = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    run(&state, &ctx, &token, mv, &id, &req_id.0, &b).await
+}
+
+/// Actions that need the nodes a server runs on (claims, a destination,
+/// its disk): for a server at an edge site the site carries them out, as
+/// asked through its own link.
+fn site_carries_out(a: &ServerAction) -> bool {
+    matches!(
+        a,
+        ServerAction::Resize { .. }
+            | ServerAction::ConfirmResize
+            | ServerAction::RevertResize
+            | ServerAction::Migrate { .. }
+            | ServerAction::LiveMigrate { .. }
+            | ServerAction::Evacuate { .. }
+            | ServerAction::Shelve
+            | ServerAction::ShelveOffload
+            | ServerAction::Unshelve { .. }
+            | ServerAction::Rescue { .. }
+            | ServerAction::Unrescue
+    )
+}
+
+/// The edge site (a child of this controller) that runs server `s`, if
+/// one does: its zone is a site's, and its host is no node of ours.
+fn site_running(state: &AppState, s: &Server) -> Result<Option<String>, ApiError> {
+    let Some(z) = &s.requested_az else {
+        return Ok(None);
+    };
+    if let Some(h) = &s.host
+        && state.store.get::<ComputeNode>(h)?.is_some()
+    {
+        return Ok(None);
+    }
+    Ok(state.sites.site_of_zone(&state.store, z)?)
+}
+
+/// Runs the server action `b` (`{"name": {...}}`) for `ctx` (whose
+/// token is `token`) on server `id`: here, or, for a server an edge site
+/// runs and an action only its nodes can carry out, at that site.
+pub async fn run(
+    state: &AppState,
+    ctx: &Ctx,
+    token: &str,
+    mv: Mv,
+    id: &str,
+    req_id: &str,
+    b: &Value,
+) -> Result<Response, ApiError> {
+    let (state, id) = (state.clone(), id.to_string());
+    let req_id = RequestId(req_id.to_string());
+    require_member(ctx, "os_compute_api:servers:action")?;
     let o = b
         .as_object()
         .filter(|o| o.len() == 1)
         .ok_or_else(|| ApiError::bad_request("Malformed request body: name exactly one action"))?;
     let (name, arg) = o.iter().next().expect("one key");
     // Make sure the server exists and is visible before anything else.
-    let s = fetch(&state, &ctx, &id)?;
+    let s = fetch(&state, ctx, &id)?;
     match name.as_str() {
         // Network proxies: gone (404) from 2.44.
         "addFixedIp" | "removeFixedIp" | "addFloatingIp" | "removeFloatingIp"
@@ -69,7 +127,7 @@ async fn action(
         "restore" | "forceDelete" => return Err(wrong_state(name, &s)),
         "os-getConsoleOutput" => return console_output(&state, &s, arg).await,
         "os-getSerialConsole" | "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
-            return super::consoles::legacy_action(&state, &ctx, &s, name, arg).await;
+            return super::consoles::legacy_action(&state, ctx, &s, name, arg).await;
         }
         "os-resetState" if !ctx.is_admin() => {
             return Err(policy_denied("os_compute_api:os-admin-actions:reset_state"));
@@ -92,8 +150,13 @@ async fn action(
             "There is no such action: {name}"
         )));
     };
+    if site_carries_out(&command)
+        && let Some(site) = site_running(&state, &s)?
+    {
+        return at_site(&state, ctx, &site, token, mv, &s, &req_id.0, b).await;
+    }
     let confirm = matches!(command, ServerAction::ConfirmResize);
-    let outcome = super::core::act(&state, &ctx, &id, &req_id.0, command)?;
+    let outcome = super::core::act(&state, ctx, &id, &req_id.0, command)?;
     Ok(match outcome {
         Outcome::Accepted if confirm => StatusCode::NO_CONTENT.into_response(),
         Outcome::Accepted => StatusCode::ACCEPTED.into_response(),
@@ -105,7 +168,7 @@ async fn action(
         Outcome::Evacuated { admin_pass } => {
             (StatusCode::OK, axum::Json(json!({"adminPass": admin_pass}))).into_response()
         }
-        Outcome::Rebuilt(s) => rebuilt(&state, &ctx, mv, &s, arg),
+        Outcome::Rebuilt(s) => rebuilt(&state, ctx, mv, &s, arg),
         Outcome::Image { image_id, kept } => {
             let base = &state.config.public_url;
             let location = if name == "createImage" {
@@ -116,6 +179,106 @@ async fn action(
             image_accepted(mv, &image_id, location)
         }
     })
+}
+
+/// Asks edge site `site` to carry out action `b` on server `s` (the
+/// caller's token goes with it: the site applies its own policy) and
+/// answers what the site answered. The action is recorded here too.
+#[allow(clippy::too_many_arguments)]
+async fn at_site(
+    state: &AppState,
+    ctx: &Ctx,
+    site: &str,
+    token: &str,
+    mv: Mv,
+    s: &Server,
+    req_id: &str,
+    b: &Value,
+) -> Result<Response, ApiError> {
+    let req = stratus_wire::sync::TunnelRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: "server_action".into(),
+        server_id: s.id.clone(),
+        action: Some(b.clone()),
+        microversion: Some(mv.0),
+        token: Some(token.to_string()),
+        request_id: Some(req_id.to_string()),
+        ..Default::default()
+    };
+    let a = state
+        .sites
+        .ask(site, req, std::time::Duration::from_secs(60))
+        .await
+        .map_err(|m| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m))?;
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if !status.is_success() {
+        // The site's own error, in Nova's shape.
+        return Err(ApiError::new(status, site_message(&a.body)));
+    }
+    if let Some(name) = b.as_object().and_then(|o| o.keys().next()) {
+        let name = match name.as_str() {
+            "os-migrateLive" => "live-migration",
+            n => n,
+        };
+        state.store.write(|tx| match tx.get::<Server>(&s.id)? {
+            Some(cur) => super::common::record_action(tx, &cur, name, ctx, req_id),
+            None => Ok(()),
+        })?;
+    }
+    let mut resp = (status, a.body).into_response();
+    if resp.status() != StatusCode::NO_CONTENT {
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    Ok(resp)
+}
+
+/// The message of a site's error answer (Nova's `{"kind": {"message":
+/// ...}}`), or the answer itself.
+fn site_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.as_object()?
+                .values()
+                .next()?
+                .get("message")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// Carries out at this site an action its parent forwarded (see
+/// [`run`]): the caller's token is validated here. Answers the status and
+/// body to send back.
+pub async fn run_forwarded(
+    state: &AppState,
+    r: &stratus_wire::sync::TunnelRequest,
+) -> (u16, String) {
+    let fail = |e: ApiError| (e.status.as_u16(), e.message);
+    let (Some(b), Some(token)) = (&r.action, &r.token) else {
+        return fail(ApiError::bad_request(
+            "A server action needs its body and token",
+        ));
+    };
+    let ctx = match crate::identity::service::validate(state, token, false) {
+        Ok(v) => Ctx(v),
+        Err(_) => return fail(ApiError::unauthorized()),
+    };
+    let mv = Mv(r.microversion.unwrap_or(super::MIN_MINOR));
+    let rid = r.request_id.clone().unwrap_or_else(|| r.id.clone());
+    let resp = match run(state, &ctx, token, mv, &r.server_id, &rid, b).await {
+        Ok(resp) => resp,
+        Err(e) => return fail(e),
+    };
+    let status = resp.status().as_u16();
+    match axum::body::to_bytes(resp.into_body(), 1 << 20).await {
+        Ok(bytes) => (status, String::from_utf8_lossy(&bytes).into_owned()),
+        Err(_) => (500, String::new()),
+    }
 }
 
 /// 202; from 2.45 a body with the image id, before it a `Location`.
@@ -215,6 +378,7 @@ pub async fn console_text(
             kind: "console_output".into(),
             server_id: s.id.clone(),
             length: length.map(|n| n as u64),
+            ..Default::default()
         };
         let a = state
             .sites

@@ -10,7 +10,7 @@
 //! response at a version has the shape that version defines.
 
 mod actions;
-pub use actions::console_text;
+pub use actions::{console_text, run_forwarded};
 mod admin;
 mod agent_client;
 pub mod commands;

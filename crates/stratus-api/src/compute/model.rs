@@ -87,7 +87,7 @@ record!(QuotaSet, "compute_quota");
 
 /// The flavor a server was built with, copied into the server so that
 /// later flavor changes or deletes do not change it (as Nova does).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlavorCopy {
     pub id: String,
     pub name: String,

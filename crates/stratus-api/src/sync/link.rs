@@ -627,6 +627,10 @@ async fn run_request(
                 Err(e) => answer(e.status.as_u16(), e.message),
             }
         }
+        "server_action" => {
+            let (status, body) = crate::compute::run_forwarded(state, r).await;
+            answer(status, body)
+        }
         other => answer(400, format!("This site does not take {other:?} requests")),
     }
 }

@@ -252,7 +252,9 @@ fn put_server(tx: &Tx, parent: Server) -> Result<(), crate::ApiError> {
     let echo = local.parent_generation == 0 && adopted_at(&parent) == Some(parent.generation);
     let newer = !echo && parent.generation > local.parent_generation;
     let mut s = parent.clone();
-    // What this site owns of the server.
+    // What this site owns of the server: where and how it runs, and its
+    // flavor (only a resize changes it, and the site carries that out).
+    s.flavor = local.flavor.clone();
     s.host = local.host.clone();
     s.node = local.node.clone();
     s.availability_zone = local.availability_zone.clone();
@@ -278,10 +280,6 @@ fn put_server(tx: &Tx, parent: Server) -> Result<(), crate::ApiError> {
         } else {
             local.parent_generation
         };
-    }
-    if (s.flavor.vcpus, s.flavor.ram) != (local.flavor.vcpus, local.flavor.ram) {
-        crate::compute::service::account_server(tx, &local, -1)?;
-        crate::compute::service::account_server(tx, &s, 1)?;
     }
     tx.update(&s)?;
     Ok(())
@@ -327,6 +325,7 @@ pub fn server_status(id: &str, s: Option<&Server>) -> stratus_wire::sync::Server
             power_state: s.power_state,
             launched_us: s.launched_us,
             fault: s.fault.as_ref().and_then(|f| serde_json::to_value(f).ok()),
+            flavor: serde_json::to_value(&s.flavor).ok(),
         },
         None => stratus_wire::sync::ServerStatus {
             id: id.to_string(),
@@ -339,6 +338,7 @@ pub fn server_status(id: &str, s: Option<&Server>) -> stratus_wire::sync::Server
             power_state: 0,
             launched_us: None,
             fault: None,
+            flavor: None,
         },
     }
 }
@@ -439,7 +439,13 @@ pub fn apply_status(
         .fault
         .as_ref()
         .and_then(|f| serde_json::from_value(f.clone()).ok());
-    let same = s.host == st.host
+    let flavor: Option<crate::compute::model::FlavorCopy> = st
+        .flavor
+        .as_ref()
+        .and_then(|f| serde_json::from_value(f.clone()).ok());
+    let resized = flavor.as_ref().is_some_and(|f| f != &s.flavor);
+    let same = !resized
+        && s.host == st.host
         && s.node == st.node
         && s.vm_state == st.vm_state
         && s.task_state == st.task_state
@@ -462,6 +468,12 @@ pub fn apply_status(
     s.launched_us = st.launched_us;
     if fault.is_some() {
         s.fault = fault;
+    }
+    if let Some(f) = flavor.filter(|_| resized) {
+        // Resized at the site: usage here follows.
+        crate::compute::service::account_server(tx, &s, -1)?;
+        s.flavor = f;
+        crate::compute::service::account_server(tx, &s, 1)?;
     }
     s.updated_us = crate::timeutil::now_us();
     tx.update(&s)?;

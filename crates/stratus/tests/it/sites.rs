@@ -625,6 +625,151 @@ fn sites_a_server_made_at_a_connected_site_is_adopted_by_the_root() {
     });
 }
 
+#[test]
+fn sites_resize_migrate_shelve_and_rescue_asked_at_the_root_are_carried_out_by_the_site() {
+    let (c, sync) = root();
+    let (site_id, token) = create_site(&c, "edge-act");
+    let site = Site::start(&sync, &token);
+    let _second = SiteAgent::start(&site, "act-b");
+    eventually(30, "the site's two nodes register", || {
+        site_state(&c, &site_id)["resources"]["nodes_up"] == 2
+    });
+    let r = c.nova.post(
+        "/flavors",
+        &c.admin,
+        json!({"flavor": {"name": "act-bigger", "ram": 128, "vcpus": 2, "disk": 1}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bigger = r.body["flavor"]["id"].as_str().unwrap().to_string();
+    let (_, tok) = c.project("edge-act-tenant");
+    let img = c.image(&tok, "tiny");
+    let r = c.nova.post(
+        "/servers",
+        &tok,
+        json!({"server": {"name": "acted", "imageRef": img, "flavorRef": "42",
+                          "availability_zone": "edge-act", "networks": "none"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    let at = |base: &str| status_at(base, &c.admin, &id).unwrap();
+    eventually(60, "ACTIVE at the root", || {
+        at(&c.server.url)["status"] == "ACTIVE"
+    });
+    let act = |token: &str, body: Value| {
+        c.nova.raw(
+            "POST",
+            &format!("/servers/{id}/action"),
+            Some(token),
+            &[super::compute::MV],
+            Some(body.to_string()),
+        )
+    };
+    let cores_used = || {
+        c.nova.get("/limits", &tok).body["limits"]["absolute"]["totalCoresUsed"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(cores_used(), 1);
+
+    // A resize: the site claims on its node and applies it; the root shows
+    // VERIFY_RESIZE and the new flavor, and counts it.
+    let r = act(&tok, json!({"resize": {"flavorRef": "42"}}));
+    assert_eq!(r.status, 400, "the site's refusal comes back: {}", r.body);
+    assert!(
+        r.body.to_string().contains("must change flavor"),
+        "{}",
+        r.body
+    );
+    eventually(30, "the flavor reaches the site", || {
+        has_flavor(&site, &c.admin, "act-bigger")
+    });
+    let r = act(&tok, json!({"resize": {"flavorRef": bigger}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(30, "VERIFY_RESIZE rises to the root", || {
+        let s = at(&c.server.url);
+        s["status"] == "VERIFY_RESIZE" && s["flavor"]["id"] == bigger.as_str()
+    });
+    let r = act(&tok, json!({"confirmResize": null}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually(30, "ACTIVE with the new flavor at both", || {
+        [&c.server.url, &site.url].iter().all(|b| {
+            let s = at(b);
+            s["status"] == "ACTIVE" && s["flavor"]["id"] == bigger.as_str()
+        })
+    });
+    // Still the new flavor after the root asks something else of it.
+    let r = c.nova.raw(
+        "PUT",
+        &format!("/servers/{id}"),
+        Some(&tok),
+        &[super::compute::MV],
+        Some(json!({"server": {"name": "acted-renamed"}}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(30, "the rename reaches the site", || {
+        at(&site.url)["name"] == "acted-renamed"
+    });
+    assert_eq!(at(&site.url)["flavor"]["id"], bigger.as_str());
+    let events = c
+        .nova
+        .get(&format!("/servers/{id}/os-instance-actions"), &tok);
+    let names: Vec<&str> = events.body["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"resize") && names.contains(&"confirmResize"),
+        "{names:?}"
+    );
+
+    // A cold migration (admin): the site's scheduler picks its other node.
+    let before = at(&c.server.url)["OS-EXT-SRV-ATTR:host"].clone();
+    let r = act(&tok, json!({"migrate": null}));
+    assert_eq!(r.status, 403, "a member may not migrate: {}", r.body);
+    let r = act(&c.admin, json!({"migrate": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(30, "VERIFY_RESIZE after the migration", || {
+        at(&c.server.url)["status"] == "VERIFY_RESIZE"
+    });
+    let r = act(&c.admin, json!({"confirmResize": null}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually(
+        30,
+        "ACTIVE on the site's other node, seen at the root",
+        || {
+            let s = at(&c.server.url);
+            s["status"] == "ACTIVE" && s["OS-EXT-SRV-ATTR:host"] != before
+        },
+    );
+
+    // Shelve and unshelve.
+    let r = act(&tok, json!({"shelve": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(60, "SHELVED_OFFLOADED at the root", || {
+        at(&c.server.url)["status"] == "SHELVED_OFFLOADED"
+    });
+    let r = act(&tok, json!({"unshelve": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(60, "ACTIVE again after unshelve", || {
+        at(&c.server.url)["status"] == "ACTIVE"
+    });
+    // Rescue and unrescue.
+    let r = act(&tok, json!({"rescue": null}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["adminPass"].is_string(), "{}", r.body);
+    eventually(30, "RESCUE at the root", || {
+        at(&c.server.url)["status"] == "RESCUE"
+    });
+    let r = act(&tok, json!({"unrescue": null}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(30, "ACTIVE after unrescue", || {
+        at(&c.server.url)["status"] == "ACTIVE"
+    });
+    assert_eq!(cores_used(), 2);
+}
+
 /// A server's status at a controller (`None` once it is gone).
 fn status_at(base: &str, token: &str, id: &str) -> Option<Value> {
     let r = Client {
