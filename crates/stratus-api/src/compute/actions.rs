@@ -155,6 +155,18 @@ pub async fn run(
     {
         return at_site(&state, ctx, &site, token, mv, &s, &req_id.0, b).await;
     }
+    if matches!(
+        command,
+        ServerAction::CreateImage(_) | ServerAction::CreateBackup(_)
+    ) && site_running(&state, &s)?.is_some()
+    {
+        // The disk is at the site, and image data does not cross a link
+        // upwards yet.
+        return Err(ApiError::conflict(format!(
+            "Cannot '{name}' instance {id} here: it runs at the edge site of zone {}; snapshot it through that site's own API (the image stays at the site)",
+            s.requested_az.as_deref().unwrap_or_default()
+        )));
+    }
     let confirm = matches!(command, ServerAction::ConfirmResize);
     let outcome = super::core::act(&state, ctx, &id, &req_id.0, command)?;
     Ok(match outcome {

@@ -755,6 +755,20 @@ fn sites_resize_migrate_shelve_and_rescue_asked_at_the_root_are_carried_out_by_t
     eventually(60, "ACTIVE again after unshelve", || {
         at(&c.server.url)["status"] == "ACTIVE"
     });
+    // A snapshot's data would have to rise over the link: refused here
+    // with the reason, nothing made.
+    let images = || {
+        c.img.get("/images", &tok).body["images"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = images();
+    let r = act(&tok, json!({"createImage": {"name": "snap"}}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.to_string().contains("edge site"), "{}", r.body);
+    assert_eq!(images(), before);
+
     // Rescue and unrescue.
     let r = act(&tok, json!({"rescue": null}));
     assert_eq!(r.status, 200, "{}", r.body);
