@@ -282,6 +282,19 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
     Ok(())
 }
 
+/// Whether storage node `host` is making a volume from image `image_id`
+/// now (so its agent may download the image, whoever owns it).
+pub fn makes_from_image(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store
+        .list::<Volume>(&Query::parent(host))?
+        .iter()
+        .any(|v| {
+            v.task == Some(VolumeTask::Create)
+                && matches!(&v.source, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
+        }))
+}
+
 /// Wakes the storage nodes after this process wrote at `rev`.
 pub fn written(state: &AppState, rev: i64) {
     state.volumes.bump(rev as u64);

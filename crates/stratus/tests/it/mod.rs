@@ -22,3 +22,4 @@ mod secrets;
 mod sites;
 mod validation;
 mod vm_live_net;
+mod volume;
