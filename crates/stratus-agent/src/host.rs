@@ -30,27 +30,35 @@ pub(crate) fn memory_mb() -> u64 {
 }
 
 /// Size of the file system holding `path`, in GiB (rounded down).
-#[allow(unsafe_code)]
 pub(crate) fn disk_gb(path: &Path) -> u64 {
+    fs_space(path).map_or(0, |(total, _)| total >> 30)
+}
+
+/// Size of the file system holding `path` and the space free on it for
+/// unprivileged users, in bytes.
+#[allow(unsafe_code)]
+pub(crate) fn fs_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return 0;
-    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: `c` is a NUL-terminated path that outlives the call and `st`
     // points to writable memory the size of `struct statvfs`, which is all
     // statvfs(3) writes to.
     let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
     if rc != 0 {
-        return 0;
+        return None;
     }
     // SAFETY: statvfs returned 0, so it filled the whole struct (and it was
     // zeroed before anyway).
     let st = unsafe { st.assume_init() };
     // The field types differ between targets; u64 on 64-bit Linux.
     #[allow(clippy::useless_conversion)]
-    let (blocks, frsize) = (u64::from(st.f_blocks), u64::from(st.f_frsize));
-    blocks.saturating_mul(frsize) >> 30
+    let (blocks, avail, frsize) = (
+        u64::from(st.f_blocks),
+        u64::from(st.f_bavail),
+        u64::from(st.f_frsize),
+    );
+    Some((blocks.saturating_mul(frsize), avail.saturating_mul(frsize)))
 }
 
 /// Nova's version integer for "1.1.5" (major * 10^6 + minor * 10^3 + patch).

@@ -140,6 +140,8 @@ pub enum Shape {
     Placement,
     /// Neutron's `{"NeutronError": {"type", "message", "detail"}}`.
     Network,
+    /// Cinder's `{"badRequest": {...}}` and friends.
+    Volume,
     /// `/edge/v1` and paths no service claims: Keystone's shape.
     Other,
 }
@@ -153,6 +155,7 @@ impl Shape {
             Some("image") => Shape::Image,
             Some("placement") => Shape::Placement,
             Some("network") => Shape::Network,
+            Some("volume") => Shape::Volume,
             _ => Shape::Other,
         }
     }
@@ -164,6 +167,7 @@ impl Shape {
             Shape::Image => crate::image::fault_response(err),
             Shape::Placement => crate::placement::fault_response(err, request_id),
             Shape::Network => crate::network::fault_response(err),
+            Shape::Volume => crate::volume::fault_response(err),
             Shape::Identity | Shape::Other => err.into_response(),
         };
         if let Ok(v) = HeaderValue::from_str(request_id) {

@@ -69,6 +69,7 @@ pub async fn follow_changes(state: AppState, every: Duration) {
                     state.sites.forget_routes();
                 }
                 state.identity.on_change(c);
+                crate::volume::on_change(&state, c);
             }
             if !changes.is_empty() {
                 // Placement's index moves over every change, so a write

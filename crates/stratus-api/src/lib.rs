@@ -38,6 +38,7 @@ pub mod placement;
 pub mod sites;
 pub mod sync;
 pub mod timeutil;
+pub mod volume;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,6 +98,8 @@ pub struct Inner {
     pub sync: sync::parent::SyncState,
     /// Prometheus metrics (see [`metrics`]).
     pub metrics: metrics::Metrics,
+    /// Wakes storage nodes waiting for volume work (see [`volume`]).
+    pub volumes: volume::Volumes,
 }
 
 impl std::ops::Deref for AppState {
@@ -132,6 +135,7 @@ impl AppState {
                 sites: sites::Sites::new(config_site_down),
                 sync: sync::parent::SyncState::new(&config_data_dir),
                 metrics,
+                volumes: Default::default(),
             }),
         })
     }
@@ -146,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .merge(compute::router())
         .merge(placement::router())
         .merge(network::router())
+        .merge(volume::router())
         .merge(sync::parent::routes())
         .merge(dashboard::router(state.clone()))
         .merge(metrics::router())
@@ -182,6 +187,7 @@ async fn root_versions(
             "compute": format!("{base}/compute/v2.1/"),
             "placement": format!("{base}/placement/"),
             "network": format!("{base}/network/"),
+            "volume": format!("{base}/volume/v3/"),
         }
     }))
     .into_response()

@@ -556,6 +556,7 @@ fn service_of(route: &str) -> &'static str {
         Some("image") => "image",
         Some("placement") => "placement",
         Some("network") => "network",
+        Some("volume") => "volume",
         Some("edge") => "edge",
         Some("metrics") => "metrics",
         Some("dashboard") => "dashboard",

@@ -36,6 +36,7 @@ use serde_json::Value;
 
 pub mod net;
 pub mod sync;
+pub mod volume;
 
 /// The protocol this build speaks. Version 1 is the untyped protocol of
 /// agents that sent no version; 2 adds [`NodeReport::protocol`] and the

@@ -247,6 +247,19 @@ pub struct AgentArgs {
     /// without it, `off` runs containers only.
     #[arg(long, env = "STRATUS_VMS", value_enum, default_value = "auto")]
     pub vms: VmsArg,
+    /// Be a storage node: keep volumes (qcow2 files made with qemu-img)
+    /// in this directory. `stratus up`'s own agent always is one, in
+    /// `<data dir>/volumes` unless this names another.
+    #[arg(long, env = "STRATUS_VOLUMES", value_name = "DIR")]
+    pub volumes: Option<PathBuf>,
+    /// How far thin-provisioned volumes may oversubscribe the volume
+    /// directory's filesystem (Cinder's max_over_subscription_ratio).
+    #[arg(
+        long = "max-over-subscription-ratio",
+        env = "STRATUS_MAX_OVER_SUBSCRIPTION_RATIO",
+        default_value_t = 20.0
+    )]
+    pub max_over_subscription_ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

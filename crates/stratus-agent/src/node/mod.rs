@@ -19,6 +19,7 @@ pub mod metrics;
 mod network;
 pub mod sim;
 mod tasks;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -107,6 +108,8 @@ pub struct AgentConfig {
     /// This agent's metrics (served with `--metrics-listen`, or by the
     /// controller `stratus up` runs it in).
     pub metrics: Arc<metrics::AgentMetrics>,
+    /// Be a storage node too, keeping volumes there (`--volumes DIR`).
+    pub volumes: Option<volumes::VolumesConfig>,
 }
 
 pub(crate) struct Shared {
@@ -218,6 +221,12 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             }
         }
     });
+    if let Some(vc) = cfg.volumes.clone() {
+        let vs = shared.clone();
+        std::thread::Builder::new()
+            .name("volumes".into())
+            .spawn(move || volumes::volume_loop(vs, vc))?;
+    }
     if shared.net.missing().is_none() {
         let nt = shared.clone();
         std::thread::spawn(move || network_loop(&nt));

@@ -62,7 +62,8 @@ fn node_images(state: &AppState, host: &str) -> Result<HashSet<String>, ApiError
 /// Whether the caller is a node agent that may read image `image_id`.
 pub fn node_may_read(state: &AppState, ctx: &Ctx, image_id: &str) -> Result<bool, ApiError> {
     match ctx.node_host() {
-        Some(host) => Ok(node_images(state, host)?.contains(image_id)),
+        Some(host) => Ok(node_images(state, host)?.contains(image_id)
+            || crate::volume::service::makes_from_image(state, host, image_id)?),
         None => Ok(false),
     }
 }

@@ -585,7 +585,7 @@ async fn proxy(State(dash): State<Dash>, req: Request) -> Response {
     if !sites
         && !matches!(
             service,
-            "identity" | "compute" | "image" | "placement" | "network"
+            "identity" | "compute" | "image" | "placement" | "network" | "volume"
         )
     {
         return secured(ApiError::not_found("service", service).into_response());

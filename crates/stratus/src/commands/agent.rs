@@ -189,6 +189,12 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
             l3: cmd.agent.l3,
             heartbeat: Duration::from_secs(cmd.heartbeat.max(1)),
             metrics,
+            volumes: cmd.agent.volumes.clone().map(|dir| {
+                stratus_agent::node::volumes::VolumesConfig {
+                    dir,
+                    max_over_subscription_ratio: cmd.agent.max_over_subscription_ratio,
+                }
+            }),
         },
         driver,
     )

@@ -74,6 +74,9 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
             ("compute", "nova", "compute/v2.1"),
             ("placement", "placement", "placement"),
             ("network", "neutron", "network"),
+            // Cinder v3, as devstack lists it (the SDK strips the project).
+            ("block-storage", "cinder", "volume/v3/%(project_id)s"),
+            ("volumev3", "cinderv3", "volume/v3/%(project_id)s"),
         ] {
             stratus_api::identity::bootstrap::ensure_service(
                 &store,
@@ -100,6 +103,10 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
         stratus_api::compute::ensure_default_flavors(&store)
             .map_err(|e| anyhow::anyhow!("creating the default flavors: {e}"))?;
         store.write(|tx| tx.meta_set("compute.flavors_seeded", "1"))?;
+    }
+    if !site {
+        stratus_api::volume::ensure_default_type(&store)
+            .map_err(|e| anyhow::anyhow!("creating the default volume type: {e}"))?;
     }
     let state =
         AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
@@ -415,6 +422,14 @@ fn start_local_agent(args: &ServeArgs, public_url: &str, state: &AppState) -> an
         l3: true,
         heartbeat: Duration::from_secs(10),
         metrics,
+        volumes: Some(stratus_agent::node::volumes::VolumesConfig {
+            dir: args
+                .agent
+                .volumes
+                .clone()
+                .unwrap_or_else(|| common.data_dir.join("volumes")),
+            max_over_subscription_ratio: args.agent.max_over_subscription_ratio,
+        }),
     };
     std::thread::Builder::new()
         .name("agent".into())

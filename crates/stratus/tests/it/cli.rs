@@ -80,7 +80,7 @@ impl<'a> Os<'a> {
             .unwrap_or_else(|e| panic!("openstack {args:?} failed:\n{e}"))
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(super) fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.extend(["-f", "json"]);
         serde_json::from_str(&self.ok(&a)).expect("CLI printed JSON")

@@ -23,3 +23,4 @@ mod sites;
 mod sites_net;
 mod validation;
 mod vm_live_net;
+mod volume;

@@ -1,0 +1,327 @@
+//! The storage node: with `--volumes DIR` the agent keeps volumes and
+//! snapshots as qcow2 files in DIR, made and changed with `qemu-img`.
+//!
+//! A loop of its own reports the node's capacity (its heartbeat as a
+//! storage node), long-polls the tasks pending on its volumes and
+//! snapshots (`stratus_wire::volume`), runs each once per generation and
+//! reports the outcome until the controller takes it. Every task is
+//! idempotent: a new file is written under `.part` and renamed when
+//! complete, so a crash at any point leaves either no file or a whole
+//! one, and the task run again after a restart ends the same way.
+
+use std::process::Command;
+
+use anyhow::Context;
+use stratus_wire::volume::{
+    StorageReport, VolumeReport, VolumeSource, VolumeTask, VolumeWork, VolumeWorkList,
+};
+
+use super::*;
+
+/// Where and how this node keeps volumes.
+#[derive(Debug, Clone)]
+pub struct VolumesConfig {
+    /// The directory holding the volume and snapshot files.
+    pub dir: PathBuf,
+    /// How far thin volumes may oversubscribe the filesystem.
+    pub max_over_subscription_ratio: f64,
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The file of volume `id` in `dir`.
+pub fn volume_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("volume-{id}.qcow2"))
+}
+
+/// The file of snapshot `id` in `dir`.
+pub fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("snapshot-{id}.qcow2"))
+}
+
+/// Runs the storage node's loop until the process ends.
+pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
+    let started: Arc<Mutex<HashSet<(String, u64)>>> = Default::default();
+    let mut since = 0u64;
+    loop {
+        if let Err(e) = report_capacity(&sh, &vc) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report the storage capacity");
+            std::thread::sleep(Duration::from_secs(2));
+            continue;
+        }
+        let url = format!(
+            "{}/edge/v1/storage/{}/work?since={since}&wait=20",
+            sh.cfg.controller, sh.cfg.host
+        );
+        let list: VolumeWorkList = match call(&sh, "GET", &url, None) {
+            Ok((200, b)) => match serde_json::from_str(&b) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the controller's volume work did not parse");
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
+            },
+            Ok((code, b)) => {
+                tracing::warn!(code, body = %b, "polling for volume work failed");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "polling for volume work failed");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        };
+        since = list.revision;
+        for w in list.work {
+            if !started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((w.id.clone(), w.generation))
+            {
+                continue;
+            }
+            let (sh, vc, started) = (sh.clone(), vc.clone(), started.clone());
+            std::thread::spawn(move || {
+                let error = run(&sh, &vc.dir, &w).err().map(|e| format!("{e:#}"));
+                if !send_report(&sh, &w, error) {
+                    // Not taken: run it again (it is idempotent) when the
+                    // controller lists it next.
+                    started
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(w.id.clone(), w.generation));
+                }
+            });
+        }
+    }
+}
+
+/// The filesystem's size and free space in GiB.
+fn filesystem(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let (total, free) =
+        crate::host::fs_space(dir).with_context(|| format!("statvfs of {}", dir.display()))?;
+    Ok((total as f64 / GIB, free as f64 / GIB))
+}
+
+fn report_capacity(sh: &Shared, vc: &VolumesConfig) -> anyhow::Result<()> {
+    private_dir(&vc.dir)?;
+    let (total, free) = filesystem(&vc.dir)?;
+    let r = StorageReport {
+        total_capacity_gb: (total * 100.0).round() / 100.0,
+        free_capacity_gb: (free * 100.0).round() / 100.0,
+        max_over_subscription_ratio: vc.max_over_subscription_ratio,
+        volume_format: "qcow2".into(),
+    };
+    let url = format!("{}/edge/v1/storage/{}", sh.cfg.controller, sh.cfg.host);
+    match call(sh, "PUT", &url, Some(serde_json::to_string(&r)?))? {
+        (204, _) => Ok(()),
+        (code, b) => anyhow::bail!("the controller refused the storage report ({code}): {b}"),
+    }
+}
+
+/// Reports a task's outcome; true once the controller took it (or
+/// refused it for good).
+fn send_report(sh: &Shared, w: &VolumeWork, error: Option<String>) -> bool {
+    let r = VolumeReport {
+        task: w.task,
+        generation: w.generation,
+        error,
+    };
+    let url = format!(
+        "{}/edge/v1/storage/{}/work/{}/report",
+        sh.cfg.controller, sh.cfg.host, w.id
+    );
+    let Ok(body) = serde_json::to_string(&r) else {
+        return false;
+    };
+    for attempt in 0..30 {
+        match call(sh, "POST", &url, Some(body.clone())) {
+            Ok((204, _)) => return true,
+            Ok((code, b)) if (400..500).contains(&code) => {
+                tracing::warn!(volume = %w.id, code, body = %b, "the controller refused a volume report");
+                return true;
+            }
+            Ok((code, b)) => {
+                tracing::warn!(volume = %w.id, code, body = %b, "reporting a volume task failed")
+            }
+            Err(e) => {
+                tracing::warn!(volume = %w.id, error = %format!("{e:#}"), "reporting a volume task failed")
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1 + attempt.min(4)));
+    }
+    false
+}
+
+/// Ids become file names: only letters, digits, `-` and `_`.
+fn safe_id(id: &str) -> anyhow::Result<&str> {
+    anyhow::ensure!(
+        !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "bad volume id {id:?}"
+    );
+    Ok(id)
+}
+
+/// Runs one task.
+fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
+    private_dir(dir)?;
+    let id = safe_id(&w.id)?;
+    let size = w.size_gb;
+    match w.task {
+        VolumeTask::Create => {
+            let from = match &w.source {
+                None => None,
+                Some(VolumeSource::Image {
+                    id: image,
+                    sha512,
+                    disk_format,
+                }) => {
+                    let path = super::images::fetch_image(sh, safe_id(image)?, sha512.as_deref())?;
+                    Some((path, qemu_format(disk_format)))
+                }
+                Some(VolumeSource::Volume { id: v }) => {
+                    Some((volume_path(dir, safe_id(v)?), "qcow2".to_string()))
+                }
+                Some(VolumeSource::Snapshot { id: s }) => {
+                    Some((snapshot_path(dir, safe_id(s)?), "qcow2".to_string()))
+                }
+            };
+            make(&volume_path(dir, id), from, size)
+        }
+        VolumeTask::Extend => {
+            let path = volume_path(dir, id);
+            anyhow::ensure!(
+                path.exists(),
+                "the volume's file {} is missing",
+                path.display()
+            );
+            if virtual_size(&path)? < size << 30 {
+                qemu_img(&["resize", "-f", "qcow2"], &path, &[&format!("{size}G")])?;
+            }
+            Ok(())
+        }
+        VolumeTask::Delete => remove(&volume_path(dir, id)),
+        VolumeTask::Snapshot => {
+            let vol = w
+                .volume_id
+                .as_deref()
+                .context("a snapshot task without its volume")?;
+            let src = volume_path(dir, safe_id(vol)?);
+            anyhow::ensure!(
+                src.exists(),
+                "the volume's file {} is missing",
+                src.display()
+            );
+            make(&snapshot_path(dir, id), Some((src, "qcow2".into())), size)
+        }
+        VolumeTask::DeleteSnapshot => remove(&snapshot_path(dir, id)),
+        VolumeTask::Other => anyhow::bail!("this agent does not know the task"),
+    }
+}
+
+/// `qemu-img`'s name for a Glance disk format.
+fn qemu_format(disk_format: &str) -> String {
+    match disk_format {
+        "iso" => "raw".into(),
+        "vhd" => "vpc".into(),
+        f => f.into(),
+    }
+}
+
+/// Makes `path` (empty, or a copy of `from` in its format), `size` GiB:
+/// written as `.part` and renamed when whole; an existing file is the
+/// outcome of an earlier run of the same task.
+fn make(path: &Path, from: Option<(PathBuf, String)>, size: u64) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let part = path.with_extension("qcow2.part");
+    let _ = std::fs::remove_file(&part);
+    let r = (|| {
+        match &from {
+            None => qemu_img(
+                &["create", "-q", "-f", "qcow2"],
+                &part,
+                &[&format!("{size}G")],
+            )?,
+            Some((src, fmt)) => {
+                anyhow::ensure!(src.exists(), "the source {} is missing", src.display());
+                let src = src.to_string_lossy().to_string();
+                qemu_img(
+                    &["convert", "-q", "-f", fmt, "-O", "qcow2", &src],
+                    &part,
+                    &[],
+                )?;
+                let have = virtual_size(&part)?;
+                anyhow::ensure!(
+                    have <= size << 30,
+                    "the source's virtual size ({have} bytes) does not fit in {size} GiB"
+                );
+                if have < size << 30 {
+                    qemu_img(
+                        &["resize", "-q", "-f", "qcow2"],
+                        &part,
+                        &[&format!("{size}G")],
+                    )?;
+                }
+            }
+        }
+        std::fs::File::open(&part)?.sync_all()?;
+        std::fs::rename(&part, path)?;
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    r
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path.with_extension("qcow2.part"));
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Runs `qemu-img ARGS PATH TAIL`, with its stderr in the error.
+fn qemu_img(args: &[&str], path: &Path, tail: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .arg(path)
+        .args(tail)
+        .output()
+        .context("running qemu-img (apt-get install qemu-utils)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "qemu-img {} failed: {}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A file's virtual size in bytes (`qemu-img info`).
+fn virtual_size(path: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .context("running qemu-img info")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "qemu-img info failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    v["virtual-size"]
+        .as_u64()
+        .context("qemu-img info gave no virtual size")
+}

@@ -1,0 +1,100 @@
+//! `/limits`, `/os-availability-zone` and `/os-services`: what a project
+//! may still use, the zones volumes can be made in (those of the storage
+//! nodes), and the volume services (admins only).
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::service::{capacities, limits as quota_limits, usage};
+use super::{VCtx, blocking, ts};
+use crate::{ApiError, AppState};
+
+type J = Result<axum::Json<Value>, ApiError>;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/limits", get(limits))
+        .route("/os-availability-zone", get(zones))
+        .route("/os-services", get(services))
+}
+
+async fn limits(State(state): State<AppState>, ctx: VCtx) -> J {
+    let project = ctx.project()?.to_string();
+    blocking(move || {
+        let (lim, used) = state.store.write(|tx| {
+            Ok::<_, ApiError>((quota_limits(tx, Some(&project))?, usage(tx, &project)?))
+        })?;
+        let l = |k: &str| lim.get(k).copied().unwrap_or(-1);
+        let u = |k: &str| used.get(k).copied().unwrap_or(0);
+        Ok(axum::Json(json!({"limits": {"rate": [], "absolute": {
+            "maxTotalVolumes": l("volumes"),
+            "maxTotalSnapshots": l("snapshots"),
+            "maxTotalVolumeGigabytes": l("gigabytes"),
+            "maxTotalBackups": l("backups"),
+            "maxTotalBackupGigabytes": l("backup_gigabytes"),
+            "totalVolumesUsed": u("volumes"),
+            "totalSnapshotsUsed": u("snapshots"),
+            "totalGigabytesUsed": u("gigabytes"),
+            "totalBackupsUsed": 0,
+            "totalBackupGigabytesUsed": 0,
+        }}})))
+    })
+    .await
+}
+
+async fn zones(State(state): State<AppState>, _ctx: VCtx) -> J {
+    blocking(move || {
+        let caps = state.store.write(|tx| capacities(&state, tx))?;
+        let mut zones: Vec<(String, bool)> = Vec::new();
+        for c in caps {
+            let up = c.up && !c.node.disabled;
+            match zones.iter_mut().find(|(z, _)| *z == c.zone) {
+                Some(z) => z.1 |= up,
+                None => zones.push((c.zone, up)),
+            }
+        }
+        zones.sort();
+        let info: Vec<Value> = zones
+            .into_iter()
+            .map(|(z, up)| json!({"zoneName": z, "zoneState": {"available": up}}))
+            .collect();
+        Ok(axum::Json(json!({"availabilityZoneInfo": info})))
+    })
+    .await
+}
+
+async fn services(State(state): State<AppState>, ctx: VCtx) -> J {
+    ctx.admin("volume_extension:services:index")?;
+    blocking(move || {
+        let caps = state.store.write(|tx| capacities(&state, tx))?;
+        let seen = state.store.liveness(super::model::StorageNode::KIND_NAME)?;
+        let now = ts(crate::timeutil::now_us());
+        let mut out = vec![json!({
+            "binary": "cinder-scheduler",
+            "host": crate::compute::zones::controller_host(),
+            "zone": crate::compute::zones::DEFAULT_ZONE,
+            "status": "enabled",
+            "state": "up",
+            "updated_at": now,
+            "disabled_reason": null,
+        })];
+        for c in caps {
+            out.push(json!({
+                "binary": "cinder-volume",
+                "host": format!("{}@file", c.node.id),
+                "zone": c.zone,
+                "status": if c.node.disabled { "disabled" } else { "enabled" },
+                "state": if c.up { "up" } else { "down" },
+                "updated_at": seen.get(&c.node.id).map(|t| ts(*t)),
+                "disabled_reason": c.node.disabled_reason,
+                "replication_status": "disabled",
+                "frozen": false,
+                "active_backend_id": null,
+            }));
+        }
+        Ok(axum::Json(json!({"services": out})))
+    })
+    .await
+}

@@ -1,0 +1,158 @@
+//! Block storage records kept in the store: volumes, snapshots, volume
+//! types, quota limits and storage nodes. Like every other kind they are
+//! written with an entry in the change log, so storage agents, sync and
+//! other controllers follow them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use stratus_store::Record;
+use stratus_wire::volume::{VolumeSource, VolumeTask};
+
+/// A volume. `status` is Cinder's (`creating`, `available`, `extending`,
+/// `deleting`, `error`, ...); `task` is what the storage node is asked
+/// to do now, at `generation`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Size in GiB.
+    pub size: u64,
+    /// The size an extension under way grows it to (counted in quota).
+    #[serde(default)]
+    pub extend_to: Option<u64>,
+    pub status: String,
+    pub availability_zone: String,
+    /// The storage node holding it; `None` when none could take it.
+    #[serde(default)]
+    pub host: Option<String>,
+    pub volume_type_id: String,
+    #[serde(default)]
+    pub bootable: bool,
+    /// `os-update_readonly_flag`; `None` until set.
+    #[serde(default)]
+    pub readonly: Option<bool>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub image_metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: Option<VolumeSource>,
+    #[serde(default)]
+    pub task: Option<VolumeTask>,
+    #[serde(default)]
+    pub generation: u64,
+    /// Why the last task failed (kept for operators; logged).
+    #[serde(default)]
+    pub fault: Option<String>,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+
+record!(
+    Volume,
+    "volume",
+    owner = |v| Some(&v.project_id),
+    parent = |v| v.host.as_deref(),
+    name = |v| v.name.as_deref(),
+    created = |v| Some(v.created_us),
+    state = |v| Some(v.status.clone())
+);
+
+/// A snapshot of a volume, held as a file on the volume's storage node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub volume_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub size: u64,
+    pub status: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The volume's type (for per-type quota).
+    pub volume_type_id: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub task: Option<VolumeTask>,
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub fault: Option<String>,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+
+record!(
+    Snapshot,
+    "volume_snapshot",
+    owner = |s| Some(&s.project_id),
+    parent = |s| s.host.as_deref(),
+    name = |s| s.name.as_deref(),
+    created = |s| Some(s.created_us),
+    state = |s| Some(s.status.clone())
+);
+
+/// A volume type: extra specs, and the projects a private one is shared
+/// with (`os-volume-type-access`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeType {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub is_public: bool,
+    #[serde(default)]
+    pub extra_specs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub projects: Vec<String>,
+    pub created_us: i64,
+}
+
+record!(
+    VolumeType,
+    "volume_type",
+    name = |t| Some(&t.name),
+    unique = |t| Some(t.name.to_lowercase())
+);
+
+/// Quota limits of one project, or of a quota class (`id` is then
+/// `class:<name>`, the `default` class giving the defaults). Keys are
+/// Cinder's (`volumes`, `gigabytes`, `volumes_<type>`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeQuota {
+    pub id: String,
+    pub limits: BTreeMap<String, i64>,
+}
+
+record!(VolumeQuota, "volume_quota");
+
+/// A storage node (`stratus agent --volumes DIR`) and the capacity it
+/// last reported. When it was last heard of lives in the store's
+/// liveness table, outside the change log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageNode {
+    /// The node's host name.
+    pub id: String,
+    pub total_capacity_gb: f64,
+    pub free_capacity_gb: f64,
+    pub max_over_subscription_ratio: f64,
+    pub volume_format: String,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    pub created_us: i64,
+}
+
+record!(StorageNode, "storage_node");

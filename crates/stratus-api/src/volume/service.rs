@@ -1,0 +1,306 @@
+//! Block storage decisions, apart from HTTP: quota (limits and usage,
+//! counted from the records inside the write transaction that would pass
+//! them), placing a new volume on a storage node by capacity and zone,
+//! and settling a storage node's report of a task.
+
+use std::collections::{BTreeMap, HashMap};
+
+use stratus_store::{Query, Tx};
+use stratus_wire::volume::{VolumeReport, VolumeTask};
+
+use super::model::{Snapshot, StorageNode, Volume, VolumeQuota, VolumeType};
+use super::over_limit;
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+/// Cinder's default quotas (`[DEFAULT] quota_*`).
+pub const DEFAULTS: &[(&str, i64)] = &[
+    ("volumes", 10),
+    ("snapshots", 10),
+    ("gigabytes", 1000),
+    ("backups", 10),
+    ("backup_gigabytes", 1000),
+    ("per_volume_gigabytes", -1),
+    ("groups", 10),
+];
+
+/// The id of the `default` quota class's record.
+pub const DEFAULT_CLASS: &str = "class:default";
+
+/// The limits that apply to `project` (built-in defaults, then the
+/// `default` class, then the project's own), with a `-1` for every
+/// per-type key not set.
+pub fn limits(tx: &Tx, project: Option<&str>) -> Result<BTreeMap<String, i64>, ApiError> {
+    let mut out: BTreeMap<String, i64> =
+        DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    for t in tx.list::<VolumeType>(&Query::all())? {
+        for k in ["volumes", "gigabytes", "snapshots"] {
+            out.insert(format!("{k}_{}", t.name), -1);
+        }
+    }
+    if let Some(c) = tx.get::<VolumeQuota>(DEFAULT_CLASS)? {
+        out.extend(c.limits);
+    }
+    if let Some(p) = project
+        && let Some(q) = tx.get::<VolumeQuota>(p)?
+    {
+        out.extend(q.limits);
+    }
+    Ok(out)
+}
+
+/// What a project uses, by quota key (per-type keys included).
+pub fn usage(tx: &Tx, project: &str) -> Result<BTreeMap<String, i64>, ApiError> {
+    let types: HashMap<String, String> = tx
+        .list::<VolumeType>(&Query::all())?
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    let mut add = |k: String, n: i64| *out.entry(k).or_default() += n;
+    for v in tx.list::<Volume>(&Query::owner(project))? {
+        let gb = v.extend_to.unwrap_or(v.size).max(v.size) as i64;
+        add("volumes".into(), 1);
+        add("gigabytes".into(), gb);
+        if let Some(t) = types.get(&v.volume_type_id) {
+            add(format!("volumes_{t}"), 1);
+            add(format!("gigabytes_{t}"), gb);
+        }
+    }
+    for s in tx.list::<Snapshot>(&Query::owner(project))? {
+        add("snapshots".into(), 1);
+        add("gigabytes".into(), s.size as i64);
+        if let Some(t) = types.get(&s.volume_type_id) {
+            add(format!("snapshots_{t}"), 1);
+            add(format!("gigabytes_{t}"), s.size as i64);
+        }
+    }
+    Ok(out)
+}
+
+/// What a request adds to a project's usage.
+#[derive(Debug, Default)]
+pub struct Delta<'a> {
+    pub volumes: i64,
+    pub snapshots: i64,
+    pub gigabytes: i64,
+    /// The volume type's name (for the per-type keys).
+    pub type_name: Option<&'a str>,
+}
+
+/// Refuses (413 overLimit, Cinder's words) a request that would take a
+/// project past one of its limits. Called inside the write transaction
+/// that makes the change, so two requests never both pass the last unit.
+pub fn check_quota(tx: &Tx, project: &str, d: &Delta, new_size: u64) -> Result<(), ApiError> {
+    let lim = limits(tx, Some(project))?;
+    let used = usage(tx, project)?;
+    let per = lim.get("per_volume_gigabytes").copied().unwrap_or(-1);
+    if d.volumes > 0 && per >= 0 && new_size as i64 > per {
+        return Err(over_limit(format!(
+            "VolumeSizeExceedsLimit: Requested volume size {new_size}G is larger than maximum allowed limit {per}G."
+        )));
+    }
+    let mut keys: Vec<(String, i64)> = vec![
+        ("volumes".into(), d.volumes),
+        ("snapshots".into(), d.snapshots),
+        ("gigabytes".into(), d.gigabytes),
+    ];
+    if let Some(t) = d.type_name {
+        keys.push((format!("volumes_{t}"), d.volumes));
+        keys.push((format!("snapshots_{t}"), d.snapshots));
+        keys.push((format!("gigabytes_{t}"), d.gigabytes));
+    }
+    for (k, add) in keys {
+        if add <= 0 {
+            continue;
+        }
+        let limit = lim.get(&k).copied().unwrap_or(-1);
+        let in_use = used.get(&k).copied().unwrap_or(0);
+        if limit >= 0 && in_use + add > limit {
+            let msg = if k.starts_with("gigabytes") {
+                format!(
+                    "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed {k} quota. Requested {add}G, quota is {limit}G and {in_use}G has been consumed."
+                )
+            } else if k.starts_with("snapshots") {
+                format!(
+                    "SnapshotLimitExceeded: Maximum number of snapshots allowed ({limit}) exceeded for quota '{k}'."
+                )
+            } else {
+                format!(
+                    "VolumeLimitExceeded: Maximum number of volumes allowed ({limit}) exceeded for quota '{k}'."
+                )
+            };
+            return Err(over_limit(msg));
+        }
+    }
+    Ok(())
+}
+
+/// A storage node's capacity as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    pub node: StorageNode,
+    pub zone: String,
+    pub up: bool,
+    /// GiB of volumes and snapshots placed on it.
+    pub provisioned_gb: u64,
+}
+
+/// Every storage node, its zone, whether it is up and what it holds.
+pub fn capacities(state: &AppState, tx: &Tx) -> Result<Vec<Capacity>, ApiError> {
+    let seen = state.store.liveness(StorageNode::KIND_NAME)?;
+    let aggs = tx.list::<crate::compute::model::Aggregate>(&Query::all())?;
+    let down_us = state.compute.config.service_down_time_s as i64 * 1_000_000;
+    let mut out = Vec::new();
+    for node in tx.list::<StorageNode>(&Query::all())? {
+        let provisioned_gb = tx
+            .list::<Volume>(&Query::parent(&node.id))?
+            .iter()
+            .map(|v| v.extend_to.unwrap_or(v.size).max(v.size))
+            .sum::<u64>()
+            + tx.list::<Snapshot>(&Query::parent(&node.id))?
+                .iter()
+                .map(|s| s.size)
+                .sum::<u64>();
+        let last = seen.get(&node.id).copied().unwrap_or(0);
+        out.push(Capacity {
+            zone: crate::compute::zones::zone_of(&aggs, &node.id),
+            up: now_us() - last < down_us,
+            provisioned_gb,
+            node,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `size` GiB more fits on a node (Cinder's capacity filter for
+/// thin provisioning: the provisioned ratio stays under the
+/// oversubscription ratio, and the free space times that ratio holds it).
+pub fn fits(c: &Capacity, size: u64) -> bool {
+    let n = &c.node;
+    if n.total_capacity_gb <= 0.0 {
+        return false;
+    }
+    let ratio = n.max_over_subscription_ratio.max(1.0);
+    let provisioned = (c.provisioned_gb + size) as f64 / n.total_capacity_gb;
+    provisioned <= ratio && n.free_capacity_gb * ratio >= size as f64
+}
+
+/// The storage node for a new volume of `size` GiB in `zone` (any zone
+/// when `None`): an enabled node that is up and has room, the one with
+/// the most free virtual capacity first (Cinder's capacity weigher).
+pub fn place(
+    state: &AppState,
+    tx: &Tx,
+    zone: Option<&str>,
+    size: u64,
+) -> Result<Option<(String, String)>, ApiError> {
+    let best = capacities(state, tx)?
+        .into_iter()
+        .filter(|c| c.up && !c.node.disabled && zone.is_none_or(|z| z == c.zone))
+        .filter(|c| fits(c, size))
+        .max_by(|a, b| {
+            let free = |c: &Capacity| {
+                c.node.total_capacity_gb * c.node.max_over_subscription_ratio.max(1.0)
+                    - c.provisioned_gb as f64
+            };
+            free(a).total_cmp(&free(b)).then(b.node.id.cmp(&a.node.id))
+        });
+    Ok(best.map(|c| (c.node.id, c.zone)))
+}
+
+/// Settles a storage node's report of a task on volume or snapshot `id`.
+/// A report for another task or generation than the one asked for now is
+/// stale and changes nothing.
+pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Result<(), ApiError> {
+    let rev = state.store.write(|tx| {
+        let now = now_us();
+        if let Some(mut v) = tx.get::<Volume>(id)? {
+            if v.host.as_deref() != Some(host)
+                || v.task != Some(r.task)
+                || v.generation != r.generation
+            {
+                return Ok::<_, ApiError>(None);
+            }
+            if let Some(e) = &r.error {
+                tracing::warn!(volume = %id, task = ?r.task, error = %e, "a volume task failed");
+            }
+            v.task = None;
+            v.updated_us = now;
+            v.fault = r.error.clone();
+            let ok = r.error.is_none();
+            match r.task {
+                VolumeTask::Create => {
+                    v.status = if ok { "available" } else { "error" }.into();
+                }
+                VolumeTask::Extend => {
+                    if ok && let Some(n) = v.extend_to {
+                        v.size = n;
+                    }
+                    v.extend_to = None;
+                    v.status = if ok { "available" } else { "error_extending" }.into();
+                }
+                VolumeTask::Delete if ok => {
+                    tx.delete::<Volume>(id)?;
+                    return Ok(Some(tx.last_revision()?));
+                }
+                VolumeTask::Delete => v.status = "error_deleting".into(),
+                _ => return Ok(None),
+            }
+            return Ok(Some(tx.update(&v)?));
+        }
+        if let Some(mut s) = tx.get::<Snapshot>(id)? {
+            if s.host.as_deref() != Some(host)
+                || s.task != Some(r.task)
+                || s.generation != r.generation
+            {
+                return Ok(None);
+            }
+            if let Some(e) = &r.error {
+                tracing::warn!(snapshot = %id, task = ?r.task, error = %e, "a snapshot task failed");
+            }
+            s.task = None;
+            s.updated_us = now;
+            s.fault = r.error.clone();
+            let ok = r.error.is_none();
+            match r.task {
+                VolumeTask::Snapshot => s.status = if ok { "available" } else { "error" }.into(),
+                VolumeTask::DeleteSnapshot if ok => {
+                    tx.delete::<Snapshot>(id)?;
+                    return Ok(Some(tx.last_revision()?));
+                }
+                VolumeTask::DeleteSnapshot => s.status = "error_deleting".into(),
+                _ => return Ok(None),
+            }
+            return Ok(Some(tx.update(&s)?));
+        }
+        Ok(None)
+    })?;
+    if let Some(rev) = rev {
+        state.volumes.bump(rev as u64);
+    }
+    Ok(())
+}
+
+/// Whether storage node `host` is making a volume from image `image_id`
+/// now (so its agent may download the image, whoever owns it).
+pub fn makes_from_image(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store
+        .list::<Volume>(&Query::parent(host))?
+        .iter()
+        .any(|v| {
+            v.task == Some(VolumeTask::Create)
+                && matches!(&v.source, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
+        }))
+}
+
+/// Wakes the storage nodes after this process wrote at `rev`.
+pub fn written(state: &AppState, rev: i64) {
+    state.volumes.bump(rev as u64);
+}
+
+impl StorageNode {
+    /// The record kind, for the liveness table.
+    pub const KIND_NAME: &'static str = "storage_node";
+}

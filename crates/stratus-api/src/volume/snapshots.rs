@@ -1,0 +1,359 @@
+//! Snapshots (`/snapshots`): create (a copy of the volume on its storage
+//! node), list, show, update, delete, metadata, and `os-reset_status`
+//! for admins.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use stratus_store::{Query as StoreQuery, Tx};
+use stratus_wire::volume::VolumeTask;
+
+use super::model::{Snapshot, VolumeType};
+use super::service::{Delta, check_quota, written};
+use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+type P = Path<HashMap<String, String>>;
+type J = Result<axum::Json<Value>, ApiError>;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/snapshots", get(list).post(create))
+        .route("/snapshots/detail", get(list_detail))
+        .route("/snapshots/{id}", get(show).put(update).delete(delete))
+        .route(
+            "/snapshots/{id}/metadata",
+            get(meta).post(meta_merge).put(meta_replace),
+        )
+        .route("/snapshots/{id}/action", post(action))
+}
+
+fn render(ctx: &VCtx, s: &Snapshot) -> Value {
+    let mut out = json!({
+        "id": s.id,
+        "name": s.name,
+        "description": s.description,
+        "volume_id": s.volume_id,
+        "size": s.size,
+        "status": s.status,
+        "metadata": s.metadata,
+        "created_at": ts(s.created_us),
+        "updated_at": ts(s.updated_us),
+        "os-extended-snapshot-attributes:project_id": s.project_id,
+        "os-extended-snapshot-attributes:progress": if s.status == "available" { "100%" } else { "0%" },
+    });
+    if ctx.is_admin() {
+        out["os-vol-host-attr:host"] = json!(s.host);
+    }
+    out
+}
+
+fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Snapshot, ApiError> {
+    tx.get::<Snapshot>(id)?
+        .filter(|s| ctx.owns(&s.project_id))
+        .ok_or_else(|| not_found("Snapshot", id))
+}
+
+async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, q, false).await
+}
+
+async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, q, true).await
+}
+
+async fn listing(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Query(q): Query<HashMap<String, String>>,
+    detail: bool,
+) -> J {
+    let paging = super::paging(&q)?;
+    let all = q
+        .get("all_tenants")
+        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
+        && ctx.is_admin();
+    let own = ctx.project()?.to_string();
+    blocking(move || {
+        let query = if all {
+            StoreQuery::all()
+        } else {
+            StoreQuery::owner(&own)
+        };
+        let items: Vec<Value> = state
+            .store
+            .list::<Snapshot>(&query)?
+            .iter()
+            .filter(|s| {
+                q.get("name")
+                    .is_none_or(|n| s.name.as_deref() == Some(n.as_str()))
+                    && q.get("status")
+                        .is_none_or(|x| x.eq_ignore_ascii_case(&s.status))
+                    && q.get("volume_id").is_none_or(|x| *x == s.volume_id)
+                    && (!all || q.get("project_id").is_none_or(|x| *x == s.project_id))
+            })
+            .map(|s| render(&ctx, s))
+            .collect();
+        let items = super::page(items, &paging)?;
+        let items = if detail {
+            items
+        } else {
+            items
+                .into_iter()
+                .map(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("os-extended-snapshot-attributes:project_id");
+                        o.remove("os-extended-snapshot-attributes:progress");
+                        o.remove("os-vol-host-attr:host");
+                    }
+                    v
+                })
+                .collect()
+        };
+        Ok(axum::Json(json!({"snapshots": items})))
+    })
+    .await
+}
+
+async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        Ok(axum::Json(json!({"snapshot": render(&ctx, &s)})))
+    })
+    .await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    raw: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    ctx.project()?;
+    let b = body(&raw)?;
+    let s = b
+        .get("snapshot")
+        .filter(|s| s.is_object())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::bad_request("Missing required element 'snapshot' in request body.")
+        })?;
+    let volume_id = opt_str(&s, "volume_id", 255)?
+        .ok_or_else(|| ApiError::bad_request("'volume_id' must be specified"))?;
+    let name = opt_str(&s, "name", 255)?.or(opt_str(&s, "display_name", 255)?);
+    let description = opt_str(&s, "description", 255)?.or(opt_str(&s, "display_description", 255)?);
+    let force = s
+        .get("force")
+        .map(|f| {
+            super::parse_bool(f)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid value '{f}' for force.")))
+        })
+        .transpose()?
+        .unwrap_or(false);
+    let metadata = match s.get("metadata") {
+        None | Some(Value::Null) => Default::default(),
+        Some(m) => super::metadata(m)?,
+    };
+    blocking(move || {
+        let (snap, rev) = state.store.write(|tx| {
+            let v = super::volumes::find(tx, &ctx, &volume_id)?;
+            let ok = v.status == "available" || (force && v.status == "in-use");
+            if !ok {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid volume: Volume {} status must be available, but current status is: {}.",
+                    v.id, v.status
+                )));
+            }
+            let tname = tx.get::<VolumeType>(&v.volume_type_id)?.map(|t| t.name);
+            check_quota(
+                tx,
+                &v.project_id,
+                &Delta { volumes: 0, snapshots: 1, gigabytes: v.size as i64, type_name: tname.as_deref() },
+                v.size,
+            )?;
+            let now = now_us();
+            let snap = Snapshot {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: v.project_id.clone(),
+                user_id: ctx.user_id().to_string(),
+                volume_id: v.id.clone(),
+                name: name.clone(),
+                description: description.clone(),
+                size: v.size,
+                status: "creating".into(),
+                host: v.host.clone(),
+                volume_type_id: v.volume_type_id.clone(),
+                metadata: metadata.clone(),
+                task: Some(VolumeTask::Snapshot),
+                generation: 1,
+                fault: None,
+                created_us: now,
+                updated_us: now,
+            };
+            let rev = tx.insert(&snap)?;
+            Ok((snap, rev))
+        })?;
+        written(&state, rev);
+        Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&ctx, &snap)}))))
+    })
+    .await
+}
+
+async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let b = body(&raw)?;
+    let u = b
+        .get("snapshot")
+        .filter(|v| v.is_object())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::bad_request("Missing required element 'snapshot' in request body.")
+        })?;
+    let name = opt_str(&u, "name", 255)?.or(opt_str(&u, "display_name", 255)?);
+    let description = opt_str(&u, "description", 255)?.or(opt_str(&u, "display_description", 255)?);
+    blocking(move || {
+        let s = state.store.write(|tx| {
+            let mut s = find(tx, &ctx, &param(&p, "id"))?;
+            if u.get("name").is_some() || u.get("display_name").is_some() {
+                s.name = name;
+            }
+            if u.get("description").is_some() || u.get("display_description").is_some() {
+                s.description = description;
+            }
+            s.updated_us = now_us();
+            tx.update(&s)?;
+            Ok::<_, ApiError>(s)
+        })?;
+        Ok(axum::Json(json!({"snapshot": render(&ctx, &s)})))
+    })
+    .await
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        let rev = state.store.write(|tx| {
+            let mut s = find(tx, &ctx, &param(&p, "id"))?;
+            if !["available", "error", "error_deleting"].contains(&s.status.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid snapshot: Snapshot status must be available or error (it is {}).",
+                    s.status
+                )));
+            }
+            if s.host.is_none() {
+                tx.delete::<Snapshot>(&s.id)?;
+                return Ok(tx.last_revision()?);
+            }
+            s.status = "deleting".into();
+            s.task = Some(VolumeTask::DeleteSnapshot);
+            s.generation += 1;
+            s.updated_us = now_us();
+            Ok(tx.update(&s)?)
+        })?;
+        written(&state, rev);
+        Ok(StatusCode::ACCEPTED)
+    })
+    .await
+}
+
+fn change_meta(
+    state: &AppState,
+    ctx: &VCtx,
+    id: &str,
+    f: impl FnOnce(&mut Snapshot),
+) -> Result<Snapshot, ApiError> {
+    state.store.write(|tx| {
+        let mut s = find(tx, ctx, id)?;
+        f(&mut s);
+        s.updated_us = now_us();
+        tx.update(&s)?;
+        Ok(s)
+    })
+}
+
+fn meta_body(raw: &[u8]) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let b = body(raw)?;
+    super::metadata(
+        b.get("metadata")
+            .ok_or_else(|| ApiError::bad_request("Malformed request body: missing 'metadata'."))?,
+    )
+}
+
+async fn meta(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        Ok(axum::Json(json!({"metadata": s.metadata})))
+    })
+    .await
+}
+
+async fn meta_merge(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let m = meta_body(&raw)?;
+    blocking(move || {
+        let s = change_meta(&state, &ctx, &param(&p, "id"), |s| s.metadata.extend(m))?;
+        Ok(axum::Json(json!({"metadata": s.metadata})))
+    })
+    .await
+}
+
+async fn meta_replace(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let m = meta_body(&raw)?;
+    blocking(move || {
+        let s = change_meta(&state, &ctx, &param(&p, "id"), |s| s.metadata = m)?;
+        Ok(axum::Json(json!({"metadata": s.metadata})))
+    })
+    .await
+}
+
+async fn action(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b = body(&raw)?;
+    let Some(arg) = b.get("os-reset_status") else {
+        return Err(ApiError::bad_request("There is no such action."));
+    };
+    if !ctx.is_admin() {
+        return Err(policy_denied(
+            "volume_extension:snapshot_admin_actions:reset_status",
+        ));
+    }
+    let status = arg
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| ApiError::bad_request("Must specify 'status'"))?;
+    if ![
+        "available",
+        "error",
+        "creating",
+        "deleting",
+        "error_deleting",
+    ]
+    .contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "Must specify a valid status: {status} is not one"
+        )));
+    }
+    blocking(move || {
+        state.store.write(|tx| {
+            let mut s = find(tx, &ctx, &param(&p, "id"))?;
+            s.status = status;
+            s.updated_us = now_us();
+            tx.update(&s)?;
+            Ok::<_, ApiError>(())
+        })?;
+        Ok(StatusCode::ACCEPTED)
+    })
+    .await
+}

@@ -1,0 +1,857 @@
+//! Volumes (`/volumes`): create (empty, from an image, a snapshot or
+//! another volume), list with Cinder's filters and paging, show, update,
+//! delete (with `cascade`), metadata, and the actions `os-extend`,
+//! `os-set_bootable`, `os-update_readonly_flag` and, for admins,
+//! `os-reset_status` and `os-force_delete`.
+//!
+//! Create and extend check quota in the same write transaction that
+//! records the change; the volume is placed on a storage node there too,
+//! and that node's agent makes the file (see `agent.rs`).
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use stratus_store::{Query as StoreQuery, Tx};
+use stratus_wire::volume::{VolumeSource, VolumeTask};
+
+use super::model::{Snapshot, Volume, VolumeType};
+use super::service::{Delta, check_quota, place, written};
+use super::types::{DEFAULT_TYPE, find as find_type};
+use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+type P = Path<HashMap<String, String>>;
+type J = Result<axum::Json<Value>, ApiError>;
+
+const GIB: u64 = 1 << 30;
+
+/// Disk formats `qemu-img convert` reads into a volume.
+const DISK_FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso"];
+
+/// The statuses a volume may be deleted in (Cinder's).
+const DELETABLE: &[&str] = &[
+    "available",
+    "error",
+    "error_restoring",
+    "error_extending",
+    "error_managing",
+];
+
+/// The statuses `os-reset_status` takes.
+const STATUSES: &[&str] = &[
+    "available",
+    "error",
+    "creating",
+    "deleting",
+    "in-use",
+    "attaching",
+    "detaching",
+    "error_deleting",
+    "maintenance",
+    "reserved",
+    "extending",
+    "error_extending",
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/volumes", get(list).post(create))
+        .route("/volumes/detail", get(list_detail))
+        .route("/volumes/{id}", get(show).put(update).delete(delete))
+        .route(
+            "/volumes/{id}/metadata",
+            get(meta).post(meta_merge).put(meta_replace),
+        )
+        .route(
+            "/volumes/{id}/metadata/{key}",
+            get(meta_key).put(meta_put).delete(meta_delete),
+        )
+        .route("/volumes/{id}/action", post(action))
+}
+
+pub(crate) fn render(state: &AppState, ctx: &VCtx, v: &Volume, type_name: &str) -> Value {
+    let base = &state.config.public_url;
+    let mut metadata: serde_json::Map<String, Value> = v
+        .metadata
+        .iter()
+        .map(|(k, x)| (k.clone(), json!(x)))
+        .collect();
+    if let Some(ro) = v.readonly {
+        metadata.insert("readonly".into(), json!(if ro { "True" } else { "False" }));
+    }
+    let (snapshot_id, source_volid) = match &v.source {
+        Some(VolumeSource::Snapshot { id }) => (json!(id), Value::Null),
+        Some(VolumeSource::Volume { id }) => (Value::Null, json!(id)),
+        _ => (Value::Null, Value::Null),
+    };
+    let mut out = json!({
+        "id": v.id,
+        "name": v.name,
+        "description": v.description,
+        "size": v.size,
+        "status": v.status,
+        "availability_zone": v.availability_zone,
+        "created_at": ts(v.created_us),
+        "updated_at": ts(v.updated_us),
+        "attachments": [],
+        "bootable": if v.bootable { "true" } else { "false" },
+        "encrypted": false,
+        "multiattach": false,
+        "metadata": metadata,
+        "replication_status": null,
+        "consistencygroup_id": null,
+        "snapshot_id": snapshot_id,
+        "source_volid": source_volid,
+        "user_id": v.user_id,
+        "volume_type": type_name,
+        "os-vol-tenant-attr:tenant_id": v.project_id,
+        "links": [
+            {"rel": "self", "href": format!("{base}/volume/v3/{}/volumes/{}", v.project_id, v.id)},
+            {"rel": "bookmark", "href": format!("{base}/volume/{}/volumes/{}", v.project_id, v.id)}
+        ],
+    });
+    if !v.image_metadata.is_empty() {
+        out["volume_image_metadata"] = json!(v.image_metadata);
+    }
+    if ctx.is_admin() {
+        out["os-vol-host-attr:host"] = json!(v.host.as_ref().map(|h| format!("{h}@file#file")));
+        out["os-vol-mig-status-attr:migstat"] = Value::Null;
+        out["os-vol-mig-status-attr:name_id"] = Value::Null;
+        out["migration_status"] = Value::Null;
+    }
+    out
+}
+
+fn type_names(tx: &Tx) -> Result<HashMap<String, String>, ApiError> {
+    Ok(tx
+        .list::<VolumeType>(&StoreQuery::all())?
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect())
+}
+
+/// A volume the caller may see, or Cinder's 404.
+pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Volume, ApiError> {
+    tx.get::<Volume>(id)?
+        .filter(|v| ctx.owns(&v.project_id))
+        .ok_or_else(|| not_found("Volume", id))
+}
+
+fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiError> {
+    let names = type_names(tx)?;
+    let name = names.get(&v.volume_type_id).cloned().unwrap_or_default();
+    Ok(json!({"volume": render(state, ctx, v, &name)}))
+}
+
+async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, q, false).await
+}
+
+async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, q, true).await
+}
+
+async fn listing(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Query(q): Query<HashMap<String, String>>,
+    detail: bool,
+) -> J {
+    let paging = super::paging(&q)?;
+    let all = q
+        .get("all_tenants")
+        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
+        && ctx.is_admin();
+    let own = ctx.project()?.to_string();
+    let meta_filter: Option<HashMap<String, String>> = match q.get("metadata") {
+        None => None,
+        Some(m) => Some(parse_meta_filter(m)?),
+    };
+    blocking(move || {
+        let query = if all {
+            StoreQuery::all()
+        } else {
+            StoreQuery::owner(&own)
+        };
+        let vols = state.store.list::<Volume>(&query)?;
+        let names = state.store.write(type_names)?;
+        let project_filter = if all { q.get("project_id") } else { None };
+        let mut items = Vec::new();
+        for v in vols {
+            let tname = names.get(&v.volume_type_id).cloned().unwrap_or_default();
+            if q.get("name")
+                .is_some_and(|n| v.name.as_deref() != Some(n.as_str()))
+                || q.get("status")
+                    .is_some_and(|s| !s.eq_ignore_ascii_case(&v.status))
+                || q.get("availability_zone")
+                    .is_some_and(|z| *z != v.availability_zone)
+                || project_filter.is_some_and(|p| *p != v.project_id)
+                || q.get("bootable")
+                    .is_some_and(|b| super::parse_bool(&json!(b)).is_some_and(|b| b != v.bootable))
+                || q.get("size")
+                    .is_some_and(|s| s.parse::<u64>().ok() != Some(v.size))
+                || q.get("volume_type")
+                    .is_some_and(|t| *t != tname && *t != v.volume_type_id)
+                || meta_filter
+                    .as_ref()
+                    .is_some_and(|m| m.iter().any(|(k, x)| v.metadata.get(k) != Some(x)))
+            {
+                continue;
+            }
+            items.push(render(&state, &ctx, &v, &tname));
+        }
+        let items = super::page(items, &paging)?;
+        let items: Vec<Value> = if detail {
+            items
+        } else {
+            items
+                .into_iter()
+                .map(|v| json!({"id": v["id"], "name": v["name"], "links": v["links"]}))
+                .collect()
+        };
+        Ok(axum::Json(json!({"volumes": items})))
+    })
+    .await
+}
+
+/// The `metadata` list filter: a dict written as Python or JSON.
+fn parse_meta_filter(m: &str) -> Result<HashMap<String, String>, ApiError> {
+    let fixed = m.replace('\'', "\"");
+    let v: Value = serde_json::from_str(&fixed)
+        .map_err(|_| ApiError::bad_request(format!("Invalid metadata filter: {m}")))?;
+    Ok(super::metadata(&v)?.into_iter().collect())
+}
+
+async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let out = state.store.write(|tx| {
+            let v = find(tx, &ctx, &param(&p, "id"))?;
+            one(&state, &ctx, tx, &v)
+        })?;
+        Ok(axum::Json(out))
+    })
+    .await
+}
+
+/// What a create request asks for, validated.
+struct NewVolume {
+    size: Option<u64>,
+    name: Option<String>,
+    description: Option<String>,
+    zone: Option<String>,
+    volume_type: Option<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+    image: Option<String>,
+    snapshot: Option<String>,
+    source_volume: Option<String>,
+}
+
+fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
+    let v = b.get("volume").filter(|v| v.is_object()).ok_or_else(|| {
+        ApiError::bad_request("Missing required element 'volume' in request body.")
+    })?;
+    let size = match v.get("size") {
+        None | Some(Value::Null) => None,
+        Some(s) => {
+            let n = s
+                .as_u64()
+                .or_else(|| s.as_str().and_then(|x| x.trim().parse().ok()))
+                .filter(|n| *n >= 1 && *n <= i32::MAX as u64)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Invalid input received: Volume size '{s}' must be an integer and greater than 0."
+                    ))
+                })?;
+            Some(n)
+        }
+    };
+    let image = opt_str(v, "imageRef", 255)?.or(opt_str(v, "image_id", 255)?);
+    let snapshot = opt_str(v, "snapshot_id", 255)?;
+    let source_volume = opt_str(v, "source_volid", 255)?;
+    if [&image, &snapshot, &source_volume]
+        .iter()
+        .filter(|x| x.is_some())
+        .count()
+        > 1
+    {
+        return Err(ApiError::bad_request(
+            "Invalid input received: only one of imageRef, snapshot_id and source_volid may be given.",
+        ));
+    }
+    if size.is_none() && image.is_none() && snapshot.is_none() && source_volume.is_none() {
+        return Err(ApiError::bad_request(
+            "Invalid input received: Volume size '' must be an integer and greater than 0.",
+        ));
+    }
+    Ok(NewVolume {
+        size,
+        name: opt_str(v, "name", 255)?.or(opt_str(v, "display_name", 255)?),
+        description: opt_str(v, "description", 255)?.or(opt_str(v, "display_description", 255)?),
+        zone: opt_str(v, "availability_zone", 255)?,
+        volume_type: opt_str(v, "volume_type", 255)?,
+        metadata: match v.get("metadata") {
+            None | Some(Value::Null) => Default::default(),
+            Some(m) => super::metadata(m)?,
+        },
+        image,
+        snapshot,
+        source_volume,
+    })
+}
+
+/// The image to make a volume from: visible to the caller, active, and a
+/// disk image; with the smallest size (GiB) that holds it and the image
+/// metadata the volume keeps.
+fn image_source(
+    state: &AppState,
+    ctx: &VCtx,
+    id: &str,
+) -> Result<
+    (
+        VolumeSource,
+        u64,
+        std::collections::BTreeMap<String, String>,
+    ),
+    ApiError,
+> {
+    let img = state
+        .store
+        .get::<crate::image::model::Image>(id)?
+        .filter(|i| crate::image::visible(state, ctx, i).unwrap_or(false))
+        .ok_or_else(|| not_found("Image", id))?;
+    if img.status != "active" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid image identifier or unable to access requested image: image {id} is {}, not active.",
+            img.status
+        )));
+    }
+    let fmt = img.disk_format.clone().unwrap_or_default();
+    if !DISK_FORMATS.contains(&fmt.as_str())
+        || img
+            .container_format
+            .as_deref()
+            .is_some_and(|c| c != "bare" && c != "ovf")
+    {
+        return Err(ApiError::bad_request(format!(
+            "Image {id} is not a disk image (disk_format {fmt:?}, container_format {:?}): a volume can only be made from {}.",
+            img.container_format.as_deref().unwrap_or(""),
+            DISK_FORMATS.join(", ")
+        )));
+    }
+    let bytes = img.virtual_size.or(img.size).unwrap_or(0);
+    let min = bytes.div_ceil(GIB).max(img.min_disk).max(1);
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("image_id".into(), img.id.clone());
+    if let Some(n) = &img.name {
+        meta.insert("image_name".into(), n.clone());
+    }
+    meta.insert("disk_format".into(), fmt.clone());
+    if let Some(c) = &img.container_format {
+        meta.insert("container_format".into(), c.clone());
+    }
+    if let Some(c) = &img.checksum {
+        meta.insert("checksum".into(), c.clone());
+    }
+    meta.insert("min_disk".into(), img.min_disk.to_string());
+    meta.insert("min_ram".into(), img.min_ram.to_string());
+    if let Some(s) = img.size {
+        meta.insert("size".into(), s.to_string());
+    }
+    for (k, v) in &img.properties {
+        let s = v
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        meta.insert(k.clone(), s);
+    }
+    Ok((
+        VolumeSource::Image {
+            id: img.id.clone(),
+            sha512: img.os_hash_value.clone(),
+            disk_format: fmt,
+        },
+        min,
+        meta,
+    ))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    raw: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let project = ctx.project()?.to_string();
+    let req = parse_create(&body(&raw)?)?;
+    blocking(move || {
+        let image = match &req.image {
+            Some(i) => Some(image_source(&state, &ctx, i)?),
+            None => None,
+        };
+        let (out, rev) = state.store.write(|tx| {
+            let vtype = match &req.volume_type {
+                Some(t) => find_type(tx, &ctx, t)?,
+                None => find_type(tx, &ctx, DEFAULT_TYPE)?,
+            };
+            // Where the data comes from, the smallest size that holds it,
+            // and (for copies) the node that has it.
+            let (source, min, host, zone, image_meta, bootable) = if let Some((src, min, meta)) = &image {
+                (Some(src.clone()), *min, None, None, meta.clone(), true)
+            } else if let Some(sid) = &req.snapshot {
+                let s = tx
+                    .get::<Snapshot>(sid)?
+                    .filter(|s| ctx.owns(&s.project_id))
+                    .ok_or_else(|| not_found("Snapshot", sid))?;
+                if s.status != "available" {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid snapshot: Originating snapshot status must be one of 'available' values (it is {}).",
+                        s.status
+                    )));
+                }
+                let parent = tx.get::<Volume>(&s.volume_id)?;
+                (
+                    Some(VolumeSource::Snapshot { id: s.id.clone() }),
+                    s.size,
+                    s.host.clone(),
+                    parent.as_ref().map(|p| p.availability_zone.clone()),
+                    parent.map(|p| p.image_metadata).unwrap_or_default(),
+                    false,
+                )
+            } else if let Some(vid) = &req.source_volume {
+                let src = find(tx, &ctx, vid)?;
+                if src.status != "available" && src.status != "in-use" {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid volume: Volume {vid} status must be available or in-use to be cloned (it is {}).",
+                        src.status
+                    )));
+                }
+                (
+                    Some(VolumeSource::Volume { id: src.id.clone() }),
+                    src.size,
+                    src.host.clone(),
+                    Some(src.availability_zone.clone()),
+                    src.image_metadata.clone(),
+                    src.bootable,
+                )
+            } else {
+                (None, 1, None, None, Default::default(), false)
+            };
+            let size = req.size.unwrap_or(min);
+            if size < min {
+                let what = match &source {
+                    Some(VolumeSource::Image { .. }) => "Image virtual size",
+                    Some(VolumeSource::Snapshot { .. }) => "Snapshot size",
+                    _ => "Source volume size",
+                };
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input received: {what} is {min}GB and doesn't fit in a volume of size {size}GB."
+                )));
+            }
+            if let (Some(asked), Some(z)) = (&req.zone, &zone)
+                && asked != z
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input received: the source is in availability zone {z}, not {asked}."
+                )));
+            }
+            let zone_asked = req.zone.clone().or(zone);
+            if let Some(z) = &zone_asked
+                && !crate::compute::zones::zone_exists(&state, z)?
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input received: Availability zone '{z}' is invalid."
+                )));
+            }
+            check_quota(
+                tx,
+                &project,
+                &Delta {
+                    volumes: 1,
+                    gigabytes: size as i64,
+                    snapshots: 0,
+                    type_name: Some(&vtype.name),
+                },
+                size,
+            )?;
+            let placed = match host {
+                Some(h) => Some((h, zone_asked.clone().unwrap_or_else(|| "nova".into()))),
+                None => place(&state, tx, zone_asked.as_deref(), size)?,
+            };
+            let now = now_us();
+            let mut v = Volume {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: project.clone(),
+                user_id: ctx.user_id().to_string(),
+                name: req.name.clone(),
+                description: req.description.clone(),
+                size,
+                extend_to: None,
+                status: "creating".into(),
+                availability_zone: zone_asked
+                    .clone()
+                    .unwrap_or_else(|| crate::compute::zones::DEFAULT_ZONE.into()),
+                host: None,
+                volume_type_id: vtype.id.clone(),
+                bootable,
+                readonly: None,
+                metadata: req.metadata.clone(),
+                image_metadata: image_meta,
+                source,
+                task: None,
+                generation: 1,
+                fault: None,
+                created_us: now,
+                updated_us: now,
+            };
+            match placed {
+                Some((h, z)) => {
+                    v.host = Some(h);
+                    v.availability_zone = z;
+                    v.task = Some(VolumeTask::Create);
+                }
+                None => {
+                    // Cinder's scheduler: the volume exists, in error.
+                    tracing::warn!(volume = %v.id, size, "no storage node can take the volume");
+                    v.status = "error".into();
+                    v.fault = Some("No valid backend was found.".into());
+                }
+            }
+            let rev = tx.insert(&v)?;
+            Ok((one(&state, &ctx, tx, &v)?, rev))
+        })?;
+        written(&state, rev);
+        Ok((StatusCode::ACCEPTED, axum::Json(out)))
+    })
+    .await
+}
+
+async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let b = body(&raw)?;
+    let u = b
+        .get("volume")
+        .filter(|v| v.is_object())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::bad_request("Missing required element 'volume' in request body.")
+        })?;
+    let name = opt_str(&u, "name", 255)?.or(opt_str(&u, "display_name", 255)?);
+    let description = opt_str(&u, "description", 255)?.or(opt_str(&u, "display_description", 255)?);
+    let metadata = match u.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(m) => Some(super::metadata(m)?),
+    };
+    blocking(move || {
+        let out = state.store.write(|tx| {
+            let mut v = find(tx, &ctx, &param(&p, "id"))?;
+            if u.get("name").is_some() || u.get("display_name").is_some() {
+                v.name = name;
+            }
+            if u.get("description").is_some() || u.get("display_description").is_some() {
+                v.description = description;
+            }
+            if let Some(m) = metadata {
+                v.metadata = m;
+            }
+            v.updated_us = now_us();
+            tx.update(&v)?;
+            one(&state, &ctx, tx, &v)
+        })?;
+        Ok(axum::Json(out))
+    })
+    .await
+}
+
+/// Asks the node to remove a volume (and, with `cascade`, its snapshots);
+/// a volume on no node goes at once.
+fn start_delete(tx: &Tx, v: &mut Volume, cascade: bool) -> Result<i64, ApiError> {
+    let snaps: Vec<Snapshot> = tx
+        .list::<Snapshot>(&StoreQuery::owner(&v.project_id))?
+        .into_iter()
+        .filter(|s| s.volume_id == v.id)
+        .collect();
+    if !snaps.is_empty() && !cascade {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: Volume {} still has {} dependent snapshots.",
+            v.id,
+            snaps.len()
+        )));
+    }
+    for mut s in snaps {
+        if s.status != "available" && s.status != "error" && s.status != "error_deleting" {
+            return Err(ApiError::bad_request(format!(
+                "Invalid volume: Snapshot {} is {}, it cannot be deleted with its volume.",
+                s.id, s.status
+            )));
+        }
+        if s.host.is_none() {
+            tx.delete::<Snapshot>(&s.id)?;
+            continue;
+        }
+        s.status = "deleting".into();
+        s.task = Some(VolumeTask::DeleteSnapshot);
+        s.generation += 1;
+        s.updated_us = now_us();
+        tx.update(&s)?;
+    }
+    if v.host.is_none() {
+        tx.delete::<Volume>(&v.id)?;
+        return Ok(tx.last_revision()?);
+    }
+    v.status = "deleting".into();
+    v.task = Some(VolumeTask::Delete);
+    v.extend_to = None;
+    v.generation += 1;
+    v.updated_us = now_us();
+    Ok(tx.update(v)?)
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    let cascade = q
+        .get("cascade")
+        .is_some_and(|c| super::parse_bool(&json!(c)).unwrap_or(false));
+    blocking(move || {
+        let rev = state.store.write(|tx| {
+            let mut v = find(tx, &ctx, &param(&p, "id"))?;
+            if !DELETABLE.contains(&v.status.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots or be disassociated from snapshots after volume transfer (it is {}).",
+                    v.status
+                )));
+            }
+            start_delete(tx, &mut v, cascade)
+        })?;
+        written(&state, rev);
+        Ok(StatusCode::ACCEPTED)
+    })
+    .await
+}
+
+// ---- metadata --------------------------------------------------------------
+
+fn change_meta(
+    state: &AppState,
+    ctx: &VCtx,
+    id: &str,
+    f: impl FnOnce(&mut Volume) -> Result<(), ApiError>,
+) -> Result<Volume, ApiError> {
+    state.store.write(|tx| {
+        let mut v = find(tx, ctx, id)?;
+        f(&mut v)?;
+        v.updated_us = now_us();
+        tx.update(&v)?;
+        Ok(v)
+    })
+}
+
+fn meta_body(
+    raw: &[u8],
+    key: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let b = body(raw)?;
+    let m = b.get(key).ok_or_else(|| {
+        ApiError::bad_request(format!("Malformed request body: missing '{key}'."))
+    })?;
+    super::metadata(m)
+}
+
+async fn meta(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let v = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        Ok(axum::Json(json!({"metadata": v.metadata})))
+    })
+    .await
+}
+
+async fn meta_merge(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let m = meta_body(&raw, "metadata")?;
+    blocking(move || {
+        let v = change_meta(&state, &ctx, &param(&p, "id"), |v| {
+            v.metadata.extend(m);
+            Ok(())
+        })?;
+        Ok(axum::Json(json!({"metadata": v.metadata})))
+    })
+    .await
+}
+
+async fn meta_replace(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let m = meta_body(&raw, "metadata")?;
+    blocking(move || {
+        let v = change_meta(&state, &ctx, &param(&p, "id"), |v| {
+            v.metadata = m;
+            Ok(())
+        })?;
+        Ok(axum::Json(json!({"metadata": v.metadata})))
+    })
+    .await
+}
+
+async fn meta_key(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let v = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        let key = param(&p, "key");
+        let val = v
+            .metadata
+            .get(&key)
+            .ok_or_else(|| not_found(&format!("Volume {} has no metadata with key", v.id), &key))?;
+        Ok(axum::Json(json!({"meta": {key: val}})))
+    })
+    .await
+}
+
+async fn meta_put(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let m = meta_body(&raw, "meta")?;
+    let key = param(&p, "key");
+    if m.len() != 1 || !m.contains_key(&key) {
+        return Err(ApiError::bad_request("Request body and URI mismatch"));
+    }
+    blocking(move || {
+        let mm = m.clone();
+        change_meta(&state, &ctx, &param(&p, "id"), |v| {
+            v.metadata.extend(mm);
+            Ok(())
+        })?;
+        Ok(axum::Json(json!({"meta": m})))
+    })
+    .await
+}
+
+async fn meta_delete(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        let key = param(&p, "key");
+        change_meta(&state, &ctx, &param(&p, "id"), |v| {
+            v.metadata.remove(&key).map(|_| ()).ok_or_else(|| {
+                not_found(&format!("Volume {} has no metadata with key", v.id), &key)
+            })
+        })?;
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+// ---- actions ---------------------------------------------------------------
+
+async fn action(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b = body(&raw)?;
+    let Some((name, arg)) = b
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .map(|(k, v)| (k.clone(), v.clone()))
+    else {
+        return Err(ApiError::bad_request("Malformed request body: no action."));
+    };
+    let id = param(&p, "id");
+    blocking(move || {
+        let rev = state.store.write(|tx| {
+            let mut v = find(tx, &ctx, &id)?;
+            let now = now_us();
+            match name.as_str() {
+                "os-extend" => {
+                    let new = arg
+                        .get("new_size")
+                        .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|x| x.parse().ok())))
+                        .filter(|n| *n <= i32::MAX as u64)
+                        .ok_or_else(|| ApiError::bad_request("Invalid input received: new_size must be an integer."))?;
+                    if v.status != "available" {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume status must be 'available' to extend (it is {}).",
+                            v.status
+                        )));
+                    }
+                    if new <= v.size {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid input received: New size for extend must be greater than current size. (current: {}, extended: {new}).",
+                            v.size
+                        )));
+                    }
+                    let tname = tx.get::<VolumeType>(&v.volume_type_id)?.map(|t| t.name);
+                    check_quota(
+                        tx,
+                        &v.project_id,
+                        &Delta { volumes: 0, snapshots: 0, gigabytes: (new - v.size) as i64, type_name: tname.as_deref() },
+                        new,
+                    )?;
+                    let lim = super::service::limits(tx, Some(&v.project_id))?;
+                    let per = lim.get("per_volume_gigabytes").copied().unwrap_or(-1);
+                    if per >= 0 && new as i64 > per {
+                        return Err(super::over_limit(format!(
+                            "VolumeSizeExceedsLimit: Requested volume size {new}G is larger than maximum allowed limit {per}G."
+                        )));
+                    }
+                    v.status = "extending".into();
+                    v.extend_to = Some(new);
+                    v.task = Some(VolumeTask::Extend);
+                    v.generation += 1;
+                }
+                "os-set_bootable" => {
+                    let flag = arg.get("bootable").and_then(super::parse_bool).ok_or_else(|| {
+                        ApiError::bad_request("Invalid input received: bootable must be a boolean.")
+                    })?;
+                    v.bootable = flag;
+                }
+                "os-update_readonly_flag" => {
+                    let flag = arg.get("readonly").and_then(super::parse_bool).ok_or_else(|| {
+                        ApiError::bad_request("Invalid input received: readonly must be a boolean.")
+                    })?;
+                    if v.status != "available" {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume status must be available to update readonly flag (it is {}).",
+                            v.status
+                        )));
+                    }
+                    v.readonly = Some(flag);
+                }
+                "os-reset_status" => {
+                    if !ctx.is_admin() {
+                        return Err(policy_denied("volume_extension:volume_admin_actions:reset_status"));
+                    }
+                    let status = arg.get("status").and_then(Value::as_str).map(str::to_ascii_lowercase).ok_or_else(|| {
+                        ApiError::bad_request("Must specify 'status'")
+                    })?;
+                    if !STATUSES.contains(&status.as_str()) {
+                        return Err(ApiError::bad_request(format!("Must specify a valid status: {status} is not one")));
+                    }
+                    v.status = status;
+                }
+                "os-force_delete" => {
+                    if !ctx.is_admin() {
+                        return Err(policy_denied("volume_extension:volume_admin_actions:force_delete"));
+                    }
+                    if v.status == "in-use" || v.status == "attaching" {
+                        return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
+                    }
+                    return start_delete(tx, &mut v, false);
+                }
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "There is no such action: {other}"
+                    )));
+                }
+            }
+            v.updated_us = now;
+            Ok(tx.update(&v)?)
+        })?;
+        written(&state, rev);
+        Ok(StatusCode::ACCEPTED)
+    })
+    .await
+}

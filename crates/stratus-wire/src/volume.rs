@@ -1,0 +1,133 @@
+//! The storage node protocol: how an agent started with `--volumes DIR`
+//! learns what volumes and snapshots to make, change or remove, and tells
+//! the controller what it did.
+//!
+//! - `PUT /edge/v1/storage/{host}` with a [`StorageReport`] registers the
+//!   storage node and is its heartbeat (capacity included).
+//! - `GET /edge/v1/storage/{host}/work?since=REV&wait=S` long-polls the
+//!   node's [`VolumeWorkList`]: every volume and snapshot on the node with
+//!   a task pending.
+//! - `POST /edge/v1/storage/{host}/work/{id}/report` with a
+//!   [`VolumeReport`] settles one task (at its generation; a stale report
+//!   is ignored).
+//!
+//! Every task is idempotent on the agent (a file is made under a temporary
+//! name and renamed when complete), so after a crash the agent runs the
+//! same task again and reaches the same end.
+
+use serde::{Deserialize, Serialize};
+
+/// A storage node's capacity, as Cinder's volume service reports it to
+/// its scheduler. Provisioned capacity is counted by the controller from
+/// the volumes it placed here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StorageReport {
+    /// Size of the filesystem holding the volume directory, in GiB.
+    pub total_capacity_gb: f64,
+    /// Free space on it, in GiB.
+    pub free_capacity_gb: f64,
+    /// How far thin volumes may oversubscribe the filesystem.
+    pub max_over_subscription_ratio: f64,
+    /// The volume file format this node makes (`qcow2`).
+    #[serde(default)]
+    pub volume_format: String,
+}
+
+/// What to do with one volume or snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeTask {
+    /// Make the volume's file (empty, or from its [`VolumeSource`]).
+    Create,
+    /// Grow the volume's file to `size_gb`.
+    Extend,
+    /// Remove the volume's file.
+    Delete,
+    /// Copy the volume (`volume_id`) into the snapshot's file.
+    Snapshot,
+    /// Remove the snapshot's file.
+    DeleteSnapshot,
+    /// A task this agent does not know (a newer controller).
+    #[serde(other)]
+    Other,
+}
+
+/// Where a new volume's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VolumeSource {
+    /// An image of the image service, downloaded and converted.
+    Image {
+        id: String,
+        /// sha512 of its data, checked after download.
+        #[serde(default)]
+        sha512: Option<String>,
+        /// Its `disk_format` (`qcow2`, `raw`, ...).
+        disk_format: String,
+    },
+    /// A copy of another volume on this node.
+    Volume { id: String },
+    /// A copy of a snapshot on this node.
+    Snapshot { id: String },
+}
+
+/// One pending task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeWork {
+    /// The volume's or snapshot's id.
+    pub id: String,
+    pub task: VolumeTask,
+    /// Bumped for every new task on the same id: a task runs once per
+    /// generation, and only a report at the current generation counts.
+    pub generation: u64,
+    /// The volume's (or snapshot's) size in GiB.
+    pub size_gb: u64,
+    #[serde(default)]
+    pub source: Option<VolumeSource>,
+    /// For snapshot tasks: the volume the snapshot is of.
+    #[serde(default)]
+    pub volume_id: Option<String>,
+}
+
+/// The answer to a storage node's long poll.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VolumeWorkList {
+    /// Where to poll from next.
+    pub revision: u64,
+    pub work: Vec<VolumeWork>,
+}
+
+/// The outcome of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub task: VolumeTask,
+    pub generation: u64,
+    /// Why it failed; `None` when it succeeded.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_round_trips_and_unknown_tasks_parse() {
+        let w = VolumeWork {
+            id: "v".into(),
+            task: VolumeTask::Create,
+            generation: 3,
+            size_gb: 2,
+            source: Some(VolumeSource::Image {
+                id: "i".into(),
+                sha512: None,
+                disk_format: "qcow2".into(),
+            }),
+            volume_id: None,
+        };
+        let s = serde_json::to_string(&w).unwrap();
+        assert_eq!(serde_json::from_str::<VolumeWork>(&s).unwrap(), w);
+        let t: VolumeTask = serde_json::from_str("\"retype\"").unwrap();
+        assert_eq!(t, VolumeTask::Other);
+    }
+}
