@@ -778,6 +778,8 @@ async fn fetch_once(
 pub const UP_CURSOR: &str = "sync.up_revision";
 /// Server changes read per upward batch.
 const UP_BATCH: usize = 500;
+/// How often at most the upward link sums the site's nodes.
+const NODES_EVERY: Duration = Duration::from_secs(5);
 
 /// Brings this site's state of its parent's servers up, on a connection of
 /// its own, whenever the site's change log moves.
@@ -811,21 +813,39 @@ async fn up_session(state: &AppState, parent: &str) -> Result<(), String> {
     // The zones below this site and the nodes, as last told to the parent.
     let mut told: Option<Vec<String>> = None;
     let mut told_nodes: Option<Vec<stratus_wire::sync::NodeSummary>> = None;
+    // The nodes are summed at most every NODES_EVERY (it reads every
+    // server), not on each move of a busy site's log.
+    let mut nodes_at: Option<(std::time::Instant, Vec<stratus_wire::sync::NodeSummary>)> = None;
     loop {
         let seen = *watch.borrow_and_update();
         let st = state.clone();
+        let cached = nodes_at
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < NODES_EVERY)
+            .map(|(_, n)| n.clone());
+        // A sum taken from the cache is looked at again once it is stale.
+        let recheck = if cached.is_some() {
+            NODES_EVERY
+        } else {
+            Duration::from_secs(30)
+        };
         let (from, mut batch, zones, nodes) = tokio::task::spawn_blocking(move || {
             let (from, batch) = pending_up(&st)?;
-            Ok::<_, ApiError>((
-                from,
-                batch,
-                st.sites.subtree_zones(&st.store)?,
-                node_summaries(&st)?,
-            ))
+            let nodes = match cached {
+                Some(n) => n,
+                None => node_summaries(&st)?,
+            };
+            Ok::<_, ApiError>((from, batch, st.sites.subtree_zones(&st.store)?, nodes))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.message)?;
+        if nodes_at
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= NODES_EVERY)
+        {
+            nodes_at = Some((std::time::Instant::now(), nodes.clone()));
+        }
         let new_zones = told.as_ref() != Some(&zones);
         let new_nodes = told_nodes.as_ref() != Some(&nodes);
         if batch.up_to > from || new_zones || new_nodes {
@@ -861,7 +881,7 @@ async fn up_session(state: &AppState, parent: &str) -> Result<(), String> {
             continue;
         }
         // Nothing new: wait for the log to move (or look again in 30 s).
-        let _ = tokio::time::timeout(Duration::from_secs(30), watch.wait_for(|v| *v > seen)).await;
+        let _ = tokio::time::timeout(recheck, watch.wait_for(|v| *v > seen)).await;
     }
 }
 
