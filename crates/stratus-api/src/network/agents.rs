@@ -21,6 +21,38 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/agents", get(list))
         .route("/agents/{id}", get(show))
+        .route("/availability_zones", get(availability_zones))
+}
+
+/// `GET /v2.0/availability_zones` (the `availability_zone` extension): the
+/// default zone, and each edge site below this controller (its networks'
+/// ports are wired there), for networks and routers; a site that is cut
+/// off is `unavailable`.
+async fn availability_zones(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(q): Query<Vec<(String, String)>>,
+) -> NetResult<Response> {
+    require_reader(&ctx, "get_availability_zone")?;
+    let mut zones = vec![(zones::DEFAULT_ZONE.to_string(), true)];
+    zones.extend(state.sites.zones(&state.store)?);
+    let mut items = Vec::new();
+    for (name, up) in zones {
+        for resource in ["network", "router"] {
+            items.push(json!({
+                "name": name,
+                "resource": resource,
+                "state": if up { "available" } else { "unavailable" },
+            }));
+        }
+    }
+    list_answer(
+        &state,
+        "availability_zones",
+        "availability_zones",
+        items,
+        &q,
+    )
 }
 
 /// Neutron's agent timestamp, `2026-12-03 01:48:50`.

@@ -15,6 +15,11 @@ use crate::identity::policy::Ctx;
 /// (alias, name, description) of each implemented extension.
 const EXTENSIONS: &[(&str, &str, &str)] = &[
     (
+        "availability_zone",
+        "Availability Zone",
+        "The availability zone extension: the default zone and each edge site.",
+    ),
+    (
         "security-group",
         "security-group",
         "The security groups extension.",

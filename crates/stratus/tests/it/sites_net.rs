@@ -123,6 +123,34 @@ fn sites_servers_at_a_site_get_the_parents_network_addresses_dhcp_and_traffic() 
     let token = r.body["join_token"].as_str().unwrap().to_string();
     let site = RealSite::start(&ns, &format!("https://{sync}"), &token, "edge-n-node");
 
+    // The site is a zone of the compute and the network service alike,
+    // as the real CLI lists them.
+    let r = c
+        .server
+        .client_at("/network/v2.0")
+        .get("/availability_zones?resource=network", &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let site_zone = || {
+        c.server
+            .client_at("/network/v2.0")
+            .get("/availability_zones?name=edge-n&resource=network", &c.admin)
+            .body["availability_zones"][0]["state"]
+            == "available"
+    };
+    eventually(30, "the site is an available network zone", site_zone);
+    if let Some(os) = super::cli::Os::new(&c.server) {
+        let zones = os.json(&["availability", "zone", "list", "--long"]);
+        // Compute zones have no resource column; network zones name theirs.
+        let has = |resource: &str| {
+            zones.as_array().unwrap().iter().any(|z| {
+                z["Zone Name"] == "edge-n"
+                    && z["Zone Status"] == "available"
+                    && z["Zone Resource"] == resource
+            })
+        };
+        assert!(has("") && has("network") && has("router"), "{zones}");
+    }
+
     // A tenant's network, made at the root.
     let (_, tok) = c.project("edgenet");
     let root_net = c.server.client_at("/network/v2.0");
