@@ -179,6 +179,22 @@ fn volume_attach_api_states_and_refusals() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
 
+    // A server with volumes is not moved or rebuilt elsewhere yet.
+    for (action, body) in [
+        ("migrate", json!({"migrate": null})),
+        ("shelve", json!({"shelve": null})),
+        ("rescue", json!({"rescue": {}})),
+    ] {
+        let r = c.req(
+            "POST",
+            &format!("/servers/{a}/action"),
+            &c.admin,
+            Some(body),
+        );
+        let m = nova_fault(&r, 409, "conflictingRequest");
+        assert!(m.contains("volumes attached"), "{action}: {m}");
+    }
+
     // The asked device when free; the next free one otherwise.
     let r = attach(&c, &a, json!({"volumeId": v3, "device": "/dev/vdd"}));
     assert_eq!(
