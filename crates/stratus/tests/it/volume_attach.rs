@@ -352,7 +352,7 @@ fn volume_attach_cli_hot_plugs_into_a_real_vm() {
     }
     require_runtime();
     require_qemu();
-    let c = cloud(None);
+    let mut c = cloud(None);
     let Some(os) = Os::new(&c.server) else { return };
     let img = image_id(&c, "busybox-vm");
     let script = "#!/bin/sh\n(while true; do s=''; for f in /sys/block/vd*/serial; do s=\"$s $(cat $f)\"; done; echo \"SERIALS$s END\"; sleep 1; done) &\n";
@@ -431,10 +431,32 @@ fn volume_attach_cli_hot_plugs_into_a_real_vm() {
         "{shown}"
     );
     os.ok(&["volume", "delete", "data"]);
+
+    // A crash of controller and agent (one process) right after an
+    // attach was asked: after the restart the attach ends whole, in a
+    // guest that ran on (the same QEMU, adopted).
+    let v2 = new_volume(&c, "crash", None);
+    let serial2: String = v2.chars().take(20).collect();
+    let qemu = qemu_cmdline(&c, &id);
+    assert!(qemu.contains("qemu"), "QEMU runs: {qemu:?}");
+    let r = attach(&c, &id, json!({"volumeId": v2}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    c.server.stop("-KILL");
+    c.server.restart_after_stop();
+    c.admin = c.ks.token("admin", &c.server.admin_password, Some("admin"));
+    c.wait_nodes(1);
+    wait_status(&vol_client(&c), &c.admin, &v2, "in-use");
+    serials_until(&c, &id, true, &serial2);
+    assert_eq!(
+        qemu_cmdline(&c, &id),
+        qemu,
+        "the VM was adopted, not restarted"
+    );
     assert_eq!(
         c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
             .status,
         204
     );
     c.wait_gone(&c.admin, &id);
+    wait_status(&vol_client(&c), &c.admin, &v2, "available");
 }
