@@ -55,6 +55,12 @@ impl Driver for FakeDriver {
         "fake"
     }
 
+    /// A fake VM takes any volume (nothing is plugged anywhere).
+    fn set_volumes(&self, uuid: &str, disks: &[crate::VmDisk]) -> Result<(), DriverError> {
+        let _ = (uuid, disks);
+        Ok(())
+    }
+
     fn host_resources(&self) -> HostResources {
         self.resources.clone()
     }

@@ -44,7 +44,7 @@ pub use container::{ContainerDriver, find_runtime};
 pub use fake::FakeDriver;
 pub use image::ImageConfig;
 pub use mixed::MixedDriver;
-pub use qemu::{Accel, QemuDriver, VmNic, find_qemu};
+pub use qemu::{Accel, QemuDriver, VmDisk, VmNic, find_qemu};
 
 /// What to run: one Nova server, as the agent received it from the
 /// controller.
@@ -250,6 +250,18 @@ pub trait Driver: Send + Sync {
     fn set_nics(&self, uuid: &str, nics: &[VmNic]) -> Result<(), DriverError> {
         let _ = (uuid, nics);
         Ok(())
+    }
+    /// Makes the volumes attached to a VM `disks` (hot-plugged into a
+    /// running one, on the command line of later starts). Drivers that
+    /// cannot attach volumes refuse any.
+    fn set_volumes(&self, uuid: &str, disks: &[VmDisk]) -> Result<(), DriverError> {
+        if disks.is_empty() {
+            return Ok(());
+        }
+        Err(DriverError::Runtime(format!(
+            "the {} driver cannot attach volumes to instance {uuid}",
+            self.name()
+        )))
     }
     /// The UNIX socket of the running instance's interactive serial
     /// console, for a remote console (Nova's `serial` type) to join.

@@ -135,6 +135,9 @@ impl Driver for MixedDriver {
     fn set_nics(&self, uuid: &str, nics: &[crate::VmNic]) -> Result<(), DriverError> {
         self.of(uuid).set_nics(uuid, nics)
     }
+    fn set_volumes(&self, uuid: &str, disks: &[crate::VmDisk]) -> Result<(), DriverError> {
+        self.of(uuid).set_volumes(uuid, disks)
+    }
 
     fn serial_console(&self, uuid: &str) -> Result<std::path::PathBuf, DriverError> {
         self.of(uuid).serial_console(uuid)

@@ -182,6 +182,46 @@ impl VmNic {
     }
 }
 
+/// A volume attached to a VM: its qcow2 file and the device name Nova
+/// gave it (`/dev/vdb`), which names its QEMU block node and device so
+/// a volume keeps them across hot-plugs, restarts and reconciles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisk {
+    pub volume_id: String,
+    pub path: PathBuf,
+    pub device: String,
+}
+
+impl VmDisk {
+    /// `vdb` of `/dev/vdb`.
+    fn short(&self) -> &str {
+        self.device.rsplit('/').next().unwrap_or(&self.device)
+    }
+
+    fn node_name(&self) -> String {
+        format!("vol-{}", self.short())
+    }
+
+    fn device_id(&self) -> String {
+        format!("disk-{}", self.short())
+    }
+
+    /// Its PCI slot: after the root disk, the config drive and a rescue
+    /// disk (slots 2-4), before the NICs (0x10 on): `vdb` in 0x5 up to
+    /// `vdl` in 0xf. A fixed slot keeps the boot disk first for the
+    /// firmware and lays a restarted VM out as the running one was.
+    fn slot(&self) -> Option<u8> {
+        let c = *self.short().strip_prefix("vd")?.as_bytes().first()?;
+        (b'b'..=b'l').contains(&c).then(|| 5 + c - b'b')
+    }
+
+    /// The guest sees the volume id (its first 20 characters, virtio's
+    /// limit) as the disk's serial, as with Nova.
+    fn serial(&self) -> String {
+        self.volume_id.chars().take(20).collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     uuid: String,
@@ -198,6 +238,10 @@ struct Record {
     /// VM's own disk is then the second disk); none when not rescued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rescue: Option<String>,
+    /// Attached volumes (hot-plugged, and on the command line of every
+    /// later start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<VmDisk>,
 }
 
 pub struct QemuDriver {
@@ -650,6 +694,7 @@ impl QemuDriver {
             nics: spec.vm_nics.clone(),
             config_drive,
             rescue: None,
+            volumes: Vec::new(),
         })
     }
 
@@ -812,6 +857,44 @@ impl QemuDriver {
         let _ = q.execute("netdev_del", Some(serde_json::json!({"id": n.netdev_id()})));
     }
 
+    /// The ids of the volume disks the running QEMU has.
+    fn disk_devices(q: &mut Qmp) -> Result<Vec<String>, DriverError> {
+        let l = q.execute(
+            "qom-list",
+            Some(serde_json::json!({"path": "/machine/peripheral"})),
+        )?;
+        Ok(l.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|p| p["name"].as_str())
+                    .filter(|n| n.starts_with("disk-"))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Takes a volume disk out of a running VM: `device_del`, waits for
+    /// the guest to eject it, then drops its block node. An error when
+    /// the guest keeps it (the volume stays attached).
+    fn unplug_disk(q: &mut Qmp, dev: &str) -> Result<(), DriverError> {
+        q.execute("device_del", Some(serde_json::json!({"id": dev})))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if !QemuDriver::disk_devices(q)?.iter().any(|d| d == dev) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(rt(format!("the guest did not release {dev}")));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let node = format!("vol-{}", dev.trim_start_matches("disk-"));
+        // The device's going may take its block node with it.
+        let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": node})));
+        Ok(())
+    }
+
     /// QEMU's command line for the VM; `incoming` is `-incoming`'s value
     /// (a saved state to load, or `defer` for a live migration).
     fn args(&self, r: &Record, dir: &Path, incoming: Option<&str>) -> Vec<String> {
@@ -868,6 +951,25 @@ impl QemuDriver {
                 "file={},format=raw,if=virtio,readonly=on",
                 d("config.iso")
             ));
+        }
+        for v in &r.volumes {
+            a.push("-blockdev".into());
+            a.push(format!(
+                "driver=qcow2,node-name={},file.driver=file,file.filename={}",
+                v.node_name(),
+                v.path.display().to_string().replace(',', ",,")
+            ));
+            a.push("-device".into());
+            let mut dev = format!(
+                "virtio-blk-pci,drive={},id={},serial={}",
+                v.node_name(),
+                v.device_id(),
+                v.serial()
+            );
+            if let Some(slot) = v.slot() {
+                dev.push_str(&format!(",addr={slot:#x}"));
+            }
+            a.push(dev);
         }
         for n in &r.nics {
             a.push("-netdev".into());
@@ -1412,6 +1514,64 @@ impl Driver for QemuDriver {
         }
         r.nics = nics.to_vec();
         self.write_record(&r)
+    }
+
+    /// Makes the VM's volumes `disks`, reconciled against what the
+    /// running QEMU has (QMP `qom-list` of its devices), not against our
+    /// record: after a crash between a hot-plug and the record's write the
+    /// device is found and kept. Plugs with `blockdev-add` (qcow2 over a
+    /// file node) and `device_add virtio-blk-pci`; unplugs with
+    /// `device_del` (the guest ejects it) and `blockdev-del`. A stopped VM
+    /// gets them at its next start.
+    fn set_volumes(&self, uuid: &str, disks: &[VmDisk]) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.record(uuid)?;
+        if self.pid(uuid).is_some() {
+            let mut q = self.qmp(uuid)?;
+            let present = QemuDriver::disk_devices(&mut q)?;
+            for dev in present
+                .iter()
+                .filter(|d| !disks.iter().any(|x| &x.device_id() == *d))
+            {
+                QemuDriver::unplug_disk(&mut q, dev)?;
+                tracing::info!(instance = uuid, device = %dev, "volume unplugged");
+            }
+            for d in disks.iter().filter(|d| !present.contains(&d.device_id())) {
+                // A block node left by an unplug or a plug cut short.
+                let _ = q.execute(
+                    "blockdev-del",
+                    Some(serde_json::json!({"node-name": d.node_name()})),
+                );
+                q.execute(
+                    "blockdev-add",
+                    Some(serde_json::json!({
+                        "driver": "qcow2", "node-name": d.node_name(),
+                        "file": {"driver": "file", "filename": d.path.display().to_string()},
+                    })),
+                )?;
+                let mut args = serde_json::json!({
+                    "driver": "virtio-blk-pci", "drive": d.node_name(),
+                    "id": d.device_id(), "serial": d.serial(),
+                });
+                if let Some(slot) = d.slot() {
+                    args["addr"] = format!("{slot:#x}").into();
+                }
+                if let Err(e) = q.execute("device_add", Some(args)) {
+                    let _ = q.execute(
+                        "blockdev-del",
+                        Some(serde_json::json!({"node-name": d.node_name()})),
+                    );
+                    return Err(e);
+                }
+                tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, "volume plugged in");
+            }
+        }
+        if r.volumes != disks {
+            r.volumes = disks.to_vec();
+            self.write_record(&r)?;
+        }
+        Ok(())
     }
 
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {

@@ -276,6 +276,16 @@ pub struct Assignment {
     /// no other server will boot it, so the node keeps no download of it.
     #[serde(default)]
     pub single_use_image: bool,
+    /// The volumes the workload should have attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<volume::AttachedVolume>,
+    /// An attach or detach waits for this node's word
+    /// ([`volume::AttachReport`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volumes_pending: bool,
+    /// Volumes being detached (the workload should no longer have them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes_detaching: Vec<String>,
 }
 
 /// Where a live migration goes ([`Assignment::live_migration`]).

@@ -107,6 +107,37 @@ pub struct VolumeReport {
     pub error: Option<String>,
 }
 
+/// A volume a server should have attached ([`crate::Assignment::volumes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedVolume {
+    pub volume_id: String,
+    /// The name Nova gave it (`/dev/vdb`): the agent's device id follows
+    /// it, so a volume keeps its place across restarts.
+    pub device: String,
+    /// The storage node holding its file (attaching works only on it).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// What a node did with a server's volumes:
+/// `POST /edge/v1/nodes/{host}/servers/{id}/volumes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachReport {
+    /// The volumes the workload has now (or gets at its next start).
+    #[serde(default)]
+    pub attached: Vec<String>,
+    /// Volumes that could not be attached or detached, and why.
+    #[serde(default)]
+    pub failed: Vec<AttachFailure>,
+}
+
+/// One volume a node could not attach or detach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachFailure {
+    pub volume_id: String,
+    pub error: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use stratus_wire::{Assignments, TaskReport};
+use stratus_wire::{Assignment, Assignments, TaskReport};
 
 use crate::Driver;
 use crate::net::{Dataplane, HostNetwork};
@@ -143,6 +143,10 @@ pub(crate) struct Shared {
     /// Set when the network should be synced again (the network thread
     /// waits on it).
     net_dirty: (Mutex<bool>, std::sync::Condvar),
+    /// Servers whose volumes a thread is reconciling, each with the
+    /// newer assignment it should reconcile next (one thread per server,
+    /// so a stale assignment never runs after a newer one).
+    volume_work: Mutex<HashMap<String, Option<Assignment>>>,
 }
 
 /// Runs the agent until the process ends. Blocking; call it from a thread.
@@ -191,6 +195,7 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
         wired: Mutex::new(None),
         metadata: metadata::Metadata::default(),
         net_dirty: (Mutex::new(true), std::sync::Condvar::new()),
+        volume_work: Mutex::new(HashMap::new()),
     });
     start_listener(&shared)?;
     // First heartbeat: register; `starting` tells the controller not to
@@ -291,6 +296,12 @@ pub fn run(cfg: AgentConfig, driver: Arc<dyn Driver>) -> anyhow::Result<()> {
             shared
                 .metadata
                 .set_server(&s.id, s.meta_data.clone(), user_data);
+            // Volumes: reconciled whenever the server has some or one
+            // is coming or going, and no task runs (a task's start or
+            // reboot takes the recorded volumes along).
+            if s.task_state.is_none() && (!s.volumes.is_empty() || s.volumes_pending) {
+                volumes::queue_attach(&shared, &s);
+            }
             let Some(task) = s.task_state.clone() else {
                 shared
                     .settled

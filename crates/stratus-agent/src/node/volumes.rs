@@ -325,3 +325,100 @@ fn virtual_size(path: &Path) -> anyhow::Result<u64> {
         .as_u64()
         .context("qemu-img info gave no virtual size")
 }
+
+/// Reconciles a server's volumes in a thread of its own, or hands the
+/// assignment to the thread already doing it for that server.
+pub(super) fn queue_attach(sh: &Arc<Shared>, s: &Assignment) {
+    {
+        let mut m = sh.volume_work.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(next) = m.get_mut(&s.id) {
+            *next = Some(s.clone());
+            return;
+        }
+        m.insert(s.id.clone(), None);
+    }
+    let (sh, mut a) = (sh.clone(), s.clone());
+    std::thread::spawn(move || {
+        loop {
+            attach_volumes(&sh, &a);
+            let mut m = sh.volume_work.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get_mut(&a.id).and_then(Option::take) {
+                Some(next) => a = next,
+                None => {
+                    m.remove(&a.id);
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Makes a server's workload have the volumes its assignment lists (the
+/// driver reconciles against the running VM) and, when an attach or
+/// detach waits for it, tells the controller what the workload has now.
+fn attach_volumes(sh: &Shared, s: &Assignment) {
+    use stratus_wire::volume::{AttachFailure, AttachReport};
+    let mut disks = Vec::new();
+    let mut failed = Vec::new();
+    for v in &s.volumes {
+        let here = v.host.as_deref() == Some(sh.cfg.host.as_str());
+        match (&sh.cfg.volumes, here, safe_id(&v.volume_id)) {
+            (Some(vc), true, Ok(id)) => disks.push(crate::VmDisk {
+                volume_id: v.volume_id.clone(),
+                path: volume_path(&vc.dir, id),
+                device: v.device.clone(),
+            }),
+            _ => failed.push(AttachFailure {
+                volume_id: v.volume_id.clone(),
+                error: format!(
+                    "the volume's file is on {}, not on this node",
+                    v.host.as_deref().unwrap_or("no node")
+                ),
+            }),
+        }
+    }
+    let attached = match sh.driver.set_volumes(&s.id, &disks) {
+        Ok(()) => disks.iter().map(|d| d.volume_id.clone()).collect(),
+        Err(e) => {
+            tracing::warn!(server = %s.id, error = %e, "could not change the server's volumes");
+            // Nothing asked of this call is known to be done: attaches
+            // roll back, detaches stay attached, and the next reconcile
+            // makes the workload match again.
+            let ids = disks
+                .iter()
+                .map(|d| d.volume_id.clone())
+                .chain(s.volumes_detaching.iter().cloned());
+            failed.extend(ids.map(|volume_id| AttachFailure {
+                volume_id,
+                error: e.to_string(),
+            }));
+            Vec::new()
+        }
+    };
+    if !s.volumes_pending {
+        return;
+    }
+    let url = format!(
+        "{}/edge/v1/nodes/{}/servers/{}/volumes",
+        sh.cfg.controller, sh.cfg.host, s.id
+    );
+    let Ok(body) = serde_json::to_string(&AttachReport { attached, failed }) else {
+        return;
+    };
+    for attempt in 0..10 {
+        match call(sh, "POST", &url, Some(body.clone())) {
+            Ok((204, _)) => return,
+            Ok((code, b)) if (400..500).contains(&code) => {
+                tracing::warn!(server = %s.id, code, body = %b, "the controller refused a volume attach report");
+                return;
+            }
+            Ok((code, b)) => {
+                tracing::warn!(server = %s.id, code, body = %b, "reporting volumes failed")
+            }
+            Err(e) => {
+                tracing::warn!(server = %s.id, error = %format!("{e:#}"), "reporting volumes failed")
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1 + attempt.min(4)));
+    }
+}

@@ -429,6 +429,7 @@ pub fn create(
                 settled: None,
                 nics: Vec::new(),
                 parent_generation: 0,
+                volumes: Vec::new(),
             };
             let mut s = s;
             s.nics = crate::network::nova::plug(
@@ -840,6 +841,7 @@ mod tests {
             settled: None,
             nics: Vec::new(),
             parent_generation: 0,
+            volumes: Vec::new(),
         };
         state.store.write(|tx| tx.insert(&s)).unwrap();
         id

@@ -73,6 +73,7 @@ pub fn live_migrate(
         return Err(wrong_state("os-migrateLive", s));
     }
     check_locked(ctx, s)?;
+    super::states::refuse_with_volumes(s, "os-migrateLive")?;
     let source = s.host.clone().unwrap_or_default();
     let is_vm = state
         .store

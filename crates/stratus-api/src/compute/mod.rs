@@ -43,6 +43,7 @@ mod shelve;
 pub mod snapshots;
 pub mod states;
 mod validation;
+mod volume_attachments;
 pub mod zones;
 
 use axum::Router;
@@ -214,6 +215,7 @@ pub fn router() -> Router<AppState> {
         .merge(servers::routes())
         .merge(actions::routes())
         .merge(interfaces::routes())
+        .merge(volume_attachments::routes())
         .merge(ips::routes())
         .merge(server_password::routes())
         .merge(crate::network::nova_proxy::routes())
@@ -236,6 +238,7 @@ pub fn router() -> Router<AppState> {
         .layer(axum::middleware::from_fn(compute_layer));
     compute
         .merge(nodes::agent_routes())
+        .merge(volume_attachments::agent_routes())
         .merge(node_access::routes())
         .merge(consoles::proxy_routes())
 }

@@ -225,6 +225,27 @@ pub struct Server {
     /// generation of it the site has taken (see `crate::sync`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub parent_generation: u64,
+    /// Volumes attached or being attached (Nova's volume block device
+    /// mappings); the node agent makes the workload have them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<ServerVolume>,
+}
+
+/// A volume of a server (`os-volume_attachments`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerVolume {
+    pub volume_id: String,
+    /// `/dev/vdb`, ...
+    pub device: String,
+    /// The volume's attachment id (Cinder side).
+    pub attachment_id: String,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub delete_on_termination: bool,
+    /// `attaching` until the node has it, `attached`, `detaching` until
+    /// the node has let it go.
+    pub state: String,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -62,7 +62,7 @@ pub fn routes() -> Router<AppState> {
 /// The agent of `host`: that node's own identity (`node` role, see
 /// `identity::node_users`), never another node's; or, the old way, a
 /// user with the admin or `service` role.
-fn require_agent(ctx: &Ctx, host: &str) -> Result<(), ApiError> {
+pub(crate) fn require_agent(ctx: &Ctx, host: &str) -> Result<(), ApiError> {
     match ctx.node_host() {
         Some(h) if h == host => Ok(()),
         Some(_) => Err(policy_denied(

@@ -155,7 +155,7 @@ pub(crate) fn render(state: &AppState, ctx: &Ctx, mv: Mv, s: &Server) -> Value {
         "OS-EXT-STS:power_state": s.power_state,
         "OS-SRV-USG:launched_at": s.launched_us.map(crate::timeutil::iso_naive),
         "OS-SRV-USG:terminated_at": null,
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": super::volume_attachments::volumes_attached(s, mv),
     });
     if !s.nics.is_empty() {
         let mut names: Vec<&String> = s.nics.iter().flat_map(|n| &n.security_groups).collect();

@@ -762,6 +762,28 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         },
         migration: job.is_some_and(|j| j.is_migration()),
         single_use_image: image_id != &s.image_ref,
+        volumes: s
+            .volumes
+            .iter()
+            .filter(|v| v.state != "detaching")
+            .map(|v| {
+                Ok(stratus_wire::volume::AttachedVolume {
+                    volume_id: v.volume_id.clone(),
+                    device: v.device.clone(),
+                    host: state
+                        .store
+                        .get::<crate::volume::model::Volume>(&v.volume_id)?
+                        .and_then(|x| x.host),
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?,
+        volumes_pending: s.volumes.iter().any(|v| v.state != "attached"),
+        volumes_detaching: s
+            .volumes
+            .iter()
+            .filter(|v| v.state == "detaching")
+            .map(|v| v.volume_id.clone())
+            .collect(),
         rescue,
         should_run: match s.vm_state.as_str() {
             vm::ACTIVE | vm::RESCUED => true,
@@ -789,6 +811,7 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
         .store
         .write(|tx| {
             if let Some(s) = tx.get::<Server>(id)? {
+                crate::volume::attach::release_server(tx, &s)?;
                 if let Some(g) = &s.server_group
                     && let Some(mut grp) = tx.get::<ServerGroup>(g)?
                 {

@@ -182,6 +182,21 @@ pub(super) fn wrong_state(action: &str, s: &super::model::Server) -> crate::ApiE
     ))
 }
 
+/// 409 for an action that would move or rebuild the workload of a server
+/// with volumes: the node would not take them along yet.
+pub(super) fn refuse_with_volumes(
+    s: &super::model::Server,
+    action: &str,
+) -> Result<(), crate::ApiError> {
+    if s.volumes.is_empty() {
+        return Ok(());
+    }
+    Err(crate::ApiError::conflict(format!(
+        "Cannot '{action}' instance {} while it has volumes attached: detach them first (moving volumes with a server is not supported yet).",
+        s.id
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@
 //! Maximum microversion: [`MAX_MINOR`] (see `docs/block-storage.md`).
 
 mod agent;
+pub mod attach;
 mod limits;
 pub mod model;
 mod quotas;

@@ -50,8 +50,28 @@ pub struct Volume {
     /// Why the last task failed (kept for operators; logged).
     #[serde(default)]
     pub fault: Option<String>,
+    /// The servers it is attached (or being attached) to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<VolumeAttachment>,
     pub created_us: i64,
     pub updated_us: i64,
+}
+
+/// One attachment of a volume (Cinder's `volume_attachment`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeAttachment {
+    /// The attachment's own id.
+    pub id: String,
+    /// The server; `None` for an `os-attach` to a host only.
+    #[serde(default)]
+    pub server_id: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// `attaching`, `attached` or `detaching` (Cinder's attach_status).
+    pub status: String,
+    pub attached_us: i64,
 }
 
 record!(

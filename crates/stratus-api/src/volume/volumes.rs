@@ -99,7 +99,15 @@ pub(crate) fn render(state: &AppState, ctx: &VCtx, v: &Volume, type_name: &str) 
         "availability_zone": v.availability_zone,
         "created_at": ts(v.created_us),
         "updated_at": ts(v.updated_us),
-        "attachments": [],
+        "attachments": v.attachments.iter().filter(|a| a.status != "attaching").map(|a| json!({
+            "id": v.id,
+            "attachment_id": a.id,
+            "volume_id": v.id,
+            "server_id": a.server_id,
+            "host_name": a.host_name,
+            "device": a.device,
+            "attached_at": ts(a.attached_us),
+        })).collect::<Vec<_>>(),
         "bootable": if v.bootable { "true" } else { "false" },
         "encrypted": false,
         "multiattach": false,
@@ -505,6 +513,7 @@ async fn create(
                 task: None,
                 generation: 1,
                 fault: None,
+                attachments: Vec::new(),
                 created_us: now,
                 updated_us: now,
             };
@@ -831,6 +840,81 @@ async fn action(
                         return Err(ApiError::bad_request(format!("Must specify a valid status: {status} is not one")));
                     }
                     v.status = status;
+                }
+                "os-reserve" => {
+                    if v.status != "available" {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume status must be available to reserve, but the current status is: {}.",
+                            v.status
+                        )));
+                    }
+                    v.status = "attaching".into();
+                }
+                "os-unreserve" => {
+                    if v.status == "attaching" {
+                        v.status = super::attach::status_of(&v).into();
+                    }
+                }
+                "os-begin_detaching" => {
+                    if v.status != "in-use" {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach (it is {}).",
+                            v.status
+                        )));
+                    }
+                    v.status = "detaching".into();
+                }
+                "os-roll_detaching" => {
+                    if v.status == "detaching" {
+                        v.status = "in-use".into();
+                    }
+                }
+                "os-attach" => {
+                    let text = |k: &str| arg.get(k).and_then(Value::as_str).map(str::to_string);
+                    let server = text("instance_uuid");
+                    let host = text("host_name");
+                    if server.is_none() && host.is_none() {
+                        return Err(ApiError::bad_request(
+                            "Invalid request to attach volume to an invalid target",
+                        ));
+                    }
+                    if let Some(m) = text("mode").filter(|m| m != "rw" && m != "ro") {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid request to attach volume with an invalid mode. Attaching mode should be 'rw' or 'ro' (it is {m})."
+                        )));
+                    }
+                    if v.status != "available" && v.status != "attaching" && !(v.status == "in-use" && super::attach::multiattach(tx, &v)?) {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume status must be available or attaching to attach (it is {}).",
+                            v.status
+                        )));
+                    }
+                    v.attachments.push(super::model::VolumeAttachment {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        server_id: server,
+                        device: text("mountpoint"),
+                        host_name: host,
+                        status: "attached".into(),
+                        attached_us: now,
+                    });
+                    v.status = super::attach::status_of(&v).into();
+                }
+                "os-detach" => {
+                    let which = arg.get("attachment_id").and_then(Value::as_str).map(str::to_string);
+                    let pos = match &which {
+                        Some(a) => v.attachments.iter().position(|x| &x.id == a),
+                        None if v.attachments.len() == 1 => Some(0),
+                        None => None,
+                    };
+                    let Some(pos) = pos else {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume {} has {} attachments; give the attachment_id of the one to detach.",
+                            v.id,
+                            v.attachments.len()
+                        )));
+                    };
+                    v.attachments.remove(pos);
+                    v.status = super::attach::status_of(&v).into();
                 }
                 "os-force_delete" => {
                     if !ctx.is_admin() {

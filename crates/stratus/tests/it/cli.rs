@@ -80,6 +80,14 @@ impl<'a> Os<'a> {
             .unwrap_or_else(|e| panic!("openstack {args:?} failed:\n{e}"))
     }
 
+    /// Runs a command that must fail; its output.
+    pub(super) fn fails(&self, args: &[&str]) -> String {
+        match self.run_env(&[], args) {
+            Ok(out) => panic!("openstack {args:?} succeeded:\n{out}"),
+            Err(e) => e,
+        }
+    }
+
     pub(super) fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.extend(["-f", "json"]);

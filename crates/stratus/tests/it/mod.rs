@@ -24,3 +24,4 @@ mod sites_net;
 mod validation;
 mod vm_live_net;
 mod volume;
+mod volume_attach;

@@ -14,7 +14,7 @@ use super::cli::{Os, cli};
 use super::common::{Client, Resp};
 use super::compute::Cloud;
 
-fn vol_client(c: &Cloud) -> Client {
+pub(super) fn vol_client(c: &Cloud) -> Client {
     c.server.client_at("/volume/v3")
 }
 
@@ -22,7 +22,7 @@ fn vol_dir(c: &Cloud) -> PathBuf {
     c.server.data_dir().join("volumes")
 }
 
-fn vol_file(c: &Cloud, id: &str) -> PathBuf {
+pub(super) fn vol_file(c: &Cloud, id: &str) -> PathBuf {
     vol_dir(c).join(format!("volume-{id}.qcow2"))
 }
 
@@ -39,7 +39,7 @@ fn virtual_size(path: &Path) -> u64 {
 }
 
 /// Waits until a volume's status is `want` (panics on `error`).
-fn wait_status(v: &Client, tok: &str, id: &str, want: &str) -> Value {
+pub(super) fn wait_status(v: &Client, tok: &str, id: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = v.get(&format!("/volumes/{id}"), tok);
@@ -64,7 +64,7 @@ fn wait_gone(v: &Client, tok: &str, path: &str) {
 
 /// Waits until `stratus up`'s own agent has registered as a storage node
 /// (a volume asked for before that is, as in Cinder, made in `error`).
-fn wait_storage(c: &Cloud) {
+pub(super) fn wait_storage(c: &Cloud) {
     let v = vol_client(c);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -81,7 +81,7 @@ fn wait_storage(c: &Cloud) {
 }
 
 /// Asserts Cinder's fault shape and returns the message.
-fn fault(r: &Resp, name: &str) -> String {
+pub(super) fn fault(r: &Resp, name: &str) -> String {
     let f = &r.body[name];
     assert_eq!(f["code"], r.status, "fault {name}: {}", r.body);
     f["message"].as_str().expect("message").to_string()

@@ -1,0 +1,316 @@
+//! A server's volumes, Nova side: `os-volume_attachments` (list, show,
+//! attach, detach) and the node agent's word on them
+//! (`POST /edge/v1/nodes/{host}/servers/{id}/volumes`). The records and
+//! their states are `crate::volume::attach`'s; this module checks who
+//! asks, the server's state and where the server and the volume are.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use stratus_wire::volume::AttachReport;
+
+use super::common::{check_locked, fetch, fetch_tx, require_member, require_reader};
+use super::model::{Server, ServerVolume};
+use super::states::vm;
+use super::{Mv, body};
+use crate::identity::policy::Ctx;
+use crate::image::model::Image;
+use crate::volume::attach::{self, AttachRequest};
+use crate::volume::model::Volume;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/servers/{id}/os-volume_attachments",
+            get(list).post(create),
+        )
+        .route(
+            "/servers/{id}/os-volume_attachments/{volume_id}",
+            get(show).delete(delete),
+        )
+}
+
+/// The agent's side (outside the compute API's path space).
+pub fn agent_routes() -> Router<AppState> {
+    Router::new().route(
+        "/edge/v1/nodes/{host}/servers/{id}/volumes",
+        post(agent_report),
+    )
+}
+
+/// Nova's `volumeAttachment` view at microversion `mv`.
+fn render(s: &Server, sv: &ServerVolume, mv: Mv) -> Value {
+    let mut v = json!({
+        "device": sv.device,
+        "serverId": s.id,
+        "volumeId": sv.volume_id,
+        "id": sv.volume_id,
+    });
+    if mv.at_least(70) {
+        v["tag"] = json!(sv.tag);
+    }
+    if mv.at_least(79) {
+        v["delete_on_termination"] = json!(sv.delete_on_termination);
+    }
+    v
+}
+
+/// `os-extended-volumes:volumes_attached` of the server view.
+pub fn volumes_attached(s: &Server, mv: Mv) -> Value {
+    Value::Array(
+        s.volumes
+            .iter()
+            .map(|sv| {
+                let mut v = json!({"id": sv.volume_id});
+                if mv.at_least(3) {
+                    v["delete_on_termination"] = json!(sv.delete_on_termination);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+fn not_attached(volume_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("volume_id not found: {volume_id}"),
+    )
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_reader(&ctx, "os_compute_api:os-volumes-attachments:index")?;
+    let s = fetch(&state, &ctx, &id)?;
+    let out: Vec<Value> = s.volumes.iter().map(|sv| render(&s, sv, mv)).collect();
+    Ok(axum::Json(json!({"volumeAttachments": out})))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, volume_id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_reader(&ctx, "os_compute_api:os-volumes-attachments:show")?;
+    let s = fetch(&state, &ctx, &id)?;
+    let sv = s
+        .volumes
+        .iter()
+        .find(|v| v.volume_id == volume_id)
+        .ok_or_else(|| not_attached(&volume_id))?;
+    Ok(axum::Json(json!({"volumeAttachment": render(&s, sv, mv)})))
+}
+
+/// Nova attaches and detaches volumes while the server is active,
+/// paused, stopped or suspended, and no task runs.
+fn may_change(s: &Server, action: &str) -> Result<(), ApiError> {
+    let ok = s.task_state.is_none()
+        && matches!(
+            s.vm_state.as_str(),
+            vm::ACTIVE | vm::PAUSED | vm::STOPPED | vm::SUSPENDED
+        );
+    if ok {
+        Ok(())
+    } else {
+        Err(super::states::wrong_state(action, s))
+    }
+}
+
+/// The attach request, validated.
+fn parse_attach(raw: &[u8], mv: Mv) -> Result<(String, AttachRequest), ApiError> {
+    let b = body(raw)?;
+    let a = b
+        .get("volumeAttachment")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute volumeAttachment. 'volumeAttachment' is a required property",
+            )
+        })?;
+    let volume_id = match a.get("volumeId") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => s.clone(),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute volumeId. Value: {v}. It is not a valid volume id"
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute volumeAttachment. 'volumeId' is a required property",
+            ));
+        }
+    };
+    let mut allowed = vec!["volumeId", "device"];
+    if mv.at_least(49) {
+        allowed.push("tag");
+    }
+    if mv.at_least(79) {
+        allowed.push("delete_on_termination");
+    }
+    for k in a.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute volumeAttachment. Additional properties are not allowed ('{k}' was unexpected)"
+            )));
+        }
+    }
+    let device = match a.get("device") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(d.clone()),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute device. Value: {v}. It is not of type 'string'"
+            )));
+        }
+    };
+    let tag = match a.get("tag") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if !t.is_empty() && t.len() <= 60 && !t.contains(['/', ',']) => {
+            Some(t.clone())
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute tag. Value: {v}. It is not a valid tag"
+            )));
+        }
+    };
+    let delete_on_termination = match a.get("delete_on_termination") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute delete_on_termination. Value: {v}. It is not of type 'boolean'"
+            )));
+        }
+    };
+    Ok((
+        volume_id,
+        AttachRequest {
+            device,
+            tag,
+            delete_on_termination,
+        },
+    ))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    require_member(&ctx, "os_compute_api:os-volumes-attachments:create")?;
+    let (volume_id, req) = parse_attach(&raw, mv)?;
+    let st = state.clone();
+    let (s, sv) = tokio::task::spawn_blocking(move || {
+        let state = st;
+        let s0 = fetch(&state, &ctx, &id)?;
+        let is_vm = state
+            .store
+            .get::<Image>(&s0.image_ref)?
+            .is_some_and(|i| i.boots_vm());
+        state.store.write(|tx| {
+            let mut s = fetch_tx(tx, &ctx, &id)?;
+            check_locked(&ctx, &s)?;
+            may_change(&s, "attach_volume")?;
+            let mut v = tx
+                .get::<Volume>(&volume_id)?
+                .filter(|v| v.project_id == s.project_id)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("Volume {volume_id} could not be found."),
+                    )
+                })?;
+            let zone = s
+                .availability_zone
+                .clone()
+                .unwrap_or_else(|| super::zones::DEFAULT_ZONE.to_string());
+            if v.availability_zone != zone {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid volume: Server and volumes are not in the same availability zone. Server is in: {zone}. Volumes are in: {}",
+                    v.availability_zone
+                )));
+            }
+            if !is_vm {
+                return Err(ApiError::conflict(format!(
+                    "Instance {} is a container: attaching volumes to containers is not supported yet (only virtual machines take volumes).",
+                    s.id
+                )));
+            }
+            if v.host.is_some() && v.host != s.host {
+                return Err(ApiError::conflict(format!(
+                    "Volume {} is on storage node {} and instance {} runs on {}: a volume attaches only to a server on its own node (attaching over the network is not supported yet).",
+                    v.id,
+                    v.host.as_deref().unwrap_or("-"),
+                    s.id,
+                    s.host.as_deref().unwrap_or("no node")
+                )));
+            }
+            let sv = attach::attach(tx, &mut s, &mut v, req)?;
+            Ok::<_, ApiError>((s, sv))
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    state.compute.notify(s.host.as_deref());
+    Ok(axum::Json(json!({"volumeAttachment": render(&s, &sv, mv)})))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((id, volume_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require_member(&ctx, "os_compute_api:os-volumes-attachments:delete")?;
+    let st = state.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        st.store.write(|tx| {
+            let mut s = fetch_tx(tx, &ctx, &id)?;
+            check_locked(&ctx, &s)?;
+            if !s.volumes.iter().any(|v| v.volume_id == volume_id) {
+                return Err(not_attached(&volume_id));
+            }
+            may_change(&s, "detach_volume")?;
+            attach::begin_detach(tx, &mut s, &volume_id)?;
+            Ok::<_, ApiError>(s)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    state.compute.notify(s.host.as_deref());
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn agent_report(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((host, id)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    super::nodes::require_agent(&ctx, &host)?;
+    let r: AttachReport = crate::json::decode(&raw)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        st.store.write(|tx| {
+            // Only the node the server is on speaks for it.
+            match tx.get::<Server>(&id)? {
+                Some(s) if s.host.as_deref() == Some(host.as_str()) => attach::settle(tx, &id, &r),
+                _ => Ok(false),
+            }
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
