@@ -126,6 +126,36 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The fault of Nova and Cinder (their `wsgi.Fault` names):
+/// `{"itemNotFound": {"code": 404, "message": "..."}}`, with Keystone's
+/// `WWW-Authenticate` on a 401; any status not listed is a
+/// `computeFault`. The caller stamps its microversion headers.
+pub fn wsgi_fault(err: ApiError) -> Response {
+    let name = match err.status.as_u16() {
+        400 => "badRequest",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "itemNotFound",
+        405 => "badMethod",
+        406 => "notAcceptable",
+        409 => "conflictingRequest",
+        413 => "overLimit",
+        415 => "badMediaType",
+        501 => "notImplemented",
+        503 => "serviceUnavailable",
+        _ => "computeFault",
+    };
+    let body = serde_json::json!({ name: {"code": err.status.as_u16(), "message": err.message} });
+    let mut resp = (err.status, axum::Json(body)).into_response();
+    if err.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Keystone uri=\"/identity\""),
+        );
+    }
+    resp
+}
+
 /// Whose fault shape an answer takes, from the first segment of its path:
 /// errors found before routing (at the HTTP edge) are rendered with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -372,18 +372,9 @@ pub async fn console_text(
     }
     let st = state.clone();
     let server = s.clone();
-    let site = tokio::task::spawn_blocking(move || -> Result<Option<String>, ApiError> {
-        let local = st
-            .store
-            .get::<ComputeNode>(server.host.as_deref().unwrap_or(""))?
-            .is_some();
-        match (&server.requested_az, local) {
-            (Some(z), false) => Ok(st.sites.site_of_zone(&st.store, z)?),
-            _ => Ok(None),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let site = tokio::task::spawn_blocking(move || site_running(&st, &server))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     if let Some(site) = site {
         let req = stratus_wire::sync::TunnelRequest {
             id: uuid::Uuid::new_v4().to_string(),

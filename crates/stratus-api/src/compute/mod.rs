@@ -180,29 +180,8 @@ pub(crate) fn fault_response(err: ApiError) -> Response {
 
 /// Nova's fault body: `{"itemNotFound": {"code": 404, "message": "..."}}`.
 fn fault(err: ApiError, mv: Mv) -> Response {
-    let name = match err.status.as_u16() {
-        400 => "badRequest",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "itemNotFound",
-        405 => "badMethod",
-        406 => "notAcceptable",
-        409 => "conflictingRequest",
-        413 => "overLimit",
-        415 => "badMediaType",
-        501 => "notImplemented",
-        503 => "serviceUnavailable",
-        _ => "computeFault",
-    };
-    let body = json!({ name: {"code": err.status.as_u16(), "message": err.message} });
-    let mut resp = (err.status, axum::Json(body)).into_response();
+    let mut resp = crate::error::wsgi_fault(err);
     stamp(resp.headers_mut(), mv);
-    if err.status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Keystone uri=\"/identity\""),
-        );
-    }
     resp
 }
 
