@@ -359,12 +359,86 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             || n.host_ip != r.host_ip
             || n.l3 != r.l3
     });
+    // The provider and its inventory before a new node's record: a node
+    // listed as a hypervisor can be scheduled to at once.
+    let uuid = existing
+        .as_ref()
+        .map(|n| n.uuid.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Placement: one provider per node with its inventories.
+    let mut inv = BTreeMap::new();
+    inv.insert(
+        "VCPU".to_string(),
+        Inventory {
+            total: r.vcpus as u64,
+            reserved: cfg.reserved_host_cpus,
+            min_unit: 1,
+            max_unit: r.vcpus as u64,
+            step_size: 1,
+            allocation_ratio: cfg.cpu_allocation_ratio,
+        },
+    );
+    inv.insert(
+        "MEMORY_MB".to_string(),
+        Inventory {
+            total: r.memory_mb,
+            reserved: cfg.reserved_host_memory_mb.min(r.memory_mb),
+            min_unit: 1,
+            max_unit: r.memory_mb,
+            step_size: 1,
+            allocation_ratio: cfg.ram_allocation_ratio,
+        },
+    );
+    if r.disk_gb > 0 {
+        inv.insert(
+            "DISK_GB".to_string(),
+            Inventory {
+                total: r.disk_gb,
+                reserved: cfg.reserved_host_disk_mb.div_ceil(1024).min(r.disk_gb),
+                min_unit: 1,
+                max_unit: r.disk_gb,
+                step_size: 1,
+                allocation_ratio: cfg.disk_allocation_ratio,
+            },
+        );
+    }
+    let same = state
+        .compute
+        .inventories
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(host)
+        .is_some_and(|old| inv_eq(old, &inv));
+    if !same {
+        state
+            .placement
+            .ensure_provider(&uuid, host)
+            .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+        state
+            .placement
+            .set_inventories(&uuid, &inv)
+            .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
+        let mut traits = vec!["COMPUTE_NODE".to_string()];
+        if r.arch == "x86_64" {
+            traits.push("HW_ARCH_X86_64".into());
+        } else if r.arch == "aarch64" {
+            traits.push("HW_ARCH_AARCH64".into());
+        }
+        let _ = state.placement.set_traits(&uuid, &traits);
+        state
+            .compute
+            .inventories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string(), inv);
+    }
+
     let node = if changed {
         state.store.write(|tx| {
             let mut n = tx.get::<ComputeNode>(host)?.unwrap_or(ComputeNode {
                 id: host.to_string(),
                 seq: 0,
-                uuid: uuid::Uuid::new_v4().to_string(),
+                uuid: uuid.clone(),
                 driver: String::new(),
                 vcpus: 0,
                 memory_mb: 0,
@@ -416,74 +490,6 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
         .entry(host.to_string())
         .and_modify(|t| *t = (*t).max(now))
         .or_insert(now);
-
-    // Placement: one provider per node with its inventories.
-    let mut inv = BTreeMap::new();
-    inv.insert(
-        "VCPU".to_string(),
-        Inventory {
-            total: r.vcpus as u64,
-            reserved: cfg.reserved_host_cpus,
-            min_unit: 1,
-            max_unit: r.vcpus as u64,
-            step_size: 1,
-            allocation_ratio: cfg.cpu_allocation_ratio,
-        },
-    );
-    inv.insert(
-        "MEMORY_MB".to_string(),
-        Inventory {
-            total: r.memory_mb,
-            reserved: cfg.reserved_host_memory_mb.min(r.memory_mb),
-            min_unit: 1,
-            max_unit: r.memory_mb,
-            step_size: 1,
-            allocation_ratio: cfg.ram_allocation_ratio,
-        },
-    );
-    if r.disk_gb > 0 {
-        inv.insert(
-            "DISK_GB".to_string(),
-            Inventory {
-                total: r.disk_gb,
-                reserved: cfg.reserved_host_disk_mb.div_ceil(1024).min(r.disk_gb),
-                min_unit: 1,
-                max_unit: r.disk_gb,
-                step_size: 1,
-                allocation_ratio: cfg.disk_allocation_ratio,
-            },
-        );
-    }
-    let same = state
-        .compute
-        .inventories
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(host)
-        .is_some_and(|old| inv_eq(old, &inv));
-    if !same {
-        state
-            .placement
-            .ensure_provider(&node.uuid, host)
-            .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
-        state
-            .placement
-            .set_inventories(&node.uuid, &inv)
-            .map_err(|e| ApiError::internal(format!("placement: {e}")))?;
-        let mut traits = vec!["COMPUTE_NODE".to_string()];
-        if node.arch == "x86_64" {
-            traits.push("HW_ARCH_X86_64".into());
-        } else if node.arch == "aarch64" {
-            traits.push("HW_ARCH_AARCH64".into());
-        }
-        let _ = state.placement.set_traits(&node.uuid, &traits);
-        state
-            .compute
-            .inventories
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.to_string(), inv);
-    }
 
     let (orphans, leftovers) = match state.compute.reusable_sync(host, r, now) {
         Some(last) => last,
