@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 netns: None,
                 dns: Vec::new(),
                 vm_nics: Vec::new(),
+                root_disk: None,
             };
             let t = Instant::now();
             d.spawn(&spec)?;

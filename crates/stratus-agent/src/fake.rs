@@ -199,6 +199,7 @@ mod tests {
             netns: None,
             dns: Vec::new(),
             vm_nics: Vec::new(),
+            root_disk: None,
         }
     }
 

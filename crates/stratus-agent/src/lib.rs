@@ -83,6 +83,9 @@ pub struct InstanceSpec {
     pub dns: Vec<String>,
     /// A VM's NICs: a tap per port, made by the dataplane.
     pub vm_nics: Vec<VmNic>,
+    /// A volume-backed VM's root disk: the volume's own file (on this
+    /// storage node), used in place of a disk made from the image.
+    pub root_disk: Option<PathBuf>,
 }
 
 impl InstanceSpec {

@@ -242,6 +242,10 @@ struct Record {
     /// later start).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     volumes: Vec<VmDisk>,
+    /// A volume-backed VM's root disk (the volume's file), in place of
+    /// `disk.qcow2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<PathBuf>,
 }
 
 pub struct QemuDriver {
@@ -664,6 +668,27 @@ impl QemuDriver {
     }
 
     fn build(&self, spec: &InstanceSpec, dir: &Path) -> Result<(), DriverError> {
+        if let Some(root) = &spec.root_disk {
+            // Volume-backed: the volume is the disk; nothing to make.
+            if !root.is_file() {
+                return Err(rt(format!("the boot volume {} is missing", root.display())));
+            }
+            fs::create_dir_all(dir)?;
+            let config_drive = self.config_drive(spec, dir)?;
+            return self.write_record(&Record {
+                uuid: spec.uuid.clone(),
+                hostname: spec.hostname.clone(),
+                image_id: String::new(),
+                vcpus: spec.vcpus.max(1),
+                memory_mb: spec.memory_mb.max(64),
+                disk_gb: 0,
+                nics: spec.vm_nics.clone(),
+                config_drive,
+                rescue: None,
+                volumes: Vec::new(),
+                root: Some(root.clone()),
+            });
+        }
         let base = self.ensure_base(spec)?;
         fs::create_dir_all(dir)?;
         let vsize = self.virtual_size(&base)?;
@@ -695,6 +720,7 @@ impl QemuDriver {
             config_drive,
             rescue: None,
             volumes: Vec::new(),
+            root: None,
         })
     }
 
@@ -933,16 +959,20 @@ impl QemuDriver {
             "chardev:serial0".into(),
         ];
         // Rescued: the rescue disk boots, the VM's own disk comes second.
-        let disks: &[&str] = if r.rescue.is_some() {
-            &["rescue.qcow2", "disk.qcow2"]
+        let own = match &r.root {
+            Some(p) => p.display().to_string(),
+            None => d("disk.qcow2"),
+        };
+        let disks = if r.rescue.is_some() {
+            vec![d("rescue.qcow2"), own]
         } else {
-            &["disk.qcow2"]
+            vec![own]
         };
         for disk in disks {
             a.push("-drive".into());
             a.push(format!(
                 "file={},format=qcow2,if=virtio,cache=writeback,discard=unmap",
-                d(disk)
+                disk.replace(',', ",,")
             ));
         }
         if r.config_drive {

@@ -77,6 +77,7 @@ impl Fixture {
             netns: None,
             dns: Vec::new(),
             vm_nics: Vec::new(),
+            root_disk: None,
         }
     }
 }

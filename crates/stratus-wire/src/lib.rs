@@ -279,6 +279,10 @@ pub struct Assignment {
     /// The volumes the workload should have attached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<volume::AttachedVolume>,
+    /// A volume-backed server's root disk (`/dev/vda`): the VM boots
+    /// from this volume's file instead of a disk made from an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_volume: Option<volume::AttachedVolume>,
     /// An attach or detach waits for this node's word
     /// ([`volume::AttachReport`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -340,14 +340,17 @@ fn send_progress(
 
 /// Fetches the image (once per node) and starts the workload.
 pub(super) fn spawn(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
-    let mut spec = instance_spec(
-        sh,
-        s,
-        &s.image_id,
-        &s.container_format,
-        &s.disk_format,
-        s.image_checksum.as_deref(),
-    )?;
+    let mut spec = match &s.boot_volume {
+        Some(v) => volume_spec(sh, s, v)?,
+        None => instance_spec(
+            sh,
+            s,
+            &s.image_id,
+            &s.container_format,
+            &s.disk_format,
+            s.image_checksum.as_deref(),
+        )?,
+    };
     // A VM's ports are taps: wired again even if the network is as it was.
     let fresh = spec.is_vm() && sh.net.mark_vm(&spec.uuid);
     (spec.netns, spec.dns, spec.vm_nics) = wire_server(sh, &spec.uuid, fresh)?;
@@ -404,8 +407,38 @@ pub(super) fn rescue(sh: &Shared, s: &Assignment) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A volume-backed server: a VM booting from its volume's file, which
+/// must be on this node (the controller schedules it here).
+fn volume_spec(
+    sh: &Shared,
+    s: &Assignment,
+    v: &stratus_wire::volume::AttachedVolume,
+) -> anyhow::Result<InstanceSpec> {
+    let path = match (
+        &sh.cfg.volumes,
+        v.host.as_deref() == Some(sh.cfg.host.as_str()),
+    ) {
+        (Some(vc), true) => {
+            super::volumes::volume_path(&vc.dir, super::volumes::safe_id(&v.volume_id)?)
+        }
+        _ => anyhow::bail!(
+            "the boot volume {} is on {}, not on this node",
+            v.volume_id,
+            v.host.as_deref().unwrap_or("no node")
+        ),
+    };
+    if sh.driver.name() != "fake" && !sh.driver.runs_vms() {
+        anyhow::bail!(
+            "a volume-backed server is a VM and this node runs no VMs (install qemu-system-x86 and restart its agent)"
+        );
+    }
+    let mut spec = instance_spec(sh, s, "", "bare", "qcow2", None)?;
+    spec.root_disk = Some(path);
+    Ok(spec)
+}
+
 /// What the driver needs to run the server `s` from `image_id`, with the
-/// image fetched.
+/// image fetched (none for a volume-backed server's empty `image_id`).
 pub(super) fn instance_spec(
     sh: &Shared,
     s: &Assignment,
@@ -421,7 +454,7 @@ pub(super) fn instance_spec(
             "image {image_id} is a VM disk (container_format {container_format}) and this node runs no VMs (install qemu-system-x86 and restart its agent)"
         );
     }
-    let image_file = if sh.driver.name() == "fake" {
+    let image_file = if sh.driver.name() == "fake" || image_id.is_empty() {
         PathBuf::new()
     } else {
         fetch_image(sh, image_id, checksum)?
@@ -446,5 +479,6 @@ pub(super) fn instance_spec(
         netns: None,
         dns: Vec::new(),
         vm_nics: Vec::new(),
+        root_disk: None,
     })
 }

@@ -156,7 +156,7 @@ fn send_report(sh: &Shared, w: &VolumeWork, error: Option<String>) -> bool {
 }
 
 /// Ids become file names: only letters, digits, `-` and `_`.
-fn safe_id(id: &str) -> anyhow::Result<&str> {
+pub(super) fn safe_id(id: &str) -> anyhow::Result<&str> {
     anyhow::ensure!(
         !id.is_empty()
             && id.len() <= 64

@@ -40,6 +40,37 @@ pub struct CreateServer {
     pub hypervisor_hostname: Option<String>,
     /// Scheduler hints as given (an object).
     pub hints: Value,
+    /// The block device mappings whose destination is a volume (Nova's
+    /// `block_device_mapping_v2`); the image-backed local root disk and
+    /// local blank disks are not listed.
+    pub volumes: Vec<VolumeMapping>,
+}
+
+/// Where a volume of a new server comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeFrom {
+    /// An existing volume, attached as it is.
+    Volume(String),
+    /// A new volume made from this image.
+    Image(String),
+    /// A new volume made from this volume snapshot.
+    Snapshot(String),
+    /// A new empty volume.
+    Blank,
+}
+
+/// One `destination_type: volume` block device mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeMapping {
+    pub from: VolumeFrom,
+    /// GiB, for a volume made for the server.
+    pub size: Option<u64>,
+    /// 0 is the root disk: the server boots from this volume.
+    pub boot_index: Option<i64>,
+    pub delete_on_termination: bool,
+    pub device_name: Option<String>,
+    pub volume_type: Option<String>,
+    pub tag: Option<String>,
 }
 
 /// What create made: the servers, in launch order, and their

@@ -239,25 +239,36 @@ pub fn create(
     if flavor.disabled {
         return Err(ApiError::bad_request("Flavor is disabled."));
     }
-    let image = boot_image(state, ctx, &c.image_ref)?;
-    check_driver(&image, &flavor.extra_specs)?;
-    if image.min_ram > flavor.ram {
-        return Err(ApiError::bad_request(
-            "Flavor's memory is too small for requested image.",
-        ));
-    }
-    if flavor.disk > 0 {
-        if image.min_disk > flavor.disk {
+    // A volume-backed server's root disk is its volume: the image checks
+    // are those of the image it is made from, if any, and the flavor's
+    // disk does not hold it.
+    let volume_backed = c.volumes.iter().any(|v| v.boot_index == Some(0));
+    let image = match super::boot_volumes::root_image(c) {
+        Some(id) => Some(boot_image(state, ctx, id)?),
+        None if volume_backed => None,
+        None => Some(boot_image(state, ctx, &c.image_ref)?),
+    };
+    let prepared = super::boot_volumes::prepare(state, ctx, c)?;
+    if let Some(image) = &image {
+        check_driver(image, &flavor.extra_specs)?;
+        if image.min_ram > flavor.ram {
             return Err(ApiError::bad_request(
-                "Flavor's disk is too small for requested image.",
+                "Flavor's memory is too small for requested image.",
             ));
         }
-        let size = image.size.unwrap_or(0).max(image.virtual_size.unwrap_or(0));
-        if size > flavor.disk * 1024 * 1024 * 1024 {
-            return Err(ApiError::bad_request(format!(
-                "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {size} bytes.",
-                flavor.disk * 1024 * 1024 * 1024
-            )));
+        if flavor.disk > 0 && !volume_backed {
+            if image.min_disk > flavor.disk {
+                return Err(ApiError::bad_request(
+                    "Flavor's disk is too small for requested image.",
+                ));
+            }
+            let size = image.size.unwrap_or(0).max(image.virtual_size.unwrap_or(0));
+            if size > flavor.disk * 1024 * 1024 * 1024 {
+                return Err(ApiError::bad_request(format!(
+                    "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {size} bytes.",
+                    flavor.disk * 1024 * 1024 * 1024
+                )));
+            }
         }
     }
     let (key_name, key_data) = key_pair(state, ctx, c.key_name.as_deref())?;
@@ -446,6 +457,8 @@ pub fn create(
                 crate::network::nova::ensure_dhcp_ports(tx, &s.nics)
                     .map_err(super::nics::nova_error)?;
             }
+            let forced = hints.get("_forced_host").and_then(|h| h.as_str());
+            super::boot_volumes::attach_new(state, tx, ctx, &project, c, &prepared, &mut s, forced)?;
             tx.insert(&s)?;
             quotas::account(tx, &project, &user, copy.vcpus, copy.ram, 1)?;
             record_action(tx, &s, "create", ctx, req_id)?;
@@ -458,7 +471,13 @@ pub fn create(
         }
         Ok(out)
     })?;
-    let ids: Vec<String> = made.iter().map(|s| s.id.clone()).collect();
+    // Those waiting for their volumes go to the scheduler when the
+    // volumes are made (`boot_volumes::volume_ready`).
+    let ids: Vec<String> = made
+        .iter()
+        .filter(|s| s.task_state.as_deref() == Some(task::SCHEDULING))
+        .map(|s| s.id.clone())
+        .collect();
     super::scheduler::submit(state, ids);
     Ok(Created {
         reservation_id: rid,
@@ -660,6 +679,13 @@ fn rebuild(
     rid: &str,
 ) -> Result<Outcome, ApiError> {
     let image = &r.image_ref;
+    if s.boot_volume().is_some() {
+        // Nova before 2.93: the root disk is a volume, not an image's.
+        return Err(ApiError::bad_request(format!(
+            "Instance {} is volume-backed: rebuilding it with an image is not supported",
+            s.id
+        )));
+    }
     let img = boot_image(state, ctx, image)?;
     check_driver(&img, &s.flavor.extra_specs)?;
     if img.min_ram > s.flavor.ram {

@@ -13,6 +13,7 @@ mod actions;
 pub use actions::{console_text, run_forwarded};
 mod admin;
 mod agent_client;
+pub mod boot_volumes;
 pub mod commands;
 mod common;
 mod config;

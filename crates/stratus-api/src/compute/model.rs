@@ -231,6 +231,16 @@ pub struct Server {
     pub volumes: Vec<ServerVolume>,
 }
 
+/// The device of a volume-backed server's root volume.
+pub const ROOT_DEVICE: &str = "/dev/vda";
+
+impl Server {
+    /// A volume-backed server's root volume (boot index 0, `/dev/vda`).
+    pub fn boot_volume(&self) -> Option<&ServerVolume> {
+        self.volumes.iter().find(|v| v.device == ROOT_DEVICE)
+    }
+}
+
 /// A volume of a server (`os-volume_attachments`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerVolume {

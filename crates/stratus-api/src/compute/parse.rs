@@ -620,45 +620,37 @@ pub fn create(b: &Value, mv: Mv, ctx: &Ctx) -> Result<CreateServer, ApiError> {
             ));
         }
     };
-    // Block devices: only the image-backed local root disk (what the CLI
-    // sends with --image) and blank local disks are possible without a
-    // volume service.
+    // Block devices: the image-backed local root disk (what the CLI sends
+    // with --image), blank local disks, and volumes.
     let mut image_ref = image_ref;
-    for key in ["block_device_mapping_v2", "block_device_mapping"] {
-        let Some(list) = o.get(key) else { continue };
-        let list = list
-            .as_array()
-            .ok_or_else(|| bad_field(key, "It must be a list"))?;
+    let volumes = block_devices(o)?;
+    let boots_from_volume = volumes.iter().any(|v| v.boot_index == Some(0));
+    if let Some(list) = o.get("block_device_mapping_v2").and_then(Value::as_array) {
         for b in list {
             let src = b.get("source_type").and_then(Value::as_str).unwrap_or("");
             let dst = b
                 .get("destination_type")
                 .and_then(Value::as_str)
                 .unwrap_or("local");
-            match (src, dst) {
-                ("image", "local") => {
-                    if image_ref.is_empty()
-                        && let Some(u) = b.get("uuid").and_then(Value::as_str)
-                    {
-                        image_ref = u.to_string();
-                    }
-                }
-                ("blank", "local") => {}
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "Block device mapping {src} -> {dst} is not supported: this cloud has no volume service yet."
-                    )));
-                }
+            if (src, dst) == ("image", "local")
+                && image_ref.is_empty()
+                && let Some(u) = b.get("uuid").and_then(Value::as_str)
+            {
+                image_ref = u.to_string();
             }
         }
     }
-    if image_ref.is_empty() {
+    if boots_from_volume {
+        // The root disk is a volume: the server has no image of its own
+        // (Nova shows `"image": ""`).
+        image_ref.clear();
+    } else if image_ref.is_empty() {
         return Err(bad_field(
             "imageRef",
             "An image is required to boot a server.",
         ));
     }
-    if uuid::Uuid::parse_str(&image_ref).is_err() {
+    if !boots_from_volume && uuid::Uuid::parse_str(&image_ref).is_err() {
         return Err(ApiError::bad_request(format!(
             "Invalid imageRef provided: {image_ref} is not a UUID."
         )));
@@ -872,7 +864,176 @@ pub fn create(b: &Value, mv: Mv, ctx: &Ctx) -> Result<CreateServer, ApiError> {
         host,
         hypervisor_hostname: node,
         hints,
+        volumes,
     })
+}
+
+/// The block device mappings with a volume as destination, checked as
+/// Nova's `_validate_bdm` does: `block_device_mapping_v2` entries, and
+/// the legacy `block_device_mapping` (`volume_id` / `snapshot_id`, the
+/// root when its device is `vda`).
+fn block_devices(
+    o: &serde_json::Map<String, Value>,
+) -> Result<Vec<super::commands::VolumeMapping>, ApiError> {
+    use super::commands::{VolumeFrom, VolumeMapping};
+    let invalid =
+        |why: String| ApiError::bad_request(format!("Block Device Mapping is Invalid: {why}"));
+    let mut out: Vec<VolumeMapping> = Vec::new();
+    let mut boot_indexes = Vec::new();
+    for key in ["block_device_mapping_v2", "block_device_mapping"] {
+        let Some(list) = o.get(key) else { continue };
+        let list = list
+            .as_array()
+            .ok_or_else(|| bad_field(key, "It must be a list"))?;
+        for b in list {
+            let b = b
+                .as_object()
+                .ok_or_else(|| bad_field(key, "Each mapping must be an object"))?;
+            let text = |k: &str| -> Result<Option<String>, ApiError> {
+                match b.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) if s.len() <= 255 => Ok(Some(s.clone())),
+                    Some(v) => Err(bad_field(
+                        k,
+                        format!("Value: {v}. It must be a string of at most 255 characters"),
+                    )),
+                }
+            };
+            let size = match b.get("volume_size") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                        .filter(|n| *n <= i32::MAX as u64)
+                        .ok_or_else(|| {
+                            bad_field(
+                                "volume_size",
+                                format!("Value: {v}. It must be a non-negative integer"),
+                            )
+                        })?,
+                ),
+            };
+            let boot_index = match b.get("boot_index") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_i64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                        .ok_or_else(|| {
+                            bad_field("boot_index", format!("Value: {v}. It must be an integer"))
+                        })?,
+                ),
+            };
+            let delete_on_termination = match b.get("delete_on_termination") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(x)) => *x,
+                Some(Value::String(s)) => {
+                    matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+                }
+                Some(v) => {
+                    return Err(bad_field(
+                        "delete_on_termination",
+                        format!("Value: {v}. It must be a boolean"),
+                    ));
+                }
+            };
+            let device_name = text("device_name")?;
+            let (from, boot_index) = if key == "block_device_mapping" {
+                // The legacy form: always a volume.
+                let from = if let Some(v) = text("volume_id")? {
+                    VolumeFrom::Volume(v)
+                } else if let Some(s) = text("snapshot_id")? {
+                    VolumeFrom::Snapshot(s)
+                } else if b.get("no_device").is_some() || b.get("virtual_name").is_some() {
+                    continue;
+                } else {
+                    return Err(invalid(
+                        "a mapping needs a volume_id or a snapshot_id".into(),
+                    ));
+                };
+                let root = device_name
+                    .as_deref()
+                    .is_some_and(|d| d.trim_start_matches("/dev/").ends_with("da"));
+                (from, if root { Some(0) } else { None })
+            } else {
+                let src = text("source_type")?.unwrap_or_default();
+                let dst = text("destination_type")?.unwrap_or_else(|| "local".into());
+                let uuid = text("uuid")?;
+                match (src.as_str(), dst.as_str()) {
+                    ("image" | "blank", "local") => {
+                        if boot_index.is_some_and(|i| i >= 0) {
+                            boot_indexes.push(boot_index.unwrap_or(-1));
+                        }
+                        continue;
+                    }
+                    ("volume" | "snapshot", "local") => {
+                        return Err(invalid(format!(
+                            "a {src} can only be mapped with destination_type volume"
+                        )));
+                    }
+                    (_, "local" | "volume")
+                        if !matches!(src.as_str(), "image" | "volume" | "snapshot" | "blank") =>
+                    {
+                        return Err(bad_field(
+                            "source_type",
+                            format!(
+                                "Value: {src:?}. It is not one of image, volume, snapshot, blank"
+                            ),
+                        ));
+                    }
+                    (_, "volume") => {}
+                    _ => {
+                        return Err(bad_field(
+                            "destination_type",
+                            format!("Value: {dst:?}. It is not one of local, volume"),
+                        ));
+                    }
+                }
+                let need = || {
+                    uuid.clone()
+                        .ok_or_else(|| invalid(format!("a {src} mapping needs a uuid")))
+                };
+                let from = match src.as_str() {
+                    "volume" => VolumeFrom::Volume(need()?),
+                    "image" => VolumeFrom::Image(need()?),
+                    "snapshot" => VolumeFrom::Snapshot(need()?),
+                    _ => VolumeFrom::Blank,
+                };
+                match (&from, size) {
+                    (VolumeFrom::Image(_), Some(0) | None) => {
+                        return Err(invalid("Images with destination_type 'volume' need to have a non-zero size specified".into()));
+                    }
+                    (VolumeFrom::Blank, Some(0) | None) => {
+                        return Err(invalid("Blank volumes (source: 'blank', dest: 'volume') need to have non-zero size".into()));
+                    }
+                    _ => {}
+                }
+                (from, boot_index)
+            };
+            if let Some(i) = boot_index.filter(|i| *i >= 0) {
+                boot_indexes.push(i);
+            }
+            out.push(VolumeMapping {
+                from,
+                size,
+                boot_index: boot_index.filter(|i| *i >= 0),
+                delete_on_termination,
+                device_name,
+                volume_type: text("volume_type")?,
+                tag: text("tag")?,
+            });
+        }
+    }
+    boot_indexes.sort();
+    if boot_indexes.iter().enumerate().any(|(n, i)| *i != n as i64) {
+        return Err(invalid("Boot sequence for the instance and image/block device mapping combination is not valid.".into()));
+    }
+    if out
+        .iter()
+        .any(|v| v.boot_index == Some(0) && v.from == VolumeFrom::Blank)
+    {
+        return Err(invalid("a blank volume cannot be the root disk".into()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

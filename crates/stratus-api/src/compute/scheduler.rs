@@ -485,8 +485,18 @@ pub fn plan(
     let (nodes, aggs) = (&view.nodes, &view.aggs);
     let image = state.store.get::<Image>(&s.image_ref)?;
 
-    // Placement: who can hold the flavor at all.
-    let resources = flavor_resources(&s.flavor);
+    // Placement: who can hold the flavor at all. A volume-backed server's
+    // root disk is its volume: no local disk for it (as Nova's
+    // `is_bfv`).
+    let mut resources = flavor_resources(&s.flavor);
+    if s.boot_volume().is_some()
+        && let Some(d) = resources.get_mut("DISK_GB")
+    {
+        *d = d.saturating_sub(s.flavor.disk);
+        if *d == 0 {
+            resources.remove("DISK_GB");
+        }
+    }
     let mut required = Vec::new();
     let mut forbidden = Vec::new();
     for (k, v) in &s.flavor.extra_specs {
@@ -576,7 +586,7 @@ pub fn plan(
     let want_hv = img_prop("img_hv_type").or_else(|| img_prop("hypervisor_type"));
     // A VM disk needs a node with QEMU; a container image one with an
     // OCI runtime (the fake driver, for scale runs, takes both).
-    let want_vm = image.as_ref().is_some_and(|i| i.boots_vm());
+    let want_vm = s.boot_volume().is_some() || image.as_ref().is_some_and(|i| i.boots_vm());
     let runs = |n: &ComputeNode| {
         n.driver == "fake"
             || if want_vm {

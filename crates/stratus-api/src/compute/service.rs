@@ -10,7 +10,7 @@ use stratus_store::{Query as StoreQuery, Record, Store};
 
 use super::common::{action_event, instance_not_found, record_action};
 use super::config::ComputeConfig;
-use super::model::{ComputeNode, Fault, NodeMark, Server, ServerGroup};
+use super::model::{ComputeNode, Fault, NodeMark, ROOT_DEVICE, Server, ServerGroup, ServerVolume};
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
 use crate::image::model::Image;
@@ -673,6 +673,21 @@ fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> b
         })
 }
 
+/// A volume of a server as its node sees it: where its file is.
+fn attached_volume(
+    state: &AppState,
+    v: &ServerVolume,
+) -> Result<stratus_wire::volume::AttachedVolume, ApiError> {
+    Ok(stratus_wire::volume::AttachedVolume {
+        volume_id: v.volume_id.clone(),
+        device: v.device.clone(),
+        host: state
+            .store
+            .get::<crate::volume::model::Volume>(&v.volume_id)?
+            .and_then(|x| x.host),
+    })
+}
+
 /// What an agent needs to run `s`.
 pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> {
     // An unshelved server boots from its shelved image, a migrated one
@@ -748,14 +763,20 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
             .map(stratus_wire::Task::from),
         live_migration: live,
         image_id: image_id.clone(),
-        container_format: img
-            .as_ref()
-            .and_then(|i| i.container_format.clone())
-            .unwrap_or_default(),
-        disk_format: img
-            .as_ref()
-            .and_then(|i| i.disk_format.clone())
-            .unwrap_or_default(),
+        container_format: match s.boot_volume() {
+            Some(_) => "bare".into(),
+            None => img
+                .as_ref()
+                .and_then(|i| i.container_format.clone())
+                .unwrap_or_default(),
+        },
+        disk_format: match s.boot_volume() {
+            Some(_) => "qcow2".into(),
+            None => img
+                .as_ref()
+                .and_then(|i| i.disk_format.clone())
+                .unwrap_or_default(),
+        },
         image_checksum: img.as_ref().and_then(|i| i.os_hash_value.clone()),
         vcpus: flavor.vcpus,
         memory_mb: flavor.ram,
@@ -771,18 +792,13 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
         volumes: s
             .volumes
             .iter()
-            .filter(|v| v.state != "detaching")
-            .map(|v| {
-                Ok(stratus_wire::volume::AttachedVolume {
-                    volume_id: v.volume_id.clone(),
-                    device: v.device.clone(),
-                    host: state
-                        .store
-                        .get::<crate::volume::model::Volume>(&v.volume_id)?
-                        .and_then(|x| x.host),
-                })
-            })
+            .filter(|v| v.state != "detaching" && v.device != ROOT_DEVICE)
+            .map(|v| attached_volume(state, v))
             .collect::<Result<Vec<_>, ApiError>>()?,
+        boot_volume: s
+            .boot_volume()
+            .map(|v| attached_volume(state, v))
+            .transpose()?,
         volumes_pending: s.volumes.iter().any(|v| v.state != "attached"),
         volumes_detaching: s
             .volumes
@@ -818,6 +834,20 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
         .write(|tx| {
             if let Some(s) = tx.get::<Server>(id)? {
                 crate::volume::attach::release_server(tx, &s)?;
+                // delete_on_termination: the volume goes with the server
+                // (kept when another server still has it or it has
+                // snapshots, as Cinder would refuse the delete).
+                for sv in s.volumes.iter().filter(|v| v.delete_on_termination) {
+                    let Some(mut v) = tx.get::<crate::volume::model::Volume>(&sv.volume_id)? else {
+                        continue;
+                    };
+                    if !v.attachments.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = crate::volume::volumes::start_delete(tx, &mut v, false) {
+                        tracing::warn!(server = id, volume = %v.id, error = %e.message, "volume kept: not deleted with its server");
+                    }
+                }
                 if let Some(g) = &s.server_group
                     && let Some(mut grp) = tx.get::<ServerGroup>(g)?
                 {

@@ -204,6 +204,12 @@ fn start(
         if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
             return Err(super::states::wrong_state(action, &s));
         }
+        if s.boot_volume().is_some() {
+            return Err(ApiError::conflict(format!(
+                "Cannot '{action}' instance {}: it boots from a volume; snapshot the volume instead (openstack volume snapshot create --force)",
+                s.id
+            )));
+        }
         let lim = quotas::limit_tx(tx, &s.project_id, None, Resource::MetadataItems)?;
         if lim >= 0 && req.metadata.len() as i64 > lim {
             return Err(over(format!(

@@ -22,6 +22,8 @@ pub mod vm {
 
 pub mod task {
     pub const SCHEDULING: &str = "scheduling";
+    /// Waiting for the volumes a server was created with to be made.
+    pub const BLOCK_DEVICE_MAPPING: &str = "block_device_mapping";
     pub const SPAWNING: &str = "spawning";
     pub const POWERING_OFF: &str = "powering-off";
     pub const POWERING_ON: &str = "powering-on";

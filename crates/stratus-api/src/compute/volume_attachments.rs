@@ -281,6 +281,9 @@ async fn delete(
             if !s.volumes.iter().any(|v| v.volume_id == volume_id) {
                 return Err(not_attached(&volume_id));
             }
+            if s.boot_volume().is_some_and(|v| v.volume_id == volume_id) {
+                return Err(ApiError::bad_request("Cannot detach a root device volume"));
+            }
             may_change(&s, "detach_volume")?;
             attach::begin_detach(tx, &mut s, &volume_id)?;
             Ok::<_, ApiError>(s)

@@ -11,7 +11,7 @@ use stratus_wire::volume::AttachReport;
 
 use super::model::{Volume, VolumeAttachment, VolumeType};
 use crate::ApiError;
-use crate::compute::model::{Server, ServerVolume};
+use crate::compute::model::{ROOT_DEVICE, Server, ServerVolume};
 use crate::timeutil::now_us;
 
 /// The status a volume has with the attachments it has left.
@@ -69,6 +69,21 @@ pub fn attach(
     v: &mut Volume,
     req: AttachRequest,
 ) -> Result<ServerVolume, ApiError> {
+    let sv = reserve(tx, s, v, req)?;
+    tx.update(s)?;
+    Ok(sv)
+}
+
+/// [`attach`] for a server not yet written (one being created): `v` is
+/// written, `s` is the caller's to insert. A volume still being made for
+/// it (`creating`, no attachment yet) may be reserved; `/dev/vda` is the
+/// root volume of a server booting from it.
+pub fn reserve(
+    tx: &Tx,
+    s: &mut Server,
+    v: &mut Volume,
+    req: AttachRequest,
+) -> Result<ServerVolume, ApiError> {
     if s.volumes.iter().any(|x| x.volume_id == v.id)
         || v.attachments
             .iter()
@@ -80,13 +95,15 @@ pub fn attach(
         )));
     }
     let shareable = v.status == "in-use" && multiattach(tx, v)?;
-    if v.status != "available" && !shareable {
+    let fresh = v.status == "creating" && v.attachments.is_empty();
+    if v.status != "available" && !shareable && !fresh {
         return Err(ApiError::bad_request(format!(
             "Invalid volume: volume '{}' status must be 'available'. Currently in '{}'",
             v.id, v.status
         )));
     }
     let device = match req.device {
+        Some(d) if d == ROOT_DEVICE && s.volumes.is_empty() && s.host.is_none() => d,
         Some(d) => {
             if !valid_device(&d) {
                 return Err(ApiError::bad_request(format!(
@@ -125,12 +142,13 @@ pub fn attach(
         state: "attaching".into(),
     };
     v.attachments.push(att);
-    v.status = status_of(v).into();
+    if !fresh {
+        v.status = status_of(v).into();
+    }
     v.updated_us = now;
     s.volumes.push(sv.clone());
     s.updated_us = now;
     tx.update(v)?;
-    tx.update(s)?;
     Ok(sv)
 }
 
@@ -200,8 +218,11 @@ pub fn settle(tx: &Tx, server_id: &str, r: &AttachReport) -> Result<bool, ApiErr
     let failed = |id: &str| r.failed.iter().find(|f| f.volume_id == id);
     let mut changed = false;
     let mut keep = Vec::new();
+    // The root volume is the disk the workload booted from: attached once
+    // the server has run.
+    let launched = s.launched_us.is_some();
     for mut sv in std::mem::take(&mut s.volumes) {
-        let here = r.attached.contains(&sv.volume_id);
+        let here = r.attached.contains(&sv.volume_id) || (sv.device == ROOT_DEVICE && launched);
         // A failure counts before presence: after a failed call the node
         // does not know what the workload has.
         match sv.state.as_str() {

@@ -29,7 +29,7 @@ mod quotas;
 pub mod service;
 mod snapshots;
 mod types;
-mod volumes;
+pub(crate) mod volumes;
 
 pub use types::ensure_default_type;
 

@@ -209,11 +209,35 @@ pub fn place(
     Ok(best.map(|c| (c.node.id, c.zone)))
 }
 
+/// Storage node `host`, when it is up, enabled, in `zone` and can hold
+/// `size` GiB more: (host, zone).
+pub fn place_on(
+    state: &AppState,
+    tx: &Tx,
+    host: &str,
+    zone: Option<&str>,
+    size: u64,
+) -> Result<Option<(String, String)>, ApiError> {
+    Ok(capacities(state, tx)?
+        .into_iter()
+        .find(|c| {
+            c.node.id == host
+                && c.up
+                && !c.node.disabled
+                && zone.is_none_or(|z| z == c.zone)
+                && fits(c, size)
+        })
+        .map(|c| (c.node.id, c.zone)))
+}
+
 /// Settles a storage node's report of a task on volume or snapshot `id`.
 /// A report for another task or generation than the one asked for now is
 /// stale and changes nothing.
 pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Result<(), ApiError> {
+    // Servers whose volumes are all made now, for the scheduler.
+    let mut ready = Vec::new();
     let rev = state.store.write(|tx| {
+        ready.clear();
         let now = now_us();
         if let Some(mut v) = tx.get::<Volume>(id)? {
             if v.host.as_deref() != Some(host)
@@ -231,7 +255,9 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             let ok = r.error.is_none();
             match r.task {
                 VolumeTask::Create => {
-                    v.status = if ok { "available" } else { "error" }.into();
+                    // A volume made for a new server is reserved for it.
+                    v.status = if ok { super::attach::status_of(&v) } else { "error" }.into();
+                    ready = crate::compute::boot_volumes::volume_ready(tx, &v, ok)?;
                 }
                 VolumeTask::Extend => {
                     if ok && let Some(n) = v.extend_to {
@@ -278,6 +304,9 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
     })?;
     if let Some(rev) = rev {
         state.volumes.bump(rev as u64);
+    }
+    if !ready.is_empty() {
+        crate::compute::scheduler::submit(state, ready);
     }
     Ok(())
 }

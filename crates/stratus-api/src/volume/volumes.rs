@@ -20,7 +20,7 @@ use stratus_store::{Query as StoreQuery, Tx};
 use stratus_wire::volume::{VolumeSource, VolumeTask};
 
 use super::model::{Snapshot, Volume, VolumeType};
-use super::service::{Delta, check_quota, place, written};
+use super::service::{Delta, check_quota, place, place_on, written};
 use super::types::{DEFAULT_TYPE, find as find_type};
 use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
@@ -248,17 +248,29 @@ async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
 }
 
 /// What a create request asks for, validated.
-struct NewVolume {
-    size: Option<u64>,
-    name: Option<String>,
-    description: Option<String>,
-    zone: Option<String>,
-    volume_type: Option<String>,
-    metadata: std::collections::BTreeMap<String, String>,
-    image: Option<String>,
-    snapshot: Option<String>,
-    source_volume: Option<String>,
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NewVolume {
+    pub size: Option<u64>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub zone: Option<String>,
+    pub volume_type: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub image: Option<String>,
+    pub snapshot: Option<String>,
+    pub source_volume: Option<String>,
+    /// The storage node to put it on (Nova's boot volumes go where the
+    /// server will run); `None` lets the capacity filter choose.
+    pub host: Option<String>,
 }
+
+/// Where a volume's data comes from, the smallest size that holds it and
+/// the image metadata it keeps ([`image_source`]).
+pub(crate) type ImageSource = (
+    VolumeSource,
+    u64,
+    std::collections::BTreeMap<String, String>,
+);
 
 fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
     let v = b.get("volume").filter(|v| v.is_object()).ok_or_else(|| {
@@ -310,24 +322,18 @@ fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
         image,
         snapshot,
         source_volume,
+        host: None,
     })
 }
 
 /// The image to make a volume from: visible to the caller, active, and a
 /// disk image; with the smallest size (GiB) that holds it and the image
 /// metadata the volume keeps.
-fn image_source(
+pub(crate) fn image_source(
     state: &AppState,
     ctx: &VCtx,
     id: &str,
-) -> Result<
-    (
-        VolumeSource,
-        u64,
-        std::collections::BTreeMap<String, String>,
-    ),
-    ApiError,
-> {
+) -> Result<ImageSource, ApiError> {
     let img = state
         .store
         .get::<crate::image::model::Image>(id)?
@@ -402,141 +408,162 @@ async fn create(
             None => None,
         };
         let (out, rev) = state.store.write(|tx| {
-            let vtype = match &req.volume_type {
-                Some(t) => find_type(tx, &ctx, t)?,
-                None => find_type(tx, &ctx, DEFAULT_TYPE)?,
-            };
-            // Where the data comes from, the smallest size that holds it,
-            // and (for copies) the node that has it.
-            let (source, min, host, zone, image_meta, bootable) = if let Some((src, min, meta)) = &image {
-                (Some(src.clone()), *min, None, None, meta.clone(), true)
-            } else if let Some(sid) = &req.snapshot {
-                let s = tx
-                    .get::<Snapshot>(sid)?
-                    .filter(|s| ctx.owns(&s.project_id))
-                    .ok_or_else(|| not_found("Snapshot", sid))?;
-                if s.status != "available" {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid snapshot: Originating snapshot status must be one of 'available' values (it is {}).",
-                        s.status
-                    )));
-                }
-                let parent = tx.get::<Volume>(&s.volume_id)?;
-                (
-                    Some(VolumeSource::Snapshot { id: s.id.clone() }),
-                    s.size,
-                    s.host.clone(),
-                    parent.as_ref().map(|p| p.availability_zone.clone()),
-                    parent.map(|p| p.image_metadata).unwrap_or_default(),
-                    false,
-                )
-            } else if let Some(vid) = &req.source_volume {
-                let src = find(tx, &ctx, vid)?;
-                if src.status != "available" && src.status != "in-use" {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid volume: Volume {vid} status must be available or in-use to be cloned (it is {}).",
-                        src.status
-                    )));
-                }
-                (
-                    Some(VolumeSource::Volume { id: src.id.clone() }),
-                    src.size,
-                    src.host.clone(),
-                    Some(src.availability_zone.clone()),
-                    src.image_metadata.clone(),
-                    src.bootable,
-                )
-            } else {
-                (None, 1, None, None, Default::default(), false)
-            };
-            let size = req.size.unwrap_or(min);
-            if size < min {
-                let what = match &source {
-                    Some(VolumeSource::Image { .. }) => "Image virtual size",
-                    Some(VolumeSource::Snapshot { .. }) => "Snapshot size",
-                    _ => "Source volume size",
-                };
-                return Err(ApiError::bad_request(format!(
-                    "Invalid input received: {what} is {min}GB and doesn't fit in a volume of size {size}GB."
-                )));
-            }
-            if let (Some(asked), Some(z)) = (&req.zone, &zone)
-                && asked != z
-            {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid input received: the source is in availability zone {z}, not {asked}."
-                )));
-            }
-            let zone_asked = req.zone.clone().or(zone);
-            if let Some(z) = &zone_asked
-                && !crate::compute::zones::zone_exists(&state, z)?
-            {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid input received: Availability zone '{z}' is invalid."
-                )));
-            }
-            check_quota(
-                tx,
-                &project,
-                &Delta {
-                    volumes: 1,
-                    gigabytes: size as i64,
-                    snapshots: 0,
-                    type_name: Some(&vtype.name),
-                },
-                size,
-            )?;
-            let placed = match host {
-                Some(h) => Some((h, zone_asked.clone().unwrap_or_else(|| "nova".into()))),
-                None => place(&state, tx, zone_asked.as_deref(), size)?,
-            };
-            let now = now_us();
-            let mut v = Volume {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: project.clone(),
-                user_id: ctx.user_id().to_string(),
-                name: req.name.clone(),
-                description: req.description.clone(),
-                size,
-                extend_to: None,
-                status: "creating".into(),
-                availability_zone: zone_asked
-                    .clone()
-                    .unwrap_or_else(|| crate::compute::zones::DEFAULT_ZONE.into()),
-                host: None,
-                volume_type_id: vtype.id.clone(),
-                bootable,
-                readonly: None,
-                metadata: req.metadata.clone(),
-                image_metadata: image_meta,
-                source,
-                task: None,
-                generation: 1,
-                fault: None,
-                attachments: Vec::new(),
-                created_us: now,
-                updated_us: now,
-            };
-            match placed {
-                Some((h, z)) => {
-                    v.host = Some(h);
-                    v.availability_zone = z;
-                    v.task = Some(VolumeTask::Create);
-                }
-                None => {
-                    // Cinder's scheduler: the volume exists, in error.
-                    tracing::warn!(volume = %v.id, size, "no storage node can take the volume");
-                    v.status = "error".into();
-                    v.fault = Some("No valid backend was found.".into());
-                }
-            }
-            let rev = tx.insert(&v)?;
-            Ok((one(&state, &ctx, tx, &v)?, rev))
+            let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
+            Ok::<_, ApiError>((one(&state, &ctx, tx, &v)?, rev))
         })?;
         written(&state, rev);
         Ok((StatusCode::ACCEPTED, axum::Json(out)))
     })
     .await
+}
+
+/// Records a new volume in `tx` (quota checked, storage node chosen) and
+/// returns it with the revision it was written at; the caller wakes the
+/// storage nodes once the transaction is committed ([`written`]).
+pub(crate) fn create_in(
+    state: &AppState,
+    tx: &Tx,
+    ctx: &VCtx,
+    project: &str,
+    req: &NewVolume,
+    image: Option<&ImageSource>,
+) -> Result<(Volume, i64), ApiError> {
+    let vtype = match &req.volume_type {
+        Some(t) => find_type(tx, ctx, t)?,
+        None => find_type(tx, ctx, DEFAULT_TYPE)?,
+    };
+    // Where the data comes from, the smallest size that holds it,
+    // and (for copies) the node that has it.
+    let (source, min, host, zone, image_meta, bootable) = if let Some((src, min, meta)) = &image {
+        (Some(src.clone()), *min, None, None, meta.clone(), true)
+    } else if let Some(sid) = &req.snapshot {
+        let s = tx
+            .get::<Snapshot>(sid)?
+            .filter(|s| ctx.owns(&s.project_id))
+            .ok_or_else(|| not_found("Snapshot", sid))?;
+        if s.status != "available" {
+            return Err(ApiError::bad_request(format!(
+                "Invalid snapshot: Originating snapshot status must be one of 'available' values (it is {}).",
+                s.status
+            )));
+        }
+        let parent = tx.get::<Volume>(&s.volume_id)?;
+        (
+            Some(VolumeSource::Snapshot { id: s.id.clone() }),
+            s.size,
+            s.host.clone(),
+            parent.as_ref().map(|p| p.availability_zone.clone()),
+            parent.map(|p| p.image_metadata).unwrap_or_default(),
+            false,
+        )
+    } else if let Some(vid) = &req.source_volume {
+        let src = find(tx, ctx, vid)?;
+        if src.status != "available" && src.status != "in-use" {
+            return Err(ApiError::bad_request(format!(
+                "Invalid volume: Volume {vid} status must be available or in-use to be cloned (it is {}).",
+                src.status
+            )));
+        }
+        (
+            Some(VolumeSource::Volume { id: src.id.clone() }),
+            src.size,
+            src.host.clone(),
+            Some(src.availability_zone.clone()),
+            src.image_metadata.clone(),
+            src.bootable,
+        )
+    } else {
+        (None, 1, None, None, Default::default(), false)
+    };
+    let size = req.size.unwrap_or(min);
+    if size < min {
+        let what = match &source {
+            Some(VolumeSource::Image { .. }) => "Image virtual size",
+            Some(VolumeSource::Snapshot { .. }) => "Snapshot size",
+            _ => "Source volume size",
+        };
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: {what} is {min}GB and doesn't fit in a volume of size {size}GB."
+        )));
+    }
+    if let (Some(asked), Some(z)) = (&req.zone, &zone)
+        && asked != z
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: the source is in availability zone {z}, not {asked}."
+        )));
+    }
+    let zone_asked = req.zone.clone().or(zone);
+    if let Some(z) = &zone_asked
+        && !crate::compute::zones::zone_exists(state, z)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: Availability zone '{z}' is invalid."
+        )));
+    }
+    check_quota(
+        tx,
+        project,
+        &Delta {
+            volumes: 1,
+            gigabytes: size as i64,
+            snapshots: 0,
+            type_name: Some(&vtype.name),
+        },
+        size,
+    )?;
+    let placed = match (host, &req.host) {
+        (Some(h), Some(want)) if &h != want => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input received: the source is on storage node {h}, not {want}."
+            )));
+        }
+        (Some(h), _) => Some((h, zone_asked.clone().unwrap_or_else(|| "nova".into()))),
+        (None, Some(want)) => place_on(state, tx, want, zone_asked.as_deref(), size)?,
+        (None, None) => place(state, tx, zone_asked.as_deref(), size)?,
+    };
+    let now = now_us();
+    let mut v = Volume {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: project.to_string(),
+        user_id: ctx.user_id().to_string(),
+        name: req.name.clone(),
+        description: req.description.clone(),
+        size,
+        extend_to: None,
+        status: "creating".into(),
+        availability_zone: zone_asked
+            .clone()
+            .unwrap_or_else(|| crate::compute::zones::DEFAULT_ZONE.into()),
+        host: None,
+        volume_type_id: vtype.id.clone(),
+        bootable,
+        readonly: None,
+        metadata: req.metadata.clone(),
+        image_metadata: image_meta,
+        source,
+        task: None,
+        generation: 1,
+        fault: None,
+        attachments: Vec::new(),
+        created_us: now,
+        updated_us: now,
+    };
+    match placed {
+        Some((h, z)) => {
+            v.host = Some(h);
+            v.availability_zone = z;
+            v.task = Some(VolumeTask::Create);
+        }
+        None => {
+            // Cinder's scheduler: the volume exists, in error.
+            tracing::warn!(volume = %v.id, size, "no storage node can take the volume");
+            v.status = "error".into();
+            v.fault = Some("No valid backend was found.".into());
+        }
+    }
+    let rev = tx.insert(&v)?;
+    Ok((v, rev))
 }
 
 async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
@@ -577,7 +604,7 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
 
 /// Asks the node to remove a volume (and, with `cascade`, its snapshots);
 /// a volume on no node goes at once.
-fn start_delete(tx: &Tx, v: &mut Volume, cascade: bool) -> Result<i64, ApiError> {
+pub(crate) fn start_delete(tx: &Tx, v: &mut Volume, cascade: bool) -> Result<i64, ApiError> {
     let snaps: Vec<Snapshot> = tx
         .list::<Snapshot>(&StoreQuery::owner(&v.project_id))?
         .into_iter()

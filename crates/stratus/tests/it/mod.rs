@@ -1,3 +1,4 @@
+mod boot_volume;
 mod cli;
 mod common;
 mod compute;

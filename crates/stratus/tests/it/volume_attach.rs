@@ -15,7 +15,7 @@ use super::compute_real::{console_until, image_id, require_qemu, require_runtime
 use super::volume::{fault, vol_client, vol_file, wait_status, wait_storage};
 
 /// A cloud with the test images imported and its node registered.
-fn cloud(driver: Option<&str>) -> Cloud {
+pub(super) fn cloud(driver: Option<&str>) -> Cloud {
     let dir = test_images();
     let mut args = vec!["--import-images", dir.to_str().unwrap()];
     if let Some(d) = driver {
@@ -60,7 +60,7 @@ fn attach(c: &Cloud, server: &str, body: Value) -> super::common::Resp {
 }
 
 /// Asserts Nova's fault shape (`{"<name>": {"code", "message"}}`).
-fn nova_fault(r: &super::common::Resp, code: u16, name: &str) -> String {
+pub(super) fn nova_fault(r: &super::common::Resp, code: u16, name: &str) -> String {
     assert_eq!(r.status, code, "{}", r.body);
     let f = &r.body[name];
     assert_eq!(f["code"], code, "{}", r.body);

@@ -518,6 +518,7 @@ fn spec(s: &Assignment) -> anyhow::Result<InstanceSpec> {
         netns: None,
         dns: Vec::new(),
         vm_nics: Vec::new(),
+        root_disk: None,
     })
 }
 

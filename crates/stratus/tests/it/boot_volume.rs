@@ -1,0 +1,305 @@
+//! Boot from volume (Nova's `block_device_mapping_v2` with volume
+//! destinations): the real `openstack server create --boot-from-volume`
+//! on a real QEMU node, the guest's writes kept by the volume across
+//! servers, `delete_on_termination`, extra volumes at boot, and the
+//! refusals in Nova's shape.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::cli::{Os, cli};
+use super::compute::Cloud;
+use super::compute_real::{console_until, image_id, require_qemu, require_runtime};
+use super::volume::{vol_client, wait_status};
+use super::volume_attach::{cloud, nova_fault};
+
+fn ud(script: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(script)
+}
+
+/// `POST /servers` with block device mappings at 2.67 (volume_type in a
+/// mapping).
+fn boot_bdm(c: &Cloud, name: &str, bdms: Value, extra: Value) -> super::common::Resp {
+    boot_as(c, &c.admin, name, bdms, extra)
+}
+
+fn boot_as(c: &Cloud, tok: &str, name: &str, bdms: Value, extra: Value) -> super::common::Resp {
+    let mut server = json!({
+        "name": name, "flavorRef": "1", "networks": "none",
+        "block_device_mapping_v2": bdms,
+    });
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            server[k] = v;
+        }
+    }
+    c.nova.raw(
+        "POST",
+        "/servers",
+        Some(tok),
+        &[("OpenStack-API-Version", "compute 2.67")],
+        Some(json!({"server": server}).to_string()),
+    )
+}
+
+fn wait_volume_gone(c: &Cloud, id: &str) {
+    let vc = vol_client(c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vc.get(&format!("/volumes/{id}"), &c.admin).status != 404 {
+        assert!(Instant::now() < deadline, "volume {id} was not deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes a marker 512 MiB into the root disk, past the small boot file
+/// system, and prints what is there (a second server prints the first
+/// one's marker before writing its own).
+const MARK: &str = "#!/bin/sh\necho \"READ[$(dd if=/dev/vda bs=1M skip=512 count=1 2>/dev/null | head -c 16)]\"\necho BFV-MARKER-0001 | dd of=/dev/vda bs=1M seek=512 conv=notrunc 2>/dev/null\nsync\necho BFV-WROTE\n";
+
+#[test]
+fn boot_from_volume_cli_keeps_the_guests_writes_across_servers() {
+    if cli().is_none() {
+        return;
+    }
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let Some(os) = Os::new(&c.server) else { return };
+    let vc = vol_client(&c);
+    let img = image_id(&c, "busybox-vm");
+    let script = std::env::temp_dir().join(format!("bfv-ud-{}", std::process::id()));
+    std::fs::write(&script, MARK).unwrap();
+
+    // The real CLI: a 1 GiB volume made from the image, booted.
+    os.ok(&[
+        "server",
+        "create",
+        "--flavor",
+        "1",
+        "--image",
+        "busybox-vm",
+        "--boot-from-volume",
+        "1",
+        "--nic",
+        "none",
+        "--user-data",
+        script.to_str().unwrap(),
+        "bfv1",
+    ]);
+    let first = os.json(&["server", "show", "bfv1"]);
+    let id1 = first["id"].as_str().unwrap().to_string();
+    let s = c.wait(&c.admin, &id1, "ACTIVE");
+    assert_eq!(s["image"], "", "a volume-backed server has no image: {s}");
+    let vols = s["os-extended-volumes:volumes_attached"]
+        .as_array()
+        .unwrap();
+    assert_eq!(vols.len(), 1, "{s}");
+    let vid = vols[0]["id"].as_str().unwrap().to_string();
+    let out = console_until(&c, &c.admin, &id1, "BFV-WROTE");
+    assert!(out.contains("READ[]") || !out.contains("READ[BFV"), "{out}");
+    let vol = wait_status(&vc, &c.admin, &vid, "in-use");
+    assert_eq!(vol["bootable"], "true", "{vol}");
+    assert_eq!(vol["attachments"][0]["device"], "/dev/vda", "{vol}");
+    assert_eq!(vol["attachments"][0]["server_id"], id1.as_str(), "{vol}");
+    assert_eq!(
+        vol["volume_image_metadata"]["image_id"],
+        img.as_str(),
+        "{vol}"
+    );
+    let shown = os.json(&["server", "show", "bfv1"]);
+    assert!(
+        shown["image"].to_string().contains("booted from volume"),
+        "{shown}"
+    );
+
+    // The root volume stays while the server runs.
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{id1}/os-volume_attachments/{vid}"),
+        &c.admin,
+        None,
+    );
+    let m = nova_fault(&r, 400, "badRequest");
+    assert!(m.contains("root"), "{m}");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id1}/action"),
+        &c.admin,
+        Some(json!({"createImage": {"name": "snap"}})),
+    );
+    nova_fault(&r, 409, "conflictingRequest");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id1}/action"),
+        &c.admin,
+        Some(json!({"rebuild": {"imageRef": img}})),
+    );
+    nova_fault(&r, 400, "badRequest");
+    // In use: no second server boots from it.
+    let r = boot_bdm(
+        &c,
+        "again",
+        json!([{"source_type": "volume", "uuid": vid, "destination_type": "volume", "boot_index": 0}]),
+        json!({}),
+    );
+    nova_fault(&r, 400, "badRequest");
+
+    // Deleting the server keeps the volume (the CLI's default is not to
+    // delete on termination), with the guest's marker in it.
+    os.ok(&["server", "delete", "--wait", "bfv1"]);
+    wait_status(&vc, &c.admin, &vid, "available");
+
+    // The real CLI again: a server booted from the existing volume reads
+    // the first one's marker.
+    os.ok(&[
+        "server",
+        "create",
+        "--flavor",
+        "1",
+        "--volume",
+        &vid,
+        "--nic",
+        "none",
+        "--user-data",
+        script.to_str().unwrap(),
+        "bfv2",
+    ]);
+    let id2 = os.json(&["server", "show", "bfv2"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.wait(&c.admin, &id2, "ACTIVE");
+    let out = console_until(&c, &c.admin, &id2, "BFV-WROTE");
+    assert!(
+        out.contains("READ[BFV-MARKER-0001]"),
+        "the second server did not find the first one's write:\n{out}"
+    );
+    os.ok(&["server", "delete", "--wait", "bfv2"]);
+    wait_status(&vc, &c.admin, &vid, "available");
+
+    // delete_on_termination, and a blank data volume at boot.
+    let r = boot_bdm(
+        &c,
+        "bfv3",
+        json!([
+            {"source_type": "image", "uuid": img, "destination_type": "volume",
+             "boot_index": 0, "volume_size": 1, "delete_on_termination": true},
+            {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+             "boot_index": -1, "delete_on_termination": false}
+        ]),
+        json!({"user_data": ud("#!/bin/sh\necho DISKS[$(ls /sys/block | tr '\\n' ' ')]\n")}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id3 = r.body["server"]["id"].as_str().unwrap().to_string();
+    let s = c.wait(&c.admin, &id3, "ACTIVE");
+    let vols = s["os-extended-volumes:volumes_attached"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(vols.len(), 2, "{s}");
+    let root = vols
+        .iter()
+        .find(|v| v["delete_on_termination"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = vols
+        .iter()
+        .find(|v| v["delete_on_termination"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dv = wait_status(&vc, &c.admin, &data, "in-use");
+    assert_eq!(dv["attachments"][0]["device"], "/dev/vdb", "{dv}");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id3}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id3);
+    wait_volume_gone(&c, &root);
+    wait_status(&vc, &c.admin, &data, "available");
+    let _ = std::fs::remove_file(&script);
+}
+
+/// The mappings Nova refuses, each a 400 in Nova's shape with nothing
+/// made (fake nodes: no guest needed).
+#[test]
+fn boot_from_volume_refusals_leave_nothing_behind() {
+    let c = cloud(Some("fake"));
+    let vc = vol_client(&c);
+    let vm = image_id(&c, "busybox-vm");
+    let ctr = image_id(&c, "busybox");
+    let count = || {
+        vc.get("/volumes", &c.admin).body["volumes"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
+    };
+    let cases = [
+        // A container image is no disk to make a volume from.
+        json!([{"source_type": "image", "uuid": ctr, "destination_type": "volume", "boot_index": 0, "volume_size": 1}]),
+        // An image to a volume needs a size.
+        json!([{"source_type": "image", "uuid": vm, "destination_type": "volume", "boot_index": 0}]),
+        // A blank volume cannot be booted.
+        json!([{"source_type": "blank", "destination_type": "volume", "boot_index": 0, "volume_size": 1}]),
+        // A volume that does not exist.
+        json!([{"source_type": "volume", "uuid": "6f1c1b53-0000-4000-8000-000000000000", "destination_type": "volume", "boot_index": 0}]),
+        // A volume mapped as a local disk.
+        json!([{"source_type": "volume", "uuid": vm, "destination_type": "local", "boot_index": 0}]),
+        // Boot indexes with a gap.
+        json!([{"source_type": "image", "uuid": vm, "destination_type": "volume", "boot_index": 1, "volume_size": 1}]),
+        // An unknown source.
+        json!([{"source_type": "floppy", "destination_type": "volume", "boot_index": 0}]),
+    ];
+    for bdms in cases {
+        let r = boot_bdm(&c, "bad", bdms.clone(), json!({}));
+        nova_fault(&r, 400, "badRequest");
+        assert_eq!(count(), 0, "{bdms} left a volume");
+    }
+    let r = c.req("GET", "/servers", &c.admin, None);
+    assert_eq!(r.body["servers"], json!([]), "{}", r.body);
+
+    // Too big for the node: refused, nothing made.
+    let r = boot_bdm(
+        &c,
+        "huge",
+        json!([{"source_type": "image", "uuid": vm, "destination_type": "volume", "boot_index": 0, "volume_size": 100000}]),
+        json!({}),
+    );
+    nova_fault(&r, 400, "badRequest");
+    assert_eq!(count(), 0);
+
+    // The quota counts the volumes made for a server: over it, a 413
+    // from Cinder's rules becomes Nova's 400 with nothing half-made.
+    let (pq, tq) = c.project("bfvq");
+    let r = vc.call(
+        "PUT",
+        &format!("/os-quota-sets/{pq}"),
+        Some(&c.admin),
+        Some(json!({"quota_set": {"volumes": 0}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = boot_as(
+        &c,
+        &tq,
+        "over",
+        json!([{"source_type": "image", "uuid": vm, "destination_type": "volume", "boot_index": 0, "volume_size": 1}]),
+        json!({}),
+    );
+    let m = nova_fault(&r, 400, "badRequest");
+    assert!(
+        m.to_lowercase().contains("quota") || m.contains("exceeded"),
+        "{m}"
+    );
+    let mine = vc.get("/volumes", &tq).body;
+    assert_eq!(mine["volumes"], json!([]), "{mine}");
+    assert_eq!(
+        c.req("GET", "/servers", &tq, None).body["servers"],
+        json!([])
+    );
+}
