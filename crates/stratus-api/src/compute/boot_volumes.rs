@@ -63,6 +63,18 @@ pub fn prepare(state: &AppState, ctx: &Ctx, c: &CreateServer) -> Result<Prepared
         {
             let src = cinder::image_source(state, &vctx, id)
                 .map_err(|e| invalid(format!("image {id}: {}", e.message)))?;
+            // A volume holds a container image's bytes, but no VM boots
+            // them.
+            if v.boot_index == Some(0)
+                && src
+                    .2
+                    .get("container_format")
+                    .is_some_and(|c| matches!(c.as_str(), "docker" | "oci"))
+            {
+                return Err(invalid(format!(
+                    "image {id} is a container image: a server cannot boot from a volume made of it"
+                )));
+            }
             images.insert(id.clone(), src);
         }
     }

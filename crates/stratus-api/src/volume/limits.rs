@@ -65,7 +65,11 @@ async fn zones(State(state): State<AppState>, _ctx: VCtx) -> J {
     .await
 }
 
-async fn services(State(state): State<AppState>, ctx: VCtx) -> J {
+async fn services(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> J {
     ctx.admin("volume_extension:services:index")?;
     blocking(move || {
         let caps = state.store.write(|tx| capacities(&state, tx))?;
@@ -94,6 +98,13 @@ async fn services(State(state): State<AppState>, ctx: VCtx) -> J {
                 "active_backend_id": null,
             }));
         }
+        // Filters: `binary`, and `host` (the whole name or the node's).
+        out.retain(|s| {
+            q.get("binary").is_none_or(|b| s["binary"] == b.as_str())
+                && q.get("host").is_none_or(|h| {
+                    super::hosts::host_matches(s["host"].as_str().unwrap_or_default(), h)
+                })
+        });
         Ok(axum::Json(json!({"services": out})))
     })
     .await

@@ -23,6 +23,7 @@
 
 mod agent;
 pub mod attach;
+mod hosts;
 mod limits;
 pub mod model;
 mod quotas;
@@ -266,7 +267,8 @@ pub fn router() -> Router<AppState> {
         .merge(snapshots::routes())
         .merge(types::routes())
         .merge(quotas::routes())
-        .merge(limits::routes());
+        .merge(limits::routes())
+        .merge(hosts::routes());
     Router::new()
         .route("/volume", get(versions))
         .route("/volume/", get(versions))
@@ -343,6 +345,28 @@ pub(crate) fn paging(q: &HashMap<String, String>) -> Result<Paging, ApiError> {
     } else if let Some(k) = q.get("sort_key") {
         let dir = q.get("sort_dir").map(String::as_str).unwrap_or("desc");
         sort.push((k.clone(), parse_dir(dir)?));
+    }
+    // Cinder's sortable keys; another is a 400, not a silent order.
+    const SORTABLE: &[&str] = &[
+        "id",
+        "name",
+        "display_name",
+        "status",
+        "size",
+        "created_at",
+        "updated_at",
+        "availability_zone",
+        "bootable",
+        "volume_type",
+        "volume_id",
+        "project_id",
+        "user_id",
+        "description",
+    ];
+    if let Some((k, _)) = sort.iter().find(|(k, _)| !SORTABLE.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: Invalid sort key {k}"
+        )));
     }
     Ok(Paging {
         limit: int("limit")?.map(|l| l.min(1000)),

@@ -143,8 +143,7 @@ async fn create(
         .ok_or_else(|| {
             ApiError::bad_request("Missing required element 'snapshot' in request body.")
         })?;
-    let volume_id = opt_str(&s, "volume_id", 255)?
-        .ok_or_else(|| ApiError::bad_request("'volume_id' must be specified"))?;
+    let volume_id = opt_str(&s, "volume_id", 255)?.ok_or_else(|| not_found("Volume", "None"))?;
     let name = opt_str(&s, "name", 255)?.or(opt_str(&s, "display_name", 255)?);
     let description = opt_str(&s, "description", 255)?.or(opt_str(&s, "display_description", 255)?);
     let force = s

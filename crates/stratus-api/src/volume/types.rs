@@ -72,6 +72,19 @@ pub(crate) fn render(t: &VolumeType) -> Value {
     })
 }
 
+/// Cinder's answer to a type create (no QoS id) or update (nor the
+/// access extension's field).
+fn render_changed(t: &VolumeType, update: bool) -> Value {
+    let mut v = render(t);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("qos_specs_id");
+        if update {
+            o.remove("os-volume-type-access:is_public");
+        }
+    }
+    v
+}
+
 /// Whether the caller may see `t`.
 pub(crate) fn visible(ctx: &VCtx, t: &VolumeType) -> bool {
     t.is_public
@@ -211,7 +224,7 @@ async fn create(
         })?;
         Ok((
             StatusCode::OK,
-            axum::Json(json!({"volume_type": render(&vt)})),
+            axum::Json(json!({"volume_type": render_changed(&vt, false)})),
         ))
     })
     .await
@@ -274,7 +287,7 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             tx.update(&t)?;
             Ok(t)
         })?;
-        Ok(axum::Json(json!({"volume_type": render(&t)})))
+        Ok(axum::Json(json!({"volume_type": render_changed(&t, true)})))
     })
     .await
 }

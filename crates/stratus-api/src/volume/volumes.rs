@@ -157,6 +157,16 @@ fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiEr
     Ok(json!({"volume": render(state, ctx, v, &name)}))
 }
 
+/// Cinder's answer to a create or an update: the volume without the
+/// extensions' attributes (host, project, migration, image metadata).
+fn changed(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiError> {
+    let mut out = one(state, ctx, tx, v)?;
+    if let Some(o) = out["volume"].as_object_mut() {
+        o.retain(|k, _| !k.starts_with("os-vol-") && k != "volume_image_metadata");
+    }
+    Ok(out)
+}
+
 async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
     listing(s, ctx, q, false).await
 }
@@ -346,12 +356,9 @@ pub(crate) fn image_source(
         )));
     }
     let fmt = img.disk_format.clone().unwrap_or_default();
-    if !DISK_FORMATS.contains(&fmt.as_str())
-        || img
-            .container_format
-            .as_deref()
-            .is_some_and(|c| c != "bare" && c != "ovf")
-    {
+    // As Cinder: the disk format decides (the data is copied or
+    // converted as that format); the container format is not looked at.
+    if !DISK_FORMATS.contains(&fmt.as_str()) {
         return Err(ApiError::bad_request(format!(
             "Image {id} is not a disk image (disk_format {fmt:?}, container_format {:?}): a volume can only be made from {}.",
             img.container_format.as_deref().unwrap_or(""),
@@ -409,7 +416,7 @@ async fn create(
         };
         let (out, rev) = state.store.write(|tx| {
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
-            Ok::<_, ApiError>((one(&state, &ctx, tx, &v)?, rev))
+            Ok::<_, ApiError>((changed(&state, &ctx, tx, &v)?, rev))
         })?;
         written(&state, rev);
         Ok((StatusCode::ACCEPTED, axum::Json(out)))
@@ -595,7 +602,7 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             }
             v.updated_us = now_us();
             tx.update(&v)?;
-            one(&state, &ctx, tx, &v)
+            changed(&state, &ctx, tx, &v)
         })?;
         Ok(axum::Json(out))
     })
