@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::common::Server;
 use super::compute::Cloud;
+use super::volume::{vol_client, wait_status, wait_storage};
 
 /// A headless Chromium under a chromedriver of this test's own.
 pub struct Browser {
@@ -392,7 +393,7 @@ fn row_text(table: &str, name: &str) -> String {
 #[test]
 fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
     let c = Cloud::start(&["--driver", "fake"]);
-    super::volume::wait_storage(&c);
+    wait_storage(&c);
     let (_pid, tok) = c.project("vols");
     let vm_img = vm_image(&c, &tok, "disk-image");
     let ctr_img = c.image(&tok, "busybox");
@@ -405,7 +406,7 @@ fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
     for id in &servers {
         c.wait(&tok, id, "ACTIVE");
     }
-    let vc = super::volume::vol_client(&c);
+    let vc = vol_client(&c);
     let b = Browser::start(&c.server.url);
     b.login("vols-user", "pw-12345", "vols");
 
@@ -427,7 +428,7 @@ fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
         .expect("data-1 exists in the API")
         .to_string();
     let text = b.js(&format!("return {}", row_text("volumes-table", "data-1")));
-    assert!(text.as_str().unwrap().contains("2 GiB"), "{text}");
+    assert!(text.as_str().unwrap().contains("2\u{a0}GiB"), "{text}");
 
     // Extend it to 3 GiB.
     click_in_row(&b, "volumes-table", "data-1", "extend");
@@ -436,7 +437,7 @@ fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
     b.wait(
         "data-1 at 3 GiB",
         &format!(
-            "return {}.indexOf('3 GiB') >= 0",
+            "return {}.indexOf('3\\u00a0GiB') >= 0",
             row_text("volumes-table", "data-1")
         ),
     );
@@ -550,6 +551,20 @@ fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
     );
     let r = vc.get(&format!("/volumes/{vid}"), &tok);
     assert_eq!(r.body["volume"]["attachments"], json!([]), "{}", r.body);
+
+    // And again from the server's page: attach, then detach there.
+    b.goto(&format!("/dashboard#/servers/{}", servers[0]));
+    b.find("#server-volumes-table td.empty");
+    b.click("#server-volume-attach");
+    b.choose("#server-volume-select", "data-1");
+    b.click("#server-volume-form button[type=submit]");
+    b.wait(
+        "data-1 in-use on the server's page",
+        &row_with("server-volumes-table", "data-1", "in-use"),
+    );
+    b.click("#server-volumes-table button[data-action=detach]");
+    b.find("#server-volumes-table td.empty");
+    wait_status(&vc, &tok, &vid, "available");
 
     // Delete the snapshot, then both volumes.
     b.goto("/dashboard#/snapshots");

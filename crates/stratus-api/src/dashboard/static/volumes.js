@@ -141,7 +141,7 @@
     return [
       ["Name", function (v) { return h("a", { href: "#/volumes/" + enc(v.id) }, name(v)); }],
       ["Description", function (v) { return v.description || ""; }],
-      ["Size", function (v) { return v.size + " GiB"; }],
+      ["Size", function (v) { return v.size + "\u00a0GiB"; }],
       ["Status", function (v) { return statusCell(v.status); }],
       ["Type", function (v) { return v.volume_type || ""; }],
       ["Attached to", attachedTo],
@@ -164,7 +164,7 @@
           detach(a.server_id, v.id).then(reload, function (e) { b.disabled = false; showError(K.main(), e); });
         });
       }) : null,
-      st === "available" ? button("Create snapshot", "snapshot", function () { openForm(box, snapshotForm(done, v)); }) : null,
+      st === "available" ? button("Snapshot", "snapshot", function () { openForm(box, snapshotForm(done, v)); }) : null,
       K.delButton("Delete", function () {
         api("DELETE", CINDER + "volumes/" + enc(v.id)).then(reload, function (e) { reload(); showError(K.main(), e); });
       }));
@@ -219,8 +219,9 @@
       K.options(zone, (v.availabilityZoneInfo || []).map(function (z) { return { id: z.zoneName, up: z.zoneState && z.zoneState.available }; }),
         function (z) { return z.id + (z.up ? "" : " (no storage up)"); }, "(any zone)");
     }, function () { K.options(zone, [], null, "(any zone)"); });
+    // A copy of a snapshot stays in its volume's zone.
     f = K.formPanel("volume-form", [["Name", vname], ["Description", desc], ["Size (GiB)", size], ["Source", source],
-      ["Type", type], ["Availability zone", zone]], "Create volume", function () {
+      ["Type", type]].concat(pre.snapshot ? [] : [["Availability zone", zone]]), "Create volume", function () {
       var body = { name: vname.value, size: parseInt(size.value, 10) };
       if (desc.value) body.description = desc.value;
       if (!(body.size >= 1)) throw new K.ApiErr(400, "The size must be a whole number of GiB, at least 1.");
@@ -292,6 +293,7 @@
         api("GET", CINDER + "snapshots/detail?volume_id=" + enc(id)).catch(function () { return { snapshots: [] }; })
       ]).then(function (r) {
         var v = r[0].volume;
+        var names = {}; names[v.id] = name(v);
         title.textContent = "Volume " + name(v);
         // Buttons are redrawn only when the volume changed (a form may be open).
         var sig = JSON.stringify(v);
@@ -302,7 +304,7 @@
             v.source_volid ? h("a", { href: "#/volumes/" + enc(v.source_volid) }, "volume " + v.source_volid) :
             v.volume_image_metadata ? "image " + (v.volume_image_metadata.image_name || v.volume_image_metadata.image_id) : "";
           var meta = Object.keys(v.metadata || {}).map(function (k) { return h("div", k + " = " + v.metadata[k]); });
-          var props = [["ID", v.id], ["Name", v.name || ""], ["Description", v.description || ""], ["Size", v.size + " GiB"],
+          var props = [["ID", v.id], ["Name", v.name || ""], ["Description", v.description || ""], ["Size", v.size + "\u00a0GiB"],
             ["Status", statusCell(v.status)], ["Type", v.volume_type || ""], ["Availability zone", v.availability_zone || ""],
             ["Bootable", v.bootable === "true" ? "yes" : "no"], ["Attached to", attachedTo(v)], ["Source", src],
             ["Metadata", meta], ["Created", when(v.created_at)], ["Updated", when(v.updated_at)]];
@@ -310,7 +312,7 @@
           props.forEach(function (p) { dl.appendChild(h("dt", p[0])); dl.appendChild(h("dd", p[1])); });
           clear(box).appendChild(dl);
         }
-        clear(snapBox).appendChild(K.table(snapshotCols(load, formBox, {}), r[1].snapshots || [], "No snapshots of this volume.", { id: "volume-snapshots-table" }));
+        clear(snapBox).appendChild(K.table(snapshotCols(load, formBox, names), r[1].snapshots || [], "No snapshots of this volume.", { id: "volume-snapshots-table" }));
       }, function (e) {
         clear(box); clear(actions); showError(box, e);
         if (e.status === 404) K.stopTimer();
@@ -347,7 +349,7 @@
       ["Name", function (s) { return name(s); }],
       ["Description", function (s) { return s.description || ""; }],
       ["Volume", function (s) { return h("a", { href: "#/volumes/" + enc(s.volume_id) }, volumes[s.volume_id] || s.volume_id.slice(0, 8)); }],
-      ["Size", function (s) { return s.size + " GiB"; }],
+      ["Size", function (s) { return s.size + "\u00a0GiB"; }],
       ["Status", function (s) { return statusCell(s.status); }],
       ["Created", function (s) { return when(s.created_at); }],
       ["Actions", function (s) {
@@ -409,7 +411,7 @@
           clear(list).appendChild(K.table([
             ["Volume", function (x) { return h("a", { href: "#/volumes/" + enc(x.id) }, x.v.name || x.id); }],
             ["Device", function (x) { return x.device || ""; }],
-            ["Size", function (x) { return x.v.size ? x.v.size + " GiB" : ""; }],
+            ["Size", function (x) { return x.v.size ? x.v.size + "\u00a0GiB" : ""; }],
             ["Status", function (x) { return statusCell(x.v.status); }],
             ["", function (x) {
               return x.v.status === "in-use" ? button("Detach", "detach", function (b) {
