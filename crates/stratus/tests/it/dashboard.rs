@@ -455,6 +455,15 @@ fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
         "snap-1 available",
         &row_with("snapshots-table", "snap-1", "available"),
     );
+    // The volume's own page lists its snapshot.
+    b.goto(&format!("/dashboard#/volumes/{vid}"));
+    b.wait(
+        "snap-1 on data-1's page",
+        &row_with("volume-snapshots-table", "snap-1", "available"),
+    );
+    let props = b.js("return document.getElementById('volume-props').textContent");
+    assert!(props.as_str().unwrap().contains(&vid), "{props}");
+    b.goto("/dashboard#/snapshots");
     click_in_row(&b, "snapshots-table", "snap-1", "create-volume");
     b.fill("#volume-name", "from-snap");
     b.click("#volume-form button[type=submit]");

@@ -314,12 +314,14 @@
         }
         clear(snapBox).appendChild(K.table(snapshotCols(load, formBox, names), r[1].snapshots || [], "No snapshots of this volume.", { id: "volume-snapshots-table" }));
       }, function (e) {
+        // Deleted while shown: back to the list, where its row is gone.
+        if (e.status === 404 && last) { location.hash = "#/volumes"; return; }
         clear(box); clear(actions); showError(box, e);
         if (e.status === 404) K.stopTimer();
       });
     }
     load();
-    K.poll(function () { if (!c.querySelector("button.armed")) load(); }, 2000);
+    K.poll(function () { if (!c.querySelector("button.armed:not([disabled])")) load(); }, 2000);
   }
 
   // ---- snapshots --------------------------------------------------------------
