@@ -53,6 +53,8 @@ const READ_LIMIT: usize = 16 << 20;
 
 const INDEX_HTML: &str = include_str!("static/index.html");
 const APP_JS: &str = include_str!("static/app.js");
+/// The block storage pages, built on the kit `app.js` exports.
+const VOLUMES_JS: &str = include_str!("static/volumes.js");
 const APP_CSS: &str = include_str!("static/app.css");
 const FAVICON: &str = include_str!("static/favicon.svg");
 
@@ -390,6 +392,7 @@ async fn page() -> Response {
 async fn asset(Path(file): Path<String>) -> Response {
     let (ct, body) = match file.as_str() {
         "app.js" => ("text/javascript; charset=utf-8", APP_JS),
+        "volumes.js" => ("text/javascript; charset=utf-8", VOLUMES_JS),
         "app.css" => ("text/css; charset=utf-8", APP_CSS),
         "favicon.svg" => ("image/svg+xml", FAVICON),
         _ => return secured(ApiError::not_found("file", &file).into_response()),

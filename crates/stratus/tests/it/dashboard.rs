@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::common::Server;
 use super::compute::Cloud;
+use super::volume::{vol_client, wait_status, wait_storage};
 
 /// A headless Chromium under a chromedriver of this test's own.
 pub struct Browser {
@@ -337,6 +338,266 @@ fn dashboard_server_lifecycle_and_image_upload_in_a_browser() {
     b.find("#login-form");
 }
 
+/// Uploads a small raw disk image: servers booted from it are VMs (a fake
+/// node never reads it; a storage node can make a volume of it).
+fn vm_image(c: &Cloud, token: &str, name: &str) -> String {
+    let r = c.img.post(
+        "/images",
+        token,
+        json!({"name": name, "disk_format": "raw", "container_format": "bare"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let (st, _, body) = c.img.bytes(
+        "PUT",
+        &format!("/images/{id}/file"),
+        token,
+        &[("Content-Type", "application/octet-stream")],
+        Some(vec![0u8; 1 << 20]),
+    );
+    assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    id
+}
+
+/// Clicks the (enabled) button `action` in the row of `table` whose first
+/// cell is `name`, waiting for it.
+fn click_in_row(b: &Browser, table: &str, name: &str, action: &str) {
+    b.wait(
+        &format!("{action} on {name}"),
+        &format!(
+            "var tr = Array.prototype.find.call(document.querySelectorAll('#{table} tbody tr'), function (tr) {{
+               return tr.cells[0].textContent === {n}; }});
+             var btn = tr && tr.querySelector('button[data-action={a}]:not([disabled])');
+             if (!btn) return false; btn.click(); return true;",
+            n = serde_json::to_string(name).unwrap(),
+            a = serde_json::to_string(action).unwrap(),
+        ),
+    );
+}
+
+/// A JS expression: the text of the row of `table` whose first cell is
+/// `name` ('' if none).
+fn row_text(table: &str, name: &str) -> String {
+    format!(
+        "(function () {{ var tr = Array.prototype.find.call(document.querySelectorAll('#{table} tbody tr'), function (tr) {{
+           return tr.cells[0].textContent === {n}; }}); return tr ? tr.textContent : ''; }})()",
+        n = serde_json::to_string(name).unwrap(),
+    )
+}
+
+/// A member's volumes in the browser: create one and watch it become
+/// available, snapshot it, make a volume of the snapshot, attach (a
+/// container is refused with the API's message, a VM takes it) and detach,
+/// a refused delete, the server's page and the overview's quota, and
+/// everything deleted again; the page is never reloaded.
+#[test]
+fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
+    let c = Cloud::start(&["--driver", "fake"]);
+    wait_storage(&c);
+    let (_pid, tok) = c.project("vols");
+    let vm_img = vm_image(&c, &tok, "disk-image");
+    let ctr_img = c.image(&tok, "busybox");
+    let mut servers = vec![];
+    for (name, img) in [("vm-1", &vm_img), ("ctr-1", &ctr_img)] {
+        let r = c.boot(&tok, name, img, "1", json!({}));
+        assert_eq!(r.status, 202, "{}", r.body);
+        servers.push(r.body["server"]["id"].as_str().unwrap().to_string());
+    }
+    for id in &servers {
+        c.wait(&tok, id, "ACTIVE");
+    }
+    let vc = vol_client(&c);
+    let b = Browser::start(&c.server.url);
+    b.login("vols-user", "pw-12345", "vols");
+
+    // Create: the row follows creating -> available without a reload.
+    b.goto("/dashboard#/volumes");
+    b.find("#volumes-table");
+    b.js("window.stillTheSamePage = true; return null");
+    b.click("#volume-create");
+    b.fill("#volume-name", "data-1");
+    b.fill("#volume-size", "2");
+    b.choose("#volume-type", "__DEFAULT__");
+    b.click("#volume-form button[type=submit]");
+    b.wait(
+        "data-1 available",
+        &row_with("volumes-table", "data-1", "available"),
+    );
+    let vid = vc.get("/volumes?name=data-1", &tok).body["volumes"][0]["id"]
+        .as_str()
+        .expect("data-1 exists in the API")
+        .to_string();
+    let text = b.js(&format!("return {}", row_text("volumes-table", "data-1")));
+    assert!(text.as_str().unwrap().contains("2\u{a0}GiB"), "{text}");
+
+    // Extend it to 3 GiB.
+    click_in_row(&b, "volumes-table", "data-1", "extend");
+    b.fill("#volume-extend-size", "3");
+    b.click("#volume-extend-form button[type=submit]");
+    b.wait(
+        "data-1 at 3 GiB",
+        &format!(
+            "return {}.indexOf('3\\u00a0GiB') >= 0",
+            row_text("volumes-table", "data-1")
+        ),
+    );
+    b.wait(
+        "data-1 available again",
+        &row_with("volumes-table", "data-1", "available"),
+    );
+
+    // A snapshot of it, then a volume made from the snapshot.
+    click_in_row(&b, "volumes-table", "data-1", "snapshot");
+    b.fill("#snapshot-name", "snap-1");
+    b.click("#snapshot-form button[type=submit]");
+    b.goto("/dashboard#/snapshots");
+    b.wait(
+        "snap-1 available",
+        &row_with("snapshots-table", "snap-1", "available"),
+    );
+    // The volume's own page lists its snapshot.
+    b.goto(&format!("/dashboard#/volumes/{vid}"));
+    b.wait(
+        "snap-1 on data-1's page",
+        &row_with("volume-snapshots-table", "snap-1", "available"),
+    );
+    let props = b.js("return document.getElementById('volume-props').textContent");
+    assert!(props.as_str().unwrap().contains(&vid), "{props}");
+    b.goto("/dashboard#/snapshots");
+    click_in_row(&b, "snapshots-table", "snap-1", "create-volume");
+    b.fill("#volume-name", "from-snap");
+    b.click("#volume-form button[type=submit]");
+    b.wait(
+        "from-snap available on the volumes page",
+        &row_with("volumes-table", "from-snap", "available"),
+    );
+    let r = vc.get("/volumes/detail?name=from-snap", &tok);
+    assert_eq!(r.body["volumes"][0]["size"], 3, "{}", r.body);
+    assert!(
+        r.body["volumes"][0]["snapshot_id"].is_string(),
+        "{}",
+        r.body
+    );
+
+    // The overview counts them.
+    b.goto("/dashboard#/overview");
+    let fig = b.wait(
+        "the volume quota cards",
+        "var f = document.querySelector('[data-quota=volumes] .figure'); var g = document.querySelector('[data-quota=gigabytes] .figure');
+         var s = document.querySelector('[data-quota=snapshots] .figure');
+         return f && g && s && [f.textContent, g.textContent, s.textContent]",
+    );
+    let figs: Vec<&str> = fig
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(figs[0].starts_with("2 / "), "{fig}");
+    assert!(figs[1].starts_with("9 / "), "volumes and snapshot: {fig}");
+    assert!(figs[2].starts_with("1 / "), "{fig}");
+    assert!(
+        b.js("return document.querySelector('[data-quota=instances]') !== null") == true,
+        "compute quotas are still there"
+    );
+
+    // Attach: a container is refused with the API's message, in the form.
+    b.goto("/dashboard#/volumes");
+    click_in_row(&b, "volumes-table", "data-1", "attach");
+    b.choose("#volume-attach-server", "ctr-1");
+    b.click("#volume-attach-form button[type=submit]");
+    let err = b.wait(
+        "the container refusal",
+        "var e = document.querySelector('#volume-attach-form .error'); return e && [e.getAttribute('data-status'), e.textContent]",
+    );
+    assert_eq!(err[0], "409", "{err}");
+    assert!(err[1].as_str().unwrap().contains("container"), "{err}");
+    // A VM takes it: in-use, with the server named and the device.
+    b.choose("#volume-attach-server", "vm-1");
+    b.click("#volume-attach-form button[type=submit]");
+    b.wait(
+        "data-1 in-use",
+        &row_with("volumes-table", "data-1", "in-use"),
+    );
+    let text = b.wait(
+        "the server named",
+        &format!(
+            "var t = {}; return t.indexOf('vm-1') >= 0 && t",
+            row_text("volumes-table", "data-1")
+        ),
+    );
+    assert!(text.as_str().unwrap().contains("/dev/vdb"), "{text}");
+    let r = vc.get(&format!("/volumes/{vid}"), &tok);
+    assert_eq!(
+        r.body["volume"]["attachments"][0]["server_id"],
+        servers[0].as_str()
+    );
+
+    // Deleting it now is refused, and the page says why.
+    click_in_row(&b, "volumes-table", "data-1", "delete");
+    b.click("#volumes-table button.armed");
+    let err = b.wait(
+        "the delete refusal",
+        "var e = document.querySelector('#content > .error'); return e && [e.getAttribute('data-status'), e.textContent]",
+    );
+    assert_eq!(err[0], "400", "{err}");
+    assert!(err[1].as_str().unwrap().contains("in-use"), "{err}");
+
+    // The server's page lists it.
+    b.goto(&format!("/dashboard#/servers/{}", servers[0]));
+    let text = b.wait(
+        "the server's volumes",
+        "var t = document.querySelector('#server-volumes-table'); return t && t.textContent.indexOf('data-1') >= 0 && t.textContent",
+    );
+    assert!(text.as_str().unwrap().contains("/dev/vdb"), "{text}");
+
+    // Detach from the volumes page: available again.
+    b.goto("/dashboard#/volumes");
+    click_in_row(&b, "volumes-table", "data-1", "detach");
+    b.wait(
+        "data-1 available after detaching",
+        &row_with("volumes-table", "data-1", "available"),
+    );
+    let r = vc.get(&format!("/volumes/{vid}"), &tok);
+    assert_eq!(r.body["volume"]["attachments"], json!([]), "{}", r.body);
+
+    // And again from the server's page: attach, then detach there.
+    b.goto(&format!("/dashboard#/servers/{}", servers[0]));
+    b.find("#server-volumes-table td.empty");
+    b.click("#server-volume-attach");
+    b.choose("#server-volume-select", "data-1");
+    b.click("#server-volume-form button[type=submit]");
+    b.wait(
+        "data-1 in-use on the server's page",
+        &row_with("server-volumes-table", "data-1", "in-use"),
+    );
+    b.click("#server-volumes-table button[data-action=detach]");
+    b.find("#server-volumes-table td.empty");
+    wait_status(&vc, &tok, &vid, "available");
+
+    // Delete the snapshot, then both volumes.
+    b.goto("/dashboard#/snapshots");
+    click_in_row(&b, "snapshots-table", "snap-1", "delete");
+    b.click("#snapshots-table button.armed");
+    b.wait(
+        "snap-1 gone",
+        "var t = document.querySelector('#snapshots-table'); return t && t.textContent.indexOf('snap-1') < 0",
+    );
+    b.goto("/dashboard#/volumes");
+    for name in ["data-1", "from-snap"] {
+        click_in_row(&b, "volumes-table", name, "delete");
+        b.click("#volumes-table button.armed");
+        b.wait(
+            &format!("{name} gone"),
+            &format!("return {} === ''", row_text("volumes-table", name)),
+        );
+    }
+    b.find("#volumes-table td.empty");
+    assert_eq!(vc.get("/volumes", &tok).body["volumes"], json!([]));
+    assert_eq!(vc.get("/snapshots", &tok).body["snapshots"], json!([]));
+    assert_eq!(b.js("return window.stillTheSamePage === true"), true);
+}
+
 #[test]
 fn dashboard_admin_pages_only_for_admins_and_generic_login_failure() {
     let c = Cloud::start(&["--driver", "fake"]);
@@ -377,7 +638,7 @@ fn dashboard_admin_pages_only_for_admins_and_generic_login_failure() {
         b.js("return document.querySelectorAll('#admin-nav, nav a[data-page^=admin]').length"),
         0
     );
-    for page in ["hypervisors", "projects", "users", "sites"] {
+    for page in ["hypervisors", "projects", "users", "sites", "volume-types"] {
         b.goto(&format!("/dashboard#/admin/{page}"));
         let err = b.wait(
             "the refusal",
@@ -420,6 +681,37 @@ fn dashboard_admin_pages_only_for_admins_and_generic_login_failure() {
     b.wait(
         "the plain project",
         &row_with("projects-table", "plain", "enabled"),
+    );
+
+    // Volume types: the default one, create and delete another.
+    b.goto("/dashboard#/admin/volume-types");
+    b.wait(
+        "the default type",
+        &format!(
+            "return {}.length > 0",
+            row_text("volume-types-table", "__DEFAULT__")
+        ),
+    );
+    b.click("#content button[data-action=create]");
+    b.fill("#volume-type-name", "fast-ssd");
+    b.fill("#volume-type-description", "Local NVMe");
+    b.fill("#volume-type-specs", "tier=gold");
+    b.click("#volume-type-form button[type=submit]");
+    let text = b.wait(
+        "the new type",
+        &format!("return {}", row_text("volume-types-table", "fast-ssd")),
+    );
+    assert!(text.as_str().unwrap().contains("tier = gold"), "{text}");
+    let r = c
+        .server
+        .client_at("/volume/v3")
+        .get("/types?is_public=None", &c.admin);
+    assert!(r.body.to_string().contains("fast-ssd"), "{}", r.body);
+    click_in_row(&b, "volume-types-table", "fast-ssd", "delete");
+    b.click("#volume-types-table button.armed");
+    b.wait(
+        "the type gone",
+        "var t = document.querySelector('#volume-types-table'); return t && t.textContent.indexOf('fast-ssd') < 0",
     );
 }
 
@@ -554,6 +846,14 @@ fn dashboard_sessions_need_the_csrf_token() {
     assert_eq!(r.status(), 404);
     let v: Value = r.body_mut().read_json().unwrap();
     assert_eq!(v["itemNotFound"]["code"], 404, "{v}");
+    // The block storage API too (and the page's volumes script).
+    let mut r = get("/dashboard/api/volume/v3/volumes/detail", &ok);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.body_mut().read_json().unwrap();
+    assert!(v["volumes"].is_array(), "{v}");
+    let r = get("/dashboard/static/volumes.js", &[]);
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("content-security-policy"));
     // Only the OpenStack services (and the edge sites' admin API) are
     // reachable through it.
     assert_eq!(get("/dashboard/api/edge/v1/nodes", &ok).status(), 404);

@@ -213,6 +213,8 @@
   function poll(fn, ms) { stopTimer(); S.timer = setInterval(fn, ms || 3000); }
 
   var PAGES = {};
+  // What other files add to pages defined here (see `window.Stratus`).
+  var HOOKS = { serverDetail: [] };
   function route() {
     if (!S.session) return;
     stopTimer();
@@ -308,27 +310,40 @@
 
   // ---- overview -----------------------------------------------------------
 
+  // The quota cards: each service's quota set with usage, the names shown.
+  var QUOTAS = [
+    { path: function (p) { return "compute/v2.1/os-quota-sets/" + p + "/detail"; },
+      names: [["instances", "Servers"], ["cores", "VCPUs"], ["ram", "RAM (MiB)"], ["key_pairs", "Key pairs"],
+        ["server_groups", "Server groups"], ["metadata_items", "Metadata items"]] },
+    { path: function (p) { return "volume/v3/os-quota-sets/" + p + "?usage=true"; },
+      names: [["volumes", "Volumes"], ["gigabytes", "Volume storage (GiB)"], ["snapshots", "Volume snapshots"]] }
+  ];
+
   PAGES.overview = { render: function (c) {
     c.appendChild(h("h1", "Overview" + (S.session.project ? ": " + S.session.project.name : "")));
     var cards = h("div.cards#quota-cards", h("p.loading", "Loading…"));
     c.appendChild(cards);
     if (!pid()) { clear(cards).appendChild(h("p.muted", "No project selected.")); return; }
-    var names = [["instances", "Servers"], ["cores", "VCPUs"], ["ram", "RAM (MiB)"], ["key_pairs", "Key pairs"],
-      ["server_groups", "Server groups"], ["metadata_items", "Metadata items"]];
-    api("GET", "compute/v2.1/os-quota-sets/" + encodeURIComponent(pid()) + "/detail").then(function (v) {
-      clear(cards);
-      var q = v.quota_set || {};
-      names.forEach(function (n) {
-        var d = q[n[0]]; if (!d) return;
-        var used = d.in_use || 0, lim = d.limit;
-        var pct = lim > 0 ? Math.min(100, Math.round(100 * used / lim)) : 0;
-        cards.appendChild(h("div.card", { "data-quota": n[0] }, h("div.label", n[1]),
-          h("div.figure", used + " / " + (lim < 0 ? "∞" : lim)),
-          h("div" + (pct >= 100 ? ".bar.full" : ".bar"), h("div", { "data-pct": pct }))));
+    // Each service's cards in their own box, so the order holds whichever answers first.
+    var boxes = QUOTAS.map(function () { return h("div.cards"); });
+    var loaded = 0;
+    QUOTAS.forEach(function (src, i) {
+      api("GET", src.path(encodeURIComponent(pid()))).then(function (v) {
+        var q = v.quota_set || {};
+        src.names.forEach(function (n) {
+          var d = q[n[0]]; if (!d) return;
+          var used = d.in_use || 0, lim = d.limit;
+          var pct = lim > 0 ? Math.min(100, Math.round(100 * used / lim)) : 0;
+          boxes[i].appendChild(h("div.card", { "data-quota": n[0] }, h("div.label", n[1]),
+            h("div.figure", used + " / " + (lim < 0 ? "∞" : lim)),
+            h("div" + (pct >= 100 ? ".bar.full" : ".bar"), h("div", { "data-pct": pct }))));
+        });
+        // The bar widths go through the CSSOM (no inline style attribute).
+        boxes[i].querySelectorAll("[data-pct]").forEach(function (d) { d.style.width = d.getAttribute("data-pct") + "%"; });
+      }, function (e) { showError(boxes[i], e); }).then(function () {
+        if (++loaded === QUOTAS.length) { clear(cards); boxes.forEach(function (b) { add(cards, Array.prototype.slice.call(b.childNodes)); }); }
       });
-      // The bar widths go through the CSSOM (no inline style attribute).
-      cards.querySelectorAll("[data-pct]").forEach(function (d) { d.style.width = d.getAttribute("data-pct") + "%"; });
-    }, function (e) { clear(cards); showError(cards, e); });
+    });
   } };
 
   // ---- servers --------------------------------------------------------------
@@ -476,6 +491,12 @@
     var refresh = h("button#console-refresh", { type: "button" }, "Refresh console");
     c.appendChild(h("p", h("a", { href: "#/servers" }, "‹ Servers")));
     c.appendChild(title); c.appendChild(actions); c.appendChild(box);
+    // Sections other files add (volumes); each refreshes with the server.
+    var extras = HOOKS.serverDetail.map(function (make) {
+      var sec = h("section");
+      c.appendChild(sec);
+      return make(sec, id);
+    });
     c.appendChild(h("h2", "Console log"));
     c.appendChild(h("div.toolbar", refresh));
     c.appendChild(consoleBox);
@@ -492,6 +513,7 @@
         var dl = h("dl.props#server-props");
         props.forEach(function (p) { dl.appendChild(h("dt", p[0])); dl.appendChild(h("dd", p[1])); });
         clear(box).appendChild(dl);
+        extras.forEach(function (refresh) { refresh(s); });
       }, function (e) {
         clear(box); clear(actions); showError(box, e);
         if (e.status === 404) stopTimer();
@@ -880,6 +902,21 @@
       ], r[0].services || [], "No services.", { id: "catalog-table" }));
     }, function (e) { showError(box, e); });
   });
+
+  // The kit the page's other files (volumes.js) build their pages with;
+  // they run after this one and before the page starts.
+  window.Stratus = {
+    h: h, add: add, clear: clear, main: main, fmtBytes: fmtBytes, when: when, statusCell: statusCell,
+    api: api, ApiErr: ApiErr, showError: showError, flash: flash, pid: pid, session: function () { return S.session; },
+    poll: poll, stopTimer: stopTimer, table: table, delButton: delButton, listPage: listPage, formPanel: formPanel,
+    options: options, adminPage: adminPage, PAGES: PAGES, HOOKS: HOOKS, PAGE_SIZE: PAGE_SIZE,
+    // Adds a page to the side menu after the page `after` (or at the end).
+    nav: function (admin, key, label, after) {
+      var list = admin ? ADMIN : TENANT;
+      var at = list.findIndex(function (p) { return p[0] === after; });
+      list.splice(at < 0 ? list.length : at + 1, 0, [key, label]);
+    }
+  };
 
   document.addEventListener("DOMContentLoaded", start);
 })();
