@@ -22,6 +22,9 @@ type J = Result<axum::Json<Value>, ApiError>;
 
 /// The backend (and pool) name of every storage node.
 pub const BACKEND: &str = "file";
+/// The vendor and protocol the backend reports.
+pub const VENDOR: &str = "Stratus";
+pub const PROTOCOL: &str = "file";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -30,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/os-hosts/{host}", get(host))
         .route("/scheduler-stats/get_pools", get(pools))
         .route("/extensions", get(extensions))
+        .route("/capabilities/{host}", get(capabilities))
 }
 
 /// The storage node a Cinder host names: `node`, `node@file` or
@@ -45,12 +49,10 @@ pub fn host_matches(have: &str, want: &str) -> bool {
     have == want || node_of(have) == want
 }
 
-async fn service_action(
-    State(state): State<AppState>,
-    ctx: VCtx,
-    Path(action): Path<String>,
-    raw: Bytes,
-) -> J {
+type P = Path<HashMap<String, String>>;
+
+async fn service_action(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let action = super::param(&p, "action");
     ctx.admin("volume_extension:services:update")?;
     let b = body(&raw)?;
     let text = move |k: &str| b.get(k).and_then(Value::as_str).map(str::to_string);
@@ -142,7 +144,8 @@ async fn hosts(State(state): State<AppState>, ctx: VCtx) -> J {
 
 /// What a storage node holds: the total, then per project (Cinder's
 /// `os-hosts/{host}`).
-async fn host(State(state): State<AppState>, ctx: VCtx, Path(host): Path<String>) -> J {
+async fn host(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    let host = super::param(&p, "host");
     ctx.admin("volume_extension:hosts")?;
     blocking(move || {
         let id = node_of(&host).to_string();
@@ -203,9 +206,9 @@ async fn pools(
                 }
                 json!({"name": name, "capabilities": {
                     "volume_backend_name": BACKEND,
-                    "vendor_name": "Stratus",
+                    "vendor_name": VENDOR,
                     "driver_version": env!("CARGO_PKG_VERSION"),
-                    "storage_protocol": "file",
+                    "storage_protocol": PROTOCOL,
                     "total_capacity_gb": c.node.total_capacity_gb,
                     "free_capacity_gb": c.node.free_capacity_gb,
                     "provisioned_capacity_gb": c.provisioned_gb,
@@ -244,4 +247,35 @@ async fn extensions(_ctx: VCtx) -> J {
         ext("os-volume-type-access", "VolumeTypeAccess", "Volume type access support."),
         ext("scheduler-stats", "Scheduler_stats", "Scheduler stats support."),
     ]})))
+}
+
+/// What a backend offers (`/capabilities/{host}`).
+async fn capabilities(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    ctx.admin("volume_extension:capabilities")?;
+    let host = super::param(&p, "host");
+    blocking(move || {
+        if state.store.get::<StorageNode>(node_of(&host))?.is_none() {
+            return Err(not_found("Host", &host));
+        }
+        let prop = |t: &str, title: &str, d: &str| json!({"type": t, "title": title, "description": d});
+        Ok(axum::Json(json!({
+            "namespace": "OS::Storage::Capabilities::file",
+            "vendor_name": VENDOR,
+            "volume_backend_name": BACKEND,
+            "pool_name": null,
+            "driver_version": env!("CARGO_PKG_VERSION"),
+            "storage_protocol": PROTOCOL,
+            "display_name": null,
+            "description": null,
+            "visibility": null,
+            "replication_targets": [],
+            "properties": {
+                "thin_provisioning": prop("boolean", "Thin Provisioning", "Volumes are qcow2 files that grow as they are written."),
+                "compression": prop("boolean", "Compression", "Not offered."),
+                "qos": prop("boolean", "QoS", "Not offered."),
+                "replication": prop("boolean", "Replication", "Not offered."),
+            },
+        })))
+    })
+    .await
 }

@@ -327,6 +327,25 @@ pub(crate) struct Paging {
     pub sort: Vec<(String, bool)>,
 }
 
+/// Cinder's `<collection>_links`: a `next` link when a page came back
+/// full (its last item is the next page's marker).
+pub(crate) fn next_links(
+    state: &AppState,
+    project: &str,
+    path: &str,
+    items: &[Value],
+    p: &Paging,
+) -> Option<Value> {
+    let limit = p.limit?;
+    let last = items.last()?.get("id")?.as_str()?;
+    (items.len() == limit).then(|| {
+        json!([{"rel": "next", "href": format!(
+            "{}/volume/v3/{project}/{path}?limit={limit}&marker={last}",
+            state.config.public_url
+        )}])
+    })
+}
+
 pub(crate) fn paging(q: &HashMap<String, String>) -> Result<Paging, ApiError> {
     let int = |k: &str| -> Result<Option<usize>, ApiError> {
         q.get(k)
@@ -337,14 +356,20 @@ pub(crate) fn paging(q: &HashMap<String, String>) -> Result<Paging, ApiError> {
             .transpose()
     };
     let mut sort = Vec::new();
+    // Cinder sorts by `display_name` as `name` (what the views show).
+    let key = |k: &str| match k.trim() {
+        "display_name" => "name".to_string(),
+        "display_description" => "description".to_string(),
+        k => k.to_string(),
+    };
     if let Some(s) = q.get("sort") {
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (k, dir) = part.split_once(':').unwrap_or((part, "desc"));
-            sort.push((k.trim().to_string(), parse_dir(dir)?));
+            sort.push((key(k), parse_dir(dir)?));
         }
     } else if let Some(k) = q.get("sort_key") {
         let dir = q.get("sort_dir").map(String::as_str).unwrap_or("desc");
-        sort.push((k.clone(), parse_dir(dir)?));
+        sort.push((key(k), parse_dir(dir)?));
     }
     // Cinder's sortable keys; another is a 400, not a silent order.
     const SORTABLE: &[&str] = &[

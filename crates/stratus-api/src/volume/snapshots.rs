@@ -31,10 +31,16 @@ pub fn routes() -> Router<AppState> {
             "/snapshots/{id}/metadata",
             get(meta).post(meta_merge).put(meta_replace),
         )
+        .route(
+            "/snapshots/{id}/metadata/{key}",
+            get(meta_key).put(meta_put).delete(meta_delete),
+        )
         .route("/snapshots/{id}/action", post(action))
 }
 
-fn render(ctx: &VCtx, s: &Snapshot) -> Value {
+/// A snapshot; with `detail` (show and the detailed list) the extended
+/// attributes too, as Cinder's views.
+fn render(s: &Snapshot, detail: bool) -> Value {
     let mut out = json!({
         "id": s.id,
         "name": s.name,
@@ -45,11 +51,14 @@ fn render(ctx: &VCtx, s: &Snapshot) -> Value {
         "metadata": s.metadata,
         "created_at": ts(s.created_us),
         "updated_at": ts(s.updated_us),
-        "os-extended-snapshot-attributes:project_id": s.project_id,
-        "os-extended-snapshot-attributes:progress": if s.status == "available" { "100%" } else { "0%" },
     });
-    if ctx.is_admin() {
-        out["os-vol-host-attr:host"] = json!(s.host);
+    if detail {
+        out["os-extended-snapshot-attributes:project_id"] = json!(s.project_id);
+        out["os-extended-snapshot-attributes:progress"] = json!(if s.status == "available" {
+            "100%"
+        } else {
+            "0%"
+        });
     }
     out
 }
@@ -98,25 +107,28 @@ async fn listing(
                     && q.get("volume_id").is_none_or(|x| *x == s.volume_id)
                     && (!all || q.get("project_id").is_none_or(|x| *x == s.project_id))
             })
-            .map(|s| render(&ctx, s))
+            .map(|s| render(s, detail))
             .collect();
         let items = super::page(items, &paging)?;
-        let items = if detail {
-            items
+        let path = if detail {
+            "snapshots/detail"
         } else {
-            items
-                .into_iter()
-                .map(|mut v| {
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("os-extended-snapshot-attributes:project_id");
-                        o.remove("os-extended-snapshot-attributes:progress");
-                        o.remove("os-vol-host-attr:host");
-                    }
-                    v
-                })
-                .collect()
+            "snapshots"
         };
-        Ok(axum::Json(json!({"snapshots": items})))
+        let mut out = json!({"snapshots": items});
+        if let Some(l) = super::next_links(
+            &state,
+            &own,
+            path,
+            out["snapshots"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            &paging,
+        ) {
+            out["snapshots_links"] = l;
+        }
+        Ok(axum::Json(out))
     })
     .await
 }
@@ -124,7 +136,7 @@ async fn listing(
 async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
     blocking(move || {
         let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
-        Ok(axum::Json(json!({"snapshot": render(&ctx, &s)})))
+        Ok(axum::Json(json!({"snapshot": render(&s, true)})))
     })
     .await
 }
@@ -198,7 +210,7 @@ async fn create(
             Ok((snap, rev))
         })?;
         written(&state, rev);
-        Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&ctx, &snap)}))))
+        Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&snap, false)}))))
     })
     .await
 }
@@ -227,7 +239,7 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             tx.update(&s)?;
             Ok::<_, ApiError>(s)
         })?;
-        Ok(axum::Json(json!({"snapshot": render(&ctx, &s)})))
+        Ok(axum::Json(json!({"snapshot": render(&s, false)})))
     })
     .await
 }
@@ -311,6 +323,58 @@ async fn meta_replace(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw:
     .await
 }
 
+async fn meta_key(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        let key = param(&p, "key");
+        let val = s.metadata.get(&key).ok_or_else(|| {
+            not_found(&format!("Snapshot {} has no metadata with key", s.id), &key)
+        })?;
+        Ok(axum::Json(json!({"meta": {key: val}})))
+    })
+    .await
+}
+
+async fn meta_put(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+    let b = body(&raw)?;
+    let m = super::metadata(
+        b.get("meta")
+            .ok_or_else(|| ApiError::bad_request("Malformed request body: missing 'meta'."))?,
+    )?;
+    let key = param(&p, "key");
+    if m.len() != 1 || !m.contains_key(&key) {
+        return Err(ApiError::bad_request("Request body and URI mismatch"));
+    }
+    blocking(move || {
+        let mm = m.clone();
+        change_meta(&state, &ctx, &param(&p, "id"), |s| s.metadata.extend(mm))?;
+        Ok(axum::Json(json!({"meta": m})))
+    })
+    .await
+}
+
+async fn meta_delete(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        let key = param(&p, "key");
+        let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        if !s.metadata.contains_key(&key) {
+            return Err(not_found(
+                &format!("Snapshot {} has no metadata with key", s.id),
+                &key,
+            ));
+        }
+        change_meta(&state, &ctx, &param(&p, "id"), |s| {
+            s.metadata.remove(&key);
+        })?;
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
 async fn action(
     State(state): State<AppState>,
     ctx: VCtx,
@@ -318,14 +382,45 @@ async fn action(
     raw: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b = body(&raw)?;
-    let Some(arg) = b.get("os-reset_status") else {
-        return Err(ApiError::bad_request("There is no such action."));
-    };
-    if !ctx.is_admin() {
-        return Err(policy_denied(
-            "volume_extension:snapshot_admin_actions:reset_status",
-        ));
+    if b.get("os-force_delete").is_some() {
+        if !ctx.is_admin() {
+            return Err(policy_denied(
+                "volume_extension:snapshot_admin_actions:force_delete",
+            ));
+        }
+        return blocking(move || {
+            let rev = state.store.write(|tx| {
+                let mut s = find(tx, &ctx, &param(&p, "id"))?;
+                if s.host.is_none() {
+                    tx.delete::<Snapshot>(&s.id)?;
+                    return Ok::<_, ApiError>(tx.last_revision()?);
+                }
+                s.status = "deleting".into();
+                s.task = Some(VolumeTask::DeleteSnapshot);
+                s.generation += 1;
+                s.updated_us = now_us();
+                Ok(tx.update(&s)?)
+            })?;
+            written(&state, rev);
+            Ok(StatusCode::ACCEPTED)
+        })
+        .await;
     }
+    // `os-update_snapshot_status`: what a volume driver reports of a
+    // snapshot it makes (Nova's assisted snapshots); the snapshot's
+    // project's members, as Cinder's default policy).
+    let arg = match (b.get("os-reset_status"), b.get("os-update_snapshot_status")) {
+        (Some(a), _) => {
+            if !ctx.is_admin() {
+                return Err(policy_denied(
+                    "volume_extension:snapshot_admin_actions:reset_status",
+                ));
+            }
+            a
+        }
+        (None, Some(a)) => a,
+        _ => return Err(ApiError::bad_request("There is no such action.")),
+    };
     let status = arg
         .get("status")
         .and_then(Value::as_str)

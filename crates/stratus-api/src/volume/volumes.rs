@@ -225,6 +225,8 @@ async fn listing(
             items.push(render(&state, &ctx, &v, &tname));
         }
         let items = super::page(items, &paging)?;
+        let path = if detail { "volumes/detail" } else { "volumes" };
+        let links = super::next_links(&state, &own, path, &items, &paging);
         let items: Vec<Value> = if detail {
             items
         } else {
@@ -233,7 +235,11 @@ async fn listing(
                 .map(|v| json!({"id": v["id"], "name": v["name"], "links": v["links"]}))
                 .collect()
         };
-        Ok(axum::Json(json!({"volumes": items})))
+        let mut out = json!({"volumes": items});
+        if let Some(l) = links {
+            out["volumes_links"] = l;
+        }
+        Ok(axum::Json(out))
     })
     .await
 }
@@ -793,7 +799,8 @@ async fn action(
     ctx: VCtx,
     Path(p): P,
     raw: Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let b = body(&raw)?;
     let Some((name, arg)) = b
         .as_object()
@@ -804,7 +811,13 @@ async fn action(
     };
     let id = param(&p, "id");
     blocking(move || {
+        // Cinder answers most actions 202 without a body; some 200, some
+        // with one.
+        let mut status = StatusCode::ACCEPTED;
+        let mut answer: Option<Value> = None;
         let rev = state.store.write(|tx| {
+            status = StatusCode::ACCEPTED;
+            answer = None;
             let mut v = find(tx, &ctx, &id)?;
             let now = now_us();
             match name.as_str() {
@@ -850,6 +863,75 @@ async fn action(
                         ApiError::bad_request("Invalid input received: bootable must be a boolean.")
                     })?;
                     v.bootable = flag;
+                    status = StatusCode::OK;
+                }
+                "os-set_image_metadata" => {
+                    let m = arg.get("metadata").ok_or_else(|| {
+                        ApiError::bad_request("Malformed request body: metadata is required.")
+                    })?;
+                    for (k, x) in super::metadata(m)? {
+                        v.image_metadata.insert(k, x);
+                    }
+                    status = StatusCode::OK;
+                    answer = Some(json!({"metadata": v.image_metadata}));
+                }
+                "os-unset_image_metadata" => {
+                    let key = arg.get("key").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::bad_request("Malformed request body: key is required.")
+                    })?;
+                    if v.image_metadata.remove(key).is_none() {
+                        return Err(not_found("Volume image metadata key", key));
+                    }
+                    status = StatusCode::OK;
+                }
+                "os-show_image_metadata" => {
+                    status = StatusCode::OK;
+                    answer = Some(json!({"metadata": v.image_metadata}));
+                    return Ok(0);
+                }
+                "os-retype" => {
+                    let want = arg.get("new_type").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::bad_request("Invalid input received: new_type is required.")
+                    })?;
+                    if !matches!(v.status.as_str(), "available" | "in-use") {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume status must be available or in-use to retype (it is {}).",
+                            v.status
+                        )));
+                    }
+                    let to = find_type(tx, &ctx, want)?;
+                    if to.id == v.volume_type_id {
+                        return Err(ApiError::bad_request(
+                            "Invalid input received: Retype requires a different volume type.",
+                        ));
+                    }
+                    // One backend for every type: a retype changes the
+                    // record only (no data moves), and the new type's
+                    // quota takes the volume.
+                    let lim = super::service::limits(tx, Some(&v.project_id))?;
+                    let used = super::service::usage(tx, &v.project_id)?;
+                    for (k, add) in [("volumes", 1), ("gigabytes", v.size as i64)] {
+                        let key = format!("{k}_{}", to.name);
+                        let limit = lim.get(&key).copied().unwrap_or(-1);
+                        let in_use = used.get(&key).copied().unwrap_or(0);
+                        if limit >= 0 && in_use + add > limit {
+                            return Err(super::over_limit(format!(
+                                "Quota exceeded for {key}: requested {add}, {in_use} of {limit} in use."
+                            )));
+                        }
+                    }
+                    v.volume_type_id = to.id;
+                }
+                "os-force_detach" => {
+                    if !ctx.is_admin() {
+                        return Err(policy_denied("volume_extension:volume_admin_actions:force_detach"));
+                    }
+                    let which = arg.get("attachment_id").and_then(Value::as_str).map(str::to_string);
+                    match which {
+                        Some(a) => v.attachments.retain(|x| x.id != a),
+                        None => v.attachments.clear(),
+                    }
+                    v.status = super::attach::status_of(&v).into();
                 }
                 "os-update_readonly_flag" => {
                     let flag = arg.get("readonly").and_then(super::parse_bool).ok_or_else(|| {
@@ -940,6 +1022,10 @@ async fn action(
                         None if v.attachments.len() == 1 => Some(0),
                         None => None,
                     };
+                    if v.attachments.is_empty() {
+                        // Nothing attached: nothing to do, as Cinder.
+                        return Ok(0);
+                    }
                     let Some(pos) = pos else {
                         return Err(ApiError::bad_request(format!(
                             "Invalid volume: Volume {} has {} attachments; give the attachment_id of the one to detach.",
@@ -954,7 +1040,7 @@ async fn action(
                     if !ctx.is_admin() {
                         return Err(policy_denied("volume_extension:volume_admin_actions:force_delete"));
                     }
-                    if v.status == "in-use" || v.status == "attaching" {
+                    if !v.attachments.is_empty() {
                         return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
                     }
                     return start_delete(tx, &mut v, false);
@@ -968,8 +1054,13 @@ async fn action(
             v.updated_us = now;
             Ok(tx.update(&v)?)
         })?;
-        written(&state, rev);
-        Ok(StatusCode::ACCEPTED)
+        if rev > 0 {
+            written(&state, rev);
+        }
+        Ok(match answer {
+            Some(a) => (status, axum::Json(a)).into_response(),
+            None => status.into_response(),
+        })
     })
     .await
 }
