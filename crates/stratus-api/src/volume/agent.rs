@@ -131,6 +131,7 @@ async fn work(
                     size_gb: v.extend_to.unwrap_or(v.size),
                     source: v.source,
                     volume_id: None,
+                    upload: None,
                 });
             }
         }
@@ -143,9 +144,11 @@ async fn work(
                     size_gb: s.size,
                     source: None,
                     volume_id: Some(s.volume_id),
+                    upload: None,
                 });
             }
         }
+        work.extend(super::backups::work(&state, &host)?);
         Ok(axum::Json(VolumeWorkList { revision, work }))
     })
     .await

@@ -75,6 +75,9 @@ pub fn usage(tx: &Tx, project: &str) -> Result<BTreeMap<String, i64>, ApiError> 
             add(format!("gigabytes_{t}"), s.size as i64);
         }
     }
+    for (k, n) in super::backups::usage_of(tx, project)? {
+        add(k, n);
+    }
     Ok(out)
 }
 
@@ -274,7 +277,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             }
             return Ok(Some(tx.update(&s)?));
         }
-        Ok(None)
+        super::backups::task_done(tx, host, id, r)
     })?;
     if let Some(rev) = rev {
         state.volumes.bump(rev as u64);
@@ -283,16 +286,18 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
 }
 
 /// Whether storage node `host` is making a volume from image `image_id`
-/// now (so its agent may download the image, whoever owns it).
+/// now (so its agent may download the image, whoever owns it), or
+/// uploading a volume into it (so it may see the image it writes).
 pub fn makes_from_image(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
-    Ok(state
+    let making = state
         .store
         .list::<Volume>(&Query::parent(host))?
         .iter()
         .any(|v| {
             v.task == Some(VolumeTask::Create)
                 && matches!(&v.source, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
-        }))
+        });
+    Ok(making || super::upload::node_uploads(state, host, image_id)?)
 }
 
 /// Wakes the storage nodes after this process wrote at `rev`.
