@@ -162,6 +162,13 @@ async fn report(
 ) -> Result<StatusCode, ApiError> {
     require_agent(&ctx, &host)?;
     let r: VolumeReport = crate::json::decode(&raw)?;
-    blocking(move || service::task_done(&state, &host, &id, &r)).await?;
+    blocking(move || {
+        if super::backups::owns_task(&state, &id)? {
+            super::backups::report(&state, &host, &id, &r)
+        } else {
+            service::task_done(&state, &host, &id, &r)
+        }
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,11 +22,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stratus_store::{Query as StoreQuery, Record, Tx};
 use stratus_wire::volume::{VolumeReport, VolumeTask, VolumeWork};
 
+use super::backup_model::{Backup, VolumeUpload};
 use super::model::{Snapshot, Volume};
 use super::service::{Delta, check_quota, limits, place, usage, written};
 use super::types::{DEFAULT_TYPE, find as find_type};
@@ -39,68 +39,6 @@ use crate::{ApiError, AppState};
 type P = Path<HashMap<String, String>>;
 type J = Result<axum::Json<Value>, ApiError>;
 
-/// A backup. `host` is the storage node running its current `task`
-/// (the volume's node for a backup, the target's for a restore).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Backup {
-    pub id: String,
-    pub project_id: String,
-    pub user_id: String,
-    pub volume_id: String,
-    #[serde(default)]
-    pub snapshot_id: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-    /// The volume's size in GiB (what a restore needs).
-    pub size: u64,
-    /// `creating`, `available`, `restoring`, `error`.
-    pub status: String,
-    pub availability_zone: String,
-    #[serde(default)]
-    pub container: Option<String>,
-    /// The backup this one is incremental to.
-    #[serde(default)]
-    pub parent_id: Option<String>,
-    #[serde(default)]
-    pub is_incremental: bool,
-    #[serde(default)]
-    pub host: Option<String>,
-    #[serde(default)]
-    pub task: Option<VolumeTask>,
-    #[serde(default)]
-    pub generation: u64,
-    /// The volume a restore under way writes.
-    #[serde(default)]
-    pub restore_volume_id: Option<String>,
-    /// What the volume (or snapshot) read goes back to afterwards.
-    #[serde(default)]
-    pub prior_status: Option<String>,
-    /// The data: the volume's size in bytes and its chunks in order
-    /// (`None`: zeros), recorded by the node at `manifest_generation`.
-    #[serde(default)]
-    pub size_bytes: u64,
-    #[serde(default)]
-    pub chunks: Vec<Option<String>>,
-    #[serde(default)]
-    pub manifest_generation: u64,
-    #[serde(default)]
-    pub fault: Option<String>,
-    pub created_us: i64,
-    pub updated_us: i64,
-}
-
-record!(
-    Backup,
-    "volume_backup",
-    owner = |b| Some(&b.project_id),
-    parent = |b| b.host.as_deref(),
-    name = |b| b.name.as_deref(),
-    created = |b| Some(b.created_us),
-    state = |b| Some(b.status.clone())
-);
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/backups", get(list).post(create))
@@ -108,17 +46,6 @@ pub fn routes() -> Router<AppState> {
         .route("/backups/{id}", get(show).delete(delete))
         .route("/backups/{id}/restore", post(restore))
         .route("/backups/{id}/action", post(action))
-}
-
-/// The backups' share of a project's usage (`backups`,
-/// `backup_gigabytes`), added to the volumes' by `service::usage`.
-pub fn usage_of(tx: &Tx, project: &str) -> Result<Vec<(String, i64)>, ApiError> {
-    let all = tx.list::<Backup>(&StoreQuery::owner(project))?;
-    let gb: u64 = all.iter().map(|b| b.size).sum();
-    Ok(vec![
-        ("backups".into(), all.len() as i64),
-        ("backup_gigabytes".into(), gb as i64),
-    ])
 }
 
 fn check_backup_quota(tx: &Tx, project: &str, size: u64) -> Result<(), ApiError> {
@@ -712,10 +639,22 @@ pub fn work(state: &AppState, host: &str) -> Result<Vec<VolumeWork>, ApiError> {
     Ok(out)
 }
 
-/// Settles a node's report of a backup, restore or upload task on `id`
-/// (in the store's write transaction); `None` when `id` is none of
-/// those or the report is stale.
-pub fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i64>, ApiError> {
+/// Whether `id` names a backup or an upload (whose reports
+/// [`report`] settles) rather than a volume or snapshot.
+pub fn owns_task(state: &AppState, id: &str) -> Result<bool, ApiError> {
+    Ok(state.store.get::<Backup>(id)?.is_some() || state.store.get::<VolumeUpload>(id)?.is_some())
+}
+
+/// Settles a node's report of a backup, restore or upload task on `id`;
+/// a stale report changes nothing.
+pub fn report(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Result<(), ApiError> {
+    if let Some(rev) = state.store.write(|tx| task_done(tx, host, id, r))? {
+        written(state, rev);
+    }
+    Ok(())
+}
+
+fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i64>, ApiError> {
     let Some(mut b) = tx.get::<Backup>(id)? else {
         return super::upload::task_done(tx, host, id, r);
     };
@@ -768,5 +707,5 @@ pub fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Opti
 
 /// Whether a change to record kind `kind` may give a storage node work.
 pub fn wakes_nodes(kind: &str) -> bool {
-    kind == Backup::KIND || kind == super::upload::VolumeUpload::KIND
+    kind == Backup::KIND || kind == VolumeUpload::KIND
 }

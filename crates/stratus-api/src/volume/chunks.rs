@@ -30,7 +30,7 @@ use sha2::Digest;
 use stratus_store::{Query, Tx};
 use stratus_wire::volume::{BackupManifest, CHUNK_SIZE, ChunkList, VolumeTask};
 
-use super::backups::Backup;
+use super::backup_model::Backup;
 use super::{blocking, not_found, policy_denied};
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
@@ -314,10 +314,10 @@ pub fn collect_garbage(state: &AppState, tx: &Tx, gone: &[String]) -> Result<u64
         };
         for f in files.flatten() {
             let name = f.file_name().to_string_lossy().to_string();
-            if (valid_name(&name) && !live.contains(name.as_str())) || name.ends_with(".tmp") {
-                if std::fs::remove_file(f.path()).is_ok() {
-                    removed += 1;
-                }
+            let orphan =
+                (valid_name(&name) && !live.contains(name.as_str())) || name.ends_with(".tmp");
+            if orphan && std::fs::remove_file(f.path()).is_ok() {
+                removed += 1;
             }
         }
     }

@@ -27,6 +27,7 @@
 
 mod agent;
 pub mod attach;
+mod backup_model;
 mod backups;
 mod chunks;
 mod limits;

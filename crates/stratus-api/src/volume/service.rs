@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use stratus_store::{Query, Tx};
 use stratus_wire::volume::{VolumeReport, VolumeTask};
 
+use super::backup_model::{Backup, VolumeUpload};
 use super::model::{Snapshot, StorageNode, Volume, VolumeQuota, VolumeType};
 use super::over_limit;
 use crate::timeutil::now_us;
@@ -75,8 +76,9 @@ pub fn usage(tx: &Tx, project: &str) -> Result<BTreeMap<String, i64>, ApiError> 
             add(format!("gigabytes_{t}"), s.size as i64);
         }
     }
-    for (k, n) in super::backups::usage_of(tx, project)? {
-        add(k, n);
+    for b in tx.list::<Backup>(&Query::owner(project))? {
+        add("backups".into(), 1);
+        add("backup_gigabytes".into(), b.size as i64);
     }
     Ok(out)
 }
@@ -277,7 +279,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             }
             return Ok(Some(tx.update(&s)?));
         }
-        super::backups::task_done(tx, host, id, r)
+        Ok(None)
     })?;
     if let Some(rev) = rev {
         state.volumes.bump(rev as u64);
@@ -297,7 +299,17 @@ pub fn makes_from_image(state: &AppState, host: &str, image_id: &str) -> Result<
             v.task == Some(VolumeTask::Create)
                 && matches!(&v.source, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
         });
-    Ok(making || super::upload::node_uploads(state, host, image_id)?)
+    Ok(making || uploads_to_image(state, host, image_id)?)
+}
+
+/// Whether storage node `host` is uploading a volume into `image_id`
+/// (`os-volume_upload_image`).
+pub fn uploads_to_image(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store
+        .list::<VolumeUpload>(&Query::parent(host))?
+        .iter()
+        .any(|u| u.task == Some(VolumeTask::Upload) && u.image_id == image_id))
 }
 
 /// Wakes the storage nodes after this process wrote at `rev`.

@@ -16,11 +16,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest;
-use stratus_store::{Query as StoreQuery, Record, Tx};
+use stratus_store::{Query as StoreQuery, Tx};
 
+use super::backup_model::VolumeTransfer;
 use super::model::{Snapshot, Volume, VolumeType};
 use super::service::{Delta, check_quota, written};
 use super::{VCtx, blocking, body, not_found, opt_str, param, parse_bool, ts};
@@ -29,29 +29,6 @@ use crate::{ApiError, AppState};
 
 type P = Path<HashMap<String, String>>;
 type J = Result<axum::Json<Value>, ApiError>;
-
-/// A volume offered to another project.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VolumeTransfer {
-    pub id: String,
-    /// The giving project (the volume's).
-    pub project_id: String,
-    pub volume_id: String,
-    #[serde(default)]
-    pub name: Option<String>,
-    pub salt: String,
-    /// sha256(salt + auth_key), hex.
-    pub crypt_hash: String,
-    pub created_us: i64,
-}
-
-record!(
-    VolumeTransfer,
-    "volume_transfer",
-    owner = |t| Some(&t.project_id),
-    name = |t| t.name.as_deref(),
-    created = |t| Some(t.created_us)
-);
 
 pub fn routes() -> Router<AppState> {
     Router::new()

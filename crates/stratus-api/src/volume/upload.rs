@@ -15,45 +15,17 @@ use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use stratus_store::{Query as StoreQuery, Record, Tx};
+use stratus_store::{Query as StoreQuery, Tx};
 use stratus_wire::volume::{ImageUpload, VolumeReport, VolumeTask, VolumeWork};
 
+use super::backup_model::VolumeUpload;
 use super::model::{Volume, VolumeType};
 use super::{VCtx, opt_str, parse_bool, ts};
 use crate::identity::policy::Ctx;
 use crate::image::model::Image;
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
-
-/// An upload of volume `volume_id` into image `image_id`, run by `host`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VolumeUpload {
-    /// The upload's own id (the task's).
-    pub id: String,
-    pub project_id: String,
-    pub volume_id: String,
-    pub image_id: String,
-    pub disk_format: String,
-    pub host: Option<String>,
-    #[serde(default)]
-    pub task: Option<VolumeTask>,
-    #[serde(default)]
-    pub generation: u64,
-    /// What the volume goes back to.
-    pub prior_status: String,
-    #[serde(default)]
-    pub fault: Option<String>,
-    pub created_us: i64,
-}
-
-record!(
-    VolumeUpload,
-    "volume_upload",
-    owner = |u| Some(&u.project_id),
-    parent = |u| u.host.as_deref()
-);
 
 /// Image properties Cinder does not copy from `volume_image_metadata`
 /// (Glance's core properties).
@@ -319,16 +291,7 @@ pub fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Opti
 /// into image `image_id` now (the image API lets it write that image).
 pub fn node_may_upload(state: &AppState, ctx: &Ctx, image_id: &str) -> Result<bool, ApiError> {
     match ctx.node_host() {
-        Some(host) => node_uploads(state, host, image_id),
+        Some(host) => super::service::uploads_to_image(state, host, image_id),
         None => Ok(false),
     }
-}
-
-/// Whether storage node `host` is uploading a volume into `image_id`.
-pub fn node_uploads(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
-    Ok(state
-        .store
-        .list::<VolumeUpload>(&StoreQuery::parent(host))?
-        .iter()
-        .any(|u| u.task == Some(VolumeTask::Upload) && u.image_id == image_id))
 }
