@@ -212,4 +212,28 @@ mod tests {
         let t: VolumeTask = serde_json::from_str("\"retype\"").unwrap();
         assert_eq!(t, VolumeTask::Other);
     }
+
+    #[test]
+    fn backup_tasks_and_manifests_round_trip() {
+        let t: VolumeTask = serde_json::from_str("\"backup\"").unwrap();
+        assert_eq!(t, VolumeTask::Backup);
+        assert_eq!(
+            serde_json::to_string(&VolumeTask::Upload).unwrap(),
+            "\"upload\""
+        );
+        let m = BackupManifest {
+            generation: 2,
+            size_bytes: CHUNK_SIZE + 1,
+            chunk_size: CHUNK_SIZE,
+            chunks: vec![Some("ab".repeat(32)), None],
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<BackupManifest>(&s).unwrap(), m);
+        // A work item of an older controller (no `upload`) still parses.
+        let w: VolumeWork = serde_json::from_str(
+            r#"{"id":"v","task":"restore","generation":1,"size_gb":1,"volume_id":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(w.upload, None);
+    }
 }

@@ -166,57 +166,81 @@ fn backup(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     let f = std::fs::File::open(&raw.0)?;
     let size = f.metadata()?.len();
     let n = size.div_ceil(CHUNK_SIZE) as usize;
-    // Name every chunk; zeros are not stored.
-    let zeros = vec![0u8; CHUNK_SIZE as usize];
-    let mut chunks: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut buf = Vec::with_capacity(CHUNK_SIZE as usize);
-    for i in 0..n {
-        read_chunk(&f, size, i, &mut buf)?;
-        chunks.push((buf[..] != zeros[..buf.len()]).then(|| sha256_hex(&buf)));
-    }
     let base = format!("{}/edge/v1/backups/{id}", sh.cfg.controller);
-    // The first chunk of each name (identical chunks are sent once).
-    let mut first: HashMap<&str, usize> = HashMap::new();
-    for (i, c) in chunks.iter().enumerate() {
-        if let Some(c) = c {
-            first.entry(c.as_str()).or_insert(i);
-        }
-    }
-    let mut lacking = Vec::new();
-    let names: Vec<&str> = first.keys().copied().collect();
-    for batch in names.chunks(4096) {
-        let body = serde_json::to_string(&ChunkList {
-            chunks: batch.iter().map(|s| s.to_string()).collect(),
-        })?;
-        match call(sh, "POST", &format!("{base}/missing"), Some(body))? {
-            (200, b) => lacking.extend(serde_json::from_str::<ChunkList>(&b)?.chunks),
-            (code, b) => anyhow::bail!("the controller refused the chunk list ({code}): {b}"),
-        }
-    }
-    let send = |names: &[String]| -> anyhow::Result<()> {
-        let todo: Vec<(usize, &String)> = names
-            .iter()
-            .filter_map(|c| first.get(c.as_str()).map(|i| (*i, c)))
-            .collect();
-        parallel(&todo, |(i, c), buf| {
+    // The chunk at which each name was first seen (identical chunks are
+    // sent once).
+    let mut first: HashMap<String, usize> = HashMap::new();
+    let send = |todo: &[(usize, String)]| -> anyhow::Result<()> {
+        parallel(todo, |(i, c), buf| {
+            // The controller checks the bytes against the name.
             read_chunk(&f, size, *i, buf)?;
-            anyhow::ensure!(
-                sha256_hex(buf) == **c,
-                "chunk {i} changed while it was read"
-            );
             match put_bytes(sh, &format!("{base}/chunks/{c}"), buf)? {
                 (204, _) => Ok(()),
                 (code, b) => anyhow::bail!("the controller refused chunk {c} ({code}): {b}"),
             }
         })
     };
-    send(&lacking)?;
-    tracing::info!(backup = %id, chunks = n, sent = lacking.len(), "backup read");
+    // One thread names the chunks (zeros are not stored) while this one
+    // asks which the controller lacks and sends those, a batch at a time.
+    type Batch = anyhow::Result<Vec<(usize, Option<String>)>>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+    let mut chunks: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut sent = 0usize;
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let f = &f;
+        s.spawn(move || {
+            let zeros = vec![0u8; CHUNK_SIZE as usize];
+            let mut buf = Vec::with_capacity(CHUNK_SIZE as usize);
+            let mut batch = Vec::new();
+            for i in 0..n {
+                if let Err(e) = read_chunk(f, size, i, &mut buf) {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                let name = (buf[..] != zeros[..buf.len()]).then(|| sha256_hex(&buf));
+                batch.push((i, name));
+                if (batch.len() == 64 || i + 1 == n)
+                    && tx.send(Ok(std::mem::take(&mut batch))).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        for batch in rx {
+            let mut fresh = Vec::new();
+            for (i, c) in batch? {
+                if let Some(c) = &c
+                    && !first.contains_key(c)
+                {
+                    first.insert(c.clone(), i);
+                    fresh.push(c.clone());
+                }
+                chunks.push(c);
+            }
+            if fresh.is_empty() {
+                continue;
+            }
+            let body = serde_json::to_string(&ChunkList { chunks: fresh })?;
+            let lacking = match call(sh, "POST", &format!("{base}/missing"), Some(body))? {
+                (200, b) => serde_json::from_str::<ChunkList>(&b)?.chunks,
+                (code, b) => anyhow::bail!("the controller refused the chunk list ({code}): {b}"),
+            };
+            let todo: Vec<(usize, String)> = lacking
+                .into_iter()
+                .filter_map(|c| first.get(&c).map(|i| (*i, c)))
+                .collect();
+            send(&todo)?;
+            sent += todo.len();
+        }
+        Ok(())
+    })?;
+    anyhow::ensure!(chunks.len() == n, "the volume was not read whole");
+    tracing::info!(backup = %id, chunks = n, sent, "backup read");
     let manifest = serde_json::to_string(&BackupManifest {
         generation: w.generation,
         size_bytes: size,
         chunk_size: CHUNK_SIZE,
-        chunks: chunks.clone(),
+        chunks,
     })?;
     for _ in 0..3 {
         match call(
@@ -227,7 +251,14 @@ fn backup(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
         )? {
             (204, _) => return Ok(()),
             // Chunks collected meanwhile (another backup's delete): again.
-            (409, b) => send(&serde_json::from_str::<ChunkList>(&b)?.chunks)?,
+            (409, b) => {
+                let todo: Vec<(usize, String)> = serde_json::from_str::<ChunkList>(&b)?
+                    .chunks
+                    .into_iter()
+                    .filter_map(|c| first.get(&c).map(|i| (*i, c)))
+                    .collect();
+                send(&todo)?;
+            }
             (code, b) => anyhow::bail!("the controller refused the manifest ({code}): {b}"),
         }
     }

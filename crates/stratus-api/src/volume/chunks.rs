@@ -76,6 +76,23 @@ fn io(e: std::io::Error) -> ApiError {
     ApiError::internal(format!("backup chunk store: {e}"))
 }
 
+/// Flushes the chunk store's file system (`syncfs`): every chunk written
+/// before is on disk, renames included. One call before a manifest is
+/// recorded instead of an fsync per chunk and per directory.
+fn sync_chunks(dir: &Path) -> Result<(), ApiError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let d = std::fs::File::open(dir).map_err(io)?;
+    // SAFETY: `d` is an open file for the whole call, so its descriptor is
+    // valid; syncfs only reads it.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Stores a chunk (checked against its name) unless it is there already.
 fn store_chunk(dir: &Path, sha: &str, data: &[u8]) -> Result<(), ApiError> {
     if sha256_hex(data) != sha {
@@ -90,12 +107,12 @@ fn store_chunk(dir: &Path, sha: &str, data: &[u8]) -> Result<(), ApiError> {
     let sub = path.parent().unwrap_or(dir);
     std::fs::create_dir_all(sub).map_err(io)?;
     let tmp = sub.join(format!(".{sha}.{}.tmp", uuid::Uuid::new_v4()));
+    // Not synced here: a manifest naming it flushes the file system
+    // first (see `sync_chunks`).
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(sub)?.sync_all()
+        std::fs::rename(&tmp, &path)
     })();
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -215,8 +232,9 @@ async fn get_manifest(
 }
 
 /// Records what a backup task read. Every chunk it names must be here
-/// (checked under the store's write lock, which garbage collection also
-/// holds): a 409 lists those that are not, for the node to send again.
+/// and on disk (the file system is flushed first; presence is checked
+/// under the store's write lock, which garbage collection also holds): a
+/// 409 lists those that are not, for the node to send again.
 async fn put_manifest(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -235,6 +253,11 @@ async fn put_manifest(
     blocking(move || {
         let host = ctx.node_host().map(str::to_string);
         let dir = chunk_dir(&state);
+        // Every chunk the manifest names is here by now (sent by this
+        // backup, or there when it asked) or is found missing below:
+        // flushed before the record says the backup is whole.
+        authorise(&state, &ctx, &id, VolumeTask::Backup)?;
+        sync_chunks(&dir)?;
         let lacking = state.store.write(|tx| {
             let Some(mut b) = tx.get::<Backup>(&id)? else {
                 return Err(not_found("Backup", &id));

@@ -299,3 +299,21 @@ async fn accept(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_checked_through_their_salted_hash() {
+        let (a, b) = (random_key(16), random_key(16));
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        let salt = random_key(8);
+        let h = hash(&salt, &a);
+        assert_eq!(h, hash(&salt, &a));
+        assert_ne!(h, hash(&salt, &b));
+        assert_ne!(h, hash(&random_key(8), &a), "the salt counts");
+    }
+}
