@@ -160,6 +160,8 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read under `HttpLimits` (see `middleware`), not
         // axum's default.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        // For middleware that has no state of its own (`volume::upload`).
+        .layer(axum::Extension(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,

@@ -47,6 +47,15 @@ pub enum VolumeTask {
     Snapshot,
     /// Remove the snapshot's file.
     DeleteSnapshot,
+    /// Read the volume (`volume_id`) or snapshot (`source`) into
+    /// content-addressed chunks held by the controller (see
+    /// [`BackupManifest`]); the work's `id` is the backup's.
+    Backup,
+    /// Write the backup `id`'s chunks into volume `volume_id`.
+    Restore,
+    /// Convert volume `volume_id` and upload it to the image service as
+    /// image [`VolumeWork::upload`].
+    Upload,
     /// A task this agent does not know (a newer controller).
     #[serde(other)]
     Other,
@@ -84,9 +93,50 @@ pub struct VolumeWork {
     pub size_gb: u64,
     #[serde(default)]
     pub source: Option<VolumeSource>,
-    /// For snapshot tasks: the volume the snapshot is of.
+    /// For snapshot tasks: the volume the snapshot is of; for backup,
+    /// restore and upload tasks: the volume read or written.
     #[serde(default)]
     pub volume_id: Option<String>,
+    /// For upload tasks: the image to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<ImageUpload>,
+}
+
+/// Where an upload task sends a volume's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUpload {
+    pub image_id: String,
+    /// `raw` or `qcow2`.
+    pub disk_format: String,
+}
+
+/// The size of a backup chunk: 4 MiB.
+pub const CHUNK_SIZE: u64 = 4 << 20;
+
+/// What a backup holds: the volume's bytes as fixed chunks of
+/// [`CHUNK_SIZE`] named by their sha256 (hex), in order; `None` for a
+/// chunk of zeros (not stored). `PUT /edge/v1/backups/{id}/manifest`
+/// records it (every named chunk must be on the controller by then), and
+/// `GET` of the same path gives it to a restore.
+///
+/// Chunks: `POST /edge/v1/backups/{id}/missing` with [`ChunkList`]
+/// answers the ones the controller lacks; `PUT` and `GET
+/// /edge/v1/backups/{id}/chunks/{sha256}` move one (checked against its
+/// name on both ends).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    /// The generation of the backup task that read it.
+    pub generation: u64,
+    /// The volume's size in bytes.
+    pub size_bytes: u64,
+    pub chunk_size: u64,
+    pub chunks: Vec<Option<String>>,
+}
+
+/// A list of chunk names (sha256, hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkList {
+    pub chunks: Vec<String>,
 }
 
 /// The answer to a storage node's long poll.
@@ -155,10 +205,35 @@ mod tests {
                 disk_format: "qcow2".into(),
             }),
             volume_id: None,
+            upload: None,
         };
         let s = serde_json::to_string(&w).unwrap();
         assert_eq!(serde_json::from_str::<VolumeWork>(&s).unwrap(), w);
         let t: VolumeTask = serde_json::from_str("\"retype\"").unwrap();
         assert_eq!(t, VolumeTask::Other);
+    }
+
+    #[test]
+    fn backup_tasks_and_manifests_round_trip() {
+        let t: VolumeTask = serde_json::from_str("\"backup\"").unwrap();
+        assert_eq!(t, VolumeTask::Backup);
+        assert_eq!(
+            serde_json::to_string(&VolumeTask::Upload).unwrap(),
+            "\"upload\""
+        );
+        let m = BackupManifest {
+            generation: 2,
+            size_bytes: CHUNK_SIZE + 1,
+            chunk_size: CHUNK_SIZE,
+            chunks: vec![Some("ab".repeat(32)), None],
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<BackupManifest>(&s).unwrap(), m);
+        // A work item of an older controller (no `upload`) still parses.
+        let w: VolumeWork = serde_json::from_str(
+            r#"{"id":"v","task":"restore","generation":1,"size_gb":1,"volume_id":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(w.upload, None);
     }
 }

@@ -10,6 +10,7 @@
 //! After a restart the agent adopts what its driver still runs, starts
 //! again what should run, and reaps (or logs) workloads no server owns.
 
+mod backups;
 mod client;
 mod heartbeat;
 mod images;

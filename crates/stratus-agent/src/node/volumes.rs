@@ -221,6 +221,9 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
             make(&snapshot_path(dir, id), Some((src, "qcow2".into())), size)
         }
         VolumeTask::DeleteSnapshot => remove(&snapshot_path(dir, id)),
+        VolumeTask::Backup | VolumeTask::Restore | VolumeTask::Upload => {
+            super::backups::run(sh, dir, w)
+        }
         VolumeTask::Other => anyhow::bail!("this agent does not know the task"),
     }
 }
@@ -292,7 +295,7 @@ fn remove(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `qemu-img ARGS PATH TAIL`, with its stderr in the error.
-fn qemu_img(args: &[&str], path: &Path, tail: &[&str]) -> anyhow::Result<()> {
+pub(super) fn qemu_img(args: &[&str], path: &Path, tail: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("qemu-img")
         .args(args)
         .arg(path)
@@ -309,7 +312,7 @@ fn qemu_img(args: &[&str], path: &Path, tail: &[&str]) -> anyhow::Result<()> {
 }
 
 /// A file's virtual size in bytes (`qemu-img info`).
-fn virtual_size(path: &Path) -> anyhow::Result<u64> {
+pub(super) fn virtual_size(path: &Path) -> anyhow::Result<u64> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
         .arg(path)

@@ -83,8 +83,10 @@ fn begin(state: &AppState, ctx: &Ctx, id: &str, target: Target) -> Result<Image,
         };
         // A node uploads what its server's snapshot, shelve or migration
         // writes.
+        // A storage node uploads a volume's data (`os-volume_upload_image`).
         if !(target == Target::Upload
-            && crate::compute::node_access::node_may_upload(state, ctx, id)?)
+            && (crate::compute::node_access::node_may_upload(state, ctx, id)?
+                || crate::volume::upload::node_may_upload(state, ctx, id)?))
         {
             require_owner_member(ctx, &img, "upload data to")?;
         }

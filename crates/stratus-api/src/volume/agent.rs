@@ -131,6 +131,7 @@ async fn work(
                     size_gb: v.extend_to.unwrap_or(v.size),
                     source: v.source,
                     volume_id: None,
+                    upload: None,
                 });
             }
         }
@@ -143,9 +144,11 @@ async fn work(
                     size_gb: s.size,
                     source: None,
                     volume_id: Some(s.volume_id),
+                    upload: None,
                 });
             }
         }
+        work.extend(super::backups::work(&state, &host)?);
         Ok(axum::Json(VolumeWorkList { revision, work }))
     })
     .await
@@ -159,6 +162,13 @@ async fn report(
 ) -> Result<StatusCode, ApiError> {
     require_agent(&ctx, &host)?;
     let r: VolumeReport = crate::json::decode(&raw)?;
-    blocking(move || service::task_done(&state, &host, &id, &r)).await?;
+    blocking(move || {
+        if super::backups::owns_task(&state, &id)? {
+            super::backups::report(&state, &host, &id, &r)
+        } else {
+            service::task_done(&state, &host, &id, &r)
+        }
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -37,8 +37,8 @@ async fn limits(State(state): State<AppState>, ctx: VCtx) -> J {
             "totalVolumesUsed": u("volumes"),
             "totalSnapshotsUsed": u("snapshots"),
             "totalGigabytesUsed": u("gigabytes"),
-            "totalBackupsUsed": 0,
-            "totalBackupGigabytesUsed": 0,
+            "totalBackupsUsed": u("backups"),
+            "totalBackupGigabytesUsed": u("backup_gigabytes"),
         }}})))
     })
     .await
@@ -84,6 +84,16 @@ async fn services(
             "updated_at": now,
             "disabled_reason": null,
         })];
+        // Backups are kept by the controller itself (see `chunks.rs`).
+        out.push(json!({
+            "binary": "cinder-backup",
+            "host": crate::compute::zones::controller_host(),
+            "zone": crate::compute::zones::DEFAULT_ZONE,
+            "status": "enabled",
+            "state": "up",
+            "updated_at": now,
+            "disabled_reason": null,
+        }));
         for c in caps {
             out.push(json!({
                 "binary": "cinder-volume",

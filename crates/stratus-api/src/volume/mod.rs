@@ -19,17 +19,26 @@
 //! Errors come out in Cinder's shape, `{"itemNotFound": {"code": 404,
 //! "message": ...}}`.
 //!
+//! Backups (`backups.rs`, data in `chunks.rs`), transfers
+//! (`transfers.rs`) and uploads to images (`upload.rs`) are records of
+//! their own beside the volumes.
+//!
 //! Maximum microversion: [`MAX_MINOR`] (see `docs/block-storage.md`).
 
 mod agent;
 pub mod attach;
+mod backup_model;
+mod backups;
+mod chunks;
 mod hosts;
 mod limits;
 pub mod model;
 mod quotas;
 pub mod service;
 mod snapshots;
+mod transfers;
 mod types;
+pub mod upload;
 pub(crate) mod volumes;
 
 pub use types::ensure_default_type;
@@ -95,7 +104,10 @@ impl Volumes {
 /// storage nodes.
 pub fn on_change(state: &AppState, c: &stratus_store::Change) {
     use stratus_store::Record;
-    if c.kind == model::Volume::KIND || c.kind == model::Snapshot::KIND {
+    if c.kind == model::Volume::KIND
+        || c.kind == model::Snapshot::KIND
+        || backups::wakes_nodes(&c.kind)
+    {
         state.volumes.bump(c.seq as u64);
     }
 }
@@ -263,8 +275,12 @@ fn fault(err: ApiError, mv: Mv) -> Response {
 /// The volume API's routes at their full paths.
 pub fn router() -> Router<AppState> {
     let v3 = Router::new()
-        .merge(volumes::routes())
+        // `os-volume_upload_image` answers a body: taken before the
+        // volume actions (see `upload::intercept`).
+        .merge(volumes::routes().route_layer(axum::middleware::from_fn(upload::intercept)))
         .merge(snapshots::routes())
+        .merge(backups::routes())
+        .merge(transfers::routes())
         .merge(types::routes())
         .merge(quotas::routes())
         .merge(limits::routes())
@@ -278,6 +294,7 @@ pub fn router() -> Router<AppState> {
         .nest("/volume/v3", v3)
         .layer(axum::middleware::from_fn(volume_layer))
         .merge(agent::routes())
+        .merge(chunks::routes())
 }
 
 fn version_doc(state: &AppState) -> Value {

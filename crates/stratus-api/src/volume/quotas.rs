@@ -64,12 +64,11 @@ async fn show(
         out.insert("id".into(), json!(project));
         for (k, v) in &lim {
             if with_usage {
-                let in_use =
-                    if k.starts_with("backup") || k == "groups" || k == "per_volume_gigabytes" {
-                        0
-                    } else {
-                        used.get(k).copied().unwrap_or(0)
-                    };
+                let in_use = if k == "groups" || k == "per_volume_gigabytes" {
+                    0
+                } else {
+                    used.get(k).copied().unwrap_or(0)
+                };
                 out.insert(
                     k.clone(),
                     json!({"limit": v, "in_use": in_use, "reserved": 0, "allocated": 0}),

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use stratus_store::{Query, Tx};
 use stratus_wire::volume::{VolumeReport, VolumeTask};
 
+use super::backup_model::{Backup, VolumeUpload};
 use super::model::{Snapshot, StorageNode, Volume, VolumeQuota, VolumeType};
 use super::over_limit;
 use crate::timeutil::now_us;
@@ -74,6 +75,10 @@ pub fn usage(tx: &Tx, project: &str) -> Result<BTreeMap<String, i64>, ApiError> 
             add(format!("snapshots_{t}"), 1);
             add(format!("gigabytes_{t}"), s.size as i64);
         }
+    }
+    for b in tx.list::<Backup>(&Query::owner(project))? {
+        add("backups".into(), 1);
+        add("backup_gigabytes".into(), b.size as i64);
     }
     Ok(out)
 }
@@ -312,16 +317,28 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
 }
 
 /// Whether storage node `host` is making a volume from image `image_id`
-/// now (so its agent may download the image, whoever owns it).
+/// now (so its agent may download the image, whoever owns it), or
+/// uploading a volume into it (so it may see the image it writes).
 pub fn makes_from_image(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
-    Ok(state
+    let making = state
         .store
         .list::<Volume>(&Query::parent(host))?
         .iter()
         .any(|v| {
             v.task == Some(VolumeTask::Create)
                 && matches!(&v.source, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
-        }))
+        });
+    Ok(making || uploads_to_image(state, host, image_id)?)
+}
+
+/// Whether storage node `host` is uploading a volume into `image_id`
+/// (`os-volume_upload_image`).
+pub fn uploads_to_image(state: &AppState, host: &str, image_id: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store
+        .list::<VolumeUpload>(&Query::parent(host))?
+        .iter()
+        .any(|u| u.task == Some(VolumeTask::Upload) && u.image_id == image_id))
 }
 
 /// Wakes the storage nodes after this process wrote at `rev`.

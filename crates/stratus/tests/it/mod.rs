@@ -26,3 +26,4 @@ mod validation;
 mod vm_live_net;
 mod volume;
 mod volume_attach;
+mod volume_backup;

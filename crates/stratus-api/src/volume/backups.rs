@@ -1,0 +1,711 @@
+//! Backups (`/backups`): create (full or incremental, of a volume or of
+//! one of its snapshots), list, show, delete, restore (into a new volume
+//! or an existing one), and `os-reset_status` / `os-force_delete` for
+//! admins.
+//!
+//! A backup is read by the agent of the volume's storage node into
+//! content-addressed chunks kept by the controller (`chunks.rs`); its
+//! record lists them in order. A restore is a task for the node holding
+//! the target volume, which fetches the chunks and writes the file. So a
+//! backup survives its node and restores onto any node.
+//!
+//! Status flow, as Cinder's: backup `creating` -> `available` (volume
+//! `backing-up` meanwhile, then back to what it was); restore: backup
+//! `restoring`, volume `restoring-backup` -> both `available`. Quota
+//! (`backups`, `backup_gigabytes`) is counted from the records, inside
+//! the write that adds one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use stratus_store::{Query as StoreQuery, Record, Tx};
+use stratus_wire::volume::{VolumeReport, VolumeTask, VolumeWork};
+
+use super::backup_model::{Backup, VolumeUpload};
+use super::model::{Snapshot, Volume};
+use super::service::{Delta, check_quota, limits, place, usage, written};
+use super::types::{DEFAULT_TYPE, find as find_type};
+use super::{
+    VCtx, blocking, body, not_found, opt_str, over_limit, param, parse_bool, policy_denied, ts,
+};
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
+
+type P = Path<HashMap<String, String>>;
+type J = Result<axum::Json<Value>, ApiError>;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/backups", get(list).post(create))
+        .route("/backups/detail", get(list_detail))
+        .route("/backups/{id}", get(show).delete(delete))
+        .route("/backups/{id}/restore", post(restore))
+        .route("/backups/{id}/action", post(action))
+}
+
+fn check_backup_quota(tx: &Tx, project: &str, size: u64) -> Result<(), ApiError> {
+    let lim = limits(tx, Some(project))?;
+    let used = usage(tx, project)?;
+    let get = |m: &BTreeMap<String, i64>, k: &str, d: i64| m.get(k).copied().unwrap_or(d);
+    let (n, gb) = (get(&lim, "backups", -1), get(&lim, "backup_gigabytes", -1));
+    let (un, ugb) = (get(&used, "backups", 0), get(&used, "backup_gigabytes", 0));
+    if n >= 0 && un + 1 > n {
+        return Err(over_limit(format!(
+            "BackupLimitExceeded: Maximum number of backups allowed ({n}) exceeded."
+        )));
+    }
+    if gb >= 0 && ugb + size as i64 > gb {
+        return Err(over_limit(format!(
+            "VolumeBackupSizeExceedsAvailableQuota: Requested backup exceeds allowed Backup gigabytes quota. Requested {size}G, quota is {gb}G and {ugb}G has been consumed."
+        )));
+    }
+    Ok(())
+}
+
+fn render(state: &AppState, b: &Backup, dependents: bool) -> Value {
+    let base = &state.config.public_url;
+    json!({
+        "id": b.id,
+        "name": b.name,
+        "description": b.description,
+        "status": b.status,
+        "availability_zone": b.availability_zone,
+        "volume_id": b.volume_id,
+        "snapshot_id": b.snapshot_id,
+        "size": b.size,
+        "object_count": b.chunks.iter().flatten().count(),
+        "container": b.container,
+        "fail_reason": b.fault,
+        "is_incremental": b.is_incremental,
+        "has_dependent_backups": dependents,
+        "created_at": ts(b.created_us),
+        "updated_at": ts(b.updated_us),
+        "data_timestamp": ts(b.created_us),
+        "links": [
+            {"rel": "self", "href": format!("{base}/volume/v3/{}/backups/{}", b.project_id, b.id)},
+            {"rel": "bookmark", "href": format!("{base}/volume/{}/backups/{}", b.project_id, b.id)}
+        ],
+    })
+}
+
+/// Whether another backup is incremental to `id`.
+fn has_dependents(tx: &Tx, b: &Backup) -> Result<bool, ApiError> {
+    Ok(tx
+        .list::<Backup>(&StoreQuery::owner(&b.project_id))?
+        .iter()
+        .any(|x| x.parent_id.as_deref() == Some(b.id.as_str())))
+}
+
+fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Backup, ApiError> {
+    tx.get::<Backup>(id)?
+        .filter(|b| ctx.owns(&b.project_id))
+        .ok_or_else(|| not_found("Backup", id))
+}
+
+async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, q, false).await
+}
+
+async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, q, true).await
+}
+
+async fn listing(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Query(q): Query<HashMap<String, String>>,
+    detail: bool,
+) -> J {
+    let paging = super::paging(&q)?;
+    let all = q
+        .get("all_tenants")
+        .is_some_and(|v| parse_bool(&json!(v)).unwrap_or(true))
+        && ctx.is_admin();
+    let own = ctx.project()?.to_string();
+    blocking(move || {
+        let query = if all {
+            StoreQuery::all()
+        } else {
+            StoreQuery::owner(&own)
+        };
+        let backups = state.store.list::<Backup>(&query)?;
+        let parents: std::collections::HashSet<&str> = backups
+            .iter()
+            .filter_map(|b| b.parent_id.as_deref())
+            .collect();
+        let items: Vec<Value> = backups
+            .iter()
+            .filter(|b| {
+                q.get("name")
+                    .is_none_or(|n| b.name.as_deref() == Some(n.as_str()))
+                    && q.get("status")
+                        .is_none_or(|x| x.eq_ignore_ascii_case(&b.status))
+                    && q.get("volume_id").is_none_or(|x| *x == b.volume_id)
+                    && (!all || q.get("project_id").is_none_or(|x| *x == b.project_id))
+            })
+            .map(|b| render(&state, b, parents.contains(b.id.as_str())))
+            .collect();
+        let items = super::page(items, &paging)?;
+        let items: Vec<Value> = if detail {
+            items
+        } else {
+            items
+                .into_iter()
+                .map(|v| json!({"id": v["id"], "name": v["name"], "links": v["links"]}))
+                .collect()
+        };
+        Ok(axum::Json(json!({"backups": items})))
+    })
+    .await
+}
+
+async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    blocking(move || {
+        let out = state.store.write(|tx| {
+            let b = find(tx, &ctx, &param(&p, "id"))?;
+            Ok::<_, ApiError>(render(&state, &b, has_dependents(tx, &b)?))
+        })?;
+        Ok(axum::Json(json!({"backup": out})))
+    })
+    .await
+}
+
+fn flag(v: &Value, key: &str) -> Result<bool, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(f) => parse_bool(f).ok_or_else(|| {
+            ApiError::bad_request(format!("Invalid value '{f}' for {key}: not a boolean."))
+        }),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    raw: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    ctx.project()?;
+    let b = body(&raw)?;
+    let r = b.get("backup").filter(|s| s.is_object()).ok_or_else(|| {
+        ApiError::bad_request("Missing required element 'backup' in request body.")
+    })?;
+    let volume_id = opt_str(r, "volume_id", 255)?.ok_or_else(|| {
+        ApiError::bad_request("Incorrect request body format: volume_id is required.")
+    })?;
+    let name = opt_str(r, "name", 255)?;
+    let description = opt_str(r, "description", 255)?;
+    let container = opt_str(r, "container", 255)?;
+    let snapshot_id = opt_str(r, "snapshot_id", 255)?;
+    let incremental = flag(r, "incremental")?;
+    let force = flag(r, "force")?;
+    blocking(move || {
+        let (out, rev) = state.store.write(|tx| {
+            let mut v = super::volumes::find(tx, &ctx, &volume_id)?;
+            let mut snap = match &snapshot_id {
+                None => None,
+                Some(sid) => {
+                    let s = tx
+                        .get::<Snapshot>(sid)?
+                        .filter(|s| ctx.owns(&s.project_id))
+                        .ok_or_else(|| not_found("Snapshot", sid))?;
+                    if s.volume_id != v.id {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid snapshot: Snapshot {sid} is not of volume {}.",
+                            v.id
+                        )));
+                    }
+                    if s.status != "available" {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid snapshot: Snapshot to be backed up must be available, but the current status is \"{}\".",
+                            s.status
+                        )));
+                    }
+                    Some(s)
+                }
+            };
+            if snap.is_none() {
+                match v.status.as_str() {
+                    "available" => {}
+                    "in-use" if force => {}
+                    "in-use" => {
+                        return Err(ApiError::bad_request(
+                            "Invalid volume: Backup operation of an in-use volume must use the force flag.",
+                        ));
+                    }
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume to be backed up must be available or in-use, but the current status is \"{other}\"."
+                        )));
+                    }
+                }
+            }
+            let Some(host) = snap.as_ref().and_then(|s| s.host.clone()).or(v.host.clone()) else {
+                return Err(ApiError::bad_request(
+                    "Invalid volume: the volume is on no storage node.",
+                ));
+            };
+            let parent = if incremental {
+                let latest = tx
+                    .list::<Backup>(&StoreQuery::owner(&v.project_id))?
+                    .into_iter()
+                    .filter(|b| b.volume_id == v.id && b.status == "available")
+                    .max_by_key(|b| b.created_us);
+                match latest {
+                    Some(b) => Some(b.id),
+                    None => {
+                        return Err(ApiError::bad_request(
+                            "Invalid backup: No backups available to do an incremental backup.",
+                        ));
+                    }
+                }
+            } else {
+                None
+            };
+            check_backup_quota(tx, &v.project_id, v.size)?;
+            let now = now_us();
+            let prior = match &mut snap {
+                Some(s) => {
+                    let prior = std::mem::replace(&mut s.status, "backing-up".into());
+                    s.updated_us = now;
+                    tx.update(s)?;
+                    prior
+                }
+                None => {
+                    let prior = std::mem::replace(&mut v.status, "backing-up".into());
+                    v.updated_us = now;
+                    tx.update(&v)?;
+                    prior
+                }
+            };
+            let b = Backup {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: v.project_id.clone(),
+                user_id: ctx.user_id().to_string(),
+                volume_id: v.id.clone(),
+                snapshot_id: snapshot_id.clone(),
+                name: name.clone(),
+                description: description.clone(),
+                size: v.size,
+                status: "creating".into(),
+                availability_zone: v.availability_zone.clone(),
+                container: container.clone(),
+                is_incremental: parent.is_some(),
+                parent_id: parent,
+                host: Some(host),
+                task: Some(VolumeTask::Backup),
+                generation: 1,
+                restore_volume_id: None,
+                prior_status: Some(prior),
+                size_bytes: 0,
+                chunks: Vec::new(),
+                manifest_generation: 0,
+                fault: None,
+                created_us: now,
+                updated_us: now,
+            };
+            let rev = tx.insert(&b)?;
+            let r = render(&state, &b, false);
+            Ok((json!({"backup": {"id": r["id"], "name": r["name"], "links": r["links"]}}), rev))
+        })?;
+        written(&state, rev);
+        Ok((StatusCode::ACCEPTED, axum::Json(out)))
+    })
+    .await
+}
+
+/// Deletes a backup record and the chunks only it held.
+fn remove(state: &AppState, tx: &Tx, b: &Backup) -> Result<i64, ApiError> {
+    tx.delete::<Backup>(&b.id)?;
+    let gone: Vec<String> = b.chunks.iter().flatten().cloned().collect();
+    let removed = super::chunks::collect_garbage(state, tx, &gone)?;
+    tracing::info!(backup = %b.id, chunks_removed = removed, "backup deleted");
+    Ok(tx.last_revision()?)
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        let rev = state.store.write(|tx| {
+            let b = find(tx, &ctx, &param(&p, "id"))?;
+            if b.status != "available" && b.status != "error" {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid backup: Backup status must be available or error (it is {}).",
+                    b.status
+                )));
+            }
+            if has_dependents(tx, &b)? {
+                return Err(ApiError::bad_request(
+                    "Invalid backup: Incremental backups exist for this backup.",
+                ));
+            }
+            remove(&state, tx, &b)
+        })?;
+        written(&state, rev);
+        Ok(StatusCode::ACCEPTED)
+    })
+    .await
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+    raw: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let project = ctx.project()?.to_string();
+    let b = body(&raw)?;
+    let r = b.get("restore").filter(|s| s.is_object()).ok_or_else(|| {
+        ApiError::bad_request("Missing required element 'restore' in request body.")
+    })?;
+    let volume_id = opt_str(r, "volume_id", 255)?;
+    let name = opt_str(r, "name", 255)?;
+    blocking(move || {
+        let (out, rev) = state.store.write(|tx| {
+            let mut b = find(tx, &ctx, &param(&p, "id"))?;
+            if b.status != "available" {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid backup: Backup status must be available (it is {}).",
+                    b.status
+                )));
+            }
+            let now = now_us();
+            let v = match &volume_id {
+                Some(vid) => {
+                    let mut v = super::volumes::find(tx, &ctx, vid)?;
+                    if v.status != "available" {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume to be restored to must be available (it is {}).",
+                            v.status
+                        )));
+                    }
+                    if v.size < b.size {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: volume size {} is too small to restore backup of size {}.",
+                            v.size, b.size
+                        )));
+                    }
+                    if v.host.is_none() {
+                        return Err(ApiError::bad_request(
+                            "Invalid volume: the volume is on no storage node.",
+                        ));
+                    }
+                    v.status = "restoring-backup".into();
+                    v.updated_us = now;
+                    tx.update(&v)?;
+                    v
+                }
+                None => new_volume(&state, tx, &ctx, &project, &b, name.clone())?,
+            };
+            b.status = "restoring".into();
+            b.host = v.host.clone();
+            b.task = Some(VolumeTask::Restore);
+            b.generation += 1;
+            b.restore_volume_id = Some(v.id.clone());
+            b.fault = None;
+            b.updated_us = now;
+            let rev = tx.update(&b)?;
+            Ok::<_, ApiError>((
+                json!({"restore": {"backup_id": b.id, "volume_id": v.id, "volume_name": v.name}}),
+                rev,
+            ))
+        })?;
+        written(&state, rev);
+        Ok((StatusCode::ACCEPTED, axum::Json(out)))
+    })
+    .await
+}
+
+/// The volume a restore without a target makes: the backup's size, the
+/// default type, on a node chosen as for any new volume (in quota).
+fn new_volume(
+    state: &AppState,
+    tx: &Tx,
+    ctx: &VCtx,
+    project: &str,
+    b: &Backup,
+    name: Option<String>,
+) -> Result<Volume, ApiError> {
+    let vtype = find_type(tx, ctx, DEFAULT_TYPE)?;
+    check_quota(
+        tx,
+        project,
+        &Delta {
+            volumes: 1,
+            gigabytes: b.size as i64,
+            snapshots: 0,
+            type_name: Some(&vtype.name),
+        },
+        b.size,
+    )?;
+    let Some((host, zone)) = place(state, tx, None, b.size)? else {
+        return Err(ApiError::bad_request(
+            "Invalid input received: no storage node can take a volume for the restore.",
+        ));
+    };
+    let now = now_us();
+    let v = Volume {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: project.to_string(),
+        user_id: ctx.user_id().to_string(),
+        name: Some(name.unwrap_or_else(|| format!("restore_backup_{}", b.id))),
+        description: None,
+        size: b.size,
+        extend_to: None,
+        status: "restoring-backup".into(),
+        availability_zone: zone,
+        host: Some(host),
+        volume_type_id: vtype.id,
+        bootable: false,
+        readonly: None,
+        metadata: Default::default(),
+        image_metadata: Default::default(),
+        source: None,
+        task: None,
+        generation: 1,
+        fault: None,
+        attachments: Vec::new(),
+        created_us: now,
+        updated_us: now,
+    };
+    tx.insert(&v)?;
+    Ok(v)
+}
+
+async fn action(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    Path(p): P,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b = body(&raw)?;
+    let (name, arg) = b
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .ok_or_else(|| ApiError::bad_request("Malformed request body: no action."))?;
+    let id = param(&p, "id");
+    match name.as_str() {
+        "os-reset_status" => {
+            if !ctx.is_admin() {
+                return Err(policy_denied(
+                    "volume_extension:backup_admin_actions:reset_status",
+                ));
+            }
+            let status = arg
+                .get("status")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .ok_or_else(|| ApiError::bad_request("Must specify 'status'"))?;
+            if status != "available" && status != "error" {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input received: Backup status must be available or error (not {status})."
+                )));
+            }
+            blocking(move || {
+                let rev = state.store.write(|tx| {
+                    let mut b = find(tx, &ctx, &id)?;
+                    // A task under way is abandoned: its report will be stale.
+                    if b.task.is_some() {
+                        settle_abandoned(tx, &b)?;
+                    }
+                    b.status = status;
+                    b.task = None;
+                    b.generation += 1;
+                    b.updated_us = now_us();
+                    Ok::<_, ApiError>(tx.update(&b)?)
+                })?;
+                written(&state, rev);
+                Ok(StatusCode::ACCEPTED)
+            })
+            .await
+        }
+        "os-force_delete" => {
+            if !ctx.is_admin() {
+                return Err(policy_denied(
+                    "volume_extension:backup_admin_actions:force_delete",
+                ));
+            }
+            blocking(move || {
+                let rev = state.store.write(|tx| {
+                    let b = find(tx, &ctx, &id)?;
+                    if has_dependents(tx, &b)? {
+                        return Err(ApiError::bad_request(
+                            "Invalid backup: Incremental backups exist for this backup.",
+                        ));
+                    }
+                    if b.task.is_some() {
+                        settle_abandoned(tx, &b)?;
+                    }
+                    remove(&state, tx, &b)
+                })?;
+                written(&state, rev);
+                Ok(StatusCode::ACCEPTED)
+            })
+            .await
+        }
+        other => Err(ApiError::bad_request(format!(
+            "There is no such action: {other}"
+        ))),
+    }
+}
+
+/// Puts the volume (or snapshot) a task under way holds back: a backup's
+/// source to what it was, a restore's target to `error_restoring`.
+fn settle_abandoned(tx: &Tx, b: &Backup) -> Result<(), ApiError> {
+    match b.task {
+        Some(VolumeTask::Backup) => release_source(tx, b),
+        Some(VolumeTask::Restore) => {
+            if let Some(vid) = &b.restore_volume_id
+                && let Some(mut v) = tx.get::<Volume>(vid)?
+                && v.status == "restoring-backup"
+            {
+                v.status = "error_restoring".into();
+                v.updated_us = now_us();
+                tx.update(&v)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The volume or snapshot a backup read goes back to its prior status.
+fn release_source(tx: &Tx, b: &Backup) -> Result<(), ApiError> {
+    let prior = b.prior_status.clone().unwrap_or_else(|| "available".into());
+    match &b.snapshot_id {
+        Some(sid) => {
+            if let Some(mut s) = tx.get::<Snapshot>(sid)?
+                && s.status == "backing-up"
+            {
+                s.status = prior;
+                s.updated_us = now_us();
+                tx.update(&s)?;
+            }
+        }
+        None => {
+            if let Some(mut v) = tx.get::<Volume>(&b.volume_id)?
+                && v.status == "backing-up"
+            {
+                v.status = prior;
+                v.updated_us = now_us();
+                tx.update(&v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The backup and restore tasks pending on storage node `host`.
+pub fn work(state: &AppState, host: &str) -> Result<Vec<VolumeWork>, ApiError> {
+    let mut out = Vec::new();
+    for b in state.store.list::<Backup>(&StoreQuery::parent(host))? {
+        let Some(task) = b.task else { continue };
+        let (source, volume_id) = match task {
+            VolumeTask::Backup => (
+                b.snapshot_id
+                    .clone()
+                    .map(|id| stratus_wire::volume::VolumeSource::Snapshot { id }),
+                Some(b.volume_id.clone()),
+            ),
+            _ => (None, b.restore_volume_id.clone()),
+        };
+        let size_gb = match (task, &b.restore_volume_id) {
+            (VolumeTask::Restore, Some(vid)) => state
+                .store
+                .get::<Volume>(vid)?
+                .map(|v| v.size)
+                .unwrap_or(b.size),
+            _ => b.size,
+        };
+        out.push(VolumeWork {
+            id: b.id,
+            task,
+            generation: b.generation,
+            size_gb,
+            source,
+            volume_id,
+            upload: None,
+        });
+    }
+    out.extend(super::upload::work(state, host)?);
+    Ok(out)
+}
+
+/// Whether `id` names a backup or an upload (whose reports
+/// [`report`] settles) rather than a volume or snapshot.
+pub fn owns_task(state: &AppState, id: &str) -> Result<bool, ApiError> {
+    Ok(state.store.get::<Backup>(id)?.is_some() || state.store.get::<VolumeUpload>(id)?.is_some())
+}
+
+/// Settles a node's report of a backup, restore or upload task on `id`;
+/// a stale report changes nothing.
+pub fn report(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Result<(), ApiError> {
+    if let Some(rev) = state.store.write(|tx| task_done(tx, host, id, r))? {
+        written(state, rev);
+    }
+    Ok(())
+}
+
+fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i64>, ApiError> {
+    let Some(mut b) = tx.get::<Backup>(id)? else {
+        return super::upload::task_done(tx, host, id, r);
+    };
+    if b.host.as_deref() != Some(host) || b.task != Some(r.task) || b.generation != r.generation {
+        return Ok(None);
+    }
+    let now = now_us();
+    let mut error = r.error.clone();
+    match r.task {
+        VolumeTask::Backup => {
+            if error.is_none() && b.manifest_generation != b.generation {
+                error = Some("the node reported the backup done without its manifest".into());
+            }
+            release_source(tx, &b)?;
+            b.status = if error.is_none() {
+                "available"
+            } else {
+                "error"
+            }
+            .into();
+        }
+        VolumeTask::Restore => {
+            if let Some(vid) = &b.restore_volume_id
+                && let Some(mut v) = tx.get::<Volume>(vid)?
+                && v.status == "restoring-backup"
+            {
+                v.status = if error.is_none() {
+                    "available"
+                } else {
+                    "error_restoring"
+                }
+                .into();
+                v.fault = error.clone();
+                v.updated_us = now;
+                tx.update(&v)?;
+            }
+            b.status = "available".into();
+            b.restore_volume_id = None;
+        }
+        _ => return Ok(None),
+    }
+    if let Some(e) = &error {
+        tracing::warn!(backup = %id, task = ?r.task, error = %e, "a backup task failed");
+    }
+    b.fault = error;
+    b.task = None;
+    b.updated_us = now;
+    Ok(Some(tx.update(&b)?))
+}
+
+/// Whether a change to record kind `kind` may give a storage node work.
+pub fn wakes_nodes(kind: &str) -> bool {
+    kind == Backup::KIND || kind == VolumeUpload::KIND
+}
