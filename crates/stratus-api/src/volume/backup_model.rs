@@ -4,6 +4,7 @@
 //! those handlers).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use stratus_store::Record;
 use stratus_wire::volume::VolumeTask;
 
@@ -51,6 +52,10 @@ pub struct Backup {
     pub size_bytes: u64,
     #[serde(default)]
     pub chunks: Vec<Option<String>>,
+    /// The volume's metadata when it was backed up: a restore gives it
+    /// back to the volume written (as Cinder's backup metadata does).
+    #[serde(default)]
+    pub volume_metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub manifest_generation: u64,
     #[serde(default)]

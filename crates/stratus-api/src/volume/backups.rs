@@ -303,6 +303,7 @@ async fn create(
                 prior_status: Some(prior),
                 size_bytes: 0,
                 chunks: Vec::new(),
+                volume_metadata: v.metadata.clone(),
                 manifest_generation: 0,
                 fault: None,
                 created_us: now,
@@ -687,6 +688,11 @@ fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i
                     "error_restoring"
                 }
                 .into();
+                if error.is_none() {
+                    for (k, val) in &b.volume_metadata {
+                        v.metadata.insert(k.clone(), val.clone());
+                    }
+                }
                 v.fault = error.clone();
                 v.updated_us = now;
                 tx.update(&v)?;

@@ -109,6 +109,10 @@ pub struct Snapshot {
     pub generation: u64,
     #[serde(default)]
     pub fault: Option<String>,
+    /// What `os-update_snapshot_status` last reported (`"80%"`); none:
+    /// derived from the status.
+    #[serde(default)]
+    pub progress: Option<String>,
     pub created_us: i64,
     pub updated_us: i64,
 }

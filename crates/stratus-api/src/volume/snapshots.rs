@@ -54,10 +54,10 @@ fn render(s: &Snapshot, detail: bool) -> Value {
     });
     if detail {
         out["os-extended-snapshot-attributes:project_id"] = json!(s.project_id);
-        out["os-extended-snapshot-attributes:progress"] = json!(if s.status == "available" {
-            "100%"
-        } else {
-            "0%"
+        out["os-extended-snapshot-attributes:progress"] = json!(match &s.progress {
+            Some(p) => p.as_str(),
+            None if s.status == "available" => "100%",
+            None => "0%",
         });
     }
     out
@@ -203,6 +203,7 @@ async fn create(
                 task: Some(VolumeTask::Snapshot),
                 generation: 1,
                 fault: None,
+                progress: None,
                 created_us: now,
                 updated_us: now,
             };
@@ -439,10 +440,21 @@ async fn action(
             "Must specify a valid status: {status} is not one"
         )));
     }
+    let progress = match arg.get("progress") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if p.len() <= 255 => Some(p.clone()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid progress: a string is expected.",
+            ));
+        }
+    };
     blocking(move || {
         state.store.write(|tx| {
             let mut s = find(tx, &ctx, &param(&p, "id"))?;
             s.status = status;
+            // Only a driver's report carries progress; a reset forgets it.
+            s.progress = progress;
             s.updated_us = now_us();
             tx.update(&s)?;
             Ok::<_, ApiError>(())
