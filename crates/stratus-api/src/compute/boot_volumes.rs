@@ -123,6 +123,11 @@ pub fn attach_new(
         if let VolumeFrom::Volume(id) = &m.from {
             let v = cinder::find(tx, &vctx, id)
                 .map_err(|_| invalid(format!("failed to get volume {id}")))?;
+            if m.boot_index == Some(0) && !v.bootable {
+                return Err(ApiError::bad_request(format!(
+                    "Block Device {id} is not bootable."
+                )));
+            }
             let at = v
                 .host
                 .clone()

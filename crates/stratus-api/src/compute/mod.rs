@@ -45,6 +45,7 @@ pub mod snapshots;
 pub mod states;
 mod validation;
 mod volume_attachments;
+mod volumes_proxy;
 pub mod zones;
 
 use axum::Router;
@@ -196,6 +197,7 @@ pub fn router() -> Router<AppState> {
         .merge(actions::routes())
         .merge(interfaces::routes())
         .merge(volume_attachments::routes())
+        .merge(volumes_proxy::routes())
         .merge(ips::routes())
         .merge(server_password::routes())
         .merge(crate::network::nova_proxy::routes())
