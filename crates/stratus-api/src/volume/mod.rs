@@ -33,6 +33,7 @@ mod chunks;
 mod hosts;
 mod limits;
 pub mod model;
+mod qos;
 mod quotas;
 pub mod service;
 mod snapshots;
@@ -282,6 +283,7 @@ pub fn router() -> Router<AppState> {
         .merge(backups::routes())
         .merge(transfers::routes())
         .merge(types::routes())
+        .merge(qos::routes())
         .merge(quotas::routes())
         .merge(limits::routes())
         .merge(hosts::routes());

@@ -140,6 +140,9 @@ pub struct VolumeType {
     pub extra_specs: BTreeMap<String, String>,
     #[serde(default)]
     pub projects: Vec<String>,
+    /// The QoS specs associated with the type (`qos.rs`).
+    #[serde(default)]
+    pub qos_specs_id: Option<String>,
     pub created_us: i64,
 }
 
@@ -148,6 +151,27 @@ record!(
     "volume_type",
     name = |t| Some(&t.name),
     unique = |t| Some(t.name.to_lowercase())
+);
+
+/// Cinder's QoS specs: limits for the volumes of the types associated
+/// with them. `consumer` says who applies them: `front-end` (the
+/// hypervisor: QEMU's I/O throttling of a VM's disk), `back-end` (the
+/// storage backend; the file backend has none to apply) or `both`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QosSpecs {
+    pub id: String,
+    pub name: String,
+    pub consumer: String,
+    #[serde(default)]
+    pub specs: BTreeMap<String, String>,
+    pub created_us: i64,
+}
+
+record!(
+    QosSpecs,
+    "volume_qos_specs",
+    name = |q| Some(&q.name),
+    unique = |q| Some(q.name.to_lowercase())
 );
 
 /// Quota limits of one project, or of a quota class (`id` is then

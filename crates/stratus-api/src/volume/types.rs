@@ -54,6 +54,7 @@ pub fn ensure_default_type(store: &Store) -> Result<(), ApiError> {
             is_public: true,
             extra_specs: Default::default(),
             projects: vec![],
+            qos_specs_id: None,
             created_us: crate::timeutil::now_us(),
         })?;
         Ok::<_, ApiError>(())
@@ -68,7 +69,7 @@ pub(crate) fn render(t: &VolumeType) -> Value {
         "is_public": t.is_public,
         "os-volume-type-access:is_public": t.is_public,
         "extra_specs": t.extra_specs,
-        "qos_specs_id": null,
+        "qos_specs_id": t.qos_specs_id,
     })
 }
 
@@ -210,6 +211,7 @@ async fn create(
         is_public,
         extra_specs,
         projects: vec![],
+        qos_specs_id: None,
         created_us: crate::timeutil::now_us(),
     };
     blocking(move || {
