@@ -266,6 +266,19 @@ pub trait Driver: Send + Sync {
             self.name()
         )))
     }
+    /// Runs `read` while the volume file `path`, held open by one of this
+    /// driver's running instances, is whole on disk and not written (a VM
+    /// is paused: QEMU flushes its caches when it stops the guest), so a
+    /// snapshot, backup or upload read meanwhile is one point in time.
+    /// `Ok(false)`, without running `read`, when no instance holds it.
+    fn quiesced(
+        &self,
+        path: &Path,
+        read: &mut dyn FnMut() -> Result<(), DriverError>,
+    ) -> Result<bool, DriverError> {
+        let _ = (path, read);
+        Ok(false)
+    }
     /// The UNIX socket of the running instance's interactive serial
     /// console, for a remote console (Nova's `serial` type) to join.
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {

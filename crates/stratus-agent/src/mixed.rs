@@ -139,6 +139,14 @@ impl Driver for MixedDriver {
         self.of(uuid).set_volumes(uuid, disks)
     }
 
+    fn quiesced(
+        &self,
+        path: &std::path::Path,
+        read: &mut dyn FnMut() -> Result<(), DriverError>,
+    ) -> Result<bool, DriverError> {
+        Ok(self.vms.quiesced(path, read)? || self.containers.quiesced(path, read)?)
+    }
+
     fn serial_console(&self, uuid: &str) -> Result<std::path::PathBuf, DriverError> {
         self.of(uuid).serial_console(uuid)
     }

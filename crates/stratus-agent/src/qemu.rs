@@ -1604,6 +1604,37 @@ impl Driver for QemuDriver {
         Ok(())
     }
 
+    /// Finds the running VM that has `path` as a volume (or as its
+    /// root) and pauses it while `read` runs.
+    fn quiesced(
+        &self,
+        path: &Path,
+        read: &mut dyn FnMut() -> Result<(), DriverError>,
+    ) -> Result<bool, DriverError> {
+        for (uuid, _) in self.list() {
+            let lock = lock_of(&self.locks, &uuid);
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let Ok(r) = self.record(&uuid) else { continue };
+            let holds = r.volumes.iter().any(|v| v.path == path) || r.root.as_deref() == Some(path);
+            if !holds || self.pid(&uuid).is_none() {
+                continue;
+            }
+            let running = self
+                .qmp(&uuid)
+                .and_then(|mut q| q.status())
+                .is_ok_and(|s| s == "running");
+            if running {
+                self.qmp(&uuid)?.execute("stop", None)?;
+            }
+            let result = read();
+            if running {
+                self.qmp(&uuid)?.execute("cont", None)?;
+            }
+            return result.map(|()| true);
+        }
+        Ok(false)
+    }
+
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {
         self.record(uuid)?;
         if self.pid(uuid).is_none() {

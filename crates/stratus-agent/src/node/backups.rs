@@ -156,13 +156,16 @@ fn backup(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     let raw = Temp(dir.join(format!("backup-{id}.raw.tmp")));
     let _ = std::fs::remove_file(&raw.0);
     let src_s = src.to_string_lossy().to_string();
-    // -U: an in-use volume is read while its VM holds it (a crash-
-    // consistent copy, as Cinder's backup of an in-use volume).
-    qemu_img(
-        &["convert", "-q", "-U", "-f", "qcow2", "-O", "raw", &src_s],
-        &raw.0,
-        &[],
-    )?;
+    // An in-use volume is read while its holder is quiesced (a VM
+    // paused, a container's file system frozen): one point in time, as
+    // Cinder's backup of an in-use volume with `force`.
+    super::volumes::read_quiesced(sh, &src, || {
+        qemu_img(
+            &["convert", "-q", "-U", "-f", "qcow2", "-O", "raw", &src_s],
+            &raw.0,
+            &[],
+        )
+    })?;
     let f = std::fs::File::open(&raw.0)?;
     let size = f.metadata()?.len();
     let n = size.div_ceil(CHUNK_SIZE) as usize;
@@ -358,10 +361,12 @@ fn upload(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     );
     let tmp = Temp(dir.join(format!("upload-{}.{fmt}.tmp", safe_id(&w.id)?)));
     let src_s = src.to_string_lossy().to_string();
-    qemu_img(
-        &["convert", "-q", "-U", "-f", "qcow2", "-O", fmt, &src_s],
-        &tmp.0,
-        &[],
-    )?;
+    super::volumes::read_quiesced(sh, &src, || {
+        qemu_img(
+            &["convert", "-q", "-U", "-f", "qcow2", "-O", fmt, &src_s],
+            &tmp.0,
+            &[],
+        )
+    })?;
     super::images::upload(sh, image, &tmp.0)
 }

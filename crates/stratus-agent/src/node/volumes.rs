@@ -186,7 +186,13 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
                     Some((path, qemu_format(disk_format)))
                 }
                 Some(VolumeSource::Volume { id: v }) => {
-                    Some((volume_path(dir, safe_id(v)?), "qcow2".to_string()))
+                    // A clone of a volume in use is read while its holder
+                    // is quiesced.
+                    let src = volume_path(dir, safe_id(v)?);
+                    let dest = volume_path(dir, id);
+                    return read_quiesced(sh, &src.clone(), || {
+                        make(&dest, Some((src.clone(), "qcow2".to_string())), size)
+                    });
                 }
                 Some(VolumeSource::Snapshot { id: s }) => {
                     Some((snapshot_path(dir, safe_id(s)?), "qcow2".to_string()))
@@ -218,7 +224,10 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
                 "the volume's file {} is missing",
                 src.display()
             );
-            make(&snapshot_path(dir, id), Some((src, "qcow2".into())), size)
+            let dest = snapshot_path(dir, id);
+            read_quiesced(sh, &src.clone(), || {
+                make(&dest, Some((src.clone(), "qcow2".into())), size)
+            })
         }
         VolumeTask::DeleteSnapshot => remove(&snapshot_path(dir, id)),
         VolumeTask::Backup | VolumeTask::Restore | VolumeTask::Upload => {
@@ -226,6 +235,27 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
         }
         VolumeTask::Other => anyhow::bail!("this agent does not know the task"),
     }
+}
+
+/// Runs `read` on the volume file `src` as one point in time: while the
+/// instance on this node that holds it (a VM, a container) is quiesced
+/// (see `Driver::quiesced`), or at once when none does. Readers pass
+/// `-U` to `qemu-img`: the holder keeps its lock but does not write.
+pub(super) fn read_quiesced(
+    sh: &Shared,
+    src: &Path,
+    mut read: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let held = sh
+        .driver
+        .quiesced(src, &mut || {
+            read().map_err(|e| crate::DriverError::Runtime(format!("{e:#}")))
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !held {
+        read()?;
+    }
+    Ok(())
 }
 
 /// `qemu-img`'s name for a Glance disk format.
@@ -256,8 +286,10 @@ fn make(path: &Path, from: Option<(PathBuf, String)>, size: u64) -> anyhow::Resu
             Some((src, fmt)) => {
                 anyhow::ensure!(src.exists(), "the source {} is missing", src.display());
                 let src = src.to_string_lossy().to_string();
+                // -U: a source in use is read while its holder is
+                // quiesced (`read_quiesced`), which keeps QEMU's lock.
                 qemu_img(
-                    &["convert", "-q", "-f", fmt, "-O", "qcow2", &src],
+                    &["convert", "-q", "-U", "-f", fmt, "-O", "qcow2", &src],
                     &part,
                     &[],
                 )?;

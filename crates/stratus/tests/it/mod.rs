@@ -27,4 +27,5 @@ mod vm_live_net;
 mod volume;
 mod volume_attach;
 mod volume_backup;
+mod volume_inuse;
 mod volume_qos;
