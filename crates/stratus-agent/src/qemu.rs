@@ -190,6 +190,10 @@ pub struct VmDisk {
     pub volume_id: String,
     pub path: PathBuf,
     pub device: String,
+    /// Front-end QoS limits (Cinder's keys: `total_iops_sec`,
+    /// `read_bytes_sec`, ...), applied with QEMU's I/O throttling.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub qos: std::collections::BTreeMap<String, u64>,
 }
 
 impl VmDisk {
@@ -219,6 +223,26 @@ impl VmDisk {
     /// limit) as the disk's serial, as with Nova.
     fn serial(&self) -> String {
         self.volume_id.chars().take(20).collect()
+    }
+
+    /// QMP `block_set_io_throttle` arguments for its QoS limits (all
+    /// zero: none). A total limit wins over the read and write ones of
+    /// the same kind, which QEMU refuses beside it.
+    fn throttle(&self) -> serde_json::Value {
+        let get = |k: &str| self.qos.get(k).copied().unwrap_or(0);
+        let (bps, iops) = (get("total_bytes_sec"), get("total_iops_sec"));
+        let pick = |total: u64, k: &str| if total > 0 { 0 } else { get(k) };
+        serde_json::json!({
+            // The block backend is the virtio-blk-pci proxy's inner
+            // device's.
+            "id": format!("/machine/peripheral/{}/virtio-backend", self.device_id()),
+            "bps": bps,
+            "bps_rd": pick(bps, "read_bytes_sec"),
+            "bps_wr": pick(bps, "write_bytes_sec"),
+            "iops": iops,
+            "iops_rd": pick(iops, "read_iops_sec"),
+            "iops_wr": pick(iops, "write_iops_sec"),
+        })
     }
 }
 
@@ -1040,7 +1064,25 @@ impl QemuDriver {
             .pid(&r.uuid)
             .ok_or_else(|| rt("QEMU started but its pid file names no QEMU"))?;
         self.confine(r, pid);
+        if !r.volumes.is_empty() {
+            // QEMU's monitor is up once it has daemonised.
+            match self.qmp(&r.uuid) {
+                Ok(mut q) => QemuDriver::set_throttles(&mut q, &r.volumes),
+                Err(e) => {
+                    tracing::warn!(instance = %r.uuid, error = %e, "no QMP to throttle volumes")
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Applies each volume's QoS limits (and lifts removed ones).
+    fn set_throttles(q: &mut Qmp, disks: &[VmDisk]) {
+        for d in disks {
+            if let Err(e) = q.execute("block_set_io_throttle", Some(d.throttle())) {
+                tracing::warn!(device = %d.device, error = %e, "could not apply the volume's QoS limits");
+            }
+        }
     }
 
     fn start_locked(&self, uuid: &str) -> Result<(), DriverError> {
@@ -1596,6 +1638,7 @@ impl Driver for QemuDriver {
                 }
                 tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, "volume plugged in");
             }
+            QemuDriver::set_throttles(&mut q, disks);
         }
         if r.volumes != disks {
             r.volumes = disks.to_vec();

@@ -167,6 +167,10 @@ pub struct AttachedVolume {
     /// The storage node holding its file (attaching works only on it).
     #[serde(default)]
     pub host: Option<String>,
+    /// Front-end QoS limits of its type (Cinder's keys, e.g.
+    /// `total_iops_sec`), applied by the hypervisor.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub qos: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a node did with a server's volumes:

@@ -402,6 +402,7 @@ fn attach_volumes(sh: &Shared, s: &Assignment) {
                 volume_id: v.volume_id.clone(),
                 path: volume_path(&vc.dir, id),
                 device: v.device.clone(),
+                qos: v.qos.clone(),
             }),
             _ => failed.push(AttachFailure {
                 volume_id: v.volume_id.clone(),

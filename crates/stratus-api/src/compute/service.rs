@@ -678,13 +678,18 @@ fn attached_volume(
     state: &AppState,
     v: &ServerVolume,
 ) -> Result<stratus_wire::volume::AttachedVolume, ApiError> {
+    let vol = state
+        .store
+        .get::<crate::volume::model::Volume>(&v.volume_id)?;
+    let qos = match &vol {
+        Some(x) => crate::volume::qos::front_end_limits(state, &x.volume_type_id)?,
+        None => Default::default(),
+    };
     Ok(stratus_wire::volume::AttachedVolume {
         volume_id: v.volume_id.clone(),
         device: v.device.clone(),
-        host: state
-            .store
-            .get::<crate::volume::model::Volume>(&v.volume_id)?
-            .and_then(|x| x.host),
+        host: vol.and_then(|x| x.host),
+        qos,
     })
 }
 

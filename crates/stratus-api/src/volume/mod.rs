@@ -33,7 +33,7 @@ mod chunks;
 mod hosts;
 mod limits;
 pub mod model;
-mod qos;
+pub mod qos;
 mod quotas;
 pub mod service;
 mod snapshots;

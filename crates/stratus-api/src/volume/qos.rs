@@ -1,6 +1,8 @@
 //! QoS specs (`/qos-specs`): create, list, show, set and unset keys,
 //! delete, and associations with volume types. Admins only, as in
-//! Cinder. A type holds the id of its specs (`qos_specs_id`).
+//! Cinder. A type holds the id of its specs (`qos_specs_id`); the
+//! front-end ones go to the node with each attached volume
+//! ([`front_end_limits`]), where QEMU throttles the VM's disk.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -60,6 +62,38 @@ fn links(state: &AppState, ctx: &VCtx, id: &str) -> Value {
 fn find(tx: &Tx, id: &str) -> Result<QosSpecs, ApiError> {
     tx.get::<QosSpecs>(id)?
         .ok_or_else(|| not_found("QoS spec", id))
+}
+
+/// The front-end limits (`front-end` or `both` consumers) of the specs
+/// associated with volume type `type_id`: what the hypervisor applies to
+/// a volume of that type. Empty when there are none.
+pub fn front_end_limits(
+    state: &AppState,
+    type_id: &str,
+) -> Result<BTreeMap<String, u64>, ApiError> {
+    let Some(t) = state.store.get::<VolumeType>(type_id)? else {
+        return Ok(BTreeMap::new());
+    };
+    let Some(q) = (match &t.qos_specs_id {
+        Some(id) => state.store.get::<QosSpecs>(id)?,
+        None => None,
+    }) else {
+        return Ok(BTreeMap::new());
+    };
+    if q.consumer == "back-end" {
+        return Ok(BTreeMap::new());
+    }
+    Ok(q.specs
+        .iter()
+        .filter(|(k, _)| FRONT_END_KEYS.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n| (k.clone(), n))
+        })
+        .collect())
 }
 
 /// Spec values: strings (numbers are taken as their text), each key 1 to

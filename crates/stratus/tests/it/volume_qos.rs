@@ -132,3 +132,138 @@ fn qos_specs_with_the_cli_keys_associations_and_refusals() {
     os.ok(&["volume", "qos", "delete", "q1"]);
     assert_eq!(vc.get(&format!("/qos-specs/{qid}"), &c.admin).status, 404);
 }
+
+/// One QMP command on a VM's monitor socket; its `return`.
+fn qmp(sock: &std::path::Path, cmd: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(sock).expect("QMP socket");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap(); // the greeting
+    let mut answer = |c: &str| -> serde_json::Value {
+        writeln!(w, "{}", json!({"execute": c})).unwrap();
+        loop {
+            let mut l = String::new();
+            assert!(r.read_line(&mut l).unwrap() > 0, "QMP closed");
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            if v.get("return").is_some() || v.get("error").is_some() {
+                return v;
+            }
+        }
+    };
+    answer("qmp_capabilities");
+    answer(cmd)["return"].clone()
+}
+
+/// Front-end QoS specs reach QEMU: a volume of a type with them is
+/// throttled in the VM it is attached to (QEMU's own `query-block`).
+#[test]
+fn front_end_qos_throttles_the_volume_in_a_real_vm() {
+    use super::compute_real::{image_id, require_qemu, require_runtime};
+    use super::volume::wait_status;
+    require_runtime();
+    require_qemu();
+    let c = super::volume_attach::cloud(None);
+    let vc = vol_client(&c);
+    let r = vc.post(
+        "/qos-specs",
+        &c.admin,
+        json!({"qos_specs": {"name": "slow", "consumer": "front-end",
+            "total_iops_sec": "150", "read_bytes_sec": "1048576", "write_bytes_sec": "2097152"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let qid = r.body["qos_specs"]["id"].as_str().unwrap().to_string();
+    let r = vc.post("/types", &c.admin, json!({"volume_type": {"name": "slow"}}));
+    let tid = r.body["volume_type"]["id"].as_str().unwrap().to_string();
+    let r = vc.get(
+        &format!("/qos-specs/{qid}/associate?vol_type_id={tid}"),
+        &c.admin,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = vc.post(
+        "/volumes",
+        &c.admin,
+        json!({"volume": {"size": 1, "volume_type": "slow"}}),
+    );
+    let vid = r.body["volume"]["id"].as_str().unwrap().to_string();
+    wait_status(&vc, &c.admin, &vid, "available");
+
+    let img = image_id(&c, "busybox-vm");
+    let r = c.boot(&c.admin, "q", &img, "1", json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let sid = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &sid, "ACTIVE");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{sid}/os-volume_attachments"),
+        &c.admin,
+        Some(json!({"volumeAttachment": {"volumeId": vid}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+
+    let sock = c
+        .server
+        .data_dir()
+        .join(format!("agent/vms/{sid}/qmp.sock"));
+    let blocks = qmp(&sock, "query-block");
+    let dev = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["qdev"].as_str().is_some_and(|q| q.contains("disk-vdb")))
+        .cloned()
+        .unwrap_or_else(|| panic!("no disk-vdb in {blocks}"));
+    let ins = &dev["inserted"];
+    let log = std::fs::read_to_string(c.server.log_path()).unwrap_or_default();
+    let log: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("QoS") || l.contains("WARN"))
+        .collect();
+    assert_eq!(ins["iops"], 150, "{dev}\n{}", log.join("\n"));
+    // A total limit wins over read and write ones of the same kind; the
+    // byte limits are per direction.
+    assert_eq!(ins["iops_rd"], 0, "{dev}");
+    assert_eq!(ins["bps_rd"], 1048576, "{dev}");
+    assert_eq!(ins["bps_wr"], 2097152, "{dev}");
+    assert_eq!(ins["bps"], 0, "{dev}");
+
+    // A hard reboot starts QEMU again: the limits are set again.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{sid}/action"),
+        &c.admin,
+        Some(json!({"reboot": {"type": "HARD"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &sid, "ACTIVE");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ok = std::panic::catch_unwind(|| {
+            qmp(&sock, "query-block")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| {
+                    b["qdev"].as_str().is_some_and(|q| q.contains("disk-vdb"))
+                        && b["inserted"]["iops"] == 150
+                })
+        })
+        .unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no limits after a reboot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    let r = c.req("DELETE", &format!("/servers/{sid}"), &c.admin, None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    c.wait_gone(&c.admin, &sid);
+}
