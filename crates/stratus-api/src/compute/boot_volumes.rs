@@ -13,13 +13,14 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use stratus_store::{Query as StoreQuery, Tx};
 
 use super::commands::{CreateServer, VolumeFrom, VolumeMapping};
 use super::model::{ComputeNode, ROOT_DEVICE, Server};
 use super::states::{task, vm};
 use crate::identity::policy::Ctx;
+use crate::image::model::Image;
 use crate::timeutil::now_us;
 use crate::volume::VCtx;
 use crate::volume::attach::{self, AttachRequest};
@@ -86,6 +87,80 @@ pub fn prepare(state: &AppState, ctx: &Ctx, c: &CreateServer) -> Result<Prepared
         .map(|n| n.id)
         .collect();
     Ok(Prepared { images, vm_hosts })
+}
+
+/// A create request for an image made by snapshotting a volume-backed
+/// server (`block_device_mapping` in its properties, as Nova writes it):
+/// the request with the image's mappings (new volumes from its
+/// snapshots) in place of the image; mappings the request gives for the
+/// same device win. `None` for any other image.
+pub fn image_mappings(img: &Image, c: &CreateServer) -> Result<Option<CreateServer>, ApiError> {
+    let Some(raw) = img.properties.get("block_device_mapping") else {
+        return Ok(None);
+    };
+    let list: Vec<Value> = match raw {
+        Value::String(s) => serde_json::from_str(s).map_err(|_| {
+            invalid(format!(
+                "image {}'s block_device_mapping is not a JSON list",
+                img.id
+            ))
+        })?,
+        Value::Array(a) => a.clone(),
+        _ => return Ok(None),
+    };
+    let mut volumes = Vec::new();
+    for e in &list {
+        let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
+        if text("destination_type").as_deref() != Some("volume") {
+            continue;
+        }
+        let from = match (
+            text("source_type").as_deref(),
+            text("snapshot_id"),
+            text("volume_id"),
+        ) {
+            (Some("snapshot"), Some(id), _) => VolumeFrom::Snapshot(id),
+            (Some("volume"), _, Some(id)) => VolumeFrom::Volume(id),
+            _ => continue,
+        };
+        let device_name = text("device_name");
+        if c.volumes
+            .iter()
+            .any(|v| v.device_name.is_some() && v.device_name == device_name)
+        {
+            continue;
+        }
+        volumes.push(VolumeMapping {
+            from,
+            size: e.get("volume_size").and_then(Value::as_u64),
+            boot_index: e
+                .get("boot_index")
+                .and_then(Value::as_i64)
+                .filter(|i| *i >= 0),
+            delete_on_termination: e
+                .get("delete_on_termination")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            device_name,
+            volume_type: text("volume_type"),
+            tag: text("tag"),
+        });
+    }
+    if !volumes.iter().any(|v| v.boot_index == Some(0)) {
+        return Ok(None);
+    }
+    let mut out = c.clone();
+    out.volumes = volumes
+        .into_iter()
+        .chain(
+            c.volumes
+                .iter()
+                .filter(|v| v.boot_index != Some(0))
+                .cloned(),
+        )
+        .collect();
+    out.image_ref = String::new();
+    Ok(Some(out))
 }
 
 /// The image a volume-backed server boots, when its root volume is made

@@ -233,6 +233,21 @@ pub fn create(
         .project_id()
         .ok_or_else(|| super::policy_denied("os_compute_api:servers:create"))?
         .to_string();
+    // An image snapshotted from a volume-backed server boots as its
+    // mappings say: new volumes from its snapshots.
+    let expanded;
+    let c = if !c.image_ref.is_empty() && !c.volumes.iter().any(|v| v.boot_index == Some(0)) {
+        let img = boot_image(state, ctx, &c.image_ref)?;
+        match super::boot_volumes::image_mappings(&img, c)? {
+            Some(x) => {
+                expanded = x;
+                &expanded
+            }
+            None => c,
+        }
+    } else {
+        c
+    };
     let flavor = super::common::fetch_flavor(state, ctx, &c.flavor_ref).map_err(|_| {
         ApiError::bad_request(format!("Flavor {} could not be found.", c.flavor_ref))
     })?;

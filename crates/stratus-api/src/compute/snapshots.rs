@@ -205,10 +205,17 @@ fn start(
             return Err(super::states::wrong_state(action, &s));
         }
         if s.boot_volume().is_some() {
-            return Err(ApiError::conflict(format!(
-                "Cannot '{action}' instance {}: it boots from a volume; snapshot the volume instead (openstack volume snapshot create --force)",
-                s.id
-            )));
+            if req.backup.is_some() {
+                return Err(ApiError::bad_request(
+                    "Backup is not supported for volume-backed instances.",
+                ));
+            }
+            if req.shelve {
+                return Err(ApiError::conflict(format!(
+                    "Cannot '{action}' instance {}: it boots from a volume",
+                    s.id
+                )));
+            }
         }
         let lim = quotas::limit_tx(tx, &s.project_id, None, Resource::MetadataItems)?;
         if lim >= 0 && req.metadata.len() as i64 > lim {
@@ -223,6 +230,11 @@ fn start(
         let source = tx.get::<Image>(&s.image_ref)?;
         let now = now_us();
         let props = properties(state, ctx, &s, source.as_ref(), &req)?;
+        if s.boot_volume().is_some() {
+            let img = volume_backed_image(tx, ctx, &s, &req.name, props)?;
+            record_action(tx, &s, action, ctx, rid)?;
+            return Ok((s, img));
+        }
         let img = image_of(&s, source.as_ref(), &req.name, props, false);
         tx.insert(&img)?;
         s.task_state = Some(
@@ -245,8 +257,91 @@ fn start(
         record_action(tx, &s, action, ctx, rid)?;
         Ok((s, img))
     })?;
-    state.compute.notify(s.host.as_deref());
+    if s.boot_volume().is_none() {
+        state.compute.notify(s.host.as_deref());
+    }
     tracing::info!(server = %s.id, image = %img.id, action, "snapshot requested");
+    Ok(img)
+}
+
+/// Nova's snapshot of a volume-backed server: a snapshot of each of its
+/// volumes (forced, as they are in use: the storage node reads each
+/// while the VM is paused) and an image with no data that names them in
+/// its `block_device_mapping`, so that booting the image makes new
+/// volumes from the snapshots. The image is active at once; its
+/// snapshots become available when the node has made them.
+fn volume_backed_image(
+    tx: &stratus_store::Tx,
+    ctx: &Ctx,
+    s: &Server,
+    name: &str,
+    mut props: Map<String, Value>,
+) -> Result<Image, ApiError> {
+    use crate::volume::model::Volume;
+    let vctx = crate::volume::VCtx(Ctx(ctx.0.clone()));
+    let mut bdm = Vec::new();
+    let mut root_meta = BTreeMap::new();
+    for sv in &s.volumes {
+        let Some(v) = tx.get::<Volume>(&sv.volume_id)? else {
+            continue;
+        };
+        let (snap, _) = crate::volume::snapshots::create_in(
+            tx,
+            &vctx,
+            &v,
+            Some(format!("snapshot for {name}")),
+            None,
+            BTreeMap::new(),
+        )?;
+        let root = sv.device == super::model::ROOT_DEVICE;
+        if root {
+            root_meta = v.image_metadata.clone();
+        }
+        bdm.push(json!({
+            "source_type": "snapshot",
+            "destination_type": "volume",
+            "snapshot_id": snap.id,
+            "volume_size": v.size,
+            "device_name": sv.device,
+            "boot_index": if root { json!(0) } else { Value::Null },
+            "delete_on_termination": sv.delete_on_termination,
+            "tag": sv.tag,
+            "volume_type": Value::Null,
+            "disk_bus": "virtio",
+            "device_type": "disk",
+            "guest_format": Value::Null,
+            "no_device": Value::Null,
+            "image_id": Value::Null,
+            "volume_id": Value::Null,
+        }));
+    }
+    props.insert(
+        "block_device_mapping".into(),
+        json!(Value::Array(bdm).to_string()),
+    );
+    props.insert("bdm_v2".into(), json!("True"));
+    props.insert("root_device_name".into(), json!(super::model::ROOT_DEVICE));
+    let mut img = image_of(s, None, name, props, false);
+    // As the root volume's image was, when it was made from one.
+    img.disk_format = Some(
+        root_meta
+            .get("disk_format")
+            .cloned()
+            .unwrap_or_else(|| "qcow2".into()),
+    );
+    img.container_format = Some(
+        root_meta
+            .get("container_format")
+            .cloned()
+            .unwrap_or_else(|| "bare".into()),
+    );
+    img.min_ram = root_meta
+        .get("min_ram")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    img.status = status::ACTIVE.into();
+    img.size = Some(0);
+    tx.insert(&img)?;
     Ok(img)
 }
 

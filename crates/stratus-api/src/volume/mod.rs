@@ -36,7 +36,7 @@ pub mod model;
 pub mod qos;
 mod quotas;
 pub mod service;
-mod snapshots;
+pub(crate) mod snapshots;
 mod transfers;
 mod types;
 pub mod upload;

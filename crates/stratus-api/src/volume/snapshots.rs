@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use stratus_store::{Query as StoreQuery, Tx};
 use stratus_wire::volume::VolumeTask;
 
-use super::model::{Snapshot, VolumeType};
+use super::model::{Snapshot, Volume, VolumeType};
 use super::service::{Delta, check_quota, written};
 use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
@@ -180,40 +180,59 @@ async fn create(
                     v.id, v.status
                 )));
             }
-            let tname = tx.get::<VolumeType>(&v.volume_type_id)?.map(|t| t.name);
-            check_quota(
-                tx,
-                &v.project_id,
-                &Delta { volumes: 0, snapshots: 1, gigabytes: v.size as i64, type_name: tname.as_deref() },
-                v.size,
-            )?;
-            let now = now_us();
-            let snap = Snapshot {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: v.project_id.clone(),
-                user_id: ctx.user_id().to_string(),
-                volume_id: v.id.clone(),
-                name: name.clone(),
-                description: description.clone(),
-                size: v.size,
-                status: "creating".into(),
-                host: v.host.clone(),
-                volume_type_id: v.volume_type_id.clone(),
-                metadata: metadata.clone(),
-                task: Some(VolumeTask::Snapshot),
-                generation: 1,
-                fault: None,
-                progress: None,
-                created_us: now,
-                updated_us: now,
-            };
-            let rev = tx.insert(&snap)?;
-            Ok((snap, rev))
+            create_in(tx, &ctx, &v, name.clone(), description.clone(), metadata.clone())
         })?;
         written(&state, rev);
         Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&snap, false)}))))
     })
     .await
+}
+
+/// Records a new snapshot of `v` (its status already checked) in `tx`,
+/// within the project's quota; the storage node makes it. Also Nova's
+/// snapshot of a volume-backed server (`compute/snapshots.rs`).
+pub(crate) fn create_in(
+    tx: &Tx,
+    ctx: &VCtx,
+    v: &Volume,
+    name: Option<String>,
+    description: Option<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+) -> Result<(Snapshot, i64), ApiError> {
+    let tname = tx.get::<VolumeType>(&v.volume_type_id)?.map(|t| t.name);
+    check_quota(
+        tx,
+        &v.project_id,
+        &Delta {
+            volumes: 0,
+            snapshots: 1,
+            gigabytes: v.size as i64,
+            type_name: tname.as_deref(),
+        },
+        v.size,
+    )?;
+    let now = now_us();
+    let snap = Snapshot {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: v.project_id.clone(),
+        user_id: ctx.user_id().to_string(),
+        volume_id: v.id.clone(),
+        name,
+        description,
+        size: v.size,
+        status: "creating".into(),
+        host: v.host.clone(),
+        volume_type_id: v.volume_type_id.clone(),
+        metadata,
+        task: Some(VolumeTask::Snapshot),
+        generation: 1,
+        fault: None,
+        progress: None,
+        created_us: now,
+        updated_us: now,
+    };
+    let rev = tx.insert(&snap)?;
+    Ok((snap, rev))
 }
 
 async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
