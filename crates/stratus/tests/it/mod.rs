@@ -27,3 +27,4 @@ mod vm_live_net;
 mod volume;
 mod volume_attach;
 mod volume_backup;
+mod volume_container;
