@@ -27,6 +27,9 @@
 //!   vdb.pid                 the daemon's pid file
 //! ```
 //!
+//! The daemons leave the agent's cgroup for `stratus-volumes` (as QEMU
+//! goes to `stratus-vms`), so a restart of the agent's service keeps them.
+//!
 //! Nothing is recorded besides what is there: [`set`] reads the daemons
 //! (`/proc/*/cmdline`: a `qemu-storage-daemon` exporting into this
 //! instance's `volume-exports/`, and which file it serves), the loop
@@ -394,7 +397,8 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
     let exports = exports_dir(inst);
     fs::create_dir_all(&exports)?;
     let export = exports.join(format!("{dev}.raw"));
-    if p.is_none_or(|p| p.daemon.is_none()) {
+    let fresh = p.is_none_or(|p| p.daemon.is_none());
+    if fresh {
         if !d.path.exists() {
             return Err(rt(format!(
                 "the volume's file {} is missing",
@@ -437,9 +441,31 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
                 String::from_utf8_lossy(&err).trim()
             )));
         }
+        if let Some(pid) = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            escape_agent_cgroup(pid);
+        }
     }
-    let mut loops: Vec<String> = p.map(|p| p.loops.clone()).unwrap_or_default();
-    let mounted: Vec<String> = p.map(|p| p.mounted.clone()).unwrap_or_default();
+    let (mut loops, mounted) = match p {
+        // Loop devices older than the daemon (left lazily detached while
+        // a process held the file system) read a dead export: never
+        // reused.
+        Some(p) if fresh => {
+            for l in &p.loops {
+                let _ = helper(Command::new("losetup").arg("-d").arg(l), "losetup -d");
+            }
+            if !p.mounted.is_empty() {
+                return Err(rt(format!(
+                    "{MOUNT_DIR}/{dev} is still mounted from an earlier export"
+                )));
+            }
+            (Vec::new(), Vec::new())
+        }
+        Some(p) => (p.loops.clone(), p.mounted.clone()),
+        None => (Vec::new(), Vec::new()),
+    };
     // Extra loop devices (a crash between losetup and its answer).
     let keep = mounted.first().cloned().or_else(|| loops.first().cloned());
     for l in loops.iter().filter(|l| Some(*l) != keep.as_ref()) {
@@ -504,6 +530,31 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
             "volume mounted for the container");
     }
     Ok(())
+}
+
+/// Moves a daemon out of the agent's cgroup (best effort), so a service
+/// manager stopping or restarting the agent's unit does not take the
+/// containers' volumes down with it: to `stratus-volumes` at cgroup v2's
+/// root, or in v1's `systemd` (and hybrid `unified`) hierarchies.
+fn escape_agent_cgroup(pid: u32) {
+    let root = Path::new("/sys/fs/cgroup");
+    let dirs: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.join("stratus-volumes")]
+    } else {
+        ["systemd", "unified"]
+            .iter()
+            .map(|h| root.join(h))
+            .filter(|h| h.join("cgroup.procs").exists())
+            .map(|h| h.join("stratus-volumes"))
+            .collect()
+    };
+    for d in dirs {
+        let r = fs::create_dir_all(&d)
+            .and_then(|()| fs::write(d.join("cgroup.procs"), pid.to_string()));
+        if let Err(e) = r {
+            tracing::warn!(cgroup = %d.display(), error = %e, "could not move qemu-storage-daemon out of the agent's cgroup");
+        }
+    }
 }
 
 /// A helper command's stdout.

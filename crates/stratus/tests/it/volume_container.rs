@@ -211,6 +211,13 @@ fn volume_container_data_moves_between_containers() {
         h.daemons[0].contains(&format!("volume-{vid}.qcow2")),
         "{h:?}"
     );
+    // Out of the agent's cgroup, where the node has one to go to.
+    let daemon = h.daemons[0].split(':').next().unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{daemon}/cgroup")).unwrap();
+    let v1 = Path::new("/sys/fs/cgroup/systemd/cgroup.procs").exists();
+    if v1 || Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert!(cg.contains("/stratus-volumes"), "{cg}");
+    }
     mounted_in_ctr(&c, &a, "vdb", true);
     let (ok, out) = in_ctr(
         &c,
