@@ -15,6 +15,9 @@
 //!                           bind-mounted read-only at /openstack
 //!   console.log             the workload's stdout and stderr
 //!   runc.log                the runtime's own log of the last run
+//!   volumes/ volume-exports/
+//!                           attached Cinder volumes, at /mnt/volumes/<vdX>
+//!                           inside (see container_volumes.rs)
 //!   rescue/                 only while rescued (see below):
 //!     rescue.json           written last: the rescue is whole
 //!     config.json rootfs/ upper/ work/ console.log runc.log
@@ -58,7 +61,7 @@ use crate::runc::{self, Runc, Status};
 use crate::{
     Driver, DriverError, HostResources, InstanceSpec, PowerState, host, lock_of, valid_id,
 };
-use crate::{snapshot, spec};
+use crate::{container_volumes, snapshot, spec};
 
 /// Look for an OCI runtime in `PATH`: `runc`, then `crun`.
 pub fn find_runtime() -> Option<PathBuf> {
@@ -114,7 +117,7 @@ fn rt(msg: impl Into<String>) -> DriverError {
 }
 
 /// Run a helper command (mount, umount, cp) with a timeout.
-fn helper(cmd: &mut Command, what: &str) -> Result<(), DriverError> {
+pub(crate) fn helper(cmd: &mut Command, what: &str) -> Result<(), DriverError> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -133,7 +136,7 @@ fn helper(cmd: &mut Command, what: &str) -> Result<(), DriverError> {
 }
 
 /// Is `path` a mount point (per /proc/self/mountinfo)?
-fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -146,7 +149,7 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -408,7 +411,10 @@ impl ContainerDriver {
                 || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
             resolv_conf: write_resolv_conf(dir, &spec.dns)?,
         };
-        let config = spec::config(spec, &image, &bundle);
+        let mut config = spec::config(spec, &image, &bundle);
+        if let Some(m) = config["mounts"].as_array_mut() {
+            m.push(container_volumes::oci_mount(dir));
+        }
         fs::write(
             dir.join("config.json"),
             serde_json::to_vec_pretty(&config).map_err(|e| rt(e.to_string()))?,
@@ -474,8 +480,11 @@ impl ContainerDriver {
                 self.mount_root(&rdir, &self.image_dir(&r.image_id).join("rootfs"), r.root)?;
                 rdir
             }
-            None => dir,
+            None => dir.clone(),
         };
+        if container_volumes::has_mount(&dir) {
+            container_volumes::prepare(&dir)?;
+        }
         self.runc.run_detached(
             uuid,
             &bundle,
@@ -669,6 +678,7 @@ impl Driver for ContainerDriver {
         }
         if dir.exists() {
             // Left half-built by a crash: start over.
+            container_volumes::remove_all(&dir)?;
             self.unmount_root(&dir)?;
             fs::remove_dir_all(&dir)?;
         }
@@ -684,7 +694,7 @@ impl Driver for ContainerDriver {
             if let Ok(log) = fs::read_to_string(dir.join("console.log")) {
                 tracing::warn!(instance = %spec.uuid, console = %log.trim(), "spawn failed");
             }
-            if self.unmount_root(&dir).is_ok() {
+            if container_volumes::remove_all(&dir).is_ok() && self.unmount_root(&dir).is_ok() {
                 let _ = fs::remove_dir_all(&dir);
             }
             return Err(e);
@@ -776,6 +786,7 @@ impl Driver for ContainerDriver {
         let dir = self.instance_dir(uuid);
         if dir.exists() {
             // Never remove a directory something is still mounted on.
+            container_volumes::remove_all(&dir)?;
             self.remove_rescue_dir(&dir)?;
             self.unmount_root(&dir)?;
             fs::remove_dir_all(&dir)?;
@@ -1017,6 +1028,33 @@ impl Driver for ContainerDriver {
             self.remove_rescue_dir(&dir)?;
         }
         self.start_locked(uuid)
+    }
+
+    /// See `container_volumes.rs`: each volume is a file system at
+    /// `/mnt/volumes/<vdX>` in the container.
+    fn set_volumes(&self, uuid: &str, disks: &[crate::VmDisk]) -> Result<(), DriverError> {
+        let lock = lock_of(&self.instance_locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(uuid)?;
+        container_volumes::set(&self.instance_dir(uuid), disks)
+    }
+
+    /// Finds the container whose volume daemon serves `path` and freezes
+    /// the volume's file system while `read` runs.
+    fn quiesced(
+        &self,
+        path: &Path,
+        read: &mut dyn FnMut() -> Result<(), DriverError>,
+    ) -> Result<bool, DriverError> {
+        for (uuid, _) in self.list() {
+            let lock = lock_of(&self.instance_locks, &uuid);
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(mount) = container_volumes::mount_of(&self.instance_dir(&uuid), path) {
+                container_volumes::frozen(&mount, read)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Read from the instance's cgroup (`cgroupsPath` /stratus/<uuid>).

@@ -25,6 +25,7 @@
 //! an agent that restarts finds its instances again with [`Driver::list`].
 
 mod container;
+mod container_volumes;
 mod fake;
 mod host;
 mod image;
@@ -254,9 +255,12 @@ pub trait Driver: Send + Sync {
         let _ = (uuid, nics);
         Ok(())
     }
-    /// Makes the volumes attached to a VM `disks` (hot-plugged into a
-    /// running one, on the command line of later starts). Drivers that
-    /// cannot attach volumes refuse any.
+    /// Makes the volumes attached to an instance `disks`: a VM's are
+    /// hot-plugged into a running one and on the command line of later
+    /// starts; a container's are file systems at `/mnt/volumes/<vdX>`
+    /// (see `container_volumes.rs`). Each driver reconciles against what
+    /// the workload really has. Drivers that cannot attach volumes
+    /// refuse any.
     fn set_volumes(&self, uuid: &str, disks: &[VmDisk]) -> Result<(), DriverError> {
         if disks.is_empty() {
             return Ok(());

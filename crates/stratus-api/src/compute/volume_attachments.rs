@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use stratus_store::Tx;
 use stratus_wire::volume::AttachReport;
 
 use super::common::{check_locked, fetch, fetch_tx, require_member, require_reader};
@@ -214,13 +215,10 @@ async fn create(
     let st = state.clone();
     let (s, sv) = tokio::task::spawn_blocking(move || {
         let state = st;
-        let s0 = fetch(&state, &ctx, &id)?;
-        let is_vm = state
-            .store
-            .get::<Image>(&s0.image_ref)?
-            .is_some_and(|i| i.boots_vm());
+        fetch(&state, &ctx, &id)?;
         state.store.write(|tx| {
             let mut s = fetch_tx(tx, &ctx, &id)?;
+            let is_vm = runs_vm(tx, &s)?;
             check_locked(&ctx, &s)?;
             may_change(&s, "attach_volume")?;
             let mut v = tx
@@ -242,11 +240,8 @@ async fn create(
                     v.availability_zone
                 )));
             }
-            if !is_vm {
-                return Err(ApiError::conflict(format!(
-                    "Instance {} is a container: attaching volumes to containers is not supported yet (only virtual machines take volumes).",
-                    s.id
-                )));
+            if !v.attachments.is_empty() && attach::multiattach(tx, &v)? {
+                shared_with_container(tx, &s, &v, is_vm)?;
             }
             if v.host.is_some() && v.host != s.host {
                 return Err(ApiError::conflict(format!(
@@ -265,6 +260,33 @@ async fn create(
     .map_err(|e| ApiError::internal(e.to_string()))??;
     state.compute.notify(s.host.as_deref());
     Ok(axum::Json(json!({"volumeAttachment": render(&s, &sv, mv)})))
+}
+
+/// Whether the server is a VM (its image is a disk, or it boots from a
+/// volume) rather than a container.
+fn runs_vm(tx: &Tx, s: &Server) -> Result<bool, ApiError> {
+    Ok(s.boot_volume().is_some() || tx.get::<Image>(&s.image_ref)?.is_some_and(|i| i.boots_vm()))
+}
+
+/// A multiattach volume already attached goes to another server only when
+/// neither is a container: a container's node serves the qcow2 file
+/// through a `qemu-storage-daemon` of its own, and two writers of one
+/// qcow2 file (two daemons, or a daemon and a QEMU) would corrupt it.
+fn shared_with_container(tx: &Tx, s: &Server, v: &Volume, is_vm: bool) -> Result<(), ApiError> {
+    for sid in v.attachments.iter().filter_map(|a| a.server_id.as_deref()) {
+        let other_vm = match tx.get::<Server>(sid)? {
+            Some(o) => runs_vm(tx, &o)?,
+            None => true,
+        };
+        if !is_vm || !other_vm {
+            let container = if is_vm { sid } else { s.id.as_str() };
+            return Err(ApiError::conflict(format!(
+                "Volume {} is attached to server {sid}: {container} is a container, and a volume is shared by several servers only when all are virtual machines (multiattach).",
+                v.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn delete(

@@ -606,6 +606,7 @@ pub fn reap_containers(dir: &Path) {
         }
     }
     let prefix = dir.to_string_lossy().to_string();
+    reap_volume_exports(&prefix);
     if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
         let mut points: Vec<&str> = mounts
             .lines()
@@ -615,6 +616,42 @@ pub fn reap_containers(dir: &Path) {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for m in points {
             let _ = Command::new("umount").args(["-l", m]).output();
+        }
+    }
+}
+
+/// Containers' volumes under `prefix` (see the agent's
+/// `container_volumes.rs`): their file systems unmounted, their loop
+/// devices detached, their `qemu-storage-daemon`s stopped, so no mount,
+/// loop device or process outlives the test's directory.
+fn reap_volume_exports(prefix: &str) {
+    if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+            if m.starts_with(prefix) && m.contains("/volumes/") {
+                let _ = Command::new("umount").args(["-l", m]).output();
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/block") {
+        for e in rd.flatten() {
+            if std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| b.starts_with(prefix))
+            {
+                let dev = format!("/dev/{}", e.file_name().to_string_lossy());
+                let _ = Command::new("losetup").args(["-d", &dev]).output();
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.starts_with("qemu-storage-daemon") && cmd.contains(prefix) {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                let _ = Command::new("kill").args(["-9", &pid]).output();
+            }
         }
     }
 }

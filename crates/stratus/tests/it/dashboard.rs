@@ -387,7 +387,7 @@ fn row_text(table: &str, name: &str) -> String {
 
 /// A member's volumes in the browser: create one and watch it become
 /// available, snapshot it, make a volume of the snapshot, attach (a
-/// container is refused with the API's message, a VM takes it) and detach,
+/// locked server is refused with the API's message, a VM takes it) and detach,
 /// a refused delete, the server's page and the overview's quota, and
 /// everything deleted again; the page is never reloaded.
 #[test]
@@ -501,17 +501,29 @@ fn dashboard_volumes_snapshots_and_attachments_in_a_browser() {
         "compute quotas are still there"
     );
 
-    // Attach: a container is refused with the API's message, in the form.
+    // Attach: a locked server is refused with the API's message, in the
+    // form.
+    let lock = |action: &str| {
+        let r = c.req(
+            "POST",
+            &format!("/servers/{}/action", servers[1]),
+            &tok,
+            Some(json!({ action: null })),
+        );
+        assert_eq!(r.status, 202, "{action}: {}", r.body);
+    };
+    lock("lock");
     b.goto("/dashboard#/volumes");
     click_in_row(&b, "volumes-table", "data-1", "attach");
     b.choose("#volume-attach-server", "ctr-1");
     b.click("#volume-attach-form button[type=submit]");
     let err = b.wait(
-        "the container refusal",
+        "the locked refusal",
         "var e = document.querySelector('#volume-attach-form .error'); return e && [e.getAttribute('data-status'), e.textContent]",
     );
     assert_eq!(err[0], "409", "{err}");
-    assert!(err[1].as_str().unwrap().contains("container"), "{err}");
+    assert!(err[1].as_str().unwrap().contains("locked"), "{err}");
+    lock("unlock");
     // A VM takes it: in-use, with the server named and the device.
     b.choose("#volume-attach-server", "vm-1");
     b.click("#volume-attach-form button[type=submit]");

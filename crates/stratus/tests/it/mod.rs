@@ -27,5 +27,6 @@ mod vm_live_net;
 mod volume;
 mod volume_attach;
 mod volume_backup;
+mod volume_container;
 mod volume_inuse;
 mod volume_qos;

@@ -27,7 +27,7 @@ pub(super) fn cloud(driver: Option<&str>) -> Cloud {
     c
 }
 
-fn boot(c: &Cloud, name: &str, image: &str, extra: Value) -> String {
+pub(super) fn boot(c: &Cloud, name: &str, image: &str, extra: Value) -> String {
     let r = c.boot(&c.admin, name, image, "1", extra);
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["server"]["id"].as_str().unwrap().to_string();
@@ -35,7 +35,7 @@ fn boot(c: &Cloud, name: &str, image: &str, extra: Value) -> String {
     id
 }
 
-fn new_volume(c: &Cloud, name: &str, vtype: Option<&str>) -> String {
+pub(super) fn new_volume(c: &Cloud, name: &str, vtype: Option<&str>) -> String {
     let v = vol_client(c);
     let mut body = json!({"volume": {"size": 1, "name": name}});
     if let Some(t) = vtype {
@@ -49,7 +49,7 @@ fn new_volume(c: &Cloud, name: &str, vtype: Option<&str>) -> String {
 }
 
 /// Nova's attach at microversion 2.79 (tag and delete_on_termination).
-fn attach(c: &Cloud, server: &str, body: Value) -> super::common::Resp {
+pub(super) fn attach(c: &Cloud, server: &str, body: Value) -> super::common::Resp {
     c.nova.raw(
         "POST",
         &format!("/servers/{server}/os-volume_attachments"),
@@ -124,12 +124,11 @@ fn volume_attach_api_states_and_refusals() {
     // Refusals, each in its API's shape.
     let m = nova_fault(&attach(&c, &b, json!({"volumeId": v1})), 400, "badRequest");
     assert!(m.contains("in-use"), "{m}");
-    let m = nova_fault(
-        &attach(&c, &ctr, json!({"volumeId": new_volume(&c, "v2", None)})),
-        409,
-        "conflictingRequest",
-    );
-    assert!(m.contains("container"), "{m}");
+    // Containers take volumes too (the fake node takes any).
+    let v2 = new_volume(&c, "v2", None);
+    let r = attach(&c, &ctr, json!({"volumeId": v2}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&vc, &c.admin, &v2, "in-use");
     let r = vc.delete(&format!("/volumes/{v1}"), &c.admin);
     assert_eq!(r.status, 400);
     assert!(fault(&r, "badRequest").contains("in-use"));
@@ -217,6 +216,22 @@ fn volume_attach_api_states_and_refusals() {
         "/dev/vdc"
     );
     wait_status(&vc, &c.admin, &vm, "in-use");
+    // ... but share none: not from a VM to a container, nor back.
+    let m = nova_fault(
+        &attach(&c, &ctr, json!({"volumeId": vm})),
+        409,
+        "conflictingRequest",
+    );
+    assert!(m.contains("container"), "{m}");
+    let vs = new_volume(&c, "vs", Some("shared"));
+    assert_eq!(attach(&c, &ctr, json!({"volumeId": vs})).status, 200);
+    wait_status(&vc, &c.admin, &vs, "in-use");
+    let m = nova_fault(
+        &attach(&c, &a, json!({"volumeId": vs})),
+        409,
+        "conflictingRequest",
+    );
+    assert!(m.contains("container"), "{m}");
     let r = attach(&c, &b, json!({"volumeId": vm}));
     assert_eq!(r.status, 200, "{}", r.body);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -257,7 +257,7 @@
     return f;
   }
 
-  // Attach through Nova, as Horizon does; the API's refusal (a container,
+  // Attach through Nova, as Horizon does; the API's refusal (a locked server,
   // another node) is shown in the form.
   function attachForm(v, done) {
     var server = h("select#volume-attach-server", { required: true });
