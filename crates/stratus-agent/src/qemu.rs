@@ -66,6 +66,26 @@ const CONSOLE_ROTATE: u64 = 2 << 20;
 const POWER_BUTTON_RETRY: Duration = Duration::from_secs(5);
 /// How long a live migration may take before it is cancelled.
 const LIVE_MIGRATION_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// QEMU's name for the root disk's drive (the first `-drive if=virtio`).
+const ROOT_DRIVE: &str = "virtio0";
+
+/// The block job that mirrors the root disk to a live migration's
+/// destination.
+const MIRROR_JOB: &str = "migrate-disk";
+
+/// A TCP port P such that P and P + 1 are both free now (a live
+/// migration's stream and its disk export).
+fn free_port_pair() -> Result<u16, DriverError> {
+    for _ in 0..64 {
+        let a = std::net::TcpListener::bind("0.0.0.0:0")?;
+        let p = a.local_addr()?.port();
+        if p < u16::MAX && std::net::TcpListener::bind(("0.0.0.0", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+    Err(rt("no two free TCP ports in a row for a live migration"))
+}
 /// QEMU's own memory on top of the guest's, in the cgroup's limit.
 const OVERHEAD_MB: u64 = 256;
 
@@ -763,15 +783,45 @@ impl QemuDriver {
         self.build(spec, &dir)?;
         let r = self.record(uuid)?;
         self.launch(&r, Some("defer"))?;
+        // The migration stream on port P, the disk (an NBD export of the
+        // VM's root drive, written by the source's mirror) on P + 1.
+        let port = free_port_pair()?;
         let mut q = self.qmp(uuid)?;
-        q.execute("migrate-incoming", Some(json!({"uri": "tcp:0.0.0.0:0"})))?;
-        let info = q.execute("query-migrate", None)?;
-        info["socket-address"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|a| a["port"].as_str().and_then(|p| p.parse().ok()))
-            .ok_or_else(|| rt(format!("QEMU named no port to migrate to: {info}")))
+        q.execute(
+            "nbd-server-start",
+            Some(json!({"addr": {"type": "inet", "data": {"host": "0.0.0.0", "port": (port + 1).to_string()}}})),
+        )?;
+        q.execute(
+            "nbd-server-add",
+            Some(json!({"device": ROOT_DRIVE, "writable": true})),
+        )?;
+        q.execute(
+            "migrate-incoming",
+            Some(json!({"uri": format!("tcp:0.0.0.0:{port}")})),
+        )?;
+        // The export goes once the migration has ended, either way.
+        let sock = dir.join("qmp.sock");
+        let id = uuid.to_string();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + LIVE_MIGRATION_TIMEOUT;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                let Ok(mut q) = Qmp::connect(&sock) else {
+                    return;
+                };
+                let st = q
+                    .execute("query-status", None)
+                    .ok()
+                    .and_then(|v| v["status"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                if st != "inmigrate" {
+                    let _ = q.execute("nbd-server-stop", None);
+                    tracing::info!(instance = %id, status = %st, "incoming migration ended; disk export stopped");
+                    return;
+                }
+            }
+        });
+        Ok(port)
     }
 
     /// Streams the VM to `uri` with its disk (QEMU's block migration: no
@@ -786,24 +836,93 @@ impl QemuDriver {
         if self.pid(uuid).is_none() {
             return Err(rt(format!("VM {uuid} is not running")));
         }
-        self.qmp(uuid)?
-            .execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
+        // The disk first: a mirror of the root drive into the
+        // destination's NBD export (port + 1 of the migration's), which
+        // keeps it in step once copied; then the memory. (QEMU's block
+        // migration, `blk`, is gone from QEMU 9.1 on.)
+        let (host, port) = uri
+            .strip_prefix("tcp:")
+            .and_then(|r| r.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| {
+                rt(format!(
+                    "cannot migrate to {uri}: a tcp:HOST:PORT address is needed"
+                ))
+            })?;
         let start = Instant::now();
         let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        let cancel_mirror = || {
+            let _ = self.qmp(uuid).and_then(|mut q| {
+                q.execute(
+                    "block-job-cancel",
+                    Some(json!({"device": MIRROR_JOB, "force": true})),
+                )
+            });
+        };
+        self.qmp(uuid)?.execute(
+            "drive-mirror",
+            Some(json!({
+                "job-id": MIRROR_JOB, "device": ROOT_DRIVE,
+                "target": format!("nbd:{host}:{}:exportname={ROOT_DRIVE}", port + 1),
+                "format": "raw", "sync": "full", "mode": "existing",
+            })),
+        )?;
+        let mut disk_total;
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let jobs = self.qmp(uuid)?.execute("query-block-jobs", None)?;
+            let Some(job) = jobs
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["device"] == MIRROR_JOB))
+                .cloned()
+            else {
+                return Err(rt("the disk mirror to the destination stopped"));
+            };
+            disk_total = bytes(&job, "len");
+            let done = bytes(&job, "offset");
+            progress(&MigrationProgress {
+                memory_total: 0,
+                memory_processed: 0,
+                memory_remaining: 0,
+                disk_total,
+                disk_processed: done,
+                disk_remaining: disk_total.saturating_sub(done),
+            });
+            if job["ready"].as_bool() == Some(true) {
+                break;
+            }
+            if start.elapsed() > LIVE_MIGRATION_TIMEOUT {
+                cancel_mirror();
+                return Err(rt(format!(
+                    "the disk did not copy within {} s; the live migration was cancelled",
+                    LIVE_MIGRATION_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        if let Err(e) = self
+            .qmp(uuid)
+            .and_then(|mut q| q.execute("migrate", Some(json!({"uri": uri}))))
+        {
+            cancel_mirror();
+            return Err(e);
+        }
         let info = loop {
             std::thread::sleep(Duration::from_millis(200));
             // A connection per look: QEMU serves one QMP client at a time
             // and power-state reads must not wait behind a long migration.
             let info = self.qmp(uuid)?.execute("query-migrate", None)?;
-            let (ram, disk) = (&info["ram"], &info["disk"]);
+            let ram = &info["ram"];
             progress(&MigrationProgress {
                 memory_total: bytes(ram, "total"),
                 memory_processed: bytes(ram, "transferred"),
                 memory_remaining: bytes(ram, "remaining"),
-                disk_total: bytes(disk, "total"),
-                disk_processed: bytes(disk, "transferred"),
-                disk_remaining: bytes(disk, "remaining"),
+                disk_total,
+                disk_processed: disk_total,
+                disk_remaining: 0,
             });
+            if matches!(info["status"].as_str(), Some("failed" | "cancelled")) {
+                cancel_mirror();
+            }
             match info["status"].as_str().unwrap_or("") {
                 "completed" => break info,
                 "failed" | "cancelled" => {

@@ -1235,10 +1235,18 @@ fn compute_real_vm_live_migration_keeps_the_guest_running_and_its_disk() {
             break s;
         }
         assert_ne!(s["status"], "ERROR", "{s}");
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "never moved: {s}"
-        );
+        if start.elapsed() > Duration::from_secs(180) {
+            let logs: String = [c.server.log_path(), b.log.clone()]
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let logs: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("migrat") || l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            panic!("never moved: {s}\n{}", logs.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(moved["OS-EXT-STS:power_state"], 1, "{moved}");
