@@ -67,6 +67,24 @@ const POWER_BUTTON_RETRY: Duration = Duration::from_secs(5);
 /// How long a live migration may take before it is cancelled.
 const LIVE_MIGRATION_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// The VMs this agent has paused for a moment to copy a volume
+/// (`Driver::quiesced`): they count as running, so that no power-state
+/// sync takes the pause for the guest's or a user's.
+static QUIESCING: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Live migrations an admin has aborted (`steer_migration`): one still
+/// copying its disk stops before its memory is streamed.
+static ABORTED: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn aborted(uuid: &str) -> bool {
+    ABORTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(uuid)
+}
+
 /// QEMU's name for the root disk's drive (the first `-drive if=virtio`).
 const ROOT_DRIVE: &str = "virtio0";
 
@@ -783,10 +801,21 @@ impl QemuDriver {
         self.build(spec, &dir)?;
         let r = self.record(uuid)?;
         self.launch(&r, Some("defer"))?;
+        let mut q = self.qmp(uuid)?;
+        if !self.mirrors_disks() {
+            // QEMU's block migration brings the disk in the stream.
+            q.execute("migrate-incoming", Some(json!({"uri": "tcp:0.0.0.0:0"})))?;
+            let info = q.execute("query-migrate", None)?;
+            return info["socket-address"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|a| a["port"].as_str().and_then(|p| p.parse().ok()))
+                .ok_or_else(|| rt(format!("QEMU named no port to migrate to: {info}")));
+        }
         // The migration stream on port P, the disk (an NBD export of the
         // VM's root drive, written by the source's mirror) on P + 1.
         let port = free_port_pair()?;
-        let mut q = self.qmp(uuid)?;
         q.execute(
             "nbd-server-start",
             Some(json!({"addr": {"type": "inet", "data": {"host": "0.0.0.0", "port": (port + 1).to_string()}}})),
@@ -840,6 +869,9 @@ impl QemuDriver {
         // destination's NBD export (port + 1 of the migration's), which
         // keeps it in step once copied; then the memory. (QEMU's block
         // migration, `blk`, is gone from QEMU 9.1 on.)
+        if !self.mirrors_disks() {
+            return self.migrate_out_blk(uuid, uri, progress);
+        }
         let (host, port) = uri
             .strip_prefix("tcp:")
             .and_then(|r| r.rsplit_once(':'))
@@ -849,6 +881,10 @@ impl QemuDriver {
                     "cannot migrate to {uri}: a tcp:HOST:PORT address is needed"
                 ))
             })?;
+        ABORTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uuid);
         let start = Instant::now();
         let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let cancel_mirror = || {
@@ -888,6 +924,12 @@ impl QemuDriver {
                 disk_processed: done,
                 disk_remaining: disk_total.saturating_sub(done),
             });
+            if aborted(uuid) {
+                cancel_mirror();
+                return Err(rt(
+                    "the live migration cancelled: aborted while its disk was copied",
+                ));
+            }
             if job["ready"].as_bool() == Some(true) {
                 break;
             }
@@ -898,6 +940,12 @@ impl QemuDriver {
                     LIVE_MIGRATION_TIMEOUT.as_secs()
                 )));
             }
+        }
+        if aborted(uuid) {
+            cancel_mirror();
+            return Err(rt(
+                "the live migration cancelled: aborted while its disk was copied",
+            ));
         }
         if let Err(e) = self
             .qmp(uuid)
@@ -951,6 +999,70 @@ impl QemuDriver {
             "live migration completed"
         );
         // The destination runs it: this copy goes.
+        self.kill_locked(uuid)?;
+        self.unconfine(uuid);
+        fs::remove_dir_all(self.dir(uuid))?;
+        Ok(())
+    }
+
+    /// Whether live migrations copy the disk with a mirror into the
+    /// destination's NBD export: from QEMU 9.1 on, which removed block
+    /// migration; older QEMU streams it with `blk`.
+    fn mirrors_disks(&self) -> bool {
+        self.version >= 9_001_000
+    }
+
+    /// A live migration with QEMU's block migration (QEMU before 9.1):
+    /// the disk goes in the stream.
+    fn migrate_out_blk(
+        &self,
+        uuid: &str,
+        uri: &str,
+        progress: &dyn Fn(&MigrationProgress),
+    ) -> Result<(), DriverError> {
+        self.qmp(uuid)?
+            .execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
+        let start = Instant::now();
+        let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        let info = loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let info = self.qmp(uuid)?.execute("query-migrate", None)?;
+            let (ram, disk) = (&info["ram"], &info["disk"]);
+            progress(&MigrationProgress {
+                memory_total: bytes(ram, "total"),
+                memory_processed: bytes(ram, "transferred"),
+                memory_remaining: bytes(ram, "remaining"),
+                disk_total: bytes(disk, "total"),
+                disk_processed: bytes(disk, "transferred"),
+                disk_remaining: bytes(disk, "remaining"),
+            });
+            match info["status"].as_str().unwrap_or("") {
+                "completed" => break info,
+                "failed" | "cancelled" => {
+                    return Err(rt(format!(
+                        "the live migration {}: {}",
+                        info["status"].as_str().unwrap_or(""),
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    )));
+                }
+                _ if start.elapsed() > LIVE_MIGRATION_TIMEOUT => {
+                    let _ = self
+                        .qmp(uuid)
+                        .and_then(|mut q| q.execute("migrate_cancel", None));
+                    return Err(rt(format!(
+                        "the live migration did not complete within {} s and was cancelled",
+                        LIVE_MIGRATION_TIMEOUT.as_secs()
+                    )));
+                }
+                _ => {}
+            }
+        };
+        tracing::info!(
+            instance = uuid,
+            total_ms = start.elapsed().as_millis() as u64,
+            downtime_ms = info["downtime"].as_u64().unwrap_or(0),
+            "live migration completed"
+        );
         self.kill_locked(uuid)?;
         self.unconfine(uuid);
         fs::remove_dir_all(self.dir(uuid))?;
@@ -1606,6 +1718,14 @@ impl Driver for QemuDriver {
         match self.qmp(uuid).and_then(|mut q| q.status()) {
             Ok(s) => match s.as_str() {
                 "running" | "inmigrate" | "prelaunch" | "finish-migrate" => PowerState::Running,
+                "paused"
+                    if QUIESCING
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(uuid) =>
+                {
+                    PowerState::Running
+                }
                 "paused" | "suspended" | "postmigrate" | "save-vm" | "restore-vm" => {
                     PowerState::Paused
                 }
@@ -1648,6 +1768,10 @@ impl Driver for QemuDriver {
         self.record(uuid)?;
         let mut q = self.qmp(uuid)?;
         if abort {
+            ABORTED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uuid.to_string());
             q.execute("migrate_cancel", None)?;
             tracing::info!(instance = uuid, "live migration cancelled");
         } else {
@@ -1785,12 +1909,19 @@ impl Driver for QemuDriver {
                 .qmp(&uuid)
                 .and_then(|mut q| q.status())
                 .is_ok_and(|s| s == "running");
+            let quiescing = || QUIESCING.lock().unwrap_or_else(|e| e.into_inner());
             if running {
-                self.qmp(&uuid)?.execute("stop", None)?;
+                quiescing().insert(uuid.clone());
+                if let Err(e) = self.qmp(&uuid).and_then(|mut q| q.execute("stop", None)) {
+                    quiescing().remove(&uuid);
+                    return Err(e);
+                }
             }
             let result = read();
             if running {
-                self.qmp(&uuid)?.execute("cont", None)?;
+                let cont = self.qmp(&uuid).and_then(|mut q| q.execute("cont", None));
+                quiescing().remove(&uuid);
+                cont?;
             }
             return result.map(|()| true);
         }
