@@ -23,7 +23,9 @@ use stratus_wire::volume::{
 };
 
 use super::client::token;
-use super::volumes::{qemu_img, safe_id, snapshot_path, virtual_size, volume_path};
+use super::volume_files::{
+    qemu_img, read_quiesced, safe_id, snapshot_path, virtual_size, volume_path,
+};
 use super::*;
 
 /// Chunks moved at once.
@@ -159,7 +161,7 @@ fn backup(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     // An in-use volume is read while its holder is quiesced (a VM
     // paused, a container's file system frozen): one point in time, as
     // Cinder's backup of an in-use volume with `force`.
-    super::volumes::read_quiesced(sh, &src, || {
+    read_quiesced(sh, &src, || {
         qemu_img(
             &["convert", "-q", "-U", "-f", "qcow2", "-O", "raw", &src_s],
             &raw.0,
@@ -361,7 +363,7 @@ fn upload(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     );
     let tmp = Temp(dir.join(format!("upload-{}.{fmt}.tmp", safe_id(&w.id)?)));
     let src_s = src.to_string_lossy().to_string();
-    super::volumes::read_quiesced(sh, &src, || {
+    read_quiesced(sh, &src, || {
         qemu_img(
             &["convert", "-q", "-U", "-f", "qcow2", "-O", fmt, &src_s],
             &tmp.0,

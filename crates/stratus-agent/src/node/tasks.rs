@@ -419,7 +419,7 @@ fn volume_spec(
         v.host.as_deref() == Some(sh.cfg.host.as_str()),
     ) {
         (Some(vc), true) => {
-            super::volumes::volume_path(&vc.dir, super::volumes::safe_id(&v.volume_id)?)
+            super::volume_files::volume_path(&vc.dir, super::volume_files::safe_id(&v.volume_id)?)
         }
         _ => anyhow::bail!(
             "the boot volume {} is on {}, not on this node",

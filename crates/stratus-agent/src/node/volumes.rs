@@ -9,13 +9,14 @@
 //! complete, so a crash at any point leaves either no file or a whole
 //! one, and the task run again after a restart ends the same way.
 
-use std::process::Command;
-
 use anyhow::Context;
 use stratus_wire::volume::{
     StorageReport, VolumeReport, VolumeSource, VolumeTask, VolumeWork, VolumeWorkList,
 };
 
+use super::volume_files::{
+    qemu_img, read_quiesced, safe_id, snapshot_path, virtual_size, volume_path,
+};
 use super::*;
 
 /// Where and how this node keeps volumes.
@@ -28,16 +29,6 @@ pub struct VolumesConfig {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
-
-/// The file of volume `id` in `dir`.
-pub fn volume_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("volume-{id}.qcow2"))
-}
-
-/// The file of snapshot `id` in `dir`.
-pub fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("snapshot-{id}.qcow2"))
-}
 
 /// Runs the storage node's loop until the process ends.
 pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
@@ -155,19 +146,6 @@ fn send_report(sh: &Shared, w: &VolumeWork, error: Option<String>) -> bool {
     false
 }
 
-/// Ids become file names: only letters, digits, `-` and `_`.
-pub(super) fn safe_id(id: &str) -> anyhow::Result<&str> {
-    anyhow::ensure!(
-        !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-        "bad volume id {id:?}"
-    );
-    Ok(id)
-}
-
 /// Runs one task.
 fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     private_dir(dir)?;
@@ -237,27 +215,6 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `read` on the volume file `src` as one point in time: while the
-/// instance on this node that holds it (a VM, a container) is quiesced
-/// (see `Driver::quiesced`), or at once when none does. Readers pass
-/// `-U` to `qemu-img`: the holder keeps its lock but does not write.
-pub(super) fn read_quiesced(
-    sh: &Shared,
-    src: &Path,
-    mut read: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let held = sh
-        .driver
-        .quiesced(src, &mut || {
-            read().map_err(|e| crate::DriverError::Runtime(format!("{e:#}")))
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !held {
-        read()?;
-    }
-    Ok(())
-}
-
 /// `qemu-img`'s name for a Glance disk format.
 fn qemu_format(disk_format: &str) -> String {
     match disk_format {
@@ -324,41 +281,6 @@ fn remove(path: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
-}
-
-/// Runs `qemu-img ARGS PATH TAIL`, with its stderr in the error.
-pub(super) fn qemu_img(args: &[&str], path: &Path, tail: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .arg(path)
-        .args(tail)
-        .output()
-        .context("running qemu-img (apt-get install qemu-utils)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "qemu-img {} failed: {}",
-        args.first().unwrap_or(&""),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// A file's virtual size in bytes (`qemu-img info`).
-pub(super) fn virtual_size(path: &Path) -> anyhow::Result<u64> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .context("running qemu-img info")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "qemu-img info failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    v["virtual-size"]
-        .as_u64()
-        .context("qemu-img info gave no virtual size")
 }
 
 /// Reconciles a server's volumes in a thread of its own, or hands the
