@@ -954,23 +954,68 @@ impl QemuDriver {
             cancel_mirror();
             return Err(e);
         }
+        let result = self.stream_out(uuid, start, progress, &|_| (disk_total, disk_total, 0));
+        if result.is_err() {
+            cancel_mirror();
+        }
+        result
+    }
+
+    /// Whether live migrations copy the disk with a mirror into the
+    /// destination's NBD export: from QEMU 9.1 on, which removed block
+    /// migration; older QEMU streams it with `blk`.
+    fn mirrors_disks(&self) -> bool {
+        self.version >= 9_001_000
+    }
+
+    /// A live migration with QEMU's block migration (QEMU before 9.1):
+    /// the disk goes in the stream.
+    fn migrate_out_blk(
+        &self,
+        uuid: &str,
+        uri: &str,
+        progress: &dyn Fn(&MigrationProgress),
+    ) -> Result<(), DriverError> {
+        self.qmp(uuid)?
+            .execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
+        let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        self.stream_out(uuid, Instant::now(), progress, &|info| {
+            let disk = &info["disk"];
+            (
+                bytes(disk, "total"),
+                bytes(disk, "transferred"),
+                bytes(disk, "remaining"),
+            )
+        })
+    }
+
+    /// Follows a `migrate` under way to its end, reporting the memory
+    /// figures and the disk's from `disk(query-migrate)` (total, done,
+    /// left); once completed the destination runs the VM and this copy
+    /// goes.
+    fn stream_out(
+        &self,
+        uuid: &str,
+        start: Instant,
+        progress: &dyn Fn(&MigrationProgress),
+        disk: &dyn Fn(&serde_json::Value) -> (u64, u64, u64),
+    ) -> Result<(), DriverError> {
+        let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let info = loop {
             std::thread::sleep(Duration::from_millis(200));
             // A connection per look: QEMU serves one QMP client at a time
             // and power-state reads must not wait behind a long migration.
             let info = self.qmp(uuid)?.execute("query-migrate", None)?;
             let ram = &info["ram"];
+            let (disk_total, disk_processed, disk_remaining) = disk(&info);
             progress(&MigrationProgress {
                 memory_total: bytes(ram, "total"),
                 memory_processed: bytes(ram, "transferred"),
                 memory_remaining: bytes(ram, "remaining"),
                 disk_total,
-                disk_processed: disk_total,
-                disk_remaining: 0,
+                disk_processed,
+                disk_remaining,
             });
-            if matches!(info["status"].as_str(), Some("failed" | "cancelled")) {
-                cancel_mirror();
-            }
             match info["status"].as_str().unwrap_or("") {
                 "completed" => break info,
                 "failed" | "cancelled" => {
@@ -999,70 +1044,6 @@ impl QemuDriver {
             "live migration completed"
         );
         // The destination runs it: this copy goes.
-        self.kill_locked(uuid)?;
-        self.unconfine(uuid);
-        fs::remove_dir_all(self.dir(uuid))?;
-        Ok(())
-    }
-
-    /// Whether live migrations copy the disk with a mirror into the
-    /// destination's NBD export: from QEMU 9.1 on, which removed block
-    /// migration; older QEMU streams it with `blk`.
-    fn mirrors_disks(&self) -> bool {
-        self.version >= 9_001_000
-    }
-
-    /// A live migration with QEMU's block migration (QEMU before 9.1):
-    /// the disk goes in the stream.
-    fn migrate_out_blk(
-        &self,
-        uuid: &str,
-        uri: &str,
-        progress: &dyn Fn(&MigrationProgress),
-    ) -> Result<(), DriverError> {
-        self.qmp(uuid)?
-            .execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
-        let start = Instant::now();
-        let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
-        let info = loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let info = self.qmp(uuid)?.execute("query-migrate", None)?;
-            let (ram, disk) = (&info["ram"], &info["disk"]);
-            progress(&MigrationProgress {
-                memory_total: bytes(ram, "total"),
-                memory_processed: bytes(ram, "transferred"),
-                memory_remaining: bytes(ram, "remaining"),
-                disk_total: bytes(disk, "total"),
-                disk_processed: bytes(disk, "transferred"),
-                disk_remaining: bytes(disk, "remaining"),
-            });
-            match info["status"].as_str().unwrap_or("") {
-                "completed" => break info,
-                "failed" | "cancelled" => {
-                    return Err(rt(format!(
-                        "the live migration {}: {}",
-                        info["status"].as_str().unwrap_or(""),
-                        info["error-desc"].as_str().unwrap_or("no reason given")
-                    )));
-                }
-                _ if start.elapsed() > LIVE_MIGRATION_TIMEOUT => {
-                    let _ = self
-                        .qmp(uuid)
-                        .and_then(|mut q| q.execute("migrate_cancel", None));
-                    return Err(rt(format!(
-                        "the live migration did not complete within {} s and was cancelled",
-                        LIVE_MIGRATION_TIMEOUT.as_secs()
-                    )));
-                }
-                _ => {}
-            }
-        };
-        tracing::info!(
-            instance = uuid,
-            total_ms = start.elapsed().as_millis() as u64,
-            downtime_ms = info["downtime"].as_u64().unwrap_or(0),
-            "live migration completed"
-        );
         self.kill_locked(uuid)?;
         self.unconfine(uuid);
         fs::remove_dir_all(self.dir(uuid))?;
