@@ -255,6 +255,12 @@ pub trait Driver: Send + Sync {
         let _ = (uuid, nics);
         Ok(())
     }
+    /// Unplugs the NICs `gone` from a VM and keeps the rest, before
+    /// their taps go: QEMU exits when a device it resets has lost its tap.
+    fn unplug_nics(&self, uuid: &str, gone: &[VmNic]) -> Result<(), DriverError> {
+        let _ = (uuid, gone);
+        Ok(())
+    }
     /// Makes the volumes attached to an instance `disks`: a VM's are
     /// hot-plugged into a running one and on the command line of later
     /// starts; a container's are file systems at `/mnt/volumes/<vdX>`

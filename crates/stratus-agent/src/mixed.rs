@@ -135,6 +135,9 @@ impl Driver for MixedDriver {
     fn set_nics(&self, uuid: &str, nics: &[crate::VmNic]) -> Result<(), DriverError> {
         self.of(uuid).set_nics(uuid, nics)
     }
+    fn unplug_nics(&self, uuid: &str, gone: &[crate::VmNic]) -> Result<(), DriverError> {
+        self.of(uuid).unplug_nics(uuid, gone)
+    }
     fn set_volumes(&self, uuid: &str, disks: &[crate::VmDisk]) -> Result<(), DriverError> {
         self.of(uuid).set_volumes(uuid, disks)
     }

@@ -85,6 +85,21 @@ fn aborted(uuid: &str) -> bool {
         .contains(uuid)
 }
 
+/// Live migrations an admin has forced to complete: no bandwidth limit
+/// and a long pause allowed, for the disk mirror and the memory alike.
+static FORCED: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn forced(uuid: &str) -> bool {
+    FORCED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(uuid)
+}
+
+/// QEMU's own default for how long a migration may pause the guest.
+const DEFAULT_DOWNTIME_MS: u64 = 300;
+
 /// QEMU's name for the root disk's drive (the first `-drive if=virtio`).
 const ROOT_DRIVE: &str = "virtio0";
 
@@ -325,6 +340,9 @@ pub struct QemuDriver {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     reboot_timeout: Duration,
+    /// A live migration's limit in bytes/s, for the memory stream and
+    /// the disk mirror each; 0 is none.
+    migration_bandwidth: u64,
 }
 
 fn rt(msg: impl Into<String>) -> DriverError {
@@ -559,7 +577,26 @@ impl QemuDriver {
             locks: Mutex::default(),
             image_locks: Mutex::default(),
             reboot_timeout: Duration::from_secs(60),
+            migration_bandwidth: 0,
         })
+    }
+
+    /// Caps what a live migration out of this node sends, in MiB/s for
+    /// its memory and its disk each (Nova's `live_migration_bandwidth`);
+    /// 0 is no cap.
+    pub fn with_migration_bandwidth(mut self, mib_per_s: u64) -> Self {
+        self.migration_bandwidth = mib_per_s.saturating_mul(1 << 20);
+        self
+    }
+
+    /// The migration parameters a migration starts with: the node's cap
+    /// and QEMU's usual pause, or none and a long pause once forced.
+    fn migration_parameters(&self, uuid: &str) -> serde_json::Value {
+        if forced(uuid) {
+            json!({"max-bandwidth": 0, "downtime-limit": FORCED_DOWNTIME_MS})
+        } else {
+            json!({"max-bandwidth": self.migration_bandwidth, "downtime-limit": DEFAULT_DOWNTIME_MS})
+        }
     }
 
     /// How long a soft reboot waits for the guest to power off before it
@@ -793,7 +830,23 @@ impl QemuDriver {
         let dir = self.dir(uuid);
         if dir.exists() {
             if self.pid(uuid).is_some() {
-                return Err(rt(format!("VM {uuid} already runs on this node")));
+                // An earlier try's QEMU still waiting for its stream (one
+                // aborted while its disk was mirrored is never sent one)
+                // is replaced: the controller prepares one try at a time.
+                let status = self
+                    .qmp(uuid)
+                    .and_then(|mut q| q.execute("query-status", None))
+                    .ok()
+                    .and_then(|v| v["status"].as_str().map(str::to_string));
+                if status.as_deref() != Some("inmigrate") {
+                    return Err(rt(format!("VM {uuid} already runs on this node")));
+                }
+                tracing::info!(
+                    instance = uuid,
+                    "an earlier incoming migration still waited: replaced"
+                );
+                self.kill_locked(uuid)?;
+                self.unconfine(uuid);
             }
             // What an earlier, failed try left.
             fs::remove_dir_all(&dir)?;
@@ -885,6 +938,10 @@ impl QemuDriver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uuid);
+        FORCED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uuid);
         let start = Instant::now();
         let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let cancel_mirror = || {
@@ -901,6 +958,7 @@ impl QemuDriver {
                 "job-id": MIRROR_JOB, "device": ROOT_DRIVE,
                 "target": format!("nbd:{host}:{}:exportname={ROOT_DRIVE}", port + 1),
                 "format": "raw", "sync": "full", "mode": "existing",
+                "speed": self.migration_bandwidth,
             })),
         )?;
         let mut disk_total;
@@ -947,10 +1005,13 @@ impl QemuDriver {
                 "the live migration cancelled: aborted while its disk was copied",
             ));
         }
-        if let Err(e) = self
-            .qmp(uuid)
-            .and_then(|mut q| q.execute("migrate", Some(json!({"uri": uri}))))
-        {
+        if let Err(e) = self.qmp(uuid).and_then(|mut q| {
+            q.execute(
+                "migrate-set-parameters",
+                Some(self.migration_parameters(uuid)),
+            )?;
+            q.execute("migrate", Some(json!({"uri": uri})))
+        }) {
             cancel_mirror();
             return Err(e);
         }
@@ -976,8 +1037,17 @@ impl QemuDriver {
         uri: &str,
         progress: &dyn Fn(&MigrationProgress),
     ) -> Result<(), DriverError> {
-        self.qmp(uuid)?
-            .execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
+        FORCED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uuid);
+        let mut q = self.qmp(uuid)?;
+        q.execute(
+            "migrate-set-parameters",
+            Some(self.migration_parameters(uuid)),
+        )?;
+        q.execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
+        drop(q);
         let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         self.stream_out(uuid, Instant::now(), progress, &|info| {
             let disk = &info["disk"];
@@ -1090,6 +1160,56 @@ impl QemuDriver {
         }
         tracing::info!(instance = uuid, rescue_image = %spec.image_id, "VM booted from its rescue disk");
         Ok(())
+    }
+
+    /// Makes the VM's NICs what `want` makes of its present ones: hot
+    /// (un)plugged into a running VM, on the command line of a stopped
+    /// one's next start.
+    fn change_nics(
+        &self,
+        uuid: &str,
+        want: impl FnOnce(&[VmNic]) -> Vec<VmNic>,
+    ) -> Result<(), DriverError> {
+        let lock = lock_of(&self.locks, uuid);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.record(uuid)?;
+        let nics = want(&r.nics);
+        if r.nics == nics {
+            return Ok(());
+        }
+        if self.pid(uuid).is_some() {
+            let mut q = self.qmp(uuid)?;
+            for gone in r.nics.iter().filter(|n| !nics.contains(n)) {
+                QemuDriver::unplug_nic(&mut q, gone);
+                tracing::info!(instance = uuid, tap = %gone.tap, "NIC unplugged");
+            }
+            for new in nics.iter().filter(|n| !r.nics.contains(n)) {
+                q.execute(
+                    "netdev_add",
+                    Some(serde_json::json!({
+                        "type": "tap", "id": new.netdev_id(), "ifname": new.tap,
+                        "script": "no", "downscript": "no",
+                    })),
+                )?;
+                let mut args = serde_json::json!({
+                    "driver": "virtio-net-pci", "netdev": new.netdev_id(),
+                    "id": new.device_id(), "mac": new.mac,
+                });
+                if new.slot > 0 {
+                    args["addr"] = format!("{:#x}", new.slot).into();
+                }
+                if let Err(e) = q.execute("device_add", Some(args)) {
+                    let _ = q.execute(
+                        "netdev_del",
+                        Some(serde_json::json!({"id": new.netdev_id()})),
+                    );
+                    return Err(e);
+                }
+                tracing::info!(instance = uuid, tap = %new.tap, "NIC plugged in");
+            }
+        }
+        r.nics = nics;
+        self.write_record(&r)
     }
 
     /// Takes a NIC out of a running VM: asks the guest to eject it, waits a
@@ -1756,10 +1876,20 @@ impl Driver for QemuDriver {
             q.execute("migrate_cancel", None)?;
             tracing::info!(instance = uuid, "live migration cancelled");
         } else {
-            // QEMU pauses the guest for the rest once it fits in the limit.
+            // No cap any more, and QEMU pauses the guest for the rest
+            // once it fits in the limit; a disk still being mirrored goes
+            // at full speed, and the memory after it.
+            FORCED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uuid.to_string());
+            let _ = q.execute(
+                "block-job-set-speed",
+                Some(json!({"device": MIRROR_JOB, "speed": 0})),
+            );
             q.execute(
                 "migrate-set-parameters",
-                Some(json!({"downtime-limit": FORCED_DOWNTIME_MS})),
+                Some(self.migration_parameters(uuid)),
             )?;
             tracing::info!(instance = uuid, "live migration forced to complete");
         }
@@ -1771,45 +1901,13 @@ impl Driver for QemuDriver {
     /// ejecting the device, then `netdev_del`); a stopped VM gets them at
     /// its next start.
     fn set_nics(&self, uuid: &str, nics: &[VmNic]) -> Result<(), DriverError> {
-        let lock = lock_of(&self.locks, uuid);
-        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut r = self.record(uuid)?;
-        if r.nics == nics {
-            return Ok(());
-        }
-        if self.pid(uuid).is_some() {
-            let mut q = self.qmp(uuid)?;
-            for gone in r.nics.iter().filter(|n| !nics.contains(n)) {
-                QemuDriver::unplug_nic(&mut q, gone);
-                tracing::info!(instance = uuid, tap = %gone.tap, "NIC unplugged");
-            }
-            for new in nics.iter().filter(|n| !r.nics.contains(n)) {
-                q.execute(
-                    "netdev_add",
-                    Some(serde_json::json!({
-                        "type": "tap", "id": new.netdev_id(), "ifname": new.tap,
-                        "script": "no", "downscript": "no",
-                    })),
-                )?;
-                let mut args = serde_json::json!({
-                    "driver": "virtio-net-pci", "netdev": new.netdev_id(),
-                    "id": new.device_id(), "mac": new.mac,
-                });
-                if new.slot > 0 {
-                    args["addr"] = format!("{:#x}", new.slot).into();
-                }
-                if let Err(e) = q.execute("device_add", Some(args)) {
-                    let _ = q.execute(
-                        "netdev_del",
-                        Some(serde_json::json!({"id": new.netdev_id()})),
-                    );
-                    return Err(e);
-                }
-                tracing::info!(instance = uuid, tap = %new.tap, "NIC plugged in");
-            }
-        }
-        r.nics = nics.to_vec();
-        self.write_record(&r)
+        self.change_nics(uuid, |_| nics.to_vec())
+    }
+
+    fn unplug_nics(&self, uuid: &str, gone: &[VmNic]) -> Result<(), DriverError> {
+        self.change_nics(uuid, |now| {
+            now.iter().filter(|n| !gone.contains(n)).cloned().collect()
+        })
     }
 
     /// Makes the VM's volumes `disks`, reconciled against what the

@@ -260,6 +260,16 @@ pub struct AgentArgs {
         default_value_t = 20.0
     )]
     pub max_over_subscription_ratio: f64,
+    /// The most a live migration out of this node sends, in MiB/s, for
+    /// its memory and its disk each (Nova's live_migration_bandwidth);
+    /// 0 is no limit. A forced completion lifts it.
+    #[arg(
+        long = "live-migration-bandwidth",
+        env = "STRATUS_LIVE_MIGRATION_BANDWIDTH",
+        value_name = "MIB",
+        default_value_t = 0
+    )]
+    pub live_migration_bandwidth: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -78,6 +78,26 @@ pub(super) fn sync_network(sh: &Shared, force: bool) -> anyhow::Result<HostNetwo
         for id in keep.iter().filter(|id| sh.driver.is_vm(id)) {
             let _ = sh.net.mark_vm(id);
         }
+        // NICs that go are unplugged before their taps do.
+        if sh.net.missing().is_none()
+            && let Some(before) = wired.as_ref()
+        {
+            for id in keep.iter().filter(|id| sh.net.is_vm(id)) {
+                let after = sh.net.vm_nics(&net, id);
+                let gone: Vec<_> = sh
+                    .net
+                    .vm_nics(before, id)
+                    .into_iter()
+                    .filter(|n| !after.contains(n))
+                    .collect();
+                if gone.is_empty() {
+                    continue;
+                }
+                if let Err(e) = sh.driver.unplug_nics(id, &gone) {
+                    tracing::warn!(server = %id, error = %e, "could not unplug the VM's NICs");
+                }
+            }
+        }
         sh.net.apply(&net, &keep, force)?;
         *wired = Some(net.clone());
         // A port attached to or detached from a VM: hot-plugged.

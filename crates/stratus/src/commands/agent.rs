@@ -82,7 +82,8 @@ pub fn make_driver(
                 }
                 (_, Some(_)) => {
                     let vms = stratus_agent::QemuDriver::new(state_dir)
-                        .map_err(|e| anyhow::anyhow!("starting the VM driver: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("starting the VM driver: {e}"))?
+                        .with_migration_bandwidth(args.live_migration_bandwidth);
                     Ok(Arc::new(stratus_agent::MixedDriver::new(Box::new(d), vms)))
                 }
             }

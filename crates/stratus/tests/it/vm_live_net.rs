@@ -328,9 +328,20 @@ fn compute_real_vm_live_migration_can_be_aborted_or_forced_to_complete() {
     require_runtime();
     require_qemu();
     let dir = test_images();
-    let c = Cloud::start(&["--import-images", dir.to_str().unwrap()]);
+    // Both nodes send at 1 MiB/s: the migrations last long enough to
+    // be steered while they run.
+    let c = Cloud::start(&[
+        "--import-images",
+        dir.to_str().unwrap(),
+        "--live-migration-bandwidth",
+        "1",
+    ]);
     c.wait_nodes(1);
-    let b = Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    let b = Agent::start(
+        &c.server,
+        "node-b",
+        &["--heartbeat", "1", "--live-migration-bandwidth", "1"],
+    );
     c.wait_nodes_logged(2, &b.log);
     let img = image_id(&c, "busybox-vm");
     let r = c.req(
