@@ -267,6 +267,12 @@ pub(crate) fn frozen(
 pub(crate) fn set(inst: &Path, disks: &[VmDisk]) -> Result<(), DriverError> {
     let mut want: BTreeMap<&str, &VmDisk> = BTreeMap::new();
     for d in disks {
+        if d.nbd.is_some() {
+            return Err(rt(format!(
+                "volume {} is on another node: a container attaches only volumes of its own node",
+                d.volume_id
+            )));
+        }
         want.insert(short(&d.device)?, d);
         if d.path.to_string_lossy().contains(',') {
             return Err(rt(format!(

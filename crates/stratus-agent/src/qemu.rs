@@ -247,9 +247,71 @@ pub struct VmDisk {
     /// `read_bytes_sec`, ...), applied with QEMU's I/O throttling.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub qos: std::collections::BTreeMap<String, u64>,
+    /// A volume of another node: its NBD export, which QEMU reaches
+    /// itself (TLS with the storage node's key); `path` is then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<stratus_wire::volume::NbdTarget>,
 }
 
 impl VmDisk {
+    /// The id of the TLS credentials object of an NBD volume.
+    fn tls_id(&self) -> String {
+        format!("tls-{}", self.short())
+    }
+
+    /// Where the NBD volume's key file is kept (QEMU reads `keys.psk`
+    /// in it), in the VM's directory.
+    fn psk_dir(&self, vm_dir: &Path) -> PathBuf {
+        vm_dir.join(format!("psk-{}", self.short()))
+    }
+
+    /// Writes the key file of an NBD volume; the `tls-creds-psk` object
+    /// that reads it (`object-add`'s arguments). `None` for a local one.
+    fn tls_object(&self, vm_dir: &Path) -> Result<Option<serde_json::Value>, DriverError> {
+        let Some(n) = &self.nbd else {
+            return Ok(None);
+        };
+        let dir = self.psk_dir(vm_dir);
+        fs::create_dir_all(&dir)?;
+        let file = dir.join("keys.psk");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)?;
+            std::io::Write::write_all(
+                &mut f,
+                format!("{}:{}\n", n.psk_identity, n.psk_key).as_bytes(),
+            )?;
+        }
+        Ok(Some(serde_json::json!({
+            "qom-type": "tls-creds-psk", "id": self.tls_id(), "endpoint": "client",
+            "dir": dir.display().to_string(), "username": n.psk_identity,
+        })))
+    }
+
+    /// `blockdev-add`'s arguments (and `-blockdev`'s, as JSON): the
+    /// qcow2 file, or the NBD export over TLS.
+    fn blockdev(&self) -> serde_json::Value {
+        match &self.nbd {
+            Some(n) => serde_json::json!({
+                "driver": "nbd", "node-name": self.node_name(),
+                "server": {"type": "inet", "host": n.host, "port": n.port.to_string()},
+                "export": n.export, "tls-creds": self.tls_id(),
+                // A storage node that restarts its daemon: QEMU
+                // reconnects rather than failing the guest's I/O at once.
+                "reconnect-delay": 10,
+            }),
+            None => serde_json::json!({
+                "driver": "qcow2", "node-name": self.node_name(),
+                "file": {"driver": "file", "filename": self.path.display().to_string()},
+            }),
+        }
+    }
+
     /// `vdb` of `/dev/vdb`.
     fn short(&self) -> &str {
         self.device.rsplit('/').next().unwrap_or(&self.device)
@@ -1271,9 +1333,17 @@ impl QemuDriver {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let node = format!("vol-{}", dev.trim_start_matches("disk-"));
+        let short = dev.trim_start_matches("disk-");
         // The device's going may take its block node with it.
-        let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": node})));
+        let _ = q.execute(
+            "blockdev-del",
+            Some(serde_json::json!({"node-name": format!("vol-{short}")})),
+        );
+        // An NBD volume's TLS credentials (none for a local one).
+        let _ = q.execute(
+            "object-del",
+            Some(serde_json::json!({"id": format!("tls-{short}")})),
+        );
         Ok(())
     }
 
@@ -1339,12 +1409,12 @@ impl QemuDriver {
             ));
         }
         for v in &r.volumes {
+            if let Ok(Some(tls)) = v.tls_object(dir) {
+                a.push("-object".into());
+                a.push(tls.to_string());
+            }
             a.push("-blockdev".into());
-            a.push(format!(
-                "driver=qcow2,node-name={},file.driver=file,file.filename={}",
-                v.node_name(),
-                v.path.display().to_string().replace(',', ",,")
-            ));
+            a.push(v.blockdev().to_string());
             a.push("-device".into());
             let mut dev = format!(
                 "virtio-blk-pci,drive={},id={},serial={}",
@@ -1937,13 +2007,28 @@ impl Driver for QemuDriver {
                     "blockdev-del",
                     Some(serde_json::json!({"node-name": d.node_name()})),
                 );
-                q.execute(
-                    "blockdev-add",
-                    Some(serde_json::json!({
-                        "driver": "qcow2", "node-name": d.node_name(),
-                        "file": {"driver": "file", "filename": d.path.display().to_string()},
-                    })),
-                )?;
+                if let Some(tls) = d.tls_object(&self.dir(uuid))? {
+                    let _ = q.execute("object-del", Some(serde_json::json!({"id": d.tls_id()})));
+                    q.execute("object-add", Some(tls))?;
+                }
+                // The storage node exports the volume once it has seen
+                // the attach: an NBD volume may take a moment to appear.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match q.execute("blockdev-add", Some(d.blockdev())) {
+                        Ok(_) => break,
+                        Err(e) if d.nbd.is_none() || Instant::now() > deadline => {
+                            if d.nbd.is_some() {
+                                let _ = q.execute(
+                                    "object-del",
+                                    Some(serde_json::json!({"id": d.tls_id()})),
+                                );
+                            }
+                            return Err(e);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                    }
+                }
                 let mut args = serde_json::json!({
                     "driver": "virtio-blk-pci", "drive": d.node_name(),
                     "id": d.device_id(), "serial": d.serial(),

@@ -31,6 +31,32 @@ pub struct StorageReport {
     /// The volume file format this node makes (`qcow2`).
     #[serde(default)]
     pub volume_format: String,
+    /// Where this node exports volumes to VMs on other nodes (NBD over
+    /// TLS with a pre-shared key); `None` when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdServer>,
+}
+
+/// A storage node's NBD server: `qemu-storage-daemon` on `port` of the
+/// node's address, TLS with the pre-shared key `psk_key` (hex) for the
+/// identity `psk_identity`. The key travels only between the node, the
+/// controller and the nodes whose VMs use the node's volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdServer {
+    pub port: u16,
+    pub psk_identity: String,
+    pub psk_key: String,
+}
+
+/// A volume a VM reaches over the network: the NBD export `export`
+/// (the volume's id) at `host:port`, with the server's TLS key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdTarget {
+    pub host: String,
+    pub port: u16,
+    pub export: String,
+    pub psk_identity: String,
+    pub psk_key: String,
 }
 
 /// What to do with one volume or snapshot.
@@ -145,6 +171,10 @@ pub struct VolumeWorkList {
     /// Where to poll from next.
     pub revision: u64,
     pub work: Vec<VolumeWork>,
+    /// The volumes this node must export over NBD now (attached to VMs
+    /// on other nodes); every other export goes.
+    #[serde(default)]
+    pub exports: Vec<String>,
 }
 
 /// The outcome of one task.
@@ -171,6 +201,9 @@ pub struct AttachedVolume {
     /// `total_iops_sec`), applied by the hypervisor.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub qos: std::collections::BTreeMap<String, u64>,
+    /// Where a VM on another node than `host` reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdTarget>,
 }
 
 /// What a node did with a server's volumes:

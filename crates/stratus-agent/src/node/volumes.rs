@@ -34,8 +34,15 @@ const GIB: f64 = (1u64 << 30) as f64;
 pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
     let started: Arc<Mutex<HashSet<(String, u64)>>> = Default::default();
     let mut since = 0u64;
+    let exporter = match super::volume_export::Exporter::open(&sh.cfg.state_dir, &sh.cfg.host) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no volume exports to other nodes");
+            None
+        }
+    };
     loop {
-        if let Err(e) = report_capacity(&sh, &vc) {
+        if let Err(e) = report_capacity(&sh, &vc, exporter.as_ref()) {
             tracing::warn!(error = %format!("{e:#}"), "cannot report the storage capacity");
             std::thread::sleep(Duration::from_secs(2));
             continue;
@@ -65,6 +72,11 @@ pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
             }
         };
         since = list.revision;
+        if let Some(x) = &exporter
+            && let Err(e) = x.reconcile(&vc.dir, &list.exports)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not change the volume exports");
+        }
         for w in list.work {
             if !started
                 .lock()
@@ -96,7 +108,11 @@ fn filesystem(dir: &Path) -> anyhow::Result<(f64, f64)> {
     Ok((total as f64 / GIB, free as f64 / GIB))
 }
 
-fn report_capacity(sh: &Shared, vc: &VolumesConfig) -> anyhow::Result<()> {
+fn report_capacity(
+    sh: &Shared,
+    vc: &VolumesConfig,
+    exporter: Option<&super::volume_export::Exporter>,
+) -> anyhow::Result<()> {
     private_dir(&vc.dir)?;
     let (total, free) = filesystem(&vc.dir)?;
     let r = StorageReport {
@@ -104,6 +120,7 @@ fn report_capacity(sh: &Shared, vc: &VolumesConfig) -> anyhow::Result<()> {
         free_capacity_gb: (free * 100.0).round() / 100.0,
         max_over_subscription_ratio: vc.max_over_subscription_ratio,
         volume_format: "qcow2".into(),
+        nbd: exporter.map(|x| x.server()),
     };
     let url = format!("{}/edge/v1/storage/{}", sh.cfg.controller, sh.cfg.host);
     match call(sh, "PUT", &url, Some(serde_json::to_string(&r)?))? {
@@ -325,6 +342,15 @@ fn attach_volumes(sh: &Shared, s: &Assignment) {
                 path: volume_path(&vc.dir, id),
                 device: v.device.clone(),
                 qos: v.qos.clone(),
+                nbd: None,
+            }),
+            // Another node's volume: over NBD from its export.
+            (_, false, Ok(_)) if v.nbd.is_some() => disks.push(crate::VmDisk {
+                volume_id: v.volume_id.clone(),
+                path: PathBuf::new(),
+                device: v.device.clone(),
+                qos: v.qos.clone(),
+                nbd: v.nbd.clone(),
             }),
             _ => failed.push(AttachFailure {
                 volume_id: v.volume_id.clone(),

@@ -247,7 +247,7 @@ fn prepare(state: &AppState, id: &str) -> Result<(), ApiError> {
 /// the host of its agent's URL. An agent the controller reaches on
 /// loopback (`stratus up`'s own) is reached by the other nodes on the
 /// node's address.
-fn stream_host(host_ip: &str, agent_url: &str) -> Option<String> {
+pub(crate) fn stream_host(host_ip: &str, agent_url: &str) -> Option<String> {
     match host_ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) if !a.is_loopback() && !a.is_unspecified() => {
             Some(a.to_string())

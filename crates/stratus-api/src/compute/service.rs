@@ -673,10 +673,13 @@ fn inv_eq(a: &BTreeMap<String, Inventory>, b: &BTreeMap<String, Inventory>) -> b
         })
 }
 
-/// A volume of a server as its node sees it: where its file is.
+/// A volume of a server on node `server_host` as that node sees it:
+/// where its file is, and for a volume of another node, that node's NBD
+/// export of it.
 fn attached_volume(
     state: &AppState,
     v: &ServerVolume,
+    server_host: Option<&str>,
 ) -> Result<stratus_wire::volume::AttachedVolume, ApiError> {
     let vol = state
         .store
@@ -685,12 +688,52 @@ fn attached_volume(
         Some(x) => crate::volume::qos::front_end_limits(state, &x.volume_type_id)?,
         None => Default::default(),
     };
+    let host = vol.and_then(|x| x.host);
+    let nbd = match host.as_deref() {
+        Some(h) if server_host.is_some_and(|s| s != h) => nbd_target(state, h, &v.volume_id)?,
+        _ => None,
+    };
     Ok(stratus_wire::volume::AttachedVolume {
         volume_id: v.volume_id.clone(),
         device: v.device.clone(),
-        host: vol.and_then(|x| x.host),
+        host,
         qos,
+        nbd,
     })
+}
+
+/// Where another node reaches volume `volume_id` of storage node `host`:
+/// the node's NBD server at the address other nodes reach it on.
+pub(crate) fn nbd_target(
+    state: &AppState,
+    host: &str,
+    volume_id: &str,
+) -> Result<Option<stratus_wire::volume::NbdTarget>, ApiError> {
+    let Some(server) = state
+        .store
+        .get::<crate::volume::model::StorageNode>(host)?
+        .and_then(|n| n.nbd)
+    else {
+        return Ok(None);
+    };
+    let Some(node) = state.store.get::<ComputeNode>(host)? else {
+        return Ok(None);
+    };
+    let Some(addr) =
+        super::live::stream_host(&node.host_ip, node.agent_url.as_deref().unwrap_or(""))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(stratus_wire::volume::NbdTarget {
+        host: addr
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: server.port,
+        export: volume_id.to_string(),
+        psk_identity: server.psk_identity,
+        psk_key: server.psk_key,
+    }))
 }
 
 /// What an agent needs to run `s`.
@@ -798,11 +841,11 @@ pub fn assignment(state: &AppState, s: &Server) -> Result<Assignment, ApiError> 
             .volumes
             .iter()
             .filter(|v| v.state != "detaching" && v.device != ROOT_DEVICE)
-            .map(|v| attached_volume(state, v))
+            .map(|v| attached_volume(state, v, s.host.as_deref()))
             .collect::<Result<Vec<_>, ApiError>>()?,
         boot_volume: s
             .boot_volume()
-            .map(|v| attached_volume(state, v))
+            .map(|v| attached_volume(state, v, s.host.as_deref()))
             .transpose()?,
         volumes_pending: s.volumes.iter().any(|v| v.state != "attached"),
         volumes_detaching: s

@@ -243,15 +243,7 @@ async fn create(
             if !v.attachments.is_empty() && attach::multiattach(tx, &v)? {
                 shared_with_container(tx, &s, &v, is_vm)?;
             }
-            if v.host.is_some() && v.host != s.host {
-                return Err(ApiError::conflict(format!(
-                    "Volume {} is on storage node {} and instance {} runs on {}: a volume attaches only to a server on its own node (attaching over the network is not supported yet).",
-                    v.id,
-                    v.host.as_deref().unwrap_or("-"),
-                    s.id,
-                    s.host.as_deref().unwrap_or("no node")
-                )));
-            }
+            remote_ok(tx, &s, &v, is_vm)?;
             let sv = attach::attach(tx, &mut s, &mut v, req)?;
             Ok::<_, ApiError>((s, sv))
         })
@@ -266,6 +258,44 @@ async fn create(
 /// volume) rather than a container.
 fn runs_vm(tx: &Tx, s: &Server) -> Result<bool, ApiError> {
     Ok(s.boot_volume().is_some() || tx.get::<Image>(&s.image_ref)?.is_some_and(|i| i.boots_vm()))
+}
+
+/// A volume on another node than the server's attaches only to a VM,
+/// over NBD from its storage node's export; a container's volume must be
+/// on its own node (its data is not moved for it). The servers sharing a
+/// multiattach volume all run on one node: the export and a local QEMU
+/// would be two writers of one qcow2 file.
+fn remote_ok(tx: &Tx, s: &Server, v: &Volume, is_vm: bool) -> Result<(), ApiError> {
+    let (Some(vh), Some(sh)) = (v.host.as_deref(), s.host.as_deref()) else {
+        return Ok(());
+    };
+    if vh != sh {
+        if !is_vm {
+            return Err(ApiError::conflict(format!(
+                "Volume {} is on storage node {vh} and container {} runs on {sh}: a container attaches only volumes of its own node (VMs reach other nodes' volumes over NBD).",
+                v.id, s.id
+            )));
+        }
+        let exports = tx
+            .get::<crate::volume::model::StorageNode>(vh)?
+            .is_some_and(|n| n.nbd.is_some());
+        if !exports {
+            return Err(ApiError::conflict(format!(
+                "Volume {} is on storage node {vh}, which exports no volumes to other nodes (its agent needs qemu-storage-daemon), and instance {} runs on {sh}.",
+                v.id, s.id
+            )));
+        }
+    }
+    for sid in v.attachments.iter().filter_map(|a| a.server_id.as_deref()) {
+        let other = tx.get::<Server>(sid)?.and_then(|o| o.host);
+        if other.as_deref().is_some_and(|o| o != sh) {
+            return Err(ApiError::conflict(format!(
+                "Volume {} is attached to server {sid} on another node: the servers sharing a volume must run on one node.",
+                v.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A multiattach volume already attached goes to another server only when

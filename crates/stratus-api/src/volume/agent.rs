@@ -66,8 +66,10 @@ async fn register(
                     if (n.free_capacity_gb - r.free_capacity_gb).abs()
                         <= n.total_capacity_gb / 100.0
                         && n.total_capacity_gb == r.total_capacity_gb
-                        && n.max_over_subscription_ratio == r.max_over_subscription_ratio => {}
+                        && n.max_over_subscription_ratio == r.max_over_subscription_ratio
+                        && n.nbd == r.nbd => {}
                 Some(mut n) => {
+                    n.nbd = r.nbd.clone();
                     n.total_capacity_gb = r.total_capacity_gb;
                     n.free_capacity_gb = r.free_capacity_gb;
                     n.max_over_subscription_ratio = r.max_over_subscription_ratio;
@@ -84,6 +86,7 @@ async fn register(
                         disabled: false,
                         disabled_reason: None,
                         created_us: now,
+                        nbd: r.nbd.clone(),
                     })?;
                 }
             }
@@ -122,7 +125,11 @@ async fn work(
     let revision = *rx.borrow();
     blocking(move || {
         let mut work = Vec::new();
+        let mut exports = Vec::new();
         for v in state.store.list::<Volume>(&StoreQuery::parent(&host))? {
+            if exported(&state, &host, &v)? {
+                exports.push(v.id.clone());
+            }
             if let Some(task) = v.task {
                 work.push(VolumeWork {
                     id: v.id,
@@ -149,9 +156,28 @@ async fn work(
             }
         }
         work.extend(super::backups::work(&state, &host)?);
-        Ok(axum::Json(VolumeWorkList { revision, work }))
+        Ok(axum::Json(VolumeWorkList {
+            revision,
+            work,
+            exports,
+        }))
     })
     .await
+}
+
+/// Whether volume `v` of storage node `host` is attached to a server on
+/// another node (which reaches it over NBD).
+fn exported(state: &AppState, host: &str, v: &Volume) -> Result<bool, ApiError> {
+    for a in &v.attachments {
+        let Some(sid) = a.server_id.as_deref() else {
+            continue;
+        };
+        let server = state.store.get::<crate::compute::model::Server>(sid)?;
+        if server.and_then(|s| s.host).is_some_and(|h| h != host) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn report(

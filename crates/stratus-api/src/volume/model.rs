@@ -201,6 +201,9 @@ pub struct StorageNode {
     #[serde(default)]
     pub disabled_reason: Option<String>,
     pub created_us: i64,
+    /// Its NBD server for VMs on other nodes, as it last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<stratus_wire::volume::NbdServer>,
 }
 
 record!(StorageNode, "storage_node");

@@ -29,4 +29,5 @@ mod volume_attach;
 mod volume_backup;
 mod volume_container;
 mod volume_inuse;
+mod volume_nbd;
 mod volume_qos;

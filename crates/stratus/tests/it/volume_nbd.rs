@@ -1,0 +1,176 @@
+//! Volumes of one node used by VMs on another: the storage node exports
+//! the volume over NBD (TLS with its key, `qemu-storage-daemon`), the
+//! VM's QEMU on the other node reads and writes it there; a container on
+//! another node is refused with a 409.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::json;
+
+use super::common::Agent;
+use super::compute_real::{console_until, image_id, require_qemu, require_runtime};
+use super::volume::{vol_client, vol_file, wait_status};
+use super::volume_attach::{attach, cloud, new_volume};
+
+const MARK: &str = "NBD-MARK-7";
+
+/// Whether some process holds the write lock of the qcow2 file (a
+/// `qemu-img info` without `-U` then fails).
+fn locked(path: &std::path::Path) -> bool {
+    !Command::new("qemu-img")
+        .arg("info")
+        .arg(path)
+        .output()
+        .expect("qemu-img")
+        .status
+        .success()
+}
+
+/// A guest script: finds the disk whose serial is the volume's, then
+/// `body` with the disk as `/dev/$d`.
+fn on_volume(volume: &str, body: &str) -> String {
+    let serial: String = volume.chars().take(20).collect();
+    format!(
+        "#!/bin/sh\nd=\nwhile [ -z \"$d\" ]; do for s in /sys/block/vd*; do [ \"$(cat $s/serial 2>/dev/null)\" = \"{serial}\" ] && d=${{s##*/}}; done; [ -z \"$d\" ] && sleep 1; done\n[ -b /dev/$d ] || mknod /dev/$d b $(tr ':' ' ' < /sys/block/$d/dev)\n{body}\n"
+    )
+}
+
+#[test]
+fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    // node-b keeps no volumes: its VMs reach the cloud's storage node.
+    let b = Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let vc = vol_client(&c);
+    let vid = new_volume(&c, "shared", None);
+    let file = vol_file(&c, &vid);
+    let img = image_id(&c, "busybox-vm");
+
+    // A container on node-b: refused, nothing attached.
+    let ctr = super::volume_attach::boot(
+        &c,
+        "ctr",
+        &image_id(&c, "busybox"),
+        json!({"availability_zone": "nova:node-b"}),
+    );
+    let r = attach(&c, &ctr, json!({"volumeId": vid}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["conflictingRequest"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("container"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        wait_status(&vc, &c.admin, &vid, "available")["attachments"],
+        json!([])
+    );
+
+    // A VM on node-b writes the marker into the volume.
+    let write = on_volume(
+        &vid,
+        &format!(
+            "printf '{MARK}' > /tmp/m\ndd if=/tmp/m of=/dev/$d conv=fsync 2>/dev/null\necho WROTE-MARK"
+        ),
+    );
+    let writer = super::volume_attach::boot(
+        &c,
+        "writer",
+        &img,
+        json!({
+            "availability_zone": "nova:node-b",
+            "user_data": base64::engine::general_purpose::STANDARD.encode(write),
+        }),
+    );
+    let r = attach(&c, &writer, json!({"volumeId": vid}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = wait_status(&vc, &c.admin, &vid, "in-use");
+    assert_eq!(v["attachments"][0]["server_id"], writer.as_str(), "{v}");
+    assert_eq!(v["attachments"][0]["host_name"], "node-b", "{v}");
+    console_until(&c, &c.admin, &writer, "WROTE-MARK");
+    // The bytes are in the storage node's file, which the export holds.
+    let tmp = c.server.data_dir().join("head.raw");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+        .arg(&file)
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = std::fs::read(&tmp).unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    assert_eq!(&data[..MARK.len()], MARK.as_bytes());
+    assert!(locked(&file), "the export holds the volume's file");
+
+    // Detached: the export goes, the file is free again.
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{writer}/os-volume_attachments/{vid}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "available");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while locked(&file) {
+        assert!(
+            Instant::now() < deadline,
+            "the export never let the file go"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Another VM on node-b reads the first one's writes over NBD.
+    let read = on_volume(
+        &vid,
+        &format!(
+            "echo READ-$(dd if=/dev/$d bs={} count=1 2>/dev/null)-END",
+            MARK.len()
+        ),
+    );
+    let reader = super::volume_attach::boot(
+        &c,
+        "reader",
+        &img,
+        json!({
+            "availability_zone": "nova:node-b",
+            "user_data": base64::engine::general_purpose::STANDARD.encode(read),
+        }),
+    );
+    let r = attach(&c, &reader, json!({"volumeId": vid}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+    console_until(&c, &c.admin, &reader, &format!("READ-{MARK}-END"));
+
+    // The reader, deleted with the volume attached: the volume comes
+    // back available and unexported.
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{reader}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &reader);
+    wait_status(&vc, &c.admin, &vid, "available");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while locked(&file) {
+        assert!(
+            Instant::now() < deadline,
+            "the export never let the file go"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for id in [&writer, &ctr] {
+        assert_eq!(
+            c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+                .status,
+            204
+        );
+        c.wait_gone(&c.admin, id);
+    }
+}
