@@ -215,7 +215,7 @@ fn prepare(state: &AppState, id: &str) -> Result<(), ApiError> {
         &assignment,
         PREPARE_TIMEOUT,
     )?;
-    let host = stream_host(&node.host_ip, &url)
+    let host = super::agent_client::stream_host(&node.host_ip, &url)
         .ok_or_else(|| ApiError::conflict(format!("no host in the agent address {url}")))?;
     let uri = format!("tcp:{host}:{port}");
     let started = state.store.write(|tx| {
@@ -240,35 +240,6 @@ fn prepare(state: &AppState, id: &str) -> Result<(), ApiError> {
         state.compute.notify(job.source_host.as_deref());
     }
     Ok(())
-}
-
-/// Where the source sends the stream: the destination node's own address
-/// (the one its tunnels use) when it has one other nodes can reach, else
-/// the host of its agent's URL. An agent the controller reaches on
-/// loopback (`stratus up`'s own) is reached by the other nodes on the
-/// node's address.
-pub(crate) fn stream_host(host_ip: &str, agent_url: &str) -> Option<String> {
-    match host_ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) if !a.is_loopback() && !a.is_unspecified() => {
-            Some(a.to_string())
-        }
-        Ok(std::net::IpAddr::V6(a)) if !a.is_loopback() && !a.is_unspecified() => {
-            Some(format!("[{a}]"))
-        }
-        _ => agent_host(agent_url),
-    }
-}
-
-/// The host part of an agent's URL (`http://HOST:PORT`), where its QEMU
-/// listens too.
-fn agent_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next()?;
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// The migration could not start: the server stays where it runs.
@@ -434,37 +405,4 @@ pub fn not_in_progress(server: &str, mid: &str) -> ApiError {
         StatusCode::NOT_FOUND,
         format!("In-progress live migration {mid} is not found for server {server}."),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{agent_host, stream_host};
-
-    #[test]
-    fn the_destination_host_comes_from_its_agent_address() {
-        assert_eq!(
-            agent_host("http://10.0.0.5:9101").as_deref(),
-            Some("10.0.0.5")
-        );
-        assert_eq!(agent_host("http://node-b:9101/").as_deref(), Some("node-b"));
-        assert_eq!(agent_host("http://[::1]:9101").as_deref(), Some("[::1]"));
-        assert_eq!(agent_host("http://:9101"), None);
-        // The node's own address first, unless it is of no use elsewhere.
-        assert_eq!(
-            stream_host("10.0.0.7", "http://127.0.0.1:9101").as_deref(),
-            Some("10.0.0.7")
-        );
-        assert_eq!(
-            stream_host("127.0.0.1", "http://10.0.0.5:9101").as_deref(),
-            Some("10.0.0.5")
-        );
-        assert_eq!(
-            stream_host("", "http://10.0.0.5:9101").as_deref(),
-            Some("10.0.0.5")
-        );
-        assert_eq!(
-            stream_host("fd00::7", "http://[::1]:9101").as_deref(),
-            Some("[fd00::7]")
-        );
-    }
 }

@@ -720,7 +720,7 @@ pub(crate) fn nbd_target(
         return Ok(None);
     };
     let Some(addr) =
-        super::live::stream_host(&node.host_ip, node.agent_url.as_deref().unwrap_or(""))
+        super::agent_client::stream_host(&node.host_ip, node.agent_url.as_deref().unwrap_or(""))
     else {
         return Ok(None);
     };
