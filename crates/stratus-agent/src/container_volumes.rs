@@ -179,6 +179,7 @@ fn observe(inst: &Path) -> BTreeMap<String, Present> {
                 a.strip_prefix("driver=file,filename=")
                     .and_then(|r| r.split(',').next())
                     .map(PathBuf::from)
+                    .or_else(|| nbd_source(a))
             });
             if let (Some(dev), Some(file)) = (export, file) {
                 out.entry(dev).or_default().daemon = Some((pid, file));
@@ -267,12 +268,6 @@ pub(crate) fn frozen(
 pub(crate) fn set(inst: &Path, disks: &[VmDisk]) -> Result<(), DriverError> {
     let mut want: BTreeMap<&str, &VmDisk> = BTreeMap::new();
     for d in disks {
-        if d.nbd.is_some() {
-            return Err(rt(format!(
-                "volume {} is on another node: a container attaches only volumes of its own node",
-                d.volume_id
-            )));
-        }
         want.insert(short(&d.device)?, d);
         if d.path.to_string_lossy().contains(',') {
             return Err(rt(format!(
@@ -340,10 +335,34 @@ pub(crate) fn remove_all(inst: &Path) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// The daemon runs and serves the wanted file, and whatever is mounted
+/// What a daemon serves: the volume's file, or for a volume of another
+/// node `nbd://HOST:PORT/EXPORT`.
+fn source(d: &VmDisk) -> PathBuf {
+    match &d.nbd {
+        Some(n) => PathBuf::from(format!("nbd://{}:{}/{}", n.host, n.port, n.export)),
+        None => d.path.clone(),
+    }
+}
+
+/// The `source` of a daemon's `--blockdev driver=nbd,...` argument.
+fn nbd_source(arg: &str) -> Option<PathBuf> {
+    let rest = arg.strip_prefix("driver=nbd,")?;
+    let get = |k: &str| {
+        rest.split(',')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    Some(PathBuf::from(format!(
+        "nbd://{}:{}/{}",
+        get("server.host")?,
+        get("server.port")?,
+        get("export")?
+    )))
+}
+
+/// The daemon runs and serves the wanted volume, and whatever is mounted
 /// comes from its loop device.
 fn healthy(p: &Present, d: &VmDisk) -> bool {
-    p.daemon.as_ref().is_some_and(|(_, f)| f == &d.path)
+    p.daemon.as_ref().is_some_and(|(_, f)| f == &source(d))
         && p.export_mounted
         && p.mounted.iter().all(|m| p.loops.contains(m))
 }
@@ -435,7 +454,7 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
     let export = exports.join(format!("{dev}.raw"));
     let fresh = p.is_none_or(|p| p.daemon.is_none());
     if fresh {
-        if !d.path.exists() {
+        if d.nbd.is_none() && !d.path.exists() {
             return Err(rt(format!(
                 "the volume's file {} is missing",
                 d.path.display()
@@ -444,14 +463,48 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
         // The FUSE export needs a regular file to mount on.
         fs::File::create(&export)?;
         let pidfile = exports.join(format!("{dev}.pid"));
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,filename={},node-name=file",
-                d.path.display()
-            ))
-            .args(["--blockdev", "driver=qcow2,file=file,node-name=disk"])
-            .arg("--export")
+        let mut cmd = Command::new("qemu-storage-daemon");
+        match &d.nbd {
+            // Another node's volume: the daemon is the NBD client (TLS
+            // with the storage node's key) and exports what it reads.
+            Some(n) => {
+                let psk = exports.join(format!("{dev}.psk"));
+                fs::create_dir_all(&psk)?;
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(psk.join("keys.psk"))?;
+                    std::io::Write::write_all(
+                        &mut f,
+                        format!("{}:{}\n", n.psk_identity, n.psk_key).as_bytes(),
+                    )?;
+                }
+                cmd.arg("--object")
+                    .arg(format!(
+                        "tls-creds-psk,id=tls0,endpoint=client,dir={},username={}",
+                        psk.display(),
+                        n.psk_identity
+                    ))
+                    .arg("--blockdev")
+                    .arg(format!(
+                        "driver=nbd,node-name=disk,server.type=inet,server.host={},server.port={},export={},tls-creds=tls0",
+                        n.host, n.port, n.export
+                    ));
+            }
+            None => {
+                cmd.arg("--blockdev")
+                    .arg(format!(
+                        "driver=file,filename={},node-name=file",
+                        d.path.display()
+                    ))
+                    .args(["--blockdev", "driver=qcow2,file=file,node-name=disk"]);
+            }
+        }
+        cmd.arg("--export")
             .arg(format!(
                 "type=fuse,id=export,node-name=disk,mountpoint={},writable=on",
                 export.display()
@@ -461,21 +514,29 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
             .arg(&pidfile)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
+            .stderr(Stdio::piped());
+        // The storage node exports another node's volume once it has
+        // seen the attach: the first tries may find no export yet.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let child = cmd.spawn().map_err(|e| {
                 rt(format!(
                     "cannot run qemu-storage-daemon ({e}); apt-get install qemu-system-common"
                 ))
             })?;
-        let (status, _, err) =
-            runc::wait_timeout(child, Duration::from_secs(30), "qemu-storage-daemon")?;
-        if !status.success() {
-            return Err(rt(format!(
-                "qemu-storage-daemon for volume {} failed ({status}): {}",
-                d.volume_id,
-                String::from_utf8_lossy(&err).trim()
-            )));
+            let (status, _, err) =
+                runc::wait_timeout(child, Duration::from_secs(30), "qemu-storage-daemon")?;
+            if status.success() {
+                break;
+            }
+            if d.nbd.is_none() || Instant::now() > deadline {
+                return Err(rt(format!(
+                    "qemu-storage-daemon for volume {} failed ({status}): {}",
+                    d.volume_id,
+                    String::from_utf8_lossy(&err).trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
         if let Some(pid) = fs::read_to_string(&pidfile)
             .ok()

@@ -243,7 +243,7 @@ async fn create(
             if !v.attachments.is_empty() && attach::multiattach(tx, &v)? {
                 shared_with_container(tx, &s, &v, is_vm)?;
             }
-            remote_ok(tx, &s, &v, is_vm)?;
+            remote_ok(tx, &s, &v)?;
             let sv = attach::attach(tx, &mut s, &mut v, req)?;
             Ok::<_, ApiError>((s, sv))
         })
@@ -260,22 +260,16 @@ fn runs_vm(tx: &Tx, s: &Server) -> Result<bool, ApiError> {
     Ok(s.boot_volume().is_some() || tx.get::<Image>(&s.image_ref)?.is_some_and(|i| i.boots_vm()))
 }
 
-/// A volume on another node than the server's attaches only to a VM,
-/// over NBD from its storage node's export; a container's volume must be
-/// on its own node (its data is not moved for it). The servers sharing a
+/// A volume on another node than the server's is reached over NBD from
+/// its storage node's export (by QEMU for a VM, by the node's
+/// `qemu-storage-daemon` for a container). The servers sharing a
 /// multiattach volume all run on one node: the export and a local QEMU
 /// would be two writers of one qcow2 file.
-fn remote_ok(tx: &Tx, s: &Server, v: &Volume, is_vm: bool) -> Result<(), ApiError> {
+fn remote_ok(tx: &Tx, s: &Server, v: &Volume) -> Result<(), ApiError> {
     let (Some(vh), Some(sh)) = (v.host.as_deref(), s.host.as_deref()) else {
         return Ok(());
     };
     if vh != sh {
-        if !is_vm {
-            return Err(ApiError::conflict(format!(
-                "Volume {} is on storage node {vh} and container {} runs on {sh}: a container attaches only volumes of its own node (VMs reach other nodes' volumes over NBD).",
-                v.id, s.id
-            )));
-        }
         let exports = tx
             .get::<crate::volume::model::StorageNode>(vh)?
             .is_some_and(|n| n.nbd.is_some());

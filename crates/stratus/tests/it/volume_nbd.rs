@@ -1,7 +1,7 @@
-//! Volumes of one node used by VMs on another: the storage node exports
-//! the volume over NBD (TLS with its key, `qemu-storage-daemon`), the
-//! VM's QEMU on the other node reads and writes it there; a container on
-//! another node is refused with a 409.
+//! Volumes of one node used by servers on another: the storage node
+//! exports the volume over NBD (TLS with its key, `qemu-storage-daemon`);
+//! a VM's QEMU on the other node reads and writes it there, and a
+//! container gets it as a file system through a daemon of its node.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,28 +49,6 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
     let vid = new_volume(&c, "shared", None);
     let file = vol_file(&c, &vid);
     let img = image_id(&c, "busybox-vm");
-
-    // A container on node-b: refused, nothing attached.
-    let ctr = super::volume_attach::boot(
-        &c,
-        "ctr",
-        &image_id(&c, "busybox"),
-        json!({"availability_zone": "nova:node-b"}),
-    );
-    let r = attach(&c, &ctr, json!({"volumeId": vid}));
-    assert_eq!(r.status, 409, "{}", r.body);
-    assert!(
-        r.body["conflictingRequest"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("container"),
-        "{}",
-        r.body
-    );
-    assert_eq!(
-        wait_status(&vc, &c.admin, &vid, "available")["attachments"],
-        json!([])
-    );
 
     // A VM on node-b writes the marker into the volume.
     let write = on_volume(
@@ -165,6 +143,41 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+
+    // A container on node-b: the volume is a file system at
+    // /mnt/volumes/vdb, made through the export on first use.
+    let ctr = super::volume_attach::boot(
+        &c,
+        "ctr",
+        &image_id(&c, "busybox"),
+        json!({"availability_zone": "nova:node-b"}),
+    );
+    let r = attach(&c, &ctr, json!({"volumeId": vid}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+    assert!(locked(&file), "the export holds the volume's file");
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{ctr}/os-volume_attachments/{vid}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "available");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+        .arg(&file)
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(&tmp)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim(), "ext4");
     for id in [&writer, &ctr] {
         assert_eq!(
             c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
