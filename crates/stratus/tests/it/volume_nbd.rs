@@ -28,6 +28,25 @@ fn locked(path: &std::path::Path) -> bool {
         .success()
 }
 
+/// The pids of the volume export daemons of the cloud in `prefix`.
+fn export_daemons(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-storage-daemon")
+            && cmd.contains(prefix)
+            && cmd.contains("volume-export")
+        {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A guest script: finds the disk whose serial is the volume's, then
 /// `body` with the disk as `/dev/$d`.
 fn on_volume(volume: &str, body: &str) -> String {
@@ -41,7 +60,7 @@ fn on_volume(volume: &str, body: &str) -> String {
 fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
     require_runtime();
     require_qemu();
-    let c = cloud(None);
+    let mut c = cloud(None);
     // node-b keeps no volumes: its VMs reach the cloud's storage node.
     let b = Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
     c.wait_nodes_logged(2, &b.log);
@@ -84,6 +103,21 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
     let data = std::fs::read(&tmp).unwrap();
     let _ = std::fs::remove_file(&tmp);
     assert_eq!(&data[..MARK.len()], MARK.as_bytes());
+    assert!(locked(&file), "the export holds the volume's file");
+
+    // The controller and the storage node's agent killed and started
+    // again: the export daemon (and the VM's connection to it) lives on,
+    // and the agent finds it again rather than starting a second one.
+    let prefix = c.server.data_dir().display().to_string();
+    let daemons = || export_daemons(&prefix);
+    let before = daemons();
+    assert_eq!(before.len(), 1, "{before:?}");
+    c.server.stop("-KILL");
+    c.server.restart_after_stop();
+    super::volume::wait_storage(&c);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemons(), before);
     assert!(locked(&file), "the export holds the volume's file");
 
     // Detached: the export goes, the file is free again.
