@@ -302,8 +302,11 @@ impl VmDisk {
                 "server": {"type": "inet", "host": n.host, "port": n.port.to_string()},
                 "export": n.export, "tls-creds": self.tls_id(),
                 // A storage node that restarts its daemon: QEMU
-                // reconnects rather than failing the guest's I/O at once.
+                // reconnects rather than failing the guest's I/O at once;
+                // an export not there yet (the storage node sees the
+                // attach a moment later) is waited for.
                 "reconnect-delay": 10,
+                "open-timeout": 30,
             }),
             None => serde_json::json!({
                 "driver": "qcow2", "node-name": self.node_name(),
