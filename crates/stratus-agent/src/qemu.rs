@@ -1453,17 +1453,27 @@ impl QemuDriver {
         let dir = self.dir(&r.uuid);
         let _ = fs::remove_file(dir.join("qmp.sock"));
         let _ = fs::remove_file(dir.join("qemu.pid"));
-        let log = fs::File::create(dir.join("qemu.log"))?;
-        let status = Command::new(&self.qemu)
-            .args(self.args(r, &dir, incoming))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .status()
-            .map_err(|e| rt(format!("running {}: {e}", self.qemu.display())))?;
-        if !status.success() {
+        // A volume file still held by the storage node's export (the
+        // server came back to the volume's node a moment ago) is waited
+        // for: the export lets it go once the node has seen the move.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = fs::File::create(dir.join("qemu.log"))?;
+            let status = Command::new(&self.qemu)
+                .args(self.args(r, &dir, incoming))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .status()
+                .map_err(|e| rt(format!("running {}: {e}", self.qemu.display())))?;
+            if status.success() {
+                break;
+            }
             let why = fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
-            return Err(rt(format!("QEMU did not start: {}", why.trim())));
+            if r.volumes.is_empty() || !why.contains("lock") || Instant::now() > deadline {
+                return Err(rt(format!("QEMU did not start: {}", why.trim())));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
         let pid = self
             .pid(&r.uuid)
@@ -2020,7 +2030,13 @@ impl Driver for QemuDriver {
                 loop {
                     match q.execute("blockdev-add", Some(d.blockdev())) {
                         Ok(_) => break,
-                        Err(e) if d.nbd.is_none() || Instant::now() > deadline => {
+                        // A local file still held by the storage node's
+                        // export (its server moved here a moment ago):
+                        // the export lets it go once the node has seen it.
+                        Err(e)
+                            if (d.nbd.is_none() && !e.to_string().contains("lock"))
+                                || Instant::now() > deadline =>
+                        {
                             if d.nbd.is_some() {
                                 let _ = q.execute(
                                     "object-del",

@@ -201,32 +201,43 @@ impl Exporter {
             let _ = q.execute("blockdev-del", Some(json!({"node-name": name})));
             tracing::info!(export = %name, "volume export removed");
         }
+        // Each missing one; one that fails does not keep the others out.
+        let mut failed = Vec::new();
         for id in wanted.iter().filter(|w| !present.contains(&node_name(w))) {
-            let safe = super::volume_files::safe_id(id)?;
-            let path = super::volume_files::volume_path(vol_dir, safe);
-            let name = node_name(id);
-            // A node left by an export cut short.
-            let _ = q.execute("blockdev-del", Some(json!({"node-name": name})));
-            q.execute(
-                "blockdev-add",
-                Some(json!({
-                    "driver": "qcow2", "node-name": name,
-                    "file": {"driver": "file", "filename": path.display().to_string()},
-                })),
-            )
-            .with_context(|| format!("opening volume {id} for its export"))?;
-            if let Err(e) = q.execute(
-                "block-export-add",
-                Some(json!({
-                    "type": "nbd", "id": name, "node-name": name,
-                    "name": id, "writable": true,
-                })),
-            ) {
-                let _ = q.execute("blockdev-del", Some(json!({"node-name": name})));
-                return Err(e).with_context(|| format!("exporting volume {id}"));
+            if let Err(e) = self.export(&mut q, vol_dir, id) {
+                failed.push(format!("{e:#}"));
             }
-            tracing::info!(volume = %id, port = self.port, "volume exported over NBD");
         }
+        anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
+        Ok(())
+    }
+
+    /// Opens volume `id`'s file and exports it under its id.
+    fn export(&self, q: &mut Qmp, vol_dir: &Path, id: &str) -> anyhow::Result<()> {
+        let safe = super::volume_files::safe_id(id)?;
+        let path = super::volume_files::volume_path(vol_dir, safe);
+        let name = node_name(id);
+        // A node left by an export cut short.
+        let _ = q.execute("blockdev-del", Some(json!({"node-name": name})));
+        q.execute(
+            "blockdev-add",
+            Some(json!({
+                "driver": "qcow2", "node-name": name,
+                "file": {"driver": "file", "filename": path.display().to_string()},
+            })),
+        )
+        .with_context(|| format!("opening volume {id} for its export"))?;
+        if let Err(e) = q.execute(
+            "block-export-add",
+            Some(json!({
+                "type": "nbd", "id": name, "node-name": name,
+                "name": id, "writable": true,
+            })),
+        ) {
+            let _ = q.execute("blockdev-del", Some(json!({"node-name": name})));
+            return Err(e).with_context(|| format!("exporting volume {id}"));
+        }
+        tracing::info!(volume = %id, port = self.port, "volume exported over NBD");
         Ok(())
     }
 }

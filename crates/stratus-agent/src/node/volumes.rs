@@ -41,6 +41,9 @@ pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
             None
         }
     };
+    // An export that could not be made (its file still held by a copy of
+    // a server that moved away) is tried again within a second.
+    let mut exports_behind = false;
     loop {
         if let Err(e) = report_capacity(&sh, &vc, exporter.as_ref()) {
             tracing::warn!(error = %format!("{e:#}"), "cannot report the storage capacity");
@@ -48,8 +51,10 @@ pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
             continue;
         }
         let url = format!(
-            "{}/edge/v1/storage/{}/work?since={since}&wait=20",
-            sh.cfg.controller, sh.cfg.host
+            "{}/edge/v1/storage/{}/work?since={since}&wait={}",
+            sh.cfg.controller,
+            sh.cfg.host,
+            if exports_behind { 1 } else { 20 }
         );
         let list: VolumeWorkList = match call(&sh, "GET", &url, None) {
             Ok((200, b)) => match serde_json::from_str(&b) {
@@ -72,10 +77,14 @@ pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
             }
         };
         since = list.revision;
-        if let Some(x) = &exporter
-            && let Err(e) = x.reconcile(&vc.dir, &list.exports)
-        {
-            tracing::warn!(error = %format!("{e:#}"), "could not change the volume exports");
+        if let Some(x) = &exporter {
+            let r = x.reconcile(&vc.dir, &list.exports);
+            if let Err(e) = &r
+                && !exports_behind
+            {
+                tracing::warn!(error = %format!("{e:#}"), "could not change the volume exports; trying again");
+            }
+            exports_behind = r.is_err();
         }
         for w in list.work {
             if !started

@@ -134,7 +134,7 @@ pub fn resize(
         return Err(wrong_state("resize", s));
     }
     check_locked(ctx, s)?;
-    super::states::refuse_with_volumes(s, "resize")?;
+    super::states::may_move(state, s, "resize")?;
     let old = s.flavor.clone();
     // Over quota is a 403 before any placement question (checked again
     // in the claim's transaction).
@@ -289,7 +289,7 @@ pub fn migrate(
         return Err(wrong_state("migrate", s));
     }
     check_locked(ctx, s)?;
-    super::states::refuse_with_volumes(s, "migrate")?;
+    super::states::may_move(state, s, "migrate")?;
     if let Some(h) = &want {
         if state.store.get::<ComputeNode>(h)?.is_none() {
             return Err(ApiError::bad_request(format!(

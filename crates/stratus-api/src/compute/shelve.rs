@@ -35,7 +35,7 @@ pub fn shelve(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(), 
             s.id
         )));
     }
-    super::states::refuse_with_volumes(s, "shelve")?;
+    super::states::may_move(state, s, "shelve")?;
     super::snapshots::shelve(state, ctx, s, rid)
 }
 

@@ -184,6 +184,60 @@ pub(super) fn wrong_state(action: &str, s: &super::model::Server) -> crate::ApiE
     ))
 }
 
+/// Whether a server with volumes may move to another node (`action`:
+/// migrate, resize, shelve): its attached volumes follow it over NBD
+/// from their storage nodes, so each storage node must export; a
+/// volume-backed server's root disk does not move (409), nor do the
+/// volumes of a server with a volume shared with another server.
+pub(crate) fn may_move(
+    state: &crate::AppState,
+    s: &super::model::Server,
+    action: &str,
+) -> Result<(), crate::ApiError> {
+    if s.volumes.is_empty() {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        Err(crate::ApiError::conflict(format!(
+            "Cannot '{action}' instance {}: {why}",
+            s.id
+        )))
+    };
+    if s.boot_volume().is_some() {
+        return refuse(
+            "it boots from a volume, which stays on its storage node (moving volume-backed servers is not supported yet)".into(),
+        );
+    }
+    for sv in &s.volumes {
+        let Some(v) = state
+            .store
+            .get::<crate::volume::model::Volume>(&sv.volume_id)?
+        else {
+            continue;
+        };
+        if v.attachments.len() > 1 {
+            return refuse(format!(
+                "volume {} is shared with another server, and the servers sharing a volume stay on one node",
+                v.id
+            ));
+        }
+        let Some(host) = v.host.as_deref() else {
+            continue;
+        };
+        let exports = state
+            .store
+            .get::<crate::volume::model::StorageNode>(host)?
+            .is_some_and(|n| n.nbd.is_some());
+        if !exports {
+            return refuse(format!(
+                "volume {} is on storage node {host}, which exports no volumes to other nodes (its agent needs qemu-storage-daemon); detach it first",
+                v.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// 409 for an action that would move or rebuild the workload of a server
 /// with volumes: the node would not take them along yet.
 pub(super) fn refuse_with_volumes(

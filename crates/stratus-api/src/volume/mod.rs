@@ -105,9 +105,16 @@ impl Volumes {
 /// storage nodes.
 pub fn on_change(state: &AppState, c: &stratus_store::Change) {
     use stratus_store::Record;
+    // A server with volumes that moves changes which volumes its
+    // storage nodes export.
+    let moved_with_volumes = c.kind == crate::compute::model::Server::KIND
+        && c.body
+            .as_deref()
+            .is_some_and(|b| b.contains("\"volume_id\""));
     if c.kind == model::Volume::KIND
         || c.kind == model::Snapshot::KIND
         || backups::wakes_nodes(&c.kind)
+        || moved_with_volumes
     {
         state.volumes.bump(c.seq as u64);
     }

@@ -221,3 +221,138 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
         c.wait_gone(&c.admin, id);
     }
 }
+
+#[test]
+fn volume_nbd_volumes_follow_a_migrated_or_reverted_server() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let b = Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let vc = vol_client(&c);
+    let vid = new_volume(&c, "follows", None);
+    let file = vol_file(&c, &vid);
+    let home = c
+        .req("GET", "/os-services?binary=nova-compute", &c.admin, None)
+        .body["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["host"].as_str())
+        .find(|h| *h != "node-b")
+        .unwrap()
+        .to_string();
+    // Each boot prints what the volume starts with, and writes the
+    // marker when it is not there yet.
+    let script = on_volume(
+        &vid,
+        &format!(
+            "m=$(dd if=/dev/$d bs={n} count=1 2>/dev/null | tr -d '\\000')\necho \"READ-$m-END\"\nif [ \"$m\" != \"{MARK}\" ]; then printf '{MARK}' > /tmp/m; dd if=/tmp/m of=/dev/$d conv=fsync 2>/dev/null; echo WROTE-MARK; fi",
+            n = MARK.len()
+        ),
+    );
+    let id = super::volume_attach::boot(
+        &c,
+        "mover",
+        &image_id(&c, "busybox-vm"),
+        json!({
+            "availability_zone": format!("nova:{home}"),
+            "user_data": base64::engine::general_purpose::STANDARD.encode(script),
+        }),
+    );
+    let r = attach(&c, &id, json!({"volumeId": vid}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+    console_until(&c, &c.admin, &id, "WROTE-MARK");
+    assert!(!locked_by_export(&c, &vid), "a local VM needs no export");
+
+    let act = |body: serde_json::Value| {
+        c.nova.raw(
+            "POST",
+            &format!("/servers/{id}/action"),
+            Some(&c.admin),
+            &[("OpenStack-API-Version", "compute 2.56")],
+            Some(body.to_string()),
+        )
+    };
+    // Migrated to node-b: the guest boots there and finds the marker
+    // over NBD.
+    let r = act(json!({"migrate": {"host": "node-b"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], "node-b", "{s}");
+    console_until(&c, &c.admin, &id, &format!("READ-{MARK}-END"));
+    assert!(
+        locked_by_export(&c, &vid),
+        "node-b reaches it through the export"
+    );
+
+    // Back to the volume's own node, reverted: the export lets the
+    // file go and the guest on node-b reads it again.
+    let r = act(json!({"migrate": {"host": home}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(act(json!({"revertResize": null})).status, 202);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], "node-b", "{s}");
+    // Migrated home for good: the QEMU there opens the file itself once
+    // the export has let it go.
+    let r = act(json!({"migrate": {"host": home}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], home.as_str(), "{s}");
+    console_until(&c, &c.admin, &id, &format!("READ-{MARK}-END"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while locked_by_export(&c, &vid) {
+        assert!(
+            Instant::now() < deadline,
+            "the export never let the file go"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(locked(&file), "the VM at home holds its volume's file");
+    let v = wait_status(&vc, &c.admin, &vid, "in-use");
+    assert_eq!(v["attachments"][0]["server_id"], id.as_str(), "{v}");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+    wait_status(&vc, &c.admin, &vid, "available");
+}
+
+/// Whether the storage node's export daemon serves volume `vid` now.
+fn locked_by_export(c: &super::compute::Cloud, vid: &str) -> bool {
+    let sock = c.server.data_dir().join("agent/volume-export/qmp.sock");
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) else {
+        return false;
+    };
+    use std::io::{BufRead, BufReader, Write};
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-block-exports\"}\n")
+        .unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v.get("return").is_some() {
+            answers.push(v);
+        }
+    }
+    let short: String = vid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(30)
+        .collect();
+    answers[1]["return"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|e| e["id"] == format!("v{short}").as_str()))
+}
