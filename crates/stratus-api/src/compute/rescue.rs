@@ -68,7 +68,6 @@ pub fn rescue(
     let s = state.store.write(|tx| {
         let mut s = fetch_tx(tx, ctx, &s.id)?;
         check_locked(ctx, &s)?;
-        super::states::refuse_with_volumes(&s, "rescue")?;
         if s.task_state.is_some() || !FROM.contains(&s.vm_state.as_str()) || s.host.is_none() {
             return Err(wrong_state("rescue", &s));
         }

@@ -31,7 +31,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/servers/{id}/os-volume_attachments/{volume_id}",
-            get(show).delete(delete),
+            get(show).put(update).delete(delete),
         )
 }
 
@@ -111,13 +111,127 @@ async fn show(
     Ok(axum::Json(json!({"volumeAttachment": render(&s, sv, mv)})))
 }
 
+/// `PUT /servers/{id}/os-volume_attachments/{volume_id}`: from 2.85 a
+/// member changes the attachment's `delete_on_termination` (the other
+/// fields must stay as they are); naming another volume asks for a swap
+/// (admins only), which this cloud's drivers cannot do (409).
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    mv: Mv,
+    Path((id, volume_id)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b = body(&raw)?;
+    let a = b
+        .get("volumeAttachment")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute volumeAttachment. 'volumeAttachment' is a required property",
+            )
+        })?
+        .clone();
+    let new_id = match a.get("volumeId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute volumeId. 'volumeId' is a required property",
+            ));
+        }
+    };
+    let swap = new_id != volume_id;
+    if swap || !mv.at_least(85) {
+        if !ctx.is_admin() {
+            return Err(super::policy_denied(
+                "os_compute_api:os-volumes-attachments:swap",
+            ));
+        }
+    } else {
+        require_member(&ctx, "os_compute_api:os-volumes-attachments:update")?;
+    }
+    let allowed: &[&str] = if mv.at_least(85) {
+        &[
+            "volumeId",
+            "device",
+            "tag",
+            "id",
+            "serverId",
+            "delete_on_termination",
+        ]
+    } else {
+        &["volumeId"]
+    };
+    if let Some(k) = a.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute volumeAttachment. Additional properties are not allowed ('{k}' was unexpected)"
+        )));
+    }
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        st.store.write(|tx| {
+            let mut s = fetch_tx(tx, &ctx, &id)?;
+            check_locked(&ctx, &s)?;
+            let Some(sv) = s.volumes.iter_mut().find(|v| v.volume_id == volume_id) else {
+                return Err(not_attached(&volume_id));
+            };
+            if swap {
+                if tx.get::<Volume>(&new_id)?.is_none() {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("Volume {new_id} could not be found."),
+                    ));
+                }
+                return Err(ApiError::conflict(format!(
+                    "Cannot swap volume {volume_id} for {new_id} on instance {id}: the compute driver does not support swapping volumes."
+                )));
+            }
+            if !mv.at_least(85) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid volume: volume {volume_id} is already the one attached (swapping a volume for itself)."
+                )));
+            }
+            let same = |k: &str, have: Value| a.get(k).is_none_or(|v| *v == have);
+            if !same("device", json!(sv.device))
+                || !same("tag", json!(sv.tag))
+                || !same("id", json!(sv.volume_id))
+                || !same("serverId", json!(id))
+            {
+                return Err(ApiError::bad_request(
+                    "The device, tag, id and serverId of a volume attachment cannot be changed.",
+                ));
+            }
+            match a.get("delete_on_termination") {
+                None => {}
+                Some(Value::Bool(d)) => sv.delete_on_termination = *d,
+                Some(v) => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for field/attribute delete_on_termination. Value: {v}. It is not of type 'boolean'"
+                    )));
+                }
+            }
+            s.updated_us = crate::timeutil::now_us();
+            tx.update(&s)?;
+            Ok::<_, ApiError>(())
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::ACCEPTED)
+}
+
 /// Nova attaches and detaches volumes while the server is active,
 /// paused, stopped or suspended, and no task runs.
 fn may_change(s: &Server, action: &str) -> Result<(), ApiError> {
     let ok = s.task_state.is_none()
         && matches!(
             s.vm_state.as_str(),
-            vm::ACTIVE | vm::PAUSED | vm::STOPPED | vm::SUSPENDED
+            vm::ACTIVE
+                | vm::PAUSED
+                | vm::STOPPED
+                | vm::SUSPENDED
+                | vm::SHELVED
+                | vm::SHELVED_OFFLOADED
         );
     if ok {
         Ok(())
@@ -244,7 +358,14 @@ async fn create(
                 shared_with_container(tx, &s, &v, is_vm)?;
             }
             remote_ok(tx, &s, &v)?;
-            let sv = attach::attach(tx, &mut s, &mut v, req)?;
+            let mut sv = attach::attach(tx, &mut s, &mut v, req)?;
+            if s.host.is_none() {
+                // Shelved and offloaded: no workload to plug it into; it
+                // is attached now and plugged in where the server is
+                // unshelved.
+                settle_here(tx, &s)?;
+                sv.state = "attached".into();
+            }
             Ok::<_, ApiError>((s, sv))
         })
     })
@@ -313,6 +434,22 @@ fn shared_with_container(tx: &Tx, s: &Server, v: &Volume, is_vm: bool) -> Result
     Ok(())
 }
 
+/// Settles the attaches and detaches of a server with no node (shelved
+/// and offloaded) at once, as its node would once it had done them.
+fn settle_here(tx: &Tx, s: &Server) -> Result<(), ApiError> {
+    let report = AttachReport {
+        attached: s
+            .volumes
+            .iter()
+            .filter(|v| v.state != "detaching")
+            .map(|v| v.volume_id.clone())
+            .collect(),
+        failed: Vec::new(),
+    };
+    attach::settle(tx, &s.id, &report)?;
+    Ok(())
+}
+
 async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -332,6 +469,10 @@ async fn delete(
             }
             may_change(&s, "detach_volume")?;
             attach::begin_detach(tx, &mut s, &volume_id)?;
+            if s.host.is_none() {
+                // Shelved and offloaded: nothing to unplug.
+                settle_here(tx, &s)?;
+            }
             Ok::<_, ApiError>(s)
         })
     })

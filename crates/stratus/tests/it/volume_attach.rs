@@ -178,21 +178,17 @@ fn volume_attach_api_states_and_refusals() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
 
-    // A server with volumes is not moved or rebuilt elsewhere yet.
-    for (action, body) in [
-        ("migrate", json!({"migrate": null})),
-        ("shelve", json!({"shelve": null})),
-        ("rescue", json!({"rescue": {}})),
-    ] {
-        let r = c.req(
-            "POST",
-            &format!("/servers/{a}/action"),
-            &c.admin,
-            Some(body),
-        );
-        let m = nova_fault(&r, 409, "conflictingRequest");
-        assert!(m.contains("volumes attached"), "{action}: {m}");
-    }
+    // A server with volumes is not live-migrated yet (its volumes follow
+    // a cold move: `it::volume_nbd`).
+    let r = c.nova.raw(
+        "POST",
+        &format!("/servers/{a}/action"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.30")],
+        Some(json!({"os-migrateLive": {"host": null, "block_migration": "auto"}}).to_string()),
+    );
+    let m = nova_fault(&r, 409, "conflictingRequest");
+    assert!(m.contains("volumes attached"), "{m}");
 
     // The asked device when free; the next free one otherwise.
     let r = attach(&c, &a, json!({"volumeId": v3, "device": "/dev/vdd"}));
@@ -474,4 +470,151 @@ fn volume_attach_cli_hot_plugs_into_a_real_vm() {
     );
     c.wait_gone(&c.admin, &id);
     wait_status(&vol_client(&c), &c.admin, &v2, "available");
+}
+
+#[test]
+fn volume_attach_to_a_shelved_offloaded_server_and_rescue_with_volumes() {
+    require_runtime();
+    let c = cloud(None);
+    let img = image_id(&c, "busybox");
+    let vc = vol_client(&c);
+    let s = boot(&c, "shelved", &img, json!({}));
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{s}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+    assert_eq!(act(json!({"shelve": null})).status, 202);
+    c.wait(&c.admin, &s, "SHELVED_OFFLOADED");
+
+    // Attached at once: no node holds the server.
+    let v = new_volume(&c, "later", None);
+    let r = attach(&c, &s, json!({"volumeId": v}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let vol = wait_status(&vc, &c.admin, &v, "in-use");
+    assert_eq!(vol["attachments"][0]["server_id"], s.as_str(), "{vol}");
+    let r = c.req(
+        "GET",
+        &format!("/servers/{s}/os-volume_attachments"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(
+        r.body["volumeAttachments"][0]["volumeId"],
+        v.as_str(),
+        "{}",
+        r.body
+    );
+    // Detached at once too.
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{s}/os-volume_attachments/{v}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &v, "available");
+
+    // Attached while offloaded, then unshelved: the volume goes along.
+    assert_eq!(attach(&c, &s, json!({"volumeId": v})).status, 200);
+    wait_status(&vc, &c.admin, &v, "in-use");
+    assert_eq!(act(json!({"unshelve": null})).status, 202);
+    c.wait(&c.admin, &s, "ACTIVE");
+    let vol = wait_status(&vc, &c.admin, &v, "in-use");
+    assert_eq!(vol["attachments"][0]["server_id"], s.as_str(), "{vol}");
+
+    // Rescued with the volume attached; a detach while rescued is a 409.
+    assert_eq!(act(json!({"rescue": {}})).status, 200);
+    c.wait(&c.admin, &s, "RESCUE");
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{s}/os-volume_attachments/{v}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(act(json!({"unrescue": null})).status, 202);
+    c.wait(&c.admin, &s, "ACTIVE");
+    wait_status(&vc, &c.admin, &v, "in-use");
+}
+
+#[test]
+fn volume_attach_update_and_swap_refusals() {
+    let c = cloud(Some("fake"));
+    let img = image_id(&c, "busybox-vm");
+    let vc = vol_client(&c);
+    let s = boot(&c, "upd", &img, json!({}));
+    let v = new_volume(&c, "upd", None);
+    let other = new_volume(&c, "other", None);
+    assert_eq!(attach(&c, &s, json!({"volumeId": v})).status, 200);
+    wait_status(&vc, &c.admin, &v, "in-use");
+    let put = |mv: &str, uri_vol: &str, body: Value| {
+        c.nova.raw(
+            "PUT",
+            &format!("/servers/{s}/os-volume_attachments/{uri_vol}"),
+            Some(&c.admin),
+            &[("OpenStack-API-Version", mv)],
+            Some(json!({"volumeAttachment": body}).to_string()),
+        )
+    };
+    // A volume the server does not have: 404.
+    let r = put(
+        "compute 2.1",
+        "0b1e6e38-0000-4000-8000-000000000000",
+        json!({"volumeId": v}),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    // A swap: the new volume must exist, and the drivers cannot swap.
+    let r = put(
+        "compute 2.1",
+        &v,
+        json!({"volumeId": "0b1e6e38-0000-4000-8000-000000000000"}),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = put("compute 2.1", &v, json!({"volumeId": other}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    // 2.85: delete_on_termination changes, nothing else does.
+    let r = put(
+        "compute 2.85",
+        &v,
+        json!({"volumeId": v, "delete_on_termination": true}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = c.nova.raw(
+        "GET",
+        &format!("/servers/{s}/os-volume_attachments/{v}"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "compute 2.85")],
+        None,
+    );
+    assert_eq!(
+        r.body["volumeAttachment"]["delete_on_termination"], true,
+        "{}",
+        r.body
+    );
+    let r = put(
+        "compute 2.85",
+        &v,
+        json!({"volumeId": v, "device": "/dev/vdk"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = put(
+        "compute 2.85",
+        &v,
+        json!({"volumeId": v, "delete_on_termination": "yes"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    // A member may update at 2.85 but not swap.
+    let (_, member) = c.project("upd-member");
+    let r = c.nova.raw(
+        "PUT",
+        &format!("/servers/{s}/os-volume_attachments/{v}"),
+        Some(&member),
+        &[("OpenStack-API-Version", "compute 2.1")],
+        Some(json!({"volumeAttachment": {"volumeId": other}}).to_string()),
+    );
+    assert!(r.status == 403 || r.status == 404, "{}", r.body);
 }
