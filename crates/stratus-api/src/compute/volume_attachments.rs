@@ -401,7 +401,14 @@ fn remote_ok(tx: &Tx, s: &Server, v: &Volume) -> Result<(), ApiError> {
             )));
         }
     }
-    for sid in v.attachments.iter().filter_map(|a| a.server_id.as_deref()) {
+    // (A volume that is not multiattach is refused for being in use.)
+    let shared = !v.attachments.is_empty() && attach::multiattach(tx, v)?;
+    for sid in v
+        .attachments
+        .iter()
+        .filter(|_| shared)
+        .filter_map(|a| a.server_id.as_deref())
+    {
         let other = tx.get::<Server>(sid)?.and_then(|o| o.host);
         if other.as_deref().is_some_and(|o| o != sh) {
             return Err(ApiError::conflict(format!(
