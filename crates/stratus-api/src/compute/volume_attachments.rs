@@ -122,16 +122,7 @@ async fn update(
     Path((id, volume_id)): Path<(String, String)>,
     raw: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let b = body(&raw)?;
-    let a = b
-        .get("volumeAttachment")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid input for field/attribute volumeAttachment. 'volumeAttachment' is a required property",
-            )
-        })?
-        .clone();
+    let a = attachment_body(&raw)?;
     let new_id = match a.get("volumeId") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => {
@@ -240,17 +231,20 @@ fn may_change(s: &Server, action: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The request's `volumeAttachment` object.
+fn attachment_body(raw: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match body(raw)?.get_mut("volumeAttachment").map(Value::take) {
+        Some(Value::Object(a)) => Ok(a),
+        _ => Err(ApiError::bad_request(
+            "Invalid input for field/attribute volumeAttachment. 'volumeAttachment' is a required property",
+        )),
+    }
+}
+
 /// The attach request, validated.
 fn parse_attach(raw: &[u8], mv: Mv) -> Result<(String, AttachRequest), ApiError> {
-    let b = body(raw)?;
-    let a = b
-        .get("volumeAttachment")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "Invalid input for field/attribute volumeAttachment. 'volumeAttachment' is a required property",
-            )
-        })?;
+    let a = attachment_body(raw)?;
+    let a = &a;
     let volume_id = match a.get("volumeId") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => s.clone(),
         Some(v) => {

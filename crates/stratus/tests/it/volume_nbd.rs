@@ -28,6 +28,30 @@ fn locked(path: &std::path::Path) -> bool {
         .success()
 }
 
+/// Detaches volume `vid` from `server` and waits for it to be available.
+fn detach(c: &super::compute::Cloud, server: &str, vid: &str) {
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{server}/os-volume_attachments/{vid}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vol_client(c), &c.admin, vid, "available");
+}
+
+/// Waits for the volume file's write lock to go (the export let it go).
+fn wait_unlocked(file: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while locked(file) {
+        assert!(
+            Instant::now() < deadline,
+            "the export never let the file go"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// The pids of the volume export daemons of the cloud in `prefix`.
 fn export_daemons(prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -121,22 +145,8 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
     assert!(locked(&file), "the export holds the volume's file");
 
     // Detached: the export goes, the file is free again.
-    let r = c.req(
-        "DELETE",
-        &format!("/servers/{writer}/os-volume_attachments/{vid}"),
-        &c.admin,
-        None,
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    wait_status(&vc, &c.admin, &vid, "available");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while locked(&file) {
-        assert!(
-            Instant::now() < deadline,
-            "the export never let the file go"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    detach(&c, &writer, &vid);
+    wait_unlocked(&file);
 
     // Another VM on node-b reads the first one's writes over NBD.
     let read = on_volume(
@@ -169,14 +179,7 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
     );
     c.wait_gone(&c.admin, &reader);
     wait_status(&vc, &c.admin, &vid, "available");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while locked(&file) {
-        assert!(
-            Instant::now() < deadline,
-            "the export never let the file go"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_unlocked(&file);
 
     // A container on node-b: the volume is a file system at
     // /mnt/volumes/vdb, made through the export on first use.
@@ -190,14 +193,7 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
     assert_eq!(r.status, 200, "{}", r.body);
     wait_status(&vc, &c.admin, &vid, "in-use");
     assert!(locked(&file), "the export holds the volume's file");
-    let r = c.req(
-        "DELETE",
-        &format!("/servers/{ctr}/os-volume_attachments/{vid}"),
-        &c.admin,
-        None,
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    wait_status(&vc, &c.admin, &vid, "available");
+    detach(&c, &ctr, &vid);
     let st = Command::new("qemu-img")
         .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
         .arg(&file)
