@@ -402,6 +402,8 @@ fn teardown(inst: &Path, dev: &str, p: &Present, force: bool) -> Result<(), Driv
             "umount -l (export)",
         )?;
     }
+    // The key of a volume of another node.
+    let _ = fs::remove_dir_all(exports_dir(inst).join(format!("{dev}.psk")));
     for f in [export, exports_dir(inst).join(format!("{dev}.pid"))] {
         match fs::remove_file(&f) {
             Ok(()) => {}
@@ -469,7 +471,13 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
             // with the storage node's key) and exports what it reads.
             Some(n) => {
                 let psk = exports.join(format!("{dev}.psk"));
-                fs::create_dir_all(&psk)?;
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&psk)?;
+                }
                 {
                     use std::os::unix::fs::OpenOptionsExt;
                     let mut f = fs::OpenOptions::new()

@@ -272,7 +272,13 @@ impl VmDisk {
             return Ok(None);
         };
         let dir = self.psk_dir(vm_dir);
-        fs::create_dir_all(&dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+        }
         let file = dir.join("keys.psk");
         {
             use std::os::unix::fs::OpenOptionsExt;

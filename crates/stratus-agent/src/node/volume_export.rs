@@ -23,6 +23,22 @@ use stratus_wire::volume::NbdServer;
 
 use crate::qmp::Qmp;
 
+/// Writes `text` to a new file only its owner reads (as everything in
+/// the data directory).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 /// One storage node's export daemon.
 pub(super) struct Exporter {
     dir: PathBuf,
@@ -76,7 +92,7 @@ impl Exporter {
                 std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
                 let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                 let part = key_file.with_extension("part");
-                std::fs::write(&part, format!("{identity}:{key}\n"))?;
+                write_private(&part, &format!("{identity}:{key}\n"))?;
                 std::fs::rename(&part, &key_file)?;
                 key
             }
@@ -91,7 +107,7 @@ impl Exporter {
                 let p = std::net::TcpListener::bind("0.0.0.0:0")?
                     .local_addr()?
                     .port();
-                std::fs::write(&port_file, p.to_string())?;
+                write_private(&port_file, &p.to_string())?;
                 p
             }
         };
