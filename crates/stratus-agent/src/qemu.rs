@@ -73,29 +73,38 @@ const LIVE_MIGRATION_TIMEOUT: Duration = Duration::from_secs(1800);
 static QUIESCING: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// A set of VM ids a flag is up for, shared by the driver's threads.
+struct Flags(std::sync::LazyLock<Mutex<std::collections::HashSet<String>>>);
+
+impl Flags {
+    const fn new() -> Flags {
+        Flags(std::sync::LazyLock::new(Default::default))
+    }
+
+    fn set(&self, uuid: &str, on: bool) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            s.insert(uuid.to_string());
+        } else {
+            s.remove(uuid);
+        }
+    }
+
+    fn get(&self, uuid: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uuid)
+    }
+}
+
 /// Live migrations an admin has aborted (`steer_migration`): one still
 /// copying its disk stops before its memory is streamed.
-static ABORTED: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
-    std::sync::LazyLock::new(Default::default);
-
-fn aborted(uuid: &str) -> bool {
-    ABORTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(uuid)
-}
+static ABORTED: Flags = Flags::new();
 
 /// Live migrations an admin has forced to complete: no bandwidth limit
 /// and a long pause allowed, for the disk mirror and the memory alike.
-static FORCED: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
-    std::sync::LazyLock::new(Default::default);
-
-fn forced(uuid: &str) -> bool {
-    FORCED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(uuid)
-}
+static FORCED: Flags = Flags::new();
 
 /// QEMU's own default for how long a migration may pause the guest.
 const DEFAULT_DOWNTIME_MS: u64 = 300;
@@ -663,7 +672,7 @@ impl QemuDriver {
     /// The migration parameters a migration starts with: the node's cap
     /// and QEMU's usual pause, or none and a long pause once forced.
     fn migration_parameters(&self, uuid: &str) -> serde_json::Value {
-        if forced(uuid) {
+        if FORCED.get(uuid) {
             json!({"max-bandwidth": 0, "downtime-limit": FORCED_DOWNTIME_MS})
         } else {
             json!({"max-bandwidth": self.migration_bandwidth, "downtime-limit": DEFAULT_DOWNTIME_MS})
@@ -1005,14 +1014,8 @@ impl QemuDriver {
                     "cannot migrate to {uri}: a tcp:HOST:PORT address is needed"
                 ))
             })?;
-        ABORTED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uuid);
-        FORCED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uuid);
+        ABORTED.set(uuid, false);
+        FORCED.set(uuid, false);
         let start = Instant::now();
         let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let cancel_mirror = || {
@@ -1053,7 +1056,7 @@ impl QemuDriver {
                 disk_processed: done,
                 disk_remaining: disk_total.saturating_sub(done),
             });
-            if aborted(uuid) {
+            if ABORTED.get(uuid) {
                 cancel_mirror();
                 return Err(rt(
                     "the live migration cancelled: aborted while its disk was copied",
@@ -1070,7 +1073,7 @@ impl QemuDriver {
                 )));
             }
         }
-        if aborted(uuid) {
+        if ABORTED.get(uuid) {
             cancel_mirror();
             return Err(rt(
                 "the live migration cancelled: aborted while its disk was copied",
@@ -1108,10 +1111,7 @@ impl QemuDriver {
         uri: &str,
         progress: &dyn Fn(&MigrationProgress),
     ) -> Result<(), DriverError> {
-        FORCED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uuid);
+        FORCED.set(uuid, false);
         let mut q = self.qmp(uuid)?;
         q.execute(
             "migrate-set-parameters",
@@ -1958,20 +1958,14 @@ impl Driver for QemuDriver {
         self.record(uuid)?;
         let mut q = self.qmp(uuid)?;
         if abort {
-            ABORTED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uuid.to_string());
+            ABORTED.set(uuid, true);
             q.execute("migrate_cancel", None)?;
             tracing::info!(instance = uuid, "live migration cancelled");
         } else {
             // No cap any more, and QEMU pauses the guest for the rest
             // once it fits in the limit; a disk still being mirrored goes
             // at full speed, and the memory after it.
-            FORCED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uuid.to_string());
+            FORCED.set(uuid, true);
             let _ = q.execute(
                 "block-job-set-speed",
                 Some(json!({"device": MIRROR_JOB, "speed": 0})),
