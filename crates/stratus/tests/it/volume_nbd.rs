@@ -28,6 +28,23 @@ fn locked(path: &std::path::Path) -> bool {
         .success()
 }
 
+/// A VM on node-b running the guest script `script`, with volume `vid`
+/// attached: its id.
+fn vm_on_b(c: &super::compute::Cloud, name: &str, img: &str, script: &str, vid: &str) -> String {
+    let id = super::volume_attach::boot(
+        c,
+        name,
+        img,
+        json!({
+            "availability_zone": "nova:node-b",
+            "user_data": base64::engine::general_purpose::STANDARD.encode(script),
+        }),
+    );
+    let r = attach(c, &id, json!({"volumeId": vid}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    id
+}
+
 /// Detaches volume `vid` from `server` and waits for it to be available.
 fn detach(c: &super::compute::Cloud, server: &str, vid: &str) {
     let r = c.req(
@@ -100,17 +117,7 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
             "printf '{MARK}' > /tmp/m\ndd if=/tmp/m of=/dev/$d conv=fsync 2>/dev/null\necho WROTE-MARK"
         ),
     );
-    let writer = super::volume_attach::boot(
-        &c,
-        "writer",
-        &img,
-        json!({
-            "availability_zone": "nova:node-b",
-            "user_data": base64::engine::general_purpose::STANDARD.encode(write),
-        }),
-    );
-    let r = attach(&c, &writer, json!({"volumeId": vid}));
-    assert_eq!(r.status, 200, "{}", r.body);
+    let writer = vm_on_b(&c, "writer", &img, &write, &vid);
     let v = wait_status(&vc, &c.admin, &vid, "in-use");
     assert_eq!(v["attachments"][0]["server_id"], writer.as_str(), "{v}");
     assert_eq!(v["attachments"][0]["host_name"], "node-b", "{v}");
@@ -156,17 +163,7 @@ fn volume_nbd_vm_on_another_node_writes_and_reads_over_the_network() {
             MARK.len()
         ),
     );
-    let reader = super::volume_attach::boot(
-        &c,
-        "reader",
-        &img,
-        json!({
-            "availability_zone": "nova:node-b",
-            "user_data": base64::engine::general_purpose::STANDARD.encode(read),
-        }),
-    );
-    let r = attach(&c, &reader, json!({"volumeId": vid}));
-    assert_eq!(r.status, 200, "{}", r.body);
+    let reader = vm_on_b(&c, "reader", &img, &read, &vid);
     wait_status(&vc, &c.admin, &vid, "in-use");
     console_until(&c, &c.admin, &reader, &format!("READ-{MARK}-END"));
 
