@@ -100,6 +100,9 @@ pub struct Inner {
     pub metrics: metrics::Metrics,
     /// Wakes storage nodes waiting for volume work (see [`volume`]).
     pub volumes: volume::Volumes,
+    /// Every resource the quota engine enforces, of every service (see
+    /// `identity::quota`).
+    pub quota_meters: Vec<&'static identity::quota::Meter>,
 }
 
 impl std::ops::Deref for AppState {
@@ -136,6 +139,13 @@ impl AppState {
                 sync: sync::parent::SyncState::new(&config_data_dir),
                 metrics,
                 volumes: Default::default(),
+                quota_meters: compute::quotas::METERS
+                    .iter()
+                    .chain(network::quotas::METERS.iter())
+                    .chain(volume::service::METERS.iter())
+                    .chain(image::quota::METERS.iter())
+                    .copied()
+                    .collect(),
             }),
         })
     }

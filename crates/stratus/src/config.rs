@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// /metrics needs an admin token.
     #[arg(long, env = "STRATUS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The quota model (Keystone's `[unified_limit] enforcement_model`):
+    /// `flat`, `strict-two-level` or Stratus's `hierarchical`. Kept in the
+    /// store, so every controller process on it enforces the same; left
+    /// out, the stored one stays (`flat` at first).
+    #[arg(long, env = "STRATUS_LIMIT_MODEL", value_name = "MODEL")]
+    pub limit_model: Option<String>,
     #[command(flatten)]
     pub sync: SyncArgs,
 }
@@ -326,6 +332,12 @@ pub struct AgentCmd {
     /// token) on this address.
     #[arg(long, env = "STRATUS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The quota model (Keystone's `[unified_limit] enforcement_model`):
+    /// `flat`, `strict-two-level` or Stratus's `hierarchical`. Kept in the
+    /// store, so every controller process on it enforces the same; left
+    /// out, the stored one stays (`flat` at first).
+    #[arg(long, env = "STRATUS_LIMIT_MODEL", value_name = "MODEL")]
+    pub limit_model: Option<String>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }

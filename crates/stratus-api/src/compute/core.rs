@@ -360,7 +360,7 @@ pub fn create(
     let rid = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let copy = FlavorCopy::of(&flavor);
     let user = ctx.user_id().to_string();
-    let made: Vec<Server> = state.store.write(|tx| {
+    let made: Result<Vec<Server>, ApiError> = state.store.write(|tx| {
         let limits = quotas::limits_tx(tx, &project, Some(&user))?;
         let used = quotas::usage_tx(tx, &project, None, &user)?;
         let meta_limit = limits.get("metadata_items").copied().unwrap_or(-1);
@@ -371,13 +371,33 @@ pub fn create(
             ));
         }
         // As many as the quota allows, between min_count and max_count.
+        // A tree model (strict two-level, hierarchical) asks the engine
+        // how much room the project has (its pool's, borrowing included).
+        let per_server = [
+            (Resource::Instances, 1i64),
+            (Resource::Cores, copy.vcpus as i64),
+            (Resource::Ram, copy.ram as i64),
+        ];
+        let tree = quotas::tree_model(tx)?;
+        let mut rooms = std::collections::HashMap::new();
+        if tree {
+            for (r, _) in per_server {
+                if let Some(m) = quotas::meter(r) {
+                    let f = crate::identity::quota::figures(tx, m, &project)?;
+                    let room = crate::identity::quota::room(tx, m, &project)?;
+                    rooms.insert(r.key(), (room, f.in_use, f.limit));
+                }
+            }
+        }
         let fits = |n: i64| -> Vec<(&'static str, i64, i64, i64)> {
             let mut over = Vec::new();
-            for (r, per) in [
-                (Resource::Instances, 1i64),
-                (Resource::Cores, copy.vcpus as i64),
-                (Resource::Ram, copy.ram as i64),
-            ] {
+            for (r, per) in per_server {
+                if let Some((room, u, lim)) = rooms.get(r.key()) {
+                    if room.is_some_and(|room| per * n > room) {
+                        over.push((r.key(), per * n, *u, *lim));
+                    }
+                    continue;
+                }
                 let lim = limits.get(r.key()).copied().unwrap_or(-1);
                 let u = used.get(r.key());
                 if lim >= 0 && u + per * n > lim {
@@ -393,6 +413,10 @@ pub fn create(
         let over = fits(n);
         if !over.is_empty() {
             return Err(quotas::exceeded(&over));
+        }
+        if tree {
+            let deltas: Vec<(Resource, i64)> = per_server.iter().map(|(r, per)| (*r, per * n)).collect();
+            quotas::take(tx, &project, &deltas)?;
         }
         if let Some(g) = &group {
             let grp = tx.fetch::<ServerGroup>(g)?;
@@ -485,6 +509,16 @@ pub fn create(
             out.push(s);
         }
         Ok(out)
+    });
+    let made = made.inspect_err(|e| {
+        if e.status == StatusCode::FORBIDDEN && e.message.starts_with("Quota exceeded") {
+            let asks = [
+                (&quotas::SERVERS, min_count as i64),
+                (&quotas::VCPU, copy.vcpus as i64 * min_count as i64),
+                (&quotas::MEMORY_MB, copy.ram as i64 * min_count as i64),
+            ];
+            crate::identity::quota::note_refused(&state.store, &project, &asks);
+        }
     })?;
     // Those waiting for their volumes go to the scheduler when the
     // volumes are made (`boot_volumes::volume_ready`).

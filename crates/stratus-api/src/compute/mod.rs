@@ -33,7 +33,7 @@ pub mod node_access;
 pub mod nodes;
 mod params;
 mod parse;
-mod quotas;
+pub mod quotas;
 mod rescue;
 mod resize;
 pub mod scheduler;

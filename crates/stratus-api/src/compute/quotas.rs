@@ -329,10 +329,32 @@ async fn show(
     may_read(&ctx, &project)?;
     super::validation::verify_project(&state, &project)?;
     let user = q.get("user_id").map(String::as_str);
-    let l = limits_of(&state, &project, user)?;
+    let mut l = limits_of(&state, &project, user)?;
+    for (k, f) in tree_figures(&state, &project)? {
+        l.insert(k.to_string(), f.limit);
+    }
     Ok(axum::Json(
         json!({"quota_set": render(mv, &l, Some(&project))}),
     ))
+}
+
+/// Under a tree model: the engine's figures for the resources it
+/// enforces, by Nova's quota key (none under `flat`).
+fn tree_figures(
+    state: &AppState,
+    project: &str,
+) -> Result<Vec<(&'static str, engine::Figures)>, ApiError> {
+    state.store.write(|tx| {
+        let mut out = Vec::new();
+        if tree_model(tx)? {
+            for r in [Resource::Instances, Resource::Cores, Resource::Ram] {
+                if let Some(m) = meter(r) {
+                    out.push((r.key(), engine::figures(tx, m, project)?));
+                }
+            }
+        }
+        Ok(out)
+    })
 }
 
 async fn detail(
@@ -353,6 +375,17 @@ async fn detail(
         o.insert(
             k.into(),
             json!({"limit": l.get(k).copied().unwrap_or(-1), "in_use": u.get(k), "reserved": 0}),
+        );
+    }
+    // A tree model shows where the project stands in its tree.
+    for (k, f) in tree_figures(&state, &project)? {
+        o.insert(
+            k.into(),
+            json!({
+                "limit": f.limit, "in_use": f.in_use, "reserved": f.reserved,
+                "allocated": f.allocated, "borrowed": f.borrowed, "lent": f.lent,
+                "free": f.free, "quota_root": f.quota_root,
+            }),
         );
     }
     Ok(axum::Json(json!({"quota_set": o})))
@@ -464,6 +497,15 @@ async fn update(
         });
         rec.limits.extend(set.clone());
         tx.upsert(&rec)?;
+        if user.is_none() && tree_model(tx)? {
+            for r in [Resource::Instances, Resource::Cores, Resource::Ram] {
+                if let Some(m) = meter(r)
+                    && set.contains_key(r.key())
+                {
+                    engine::validate(tx, m, &project, force)?;
+                }
+            }
+        }
         limits_tx(tx, &project, user.as_deref())
     })?;
     Ok(axum::Json(json!({"quota_set": render(mv, &limits, None)})))
@@ -558,8 +600,16 @@ async fn limits(
             .ok_or_else(|| policy_denied("os_compute_api:limits"))?
             .to_string(),
     };
-    let l = limits_of(&state, &project, None)?;
-    let u = usage(&state, &project, None, ctx.user_id())?;
+    let mut l = limits_of(&state, &project, None)?;
+    let mut u = usage(&state, &project, None, ctx.user_id())?;
+    for (k, f) in tree_figures(&state, &project)? {
+        l.insert(k.to_string(), f.limit);
+        match k {
+            "instances" => u.instances = f.in_use,
+            "cores" => u.cores = f.in_use,
+            _ => u.ram = f.in_use,
+        }
+    }
     let g = |k: &str| l.get(k).copied().unwrap_or(-1);
     let mut abs = json!({
         "maxServerMeta": g("metadata_items"),
@@ -601,4 +651,95 @@ async fn limits(
         o.remove("maxPersonalitySize");
     }
     Ok(axum::Json(json!({"limits": {"rate": [], "absolute": abs}})))
+}
+
+// ---- the quota engine's meters ---------------------------------------------
+
+use crate::identity::quota::{self as engine, Meter};
+
+const COMPUTE: &[&str] = &["compute"];
+
+fn own_of(tx: &Tx, project: &str, key: &str) -> Result<Option<i64>, ApiError> {
+    Ok(tx
+        .get::<QuotaSet>(&project_key(project))?
+        .and_then(|s| s.limits.get(key).copied()))
+}
+
+fn default_of(tx: &Tx, key: &str) -> Result<i64, ApiError> {
+    let class = tx.get::<QuotaSet>(&class_key("default"))?;
+    Ok(class
+        .and_then(|c| c.limits.get(key).copied())
+        .or_else(|| DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
+        .unwrap_or(-1))
+}
+
+fn used_of(tx: &Tx, project: &str, r: Resource) -> Result<i64, ApiError> {
+    let u = tx.get::<ComputeUsage>(project)?.unwrap_or_default();
+    Ok(match r {
+        Resource::Instances => u.instances,
+        Resource::Cores => u.cores,
+        Resource::Ram => u.ram,
+        _ => 0,
+    })
+}
+
+/// Servers (Nova's unified-limits name `servers`).
+pub static SERVERS: Meter = Meter {
+    services: COMPUTE,
+    resource: "servers",
+    own: |tx, p| own_of(tx, p, "instances"),
+    default: |tx| default_of(tx, "instances"),
+    used: |tx, p| used_of(tx, p, Resource::Instances),
+};
+/// vCPUs (`class:VCPU`).
+pub static VCPU: Meter = Meter {
+    services: COMPUTE,
+    resource: "class:VCPU",
+    own: |tx, p| own_of(tx, p, "cores"),
+    default: |tx| default_of(tx, "cores"),
+    used: |tx, p| used_of(tx, p, Resource::Cores),
+};
+/// RAM in MiB (`class:MEMORY_MB`).
+pub static MEMORY_MB: Meter = Meter {
+    services: COMPUTE,
+    resource: "class:MEMORY_MB",
+    own: |tx, p| own_of(tx, p, "ram"),
+    default: |tx| default_of(tx, "ram"),
+    used: |tx, p| used_of(tx, p, Resource::Ram),
+};
+
+/// Every compute meter the engine enforces.
+pub static METERS: [&Meter; 3] = [&SERVERS, &VCPU, &MEMORY_MB];
+
+/// The meter of a compute resource the engine enforces.
+pub fn meter(r: Resource) -> Option<&'static Meter> {
+    match r {
+        Resource::Instances => Some(&SERVERS),
+        Resource::Cores => Some(&VCPU),
+        Resource::Ram => Some(&MEMORY_MB),
+        _ => None,
+    }
+}
+
+/// Whether the deployment enforces through the engine (a model that
+/// looks at the project tree).
+pub fn tree_model(tx: &Tx) -> Result<bool, ApiError> {
+    Ok(engine::model(tx)? != engine::Model::Flat)
+}
+
+/// Takes `deltas` through the engine, refusing as Nova words it.
+pub fn take(tx: &Tx, project: &str, deltas: &[(Resource, i64)]) -> Result<(), ApiError> {
+    for (r, d) in deltas {
+        if let Some(m) = meter(*r)
+            && *d > 0
+        {
+            engine::take(tx, m, project, *d).map_err(|o| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("Quota exceeded for {}: {}", r.key(), o.why),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }

@@ -80,6 +80,13 @@ fn check_quota(
     old: &FlavorCopy,
     new: &FlavorCopy,
 ) -> Result<(), ApiError> {
+    if quotas::tree_model(tx)? {
+        let deltas = [
+            (Resource::Cores, new.vcpus as i64 - old.vcpus as i64),
+            (Resource::Ram, new.ram as i64 - old.ram as i64),
+        ];
+        return quotas::take(tx, &s.project_id, &deltas);
+    }
     let used = quotas::usage_tx(tx, &s.project_id, None, &s.user_id)?;
     let mut over = Vec::new();
     for (r, delta, now) in [

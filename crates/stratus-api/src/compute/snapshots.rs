@@ -225,7 +225,7 @@ fn start(
             )));
         }
         // Glance's image_count_total; Nova answers a refusal with 403.
-        crate::image::quota::check_count(&state.store, &s.project_id)
+        crate::image::quota::check_count(&state.store, tx, &s.project_id)
             .map_err(|e| over(e.message))?;
         let source = tx.get::<Image>(&s.image_ref)?;
         let now = now_us();

@@ -18,6 +18,7 @@ use stratus_store::Query as Q;
 
 use super::model::{Domain, Limit, Project, Region, RegisteredLimit, Service};
 use super::policy::Ctx;
+use super::quota;
 use super::{Obj, filter, new_id, self_link};
 use crate::json::Json;
 use crate::{ApiError, AppState};
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
                 .delete(delete_registered),
         )
         .route("/limits/model", get(model))
+        .route("/limits/usage", get(usage))
         .route("/limits", get(list_limits).post(create_limits))
         .route(
             "/limits/{id}",
@@ -42,11 +44,99 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-async fn model(_ctx: Ctx) -> axum::Json<Value> {
-    axum::Json(json!({"model": {
-        "name": "flat",
-        "description": "Limit enforcement and validation does not take project hierarchy into consideration."
-    }}))
+async fn model(State(state): State<AppState>, _ctx: Ctx) -> Result<axum::Json<Value>, ApiError> {
+    let m = quota::model_of(&state.store)?;
+    Ok(axum::Json(json!({"model": {
+        "name": m.name(),
+        "description": m.description(),
+    }})))
+}
+
+/// The engine's meter for a limit on `resource_name` of `service_id`.
+fn meter_for(
+    state: &AppState,
+    tx: &stratus_store::Tx,
+    service_id: &str,
+    resource: &str,
+) -> Result<Option<&'static quota::Meter>, ApiError> {
+    let Some(svc) = tx.get::<Service>(service_id)? else {
+        return Ok(None);
+    };
+    Ok(state
+        .quota_meters
+        .iter()
+        .copied()
+        .find(|m| m.resource == resource && m.services.contains(&svc.kind.as_str())))
+}
+
+/// Checks written limits against the model's rules (inside the write).
+fn validate_written(
+    state: &AppState,
+    tx: &stratus_store::Tx,
+    l: &Limit,
+    force: bool,
+) -> Result<(), ApiError> {
+    let Some(m) = meter_for(state, tx, &l.service_id, &l.resource_name)? else {
+        return Ok(());
+    };
+    match (&l.project_id, &l.domain_id) {
+        (Some(p), _) => quota::validate(tx, m, p, force),
+        (None, Some(d)) => quota::validate_domain(tx, m, d, l.resource_limit),
+        _ => Ok(()),
+    }
+}
+
+/// `GET /v3/limits/usage?project_id=` (Stratus's own): where a project
+/// stands on every resource of every service under the deployment's
+/// model, with the loans it is part of. Readable by system readers and by
+/// those with a role on the project or one of its ancestors.
+async fn usage(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let project = match q.get("project_id") {
+        Some(p) => p.clone(),
+        None => ctx
+            .project_id()
+            .ok_or_else(|| ApiError::bad_request("A project_id is required."))?
+            .to_string(),
+    };
+    state.store.fetch::<Project>(&project)?;
+    let mut allowed = ctx.system_reader();
+    let mut cur = Some(project.clone());
+    while let Some(p) = cur {
+        if ctx.project_id() == Some(p.as_str()) {
+            allowed = true;
+            break;
+        }
+        cur = state.store.get::<Project>(&p)?.and_then(|x| x.parent_id);
+    }
+    ctx.allow(allowed, "identity:get_limit")?;
+    let model = quota::model_of(&state.store)?;
+    let rows = state.store.write(|tx| {
+        let mut rows = Vec::new();
+        for m in &state.quota_meters {
+            let f = quota::figures(tx, m, &project)?;
+            let loans: Vec<Value> = quota::loans(tx, m, &project)?
+                .into_iter()
+                .map(|(lender, borrower, amount)| {
+                    json!({"lender": lender, "borrower": borrower, "amount": amount})
+                })
+                .collect();
+            let mut v = serde_json::to_value(&f).map_err(|e| ApiError::internal(e.to_string()))?;
+            v["service"] = json!(m.services[0]);
+            v["resource_name"] = json!(m.resource);
+            v["loans"] = Value::Array(loans);
+            rows.push(v);
+        }
+        Ok::<_, ApiError>(rows)
+    })?;
+    Ok(axum::Json(json!({
+        "model": model.name(),
+        "project_id": project,
+        "usage": rows,
+    })))
 }
 
 fn registered_view(state: &AppState, l: &RegisteredLimit) -> Value {
@@ -348,6 +438,9 @@ async fn create_limits(
         for l in &made {
             tx.insert(l).map_err(conflict("limit"))?;
         }
+        for l in &made {
+            validate_written(&state, tx, l, false)?;
+        }
         Ok::<_, ApiError>(())
     })?;
     let views = made
@@ -375,6 +468,8 @@ async fn update_limit(
 ) -> Result<axum::Json<Value>, ApiError> {
     ctx.require_admin("identity:update_limit")?;
     let o = Obj::from_body(body, "limit")?;
+    // Stratus's own: `force` lets a hierarchical limit go below usage.
+    let force = o.bool("force")?.unwrap_or(false);
     o.forbid(&[
         "project_id",
         "domain_id",
@@ -391,6 +486,7 @@ async fn update_limit(
             l.description = o.str("description")?;
         }
         tx.update(&l)?;
+        validate_written(&state, tx, &l, force)?;
         Ok::<_, ApiError>(l)
     })?;
     Ok(axum::Json(json!({"limit": limit_view(&state, &l)})))

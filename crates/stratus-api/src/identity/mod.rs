@@ -29,6 +29,7 @@ pub mod password;
 pub mod policies;
 pub mod policy;
 pub mod projects;
+pub mod quota;
 pub mod roles;
 pub mod service;
 pub mod token;

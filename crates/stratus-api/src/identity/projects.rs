@@ -192,9 +192,15 @@ async fn create(
                 depth += 1;
                 cur = tx.get::<Project>(&id)?.and_then(|x| x.parent_id);
             }
-            if depth > MAX_DEPTH {
+            // The strict two-level quota model allows two levels only.
+            let max = if super::quota::model(tx)? == super::quota::Model::StrictTwoLevel {
+                2
+            } else {
+                MAX_DEPTH
+            };
+            if depth > max {
                 return Err(ApiError::forbidden(&format!(
-                    "identity:create_project (max hierarchy depth {MAX_DEPTH} reached)"
+                    "identity:create_project (max hierarchy depth {max} reached)"
                 )));
             }
         }

@@ -334,7 +334,7 @@ async fn create(
             )));
         }
         if let Some(p) = &project {
-            quota::check_count(&state.store, p)?;
+            quota::check_count(&state.store, tx, p)?;
         }
         tx.insert(&img)?;
         Ok(())

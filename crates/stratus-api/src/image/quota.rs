@@ -13,6 +13,7 @@ use stratus_store::{Query, Store};
 use super::model::Image;
 use crate::ApiError;
 use crate::identity::model::{Limit, RegisteredLimit, Service};
+use crate::identity::quota::{self as engine, Meter};
 
 pub const COUNT_TOTAL: &str = "image_count_total";
 pub const SIZE_TOTAL: &str = "image_size_total";
@@ -62,7 +63,16 @@ fn over_limit(project: &str, resource: &str, limit: i64, usage: u64, delta: u64)
 }
 
 /// Refuses a new image when the project already owns its limit.
-pub fn check_count(store: &Store, project: &str) -> Result<(), ApiError> {
+/// Runs inside the write that creates the image (`tx`).
+pub fn check_count(store: &Store, tx: &stratus_store::Tx, project: &str) -> Result<(), ApiError> {
+    if engine::model(tx)? != engine::Model::Flat {
+        return engine::take(tx, &IMAGES, project, 1).map_err(|o| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Project {project} is over a limit for [{}]", o.why),
+            )
+        });
+    }
     if let Some(max) = limit(store, project, COUNT_TOTAL)? {
         let used = store.list::<Image>(&Query::owner(project))?.len() as u64;
         if used as i64 + 1 > max {
@@ -93,6 +103,10 @@ fn usage(store: &Store, project: &str, staged: bool) -> Result<u64, ApiError> {
 /// Bytes the project may still upload (`u64::MAX` when unlimited).
 pub fn bytes_left(store: &Store, project: &str, staged: bool) -> Result<u64, ApiError> {
     let resource = if staged { STAGE_TOTAL } else { SIZE_TOTAL };
+    if !staged && engine::model_of(store)? != engine::Model::Flat {
+        let room = store.write(|tx| engine::room(tx, &IMAGE_SIZE, project))?;
+        return Ok(room.map_or(u64::MAX, |r| (r.max(0) as u64).saturating_mul(MIB)));
+    }
     let Some(max) = limit(store, project, resource)? else {
         return Ok(u64::MAX);
     };
@@ -114,3 +128,36 @@ pub fn over_size(store: &Store, project: &str, staged: bool, attempted: u64) -> 
         attempted.div_ceil(MIB),
     )
 }
+
+// ---- the quota engine's meters ---------------------------------------------
+
+const IMAGE: &[&str] = &["image"];
+
+/// Images a project owns (`image_count_total`).
+pub static IMAGES: Meter = Meter {
+    services: IMAGE,
+    resource: COUNT_TOTAL,
+    own: |_, _| Ok(None),
+    default: |_| Ok(-1),
+    used: |tx, p| Ok(tx.list::<Image>(&Query::owner(p))?.len() as i64),
+};
+
+/// MiB of image data a project owns (`image_size_total`).
+pub static IMAGE_SIZE: Meter = Meter {
+    services: IMAGE,
+    resource: SIZE_TOTAL,
+    own: |_, _| Ok(None),
+    default: |_| Ok(-1),
+    used: |tx, p| {
+        let bytes: u64 = tx
+            .list::<Image>(&Query::owner(p))?
+            .iter()
+            .filter(|i| i.blob.is_some())
+            .map(|i| i.size.unwrap_or(0))
+            .sum();
+        Ok(bytes.div_ceil(MIB) as i64)
+    },
+};
+
+/// Every image meter the engine enforces.
+pub static METERS: [&Meter; 2] = [&IMAGES, &IMAGE_SIZE];

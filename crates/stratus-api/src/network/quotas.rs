@@ -18,6 +18,7 @@ use super::model::{
 use super::{NetError, NetResult, reply, require_reader};
 use crate::AppState;
 use crate::identity::policy::Ctx;
+use crate::identity::quota::{self as engine, Meter};
 use crate::json::Json;
 
 /// Neutron's default quotas.
@@ -97,6 +98,15 @@ pub fn for_nova(store: &stratus_store::Store, project: &str) -> NetResult<NovaVi
 /// Refuses with `OverQuota` when `project` already holds its limit of
 /// `resource` (plus `adding - 1` more). Runs inside the creating write.
 pub fn check(tx: &Tx, project: &str, resource: &str, adding: usize) -> NetResult<()> {
+    if let Some(m) = meter(resource)
+        && engine::model(tx).map_err(NetError::from)? != engine::Model::Flat
+    {
+        return engine::take(tx, m, project, adding as i64).map_err(|o| {
+            let mut e = NetError::over_quota(resource);
+            e.message = format!("{} {}", e.message, o.why);
+            e
+        });
+    }
     let limit = limits(tx.get::<NetQuota>(project)?)
         .get(resource)
         .copied()
@@ -235,4 +245,61 @@ async fn reset(
     }
     state.store.write(|tx| tx.delete::<NetQuota>(&project))?;
     Ok(super::no_content())
+}
+
+// ---- the quota engine's meters ---------------------------------------------
+
+const NETWORK: &[&str] = &["network"];
+
+fn own_of(tx: &Tx, project: &str, key: &str) -> Result<Option<i64>, crate::ApiError> {
+    Ok(tx
+        .get::<NetQuota>(project)?
+        .and_then(|q| q.limits.get(key).copied()))
+}
+
+fn default_of(key: &str) -> i64 {
+    DEFAULTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(-1, |(_, v)| *v)
+}
+
+fn used_of(tx: &Tx, project: &str, key: &str) -> Result<i64, crate::ApiError> {
+    count_in(tx, project, key)
+        .map(|n| n as i64)
+        .map_err(|e| crate::ApiError::new(e.status, e.message))
+}
+
+macro_rules! network_meter {
+    ($name:ident, $key:literal) => {
+        pub static $name: Meter = Meter {
+            services: NETWORK,
+            resource: $key,
+            own: |tx, p| own_of(tx, p, $key),
+            default: |_| Ok(default_of($key)),
+            used: |tx, p| used_of(tx, p, $key),
+        };
+    };
+}
+network_meter!(NETWORKS, "network");
+network_meter!(SUBNETS, "subnet");
+network_meter!(PORTS, "port");
+network_meter!(ROUTERS, "router");
+network_meter!(FLOATING_IPS, "floatingip");
+network_meter!(SECURITY_GROUPS, "security_group");
+network_meter!(SECURITY_GROUP_RULES, "security_group_rule");
+
+/// Every network meter the engine enforces.
+pub static METERS: [&Meter; 7] = [
+    &NETWORKS,
+    &SUBNETS,
+    &PORTS,
+    &ROUTERS,
+    &FLOATING_IPS,
+    &SECURITY_GROUPS,
+    &SECURITY_GROUP_RULES,
+];
+
+fn meter(key: &str) -> Option<&'static Meter> {
+    METERS.iter().copied().find(|m| m.resource == key)
 }

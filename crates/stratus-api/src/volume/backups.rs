@@ -49,6 +49,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn check_backup_quota(tx: &Tx, project: &str, size: u64) -> Result<(), ApiError> {
+    use crate::identity::quota as engine;
+    if engine::model(tx)? != engine::Model::Flat {
+        engine::take(tx, &super::service::BACKUPS, project, 1)
+            .map_err(|o| over_limit(format!("BackupLimitExceeded: {}", o.why)))?;
+        engine::take(tx, &super::service::BACKUP_GIGABYTES, project, size as i64)
+            .map_err(|o| over_limit(format!("VolumeBackupSizeExceedsAvailableQuota: {}", o.why)))?;
+        return Ok(());
+    }
     let lim = limits(tx, Some(project))?;
     let used = usage(tx, project)?;
     let get = |m: &BTreeMap<String, i64>, k: &str, d: i64| m.get(k).copied().unwrap_or(d);

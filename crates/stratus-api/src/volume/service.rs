@@ -11,6 +11,7 @@ use stratus_wire::volume::{VolumeReport, VolumeTask};
 use super::backup_model::{Backup, VolumeUpload};
 use super::model::{Snapshot, StorageNode, Volume, VolumeQuota, VolumeType};
 use super::over_limit;
+use crate::identity::quota::{self as engine, Meter};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -115,8 +116,14 @@ pub fn check_quota(tx: &Tx, project: &str, d: &Delta, new_size: u64) -> Result<(
         keys.push((format!("snapshots_{t}"), d.snapshots));
         keys.push((format!("gigabytes_{t}"), d.gigabytes));
     }
+    let tree = engine::model(tx)? != engine::Model::Flat;
     for (k, add) in keys {
         if add <= 0 {
+            continue;
+        }
+        if tree && let Some(m) = meter(&k) {
+            engine::take(tx, m, project, add)
+                .map_err(|o| over_limit(format!("{}: {}", exceeded_name(&k), o.why)))?;
             continue;
         }
         let limit = lim.get(&k).copied().unwrap_or(-1);
@@ -139,6 +146,64 @@ pub fn check_quota(tx: &Tx, project: &str, d: &Delta, new_size: u64) -> Result<(
         }
     }
     Ok(())
+}
+
+fn exceeded_name(k: &str) -> &'static str {
+    if k.starts_with("gigabytes") {
+        "VolumeSizeExceedsAvailableQuota"
+    } else if k.starts_with("snapshots") {
+        "SnapshotLimitExceeded"
+    } else {
+        "VolumeLimitExceeded"
+    }
+}
+
+// ---- the quota engine's meters ---------------------------------------------
+
+const VOLUME: &[&str] = &["volumev3", "block-storage", "volume"];
+
+fn own_of(tx: &Tx, project: &str, key: &str) -> Result<Option<i64>, ApiError> {
+    Ok(tx
+        .get::<VolumeQuota>(project)?
+        .and_then(|q| q.limits.get(key).copied()))
+}
+
+fn default_of(tx: &Tx, key: &str) -> Result<i64, ApiError> {
+    Ok(limits(tx, None)?.get(key).copied().unwrap_or(-1))
+}
+
+fn used_of(tx: &Tx, project: &str, key: &str) -> Result<i64, ApiError> {
+    Ok(usage(tx, project)?.get(key).copied().unwrap_or(0))
+}
+
+macro_rules! volume_meter {
+    ($name:ident, $key:literal) => {
+        pub static $name: Meter = Meter {
+            services: VOLUME,
+            resource: $key,
+            own: |tx, p| own_of(tx, p, $key),
+            default: |tx| default_of(tx, $key),
+            used: |tx, p| used_of(tx, p, $key),
+        };
+    };
+}
+volume_meter!(VOLUMES, "volumes");
+volume_meter!(GIGABYTES, "gigabytes");
+volume_meter!(SNAPSHOTS, "snapshots");
+volume_meter!(BACKUPS, "backups");
+volume_meter!(BACKUP_GIGABYTES, "backup_gigabytes");
+
+/// Every block-storage meter the engine enforces.
+pub static METERS: [&Meter; 5] = [
+    &VOLUMES,
+    &GIGABYTES,
+    &SNAPSHOTS,
+    &BACKUPS,
+    &BACKUP_GIGABYTES,
+];
+
+fn meter(key: &str) -> Option<&'static Meter> {
+    METERS.iter().copied().find(|m| m.resource == key)
 }
 
 /// A storage node's capacity as the scheduler sees it.

@@ -110,6 +110,15 @@ async fn serve(args: ServeArgs, bootstrap: bool) -> anyhow::Result<()> {
     }
     let state =
         AppState::new(config, store).map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
+    if let Some(m) = &args.limit_model {
+        let model = stratus_api::identity::quota::Model::parse(m).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--limit-model {m}: the models are flat, strict-two-level and hierarchical"
+            )
+        })?;
+        stratus_api::identity::quota::set_model(&state.store, model)
+            .map_err(|e| anyhow::anyhow!("setting the limit model: {e}"))?;
+    }
     crate::datadir::migrate_credentials(&state.store, &state.identity.credential_keys)?;
     import_images(&state, args.import_images.as_deref())?;
     stratus_api::compute::service::recover(&state)

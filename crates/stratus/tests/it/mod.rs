@@ -17,6 +17,7 @@ mod metrics;
 mod multi;
 mod network;
 mod network_l3;
+mod quota_tree;
 mod reliability;
 mod sdk;
 mod secrets;

@@ -1,0 +1,455 @@
+//! Hierarchical quotas (`--limit-model hierarchical`) and Keystone's
+//! strict two-level model, through the real `openstack limit`,
+//! `registered limit`, `project` and `quota` commands: limits down a
+//! three-level tree, allocation to children, borrowing between siblings
+//! and its return, a shared pool under contention, and concurrent creates
+//! that never pass a tree's limit.
+
+use serde_json::{Value, json};
+
+use super::cli::Os;
+use super::compute::Cloud;
+
+/// A user with the member role on each of `projects`; a token per project.
+fn tokens(c: &Cloud, projects: &[&str]) -> Vec<String> {
+    let user = c.ks.user(&c.admin, "ops", "pw-12345", None);
+    let member = c.ks.role_id(&c.admin, "member");
+    projects
+        .iter()
+        .map(|p| {
+            let pid = project_id(c, p);
+            let r = c.ks.put(
+                &format!("/projects/{pid}/users/{user}/roles/{member}"),
+                &c.admin,
+            );
+            assert_eq!(r.status, 204, "grant: {}", r.body);
+            c.ks.token("ops", "pw-12345", Some(p))
+        })
+        .collect()
+}
+
+fn project_id(c: &Cloud, name: &str) -> String {
+    let r = c.ks.get(&format!("/projects?name={name}"), &c.admin);
+    r.body["projects"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// A public image every project can boot.
+fn public_image(c: &Cloud) -> String {
+    let img = c.image(&c.admin, "tiny");
+    let r = c.img.raw(
+        "PATCH",
+        &format!("/images/{img}"),
+        Some(&c.admin),
+        &[(
+            "Content-Type",
+            "application/openstack-images-v2.1-json-patch",
+        )],
+        Some(json!([{"op": "replace", "path": "/visibility", "value": "public"}]).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    img
+}
+
+/// The engine's figures for `servers` of a project.
+fn servers_usage(c: &Cloud, project: &str) -> Value {
+    let pid = project_id(c, project);
+    let r =
+        c.ks.get(&format!("/limits/usage?project_id={pid}"), &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["resource_name"] == "servers")
+        .cloned()
+        .unwrap()
+}
+
+fn boot(c: &Cloud, tok: &str, name: &str, img: &str) -> u16 {
+    let r = c.boot(tok, name, img, "42", json!({}));
+    assert!(
+        r.status == 202 || r.status == 403,
+        "{}: {}",
+        r.status,
+        r.body
+    );
+    r.status
+}
+
+fn server_ids(c: &Cloud, tok: &str) -> Vec<String> {
+    let r = c.req("GET", "/servers", tok, None);
+    r.body["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn delete_one(c: &Cloud, tok: &str) {
+    let id = server_ids(c, tok).pop().expect("a server to delete");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), tok, None).status,
+        204
+    );
+    c.wait_gone(tok, &id);
+}
+
+/// Keystone wants a registered (default) limit before project limits.
+fn register_servers(os: &Os) {
+    os.ok(&[
+        "registered",
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--default-limit",
+        "10",
+        "servers",
+    ]);
+}
+
+fn limit_id(os: &Os, project: &str) -> String {
+    let l = os.json(&["limit", "list", "--project", project]);
+    l[0]["ID"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn quota_tree_allocation_borrowing_and_limits_through_the_cli() {
+    let c = Cloud::start(&["--driver", "fake", "--limit-model", "hierarchical"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    let r = c.ks.get("/limits/model", &c.admin);
+    assert_eq!(r.body["model"]["name"], "hierarchical", "{}", r.body);
+
+    // org -> team-a -> a-dev, org -> team-b: three levels.
+    os.ok(&["project", "create", "org"]);
+    os.ok(&["project", "create", "--parent", "org", "team-a"]);
+    os.ok(&["project", "create", "--parent", "org", "team-b"]);
+    os.ok(&["project", "create", "--parent", "team-a", "a-dev"]);
+    let toks = tokens(&c, &["a-dev", "team-b"]);
+    let (dev, team_b) = (&toks[0], &toks[1]);
+    let img = public_image(&c);
+
+    register_servers(&os);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "org",
+        "--resource-limit",
+        "6",
+        "servers",
+    ]);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "team-a",
+        "--resource-limit",
+        "3",
+        "servers",
+    ]);
+    // team-b asks for more than org has left (6 - 3 allocated): refused,
+    // and nothing is written.
+    let err = os.fails(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "team-b",
+        "--resource-limit",
+        "4",
+        "servers",
+    ]);
+    assert!(err.contains("more than its parent"), "{err}");
+    assert!(
+        os.json(&["limit", "list", "--project", "team-b"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "team-b",
+        "--resource-limit",
+        "2",
+        "servers",
+    ]);
+    let org = servers_usage(&c, "org");
+    assert_eq!(
+        (org["limit"].as_i64(), org["allocated"].as_i64()),
+        (Some(6), Some(5)),
+        "{org}"
+    );
+    assert_eq!(org["free"], 1, "{org}");
+
+    // a-dev has no limit: it draws from team-a's 3.
+    for i in 0..3 {
+        assert_eq!(boot(&c, dev, &format!("d{i}"), &img), 202);
+    }
+    let a = servers_usage(&c, "team-a");
+    assert_eq!(
+        (a["in_use"].as_i64(), a["free"].as_i64()),
+        (Some(3), Some(0)),
+        "{a}"
+    );
+    let d = servers_usage(&c, "a-dev");
+    assert_eq!(d["quota_root"], project_id(&c, "team-a").as_str(), "{d}");
+    // Without the parent's consent there is no borrowing.
+    assert_eq!(boot(&c, dev, "d3", &img), 403);
+
+    // org lets its children borrow: the fourth server borrows one of
+    // team-b's two.
+    os.ok(&["project", "set", "--tag", "quota:borrow", "org"]);
+    assert_eq!(boot(&c, dev, "d3", &img), 202);
+    let a = servers_usage(&c, "team-a");
+    assert_eq!(a["borrowed"], 1, "{a}");
+    assert_eq!(
+        a["loans"][0]["lender"],
+        project_id(&c, "team-b").as_str(),
+        "{a}"
+    );
+    let b = servers_usage(&c, "team-b");
+    assert_eq!(
+        (b["lent"].as_i64(), b["free"].as_i64()),
+        (Some(1), Some(1)),
+        "{b}"
+    );
+    // team-b can still use what it has not lent, and no more.
+    assert_eq!(boot(&c, team_b, "b0", &img), 202);
+    assert_eq!(boot(&c, team_b, "b1", &img), 403);
+    // And team-a cannot borrow what team-b now uses.
+    assert_eq!(boot(&c, dev, "d4", &img), 403);
+    // org's whole tree never holds more than org's limit: 4 + 1 + 1 free
+    // of org's own.
+    let org = servers_usage(&c, "org");
+    assert_eq!(org["free"], 1, "{org}");
+
+    // A freed server returns the loan.
+    delete_one(&c, dev);
+    let a = servers_usage(&c, "team-a");
+    assert_eq!(
+        (a["borrowed"].as_i64(), a["in_use"].as_i64()),
+        (Some(0), Some(3)),
+        "{a}"
+    );
+    assert_eq!(servers_usage(&c, "team-b")["lent"], 0);
+    assert_eq!(boot(&c, team_b, "b1", &img), 202);
+
+    // Nova's own quota API shows the effective limits and the tree figures.
+    let out = os.json(&["quota", "show", "--usage", "--compute", "team-a"]);
+    let text = out.to_string();
+    assert!(
+        text.contains("instances") || text.contains("Instances"),
+        "{text}"
+    );
+    let r = c.req(
+        "GET",
+        &format!("/os-quota-sets/{}/detail", project_id(&c, "team-a")),
+        &c.admin,
+        None,
+    );
+    let inst = &r.body["quota_set"]["instances"];
+    assert_eq!(
+        (inst["limit"].as_i64(), inst["in_use"].as_i64()),
+        (Some(3), Some(3)),
+        "{inst}"
+    );
+
+    // A limit below what the project holds is refused; bad values too.
+    let team_a_limit = limit_id(&os, "team-a");
+    let err = os.fails(&["limit", "set", "--resource-limit", "1", &team_a_limit]);
+    assert!(err.contains("below what it holds"), "{err}");
+    let err = os.fails(&["limit", "set", "--resource-limit", "-2", &team_a_limit]);
+    assert!(err.contains("-1"), "{err}");
+    assert_eq!(
+        os.json(&["limit", "show", &team_a_limit])["resource_limit"],
+        3
+    );
+    // Growing a child past its parent's free amount is refused.
+    let err = os.fails(&["limit", "set", "--resource-limit", "5", &team_a_limit]);
+    assert!(err.contains("more than its parent"), "{err}");
+    // The compute quota API keeps the same rule: a-dev given a limit of
+    // its own takes it out of team-a's 3.
+    let r = c.req(
+        "PUT",
+        &format!("/os-quota-sets/{}", project_id(&c, "a-dev")),
+        &c.admin,
+        Some(json!({"quota_set": {"instances": 9}})),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[test]
+fn quota_shared_pool_keeps_shares_under_contention() {
+    let c = Cloud::start(&["--driver", "fake", "--limit-model", "hierarchical"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    os.ok(&["project", "create", "--tag", "quota:pool", "pool"]);
+    os.ok(&["project", "create", "--parent", "pool", "m1"]);
+    os.ok(&["project", "create", "--parent", "pool", "m2"]);
+    register_servers(&os);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "pool",
+        "--resource-limit",
+        "4",
+        "servers",
+    ]);
+    let toks = tokens(&c, &["m1", "m2"]);
+    let (m1, m2) = (&toks[0], &toks[1]);
+    let img = public_image(&c);
+    // Nobody waits: m1 may take the whole pool.
+    for i in 0..4 {
+        assert_eq!(boot(&c, m1, &format!("a{i}"), &img), 202);
+    }
+    assert_eq!(servers_usage(&c, "m1")["share"], 2);
+    // m2 finds it full and now waits for its share.
+    assert_eq!(boot(&c, m2, "b0", &img), 403);
+    delete_one(&c, m1);
+    // m1 is past its share of 2 while m2 waits: the freed room is m2's.
+    assert_eq!(boot(&c, m1, "a4", &img), 403);
+    assert_eq!(boot(&c, m2, "b0", &img), 202);
+    // The pool is full again: m2, under its share, waits once more.
+    assert_eq!(boot(&c, m2, "b1", &img), 403);
+    delete_one(&c, m1);
+    // m2 is under its share and was refused: it waits, so m1 (at 2 of 2
+    // now) cannot take the room either.
+    assert_eq!(boot(&c, m1, "a5", &img), 403);
+    assert_eq!(boot(&c, m2, "b1", &img), 202);
+    let pool = servers_usage(&c, "pool");
+    assert_eq!(
+        (pool["in_use"].as_i64(), pool["free"].as_i64()),
+        (Some(4), Some(0)),
+        "{pool}"
+    );
+}
+
+#[test]
+fn quota_tree_concurrent_creates_never_pass_the_root_limit() {
+    let c = Cloud::start(&["--driver", "fake", "--limit-model", "hierarchical"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    os.ok(&["project", "create", "root"]);
+    os.ok(&["project", "create", "--parent", "root", "left"]);
+    os.ok(&["project", "create", "--parent", "root", "right"]);
+    os.ok(&["project", "create", "--parent", "left", "deep"]);
+    register_servers(&os);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "root",
+        "--resource-limit",
+        "7",
+        "servers",
+    ]);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "right",
+        "--resource-limit",
+        "3",
+        "servers",
+    ]);
+    let toks = tokens(&c, &["root", "left", "right", "deep"]);
+    let img = public_image(&c);
+    let ok = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..32 {
+            let (c, tok, img, ok) = (&c, &toks[i % toks.len()], &img, &ok);
+            s.spawn(move || {
+                if boot(c, tok, &format!("s{i}"), img) == 202 {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(ok.load(std::sync::atomic::Ordering::SeqCst), 7);
+    let per: Vec<usize> = toks.iter().map(|t| server_ids(&c, t).len()).collect();
+    assert_eq!(per.iter().sum::<usize>(), 7, "{per:?}");
+    assert!(per[2] <= 3, "right holds {} of its 3", per[2]);
+    let root = servers_usage(&c, "root");
+    assert_eq!(
+        root["in_use"].as_i64().unwrap() + root["allocated"].as_i64().unwrap(),
+        4 + 3
+    );
+}
+
+#[test]
+fn quota_strict_two_level_as_keystone() {
+    let c = Cloud::start(&["--driver", "fake", "--limit-model", "strict-two-level"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    let r = c.ks.get("/limits/model", &c.admin);
+    assert_eq!(r.body["model"]["name"], "strict_two_level", "{}", r.body);
+    os.ok(&["project", "create", "parent"]);
+    os.ok(&["project", "create", "--parent", "parent", "kid"]);
+    // A third level is refused.
+    let err = os.fails(&["project", "create", "--parent", "kid", "grandkid"]);
+    assert!(err.contains("403") || err.contains("depth"), "{err}");
+    register_servers(&os);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "parent",
+        "--resource-limit",
+        "3",
+        "servers",
+    ]);
+    let err = os.fails(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "kid",
+        "--resource-limit",
+        "4",
+        "servers",
+    ]);
+    assert!(err.contains("bigger than parent"), "{err}");
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "kid",
+        "--resource-limit",
+        "2",
+        "servers",
+    ]);
+    let parent_limit = limit_id(&os, "parent");
+    let err = os.fails(&["limit", "set", "--resource-limit", "1", &parent_limit]);
+    assert!(err.contains("smaller than child"), "{err}");
+    let toks = tokens(&c, &["parent", "kid"]);
+    let img = public_image(&c);
+    // The parent's 3 cover its own servers and its child's.
+    assert_eq!(boot(&c, &toks[1], "k0", &img), 202);
+    assert_eq!(boot(&c, &toks[0], "p0", &img), 202);
+    assert_eq!(boot(&c, &toks[0], "p1", &img), 202);
+    assert_eq!(boot(&c, &toks[1], "k1", &img), 403);
+}
