@@ -453,3 +453,68 @@ fn quota_strict_two_level_as_keystone() {
     assert_eq!(boot(&c, &toks[0], "p1", &img), 202);
     assert_eq!(boot(&c, &toks[1], "k1", &img), 403);
 }
+
+#[test]
+fn quota_tree_holds_across_two_controllers_on_one_store() {
+    // Two API processes on one store (PostgreSQL under
+    // STRATUS_TEST_DATABASE): the model is kept in the store, so the
+    // second enforces it too, and creates through both never pass a tree.
+    let c = Cloud::start(&["--driver", "fake", "--limit-model", "hierarchical"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    let b = super::reliability::SecondController::start(&c);
+    os.ok(&["project", "create", "--tag", "quota:borrow", "top"]);
+    os.ok(&["project", "create", "--parent", "top", "x"]);
+    os.ok(&["project", "create", "--parent", "top", "y"]);
+    os.ok(&["project", "create", "--parent", "x", "x1"]);
+    register_servers(&os);
+    for (p, n) in [("top", "6"), ("x", "2"), ("y", "3")] {
+        os.ok(&[
+            "limit",
+            "create",
+            "--service",
+            "nova",
+            "--project",
+            p,
+            "--resource-limit",
+            n,
+            "servers",
+        ]);
+    }
+    let toks = tokens(&c, &["top", "x1", "y"]);
+    let img = public_image(&c);
+    let bases = [c.server.url.clone(), b.url.clone()];
+    let ok = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..24 {
+            let (base, tok, img, ok) = (&bases[i % 2], &toks[i % 3], &img, &ok);
+            s.spawn(move || {
+                let body = json!({"server": {"name": format!("t{i}"), "imageRef": img,
+                                             "flavorRef": "42", "networks": "none"}});
+                let (status, v) = super::reliability::try_call(
+                    &format!("{base}/compute/v2.1"),
+                    "POST",
+                    "/servers",
+                    tok,
+                    Some(&body),
+                )
+                .expect("the controller answers");
+                match status {
+                    202 => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    403 => assert!(v.to_string().contains("Quota exceeded"), "{v}"),
+                    _ => panic!("{status} {v}"),
+                }
+            });
+        }
+    });
+    // top keeps 1 of its 6 (2 and 3 allocated); x and y may borrow each
+    // other's unused room, but the tree never holds more than 6.
+    assert_eq!(ok.load(std::sync::atomic::Ordering::SeqCst), 6);
+    let per: Vec<usize> = toks.iter().map(|t| server_ids(&c, t).len()).collect();
+    assert_eq!(per.iter().sum::<usize>(), 6, "{per:?}");
+    assert_eq!(per[0], 1, "top's own pool is 1: {per:?}");
+    let top = servers_usage(&c, "top");
+    assert_eq!(top["free"], 0, "{top}");
+}
