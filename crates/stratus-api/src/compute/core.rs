@@ -379,6 +379,9 @@ pub fn create(
             (Resource::Ram, copy.ram as i64),
         ];
         let tree = quotas::tree_model(tx)?;
+        // What the project's leases to edge sites hold back here.
+        let own_zone = state.sites.own_zone();
+        let held = super::leases::reserved(tx, own_zone.as_deref(), &project)?;
         let mut rooms = std::collections::HashMap::new();
         if tree {
             for (r, _) in per_server {
@@ -392,14 +395,15 @@ pub fn create(
         let fits = |n: i64| -> Vec<(&'static str, i64, i64, i64)> {
             let mut over = Vec::new();
             for (r, per) in per_server {
+                let held = held.get(r.key()).copied().unwrap_or(0);
                 if let Some((room, u, lim)) = rooms.get(r.key()) {
-                    if room.is_some_and(|room| per * n > room) {
-                        over.push((r.key(), per * n, *u, *lim));
+                    if room.is_some_and(|room| per * n > room - held) {
+                        over.push((r.key(), per * n, *u + held, *lim));
                     }
                     continue;
                 }
                 let lim = limits.get(r.key()).copied().unwrap_or(-1);
-                let u = used.get(r.key());
+                let u = used.get(r.key()) + held;
                 if lim >= 0 && u + per * n > lim {
                     over.push((r.key(), per * n, u, lim));
                 }
@@ -413,6 +417,11 @@ pub fn create(
         let over = fits(n);
         if !over.is_empty() {
             return Err(quotas::exceeded(&over));
+        }
+        // A server made at an edge site spends the site's lease.
+        if let Some(zone) = &own_zone {
+            let per = [1, copy.vcpus as i64, copy.ram as i64];
+            super::leases::check_here(tx, zone, &project, per, n)?;
         }
         if tree {
             let deltas: Vec<(Resource, i64)> = per_server.iter().map(|(r, per)| (*r, per * n)).collect();

@@ -26,6 +26,7 @@ mod images;
 mod interfaces;
 mod ips;
 mod keypairs;
+pub mod leases;
 mod live;
 pub mod model;
 pub(crate) mod nics;

@@ -369,12 +369,18 @@ async fn detail(
     let user = q.get("user_id").map(String::as_str);
     let l = limits_of(&state, &project, user)?;
     let u = usage(&state, &project, user, user.unwrap_or(ctx.user_id()))?;
+    // What the project's leases to edge sites hold back (see `leases`).
+    let own = state.sites.own_zone();
+    let held = state
+        .store
+        .write(|tx| super::leases::reserved(tx, own.as_deref(), &project))?;
     let mut o = Map::new();
     o.insert("id".into(), json!(project));
     for k in keys(mv) {
+        let reserved = held.get(k).copied().unwrap_or(0);
         o.insert(
             k.into(),
-            json!({"limit": l.get(k).copied().unwrap_or(-1), "in_use": u.get(k), "reserved": 0}),
+            json!({"limit": l.get(k).copied().unwrap_or(-1), "in_use": u.get(k), "reserved": reserved}),
         );
     }
     // A tree model shows where the project stands in its tree.
@@ -382,7 +388,8 @@ async fn detail(
         o.insert(
             k.into(),
             json!({
-                "limit": f.limit, "in_use": f.in_use, "reserved": f.reserved,
+                "limit": f.limit, "in_use": f.in_use,
+                "reserved": f.reserved + held.get(k).copied().unwrap_or(0),
                 "allocated": f.allocated, "borrowed": f.borrowed, "lent": f.lent,
                 "free": f.free, "quota_root": f.quota_root,
             }),

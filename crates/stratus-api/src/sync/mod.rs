@@ -44,6 +44,7 @@ use serde_json::Value;
 use stratus_store::{Record, StoreError, Tx};
 use stratus_wire::sync::SyncChange;
 
+use crate::compute::leases::QuotaLease;
 use crate::compute::model::{Flavor, Keypair, QuotaSet, Server, SitePrecache};
 use crate::identity::model as id;
 use crate::identity::node_users::{NODE_ROLE, NODES_DOMAIN_ID, NODES_PROJECT_ID};
@@ -75,6 +76,7 @@ macro_rules! by_kind {
             k if k == Image::KIND => $f::<Image>($($arg),*),
             k if k == Member::KIND => $f::<Member>($($arg),*),
             k if k == SitePrecache::KIND => $f::<SitePrecache>($($arg),*),
+            k if k == QuotaLease::KIND => $f::<QuotaLease>($($arg),*),
             k if k == net::Network::KIND => $f::<net::Network>($($arg),*),
             k if k == net::Subnet::KIND => $f::<net::Subnet>($($arg),*),
             k if k == net::Port::KIND => $f::<net::Port>($($arg),*),
@@ -108,6 +110,7 @@ pub const KINDS: &[&str] = &[
     Image::KIND,
     Member::KIND,
     SitePrecache::KIND,
+    QuotaLease::KIND,
     net::Network::KIND,
     net::Subnet::KIND,
     net::Port::KIND,
@@ -141,7 +144,7 @@ pub fn goes_down(zones: &std::collections::HashSet<String>, kind: &str, body: &s
     if !KINDS.contains(&kind) {
         return false;
     }
-    if kind == Server::KIND || kind == SitePrecache::KIND {
+    if kind == Server::KIND || kind == SitePrecache::KIND || kind == QuotaLease::KIND {
         // A server (or an image cache request) goes to the site whose
         // subtree its zone is in.
         let key = if kind == Server::KIND {
@@ -345,7 +348,7 @@ pub fn server_status(id: &str, s: Option<&Server>) -> stratus_wire::sync::Server
 
 /// The hint that marks a server made at a site below and adopted here:
 /// the generation it had when adopted.
-const ADOPTED: &str = "_adopted_from_site";
+const ADOPTED: &str = crate::compute::leases::ADOPTED_HINT;
 
 fn adopted_at(s: &Server) -> Option<u64> {
     s.hints.get(ADOPTED).and_then(Value::as_u64)

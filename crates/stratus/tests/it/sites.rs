@@ -1456,3 +1456,149 @@ fn walk_has(dir: &std::path::Path, name: &str) -> bool {
         }
     })
 }
+
+#[test]
+fn sites_a_quota_lease_lets_a_cut_off_site_create_up_to_it_and_no_further() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = Cloud::start(&[
+        "--sync-listen",
+        &listen,
+        "--driver",
+        "fake",
+        "--site-down-time",
+        "4",
+    ]);
+    let link = Link::new(&listen);
+    let (site_id, token) = create_site(&c, "edge-q");
+    let site = Site::start(&link.url(), &token);
+    eventually(30, "the site's node registers", || {
+        site.ks().validate(&c.admin, &c.admin).status == 200
+            && site
+                .at("/compute/v2.1")
+                .get("/os-hypervisors", &c.admin)
+                .body["hypervisors"]
+                .as_array()
+                .is_some_and(|h| h.len() == 1)
+    });
+    let (pid, tok) = c.project("edge-q-tenant");
+    let img = c.image(&tok, "tiny");
+    // The project may have 4 servers; 2 of them are leased to the site.
+    let r = c.req(
+        "PUT",
+        &format!("/os-quota-sets/{pid}"),
+        &c.admin,
+        Some(json!({"quota_set": {"instances": 4}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let edge = c.server.client_at("/edge/v1");
+    let lease_path = format!("/quota-leases/edge-q/{pid}");
+    let r = edge.call(
+        "PUT",
+        &lease_path,
+        Some(&c.admin),
+        Some(json!({"quota_lease": {"instances": 2}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Bad input: an unknown site, a negative amount, a lease past the quota.
+    let bad = edge.call(
+        "PUT",
+        &format!("/quota-leases/nowhere/{pid}"),
+        Some(&c.admin),
+        Some(json!({"quota_lease": {"instances": 1}})),
+    );
+    assert_eq!(bad.status, 404, "{}", bad.body);
+    let bad = edge.call(
+        "PUT",
+        &lease_path,
+        Some(&c.admin),
+        Some(json!({"quota_lease": {"instances": -3}})),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let bad = edge.call(
+        "PUT",
+        &lease_path,
+        Some(&c.admin),
+        Some(json!({"quota_lease": {"instances": 5}})),
+    );
+    assert_eq!(bad.status, 409, "{}", bad.body);
+    let bad = edge.call(
+        "PUT",
+        &lease_path,
+        Some(&tok),
+        Some(json!({"quota_lease": {"instances": 1}})),
+    );
+    assert_eq!(bad.status, 403, "{}", bad.body);
+    // The root holds the unspent lease back: 2 of the 4 are left here.
+    let root_boot = |name: &str| -> u16 { c.boot(&tok, name, &img, "42", json!({})).status };
+    assert_eq!(root_boot("r0"), 202);
+    assert_eq!(root_boot("r1"), 202);
+    assert_eq!(root_boot("r2"), 403);
+    let r = c.req("GET", &format!("/os-quota-sets/{pid}/detail"), &tok, None);
+    assert_eq!(
+        r.body["quota_set"]["instances"]["reserved"], 2,
+        "{}",
+        r.body
+    );
+
+    // The lease and the image reach the site; then the link is cut.
+    eventually(30, "the lease reaches the site", || {
+        site.at("/edge/v1").get("/quota-leases", &c.admin).body["quota_leases"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1)
+    });
+    eventually(30, "the image reaches the site", || {
+        site.at("/image/v2")
+            .get(&format!("/images/{img}"), &tok)
+            .body["status"]
+            == "active"
+    });
+    link.cut();
+    eventually(20, "the root sees the site unreachable", || {
+        site_state(&c, &site_id)["state"] == "unreachable"
+    });
+    let site_boot = |name: &str| -> (u16, Value) {
+        let r = site.at("/compute/v2.1").raw(
+            "POST",
+            "/servers",
+            Some(&tok),
+            &[super::compute::MV],
+            Some(
+                json!({"server": {"name": name, "imageRef": img, "flavorRef": "42",
+                                  "networks": "none"}})
+                .to_string(),
+            ),
+        );
+        (r.status, r.body)
+    };
+    // Cut off, the site creates up to its lease and is refused beyond it.
+    assert_eq!(site_boot("s0").0, 202);
+    assert_eq!(site_boot("s1").0, 202);
+    let (st, body) = site_boot("s2");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.to_string().contains("lease"), "{body}");
+    let spent_at_site = || {
+        site.at("/edge/v1").get("/quota-leases", &c.admin).body["quota_leases"][0]["spent"]
+            ["instances"]
+            .clone()
+    };
+    assert_eq!(spent_at_site(), 2);
+
+    // The link returns: the root adopts the site's servers and counts
+    // them as the lease's spending; both ends agree.
+    link.mend();
+    eventually(60, "the root counts the site's spending", || {
+        edge.get(&lease_path, &c.admin).body["quota_lease"]["spent"]["instances"] == 2
+    });
+    assert_eq!(spent_at_site(), 2);
+    let r = c.req("GET", &format!("/os-quota-sets/{pid}/detail"), &tok, None);
+    let inst = &r.body["quota_set"]["instances"];
+    assert_eq!(
+        (inst["in_use"].as_i64(), inst["reserved"].as_i64()),
+        (Some(4), Some(0)),
+        "{inst}"
+    );
+    // The project is at its 4: neither end can add one.
+    assert_eq!(root_boot("r3"), 403);
+    assert_eq!(site_boot("s3").0, 403);
+}
