@@ -162,7 +162,7 @@ pub fn router(state: AppState) -> Router {
         .merge(network::router())
         .merge(volume::router())
         .merge(sync::parent::routes())
-        .merge(compute::leases::routes())
+        .merge(compute::lease_api::routes())
         .merge(dashboard::router(state.clone()))
         .merge(metrics::router())
         .route("/", axum::routing::get(root_versions))

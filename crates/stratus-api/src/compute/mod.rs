@@ -26,6 +26,7 @@ mod images;
 mod interfaces;
 mod ips;
 mod keypairs;
+pub mod lease_api;
 pub mod leases;
 mod live;
 pub mod model;
