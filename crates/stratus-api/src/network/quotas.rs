@@ -170,20 +170,34 @@ async fn details(
     may_read(&ctx, &project)?;
     let lim = limits(state.store.get::<NetQuota>(&project)?);
     let store = state.store.clone();
-    let counts = store.write(|tx| {
+    let (counts, tree) = store.write(|tx| {
         let mut m = BTreeMap::new();
         for k in lim.keys() {
             m.insert(k.clone(), count_in(tx, &project, k)?);
         }
-        Ok::<_, NetError>(m)
+        // A tree model shows where the project stands in its tree.
+        let mut tree = BTreeMap::new();
+        if engine::model(tx)? != engine::Model::Flat {
+            for meter in METERS {
+                tree.insert(meter.resource, engine::figures(tx, meter, &project)?);
+            }
+        }
+        Ok::<_, NetError>((m, tree))
     })?;
     let out: serde_json::Map<String, Value> = lim
         .iter()
         .map(|(k, l)| {
-            (
-                k.clone(),
-                json!({"limit": l, "used": counts.get(k).copied().unwrap_or(0), "reserved": 0}),
-            )
+            let v = match tree.get(k.as_str()) {
+                Some(f) => json!({
+                    "limit": f.limit, "used": f.in_use, "reserved": f.reserved,
+                    "allocated": f.allocated, "borrowed": f.borrowed, "lent": f.lent,
+                    "free": f.free, "quota_root": f.quota_root,
+                }),
+                None => {
+                    json!({"limit": l, "used": counts.get(k).copied().unwrap_or(0), "reserved": 0})
+                }
+            };
+            (k.clone(), v)
         })
         .collect();
     Ok(reply(StatusCode::OK, json!({ "quota": out })))

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::model::VolumeQuota;
 use super::service::{DEFAULT_CLASS, limits, usage};
 use super::{VCtx, blocking, body, policy_denied};
+use crate::identity::quota as engine;
 use crate::{ApiError, AppState};
 
 type P = Path<HashMap<String, String>>;
@@ -57,13 +58,31 @@ async fn show(
         .get("usage")
         .is_some_and(|u| super::parse_bool(&json!(u)).unwrap_or(false));
     blocking(move || {
-        let (lim, used) = state
-            .store
-            .write(|tx| Ok::<_, ApiError>((limits(tx, Some(&project))?, usage(tx, &project)?)))?;
+        let (lim, used, tree) = state.store.write(|tx| {
+            // A tree model shows where the project stands in its tree.
+            let mut tree = BTreeMap::new();
+            if engine::model(tx)? != engine::Model::Flat {
+                for m in super::service::METERS {
+                    tree.insert(m.resource, engine::figures(tx, m, &project)?);
+                }
+            }
+            Ok::<_, ApiError>((limits(tx, Some(&project))?, usage(tx, &project)?, tree))
+        })?;
         let mut out = serde_json::Map::new();
         out.insert("id".into(), json!(project));
         for (k, v) in &lim {
-            if with_usage {
+            if let Some(f) = tree.get(k.as_str()) {
+                let v = if with_usage {
+                    json!({
+                        "limit": f.limit, "in_use": f.in_use, "reserved": f.reserved,
+                        "allocated": f.allocated, "borrowed": f.borrowed, "lent": f.lent,
+                        "free": f.free, "quota_root": f.quota_root,
+                    })
+                } else {
+                    json!(f.limit)
+                };
+                out.insert(k.clone(), v);
+            } else if with_usage {
                 let in_use = if k == "groups" || k == "per_volume_gigabytes" {
                     0
                 } else {

@@ -288,6 +288,48 @@ fn quota_tree_allocation_borrowing_and_limits_through_the_cli() {
         Some(json!({"quota_set": {"instances": 9}})),
     );
     assert_eq!(r.status, 403, "{}", r.body);
+
+    // The network service enforces through the same tree: a-dev draws
+    // from team-a's one network.
+    os.ok(&[
+        "registered",
+        "limit",
+        "create",
+        "--service",
+        "neutron",
+        "--default-limit",
+        "100",
+        "network",
+    ]);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "neutron",
+        "--project",
+        "team-a",
+        "--resource-limit",
+        "1",
+        "network",
+    ]);
+    os.ok(&["network", "create", "--project", "a-dev", "n1"]);
+    let err = os.fails(&["network", "create", "--project", "a-dev", "n2"]);
+    assert!(err.contains("Quota exceeded"), "{err}");
+    let r = c.server.client_at("/network/v2.0").get(
+        &format!("/quotas/{}/details", project_id(&c, "a-dev")),
+        &c.admin,
+    );
+    let net = &r.body["quota"]["network"];
+    assert_eq!(
+        net["quota_root"],
+        project_id(&c, "team-a").as_str(),
+        "{net}"
+    );
+    assert_eq!(
+        (net["used"].as_i64(), net["free"].as_i64()),
+        (Some(1), Some(0)),
+        "{net}"
+    );
 }
 
 #[test]
