@@ -158,21 +158,45 @@ fn resolve(
 
 /// One limit, read inside a write transaction.
 pub fn limit_tx(tx: &Tx, project: &str, user: Option<&str>, r: Resource) -> Result<i64, ApiError> {
-    let get = |id: &str| tx.get::<QuotaSet>(id).map_err(ApiError::from);
-    Ok(resolve(&get, project, user)?
+    Ok(limits_tx(tx, project, user)?
         .get(r.key())
         .copied()
         .unwrap_or(-1))
 }
 
-/// Every limit, read inside a write transaction.
+/// Every limit, read inside a write transaction: Nova's own, with
+/// Keystone's unified limits on `servers`, `class:VCPU` and
+/// `class:MEMORY_MB` taking their place as the quota engine orders them
+/// (a project's Keystone limit over its quota set, a registered limit
+/// over the quota class). A user's own quota set still wins for them.
 pub fn limits_tx(
     tx: &Tx,
     project: &str,
     user: Option<&str>,
 ) -> Result<BTreeMap<String, i64>, ApiError> {
     let get = |id: &str| tx.get::<QuotaSet>(id).map_err(ApiError::from);
-    resolve(&get, project, user)
+    let mut out = resolve(&get, project, user)?;
+    let usr = match user {
+        Some(u) => tx.get::<QuotaSet>(&user_key(project, u))?,
+        None => None,
+    };
+    let proj = tx.get::<QuotaSet>(&project_key(project))?;
+    let mut tree = engine::Tree::new(tx);
+    for r in [Resource::Instances, Resource::Cores, Resource::Ram] {
+        let k = r.key();
+        let Some(m) = meter(r) else { continue };
+        if usr.as_ref().is_some_and(|s| s.limits.contains_key(k)) {
+            continue;
+        }
+        if let Some(l) = tree.keystone_limit(m, project)? {
+            out.insert(k.to_string(), l);
+        } else if !proj.as_ref().is_some_and(|s| s.limits.contains_key(k))
+            && let Some(l) = tree.registered(m)?
+        {
+            out.insert(k.to_string(), l);
+        }
+    }
+    Ok(out)
 }
 
 fn limits_of(
@@ -180,8 +204,7 @@ fn limits_of(
     project: &str,
     user: Option<&str>,
 ) -> Result<BTreeMap<String, i64>, ApiError> {
-    let get = |id: &str| state.store.get::<QuotaSet>(id).map_err(ApiError::from);
-    resolve(&get, project, user)
+    state.store.write(|tx| limits_tx(tx, project, user))
 }
 
 /// What a project (and user) uses now.

@@ -560,3 +560,61 @@ fn quota_tree_holds_across_two_controllers_on_one_store() {
     let top = servers_usage(&c, "top");
     assert_eq!(top["free"], 0, "{top}");
 }
+
+#[test]
+fn quota_flat_compute_follows_keystone_unified_limits() {
+    // Under the default (flat) model, Nova's quotas take Keystone's
+    // unified limits as Nova's unified-limits driver does: a project's
+    // limit over its quota set, a registered limit over the defaults.
+    let c = Cloud::start(&["--driver", "fake"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    let r = c.ks.get("/limits/model", &c.admin);
+    assert_eq!(r.body["model"]["name"], "flat", "{}", r.body);
+    os.ok(&["project", "create", "plain"]);
+    os.ok(&["project", "create", "other"]);
+    os.ok(&[
+        "registered",
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--default-limit",
+        "3",
+        "servers",
+    ]);
+    os.ok(&[
+        "limit",
+        "create",
+        "--service",
+        "nova",
+        "--project",
+        "plain",
+        "--resource-limit",
+        "1",
+        "servers",
+    ]);
+    let shown = os.json(&["quota", "show", "--compute", "plain"]);
+    assert!(shown.to_string().contains("\"instances\"") || shown.to_string().contains("Instances"));
+    let r = c.req(
+        "GET",
+        &format!("/os-quota-sets/{}", project_id(&c, "plain")),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.body["quota_set"]["instances"], 1, "{}", r.body);
+    let r = c.req(
+        "GET",
+        &format!("/os-quota-sets/{}", project_id(&c, "other")),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.body["quota_set"]["instances"], 3, "{}", r.body);
+    let toks = tokens(&c, &["plain"]);
+    let img = public_image(&c);
+    assert_eq!(boot(&c, &toks[0], "one", &img), 202);
+    assert_eq!(boot(&c, &toks[0], "two", &img), 403);
+    let id = limit_id(&os, "plain");
+    os.ok(&["limit", "set", "--resource-limit", "2", &id]);
+    assert_eq!(boot(&c, &toks[0], "two", &img), 202);
+}
