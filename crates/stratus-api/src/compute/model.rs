@@ -636,3 +636,18 @@ impl ComputeUsage {
 }
 
 record!(ComputeUsage, "compute_usage");
+
+/// Instances, cores and RAM of a project and every project below it: a
+/// running total changed with [`ComputeUsage`] (see `quotas::account`),
+/// so the quota engine reads a subtree's usage without adding it up.
+/// Rebuilt from the `ComputeUsage` records at every start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ComputeTreeUsage {
+    /// The project id.
+    pub id: String,
+    pub instances: i64,
+    pub cores: i64,
+    pub ram: i64,
+}
+
+record!(ComputeTreeUsage, "compute_tree_usage");

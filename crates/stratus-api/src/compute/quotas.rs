@@ -16,8 +16,9 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use stratus_store::{Query as StoreQuery, Tx};
 
-use super::model::{ComputeUsage, Keypair, QuotaSet, ServerGroup};
+use super::model::{ComputeTreeUsage, ComputeUsage, Keypair, QuotaSet, ServerGroup};
 use super::{Mv, body, policy_denied};
+use crate::identity::model::Project;
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
 
@@ -294,6 +295,71 @@ pub fn account(
     });
     u.add(user, vcpus, ram, sign);
     tx.upsert(&u)?;
+    // The running totals of the project and each of its ancestors.
+    let mut cur = Some(project.to_string());
+    let mut depth = 0;
+    while let Some(p) = cur {
+        let mut t = tx.get::<ComputeTreeUsage>(&p)?.unwrap_or(ComputeTreeUsage {
+            id: p.clone(),
+            ..ComputeTreeUsage::default()
+        });
+        t.instances += sign;
+        t.cores += sign * vcpus as i64;
+        t.ram += sign * ram as i64;
+        tx.upsert(&t)?;
+        depth += 1;
+        cur = match depth {
+            64.. => None,
+            _ => tx.get::<Project>(&p)?.and_then(|x| x.parent_id),
+        };
+    }
+    Ok(())
+}
+
+/// Rebuilds every project's subtree totals from the per-project usage
+/// (at start: a total can drift only if a project went while it had
+/// servers).
+pub fn rebuild_tree_usage(tx: &Tx) -> Result<(), ApiError> {
+    let parents: HashMap<String, Option<String>> = tx
+        .list::<Project>(&StoreQuery::all())?
+        .into_iter()
+        .map(|p| (p.id, p.parent_id))
+        .collect();
+    let mut totals: HashMap<String, ComputeTreeUsage> = HashMap::new();
+    for u in tx.list::<ComputeUsage>(&StoreQuery::all())? {
+        let mut cur = Some(u.id.clone());
+        let mut depth = 0;
+        while let Some(p) = cur {
+            let t = totals.entry(p.clone()).or_insert_with(|| ComputeTreeUsage {
+                id: p.clone(),
+                ..ComputeTreeUsage::default()
+            });
+            t.instances += u.instances;
+            t.cores += u.cores;
+            t.ram += u.ram;
+            depth += 1;
+            cur = if depth >= 64 {
+                None
+            } else {
+                parents.get(&p).cloned().flatten()
+            };
+        }
+    }
+    for old in tx.list::<ComputeTreeUsage>(&StoreQuery::all())? {
+        match totals.remove(&old.id) {
+            Some(t) => {
+                if (t.instances, t.cores, t.ram) != (old.instances, old.cores, old.ram) {
+                    tx.update(&t)?;
+                }
+            }
+            None => {
+                tx.delete::<ComputeTreeUsage>(&old.id)?;
+            }
+        }
+    }
+    for t in totals.into_values() {
+        tx.insert(&t)?;
+    }
     Ok(())
 }
 
@@ -703,6 +769,27 @@ fn default_of(tx: &Tx, key: &str) -> Result<i64, ApiError> {
         .unwrap_or(-1))
 }
 
+fn own_all(tx: &Tx, key: &str) -> Result<Vec<(String, i64)>, ApiError> {
+    Ok(tx
+        .list::<QuotaSet>(&StoreQuery::all())?
+        .into_iter()
+        .filter_map(|s| {
+            let p = s.id.strip_prefix("project/")?.to_string();
+            s.limits.get(key).map(|l| (p, *l))
+        })
+        .collect())
+}
+
+fn subtree_of(tx: &Tx, project: &str, r: Resource) -> Result<i64, ApiError> {
+    let t = tx.get::<ComputeTreeUsage>(project)?.unwrap_or_default();
+    Ok(match r {
+        Resource::Instances => t.instances,
+        Resource::Cores => t.cores,
+        Resource::Ram => t.ram,
+        _ => 0,
+    })
+}
+
 fn used_of(tx: &Tx, project: &str, r: Resource) -> Result<i64, ApiError> {
     let u = tx.get::<ComputeUsage>(project)?.unwrap_or_default();
     Ok(match r {
@@ -720,6 +807,8 @@ pub static SERVERS: Meter = Meter {
     own: |tx, p| own_of(tx, p, "instances"),
     default: |tx| default_of(tx, "instances"),
     used: |tx, p| used_of(tx, p, Resource::Instances),
+    own_all: Some(|tx| own_all(tx, "instances")),
+    subtree: Some(|tx, p| subtree_of(tx, p, Resource::Instances)),
 };
 /// vCPUs (`class:VCPU`).
 pub static VCPU: Meter = Meter {
@@ -728,6 +817,8 @@ pub static VCPU: Meter = Meter {
     own: |tx, p| own_of(tx, p, "cores"),
     default: |tx| default_of(tx, "cores"),
     used: |tx, p| used_of(tx, p, Resource::Cores),
+    own_all: Some(|tx| own_all(tx, "cores")),
+    subtree: Some(|tx, p| subtree_of(tx, p, Resource::Cores)),
 };
 /// RAM in MiB (`class:MEMORY_MB`).
 pub static MEMORY_MB: Meter = Meter {
@@ -736,6 +827,8 @@ pub static MEMORY_MB: Meter = Meter {
     own: |tx, p| own_of(tx, p, "ram"),
     default: |tx| default_of(tx, "ram"),
     used: |tx, p| used_of(tx, p, Resource::Ram),
+    own_all: Some(|tx| own_all(tx, "ram")),
+    subtree: Some(|tx, p| subtree_of(tx, p, Resource::Ram)),
 };
 
 /// Every compute meter the engine enforces.

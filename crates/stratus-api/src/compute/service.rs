@@ -1158,6 +1158,7 @@ pub fn recover(state: &AppState) -> Result<(), ApiError> {
     state
         .compute
         .prime_seen(state.store.liveness(ComputeNode::KIND)?);
+    state.store.write(super::quotas::rebuild_tree_usage)?;
     let servers = state.store.list::<Server>(&StoreQuery::all())?;
     let waiting: Vec<String> = servers
         .iter()

@@ -48,6 +48,9 @@ pub const TAG_BORROW: &str = "quota:borrow";
 pub const TAG_POOL: &str = "quota:pool";
 /// A pool member's share ratio: `quota:share=N`.
 pub const TAG_SHARE: &str = "quota:share=";
+/// How many projects the fast path walks down a pool before it looks up
+/// from the limited projects instead.
+const DOWN_BUDGET: usize = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Model {
@@ -108,6 +111,9 @@ pub fn set_model(store: &Store, m: Model) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Reads every project's own limit on a resource: (project, limit).
+pub type OwnAll = fn(&Tx) -> Result<Vec<(String, i64)>, ApiError>;
+
 /// One quota-limited resource of one service.
 pub struct Meter {
     /// The catalog types whose Keystone limits apply (`compute`, ...).
@@ -120,6 +126,12 @@ pub struct Meter {
     pub default: fn(&Tx) -> Result<i64, ApiError>,
     /// What the project itself (not its children) uses now.
     pub used: fn(&Tx, &str) -> Result<i64, ApiError>,
+    /// Every project's own limit set through the service, in one read
+    /// (with [`Meter::subtree`], the engine's fast path).
+    pub own_all: Option<OwnAll>,
+    /// What a project and every project below it use, kept as a running
+    /// total, so a check never adds up a whole pool.
+    pub subtree: Option<fn(&Tx, &str) -> Result<i64, ApiError>>,
 }
 
 impl Meter {
@@ -206,7 +218,10 @@ impl Over {
 
 /// A root's pool: the projects drawing from it (the root first), and the
 /// roots right below it with their limits (its allocations).
-type Pool = (Vec<String>, Vec<(String, i64)>);
+type Pool = (Vec<String>, Roots);
+
+/// Roots with their limits.
+type Roots = Vec<(String, i64)>;
 
 /// Project lookups for one decision, cached.
 pub struct Tree<'a, 't> {
@@ -214,6 +229,8 @@ pub struct Tree<'a, 't> {
     projects: HashMap<String, Option<Project>>,
     children: HashMap<String, Vec<String>>,
     services: Option<Vec<Service>>,
+    /// Per meter with `own_all`: every project's explicit limit.
+    explicit: HashMap<&'static str, HashMap<String, i64>>,
 }
 
 impl<'a, 't> Tree<'a, 't> {
@@ -223,6 +240,7 @@ impl<'a, 't> Tree<'a, 't> {
             projects: HashMap::new(),
             children: HashMap::new(),
             services: None,
+            explicit: HashMap::new(),
         }
     }
 
@@ -313,8 +331,32 @@ impl<'a, 't> Tree<'a, 't> {
             .map(|l| l.default_limit))
     }
 
+    /// Every project's explicit limit on `m`, read once (when the meter
+    /// can list its own).
+    fn explicit_all(&mut self, m: &Meter) -> Result<Option<&HashMap<String, i64>>, ApiError> {
+        let Some(own_all) = m.own_all else {
+            return Ok(None);
+        };
+        if !self.explicit.contains_key(m.resource) {
+            let mut map: HashMap<String, i64> = own_all(self.tx)?.into_iter().collect();
+            let ids = self.service_ids(m)?;
+            for l in self.tx.list::<Limit>(&Query::name(m.resource))? {
+                if ids.contains(&l.service_id)
+                    && let Some(p) = l.project_id
+                {
+                    map.insert(p, l.resource_limit);
+                }
+            }
+            self.explicit.insert(m.resource, map);
+        }
+        Ok(self.explicit.get(m.resource))
+    }
+
     /// The project's own limit: Keystone's, else the service's.
     pub fn explicit(&mut self, m: &Meter, p: &str) -> Result<Option<i64>, ApiError> {
+        if let Some(all) = self.explicit.get(m.resource) {
+            return Ok(all.get(p).copied());
+        }
         match self.keystone_limit(m, p)? {
             Some(l) => Ok(Some(l)),
             None => (m.own)(self.tx, p),
@@ -382,8 +424,86 @@ impl<'a, 't> Tree<'a, 't> {
         (m.used)(self.tx, p)
     }
 
+    /// The roots right below `x`: projects under it with a limit of their
+    /// own and no other root between. Found walking down while the pool
+    /// is small; past [`DOWN_BUDGET`] projects, from every limited project
+    /// up instead (one read of all limits, then cached parents).
+    fn frontier(&mut self, m: &Meter, x: &str) -> Result<Vec<(String, i64)>, ApiError> {
+        let mut out = Vec::new();
+        let mut todo = vec![x.to_string()];
+        let mut seen = 0;
+        while let Some(p) = todo.pop() {
+            for c in self.children(&p)? {
+                seen += 1;
+                if seen > DOWN_BUDGET {
+                    return self.frontier_up(m, x);
+                }
+                if self.is_root(m, &c)? {
+                    let l = self.explicit(m, &c)?.unwrap_or(0);
+                    out.push((c, l));
+                } else {
+                    todo.push(c);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn frontier_up(&mut self, m: &Meter, x: &str) -> Result<Vec<(String, i64)>, ApiError> {
+        let limited: Vec<(String, i64)> = match self.explicit_all(m)? {
+            Some(all) => all
+                .iter()
+                .filter(|(p, l)| **l >= 0 && p.as_str() != x)
+                .map(|(p, l)| (p.clone(), *l))
+                .collect(),
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for (p, l) in limited {
+            let mut cur = self.parent(&p)?;
+            let mut depth = 0;
+            while let Some(a) = cur {
+                if a == x {
+                    out.push((p.clone(), l));
+                    break;
+                }
+                depth += 1;
+                if depth > 64 || self.is_root(m, &a)? {
+                    break;
+                }
+                cur = self.parent(&a)?;
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// What `x`'s pool uses (x and the projects below it that have no
+    /// limit of their own), and the roots right below it with their
+    /// limits.
+    fn pool_use(&mut self, m: &Meter, x: &str) -> Result<(i64, Roots), ApiError> {
+        if let (Some(sub), Some(_)) = (m.subtree, m.own_all) {
+            let subs = self.frontier(m, x)?;
+            let mut in_use = sub(self.tx, x)?;
+            for (s, _) in &subs {
+                in_use -= sub(self.tx, s)?;
+            }
+            return Ok((in_use, subs));
+        }
+        let (members, subs) = self.pool(m, x)?;
+        let mut in_use = 0;
+        for p in &members {
+            in_use += self.used(m, p)?;
+        }
+        Ok((in_use, subs))
+    }
+
     /// Usage of a project and every project below it.
     fn subtree_use(&mut self, m: &Meter, p: &str) -> Result<i64, ApiError> {
+        if let Some(sub) = m.subtree {
+            return sub(self.tx, p);
+        }
         let mut total = self.used(m, p)?;
         for c in self.children(p)? {
             total += self.subtree_use(m, &c)?;
@@ -412,11 +532,7 @@ fn loans_to(tree: &mut Tree, m: &Meter, borrower: &str) -> Result<Vec<(QuotaLoan
     }
     loans.sort_by_key(|l| (l.created_us, l.id.clone()));
     let limit = tree.base(m, borrower)?;
-    let (members, subs) = tree.pool(m, borrower)?;
-    let mut in_use = 0;
-    for p in &members {
-        in_use += tree.used(m, p)?;
-    }
+    let (in_use, subs) = tree.pool_use(m, borrower)?;
     let allocated: i64 = subs.iter().map(|s| s.1.max(0)).sum();
     let mut need = (in_use + allocated - limit).max(0);
     Ok(loans
@@ -470,11 +586,7 @@ fn settle(tree: &mut Tree, m: &Meter, borrower: &str) -> Result<(), ApiError> {
 /// Hierarchical figures of root `q`.
 fn root_figures(tree: &mut Tree, m: &Meter, q: &str) -> Result<Figures, ApiError> {
     let limit = tree.base(m, q)?;
-    let (members, subs) = tree.pool(m, q)?;
-    let mut in_use = 0;
-    for p in &members {
-        in_use += tree.used(m, p)?;
-    }
+    let (in_use, subs) = tree.pool_use(m, q)?;
     let allocated: i64 = subs.iter().map(|s| s.1.max(0)).sum();
     let borrowed: i64 = loans_to(tree, m, q)?.iter().map(|(_, e)| e).sum();
     let lent = lent_by(tree, m, q)?;
@@ -595,11 +707,7 @@ fn pool_share(
     for c in tree.children(q)? {
         if !tree.is_root(m, &c)? {
             let ratio = tree.share_ratio(&c)?;
-            let mut u = 0;
-            let ms = pool_below(tree, m, &c)?;
-            for p in ms {
-                u += tree.used(m, &p)?;
-            }
+            let u = tree.pool_use(m, &c)?.0;
             members.push((c, ratio, u));
         }
     }
@@ -627,21 +735,6 @@ fn pool_share(
         member_use,
         waiting,
     }))
-}
-
-/// A project and its descendants that have no limit of their own.
-fn pool_below(tree: &mut Tree, m: &Meter, p: &str) -> Result<Vec<String>, ApiError> {
-    let mut out = vec![p.to_string()];
-    let mut todo = vec![p.to_string()];
-    while let Some(x) = todo.pop() {
-        for c in tree.children(&x)? {
-            if !tree.is_root(m, &c)? {
-                out.push(c.clone());
-                todo.push(c);
-            }
-        }
-    }
-    Ok(out)
 }
 
 // ---- enforcement ----------------------------------------------------------------

@@ -140,6 +140,8 @@ pub static IMAGES: Meter = Meter {
     own: |_, _| Ok(None),
     default: |_| Ok(-1),
     used: |tx, p| Ok(tx.list::<Image>(&Query::owner(p))?.len() as i64),
+    own_all: None,
+    subtree: None,
 };
 
 /// MiB of image data a project owns (`image_size_total`).
@@ -157,6 +159,8 @@ pub static IMAGE_SIZE: Meter = Meter {
             .sum();
         Ok(bytes.div_ceil(MIB) as i64)
     },
+    own_all: None,
+    subtree: None,
 };
 
 /// Every image meter the engine enforces.

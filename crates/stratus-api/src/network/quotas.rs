@@ -292,6 +292,8 @@ macro_rules! network_meter {
             own: |tx, p| own_of(tx, p, $key),
             default: |_| Ok(default_of($key)),
             used: |tx, p| used_of(tx, p, $key),
+            own_all: None,
+            subtree: None,
         };
     };
 }

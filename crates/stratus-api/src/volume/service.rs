@@ -184,6 +184,8 @@ macro_rules! volume_meter {
             own: |tx, p| own_of(tx, p, $key),
             default: |tx| default_of(tx, $key),
             used: |tx, p| used_of(tx, p, $key),
+            own_all: None,
+            subtree: None,
         };
     };
 }
