@@ -114,6 +114,9 @@ pub fn set_model(store: &Store, m: Model) -> Result<(), ApiError> {
 /// Reads every project's own limit on a resource: (project, limit).
 pub type OwnAll = fn(&Tx) -> Result<Vec<(String, i64)>, ApiError>;
 
+/// Reads one figure of one project.
+pub type PerProject = fn(&Tx, &str) -> Result<i64, ApiError>;
+
 /// One quota-limited resource of one service.
 pub struct Meter {
     /// The catalog types whose Keystone limits apply (`compute`, ...).
@@ -131,7 +134,7 @@ pub struct Meter {
     pub own_all: Option<OwnAll>,
     /// What a project and every project below it use, kept as a running
     /// total, so a check never adds up a whole pool.
-    pub subtree: Option<fn(&Tx, &str) -> Result<i64, ApiError>>,
+    pub subtree: Option<PerProject>,
 }
 
 impl Meter {
