@@ -618,3 +618,76 @@ fn quota_flat_compute_follows_keystone_unified_limits() {
     os.ok(&["limit", "set", "--resource-limit", "2", &id]);
     assert_eq!(boot(&c, &toks[0], "two", &img), 202);
 }
+
+#[test]
+fn quota_tree_usage_is_the_truth_after_a_kill_during_a_burst() {
+    let mut c = Cloud::start(&["--driver", "fake", "--limit-model", "hierarchical"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    os.ok(&["project", "create", "base"]);
+    os.ok(&["project", "create", "--parent", "base", "xa"]);
+    os.ok(&["project", "create", "--parent", "base", "yb"]);
+    os.ok(&["project", "create", "--parent", "yb", "yb-kid"]);
+    register_servers(&os);
+    for (p, n) in [("base", "30"), ("xa", "10")] {
+        os.ok(&[
+            "limit",
+            "create",
+            "--service",
+            "nova",
+            "--project",
+            p,
+            "--resource-limit",
+            n,
+            "servers",
+        ]);
+    }
+    // Servers are what is counted here: cores and RAM unlimited.
+    os.ok(&["quota", "set", "--cores", "-1", "--ram", "-1", "base"]);
+    let toks = tokens(&c, &["base", "xa", "yb", "yb-kid"]);
+    let img = public_image(&c);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let nova = c.nova.base.clone();
+    std::thread::scope(|s| {
+        for (t, tok) in toks.iter().enumerate() {
+            let (nova, img, stop) = (&nova, &img, &stop);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && i < 40 {
+                    i += 1;
+                    let body = json!({"server": {"name": format!("k{t}-{i}"), "imageRef": img,
+                                                 "flavorRef": "42", "networks": "none"}});
+                    // Refused, accepted or cut off by the kill: all fine.
+                    let _ =
+                        super::reliability::try_call(nova, "POST", "/servers", tok, Some(&body));
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        c.server.stop("-KILL");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        c.server.restart_after_stop();
+    });
+    // What the engine counts is what exists.
+    let count = |i: usize| server_ids(&c, &toks[i]).len() as i64;
+    let (n_base, n_xa, n_yb, n_kid) = (count(0), count(1), count(2), count(3));
+    let base = servers_usage(&c, "base");
+    assert_eq!(
+        base["in_use"].as_i64(),
+        Some(n_base + n_yb + n_kid),
+        "{base}"
+    );
+    assert_eq!(base["allocated"], 10, "{base}");
+    let xa = servers_usage(&c, "xa");
+    assert_eq!(xa["in_use"].as_i64(), Some(n_xa), "{xa}");
+    assert!(
+        n_xa <= 10 && n_base + n_yb + n_kid <= 20,
+        "{n_base} {n_xa} {n_yb} {n_kid}"
+    );
+    // And creating goes on from there, up to the limit exactly.
+    let free = base["free"].as_i64().unwrap();
+    for i in 0..free {
+        assert_eq!(boot(&c, &toks[3], &format!("after{i}"), &img), 202);
+    }
+    assert_eq!(boot(&c, &toks[3], "over", &img), 403);
+}
