@@ -95,6 +95,35 @@ fn delete_one(c: &Cloud, tok: &str) {
     c.wait_gone(tok, &id);
 }
 
+/// `openstack limit create --service S --project P --resource-limit N R`.
+fn limit_create(os: &Os, service: &str, project: &str, n: &str, resource: &str) {
+    os.ok(&limit_args(service, project, n, resource));
+}
+
+/// The same, refused; the CLI's output.
+fn limit_create_fails(os: &Os, service: &str, project: &str, n: &str, resource: &str) -> String {
+    os.fails(&limit_args(service, project, n, resource))
+}
+
+fn limit_args<'a>(
+    service: &'a str,
+    project: &'a str,
+    n: &'a str,
+    resource: &'a str,
+) -> [&'a str; 9] {
+    [
+        "limit",
+        "create",
+        "--service",
+        service,
+        "--project",
+        project,
+        "--resource-limit",
+        n,
+        resource,
+    ]
+}
+
 /// Keystone wants a registered (default) limit before project limits.
 fn register_servers(os: &Os) {
     os.ok(&[
@@ -132,41 +161,11 @@ fn quota_tree_allocation_borrowing_and_limits_through_the_cli() {
     let img = public_image(&c);
 
     register_servers(&os);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "org",
-        "--resource-limit",
-        "6",
-        "servers",
-    ]);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "team-a",
-        "--resource-limit",
-        "3",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "org", "6", "servers");
+    limit_create(&os, "nova", "team-a", "3", "servers");
     // team-b asks for more than org has left (6 - 3 allocated): refused,
     // and nothing is written.
-    let err = os.fails(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "team-b",
-        "--resource-limit",
-        "4",
-        "servers",
-    ]);
+    let err = limit_create_fails(&os, "nova", "team-b", "4", "servers");
     assert!(err.contains("more than its parent"), "{err}");
     assert!(
         os.json(&["limit", "list", "--project", "team-b"])
@@ -174,17 +173,7 @@ fn quota_tree_allocation_borrowing_and_limits_through_the_cli() {
             .unwrap()
             .is_empty()
     );
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "team-b",
-        "--resource-limit",
-        "2",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "team-b", "2", "servers");
     let org = servers_usage(&c, "org");
     assert_eq!(
         (org["limit"].as_i64(), org["allocated"].as_i64()),
@@ -276,6 +265,28 @@ fn quota_tree_allocation_borrowing_and_limits_through_the_cli() {
         os.json(&["limit", "show", &team_a_limit])["resource_limit"],
         3
     );
+    // Stratus's `force` lowers it anyway (the CLI has no flag for it).
+    let r = c.ks.patch(
+        &format!("/limits/{team_a_limit}"),
+        &c.admin,
+        json!({"limit": {"resource_limit": 2, "force": true}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = servers_usage(&c, "team-a");
+    assert_eq!(
+        (a["limit"].as_i64(), a["free"].as_i64()),
+        (Some(2), Some(0)),
+        "{a}"
+    );
+    // Over its limit now, team-a can create nothing until it is back
+    // under (team-b's room is its own: no borrowing while it is in use).
+    assert_eq!(boot(&c, dev, "d5", &img), 403);
+    let r = c.ks.patch(
+        &format!("/limits/{team_a_limit}"),
+        &c.admin,
+        json!({"limit": {"resource_limit": 3}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     // Growing a child past its parent's free amount is refused.
     let err = os.fails(&["limit", "set", "--resource-limit", "5", &team_a_limit]);
     assert!(err.contains("more than its parent"), "{err}");
@@ -301,17 +312,7 @@ fn quota_tree_allocation_borrowing_and_limits_through_the_cli() {
         "100",
         "network",
     ]);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "neutron",
-        "--project",
-        "team-a",
-        "--resource-limit",
-        "1",
-        "network",
-    ]);
+    limit_create(&os, "neutron", "team-a", "1", "network");
     os.ok(&["network", "create", "--project", "a-dev", "n1"]);
     let err = os.fails(&["network", "create", "--project", "a-dev", "n2"]);
     assert!(err.contains("Quota exceeded"), "{err}");
@@ -341,17 +342,7 @@ fn quota_shared_pool_keeps_shares_under_contention() {
     os.ok(&["project", "create", "--parent", "pool", "m1"]);
     os.ok(&["project", "create", "--parent", "pool", "m2"]);
     register_servers(&os);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "pool",
-        "--resource-limit",
-        "4",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "pool", "4", "servers");
     let toks = tokens(&c, &["m1", "m2"]);
     let (m1, m2) = (&toks[0], &toks[1]);
     let img = public_image(&c);
@@ -391,28 +382,8 @@ fn quota_tree_concurrent_creates_never_pass_the_root_limit() {
     os.ok(&["project", "create", "--parent", "root", "right"]);
     os.ok(&["project", "create", "--parent", "left", "deep"]);
     register_servers(&os);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "root",
-        "--resource-limit",
-        "7",
-        "servers",
-    ]);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "right",
-        "--resource-limit",
-        "3",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "root", "7", "servers");
+    limit_create(&os, "nova", "right", "3", "servers");
     let toks = tokens(&c, &["root", "left", "right", "deep"]);
     let img = public_image(&c);
     let ok = std::sync::atomic::AtomicUsize::new(0);
@@ -450,40 +421,10 @@ fn quota_strict_two_level_as_keystone() {
     let err = os.fails(&["project", "create", "--parent", "kid", "grandkid"]);
     assert!(err.contains("403") || err.contains("depth"), "{err}");
     register_servers(&os);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "parent",
-        "--resource-limit",
-        "3",
-        "servers",
-    ]);
-    let err = os.fails(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "kid",
-        "--resource-limit",
-        "4",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "parent", "3", "servers");
+    let err = limit_create_fails(&os, "nova", "kid", "4", "servers");
     assert!(err.contains("bigger than parent"), "{err}");
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "kid",
-        "--resource-limit",
-        "2",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "kid", "2", "servers");
     let parent_limit = limit_id(&os, "parent");
     let err = os.fails(&["limit", "set", "--resource-limit", "1", &parent_limit]);
     assert!(err.contains("smaller than child"), "{err}");
@@ -511,17 +452,7 @@ fn quota_tree_holds_across_two_controllers_on_one_store() {
     os.ok(&["project", "create", "--parent", "x", "x1"]);
     register_servers(&os);
     for (p, n) in [("top", "6"), ("x", "2"), ("y", "3")] {
-        os.ok(&[
-            "limit",
-            "create",
-            "--service",
-            "nova",
-            "--project",
-            p,
-            "--resource-limit",
-            n,
-            "servers",
-        ]);
+        limit_create(&os, "nova", p, n, "servers");
     }
     let toks = tokens(&c, &["top", "x1", "y"]);
     let img = public_image(&c);
@@ -583,17 +514,7 @@ fn quota_flat_compute_follows_keystone_unified_limits() {
         "3",
         "servers",
     ]);
-    os.ok(&[
-        "limit",
-        "create",
-        "--service",
-        "nova",
-        "--project",
-        "plain",
-        "--resource-limit",
-        "1",
-        "servers",
-    ]);
+    limit_create(&os, "nova", "plain", "1", "servers");
     let shown = os.json(&["quota", "show", "--compute", "plain"]);
     assert!(shown.to_string().contains("\"instances\"") || shown.to_string().contains("Instances"));
     let r = c.req(
@@ -630,17 +551,7 @@ fn quota_tree_usage_is_the_truth_after_a_kill_during_a_burst() {
     os.ok(&["project", "create", "--parent", "yb", "yb-kid"]);
     register_servers(&os);
     for (p, n) in [("base", "30"), ("xa", "10")] {
-        os.ok(&[
-            "limit",
-            "create",
-            "--service",
-            "nova",
-            "--project",
-            p,
-            "--resource-limit",
-            n,
-            "servers",
-        ]);
+        limit_create(&os, "nova", p, n, "servers");
     }
     // Servers are what is counted here: cores and RAM unlimited.
     os.ok(&["quota", "set", "--cores", "-1", "--ram", "-1", "base"]);

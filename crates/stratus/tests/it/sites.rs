@@ -207,6 +207,23 @@ fn root() -> (Cloud, String) {
     (c, format!("https://{listen}"))
 }
 
+/// A root whose sites are down after 4 s without an exchange, and a link
+/// to its sync listener that a test can cut.
+fn root_behind_link() -> (Cloud, Link) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = Cloud::start(&[
+        "--sync-listen",
+        &listen,
+        "--driver",
+        "fake",
+        "--site-down-time",
+        "4",
+    ]);
+    let link = Link::new(&listen);
+    (c, link)
+}
+
 fn create_site(c: &Cloud, name: &str) -> (String, String) {
     let edge = c.server.client_at("/edge/v1");
     let r = edge.post("/sites", &c.admin, json!({"site": {"name": name}}));
@@ -1008,17 +1025,7 @@ impl Link {
 
 #[test]
 fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let c = Cloud::start(&[
-        "--sync-listen",
-        &listen,
-        "--driver",
-        "fake",
-        "--site-down-time",
-        "4",
-    ]);
-    let link = Link::new(&listen);
+    let (c, link) = root_behind_link();
     let (site_id, token) = create_site(&c, "edge-p");
     // Instance HA is on at a site by default; a node is down after 12 s
     // (the site's own node heartbeats every 10 s) and evacuated then.
@@ -1459,17 +1466,7 @@ fn walk_has(dir: &std::path::Path, name: &str) -> bool {
 
 #[test]
 fn sites_a_quota_lease_lets_a_cut_off_site_create_up_to_it_and_no_further() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let c = Cloud::start(&[
-        "--sync-listen",
-        &listen,
-        "--driver",
-        "fake",
-        "--site-down-time",
-        "4",
-    ]);
-    let link = Link::new(&listen);
+    let (c, link) = root_behind_link();
     let (site_id, token) = create_site(&c, "edge-q");
     let site = Site::start(&link.url(), &token);
     eventually(30, "the site's node registers", || {
