@@ -395,13 +395,15 @@ pub fn create(
         let fits = |n: i64| -> Vec<(&'static str, i64, i64, i64)> {
             let mut over = Vec::new();
             for (r, per) in per_server {
-                let held = held.get(r.key()).copied().unwrap_or(0);
+                // (The engine's room already holds back the leases of
+                // every project in the pool.)
                 if let Some((room, u, lim)) = rooms.get(r.key()) {
-                    if room.is_some_and(|room| per * n > room - held) {
-                        over.push((r.key(), per * n, *u + held, *lim));
+                    if room.is_some_and(|room| per * n > room) {
+                        over.push((r.key(), per * n, *u, *lim));
                     }
                     continue;
                 }
+                let held = held.get(r.key()).copied().unwrap_or(0);
                 let lim = limits.get(r.key()).copied().unwrap_or(-1);
                 let u = used.get(r.key()) + held;
                 if lim >= 0 && u + per * n > lim {

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use stratus_store::{Query, Tx};
 
 use super::leases::{KEYS, QuotaLease, reserved, spent};
+use super::quotas::Resource;
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
 
@@ -119,6 +120,24 @@ async fn set(
         let lim = super::quotas::limits_tx(tx, &project, None)?;
         let used = super::quotas::usage_tx(tx, &project, None, "")?;
         let held = reserved(tx, own.as_deref(), &project)?;
+        // Under a tree model the engine's figures, which hold back the
+        // leases of every project of the pool, must stay non-negative.
+        if super::quotas::tree_model(tx)? {
+            for r in [Resource::Instances, Resource::Cores, Resource::Ram] {
+                let Some(m) = super::quotas::meter(r) else { continue };
+                let f = crate::identity::quota::figures(tx, m, &project)?;
+                if f.limit >= 0 && f.in_use + f.reserved + f.allocated + f.lent - f.borrowed > f.limit {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "The lease does not fit the {} quota of {}: {}, with {} in use, {} held for sites and {} allocated to child projects.",
+                            r.key(), f.quota_root, f.limit, f.in_use, f.reserved, f.allocated
+                        ),
+                    ));
+                }
+            }
+            return view(tx, own.as_deref(), &l);
+        }
         for k in KEYS {
             let max = lim.get(k).copied().unwrap_or(-1);
             if max >= 0 && used.get(k) + held[k] > max {
@@ -143,6 +162,11 @@ async fn remove(
     Path((zone, project)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     ctx.require_admin("edge:quota_leases:delete")?;
+    if state.sites.own_zone().is_some() {
+        return Err(ApiError::conflict(
+            "Quota leases are set at the root and come down to the site.",
+        ));
+    }
     state.store.write(|tx| {
         let id = format!("{zone}/{project}");
         if !tx.delete::<QuotaLease>(&id)? {

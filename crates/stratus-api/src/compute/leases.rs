@@ -107,6 +107,28 @@ pub fn reserved(
     Ok(out)
 }
 
+/// Every project's lease reserve on `key` (`instances`, `cores`, `ram`),
+/// for the quota engine at a parent. A site holds back nothing of its own
+/// lease (its creates spend it: [`check_here`]); it knows it is a site by
+/// its cursor on its parent's log (`sync::link::CURSOR`).
+pub fn reserved_all(tx: &Tx, key: &str) -> Result<Vec<(String, i64)>, ApiError> {
+    if tx.meta_get("sync.parent_revision")?.is_some() {
+        return Ok(Vec::new());
+    }
+    let mut out: HashMap<String, i64> = HashMap::new();
+    for l in tx.list::<QuotaLease>(&Query::all())? {
+        let Some(lim) = l.limits.get(key).filter(|v| **v >= 0) else {
+            continue;
+        };
+        let spent = spent(tx, &l.zone, &l.project, false)?;
+        let held = (lim - spent.get(key).copied().unwrap_or(0)).max(0);
+        if held > 0 {
+            *out.entry(l.project.clone()).or_default() += held;
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// At a site: refuses `n` servers of `per` (instances, cores, ram each)
 /// made here past the project's lease, if it has one.
 pub fn check_here(

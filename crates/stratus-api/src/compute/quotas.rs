@@ -809,6 +809,7 @@ pub static SERVERS: Meter = Meter {
     used: |tx, p| used_of(tx, p, Resource::Instances),
     own_all: Some(|tx| own_all(tx, "instances")),
     subtree: Some(|tx, p| subtree_of(tx, p, Resource::Instances)),
+    reserved_all: Some(|tx| super::leases::reserved_all(tx, "instances")),
 };
 /// vCPUs (`class:VCPU`).
 pub static VCPU: Meter = Meter {
@@ -819,6 +820,7 @@ pub static VCPU: Meter = Meter {
     used: |tx, p| used_of(tx, p, Resource::Cores),
     own_all: Some(|tx| own_all(tx, "cores")),
     subtree: Some(|tx, p| subtree_of(tx, p, Resource::Cores)),
+    reserved_all: Some(|tx| super::leases::reserved_all(tx, "cores")),
 };
 /// RAM in MiB (`class:MEMORY_MB`).
 pub static MEMORY_MB: Meter = Meter {
@@ -829,6 +831,7 @@ pub static MEMORY_MB: Meter = Meter {
     used: |tx, p| used_of(tx, p, Resource::Ram),
     own_all: Some(|tx| own_all(tx, "ram")),
     subtree: Some(|tx, p| subtree_of(tx, p, Resource::Ram)),
+    reserved_all: Some(|tx| super::leases::reserved_all(tx, "ram")),
 };
 
 /// Every compute meter the engine enforces.

@@ -76,17 +76,27 @@ fn claim_on_node<R>(
 /// The quota check for growing from `old` to `new` (cores and ram).
 fn check_quota(
     tx: &stratus_store::Tx,
+    own_zone: Option<&str>,
     s: &Server,
     old: &FlavorCopy,
     new: &FlavorCopy,
 ) -> Result<(), ApiError> {
+    let (dc, dr) = (
+        new.vcpus as i64 - old.vcpus as i64,
+        new.ram as i64 - old.ram as i64,
+    );
+    // At an edge site a server made there grows within the site's lease.
+    if let Some(zone) = own_zone
+        && (s.parent_generation == 0 || s.hints.get(super::leases::ADOPTED_HINT).is_some())
+    {
+        super::leases::check_here(tx, zone, &s.project_id, [0, dc.max(0), dr.max(0)], 1)?;
+    }
     if quotas::tree_model(tx)? {
-        let deltas = [
-            (Resource::Cores, new.vcpus as i64 - old.vcpus as i64),
-            (Resource::Ram, new.ram as i64 - old.ram as i64),
-        ];
+        let deltas = [(Resource::Cores, dc), (Resource::Ram, dr)];
         return quotas::take(tx, &s.project_id, &deltas);
     }
+    // What the project's leases to sites hold back here.
+    let held = super::leases::reserved(tx, own_zone, &s.project_id)?;
     let used = quotas::usage_tx(tx, &s.project_id, None, &s.user_id)?;
     let mut over = Vec::new();
     for (r, delta, now) in [
@@ -101,6 +111,7 @@ fn check_quota(
             continue;
         }
         let limit = quotas::limit_tx(tx, &s.project_id, Some(&s.user_id), r)?;
+        let now = now + held.get(r.key()).copied().unwrap_or(0);
         if limit >= 0 && now + delta > limit {
             over.push((r.key(), delta, now, limit));
         }
@@ -145,7 +156,10 @@ pub fn resize(
     let old = s.flavor.clone();
     // Over quota is a 403 before any placement question (checked again
     // in the claim's transaction).
-    state.store.write(|tx| check_quota(tx, s, &old, &new))?;
+    let own_zone = state.sites.own_zone();
+    state
+        .store
+        .write(|tx| check_quota(tx, own_zone.as_deref(), s, &old, &new))?;
     let hold = larger(&flavor_resources(&old), &flavor_resources(&new));
     let now = now_us();
     let migration_id = uuid::Uuid::new_v4().to_string();
@@ -159,7 +173,7 @@ pub fn resize(
         {
             return Err(wrong_state("resize", &cur));
         }
-        check_quota(tx, &cur, &old, &new)?;
+        check_quota(tx, own_zone.as_deref(), &cur, &old, &new)?;
         let mut m = Migration {
             id: migration_id.clone(),
             seq: 0,

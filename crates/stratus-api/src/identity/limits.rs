@@ -102,7 +102,6 @@ async fn usage(
             .ok_or_else(|| ApiError::bad_request("A project_id is required."))?
             .to_string(),
     };
-    state.store.fetch::<Project>(&project)?;
     let mut allowed = ctx.system_reader();
     let mut cur = Some(project.clone());
     while let Some(p) = cur {
@@ -113,6 +112,7 @@ async fn usage(
         cur = state.store.get::<Project>(&p)?.and_then(|x| x.parent_id);
     }
     ctx.allow(allowed, "identity:get_limit")?;
+    state.store.fetch::<Project>(&project)?;
     let model = quota::model_of(&state.store)?;
     let rows = state.store.write(|tx| {
         let mut rows = Vec::new();

@@ -46,6 +46,16 @@ pub const WAIT_MS: i64 = 300_000;
 pub const TAG_BORROW: &str = "quota:borrow";
 /// The tag that makes a parent's children a shared pool.
 pub const TAG_POOL: &str = "quota:pool";
+/// Of two limits on one thing (limits in several regions), the one that
+/// allows less.
+fn stricter(a: i64, b: i64) -> i64 {
+    match (a < 0, b < 0) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => a.min(b),
+    }
+}
+
 /// A pool member's share ratio: `quota:share=N`.
 pub const TAG_SHARE: &str = "quota:share=";
 /// How many projects the fast path walks down a pool before it looks up
@@ -135,6 +145,9 @@ pub struct Meter {
     /// What a project and every project below it use, kept as a running
     /// total, so a check never adds up a whole pool.
     pub subtree: Option<PerProject>,
+    /// What is held back from projects' quotas (quota leases to edge
+    /// sites, not yet spent): (project, amount) for each that has some.
+    pub reserved_all: Option<OwnAll>,
 }
 
 impl Meter {
@@ -247,7 +260,7 @@ impl<'a, 't> Tree<'a, 't> {
         }
     }
 
-    fn project(&mut self, id: &str) -> Result<Option<Project>, ApiError> {
+    pub fn project(&mut self, id: &str) -> Result<Option<Project>, ApiError> {
         if let Some(p) = self.projects.get(id) {
             return Ok(p.clone());
         }
@@ -319,8 +332,9 @@ impl<'a, 't> Tree<'a, 't> {
                 ..Query::default()
             })?
             .into_iter()
-            .find(|l| ids.contains(&l.service_id))
-            .map(|l| l.resource_limit))
+            .filter(|l| ids.contains(&l.service_id))
+            .map(|l| l.resource_limit)
+            .reduce(stricter))
     }
 
     /// The registered (default) limit on `m`, if any.
@@ -343,13 +357,18 @@ impl<'a, 't> Tree<'a, 't> {
         if !self.explicit.contains_key(m.resource) {
             let mut map: HashMap<String, i64> = own_all(self.tx)?.into_iter().collect();
             let ids = self.service_ids(m)?;
+            let mut keystone: HashMap<String, i64> = HashMap::new();
             for l in self.tx.list::<Limit>(&Query::name(m.resource))? {
                 if ids.contains(&l.service_id)
                     && let Some(p) = l.project_id
                 {
-                    map.insert(p, l.resource_limit);
+                    let v = keystone
+                        .get(&p)
+                        .map_or(l.resource_limit, |v| stricter(*v, l.resource_limit));
+                    keystone.insert(p, v);
                 }
             }
+            map.extend(keystone);
             self.explicit.insert(m.resource, map);
         }
         Ok(self.explicit.get(m.resource))
@@ -537,7 +556,8 @@ fn loans_to(tree: &mut Tree, m: &Meter, borrower: &str) -> Result<Vec<(QuotaLoan
     let limit = tree.base(m, borrower)?;
     let (in_use, subs) = tree.pool_use(m, borrower)?;
     let allocated: i64 = subs.iter().map(|s| s.1.max(0)).sum();
-    let mut need = (in_use + allocated - limit).max(0);
+    let reserved = reserved_in(tree, m, borrower)?;
+    let mut need = (in_use + reserved + allocated - limit).max(0);
     Ok(loans
         .into_iter()
         .map(|l| {
@@ -593,17 +613,18 @@ fn root_figures(tree: &mut Tree, m: &Meter, q: &str) -> Result<Figures, ApiError
     let allocated: i64 = subs.iter().map(|s| s.1.max(0)).sum();
     let borrowed: i64 = loans_to(tree, m, q)?.iter().map(|(_, e)| e).sum();
     let lent = lent_by(tree, m, q)?;
+    let reserved = reserved_in(tree, m, q)?;
     let free = if limit < 0 {
         -1
     } else {
-        (limit - in_use - allocated - lent + borrowed).max(0)
+        (limit - in_use - reserved - allocated - lent + borrowed).max(0)
     };
     let own_use = tree.used(m, q)?;
     Ok(Figures {
         quota_root: q.to_string(),
         limit,
         in_use,
-        reserved: 0,
+        reserved,
         allocated,
         borrowed,
         lent,
@@ -611,6 +632,20 @@ fn root_figures(tree: &mut Tree, m: &Meter, q: &str) -> Result<Figures, ApiError
         own_use,
         share: None,
     })
+}
+
+/// What is held back in root `q`'s pool (leases of its members).
+fn reserved_in(tree: &mut Tree, m: &Meter, q: &str) -> Result<i64, ApiError> {
+    let Some(all) = m.reserved_all else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    for (p, amount) in all(tree.tx)? {
+        if tree.project(&p)?.is_some() && tree.root_of(m, &p)? == q {
+            total += amount;
+        }
+    }
+    Ok(total)
 }
 
 /// Where `project` stands on `m` under the deployment's model.
@@ -922,11 +957,18 @@ fn take_hierarchical(tree: &mut Tree, m: &Meter, project: &str, delta: i64) -> R
                 .delete::<QuotaWait>(&format!("{key}/{}", s.member))?;
         }
     }
+    check_ancestors(tree, m, &q, delta)?;
     let mut need = delta - f.free;
     if need <= 0 {
         return Ok(());
     }
-    let lenders = lenders(tree, m, &q)?;
+    // A project that lends does not borrow (its need would not count
+    // what it lent).
+    let lenders = if f.lent > 0 {
+        Vec::new()
+    } else {
+        lenders(tree, m, &q)?
+    };
     let mut plan = Vec::new();
     for (s, _) in lenders {
         if need <= 0 {
@@ -975,6 +1017,40 @@ fn take_hierarchical(tree: &mut Tree, m: &Meter, project: &str, delta: i64) -> R
                 })?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The roots above `q`: each must still hold what its subtree would use.
+/// Allocations keep that true by themselves; this catches a parent whose
+/// limit was lowered (with `force`) or changed where nothing validates it.
+fn check_ancestors(tree: &mut Tree, m: &Meter, q: &str, delta: i64) -> Result<(), Refusal> {
+    let mut cur = tree.parent(q)?;
+    let mut depth = 0;
+    while let Some(p) = cur {
+        depth += 1;
+        if depth > 64 {
+            break;
+        }
+        let a = tree.root_of(m, &p)?;
+        let f = root_figures(tree, m, &a)?;
+        if f.limit >= 0 && f.in_use + f.reserved + f.allocated + f.lent - f.borrowed > f.limit {
+            // Over-committed: count the whole subtree.
+            let used = tree.subtree_use(m, &a)?;
+            if used + f.reserved + delta > f.limit + f.borrowed - f.lent {
+                return Err(Refusal::Over(over(
+                    m,
+                    delta,
+                    used,
+                    f.limit,
+                    format!(
+                        "Quota exceeded for {}: the tree under {a} already uses {used} of its limit {}.",
+                        m.resource, f.limit
+                    ),
+                )));
+            }
+        }
+        cur = tree.parent(&a)?;
     }
     Ok(())
 }
@@ -1052,6 +1128,8 @@ pub fn validate(tx: &Tx, m: &Meter, project: &str, force: bool) -> Result<(), Ap
         }
         Model::Hierarchical => {
             let q = tree.root_of(m, project)?;
+            // Loans no longer needed are returned before anything counts them.
+            settle(&mut tree, m, &q)?;
             let f = root_figures(&mut tree, m, &q)?;
             if f.limit >= 0 && !force {
                 let needed = f.in_use + f.allocated + f.lent - f.borrowed;

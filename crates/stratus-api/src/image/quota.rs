@@ -142,6 +142,7 @@ pub static IMAGES: Meter = Meter {
     used: |tx, p| Ok(tx.list::<Image>(&Query::owner(p))?.len() as i64),
     own_all: None,
     subtree: None,
+    reserved_all: None,
 };
 
 /// MiB of image data a project owns (`image_size_total`).
@@ -161,6 +162,7 @@ pub static IMAGE_SIZE: Meter = Meter {
     },
     own_all: None,
     subtree: None,
+    reserved_all: None,
 };
 
 /// Every image meter the engine enforces.

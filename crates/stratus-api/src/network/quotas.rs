@@ -242,8 +242,15 @@ async fn update(
             id: project.clone(),
             limits: BTreeMap::new(),
         });
+        let keys: Vec<String> = changes.keys().cloned().collect();
         q.limits.extend(changes);
         tx.upsert(&q)?;
+        // A tree model keeps allocations inside the parent's limit.
+        for k in keys {
+            if let Some(m) = meter(&k) {
+                engine::validate(tx, m, &project, false)?;
+            }
+        }
         Ok::<_, NetError>(q)
     })?;
     Ok(reply(StatusCode::OK, json!({ "quota": limits(Some(q)) })))
@@ -294,6 +301,7 @@ macro_rules! network_meter {
             used: |tx, p| used_of(tx, p, $key),
             own_all: None,
             subtree: None,
+            reserved_all: None,
         };
     };
 }

@@ -164,8 +164,15 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
                 id: project.clone(),
                 limits: BTreeMap::new(),
             });
+            let keys: Vec<String> = set.keys().cloned().collect();
             rec.limits.extend(set);
             tx.upsert(&rec)?;
+            // A tree model keeps allocations inside the parent's limit.
+            for k in keys {
+                if let Some(m) = super::service::METERS.iter().find(|m| m.resource == k) {
+                    engine::validate(tx, m, &project, false)?;
+                }
+            }
             limits(tx, Some(&project))
         })?;
         Ok(axum::Json(json!({"quota_set": lim})))

@@ -186,6 +186,7 @@ macro_rules! volume_meter {
             used: |tx, p| used_of(tx, p, $key),
             own_all: None,
             subtree: None,
+            reserved_all: None,
         };
     };
 }

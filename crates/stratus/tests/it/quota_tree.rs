@@ -602,3 +602,32 @@ fn quota_tree_usage_is_the_truth_after_a_kill_during_a_burst() {
     }
     assert_eq!(boot(&c, &toks[3], "over", &img), 403);
 }
+
+#[test]
+fn quota_tree_a_parent_limit_lowered_under_its_allocations_still_bounds_the_tree() {
+    let c = Cloud::start(&["--driver", "fake", "--limit-model", "hierarchical"]);
+    let Some(os) = Os::new(&c.server) else { return };
+    c.wait_nodes(1);
+    os.ok(&["project", "create", "up"]);
+    os.ok(&["project", "create", "--parent", "up", "down"]);
+    register_servers(&os);
+    limit_create(&os, "nova", "up", "4", "servers");
+    limit_create(&os, "nova", "down", "4", "servers");
+    let toks = tokens(&c, &["down"]);
+    let img = public_image(&c);
+    assert_eq!(boot(&c, &toks[0], "d0", &img), 202);
+    // The parent's limit cannot go under what it allocated ...
+    let up_limit = limit_id(&os, "up");
+    let err = os.fails(&["limit", "set", "--resource-limit", "2", &up_limit]);
+    assert!(err.contains("below what it holds"), "{err}");
+    // ... unless forced.
+    let r = c.ks.patch(
+        &format!("/limits/{up_limit}"),
+        &c.admin,
+        json!({"limit": {"resource_limit": 2, "force": true}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // ... and the child, within its own 4, is still held to the parent's 2.
+    assert_eq!(boot(&c, &toks[0], "d1", &img), 202);
+    assert_eq!(boot(&c, &toks[0], "d2", &img), 403);
+}
