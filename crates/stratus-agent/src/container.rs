@@ -826,11 +826,35 @@ impl Driver for ContainerDriver {
                 }
             }
         }
-        match self.runc.list() {
+        // `runc list` fails as a whole when a container's state goes away
+        // while it reads them (a concurrent delete): try again, then ask
+        // each instance, so a running container is never taken for a
+        // stopped one.
+        let mut listed = self.runc.list();
+        for _ in 0..3 {
+            if listed.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            listed = self.runc.list();
+        }
+        match listed {
             // Containers without an instance directory are listed too, so
             // the reaper can destroy them.
             Ok(l) => out.extend(l.into_iter().map(|(id, s)| (id, map_status(s)))),
-            Err(e) => tracing::warn!(error = %e, "cannot list containers"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers; asking each instance");
+                for (id, st) in out.iter_mut() {
+                    match self.status(id) {
+                        Ok(Some(s)) => *st = map_status(s),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(instance = %id, error = %e, "cannot read container state");
+                            *st = PowerState::NoState;
+                        }
+                    }
+                }
+            }
         }
         let mut v: Vec<_> = out.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
