@@ -29,7 +29,7 @@
 //! concurrent creates (also from several API processes on PostgreSQL)
 //! cannot pass a limit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -213,21 +213,11 @@ pub struct Figures {
     pub share: Option<i64>,
 }
 
-/// A refused request: which resource, and the figures that refused it.
+/// A refused request, with the figures that refused it in words (each
+/// service puts them in its own error shape).
 #[derive(Debug, Clone)]
 pub struct Over {
-    pub resource: &'static str,
-    pub requested: i64,
-    pub used: i64,
-    pub limit: i64,
     pub why: String,
-}
-
-impl Over {
-    /// As a plain 403 (services map it to their own error shape).
-    pub fn error(&self) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, self.why.clone())
-    }
 }
 
 // ---- the tree ---------------------------------------------------------------
@@ -777,14 +767,8 @@ fn pool_share(
 
 // ---- enforcement ----------------------------------------------------------------
 
-fn over(m: &Meter, requested: i64, used: i64, limit: i64, why: String) -> Over {
-    Over {
-        resource: m.resource,
-        requested,
-        used,
-        limit,
-        why,
-    }
+fn over(why: String) -> Over {
+    Over { why }
 }
 
 /// How much more of `m` the project could take now (borrowing
@@ -852,7 +836,7 @@ fn lenders(tree: &mut Tree, m: &Meter, q: &str) -> Result<Vec<(String, i64)>, Ap
 pub fn take(tx: &Tx, m: &Meter, project: &str, delta: i64) -> Result<(), Over> {
     take_inner(tx, m, project, delta).map_err(|e| match e {
         Refusal::Over(o) => o,
-        Refusal::Api(e) => over(m, delta, 0, 0, e.message),
+        Refusal::Api(e) => over(e.message),
     })
 }
 
@@ -881,16 +865,10 @@ fn take_inner(tx: &Tx, m: &Meter, project: &str, delta: i64) -> Result<(), Refus
             let limit = tree.base(m, project)?;
             let used = tree.used(m, project)?;
             if limit >= 0 && used + delta > limit {
-                return Err(Refusal::Over(over(
-                    m,
-                    delta,
-                    used,
-                    limit,
-                    format!(
-                        "Quota exceeded for {}: requested {delta}, but already used {used} of {limit}.",
-                        m.resource
-                    ),
-                )));
+                return Err(Refusal::Over(over(format!(
+                    "Quota exceeded for {}: requested {delta}, but already used {used} of {limit}.",
+                    m.resource
+                ))));
             }
             Ok(())
         }
@@ -908,16 +886,10 @@ fn take_inner(tx: &Tx, m: &Meter, project: &str, delta: i64) -> Result<(), Refus
                     } else {
                         format!(" of parent project {p}")
                     };
-                    return Err(Refusal::Over(over(
-                        m,
-                        delta,
-                        used,
-                        limit,
-                        format!(
-                            "Quota exceeded for {}{whose}: requested {delta}, but its tree already uses {used} of {limit}.",
-                            m.resource
-                        ),
-                    )));
+                    return Err(Refusal::Over(over(format!(
+                        "Quota exceeded for {}{whose}: requested {delta}, but its tree already uses {used} of {limit}.",
+                        m.resource
+                    ))));
                 }
             }
             Ok(())
@@ -936,20 +908,14 @@ fn take_hierarchical(tree: &mut Tree, m: &Meter, project: &str, delta: i64) -> R
     let key = m.key();
     if let Some(s) = pool_share(tree, m, &q, project, f.limit)? {
         if s.member_use + delta > s.share && !s.waiting.is_empty() {
-            return Err(Refusal::Over(over(
-                m,
-                delta,
+            return Err(Refusal::Over(over(format!(
+                "Quota exceeded for {}: {} has used {} of its share of {} in pool {q}, and {} waits for its own share.",
+                m.resource,
+                s.member,
                 s.member_use,
                 s.share,
-                format!(
-                    "Quota exceeded for {}: {} has used {} of its share of {} in pool {q}, and {} waits for its own share.",
-                    m.resource,
-                    s.member,
-                    s.member_use,
-                    s.share,
-                    s.waiting.join(", ")
-                ),
-            )));
+                s.waiting.join(", ")
+            ))));
         }
         if delta <= f.free {
             // Served: it no longer waits.
@@ -987,16 +953,10 @@ fn take_hierarchical(tree: &mut Tree, m: &Meter, project: &str, delta: i64) -> R
         } else {
             format!(" (drawn from {q})")
         };
-        return Err(Refusal::Over(over(
-            m,
-            delta,
-            f.in_use,
-            f.limit,
-            format!(
-                "Quota exceeded for {}{whose}: requested {delta}, but only {} is free of the limit {} (in use {}, allocated to child projects {}, lent {}, borrowed {}).",
-                m.resource, f.free, f.limit, f.in_use, f.allocated, f.lent, f.borrowed
-            ),
-        )));
+        return Err(Refusal::Over(over(format!(
+            "Quota exceeded for {}{whose}: requested {delta}, but only {} is free of the limit {} (in use {}, allocated to child projects {}, lent {}, borrowed {}).",
+            m.resource, f.free, f.limit, f.in_use, f.allocated, f.lent, f.borrowed
+        ))));
     }
     let now = crate::timeutil::now_us();
     for (lender, amount) in plan {
@@ -1038,16 +998,10 @@ fn check_ancestors(tree: &mut Tree, m: &Meter, q: &str, delta: i64) -> Result<()
             // Over-committed: count the whole subtree.
             let used = tree.subtree_use(m, &a)?;
             if used + f.reserved + delta > f.limit + f.borrowed - f.lent {
-                return Err(Refusal::Over(over(
-                    m,
-                    delta,
-                    used,
-                    f.limit,
-                    format!(
-                        "Quota exceeded for {}: the tree under {a} already uses {used} of its limit {}.",
-                        m.resource, f.limit
-                    ),
-                )));
+                return Err(Refusal::Over(over(format!(
+                    "Quota exceeded for {}: the tree under {a} already uses {used} of its limit {}.",
+                    m.resource, f.limit
+                ))));
             }
         }
         cur = tree.parent(&a)?;
@@ -1214,19 +1168,6 @@ pub fn loans(tx: &Tx, m: &Meter, project: &str) -> Result<Vec<(String, String, i
                 out.push((l.lender, l.borrower, eff));
             }
         }
-    }
-    Ok(out)
-}
-
-/// The figures for every meter, keyed by resource name (for reports).
-pub fn report(
-    tx: &Tx,
-    meters: &[&Meter],
-    project: &str,
-) -> Result<BTreeMap<String, Figures>, ApiError> {
-    let mut out = BTreeMap::new();
-    for m in meters {
-        out.insert(m.resource.to_string(), figures(tx, m, project)?);
     }
     Ok(out)
 }

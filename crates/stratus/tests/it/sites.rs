@@ -224,6 +224,17 @@ fn root_behind_link() -> (Cloud, Link) {
     (c, link)
 }
 
+/// Waits until the site takes the root's tokens and its one node has
+/// registered there.
+fn wait_site_node(site: &Site, admin: &str) {
+    eventually(30, "the site's node registers", || {
+        site.ks().validate(admin, admin).status == 200
+            && site.at("/compute/v2.1").get("/os-hypervisors", admin).body["hypervisors"]
+                .as_array()
+                .is_some_and(|h| h.len() == 1)
+    });
+}
+
 fn create_site(c: &Cloud, name: &str) -> (String, String) {
     let edge = c.server.client_at("/edge/v1");
     let r = edge.post("/sites", &c.admin, json!({"site": {"name": name}}));
@@ -1034,15 +1045,7 @@ fn sites_a_partitioned_site_keeps_running_takes_local_orders_and_converges() {
         &token,
         &["--service-down-time", "12", "--evacuate-after", "12"],
     );
-    eventually(30, "the site's node registers", || {
-        site.ks().validate(&c.admin, &c.admin).status == 200
-            && site
-                .at("/compute/v2.1")
-                .get("/os-hypervisors", &c.admin)
-                .body["hypervisors"]
-                .as_array()
-                .is_some_and(|h| h.len() == 1)
-    });
+    wait_site_node(&site, &c.admin);
     let (_, tok) = c.project("edge-p-tenant");
     let img = c.image(&tok, "tiny");
     let boot = |name: &str| -> String {
@@ -1232,15 +1235,7 @@ fn sites_a_site_is_drained_declared_dead_and_decommissioned() {
     let (c, sync) = root();
     let (id, token) = create_site(&c, "edge-d");
     let site = Site::start(&sync, &token);
-    eventually(30, "the site's node registers", || {
-        site.ks().validate(&c.admin, &c.admin).status == 200
-            && site
-                .at("/compute/v2.1")
-                .get("/os-hypervisors", &c.admin)
-                .body["hypervisors"]
-                .as_array()
-                .is_some_and(|h| h.len() == 1)
-    });
+    wait_site_node(&site, &c.admin);
     let (_, tok) = c.project("edge-d-tenant");
     let img = c.image(&tok, "tiny");
     let boot = || {
@@ -1469,15 +1464,7 @@ fn sites_a_quota_lease_lets_a_cut_off_site_create_up_to_it_and_no_further() {
     let (c, link) = root_behind_link();
     let (site_id, token) = create_site(&c, "edge-q");
     let site = Site::start(&link.url(), &token);
-    eventually(30, "the site's node registers", || {
-        site.ks().validate(&c.admin, &c.admin).status == 200
-            && site
-                .at("/compute/v2.1")
-                .get("/os-hypervisors", &c.admin)
-                .body["hypervisors"]
-                .as_array()
-                .is_some_and(|h| h.len() == 1)
-    });
+    wait_site_node(&site, &c.admin);
     let (pid, tok) = c.project("edge-q-tenant");
     let img = c.image(&tok, "tiny");
     // The project may have 4 servers; 2 of them are leased to the site.
