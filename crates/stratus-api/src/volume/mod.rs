@@ -68,6 +68,33 @@ pub const MIN_MINOR: u16 = 0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Mv(pub u16);
 
+impl Mv {
+    /// Whether the request asked for `3.minor` or later.
+    pub fn at_least(self, minor: u16) -> bool {
+        self.0 >= minor
+    }
+
+    /// A 404 unless the request is at `3.minor` or later: what Cinder
+    /// answers for an API added at that microversion.
+    pub fn require(self, minor: u16) -> Result<(), ApiError> {
+        if self.at_least(minor) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("The resource could not be found (it needs microversion 3.{minor})."),
+            ))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Mv {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Mv>().copied().unwrap_or(Mv(MIN_MINOR)))
+    }
+}
+
 /// Wakes storage nodes waiting for work: a position that moves with
 /// every change to a volume or snapshot (followed from the change log,
 /// and bumped by this process's own writes at once).
