@@ -82,6 +82,9 @@ pub enum VolumeTask {
     /// Convert volume `volume_id` and upload it to the image service as
     /// image [`VolumeWork::upload`].
     Upload,
+    /// Write the volume's file again from [`VolumeWork::source`] (a
+    /// snapshot: revert, 3.40; an image: reimage, 3.68), at its size.
+    Rewrite,
     /// A task this agent does not know (a newer controller).
     #[serde(other)]
     Other,

@@ -216,6 +216,26 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        VolumeTask::Rewrite => {
+            // Revert to a snapshot or reimage: the new contents are made
+            // beside the file and renamed over it, so a crash leaves the
+            // old data or the new, and a rerun does the same again.
+            let from = match &w.source {
+                Some(VolumeSource::Image {
+                    id: image,
+                    sha512,
+                    disk_format,
+                }) => {
+                    let path = super::images::fetch_image(sh, safe_id(image)?, sha512.as_deref())?;
+                    (path, qemu_format(disk_format))
+                }
+                Some(VolumeSource::Snapshot { id: s }) => {
+                    (snapshot_path(dir, safe_id(s)?), "qcow2".to_string())
+                }
+                other => anyhow::bail!("a volume cannot be rewritten from {other:?}"),
+            };
+            write(&volume_path(dir, id), Some(from), size)
+        }
         VolumeTask::Delete => remove(&volume_path(dir, id)),
         VolumeTask::Snapshot => {
             let vol = w
@@ -257,6 +277,12 @@ fn make(path: &Path, from: Option<(PathBuf, String)>, size: u64) -> anyhow::Resu
     if path.exists() {
         return Ok(());
     }
+    write(path, from, size)
+}
+
+/// Writes `path` (empty, or a copy of `from`), `size` GiB, as `.part`
+/// renamed over whatever was there when whole.
+fn write(path: &Path, from: Option<(PathBuf, String)>, size: u64) -> anyhow::Result<()> {
     let part = path.with_extension("qcow2.part");
     let _ = std::fs::remove_file(&part);
     let r = (|| {

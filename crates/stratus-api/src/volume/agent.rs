@@ -136,7 +136,11 @@ async fn work(
                     task,
                     generation: v.generation,
                     size_gb: v.extend_to.unwrap_or(v.size),
-                    source: v.source,
+                    source: if task == stratus_wire::volume::VolumeTask::Rewrite {
+                        v.rewrite_from
+                    } else {
+                        v.source
+                    },
                     volume_id: None,
                     upload: None,
                 });

@@ -22,8 +22,11 @@ pub fn status_of(v: &Volume) -> &'static str {
         "in-use"
     } else if v.attachments.iter().any(|a| a.status == "detaching") {
         "detaching"
-    } else {
+    } else if v.attachments.iter().any(|a| a.status == "attaching") {
         "attaching"
+    } else {
+        // Only reservations made through the attachments API (3.27).
+        "reserved"
     }
 }
 
@@ -32,8 +35,14 @@ pub fn status_of(v: &Volume) -> &'static str {
 pub fn multiattach(tx: &Tx, v: &Volume) -> Result<bool, ApiError> {
     Ok(tx
         .get::<VolumeType>(&v.volume_type_id)?
-        .and_then(|t| t.extra_specs.get("multiattach").cloned())
-        .is_some_and(|s| s.trim().eq_ignore_ascii_case("<is> True")))
+        .is_some_and(|t| type_multiattach(&t)))
+}
+
+/// Whether volumes of type `t` may attach to several servers.
+pub fn type_multiattach(t: &VolumeType) -> bool {
+    t.extra_specs
+        .get("multiattach")
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("<is> True"))
 }
 
 /// The last device name a volume may take: the node lays volumes out in
@@ -132,6 +141,7 @@ pub fn reserve(
         host_name: s.host.clone(),
         status: "attaching".into(),
         attached_us: now,
+        mode: None,
     };
     let sv = ServerVolume {
         volume_id: v.id.clone(),

@@ -478,6 +478,7 @@ fn new_volume(
         image_metadata: Default::default(),
         source: None,
         task: None,
+        rewrite_from: None,
         generation: 1,
         fault: None,
         attachments: Vec::new(),

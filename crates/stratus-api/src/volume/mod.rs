@@ -27,11 +27,14 @@
 
 mod agent;
 pub mod attach;
+mod attachments;
 mod backup_model;
 mod backups;
 mod chunks;
+pub(crate) mod filters;
 mod hosts;
 mod limits;
+pub(crate) mod messages;
 pub mod model;
 pub mod qos;
 mod quotas;
@@ -58,9 +61,9 @@ use serde_json::{Value, json};
 use crate::identity::policy::Ctx;
 use crate::{ApiError, AppState};
 
-/// Highest microversion implemented: 3.0 (the base v3 API; see
-/// `docs/block-storage.md` for why no higher yet).
-pub const MAX_MINOR: u16 = 0;
+/// Highest microversion implemented: 3.70 (Cinder 2023.1); what each
+/// step changes is in `docs/block-storage.md`.
+pub const MAX_MINOR: u16 = 70;
 /// Lowest: 3.0.
 pub const MIN_MINOR: u16 = 0;
 
@@ -91,7 +94,11 @@ impl Mv {
 impl<S: Send + Sync> FromRequestParts<S> for Mv {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<Mv>().copied().unwrap_or(Mv(MIN_MINOR)))
+        Ok(parts
+            .extensions
+            .get::<Mv>()
+            .copied()
+            .unwrap_or(Mv(MIN_MINOR)))
     }
 }
 
@@ -314,6 +321,8 @@ pub fn router() -> Router<AppState> {
         // volume actions (see `upload::intercept`).
         .merge(volumes::routes().route_layer(axum::middleware::from_fn(upload::intercept)))
         .merge(snapshots::routes())
+        .merge(attachments::routes())
+        .merge(messages::routes())
         .merge(backups::routes())
         .merge(transfers::routes())
         .merge(types::routes())

@@ -45,6 +45,10 @@ pub struct Volume {
     pub source: Option<VolumeSource>,
     #[serde(default)]
     pub task: Option<VolumeTask>,
+    /// What a [`VolumeTask::Rewrite`] writes the volume from (its own
+    /// `source` stays what it was made from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_from: Option<VolumeSource>,
     #[serde(default)]
     pub generation: u64,
     /// Why the last task failed (kept for operators; logged).
@@ -69,9 +73,13 @@ pub struct VolumeAttachment {
     pub device: Option<String>,
     #[serde(default)]
     pub host_name: Option<String>,
-    /// `attaching`, `attached` or `detaching` (Cinder's attach_status).
+    /// `reserved`, `attaching`, `attached` or `detaching` (Cinder's
+    /// attach_status).
     pub status: String,
     pub attached_us: i64,
+    /// `rw` or `ro` (3.54); `None` reads as `rw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 record!(

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use stratus_store::{Query, Tx};
-use stratus_wire::volume::{VolumeReport, VolumeTask};
+use stratus_wire::volume::{VolumeReport, VolumeSource, VolumeTask};
 
 use super::backup_model::{Backup, VolumeUpload};
 use super::model::{Snapshot, StorageNode, Volume, VolumeQuota, VolumeType};
@@ -268,10 +268,22 @@ pub fn place(
     zone: Option<&str>,
     size: u64,
 ) -> Result<Option<(String, String)>, ApiError> {
+    place_typed(state, tx, zone, size, &BTreeMap::new())
+}
+
+/// [`place`] for a volume of a type with `specs`: only a node whose
+/// backend offers what they ask (Cinder's capabilities filter).
+pub fn place_typed(
+    state: &AppState,
+    tx: &Tx,
+    zone: Option<&str>,
+    size: u64,
+    specs: &BTreeMap<String, String>,
+) -> Result<Option<(String, String)>, ApiError> {
     let best = capacities(state, tx)?
         .into_iter()
         .filter(|c| c.up && !c.node.disabled && zone.is_none_or(|z| z == c.zone))
-        .filter(|c| fits(c, size))
+        .filter(|c| fits(c, size) && satisfies(&capabilities(c), specs))
         .max_by(|a, b| {
             let free = |c: &Capacity| {
                 c.node.total_capacity_gb * c.node.max_over_subscription_ratio.max(1.0)
@@ -282,14 +294,15 @@ pub fn place(
     Ok(best.map(|c| (c.node.id, c.zone)))
 }
 
-/// Storage node `host`, when it is up, enabled, in `zone` and can hold
-/// `size` GiB more: (host, zone).
+/// Storage node `host`, when it is up, enabled, in `zone`, can hold
+/// `size` GiB more and offers what `specs` ask: (host, zone).
 pub fn place_on(
     state: &AppState,
     tx: &Tx,
     host: &str,
     zone: Option<&str>,
     size: u64,
+    specs: &BTreeMap<String, String>,
 ) -> Result<Option<(String, String)>, ApiError> {
     Ok(capacities(state, tx)?
         .into_iter()
@@ -299,8 +312,95 @@ pub fn place_on(
                 && !c.node.disabled
                 && zone.is_none_or(|z| z == c.zone)
                 && fits(c, size)
+                && satisfies(&capabilities(c), specs)
         })
         .map(|c| (c.node.id, c.zone)))
+}
+
+/// What a storage node's backend reports to the scheduler (Cinder's
+/// volume stats; also `scheduler-stats/get_pools?detail=true`).
+pub fn capabilities(c: &Capacity) -> serde_json::Map<String, serde_json::Value> {
+    use super::hosts::{BACKEND, PROTOCOL, VENDOR};
+    let v = serde_json::json!({
+        "volume_backend_name": BACKEND,
+        "vendor_name": VENDOR,
+        "driver_version": env!("CARGO_PKG_VERSION"),
+        "storage_protocol": PROTOCOL,
+        "total_capacity_gb": c.node.total_capacity_gb,
+        "free_capacity_gb": c.node.free_capacity_gb,
+        "provisioned_capacity_gb": c.provisioned_gb,
+        "max_over_subscription_ratio": c.node.max_over_subscription_ratio.to_string(),
+        "thin_provisioning_support": true,
+        "thick_provisioning_support": false,
+        "reserved_percentage": 0,
+        "QoS_support": false,
+        "multiattach": true,
+        "online_extend_support": false,
+        "consistent_group_snapshot_enabled": false,
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// Whether a backend with `caps` offers what a type's extra `specs` ask
+/// (Cinder's `CapabilitiesFilter`): a key scoped to something other
+/// than `capabilities:` (`RESKEY:`, `qos:`, a vendor's) is not the
+/// scheduler's; any other must name a capability whose value matches.
+pub fn satisfies(
+    caps: &serde_json::Map<String, serde_json::Value>,
+    specs: &BTreeMap<String, String>,
+) -> bool {
+    specs.iter().all(|(key, req)| {
+        let key = key.strip_prefix("capabilities:").unwrap_or(key);
+        if key.contains(':') {
+            return true;
+        }
+        match caps.get(key) {
+            None => false,
+            Some(v) => spec_matches(v, req),
+        }
+    })
+}
+
+/// One extra spec against one capability, with Cinder's operators
+/// (`extra_specs_ops`): `<is>`, `<in>`, `<all-in>`, `<or>`, `=` (at
+/// least), `==`, `!=`, `>=`, `<=`, `s==`, `s!=`, `s<`, `s<=`, `s>`,
+/// `s>=`; anything else is compared as a whole string.
+fn spec_matches(value: &serde_json::Value, req: &str) -> bool {
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        other => other.to_string(),
+    };
+    let words: Vec<&str> = req.split_whitespace().collect();
+    let Some((op, rest)) = words.split_first() else {
+        return text == req;
+    };
+    let num = |s: &str| s.parse::<f64>().ok();
+    let cmp = |f: fn(f64, f64) -> bool| match (num(&text), rest.first().and_then(|w| num(w))) {
+        (Some(a), Some(b)) => f(a, b),
+        _ => false,
+    };
+    let arg = rest.first().copied().unwrap_or("");
+    match *op {
+        "<or>" => words.iter().filter(|w| **w != "<or>").any(|w| *w == text),
+        "<is>" => text.eq_ignore_ascii_case(arg),
+        "<in>" => text.contains(arg),
+        "<all-in>" => rest.iter().all(|w| text.contains(w)),
+        "=" | ">=" => cmp(|a, b| a >= b),
+        "==" => cmp(|a, b| a == b),
+        "!=" => cmp(|a, b| a != b),
+        "<=" => cmp(|a, b| a <= b),
+        "s==" => text.as_str() == arg,
+        "s!=" => text.as_str() != arg,
+        "s<" => text.as_str() < arg,
+        "s<=" => text.as_str() <= arg,
+        "s>" => text.as_str() > arg,
+        "s>=" => text.as_str() >= arg,
+        _ => text == req,
+    }
 }
 
 /// Settles a storage node's report of a task on volume or snapshot `id`.
@@ -328,6 +428,13 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             let ok = r.error.is_none();
             match r.task {
                 VolumeTask::Create => {
+                    if !ok {
+                        let event = match v.source {
+                            Some(VolumeSource::Image { .. }) => super::messages::Event::CopyImageToVolume,
+                            _ => super::messages::Event::CreateFromBackend,
+                        };
+                        super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, event, r.error.as_deref())?;
+                    }
                     // A volume made for a new server is reserved for it.
                     v.status = if ok { super::attach::status_of(&v) } else { "error" }.into();
                     ready = crate::compute::boot_volumes::volume_ready(tx, &v, ok)?;
@@ -338,6 +445,25 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                     }
                     v.extend_to = None;
                     v.status = if ok { "available" } else { "error_extending" }.into();
+                    if !ok {
+                        super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Extend, r.error.as_deref())?;
+                    }
+                }
+                VolumeTask::Rewrite => {
+                    // Revert (snapshot) or reimage (image): the volume
+                    // holds the new data, or its old data when it failed
+                    // (the file is replaced only when whole).
+                    if ok
+                        && let Some(VolumeSource::Image { id: image, .. }) = &v.rewrite_from
+                    {
+                        v.bootable = true;
+                        v.image_metadata.insert("image_id".into(), image.clone());
+                    }
+                    if !ok {
+                        super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Rewrite, r.error.as_deref())?;
+                    }
+                    v.rewrite_from = None;
+                    v.status = if ok { super::attach::status_of(&v) } else { "error" }.into();
                 }
                 VolumeTask::Delete if ok => {
                     tx.delete::<Volume>(id)?;
@@ -362,6 +488,16 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             s.updated_us = now;
             s.fault = r.error.clone();
             let ok = r.error.is_none();
+            if !ok {
+                let event = match r.task {
+                    VolumeTask::Snapshot => Some(super::messages::Event::SnapshotCreate),
+                    VolumeTask::DeleteSnapshot => Some(super::messages::Event::SnapshotDelete),
+                    _ => None,
+                };
+                if let Some(event) = event {
+                    super::messages::record_tx(tx, &s.project_id, "VOLUME_SNAPSHOT", &s.id, event, r.error.as_deref())?;
+                }
+            }
             match r.task {
                 VolumeTask::Snapshot => s.status = if ok { "available" } else { "error" }.into(),
                 VolumeTask::DeleteSnapshot if ok => {
@@ -393,8 +529,12 @@ pub fn makes_from_image(state: &AppState, host: &str, image_id: &str) -> Result<
         .list::<Volume>(&Query::parent(host))?
         .iter()
         .any(|v| {
-            v.task == Some(VolumeTask::Create)
-                && matches!(&v.source, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
+            let from = match v.task {
+                Some(VolumeTask::Create) => &v.source,
+                Some(VolumeTask::Rewrite) => &v.rewrite_from,
+                _ => &None,
+            };
+            matches!(from, Some(stratus_wire::volume::VolumeSource::Image { id, .. }) if id == image_id)
         });
     Ok(making || uploads_to_image(state, host, image_id)?)
 }
@@ -412,6 +552,54 @@ pub fn uploads_to_image(state: &AppState, host: &str, image_id: &str) -> Result<
 /// Wakes the storage nodes after this process wrote at `rev`.
 pub fn written(state: &AppState, rev: i64) {
     state.volumes.bump(rev as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn caps() -> serde_json::Map<String, serde_json::Value> {
+        match json!({"vendor_name": "Stratus", "storage_protocol": "file", "multiattach": true, "total_capacity_gb": 100.0})
+        {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn specs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn extra_specs_match_capabilities_as_cinder_does() {
+        let c = caps();
+        assert!(satisfies(&c, &specs(&[])));
+        assert!(satisfies(
+            &c,
+            &specs(&[("vendor_name", "Stratus"), ("storage_protocol", "file")])
+        ));
+        assert!(satisfies(&c, &specs(&[("multiattach", "<is> True")])));
+        assert!(satisfies(
+            &c,
+            &specs(&[("capabilities:vendor_name", "<or> X <or> Stratus")])
+        ));
+        assert!(satisfies(&c, &specs(&[("total_capacity_gb", ">= 50")])));
+        // Scoped keys are not the scheduler's.
+        assert!(satisfies(
+            &c,
+            &specs(&[("RESKEY:availability_zones", "az1"), ("qos:iops", "9")])
+        ));
+        // What the backend does not offer or report fails.
+        assert!(!satisfies(&c, &specs(&[("vendor_name", "Acme")])));
+        assert!(!satisfies(&c, &specs(&[("storage_protocol", "iSCSI")])));
+        assert!(!satisfies(&c, &specs(&[("unknown_capability", "x")])));
+        assert!(!satisfies(&c, &specs(&[("multiattach", "<is> False")])));
+        assert!(!satisfies(&c, &specs(&[("total_capacity_gb", ">= 500")])));
+    }
 }
 
 impl StorageNode {

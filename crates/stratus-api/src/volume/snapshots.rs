@@ -15,7 +15,7 @@ use stratus_wire::volume::VolumeTask;
 
 use super::model::{Snapshot, Volume, VolumeType};
 use super::service::{Delta, check_quota, written};
-use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use super::{Mv, VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -40,7 +40,7 @@ pub fn routes() -> Router<AppState> {
 
 /// A snapshot; with `detail` (show and the detailed list) the extended
 /// attributes too, as Cinder's views.
-fn render(s: &Snapshot, detail: bool) -> Value {
+fn render(s: &Snapshot, detail: bool, mv: Mv, admin: bool) -> Value {
     let mut out = json!({
         "id": s.id,
         "name": s.name,
@@ -59,6 +59,15 @@ fn render(s: &Snapshot, detail: bool) -> Value {
             None if s.status == "available" => "100%",
             None => "0%",
         });
+        if admin && mv.at_least(21) {
+            out["provider_id"] = Value::Null;
+        }
+        if mv.at_least(41) {
+            out["user_id"] = json!(s.user_id);
+        }
+    }
+    if mv.at_least(65) {
+        out["consumes_quota"] = json!(true);
     }
     out
 }
@@ -69,21 +78,41 @@ fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Snapshot, ApiError> {
         .ok_or_else(|| not_found("Snapshot", id))
 }
 
-async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, false).await
+async fn list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, mv, q, false).await
 }
 
-async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, true).await
+async fn list_detail(
+    s: State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    q: Query<HashMap<String, String>>,
+) -> J {
+    listing(s, ctx, mv, q, true).await
 }
 
 async fn listing(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
     let paging = super::paging(&q)?;
+    // 3.22: snapshots with this metadata.
+    let meta_filter = match q.get("metadata") {
+        Some(m) if mv.at_least(22) => {
+            let fixed = m.replace('\'', "\"");
+            let v: Value = serde_json::from_str(&fixed)
+                .map_err(|_| ApiError::bad_request(format!("Invalid metadata filter: {m}")))?;
+            Some(super::metadata(&v)?)
+        }
+        _ => None,
+    };
+    let with_count = mv.at_least(45)
+        && q.get("with_count")
+            .is_some_and(|c| super::parse_bool(&json!(c)).unwrap_or(false));
+    let admin = ctx.is_admin();
     let all = q
         .get("all_tenants")
         .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
@@ -100,15 +129,17 @@ async fn listing(
             .list::<Snapshot>(&query)?
             .iter()
             .filter(|s| {
-                q.get("name")
-                    .is_none_or(|n| s.name.as_deref() == Some(n.as_str()))
-                    && q.get("status")
-                        .is_none_or(|x| x.eq_ignore_ascii_case(&s.status))
+                super::filters::text_matches(&q, "name", s.name.as_deref(), mv)
+                    && super::filters::text_matches_ci(&q, "status", &s.status, mv)
                     && q.get("volume_id").is_none_or(|x| *x == s.volume_id)
                     && (!all || q.get("project_id").is_none_or(|x| *x == s.project_id))
+                    && meta_filter
+                        .as_ref()
+                        .is_none_or(|m| m.iter().all(|(k, x)| s.metadata.get(k) == Some(x)))
             })
-            .map(|s| render(s, detail))
+            .map(|s| render(s, detail, mv, admin))
             .collect();
+        let count = items.len();
         let items = super::page(items, &paging)?;
         let path = if detail {
             "snapshots/detail"
@@ -128,15 +159,20 @@ async fn listing(
         ) {
             out["snapshots_links"] = l;
         }
+        if with_count {
+            out["count"] = json!(count);
+        }
         Ok(axum::Json(out))
     })
     .await
 }
 
-async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+async fn show(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P) -> J {
     blocking(move || {
         let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
-        Ok(axum::Json(json!({"snapshot": render(&s, true)})))
+        Ok(axum::Json(
+            json!({"snapshot": render(&s, true, mv, ctx.is_admin())}),
+        ))
     })
     .await
 }
@@ -144,6 +180,7 @@ async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
 async fn create(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     ctx.project()?;
@@ -164,8 +201,15 @@ async fn create(
             super::parse_bool(f)
                 .ok_or_else(|| ApiError::bad_request(format!("Invalid value '{f}' for force.")))
         })
-        .transpose()?
-        .unwrap_or(false);
+        .transpose()?;
+    // 3.66: a volume in use is snapshotted without asking; saying it must
+    // not be is a contradiction Cinder refuses.
+    if mv.at_least(66) && force == Some(false) {
+        return Err(ApiError::bad_request(
+            "Invalid value 'False' for force: from microversion 3.66 a snapshot of a volume in use needs no force flag, and force=False is refused.",
+        ));
+    }
+    let force = force.unwrap_or(false) || mv.at_least(66);
     let metadata = match s.get("metadata") {
         None | Some(Value::Null) => Default::default(),
         Some(m) => super::metadata(m)?,
@@ -183,7 +227,7 @@ async fn create(
             create_in(tx, &ctx, &v, name.clone(), description.clone(), metadata.clone())
         })?;
         written(&state, rev);
-        Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&snap, false)}))))
+        Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&snap, false, mv, false)}))))
     })
     .await
 }
@@ -235,7 +279,7 @@ pub(crate) fn create_in(
     Ok((snap, rev))
 }
 
-async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+async fn update(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P, raw: Bytes) -> J {
     let b = body(&raw)?;
     let u = b
         .get("snapshot")
@@ -259,7 +303,9 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             tx.update(&s)?;
             Ok::<_, ApiError>(s)
         })?;
-        Ok(axum::Json(json!({"snapshot": render(&s, false)})))
+        Ok(axum::Json(
+            json!({"snapshot": render(&s, false, mv, false)}),
+        ))
     })
     .await
 }

@@ -115,8 +115,19 @@ fn type_id(p: &HashMap<String, String>) -> String {
 async fn list(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: super::Mv,
     Query(q): Query<HashMap<String, String>>,
 ) -> J {
+    // 3.52: types whose extra specs include these.
+    let spec_filter = match q.get("extra_specs") {
+        Some(m) if mv.at_least(52) => {
+            let fixed = m.replace('\'', "\"");
+            let v: Value = serde_json::from_str(&fixed)
+                .map_err(|_| ApiError::bad_request(format!("Invalid extra_specs filter: {m}")))?;
+            Some(super::metadata(&v)?)
+        }
+        _ => None,
+    };
     blocking(move || {
         let want_public = match q.get("is_public").map(|s| s.to_ascii_lowercase()) {
             Some(s) if s == "none" && ctx.is_admin() => None,
@@ -128,6 +139,11 @@ async fn list(
             .list::<VolumeType>(&StoreQuery::all())?
             .iter()
             .filter(|t| visible(&ctx, t))
+            .filter(|t| {
+                spec_filter
+                    .as_ref()
+                    .is_none_or(|m| m.iter().all(|(k, x)| t.extra_specs.get(k) == Some(x)))
+            })
             .filter(|t| match want_public {
                 // Cinder: a member listing public types also sees the
                 // private ones shared with them.

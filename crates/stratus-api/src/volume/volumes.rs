@@ -20,9 +20,9 @@ use stratus_store::{Query as StoreQuery, Tx};
 use stratus_wire::volume::{VolumeSource, VolumeTask};
 
 use super::model::{Snapshot, Volume, VolumeType};
-use super::service::{Delta, check_quota, place, place_on, written};
+use super::service::{Delta, check_quota, place_on, place_typed, written};
 use super::types::{DEFAULT_TYPE, find as find_type};
-use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use super::{Mv, VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -63,6 +63,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/volumes", get(list).post(create))
         .route("/volumes/detail", get(list_detail))
+        .route("/volumes/summary", get(summary))
         .route("/volumes/{id}", get(show).put(update).delete(delete))
         .route(
             "/volumes/{id}/metadata",
@@ -75,7 +76,14 @@ pub fn routes() -> Router<AppState> {
         .route("/volumes/{id}/action", post(action))
 }
 
-pub(crate) fn render(state: &AppState, ctx: &VCtx, v: &Volume, type_name: &str) -> Value {
+pub(crate) fn render(
+    state: &AppState,
+    ctx: &VCtx,
+    v: &Volume,
+    vtype: Option<&VolumeType>,
+    mv: Mv,
+) -> Value {
+    let type_name = vtype.map(|t| t.name.as_str()).unwrap_or_default();
     let base = &state.config.public_url;
     let mut metadata: serde_json::Map<String, Value> = v
         .metadata
@@ -99,7 +107,7 @@ pub(crate) fn render(state: &AppState, ctx: &VCtx, v: &Volume, type_name: &str) 
         "availability_zone": v.availability_zone,
         "created_at": ts(v.created_us),
         "updated_at": ts(v.updated_us),
-        "attachments": v.attachments.iter().filter(|a| a.status != "attaching").map(|a| json!({
+        "attachments": v.attachments.iter().filter(|a| a.status == "attached" || a.status == "detaching").map(|a| json!({
             "id": v.id,
             "attachment_id": a.id,
             "volume_id": v.id,
@@ -110,7 +118,7 @@ pub(crate) fn render(state: &AppState, ctx: &VCtx, v: &Volume, type_name: &str) 
         })).collect::<Vec<_>>(),
         "bootable": if v.bootable { "true" } else { "false" },
         "encrypted": false,
-        "multiattach": false,
+        "multiattach": vtype.is_some_and(super::attach::type_multiattach),
         "metadata": metadata,
         "replication_status": null,
         "consistencygroup_id": null,
@@ -132,15 +140,48 @@ pub(crate) fn render(state: &AppState, ctx: &VCtx, v: &Volume, type_name: &str) 
         out["os-vol-mig-status-attr:migstat"] = Value::Null;
         out["os-vol-mig-status-attr:name_id"] = Value::Null;
         out["migration_status"] = Value::Null;
+        if mv.at_least(21) {
+            out["provider_id"] = Value::Null;
+        }
+        if mv.at_least(61) {
+            // No clustered (active/active) volume services.
+            out["cluster_name"] = Value::Null;
+        }
+    }
+    if mv.at_least(48) {
+        // Each volume is its own file: no target shared between volumes
+        // that a consumer would have to lock.
+        out["shared_targets"] = json!(false);
+        out["service_uuid"] = json!(v.host.as_deref().map(service_uuid));
+    }
+    if mv.at_least(63) {
+        out["volume_type_id"] = json!(v.volume_type_id);
+    }
+    if mv.at_least(65) {
+        out["consumes_quota"] = json!(true);
     }
     out
 }
 
-fn type_names(tx: &Tx) -> Result<HashMap<String, String>, ApiError> {
+/// The id of storage node `host`'s volume service (`service_uuid`, 3.48):
+/// a UUID made from the host's name, so it stays the same across
+/// restarts and controllers.
+pub(crate) fn service_uuid(host: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("cinder-volume:{host}@file").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    // A name-based UUID's version and variant bits.
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
+fn types_by_id(tx: &Tx) -> Result<HashMap<String, VolumeType>, ApiError> {
     Ok(tx
         .list::<VolumeType>(&StoreQuery::all())?
         .into_iter()
-        .map(|t| (t.id, t.name))
+        .map(|t| (t.id.clone(), t))
         .collect())
 }
 
@@ -151,46 +192,69 @@ pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Volume, ApiError> {
         .ok_or_else(|| not_found("Volume", id))
 }
 
-fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiError> {
-    let names = type_names(tx)?;
-    let name = names.get(&v.volume_type_id).cloned().unwrap_or_default();
-    Ok(json!({"volume": render(state, ctx, v, &name)}))
+fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume, mv: Mv) -> Result<Value, ApiError> {
+    let t = tx.get::<VolumeType>(&v.volume_type_id)?;
+    Ok(json!({"volume": render(state, ctx, v, t.as_ref(), mv)}))
 }
 
 /// Cinder's answer to a create or an update: the volume without the
 /// extensions' attributes (host, project, migration, image metadata).
-fn changed(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiError> {
-    let mut out = one(state, ctx, tx, v)?;
+fn changed(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume, mv: Mv) -> Result<Value, ApiError> {
+    let mut out = one(state, ctx, tx, v, mv)?;
     if let Some(o) = out["volume"].as_object_mut() {
         o.retain(|k, _| !k.starts_with("os-vol-") && k != "volume_image_metadata");
     }
     Ok(out)
 }
 
-async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, false).await
+async fn list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, mv, q, false).await
 }
 
-async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, true).await
+async fn list_detail(
+    s: State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    q: Query<HashMap<String, String>>,
+) -> J {
+    listing(s, ctx, mv, q, true).await
+}
+
+/// Whether the caller is an admin asking for every project's resources.
+fn all_projects(ctx: &VCtx, q: &HashMap<String, String>) -> bool {
+    q.get("all_tenants")
+        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
+        && ctx.is_admin()
 }
 
 async fn listing(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
     let paging = super::paging(&q)?;
-    let all = q
-        .get("all_tenants")
-        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
-        && ctx.is_admin();
+    let all = all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     let meta_filter: Option<HashMap<String, String>> = match q.get("metadata") {
         None => None,
         Some(m) => Some(parse_meta_filter(m)?),
     };
+    // 3.4: volumes made from images with this metadata.
+    let glance_filter: Option<HashMap<String, String>> = match q.get("glance_metadata") {
+        Some(m) if mv.at_least(4) => Some(parse_meta_filter(m)?),
+        _ => None,
+    };
+    // 3.60: created_at / updated_at compared with an operator.
+    let times = if mv.at_least(60) {
+        super::filters::time_filters(&q)?
+    } else {
+        Vec::new()
+    };
+    let with_count = mv.at_least(45)
+        && q.get("with_count")
+            .is_some_and(|c| super::parse_bool(&json!(c)).unwrap_or(false));
     blocking(move || {
         let query = if all {
             StoreQuery::all()
@@ -198,15 +262,15 @@ async fn listing(
             StoreQuery::owner(&own)
         };
         let vols = state.store.list::<Volume>(&query)?;
-        let names = state.store.write(type_names)?;
+        let types = state.store.write(types_by_id)?;
         let project_filter = if all { q.get("project_id") } else { None };
         let mut items = Vec::new();
         for v in vols {
-            let tname = names.get(&v.volume_type_id).cloned().unwrap_or_default();
-            if q.get("name")
-                .is_some_and(|n| v.name.as_deref() != Some(n.as_str()))
-                || q.get("status")
-                    .is_some_and(|s| !s.eq_ignore_ascii_case(&v.status))
+            let vtype = types.get(&v.volume_type_id);
+            let tname = vtype.map(|t| t.name.as_str()).unwrap_or_default();
+            if !super::filters::text_matches(&q, "name", v.name.as_deref(), mv)
+                || !super::filters::text_matches(&q, "description", v.description.as_deref(), mv)
+                || !super::filters::text_matches_ci(&q, "status", &v.status, mv)
                 || q.get("availability_zone")
                     .is_some_and(|z| *z != v.availability_zone)
                 || project_filter.is_some_and(|p| *p != v.project_id)
@@ -219,11 +283,16 @@ async fn listing(
                 || meta_filter
                     .as_ref()
                     .is_some_and(|m| m.iter().any(|(k, x)| v.metadata.get(k) != Some(x)))
+                || glance_filter
+                    .as_ref()
+                    .is_some_and(|m| m.iter().any(|(k, x)| v.image_metadata.get(k) != Some(x)))
+                || !times.iter().all(|t| t.holds(v.created_us, v.updated_us))
             {
                 continue;
             }
-            items.push(render(&state, &ctx, &v, &tname));
+            items.push(render(&state, &ctx, &v, vtype, mv));
         }
+        let count = items.len();
         let items = super::page(items, &paging)?;
         let path = if detail { "volumes/detail" } else { "volumes" };
         let links = super::next_links(&state, &own, path, &items, &paging);
@@ -239,7 +308,49 @@ async fn listing(
         if let Some(l) = links {
             out["volumes_links"] = l;
         }
+        if with_count {
+            out["count"] = json!(count);
+        }
         Ok(axum::Json(out))
+    })
+    .await
+}
+
+/// `GET /volumes/summary` (3.12; `metadata` 3.36): how many volumes, how
+/// many GiB, and the metadata values in use.
+async fn summary(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    Query(q): Query<HashMap<String, String>>,
+) -> J {
+    mv.require(12)?;
+    let all = all_projects(&ctx, &q);
+    let own = ctx.project()?.to_string();
+    blocking(move || {
+        let query = if all {
+            StoreQuery::all()
+        } else {
+            StoreQuery::owner(&own)
+        };
+        let vols = state.store.list::<Volume>(&query)?;
+        let mut meta: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for v in &vols {
+            for (k, x) in &v.metadata {
+                let values = meta.entry(k.clone()).or_default();
+                if !values.contains(x) {
+                    values.push(x.clone());
+                }
+            }
+        }
+        let mut out = json!({
+            "total_count": vols.len(),
+            "total_size": vols.iter().map(|v| v.size).sum::<u64>(),
+        });
+        if mv.at_least(36) {
+            out["metadata"] = json!(meta);
+        }
+        Ok(axum::Json(json!({"volume-summary": out})))
     })
     .await
 }
@@ -252,11 +363,11 @@ fn parse_meta_filter(m: &str) -> Result<HashMap<String, String>, ApiError> {
     Ok(super::metadata(&v)?.into_iter().collect())
 }
 
-async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+async fn show(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P) -> J {
     blocking(move || {
         let out = state.store.write(|tx| {
             let v = find(tx, &ctx, &param(&p, "id"))?;
-            one(&state, &ctx, tx, &v)
+            one(&state, &ctx, tx, &v, mv)
         })?;
         Ok(axum::Json(out))
     })
@@ -411,6 +522,7 @@ pub(crate) fn image_source(
 async fn create(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let project = ctx.project()?.to_string();
@@ -422,7 +534,7 @@ async fn create(
         };
         let (out, rev) = state.store.write(|tx| {
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
-            Ok::<_, ApiError>((changed(&state, &ctx, tx, &v)?, rev))
+            Ok::<_, ApiError>((changed(&state, &ctx, tx, &v, mv)?, rev))
         })?;
         written(&state, rev);
         Ok((StatusCode::ACCEPTED, axum::Json(out)))
@@ -507,6 +619,23 @@ pub(crate) fn create_in(
         )));
     }
     let zone_asked = req.zone.clone().or(zone);
+    // `RESKEY:availability_zones` (3.52): the zones a type's volumes may
+    // be in.
+    let type_zones: Option<Vec<String>> =
+        vtype.extra_specs.get("RESKEY:availability_zones").map(|l| {
+            l.split(',')
+                .map(|z| z.trim().to_string())
+                .filter(|z| !z.is_empty())
+                .collect()
+        });
+    if let (Some(z), Some(zones)) = (&zone_asked, &type_zones)
+        && !zones.contains(z)
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: Availability zone '{z}' is not among the volume type's availability zones ({}).",
+            zones.join(", ")
+        )));
+    }
     if let Some(z) = &zone_asked
         && !crate::compute::zones::zone_exists(state, z)?
     {
@@ -532,8 +661,28 @@ pub(crate) fn create_in(
             )));
         }
         (Some(h), _) => Some((h, zone_asked.clone().unwrap_or_else(|| "nova".into()))),
-        (None, Some(want)) => place_on(state, tx, want, zone_asked.as_deref(), size)?,
-        (None, None) => place(state, tx, zone_asked.as_deref(), size)?,
+        (None, Some(want)) => place_on(
+            state,
+            tx,
+            want,
+            zone_asked.as_deref(),
+            size,
+            &vtype.extra_specs,
+        )?,
+        (None, None) => match (&zone_asked, &type_zones) {
+            // The type's zones (3.52), in the order it lists them.
+            (None, Some(zones)) => {
+                let mut found = None;
+                for z in zones {
+                    found = place_typed(state, tx, Some(z), size, &vtype.extra_specs)?;
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                found
+            }
+            _ => place_typed(state, tx, zone_asked.as_deref(), size, &vtype.extra_specs)?,
+        },
     };
     let now = now_us();
     let mut v = Volume {
@@ -556,6 +705,7 @@ pub(crate) fn create_in(
         image_metadata: image_meta,
         source,
         task: None,
+        rewrite_from: None,
         generation: 1,
         fault: None,
         attachments: Vec::new(),
@@ -573,13 +723,21 @@ pub(crate) fn create_in(
             tracing::warn!(volume = %v.id, size, "no storage node can take the volume");
             v.status = "error".into();
             v.fault = Some("No valid backend was found.".into());
+            super::messages::record_tx(
+                tx,
+                &v.project_id,
+                "VOLUME",
+                &v.id,
+                super::messages::Event::ScheduleAllocate,
+                None,
+            )?;
         }
     }
     let rev = tx.insert(&v)?;
     Ok((v, rev))
 }
 
-async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+async fn update(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P, raw: Bytes) -> J {
     let b = body(&raw)?;
     let u = b
         .get("volume")
@@ -608,7 +766,7 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             }
             v.updated_us = now_us();
             tx.update(&v)?;
-            changed(&state, &ctx, tx, &v)
+            changed(&state, &ctx, tx, &v, mv)
         })?;
         Ok(axum::Json(out))
     })
@@ -662,15 +820,29 @@ pub(crate) fn start_delete(tx: &Tx, v: &mut Volume, cascade: bool) -> Result<i64
 async fn delete(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Path(p): P,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
-    let cascade = q
-        .get("cascade")
-        .is_some_and(|c| super::parse_bool(&json!(c)).unwrap_or(false));
+    let flag = |k: &str| {
+        q.get(k)
+            .is_some_and(|c| super::parse_bool(&json!(c)).unwrap_or(false))
+    };
+    let cascade = flag("cascade");
+    // 3.23: an admin may delete a volume in any status but attached.
+    let force = mv.at_least(23) && flag("force");
+    if force && !ctx.is_admin() {
+        return Err(policy_denied("volume:force_delete"));
+    }
     blocking(move || {
         let rev = state.store.write(|tx| {
             let mut v = find(tx, &ctx, &param(&p, "id"))?;
+            if force {
+                if !v.attachments.is_empty() {
+                    return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
+                }
+                return start_delete(tx, &mut v, cascade);
+            }
             if !DELETABLE.contains(&v.status.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots or be disassociated from snapshots after volume transfer (it is {}).",
@@ -683,6 +855,56 @@ async fn delete(
         Ok(StatusCode::ACCEPTED)
     })
     .await
+}
+
+/// Reverts `v` to snapshot `sid` (3.40): the volume's latest snapshot,
+/// available, of the volume's size; the node writes the snapshot's data
+/// over the volume's.
+fn revert(tx: &Tx, ctx: &VCtx, v: &mut Volume, sid: &str) -> Result<(), ApiError> {
+    let snap = tx
+        .get::<Snapshot>(sid)?
+        .filter(|s| ctx.owns(&s.project_id))
+        .ok_or_else(|| not_found("Snapshot", sid))?;
+    if snap.volume_id != v.id {
+        return Err(ApiError::bad_request(format!(
+            "Invalid snapshot: snapshot {sid} is not of volume {}.",
+            v.id
+        )));
+    }
+    if v.status != "available" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: Volume status must be available to revert (it is {}).",
+            v.status
+        )));
+    }
+    if snap.status != "available" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid snapshot: Snapshot status must be available to revert (it is {}).",
+            snap.status
+        )));
+    }
+    let latest = tx
+        .list::<Snapshot>(&StoreQuery::owner(&v.project_id))?
+        .into_iter()
+        .filter(|s| s.volume_id == v.id)
+        .max_by_key(|s| (s.created_us, s.id.clone()));
+    if latest.as_ref().map(|s| s.id.as_str()) != Some(sid) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: volume {} can only be reverted to its latest snapshot.",
+            v.id
+        )));
+    }
+    if snap.size != v.size {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: volume {} is {} GiB and the snapshot {} GiB; it can only be reverted to a snapshot of its size.",
+            v.id, v.size, snap.size
+        )));
+    }
+    v.rewrite_from = Some(VolumeSource::Snapshot { id: snap.id });
+    v.status = "reverting".into();
+    v.task = Some(VolumeTask::Rewrite);
+    v.generation += 1;
+    Ok(())
 }
 
 // ---- metadata --------------------------------------------------------------
@@ -797,6 +1019,7 @@ async fn meta_delete(
 async fn action(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Path(p): P,
     raw: Bytes,
 ) -> Result<axum::response::Response, ApiError> {
@@ -827,6 +1050,15 @@ async fn action(
                         .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|x| x.parse().ok())))
                         .filter(|n| *n <= i32::MAX as u64)
                         .ok_or_else(|| ApiError::bad_request("Invalid input received: new_size must be an integer."))?;
+                    if v.status == "in-use" && mv.at_least(42) {
+                        // 3.42 lets a backend extend a volume in use; the
+                        // file backend cannot grow what a running
+                        // workload holds open.
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: volume {} is attached, and its backend cannot extend a volume in use (online_extend_support is false); detach it first.",
+                            v.id
+                        )));
+                    }
                     if v.status != "available" {
                         return Err(ApiError::bad_request(format!(
                             "Invalid volume: Volume status must be 'available' to extend (it is {}).",
@@ -1012,6 +1244,7 @@ async fn action(
                         host_name: host,
                         status: "attached".into(),
                         attached_us: now,
+                        mode: text("mode"),
                     });
                     v.status = super::attach::status_of(&v).into();
                 }
@@ -1035,6 +1268,45 @@ async fn action(
                     };
                     v.attachments.remove(pos);
                     v.status = super::attach::status_of(&v).into();
+                }
+                "revert" if mv.at_least(40) => {
+                    let sid = arg.get("snapshot_id").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::bad_request("Invalid input received: snapshot_id is required.")
+                    })?;
+                    revert(tx, &ctx, &mut v, sid)?;
+                }
+                "os-reimage" if mv.at_least(68) => {
+                    let image_id = arg.get("image_id").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::bad_request("Invalid input received: image_id is required.")
+                    })?;
+                    let reserved_too = arg
+                        .get("reimage_reserved")
+                        .map(|r| super::parse_bool(r).ok_or_else(|| ApiError::bad_request("Invalid input received: reimage_reserved must be a boolean.")))
+                        .transpose()?
+                        .unwrap_or(false);
+                    let ok = v.status == "available" || v.status == "error" || (reserved_too && v.status == "reserved");
+                    if !ok {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: Volume status must be available or error{} to reimage (it is {}).",
+                            if reserved_too { " or reserved" } else { "" },
+                            v.status
+                        )));
+                    }
+                    if v.host.is_none() {
+                        return Err(ApiError::bad_request("Invalid volume: the volume is on no storage node."));
+                    }
+                    let (src, min, meta) = image_source(&state, &ctx, image_id)?;
+                    if min > v.size {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid input received: Image virtual size is {min}GB and doesn't fit in a volume of size {}GB.",
+                            v.size
+                        )));
+                    }
+                    v.image_metadata = meta;
+                    v.rewrite_from = Some(src);
+                    v.status = "downloading".into();
+                    v.task = Some(VolumeTask::Rewrite);
+                    v.generation += 1;
                 }
                 "os-force_delete" => {
                     if !ctx.is_admin() {

@@ -31,4 +31,5 @@ mod volume_backup;
 mod volume_container;
 mod volume_inuse;
 mod volume_nbd;
+mod volume_newer;
 mod volume_qos;

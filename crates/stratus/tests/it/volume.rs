@@ -217,7 +217,7 @@ fn volume_rules_tenancy_policy_quota_and_sources() {
     // Discovery: the version document declares the exact range.
     let r = vc.call("GET", "/", None, None);
     assert_eq!(r.status, 200);
-    assert_eq!(r.body["versions"][0]["version"], "3.0");
+    assert_eq!(r.body["versions"][0]["version"], "3.70");
     assert_eq!(r.body["versions"][0]["min_version"], "3.0");
     let r = vc.raw(
         "GET",

@@ -1,0 +1,167 @@
+//! List filters that came with microversions: `key~=part` (3.34, a
+//! "like" match) and `created_at` / `updated_at` with an operator (3.60).
+
+use std::collections::HashMap;
+
+use crate::ApiError;
+
+use super::Mv;
+
+/// Whether `value` passes the query's filter on `key`: equal to `key=`,
+/// and from 3.34 containing `key~=` (Cinder's LIKE).
+pub(crate) fn text_matches(
+    q: &HashMap<String, String>,
+    key: &str,
+    value: Option<&str>,
+    mv: Mv,
+) -> bool {
+    if let Some(want) = q.get(key)
+        && value != Some(want.as_str())
+    {
+        return false;
+    }
+    if mv.at_least(34)
+        && let Some(part) = q.get(&format!("{key}~"))
+    {
+        return value.is_some_and(|v| v.to_lowercase().contains(&part.to_lowercase()));
+    }
+    true
+}
+
+/// [`text_matches`] ignoring case (statuses).
+pub(crate) fn text_matches_ci(q: &HashMap<String, String>, key: &str, value: &str, mv: Mv) -> bool {
+    if let Some(want) = q.get(key)
+        && !want.eq_ignore_ascii_case(value)
+    {
+        return false;
+    }
+    if mv.at_least(34)
+        && let Some(part) = q.get(&format!("{key}~"))
+    {
+        return value.to_lowercase().contains(&part.to_lowercase());
+    }
+    true
+}
+
+/// One time filter: `created_at=gte:2026-12-01T00:00:00`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TimeFilter {
+    updated: bool,
+    op: Op,
+    at_us: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Eq,
+    Neq,
+}
+
+impl TimeFilter {
+    /// Whether a resource made at `created_us` and changed at
+    /// `updated_us` passes.
+    pub(crate) fn holds(&self, created_us: i64, updated_us: i64) -> bool {
+        let t = if self.updated { updated_us } else { created_us };
+        // Timestamps are shown to the microsecond; compare at that.
+        match self.op {
+            Op::Gt => t > self.at_us,
+            Op::Gte => t >= self.at_us,
+            Op::Lt => t < self.at_us,
+            Op::Lte => t <= self.at_us,
+            Op::Eq => t == self.at_us,
+            Op::Neq => t != self.at_us,
+        }
+    }
+}
+
+/// The `created_at` and `updated_at` filters of a query (3.60): each a
+/// comma-separated list of `op:time` (`gt`, `gte`, `lt`, `lte`, `eq`,
+/// `neq`), a bare time meaning `eq`; a bad one is a 400.
+pub(crate) fn time_filters(q: &HashMap<String, String>) -> Result<Vec<TimeFilter>, ApiError> {
+    let mut out = Vec::new();
+    for (key, updated) in [("created_at", false), ("updated_at", true)] {
+        let Some(raw) = q.get(key) else { continue };
+        for part in raw.split(',').filter(|p| !p.trim().is_empty()) {
+            let part = part.trim();
+            let (op, time) = match part.split_once(':') {
+                Some((o, t)) if ["gt", "gte", "lt", "lte", "eq", "neq"].contains(&o) => (o, t),
+                _ => ("eq", part),
+            };
+            let op = match op {
+                "gt" => Op::Gt,
+                "gte" => Op::Gte,
+                "lt" => Op::Lt,
+                "lte" => Op::Lte,
+                "neq" => Op::Neq,
+                _ => Op::Eq,
+            };
+            let iso = if time.ends_with('Z') || time.contains('+') {
+                time.to_string()
+            } else {
+                format!("{time}Z")
+            };
+            let at_us = crate::timeutil::parse_iso(&iso.replace(' ', "T")).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid input received: Invalid filter keys: {key}={raw} (a time is ISO 8601, optionally after gt:, gte:, lt:, lte:, eq: or neq:)."
+                ))
+            })?;
+            out.push(TimeFilter { updated, op, at_us });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn like_filters_need_3_34() {
+        let query = q(&[("name~", "ata")]);
+        assert!(text_matches(&query, "name", Some("data-1"), Mv(34)));
+        assert!(!text_matches(&query, "name", Some("logs"), Mv(34)));
+        assert!(!text_matches(&query, "name", None, Mv(34)));
+        // Before 3.34 the key is not a filter.
+        assert!(text_matches(&query, "name", Some("logs"), Mv(33)));
+        assert!(!text_matches(
+            &q(&[("name", "a")]),
+            "name",
+            Some("b"),
+            Mv(0)
+        ));
+        assert!(text_matches_ci(
+            &q(&[("status", "AVAILABLE")]),
+            "status",
+            "available",
+            Mv(0)
+        ));
+    }
+
+    #[test]
+    fn time_filters_compare_with_their_operator() {
+        let base = crate::timeutil::parse_iso("2026-12-01T00:00:00Z").unwrap();
+        let f = time_filters(&q(&[(
+            "created_at",
+            "gte:2026-12-01T00:00:00,lt:2026-12-02T00:00:00",
+        )]))
+        .unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(f.iter().all(|t| t.holds(base, 0)));
+        assert!(!f.iter().all(|t| t.holds(base - 1, 0)));
+        assert!(!f.iter().all(|t| t.holds(base + 86_400_000_000, 0)));
+        let u = time_filters(&q(&[("updated_at", "gt:2026-12-01T00:00:00")])).unwrap();
+        assert!(u[0].holds(0, base + 1) && !u[0].holds(base + 1, base));
+        assert!(time_filters(&q(&[("created_at", "gte:yesterday")])).is_err());
+    }
+}
