@@ -34,6 +34,7 @@ mod chunks;
 pub(crate) mod filters;
 mod hosts;
 mod limits;
+mod manage;
 pub(crate) mod messages;
 pub mod model;
 pub mod qos;
@@ -323,6 +324,7 @@ pub fn router() -> Router<AppState> {
         .merge(snapshots::routes())
         .merge(attachments::routes())
         .merge(messages::routes())
+        .merge(manage::routes())
         .merge(backups::routes())
         .merge(transfers::routes())
         .merge(types::routes())
