@@ -30,6 +30,10 @@ pub mod attach;
 mod backup_model;
 mod backups;
 mod chunks;
+mod group_model;
+mod group_snapshots;
+mod group_types;
+mod groups;
 mod hosts;
 mod limits;
 pub mod model;
@@ -91,7 +95,11 @@ impl Mv {
 impl<S: Send + Sync> FromRequestParts<S> for Mv {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<Mv>().copied().unwrap_or(Mv(MIN_MINOR)))
+        Ok(parts
+            .extensions
+            .get::<Mv>()
+            .copied()
+            .unwrap_or(Mv(MIN_MINOR)))
     }
 }
 
@@ -320,7 +328,8 @@ pub fn router() -> Router<AppState> {
         .merge(qos::routes())
         .merge(quotas::routes())
         .merge(limits::routes())
-        .merge(hosts::routes());
+        .merge(hosts::routes())
+        .merge(groups::routes());
     Router::new()
         .route("/volume", get(versions))
         .route("/volume/", get(versions))

@@ -15,7 +15,7 @@ use stratus_wire::volume::VolumeTask;
 
 use super::model::{Snapshot, Volume, VolumeType};
 use super::service::{Delta, check_quota, written};
-use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use super::{Mv, VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -69,17 +69,23 @@ fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Snapshot, ApiError> {
         .ok_or_else(|| not_found("Snapshot", id))
 }
 
-async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, false).await
+async fn list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, mv, q, false).await
 }
 
-async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, true).await
+async fn list_detail(
+    s: State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    q: Query<HashMap<String, String>>,
+) -> J {
+    listing(s, ctx, mv, q, true).await
 }
 
 async fn listing(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
@@ -107,7 +113,11 @@ async fn listing(
                     && q.get("volume_id").is_none_or(|x| *x == s.volume_id)
                     && (!all || q.get("project_id").is_none_or(|x| *x == s.project_id))
             })
-            .map(|s| render(s, detail))
+            .map(|s| {
+                let mut out = render(s, detail);
+                super::groups::snapshot_view(&mut out, s, mv);
+                out
+            })
             .collect();
         let items = super::page(items, &paging)?;
         let path = if detail {
@@ -133,10 +143,12 @@ async fn listing(
     .await
 }
 
-async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+async fn show(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P) -> J {
     blocking(move || {
         let s = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
-        Ok(axum::Json(json!({"snapshot": render(&s, true)})))
+        let mut out = render(&s, true);
+        super::groups::snapshot_view(&mut out, &s, mv);
+        Ok(axum::Json(json!({ "snapshot": out })))
     })
     .await
 }
@@ -144,6 +156,7 @@ async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
 async fn create(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     ctx.project()?;
@@ -183,7 +196,9 @@ async fn create(
             create_in(tx, &ctx, &v, name.clone(), description.clone(), metadata.clone())
         })?;
         written(&state, rev);
-        Ok((StatusCode::ACCEPTED, axum::Json(json!({"snapshot": render(&snap, false)}))))
+        let mut out = render(&snap, false);
+        super::groups::snapshot_view(&mut out, &snap, mv);
+        Ok((StatusCode::ACCEPTED, axum::Json(json!({ "snapshot": out }))))
     })
     .await
 }
@@ -228,6 +243,7 @@ pub(crate) fn create_in(
         generation: 1,
         fault: None,
         progress: None,
+        group_snapshot_id: None,
         created_us: now,
         updated_us: now,
     };
@@ -235,7 +251,7 @@ pub(crate) fn create_in(
     Ok((snap, rev))
 }
 
-async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+async fn update(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P, raw: Bytes) -> J {
     let b = body(&raw)?;
     let u = b
         .get("snapshot")
@@ -259,7 +275,9 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             tx.update(&s)?;
             Ok::<_, ApiError>(s)
         })?;
-        Ok(axum::Json(json!({"snapshot": render(&s, false)})))
+        let mut out = render(&s, false);
+        super::groups::snapshot_view(&mut out, &s, mv);
+        Ok(axum::Json(json!({ "snapshot": out })))
     })
     .await
 }
@@ -272,6 +290,7 @@ async fn delete(
     blocking(move || {
         let rev = state.store.write(|tx| {
             let mut s = find(tx, &ctx, &param(&p, "id"))?;
+            super::group_snapshots::check_snapshot_delete(&s)?;
             if !["available", "error", "error_deleting"].contains(&s.status.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid snapshot: Snapshot status must be available or error (it is {}).",

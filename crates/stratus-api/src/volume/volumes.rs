@@ -22,7 +22,7 @@ use stratus_wire::volume::{VolumeSource, VolumeTask};
 use super::model::{Snapshot, Volume, VolumeType};
 use super::service::{Delta, check_quota, place, place_on, written};
 use super::types::{DEFAULT_TYPE, find as find_type};
-use super::{VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use super::{Mv, VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -151,33 +151,41 @@ pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Volume, ApiError> {
         .ok_or_else(|| not_found("Volume", id))
 }
 
-fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiError> {
+fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume, mv: Mv) -> Result<Value, ApiError> {
     let names = type_names(tx)?;
     let name = names.get(&v.volume_type_id).cloned().unwrap_or_default();
-    Ok(json!({"volume": render(state, ctx, v, &name)}))
+    let mut out = render(state, ctx, v, &name);
+    super::groups::volume_view(&mut out, v, mv);
+    Ok(json!({ "volume": out }))
 }
 
 /// Cinder's answer to a create or an update: the volume without the
 /// extensions' attributes (host, project, migration, image metadata).
-fn changed(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume) -> Result<Value, ApiError> {
-    let mut out = one(state, ctx, tx, v)?;
+fn changed(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume, mv: Mv) -> Result<Value, ApiError> {
+    let mut out = one(state, ctx, tx, v, mv)?;
     if let Some(o) = out["volume"].as_object_mut() {
         o.retain(|k, _| !k.starts_with("os-vol-") && k != "volume_image_metadata");
     }
     Ok(out)
 }
 
-async fn list(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, false).await
+async fn list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {
+    listing(s, ctx, mv, q, false).await
 }
 
-async fn list_detail(s: State<AppState>, ctx: VCtx, q: Query<HashMap<String, String>>) -> J {
-    listing(s, ctx, q, true).await
+async fn list_detail(
+    s: State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    q: Query<HashMap<String, String>>,
+) -> J {
+    listing(s, ctx, mv, q, true).await
 }
 
 async fn listing(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
@@ -222,7 +230,9 @@ async fn listing(
             {
                 continue;
             }
-            items.push(render(&state, &ctx, &v, &tname));
+            let mut out = render(&state, &ctx, &v, &tname);
+            super::groups::volume_view(&mut out, &v, mv);
+            items.push(out);
         }
         let items = super::page(items, &paging)?;
         let path = if detail { "volumes/detail" } else { "volumes" };
@@ -252,11 +262,11 @@ fn parse_meta_filter(m: &str) -> Result<HashMap<String, String>, ApiError> {
     Ok(super::metadata(&v)?.into_iter().collect())
 }
 
-async fn show(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+async fn show(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P) -> J {
     blocking(move || {
         let out = state.store.write(|tx| {
             let v = find(tx, &ctx, &param(&p, "id"))?;
-            one(&state, &ctx, tx, &v)
+            one(&state, &ctx, tx, &v, mv)
         })?;
         Ok(axum::Json(out))
     })
@@ -278,6 +288,8 @@ pub(crate) struct NewVolume {
     /// The storage node to put it on (Nova's boot volumes go where the
     /// server will run); `None` lets the capacity filter choose.
     pub host: Option<String>,
+    /// The generic volume group it goes into (`groups.rs`).
+    pub group_id: Option<String>,
 }
 
 /// Where a volume's data comes from, the smallest size that holds it and
@@ -339,6 +351,7 @@ fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
         snapshot,
         source_volume,
         host: None,
+        group_id: opt_str(v, "group_id", 255)?,
     })
 }
 
@@ -411,18 +424,25 @@ pub(crate) fn image_source(
 async fn create(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let project = ctx.project()?.to_string();
-    let req = parse_create(&body(&raw)?)?;
+    let mut req = parse_create(&body(&raw)?)?;
+    if !mv.at_least(super::groups::MV_GROUPS) {
+        req.group_id = None;
+    }
     blocking(move || {
         let image = match &req.image {
             Some(i) => Some(image_source(&state, &ctx, i)?),
             None => None,
         };
         let (out, rev) = state.store.write(|tx| {
+            if let Some(g) = &req.group_id {
+                super::groups::check_new_volume(tx, &ctx, g, req.volume_type.as_deref())?;
+            }
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
-            Ok::<_, ApiError>((changed(&state, &ctx, tx, &v)?, rev))
+            Ok::<_, ApiError>((changed(&state, &ctx, tx, &v, mv)?, rev))
         })?;
         written(&state, rev);
         Ok((StatusCode::ACCEPTED, axum::Json(out)))
@@ -559,6 +579,7 @@ pub(crate) fn create_in(
         generation: 1,
         fault: None,
         attachments: Vec::new(),
+        group_id: req.group_id.clone(),
         created_us: now,
         updated_us: now,
     };
@@ -579,7 +600,7 @@ pub(crate) fn create_in(
     Ok((v, rev))
 }
 
-async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+async fn update(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P, raw: Bytes) -> J {
     let b = body(&raw)?;
     let u = b
         .get("volume")
@@ -608,7 +629,7 @@ async fn update(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes
             }
             v.updated_us = now_us();
             tx.update(&v)?;
-            changed(&state, &ctx, tx, &v)
+            changed(&state, &ctx, tx, &v, mv)
         })?;
         Ok(axum::Json(out))
     })
@@ -677,6 +698,7 @@ async fn delete(
                     v.status
                 )));
             }
+            super::groups::check_volume_delete(&v)?;
             start_delete(tx, &mut v, cascade)
         })?;
         written(&state, rev);
