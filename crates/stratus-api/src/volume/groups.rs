@@ -90,13 +90,14 @@ pub(crate) fn snapshot_view(out: &mut Value, s: &Snapshot, mv: Mv) {
 
 /// Checks that a new volume may go into group `group_id`: the caller's
 /// group, available, and `volume_type` (or the default type) one of its
-/// volume types.
+/// volume types. Returns the group's availability zone (where the volume
+/// goes unless asked otherwise, as in Cinder).
 pub(crate) fn check_new_volume(
     tx: &Tx,
     ctx: &VCtx,
     group_id: &str,
     volume_type: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let g = find(tx, ctx, group_id)?;
     if g.status != "available" {
         return Err(ApiError::bad_request(format!(
@@ -111,7 +112,7 @@ pub(crate) fn check_new_volume(
             vt.name, g.id
         )));
     }
-    Ok(())
+    Ok(g.availability_zone)
 }
 
 /// A volume of a group is deleted with its group, not on its own.
@@ -119,6 +120,17 @@ pub(crate) fn check_volume_delete(v: &Volume) -> Result<(), ApiError> {
     match &v.group_id {
         Some(g) => Err(ApiError::bad_request(format!(
             "Invalid volume: Volume {} belongs to group {g}: remove it from the group or delete the group with delete-volumes.",
+            v.id
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A volume of a group stays in its group's project: not transferred.
+pub(crate) fn check_volume_transfer(v: &Volume) -> Result<(), ApiError> {
+    match &v.group_id {
+        Some(g) => Err(ApiError::bad_request(format!(
+            "Invalid volume: Volume {} belongs to group {g}; remove it from the group to transfer it.",
             v.id
         ))),
         None => Ok(()),

@@ -438,8 +438,11 @@ async fn create(
             None => None,
         };
         let (out, rev) = state.store.write(|tx| {
+            let mut req = req.clone();
             if let Some(g) = &req.group_id {
-                super::groups::check_new_volume(tx, &ctx, g, req.volume_type.as_deref())?;
+                let zone =
+                    super::groups::check_new_volume(tx, &ctx, g, req.volume_type.as_deref())?;
+                req.zone.get_or_insert(zone);
             }
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
             Ok::<_, ApiError>((changed(&state, &ctx, tx, &v, mv)?, rev))

@@ -488,6 +488,16 @@ fn group_rules_tenancy_microversions_and_quota() {
     );
     let r = vc.delete(&format!("/volumes/{v}"), &ta);
     assert_eq!(r.status, 400, "{}", r.body);
+    let r = vc.post(
+        "/os-volume-transfer",
+        &ta,
+        json!({"transfer": {"volume_id": v}}),
+    );
+    assert_eq!(
+        r.status, 400,
+        "a volume of a group is not transferred: {}",
+        r.body
+    );
     // A volume of another type cannot be added.
     let r = vc.post(
         "/volumes",
