@@ -836,3 +836,96 @@ async fn create_from_src(State(state): State<AppState>, ctx: VCtx, mv: Mv, raw: 
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stratus_store::Store;
+
+    fn group(status: &str) -> Group {
+        Group {
+            id: "g".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            name: None,
+            description: None,
+            status: status.into(),
+            availability_zone: "nova".into(),
+            group_type_id: "gt".into(),
+            volume_type_ids: vec!["t".into()],
+            group_snapshot_id: None,
+            source_group_id: None,
+            created_us: 0,
+            updated_us: 0,
+        }
+    }
+
+    fn volume(id: &str, status: &str) -> Volume {
+        serde_json::from_value(json!({
+            "id": id, "project_id": "p", "user_id": "u", "size": 1,
+            "status": status, "availability_zone": "nova", "host": "n",
+            "volume_type_id": "t", "group_id": "g",
+            "created_us": 0, "updated_us": 0,
+        }))
+        .unwrap()
+    }
+
+    fn status(store: &Store) -> Option<String> {
+        store.get::<Group>("g").unwrap().map(|g| g.status)
+    }
+
+    #[test]
+    fn a_group_made_from_a_source_settles_with_its_last_volume() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .write(|tx| {
+                tx.insert(&group("creating"))?;
+                tx.insert(&volume("a", "creating"))?;
+                tx.insert(&volume("b", "creating"))?;
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
+        let settle = |id: &str, st: &str| {
+            store
+                .write(|tx| {
+                    let v = volume(id, st);
+                    volume_settled(tx, &v, false)?;
+                    tx.update(&v)?;
+                    Ok::<_, ApiError>(())
+                })
+                .unwrap()
+        };
+        settle("a", "available");
+        assert_eq!(status(&store).as_deref(), Some("creating"));
+        settle("b", "error");
+        assert_eq!(status(&store).as_deref(), Some("error"));
+    }
+
+    #[test]
+    fn a_deleted_group_goes_with_its_last_volume() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .write(|tx| {
+                tx.insert(&group("deleting"))?;
+                tx.insert(&volume("a", "deleting"))?;
+                tx.insert(&volume("b", "deleting"))?;
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
+        for (id, left) in [("a", true), ("b", false)] {
+            store
+                .write(|tx| {
+                    tx.delete::<Volume>(id)?;
+                    volume_settled(tx, &volume(id, "deleting"), true)
+                })
+                .unwrap();
+            assert_eq!(status(&store).is_some(), left, "after {id}");
+        }
+    }
+
+    #[test]
+    fn volume_lists_are_comma_separated_ids() {
+        assert_eq!(ids(&Some(" a, b,,c ".into())), vec!["a", "b", "c"]);
+        assert!(ids(&None).is_empty());
+    }
+}
