@@ -476,6 +476,7 @@ fn new_volume(
         readonly: None,
         metadata: Default::default(),
         image_metadata: Default::default(),
+        group_id: None,
         source: None,
         task: None,
         rewrite_from: None,

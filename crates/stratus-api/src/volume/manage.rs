@@ -23,10 +23,7 @@ type J = Result<axum::Json<Value>, ApiError>;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/manageable_volumes",
-            get(volumes).post(manage_volume),
-        )
+        .route("/manageable_volumes", get(volumes).post(manage_volume))
         .route("/manageable_volumes/detail", get(volumes))
         .route(
             "/manageable_snapshots",

@@ -32,6 +32,10 @@ mod backup_model;
 mod backups;
 mod chunks;
 pub(crate) mod filters;
+mod group_model;
+mod group_snapshots;
+mod group_types;
+mod groups;
 mod hosts;
 mod limits;
 mod manage;
@@ -331,7 +335,8 @@ pub fn router() -> Router<AppState> {
         .merge(qos::routes())
         .merge(quotas::routes())
         .merge(limits::routes())
-        .merge(hosts::routes());
+        .merge(hosts::routes())
+        .merge(groups::routes());
     Router::new()
         .route("/volume", get(versions))
         .route("/volume/", get(versions))

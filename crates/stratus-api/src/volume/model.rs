@@ -57,6 +57,9 @@ pub struct Volume {
     /// The servers it is attached (or being attached) to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<VolumeAttachment>,
+    /// The generic volume group it belongs to (`groups.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
     pub created_us: i64,
     pub updated_us: i64,
 }
@@ -121,6 +124,9 @@ pub struct Snapshot {
     /// derived from the status.
     #[serde(default)]
     pub progress: Option<String>,
+    /// The group snapshot it was taken for (`group_snapshots.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_snapshot_id: Option<String>,
     pub created_us: i64,
     pub updated_us: i64,
 }

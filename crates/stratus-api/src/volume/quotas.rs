@@ -83,7 +83,7 @@ async fn show(
                 };
                 out.insert(k.clone(), v);
             } else if with_usage {
-                let in_use = if k == "groups" || k == "per_volume_gigabytes" {
+                let in_use = if k == "per_volume_gigabytes" {
                     0
                 } else {
                     used.get(k).copied().unwrap_or(0)

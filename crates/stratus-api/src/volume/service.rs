@@ -81,6 +81,8 @@ pub fn usage(tx: &Tx, project: &str) -> Result<BTreeMap<String, i64>, ApiError> 
         add("backups".into(), 1);
         add("backup_gigabytes".into(), b.size as i64);
     }
+    let groups = tx.list::<super::group_model::Group>(&Query::owner(project))?;
+    add("groups".into(), groups.len() as i64);
     Ok(out)
 }
 
@@ -467,11 +469,13 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                 }
                 VolumeTask::Delete if ok => {
                     tx.delete::<Volume>(id)?;
+                    super::groups::volume_settled(tx, &v, true)?;
                     return Ok(Some(tx.last_revision()?));
                 }
                 VolumeTask::Delete => v.status = "error_deleting".into(),
                 _ => return Ok(None),
             }
+            super::groups::volume_settled(tx, &v, false)?;
             return Ok(Some(tx.update(&v)?));
         }
         if let Some(mut s) = tx.get::<Snapshot>(id)? {
@@ -502,11 +506,13 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                 VolumeTask::Snapshot => s.status = if ok { "available" } else { "error" }.into(),
                 VolumeTask::DeleteSnapshot if ok => {
                     tx.delete::<Snapshot>(id)?;
+                    super::group_snapshots::snapshot_settled(tx, &s, true)?;
                     return Ok(Some(tx.last_revision()?));
                 }
                 VolumeTask::DeleteSnapshot => s.status = "error_deleting".into(),
                 _ => return Ok(None),
             }
+            super::group_snapshots::snapshot_settled(tx, &s, false)?;
             return Ok(Some(tx.update(&s)?));
         }
         Ok(None)

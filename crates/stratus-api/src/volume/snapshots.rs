@@ -69,6 +69,7 @@ fn render(s: &Snapshot, detail: bool, mv: Mv, admin: bool) -> Value {
     if mv.at_least(65) {
         out["consumes_quota"] = json!(true);
     }
+    super::groups::snapshot_view(&mut out, s, mv);
     out
 }
 
@@ -272,6 +273,7 @@ pub(crate) fn create_in(
         generation: 1,
         fault: None,
         progress: None,
+        group_snapshot_id: None,
         created_us: now,
         updated_us: now,
     };
@@ -318,6 +320,7 @@ async fn delete(
     blocking(move || {
         let rev = state.store.write(|tx| {
             let mut s = find(tx, &ctx, &param(&p, "id"))?;
+            super::group_snapshots::check_snapshot_delete(&s)?;
             if !["available", "error", "error_deleting"].contains(&s.status.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid snapshot: Snapshot status must be available or error (it is {}).",

@@ -165,6 +165,7 @@ async fn create(
                     v.status
                 )));
             }
+            super::groups::check_volume_transfer(&v)?;
             let busy = tx
                 .list::<Snapshot>(&StoreQuery::owner(&v.project_id))?
                 .into_iter()

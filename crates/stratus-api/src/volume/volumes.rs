@@ -160,6 +160,7 @@ pub(crate) fn render(
     if mv.at_least(65) {
         out["consumes_quota"] = json!(true);
     }
+    super::groups::volume_view(&mut out, v, mv);
     out
 }
 
@@ -389,6 +390,8 @@ pub(crate) struct NewVolume {
     /// The storage node to put it on (Nova's boot volumes go where the
     /// server will run); `None` lets the capacity filter choose.
     pub host: Option<String>,
+    /// The generic volume group it goes into (`groups.rs`).
+    pub group_id: Option<String>,
 }
 
 /// Where a volume's data comes from, the smallest size that holds it and
@@ -450,6 +453,7 @@ fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
         snapshot,
         source_volume,
         host: None,
+        group_id: opt_str(v, "group_id", 255)?,
     })
 }
 
@@ -526,13 +530,22 @@ async fn create(
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let project = ctx.project()?.to_string();
-    let req = parse_create(&body(&raw)?)?;
+    let mut req = parse_create(&body(&raw)?)?;
+    if !mv.at_least(super::groups::MV_GROUPS) {
+        req.group_id = None;
+    }
     blocking(move || {
         let image = match &req.image {
             Some(i) => Some(image_source(&state, &ctx, i)?),
             None => None,
         };
         let (out, rev) = state.store.write(|tx| {
+            let mut req = req.clone();
+            if let Some(g) = &req.group_id {
+                let zone =
+                    super::groups::check_new_volume(tx, &ctx, g, req.volume_type.as_deref())?;
+                req.zone.get_or_insert(zone);
+            }
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
             Ok::<_, ApiError>((changed(&state, &ctx, tx, &v, mv)?, rev))
         })?;
@@ -709,6 +722,7 @@ pub(crate) fn create_in(
         generation: 1,
         fault: None,
         attachments: Vec::new(),
+        group_id: req.group_id.clone(),
         created_us: now,
         updated_us: now,
     };
@@ -841,6 +855,7 @@ async fn delete(
                 if !v.attachments.is_empty() {
                     return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
                 }
+                super::groups::check_volume_delete(&v)?;
                 return start_delete(tx, &mut v, cascade);
             }
             if !DELETABLE.contains(&v.status.as_str()) {
@@ -849,6 +864,7 @@ async fn delete(
                     v.status
                 )));
             }
+            super::groups::check_volume_delete(&v)?;
             start_delete(tx, &mut v, cascade)
         })?;
         written(&state, rev);
