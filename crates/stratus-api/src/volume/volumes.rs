@@ -457,6 +457,33 @@ fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
     })
 }
 
+/// The root disk's snapshot of an image Nova made from a volume-backed
+/// server (its `block_device_mapping` property), when `id` is one.
+fn nova_snapshot_of(state: &AppState, ctx: &VCtx, id: &str) -> Result<Option<String>, ApiError> {
+    let Some(img) = state
+        .store
+        .get::<crate::image::model::Image>(id)?
+        .filter(|i| crate::image::visible(state, ctx, i).unwrap_or(false))
+    else {
+        return Ok(None);
+    };
+    let list: Vec<Value> = match img.properties.get("block_device_mapping") {
+        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_default(),
+        Some(Value::Array(a)) => a.clone(),
+        _ => return Ok(None),
+    };
+    let snapshot = |e: &Value| {
+        (e.get("source_type").and_then(Value::as_str) == Some("snapshot"))
+            .then(|| e.get("snapshot_id").and_then(Value::as_str).map(str::to_string))
+            .flatten()
+    };
+    let root = list
+        .iter()
+        .find(|e| e.get("boot_index").and_then(Value::as_i64) == Some(0))
+        .and_then(snapshot);
+    Ok(root.or_else(|| list.iter().find_map(snapshot)))
+}
+
 /// The image to make a volume from: visible to the caller, active, and a
 /// disk image; with the smallest size (GiB) that holds it and the image
 /// metadata the volume keeps.
@@ -535,6 +562,16 @@ async fn create(
         req.group_id = None;
     }
     blocking(move || {
+        // 3.46: an image Nova made by snapshotting a volume-backed server
+        // holds no data; the volume is made from the root disk's snapshot
+        // it names.
+        if mv.at_least(46)
+            && let Some(i) = req.image.clone()
+            && let Some(snap) = nova_snapshot_of(&state, &ctx, &i)?
+        {
+            req.image = None;
+            req.snapshot = Some(snap);
+        }
         let image = match &req.image {
             Some(i) => Some(image_source(&state, &ctx, i)?),
             None => None,

@@ -384,6 +384,24 @@ fn volume_backed_snapshot_image_boots_a_server_with_the_guests_writes() {
         "the server booted from the snapshot image lacks the first guest's write:\n{out}"
     );
 
+    // Cinder 3.46: a volume made from that image is made from the
+    // snapshot it names (before 3.46 the dataless image is not a disk).
+    let r = vc.raw(
+        "POST",
+        "/volumes",
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "volume 3.46")],
+        Some(json!({"volume": {"imageRef": iid, "name": "from-nova-image"}}).to_string()),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let vid3 = r.body["volume"]["id"].as_str().unwrap().to_string();
+    let v3 = wait_status(&vc, &c.admin, &vid3, "available");
+    assert_eq!(v3["snapshot_id"], snap.as_str(), "{v3}");
+    assert_eq!(v3["size"], 1, "{v3}");
+    let r = vc.delete(&format!("/volumes/{vid3}"), &c.admin);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_volume_gone(&c, &vid3);
+
     for id in [&id1, &id2] {
         let r = c.req("DELETE", &format!("/servers/{id}"), &c.admin, None);
         assert_eq!(r.status, 204, "{}", r.body);
