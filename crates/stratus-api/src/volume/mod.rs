@@ -60,7 +60,7 @@ use crate::{ApiError, AppState};
 
 /// Highest microversion implemented: 3.0 (the base v3 API; see
 /// `docs/block-storage.md` for why no higher yet).
-pub const MAX_MINOR: u16 = 0;
+pub const MAX_MINOR: u16 = 70;
 /// Lowest: 3.0.
 pub const MIN_MINOR: u16 = 0;
 
