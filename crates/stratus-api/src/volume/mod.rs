@@ -30,17 +30,21 @@ pub mod attach;
 mod backup_model;
 mod backups;
 mod chunks;
+mod clusters;
+mod default_types;
 mod hosts;
 mod limits;
 pub mod model;
 pub mod qos;
 mod quotas;
+mod resource_filters;
 pub mod service;
 pub(crate) mod snapshots;
 mod transfers;
 mod types;
 pub mod upload;
 pub(crate) mod volumes;
+mod workers;
 
 pub use types::ensure_default_type;
 
@@ -91,7 +95,11 @@ impl Mv {
 impl<S: Send + Sync> FromRequestParts<S> for Mv {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<Mv>().copied().unwrap_or(Mv(MIN_MINOR)))
+        Ok(parts
+            .extensions
+            .get::<Mv>()
+            .copied()
+            .unwrap_or(Mv(MIN_MINOR)))
     }
 }
 
@@ -320,7 +328,11 @@ pub fn router() -> Router<AppState> {
         .merge(qos::routes())
         .merge(quotas::routes())
         .merge(limits::routes())
-        .merge(hosts::routes());
+        .merge(hosts::routes())
+        .merge(clusters::routes())
+        .merge(workers::routes())
+        .merge(resource_filters::routes())
+        .merge(default_types::routes());
     Router::new()
         .route("/volume", get(versions))
         .route("/volume/", get(versions))

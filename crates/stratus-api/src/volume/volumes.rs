@@ -411,10 +411,14 @@ pub(crate) fn image_source(
 async fn create(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: super::Mv,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let project = ctx.project()?.to_string();
-    let req = parse_create(&body(&raw)?)?;
+    let mut raw_body = body(&raw)?;
+    // 3.47: from a backup (backups.rs; restored after the insert below).
+    let backup = super::backups::backup_of_create(&state, &ctx, mv, &mut raw_body)?;
+    let req = parse_create(&raw_body)?;
     blocking(move || {
         let image = match &req.image {
             Some(i) => Some(image_source(&state, &ctx, i)?),
@@ -422,6 +426,10 @@ async fn create(
         };
         let (out, rev) = state.store.write(|tx| {
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
+            let (v, rev) = match &backup {
+                Some(id) => super::backups::restore_into_new(tx, &ctx, id, &v.id)?,
+                None => (v, rev),
+            };
             Ok::<_, ApiError>((changed(&state, &ctx, tx, &v)?, rev))
         })?;
         written(&state, rev);
