@@ -5,10 +5,12 @@
 //! transfer cancels it.
 //!
 //! Microversions: 3.55 `no_snapshots` on create (the snapshots then stay
-//! with the giver) and in the detailed views; 3.57 the same API under
-//! `/volume-transfers` and `source_project_id`, `destination_project_id`
-//! (null) and `accepted` (false: an accepted transfer is gone) in the
-//! detailed views; 3.59 sorting (`sort`, `sort_key`/`sort_dir`) and
+//! with the giver) and in the detailed views, and the same API under
+//! `/volume-transfers` (Cinder added that path with 3.55 and does not
+//! gate it; openstacksdk uses it from 3.55 on; here it is a 404 below
+//! 3.55); 3.57 `source_project_id`, `destination_project_id` (null) and
+//! `accepted` (false: an accepted transfer is gone) in the detailed
+//! views; 3.59 sorting (`sort`, `sort_key`/`sort_dir`) and
 //! `next` links on the lists (before, the lists come oldest first and
 //! only `limit`, `offset` and `marker` apply). 3.70 lets encrypted
 //! volumes be transferred; no volume here is encrypted, so nothing
@@ -57,7 +59,7 @@ const OLD: &str = "os-volume-transfer";
 const NEW: &str = "volume-transfers";
 
 async fn v_list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {
-    mv.require(57)?;
+    mv.require(55)?;
     listing(s, ctx, mv, q, false, NEW).await
 }
 
@@ -67,12 +69,12 @@ async fn v_list_detail(
     mv: Mv,
     q: Query<HashMap<String, String>>,
 ) -> J {
-    mv.require(57)?;
+    mv.require(55)?;
     listing(s, ctx, mv, q, true, NEW).await
 }
 
 async fn v_show(s: State<AppState>, ctx: VCtx, mv: Mv, p: P) -> J {
-    mv.require(57)?;
+    mv.require(55)?;
     showing(s, ctx, mv, p, NEW).await
 }
 
@@ -82,12 +84,12 @@ async fn v_create(
     mv: Mv,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    mv.require(57)?;
+    mv.require(55)?;
     creating(s, ctx, mv, raw, NEW).await
 }
 
 async fn v_delete(s: State<AppState>, ctx: VCtx, mv: Mv, p: P) -> Result<StatusCode, ApiError> {
-    mv.require(57)?;
+    mv.require(55)?;
     delete(s, ctx, p).await
 }
 
@@ -98,7 +100,7 @@ async fn v_accept(
     p: P,
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    mv.require(57)?;
+    mv.require(55)?;
     accepting(s, ctx, p, raw, NEW).await
 }
 

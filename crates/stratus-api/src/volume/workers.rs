@@ -54,7 +54,8 @@ fn filters(raw: &[u8]) -> Result<Filters, ApiError> {
             "Invalid input for field/attribute {k}. Value: {v}."
         ))
     };
-    for (k, v) in o {
+    // A null is as good as absent (openstacksdk sends every key).
+    for (k, v) in o.iter().filter(|(_, v)| !v.is_null()) {
         let text = || v.as_str().map(str::to_string).ok_or_else(|| bad(k, v));
         let flag = || parse_bool(v).ok_or_else(|| bad(k, v));
         match k.as_str() {

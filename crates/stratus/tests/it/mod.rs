@@ -30,5 +30,6 @@ mod volume_attach;
 mod volume_backup;
 mod volume_container;
 mod volume_inuse;
+mod volume_mv;
 mod volume_nbd;
 mod volume_qos;
