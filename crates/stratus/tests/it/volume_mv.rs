@@ -546,7 +546,7 @@ fn cli_backup_set_and_transfers_with_and_without_snapshots() {
             Some(json!({"transfer": {"volume_id": v, "name": n}})),
         );
         assert_eq!(r.status, 202, "{}", r.body);
-        assert_eq!(r.body["transfer"]["source_project_id"].is_string(), true);
+        assert!(r.body["transfer"]["source_project_id"].is_string());
     }
     let names = |b: &Value| -> Vec<String> {
         b["transfers"]
