@@ -9,6 +9,10 @@
 //! the target volume, which fetches the chunks and writes the file. So a
 //! backup survives its node and restores onto any node.
 //!
+//! `export_record` / `import_record` (admins) carry a backup's record,
+//! its chunk list included, as base64 JSON: an import needs the chunks
+//! still in this controller's store.
+//!
 //! Microversions: 3.9 `PUT /backups/{id}` (name, description; 3.43
 //! also metadata); 3.18 `os-backup-project-attr:project_id` and 3.56
 //! `user_id` in the detailed views for admins (Cinder's
@@ -55,6 +59,8 @@ pub fn routes() -> Router<AppState> {
         .route("/backups/{id}", get(show).delete(delete).put(update))
         .route("/backups/{id}/restore", post(restore))
         .route("/backups/{id}/action", post(action))
+        .route("/backups/{id}/export_record", get(export_record))
+        .route("/backups/import_record", post(import_record))
 }
 
 fn check_backup_quota(tx: &Tx, project: &str, size: u64) -> Result<(), ApiError> {
@@ -475,6 +481,126 @@ async fn create(
         })?;
         written(&state, rev);
         Ok((StatusCode::ACCEPTED, axum::Json(out)))
+    })
+    .await
+}
+
+/// The `backup_service` of an exported record (Cinder's names start
+/// with `cinder.backup.drivers`, which clients check).
+const EXPORT_SERVICE: &str = "cinder.backup.drivers.stratus_chunks";
+
+/// `GET /backups/{id}/export_record` (admins): the backup's record,
+/// base64 JSON, enough to import it again after the record is lost. The
+/// data are the chunks it names, which stay in the chunk store while a
+/// backup names them.
+async fn export_record(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
+    ctx.admin("backup:export-import")?;
+    blocking(move || {
+        let b = state.store.write(|tx| find(tx, &ctx, &param(&p, "id")))?;
+        if b.status != "available" {
+            return Err(ApiError::bad_request(format!(
+                "Invalid backup: Backup status must be available (it is {}).",
+                b.status
+            )));
+        }
+        let raw = serde_json::to_vec(&b).map_err(|e| ApiError::internal(e.to_string()))?;
+        use base64::Engine;
+        let url = base64::engine::general_purpose::STANDARD.encode(raw);
+        Ok(axum::Json(json!({"backup-record": {
+            "backup_service": EXPORT_SERVICE,
+            "backup_url": url,
+        }})))
+    })
+    .await
+}
+
+/// `POST /backups/import_record` (admins): a backup from an exported
+/// record, into the caller's project, `available` at once when every
+/// chunk it names is in the chunk store (else 400); its id must be new.
+async fn import_record(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    raw: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    ctx.admin("backup:export-import")?;
+    let project = ctx.project()?.to_string();
+    let b = body(&raw)?;
+    let r = b
+        .get("backup-record")
+        .filter(|s| s.is_object())
+        .ok_or_else(|| {
+            ApiError::bad_request("Missing required element 'backup-record' in request body.")
+        })?;
+    let service = opt_str(r, "backup_service", 255)?;
+    let url = opt_str(r, "backup_url", usize::MAX)?;
+    let (Some(service), Some(url)) = (service, url) else {
+        return Err(ApiError::bad_request(
+            "Incorrect request body format: backup_service and backup_url are required.",
+        ));
+    };
+    if service != EXPORT_SERVICE {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: backup service {service} is not supported (only {EXPORT_SERVICE})."
+        )));
+    }
+    let bad = || ApiError::bad_request("Invalid input received: the backup_url cannot be read.");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(url.trim())
+        .map_err(|_| bad())?;
+    let mut imported: Backup = serde_json::from_slice(&decoded).map_err(|_| bad())?;
+    if uuid::Uuid::parse_str(&imported.id).is_err() {
+        return Err(bad());
+    }
+    let chunk_size = stratus_wire::volume::CHUNK_SIZE;
+    if imported.chunks.len() as u64 != imported.size_bytes.div_ceil(chunk_size)
+        || imported.size_bytes > imported.size.saturating_mul(1 << 30)
+        || imported
+            .chunks
+            .iter()
+            .flatten()
+            .any(|c| !super::chunks::valid_name(c))
+    {
+        return Err(bad());
+    }
+    blocking(move || {
+        let (out, rev) = state.store.write(|tx| {
+            if tx.get::<Backup>(&imported.id)?.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid backup: Backup {} already exists.",
+                    imported.id
+                )));
+            }
+            if let Some(c) = imported
+                .chunks
+                .iter()
+                .flatten()
+                .find(|c| !super::chunks::has_chunk(&state, c))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid backup: its data (chunk {c}) is not in the backup store."
+                )));
+            }
+            check_backup_quota(tx, &project, imported.size)?;
+            let now = now_us();
+            imported.project_id = project.clone();
+            imported.user_id = ctx.user_id().to_string();
+            imported.status = "available".into();
+            // Its chunk list is whole: it needs no parent.
+            imported.parent_id = None;
+            imported.host = None;
+            imported.task = None;
+            imported.generation = 0;
+            imported.manifest_generation = 0;
+            imported.restore_volume_id = None;
+            imported.prior_status = None;
+            imported.fault = None;
+            imported.updated_us = now;
+            let rev = tx.insert(&imported)?;
+            Ok((summary(&state, &imported), rev))
+        })?;
+        written(&state, rev);
+        Ok((StatusCode::CREATED, axum::Json(out)))
     })
     .await
 }

@@ -341,6 +341,61 @@ fn backup_microversions_update_metadata_attributes_count_sort_zone_and_volume_fr
     wait_status(&vc, &ta, &empty, "available");
     let (same, read) = qemu_io(&c, &empty, "read -P 0x5a 0 1M");
     assert!(!same || read.contains("verification failed"), "{read}");
+
+    // Export and import (admins): the record comes back under a new id,
+    // and restores the bytes after the original is deleted (its chunks
+    // are still named by the import).
+    let exp = format!("/backups/{b1}/export_record");
+    assert_eq!(vc.get(&exp, &ta).status, 403);
+    let r = vc.get(&exp, &c.admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rec = r.body["backup-record"].clone();
+    assert!(
+        rec["backup_service"]
+            .as_str()
+            .unwrap()
+            .starts_with("cinder.backup.drivers")
+    );
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut fields: Value =
+        serde_json::from_slice(&b64.decode(rec["backup_url"].as_str().unwrap()).unwrap()).unwrap();
+    let new_id = "3f1c0a52-7a0b-4e0e-9d3c-5f3c1c0f2b11";
+    fields["id"] = json!(new_id);
+    let url = b64.encode(fields.to_string());
+    let import = |service: &str, url: &str, tok: &str| {
+        vc.post(
+            "/backups/import_record",
+            tok,
+            json!({"backup-record": {"backup_service": service, "backup_url": url}}),
+        )
+    };
+    let service = rec["backup_service"].as_str().unwrap();
+    assert_eq!(import(service, &url, &ta).status, 403);
+    assert_eq!(
+        import("cinder.backup.drivers.swift", &url, &c.admin).status,
+        400
+    );
+    assert_eq!(import(service, "not base64!", &c.admin).status, 400);
+    assert_eq!(
+        import(service, rec["backup_url"].as_str().unwrap(), &c.admin).status,
+        400,
+        "the id exists"
+    );
+    let r = import(service, &url, &c.admin);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["backup"]["id"], new_id);
+    assert_eq!(vc.delete(&format!("/backups/{b1}"), &ta).status, 202);
+    let r = vc.post(
+        &format!("/backups/{new_id}/restore"),
+        &c.admin,
+        json!({"restore": {"name": "from-import"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let rv = r.body["restore"]["volume_id"].as_str().unwrap().to_string();
+    wait_status(&vc, &c.admin, &rv, "available");
+    let (same, read) = qemu_io(&c, &rv, "read -P 0x5a 0 1M");
+    assert!(same && !read.contains("verification failed"), "{read}");
 }
 
 #[test]
