@@ -1112,3 +1112,27 @@ fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i
 pub fn wakes_nodes(kind: &str) -> bool {
     kind == Backup::KIND || kind == VolumeUpload::KIND
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sorting_by_name_and_counting_follow_the_microversion() {
+        assert!(sorts_by_name(&q(&[("sort", "created_at:desc,name:asc")])));
+        assert!(sorts_by_name(&q(&[("sort_key", "name")])));
+        assert!(!sorts_by_name(&q(&[("sort", "display_name:asc")])));
+        assert!(!sorts_by_name(&q(&[("sort", "status")])));
+        assert!(with_count(&q(&[("with_count", "true")]), Mv(45)).unwrap());
+        assert!(!with_count(&q(&[("with_count", "true")]), Mv(44)).unwrap());
+        assert!(!with_count(&q(&[]), Mv(45)).unwrap());
+        assert!(with_count(&q(&[("with_count", "sure")]), Mv(45)).is_err());
+    }
+}

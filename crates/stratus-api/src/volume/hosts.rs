@@ -439,3 +439,44 @@ async fn capabilities(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_read_and_only_set_to_what_they_are() {
+        let got = log_action("get-log", &json!({"binary": "cinder-api"}))
+            .unwrap()
+            .unwrap();
+        let rows = got["log_levels"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["levels"]["stratus"], log_level());
+        let all = log_action("get-log", &json!({})).unwrap().unwrap();
+        assert_eq!(
+            all["log_levels"].as_array().unwrap().len(),
+            3,
+            "the storage nodes are not listed"
+        );
+        let none = log_action("get-log", &json!({"prefix": "sqlalchemy"}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(none["log_levels"][0]["levels"], json!({}));
+        assert!(log_action("get-log", &json!({"binary": "nova-api"})).is_err());
+        assert!(log_action("set-log", &json!({"level": "LOUD"})).is_err());
+        assert!(log_action("set-log", &json!({})).is_err());
+        let other = if log_level() == "ERROR" {
+            "DEBUG"
+        } else {
+            "ERROR"
+        };
+        let e = log_action("set-log", &json!({"level": other})).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::NOT_IMPLEMENTED);
+        let e = log_action(
+            "set-log",
+            &json!({"level": "INFO", "binary": "cinder-volume"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::NOT_IMPLEMENTED);
+    }
+}

@@ -121,3 +121,24 @@ async fn cleanup(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_filters_are_checked_as_cinders_schema() {
+        assert!(filters(b"").is_ok());
+        let f = filters(br#"{"host": "n1@file", "is_up": "false", "binary": null}"#).unwrap();
+        assert_eq!(f.host.as_deref(), Some("n1@file"));
+        assert_eq!(f.is_up, Some(false));
+        assert!(f.binary.is_none());
+        assert!(filters(br#"{"colour": "red"}"#).is_err());
+        assert!(filters(br#"{"is_up": "sideways"}"#).is_err());
+        assert!(filters(br#"{"resource_id": "not-a-uuid"}"#).is_err());
+        assert!(filters(br#"{"resource_type": "Volume"}"#).is_ok());
+        assert!(filters(br#"{"resource_type": "Server"}"#).is_err());
+        assert!(filters(br#"{"service_id": "7"}"#).is_err());
+        assert!(filters(b"[1]").is_err());
+    }
+}

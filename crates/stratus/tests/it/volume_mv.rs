@@ -1022,4 +1022,30 @@ fn admin_apis_services_log_pools_limits_clusters_workers_filters_and_default_typ
         ],
     );
     assert_eq!(levels[0]["Level"], level.as_str(), "{levels}");
+    // `set` to the level it has is done; to another it is refused.
+    let set = |lvl: &str| {
+        [
+            "--os-volume-api-version",
+            "3.32",
+            "block",
+            "storage",
+            "log",
+            "level",
+            "set",
+            "--service",
+            "cinder-api",
+            lvl,
+        ]
+        .map(str::to_string)
+    };
+    if ["INFO", "WARNING", "ERROR", "DEBUG"].contains(&level.as_str()) {
+        let args = set(&level);
+        os.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let args = set(other);
+    let out = os.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains("501") || out.contains("cannot be changed"),
+        "{out}"
+    );
 }
