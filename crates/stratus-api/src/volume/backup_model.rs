@@ -60,6 +60,9 @@ pub struct Backup {
     pub manifest_generation: u64,
     #[serde(default)]
     pub fault: Option<String>,
+    /// The backup's own metadata (3.43), not the volume's.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
     pub created_us: i64,
     pub updated_us: i64,
 }
@@ -114,6 +117,9 @@ pub struct VolumeTransfer {
     pub salt: String,
     /// sha256(salt + auth_key), hex.
     pub crypt_hash: String,
+    /// The volume's snapshots stay with the giver (3.55).
+    #[serde(default)]
+    pub no_snapshots: bool,
     pub created_us: i64,
 }
 

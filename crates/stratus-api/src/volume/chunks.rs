@@ -60,6 +60,11 @@ pub fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether the store holds chunk `sha` (a valid name).
+pub fn has_chunk(state: &AppState, sha: &str) -> bool {
+    valid_name(sha) && chunk_path(&chunk_dir(state), sha).is_file()
+}
+
 fn chunk_path(dir: &Path, sha: &str) -> PathBuf {
     dir.join(&sha[..2]).join(sha)
 }

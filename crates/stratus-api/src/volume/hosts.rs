@@ -3,6 +3,15 @@
 //! `scheduler-stats/get_pools` and `/extensions`. A storage node is
 //! Cinder's `cinder-volume` service on host `<node>@file` with one pool,
 //! `<node>@file#file`; the controller is the `cinder-scheduler`.
+//!
+//! Microversions: 3.28 `get_pools` filters by `name`, 3.35 by
+//! `volume_type`; 3.32 `os-services/get-log` and `set-log`. The
+//! `cinder-api`, `cinder-scheduler` and `cinder-backup` services are this
+//! `stratus` process, whose log level (`STRATUS_LOG`, fixed at start)
+//! `get-log` reports; `set-log` succeeds only when it asks for that level
+//! and is otherwise a 501: the level cannot be changed while running.
+//! Storage nodes are separate processes whose level is not known here:
+//! `get-log` lists none of them and `set-log` for them is a 501.
 
 use std::collections::HashMap;
 
@@ -15,7 +24,7 @@ use stratus_store::Query as StoreQuery;
 
 use super::model::{Snapshot, StorageNode, Volume};
 use super::service::capacities;
-use super::{VCtx, blocking, body, not_found, ts};
+use super::{Mv, VCtx, blocking, body, not_found, ts};
 use crate::{ApiError, AppState};
 
 type J = Result<axum::Json<Value>, ApiError>;
@@ -51,8 +60,136 @@ pub fn host_matches(have: &str, want: &str) -> bool {
 
 type P = Path<HashMap<String, String>>;
 
-async fn service_action(State(state): State<AppState>, ctx: VCtx, Path(p): P, raw: Bytes) -> J {
+/// The level this process logs at, in Python's names (what Cinder
+/// answers), as the tracing subscriber set it at start.
+fn log_level() -> &'static str {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => "TRACE",
+        LevelFilter::DEBUG => "DEBUG",
+        LevelFilter::INFO => "INFO",
+        LevelFilter::WARN => "WARNING",
+        LevelFilter::ERROR => "ERROR",
+        _ => "OFF",
+    }
+}
+
+/// The services a log request names (`binary`: absent, empty or `*` for
+/// all).
+fn log_binaries(b: &Value) -> Result<Vec<&'static str>, ApiError> {
+    const ALL: &[&str] = &[
+        "cinder-api",
+        "cinder-scheduler",
+        "cinder-backup",
+        "cinder-volume",
+    ];
+    match b.get("binary") {
+        None | Some(Value::Null) => Ok(ALL.to_vec()),
+        Some(Value::String(s)) if s.is_empty() || s == "*" => Ok(ALL.to_vec()),
+        Some(Value::String(s)) => ALL
+            .iter()
+            .find(|x| **x == s.as_str())
+            .map(|x| vec![*x])
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Invalid input received: {s} is not a valid binary."
+                ))
+            }),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid input received: binary {other} is not a string."
+        ))),
+    }
+}
+
+/// `get-log` (the levels as a body) and `set-log` (`None`: done), see the
+/// module's note.
+fn log_action(action: &str, b: &Value) -> Result<Option<Value>, ApiError> {
+    let binaries = log_binaries(b)?;
+    let text = |k: &str| match b.get(k) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid input received: {k} {other} is not a string."
+        ))),
+    };
+    let (server, prefix) = (text("server")?, text("prefix")?);
+    let controller = crate::compute::zones::controller_host();
+    let here = server.is_empty() || server == controller;
+    // The one logger there is: `stratus`.
+    let logger = "stratus";
+    let ours: Vec<&str> = binaries
+        .iter()
+        .copied()
+        .filter(|b| *b != "cinder-volume")
+        .collect();
+    if action == "get-log" {
+        let rows: Vec<Value> = if here {
+            ours.iter()
+                .map(|bin| {
+                    let levels = if logger.starts_with(prefix.as_str()) {
+                        json!({ logger: log_level() })
+                    } else {
+                        json!({})
+                    };
+                    json!({"binary": bin, "host": controller, "levels": levels})
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        return Ok(Some(json!({"log_levels": rows})));
+    }
+    let level = match b.get("level") {
+        Some(Value::String(l)) => l.to_ascii_uppercase(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Invalid input received: level is required (DEBUG, INFO, WARNING or ERROR).",
+            ));
+        }
+    };
+    if !["DEBUG", "INFO", "WARNING", "ERROR"].contains(&level.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: {level} is not a valid log level."
+        )));
+    }
+    let not_implemented = |why: String| ApiError::new(axum::http::StatusCode::NOT_IMPLEMENTED, why);
+    if binaries.contains(&"cinder-volume") && (ours.is_empty() || !here) {
+        return Err(not_implemented(
+            "The log level of a storage node is set where it starts (STRATUS_LOG), not through the API.".into(),
+        ));
+    }
+    if level != log_level() {
+        return Err(not_implemented(format!(
+            "The log level of stratus ({}) is set at start (STRATUS_LOG) and cannot be changed while it runs.",
+            log_level()
+        )));
+    }
+    Ok(None)
+}
+
+async fn service_action(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    Path(p): P,
+    raw: Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let action = super::param(&p, "action");
+    if action == "get-log" || action == "set-log" {
+        mv.require(32)?;
+        ctx.admin(&format!("volume_extension:services:{action}"))?;
+        return Ok(match log_action(&action, &body(&raw)?)? {
+            Some(out) => axum::Json(out).into_response(),
+            None => axum::http::StatusCode::ACCEPTED.into_response(),
+        });
+    }
+    service_update(state, ctx, action, raw)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+async fn service_update(state: AppState, ctx: VCtx, action: String, raw: Bytes) -> J {
     ctx.admin("volume_extension:services:update")?;
     let b = body(&raw)?;
     let text = move |k: &str| b.get(k).and_then(Value::as_str).map(str::to_string);
@@ -188,14 +325,37 @@ async fn host(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J {
 async fn pools(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     Query(q): Query<HashMap<String, String>>,
 ) -> J {
     ctx.admin("scheduler_extension:scheduler_stats:get_pools")?;
     let detail = q
         .get("detail")
         .is_some_and(|d| matches!(d.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    // 3.28: by pool name; 3.35: by volume type (the pools that can take
+    // it: all of ours, unless the type names another backend).
+    let name = q.get("name").filter(|_| mv.at_least(28)).cloned();
+    let vtype = q.get("volume_type").filter(|_| mv.at_least(35)).cloned();
     blocking(move || {
-        let caps = state.store.write(|tx| capacities(&state, tx))?;
+        let (caps, type_fits) = state.store.write(|tx| {
+            let fits = match &vtype {
+                None => true,
+                Some(t) => super::types::find(tx, &ctx, t)?
+                    .extra_specs
+                    .get("volume_backend_name")
+                    .is_none_or(|b| b == BACKEND),
+            };
+            Ok::<_, ApiError>((capacities(&state, tx)?, fits))
+        })?;
+        let caps: Vec<_> = caps
+            .into_iter()
+            .filter(|c| {
+                type_fits
+                    && name
+                        .as_ref()
+                        .is_none_or(|n| *n == format!("{}@{BACKEND}#{BACKEND}", c.node.id))
+            })
+            .collect();
         let seen = state.store.liveness(StorageNode::KIND_NAME)?;
         let pools: Vec<Value> = caps
             .into_iter()
@@ -278,4 +438,45 @@ async fn capabilities(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J
         })))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_read_and_only_set_to_what_they_are() {
+        let got = log_action("get-log", &json!({"binary": "cinder-api"}))
+            .unwrap()
+            .unwrap();
+        let rows = got["log_levels"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["levels"]["stratus"], log_level());
+        let all = log_action("get-log", &json!({})).unwrap().unwrap();
+        assert_eq!(
+            all["log_levels"].as_array().unwrap().len(),
+            3,
+            "the storage nodes are not listed"
+        );
+        let none = log_action("get-log", &json!({"prefix": "sqlalchemy"}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(none["log_levels"][0]["levels"], json!({}));
+        assert!(log_action("get-log", &json!({"binary": "nova-api"})).is_err());
+        assert!(log_action("set-log", &json!({"level": "LOUD"})).is_err());
+        assert!(log_action("set-log", &json!({})).is_err());
+        let other = if log_level() == "ERROR" {
+            "DEBUG"
+        } else {
+            "ERROR"
+        };
+        let e = log_action("set-log", &json!({"level": other})).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::NOT_IMPLEMENTED);
+        let e = log_action(
+            "set-log",
+            &json!({"level": "INFO", "binary": "cinder-volume"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::NOT_IMPLEMENTED);
+    }
 }

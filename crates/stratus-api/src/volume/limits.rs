@@ -1,6 +1,11 @@
 //! `/limits`, `/os-availability-zone` and `/os-services`: what a project
 //! may still use, the zones volumes can be made in (those of the storage
 //! nodes), and the volume services (admins only).
+//!
+//! Microversions: 3.7 `cluster` (always null: no clustered services)
+//! and 3.49 `backend_state` of each `cinder-volume` in `os-services`;
+//! 3.39 `/limits?project_id=` for admins (ignored for others, as
+//! Cinder does).
 
 use axum::Router;
 use axum::extract::State;
@@ -8,7 +13,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::service::{capacities, limits as quota_limits, usage};
-use super::{VCtx, blocking, ts};
+use super::{Mv, VCtx, blocking, ts};
 use crate::{ApiError, AppState};
 
 type J = Result<axum::Json<Value>, ApiError>;
@@ -20,8 +25,17 @@ pub fn routes() -> Router<AppState> {
         .route("/os-services", get(services))
 }
 
-async fn limits(State(state): State<AppState>, ctx: VCtx) -> J {
-    let project = ctx.project()?.to_string();
+async fn limits(
+    State(state): State<AppState>,
+    ctx: VCtx,
+    mv: Mv,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> J {
+    let own = ctx.project()?.to_string();
+    let project = match q.get("project_id").or(q.get("tenant_id")) {
+        Some(p) if mv.at_least(39) && ctx.is_admin() && !p.is_empty() => p.clone(),
+        _ => own,
+    };
     blocking(move || {
         let (lim, used) = state.store.write(|tx| {
             Ok::<_, ApiError>((quota_limits(tx, Some(&project))?, usage(tx, &project)?))
@@ -68,6 +82,7 @@ async fn zones(State(state): State<AppState>, _ctx: VCtx) -> J {
 async fn services(
     State(state): State<AppState>,
     ctx: VCtx,
+    mv: Mv,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> J {
     ctx.admin("volume_extension:services:index")?;
@@ -95,7 +110,7 @@ async fn services(
             "disabled_reason": null,
         }));
         for c in caps {
-            out.push(json!({
+            let mut row = json!({
                 "binary": "cinder-volume",
                 "host": format!("{}@file", c.node.id),
                 "zone": c.zone,
@@ -106,7 +121,16 @@ async fn services(
                 "replication_status": "disabled",
                 "frozen": false,
                 "active_backend_id": null,
-            }));
+            });
+            if mv.at_least(49) {
+                row["backend_state"] = json!(if c.up { "up" } else { "down" });
+            }
+            out.push(row);
+        }
+        if mv.at_least(7) {
+            for s in &mut out {
+                s["cluster"] = Value::Null;
+            }
         }
         // Filters: `binary`, and `host` (the whole name or the node's).
         out.retain(|s| {

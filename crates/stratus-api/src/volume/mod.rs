@@ -31,6 +31,8 @@ mod attachments;
 mod backup_model;
 mod backups;
 mod chunks;
+mod clusters;
+mod default_types;
 pub(crate) mod filters;
 mod group_model;
 mod group_snapshots;
@@ -43,12 +45,14 @@ pub(crate) mod messages;
 pub mod model;
 pub mod qos;
 mod quotas;
+mod resource_filters;
 pub mod service;
 pub(crate) mod snapshots;
 mod transfers;
 mod types;
 pub mod upload;
 pub(crate) mod volumes;
+mod workers;
 
 pub use types::ensure_default_type;
 
@@ -336,7 +340,11 @@ pub fn router() -> Router<AppState> {
         .merge(quotas::routes())
         .merge(limits::routes())
         .merge(hosts::routes())
-        .merge(groups::routes());
+        .merge(groups::routes())
+        .merge(clusters::routes())
+        .merge(workers::routes())
+        .merge(resource_filters::routes())
+        .merge(default_types::routes());
     Router::new()
         .route("/volume", get(versions))
         .route("/volume/", get(versions))

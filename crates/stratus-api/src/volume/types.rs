@@ -334,6 +334,16 @@ async fn delete(
                     t.id
                 )));
             }
+            if let Some(d) = tx
+                .list::<super::default_types::DefaultType>(&StoreQuery::all())?
+                .into_iter()
+                .find(|d| d.volume_type_id == t.id)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Unable to delete volume type {}: it is the default volume type of project {} (3.62 default-types).",
+                    t.id, d.id
+                )));
+            }
             tx.delete::<VolumeType>(&t.id)?;
             Ok(())
         })

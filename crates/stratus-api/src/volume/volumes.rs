@@ -274,6 +274,9 @@ async fn listing(
                 || !super::filters::text_matches_ci(&q, "status", &v.status, mv)
                 || q.get("availability_zone")
                     .is_some_and(|z| *z != v.availability_zone)
+                || (mv.at_least(10)
+                    && q.get("group_id")
+                        .is_some_and(|g| v.group_id.as_deref() != Some(g.as_str())))
                 || project_filter.is_some_and(|p| *p != v.project_id)
                 || q.get("bootable")
                     .is_some_and(|b| super::parse_bool(&json!(b)).is_some_and(|b| b != v.bootable))
@@ -474,7 +477,11 @@ fn nova_snapshot_of(state: &AppState, ctx: &VCtx, id: &str) -> Result<Option<Str
     };
     let snapshot = |e: &Value| {
         (e.get("source_type").and_then(Value::as_str) == Some("snapshot"))
-            .then(|| e.get("snapshot_id").and_then(Value::as_str).map(str::to_string))
+            .then(|| {
+                e.get("snapshot_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .flatten()
     };
     let root = list
@@ -557,7 +564,10 @@ async fn create(
     raw: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let project = ctx.project()?.to_string();
-    let mut req = parse_create(&body(&raw)?)?;
+    let mut raw_body = body(&raw)?;
+    // 3.47: from a backup (backups.rs; restored after the insert below).
+    let backup = super::backups::backup_of_create(&state, &ctx, mv, &mut raw_body)?;
+    let mut req = parse_create(&raw_body)?;
     if !mv.at_least(super::groups::MV_GROUPS) {
         req.group_id = None;
     }
@@ -584,6 +594,10 @@ async fn create(
                 req.zone.get_or_insert(zone);
             }
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
+            let (v, rev) = match &backup {
+                Some(id) => super::backups::restore_into_new(tx, &ctx, id, &v.id)?,
+                None => (v, rev),
+            };
             Ok::<_, ApiError>((changed(&state, &ctx, tx, &v, mv)?, rev))
         })?;
         written(&state, rev);
@@ -605,7 +619,16 @@ pub(crate) fn create_in(
 ) -> Result<(Volume, i64), ApiError> {
     let vtype = match &req.volume_type {
         Some(t) => find_type(tx, ctx, t)?,
-        None => find_type(tx, ctx, DEFAULT_TYPE)?,
+        // The project's default type (3.62, set by an admin), else the
+        // deployment's; at every microversion, as Cinder.
+        None => match super::default_types::default_type_for(tx, project)?
+            .map(|id| tx.get::<VolumeType>(&id))
+            .transpose()?
+            .flatten()
+        {
+            Some(t) => t,
+            None => find_type(tx, ctx, DEFAULT_TYPE)?,
+        },
     };
     // Where the data comes from, the smallest size that holds it,
     // and (for copies) the node that has it.

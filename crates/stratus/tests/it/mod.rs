@@ -31,6 +31,7 @@ mod volume_backup;
 mod volume_container;
 mod volume_groups;
 mod volume_inuse;
+mod volume_mv;
 mod volume_nbd;
 mod volume_newer;
 mod volume_qos;
