@@ -332,25 +332,22 @@ async fn pools(
     let detail = q
         .get("detail")
         .is_some_and(|d| matches!(d.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
-    // 3.28: by pool name; 3.35: by volume type (the pools that can take
-    // it: all of ours, unless the type names another backend).
+    // 3.28: by pool name; 3.35: by volume type (the pools whose
+    // capabilities satisfy its extra specs, as the scheduler decides).
     let name = q.get("name").filter(|_| mv.at_least(28)).cloned();
     let vtype = q.get("volume_type").filter(|_| mv.at_least(35)).cloned();
     blocking(move || {
-        let (caps, type_fits) = state.store.write(|tx| {
-            let fits = match &vtype {
-                None => true,
-                Some(t) => super::types::find(tx, &ctx, t)?
-                    .extra_specs
-                    .get("volume_backend_name")
-                    .is_none_or(|b| b == BACKEND),
+        let (caps, specs) = state.store.write(|tx| {
+            let specs = match &vtype {
+                None => Default::default(),
+                Some(t) => super::types::find(tx, &ctx, t)?.extra_specs,
             };
-            Ok::<_, ApiError>((capacities(&state, tx)?, fits))
+            Ok::<_, ApiError>((capacities(&state, tx)?, specs))
         })?;
         let caps: Vec<_> = caps
             .into_iter()
             .filter(|c| {
-                type_fits
+                super::service::satisfies(&super::service::capabilities(c), &specs)
                     && name
                         .as_ref()
                         .is_none_or(|n| *n == format!("{}@{BACKEND}#{BACKEND}", c.node.id))
@@ -364,22 +361,13 @@ async fn pools(
                 if !detail {
                     return json!({"name": name});
                 }
-                json!({"name": name, "capabilities": {
-                    "volume_backend_name": BACKEND,
-                    "vendor_name": VENDOR,
-                    "driver_version": env!("CARGO_PKG_VERSION"),
-                    "storage_protocol": PROTOCOL,
-                    "total_capacity_gb": c.node.total_capacity_gb,
-                    "free_capacity_gb": c.node.free_capacity_gb,
-                    "provisioned_capacity_gb": c.provisioned_gb,
-                    "max_over_subscription_ratio": c.node.max_over_subscription_ratio.to_string(),
-                    "thin_provisioning_support": true,
-                    "thick_provisioning_support": false,
-                    "reserved_percentage": 0,
-                    "QoS_support": false,
-                    "multiattach": true,
-                    "timestamp": seen.get(&c.node.id).map(|t| ts(*t)),
-                }})
+                // What the scheduler matches extra specs against.
+                let mut caps = super::service::capabilities(&c);
+                caps.insert(
+                    "timestamp".into(),
+                    json!(seen.get(&c.node.id).map(|t| ts(*t))),
+                );
+                json!({"name": name, "capabilities": caps})
             })
             .collect();
         Ok(axum::Json(json!({"pools": pools})))
