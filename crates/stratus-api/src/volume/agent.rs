@@ -176,8 +176,15 @@ fn exported(state: &AppState, host: &str, v: &Volume) -> Result<bool, ApiError> 
         let Some(sid) = a.server_id.as_deref() else {
             continue;
         };
+        // Only a server's own attach (its block device mappings name
+        // the attachment) is served; an attachments-API record (3.27)
+        // is the volume service's side only.
         let server = state.store.get::<crate::compute::model::Server>(sid)?;
-        if server.and_then(|s| s.host).is_some_and(|h| h != host) {
+        if server
+            .filter(|s| s.volumes.iter().any(|sv| sv.attachment_id == a.id))
+            .and_then(|s| s.host)
+            .is_some_and(|h| h != host)
+        {
             return Ok(true);
         }
     }

@@ -100,6 +100,33 @@ fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<(Volume, VolumeAttachment), Api
     Err(not_found("VolumeAttachment", id))
 }
 
+/// A 400 while the node works on the volume's data (a revert or reimage
+/// writing it): attachments wait until it is done.
+fn not_busy(v: &Volume) -> Result<(), ApiError> {
+    match v.task {
+        Some(t) => Err(ApiError::bad_request(format!(
+            "Invalid volume: volume {} is {} (its storage node is working on it: {t:?}); try again when it is done.",
+            v.id, v.status
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A 409 for an attachment a server's attach made: the compute API
+/// owns it (its node plugs and unplugs the volume).
+fn not_servers(tx: &Tx, a: &VolumeAttachment, v: &Volume) -> Result<(), ApiError> {
+    match made_by_server(tx, a)? {
+        Some(server) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Attachment {} is server {}'s attach of volume {}: the compute API manages it (openstack server add/remove volume).",
+                a.id, server.id, v.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether a server's attach made this attachment (the server's block
 /// device mapping refers to it).
 fn made_by_server(tx: &Tx, a: &VolumeAttachment) -> Result<Option<Server>, ApiError> {
@@ -269,6 +296,16 @@ async fn create(State(state): State<AppState>, ctx: VCtx, mv: Mv, raw: Bytes) ->
     blocking(move || {
         let (out, rev) = state.store.write(|tx| {
             let mut v = super::volumes::find(tx, &ctx, &volume_id)?;
+            not_busy(&v)?;
+            // The consumer is a server of the caller's (Stratus has no
+            // other kind of instance).
+            if let Some(i) = &instance
+                && !tx
+                    .get::<Server>(i)?
+                    .is_some_and(|s| ctx.owns(&s.project_id))
+            {
+                return Err(not_found("Instance", i));
+            }
             let shareable = v.status == "in-use" && super::attach::multiattach(tx, &v)?;
             if v.status != "available" && !shareable {
                 return Err(ApiError::bad_request(format!(
@@ -336,7 +373,9 @@ async fn update(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P, ra
     let id = param(&p, "id");
     blocking(move || {
         let (out, rev) = state.store.write(|tx| {
-            let (mut v, _) = find(tx, &ctx, &id)?;
+            let (mut v, a) = find(tx, &ctx, &id)?;
+            not_busy(&v)?;
+            not_servers(tx, &a, &v)?;
             let now = now_us();
             let Some(att) = v.attachments.iter_mut().find(|x| x.id == id) else {
                 return Err(not_found("VolumeAttachment", &id));
@@ -389,7 +428,9 @@ async fn action(
     let id = param(&p, "id");
     blocking(move || {
         let rev = state.store.write(|tx| {
-            let (mut v, _) = find(tx, &ctx, &id)?;
+            let (mut v, a) = find(tx, &ctx, &id)?;
+            not_busy(&v)?;
+            not_servers(tx, &a, &v)?;
             let Some(att) = v.attachments.iter_mut().find(|x| x.id == id) else {
                 return Err(not_found("VolumeAttachment", &id));
             };
@@ -419,15 +460,8 @@ async fn delete(State(state): State<AppState>, ctx: VCtx, mv: Mv, Path(p): P) ->
     blocking(move || {
         let (out, rev) = state.store.write(|tx| {
             let (mut v, a) = find(tx, &ctx, &id)?;
-            if let Some(server) = made_by_server(tx, &a)? {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "Attachment {id} is server {}'s attach of volume {}: detach it through the compute API (openstack server remove volume).",
-                        server.id, v.id
-                    ),
-                ));
-            }
+            not_busy(&v)?;
+            not_servers(tx, &a, &v)?;
             v.attachments.retain(|x| x.id != id);
             v.status = super::attach::status_of(&v).into();
             v.updated_us = now_us();

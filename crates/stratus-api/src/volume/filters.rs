@@ -99,7 +99,16 @@ pub(crate) fn time_filters(q: &HashMap<String, String>) -> Result<Vec<TimeFilter
                 "neq" => Op::Neq,
                 _ => Op::Eq,
             };
-            let iso = if time.ends_with('Z') || time.contains('+') {
+            // A `+hh:mm` offset sent unencoded arrives as a space.
+            let time = &match time.rsplit_once(' ') {
+                Some((t, off)) if t.contains('T') && off.contains(':') => format!("{t}+{off}"),
+                _ => time.to_string(),
+            };
+            let zoned = time.ends_with('Z')
+                || time
+                    .split_once(['T', ' '])
+                    .is_some_and(|(_, clock)| clock.contains(['+', '-']));
+            let iso = if zoned {
                 time.to_string()
             } else {
                 format!("{time}Z")
@@ -163,5 +172,14 @@ mod tests {
         let u = time_filters(&q(&[("updated_at", "gt:2026-12-01T00:00:00")])).unwrap();
         assert!(u[0].holds(0, base + 1) && !u[0].holds(base + 1, base));
         assert!(time_filters(&q(&[("created_at", "gte:yesterday")])).is_err());
+        // Offsets, also with the `+` decoded to a space.
+        for t in [
+            "gte:2026-12-01T01:00:00+01:00",
+            "gte:2026-12-01T01:00:00 01:00",
+            "gte:2026-11-30T19:00:00-05:00",
+        ] {
+            let f = time_filters(&q(&[("created_at", t)])).unwrap();
+            assert!(f[0].holds(base, 0) && !f[0].holds(base - 1, 0), "{t}");
+        }
     }
 }

@@ -105,7 +105,15 @@ pub(crate) fn check_new_volume(
             g.id, g.status
         )));
     }
-    let vt = super::types::find(tx, ctx, volume_type.unwrap_or(super::types::DEFAULT_TYPE))?;
+    // No type asked: the one volume create will use (the project's
+    // 3.62 default, else the deployment's).
+    let vt = match volume_type {
+        Some(t) => super::types::find(tx, ctx, t)?,
+        None => match super::default_types::default_type_for(tx, &g.project_id)? {
+            Some(id) => super::types::find(tx, ctx, &id)?,
+            None => super::types::find(tx, ctx, super::types::DEFAULT_TYPE)?,
+        },
+    };
     if !g.volume_type_ids.contains(&vt.id) {
         return Err(ApiError::bad_request(format!(
             "Invalid input received: Invalid volume_type provided: {}. The volume type must be one of the group {}'s types.",

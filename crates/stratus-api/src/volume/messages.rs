@@ -64,8 +64,11 @@ pub enum Event {
     Extend,
     SnapshotCreate,
     SnapshotDelete,
-    /// Reimage (3.68) or revert to a snapshot (3.40).
-    Rewrite,
+    /// Reimage (3.68).
+    Reimage,
+    /// Revert to a snapshot (3.40): no Cinder action id exists for it;
+    /// Stratus uses the next free one.
+    Revert,
 }
 
 impl Event {
@@ -78,7 +81,8 @@ impl Event {
             Event::Extend => ("007", "extend volume", "001"),
             Event::SnapshotCreate => ("009", "create snapshot", "001"),
             Event::SnapshotDelete => ("010", "delete snapshot", "001"),
-            Event::Rewrite => ("016", "reimage volume", "001"),
+            Event::Reimage => ("016", "reimage volume", "001"),
+            Event::Revert => ("017", "revert volume to snapshot", "001"),
         }
     }
 }
@@ -91,7 +95,8 @@ fn action_words(id: &str) -> &'static str {
         Event::Extend,
         Event::SnapshotCreate,
         Event::SnapshotDelete,
-        Event::Rewrite,
+        Event::Reimage,
+        Event::Revert,
     ]
     .into_iter()
     .map(Event::ids)

@@ -339,6 +339,7 @@ pub fn capabilities(c: &Capacity) -> serde_json::Map<String, serde_json::Value> 
         "multiattach": true,
         "online_extend_support": false,
         "consistent_group_snapshot_enabled": false,
+        "replication_enabled": false,
     });
     match v {
         serde_json::Value::Object(m) => m,
@@ -388,7 +389,17 @@ fn spec_matches(value: &serde_json::Value, req: &str) -> bool {
     let arg = rest.first().copied().unwrap_or("");
     match *op {
         "<or>" => words.iter().filter(|w| **w != "<or>").any(|w| *w == text),
-        "<is>" => text.eq_ignore_ascii_case(arg),
+        // Both sides read as booleans (`bool_from_string`): `<is> 1`,
+        // `<is> yes` and `<is> True` are the same.
+        "<is>" => {
+            let truth = |s: &str| {
+                matches!(
+                    s.to_ascii_lowercase().as_str(),
+                    "1" | "t" | "true" | "on" | "y" | "yes"
+                )
+            };
+            truth(&text) == truth(arg)
+        }
         "<in>" => text.contains(arg),
         "<all-in>" => rest.iter().all(|w| text.contains(w)),
         "=" | ">=" => cmp(|a, b| a >= b),
@@ -415,12 +426,19 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
         ready.clear();
         let now = now_us();
         if let Some(mut v) = tx.get::<Volume>(id)? {
+            // An agent older than a task reports it as `Other` (and
+            // failed): that ends the task at its generation too, rather
+            // than leaving the volume waiting for ever.
+            let unknown = r.task == VolumeTask::Other && r.error.is_some() && v.task.is_some();
             if v.host.as_deref() != Some(host)
-                || v.task != Some(r.task)
+                || (v.task != Some(r.task) && !unknown)
                 || v.generation != r.generation
             {
                 return Ok::<_, ApiError>(None);
             }
+            let Some(task) = v.task else {
+                return Ok(None);
+            };
             if let Some(e) = &r.error {
                 tracing::warn!(volume = %id, task = ?r.task, error = %e, "a volume task failed");
             }
@@ -428,7 +446,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             v.updated_us = now;
             v.fault = r.error.clone();
             let ok = r.error.is_none();
-            match r.task {
+            match task {
                 VolumeTask::Create => {
                     if !ok {
                         let event = match v.source {
@@ -454,17 +472,33 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                 VolumeTask::Rewrite => {
                     // Revert (snapshot) or reimage (image): the volume
                     // holds the new data, or its old data when it failed
-                    // (the file is replaced only when whole).
-                    if ok
-                        && let Some(VolumeSource::Image { id: image, .. }) = &v.rewrite_from
-                    {
-                        v.bootable = true;
-                        v.image_metadata.insert("image_id".into(), image.clone());
+                    // (the file is replaced only when whole). Cinder
+                    // marks the volume `error` either way on failure.
+                    match v.rewrite_from.take() {
+                        Some(VolumeSource::Image { id: image, .. }) => {
+                            if ok {
+                                v.bootable = true;
+                                if let Some(img) = tx.get::<crate::image::model::Image>(&image)? {
+                                    v.image_metadata = super::volumes::image_meta(&img);
+                                }
+                            } else {
+                                super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Reimage, r.error.as_deref())?;
+                            }
+                        }
+                        Some(VolumeSource::Snapshot { id: snap }) => {
+                            if let Some(mut s) = tx.get::<Snapshot>(&snap)?
+                                && s.status == "restoring"
+                            {
+                                s.status = "available".into();
+                                s.updated_us = now;
+                                tx.update(&s)?;
+                            }
+                            if !ok {
+                                super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Revert, r.error.as_deref())?;
+                            }
+                        }
+                        _ => {}
                     }
-                    if !ok {
-                        super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Rewrite, r.error.as_deref())?;
-                    }
-                    v.rewrite_from = None;
                     v.status = if ok { super::attach::status_of(&v) } else { "error" }.into();
                 }
                 VolumeTask::Delete if ok => {
@@ -479,12 +513,16 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             return Ok(Some(tx.update(&v)?));
         }
         if let Some(mut s) = tx.get::<Snapshot>(id)? {
+            let unknown = r.task == VolumeTask::Other && r.error.is_some() && s.task.is_some();
             if s.host.as_deref() != Some(host)
-                || s.task != Some(r.task)
+                || (s.task != Some(r.task) && !unknown)
                 || s.generation != r.generation
             {
                 return Ok(None);
             }
+            let Some(task) = s.task else {
+                return Ok(None);
+            };
             if let Some(e) = &r.error {
                 tracing::warn!(snapshot = %id, task = ?r.task, error = %e, "a snapshot task failed");
             }
@@ -493,7 +531,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
             s.fault = r.error.clone();
             let ok = r.error.is_none();
             if !ok {
-                let event = match r.task {
+                let event = match task {
                     VolumeTask::Snapshot => Some(super::messages::Event::SnapshotCreate),
                     VolumeTask::DeleteSnapshot => Some(super::messages::Event::SnapshotDelete),
                     _ => None,
@@ -502,7 +540,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                     super::messages::record_tx(tx, &s.project_id, "VOLUME_SNAPSHOT", &s.id, event, r.error.as_deref())?;
                 }
             }
-            match r.task {
+            match task {
                 VolumeTask::Snapshot => s.status = if ok { "available" } else { "error" }.into(),
                 VolumeTask::DeleteSnapshot if ok => {
                     tx.delete::<Snapshot>(id)?;
@@ -604,6 +642,8 @@ mod tests {
         assert!(!satisfies(&c, &specs(&[("storage_protocol", "iSCSI")])));
         assert!(!satisfies(&c, &specs(&[("unknown_capability", "x")])));
         assert!(!satisfies(&c, &specs(&[("multiattach", "<is> False")])));
+        assert!(satisfies(&c, &specs(&[("multiattach", "<is> yes")])));
+        assert!(satisfies(&c, &specs(&[("multiattach", "<is> 1")])));
         assert!(!satisfies(&c, &specs(&[("total_capacity_gb", ">= 500")])));
     }
 }

@@ -460,6 +460,41 @@ fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
     })
 }
 
+/// The image metadata a volume made from `img` keeps
+/// (`volume_image_metadata`).
+pub(crate) fn image_meta(
+    img: &crate::image::model::Image,
+) -> std::collections::BTreeMap<String, String> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("image_id".into(), img.id.clone());
+    if let Some(n) = &img.name {
+        meta.insert("image_name".into(), n.clone());
+    }
+    meta.insert(
+        "disk_format".into(),
+        img.disk_format.clone().unwrap_or_default(),
+    );
+    if let Some(c) = &img.container_format {
+        meta.insert("container_format".into(), c.clone());
+    }
+    if let Some(c) = &img.checksum {
+        meta.insert("checksum".into(), c.clone());
+    }
+    meta.insert("min_disk".into(), img.min_disk.to_string());
+    meta.insert("min_ram".into(), img.min_ram.to_string());
+    if let Some(s) = img.size {
+        meta.insert("size".into(), s.to_string());
+    }
+    for (k, v) in &img.properties {
+        let s = v
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        meta.insert(k.clone(), s);
+    }
+    meta
+}
+
 /// The root disk's snapshot of an image Nova made from a volume-backed
 /// server (its `block_device_mapping` property), when `id` is one.
 fn nova_snapshot_of(state: &AppState, ctx: &VCtx, id: &str) -> Result<Option<String>, ApiError> {
@@ -484,11 +519,10 @@ fn nova_snapshot_of(state: &AppState, ctx: &VCtx, id: &str) -> Result<Option<Str
             })
             .flatten()
     };
-    let root = list
+    Ok(list
         .iter()
         .find(|e| e.get("boot_index").and_then(Value::as_i64) == Some(0))
-        .and_then(snapshot);
-    Ok(root.or_else(|| list.iter().find_map(snapshot)))
+        .and_then(snapshot))
 }
 
 /// The image to make a volume from: visible to the caller, active, and a
@@ -522,30 +556,7 @@ pub(crate) fn image_source(
     }
     let bytes = img.virtual_size.or(img.size).unwrap_or(0);
     let min = bytes.div_ceil(GIB).max(img.min_disk).max(1);
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("image_id".into(), img.id.clone());
-    if let Some(n) = &img.name {
-        meta.insert("image_name".into(), n.clone());
-    }
-    meta.insert("disk_format".into(), fmt.clone());
-    if let Some(c) = &img.container_format {
-        meta.insert("container_format".into(), c.clone());
-    }
-    if let Some(c) = &img.checksum {
-        meta.insert("checksum".into(), c.clone());
-    }
-    meta.insert("min_disk".into(), img.min_disk.to_string());
-    meta.insert("min_ram".into(), img.min_ram.to_string());
-    if let Some(s) = img.size {
-        meta.insert("size".into(), s.to_string());
-    }
-    for (k, v) in &img.properties {
-        let s = v
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string());
-        meta.insert(k.clone(), s);
-    }
+    let meta = image_meta(&img);
     Ok((
         VolumeSource::Image {
             id: img.id.clone(),
@@ -915,6 +926,7 @@ async fn delete(
                 if !v.attachments.is_empty() {
                     return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
                 }
+                rewriting(&v)?;
                 super::groups::check_volume_delete(&v)?;
                 return start_delete(tx, &mut v, cascade);
             }
@@ -931,6 +943,18 @@ async fn delete(
         Ok(StatusCode::ACCEPTED)
     })
     .await
+}
+
+/// A 400 while the node rewrites the volume's file (revert, reimage): a
+/// delete racing the rename could leave the file behind.
+fn rewriting(v: &Volume) -> Result<(), ApiError> {
+    if v.task == Some(VolumeTask::Rewrite) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: volume {} is {}: its storage node is rewriting it; reset its status first to give that up.",
+            v.id, v.status
+        )));
+    }
+    Ok(())
 }
 
 /// Reverts `v` to snapshot `sid` (3.40): the volume's latest snapshot,
@@ -976,6 +1000,11 @@ fn revert(tx: &Tx, ctx: &VCtx, v: &mut Volume, sid: &str) -> Result<(), ApiError
             v.id, v.size, snap.size
         )));
     }
+    // The snapshot is read until the node is done: not deletable.
+    let mut snap = snap;
+    snap.status = "restoring".into();
+    snap.updated_us = now_us();
+    tx.update(&snap)?;
     v.rewrite_from = Some(VolumeSource::Snapshot { id: snap.id });
     v.status = "reverting".into();
     v.task = Some(VolumeTask::Rewrite);
@@ -1263,6 +1292,13 @@ async fn action(
                     if !STATUSES.contains(&status.as_str()) {
                         return Err(ApiError::bad_request(format!("Must specify a valid status: {status} is not one")));
                     }
+                    // A revert or reimage the admin gives up on is not
+                    // run later over whatever the volume has become.
+                    if v.task == Some(VolumeTask::Rewrite) {
+                        v.task = None;
+                        v.rewrite_from = None;
+                        v.generation += 1;
+                    }
                     v.status = status;
                 }
                 "os-reserve" => {
@@ -1360,6 +1396,23 @@ async fn action(
                         .map(|r| super::parse_bool(r).ok_or_else(|| ApiError::bad_request("Invalid input received: reimage_reserved must be a boolean.")))
                         .transpose()?
                         .unwrap_or(false);
+                    if reserved_too && !ctx.is_admin() {
+                        return Err(policy_denied("volume:reimage_reserved"));
+                    }
+                    if v.task.is_some() {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: volume {} is {}: its storage node is working on it.",
+                            v.id, v.status
+                        )));
+                    }
+                    // Nothing may have the volume open while its file is
+                    // replaced: only reservations (3.27) may exist.
+                    if v.attachments.iter().any(|a| a.status != "reserved") {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid volume: volume {} is attached; detach it before reimaging.",
+                            v.id
+                        )));
+                    }
                     let ok = v.status == "available" || v.status == "error" || (reserved_too && v.status == "reserved");
                     if !ok {
                         return Err(ApiError::bad_request(format!(
@@ -1371,14 +1424,15 @@ async fn action(
                     if v.host.is_none() {
                         return Err(ApiError::bad_request("Invalid volume: the volume is on no storage node."));
                     }
-                    let (src, min, meta) = image_source(&state, &ctx, image_id)?;
+                    let (src, min, _) = image_source(&state, &ctx, image_id)?;
                     if min > v.size {
                         return Err(ApiError::bad_request(format!(
                             "Invalid input received: Image virtual size is {min}GB and doesn't fit in a volume of size {}GB.",
                             v.size
                         )));
                     }
-                    v.image_metadata = meta;
+                    // The image metadata changes when the data has
+                    // (`service::task_done`).
                     v.rewrite_from = Some(src);
                     v.status = "downloading".into();
                     v.task = Some(VolumeTask::Rewrite);
@@ -1391,6 +1445,8 @@ async fn action(
                     if !v.attachments.is_empty() {
                         return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
                     }
+                    rewriting(&v)?;
+                    super::groups::check_volume_delete(&v)?;
                     return start_delete(tx, &mut v, false);
                 }
                 other => {

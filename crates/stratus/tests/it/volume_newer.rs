@@ -269,6 +269,18 @@ fn volume_attachments_api_reserves_connects_completes_and_deletes() {
         Some(json!({"attachment": {"volume_uuid": vol, "instance_uuid": "not-a-uuid"}})),
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    // The instance is a server the caller can see.
+    let r = call(
+        &vc,
+        "POST",
+        "/attachments",
+        &c.admin,
+        "3.27",
+        Some(
+            json!({"attachment": {"volume_uuid": vol, "instance_uuid": "0b0d2f7e-3c1e-4d0a-9a57-5b1f0c4b9d11"}}),
+        ),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
     wait_status(&vc, &c.admin, &vol, "available");
 
     // A server's own attach shows here; ending it is the compute API's.
@@ -298,6 +310,34 @@ fn volume_attachments_api_reserves_connects_completes_and_deletes() {
     );
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(fault(&r, "conflictingRequest").contains("compute API"));
+    let r = call(
+        &vc,
+        "PUT",
+        &format!("/attachments/{nova_att}"),
+        &c.admin,
+        "3.27",
+        Some(json!({"attachment": {"connector": {"host": "elsewhere"}}})),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = call(
+        &vc,
+        "POST",
+        &format!("/attachments/{nova_att}/action"),
+        &c.admin,
+        "3.44",
+        Some(json!({"os-complete": null})),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    // Nothing is rewritten under an attached volume.
+    let r = call(
+        &vc,
+        "POST",
+        &format!("/volumes/{vol}/action"),
+        &c.admin,
+        "3.68",
+        Some(json!({"os-reimage": {"image_id": img}})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
     os.ok(&["server", "remove", "volume", "s1", "att"]);
     wait_status(&vc, &c.admin, &vol, "available");
 }
@@ -448,6 +488,11 @@ fn volume_messages_summary_revert_reimage_and_newer_fields() {
         holds_pattern(&file, 0x22),
         "the volume holds the snapshot's bytes"
     );
+    let sn = vc.get(&format!("/snapshots/{s2}"), &c.admin).body;
+    assert_eq!(
+        sn["snapshot"]["status"], "available",
+        "the snapshot is free again: {sn}"
+    );
 
     // Reimage (3.68): the volume takes an image's bytes.
     let raw: Vec<u8> = vec![0x44; 1 << 20];
@@ -466,6 +511,17 @@ fn volume_messages_summary_revert_reimage_and_newer_fields() {
         Some(raw),
     );
     assert_eq!(st, 204);
+    // Reimaging a reserved volume is for admins (and the compute service).
+    let (_p2, member) = c.project("reimager");
+    let r = call(
+        &vc,
+        "POST",
+        &format!("/volumes/{good}/action"),
+        &member,
+        "3.68",
+        Some(json!({"os-reimage": {"image_id": iid, "reimage_reserved": true}})),
+    );
+    assert!(r.status == 403 || r.status == 404, "{}", r.body);
     let r = call(
         &vc,
         "POST",
