@@ -160,10 +160,7 @@ async fn listing(
 ) -> J {
     mv.require(SINCE)?;
     let paging = super::paging(&q)?;
-    let all = q
-        .get("all_tenants")
-        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
-        && ctx.is_admin();
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     blocking(move || {
         let query = if all {

@@ -4,9 +4,15 @@
 //! those handlers).
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use stratus_store::Record;
+use stratus_store::{Record, Tx};
 use stratus_wire::volume::VolumeTask;
+
+use super::model::Volume;
+use super::{Mv, VCtx, not_found, opt_str};
+use crate::timeutil::now_us;
+use crate::{ApiError, AppState};
 
 /// A backup. `host` is the storage node running its current `task`
 /// (the volume's node for a backup, the target's for a restore).
@@ -130,3 +136,127 @@ record!(
     name = |t| t.name.as_deref(),
     created = |t| Some(t.created_us)
 );
+
+pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Backup, ApiError> {
+    tx.get::<Backup>(id)?
+        .filter(|b| ctx.owns(&b.project_id))
+        .ok_or_else(|| not_found("Backup", id))
+}
+
+/// Gives the restore of `b` into `v` to `v`'s storage node.
+pub(crate) fn start_restore(tx: &Tx, b: &mut Backup, v: &Volume) -> Result<i64, ApiError> {
+    b.status = "restoring".into();
+    b.host = v.host.clone();
+    b.task = Some(VolumeTask::Restore);
+    b.generation += 1;
+    b.restore_volume_id = Some(v.id.clone());
+    b.fault = None;
+    b.updated_us = now_us();
+    Ok(tx.update(b)?)
+}
+
+/// The backup a `POST /volumes` body asks to make the volume from
+/// (`backup_id`, 3.47; ignored before, as Cinder's older schema does).
+/// Checks it as Cinder does (a string; not beside `imageRef`,
+/// `snapshot_id` or `source_volid`: 400; the caller's: 404;
+/// `available`: 400; a `size` given must hold it: 400) and, when the
+/// body gives no `size`, sets it to the backup's. Call it on the body
+/// before parsing it; then call [`restore_into_new`] once the volume is
+/// inserted.
+pub(crate) fn backup_of_create(
+    state: &AppState,
+    ctx: &VCtx,
+    mv: Mv,
+    b: &mut Value,
+) -> Result<Option<String>, ApiError> {
+    let Some(v) = b.get_mut("volume").filter(|v| v.is_object()) else {
+        return Ok(None);
+    };
+    if !mv.at_least(47) {
+        return Ok(None);
+    }
+    let Some(id) = opt_str(v, "backup_id", 255)? else {
+        return Ok(None);
+    };
+    if ["imageRef", "image_id", "snapshot_id", "source_volid"]
+        .iter()
+        .any(|k| v.get(*k).is_some_and(|x| !x.is_null()))
+    {
+        return Err(ApiError::bad_request(
+            "Invalid input received: only one of imageRef, snapshot_id, source_volid and backup_id may be given.",
+        ));
+    }
+    let bk = state
+        .store
+        .get::<Backup>(&id)?
+        .filter(|x| ctx.owns(&x.project_id))
+        .ok_or_else(|| not_found("Backup", &id))?;
+    if bk.status != "available" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid backup: Backup status must be available (it is {}).",
+            bk.status
+        )));
+    }
+    match v.get("size") {
+        None | Some(Value::Null) => v["size"] = json!(bk.size),
+        Some(s) => {
+            if s.as_u64().is_some_and(|n| n < bk.size) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input received: Backup size is {}GB and doesn't fit in a volume of size {s}GB.",
+                    bk.size
+                )));
+            }
+        }
+    }
+    Ok(Some(id))
+}
+
+/// Makes a just-created volume from backup `backup_id` (3.47).
+///
+/// Contract, for the volume create path: call it in the same store
+/// write, after `tx.insert` of the new volume `volume_id`, which must be
+/// placed (`host` set) and at least the backup's size. It checks the
+/// backup again (the caller's, `available`, not larger than the volume:
+/// 404/400 otherwise, and the caller's write is then rolled back with
+/// the error), turns the volume's pending `create` task into the
+/// backup's `restore` task on the volume's node (the node writes the
+/// whole file from the chunks, so no empty file is made first), sets the
+/// volume `restoring-backup` and the backup `restoring`, and returns the
+/// volume as updated (render that) with the revision of its last write. The restore settles as any other:
+/// volume `available` (with the backed-up volume metadata added) or
+/// `error_restoring`, backup back to `available`. The caller wakes the
+/// nodes after the commit (`service::written`) as for any create. A
+/// volume that found no node (status `error`, no host) is left as it
+/// is.
+pub(crate) fn restore_into_new(
+    tx: &Tx,
+    ctx: &VCtx,
+    backup_id: &str,
+    volume_id: &str,
+) -> Result<(Volume, i64), ApiError> {
+    let mut b = find(tx, ctx, backup_id)?;
+    if b.status != "available" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid backup: Backup status must be available (it is {}).",
+            b.status
+        )));
+    }
+    let mut v = tx
+        .get::<Volume>(volume_id)?
+        .ok_or_else(|| not_found("Volume", volume_id))?;
+    if v.host.is_none() {
+        return Ok((v, tx.last_revision()?));
+    }
+    if v.size < b.size {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input received: Backup size is {}GB and doesn't fit in a volume of size {}GB.",
+            b.size, v.size
+        )));
+    }
+    v.task = None;
+    v.status = "restoring-backup".into();
+    v.updated_us = now_us();
+    tx.update(&v)?;
+    let rev = start_restore(tx, &mut b, &v)?;
+    Ok((v, rev))
+}

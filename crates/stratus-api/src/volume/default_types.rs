@@ -13,9 +13,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use stratus_store::{Query as StoreQuery, Record, Tx};
+use stratus_store::{Query as StoreQuery, Tx};
 
 use super::model::VolumeType;
 use super::{Mv, VCtx, blocking, body, opt_str, param};
@@ -26,16 +25,7 @@ use crate::{ApiError, AppState};
 type P = Path<HashMap<String, String>>;
 type J = Result<axum::Json<Value>, ApiError>;
 
-/// A project's default volume type.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DefaultType {
-    /// The project's id.
-    pub id: String,
-    pub volume_type_id: String,
-    pub updated_us: i64,
-}
-
-record!(DefaultType, "volume_default_type");
+pub use super::model::DefaultType;
 
 /// The id of the volume type project `project` has as its default, if
 /// one is set (and its type still exists). Volume create calls it when

@@ -6,7 +6,7 @@
 //!
 //! Status: `creating` until every member snapshot is made, then
 //! `available` (`error` when one failed); `deleting` until the last
-//! member is gone, then gone ([`snapshot_settled`], called when a
+//! member is gone, then gone ([`super::group_model::snapshot_settled`], called when a
 //! storage node reports).
 
 use std::collections::HashMap;
@@ -21,10 +21,10 @@ use stratus_store::{Query as StoreQuery, Tx};
 use stratus_wire::volume::VolumeTask;
 
 use super::group_model::GroupSnapshot;
-use super::groups::{MV_GROUP_SNAPSHOTS, MV_PROJECT_ID};
+use super::group_model::{MV_GROUP_SNAPSHOTS, MV_PROJECT_ID};
 use super::model::Snapshot;
 use super::service::written;
-use super::{Mv, VCtx, blocking, body, not_found, opt_str, param, policy_denied, ts};
+use super::{Mv, VCtx, blocking, body, opt_str, param, policy_denied, ts};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
 
@@ -53,75 +53,11 @@ pub fn routes() -> Router<AppState> {
         .route("/group_snapshots/{id}/action", post(action))
 }
 
-// ---- hooks -------------------------------------------------------------------
-
-/// A snapshot of a group snapshot is deleted with it, not on its own.
-pub(crate) fn check_snapshot_delete(s: &Snapshot) -> Result<(), ApiError> {
-    match &s.group_snapshot_id {
-        Some(g) => Err(ApiError::bad_request(format!(
-            "Invalid snapshot: Snapshot {} is part of group snapshot {g} and cannot be deleted on its own.",
-            s.id
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Settles a snapshot's group snapshot after a storage task on `s`
-/// settled (`s` as it is about to be written; `gone` when just deleted).
-pub(crate) fn snapshot_settled(tx: &Tx, s: &Snapshot, gone: bool) -> Result<(), ApiError> {
-    let Some(gid) = &s.group_snapshot_id else {
-        return Ok(());
-    };
-    let Some(mut gs) = tx.get::<GroupSnapshot>(gid)? else {
-        return Ok(());
-    };
-    let mut members = members_of(tx, &gs)?;
-    members.retain(|x| x.id != s.id);
-    if !gone {
-        members.push(s.clone());
-    }
-    match gs.status.as_str() {
-        "creating" => {
-            if members.iter().any(|x| x.status == "creating") {
-                return Ok(());
-            }
-            gs.status = if members.iter().any(|x| x.status.starts_with("error")) {
-                "error"
-            } else {
-                "available"
-            }
-            .into();
-        }
-        "deleting" if members.is_empty() => {
-            tx.delete::<GroupSnapshot>(&gs.id)?;
-            return Ok(());
-        }
-        "deleting" if members.iter().any(|x| x.status == "error_deleting") => {
-            gs.status = "error_deleting".into();
-        }
-        _ => return Ok(()),
-    }
-    gs.updated_us = now_us();
-    tx.update(&gs)?;
-    Ok(())
-}
-
 // ---- views and handlers ------------------------------------------------------
-
-/// The member snapshots of a group snapshot.
-pub(crate) fn members_of(tx: &Tx, gs: &GroupSnapshot) -> Result<Vec<Snapshot>, ApiError> {
-    Ok(tx
-        .list::<Snapshot>(&StoreQuery::owner(&gs.project_id))?
-        .into_iter()
-        .filter(|s| s.group_snapshot_id.as_deref() == Some(gs.id.as_str()))
-        .collect())
-}
 
 /// A group snapshot the caller may see, or Cinder's 404.
 pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<GroupSnapshot, ApiError> {
-    tx.get::<GroupSnapshot>(id)?
-        .filter(|g| ctx.owns(&g.project_id))
-        .ok_or_else(|| not_found("GroupSnapshot", id))
+    super::group_model::find_group_snapshot(tx, ctx, id)
 }
 
 fn render(ctx: &VCtx, g: &GroupSnapshot, mv: Mv) -> Value {
@@ -163,9 +99,7 @@ async fn listing(
 ) -> J {
     mv.require(MV_GROUP_SNAPSHOTS)?;
     let paging = super::paging(&q)?;
-    let all = ctx.is_admin()
-        && q.get("all_tenants")
-            .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true));
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     blocking(move || {
         let query = if all {
@@ -247,14 +181,14 @@ async fn create(State(state): State<AppState>, ctx: VCtx, mv: Mv, raw: Bytes) ->
     let description = opt_str(&a, "description", 255)?.map(|n| n.trim().to_string());
     blocking(move || {
         let (gs, rev) = state.store.write(|tx| {
-            let g = super::groups::find(tx, &ctx, &group_id)?;
+            let g = super::group_model::find_group(tx, &ctx, &group_id)?;
             if g.status != "available" {
                 return Err(ApiError::bad_request(format!(
                     "Invalid group: Group {} status must be available, but current status is: {}.",
                     g.id, g.status
                 )));
             }
-            let vols = super::groups::members_of(tx, &g)?;
+            let vols = super::group_model::group_members(tx, &g)?;
             if let Some(v) = vols
                 .iter()
                 .find(|v| v.status != "available" && v.status != "in-use")
@@ -334,7 +268,7 @@ async fn delete(
                     gs.status
                 )));
             }
-            let members = members_of(tx, &gs)?;
+            let members = super::group_model::snapshot_members(tx, &gs)?;
             if let Some(s) = members
                 .iter()
                 .find(|s| !["available", "error", "error_deleting"].contains(&s.status.as_str()))

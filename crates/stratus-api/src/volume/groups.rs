@@ -8,13 +8,13 @@
 //!
 //! A group holds no data: it is available as soon as it is recorded,
 //! unless its volumes are being made from a source (then `creating`
-//! until they are, see [`volume_settled`]). Its volumes carry its id;
+//! until they are, see [`super::group_model::volume_settled`]). Its volumes carry its id;
 //! a volume of a group is deleted with the group (`delete-volumes`), not
 //! on its own.
 //!
 //! The small hooks the volume and snapshot code calls are here too:
 //! [`volume_view`], [`snapshot_view`], [`check_new_volume`],
-//! [`check_volume_delete`], [`volume_settled`].
+//! [`check_volume_delete`], [`super::group_model::volume_settled`].
 
 use std::collections::HashMap;
 
@@ -37,12 +37,11 @@ use crate::{ApiError, AppState};
 /// 3.13: groups; 3.14: group snapshots and groups from a source; 3.20:
 /// `reset_status`; 3.25: a group's `volumes`; 3.38: replication; 3.58:
 /// `project_id` in the views.
-pub(crate) const MV_GROUPS: u16 = 13;
-pub(crate) const MV_GROUP_SNAPSHOTS: u16 = 14;
+pub(crate) use super::group_model::{MV_GROUP_SNAPSHOTS, MV_GROUPS};
 const MV_RESET_STATUS: u16 = 20;
 const MV_VOLUME_LIST: u16 = 25;
 const MV_REPLICATION: u16 = 38;
-pub(crate) const MV_PROJECT_ID: u16 = 58;
+pub(crate) use super::group_model::MV_PROJECT_ID;
 
 /// Cinder's `GroupStatus` values, which `reset_status` accepts.
 const STATUSES: &[&str] = &[
@@ -69,134 +68,9 @@ pub fn routes() -> Router<AppState> {
         .route("/groups/{id}", get(show).put(update))
         .route("/groups/{id}/action", post(action))
         .merge(super::group_types::routes())
-        .merge(super::group_snapshots::routes())
-}
-
-// ---- hooks for the volume and snapshot code --------------------------------
-
-/// Adds a volume's `group_id` to its view (from 3.13).
-pub(crate) fn volume_view(out: &mut Value, v: &Volume, mv: Mv) {
-    if mv.at_least(MV_GROUPS) {
-        out["group_id"] = json!(v.group_id);
-    }
-}
-
-/// Adds a snapshot's `group_snapshot_id` to its view (from 3.14).
-pub(crate) fn snapshot_view(out: &mut Value, s: &Snapshot, mv: Mv) {
-    if mv.at_least(MV_GROUP_SNAPSHOTS) {
-        out["group_snapshot_id"] = json!(s.group_snapshot_id);
-    }
-}
-
-/// Checks that a new volume may go into group `group_id`: the caller's
-/// group, available, and `volume_type` (or the default type) one of its
-/// volume types. Returns the group's availability zone (where the volume
-/// goes unless asked otherwise, as in Cinder).
-pub(crate) fn check_new_volume(
-    tx: &Tx,
-    ctx: &VCtx,
-    group_id: &str,
-    volume_type: Option<&str>,
-) -> Result<String, ApiError> {
-    let g = find(tx, ctx, group_id)?;
-    if g.status != "available" {
-        return Err(ApiError::bad_request(format!(
-            "Invalid group: Group {} status must be available, but current status is: {}.",
-            g.id, g.status
-        )));
-    }
-    // No type asked: the one volume create will use (the project's
-    // 3.62 default, else the deployment's).
-    let vt = match volume_type {
-        Some(t) => super::types::find(tx, ctx, t)?,
-        None => match super::default_types::default_type_for(tx, &g.project_id)? {
-            Some(id) => super::types::find(tx, ctx, &id)?,
-            None => super::types::find(tx, ctx, super::types::DEFAULT_TYPE)?,
-        },
-    };
-    if !g.volume_type_ids.contains(&vt.id) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid input received: Invalid volume_type provided: {}. The volume type must be one of the group {}'s types.",
-            vt.name, g.id
-        )));
-    }
-    Ok(g.availability_zone)
-}
-
-/// A volume of a group is deleted with its group, not on its own.
-pub(crate) fn check_volume_delete(v: &Volume) -> Result<(), ApiError> {
-    match &v.group_id {
-        Some(g) => Err(ApiError::bad_request(format!(
-            "Invalid volume: Volume {} belongs to group {g}: remove it from the group or delete the group with delete-volumes.",
-            v.id
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// A volume of a group stays in its group's project: not transferred.
-pub(crate) fn check_volume_transfer(v: &Volume) -> Result<(), ApiError> {
-    match &v.group_id {
-        Some(g) => Err(ApiError::bad_request(format!(
-            "Invalid volume: Volume {} belongs to group {g}; remove it from the group to transfer it.",
-            v.id
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Settles a volume's group after a storage task on `v` settled (`v` as
-/// it is about to be written; `gone` when it was just deleted): a group
-/// being made becomes available (or `error`) when its last volume is
-/// made; a group being deleted goes with its last volume.
-pub(crate) fn volume_settled(tx: &Tx, v: &Volume, gone: bool) -> Result<(), ApiError> {
-    let Some(gid) = &v.group_id else {
-        return Ok(());
-    };
-    let Some(mut g) = tx.get::<Group>(gid)? else {
-        return Ok(());
-    };
-    let mut members = members_of(tx, &g)?;
-    members.retain(|x| x.id != v.id);
-    if !gone {
-        members.push(v.clone());
-    }
-    match g.status.as_str() {
-        "creating" => {
-            if members.iter().any(|x| x.status == "creating") {
-                return Ok(());
-            }
-            g.status = if members.iter().any(|x| x.status.starts_with("error")) {
-                "error"
-            } else {
-                "available"
-            }
-            .into();
-        }
-        "deleting" if members.is_empty() => {
-            tx.delete::<Group>(&g.id)?;
-            return Ok(());
-        }
-        "deleting" if members.iter().any(|x| x.status == "error_deleting") => {
-            g.status = "error_deleting".into();
-        }
-        _ => return Ok(()),
-    }
-    g.updated_us = now_us();
-    tx.update(&g)?;
-    Ok(())
 }
 
 // ---- views -------------------------------------------------------------------
-
-/// The volumes of a group.
-pub(crate) fn members_of(tx: &Tx, g: &Group) -> Result<Vec<Volume>, ApiError> {
-    Ok(tx
-        .list::<Volume>(&StoreQuery::owner(&g.project_id))?
-        .into_iter()
-        .filter(|v| v.group_id.as_deref() == Some(g.id.as_str()))
-        .collect())
-}
 
 /// Cinder's detailed group view at `mv`; `volumes` when asked for.
 fn render(ctx: &VCtx, g: &Group, mv: Mv, volumes: Option<Vec<String>>) -> Value {
@@ -235,15 +109,7 @@ fn summary(g: &Group) -> Value {
 
 /// A group the caller may see, or Cinder's 404.
 pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Group, ApiError> {
-    tx.get::<Group>(id)?
-        .filter(|g| ctx.owns(&g.project_id))
-        .ok_or_else(|| not_found("Group", id))
-}
-
-fn all_tenants(ctx: &VCtx, q: &HashMap<String, String>) -> bool {
-    ctx.is_admin()
-        && q.get("all_tenants")
-            .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
+    super::group_model::find_group(tx, ctx, id)
 }
 
 async fn list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {
@@ -268,7 +134,7 @@ async fn listing(
 ) -> J {
     mv.require(MV_GROUPS)?;
     let paging = super::paging(&q)?;
-    let all = all_tenants(&ctx, &q);
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     blocking(move || {
         let query = if all {
@@ -337,7 +203,12 @@ async fn show(
         let out = state.store.write(|tx| {
             let g = find(tx, &ctx, &param(&p, "id"))?;
             let vols = if with_volumes {
-                Some(members_of(tx, &g)?.into_iter().map(|v| v.id).collect())
+                Some(
+                    super::group_model::group_members(tx, &g)?
+                        .into_iter()
+                        .map(|v| v.id)
+                        .collect(),
+                )
             } else {
                 None
             };
@@ -680,7 +551,7 @@ fn start_delete(tx: &Tx, ctx: &VCtx, id: &str, delete_volumes: bool) -> Result<i
             g.id
         )));
     }
-    let vols = members_of(tx, &g)?;
+    let vols = super::group_model::group_members(tx, &g)?;
     if !vols.is_empty() && !delete_volumes {
         return Err(ApiError::bad_request(format!(
             "Invalid group: Group {} still contains volumes. The delete-volumes flag is required to delete it.",
@@ -713,7 +584,7 @@ fn start_delete(tx: &Tx, ctx: &VCtx, id: &str, delete_volumes: bool) -> Result<i
             super::volumes::start_delete(tx, &mut v, false)?;
         }
     }
-    if members_of(tx, &g)?.is_empty() {
+    if super::group_model::group_members(tx, &g)?.is_empty() {
         tx.delete::<Group>(&g.id)?;
         return Ok(tx.last_revision()?);
     }
@@ -756,7 +627,7 @@ async fn create_from_src(State(state): State<AppState>, ctx: VCtx, mv: Mv, raw: 
             // new volume, where its data comes from.
             let (src, sources): (Group, Vec<NewVolume>) = match &from_snapshot {
                 Ok(sid) => {
-                    let gs = super::group_snapshots::find(tx, &ctx, sid)?;
+                    let gs = super::group_model::find_group_snapshot(tx, &ctx, sid)?;
                     if gs.status != "available" {
                         return Err(ApiError::bad_request(format!(
                             "Invalid group snapshot: Group snapshot {} status must be available, but current status is: {}.",
@@ -767,7 +638,7 @@ async fn create_from_src(State(state): State<AppState>, ctx: VCtx, mv: Mv, raw: 
                         .get::<Group>(&gs.group_id)?
                         .ok_or_else(|| not_found("Group", &gs.group_id))?;
                     let mut out = Vec::new();
-                    for s in super::group_snapshots::members_of(tx, &gs)? {
+                    for s in super::group_model::snapshot_members(tx, &gs)? {
                         let parent = tx.get::<Volume>(&s.volume_id)?;
                         out.push(NewVolume {
                             size: Some(s.size),
@@ -788,7 +659,7 @@ async fn create_from_src(State(state): State<AppState>, ctx: VCtx, mv: Mv, raw: 
                             src.id, src.status
                         )));
                     }
-                    let out = members_of(tx, &src)?
+                    let out = super::group_model::group_members(tx, &src)?
                         .into_iter()
                         .map(|v| NewVolume {
                             size: Some(v.size),
@@ -897,7 +768,7 @@ mod tests {
             store
                 .write(|tx| {
                     let v = volume(id, st);
-                    volume_settled(tx, &v, false)?;
+                    crate::volume::group_model::volume_settled(tx, &v, false)?;
                     tx.update(&v)?;
                     Ok::<_, ApiError>(())
                 })
@@ -924,7 +795,7 @@ mod tests {
             store
                 .write(|tx| {
                     tx.delete::<Volume>(id)?;
-                    volume_settled(tx, &volume(id, "deleting"), true)
+                    crate::volume::group_model::volume_settled(tx, &volume(id, "deleting"), true)
                 })
                 .unwrap();
             assert_eq!(status(&store).is_some(), left, "after {id}");

@@ -29,11 +29,7 @@ use crate::{ApiError, AppState};
 
 type J = Result<axum::Json<Value>, ApiError>;
 
-/// The backend (and pool) name of every storage node.
-pub const BACKEND: &str = "file";
-/// The vendor and protocol the backend reports.
-pub const VENDOR: &str = "Stratus";
-pub const PROTOCOL: &str = "file";
+pub use super::service::{BACKEND, PROTOCOL, VENDOR};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -239,6 +239,14 @@ pub(crate) fn over_limit(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
 }
 
+/// Whether the caller is an admin asking for every project's resources
+/// (`all_tenants`, any value but a false one).
+pub(crate) fn all_projects(ctx: &VCtx, q: &HashMap<String, String>) -> bool {
+    ctx.is_admin()
+        && q.get("all_tenants")
+            .is_some_and(|v| parse_bool(&json!(v)).unwrap_or(true))
+}
+
 /// A path parameter of a route that may also carry `{project_id}`.
 pub(crate) fn param(p: &HashMap<String, String>, key: &str) -> String {
     p.get(key).cloned().unwrap_or_default()
@@ -341,6 +349,7 @@ pub fn router() -> Router<AppState> {
         .merge(limits::routes())
         .merge(hosts::routes())
         .merge(groups::routes())
+        .merge(group_snapshots::routes())
         .merge(clusters::routes())
         .merge(workers::routes())
         .merge(resource_filters::routes())

@@ -221,3 +221,14 @@ pub struct StorageNode {
 }
 
 record!(StorageNode, "storage_node");
+
+/// A project's default volume type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefaultType {
+    /// The project's id.
+    pub id: String,
+    pub volume_type_id: String,
+    pub updated_us: i64,
+}
+
+record!(DefaultType, "volume_default_type");

@@ -211,6 +211,12 @@ fn meter(key: &str) -> Option<&'static Meter> {
     METERS.iter().copied().find(|m| m.resource == key)
 }
 
+/// The backend (and pool) name of every storage node.
+pub const BACKEND: &str = "file";
+/// The vendor and protocol the backend reports.
+pub const VENDOR: &str = "Stratus";
+pub const PROTOCOL: &str = "file";
+
 /// A storage node's capacity as the scheduler sees it.
 #[derive(Debug, Clone)]
 pub struct Capacity {
@@ -322,7 +328,6 @@ pub fn place_on(
 /// What a storage node's backend reports to the scheduler (Cinder's
 /// volume stats; also `scheduler-stats/get_pools?detail=true`).
 pub fn capabilities(c: &Capacity) -> serde_json::Map<String, serde_json::Value> {
-    use super::hosts::{BACKEND, PROTOCOL, VENDOR};
     let v = serde_json::json!({
         "volume_backend_name": BACKEND,
         "vendor_name": VENDOR,
@@ -479,7 +484,7 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                             if ok {
                                 v.bootable = true;
                                 if let Some(img) = tx.get::<crate::image::model::Image>(&image)? {
-                                    v.image_metadata = super::volumes::image_meta(&img);
+                                    v.image_metadata = image_meta(&img);
                                 }
                             } else {
                                 super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Reimage, r.error.as_deref())?;
@@ -503,13 +508,13 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                 }
                 VolumeTask::Delete if ok => {
                     tx.delete::<Volume>(id)?;
-                    super::groups::volume_settled(tx, &v, true)?;
+                    super::group_model::volume_settled(tx, &v, true)?;
                     return Ok(Some(tx.last_revision()?));
                 }
                 VolumeTask::Delete => v.status = "error_deleting".into(),
                 _ => return Ok(None),
             }
-            super::groups::volume_settled(tx, &v, false)?;
+            super::group_model::volume_settled(tx, &v, false)?;
             return Ok(Some(tx.update(&v)?));
         }
         if let Some(mut s) = tx.get::<Snapshot>(id)? {
@@ -544,13 +549,13 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                 VolumeTask::Snapshot => s.status = if ok { "available" } else { "error" }.into(),
                 VolumeTask::DeleteSnapshot if ok => {
                     tx.delete::<Snapshot>(id)?;
-                    super::group_snapshots::snapshot_settled(tx, &s, true)?;
+                    super::group_model::snapshot_settled(tx, &s, true)?;
                     return Ok(Some(tx.last_revision()?));
                 }
                 VolumeTask::DeleteSnapshot => s.status = "error_deleting".into(),
                 _ => return Ok(None),
             }
-            super::group_snapshots::snapshot_settled(tx, &s, false)?;
+            super::group_model::snapshot_settled(tx, &s, false)?;
             return Ok(Some(tx.update(&s)?));
         }
         Ok(None)
@@ -593,9 +598,49 @@ pub fn uploads_to_image(state: &AppState, host: &str, image_id: &str) -> Result<
         .any(|u| u.task == Some(VolumeTask::Upload) && u.image_id == image_id))
 }
 
+/// The image metadata a volume made from `img` keeps
+/// (`volume_image_metadata`).
+pub(crate) fn image_meta(
+    img: &crate::image::model::Image,
+) -> std::collections::BTreeMap<String, String> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("image_id".into(), img.id.clone());
+    if let Some(n) = &img.name {
+        meta.insert("image_name".into(), n.clone());
+    }
+    meta.insert(
+        "disk_format".into(),
+        img.disk_format.clone().unwrap_or_default(),
+    );
+    if let Some(c) = &img.container_format {
+        meta.insert("container_format".into(), c.clone());
+    }
+    if let Some(c) = &img.checksum {
+        meta.insert("checksum".into(), c.clone());
+    }
+    meta.insert("min_disk".into(), img.min_disk.to_string());
+    meta.insert("min_ram".into(), img.min_ram.to_string());
+    if let Some(s) = img.size {
+        meta.insert("size".into(), s.to_string());
+    }
+    for (k, v) in &img.properties {
+        let s = v
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        meta.insert(k.clone(), s);
+    }
+    meta
+}
+
 /// Wakes the storage nodes after this process wrote at `rev`.
 pub fn written(state: &AppState, rev: i64) {
     state.volumes.bump(rev as u64);
+}
+
+impl StorageNode {
+    /// The record kind, for the liveness table.
+    pub const KIND_NAME: &'static str = "storage_node";
 }
 
 #[cfg(test)]
@@ -646,9 +691,4 @@ mod tests {
         assert!(satisfies(&c, &specs(&[("multiattach", "<is> 1")])));
         assert!(!satisfies(&c, &specs(&[("total_capacity_gb", ">= 500")])));
     }
-}
-
-impl StorageNode {
-    /// The record kind, for the liveness table.
-    pub const KIND_NAME: &'static str = "storage_node";
 }

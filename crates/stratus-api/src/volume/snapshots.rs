@@ -69,7 +69,7 @@ fn render(s: &Snapshot, detail: bool, mv: Mv, admin: bool) -> Value {
     if mv.at_least(65) {
         out["consumes_quota"] = json!(true);
     }
-    super::groups::snapshot_view(&mut out, s, mv);
+    super::group_model::snapshot_view(&mut out, s, mv);
     out
 }
 
@@ -114,10 +114,7 @@ async fn listing(
         && q.get("with_count")
             .is_some_and(|c| super::parse_bool(&json!(c)).unwrap_or(false));
     let admin = ctx.is_admin();
-    let all = q
-        .get("all_tenants")
-        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
-        && ctx.is_admin();
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     blocking(move || {
         let query = if all {
@@ -320,7 +317,7 @@ async fn delete(
     blocking(move || {
         let rev = state.store.write(|tx| {
             let mut s = find(tx, &ctx, &param(&p, "id"))?;
-            super::group_snapshots::check_snapshot_delete(&s)?;
+            super::group_model::check_snapshot_delete(&s)?;
             if !["available", "error", "error_deleting"].contains(&s.status.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid snapshot: Snapshot status must be available or error (it is {}).",

@@ -196,10 +196,7 @@ async fn listing(
             "Invalid input received: Invalid sort key {k}"
         )));
     }
-    let all = q
-        .get("all_tenants")
-        .is_some_and(|v| parse_bool(&json!(v)).unwrap_or(true))
-        && ctx.is_admin();
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     blocking(move || {
         let query = if all {
@@ -324,7 +321,7 @@ async fn creating(
                     v.status
                 )));
             }
-            super::groups::check_volume_transfer(&v)?;
+            super::group_model::check_volume_transfer(&v)?;
             // Snapshots that move must be at rest.
             let busy = !no_snapshots
                 && tx

@@ -335,7 +335,7 @@ async fn delete(
                 )));
             }
             if let Some(d) = tx
-                .list::<super::default_types::DefaultType>(&StoreQuery::all())?
+                .list::<super::model::DefaultType>(&StoreQuery::all())?
                 .into_iter()
                 .find(|d| d.volume_type_id == t.id)
             {

@@ -160,7 +160,7 @@ pub(crate) fn render(
     if mv.at_least(65) {
         out["consumes_quota"] = json!(true);
     }
-    super::groups::volume_view(&mut out, v, mv);
+    super::group_model::volume_view(&mut out, v, mv);
     out
 }
 
@@ -221,13 +221,6 @@ async fn list_detail(
     listing(s, ctx, mv, q, true).await
 }
 
-/// Whether the caller is an admin asking for every project's resources.
-fn all_projects(ctx: &VCtx, q: &HashMap<String, String>) -> bool {
-    q.get("all_tenants")
-        .is_some_and(|v| super::parse_bool(&json!(v)).unwrap_or(true))
-        && ctx.is_admin()
-}
-
 async fn listing(
     State(state): State<AppState>,
     ctx: VCtx,
@@ -236,7 +229,7 @@ async fn listing(
     detail: bool,
 ) -> J {
     let paging = super::paging(&q)?;
-    let all = all_projects(&ctx, &q);
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     let meta_filter: Option<HashMap<String, String>> = match q.get("metadata") {
         None => None,
@@ -329,7 +322,7 @@ async fn summary(
     Query(q): Query<HashMap<String, String>>,
 ) -> J {
     mv.require(12)?;
-    let all = all_projects(&ctx, &q);
+    let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
     blocking(move || {
         let query = if all {
@@ -460,41 +453,6 @@ fn parse_create(b: &Value) -> Result<NewVolume, ApiError> {
     })
 }
 
-/// The image metadata a volume made from `img` keeps
-/// (`volume_image_metadata`).
-pub(crate) fn image_meta(
-    img: &crate::image::model::Image,
-) -> std::collections::BTreeMap<String, String> {
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("image_id".into(), img.id.clone());
-    if let Some(n) = &img.name {
-        meta.insert("image_name".into(), n.clone());
-    }
-    meta.insert(
-        "disk_format".into(),
-        img.disk_format.clone().unwrap_or_default(),
-    );
-    if let Some(c) = &img.container_format {
-        meta.insert("container_format".into(), c.clone());
-    }
-    if let Some(c) = &img.checksum {
-        meta.insert("checksum".into(), c.clone());
-    }
-    meta.insert("min_disk".into(), img.min_disk.to_string());
-    meta.insert("min_ram".into(), img.min_ram.to_string());
-    if let Some(s) = img.size {
-        meta.insert("size".into(), s.to_string());
-    }
-    for (k, v) in &img.properties {
-        let s = v
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string());
-        meta.insert(k.clone(), s);
-    }
-    meta
-}
-
 /// The root disk's snapshot of an image Nova made from a volume-backed
 /// server (its `block_device_mapping` property), when `id` is one.
 fn nova_snapshot_of(state: &AppState, ctx: &VCtx, id: &str) -> Result<Option<String>, ApiError> {
@@ -556,7 +514,7 @@ pub(crate) fn image_source(
     }
     let bytes = img.virtual_size.or(img.size).unwrap_or(0);
     let min = bytes.div_ceil(GIB).max(img.min_disk).max(1);
-    let meta = image_meta(&img);
+    let meta = super::service::image_meta(&img);
     Ok((
         VolumeSource::Image {
             id: img.id.clone(),
@@ -577,9 +535,9 @@ async fn create(
     let project = ctx.project()?.to_string();
     let mut raw_body = body(&raw)?;
     // 3.47: from a backup (backups.rs; restored after the insert below).
-    let backup = super::backups::backup_of_create(&state, &ctx, mv, &mut raw_body)?;
+    let backup = super::backup_model::backup_of_create(&state, &ctx, mv, &mut raw_body)?;
     let mut req = parse_create(&raw_body)?;
-    if !mv.at_least(super::groups::MV_GROUPS) {
+    if !mv.at_least(super::group_model::MV_GROUPS) {
         req.group_id = None;
     }
     blocking(move || {
@@ -601,12 +559,12 @@ async fn create(
             let mut req = req.clone();
             if let Some(g) = &req.group_id {
                 let zone =
-                    super::groups::check_new_volume(tx, &ctx, g, req.volume_type.as_deref())?;
+                    super::group_model::check_new_volume(tx, &ctx, g, req.volume_type.as_deref())?;
                 req.zone.get_or_insert(zone);
             }
             let (v, rev) = create_in(&state, tx, &ctx, &project, &req, image.as_ref())?;
             let (v, rev) = match &backup {
-                Some(id) => super::backups::restore_into_new(tx, &ctx, id, &v.id)?,
+                Some(id) => super::backup_model::restore_into_new(tx, &ctx, id, &v.id)?,
                 None => (v, rev),
             };
             Ok::<_, ApiError>((changed(&state, &ctx, tx, &v, mv)?, rev))
@@ -927,7 +885,7 @@ async fn delete(
                     return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
                 }
                 rewriting(&v)?;
-                super::groups::check_volume_delete(&v)?;
+                super::group_model::check_volume_delete(&v)?;
                 return start_delete(tx, &mut v, cascade);
             }
             if !DELETABLE.contains(&v.status.as_str()) {
@@ -936,7 +894,7 @@ async fn delete(
                     v.status
                 )));
             }
-            super::groups::check_volume_delete(&v)?;
+            super::group_model::check_volume_delete(&v)?;
             start_delete(tx, &mut v, cascade)
         })?;
         written(&state, rev);
@@ -1446,7 +1404,7 @@ async fn action(
                         return Err(ApiError::bad_request("Invalid volume: Volume is attached."));
                     }
                     rewriting(&v)?;
-                    super::groups::check_volume_delete(&v)?;
+                    super::group_model::check_volume_delete(&v)?;
                     return start_delete(tx, &mut v, false);
                 }
                 other => {
