@@ -260,27 +260,72 @@ pub struct VmDisk {
     /// itself (TLS with the storage node's key); `path` is then unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd: Option<stratus_wire::volume::NbdTarget>,
+    /// The volume's size in GiB (0: not known); a running guest's disk
+    /// smaller than that is grown to it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size_gb: u64,
+    /// The volume this one replaces at `device` (Nova's swap volume):
+    /// the running guest's disk is copied onto it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_from: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The TLS credentials object of block node `node` (`vol-vdb`:
+/// `tls-vdb`).
+fn tls_of(node: &str) -> String {
+    node.replacen("vol-", "tls-", 1)
+}
+
+/// What backs a volume disk of the running VM (QMP `query-block`): its
+/// block node, the image's file name and its size in bytes.
+#[derive(Debug, Clone)]
+struct Backing {
+    node: String,
+    file: String,
+    size: u64,
 }
 
 impl VmDisk {
     /// The id of the TLS credentials object of an NBD volume.
     fn tls_id(&self) -> String {
-        format!("tls-{}", self.short())
+        tls_of(&self.node_name())
     }
 
-    /// Where the NBD volume's key file is kept (QEMU reads `keys.psk`
-    /// in it), in the VM's directory.
-    fn psk_dir(&self, vm_dir: &Path) -> PathBuf {
-        vm_dir.join(format!("psk-{}", self.short()))
+    /// The name of the block node a swap copies the disk into: the
+    /// device's volume nodes alternate between `vol-vdb` and
+    /// `vol-vdb-s`, so the node being replaced keeps its name until it
+    /// is gone.
+    fn other_node(&self, node: &str) -> String {
+        let base = self.node_name();
+        if node == base {
+            format!("{base}-s")
+        } else {
+            base
+        }
     }
 
     /// Writes the key file of an NBD volume; the `tls-creds-psk` object
     /// that reads it (`object-add`'s arguments). `None` for a local one.
     fn tls_object(&self, vm_dir: &Path) -> Result<Option<serde_json::Value>, DriverError> {
+        self.tls_object_for(vm_dir, &self.node_name())
+    }
+
+    /// [`VmDisk::tls_object`] for the volume as block node `node`: the
+    /// key file is in the VM's directory (QEMU reads `keys.psk` in
+    /// `psk-vdb/`).
+    fn tls_object_for(
+        &self,
+        vm_dir: &Path,
+        node: &str,
+    ) -> Result<Option<serde_json::Value>, DriverError> {
         let Some(n) = &self.nbd else {
             return Ok(None);
         };
-        let dir = self.psk_dir(vm_dir);
+        let dir = vm_dir.join(node.replacen("vol-", "psk-", 1));
         {
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new()
@@ -303,7 +348,7 @@ impl VmDisk {
             )?;
         }
         Ok(Some(serde_json::json!({
-            "qom-type": "tls-creds-psk", "id": self.tls_id(), "endpoint": "client",
+            "qom-type": "tls-creds-psk", "id": tls_of(node), "endpoint": "client",
             "dir": dir.display().to_string(), "username": n.psk_identity,
         })))
     }
@@ -311,11 +356,16 @@ impl VmDisk {
     /// `blockdev-add`'s arguments (and `-blockdev`'s, as JSON): the
     /// qcow2 file, or the NBD export over TLS.
     fn blockdev(&self) -> serde_json::Value {
+        self.blockdev_as(&self.node_name())
+    }
+
+    /// [`VmDisk::blockdev`] as block node `node`.
+    fn blockdev_as(&self, node: &str) -> serde_json::Value {
         match &self.nbd {
             Some(n) => serde_json::json!({
-                "driver": "nbd", "node-name": self.node_name(),
+                "driver": "nbd", "node-name": node,
                 "server": {"type": "inet", "host": n.host, "port": n.port.to_string()},
-                "export": n.export, "tls-creds": self.tls_id(),
+                "export": n.export, "tls-creds": tls_of(node),
                 // A storage node that restarts its daemon: QEMU
                 // reconnects rather than failing the guest's I/O at once;
                 // an export not there yet (the storage node sees the
@@ -324,7 +374,7 @@ impl VmDisk {
                 "open-timeout": 30,
             }),
             None => serde_json::json!({
-                "driver": "qcow2", "node-name": self.node_name(),
+                "driver": "qcow2", "node-name": node,
                 "file": {"driver": "file", "filename": self.path.display().to_string()},
             }),
         }
@@ -1343,17 +1393,194 @@ impl QemuDriver {
             std::thread::sleep(Duration::from_millis(200));
         }
         let short = dev.trim_start_matches("disk-");
-        // The device's going may take its block node with it.
-        let _ = q.execute(
-            "blockdev-del",
-            Some(serde_json::json!({"node-name": format!("vol-{short}")})),
-        );
-        // An NBD volume's TLS credentials (none for a local one).
-        let _ = q.execute(
-            "object-del",
-            Some(serde_json::json!({"id": format!("tls-{short}")})),
-        );
+        // The device's going may take its block node with it; after a
+        // swap the node is `vol-vdb-s`.
+        for node in [format!("vol-{short}"), format!("vol-{short}-s")] {
+            QemuDriver::drop_node(q, &node);
+        }
         Ok(())
+    }
+
+    /// Deletes block node `node` and its TLS credentials (an NBD
+    /// volume's), when there are any.
+    fn drop_node(q: &mut Qmp, node: &str) {
+        let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": node})));
+        let _ = q.execute("object-del", Some(serde_json::json!({"id": tls_of(node)})));
+    }
+
+    /// What backs each volume disk of the running VM, by device id
+    /// (`disk-vdb`).
+    fn disk_backings(q: &mut Qmp) -> Result<HashMap<String, Backing>, DriverError> {
+        let l = q.execute("query-block", None)?;
+        let mut out = HashMap::new();
+        for b in l.as_array().into_iter().flatten() {
+            let Some(dev) = b["qdev"]
+                .as_str()
+                .and_then(|p| p.strip_prefix("/machine/peripheral/"))
+                .and_then(|p| p.split('/').next())
+                .filter(|d| d.starts_with("disk-"))
+            else {
+                continue;
+            };
+            let i = &b["inserted"];
+            let (Some(node), Some(file)) = (i["node-name"].as_str(), i["file"].as_str()) else {
+                continue;
+            };
+            out.insert(
+                dev.to_string(),
+                Backing {
+                    node: node.to_string(),
+                    file: file.to_string(),
+                    size: i["image"]["virtual-size"].as_u64().unwrap_or(0),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether block job `job` is still there, and ready to complete.
+    fn job_state(&self, uuid: &str, job: &str) -> Result<Option<bool>, DriverError> {
+        let jobs = self.qmp(uuid)?.execute("query-block-jobs", None)?;
+        Ok(jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|j| j["device"].as_str() == Some(job))
+            .map(|j| j["ready"].as_bool().unwrap_or(false)))
+    }
+
+    /// Cancels block job `job` (a swap's copy) and waits until it has
+    /// gone.
+    fn cancel_job(&self, uuid: &str, job: &str) {
+        let _ = self.qmp(uuid).and_then(|mut q| {
+            q.execute(
+                "block-job-cancel",
+                Some(serde_json::json!({"device": job, "force": true})),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !matches!(self.job_state(uuid, job), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Swaps the volume under device `d` of a running VM for `d`'s
+    /// (Nova's swap volume): the new volume is opened as a second block
+    /// node, QEMU's block mirror copies the old one onto it while the
+    /// guest runs and keeps writing (each write goes to both), and
+    /// completing the mirror moves the device onto the new node, which
+    /// the guest does not notice. The old node is closed after. The
+    /// mirror wants a target of the source's size: a larger new volume
+    /// is cut to it for the copy and grown back after (the guest sees
+    /// the new size then). Any failure cancels the copy and leaves the
+    /// old volume in place. Each step opens its own QMP connection, so
+    /// a long copy does not keep others off the VM's monitor.
+    fn swap_disk(&self, uuid: &str, d: &VmDisk, old: &Backing) -> Result<(), DriverError> {
+        let target = d.other_node(&old.node);
+        let job = format!("swap-{}", d.short());
+        // A copy left by an agent that stopped during it starts over.
+        if self.job_state(uuid, &job)?.is_some() {
+            self.cancel_job(uuid, &job);
+        }
+        let mut q = self.qmp(uuid)?;
+        QemuDriver::drop_node(&mut q, &target);
+        if let Some(tls) = d.tls_object_for(&self.dir(uuid), &target)? {
+            q.execute("object-add", Some(tls))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match q.execute("blockdev-add", Some(d.blockdev_as(&target))) {
+                Ok(_) => break,
+                // The storage node exports the new volume once it has
+                // seen the swap.
+                Err(_) if d.nbd.is_some() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Err(e) => {
+                    QemuDriver::drop_node(&mut q, &target);
+                    return Err(e);
+                }
+            }
+        }
+        let copy = (|| {
+            let size = QemuDriver::disk_size(&mut q, &target)?;
+            if size != old.size {
+                q.execute(
+                    "block_resize",
+                    Some(serde_json::json!({"node-name": target, "size": old.size})),
+                )?;
+            }
+            q.execute(
+                "blockdev-mirror",
+                Some(serde_json::json!({
+                    "job-id": job, "device": old.node, "target": target, "sync": "full",
+                })),
+            )?;
+            drop(q);
+            // The copy runs at disk speed: a minute per GiB under a
+            // slow disk is still waited for.
+            let gib = old.size.div_ceil(1 << 30).max(1);
+            let deadline = Instant::now() + Duration::from_secs(60 * gib + 60);
+            loop {
+                match self.job_state(uuid, &job)? {
+                    Some(true) => break,
+                    Some(false) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(250))
+                    }
+                    Some(false) => return Err(rt(format!("copying {} timed out", d.device))),
+                    None => {
+                        return Err(rt(format!(
+                            "the copy of {} onto the new volume stopped (a read or write failed)",
+                            d.device
+                        )));
+                    }
+                }
+            }
+            self.qmp(uuid)?
+                .execute("job-complete", Some(serde_json::json!({"id": job})))?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut q = self.qmp(uuid)?;
+                let on = QemuDriver::disk_backings(&mut q)?;
+                if on.get(&d.device_id()).is_some_and(|b| b.node == target) {
+                    return Ok(());
+                }
+                drop(q);
+                if Instant::now() > deadline || self.job_state(uuid, &job)?.is_none() {
+                    return Err(rt(format!(
+                        "the guest's {} did not move onto the new volume",
+                        d.device
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })();
+        if let Err(e) = copy {
+            self.cancel_job(uuid, &job);
+            if let Ok(mut q) = self.qmp(uuid) {
+                QemuDriver::drop_node(&mut q, &target);
+            }
+            return Err(e);
+        }
+        let mut q = self.qmp(uuid)?;
+        QemuDriver::drop_node(&mut q, &old.node);
+        tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, "volume swapped in");
+        Ok(())
+    }
+
+    /// The virtual size of block node `node`, in bytes.
+    fn disk_size(q: &mut Qmp, node: &str) -> Result<u64, DriverError> {
+        let nodes = q.execute(
+            "query-named-block-nodes",
+            Some(serde_json::json!({"flat": true})),
+        )?;
+        nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node-name"].as_str() == Some(node))
+            .and_then(|n| n["image"]["virtual-size"].as_u64())
+            .ok_or_else(|| rt(format!("block node {node} has no size")))
     }
 
     /// QEMU's command line for the VM; `incoming` is `-incoming`'s value
@@ -2063,6 +2290,51 @@ impl Driver for QemuDriver {
                     return Err(e);
                 }
                 tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, "volume plugged in");
+            }
+            // A device whose volume changed (a swap) gets the new one.
+            let backings = QemuDriver::disk_backings(&mut q)?;
+            let mut swaps: Vec<(&VmDisk, &Backing)> = Vec::new();
+            for d in disks {
+                let Some(b) = backings.get(&d.device_id()) else {
+                    continue;
+                };
+                if b.file.contains(&d.volume_id) {
+                    continue;
+                }
+                // Only a swap's old volume is copied over; any other
+                // volume found at the device stays, and so does the new
+                // volume's data.
+                if !d.swap_from.as_ref().is_some_and(|o| b.file.contains(o)) {
+                    return Err(rt(format!(
+                        "{} holds another volume ({}), not {}",
+                        d.device, b.file, d.volume_id
+                    )));
+                }
+                swaps.push((d, b));
+            }
+            drop(q);
+            for (d, b) in &swaps {
+                self.swap_disk(uuid, d, b)?;
+            }
+            let mut q = self.qmp(uuid)?;
+            for d in disks {
+                let Some(b) = QemuDriver::disk_backings(&mut q)?.remove(&d.device_id()) else {
+                    continue;
+                };
+                // The node a swap replaced, when its agent stopped
+                // before closing it (it would keep the old file locked).
+                QemuDriver::drop_node(&mut q, &d.other_node(&b.node));
+                // A disk smaller than its volume (a swap to a larger
+                // one) grows, and the guest is told. Over NBD a disk
+                // cannot grow.
+                let want = d.size_gb << 30;
+                if d.nbd.is_none() && b.size < want {
+                    q.execute(
+                        "block_resize",
+                        Some(serde_json::json!({"node-name": b.node, "size": want})),
+                    )?;
+                    tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, gib = d.size_gb, "volume grown");
+                }
             }
             QemuDriver::set_throttles(&mut q, disks);
         }

@@ -207,6 +207,14 @@ pub struct AttachedVolume {
     /// Where a VM on another node than `host` reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd: Option<NbdTarget>,
+    /// Its size in GiB (0 from a controller that does not say): the
+    /// guest's disk is grown to it when smaller.
+    #[serde(default)]
+    pub size_gb: u64,
+    /// The volume this one replaces at `device` (a swap under way): the
+    /// node copies it onto this one, and only then lets it go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_from: Option<String>,
 }
 
 /// What a node did with a server's volumes:

@@ -378,6 +378,8 @@ fn attach_volumes(sh: &Shared, s: &Assignment) {
                 device: v.device.clone(),
                 qos: v.qos.clone(),
                 nbd: None,
+                size_gb: v.size_gb,
+                swap_from: v.swap_from.clone(),
             }),
             // Another node's volume: over NBD from its export.
             (_, false, Ok(_)) if v.nbd.is_some() => disks.push(crate::VmDisk {
@@ -386,6 +388,8 @@ fn attach_volumes(sh: &Shared, s: &Assignment) {
                 device: v.device.clone(),
                 qos: v.qos.clone(),
                 nbd: v.nbd.clone(),
+                size_gb: v.size_gb,
+                swap_from: v.swap_from.clone(),
             }),
             _ => failed.push(AttachFailure {
                 volume_id: v.volume_id.clone(),

@@ -254,8 +254,33 @@ pub struct ServerVolume {
     #[serde(default)]
     pub delete_on_termination: bool,
     /// `attaching` until the node has it, `attached`, `detaching` until
-    /// the node has let it go.
+    /// the node has let it go, `swapping` while the node copies the
+    /// volume it replaces (`swap_from`) onto this one.
     pub state: String,
+    /// A swap under way (Nova's swap volume): the volume this one
+    /// replaces at the same device, still attached until the node has
+    /// copied it and moved the guest's disk over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_from: Option<SwapFrom>,
+}
+
+/// The volume a swap replaces, and its attachment (Cinder side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapFrom {
+    pub volume_id: String,
+    pub attachment_id: String,
+}
+
+impl ServerVolume {
+    /// Whether `attachment_id` (Cinder side) is this mapping's own, or
+    /// the one of the volume it is replacing.
+    pub fn holds(&self, attachment_id: &str) -> bool {
+        self.attachment_id == attachment_id
+            || self
+                .swap_from
+                .as_ref()
+                .is_some_and(|f| f.attachment_id == attachment_id)
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

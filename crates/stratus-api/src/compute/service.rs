@@ -688,6 +688,7 @@ fn attached_volume(
         Some(x) => crate::volume::qos::front_end_limits(state, &x.volume_type_id)?,
         None => Default::default(),
     };
+    let size_gb = vol.as_ref().map_or(0, |x| x.size);
     let host = vol.and_then(|x| x.host);
     let nbd = match host.as_deref() {
         Some(h) if server_host.is_some_and(|s| s != h) => nbd_target(state, h, &v.volume_id)?,
@@ -699,6 +700,8 @@ fn attached_volume(
         host,
         qos,
         nbd,
+        size_gb,
+        swap_from: v.swap_from.as_ref().map(|f| f.volume_id.clone()),
     })
 }
 

@@ -208,6 +208,12 @@ pub(crate) fn may_move(
             "it boots from a volume, which stays on its storage node (moving volume-backed servers is not supported yet)".into(),
         );
     }
+    if let Some(sv) = s.volumes.iter().find(|v| v.state == "swapping") {
+        return refuse(format!(
+            "volume {} is being swapped in at {}; wait until the swap is done",
+            sv.volume_id, sv.device
+        ));
+    }
     for sv in &s.volumes {
         let Some(v) = state
             .store

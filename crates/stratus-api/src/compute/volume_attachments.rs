@@ -114,7 +114,7 @@ async fn show(
 /// `PUT /servers/{id}/os-volume_attachments/{volume_id}`: from 2.85 a
 /// member changes the attachment's `delete_on_termination` (the other
 /// fields must stay as they are); naming another volume asks for a swap
-/// (admins only), which this cloud's drivers cannot do (409).
+/// (admins only, see [`swap_in`]).
 async fn update(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -159,24 +159,20 @@ async fn update(
         )));
     }
     let st = state.clone();
-    tokio::task::spawn_blocking(move || {
+    let host = tokio::task::spawn_blocking(move || {
         st.store.write(|tx| {
             let mut s = fetch_tx(tx, &ctx, &id)?;
             check_locked(&ctx, &s)?;
+            if !s.volumes.iter().any(|v| v.volume_id == volume_id) {
+                return Err(not_attached(&volume_id));
+            }
+            if swap {
+                swap_in(tx, &mut s, &volume_id, &new_id)?;
+                return Ok(s.host);
+            }
             let Some(sv) = s.volumes.iter_mut().find(|v| v.volume_id == volume_id) else {
                 return Err(not_attached(&volume_id));
             };
-            if swap {
-                if tx.get::<Volume>(&new_id)?.is_none() {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("Volume {new_id} could not be found."),
-                    ));
-                }
-                return Err(ApiError::conflict(format!(
-                    "Cannot swap volume {volume_id} for {new_id} on instance {id}: the compute driver does not support swapping volumes."
-                )));
-            }
             if !mv.at_least(85) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid volume: volume {volume_id} is already the one attached (swapping a volume for itself)."
@@ -203,12 +199,81 @@ async fn update(
             }
             s.updated_us = crate::timeutil::now_us();
             tx.update(&s)?;
-            Ok::<_, ApiError>(())
+            Ok::<_, ApiError>(s.host)
         })
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    state.compute.notify(host.as_deref());
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Nova's swap volume, checked and started: the server's node copies
+/// the old volume onto `new_id` while the guest runs, moves the guest's
+/// disk over to it (QEMU's block mirror) and reports; `attach::settle`
+/// then lets the old volume go (or, when the node failed, keeps it).
+fn swap_in(tx: &Tx, s: &mut Server, old_id: &str, new_id: &str) -> Result<(), ApiError> {
+    let mut new = tx
+        .get::<Volume>(new_id)?
+        .filter(|v| v.project_id == s.project_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Volume {new_id} could not be found."),
+            )
+        })?;
+    // Nova swaps the volumes of a running or paused server only.
+    if s.task_state.is_some() || !matches!(s.vm_state.as_str(), vm::ACTIVE | vm::PAUSED) {
+        return Err(super::states::wrong_state("swap_volume", s));
+    }
+    if !runs_vm(tx, s)? {
+        return Err(ApiError::conflict(format!(
+            "Cannot swap volume {old_id} for {new_id} on instance {}: it is a container, which has its volumes as mounted file systems that cannot change under it; detach the volume and attach the other one.",
+            s.id
+        )));
+    }
+    if s.boot_volume().is_some_and(|v| v.volume_id == old_id) {
+        return Err(ApiError::conflict(format!(
+            "Cannot swap volume {old_id} on instance {}: it is the server's root volume.",
+            s.id
+        )));
+    }
+    let Some(old) = tx.get::<Volume>(old_id)? else {
+        return Err(not_attached(old_id));
+    };
+    if old.attachments.len() > 1 {
+        return Err(ApiError::bad_request(
+            "Swapping multi-attach volumes with more than one read/write attachment is not supported.",
+        ));
+    }
+    if new.size < old.size {
+        return Err(ApiError::bad_request(
+            "Invalid volume: New volume must be the same size or larger.",
+        ));
+    }
+    let zone = s
+        .availability_zone
+        .clone()
+        .unwrap_or_else(|| super::zones::DEFAULT_ZONE.to_string());
+    if new.availability_zone != zone {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: Server and volumes are not in the same availability zone. Server is in: {zone}. Volumes are in: {}",
+            new.availability_zone
+        )));
+    }
+    remote_ok(tx, s, &new)?;
+    // The copy needs a disk of the old one's size, grown once it is the
+    // guest's; a disk reached over NBD cannot change size.
+    if new.size != old.size
+        && let (Some(vh), Some(sh)) = (new.host.as_deref(), s.host.as_deref())
+        && vh != sh
+    {
+        return Err(ApiError::conflict(format!(
+            "Cannot swap volume {old_id} for {new_id} on instance {}: the new volume is on storage node {vh}, reached over NBD, and a disk reached over NBD cannot grow from {} GiB to {} GiB; swap to a volume of the same size, or to one on {sh}.",
+            s.id, old.size, new.size
+        )));
+    }
+    attach::begin_swap(tx, s, old_id, &mut new)
 }
 
 /// Nova attaches and detaches volumes while the server is active,

@@ -181,7 +181,7 @@ fn exported(state: &AppState, host: &str, v: &Volume) -> Result<bool, ApiError> 
         // is the volume service's side only.
         let server = state.store.get::<crate::compute::model::Server>(sid)?;
         if server
-            .filter(|s| s.volumes.iter().any(|sv| sv.attachment_id == a.id))
+            .filter(|s| s.volumes.iter().any(|sv| sv.holds(&a.id)))
             .and_then(|s| s.host)
             .is_some_and(|h| h != host)
         {

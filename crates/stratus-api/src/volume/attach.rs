@@ -11,7 +11,7 @@ use stratus_wire::volume::AttachReport;
 
 use super::model::{Volume, VolumeAttachment, VolumeType};
 use crate::ApiError;
-use crate::compute::model::{ROOT_DEVICE, Server, ServerVolume};
+use crate::compute::model::{ROOT_DEVICE, Server, ServerVolume, SwapFrom};
 use crate::timeutil::now_us;
 
 /// The status a volume has with the attachments it has left.
@@ -150,6 +150,7 @@ pub fn reserve(
         tag: req.tag,
         delete_on_termination: req.delete_on_termination,
         state: "attaching".into(),
+        swap_from: None,
     };
     v.attachments.push(att);
     if !fresh {
@@ -189,6 +190,57 @@ pub fn begin_detach(tx: &Tx, s: &mut Server, volume_id: &str) -> Result<(), ApiE
         v.updated_us = now;
         tx.update(&v)?;
     }
+    tx.update(s)?;
+    Ok(())
+}
+
+/// Starts swapping `new` in for the volume `old_id` of `s` (Nova's swap
+/// volume; the server and both volumes written): `new` is attaching at
+/// the same device, and the old volume detaching, until the node has
+/// copied the old volume onto the new one and moved the guest's disk
+/// over ([`settle`] ends it either way). The caller has checked who
+/// asks, the server's state and where the volumes are.
+pub fn begin_swap(tx: &Tx, s: &mut Server, old_id: &str, new: &mut Volume) -> Result<(), ApiError> {
+    let Some(sv) = s.volumes.iter_mut().find(|x| x.volume_id == old_id) else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("volume_id not found: {old_id}"),
+        ));
+    };
+    if sv.state != "attached" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: Unable to swap volume {old_id}: it is {} (status must be 'in-use').",
+            sv.state
+        )));
+    }
+    if new.status != "available" {
+        return Err(ApiError::bad_request(format!(
+            "Invalid volume: New volume must be detached in order to swap (volume {} is {}).",
+            new.id, new.status
+        )));
+    }
+    let now = now_us();
+    let att = VolumeAttachment {
+        id: uuid::Uuid::new_v4().to_string(),
+        server_id: Some(s.id.clone()),
+        device: Some(sv.device.clone()),
+        host_name: s.host.clone(),
+        status: "attaching".into(),
+        attached_us: now,
+        mode: None,
+    };
+    set_attachment(tx, old_id, &sv.attachment_id, "detaching")?;
+    sv.swap_from = Some(SwapFrom {
+        volume_id: old_id.to_string(),
+        attachment_id: std::mem::replace(&mut sv.attachment_id, att.id.clone()),
+    });
+    sv.volume_id = new.id.clone();
+    sv.state = "swapping".into();
+    new.attachments.push(att);
+    new.status = status_of(new).into();
+    new.updated_us = now;
+    tx.update(new)?;
+    s.updated_us = now;
     tx.update(s)?;
     Ok(())
 }
@@ -249,6 +301,27 @@ pub fn settle(tx: &Tx, server_id: &str, r: &AttachReport) -> Result<bool, ApiErr
                 changed = true;
                 continue;
             }
+            "swapping" if failed(&sv.volume_id).is_some() => {
+                if let Some(f) = failed(&sv.volume_id) {
+                    tracing::warn!(server = server_id, volume = %sv.volume_id, error = %f.error, "swap failed; the old volume stays");
+                }
+                drop_attachment(tx, &sv.volume_id, &sv.attachment_id)?;
+                if let Some(from) = sv.swap_from.take() {
+                    sv.volume_id = from.volume_id;
+                    sv.attachment_id = from.attachment_id;
+                    set_attachment(tx, &sv.volume_id, &sv.attachment_id, "attached")?;
+                }
+                sv.state = "attached".into();
+                changed = true;
+            }
+            "swapping" if here => {
+                sv.state = "attached".into();
+                set_attachment(tx, &sv.volume_id, &sv.attachment_id, "attached")?;
+                if let Some(from) = sv.swap_from.take() {
+                    drop_attachment(tx, &from.volume_id, &from.attachment_id)?;
+                }
+                changed = true;
+            }
             "detaching" if failed(&sv.volume_id).is_some() => {
                 if let Some(f) = failed(&sv.volume_id) {
                     tracing::warn!(server = server_id, volume = %sv.volume_id, error = %f.error, "detach failed; still attached");
@@ -279,6 +352,9 @@ pub fn settle(tx: &Tx, server_id: &str, r: &AttachReport) -> Result<bool, ApiErr
 pub fn release_server(tx: &Tx, s: &Server) -> Result<(), ApiError> {
     for sv in &s.volumes {
         drop_attachment(tx, &sv.volume_id, &sv.attachment_id)?;
+        if let Some(from) = &sv.swap_from {
+            drop_attachment(tx, &from.volume_id, &from.attachment_id)?;
+        }
     }
     Ok(())
 }

@@ -135,7 +135,7 @@ fn made_by_server(tx: &Tx, a: &VolumeAttachment) -> Result<Option<Server>, ApiEr
     };
     Ok(tx
         .get::<Server>(sid)?
-        .filter(|s| s.volumes.iter().any(|sv| sv.attachment_id == a.id)))
+        .filter(|s| s.volumes.iter().any(|sv| sv.holds(&a.id))))
 }
 
 async fn list(s: State<AppState>, ctx: VCtx, mv: Mv, q: Query<HashMap<String, String>>) -> J {

@@ -1,0 +1,339 @@
+//! Nova's swap volume (`PUT /servers/{id}/os-volume_attachments/{old}`
+//! naming another volume): the real VM's disk is copied onto the new
+//! volume while the guest runs and writes (QEMU's block mirror), the
+//! guest's disk moves over and grows to the new volume's size, the old
+//! volume is let go (its file unlocked, `available`), and the rules
+//! around it in Nova's error shapes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::json;
+
+use super::compute::Cloud;
+use super::compute_real::{console_until, image_id, require_qemu, require_runtime};
+use super::volume::{vol_client, vol_file, wait_status};
+use super::volume_attach::{attach, boot, cloud, new_volume, nova_fault};
+
+/// `qemu-io` on a volume's file, read-only and without taking its lock
+/// (a running QEMU may hold it): whether `cmd` succeeded and matched.
+fn qemu_io_reads(file: &Path, cmd: &str) -> bool {
+    Command::new("qemu-io")
+        .args(["-r", "-U", "-f", "qcow2", "-c", cmd])
+        .arg(file)
+        .output()
+        .map(|o| {
+            o.status.success()
+                && !String::from_utf8_lossy(&o.stdout).contains("Pattern verification failed")
+        })
+        .expect("qemu-io (apt-get install qemu-utils)")
+}
+
+/// Whether a process holds the lock on `file` (`qemu-io` without `-U`
+/// cannot open it then).
+fn locked(file: &Path) -> bool {
+    let o = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c", "read 0 512"])
+        .arg(file)
+        .output()
+        .expect("qemu-io");
+    String::from_utf8_lossy(&o.stderr).contains("lock")
+}
+
+/// Nova's swap request, with `token`.
+fn swap(c: &Cloud, token: &str, server: &str, old: &str, new: &str) -> super::common::Resp {
+    c.nova.raw(
+        "PUT",
+        &format!("/servers/{server}/os-volume_attachments/{old}"),
+        Some(token),
+        &[("OpenStack-API-Version", "compute 2.1")],
+        Some(json!({"volumeAttachment": {"volumeId": new}}).to_string()),
+    )
+}
+
+fn attachment_ids(c: &Cloud, server: &str) -> Vec<String> {
+    let r = c.req(
+        "GET",
+        &format!("/servers/{server}/os-volume_attachments"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["volumeAttachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["volumeId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn console(c: &Cloud, id: &str) -> String {
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &c.admin,
+        Some(json!({"os-getConsoleOutput": {}})),
+    );
+    r.body["output"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits until the guest's last `SIZE` line says `sectors`.
+fn guest_size_until(c: &Cloud, id: &str, sectors: u64) {
+    let want = format!("SIZE {sectors} END");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = console(c, id);
+        let last = out.lines().rev().find(|l| l.starts_with("SIZE"));
+        if last.is_some_and(|l| l.trim() == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never saw {want}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A real VM: its volume's data, and what the guest writes during and
+/// after the swap, end on the new (larger) volume; the guest sees the new
+/// size; the old volume is free; a hard reboot starts QEMU with the new
+/// volume; a second swap and a detach after it let every file go.
+#[test]
+fn volume_swap_moves_a_running_vm_onto_the_new_volume() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let vc = vol_client(&c);
+    let img = image_id(&c, "busybox-vm");
+    let old = new_volume(&c, "old", None);
+    // The guest finds the volume by its serial (the old volume's id: a
+    // swap keeps the device and its serial), reports its size and keeps
+    // writing a marker at 2 MiB into it.
+    let serial: String = old.chars().take(20).collect();
+    let script = format!(
+        "#!/bin/sh\n(while true; do d=''; for f in /sys/block/vd*; do [ \"$(cat $f/serial 2>/dev/null)\" = {serial} ] && d=$f; done; \
+         if [ -n \"$d\" ]; then echo \"SIZE $(cat $d/size) END\"; echo GUEST-WROTE-THIS | dd of=/dev/${{d##*/}} bs=512 seek=4096 conv=fsync 2>/dev/null; else echo 'SIZE 0 END'; fi; sleep 1; done) &\n"
+    );
+    let ud = base64::engine::general_purpose::STANDARD.encode(script);
+    let id = boot(&c, "vm", &img, json!({"user_data": ud}));
+    console_until(&c, &c.admin, &id, "SIZE");
+    // 2 GiB: the guest's disk grows once it is on the new volume.
+    let r = vc.post(
+        "/volumes",
+        &c.admin,
+        json!({"volume": {"size": 2, "name": "new"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let new = r.body["volume"]["id"].as_str().unwrap().to_string();
+    wait_status(&vc, &c.admin, &new, "available");
+    let (old_file, new_file) = (vol_file(&c, &old), vol_file(&c, &new));
+    // Data the old volume had before it was attached.
+    let o = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 1M"])
+        .arg(&old_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    assert_eq!(attach(&c, &id, json!({"volumeId": old})).status, 200);
+    wait_status(&vc, &c.admin, &old, "in-use");
+    guest_size_until(&c, &id, 2 * 1024 * 1024);
+    assert!(locked(&old_file), "QEMU holds the old volume");
+
+    // Only admins swap.
+    let (_, member) = c.project("swap-member");
+    let r = swap(&c, &member, &id, &old, &new);
+    assert!(r.status == 403 || r.status == 404, "{}", r.body);
+
+    let r = swap(&c, &c.admin, &id, &old, &new);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let o = wait_status(&vc, &c.admin, &old, "available");
+    assert_eq!(o["attachments"], json!([]), "{o}");
+    let n = wait_status(&vc, &c.admin, &new, "in-use");
+    assert!(n["attachments"].to_string().contains(&id), "{n}");
+    assert_eq!(n["attachments"][0]["device"], "/dev/vdb", "{n}");
+    assert_eq!(attachment_ids(&c, &id), vec![new.clone()]);
+    let shown = c.req("GET", &format!("/servers/{id}"), &c.admin, None).body;
+    let attached = shown["server"]["os-extended-volumes:volumes_attached"].to_string();
+    assert!(
+        attached.contains(&new) && !attached.contains(&old),
+        "{shown}"
+    );
+
+    // The data came along, the guest sees 2 GiB and writes to the new
+    // volume, and the old file is no longer held.
+    assert!(
+        qemu_io_reads(&new_file, "read -P 0x5a 0 1M"),
+        "the old volume's data is on the new one"
+    );
+    guest_size_until(&c, &id, 4 * 1024 * 1024);
+    assert!(!locked(&old_file), "the old volume's file is let go");
+    assert!(locked(&new_file), "QEMU holds the new volume");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemu_io_reads(&new_file, "read -P 0x47 2M 1") {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's writes reach the new volume"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The old volume is the user's again: attachable, deletable.
+    assert_eq!(
+        vc.delete(&format!("/volumes/{old}"), &c.admin).status,
+        202,
+        "the old volume can be deleted"
+    );
+
+    // A hard reboot starts QEMU with the new volume.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &c.admin,
+        Some(json!({"reboot": {"type": "HARD"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let pidf = c.server.data_dir().join(format!("agent/vms/{id}/qemu.pid"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pid = std::fs::read_to_string(&pidf).unwrap_or_default();
+        let cmd = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmd.contains(&new_file.display().to_string()) {
+            assert!(!cmd.contains(&old_file.display().to_string()), "{cmd}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebooted QEMU: {cmd}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The guest boots again (a detach needs a running guest's ack). The
+    // disk's serial is now the new volume's, as with Nova.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while console(&c, &id).matches("STRATUS-TEST-IMAGE OK").count() < 2 {
+        assert!(Instant::now() < deadline, "the guest did not boot again");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Swapped again (back onto a fresh 2 GiB volume) and detached: the
+    // device's block node changes name with each swap, and both go.
+    let third = {
+        let r = vc.post(
+            "/volumes",
+            &c.admin,
+            json!({"volume": {"size": 2, "name": "third"}}),
+        );
+        let v = r.body["volume"]["id"].as_str().unwrap().to_string();
+        wait_status(&vc, &c.admin, &v, "available");
+        v
+    };
+    assert_eq!(swap(&c, &c.admin, &id, &new, &third).status, 202);
+    wait_status(&vc, &c.admin, &third, "in-use");
+    wait_status(&vc, &c.admin, &new, "available");
+    assert!(!locked(&new_file));
+    assert!(qemu_io_reads(&vol_file(&c, &third), "read -P 0x5a 0 1M"));
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{id}/os-volume_attachments/{third}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &third, "available");
+    assert!(!locked(&vol_file(&c, &third)), "detached after a swap");
+}
+
+/// The rules, on fake nodes: who may swap, which volumes, which servers.
+#[test]
+fn volume_swap_refusals() {
+    let c = cloud(Some("fake"));
+    let img = image_id(&c, "busybox-vm");
+    let vc = vol_client(&c);
+    let s = boot(&c, "swp", &img, json!({}));
+    let v = new_volume(&c, "swp", None);
+    let other = new_volume(&c, "swp-other", None);
+    assert_eq!(attach(&c, &s, json!({"volumeId": v})).status, 200);
+    wait_status(&vc, &c.admin, &v, "in-use");
+
+    // A volume that does not exist, or that the server's project does
+    // not own: 404.
+    let r = swap(&c, &c.admin, &s, &v, "0b1e6e38-0000-4000-8000-000000000000");
+    nova_fault(&r, 404, "itemNotFound");
+    let (_, member) = c.project("swap-other-project");
+    let theirs = {
+        let r = vc.post(
+            "/volumes",
+            &member,
+            json!({"volume": {"size": 1, "name": "theirs"}}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.body["volume"]["id"].as_str().unwrap().to_string()
+    };
+    wait_status(&vc, &c.admin, &theirs, "available");
+    let r = swap(&c, &c.admin, &s, &v, &theirs);
+    nova_fault(&r, 404, "itemNotFound");
+    // Smaller than the old volume: 400.
+    let big = {
+        let r = vc.post(
+            "/volumes",
+            &c.admin,
+            json!({"volume": {"size": 2, "name": "big"}}),
+        );
+        let id = r.body["volume"]["id"].as_str().unwrap().to_string();
+        wait_status(&vc, &c.admin, &id, "available");
+        id
+    };
+    let s2 = boot(&c, "swp2", &img, json!({}));
+    assert_eq!(attach(&c, &s2, json!({"volumeId": big})).status, 200);
+    wait_status(&vc, &c.admin, &big, "in-use");
+    let m = nova_fault(&swap(&c, &c.admin, &s2, &big, &other), 400, "badRequest");
+    assert!(m.contains("same size or larger"), "{m}");
+    // A new volume in use: 400.
+    let m = nova_fault(&swap(&c, &c.admin, &s, &v, &big), 400, "badRequest");
+    assert!(m.contains("detached"), "{m}");
+    // A stopped server: 409.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{s}/action"),
+        &c.admin,
+        Some(json!({"os-stop": null})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &s, "SHUTOFF");
+    nova_fault(&swap(&c, &c.admin, &s, &v, &other), 409, "conflictingRequest");
+    let r = c.req(
+        "POST",
+        &format!("/servers/{s}/action"),
+        &c.admin,
+        Some(json!({"os-start": null})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &s, "ACTIVE");
+
+    // A container's volumes are mounted file systems: 409.
+    let ctr = boot(&c, "swp-ctr", &image_id(&c, "busybox"), json!({}));
+    let cv = new_volume(&c, "swp-ctr", None);
+    assert_eq!(attach(&c, &ctr, json!({"volumeId": cv})).status, 200);
+    wait_status(&vc, &c.admin, &cv, "in-use");
+    let m = nova_fault(
+        &swap(&c, &c.admin, &ctr, &cv, &other),
+        409,
+        "conflictingRequest",
+    );
+    assert!(m.contains("container"), "{m}");
+    wait_status(&vc, &c.admin, &other, "available");
+
+    // The swap, end to end on the fake node: the old volume is
+    // available, the new one in use at the same device.
+    assert_eq!(swap(&c, &c.admin, &s, &v, &other).status, 202);
+    wait_status(&vc, &c.admin, &v, "available");
+    let o = wait_status(&vc, &c.admin, &other, "in-use");
+    assert_eq!(o["attachments"][0]["device"], "/dev/vdb", "{o}");
+    assert_eq!(attachment_ids(&c, &s), vec![other.clone()]);
+    // The old volume is no longer the server's: a swap from it is a 404.
+    let r = swap(&c, &c.admin, &s, &v, &other);
+    nova_fault(&r, 404, "itemNotFound");
+}
