@@ -337,3 +337,110 @@ fn volume_swap_refusals() {
     let r = swap(&c, &c.admin, &s, &v, &other);
     nova_fault(&r, 404, "itemNotFound");
 }
+
+/// Waits until no process holds the lock on `file`.
+fn wait_unlocked(file: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while locked(file) {
+        assert!(
+            Instant::now() < deadline,
+            "{} stays locked",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A VM on a node without volumes reaches both volumes over NBD: the
+/// copy runs from one export to the other (TLS to both), twice (the
+/// device's block node and TLS credentials alternate names), the storage
+/// node stops exporting each old volume, and a larger volume over NBD is
+/// refused (a disk over NBD cannot grow).
+#[test]
+fn volume_swap_between_volumes_of_another_node() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let b = super::common::Agent::start(&c.server, "node-b", &["--heartbeat", "1"]);
+    c.wait_nodes_logged(2, &b.log);
+    let vc = vol_client(&c);
+    let img = image_id(&c, "busybox-vm");
+    let id = boot(
+        &c,
+        "vm-b",
+        &img,
+        json!({"availability_zone": "nova:node-b"}),
+    );
+    // A booted guest (a detach needs its ack).
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+    let vols: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| new_volume(&c, n, None))
+        .collect();
+    let files: Vec<_> = vols.iter().map(|v| vol_file(&c, v)).collect();
+    let o = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x6b 0 1M"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(attach(&c, &id, json!({"volumeId": vols[0]})).status, 200);
+    wait_status(&vc, &c.admin, &vols[0], "in-use");
+    assert!(locked(&files[0]), "the export holds the volume");
+
+    let big = {
+        let r = vc.post(
+            "/volumes",
+            &c.admin,
+            json!({"volume": {"size": 2, "name": "n-big"}}),
+        );
+        let v = r.body["volume"]["id"].as_str().unwrap().to_string();
+        wait_status(&vc, &c.admin, &v, "available");
+        v
+    };
+    let m = nova_fault(
+        &swap(&c, &c.admin, &id, &vols[0], &big),
+        409,
+        "conflictingRequest",
+    );
+    assert!(m.contains("NBD"), "{m}");
+
+    for pair in [0, 1] {
+        let (from, to) = (&vols[pair], &vols[pair + 1]);
+        let r = swap(&c, &c.admin, &id, from, to);
+        assert_eq!(r.status, 202, "{}", r.body);
+        wait_status(&vc, &c.admin, to, "in-use");
+        wait_status(&vc, &c.admin, from, "available");
+        assert_eq!(attachment_ids(&c, &id), vec![to.clone()]);
+        wait_unlocked(&files[pair]);
+        assert!(locked(&files[pair + 1]), "the export holds the new volume");
+        assert!(
+            qemu_io_reads(&files[pair + 1], "read -P 0x6b 0 1M"),
+            "the data came along over NBD"
+        );
+    }
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{id}/os-volume_attachments/{}", vols[2]),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = vc.get(&format!("/volumes/{}", vols[2]), &c.admin).body;
+        if v["volume"]["status"] == "available" {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&b.log).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("volume") || l.contains("WARN"))
+                .collect();
+            panic!("detach after the swaps: {v}\nnode-b:\n{}", lines.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_unlocked(&files[2]);
+}
