@@ -213,15 +213,12 @@ async fn update(
 /// disk over to it (QEMU's block mirror) and reports; `attach::settle`
 /// then lets the old volume go (or, when the node failed, keeps it).
 fn swap_in(tx: &Tx, s: &mut Server, old_id: &str, new_id: &str) -> Result<(), ApiError> {
+    // Nova: a volume named in the body that does not exist is a 400 (the
+    // one in the path, a 404).
     let mut new = tx
         .get::<Volume>(new_id)?
         .filter(|v| v.project_id == s.project_id)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("Volume {new_id} could not be found."),
-            )
-        })?;
+        .ok_or_else(|| ApiError::bad_request(format!("Volume {new_id} could not be found.")))?;
     // Nova swaps the volumes of a running or paused server only.
     if s.task_state.is_some() || !matches!(s.vm_state.as_str(), vm::ACTIVE | vm::PAUSED) {
         return Err(super::states::wrong_state("swap_volume", s));

@@ -573,7 +573,7 @@ fn volume_attach_update_and_swap_refusals() {
         &v,
         json!({"volumeId": "0b1e6e38-0000-4000-8000-000000000000"}),
     );
-    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.status, 400, "{}", r.body);
     // 2.85: delete_on_termination changes, nothing else does.
     let r = put(
         "compute 2.85",

@@ -259,9 +259,9 @@ fn volume_swap_refusals() {
     wait_status(&vc, &c.admin, &v, "in-use");
 
     // A volume that does not exist, or that the server's project does
-    // not own: 404.
+    // not own: 400 (Nova's answer for a missing volume named in the body).
     let r = swap(&c, &c.admin, &s, &v, "0b1e6e38-0000-4000-8000-000000000000");
-    nova_fault(&r, 404, "itemNotFound");
+    nova_fault(&r, 400, "badRequest");
     let (_, member) = c.project("swap-other-project");
     let theirs = {
         let r = vc.post(
@@ -274,7 +274,7 @@ fn volume_swap_refusals() {
     };
     wait_status(&vc, &c.admin, &theirs, "available");
     let r = swap(&c, &c.admin, &s, &v, &theirs);
-    nova_fault(&r, 404, "itemNotFound");
+    nova_fault(&r, 400, "badRequest");
     // Smaller than the old volume: 400.
     let big = {
         let r = vc.post(
