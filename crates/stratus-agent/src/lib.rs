@@ -289,6 +289,13 @@ pub trait Driver: Send + Sync {
         let _ = (path, read);
         Ok(false)
     }
+    /// Grows the volume file `path` to `bytes` through the running
+    /// instance that holds it open (a VM's QEMU grows the image and tells
+    /// the guest). `Ok(false)` when no running instance holds it.
+    fn grow_volume(&self, path: &Path, bytes: u64) -> Result<bool, DriverError> {
+        let _ = (path, bytes);
+        Ok(false)
+    }
     /// The UNIX socket of the running instance's interactive serial
     /// console, for a remote console (Nova's `serial` type) to join.
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {

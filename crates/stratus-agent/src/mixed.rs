@@ -150,6 +150,10 @@ impl Driver for MixedDriver {
         Ok(self.vms.quiesced(path, read)? || self.containers.quiesced(path, read)?)
     }
 
+    fn grow_volume(&self, path: &std::path::Path, bytes: u64) -> Result<bool, DriverError> {
+        Ok(self.vms.grow_volume(path, bytes)? || self.containers.grow_volume(path, bytes)?)
+    }
+
     fn serial_console(&self, uuid: &str) -> Result<std::path::PathBuf, DriverError> {
         self.of(uuid).serial_console(uuid)
     }

@@ -2383,6 +2383,42 @@ impl Driver for QemuDriver {
         Ok(false)
     }
 
+    /// Online extend (Cinder 3.42): QMP `block_resize` of the volume's
+    /// node in the running VM that has it; QEMU grows the qcow2 file and
+    /// the guest's virtio disk reports the new capacity.
+    fn grow_volume(&self, path: &Path, bytes: u64) -> Result<bool, DriverError> {
+        for (uuid, _) in self.list() {
+            let lock = lock_of(&self.locks, &uuid);
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let Ok(r) = self.record(&uuid) else { continue };
+            if self.pid(&uuid).is_none() {
+                continue;
+            }
+            if r.root.as_deref() == Some(path) {
+                return Err(rt(format!(
+                    "{} is the root disk of the running VM {uuid}, which cannot grow while it runs",
+                    path.display()
+                )));
+            }
+            let Some(d) = r.volumes.iter().find(|v| v.path == path && v.nbd.is_none()) else {
+                continue;
+            };
+            let mut q = self.qmp(&uuid)?;
+            let Some(b) = QemuDriver::disk_backings(&mut q)?.remove(&d.device_id()) else {
+                continue;
+            };
+            if b.size < bytes {
+                q.execute(
+                    "block_resize",
+                    Some(serde_json::json!({"node-name": b.node, "size": bytes})),
+                )?;
+                tracing::info!(instance = %uuid, volume = %d.volume_id, bytes, "volume grown in use");
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn serial_console(&self, uuid: &str) -> Result<PathBuf, DriverError> {
         self.record(uuid)?;
         if self.pid(uuid).is_none() {

@@ -46,7 +46,7 @@ mod shelve;
 pub mod snapshots;
 pub mod states;
 mod validation;
-mod volume_attachments;
+pub(crate) mod volume_attachments;
 mod volumes_proxy;
 pub mod zones;
 

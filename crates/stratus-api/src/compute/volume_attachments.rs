@@ -431,6 +431,77 @@ async fn create(
     Ok(axum::Json(json!({"volumeAttachment": render(&s, &sv, mv)})))
 }
 
+/// Whether volume `v`, in use, can grow where it is (Cinder 3.42's
+/// online extend): its one attachment is a VM's data volume on the
+/// volume's own storage node, whose QEMU grows the file and tells the
+/// guest (a stopped VM's file grows as a file). A 400 saying why not
+/// otherwise.
+pub(crate) fn may_grow_in_use(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        Err(ApiError::bad_request(format!(
+            "Invalid volume: volume {} cannot be extended while attached: {why}; detach it first.",
+            v.id
+        )))
+    };
+    if v.attachments.len() != 1 {
+        return refuse("it is attached to several servers".into());
+    }
+    let a = &v.attachments[0];
+    if a.status != "attached" {
+        return refuse(format!("its attachment is {}", a.status));
+    }
+    let Some(s) = a.server_id.as_deref().map(|id| tx.get::<Server>(id)).transpose()?.flatten() else {
+        return refuse("it is reserved through the attachments API, not attached to a server".into());
+    };
+    let Some(sv) = s.volumes.iter().find(|sv| sv.attachment_id == a.id) else {
+        return refuse("it is reserved through the attachments API, not attached to a server".into());
+    };
+    if sv.device == crate::compute::model::ROOT_DEVICE {
+        return refuse(format!("it is the root volume of server {}", s.id));
+    }
+    if !runs_vm(tx, &s)? {
+        return refuse(format!(
+            "server {} is a container, whose volume is a mounted file system",
+            s.id
+        ));
+    }
+    if s.host.is_some() && s.host != v.host {
+        return refuse(format!(
+            "server {} reaches it over NBD from storage node {}, and a disk over NBD cannot grow",
+            s.id,
+            v.host.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(())
+}
+
+/// After an in-use volume's extend (done or failed): its server's
+/// `extend_volume` action with a `compute_extend_volume` event, as Nova
+/// records when Cinder tells it a volume grew.
+pub(crate) fn volume_extended(
+    tx: &Tx,
+    v: &Volume,
+    ok: bool,
+    error: Option<&str>,
+) -> Result<(), ApiError> {
+    for sid in v.attachments.iter().filter_map(|a| a.server_id.as_deref()) {
+        let Some(s) = tx.get::<Server>(sid)? else {
+            continue;
+        };
+        let req = format!("req-{}", uuid::Uuid::new_v4());
+        super::common::record_action_by(tx, &s, "extend_volume", &v.user_id, &req)?;
+        super::common::action_event(
+            tx,
+            &s.id,
+            "compute_extend_volume",
+            ok,
+            error,
+            s.host.as_deref(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Whether the server is a VM (its image is a disk, or it boots from a
 /// volume) rather than a container.
 fn runs_vm(tx: &Tx, s: &Server) -> Result<bool, ApiError> {

@@ -469,7 +469,11 @@ pub fn task_done(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Re
                         v.size = n;
                     }
                     v.extend_to = None;
-                    v.status = if ok { "available" } else { "error_extending" }.into();
+                    if !v.attachments.is_empty() {
+                        crate::compute::volume_attachments::volume_extended(tx, &v, ok, r.error.as_deref())?;
+                    }
+                    // (An in-use volume stays in use.)
+                    v.status = if ok { super::attach::status_of(&v) } else { "error_extending" }.into();
                     if !ok {
                         super::messages::record_tx(tx, &v.project_id, "VOLUME", &v.id, super::messages::Event::Extend, r.error.as_deref())?;
                     }

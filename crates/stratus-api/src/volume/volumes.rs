@@ -1113,16 +1113,12 @@ async fn action(
                         .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|x| x.parse().ok())))
                         .filter(|n| *n <= i32::MAX as u64)
                         .ok_or_else(|| ApiError::bad_request("Invalid input received: new_size must be an integer."))?;
-                    if v.status == "in-use" && mv.at_least(42) {
-                        // 3.42 lets a backend extend a volume in use; the
-                        // file backend cannot grow what a running
-                        // workload holds open.
-                        return Err(ApiError::bad_request(format!(
-                            "Invalid volume: volume {} is attached, and its backend cannot extend a volume in use (online_extend_support is false); detach it first.",
-                            v.id
-                        )));
-                    }
-                    if v.status != "available" {
+                    // 3.42: a volume in use grows too, where its
+                    // server's QEMU can grow it.
+                    let in_use = v.status == "in-use" && mv.at_least(42);
+                    if in_use {
+                        crate::compute::volume_attachments::may_grow_in_use(tx, &v)?;
+                    } else if v.status != "available" {
                         return Err(ApiError::bad_request(format!(
                             "Invalid volume: Volume status must be 'available' to extend (it is {}).",
                             v.status

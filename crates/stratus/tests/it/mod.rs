@@ -35,4 +35,4 @@ mod volume_mv;
 mod volume_nbd;
 mod volume_newer;
 mod volume_qos;
-mod volume_swap;
+mod volume_online;

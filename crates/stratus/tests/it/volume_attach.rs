@@ -567,7 +567,7 @@ fn volume_attach_update_and_swap_refusals() {
         json!({"volumeId": v}),
     );
     assert_eq!(r.status, 404, "{}", r.body);
-    // A swap: the new volume must exist (the rest: `it::volume_swap`).
+    // A swap: the new volume must exist (the rest: `it::volume_online`).
     let r = put(
         "compute 2.1",
         &v,

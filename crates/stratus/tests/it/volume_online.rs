@@ -1,9 +1,11 @@
-//! Nova's swap volume (`PUT /servers/{id}/os-volume_attachments/{old}`
-//! naming another volume): the real VM's disk is copied onto the new
-//! volume while the guest runs and writes (QEMU's block mirror), the
-//! guest's disk moves over and grows to the new volume's size, the old
-//! volume is let go (its file unlocked, `available`), and the rules
-//! around it in Nova's error shapes.
+//! Volumes changed while a VM runs on them. Nova's swap volume (`PUT
+//! /servers/{id}/os-volume_attachments/{old}` naming another volume):
+//! the real VM's disk is copied onto the new volume while the guest runs
+//! and writes (QEMU's block mirror), the guest's disk moves over and
+//! grows to the new volume's size, the old volume is let go (its file
+//! unlocked, `available`). Cinder 3.42's extend of a volume in use: the
+//! running guest sees its disk grow. And the rules around both, in each
+//! API's error shapes.
 
 use std::path::Path;
 use std::process::Command;
@@ -419,6 +421,16 @@ fn volume_swap_between_volumes_of_another_node() {
             "the data came along over NBD"
         );
     }
+    // A disk over NBD cannot grow: extending it in use is a 400.
+    let r = vc.raw(
+        "POST",
+        &format!("/volumes/{}/action", vols[2]),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "volume 3.42")],
+        Some(json!({"os-extend": {"new_size": 2}}).to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("NBD"), "{}", r.body);
     let r = c.req(
         "DELETE",
         &format!("/servers/{id}/os-volume_attachments/{}", vols[2]),
@@ -443,4 +455,114 @@ fn volume_swap_between_volumes_of_another_node() {
         std::thread::sleep(Duration::from_millis(300));
     }
     wait_unlocked(&files[2]);
+}
+
+/// Cinder 3.42: the real CLI extends a volume a running VM uses; the
+/// guest sees the disk grow, the volume stays `in-use` at the new size,
+/// and the server gets Nova's `extend_volume` action. Below 3.42, and
+/// where the disk cannot grow (a container's, one over NBD), a 400.
+#[test]
+fn volume_extend_in_use_grows_the_running_guest_disk() {
+    if super::cli::cli().is_none() {
+        return;
+    }
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let Some(os) = super::cli::Os::new(&c.server) else {
+        return;
+    };
+    let vc = vol_client(&c);
+    let img = image_id(&c, "busybox-vm");
+    let vid = new_volume(&c, "grow", None);
+    let serial: String = vid.chars().take(20).collect();
+    let script = format!(
+        "#!/bin/sh\n(while true; do d=''; for f in /sys/block/vd*; do [ \"$(cat $f/serial 2>/dev/null)\" = {serial} ] && d=$f; done; \
+         if [ -n \"$d\" ]; then echo \"SIZE $(cat $d/size) END\"; else echo 'SIZE 0 END'; fi; sleep 1; done) &\n"
+    );
+    let ud = base64::engine::general_purpose::STANDARD.encode(script);
+    let id = boot(&c, "grow-vm", &img, json!({"user_data": ud}));
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+    assert_eq!(attach(&c, &id, json!({"volumeId": vid})).status, 200);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+    guest_size_until(&c, &id, 2 * 1024 * 1024);
+
+    // Below 3.42 an attached volume does not grow.
+    let r = vc.post(
+        &format!("/volumes/{vid}/action"),
+        &c.admin,
+        json!({"os-extend": {"new_size": 2}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    os.ok(&[
+        "--os-volume-api-version",
+        "3.42",
+        "volume",
+        "set",
+        "--size",
+        "2",
+        "grow",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let v = vc.get(&format!("/volumes/{vid}"), &c.admin).body;
+        if v["volume"]["size"] == 2 && v["volume"]["status"] == "in-use" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the volume did not grow: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(v["volume"]["attachments"].to_string().contains(&id), "{v}");
+    guest_size_until(&c, &id, 4 * 1024 * 1024);
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(vol_file(&c, &vid))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 2u64 << 30, "{info}");
+    // Nova's record of it.
+    let acts = c.req(
+        "GET",
+        &format!("/servers/{id}/os-instance-actions"),
+        &c.admin,
+        None,
+    );
+    let act = acts.body["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "extend_volume")
+        .unwrap_or_else(|| panic!("no extend_volume action: {}", acts.body))
+        .clone();
+    let one = c.req(
+        "GET",
+        &format!(
+            "/servers/{id}/os-instance-actions/{}",
+            act["request_id"].as_str().unwrap()
+        ),
+        &c.admin,
+        None,
+    );
+    let ev = &one.body["instanceAction"]["events"][0];
+    assert_eq!(ev["event"], "compute_extend_volume", "{}", one.body);
+    assert_eq!(ev["result"], "Success", "{}", one.body);
+
+    // A container's volume is a mounted file system: 400.
+    let ctr = boot(&c, "grow-ctr", &image_id(&c, "busybox"), json!({}));
+    let cv = new_volume(&c, "grow-ctr", None);
+    assert_eq!(attach(&c, &ctr, json!({"volumeId": cv})).status, 200);
+    wait_status(&vc, &c.admin, &cv, "in-use");
+    let r = vc.raw(
+        "POST",
+        &format!("/volumes/{cv}/action"),
+        Some(&c.admin),
+        &[("OpenStack-API-Version", "volume 3.42")],
+        Some(json!({"os-extend": {"new_size": 2}}).to_string()),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("container"), "{}", r.body);
+    let v = wait_status(&vc, &c.admin, &cv, "in-use");
+    assert_eq!(v["size"], 1, "{v}");
 }
