@@ -37,7 +37,7 @@ mod params;
 mod parse;
 pub mod quotas;
 mod rescue;
-mod resize;
+pub(crate) mod resize;
 pub mod scheduler;
 mod server_password;
 mod servers;

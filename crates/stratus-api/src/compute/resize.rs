@@ -17,7 +17,9 @@
 //! lives there. While it waits for confirmation the server holds the
 //! larger of the two flavors in placement, class by class, so a revert
 //! always fits; confirm and revert shrink the claim to the flavor kept.
-//! Quota usage follows the flavor the server shows.
+//! Quota usage counts the new flavor from the moment the resize is asked
+//! until it is reverted ([`counted`]); every place that counts a server
+//! in or out of its project's usage counts that flavor.
 
 use std::collections::BTreeMap;
 
@@ -427,6 +429,15 @@ pub(super) fn set_migration(
         tx.update(&m)?;
     }
     Ok(())
+}
+
+/// The flavor a server's quota usage counts: the new one from the moment
+/// a resize is asked ([`resize`]) until it is confirmed or reverted
+/// ([`finish`]), the one it shows otherwise. A copy of a server that
+/// another controller resizes (an edge site's, at its parent) has no job
+/// here and counts the flavor that controller shows.
+pub fn counted(s: &Server) -> &FlavorCopy {
+    s.resize.as_ref().map_or(&s.flavor, |j| &j.new_flavor)
 }
 
 /// The flavor the node must apply for the server's current task: the new

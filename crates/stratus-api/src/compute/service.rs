@@ -915,16 +915,7 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
                 )?;
                 super::resize::abandon(tx, &s)?;
                 crate::network::nova::unplug(tx, &s.nics).map_err(super::nics::nova_error)?;
-                // A resize counts the new flavor from the moment it is asked.
-                let counted = s.resize.as_ref().map_or(&s.flavor, |j| &j.new_flavor);
-                super::quotas::account(
-                    tx,
-                    &s.project_id,
-                    &s.user_id,
-                    counted.vcpus,
-                    counted.ram,
-                    -1,
-                )?;
+                account_server(tx, &s, -1)?;
                 tx.delete::<Server>(id)?;
                 return Ok::<_, ApiError>((s.host, s.shelved_image));
             }
@@ -1144,12 +1135,14 @@ fn reschedule(state: &AppState, s: &Server, host: &str, why: &str) -> Result<(),
 /// Counts (`sign` 1) or uncounts (-1) server `s` in its project's usage,
 /// as a create and a delete do (a site taking a server from its parent).
 pub fn account_server(tx: &stratus_store::Tx, s: &Server, sign: i64) -> Result<(), ApiError> {
+    // A resize counts the new flavor from the moment it is asked.
+    let counted = super::resize::counted(s);
     super::quotas::account(
         tx,
         &s.project_id,
         &s.user_id,
-        s.flavor.vcpus,
-        s.flavor.ram,
+        counted.vcpus,
+        counted.ram,
         sign,
     )
 }

@@ -360,7 +360,9 @@ fn adopted_at(s: &Server) -> Option<u64> {
 /// usage here, and from then on is a server of that zone like any other:
 /// it comes back down with this parent's requests, and its state comes up.
 /// Until this parent asks something of it, a newer copy from the site
-/// replaces its state. Answers whether anything changed.
+/// replaces its state. The site runs a resize of it: the copy here keeps
+/// no resize job and counts the flavor the site shows, as
+/// [`apply_status`] does. Answers whether anything changed.
 pub fn adopt(
     tx: &Tx,
     site: &str,
@@ -380,6 +382,9 @@ pub fn adopt(
         s.hints[ADOPTED] = Value::from(s.generation);
         s.availability_zone = s.requested_az.clone();
         s.parent_generation = 0;
+        // A job here would count its new flavor until a confirm or revert
+        // this parent never sees (the site carries them out).
+        s.resize = None;
         crate::compute::service::account_server(tx, &s, 1)?;
         tx.insert(&s)?;
         tracing::info!(server = %s.id, site, "adopted a server made at a site");
@@ -392,7 +397,9 @@ pub fn adopt(
     if !ours || adopted_at(&cur) != Some(cur.generation) {
         return Ok(false);
     }
-    let same = cur.host == s.host
+    let same = cur.flavor == s.flavor
+        && cur.resize.is_none()
+        && cur.host == s.host
         && cur.vm_state == s.vm_state
         && cur.task_state == s.task_state
         && cur.power_state == s.power_state
@@ -407,9 +414,28 @@ pub fn adopt(
     cur.power_state = s.power_state;
     cur.launched_us = s.launched_us;
     cur.fault = s.fault;
+    follow_flavor(tx, &mut cur, s.flavor)?;
     cur.updated_us = crate::timeutil::now_us();
     tx.update(&cur)?;
     Ok(true)
+}
+
+/// At the parent: the copy of a site's server takes the flavor the site
+/// shows, and usage here follows. A copy adopted mid-resize by an older
+/// release kept the site's resize job, which counted its new flavor
+/// whatever the site did next: it goes, and usage is counted again.
+fn follow_flavor(
+    tx: &Tx,
+    s: &mut Server,
+    flavor: crate::compute::model::FlavorCopy,
+) -> Result<(), crate::ApiError> {
+    if s.flavor == flavor && s.resize.is_none() {
+        return Ok(());
+    }
+    crate::compute::service::account_server(tx, s, -1)?;
+    s.flavor = flavor;
+    s.resize = None;
+    crate::compute::service::account_server(tx, s, 1)
 }
 
 /// At the parent: a site's state of one of its servers. Only servers in
@@ -446,7 +472,7 @@ pub fn apply_status(
         .flavor
         .as_ref()
         .and_then(|f| serde_json::from_value(f.clone()).ok());
-    let resized = flavor.as_ref().is_some_and(|f| f != &s.flavor);
+    let resized = flavor.as_ref().is_some_and(|f| f != &s.flavor) || s.resize.is_some();
     let same = !resized
         && s.host == st.host
         && s.node == st.node
@@ -472,11 +498,10 @@ pub fn apply_status(
     if fault.is_some() {
         s.fault = fault;
     }
-    if let Some(f) = flavor.filter(|_| resized) {
+    if resized {
         // Resized at the site: usage here follows.
-        crate::compute::service::account_server(tx, &s, -1)?;
-        s.flavor = f;
-        crate::compute::service::account_server(tx, &s, 1)?;
+        let f = flavor.unwrap_or_else(|| s.flavor.clone());
+        follow_flavor(tx, &mut s, f)?;
     }
     s.updated_us = crate::timeutil::now_us();
     tx.update(&s)?;
@@ -679,5 +704,186 @@ mod tests {
         assert_eq!(read_keys(&dir).unwrap(), keys);
         assert_eq!(keys_hash(&keys), keys_hash(&read_keys(&dir).unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    // ---- usage of servers deleted mid-resize ------------------------------
+
+    use crate::compute::model::{ComputeTreeUsage, ComputeUsage, FlavorCopy, ResizeJob};
+    use crate::compute::states::{task, vm};
+
+    fn flavor(id: &str, vcpus: u32, ram: u64) -> FlavorCopy {
+        FlavorCopy {
+            id: id.into(),
+            name: id.into(),
+            ram,
+            vcpus,
+            disk: 1,
+            ephemeral: 0,
+            swap: 0,
+            extra_specs: Default::default(),
+        }
+    }
+
+    /// A server of project `p` in zone `edge-1`, on a node this store
+    /// does not run (as the parent's copy is, or a site's below).
+    fn server(id: &str, f: &FlavorCopy) -> Server {
+        serde_json::from_value(json!({
+            "id": id, "name": id, "project_id": "p", "user_id": "u",
+            "image_ref": "img", "flavor": f, "requested_az": "edge-1",
+            "availability_zone": "edge-1", "host": "node-a", "node": "node-a",
+            "vm_state": vm::ACTIVE, "reservation_id": "r", "hostname": id,
+            "created_us": 0, "updated_us": 0, "generation": 1
+        }))
+        .unwrap()
+    }
+
+    /// The steps of a resize a delete can land in.
+    const STEPS: &[&str] = &["prep", "verify", "reverting", "confirmed", "reverted"];
+
+    /// Takes `s` (ACTIVE with `old`) to `step` of a resize to `new`, with
+    /// the usage changes the resize code makes at each.
+    fn resize_to(tx: &Tx, s: &mut Server, step: &str, new: &FlavorCopy) {
+        let old = s.flavor.clone();
+        // As `resize::resize` counts it when it is asked.
+        crate::compute::quotas::account(tx, &s.project_id, &s.user_id, old.vcpus, old.ram, -1)
+            .unwrap();
+        crate::compute::quotas::account(tx, &s.project_id, &s.user_id, new.vcpus, new.ram, 1)
+            .unwrap();
+        s.resize = Some(ResizeJob {
+            migration_id: format!("m-{}", s.id),
+            old_flavor: old,
+            new_flavor: new.clone(),
+            old_vm_state: vm::ACTIVE.into(),
+            source_host: None,
+            dest_host: None,
+            transfer_image: None,
+            source_zone: None,
+            failed: false,
+            live: false,
+            live_uri: None,
+            abort: false,
+            force_complete: false,
+        });
+        s.task_state = Some(task::RESIZE_PREP.into());
+        if step != "prep" {
+            crate::compute::resize::finish(tx, s, task::RESIZE_PREP, true).unwrap();
+            s.task_state = None;
+        }
+        match step {
+            "reverting" | "reverted" => {
+                s.task_state = Some(task::RESIZE_REVERTING.into());
+                if step == "reverted" {
+                    crate::compute::resize::finish(tx, s, task::RESIZE_REVERTING, true).unwrap();
+                    s.task_state = None;
+                }
+            }
+            "confirmed" => {
+                s.vm_state = vm::ACTIVE.into();
+                s.resize = None;
+            }
+            _ => {}
+        }
+        s.updated_us += 1;
+        tx.update(s).unwrap();
+    }
+
+    /// (instances, cores, ram) of project `p`, checked equal to its
+    /// running subtree total.
+    fn used(tx: &Tx) -> (i64, i64, i64) {
+        let u = tx.get::<ComputeUsage>("p").unwrap().unwrap_or_default();
+        let t = tx.get::<ComputeTreeUsage>("p").unwrap().unwrap_or_default();
+        assert_eq!(
+            (t.instances, t.cores, t.ram),
+            (u.instances, u.cores, u.ram),
+            "the subtree total follows the usage"
+        );
+        (u.instances, u.cores, u.ram)
+    }
+
+    fn one(f: &FlavorCopy) -> (i64, i64, i64) {
+        (1, f.vcpus as i64, f.ram as i64)
+    }
+
+    /// At a site: the parent deletes a server at any step of a resize the
+    /// site runs; what the site counted of it goes, nothing more.
+    #[test]
+    fn a_parent_delete_mid_resize_releases_what_the_site_counted() {
+        let (small, big) = (flavor("small", 1, 64), flavor("big", 4, 512));
+        for step in STEPS {
+            let store = stratus_store::Store::open_in_memory().unwrap();
+            store
+                .write(|tx| {
+                    put_server(tx, server("keep", &small))?;
+                    put_server(tx, server("s", &small))?;
+                    let mut s = tx.fetch::<Server>("s")?;
+                    resize_to(tx, &mut s, step, &big);
+                    remove_server(tx, "s")?;
+                    assert!(tx.get::<Server>("s")?.is_none());
+                    assert_eq!(used(tx), one(&small), "deleted at step {step}");
+                    Ok::<_, crate::ApiError>(())
+                })
+                .unwrap();
+        }
+    }
+
+    /// A site's record of a server made there (parent generation
+    /// `parent_gen`), taken to `step` of a resize from `small` to `big`.
+    fn made_at_site(step: &str, parent_gen: u64, small: &FlavorCopy, big: &FlavorCopy) -> Server {
+        let scratch = stratus_store::Store::open_in_memory().unwrap();
+        let mut s = server("s", small);
+        s.parent_generation = parent_gen;
+        scratch
+            .write(|tx| {
+                tx.insert(&s)?;
+                resize_to(tx, &mut s, step, big);
+                Ok::<_, crate::ApiError>(())
+            })
+            .unwrap();
+        s
+    }
+
+    /// At the root: a server made at a site is adopted at any step of a
+    /// resize there, the site goes on to any later step, and then deletes
+    /// it: the root counts the flavor the site shows all along and
+    /// releases exactly that. Its copy carries no resize job (the site
+    /// runs the resize), so the root's own delete releases that flavor too.
+    #[test]
+    fn a_server_adopted_mid_resize_is_released_as_the_root_counted_it() {
+        let (small, big) = (flavor("small", 1, 64), flavor("big", 4, 512));
+        let zones = std::collections::HashSet::from(["edge-1".to_string()]);
+        let plus = |f: &FlavorCopy| (2, 1 + f.vcpus as i64, 64 + f.ram as i64);
+        for (i, adopted) in STEPS.iter().enumerate() {
+            for step in &STEPS[i..] {
+                let root = stratus_store::Store::open_in_memory().unwrap();
+                let at = made_at_site(adopted, 0, &small, &big);
+                let body = serde_json::to_string(&at).unwrap();
+                root.write(|tx| {
+                    put_server(tx, server("keep", &small))?;
+                    adopt(tx, "edge-1", &zones, &body)?;
+                    let copy = tx.fetch::<Server>("s")?;
+                    assert!(copy.resize.is_none(), "adopted at {adopted}");
+                    assert_eq!(used(tx), plus(&at.flavor), "adopted at {adopted}");
+                    // The site took the root's copy back (its parent
+                    // generation), and went on to `step`.
+                    let now = made_at_site(step, copy.generation, &small, &big);
+                    apply_status(tx, &zones, &server_status("s", Some(&now)))?;
+                    assert_eq!(tx.fetch::<Server>("s")?.flavor, now.flavor);
+                    assert_eq!(
+                        used(tx),
+                        plus(&now.flavor),
+                        "adopted at {adopted}, now {step}"
+                    );
+                    apply_status(tx, &zones, &server_status("s", None))?;
+                    assert!(tx.get::<Server>("s")?.is_none());
+                    assert_eq!(
+                        used(tx),
+                        one(&small),
+                        "adopted at {adopted}, deleted at {step}"
+                    );
+                    Ok::<_, crate::ApiError>(())
+                })
+                .unwrap();
+            }
+        }
     }
 }

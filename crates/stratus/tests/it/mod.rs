@@ -23,6 +23,7 @@ mod sdk;
 mod secrets;
 mod sites;
 mod sites_net;
+mod sites_quota;
 mod validation;
 mod vm_live_net;
 mod volume;

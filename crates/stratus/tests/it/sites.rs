@@ -14,9 +14,9 @@ use super::common::{Client, bin, free_port, unique_dir};
 use super::compute::Cloud;
 
 /// A site controller process; killed (and its data removed) when dropped.
-struct Site {
+pub(super) struct Site {
     child: Child,
-    url: String,
+    pub(super) url: String,
     dir: PathBuf,
     log: PathBuf,
     port: u16,
@@ -25,7 +25,7 @@ struct Site {
 }
 
 impl Site {
-    fn start(parent_sync: &str, token: &str) -> Site {
+    pub(super) fn start(parent_sync: &str, token: &str) -> Site {
         Self::start_with(parent_sync, token, &[])
     }
 
@@ -107,7 +107,7 @@ impl Site {
         self.at("/identity/v3")
     }
 
-    fn at(&self, prefix: &str) -> Client {
+    pub(super) fn at(&self, prefix: &str) -> Client {
         Client {
             base: format!("{}{prefix}", self.url),
         }
@@ -191,7 +191,7 @@ fn signal(c: &Cloud, sig: &str) {
 }
 
 /// Polls `f` until it holds, for at most `secs`.
-fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub(super) fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "{what}: not within {secs} s");
@@ -209,7 +209,7 @@ fn root() -> (Cloud, String) {
 
 /// A root whose sites are down after 4 s without an exchange, and a link
 /// to its sync listener that a test can cut.
-fn root_behind_link() -> (Cloud, Link) {
+pub(super) fn root_behind_link() -> (Cloud, Link) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let c = Cloud::start(&[
@@ -226,7 +226,7 @@ fn root_behind_link() -> (Cloud, Link) {
 
 /// Waits until the site takes the root's tokens and its one node has
 /// registered there.
-fn wait_site_node(site: &Site, admin: &str) {
+pub(super) fn wait_site_node(site: &Site, admin: &str) {
     eventually(30, "the site's node registers", || {
         site.ks().validate(admin, admin).status == 200
             && site.at("/compute/v2.1").get("/os-hypervisors", admin).body["hypervisors"]
@@ -235,7 +235,7 @@ fn wait_site_node(site: &Site, admin: &str) {
     });
 }
 
-fn create_site(c: &Cloud, name: &str) -> (String, String) {
+pub(super) fn create_site(c: &Cloud, name: &str) -> (String, String) {
     let edge = c.server.client_at("/edge/v1");
     let r = edge.post("/sites", &c.admin, json!({"site": {"name": name}}));
     assert_eq!(r.status, 201, "{}", r.body);
@@ -243,7 +243,7 @@ fn create_site(c: &Cloud, name: &str) -> (String, String) {
     (r.body["site"]["id"].as_str().unwrap().to_string(), token)
 }
 
-fn site_state(c: &Cloud, id: &str) -> Value {
+pub(super) fn site_state(c: &Cloud, id: &str) -> Value {
     let r = c
         .server
         .client_at("/edge/v1")
@@ -418,7 +418,7 @@ fn flavor(c: &Cloud, name: &str) {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-fn has_flavor(site: &Site, admin: &str, name: &str) -> bool {
+pub(super) fn has_flavor(site: &Site, admin: &str, name: &str) -> bool {
     let r = site.at("/compute/v2.1").get("/flavors", admin);
     r.status == 200
         && r.body["flavors"]
@@ -813,7 +813,7 @@ fn sites_resize_migrate_shelve_and_rescue_asked_at_the_root_are_carried_out_by_t
 }
 
 /// A server's status at a controller (`None` once it is gone).
-fn status_at(base: &str, token: &str, id: &str) -> Option<Value> {
+pub(super) fn status_at(base: &str, token: &str, id: &str) -> Option<Value> {
     let r = Client {
         base: format!("{base}/compute/v2.1"),
     }
@@ -974,7 +974,7 @@ fn sites_a_server_created_at_the_root_runs_at_a_leaf_two_levels_down_and_its_sta
 /// the link: every connection through it is shut down at once and new
 /// ones are refused until it is mended. Loopback only; its threads end
 /// with the test process.
-struct Link {
+pub(super) struct Link {
     addr: String,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
@@ -1017,19 +1017,19 @@ impl Link {
         Link { addr, open, conns }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
 
     /// Cuts the link: open connections drop, new ones are refused.
-    fn cut(&self) {
+    pub(super) fn cut(&self) {
         self.open.store(false, std::sync::atomic::Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 
-    fn mend(&self) {
+    pub(super) fn mend(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
