@@ -342,7 +342,7 @@ pub fn capabilities(c: &Capacity) -> serde_json::Map<String, serde_json::Value> 
         "reserved_percentage": 0,
         "QoS_support": false,
         "multiattach": true,
-        "online_extend_support": false,
+        "online_extend_support": true,
         "consistent_group_snapshot_enabled": false,
         "replication_enabled": false,
     });
