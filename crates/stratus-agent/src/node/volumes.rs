@@ -213,9 +213,7 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
             );
             // A volume a running VM here has open grows through its QEMU
             // (the guest is told); any other, as a file.
-            if virtual_size(&path)? < size << 30
-                && !sh.driver.grow_volume(&path, size << 30)?
-            {
+            if virtual_size(&path)? < size << 30 && !sh.driver.grow_volume(&path, size << 30)? {
                 qemu_img(&["resize", "-f", "qcow2"], &path, &[&format!("{size}G")])?;
             }
             Ok(())

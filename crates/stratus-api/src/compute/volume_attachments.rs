@@ -450,11 +450,21 @@ pub(crate) fn may_grow_in_use(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
     if a.status != "attached" {
         return refuse(format!("its attachment is {}", a.status));
     }
-    let Some(s) = a.server_id.as_deref().map(|id| tx.get::<Server>(id)).transpose()?.flatten() else {
-        return refuse("it is reserved through the attachments API, not attached to a server".into());
+    let Some(s) = a
+        .server_id
+        .as_deref()
+        .map(|id| tx.get::<Server>(id))
+        .transpose()?
+        .flatten()
+    else {
+        return refuse(
+            "it is reserved through the attachments API, not attached to a server".into(),
+        );
     };
     let Some(sv) = s.volumes.iter().find(|sv| sv.attachment_id == a.id) else {
-        return refuse("it is reserved through the attachments API, not attached to a server".into());
+        return refuse(
+            "it is reserved through the attachments API, not attached to a server".into(),
+        );
     };
     if sv.device == crate::compute::model::ROOT_DEVICE {
         return refuse(format!("it is the root volume of server {}", s.id));

@@ -35,5 +35,5 @@ mod volume_inuse;
 mod volume_mv;
 mod volume_nbd;
 mod volume_newer;
-mod volume_qos;
 mod volume_online;
+mod volume_qos;

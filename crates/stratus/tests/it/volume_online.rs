@@ -305,7 +305,11 @@ fn volume_swap_refusals() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
     c.wait(&c.admin, &s, "SHUTOFF");
-    nova_fault(&swap(&c, &c.admin, &s, &v, &other), 409, "conflictingRequest");
+    nova_fault(
+        &swap(&c, &c.admin, &s, &v, &other),
+        409,
+        "conflictingRequest",
+    );
     let r = c.req(
         "POST",
         &format!("/servers/{s}/action"),
@@ -344,11 +348,7 @@ fn volume_swap_refusals() {
 fn wait_unlocked(file: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while locked(file) {
-        assert!(
-            Instant::now() < deadline,
-            "{} stays locked",
-            file.display()
-        );
+        assert!(Instant::now() < deadline, "{} stays locked", file.display());
         std::thread::sleep(Duration::from_millis(250));
     }
 }
