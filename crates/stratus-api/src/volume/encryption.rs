@@ -127,7 +127,10 @@ fn parse(raw: &[u8], create: bool) -> Result<Fields, ApiError> {
                 _ => None,
             }
             .ok_or_else(|| {
-                ApiError::bad_request("Invalid input received: key_size must be an integer.")
+                invalid(
+                    "key_size",
+                    &format!("Value: {v}. key_size must be an integer."),
+                )
             })?;
             if !(0..=MAX_KEY_SIZE).contains(&n) {
                 return Err(invalid(
