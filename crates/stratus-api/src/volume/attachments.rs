@@ -159,6 +159,7 @@ async fn listing(
     detailed: bool,
 ) -> J {
     mv.require(SINCE)?;
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "attachment", &[])?;
     let paging = super::paging(&q)?;
     let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();

@@ -185,6 +185,7 @@ async fn listing(
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "backup", &[])?;
     if sorts_by_name(&q) && !mv.at_least(37) {
         return Err(ApiError::bad_request(
             "Invalid input received: Invalid sort key name (sorting backups by name needs microversion 3.37).",

@@ -1,11 +1,82 @@
-//! List filters that came with microversions: `key~=part` (3.34, a
-//! "like" match) and `created_at` / `updated_at` with an operator (3.60).
+//! List filters that came with microversions: unknown filter keys
+//! refused (3.31), `key~=part` (3.34, a "like" match) and `created_at` /
+//! `updated_at` with an operator (3.60).
 
 use std::collections::HashMap;
 
 use crate::ApiError;
 
 use super::Mv;
+use super::resource_filters::FILTERS;
+
+/// Query keys every list takes that are not filters: paging, sorting,
+/// counting, and whose resources to list (Cinder takes the paging and
+/// sorting keys out before it checks the filters, and lets
+/// `all_tenants` through for cinderclient, which always sends it).
+const NOT_FILTERS: &[&str] = &[
+    "limit",
+    "marker",
+    "offset",
+    "sort",
+    "sort_key",
+    "sort_dir",
+    "with_count",
+    "all_tenants",
+    "all_projects",
+    "project_id",
+];
+
+/// Cinder's `reject_invalid_filters`: from 3.31 a list refuses (400)
+/// query keys that are not filters of `resource` (its row of
+/// `GET /resource_filters`), nor [`NOT_FILTERS`], nor `also` (keys the
+/// list reads that are not filters, such as `list_volume`). Admins may
+/// filter by anything, as in Cinder. A `key~` like filter counts from
+/// 3.34, where the row lists it; Cinder's rule that a listed `key~`
+/// also lets `key` through holds too. Keys must be ASCII, also for
+/// admins.
+pub(crate) fn reject_invalid(
+    is_admin: bool,
+    mv: Mv,
+    q: &HashMap<String, String>,
+    resource: &str,
+    also: &[&str],
+) -> Result<(), ApiError> {
+    if !mv.at_least(31) {
+        return Ok(());
+    }
+    if !q.keys().all(|k| k.is_ascii()) {
+        return Err(ApiError::bad_request(
+            "Filter keys can only contain ASCII characters.",
+        ));
+    }
+    if is_admin {
+        return Ok(());
+    }
+    let row: &[&str] = FILTERS
+        .iter()
+        .find(|(r, _)| *r == resource)
+        .map(|(_, f)| *f)
+        .unwrap_or_default();
+    let like = mv.at_least(34);
+    let mut bad: Vec<&str> = q
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !NOT_FILTERS.contains(k) && !also.contains(k))
+        .filter(|k| {
+            let listed = row.contains(k) && (like || !k.ends_with('~'));
+            let as_like = like && row.contains(&format!("{k}~").as_str());
+            !(listed || as_like)
+        })
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    bad.sort_unstable();
+    Err(ApiError::bad_request(format!(
+        "Invalid filters {} are found in query options.",
+        bad.join(",")
+    )))
+}
 
 /// Whether `value` passes the query's filter on `key`: equal to `key=`,
 /// and from 3.34 containing `key~=` (Cinder's LIKE).
@@ -133,6 +204,32 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn members_may_use_only_the_resources_filters_from_3_31() {
+        let ok = q(&[("name", "a"), ("limit", "1"), ("sort", "name:asc")]);
+        assert!(reject_invalid(false, Mv(31), &ok, "volume", &[]).is_ok());
+        let bad = q(&[("name", "a"), ("colour", "red"), ("bogus", "1")]);
+        let e = reject_invalid(false, Mv(31), &bad, "volume", &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Invalid filters bogus,colour are found in query options."
+        );
+        // Before 3.31, and for admins, nothing is refused.
+        assert!(reject_invalid(false, Mv(30), &bad, "volume", &[]).is_ok());
+        assert!(reject_invalid(true, Mv(70), &bad, "volume", &[]).is_ok());
+        // Like filters count from 3.34, where the row lists them.
+        let like = q(&[("name~", "a")]);
+        assert!(reject_invalid(false, Mv(33), &like, "group", &[]).is_err());
+        assert!(reject_invalid(false, Mv(34), &like, "group", &[]).is_ok());
+        assert!(
+            reject_invalid(false, Mv(34), &q(&[("volume_id~", "a")]), "snapshot", &[]).is_err()
+        );
+        // Keys the list reads that are not filters.
+        let lv = q(&[("list_volume", "true")]);
+        assert!(reject_invalid(false, Mv(40), &lv, "group", &["list_volume"]).is_ok());
+        assert!(reject_invalid(true, Mv(40), &q(&[("nämé", "a")]), "volume", &[]).is_err());
     }
 
     #[test]

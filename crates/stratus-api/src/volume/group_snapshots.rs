@@ -98,6 +98,7 @@ async fn listing(
     detail: bool,
 ) -> J {
     mv.require(MV_GROUP_SNAPSHOTS)?;
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "group_snapshot", &[])?;
     let paging = super::paging(&q)?;
     let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
@@ -112,10 +113,8 @@ async fn listing(
             .list::<GroupSnapshot>(&query)?
             .iter()
             .filter(|g| {
-                q.get("name")
-                    .is_none_or(|n| g.name.as_deref() == Some(n.as_str()))
-                    && q.get("status")
-                        .is_none_or(|x| x.eq_ignore_ascii_case(&g.status))
+                super::filters::text_matches(&q, "name", g.name.as_deref(), mv)
+                    && super::filters::text_matches_ci(&q, "status", &g.status, mv)
                     && q.get("group_id").is_none_or(|x| *x == g.group_id)
                     && (!all || q.get("project_id").is_none_or(|x| *x == g.project_id))
             })

@@ -133,6 +133,8 @@ async fn listing(
     detail: bool,
 ) -> J {
     mv.require(MV_GROUPS)?;
+    // Cinder reads `list_volume` on lists too (and ignores it there).
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "group", &["list_volume"])?;
     let paging = super::paging(&q)?;
     let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
@@ -147,10 +149,8 @@ async fn listing(
             .list::<Group>(&query)?
             .iter()
             .filter(|g| {
-                q.get("name")
-                    .is_none_or(|n| g.name.as_deref() == Some(n.as_str()))
-                    && q.get("status")
-                        .is_none_or(|x| x.eq_ignore_ascii_case(&g.status))
+                super::filters::text_matches(&q, "name", g.name.as_deref(), mv)
+                    && super::filters::text_matches_ci(&q, "status", &g.status, mv)
                     && q.get("group_type").is_none_or(|x| *x == g.group_type_id)
                     && q.get("availability_zone")
                         .is_none_or(|x| *x == g.availability_zone)

@@ -189,6 +189,7 @@ async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> J {
     mv.require(3)?;
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "message", &[])?;
     // Paging and sorting came with 3.5.
     let paging = if mv.at_least(5) {
         Some(super::paging(&q)?)

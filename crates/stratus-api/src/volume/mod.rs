@@ -33,6 +33,7 @@ mod backups;
 mod chunks;
 mod clusters;
 mod default_types;
+mod encryption;
 pub(crate) mod filters;
 mod group_model;
 mod group_snapshots;
@@ -344,6 +345,7 @@ pub fn router() -> Router<AppState> {
         .merge(backups::routes())
         .merge(transfers::routes())
         .merge(types::routes())
+        .merge(encryption::routes())
         .merge(qos::routes())
         .merge(quotas::routes())
         .merge(limits::routes())

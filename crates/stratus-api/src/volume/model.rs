@@ -157,7 +157,32 @@ pub struct VolumeType {
     /// The QoS specs associated with the type (`qos.rs`).
     #[serde(default)]
     pub qos_specs_id: Option<String>,
+    /// Its encryption (`encryption.rs`); none for a plain type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<TypeEncryption>,
     pub created_us: i64,
+}
+
+/// Cinder's volume type encryption: how volumes of the type would be
+/// encrypted. Kept in the type's record, so it goes with the type and
+/// is checked against the type's volumes in one transaction. Volumes of
+/// an encrypted type are refused until there is a key manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TypeEncryption {
+    /// Cinder's `encryption_id`.
+    pub id: String,
+    /// `luks`, `luks2`, `plain` or an encryptor's class name.
+    pub provider: String,
+    /// `front-end` (the hypervisor) or `back-end` (the storage).
+    pub control_location: String,
+    #[serde(default)]
+    pub cipher: Option<String>,
+    /// Bits.
+    #[serde(default)]
+    pub key_size: Option<i64>,
+    pub created_us: i64,
+    #[serde(default)]
+    pub updated_us: Option<i64>,
 }
 
 record!(

@@ -1,9 +1,11 @@
 //! `GET /resource_filters` (3.33): the filter keys each list honours.
 //!
-//! Unlike Cinder's (a configuration file that the lists then enforce),
-//! this table describes what the list handlers here actually match on;
-//! a change to a list's filters must change its row. Paging and sorting
-//! keys (`limit`, `marker`, `offset`, `sort`, `with_count`) and
+//! Unlike Cinder's (a configuration file), this table describes what
+//! the list handlers here actually match on; a change to a list's
+//! filters must change its row. As in Cinder, the lists enforce it for
+//! non-admins from 3.31 (`filters::reject_invalid`), and a `key~` entry
+//! says that the list takes a like filter on `key` (3.34). Paging and
+//! sorting keys (`limit`, `marker`, `offset`, `sort`, `with_count`) and
 //! `all_tenants` are not filters and are not listed.
 
 use std::collections::HashMap;
@@ -23,7 +25,9 @@ pub(crate) const FILTERS: &[(&str, &[&str])] = &[
         "volume",
         &[
             "name",
+            "name~",
             "status",
+            "status~",
             "metadata",
             "bootable",
             "availability_zone",
@@ -31,6 +35,7 @@ pub(crate) const FILTERS: &[(&str, &[&str])] = &[
             "volume_type",
             "project_id",
             "description",
+            "description~",
             "glance_metadata",
             "group_id",
             "created_at",
@@ -39,7 +44,15 @@ pub(crate) const FILTERS: &[(&str, &[&str])] = &[
     ),
     (
         "snapshot",
-        &["name", "status", "volume_id", "project_id", "metadata"],
+        &[
+            "name",
+            "name~",
+            "status",
+            "status~",
+            "volume_id",
+            "project_id",
+            "metadata",
+        ],
     ),
     ("backup", &["name", "status", "volume_id", "project_id"]),
     ("transfer", &["name", "volume_id"]),
@@ -61,13 +74,25 @@ pub(crate) const FILTERS: &[(&str, &[&str])] = &[
         "group",
         &[
             "name",
+            "name~",
             "status",
+            "status~",
             "group_type",
             "availability_zone",
             "project_id",
         ],
     ),
-    ("group_snapshot", &["name", "status", "group_id"]),
+    (
+        "group_snapshot",
+        &[
+            "name",
+            "name~",
+            "status",
+            "status~",
+            "group_id",
+            "project_id",
+        ],
+    ),
     ("pool", &["name", "volume_type"]),
 ];
 

@@ -99,6 +99,7 @@ async fn listing(
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "snapshot", &[])?;
     let paging = super::paging(&q)?;
     // 3.22: snapshots with this metadata.
     let meta_filter = match q.get("metadata") {

@@ -55,6 +55,7 @@ pub fn ensure_default_type(store: &Store) -> Result<(), ApiError> {
             extra_specs: Default::default(),
             projects: vec![],
             qos_specs_id: None,
+            encryption: None,
             created_us: crate::timeutil::now_us(),
         })?;
         Ok::<_, ApiError>(())
@@ -228,6 +229,7 @@ async fn create(
         extra_specs,
         projects: vec![],
         qos_specs_id: None,
+        encryption: None,
         created_us: crate::timeutil::now_us(),
     };
     blocking(move || {

@@ -228,6 +228,7 @@ async fn listing(
     Query(q): Query<HashMap<String, String>>,
     detail: bool,
 ) -> J {
+    super::filters::reject_invalid(ctx.is_admin(), mv, &q, "volume", &[])?;
     let paging = super::paging(&q)?;
     let all = super::all_projects(&ctx, &q);
     let own = ctx.project()?.to_string();
@@ -599,6 +600,7 @@ pub(crate) fn create_in(
             None => find_type(tx, ctx, DEFAULT_TYPE)?,
         },
     };
+    super::encryption::refuse_encrypted(&vtype)?;
     // Where the data comes from, the smallest size that holds it,
     // and (for copies) the node that has it.
     let (source, min, host, zone, image_meta, bootable) = if let Some((src, min, meta)) = &image {
@@ -1191,6 +1193,7 @@ async fn action(
                         )));
                     }
                     let to = find_type(tx, &ctx, want)?;
+                    super::encryption::refuse_encrypted(&to)?;
                     if to.id == v.volume_type_id {
                         return Err(ApiError::bad_request(
                             "Invalid input received: Retype requires a different volume type.",
