@@ -2478,7 +2478,9 @@ impl Driver for QemuDriver {
         }
         let disk = self.dir(uuid).join("disk.qcow2");
         let want = disk_gb << 30;
-        if want > self.virtual_size(&disk)? {
+        // A volume-backed VM's root disk is its volume, which the
+        // flavor does not size (as with Nova).
+        if r.root.is_none() && want > self.virtual_size(&disk)? {
             output(
                 Command::new(&self.qemu_img)
                     .args(["resize", "-q", "-f", "qcow2"])

@@ -154,7 +154,9 @@ pub fn resize(
         return Err(wrong_state("resize", s));
     }
     check_locked(ctx, s)?;
-    super::states::may_move(state, s, "resize")?;
+    // A resize stays on the server's node: its volumes (a volume-backed
+    // server's root volume too) stay where they are.
+    super::states::no_swap(s, "resize")?;
     let old = s.flavor.clone();
     // Over quota is a 403 before any placement question (checked again
     // in the claim's transaction).

@@ -184,8 +184,20 @@ pub(super) fn wrong_state(action: &str, s: &super::model::Server) -> crate::ApiE
     ))
 }
 
+/// 409 while one of the server's volumes is being swapped for another
+/// (the node is copying it).
+pub(crate) fn no_swap(s: &super::model::Server, action: &str) -> Result<(), crate::ApiError> {
+    match s.volumes.iter().find(|v| v.state == "swapping") {
+        Some(sv) => Err(crate::ApiError::conflict(format!(
+            "Cannot '{action}' instance {}: volume {} is being swapped in at {}; wait until the swap is done",
+            s.id, sv.volume_id, sv.device
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Whether a server with volumes may move to another node (`action`:
-/// migrate, resize, shelve): its attached volumes follow it over NBD
+/// migrate, shelve): its attached volumes follow it over NBD
 /// from their storage nodes, so each storage node must export; a
 /// volume-backed server's root disk does not move (409), nor do the
 /// volumes of a server with a volume shared with another server.
@@ -208,12 +220,7 @@ pub(crate) fn may_move(
             "it boots from a volume, which stays on its storage node (moving volume-backed servers is not supported yet)".into(),
         );
     }
-    if let Some(sv) = s.volumes.iter().find(|v| v.state == "swapping") {
-        return refuse(format!(
-            "volume {} is being swapped in at {}; wait until the swap is done",
-            sv.volume_id, sv.device
-        ));
-    }
+    no_swap(s, action)?;
     for sv in &s.volumes {
         let Some(v) = state
             .store

@@ -413,3 +413,95 @@ fn volume_backed_snapshot_image_boots_a_server_with_the_guests_writes() {
     wait_volume_gone(&c, &vid2);
     wait_status(&vc, &c.admin, &vid1, "available");
 }
+
+/// Nova's resize of a volume-backed server: it stays on its node (the
+/// root volume stays where it is), the VM restarts with the new flavor's
+/// memory, the guest boots again from the same volume and finds its own
+/// earlier write; a revert puts the old flavor back; a cold migration
+/// (which would move it) stays refused.
+#[test]
+fn volume_backed_server_resizes_in_place_and_reverts() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let img = image_id(&c, "busybox-vm");
+    let r = boot_bdm(
+        &c,
+        "bfv-resize",
+        json!([{"source_type": "image", "uuid": img, "destination_type": "volume",
+                "boot_index": 0, "volume_size": 1, "delete_on_termination": true}]),
+        json!({"user_data": ud(&format!(
+            "#!/bin/sh\necho READ[$(dd if=/dev/vda bs=1 skip=$((900*1024*1024)) count=16 2>/dev/null)]\n\
+             printf 'BFV-RESIZE-MARK1' | dd of=/dev/vda bs=1 seek=$((900*1024*1024)) conv=fsync 2>/dev/null\necho BFV-WROTE\n"
+        ))}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["server"]["id"].as_str().unwrap().to_string();
+    c.wait(&c.admin, &id, "ACTIVE");
+    console_until(&c, &c.admin, &id, "BFV-WROTE");
+    let act = |body: Value| {
+        c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(body),
+        )
+    };
+    let qemu = || {
+        let f = c.server.data_dir().join(format!("agent/vms/{id}/qemu.pid"));
+        let pid = std::fs::read_to_string(f).unwrap_or_default();
+        std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    assert!(qemu().contains(" -m 512 "), "{}", qemu());
+
+    // A cold migration would move it: still refused.
+    let m = nova_fault(&act(json!({"migrate": null})), 409, "conflictingRequest");
+    assert!(m.contains("volume"), "{m}");
+
+    let r = act(json!({"resize": {"flavorRef": "2"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(s["flavor"]["id"], "2", "{s}");
+    assert!(qemu().contains(" -m 2048 "), "{}", qemu());
+    // The guest booted again from its volume and read its own write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = c.req(
+            "POST",
+            &format!("/servers/{id}/action"),
+            &c.admin,
+            Some(json!({"os-getConsoleOutput": {}})),
+        );
+        let out = out.body["output"].as_str().unwrap_or_default().to_string();
+        if out.contains("READ[BFV-RESIZE-MARK1]") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resized guest did not read its volume:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(act(json!({"revertResize": null})).status, 202);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["flavor"]["id"], "1", "{s}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !qemu().contains(" -m 512 ") {
+        assert!(std::time::Instant::now() < deadline, "{}", qemu());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // Confirmed the other way round too.
+    assert_eq!(act(json!({"resize": {"flavorRef": "84"}})).status, 202);
+    c.wait(&c.admin, &id, "VERIFY_RESIZE");
+    assert_eq!(act(json!({"confirmResize": null})).status, 204);
+    let s = c.wait(&c.admin, &id, "ACTIVE");
+    assert_eq!(s["flavor"]["id"], "84", "{s}");
+    assert_eq!(
+        c.req("DELETE", &format!("/servers/{id}"), &c.admin, None)
+            .status,
+        204
+    );
+    c.wait_gone(&c.admin, &id);
+}
