@@ -1502,8 +1502,14 @@ impl QemuDriver {
                 }
             }
         }
+        let size = match QemuDriver::disk_size(&mut q, &target) {
+            Ok(n) => n,
+            Err(e) => {
+                QemuDriver::drop_node(&mut q, &target);
+                return Err(e);
+            }
+        };
         let copy = (|| {
-            let size = QemuDriver::disk_size(&mut q, &target)?;
             if size != old.size {
                 q.execute(
                     "block_resize",
@@ -1555,9 +1561,27 @@ impl QemuDriver {
                 std::thread::sleep(Duration::from_millis(200));
             }
         })();
-        if let Err(e) = copy {
+        // Whatever the error, what counts is where the guest's disk is:
+        // once it is on the new node the swap is done (the job may have
+        // gone between two looks).
+        let moved = || {
+            self.qmp(uuid)
+                .and_then(|mut q| QemuDriver::disk_backings(&mut q))
+                .is_ok_and(|b| b.get(&d.device_id()).is_some_and(|b| b.node == target))
+        };
+        if let Err(e) = copy
+            && !moved()
+        {
             self.cancel_job(uuid, &job);
             if let Ok(mut q) = self.qmp(uuid) {
+                // The new volume back at its own size (it was cut to the
+                // old one's for the copy), then closed.
+                if size != old.size {
+                    let _ = q.execute(
+                        "block_resize",
+                        Some(serde_json::json!({"node-name": target, "size": size})),
+                    );
+                }
                 QemuDriver::drop_node(&mut q, &target);
             }
             return Err(e);
@@ -2231,7 +2255,24 @@ impl Driver for QemuDriver {
         let lock = lock_of(&self.locks, uuid);
         let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut r = self.record(uuid)?;
-        if self.pid(uuid).is_some() {
+        let running = self.pid(uuid).is_some();
+        // A swap copies the running guest's disk. Without a running VM
+        // it is done only if the record says the device moved (the copy
+        // finished before the VM stopped); otherwise it fails, and the
+        // old volume stays.
+        for d in disks.iter().filter(|d| d.swap_from.is_some() && !running) {
+            let moved = r
+                .volumes
+                .iter()
+                .any(|x| x.device == d.device && x.volume_id == d.volume_id);
+            if !moved {
+                return Err(rt(format!(
+                    "VM {uuid} is not running: {} cannot be swapped for volume {}",
+                    d.device, d.volume_id
+                )));
+            }
+        }
+        if running {
             let mut q = self.qmp(uuid)?;
             let present = QemuDriver::disk_devices(&mut q)?;
             for dev in present
@@ -2242,6 +2283,15 @@ impl Driver for QemuDriver {
                 tracing::info!(instance = uuid, device = %dev, "volume unplugged");
             }
             for d in disks.iter().filter(|d| !present.contains(&d.device_id())) {
+                // A swap's new volume is never plugged in fresh: the
+                // guest's disk it replaces is gone, so there is nothing
+                // to copy.
+                if d.swap_from.is_some() {
+                    return Err(rt(format!(
+                        "VM {uuid} has no {} to swap for volume {}",
+                        d.device, d.volume_id
+                    )));
+                }
                 // A block node left by an unplug or a plug cut short.
                 let _ = q.execute(
                     "blockdev-del",
@@ -2315,6 +2365,12 @@ impl Driver for QemuDriver {
             drop(q);
             for (d, b) in &swaps {
                 self.swap_disk(uuid, d, b)?;
+                // The guest writes to the new volume from now on: the
+                // record says so at once, so a VM started after a crash
+                // opens the new volume, never the stale old one.
+                r.volumes.retain(|x| x.device != d.device);
+                r.volumes.push((*d).clone());
+                self.write_record(&r)?;
             }
             let mut q = self.qmp(uuid)?;
             for d in disks {

@@ -109,6 +109,12 @@ pub struct NodeReport {
     /// judged by this listing.
     #[serde(default)]
     pub observed: Option<u64>,
+    /// What this agent can do beyond its protocol version
+    /// (`volume::FEATURE_*`): the controller asks a node for those only
+    /// when it says so, so an older agent is never asked for something
+    /// it would silently skip.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// One workload as the agent sees it: its power state and the server
@@ -537,6 +543,7 @@ mod tests {
             cached: vec!["img".into()],
             starting: true,
             observed: Some(7),
+            features: vec![volume::FEATURE_SWAP_VOLUME.into()],
         };
         r.instances.insert(
             "s".into(),

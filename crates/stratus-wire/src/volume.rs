@@ -190,6 +190,13 @@ pub struct VolumeReport {
     pub error: Option<String>,
 }
 
+/// An agent swaps a running VM's volume for another
+/// ([`AttachedVolume::swap_from`]).
+pub const FEATURE_SWAP_VOLUME: &str = "swap-volume";
+/// An agent grows a volume a running VM of its node has open, through
+/// that VM's QEMU.
+pub const FEATURE_ONLINE_EXTEND: &str = "online-extend";
+
 /// A volume a server should have attached ([`crate::Assignment::volumes`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedVolume {

@@ -40,6 +40,10 @@ pub(super) fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> 
         starting,
         observed: Some(observed),
         cached: cached.clone(),
+        features: vec![
+            stratus_wire::volume::FEATURE_SWAP_VOLUME.into(),
+            stratus_wire::volume::FEATURE_ONLINE_EXTEND.into(),
+        ],
     };
     let body = serde_json::to_string(&report)?;
     let url = format!("{}/edge/v1/nodes/{}", sh.cfg.controller, sh.cfg.host);

@@ -555,6 +555,30 @@ pub fn act(
     action: ServerAction,
 ) -> Result<Outcome, ApiError> {
     let s = fetch(state, ctx, id)?;
+    // While a volume is being swapped the workload stays as it is: the
+    // node is copying its running disk.
+    if matches!(
+        action,
+        ServerAction::Start
+            | ServerAction::Stop
+            | ServerAction::Reboot { .. }
+            | ServerAction::Suspend
+            | ServerAction::Resume
+            | ServerAction::Rebuild(_)
+            | ServerAction::Resize { .. }
+            | ServerAction::Migrate { .. }
+            | ServerAction::LiveMigrate { .. }
+            | ServerAction::Evacuate { .. }
+            | ServerAction::Shelve
+            | ServerAction::ShelveOffload
+            | ServerAction::Unshelve { .. }
+            | ServerAction::Rescue { .. }
+            | ServerAction::Unrescue
+            | ServerAction::CreateImage(_)
+            | ServerAction::CreateBackup(_)
+    ) {
+        super::states::no_swap(&s, "action")?;
+    }
     let rid = req_id;
     let begin = |name: &str, from: &[&str], task_state: &str| {
         begin(state, ctx, id, name, from, task_state, rid).map(|_| Outcome::Accepted)

@@ -525,6 +525,9 @@ pub struct ComputeNode {
     /// agent does).
     #[serde(default)]
     pub l3: bool,
+    /// What its agent says it can do (`NodeReport::features`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     /// Where the controller reaches the agent (console output).
     #[serde(default)]
     pub agent_url: Option<String>,

@@ -28,7 +28,7 @@ use stratus_store::Query as StoreQuery;
 use super::common::{check_locked, fetch_tx, record_action};
 use super::model::{Aggregate, ComputeNode, FlavorCopy, Migration, ResizeJob, Server};
 use super::quotas::{self, Resource};
-use super::scheduler::flavor_resources;
+use super::scheduler::server_resources;
 use super::states::wrong_state;
 use super::states::{power, task, vm};
 use crate::identity::policy::Ctx;
@@ -164,7 +164,7 @@ pub fn resize(
     state
         .store
         .write(|tx| check_quota(tx, own_zone.as_deref(), s, &old, &new))?;
-    let hold = larger(&flavor_resources(&old), &flavor_resources(&new));
+    let hold = larger(&server_resources(s, &old), &server_resources(s, &new));
     let now = now_us();
     let migration_id = uuid::Uuid::new_v4().to_string();
     let host = s.host.clone().unwrap_or_default();
@@ -262,7 +262,7 @@ pub fn confirm(state: &AppState, ctx: &Ctx, s: &Server, rid: &str) -> Result<(),
         release(state, &job.migration_id);
         state.compute.notify(job.source_host.as_deref());
     } else {
-        claim_on_node(state, s, flavor_resources(&job.new_flavor), apply)?;
+        claim_on_node(state, s, server_resources(s, &job.new_flavor), apply)?;
     }
     Ok(())
 }
@@ -513,7 +513,7 @@ pub fn finish(
             cur.vm_state = job.old_vm_state.clone();
             cur.resize = None;
             set_migration(tx, &job.migration_id, "error")?;
-            next.settle = Some(flavor_resources(&job.old_flavor));
+            next.settle = Some(server_resources(cur, &job.old_flavor));
         }
         // The source wrote the transfer image: on to the destination.
         (task::RESIZE_MIGRATING, true) => {
@@ -562,7 +562,7 @@ pub fn finish(
                 recount(tx, cur, &job.new_flavor, &job.old_flavor)?;
                 cur.flavor = job.old_flavor.clone();
                 set_migration(tx, &job.migration_id, "reverted")?;
-                next.settle = Some(flavor_resources(&job.old_flavor));
+                next.settle = Some(server_resources(cur, &job.old_flavor));
             }
             cur.vm_state = job.old_vm_state.clone();
             cur.resize = None;
@@ -636,7 +636,7 @@ pub fn after_reset(state: &AppState, id: &str, job: &ResizeJob) {
     if let Ok(Some(s)) = state.store.get::<Server>(id)
         && s.host.is_some()
     {
-        settle_claim(state, id, flavor_resources(&s.flavor));
+        settle_claim(state, id, server_resources(&s, &s.flavor));
     }
     if let Some(image) = &job.transfer_image {
         super::snapshots::drop_image(state, id, image);

@@ -454,6 +454,21 @@ impl Pending {
 /// node can take it.
 /// The placement resources a flavor asks for (with its `resources:*`
 /// extra specs applied, as Nova's `resources_from_flavor`).
+/// What server `s` claims with flavor `f`: a volume-backed server's root
+/// disk is its volume, so no local disk for it (as Nova's `is_bfv`).
+pub fn server_resources(s: &Server, f: &FlavorCopy) -> BTreeMap<String, u64> {
+    let mut resources = flavor_resources(f);
+    if s.boot_volume().is_some()
+        && let Some(d) = resources.get_mut("DISK_GB")
+    {
+        *d = d.saturating_sub(f.disk);
+        if *d == 0 {
+            resources.remove("DISK_GB");
+        }
+    }
+    resources
+}
+
 pub fn flavor_resources(f: &FlavorCopy) -> BTreeMap<String, u64> {
     let mut resources = BTreeMap::new();
     resources.insert("VCPU".to_string(), f.vcpus as u64);
@@ -488,15 +503,7 @@ pub fn plan(
     // Placement: who can hold the flavor at all. A volume-backed server's
     // root disk is its volume: no local disk for it (as Nova's
     // `is_bfv`).
-    let mut resources = flavor_resources(&s.flavor);
-    if s.boot_volume().is_some()
-        && let Some(d) = resources.get_mut("DISK_GB")
-    {
-        *d = d.saturating_sub(s.flavor.disk);
-        if *d == 0 {
-            resources.remove("DISK_GB");
-        }
-    }
+    let resources = server_resources(s, &s.flavor);
     let mut required = Vec::new();
     let mut forbidden = Vec::new();
     for (k, v) in &s.flavor.extra_specs {

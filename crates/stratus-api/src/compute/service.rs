@@ -358,6 +358,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             || n.hypervisor_version != r.hypervisor_version
             || n.host_ip != r.host_ip
             || n.l3 != r.l3
+            || n.features != r.features
     });
     // The provider and its inventory before a new node's record: a node
     // listed as a hypervisor can be scheduled to at once.
@@ -449,6 +450,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
                 cpu_model: String::new(),
                 host_ip: String::new(),
                 l3: false,
+                features: Vec::new(),
                 agent_url: None,
                 agent_key: None,
                 disabled: false,
@@ -469,6 +471,7 @@ pub fn heartbeat(state: &AppState, host: &str, r: &NodeReport) -> Result<NodeRep
             n.cpu_model = r.cpu_model.clone();
             n.host_ip = r.host_ip.clone();
             n.l3 = r.l3;
+            n.features = r.features.clone();
             n.agent_url = r.agent_url.clone();
             n.agent_key = r.agent_key.clone();
             n.last_seen_us = now;
@@ -888,7 +891,13 @@ pub fn purge(state: &AppState, id: &str) -> Result<(), ApiError> {
                 // delete_on_termination: the volume goes with the server
                 // (kept when another server still has it or it has
                 // snapshots, as Cinder would refuse the delete).
-                for sv in s.volumes.iter().filter(|v| v.delete_on_termination) {
+                // (Neither volume of a swap under way: the new one holds
+                // a partial copy, the old one the data.)
+                for sv in s
+                    .volumes
+                    .iter()
+                    .filter(|v| v.delete_on_termination && v.swap_from.is_none())
+                {
                     let Some(mut v) = tx.get::<crate::volume::model::Volume>(&sv.volume_id)? else {
                         continue;
                     };

@@ -235,9 +235,35 @@ fn swap_in(tx: &Tx, s: &mut Server, old_id: &str, new_id: &str) -> Result<(), Ap
             s.id
         )));
     }
+    // One change of the server's volumes at a time: the node reports
+    // them together.
+    if let Some(sv) = s.volumes.iter().find(|v| v.state != "attached") {
+        return Err(ApiError::conflict(format!(
+            "Cannot swap volume {old_id} on instance {}: volume {} is {}; wait until that is done.",
+            s.id, sv.volume_id, sv.state
+        )));
+    }
+    if let Some(h) = s.host.as_deref()
+        && !node_can(tx, h, stratus_wire::volume::FEATURE_SWAP_VOLUME)?
+    {
+        return Err(ApiError::conflict(format!(
+            "Cannot swap volume {old_id} on instance {}: the agent of node {h} is too old to swap volumes; upgrade it.",
+            s.id
+        )));
+    }
     let Some(old) = tx.get::<Volume>(old_id)? else {
         return Err(not_attached(old_id));
     };
+    // Neither volume may be busy with a task of the storage node (an
+    // extend, a rewrite): the copy would race it.
+    for v in [&old, &new] {
+        if v.task.is_some() || (v.id == old.id && v.status != "in-use") {
+            return Err(ApiError::bad_request(format!(
+                "Invalid volume: volume {} is {}; swap it when that is done.",
+                v.id, v.status
+            )));
+        }
+    }
     if old.attachments.len() > 1 {
         return Err(ApiError::bad_request(
             "Swapping multi-attach volumes with more than one read/write attachment is not supported.",
@@ -276,6 +302,7 @@ fn swap_in(tx: &Tx, s: &mut Server, old_id: &str, new_id: &str) -> Result<(), Ap
 /// Nova attaches and detaches volumes while the server is active,
 /// paused, stopped or suspended, and no task runs.
 fn may_change(s: &Server, action: &str) -> Result<(), ApiError> {
+    super::states::no_swap(s, action)?;
     let ok = s.task_state.is_none()
         && matches!(
             s.vm_state.as_str(),
@@ -431,6 +458,13 @@ async fn create(
     Ok(axum::Json(json!({"volumeAttachment": render(&s, &sv, mv)})))
 }
 
+/// Whether node `host`'s agent says it can do `feature`.
+fn node_can(tx: &Tx, host: &str, feature: &str) -> Result<bool, ApiError> {
+    Ok(tx
+        .get::<super::model::ComputeNode>(host)?
+        .is_some_and(|n| n.features.iter().any(|f| f == feature)))
+}
+
 /// Whether volume `v`, in use, can grow where it is (Cinder 3.42's
 /// online extend): its one attachment is a VM's data volume on the
 /// volume's own storage node, whose QEMU grows the file and tells the
@@ -474,6 +508,11 @@ pub(crate) fn may_grow_in_use(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
             "server {} is a container, whose volume is a mounted file system",
             s.id
         ));
+    }
+    if let Some(h) = v.host.as_deref()
+        && !node_can(tx, h, stratus_wire::volume::FEATURE_ONLINE_EXTEND)?
+    {
+        return refuse(format!("the agent of storage node {h} is too old to grow volumes in use"));
     }
     if s.host.is_some() && s.host != v.host {
         return refuse(format!(

@@ -341,6 +341,10 @@ async fn heartbeat(sim: &Sim, node: &Node, starting: bool) -> anyhow::Result<()>
         cached: cached.clone(),
         starting,
         observed: Some(observed),
+        features: vec![
+            stratus_wire::volume::FEATURE_SWAP_VOLUME.into(),
+            stratus_wire::volume::FEATURE_ONLINE_EXTEND.into(),
+        ],
     };
     let path = format!("/edge/v1/nodes/{}", sim.host(node));
     let body = serde_json::to_vec(&report)?;
