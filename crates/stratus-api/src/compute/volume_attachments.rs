@@ -512,7 +512,9 @@ pub(crate) fn may_grow_in_use(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
     if let Some(h) = v.host.as_deref()
         && !node_can(tx, h, stratus_wire::volume::FEATURE_ONLINE_EXTEND)?
     {
-        return refuse(format!("the agent of storage node {h} is too old to grow volumes in use"));
+        return refuse(format!(
+            "the agent of storage node {h} is too old to grow volumes in use"
+        ));
     }
     if s.host.is_some() && s.host != v.host {
         return refuse(format!(

@@ -430,10 +430,10 @@ fn volume_backed_server_resizes_in_place_and_reverts() {
         "bfv-resize",
         json!([{"source_type": "image", "uuid": img, "destination_type": "volume",
                 "boot_index": 0, "volume_size": 1, "delete_on_termination": true}]),
-        json!({"user_data": ud(&format!(
+        json!({"user_data": ud(
             "#!/bin/sh\necho READ[$(dd if=/dev/vda bs=1 skip=$((900*1024*1024)) count=16 2>/dev/null)]\n\
              printf 'BFV-RESIZE-MARK1' | dd of=/dev/vda bs=1 seek=$((900*1024*1024)) conv=fsync 2>/dev/null\necho BFV-WROTE\n"
-        ))}),
+        )}),
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["server"]["id"].as_str().unwrap().to_string();
