@@ -576,3 +576,47 @@ fn volume_extend_in_use_grows_the_running_guest_disk() {
     let v = wait_status(&vc, &c.admin, &cv, "in-use");
     assert_eq!(v["size"], 1, "{v}");
 }
+
+/// A swap the node cannot carry out (the new volume's file is gone from
+/// the storage node) fails whole: the old volume stays attached at its
+/// device and in use, the guest keeps it, the new volume is `available`
+/// again, and a later swap to a good volume works.
+#[test]
+fn volume_swap_that_fails_keeps_the_old_volume() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let vc = vol_client(&c);
+    let img = image_id(&c, "busybox-vm");
+    let id = boot(&c, "swap-fail", &img, json!({}));
+    console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
+    let old = new_volume(&c, "sf-old", None);
+    let broken = new_volume(&c, "sf-broken", None);
+    let good = new_volume(&c, "sf-good", None);
+    let old_file = vol_file(&c, &old);
+    let o = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x3c 0 1M"])
+        .arg(&old_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(attach(&c, &id, json!({"volumeId": old})).status, 200);
+    wait_status(&vc, &c.admin, &old, "in-use");
+    std::fs::remove_file(vol_file(&c, &broken)).unwrap();
+
+    let r = swap(&c, &c.admin, &id, &old, &broken);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &broken, "available");
+    let o = wait_status(&vc, &c.admin, &old, "in-use");
+    assert_eq!(o["attachments"][0]["device"], "/dev/vdb", "{o}");
+    assert_eq!(o["attachments"][0]["server_id"], id.as_str(), "{o}");
+    assert_eq!(attachment_ids(&c, &id), vec![old.clone()]);
+    assert!(locked(&old_file), "the guest keeps the old volume");
+
+    let r = swap(&c, &c.admin, &id, &old, &good);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &good, "in-use");
+    wait_status(&vc, &c.admin, &old, "available");
+    assert!(qemu_io_reads(&vol_file(&c, &good), "read -P 0x3c 0 1M"));
+    assert!(!locked(&old_file));
+}
