@@ -1592,6 +1592,19 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Grows the disk on `b` to `bytes` when it is smaller (`block_resize`:
+    /// QEMU grows the image and tells the guest); whether it grew.
+    fn grow_disk(q: &mut Qmp, b: &Backing, bytes: u64) -> Result<bool, DriverError> {
+        if b.size >= bytes {
+            return Ok(false);
+        }
+        q.execute(
+            "block_resize",
+            Some(serde_json::json!({"node-name": b.node, "size": bytes})),
+        )?;
+        Ok(true)
+    }
+
     /// The virtual size of block node `node`, in bytes.
     fn disk_size(q: &mut Qmp, node: &str) -> Result<u64, DriverError> {
         let nodes = q.execute(
@@ -2373,8 +2386,9 @@ impl Driver for QemuDriver {
                 self.write_record(&r)?;
             }
             let mut q = self.qmp(uuid)?;
+            let backings = QemuDriver::disk_backings(&mut q)?;
             for d in disks {
-                let Some(b) = QemuDriver::disk_backings(&mut q)?.remove(&d.device_id()) else {
+                let Some(b) = backings.get(&d.device_id()) else {
                     continue;
                 };
                 // The node a swap replaced, when its agent stopped
@@ -2383,12 +2397,7 @@ impl Driver for QemuDriver {
                 // A disk smaller than its volume (a swap to a larger
                 // one) grows, and the guest is told. Over NBD a disk
                 // cannot grow.
-                let want = d.size_gb << 30;
-                if d.nbd.is_none() && b.size < want {
-                    q.execute(
-                        "block_resize",
-                        Some(serde_json::json!({"node-name": b.node, "size": want})),
-                    )?;
+                if d.nbd.is_none() && QemuDriver::grow_disk(&mut q, b, d.size_gb << 30)? {
                     tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, gib = d.size_gb, "volume grown");
                 }
             }
@@ -2463,11 +2472,7 @@ impl Driver for QemuDriver {
             let Some(b) = QemuDriver::disk_backings(&mut q)?.remove(&d.device_id()) else {
                 continue;
             };
-            if b.size < bytes {
-                q.execute(
-                    "block_resize",
-                    Some(serde_json::json!({"node-name": b.node, "size": bytes})),
-                )?;
+            if QemuDriver::grow_disk(&mut q, &b, bytes)? {
                 tracing::info!(instance = %uuid, volume = %d.volume_id, bytes, "volume grown in use");
             }
             return Ok(true);

@@ -274,16 +274,7 @@ fn swap_in(tx: &Tx, s: &mut Server, old_id: &str, new_id: &str) -> Result<(), Ap
             "Invalid volume: New volume must be the same size or larger.",
         ));
     }
-    let zone = s
-        .availability_zone
-        .clone()
-        .unwrap_or_else(|| super::zones::DEFAULT_ZONE.to_string());
-    if new.availability_zone != zone {
-        return Err(ApiError::bad_request(format!(
-            "Invalid volume: Server and volumes are not in the same availability zone. Server is in: {zone}. Volumes are in: {}",
-            new.availability_zone
-        )));
-    }
+    same_zone(s, &new)?;
     remote_ok(tx, s, &new)?;
     // The copy needs a disk of the old one's size, grown once it is the
     // guest's; a disk reached over NBD cannot change size.
@@ -427,16 +418,7 @@ async fn create(
                         format!("Volume {volume_id} could not be found."),
                     )
                 })?;
-            let zone = s
-                .availability_zone
-                .clone()
-                .unwrap_or_else(|| super::zones::DEFAULT_ZONE.to_string());
-            if v.availability_zone != zone {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid volume: Server and volumes are not in the same availability zone. Server is in: {zone}. Volumes are in: {}",
-                    v.availability_zone
-                )));
-            }
+            same_zone(&s, &v)?;
             if !v.attachments.is_empty() && attach::multiattach(tx, &v)? {
                 shared_with_container(tx, &s, &v, is_vm)?;
             }
@@ -551,6 +533,22 @@ pub(crate) fn volume_extended(
         )?;
     }
     Ok(())
+}
+
+/// Nova's 400 when volume `v` is in another availability zone than
+/// server `s`.
+fn same_zone(s: &Server, v: &Volume) -> Result<(), ApiError> {
+    let zone = s
+        .availability_zone
+        .as_deref()
+        .unwrap_or(super::zones::DEFAULT_ZONE);
+    if v.availability_zone == zone {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "Invalid volume: Server and volumes are not in the same availability zone. Server is in: {zone}. Volumes are in: {}",
+        v.availability_zone
+    )))
 }
 
 /// Whether the server is a VM (its image is a disk, or it boots from a

@@ -81,6 +81,36 @@ fn console(c: &Cloud, id: &str) -> String {
     r.body["output"].as_str().unwrap_or_default().to_string()
 }
 
+/// A volume of `gib` GiB made by the admin, once available: its id.
+fn volume_of(c: &Cloud, name: &str, gib: u64) -> String {
+    let vc = vol_client(c);
+    let r = vc.post(
+        "/volumes",
+        &c.admin,
+        json!({"volume": {"size": gib, "name": name}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["volume"]["id"].as_str().unwrap().to_string();
+    wait_status(&vc, &c.admin, &id, "available");
+    id
+}
+
+/// A guest script that finds the disk whose serial is `serial` (a
+/// volume's first 20 characters: a swap keeps the device and its
+/// serial), prints `SIZE <sectors> END` every second and, with `write`,
+/// writes a marker at 2 MiB into it each time.
+fn size_reporter(serial: &str, write: bool) -> String {
+    let write = if write {
+        "echo GUEST-WROTE-THIS | dd of=/dev/${d##*/} bs=512 seek=4096 conv=fsync 2>/dev/null; "
+    } else {
+        ""
+    };
+    format!(
+        "#!/bin/sh\n(while true; do d=''; for f in /sys/block/vd*; do [ \"$(cat $f/serial 2>/dev/null)\" = {serial} ] && d=$f; done; \
+         if [ -n \"$d\" ]; then echo \"SIZE $(cat $d/size) END\"; {write}else echo 'SIZE 0 END'; fi; sleep 1; done) &\n"
+    )
+}
+
 /// Waits until the guest's last `SIZE` line says `sectors`.
 fn guest_size_until(c: &Cloud, id: &str, sectors: u64) {
     let want = format!("SIZE {sectors} END");
@@ -115,22 +145,12 @@ fn volume_swap_moves_a_running_vm_onto_the_new_volume() {
     // swap keeps the device and its serial), reports its size and keeps
     // writing a marker at 2 MiB into it.
     let serial: String = old.chars().take(20).collect();
-    let script = format!(
-        "#!/bin/sh\n(while true; do d=''; for f in /sys/block/vd*; do [ \"$(cat $f/serial 2>/dev/null)\" = {serial} ] && d=$f; done; \
-         if [ -n \"$d\" ]; then echo \"SIZE $(cat $d/size) END\"; echo GUEST-WROTE-THIS | dd of=/dev/${{d##*/}} bs=512 seek=4096 conv=fsync 2>/dev/null; else echo 'SIZE 0 END'; fi; sleep 1; done) &\n"
-    );
+    let script = size_reporter(&serial, true);
     let ud = base64::engine::general_purpose::STANDARD.encode(script);
     let id = boot(&c, "vm", &img, json!({"user_data": ud}));
     console_until(&c, &c.admin, &id, "SIZE");
     // 2 GiB: the guest's disk grows once it is on the new volume.
-    let r = vc.post(
-        "/volumes",
-        &c.admin,
-        json!({"volume": {"size": 2, "name": "new"}}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let new = r.body["volume"]["id"].as_str().unwrap().to_string();
-    wait_status(&vc, &c.admin, &new, "available");
+    let new = volume_of(&c, "new", 2);
     let (old_file, new_file) = (vol_file(&c, &old), vol_file(&c, &new));
     // Data the old volume had before it was attached.
     let o = Command::new("qemu-io")
@@ -222,16 +242,7 @@ fn volume_swap_moves_a_running_vm_onto_the_new_volume() {
 
     // Swapped again (back onto a fresh 2 GiB volume) and detached: the
     // device's block node changes name with each swap, and both go.
-    let third = {
-        let r = vc.post(
-            "/volumes",
-            &c.admin,
-            json!({"volume": {"size": 2, "name": "third"}}),
-        );
-        let v = r.body["volume"]["id"].as_str().unwrap().to_string();
-        wait_status(&vc, &c.admin, &v, "available");
-        v
-    };
+    let third = volume_of(&c, "third", 2);
     assert_eq!(swap(&c, &c.admin, &id, &new, &third).status, 202);
     wait_status(&vc, &c.admin, &third, "in-use");
     wait_status(&vc, &c.admin, &new, "available");
@@ -278,16 +289,7 @@ fn volume_swap_refusals() {
     let r = swap(&c, &c.admin, &s, &v, &theirs);
     nova_fault(&r, 400, "badRequest");
     // Smaller than the old volume: 400.
-    let big = {
-        let r = vc.post(
-            "/volumes",
-            &c.admin,
-            json!({"volume": {"size": 2, "name": "big"}}),
-        );
-        let id = r.body["volume"]["id"].as_str().unwrap().to_string();
-        wait_status(&vc, &c.admin, &id, "available");
-        id
-    };
+    let big = volume_of(&c, "big", 2);
     let s2 = boot(&c, "swp2", &img, json!({}));
     assert_eq!(attach(&c, &s2, json!({"volumeId": big})).status, 200);
     wait_status(&vc, &c.admin, &big, "in-use");
@@ -390,16 +392,7 @@ fn volume_swap_between_volumes_of_another_node() {
     wait_status(&vc, &c.admin, &vols[0], "in-use");
     assert!(locked(&files[0]), "the export holds the volume");
 
-    let big = {
-        let r = vc.post(
-            "/volumes",
-            &c.admin,
-            json!({"volume": {"size": 2, "name": "n-big"}}),
-        );
-        let v = r.body["volume"]["id"].as_str().unwrap().to_string();
-        wait_status(&vc, &c.admin, &v, "available");
-        v
-    };
+    let big = volume_of(&c, "n-big", 2);
     let m = nova_fault(
         &swap(&c, &c.admin, &id, &vols[0], &big),
         409,
@@ -472,10 +465,7 @@ fn volume_extend_in_use_grows_the_running_guest_disk() {
     let img = image_id(&c, "busybox-vm");
     let vid = new_volume(&c, "grow", None);
     let serial: String = vid.chars().take(20).collect();
-    let script = format!(
-        "#!/bin/sh\n(while true; do d=''; for f in /sys/block/vd*; do [ \"$(cat $f/serial 2>/dev/null)\" = {serial} ] && d=$f; done; \
-         if [ -n \"$d\" ]; then echo \"SIZE $(cat $d/size) END\"; else echo 'SIZE 0 END'; fi; sleep 1; done) &\n"
-    );
+    let script = size_reporter(&serial, false);
     let ud = base64::engine::general_purpose::STANDARD.encode(script);
     let id = boot(&c, "grow-vm", &img, json!({"user_data": ud}));
     console_until(&c, &c.admin, &id, "STRATUS-TEST-IMAGE OK");
