@@ -35,6 +35,11 @@ pub struct StorageReport {
     /// TLS with a pre-shared key); `None` when it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd: Option<NbdServer>,
+    /// Its backend's name (Cinder's `volume_backend_name`, which volume
+    /// types select with an extra spec); empty from an older agent, which
+    /// reads as `file`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend_name: String,
 }
 
 /// A storage node's NBD server: `qemu-storage-daemon` on `port` of the
@@ -85,6 +90,14 @@ pub enum VolumeTask {
     /// Write the volume's file again from [`VolumeWork::source`] (a
     /// snapshot: revert, 3.40; an image: reimage, 3.68), at its size.
     Rewrite,
+    /// Copy volume `volume_id` from another storage node
+    /// ([`VolumeWork::nbd`], its export there) into this node's file for
+    /// it: a volume migration (`os-migrate_volume`, or a retype that
+    /// needs another backend). The work's `id` is the migration's.
+    Fetch,
+    /// Remove the file of volume `volume_id` that a migration left on
+    /// this node (the source's after it, or a copy it gave up on).
+    Discard,
     /// A task this agent does not know (a newer controller).
     #[serde(other)]
     Other,
@@ -129,6 +142,9 @@ pub struct VolumeWork {
     /// For upload tasks: the image to write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<ImageUpload>,
+    /// For fetch tasks: where the volume is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdTarget>,
 }
 
 /// Where an upload task sends a volume's data.
@@ -261,6 +277,7 @@ mod tests {
             }),
             volume_id: None,
             upload: None,
+            nbd: None,
         };
         let s = serde_json::to_string(&w).unwrap();
         assert_eq!(serde_json::from_str::<VolumeWork>(&s).unwrap(), w);

@@ -266,6 +266,18 @@ pub struct AgentArgs {
         default_value_t = 20.0
     )]
     pub max_over_subscription_ratio: f64,
+    /// The name of this storage node's backend (Cinder's
+    /// volume_backend_name): volume types pick backends with the extra
+    /// spec `volume_backend_name`, and a volume's host reads
+    /// `<node>@<backend>#<backend>`.
+    #[arg(
+        long = "volume-backend",
+        env = "STRATUS_VOLUME_BACKEND",
+        value_name = "NAME",
+        default_value = "file",
+        value_parser = backend_name
+    )]
+    pub volume_backend: String,
     /// The most a live migration out of this node sends, in MiB/s, for
     /// its memory and its disk each (Nova's live_migration_bandwidth);
     /// 0 is no limit. A forced completion lifts it.
@@ -445,5 +457,19 @@ impl From<OrphanArg> for stratus_agent::node::OrphanAction {
             OrphanArg::Log => Self::Log,
             OrphanArg::Noop => Self::Noop,
         }
+    }
+}
+
+/// A backend name: it goes into host strings (`node@backend#pool`), so
+/// it holds none of their separators.
+fn backend_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a backend name is 1 to 64 letters, digits, '-', '_' or '.'".into())
     }
 }

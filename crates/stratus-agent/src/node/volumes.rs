@@ -26,6 +26,9 @@ pub struct VolumesConfig {
     pub dir: PathBuf,
     /// How far thin volumes may oversubscribe the filesystem.
     pub max_over_subscription_ratio: f64,
+    /// The backend's name (`volume_backend_name`), which volume types
+    /// select; `file` unless the operator names it.
+    pub backend_name: String,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -130,6 +133,7 @@ fn report_capacity(
         max_over_subscription_ratio: vc.max_over_subscription_ratio,
         volume_format: "qcow2".into(),
         nbd: exporter.map(|x| x.server()),
+        backend_name: vc.backend_name.clone(),
     };
     let url = format!("{}/edge/v1/storage/{}", sh.cfg.controller, sh.cfg.host);
     match call(sh, "PUT", &url, Some(serde_json::to_string(&r)?))? {
@@ -259,6 +263,21 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
         VolumeTask::Backup | VolumeTask::Restore | VolumeTask::Upload => {
             super::backups::run(sh, dir, w)
         }
+        VolumeTask::Fetch => {
+            let vol = w
+                .volume_id
+                .as_deref()
+                .context("a fetch task without its volume")?;
+            let from = w.nbd.as_ref().context("a fetch task without its source")?;
+            fetch(dir, id, &volume_path(dir, safe_id(vol)?), from, size)
+        }
+        VolumeTask::Discard => {
+            let vol = w
+                .volume_id
+                .as_deref()
+                .context("a discard task without its volume")?;
+            remove(&volume_path(dir, safe_id(vol)?))
+        }
         VolumeTask::Other => anyhow::bail!("this agent does not know the task"),
     }
 }
@@ -322,6 +341,97 @@ fn write(path: &Path, from: Option<(PathBuf, String)>, size: u64) -> anyhow::Res
         std::fs::rename(&part, path)?;
         Ok(())
     })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    r
+}
+
+/// Copies a volume of another storage node (its NBD export, TLS with
+/// that node's key) into `path`, `size` GiB: `qemu-img convert` reads
+/// what the guest would see and writes a new thin qcow2 (zeros are not
+/// written), as `.part` renamed over whatever was there when whole, so a
+/// rerun after a crash copies again and ends the same.
+fn fetch(
+    dir: &Path,
+    task: &str,
+    path: &Path,
+    from: &stratus_wire::volume::NbdTarget,
+    size: u64,
+) -> anyhow::Result<()> {
+    let part = path.with_extension("qcow2.part");
+    let _ = std::fs::remove_file(&part);
+    // The key file lives only while the copy runs.
+    let psk = dir.join(format!(".fetch-{task}.psk"));
+    let r = (|| {
+        let _ = std::fs::remove_dir_all(&psk);
+        {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            std::fs::DirBuilder::new().mode(0o700).create(&psk)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(psk.join("keys.psk"))?;
+            std::io::Write::write_all(
+                &mut f,
+                format!("{}:{}\n", from.psk_identity, from.psk_key).as_bytes(),
+            )?;
+        }
+        let tls = format!(
+            "tls-creds-psk,id=tls0,endpoint=client,dir={},username={}",
+            psk.display(),
+            from.psk_identity
+        );
+        let src = format!(
+            "driver=nbd,server.type=inet,server.host={},server.port={},export={},tls-creds=tls0",
+            from.host, from.port, from.export
+        );
+        // The source exports the volume once it has seen the move: a
+        // moment after this node may, so the copy is tried for 30 s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = qemu_img(
+                &[
+                    "convert",
+                    "-q",
+                    "--object",
+                    &tls,
+                    "--image-opts",
+                    &src,
+                    "-O",
+                    "qcow2",
+                ],
+                &part,
+                &[],
+            );
+            match r {
+                Ok(()) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %format!("{e:#}"), "the volume's export is not there yet");
+                    let _ = std::fs::remove_file(&part);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let have = virtual_size(&part)?;
+        anyhow::ensure!(
+            have <= size << 30,
+            "the source's virtual size ({have} bytes) does not fit in {size} GiB"
+        );
+        if have < size << 30 {
+            qemu_img(
+                &["resize", "-q", "-f", "qcow2"],
+                &part,
+                &[&format!("{size}G")],
+            )?;
+        }
+        std::fs::File::open(&part)?.sync_all()?;
+        std::fs::rename(&part, path)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&psk);
     if r.is_err() {
         let _ = std::fs::remove_file(&part);
     }

@@ -56,6 +56,19 @@ async fn register(
     {
         return Err(ApiError::bad_request("Capacities must be finite numbers."));
     }
+    let ok_name = |b: &str| {
+        b.len() <= 64
+            && b.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !ok_name(&r.backend_name) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid backend name {:?}",
+            r.backend_name
+        )));
+    }
+    // An older agent says nothing: `file`.
+    let backend = Some(r.backend_name.clone()).filter(|b| !b.is_empty() && b != service::BACKEND);
     blocking(move || {
         state.store.write(|tx| {
             let now = now_us();
@@ -67,9 +80,11 @@ async fn register(
                         <= n.total_capacity_gb / 100.0
                         && n.total_capacity_gb == r.total_capacity_gb
                         && n.max_over_subscription_ratio == r.max_over_subscription_ratio
-                        && n.nbd == r.nbd => {}
+                        && n.nbd == r.nbd
+                        && n.backend_name == backend => {}
                 Some(mut n) => {
                     n.nbd = r.nbd.clone();
+                    n.backend_name = backend.clone();
                     n.total_capacity_gb = r.total_capacity_gb;
                     n.free_capacity_gb = r.free_capacity_gb;
                     n.max_over_subscription_ratio = r.max_over_subscription_ratio;
@@ -87,6 +102,7 @@ async fn register(
                         disabled_reason: None,
                         created_us: now,
                         nbd: r.nbd.clone(),
+                        backend_name: backend.clone(),
                     })?;
                 }
             }
@@ -143,6 +159,7 @@ async fn work(
                     },
                     volume_id: None,
                     upload: None,
+                    nbd: None,
                 });
             }
         }
@@ -156,10 +173,13 @@ async fn work(
                     source: None,
                     volume_id: Some(s.volume_id),
                     upload: None,
+                    nbd: None,
                 });
             }
         }
         work.extend(super::backups::work(&state, &host)?);
+        work.extend(super::migrate::work(&state, &host)?);
+        exports.extend(super::migrate::exports(&state, &host)?);
         Ok(axum::Json(VolumeWorkList {
             revision,
             work,
@@ -200,7 +220,9 @@ async fn report(
     require_agent(&ctx, &host)?;
     let r: VolumeReport = crate::json::decode(&raw)?;
     blocking(move || {
-        if super::backups::owns_task(&state, &id)? {
+        if super::migrate::owns_task(&state, &id)? {
+            super::migrate::report(&state, &host, &id, &r)
+        } else if super::backups::owns_task(&state, &id)? {
             super::backups::report(&state, &host, &id, &r)
         } else {
             service::task_done(&state, &host, &id, &r)

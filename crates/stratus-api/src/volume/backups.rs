@@ -740,6 +740,7 @@ fn new_volume(
         metadata: Default::default(),
         image_metadata: Default::default(),
         group_id: None,
+        migration_status: None,
         source: None,
         task: None,
         rewrite_from: None,
@@ -907,6 +908,7 @@ pub fn work(state: &AppState, host: &str) -> Result<Vec<VolumeWork>, ApiError> {
             source,
             volume_id,
             upload: None,
+            nbd: None,
         });
     }
     out.extend(super::upload::work(state, host)?);

@@ -29,7 +29,7 @@ use crate::{ApiError, AppState};
 
 type J = Result<axum::Json<Value>, ApiError>;
 
-pub use super::service::{BACKEND, PROTOCOL, VENDOR};
+pub use super::service::{PROTOCOL, VENDOR};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -262,7 +262,7 @@ async fn hosts(State(state): State<AppState>, ctx: VCtx) -> J {
         })];
         for c in caps {
             out.push(json!({
-                "host_name": format!("{}@{BACKEND}", c.node.id),
+                "host_name": c.node.service_host(),
                 "service": "cinder-volume",
                 "zone": c.zone,
                 "service-status": if c.up { "available" } else { "unavailable" },
@@ -344,16 +344,14 @@ async fn pools(
             .into_iter()
             .filter(|c| {
                 super::service::satisfies(&super::service::capabilities(c), &specs)
-                    && name
-                        .as_ref()
-                        .is_none_or(|n| *n == format!("{}@{BACKEND}#{BACKEND}", c.node.id))
+                    && name.as_ref().is_none_or(|n| *n == c.node.pool_name())
             })
             .collect();
         let seen = state.store.liveness(StorageNode::KIND_NAME)?;
         let pools: Vec<Value> = caps
             .into_iter()
             .map(|c| {
-                let name = format!("{}@{BACKEND}#{BACKEND}", c.node.id);
+                let name = c.node.pool_name();
                 if !detail {
                     return json!({"name": name});
                 }
@@ -398,14 +396,14 @@ async fn capabilities(State(state): State<AppState>, ctx: VCtx, Path(p): P) -> J
     ctx.admin("volume_extension:capabilities")?;
     let host = super::param(&p, "host");
     blocking(move || {
-        if state.store.get::<StorageNode>(node_of(&host))?.is_none() {
+        let Some(node) = state.store.get::<StorageNode>(node_of(&host))? else {
             return Err(not_found("Host", &host));
-        }
+        };
         let prop = |t: &str, title: &str, d: &str| json!({"type": t, "title": title, "description": d});
         Ok(axum::Json(json!({
             "namespace": "OS::Storage::Capabilities::file",
             "vendor_name": VENDOR,
-            "volume_backend_name": BACKEND,
+            "volume_backend_name": node.backend(),
             "pool_name": null,
             "driver_version": env!("CARGO_PKG_VERSION"),
             "storage_protocol": PROTOCOL,

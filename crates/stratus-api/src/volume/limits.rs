@@ -112,7 +112,7 @@ async fn services(
         for c in caps {
             let mut row = json!({
                 "binary": "cinder-volume",
-                "host": format!("{}@file", c.node.id),
+                "host": c.node.service_host(),
                 "zone": c.zone,
                 "status": if c.node.disabled { "disabled" } else { "enabled" },
                 "state": if c.up { "up" } else { "down" },

@@ -43,6 +43,7 @@ mod hosts;
 mod limits;
 mod manage;
 pub(crate) mod messages;
+mod migrate;
 pub mod model;
 pub mod qos;
 mod quotas;

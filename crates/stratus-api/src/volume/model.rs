@@ -60,6 +60,10 @@ pub struct Volume {
     /// The generic volume group it belongs to (`groups.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// Cinder's `migration_status`: `migrating` while it moves to
+    /// another storage node (`migrate.rs`), then `success` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_status: Option<String>,
     pub created_us: i64,
     pub updated_us: i64,
 }
@@ -243,6 +247,28 @@ pub struct StorageNode {
     /// Its NBD server for VMs on other nodes, as it last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd: Option<stratus_wire::volume::NbdServer>,
+    /// Its backend's name as it reported it; `None` reads as `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_name: Option<String>,
+}
+
+impl StorageNode {
+    /// Its backend (Cinder's `volume_backend_name`, also its pool's name).
+    pub fn backend(&self) -> &str {
+        self.backend_name
+            .as_deref()
+            .unwrap_or(super::service::BACKEND)
+    }
+
+    /// Cinder's name of its volume service: `<node>@<backend>`.
+    pub fn service_host(&self) -> String {
+        format!("{}@{}", self.id, self.backend())
+    }
+
+    /// Cinder's name of its one pool: `<node>@<backend>#<backend>`.
+    pub fn pool_name(&self) -> String {
+        format!("{}@{}#{}", self.id, self.backend(), self.backend())
+    }
 }
 
 record!(StorageNode, "storage_node");

@@ -242,7 +242,8 @@ pub fn capacities(state: &AppState, tx: &Tx) -> Result<Vec<Capacity>, ApiError> 
             + tx.list::<Snapshot>(&Query::parent(&node.id))?
                 .iter()
                 .map(|s| s.size)
-                .sum::<u64>();
+                .sum::<u64>()
+            + super::migrate::incoming_gb(tx, &node.id)?;
         let last = seen.get(&node.id).copied().unwrap_or(0);
         out.push(Capacity {
             zone: crate::compute::zones::zone_of(&aggs, &node.id),
@@ -288,18 +289,34 @@ pub fn place_typed(
     size: u64,
     specs: &BTreeMap<String, String>,
 ) -> Result<Option<(String, String)>, ApiError> {
-    let best = capacities(state, tx)?
-        .into_iter()
-        .filter(|c| c.up && !c.node.disabled && zone.is_none_or(|z| z == c.zone))
-        .filter(|c| fits(c, size) && satisfies(&capabilities(c), specs))
-        .max_by(|a, b| {
-            let free = |c: &Capacity| {
-                c.node.total_capacity_gb * c.node.max_over_subscription_ratio.max(1.0)
-                    - c.provisioned_gb as f64
-            };
-            free(a).total_cmp(&free(b)).then(b.node.id.cmp(&a.node.id))
-        });
+    let best = pick(
+        capacities(state, tx)?
+            .into_iter()
+            .filter(|c| c.up && !c.node.disabled && zone.is_none_or(|z| z == c.zone))
+            .filter(|c| fits(c, size) && satisfies(&capabilities(c), specs)),
+    );
     Ok(best.map(|c| (c.node.id, c.zone)))
+}
+
+/// Of the nodes that passed the filters, the one with the most free
+/// virtual capacity (Cinder's capacity weigher; ties by name).
+pub fn pick(nodes: impl Iterator<Item = Capacity>) -> Option<Capacity> {
+    nodes.max_by(|a, b| {
+        let free = |c: &Capacity| {
+            c.node.total_capacity_gb * c.node.max_over_subscription_ratio.max(1.0)
+                - c.provisioned_gb as f64
+        };
+        free(a).total_cmp(&free(b)).then(b.node.id.cmp(&a.node.id))
+    })
+}
+
+/// Cinder's name of the pool holding a volume on storage node `host`
+/// (`os-vol-host-attr:host`): `<node>@<backend>#<backend>`.
+pub fn pool_of(state: &AppState, host: &str) -> String {
+    match state.store.get::<StorageNode>(host) {
+        Ok(Some(n)) => n.pool_name(),
+        _ => format!("{host}@{BACKEND}#{BACKEND}"),
+    }
 }
 
 /// Storage node `host`, when it is up, enabled, in `zone`, can hold
@@ -329,7 +346,7 @@ pub fn place_on(
 /// volume stats; also `scheduler-stats/get_pools?detail=true`).
 pub fn capabilities(c: &Capacity) -> serde_json::Map<String, serde_json::Value> {
     let v = serde_json::json!({
-        "volume_backend_name": BACKEND,
+        "volume_backend_name": c.node.backend(),
         "vendor_name": VENDOR,
         "driver_version": env!("CARGO_PKG_VERSION"),
         "storage_protocol": PROTOCOL,

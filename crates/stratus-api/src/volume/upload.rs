@@ -250,6 +250,7 @@ pub fn work(state: &AppState, host: &str) -> Result<Vec<VolumeWork>, ApiError> {
                 image_id: u.image_id,
                 disk_format: u.disk_format,
             }),
+            nbd: None,
         });
     }
     Ok(out)

@@ -59,6 +59,18 @@ const STATUSES: &[&str] = &[
     "error_extending",
 ];
 
+/// The migration statuses `os-reset_status` takes (Cinder's, with `none`
+/// for no migration).
+const MIGRATION_STATUSES: &[&str] = &[
+    "none",
+    "migrating",
+    "error",
+    "success",
+    "completing",
+    "starting",
+    "deleting",
+];
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/volumes", get(list).post(create))
@@ -136,10 +148,11 @@ pub(crate) fn render(
         out["volume_image_metadata"] = json!(v.image_metadata);
     }
     if ctx.is_admin() {
-        out["os-vol-host-attr:host"] = json!(v.host.as_ref().map(|h| format!("{h}@file#file")));
-        out["os-vol-mig-status-attr:migstat"] = Value::Null;
+        out["os-vol-host-attr:host"] =
+            json!(v.host.as_deref().map(|h| super::service::pool_of(state, h)));
+        out["os-vol-mig-status-attr:migstat"] = json!(v.migration_status);
         out["os-vol-mig-status-attr:name_id"] = Value::Null;
-        out["migration_status"] = Value::Null;
+        out["migration_status"] = json!(v.migration_status);
         if mv.at_least(21) {
             out["provider_id"] = Value::Null;
         }
@@ -754,6 +767,7 @@ pub(crate) fn create_in(
         fault: None,
         attachments: Vec::new(),
         group_id: req.group_id.clone(),
+        migration_status: None,
         created_us: now,
         updated_us: now,
     };
@@ -1199,9 +1213,17 @@ async fn action(
                             "Invalid input received: Retype requires a different volume type.",
                         ));
                     }
-                    // One backend for every type: a retype changes the
-                    // record only (no data moves), and the new type's
-                    // quota takes the volume.
+                    let on_demand = match arg.get("migration_policy") {
+                        None | Some(Value::Null) => false,
+                        Some(Value::String(p)) if p == "never" => false,
+                        Some(Value::String(p)) if p == "on-demand" => true,
+                        Some(p) => {
+                            return Err(ApiError::bad_request(format!(
+                                "Invalid input received: migration_policy must be 'never' or 'on-demand' (it is {p})."
+                            )));
+                        }
+                    };
+                    // The new type's quota takes the volume.
                     let lim = super::service::limits(tx, Some(&v.project_id))?;
                     let used = super::service::usage(tx, &v.project_id)?;
                     for (k, add) in [("volumes", 1), ("gigabytes", v.size as i64)] {
@@ -1214,7 +1236,19 @@ async fn action(
                             )));
                         }
                     }
-                    v.volume_type_id = to.id;
+                    // A node that offers the new type keeps the volume
+                    // (only the record changes); otherwise the volume
+                    // moves to one that does, when the caller allows it,
+                    // and takes the type once it is there.
+                    if !super::migrate::retype(&state, tx, &mut v, &to, on_demand)? {
+                        v.volume_type_id = to.id;
+                    }
+                }
+                "os-migrate_volume" => {
+                    if !ctx.is_admin() {
+                        return Err(policy_denied("volume_extension:volume_admin_actions:migrate_volume"));
+                    }
+                    super::migrate::migrate(&state, tx, &mut v, &arg)?;
                 }
                 "os-force_detach" => {
                     if !ctx.is_admin() {
@@ -1242,6 +1276,17 @@ async fn action(
                 "os-reset_status" => {
                     if !ctx.is_admin() {
                         return Err(policy_denied("volume_extension:volume_admin_actions:reset_status"));
+                    }
+                    // Cinder's `migration_status` reset: `none` clears it.
+                    if let Some(m) = arg.get("migration_status") {
+                        let m = m.as_str().map(str::to_ascii_lowercase).filter(|m| MIGRATION_STATUSES.contains(&m.as_str())).ok_or_else(|| {
+                            ApiError::bad_request(format!("Must specify a valid migration status: {m} is not one"))
+                        })?;
+                        v.migration_status = Some(m).filter(|m| m != "none");
+                        if arg.get("status").is_none() {
+                            v.updated_us = now;
+                            return Ok(tx.update(&v)?);
+                        }
                     }
                     let status = arg.get("status").and_then(Value::as_str).map(str::to_ascii_lowercase).ok_or_else(|| {
                         ApiError::bad_request("Must specify 'status'")

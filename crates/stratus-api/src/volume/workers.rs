@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use super::hosts::{BACKEND, host_matches};
+use super::hosts::host_matches;
 use super::service::capacities;
 use super::{Mv, VCtx, blocking, body, parse_bool};
 use crate::{ApiError, AppState};
@@ -100,7 +100,7 @@ async fn cleanup(
         let caps = state.store.write(|tx| capacities(&state, tx))?;
         let unavailable: Vec<Value> = caps
             .into_iter()
-            .map(|c| (format!("{}@{BACKEND}", c.node.id), c))
+            .map(|c| (c.node.service_host(), c))
             .filter(|(host, c)| {
                 !c.up
                     // No clusters: a cluster filter selects nothing.

@@ -194,6 +194,7 @@ pub fn run(cmd: AgentCmd) -> anyhow::Result<()> {
                 stratus_agent::node::volumes::VolumesConfig {
                     dir,
                     max_over_subscription_ratio: cmd.agent.max_over_subscription_ratio,
+                    backend_name: cmd.agent.volume_backend.clone(),
                 }
             }),
         },

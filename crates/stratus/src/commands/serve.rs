@@ -438,6 +438,7 @@ fn start_local_agent(args: &ServeArgs, public_url: &str, state: &AppState) -> an
                 .clone()
                 .unwrap_or_else(|| common.data_dir.join("volumes")),
             max_over_subscription_ratio: args.agent.max_over_subscription_ratio,
+            backend_name: args.agent.volume_backend.clone(),
         }),
     };
     std::thread::Builder::new()

@@ -33,6 +33,7 @@ mod volume_container;
 mod volume_encryption;
 mod volume_groups;
 mod volume_inuse;
+mod volume_migrate;
 mod volume_mv;
 mod volume_nbd;
 mod volume_newer;

@@ -32,7 +32,7 @@ fn chunk_count(c: &Cloud) -> usize {
 }
 
 /// Runs `qemu-io -c CMD` on a qcow2 file (e.g. `write -P 0x5a 0 1M`).
-fn qemu_io(file: &Path, cmd: &str) {
+pub(super) fn qemu_io(file: &Path, cmd: &str) {
     let out = Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", cmd])
         .arg(file)
@@ -46,7 +46,7 @@ fn qemu_io(file: &Path, cmd: &str) {
 }
 
 /// The raw bytes of a disk file (any format qemu-img reads) in `out`.
-fn to_raw(file: &Path, fmt: &str, out: &Path) {
+pub(super) fn to_raw(file: &Path, fmt: &str, out: &Path) {
     let r = Command::new("qemu-img")
         .args(["convert", "-U", "-f", fmt, "-O", "raw"])
         .arg(file)
@@ -63,7 +63,7 @@ fn to_raw(file: &Path, fmt: &str, out: &Path) {
 
 /// Whether two files hold the same bytes (`cmp`), the first `n` bytes
 /// when given.
-fn same_bytes(a: &Path, b: &Path, n: Option<u64>) -> bool {
+pub(super) fn same_bytes(a: &Path, b: &Path, n: Option<u64>) -> bool {
     let mut cmd = Command::new("cmp");
     cmd.arg("-s");
     if let Some(n) = n {
@@ -91,7 +91,7 @@ fn wait_backup(v: &Client, tok: &str, id: &str, want: &str) -> Value {
     }
 }
 
-fn wait_gone(v: &Client, tok: &str, path: &str) {
+pub(super) fn wait_gone(v: &Client, tok: &str, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while v.get(path, tok).status != 404 {
         assert!(Instant::now() < deadline, "{path} was not deleted");
@@ -99,7 +99,7 @@ fn wait_gone(v: &Client, tok: &str, path: &str) {
     }
 }
 
-fn new_volume(v: &Client, tok: &str, size: u64, name: &str) -> String {
+pub(super) fn new_volume(v: &Client, tok: &str, size: u64, name: &str) -> String {
     let r = v.post(
         "/volumes",
         tok,
