@@ -20,6 +20,7 @@ pub mod metrics;
 mod network;
 pub mod sim;
 mod tasks;
+mod volume_bases;
 mod volume_export;
 mod volume_files;
 pub mod volumes;

@@ -47,6 +47,7 @@ pub(super) fn volume_loop(sh: Arc<Shared>, vc: VolumesConfig) {
     // An export that could not be made (its file still held by a copy of
     // a server that moved away) is tried again within a second.
     let mut exports_behind = false;
+    super::volume_bases::prune(&vc.dir);
     loop {
         if let Err(e) = report_capacity(&sh, &vc, exporter.as_ref()) {
             tracing::warn!(error = %format!("{e:#}"), "cannot report the storage capacity");
@@ -190,8 +191,19 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
                     sha512,
                     disk_format,
                 }) => {
-                    let path = super::images::fetch_image(sh, safe_id(image)?, sha512.as_deref())?;
-                    Some((path, qemu_format(disk_format)))
+                    let image = safe_id(image)?;
+                    let path = super::images::fetch_image(sh, image, sha512.as_deref())?;
+                    let fmt = qemu_format(disk_format);
+                    super::volume_bases::check_image(&path, &fmt)?;
+                    // A thin overlay on the image where it can be one:
+                    // nothing is copied.
+                    let dest = volume_path(dir, id);
+                    if super::volume_bases::overlay_from_image(
+                        dir, &dest, image, &path, &fmt, size,
+                    )? {
+                        return Ok(());
+                    }
+                    Some((path, fmt))
                 }
                 Some(VolumeSource::Volume { id: v }) => {
                     // A clone of a volume in use is read while its holder
@@ -233,16 +245,24 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
                     disk_format,
                 }) => {
                     let path = super::images::fetch_image(sh, safe_id(image)?, sha512.as_deref())?;
-                    (path, qemu_format(disk_format))
+                    let fmt = qemu_format(disk_format);
+                    super::volume_bases::check_image(&path, &fmt)?;
+                    (path, fmt)
                 }
                 Some(VolumeSource::Snapshot { id: s }) => {
                     (snapshot_path(dir, safe_id(s)?), "qcow2".to_string())
                 }
                 other => anyhow::bail!("a volume cannot be rewritten from {other:?}"),
             };
-            write(&volume_path(dir, id), Some(from), size)
+            write(&volume_path(dir, id), Some(from), size)?;
+            super::volume_bases::prune(dir);
+            Ok(())
         }
-        VolumeTask::Delete => remove(&volume_path(dir, id)),
+        VolumeTask::Delete => {
+            remove(&volume_path(dir, id))?;
+            super::volume_bases::prune(dir);
+            Ok(())
+        }
         VolumeTask::Snapshot => {
             let vol = w
                 .volume_id
@@ -276,7 +296,9 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
                 .volume_id
                 .as_deref()
                 .context("a discard task without its volume")?;
-            remove(&volume_path(dir, safe_id(vol)?))
+            remove(&volume_path(dir, safe_id(vol)?))?;
+            super::volume_bases::prune(dir);
+            Ok(())
         }
         VolumeTask::Other => anyhow::bail!("this agent does not know the task"),
     }

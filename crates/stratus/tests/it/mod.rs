@@ -30,6 +30,7 @@ mod volume;
 mod volume_attach;
 mod volume_backup;
 mod volume_container;
+mod volume_cow;
 mod volume_encryption;
 mod volume_groups;
 mod volume_inuse;
