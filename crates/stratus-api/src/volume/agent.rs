@@ -180,6 +180,8 @@ async fn work(
         work.extend(super::backups::work(&state, &host)?);
         work.extend(super::migrate::work(&state, &host)?);
         exports.extend(super::migrate::exports(&state, &host)?);
+        exports.sort();
+        exports.dedup();
         Ok(axum::Json(VolumeWorkList {
             revision,
             work,

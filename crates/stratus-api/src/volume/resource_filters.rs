@@ -30,6 +30,7 @@ pub(crate) const FILTERS: &[(&str, &[&str])] = &[
             "status~",
             "metadata",
             "bootable",
+            "migration_status",
             "availability_zone",
             "size",
             "volume_type",

@@ -289,6 +289,8 @@ async fn listing(
                     .is_some_and(|b| super::parse_bool(&json!(b)).is_some_and(|b| b != v.bootable))
                 || q.get("size")
                     .is_some_and(|s| s.parse::<u64>().ok() != Some(v.size))
+                || q.get("migration_status")
+                    .is_some_and(|m| v.migration_status.as_deref() != Some(m.as_str()))
                 || q.get("volume_type")
                     .is_some_and(|t| *t != tname && *t != v.volume_type_id)
                 || meta_filter

@@ -407,6 +407,19 @@ fn volume_migrate_rules_and_a_failed_copy() {
     let v = wait_migrated(&vc, &c, &vid);
     assert_eq!(v["migration_status"], "success", "{v}");
     assert_eq!(v["os-vol-host-attr:host"], "node2@fast#fast", "{v}");
+    // Lists filter on it (Cinder's `migration_status` resource filter).
+    let l = vc.get(
+        "/volumes/detail?all_tenants=1&migration_status=success",
+        &c.admin,
+    );
+    assert_eq!(l.status, 200, "{}", l.body);
+    let ids: Vec<&str> = l.body["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![vid.as_str()], "{}", l.body);
     // The admin's reset of the migration status.
     let r = vc.post(
         &format!("/volumes/{vid}/action"),
