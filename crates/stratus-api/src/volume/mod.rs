@@ -45,6 +45,7 @@ mod manage;
 pub(crate) mod messages;
 mod migrate;
 pub mod model;
+mod moves;
 pub mod qos;
 mod quotas;
 mod resource_filters;

@@ -252,12 +252,13 @@ pub struct StorageNode {
     pub backend_name: Option<String>,
 }
 
+/// The backend (and pool) name of a storage node that names none.
+pub const BACKEND: &str = "file";
+
 impl StorageNode {
     /// Its backend (Cinder's `volume_backend_name`, also its pool's name).
     pub fn backend(&self) -> &str {
-        self.backend_name
-            .as_deref()
-            .unwrap_or(super::service::BACKEND)
+        self.backend_name.as_deref().unwrap_or(BACKEND)
     }
 
     /// Cinder's name of its volume service: `<node>@<backend>`.

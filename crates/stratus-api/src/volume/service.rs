@@ -211,8 +211,7 @@ fn meter(key: &str) -> Option<&'static Meter> {
     METERS.iter().copied().find(|m| m.resource == key)
 }
 
-/// The backend (and pool) name of every storage node.
-pub const BACKEND: &str = "file";
+pub use super::model::BACKEND;
 /// The vendor and protocol the backend reports.
 pub const VENDOR: &str = "Stratus";
 pub const PROTOCOL: &str = "file";
@@ -243,7 +242,7 @@ pub fn capacities(state: &AppState, tx: &Tx) -> Result<Vec<Capacity>, ApiError> 
                 .iter()
                 .map(|s| s.size)
                 .sum::<u64>()
-            + super::migrate::incoming_gb(tx, &node.id)?;
+            + super::moves::incoming_gb(tx, &node.id)?;
         let last = seen.get(&node.id).copied().unwrap_or(0);
         out.push(Capacity {
             zone: crate::compute::zones::zone_of(&aggs, &node.id),
