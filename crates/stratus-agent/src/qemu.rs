@@ -274,6 +274,36 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+impl VmDisk {
+    /// Whether the volume is moving to another storage node's copy of it
+    /// (its `swap_from` names itself).
+    fn moving(&self) -> bool {
+        self.swap_from.as_deref() == Some(self.volume_id.as_str())
+    }
+
+    /// Whether `other` names the same place for the volume: the same
+    /// local file, or the same NBD server.
+    fn same_place(&self, other: &VmDisk) -> bool {
+        match (&self.nbd, &other.nbd) {
+            (Some(a), Some(b)) => a.host == b.host && a.port == b.port && a.export == b.export,
+            (None, None) => self.path == other.path,
+            _ => false,
+        }
+    }
+
+    /// Whether the running guest's disk `b` is at this disk's place.
+    fn backed_by(&self, b: &Backing) -> bool {
+        match &self.nbd {
+            Some(n) => {
+                !b.file.starts_with('/')
+                    && b.file.contains(&n.host)
+                    && b.file.contains(&n.port.to_string())
+            }
+            None => Path::new(&b.file) == self.path,
+        }
+    }
+}
+
 /// The TLS credentials object of block node `node` (`vol-vdb`:
 /// `tls-vdb`).
 fn tls_of(node: &str) -> String {
@@ -2274,10 +2304,11 @@ impl Driver for QemuDriver {
         // finished before the VM stopped); otherwise it fails, and the
         // old volume stays.
         for d in disks.iter().filter(|d| d.swap_from.is_some() && !running) {
-            let moved = r
-                .volumes
-                .iter()
-                .any(|x| x.device == d.device && x.volume_id == d.volume_id);
+            let moved = r.volumes.iter().any(|x| {
+                x.device == d.device
+                    && x.volume_id == d.volume_id
+                    && (!d.moving() || x.same_place(d))
+            });
             if !moved {
                 return Err(rt(format!(
                     "VM {uuid} is not running: {} cannot be swapped for volume {}",
@@ -2362,6 +2393,11 @@ impl Driver for QemuDriver {
                     continue;
                 };
                 if b.file.contains(&d.volume_id) {
+                    // A volume moving to another storage node: its disk
+                    // is copied to the new place unless it is there.
+                    if d.moving() && !d.backed_by(b) {
+                        swaps.push((d, b));
+                    }
                     continue;
                 }
                 // Only a swap's old volume is copied over; any other

@@ -212,6 +212,10 @@ pub const FEATURE_SWAP_VOLUME: &str = "swap-volume";
 /// An agent grows a volume a running VM of its node has open, through
 /// that VM's QEMU.
 pub const FEATURE_ONLINE_EXTEND: &str = "online-extend";
+/// An agent moves a running VM's volume to another storage node's copy
+/// of it ([`AttachedVolume::swap_from`] naming the volume itself), and
+/// says so in [`AttachReport::moved`].
+pub const FEATURE_MOVE_VOLUME: &str = "move-volume";
 
 /// A volume a server should have attached ([`crate::Assignment::volumes`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +239,10 @@ pub struct AttachedVolume {
     #[serde(default)]
     pub size_gb: u64,
     /// The volume this one replaces at `device` (a swap under way): the
-    /// node copies it onto this one, and only then lets it go.
+    /// node copies it onto this one, and only then lets it go. When it
+    /// names this volume itself, the volume is moving to another storage
+    /// node (a migration): the guest's disk is copied from where it is
+    /// now onto the place `host`/`nbd` name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_from: Option<String>,
 }
@@ -250,6 +257,10 @@ pub struct AttachReport {
     /// Volumes that could not be attached or detached, and why.
     #[serde(default)]
     pub failed: Vec<AttachFailure>,
+    /// Moving volumes (see [`AttachedVolume::swap_from`]) whose disk is
+    /// now the new place's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<String>,
 }
 
 /// One volume a node could not attach or detach.

@@ -9,6 +9,21 @@ use stratus_wire::{NodeReply, NodeReport, PROTOCOL_VERSION, PrecacheImage};
 use super::*;
 use crate::node::images::fetch_image;
 
+/// What this agent can be asked beyond the protocol's base. Moving a
+/// volume under a running guest needs a driver that copies it (QEMU's
+/// block mirror): a fake server would report it moved with nothing
+/// copied.
+fn features(sh: &Shared) -> Vec<String> {
+    let mut out = vec![
+        stratus_wire::volume::FEATURE_SWAP_VOLUME.to_string(),
+        stratus_wire::volume::FEATURE_ONLINE_EXTEND.to_string(),
+    ];
+    if sh.driver.runs_vms() {
+        out.push(stratus_wire::volume::FEATURE_MOVE_VOLUME.to_string());
+    }
+    out
+}
+
 pub(super) fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> {
     let cached: Vec<String> =
         std::mem::take(&mut *sh.precached.lock().unwrap_or_else(|e| e.into_inner()));
@@ -40,10 +55,7 @@ pub(super) fn heartbeat(sh: &Arc<Shared>, starting: bool) -> anyhow::Result<()> 
         starting,
         observed: Some(observed),
         cached: cached.clone(),
-        features: vec![
-            stratus_wire::volume::FEATURE_SWAP_VOLUME.into(),
-            stratus_wire::volume::FEATURE_ONLINE_EXTEND.into(),
-        ],
+        features: features(sh),
     };
     let body = serde_json::to_string(&report)?;
     let url = format!("{}/edge/v1/nodes/{}", sh.cfg.controller, sh.cfg.host);

@@ -288,8 +288,13 @@ fn run(sh: &Shared, dir: &Path, w: &VolumeWork) -> anyhow::Result<()> {
                 .volume_id
                 .as_deref()
                 .context("a fetch task without its volume")?;
-            let from = w.nbd.as_ref().context("a fetch task without its source")?;
-            fetch(dir, id, &volume_path(dir, safe_id(vol)?), from, size)
+            let path = volume_path(dir, safe_id(vol)?);
+            match w.nbd.as_ref() {
+                Some(from) => fetch(dir, id, &path, from, size),
+                // A volume in use moves through its VM's copy: this node
+                // makes the empty file the copy fills.
+                None => make(&path, None, size),
+            }
         }
         VolumeTask::Discard => {
             let vol = w
@@ -345,18 +350,7 @@ fn write(path: &Path, from: Option<(PathBuf, String)>, size: u64) -> anyhow::Res
                     &part,
                     &[],
                 )?;
-                let have = virtual_size(&part)?;
-                anyhow::ensure!(
-                    have <= size << 30,
-                    "the source's virtual size ({have} bytes) does not fit in {size} GiB"
-                );
-                if have < size << 30 {
-                    qemu_img(
-                        &["resize", "-q", "-f", "qcow2"],
-                        &part,
-                        &[&format!("{size}G")],
-                    )?;
-                }
+                fit(&part, size)?;
             }
         }
         std::fs::File::open(&part)?.sync_all()?;
@@ -437,18 +431,7 @@ fn fetch(
                 Err(e) => return Err(e),
             }
         }
-        let have = virtual_size(&part)?;
-        anyhow::ensure!(
-            have <= size << 30,
-            "the source's virtual size ({have} bytes) does not fit in {size} GiB"
-        );
-        if have < size << 30 {
-            qemu_img(
-                &["resize", "-q", "-f", "qcow2"],
-                &part,
-                &[&format!("{size}G")],
-            )?;
-        }
+        fit(&part, size)?;
         std::fs::File::open(&part)?.sync_all()?;
         std::fs::rename(&part, path)?;
         Ok(())
@@ -458,6 +441,24 @@ fn fetch(
         let _ = std::fs::remove_file(&part);
     }
     r
+}
+
+/// Grows a copy just made (`part`, qcow2) to `size` GiB; a copy larger
+/// than that is an error.
+fn fit(part: &Path, size: u64) -> anyhow::Result<()> {
+    let have = virtual_size(part)?;
+    anyhow::ensure!(
+        have <= size << 30,
+        "the source's virtual size ({have} bytes) does not fit in {size} GiB"
+    );
+    if have < size << 30 {
+        qemu_img(
+            &["resize", "-q", "-f", "qcow2"],
+            part,
+            &[&format!("{size}G")],
+        )?;
+    }
+    Ok(())
 }
 
 fn remove(path: &Path) -> anyhow::Result<()> {
@@ -534,8 +535,18 @@ fn attach_volumes(sh: &Shared, s: &Assignment) {
             }),
         }
     }
+    let mut moved = Vec::new();
     let attached = match sh.driver.set_volumes(&s.id, &disks) {
-        Ok(()) => disks.iter().map(|d| d.volume_id.clone()).collect(),
+        Ok(()) => {
+            // A move asked of the driver is done once it returns: the
+            // disk is the new place's.
+            moved = disks
+                .iter()
+                .filter(|d| d.swap_from.as_deref() == Some(d.volume_id.as_str()))
+                .map(|d| d.volume_id.clone())
+                .collect();
+            disks.iter().map(|d| d.volume_id.clone()).collect()
+        }
         Err(e) => {
             tracing::warn!(server = %s.id, error = %e, "could not change the server's volumes");
             // Nothing asked of this call is known to be done: attaches
@@ -559,7 +570,11 @@ fn attach_volumes(sh: &Shared, s: &Assignment) {
         "{}/edge/v1/nodes/{}/servers/{}/volumes",
         sh.cfg.controller, sh.cfg.host, s.id
     );
-    let Ok(body) = serde_json::to_string(&AttachReport { attached, failed }) else {
+    let Ok(body) = serde_json::to_string(&AttachReport {
+        attached,
+        failed,
+        moved,
+    }) else {
         return;
     };
     for attempt in 0..10 {

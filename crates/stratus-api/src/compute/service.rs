@@ -692,7 +692,17 @@ fn attached_volume(
         None => Default::default(),
     };
     let size_gb = vol.as_ref().map_or(0, |x| x.size);
-    let host = vol.and_then(|x| x.host);
+    // A volume moving to another storage node under its running guest
+    // is opened at the new place (the node mirrors onto it).
+    let moving = v
+        .swap_from
+        .as_ref()
+        .is_some_and(|f| f.volume_id == v.volume_id);
+    let host = match moving {
+        true => crate::volume::moves::mirror_target(state, &v.volume_id)?
+            .or_else(|| vol.and_then(|x| x.host)),
+        false => vol.and_then(|x| x.host),
+    };
     let nbd = match host.as_deref() {
         Some(h) if server_host.is_some_and(|s| s != h) => nbd_target(state, h, &v.volume_id)?,
         _ => None,

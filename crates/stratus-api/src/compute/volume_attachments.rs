@@ -441,7 +441,7 @@ async fn create(
 }
 
 /// Whether node `host`'s agent says it can do `feature`.
-fn node_can(tx: &Tx, host: &str, feature: &str) -> Result<bool, ApiError> {
+pub(crate) fn node_can(tx: &Tx, host: &str, feature: &str) -> Result<bool, ApiError> {
     Ok(tx
         .get::<super::model::ComputeNode>(host)?
         .is_some_and(|n| n.features.iter().any(|f| f == feature)))
@@ -553,7 +553,7 @@ fn same_zone(s: &Server, v: &Volume) -> Result<(), ApiError> {
 
 /// Whether the server is a VM (its image is a disk, or it boots from a
 /// volume) rather than a container.
-fn runs_vm(tx: &Tx, s: &Server) -> Result<bool, ApiError> {
+pub(crate) fn runs_vm(tx: &Tx, s: &Server) -> Result<bool, ApiError> {
     Ok(s.boot_volume().is_some() || tx.get::<Image>(&s.image_ref)?.is_some_and(|i| i.boots_vm()))
 }
 
@@ -628,6 +628,7 @@ fn settle_here(tx: &Tx, s: &Server) -> Result<(), ApiError> {
             .map(|v| v.volume_id.clone())
             .collect(),
         failed: Vec::new(),
+        moved: Vec::new(),
     };
     attach::settle(tx, &s.id, &report)?;
     Ok(())

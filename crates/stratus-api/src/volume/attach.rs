@@ -285,6 +285,27 @@ pub fn settle(tx: &Tx, server_id: &str, r: &AttachReport) -> Result<bool, ApiErr
     let launched = s.launched_us.is_some();
     for mut sv in std::mem::take(&mut s.volumes) {
         let here = r.attached.contains(&sv.volume_id) || (sv.device == ROOT_DEVICE && launched);
+        // A volume moving to another storage node (a migration in use):
+        // done when the node says the guest's disk is the new copy's.
+        let moving = sv
+            .swap_from
+            .as_ref()
+            .is_some_and(|f| f.volume_id == sv.volume_id);
+        if moving && sv.state == "swapping" {
+            let outcome = match failed(&sv.volume_id) {
+                Some(f) => Some(Err(f.error.clone())),
+                None if r.moved.contains(&sv.volume_id) => Some(Ok(())),
+                None => None,
+            };
+            if let Some(outcome) = outcome {
+                super::moves::finish(tx, &sv.volume_id, outcome)?;
+                sv.swap_from = None;
+                sv.state = "attached".into();
+                changed = true;
+            }
+            keep.push(sv);
+            continue;
+        }
         // A failure counts before presence: after a failed call the node
         // does not know what the workload has.
         match sv.state.as_str() {
@@ -354,6 +375,21 @@ pub fn release_server(tx: &Tx, s: &Server) -> Result<(), ApiError> {
         drop_attachment(tx, &sv.volume_id, &sv.attachment_id)?;
         if let Some(from) = &sv.swap_from {
             drop_attachment(tx, &from.volume_id, &from.attachment_id)?;
+        }
+    }
+    // A volume it was moving stays where it was, the copy goes.
+    for sv in &s.volumes {
+        if sv.state == "swapping"
+            && sv
+                .swap_from
+                .as_ref()
+                .is_some_and(|f| f.volume_id == sv.volume_id)
+        {
+            super::moves::finish(
+                tx,
+                &sv.volume_id,
+                Err(format!("server {} was deleted during the move", s.id)),
+            )?;
         }
     }
     Ok(())

@@ -17,9 +17,15 @@
 //! volume move again, so a discard never meets a newer copy of the same
 //! volume.
 //!
-//! Only volumes that nothing has attached move: an attached volume's
-//! data changes under the copy (Cinder has Nova swap it; here that is a
-//! later slice), so it is a 400.
+//! A volume in use moves as Cinder has Nova move it, by its VM: the
+//! destination makes an empty file, then the server's mapping is
+//! `swapping` with `swap_from` naming the volume itself, and the VM's
+//! node mirrors the running guest's disk onto the new copy (QEMU's block
+//! mirror, as for a swap) and says so (`AttachReport::moved`);
+//! `moves::finish` then moves the volume, or leaves it where it was.
+//! Only a VM's data volume moves that way (active or paused, on a node
+//! whose agent advertises `move-volume`); a container's, a root volume
+//! or one with several attachments is a 400.
 
 use serde_json::Value;
 use stratus_store::{Query, Tx};
@@ -27,17 +33,10 @@ use stratus_wire::volume::{VolumeReport, VolumeTask, VolumeWork};
 
 use super::model::{Snapshot, Volume, VolumeType};
 pub use super::moves::VolumeMove;
+use super::moves::of_volume;
 use super::service::{self, Capacity};
 use crate::timeutil::now_us;
 use crate::{ApiError, AppState};
-
-/// The migration of volume `volume_id` under way, if any.
-fn of_volume(tx: &Tx, volume_id: &str) -> Result<Option<VolumeMove>, ApiError> {
-    Ok(tx
-        .list::<VolumeMove>(&Query::all())?
-        .into_iter()
-        .find(|m| m.volume_id == volume_id))
-}
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::bad_request(msg)
@@ -83,7 +82,7 @@ pub fn migrate(state: &AppState, tx: &Tx, v: &mut Volume, arg: &Value) -> Result
     let Some(dest) = dest else {
         return Err(bad(format!("No available service named {host}")));
     };
-    check(tx, v)?;
+    let server = check(tx, v)?;
     if v.host.as_deref() == Some(dest.node.id.as_str()) {
         return Err(bad(
             "Destination host must be different than the current host.",
@@ -110,7 +109,7 @@ pub fn migrate(state: &AppState, tx: &Tx, v: &mut Volume, arg: &Value) -> Result
             v.size
         )));
     }
-    start(state, tx, v, &dest, None, "maintenance")
+    start(state, tx, v, &dest, None, server, "maintenance")
 }
 
 /// A retype of `v` to `to`: `Ok(false)` when its node offers the new
@@ -139,7 +138,7 @@ pub fn retype(
             to.name
         )));
     }
-    check(tx, v)?;
+    let server = check(tx, v)?;
     let dest = service::pick(caps.into_iter().filter(|c| {
         c.node.id != host
             && c.up
@@ -154,13 +153,14 @@ pub fn retype(
             v.availability_zone, to.name, v.size
         )));
     };
-    start(state, tx, v, &dest, Some(to.id.clone()), "retyping")?;
+    start(state, tx, v, &dest, Some(to.id.clone()), server, "retyping")?;
     Ok(true)
 }
 
 /// What Cinder asks of a volume before it moves (in its order), and what
-/// this implementation cannot move yet.
-fn check(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
+/// this implementation cannot move yet; the server whose VM copies it
+/// when it is attached.
+fn check(tx: &Tx, v: &Volume) -> Result<Option<String>, ApiError> {
     if !matches!(v.status.as_str(), "available" | "in-use") {
         return Err(bad(format!(
             "Invalid volume: Volume status must be available or in-use to migrate (it is {}).",
@@ -189,19 +189,86 @@ fn check(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
             v.id
         )));
     }
-    if !v.attachments.is_empty() || v.status == "in-use" {
-        return Err(bad(format!(
-            "Invalid volume: Volume {} is attached; moving an attached volume to another storage node is not supported, detach it first.",
-            v.id
-        )));
-    }
     if v.task.is_some() {
         return Err(bad(format!(
             "Invalid volume: volume {} is busy: its storage node is working on it.",
             v.id
         )));
     }
-    Ok(())
+    if v.attachments.is_empty() && v.status != "in-use" {
+        return Ok(None);
+    }
+    in_use(tx, v).map(Some)
+}
+
+/// The server whose running VM can move volume `v` in use (its QEMU
+/// mirrors the guest's disk onto the new copy, as Nova's swap does for
+/// Cinder): one attachment, to a VM that is active or paused with no
+/// task and whose node can do it, as a data volume (not its root), with
+/// no other volume change under way. A 400 saying why not otherwise.
+fn in_use(tx: &Tx, v: &Volume) -> Result<String, ApiError> {
+    use crate::compute::model::Server;
+    use crate::compute::states::vm;
+    let refuse = |why: String| {
+        Err(bad(format!(
+            "Invalid volume: volume {} cannot move while attached: {why}",
+            v.id
+        )))
+    };
+    let [a] = v.attachments.as_slice() else {
+        return refuse(format!("it has {} attachments", v.attachments.len()));
+    };
+    let Some(s) = a
+        .server_id
+        .as_deref()
+        .map(|sid| tx.get::<Server>(sid))
+        .transpose()?
+        .flatten()
+    else {
+        return refuse("it is not attached to a server".into());
+    };
+    let Some(sv) = s.volumes.iter().find(|x| x.volume_id == v.id) else {
+        return refuse(format!("server {} does not have it", s.id));
+    };
+    if s.boot_volume().is_some_and(|b| b.volume_id == v.id) {
+        return refuse(format!("it is the root volume of server {}", s.id));
+    }
+    if s.task_state.is_some() || !matches!(s.vm_state.as_str(), vm::ACTIVE | vm::PAUSED) {
+        return refuse(format!(
+            "its server {} must be active or paused with no task (it is {}, task {})",
+            s.id,
+            s.vm_state,
+            s.task_state.as_deref().unwrap_or("none")
+        ));
+    }
+    if !crate::compute::volume_attachments::runs_vm(tx, &s)? {
+        return refuse(format!(
+            "server {} is a container, whose volume is a mounted file system that cannot change under it; detach it first",
+            s.id
+        ));
+    }
+    if let Some(x) = s.volumes.iter().find(|x| x.state != "attached") {
+        return refuse(format!(
+            "volume {} of server {} is {}; wait until that is done",
+            x.volume_id, s.id, x.state
+        ));
+    }
+    let _ = sv;
+    let can = match s.host.as_deref() {
+        Some(h) => crate::compute::volume_attachments::node_can(
+            tx,
+            h,
+            stratus_wire::volume::FEATURE_MOVE_VOLUME,
+        )?,
+        None => false,
+    };
+    if !can {
+        return refuse(format!(
+            "the node of server {} cannot copy a running guest's disk (its agent runs no VMs, or is too old)",
+            s.id
+        ));
+    }
+    Ok(s.id)
 }
 
 /// Records the move of `v` to `dest` (the checks passed).
@@ -211,11 +278,26 @@ fn start(
     v: &mut Volume,
     dest: &Capacity,
     new_type_id: Option<String>,
+    server_id: Option<String>,
     status: &str,
 ) -> Result<(), ApiError> {
     let Some(from) = v.host.clone() else {
         return Err(bad("Invalid volume: the volume is on no storage node."));
     };
+    if let Some(sid) = &server_id {
+        // The VM's node reaches the new copy directly on the
+        // destination, else over its NBD export.
+        let host = tx
+            .get::<crate::compute::model::Server>(sid)?
+            .and_then(|s| s.host);
+        if host.as_deref() != Some(dest.node.id.as_str()) && dest.node.nbd.is_none() {
+            return Err(bad(format!(
+                "Invalid volume: storage node {} exports no volumes to other nodes (no qemu-storage-daemon there), and the volume's server runs on {}.",
+                dest.node.id,
+                host.as_deref().unwrap_or("no node")
+            )));
+        }
+    }
     let exports = tx
         .get::<super::model::StorageNode>(&from)?
         .is_some_and(|n| n.nbd.is_some());
@@ -239,6 +321,7 @@ fn start(
         size_gb: v.size,
         new_type_id,
         prior_status: v.status.clone(),
+        server_id,
         created_us: now_us(),
     })?;
     v.status = status.into();
@@ -252,8 +335,12 @@ pub fn work(state: &AppState, host: &str) -> Result<Vec<VolumeWork>, ApiError> {
     let mut out = Vec::new();
     for m in state.store.list::<VolumeMove>(&Query::parent(host))? {
         let Some(task) = m.task else { continue };
+        // A volume in use is copied by its VM: the destination only
+        // makes the empty file.
         let nbd = match task {
-            VolumeTask::Fetch => crate::compute::service::nbd_target(state, &m.from, &m.volume_id)?,
+            VolumeTask::Fetch if m.server_id.is_none() => {
+                crate::compute::service::nbd_target(state, &m.from, &m.volume_id)?
+            }
             _ => None,
         };
         out.push(VolumeWork {
@@ -271,14 +358,29 @@ pub fn work(state: &AppState, host: &str) -> Result<Vec<VolumeWork>, ApiError> {
 }
 
 /// The volumes storage node `host` exports for another node to copy.
+/// (The source's export while a copy runs; the destination's, to a VM
+/// on a third node, while that VM mirrors a volume in use onto it. The
+/// source keeps exporting a volume in use to its VM elsewhere as any
+/// attached volume.)
 pub fn exports(state: &AppState, host: &str) -> Result<Vec<String>, ApiError> {
-    Ok(state
-        .store
-        .list::<VolumeMove>(&Query::all())?
-        .into_iter()
-        .filter(|m| m.from == host && m.task == Some(VolumeTask::Fetch))
-        .map(|m| m.volume_id)
-        .collect())
+    let mut out = Vec::new();
+    for m in state.store.list::<VolumeMove>(&Query::all())? {
+        let copying = m.from == host && m.task == Some(VolumeTask::Fetch) && m.server_id.is_none();
+        let mirrored = m.to == host
+            && m.task.is_none()
+            && match m.server_id.as_deref() {
+                Some(sid) => state
+                    .store
+                    .get::<crate::compute::model::Server>(sid)?
+                    .and_then(|s| s.host)
+                    .is_some_and(|h| h != host),
+                None => false,
+            };
+        if copying || mirrored {
+            out.push(m.volume_id);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `id` names a migration (whose reports [`report`] settles).
@@ -289,14 +391,56 @@ pub fn owns_task(state: &AppState, id: &str) -> Result<bool, ApiError> {
 /// Settles node `host`'s report of a migration task; a stale one
 /// changes nothing.
 pub fn report(state: &AppState, host: &str, id: &str, r: &VolumeReport) -> Result<(), ApiError> {
-    let rev = state.store.write(|tx| task_done(tx, host, id, r))?;
+    let mut wake = None;
+    let rev = state.store.write(|tx| {
+        wake = None;
+        task_done(tx, host, id, r, &mut wake)
+    })?;
     if let Some(rev) = rev {
         service::written(state, rev);
+    }
+    if let Some(h) = wake {
+        state.compute.notify(Some(&h));
     }
     Ok(())
 }
 
-fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i64>, ApiError> {
+/// The mirror of volume `volume_id` begins on its server `sid`'s node:
+/// the mapping is `swapping` with `swap_from` naming the volume itself,
+/// so the node's next assignment opens the new copy and mirrors onto it.
+/// The server's node (to wake), or `None` when the server cannot do it
+/// any more (gone, stopped, busy).
+fn begin_mirror(tx: &Tx, sid: &str, volume_id: &str) -> Result<Option<String>, ApiError> {
+    use crate::compute::states::vm;
+    let Some(mut s) = tx.get::<crate::compute::model::Server>(sid)? else {
+        return Ok(None);
+    };
+    if s.task_state.is_some() || !matches!(s.vm_state.as_str(), vm::ACTIVE | vm::PAUSED) {
+        return Ok(None);
+    }
+    if s.volumes.iter().any(|x| x.state != "attached") {
+        return Ok(None);
+    }
+    let Some(sv) = s.volumes.iter_mut().find(|x| x.volume_id == volume_id) else {
+        return Ok(None);
+    };
+    sv.swap_from = Some(crate::compute::model::SwapFrom {
+        volume_id: volume_id.to_string(),
+        attachment_id: sv.attachment_id.clone(),
+    });
+    sv.state = "swapping".into();
+    s.updated_us = now_us();
+    tx.update(&s)?;
+    Ok(Some(s.host.clone().unwrap_or_default()))
+}
+
+fn task_done(
+    tx: &Tx,
+    host: &str,
+    id: &str,
+    r: &VolumeReport,
+    wake: &mut Option<String>,
+) -> Result<Option<i64>, ApiError> {
     let Some(mut m) = tx.get::<VolumeMove>(id)? else {
         return Ok(None);
     };
@@ -310,43 +454,32 @@ fn task_done(tx: &Tx, host: &str, id: &str, r: &VolumeReport) -> Result<Option<i
         tx.delete::<VolumeMove>(id)?;
         return Ok(Some(tx.last_revision()?));
     }
-    let now = now_us();
     // The volume moves only if it is still the one that was copied: on
     // the source, migrating, with nothing attached (an admin's reset or
     // force delete meanwhile ends the move, and the copy goes).
     let volume = tx.get::<Volume>(&m.volume_id)?.filter(|v| {
         v.host.as_deref() == Some(m.from.as_str())
             && v.migration_status.as_deref() == Some("migrating")
-            && v.attachments.is_empty()
+            && (m.server_id.is_some() || v.attachments.is_empty())
             && v.task.is_none()
     });
-    let mut discard_on = m.to.clone();
-    if let Some(mut v) = volume {
-        if matches!(v.status.as_str(), "maintenance" | "retyping") {
-            v.status = m.prior_status.clone();
-        }
-        v.updated_us = now;
-        match &r.error {
+    let mut error = r.error.clone();
+    // A volume in use: its empty copy is ready, and its VM's node copies
+    // the guest's disk onto it ([`super::moves::finish`] ends it).
+    if let (Some(sid), Some(_), None) = (m.server_id.clone(), &volume, &error) {
+        match begin_mirror(tx, &sid, &m.volume_id)? {
+            Some(h) => {
+                *wake = Some(h);
+                m.task = None;
+                return Ok(Some(tx.update(&m)?));
+            }
             None => {
-                tracing::info!(volume = %v.id, from = %m.from, to = %m.to, "volume migrated");
-                v.host = Some(m.to.clone());
-                v.migration_status = Some("success".into());
-                if let Some(t) = m.new_type_id.take() {
-                    v.volume_type_id = t;
-                }
-                v.generation += 1;
-                discard_on = m.from.clone();
-            }
-            Some(e) => {
-                tracing::warn!(volume = %v.id, from = %m.from, to = %m.to, error = %e, "a volume migration failed");
-                v.migration_status = Some("error".into());
-                v.fault = Some(e.clone());
+                error = Some(format!(
+                    "server {sid} stopped, changed or went before it could copy the volume"
+                ))
             }
         }
-        tx.update(&v)?;
     }
-    m.host = discard_on;
-    m.task = Some(VolumeTask::Discard);
-    m.generation += 1;
+    super::moves::conclude(tx, &mut m, volume, error)?;
     Ok(Some(tx.update(&m)?))
 }

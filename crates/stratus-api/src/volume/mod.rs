@@ -45,7 +45,7 @@ mod manage;
 pub(crate) mod messages;
 mod migrate;
 pub mod model;
-mod moves;
+pub(crate) mod moves;
 pub mod qos;
 mod quotas;
 mod resource_filters;
@@ -160,6 +160,7 @@ pub fn on_change(state: &AppState, c: &stratus_store::Change) {
     if c.kind == model::Volume::KIND
         || c.kind == model::Snapshot::KIND
         || backups::wakes_nodes(&c.kind)
+        || c.kind == moves::VolumeMove::KIND
         || moved_with_volumes
     {
         state.volumes.bump(c.seq as u64);

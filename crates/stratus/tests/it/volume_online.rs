@@ -610,3 +610,158 @@ fn volume_swap_that_fails_keeps_the_old_volume() {
     assert!(qemu_io_reads(&vol_file(&c, &good), "read -P 0x3c 0 1M"));
     assert!(!locked(&old_file));
 }
+
+/// Waits for volume `id`'s migration to end; the volume (admin view).
+fn migrated(c: &Cloud, id: &str) -> serde_json::Value {
+    let vc = vol_client(c);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = vc.get(&format!("/volumes/{id}"), &c.admin).body["volume"].clone();
+        if v["migration_status"] != "migrating" && !v["migration_status"].is_null() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "volume {id} still migrating: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn migrate(c: &Cloud, id: &str, host: &str) -> super::common::Resp {
+    vol_client(c).post(
+        &format!("/volumes/{id}/action"),
+        &c.admin,
+        json!({"os-migrate_volume": {"host": host}}),
+    )
+}
+
+/// Cinder's migration of a volume in use (`os-migrate_volume`): the
+/// running VM's QEMU mirrors the guest's disk onto the destination's
+/// copy (here over NBD from node-b), the guest goes on writing, the
+/// source's file goes, a hard reboot opens the new place, and the
+/// volume moves back home the same way (now from NBD onto the local
+/// file). Detached at the end, the file is let go.
+#[test]
+fn volume_migrate_in_use_moves_the_running_guest_disk() {
+    require_runtime();
+    require_qemu();
+    let c = cloud(None);
+    let vc = vol_client(&c);
+    let img = image_id(&c, "busybox-vm");
+    // The VM and its volume are on the cloud's own node (node-b joins
+    // after them).
+    let vid = new_volume(&c, "moving", None);
+    let node1 =
+        vc.get(&format!("/volumes/{vid}"), &c.admin).body["volume"]["os-vol-host-attr:host"]
+            .as_str()
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
+    let file1 = vol_file(&c, &vid);
+    let o = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 1M"])
+        .arg(&file1)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let serial: String = vid.chars().take(20).collect();
+    let ud = base64::engine::general_purpose::STANDARD.encode(size_reporter(&serial, true));
+    let id = boot(&c, "vm", &img, json!({"user_data": ud}));
+    console_until(&c, &c.admin, &id, "SIZE");
+    assert_eq!(attach(&c, &id, json!({"volumeId": vid})).status, 200);
+    wait_status(&vc, &c.admin, &vid, "in-use");
+    guest_size_until(&c, &id, 2 * 1024 * 1024);
+
+    let dir_b = c.server.data_dir().join("node-b-volumes");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let b = super::common::Agent::start(
+        &c.server,
+        "node-b",
+        &[
+            "--heartbeat",
+            "1",
+            "--volumes",
+            dir_b.to_str().unwrap(),
+            "--volume-backend",
+            "fast",
+        ],
+    );
+    c.wait_nodes_logged(2, &b.log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while migrate(&c, &vid, "node-b@fast").status != 202 {
+        assert!(Instant::now() < deadline, "node-b's storage never came up");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let v = migrated(&c, &vid);
+    assert_eq!(v["migration_status"], "success", "{v}");
+    assert_eq!(v["status"], "in-use", "{v}");
+    assert_eq!(v["os-vol-host-attr:host"], "node-b@fast#fast", "{v}");
+    assert!(v["attachments"].to_string().contains(&id), "{v}");
+    let file_b = dir_b.join(format!("volume-{vid}.qcow2"));
+    assert!(
+        qemu_io_reads(&file_b, "read -P 0x5a 0 1M"),
+        "the volume's data is on node-b"
+    );
+    assert!(
+        qemu_io_reads(&file_b, "read -P 0x47 2M 1"),
+        "and the guest's"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while file1.exists() {
+        assert!(Instant::now() < deadline, "the source's file stayed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The guest goes on with its disk (now over NBD from node-b).
+    let before = console(&c, &id).matches("SIZE 2097152 END").count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while console(&c, &id).matches("SIZE 2097152 END").count() < before + 3 {
+        assert!(Instant::now() < deadline, "the guest stopped");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A hard reboot opens the new place.
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &c.admin,
+        Some(json!({"reboot": {"type": "HARD"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, &id, "ACTIVE");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while console(&c, &id).matches("STRATUS-TEST-IMAGE OK").count() < 2 {
+        assert!(Instant::now() < deadline, "the guest did not boot again");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    guest_size_until(&c, &id, 2 * 1024 * 1024);
+
+    // Home again: from node-b's export onto the local file.
+    assert_eq!(migrate(&c, &vid, &node1).status, 202);
+    let v = migrated(&c, &vid);
+    assert_eq!(v["migration_status"], "success", "{v}");
+    assert_eq!(
+        v["os-vol-host-attr:host"],
+        format!("{node1}@file#file").as_str(),
+        "{v}"
+    );
+    assert!(qemu_io_reads(&file1, "read -P 0x5a 0 1M"));
+    assert!(locked(&file1), "QEMU holds the local file again");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while file_b.exists() {
+        assert!(Instant::now() < deadline, "node-b's file stayed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = c.req(
+        "DELETE",
+        &format!("/servers/{id}/os-volume_attachments/{vid}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&vc, &c.admin, &vid, "available");
+    assert!(!locked(&file1));
+    drop(b);
+}
