@@ -2421,23 +2421,37 @@ impl Driver for QemuDriver {
                 r.volumes.push((*d).clone());
                 self.write_record(&r)?;
             }
-            let mut q = self.qmp(uuid)?;
-            let backings = QemuDriver::disk_backings(&mut q)?;
-            for d in disks {
-                let Some(b) = backings.get(&d.device_id()) else {
-                    continue;
-                };
-                // The node a swap replaced, when its agent stopped
-                // before closing it (it would keep the old file locked).
-                QemuDriver::drop_node(&mut q, &d.other_node(&b.node));
-                // A disk smaller than its volume (a swap to a larger
-                // one) grows, and the guest is told. Over NBD a disk
-                // cannot grow.
-                if d.nbd.is_none() && QemuDriver::grow_disk(&mut q, b, d.size_gb << 30)? {
-                    tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, gib = d.size_gb, "volume grown");
+            let tidy = (|| -> Result<(), DriverError> {
+                let mut q = self.qmp(uuid)?;
+                let backings = QemuDriver::disk_backings(&mut q)?;
+                for d in disks {
+                    let Some(b) = backings.get(&d.device_id()) else {
+                        continue;
+                    };
+                    // The node a swap replaced, when its agent stopped
+                    // before closing it (it would keep the old file
+                    // locked).
+                    QemuDriver::drop_node(&mut q, &d.other_node(&b.node));
+                    // A disk smaller than its volume (a swap to a larger
+                    // one) grows, and the guest is told. Over NBD a disk
+                    // cannot grow.
+                    if d.nbd.is_none() && QemuDriver::grow_disk(&mut q, b, d.size_gb << 30)? {
+                        tracing::info!(instance = uuid, volume = %d.volume_id, device = %d.device, gib = d.size_gb, "volume grown");
+                    }
                 }
+                QemuDriver::set_throttles(&mut q, disks);
+                Ok(())
+            })();
+            if let Err(e) = tidy {
+                // After a swap or a move the guest's disk is the new
+                // one: that is the outcome to report (a failure would
+                // roll the records back under it); the tidying is done
+                // again at the next reconcile.
+                if swaps.is_empty() {
+                    return Err(e);
+                }
+                tracing::warn!(instance = uuid, error = %e, "tidying up after a swap failed");
             }
-            QemuDriver::set_throttles(&mut q, disks);
         }
         if r.volumes != disks {
             r.volumes = disks.to_vec();

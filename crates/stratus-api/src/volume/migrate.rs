@@ -227,9 +227,9 @@ fn in_use(tx: &Tx, v: &Volume) -> Result<String, ApiError> {
     else {
         return refuse("it is not attached to a server".into());
     };
-    let Some(sv) = s.volumes.iter().find(|x| x.volume_id == v.id) else {
+    if !s.volumes.iter().any(|x| x.volume_id == v.id) {
         return refuse(format!("server {} does not have it", s.id));
-    };
+    }
     if s.boot_volume().is_some_and(|b| b.volume_id == v.id) {
         return refuse(format!("it is the root volume of server {}", s.id));
     }
@@ -253,7 +253,6 @@ fn in_use(tx: &Tx, v: &Volume) -> Result<String, ApiError> {
             x.volume_id, s.id, x.state
         ));
     }
-    let _ = sv;
     let can = match s.host.as_deref() {
         Some(h) => crate::compute::volume_attachments::node_can(
             tx,
@@ -298,10 +297,14 @@ fn start(
             )));
         }
     }
+    // An available volume is read from the source's export (one in use
+    // is read by its VM, where it reads it now).
     let exports = tx
         .get::<super::model::StorageNode>(&from)?
         .is_some_and(|n| n.nbd.is_some());
-    if !exports || crate::compute::service::nbd_target(state, &from, &v.id)?.is_none() {
+    if server_id.is_none()
+        && (!exports || crate::compute::service::nbd_target(state, &from, &v.id)?.is_none())
+    {
         return Err(bad(format!(
             "Invalid volume: storage node {from} cannot export volumes to other nodes (no qemu-storage-daemon there), so the volume cannot leave it."
         )));
