@@ -429,3 +429,63 @@ fn volume_migrate_rules_and_a_failed_copy() {
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(show(&vc, &c, &vid)["migration_status"].is_null());
 }
+
+/// A volume in use moves only under a running VM whose node can copy
+/// its disk: a container's volume, and a VM's on fake nodes (no
+/// `move-volume` feature), are refused, by the migration and by an
+/// on-demand retype, and nothing changes.
+#[test]
+fn volume_migrate_in_use_needs_a_node_that_copies_the_guest_disk() {
+    let c = super::volume_attach::cloud(Some("fake"));
+    let vc = vol_client(&c);
+    let dir2 = c.server.data_dir().join("node2-volumes");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let _agent = node2(&c, &dir2);
+    for (name, backend) in [("onfile", "file"), ("fast", "fast")] {
+        let t = vc.post(
+            "/types",
+            &c.admin,
+            json!({"volume_type": {"name": name, "extra_specs": {"volume_backend_name": backend}}}),
+        );
+        assert_eq!(t.status, 200, "{}", t.body);
+    }
+    for (image, why) in [
+        ("busybox", "is a container"),
+        ("busybox-vm", "cannot copy a running guest's disk"),
+    ] {
+        let vid = super::volume_attach::new_volume(&c, image, Some("onfile"));
+        let img = super::compute_real::image_id(&c, image);
+        let sid = super::volume_attach::boot(&c, image, &img, json!({}));
+        let r = super::volume_attach::attach(&c, &sid, json!({"volumeId": vid}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        super::volume::wait_status(&vc, &c.admin, &vid, "in-use");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let r = loop {
+            let r = vc.post(
+                &format!("/volumes/{vid}/action"),
+                &c.admin,
+                json!({"os-migrate_volume": {"host": "node2@fast"}}),
+            );
+            // node2's storage service registers a moment after it starts.
+            if !r.body.to_string().contains("No available service") {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "{}", r.body);
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(r.status, 400, "{}", r.body);
+        let m = fault(&r, "badRequest");
+        assert!(m.contains(why), "{image}: {m}");
+        let r = vc.post(
+            &format!("/volumes/{vid}/action"),
+            &c.admin,
+            json!({"os-retype": {"new_type": "fast", "migration_policy": "on-demand"}}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(fault(&r, "badRequest").contains(why), "{}", r.body);
+        let v = show(&vc, &c, &vid);
+        assert_eq!(v["status"], "in-use", "{v}");
+        assert_eq!(v["volume_type"], "onfile", "{v}");
+        assert!(v["migration_status"].is_null(), "{v}");
+    }
+}
