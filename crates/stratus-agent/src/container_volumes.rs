@@ -471,26 +471,7 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
             // with the storage node's key) and exports what it reads.
             Some(n) => {
                 let psk = exports.join(format!("{dev}.psk"));
-                {
-                    use std::os::unix::fs::DirBuilderExt;
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(&psk)?;
-                }
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(psk.join("keys.psk"))?;
-                    std::io::Write::write_all(
-                        &mut f,
-                        format!("{}:{}\n", n.psk_identity, n.psk_key).as_bytes(),
-                    )?;
-                }
+                write_psk(&psk, n)?;
                 cmd.arg("--object")
                     .arg(format!(
                         "tls-creds-psk,id=tls0,endpoint=client,dir={},username={}",
@@ -678,6 +659,27 @@ fn output(cmd: &mut Command, what: &str) -> Result<String, DriverError> {
         )));
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Writes the pre-shared key of NBD target `n` where QEMU's
+/// `tls-creds-psk` object reads it (`dir/keys.psk`, `identity:key`),
+/// readable by this user only.
+pub(crate) fn write_psk(dir: &Path, n: &stratus_wire::volume::NbdTarget) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("keys.psk"))?;
+    std::io::Write::write_all(
+        &mut f,
+        format!("{}:{}\n", n.psk_identity, n.psk_key).as_bytes(),
+    )
 }
 
 #[cfg(test)]

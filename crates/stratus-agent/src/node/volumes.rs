@@ -381,19 +381,7 @@ fn fetch(
     let psk = dir.join(format!(".fetch-{task}.psk"));
     let r = (|| {
         let _ = std::fs::remove_dir_all(&psk);
-        {
-            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-            std::fs::DirBuilder::new().mode(0o700).create(&psk)?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(psk.join("keys.psk"))?;
-            std::io::Write::write_all(
-                &mut f,
-                format!("{}:{}\n", from.psk_identity, from.psk_key).as_bytes(),
-            )?;
-        }
+        crate::container_volumes::write_psk(&psk, from)?;
         let tls = format!(
             "tls-creds-psk,id=tls0,endpoint=client,dir={},username={}",
             psk.display(),

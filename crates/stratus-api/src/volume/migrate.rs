@@ -32,7 +32,7 @@ use stratus_store::{Query, Tx};
 use stratus_wire::volume::{VolumeReport, VolumeTask, VolumeWork};
 
 use super::model::{Snapshot, Volume, VolumeType};
-pub use super::moves::VolumeMove;
+use super::moves::VolumeMove;
 use super::moves::of_volume;
 use super::service::{self, Capacity};
 use crate::timeutil::now_us;

@@ -129,6 +129,28 @@ fn guest_size_until(c: &Cloud, id: &str, sectors: u64) {
     }
 }
 
+/// A hard reboot of server `id`, until it is ACTIVE again.
+fn hard_reboot(c: &Cloud, id: &str) {
+    let r = c.req(
+        "POST",
+        &format!("/servers/{id}/action"),
+        &c.admin,
+        Some(json!({"reboot": {"type": "HARD"}})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    c.wait(&c.admin, id, "ACTIVE");
+}
+
+/// Waits until the guest of `id` has booted a second time (its image
+/// prints a marker at each boot).
+fn wait_booted_again(c: &Cloud, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while console(c, id).matches("STRATUS-TEST-IMAGE OK").count() < 2 {
+        assert!(Instant::now() < deadline, "the guest did not boot again");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// A real VM: its volume's data, and what the guest writes during and
 /// after the swap, end on the new (larger) volume; the guest sees the new
 /// size; the old volume is free; a hard reboot starts QEMU with the new
@@ -210,14 +232,7 @@ fn volume_swap_moves_a_running_vm_onto_the_new_volume() {
     );
 
     // A hard reboot starts QEMU with the new volume.
-    let r = c.req(
-        "POST",
-        &format!("/servers/{id}/action"),
-        &c.admin,
-        Some(json!({"reboot": {"type": "HARD"}})),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    c.wait(&c.admin, &id, "ACTIVE");
+    hard_reboot(&c, &id);
     let pidf = c.server.data_dir().join(format!("agent/vms/{id}/qemu.pid"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -234,11 +249,7 @@ fn volume_swap_moves_a_running_vm_onto_the_new_volume() {
     }
     // The guest boots again (a detach needs a running guest's ack). The
     // disk's serial is now the new volume's, as with Nova.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while console(&c, &id).matches("STRATUS-TEST-IMAGE OK").count() < 2 {
-        assert!(Instant::now() < deadline, "the guest did not boot again");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_booted_again(&c, &id);
 
     // Swapped again (back onto a fresh 2 GiB volume) and detached: the
     // device's block node changes name with each swap, and both go.
@@ -723,19 +734,8 @@ fn volume_migrate_in_use_moves_the_running_guest_disk() {
     }
 
     // A hard reboot opens the new place.
-    let r = c.req(
-        "POST",
-        &format!("/servers/{id}/action"),
-        &c.admin,
-        Some(json!({"reboot": {"type": "HARD"}})),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    c.wait(&c.admin, &id, "ACTIVE");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while console(&c, &id).matches("STRATUS-TEST-IMAGE OK").count() < 2 {
-        assert!(Instant::now() < deadline, "the guest did not boot again");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    hard_reboot(&c, &id);
+    wait_booted_again(&c, &id);
     guest_size_until(&c, &id, 2 * 1024 * 1024);
 
     // Home again: from node-b's export onto the local file.
