@@ -63,6 +63,16 @@ pub fn valid_device(d: &str) -> bool {
         .is_some_and(|n| n.len() == 1 && (b'b'..=LAST_DEVICE).contains(&n.as_bytes()[0]))
 }
 
+/// Whether Nova's API takes `d` as a device name (its pattern
+/// `(^/dev/x{0,1}[a-z]{0,1}d{0,1})([a-z]+)[0-9]*$`, which comes down to
+/// `/dev/`, letters, then digits: `/dev/vdb`, `/dev/xvdc`, `/dev/sdb1`).
+pub fn nova_device_name(d: &str) -> bool {
+    d.strip_prefix("/dev/").is_some_and(|n| {
+        let digits = n.trim_start_matches(|c: char| c.is_ascii_lowercase());
+        digits.len() < n.len() && digits.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 /// What an attach asks for.
 pub struct AttachRequest {
     pub device: Option<String>,
@@ -113,21 +123,16 @@ pub fn reserve(
     }
     let device = match req.device {
         Some(d) if d == ROOT_DEVICE && s.volumes.is_empty() && s.host.is_none() => d,
-        Some(d) => {
-            if !valid_device(&d) {
-                return Err(ApiError::bad_request(format!(
-                    "The supplied device path ({d}) is invalid: a volume takes one of /dev/vdb to /dev/vdl."
-                )));
-            }
-            if s.volumes.iter().any(|x| x.device == d) {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    format!("The supplied device path ({d}) is in use."),
-                ));
-            }
-            d
+        Some(d) if !nova_device_name(&d) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute device. Value: {d}. It does not match '(^/dev/x{{0,1}}[a-z]{{0,1}}d{{0,1}})([a-z]+)[0-9]*$'"
+            )));
         }
-        None => next_device(s).ok_or_else(|| {
+        // A free volume slot is honoured; any other name Nova's libvirt
+        // driver ignores ("can't honour user-supplied dev names"), and so
+        // does Stratus: the volume takes the next free slot.
+        Some(d) if valid_device(&d) && !s.volumes.iter().any(|x| x.device == d) => d,
+        _ => next_device(s).ok_or_else(|| {
             ApiError::bad_request(
                 "No free disk device names for prefix 'vd' (a server takes 11 volumes)",
             )
@@ -411,6 +416,30 @@ mod tests {
             "/dev/vd",
         ] {
             assert!(!valid_device(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_names_nova_takes() {
+        for good in [
+            "/dev/vdb",
+            "/dev/xvdb",
+            "/dev/sdc",
+            "/dev/hda1",
+            "/dev/vdzz",
+        ] {
+            assert!(nova_device_name(good), "{good}");
+        }
+        for bad in [
+            "vdb",
+            "/dev/",
+            "/dev/1",
+            "/dev/VDB",
+            "/dev/vd b",
+            "/dev/vdb/x",
+            "",
+        ] {
+            assert!(!nova_device_name(bad), "{bad}");
         }
     }
 }

@@ -258,6 +258,24 @@ fn volume_attach_api_states_and_refusals() {
     );
     nova_fault(&r, 404, "itemNotFound");
 
+    // Names Nova's pattern takes but no volume slot (Tempest's `xvdb`)
+    // are ignored, as Nova's libvirt driver does: the next free slot,
+    // here the one v1 left. Names outside the pattern are a 400.
+    let vx = new_volume(&c, "vx", None);
+    nova_fault(
+        &attach(&c, &a, json!({"volumeId": vx, "device": "/dev/sd b"})),
+        400,
+        "badRequest",
+    );
+    let r = attach(&c, &a, json!({"volumeId": vx, "device": "/dev/xvdb"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["volumeAttachment"]["device"], "/dev/vdb",
+        "{}",
+        r.body
+    );
+    wait_status(&vc, &c.admin, &vx, "in-use");
+
     // Deleting a server lets its volumes go.
     assert_eq!(
         c.req("DELETE", &format!("/servers/{a}"), &c.admin, None)
@@ -266,6 +284,7 @@ fn volume_attach_api_states_and_refusals() {
     );
     c.wait_gone(&c.admin, &a);
     wait_status(&vc, &c.admin, &v3, "available");
+    wait_status(&vc, &c.admin, &vx, "available");
     let vol = vc.get(&format!("/volumes/{vm}"), &c.admin).body;
     assert_eq!(vol["volume"]["status"], "in-use", "still on b: {vol}");
     assert_eq!(vol["volume"]["attachments"].as_array().unwrap().len(), 1);
