@@ -1081,6 +1081,19 @@ impl Driver for ContainerDriver {
         Ok(false)
     }
 
+    /// Finds the container whose volume daemon serves `path` and grows
+    /// the volume there (file, loop device and file system).
+    fn grow_volume(&self, path: &Path, bytes: u64) -> Result<bool, DriverError> {
+        for (uuid, _) in self.list() {
+            let lock = lock_of(&self.instance_locks, &uuid);
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if container_volumes::grow(&self.instance_dir(&uuid), path, bytes)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Read from the instance's cgroup (`cgroupsPath` /stratus/<uuid>).
     fn diagnostics(&self, uuid: &str) -> Result<Vec<(String, u64)>, DriverError> {
         self.record(uuid)?;

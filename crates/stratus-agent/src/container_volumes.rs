@@ -8,7 +8,13 @@
 //! 3. ext4 is made on it the first time (when `blkid` finds nothing at
 //!    all on it: a volume with any signature is never formatted);
 //! 4. it is mounted (`nosuid,nodev`) on the instance's `volumes/vdX`,
-//!    which the container sees at `/mnt/volumes/vdX`.
+//!    which the container sees at `/mnt/volumes/vdX`; an ext file system
+//!    smaller than the volume (it was extended since) is grown first.
+//!
+//! A volume extended while mounted ([`grow`]) grows in place: the export
+//! file is truncated to the new size (the daemon grows the image), the
+//! loop device rereads its size and `resize2fs` grows the mounted file
+//! system.
 //!
 //! The container sees mounts made after it started because its
 //! `/mnt/volumes` is an `rbind` with `rslave` propagation of the host's
@@ -570,18 +576,9 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
         .to_string(),
     };
     if mounted.is_empty() {
-        let probe = Command::new("blkid")
-            .args(["-p", "-o", "export"])
-            .arg(&lo)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| rt(format!("cannot run blkid: {e}")))?;
-        match probe.code() {
-            Some(0) => {}
+        match fs_type(&lo)? {
             // Nothing at all on it: a new volume.
-            Some(2) => {
+            None => {
                 helper(
                     Command::new("mkfs.ext4")
                         .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
@@ -590,12 +587,13 @@ fn setup(inst: &Path, dev: &str, d: &VmDisk, p: Option<&Present>) -> Result<(), 
                 )?;
                 tracing::info!(volume = %d.volume_id, "made ext4 on a new volume");
             }
-            c => {
-                return Err(rt(format!(
-                    "blkid cannot tell what is on volume {} ({c:?})",
-                    d.volume_id
-                )));
+            Some(t) if t.starts_with("ext") => {
+                if let Err(e) = fit_fs(&lo) {
+                    tracing::warn!(volume = %d.volume_id, error = %e,
+                        "the volume's file system could not grow to the volume's size; it is mounted as it is");
+                }
             }
+            Some(_) => {}
         }
         let mp = volumes_dir(inst).join(dev);
         fs::create_dir_all(&mp)?;
@@ -644,6 +642,130 @@ fn escape_agent_cgroup(pid: u32) {
 }
 
 /// A helper command's stdout.
+/// What `blkid` finds on `dev`: a file system type (`ext4`, or any
+/// other signature's type, empty when it has none), or `None` when there
+/// is nothing at all on it.
+fn fs_type(dev: &str) -> Result<Option<String>, DriverError> {
+    let child = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(dev)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| rt(format!("cannot run blkid: {e}")))?;
+    let (status, out, _) = runc::wait_timeout(child, Duration::from_secs(60), "blkid")?;
+    match status.code() {
+        Some(0) => Ok(Some(
+            String::from_utf8_lossy(&out)
+                .lines()
+                .find_map(|l| l.strip_prefix("TYPE="))
+                .unwrap_or_default()
+                .to_string(),
+        )),
+        Some(2) => Ok(None),
+        c => Err(rt(format!("blkid cannot tell what is on {dev} ({c:?})"))),
+    }
+}
+
+/// The size in bytes of block device `/dev/NAME`.
+fn device_bytes(dev: &str) -> Result<u64, DriverError> {
+    let name = dev.rsplit('/').next().unwrap_or(dev);
+    fs::read_to_string(format!("/sys/block/{name}/size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|sectors| sectors * 512)
+        .ok_or_else(|| rt(format!("cannot read the size of {dev}")))
+}
+
+/// Room a file system may leave at the end of its volume before it is
+/// grown (the last block group's slack; extends are whole GiB).
+const FIT_SLACK: u64 = 64 << 20;
+
+/// Grows the ext file system on `dev`, not mounted, to the device's size
+/// when the volume has grown since (an extend while it was detached, or
+/// while it was mounted where it could not grow online): `e2fsck`, then
+/// `resize2fs`.
+fn fit_fs(dev: &str) -> Result<(), DriverError> {
+    let head = output(Command::new("dumpe2fs").arg("-h").arg(dev), "dumpe2fs -h")?;
+    let field = |k: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let (Some(count), Some(block)) = (field("Block count:"), field("Block size:")) else {
+        return Err(rt(format!("dumpe2fs gives no size for {dev}")));
+    };
+    if count * block + FIT_SLACK > device_bytes(dev)? {
+        return Ok(());
+    }
+    // resize2fs asks for a file system checked since it was last
+    // mounted; 0 and 1 (errors fixed) are fine.
+    let child = Command::new("e2fsck")
+        .args(["-f", "-p"])
+        .arg(dev)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| rt(format!("cannot run e2fsck: {e}")))?;
+    let (status, _, err) = runc::wait_timeout(child, Duration::from_secs(600), "e2fsck")?;
+    if !matches!(status.code(), Some(0 | 1)) {
+        return Err(rt(format!(
+            "e2fsck found errors it cannot fix ({status}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    helper(Command::new("resize2fs").arg(dev), "resize2fs")?;
+    tracing::info!(
+        device = dev,
+        "grew a volume's file system to the volume's size"
+    );
+    Ok(())
+}
+
+/// Grows volume file `path`, which a daemon of instance `inst` serves,
+/// to `bytes` while the container has it: the FUSE export is truncated
+/// to the new size (the daemon grows the qcow2 image under it), the loop
+/// device takes the new capacity (`losetup -c`), and an ext file system
+/// on it grows online (`resize2fs` on the mounted file system; where the
+/// agent lacks `CAP_SYS_RESOURCE`, which that needs, the file system
+/// grows when it is next mounted: [`fit_fs`]). `Ok(false)` when no
+/// daemon of `inst` serves `path`.
+pub(crate) fn grow(inst: &Path, path: &Path, bytes: u64) -> Result<bool, DriverError> {
+    let Some((dev, p)) = observe(inst)
+        .into_iter()
+        .find(|(_, p)| p.daemon.as_ref().is_some_and(|(_, f)| f == path))
+    else {
+        return Ok(false);
+    };
+    if !p.export_mounted {
+        return Err(rt(format!(
+            "the export of {} is not mounted; the next reconcile rebuilds it",
+            path.display()
+        )));
+    }
+    let export = exports_dir(inst).join(format!("{dev}.raw"));
+    let f = fs::OpenOptions::new().write(true).open(&export)?;
+    if f.metadata()?.len() < bytes {
+        f.set_len(bytes)
+            .map_err(|e| rt(format!("growing the export of {}: {e}", path.display())))?;
+    }
+    drop(f);
+    for l in &p.loops {
+        helper(Command::new("losetup").arg("-c").arg(l), "losetup -c")?;
+    }
+    if let Some(lo) = p.mounted.first()
+        && fs_type(lo)?.is_some_and(|t| t.starts_with("ext"))
+        && let Err(e) = helper(Command::new("resize2fs").arg(lo), "resize2fs (online)")
+    {
+        tracing::warn!(volume = %path.display(), error = %e,
+            "the volume grew, but its mounted file system cannot grow now: it grows when it is next mounted");
+    }
+    tracing::info!(instance = %inst.display(), device = %dev, bytes, "volume grown in use");
+    Ok(true)
+}
+
 fn output(cmd: &mut Command, what: &str) -> Result<String, DriverError> {
     let child = cmd
         .stdin(Stdio::null())

@@ -212,6 +212,9 @@ pub const FEATURE_SWAP_VOLUME: &str = "swap-volume";
 /// An agent grows a volume a running VM of its node has open, through
 /// that VM's QEMU.
 pub const FEATURE_ONLINE_EXTEND: &str = "online-extend";
+/// An agent grows a volume a container of its node has mounted: the
+/// volume's daemon grows the file, the loop device and the file system.
+pub const FEATURE_CONTAINER_EXTEND: &str = "container-extend";
 /// An agent moves a running VM's volume to another storage node's copy
 /// of it ([`AttachedVolume::swap_from`] naming the volume itself), and
 /// says so in [`AttachReport::moved`].

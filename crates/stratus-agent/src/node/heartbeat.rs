@@ -17,6 +17,7 @@ fn features(sh: &Shared) -> Vec<String> {
     let mut out = vec![
         stratus_wire::volume::FEATURE_SWAP_VOLUME.to_string(),
         stratus_wire::volume::FEATURE_ONLINE_EXTEND.to_string(),
+        stratus_wire::volume::FEATURE_CONTAINER_EXTEND.to_string(),
     ];
     if sh.driver.runs_vms() {
         out.push(stratus_wire::volume::FEATURE_MOVE_VOLUME.to_string());

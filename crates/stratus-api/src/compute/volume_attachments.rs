@@ -448,10 +448,11 @@ pub(crate) fn node_can(tx: &Tx, host: &str, feature: &str) -> Result<bool, ApiEr
 }
 
 /// Whether volume `v`, in use, can grow where it is (Cinder 3.42's
-/// online extend): its one attachment is a VM's data volume on the
-/// volume's own storage node, whose QEMU grows the file and tells the
-/// guest (a stopped VM's file grows as a file). A 400 saying why not
-/// otherwise.
+/// online extend): its one attachment is a data volume of a server on
+/// the volume's own storage node, whose QEMU grows the file and tells the
+/// guest (a stopped VM's file grows as a file), or whose container's
+/// volume daemon grows the file and its file system. A 400 saying why
+/// not otherwise.
 pub(crate) fn may_grow_in_use(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
     let refuse = |why: String| {
         Err(ApiError::bad_request(format!(
@@ -485,14 +486,13 @@ pub(crate) fn may_grow_in_use(tx: &Tx, v: &Volume) -> Result<(), ApiError> {
     if sv.device == crate::compute::model::ROOT_DEVICE {
         return refuse(format!("it is the root volume of server {}", s.id));
     }
-    if !runs_vm(tx, &s)? {
-        return refuse(format!(
-            "server {} is a container, whose volume is a mounted file system",
-            s.id
-        ));
-    }
+    let feature = if runs_vm(tx, &s)? {
+        stratus_wire::volume::FEATURE_ONLINE_EXTEND
+    } else {
+        stratus_wire::volume::FEATURE_CONTAINER_EXTEND
+    };
     if let Some(h) = v.host.as_deref()
-        && !node_can(tx, h, stratus_wire::volume::FEATURE_ONLINE_EXTEND)?
+        && !node_can(tx, h, feature)?
     {
         return refuse(format!(
             "the agent of storage node {h} is too old to grow volumes in use"

@@ -344,6 +344,7 @@ async fn heartbeat(sim: &Sim, node: &Node, starting: bool) -> anyhow::Result<()>
         features: vec![
             stratus_wire::volume::FEATURE_SWAP_VOLUME.into(),
             stratus_wire::volume::FEATURE_ONLINE_EXTEND.into(),
+            stratus_wire::volume::FEATURE_CONTAINER_EXTEND.into(),
         ],
     };
     let path = format!("/edge/v1/nodes/{}", sim.host(node));
