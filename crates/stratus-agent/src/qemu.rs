@@ -572,8 +572,8 @@ pub fn boot_time(qemu: &Path, accel: Accel, scratch: &Path, limit: Duration) -> 
     if fs::write(&disk, probe_sector()).is_err() {
         return None;
     }
-    let child = Command::new(qemu)
-        .args(["-accel", accel.flag(), "-cpu", accel.cpu()])
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-accel", accel.flag(), "-cpu", accel.cpu()])
         .args(["-display", "none", "-nodefaults"])
         .args(["-no-user-config", "-m", "128", "-no-reboot"])
         .arg("-drive")
@@ -582,8 +582,20 @@ pub fn boot_time(qemu: &Path, accel: Accel, scratch: &Path, limit: Duration) -> 
         .arg(format!("file:{}", out.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+        .stderr(Stdio::null());
+    // The probe guest halts and waits forever: it goes with the thread
+    // that waits for it, should the agent end first.
+    // SAFETY: prctl is async-signal-safe and touches nothing shared.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
     let Ok(mut child) = child else { return None };
     let start = Instant::now();
     let mut took = None;
