@@ -616,6 +616,26 @@ pub fn boot_time(qemu: &Path, accel: Accel, scratch: &Path, limit: Duration) -> 
     took
 }
 
+/// How long a guest has to eject a volume's disk.
+const UNPLUG_WAIT: Duration = Duration::from_secs(60);
+
+/// How often an unplug is asked again while the guest has not acted. A
+/// request made before the guest's ACPI is up (a guest still booting
+/// after a start, reboot, rebuild or unrescue) is lost: the kernel
+/// clears the event as it boots, and QEMU sends it again only when asked
+/// again, 5 s of guest time after the last request (before that it
+/// answers that the device is already being unplugged). Nova's libvirt
+/// driver asks again likewise.
+const UNPLUG_ASK_AGAIN: Duration = Duration::from_secs(6);
+
+/// `device_del` of `dev`; a request already pending is not an error.
+fn ask_unplug(q: &mut Qmp, dev: &str) -> Result<(), DriverError> {
+    match q.execute("device_del", Some(serde_json::json!({"id": dev}))) {
+        Err(e) if e.to_string().contains("already in the process of unplug") => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// Where the probe's answer is kept for other agents of this machine
 /// until it reboots (the key names QEMU's binary and the kernel).
 const ACCEL_CACHE: &str = "/run/stratus-qemu-accel";
@@ -1380,11 +1400,10 @@ impl QemuDriver {
     /// never ejects it keeps a NIC with no link until its next start.
     fn unplug_nic(q: &mut Qmp, n: &VmNic) {
         let dev = n.device_id();
-        if q.execute("device_del", Some(serde_json::json!({"id": dev})))
-            .is_ok()
-        {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
+        if ask_unplug(q, &dev).is_ok() {
+            let start = Instant::now();
+            let mut asked = start;
+            while start.elapsed() < Duration::from_secs(20) {
                 let present = q
                     .execute(
                         "qom-list",
@@ -1395,6 +1414,10 @@ impl QemuDriver {
                     .is_some_and(|l| l.iter().any(|p| p["name"] == dev.as_str()));
                 if !present {
                     break;
+                }
+                if asked.elapsed() >= UNPLUG_ASK_AGAIN {
+                    let _ = ask_unplug(q, &dev);
+                    asked = Instant::now();
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -1419,18 +1442,27 @@ impl QemuDriver {
             .unwrap_or_default())
     }
 
-    /// Takes a volume disk out of a running VM: `device_del`, waits for
-    /// the guest to eject it, then drops its block node. An error when
-    /// the guest keeps it (the volume stays attached).
+    /// Takes a volume disk out of a running VM: `device_del`, asked
+    /// again every few seconds (see [`UNPLUG_ASK_AGAIN`]) until the guest
+    /// ejects it or [`UNPLUG_WAIT`] is up, then drops its block node. An
+    /// error when the guest keeps it (the volume stays attached).
     fn unplug_disk(q: &mut Qmp, dev: &str) -> Result<(), DriverError> {
-        q.execute("device_del", Some(serde_json::json!({"id": dev})))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        ask_unplug(q, dev)?;
+        let start = Instant::now();
+        let mut asked = start;
         loop {
             if !QemuDriver::disk_devices(q)?.iter().any(|d| d == dev) {
                 break;
             }
-            if Instant::now() > deadline {
-                return Err(rt(format!("the guest did not release {dev}")));
+            if start.elapsed() > UNPLUG_WAIT {
+                return Err(rt(format!(
+                    "the guest did not release {dev} within {} s",
+                    UNPLUG_WAIT.as_secs()
+                )));
+            }
+            if asked.elapsed() >= UNPLUG_ASK_AGAIN {
+                let _ = ask_unplug(q, dev);
+                asked = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(200));
         }
