@@ -641,7 +641,6 @@ fn escape_agent_cgroup(pid: u32) {
     }
 }
 
-/// A helper command's stdout.
 /// What `blkid` finds on `dev`: a file system type (`ext4`, or any
 /// other signature's type, empty when it has none), or `None` when there
 /// is nothing at all on it.
@@ -756,7 +755,10 @@ pub(crate) fn grow(inst: &Path, path: &Path, bytes: u64) -> Result<bool, DriverE
         helper(Command::new("losetup").arg("-c").arg(l), "losetup -c")?;
     }
     if let Some(lo) = p.mounted.first()
-        && fs_type(lo)?.is_some_and(|t| t.starts_with("ext"))
+        && fs_type(lo)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.starts_with("ext"))
         && let Err(e) = helper(Command::new("resize2fs").arg(lo), "resize2fs (online)")
     {
         tracing::warn!(volume = %path.display(), error = %e,
@@ -766,6 +768,7 @@ pub(crate) fn grow(inst: &Path, path: &Path, bytes: u64) -> Result<bool, DriverE
     Ok(true)
 }
 
+/// A helper command's stdout.
 fn output(cmd: &mut Command, what: &str) -> Result<String, DriverError> {
     let child = cmd
         .stdin(Stdio::null())
