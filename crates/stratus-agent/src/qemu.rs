@@ -109,6 +109,9 @@ static FORCED: Flags = Flags::new();
 /// QEMU's own default for how long a migration may pause the guest.
 const DEFAULT_DOWNTIME_MS: u64 = 300;
 
+/// A live migration's `max-bandwidth` when it has no cap: 1 TiB/s.
+const NO_BANDWIDTH_CAP: u64 = 1 << 40;
+
 /// QEMU's name for the root disk's drive (the first `-drive if=virtio`).
 const ROOT_DRIVE: &str = "virtio0";
 
@@ -784,10 +787,14 @@ impl QemuDriver {
     /// The migration parameters a migration starts with: the node's cap
     /// and QEMU's usual pause, or none and a long pause once forced.
     fn migration_parameters(&self, uuid: &str) -> serde_json::Value {
+        // No cap is said with a cap no link reaches: QEMU before 8.1
+        // reads a `max-bandwidth` of 0 as a cap of nothing (a buffer a
+        // tick, about 13 MB/s here), only later ones as no cap.
+        let uncapped = |b: u64| if b == 0 { NO_BANDWIDTH_CAP } else { b };
         if FORCED.get(uuid) {
-            json!({"max-bandwidth": 0, "downtime-limit": FORCED_DOWNTIME_MS})
+            json!({"max-bandwidth": NO_BANDWIDTH_CAP, "downtime-limit": FORCED_DOWNTIME_MS})
         } else {
-            json!({"max-bandwidth": self.migration_bandwidth, "downtime-limit": DEFAULT_DOWNTIME_MS})
+            json!({"max-bandwidth": uncapped(self.migration_bandwidth), "downtime-limit": DEFAULT_DOWNTIME_MS})
         }
     }
 
