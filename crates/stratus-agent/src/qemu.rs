@@ -1054,17 +1054,6 @@ impl QemuDriver {
         let r = self.record(uuid)?;
         self.launch(&r, Some("defer"))?;
         let mut q = self.qmp(uuid)?;
-        if !self.mirrors_disks() {
-            // QEMU's block migration brings the disk in the stream.
-            q.execute("migrate-incoming", Some(json!({"uri": "tcp:0.0.0.0:0"})))?;
-            let info = q.execute("query-migrate", None)?;
-            return info["socket-address"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find_map(|a| a["port"].as_str().and_then(|p| p.parse().ok()))
-                .ok_or_else(|| rt(format!("QEMU named no port to migrate to: {info}")));
-        }
         // The migration stream on port P, the disk (an NBD export of the
         // VM's root drive, written by the source's mirror) on P + 1.
         let port = free_port_pair()?;
@@ -1120,10 +1109,8 @@ impl QemuDriver {
         // The disk first: a mirror of the root drive into the
         // destination's NBD export (port + 1 of the migration's), which
         // keeps it in step once copied; then the memory. (QEMU's block
-        // migration, `blk`, is gone from QEMU 9.1 on.)
-        if !self.mirrors_disks() {
-            return self.migrate_out_blk(uuid, uri, progress);
-        }
+        // migration, `blk`, is gone from QEMU 9.1 on; the mirror works
+        // on every QEMU the agent runs with.)
         let (host, port) = uri
             .strip_prefix("tcp:")
             .and_then(|r| r.rsplit_once(':'))
@@ -1213,40 +1200,6 @@ impl QemuDriver {
             cancel_mirror();
         }
         result
-    }
-
-    /// Whether live migrations copy the disk with a mirror into the
-    /// destination's NBD export: from QEMU 9.1 on, which removed block
-    /// migration; older QEMU streams it with `blk`.
-    fn mirrors_disks(&self) -> bool {
-        self.version >= 9_001_000
-    }
-
-    /// A live migration with QEMU's block migration (QEMU before 9.1):
-    /// the disk goes in the stream.
-    fn migrate_out_blk(
-        &self,
-        uuid: &str,
-        uri: &str,
-        progress: &dyn Fn(&MigrationProgress),
-    ) -> Result<(), DriverError> {
-        FORCED.set(uuid, false);
-        let mut q = self.qmp(uuid)?;
-        q.execute(
-            "migrate-set-parameters",
-            Some(self.migration_parameters(uuid)),
-        )?;
-        q.execute("migrate", Some(json!({"uri": uri, "blk": true})))?;
-        drop(q);
-        let bytes = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
-        self.stream_out(uuid, Instant::now(), progress, &|info| {
-            let disk = &info["disk"];
-            (
-                bytes(disk, "total"),
-                bytes(disk, "transferred"),
-                bytes(disk, "remaining"),
-            )
-        })
     }
 
     /// Follows a `migrate` under way to its end, reporting the memory
