@@ -372,6 +372,17 @@ fn qemu_cmdline(c: &Cloud, id: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A busybox VM named `vm` whose guest prints the serials of its disks
+/// (`SERIALS ... END`) every second, booted and printing.
+fn boot_serials_guest(c: &Cloud) -> String {
+    let img = image_id(c, "busybox-vm");
+    let script = "#!/bin/sh\n(while true; do s=''; for f in /sys/block/vd*/serial; do s=\"$s $(cat $f)\"; done; echo \"SERIALS$s END\"; sleep 1; done) &\n";
+    let ud = base64::engine::general_purpose::STANDARD.encode(script);
+    let id = boot(c, "vm", &img, json!({"user_data": ud}));
+    console_until(c, &c.admin, &id, "SERIALS");
+    id
+}
+
 /// A detach asked right after a hard reboot, while the guest still
 /// boots: the first unplug request reaches a guest whose ACPI is not up
 /// and is lost; the node asks again until the guest ejects the disk, so
@@ -381,11 +392,7 @@ fn volume_detach_while_the_guest_boots() {
     require_runtime();
     require_qemu();
     let c = cloud(None);
-    let img = image_id(&c, "busybox-vm");
-    let script = "#!/bin/sh\n(while true; do s=''; for f in /sys/block/vd*/serial; do s=\"$s $(cat $f)\"; done; echo \"SERIALS$s END\"; sleep 1; done) &\n";
-    let ud = base64::engine::general_purpose::STANDARD.encode(script);
-    let id = boot(&c, "vm", &img, json!({"user_data": ud}));
-    console_until(&c, &c.admin, &id, "SERIALS");
+    let id = boot_serials_guest(&c);
     let vid = new_volume(&c, "data", None);
     let serial: String = vid.chars().take(20).collect();
     assert_eq!(attach(&c, &id, json!({"volumeId": vid})).status, 200);
@@ -433,11 +440,7 @@ fn volume_attach_cli_hot_plugs_into_a_real_vm() {
     require_qemu();
     let mut c = cloud(None);
     let Some(os) = Os::new(&c.server) else { return };
-    let img = image_id(&c, "busybox-vm");
-    let script = "#!/bin/sh\n(while true; do s=''; for f in /sys/block/vd*/serial; do s=\"$s $(cat $f)\"; done; echo \"SERIALS$s END\"; sleep 1; done) &\n";
-    let ud = base64::engine::general_purpose::STANDARD.encode(script);
-    let id = boot(&c, "vm", &img, json!({"user_data": ud}));
-    console_until(&c, &c.admin, &id, "SERIALS");
+    let id = boot_serials_guest(&c);
     let vid = new_volume(&c, "data", None);
     let serial: String = vid.chars().take(20).collect();
     serials_until(&c, &id, false, &serial);
