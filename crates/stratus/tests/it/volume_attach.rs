@@ -400,14 +400,7 @@ fn volume_detach_while_the_guest_boots() {
     wait_status(&vc, &c.admin, &vid, "in-use");
     serials_until(&c, &id, true, &serial);
 
-    let r = c.req(
-        "POST",
-        &format!("/servers/{id}/action"),
-        &c.admin,
-        Some(json!({"reboot": {"type": "HARD"}})),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    c.wait(&c.admin, &id, "ACTIVE");
+    super::volume_online::hard_reboot(&c, &id);
     let r = c.req(
         "DELETE",
         &format!("/servers/{id}/os-volume_attachments/{vid}"),

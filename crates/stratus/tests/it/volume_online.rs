@@ -130,7 +130,7 @@ fn guest_size_until(c: &Cloud, id: &str, sectors: u64) {
 }
 
 /// A hard reboot of server `id`, until it is ACTIVE again.
-fn hard_reboot(c: &Cloud, id: &str) {
+pub(super) fn hard_reboot(c: &Cloud, id: &str) {
     let r = c.req(
         "POST",
         &format!("/servers/{id}/action"),
