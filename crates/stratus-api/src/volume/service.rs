@@ -309,12 +309,30 @@ pub fn pick(nodes: impl Iterator<Item = Capacity>) -> Option<Capacity> {
     })
 }
 
-/// Cinder's name of the pool holding a volume on storage node `host`
-/// (`os-vol-host-attr:host`): `<node>@<backend>#<backend>`.
-pub fn pool_of(state: &AppState, host: &str) -> String {
-    match state.store.get::<StorageNode>(host) {
-        Ok(Some(n)) => n.pool_name(),
-        _ => format!("{host}@{BACKEND}#{BACKEND}"),
+/// Cinder's names of the pools holding volumes (`os-vol-host-attr:host`):
+/// `<node>@<backend>#<backend>`, by storage node, read once for an answer
+/// however many volumes it renders.
+pub struct Pools(HashMap<String, String>);
+
+impl Pools {
+    pub fn load(state: &AppState) -> Result<Pools, ApiError> {
+        Ok(Pools(
+            state
+                .store
+                .list::<StorageNode>(&Query::all())?
+                .into_iter()
+                .map(|n| (n.id.clone(), n.pool_name()))
+                .collect(),
+        ))
+    }
+
+    /// The pool of storage node `host` (the default backend's name for a
+    /// node no longer recorded).
+    pub fn of(&self, host: &str) -> String {
+        self.0
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| format!("{host}@{BACKEND}#{BACKEND}"))
     }
 }
 

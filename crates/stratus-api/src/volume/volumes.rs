@@ -93,6 +93,7 @@ pub(crate) fn render(
     ctx: &VCtx,
     v: &Volume,
     vtype: Option<&VolumeType>,
+    pools: &super::service::Pools,
     mv: Mv,
 ) -> Value {
     let type_name = vtype.map(|t| t.name.as_str()).unwrap_or_default();
@@ -148,8 +149,7 @@ pub(crate) fn render(
         out["volume_image_metadata"] = json!(v.image_metadata);
     }
     if ctx.is_admin() {
-        out["os-vol-host-attr:host"] =
-            json!(v.host.as_deref().map(|h| super::service::pool_of(state, h)));
+        out["os-vol-host-attr:host"] = json!(v.host.as_deref().map(|h| pools.of(h)));
         out["os-vol-mig-status-attr:migstat"] = json!(v.migration_status);
         out["os-vol-mig-status-attr:name_id"] = Value::Null;
         out["migration_status"] = json!(v.migration_status);
@@ -208,7 +208,8 @@ pub(crate) fn find(tx: &Tx, ctx: &VCtx, id: &str) -> Result<Volume, ApiError> {
 
 fn one(state: &AppState, ctx: &VCtx, tx: &Tx, v: &Volume, mv: Mv) -> Result<Value, ApiError> {
     let t = tx.get::<VolumeType>(&v.volume_type_id)?;
-    Ok(json!({"volume": render(state, ctx, v, t.as_ref(), mv)}))
+    let pools = super::service::Pools::load(state)?;
+    Ok(json!({"volume": render(state, ctx, v, t.as_ref(), &pools, mv)}))
 }
 
 /// Cinder's answer to a create or an update: the volume without the
@@ -271,6 +272,7 @@ async fn listing(
         };
         let vols = state.store.list::<Volume>(&query)?;
         let types = state.store.write(types_by_id)?;
+        let pools = super::service::Pools::load(&state)?;
         let project_filter = if all { q.get("project_id") } else { None };
         let mut items = Vec::new();
         for v in vols {
@@ -303,7 +305,7 @@ async fn listing(
             {
                 continue;
             }
-            items.push(render(&state, &ctx, &v, vtype, mv));
+            items.push(render(&state, &ctx, &v, vtype, &pools, mv));
         }
         let count = items.len();
         let items = super::page(items, &paging)?;
